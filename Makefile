@@ -1,0 +1,51 @@
+# Everything a developer or CI needs. `make demo` and `make test` create .venv themselves.
+SHELL := /bin/bash
+# The Lambda runtime is python3.12: use that interpreter when it is installed (sam build needs it).
+PYTHON ?= $(shell command -v python3.12 2>/dev/null || ls /root/.pyenv/versions/3.12.*/bin/python3.12 2>/dev/null | tail -1 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test unit integration infra lint validate build bench fake-gateway clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml layers/shared/requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/python -m demo $(DEMO_ARGS)
+
+test: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration: venv
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+infra: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest tests/infra $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check layers functions tests demo benchmarks
+
+validate: venv
+	$(BIN)/sam validate --lint
+	$(BIN)/cfn-lint template.yaml
+
+build: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sam build
+
+bench: venv
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+fake-gateway: venv
+	$(BIN)/python -m demo.fake_qualys $(GATEWAY_ARGS)
+
+clean:
+	rm -rf $(VENV) .aws-sam .pytest_cache .hypothesis demo-output

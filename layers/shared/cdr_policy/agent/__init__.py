@@ -1,0 +1,1 @@
+"""The in-cluster sync agent: poll a channel, verify, apply, prune, report."""

@@ -1,0 +1,1 @@
+"""Threat-intel feeds and reputation: configuration, download, parsing, plausibility, aggregation."""

@@ -1,0 +1,149 @@
+"""The data that flows between the stages.
+
+Every document that crosses a stage boundary (S3 object, SQS message, file on disk) is one of
+these dataclasses serialised to JSON with ``to_dict``/``from_dict``, and each has a JSON Schema in
+``cdr_policy/schemas/`` (checked in the tests on both the producing and the consuming side).
+
+Indicator values are canonical:
+- ``ip``: a CIDR prefix with an explicit length and host bits cleared (``198.51.100.7/32``,
+  ``2001:db8::/48``); IPv4-mapped IPv6 input is folded to IPv4.
+- ``domain``: lower-case, IDNA (punycode) encoded, no trailing dot.
+- ``port``: ``<proto>/<number>`` (``tcp/4444``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+
+IndicatorKind = Literal["ip", "domain", "port"]
+SetStatus = Literal["ok", "stale", "empty", "error", "disabled"]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An entry a guard or parser refused, with the reason. Never dropped silently."""
+
+    value: str
+    source: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "source": self.source, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Rejection:
+        return cls(value=d["value"], source=d["source"], reason=d["reason"])
+
+
+@dataclass
+class Indicator:
+    """One blockable thing (a prefix, a domain or a port) and why we believe it is bad.
+
+    ``sources`` names where it came from (``cdr`` or a feed name); ``refs`` holds finding uuids
+    (CDR) or feed names, capped so that an indicator seen 10,000 times stays small.
+    """
+
+    value: str
+    kind: IndicatorKind
+    category: str
+    sources: list[str]
+    first_seen: str
+    last_seen: str
+    expires_at: str
+    refs: list[str] = field(default_factory=list)
+    score: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["score"] is None:
+            del d["score"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Indicator:
+        return cls(
+            value=d["value"],
+            kind=d["kind"],
+            category=d["category"],
+            sources=list(d["sources"]),
+            first_seen=d["first_seen"],
+            last_seen=d["last_seen"],
+            expires_at=d["expires_at"],
+            refs=list(d.get("refs", [])),
+            score=d.get("score"),
+        )
+
+
+@dataclass
+class Behaviour:
+    """A mapped CDR behaviour (rule id from the category mapping) and the evidence for it."""
+
+    rule: str
+    categories: dict[str, int]
+    processes: list[str]
+    refs: list[str]
+    first_seen: str
+    last_seen: str
+    expires_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Behaviour:
+        return cls(
+            rule=d["rule"],
+            categories=dict(d["categories"]),
+            processes=list(d["processes"]),
+            refs=list(d["refs"]),
+            first_seen=d["first_seen"],
+            last_seen=d["last_seen"],
+            expires_at=d["expires_at"],
+        )
+
+
+@dataclass
+class IndicatorSet:
+    """What one source currently contributes (``indicators/cdr/current.json``,
+    ``indicators/feeds/<name>.json``, ``indicators/reputation/abuseipdb.json``)."""
+
+    source: str
+    fetched_at: str
+    status: SetStatus
+    entries: list[Indicator] = field(default_factory=list)
+    behaviours: list[Behaviour] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "source": self.source,
+            "fetched_at": self.fetched_at,
+            "status": self.status,
+            "error": self.error,
+            "stats": self.stats,
+            "entries": [e.to_dict() for e in self.entries],
+            "behaviours": [b.to_dict() for b in self.behaviours],
+            "rejected": [r.to_dict() for r in self.rejected],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IndicatorSet:
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"unsupported indicator-set schema_version {d.get('schema_version')!r}")
+        return cls(
+            source=d["source"],
+            fetched_at=d["fetched_at"],
+            status=d["status"],
+            error=d.get("error"),
+            stats=dict(d.get("stats", {})),
+            entries=[Indicator.from_dict(e) for e in d.get("entries", [])],
+            behaviours=[Behaviour.from_dict(b) for b in d.get("behaviours", [])],
+            rejected=[Rejection.from_dict(r) for r in d.get("rejected", [])],
+        )

@@ -1,0 +1,1 @@
+"""Qualys CDR: platforms, authentication, the findings client, category mapping and IOC extraction."""

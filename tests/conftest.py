@@ -1,0 +1,100 @@
+"""Baseline for every test: fake AWS credentials, Powertools settings, the upstream data
+locations (``../shared``, overridable with ``CDR_SHARED_DIR``) and a guard that refuses any
+network connection that is not to loopback."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("CDR_SHARED_DIR", REPO.parent / "shared")).resolve()
+
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "POWERTOOLS_SERVICE_NAME": "cdr-policy-test",
+        "POWERTOOLS_METRICS_NAMESPACE": "CdrPolicyTest",
+        "POWERTOOLS_TRACE_DISABLED": "1",
+        "POWERTOOLS_DEV": "0",
+    }
+)
+for var in ("QUALYS_USERNAME", "QUALYS_PASSWORD", "QUALYS_GATEWAY_URL", "QUALYS_PLATFORM", "ABUSEIPDB_API_KEY"):
+    os.environ.pop(var, None)
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only_connect(self, address):  # type: ignore[no-untyped-def]
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        try:
+            ok = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            ok = host == "localhost"
+        if not ok:
+            raise ConnectionRefusedError(f"tests may only connect to loopback, not {host!r}")
+    return _real_connect(self, address)
+
+
+socket.socket.connect = _loopback_only_connect  # type: ignore[method-assign]
+
+
+def _shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(
+            f"upstream data not found at {path}: set CDR_SHARED_DIR to the folder holding crds/ and feeds/"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def crds_dir() -> Path:
+    """The verbatim upstream CRDs (``../shared/crds``)."""
+    return _shared_path("crds")
+
+
+@pytest.fixture(scope="session")
+def shared_feeds_dir() -> Path:
+    """The real feed samples (``../shared/feeds``)."""
+    return _shared_path("feeds")
+
+
+@pytest.fixture
+def lambda_context():
+    class Context:
+        function_name = "test-function"
+        function_version = "$LATEST"
+        memory_limit_in_mb = 512
+        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test-function"
+        aws_request_id = "00000000-0000-0000-0000-000000000000"
+        log_group_name = "/aws/lambda/test-function"
+        log_stream_name = "test"
+
+        @staticmethod
+        def get_remaining_time_in_millis() -> int:
+            return 300_000
+
+    return Context()
+
+
+@pytest.fixture(autouse=True)
+def _reset_powertools():
+    from aws_lambda_powertools.metrics.provider import cold_start
+    from aws_lambda_powertools.utilities import parameters
+
+    from cdr_policy.observability import metrics
+
+    yield
+    metrics.clear_metrics()
+    cold_start.is_cold_start = True
+    parameters.clear_caches()
