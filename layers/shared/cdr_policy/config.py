@@ -30,6 +30,8 @@ class Settings:
     cdr_ttl_hours: int
     reputation_threshold: int
     change_budget_percent: int
+    # DynamoDB table of the Publish function's idempotency records (Powertools idempotency).
+    idempotency_table: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -69,6 +71,7 @@ class Settings:
             cdr_ttl_hours=integer("CDR_TTL_HOURS", 24 * 7, 1, 24 * 365),
             reputation_threshold=integer("REPUTATION_THRESHOLD", 50, 0, 100),
             change_budget_percent=integer("CHANGE_BUDGET_PERCENT", 50, 1, 100),
+            idempotency_table=optional("IDEMPOTENCY_TABLE"),
         )
 
 

@@ -1,0 +1,167 @@
+"""The AWS side of a local run: a moto server over HTTP (or any S3/SQS endpoint given with
+``--endpoint-url``) holding the buckets, queues, KMS key, secrets and idempotency table that
+``template.yaml`` declares, under the same names."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Resource names as template.yaml builds them from the Environment parameter."""
+
+    environment: str
+    account: str = ACCOUNT
+    region: str = REGION
+
+    @property
+    def state_bucket(self) -> str:
+        return f"cdr-policy-{self.environment}-state-{self.account}-{self.region}"
+
+    @property
+    def dist_bucket(self) -> str:
+        return f"cdr-policy-{self.environment}-dist-{self.account}-{self.region}"
+
+    @property
+    def render_queue(self) -> str:
+        return f"cdr-policy-{self.environment}-render"
+
+    @property
+    def publish_queue(self) -> str:
+        return f"cdr-policy-{self.environment}-publish"
+
+    @property
+    def idempotency_table(self) -> str:
+        return f"cdr-policy-{self.environment}-idempotency"
+
+    qualys_secret = "cdr-policy/qualys"
+    signing_key_alias = "alias/cdr-policy-signing"
+
+
+@dataclass
+class Stack:
+    """What the local stack holds; ``env`` is what template.yaml would give the functions."""
+
+    endpoint_url: str
+    names: Names
+    render_queue_url: str
+    publish_queue_url: str
+    signing_key_id: str
+    env: dict[str, str]
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.names.region)
+
+
+@contextmanager
+def moto_endpoint(endpoint_url: str | None) -> Iterator[str]:
+    """Yield ``endpoint_url``, or start an in-process moto server on loopback and yield its URL."""
+    if endpoint_url:
+        yield endpoint_url
+        return
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def create_stack(endpoint_url: str, *, environment: str = "demo", qualys: dict[str, str] | None = None) -> Stack:
+    """Create the template's stateful resources (idempotent) and return their coordinates."""
+    for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        os.environ.setdefault(var, value)
+    names = Names(environment)
+    session = boto3.session.Session(region_name=names.region)
+
+    def client(service: str) -> Any:
+        return session.client(service, endpoint_url=endpoint_url)
+
+    s3, sqs = client("s3"), client("sqs")
+    for bucket in (names.state_bucket, names.dist_bucket):
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    queue_urls = {}
+    for name in (names.render_queue, names.publish_queue):
+        dlq = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        queue_urls[name] = sqs.create_queue(
+            QueueName=name,
+            Attributes={
+                "VisibilityTimeout": "1800",
+                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}),
+            },
+        )["QueueUrl"]
+    render_arn = sqs.get_queue_attributes(QueueUrl=queue_urls[names.render_queue], AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    s3.put_bucket_notification_configuration(
+        Bucket=names.state_bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "QueueArn": render_arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "indicators/"}]}},
+                }
+            ]
+        },
+    )
+    kms = client("kms")
+    aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
+    key_id = aliases.get(names.signing_key_alias)
+    if not key_id:
+        key_id = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY", Description="cdr-policy bundle signing")[
+            "KeyMetadata"
+        ]["KeyId"]
+        kms.create_alias(AliasName=names.signing_key_alias, TargetKeyId=key_id)
+    ddb = client("dynamodb")
+    if names.idempotency_table not in ddb.list_tables()["TableNames"]:
+        ddb.create_table(
+            TableName=names.idempotency_table,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    secrets = client("secretsmanager")
+    if qualys is not None:
+        body = json.dumps(qualys)
+        try:
+            secrets.create_secret(Name=names.qualys_secret, SecretString=body)
+        except secrets.exceptions.ResourceExistsException:
+            secrets.put_secret_value(SecretId=names.qualys_secret, SecretString=body)
+    env = {
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_DEFAULT_REGION": names.region,
+        "STATE_BUCKET": names.state_bucket,
+        "DIST_BUCKET": names.dist_bucket,
+        "PUBLISH_QUEUE_URL": queue_urls[names.publish_queue],
+        "QUALYS_SECRET_NAME": names.qualys_secret,
+        "SIGNING_KEY_ID": key_id,
+        "IDEMPOTENCY_TABLE": names.idempotency_table,
+        "POWERTOOLS_SERVICE_NAME": "cdr-policy",
+        "POWERTOOLS_METRICS_NAMESPACE": "CdrPolicy",
+        "POWERTOOLS_TRACE_DISABLED": "1",
+    }
+    return Stack(
+        endpoint_url=endpoint_url,
+        names=names,
+        render_queue_url=queue_urls[names.render_queue],
+        publish_queue_url=queue_urls[names.publish_queue],
+        signing_key_id=key_id,
+        env=env,
+    )

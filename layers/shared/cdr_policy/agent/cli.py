@@ -1,0 +1,124 @@
+"""``cdr-policy agent``: follow a channel and apply it to this cluster (or write it to a directory).
+
+Mounted by the main CLI with ``add_arguments(subparser)`` and ``run(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from cdr_policy.agent.applier import Applier
+from cdr_policy.agent.directory import DirectoryApplier
+from cdr_policy.agent.kube import KubeApplier
+from cdr_policy.agent.sync import Agent, Check
+from cdr_policy.bundle.signing import Verifier
+from cdr_policy.errors import CdrPolicyError
+from cdr_policy.observability import logger
+from cdr_policy.storage import open_store
+from cdr_policy.timeutil import parse_duration
+
+# Results after which a one-shot run exits 0: the cluster carries the channel's current bundle.
+_OK_RESULTS = frozenset({"applied", "unchanged"})
+
+
+def _interval(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"interval {text!r} is shorter than one second")
+    return seconds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bucket",
+        required=True,
+        metavar="s3://BUCKET | DIR",
+        help="the distribution store: an S3 bucket or a local directory",
+    )
+    parser.add_argument("--channel", required=True, help="the channel to follow (e.g. staging, prod)")
+    parser.add_argument("--cluster-id", required=True, help="this cluster's name in status/<cluster-id>.json")
+    parser.add_argument(
+        "--public-key",
+        required=True,
+        type=Path,
+        metavar="PEM",
+        help="public key(s) that bundles must be signed with (PEM; several blocks for a rotation)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=_interval,
+        default=_interval("60s"),
+        metavar="DURATION",
+        help="time between polls, like 30s, 5m or 1h (default 60s)",
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="sync once and exit (non-zero unless applied or unchanged)"
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="server-side apply to the cluster (in-cluster service account, else kubeconfig)",
+    )
+    target.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help="write the objects as YAML files to DIR instead (dry run / GitOps)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the last applied manifest is kept (default ~/.cache/cdr-policy/agent/<channel>)",
+    )
+
+
+def run(args: argparse.Namespace, *, make_check: Callable[[Applier], Check | None] | None = None) -> int:
+    """Run the agent. ``make_check`` (optional) builds the policy check for the chosen applier, e.g. one
+    that validates against ``KubeApplier.crds()``. Returns the process exit code."""
+    try:
+        verifier = Verifier.from_file(args.public_key)
+        applier: Applier = (
+            KubeApplier.from_environment() if args.kubernetes else DirectoryApplier(args.output_dir)
+        )
+        state_dir = args.state_dir or Path.home() / ".cache" / "cdr-policy" / "agent" / args.channel
+        agent = Agent(
+            open_store(args.bucket),
+            channel=args.channel,
+            cluster_id=args.cluster_id,
+            verifier=verifier,
+            applier=applier,
+            state_dir=state_dir,
+            check=make_check(applier) if make_check else None,
+        )
+    except CdrPolicyError as exc:
+        logger.error("agent cannot start", extra={"error": str(exc)})
+        print(f"error: {exc}")
+        return 2
+    try:
+        if args.once:
+            status = agent.sync_once()
+            print(f"{status['last_poll']['result']}: {status['last_poll']['detail']}")
+            return 0 if status["last_poll"]["result"] in _OK_RESULTS else 1
+        stop = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+        logger.info(
+            "agent started",
+            extra={"channel": args.channel, "interval_s": args.interval, "applier": applier.describe()},
+        )
+        agent.run(args.interval, stop)
+        logger.info("agent stopped", extra={"channel": args.channel})
+        return 0
+    finally:
+        if isinstance(applier, KubeApplier):
+            applier.close()

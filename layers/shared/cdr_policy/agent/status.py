@@ -1,0 +1,24 @@
+"""The agent status document (``status/<cluster-id>.json``, schema ``agent-status.schema.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cdr_policy import jsonio
+from cdr_policy.bundle.schema import schema_errors
+from cdr_policy.errors import BundleError
+
+SCHEMA = "agent-status.schema.json"
+SCHEMA_VERSION = 1
+
+
+def read_status(data: bytes) -> dict[str, Any]:
+    """Parse and validate a status document (the consumer side of the contract)."""
+    try:
+        doc = jsonio.loads(data)
+    except ValueError as exc:
+        raise BundleError(f"agent status is not valid JSON: {exc}") from exc
+    errors = schema_errors(doc, SCHEMA)
+    if errors:
+        raise BundleError("malformed agent status: " + "; ".join(errors[:10]))
+    return doc

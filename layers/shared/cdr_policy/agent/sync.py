@@ -1,0 +1,339 @@
+"""The sync agent: follow one channel and make the cluster carry what it ships.
+
+One ``sync_once``:
+1. poll ``channels/<channel>/manifest.json`` with the last ETag (a 304 costs one small request);
+2. verify the new manifest (signature, schema, digest, expiry, channel, not older than what is
+   applied), then every file's size and sha256, then the objects, then the injected policy check --
+   all BEFORE touching the cluster; a refusal keeps the cluster as it is;
+3. apply every object (CiliumCIDRGroups first), then, only if all applied, delete the objects this
+   agent owns that the bundle no longer has (CIDR groups last). Tetragon policies are named by
+   content, so a changed policy is a new object that is loaded before the old one goes: no gap;
+4. remove everything it owns once the applied bundle has expired (a cluster cut off from the bucket
+   does not enforce stale blocks forever);
+5. write ``status/<cluster-id>.json`` to the distribution store (and ``status.json`` locally).
+
+Ownership is by label: ``app.kubernetes.io/managed-by=cdr-policy`` and ``cdr-policy.io/channel=<channel>``,
+set by the agent on every object it applies; nothing without both labels is ever changed or deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cdr_policy import __version__, jsonio
+from cdr_policy.agent.applier import Applier, ApplyError
+from cdr_policy.agent.kinds import KINDS, kind_of, ownership_labels
+from cdr_policy.agent.state import Applied, StateDir
+from cdr_policy.agent.status import SCHEMA_VERSION
+from cdr_policy.bundle import keys
+from cdr_policy.bundle.manifest import VerificationError, verify_files
+from cdr_policy.bundle.objects import ObjectRef, parse_objects, ref_of
+from cdr_policy.bundle.signing import Verifier, verify_manifest
+from cdr_policy.errors import ConfigError, StorageError
+from cdr_policy.observability import logger
+from cdr_policy.storage import NotFound, Store
+from cdr_policy.timeutil import iso, parse_iso, utcnow
+
+Check = Callable[[dict[str, bytes]], list[str]]
+
+_CHANNEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
+_CLUSTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Refusals that the same manifest bytes will always get again: do not re-download until it changes.
+# The others (file digests, the policy check against the cluster's CRDs) are retried on the next poll.
+_FINAL_CODES = frozenset(
+    {
+        "malformed",
+        "missing_signature",
+        "unknown_algorithm",
+        "bad_signature",
+        "digest_mismatch",
+        "expired",
+        "wrong_channel",
+        "replay",
+        "bad_object",
+    }
+)
+
+
+@dataclass(frozen=True)
+class _Bundle:
+    manifest: dict[str, Any]
+    objects: list[dict[str, Any]]
+
+
+def _order(obj: dict[str, Any]) -> tuple[int, ObjectRef]:
+    return KINDS[obj["kind"]].rank, ref_of(obj)
+
+
+def _error(obj: dict[str, Any], action: str, error: str) -> dict[str, Any]:
+    ref = ref_of(obj)
+    return {"kind": ref.kind, "name": ref.name, "namespace": ref.namespace, "action": action, "error": error}
+
+
+class Agent:
+    def __init__(
+        self,
+        dist: Store,
+        *,
+        channel: str,
+        cluster_id: str,
+        verifier: Verifier,
+        applier: Applier,
+        state_dir: str | os.PathLike[str],
+        check: Check | None = None,
+    ) -> None:
+        if not _CHANNEL.match(channel):
+            raise ConfigError(f"channel {channel!r}: use 1-32 lower-case letters, digits or '-'")
+        if not _CLUSTER_ID.match(cluster_id):
+            raise ConfigError(f"cluster id {cluster_id!r}: use up to 128 letters, digits, '.', '_' or '-'")
+        self.dist = dist
+        self.channel = channel
+        self.cluster_id = cluster_id
+        self.verifier = verifier
+        self.applier = applier
+        self.check = check
+        self.labels = ownership_labels(channel)
+        self.manifest_key = keys.channel_manifest_key(channel)
+        self._state = StateDir(Path(state_dir))
+        self._applied = self._state.load(verifier, channel)
+        self._etag: str | None = None
+        self._verification: dict[str, Any] = {
+            "ok": None,
+            "code": None,
+            "reason": None,
+            "digest": None,
+            "at": None,
+        }
+        self._apply_errors: list[dict[str, Any]] = []
+        self._counts = {"applied": 0, "deleted": 0}
+
+    # -- one round -------------------------------------------------------------------------------
+
+    def sync_once(self, now: datetime | None = None) -> dict[str, Any]:
+        """Poll, verify, apply, prune, expire, report. Returns the status document it wrote."""
+        now = now or utcnow()
+        result, detail = self._poll(now)
+        expired = self._expire(now)
+        if expired:
+            result, detail = "expired", f"{detail}; {expired}"
+        status = self._status(now, result, detail)
+        self._report(status)
+        log = logger.debug if result == "unchanged" else logger.info
+        if result in ("refused", "apply_failed", "expired", "unreachable"):
+            log = logger.error if result != "unreachable" else logger.warning
+        log(
+            "agent sync",
+            extra={
+                "channel": self.channel,
+                "result": result,
+                "detail": detail,
+                "applied_digest": status["applied_digest"],
+            },
+        )
+        return status
+
+    def run(self, interval: float, stop: threading.Event | None = None) -> None:
+        """``sync_once`` every ``interval`` seconds until ``stop`` is set."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            started = time.monotonic()
+            self.sync_once()
+            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+    def _poll(self, now: datetime) -> tuple[str, str]:
+        try:
+            obj = self.dist.get_if_changed(self.manifest_key, self._etag)
+        except NotFound:
+            return "no_manifest", f"no manifest at {self.dist.describe()}/{self.manifest_key} yet"
+        except StorageError as exc:
+            return "unreachable", f"cannot read the channel manifest: {exc}; keeping the last good state"
+        if obj is None:
+            return "unchanged", "manifest unchanged (ETag)"
+        try:
+            bundle = self._verify(obj.data, now)
+        except VerificationError as exc:
+            digest = self._claimed_digest(obj.data)
+            self._verification = {
+                "ok": False,
+                "code": exc.code,
+                "reason": str(exc),
+                "digest": digest,
+                "at": iso(now),
+            }
+            if exc.code in _FINAL_CODES:
+                self._etag = obj.etag
+            return "refused", f"bundle refused, nothing applied: {exc}"
+        except StorageError as exc:
+            return "unreachable", f"cannot read the bundle's files: {exc}; keeping the last good state"
+        digest = bundle.manifest["digest"]
+        self._verification = {"ok": True, "code": None, "reason": None, "digest": digest, "at": iso(now)}
+        try:
+            errors, applied, deleted = self._apply(bundle.objects)
+        except ApplyError as exc:
+            self._apply_errors, self._counts = [], {"applied": 0, "deleted": 0}
+            return "apply_failed", f"cannot read the objects this agent owns: {exc}; nothing changed"
+        self._apply_errors, self._counts = errors, {"applied": applied, "deleted": deleted}
+        if errors:
+            return "apply_failed", (
+                f"{len(errors)} object operation(s) failed for bundle {digest[:12]}; retrying next poll "
+                "(objects are pruned only once every object applied)"
+            )
+        self._applied = Applied(bundle.manifest, iso(now))
+        self._state.save(self._applied)
+        self._etag = obj.etag
+        return "applied", f"bundle {digest[:12]}: {applied} object(s) applied, {deleted} deleted"
+
+    @staticmethod
+    def _claimed_digest(data: bytes) -> str | None:
+        try:
+            digest = jsonio.loads(data).get("digest")
+        except (ValueError, AttributeError):
+            return None
+        return digest if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) else None
+
+    # -- verification ----------------------------------------------------------------------------
+
+    def _verify(self, data: bytes, now: datetime) -> _Bundle:
+        try:
+            manifest = jsonio.loads(data)
+        except ValueError as exc:
+            raise VerificationError("malformed", f"malformed manifest: not JSON: {exc}") from exc
+        verify_manifest(manifest, self.verifier, now=now)
+        if manifest["channel"] != self.channel:
+            raise VerificationError(
+                "wrong_channel",
+                f"the manifest is for channel {manifest['channel']}, this agent follows {self.channel}",
+            )
+        if self._applied and parse_iso(manifest["created_at"]) < parse_iso(
+            self._applied.manifest["created_at"]
+        ):
+            raise VerificationError(
+                "replay",
+                f"bundle {manifest['digest'][:12]} was created {manifest['created_at']}, before the applied "
+                f"bundle {self._applied.digest[:12]} ({self._applied.manifest['created_at']}): "
+                "refusing to go back in time",
+            )
+        digest = manifest["digest"]
+        files = {
+            e["path"]: self.dist.get(keys.bundle_file_key(digest, e["path"])).data for e in manifest["files"]
+        }
+        verify_files(manifest, files)
+        objects = parse_objects(files)
+        for obj in objects:
+            kind_of(obj)
+        if self.check is not None:
+            problems = sorted(self.check(files))
+            if problems:
+                shown = "; ".join(problems[:5]) + (
+                    f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+                )
+                raise VerificationError("check_failed", f"policy check failed: {shown}")
+        return _Bundle(manifest, objects)
+
+    # -- apply and prune -------------------------------------------------------------------------
+
+    def _owned(self) -> dict[ObjectRef, dict[str, Any]]:
+        return {ref_of(obj): obj for obj in self.applier.owned(self.labels)}
+
+    def _apply(self, objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
+        """Apply all, then prune (only when everything applied). Returns (errors, applied, deleted)."""
+        owned = self._owned()
+        desired: dict[ObjectRef, dict[str, Any]] = {}
+        for obj in objects:
+            meta = dict(obj["metadata"])
+            meta["labels"] = {**(meta.get("labels") or {}), **self.labels}
+            desired[ref_of(obj)] = {**obj, "metadata": meta}
+        errors: list[dict[str, Any]] = []
+        applied = 0
+        for obj in sorted(desired.values(), key=_order):
+            ref = ref_of(obj)
+            try:
+                if ref not in owned and self.applier.get(obj) is not None:
+                    errors.append(
+                        _error(
+                            obj,
+                            "apply",
+                            "exists but is not managed by cdr-policy for channel "
+                            f"{self.channel}: left untouched",
+                        )
+                    )
+                    continue
+                if ref in owned and KINDS[ref.kind].tetragon and owned[ref].get("spec") != obj.get("spec"):
+                    logger.warning(
+                        "updating a Tetragon policy in place: Tetragon unloads it before loading the new "
+                        "version (tetragon#4322); the renderer should name policies by content",
+                        extra={"object": str(ref)},
+                    )
+                self.applier.apply(obj)
+                applied += 1
+            except ApplyError as exc:
+                errors.append(_error(obj, "apply", str(exc)))
+        if errors:
+            return errors, applied, 0
+        stale = [obj for ref, obj in owned.items() if ref not in desired]
+        deleted = self._delete(stale, errors)
+        return errors, applied, deleted
+
+    def _delete(self, objects: list[dict[str, Any]], errors: list[dict[str, Any]]) -> int:
+        """Delete policies before the CIDR groups they reference. Appends failures to ``errors``."""
+        deleted = 0
+        for obj in sorted(objects, key=_order, reverse=True):
+            try:
+                self.applier.delete(obj)
+                deleted += 1
+            except ApplyError as exc:
+                errors.append(_error(obj, "delete", str(exc)))
+        return deleted
+
+    def _expire(self, now: datetime) -> str | None:
+        """Remove everything this agent owns once the applied bundle has expired. Returns what happened."""
+        if self._applied is None or parse_iso(self._applied.manifest["expires_at"]) > now:
+            return None
+        digest, expires = self._applied.digest, self._applied.manifest["expires_at"]
+        try:
+            owned = list(self._owned().values())
+        except ApplyError as exc:
+            return f"applied bundle {digest[:12]} expired at {expires}; cannot list its objects: {exc}"
+        errors: list[dict[str, Any]] = []
+        deleted = self._delete(owned, errors)
+        self._apply_errors, self._counts = errors, {"applied": 0, "deleted": deleted}
+        if errors:
+            return f"applied bundle {digest[:12]} expired at {expires}: {len(errors)} object(s) not removed"
+        self._state.clear()
+        self._applied = None
+        self._etag = None  # verify the channel's manifest again: the status then says why nothing is applied
+        return f"applied bundle {digest[:12]} expired at {expires}: removed {deleted} object(s)"
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def _status(self, now: datetime, result: str, detail: str) -> dict[str, Any]:
+        applied = self._applied
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "cluster_id": self.cluster_id,
+            "channel": self.channel,
+            "agent_version": __version__,
+            "applier": self.applier.describe(),
+            "applied_digest": applied.digest if applied else None,
+            "applied_at": applied.applied_at if applied else None,
+            "applied_expires_at": applied.manifest["expires_at"] if applied else None,
+            "last_poll": {"at": iso(now), "result": result, "detail": detail},
+            "verification": dict(self._verification),
+            "objects": dict(self._counts),
+            "apply_errors": list(self._apply_errors),
+        }
+
+    def _report(self, status: dict[str, Any]) -> None:
+        self._state.save_status(status)
+        try:
+            self.dist.put(keys.status_key(self.cluster_id), jsonio.dumps_pretty(status), "application/json")
+        except StorageError as exc:
+            logger.warning("cannot write the agent status to the bucket", extra={"error": str(exc)})

@@ -1,0 +1,115 @@
+"""The Kubernetes objects inside a bundle.
+
+Files ending in ``.yaml`` or ``.yml`` hold objects (one or more YAML documents each); every other file
+(``report.json``, an index) travels with the bundle and is verified, but is not an object.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from cdr_policy.bundle.manifest import VerificationError
+from cdr_policy.policy.serialize import load_yaml_documents
+
+OBJECT_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True, order=True)
+class ObjectRef:
+    """Identity of an object in a cluster, independent of the API version it is served under."""
+
+    kind: str
+    namespace: str | None
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
+
+
+def ref_of(obj: Mapping[str, Any]) -> ObjectRef:
+    meta = obj.get("metadata") or {}
+    return ObjectRef(kind=obj["kind"], namespace=meta.get("namespace") or None, name=meta["name"])
+
+
+def _documents(path: str, data: bytes) -> Iterator[dict[str, Any]]:
+    try:
+        docs = load_yaml_documents(data)
+    except yaml.YAMLError as exc:
+        raise VerificationError("bad_object", f"{path}: not valid YAML: {exc}") from exc
+    for index, doc in enumerate(docs):
+        where = f"{path} (document {index + 1})"
+        if not isinstance(doc, dict):
+            raise VerificationError(
+                "bad_object", f"{where}: expected a Kubernetes object, got {type(doc).__name__}"
+            )
+        meta = doc.get("metadata")
+        if not isinstance(doc.get("apiVersion"), str) or not isinstance(doc.get("kind"), str):
+            raise VerificationError("bad_object", f"{where}: apiVersion and kind are required strings")
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+            raise VerificationError("bad_object", f"{where}: metadata.name is required")
+        if "namespace" in meta and not isinstance(meta["namespace"], str):
+            raise VerificationError("bad_object", f"{where}: metadata.namespace must be a string")
+        yield doc
+
+
+def parse_objects(files: Mapping[str, bytes]) -> list[dict[str, Any]]:
+    """Every object in the bundle's YAML files, in path order. Refuses malformed documents and two
+    objects with the same kind, namespace and name."""
+    objects: list[dict[str, Any]] = []
+    seen: dict[ObjectRef, str] = {}
+    for path in sorted(files):
+        if not path.endswith(OBJECT_SUFFIXES):
+            continue
+        for obj in _documents(path, files[path]):
+            ref = ref_of(obj)
+            if ref in seen:
+                raise VerificationError("bad_object", f"{ref} is defined twice ({seen[ref]} and {path})")
+            seen[ref] = path
+            objects.append(obj)
+    return objects
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _canonical_prefix(text: str) -> str | None:
+    if not any(c in text for c in ".:") or len(text) > 64:
+        return None
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return None
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None:
+            # Tetragon lists every IPv4 prefix twice (plain and IPv4-mapped): count it once.
+            return str(ipaddress.IPv4Network((int(mapped), net.prefixlen - 96)))
+    return str(net)
+
+
+def prefixes(objects: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The canonical IP prefixes an object set names anywhere outside ``metadata`` (CIDR group
+    entries, ``toCIDR``, Tetragon ``DAddr`` values, ...): the entries the change budget counts."""
+    found: set[str] = set()
+    for obj in objects:
+        for key, value in obj.items():
+            if key == "metadata":
+                continue
+            for text in _strings(value):
+                prefix = _canonical_prefix(text)
+                if prefix is not None:
+                    found.add(prefix)
+    return found

@@ -1,0 +1,392 @@
+"""Structural checks of template.yaml: what the style guide and the design require of every function,
+queue, bucket, policy and output, and that the functions' environment matches ``Settings.from_env``."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any
+
+import pytest
+from cdr_policy.config import Settings
+
+from tests.infra.support import REPO
+
+pytestmark = pytest.mark.infra
+
+FUNCTION_DIRS = {
+    "CdrFetchFunction": "cdr_fetch",
+    "FeedSyncFunction": "feed_sync",
+    "RenderFunction": "render",
+    "PublishFunction": "publish",
+}
+SQS_CONSUMERS = {"RenderFunction": "RenderQueue", "PublishFunction": "PublishQueue"}
+POWERTOOLS_VARS = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"}
+
+
+def of_type(resources: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in resources.items() if v["Type"] == type_}
+
+
+def globals_fn(template: dict[str, Any]) -> dict[str, Any]:
+    return template["Globals"]["Function"]
+
+
+def setting(template: dict[str, Any], props: dict[str, Any], key: str) -> Any:
+    return props.get(key, globals_fn(template).get(key))
+
+
+def environment(template: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(globals_fn(template)["Environment"]["Variables"])
+    merged.update(props.get("Environment", {}).get("Variables", {}))
+    return merged
+
+
+def test_the_four_functions_exist_with_their_code(template, functions):
+    assert set(functions) == set(FUNCTION_DIRS)
+    assert globals_fn(template)["Runtime"] == "python3.12"
+    assert globals_fn(template)["Tracing"] == "Active"
+    for name, props in functions.items():
+        assert props["CodeUri"] == f"functions/{FUNCTION_DIRS[name]}/"
+        assert setting(template, props, "Handler") == "app.lambda_handler"
+        assert setting(template, props, "Runtime") == "python3.12"
+        app = REPO / props["CodeUri"] / "app.py"
+        tree = ast.parse(app.read_text())
+        handlers = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "lambda_handler"]
+        assert handlers, f"{app} defines no lambda_handler"
+        decorators = {ast.unparse(d).split("(")[0] for d in handlers[0].decorator_list}
+        assert decorators == {
+            "logger.inject_lambda_context",
+            "tracer.capture_lambda_handler",
+            "metrics.log_metrics",
+        }
+
+
+def test_every_function_uses_the_shared_layer(template, resources, functions):
+    layer = resources["SharedLayer"]
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    assert layer["Metadata"] == {"BuildMethod": "python3.12"}
+    assert layer["Properties"]["ContentUri"] == "layers/shared"
+    assert "python3.12" in layer["Properties"]["CompatibleRuntimes"]
+    assert layer["Properties"]["CompatibleArchitectures"] == globals_fn(template)["Architectures"]
+    requirements = (REPO / "layers/shared/requirements.txt").read_text().splitlines()
+    assert not [line for line in requirements if re.match(r"\s*boto(3|core)\b", line)], (
+        "the runtime provides boto3"
+    )
+    for props in functions.values():
+        assert {"Ref": "SharedLayer"} in setting(template, props, "Layers")
+
+
+def test_function_environment_matches_the_settings(template, functions, resolve):
+    """Every variable the template sets is one ``Settings.from_env`` reads (or Powertools'), every setting
+    can be set from the template, and each function's resolved environment passes validation."""
+
+    known: set[str] = set()
+
+    class Recording(dict):
+        def get(self, key, default=None):
+            known.add(key)
+            return super().get(key, default)
+
+    Settings.from_env(Recording({"STATE_BUCKET": "s", "DIST_BUCKET": "d"}))
+    used: set[str] = set()
+    for name, props in functions.items():
+        env = {k: resolve(v) for k, v in environment(template, props).items()}
+        assert set(env) - known - POWERTOOLS_VARS == set(), name
+        used |= set(env)
+        settings = Settings.from_env(env)
+        assert settings.state_bucket == "cdr-policy-dev-state-123456789012-us-east-1"
+        assert settings.dist_bucket == "cdr-policy-dev-dist-123456789012-us-east-1"
+    assert known - used == set(), "settings that no function receives"
+    assert POWERTOOLS_VARS <= set(globals_fn(template)["Environment"]["Variables"])
+
+    def own(name: str) -> set[str]:
+        return set(functions[name].get("Environment", {}).get("Variables", {}))
+
+    assert own("CdrFetchFunction") == {"QUALYS_SECRET_NAME", "QUALYS_PLATFORM", "QUALYS_GATEWAY_URL"}
+    assert own("FeedSyncFunction") == {"ABUSEIPDB_SECRET_NAME"}
+    assert own("RenderFunction") == {"PUBLISH_QUEUE_URL"}
+    assert own("PublishFunction") == {"SIGNING_KEY_ID", "IDEMPOTENCY_TABLE"}
+    publish = Settings.from_env(
+        {k: resolve(v) for k, v in environment(template, functions["PublishFunction"]).items()}
+    )
+    assert publish.idempotency_table == "cdr-policy-dev-idempotency"
+    assert publish.signing_key_id == "<SigningKey.Arn>"
+    render = Settings.from_env(
+        {k: resolve(v) for k, v in environment(template, functions["RenderFunction"]).items()}
+    )
+    assert (
+        render.publish_queue_url == "https://sqs.us-east-1.amazonaws.com/123456789012/cdr-policy-dev-publish"
+    )
+
+
+def test_parameter_defaults_match_the_settings_defaults(template):
+    defaults = Settings.from_env({"STATE_BUCKET": "s", "DIST_BUCKET": "d"})
+    params = template["Parameters"]
+    assert params["LookbackHours"]["Default"] == defaults.lookback_hours
+    assert params["OverlapMinutes"]["Default"] == defaults.overlap_minutes
+    assert params["CdrTtlHours"]["Default"] == defaults.cdr_ttl_hours
+    assert params["ReputationThreshold"]["Default"] == defaults.reputation_threshold
+    assert params["ChangeBudgetPercent"]["Default"] == defaults.change_budget_percent
+
+
+def test_sqs_consumers_report_partial_failures(template, resources, functions):
+    for name, queue in SQS_CONSUMERS.items():
+        events = [e for e in functions[name]["Events"].values() if e["Type"] == "SQS"]
+        assert len(events) == 1, name
+        props = events[0]["Properties"]
+        assert props["Queue"] == {"Fn::GetAtt": [queue, "Arn"]}
+        assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert "MaximumBatchingWindowInSeconds" in props
+    render = next(iter(functions["RenderFunction"]["Events"].values()))["Properties"]
+    assert render["MaximumBatchingWindowInSeconds"] == {"Ref": "RenderBatchingWindowSeconds"}
+    assert render["BatchSize"] > 10, "the debounce needs a batch larger than one write burst"
+    # SQS allows a BatchSize above 10 only with a batching window of at least one second.
+    assert template["Parameters"]["RenderBatchingWindowSeconds"]["MinValue"] >= 1
+
+
+def test_every_queue_has_a_dlq_and_a_long_enough_visibility_timeout(template, resources, functions):
+    queues = of_type(resources, "AWS::SQS::Queue")
+    dlqs = set()
+    for queue_name in SQS_CONSUMERS.values():
+        props = queues[queue_name]["Properties"]
+        redrive = props["RedrivePolicy"]
+        dlq = redrive["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        assert dlq in queues and dlq != queue_name
+        assert 1 <= redrive["maxReceiveCount"] <= 10
+        dlqs.add(dlq)
+        consumer = next(n for n, q in SQS_CONSUMERS.items() if q == queue_name)
+        timeout = setting(template, functions[consumer], "Timeout")
+        assert props["VisibilityTimeout"] >= 6 * timeout, queue_name
+    assert set(queues) == set(SQS_CONSUMERS.values()) | dlqs, "a queue that is neither consumed nor a DLQ"
+    for name, queue in queues.items():
+        assert queue["Properties"]["SqsManagedSseEnabled"] is True, name
+    for dlq in dlqs:
+        assert queues[dlq]["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
+
+
+def test_schedules(functions, template):
+    expected = {
+        "CdrFetchFunction": ("CdrFetchSchedule", "rate(15 minutes)"),
+        "FeedSyncFunction": ("FeedSyncSchedule", "rate(1 hour)"),
+    }
+    for name, (parameter, default) in expected.items():
+        (event,) = functions[name]["Events"].values()
+        assert event["Type"] == "Schedule"
+        assert event["Properties"]["Schedule"] == {"Ref": parameter}
+        assert template["Parameters"][parameter]["Default"] == default
+        assert functions[name]["ReservedConcurrentExecutions"] == 1
+        assert functions[name]["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+
+
+def test_state_bucket_notifies_the_render_queue_for_indicators(resources, resolve):
+    bucket = resources["StateBucket"]
+    (config,) = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert config["Event"] == "s3:ObjectCreated:*"
+    assert config["Queue"] == {"Fn::GetAtt": ["RenderQueue", "Arn"]}
+    assert config["Filter"] == {"S3Key": {"Rules": [{"Name": "prefix", "Value": "indicators/"}]}}
+    # No circular dependency: the queue policy names the bucket by its constructed ARN, and the bucket
+    # waits for the policy.
+    assert bucket["DependsOn"] == "RenderQueuePolicy"
+    (statement,) = resources["RenderQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    source_arn = statement["Condition"]["ArnEquals"]["aws:SourceArn"]
+    assert "StateBucket" not in json.dumps(source_arn)
+    assert resolve(source_arn) == resolve({"Fn::GetAtt": ["StateBucket", "Arn"]})
+
+
+def test_buckets_are_private_encrypted_versioned_and_tls_only(resources):
+    buckets = of_type(resources, "AWS::S3::Bucket")
+    assert set(buckets) == {"StateBucket", "DistributionBucket"}
+    policies = {
+        p["Properties"]["Bucket"]["Ref"]: p["Properties"]["PolicyDocument"]
+        for p in of_type(resources, "AWS::S3::BucketPolicy").values()
+    }
+    for name, bucket in buckets.items():
+        props = bucket["Properties"]
+        assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
+            "ServerSideEncryptionByDefault"
+        ]["SSEAlgorithm"]
+        assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+        assert props["PublicAccessBlockConfiguration"] == dict.fromkeys(
+            ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"), True
+        )
+        assert bucket["DeletionPolicy"] == "Retain"
+        deny = [s for s in policies[name]["Statement"] if s["Effect"] == "Deny"]
+        assert deny and deny[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        assert deny[0]["Action"] == "s3:*" and deny[0]["Principal"] == "*"
+
+
+def _policy_entries(props: dict[str, Any]) -> list[Any]:
+    entries = []
+    for entry in props.get("Policies", []):
+        if isinstance(entry, dict) and "Fn::If" in entry:
+            entries.extend(e for e in entry["Fn::If"][1:] if e != {"Ref": "AWS::NoValue"})
+        else:
+            entries.append(entry)
+    return entries
+
+
+ALLOWED_POLICY_TEMPLATES = {
+    "S3ReadPolicy": "BucketName",
+    "SQSSendMessagePolicy": "QueueName",
+    "DynamoDBCrudPolicy": "TableName",
+    "AWSSecretsManagerGetSecretValuePolicy": "SecretArn",
+}
+
+
+def test_iam_is_least_privilege(template, resources, functions):
+    assert "FullAccess" not in json.dumps(template)
+    for name, props in functions.items():
+        for entry in _policy_entries(props):
+            assert isinstance(entry, dict), f"{name}: managed policy {entry!r}; use a scoped policy template"
+            if "Statement" in entry:
+                for statement in entry["Statement"]:
+                    actions = (
+                        statement["Action"]
+                        if isinstance(statement["Action"], list)
+                        else [statement["Action"]]
+                    )
+                    assert all("*" not in a for a in actions), (name, actions)
+                    resources_ = (
+                        statement["Resource"]
+                        if isinstance(statement["Resource"], list)
+                        else [statement["Resource"]]
+                    )
+                    assert "*" not in resources_, (name, statement)
+                    if "kms:Sign" in actions:
+                        assert name == "PublishFunction"
+                        assert statement["Resource"] == {"Fn::GetAtt": ["SigningKey", "Arn"]}
+            else:
+                ((policy, args),) = entry.items()
+                assert policy in ALLOWED_POLICY_TEMPLATES, (name, policy)
+                assert set(args) == {ALLOWED_POLICY_TEMPLATES[policy]}, (name, policy)
+    signers = [n for n, p in functions.items() if "kms:Sign" in json.dumps(p.get("Policies", []))]
+    assert signers == ["PublishFunction"]
+    agent = resources["AgentAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert {a for s in agent for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])} == {
+        "s3:ListBucket",
+        "s3:GetObject",
+        "s3:PutObject",
+    }
+
+
+def test_signing_key_and_idempotency_table(resources):
+    key = resources["SigningKey"]["Properties"]
+    assert (key["KeySpec"], key["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
+    assert "EnableKeyRotation" not in key, "asymmetric keys cannot rotate automatically"
+    table = resources["IdempotencyTable"]["Properties"]
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+
+
+def test_log_groups_have_retention(template, resources, functions, resolve):
+    for _name, props in functions.items():
+        group = props["LoggingConfig"]["LogGroup"]["Ref"]
+        log_group = resources[group]
+        assert log_group["Type"] == "AWS::Logs::LogGroup"
+        assert log_group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        assert (
+            resolve(log_group["Properties"]["LogGroupName"])
+            == f"/aws/lambda/{resolve(props['FunctionName'])}"
+        )
+
+
+def test_alarms_cover_errors_and_dead_letters(resources, functions):
+    alarms = of_type(resources, "AWS::CloudWatch::Alarm").values()
+    watched_functions = {
+        a["Properties"]["Dimensions"][0]["Value"]["Ref"]
+        for a in alarms
+        if a["Properties"]["MetricName"] == "Errors"
+    }
+    assert watched_functions == set(functions)
+    watched_queues = {
+        a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+        for a in alarms
+        if a["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    }
+    assert watched_queues == {"RenderDeadLetterQueue", "PublishDeadLetterQueue"}
+    for alarm in alarms:
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    # CloudWatch cannot use the AWS managed SNS key: the topic has its own, usable by CloudWatch.
+    assert resources["AlarmTopic"]["Properties"]["KmsMasterKeyId"] == {"Ref": "AlarmTopicKey"}
+    key_policy = json.dumps(resources["AlarmTopicKey"]["Properties"]["KeyPolicy"])
+    assert "cloudwatch.amazonaws.com" in key_policy
+
+
+def test_outputs(template):
+    expected = {
+        "StateBucketName", "DistributionBucketName", "RenderQueueUrl", "RenderDeadLetterQueueUrl",
+        "PublishQueueUrl", "PublishDeadLetterQueueUrl", "SigningKeyId", "SigningKeyArn",
+        "SigningKeyAliasName", "IdempotencyTableName", "SharedLayerArn", "CdrFetchFunctionName",
+        "FeedSyncFunctionName", "RenderFunctionName", "PublishFunctionName", "AgentAccessPolicyArn",
+        "AlarmTopicArn",
+    }  # fmt: skip
+    assert set(template["Outputs"]) == expected
+    for output in template["Outputs"].values():
+        assert output["Description"]
+
+
+def load_json(name: str) -> Any:
+    return json.loads((REPO / "events" / name).read_text())
+
+
+def test_sample_events_use_the_template_names(resolve):
+    """The sample events (and so the demo and handler tests) name the resources of Environment=dev."""
+    state_bucket = resolve({"Ref": "StateBucket"})
+    for name in (
+        "sqs_s3_notification.json",
+        "sqs_s3_notification_encoded_key.json",
+        "sqs_s3_test_event.json",
+    ):
+        for record in load_json(name)["Records"]:
+            assert record["eventSourceARN"] == resolve({"Fn::GetAtt": ["RenderQueue", "Arn"]})
+            assert state_bucket in record["body"]
+    for record in load_json("sqs_publish.json")["Records"]:
+        assert record["eventSourceARN"] == resolve({"Fn::GetAtt": ["PublishQueue", "Arn"]})
+
+
+def test_samconfig(template):
+    import shlex
+    import tomllib
+
+    config = tomllib.loads((REPO / "samconfig.toml").read_text())
+    assert config["version"] == 0.1
+    params = template["Parameters"]
+    for env, stack in (("default", "cdr-policy-dev"), ("prod", "cdr-policy-prod")):
+        assert config[env]["global"]["parameters"]["stack_name"] == stack
+        assert config[env]["build"]["parameters"] == {"cached": True, "parallel": True}
+        assert config[env]["validate"]["parameters"] == {"lint": True}
+        deploy = config[env]["deploy"]["parameters"]
+        assert deploy["capabilities"] == "CAPABILITY_IAM"
+        assert deploy["confirm_changeset"] is True
+        assert deploy["resolve_s3"] is True
+        overrides = dict(item.split("=", 1) for item in shlex.split(deploy["parameter_overrides"]))
+        assert overrides["Environment"] == ("dev" if env == "default" else "prod")
+        for key, value in overrides.items():
+            assert key in params, f"{env}: unknown parameter {key}"
+            spec = params[key]
+            if "AllowedValues" in spec:
+                assert value in [str(v) for v in spec["AllowedValues"]], (env, key)
+            if "AllowedPattern" in spec:
+                assert re.fullmatch(spec["AllowedPattern"], value), (env, key)
+            if spec["Type"] == "Number":
+                assert spec.get("MinValue", -1e18) <= float(value) <= spec.get("MaxValue", 1e18), (env, key)
+
+
+@pytest.mark.parametrize("environment_name", ["dev", "staging", "prod", "a-twelve-chr"])
+def test_derived_names_are_valid(template, environment_name):
+    from tests.infra.support import Resolver
+
+    assert re.fullmatch(template["Parameters"]["Environment"]["AllowedPattern"], environment_name)
+    resolve = Resolver(template, {"Environment": environment_name})
+    for region in ("us-east-1", "ap-southeast-2"):
+        resolve.parameters["AWS::Region"] = region
+        for bucket in ("StateBucket", "DistributionBucket"):
+            name = resolve({"Ref": bucket})
+            assert re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", name), name
+        for queue in ("RenderDeadLetterQueue", "PublishDeadLetterQueue"):
+            assert len(resolve({"Fn::GetAtt": [queue, "QueueName"]})) <= 80

@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+import pytest
+import stamina
+
+from tests.unit.bundle.conftest import dist, key_pair, signer, state, verifier  # noqa: F401 (shared fixtures)
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_backoff():
+    """Retries happen without sleeping; three attempts, as in production."""
+    with stamina.set_testing(True, attempts=3):
+        yield

@@ -1,0 +1,58 @@
+"""DirectoryApplier: the dry-run / GitOps target."""
+
+from __future__ import annotations
+
+from cdr_policy.agent.directory import DirectoryApplier, file_name
+from cdr_policy.policy.serialize import load_yaml_documents
+
+from tests.unit.bundle.factory import ccg, labels, tracing_policy
+
+from .test_kube import cnp
+
+OURS = labels("prod")
+
+
+def test_objects_become_one_yaml_file_each(tmp_path):
+    out = DirectoryApplier(tmp_path / "out")
+    objects = [ccg("g1", ["45.0.0.1/32", "::ffff:45.0.0.1/128"]), tracing_policy("t1"), cnp("n1", "team-a")]
+    for obj in objects:
+        out.apply(obj)
+
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "ciliumcidrgroup-g1.yaml",
+        "ciliumnetworkpolicy-team-a.n1.yaml",
+        "tracingpolicy-t1.yaml",
+    ]
+    for obj in objects:
+        assert load_yaml_documents((tmp_path / "out" / file_name(obj)).read_bytes()) == [obj]
+        assert out.get(obj) == obj
+
+
+def test_owned_ignores_foreign_and_unreadable_files(tmp_path):
+    out = DirectoryApplier(tmp_path)
+    out.apply(ccg("mine", []))
+    out.apply(ccg("staging", [], channel="staging"))
+    (tmp_path / "hand-written.yaml").write_text(
+        "apiVersion: cilium.io/v2\nkind: CiliumCIDRGroup\nmetadata:\n  name: x\n"
+    )
+    (tmp_path / "configmap.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  labels:\n"
+        "    app.kubernetes.io/managed-by: cdr-policy\n    cdr-policy.io/channel: prod\n"
+    )
+    (tmp_path / "broken.yaml").write_text("kind: [")
+    (tmp_path / "notes.txt").write_text("hello")
+
+    assert [o["metadata"]["name"] for o in out.owned(OURS)] == ["mine"]
+
+
+def test_delete_removes_the_file_and_tolerates_absence(tmp_path):
+    out = DirectoryApplier(tmp_path)
+    out.apply(ccg("g1", []))
+    out.delete(ccg("g1", []))
+    out.delete(ccg("g1", []))
+    assert list(tmp_path.iterdir()) == []
+    assert out.get(ccg("g1", [])) is None
+
+
+def test_missing_directory_owns_nothing(tmp_path):
+    assert DirectoryApplier(tmp_path / "absent").owned(OURS) == []

@@ -1,0 +1,186 @@
+"""Finding the API server and credentials: in-cluster service account, then kubeconfig."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from cdr_policy.agent.kube import KubeApplier
+from cdr_policy.agent.kubeconfig import from_kubeconfig, resolve, ssl_context
+from cdr_policy.errors import ConfigError
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from demo.fake_kube import FakeKubeAPI
+from tests.unit.bundle.factory import ccg
+
+
+def self_signed(cn: str = "test-ca") -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def kubeconfig(path: Path, *, user: dict, cluster: dict | None = None, current: str | None = "dev") -> Path:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c1", "cluster": cluster or {"server": "https://api.example:6443"}}],
+        "users": [{"name": "u1", "user": user}],
+        "contexts": [{"name": "dev", "context": {"cluster": "c1", "user": "u1"}}],
+    }
+    if current:
+        doc["current-context"] = current
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture
+def sa_dir(tmp_path) -> Path:
+    d = tmp_path / "serviceaccount"
+    d.mkdir()
+    (d / "token").write_text("sa-token\n")
+    (d / "ca.crt").write_bytes(self_signed()[0])
+    return d
+
+
+def test_in_cluster_service_account_comes_first(sa_dir, tmp_path):
+    env = {
+        "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+        "KUBERNETES_SERVICE_PORT": "443",
+        "KUBECONFIG": str(kubeconfig(tmp_path / "kc", user={"token": "kc-token"})),
+    }
+    conn = resolve(env, sa_dir=sa_dir)
+    assert (conn.server, conn.token_file, conn.ca_file) == (
+        "https://10.96.0.1:443",
+        sa_dir / "token",
+        sa_dir / "ca.crt",
+    )
+    assert ssl_context(conn).verify_mode == ssl.CERT_REQUIRED
+    applier = KubeApplier.from_environment(env, sa_dir=sa_dir)
+    assert applier.describe() == "kubernetes https://10.96.0.1:443"
+    assert applier._bearer() == "sa-token"
+
+
+def test_ipv6_service_host_is_bracketed(sa_dir):
+    conn = resolve({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"}, sa_dir=sa_dir)
+    assert conn.server == "https://[fd00::1]:443"
+
+
+def test_kubeconfig_with_token_and_inline_ca(tmp_path):
+    ca, _ = self_signed()
+    path = kubeconfig(
+        tmp_path / "config",
+        user={"token": "abc"},
+        cluster={"server": "https://api.example:6443", "certificate-authority-data": b64(ca)},
+    )
+    conn = resolve({"KUBECONFIG": str(path)}, sa_dir=tmp_path / "none")
+    assert (conn.server, conn.token, conn.ca_data, conn.insecure) == (
+        "https://api.example:6443",
+        "abc",
+        ca,
+        False,
+    )
+    assert conn.source == "kubeconfig context dev"
+    assert ssl_context(conn).verify_mode == ssl.CERT_REQUIRED
+
+
+def test_default_kubeconfig_location_and_relative_paths(tmp_path):
+    home = tmp_path / "home"
+    (home / ".kube").mkdir(parents=True)
+    ca, _ = self_signed()
+    (home / ".kube" / "ca.pem").write_bytes(ca)
+    (home / ".kube" / "token").write_text("from-file")
+    kubeconfig(
+        home / ".kube" / "config",
+        user={"tokenFile": "token"},
+        cluster={"server": "https://api.example", "certificate-authority": "ca.pem"},
+    )
+    conn = resolve({}, sa_dir=tmp_path / "none", home=home)
+    assert conn.token_file == (home / ".kube" / "token").resolve()
+    assert conn.ca_file == (home / ".kube" / "ca.pem").resolve()
+    ssl_context(conn)
+
+
+def test_client_certificate_credentials(tmp_path):
+    cert, key = self_signed("client")
+    path = kubeconfig(
+        tmp_path / "config",
+        user={"client-certificate-data": b64(cert), "client-key-data": b64(key)},
+        cluster={"server": "https://api.example", "insecure-skip-tls-verify": True},
+    )
+    conn = from_kubeconfig([path])
+    assert conn.client_cert == (cert, key) and conn.insecure
+    ctx = ssl_context(conn)  # loads the chain; the temporary copies are gone afterwards
+    assert ctx.verify_mode == ssl.CERT_NONE
+
+
+def test_a_certificate_without_its_key_is_refused(tmp_path):
+    cert, _ = self_signed("client")
+    with pytest.raises(ConfigError, match="both a client certificate and a key"):
+        from_kubeconfig([kubeconfig(tmp_path / "c", user={"client-certificate-data": b64(cert)})])
+
+
+def test_exec_plugins_are_refused_with_a_way_out(tmp_path):
+    path = kubeconfig(tmp_path / "c", user={"exec": {"command": "aws", "args": ["eks", "get-token"]}})
+    with pytest.raises(ConfigError, match="exec or auth-provider plugin.*service-account token"):
+        from_kubeconfig([path])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"user": {"token": "t"}, "current": None}, "no current-context"),
+        ({"user": {"token": "t"}, "current": "elsewhere"}, "'elsewhere' is not defined"),
+        ({"user": {}}, "no token or client certificate"),
+        ({"user": {"token": "t"}, "cluster": {"certificate-authority-data": "AAAA"}}, "has no server"),
+    ],
+)
+def test_broken_kubeconfigs_are_explained(tmp_path, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        from_kubeconfig([kubeconfig(tmp_path / "c", **kwargs)])
+
+
+def test_no_credentials_at_all(tmp_path):
+    with pytest.raises(ConfigError, match="no Kubernetes credentials: not running in a pod"):
+        KubeApplier.from_environment({}, sa_dir=tmp_path / "none", home=tmp_path)
+
+
+def test_kubeconfig_files_merge_first_wins(tmp_path):
+    first = kubeconfig(tmp_path / "a", user={"token": "first"}, current=None)
+    second = kubeconfig(tmp_path / "b", user={"token": "second"}, current="dev")
+    conn = resolve({"KUBECONFIG": f"{first}:{tmp_path / 'missing'}:{second}"}, sa_dir=tmp_path / "none")
+    assert conn.token == "first"
+
+
+def test_kubeconfig_reaches_the_api_server(tmp_path):
+    with FakeKubeAPI() as kube:
+        path = kubeconfig(tmp_path / "c", user={"token": kube.token}, cluster={"server": kube.url})
+        applier = KubeApplier.from_environment({"KUBECONFIG": str(path)}, sa_dir=tmp_path / "none")
+        applier.apply(ccg("g1", []))
+        assert kube.get_object("CiliumCIDRGroup", "g1") is not None

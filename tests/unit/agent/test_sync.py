@@ -1,0 +1,592 @@
+"""The sync agent end to end: a distribution store with published bundles, and a cluster (the fake API
+server over HTTP) or a directory."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from cdr_policy import jsonio
+from cdr_policy.agent.directory import DirectoryApplier
+from cdr_policy.agent.kube import KubeApplier
+from cdr_policy.agent.status import read_status
+from cdr_policy.agent.sync import Agent
+from cdr_policy.bundle import keys
+from cdr_policy.bundle.manifest import unsigned
+from cdr_policy.bundle.publish import publish_bundle
+from cdr_policy.bundle.signing import LocalSigner, generate_local_key, sign_manifest
+from cdr_policy.errors import ConfigError, StorageError
+from cdr_policy.timeutil import utcnow
+
+from demo.fake_kube import FakeKubeAPI
+from tests.unit.bundle.factory import (
+    T0,
+    RecordingStore,
+    ccg,
+    ips,
+    labels,
+    network_bundle,
+    render,
+    tracing_policy,
+)
+
+MINUTE = timedelta(minutes=1)
+
+
+@pytest.fixture
+def bucket(dist) -> RecordingStore:
+    return RecordingStore(dist)
+
+
+@pytest.fixture
+def kube():
+    with FakeKubeAPI() as api:
+        yield api
+
+
+@pytest.fixture
+def make_agent(bucket, verifier, tmp_path):
+    def make(applier, *, check=None, channel="prod", state_dir=None):
+        return Agent(
+            bucket,
+            channel=channel,
+            cluster_id="eks-prod-1",
+            verifier=verifier,
+            applier=applier,
+            state_dir=state_dir or tmp_path / "agent-state",
+            check=check,
+        )
+
+    return make
+
+
+@pytest.fixture
+def ship(state, bucket, signer):
+    """Render and publish ``files`` to a channel at ``when``; returns the digest."""
+
+    def ship(files, when=T0, *, channel="prod", ttl=timedelta(hours=72)):
+        digest = render(state, files, channel=channel, created=when, ttl=ttl)
+        result = publish_bundle(
+            state,
+            bucket,
+            channel=channel,
+            digest=digest,
+            signer=signer,
+            now=when,
+            change_budget_percent=100,
+            approved=True,
+        )
+        assert result.shipped
+        return digest
+
+    return ship
+
+
+def names(kube, kind=None) -> list[str]:
+    return [o["metadata"]["name"] for o in kube.objects(kind)]
+
+
+def stored_status(bucket) -> dict:
+    return read_status(bucket.inner.get(keys.status_key("eks-prod-1")).data)
+
+
+A = network_bundle(ips(0, 10), tag="a")
+B = network_bundle(ips(5, 10), tag="b")
+A_NAMES = ["ccg-blocklist-a", "ccnp-blocklist-a", "tp-blocklist-a"]
+B_NAMES = ["ccg-blocklist-b", "ccnp-blocklist-b", "tp-blocklist-b"]
+
+
+def test_applies_a_new_bundle_and_reports(kube, ship, make_agent, bucket, tmp_path):
+    digest = ship(A)
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+
+    status = agent.sync_once(T0 + MINUTE)
+
+    assert status["last_poll"]["result"] == "applied"
+    assert (status["applied_digest"], status["applied_at"]) == (digest, "2026-01-10T16:01:00Z")
+    assert status["applied_expires_at"] == "2026-01-13T16:00:00Z"
+    assert status["verification"] == {
+        "ok": True,
+        "code": None,
+        "reason": None,
+        "digest": digest,
+        "at": "2026-01-10T16:01:00Z",
+    }
+    assert status["objects"] == {"applied": 3, "deleted": 0} and status["apply_errors"] == []
+    assert sorted(names(kube)) == A_NAMES
+    for obj in kube.objects():
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "cdr-policy"
+        assert obj["metadata"]["labels"]["cdr-policy.io/channel"] == "prod"
+    assert stored_status(bucket) == status
+    assert read_status((tmp_path / "agent-state" / "status.json").read_bytes()) == status
+    saved = jsonio.loads((tmp_path / "agent-state" / "applied.json").read_bytes())
+    assert saved["manifest"]["digest"] == digest
+
+
+def test_an_unchanged_manifest_costs_one_conditional_read(kube, ship, make_agent):
+    ship(A)
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+    agent.sync_once(T0 + MINUTE)
+    before = len(kube.operations)
+
+    status = agent.sync_once(T0 + 2 * MINUTE)
+
+    assert status["last_poll"]["result"] == "unchanged"
+    assert len(kube.operations) == before
+    assert status["objects"] == {"applied": 3, "deleted": 0}
+
+
+def test_apply_order_groups_first_new_before_old_policies_before_groups(kube, ship, make_agent):
+    ship(A)
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+    agent.sync_once(T0 + MINUTE)
+    kube.operations.clear()
+    ship(B, T0 + 10 * MINUTE)
+
+    status = agent.sync_once(T0 + 11 * MINUTE)
+
+    assert status["objects"] == {"applied": 3, "deleted": 3}
+    changes = kube.ops("apply", "delete")
+    assert changes == [
+        ("apply", "CiliumCIDRGroup", "ccg-blocklist-b"),
+        ("apply", "CiliumClusterwideNetworkPolicy", "ccnp-blocklist-b"),
+        ("apply", "TracingPolicy", "tp-blocklist-b"),
+        ("delete", "TracingPolicy", "tp-blocklist-a"),
+        ("delete", "CiliumClusterwideNetworkPolicy", "ccnp-blocklist-a"),
+        ("delete", "CiliumCIDRGroup", "ccg-blocklist-a"),
+    ]
+    assert sorted(names(kube)) == B_NAMES
+
+
+def test_prunes_only_what_it_owns(kube, ship, make_agent):
+    ship(A)
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+    agent.sync_once(T0 + MINUTE)
+    kube.add_object(
+        tracing_policy("hand-made") | {"metadata": {"name": "hand-made", "labels": {"team": "sec"}}}
+    )
+    kube.add_object(
+        tracing_policy("other-tool")
+        | {"metadata": {"name": "other-tool", "labels": {"app.kubernetes.io/managed-by": "helm"}}}
+    )
+    kube.add_object(ccg("staging-group", [], channel="staging"))
+    ship(B, T0 + 10 * MINUTE)
+
+    agent.sync_once(T0 + 11 * MINUTE)
+
+    assert names(kube, "TracingPolicy") == ["hand-made", "other-tool", "tp-blocklist-b"]
+    assert names(kube, "CiliumCIDRGroup") == ["ccg-blocklist-b", "staging-group"]
+
+
+def test_a_foreign_object_with_the_same_name_is_left_alone(kube, ship, make_agent):
+    ship(A)
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+    agent.sync_once(T0 + MINUTE)
+    foreign = tracing_policy("tp-blocklist-b") | {
+        "metadata": {"name": "tp-blocklist-b", "labels": {"team": "sec"}}
+    }
+    kube.add_object(foreign)
+    digest_a = agent.sync_once(T0 + 2 * MINUTE)["applied_digest"]
+    ship(B, T0 + 10 * MINUTE)
+
+    status = agent.sync_once(T0 + 11 * MINUTE)
+
+    assert status["last_poll"]["result"] == "apply_failed"
+    assert status["apply_errors"] == [
+        {
+            "kind": "TracingPolicy",
+            "name": "tp-blocklist-b",
+            "namespace": None,
+            "action": "apply",
+            "error": "exists but is not managed by cdr-policy for channel prod: left untouched",
+        }
+    ]
+    assert kube.get_object("TracingPolicy", "tp-blocklist-b")["metadata"]["labels"] == {"team": "sec"}
+    assert set(A_NAMES) <= set(names(kube))  # nothing pruned while something failed
+    assert status["applied_digest"] == digest_a
+
+
+def test_one_rejected_object_does_not_stop_the_others_and_is_retried(ship, make_agent):
+    reject = {"on": True}
+
+    def validator(obj):
+        bad = reject["on"] and obj["metadata"]["name"] == "ccnp-blocklist-b"
+        return ["spec.egressDeny[0].toCIDRSet[0]: invalid"] if bad else []
+
+    with FakeKubeAPI(validator=validator) as kube:
+        digest_a = ship(A)
+        agent = make_agent(KubeApplier(kube.url, kube.token))
+        agent.sync_once(T0 + MINUTE)
+        digest_b = ship(B, T0 + 10 * MINUTE)
+
+        failed = agent.sync_once(T0 + 11 * MINUTE)
+
+        assert failed["last_poll"]["result"] == "apply_failed"
+        assert [(e["name"], e["action"]) for e in failed["apply_errors"]] == [("ccnp-blocklist-b", "apply")]
+        assert "rejected by the API server" in failed["apply_errors"][0]["error"]
+        assert failed["objects"] == {"applied": 2, "deleted": 0}
+        assert failed["applied_digest"] == digest_a
+        assert sorted(names(kube)) == sorted(A_NAMES + ["ccg-blocklist-b", "tp-blocklist-b"])
+
+        reject["on"] = False
+        retried = agent.sync_once(T0 + 12 * MINUTE)  # same manifest: fetched again, not skipped by ETag
+
+        assert retried["last_poll"]["result"] == "applied"
+        assert (retried["applied_digest"], retried["apply_errors"]) == (digest_b, [])
+        assert sorted(names(kube)) == B_NAMES
+
+
+def tamper_file(bucket, digest):
+    key = keys.bundle_file_key(digest, "cilium-cdr-blocklist-cidrs-001.yaml")
+    bucket.inner.put(key, bucket.inner.get(key).data.replace(b"45.0.0.5/32", b"99.0.0.5/32"))  # same size
+
+
+def tamper_manifest(bucket, digest):
+    key = keys.channel_manifest_key("prod")
+    manifest = jsonio.loads(bucket.inner.get(key).data)
+    manifest["settings"]["action"] = "Sigkill"
+    bucket.inner.put(key, jsonio.dumps_pretty(manifest))
+
+
+def resign_with(bucket, manifest, tmp_path):
+    path = tmp_path / "attacker.pem"
+    if not path.exists():
+        generate_local_key(path)
+    bucket.inner.put(
+        keys.channel_manifest_key("prod"),
+        jsonio.dumps_pretty(sign_manifest(manifest, LocalSigner.from_file(path))),
+    )
+
+
+def other_key(bucket, digest, tmp_path):
+    resign_with(
+        bucket, unsigned(jsonio.loads(bucket.inner.get(keys.channel_manifest_key("prod")).data)), tmp_path
+    )
+
+
+def wrong_digest(bucket, digest, signer):
+    manifest = unsigned(jsonio.loads(bucket.inner.get(keys.channel_manifest_key("prod")).data))
+    manifest["digest"] = "f" * 64
+    bucket.inner.put(keys.channel_manifest_key("prod"), jsonio.dumps_pretty(sign_manifest(manifest, signer)))
+
+
+def unsigned_manifest(bucket, digest):
+    manifest = unsigned(jsonio.loads(bucket.inner.get(keys.channel_manifest_key("prod")).data))
+    bucket.inner.put(keys.channel_manifest_key("prod"), jsonio.dumps_pretty(manifest))
+
+
+TAMPERING = {
+    "file changed": (
+        lambda bucket, digest, signer, tmp: tamper_file(bucket, digest),
+        "file_mismatch",
+        "cilium-cdr-blocklist-cidrs-001.yaml has sha256",
+    ),
+    "manifest changed": (
+        lambda bucket, digest, signer, tmp: tamper_manifest(bucket, digest),
+        "bad_signature",
+        "bad signature",
+    ),
+    "signed by another key": (
+        lambda bucket, digest, signer, tmp: other_key(bucket, digest, tmp),
+        "bad_signature",
+        "does not verify with the trusted key",
+    ),
+    "digest mismatch": (
+        lambda bucket, digest, signer, tmp: wrong_digest(bucket, digest, signer),
+        "digest_mismatch",
+        "digest mismatch",
+    ),
+    "unsigned": (
+        lambda bucket, digest, signer, tmp: unsigned_manifest(bucket, digest),
+        "missing_signature",
+        "missing signature",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_a_tampered_bundle_is_refused_and_the_last_good_state_kept(
+    case, kube, ship, make_agent, bucket, signer, tmp_path
+):
+    tamper, code, message = TAMPERING[case]
+    digest_a = ship(A)
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+    agent.sync_once(T0 + MINUTE)
+    kube.operations.clear()
+    digest_b = ship(B, T0 + 10 * MINUTE)
+    tamper(bucket, digest_b, signer, tmp_path)
+
+    status = agent.sync_once(T0 + 11 * MINUTE)
+
+    assert status["last_poll"]["result"] == "refused"
+    assert status["verification"]["ok"] is False
+    assert status["verification"]["code"] == code
+    assert message in status["verification"]["reason"]
+    assert "nothing applied" in status["last_poll"]["detail"]
+    assert kube.ops("apply", "delete") == []
+    assert sorted(names(kube)) == A_NAMES
+    assert status["applied_digest"] == digest_a
+    assert stored_status(bucket) == status
+
+
+def test_an_expired_bundle_is_refused(kube, ship, make_agent):
+    digest_a = ship(A)
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+    agent.sync_once(T0 + MINUTE)
+    ship(B, T0 + 10 * MINUTE, ttl=timedelta(hours=1))
+
+    status = agent.sync_once(T0 + 2 * timedelta(hours=1))
+
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "expired")
+    assert "expired at 2026-01-10T17:10:00Z" in status["verification"]["reason"]
+    assert (status["applied_digest"], sorted(names(kube))) == (digest_a, A_NAMES)
+
+
+def test_a_tampered_first_bundle_leaves_the_cluster_untouched(kube, ship, make_agent, bucket):
+    tamper_file(bucket, ship(A))
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+
+    status = agent.sync_once(T0 + MINUTE)
+
+    assert status["last_poll"]["result"] == "refused" and status["applied_digest"] is None
+    assert kube.objects() == [] and kube.ops("apply", "delete") == []
+
+
+def test_another_channels_manifest_is_refused(kube, ship, make_agent, bucket):
+    ship(network_bundle(ips(0, 10), channel="staging"), channel="staging")
+    bucket.inner.put(
+        keys.channel_manifest_key("prod"), bucket.inner.get(keys.channel_manifest_key("staging")).data
+    )
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+
+    status = agent.sync_once(T0 + MINUTE)
+
+    assert status["verification"]["code"] == "wrong_channel" and kube.objects() == []
+
+
+def test_a_replayed_older_manifest_is_refused(kube, ship, make_agent, bucket):
+    ship(A)
+    old_manifest = bucket.inner.get(keys.channel_manifest_key("prod")).data
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+    agent.sync_once(T0 + MINUTE)
+    digest_b = ship(B, T0 + 10 * MINUTE)
+    agent.sync_once(T0 + 11 * MINUTE)
+    bucket.inner.put(keys.channel_manifest_key("prod"), old_manifest)
+
+    status = agent.sync_once(T0 + 12 * MINUTE)
+
+    assert status["verification"]["code"] == "replay"
+    assert (status["applied_digest"], sorted(names(kube))) == (digest_b, B_NAMES)
+
+
+def test_unsupported_objects_refuse_the_bundle(kube, ship, make_agent):
+    configmap = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: default\n"
+    ship({**A, "extra.yaml": configmap})
+    status = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + MINUTE)
+    assert status["verification"]["code"] == "bad_object"
+    assert "ConfigMap/x: kind not supported" in status["verification"]["reason"]
+    assert kube.objects() == []
+
+
+def test_unreachable_bucket_keeps_the_last_good_state(kube, ship, make_agent, bucket, tmp_path):
+    digest_a = ship(A)
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+    agent.sync_once(T0 + MINUTE)
+    kube.operations.clear()
+    bucket.down = StorageError("s3://dist: EndpointConnectionError: could not connect")
+
+    status = agent.sync_once(T0 + 2 * MINUTE)
+
+    assert status["last_poll"]["result"] == "unreachable"
+    assert "could not connect" in status["last_poll"]["detail"]
+    assert status["applied_digest"] == digest_a and status["verification"]["ok"] is True
+    assert kube.operations == [] and sorted(names(kube)) == A_NAMES
+    assert read_status((tmp_path / "agent-state" / "status.json").read_bytes()) == status
+
+
+def test_files_unreachable_after_the_manifest_is_retried(kube, ship, make_agent, bucket):
+    ship(A)
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+    real_get = bucket.get
+
+    def flaky_get(key):
+        if key.startswith("bundles/"):
+            raise StorageError("s3://dist: SlowDown")
+        return real_get(key)
+
+    bucket.get = flaky_get
+    assert agent.sync_once(T0 + MINUTE)["last_poll"]["result"] == "unreachable"
+    bucket.get = real_get
+    assert agent.sync_once(T0 + 2 * MINUTE)["last_poll"]["result"] == "applied"
+
+
+def test_an_expired_applied_bundle_is_removed_even_when_the_bucket_is_unreachable(
+    kube, ship, make_agent, bucket, tmp_path
+):
+    digest = ship(A)
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+    agent.sync_once(T0 + MINUTE)
+    kube.add_object(ccg("hand-made", []) | {"metadata": {"name": "hand-made"}})
+    bucket.down = StorageError("s3://dist: unreachable")
+
+    status = agent.sync_once(T0 + timedelta(hours=73))
+
+    assert status["last_poll"]["result"] == "expired"
+    assert (
+        f"applied bundle {digest[:12]} expired at 2026-01-13T16:00:00Z: removed 3 object(s)"
+        in (status["last_poll"]["detail"])
+    )
+    assert status["applied_digest"] is None and status["objects"] == {"applied": 0, "deleted": 3}
+    assert names(kube) == ["hand-made"]
+    assert not (tmp_path / "agent-state" / "applied.json").exists()
+    assert kube.ops("delete") == [
+        ("delete", "TracingPolicy", "tp-blocklist-a"),
+        ("delete", "CiliumClusterwideNetworkPolicy", "ccnp-blocklist-a"),
+        ("delete", "CiliumCIDRGroup", "ccg-blocklist-a"),
+    ]
+
+    bucket.down = None
+    again = agent.sync_once(T0 + timedelta(hours=74))
+    assert (again["last_poll"]["result"], again["verification"]["code"]) == ("refused", "expired")
+    assert names(kube) == ["hand-made"]
+
+
+def test_the_last_good_state_survives_a_restart_and_a_tampered_one_does_not(
+    kube, ship, make_agent, bucket, tmp_path
+):
+    digest = ship(A)
+    make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + MINUTE)
+    bucket.down = StorageError("down")
+
+    restarted = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + 2 * MINUTE)
+    assert (restarted["applied_digest"], restarted["applied_at"]) == (digest, "2026-01-10T16:01:00Z")
+
+    path = tmp_path / "agent-state" / "applied.json"
+    path.write_bytes(path.read_bytes().replace(b'"Post"', b'"Sigkill"'))
+    tampered = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + 3 * MINUTE)
+    assert tampered["applied_digest"] is None
+
+
+def test_the_policy_check_runs_before_apply_and_is_retried(kube, ship, make_agent):
+    digest = ship(A)
+    verdict = {"errors": ["ccnp-blocklist-a: enableDefaultDeny is not served by this cluster's CRD"]}
+    seen = []
+
+    def check(files):
+        seen.append(sorted(files))
+        return verdict["errors"]
+
+    agent = make_agent(KubeApplier(kube.url, kube.token), check=check)
+
+    refused = agent.sync_once(T0 + MINUTE)
+    assert (refused["last_poll"]["result"], refused["verification"]["code"]) == ("refused", "check_failed")
+    assert "enableDefaultDeny is not served" in refused["verification"]["reason"]
+    assert kube.objects() == []
+    assert seen == [sorted(A)]
+
+    verdict["errors"] = []
+    applied = agent.sync_once(T0 + 2 * MINUTE)
+    assert (applied["last_poll"]["result"], applied["applied_digest"]) == ("applied", digest)
+
+
+def test_no_manifest_yet(kube, make_agent, bucket):
+    status = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0)
+    assert status["last_poll"]["result"] == "no_manifest"
+    assert status["verification"]["ok"] is None and status["applied_digest"] is None
+    assert stored_status(bucket) == status
+
+
+def test_an_unreachable_cluster_changes_nothing_and_is_retried(kube, ship, make_agent):
+    ship(A)
+    applier = KubeApplier(kube.url, kube.token)
+    agent = make_agent(applier)
+    kube.fail("list", 503, times=3)
+
+    status = agent.sync_once(T0 + MINUTE)
+
+    assert status["last_poll"]["result"] == "apply_failed"
+    assert "cannot read the objects this agent owns" in status["last_poll"]["detail"]
+    assert kube.objects() == []
+    assert agent.sync_once(T0 + 2 * MINUTE)["last_poll"]["result"] == "applied"
+
+
+def test_directory_mode_writes_labelled_objects_and_prunes(ship, make_agent, tmp_path):
+    out = tmp_path / "out"
+    unlabelled = {
+        "cdr-dynamic-blocklist.yaml": A["cdr-dynamic-blocklist.yaml"].replace(
+            b"app.kubernetes.io/managed-by: cdr-policy", b"team: sec"
+        )
+    }
+    ship(unlabelled)
+    agent = make_agent(DirectoryApplier(out))
+    (out / "hand-written.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (out / "hand-written.yaml").write_bytes(
+        A["cdr-dynamic-blocklist.yaml"]
+        .replace(b"tp-blocklist-a", b"tp-hand")
+        .replace(b"app.kubernetes.io/managed-by: cdr-policy", b"team: sec")
+    )
+
+    agent.sync_once(T0 + MINUTE)
+    written = (out / "tracingpolicy-tp-blocklist-a.yaml").read_text()
+    assert "app.kubernetes.io/managed-by: cdr-policy" in written and "team: sec" in written
+
+    ship(B, T0 + 10 * MINUTE)
+    agent.sync_once(T0 + 11 * MINUTE)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ciliumcidrgroup-ccg-blocklist-b.yaml",
+        "ciliumclusterwidenetworkpolicy-ccnp-blocklist-b.yaml",
+        "hand-written.yaml",
+        "tracingpolicy-tp-blocklist-b.yaml",
+    ]
+
+
+def test_run_polls_until_stopped(ship, make_agent, tmp_path, bucket):
+    ship(A, utcnow())  # run() polls with the real clock
+    agent = make_agent(DirectoryApplier(tmp_path / "out"))
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(0.01, stop))
+    thread.start()
+    try:
+        for _ in range(500):
+            if bucket.puts.count(keys.status_key("eks-prod-1")) >= 3:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert stored_status(bucket)["last_poll"]["result"] == "unchanged"
+    assert len(list((tmp_path / "out").iterdir())) == 3
+
+
+@pytest.mark.parametrize("kwargs", [{"channel": "Prod"}, {"channel": "prod", "cluster_id": "../x"}])
+def test_invalid_identity_is_refused(kwargs, bucket, verifier, tmp_path):
+    with pytest.raises(ConfigError):
+        Agent(
+            bucket,
+            cluster_id=kwargs.get("cluster_id", "c1"),
+            channel=kwargs["channel"],
+            verifier=verifier,
+            applier=DirectoryApplier(tmp_path),
+            state_dir=tmp_path / "s",
+        )
+
+
+def test_labels_helper_matches_agent_ownership():
+    assert labels("prod") == {"app.kubernetes.io/managed-by": "cdr-policy", "cdr-policy.io/channel": "prod"}
+
+
+def test_an_in_place_tetragon_update_is_applied_and_warned_about(kube, ship, make_agent, caplog):
+    ship({"t.yaml": A["cdr-dynamic-blocklist.yaml"]})
+    agent = make_agent(KubeApplier(kube.url, kube.token))
+    agent.sync_once(T0 + MINUTE)
+    # same name, new content
+    changed = A["cdr-dynamic-blocklist.yaml"].replace(b"45.0.0.1/32", b"45.0.9.1/32")
+    ship({"t.yaml": changed}, T0 + 10 * MINUTE)
+
+    status = agent.sync_once(T0 + 11 * MINUTE)
+
+    assert status["last_poll"]["result"] == "applied"
+    assert "45.0.9.1/32" in str(kube.get_object("TracingPolicy", "tp-blocklist-a")["spec"])
+    assert any("tetragon#4322" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pytest
+from cdr_policy.bundle.signing import LocalSigner, Verifier, generate_local_key
+from cdr_policy.storage import LocalStore
+
+
+@pytest.fixture(scope="session")
+def key_pair(tmp_path_factory) -> tuple[LocalSigner, Verifier]:
+    path = tmp_path_factory.mktemp("keys") / "signing.pem"
+    public = generate_local_key(path)
+    return LocalSigner.from_file(path), Verifier.from_public_pem(public)
+
+
+@pytest.fixture
+def signer(key_pair) -> LocalSigner:
+    return key_pair[0]
+
+
+@pytest.fixture
+def verifier(key_pair) -> Verifier:
+    return key_pair[1]
+
+
+@pytest.fixture
+def state(tmp_path) -> LocalStore:
+    return LocalStore(tmp_path / "state")
+
+
+@pytest.fixture
+def dist(tmp_path) -> LocalStore:
+    return LocalStore(tmp_path / "dist")

@@ -1,0 +1,155 @@
+"""Builders for bundles in tests: objects shaped like the renderer's, rendered into a state store the
+way Render does (files + ``bundle.json``), and published into a distribution store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cdr_policy import jsonio
+from cdr_policy.bundle import keys
+from cdr_policy.bundle.manifest import build_manifest
+from cdr_policy.policy.serialize import dump_yaml
+from cdr_policy.storage import Store
+from cdr_policy.timeutil import iso
+
+T0 = datetime(2026, 1, 10, 16, 0, tzinfo=UTC)
+TTL = timedelta(hours=72)
+SOURCE = "ab" * 32
+SETTINGS = {"action": "Post", "mode": "monitor", "cilium_version": "1.17"}
+
+
+def labels(channel: str, **extra: str) -> dict[str, str]:
+    return {"app.kubernetes.io/managed-by": "cdr-policy", "cdr-policy.io/channel": channel, **extra}
+
+
+def ccg(
+    name: str, cidrs: list[str], channel: str = "prod", api_version: str = "cilium.io/v2"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": "CiliumCIDRGroup",
+        "metadata": {"name": name, "labels": labels(channel, **{"cdr-policy.io/component": "cidr-group"})},
+        "spec": {"externalCIDRs": list(cidrs)},
+    }
+
+
+def ccnp(name: str, groups: list[str], channel: str = "prod") -> dict[str, Any]:
+    return {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumClusterwideNetworkPolicy",
+        "metadata": {"name": name, "labels": labels(channel)},
+        "spec": {
+            "endpointSelector": {},
+            "enableDefaultDeny": {"egress": False, "ingress": False},
+            "egressDeny": [{"toCIDRSet": [{"cidrGroupRef": g} for g in groups]}],
+        },
+    }
+
+
+def tracing_policy(name: str, addrs: list[str] = (), channel: str = "prod") -> dict[str, Any]:
+    return {
+        "apiVersion": "cilium.io/v1alpha1",
+        "kind": "TracingPolicy",
+        "metadata": {"name": name, "labels": labels(channel)},
+        "spec": {
+            "podSelector": {},
+            "kprobes": [
+                {
+                    "call": "tcp_connect",
+                    "syscall": False,
+                    "args": [{"index": 0, "type": "sock"}],
+                    "selectors": [
+                        {
+                            "matchArgs": [{"index": 0, "operator": "DAddr", "values": list(addrs)}],
+                            "matchActions": [{"action": "Post"}],
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def files_of(objects: dict[str, dict[str, Any]]) -> dict[str, bytes]:
+    return {path: dump_yaml(obj) for path, obj in objects.items()}
+
+
+def network_bundle(prefixes: list[str], channel: str = "prod", tag: str = "a") -> dict[str, bytes]:
+    """A CIDR group + the policy that references it + a Tetragon blocklist, all carrying ``prefixes``."""
+    group = f"ccg-blocklist-{tag}"
+    return files_of(
+        {
+            "cilium-cdr-blocklist-cidrs-001.yaml": ccg(group, prefixes, channel),
+            "cilium-cdr-blocklist.yaml": ccnp(f"ccnp-blocklist-{tag}", [group], channel),
+            "cdr-dynamic-blocklist.yaml": tracing_policy(f"tp-blocklist-{tag}", prefixes, channel),
+        }
+    )
+
+
+def ips(start: int, count: int) -> list[str]:
+    """``count`` distinct public /32s (45.0.0.0/8 is not in any never-block range)."""
+    return [f"45.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}/32" for i in range(start, start + count)]
+
+
+def render(
+    state: Store,
+    files: dict[str, bytes],
+    *,
+    channel: str = "prod",
+    created: datetime = T0,
+    ttl: timedelta = TTL,
+    counts: dict[str, int] | None = None,
+) -> str:
+    """Write ``files`` and their unsigned manifest under ``bundles/<digest>/`` as Render does."""
+    manifest = build_manifest(
+        files,
+        channel=channel,
+        settings=SETTINGS,
+        counts=counts if counts is not None else {"files": len(files)},
+        created_at=iso(created),
+        expires_at=iso(created + ttl),
+        source_digest=SOURCE,
+    )
+    digest = manifest["digest"]
+    for path, data in files.items():
+        state.put(keys.bundle_file_key(digest, path), data)
+    state.put(keys.bundle_manifest_key(digest), jsonio.dumps_pretty(manifest))
+    return digest
+
+
+class RecordingStore:
+    """A Store wrapper that records writes (in order) and can be made to fail like an unreachable bucket."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.puts: list[str] = []
+        self.down: Exception | None = None
+
+    def _check(self) -> None:
+        if self.down is not None:
+            raise self.down
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def get(self, key: str):
+        self._check()
+        return self.inner.get(key)
+
+    def get_if_changed(self, key: str, etag: str | None):
+        self._check()
+        return self.inner.get_if_changed(key, etag)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        self._check()
+        self.puts.append(key)
+        return self.inner.put(key, data, content_type)
+
+    def list(self, prefix: str) -> list[str]:
+        self._check()
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self._check()
+        self.inner.delete(key)

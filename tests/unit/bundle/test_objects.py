@@ -1,0 +1,109 @@
+"""Objects inside a bundle, the prefixes the change budget counts, and the budget arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+from cdr_policy.bundle.change_budget import assess
+from cdr_policy.bundle.manifest import VerificationError
+from cdr_policy.bundle.objects import ObjectRef, parse_objects, prefixes, ref_of
+
+from .factory import ccg, files_of, network_bundle, tracing_policy
+
+
+def test_yaml_files_hold_objects_other_files_are_carried():
+    files = network_bundle(["45.0.0.1/32"])
+    files["report.json"] = b'{"not": "an object"}'
+    files["multi.yaml"] = (
+        b"---\n"
+        + files["cdr-dynamic-blocklist.yaml"].replace(b"tp-blocklist-a", b"tp-x")
+        + (b"\n---\n" + files["cdr-dynamic-blocklist.yaml"].replace(b"tp-blocklist-a", b"tp-y") + b"\n---\n")
+    )
+    objects = parse_objects(files)
+    assert sorted(ref_of(o).name for o in objects) == [
+        "ccg-blocklist-a",
+        "ccnp-blocklist-a",
+        "tp-blocklist-a",
+        "tp-x",
+        "tp-y",
+    ]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"kind: [unclosed", "not valid YAML"),
+        (b"- just\n- a list\n", "expected a Kubernetes object"),
+        (b"apiVersion: v1\nmetadata: {name: x}\n", "apiVersion and kind"),
+        (b"apiVersion: cilium.io/v2\nkind: CiliumCIDRGroup\nmetadata: {}\n", "metadata.name"),
+        (
+            b"apiVersion: cilium.io/v2\nkind: CiliumCIDRGroup\nmetadata: {name: a, namespace: 3}\n",
+            "namespace",
+        ),
+    ],
+)
+def test_malformed_objects_are_refused(content, message):
+    with pytest.raises(VerificationError, match=message) as exc:
+        parse_objects({"x.yaml": content})
+    assert exc.value.code == "bad_object"
+
+
+def test_the_same_object_twice_is_refused():
+    files = files_of({"a.yaml": ccg("g", []), "b.yaml": ccg("g", ["45.0.0.1/32"])})
+    with pytest.raises(VerificationError, match="CiliumCIDRGroup/g is defined twice"):
+        parse_objects(files)
+
+
+def test_refs_identify_objects_across_api_versions():
+    assert (
+        ref_of(ccg("g", [], api_version="cilium.io/v2alpha1"))
+        == ref_of(ccg("g", []))
+        == ObjectRef("CiliumCIDRGroup", None, "g")
+    )
+
+
+def test_prefixes_are_canonical_and_counted_once():
+    objects = [
+        ccg("g", ["45.0.0.1/32", "45.0.1.7/24", "2a00:1450::/32"]),
+        tracing_policy("t", ["45.0.0.1/32", "::ffff:45.0.0.1/128", "::ffff:45.0.1.0/120", "45.0.2.9"]),
+    ]
+    objects[0]["metadata"]["annotations"] = {
+        "cdr-policy.io/entries": "46.1.1.1/32"
+    }  # metadata is not content
+    objects[1]["spec"]["kprobes"][0]["message"] = "1.17"  # versions, ports and hooks are not prefixes
+    assert prefixes(objects) == {"45.0.0.1/32", "45.0.1.0/24", "45.0.2.9/32", "2a00:1450::/32"}
+
+
+def test_churn_counts_even_when_totals_stay_the_same():
+    check = assess(
+        {f"45.0.0.{i}/32" for i in range(100)},
+        {f"45.0.1.{i}/32" for i in range(100)},
+        budget_percent=50,
+        min_changes=0,
+    )
+    assert (check.added, check.removed, check.percent) == (100, 100, 200.0)
+    assert check.exceeded
+    assert "200.0%" in check.reason()
+
+
+def test_small_changes_are_within_budget():
+    current = {f"45.0.0.{i}/32" for i in range(100)}
+    check = assess(current, current - {"45.0.0.1/32"} | {"45.0.9.9/32"}, budget_percent=5, min_changes=0)
+    assert check.percent == 2.0 and not check.exceeded
+
+
+def test_min_changes_keeps_small_lists_flowing():
+    assert not assess(
+        {"45.0.0.1/32"}, {"45.0.0.2/32", "45.0.0.3/32"}, budget_percent=50, min_changes=20
+    ).exceeded
+    assert assess({"45.0.0.1/32"}, {"45.0.0.2/32", "45.0.0.3/32"}, budget_percent=50, min_changes=0).exceeded
+
+
+def test_emptying_a_list_is_over_budget():
+    check = assess({f"45.0.0.{i}/32" for i in range(50)}, set(), budget_percent=50, min_changes=20)
+    assert check.removed == 50 and check.percent == 100.0 and check.exceeded
+
+
+@pytest.mark.parametrize("budget, minimum", [(0, 0), (101, 0), (50, -1)])
+def test_budget_arguments_are_checked(budget, minimum):
+    with pytest.raises(ValueError):
+        assess(set(), set(), budget_percent=budget, min_changes=minimum)

@@ -1,0 +1,279 @@
+"""Publishing: checks before shipping, files before the manifest, the change budget, idempotency,
+refresh and rollback."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import boto3
+import pytest
+from cdr_policy import jsonio
+from cdr_policy.bundle import keys
+from cdr_policy.bundle.publish import publish_bundle, rollback
+from cdr_policy.bundle.signing import verify_manifest
+from cdr_policy.errors import BundleError
+from cdr_policy.observability import metrics
+from cdr_policy.storage import NotFound, S3Store
+from cdr_policy.timeutil import iso
+from moto import mock_aws
+
+from .factory import T0, TTL, RecordingStore, ips, network_bundle, render
+
+
+def publish(state, dist, signer, digest, *, now=T0, budget=50, **kwargs):
+    return publish_bundle(
+        state,
+        dist,
+        channel="prod",
+        digest=digest,
+        signer=signer,
+        now=now,
+        change_budget_percent=budget,
+        **kwargs,
+    )
+
+
+def current(dist) -> dict:
+    return jsonio.loads(dist.get(keys.channel_manifest_key("prod")).data)
+
+
+@pytest.fixture
+def recorder(dist) -> RecordingStore:
+    return RecordingStore(dist)
+
+
+def test_first_publish_copies_files_then_history_then_manifest(state, recorder, signer, verifier):
+    files = network_bundle(ips(0, 10))
+    digest = render(state, files)
+
+    result = publish(state, recorder, signer, digest)
+
+    assert result.status == "published" and result.shipped
+    assert result.previous_digest is None
+    file_keys = sorted(keys.bundle_file_key(digest, p) for p in files)
+    history = keys.history_key("prod", iso(T0), digest)
+    assert sorted(recorder.puts[:-2]) == file_keys
+    assert recorder.puts[-2:] == [history, keys.channel_manifest_key("prod")]
+    assert (result.manifest_key, result.history_key) == (keys.channel_manifest_key("prod"), history)
+    signed = current(recorder)
+    verify_manifest(signed, verifier, now=T0)
+    assert signed["digest"] == digest
+    assert jsonio.loads(recorder.get(history).data) == signed
+    assert {p: recorder.get(keys.bundle_file_key(digest, p)).data for p in files} == files
+    assert "BundlesPublished" in metrics.metric_set
+
+
+def test_publishing_the_current_bundle_again_writes_nothing(state, recorder, signer):
+    digest = render(state, network_bundle(ips(0, 10)))
+    publish(state, recorder, signer, digest)
+    recorder.puts.clear()
+
+    result = publish(state, recorder, signer, digest, now=T0 + timedelta(hours=1))
+
+    assert result.status == "unchanged" and not result.shipped
+    assert recorder.puts == []
+
+
+def test_current_bundle_is_refreshed_after_half_its_lifetime(state, recorder, signer, verifier):
+    files = network_bundle(ips(0, 10))
+    digest = render(state, files)
+    publish(state, recorder, signer, digest)
+    recorder.puts.clear()
+    later = T0 + TTL / 2
+
+    result = publish(state, recorder, signer, digest, now=later)
+
+    assert result.status == "refreshed"
+    assert recorder.puts == [keys.history_key("prod", iso(later), digest), keys.channel_manifest_key("prod")]
+    signed = current(recorder)
+    assert (signed["created_at"], signed["expires_at"]) == (iso(later), iso(later + TTL))
+    verify_manifest(signed, verifier, now=T0 + TTL + timedelta(hours=1))
+
+
+def test_manifest_is_stamped_at_publish_time_with_the_rendered_lifetime(state, dist, signer):
+    digest = render(
+        state, network_bundle(ips(0, 10)), created=T0 - timedelta(days=5), ttl=timedelta(hours=24)
+    )
+    publish(state, dist, signer, digest)
+    assert (current(dist)["created_at"], current(dist)["expires_at"]) == (
+        iso(T0),
+        iso(T0 + timedelta(hours=24)),
+    )
+
+
+def test_a_bundle_failing_the_policy_check_is_not_shipped(state, recorder, signer):
+    files = network_bundle(ips(0, 10))
+    digest = render(state, files)
+    seen = []
+
+    def check(got):
+        seen.append(got)
+        return ["cilium-cdr-blocklist.yaml: spec.egressDeny: toFQDNs is not allowed", "b: second"]
+
+    result = publish(state, recorder, signer, digest, check=check)
+
+    assert result.status == "refused" and not result.shipped
+    assert result.errors == [
+        "b: second",
+        "cilium-cdr-blocklist.yaml: spec.egressDeny: toFQDNs is not allowed",
+    ]
+    assert seen == [files]
+    assert recorder.puts == []
+    assert "BundlesRefused" in metrics.metric_set
+
+
+def test_a_tampered_rendered_file_is_an_error(state, dist, signer):
+    digest = render(state, network_bundle(ips(0, 10)))
+    state.put(keys.bundle_file_key(digest, "cilium-cdr-blocklist.yaml"), b"kind: Evil\n")
+    with pytest.raises(BundleError, match="cilium-cdr-blocklist.yaml"):
+        publish(state, dist, signer, digest)
+    assert dist.list("") == []
+
+
+def test_bundle_for_another_channel_or_unknown_digest_is_an_error(state, dist, signer):
+    digest = render(state, network_bundle(ips(0, 10), channel="staging"), channel="staging")
+    with pytest.raises(BundleError, match="rendered for channel staging"):
+        publish(state, dist, signer, digest)
+    with pytest.raises(NotFound):
+        publish(state, dist, signer, "e" * 64)
+
+
+def test_change_over_budget_is_held_and_alarmed(state, recorder, signer):
+    publish(state, recorder, signer, render(state, network_bundle(ips(0, 100), tag="a")))
+    recorder.puts.clear()
+    digest = render(state, network_bundle(ips(40, 100), tag="b"))  # 40 added, 40 removed: 80%
+
+    result = publish(state, recorder, signer, digest, now=T0 + timedelta(hours=1))
+
+    assert result.status == "held" and not result.shipped
+    assert "80.0%, over the change budget of 50%" in result.reason
+    assert result.budget == {
+        "current": 100,
+        "proposed": 100,
+        "added": 40,
+        "removed": 40,
+        "percent": 80.0,
+        "budget_percent": 50,
+        "min_changes": 20,
+    }
+    assert recorder.puts == []
+    assert current(recorder)["digest"] != digest
+    assert "BundlesHeld" in metrics.metric_set
+
+
+def test_an_approved_change_is_published_despite_the_budget(state, dist, signer):
+    publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
+    digest = render(state, network_bundle(ips(1000, 100), tag="b"))
+
+    result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1), approved=True)
+
+    assert result.status == "published" and current(dist)["digest"] == digest
+
+
+def test_change_within_budget_is_published_with_its_measure(state, dist, signer):
+    publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
+    digest = render(state, network_bundle(ips(10, 100), tag="b"))  # 10 added, 10 removed: 20%
+
+    result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
+
+    assert result.status == "published"
+    assert (result.budget["added"], result.budget["removed"], result.budget["percent"]) == (10, 10, 20.0)
+
+
+def test_first_publish_is_exempt_from_the_budget(state, dist, signer):
+    result = publish(state, dist, signer, render(state, network_bundle(ips(0, 5000))), budget=1)
+    assert result.status == "published" and result.budget is None
+
+
+def test_unreadable_current_manifest_holds_unless_approved(state, dist, signer):
+    dist.put(keys.channel_manifest_key("prod"), b"{ not json")
+    digest = render(state, network_bundle(ips(0, 10)))
+
+    held = publish(state, dist, signer, digest)
+    assert held.status == "held" and "unusable" in held.reason
+
+    assert publish(state, dist, signer, digest, approved=True).status == "published"
+
+
+def test_current_bundle_files_gone_holds_unless_approved(state, dist, signer):
+    first = render(state, network_bundle(ips(0, 10), tag="a"))
+    publish(state, dist, signer, first)
+    dist.delete(keys.bundle_file_key(first, "cilium-cdr-blocklist.yaml"))
+    digest = render(state, network_bundle(ips(0, 11), tag="b"))
+
+    held = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
+    assert held.status == "held" and "cannot compare" in held.reason
+
+
+def test_going_back_to_an_earlier_bundle_publishes_it_again(state, dist, signer, verifier):
+    a = render(state, network_bundle(ips(0, 10), tag="a"))
+    b = render(state, network_bundle(ips(0, 11), tag="b"), created=T0 + timedelta(minutes=15))
+    publish(state, dist, signer, a)
+    publish(state, dist, signer, b, now=T0 + timedelta(minutes=20))
+
+    result = publish(state, dist, signer, a, now=T0 + timedelta(minutes=40))
+
+    assert result.status == "published" and result.previous_digest == b
+    assert current(dist)["created_at"] == iso(T0 + timedelta(minutes=40))
+
+
+def test_rollback_re_signs_an_earlier_bundle(state, recorder, signer, verifier):
+    a = render(state, network_bundle(ips(0, 10), tag="a"), ttl=timedelta(hours=24))
+    b = render(state, network_bundle(ips(0, 11), tag="b"))
+    publish(state, recorder, signer, a)
+    publish(state, recorder, signer, b, now=T0 + timedelta(hours=1))
+    recorder.puts.clear()
+    when = T0 + timedelta(days=3)  # a's original manifest has expired by now
+
+    result = rollback(recorder, channel="prod", to_digest=a, signer=signer, now=when)
+
+    assert result.status == "rolled_back" and result.previous_digest == b
+    assert recorder.puts == [keys.history_key("prod", iso(when), a), keys.channel_manifest_key("prod")]
+    signed = current(recorder)
+    verify_manifest(signed, verifier, now=when)
+    assert (signed["digest"], signed["created_at"], signed["expires_at"]) == (
+        a,
+        iso(when),
+        iso(when + timedelta(hours=24)),
+    )
+    assert len(recorder.list(keys.history_prefix("prod"))) == 3
+    assert "ChannelRollbacks" in metrics.metric_set
+
+
+def test_rollback_to_the_current_bundle_changes_nothing(state, recorder, signer):
+    a = render(state, network_bundle(ips(0, 10)))
+    publish(state, recorder, signer, a)
+    recorder.puts.clear()
+    assert rollback(recorder, channel="prod", to_digest=a, signer=signer, now=T0).status == "unchanged"
+    assert recorder.puts == []
+
+
+def test_rollback_needs_history_and_files(state, dist, signer):
+    a = render(state, network_bundle(ips(0, 10), tag="a"))
+    publish(state, dist, signer, a)
+    publish(
+        state, dist, signer, render(state, network_bundle(ips(0, 11), tag="b")), now=T0 + timedelta(hours=1)
+    )
+    with pytest.raises(BundleError, match="never published"):
+        rollback(dist, channel="prod", to_digest="d" * 64, signer=signer, now=T0)
+    dist.delete(keys.bundle_file_key(a, "cdr-dynamic-blocklist.yaml"))
+    with pytest.raises(BundleError, match="files are not all in"):
+        rollback(dist, channel="prod", to_digest=a, signer=signer, now=T0)
+
+
+def test_publish_through_s3(signer, verifier):
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        for bucket in ("state-bucket", "dist-bucket"):
+            s3.create_bucket(Bucket=bucket)
+        state, dist = S3Store(s3, "state-bucket"), S3Store(s3, "dist-bucket")
+        digest = render(state, network_bundle(ips(0, 10)))
+
+        assert publish(state, dist, signer, digest).status == "published"
+        assert publish(state, dist, signer, digest).status == "unchanged"
+
+        verify_manifest(current(dist), verifier, now=T0)
+        head = s3.head_object(
+            Bucket="dist-bucket", Key=keys.bundle_file_key(digest, "cilium-cdr-blocklist.yaml")
+        )
+        assert head["ContentType"] == "application/yaml"

@@ -1,0 +1,149 @@
+"""Fixtures for the handler tests: each ``functions/<name>/app.py`` loaded under a unique module name
+(several ``app.py`` would clash in ``sys.modules``), the sample events in ``events/``, the settings
+the template gives the functions, and a recorder standing in for the stages (the integration test
+runs the real ones)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from cdr_policy import stages
+from cdr_policy.config import get_settings
+
+REPO = Path(__file__).resolve().parents[3]
+
+# The names the template derives for Environment=dev in account 123456789012, us-east-1.
+ENV = {
+    "STATE_BUCKET": "cdr-policy-dev-state-123456789012-us-east-1",
+    "DIST_BUCKET": "cdr-policy-dev-dist-123456789012-us-east-1",
+    "PUBLISH_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/cdr-policy-dev-publish",
+    "SIGNING_KEY_ID": "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    "IDEMPOTENCY_TABLE": "cdr-policy-dev-idempotency",
+    "QUALYS_SECRET_NAME": "cdr-policy/dev/qualys",
+    "QUALYS_PLATFORM": "US2",
+}
+
+
+@pytest.fixture(autouse=True)
+def _clear_logger_state() -> Iterator[None]:
+    """The handlers add the Lambda context and message ids to the shared logger's keys; keep them out of
+    the tests that run afterwards."""
+    from cdr_policy.observability import logger
+
+    yield
+    logger.clear_state()
+
+
+@pytest.fixture
+def handler_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The functions' environment; the settings cache is cleared before and after."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield dict(ENV)
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def load_handler() -> Iterator[Callable[[str], ModuleType]]:
+    """``load_handler("render")`` imports ``functions/render/app.py`` as a fresh, uniquely named module."""
+    names: list[str] = []
+
+    def load(function: str) -> ModuleType:
+        path = REPO / "functions" / function / "app.py"
+        name = f"handler_{function}_{uuid.uuid4().hex}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None, path
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        names.append(name)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def load_event() -> Callable[[str], dict[str, Any]]:
+    def load(name: str) -> dict[str, Any]:
+        return json.loads((REPO / "events" / name).read_text())
+
+    return load
+
+
+class StageRecorder:
+    """Replaces one stage function: records each call, returns ``result`` or raises ``error``."""
+
+    def __init__(self, result: Any = None, error: Exception | None = None) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.result = result
+        self.error = error
+
+    def __call__(self, settings: Any, **kwargs: Any) -> Any:
+        self.calls.append({"settings": settings, **kwargs})
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@pytest.fixture
+def fake_stage(monkeypatch: pytest.MonkeyPatch) -> Callable[..., StageRecorder]:
+    """``fake_stage("render", result=[...])`` replaces ``cdr_policy.stages.render`` for one test."""
+
+    def install(name: str, *, result: Any = None, error: Exception | None = None) -> StageRecorder:
+        assert hasattr(stages, name), name
+        recorder = StageRecorder(result=result, error=error)
+        monkeypatch.setattr(stages, name, recorder)
+        return recorder
+
+    return install
+
+
+def _sqs_event(*bodies: str, queue: str = "cdr-policy-dev-render") -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "messageId": f"m{i}",
+                "receiptHandle": f"rh{i}",
+                "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}",
+                "awsRegion": "us-east-1",
+            }
+            for i, body in enumerate(bodies)
+        ]
+    }
+
+
+@pytest.fixture
+def sqs_event() -> Callable[..., dict[str, Any]]:
+    """``sqs_event(body, body, ...)``: an SQS event with one record per body (message ids m0, m1, ...)."""
+    return _sqs_event
+
+
+@pytest.fixture
+def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The shared logger's JSON lines of this test: ``log_lines()`` parses what was logged so far."""
+    from cdr_policy.observability import logger
+
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)
+    yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
+    handler.setStream(previous)
