@@ -1,0 +1,164 @@
+"""Retrying gateway calls: which answers are worth another try, how long to wait, and when to stop.
+
+Order of preference for the wait: the server's ``Retry-After`` (seconds or an HTTP date), then the
+Qualys gateway's ``X-RateLimit-ToWait-Sec``, then exponential backoff with jitter. Every wait is
+checked against the caller's deadline first: when the next attempt could not start in time the
+call stops with :class:`QualysDeadline`, which the fetch stage treats as "resume next run".
+
+The loop is written out rather than delegated to ``stamina``/``tenacity`` because it needs three
+things those do not offer together: waits chosen per response from headers, an injectable clock
+and sleep (tests run in milliseconds), and a deadline that refuses a wait instead of overrunning it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from cdr_policy.errors import QualysError
+from cdr_policy.observability import logger
+
+# 429: rate limited (gateway); 409: rate or concurrency limited (legacy API convention);
+# 502/503/504: transient upstream trouble. 500 is retried too, but fewer times (``max_500_attempts``).
+RETRY_STATUSES = frozenset({409, 429, 502, 503, 504})
+
+
+class QualysDeadline(QualysError):
+    """The time budget ran out before the work was done. Nothing stored is lost: resume next run."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    max_500_attempts: int = 3
+    base_delay_s: float = 1.0
+    max_delay_s: float = 60.0
+    # Longest server-requested wait we accept; a longer one is clamped (the deadline still applies).
+    max_server_delay_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.max_500_attempts < 1:
+            raise ValueError("retry attempts must be at least 1")
+        if self.base_delay_s < 0 or self.max_delay_s < 0 or self.max_server_delay_s < 0:
+            raise ValueError("retry delays must not be negative")
+
+
+def server_delay(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+    """Seconds the server asked us to wait, or None when it did not say."""
+    retry_after = headers.get("retry-after")
+    if retry_after is not None:
+        value = retry_after.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None and when.tzinfo is not None:
+            return max(0.0, when.timestamp() - now())
+    to_wait = headers.get("x-ratelimit-towait-sec")
+    if to_wait is not None:
+        try:
+            return max(0.0, float(to_wait.strip()))
+        except ValueError:
+            return None
+    return None
+
+
+@dataclass
+class RetryStats:
+    retries: int = 0
+    waited_s: float = 0.0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Retrier:
+    """Runs one request until it gets an answer worth returning.
+
+    ``send(timeout)`` performs the request with the given per-attempt timeout (seconds) and returns
+    the response or raises an ``httpx`` error. Responses whose status is not retryable are returned
+    as they are (the caller interprets 200, 401, 403, 404, ...).
+    """
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        timeout_s: float,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        deadline: float | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.policy = policy
+        self.timeout_s = timeout_s
+        self.sleep = sleep
+        self.clock = clock
+        self.deadline = deadline
+        self.rng = rng
+        self.stats = RetryStats()
+
+    def _remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - self.clock()
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.policy.max_delay_s, self.policy.base_delay_s * 2 ** (attempt - 1))
+        # "Equal jitter": at least half the exponential step, so retries never stampede at 0 s.
+        return ceiling / 2 + self.rng() * ceiling / 2
+
+    def call(self, what: str, send: Callable[[float], httpx.Response]) -> httpx.Response:
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = self._remaining()
+            if remaining is not None and remaining <= 0:
+                raise QualysDeadline(f"{what}: time budget exhausted before attempt {attempt}")
+            timeout = self.timeout_s if remaining is None else min(self.timeout_s, remaining)
+            try:
+                response = send(timeout)
+            except httpx.TimeoutException as exc:
+                reason, limit, delay = f"timeout ({type(exc).__name__})", self.policy.max_attempts, None
+            except httpx.TransportError as exc:
+                reason, limit, delay = (
+                    f"transport error ({type(exc).__name__})",
+                    self.policy.max_attempts,
+                    None,
+                )
+            else:
+                status = response.status_code
+                if status in RETRY_STATUSES:
+                    limit = self.policy.max_attempts
+                elif status == 500:
+                    limit = self.policy.max_500_attempts
+                else:
+                    return response
+                reason = f"HTTP {status}"
+                delay = server_delay(response.headers)
+                if delay is not None:
+                    delay = min(delay, self.policy.max_server_delay_s)
+                response.close()
+            if attempt >= limit:
+                raise QualysError(f"{what}: giving up after {attempt} attempts, last: {reason}")
+            if delay is None:
+                delay = self._backoff(attempt)
+            remaining = self._remaining()
+            if remaining is not None and delay >= remaining:
+                raise QualysDeadline(
+                    f"{what}: {reason}; waiting {delay:.1f}s would pass the time budget "
+                    f"({remaining:.1f}s left)"
+                )
+            self.stats.retries += 1
+            self.stats.waited_s += delay
+            self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + 1
+            logger.warning(
+                "qualys call retried",
+                extra={"call": what, "reason": reason, "attempt": attempt, "wait_s": round(delay, 3)},
+            )
+            self.sleep(delay)
