@@ -70,8 +70,11 @@ def moto_endpoint(endpoint_url: str | None) -> Iterator[str]:
     if endpoint_url:
         yield endpoint_url
         return
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log lines in the demo output
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:

@@ -15,7 +15,7 @@ from cdr_policy.bundle.manifest import (
     validate_path,
     verify_files,
 )
-from cdr_policy.bundle.schema import schema_errors
+from cdr_policy.schemas import schema_errors
 from cdr_policy.errors import BundleError
 
 from .factory import SETTINGS, SOURCE

@@ -12,7 +12,7 @@ from datetime import timedelta
 import boto3
 import pytest
 from cdr_policy.bundle.manifest import SCHEMA, VerificationError, build_manifest
-from cdr_policy.bundle.schema import schema_errors
+from cdr_policy.schemas import schema_errors
 from cdr_policy.bundle.signing import (
     ALGORITHM,
     KmsSigner,

@@ -12,18 +12,11 @@ import yaml
 
 from cdr_policy.agent.applier import ApplyError
 from cdr_policy.agent.kinds import KINDS
-from cdr_policy.bundle.objects import ref_of
+from cdr_policy.bundle.objects import file_name
 from cdr_policy.errors import StorageError
 from cdr_policy.observability import logger
 from cdr_policy.policy.serialize import dump_yaml, load_yaml_documents
 from cdr_policy.storage import LocalStore
-
-
-def file_name(obj: dict[str, Any]) -> str:
-    ref = ref_of(obj)
-    # Namespaces are DNS labels (no dots), so "<namespace>.<name>" cannot collide with another pair.
-    stem = f"{ref.namespace}.{ref.name}" if ref.namespace else ref.name
-    return f"{ref.kind.lower()}-{stem}.yaml"
 
 
 class DirectoryApplier:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from cdr_policy import jsonio
-from cdr_policy.bundle.schema import schema_errors
 from cdr_policy.errors import BundleError
+from cdr_policy.schemas import schema_errors
 
 SCHEMA = "agent-status.schema.json"
 SCHEMA_VERSION = 1

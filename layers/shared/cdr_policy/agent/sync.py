@@ -30,12 +30,13 @@ from typing import Any
 
 from cdr_policy import __version__, jsonio
 from cdr_policy.agent.applier import Applier, ApplyError
-from cdr_policy.agent.kinds import KINDS, kind_of, ownership_labels
+from cdr_policy.agent.kinds import kind_of, ownership_labels
+from cdr_policy.agent.reconcile import delete_objects, owned_objects, reconcile
 from cdr_policy.agent.state import Applied, StateDir
 from cdr_policy.agent.status import SCHEMA_VERSION
 from cdr_policy.bundle import keys
 from cdr_policy.bundle.manifest import VerificationError, verify_files
-from cdr_policy.bundle.objects import ObjectRef, parse_objects, ref_of
+from cdr_policy.bundle.objects import ObjectRef, parse_objects
 from cdr_policy.bundle.signing import Verifier, verify_manifest
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.observability import logger
@@ -67,15 +68,6 @@ _FINAL_CODES = frozenset(
 class _Bundle:
     manifest: dict[str, Any]
     objects: list[dict[str, Any]]
-
-
-def _order(obj: dict[str, Any]) -> tuple[int, ObjectRef]:
-    return KINDS[obj["kind"]].rank, ref_of(obj)
-
-
-def _error(obj: dict[str, Any], action: str, error: str) -> dict[str, Any]:
-    ref = ref_of(obj)
-    return {"kind": ref.kind, "name": ref.name, "namespace": ref.namespace, "action": action, "error": error}
 
 
 class Agent:
@@ -241,57 +233,13 @@ class Agent:
     # -- apply and prune -------------------------------------------------------------------------
 
     def _owned(self) -> dict[ObjectRef, dict[str, Any]]:
-        return {ref_of(obj): obj for obj in self.applier.owned(self.labels)}
+        return owned_objects(self.applier, self.labels)
 
     def _apply(self, objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
-        """Apply all, then prune (only when everything applied). Returns (errors, applied, deleted)."""
-        owned = self._owned()
-        desired: dict[ObjectRef, dict[str, Any]] = {}
-        for obj in objects:
-            meta = dict(obj["metadata"])
-            meta["labels"] = {**(meta.get("labels") or {}), **self.labels}
-            desired[ref_of(obj)] = {**obj, "metadata": meta}
-        errors: list[dict[str, Any]] = []
-        applied = 0
-        for obj in sorted(desired.values(), key=_order):
-            ref = ref_of(obj)
-            try:
-                if ref not in owned and self.applier.get(obj) is not None:
-                    errors.append(
-                        _error(
-                            obj,
-                            "apply",
-                            "exists but is not managed by cdr-policy for channel "
-                            f"{self.channel}: left untouched",
-                        )
-                    )
-                    continue
-                if ref in owned and KINDS[ref.kind].tetragon and owned[ref].get("spec") != obj.get("spec"):
-                    logger.warning(
-                        "updating a Tetragon policy in place: Tetragon unloads it before loading the new "
-                        "version (tetragon#4322); the renderer should name policies by content",
-                        extra={"object": str(ref)},
-                    )
-                self.applier.apply(obj)
-                applied += 1
-            except ApplyError as exc:
-                errors.append(_error(obj, "apply", str(exc)))
-        if errors:
-            return errors, applied, 0
-        stale = [obj for ref, obj in owned.items() if ref not in desired]
-        deleted = self._delete(stale, errors)
-        return errors, applied, deleted
+        return reconcile(self.applier, objects, channel=self.channel)
 
     def _delete(self, objects: list[dict[str, Any]], errors: list[dict[str, Any]]) -> int:
-        """Delete policies before the CIDR groups they reference. Appends failures to ``errors``."""
-        deleted = 0
-        for obj in sorted(objects, key=_order, reverse=True):
-            try:
-                self.applier.delete(obj)
-                deleted += 1
-            except ApplyError as exc:
-                errors.append(_error(obj, "delete", str(exc)))
-        return deleted
+        return delete_objects(self.applier, objects, errors)
 
     def _expire(self, now: datetime) -> str | None:
         """Remove everything this agent owns once the applied bundle has expired. Returns what happened."""

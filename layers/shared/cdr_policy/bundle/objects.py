@@ -113,3 +113,10 @@ def prefixes(objects: Iterable[Mapping[str, Any]]) -> set[str]:
                 if prefix is not None:
                     found.add(prefix)
     return found
+
+
+def file_name(obj: dict[str, Any]) -> str:
+    ref = ref_of(obj)
+    # Namespaces are DNS labels (no dots), so "<namespace>.<name>" cannot collide with another pair.
+    stem = f"{ref.namespace}.{ref.name}" if ref.namespace else ref.name
+    return f"{ref.kind.lower()}-{stem}.yaml"

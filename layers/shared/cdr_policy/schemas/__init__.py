@@ -1,4 +1,5 @@
-"""JSON Schemas of the documents that cross stage boundaries."""
+"""JSON Schemas of the documents that cross stage boundaries (loaded once, cached), and the checks
+both sides of each contract run against them."""
 
 from __future__ import annotations
 
@@ -7,21 +8,29 @@ import json
 from importlib import resources
 from typing import Any
 
-import jsonschema
+from jsonschema import Draft202012Validator
 
 from cdr_policy.errors import CdrPolicyError
 
 
 @functools.cache
-def load(name: str) -> dict[str, Any]:
-    """The schema ``<name>.schema.json`` shipped with the package."""
-    return json.loads(resources.files(__package__).joinpath(f"{name}.schema.json").read_text())
+def _validator(name: str) -> Draft202012Validator:
+    schema = json.loads(resources.files(__package__).joinpath(name).read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
 
 
-def validate(name: str, document: Any) -> None:
-    """Raise CdrPolicyError naming the first violation of schema ``name``."""
-    try:
-        jsonschema.validate(document, load(name))
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        raise CdrPolicyError(f"{name} document invalid at {where}: {exc.message}") from exc
+def schema_errors(document: Any, name: str) -> list[str]:
+    """Every way ``document`` breaks schema ``name`` (``manifest.schema.json``) as ``path: message``;
+    empty when it is valid."""
+    errors = sorted(
+        _validator(name).iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.message)
+    )
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
+
+
+def validate(document: Any, name: str) -> None:
+    """Raise CdrPolicyError listing how ``document`` breaks schema ``name``."""
+    errors = schema_errors(document, name)
+    if errors:
+        raise CdrPolicyError(f"{name}: {len(errors)} violation(s): " + "; ".join(errors[:10]))

@@ -1,0 +1,229 @@
+"""The whole serverless flow on one machine: CdrFetch and FeedSync on their schedule events, the S3
+notifications they cause delivered from RenderQueue to Render, PublishQueue to Publish, then the sync
+agent of each channel pulling its signed bundle into a folder. Every AWS call goes over HTTP to a
+moto server (or the endpoint given); Qualys and the feeds are loopback fakes serving our samples.
+
+``make demo`` prints each step; the integration test runs the same function and checks the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cdr_policy import aws
+from cdr_policy.agent.directory import DirectoryApplier
+from cdr_policy.agent.sync import Agent
+from cdr_policy.bundle.signing import KmsSigner, Verifier
+from cdr_policy.config import get_settings
+from cdr_policy.observability import logger
+from cdr_policy.storage import S3Store
+from cdr_policy.timeutil import utcnow
+from demo.aws import Stack, create_stack
+from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from demo.feed_server import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer
+from demo.handlers import REPO, LambdaContext, drain_queue, load_handler
+
+EVENTS = REPO / "events"
+FINDINGS = EVENTS / "findings"
+CHANNELS = (
+    {"name": "staging", "action": "Post", "cilium_version": "1.17"},
+    {"name": "prod", "action": "Sigkill", "cilium_version": "1.18"},
+)
+
+
+@dataclass
+class PipelineResult:
+    stack: Stack
+    output: Path
+    steps: dict[str, Any] = field(default_factory=dict)
+    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def channel_dir(self, channel: str) -> Path:
+        return self.output / channel
+
+
+@contextmanager
+def _lambda_logs(path: Path) -> Iterator[None]:
+    """Send what the functions print (Powertools' JSON logs and EMF metrics) to ``path``, as
+    CloudWatch Logs would take it, so the console shows only the steps."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handlers = [h for h in logging.getLogger(logger.name).handlers if isinstance(h, logging.StreamHandler)]
+    with path.open("a", encoding="utf-8") as log:
+        previous = [h.setStream(log) for h in handlers]
+        try:
+            with redirect_stdout(log):
+                yield
+        finally:
+            for h, stream in zip(handlers, previous, strict=True):
+                h.setStream(stream)
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set what template.yaml would give the functions, and restore the process environment after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    aws.reset()
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        aws.reset()
+        get_settings.cache_clear()
+
+
+def _event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
+
+
+def _feeds_config(feeds: FeedServer) -> str:
+    entries = [
+        {"name": name, "url": feeds.url(f"/{file}"), "category": category, "format": fmt}
+        for name, (file, category, fmt) in DEMO_FEED_FILES.items()
+    ]
+    return yaml.safe_dump({"feeds": entries}, sort_keys=False)
+
+
+def _upload_config(stack: Stack, feeds: FeedServer, crds_dir: Path | None) -> int:
+    s3 = stack.client("s3")
+    bucket = stack.names.state_bucket
+    s3.put_object(Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": list(CHANNELS)}))
+    s3.put_object(Bucket=bucket, Key="config/feeds.yaml", Body=_feeds_config(feeds))
+    uploaded = 0
+    if crds_dir is not None:
+        for path in sorted(crds_dir.rglob("*.yaml")):
+            if "examples" in path.parts:
+                continue
+            s3.put_object(Bucket=bucket, Key=f"crds/{path.relative_to(crds_dir).as_posix()}", Body=path.read_bytes())
+            uploaded += 1
+    return uploaded
+
+
+def run_pipeline(
+    endpoint_url: str,
+    output: Path,
+    *,
+    say: Callable[[str], None] | None = None,
+    crds_dir: Path | None = None,
+    environment: str = "demo",
+) -> PipelineResult:
+    """Run every stage once through the real handlers; the agents write into ``output/<channel>``.
+    ``say`` gets one line per step (default: this process's standard output)."""
+    console = sys.stdout
+    say = say or (lambda line: print(line, file=console, flush=True))
+    now = utcnow()
+    with (
+        FakeQualysGateway(FINDINGS, rebase_to=now) as gateway,
+        FeedServer(root=DEMO_FEEDS_DIR) as feeds,
+    ):
+        stack = create_stack(
+            endpoint_url, environment=environment, qualys={"username": DEMO_USERNAME, "password": DEMO_PASSWORD}
+        )
+        result = PipelineResult(stack=stack, output=output)
+        say(f"AWS endpoint: {endpoint_url} (state s3://{stack.names.state_bucket}, dist s3://{stack.names.dist_bucket})")
+        say(f"Qualys gateway (fake): {gateway.url}   feeds: {feeds.url('/')}")
+        crds = _upload_config(stack, feeds, crds_dir)
+        say(
+            f"Configured channels {', '.join(c['name'] + ' (' + c['action'] + ')' for c in CHANNELS)}; "
+            + (f"{crds} CRD files uploaded for schema checks" if crds else "no CRDs given: checklist only")
+        )
+        env = {**stack.env, "QUALYS_GATEWAY_URL": gateway.url}
+        say(f"Function logs and metrics (as CloudWatch would get them): {output / 'lambda.log'}")
+        with _environment(env), _lambda_logs(output / "lambda.log"):
+            result.steps = _run_functions(stack, say)
+            result.agents = _run_agents(stack, output, say)
+    return result
+
+
+def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
+    steps: dict[str, Any] = {}
+    sqs = stack.client("sqs")
+    region = stack.names.region
+
+    say("")
+    say("[1/5] CdrFetch (EventBridge schedule)")
+    summary = load_handler("cdr_fetch").lambda_handler(_event("schedule_cdr_fetch.json"), LambdaContext("cdr-fetch"))
+    steps["cdr_fetch"] = summary
+    ind = summary["indicators"]
+    say(
+        f"      findings fetched {summary['fetched']}, unique {summary['unique']}, duplicates "
+        f"{summary['duplicates']}, malformed {summary['malformed_count']}; indicators: {ind['ips']} IPs, "
+        f"{ind['domains']} domains, {ind['ports']} ports"
+    )
+
+    say("[2/5] FeedSync (EventBridge schedule)")
+    summary = load_handler("feed_sync").lambda_handler(_event("schedule_feed_sync.json"), LambdaContext("feed-sync"))
+    steps["feed_sync"] = summary
+    for name, feed in summary["feeds"].items():
+        say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
+
+    say("[3/5] Render (RenderQueue <- S3 ObjectCreated notifications for indicators/)")
+    render = load_handler("render")
+    counts = drain_queue(
+        sqs, stack.render_queue_url, lambda e: render.lambda_handler(e, LambdaContext("render")), region=region
+    )
+    steps["render"] = counts
+    say(f"      {counts['messages']} notification(s) in {counts['batches']} batch(es), {counts['failed']} failed")
+    for channel, latest in _latest_renders(stack).items():
+        say(f"      channel {channel:<8} bundle {latest['digest'][:16]}")
+
+    say("[4/5] Publish (PublishQueue)")
+    publish = load_handler("publish")
+    counts = drain_queue(
+        sqs, stack.publish_queue_url, lambda e: publish.lambda_handler(e, LambdaContext("publish")), region=region
+    )
+    steps["publish"] = counts
+    say(f"      {counts['messages']} publish request(s), {counts['failed']} failed")
+    for channel, manifest in _channel_manifests(stack).items():
+        say(
+            f"      channels/{channel}/manifest.json: bundle {manifest['digest'][:16]}, {len(manifest['files'])} files, "
+            f"signed with {manifest['signature_algorithm']}, expires {manifest['expires_at']}"
+        )
+    return steps
+
+
+def _latest_renders(stack: Stack) -> dict[str, dict[str, Any]]:
+    state = S3Store(stack.client("s3"), stack.names.state_bucket)
+    return {c["name"]: json.loads(state.get(f"bundles/channels/{c['name']}.json").data) for c in CHANNELS}
+
+
+def _channel_manifests(stack: Stack) -> dict[str, dict[str, Any]]:
+    dist = S3Store(stack.client("s3"), stack.names.dist_bucket)
+    return {c["name"]: json.loads(dist.get(f"channels/{c['name']}/manifest.json").data) for c in CHANNELS}
+
+
+def _run_agents(stack: Stack, output: Path, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    say("[5/5] Sync agents (one per channel: poll, verify signature and digests, apply, report status)")
+    public_pem = KmsSigner(stack.client("kms"), stack.signing_key_id).public_key_pem()
+    dist = S3Store(stack.client("s3"), stack.names.dist_bucket)
+    statuses = {}
+    for c in CHANNELS:
+        channel = c["name"]
+        agent = Agent(
+            dist,
+            channel=channel,
+            cluster_id=f"demo-{channel}",
+            verifier=Verifier.from_public_pem(public_pem),
+            applier=DirectoryApplier(output / channel),
+            state_dir=output / ".agent-state" / channel,
+        )
+        status = agent.sync_once()
+        statuses[channel] = status
+        say(f"      {channel:<8} {status['last_poll']['result']}: {status['last_poll']['detail']}")
+        say(f"               objects in {output / channel}; status at s3://{stack.names.dist_bucket}/status/demo-{channel}.json")
+    return statuses

@@ -1,0 +1,80 @@
+"""Apply a desired set of objects and prune what this owner no longer wants: the one apply path of
+the sync agent and of the CLI's ``--apply``.
+
+Ownership is by label (``app.kubernetes.io/managed-by=cdr-policy``, ``cdr-policy.io/channel=<channel>``),
+added to every applied object. Objects are applied CiliumCIDRGroups first; only when every apply
+succeeded are the owned objects that are no longer wanted deleted, policies before the groups they
+reference. An object of the same name that we do not own is left untouched and reported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cdr_policy.agent.applier import Applier, ApplyError
+from cdr_policy.agent.kinds import KINDS, ownership_labels
+from cdr_policy.bundle.objects import ObjectRef, ref_of
+from cdr_policy.observability import logger
+
+
+def _order(obj: dict[str, Any]) -> tuple[int, ObjectRef]:
+    return KINDS[obj["kind"]].rank, ref_of(obj)
+
+
+def _error(obj: dict[str, Any], action: str, error: str) -> dict[str, Any]:
+    ref = ref_of(obj)
+    return {"kind": ref.kind, "name": ref.name, "namespace": ref.namespace, "action": action, "error": error}
+
+
+def owned_objects(applier: Applier, labels: dict[str, str]) -> dict[ObjectRef, dict[str, Any]]:
+    return {ref_of(obj): obj for obj in applier.owned(labels)}
+
+
+def delete_objects(applier: Applier, objects: list[dict[str, Any]], errors: list[dict[str, Any]]) -> int:
+    """Delete policies before the CIDR groups they reference. Appends failures to ``errors``."""
+    deleted = 0
+    for obj in sorted(objects, key=_order, reverse=True):
+        try:
+            applier.delete(obj)
+            deleted += 1
+        except ApplyError as exc:
+            errors.append(_error(obj, "delete", str(exc)))
+    return deleted
+
+
+def reconcile(
+    applier: Applier, objects: list[dict[str, Any]], *, channel: str
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Apply all, then prune (only when everything applied). Returns (errors, applied, deleted).
+    Raises ApplyError when the owned objects cannot even be listed (nothing changed then)."""
+    labels = ownership_labels(channel)
+    owned = owned_objects(applier, labels)
+    desired: dict[ObjectRef, dict[str, Any]] = {}
+    for obj in objects:
+        meta = dict(obj["metadata"])
+        meta["labels"] = {**(meta.get("labels") or {}), **labels}
+        desired[ref_of(obj)] = {**obj, "metadata": meta}
+    errors: list[dict[str, Any]] = []
+    applied = 0
+    for obj in sorted(desired.values(), key=_order):
+        ref = ref_of(obj)
+        try:
+            if ref not in owned and applier.get(obj) is not None:
+                why = f"exists but is not managed by cdr-policy for channel {channel}: left untouched"
+                errors.append(_error(obj, "apply", why))
+                continue
+            if ref in owned and KINDS[ref.kind].tetragon and owned[ref].get("spec") != obj.get("spec"):
+                logger.warning(
+                    "updating a Tetragon policy in place: Tetragon unloads it before loading the new "
+                    "version (tetragon#4322); the renderer should name policies by content",
+                    extra={"object": str(ref)},
+                )
+            applier.apply(obj)
+            applied += 1
+        except ApplyError as exc:
+            errors.append(_error(obj, "apply", str(exc)))
+    if errors:
+        return errors, applied, 0
+    stale = [obj for ref, obj in owned.items() if ref not in desired]
+    deleted = delete_objects(applier, stale, errors)
+    return errors, applied, deleted

@@ -1,0 +1,122 @@
+"""``cdr-policy``: the local command line.
+
+Without a sub-command it keeps the original operator's interface (``--once --hours --action
+--output --apply --interval --threat-intel --reputation-threshold --platform --gateway``) and runs
+the same library stages as the Lambda functions, against a local state directory instead of S3.
+
+Sub-commands: ``validate`` (check policy files against the CRDs and the safety checklist) and
+``agent`` (the in-cluster sync agent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cdr_policy import __version__
+from cdr_policy.errors import CdrPolicyError, ConfigError
+from cdr_policy.timeutil import parse_duration
+
+SUBCOMMANDS = ("validate", "agent")
+
+
+def _default_state_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cdr-policy" / "state"
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cdr-policy",
+        description="Generate Tetragon TracingPolicies and Cilium network policies from Qualys CDR "
+        "detections and threat-intel feeds.",
+        epilog="Sub-commands: 'cdr-policy validate PATH... [--crds DIR]' and 'cdr-policy agent --help'.",
+    )
+    p.add_argument("--platform", default=env.get("QUALYS_PLATFORM"),
+                   help="Qualys platform (US1..US4, EU1..EU3, GOV1, IN1, CA1, AE1, UK1, AU1, KSA1); "
+                   "env QUALYS_PLATFORM")
+    p.add_argument("--gateway", default=env.get("QUALYS_GATEWAY_URL"),
+                   help="gateway host or URL (overrides --platform); env QUALYS_GATEWAY_URL")
+    p.add_argument("--hours", type=int, default=24, help="look-back period for CDR events (default 24)")
+    p.add_argument("--action", choices=("Post", "Sigkill", "Override"), default="Post",
+                   help="Post = audit (Tetragon monitor mode), Sigkill/Override = enforce (default Post)")
+    p.add_argument("--output", default="./policies", help="output directory (default ./policies)")
+    p.add_argument("--apply", action="store_true",
+                   help="apply the policies to the current Kubernetes cluster (server-side apply, prune owned)")
+    p.add_argument("--once", action="store_true", help="run once and exit (CronJob mode)")
+    p.add_argument("--interval", type=parse_duration, default=parse_duration("1h"),
+                   help="update interval in controller mode, e.g. 30m, 1h (default 1h)")
+    p.add_argument("--threat-intel", action="store_true", help="add the threat-intel feeds")
+    p.add_argument("--reputation-threshold", type=int, default=50,
+                   help="block CDR IPs whose AbuseIPDB score is >= this (default 50); needs ABUSEIPDB_API_KEY")
+    p.add_argument("--feeds", metavar="FILE",
+                   help="YAML feed list (feeds: [{name, url, category}]) replacing the built-in one")
+    p.add_argument("--categories", metavar="FILE",
+                   help="YAML category mapping replacing the shipped one (see data/categories.yaml)")
+    p.add_argument("--channel", metavar="FILE",
+                   help="YAML/JSON channel settings (scoping, budgets, Cilium version); defaults otherwise")
+    p.add_argument("--state-dir", default=str(_default_state_dir(env)),
+                   help="where checkpoints, caches and last-good feed copies live (default ~/.cache/cdr-policy/state)")
+    p.add_argument("--crds", metavar="DIR", default=env.get("CDR_POLICY_CRDS"),
+                   help="CRD directory to validate the output against before writing it; env CDR_POLICY_CRDS")
+    p.add_argument("--version", action="version", version=f"cdr-policy {__version__}")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    env = dict(os.environ if env is None else env)
+    try:
+        if argv and argv[0] == "validate":
+            from cdr_policy.policy.checker import validate_main
+
+            return validate_main(argv[1:])
+        if argv and argv[0] == "agent":
+            from cdr_policy.agent import cli as agent_cli
+
+            parser = argparse.ArgumentParser(prog="cdr-policy agent", description="Sync a channel into a cluster.")
+            agent_cli.add_arguments(parser)
+            return agent_cli.run(parser.parse_args(argv[1:]))
+        args = build_parser(env).parse_args(argv)
+        return _run(args, env)
+    except CdrPolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from cdr_policy.local import LocalRun
+
+    if args.hours < 1:
+        raise ConfigError("--hours must be at least 1")
+    if not 0 <= args.reputation_threshold <= 100:
+        raise ConfigError("--reputation-threshold must be between 0 and 100")
+    run = LocalRun.from_args(args, env)
+    if args.once:
+        return run.once()
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    print(f"Controller mode: running every {args.interval:g}s (Ctrl-C to stop)")
+    worst = 0
+    while not stop:
+        worst = max(worst, run.once())
+        deadline = time.monotonic() + args.interval
+        while not stop and time.monotonic() < deadline:
+            time.sleep(min(1.0, deadline - time.monotonic()))
+    return worst
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The run report (``report.json``, schema ``schemas/report.schema.json``): what a run fetched,
+what each feed contributed, everything a guard refused and why, and the policies written.
+
+Written beside the policies by the CLI and beside each rendered bundle in the state bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from cdr_policy import schemas
+from cdr_policy.models import IndicatorSet
+from cdr_policy.timeutil import iso
+
+SCHEMA_VERSION = 1
+_RENDER_KEYS = ("behaviours", "budget", "left_out", "checks", "domains", "ports")
+
+
+def _events(cdr: dict[str, Any] | None) -> dict[str, Any]:
+    cdr = cdr or {}
+    return {
+        "fetched": int(cdr.get("fetched", 0)),
+        "unique": int(cdr.get("unique", 0)),
+        "duplicates": int(cdr.get("duplicates", 0)),
+        "malformed": int(cdr.get("malformed_count", 0)),
+        "by_category": dict(cdr.get("by_category", {})),
+        "unmapped_categories": dict(cdr.get("unmapped_categories", {})),
+        "complete": bool(cdr.get("complete", True)),
+        "range": cdr.get("range"),
+    }
+
+
+def _feeds_from_sets(sets: Iterable[IndicatorSet]) -> dict[str, Any]:
+    feeds = {}
+    for s in sets:
+        if s.source == "cdr":
+            continue
+        name = s.source.removeprefix("feed:")
+        feeds[name] = {"status": s.status, "entries": len(s.entries), "error": s.error, "fetched_at": s.fetched_at}
+    return dict(sorted(feeds.items()))
+
+
+def _rejected(*groups: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen = {(r["value"], r["source"], r["reason"]) for group in groups for r in group}
+    return [{"value": v, "source": s, "reason": r} for v, s, r in sorted(seen)]
+
+
+def build_report(
+    *,
+    now: datetime,
+    render: dict[str, Any],
+    cdr: dict[str, Any] | None,
+    feeds: dict[str, Any],
+    rejected: Iterable[dict[str, Any]],
+) -> dict[str, Any]:
+    """Assemble and validate a report. ``render`` is ``RenderResult.report``; ``cdr`` the CDR fetch's
+    ``report_section()`` (None when no fetch ran); ``feeds`` maps feed name to its status entry."""
+    indicators = (cdr or {}).get("indicators", {})
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": iso(now),
+        "channel": render["channel"],
+        "events": _events(cdr),
+        "indicators": {k: int(indicators.get(k, 0)) for k in ("ips", "domains", "ports")},
+        "feeds": feeds,
+        "rejected": _rejected((cdr or {}).get("rejected", []), rejected, render.get("rejected", [])),
+        "policies": render["policies"],
+        **{k: render[k] for k in _RENDER_KEYS if k in render},
+    }
+    schemas.validate(report, "report.schema.json")
+    return report
+
+
+def bundle_report(
+    render: dict[str, Any], sets: list[IndicatorSet], last_cdr_run: dict[str, Any] | None, *, now: datetime
+) -> dict[str, Any]:
+    """The report stored beside a rendered bundle: the last CDR run and every set in force."""
+    return build_report(
+        now=now,
+        render=render,
+        cdr=last_cdr_run,
+        feeds=_feeds_from_sets(sets),
+        rejected=(r.to_dict() for s in sets for r in s.rejected),
+    )

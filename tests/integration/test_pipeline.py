@@ -1,0 +1,249 @@
+"""The whole flow, as ``make demo`` runs it: boto3 over HTTP to a moto server, S3 -> SQS
+notifications, the real handlers, a loopback fake Qualys gateway and feed server, signed bundles,
+and one sync agent per channel. Then: what is in each bucket, what each agent applied, and what
+happens when the same notifications come again or a bundle is tampered with."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cdr_policy import aws, schemas
+from cdr_policy.agent.directory import DirectoryApplier
+from cdr_policy.agent.sync import Agent
+from cdr_policy.bundle.signing import KmsSigner, Verifier, verify_manifest
+from cdr_policy.config import Settings, get_settings
+from cdr_policy.policy.checker import SchemaSet, check_files
+from cdr_policy.storage import S3Store
+from demo.aws import moto_endpoint
+from demo.runner import CHANNELS, run_pipeline
+
+pytestmark = pytest.mark.integration
+
+PUBLIC_CDR_IPS = {"45.61.136.7/32", "45.95.169.12/32", "45.9.20.100/32", "2a0b:f000::15/128", "45.153.160.2/32"}
+NEVER_BLOCKED = {"169.254.169.254", "10.20.3.4", "8.8.8.8", "192.0.2.10", "100.64.12.7", "172.16.5.9", "fd00:ec2::254"}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, crds_dir):
+    output = tmp_path_factory.mktemp("pipeline")
+    lines: list[str] = []
+    with moto_endpoint(None) as endpoint:
+        result = run_pipeline(endpoint, output, say=lines.append, crds_dir=crds_dir)
+        yield result, lines
+
+
+@pytest.fixture
+def lambda_env(pipeline, monkeypatch):
+    """The functions' environment (as the template sets it) for calling stages directly."""
+    result, _ = pipeline
+    for key, value in result.stack.env.items():
+        monkeypatch.setenv(key, value)
+    aws.reset()
+    get_settings.cache_clear()
+    yield Settings.from_env(result.stack.env)
+    aws.reset()
+    get_settings.cache_clear()
+
+
+def _store(result, bucket: str) -> S3Store:
+    return S3Store(result.stack.client("s3"), bucket)
+
+
+def test_every_step_reports_counts(pipeline):
+    result, lines = pipeline
+    text = "\n".join(lines)
+    for step in ("[1/5] CdrFetch", "[2/5] FeedSync", "[3/5] Render", "[4/5] Publish", "[5/5] Sync agents"):
+        assert step in text
+    assert result.steps["cdr_fetch"]["fetched"] == 20
+    assert result.steps["cdr_fetch"]["unique"] == 18
+    assert result.steps["cdr_fetch"]["duplicates"] == 1
+    assert result.steps["cdr_fetch"]["malformed_count"] == 1
+    assert {f["status"] for f in result.steps["feed_sync"]["feeds"].values()} == {"ok"}
+    assert result.steps["render"]["failed"] == 0 and result.steps["render"]["messages"] >= 6
+    assert result.steps["publish"] == {"messages": 2, "batches": 1, "failed": 0}
+
+
+def test_state_bucket_holds_raw_findings_indicators_and_bundles(pipeline):
+    result, _ = pipeline
+    state = _store(result, result.stack.names.state_bucket)
+    raw = state.list("raw/cdr/")
+    assert raw, "raw findings pages must be kept for audit"
+    uuids = set()
+    for key in raw:
+        page = json.loads(gzip.decompress(state.get(key).data))
+        uuids |= {f.get("uuid") for f in page["content"] if isinstance(f, dict)}
+    assert len(uuids - {None}) == 18
+    indicator_keys = state.list("indicators/")
+    assert "indicators/cdr/current.json" in indicator_keys
+    assert len([k for k in indicator_keys if k.startswith("indicators/feeds/")]) == 5
+    for key in indicator_keys:
+        schemas.validate(json.loads(state.get(key).data), "indicator-set.schema.json")
+    for channel in CHANNELS:
+        latest = json.loads(state.get(f"bundles/channels/{channel['name']}.json").data)
+        manifest = json.loads(state.get(f"bundles/{latest['digest']}/bundle.json").data)
+        assert manifest["digest"] == latest["digest"] and manifest["channel"] == channel["name"]
+        report = json.loads(state.get(f"bundles/{latest['digest']}/report.json").data)
+        schemas.validate(report, "report.schema.json")
+        assert report["events"]["unique"] == 18
+        assert report["events"]["unmapped_categories"] == {"Suspicious_Unlisted_Activity": 1}
+        assert set(report["feeds"]) == {"blocklist-de", "cinsscore", "emerging-threats", "feodo-c2", "tor-exit"}
+        rejected = {r["value"].split("/")[0] for r in report["rejected"]}
+        assert NEVER_BLOCKED <= rejected
+
+
+def test_distribution_bucket_holds_signed_manifests_files_history_and_status(pipeline):
+    result, _ = pipeline
+    dist = _store(result, result.stack.names.dist_bucket)
+    verifier = Verifier.from_public_pem(
+        KmsSigner(result.stack.client("kms"), result.stack.signing_key_id).public_key_pem()
+    )
+    for channel in CHANNELS:
+        name = channel["name"]
+        manifest = json.loads(dist.get(f"channels/{name}/manifest.json").data)
+        verify_manifest(manifest, verifier)
+        assert manifest["settings"]["action"] == channel["action"]
+        for entry in manifest["files"]:
+            data = dist.get(f"bundles/{manifest['digest']}/{entry['path']}").data
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert any(k.endswith(f"-{manifest['digest']}.json") for k in dist.list(f"channels/{name}/history/"))
+        status = json.loads(dist.get(f"status/demo-{name}.json").data)
+        schemas.validate(status, "agent-status.schema.json")
+        assert status["applied_digest"] == manifest["digest"]
+        assert status["verification"]["ok"] is True
+
+
+def _objects(folder: Path) -> list[dict]:
+    return [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))]
+
+
+def test_agents_applied_objects_that_pass_the_crds_and_the_checklist(pipeline, crds_dir):
+    result, _ = pipeline
+    folders = [result.channel_dir(c["name"]) for c in CHANNELS]
+    report = check_files(folders, SchemaSet.from_dir(crds_dir))
+    assert report["objects"] >= 2 * 10
+    assert report["errors"] == 0, [p for f in report["files"] for o in f["objects"] for p in o["problems"]]
+    kinds = {o["kind"] for o in _objects(folders[0])}
+    assert kinds == {"TracingPolicy", "CiliumClusterwideNetworkPolicy", "CiliumCIDRGroup"}
+
+
+def test_staging_audits_and_prod_enforces(pipeline):
+    result, _ = pipeline
+    for channel in CHANNELS:
+        for obj in _objects(result.channel_dir(channel["name"])):
+            if obj["kind"] != "TracingPolicy":
+                continue
+            assert obj["spec"]["podSelector"] is not None, "never select host processes"
+            modes = {o["value"] for o in obj["spec"].get("options", []) if o["name"] == "policy-mode"}
+            actions = {
+                a["action"]
+                for hooks in ("kprobes", "lsmhooks")
+                for hook in obj["spec"].get(hooks, [])
+                for sel in hook.get("selectors", [])
+                for a in sel.get("matchActions", [])
+            }
+            if channel["action"] == "Post":
+                assert modes == {"monitor"} and actions <= {"Post"}
+            else:
+                assert actions & {"Sigkill", "Override"} or modes == {"monitor"}
+    ccg_versions = {
+        c["name"]: {o["apiVersion"] for o in _objects(result.channel_dir(c["name"])) if o["kind"] == "CiliumCIDRGroup"}
+        for c in CHANNELS
+    }
+    assert ccg_versions == {"staging": {"cilium.io/v2alpha1"}, "prod": {"cilium.io/v2"}}
+
+
+def test_public_cdr_ips_are_in_both_blocklists_and_protected_ones_in_neither(pipeline):
+    result, _ = pipeline
+    objects = _objects(result.channel_dir("prod"))
+    cdr_groups = [o for o in objects if o["kind"] == "CiliumCIDRGroup" and "cdr-" in o["metadata"]["name"]]
+    cilium = {c for g in cdr_groups for c in g["spec"]["externalCIDRs"]}
+    tetragon = {
+        v
+        for o in objects
+        if o["kind"] == "TracingPolicy" and o["metadata"]["name"].startswith("tp-cdr-blocklist")
+        for hook in o["spec"]["kprobes"]
+        for sel in hook["selectors"]
+        for arg in sel.get("matchArgs", [])
+        if arg["operator"] == "DAddr"
+        for v in arg["values"]
+    }
+    assert PUBLIC_CDR_IPS <= cilium
+    assert PUBLIC_CDR_IPS <= tetragon
+    assert "::ffff:45.61.136.7/128" in tetragon, "IPv4 prefixes also in their IPv4-mapped form"
+    # Behaviour policies name the metadata service on purpose (who may reach it); blocklists never.
+    blocklists = json.dumps(
+        [o for o in objects if o["metadata"]["labels"]["cdr-policy.io/component"] != "behaviour"]
+    )
+    for ip in NEVER_BLOCKED:
+        assert f'"{ip}/' not in blocklists
+
+
+def test_redelivered_notifications_change_nothing(pipeline, lambda_env):
+    from cdr_policy import stages
+
+    result, _ = pipeline
+    state = _store(result, result.stack.names.state_bucket)
+    before = {c["name"]: json.loads(state.get(f"bundles/channels/{c['name']}.json").data) for c in CHANNELS}
+    again = stages.render(lambda_env, trigger_keys=["indicators/cdr/current.json"])
+    assert {b["channel"]: b["digest"] for b in again} == {k: v["digest"] for k, v in before.items()}
+    assert not any(b["changed"] for b in again)
+    for channel in CHANNELS:
+        outcome = stages.publish(lambda_env, channel=channel["name"], digest=before[channel["name"]]["digest"])
+        assert outcome["status"] == "unchanged"
+
+
+def test_a_stale_publish_request_cannot_roll_a_channel_back(pipeline, lambda_env):
+    from cdr_policy import stages
+
+    outcome = stages.publish(lambda_env, channel="prod", digest="0" * 64)
+    assert outcome["status"] == "superseded"
+
+
+def test_a_second_fetch_duplicates_nothing(pipeline, lambda_env):
+    from cdr_policy import stages
+    from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+    from demo.runner import FINDINGS
+
+    result, _ = pipeline
+    state = _store(result, result.stack.names.state_bucket)
+    before = json.loads(state.get("indicators/cdr/current.json").data)
+    with FakeQualysGateway(FINDINGS, username=DEMO_USERNAME, password=DEMO_PASSWORD) as gateway:
+        settings = Settings.from_env({**result.stack.env, "QUALYS_GATEWAY_URL": gateway.url, "LOOKBACK_HOURS": "720"})
+        summary = stages.cdr_fetch(settings)
+    assert summary["new"] == 0
+    after = json.loads(state.get("indicators/cdr/current.json").data)
+    assert sorted(e["value"] for e in after["entries"]) == sorted(e["value"] for e in before["entries"])
+
+
+def test_a_tampered_bundle_is_refused_and_nothing_is_applied(pipeline, tmp_path):
+    result, _ = pipeline
+    dist = _store(result, result.stack.names.dist_bucket)
+    manifest = json.loads(dist.get("channels/staging/manifest.json").data)
+    path = next(e["path"] for e in manifest["files"] if e["path"].startswith("ciliumcidrgroup-"))
+    key = f"bundles/{manifest['digest']}/{path}"
+    original = dist.get(key).data
+    dist.put(key, original.replace(b"externalCIDRs:", b"externalCIDRs:\n  - 0.0.0.0/0"))
+    try:
+        verifier = Verifier.from_public_pem(
+            KmsSigner(result.stack.client("kms"), result.stack.signing_key_id).public_key_pem()
+        )
+        agent = Agent(
+            dist,
+            channel="staging",
+            cluster_id="tamper-test",
+            verifier=verifier,
+            applier=DirectoryApplier(tmp_path / "applied"),
+            state_dir=tmp_path / "state",
+        )
+        status = agent.sync_once()
+    finally:
+        dist.put(key, original)
+    assert status["last_poll"]["result"] == "refused"
+    assert status["verification"]["code"] == "file_mismatch"
+    assert not list((tmp_path / "applied").glob("*.yaml"))
