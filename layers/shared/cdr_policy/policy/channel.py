@@ -11,11 +11,15 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from cdr_policy.errors import ConfigError
+from cdr_policy.policy.naming import is_label_key, is_label_value
+from cdr_policy.rules import RULES
 
 ACTIONS = ("Post", "Sigkill", "Override")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
+NETWORK_HOOKS = ("tcp_connect", "security_socket_connect")
+DOMAIN_MODES = ("report", "resolve")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,19 @@ class ChannelSettings:
     bundle_ttl_hours: int = 72
     # Threat-intel feeds go into this channel's network blocklists (CDR indicators always do).
     threat_intel: bool = True
+    # Tetragon hook of the network blocklists: "tcp_connect" (kernel function, sock argument, DAddr;
+    # Sigkill only, the SYN may already be out) or "security_socket_connect" (LSM function, sockaddr
+    # argument matched with SAddr; Override refuses the connect() itself, TCP and UDP).
+    tetragon_network_hook: str = "tcp_connect"
+    # Port indicators deny the port towards the whole internet only when this is set; otherwise they
+    # are audited (Tetragon Post) and reported.
+    deny_ports_to_world: bool = False
+    # Domain indicators: "report" (listed in the report, not enforced) or "resolve" (resolved at
+    # render time into short-lived /32 and /128 entries; see cdr_policy.policy.domains).
+    domain_enforcement: str = "report"
+    # Rules that start in Tetragon monitor mode because container runtimes and CNI plugins trigger
+    # the same hooks (container_escape). Listing a rule here promotes it to the channel's action.
+    promoted_rules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -53,6 +70,25 @@ class ChannelSettings:
         for ns in self.namespaces:
             if not _LABEL.match(ns):
                 raise ConfigError(f"channel {self.name}: namespace {ns!r} is not a DNS-1123 label")
+        for key, value in self.pod_labels.items():
+            if not is_label_key(key) or not is_label_value(value):
+                raise ConfigError(f"channel {self.name}: pod label {key!r}={value!r} is not a valid Kubernetes label")
+        if self.tetragon_network_hook not in NETWORK_HOOKS:
+            raise ConfigError(
+                f"channel {self.name}: tetragon_network_hook {self.tetragon_network_hook!r} is not one of "
+                f"{', '.join(NETWORK_HOOKS)}"
+            )
+        if self.domain_enforcement not in DOMAIN_MODES:
+            raise ConfigError(
+                f"channel {self.name}: domain_enforcement {self.domain_enforcement!r} is not one of "
+                f"{', '.join(DOMAIN_MODES)}"
+            )
+        for attr in ("threat_intel", "deny_ports_to_world"):
+            if not isinstance(getattr(self, attr), bool):
+                raise ConfigError(f"channel {self.name}: {attr} must be true or false")
+        unknown_rules = sorted(set(self.promoted_rules) - set(RULES))
+        if unknown_rules:
+            raise ConfigError(f"channel {self.name}: promoted_rules has unknown rule id(s) {', '.join(unknown_rules)}")
 
     @property
     def enforce(self) -> bool:
@@ -68,6 +104,7 @@ class ChannelSettings:
         d = asdict(self)
         d["namespaces"] = list(self.namespaces)
         d["protected_cidrs"] = list(self.protected_cidrs)
+        d["promoted_rules"] = list(self.promoted_rules)
         return d
 
     @classmethod
@@ -81,7 +118,7 @@ class ChannelSettings:
         if "name" not in d:
             raise ConfigError("channel settings need a 'name'")
         kwargs = dict(d)
-        for key in ("namespaces", "protected_cidrs"):
+        for key in ("namespaces", "protected_cidrs", "promoted_rules"):
             if key in kwargs:
                 if not isinstance(kwargs[key], list | tuple):
                     raise ConfigError(f"channel {d['name']}: {key} must be a list")
@@ -94,3 +131,9 @@ class ChannelSettings:
 def default_channels() -> list[ChannelSettings]:
     """The out-of-the-box pair. Both audit: enforcement is an explicit per-channel choice."""
     return [ChannelSettings(name="staging"), ChannelSettings(name="prod")]
+
+
+def is_channel_name(value: object) -> bool:
+    """True when ``value`` is a valid channel name (the rule ``ChannelSettings`` enforces), e.g. for
+    names that arrive in messages rather than in settings."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None

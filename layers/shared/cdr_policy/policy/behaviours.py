@@ -1,0 +1,627 @@
+"""Behaviour policies: one TracingPolicy per CDR behaviour rule (``cdr_policy.rules.RULES``).
+
+Primitives, following enforcement.md:
+
+- **Exec blocking** on the kernel function ``security_bprm_check`` (``syscall: false``) with its
+  ``linux_binprm`` argument, which is the resolved path of the file being executed: tools are
+  matched with ``Postfix /<name>``, directories with ``Prefix``. Never on ``sys_execve`` arguments
+  (user memory, TOCTOU, cilium/tetragon#3448). ``matchBinaries`` restricts the *caller* (webshell:
+  web servers spawning shells). Paths resolve symlinks, so tools reached through a multi-call binary
+  (``busybox wget``, ``insmod`` -> ``kmod``) are matched by that binary's name, as listed.
+- **Connections** on the channel's connect hook (``tcp_connect`` + ``DAddr``/``DPort`` or
+  ``security_socket_connect`` + ``SAddr``/``SPort``): the instance metadata service for network
+  utilities only (``matchBinaries``), mining-pool, reverse-shell, backdoor and file-transfer ports.
+  UDP (TFTP on 69) is out of scope for ``tcp_connect``.
+- **Syscalls** with integer arguments (no user memory): ``sys_unshare`` with a ``Mask`` on the
+  namespace flags, ``sys_setns``, ``sys_setuid``/``sys_setreuid``/``sys_setresuid`` to uid 0,
+  ``sys_ptrace`` attach/poke requests, ``sys_process_vm_writev``, ``sys_init_module``/``sys_finit_module``.
+- **LSM functions**: ``security_socket_create`` (raw and packet sockets; the kernel has stripped
+  ``SOCK_NONBLOCK``/``SOCK_CLOEXEC`` there, so ``Equal 3`` is exact), ``security_file_permission``
+  (reads of credential files by shell tools, writes to cron/systemd units and ``/etc/ld.so.preload``),
+  ``security_path_truncate``/``security_path_unlink`` (log files; the unlink hook sees the parent
+  directory).
+
+Safety decisions:
+
+- ``container_escape`` starts in ``policy-mode: monitor`` whatever the channel's action (runc init
+  and CNI plugins call ``setns``/``unshare``); list it in the channel's ``promoted_rules`` once its
+  events look right. Cluster-scoped it also spares ``kube-system``, where the CNI pods run.
+- ``discovery`` is audit-only (``Post``, rate-limited) on every channel: the tools are everyday ones.
+- ``curl`` and ``wget`` are not in any exec block (liveness probes and entrypoints use them); their
+  abuse against the metadata service is what ``cloud_credentials`` blocks, and ``ingress_tool_transfer``
+  blocks running what they downloaded (``/tmp``, ``/var/tmp``, ``/dev/shm``).
+- **Evidence.** For tool rules the process names CDR observed are added to the blocked list, and
+  for ``cloud_credentials`` to the restricted callers, only when they are bare executable names
+  (``[A-Za-z0-9._+-]``, at most 63 characters; an absolute path is reduced to its last component)
+  and not shells, interpreters, runtimes, init systems or everyday utilities (``SPARED``), so that
+  evidence can never turn a rule into "kill every bash". At most 16 are added per rule; the rest,
+  and every refusal, are reported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cdr_policy.models import Behaviour
+from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.tetragon import (
+    KERNEL,
+    SECURITY,
+    SYSCALL,
+    ConnectMatch,
+    Enforcement,
+    connect_kprobe,
+    kprobe,
+    match,
+    selector,
+)
+from cdr_policy.rules import RULES
+
+MAX_EVIDENCE = 16
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$")
+_INTERPRETER = re.compile(r"^(python|perl|ruby|php|node|nodejs|java|lua|luajit|pypy|deno|bun|dotnet)[\d.]*$")
+SPARED = frozenset(
+    {
+        # shells
+        "sh",
+        "bash",
+        "dash",
+        "zsh",
+        "ksh",
+        "mksh",
+        "ash",
+        "csh",
+        "tcsh",
+        "fish",
+        "busybox",
+        "toybox",
+        # init systems, supervisors, runtimes, node agents
+        "init",
+        "systemd",
+        "tini",
+        "dumb-init",
+        "catatonit",
+        "s6-svscan",
+        "s6-supervise",
+        "supervisord",
+        "runit",
+        "runc",
+        "crun",
+        "containerd",
+        "containerd-shim",
+        "containerd-shim-runc-v2",
+        "conmon",
+        "pause",
+        "kubelet",
+        "dockerd",
+        "docker-init",
+        "cilium-agent",
+        "tetragon",
+        "kube-proxy",
+        "coredns",
+        # everyday utilities
+        "env",
+        "cat",
+        "ls",
+        "cp",
+        "mv",
+        "rm",
+        "ln",
+        "mkdir",
+        "chmod",
+        "chown",
+        "tar",
+        "gzip",
+        "gunzip",
+        "ps",
+        "kill",
+        "sleep",
+        "timeout",
+        "sed",
+        "awk",
+        "gawk",
+        "grep",
+        "find",
+        "xargs",
+        "head",
+        "tail",
+        "tee",
+        "date",
+        "curl",
+        "wget",
+        "sudo",
+        "su",
+        "su-exec",
+        "gosu",
+        "setpriv",
+        "nice",
+        "ionice",
+        "true",
+        "false",
+        "test",
+        "echo",
+        "printf",
+        "sort",
+        "uniq",
+        "wc",
+        "cut",
+        "tr",
+        "stat",
+        "touch",
+        "basename",
+        "dirname",
+    }
+)
+
+SHELLS = ("ash", "bash", "csh", "dash", "fish", "ksh", "mksh", "sh", "tcsh", "zsh")
+IMDS = ("169.254.169.254/32", "fd00:ec2::254/128")
+NETWORK_UTILITIES = ("busybox", "curl", "nc", "ncat", "netcat", "socat", "telnet", "wget")
+SHELL_TOOLS = (
+    "base64",
+    "busybox",
+    "cat",
+    "cp",
+    "egrep",
+    "fgrep",
+    "grep",
+    "head",
+    "hexdump",
+    "less",
+    "more",
+    "nano",
+    "od",
+    "strings",
+    "tail",
+    "vi",
+    "vim",
+    "xxd",
+)
+WEB_SERVERS = (
+    "apache2",
+    "httpd",
+    "lighttpd",
+    "nginx",
+    "php-cgi",
+    "php-fpm",
+    "php-fpm7.4",
+    "php-fpm8.0",
+    "php-fpm8.1",
+    "php-fpm8.2",
+    "php-fpm8.3",
+)
+MAY_READ, MAY_WRITE = 4, 2
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+SOCK_RAW, AF_PACKET = 3, 17
+PTRACE_POKETEXT, PTRACE_POKEDATA, PTRACE_ATTACH, PTRACE_SEIZE = 4, 5, 16, 0x4206
+
+
+@dataclass(frozen=True)
+class Context:
+    """What one rule's hooks are built from."""
+
+    rule: str
+    channel: ChannelSettings
+    enforcement: Enforcement
+    evidence: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        technique, summary = RULES[self.rule]
+        return f"cdr-policy {self.rule} ({technique}): {summary}"
+
+    @property
+    def tags(self) -> list[str]:
+        return ["cdr-policy", self.rule, RULES[self.rule][0]]
+
+    def actions(self, hook_class: str) -> list[dict]:
+        return self.enforcement.actions(hook_class)
+
+
+def exec_block(
+    ctx: Context,
+    names: Sequence[str] = (),
+    *,
+    prefixes: Sequence[str] = (),
+    callers: Sequence[str] = (),
+) -> dict:
+    """``security_bprm_check``: running ``names`` (``Postfix /<name>``) or anything under
+    ``prefixes`` is refused (for ``callers`` only, when given)."""
+    selectors = []
+    if names:
+        values = sorted({f"/{n}" for n in names})
+        selectors.append(selector(ctx.actions(SECURITY), [match(0, "Postfix", values)], callers))
+    if prefixes:
+        selectors.append(selector(ctx.actions(SECURITY), [match(0, "Prefix", sorted(prefixes))], callers))
+    return kprobe("security_bprm_check", SECURITY, [(0, "linux_binprm")], selectors, message=ctx.message, tags=ctx.tags)
+
+
+def _targets(ctx: Context, names: Sequence[str]) -> list[str]:
+    return sorted(set(names) | set(ctx.evidence))
+
+
+def connect(ctx: Context, *matches: ConnectMatch) -> dict:
+    return connect_kprobe(ctx.channel, ctx.enforcement, matches, message=ctx.message, tags=ctx.tags)
+
+
+def syscall(ctx: Context, call: str, args: Sequence[tuple[int, str]], *selectors: dict) -> dict:
+    return kprobe(call, SYSCALL, args, list(selectors), message=ctx.message, tags=ctx.tags)
+
+
+def lsm_function(ctx: Context, call: str, args: Sequence[tuple[int, str]], *selectors: dict) -> dict:
+    return kprobe(call, SECURITY, args, list(selectors), message=ctx.message, tags=ctx.tags)
+
+
+def _file_access(
+    ctx: Context,
+    mask: int,
+    *,
+    prefixes: Sequence[str] = (),
+    postfixes: Sequence[str] = (),
+    callers: Sequence[str] = (),
+) -> dict:
+    selectors = []
+    for operator, values in (("Prefix", prefixes), ("Postfix", postfixes)):
+        if values:
+            selectors.append(
+                selector(
+                    ctx.actions(SECURITY),
+                    [match(0, operator, sorted(values)), match(1, "Equal", [mask])],
+                    callers,
+                )
+            )
+    return lsm_function(ctx, "security_file_permission", [(0, "file"), (1, "int")], *selectors)
+
+
+def _tools(*names: str) -> Callable[[Context], list[dict]]:
+    def build(ctx: Context) -> list[dict]:
+        return [exec_block(ctx, _targets(ctx, names))]
+
+    return build
+
+
+def _cloud_credentials(ctx: Context) -> list[dict]:
+    callers = sorted(set(NETWORK_UTILITIES) | set(ctx.evidence))
+    return [connect(ctx, ConnectMatch(prefixes=IMDS, callers=tuple(callers)))]
+
+
+def _network_scanning(ctx: Context) -> list[dict]:
+    scanners = (
+        "arp-scan",
+        "hping3",
+        "masscan",
+        "naabu",
+        "netdiscover",
+        "nmap",
+        "nping",
+        "rustscan",
+        "unicornscan",
+        "zgrab",
+        "zgrab2",
+        "zmap",
+    )
+    return [exec_block(ctx, _targets(ctx, scanners)), _raw_sockets(ctx, packet=False)]
+
+
+def _raw_sockets(ctx: Context, *, packet: bool) -> dict:
+    user = match(3, "Equal", [0])  # kern == 0: sockets the process asked for, not the kernel's own
+    selectors = [selector(ctx.actions(SECURITY), [match(1, "Equal", [SOCK_RAW]), user])]
+    if packet:
+        selectors.append(selector(ctx.actions(SECURITY), [match(0, "Equal", [AF_PACKET]), user]))
+    return lsm_function(ctx, "security_socket_create", [(0, "int"), (1, "int"), (2, "int"), (3, "int")], *selectors)
+
+
+def _container_escape(ctx: Context) -> list[dict]:
+    flags = [hex(CLONE_NEWUSER), hex(CLONE_NEWNET), hex(CLONE_NEWNS)]
+    no_sys_admin = {
+        "matchCapabilities": [
+            {
+                "type": "Effective",
+                "operator": "NotIn",
+                "isNamespaceCapability": False,
+                "values": ["CAP_SYS_ADMIN"],
+            }
+        ]
+    }
+    return [
+        syscall(ctx, "sys_unshare", [(0, "int")], selector(ctx.actions(SYSCALL), [match(0, "Mask", flags)])),
+        syscall(ctx, "sys_setns", [(0, "int"), (1, "int")], selector(ctx.actions(SYSCALL))),
+        kprobe(
+            "create_user_ns",
+            KERNEL,
+            [(0, "nop")],
+            [selector(ctx.actions(KERNEL), extra=no_sys_admin)],
+            message=ctx.message,
+            tags=ctx.tags,
+        ),
+    ]
+
+
+def _crypto_mining(ctx: Context) -> list[dict]:
+    miners = (
+        "bfgminer",
+        "ccminer",
+        "cgminer",
+        "cpuminer",
+        "cpuminer-multi",
+        "ethminer",
+        "gminer",
+        "kdevtmpfsi",
+        "kinsing",
+        "lolminer",
+        "minerd",
+        "nanominer",
+        "nbminer",
+        "phoenixminer",
+        "srbminer-multi",
+        "t-rex",
+        "teamredminer",
+        "xmr-stak",
+        "xmr-stak-rx",
+        "xmrig",
+    )
+    pool_ports = (3333, 5555, 7777, 14433, 14444, 45560, 45700)
+    return [exec_block(ctx, _targets(ctx, miners)), connect(ctx, ConnectMatch(ports=pool_ports))]
+
+
+def _reverse_shell(ctx: Context) -> list[dict]:
+    tools = ("nc", "nc.openbsd", "nc.traditional", "ncat", "netcat", "pwncat", "socat")
+    return [
+        exec_block(ctx, _targets(ctx, tools)),
+        connect(ctx, ConnectMatch(ports=(1337, 4444, 4445)), ConnectMatch(callers=SHELLS)),
+    ]
+
+
+def _privilege_escalation(ctx: Context) -> list[dict]:
+    def to_root(index: int) -> dict:
+        return selector(ctx.actions(SYSCALL), [match(index, "Equal", [0])])
+
+    return [
+        syscall(ctx, "sys_setuid", [(0, "int")], to_root(0)),
+        syscall(ctx, "sys_setreuid", [(0, "int"), (1, "int")], to_root(1)),
+        syscall(ctx, "sys_setresuid", [(0, "int"), (1, "int"), (2, "int")], to_root(1)),
+        exec_block(ctx, _targets(ctx, ("pkexec",))),
+    ]
+
+
+def _kernel_module(ctx: Context) -> list[dict]:
+    return [
+        syscall(ctx, "sys_init_module", [], selector(ctx.actions(SYSCALL))),
+        syscall(ctx, "sys_finit_module", [(0, "int")], selector(ctx.actions(SYSCALL))),
+        exec_block(ctx, _targets(ctx, ("depmod", "insmod", "kmod", "modprobe", "rmmod"))),
+    ]
+
+
+def _log_tampering(ctx: Context) -> list[dict]:
+    histories = ("/.ash_history", "/.bash_history", "/.zsh_history")
+    truncate = lsm_function(
+        ctx,
+        "security_path_truncate",
+        [(0, "path")],
+        selector(ctx.actions(SECURITY), [match(0, "Prefix", ["/var/log"])]),
+        selector(ctx.actions(SECURITY), [match(0, "Postfix", histories)]),
+    )
+    unlink = lsm_function(
+        ctx,
+        "security_path_unlink",
+        [(0, "path")],
+        selector(ctx.actions(SECURITY), [match(0, "Prefix", ["/var/log"])]),
+    )
+    return [truncate, unlink]
+
+
+def _credential_access(ctx: Context) -> list[dict]:
+    secrets = ("/etc/gshadow", "/etc/shadow", "/etc/sudoers", "/root/.ssh/")
+    keys = (
+        "/.aws/credentials",
+        "/.docker/config.json",
+        "/.git-credentials",
+        "/.kube/config",
+        "/.netrc",
+        "/.pgpass",
+        "/.ssh/id_dsa",
+        "/.ssh/id_ecdsa",
+        "/.ssh/id_ed25519",
+        "/.ssh/id_rsa",
+    )
+    return [_file_access(ctx, MAY_READ, prefixes=secrets, postfixes=keys, callers=SHELL_TOOLS)]
+
+
+def _persistence_cron(ctx: Context) -> list[dict]:
+    units = (
+        "/etc/cron.d/",
+        "/etc/cron.daily/",
+        "/etc/cron.hourly/",
+        "/etc/cron.monthly/",
+        "/etc/cron.weekly/",
+        "/etc/crontab",
+        "/etc/init.d/",
+        "/etc/rc.local",
+        "/etc/systemd/system/",
+        "/lib/systemd/system/",
+        "/usr/lib/systemd/system/",
+        "/var/spool/cron/",
+    )
+    return [_file_access(ctx, MAY_WRITE, prefixes=units), exec_block(ctx, _targets(ctx, ("crontab",)))]
+
+
+def _process_injection(ctx: Context) -> list[dict]:
+    requests = [PTRACE_ATTACH, PTRACE_SEIZE, PTRACE_POKETEXT, PTRACE_POKEDATA]
+    return [
+        syscall(ctx, "sys_ptrace", [(0, "int")], selector(ctx.actions(SYSCALL), [match(0, "Equal", requests)])),
+        syscall(ctx, "sys_process_vm_writev", [(0, "int")], selector(ctx.actions(SYSCALL))),
+        exec_block(ctx, _targets(ctx, ("gdb", "gdbserver", "lldb", "ltrace", "strace"))),
+    ]
+
+
+def _network_sniffing(ctx: Context) -> list[dict]:
+    sniffers = (
+        "arpspoof",
+        "bettercap",
+        "dsniff",
+        "dumpcap",
+        "ettercap",
+        "ngrep",
+        "tcpdump",
+        "tcpflow",
+        "termshark",
+        "tshark",
+    )
+    return [exec_block(ctx, _targets(ctx, sniffers)), _raw_sockets(ctx, packet=True)]
+
+
+def _exfiltration(ctx: Context) -> list[dict]:
+    tools = ("7z", "7za", "croc", "mega-cmd", "mega-put", "rar", "rclone")
+    # FTP data/control, rsync daemon, FTPS. TFTP (UDP 69) is not visible to tcp_connect.
+    return [exec_block(ctx, _targets(ctx, tools)), connect(ctx, ConnectMatch(ports=(20, 21, 873, 989, 990)))]
+
+
+def _ingress_tool_transfer(ctx: Context) -> list[dict]:
+    tools = ("aria2c", "axel", "ftp", "lftp", "ncftpget", "tftp")
+    downloads = ("/dev/shm/", "/tmp/", "/var/tmp/")
+    return [exec_block(ctx, _targets(ctx, tools), prefixes=downloads)]
+
+
+def _webshell(ctx: Context) -> list[dict]:
+    spawned = (*SHELLS, "busybox", "perl", "python", "python3", "ruby")
+    return [exec_block(ctx, spawned, callers=WEB_SERVERS)]
+
+
+def _defense_evasion(ctx: Context) -> list[dict]:
+    tools = ("aa-complain", "aa-disable", "aa-teardown", "auditctl", "chattr", "setenforce")
+    preload = _file_access(ctx, MAY_WRITE, prefixes=("/etc/ld.so.preload",))
+    return [exec_block(ctx, _targets(ctx, tools)), preload]
+
+
+def _fileless_execution(ctx: Context) -> list[dict]:
+    # memfd files resolve to "/memfd:<name> (deleted)"; /dev/shm is the usual staging tmpfs.
+    return [exec_block(ctx, prefixes=("/dev/shm/", "/memfd:"))]
+
+
+def _suspicious_communication(ctx: Context) -> list[dict]:
+    # ingreslock, IRC C2, NetBus, SubSeven, Back Orifice
+    return [connect(ctx, ConnectMatch(ports=(1524, 6667, 12345, 12346, 20034, 27374, 31337)))]
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    build: Callable[[Context], list[dict]]
+    # "targets": observed names join the blocked tools; "callers": they join the restricted callers.
+    evidence: str | None = "targets"
+    start_in_monitor: bool = False
+    audit_only: bool = False
+    spare_namespaces: tuple[str, ...] = ()
+
+
+CATALOGUE: dict[str, RuleSpec] = {
+    "cloud_credentials": RuleSpec(_cloud_credentials, evidence="callers"),
+    "network_scanning": RuleSpec(_network_scanning),
+    "container_escape": RuleSpec(
+        _container_escape, evidence=None, start_in_monitor=True, spare_namespaces=("kube-system",)
+    ),
+    "crypto_mining": RuleSpec(_crypto_mining),
+    "reverse_shell": RuleSpec(_reverse_shell),
+    "privilege_escalation": RuleSpec(_privilege_escalation),
+    "kernel_module": RuleSpec(_kernel_module),
+    "log_tampering": RuleSpec(_log_tampering, evidence=None),
+    "credential_access": RuleSpec(_credential_access, evidence=None),
+    "persistence_cron": RuleSpec(_persistence_cron, evidence=None),
+    "lateral_movement": RuleSpec(_tools("dbclient", "rcp", "rlogin", "rsh", "rsync", "scp", "sftp", "ssh", "sshpass")),
+    "ingress_tool_transfer": RuleSpec(_ingress_tool_transfer),
+    "exfiltration": RuleSpec(_exfiltration),
+    "webshell": RuleSpec(_webshell, evidence=None),
+    "account_manipulation": RuleSpec(
+        _tools("chage", "chfn", "chpasswd", "chsh", "gpasswd", "groupmod", "passwd", "usermod", "vigr", "vipw")
+    ),
+    "account_creation": RuleSpec(_tools("addgroup", "adduser", "groupadd", "newusers", "useradd")),
+    "container_admin": RuleSpec(
+        _tools("crictl", "ctr", "docker", "helm", "kubeadm", "kubectl", "nerdctl", "oc", "podman")
+    ),
+    "process_injection": RuleSpec(_process_injection),
+    "network_sniffing": RuleSpec(_network_sniffing),
+    "package_management": RuleSpec(
+        _tools("apk", "apt", "apt-get", "aptitude", "dnf", "dpkg", "microdnf", "pacman", "rpm", "yum", "zypper")
+    ),
+    "defense_evasion": RuleSpec(_defense_evasion),
+    "proxy_tunneling": RuleSpec(
+        _tools(
+            "3proxy",
+            "chisel",
+            "dns2tcp",
+            "frpc",
+            "frps",
+            "gost",
+            "iodine",
+            "iodined",
+            "microsocks",
+            "ngrok",
+            "ptunnel",
+            "ptunnel-ng",
+            "revsocks",
+            "sshuttle",
+            "tor",
+        )
+    ),
+    "fileless_execution": RuleSpec(_fileless_execution, evidence=None),
+    "data_destruction": RuleSpec(_tools("sdmem", "sfill", "shred", "srm", "sswap", "wipe")),
+    "inhibit_recovery": RuleSpec(
+        _tools(
+            "blkdiscard",
+            "lvremove",
+            "mke2fs",
+            "mkfs",
+            "mkfs.btrfs",
+            "mkfs.ext2",
+            "mkfs.ext3",
+            "mkfs.ext4",
+            "mkfs.vfat",
+            "mkfs.xfs",
+            "pvremove",
+            "sgdisk",
+            "vgremove",
+            "wipefs",
+        )
+    ),
+    "discovery": RuleSpec(_tools("capsh", "getcap", "getent", "groups", "id", "lastlog", "whoami"), audit_only=True),
+    "suspicious_communication": RuleSpec(_suspicious_communication, evidence=None),
+}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    added: tuple[str, ...]
+    refused: tuple[tuple[str, str], ...]  # (process, reason)
+
+
+def sift_evidence(processes: Sequence[str]) -> Evidence:
+    """Which observed process names may join a rule's list (see the module docstring)."""
+    added: set[str] = set()
+    refused: dict[str, str] = {}
+    for raw in sorted(set(processes)):
+        name = raw.rsplit("/", 1)[-1] if raw.startswith("/") else raw
+        if not _SAFE_NAME.match(name):
+            refused[raw] = "not a bare executable name"
+        elif name in SPARED or _INTERPRETER.match(name):
+            refused[raw] = "shell, interpreter, runtime or everyday utility: never blocked on evidence"
+        else:
+            added.add(name)
+    kept = sorted(added)[:MAX_EVIDENCE]
+    for name in sorted(added)[MAX_EVIDENCE:]:
+        refused[name] = f"over the {MAX_EVIDENCE} evidence names per rule"
+    return Evidence(tuple(kept), tuple(sorted(refused.items())))
+
+
+def compile_behaviour(
+    rule: str, behaviour: Behaviour, channel: ChannelSettings
+) -> tuple[list[dict], Enforcement, RuleSpec, Evidence]:
+    """The hooks of one rule, how they act, the rule's spec and the evidence used."""
+    spec = CATALOGUE[rule]
+    evidence = sift_evidence(behaviour.processes) if spec.evidence else Evidence((), ())
+    enforcement = Enforcement.for_channel(
+        channel,
+        start_in_monitor=spec.start_in_monitor and rule not in channel.promoted_rules,
+        audit_only=spec.audit_only,
+    )
+    ctx = Context(rule=rule, channel=channel, enforcement=enforcement, evidence=evidence.added)
+    return spec.build(ctx), enforcement, spec, evidence

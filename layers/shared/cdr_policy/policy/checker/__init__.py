@@ -1,0 +1,28 @@
+"""The policy checker: CRD schemas (strict) plus the enforcement checklist, for generated and
+hand-written objects alike. Render and Publish refuse to ship an object with an error; the agent
+runs it against the CRDs installed in its cluster; ``cdr-policy validate`` runs it on files."""
+
+from cdr_policy.policy.checker.bundle import bundle_checker
+from cdr_policy.policy.checker.check import check_object, errors_of
+from cdr_policy.policy.checker.files import (
+    check_bundle,
+    check_contents,
+    check_files,
+    error_lines,
+    validate_main,
+)
+from cdr_policy.policy.checker.problem import Problem
+from cdr_policy.policy.checker.schema import SchemaSet
+
+__all__ = [
+    "Problem",
+    "SchemaSet",
+    "bundle_checker",
+    "check_bundle",
+    "check_contents",
+    "check_files",
+    "check_object",
+    "error_lines",
+    "errors_of",
+    "validate_main",
+]

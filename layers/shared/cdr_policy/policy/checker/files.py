@@ -1,0 +1,255 @@
+"""Checking policy files: ``check_files`` and the ``cdr-policy validate PATH... [--crds DIR]`` command.
+
+Paths may be files or directories (``*.yaml``, ``*.yml``, ``*.json``, searched recursively);
+files may hold several YAML documents and ``kind: List`` objects. CiliumCIDRGroups are checked
+against the never-block list when a deny rule among the checked objects references them, or when
+they are our own blocklist groups: a group that only feeds allow rules may well list private ranges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cdr_policy.errors import PolicyCheckError
+from cdr_policy.guards import NeverBlock, parse_protected
+from cdr_policy.policy.checker.check import CIDR_GROUP_KIND, CILIUM_POLICY_KINDS, check_object
+from cdr_policy.policy.checker.common import BlockGuard
+from cdr_policy.policy.checker.problem import Problem, error, warning
+from cdr_policy.policy.checker.schema import SchemaSet
+from cdr_policy.policy.naming import COMPONENT_CIDR_GROUP, COMPONENT_KEY, MANAGED_BY, MANAGED_BY_KEY
+from cdr_policy.policy.serialize import load_yaml_documents
+
+_SUFFIXES = (".yaml", ".yml", ".json")
+CRDS_ENV = "CDR_POLICY_CRDS"
+# The run report the CLI writes beside the policies: not a Kubernetes object.
+REPORT_FILE = "report.json"
+
+
+def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named on the command line, and the policy files in directories (``report.json`` aside)."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file() and p.suffix in _SUFFIXES and p.name != REPORT_FILE
+                )
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise PolicyCheckError(f"{path}: no such file or directory")
+    return files
+
+
+def _objects(data: bytes) -> tuple[list[Any], list[Problem]]:
+    try:
+        documents = load_yaml_documents(data)
+    except Exception as exc:  # any YAML error must surface as a problem of this file, not a crash
+        return [], [error("file.yaml", "", f"cannot parse: {exc}")]
+    objects: list[Any] = []
+    for doc in documents:
+        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            objects.extend(doc["items"])
+        else:
+            objects.append(doc)
+    if not objects:
+        return [], [warning("file.empty", "", "no Kubernetes object in this file")]
+    return objects, []
+
+
+def _deny_group_refs(objects: Iterable[Any]) -> set[str]:
+    refs: set[str] = set()
+    for obj in objects:
+        if not isinstance(obj, dict) or obj.get("kind") not in CILIUM_POLICY_KINDS:
+            continue
+        rules = [obj.get("spec")] + list(obj.get("specs") or [])
+        for rule in rules:
+            if not isinstance(rule, dict):
+                continue
+            for item in rule.get("egressDeny") or []:
+                entries = item.get("toCIDRSet") or [] if isinstance(item, dict) else []
+                refs.update(
+                    e["cidrGroupRef"] for e in entries if isinstance(e, dict) and isinstance(e.get("cidrGroupRef"), str)
+                )
+    return refs
+
+
+def _is_blocklist_group(obj: dict[str, Any], deny_refs: set[str]) -> bool:
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    labels = metadata.get("labels") if isinstance(metadata.get("labels"), dict) else {}
+    ours = labels.get(MANAGED_BY_KEY) == MANAGED_BY and labels.get(COMPONENT_KEY) == COMPONENT_CIDR_GROUP
+    return ours or metadata.get("name") in deny_refs
+
+
+def check_files(paths: Iterable[str | Path], schemas: SchemaSet, *, guard: BlockGuard | None = None) -> dict[str, Any]:
+    """Check every object in ``paths`` (files or directories). Returns ``{"files": [{"path",
+    "problems", "objects": [{"index", "kind", "name", "problems"}]}], "objects": n, "errors": n,
+    "warnings": n, "skipped_rules": [...]}`` with problems as dicts (``Problem.to_dict``)."""
+    return check_contents(((str(p), p.read_bytes()) for p in _expand(paths)), schemas, guard=guard)
+
+
+def check_bundle(
+    files: Mapping[str, bytes], schemas: SchemaSet | None, *, guard: BlockGuard | None = None
+) -> list[str]:
+    """Error lines for the objects of a bundle (``{path: bytes}``; ``.yaml``/``.yml`` files hold
+    objects, other files such as ``report.json`` are not checked). ``schemas`` None checks the
+    checklist only. ``checker.bundle.bundle_checker`` wraps it for the publish stage and the agent."""
+    report = check_contents(
+        ((path, data) for path, data in sorted(files.items()) if path.endswith((".yaml", ".yml"))),
+        schemas,
+        guard=guard,
+    )
+    return error_lines(report)
+
+
+def error_lines(report: dict[str, Any]) -> list[str]:
+    """``path: Kind/name: code at where: message`` for every error of a report."""
+    lines = []
+    for file in report["files"]:
+        lines.extend(f"{file['path']}: {_line(p)}" for p in file["problems"] if p["severity"] == "error")
+        for obj in file["objects"]:
+            label = f"{obj['kind'] or '?'}/{obj['name'] or '?'}"
+            lines.extend(f"{file['path']}: {label}: {_line(p)}" for p in obj["problems"] if p["severity"] == "error")
+    return lines
+
+
+def check_contents(
+    contents: Iterable[tuple[str, bytes]], schemas: SchemaSet | None, *, guard: BlockGuard | None = None
+) -> dict[str, Any]:
+    """``check_files`` on in-memory files: ``(name, bytes)`` pairs (``schemas`` None: checklist only)."""
+    loaded = [(name, *_objects(data)) for name, data in contents]
+    everything = [obj for _, objects, _ in loaded for obj in objects]
+    deny_refs = _deny_group_refs(everything)
+    group_names = {
+        o["metadata"]["name"]
+        for o in everything
+        if isinstance(o, dict)
+        and o.get("kind") == CIDR_GROUP_KIND
+        and isinstance(o.get("metadata"), dict)
+        and "name" in o["metadata"]
+    }
+    report: dict[str, Any] = {"files": [], "objects": 0, "errors": 0, "warnings": 0}
+    for name, objects, file_problems in loaded:
+        entry: dict[str, Any] = {
+            "path": name,
+            "problems": [p.to_dict() for p in file_problems],
+            "objects": [],
+        }
+        _count(report, file_problems)
+        for index, obj in enumerate(objects):
+            is_group = isinstance(obj, dict) and obj.get("kind") == CIDR_GROUP_KIND
+            object_guard = guard if not is_group or _is_blocklist_group(obj, deny_refs) else None
+            problems = check_object(obj, schemas, guard=object_guard)
+            if group_names and isinstance(obj, dict) and obj.get("kind") in CILIUM_POLICY_KINDS:
+                for ref in sorted(_deny_group_refs([obj]) - group_names):
+                    problems.append(
+                        warning(
+                            "cilium.dangling-group",
+                            "spec",
+                            f"cidrGroupRef {ref} is not among the checked objects",
+                        )
+                    )
+            _count(report, problems)
+            metadata = obj.get("metadata") if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict) else {}
+            entry["objects"].append(
+                {
+                    "index": index,
+                    "kind": obj.get("kind") if isinstance(obj, dict) else None,
+                    "name": metadata.get("name"),
+                    "problems": [p.to_dict() for p in problems],
+                }
+            )
+            report["objects"] += 1
+        report["files"].append(entry)
+    skipped = schemas.skipped_rules if schemas is not None else set()
+    report["skipped_rules"] = sorted(f"{source}: {rule}" for source, rule in skipped)
+    return report
+
+
+def _count(report: dict[str, Any], problems: list[Problem]) -> None:
+    report["errors"] += sum(p.severity == "error" for p in problems)
+    report["warnings"] += sum(p.severity == "warning" for p in problems)
+
+
+def default_crds_dir(env: dict[str, str] | None = None, cwd: Path | None = None) -> Path:
+    """``$CDR_POLICY_CRDS``, else ``../shared/crds`` from the working directory when it exists."""
+    env = dict(os.environ) if env is None else env
+    if env.get(CRDS_ENV):
+        return Path(env[CRDS_ENV])
+    candidate = (cwd or Path.cwd()) / ".." / "shared" / "crds"
+    if candidate.is_dir():
+        return candidate.resolve()
+    raise PolicyCheckError(
+        f"no CRD directory: pass --crds DIR or set {CRDS_ENV} "
+        "(a folder of CustomResourceDefinition YAML files, "
+        "e.g. the Tetragon and Cilium CRDs of your target versions)"
+    )
+
+
+def validate_main(argv: list[str]) -> int:
+    """``cdr-policy validate PATH... [--crds DIR] [--protected CIDR]... [--json]``.
+    Exit status: 0 clean (warnings allowed), 1 when any object has an error, 2 on usage errors."""
+    parser = argparse.ArgumentParser(
+        prog="cdr-policy validate",
+        description="Check Tetragon and Cilium policy files against the CRD schemas (strict) and the safety checklist.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="YAML/JSON files or directories")
+    parser.add_argument("--crds", metavar="DIR", help=f"CRD directory (default: ${CRDS_ENV} or ../shared/crds)")
+    parser.add_argument(
+        "--protected",
+        metavar="CIDR",
+        action="append",
+        default=[],
+        help="also treat this range as never-block (your pod, service and node CIDRs); repeatable",
+    )
+    parser.add_argument("--no-never-block", action="store_true", help="skip the never-block overlap check")
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    args = parser.parse_args(argv)
+    try:
+        crds = Path(args.crds) if args.crds else default_crds_dir()
+        schemas = SchemaSet.from_dir(crds)
+        guard = (
+            None
+            if args.no_never_block
+            else NeverBlock(extra=parse_protected(args.protected, "protected (--protected)"))
+        )
+        report = check_files(args.paths, schemas, guard=guard)
+    except (PolicyCheckError, ValueError) as exc:
+        print(f"cdr-policy validate: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        _print_report(report, crds)
+    return 1 if report["errors"] else 0
+
+
+def _print_report(report: dict[str, Any], crds: Path) -> None:
+    for file in report["files"]:
+        for problem in file["problems"]:
+            print(f"{file['path']}: {_line(problem)}")
+        for obj in file["objects"]:
+            label = f"{obj['kind'] or '?'}/{obj['name'] or '?'}"
+            for problem in obj["problems"]:
+                print(f"{file['path']}: {label}: {_line(problem)}")
+    print(
+        f"{report['objects']} object(s) in {len(report['files'])} file(s) checked against {crds}: "
+        f"{report['errors']} error(s), {report['warnings']} warning(s)"
+    )
+    for rule in report["skipped_rules"]:
+        print(f"note: CEL rule not evaluated: {rule}")
+
+
+def _line(problem: dict[str, Any]) -> str:
+    where = f" at {problem['path']}" if problem["path"] else ""
+    return f"{problem['severity']} {problem['code']}{where}: {problem['message']}"

@@ -1,0 +1,413 @@
+"""``compile_policies``: every current indicator set + one channel's settings -> that channel's
+policy files and report.
+
+1. Sets: ``disabled`` ones are ignored; on a channel without ``threat_intel`` only the CDR set feeds
+   the network blocklists. Entries are merged across sources (``feeds.aggregate.merge_indicators``:
+   provenance kept, expired entries dropped).
+2. Domains are reported or resolved (``policy.domains``), ports parsed and checked against the ports
+   nobody may block (``policy.ports``).
+3. Every prefix goes through the never-block list again: the caller's guard and the channel's
+   ``protected_cidrs`` (its pod, service and node ranges). Refusals are reported, never silent.
+4. The remaining prefixes are ranked (``feeds.ranking.rank``) and cut to the channel's Tetragon and
+   Cilium budgets (``policy.budget``); what is left out is reported with its rank.
+5. Objects: behaviour policies per CDR rule (``policy.behaviours``), Tetragon blocklists
+   (``cdr`` and ``threat-intel``), Cilium groups and policies (``policy.cilium``).
+6. The checker runs on every object (checklist always; CRD schemas when ``schemas`` is given) and
+   an error stops the render with ``PolicyCheckError``: nothing that fails is ever shipped.
+
+Output is deterministic: same inputs (``now`` included), same objects in the same order, same bytes.
+Files are ordered CiliumCIDRGroups first (applied before the policies that reference them), then
+the others by file name. File names are documented in ``policy.naming``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from cdr_policy.errors import PolicyCheckError
+from cdr_policy.feeds.aggregate import merge_indicators
+from cdr_policy.feeds.ranking import rank
+from cdr_policy.guards import NeverBlock, parse_protected
+from cdr_policy.models import Behaviour, Indicator, IndicatorSet, Rejection
+from cdr_policy.observability import logger, metrics
+from cdr_policy.policy import cilium, naming, tetragon
+from cdr_policy.policy.behaviours import CATALOGUE, compile_behaviour
+from cdr_policy.policy.budget import Cut, cut, rank_entries
+from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.checker import SchemaSet, check_object
+from cdr_policy.policy.domains import Resolver, handle_domains
+from cdr_policy.policy.output import PolicyFile
+from cdr_policy.policy.ports import parse_port, port_refusal
+from cdr_policy.policy.prefixes import parse_explicit
+from cdr_policy.rules import RULES
+from cdr_policy.timeutil import iso, parse_iso
+
+CDR, THREAT_INTEL = "cdr", "threat-intel"
+MAX_REFS_ANNOTATION = 20
+MAX_PROBLEMS_IN_ERROR = 20
+
+_TETRAGON_BASE = {CDR: "cdr-dynamic-blocklist", THREAT_INTEL: "threat-intel-blocklist"}
+_CILIUM_BASE = {CDR: "cilium-cdr-blocklist", THREAT_INTEL: "cilium-threat-intel-blocklist"}
+_MESSAGE = {
+    CDR: "cdr-policy: connection to an address seen in Qualys CDR detections",
+    THREAT_INTEL: "cdr-policy: connection to an address on a threat-intel blocklist",
+}
+
+
+@dataclass
+class RenderResult:
+    files: list[PolicyFile]
+    report: dict[str, Any]
+
+    def file_bytes(self) -> dict[str, bytes]:
+        return {f.filename: f.to_bytes() for f in self.files}
+
+
+class GuardChain:
+    """The caller's never-block list followed by the channel's protected ranges."""
+
+    def __init__(self, guards: Sequence[NeverBlock]) -> None:
+        self.guards = list(guards)
+
+    def check_interval(self, version: int, first: int, last: int, prefixlen: int) -> str | None:
+        for guard in self.guards:
+            reason = guard.check_interval(version, first, last, prefixlen)
+            if reason:
+                return reason
+        return None
+
+    def check_domain(self, name: str) -> str | None:
+        for guard in self.guards:
+            reason = guard.check_domain(name)
+            if reason:
+                return reason
+        return None
+
+
+@dataclass
+class _Inputs:
+    ips: list[Indicator] = field(default_factory=list)
+    ports: list[tuple[Indicator, tuple[str, int]]] = field(default_factory=list)
+    behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def compile_policies(
+    sets: list[IndicatorSet],
+    channel: ChannelSettings,
+    *,
+    now: datetime,
+    guard: NeverBlock,
+    schemas: SchemaSet | None = None,
+    resolver: Resolver | None = None,
+) -> RenderResult:
+    """Render one channel (see the module docstring). Raises ``ConfigError`` for a channel that
+    cannot be served (Cilium < 1.16) and ``PolicyCheckError`` when an object fails the checker."""
+    cilium.require_supported(channel)
+    guards = GuardChain(
+        [guard]
+        + (
+            [NeverBlock(extra=parse_protected(channel.protected_cidrs, f"protected range of channel {channel.name}"))]
+            if channel.protected_cidrs
+            else []
+        )
+    )
+    inputs = _collect(sets, channel, now=now, guards=guards, resolver=resolver)
+    ranked = rank_entries(rank(inputs.ips), lambda ind: CDR if "cdr" in ind.sources else THREAT_INTEL)
+    tetragon_cut = cut(ranked, channel.tetragon_max_prefixes)
+    cilium_cut = cut(ranked, cilium.prefix_limit(channel))
+
+    files: list[PolicyFile] = []
+    behaviour_report = []
+    for rule in sorted(inputs.behaviours):
+        rule_files, entry = _behaviour_files(rule, inputs.behaviours[rule], channel)
+        files.extend(rule_files)
+        behaviour_report.append(entry)
+    files.extend(_network_files(channel, tetragon_cut, cilium_cut, inputs.ports))
+    files.sort(key=lambda f: (f.kind != "CiliumCIDRGroup", f.filename))
+    checks = _check(files, schemas, guards)
+
+    left_out = _left_out(tetragon_cut, cilium_cut)
+    rejected = sorted({(r.value, r.source, r.reason) for r in inputs.rejected})
+    report = {
+        "channel": {"name": channel.name, "action": channel.action, "cilium_version": channel.cilium_version},
+        **inputs.report,
+        "policies": [f.summary() for f in files],
+        "behaviours": behaviour_report,
+        "budget": {"tetragon": tetragon_cut.report(), "cilium": cilium_cut.report()},
+        "left_out": left_out,
+        "rejected": [{"value": v, "source": s, "reason": r} for v, s, r in rejected],
+        "checks": checks,
+    }
+    metrics.add_metric(name="PrefixesLeftOut", unit=MetricUnit.Count, value=len(left_out))
+    metrics.add_metric(name="IndicatorsRejected", unit=MetricUnit.Count, value=len(rejected))
+    logger.info(
+        "policies compiled",
+        extra={
+            "channel": channel.name,
+            "files": len(files),
+            "tetragon_prefixes": tetragon_cut.used,
+            "cilium_prefixes": cilium_cut.used,
+            "left_out": len(left_out),
+            "rejected": len(rejected),
+        },
+    )
+    return RenderResult(files=files, report=report)
+
+
+def _collect(
+    sets: Iterable[IndicatorSet],
+    channel: ChannelSettings,
+    *,
+    now: datetime,
+    guards: GuardChain,
+    resolver: Resolver | None,
+) -> _Inputs:
+    inputs = _Inputs()
+    used, excluded = [], []
+    for ind_set in sorted(sets, key=lambda s: s.source):
+        if ind_set.status == "disabled" or (not channel.threat_intel and ind_set.source != "cdr"):
+            excluded.append(ind_set.source)
+        else:
+            used.append(ind_set)
+        if ind_set.source == "cdr" and ind_set.status != "disabled":
+            _merge_behaviours(inputs, ind_set.behaviours, now)
+    merged = merge_indicators(used, now)
+    domains = [i for i in merged if i.kind == "domain"]
+    ips = [i for i in merged if i.kind == "ip"]
+    outcome = handle_domains(
+        domains,
+        mode=channel.domain_enforcement,
+        now=now,
+        refuse_domain=guards.check_domain,
+        resolver=resolver,
+    )
+    inputs.rejected.extend(outcome.rejected)
+    if outcome.indicators:
+        extra = IndicatorSet(source="render", fetched_at=iso(now), status="ok", entries=ips + outcome.indicators)
+        ips = [i for i in merge_indicators([extra], now) if i.kind == "ip"]
+    for indicator in ips:
+        reason = _ip_refusal(indicator.value, guards)
+        if reason:
+            inputs.rejected.append(Rejection(indicator.value, ",".join(indicator.sources), reason))
+        else:
+            inputs.ips.append(indicator)
+    port_values = []
+    for indicator in (i for i in merged if i.kind == "port"):
+        try:
+            port = parse_port(indicator.value)
+        except ValueError as exc:
+            inputs.rejected.append(Rejection(indicator.value, ",".join(indicator.sources), str(exc)))
+            continue
+        reason = port_refusal(port)
+        if reason:
+            inputs.rejected.append(Rejection(indicator.value, ",".join(indicator.sources), reason))
+        else:
+            inputs.ports.append((indicator, port))
+            port_values.append(indicator.value)
+    inputs.report = {
+        "sources": {"used": [s.source for s in used], "excluded": excluded},
+        "indicators": {"ips": len(ips), "domains": len(domains), "ports": len(port_values)},
+        "domains": outcome.report,
+        "ports": {
+            "values": port_values,
+            "tetragon": "deny" if channel.deny_ports_to_world else "audit",
+            "cilium": "deny towards the world"
+            if channel.deny_ports_to_world
+            else "not enforced (deny_ports_to_world is off)",
+        },
+    }
+    return inputs
+
+
+def _ip_refusal(value: str, guards: GuardChain) -> str | None:
+    prefix, reason = parse_explicit(value)
+    if prefix is None or reason:
+        return f"not a canonical prefix: {reason}"
+    return guards.check_interval(prefix.version, prefix.network, prefix.last, prefix.length)
+
+
+def _merge_behaviours(inputs: _Inputs, behaviours: Iterable[Behaviour], now: datetime) -> None:
+    for b in behaviours:
+        if b.rule not in CATALOGUE:
+            inputs.rejected.append(Rejection(b.rule, "cdr", "unknown behaviour rule (not in cdr_policy.rules)"))
+            continue
+        if parse_iso(b.expires_at) <= now:
+            continue
+        current = inputs.behaviours.get(b.rule)
+        if current is None:
+            inputs.behaviours[b.rule] = Behaviour(
+                rule=b.rule,
+                categories=dict(b.categories),
+                processes=sorted(set(b.processes)),
+                refs=sorted(set(b.refs)),
+                first_seen=b.first_seen,
+                last_seen=b.last_seen,
+                expires_at=b.expires_at,
+            )
+            continue
+        current.categories = dict(Counter(current.categories) + Counter(b.categories))
+        current.processes = sorted(set(current.processes) | set(b.processes))
+        current.refs = sorted(set(current.refs) | set(b.refs))
+        current.first_seen = min(current.first_seen, b.first_seen, key=parse_iso)
+        current.last_seen = max(current.last_seen, b.last_seen, key=parse_iso)
+        current.expires_at = max(current.expires_at, b.expires_at, key=parse_iso)
+
+
+def _behaviour_files(
+    rule: str, behaviour: Behaviour, channel: ChannelSettings
+) -> tuple[list[PolicyFile], dict[str, Any]]:
+    kprobes, enforcement, spec, evidence = compile_behaviour(rule, behaviour, channel)
+    annotations = {
+        naming.EXPIRES_AT: iso(parse_iso(behaviour.expires_at)),
+        naming.MITRE: RULES[rule][0],
+        naming.CATEGORIES: ",".join(f"{c}={n}" for c, n in sorted(behaviour.categories.items())),
+        naming.REFS: _refs(behaviour.refs),
+        naming.SOURCES: "cdr",
+    }
+    if evidence.added:
+        annotations[naming.EVIDENCE] = ",".join(evidence.added)
+    meta = tetragon.ObjectMeta(
+        labels=naming.ownership_labels(channel.name, naming.COMPONENT_BEHAVIOUR, rule=rule),
+        annotations=annotations,
+    )
+    entries = sum(len(m.get("values", [])) for kp in kprobes for s in kp["selectors"] for m in s.get("matchArgs", []))
+    files = tetragon.tracing_policies(
+        channel,
+        kprobes=kprobes,
+        enforcement=enforcement,
+        meta=meta,
+        purpose=naming.rule_slug(rule),
+        base=naming.behaviour_base(rule, behaviour.first_seen),
+        entries=entries,
+        spare_namespaces=spec.spare_namespaces,
+    )
+    report = {
+        "rule": rule,
+        "files": [f.filename for f in files],
+        "mode": "monitor" if enforcement.monitor else "enforce",
+        "action": enforcement.action,
+        "evidence_added": list(evidence.added),
+        "evidence_refused": [{"process": p, "reason": r} for p, r in evidence.refused],
+    }
+    return files, report
+
+
+def _network_files(
+    channel: ChannelSettings,
+    tetragon_cut: Cut,
+    cilium_cut: Cut,
+    ports: list[tuple[Indicator, tuple[str, int]]],
+) -> list[PolicyFile]:
+    files: list[PolicyFile] = []
+    port_pairs = sorted({p for _, p in ports})
+    tcp_ports = [n for proto, n in port_pairs if proto == "tcp"]
+    udp_ports = (
+        [n for proto, n in port_pairs if proto == "udp"] if channel.tetragon_network_hook != "tcp_connect" else []
+    )
+    port_indicators = [i for i, _ in ports]
+    for group in (CDR, THREAT_INTEL):
+        group_ports = group == CDR
+        for engine, the_cut in (("tetragon", tetragon_cut), ("cilium", cilium_cut)):
+            prefixes = the_cut.kept.get(group, [])
+            indicators = the_cut.kept_indicators.get(group, []) + (port_indicators if group_ports else [])
+            if not indicators:
+                continue
+            component = (
+                naming.COMPONENT_TETRAGON_BLOCKLIST if engine == "tetragon" else naming.COMPONENT_CILIUM_BLOCKLIST
+            )
+            labels = naming.ownership_labels(channel.name, component, blocklist=group)
+            meta = tetragon.ObjectMeta(labels=labels, annotations=_provenance(indicators, len(prefixes), group))
+            if engine == "tetragon":
+                files.extend(
+                    tetragon.network_blocklist(
+                        channel,
+                        prefixes=prefixes,
+                        tcp_ports=tcp_ports if group_ports else (),
+                        udp_ports=udp_ports if group_ports else (),
+                        meta=meta,
+                        purpose=f"{group}-blocklist",
+                        base=_TETRAGON_BASE[group],
+                        message=_MESSAGE[group],
+                        tags=["cdr-policy", group, "network"],
+                    )
+                )
+            else:
+                group_meta = tetragon.ObjectMeta(
+                    labels=naming.ownership_labels(channel.name, naming.COMPONENT_CIDR_GROUP, blocklist=group),
+                    annotations=_provenance(indicators, len(prefixes), group),
+                )
+                files.extend(
+                    cilium.blocklist(
+                        channel,
+                        prefixes=prefixes,
+                        ports=port_pairs if group_ports else (),
+                        meta=meta,
+                        group_meta=group_meta,
+                        purpose=group,
+                        base=_CILIUM_BASE[group],
+                        description=f"cdr-policy: deny egress to the {group} blocklist ({channel.name})",
+                    )
+                )
+    return files
+
+
+def _provenance(indicators: list[Indicator], prefixes: int, group: str) -> dict[str, str]:
+    counts = Counter(source for i in indicators for source in i.sources)
+    annotations = {
+        naming.EXPIRES_AT: max((i.expires_at for i in indicators), key=parse_iso),
+        naming.SOURCES: ",".join(f"{s}={n}" for s, n in sorted(counts.items())),
+        naming.ENTRIES: str(prefixes),
+    }
+    if group == CDR:
+        annotations[naming.REFS] = _refs(r for i in indicators if "cdr" in i.sources for r in i.refs)
+    return annotations
+
+
+def _refs(refs: Iterable[str]) -> str:
+    unique = sorted(set(refs))
+    shown = ",".join(unique[:MAX_REFS_ANNOTATION])
+    return f"{shown} (+{len(unique) - MAX_REFS_ANNOTATION} more)" if len(unique) > MAX_REFS_ANNOTATION else shown
+
+
+def _left_out(tetragon_cut: Cut, cilium_cut: Cut) -> list[dict[str, Any]]:
+    by_value: dict[str, dict[str, Any]] = {}
+    for engine, the_cut in (("tetragon", tetragon_cut), ("cilium", cilium_cut)):
+        for entry in the_cut.left_out:
+            item = by_value.setdefault(
+                entry["value"],
+                {
+                    "value": entry["value"],
+                    "rank": entry["rank"],
+                    "group": entry["group"],
+                    "reason": entry["reason"],
+                    "engines": [],
+                },
+            )
+            item["engines"].append(engine)
+    return sorted(by_value.values(), key=lambda e: e["rank"])
+
+
+def _check(files: list[PolicyFile], schemas: SchemaSet | None, guards: GuardChain) -> dict[str, Any]:
+    failures: list[str] = []
+    warnings: list[dict[str, Any]] = []
+    for f in files:
+        for problem in check_object(f.obj, schemas, guard=guards):
+            if problem.severity == "error":
+                failures.append(f"{f.filename} ({f.kind}/{f.name}): {problem}")
+            else:
+                warnings.append({"file": f.filename, **problem.to_dict()})
+    if failures:
+        shown = "\n".join(failures[:MAX_PROBLEMS_IN_ERROR])
+        more = (
+            f"\n... and {len(failures) - MAX_PROBLEMS_IN_ERROR} more" if len(failures) > MAX_PROBLEMS_IN_ERROR else ""
+        )
+        raise PolicyCheckError(f"refusing to ship {len(failures)} checker error(s):\n{shown}{more}")
+    return {"schemas": schemas is not None, "errors": 0, "warnings": warnings}

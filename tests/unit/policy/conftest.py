@@ -1,0 +1,12 @@
+"""Fixtures of the policy tests: the upstream CRD schemas, loaded once."""
+
+from __future__ import annotations
+
+import pytest
+from cdr_policy.policy.checker import SchemaSet
+
+
+@pytest.fixture(scope="session")
+def schemas(crds_dir) -> SchemaSet:
+    """Every CRD under ../shared/crds (Tetragon main, Cilium main and v1.16.5)."""
+    return SchemaSet.from_dir(crds_dir)

@@ -1,0 +1,90 @@
+"""Indicator sets of our own for the policy tests (same formats as the pipeline's)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+from cdr_policy.guards import NeverBlock
+from cdr_policy.models import Behaviour, Indicator, IndicatorSet
+from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.checker import SchemaSet
+from cdr_policy.policy.render import RenderResult, compile_policies
+
+NOW = datetime(2026, 1, 10, 16, 45, tzinfo=UTC)
+FIRST_SEEN = "2026-01-09T08:00:00Z"
+LAST_SEEN = "2026-01-10T12:00:00Z"
+EXPIRES = "2026-01-17T12:00:00Z"
+
+
+def indicator(
+    value: str,
+    kind: str = "ip",
+    *,
+    sources: Sequence[str] = ("cdr",),
+    category: str = "c2",
+    score: int | None = None,
+    refs: Sequence[str] = ("finding-1",),
+    last_seen: str = LAST_SEEN,
+    expires_at: str = EXPIRES,
+) -> Indicator:
+    return Indicator(
+        value=value,
+        kind=kind,  # type: ignore[arg-type]
+        category=category,
+        sources=list(sources),
+        first_seen=FIRST_SEEN,
+        last_seen=last_seen,
+        expires_at=expires_at,
+        refs=list(refs),
+        score=score,
+    )
+
+
+def behaviour(
+    rule: str, processes: Sequence[str] = (), *, first_seen: str = FIRST_SEEN, expires_at: str = EXPIRES
+) -> Behaviour:
+    return Behaviour(
+        rule=rule,
+        categories={f"Category_For_{rule}": 3},
+        processes=list(processes),
+        refs=[f"uuid-{rule}-1", f"uuid-{rule}-2"],
+        first_seen=first_seen,
+        last_seen=LAST_SEEN,
+        expires_at=expires_at,
+    )
+
+
+def cdr_set(entries: Iterable[Indicator] = (), behaviours: Iterable[Behaviour] = ()) -> IndicatorSet:
+    return IndicatorSet(
+        source="cdr",
+        fetched_at="2026-01-10T16:30:00Z",
+        status="ok",
+        entries=list(entries),
+        behaviours=list(behaviours),
+    )
+
+
+def feed_set(name: str, values: Iterable[str], category: str = "c2", status: str = "ok") -> IndicatorSet:
+    source = f"feed:{name}"
+    return IndicatorSet(
+        source=source,
+        fetched_at="2026-01-10T16:00:00Z",
+        status=status,  # type: ignore[arg-type]
+        entries=[indicator(v, sources=(source,), category=category, refs=(name,)) for v in values],
+    )
+
+
+def render(
+    sets: list[IndicatorSet],
+    channel: ChannelSettings | None = None,
+    schemas: SchemaSet | None = None,
+    **kwargs,
+) -> RenderResult:
+    return compile_policies(
+        sets, channel or ChannelSettings(name="prod"), now=NOW, guard=NeverBlock(), schemas=schemas, **kwargs
+    )
+
+
+def by_file(result: RenderResult) -> dict[str, dict]:
+    return {f.filename: f.obj for f in result.files}

@@ -1,0 +1,232 @@
+"""Behaviour policies: one per rule id, the primitives of enforcement.md, and evidence handling."""
+
+from __future__ import annotations
+
+import pytest
+from cdr_policy.policy.behaviours import CATALOGUE, MAX_EVIDENCE, sift_evidence
+from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.checker import check_object, errors_of
+from cdr_policy.rules import RULES
+
+from .factories import behaviour, by_file, cdr_set, render
+
+ACTIONS = ("Post", "Sigkill", "Override")
+HOOKS = ("tcp_connect", "security_socket_connect")
+
+
+def _policy(rule, channel=None, processes=()):
+    result = render([cdr_set(behaviours=[behaviour(rule, processes)])], channel)
+    [obj] = [f.obj for f in result.files]
+    return obj
+
+
+def _hooks(obj):
+    return {kp["call"]: kp for kp in obj["spec"]["kprobes"]}
+
+
+def _actions(obj):
+    return {a["action"] for kp in obj["spec"]["kprobes"] for s in kp["selectors"] for a in s["matchActions"]}
+
+
+def _options(obj):
+    return {o["name"]: o["value"] for o in obj["spec"]["options"]}
+
+
+def test_every_rule_id_has_a_compiler():
+    assert set(CATALOGUE) == set(RULES)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+@pytest.mark.parametrize("action", ACTIONS)
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_rule_compiles_to_a_valid_safe_policy(schemas, rule, action, hook):
+    channel = ChannelSettings(name="prod", action=action, tetragon_network_hook=hook)
+    obj = _policy(rule, channel)
+    assert errors_of(check_object(obj, schemas)) == []
+    spec = obj["spec"]
+    assert spec["podSelector"] is not None and "hostSelector" not in spec  # never the host by accident
+    assert obj["metadata"]["labels"]["cdr-policy.io/rule"] == rule
+    for kp in spec["kprobes"]:
+        assert kp["call"] not in ("sys_execve", "sys_execveat")
+        assert kp["message"].startswith(f"cdr-policy {rule} ({RULES[rule][0]})")
+        assert 1 <= len(kp["selectors"]) <= 5
+    calls = [kp["call"] for kp in spec["kprobes"]]
+    assert len(calls) == len(set(calls))
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_audit_channels_only_post_and_monitor(rule):
+    obj = _policy(rule, ChannelSettings(name="staging", action="Post"))
+    assert _actions(obj) == {"Post"}
+    assert _options(obj)["policy-mode"] == "monitor"
+    assert all(
+        a.get("rateLimit") == "1m" for kp in obj["spec"]["kprobes"] for s in kp["selectors"] for a in s["matchActions"]
+    )
+
+
+def test_exec_blocking_uses_linux_binprm_on_security_bprm_check():
+    obj = _policy("network_scanning", ChannelSettings(name="prod", action="Override"))
+    exec_hook = _hooks(obj)["security_bprm_check"]
+    assert exec_hook["syscall"] is False
+    assert exec_hook["args"] == [{"index": 0, "type": "linux_binprm"}]
+    [sel] = exec_hook["selectors"]
+    assert sel["matchArgs"][0]["operator"] == "Postfix"
+    assert "/nmap" in sel["matchArgs"][0]["values"] and "/masscan" in sel["matchArgs"][0]["values"]
+    assert sel["matchActions"] == [{"action": "Override", "argError": -1}]
+    assert _options(obj)["disable-kprobe-multi"] == "1"  # Override on a security_* kprobe
+    raw = _hooks(obj)["security_socket_create"]
+    assert raw["selectors"][0]["matchArgs"] == [
+        {"index": 1, "operator": "Equal", "values": ["3"]},
+        {"index": 3, "operator": "Equal", "values": ["0"]},
+    ]
+
+
+def test_sigkill_channels_need_no_kprobe_multi_option():
+    obj = _policy("network_scanning", ChannelSettings(name="prod", action="Sigkill"))
+    assert _actions(obj) == {"Sigkill"}
+    assert _options(obj) == {"policy-mode": "enforce"}
+
+
+def test_cloud_credentials_restricts_network_utilities_from_the_metadata_service():
+    obj = _policy("cloud_credentials", ChannelSettings(name="prod", action="Override"))
+    hook = _hooks(obj)["tcp_connect"]
+    [sel] = hook["selectors"]
+    assert sel["matchArgs"] == [
+        {
+            "index": 0,
+            "operator": "DAddr",
+            "values": ["169.254.169.254/32", "fd00:ec2::254/128", "::ffff:169.254.169.254/128"],
+        }
+    ]
+    assert {"/curl", "/wget"} <= set(sel["matchBinaries"][0]["values"])
+    assert sel["matchActions"] == [{"action": "Sigkill"}]  # tcp_connect cannot Override
+    lsm = _hooks(
+        _policy(
+            "cloud_credentials",
+            ChannelSettings(name="p", action="Override", tetragon_network_hook="security_socket_connect"),
+        )
+    )
+    [sel] = lsm["security_socket_connect"]["selectors"]
+    assert sel["matchArgs"][0]["operator"] == "SAddr" and sel["matchArgs"][0]["index"] == 1
+    assert sel["matchActions"] == [{"action": "Override", "argError": -1}]
+
+
+def test_container_escape_starts_in_monitor_and_spares_kube_system():
+    channel = ChannelSettings(name="prod", action="Sigkill")
+    obj = _policy("container_escape", channel)
+    assert _options(obj)["policy-mode"] == "monitor"
+    assert obj["spec"]["podSelector"]["matchExpressions"] == [
+        {"key": "k8s:io.kubernetes.pod.namespace", "operator": "NotIn", "values": ["kube-system"]}
+    ]
+    hooks = _hooks(obj)
+    assert hooks["sys_unshare"]["selectors"][0]["matchArgs"] == [
+        {"index": 0, "operator": "Mask", "values": ["0x10000000", "0x40000000", "0x20000"]}
+    ]
+    assert hooks["sys_setns"]["syscall"] is True and hooks["create_user_ns"]["syscall"] is False
+    promoted = _policy(
+        "container_escape",
+        ChannelSettings(name="prod", action="Sigkill", promoted_rules=("container_escape",)),
+    )
+    assert _options(promoted)["policy-mode"] == "enforce"
+    namespaced = render(
+        [cdr_set(behaviours=[behaviour("container_escape")])],
+        ChannelSettings(name="prod", namespaces=("kube-system",)),
+    )
+    assert all("matchExpressions" not in f.obj["spec"]["podSelector"] for f in namespaced.files)
+
+
+def test_discovery_is_audit_only_on_enforcing_channels():
+    obj = _policy("discovery", ChannelSettings(name="prod", action="Override"))
+    assert _actions(obj) == {"Post"} and _options(obj) == {"policy-mode": "monitor"}
+
+
+def test_mining_and_reverse_shell_ports_use_dport():
+    mining = _hooks(_policy("crypto_mining", ChannelSettings(name="prod", action="Sigkill")))["tcp_connect"]
+    assert mining["selectors"][0]["matchArgs"][0]["operator"] == "DPort"
+    assert "3333" in mining["selectors"][0]["matchArgs"][0]["values"]
+    shell = _hooks(_policy("reverse_shell", ChannelSettings(name="prod", action="Sigkill")))["tcp_connect"]
+    assert shell["selectors"][0]["matchArgs"][0] == {
+        "index": 0,
+        "operator": "DPort",
+        "values": ["1337", "4444", "4445"],
+    }
+    assert "/bash" in shell["selectors"][1]["matchBinaries"][0]["values"]
+
+
+def test_webshell_restricts_the_caller_and_matches_the_target():
+    [sel] = _hooks(_policy("webshell"))["security_bprm_check"]["selectors"]
+    assert "/nginx" in sel["matchBinaries"][0]["values"]
+    assert "/sh" in sel["matchArgs"][0]["values"]
+
+
+def test_override_on_syscalls_and_sigkill_on_kernel_functions():
+    obj = _policy(
+        "container_escape",
+        ChannelSettings(name="prod", action="Override", promoted_rules=("container_escape",)),
+    )
+    hooks = _hooks(obj)
+    assert hooks["sys_setns"]["selectors"][0]["matchActions"] == [{"action": "Override", "argError": -1}]
+    assert hooks["create_user_ns"]["selectors"][0]["matchActions"] == [{"action": "Sigkill"}]
+    assert "disable-kprobe-multi" not in _options(obj)  # no security_* override in this policy
+
+
+def test_evidence_adds_safe_names_only():
+    obj = _policy("network_scanning", processes=["/usr/bin/naabu", "fscan", "bash", "python3.11", "nmap -sS x", "../x"])
+    values = _hooks(obj)["security_bprm_check"]["selectors"][0]["matchArgs"][0]["values"]
+    assert "/fscan" in values and "/naabu" in values
+    assert not {"/bash", "/python3.11"} & set(values)
+    assert obj["metadata"]["annotations"]["cdr-policy.io/evidence"] == "fscan,naabu"
+    result = render([cdr_set(behaviours=[behaviour("network_scanning", ["bash", "fscan"])])])
+    [entry] = result.report["behaviours"]
+    assert entry["evidence_added"] == ["fscan"]
+    assert entry["evidence_refused"][0]["process"] == "bash"
+
+
+def test_evidence_for_callers_and_rules_without_evidence():
+    obj = _policy("cloud_credentials", processes=["aws-probe", "python3"])
+    callers = _hooks(obj)["tcp_connect"]["selectors"][0]["matchBinaries"][0]["values"]
+    assert "/aws-probe" in callers and "/python3" not in callers  # AWS SDK apps keep their credentials
+    obj = _policy("credential_access", processes=["weird-tool"])
+    assert "weird-tool" not in str(obj["spec"])
+
+
+def test_evidence_is_capped():
+    evidence = sift_evidence([f"tool{i:02d}" for i in range(MAX_EVIDENCE + 4)])
+    assert len(evidence.added) == MAX_EVIDENCE
+    assert [name for name, _ in evidence.refused] == [f"tool{i:02d}" for i in range(MAX_EVIDENCE, MAX_EVIDENCE + 4)]
+    assert sift_evidence(["curl", "wget", "sh"]).added == ()
+
+
+def test_behaviour_file_names_and_annotations():
+    result = render(
+        [
+            cdr_set(
+                behaviours=[
+                    behaviour("cloud_credentials", first_seen="2026-01-10T01:00:00Z"),
+                    behaviour("network_scanning"),
+                ]
+            )
+        ]
+    )
+    files = by_file(result)
+    assert sorted(files) == ["cdr-block-cloud-creds-20260110.yaml", "cdr-block-network-scan-20260109.yaml"]
+    meta = files["cdr-block-cloud-creds-20260110.yaml"]["metadata"]
+    assert meta["annotations"]["cdr-policy.io/expires-at"] == "2026-01-17T12:00:00Z"
+    assert meta["annotations"]["cdr-policy.io/mitre"] == "T1552.005"
+    assert meta["annotations"]["cdr-policy.io/refs"] == "uuid-cloud_credentials-1,uuid-cloud_credentials-2"
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "cdr-policy"
+    assert meta["labels"]["cdr-policy.io/channel"] == "prod"
+    assert meta["name"].startswith("tp-cloud-creds-") and len(meta["name"]) <= 63
+
+
+def test_namespaces_give_one_namespaced_policy_each(schemas):
+    channel = ChannelSettings(
+        name="prod", action="Sigkill", namespaces=("payments", "web"), pod_labels={"tier": "front"}
+    )
+    result = render([cdr_set(behaviours=[behaviour("crypto_mining")])], channel, schemas)
+    assert [(f.filename, f.kind, f.obj["metadata"]["namespace"]) for f in result.files] == [
+        ("cdr-block-crypto-mining-20260109-payments.yaml", "TracingPolicyNamespaced", "payments"),
+        ("cdr-block-crypto-mining-20260109-web.yaml", "TracingPolicyNamespaced", "web"),
+    ]
+    assert result.files[0].obj["spec"]["podSelector"] == {"matchLabels": {"tier": "front"}}
+    assert result.files[0].name != result.files[1].name
