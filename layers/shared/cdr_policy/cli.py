@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cdr_policy import __version__
 from cdr_policy.errors import CdrPolicyError, ConfigError
+from cdr_policy.observability import log_to_stderr
 from cdr_policy.timeutil import parse_duration
 
 SUBCOMMANDS = ("validate", "agent")
@@ -64,6 +65,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="where checkpoints, caches and last-good feed copies live (default ~/.cache/cdr-policy/state)")
     p.add_argument("--crds", metavar="DIR", default=env.get("CDR_POLICY_CRDS"),
                    help="CRD directory to validate the output against before writing it; env CDR_POLICY_CRDS")
+    p.add_argument("--log-level", default=env.get("CDR_POLICY_LOG_LEVEL", "WARNING"),
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="level of the structured (JSON) logs on standard error (default WARNING)")
     p.add_argument("--version", action="version", version=f"cdr-policy {__version__}")
     return p
 
@@ -71,6 +75,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     env = dict(os.environ if env is None else env)
+    log_to_stderr(env.get("CDR_POLICY_LOG_LEVEL", "WARNING"))
     try:
         if argv and argv[0] == "validate":
             from cdr_policy.policy.checker import validate_main
@@ -83,6 +88,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             agent_cli.add_arguments(parser)
             return agent_cli.run(parser.parse_args(argv[1:]))
         args = build_parser(env).parse_args(argv)
+        log_to_stderr(args.log_level)
         return _run(args, env)
     except CdrPolicyError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -52,11 +52,11 @@ class LocalRun:
     args: argparse.Namespace
     env: Mapping[str, str]
     channel: ChannelSettings
-    out: TextIO = sys.stdout
+    out: TextIO | None = None  # None: whatever sys.stdout is when a line is written
     runs: int = 0
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str], out: TextIO = sys.stdout) -> LocalRun:
+    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = None) -> LocalRun:
         if args.channel:
             channels = parse_channels(_read(args.channel, "channel settings"), args.channel)
             if len(channels) != 1:
@@ -74,7 +74,7 @@ class LocalRun:
         return cls(args=args, env=env, channel=channel, out=out)
 
     def say(self, line: str = "") -> None:
-        print(line, file=self.out, flush=True)
+        print(line, file=self.out or sys.stdout, flush=True)
 
     def once(self) -> int:
         """One run. Returns the exit code: 0 ok, 1 finished with problems (a stale feed, an
@@ -155,8 +155,6 @@ class LocalRun:
         feeds = load_feeds(_read(args.feeds, "feed list"), origin=args.feeds) if args.feeds else list(BUILTIN_FEEDS)
         key = self.env.get("ABUSEIPDB_API_KEY", "").strip()
         reputation = AbuseIPDB(key or None, threshold=args.reputation_threshold)
-        if not key:
-            self.say("  AbuseIPDB reputation: off (set ABUSEIPDB_API_KEY to enable)")
         result = run_feed_sync(store, feeds, now=now, guard=guard, reputation=reputation, cdr_ips=cdr_ips(store))
         section = result.report_section()
         stale = 0

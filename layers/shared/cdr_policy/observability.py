@@ -3,6 +3,7 @@ template's ``POWERTOOLS_SERVICE_NAME``, ``POWERTOOLS_METRICS_NAMESPACE`` and ``P
 elsewhere (CLI, agent, tests) the defaults below apply."""
 
 import os
+import sys
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
@@ -12,3 +13,20 @@ _NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "CdrPolicy"
 logger = Logger(service=_SERVICE)
 tracer = Tracer(service=_SERVICE)
 metrics = Metrics(namespace=_NAMESPACE, service=_SERVICE)
+
+
+class _Stderr:
+    """Whatever ``sys.stderr`` is at the time of each write (it may be replaced after set-up)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def log_to_stderr(level: str) -> None:
+    """For the command line: structured logs go to standard error at ``level``, so that standard
+    output carries only the human-readable summary."""
+    logger.setLevel(level)
+    logger.registered_handler.setStream(_Stderr())

@@ -1,0 +1,222 @@
+"""``cdr-policy`` as a user runs it: the original operator's invocations against a gateway (the
+loopback fake), threat-intel feeds served over loopback, ``--apply`` against a fake API server,
+controller mode, and ``validate``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cdr_policy import schemas
+from cdr_policy.cli import main
+from demo.fake_kube import FakeKubeAPI
+from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from demo.feed_server import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer
+from demo.runner import FINDINGS
+
+REPO = Path(__file__).resolve().parents[2]
+ORIGINAL_FILES = {"cdr-dynamic-blocklist.yaml", "cilium-cdr-blocklist.yaml"}
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    from cdr_policy.timeutil import utcnow
+
+    with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gw:
+        yield gw
+
+
+@pytest.fixture
+def env(gateway, tmp_path):
+    return {
+        "QUALYS_USERNAME": DEMO_USERNAME,
+        "QUALYS_PASSWORD": DEMO_PASSWORD,
+        "QUALYS_GATEWAY_URL": gateway.url,
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "HOME": str(tmp_path),
+    }
+
+
+def run(argv, env, capsys):
+    code = main(argv, env)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def objects(folder: Path) -> dict[str, dict]:
+    return {p.name: yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))}
+
+
+def test_original_once_invocation_prints_the_summary_and_writes_policies_and_report(env, tmp_path, capsys):
+    out_dir = tmp_path / "policies"
+    code, out, err = run(["--once", "--hours=24", f"--output={out_dir}"], env, capsys)
+    assert code == 0, err
+    for line in (
+        "=== Policy Generation Run:",
+        "Fetching CDR events (last 24 hours)...",
+        "Found 20 events",
+        "Event categories:",
+        "  Cloud_Credentials_Accessed_By_Network_Utility: 3",
+        "Generating behavior-based policies...",
+        "Extracting network indicators from events...",
+        "Extracted: 5 IPs, 4 domains, 4 ports",
+        "Done.",
+    ):
+        assert line in out
+    files = objects(out_dir)
+    assert ORIGINAL_FILES <= set(files)
+    assert any(name.startswith("cdr-block-cloud-creds-") for name in files)
+    assert any(name.startswith("cdr-block-network-scan-") for name in files)
+    assert "threat-intel-blocklist.yaml" not in files, "feeds only with --threat-intel"
+    report = json.loads((out_dir / "report.json").read_text())
+    schemas.validate(report, "report.schema.json")
+    assert report["events"]["fetched"] == 20 and report["events"]["unique"] == 18
+    assert report["events"]["by_category"]["Network_Scanning_Utility"] == 2
+    assert report["events"]["unmapped_categories"] == {"Suspicious_Unlisted_Activity": 1}
+    assert report["indicators"] == {"ips": 5, "domains": 4, "ports": 4}
+    assert {p["file"] for p in report["policies"]} == set(files)
+    # Audit by default: every TracingPolicy in monitor mode, no enforcing action.
+    for obj in files.values():
+        if obj["kind"] == "TracingPolicy":
+            assert {"name": "policy-mode", "value": "monitor"} in obj["spec"]["options"]
+    assert '"Sigkill"' not in json.dumps(list(files.values()))
+
+
+def test_sigkill_enforces_and_gateway_flag_overrides_environment(env, gateway, tmp_path, capsys):
+    out_dir = tmp_path / "p"
+    env = {**env, "QUALYS_GATEWAY_URL": "https://gateway.invalid.example"}
+    code, _, err = run(["--once", "--action=Sigkill", f"--gateway={gateway.url}", f"--output={out_dir}"], env, capsys)
+    assert code == 0, err
+    assert '"Sigkill"' in json.dumps(list(objects(out_dir).values()))
+
+
+def test_threat_intel_with_a_feed_file_matches_the_files(env, tmp_path, capsys):
+    with FeedServer(root=DEMO_FEEDS_DIR) as feeds:
+        feed_file = tmp_path / "feeds.yaml"
+        feed_file.write_text(
+            yaml.safe_dump(
+                {
+                    "feeds": [
+                        {"name": name, "url": feeds.url(f"/{file}"), "category": cat, "format": fmt}
+                        for name, (file, cat, fmt) in DEMO_FEED_FILES.items()
+                    ]
+                }
+            )
+        )
+        out_dir = tmp_path / "ti"
+        code, out, err = run(
+            ["--once", "--threat-intel", f"--feeds={feed_file}", "--reputation-threshold=50", f"--output={out_dir}"],
+            env,
+            capsys,
+        )
+    assert code == 0, err
+    assert "Loading threat intelligence feeds..." in out and "Known bad IPs:" in out
+    assert "threat-intel-blocklist.yaml" in objects(out_dir)
+    report = json.loads((out_dir / "report.json").read_text())
+    for name, (file, _, _) in DEMO_FEED_FILES.items():
+        assert report["feeds"][name]["status"] == "ok"
+        assert f"Loaded {report['feeds'][name]['entries']} IPs from {name}" in out
+    reasons = {(r["value"], r["reason"].split(":")[0]) for r in report["rejected"]}
+    assert ("0.0.0.0/0", "over-broad prefix (shorter than /8)") in reasons
+    assert any(v == "1.1.1.1/32" and r == "inside never-block range" for v, r in reasons)
+    assert report["feeds"]["abuseipdb"]["status"] == "disabled"
+
+
+def test_configuration_errors_are_clear_and_exit_2(env, tmp_path, capsys):
+    bare = {k: v for k, v in env.items() if k not in ("QUALYS_USERNAME", "QUALYS_PASSWORD")}
+    code, _, err = run(["--once", f"--output={tmp_path}"], bare, capsys)
+    assert code == 2 and "QUALYS_USERNAME" in err
+    no_gateway = {k: v for k, v in env.items() if k != "QUALYS_GATEWAY_URL"}
+    code, _, err = run(["--once", "--platform=XX9", f"--output={tmp_path}"], no_gateway, capsys)
+    assert code == 2 and "XX9" in err and "US1" in err
+    code, _, err = run(["--once", f"--output={tmp_path}"], no_gateway, capsys)
+    assert code == 2 and "--platform" in err
+    code, _, err = run(["--once", "--gateway=http://gateway.example.com", f"--output={tmp_path}"], env, capsys)
+    assert code == 2 and "http" in err
+
+
+def _kubeconfig(path: Path, api: FakeKubeAPI) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
+                "users": [{"name": "fake", "user": {"token": api.token}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    return path
+
+
+def test_apply_really_applies_and_prunes_only_its_own_objects(env, tmp_path, capsys):
+    with FakeKubeAPI() as api:
+        foreign = {
+            "apiVersion": "cilium.io/v1alpha1",
+            "kind": "TracingPolicy",
+            "metadata": {"name": "someone-elses", "labels": {"team": "platform"}},
+            "spec": {"podSelector": {}},
+        }
+        api.add_object(foreign)
+        kube_env = {**env, "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", api))}
+        code, out, err = run(["--once", "--apply", f"--output={tmp_path / 'a'}"], kube_env, capsys)
+        assert code == 0, err
+        assert "Applying to kubernetes" in out
+        applied = [o for o in api.objects() if o["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by")]
+        assert len(applied) == len(objects(tmp_path / "a"))
+        applies = [op for op in api.operations if op.verb == "apply"]
+        assert applies and all(op.params.get("fieldValidation") == "Strict" for op in applies)
+        assert any(o["metadata"]["name"] == "someone-elses" for o in api.objects())
+
+
+def test_validate_subcommand(env, tmp_path, capsys, crds_dir):
+    out_dir = tmp_path / "v"
+    assert run(["--once", f"--output={out_dir}"], env, capsys)[0] == 0
+    code, out, _ = run(["validate", str(out_dir), "--crds", str(crds_dir)], env, capsys)
+    assert code == 0, out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "cilium.io/v2",
+                "kind": "CiliumClusterwideNetworkPolicy",
+                "metadata": {"name": "Block_FQDN"},
+                "spec": {"endpointSelector": {}, "egressDeny": [{"toFQDNs": [{"matchName": "evil.example"}]}]},
+            }
+        )
+    )
+    code, out, _ = run(["validate", str(bad), "--crds", str(crds_dir)], env, capsys)
+    assert code == 1
+    assert "toFQDNs" in out
+
+
+def test_controller_mode_runs_every_interval_until_stopped(env, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdr_policy.cli", "--interval=1s", f"--output={tmp_path / 'c'}"],
+        env={**os.environ, **env, "PYTHONPATH": str(REPO / "layers/shared")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (tmp_path / "c" / "report.json").exists():
+            time.sleep(0.2)
+        time.sleep(2.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert "Controller mode: running every 1s" in out, err
+    assert out.count("=== Policy Generation Run:") >= 2
+    # The second run resumes from the checkpoint: nothing new, nothing counted twice.
+    assert "Found 20 events" in out
