@@ -189,12 +189,24 @@ def test_state_bucket_notifies_the_render_queue_for_indicators(resources, resolv
     # No circular dependency: the queue policy names the bucket by its constructed ARN, and the bucket
     # waits for the policy.
     assert bucket["DependsOn"] == "RenderQueuePolicy"
-    (statement,) = resources["RenderQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    statements = resources["RenderQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    (statement,) = [s for s in statements if s["Sid"] == "StateBucketNotifications"]
     assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
     assert statement["Action"] == "sqs:SendMessage"
     source_arn = statement["Condition"]["ArnEquals"]["aws:SourceArn"]
     assert "StateBucket" not in json.dumps(source_arn)
     assert resolve(source_arn) == resolve({"Fn::GetAtt": ["StateBucket", "Arn"]})
+
+
+def test_a_schedule_re_renders_every_channel_so_manifests_never_lapse(resources):
+    rule = resources["RenderRefreshRule"]["Properties"]
+    assert rule["ScheduleExpression"] == {"Ref": "RenderRefreshSchedule"}
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["RenderQueue", "Arn"]}
+    statements = resources["RenderQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    (statement,) = [s for s in statements if s["Sid"] == "ScheduledRerender"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::GetAtt": ["RenderRefreshRule", "Arn"]}
 
 
 def test_buckets_are_private_encrypted_versioned_and_tls_only(resources):

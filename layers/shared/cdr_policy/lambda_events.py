@@ -16,6 +16,9 @@ from cdr_policy.errors import CdrPolicyError
 from cdr_policy.policy.channel import is_channel_name
 
 INDICATORS_PREFIX = "indicators/"
+# The trigger key of the scheduled re-render (an EventBridge schedule sends its event to RenderQueue),
+# which keeps quiet channels' manifests re-signed before they expire under their agents.
+REFRESH_TRIGGER = "schedule:refresh"
 # Seconds kept back from an invocation's remaining time, so that a stage can store what it has and
 # report before Lambda stops it.
 DEADLINE_MARGIN_S = 20.0
@@ -91,7 +94,8 @@ class S3Notification:
 
 
 def parse_s3_notification(body: str, *, bucket: str, prefix: str = INDICATORS_PREFIX) -> S3Notification:
-    """Parse the body of an SQS message that carries an S3 event notification.
+    """Parse the body of an SQS message that carries an S3 event notification (or the scheduled
+    re-render's EventBridge event, returned as the single key ``REFRESH_TRIGGER``).
 
     Object keys arrive URL-encoded (a space as ``+``, ``!`` as ``%21``) and are returned decoded.
     Every record must come from ``bucket`` and name a key under ``prefix``; anything else is an
@@ -100,6 +104,8 @@ def parse_s3_notification(body: str, *, bucket: str, prefix: str = INDICATORS_PR
     doc = _json_object(body, "S3 notification")
     if doc.get("Event") == "s3:TestEvent":
         return S3Notification(test_event=True)
+    if doc.get("detail-type") == "Scheduled Event" and doc.get("source") == "aws.events":
+        return S3Notification(test_event=False, keys=(REFRESH_TRIGGER,))
     records = doc.get("Records")
     if not isinstance(records, list) or not records:
         raise EventError("S3 notification has no 'Records' and is not an s3:TestEvent")

@@ -9,6 +9,7 @@ from cdr_policy.config import Settings
 from cdr_policy.lambda_events import (
     DEADLINE_MARGIN_S,
     EventError,
+    REFRESH_TRIGGER,
     PublishRequest,
     deadline_seconds,
     parse_s3_notification,
@@ -69,6 +70,18 @@ def test_test_event_has_no_keys(load_event):
     body = load_event("sqs_s3_test_event.json")["Records"][0]["body"]
     result = parse_s3_notification(body, bucket=BUCKET)
     assert result.test_event and result.keys == ()
+
+
+def test_the_scheduled_rerender_is_a_refresh_trigger(load_event):
+    body = load_event("sqs_render_refresh.json")["Records"][0]["body"]
+    result = parse_s3_notification(body, bucket=BUCKET)
+    assert not result.test_event and result.keys == (REFRESH_TRIGGER,)
+
+
+def test_an_event_from_another_source_is_not_a_refresh():
+    body = json.dumps({"detail-type": "Scheduled Event", "source": "custom.app", "detail": {}})
+    with pytest.raises(EventError, match="no 'Records'"):
+        parse_s3_notification(body, bucket=BUCKET)
 
 
 def test_object_removed_is_a_trigger_too():
