@@ -45,7 +45,7 @@ bench: venv
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 fake-gateway: venv
-	$(BIN)/python -m demo.fake_qualys $(GATEWAY_ARGS)
+	$(BIN)/python -m demo.fake_qualys --rebase-timestamps $(GATEWAY_ARGS)
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .hypothesis demo-output
