@@ -92,9 +92,12 @@ def _reset_powertools():
     from aws_lambda_powertools.metrics.provider import cold_start
     from aws_lambda_powertools.utilities import parameters
 
-    from cdr_policy.observability import metrics
+    from cdr_policy.observability import logger, metrics
 
+    level, stream = logger.log_level, logger.registered_handler.stream
     yield
+    logger.setLevel(level)  # the CLI sends logs to stderr at WARNING: undo for the next test
+    logger.registered_handler.setStream(stream)
     metrics.clear_metrics()
     cold_start.is_cold_start = True
     parameters.clear_caches()
