@@ -402,3 +402,15 @@ def test_derived_names_are_valid(template, environment_name):
             assert re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", name), name
         for queue in ("RenderDeadLetterQueue", "PublishDeadLetterQueue"):
             assert len(resolve({"Fn::GetAtt": [queue, "QueueName"]})) <= 80
+
+
+@pytest.mark.parametrize("metric", ["BundlesHeld", "BundlesRefused", "FeedStale"])
+def test_safety_signals_alarm(resources, metric):
+    (alarm,) = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"].get("MetricName") == metric
+    ]
+    assert alarm["Namespace"] == "CdrPolicy"
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": "cdr-policy"}]
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
