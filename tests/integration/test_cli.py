@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def test_threat_intel_with_a_feed_file_matches_the_files(env, tmp_path, capsys):
     assert "Loading threat intelligence feeds..." in out and "Known bad IPs:" in out
     assert "threat-intel-blocklist.yaml" in objects(out_dir)
     report = json.loads((out_dir / "report.json").read_text())
-    for name, (file, _, _) in DEMO_FEED_FILES.items():
+    for name in DEMO_FEED_FILES:
         assert report["feeds"][name]["status"] == "ok"
         assert f"Loaded {report['feeds'][name]['entries']} IPs from {name}" in out
     reasons = {(r["value"], r["reason"].split(":")[0]) for r in report["rejected"]}
@@ -220,3 +221,75 @@ def test_controller_mode_runs_every_interval_until_stopped(env, tmp_path):
     assert out.count("=== Policy Generation Run:") >= 2
     # The second run resumes from the checkpoint: nothing new, nothing counted twice.
     assert "Found 20 events" in out
+
+
+def test_a_hostile_gateway_still_yields_every_finding_exactly_once(tmp_path, capsys):
+    """Issue 3 as a user sees it: >1,000 findings over several windows and pages, a token that
+    expires mid-run, rate limiting with the gateway's headers, duplicates and malformed findings."""
+    import ipaddress
+    from collections import Counter
+    from datetime import timedelta
+
+    from cdr_policy.timeutil import utcnow
+    from demo.fake_qualys import synthetic_findings
+
+    now = utcnow()
+    findings = synthetic_findings(
+        1300, start=now - timedelta(hours=20), end=now - timedelta(minutes=5), seed=7, malformed_every=97
+    )
+    duplicates = [f for f in findings[:40] if isinstance(f, dict) and "uuid" in f][:15]
+    items = findings + duplicates
+    good = [f for f in findings if isinstance(f, dict) and "uuid" in f and "threatCategory" in f]
+    with FakeQualysGateway(items, rate_limit_every=4, rate_limit_wait_s=0) as gw:
+
+        def expire_mid_run() -> None:  # the gateway revokes the token after a few pages
+            deadline = time.monotonic() + 30
+            while len(gw.findings_requests()) < 5 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            gw.expire_tokens()
+
+        expirer = threading.Thread(target=expire_mid_run, daemon=True)
+        expirer.start()
+        env = {
+            "QUALYS_USERNAME": DEMO_USERNAME,
+            "QUALYS_PASSWORD": DEMO_PASSWORD,
+            "QUALYS_GATEWAY_URL": gw.url,
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        }
+        out_dir = tmp_path / "out"
+        code, out, err = run(["--once", "--hours=24", f"--output={out_dir}"], env, capsys)
+        assert code == 0, err
+        expirer.join()
+        statuses = Counter(r.status for r in gw.findings_requests())
+        tokens = gw.tokens_issued
+    assert statuses[429] > 0, "the gateway rate-limited"
+    assert statuses[401] > 0 and tokens >= 2, "the token expired mid-run and was renewed"
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["events"]["unique"] == len(good)
+    assert report["events"]["duplicates"] == len(duplicates)
+    assert report["events"]["malformed"] == len(items) - len(good) - len(duplicates)
+    assert report["events"]["by_category"] == dict(Counter(f["threatCategory"] for f in good))
+
+    addresses = {f["destinationIp"] for f in good if "destinationIp" in f}
+    public = {ip for ip in addresses if ipaddress.ip_address(ip).is_global}
+    private = addresses - public
+    assert public and private
+    files = objects(out_dir)
+    cilium = {c for o in files.values() if o["kind"] == "CiliumCIDRGroup" for c in o["spec"]["externalCIDRs"]}
+    tetragon = {
+        v
+        for name, o in files.items()
+        if name.startswith("cdr-dynamic-blocklist")
+        for hook in o["spec"]["kprobes"]
+        for sel in hook["selectors"]
+        for arg in sel.get("matchArgs", [])
+        if arg["operator"] == "DAddr"
+        for v in arg["values"]
+    }
+
+    def covered(ip: str, prefixes: set[str]) -> bool:
+        addr = ipaddress.ip_address(ip)
+        return any(addr in ipaddress.ip_network(p) for p in prefixes)
+
+    assert all(covered(ip, cilium) and covered(ip, tetragon) for ip in public)
+    assert not any(covered(ip, cilium) or covered(ip, tetragon) for ip in private)
