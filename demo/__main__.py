@@ -32,7 +32,9 @@ def _default_crds() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint-url", help="an S3/SQS/KMS endpoint to use instead of an in-process moto server")
-    parser.add_argument("--output", default="demo-output", help="where the agents write each channel (default demo-output)")
+    parser.add_argument(
+        "--output", default="demo-output", help="where the agents write each channel (default demo-output)"
+    )
     parser.add_argument("--crds", default=_default_crds(), help="CRD directory for schema checks")
     args = parser.parse_args(argv)
     output = Path(args.output).resolve()

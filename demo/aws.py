@@ -46,7 +46,10 @@ class Names:
         return f"cdr-policy-{self.environment}-idempotency"
 
     qualys_secret = "cdr-policy/qualys"
-    signing_key_alias = "alias/cdr-policy-signing"
+
+    @property
+    def signing_key_alias(self) -> str:
+        return f"alias/cdr-policy-{self.environment}-signing"
 
 
 @dataclass
@@ -128,9 +131,10 @@ def create_stack(endpoint_url: str, *, environment: str = "demo", qualys: dict[s
     aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
     key_id = aliases.get(names.signing_key_alias)
     if not key_id:
-        key_id = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY", Description="cdr-policy bundle signing")[
-            "KeyMetadata"
-        ]["KeyId"]
+        created = kms.create_key(
+            KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY", Description="cdr-policy bundle signing"
+        )
+        key_id = created["KeyMetadata"]["KeyId"]
         kms.create_alias(AliasName=names.signing_key_alias, TargetKeyId=key_id)
     ddb = client("dynamodb")
     if names.idempotency_table not in ddb.list_tables()["TableNames"]:

@@ -191,7 +191,8 @@ def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
     say(f"      {counts['messages']} publish request(s), {counts['failed']} failed")
     for channel, manifest in _channel_manifests(stack).items():
         say(
-            f"      channels/{channel}/manifest.json: bundle {manifest['digest'][:16]}, {len(manifest['files'])} files, "
+            f"      channels/{channel}/manifest.json: bundle {manifest['digest'][:16]}, "
+            f"{len(manifest['files'])} files, "
             f"signed with {manifest['signature_algorithm']}, expires {manifest['expires_at']}"
         )
     return steps

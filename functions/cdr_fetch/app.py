@@ -8,6 +8,7 @@ where it was, so the next scheduled run picks up the same window.
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from cdr_policy import stages
 from cdr_policy.config import get_settings
 from cdr_policy.lambda_events import deadline_seconds, require_scheduled_event

@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.idempotency import (
     idempotent_function,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from cdr_policy import stages
 from cdr_policy.config import Settings, get_settings
 from cdr_policy.errors import ConfigError

@@ -9,8 +9,8 @@ import re
 from typing import Any
 
 import pytest
-from cdr_policy.config import Settings
 
+from cdr_policy.config import Settings
 from tests.infra.support import REPO
 
 pytestmark = pytest.mark.infra

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from cdr_policy.agent.directory import DirectoryApplier, file_name
 from cdr_policy.policy.serialize import load_yaml_documents
-
 from tests.unit.bundle.factory import ccg, labels, tracing_policy
 
 from .test_kube import cnp

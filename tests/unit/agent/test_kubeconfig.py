@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cdr_policy.agent.kube import KubeApplier
-from cdr_policy.agent.kubeconfig import from_kubeconfig, resolve, ssl_context
-from cdr_policy.errors import ConfigError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from cdr_policy.agent.kube import KubeApplier
+from cdr_policy.agent.kubeconfig import from_kubeconfig, resolve, ssl_context
+from cdr_policy.errors import ConfigError
 from demo.fake_kube import FakeKubeAPI
 from tests.unit.bundle.factory import ccg
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from cdr_policy import jsonio
 from cdr_policy.agent.status import read_status
 from cdr_policy.errors import BundleError

@@ -7,6 +7,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+
 from cdr_policy import jsonio
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
@@ -18,7 +19,6 @@ from cdr_policy.bundle.publish import publish_bundle
 from cdr_policy.bundle.signing import LocalSigner, generate_local_key, sign_manifest
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.timeutil import utcnow
-
 from demo.fake_kube import FakeKubeAPI
 from tests.unit.bundle.factory import (
     T0,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cdr_policy.bundle.signing import LocalSigner, Verifier, generate_local_key
 from cdr_policy.storage import LocalStore
 

@@ -6,6 +6,7 @@ import copy
 import hashlib
 
 import pytest
+
 from cdr_policy.bundle.manifest import (
     SCHEMA,
     VerificationError,
@@ -15,8 +16,8 @@ from cdr_policy.bundle.manifest import (
     validate_path,
     verify_files,
 )
-from cdr_policy.schemas import schema_errors
 from cdr_policy.errors import BundleError
+from cdr_policy.schemas import schema_errors
 
 from .factory import SETTINGS, SOURCE
 

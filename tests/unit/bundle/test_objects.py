@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cdr_policy.bundle.change_budget import assess
 from cdr_policy.bundle.manifest import VerificationError
 from cdr_policy.bundle.objects import ObjectRef, parse_objects, prefixes, ref_of

@@ -7,6 +7,8 @@ from datetime import timedelta
 
 import boto3
 import pytest
+from moto import mock_aws
+
 from cdr_policy import jsonio
 from cdr_policy.bundle import keys
 from cdr_policy.bundle.publish import publish_bundle, rollback
@@ -15,7 +17,6 @@ from cdr_policy.errors import BundleError
 from cdr_policy.observability import metrics
 from cdr_policy.storage import NotFound, S3Store
 from cdr_policy.timeutil import iso
-from moto import mock_aws
 
 from .factory import T0, TTL, RecordingStore, ips, network_bundle, render
 

@@ -11,8 +11,11 @@ from datetime import timedelta
 
 import boto3
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from moto import mock_aws
+
 from cdr_policy.bundle.manifest import SCHEMA, VerificationError, build_manifest
-from cdr_policy.schemas import schema_errors
 from cdr_policy.bundle.signing import (
     ALGORITHM,
     KmsSigner,
@@ -25,10 +28,8 @@ from cdr_policy.bundle.signing import (
     verify_signature,
 )
 from cdr_policy.errors import BundleError, ConfigError
+from cdr_policy.schemas import schema_errors
 from cdr_policy.timeutil import parse_iso
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from moto import mock_aws
 
 from .factory import SETTINGS, SOURCE, T0, files_of, tracing_policy
 

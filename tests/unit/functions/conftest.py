@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
 from cdr_policy import stages
 from cdr_policy.config import get_settings
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from cdr_policy.config import Settings
 from cdr_policy.lambda_events import (
     DEADLINE_MARGIN_S,
-    EventError,
     REFRESH_TRIGGER,
+    EventError,
     PublishRequest,
     deadline_seconds,
     parse_s3_notification,

@@ -8,9 +8,10 @@ import json
 import boto3
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from moto import mock_aws
+
 from cdr_policy import stages
 from cdr_policy.errors import BundleError, ConfigError
-from moto import mock_aws
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.lambda_events import EventError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cdr_policy.errors import ConfigError, QualysError
 from cdr_policy.lambda_events import DEADLINE_MARGIN_S, EventError
 

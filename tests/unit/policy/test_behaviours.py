@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cdr_policy.policy.behaviours import CATALOGUE, MAX_EVIDENCE, sift_evidence
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import check_object, errors_of

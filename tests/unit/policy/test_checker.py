@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import yaml
+
 from cdr_policy.guards import NeverBlock
 from cdr_policy.policy.checker import check_object, errors_of
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+
 from cdr_policy.policy import domains
 from cdr_policy.policy.channel import ChannelSettings
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import check_object, errors_of
 from cdr_policy.policy.serialize import load_yaml_documents

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import yaml
+
 from cdr_policy.policy import naming
 from cdr_policy.policy.serialize import dump_yaml, load_yaml_documents
 

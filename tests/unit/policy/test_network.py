@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+
 from cdr_policy.errors import ConfigError
 from cdr_policy.policy import cilium, tetragon
 from cdr_policy.policy.channel import ChannelSettings

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import Behaviour, Indicator, IndicatorSet
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import check_object, errors_of
 from cdr_policy.rules import RULES
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from .factories import EXPIRES, FIRST_SEEN, LAST_SEEN, render
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import IndicatorSet

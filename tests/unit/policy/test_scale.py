@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from cdr_policy.models import Indicator, IndicatorSet
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import check_object, errors_of

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.policy.checker.cel import Unsupported, compile_rule

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet, check_bundle, check_files, validate_main

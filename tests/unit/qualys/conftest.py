@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from cdr_policy.guards import NeverBlock
 from cdr_policy.qualys.categories import load_mapping
 from cdr_policy.qualys.client import QualysClient
 from cdr_policy.qualys.credentials import Credentials
-
 from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 REPO = Path(__file__).resolve().parents[3]

@@ -8,12 +8,12 @@ import logging
 from datetime import UTC, datetime
 
 import pytest
+
 from cdr_policy.errors import QualysError
 from cdr_policy.qualys.auth import jwt_expiry
 from cdr_policy.qualys.credentials import Credentials
 from cdr_policy.qualys.fetch import run_cdr_fetch
 from cdr_policy.storage import LocalStore
-
 from demo.fake_qualys import DEMO_PASSWORD, FakeQualysGateway, Fault
 
 from .conftest import SAMPLES, SAMPLES_NOW

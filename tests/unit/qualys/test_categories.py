@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cdr_policy.errors import ConfigError
 from cdr_policy.qualys.categories import load_mapping, normalise_category, parse_mapping
 from cdr_policy.rules import RULES

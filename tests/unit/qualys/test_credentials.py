@@ -6,9 +6,10 @@ import json
 
 import boto3
 import pytest
+from moto import mock_aws
+
 from cdr_policy.errors import ConfigError
 from cdr_policy.qualys.credentials import Credentials, load_credentials
-from moto import mock_aws
 
 PASSWORD = "p@ss word&more=1"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+
 from cdr_policy.models import IndicatorSet
 from cdr_policy.qualys.extract import (
     BLOCKABLE_PORTS,

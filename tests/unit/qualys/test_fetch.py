@@ -12,14 +12,14 @@ from pathlib import Path
 import boto3
 import jsonschema
 import pytest
+from moto import mock_aws
+
 from cdr_policy.errors import QualysError, StorageError
 from cdr_policy.jsonio import loads
 from cdr_policy.qualys.fetch import load_cdr_set, run_cdr_fetch
 from cdr_policy.qualys.findings import Finding, parse_finding
 from cdr_policy.qualys.state import CHECKPOINT_KEY, CURRENT_KEY, SEEN_KEY, read_current, read_seen
 from cdr_policy.storage import LocalStore, S3Store
-from moto import mock_aws
-
 from demo.fake_qualys import FakeQualysGateway, Fault, load_findings, synthetic_findings
 
 from .conftest import SAMPLES, SAMPLES_NOW

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cdr_policy.qualys.findings import (
     TEXT_LIMIT,
     Finding,
@@ -15,8 +18,6 @@ from cdr_policy.qualys.findings import (
     parse_techniques,
     parse_timestamp,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 BASE = {"uuid": "f-1", "threatCategory": "Network_Scanning_Utility"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cdr_policy.errors import ConfigError
 from cdr_policy.qualys.platforms import PLATFORMS, resolve_gateway
 

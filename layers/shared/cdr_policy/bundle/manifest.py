@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from cdr_policy import jsonio
-from cdr_policy.schemas import schema_errors
 from cdr_policy.errors import BundleError
+from cdr_policy.schemas import schema_errors
 from cdr_policy.timeutil import parse_iso
 
 SCHEMA_VERSION = 1
