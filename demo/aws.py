@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import httpx
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -82,7 +83,10 @@ def moto_endpoint(endpoint_url: str | None) -> Iterator[str]:
     server.start()
     try:
         host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
+        url = f"http://{host}:{port}"
+        # moto's backends are global to the process: start from an empty account every time.
+        httpx.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+        yield url
     finally:
         server.stop()
 
