@@ -1,0 +1,275 @@
+"""Feed-ingest benchmark: ``python -m benchmarks [--lines N] [--seed S] [--repeat K] [--strict]``.
+
+1. Generates ``--lines`` lines in the feeds' real formats (``benchmarks/generate.py``, fixed seed)
+   into a temporary directory (``--workdir`` to choose one, ``--keep`` to keep it).
+2. Runs, each in its own process and measured from the outside (wall time with
+   ``time.perf_counter`` around the process, peak memory from ``os.wait4``'s ``ru_maxrss``):
+   - **ours**: ``cdr_policy.feeds`` parse + never-block filter + aggregate (``benchmarks/runners.py``);
+   - **iprange**: FireHOL ``iprange`` (Debian package ``iprange``) on the IPv4 part of the same
+     input (it reads IPv4 only and would resolve hostnames through DNS);
+   - **collapse_addresses**: ``ipaddress.ip_network`` + the same guard + ``collapse_addresses``.
+   ``ours`` and ``iprange`` run ``--repeat`` times, interleaved (the median is reported);
+   ``collapse_addresses`` once (it takes tens of seconds at a million lines).
+3. Checks that our prefixes equal ``collapse_addresses``' and that ours without the filter equal
+   ``iprange``'s on the IPv4 input, prints a Markdown table and writes it to
+   ``benchmarks/results/latest.md`` (and ``latest.json``; ``--results`` to change the folder).
+
+The target is our wall time within 2x of iprange's. ``--strict`` makes a miss (or any mismatch)
+exit non-zero; a mismatch always does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.generate import generate
+from benchmarks.runners import read_iprange_output, read_prefixes
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+TARGET_RATIO = 2.0
+IPRANGE_HELP = "iprange not found: install it with `sudo apt-get install -y iprange` (Debian/Ubuntu package iprange)"
+
+
+@dataclass
+class Run:
+    wall_s: float
+    maxrss_kib: int
+    stdout: str
+    rss_exact: bool
+
+
+def measure(cmd: list[str], stdout: Path, env: dict[str, str] | None = None) -> Run:
+    """Run ``cmd`` to completion: wall time around the process and its peak RSS.
+
+    The peak comes from GNU ``time -f %M`` when it is installed: a child forked by a big parent
+    (this process) inherits the parent's RSS high-water mark into its own ``ru_maxrss``, and GNU
+    time's child is forked from a small process. Without it, ``os.wait4``'s figure is used and
+    marked approximate (it includes this launcher's size)."""
+    gnu_time = _gnu_time()
+    with stdout.open("wb") as out, tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
+        full = [gnu_time, "-q", "-f", "%M", "-o", rss.name, *cmd] if gnu_time else cmd
+        started = time.perf_counter()
+        proc = subprocess.Popen(full, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {err.read().decode(errors='replace')[-2000:]}")
+        if gnu_time:
+            peak, exact = int(rss.read().split()[-1]), True
+        else:  # ru_maxrss is KiB on Linux, bytes on macOS
+            peak, exact = (usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss), False
+    text = stdout.read_text(errors="replace") if stdout.suffix == ".json" else ""
+    return Run(wall_s=wall, maxrss_kib=peak, stdout=text, rss_exact=exact)
+
+
+@functools.cache
+def _gnu_time() -> str | None:
+    path = shutil.which("time")
+    if path is None:
+        return None
+    probe = subprocess.run([path, "-q", "-f", "%M", "-o", os.devnull, "true"], capture_output=True, check=False)
+    return path if probe.returncode == 0 else None
+
+
+def _python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "layers" / "shared"), str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run(args: argparse.Namespace) -> int:
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cdr-bench-"))
+    try:
+        return _run(args, work)
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
+    print(f"generating {args.lines:,} lines (seed {args.seed}) in {work} ...", flush=True)
+    gen = generate(work, args.lines, args.seed)
+    env = _python_env()
+    py = [sys.executable, "-m", "benchmarks.runners"]
+    iprange = shutil.which("iprange")
+    iprange_version = "-"
+    if iprange is None:
+        print(IPRANGE_HELP, flush=True)
+    else:
+        probe = subprocess.run([iprange, "--version"], capture_output=True, text=True, check=False)
+        iprange_version = (probe.stdout or probe.stderr).split("\n", 1)[0].removeprefix("iprange ").strip() or "?"
+    ours_runs: list[Run] = []
+    ipr_runs: list[Run] = []
+    count_runs: list[Run] = []
+    for i in range(args.repeat):
+        print(f"round {i + 1}/{args.repeat}: ours" + (", iprange, iprange -C" if iprange else ""), flush=True)
+        ours_runs.append(measure([*py, "ours", str(gen.full), str(work / "ours.bin")], work / "ours.json", env))
+        if iprange:
+            ipr_runs.append(measure([iprange, str(gen.ipv4_only)], work / "iprange.txt"))
+            count_runs.append(measure([iprange, "-C", str(gen.ipv4_only)], work / "iprange-counts.txt"))
+    print("collapse_addresses (slow) ...", flush=True)
+    col = measure([*py, "collapse", str(gen.full), str(work / "collapse.bin")], work / "collapse.json", env)
+
+    ours_summary = json.loads(ours_runs[-1].stdout)
+    col_summary = json.loads(col.stdout)
+    ours_set = read_prefixes(work / "ours.bin")
+    same_as_collapse = ours_set == read_prefixes(work / "collapse.bin")
+    same_as_iprange = None
+    ipr_prefixes = None
+    if iprange:
+        ipr_set = read_iprange_output(work / "iprange.txt")
+        ipr_prefixes = len(ipr_set)
+        same_as_iprange = ipr_set == _ours_unfiltered_ipv4(gen.ipv4_only)
+
+    ours_wall = statistics.median(r.wall_s for r in ours_runs)
+    ipr_wall = statistics.median(r.wall_s for r in ipr_runs) if ipr_runs else None
+    count_wall = statistics.median(r.wall_s for r in count_runs) if count_runs else None
+    ratio = ours_wall / ipr_wall if ipr_wall else None
+    result = {
+        "lines": gen.lines,
+        "ipv6_lines": gen.ipv6_lines,
+        "junk_lines": gen.junk_lines,
+        "seed": args.seed,
+        "repeat": args.repeat,
+        "machine": f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPU",
+        "ours": {
+            "wall_s": ours_wall,
+            "maxrss_kib": max(r.maxrss_kib for r in ours_runs),
+            "prefixes": ours_summary["prefixes"],
+            "in_process_s": ours_summary["seconds_in_process"],
+            "rejected_parse": ours_summary["rejected_parse"],
+            "rejected_guard": ours_summary["rejected_guard"],
+        },
+        "iprange": None
+        if not ipr_runs
+        else {"wall_s": ipr_wall, "maxrss_kib": max(r.maxrss_kib for r in ipr_runs), "prefixes": ipr_prefixes},
+        "iprange_count_only": None
+        if not count_runs
+        else {"wall_s": count_wall, "maxrss_kib": max(r.maxrss_kib for r in count_runs), "prefixes": None},
+        "collapse_addresses": {
+            "wall_s": col.wall_s,
+            "maxrss_kib": col.maxrss_kib,
+            "prefixes": col_summary["prefixes"],
+            "in_process_s": col_summary["seconds_in_process"],
+        },
+        "ours_equals_collapse_addresses": same_as_collapse,
+        "ours_unfiltered_equals_iprange": same_as_iprange,
+        "ratio_to_iprange": ratio,
+        "target_ratio": TARGET_RATIO,
+        "ratio_to_iprange_count_only": ours_wall / count_wall if count_wall else None,
+        "iprange_version": iprange_version,
+        "rss_exact": all(r.rss_exact for r in (*ours_runs, *ipr_runs, *count_runs, col)),
+    }
+    table = render_markdown(result)
+    print()
+    print(table)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "latest.md").write_text(table)
+    (results / "latest.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(f"written to {results / 'latest.md'}")
+    if not same_as_collapse or same_as_iprange is False:
+        print("MISMATCH: the aggregated results differ (see above)", file=sys.stderr)
+        return 1
+    if args.strict and (ratio is None or ratio > TARGET_RATIO):
+        print(f"target missed: ours/iprange = {ratio} (target <= {TARGET_RATIO})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _ours_unfiltered_ipv4(path: Path) -> set[tuple[int, int, int]]:
+    """Our parse + collapse without the never-block filter, for the comparison with iprange."""
+    from cdr_policy.feeds.aggregate import collapse
+    from cdr_policy.feeds.parse import parse_feed
+
+    parsed = parse_feed(path.read_bytes(), "plain")
+    return {(4, n, plen) for n, plen in collapse(4, parsed.singles[4], parsed.networks[4])}
+
+
+def render_markdown(r: dict) -> str:
+    def prefixes(p: dict | int | None) -> str:
+        if p is None:
+            return "-"
+        if isinstance(p, int):
+            return f"{p:,} (IPv4)"
+        return f"{p['4'] + p['6']:,} ({p['4']:,} IPv4 + {p['6']:,} IPv6)"
+
+    def row(name: str, what: str, d: dict | None) -> str:
+        if d is None:
+            return f"| {name} | {what} | not installed | - | - |"
+        return f"| {name} | {what} | {d['wall_s']:.3f} | {d['maxrss_kib'] / 1024:.1f} | {prefixes(d['prefixes'])} |"
+
+    count_ratio = r["ratio_to_iprange_count_only"]
+
+    ratio = r["ratio_to_iprange"]
+    lines = [
+        f"# Feed ingest benchmark: {r['lines']:,} lines",
+        "",
+        f"Input: generated, seed {r['seed']}, feeds' real formats ({r['ipv6_lines']:,} IPv6 lines, "
+        f"{r['junk_lines']} junk lines). Machine: {r['machine']}.",
+        f"Wall time is the whole process (interpreter start-up included), median of {r['repeat']} interleaved "
+        "runs for ours and iprange, one run for collapse_addresses. Peak memory is the process's max RSS"
+        + (" (GNU time)." if r["rss_exact"] else " (os.wait4; approximate: includes the launcher's size)."),
+        "",
+        "| Tool | Work | Wall time (s) | Peak RSS (MiB) | Output prefixes |",
+        "|---|---|---:|---:|---|",
+        row("ours (`cdr_policy.feeds`)", "strict parse + never-block filter + aggregate", r["ours"]),
+        row(f"FireHOL `iprange` {r['iprange_version']}", "parse + aggregate, IPv4 lines only, no filter", r["iprange"]),
+        row("FireHOL `iprange -C`", "the same, printing two counts instead of the CIDRs", r["iprange_count_only"]),
+        row(
+            "`ipaddress.collapse_addresses`",
+            "`ip_network` parse + same filter + collapse",
+            r["collapse_addresses"],
+        ),
+        "",
+        f"- ours / iprange: **{ratio:.2f}x** (target <= {r['target_ratio']:g}x); against `iprange -C`, which "
+        f"skips formatting its output, {count_ratio:.2f}x. Ours writes its prefixes in binary."
+        if ratio and count_ratio
+        else "- ours / iprange: iprange not installed (`sudo apt-get install -y iprange`)",
+        f"- ours == collapse_addresses: **{'yes' if r['ours_equals_collapse_addresses'] else 'NO'}**",
+        "- ours without the filter == iprange on the IPv4 input: "
+        + {True: "**yes**", False: "**NO**", None: "not checked"}[r["ours_unfiltered_equals_iprange"]],
+        f"- ours refused {r['ours']['rejected_parse']} ambiguous/junk lines and "
+        f"{r['ours']['rejected_guard']} never-block entries; in-process time {r['ours']['in_process_s']:.3f} s",
+        "",
+        "Command: `.venv/bin/python -m benchmarks` (or `make bench`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lines", type=int, default=1_000_000, help="input size (default 1,000,000)")
+    ap.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of ours and iprange (default 3)")
+    ap.add_argument("--workdir", help="where to write the inputs and outputs (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument(
+        "--results", default=str(RESULTS), help="where latest.md/latest.json go (default benchmarks/results)"
+    )
+    ap.add_argument("--strict", action="store_true", help="exit 1 when ours is over 2x iprange's wall time")
+    args = ap.parse_args(argv)
+    if args.lines < 100 or args.repeat < 1:
+        ap.error("--lines must be at least 100 and --repeat at least 1")
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

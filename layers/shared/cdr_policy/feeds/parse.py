@@ -1,0 +1,407 @@
+"""Strict parsers for the real feed formats, with every quirk seen in the published lists.
+
+Formats:
+- ``plain``: one address or CIDR per line; ``#`` and ``;`` comment lines; an inline comment after
+  whitespace (``1.2.3.0/24 ; SBL123``); CRLF or LF; a missing final newline; a UTF-8 BOM; IPv4 and
+  IPv6 mixed; blank lines; leading and trailing whitespace.
+- ``abusech``: ``plain`` plus the abuse.ch banner (``# Last updated: ...``), the ``# DstIP`` column
+  line and the ``# END N entries`` trailer, whose N is checked by the gate (``gate.py``).
+- ``feodo-csv``: the Feodo Tracker CSV since 2021: ``#`` banner, an uncommented, double-quoted
+  header naming ``dst_ip``, quoted rows, the same trailer. The pre-2021 layouts (commented header,
+  four or five unquoted columns) are refused as a format change, never half-parsed.
+- ``tor-exit-addresses``: TorDNSEL ``exit-addresses`` (``ExitAddress <ip> <date> <time>``).
+- ``auto``: one of the above, decided from the first lines (``detect_format``).
+
+Nothing is guessed: an ambiguous token (``010.0.0.1`` could be octal, ``10.1`` is abbreviated,
+``1.2.3.4-1.2.3.9`` is a range, ``1.2.3.4/24`` has host bits set, ``evil.example`` needs DNS)
+is rejected with its reason and counted. IPv4 addresses are validated with ``inet_pton``, which
+accepts exactly four decimal octets without leading zeros.
+
+Speed: the text is split a block of lines at a time, and each block's lines go through
+``inet_pton`` in C via ``map`` over chunks; only the lines that fail (comments, IPv6, CIDRs, junk)
+take the per-line path. Single IPv4 addresses end up in an ``array('I')``, never as ``ipaddress``
+objects, and a million-line body never holds a million line strings at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import socket
+import sys
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import repeat
+
+from cdr_policy.feeds.prefix import BITS, MAPPED_V4_BASE
+
+FORMATS = ("auto", "plain", "abusech", "feodo-csv", "tor-exit-addresses")
+
+# Rejection reasons (stable: they end up in report.json).
+R_LEADING_ZERO = "ambiguous: leading zero in an IPv4 octet (octal or decimal?)"
+R_ABBREVIATED = "ambiguous: abbreviated IPv4 address (fewer than four octets)"
+R_RANGE = "ambiguous: address range (not expanded)"
+R_HOST_BITS = "ambiguous: CIDR with host bits set"
+R_HOSTNAME = "hostname, not an address (not resolved)"
+R_OCTET = "IPv4 octet out of range"
+R_PREFIXLEN = "invalid prefix length"
+R_ZONE = "IPv6 zone index is not allowed"
+R_TRAILING = "unexpected text after the address"
+R_MARKUP = "markup, not an address"
+R_NOT_IP = "not an IP address or CIDR"
+R_CSV_ROW = "malformed CSV row"
+R_NUL = "NUL byte in line"
+
+MAX_TOKEN_CHARS = 100  # rejected values are cut to this length in reports
+
+_BOM = b"\xef\xbb\xbf"
+_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+_CHUNK = 512  # lines per inet_pton batch
+_BLOCK_CHARS = 1 << 20  # characters per block of lines
+_TRAILER = re.compile(r"^#\s*END\s+(\d+)\s+entries\s*$", re.IGNORECASE)
+_UPDATED = re.compile(r"^#\s*Last updated:\s*(.+?)\s*#?\s*$", re.IGNORECASE)
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"^(?=.*[A-Za-z]){_LABEL}(\.{_LABEL})*\.?$")
+_DOTTED_DIGITS = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_HTML_MARKERS = (b"<!doctype", b"<html", b"<head", b"<body", b"<script", b"<title", b"<meta")
+FEODO_CSV_COLUMN = "dst_ip"
+_TOR_META = ("ExitNode", "Published", "LastStatus")
+
+
+@dataclass
+class ParsedFeed:
+    """What a body contained. Counts are of lines and entries as they appear (duplicates included)."""
+
+    format: str
+    lines: int = 0
+    comments: int = 0
+    blank: int = 0
+    # Single addresses per family (IPv4 in an ``array('I')``), unsorted, duplicates kept.
+    singles: dict[int, list[int] | array] = field(default_factory=lambda: {4: array("I"), 6: []})
+    # CIDR entries shorter than a host prefix: (network, length) per family.
+    networks: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: {4: [], 6: []})
+    # (token, reason) for every data line that is not a valid address or CIDR.
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    # N of an ``# END N entries`` trailer, and whether that trailer is the last non-blank line.
+    trailer: int | None = None
+    trailer_is_last: bool = False
+    feed_updated: str | None = None
+    html: bool = False
+    format_error: str | None = None
+
+    def count(self, version: int) -> int:
+        return len(self.singles[version]) + len(self.networks[version])
+
+    @property
+    def entries(self) -> int:
+        """Valid entries (addresses and CIDRs), duplicates included."""
+        return self.count(4) + self.count(6)
+
+    @property
+    def data_lines(self) -> int:
+        """Lines that carried data, valid or not (what an ``# END N entries`` trailer counts)."""
+        return self.entries + len(self.rejected)
+
+    def stats(self) -> dict[str, int | str]:
+        out: dict[str, int | str] = {
+            "format": self.format,
+            "lines": self.lines,
+            "comments": self.comments,
+            "blank": self.blank,
+            "ipv4": self.count(4),
+            "ipv6": self.count(6),
+            "cidr": len(self.networks[4]) + len(self.networks[6]),
+            "rejected_parse": len(self.rejected),
+        }
+        if self.trailer is not None:
+            out["trailer"] = self.trailer
+        if self.feed_updated:
+            out["feed_updated"] = self.feed_updated
+        return out
+
+
+def looks_like_html(data: bytes) -> bool:
+    """True when a body is an HTML page (a portal, an error or a "moved" page served with 200)."""
+    head = data[:4096].removeprefix(_BOM).lstrip().lower()
+    return head.startswith(b"<") or any(m in head for m in _HTML_MARKERS)
+
+
+def decode(data: bytes) -> str:
+    """The body as text: BOM dropped; bytes that are not UTF-8 become U+FFFD (and their lines junk)."""
+    data = data.removeprefix(_BOM)
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace")
+
+
+def line_blocks(text: str) -> Iterator[list[str]]:
+    """The lines of ``text`` in blocks of about ``_BLOCK_CHARS`` characters, cut after a newline.
+    CRLF, CR and LF (and the other Unicode line boundaries, which only junk contains) end a line;
+    a missing final newline loses nothing. Working block by block keeps a million-line body from
+    holding a million line strings at once."""
+    start, n = 0, len(text)
+    while start < n:
+        end = text.find("\n", start + _BLOCK_CHARS)
+        end = n if end == -1 else end + 1
+        yield text[start:end].splitlines()
+        start = end
+
+
+def detect_format(text: str) -> str:
+    """Pick a concrete format from the first meaningful lines (and the last one)."""
+    head = text[:16384].splitlines()[:64]
+    for line in head:
+        s = line.strip()
+        if not s:
+            continue
+        if s.startswith("#"):
+            if "abuse.ch" in s.lower():
+                for later in head:
+                    if later.lstrip().startswith('"'):
+                        return "feodo-csv"
+                return "abusech"
+            continue
+        if s.startswith('"'):
+            return "feodo-csv"
+        if s.split(" ", 1)[0] in _TOR_META or s.startswith("ExitAddress "):
+            return "tor-exit-addresses"
+        break
+    if _TRAILER.match(_last_nonblank(text)):
+        return "abusech"
+    return "plain"
+
+
+def parse_feed(data: bytes, fmt: str = "auto") -> ParsedFeed:
+    """Parse a downloaded body. Never raises on bad content: problems are recorded on the result."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown feed format {fmt!r} (one of {', '.join(FORMATS)})")
+    if looks_like_html(data):
+        return ParsedFeed(format=fmt, html=True)
+    text = decode(data)
+    if fmt == "auto":
+        fmt = detect_format(text)
+    result = ParsedFeed(format=fmt)
+    if fmt in ("feodo-csv", "tor-exit-addresses"):  # small lists: all lines at once
+        lines = text.splitlines()
+        result.lines = len(lines)
+        (_parse_feodo_csv if fmt == "feodo-csv" else _parse_tor_exits)(lines, result)
+    else:
+        _parse_lines(text, result)
+    if result.trailer is not None:
+        result.trailer_is_last = bool(_TRAILER.match(_last_nonblank(text)))
+    return result
+
+
+def parse_token(token: str) -> tuple[int, int, int] | str:
+    """``(version, network, length)`` for a valid address or CIDR, else the rejection reason."""
+    addr, slash, plen_text = token.partition("/")
+    parsed = _parse_address(addr)
+    if isinstance(parsed, str):
+        return R_RANGE if "-" in token and _is_range(token) else parsed
+    version, value = parsed
+    bits = BITS[version]
+    if not slash:
+        return version, value, bits
+    if not (plen_text.isascii() and plen_text.isdigit()) or (len(plen_text) > 1 and plen_text[0] == "0"):
+        return R_PREFIXLEN
+    length = int(plen_text)
+    if addr.count(":") and version == 4:
+        # IPv4-mapped IPv6 CIDR (``::ffff:1.2.3.0/120``): the length counts from the IPv6 side.
+        if length < 96:
+            return R_NOT_IP
+        length -= 96
+    if length > bits:
+        return R_PREFIXLEN
+    if value & ((1 << (bits - length)) - 1):
+        return R_HOST_BITS
+    return version, value, length
+
+
+def _parse_address(text: str) -> tuple[int, int] | str:
+    if ":" not in text:
+        try:
+            return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+        except (OSError, ValueError):
+            return _ipv4_diagnosis(text)
+    if "%" in text:
+        return R_ZONE
+    try:
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except (OSError, ValueError):
+        return R_NOT_IP
+    if value >> 32 == MAPPED_V4_BASE >> 32:
+        return 4, value & 0xFFFFFFFF
+    return 6, value
+
+
+def _ipv4_diagnosis(text: str) -> str:
+    if "\x00" in text:
+        return R_NUL
+    if _DOTTED_DIGITS.match(text) and text.isascii():
+        octets = text.split(".")
+        if len(octets) < 4:
+            return R_ABBREVIATED
+        if len(octets) > 4:
+            return R_NOT_IP
+        if any(len(o) > 1 and o[0] == "0" for o in octets):
+            return R_LEADING_ZERO
+        return R_OCTET
+    if text.startswith("<"):
+        return R_MARKUP
+    if _HOSTNAME.match(text):
+        return R_HOSTNAME
+    return R_NOT_IP
+
+
+def _is_range(token: str) -> bool:
+    left, _, right = token.partition("-")
+    left, right = left.strip(), right.strip()
+    return (
+        bool(left and right)
+        and not isinstance(_parse_address(left), str)
+        and (not isinstance(_parse_address(right), str) or right.isdigit())
+    )
+
+
+def _last_nonblank(text: str) -> str:
+    """The last line of ``text`` that is not blank, stripped (without copying the whole text)."""
+    end = len(text)
+    while end and text[end - 1].isspace():
+        end -= 1
+    start = max(text.rfind("\n", 0, end), text.rfind("\r", 0, end)) + 1
+    return text[start:end].strip()
+
+
+def _note_comment(line: str, result: ParsedFeed) -> None:
+    result.comments += 1
+    m = _TRAILER.match(line)
+    if m:
+        result.trailer = int(m.group(1))
+        return
+    if result.feed_updated is None:
+        u = _UPDATED.match(line)
+        if u:
+            result.feed_updated = u.group(1)
+
+
+def _add_token(token: str, result: ParsedFeed) -> None:
+    parsed = parse_token(token)
+    if isinstance(parsed, str):
+        result.rejected.append((token[:MAX_TOKEN_CHARS], parsed))
+        return
+    version, value, length = parsed
+    if length == BITS[version]:
+        result.singles[version].append(value)
+    else:
+        result.networks[version].append((value, length))
+
+
+def _parse_lines(text: str, result: ParsedFeed) -> None:
+    """``plain`` and ``abusech``: per block of lines, bare IPv4 lines and then bare IPv6 lines go
+    through ``inet_pton`` in C (``_pton_batch``); only what is left (comments, CIDRs, padded lines,
+    junk) is looked at line by line."""
+    v4 = result.singles[4]
+    assert isinstance(v4, array)
+    packed4: list[bytes] = []
+    rest: list[str] = []
+    for lines in line_blocks(text):
+        result.lines += len(lines)
+        packed, other = _pton_batch(socket.AF_INET, lines)
+        packed4.append(packed)
+        rest.extend(other)
+    v4.frombytes(b"".join(packed4))
+    if sys.byteorder == "little":
+        v4.byteswap()
+    packed6, rest = _pton_batch(socket.AF_INET6, rest)
+    size = len(packed6)
+    records = map(packed6.__getitem__, map(slice, range(0, size, 16), range(16, size + 16, 16)))
+    v6 = list(map(int.from_bytes, records, repeat("big")))
+    if _MAPPED_PREFIX in packed6:  # IPv4-mapped addresses (rare) fold to IPv4
+        v4.extend(v & 0xFFFFFFFF for v in v6 if v >> 32 == MAPPED_V4_BASE >> 32)
+        v6 = [v for v in v6 if v >> 32 != MAPPED_V4_BASE >> 32]
+    result.singles[6].extend(v6)
+    for line in rest:
+        s = line.strip()
+        if not s:
+            result.blank += 1
+        elif s[0] in "#;":
+            _note_comment(s, result)
+        else:
+            token, *after = s.split(None, 1)
+            if after and after[0][0] not in "#;":
+                result.rejected.append((s[:MAX_TOKEN_CHARS], R_TRAILING))
+            else:
+                _add_token(token, result)
+
+
+def _pton_batch(family: int, lines: list[str]) -> tuple[bytes, list[str]]:
+    """Packed addresses of the lines that are exactly one address of ``family``, and the other
+    lines (in order). Chunks go through ``map`` in C; a chunk with a failure is redone per line."""
+    pton = socket.inet_pton
+    packed: list[bytes] = []
+    rest: list[str] = []
+    for start in range(0, len(lines), _CHUNK):
+        chunk = lines[start : start + _CHUNK]
+        try:
+            packed.append(b"".join(map(pton, repeat(family), chunk)))
+        except (OSError, ValueError):
+            for line in chunk:
+                try:
+                    packed.append(pton(family, line))
+                except (OSError, ValueError):
+                    rest.append(line)
+    return b"".join(packed), rest
+
+
+def _parse_feodo_csv(lines: list[str], result: ParsedFeed) -> None:
+    rows: list[str] = []
+    header: list[str] | None = None
+    for line in lines:
+        s = line.strip()
+        if not s:
+            result.blank += 1
+        elif s.startswith("#"):
+            _note_comment(s, result)
+            if header is None and "dstip" in s.replace(" ", "").lower() and "," in s:
+                result.format_error = (
+                    "Feodo CSV header is commented out (the pre-2021 layout); "
+                    f"expected a quoted header naming {FEODO_CSV_COLUMN!r}"
+                )
+                return
+        elif header is None:
+            if not s.startswith('"'):
+                result.format_error = f"Feodo CSV header missing: expected a quoted header, got {s[:60]!r}"
+                return
+            header = next(csv.reader([s]))
+            if FEODO_CSV_COLUMN not in header:
+                result.format_error = f"Feodo CSV header has no {FEODO_CSV_COLUMN!r} column: {header}"
+                return
+        else:
+            rows.append(s)
+    if header is None:
+        if result.trailer is None:
+            result.format_error = "Feodo CSV header missing"
+        return
+    col = header.index(FEODO_CSV_COLUMN)
+    for raw, row in zip(rows, csv.reader(rows), strict=True):
+        if len(row) != len(header):
+            result.rejected.append((raw[:MAX_TOKEN_CHARS], R_CSV_ROW))
+        else:
+            _add_token(row[col].strip(), result)
+
+
+def _parse_tor_exits(lines: list[str], result: ParsedFeed) -> None:
+    for line in lines:
+        s = line.strip()
+        if not s:
+            result.blank += 1
+            continue
+        key, _, rest = s.partition(" ")
+        if key == "ExitAddress":
+            _add_token(rest.split(" ", 1)[0], result)
+        elif key in _TOR_META or s.startswith("#"):
+            result.comments += 1
+        else:
+            result.rejected.append((s[:MAX_TOKEN_CHARS], R_NOT_IP))

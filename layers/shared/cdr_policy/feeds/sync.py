@@ -1,0 +1,380 @@
+"""The FeedSync stage: download every feed, gate it, normalise it, store one indicator set per feed.
+
+Per enabled feed, in one run:
+1. all feeds are fetched at once (``download.fetch_all``) with the validators of the last good copy;
+2. the body (or, after a ``304``, the stored last good copy) is parsed and put through the gate;
+3. a passing body is filtered by the never-block guard (every refused entry reported) and
+   aggregated; entries keep the ``first_seen`` of the previous set, get ``last_seen = now`` and
+   ``expires_at = now + ttl``;
+4. a failing body or download leaves the previous set in force, marked ``stale`` with the reason;
+   its entries still expire at their ``expires_at``, so a feed that stays broken ages out;
+5. the set is written only when what rendering depends on changed (``persist``).
+
+Feeds that are disabled, or whose stored set is no longer configured, get an empty ``disabled``
+set, so that removing a feed from the configuration removes its entries from the policies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from aws_lambda_powertools.metrics import MetricUnit
+
+from cdr_policy.feeds import gate
+from cdr_policy.feeds.aggregate import Ingested, ingest
+from cdr_policy.feeds.config import FeedConfig
+from cdr_policy.feeds.download import MAX_BYTES, FetchResult, Validators, fetch, fetch_all, make_client
+from cdr_policy.feeds.parse import ParsedFeed, parse_feed
+from cdr_policy.feeds.persist import (
+    FeedOutcome,
+    FeedState,
+    feed_set_key,
+    load_set,
+    load_state,
+    raw_key,
+    save_set_if_changed,
+    save_state,
+)
+from cdr_policy.feeds.prefix import last_address, parse_canonical, to_string
+from cdr_policy.guards import NeverBlock
+from cdr_policy.models import Indicator, IndicatorSet, Rejection
+from cdr_policy.observability import logger, metrics
+from cdr_policy.storage import NotFound, Store
+from cdr_policy.timeutil import iso
+
+if TYPE_CHECKING:
+    from cdr_policy.feeds.abuseipdb import AbuseIPDB
+
+# Parse rejections listed per feed; the total is always in ``stats.rejected_parse``.
+MAX_LISTED_PARSE_REJECTIONS = 1000
+FEED_PREFIX = "indicators/feeds/"
+
+
+@dataclass
+class FeedSyncResult:
+    feeds: dict[str, FeedOutcome]
+    reputation: list[FeedOutcome] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> list[Rejection]:
+        out = [r for o in (*self.feeds.values(), *self.reputation) for r in o.rejected]
+        return sorted(out, key=lambda r: (r.source, r.value, r.reason))
+
+    def report_section(self) -> dict[str, Any]:
+        """``{"feeds": {name: {status, entries, error, changed, stats}}, "rejected": [...]}``."""
+        outcomes = {o.name: o for o in (*self.feeds.values(), *self.reputation)}
+        return {
+            "feeds": {name: outcomes[name].to_report() for name in sorted(outcomes)},
+            "rejected": [r.to_dict() for r in self.rejected],
+        }
+
+
+def run_feed_sync(
+    store: Store,
+    feeds: Sequence[FeedConfig],
+    *,
+    now: datetime,
+    guard: NeverBlock,
+    http: httpx.Client | None = None,
+    reputation: AbuseIPDB | None = None,
+    cdr_ips: Sequence[str] = (),
+    thresholds: gate.GateThresholds = gate.DEFAULT_THRESHOLDS,
+    max_bytes: int = MAX_BYTES,
+) -> FeedSyncResult:
+    """Sync every feed (see the module docstring) and, when ``reputation`` is given, AbuseIPDB
+    for ``cdr_ips``. ``http`` is closed only when this function created it."""
+    names = [f.name for f in feeds]
+    if len(set(names)) != len(names):
+        raise ValueError(f"feed names must be unique: {names}")
+    enabled = [f for f in feeds if f.enabled]
+    states = {f.name: load_state(store, f.name) for f in enabled}
+    client = http or make_client()
+    try:
+        fetched = fetch_all(
+            client,
+            enabled,
+            {n: _validators(s) for n, s in states.items()},
+            max_bytes=max_bytes,
+        )
+        result = FeedSyncResult(feeds={})
+        for feed in enabled:
+            job = _FeedJob(store, feed, states[feed.name], now, guard, thresholds)
+            unconditional = partial(fetch, client, feed, Validators(), max_bytes=max_bytes)
+            result.feeds[feed.name] = job.run(fetched[feed.name], refetch=unconditional)
+        for name, why in _retired(store, feeds):
+            result.feeds[name] = _disable(store, name, why, now)
+        if reputation is not None:
+            result.reputation = reputation.refresh(store, cdr_ips, now=now, guard=guard, http=client)
+        result.written = sorted(o.key for o in (*result.feeds.values(), *result.reputation) if o.changed and o.key)
+    finally:
+        if http is None:
+            client.close()
+    logger.info(
+        "feed sync done",
+        extra={
+            "feeds": {n: o.status for n, o in sorted(result.feeds.items())},
+            "written": result.written,
+            "rejected": len(result.rejected),
+        },
+    )
+    return result
+
+
+def _validators(state: FeedState) -> Validators:
+    # Conditional headers only while there is a last good copy to fall back on after a 304.
+    if not state.last_good_sha256:
+        return Validators()
+    return Validators(url=state.url, etag=state.etag, last_modified=state.last_modified)
+
+
+def _retired(store: Store, feeds: Sequence[FeedConfig]) -> list[tuple[str, str]]:
+    """Feeds with a stored set that are disabled or no longer configured."""
+    configured = {f.name: f for f in feeds}
+    out = [(f.name, "disabled in the feed configuration") for f in feeds if not f.enabled]
+    for key in store.list(FEED_PREFIX):
+        name = key[len(FEED_PREFIX) :].removesuffix(".json")
+        if key.endswith(".json") and "/" not in name and name not in configured:
+            out.append((name, "no longer in the feed configuration"))
+    return sorted(out)
+
+
+def _disable(store: Store, name: str, why: str, now: datetime) -> FeedOutcome:
+    previous = load_set(store, feed_set_key(name))
+    new = IndicatorSet(source=f"feed:{name}", fetched_at=iso(now), status="disabled", error=why)
+    changed = previous.indicator_set is not None and save_set_if_changed(store, previous, new, now=now, ttl=None)
+    return FeedOutcome(name=name, status="disabled", entries=0, error=why, changed=changed, key=previous.key)
+
+
+class _FeedJob:
+    def __init__(
+        self,
+        store: Store,
+        feed: FeedConfig,
+        state: FeedState,
+        now: datetime,
+        guard: NeverBlock,
+        thresholds: gate.GateThresholds,
+    ) -> None:
+        self.store = store
+        self.feed = feed
+        self.state = state
+        self.now = now
+        self.guard = guard
+        self.thresholds = thresholds
+        self.ttl = timedelta(hours=feed.ttl_hours)
+        self.previous = load_set(store, feed_set_key(feed.name))
+        self.raw_missing = False
+
+    def run(self, fetched: FetchResult, refetch: Callable[[], FetchResult]) -> FeedOutcome:
+        body = fetched.body
+        if fetched.outcome == "not_modified":
+            try:
+                body = self.store.get(raw_key(self.feed.name)).data
+            except NotFound:
+                logger.warning("304 without a stored last good copy, downloading again", extra={"feed": self.feed.name})
+                self.raw_missing = True
+                fetched = refetch()
+                body = fetched.body
+        if fetched.outcome == "error" or body is None:
+            return self._keep_last_good("download", f"download failed: {fetched.error}", fetched)
+        parsed = parse_feed(body, self.feed.format)
+        verdict = gate.check(
+            self.feed,
+            parsed,
+            content_type=fetched.content_type,
+            last_good_count=self.state.last_good_count,
+            thresholds=self.thresholds,
+        )
+        if not verdict.passed:
+            assert verdict.check is not None and verdict.reason is not None
+            return self._keep_last_good(verdict.check, verdict.reason, fetched)
+        return self._accept(parsed, body, verdict, fetched)
+
+    # -- a good download ------------------------------------------------------------------------
+
+    def _accept(self, parsed: ParsedFeed, body: bytes, verdict: gate.Verdict, fetched: FetchResult) -> FeedOutcome:
+        name = self.feed.name
+        ingested = ingest(parsed, self.guard, name)
+        entries = self._indicators(ingested)
+        listed = parsed.rejected[:MAX_LISTED_PARSE_REJECTIONS]
+        rejected = [Rejection(value=v, source=name, reason=r) for v, r in listed] + ingested.rejected
+        sha = hashlib.sha256(body).hexdigest()
+        stats = {
+            **parsed.stats(),
+            "rejected_guard": len(ingested.rejected),
+            "entries": len(entries),
+            "bytes": len(body),
+            "sha256": sha,
+            "not_modified": fetched.outcome == "not_modified",
+        }
+        if len(parsed.rejected) > len(listed):
+            stats["rejected_parse_not_listed"] = len(parsed.rejected) - len(listed)
+        new = IndicatorSet(
+            source=f"feed:{name}",
+            fetched_at=iso(self.now),
+            status="empty" if verdict.status == "empty" else "ok",
+            entries=entries,
+            rejected=rejected,
+            stats=stats,
+        )
+        changed = save_set_if_changed(self.store, self.previous, new, now=self.now, ttl=self.ttl)
+        if fetched.outcome == "ok" and (sha != self.state.last_good_sha256 or self.raw_missing):
+            self.store.put(raw_key(name), body, "text/plain")
+        st = self.state
+        if fetched.outcome == "ok":
+            st.etag, st.last_modified = fetched.etag, fetched.last_modified
+        st.url = self.feed.url
+        st.last_good_at, st.last_good_sha256, st.last_good_count = iso(self.now), sha, parsed.entries
+        st.last_status, st.last_error, st.failures, st.stale_since = new.status, None, 0, None
+        st.last_attempt_at = iso(self.now)
+        save_state(self.store, name, st)
+        if ingested.rejected:
+            metrics.add_metric(name="FeedEntriesRefused", unit=MetricUnit.Count, value=len(ingested.rejected))
+        logger.info(
+            "feed accepted",
+            extra={
+                "feed": name,
+                "status": new.status,
+                "entries": len(entries),
+                "lines": parsed.lines,
+                "rejected_parse": len(parsed.rejected),
+                "rejected_guard": len(ingested.rejected),
+                "not_modified": fetched.outcome == "not_modified",
+                "changed": changed,
+            },
+        )
+        return FeedOutcome(
+            name=name,
+            status=new.status,
+            entries=len(entries),
+            changed=changed,
+            stats=stats,
+            rejected=rejected,
+            key=self.previous.key,
+        )
+
+    def _indicators(self, ingested: Ingested) -> list[Indicator]:
+        first_seen = _FirstSeen(self.previous.indicator_set)
+        now_s, expires = iso(self.now), iso(self.now + self.ttl)
+        out = []
+        for version in (4, 6):
+            for net, length in ingested.prefixes[version]:
+                value = to_string(version, net, length)
+                out.append(
+                    Indicator(
+                        value=value,
+                        kind="ip",
+                        category=self.feed.category,
+                        sources=[self.feed.name],
+                        first_seen=first_seen.lookup(value, version, net, length) or now_s,
+                        last_seen=now_s,
+                        expires_at=expires,
+                        refs=[self.feed.name],
+                    )
+                )
+        return out
+
+    # -- a failed download or gate ----------------------------------------------------------------
+
+    def _keep_last_good(self, check: str, reason: str, fetched: FetchResult) -> FeedOutcome:
+        name = self.feed.name
+        old = self.previous.indicator_set
+        st = self.state
+        st.failures += 1
+        st.stale_since = st.stale_since or iso(self.now)
+        st.last_error, st.last_attempt_at = reason, iso(self.now)
+        if old is not None and old.status in ("ok", "empty", "stale"):
+            now_s = iso(self.now)  # canonical timestamps sort chronologically
+            live = [e for e in old.entries if e.expires_at > now_s]
+            stats = {**old.stats, "entries": len(live), "gate": check, "stale_since": st.stale_since}
+            new = IndicatorSet(
+                source=f"feed:{name}",
+                fetched_at=old.fetched_at,
+                status="stale",
+                entries=live,
+                rejected=old.rejected,
+                stats=stats,
+                error=reason,
+            )
+        else:
+            new = IndicatorSet(
+                source=f"feed:{name}",
+                fetched_at=iso(self.now),
+                status="error",
+                stats={"gate": check},
+                error=f"{reason}; no earlier good copy to keep",
+            )
+        st.last_status = new.status
+        changed = save_set_if_changed(self.store, self.previous, new, now=self.now, ttl=None)
+        save_state(self.store, name, st)
+        metrics.add_metric(name="FeedStale" if new.status == "stale" else "FeedError", unit=MetricUnit.Count, value=1)
+        logger.warning(
+            "feed download rejected, last good copy kept" if new.status == "stale" else "feed download rejected",
+            extra={
+                "feed": name,
+                "check": check,
+                "reason": reason,
+                "status": new.status,
+                "kept_entries": len(new.entries),
+                "http_status": fetched.status_code,
+                "final_url": fetched.final_url,
+                "failures": st.failures,
+            },
+        )
+        return FeedOutcome(
+            name=name,
+            status=new.status,
+            entries=len(new.entries),
+            error=new.error,
+            changed=changed,
+            stats=dict(new.stats),
+            rejected=list(new.rejected),
+            key=self.previous.key,
+        )
+
+
+class _FirstSeen:
+    """``first_seen`` of the previous set's entries, found by exact value or, when aggregation
+    changed the prefix, as the earliest of the previous prefixes that overlap the new one (that
+    index is built on the first miss only)."""
+
+    def __init__(self, previous: IndicatorSet | None) -> None:
+        self.entries = previous.entries if previous is not None else []
+        self.exact = {e.value: e.first_seen for e in self.entries}
+        self.rows: dict[int, list[tuple[int, int, str]]] | None = None
+        self.starts: dict[int, list[int]] = {}
+
+    def lookup(self, value: str, version: int, net: int, length: int) -> str | None:
+        hit = self.exact.get(value)
+        if hit is not None or not self.entries:
+            return hit
+        if self.rows is None:
+            self._index()
+        assert self.rows is not None
+        first, last = net, last_address(version, net, length)
+        rows = self.rows[version]
+        i = bisect_right(self.starts[version], last) - 1
+        found = None
+        while i >= 0 and rows[i][1] >= first:
+            found = rows[i][2] if found is None else min(found, rows[i][2])
+            i -= 1
+        return found
+
+    def _index(self) -> None:
+        rows: dict[int, list[tuple[int, int, str]]] = {4: [], 6: []}
+        for e in self.entries:
+            try:
+                version, net, length = parse_canonical(e.value)
+            except ValueError:
+                continue
+            rows[version].append((net, last_address(version, net, length), e.first_seen))
+        self.rows = {v: sorted(r) for v, r in rows.items()}
+        self.starts = {v: [r[0] for r in rs] for v, rs in self.rows.items()}
