@@ -42,6 +42,7 @@ build: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sam build
 
 bench: venv
+	command -v iprange >/dev/null || { apt-get install -y iprange || (apt-get update && apt-get install -y iprange); } || echo "iprange not installed: the comparison column will be missing"
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 fake-gateway: venv
