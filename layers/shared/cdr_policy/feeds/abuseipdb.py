@@ -420,16 +420,7 @@ class AbuseIPDB:
     def _save(self, store: Store, name: str, new: IndicatorSet, now: datetime) -> FeedOutcome:
         previous = load_set(store, reputation_set_key(name))
         changed = save_set_if_changed(store, previous, new, now=now, ttl=self.keep)
-        return FeedOutcome(
-            name=name,
-            status=new.status,
-            entries=len(new.entries),
-            error=new.error,
-            changed=changed,
-            stats=dict(new.stats),
-            rejected=list(new.rejected),
-            key=previous.key,
-        )
+        return FeedOutcome.of_set(name, new, changed=changed, key=previous.key)
 
 
 class _Refused(Exception):

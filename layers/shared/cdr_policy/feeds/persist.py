@@ -159,6 +159,20 @@ class FeedOutcome:
     rejected: list[Rejection] = field(default_factory=list)
     key: str | None = None  # the indicator set's key in the state store
 
+    @classmethod
+    def of_set(cls, name: str, indicators: IndicatorSet, *, changed: bool, key: str | None) -> FeedOutcome:
+        """The outcome that reports ``indicators`` as the source's set in force."""
+        return cls(
+            name=name,
+            status=indicators.status,
+            entries=len(indicators.entries),
+            error=indicators.error,
+            changed=changed,
+            stats=dict(indicators.stats),
+            rejected=list(indicators.rejected),
+            key=key,
+        )
+
     def to_report(self) -> dict[str, Any]:
         return {
             "status": self.status,

@@ -251,15 +251,7 @@ class _FeedJob:
                 "changed": changed,
             },
         )
-        return FeedOutcome(
-            name=name,
-            status=new.status,
-            entries=len(entries),
-            changed=changed,
-            stats=stats,
-            rejected=rejected,
-            key=self.previous.key,
-        )
+        return FeedOutcome.of_set(name, new, changed=changed, key=self.previous.key)
 
     def _indicators(self, ingested: Ingested) -> list[Indicator]:
         first_seen = _FirstSeen(self.previous.indicator_set)
@@ -329,16 +321,7 @@ class _FeedJob:
                 "failures": st.failures,
             },
         )
-        return FeedOutcome(
-            name=name,
-            status=new.status,
-            entries=len(new.entries),
-            error=new.error,
-            changed=changed,
-            stats=dict(new.stats),
-            rejected=list(new.rejected),
-            key=self.previous.key,
-        )
+        return FeedOutcome.of_set(name, new, changed=changed, key=self.previous.key)
 
 
 class _FirstSeen:
