@@ -30,7 +30,7 @@ from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import utcnow
 from demo.aws import Stack, create_stack
 from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-from demo.feed_server import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer
+from demo.feed_server import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from demo.handlers import REPO, LambdaContext, drain_queue, load_handler
 
 EVENTS = REPO / "events"
@@ -91,19 +91,11 @@ def _event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
 
 
-def _feeds_config(feeds: FeedServer) -> str:
-    entries = [
-        {"name": name, "url": feeds.url(f"/{file}"), "category": category, "format": fmt}
-        for name, (file, category, fmt) in DEMO_FEED_FILES.items()
-    ]
-    return yaml.safe_dump({"feeds": entries}, sort_keys=False)
-
-
 def _upload_config(stack: Stack, feeds: FeedServer, crds_dir: Path | None) -> int:
     s3 = stack.client("s3")
     bucket = stack.names.state_bucket
     s3.put_object(Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": list(CHANNELS)}))
-    s3.put_object(Bucket=bucket, Key="config/feeds.yaml", Body=_feeds_config(feeds))
+    s3.put_object(Bucket=bucket, Key="config/feeds.yaml", Body=demo_feeds_yaml(feeds.url("/")))
     uploaded = 0
     if crds_dir is not None:
         for path in sorted(crds_dir.rglob("*.yaml")):

@@ -20,7 +20,7 @@ from cdr_policy import schemas
 from cdr_policy.cli import main
 from demo.fake_kube import FakeKubeAPI
 from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-from demo.feed_server import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer
+from demo.feed_server import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from demo.runner import FINDINGS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,16 +102,7 @@ def test_sigkill_enforces_and_gateway_flag_overrides_environment(env, gateway, t
 def test_threat_intel_with_a_feed_file_matches_the_files(env, tmp_path, capsys):
     with FeedServer(root=DEMO_FEEDS_DIR) as feeds:
         feed_file = tmp_path / "feeds.yaml"
-        feed_file.write_text(
-            yaml.safe_dump(
-                {
-                    "feeds": [
-                        {"name": name, "url": feeds.url(f"/{file}"), "category": cat, "format": fmt}
-                        for name, (file, cat, fmt) in DEMO_FEED_FILES.items()
-                    ]
-                }
-            )
-        )
+        feed_file.write_text(demo_feeds_yaml(feeds.url("/")))
         out_dir = tmp_path / "ti"
         code, out, err = run(
             ["--once", "--threat-intel", f"--feeds={feed_file}", "--reputation-threshold=50", f"--output={out_dir}"],

@@ -165,21 +165,12 @@ def test_every_cli_object_passes_the_independent_validator(tmp_path, crd_schemas
     from cdr_policy.cli import main
     from cdr_policy.timeutil import utcnow
     from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-    from demo.feed_server import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer
+    from demo.feed_server import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
     from demo.runner import FINDINGS
 
     with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gateway, FeedServer(root=DEMO_FEEDS_DIR) as feeds:
         feed_file = tmp_path / "feeds.yaml"
-        feed_file.write_text(
-            yaml.safe_dump(
-                {
-                    "feeds": [
-                        {"name": name, "url": feeds.url(f"/{file}"), "category": cat, "format": fmt}
-                        for name, (file, cat, fmt) in DEMO_FEED_FILES.items()
-                    ]
-                }
-            )
-        )
+        feed_file.write_text(demo_feeds_yaml(feeds.url("/")))
         env = {
             "QUALYS_USERNAME": DEMO_USERNAME,
             "QUALYS_PASSWORD": DEMO_PASSWORD,
