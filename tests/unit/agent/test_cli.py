@@ -182,13 +182,14 @@ def test_once_with_an_untrusted_bundle_exits_non_zero(published, dist, tmp_path,
     assert not (tmp_path / "out").exists()
 
 
-def test_the_policy_check_is_built_for_the_chosen_applier(published, dist, public_key, tmp_path):
-    built = []
-
-    def make_check(applier):
-        built.append(applier.describe())
-        return lambda files: ["refused by the injected check"]
-
+def test_bundles_are_checked_against_the_crds_before_anything_is_applied(
+    published, dist, public_key, tmp_path, crds_dir
+):
+    # CRDs that serve none of the bundle's kinds: every object fails the schema part of the check.
+    empty = tmp_path / "other-crds"
+    empty.mkdir()
+    other = (crds_dir / "tetragon_cilium.io_tracingpoliciesnamespaced.yaml").read_bytes()
+    (empty / "only-namespaced.yaml").write_bytes(other)
     args = parse(
         "--bucket",
         str(dist.root),
@@ -200,12 +201,33 @@ def test_the_policy_check_is_built_for_the_chosen_applier(published, dist, publi
         str(public_key),
         "--output-dir",
         str(tmp_path / "out"),
+        "--crds",
+        str(empty),
         "--state-dir",
         str(tmp_path / "s"),
         "--once",
     )
-    assert cli.run(args, make_check=make_check) == 1
-    assert built == [f"directory {tmp_path / 'out'}"]
+    assert cli.run(args) == 1
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.yaml"))
+    args.crds = crds_dir
+    args.state_dir = tmp_path / "s2"
+    assert cli.run(args) == 0
+    assert list((tmp_path / "out").glob("*.yaml"))
+
+
+def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir):
+    import yaml
+
+    from demo.fake_kube import FakeKubeAPI
+
+    crds = [yaml.safe_load(p.read_text()) for p in sorted((crds_dir / "cilium-main").glob("*.yaml"))]
+    with FakeKubeAPI(crds=crds) as api:
+        applier = cli.KubeApplier(api.url, api.token)
+        check = cli.policy_check(applier, None)
+        assert api.ops("crds"), "the CRDs were read from the API server"
+        bad = b"apiVersion: cilium.io/v2alpha1\nkind: CiliumCIDRGroup\nmetadata: {name: x}\nspec: {}\n"
+        assert any("externalCIDRs" in line for line in check({"ciliumcidrgroup-x.yaml": bad}))
+        applier.close()
 
 
 @pytest.mark.parametrize("problem", ["missing key", "no cluster credentials"])

@@ -3,6 +3,7 @@ way Render does (files + ``bundle.json``), and published into a distribution sto
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,6 +48,16 @@ def ccnp(name: str, groups: list[str], channel: str = "prod") -> dict[str, Any]:
     }
 
 
+def _with_mapped_twins(addrs: list[str]) -> list[str]:
+    """Every IPv4 prefix also in its IPv4-mapped IPv6 form, as the renderer emits them (tetragon#4618)."""
+    out = list(addrs)
+    for addr in addrs:
+        net = ipaddress.ip_network(addr)
+        if net.version == 4:
+            out.append(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
+    return out
+
+
 def tracing_policy(name: str, addrs: list[str] = (), channel: str = "prod") -> dict[str, Any]:
     return {
         "apiVersion": "cilium.io/v1alpha1",
@@ -61,7 +72,7 @@ def tracing_policy(name: str, addrs: list[str] = (), channel: str = "prod") -> d
                     "args": [{"index": 0, "type": "sock"}],
                     "selectors": [
                         {
-                            "matchArgs": [{"index": 0, "operator": "DAddr", "values": list(addrs)}],
+                            "matchArgs": [{"index": 0, "operator": "DAddr", "values": _with_mapped_twins(addrs)}],
                             "matchActions": [{"action": "Post"}],
                         }
                     ],

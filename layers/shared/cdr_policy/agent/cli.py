@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from cdr_policy.agent.applier import Applier
@@ -18,6 +17,8 @@ from cdr_policy.agent.sync import Agent, Check
 from cdr_policy.bundle.signing import Verifier
 from cdr_policy.errors import CdrPolicyError
 from cdr_policy.observability import logger
+from cdr_policy.policy.checker import SchemaSet
+from cdr_policy.policy.checker.bundle import bundle_checker
 from cdr_policy.storage import open_store
 from cdr_policy.timeutil import parse_duration
 
@@ -74,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write the objects as YAML files to DIR instead (dry run / GitOps)",
     )
     parser.add_argument(
+        "--crds",
+        type=Path,
+        metavar="DIR",
+        help="with --output-dir: CRD files to check bundles against (with --kubernetes the cluster's CRDs are used)",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         metavar="DIR",
@@ -81,9 +88,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, *, make_check: Callable[[Applier], Check | None] | None = None) -> int:
-    """Run the agent. ``make_check`` (optional) builds the policy check for the chosen applier, e.g. one
-    that validates against ``KubeApplier.crds()``. Returns the process exit code."""
+def policy_check(applier: Applier, crds: Path | None) -> Check:
+    """The policy checker the agent runs on every bundle before applying it: against the CRDs
+    installed in the cluster it applies to (so it checks the versions it will really meet), or in
+    directory mode against ``--crds DIR`` when given; the safety checklist always."""
+    if isinstance(applier, KubeApplier):
+        return bundle_checker(SchemaSet.from_crds(applier.crds(), source="cluster"))
+    return bundle_checker(SchemaSet.from_dir(crds) if crds else None)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the agent. Returns the process exit code."""
     try:
         verifier = Verifier.from_file(args.public_key)
         applier: Applier = (
@@ -97,7 +112,7 @@ def run(args: argparse.Namespace, *, make_check: Callable[[Applier], Check | Non
             verifier=verifier,
             applier=applier,
             state_dir=state_dir,
-            check=make_check(applier) if make_check else None,
+            check=policy_check(applier, args.crds),
         )
     except CdrPolicyError as exc:
         logger.error("agent cannot start", extra={"error": str(exc)})
