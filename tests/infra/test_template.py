@@ -71,9 +71,10 @@ def test_every_function_uses_the_shared_layer(template, resources, functions):
     assert "python3.12" in layer["Properties"]["CompatibleRuntimes"]
     assert layer["Properties"]["CompatibleArchitectures"] == globals_fn(template)["Architectures"]
     requirements = (REPO / "layers/shared/requirements.txt").read_text().splitlines()
-    assert not [line for line in requirements if re.match(r"\s*boto(3|core)\b", line)], (
-        "the runtime provides boto3"
-    )
+    # aws-xray-sdk (Powertools Tracer) pulls botocore into the layer, shadowing the runtime's: boto3 must
+    # then come from the layer too, pinned, so that the functions import a matching pair.
+    assert "aws-lambda-powertools[tracer]" in "\n".join(requirements)
+    assert [line for line in requirements if re.match(r"boto3==\d", line)], "boto3 pinned beside botocore"
     for props in functions.values():
         assert {"Ref": "SharedLayer"} in setting(template, props, "Layers")
 
