@@ -1,7 +1,9 @@
 # Everything a developer or CI needs. `make demo` and `make test` create .venv themselves.
 SHELL := /bin/bash
-# The Lambda runtime is python3.12: use that interpreter when it is installed (sam build needs it).
-PYTHON ?= $(shell command -v python3.12 2>/dev/null || ls /root/.pyenv/versions/3.12.*/bin/python3.12 2>/dev/null | tail -1 || command -v python3)
+# The Lambda runtime is python3.12: use that interpreter when it runs here (sam build needs it),
+# else any Python 3.11+ (everything but sam build works there).
+PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python3.12) python3; do \
+	if $$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; then echo $$p; break; fi; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
