@@ -144,8 +144,6 @@ def run_pipeline(
 
 def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
     steps: dict[str, Any] = {}
-    sqs = stack.client("sqs")
-    region = stack.names.region
 
     say("")
     say("[1/5] CdrFetch (EventBridge schedule)")
@@ -165,21 +163,13 @@ def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
         say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
 
     say("[3/5] Render (RenderQueue <- S3 ObjectCreated notifications for indicators/)")
-    render = load_handler("render")
-    counts = drain_queue(
-        sqs, stack.render_queue_url, lambda e: render.lambda_handler(e, LambdaContext("render")), region=region
-    )
-    steps["render"] = counts
+    counts = steps["render"] = _deliver(stack, "render", stack.render_queue_url)
     say(f"      {counts['messages']} notification(s) in {counts['batches']} batch(es), {counts['failed']} failed")
     for channel, latest in _latest_renders(stack).items():
         say(f"      channel {channel:<8} bundle {latest['digest'][:16]}")
 
     say("[4/5] Publish (PublishQueue)")
-    publish = load_handler("publish")
-    counts = drain_queue(
-        sqs, stack.publish_queue_url, lambda e: publish.lambda_handler(e, LambdaContext("publish")), region=region
-    )
-    steps["publish"] = counts
+    counts = steps["publish"] = _deliver(stack, "publish", stack.publish_queue_url)
     say(f"      {counts['messages']} publish request(s), {counts['failed']} failed")
     for channel, manifest in _channel_manifests(stack).items():
         say(
@@ -188,6 +178,17 @@ def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
             f"signed with {manifest['signature_algorithm']}, expires {manifest['expires_at']}"
         )
     return steps
+
+
+def _deliver(stack: Stack, function: str, queue_url: str) -> dict[str, int]:
+    """Feed a queue's messages to a function's handler, as its SQS event source mapping would."""
+    handler = load_handler(function)
+    return drain_queue(
+        stack.client("sqs"),
+        queue_url,
+        lambda event: handler.lambda_handler(event, LambdaContext(function)),
+        region=stack.names.region,
+    )
 
 
 def _latest_renders(stack: Stack) -> dict[str, dict[str, Any]]:

@@ -18,6 +18,14 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def once_into(out, *, dist, key, state_dir, extra=()) -> argparse.Namespace:
+    """A one-shot run of channel ``prod`` as cluster ``laptop``, written to the directory ``out``."""
+    return parse(
+        "--bucket", str(dist.root), "--channel", "prod", "--cluster-id", "laptop", "--public-key", str(key),
+        "--output-dir", str(out), "--state-dir", str(state_dir), "--once", *extra,
+    )  # fmt: skip
+
+
 @pytest.fixture
 def public_key(tmp_path, signer):
     path = tmp_path / "bundle-signing.pub"
@@ -113,21 +121,7 @@ def test_bad_arguments_are_refused(extra, capsys):
 
 def test_once_into_a_directory(published, dist, public_key, tmp_path, capsys):
     out = tmp_path / "out"
-    args = parse(
-        "--bucket",
-        str(dist.root),
-        "--channel",
-        "prod",
-        "--cluster-id",
-        "laptop",
-        "--public-key",
-        str(public_key),
-        "--output-dir",
-        str(out),
-        "--state-dir",
-        str(tmp_path / "state-dir"),
-        "--once",
-    )
+    args = once_into(out, dist=dist, key=public_key, state_dir=tmp_path / "state-dir")
 
     assert cli.run(args) == 0
 
@@ -138,21 +132,7 @@ def test_once_into_a_directory(published, dist, public_key, tmp_path, capsys):
 
 
 def test_once_without_a_manifest_exits_non_zero(dist, public_key, tmp_path, capsys):
-    args = parse(
-        "--bucket",
-        str(dist.root),
-        "--channel",
-        "prod",
-        "--cluster-id",
-        "laptop",
-        "--public-key",
-        str(public_key),
-        "--output-dir",
-        str(tmp_path / "out"),
-        "--state-dir",
-        str(tmp_path / "s"),
-        "--once",
-    )
+    args = once_into(tmp_path / "out", dist=dist, key=public_key, state_dir=tmp_path / "s")
     assert cli.run(args) == 1
     assert capsys.readouterr().out.startswith("no_manifest:")
 
@@ -162,21 +142,7 @@ def test_once_with_an_untrusted_bundle_exits_non_zero(published, dist, tmp_path,
 
     other = tmp_path / "other.pub"
     other.write_text(generate_local_key(tmp_path / "other.pem"))
-    args = parse(
-        "--bucket",
-        str(dist.root),
-        "--channel",
-        "prod",
-        "--cluster-id",
-        "laptop",
-        "--public-key",
-        str(other),
-        "--output-dir",
-        str(tmp_path / "out"),
-        "--state-dir",
-        str(tmp_path / "s"),
-        "--once",
-    )
+    args = once_into(tmp_path / "out", dist=dist, key=other, state_dir=tmp_path / "s")
     assert cli.run(args) == 1
     assert "bad signature" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
@@ -190,23 +156,8 @@ def test_bundles_are_checked_against_the_crds_before_anything_is_applied(
     empty.mkdir()
     other = (crds_dir / "tetragon_cilium.io_tracingpoliciesnamespaced.yaml").read_bytes()
     (empty / "only-namespaced.yaml").write_bytes(other)
-    args = parse(
-        "--bucket",
-        str(dist.root),
-        "--channel",
-        "prod",
-        "--cluster-id",
-        "laptop",
-        "--public-key",
-        str(public_key),
-        "--output-dir",
-        str(tmp_path / "out"),
-        "--crds",
-        str(empty),
-        "--state-dir",
-        str(tmp_path / "s"),
-        "--once",
-    )
+    out, crds = tmp_path / "out", ("--crds", str(empty))
+    args = once_into(out, dist=dist, key=public_key, state_dir=tmp_path / "s", extra=crds)
     assert cli.run(args) == 1
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.yaml"))
     args.crds = crds_dir
