@@ -19,9 +19,10 @@ from cdr_policy.bundle.signing import KmsSigner
 from cdr_policy.config import Settings
 from cdr_policy.errors import CdrPolicyError, ConfigError
 from cdr_policy.feeds.abuseipdb import AbuseIPDB
+from cdr_policy.feeds.download import DEADLINE_S as DOWNLOAD_DEADLINE_S
 from cdr_policy.feeds.sync import run_feed_sync
 from cdr_policy.guards import NeverBlock
-from cdr_policy.lambda_events import PublishRequest
+from cdr_policy.lambda_events import INDICATORS_PREFIX, PublishRequest
 from cdr_policy.models import IndicatorSet
 from cdr_policy.observability import logger
 from cdr_policy.operator_config import channels_from_store, feeds_from_store, mapping_from_store
@@ -37,7 +38,6 @@ from cdr_policy.report import bundle_report
 from cdr_policy.storage import NotFound, S3Store, Store
 from cdr_policy.timeutil import utcnow
 
-INDICATORS_PREFIX = "indicators/"
 CDR_LAST_RUN_KEY = "state/cdr/last-run.json"
 CRDS_PREFIX = "crds/"
 
@@ -82,6 +82,8 @@ def feed_sync(settings: Settings, *, now: datetime | None = None, deadline_s: fl
         if not isinstance(secret, dict) or not secret.get("api_key"):
             raise ConfigError(f"secret {settings.abuseipdb_secret_name} must be JSON with an 'api_key'")
         reputation = AbuseIPDB(secret["api_key"], threshold=settings.reputation_threshold)
+    # Downloads run concurrently: give them at most half of the time left, the rest is for storing.
+    fetch_deadline = DOWNLOAD_DEADLINE_S if deadline_s is None else max(1.0, min(DOWNLOAD_DEADLINE_S, deadline_s / 2))
     result = run_feed_sync(
         store,
         feeds_from_store(store),
@@ -89,6 +91,7 @@ def feed_sync(settings: Settings, *, now: datetime | None = None, deadline_s: fl
         guard=NeverBlock(),
         reputation=reputation,
         cdr_ips=cdr_ips(store),
+        fetch_deadline_s=fetch_deadline,
     )
     section = result.report_section()
     return {

@@ -220,6 +220,21 @@ def test_recovery_after_a_failure(store, small, now, http, server) -> None:
     assert (st["failures"], st["stale_since"], st["last_error"]) == (0, None, None)
 
 
+def test_a_slow_feed_is_cut_at_the_fetch_deadline_and_keeps_its_last_good_copy(
+    store, small, now, http, server
+) -> None:
+    import time
+
+    sync(store, small, now, http)
+    server.route("/tor_torbulkexitlist.txt", delay=3.0)
+    started = time.monotonic()
+    result = sync(store, small, now + timedelta(hours=1), http, fetch_deadline_s=1.0)
+    assert time.monotonic() - started < 2.9, "the sync did not wait for the slow feed"
+    outcome = result.feeds["tor-exit"]
+    assert outcome.status == "stale" and outcome.entries > 0
+    assert result.feeds["emerging-threats"].status == "ok"
+
+
 def test_feodo_can_legitimately_be_empty(store, small, now, http, www) -> None:
     csv = (www / "feodo_ipblocklist.csv").read_text().splitlines()
     empty = [line for line in csv if not line.startswith('"20')]

@@ -30,7 +30,15 @@ from aws_lambda_powertools.metrics import MetricUnit
 from cdr_policy.feeds import gate
 from cdr_policy.feeds.aggregate import Ingested, ingest
 from cdr_policy.feeds.config import FeedConfig
-from cdr_policy.feeds.download import MAX_BYTES, FetchResult, Validators, fetch, fetch_all, make_client
+from cdr_policy.feeds.download import (
+    DEADLINE_S,
+    MAX_BYTES,
+    FetchResult,
+    Validators,
+    fetch,
+    fetch_all,
+    make_client,
+)
 from cdr_policy.feeds.parse import ParsedFeed, parse_feed
 from cdr_policy.feeds.persist import (
     FeedOutcome,
@@ -88,9 +96,11 @@ def run_feed_sync(
     cdr_ips: Sequence[str] = (),
     thresholds: gate.GateThresholds = gate.DEFAULT_THRESHOLDS,
     max_bytes: int = MAX_BYTES,
+    fetch_deadline_s: float = DEADLINE_S,
 ) -> FeedSyncResult:
     """Sync every feed (see the module docstring) and, when ``reputation`` is given, AbuseIPDB
-    for ``cdr_ips``. ``http`` is closed only when this function created it."""
+    for ``cdr_ips``. ``http`` is closed only when this function created it. ``fetch_deadline_s``
+    bounds each download (they run concurrently), so that a Lambda invocation leaves time to store."""
     names = [f.name for f in feeds]
     if len(set(names)) != len(names):
         raise ValueError(f"feed names must be unique: {names}")
@@ -103,6 +113,7 @@ def run_feed_sync(
             enabled,
             {n: _validators(s) for n, s in states.items()},
             max_bytes=max_bytes,
+            deadline_s=fetch_deadline_s,
         )
         result = FeedSyncResult(feeds={})
         for feed in enabled:
