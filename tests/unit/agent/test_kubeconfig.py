@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 import ssl
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -146,10 +148,79 @@ def test_a_certificate_without_its_key_is_refused(tmp_path):
         from_kubeconfig([kubeconfig(tmp_path / "c", user={"client-certificate-data": b64(cert)})])
 
 
-def test_exec_plugins_are_refused_with_a_way_out(tmp_path):
-    path = kubeconfig(tmp_path / "c", user={"exec": {"command": "aws", "args": ["eks", "get-token"]}})
-    with pytest.raises(ConfigError, match="exec or auth-provider plugin.*service-account token"):
+def _plugin(tmp_path: Path, body: str) -> Path:
+    """An exec credential plugin script: counts its runs, checks it got KUBERNETES_EXEC_INFO."""
+    script = tmp_path / "get-token"
+    script.write_text(
+        "#!" + sys.executable + "\n"
+        "import json, os, sys, pathlib\n"
+        "info = json.loads(os.environ['KUBERNETES_EXEC_INFO'])\n"
+        "assert info['kind'] == 'ExecCredential' and info['spec']['interactive'] is False\n"
+        "runs = pathlib.Path(sys.argv[0] + '.runs')\n"
+        "runs.write_text(str(int(runs.read_text()) + 1 if runs.exists() else 1))\n" + body
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_exec_plugins_give_a_token_cached_until_it_expires(tmp_path):
+    expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    credential = {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                  "status": {"token": "eks-token", "expirationTimestamp": expires}}  # fmt: skip
+    answer = json.dumps(json.dumps(credential))
+    check = "assert os.environ['CLUSTER'] == 'prod' and sys.argv[1:] == ['eks', 'get-token']\n"
+    script = _plugin(tmp_path, check + f"print({answer})\n")
+    path = kubeconfig(
+        tmp_path / "c",
+        user={"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": str(script),
+                       "args": ["eks", "get-token"], "env": [{"name": "CLUSTER", "value": "prod"}]}},
+    )  # fmt: skip
+    conn = from_kubeconfig([path])
+    assert conn.exec_plugin is not None and conn.token is None
+    assert conn.exec_plugin.token() == "eks-token"
+    assert conn.exec_plugin.token() == "eks-token"
+    assert (tmp_path / "get-token.runs").read_text() == "1", "cached until shortly before it expires"
+
+
+def test_exec_plugin_failures_and_bad_answers_are_explained(tmp_path):
+    failing = _plugin(tmp_path, "print('token expired, run aws sso login', file=sys.stderr); sys.exit(3)\n")
+    conn = from_kubeconfig([kubeconfig(tmp_path / "c", user={"exec": {"command": str(failing)}})])
+    with pytest.raises(ConfigError, match="failed \\(3\\).*aws sso login"):
+        conn.exec_plugin.token()
+    (tmp_path / "x").mkdir()
+    junk = _plugin(tmp_path / "x", "print('{}')\n")
+    conn = from_kubeconfig([kubeconfig(tmp_path / "c2", user={"exec": {"command": str(junk)}})])
+    with pytest.raises(ConfigError, match="no ExecCredential with status.token"):
+        conn.exec_plugin.token()
+    with pytest.raises(ConfigError, match="apiVersion"):
+        from_kubeconfig([kubeconfig(tmp_path / "c3", user={"exec": {"command": "x", "apiVersion": "v0"}})])
+
+
+def test_legacy_auth_providers_are_refused_with_a_way_out(tmp_path):
+    path = kubeconfig(tmp_path / "c", user={"auth-provider": {"name": "gcp"}})
+    with pytest.raises(ConfigError, match="legacy auth-provider.*exec credential plugin"):
         from_kubeconfig([path])
+
+
+def test_the_applier_sends_the_plugins_token(tmp_path):
+    from demo.fake_kube import FakeKubeAPI
+
+    with FakeKubeAPI() as api:
+        credential = {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                      "status": {"token": api.token}}  # fmt: skip
+        script = _plugin(tmp_path, f"print({json.dumps(json.dumps(credential))})\n")
+        path = tmp_path / "kc"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "dev",
+            "clusters": [{"name": "c1", "cluster": {"server": api.url}}],
+            "users": [{"name": "u1", "user": {"exec": {"command": str(script)}}}],
+            "contexts": [{"name": "dev", "context": {"cluster": "c1", "user": "u1"}}],
+        }))  # fmt: skip
+        applier = KubeApplier.from_environment({"KUBECONFIG": str(path)}, sa_dir=tmp_path / "none")
+        try:
+            assert applier.owned({"app.kubernetes.io/managed-by": "cdr-policy"}) == []
+        finally:
+            applier.close()
 
 
 @pytest.mark.parametrize(

@@ -89,11 +89,13 @@ class KubeApplier:
         *,
         http: httpx.Client | None = None,
         token_file: str | os.PathLike[str] | None = None,
+        token_plugin: kubeconfig.ExecPlugin | None = None,
         timeout: float = 30.0,
         attempts: int = 3,
     ) -> None:
-        """``token`` or ``token_file`` (re-read on every request) authenticate with a bearer token; a
-        client certificate is configured on ``http``. ``ca_file`` verifies the server; it cannot be
+        """``token``, ``token_file`` (re-read on every request) or ``token_plugin`` (a kubeconfig exec
+        credential plugin) authenticate with a bearer token; a client certificate is configured on
+        ``http``. ``ca_file`` verifies the server; it cannot be
         combined with ``http``, which carries its own TLS settings."""
         self.api_url = _check_url(api_url)
         if http is not None and ca_file is not None:
@@ -109,6 +111,7 @@ class KubeApplier:
         self._http = http
         self._token = token
         self._token_file = Path(token_file) if token_file is not None else None
+        self._token_plugin = token_plugin
         self.attempts = attempts
 
     @classmethod
@@ -130,7 +133,9 @@ class KubeApplier:
             )
         http = httpx.Client(verify=kubeconfig.ssl_context(conn), timeout=timeout)
         logger.info("Kubernetes API", extra={"server": conn.server, "credentials": conn.source})
-        return cls(conn.server, conn.token, http=http, token_file=conn.token_file)
+        return cls(
+            conn.server, conn.token, http=http, token_file=conn.token_file, token_plugin=conn.exec_plugin
+        )
 
     def describe(self) -> str:
         return f"kubernetes {self.api_url}"
@@ -139,6 +144,11 @@ class KubeApplier:
         self._http.close()
 
     def _bearer(self) -> str | None:
+        if self._token_plugin is not None:
+            try:
+                return self._token_plugin.token()
+            except ConfigError as exc:
+                raise ApplyError(str(exc)) from exc
         if self._token_file is not None:
             try:
                 return self._token_file.read_text(encoding="utf-8").strip()

@@ -1,20 +1,26 @@
 """How the agent reaches the Kubernetes API server: the pod's service account when it runs in a
 cluster, otherwise a kubeconfig (``KUBECONFIG`` or ``~/.kube/config``).
 
-Supported kubeconfig credentials: ``token``, ``tokenFile`` and client certificates (files or
-``-data``). Exec plugins and auth providers (``aws eks get-token`` and the like) are not run; the
-error says so and what to use instead.
+Supported kubeconfig credentials: ``token``, ``tokenFile``, client certificates (files or
+``-data``) and exec credential plugins that return a token (``aws eks get-token``,
+``gke-gcloud-auth-plugin``, ``kubelogin``): the plugin is run without a terminal, its token cached
+until shortly before its ``expirationTimestamp``. Legacy ``auth-provider`` entries are refused with
+a clear error.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import ssl
+import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,68 @@ import yaml
 from cdr_policy.errors import ConfigError
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+EXEC_API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
+EXEC_TIMEOUT_S = 60.0
+# Ask the plugin again this long before its token expires (or every time when it gives no expiry).
+EXEC_REFRESH_MARGIN_S = 60.0
+
+
+@dataclass
+class ExecPlugin:
+    """A kubeconfig ``exec`` credential plugin (client.authentication.k8s.io ExecCredential)."""
+
+    command: str
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    api_version: str = EXEC_API_VERSIONS[0]
+    _cached: tuple[str, float] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_kubeconfig(cls, spec: Any, user: str) -> ExecPlugin:
+        if not isinstance(spec, dict) or not isinstance(spec.get("command"), str) or not spec["command"]:
+            raise ConfigError(f"kubeconfig: user {user!r}: exec needs a command")
+        api_version = spec.get("apiVersion", EXEC_API_VERSIONS[0])
+        if api_version not in EXEC_API_VERSIONS:
+            raise ConfigError(
+                f"kubeconfig: user {user!r}: exec apiVersion {api_version!r} is not one of "
+                f"{', '.join(EXEC_API_VERSIONS)}"
+            )
+        env = tuple((str(e["name"]), str(e["value"])) for e in spec.get("env") or [] if isinstance(e, dict))
+        return cls(str(spec["command"]), tuple(str(a) for a in spec.get("args") or []), env, api_version)
+
+    def token(self) -> str:
+        """A current token: cached while it is valid, else the plugin's fresh answer."""
+        if self._cached is not None and time.time() < self._cached[1] - EXEC_REFRESH_MARGIN_S:
+            return self._cached[0]
+        info = {"apiVersion": self.api_version, "kind": "ExecCredential", "spec": {"interactive": False}}
+        try:
+            done = subprocess.run(  # noqa: S603 - the command is the kubeconfig owner's choice, as with kubectl
+                [self.command, *self.args],
+                env={**os.environ, **dict(self.env), "KUBERNETES_EXEC_INFO": json.dumps(info)},
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=EXEC_TIMEOUT_S,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"kubeconfig exec plugin {self.command!r} could not run: {exc}") from exc
+        if done.returncode != 0:
+            detail = done.stderr.decode(errors="replace").strip()[-500:]
+            raise ConfigError(f"kubeconfig exec plugin {self.command!r} failed ({done.returncode}): {detail}")
+        try:
+            status = json.loads(done.stdout)["status"]
+            token = status["token"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"kubeconfig exec plugin {self.command!r} gave no ExecCredential with status.token "
+                "(client certificates from plugins are not supported)"
+            ) from exc
+        expires = status.get("expirationTimestamp")
+        until = datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp() if expires else 0.0
+        self._cached = (str(token), until)
+        return str(token)
 
 
 @dataclass(frozen=True)
@@ -36,6 +104,7 @@ class KubeConnection:
     ca_data: bytes | None = None
     client_cert: tuple[bytes, bytes] | None = None  # (certificate PEM, key PEM)
     insecure: bool = False
+    exec_plugin: ExecPlugin | None = None
 
 
 def in_cluster(env: Mapping[str, str], sa_dir: Path = SERVICE_ACCOUNT_DIR) -> KubeConnection | None:
@@ -127,11 +196,12 @@ def from_kubeconfig(paths: list[Path]) -> KubeConnection:
         )
     token = user.get("token") or None
     token_file = rel(user_path, user["tokenFile"]) if user.get("tokenFile") else None
-    if not (token or token_file or cert):
-        if user.get("exec") or user.get("auth-provider"):
+    plugin = ExecPlugin.from_kubeconfig(user["exec"], str(context.get("user"))) if user.get("exec") else None
+    if not (token or token_file or cert or plugin):
+        if user.get("auth-provider"):
             raise ConfigError(
-                f"kubeconfig: user {context.get('user')!r} uses an exec or auth-provider plugin, which the "
-                "agent does not run; give it a service-account token (token, tokenFile) or a client cert"
+                f"kubeconfig: user {context.get('user')!r} uses a legacy auth-provider, which is not run; use "
+                "its exec credential plugin, a service-account token (token, tokenFile) or a client cert"
             )
         raise ConfigError(f"kubeconfig: user {context.get('user')!r} has no token or client certificate")
     return KubeConnection(
@@ -147,6 +217,7 @@ def from_kubeconfig(paths: list[Path]) -> KubeConnection:
         else None,
         client_cert=(cert, key) if cert is not None and key is not None else None,
         insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        exec_plugin=plugin,
     )
 
 
