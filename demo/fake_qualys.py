@@ -12,7 +12,8 @@
 Misbehaviour on demand: short token lifetime or :meth:`expire_tokens`; rate limiting every N
 calls (429 with ``Retry-After`` and/or ``X-RateLimit-ToWait-Sec``); scripted faults (:meth:`inject`:
 any status, slow answers for timeouts, dropped connections); ``crash_after_pages`` (every findings
-call after the k-th page served drops the connection); ``ignore_offset``; malformed findings are
+call after the k-th page served drops the connection); ``ignore_offset`` (with ``pageNumber``
+honoured unless ``page_numbers=False``); malformed findings are
 simply served as they are in the data. Every request is recorded in :attr:`requests`.
 
 Run it for a user trying the CLI::
@@ -158,6 +159,7 @@ class FakeQualysGateway:
         rate_limit_headers: str = "both",
         crash_after_pages: int | None = None,
         ignore_offset: bool = False,
+        page_numbers: bool = True,
         send_total: bool = True,
         max_limit: int = 100,
         rebase_to: datetime | None = None,
@@ -179,6 +181,7 @@ class FakeQualysGateway:
         self.rate_limit_headers = rate_limit_headers
         self.crash_after_pages = crash_after_pages
         self.ignore_offset = ignore_offset
+        self.page_numbers = page_numbers
         self.send_total = send_total
         self.max_limit = max_limit
         self.clock = clock
@@ -407,8 +410,11 @@ class FakeQualysGateway:
                         raise ValueError("startAt/endAt must be YYYY-MM-DDTHH:MM:SS.mmmZ")
                     offset = int(params.get("offSet", "0"))
                     limit = int(params.get("limit", str(gateway.max_limit)))
-                    if offset < 0 or not 1 <= limit <= gateway.max_limit:
-                        raise ValueError(f"offSet must be >= 0 and limit 1..{gateway.max_limit}")
+                    page_number = int(params["pageNumber"]) if "pageNumber" in params else None
+                    if offset < 0 or not 1 <= limit <= gateway.max_limit or (page_number or 1) < 1:
+                        raise ValueError(
+                            f"offSet must be >= 0, pageNumber >= 1 and limit 1..{gateway.max_limit}"
+                        )
                 except KeyError as exc:
                     return self._error(record, 400, f"missing mandatory parameter {exc.args[0]}")
                 except ValueError as exc:
@@ -418,6 +424,8 @@ class FakeQualysGateway:
                 selected = [item for ts, _, item in gateway._records if lo <= ts <= hi]
                 if gateway.ignore_offset:
                     offset = 0
+                if page_number is not None and gateway.page_numbers:
+                    offset = (page_number - 1) * limit  # 1-based, as the public client that uses it
                 page = selected[offset : offset + limit]
                 doc: dict[str, Any] = {"content": page}
                 if gateway.send_total:

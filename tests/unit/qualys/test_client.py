@@ -118,11 +118,21 @@ def test_window_filtering_is_the_gateways(make_client):
     assert [len(w) for w in per_window] == [60, 60, 60, 60]
 
 
-def test_gateway_ignoring_offset_is_detected(make_client):
-    with FakeQualysGateway(findings(150), ignore_offset=True) as gw:
-        with pytest.raises(QualysError, match="ignored offSet.*refusing to loop"):
+def test_gateway_ignoring_offset_falls_back_to_page_numbers(make_client):
+    items = findings(250)
+    with FakeQualysGateway(items, ignore_offset=True) as gw:
+        got = all_items(make_client(gw))
+        params = [r.params for r in gw.findings_requests()]
+    assert sorted(f["uuid"] for f in got) == sorted(f["uuid"] for f in items), "every finding once"
+    assert "offSet" in params[1] and "pageNumber" not in params[1]  # the repeat that gives it away
+    assert [p.get("pageNumber") for p in params[2:]] == ["2", "3"]
+
+
+def test_gateway_ignoring_offset_and_page_numbers_is_refused(make_client):
+    with FakeQualysGateway(findings(150), ignore_offset=True, page_numbers=False) as gw:
+        with pytest.raises(QualysError, match="ignored offSet and pageNumber.*refusing to loop"):
             all_items(make_client(gw))
-        assert len(gw.findings_requests()) == 2
+        assert len(gw.findings_requests()) == 3
 
 
 def test_page_cap(make_client):

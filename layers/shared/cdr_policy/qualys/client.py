@@ -171,6 +171,25 @@ class QualysClient:
             raise QualysError(f"gateway error HTTP 500 from {path}")
         raise QualysError(f"unexpected HTTP {status} from {path}: {_snippet(response)}")
 
+    def _page(
+        self, start_at: str, end_at: str, offset: int, number: int, limit: int, by_page_number: bool
+    ) -> tuple[list[Any], int | None, str, bytes]:
+        """One findings page: (items, totalElements or None, digest of the items, raw body)."""
+        params = {"startAt": start_at, "endAt": end_at, "limit": str(limit)}
+        params.update({"pageNumber": str(number)} if by_page_number else {"offSet": str(offset)})
+        body = self._get(FINDINGS_PATH, params).content
+        try:
+            data = loads(body)
+        except ValueError as exc:
+            raise QualysError(f"findings page at offSet={offset} is not JSON: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("content"), list):
+            raise QualysError(f'findings page at offSet={offset} is not the expected {{"content": [...]}} envelope')
+        items: list[Any] = data["content"]
+        total = data.get("totalElements")
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            total = None
+        return items, total, hashlib.sha256(dumps(items)).hexdigest(), body
+
     def findings_pages(
         self, start: datetime, end: datetime, *, limit: int = MAX_LIMIT, max_pages: int = MAX_PAGES_PER_WINDOW
     ) -> Iterator[FindingsPage]:
@@ -180,27 +199,21 @@ class QualysClient:
         start_at, end_at = format_instant(start), format_instant(end)
         offset = 0
         previous: str | None = None
+        by_page_number = False  # set when the gateway turns out to ignore offSet (reference §5)
         for number in range(1, max_pages + 1):
-            params = {"startAt": start_at, "endAt": end_at, "offSet": str(offset), "limit": str(limit)}
-            response = self._get(FINDINGS_PATH, params)
-            body = response.content
-            try:
-                data = loads(body)
-            except ValueError as exc:
-                raise QualysError(f"findings page at offSet={offset} is not JSON: {exc}") from exc
-            if not isinstance(data, dict) or not isinstance(data.get("content"), list):
-                raise QualysError(
-                    f'findings page at offSet={offset} is not the expected {{"content": [...]}} envelope'
+            page = self._page(start_at, end_at, offset, number, limit, by_page_number)
+            if page[0] and page[2] == previous and not by_page_number:
+                logger.warning(
+                    "the gateway ignored offSet; paging with pageNumber instead",
+                    extra={"window_start": start_at, "page": number},
                 )
-            items: list[Any] = data["content"]
-            total = data.get("totalElements")
-            if isinstance(total, bool) or not isinstance(total, int) or total < 0:
-                total = None
-            digest = hashlib.sha256(dumps(items)).hexdigest()
+                by_page_number = True
+                page = self._page(start_at, end_at, offset, number, limit, by_page_number)
+            items, total, digest, body = page
             if items and digest == previous:
                 raise QualysError(
-                    f"the gateway ignored offSet: the page at offSet={offset} repeats the previous page "
-                    f"(window {start_at}..{end_at}); refusing to loop"
+                    f"the gateway ignored offSet and pageNumber: page {number} (offSet={offset}) repeats the "
+                    f"previous page (window {start_at}..{end_at}); refusing to loop"
                 )
             previous = digest
             yield FindingsPage(start, end, number, offset, items, total, body)
