@@ -136,10 +136,6 @@ def load_schemas(store: Store) -> SchemaSet | None:
     return schemas
 
 
-def _latest_key(channel: str) -> str:
-    return f"{keys.BUNDLES}/channels/{channel}.json"
-
-
 def render(settings: Settings, *, trigger_keys: list[str], now: datetime | None = None) -> list[dict[str, Any]]:
     """Render one bundle per channel from all current indicator sets; enqueue each for Publish.
     Returns ``[{"channel": ..., "digest": ..., "changed": bool}]``."""
@@ -154,7 +150,7 @@ def render(settings: Settings, *, trigger_keys: list[str], now: datetime | None 
     for channel in channels_from_store(store):
         result = compile_policies(sets, channel, now=now, guard=NeverBlock(), schemas=schemas)
         bundle = assemble(result.files, channel, now=now)
-        latest = _read_json(store, _latest_key(channel.name))
+        latest = _read_json(store, keys.latest_render_key(channel.name))
         changed = latest is None or latest.get("digest") != bundle.digest
         if changed:
             for path, data in sorted(bundle.files.items()):
@@ -164,7 +160,7 @@ def render(settings: Settings, *, trigger_keys: list[str], now: datetime | None 
             store.put(report_key, jsonio.dumps_pretty(report), "application/json")
             store.put(keys.bundle_manifest_key(bundle.digest), jsonio.dumps_pretty(bundle.manifest), "application/json")
             store.put(
-                _latest_key(channel.name),
+                keys.latest_render_key(channel.name),
                 jsonio.dumps_pretty({"digest": bundle.digest, "rendered_at": bundle.manifest["created_at"]}),
                 "application/json",
             )
@@ -199,7 +195,7 @@ def publish(settings: Settings, *, channel: str, digest: str, now: datetime | No
     the change budget by creating ``approvals/<channel>/<digest>`` in the state bucket.
     """
     state = _state(settings)
-    latest = _read_json(state, _latest_key(channel))
+    latest = _read_json(state, keys.latest_render_key(channel))
     if latest is not None and latest.get("digest") != digest:
         logger.info("publish request superseded", extra={"channel": channel, "digest": digest, "latest": latest})
         return {"status": "superseded", "channel": channel, "digest": digest, "latest": latest.get("digest")}

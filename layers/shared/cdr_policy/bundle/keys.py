@@ -12,6 +12,11 @@ def bundle_manifest_key(digest: str) -> str:
     return f"{BUNDLES}/{digest}/bundle.json"
 
 
+def latest_render_key(channel: str) -> str:
+    """The channel's latest rendered digest (state store): Publish skips requests for older ones."""
+    return f"{BUNDLES}/channels/{channel}.json"
+
+
 def bundle_file_key(digest: str, path: str) -> str:
     return f"{BUNDLES}/{digest}/{path}"
 
