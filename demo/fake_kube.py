@@ -47,8 +47,7 @@ def _minimal_crd(kind: str, plural: str, scope: str, versions: tuple[str, ...]) 
             "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List"},
             "scope": scope,
             "versions": [
-                {"name": v, "served": True, "storage": i == 0, "schema": schema}
-                for i, v in enumerate(versions)
+                {"name": v, "served": True, "storage": i == 0, "schema": schema} for i, v in enumerate(versions)
             ],
         },
     }
@@ -209,9 +208,7 @@ class FakeKubeAPI:
         """Stored objects (optionally of one kind), sorted by kind, namespace and name."""
         with self._lock:
             found = [copy.deepcopy(o) for o in self._objects.values() if kind is None or o["kind"] == kind]
-        return sorted(
-            found, key=lambda o: (o["kind"], o["metadata"].get("namespace") or "", o["metadata"]["name"])
-        )
+        return sorted(found, key=lambda o: (o["kind"], o["metadata"].get("namespace") or "", o["metadata"]["name"]))
 
     def get_object(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         return next(
@@ -278,9 +275,7 @@ class FakeKubeAPI:
             ),
         )
 
-    def handle(
-        self, method: str, raw_path: str, headers: Any, body: bytes
-    ) -> tuple[int, dict[str, Any] | str]:
+    def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[int, dict[str, Any] | str]:
         split = urlsplit(raw_path)
         params = dict(parse_qsl(split.query))
         if headers.get("Authorization") != f"Bearer {self.token}":
@@ -365,17 +360,14 @@ class FakeKubeAPI:
                 _status(
                     415,
                     "UnsupportedMediaType",
-                    f"the body of the request was in an unknown "
-                    f"format - accepted media types include: {APPLY_PATCH}",
+                    f"the body of the request was in an unknown format - accepted media types include: {APPLY_PATCH}",
                 ),
             )
         manager = params.get("fieldManager")
         if not manager:
             raise _HttpError(
                 400,
-                _status(
-                    400, "BadRequest", "PATCH, fieldManager: Required value: is required for apply patch"
-                ),
+                _status(400, "BadRequest", "PATCH, fieldManager: Required value: is required for apply patch"),
             )
         try:
             obj = yaml.safe_load(body)
@@ -425,9 +417,7 @@ class FakeKubeAPI:
                 combined = {**kept, **(new_meta.get(section) or {})}
                 if combined:
                     new_meta[section] = combined
-            self._owned_keys[(*key, manager)] = {
-                s: set((meta.get(s) or {}).keys()) for s in ("labels", "annotations")
-            }
+            self._owned_keys[(*key, manager)] = {s: set((meta.get(s) or {}).keys()) for s in ("labels", "annotations")}
             if live is None:
                 new_meta["uid"] = secrets.token_hex(8)
                 new_meta["creationTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -296,9 +296,7 @@ class FakeQualysGateway:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             server_version = "FakeQualysGateway/1"
-            disable_nagle_algorithm = (
-                True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
-            )
+            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
             def log_message(self, format: str, *args: Any) -> None:
                 if gateway.verbose:
@@ -363,9 +361,7 @@ class FakeQualysGateway:
                     return self._error(record, 404, "not found")
                 if self._fault(record, "auth"):
                     return None
-                if not (self.headers.get("Content-Type") or "").startswith(
-                    "application/x-www-form-urlencoded"
-                ):
+                if not (self.headers.get("Content-Type") or "").startswith("application/x-www-form-urlencoded"):
                     return self._error(record, 400, "expected a form body")
                 if form.get("token") != "true":
                     return self._error(record, 400, "token=true is required")
@@ -384,8 +380,7 @@ class FakeQualysGateway:
                     gateway.findings_calls += 1
                     call = gateway.findings_calls
                     crashed = (
-                        gateway.crash_after_pages is not None
-                        and gateway.pages_served >= gateway.crash_after_pages
+                        gateway.crash_after_pages is not None and gateway.pages_served >= gateway.crash_after_pages
                     )
                 if crashed:
                     self.close_connection = True
@@ -412,9 +407,7 @@ class FakeQualysGateway:
                     limit = int(params.get("limit", str(gateway.max_limit)))
                     page_number = int(params["pageNumber"]) if "pageNumber" in params else None
                     if offset < 0 or not 1 <= limit <= gateway.max_limit or (page_number or 1) < 1:
-                        raise ValueError(
-                            f"offSet must be >= 0, pageNumber >= 1 and limit 1..{gateway.max_limit}"
-                        )
+                        raise ValueError(f"offSet must be >= 0, pageNumber >= 1 and limit 1..{gateway.max_limit}")
                 except KeyError as exc:
                     return self._error(record, 400, f"missing mandatory parameter {exc.args[0]}")
                 except ValueError as exc:
@@ -433,9 +426,7 @@ class FakeQualysGateway:
                 with gateway._lock:
                     gateway.pages_served += 1
                     remaining = max(0, 300 - gateway.findings_calls)
-                self._send(
-                    record, 200, json.dumps(doc).encode(), {**limits, "X-RateLimit-Remaining": str(remaining)}
-                )
+                self._send(record, 200, json.dumps(doc).encode(), {**limits, "X-RateLimit-Remaining": str(remaining)})
                 return None
 
         return Handler
@@ -511,9 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo.fake_qualys", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8443)
-    parser.add_argument(
-        "--findings", default="events/findings", help="a findings page file or a directory of them"
-    )
+    parser.add_argument("--findings", default="events/findings", help="a findings page file or a directory of them")
     parser.add_argument(
         "--rebase-timestamps",
         action="store_true",
@@ -522,9 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--username", default=DEMO_USERNAME)
     parser.add_argument("--password", default=DEMO_PASSWORD)
     parser.add_argument("--token-lifetime", type=float, default=4 * 3600, help="seconds (default 4 h)")
-    parser.add_argument(
-        "--rate-limit-every", type=int, default=None, help="answer every N-th findings call with 429"
-    )
+    parser.add_argument("--rate-limit-every", type=int, default=None, help="answer every N-th findings call with 429")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = parser.parse_args(argv)
     rebase = datetime.now(UTC) - timedelta(minutes=5) if args.rebase_timestamps else None

@@ -128,7 +128,9 @@ def run_pipeline(
             endpoint_url, environment=environment, qualys={"username": DEMO_USERNAME, "password": DEMO_PASSWORD}
         )
         result = PipelineResult(stack=stack, output=output)
-        say(f"AWS endpoint: {endpoint_url} (state s3://{stack.names.state_bucket}, dist s3://{stack.names.dist_bucket})")
+        say(
+            f"AWS endpoint: {endpoint_url} (state s3://{stack.names.state_bucket}, dist s3://{stack.names.dist_bucket})"
+        )
         say(f"Qualys gateway (fake): {gateway.url}   feeds: {feeds.url('/')}")
         crds = _upload_config(stack, feeds, crds_dir)
         say(
@@ -220,5 +222,7 @@ def _run_agents(stack: Stack, output: Path, say: Callable[[str], None]) -> dict[
         status = agent.sync_once()
         statuses[channel] = status
         say(f"      {channel:<8} {status['last_poll']['result']}: {status['last_poll']['detail']}")
-        say(f"               objects in {output / channel}; status at s3://{stack.names.dist_bucket}/status/demo-{channel}.json")
+        say(
+            f"               objects in {output / channel}; status at s3://{stack.names.dist_bucket}/status/demo-{channel}.json"
+        )
     return statuses

@@ -51,9 +51,7 @@ socket.socket.connect = _loopback_only_connect  # type: ignore[method-assign]
 def _shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(
-            f"upstream data not found at {path}: set CDR_SHARED_DIR to the folder holding crds/ and feeds/"
-        )
+        pytest.skip(f"upstream data not found at {path}: set CDR_SHARED_DIR to the folder holding crds/ and feeds/")
     return path
 
 

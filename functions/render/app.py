@@ -49,9 +49,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         metrics.add_metric(name="RejectedNotifications", unit=MetricUnit.Count, value=rejected)
     if keys:
         bundles = stages.render(settings, trigger_keys=keys)
-        logger.info(
-            "rendered", extra={"trigger_keys": keys, "bundles": bundles, "rejected_records": rejected}
-        )
+        logger.info("rendered", extra={"trigger_keys": keys, "bundles": bundles, "rejected_records": rejected})
     else:
         logger.info("nothing to render", extra={"records": len(outcomes), "rejected_records": rejected})
     return processor.response()

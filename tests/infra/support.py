@@ -24,14 +24,10 @@ def tool(name: str) -> str:
     return str(path)
 
 
-def run(
-    *args: str, timeout: float = 120, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def run(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run a tool from the repository root, offline-friendly (no SAM telemetry), capturing output."""
     full_env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": REGION, **(env or {})}
-    return subprocess.run(
-        args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 class Resolver:
@@ -39,9 +35,7 @@ class Resolver:
     ``REGION`` would (parameters take their defaults, other resources a recognisable placeholder)."""
 
     def __init__(self, template: dict[str, Any], overrides: dict[str, str] | None = None) -> None:
-        self.parameters = {
-            name: str(p.get("Default", "")) for name, p in template.get("Parameters", {}).items()
-        }
+        self.parameters = {name: str(p.get("Default", "")) for name, p in template.get("Parameters", {}).items()}
         self.parameters.update(overrides or {})
         self.parameters.update({"AWS::AccountId": ACCOUNT, "AWS::Region": REGION, "AWS::Partition": "aws"})
         self.resources = template["Resources"]

@@ -132,9 +132,7 @@ def agent_arguments(deployment, container, objects) -> argparse.Namespace:
 
     assert container["command"] == ["cdr-policy", "agent"]
     (source,) = container["envFrom"]
-    config = next(
-        o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == source["configMapRef"]["name"]
-    )
+    config = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == source["configMapRef"]["name"])
     env = {**config["data"], **{e["name"]: e["value"] for e in container.get("env", [])}}
 
     def expand(arg: str) -> str:

@@ -109,17 +109,11 @@ def test_function_environment_matches_the_settings(template, functions, resolve)
     assert own("FeedSyncFunction") == {"ABUSEIPDB_SECRET_NAME"}
     assert own("RenderFunction") == {"PUBLISH_QUEUE_URL"}
     assert own("PublishFunction") == {"SIGNING_KEY_ID", "IDEMPOTENCY_TABLE"}
-    publish = Settings.from_env(
-        {k: resolve(v) for k, v in environment(template, functions["PublishFunction"]).items()}
-    )
+    publish = Settings.from_env({k: resolve(v) for k, v in environment(template, functions["PublishFunction"]).items()})
     assert publish.idempotency_table == "cdr-policy-dev-idempotency"
     assert publish.signing_key_id == "<SigningKey.Arn>"
-    render = Settings.from_env(
-        {k: resolve(v) for k, v in environment(template, functions["RenderFunction"]).items()}
-    )
-    assert (
-        render.publish_queue_url == "https://sqs.us-east-1.amazonaws.com/123456789012/cdr-policy-dev-publish"
-    )
+    render = Settings.from_env({k: resolve(v) for k, v in environment(template, functions["RenderFunction"]).items()})
+    assert render.publish_queue_url == "https://sqs.us-east-1.amazonaws.com/123456789012/cdr-policy-dev-publish"
 
 
 def test_parameter_defaults_match_the_settings_defaults(template):
@@ -219,9 +213,9 @@ def test_buckets_are_private_encrypted_versioned_and_tls_only(resources):
     }
     for name, bucket in buckets.items():
         props = bucket["Properties"]
-        assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
-            "ServerSideEncryptionByDefault"
-        ]["SSEAlgorithm"]
+        assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"][
+            "SSEAlgorithm"
+        ]
         assert props["VersioningConfiguration"] == {"Status": "Enabled"}
         assert props["PublicAccessBlockConfiguration"] == dict.fromkeys(
             ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"), True
@@ -257,16 +251,10 @@ def test_iam_is_least_privilege(template, resources, functions):
             assert isinstance(entry, dict), f"{name}: managed policy {entry!r}; use a scoped policy template"
             if "Statement" in entry:
                 for statement in entry["Statement"]:
-                    actions = (
-                        statement["Action"]
-                        if isinstance(statement["Action"], list)
-                        else [statement["Action"]]
-                    )
+                    actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
                     assert all("*" not in a for a in actions), (name, actions)
                     resources_ = (
-                        statement["Resource"]
-                        if isinstance(statement["Resource"], list)
-                        else [statement["Resource"]]
+                        statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
                     )
                     assert "*" not in resources_, (name, statement)
                     if "kms:Sign" in actions:
@@ -302,18 +290,13 @@ def test_log_groups_have_retention(template, resources, functions, resolve):
         log_group = resources[group]
         assert log_group["Type"] == "AWS::Logs::LogGroup"
         assert log_group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
-        assert (
-            resolve(log_group["Properties"]["LogGroupName"])
-            == f"/aws/lambda/{resolve(props['FunctionName'])}"
-        )
+        assert resolve(log_group["Properties"]["LogGroupName"]) == f"/aws/lambda/{resolve(props['FunctionName'])}"
 
 
 def test_alarms_cover_errors_and_dead_letters(resources, functions):
     alarms = of_type(resources, "AWS::CloudWatch::Alarm").values()
     watched_functions = {
-        a["Properties"]["Dimensions"][0]["Value"]["Ref"]
-        for a in alarms
-        if a["Properties"]["MetricName"] == "Errors"
+        a["Properties"]["Dimensions"][0]["Value"]["Ref"] for a in alarms if a["Properties"]["MetricName"] == "Errors"
     }
     assert watched_functions == set(functions)
     watched_queues = {

@@ -178,9 +178,7 @@ def test_public_cdr_ips_are_in_both_blocklists_and_protected_ones_in_neither(pip
     assert PUBLIC_CDR_IPS <= tetragon
     assert "::ffff:45.61.136.7/128" in tetragon, "IPv4 prefixes also in their IPv4-mapped form"
     # Behaviour policies name the metadata service on purpose (who may reach it); blocklists never.
-    blocklists = json.dumps(
-        [o for o in objects if o["metadata"]["labels"]["cdr-policy.io/component"] != "behaviour"]
-    )
+    blocklists = json.dumps([o for o in objects if o["metadata"]["labels"]["cdr-policy.io/component"] != "behaviour"])
     for ip in NEVER_BLOCKED:
         assert f'"{ip}/' not in blocklists
 

@@ -38,36 +38,73 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "detections and threat-intel feeds.",
         epilog="Sub-commands: 'cdr-policy validate PATH... [--crds DIR]' and 'cdr-policy agent --help'.",
     )
-    p.add_argument("--platform", default=env.get("QUALYS_PLATFORM"),
-                   help="Qualys platform (US1..US4, EU1..EU3, GOV1, IN1, CA1, AE1, UK1, AU1, KSA1); "
-                   "env QUALYS_PLATFORM")
-    p.add_argument("--gateway", default=env.get("QUALYS_GATEWAY_URL"),
-                   help="gateway host or URL (overrides --platform); env QUALYS_GATEWAY_URL")
+    p.add_argument(
+        "--platform",
+        default=env.get("QUALYS_PLATFORM"),
+        help="Qualys platform (US1..US4, EU1..EU3, GOV1, IN1, CA1, AE1, UK1, AU1, KSA1); env QUALYS_PLATFORM",
+    )
+    p.add_argument(
+        "--gateway",
+        default=env.get("QUALYS_GATEWAY_URL"),
+        help="gateway host or URL (overrides --platform); env QUALYS_GATEWAY_URL",
+    )
     p.add_argument("--hours", type=int, default=24, help="look-back period for CDR events (default 24)")
-    p.add_argument("--action", choices=("Post", "Sigkill", "Override"), default="Post",
-                   help="Post = audit (Tetragon monitor mode), Sigkill/Override = enforce (default Post)")
+    p.add_argument(
+        "--action",
+        choices=("Post", "Sigkill", "Override"),
+        default="Post",
+        help="Post = audit (Tetragon monitor mode), Sigkill/Override = enforce (default Post)",
+    )
     p.add_argument("--output", default="./policies", help="output directory (default ./policies)")
-    p.add_argument("--apply", action="store_true",
-                   help="apply the policies to the current Kubernetes cluster (server-side apply, prune owned)")
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="apply the policies to the current Kubernetes cluster (server-side apply, prune owned)",
+    )
     p.add_argument("--once", action="store_true", help="run once and exit (CronJob mode)")
-    p.add_argument("--interval", type=parse_duration, default=parse_duration("1h"),
-                   help="update interval in controller mode, e.g. 30m, 1h (default 1h)")
+    p.add_argument(
+        "--interval",
+        type=parse_duration,
+        default=parse_duration("1h"),
+        help="update interval in controller mode, e.g. 30m, 1h (default 1h)",
+    )
     p.add_argument("--threat-intel", action="store_true", help="add the threat-intel feeds")
-    p.add_argument("--reputation-threshold", type=int, default=50,
-                   help="block CDR IPs whose AbuseIPDB score is >= this (default 50); needs ABUSEIPDB_API_KEY")
-    p.add_argument("--feeds", metavar="FILE",
-                   help="YAML feed list (feeds: [{name, url, category}]) replacing the built-in one")
-    p.add_argument("--categories", metavar="FILE",
-                   help="YAML category mapping replacing the shipped one (see data/categories.yaml)")
-    p.add_argument("--channel", metavar="FILE",
-                   help="YAML/JSON channel settings (scoping, budgets, Cilium version); defaults otherwise")
-    p.add_argument("--state-dir", default=str(_default_state_dir(env)),
-                   help="where checkpoints, caches and last-good feed copies live (default ~/.cache/cdr-policy/state)")
-    p.add_argument("--crds", metavar="DIR", default=env.get("CDR_POLICY_CRDS"),
-                   help="CRD directory to validate the output against before writing it; env CDR_POLICY_CRDS")
-    p.add_argument("--log-level", default=env.get("CDR_POLICY_LOG_LEVEL", "WARNING"),
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   help="level of the structured (JSON) logs on standard error (default WARNING)")
+    p.add_argument(
+        "--reputation-threshold",
+        type=int,
+        default=50,
+        help="block CDR IPs whose AbuseIPDB score is >= this (default 50); needs ABUSEIPDB_API_KEY",
+    )
+    p.add_argument(
+        "--feeds", metavar="FILE", help="YAML feed list (feeds: [{name, url, category}]) replacing the built-in one"
+    )
+    p.add_argument(
+        "--categories",
+        metavar="FILE",
+        help="YAML category mapping replacing the shipped one (see data/categories.yaml)",
+    )
+    p.add_argument(
+        "--channel",
+        metavar="FILE",
+        help="YAML/JSON channel settings (scoping, budgets, Cilium version); defaults otherwise",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=str(_default_state_dir(env)),
+        help="where checkpoints, caches and last-good feed copies live (default ~/.cache/cdr-policy/state)",
+    )
+    p.add_argument(
+        "--crds",
+        metavar="DIR",
+        default=env.get("CDR_POLICY_CRDS"),
+        help="CRD directory to validate the output against before writing it; env CDR_POLICY_CRDS",
+    )
+    p.add_argument(
+        "--log-level",
+        default=env.get("CDR_POLICY_LOG_LEVEL", "WARNING"),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="level of the structured (JSON) logs on standard error (default WARNING)",
+    )
     p.add_argument("--version", action="version", version=f"cdr-policy {__version__}")
     return p
 

@@ -130,8 +130,7 @@ class NeverBlock:
         self._tables = {v: _build_table(items) for v, items in by_family.items()}
         # The widest protected range per family bounds how far back a containment search must look.
         self._max_span = {
-            v: max((t.ends[i] - t.starts[i] for i in range(len(t.starts))), default=0)
-            for v, t in self._tables.items()
+            v: max((t.ends[i] - t.starts[i] for i in range(len(t.starts))), default=0) for v, t in self._tables.items()
         }
         self._domains = {d.lower().strip("."): r for d, r in (*BUILTIN_PROTECTED_DOMAINS, *extra_domains)}
         self.min_prefix = dict(DEFAULT_MIN_PREFIX if min_prefix is None else min_prefix)
@@ -155,9 +154,7 @@ class NeverBlock:
         return None
 
     def check_network(self, net: IPNetwork) -> str | None:
-        return self.check_interval(
-            net.version, int(net.network_address), int(net.broadcast_address), net.prefixlen
-        )
+        return self.check_interval(net.version, int(net.network_address), int(net.broadcast_address), net.prefixlen)
 
     def check_domain(self, name: str) -> str | None:
         labels = name.lower().strip(".").split(".")

@@ -37,9 +37,7 @@ class RemainingTime(Protocol):
 def require_scheduled_event(event: Any) -> None:
     """Accept only an EventBridge scheduled event (detail-type "Scheduled Event", source aws.events)."""
     if not isinstance(event, dict):
-        raise EventError(
-            f"expected an EventBridge scheduled event (a JSON object), got {type(event).__name__}"
-        )
+        raise EventError(f"expected an EventBridge scheduled event (a JSON object), got {type(event).__name__}")
     detail_type, source = event.get("detail-type"), event.get("source")
     if detail_type != "Scheduled Event" or source != "aws.events":
         raise EventError(
@@ -139,9 +137,7 @@ class PublishRequest:
 
     def __post_init__(self) -> None:
         if not is_channel_name(self.channel):
-            raise EventError(
-                f"publish request: {self.channel!r} is not a channel name (1-32 of a-z, 0-9, '-')"
-            )
+            raise EventError(f"publish request: {self.channel!r} is not a channel name (1-32 of a-z, 0-9, '-')")
         if not isinstance(self.digest, str) or not _DIGEST.fullmatch(self.digest):
             raise EventError(f"publish request: digest {self.digest!r} is not 64 lower-case hex characters")
 

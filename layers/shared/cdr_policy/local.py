@@ -229,6 +229,8 @@ def _ours(path: Path) -> bool:
         docs = load_yaml_documents(path.read_bytes())
     except (OSError, CdrPolicyError, ValueError):
         return False
-    return len(docs) == 1 and isinstance(docs[0], dict) and (
-        docs[0].get("metadata", {}).get("labels", {}).get(naming.MANAGED_BY_KEY) == naming.MANAGED_BY
+    return (
+        len(docs) == 1
+        and isinstance(docs[0], dict)
+        and (docs[0].get("metadata", {}).get("labels", {}).get(naming.MANAGED_BY_KEY) == naming.MANAGED_BY)
     )

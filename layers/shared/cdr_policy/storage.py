@@ -143,9 +143,7 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            resp = self.client.put_object(
-                Bucket=self.bucket, Key=_check_key(key), Body=data, ContentType=content_type
-            )
+            resp = self.client.put_object(Bucket=self.bucket, Key=_check_key(key), Body=data, ContentType=content_type)
         except ClientError as exc:
             raise self._error(exc, key) from exc
         return resp["ETag"].strip('"')

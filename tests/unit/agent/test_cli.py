@@ -37,9 +37,7 @@ def public_key(tmp_path, signer):
 def published(state, dist, signer):
     now = utcnow()
     digest = render(state, network_bundle(ips(0, 10)), created=now)
-    publish_bundle(
-        state, dist, channel="prod", digest=digest, signer=signer, now=now, change_budget_percent=50
-    )
+    publish_bundle(state, dist, channel="prod", digest=digest, signer=signer, now=now, change_budget_percent=50)
     return digest
 
 

@@ -76,9 +76,7 @@ def test_apply_needs_the_apply_patch_content_type_and_a_field_manager(client):
         ).status_code
         == 415
     )
-    response = client.patch(
-        f"{GROUPS}/g1", content=body, headers={"Content-Type": "application/apply-patch+yaml"}
-    )
+    response = client.patch(f"{GROUPS}/g1", content=body, headers={"Content-Type": "application/apply-patch+yaml"})
     assert response.status_code == 400 and "fieldManager" in response.json()["message"]
     assert apply(client, group("other-name")).status_code == 201
     mismatch = client.patch(
@@ -103,10 +101,7 @@ def test_strict_validation_uses_the_injected_validator():
     assert lax.status_code == 201
     assert strict.status_code == 422
     assert strict.json()["reason"] == "Invalid"
-    assert (
-        'CiliumCIDRGroup.cilium.io "g2" is invalid: spec.externalCIDRs[0]: invalid CIDR'
-        == strict.json()["message"]
-    )
+    assert 'CiliumCIDRGroup.cilium.io "g2" is invalid: spec.externalCIDRs[0]: invalid CIDR' == strict.json()["message"]
 
 
 def test_lists_filter_by_equality_selectors(kube, client):

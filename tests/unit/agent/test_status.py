@@ -28,9 +28,7 @@ GOOD = {
         "at": "2026-01-10T16:01:00Z",
     },
     "objects": {"applied": 3, "deleted": 0},
-    "apply_errors": [
-        {"kind": "TracingPolicy", "name": "t", "namespace": None, "action": "apply", "error": "x"}
-    ],
+    "apply_errors": [{"kind": "TracingPolicy", "name": "t", "namespace": None, "action": "apply", "error": "x"}],
 }
 
 

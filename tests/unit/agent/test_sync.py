@@ -163,9 +163,7 @@ def test_prunes_only_what_it_owns(kube, ship, make_agent):
     ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
     agent.sync_once(T0 + MINUTE)
-    kube.add_object(
-        tracing_policy("hand-made") | {"metadata": {"name": "hand-made", "labels": {"team": "sec"}}}
-    )
+    kube.add_object(tracing_policy("hand-made") | {"metadata": {"name": "hand-made", "labels": {"team": "sec"}}})
     kube.add_object(
         tracing_policy("other-tool")
         | {"metadata": {"name": "other-tool", "labels": {"app.kubernetes.io/managed-by": "helm"}}}
@@ -183,9 +181,7 @@ def test_a_foreign_object_with_the_same_name_is_left_alone(kube, ship, make_agen
     ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
     agent.sync_once(T0 + MINUTE)
-    foreign = tracing_policy("tp-blocklist-b") | {
-        "metadata": {"name": "tp-blocklist-b", "labels": {"team": "sec"}}
-    }
+    foreign = tracing_policy("tp-blocklist-b") | {"metadata": {"name": "tp-blocklist-b", "labels": {"team": "sec"}}}
     kube.add_object(foreign)
     digest_a = agent.sync_once(T0 + 2 * MINUTE)["applied_digest"]
     ship(B, T0 + 10 * MINUTE)
@@ -260,9 +256,7 @@ def resign_with(bucket, manifest, tmp_path):
 
 
 def other_key(bucket, digest, tmp_path):
-    resign_with(
-        bucket, unsigned(jsonio.loads(bucket.inner.get(keys.channel_manifest_key("prod")).data)), tmp_path
-    )
+    resign_with(bucket, unsigned(jsonio.loads(bucket.inner.get(keys.channel_manifest_key("prod")).data)), tmp_path)
 
 
 def wrong_digest(bucket, digest, signer):
@@ -355,9 +349,7 @@ def test_a_tampered_first_bundle_leaves_the_cluster_untouched(kube, ship, make_a
 
 def test_another_channels_manifest_is_refused(kube, ship, make_agent, bucket):
     ship(network_bundle(ips(0, 10), channel="staging"), channel="staging")
-    bucket.inner.put(
-        keys.channel_manifest_key("prod"), bucket.inner.get(keys.channel_manifest_key("staging")).data
-    )
+    bucket.inner.put(keys.channel_manifest_key("prod"), bucket.inner.get(keys.channel_manifest_key("staging")).data)
     agent = make_agent(KubeApplier(kube.url, kube.token))
 
     status = agent.sync_once(T0 + MINUTE)
@@ -452,9 +444,7 @@ def test_an_expired_applied_bundle_is_removed_even_when_the_bucket_is_unreachabl
     assert names(kube) == ["hand-made"]
 
 
-def test_the_last_good_state_survives_a_restart_and_a_tampered_one_does_not(
-    kube, ship, make_agent, bucket, tmp_path
-):
+def test_the_last_good_state_survives_a_restart_and_a_tampered_one_does_not(kube, ship, make_agent, bucket, tmp_path):
     digest = ship(A)
     make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + MINUTE)
     bucket.down = StorageError("down")

@@ -24,9 +24,7 @@ def labels(channel: str, **extra: str) -> dict[str, str]:
     return {"app.kubernetes.io/managed-by": "cdr-policy", "cdr-policy.io/channel": channel, **extra}
 
 
-def ccg(
-    name: str, cidrs: list[str], channel: str = "prod", api_version: str = "cilium.io/v2"
-) -> dict[str, Any]:
+def ccg(name: str, cidrs: list[str], channel: str = "prod", api_version: str = "cilium.io/v2") -> dict[str, Any]:
     return {
         "apiVersion": api_version,
         "kind": "CiliumCIDRGroup",

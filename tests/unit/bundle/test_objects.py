@@ -67,9 +67,7 @@ def test_prefixes_are_canonical_and_counted_once():
         ccg("g", ["45.0.0.1/32", "45.0.1.7/24", "2a00:1450::/32"]),
         tracing_policy("t", ["45.0.0.1/32", "::ffff:45.0.0.1/128", "::ffff:45.0.1.0/120", "45.0.2.9"]),
     ]
-    objects[0]["metadata"]["annotations"] = {
-        "cdr-policy.io/entries": "46.1.1.1/32"
-    }  # metadata is not content
+    objects[0]["metadata"]["annotations"] = {"cdr-policy.io/entries": "46.1.1.1/32"}  # metadata is not content
     objects[1]["spec"]["kprobes"][0]["message"] = "1.17"  # versions, ports and hooks are not prefixes
     assert prefixes(objects) == {"45.0.0.1/32", "45.0.1.0/24", "45.0.2.9/32", "2a00:1450::/32"}
 
@@ -93,9 +91,7 @@ def test_small_changes_are_within_budget():
 
 
 def test_min_changes_keeps_small_lists_flowing():
-    assert not assess(
-        {"45.0.0.1/32"}, {"45.0.0.2/32", "45.0.0.3/32"}, budget_percent=50, min_changes=20
-    ).exceeded
+    assert not assess({"45.0.0.1/32"}, {"45.0.0.2/32", "45.0.0.3/32"}, budget_percent=50, min_changes=20).exceeded
     assert assess({"45.0.0.1/32"}, {"45.0.0.2/32", "45.0.0.3/32"}, budget_percent=50, min_changes=0).exceeded
 
 

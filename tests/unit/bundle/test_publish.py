@@ -92,9 +92,7 @@ def test_current_bundle_is_refreshed_after_half_its_lifetime(state, recorder, si
 
 
 def test_manifest_is_stamped_at_publish_time_with_the_rendered_lifetime(state, dist, signer):
-    digest = render(
-        state, network_bundle(ips(0, 10)), created=T0 - timedelta(days=5), ttl=timedelta(hours=24)
-    )
+    digest = render(state, network_bundle(ips(0, 10)), created=T0 - timedelta(days=5), ttl=timedelta(hours=24))
     publish(state, dist, signer, digest)
     assert (current(dist)["created_at"], current(dist)["expires_at"]) == (
         iso(T0),
@@ -252,9 +250,7 @@ def test_rollback_to_the_current_bundle_changes_nothing(state, recorder, signer)
 def test_rollback_needs_history_and_files(state, dist, signer):
     a = render(state, network_bundle(ips(0, 10), tag="a"))
     publish(state, dist, signer, a)
-    publish(
-        state, dist, signer, render(state, network_bundle(ips(0, 11), tag="b")), now=T0 + timedelta(hours=1)
-    )
+    publish(state, dist, signer, render(state, network_bundle(ips(0, 11), tag="b")), now=T0 + timedelta(hours=1))
     with pytest.raises(BundleError, match="never published"):
         rollback(dist, channel="prod", to_digest="d" * 64, signer=signer, now=T0)
     dist.delete(keys.bundle_file_key(a, "cdr-dynamic-blocklist.yaml"))
@@ -274,7 +270,5 @@ def test_publish_through_s3(signer, verifier):
         assert publish(state, dist, signer, digest).status == "unchanged"
 
         verify_manifest(current(dist), verifier, now=T0)
-        head = s3.head_object(
-            Bucket="dist-bucket", Key=keys.bundle_file_key(digest, "cilium-cdr-blocklist.yaml")
-        )
+        head = s3.head_object(Bucket="dist-bucket", Key=keys.bundle_file_key(digest, "cilium-cdr-blocklist.yaml"))
         assert head["ContentType"] == "application/yaml"

@@ -90,16 +90,12 @@ def test_non_p256_keys_are_refused(tmp_path):
     path = tmp_path / "rsa.pem"
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     os.chmod(path, 0o600)
     with pytest.raises(ConfigError, match="P-256"):
         LocalSigner.from_file(path)
-    pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     with pytest.raises(ConfigError, match="P-256"):
         Verifier.from_public_pem(pem)
     with pytest.raises(ConfigError, match="BEGIN PUBLIC KEY"):

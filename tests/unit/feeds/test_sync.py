@@ -220,9 +220,7 @@ def test_recovery_after_a_failure(store, small, now, http, server) -> None:
     assert (st["failures"], st["stale_since"], st["last_error"]) == (0, None, None)
 
 
-def test_a_slow_feed_is_cut_at_the_fetch_deadline_and_keeps_its_last_good_copy(
-    store, small, now, http, server
-) -> None:
+def test_a_slow_feed_is_cut_at_the_fetch_deadline_and_keeps_its_last_good_copy(store, small, now, http, server) -> None:
     import time
 
     sync(store, small, now, http)

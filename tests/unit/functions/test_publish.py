@@ -69,9 +69,7 @@ def stored(dynamodb, table: str) -> list[dict]:
     return dynamodb.scan(TableName=table)["Items"]
 
 
-def test_sample_batch_publishes_each_channel(
-    dynamodb, publish, handler_env, load_handler, load_event, lambda_context
-):
+def test_sample_batch_publishes_each_channel(dynamodb, publish, handler_env, load_handler, load_event, lambda_context):
     app = load_handler("publish")
 
     response = app.lambda_handler(load_event("sqs_publish.json"), lambda_context)
@@ -99,9 +97,7 @@ def test_redelivered_batch_does_not_publish_again(
     assert publish.calls == [("staging", SAMPLE_DIGEST), ("prod", SAMPLE_DIGEST)]
 
 
-def test_duplicate_messages_in_one_batch_publish_once(
-    dynamodb, publish, load_handler, lambda_context, sqs_event
-):
+def test_duplicate_messages_in_one_batch_publish_once(dynamodb, publish, load_handler, lambda_context, sqs_event):
     app = load_handler("publish")
 
     response = app.lambda_handler(
@@ -122,9 +118,7 @@ def test_key_is_channel_and_digest(dynamodb, publish, load_handler, lambda_conte
     assert publish.calls == [("prod", SAMPLE_DIGEST), ("staging", SAMPLE_DIGEST), ("prod", other)]
 
 
-def test_a_failing_record_is_reported_alone_and_retried(
-    dynamodb, publish, load_handler, lambda_context, sqs_event
-):
+def test_a_failing_record_is_reported_alone_and_retried(dynamodb, publish, load_handler, lambda_context, sqs_event):
     # Given publishing to prod fails, staging works
     app = load_handler("publish")
     publish.failing = {"prod"}
@@ -160,9 +154,7 @@ def test_an_all_failed_batch_fails_the_invocation(dynamodb, publish, load_handle
         json.dumps({"channel": "prod", "digest": SAMPLE_DIGEST, "extra": 1}),
     ],
 )
-def test_malformed_requests_fail_alone(
-    body, dynamodb, publish, load_handler, lambda_context, sqs_event, log_lines
-):
+def test_malformed_requests_fail_alone(body, dynamodb, publish, load_handler, lambda_context, sqs_event, log_lines):
     app = load_handler("publish")
 
     response = app.lambda_handler(sqs_event(body, request("staging")), lambda_context)
@@ -174,9 +166,7 @@ def test_malformed_requests_fail_alone(
     assert "publish request" in warnings[0]["exception"]
 
 
-def test_missing_idempotency_table_setting(
-    handler_env, publish, load_handler, load_event, lambda_context, monkeypatch
-):
+def test_missing_idempotency_table_setting(handler_env, publish, load_handler, load_event, lambda_context, monkeypatch):
     monkeypatch.delenv("IDEMPOTENCY_TABLE")
     app = load_handler("publish")
 

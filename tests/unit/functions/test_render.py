@@ -34,9 +34,7 @@ def failures(response: dict) -> list[str]:
     return [item["itemIdentifier"] for item in response["batchItemFailures"]]
 
 
-def test_sample_batch_renders_once_with_every_key(
-    handler_env, load_handler, load_event, fake_stage, lambda_context
-):
+def test_sample_batch_renders_once_with_every_key(handler_env, load_handler, load_event, fake_stage, lambda_context):
     # Given the sample event: two notifications (a feed and the CDR set)
     render = fake_stage("render", result=RENDERED)
     app = load_handler("render")
@@ -92,9 +90,7 @@ def test_bad_records_fail_alone_and_the_rest_renders_once(
         test_event,  # m3 skipped, not a failure
         notification("indicators/feeds/other.json", bucket="someone-elses-bucket"),  # m4
         notification("indicators/feeds/spamhaus-drop.json"),  # m5 duplicate key
-        json.dumps(
-            {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put"}]}
-        ),  # m6 no bucket/key
+        json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put"}]}),  # m6 no bucket/key
         notification("indicators/cdr/current.json"),  # m7 good
     )
 
@@ -112,9 +108,7 @@ def test_bad_records_fail_alone_and_the_rest_renders_once(
     assert [doc["RejectedNotifications"] for doc in emf if "RejectedNotifications" in doc] == [[4.0]]
 
 
-def test_an_all_bad_batch_is_reported_not_raised(
-    handler_env, load_handler, fake_stage, lambda_context, sqs_event
-):
+def test_an_all_bad_batch_is_reported_not_raised(handler_env, load_handler, fake_stage, lambda_context, sqs_event):
     render = fake_stage("render", result=RENDERED)
     app = load_handler("render")
 
@@ -124,9 +118,7 @@ def test_an_all_bad_batch_is_reported_not_raised(
     assert render.calls == []
 
 
-def test_a_failing_render_fails_the_whole_invocation(
-    handler_env, load_handler, load_event, fake_stage, lambda_context
-):
+def test_a_failing_render_fails_the_whole_invocation(handler_env, load_handler, load_event, fake_stage, lambda_context):
     render = fake_stage("render", error=PolicyCheckError("TracingPolicy x: unknown field spec.foo"))
     app = load_handler("render")
 
@@ -185,9 +177,7 @@ def test_real_s3_notifications_through_sqs(handler_env, load_handler, fake_stage
         s3 = boto3.client("s3", region_name="us-east-1")
         sqs = boto3.client("sqs", region_name="us-east-1")
         queue_url = sqs.create_queue(QueueName="cdr-policy-dev-render")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         s3.create_bucket(Bucket=BUCKET)
         s3.put_bucket_notification_configuration(
             Bucket=BUCKET,

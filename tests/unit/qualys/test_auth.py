@@ -29,9 +29,7 @@ def _pages(client):
     return list(client.findings_pages(START, END))
 
 
-@pytest.mark.parametrize(
-    "password", ["p@ss word&x=1", "  leading and trailing  ", "ünïcødé+%2F#?", "a&password=b"]
-)
+@pytest.mark.parametrize("password", ["p@ss word&x=1", "  leading and trailing  ", "ünïcødé+%2F#?", "a&password=b"])
 def test_form_encoding_survives_special_characters(make_client, password):
     with FakeQualysGateway(SAMPLES, username="alice@corp", password=password) as gw:
         client = make_client(gw, credentials=Credentials("alice@corp", password))
@@ -58,9 +56,7 @@ def test_200_accepted_and_body_trimmed(make_client):
         assert gw.findings_requests()[0].status == 200
 
 
-@pytest.mark.parametrize(
-    "body", [b"<html><body>Login</body></html>", b'{"token": "abc"}', b"", b"a.b", b"a.b.c d"]
-)
+@pytest.mark.parametrize("body", [b"<html><body>Login</body></html>", b'{"token": "abc"}', b"", b"a.b", b"a.b.c d"])
 def test_body_that_is_not_a_jwt(make_client, body):
     with FakeQualysGateway(SAMPLES) as gw:
         gw.inject(Fault(status=201, body=body), path="auth")

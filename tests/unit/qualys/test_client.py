@@ -163,9 +163,7 @@ def test_token_expiring_between_pages(make_client):
     [("both", 7.0), ("retry-after", 7.0), ("towait", 7.0)],
 )
 def test_rate_limit_headers_are_honoured(make_client, clock, mode, waited):
-    with FakeQualysGateway(
-        findings(250), rate_limit_every=2, rate_limit_wait_s=7, rate_limit_headers=mode
-    ) as gw:
+    with FakeQualysGateway(findings(250), rate_limit_every=2, rate_limit_wait_s=7, rate_limit_headers=mode) as gw:
         assert len(all_items(make_client(gw))) == 250
     limited = [r for r in gw.findings_requests() if r.status == 429]
     assert len(limited) == 2

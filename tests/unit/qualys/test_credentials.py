@@ -55,21 +55,15 @@ def secrets_client():
 
 
 def test_from_secrets_manager(secrets_client):
-    secrets_client.create_secret(
-        Name="qualys", SecretString=json.dumps({"username": "alice", "password": PASSWORD})
-    )
+    secrets_client.create_secret(Name="qualys", SecretString=json.dumps({"username": "alice", "password": PASSWORD}))
     creds = load_credentials("qualys", {"QUALYS_USERNAME": "ignored", "QUALYS_PASSWORD": "ignored"})
     assert (creds.username, creds.password) == ("alice", PASSWORD)
 
 
 def test_secret_is_cached_by_powertools(secrets_client):
-    secrets_client.create_secret(
-        Name="qualys", SecretString=json.dumps({"username": "alice", "password": PASSWORD})
-    )
+    secrets_client.create_secret(Name="qualys", SecretString=json.dumps({"username": "alice", "password": PASSWORD}))
     assert load_credentials("qualys", {}).password == PASSWORD
-    secrets_client.put_secret_value(
-        SecretId="qualys", SecretString=json.dumps({"username": "bob", "password": "new"})
-    )
+    secrets_client.put_secret_value(SecretId="qualys", SecretString=json.dumps({"username": "bob", "password": "new"}))
     # Within max_age the cached value is served: no Secrets Manager call per invocation.
     assert load_credentials("qualys", {}).username == "alice"
 

@@ -193,9 +193,7 @@ def test_domains(acc):
         ),
         None,
     )
-    acc.add(
-        finding(uuid="u-3", networkInformation={"domain": "45.9.20.100"}), None
-    )  # an address in the domain field
+    acc.add(finding(uuid="u-3", networkInformation={"domain": "45.9.20.100"}), None)  # an address in the domain field
     acc.add(finding(uuid="u-4", networkInformation={"domain": "gateway.qg2.apps.qualys.com"}), None)
     acc.add(finding(uuid="u-5", networkInformation="pool.example"), None)  # not the documented shape: ignored
     assert values(acc, "domain") == ["pool.example", "xn--bcher-kva.example"]

@@ -26,9 +26,7 @@ START, END = "2026-01-10T00:00:00.000Z", "2026-01-11T00:00:00.000Z"
 
 
 def token(http: httpx.Client, gw: FakeQualysGateway) -> str:
-    r = http.post(
-        gw.url + "/auth", data={"username": DEMO_USERNAME, "password": DEMO_PASSWORD, "token": "true"}
-    )
+    r = http.post(gw.url + "/auth", data={"username": DEMO_USERNAME, "password": DEMO_PASSWORD, "token": "true"})
     assert r.status_code == 201 and r.headers["content-type"] == "text/plain"
     return r.text
 
@@ -52,9 +50,7 @@ def test_auth(http, samples_gateway):
     assert bad.status_code == 401
     no_token = http.post(gw.url + "/auth", data={"username": DEMO_USERNAME, "password": DEMO_PASSWORD})
     assert no_token.status_code == 400
-    as_json = http.post(
-        gw.url + "/auth", json={"username": DEMO_USERNAME, "password": DEMO_PASSWORD, "token": "true"}
-    )
+    as_json = http.post(gw.url + "/auth", json={"username": DEMO_USERNAME, "password": DEMO_PASSWORD, "token": "true"})
     assert as_json.status_code == 400
 
 
@@ -106,30 +102,22 @@ def test_mandatory_parameters(http, samples_gateway):
 
 
 def test_time_filter_is_inclusive_and_paging_is_stable(http):
-    items = [
-        {"uuid": f"u{i}", "threatCategory": "X", "timestamp": f"2026-01-10T0{i}:00:00.000Z"} for i in range(5)
-    ]
+    items = [{"uuid": f"u{i}", "threatCategory": "X", "timestamp": f"2026-01-10T0{i}:00:00.000Z"} for i in range(5)]
     with FakeQualysGateway(items) as gw:
         tok = token(http, gw)
         r = get(http, gw, tok, startAt="2026-01-10T01:00:00.000Z", endAt="2026-01-10T03:00:00.000Z")
-        assert [i["uuid"] for i in r.json()["content"]] == ["u1", "u2", "u3"] and r.json()[
-            "totalElements"
-        ] == 3
+        assert [i["uuid"] for i in r.json()["content"]] == ["u1", "u2", "u3"] and r.json()["totalElements"] == 3
         pages = [get(http, gw, tok, offSet=str(o), limit="2").json()["content"] for o in (0, 2, 4)]
         assert [[i["uuid"] for i in p] for p in pages] == [["u0", "u1"], ["u2", "u3"], ["u4"]]
         r = get(http, gw, tok, offSet="0", limit="2")
-        assert {"x-ratelimit-limit", "x-ratelimit-window-sec", "x-ratelimit-remaining"} <= set(
-            r.headers.keys()
-        )
+        assert {"x-ratelimit-limit", "x-ratelimit-window-sec", "x-ratelimit-remaining"} <= set(r.headers.keys())
 
 
 def test_malformed_items_are_served_once_in_place():
     items = load_findings(SAMPLES)
     with FakeQualysGateway(items) as gw:
         assert len(gw.findings) == len(items)
-        position = next(
-            i for i, item in enumerate(gw.findings) if isinstance(item, dict) and "uuid" not in item
-        )
+        position = next(i for i, item in enumerate(gw.findings) if isinstance(item, dict) and "uuid" not in item)
         assert gw.findings[position - 1]["timestamp"] <= "2026-01-10T15:00:00.000Z"
     odd = [
         {"uuid": "a", "timestamp": "2026-01-10T01:00:00Z"},
@@ -146,12 +134,8 @@ def test_rebase_keeps_spacing():
     items = load_findings(SAMPLES)
     target = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
     shifted = rebase_findings(items, target)
-    times = [
-        datetime.fromisoformat(i["timestamp"].replace("Z", "+00:00")) for i in shifted if isinstance(i, dict)
-    ]
-    originals = [
-        datetime.fromisoformat(i["timestamp"].replace("Z", "+00:00")) for i in items if isinstance(i, dict)
-    ]
+    times = [datetime.fromisoformat(i["timestamp"].replace("Z", "+00:00")) for i in shifted if isinstance(i, dict)]
+    originals = [datetime.fromisoformat(i["timestamp"].replace("Z", "+00:00")) for i in items if isinstance(i, dict)]
     assert max(times) == target
     assert [b - a for a, b in zip(times, times[1:], strict=False)] == [
         b - a for a, b in zip(originals, originals[1:], strict=False)
@@ -213,6 +197,4 @@ def test_standalone_server_prints_url_and_credentials():
         proc.wait(timeout=10)
     assert lines[0].startswith("Fake Qualys gateway serving 20 findings at http://127.0.0.1:")
     assert "QUALYS_GATEWAY_URL=http://127.0.0.1:" in lines[2]
-    assert (
-        f"QUALYS_USERNAME='{DEMO_USERNAME}'" in lines[3] and f"QUALYS_PASSWORD='{DEMO_PASSWORD}'" in lines[4]
-    )
+    assert f"QUALYS_USERNAME='{DEMO_USERNAME}'" in lines[3] and f"QUALYS_PASSWORD='{DEMO_PASSWORD}'" in lines[4]

@@ -26,9 +26,7 @@ from .conftest import SAMPLES, SAMPLES_NOW
 
 NOW = SAMPLES_NOW
 SCHEMA = json.loads(
-    (
-        Path(__file__).resolve().parents[3] / "layers/shared/cdr_policy/schemas/indicator-set.schema.json"
-    ).read_text()
+    (Path(__file__).resolve().parents[3] / "layers/shared/cdr_policy/schemas/indicator-set.schema.json").read_text()
 )
 
 
@@ -151,8 +149,7 @@ def test_samples_exact_report(samples_gateway, make_client, tmp_path, guard, map
     shared = next(e for e in current.entries if e.value == "45.61.136.7/32")
     assert shared.refs == ["7f1c0a52-0004-4a8e-9c11-000000000004", "7f1c0a52-0012-4a8e-9c11-000000000012"]
     assert (
-        result.indicator_set is not None
-        and result.indicator_set.to_dict()["entries"] == current.to_dict()["entries"]
+        result.indicator_set is not None and result.indicator_set.to_dict()["entries"] == current.to_dict()["entries"]
     )
 
 
@@ -169,9 +166,7 @@ def test_raw_pages_are_kept_exactly_and_malformed_ones_can_be_found(
         "raw/cdr/2026/01/10/20260110T180000.000Z-00001.json.gz",
     ]
     served = [item for key in keys for item in json.loads(gzip.decompress(store.get(key).data))["content"]]
-    assert (
-        served == samples_gateway.findings
-    )  # every finding, as sent, including the malformed and the duplicate
+    assert served == samples_gateway.findings  # every finding, as sent, including the malformed and the duplicate
     (bad,) = result.report_section()["malformed"]
     assert "uuid" not in json.loads(gzip.decompress(store.get(bad["raw"]).data))["content"][bad["index"]]
 
@@ -190,17 +185,14 @@ def test_sample_pages_are_in_the_documented_shape(guard):
         "CryptoMiner_Execution",
         "Container_escape_via_cgroup_T1611",
     } <= categories
-    assert {"curl", "wget"} <= {
-        f.process_name for f in findings if f.category.startswith("Cloud_Credentials")
-    }
+    assert {"curl", "wget"} <= {f.process_name for f in findings if f.category.startswith("Cloud_Credentials")}
     assert len(parsed) - len({f.uuid for f in findings}) == 2  # one duplicate, one malformed
     # public addresses are outside every never-block range; the others are refused by it
     for item in items:
         ip = item.get("destinationIp") if isinstance(item, dict) else None
         if ip and ip.startswith(("45.", "[2a0b", "::ffff:45.")):
             assert (
-                guard.check_network(ipaddress.ip_network(ip.strip("[]").split("]")[0].replace("::ffff:", "")))
-                is None
+                guard.check_network(ipaddress.ip_network(ip.strip("[]").split("]")[0].replace("::ffff:", ""))) is None
             )
 
 
@@ -264,9 +256,7 @@ def test_more_than_1000_findings_across_windows_and_pages(make_client, tmp_path,
 
 
 # -- runs that follow each other ---------------------------------------------------------------------
-def test_next_run_resumes_from_the_checkpoint_with_overlap(
-    samples_gateway, make_client, tmp_path, guard, mapping
-):
+def test_next_run_resumes_from_the_checkpoint_with_overlap(samples_gateway, make_client, tmp_path, guard, mapping):
     store = LocalStore(tmp_path)
     first_now = NOW - timedelta(hours=7, minutes=10)  # 16:50: finding 0016 (16:45) is in, 0017/0018 are not
     fetch(store, make_client(samples_gateway), guard, mapping, now=first_now)
@@ -284,9 +274,7 @@ def test_overlap_and_reruns_count_nothing_twice(samples_gateway, make_client, tm
     store = LocalStore(tmp_path)
     fetch(store, make_client(samples_gateway), guard, mapping)
     reference = state(store)
-    again = fetch(
-        store, make_client(samples_gateway), guard, mapping, now=NOW + timedelta(minutes=15), resume=False
-    )
+    again = fetch(store, make_client(samples_gateway), guard, mapping, now=NOW + timedelta(minutes=15), resume=False)
     assert again.range_start == NOW + timedelta(minutes=15) - timedelta(hours=24)
     # the range holds everything but 0001 (00:12): each reported once, none new
     assert (again.fetched, again.unique, again.new, again.duplicates) == (19, 17, 0, 1)
@@ -299,9 +287,7 @@ def test_overlap_and_reruns_count_nothing_twice(samples_gateway, make_client, tm
     assert after["behaviours"] == reference["behaviours"] and after["entries"] == reference["entries"]
 
 
-def test_unchanged_run_does_not_rewrite_the_indicator_set(
-    samples_gateway, make_client, tmp_path, guard, mapping
-):
+def test_unchanged_run_does_not_rewrite_the_indicator_set(samples_gateway, make_client, tmp_path, guard, mapping):
     store = LocalStore(tmp_path)
     fetch(store, make_client(samples_gateway), guard, mapping)
     before = store.get(CURRENT_KEY)
@@ -311,23 +297,14 @@ def test_unchanged_run_does_not_rewrite_the_indicator_set(
     assert counting.puts == 1 and store.get(CHECKPOINT_KEY).data.count(b"00:15:00.000Z") == 1
 
 
-def test_expired_indicators_are_dropped_and_the_ledger_pruned(
-    samples_gateway, make_client, tmp_path, guard, mapping
-):
+def test_expired_indicators_are_dropped_and_the_ledger_pruned(samples_gateway, make_client, tmp_path, guard, mapping):
     store = LocalStore(tmp_path)
     first = fetch(store, make_client(samples_gateway), guard, mapping, ttl_hours=24)
     total = len(first.indicator_set.entries) + len(first.indicator_set.behaviours)
-    later = fetch(
-        store, make_client(samples_gateway), guard, mapping, ttl_hours=24, now=NOW + timedelta(days=2)
-    )
+    later = fetch(store, make_client(samples_gateway), guard, mapping, ttl_hours=24, now=NOW + timedelta(days=2))
     assert later.expired == total
     current = load_cdr_set(store)
-    assert (
-        current.status == "empty"
-        and current.entries == []
-        and current.behaviours == []
-        and current.rejected == []
-    )
+    assert current.status == "empty" and current.entries == [] and current.behaviours == [] and current.rejected == []
     assert read_seen(store, current).uuids == {}
 
 
@@ -375,9 +352,7 @@ def test_gateway_dying_between_two_pages_then_rerun(make_client, tmp_path, guard
     assert state(store) == reference
     lo, hi = "2026-01-10T05:50:00.000Z", "2026-01-10T06:00:00.000Z"
     in_overlap = [
-        i
-        for i in items
-        if isinstance(i, dict) and {"uuid", "threatCategory"} <= set(i) and lo <= i["timestamp"] <= hi
+        i for i in items if isinstance(i, dict) and {"uuid", "threatCategory"} <= set(i) and lo <= i["timestamp"] <= hi
     ]
     assert rerun.unique - rerun.new == len(in_overlap) > 0  # only the overlap repeats; it is not merged twice
 
@@ -411,9 +386,7 @@ def test_permission_error_propagates_and_stores_no_checkpoint(make_client, tmp_p
 
 
 # -- stored state that is damaged ------------------------------------------------------------------
-def test_unreadable_checkpoint_falls_back_to_the_lookback(
-    samples_gateway, make_client, tmp_path, guard, mapping
-):
+def test_unreadable_checkpoint_falls_back_to_the_lookback(samples_gateway, make_client, tmp_path, guard, mapping):
     store = LocalStore(tmp_path)
     fetch(store, make_client(samples_gateway), guard, mapping)
     store.put(CHECKPOINT_KEY, b"{not json")

@@ -59,9 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="time between polls, like 30s, 5m or 1h (default 60s)",
     )
-    parser.add_argument(
-        "--once", action="store_true", help="sync once and exit (non-zero unless applied or unchanged)"
-    )
+    parser.add_argument("--once", action="store_true", help="sync once and exit (non-zero unless applied or unchanged)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument(
         "--kubernetes",
@@ -101,9 +99,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the agent. Returns the process exit code."""
     try:
         verifier = Verifier.from_file(args.public_key)
-        applier: Applier = (
-            KubeApplier.from_environment() if args.kubernetes else DirectoryApplier(args.output_dir)
-        )
+        applier: Applier = KubeApplier.from_environment() if args.kubernetes else DirectoryApplier(args.output_dir)
         state_dir = args.state_dir or Path.home() / ".cache" / "cdr-policy" / "agent" / args.channel
         agent = Agent(
             open_store(args.bucket),

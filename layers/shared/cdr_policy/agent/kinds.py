@@ -32,9 +32,7 @@ KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
         Kind("CiliumCIDRGroup", "ciliumcidrgroups", False, ("cilium.io/v2", "cilium.io/v2alpha1"), 0),
-        Kind(
-            "CiliumClusterwideNetworkPolicy", "ciliumclusterwidenetworkpolicies", False, ("cilium.io/v2",), 1
-        ),
+        Kind("CiliumClusterwideNetworkPolicy", "ciliumclusterwidenetworkpolicies", False, ("cilium.io/v2",), 1),
         Kind("CiliumNetworkPolicy", "ciliumnetworkpolicies", True, ("cilium.io/v2",), 1),
         Kind("TracingPolicy", "tracingpolicies", False, ("cilium.io/v1alpha1",), 1, tetragon=True),
         Kind(
@@ -66,13 +64,10 @@ def kind_of(obj: Mapping[str, Any]) -> Kind:
     if obj.get("apiVersion") not in kind.api_versions:
         raise VerificationError(
             "bad_object",
-            f"{kind.name}/{name}: apiVersion {obj.get('apiVersion')!r} is not one of "
-            f"{', '.join(kind.api_versions)}",
+            f"{kind.name}/{name}: apiVersion {obj.get('apiVersion')!r} is not one of {', '.join(kind.api_versions)}",
         )
     if not is_dns_subdomain(name):
-        raise VerificationError(
-            "bad_object", f"{kind.name}/{name!r}: metadata.name is not a DNS-1123 subdomain"
-        )
+        raise VerificationError("bad_object", f"{kind.name}/{name!r}: metadata.name is not a DNS-1123 subdomain")
     namespace = (obj.get("metadata") or {}).get("namespace")
     if namespace is not None and not is_dns_label(namespace):
         raise VerificationError(

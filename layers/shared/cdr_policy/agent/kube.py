@@ -50,9 +50,7 @@ def _check_url(api_url: str) -> str:
         except ValueError:
             loopback = host == "localhost"
         if not loopback:
-            raise ConfigError(
-                f"refusing plain http to {host}: the API token would travel unencrypted; use https"
-            )
+            raise ConfigError(f"refusing plain http to {host}: the API token would travel unencrypted; use https")
     return api_url.rstrip("/")
 
 
@@ -133,9 +131,7 @@ class KubeApplier:
             )
         http = httpx.Client(verify=kubeconfig.ssl_context(conn), timeout=timeout)
         logger.info("Kubernetes API", extra={"server": conn.server, "credentials": conn.source})
-        return cls(
-            conn.server, conn.token, http=http, token_file=conn.token_file, token_plugin=conn.exec_plugin
-        )
+        return cls(conn.server, conn.token, http=http, token_file=conn.token_file, token_plugin=conn.exec_plugin)
 
     def describe(self) -> str:
         return f"kubernetes {self.api_url}"
@@ -214,9 +210,7 @@ class KubeApplier:
         found: list[dict[str, Any]] = []
         for kind in KINDS.values():
             for api_version in kind.api_versions:
-                resp = self._request(
-                    "GET", self._path(api_version, kind, None), params={"labelSelector": selector}
-                )
+                resp = self._request("GET", self._path(api_version, kind, None), params={"labelSelector": selector})
                 if resp.status_code == 404:
                     continue  # this version (or the whole CRD) is not served here
                 if resp.status_code != 200:
@@ -252,9 +246,7 @@ class KubeApplier:
 
     def delete(self, obj: dict[str, Any]) -> None:
         ref = ref_of(obj)
-        resp = self._request(
-            "DELETE", self._path(obj["apiVersion"], KINDS[ref.kind], ref.namespace, ref.name)
-        )
+        resp = self._request("DELETE", self._path(obj["apiVersion"], KINDS[ref.kind], ref.namespace, ref.name))
         if resp.status_code == 404 and _object_missing(resp, ref.name):
             return
         if resp.status_code not in (200, 202):

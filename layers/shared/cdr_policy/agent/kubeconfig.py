@@ -165,9 +165,7 @@ def from_kubeconfig(paths: list[Path]) -> KubeConnection:
     context = contexts[context_name][1]
     clusters, users = _named(docs, "clusters", "cluster"), _named(docs, "users", "user")
     if context.get("cluster") not in clusters:
-        raise ConfigError(
-            f"kubeconfig: context {context_name!r} names unknown cluster {context.get('cluster')!r}"
-        )
+        raise ConfigError(f"kubeconfig: context {context_name!r} names unknown cluster {context.get('cluster')!r}")
     cluster_path, cluster = clusters[context["cluster"]]
     user_path, user = users.get(context.get("user"), (cluster_path, {}))
     server = cluster.get("server")
@@ -191,9 +189,7 @@ def from_kubeconfig(paths: list[Path]) -> KubeConnection:
     except OSError as exc:
         raise ConfigError(f"kubeconfig: cannot read client certificate or key: {exc}") from exc
     if (cert is None) != (key is None):
-        raise ConfigError(
-            f"kubeconfig: user {context.get('user')!r} needs both a client certificate and a key"
-        )
+        raise ConfigError(f"kubeconfig: user {context.get('user')!r} needs both a client certificate and a key")
     token = user.get("token") or None
     token_file = rel(user_path, user["tokenFile"]) if user.get("tokenFile") else None
     plugin = ExecPlugin.from_kubeconfig(user["exec"], str(context.get("user"))) if user.get("exec") else None
@@ -209,9 +205,7 @@ def from_kubeconfig(paths: list[Path]) -> KubeConnection:
         source=f"kubeconfig context {context_name}",
         token=token,
         token_file=token_file,
-        ca_file=rel(cluster_path, cluster["certificate-authority"])
-        if cluster.get("certificate-authority")
-        else None,
+        ca_file=rel(cluster_path, cluster["certificate-authority"]) if cluster.get("certificate-authority") else None,
         ca_data=_b64(cluster["certificate-authority-data"], "certificate-authority-data")
         if cluster.get("certificate-authority-data")
         else None,
@@ -221,9 +215,7 @@ def from_kubeconfig(paths: list[Path]) -> KubeConnection:
     )
 
 
-def resolve(
-    env: Mapping[str, str], *, sa_dir: Path = SERVICE_ACCOUNT_DIR, home: Path | None = None
-) -> KubeConnection:
+def resolve(env: Mapping[str, str], *, sa_dir: Path = SERVICE_ACCOUNT_DIR, home: Path | None = None) -> KubeConnection:
     """In-cluster first, then ``KUBECONFIG`` (a path list), then ``~/.kube/config``."""
     conn = in_cluster(env, sa_dir)
     if conn is not None:

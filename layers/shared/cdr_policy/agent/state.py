@@ -44,16 +44,12 @@ class StateDir:
         except NotFound:
             return None
         except (StorageError, BundleError, ValueError, KeyError, TypeError) as exc:
-            logger.warning(
-                "ignoring the saved agent state", extra={"path": self.describe(), "reason": str(exc)}
-            )
+            logger.warning("ignoring the saved agent state", extra={"path": self.describe(), "reason": str(exc)})
             return None
         return Applied(manifest, applied_at)
 
     def save(self, applied: Applied) -> None:
-        self._store.put(
-            APPLIED, jsonio.dumps_pretty({"manifest": applied.manifest, "applied_at": applied.applied_at})
-        )
+        self._store.put(APPLIED, jsonio.dumps_pretty({"manifest": applied.manifest, "applied_at": applied.applied_at}))
 
     def clear(self) -> None:
         self._store.delete(APPLIED)

@@ -204,9 +204,7 @@ class Agent:
                 "wrong_channel",
                 f"the manifest is for channel {manifest['channel']}, this agent follows {self.channel}",
             )
-        if self._applied and parse_iso(manifest["created_at"]) < parse_iso(
-            self._applied.manifest["created_at"]
-        ):
+        if self._applied and parse_iso(manifest["created_at"]) < parse_iso(self._applied.manifest["created_at"]):
             raise VerificationError(
                 "replay",
                 f"bundle {manifest['digest'][:12]} was created {manifest['created_at']}, before the applied "
@@ -214,9 +212,7 @@ class Agent:
                 "refusing to go back in time",
             )
         digest = manifest["digest"]
-        files = {
-            e["path"]: self.dist.get(keys.bundle_file_key(digest, e["path"])).data for e in manifest["files"]
-        }
+        files = {e["path"]: self.dist.get(keys.bundle_file_key(digest, e["path"])).data for e in manifest["files"]}
         verify_files(manifest, files)
         objects = parse_objects(files)
         for obj in objects:
@@ -224,9 +220,7 @@ class Agent:
         if self.check is not None:
             problems = sorted(self.check(files))
             if problems:
-                shown = "; ".join(problems[:5]) + (
-                    f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
-                )
+                shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
                 raise VerificationError("check_failed", f"policy check failed: {shown}")
         return _Bundle(manifest, objects)
 

@@ -140,9 +140,7 @@ def verify_files(manifest: Mapping[str, Any], files: Mapping[str, bytes]) -> Non
         raise VerificationError("file_mismatch", f"file mismatch: missing {', '.join(missing[:5])}")
     extra = sorted(set(files) - set(listed))
     if extra:
-        raise VerificationError(
-            "file_mismatch", f"file mismatch: not in the manifest: {', '.join(extra[:5])}"
-        )
+        raise VerificationError("file_mismatch", f"file mismatch: not in the manifest: {', '.join(extra[:5])}")
     for path, entry in sorted(listed.items()):
         data = files[path]
         if len(data) != entry["size"]:

@@ -44,9 +44,7 @@ def _documents(path: str, data: bytes) -> Iterator[dict[str, Any]]:
     for index, doc in enumerate(docs):
         where = f"{path} (document {index + 1})"
         if not isinstance(doc, dict):
-            raise VerificationError(
-                "bad_object", f"{where}: expected a Kubernetes object, got {type(doc).__name__}"
-            )
+            raise VerificationError("bad_object", f"{where}: expected a Kubernetes object, got {type(doc).__name__}")
         meta = doc.get("metadata")
         if not isinstance(doc.get("apiVersion"), str) or not isinstance(doc.get("kind"), str):
             raise VerificationError("bad_object", f"{where}: apiVersion and kind are required strings")

@@ -110,9 +110,7 @@ def _current(dist: Store, channel: str) -> tuple[dict[str, Any] | None, str | No
         return None, f"the current manifest of channel {channel} is unusable: {exc}"
 
 
-def _write(
-    dist: Store, channel: str, signed: dict[str, Any], files: Mapping[str, bytes] | None
-) -> tuple[str, str]:
+def _write(dist: Store, channel: str, signed: dict[str, Any], files: Mapping[str, bytes] | None) -> tuple[str, str]:
     """Files first (unless already there), history next, channel manifest last."""
     digest = signed["digest"]
     for path, data in sorted((files or {}).items()):
@@ -163,9 +161,7 @@ def publish_bundle(
     if manifest["digest"] != digest:
         raise BundleError(f"bundles/{digest}/bundle.json describes bundle {manifest['digest']}")
     if manifest["channel"] != channel:
-        raise BundleError(
-            f"bundle {digest[:12]} was rendered for channel {manifest['channel']}, not {channel}"
-        )
+        raise BundleError(f"bundle {digest[:12]} was rendered for channel {manifest['channel']}, not {channel}")
     if any(f in manifest for f in SIGNATURE_FIELDS):
         raise BundleError(f"bundles/{digest}/bundle.json already carries signature fields")
     files = _read_files(state, manifest)
@@ -202,9 +198,7 @@ def publish_bundle(
                 extra={**log, "reason": held_reason, "budget": budget},
             )
             metrics.add_metric(name="BundlesHeld", unit=MetricUnit.Count, value=1)
-            return PublishResult(
-                "held", channel, digest, reason=held_reason, previous_digest=previous, budget=budget
-            )
+            return PublishResult("held", channel, digest, reason=held_reason, previous_digest=previous, budget=budget)
 
     signed = sign_manifest(_stamp(manifest, now), signer)
     manifest_key, history = _write(dist, channel, signed, None if refresh else files)
@@ -228,9 +222,7 @@ def publish_bundle(
 def _stamp(manifest: dict[str, Any], now: datetime) -> dict[str, Any]:
     """``manifest`` as published at ``now``: same lifetime, counted from now."""
     lifetime = parse_iso(manifest["expires_at"]) - parse_iso(manifest["created_at"])
-    return validate_manifest(
-        {**unsigned(manifest), "created_at": iso(now), "expires_at": iso(now + lifetime)}
-    )
+    return validate_manifest({**unsigned(manifest), "created_at": iso(now), "expires_at": iso(now + lifetime)})
 
 
 def _due_for_refresh(current: dict[str, Any], now: datetime) -> bool:
@@ -272,9 +264,7 @@ def rollback(dist: Store, *, channel: str, to_digest: str, signer: Signer, now: 
         raise BundleError(f"channel {channel} has never published bundle {to_digest}")
     old = _read_manifest(dist, entries[-1])
     if old["digest"] != to_digest or old["channel"] != channel:
-        raise BundleError(
-            f"history entry {entries[-1]} does not describe bundle {to_digest} of channel {channel}"
-        )
+        raise BundleError(f"history entry {entries[-1]} does not describe bundle {to_digest} of channel {channel}")
     try:
         _read_files(dist, old)
     except StorageError as exc:

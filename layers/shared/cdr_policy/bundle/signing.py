@@ -61,9 +61,7 @@ def _fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
 
 
 def _public_pem(public_key: ec.EllipticCurvePublicKey) -> str:
-    return public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 class KmsSigner:
@@ -79,9 +77,7 @@ class KmsSigner:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            resp = self.kms.sign(
-                KeyId=self.key_id, Message=message, MessageType="RAW", SigningAlgorithm=ALGORITHM
-            )
+            resp = self.kms.sign(KeyId=self.key_id, Message=message, MessageType="RAW", SigningAlgorithm=ALGORITHM)
         except (ClientError, BotoCoreError) as exc:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
             raise BundleError(f"KMS could not sign with key {self.key_id}: {code}: {exc}") from exc
@@ -135,9 +131,7 @@ def generate_local_key(path: str | os.PathLike[str]) -> str:
     Returns the public key as PEM."""
     path = Path(path)
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -197,9 +191,7 @@ def verify_signature(manifest: dict[str, Any], verifier: Verifier) -> None:
     """Refuse (VerificationError, a BundleError with a ``code``) a manifest that is unsigned, signed with an
     unknown algorithm or by another key, malformed, or inconsistent with its digest. Expiry is not checked."""
     if not isinstance(manifest, dict):
-        raise VerificationError(
-            "malformed", f"malformed manifest: expected an object, got {type(manifest).__name__}"
-        )
+        raise VerificationError("malformed", f"malformed manifest: expected an object, got {type(manifest).__name__}")
     present = [f for f in SIGNATURE_FIELDS if manifest.get(f)]
     if len(present) != len(SIGNATURE_FIELDS):
         missing = ", ".join(f for f in SIGNATURE_FIELDS if f not in present)
@@ -207,8 +199,7 @@ def verify_signature(manifest: dict[str, Any], verifier: Verifier) -> None:
     if manifest["signature_algorithm"] != ALGORITHM:
         raise VerificationError(
             "unknown_algorithm",
-            f"unknown signature algorithm {str(manifest['signature_algorithm'])[:40]!r} "
-            f"(expected {ALGORITHM})",
+            f"unknown signature algorithm {str(manifest['signature_algorithm'])[:40]!r} (expected {ALGORITHM})",
         )
     try:
         signature = base64.b64decode(str(manifest["signature"]), validate=True)
@@ -228,6 +219,4 @@ def verify_manifest(manifest: dict[str, Any], verifier: Verifier, *, now: dateti
     verify_signature(manifest, verifier)
     now = now or utcnow()
     if parse_iso(manifest["expires_at"]) <= now:
-        raise VerificationError(
-            "expired", f"bundle {manifest['digest'][:12]} expired at {manifest['expires_at']}"
-        )
+        raise VerificationError("expired", f"bundle {manifest['digest'][:12]} expired at {manifest['expires_at']}")

@@ -99,9 +99,7 @@ class TokenManager:
         if status == 403:
             raise QualysError("authentication refused (HTTP 403): the account is locked or has no API access")
         if status == 404:
-            raise QualysError(
-                f"no authentication endpoint at {self._url} (HTTP 404): check the platform/gateway"
-            )
+            raise QualysError(f"no authentication endpoint at {self._url} (HTTP 404): check the platform/gateway")
         if status not in (200, 201):
             raise QualysError(f"authentication failed with HTTP {status} from {self._url}")
         token = response.text.strip()

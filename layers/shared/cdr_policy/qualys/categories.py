@@ -119,9 +119,7 @@ def _entries(doc: dict[str, Any], section: str, where: str) -> list[tuple[str, _
         if "rule" not in item:
             raise ConfigError(f"{at} ({pattern}): 'rule' is required (null means no behaviour policy)")
         if rule is not None and rule not in RULES:
-            raise ConfigError(
-                f"{at} ({pattern}): rule {rule!r} is not a known rule id ({', '.join(sorted(RULES))})"
-            )
+            raise ConfigError(f"{at} ({pattern}): rule {rule!r} is not a known rule id ({', '.join(sorted(RULES))})")
         if not isinstance(why, str) or not why.strip() or "\n" in why.strip():
             raise ConfigError(f"{at} ({pattern}): 'why' must be a one-line rationale")
         out.append((pattern.strip(), _Entry(pattern.strip(), rule, why.strip())))
@@ -147,9 +145,7 @@ def parse_mapping(text: str, source: str) -> CategoryMapping:
         if not key:
             raise ConfigError(f"{source}: exact name {pattern!r} is empty once normalised")
         if key in exact:
-            raise ConfigError(
-                f"{source}: exact names {exact[key].pattern!r} and {pattern!r} are the same category"
-            )
+            raise ConfigError(f"{source}: exact names {exact[key].pattern!r} and {pattern!r} are the same category")
         exact[key] = entry
     substrings: list[tuple[str, _Entry]] = []
     seen: set[str] = set()

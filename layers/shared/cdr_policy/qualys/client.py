@@ -43,9 +43,7 @@ def format_instant(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
-def split_windows(
-    start: datetime, end: datetime, size: timedelta = DEFAULT_WINDOW
-) -> list[tuple[datetime, datetime]]:
+def split_windows(start: datetime, end: datetime, size: timedelta = DEFAULT_WINDOW) -> list[tuple[datetime, datetime]]:
     """Consecutive ``(start, end)`` windows no longer than ``size`` covering ``start..end``."""
     if size <= timedelta(0):
         raise ValueError("window size must be positive")

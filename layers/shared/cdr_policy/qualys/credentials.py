@@ -48,12 +48,8 @@ def _from_secret(secret_name: str) -> Credentials:
     except GetParameterError as exc:
         raise ConfigError(f"cannot read Qualys secret {secret_name!r}: {exc}") from exc
     if not isinstance(value, dict):
-        raise ConfigError(
-            f"Qualys secret {secret_name!r} must be a JSON object with 'username' and 'password'"
-        )
-    missing = [
-        key for key in ("username", "password") if not isinstance(value.get(key), str) or not value[key]
-    ]
+        raise ConfigError(f"Qualys secret {secret_name!r} must be a JSON object with 'username' and 'password'")
+    missing = [key for key in ("username", "password") if not isinstance(value.get(key), str) or not value[key]]
     if missing:
         raise ConfigError(f"Qualys secret {secret_name!r} lacks a non-empty {' and '.join(missing)}")
     return Credentials(username=value["username"].strip(), password=value["password"])
@@ -65,9 +61,7 @@ def load_credentials(secret_name: str | None, env: Mapping[str, str]) -> Credent
         return _from_secret(secret_name)
     username = env.get("QUALYS_USERNAME", "").strip()
     password = env.get("QUALYS_PASSWORD", "")
-    missing = [
-        name for name, value in (("QUALYS_USERNAME", username), ("QUALYS_PASSWORD", password)) if not value
-    ]
+    missing = [name for name, value in (("QUALYS_USERNAME", username), ("QUALYS_PASSWORD", password)) if not value]
     if missing:
         raise ConfigError(
             f"Qualys credentials missing: set {' and '.join(missing)} "

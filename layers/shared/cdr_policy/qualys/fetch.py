@@ -236,9 +236,7 @@ def run_cdr_fetch(
     checkpoint = read_checkpoint(store) if resume else None
     start = checkpoint - overlap if checkpoint is not None else now - lookback
     if checkpoint is not None and checkpoint > now:
-        logger.warning(
-            "cdr checkpoint is in the future; nothing to fetch", extra={"checkpoint": iso(checkpoint)}
-        )
+        logger.warning("cdr checkpoint is in the future; nothing to fetch", extra={"checkpoint": iso(checkpoint)})
     windows = split_windows(start, now, window)
 
     stored = read_current(store)

@@ -53,9 +53,7 @@ def _normalise_gateway(gateway: str) -> str:
     if scheme not in ("https", "http"):
         raise ConfigError(f"Qualys gateway {gateway!r}: only https:// URLs are accepted")
     if parts.username is not None or parts.password is not None:
-        raise ConfigError(
-            "Qualys gateway URL must not carry credentials: use QUALYS_USERNAME/QUALYS_PASSWORD"
-        )
+        raise ConfigError("Qualys gateway URL must not carry credentials: use QUALYS_USERNAME/QUALYS_PASSWORD")
     if parts.query or parts.fragment:
         raise ConfigError(f"Qualys gateway {gateway!r}: a query string or fragment is not allowed")
     host = parts.hostname
@@ -87,6 +85,4 @@ def resolve_gateway(platform: str | None, gateway: str | None) -> str:
                 f"unknown Qualys platform {platform.strip()!r}: valid platforms are {', '.join(PLATFORMS)}"
             )
         return f"https://{PLATFORMS[key]}"
-    raise ConfigError(
-        "no Qualys gateway configured: set --platform/QUALYS_PLATFORM or --gateway/QUALYS_GATEWAY_URL"
-    )
+    raise ConfigError("no Qualys gateway configured: set --platform/QUALYS_PLATFORM or --gateway/QUALYS_GATEWAY_URL")

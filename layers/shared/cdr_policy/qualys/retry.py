@@ -151,8 +151,7 @@ class Retrier:
             remaining = self._remaining()
             if remaining is not None and delay >= remaining:
                 raise QualysDeadline(
-                    f"{what}: {reason}; waiting {delay:.1f}s would pass the time budget "
-                    f"({remaining:.1f}s left)"
+                    f"{what}: {reason}; waiting {delay:.1f}s would pass the time budget ({remaining:.1f}s left)"
                 )
             self.stats.retries += 1
             self.stats.waited_s += delay

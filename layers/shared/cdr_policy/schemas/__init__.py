@@ -23,9 +23,7 @@ def _validator(name: str) -> Draft202012Validator:
 def schema_errors(document: Any, name: str) -> list[str]:
     """Every way ``document`` breaks schema ``name`` (``manifest.schema.json``) as ``path: message``;
     empty when it is valid."""
-    errors = sorted(
-        _validator(name).iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.message)
-    )
+    errors = sorted(_validator(name).iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
 
 

@@ -38,11 +38,7 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             files.extend(
-                sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.is_file() and p.suffix in _SUFFIXES and p.name != REPORT_FILE
-                )
+                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES and p.name != REPORT_FILE)
             )
         elif path.is_file():
             files.append(path)
