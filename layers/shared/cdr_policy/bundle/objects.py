@@ -6,7 +6,6 @@ Files ending in ``.yaml`` or ``.yml`` hold objects (one or more YAML documents e
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 
 from cdr_policy.bundle.manifest import VerificationError
+from cdr_policy.netprefix import canonical_text, folded
 from cdr_policy.policy.serialize import load_yaml_documents
 
 OBJECT_SUFFIXES = (".yaml", ".yml")
@@ -83,21 +83,6 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
-def _canonical_prefix(text: str) -> str | None:
-    if not any(c in text for c in ".:") or len(text) > 64:
-        return None
-    try:
-        net = ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        return None
-    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
-        mapped = net.network_address.ipv4_mapped
-        if mapped is not None:
-            # Tetragon lists every IPv4 prefix twice (plain and IPv4-mapped): count it once.
-            return str(ipaddress.IPv4Network((int(mapped), net.prefixlen - 96)))
-    return str(net)
-
-
 def prefixes(objects: Iterable[Mapping[str, Any]]) -> set[str]:
     """The canonical IP prefixes an object set names anywhere outside ``metadata`` (CIDR group
     entries, ``toCIDR``, Tetragon ``DAddr`` values, ...): the entries the change budget counts."""
@@ -107,9 +92,10 @@ def prefixes(objects: Iterable[Mapping[str, Any]]) -> set[str]:
             if key == "metadata":
                 continue
             for text in _strings(value):
-                prefix = _canonical_prefix(text)
+                # Tetragon lists every IPv4 prefix twice (plain and IPv4-mapped): ``folded`` counts it once.
+                prefix = folded(text)
                 if prefix is not None:
-                    found.add(prefix)
+                    found.add(canonical_text(prefix))
     return found
 
 

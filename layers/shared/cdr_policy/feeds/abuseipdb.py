@@ -34,9 +34,9 @@ from cdr_policy.errors import ConfigError
 from cdr_policy.feeds.download import make_client
 from cdr_policy.feeds.parse import parse_token
 from cdr_policy.feeds.persist import FeedOutcome, load_set, reputation_set_key, save_set_if_changed
-from cdr_policy.feeds.prefix import BITS, last_address, sort_key, to_string
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import Indicator, IndicatorSet, Rejection
+from cdr_policy.netprefix import BITS, last_address, sort_key, to_string
 from cdr_policy.observability import logger, metrics
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import iso, parse_iso

@@ -23,10 +23,10 @@ from itertools import chain, compress
 
 from cdr_policy.feeds.lanes import adjacency_flags, pack_ipv4, pack_ipv6, sort_ipv4
 from cdr_policy.feeds.parse import ParsedFeed
-from cdr_policy.feeds.prefix import BITS, Prefixes, last_address, sort_key, to_string
 from cdr_policy.feeds.ranking import category_weight
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import Indicator, IndicatorSet, Rejection
+from cdr_policy.netprefix import BITS, Prefixes, last_address, sort_key, to_string
 from cdr_policy.timeutil import iso, parse_iso
 
 # The guard's wording for a prefix that lies wholly inside one protected range: every address of

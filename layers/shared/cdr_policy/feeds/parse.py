@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 
-from cdr_policy.feeds.prefix import BITS, MAPPED_V4_BASE
+from cdr_policy.netprefix import BITS, MAPPED_V4_BASE
 
 FORMATS = ("auto", "plain", "abusech", "feodo-csv", "tor-exit-addresses")
 

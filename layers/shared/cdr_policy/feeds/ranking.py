@@ -20,8 +20,8 @@ indicators best first by these keys, in this order:
 
 from __future__ import annotations
 
-from cdr_policy.feeds.prefix import sort_key
 from cdr_policy.models import Indicator
+from cdr_policy.netprefix import sort_key
 from cdr_policy.timeutil import parse_iso
 
 CATEGORY_WEIGHTS: dict[str, int] = {

@@ -50,9 +50,9 @@ from cdr_policy.feeds.persist import (
     save_set_if_changed,
     save_state,
 )
-from cdr_policy.feeds.prefix import last_address, parse_canonical, to_string
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import Indicator, IndicatorSet, Rejection
+from cdr_policy.netprefix import last_address, parse_canonical, to_string
 from cdr_policy.observability import logger, metrics
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import iso

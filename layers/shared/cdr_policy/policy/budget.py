@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdr_policy.feeds.aggregate import collapse
-from cdr_policy.feeds.prefix import BITS, Prefixes, last_address
 from cdr_policy.models import Indicator
-from cdr_policy.policy.prefixes import parse_explicit
+from cdr_policy.netprefix import BITS, Prefixes, last_address, parse_explicit
 
 OVER_BUDGET = "over budget"
 

@@ -35,6 +35,7 @@ from cdr_policy.feeds.aggregate import merge_indicators
 from cdr_policy.feeds.ranking import rank
 from cdr_policy.guards import NeverBlock, parse_protected
 from cdr_policy.models import Behaviour, Indicator, IndicatorSet, Rejection
+from cdr_policy.netprefix import parse_explicit
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy import cilium, naming, tetragon
 from cdr_policy.policy.behaviours import CATALOGUE, compile_behaviour
@@ -44,7 +45,6 @@ from cdr_policy.policy.checker import SchemaSet, check_object
 from cdr_policy.policy.domains import Resolver, handle_domains
 from cdr_policy.policy.output import PolicyFile
 from cdr_policy.policy.ports import parse_port, port_refusal
-from cdr_policy.policy.prefixes import parse_explicit
 from cdr_policy.rules import RULES
 from cdr_policy.timeutil import iso, parse_iso
 

@@ -36,10 +36,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cdr_policy.netprefix import tetragon_values
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.naming import SHARD, assign_name, part_filename
 from cdr_policy.policy.output import PolicyFile
-from cdr_policy.policy.prefixes import tetragon_values
 
 API_VERSION = "cilium.io/v1alpha1"
 NAMESPACE_LABEL = "k8s:io.kubernetes.pod.namespace"

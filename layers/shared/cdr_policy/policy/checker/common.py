@@ -7,8 +7,8 @@ import ipaddress
 from typing import Any, Protocol
 
 from cdr_policy import jsonio
+from cdr_policy.netprefix import parse_explicit, unmap
 from cdr_policy.policy.checker.problem import Problem, error, warning
-from cdr_policy.policy.prefixes import parse_explicit, unmap
 
 # Our own ceiling per object, far below etcd's default 1.5 MiB request limit.
 MAX_OBJECT_BYTES = 512 * 1024

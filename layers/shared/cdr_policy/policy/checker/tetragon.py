@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from cdr_policy.netprefix import is_mapped, mapped_twin_text, parse_explicit, unmap
 from cdr_policy.policy.checker.common import BlockGuard, check_cidr
 from cdr_policy.policy.checker.problem import Problem, error, warning
-from cdr_policy.policy.prefixes import is_mapped, mapped_twin_text, parse_explicit, unmap
 
 MAX_SELECTORS = 5
 MAX_MATCH_ARGS = 5
