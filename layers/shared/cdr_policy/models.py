@@ -9,13 +9,21 @@ Indicator values are canonical:
   ``2001:db8::/48``); IPv4-mapped IPv6 input is folded to IPv4.
 - ``domain``: lower-case, IDNA (punycode) encoded, no trailing dot.
 - ``port``: ``<proto>/<number>`` (``tcp/4444``).
+
+Two forms of an indicator set: per-entry records (``entries``: each indicator with its own
+provenance, what CDR sets and AbuseIPDB hold, hundreds to thousands of entries) and the compact
+feed form (``prefixes``: a feed's sorted, aggregated prefixes with one provenance for all of them,
+a million entries in a few megabytes; see ``FeedPrefixes`` and ``cdr_policy.feeds.persist``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from cdr_policy.netprefix.vector import V4, V6
 
 SCHEMA_VERSION = 1
 
@@ -107,6 +115,25 @@ class Behaviour:
 
 
 @dataclass
+class FeedPrefixes:
+    """A feed's entries in the compact form: sorted, aggregated, non-overlapping prefixes per
+    family (``ipv4``/``ipv6``, see ``cdr_policy.netprefix.vector``) that share one provenance: the
+    feed (``source``, also the only ref), its ``category``, when they were last downloaded
+    (``last_seen``, which is also every entry's ``first_seen``: a feed's own history is not ours
+    to keep) and when they expire. Stored packed and checked as a whole
+    (``cdr_policy.feeds.persist``), never entry by entry."""
+
+    category: str
+    last_seen: str
+    expires_at: str
+    ipv4: V4
+    ipv6: V6
+
+    def __len__(self) -> int:
+        return len(self.ipv4) + len(self.ipv6)
+
+
+@dataclass
 class IndicatorSet:
     """What one source currently contributes (``indicators/cdr/current.json``,
     ``indicators/feeds/<name>.json``, ``indicators/reputation/abuseipdb.json``)."""
@@ -119,8 +146,18 @@ class IndicatorSet:
     rejected: list[Rejection] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # The compact feed form of the entries (feed sets only); ``entries`` is then empty.
+    prefixes: FeedPrefixes | None = None
+
+    @property
+    def size(self) -> int:
+        """Entries in force, in either form."""
+        return len(self.entries) + (len(self.prefixes) if self.prefixes is not None else 0)
 
     def to_dict(self) -> dict[str, Any]:
+        """The per-entry JSON form (a set with ``prefixes`` is written by ``feeds.persist.dump_set``)."""
+        if self.prefixes is not None:
+            raise ValueError("a compact feed set is written by cdr_policy.feeds.persist.dump_set")
         return {
             "schema_version": SCHEMA_VERSION,
             "source": self.source,
@@ -135,6 +172,7 @@ class IndicatorSet:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IndicatorSet:
+        """The per-entry JSON form (``feeds.persist.parse_set`` reads both forms)."""
         if d.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"unsupported indicator-set schema_version {d.get('schema_version')!r}")
         return cls(

@@ -11,19 +11,19 @@ from typing import Any
 
 from aws_lambda_powertools.utilities import parameters
 
-from cdr_policy import aws, jsonio, schemas
+from cdr_policy import aws, jsonio
 from cdr_policy.bundle import keys
 from cdr_policy.bundle.assemble import assemble
 from cdr_policy.bundle.publish import publish_bundle
 from cdr_policy.bundle.signing import KmsSigner
 from cdr_policy.config import Settings
-from cdr_policy.errors import CdrPolicyError, ConfigError
+from cdr_policy.errors import ConfigError
 from cdr_policy.feeds.abuseipdb import AbuseIPDB
 from cdr_policy.feeds.download import DEADLINE_S as DOWNLOAD_DEADLINE_S
+from cdr_policy.feeds.persist import load_indicator_sets
 from cdr_policy.feeds.sync import run_feed_sync
 from cdr_policy.guards import NeverBlock
-from cdr_policy.lambda_events import INDICATORS_PREFIX, PublishRequest
-from cdr_policy.models import IndicatorSet
+from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.observability import logger
 from cdr_policy.operator_config import channels_from_store, feeds_from_store, mapping_from_store
 from cdr_policy.policy.checker import SchemaSet
@@ -105,22 +105,6 @@ def cdr_ips(store: Store) -> list[str]:
     """The addresses of the CDR set in force (what AbuseIPDB is asked about)."""
     cdr = load_cdr_set(store)
     return sorted(e.value.split("/")[0] for e in (cdr.entries if cdr else []) if e.kind == "ip")
-
-
-def load_indicator_sets(store: Store) -> list[IndicatorSet]:
-    """Every current indicator set under ``indicators/``, in key order, each checked against its
-    schema. A broken set stops the render (the channels keep their last good bundle) rather than
-    silently shrinking the blocklists."""
-    sets = []
-    for key in store.list(INDICATORS_PREFIX):
-        if key.endswith(".json"):
-            try:
-                doc = jsonio.loads(store.get(key).data)
-            except ValueError as exc:
-                raise CdrPolicyError(f"{store.describe()}/{key} is not JSON: {exc}") from exc
-            schemas.validate(doc, "indicator-set.schema.json")
-            sets.append(IndicatorSet.from_dict(doc))
-    return sets
 
 
 def load_schemas(store: Store) -> SchemaSet | None:

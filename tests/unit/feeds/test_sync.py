@@ -18,7 +18,7 @@ from moto import mock_aws
 from cdr_policy import jsonio, schemas
 from cdr_policy.feeds.abuseipdb import AbuseIPDB
 from cdr_policy.feeds.config import FeedConfig
-from cdr_policy.feeds.persist import feed_set_key, feed_state_key, raw_key
+from cdr_policy.feeds.persist import feed_set_key, feed_state_key, parse_set, raw_key
 from cdr_policy.feeds.sync import FeedSyncResult, run_feed_sync
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import IndicatorSet
@@ -55,11 +55,15 @@ def sync(store: Store, feeds: list[FeedConfig], now: datetime, http, **kw) -> Fe
     return run_feed_sync(store, feeds, now=now, guard=NeverBlock(), http=http, **kw)
 
 
-def stored(store: Store, name: str, validate: bool = False) -> IndicatorSet:
-    doc = jsonio.loads(store.get(feed_set_key(name)).data)
-    if validate:
-        schemas.validate(doc, "indicator-set.schema.json")
-    return IndicatorSet.from_dict(doc)
+def stored(store: Store, name: str) -> IndicatorSet:
+    """The stored set, read as Render reads it (schema and compact payload checked)."""
+    return parse_set(store.get(feed_set_key(name)).data, name)
+
+
+def values(s: IndicatorSet) -> list[str]:
+    """Every entry of a set in the compact form, as canonical text (IPv4 first)."""
+    assert s.prefixes is not None and s.entries == []
+    return s.prefixes.ipv4.strings() + s.prefixes.ipv6.strings()
 
 
 def state(store: Store, name: str) -> dict:
@@ -87,18 +91,15 @@ def test_first_sync_counts_match_the_files(store, feeds, now, http, www: Path) -
     assert (feodo["format"], feodo["ipv4"], feodo["trailer"]) == ("feodo-csv", 28, 28)
     assert result.written == sorted(feed_set_key(n) for n in SAMPLES)
 
-    stored(store, "tor-exit", validate=True)
     s = stored(store, "blocklist-de")
-    assert (s.source, s.status, s.fetched_at, len(s.entries)) == ("feed:blocklist-de", "ok", iso(now), 16_234)
-    first = s.entries[0]
-    assert (first.kind, first.category, first.sources, first.refs) == (
-        "ip",
+    assert (s.source, s.status, s.fetched_at, s.size) == ("feed:blocklist-de", "ok", iso(now), 16_234)
+    assert s.prefixes is not None and (len(s.prefixes.ipv4), len(s.prefixes.ipv6)) == (15_763, 471)
+    assert (s.prefixes.category, s.prefixes.last_seen, s.prefixes.expires_at) == (
         "attacker",
-        ["blocklist-de"],
-        ["blocklist-de"],
+        iso(now),
+        iso(now + timedelta(hours=48)),
     )
-    assert (first.first_seen, first.last_seen, first.expires_at) == (iso(now), iso(now), iso(now + timedelta(hours=48)))
-    assert ":" not in s.entries[15_762].value and ":" in s.entries[15_763].value  # IPv4 first, then IPv6
+    assert len(store.get(feed_set_key("blocklist-de")).data) < 200_000  # 16,234 prefixes, compact
     assert store.get(raw_key("blocklist-de")).data == (www / "blocklist_de_all.txt").read_bytes()
     st = state(store, "blocklist-de")
     assert st["etag"] and st["last_modified"] and st["last_good_count"] == 25_961
@@ -175,10 +176,10 @@ def test_a_broken_feed_keeps_its_last_good_copy_and_says_why(
 
     outcome = result.feeds["emerging-threats"]
     assert outcome.status == "stale" and words in outcome.error and outcome.changed
-    assert outcome.entries == len(good.entries) == 538
-    kept = stored(store, "emerging-threats", validate=True)
+    assert outcome.entries == good.size == 538
+    kept = stored(store, "emerging-threats")
     assert (kept.status, kept.stats["gate"], kept.fetched_at) == ("stale", check, good.fetched_at)
-    assert [e.value for e in kept.entries] == [e.value for e in good.entries]
+    assert values(kept) == values(good)
     assert words in kept.error
     assert store.get(raw_key("emerging-threats")).data == raw
     st = state(store, "emerging-threats")
@@ -269,12 +270,12 @@ def test_poisoned_entries_are_rejected_with_reasons(store, small, now, http, www
         ("010.0.0.1", "ambiguous: leading zero in an IPv4 octet (octal or decimal?)"),
     }
     s = stored(store, "emerging-threats")
-    assert not {"8.8.8.8/32", "10.0.0.0/8", "0.0.0.0/0", "192.168.1.1/32"} & {e.value for e in s.entries}
+    assert not {"8.8.8.8/32", "10.0.0.0/8", "0.0.0.0/0", "192.168.1.1/32"} & set(values(s))
     assert (s.stats["rejected_guard"], s.stats["rejected_parse"], s.stats["ipv4"]) == (4, 1, 543)
     assert len(s.rejected) == 5
 
 
-def test_first_seen_survives_syncs_and_aggregation_changes(store, now, http, server, www: Path) -> None:
+def test_a_feed_set_is_one_provenance_for_its_aggregated_prefixes(store, now, http, server, www: Path) -> None:
     (www / "l.txt").write_text("93.184.216.34\n93.184.216.40\n198.51.100.200\n")
     feed = [feed_for(server, "/l.txt", "list", ttl_hours=24)]
     sync(store, feed, now, http)
@@ -282,12 +283,10 @@ def test_first_seen_survives_syncs_and_aggregation_changes(store, now, http, ser
     # .35 joins .34 into a /31; .40 stays; a new address appears.
     (www / "l.txt").write_text("93.184.216.34\n93.184.216.35\n93.184.216.40\n203.0.114.9\n")
     sync(store, feed, later, http)
-    seen = {e.value: (e.first_seen, e.last_seen, e.expires_at) for e in stored(store, "list").entries}
-    assert seen == {
-        "93.184.216.34/31": (iso(now), iso(later), iso(later + timedelta(hours=24))),
-        "93.184.216.40/32": (iso(now), iso(later), iso(later + timedelta(hours=24))),
-        "203.0.114.9/32": (iso(later), iso(later), iso(later + timedelta(hours=24))),
-    }
+    s = stored(store, "list")
+    assert values(s) == ["93.184.216.34/31", "93.184.216.40/32", "203.0.114.9/32"]
+    assert s.prefixes is not None
+    assert (s.prefixes.last_seen, s.prefixes.expires_at) == (iso(later), iso(later + timedelta(hours=24)))
 
 
 def test_stale_entries_age_out_after_their_ttl(store, now, http, server, www: Path) -> None:
@@ -298,7 +297,7 @@ def test_stale_entries_age_out_after_their_ttl(store, now, http, server, www: Pa
     assert sync(store, feed, now + timedelta(hours=1), http).feeds["list"].entries == 1
     late = sync(store, feed, now + timedelta(hours=3), http)
     assert (late.feeds["list"].status, late.feeds["list"].entries, late.feeds["list"].changed) == ("stale", 0, True)
-    assert stored(store, "list").entries == []
+    assert stored(store, "list").size == 0
 
 
 def test_unchanged_feed_is_rewritten_only_when_its_expiry_needs_refreshing(store, now, http, server, www) -> None:
@@ -308,8 +307,9 @@ def test_unchanged_feed_is_rewritten_only_when_its_expiry_needs_refreshing(store
     assert not sync(store, feed, now + timedelta(hours=4), http).feeds["list"].changed
     refreshed = sync(store, feed, now + timedelta(hours=6), http)
     assert refreshed.feeds["list"].changed
-    (entry,) = stored(store, "list").entries
-    assert (entry.first_seen, entry.expires_at) == (iso(now), iso(now + timedelta(hours=16)))
+    s = stored(store, "list")
+    assert values(s) == ["93.184.216.34/32"] and s.prefixes is not None
+    assert s.prefixes.expires_at == iso(now + timedelta(hours=16))
 
 
 def test_disabled_and_removed_feeds_withdraw_their_entries(store, small, now, http) -> None:
@@ -321,7 +321,7 @@ def test_disabled_and_removed_feeds_withdraw_their_entries(store, small, now, ht
     assert result.feeds["emerging-threats"].error == "no longer in the feed configuration"
     for name in ("tor-exit", "emerging-threats"):
         s = stored(store, name)
-        assert (s.status, s.entries) == ("disabled", [])
+        assert (s.status, s.entries, s.prefixes) == ("disabled", [], None)
     assert feed_set_key("tor-exit") in result.written
     assert not sync(store, remaining, now + timedelta(hours=2), http).feeds["tor-exit"].changed
 
@@ -348,7 +348,7 @@ def test_works_against_s3(feeds, now, http) -> None:
         s3 = S3Store(client, "state")
         result = sync(s3, feeds, now, http)
         assert all(o.status == "ok" for o in result.feeds.values())
-        assert len(stored(s3, "blocklist-de").entries) == 16_234
+        assert stored(s3, "blocklist-de").size == 16_234
         assert not sync(s3, feeds, now + timedelta(minutes=30), http).written
 
 

@@ -4,8 +4,8 @@ Per enabled feed, in one run:
 1. all feeds are fetched at once (``download.fetch_all``) with the validators of the last good copy;
 2. the body (or, after a ``304``, the stored last good copy) is parsed and put through the gate;
 3. a passing body is filtered by the never-block guard (every refused entry reported) and
-   aggregated; entries keep the ``first_seen`` of the previous set, get ``last_seen = now`` and
-   ``expires_at = now + ttl``;
+   aggregated into the compact form (``models.FeedPrefixes``): one provenance for every entry,
+   ``last_seen = now`` and ``expires_at = now + ttl``;
 4. a failing body or download leaves the previous set in force, marked ``stale`` with the reason;
    its entries still expire at their ``expires_at``, so a feed that stays broken ages out;
 5. the set is written only when what rendering depends on changed (``persist``).
@@ -17,7 +17,6 @@ set, so that removing a feed from the configuration removes its entries from the
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import numpy as np
 from aws_lambda_powertools.metrics import MetricUnit
 
 from cdr_policy.feeds import gate
@@ -51,8 +51,8 @@ from cdr_policy.feeds.persist import (
     save_state,
 )
 from cdr_policy.guards import NeverBlock
-from cdr_policy.models import Indicator, IndicatorSet, Rejection
-from cdr_policy.netprefix import last_address, parse_canonical, to_string
+from cdr_policy.models import FeedPrefixes, IndicatorSet, Rejection
+from cdr_policy.netprefix.vector import V4, V6
 from cdr_policy.observability import logger, metrics
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import iso
@@ -214,14 +214,14 @@ class _FeedJob:
     def _accept(self, parsed: ParsedFeed, body: bytes, verdict: gate.Verdict, fetched: FetchResult) -> FeedOutcome:
         name = self.feed.name
         ingested = ingest(parsed, self.guard, name)
-        entries = self._indicators(ingested)
+        prefixes = self._prefixes(ingested)
         listed = parsed.rejected[:MAX_LISTED_PARSE_REJECTIONS]
         rejected = [Rejection(value=v, source=name, reason=r) for v, r in listed] + ingested.rejected
         sha = hashlib.sha256(body).hexdigest()
         stats = {
             **parsed.stats(),
             "rejected_guard": len(ingested.rejected),
-            "entries": len(entries),
+            "entries": len(prefixes),
             "bytes": len(body),
             "sha256": sha,
             "not_modified": fetched.outcome == "not_modified",
@@ -232,9 +232,9 @@ class _FeedJob:
             source=f"feed:{name}",
             fetched_at=iso(self.now),
             status="empty" if verdict.status == "empty" else "ok",
-            entries=entries,
             rejected=rejected,
             stats=stats,
+            prefixes=prefixes,
         )
         changed = save_set_if_changed(self.store, self.previous, new, now=self.now, ttl=self.ttl)
         if fetched.outcome == "ok" and (sha != self.state.last_good_sha256 or self.raw_missing):
@@ -254,7 +254,7 @@ class _FeedJob:
             extra={
                 "feed": name,
                 "status": new.status,
-                "entries": len(entries),
+                "entries": len(prefixes),
                 "lines": parsed.lines,
                 "rejected_parse": len(parsed.rejected),
                 "rejected_guard": len(ingested.rejected),
@@ -264,26 +264,15 @@ class _FeedJob:
         )
         return FeedOutcome.of_set(name, new, changed=changed, key=self.previous.key)
 
-    def _indicators(self, ingested: Ingested) -> list[Indicator]:
-        first_seen = _FirstSeen(self.previous.indicator_set)
-        now_s, expires = iso(self.now), iso(self.now + self.ttl)
-        out = []
-        for version in (4, 6):
-            for net, length in ingested.prefixes[version]:
-                value = to_string(version, net, length)
-                out.append(
-                    Indicator(
-                        value=value,
-                        kind="ip",
-                        category=self.feed.category,
-                        sources=[self.feed.name],
-                        first_seen=first_seen.lookup(value, version, net, length) or now_s,
-                        last_seen=now_s,
-                        expires_at=expires,
-                        refs=[self.feed.name],
-                    )
-                )
-        return out
+    def _prefixes(self, ingested: Ingested) -> FeedPrefixes:
+        v4, v6 = ingested.prefixes[4], ingested.prefixes[6]
+        return FeedPrefixes(
+            category=self.feed.category,
+            last_seen=iso(self.now),
+            expires_at=iso(self.now + self.ttl),
+            ipv4=V4(np.frombuffer(v4.networks, dtype=np.uint32).copy(), np.frombuffer(bytes(v4.lengths), np.uint8)),
+            ipv6=V6(list(v6.networks), bytes(v6.lengths)),
+        )
 
     # -- a failed download or gate ----------------------------------------------------------------
 
@@ -297,7 +286,9 @@ class _FeedJob:
         if old is not None and old.status in ("ok", "empty", "stale"):
             now_s = iso(self.now)  # canonical timestamps sort chronologically
             live = [e for e in old.entries if e.expires_at > now_s]
-            stats = {**old.stats, "entries": len(live), "gate": check, "stale_since": st.stale_since}
+            kept = old.prefixes if old.prefixes is not None and old.prefixes.expires_at > now_s else None
+            entries = len(live) + (len(kept) if kept is not None else 0)
+            stats = {**old.stats, "entries": entries, "gate": check, "stale_since": st.stale_since}
             new = IndicatorSet(
                 source=f"feed:{name}",
                 fetched_at=old.fetched_at,
@@ -306,6 +297,7 @@ class _FeedJob:
                 rejected=old.rejected,
                 stats=stats,
                 error=reason,
+                prefixes=kept,
             )
         else:
             new = IndicatorSet(
@@ -326,49 +318,10 @@ class _FeedJob:
                 "check": check,
                 "reason": reason,
                 "status": new.status,
-                "kept_entries": len(new.entries),
+                "kept_entries": new.size,
                 "http_status": fetched.status_code,
                 "final_url": fetched.final_url,
                 "failures": st.failures,
             },
         )
         return FeedOutcome.of_set(name, new, changed=changed, key=self.previous.key)
-
-
-class _FirstSeen:
-    """``first_seen`` of the previous set's entries, found by exact value or, when aggregation
-    changed the prefix, as the earliest of the previous prefixes that overlap the new one (that
-    index is built on the first miss only)."""
-
-    def __init__(self, previous: IndicatorSet | None) -> None:
-        self.entries = previous.entries if previous is not None else []
-        self.exact = {e.value: e.first_seen for e in self.entries}
-        self.rows: dict[int, list[tuple[int, int, str]]] | None = None
-        self.starts: dict[int, list[int]] = {}
-
-    def lookup(self, value: str, version: int, net: int, length: int) -> str | None:
-        hit = self.exact.get(value)
-        if hit is not None or not self.entries:
-            return hit
-        if self.rows is None:
-            self._index()
-        assert self.rows is not None
-        first, last = net, last_address(version, net, length)
-        rows = self.rows[version]
-        i = bisect_right(self.starts[version], last) - 1
-        found = None
-        while i >= 0 and rows[i][1] >= first:
-            found = rows[i][2] if found is None else min(found, rows[i][2])
-            i -= 1
-        return found
-
-    def _index(self) -> None:
-        rows: dict[int, list[tuple[int, int, str]]] = {4: [], 6: []}
-        for e in self.entries:
-            try:
-                version, net, length = parse_canonical(e.value)
-            except ValueError:
-                continue
-            rows[version].append((net, last_address(version, net, length), e.first_seen))
-        self.rows = {v: sorted(r) for v, r in rows.items()}
-        self.starts = {v: [r[0] for r in rs] for v, rs in self.rows.items()}

@@ -1,0 +1,48 @@
+"""Bulk prefix operations agree with ``ipaddress`` on random inputs."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import numpy as np
+import pytest
+
+from cdr_policy.netprefix.vector import collapse_v4, collapsed_size_v4, covered_v4
+
+
+def _random_networks(rng: random.Random) -> list[ipaddress.IPv4Network]:
+    nets = []
+    for _ in range(rng.randint(0, 60)):
+        length = rng.choice([32, 32, 31, 30, 28, 24, 16, 8, rng.randint(0, 32)])
+        base = rng.choice([0, 0x0A000000, 0xFFFFFF00, rng.getrandbits(32)])
+        address = (base + rng.randint(0, 300)) & 0xFFFFFFFF
+        nets.append(ipaddress.IPv4Network((address >> (32 - length) << (32 - length), length)))
+    return nets
+
+
+def _intervals(nets: list[ipaddress.IPv4Network]) -> tuple[np.ndarray, np.ndarray]:
+    first = np.array([int(n.network_address) for n in nets], dtype=np.int64)
+    last = np.array([int(n.broadcast_address) for n in nets], dtype=np.int64)
+    return first, last
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_collapse_equals_collapse_addresses(seed: int) -> None:
+    rng = random.Random(seed)
+    nets = _random_networks(rng)
+    expected = [(int(n.network_address), n.prefixlen) for n in ipaddress.collapse_addresses(nets)]
+    first, last = _intervals(nets)
+    got = collapse_v4(first, last)
+    assert list(zip(got.networks.tolist(), got.lengths.tolist(), strict=True)) == expected
+    assert collapsed_size_v4(first, last) == len(expected)
+    assert got.strings() == [str(n) for n in ipaddress.collapse_addresses(nets)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_covered_means_inside_the_union(seed: int) -> None:
+    rng = random.Random(seed)
+    by, probes = _random_networks(rng), _random_networks(rng)
+    union = list(ipaddress.collapse_addresses(by))
+    expected = [any(p.subnet_of(u) for u in union) for p in probes]
+    assert covered_v4(*_intervals(probes), *_intervals(by)).tolist() == expected
