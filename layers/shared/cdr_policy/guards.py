@@ -153,6 +153,15 @@ class NeverBlock:
             i -= 1
         return None
 
+    def protected_ranges(self, version: int) -> list[tuple[int, int]]:
+        """Every protected range of a family as ``(first, last)`` (for checks of many prefixes at once)."""
+        t = self._tables[version]
+        return list(zip(t.starts, t.ends, strict=True))
+
+    def min_prefix_length(self, version: int) -> int:
+        """Prefixes shorter than this are refused as over-broad."""
+        return self.min_prefix[version]
+
     def check_network(self, net: IPNetwork) -> str | None:
         return self.check_interval(net.version, int(net.network_address), int(net.broadcast_address), net.prefixlen)
 

@@ -103,7 +103,7 @@ class LocalRun:
         self._summarise(output, result.files, cdr)
         report = build_report(now=now, render=result.report, cdr=cdr, feeds=feeds, rejected=feed_rejected)
         (output / "report.json").write_bytes(jsonio.dumps_pretty(report))
-        left_out = len(result.report.get("left_out", []))
+        left_out = result.report["left_out_total"]
         if left_out:
             self.say(f"Capacity budget: {left_out} prefix(es) left out (lowest evidence first, see report.json)")
         if args.apply:

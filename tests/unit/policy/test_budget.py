@@ -7,22 +7,37 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdr_policy.feeds.ranking import rank
-from cdr_policy.policy.budget import OVER_BUDGET, cut, rank_entries
-from cdr_policy.policy.channel import ChannelSettings
+import numpy as np
 
-from .factories import cdr_set, feed_set, indicator, render
+from cdr_policy.guards import NeverBlock
+from cdr_policy.policy.budget import OVER_BUDGET, Cut, cut, listed_left_out
+from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.ranked import rank_ips
+
+from .factories import NOW, cdr_set, feed_set, indicator, render
 
 
 def _entries(indicators):
-    return rank_entries(rank(indicators), lambda i: "cdr" if "cdr" in i.sources else "threat-intel")
+    return rank_ips(indicators, [], now=NOW, guard=NeverBlock()).table
+
+
+def kept_values(result: Cut, group: str) -> list[str]:
+    return [result.table.value(r) for r in result.kept_rows(group).tolist()]
+
+
+def covered_values(result: Cut) -> list[str]:
+    return [result.table.value(r) for r in np.flatnonzero(result.covered).tolist()]
+
+
+def left_out(result: Cut) -> list[dict]:
+    return listed_left_out({"engine": result})[0]
 
 
 def test_everything_fits_under_the_limit():
     entries = _entries([indicator(f"45.33.32.{i}/32") for i in range(10)])
     result = cut(entries, 100)
     assert result.kept == {"cdr": ["45.33.32.0/29", "45.33.32.8/31"]}
-    assert result.used == 2 and result.left_out == []
+    assert result.used == 2 and left_out(result) == []
     assert result.report() == {"limit": 100, "used": 2, "covered": 0, "left_out": 0}
 
 
@@ -32,13 +47,13 @@ def test_the_weakest_evidence_is_left_out_with_its_rank():
     scored = indicator("91.92.93.94/32", sources=("feed:a", "feed:b"), category="c2", score=90)
     result = cut(_entries(weak + [scored] + strong), 5)
     assert result.used == 5
-    assert [i.value for i in result.kept_indicators["cdr"]] == [
+    assert kept_values(result, "cdr") == [
         "45.33.0.1/32",
         "45.33.1.1/32",
         "45.33.2.1/32",
     ]
-    assert [i.value for i in result.kept_indicators["threat-intel"]] == ["91.92.93.94/32", "185.220.0.1/32"]
-    assert [(e["value"], e["rank"], e["reason"]) for e in result.left_out] == [
+    assert kept_values(result, "threat-intel") == ["91.92.93.94/32", "185.220.0.1/32"]
+    assert [(e["value"], e["rank"], e["reason"]) for e in left_out(result)] == [
         ("185.220.1.1/32", 6, OVER_BUDGET),
         ("185.220.2.1/32", 7, OVER_BUDGET),
         ("185.220.3.1/32", 8, OVER_BUDGET),
@@ -51,7 +66,7 @@ def test_aggregation_lets_more_entries_in_than_the_limit():
     entries = _entries([indicator(f"45.33.32.{i}/32") for i in range(8)] + [indicator("46.0.0.1/32")])
     result = cut(entries, 2)
     assert result.kept == {"cdr": ["45.33.32.0/29", "46.0.0.1/32"]}
-    assert result.left_out == []
+    assert left_out(result) == []
 
 
 def test_entries_covered_by_a_kept_prefix_are_not_reported_as_left_out():
@@ -59,13 +74,13 @@ def test_entries_covered_by_a_kept_prefix_are_not_reported_as_left_out():
     entries = _entries([indicator("45.33.32.0/24"), indicator("46.1.1.0/24", sources=("feed:x",)), covered])
     result = cut(entries, 1)
     assert result.kept == {"cdr": ["45.33.32.0/24"]}
-    assert [e["value"] for e in result.left_out] == ["46.1.1.0/24"]
-    assert [i.value for i in result.covered] == ["45.33.32.77/32"]  # blocked through the CDR /24
+    assert [e["value"] for e in left_out(result)] == ["46.1.1.0/24"]
+    assert covered_values(result) == ["45.33.32.77/32"]  # blocked through the CDR /24
 
 
 def test_zero_budget_leaves_everything_out():
     result = cut(_entries([indicator("45.33.32.0/24")]), 0)
-    assert result.kept == {} and len(result.left_out) == 1
+    assert result.kept == {} and len(left_out(result)) == 1
 
 
 prefixes = st.builds(
@@ -89,18 +104,18 @@ def test_cut_properties(values, cdr_flags, limit):
     entries = _entries(indicators)
     result = cut(entries, limit)
     assert result.used <= limit
-    kept = {i.value for group in result.kept_indicators.values() for i in group}
-    left = {e["value"] for e in result.left_out}
-    covered = {i.value for i in result.covered}
+    kept = {v for group in ("cdr", "threat-intel") for v in kept_values(result, group)}
+    left = {e["value"] for e in left_out(result)}
+    covered = set(covered_values(result))
     assert kept | left | covered == set(values)  # nothing lost
     assert len(kept) + len(left) + len(covered) == len(values)  # nothing twice
     # A cut by rank: every kept entry ranks above every entry below the cut
-    ranks = {e.indicator.value: e.rank for e in entries}
+    ranks = {entries.value(row): row + 1 for row in range(len(entries))}
     if kept and (left or covered):
         assert max(ranks[v] for v in kept) < min(ranks[v] for v in left | covered)
     # What is kept aggregates to exactly the union of the kept entries
     for group, group_prefixes in result.kept.items():
-        mine = [ipaddress.ip_network(i.value) for i in result.kept_indicators[group]]
+        mine = [ipaddress.ip_network(v) for v in kept_values(result, group)]
         assert group_prefixes == [str(n) for n in ipaddress.collapse_addresses(mine)]
 
 

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from cdr_policy.models import Indicator, IndicatorSet
+from cdr_policy.policy.budget import MAX_LISTED_LEFT_OUT
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import check_object, errors_of
 from cdr_policy.policy.checker.common import MAX_OBJECT_BYTES, object_size
@@ -50,8 +51,9 @@ def test_200k_prefixes(schemas):
     assert budget["tetragon"] == {"limit": 50_000, "used": 50_000, "covered": 0, "left_out": 150_000}
     assert budget["cilium"] == {"limit": 50_000, "used": 50_000, "covered": 0, "left_out": 150_000}
     left = result.report["left_out"]
-    assert len(left) == 150_000
-    assert left[0]["rank"] == 50_001 and left[-1]["rank"] == 200_000  # cut by rank, weakest out
+    assert result.report["left_out_total"] == 150_000
+    assert len(left) == MAX_LISTED_LEFT_OUT  # the best-ranked of them listed, all counted
+    assert left[0]["rank"] == 50_001 and left[-1]["rank"] == 51_000  # cut by rank, weakest out
     assert all(e["group"] == "threat-intel" for e in left)  # every CDR address kept
 
     kinds = [f.kind for f in result.files]

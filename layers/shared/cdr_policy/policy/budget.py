@@ -1,149 +1,148 @@
 """Capacity budget: how many prefixes a channel's Tetragon and Cilium blocklists may hold.
 
-The indicators arrive ranked best evidence first (``cdr_policy.feeds.ranking``: CDR detections,
-then agreement between feeds, reputation score, category, recency). The cut keeps the longest
-prefix of that ranking whose *aggregated* size (``cdr_policy.feeds.aggregate.collapse``, per
-blocklist and family) fits the limit: the top ``limit`` entries always fit (aggregation never
-adds prefixes), and a binary search extends the cut while it still fits. Entries below the cut
-that a kept prefix (of either blocklist) already covers are blocked all the same and counted as
-``covered``; every other one is reported as left out with its value, rank and reason. Nothing is
-ever dropped at random.
+The IP indicators arrive ranked best evidence first (``policy.ranked``: CDR detections, then
+agreement between sources, reputation score, category, recency). The cut keeps the longest prefix
+of that ranking whose *aggregated* size (per blocklist and family, ``netprefix.vector``) fits the
+limit: the top ``limit`` entries always fit (aggregation never adds prefixes), so the search
+doubles from there until it no longer fits and then bisects. Entries below the cut that a kept
+prefix (of either blocklist) already covers are blocked all the same and counted as ``covered``;
+every other one is left out, counted, and the best-ranked ``MAX_LISTED_LEFT_OUT`` of them are
+listed with their value, rank and reason. Nothing is ever dropped at random.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from cdr_policy.feeds.aggregate import collapse
-from cdr_policy.models import Indicator
-from cdr_policy.netprefix import BITS, Prefixes, last_address, parse_explicit
+from cdr_policy.netprefix import last_address
+from cdr_policy.netprefix.vector import collapse_v4, collapsed_size_v4, covered_v4
+from cdr_policy.policy.ranked import CDR, THREAT_INTEL, RankedTable
 
 OVER_BUDGET = "over budget"
-
-
-@dataclass(frozen=True)
-class Ranked:
-    """One indicator at its rank (1 = strongest), in the blocklist ``group`` it belongs to."""
-
-    rank: int
-    group: str
-    indicator: Indicator
-    version: int
-    network: int
-    length: int
+# Left-out entries listed by value in the report; all of them are counted.
+MAX_LISTED_LEFT_OUT = 1000
+GROUPS = (CDR, THREAT_INTEL)
 
 
 @dataclass
 class Cut:
     limit: int
+    table: RankedTable
+    keep: int = 0  # rows [0, keep) of the table are kept
     kept: dict[str, list[str]] = field(default_factory=dict)  # group -> aggregated prefixes, sorted
-    kept_indicators: dict[str, list[Indicator]] = field(default_factory=dict)
-    # Below the cut but inside a kept prefix (of either blocklist): blocked all the same.
-    covered: list[Indicator] = field(default_factory=list)
-    left_out: list[dict[str, Any]] = field(default_factory=list)
+    # Below the cut: inside a kept prefix (of either blocklist, blocked all the same) or left out.
+    covered: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    left_out: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     @property
     def used(self) -> int:
         return sum(len(p) for p in self.kept.values())
 
+    def kept_rows(self, group: str) -> npt.NDArray[np.int64]:
+        rows = np.arange(self.keep)
+        return rows[self.table.cdr[: self.keep] == (group == CDR)]
+
     def report(self) -> dict[str, Any]:
         return {
             "limit": self.limit,
             "used": self.used,
-            "covered": len(self.covered),
-            "left_out": len(self.left_out),
+            "covered": int(self.covered.sum()),
+            "left_out": int(self.left_out.sum()),
         }
 
 
-def rank_entries(ranked: Sequence[Indicator], group_of: Callable[[Indicator], str]) -> list[Ranked]:
-    """Number the ranked indicators (canonical prefixes: the render stage has checked them)."""
-    out = []
-    for position, indicator in enumerate(ranked, start=1):
-        prefix, reason = parse_explicit(indicator.value)
-        if prefix is None or reason:
-            raise ValueError(f"not a canonical prefix: {reason}")
-        out.append(Ranked(position, group_of(indicator), indicator, *prefix))
-    return out
+def _group_masks(table: RankedTable, upto: int) -> list[npt.NDArray[np.bool_]]:
+    head = np.zeros(len(table), dtype=bool)
+    head[:upto] = True
+    return [head & table.cdr, head & ~table.cdr]
 
 
-def _collapsed(entries: Sequence[Ranked]) -> dict[tuple[str, int], Prefixes]:
-    """Per (group, family): the collapsed prefixes of ``entries``."""
-    by_group: dict[tuple[str, int], tuple[list[int], list[tuple[int, int]]]] = {}
-    for e in entries:
-        singles, networks = by_group.setdefault((e.group, e.version), ([], []))
-        if e.length == BITS[e.version]:
-            singles.append(e.network)
-        else:
-            networks.append((e.network, e.length))
-    return {key: collapse(key[1], singles, networks) for key, (singles, networks) in sorted(by_group.items())}
+def _size(table: RankedTable, upto: int) -> int:
+    """Aggregated size of rows ``[0, upto)``: per group and family."""
+    total = 0
+    for mask in _group_masks(table, upto):
+        total += collapsed_size_v4(*table.intervals_v4(mask))
+        v6 = table.prefixes_v6(mask)
+        if v6:
+            total += len(collapse(6, (), v6))
+    return total
 
 
-def _aggregate(entries: Sequence[Ranked]) -> dict[str, list[str]]:
-    """Per group: the collapsed prefixes as sorted strings (IPv4 first)."""
-    out: dict[str, list[str]] = {}
-    for (group, _), prefixes in _collapsed(entries).items():
-        out.setdefault(group, []).extend(prefixes.strings())
-    return out
-
-
-def _size(entries: Sequence[Ranked]) -> int:
-    return sum(len(p) for p in _collapsed(entries).values())
-
-
-def cut(entries: Sequence[Ranked], limit: int) -> Cut:
+def cut(table: RankedTable, limit: int) -> Cut:
     """Keep the best-ranked entries whose aggregate fits ``limit`` (see the module docstring)."""
     if limit < 0:
         raise ValueError("limit must not be negative")
-    n = len(entries)
-    if _size(entries) <= limit:
+    n = len(table)
+    if _size(table, n) <= limit:
         keep = n
     else:
-        lo, hi = min(limit, n), n  # entries[:lo] fits, entries[:hi] does not
+        lo = min(limit, n)  # rows[:lo] fits
+        hi = lo
+        while hi < n:  # gallop: the cut is usually near the limit
+            hi = min(n, max(2 * hi, 1))
+            if _size(table, hi) > limit:
+                break
+            lo = hi
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if _size(entries[:mid]) <= limit:
+            if _size(table, mid) <= limit:
                 lo = mid
             else:
                 hi = mid
         keep = lo
-    result = Cut(limit=limit, kept=_aggregate(entries[:keep]))
-    for e in entries[:keep]:
-        result.kept_indicators.setdefault(e.group, []).append(e.indicator)
-    coverage = _Coverage(result.kept)
-    for e in entries[keep:]:
-        if coverage.contains(e):
-            result.covered.append(e.indicator)
-        else:
-            result.left_out.append(
-                {"value": e.indicator.value, "group": e.group, "rank": e.rank, "reason": OVER_BUDGET}
-            )
+    result = Cut(limit=limit, table=table, keep=keep)
+    for group, mask in zip(GROUPS, _group_masks(table, keep), strict=True):
+        v4 = collapse_v4(*table.intervals_v4(mask))
+        v6 = collapse(6, (), table.prefixes_v6(mask))
+        if len(v4) or len(v6):
+            result.kept[group] = v4.strings() + v6.strings()
+    below = np.zeros(n, dtype=bool)
+    below[keep:] = True
+    result.covered = _covered(table, keep, below)
+    result.left_out = below & ~result.covered
     return result
 
 
-class _Coverage:
-    """Is a prefix inside a kept prefix (any blocklist)? Sorted intervals per family + bisect."""
+def _covered(table: RankedTable, keep: int, below: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Rows below the cut inside a kept prefix of either group."""
+    kept = ~below
+    covered = np.zeros(len(table), dtype=bool)
+    below_v4 = below & (table.version == 4)
+    covered[below_v4] = covered_v4(*table.intervals_v4(below), *table.intervals_v4(kept))
+    union = collapse(6, (), table.prefixes_v6(kept))
+    starts = list(union.networks)
+    ends = [last_address(6, n, length) for n, length in union]
+    for row in np.flatnonzero(below & (table.version == 6)).tolist():
+        network = int(table.hi[row]) << 64 | int(table.lo[row])
+        i = bisect_right(starts, network) - 1
+        covered[row] = i >= 0 and ends[i] >= last_address(6, network, int(table.length[row]))
+    return covered
 
-    def __init__(self, kept: dict[str, list[str]]) -> None:
-        spans: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-        for prefixes in kept.values():
-            for text in prefixes:
-                prefix, _ = parse_explicit(text)
-                assert prefix is not None  # produced by collapse
-                spans[prefix.version].append((prefix.network, prefix.last))
-        self._intervals = {}
-        for version, pairs in spans.items():
-            merged: list[list[int]] = []
-            for first, last in sorted(pairs):
-                if merged and first <= merged[-1][1] + 1:
-                    merged[-1][1] = max(merged[-1][1], last)
-                else:
-                    merged.append([first, last])
-            self._intervals[version] = ([m[0] for m in merged], [m[1] for m in merged])
 
-    def contains(self, e: Ranked) -> bool:
-        starts, ends = self._intervals[e.version]
-        i = bisect_right(starts, e.network) - 1
-        return i >= 0 and ends[i] >= last_address(e.version, e.network, e.length)
+def listed_left_out(cuts: dict[str, Cut]) -> tuple[list[dict[str, Any]], int]:
+    """What the budgets of several engines left out: the best-ranked ``MAX_LISTED_LEFT_OUT`` entries
+    by value (with the engines that left each out) and how many there are in all."""
+    engines = list(cuts)
+    table = cuts[engines[0]].table
+    any_left = np.zeros(len(table), dtype=bool)
+    for c in cuts.values():
+        any_left |= c.left_out
+    rows = np.flatnonzero(any_left)
+    listed = []
+    for row in rows[:MAX_LISTED_LEFT_OUT].tolist():
+        listed.append(
+            {
+                "value": table.value(row),
+                "rank": row + 1,
+                "group": table.group(row),
+                "reason": OVER_BUDGET,
+                "engines": [e for e in engines if cuts[e].left_out[row]],
+            }
+        )
+    return listed, len(rows)

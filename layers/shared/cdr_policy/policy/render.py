@@ -8,8 +8,9 @@ policy files and report.
    nobody may block (``policy.ports``).
 3. Every prefix goes through the never-block list again: the caller's guard and the channel's
    ``protected_cidrs`` (its pod, service and node ranges). Refusals are reported, never silent.
-4. The remaining prefixes are ranked (``feeds.ranking.rank``) and cut to the channel's Tetragon and
-   Cilium budgets (``policy.budget``); what is left out is reported with its rank.
+4. The remaining prefixes, with the compact feed sets' (a million prefixes as arrays), are merged
+   by value and ranked (``policy.ranked``) and cut to the channel's Tetragon and Cilium budgets
+   (``policy.budget``); what is left out is counted and the best-ranked of it listed with its rank.
 5. Objects: behaviour policies per CDR rule (``policy.behaviours``), Tetragon blocklists
    (``cdr`` and ``threat-intel``), Cilium groups and policies (``policy.cilium``).
 6. The checker runs on every object (checklist always; CRD schemas when ``schemas`` is given) and
@@ -25,30 +26,31 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from aws_lambda_powertools.metrics import MetricUnit
 
 from cdr_policy.errors import PolicyCheckError
-from cdr_policy.feeds.aggregate import merge_indicators
-from cdr_policy.feeds.ranking import rank
+from cdr_policy.feeds.aggregate import MAX_REFS, merge_indicators
 from cdr_policy.guards import NeverBlock, parse_protected
 from cdr_policy.models import Behaviour, Indicator, IndicatorSet, Rejection
 from cdr_policy.netprefix import parse_explicit
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy import cilium, naming, tetragon
 from cdr_policy.policy.behaviours import CATALOGUE, compile_behaviour
-from cdr_policy.policy.budget import Cut, cut, rank_entries
+from cdr_policy.policy.budget import Cut, cut, listed_left_out
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet, check_object
 from cdr_policy.policy.domains import Resolver, handle_domains
 from cdr_policy.policy.output import PolicyFile
 from cdr_policy.policy.ports import parse_port, port_refusal
+from cdr_policy.policy.ranked import CDR, THREAT_INTEL, RankedTable, rank_ips
 from cdr_policy.rules import RULES
 from cdr_policy.timeutil import iso, parse_iso
 
-CDR, THREAT_INTEL = "cdr", "threat-intel"
 MAX_REFS_ANNOTATION = 20
 MAX_PROBLEMS_IN_ERROR = 20
 
@@ -82,6 +84,12 @@ class GuardChain:
                 return reason
         return None
 
+    def protected_ranges(self, version: int) -> list[tuple[int, int]]:
+        return [r for guard in self.guards for r in guard.protected_ranges(version)]
+
+    def min_prefix_length(self, version: int) -> int:
+        return max(guard.min_prefix_length(version) for guard in self.guards)
+
     def check_domain(self, name: str) -> str | None:
         for guard in self.guards:
             reason = guard.check_domain(name)
@@ -92,7 +100,8 @@ class GuardChain:
 
 @dataclass
 class _Inputs:
-    ips: list[Indicator] = field(default_factory=list)
+    ips: list[Indicator] = field(default_factory=list)  # per-entry, merged by value
+    feed_sets: list[IndicatorSet] = field(default_factory=list)  # compact
     ports: list[tuple[Indicator, tuple[str, int]]] = field(default_factory=list)
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
@@ -120,9 +129,12 @@ def compile_policies(
         )
     )
     inputs = _collect(sets, channel, now=now, guards=guards, resolver=resolver)
-    ranked = rank_entries(rank(inputs.ips), lambda ind: CDR if "cdr" in ind.sources else THREAT_INTEL)
-    tetragon_cut = cut(ranked, channel.tetragon_max_prefixes)
-    cilium_cut = cut(ranked, cilium.prefix_limit(channel))
+    ranking = rank_ips(inputs.ips, inputs.feed_sets, now=now, guard=guards)
+    inputs.rejected.extend(ranking.rejected)
+    inputs.report["indicators"]["ips"] = len(ranking.table) + len(ranking.rejected) + inputs.report["ips_refused"]
+    del inputs.report["ips_refused"]
+    tetragon_cut = cut(ranking.table, channel.tetragon_max_prefixes)
+    cilium_cut = cut(ranking.table, cilium.prefix_limit(channel))
 
     files: list[PolicyFile] = []
     behaviour_report = []
@@ -134,7 +146,7 @@ def compile_policies(
     files.sort(key=lambda f: (f.kind != "CiliumCIDRGroup", f.filename))
     checks = _check(files, schemas, guards)
 
-    left_out = _left_out(tetragon_cut, cilium_cut)
+    left_out, left_out_total = listed_left_out({"tetragon": tetragon_cut, "cilium": cilium_cut})
     rejected = sorted({(r.value, r.source, r.reason) for r in inputs.rejected})
     report = {
         "channel": {"name": channel.name, "action": channel.action, "cilium_version": channel.cilium_version},
@@ -143,10 +155,11 @@ def compile_policies(
         "behaviours": behaviour_report,
         "budget": {"tetragon": tetragon_cut.report(), "cilium": cilium_cut.report()},
         "left_out": left_out,
+        "left_out_total": left_out_total,
         "rejected": [{"value": v, "source": s, "reason": r} for v, s, r in rejected],
         "checks": checks,
     }
-    metrics.add_metric(name="PrefixesLeftOut", unit=MetricUnit.Count, value=len(left_out))
+    metrics.add_metric(name="PrefixesLeftOut", unit=MetricUnit.Count, value=left_out_total)
     metrics.add_metric(name="IndicatorsRejected", unit=MetricUnit.Count, value=len(rejected))
     logger.info(
         "policies compiled",
@@ -155,7 +168,7 @@ def compile_policies(
             "files": len(files),
             "tetragon_prefixes": tetragon_cut.used,
             "cilium_prefixes": cilium_cut.used,
-            "left_out": len(left_out),
+            "left_out": left_out_total,
             "rejected": len(rejected),
         },
     )
@@ -175,6 +188,9 @@ def _collect(
     for ind_set in sorted(sets, key=lambda s: s.source):
         if ind_set.status == "disabled" or (not channel.threat_intel and ind_set.source != "cdr"):
             excluded.append(ind_set.source)
+        elif ind_set.prefixes is not None:
+            used.append(ind_set)
+            inputs.feed_sets.append(ind_set)
         else:
             used.append(ind_set)
         if ind_set.source == "cdr" and ind_set.status != "disabled":
@@ -193,10 +209,12 @@ def _collect(
     if outcome.indicators:
         extra = IndicatorSet(source="render", fetched_at=iso(now), status="ok", entries=ips + outcome.indicators)
         ips = [i for i in merge_indicators([extra], now) if i.kind == "ip"]
+    refused = 0
     for indicator in ips:
         reason = _ip_refusal(indicator.value, guards)
         if reason:
             inputs.rejected.append(Rejection(indicator.value, ",".join(indicator.sources), reason))
+            refused += 1
         else:
             inputs.ips.append(indicator)
     port_values = []
@@ -214,7 +232,8 @@ def _collect(
             port_values.append(indicator.value)
     inputs.report = {
         "sources": {"used": [s.source for s in used], "excluded": excluded},
-        "indicators": {"ips": len(ips), "domains": len(domains), "ports": len(port_values)},
+        "indicators": {"ips": 0, "domains": len(domains), "ports": len(port_values)},  # ips: after ranking
+        "ips_refused": refused,
         "domains": outcome.report,
         "ports": {
             "values": port_values,
@@ -317,14 +336,16 @@ def _network_files(
         group_ports = group == CDR
         for engine, the_cut in (("tetragon", tetragon_cut), ("cilium", cilium_cut)):
             prefixes = the_cut.kept.get(group, [])
-            indicators = the_cut.kept_indicators.get(group, []) + (port_indicators if group_ports else [])
-            if not indicators:
+            rows = the_cut.kept_rows(group)
+            extra = port_indicators if group_ports else []
+            if not len(rows) and not extra:
                 continue
+            provenance = _provenance(the_cut.table, rows, extra, len(prefixes), group)
             component = (
                 naming.COMPONENT_TETRAGON_BLOCKLIST if engine == "tetragon" else naming.COMPONENT_CILIUM_BLOCKLIST
             )
             labels = naming.ownership_labels(channel.name, component, blocklist=group)
-            meta = tetragon.ObjectMeta(labels=labels, annotations=_provenance(indicators, len(prefixes), group))
+            meta = tetragon.ObjectMeta(labels=labels, annotations=provenance)
             if engine == "tetragon":
                 files.extend(
                     tetragon.network_blocklist(
@@ -342,7 +363,7 @@ def _network_files(
             else:
                 group_meta = tetragon.ObjectMeta(
                     labels=naming.ownership_labels(channel.name, naming.COMPONENT_CIDR_GROUP, blocklist=group),
-                    annotations=_provenance(indicators, len(prefixes), group),
+                    annotations=dict(provenance),
                 )
                 files.extend(
                     cilium.blocklist(
@@ -359,40 +380,44 @@ def _network_files(
     return files
 
 
-def _provenance(indicators: list[Indicator], prefixes: int, group: str) -> dict[str, str]:
-    counts = Counter(source for i in indicators for source in i.sources)
+def _provenance(
+    table: RankedTable, rows: npt.NDArray[np.int64], extra: list[Indicator], prefixes: int, group: str
+) -> dict[str, str]:
+    """Annotations of a blocklist: its sources (with the number of kept entries from each), the
+    latest expiry, the prefix count and, for the CDR blocklist, the findings behind it."""
+    in_rows = np.zeros(len(table), dtype=bool)
+    in_rows[rows] = True
+    pair_sources = table.pair_source[in_rows[table.pair_row]]
+    per_source = np.bincount(pair_sources, minlength=len(table.sources)).tolist()
+    counts = Counter(dict(zip(table.sources, per_source, strict=True)))
+    counts.update(source for i in extra for source in i.sources)
+    expiries = [iso(datetime.fromtimestamp(int(table.expires[rows].max()), UTC))] if len(rows) else []
     annotations = {
-        naming.EXPIRES_AT: max((i.expires_at for i in indicators), key=parse_iso),
-        naming.SOURCES: ",".join(f"{s}={n}" for s, n in sorted(counts.items())),
+        naming.EXPIRES_AT: max(expiries + [i.expires_at for i in extra], key=parse_iso),
+        naming.SOURCES: ",".join(f"{s}={n}" for s, n in sorted(counts.items()) if n),
         naming.ENTRIES: str(prefixes),
     }
     if group == CDR:
-        annotations[naming.REFS] = _refs(r for i in indicators if "cdr" in i.sources for r in i.refs)
+        refs = [r for i in extra if "cdr" in i.sources for r in i.refs]
+        for row in rows.tolist():
+            obj = int(table.obj[row])
+            if obj >= 0 and "cdr" in table.objects[obj].sources:
+                refs.extend(_capped_refs(table, row, table.objects[obj]))
+        annotations[naming.REFS] = _refs(refs)
     return annotations
+
+
+def _capped_refs(table: RankedTable, row: int, indicator: Indicator) -> list[str]:
+    """The refs of a CDR-detected value as the merge keeps them: its own, plus the names of the
+    compact feeds that list it too, at most ``MAX_REFS``."""
+    names = {table.sources[s] for s in table.pair_source[table.pair_row == row].tolist()}
+    return sorted(set(indicator.refs) | (names - set(indicator.sources)))[:MAX_REFS]
 
 
 def _refs(refs: Iterable[str]) -> str:
     unique = sorted(set(refs))
     shown = ",".join(unique[:MAX_REFS_ANNOTATION])
     return f"{shown} (+{len(unique) - MAX_REFS_ANNOTATION} more)" if len(unique) > MAX_REFS_ANNOTATION else shown
-
-
-def _left_out(tetragon_cut: Cut, cilium_cut: Cut) -> list[dict[str, Any]]:
-    by_value: dict[str, dict[str, Any]] = {}
-    for engine, the_cut in (("tetragon", tetragon_cut), ("cilium", cilium_cut)):
-        for entry in the_cut.left_out:
-            item = by_value.setdefault(
-                entry["value"],
-                {
-                    "value": entry["value"],
-                    "rank": entry["rank"],
-                    "group": entry["group"],
-                    "reason": entry["reason"],
-                    "engines": [],
-                },
-            )
-            item["engines"].append(engine)
-    return sorted(by_value.values(), key=lambda e: e["rank"])
 
 
 def _check(files: list[PolicyFile], schemas: SchemaSet | None, guards: GuardChain) -> dict[str, Any]:

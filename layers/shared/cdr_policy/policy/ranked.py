@@ -1,0 +1,370 @@
+"""Every IP indicator of a render in one table, merged by value and ranked best evidence first,
+as numpy arrays: a million feed prefixes cost a few arrays, not a million Python objects.
+
+Inputs are the per-entry IP indicators (CDR, AbuseIPDB, resolved domains: already merged by value,
+provenance and refs kept; ``feeds.aggregate.merge_indicators``) and the compact feed sets
+(``models.FeedPrefixes``: one provenance for all their prefixes). Per value, as
+``merge_indicators`` does for per-entry sets: the union of the sources, the latest ``last_seen``
+and ``expires_at``, the highest score, the category of the CDR detection when there is one, else
+the heaviest. Expired sets and entries never get here.
+
+The ranking is ``feeds.ranking``'s order (CDR detection, agreement between sources, reputation
+score, category weight, recency, then the value in numeric order, IPv4 first), one ``lexsort``.
+
+The never-block guards are asked only about the prefixes that could concern them: those broader
+than the guard's minimum length and those that overlap a protected range (found with a binary
+search over the protected ranges, all at once); everything else is outside every protected range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from cdr_policy.feeds.ranking import category_weight
+from cdr_policy.models import FeedPrefixes, Indicator, IndicatorSet, Rejection
+from cdr_policy.netprefix import BITS, Prefix, parse_explicit, to_string
+from cdr_policy.timeutil import iso, parse_iso
+
+CDR, THREAT_INTEL = "cdr", "threat-intel"
+_LOW64 = (1 << 64) - 1
+
+
+class Guard(Protocol):
+    """What ranking needs of the never-block list (``guards.NeverBlock`` or ``render.GuardChain``)."""
+
+    def check_interval(self, version: int, first: int, last: int, prefixlen: int) -> str | None: ...
+
+    def protected_ranges(self, version: int) -> list[tuple[int, int]]: ...
+
+    def min_prefix_length(self, version: int) -> int: ...
+
+
+_DTYPES: dict[str, type[np.generic]] = {
+    "version": np.uint8,
+    "hi": np.uint64,
+    "lo": np.uint64,
+    "length": np.uint8,
+    "source": np.int32,
+    "cdr": np.bool_,
+    "score": np.int16,
+    "weight": np.int16,
+    "last_seen": np.int64,
+    "expires": np.int64,
+    "obj": np.int32,
+}
+
+
+@dataclass
+class _Rows:
+    """Columns of the long table: one row per (value, source)."""
+
+    version: list[npt.NDArray[np.uint8]]
+    hi: list[npt.NDArray[np.uint64]]
+    lo: list[npt.NDArray[np.uint64]]
+    length: list[npt.NDArray[np.uint8]]
+    source: list[npt.NDArray[np.int32]]
+    cdr: list[npt.NDArray[np.bool_]]
+    score: list[npt.NDArray[np.int16]]
+    weight: list[npt.NDArray[np.int16]]
+    last_seen: list[npt.NDArray[np.int64]]
+    expires: list[npt.NDArray[np.int64]]
+    obj: list[npt.NDArray[np.int32]]
+
+    def add(self, n: int, **cols: object) -> None:
+        for name, value in cols.items():
+            array = np.asarray(value, dtype=_DTYPES[name])
+            getattr(self, name).append(np.broadcast_to(array, (n,)) if array.ndim == 0 else array)
+
+    def concat(self, name: str) -> npt.NDArray[np.generic]:
+        parts = getattr(self, name)
+        return np.concatenate(parts) if parts else np.empty(0, dtype=_DTYPES[name])
+
+
+@dataclass
+class RankedTable:
+    """Unique IP values in rank order (row 0 is the strongest evidence). ``sources_of`` lists, for
+    each (row, source) pair of the merged input, the row and the index into ``sources``."""
+
+    version: npt.NDArray[np.uint8]
+    hi: npt.NDArray[np.uint64]
+    lo: npt.NDArray[np.uint64]
+    length: npt.NDArray[np.uint8]
+    cdr: npt.NDArray[np.bool_]
+    expires: npt.NDArray[np.int64]
+    obj: npt.NDArray[np.int32]  # index into ``objects`` (a per-entry indicator) or -1
+    pair_row: npt.NDArray[np.int64]
+    pair_source: npt.NDArray[np.int32]
+    sources: list[str]
+    objects: list[Indicator]
+
+    def __len__(self) -> int:
+        return len(self.version)
+
+    def group(self, row: int) -> str:
+        return CDR if self.cdr[row] else THREAT_INTEL
+
+    def value(self, row: int) -> str:
+        version = int(self.version[row])
+        network = int(self.hi[row]) << 64 | int(self.lo[row]) if version == 6 else int(self.lo[row])
+        return to_string(version, network, int(self.length[row]))
+
+    def intervals_v4(self, rows: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """``[first, last]`` of the IPv4 rows selected by the mask."""
+        mask = rows & (self.version == 4)
+        first = self.lo[mask].astype(np.int64)
+        return first, first + (np.int64(1) << (32 - self.length[mask].astype(np.int64))) - 1
+
+    def prefixes_v6(self, rows: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+        """``(network, length)`` of the IPv6 rows selected by the mask (Python integers)."""
+        picked = np.flatnonzero(rows & (self.version == 6))
+        return [(int(self.hi[i]) << 64 | int(self.lo[i]), int(self.length[i])) for i in picked]
+
+
+@dataclass
+class Ranking:
+    table: RankedTable
+    rejected: list[Rejection]
+
+
+def rank_ips(
+    indicators: Sequence[Indicator],
+    feed_sets: Sequence[IndicatorSet],
+    *,
+    now: datetime,
+    guard: Guard,
+) -> Ranking:
+    """Merge, filter through ``guard`` and rank (see the module docstring). ``indicators`` are
+    per-entry IP indicators merged by value and already checked by the guard; ``feed_sets`` are the
+    compact sets in force (their prefixes are checked here)."""
+    rows = _Rows([], [], [], [], [], [], [], [], [], [], [])
+    sources: dict[str, int] = {}
+    _add_indicators(rows, indicators, sources)
+    rejected: list[Rejection] = []
+    now_s = iso(now)
+    for feed_set in sorted(feed_sets, key=lambda s: s.source):
+        fp = feed_set.prefixes
+        if fp is None or fp.expires_at <= now_s or not len(fp):
+            continue
+        name = feed_set.source.removeprefix("feed:")
+        source = sources.setdefault(name, len(sources))
+        _add_feed(rows, fp, source)
+    table, pairs = _merge(rows)
+    keep = _guard_mask(table, guard, rejected, pairs, list(sources))
+    return Ranking(_ranked(table, pairs, keep, list(sources), list(indicators)), rejected)
+
+
+def _add_indicators(rows: _Rows, indicators: Sequence[Indicator], sources: dict[str, int]) -> None:
+    """One row per (indicator, source), the columns built as lists and converted once."""
+    cols: dict[str, list[int]] = {name: [] for name in _DTYPES}
+    for index, indicator in enumerate(indicators):
+        prefix, reason = parse_explicit(indicator.value)
+        if prefix is None or reason:
+            raise ValueError(f"not a canonical prefix: {reason}")
+        row = (
+            prefix.version,
+            prefix.network >> 64,
+            prefix.network & _LOW64,
+            prefix.length,
+            "cdr" in indicator.sources,
+            indicator.score or 0,
+            category_weight(indicator.category),
+            int(parse_iso(indicator.last_seen).timestamp()),
+            int(parse_iso(indicator.expires_at).timestamp()),
+            index,
+        )
+        for name in sorted(set(indicator.sources)):
+            for column, value in zip(_PER_ROW, row, strict=True):
+                cols[column].append(value)
+            cols["source"].append(sources.setdefault(name, len(sources)))
+    if cols["source"]:
+        rows.add(len(cols["source"]), **cols)  # type: ignore[arg-type]
+
+
+_PER_ROW = ("version", "hi", "lo", "length", "cdr", "score", "weight", "last_seen", "expires", "obj")
+
+
+def _add_feed(rows: _Rows, fp: FeedPrefixes, source: int) -> None:
+    common = {
+        "source": source,
+        "cdr": False,
+        "score": 0,
+        "weight": category_weight(fp.category),
+        "last_seen": int(parse_iso(fp.last_seen).timestamp()),
+        "expires": int(parse_iso(fp.expires_at).timestamp()),
+        "obj": -1,
+    }
+    n4 = len(fp.ipv4)
+    if n4:
+        rows.add(n4, version=4, hi=0, lo=fp.ipv4.networks, length=fp.ipv4.lengths, **common)  # type: ignore[arg-type]
+    n6 = len(fp.ipv6)
+    if n6:
+        rows.add(
+            n6,
+            version=6,
+            hi=[n >> 64 for n in fp.ipv6.networks],
+            lo=[n & _LOW64 for n in fp.ipv6.networks],
+            length=list(fp.ipv6.lengths),
+            **common,  # type: ignore[arg-type]
+        )
+
+
+@dataclass
+class _Merged:
+    """One row per unique value (value order), with the aggregates the ranking needs."""
+
+    version: npt.NDArray[np.uint8]
+    hi: npt.NDArray[np.uint64]
+    lo: npt.NDArray[np.uint64]
+    length: npt.NDArray[np.uint8]
+    cdr: npt.NDArray[np.bool_]
+    n_sources: npt.NDArray[np.int64]
+    score: npt.NDArray[np.int16]
+    weight: npt.NDArray[np.int16]
+    last_seen: npt.NDArray[np.int64]
+    expires: npt.NDArray[np.int64]
+    obj: npt.NDArray[np.int32]
+
+
+@dataclass
+class _Pairs:
+    """The distinct (value, source) pairs: the merged row of each and its source."""
+
+    row: npt.NDArray[np.int64]
+    source: npt.NDArray[np.int32]
+
+
+def _merge(rows: _Rows) -> tuple[_Merged, _Pairs]:
+    cols = {name: rows.concat(name) for name in _DTYPES}
+    if not len(cols["version"]):
+        none = np.empty(0, dtype=np.int64)
+        merged = _Merged(**{n: c for n, c in cols.items() if n != "source"}, n_sources=none)  # type: ignore[arg-type]
+        return merged, _Pairs(none, cols["source"])  # type: ignore[arg-type]
+    order = np.lexsort((cols["source"], cols["length"], cols["lo"], cols["hi"], cols["version"]))
+    cols = {name: col[order] for name, col in cols.items()}
+    value_cols = ("version", "hi", "lo", "length")
+    new_value = np.zeros(len(order), dtype=bool)
+    new_value[0] = True
+    for name in value_cols:
+        new_value[1:] |= cols[name][1:] != cols[name][:-1]
+    distinct = new_value.copy()
+    distinct[1:] |= cols["source"][1:] != cols["source"][:-1]
+    cols = {name: col[distinct] for name, col in cols.items()}
+    new_value = new_value[distinct]
+    starts = np.flatnonzero(new_value)
+    row_of_pair = np.cumsum(new_value) - 1
+    cdr = np.maximum.reduceat(cols["cdr"], starts)
+    # The category of a CDR detection when there is one, else the heaviest.
+    cdr_weight = np.maximum.reduceat(np.where(cols["cdr"], cols["weight"], -1), starts)
+    weight = np.where(cdr, cdr_weight, np.maximum.reduceat(cols["weight"], starts))
+    merged = _Merged(
+        version=cols["version"][starts],
+        hi=cols["hi"][starts],
+        lo=cols["lo"][starts],
+        length=cols["length"][starts],
+        cdr=cdr.astype(bool),
+        n_sources=np.diff(np.append(starts, len(new_value))),
+        score=np.maximum.reduceat(cols["score"], starts),
+        weight=weight.astype(np.int16),
+        last_seen=np.maximum.reduceat(cols["last_seen"], starts),
+        expires=np.maximum.reduceat(cols["expires"], starts),
+        obj=np.maximum.reduceat(cols["obj"], starts),
+    )
+    return merged, _Pairs(row_of_pair, cols["source"])
+
+
+def _guard_mask(
+    merged: _Merged, guard: Guard, rejected: list[Rejection], pairs: _Pairs, sources: list[str]
+) -> npt.NDArray[np.bool_]:
+    """Rows the guard allows; each refused one is reported once, with all its sources."""
+    keep = np.ones(len(merged.version), dtype=bool)
+    suspects = np.zeros(len(merged.version), dtype=bool)
+    for version in (4, 6):
+        fam = merged.version == version
+        if not fam.any():
+            continue
+        suspects |= fam & (merged.length < guard.min_prefix_length(version))
+        ranges = sorted(guard.protected_ranges(version))
+        if not ranges:
+            continue
+        dtype = np.int64 if version == 4 else object  # IPv6 addresses do not fit 64 bits
+        starts = np.array([a for a, _ in ranges], dtype=dtype)
+        ends = np.maximum.accumulate(np.array([b for _, b in ranges], dtype=dtype))
+        picked = np.flatnonzero(fam)
+        firsts, lasts = _bounds(merged, picked, version)
+        # Some range overlaps [first, last] when the last range starting at or before ``last``
+        # reaches ``first`` (``ends`` is the running maximum, so earlier wide ranges count).
+        i = np.searchsorted(starts, lasts, side="right") - 1
+        hit = (i >= 0) & (ends[np.maximum(i, 0)] >= firsts)
+        suspects[picked[hit.astype(bool)]] = True
+    if not suspects.any():
+        return keep
+    sources_by_row: dict[int, list[str]] = {}
+    suspect_rows = np.flatnonzero(suspects)
+    in_suspect = np.isin(pairs.row, suspect_rows)
+    for row, source in zip(pairs.row[in_suspect].tolist(), pairs.source[in_suspect].tolist(), strict=True):
+        sources_by_row.setdefault(row, []).append(sources[source])
+    for row in suspect_rows.tolist():
+        version = int(merged.version[row])
+        network = int(merged.hi[row]) << 64 | int(merged.lo[row]) if version == 6 else int(merged.lo[row])
+        prefix = Prefix(version, network, int(merged.length[row]))
+        reason = guard.check_interval(version, prefix.network, prefix.last, prefix.length)
+        if reason:
+            keep[row] = False
+            value = to_string(version, network, prefix.length)
+            rejected.append(Rejection(value, ",".join(sorted(sources_by_row.get(row, []))), reason))
+    return keep
+
+
+def _bounds(merged: _Merged, picked: npt.NDArray[np.int64], version: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last addresses of the picked rows (object arrays of Python integers for IPv6)."""
+    if version == 4:
+        first = merged.lo[picked].astype(np.int64)
+        return first, first + (np.int64(1) << (32 - merged.length[picked].astype(np.int64))) - 1
+    bits = BITS[6]
+    firsts = [int(merged.hi[i]) << 64 | int(merged.lo[i]) for i in picked.tolist()]
+    lasts = [f | ((1 << (bits - int(merged.length[i]))) - 1) for f, i in zip(firsts, picked.tolist(), strict=True)]
+    return np.array(firsts, dtype=object), np.array(lasts, dtype=object)
+
+
+def _ranked(
+    merged: _Merged, pairs: _Pairs, keep: npt.NDArray[np.bool_], sources: list[str], objects: list[Indicator]
+) -> RankedTable:
+    rows = np.flatnonzero(keep)
+    order = rows[
+        np.lexsort(
+            (
+                merged.length[rows],
+                merged.lo[rows],
+                merged.hi[rows],
+                merged.version[rows],
+                -merged.last_seen[rows],
+                -merged.weight[rows].astype(np.int32),
+                -merged.score[rows].astype(np.int32),
+                -merged.n_sources[rows],
+                ~merged.cdr[rows],
+            )
+        )
+    ]
+    rank_of_row = np.full(len(merged.version), -1, dtype=np.int64)
+    rank_of_row[order] = np.arange(len(order))
+    pair_rank = rank_of_row[pairs.row]
+    live = pair_rank >= 0
+    return RankedTable(
+        version=merged.version[order],
+        hi=merged.hi[order],
+        lo=merged.lo[order],
+        length=merged.length[order],
+        cdr=merged.cdr[order],
+        expires=merged.expires[order],
+        obj=merged.obj[order],
+        pair_row=pair_rank[live],
+        pair_source=pairs.source[live],
+        sources=sources,
+        objects=objects,
+    )
