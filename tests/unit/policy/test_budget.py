@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import numpy as np
 
 from cdr_policy.guards import NeverBlock
 from cdr_policy.policy.budget import OVER_BUDGET, Cut, cut, listed_left_out

@@ -102,3 +102,39 @@ def test_dump_yaml_is_deterministic_and_keeps_strings_strings():
 
 def test_load_yaml_documents_skips_empty_documents():
     assert load_yaml_documents("---\na: 1\n---\n---\nb: 2\n") == [{"a": 1}, {"b": 2}]
+
+
+class _ReferenceDumper(yaml.SafeDumper):
+    """PyYAML's own emitter with the project's representers: what ``dump_yaml`` must equal."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+_ReferenceDumper.add_representer(
+    str,
+    lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="'" if v.startswith(":") else None),
+)
+
+
+def test_long_prefix_lists_written_as_lines_are_the_emitters_bytes():
+    v4 = [f"45.{i // 256}.{i % 256}.0/24" for i in range(100)]
+    v6 = [f"2a00:{i:x}::/32" for i in range(70)]
+    obj = {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumCIDRGroup",
+        "metadata": {"name": "g", "annotations": {"x": "3"}},
+        "spec": {
+            "externalCIDRs": v4 + v6,
+            "kprobes": [
+                {"values": v4 + [f"::ffff:{v.split('/')[0]}/120" for v in v4]},
+                {"index": 0, "nested": {"values": v6}, "short": ["1.2.3.4/32"]},
+            ],
+            "notPrefixes": [*v4[:70], "not a prefix"],
+        },
+    }
+    reference = yaml.dump(
+        obj, Dumper=_ReferenceDumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=10_000
+    ).encode()
+    assert dump_yaml(obj) == reference
+    assert load_yaml_documents(dump_yaml(obj)) == [obj]

@@ -4,16 +4,30 @@ Key order is the order the compilers build (``apiVersion``, ``kind``, ``metadata
 inside in a fixed order), lists keep the order the compilers sorted them into, there are no anchors
 or aliases, no line wrapping, and strings that look like numbers or booleans (``"3"``,
 ``"0x10000000"``) or start with ``:`` (``::ffff:…``) are quoted so that they stay strings.
+
+Speed: libyaml's emitter when it is installed (the same bytes as the Python one, three times
+faster), and long lists of prefixes (a blocklist's 8,000 Tetragon values or 5,000 CIDR-group
+entries) are written as text lines directly: the object is dumped with a placeholder token in the
+list's place, and the token's line is replaced by the list's lines, exactly as the emitter writes
+them (``- 198.51.100.0/24``, ``- '::ffff:198.51.100.0/120'``). The tests compare both ways.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
+_BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+# A list written as lines: at least this many strings, each a prefix in canonical text.
+FAST_LIST_MIN = 64
+_PREFIX_TEXT = re.compile(r"^[0-9a-f][0-9a-f.:]*/[0-9]{1,3}$|^::ffff:[0-9.]+/[0-9]{1,3}$")
+_TOKEN = "cdrpolicyfastlist{:08d}"
+_LEAD = re.compile(r"(?:  |- )*")
 
-class _Dumper(yaml.SafeDumper):
+
+class _Dumper(_BaseDumper):  # type: ignore[valid-type,misc]
     def ignore_aliases(self, data: Any) -> bool:
         return True
 
@@ -29,6 +43,8 @@ _Dumper.add_representer(str, _represent_str)
 
 
 def dump_yaml(obj: Any) -> bytes:
+    lists: list[list[str]] = []
+    obj = _swap_lists(obj, lists)
     text = yaml.dump(
         obj,
         Dumper=_Dumper,
@@ -38,7 +54,36 @@ def dump_yaml(obj: Any) -> bytes:
         width=10_000,
         explicit_start=False,
     )
+    for index, values in enumerate(lists):
+        token = _TOKEN.format(index)
+        at = text.index(f": {token}\n")
+        line_start = text.rfind("\n", 0, at) + 1
+        # The key's column: past the indentation and the "- " of the sequence items it opens.
+        indent = " " * len(_LEAD.match(text, line_start).group())  # type: ignore[union-attr]
+        lines = "".join(f"{indent}- '{v}'\n" if v.startswith(":") else f"{indent}- {v}\n" for v in values)
+        text = f"{text[:at]}:\n{lines}{text[at + len(token) + 3 :]}"
     return text.encode("utf-8")
+
+
+def _swap_lists(obj: Any, lists: list[list[str]]) -> Any:
+    """A copy of ``obj`` in which every long list of prefixes that is a mapping value is replaced
+    by a token (the lists are appended to ``lists``, the token says which)."""
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if (
+                isinstance(value, list)
+                and len(value) >= FAST_LIST_MIN
+                and all(isinstance(v, str) and _PREFIX_TEXT.match(v) for v in value)
+            ):
+                out[key] = _TOKEN.format(len(lists))
+                lists.append(value)
+            else:
+                out[key] = _swap_lists(value, lists)
+        return out
+    if isinstance(obj, list):
+        return [_swap_lists(item, lists) for item in obj]
+    return obj
 
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdr_policy.policy.checker.common import BlockGuard, check_cidr
+from cdr_policy.policy.checker.common import BlockGuard, check_cidr, check_cidrs
 from cdr_policy.policy.checker.problem import Problem, error, warning
 
 # EgressCommonRule / IngressCommonRule members that select an L3 peer: Cilium's sanitizer refuses
@@ -119,8 +119,8 @@ def _ports(item: dict[str, Any], where: str, *, deny: bool) -> list[Problem]:
 def _cidrs(item: dict[str, Any], where: str, guard: BlockGuard | None, *, blocked: bool) -> list[Problem]:
     problems = []
     for key in ("toCIDR", "fromCIDR"):
-        for j, value in enumerate(item.get(key) or []):
-            problems.extend(check_cidr(value, f"{where}.{key}[{j}]", guard, blocked=blocked))
+        values = item.get(key) or []
+        problems.extend(check_cidrs(values, lambda j, key=key: f"{where}.{key}[{j}]", guard, blocked=blocked))
     for key in ("toCIDRSet", "fromCIDRSet"):
         for j, entry in enumerate(item.get(key) or []):
             if not isinstance(entry, dict):
@@ -174,10 +174,10 @@ def check_cidr_group(obj: dict[str, Any], guard: BlockGuard | None) -> list[Prob
     problems: list[Problem] = []
     cidrs = spec.get("externalCIDRs")
     if isinstance(cidrs, list):
+        problems.extend(check_cidrs(cidrs, lambda i: f"spec.externalCIDRs[{i}]", guard, blocked=True))
         seen: set[str] = set()
         for i, value in enumerate(cidrs):
-            problems.extend(check_cidr(value, f"spec.externalCIDRs[{i}]", guard, blocked=True))
-            if value in seen:
+            if isinstance(value, str) and value in seen:
                 problems.append(warning("cidr.duplicate", f"spec.externalCIDRs[{i}]", f"{value} is listed twice"))
             seen.add(value)
     return problems

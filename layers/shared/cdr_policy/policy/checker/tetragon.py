@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdr_policy.netprefix import is_mapped, mapped_twin_text, parse_explicit, unmap
-from cdr_policy.policy.checker.common import BlockGuard, check_cidr
+from cdr_policy.netprefix import mapped_twin_text, parse_explicit
+from cdr_policy.policy.checker.common import BlockGuard, check_cidrs, is_canonical_v4
 from cdr_policy.policy.checker.problem import Problem, error, warning
 
 MAX_SELECTORS = 5
@@ -368,24 +368,26 @@ def _check_strings(match: dict[str, Any], at: str, *, absolute: bool = False) ->
 
 def _check_addresses(match: dict[str, Any], at: str, guard: BlockGuard | None, *, blocked: bool) -> list[Problem]:
     values = [v for v in match.get("values") or []]
-    problems = [p for value in values for p in check_cidr(value, at, guard, blocked=blocked)]
-    parsed = []
+    problems = check_cidrs(values, lambda _: at, guard, blocked=blocked)
+    listed = {v for v in values if isinstance(v, str)}
     for value in values:
-        prefix, reason = parse_explicit(value)
-        if prefix is not None and reason is None:
-            parsed.append((value, prefix))
-    twins = {unmap(prefix) for _, prefix in parsed if is_mapped(prefix)}
-    for value, prefix in parsed:
-        if prefix.version == 4 and prefix not in twins:
-            problems.append(
-                error(
-                    "tetragon.ipv4-mapped",
-                    at,
-                    f"{value} has no IPv4-mapped twin {mapped_twin_text(value)}: "
-                    "dual-stack sockets would bypass it (cilium/tetragon#4618)",
+        if isinstance(value, str) and (is_canonical_v4(value) or _parses_as_v4(value)):
+            twin = mapped_twin_text(value)
+            if twin not in listed:
+                problems.append(
+                    error(
+                        "tetragon.ipv4-mapped",
+                        at,
+                        f"{value} has no IPv4-mapped twin {twin}: "
+                        "dual-stack sockets would bypass it (cilium/tetragon#4618)",
+                    )
                 )
-            )
     return problems
+
+
+def _parses_as_v4(value: str) -> bool:
+    prefix, reason = parse_explicit(value)
+    return prefix is not None and reason is None and prefix.version == 4
 
 
 def _check_scope(obj: dict[str, Any], spec: dict[str, Any]) -> list[Problem]:
