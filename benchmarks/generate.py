@@ -134,3 +134,26 @@ def generate(directory: Path, lines: int = 1_000_000, seed: int = 1) -> Generate
                     continue
                 fb.write(line + ending)
     return Generated(full=full, ipv4_only=ipv4_only, lines=total, ipv6_lines=v6, junk_lines=junk)
+
+
+def generate_addresses(path: Path, count: int, seed: int) -> Path:
+    """``count`` distinct public IPv4 addresses, one per line in random order, as the large
+    aggregated lists (FireHOL levels, full Tor relay lists) are published: no comments, nothing
+    the never-block list refuses, and about one in twenty in runs of adjacent addresses, so that
+    aggregation has some work. iprange reads the same file."""
+    from cdr_policy.guards import NeverBlock
+
+    guard = NeverBlock()
+    r = random.Random(seed)
+    chosen: set[int] = set()
+    while len(chosen) < count:
+        first = r.randrange(1, 224)
+        value = (first << 24) | r.getrandbits(24)
+        run = r.randrange(2, 16) if r.random() < 0.01 else 1
+        for address in range(value, value + run):
+            if guard.check_interval(4, address, address, 32) is None:
+                chosen.add(address)
+    addresses = sorted(chosen)[:count]
+    r.shuffle(addresses)
+    path.write_text("".join(f"{_ip4(a)}\n" for a in addresses))
+    return path

@@ -50,7 +50,6 @@ suffix (one ``TracingPolicyNamespaced`` per namespace).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import re
 from typing import Any
@@ -137,11 +136,10 @@ def rule_slug(rule: str) -> str:
 def content_digest(obj: dict[str, Any]) -> str:
     """sha256 (hex) of the object's canonical JSON, without ``metadata.name``, the annotations and
     the bundle label."""
-    body = copy.deepcopy(obj)
-    metadata = body.get("metadata", {})
-    metadata.pop("name", None)
-    metadata.pop("annotations", None)
-    metadata.get("labels", {}).pop(BUNDLE_KEY, None)
+    metadata = {k: v for k, v in obj.get("metadata", {}).items() if k not in ("name", "annotations")}
+    if "labels" in metadata:
+        metadata["labels"] = {k: v for k, v in metadata["labels"].items() if k != BUNDLE_KEY}
+    body = {**obj, "metadata": metadata} if "metadata" in obj else obj
     return hashlib.sha256(jsonio.dumps(body)).hexdigest()
 
 

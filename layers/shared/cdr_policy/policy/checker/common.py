@@ -38,12 +38,22 @@ class BlockGuard(Protocol):
     def min_prefix_length(self, version: int) -> int: ...
 
 
+_MAPPED = "::ffff:"
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _CANONICAL_V4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}/(?:3[0-2]|[12]?[0-9])")
 
 
 def _v4_interval(value: str) -> tuple[int, int, int] | None:
-    """``(first, last, length)`` of a prefix in canonical IPv4 text (host bits clear), else None."""
+    """``(first, last, length)`` of a prefix in canonical IPv4 text (host bits clear), or of the
+    IPv4 prefix a canonical IPv4-mapped one (``::ffff:a.b.c.d/(96+n)``) stands for; else None."""
+    mapped = value.startswith(_MAPPED)
+    if mapped:
+        address, _, length_text = value[len(_MAPPED) :].partition("/")
+        if not (length_text.isdigit() and length_text.isascii() and str(int(length_text)) == length_text):
+            return None
+        if not 96 <= int(length_text) <= 128:
+            return None
+        value = f"{address}/{int(length_text) - 96}"
     if _CANONICAL_V4.fullmatch(value) is None:
         return None
     address, _, length_text = value.partition("/")
@@ -54,7 +64,7 @@ def _v4_interval(value: str) -> tuple[int, int, int] | None:
 
 
 def is_canonical_v4(value: str) -> bool:
-    return _v4_interval(value) is not None
+    return not value.startswith(_MAPPED) and _v4_interval(value) is not None
 
 
 def object_size(obj: dict[str, Any]) -> int:

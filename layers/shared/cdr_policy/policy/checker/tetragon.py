@@ -371,7 +371,7 @@ def _check_addresses(match: dict[str, Any], at: str, guard: BlockGuard | None, *
     problems = check_cidrs(values, lambda _: at, guard, blocked=blocked)
     listed = {v for v in values if isinstance(v, str)}
     for value in values:
-        if isinstance(value, str) and (is_canonical_v4(value) or _parses_as_v4(value)):
+        if isinstance(value, str) and ":" not in value and (is_canonical_v4(value) or _parses_as_v4(value)):
             twin = mapped_twin_text(value)
             if twin not in listed:
                 problems.append(
