@@ -1,67 +1,14 @@
-"""Bulk operations on address sequences without a Python object per address.
+"""Bulk operations on IPv6 address sequences without a Python object per step (IPv4 uses numpy:
+``cdr_policy.netprefix.vector``).
 
-Two tricks keep a million-address ingest in C:
-
-- ``sort_ipv4``: CPython sorts floats much faster than integers of 2**30 and above, and a float
-  ``2**52 + x`` holds the 32-bit ``x`` verbatim in the low half of its IEEE 754 bit pattern. So the
-  addresses are turned into such doubles and back by interleaving raw bytes (extended-slice
-  assignment), with only the sort itself creating objects; it sorts cache-sized blocks first.
-- ``adjacency_flags``: a sorted sequence of fixed-width unsigned integers, read as one big integer,
-  minus itself shifted by one element gives every consecutive difference at once (lane by lane:
-  the sequence is sorted, so no lane borrows). Per-lane tests (is the difference 0? is it 1?)
-  are then a few shift/or/and steps on that big integer (SWAR), and one flag byte per pair is
-  picked out of the result with a strided slice.
+``adjacency_flags``: a sorted sequence of fixed-width unsigned integers, read as one big integer,
+minus itself shifted by one element gives every consecutive difference at once (lane by lane: the
+sequence is sorted, so no lane borrows). Per-lane tests (is the difference 0? is it 1?) are then a
+few shift/or/and steps on that big integer (SWAR), and one flag byte per pair is picked out of the
+result with a strided slice.
 """
 
 from __future__ import annotations
-
-import sys
-from array import array
-
-# The little-endian upper half of the double 2**52: exponent 1075, mantissa bits 32-51 zero.
-_DOUBLE_2_52_HIGH = b"\x00\x00\x30\x43"
-_SORT_BLOCK = 1 << 14
-
-
-def sort_ipv4(values: array) -> array:
-    """Sorted copy of an ``array('I')`` of IPv4 addresses (duplicates kept)."""
-    n = len(values)
-    if n < 2:
-        return array("I", values)
-    if sys.byteorder != "little":  # the byte layout below is little-endian's
-        return array("I", map(int, sorted(map(float, values))))
-    raw = values.tobytes()
-    doubles = bytearray((b"\x00" * 4 + _DOUBLE_2_52_HIGH) * n)
-    for k in range(4):
-        doubles[k::8] = raw[k::4]
-    del raw
-    unsorted = array("d")
-    unsorted.frombytes(doubles)
-    del doubles
-    # Sort cache-sized blocks first (each block's floats are then re-created in order), so that
-    # the final sort only merges sorted runs whose objects lie in memory in sorted order.
-    runs = array("d")
-    for start in range(0, n, _SORT_BLOCK):
-        runs.extend(array("d", sorted(unsorted[start : start + _SORT_BLOCK])))
-    del unsorted
-    ordered = array("d", sorted(runs))
-    del runs
-    packed = ordered.tobytes()
-    del ordered
-    out = bytearray(4 * n)
-    for k in range(4):
-        out[k::4] = packed[k::8]
-    result = array("I")
-    result.frombytes(out)
-    return result
-
-
-def pack_ipv4(values: array) -> bytes:
-    """Big-endian 4-byte records of an ``array('I')``."""
-    be = array("I", values)
-    if sys.byteorder == "little":
-        be.byteswap()
-    return be.tobytes()
 
 
 def pack_ipv6(values: list[int]) -> bytes:

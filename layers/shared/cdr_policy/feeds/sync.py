@@ -270,7 +270,7 @@ class _FeedJob:
             category=self.feed.category,
             last_seen=iso(self.now),
             expires_at=iso(self.now + self.ttl),
-            ipv4=V4(np.frombuffer(v4.networks, dtype=np.uint32).copy(), np.frombuffer(bytes(v4.lengths), np.uint8)),
+            ipv4=V4(np.asarray(v4.networks, dtype=np.uint32), np.asarray(v4.lengths, dtype=np.uint8)),
             ipv6=V6(list(v6.networks), bytes(v6.lengths)),
         )
 

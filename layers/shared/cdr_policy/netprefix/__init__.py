@@ -65,7 +65,10 @@ class Prefixes:
         return len(self.networks)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return zip(self.networks, self.lengths, strict=True)
+        # Python integers also when the sequences are numpy arrays (``tolist``).
+        networks = self.networks.tolist() if hasattr(self.networks, "tolist") else self.networks
+        lengths = self.lengths.tolist() if hasattr(self.lengths, "tolist") else self.lengths
+        return zip(networks, lengths, strict=True)
 
     def strings(self) -> list[str]:
         return [to_string(self.version, n, plen) for n, plen in self]
