@@ -203,8 +203,8 @@ def _blocks(first: I64, last: I64) -> tuple[I64, I64, I64]:
 def _block_counts(first: I64, last: I64) -> I64:
     """How many blocks each interval is cut into (all intervals at once, one step per block).
     ``first`` is overwritten."""
-    counts = np.zeros(len(first), dtype=np.int64)
-    active = np.flatnonzero(first <= last)
+    counts = (first == last).astype(np.int64)  # a single address is one block
+    active = np.flatnonzero(first < last)
     while len(active):
         counts[active] += 1
         _, _, nxt = _blocks(first[active], last[active])
@@ -221,7 +221,10 @@ def collapse_v4(first: I64, last: I64) -> V4:
     total = int(counts.sum())
     starts = np.empty(total, dtype=np.int64)
     sizes = np.empty(total, dtype=np.int64)
-    active = np.arange(len(merged_first))
+    single = merged_first == merged_last
+    starts[offsets[single]] = merged_first[single]
+    sizes[offsets[single]] = 1
+    active = np.flatnonzero(~single)
     current, step = merged_first.copy(), 0
     while len(active):
         block, size, nxt = _blocks(current[active], merged_last[active])

@@ -120,7 +120,7 @@ def _cidrs(item: dict[str, Any], where: str, guard: BlockGuard | None, *, blocke
     problems = []
     for key in ("toCIDR", "fromCIDR"):
         values = item.get(key) or []
-        problems.extend(check_cidrs(values, lambda j, key=key: f"{where}.{key}[{j}]", guard, blocked=blocked))
+        problems.extend(check_cidrs(values, lambda j, key=key: f"{where}.{key}[{j}]", guard, blocked=blocked)[0])
     for key in ("toCIDRSet", "fromCIDRSet"):
         for j, entry in enumerate(item.get(key) or []):
             if not isinstance(entry, dict):
@@ -174,7 +174,7 @@ def check_cidr_group(obj: dict[str, Any], guard: BlockGuard | None) -> list[Prob
     problems: list[Problem] = []
     cidrs = spec.get("externalCIDRs")
     if isinstance(cidrs, list):
-        problems.extend(check_cidrs(cidrs, lambda i: f"spec.externalCIDRs[{i}]", guard, blocked=True))
+        problems.extend(check_cidrs(cidrs, lambda i: f"spec.externalCIDRs[{i}]", guard, blocked=True)[0])
         seen: set[str] = set()
         for i, value in enumerate(cidrs):
             if isinstance(value, str) and value in seen:

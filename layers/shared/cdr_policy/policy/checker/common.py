@@ -11,7 +11,6 @@ through ``check_cidr``, so the problems and their wording are the same either wa
 from __future__ import annotations
 
 import ipaddress
-import re
 import socket
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -39,32 +38,28 @@ class BlockGuard(Protocol):
 
 
 _MAPPED = "::ffff:"
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_CANONICAL_V4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}/(?:3[0-2]|[12]?[0-9])")
+# Canonical prefix-length texts (no leading zeros), plain IPv4 and IPv4-mapped.
+_LENGTHS = {str(n): n for n in range(33)}
+_MAPPED_LENGTHS = {str(96 + n): n for n in range(33)}
 
 
 def _v4_interval(value: str) -> tuple[int, int, int] | None:
     """``(first, last, length)`` of a prefix in canonical IPv4 text (host bits clear), or of the
-    IPv4 prefix a canonical IPv4-mapped one (``::ffff:a.b.c.d/(96+n)``) stands for; else None."""
-    mapped = value.startswith(_MAPPED)
-    if mapped:
-        address, _, length_text = value[len(_MAPPED) :].partition("/")
-        if not (length_text.isdigit() and length_text.isascii() and str(int(length_text)) == length_text):
-            return None
-        if not 96 <= int(length_text) <= 128:
-            return None
-        value = f"{address}/{int(length_text) - 96}"
-    if _CANONICAL_V4.fullmatch(value) is None:
-        return None
+    IPv4 prefix a canonical IPv4-mapped one (``::ffff:a.b.c.d/(96+n)``) stands for; else None.
+    (``inet_pton`` accepts exactly four decimal octets without leading zeros.)"""
     address, _, length_text = value.partition("/")
-    length = int(length_text)
-    first = int.from_bytes(socket.inet_aton(address), "big")
+    if address.startswith(_MAPPED):
+        address, length = address[len(_MAPPED) :], _MAPPED_LENGTHS.get(length_text)
+    else:
+        length = _LENGTHS.get(length_text)
+    if length is None or ":" in address:
+        return None
+    try:
+        first = int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
+    except OSError:
+        return None
     host = (1 << (32 - length)) - 1
     return None if first & host else (first, first | host, length)
-
-
-def is_canonical_v4(value: str) -> bool:
-    return not value.startswith(_MAPPED) and _v4_interval(value) is not None
 
 
 def object_size(obj: dict[str, Any]) -> int:
@@ -126,12 +121,15 @@ def check_cidr(value: Any, path: str, guard: BlockGuard | None, *, blocked: bool
 
 def check_cidrs(
     values: Sequence[Any], path: Callable[[int], str], guard: BlockGuard | None, *, blocked: bool
-) -> list[Problem]:
+) -> tuple[list[Problem], list[bool]]:
     """``check_cidr`` for every value (``path(i)`` names the i-th), with the fast path of the module
-    docstring."""
+    docstring. Also says which values passed the fast path (canonical IPv4 or IPv4-mapped text)."""
     screen = _Screen(guard if blocked else None)
-    slow = [i for i, value in enumerate(values) if not screen.passes(value)]
-    return [p for i in slow for p in check_cidr(values[i], path(i), guard, blocked=blocked)]
+    passed = [screen.passes(value) for value in values]
+    problems = [
+        p for i, ok in enumerate(passed) if not ok for p in check_cidr(values[i], path(i), guard, blocked=blocked)
+    ]
+    return problems, passed
 
 
 class _Screen:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from cdr_policy.netprefix import mapped_twin_text, parse_explicit
-from cdr_policy.policy.checker.common import BlockGuard, check_cidrs, is_canonical_v4
+from cdr_policy.policy.checker.common import BlockGuard, check_cidrs
 from cdr_policy.policy.checker.problem import Problem, error, warning
 
 MAX_SELECTORS = 5
@@ -368,10 +368,10 @@ def _check_strings(match: dict[str, Any], at: str, *, absolute: bool = False) ->
 
 def _check_addresses(match: dict[str, Any], at: str, guard: BlockGuard | None, *, blocked: bool) -> list[Problem]:
     values = [v for v in match.get("values") or []]
-    problems = check_cidrs(values, lambda _: at, guard, blocked=blocked)
+    problems, canonical = check_cidrs(values, lambda _: at, guard, blocked=blocked)
     listed = {v for v in values if isinstance(v, str)}
-    for value in values:
-        if isinstance(value, str) and ":" not in value and (is_canonical_v4(value) or _parses_as_v4(value)):
+    for value, fast in zip(values, canonical, strict=True):
+        if isinstance(value, str) and ":" not in value and (fast or _parses_as_v4(value)):
             twin = mapped_twin_text(value)
             if twin not in listed:
                 problems.append(
