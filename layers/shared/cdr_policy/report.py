@@ -15,7 +15,7 @@ from cdr_policy.models import IndicatorSet
 from cdr_policy.timeutil import iso
 
 SCHEMA_VERSION = 1
-_RENDER_KEYS = ("behaviours", "budget", "left_out", "checks", "domains", "ports")
+_RENDER_KEYS = ("behaviours", "budget", "left_out", "left_out_total", "checks", "domains", "ports")
 
 
 def _events(cdr: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,0 +1,285 @@
+"""The whole path at one million addresses, parts (b) to (e) of ``make bench``; each contender runs
+in its own process (``benchmarks.measure``), all in one run, so that ratios compare like with like.
+
+(b) ``cdr-policy --once --threat-intel --feeds`` (the CLI a new user runs) with one feed of a
+    million addresses, minus the same run with a thousand-address feed (start-up, imports, the
+    CDR fetch: what does not grow with the feed), against FireHOL ``iprange`` on the same file.
+    Both runs use a fresh state directory, the repository's fake Qualys gateway and a loopback
+    feed server (``demo``); the million-address output is checked: policies written, the budget
+    respected, the left-out entries reported.
+(c) The FeedSync, Render and Publish handlers on a moto server (``demo.aws``, as ``make demo``)
+    with the same feed and the upstream CRDs (when ``../shared/crds`` is there: the schema checks
+    run too): wall time and peak RSS of each, and the size of the stored feed set.
+(d) The cold import of each handler module against a bare Powertools handler (Logger, Tracer,
+    Metrics), median of ``IMPORT_RUNS`` processes each.
+(e) A sync agent's unchanged poll of the published channel: HTTP requests and response body bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.generate import generate_addresses
+from benchmarks.measure import REPO, Run, measure, python_env
+
+FEED = "big"
+IMPORT_RUNS = 3
+HANDLERS = ("feed_sync", "render", "publish")
+CHANNEL = {"name": "prod", "action": "Sigkill", "cilium_version": "1.18"}
+CRDS = Path(os.environ.get("CDR_SHARED_DIR", REPO.parent / "shared")) / "crds"
+# template.yaml's MemorySize per function: the budget each meets with a one-million-address feed.
+MEMORY_MB = {"cdr_fetch": 512, "feed_sync": 512, "render": 512, "publish": 512}
+
+TARGETS = {
+    "cli_ratio": 2.0,
+    "handler_s": 60.0,
+    "handler_mib": 512.0,
+    "stored_mb": 10.0,
+    "import_ratio": 1.5,
+    "poll_requests": 1,
+    "poll_body_bytes": 0,
+}
+
+
+def run(work: Path, addresses: int, seed: int, iprange: str | None) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"generating a feed of {addresses:,} addresses (and one of 1,000) ...", flush=True)
+    big = generate_addresses(work / f"addresses-{addresses}.txt", addresses, seed)
+    small = generate_addresses(work / "addresses-1000.txt", 1000, seed + 1)
+    result: dict[str, Any] = {"addresses": addresses}
+    result["cli"] = _cli(work, big, small, iprange)
+    result["handlers"], result["agent"] = _handlers(work, big)
+    result["imports"] = _imports(work)
+    return result
+
+
+# -- (b) ---------------------------------------------------------------------------------------
+
+
+def _cli(work: Path, big: Path, small: Path, iprange: str | None) -> dict[str, Any]:
+    from cdr_policy.timeutil import utcnow
+    from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+    from demo.feed_server import FeedServer
+    from demo.runner import FINDINGS
+
+    out: dict[str, Any] = {}
+    with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gateway, FeedServer(root=work) as server:
+        env = {
+            **python_env(),
+            "QUALYS_USERNAME": DEMO_USERNAME,
+            "QUALYS_PASSWORD": DEMO_PASSWORD,
+            "QUALYS_GATEWAY_URL": gateway.url,
+            "XDG_CACHE_HOME": str(work / "cache"),
+        }
+        for label, feed in (("small", small), ("big", big)):
+            print(f"(b) cdr-policy --once --threat-intel, {label} feed ...", flush=True)
+            run_dir = work / f"cli-{label}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir()
+            feeds = run_dir / "feeds.yaml"
+            feeds.write_text(
+                yaml.safe_dump({"feeds": [{"name": FEED, "url": server.url(f"/{feed.name}"), "category": "attacker"}]})
+            )
+            cmd = [
+                sys.executable,
+                "-m",
+                "cdr_policy.cli",
+                "--once",
+                "--threat-intel",
+                f"--feeds={feeds}",
+                f"--output={run_dir / 'out'}",
+                f"--state-dir={run_dir / 'state'}",
+            ]
+            run = measure(cmd, run_dir / "stdout.txt", env)
+            out[label] = {"wall_s": run.wall_s, "maxrss_kib": run.maxrss_kib, **_cli_output(run_dir / "out")}
+    if iprange:
+        print("(b) iprange on the same file ...", flush=True)
+        run = measure([iprange, str(big)], work / "iprange-big.txt")
+        out["iprange"] = {"wall_s": run.wall_s, "maxrss_kib": run.maxrss_kib}
+    return out
+
+
+def _cli_output(folder: Path) -> dict[str, Any]:
+    """What the run wrote: policies, the budget report and the left-out count."""
+    report = json.loads((folder / "report.json").read_text())
+    budget = report["budget"]
+    return {
+        "policies": len(list(folder.glob("*.yaml"))),
+        "within_budget": all(b["used"] <= b["limit"] for b in budget.values()),
+        "used": {engine: b["used"] for engine, b in budget.items()},
+        "left_out": report["left_out_total"],
+        "feed_entries": report["feeds"][FEED]["entries"],
+    }
+
+
+# -- (c) and (e) -------------------------------------------------------------------------------
+
+
+def _handlers(work: Path, big: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from demo.aws import create_stack, moto_endpoint
+    from demo.feed_server import FeedServer
+
+    results: dict[str, Any] = {}
+    with moto_endpoint(None) as endpoint, FeedServer(root=work) as server:
+        stack = create_stack(endpoint, environment="bench")
+        s3 = stack.client("s3")
+        bucket = stack.names.state_bucket
+        s3.put_object(Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": [CHANNEL]}))
+        feeds = {"feeds": [{"name": FEED, "url": server.url(f"/{big.name}"), "category": "attacker"}]}
+        s3.put_object(Bucket=bucket, Key="config/feeds.yaml", Body=yaml.safe_dump(feeds))
+        crds = sorted(p for p in CRDS.rglob("*.yaml") if "examples" not in p.parts) if CRDS.is_dir() else []
+        for path in crds:
+            s3.put_object(Bucket=bucket, Key=f"crds/{path.relative_to(CRDS).as_posix()}", Body=path.read_bytes())
+        env = {**python_env(), **stack.env, "RENDER_QUEUE_URL": stack.render_queue_url}
+        for name in HANDLERS:
+            print(f"(c) {name} handler on the moto server ...", flush=True)
+            results[name] = _step("handler", name, work, env)
+        results["stored_feed_set_bytes"] = s3.head_object(Bucket=bucket, Key=f"indicators/feeds/{FEED}.json")[
+            "ContentLength"
+        ]
+        results["crds"] = len(crds)
+        print("(e) sync agent: first poll, then an unchanged one ...", flush=True)
+        agent = _step("agent", CHANNEL["name"], work, env)
+    return results, agent
+
+
+def _step(step: str, arg: str, work: Path, env: dict[str, str]) -> dict[str, Any]:
+    summary = work / f"{step}-{arg}.json"
+    run: Run = measure([sys.executable, "-m", "benchmarks.steps", step, str(summary), arg], work / "step.log", env)
+    return {"wall_s": run.wall_s, "maxrss_kib": run.maxrss_kib, **json.loads(summary.read_text())}
+
+
+# -- (d) ---------------------------------------------------------------------------------------
+
+
+def _imports(work: Path) -> dict[str, Any]:
+    env = {
+        **python_env(),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "POWERTOOLS_SERVICE_NAME": "cdr-policy",
+        "POWERTOOLS_METRICS_NAMESPACE": "CdrPolicy",
+    }
+    out = {}
+    for name in ("bare", "cdr_fetch", "feed_sync", "render", "publish"):
+        print(f"(d) cold import: {name} x{IMPORT_RUNS} ...", flush=True)
+        runs = [_step("import", name, work, env) for _ in range(IMPORT_RUNS)]
+        out[name] = {
+            "import_s": statistics.median(r["import_s"] for r in runs),
+            "process_s": statistics.median(r["wall_s"] for r in runs),
+            "maxrss_kib": max(r["maxrss_kib"] for r in runs),
+            "numpy": runs[0]["numpy"],
+        }
+    return out
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]:
+    """``(part, measure, ours, reference, target, met)`` per line of the results table."""
+    out: list[tuple[str, str, str, str, str, bool | None]] = []
+    cli = r["cli"]
+    grown = cli["big"]["wall_s"] - cli["small"]["wall_s"]
+    ipr = cli.get("iprange")
+    ratio = grown / ipr["wall_s"] if ipr else None
+    out.append(
+        (
+            "(b)",
+            f"CLI, {r['addresses']:,}-address feed minus 1,000-address feed (wall)",
+            f"{cli['big']['wall_s']:.2f} - {cli['small']['wall_s']:.2f} = {grown:.2f} s",
+            f"iprange {ipr['wall_s']:.2f} s" if ipr else "iprange not installed",
+            f"<= {TARGETS['cli_ratio']:g}x",
+            None if ratio is None else ratio <= TARGETS["cli_ratio"],
+        )
+    )
+    if ratio is not None:
+        out[-1] = (*out[-1][:3], f"{out[-1][3]} (**{ratio:.2f}x**)", *out[-1][4:])
+    big = cli["big"]
+    out.append(
+        (
+            "(b)",
+            "CLI output: policies / budget used / left out (reported)",
+            f"{big['policies']} files / {big['used']['tetragon']:,} + {big['used']['cilium']:,} / {big['left_out']:,}",
+            f"peak RSS {big['maxrss_kib'] / 1024:.0f} MiB (iprange {ipr['maxrss_kib'] / 1024:.0f} MiB)"
+            if ipr
+            else f"peak RSS {big['maxrss_kib'] / 1024:.0f} MiB",
+            "within budget",
+            bool(big["within_budget"]),
+        )
+    )
+    handlers = r["handlers"]
+    for name in HANDLERS:
+        h = handlers[name]
+        mib = h["maxrss_kib"] / 1024
+        target = f"< {TARGETS['handler_s']:g} s, < {TARGETS['handler_mib']:g} MiB"
+        met = h["wall_s"] < TARGETS["handler_s"] and mib < TARGETS["handler_mib"]
+        out.append(
+            (
+                "(c)",
+                f"{name} handler on moto (MemorySize {MEMORY_MB[name]} MB)",
+                f"{h['wall_s']:.2f} s, {mib:.0f} MiB",
+                f"handler {h['handler_s']:.2f} s after a {h['import_s']:.2f} s import",
+                target if name != "publish" else f"< {MEMORY_MB[name]} MiB",
+                met if name != "publish" else mib < MEMORY_MB[name],
+            )
+        )
+    stored = handlers["stored_feed_set_bytes"] / 1e6
+    out.append(
+        (
+            "(c)",
+            "stored feed set (indicators/feeds/<name>.json)",
+            f"{stored:.2f} MB",
+            f"{big['feed_entries']:,} prefixes",
+            f"< {TARGETS['stored_mb']:g} MB",
+            stored < TARGETS["stored_mb"],
+        )
+    )
+    imports = r["imports"]
+    bare = imports["bare"]["import_s"]
+    for name in ("cdr_fetch", "feed_sync", "render", "publish"):
+        i = imports[name]
+        ratio = i["import_s"] / bare
+        out.append(
+            (
+                "(d)",
+                f"cold import of {name}" + (" (imports numpy)" if i["numpy"] else ""),
+                f"{i['import_s'] * 1000:.0f} ms",
+                f"bare Powertools handler {bare * 1000:.0f} ms (**{ratio:.2f}x**)",
+                f"<= {TARGETS['import_ratio']:g}x",
+                ratio <= TARGETS["import_ratio"],
+            )
+        )
+    agent = r["agent"]
+    out.append(
+        (
+            "(e)",
+            "agent poll, nothing changed: manifest requests / body bytes",
+            f"{agent['poll_requests']} / {agent['poll_body_bytes']}",
+            f"all requests of the poll: {agent['requests']} (the status heartbeat is a PUT)",
+            "1 / 0",
+            agent["poll_requests"] == TARGETS["poll_requests"] and agent["poll_body_bytes"] == 0,
+        )
+    )
+    return out
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"# The whole path at {r['addresses']:,} addresses",
+        "",
+        "| Part | Measure | Ours | Reference | Target | Met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for part, what, ours, ref, target, met in rows(r):
+        mark = {True: "yes", False: "**no**", None: "-"}[met]
+        lines.append(f"| {part} | {what} | {ours} | {ref} | {target} | {mark} |")
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""The pipeline benchmark's contenders, one per process (``benchmarks/pipeline.py`` runs them):
+``python -m benchmarks.steps STEP OUT.json [ARG]``; each writes a JSON summary to ``OUT.json``.
+
+- ``handler NAME``: one function's real handler (``functions/<NAME>/app.py``) as Lambda runs it,
+  with the environment the parent gives (the local stack's, as template.yaml would set it):
+  FeedSync on its schedule event, Render and Publish on their queues' messages.
+- ``import NAME``: the cold import of a handler module, or ``bare``: a handler with Powertools'
+  Logger, Tracer and Metrics and nothing else. The import is timed inside the process.
+- ``agent CHANNEL``: the sync agent polls once (and applies the bundle), then polls again with
+  nothing changed; the second poll's HTTP requests and response body bytes are counted with
+  botocore's event hooks on the agent's own S3 client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BARE_HANDLER = """
+from aws_lambda_powertools import Logger, Metrics, Tracer
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+@logger.inject_lambda_context
+def lambda_handler(event, context):
+    return {}
+"""
+
+
+def run_handler(name: str) -> dict[str, Any]:
+    from demo.handlers import LambdaContext, drain_queue, load_handler
+
+    started = time.perf_counter()
+    handler = load_handler(name)
+    imported = time.perf_counter() - started
+    context = LambdaContext(name)
+    if name == "feed_sync":
+        event = json.loads((REPO / "events" / "schedule_feed_sync.json").read_text())
+        result: Any = handler.lambda_handler(event, context)
+    else:
+        import boto3
+
+        sqs = boto3.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+        queue = os.environ["RENDER_QUEUE_URL" if name == "render" else "PUBLISH_QUEUE_URL"]
+        result = drain_queue(
+            sqs,
+            queue,
+            lambda event: handler.lambda_handler(event, context),
+            region=os.environ["AWS_DEFAULT_REGION"],
+        )
+    return {"import_s": imported, "handler_s": time.perf_counter() - started - imported, "result": result}
+
+
+def run_import(name: str) -> dict[str, Any]:
+    if name == "bare":
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "bare_handler.py"
+            path.write_text(BARE_HANDLER)
+            sys.path.insert(0, folder)
+            started = time.perf_counter()
+            __import__("bare_handler")
+            return {"import_s": time.perf_counter() - started, "numpy": "numpy" in sys.modules}
+    from demo.handlers import load_handler
+
+    started = time.perf_counter()
+    load_handler(name)
+    return {"import_s": time.perf_counter() - started, "numpy": "numpy" in sys.modules}
+
+
+def run_agent(channel: str) -> dict[str, Any]:
+    import boto3
+
+    from cdr_policy.agent.directory import DirectoryApplier
+    from cdr_policy.agent.sync import Agent
+    from cdr_policy.bundle.signing import KmsSigner, Verifier
+    from cdr_policy.storage import S3Store
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    pem = KmsSigner(boto3.client("kms", endpoint_url=endpoint), os.environ["SIGNING_KEY_ID"]).public_key_pem()
+    with tempfile.TemporaryDirectory() as folder:
+        agent = Agent(
+            S3Store(s3, os.environ["DIST_BUCKET"]),
+            channel=channel,
+            cluster_id=f"bench-{channel}",
+            verifier=Verifier.from_public_pem(pem),
+            applier=DirectoryApplier(Path(folder) / "objects"),
+            state_dir=Path(folder) / "state",
+        )
+        first = agent.sync_once()
+        calls: list[dict[str, Any]] = []
+
+        def after_call(http_response: Any, model: Any, **_: Any) -> None:
+            length = int(http_response.headers.get("content-length") or 0)
+            calls.append({"operation": model.name, "status": http_response.status_code, "body_bytes": length})
+
+        s3.meta.events.register("after-call.s3", after_call)
+        second = agent.sync_once()
+    polls = [c for c in calls if c["operation"] == "GetObject"]
+    return {
+        "first": first["last_poll"]["result"],
+        "second": second["last_poll"]["result"],
+        "requests": len(calls),
+        "poll_requests": len(polls),
+        "poll_body_bytes": sum(c["body_bytes"] for c in polls),
+        "calls": calls,
+    }
+
+
+def main(argv: list[str]) -> int:
+    step, out, arg = argv
+    runners = {"handler": run_handler, "import": run_import, "agent": run_agent}
+    summary = runners[step](arg)
+    Path(out).write_text(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
