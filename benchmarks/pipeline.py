@@ -37,6 +37,8 @@ CHANNEL = {"name": "prod", "action": "Sigkill", "cilium_version": "1.18"}
 CRDS = Path(os.environ.get("CDR_SHARED_DIR", REPO.parent / "shared")) / "crds"
 # template.yaml's MemorySize per function: the budget each meets with a one-million-address feed.
 MEMORY_MB = {"cdr_fetch": 512, "feed_sync": 512, "render": 512, "publish": 512}
+# deploy/agent/deployment.yaml's memory limit of the sync agent's pod.
+AGENT_LIMIT_MIB = 512
 
 TARGETS = {
     "cli_ratio": 2.0,
@@ -266,6 +268,17 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
             f"all requests of the poll: {agent['requests']} (the status heartbeat is a PUT)",
             "1 / 0",
             agent["poll_requests"] == TARGETS["poll_requests"] and agent["poll_body_bytes"] == 0,
+        )
+    )
+    agent_mib = agent["maxrss_kib"] / 1024
+    out.append(
+        (
+            "(e)",
+            "agent applying the bundle of the default budgets (first poll): peak RSS",
+            f"{agent_mib:.0f} MiB",
+            f"{agent['files']} files, {agent['bundle_bytes'] / 1e6:.1f} MB",
+            f"< {AGENT_LIMIT_MIB} MiB (pod limit)",
+            agent_mib < AGENT_LIMIT_MIB,
         )
     )
     return out

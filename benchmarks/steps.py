@@ -99,6 +99,7 @@ def run_agent(channel: str) -> dict[str, Any]:
             state_dir=Path(folder) / "state",
         )
         first = agent.sync_once()
+        applied = sorted((Path(folder) / "objects").rglob("*.yaml"))
         calls: list[dict[str, Any]] = []
 
         def after_call(http_response: Any, model: Any, **_: Any) -> None:
@@ -107,10 +108,13 @@ def run_agent(channel: str) -> dict[str, Any]:
 
         s3.meta.events.register("after-call.s3", after_call)
         second = agent.sync_once()
+        files, size = len(applied), sum(p.stat().st_size for p in applied)
     polls = [c for c in calls if c["operation"] == "GetObject"]
     return {
         "first": first["last_poll"]["result"],
         "second": second["last_poll"]["result"],
+        "files": files,
+        "bundle_bytes": size,
         "requests": len(calls),
         "poll_requests": len(polls),
         "poll_body_bytes": sum(c["body_bytes"] for c in polls),
