@@ -1,0 +1,93 @@
+"""Compact feed sets in the render: merged by value with per-entry indicators, guarded, ranked
+(agreement, category, CDR first) and annotated with their provenance, as arrays."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+
+from cdr_policy.guards import NeverBlock, parse_protected
+from cdr_policy.models import FeedPrefixes, IndicatorSet
+from cdr_policy.netprefix.vector import V4, V6
+from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.ranked import rank_ips
+
+from .factories import EXPIRES, LAST_SEEN, NOW, by_file, cdr_set, indicator, render
+
+
+def compact(name: str, values: list[str], category: str = "attacker", expires_at: str = EXPIRES) -> IndicatorSet:
+    nets = [ipaddress.ip_network(v) for v in values]
+    v4 = sorted(n for n in nets if n.version == 4)
+    v6 = sorted(n for n in nets if n.version == 6)
+    prefixes = FeedPrefixes(
+        category=category,
+        last_seen=LAST_SEEN,
+        expires_at=expires_at,
+        ipv4=V4(
+            np.array([int(n.network_address) for n in v4], np.uint32), np.array([n.prefixlen for n in v4], np.uint8)
+        ),
+        ipv6=V6([int(n.network_address) for n in v6], bytes(n.prefixlen for n in v6)),
+    )
+    return IndicatorSet(source=f"feed:{name}", fetched_at=LAST_SEEN, status="ok", prefixes=prefixes)
+
+
+def ranked_values(sets: list[IndicatorSet], indicators=(), guard=None) -> list[str]:
+    ranking = rank_ips(list(indicators), sets, now=NOW, guard=guard or NeverBlock())
+    return [ranking.table.value(row) for row in range(len(ranking.table))]
+
+
+def test_agreement_then_category_then_value_order() -> None:
+    sets = [
+        compact("tor", ["185.220.1.1/32", "185.220.0.0/24", "2a0b:f4c0::/32"], "tor"),
+        compact("c2", ["91.92.93.94/32"], "c2"),
+        compact("scan", ["185.220.1.1/32", "45.0.0.0/16"], "scanner"),
+    ]
+    assert ranked_values(sets) == [
+        "185.220.1.1/32",  # two feeds agree
+        "91.92.93.94/32",  # c2 outweighs scanner and tor
+        "45.0.0.0/16",  # scanner
+        "185.220.0.0/24",  # tor, IPv4 before IPv6
+        "2a0b:f4c0::/32",
+    ]
+
+
+def test_a_cdr_detection_ranks_first_and_keeps_its_category() -> None:
+    cdr = indicator("91.92.93.94/32", category="tor")
+    assert ranked_values([compact("c2", ["45.0.0.0/16", "91.92.93.94/32"], "c2")], [cdr]) == [
+        "91.92.93.94/32",
+        "45.0.0.0/16",
+    ]
+
+
+def test_expired_sets_are_left_out() -> None:
+    expired = compact("old", ["45.0.0.0/16"], expires_at="2026-01-10T16:00:00Z")
+    assert ranked_values([expired, compact("new", ["46.0.0.0/16"])]) == ["46.0.0.0/16"]
+
+
+def test_the_channel_guard_refuses_compact_prefixes_with_reason_and_sources() -> None:
+    guard = NeverBlock(extra=parse_protected(["45.33.0.0/16"], "channel pod range"))
+    sets = [compact("a", ["45.33.32.0/24", "46.0.0.0/16"]), compact("b", ["45.33.32.0/24", "45.0.0.0/8"])]
+    ranking = rank_ips([], sets, now=NOW, guard=guard)
+    assert [ranking.table.value(r) for r in range(len(ranking.table))] == ["46.0.0.0/16"]
+    refused = {(r.value, r.source, r.reason) for r in ranking.rejected}
+    assert refused == {
+        ("45.33.32.0/24", "a,b", "inside never-block range: channel pod range"),
+        ("45.0.0.0/8", "b", "covers never-block range: channel pod range"),
+    }
+
+
+def test_render_annotates_blocklists_with_the_compact_sources() -> None:
+    sets = [
+        cdr_set([indicator("91.92.93.94/32", refs=("finding-9",))]),
+        compact("c2", ["91.92.93.94/32", "45.0.0.0/16"], "c2"),
+        compact("tor", ["185.220.0.0/24"], "tor"),
+    ]
+    result = render(sets, ChannelSettings(name="prod", cilium_version="1.18"))
+    files = by_file(result)
+    cdr = files["cilium-cdr-blocklist.yaml"]["metadata"]["annotations"]
+    ti = files["cilium-threat-intel-blocklist.yaml"]["metadata"]["annotations"]
+    assert cdr["cdr-policy.io/sources"] == "c2=1,cdr=1"
+    assert cdr["cdr-policy.io/refs"] == "c2,finding-9"
+    assert ti["cdr-policy.io/sources"] == "c2=1,tor=1"
+    assert result.report["indicators"]["ips"] == 3 and result.report["left_out_total"] == 0
