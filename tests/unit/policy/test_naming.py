@@ -131,6 +131,7 @@ def test_long_prefix_lists_written_as_lines_are_the_emitters_bytes():
                 {"index": 0, "nested": {"values": v6}, "short": ["1.2.3.4/32"]},
             ],
             "notPrefixes": [*v4[:70], "not a prefix"],
+            "twoLines": [*v4[:70], "45.1.1.0/24\n45.1.2.0/24"],
         },
     }
     reference = yaml.dump(

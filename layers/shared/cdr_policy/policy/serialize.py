@@ -22,7 +22,8 @@ import yaml
 _BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 # A list written as lines: at least this many strings, each a prefix in canonical text.
 FAST_LIST_MIN = 64
-_PREFIX_TEXT = re.compile(r"^[0-9a-f][0-9a-f.:]*/[0-9]{1,3}$|^::ffff:[0-9.]+/[0-9]{1,3}$")
+# Lines of prefix text (one regular expression over the joined list, not one call per value).
+_PREFIX_LINES = re.compile(r"(?:(?:[0-9a-f][0-9a-f.:]*|::ffff:[0-9.]+)/[0-9]{1,3}\n)+")
 _TOKEN = "cdrpolicyfastlist{:08d}"
 _LEAD = re.compile(r"(?:  |- )*")
 
@@ -65,17 +66,23 @@ def dump_yaml(obj: Any) -> bytes:
     return text.encode("utf-8")
 
 
+def _prefix_texts(values: list[Any]) -> bool:
+    """Is every value a string in prefix text (so that it is written as it is, or quoted when it
+    starts with ``:``)?"""
+    if not all(isinstance(v, str) for v in values):
+        return False
+    text = "\n".join(values) + "\n"
+    # As many lines as values: no value may carry a line break of its own.
+    return text.count("\n") == len(values) and _PREFIX_LINES.fullmatch(text) is not None
+
+
 def _swap_lists(obj: Any, lists: list[list[str]]) -> Any:
     """A copy of ``obj`` in which every long list of prefixes that is a mapping value is replaced
     by a token (the lists are appended to ``lists``, the token says which)."""
     if isinstance(obj, dict):
         out = {}
         for key, value in obj.items():
-            if (
-                isinstance(value, list)
-                and len(value) >= FAST_LIST_MIN
-                and all(isinstance(v, str) and _PREFIX_TEXT.match(v) for v in value)
-            ):
+            if isinstance(value, list) and len(value) >= FAST_LIST_MIN and _prefix_texts(value):
                 out[key] = _TOKEN.format(len(lists))
                 lists.append(value)
             else:
