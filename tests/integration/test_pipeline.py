@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdr_policy import aws, schemas
+from cdr_policy import aws, layout, schemas
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.sync import Agent
-from cdr_policy.bundle import keys
 from cdr_policy.bundle.signing import KmsSigner, Verifier, verify_manifest
 from cdr_policy.config import Settings, get_settings
 from cdr_policy.policy.checker import SchemaSet, check_files
@@ -86,7 +85,7 @@ def test_state_bucket_holds_raw_findings_indicators_and_bundles(pipeline):
     for key in indicator_keys:
         schemas.validate(json.loads(state.get(key).data), "indicator-set.schema.json")
     for channel in CHANNELS:
-        latest = json.loads(state.get(keys.latest_render_key(channel["name"])).data)
+        latest = json.loads(state.get(layout.latest_render_key(channel["name"])).data)
         manifest = json.loads(state.get(f"bundles/{latest['digest']}/bundle.json").data)
         assert manifest["digest"] == latest["digest"] and manifest["channel"] == channel["name"]
         report = json.loads(state.get(f"bundles/{latest['digest']}/report.json").data)
@@ -188,7 +187,7 @@ def test_redelivered_notifications_change_nothing(pipeline, lambda_env):
 
     result, _ = pipeline
     state = _store(result, result.stack.names.state_bucket)
-    before = {c["name"]: json.loads(state.get(keys.latest_render_key(c["name"])).data) for c in CHANNELS}
+    before = {c["name"]: json.loads(state.get(layout.latest_render_key(c["name"])).data) for c in CHANNELS}
     again = stages.render(lambda_env, trigger_keys=["indicators/cdr/current.json"])
     assert {b["channel"]: b["digest"] for b in again} == {k: v["digest"] for k, v in before.items()}
     assert not any(b["changed"] for b in again)

@@ -13,15 +13,12 @@ from typing import Any
 
 import yaml
 
+from cdr_policy import layout
 from cdr_policy.errors import ConfigError
 from cdr_policy.feeds.config import BUILTIN_FEEDS, FeedConfig, load_feeds
 from cdr_policy.policy.channel import ChannelSettings, default_channels
 from cdr_policy.qualys.categories import CategoryMapping, load_mapping, parse_mapping
 from cdr_policy.storage import NotFound, Store
-
-CHANNELS_KEY = "config/channels.yaml"
-FEEDS_KEY = "config/feeds.yaml"
-CATEGORIES_KEY = "config/categories.yaml"
 
 
 def parse_channels(text: str, origin: str) -> list[ChannelSettings]:
@@ -57,15 +54,15 @@ def _text(store: Store, key: str) -> str | None:
 
 
 def channels_from_store(store: Store) -> list[ChannelSettings]:
-    text = _text(store, CHANNELS_KEY)
-    return default_channels() if text is None else parse_channels(text, f"{store.describe()}/{CHANNELS_KEY}")
+    text = _text(store, layout.CHANNELS_CONFIG)
+    return default_channels() if text is None else parse_channels(text, f"{store.describe()}/{layout.CHANNELS_CONFIG}")
 
 
 def feeds_from_store(store: Store) -> list[FeedConfig]:
-    text = _text(store, FEEDS_KEY)
-    return list(BUILTIN_FEEDS) if text is None else load_feeds(text, origin=f"{store.describe()}/{FEEDS_KEY}")
+    text = _text(store, layout.FEEDS_CONFIG)
+    return list(BUILTIN_FEEDS) if text is None else load_feeds(text, origin=f"{store.describe()}/{layout.FEEDS_CONFIG}")
 
 
 def mapping_from_store(store: Store) -> CategoryMapping:
-    text = _text(store, CATEGORIES_KEY)
-    return load_mapping() if text is None else parse_mapping(text, f"{store.describe()}/{CATEGORIES_KEY}")
+    text = _text(store, layout.CATEGORIES_CONFIG)
+    return load_mapping() if text is None else parse_mapping(text, f"{store.describe()}/{layout.CATEGORIES_CONFIG}")

@@ -11,8 +11,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities import parameters
 
-from cdr_policy import aws, jsonio, schemas
-from cdr_policy.bundle import keys
+from cdr_policy import aws, jsonio, layout, schemas
 from cdr_policy.bundle.assemble import assemble
 from cdr_policy.bundle.publish import publish_bundle
 from cdr_policy.bundle.signing import KmsSigner
@@ -22,7 +21,7 @@ from cdr_policy.feeds.abuseipdb import AbuseIPDB
 from cdr_policy.feeds.download import DEADLINE_S as DOWNLOAD_DEADLINE_S
 from cdr_policy.feeds.sync import run_feed_sync
 from cdr_policy.guards import NeverBlock
-from cdr_policy.lambda_events import INDICATORS_PREFIX, PublishRequest
+from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.models import IndicatorSet
 from cdr_policy.observability import logger
 from cdr_policy.operator_config import channels_from_store, feeds_from_store, mapping_from_store
@@ -37,9 +36,6 @@ from cdr_policy.qualys.platforms import resolve_gateway
 from cdr_policy.report import bundle_report
 from cdr_policy.storage import NotFound, S3Store, Store
 from cdr_policy.timeutil import utcnow
-
-CDR_LAST_RUN_KEY = "state/cdr/last-run.json"
-CRDS_PREFIX = "crds/"
 
 
 def _state(settings: Settings) -> S3Store:
@@ -68,7 +64,7 @@ def cdr_fetch(settings: Settings, *, now: datetime | None = None, deadline_s: fl
             mapping=mapping_from_store(store),
         )
     section = result.report_section()
-    store.put(CDR_LAST_RUN_KEY, jsonio.dumps_pretty(section), "application/json")
+    store.put(layout.CDR_LAST_RUN, jsonio.dumps_pretty(section), "application/json")
     wanted = ("complete", "fetched", "unique", "new", "duplicates", "malformed_count", "indicators")
     return {k: section[k] for k in wanted}
 
@@ -112,7 +108,7 @@ def load_indicator_sets(store: Store) -> list[IndicatorSet]:
     schema. A broken set stops the render (the channels keep their last good bundle) rather than
     silently shrinking the blocklists."""
     sets = []
-    for key in store.list(INDICATORS_PREFIX):
+    for key in store.list(layout.INDICATORS):
         if key.endswith(".json"):
             try:
                 doc = jsonio.loads(store.get(key).data)
@@ -126,7 +122,7 @@ def load_indicator_sets(store: Store) -> list[IndicatorSet]:
 def load_schemas(store: Store) -> SchemaSet | None:
     """The CRDs the operator uploaded under ``crds/`` (the target clusters' versions), if any."""
     schemas = None
-    for key in store.list(CRDS_PREFIX):
+    for key in store.list(layout.CRDS):
         if not key.endswith((".yaml", ".yml")):
             continue
         for doc in load_yaml_documents(store.get(key).data):
@@ -150,17 +146,19 @@ def render(settings: Settings, *, trigger_keys: list[str], now: datetime | None 
     for channel in channels_from_store(store):
         result = compile_policies(sets, channel, now=now, guard=NeverBlock(), schemas=schemas)
         bundle = assemble(result.files, channel, now=now)
-        latest = _read_json(store, keys.latest_render_key(channel.name))
+        latest = _read_json(store, layout.latest_render_key(channel.name))
         changed = latest is None or latest.get("digest") != bundle.digest
         if changed:
             for path, data in sorted(bundle.files.items()):
-                store.put(keys.bundle_file_key(bundle.digest, path), data, "application/yaml")
+                store.put(layout.bundle_file_key(bundle.digest, path), data, "application/yaml")
             report = bundle_report(result.report, sets, last_run, now=now)
-            report_key = keys.bundle_file_key(bundle.digest, "report.json")
+            report_key = layout.bundle_file_key(bundle.digest, "report.json")
             store.put(report_key, jsonio.dumps_pretty(report), "application/json")
-            store.put(keys.bundle_manifest_key(bundle.digest), jsonio.dumps_pretty(bundle.manifest), "application/json")
             store.put(
-                keys.latest_render_key(channel.name),
+                layout.bundle_manifest_key(bundle.digest), jsonio.dumps_pretty(bundle.manifest), "application/json"
+            )
+            store.put(
+                layout.latest_render_key(channel.name),
                 jsonio.dumps_pretty({"digest": bundle.digest, "rendered_at": bundle.manifest["created_at"]}),
                 "application/json",
             )
@@ -184,7 +182,7 @@ def _read_json(store: Store, key: str) -> Any:
 
 
 def _last_cdr_run(store: Store) -> dict[str, Any] | None:
-    return _read_json(store, CDR_LAST_RUN_KEY)
+    return _read_json(store, layout.CDR_LAST_RUN)
 
 
 def publish(settings: Settings, *, channel: str, digest: str, now: datetime | None = None) -> dict[str, Any]:
@@ -195,13 +193,13 @@ def publish(settings: Settings, *, channel: str, digest: str, now: datetime | No
     the change budget by creating ``approvals/<channel>/<digest>`` in the state bucket.
     """
     state = _state(settings)
-    latest = _read_json(state, keys.latest_render_key(channel))
+    latest = _read_json(state, layout.latest_render_key(channel))
     if latest is not None and latest.get("digest") != digest:
         logger.info("publish request superseded", extra={"channel": channel, "digest": digest, "latest": latest})
         return {"status": "superseded", "channel": channel, "digest": digest, "latest": latest.get("digest")}
     if not settings.signing_key_id:
         raise ConfigError("SIGNING_KEY_ID is required to publish")
-    approved = _exists(state, f"approvals/{channel}/{digest}")
+    approved = _exists(state, layout.approval_key(channel, digest))
     result = publish_bundle(
         state,
         _dist(settings),

@@ -15,10 +15,9 @@ import jsonschema
 import pytest
 from moto import mock_aws
 
-from cdr_policy import jsonio, schemas
+from cdr_policy import jsonio, layout, schemas
 from cdr_policy.feeds.abuseipdb import AbuseIPDB
 from cdr_policy.feeds.config import FeedConfig
-from cdr_policy.feeds.persist import feed_set_key, feed_state_key, raw_key
 from cdr_policy.feeds.sync import FeedSyncResult, run_feed_sync
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import IndicatorSet
@@ -56,14 +55,14 @@ def sync(store: Store, feeds: list[FeedConfig], now: datetime, http, **kw) -> Fe
 
 
 def stored(store: Store, name: str, validate: bool = False) -> IndicatorSet:
-    doc = jsonio.loads(store.get(feed_set_key(name)).data)
+    doc = jsonio.loads(store.get(layout.feed_set_key(name)).data)
     if validate:
         schemas.validate(doc, "indicator-set.schema.json")
     return IndicatorSet.from_dict(doc)
 
 
 def state(store: Store, name: str) -> dict:
-    return jsonio.loads(store.get(feed_state_key(name)).data)
+    return jsonio.loads(store.get(layout.feed_state_key(name)).data)
 
 
 def _report_schema() -> dict:
@@ -85,7 +84,7 @@ def test_first_sync_counts_match_the_files(store, feeds, now, http, www: Path) -
     assert section["feeds"]["emerging-threats"]["stats"]["ipv4"] == 539
     feodo = section["feeds"]["feodo-c2"]["stats"]
     assert (feodo["format"], feodo["ipv4"], feodo["trailer"]) == ("feodo-csv", 28, 28)
-    assert result.written == sorted(feed_set_key(n) for n in SAMPLES)
+    assert result.written == sorted(layout.feed_set_key(n) for n in SAMPLES)
 
     stored(store, "tor-exit", validate=True)
     s = stored(store, "blocklist-de")
@@ -99,7 +98,7 @@ def test_first_sync_counts_match_the_files(store, feeds, now, http, www: Path) -
     )
     assert (first.first_seen, first.last_seen, first.expires_at) == (iso(now), iso(now), iso(now + timedelta(hours=48)))
     assert ":" not in s.entries[15_762].value and ":" in s.entries[15_763].value  # IPv4 first, then IPv6
-    assert store.get(raw_key("blocklist-de")).data == (www / "blocklist_de_all.txt").read_bytes()
+    assert store.get(layout.feed_last_good_key("blocklist-de")).data == (www / "blocklist_de_all.txt").read_bytes()
     st = state(store, "blocklist-de")
     assert st["etag"] and st["last_modified"] and st["last_good_count"] == 25_961
     assert (st["last_status"], st["failures"], st["url"]) == ("ok", 0, feeds[0].url)
@@ -107,12 +106,12 @@ def test_first_sync_counts_match_the_files(store, feeds, now, http, www: Path) -
 
 def test_second_sync_uses_conditional_get_and_writes_nothing(store, feeds, now, http, server) -> None:
     sync(store, feeds, now, http)
-    before = {n: store.get(feed_set_key(n)).etag for n in SAMPLES}
+    before = {n: store.get(layout.feed_set_key(n)).etag for n in SAMPLES}
     result = sync(store, feeds, now + timedelta(hours=1), http)
     assert result.written == []
     for name, outcome in result.feeds.items():
         assert (outcome.status, outcome.changed, outcome.stats["not_modified"]) == ("ok", False, True)
-        assert store.get(feed_set_key(name)).etag == before[name]
+        assert store.get(layout.feed_set_key(name)).etag == before[name]
     last = server.requests_for("/blocklist_de_all.txt")[-1]
     assert last.headers["If-None-Match"] == state(store, "blocklist-de")["etag"]
     assert result.feeds["blocklist-de"].entries == 16_234
@@ -165,7 +164,7 @@ def test_a_broken_feed_keeps_its_last_good_copy_and_says_why(
     break_it, check, words = BROKEN[scenario]
     sync(store, small, now, http)
     good = stored(store, "emerging-threats")
-    raw = store.get(raw_key("emerging-threats")).data
+    raw = store.get(layout.feed_last_good_key("emerging-threats")).data
     caplog.clear()
     metrics.clear_metrics()
 
@@ -180,7 +179,7 @@ def test_a_broken_feed_keeps_its_last_good_copy_and_says_why(
     assert (kept.status, kept.stats["gate"], kept.fetched_at) == ("stale", check, good.fetched_at)
     assert [e.value for e in kept.entries] == [e.value for e in good.entries]
     assert words in kept.error
-    assert store.get(raw_key("emerging-threats")).data == raw
+    assert store.get(layout.feed_last_good_key("emerging-threats")).data == raw
     st = state(store, "emerging-threats")
     assert (st["failures"], st["stale_since"], st["last_status"]) == (1, iso(later), "stale")
     assert words in st["last_error"] and st["last_good_count"] == 539
@@ -322,16 +321,16 @@ def test_disabled_and_removed_feeds_withdraw_their_entries(store, small, now, ht
     for name in ("tor-exit", "emerging-threats"):
         s = stored(store, name)
         assert (s.status, s.entries) == ("disabled", [])
-    assert feed_set_key("tor-exit") in result.written
+    assert layout.feed_set_key("tor-exit") in result.written
     assert not sync(store, remaining, now + timedelta(hours=2), http).feeds["tor-exit"].changed
 
 
 def test_304_without_a_stored_copy_downloads_again(store, small, now, http) -> None:
     sync(store, small, now, http)
-    store.delete(raw_key("tor-exit"))
+    store.delete(layout.feed_last_good_key("tor-exit"))
     result = sync(store, small, now + timedelta(hours=1), http)
     assert result.feeds["tor-exit"].status == "ok"
-    assert store.get(raw_key("tor-exit")).data
+    assert store.get(layout.feed_last_good_key("tor-exit")).data
 
 
 def test_file_url_feed(store, now, http, shared_feeds_dir: Path, tmp_path: Path) -> None:
@@ -362,4 +361,4 @@ def test_reputation_is_reported_and_names_must_be_unique(store, small, now, http
 def test_a_local_directory_store_is_what_the_cli_uses(tmp_path: Path, small, now, http) -> None:
     store = LocalStore(tmp_path / "cli-state")
     sync(store, small, now, http)
-    assert sorted(store.list("indicators/")) == sorted(feed_set_key(n) for n in SAMPLES if n != "blocklist-de")
+    assert sorted(store.list("indicators/")) == sorted(layout.feed_set_key(n) for n in SAMPLES if n != "blocklist-de")

@@ -22,8 +22,7 @@ from typing import Any, Literal
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from cdr_policy import jsonio
-from cdr_policy.bundle import keys
+from cdr_policy import jsonio, layout
 from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, assess
 from cdr_policy.bundle.manifest import (
     SIGNATURE_FIELDS,
@@ -94,14 +93,14 @@ def _read_manifest(store: Store, key: str) -> dict[str, Any]:
 def _read_files(store: Store, manifest: Mapping[str, Any]) -> dict[str, bytes]:
     """The manifest's files from ``bundles/<digest>/`` in ``store``, checked against the manifest."""
     digest = manifest["digest"]
-    files = {e["path"]: store.get(keys.bundle_file_key(digest, e["path"])).data for e in manifest["files"]}
+    files = {e["path"]: store.get(layout.bundle_file_key(digest, e["path"])).data for e in manifest["files"]}
     verify_files(manifest, files)
     return files
 
 
 def _current(dist: Store, channel: str) -> tuple[dict[str, Any] | None, str | None]:
     """The channel's current manifest, or None; and why it could not be used, if it exists but is bad."""
-    key = keys.channel_manifest_key(channel)
+    key = layout.channel_manifest_key(channel)
     try:
         return _read_manifest(dist, key), None
     except NotFound:
@@ -114,11 +113,11 @@ def _write(dist: Store, channel: str, signed: dict[str, Any], files: Mapping[str
     """Files first (unless already there), history next, channel manifest last."""
     digest = signed["digest"]
     for path, data in sorted((files or {}).items()):
-        dist.put(keys.bundle_file_key(digest, path), data, _content_type(path))
+        dist.put(layout.bundle_file_key(digest, path), data, _content_type(path))
     body = jsonio.dumps_pretty(signed)
-    history = keys.history_key(channel, signed["created_at"], digest)
+    history = layout.history_key(channel, signed["created_at"], digest)
     dist.put(history, body, "application/json")
-    manifest_key = keys.channel_manifest_key(channel)
+    manifest_key = layout.channel_manifest_key(channel)
     dist.put(manifest_key, body, "application/json")
     return manifest_key, history
 
@@ -157,7 +156,7 @@ def publish_bundle(
 
     Raises BundleError when the rendered bundle is missing, malformed or does not match its digests.
     """
-    manifest = _read_manifest(state, keys.bundle_manifest_key(digest))
+    manifest = _read_manifest(state, layout.bundle_manifest_key(digest))
     if manifest["digest"] != digest:
         raise BundleError(f"bundles/{digest}/bundle.json describes bundle {manifest['digest']}")
     if manifest["channel"] != channel:
@@ -259,7 +258,7 @@ def rollback(dist: Store, *, channel: str, to_digest: str, signer: Signer, now: 
     (``created_at`` = now, same lifetime as before) and re-signed. Its files must still be in ``dist``
     and match. Raises BundleError when there is no such history entry or its files are gone."""
     suffix = f"-{to_digest}.json"
-    entries = [k for k in dist.list(keys.history_prefix(channel)) if k.endswith(suffix)]
+    entries = [k for k in dist.list(layout.history_prefix(channel)) if k.endswith(suffix)]
     if not entries:
         raise BundleError(f"channel {channel} has never published bundle {to_digest}")
     old = _read_manifest(dist, entries[-1])

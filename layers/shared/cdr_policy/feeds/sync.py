@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from aws_lambda_powertools.metrics import MetricUnit
 
+from cdr_policy import layout
 from cdr_policy.feeds import gate
 from cdr_policy.feeds.aggregate import Ingested, ingest
 from cdr_policy.feeds.config import FeedConfig
@@ -43,10 +44,8 @@ from cdr_policy.feeds.parse import ParsedFeed, parse_feed
 from cdr_policy.feeds.persist import (
     FeedOutcome,
     FeedState,
-    feed_set_key,
     load_set,
     load_state,
-    raw_key,
     save_set_if_changed,
     save_state,
 )
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
 
 # Parse rejections listed per feed; the total is always in ``stats.rejected_parse``.
 MAX_LISTED_PARSE_REJECTIONS = 1000
-FEED_PREFIX = "indicators/feeds/"
 
 
 @dataclass
@@ -150,15 +148,15 @@ def _retired(store: Store, feeds: Sequence[FeedConfig]) -> list[tuple[str, str]]
     """Feeds with a stored set that are disabled or no longer configured."""
     configured = {f.name: f for f in feeds}
     out = [(f.name, "disabled in the feed configuration") for f in feeds if not f.enabled]
-    for key in store.list(FEED_PREFIX):
-        name = key[len(FEED_PREFIX) :].removesuffix(".json")
+    for key in store.list(layout.INDICATORS_FEEDS):
+        name = key[len(layout.INDICATORS_FEEDS) :].removesuffix(".json")
         if key.endswith(".json") and "/" not in name and name not in configured:
             out.append((name, "no longer in the feed configuration"))
     return sorted(out)
 
 
 def _disable(store: Store, name: str, why: str, now: datetime) -> FeedOutcome:
-    previous = load_set(store, feed_set_key(name))
+    previous = load_set(store, layout.feed_set_key(name))
     new = IndicatorSet(source=f"feed:{name}", fetched_at=iso(now), status="disabled", error=why)
     changed = previous.indicator_set is not None and save_set_if_changed(store, previous, new, now=now, ttl=None)
     return FeedOutcome(name=name, status="disabled", entries=0, error=why, changed=changed, key=previous.key)
@@ -181,14 +179,14 @@ class _FeedJob:
         self.guard = guard
         self.thresholds = thresholds
         self.ttl = timedelta(hours=feed.ttl_hours)
-        self.previous = load_set(store, feed_set_key(feed.name))
+        self.previous = load_set(store, layout.feed_set_key(feed.name))
         self.raw_missing = False
 
     def run(self, fetched: FetchResult, refetch: Callable[[], FetchResult]) -> FeedOutcome:
         body = fetched.body
         if fetched.outcome == "not_modified":
             try:
-                body = self.store.get(raw_key(self.feed.name)).data
+                body = self.store.get(layout.feed_last_good_key(self.feed.name)).data
             except NotFound:
                 logger.warning("304 without a stored last good copy, downloading again", extra={"feed": self.feed.name})
                 self.raw_missing = True
@@ -238,7 +236,7 @@ class _FeedJob:
         )
         changed = save_set_if_changed(self.store, self.previous, new, now=self.now, ttl=self.ttl)
         if fetched.outcome == "ok" and (sha != self.state.last_good_sha256 or self.raw_missing):
-            self.store.put(raw_key(name), body, "text/plain")
+            self.store.put(layout.feed_last_good_key(name), body, "text/plain")
         st = self.state
         if fetched.outcome == "ok":
             st.etag, st.last_modified = fetched.etag, fetched.last_modified

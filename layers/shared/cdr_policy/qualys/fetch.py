@@ -25,6 +25,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from cdr_policy import layout
 from cdr_policy.guards import NeverBlock
 from cdr_policy.jsonio import dumps
 from cdr_policy.models import IndicatorSet, Rejection
@@ -37,7 +38,6 @@ from cdr_policy.qualys.retry import QualysDeadline
 from cdr_policy.qualys.state import (
     SeenLedger,
     new_commit_id,
-    raw_page_key,
     read_checkpoint,
     read_current,
     read_seen,
@@ -269,7 +269,7 @@ def run_cdr_fetch(
                 result.pages += 1
                 if not page.items:
                     continue  # an empty page holds nothing to audit
-                key = raw_page_key(window_start, page.number)
+                key = layout.raw_cdr_page_key(window_start, page.number)
                 store.put(key, gzip.compress(page.body, mtime=0), "application/gzip")
                 items.extend((key, i, item) for i, item in enumerate(page.items))
             fresh = run.process(items, window_end)
