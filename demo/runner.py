@@ -24,8 +24,8 @@ from cdr_policy import aws, layout
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.signing import KmsSigner, Verifier
-from cdr_policy.config import get_settings
 from cdr_policy.observability import logger
+from cdr_policy.settings import get_settings
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import utcnow
 from demo.aws import Stack, create_stack

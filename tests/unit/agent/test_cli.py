@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from cdr_policy.agent import cli
-from cdr_policy.bundle.publish import publish_bundle
+from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.timeutil import parse_duration, utcnow
 from tests.unit.bundle.factory import ips, network_bundle, render
 

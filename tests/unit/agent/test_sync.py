@@ -14,9 +14,9 @@ from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.status import read_status
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.manifest import unsigned
-from cdr_policy.bundle.publish import publish_bundle
 from cdr_policy.bundle.signing import LocalSigner, generate_local_key, sign_manifest
 from cdr_policy.errors import ConfigError, StorageError
+from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.timeutil import utcnow
 from demo.fake_kube import FakeKubeAPI
 from tests.unit.bundle.factory import (
@@ -66,6 +66,7 @@ def ship(state, bucket, signer):
 
     def ship(files, when=T0, *, channel="prod", ttl=timedelta(hours=72)):
         digest = render(state, files, channel=channel, created=when, ttl=ttl)
+        state.put(layout.approval_key(channel, digest), b"")  # these tests are not about the change budget
         result = publish_bundle(
             state,
             bucket,
@@ -74,7 +75,6 @@ def ship(state, bucket, signer):
             signer=signer,
             now=when,
             change_budget_percent=100,
-            approved=True,
         )
         assert result.shipped
         return digest

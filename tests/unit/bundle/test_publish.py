@@ -10,10 +10,10 @@ import pytest
 from moto import mock_aws
 
 from cdr_policy import jsonio, layout
-from cdr_policy.bundle.publish import publish_bundle, rollback
 from cdr_policy.bundle.signing import verify_manifest
 from cdr_policy.errors import BundleError
 from cdr_policy.observability import metrics
+from cdr_policy.stages.publish import publish_bundle, rollback
 from cdr_policy.storage import NotFound, S3Store
 from cdr_policy.timeutil import iso
 
@@ -163,7 +163,8 @@ def test_an_approved_change_is_published_despite_the_budget(state, dist, signer)
     publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
     digest = render(state, network_bundle(ips(1000, 100), tag="b"))
 
-    result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1), approved=True)
+    state.put(layout.approval_key("prod", digest), b"approved by the on-call engineer")
+    result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
 
     assert result.status == "published" and current(dist)["digest"] == digest
 
@@ -190,7 +191,8 @@ def test_unreadable_current_manifest_holds_unless_approved(state, dist, signer):
     held = publish(state, dist, signer, digest)
     assert held.status == "held" and "unusable" in held.reason
 
-    assert publish(state, dist, signer, digest, approved=True).status == "published"
+    state.put(layout.approval_key("prod", digest), b"")
+    assert publish(state, dist, signer, digest).status == "published"
 
 
 def test_current_bundle_files_gone_holds_unless_approved(state, dist, signer):

@@ -5,24 +5,23 @@ good copy stays in force, marked stale with the reason (set, report, state, metr
 
 from __future__ import annotations
 
-import json
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import boto3
-import jsonschema
 import pytest
 from moto import mock_aws
 
 from cdr_policy import jsonio, layout, schemas
 from cdr_policy.feeds.abuseipdb import AbuseIPDB
 from cdr_policy.feeds.config import FeedConfig
-from cdr_policy.feeds.sync import FeedSyncResult, run_feed_sync
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import IndicatorSet
 from cdr_policy.observability import metrics
+from cdr_policy.stages.feed_sync import FeedSyncResult, run_feed_sync
 from cdr_policy.storage import LocalStore, S3Store, Store
+from cdr_policy.summaries import FeedSummary
 from cdr_policy.timeutil import iso
 from demo.feed_server import FeedServer
 from tests.unit.feeds.conftest import feed_for
@@ -65,24 +64,17 @@ def state(store: Store, name: str) -> dict:
     return jsonio.loads(store.get(layout.feed_state_key(name)).data)
 
 
-def _report_schema() -> dict:
-    path = Path(schemas.__file__).parent / "report.schema.json"
-    return json.loads(path.read_text())
-
-
 def test_first_sync_counts_match_the_files(store, feeds, now, http, www: Path) -> None:
     result = sync(store, feeds, now, http)
-    section = result.report_section()
-    full = _report_schema()
-    jsonschema.validate(section["feeds"], full["properties"]["feeds"])
-    jsonschema.validate(section["rejected"], full["properties"]["rejected"])
-    assert {n: f["status"] for n, f in section["feeds"].items()} == dict.fromkeys(SAMPLES, "ok")
-    bl = section["feeds"]["blocklist-de"]
-    assert (bl["stats"]["lines"], bl["stats"]["ipv4"], bl["stats"]["ipv6"]) == (25_961, 25_490, 471)
-    assert bl["entries"] == 15_763 + 471 and bl["error"] is None and bl["changed"]
-    assert section["feeds"]["tor-exit"]["stats"]["ipv4"] == 1_396
-    assert section["feeds"]["emerging-threats"]["stats"]["ipv4"] == 539
-    feodo = section["feeds"]["feodo-c2"]["stats"]
+    outcomes = result.outcomes
+    assert {n: o.status for n, o in outcomes.items()} == dict.fromkeys(SAMPLES, "ok")
+    bl = outcomes["blocklist-de"]
+    assert (bl.stats["lines"], bl.stats["ipv4"], bl.stats["ipv6"]) == (25_961, 25_490, 471)
+    assert bl.entries == 15_763 + 471 and bl.error is None and bl.changed
+    assert outcomes["tor-exit"].stats["ipv4"] == 1_396
+    assert outcomes["emerging-threats"].stats["ipv4"] == 539
+    assert result.summary().feeds["tor-exit"] == FeedSummary("ok", 951)
+    feodo = outcomes["feodo-c2"].stats
     assert (feodo["format"], feodo["ipv4"], feodo["trailer"]) == ("feodo-csv", 28, 28)
     assert result.written == sorted(layout.feed_set_key(n) for n in SAMPLES)
 
@@ -190,8 +182,8 @@ def test_a_broken_feed_keeps_its_last_good_copy_and_says_why(
         "feodo-c2": "ok",
         "tor-exit": "ok",
     }
-    section = result.report_section()["feeds"]["emerging-threats"]
-    assert section["status"] == "stale" and section["entries"] == 538 and words in section["error"]
+    et = result.outcomes["emerging-threats"]
+    assert et.status == "stale" and et.entries == 538 and words in (et.error or "")
 
     # The same failure again changes nothing that rendering depends on: no rewrite.
     again = sync(store, small, later + timedelta(hours=1), http)
@@ -225,7 +217,7 @@ def test_a_slow_feed_is_cut_at_the_fetch_deadline_and_keeps_its_last_good_copy(s
     sync(store, small, now, http)
     server.route("/tor_torbulkexitlist.txt", delay=3.0)
     started = time.monotonic()
-    result = sync(store, small, now + timedelta(hours=1), http, fetch_deadline_s=1.0)
+    result = sync(store, small, now + timedelta(hours=1), http, deadline_s=2.0)
     assert time.monotonic() - started < 2.9, "the sync did not wait for the slow feed"
     outcome = result.feeds["tor-exit"]
     assert outcome.status == "stale" and outcome.entries > 0
@@ -257,9 +249,7 @@ def test_poisoned_entries_are_rejected_with_reasons(store, small, now, http, www
     path = www / "et_compromised-ips.txt"
     path.write_bytes(path.read_bytes() + b"8.8.8.8\n10.0.0.0/8\n0.0.0.0/0\n192.168.1.1\n010.0.0.1\n")
     result = sync(store, small, now, http)
-    rejected = {
-        (r["value"], r["reason"]) for r in result.report_section()["rejected"] if r["source"] == "emerging-threats"
-    }
+    rejected = {(r.value, r.reason) for r in result.rejected if r.source == "emerging-threats"}
     assert rejected == {
         ("8.8.8.8/32", "inside never-block range: public DNS resolver (Google)"),
         ("10.0.0.0/8", "inside never-block range: private range (RFC 1918)"),
@@ -352,8 +342,8 @@ def test_works_against_s3(feeds, now, http) -> None:
 
 
 def test_reputation_is_reported_and_names_must_be_unique(store, small, now, http) -> None:
-    result = sync(store, small[:1], now, http, reputation=AbuseIPDB(None), cdr_ips=["93.184.216.34"])
-    assert result.report_section()["feeds"]["abuseipdb"]["status"] == "disabled"
+    result = sync(store, small[:1], now, http, reputation=AbuseIPDB(None))
+    assert result.outcomes["abuseipdb"].status == "disabled"
     with pytest.raises(ValueError, match="unique"):
         sync(store, [small[0], small[0]], now, http)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from cdr_policy import stages
-from cdr_policy.config import get_settings
+from cdr_policy.settings import get_settings
+from cdr_policy.wiring import cloud
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -101,12 +101,12 @@ class StageRecorder:
 
 @pytest.fixture
 def fake_stage(monkeypatch: pytest.MonkeyPatch) -> Callable[..., StageRecorder]:
-    """``fake_stage("render", result=[...])`` replaces ``cdr_policy.stages.render`` for one test."""
+    """``fake_stage("render", result=[...])`` replaces ``cdr_policy.wiring.cloud.render`` for one test."""
 
     def install(name: str, *, result: Any = None, error: Exception | None = None) -> StageRecorder:
-        assert hasattr(stages, name), name
+        assert hasattr(cloud, name), name
         recorder = StageRecorder(result=result, error=error)
-        monkeypatch.setattr(stages, name, recorder)
+        monkeypatch.setattr(cloud, name, recorder)
         return recorder
 
     return install

@@ -22,7 +22,6 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,10 +38,9 @@ from cdr_policy.bundle.objects import ObjectRef, parse_objects
 from cdr_policy.bundle.signing import Verifier, verify_manifest
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.observability import logger
+from cdr_policy.policy.checker.files import BundleCheck
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import iso, parse_iso, utcnow
-
-Check = Callable[[dict[str, bytes]], list[str]]
 
 _CHANNEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -79,7 +77,7 @@ class Agent:
         verifier: Verifier,
         applier: Applier,
         state_dir: str | os.PathLike[str],
-        check: Check | None = None,
+        check: BundleCheck | None = None,
     ) -> None:
         if not _CHANNEL.match(channel):
             raise ConfigError(f"channel {channel!r}: use 1-32 lower-case letters, digits or '-'")

@@ -409,11 +409,10 @@ class AbuseIPDB:
         return None
 
     def _disabled(self, store: Store, name: str, now: datetime) -> FeedOutcome:
+        # Stored even on a first run, so that every report says the list is off (written once: unchanged later).
         previous = load_set(store, layout.reputation_set_key(name))
-        changed = False
-        if previous.indicator_set is not None:
-            new = IndicatorSet(source=SET_SOURCES[name], fetched_at=iso(now), status="disabled", error=MISSING_KEY)
-            changed = save_set_if_changed(store, previous, new, now=now, ttl=None)
+        new = IndicatorSet(source=SET_SOURCES[name], fetched_at=iso(now), status="disabled", error=MISSING_KEY)
+        changed = save_set_if_changed(store, previous, new, now=now, ttl=None)
         return FeedOutcome(
             name=name, status="disabled", entries=0, error=MISSING_KEY, changed=changed, key=previous.key
         )

@@ -9,11 +9,8 @@ Locally the CLI takes the same documents from files (``--channel``, ``--feeds``,
 
 from __future__ import annotations
 
-from typing import Any
-
-import yaml
-
 from cdr_policy import layout
+from cdr_policy.config_text import decode_text, load_yaml_mapping
 from cdr_policy.errors import ConfigError
 from cdr_policy.feeds.config import BUILTIN_FEEDS, FeedConfig, load_feeds
 from cdr_policy.policy.channel import ChannelSettings, default_channels
@@ -23,11 +20,8 @@ from cdr_policy.storage import NotFound, Store
 
 def parse_channels(text: str, origin: str) -> list[ChannelSettings]:
     """A ``channels:`` list (YAML or JSON). Names must be unique; at least one channel."""
-    try:
-        doc: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
-    if not isinstance(doc, dict) or set(doc) != {"channels"} or not isinstance(doc["channels"], list):
+    doc = load_yaml_mapping(text, origin, "exactly one top-level key 'channels' holding a list")
+    if set(doc) != {"channels"} or not isinstance(doc["channels"], list):
         raise ConfigError(f"{origin}: expected exactly one top-level key 'channels' holding a list")
     if not doc["channels"]:
         raise ConfigError(f"{origin}: 'channels' is empty")
@@ -46,11 +40,10 @@ def parse_channels(text: str, origin: str) -> list[ChannelSettings]:
 
 def _text(store: Store, key: str) -> str | None:
     try:
-        return store.get(key).data.decode("utf-8")
+        data = store.get(key).data
     except NotFound:
         return None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{store.describe()}/{key} is not UTF-8 text") from exc
+    return decode_text(data, f"{store.describe()}/{key}")
 
 
 def channels_from_store(store: Store) -> list[ChannelSettings]:

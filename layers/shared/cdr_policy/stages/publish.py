@@ -1,4 +1,9 @@
-"""Publish a rendered bundle to a channel, and roll a channel back to an earlier bundle.
+"""The Publish stage: check, sign and publish one rendered bundle to one channel; and roll a
+channel back to an earlier bundle.
+
+A request for a digest that is no longer the channel's latest render is skipped (SQS does not keep
+order: an old request must not roll a channel back). An operator approves a bundle held by the
+change budget by creating ``approvals/<channel>/<digest>`` in the state store.
 
 The signed manifest is stamped when it is published: ``created_at`` is the publish time and
 ``expires_at`` keeps the lifetime the bundle was rendered with. Agents refuse a manifest older than
@@ -15,7 +20,7 @@ the change budget (unless an operator approved it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -34,11 +39,11 @@ from cdr_policy.bundle.objects import parse_objects, prefixes
 from cdr_policy.bundle.signing import Signer, sign_manifest
 from cdr_policy.errors import BundleError, StorageError
 from cdr_policy.observability import logger, metrics
-from cdr_policy.storage import NotFound, Store
+from cdr_policy.policy.checker.files import BundleCheck
+from cdr_policy.storage import NotFound, Store, exists
 from cdr_policy.timeutil import iso, parse_iso
 
-Check = Callable[[dict[str, bytes]], list[str]]
-PublishStatus = Literal["published", "refreshed", "unchanged", "held", "refused", "rolled_back"]
+PublishStatus = Literal["published", "refreshed", "unchanged", "held", "refused", "rolled_back", "superseded"]
 # A current manifest is re-stamped when more than this share of its lifetime has passed.
 REFRESH_AFTER = 0.5
 
@@ -140,22 +145,27 @@ def publish_bundle(
     signer: Signer,
     now: datetime,
     change_budget_percent: int,
-    check: Check | None = None,
-    approved: bool = False,
+    check: BundleCheck | None = None,
     min_changes: int = DEFAULT_MIN_CHANGES,
 ) -> PublishResult:
     """Check, sign and publish rendered bundle ``digest`` (``bundles/<digest>/`` in ``state``) to ``channel``.
 
     - ``unchanged``: the bundle is already current and less than half through its lifetime; nothing written.
+    - ``superseded``: ``digest`` is no longer the channel's latest render; nothing written.
     - ``refreshed``: the bundle is already current and was re-stamped and re-signed (no files copied).
     - ``refused``: ``check`` reported errors; nothing written, an alarm metric is emitted.
     - ``held``: more than ``change_budget_percent`` of the entries would change (and at least
-      ``min_changes``); nothing written, an alarm metric is emitted. ``approved=True`` (an operator's
-      explicit approval of this digest) skips the budget; so does a channel's first publish.
+      ``min_changes``); nothing written, an alarm metric is emitted. An operator's approval of this
+      digest (``approvals/<channel>/<digest>`` in ``state``) skips the budget; so does a channel's first publish.
     - ``published``: files, history entry and channel manifest written, in that order.
 
     Raises BundleError when the rendered bundle is missing, malformed or does not match its digests.
     """
+    latest = _latest_render(state, channel)
+    if latest is not None and latest != digest:
+        logger.info("publish request superseded", extra={"channel": channel, "digest": digest, "latest": latest})
+        return PublishResult("superseded", channel, digest, reason=f"superseded by the later render {latest}")
+    approved = exists(state, layout.approval_key(channel, digest))
     manifest = _read_manifest(state, layout.bundle_manifest_key(digest))
     if manifest["digest"] != digest:
         raise BundleError(f"bundles/{digest}/bundle.json describes bundle {manifest['digest']}")
@@ -216,6 +226,16 @@ def publish_bundle(
         history_key=history,
         budget=budget,
     )
+
+
+def _latest_render(state: Store, channel: str) -> str | None:
+    try:
+        doc = jsonio.loads(state.get(layout.latest_render_key(channel)).data)
+    except NotFound:
+        return None
+    except ValueError as exc:
+        raise BundleError(f"{state.describe()}/{layout.latest_render_key(channel)} is not valid JSON: {exc}") from exc
+    return str(doc["digest"])
 
 
 def _stamp(manifest: dict[str, Any], now: datetime) -> dict[str, Any]:

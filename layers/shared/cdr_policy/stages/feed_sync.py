@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 from aws_lambda_powertools.metrics import MetricUnit
@@ -53,7 +53,9 @@ from cdr_policy.feeds.prefix import last_address, parse_canonical, to_string
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import Indicator, IndicatorSet, Rejection
 from cdr_policy.observability import logger, metrics
+from cdr_policy.qualys.state import read_current
 from cdr_policy.storage import NotFound, Store
+from cdr_policy.summaries import FeedSummary, FeedSyncSummary
 from cdr_policy.timeutil import iso
 
 if TYPE_CHECKING:
@@ -74,13 +76,18 @@ class FeedSyncResult:
         out = [r for o in (*self.feeds.values(), *self.reputation) for r in o.rejected]
         return sorted(out, key=lambda r: (r.source, r.value, r.reason))
 
-    def report_section(self) -> dict[str, Any]:
-        """``{"feeds": {name: {status, entries, error, changed, stats}}, "rejected": [...]}``."""
+    @property
+    def outcomes(self) -> dict[str, FeedOutcome]:
+        """Every feed's and reputation list's outcome, by name."""
         outcomes = {o.name: o for o in (*self.feeds.values(), *self.reputation)}
-        return {
-            "feeds": {name: outcomes[name].to_report() for name in sorted(outcomes)},
-            "rejected": [r.to_dict() for r in self.rejected],
-        }
+        return dict(sorted(outcomes.items()))
+
+    def summary(self) -> FeedSyncSummary:
+        return FeedSyncSummary(
+            feeds={name: FeedSummary(o.status, o.entries) for name, o in self.outcomes.items()},
+            written=list(self.written),
+            rejected=len(self.rejected),
+        )
 
 
 def run_feed_sync(
@@ -91,14 +98,15 @@ def run_feed_sync(
     guard: NeverBlock,
     http: httpx.Client | None = None,
     reputation: AbuseIPDB | None = None,
-    cdr_ips: Sequence[str] = (),
     thresholds: gate.GateThresholds = gate.DEFAULT_THRESHOLDS,
     max_bytes: int = MAX_BYTES,
-    fetch_deadline_s: float = DEADLINE_S,
+    deadline_s: float | None = None,
 ) -> FeedSyncResult:
     """Sync every feed (see the module docstring) and, when ``reputation`` is given, AbuseIPDB
-    for ``cdr_ips``. ``http`` is closed only when this function created it. ``fetch_deadline_s``
-    bounds each download (they run concurrently), so that a Lambda invocation leaves time to store."""
+    for the addresses of the CDR set in force. ``http`` is closed only when this function created it.
+    ``deadline_s`` is the time the caller has left (a Lambda invocation's budget): the downloads,
+    which run concurrently, get at most half of it, the rest is for storing."""
+    fetch_deadline_s = DEADLINE_S if deadline_s is None else max(1.0, min(DEADLINE_S, deadline_s / 2))
     names = [f.name for f in feeds]
     if len(set(names)) != len(names):
         raise ValueError(f"feed names must be unique: {names}")
@@ -121,7 +129,7 @@ def run_feed_sync(
         for name, why in _retired(store, feeds):
             result.feeds[name] = _disable(store, name, why, now)
         if reputation is not None:
-            result.reputation = reputation.refresh(store, cdr_ips, now=now, guard=guard, http=client)
+            result.reputation = reputation.refresh(store, cdr_ips(store), now=now, guard=guard, http=client)
         result.written = sorted(o.key for o in (*result.feeds.values(), *result.reputation) if o.changed and o.key)
     finally:
         if http is None:
@@ -135,6 +143,12 @@ def run_feed_sync(
         },
     )
     return result
+
+
+def cdr_ips(store: Store) -> list[str]:
+    """The addresses of the CDR set in force (what AbuseIPDB is asked about)."""
+    cdr = read_current(store)
+    return sorted(e.value.split("/")[0] for e in (cdr.entries if cdr else []) if e.kind == "ip")
 
 
 def _validators(state: FeedState) -> Validators:
