@@ -28,10 +28,10 @@ from cdr_policy.observability import logger
 from cdr_policy.settings import get_settings
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import utcnow
-from demo.aws import Stack, create_stack
-from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-from demo.feed_server import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
-from demo.handlers import REPO, LambdaContext, drain_queue, load_handler
+from tests.fakes.aws import Stack, create_stack
+from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+from tests.fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_handler
+from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 EVENTS = REPO / "events"
 FINDINGS = EVENTS / "findings"

@@ -20,8 +20,8 @@ from cdr_policy.bundle.signing import KmsSigner, Verifier, verify_manifest
 from cdr_policy.policy.checker import SchemaSet, check_files
 from cdr_policy.settings import Settings, get_settings
 from cdr_policy.storage import S3Store
-from demo.aws import moto_endpoint
 from demo.runner import CHANNELS, run_pipeline
+from tests.fakes.aws import moto_endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -205,8 +205,8 @@ def test_a_stale_publish_request_cannot_roll_a_channel_back(pipeline, lambda_env
 
 def test_a_second_fetch_duplicates_nothing(pipeline, lambda_env):
     from cdr_policy.wiring import cloud
-    from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
     from demo.runner import FINDINGS
+    from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
     result, _ = pipeline
     state = _store(result, result.stack.names.state_bucket)

@@ -18,7 +18,7 @@ from cdr_policy.bundle.signing import LocalSigner, generate_local_key, sign_mani
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.timeutil import utcnow
-from demo.fake_kube import FakeKubeAPI
+from tests.fakes.kube import FakeKubeAPI
 from tests.unit.bundle.factory import (
     T0,
     RecordingStore,

@@ -14,7 +14,7 @@ from cdr_policy.feeds.abuseipdb import MISSING_KEY, AbuseIPDB
 from cdr_policy.models import IndicatorSet
 from cdr_policy.observability import metrics
 from cdr_policy.timeutil import iso
-from tests.unit.feeds.fake_abuseipdb import FakeAbuseIPDB
+from tests.fakes.abuseipdb import FakeAbuseIPDB
 
 BAD = "118.25.6.39"  # the docs' example address
 MILD = "93.184.216.34"
@@ -29,7 +29,7 @@ def api(shared_feeds_dir: Path) -> Iterator[FakeAbuseIPDB]:
 
 
 def client(api: FakeAbuseIPDB, key: str = "test-key", **kw) -> AbuseIPDB:
-    return AbuseIPDB(key, base_url=api.base_url, **kw)
+    return AbuseIPDB(key, base_url=api.api_url, **kw)
 
 
 def stored(store, name: str = "abuseipdb") -> IndicatorSet:
@@ -46,7 +46,10 @@ def test_missing_key_disables_it_with_one_clear_line(store, guard, now, caplog) 
     (outcome,) = AbuseIPDB(None).refresh(store, [BAD], now=now, guard=guard)
     assert (outcome.name, outcome.status, outcome.entries, outcome.error) == ("abuseipdb", "disabled", 0, MISSING_KEY)
     assert [r.getMessage() for r in caplog.records] == [MISSING_KEY]
-    assert not outcome.changed and store.list("") == []
+    # a disabled set is stored once, so that every report says the list is off; nothing else is written
+    assert outcome.changed and store.list("") == [layout.reputation_set_key("abuseipdb")]
+    again = AbuseIPDB(None).refresh(store, [BAD], now=now, guard=guard)
+    assert not again[0].changed
     both = AbuseIPDB("  ", blacklist=True).refresh(store, [BAD], now=now, guard=guard)
     assert [o.status for o in both] == ["disabled", "disabled"]
 

@@ -23,7 +23,7 @@ from cdr_policy.stages.feed_sync import FeedSyncResult, run_feed_sync
 from cdr_policy.storage import LocalStore, S3Store, Store
 from cdr_policy.summaries import FeedSummary
 from cdr_policy.timeutil import iso
-from demo.feed_server import FeedServer
+from tests.fakes.feeds import FeedServer
 from tests.unit.feeds.conftest import feed_for
 
 SAMPLES = {
