@@ -35,8 +35,8 @@ from typing import Any
 from cdr_policy.errors import ConfigError
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.naming import COMPONENT_CIDR_GROUP, COMPONENT_KEY, SHARD, assign_name, group_filename
-from cdr_policy.policy.output import PolicyFile
-from cdr_policy.policy.tetragon import NAMESPACE_LABEL, ObjectMeta
+from cdr_policy.policy.output import ObjectMeta, PolicyFile
+from cdr_policy.policy.tetragon import NAMESPACE_LABEL
 
 POLICY_API_VERSION = "cilium.io/v2"
 PREFIXES_PER_GROUP = 5_000
