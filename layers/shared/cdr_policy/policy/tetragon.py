@@ -1,6 +1,6 @@
 """Tetragon building blocks: actions per hook, connect hooks, scoping, and the network blocklists.
 
-Actions. A channel's action maps onto what each hook allows (enforcement.md §1.6):
+Actions. A channel's action maps onto what each hook allows (docs/ENFORCEMENT.md §1.6):
 
 | Channel | syscall kprobe | ``security_*`` kprobe | other kernel fn (``tcp_connect``) |
 |---|---|---|---|
