@@ -7,7 +7,7 @@ in its own process (``benchmarks.measure``), all in one run, so that ratios comp
     Both runs use a fresh state directory, the repository's fake Qualys gateway and a loopback
     feed server (``demo``); the million-address output is checked: policies written, the budget
     respected, the left-out entries reported.
-(c) The FeedSync, Render and Publish handlers on a moto server (``demo.aws``, as ``make demo``)
+(c) The FeedSync, Render and Publish handlers on a moto server (``tests.fakes.aws``, as ``make demo``)
     with the same feed and the upstream CRDs (when ``../shared/crds`` is there: the schema checks
     run too): wall time and peak RSS of each, and the size of the stored feed set.
 (d) The cold import of each handler module against a bare Powertools handler (Logger, Tracer,
@@ -68,9 +68,9 @@ def run(work: Path, addresses: int, seed: int, iprange: str | None) -> dict[str,
 
 def _cli(work: Path, big: Path, small: Path, iprange: str | None) -> dict[str, Any]:
     from cdr_policy.timeutil import utcnow
-    from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-    from demo.feed_server import FeedServer
     from demo.runner import FINDINGS
+    from tests.fakes.feeds import FeedServer
+    from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
     out: dict[str, Any] = {}
     with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gateway, FeedServer(root=work) as server:
@@ -126,8 +126,8 @@ def _cli_output(folder: Path) -> dict[str, Any]:
 
 
 def _handlers(work: Path, big: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from demo.aws import create_stack, moto_endpoint
-    from demo.feed_server import FeedServer
+    from tests.fakes.aws import create_stack, moto_endpoint
+    from tests.fakes.feeds import FeedServer
 
     results: dict[str, Any] = {}
     with moto_endpoint(None) as endpoint, FeedServer(root=work) as server:

@@ -39,7 +39,7 @@ def lambda_handler(event, context):
 
 
 def run_handler(name: str) -> dict[str, Any]:
-    from demo.handlers import LambdaContext, drain_queue, load_handler
+    from tests.fakes.lambda_runtime import LambdaContext, drain_queue, load_handler
 
     started = time.perf_counter()
     handler = load_handler(name)
@@ -71,7 +71,7 @@ def run_import(name: str) -> dict[str, Any]:
             started = time.perf_counter()
             __import__("bare_handler")
             return {"import_s": time.perf_counter() - started, "numpy": "numpy" in sys.modules}
-    from demo.handlers import load_handler
+    from tests.fakes.lambda_runtime import load_handler
 
     started = time.perf_counter()
     load_handler(name)

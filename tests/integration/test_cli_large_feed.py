@@ -14,15 +14,16 @@ import pytest
 import yaml
 
 from benchmarks.generate import generate_addresses
+from cdr_policy import layout
 from cdr_policy.cli import main
-from cdr_policy.feeds.persist import feed_set_key, parse_set
-from cdr_policy.policy.budget import MAX_LISTED_LEFT_OUT
+from cdr_policy.feeds.persist import parse_set
+from cdr_policy.policy.capacity import MAX_LISTED_LEFT_OUT
 from cdr_policy.policy.checker import SchemaSet, check_files
 from cdr_policy.storage import LocalStore
 from cdr_policy.timeutil import utcnow
-from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-from demo.feed_server import FeedServer
 from demo.runner import FINDINGS
+from tests.fakes.feeds import FeedServer
+from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +62,7 @@ def test_a_large_feed_renders_inside_the_budget_and_reports_the_rest(tmp_path: P
     printed = capsys.readouterr().out
 
     # The feed set is stored compactly and reads back whole.
-    stored = LocalStore(state).get(feed_set_key("big")).data
+    stored = LocalStore(state).get(layout.feed_set_key("big")).data
     feed_set = parse_set(stored, "big")
     assert feed_set.prefixes is not None and feed_set.entries == []
     expected = list(ipaddress.collapse_addresses(ipaddress.ip_address(a) for a in feed.read_text().split()))

@@ -37,7 +37,10 @@ def test_ours_equals_collapse_addresses_on_the_generated_input(tmp_path: Path) -
 
 def test_benchmark_run_writes_the_table(tmp_path: Path, capsys) -> None:
     code = bench.main(
-        ["--lines", "2000", "--repeat", "1", "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+        [
+            *("--lines", "2000", "--repeat", "1", "--addresses", "0"),
+            *("--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")),
+        ]
     )
     assert code == 0
     table = (tmp_path / "r" / "latest.md").read_text()
@@ -50,7 +53,12 @@ def test_benchmark_run_writes_the_table(tmp_path: Path, capsys) -> None:
 def test_missing_iprange_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     real_which = shutil.which
     monkeypatch.setattr(bench.shutil, "which", lambda name: None if name == "iprange" else real_which(name))
-    code = bench.main(["--lines", "500", "--repeat", "1", "--workdir", str(tmp_path / "w"), "--results", str(tmp_path)])
+    code = bench.main(
+        [
+            *("--lines", "500", "--repeat", "1", "--addresses", "0"),
+            *("--workdir", str(tmp_path / "w"), "--results", str(tmp_path)),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "apt-get install -y iprange" in out
     assert "| FireHOL `iprange` - | parse + aggregate, IPv4 lines only, no filter | not installed |" in out

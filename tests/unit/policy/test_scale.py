@@ -7,7 +7,7 @@ import time
 import pytest
 
 from cdr_policy.models import Indicator, IndicatorSet
-from cdr_policy.policy.budget import MAX_LISTED_LEFT_OUT
+from cdr_policy.policy.capacity import MAX_LISTED_LEFT_OUT
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import check_object, errors_of
 from cdr_policy.policy.checker.common import MAX_OBJECT_BYTES, object_size

@@ -24,9 +24,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from cdr_policy import jsonio, schemas
+from cdr_policy import jsonio, layout, schemas
 from cdr_policy.errors import CdrPolicyError
-from cdr_policy.lambda_events import INDICATORS_PREFIX
 from cdr_policy.models import FeedPrefixes, IndicatorSet, Rejection
 from cdr_policy.netprefix import vector
 from cdr_policy.observability import logger
@@ -50,22 +49,6 @@ _VOLATILE_STATS = (
     "not_checked",
     "downloaded",
 )
-
-
-def feed_set_key(name: str) -> str:
-    return f"indicators/feeds/{name}.json"
-
-
-def reputation_set_key(name: str) -> str:
-    return f"indicators/reputation/{name}.json"
-
-
-def feed_state_key(name: str) -> str:
-    return f"state/feeds/{name}.json"
-
-
-def raw_key(name: str) -> str:
-    return f"raw/feeds/{name}/last-good"
 
 
 @dataclass
@@ -93,7 +76,7 @@ class FeedState:
 
 
 def load_state(store: Store, name: str) -> FeedState:
-    key = feed_state_key(name)
+    key = layout.feed_state_key(name)
     try:
         return FeedState.from_dict(jsonio.loads(store.get(key).data))
     except NotFound:
@@ -104,7 +87,7 @@ def load_state(store: Store, name: str) -> FeedState:
 
 
 def save_state(store: Store, name: str, state: FeedState) -> None:
-    store.put(feed_state_key(name), jsonio.dumps_pretty(state.to_dict()), "application/json")
+    store.put(layout.feed_state_key(name), jsonio.dumps_pretty(state.to_dict()), "application/json")
 
 
 @dataclass
@@ -176,7 +159,7 @@ def load_indicator_sets(store: Store) -> list[IndicatorSet]:
     shrinking the blocklists."""
     return [
         parse_set(store.get(key).data, f"{store.describe()}/{key}")
-        for key in store.list(INDICATORS_PREFIX)
+        for key in store.list(layout.INDICATORS)
         if key.endswith(".json")
     ]
 

@@ -10,7 +10,7 @@ policy files and report.
    ``protected_cidrs`` (its pod, service and node ranges). Refusals are reported, never silent.
 4. The remaining prefixes, with the compact feed sets' (a million prefixes as arrays), are merged
    by value and ranked (``policy.ranked``) and cut to the channel's Tetragon and Cilium budgets
-   (``policy.budget``); what is left out is counted and the best-ranked of it listed with its rank.
+   (``policy.capacity``); what is left out is counted and the best-ranked of it listed with its rank.
 5. Objects: behaviour policies per CDR rule (``policy.behaviours``), Tetragon blocklists
    (``cdr`` and ``threat-intel``), Cilium groups and policies (``policy.cilium``).
 6. The checker runs on every object (checklist always; CRD schemas when ``schemas`` is given) and
@@ -41,11 +41,11 @@ from cdr_policy.netprefix import parse_explicit
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy import cilium, naming, tetragon
 from cdr_policy.policy.behaviours import CATALOGUE, compile_behaviour
-from cdr_policy.policy.budget import Cut, cut, listed_left_out
+from cdr_policy.policy.capacity import Cut, cut, listed_left_out
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet, check_object
 from cdr_policy.policy.domains import Resolver, handle_domains
-from cdr_policy.policy.output import PolicyFile
+from cdr_policy.policy.output import ObjectMeta, PolicyFile
 from cdr_policy.policy.ports import parse_port, port_refusal
 from cdr_policy.policy.ranked import CDR, THREAT_INTEL, RankedTable, rank_ips
 from cdr_policy.rules import RULES
@@ -66,9 +66,6 @@ _MESSAGE = {
 class RenderResult:
     files: list[PolicyFile]
     report: dict[str, Any]
-
-    def file_bytes(self) -> dict[str, bytes]:
-        return {f.filename: f.to_bytes() for f in self.files}
 
 
 class GuardChain:
@@ -293,7 +290,7 @@ def _behaviour_files(
     }
     if evidence.added:
         annotations[naming.EVIDENCE] = ",".join(evidence.added)
-    meta = tetragon.ObjectMeta(
+    meta = ObjectMeta(
         labels=naming.ownership_labels(channel.name, naming.COMPONENT_BEHAVIOUR, rule=rule),
         annotations=annotations,
     )
@@ -345,7 +342,7 @@ def _network_files(
                 naming.COMPONENT_TETRAGON_BLOCKLIST if engine == "tetragon" else naming.COMPONENT_CILIUM_BLOCKLIST
             )
             labels = naming.ownership_labels(channel.name, component, blocklist=group)
-            meta = tetragon.ObjectMeta(labels=labels, annotations=provenance)
+            meta = ObjectMeta(labels=labels, annotations=provenance)
             if engine == "tetragon":
                 files.extend(
                     tetragon.network_blocklist(
@@ -361,7 +358,7 @@ def _network_files(
                     )
                 )
             else:
-                group_meta = tetragon.ObjectMeta(
+                group_meta = ObjectMeta(
                     labels=naming.ownership_labels(channel.name, naming.COMPONENT_CIDR_GROUP, blocklist=group),
                     annotations=dict(provenance),
                 )

@@ -1,11 +1,12 @@
-"""Checklist items every kind shares (enforcement.md §5 "Common"): size, name length, labels,
+"""Checklist items every kind shares (docs/ENFORCEMENT.md §5 "Common"): size, name length, labels,
 CIDR form and the never-block list.
 
 ``check_cidrs`` is the fast path for a list of prefixes (a blocklist's thousands of values): a
-value in canonical IPv4 text (one regular expression) whose host bits are clear and which the
-never-block list cannot concern (longer than its minimum length, outside every protected range:
-a binary search over the protected ranges) passes without further work; every other value goes
-through ``check_cidr``, so the problems and their wording are the same either way.
+value in canonical IPv4 or IPv4-mapped text (``inet_pton`` and a table of the canonical length
+texts) whose host bits are clear and which the never-block list cannot concern (longer than its
+minimum length, outside every protected range: a binary search over the protected ranges) passes
+without further work; every other value goes through ``check_cidr``, so the problems and their
+wording are the same either way.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdr_policy.guards import NeverBlock
-from cdr_policy.policy.budget import OVER_BUDGET, Cut, cut, listed_left_out
+from cdr_policy.policy.capacity import OVER_BUDGET, Cut, cut, listed_left_out
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.ranked import rank_ips
 
