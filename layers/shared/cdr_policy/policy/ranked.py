@@ -245,7 +245,7 @@ def _merge(rows: _Rows) -> tuple[_Merged, _Pairs]:
         none = np.empty(0, dtype=np.int64)
         merged = _Merged(**{n: c for n, c in cols.items() if n != "source"}, n_sources=none)  # type: ignore[arg-type]
         return merged, _Pairs(none, cols["source"])  # type: ignore[arg-type]
-    order = np.lexsort((cols["source"], cols["length"], cols["lo"], cols["hi"], cols["version"]))
+    order = _lexsort([cols["source"], *_value_keys(cols["version"], cols["hi"], cols["lo"], cols["length"])])
     cols = {name: col[order] for name, col in cols.items()}
     value_cols = ("version", "hi", "lo", "length")
     new_value = np.zeros(len(order), dtype=bool)
@@ -276,6 +276,34 @@ def _merge(rows: _Rows) -> tuple[_Merged, _Pairs]:
         obj=np.maximum.reduceat(cols["obj"], starts),
     )
     return merged, _Pairs(row_of_pair, cols["source"])
+
+
+def _value_keys(
+    version: npt.NDArray[np.uint8],
+    hi: npt.NDArray[np.uint64],
+    lo: npt.NDArray[np.uint64],
+    length: npt.NDArray[np.uint8],
+) -> list[npt.NDArray[np.generic]]:
+    """Sort keys (``np.lexsort`` order: least significant first) for the numeric value order; when
+    every value is IPv4, one key: the network and the length side by side in one integer."""
+    if len(version) and not hi.any() and bool((version == 4).all()):
+        return [lo << np.uint64(8) | length.astype(np.uint64)]
+    return [length, lo, hi, version]
+
+
+def _lexsort(keys: list[npt.NDArray[np.generic]]) -> npt.NDArray[np.int64]:
+    """``np.lexsort(keys)``, without the keys that are the same on every row (they cannot change
+    the order) and without sorting when one key is left and already in order."""
+    n = len(keys[0])
+    varying = [k for k in keys if n and k.min() != k.max()]
+    if not varying:
+        return np.arange(n)
+    if len(varying) == 1:
+        key = varying[0]
+        if bool((key[1:] >= key[:-1]).all()):
+            return np.arange(n)
+        return np.argsort(key, kind="stable")
+    return np.lexsort(varying)
 
 
 def _guard_mask(
@@ -337,18 +365,15 @@ def _ranked(
 ) -> RankedTable:
     rows = np.flatnonzero(keep)
     order = rows[
-        np.lexsort(
-            (
-                merged.length[rows],
-                merged.lo[rows],
-                merged.hi[rows],
-                merged.version[rows],
+        _lexsort(
+            [
+                *_value_keys(merged.version[rows], merged.hi[rows], merged.lo[rows], merged.length[rows]),
                 -merged.last_seen[rows],
                 -merged.weight[rows].astype(np.int32),
                 -merged.score[rows].astype(np.int32),
                 -merged.n_sources[rows],
                 ~merged.cdr[rows],
-            )
+            ]
         )
     ]
     rank_of_row = np.full(len(merged.version), -1, dtype=np.int64)

@@ -131,7 +131,8 @@ def compile_policies(
     inputs.report["indicators"]["ips"] = len(ranking.table) + len(ranking.rejected) + inputs.report["ips_refused"]
     del inputs.report["ips_refused"]
     tetragon_cut = cut(ranking.table, channel.tetragon_max_prefixes)
-    cilium_cut = cut(ranking.table, cilium.prefix_limit(channel))
+    cilium_limit = cilium.prefix_limit(channel)
+    cilium_cut = tetragon_cut if cilium_limit == tetragon_cut.limit else cut(ranking.table, cilium_limit)
 
     files: list[PolicyFile] = []
     behaviour_report = []
