@@ -27,7 +27,7 @@ from cdr_policy.netprefix import BITS, to_string
 U32 = npt.NDArray[np.uint32]
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
-_ZLIB_LEVEL = 6
+_ZLIB_LEVEL = 1  # level 6 saves 3 % of the size for half again the time
 
 
 class PackError(ValueError):
