@@ -1,11 +1,34 @@
-"""Evidence ranking for the capacity budget (order documented in ``cdr_policy.feeds.ranking``)."""
+"""Evidence ranking for the capacity budget (order documented in ``cdr_policy.feeds.ranking``,
+computed on arrays by ``cdr_policy.policy.ranked``)."""
 
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
-from cdr_policy.feeds.ranking import CATEGORY_WEIGHTS, category_weight, evidence_key, rank
+from cdr_policy.feeds.ranking import CATEGORY_WEIGHTS, category_weight
 from cdr_policy.models import Indicator
+from cdr_policy.policy.ranked import rank_ips
+
+NOW = datetime(2026, 3, 2, tzinfo=UTC)
+
+
+class NothingProtected:
+    """A guard that allows every prefix (these tests use documentation ranges)."""
+
+    def check_interval(self, version: int, first: int, last: int, prefixlen: int) -> str | None:
+        return None
+
+    def protected_ranges(self, version: int) -> list[tuple[int, int]]:
+        return []
+
+    def min_prefix_length(self, version: int) -> int:
+        return 0
+
+
+def rank(indicators: list[Indicator]) -> list[str]:
+    table = rank_ips(indicators, [], now=NOW, guard=NothingProtected()).table
+    return [table.value(row) for row in range(len(table))]
 
 
 def ind(value: str, sources: list[str], category: str = "attacker", last: str = "2026-03-01T10:00:00Z", score=None):
@@ -42,26 +65,19 @@ def test_documented_order() -> None:
     shuffled = expected[:]
     for seed in range(5):
         random.Random(seed).shuffle(shuffled)
-        assert [i.value for i in rank(shuffled)] == [i.value for i in expected]
+        assert rank(shuffled) == [i.value for i in expected]
 
 
 def test_value_tie_break_is_numeric_and_deterministic() -> None:
     a, b = ind("9.9.9.10/32", ["x"]), ind("10.0.0.1/32", ["x"])
-    assert [i.value for i in rank([b, a])] == ["9.9.9.10/32", "10.0.0.1/32"]
-    assert evidence_key(a) < evidence_key(b)
+    assert rank([b, a]) == rank([a, b]) == ["9.9.9.10/32", "10.0.0.1/32"]
 
 
 def test_duplicate_sources_count_once() -> None:
-    assert evidence_key(ind("1.2.3.4/32", ["x", "x"]))[1] == -1
+    assert rank([ind("1.2.3.4/32", ["x", "x"]), ind("1.2.3.3/32", ["y"])]) == ["1.2.3.3/32", "1.2.3.4/32"]
 
 
 def test_category_weights_follow_the_documented_order() -> None:
     order = ["c2", "malware", "compromised", "attacker", "reputation", "spam", "scanner", "tor", "other"]
     assert sorted(CATEGORY_WEIGHTS, key=lambda c: -CATEGORY_WEIGHTS[c]) == order
     assert category_weight("unheard-of") == 0
-
-
-def test_rank_returns_a_new_list() -> None:
-    items = [ind("1.2.3.5/32", ["x"]), ind("1.2.3.4/32", ["x"])]
-    ranked = rank(items)
-    assert ranked is not items and [i.value for i in items] == ["1.2.3.5/32", "1.2.3.4/32"]

@@ -153,6 +153,3 @@ def unmap(prefix: Prefix) -> Prefix:
         return Prefix(4, prefix.network - MAPPED_V4_BASE, prefix.length - 96)
     return prefix
 
-
-def is_mapped(prefix: Prefix) -> bool:
-    return unmap(prefix) is not prefix
