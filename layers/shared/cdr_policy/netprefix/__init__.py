@@ -152,4 +152,3 @@ def unmap(prefix: Prefix) -> Prefix:
     if prefix.version == 6 and prefix.length >= 96 and prefix.network >> 32 == 0xFFFF:
         return Prefix(4, prefix.network - MAPPED_V4_BASE, prefix.length - 96)
     return prefix
-
