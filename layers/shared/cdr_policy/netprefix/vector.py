@@ -181,12 +181,15 @@ def merge_intervals(first: I64, last: I64) -> tuple[I64, I64]:
         order = np.argsort(first, kind="stable")
         first, last = first[order], last[order]
     reach = np.maximum.accumulate(last)
-    starts_group = np.empty(len(first), dtype=bool)
-    starts_group[0] = True
-    starts_group[1:] = first[1:] > reach[:-1] + 1
-    heads = np.flatnonzero(starts_group)
-    ends = np.append(heads[1:], len(first)) - 1
-    return first[heads], reach[ends]
+    head = np.empty(len(first), dtype=bool)  # the first interval of each merged one
+    head[0] = True
+    np.greater(first[1:], reach[:-1] + 1, out=head[1:])
+    if head.all():  # nothing overlaps or touches (typical of a list of addresses)
+        return first, last
+    tail = np.empty_like(head)  # the last interval of each merged one
+    tail[:-1] = head[1:]
+    tail[-1] = True
+    return first[head], reach[tail]
 
 
 def _blocks(first: I64, last: I64) -> tuple[I64, I64, I64]:
@@ -201,46 +204,55 @@ def _blocks(first: I64, last: I64) -> tuple[I64, I64, I64]:
 
 
 def _block_counts(first: I64, last: I64) -> I64:
-    """How many blocks each interval is cut into (all intervals at once, one step per block).
-    ``first`` is overwritten."""
-    counts = (first == last).astype(np.int64)  # a single address is one block
-    active = np.flatnonzero(first < last)
+    """How many blocks each interval (of more than one address) is cut into, all at once."""
+    counts = np.zeros(len(first), dtype=np.int64)
+    current = first.copy()
+    active = np.arange(len(first))
     while len(active):
         counts[active] += 1
-        _, _, nxt = _blocks(first[active], last[active])
-        first[active] = nxt
+        _, _, nxt = _blocks(current[active], last[active])
+        current[active] = nxt
         active = active[nxt <= last[active]]
     return counts
 
 
 def collapse_v4(first: I64, last: I64) -> V4:
-    """The minimal sorted prefix list covering the union of the intervals ``[first, last]``."""
+    """The minimal sorted prefix list covering the union of the intervals ``[first, last]``.
+    Single addresses (most of a feed) are copied as they are; only the wider intervals are cut,
+    so that a few million addresses cost a few arrays of their size."""
     merged_first, merged_last = merge_intervals(first, last)
-    counts = _block_counts(merged_first.copy(), merged_last)
-    offsets = np.cumsum(counts) - counts
-    total = int(counts.sum())
-    starts = np.empty(total, dtype=np.int64)
-    sizes = np.empty(total, dtype=np.int64)
     single = merged_first == merged_last
+    if single.all():
+        return V4(merged_first.astype(np.uint32), np.full(len(merged_first), 32, dtype=np.uint8))
+    wide = np.flatnonzero(~single)
+    wide_first, wide_last = merged_first[wide], merged_last[wide]
+    counts = np.ones(len(merged_first), dtype=np.int64)
+    counts[wide] = _block_counts(wide_first, wide_last)
+    total = int(counts.sum())
+    offsets = np.cumsum(counts) - counts
+    del counts
+    starts = np.empty(total, dtype=np.uint32)
+    lengths = np.empty(total, dtype=np.uint8)
     starts[offsets[single]] = merged_first[single]
-    sizes[offsets[single]] = 1
-    active = np.flatnonzero(~single)
-    current, step = merged_first.copy(), 0
+    lengths[offsets[single]] = 32
+    position = offsets[wide]
+    del offsets, single
+    current, active, step = wide_first.copy(), np.arange(len(wide)), 0
     while len(active):
-        block, size, nxt = _blocks(current[active], merged_last[active])
-        starts[offsets[active] + step] = block
-        sizes[offsets[active] + step] = size
+        block, size, nxt = _blocks(current[active], wide_last[active])
+        starts[position[active] + step] = block
+        lengths[position[active] + step] = 32 - np.log2(size.astype(np.float64)).astype(np.int64)
         current[active] = nxt
-        active = active[nxt <= merged_last[active]]
+        active = active[nxt <= wide_last[active]]
         step += 1
-    lengths = 32 - np.log2(sizes.astype(np.float64)).astype(np.int64)
-    return V4(starts.astype(np.uint32), lengths.astype(np.uint8))
+    return V4(starts, lengths)
 
 
 def collapsed_size_v4(first: I64, last: I64) -> int:
     """``len(collapse_v4(first, last))``, without building the list."""
     merged_first, merged_last = merge_intervals(first, last)
-    return int(_block_counts(merged_first.copy(), merged_last).sum())
+    wide = merged_first != merged_last
+    return int(len(merged_first) - wide.sum() + _block_counts(merged_first[wide], merged_last[wide]).sum())
 
 
 def covered_v4(first: I64, last: I64, by_first: I64, by_last: I64) -> npt.NDArray[np.bool_]:

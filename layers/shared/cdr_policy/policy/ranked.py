@@ -82,7 +82,10 @@ class _Rows:
             getattr(self, name).append(np.broadcast_to(array, (n,)) if array.ndim == 0 else array)
 
     def concat(self, name: str) -> npt.NDArray[np.generic]:
+        """The whole column (one feed's constant columns stay read-only broadcast views)."""
         parts = getattr(self, name)
+        if len(parts) == 1:
+            return parts[0]  # type: ignore[no-any-return]
         return np.concatenate(parts) if parts else np.empty(0, dtype=_DTYPES[name])
 
 
@@ -246,12 +249,20 @@ def _merge(rows: _Rows) -> tuple[_Merged, _Pairs]:
         merged = _Merged(**{n: c for n, c in cols.items() if n != "source"}, n_sources=none)  # type: ignore[arg-type]
         return merged, _Pairs(none, cols["source"])  # type: ignore[arg-type]
     order = _lexsort([cols["source"], *_value_keys(cols["version"], cols["hi"], cols["lo"], cols["length"])])
-    cols = {name: col[order] for name, col in cols.items()}
+    if order is not None:
+        cols = {name: col[order] for name, col in cols.items()}
+    n = len(cols["version"])
     value_cols = ("version", "hi", "lo", "length")
-    new_value = np.zeros(len(order), dtype=bool)
+    new_value = np.zeros(n, dtype=bool)
     new_value[0] = True
     for name in value_cols:
         new_value[1:] |= cols[name][1:] != cols[name][:-1]
+    if new_value.all():  # no value listed twice: nothing to merge (one feed, or disjoint sources)
+        merged = _Merged(
+            **{name: col for name, col in cols.items() if name != "source"},  # type: ignore[arg-type]
+            n_sources=np.ones(n, dtype=np.int64),
+        )
+        return merged, _Pairs(np.arange(n), cols["source"])  # type: ignore[arg-type]
     distinct = new_value.copy()
     distinct[1:] |= cols["source"][1:] != cols["source"][:-1]
     cols = {name: col[distinct] for name, col in cols.items()}
@@ -291,18 +302,16 @@ def _value_keys(
     return [length, lo, hi, version]
 
 
-def _lexsort(keys: list[npt.NDArray[np.generic]]) -> npt.NDArray[np.int64]:
+def _lexsort(keys: list[npt.NDArray[np.generic]]) -> npt.NDArray[np.int64] | None:
     """``np.lexsort(keys)``, without the keys that are the same on every row (they cannot change
-    the order) and without sorting when one key is left and already in order."""
+    the order); None when the rows are in that order already."""
     n = len(keys[0])
     varying = [k for k in keys if n and k.min() != k.max()]
     if not varying:
-        return np.arange(n)
+        return None
     if len(varying) == 1:
         key = varying[0]
-        if bool((key[1:] >= key[:-1]).all()):
-            return np.arange(n)
-        return np.argsort(key, kind="stable")
+        return None if bool((key[1:] >= key[:-1]).all()) else np.argsort(key, kind="stable")
     return np.lexsort(varying)
 
 
@@ -363,31 +372,36 @@ def _bounds(merged: _Merged, picked: npt.NDArray[np.int64], version: int) -> tup
 def _ranked(
     merged: _Merged, pairs: _Pairs, keep: npt.NDArray[np.bool_], sources: list[str], objects: list[Indicator]
 ) -> RankedTable:
+    everything = bool(keep.all())
     rows = np.flatnonzero(keep)
-    order = rows[
-        _lexsort(
-            [
-                *_value_keys(merged.version[rows], merged.hi[rows], merged.lo[rows], merged.length[rows]),
-                -merged.last_seen[rows],
-                -merged.weight[rows].astype(np.int32),
-                -merged.score[rows].astype(np.int32),
-                -merged.n_sources[rows],
-                ~merged.cdr[rows],
-            ]
-        )
-    ]
+    sel: slice | npt.NDArray[np.int64] = slice(None) if everything else rows
+    ranked = _lexsort(
+        [
+            *_value_keys(merged.version[sel], merged.hi[sel], merged.lo[sel], merged.length[sel]),
+            -merged.last_seen[sel],
+            -merged.weight[sel].astype(np.int32),
+            -merged.score[sel].astype(np.int32),
+            -merged.n_sources[sel],
+            ~merged.cdr[sel],
+        ]
+    )
+    order = rows if ranked is None else rows[ranked]
+
+    def take(column: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        return column if everything and ranked is None else column[order]
+
     rank_of_row = np.full(len(merged.version), -1, dtype=np.int64)
     rank_of_row[order] = np.arange(len(order))
     pair_rank = rank_of_row[pairs.row]
     live = pair_rank >= 0
     return RankedTable(
-        version=merged.version[order],
-        hi=merged.hi[order],
-        lo=merged.lo[order],
-        length=merged.length[order],
-        cdr=merged.cdr[order],
-        expires=merged.expires[order],
-        obj=merged.obj[order],
+        version=take(merged.version),  # type: ignore[arg-type]
+        hi=take(merged.hi),  # type: ignore[arg-type]
+        lo=take(merged.lo),  # type: ignore[arg-type]
+        length=take(merged.length),  # type: ignore[arg-type]
+        cdr=take(merged.cdr),  # type: ignore[arg-type]
+        expires=take(merged.expires),  # type: ignore[arg-type]
+        obj=take(merged.obj),  # type: ignore[arg-type]
         pair_row=pair_rank[live],
         pair_source=pairs.source[live],
         sources=sources,
