@@ -10,7 +10,6 @@ from cdr_policy.policy.checker.files import (
     check_contents,
     check_files,
     error_lines,
-    validate_main,
 )
 from cdr_policy.policy.checker.problem import Problem
 from cdr_policy.policy.checker.schema import SchemaSet
@@ -26,5 +25,4 @@ __all__ = [
     "check_object",
     "error_lines",
     "errors_of",
-    "validate_main",
 ]
