@@ -74,6 +74,20 @@ def test_translated_roles_have_no_broad_managed_policies(translated):
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
+def test_translated_failure_destinations_can_be_written(translated):
+    """SAM turns each on-failure destination into an EventInvokeConfig and grants the function's role
+    sqs:SendMessage on exactly that queue (the role, not a queue policy, is what Lambda uses)."""
+    resources = translated["Resources"]
+    configs = {k: v["Properties"] for k, v in resources.items() if v["Type"] == "AWS::Lambda::EventInvokeConfig"}
+    assert {c["FunctionName"]["Ref"] for c in configs.values()} == {"CdrFetchFunction", "FeedSyncFunction"}
+    queue = {"Fn::GetAtt": ["ScheduledRunFailureQueue", "Arn"]}
+    for config in configs.values():
+        assert config["DestinationConfig"]["OnFailure"]["Destination"] == queue
+        role = resources[f"{config['FunctionName']['Ref']}Role"]["Properties"]
+        statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+        assert {"Action": "sqs:SendMessage", "Effect": "Allow", "Resource": queue} in statements
+
+
 def _python312() -> str | None:
     """A directory holding a working python3.12 (the venv's own interpreter first)."""
     candidates = [str(BIN), *os.environ.get("PATH", "").split(os.pathsep)]
