@@ -84,7 +84,7 @@ def test_translated_failure_destinations_can_be_written(translated):
     for config in configs.values():
         assert config["DestinationConfig"]["OnFailure"]["Destination"] == queue
         role = resources[f"{config['FunctionName']['Ref']}Role"]["Properties"]
-        statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+        statements = [s for p in role["Policies"] if "PolicyDocument" in p for s in p["PolicyDocument"]["Statement"]]
         assert {"Action": "sqs:SendMessage", "Effect": "Allow", "Resource": queue} in statements
 
 
