@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: venv tools scan demo test unit integration infra lint validate build bench fake-gateway clean
+.PHONY: venv tools scan costs demo test unit integration infra lint validate build bench fake-gateway clean
 
 venv: $(STAMP)
 
@@ -61,6 +61,10 @@ build: venv
 bench: venv
 	command -v iprange >/dev/null || { apt-get install -y iprange || (apt-get update && apt-get install -y iprange); } || echo "iprange not installed: the comparison column will be missing"
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# Requests per pipeline stage and per agent poll, counted at a moto server (README "What it costs").
+costs: venv
+	$(BIN)/python -m demo.costs $(COSTS_ARGS)
 
 fake-gateway: venv
 	$(BIN)/python -m demo.fake_qualys --rebase-timestamps $(GATEWAY_ARGS)
