@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,25 +25,6 @@ def test_sam_validate_lint():
 def test_cfn_lint_including_informational_checks():
     result = run(tool("cfn-lint"), "--include-checks", "I", "--", "template.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-@pytest.fixture(scope="module")
-def translated(template: dict[str, Any]) -> dict[str, Any]:
-    """The template as CloudFormation receives it after ``sam package`` and the SAM transform."""
-    from samtranslator.translator.transform import transform
-
-    class ManagedPolicies:
-        def load(self) -> dict[str, str]:
-            return {}
-
-    packaged = copy.deepcopy(template)
-    for resource in packaged["Resources"].values():
-        props = resource.get("Properties", {})
-        for key in ("CodeUri", "ContentUri"):
-            if key in props:
-                props[key] = f"s3://artifacts/{props[key].strip('/')}.zip"
-    os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
-    return transform(packaged, {}, ManagedPolicies())
 
 
 def test_translated_template_lints(translated, tmp_path):

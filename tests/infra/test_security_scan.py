@@ -90,6 +90,20 @@ def test_the_queues_skip_encryption_only_because_they_use_sse_sqs(template):
             assert key == {"Fn::If": ["HasDataKey", {"Fn::GetAtt": ["DataKey", "Arn"]}, {"Ref": "AWS::NoValue"}]}
 
 
+def test_the_template_cloudformation_receives_passes_too(translated, template, tmp_path):
+    """After the SAM transform (roles, event source mappings, invoke configs): still 0 failed, and the only
+    skips are the ones argued in the template, carried over to the generated functions."""
+    path = tmp_path / "translated.json"
+    path.write_text(json.dumps(translated))
+    translated_report = checkov(path)
+    assert translated_report["summary"]["failed"] == 0, [
+        (c["check_id"], c["resource"]) for c in translated_report["results"]["failed_checks"]
+    ]
+    assert translated_report["summary"]["resource_count"] == len(translated["Resources"])
+    skipped = {(c["resource"].split(".", 1)[1], c["check_id"]) for c in translated_report["results"]["skipped_checks"]}
+    assert skipped == set(skips_in(template))
+
+
 def test_checkov_catches_a_regression(tmp_path):
     """The scan can fail: drop the state bucket's access logging and one argued skip from a copy."""
     text = (REPO / "template.yaml").read_text()
