@@ -67,7 +67,7 @@ costs: venv
 	$(BIN)/python -m demo.costs $(COSTS_ARGS)
 
 fake-gateway: venv
-	$(BIN)/python -m demo.fake_qualys --rebase-timestamps $(GATEWAY_ARGS)
+	$(BIN)/python -m tests.fakes.qualys --rebase-timestamps $(GATEWAY_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .aws-sam .pytest_cache .hypothesis demo-output
