@@ -17,7 +17,8 @@ a known uuid comes back later than recorded, so that it is remembered for as lon
 
 from __future__ import annotations
 
-import secrets
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -33,8 +34,13 @@ from cdr_policy.timeutil import iso, parse_iso
 STATE_VERSION = 1
 
 
-def new_commit_id() -> str:
-    return secrets.token_hex(8)
+def commit_id(window_end: datetime, fresh: Mapping[str, str], content: bytes | None) -> str:
+    """The id of one commit, derived from what it commits (the window, its new uuids, the set's
+    content): a retried commit of the same data gets the same id, and runs are reproducible."""
+    digest = hashlib.sha256(iso(window_end).encode())
+    digest.update(dumps(sorted(fresh.items())))
+    digest.update(content or b"")
+    return digest.hexdigest()[:16]
 
 
 def _get_json(store: Store, key: str) -> object | None:

@@ -38,7 +38,7 @@ from cdr_policy.qualys.findings import Finding, Malformed, parse_finding
 from cdr_policy.qualys.retry import QualysDeadline
 from cdr_policy.qualys.state import (
     SeenLedger,
-    new_commit_id,
+    commit_id,
     read_checkpoint,
     read_current,
     read_seen,
@@ -200,7 +200,7 @@ class _Run:
         snapshot = self.acc.indicator_set(self.acc.now, stats)
         content = _content(snapshot)
         if fresh or content != self.stored_content or not self.current_exists:
-            commit = new_commit_id()
+            commit = commit_id(window_end, fresh, content)
             snapshot.stats["commit"] = commit
             write_seen(self.store, self.ledger, fresh, commit)
             write_current(self.store, snapshot)
