@@ -16,14 +16,17 @@ TOOLS_STAMP := $(TOOLS)/.installed
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml layers/shared/requirements.txt
+	@echo "==> Installing cdr-policy and its development tools into $(VENV) with $(PYTHON) (a few minutes the first time)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "==> $(VENV) is ready"
 	touch $(STAMP)
 
 tools: $(TOOLS_STAMP)
 
 $(TOOLS_STAMP): requirements-tools.txt
+	@echo "==> Installing checkov into $(TOOLS) (its own virtualenv: its pins clash with the project's)"
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --upgrade pip
 	$(TOOLS)/bin/pip install --quiet -r requirements-tools.txt
