@@ -23,6 +23,32 @@ DOMAIN_MODES = ("report", "resolve")
 
 
 @dataclass(frozen=True)
+class KernelCapabilities:
+    """What the kernels of a channel's nodes are declared to support (``kernel:`` in the channel
+    settings). Safe by default: nothing beyond what Tetragon's enforcement needs everywhere."""
+
+    # The bpf_override_return helper (CONFIG_BPF_KPROBE_OVERRIDE, which needs
+    # CONFIG_FUNCTION_ERROR_INJECTION). Without it Tetragon refuses a whole policy that puts Override
+    # on a syscall hook ("bpf_override_return helper not available"); Debian's stock 6.1 and 6.12
+    # kernels lack it. False: syscall hooks get Sigkill, Override stays on security_* hooks (fmod_ret).
+    # Find out on a node: ``grep BPF_KPROBE_OVERRIDE /boot/config-$(uname -r)`` or ``tetra probe``
+    # (``override_return: true``).
+    override_helper: bool = False
+
+    @classmethod
+    def from_dict(cls, d: Any, channel: str) -> KernelCapabilities:
+        if not isinstance(d, dict):
+            raise ConfigError(f"channel {channel}: kernel must be a mapping like {{override_helper: false}}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"channel {channel}: unknown kernel setting(s) {', '.join(unknown)}")
+        for key, value in d.items():
+            if not isinstance(value, bool):
+                raise ConfigError(f"channel {channel}: kernel.{key} must be true or false")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
 class ChannelSettings:
     name: str
     # Post = audit (Tetragon policy-mode monitor); Sigkill/Override = enforce.
@@ -55,6 +81,8 @@ class ChannelSettings:
     # Rules that start in Tetragon monitor mode because container runtimes and CNI plugins trigger
     # the same hooks (container_escape). Listing a rule here promotes it to the channel's action.
     promoted_rules: tuple[str, ...] = ()
+    # Kernel capabilities the channel's nodes are declared to have (see KernelCapabilities).
+    kernel: KernelCapabilities = field(default_factory=KernelCapabilities)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -86,6 +114,8 @@ class ChannelSettings:
         for attr in ("threat_intel", "deny_ports_to_world"):
             if not isinstance(getattr(self, attr), bool):
                 raise ConfigError(f"channel {self.name}: {attr} must be true or false")
+        if not isinstance(self.kernel, KernelCapabilities):
+            raise ConfigError(f"channel {self.name}: kernel must be a mapping like {{override_helper: false}}")
         unknown_rules = sorted(set(self.promoted_rules) - set(RULES))
         if unknown_rules:
             raise ConfigError(f"channel {self.name}: promoted_rules has unknown rule id(s) {', '.join(unknown_rules)}")
@@ -125,6 +155,8 @@ class ChannelSettings:
                 kwargs[key] = tuple(kwargs[key])
         if "pod_labels" in kwargs and not isinstance(kwargs["pod_labels"], dict):
             raise ConfigError(f"channel {d['name']}: pod_labels must be a mapping")
+        if "kernel" in kwargs:
+            kwargs["kernel"] = KernelCapabilities.from_dict(kwargs["kernel"], d["name"])
         return cls(**kwargs)
 
 

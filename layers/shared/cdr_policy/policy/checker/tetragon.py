@@ -12,6 +12,7 @@ from typing import Any
 
 from cdr_policy.policy.checker.common import BlockGuard, check_cidr
 from cdr_policy.policy.checker.problem import Problem, error, warning
+from cdr_policy.policy.naming import KERNEL_OVERRIDE_HELPER
 from cdr_policy.policy.prefixes import is_mapped, mapped_twin_text, parse_explicit, unmap
 
 MAX_SELECTORS = 5
@@ -97,6 +98,7 @@ def check_tracing_policy(obj: dict[str, Any], guard: BlockGuard | None) -> list[
         return []
     options = _options(spec)
     problems = _check_options(options)
+    override_helper = _annotations(obj).get(KERNEL_OVERRIDE_HELPER) == "true"
     address_filters = 0
     enforcing_anywhere = False
     seen_calls: dict[str, str] = {}
@@ -130,7 +132,7 @@ def check_tracing_policy(obj: dict[str, Any], guard: BlockGuard | None) -> list[
                 enforcing = bool(ENFORCING & set(actions))
                 enforcing_anywhere |= enforcing
                 problems.extend(_check_selector_limits(selector, where))
-                problems.extend(_check_actions(selector, where, hook, hook_class, options))
+                problems.extend(_check_actions(selector, where, hook, hook_class, options, override_helper))
                 match_args = [m for m in selector.get("matchArgs") or [] if isinstance(m, dict)]
                 blocklist = not selector.get("matchBinaries")
                 for k, match in enumerate(match_args):
@@ -176,6 +178,12 @@ def check_tracing_policy(obj: dict[str, Any], guard: BlockGuard | None) -> list[
     if enforcing_anywhere:
         problems.extend(_check_scope(obj, spec))
     return problems
+
+
+def _annotations(obj: dict[str, Any]) -> dict[str, Any]:
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    annotations = metadata.get("annotations")
+    return annotations if isinstance(annotations, dict) else {}
 
 
 def _options(spec: dict[str, Any]) -> dict[str, str]:
@@ -264,7 +272,12 @@ def _check_selector_limits(selector: dict[str, Any], where: str) -> list[Problem
 
 
 def _check_actions(
-    selector: dict[str, Any], where: str, hook: dict[str, Any], hook_class: str, options: dict[str, str]
+    selector: dict[str, Any],
+    where: str,
+    hook: dict[str, Any],
+    hook_class: str,
+    options: dict[str, str],
+    override_helper: bool,
 ) -> list[Problem]:
     problems = []
     call = str(hook.get("call") or hook.get("hook") or "")
@@ -281,6 +294,17 @@ def _check_actions(
                     at,
                     f"Override is refused on {call or 'this hook'}: "
                     "only syscalls, security_* functions and LSM hooks; use Sigkill",
+                )
+            )
+        if hook_class == "syscall" and not override_helper:
+            problems.append(
+                error(
+                    "tetragon.override-helper",
+                    at,
+                    f"Override on the syscall {call} needs the bpf_override_return helper, which many kernels "
+                    "lack (Debian's 6.1 and 6.12): Tetragon then refuses the whole policy. Use Sigkill, Override "
+                    "a security_* hook, or declare the helper (channel kernel.override_helper: true, annotation "
+                    f'{KERNEL_OVERRIDE_HELPER}: "true")',
                 )
             )
         if hook_class == "security" and options.get("disable-kprobe-multi") not in ("1", "true", "enabled"):
