@@ -90,6 +90,65 @@ _USER_MEMORY_TYPES = frozenset({"string", "char_buf", "char_iovec", "sockaddr", 
 # Hooks container runtimes and CNI plugins use: start them in monitor mode (§1.5).
 _RUNTIME_HOOKS = frozenset({"sys_setns", "sys_unshare", "create_user_ns", "sys_clone", "sys_clone3", "sys_mount"})
 _EXEC_SYSCALLS = frozenset({"sys_execve", "sys_execveat"})
+# Well-known directories (FHS, cron, systemd, credentials, Kubernetes): a ``Prefix`` value equal to
+# one of them, without the trailing ``/``, also matches its siblings (``/var/log`` matches
+# ``/var/logfoo``). The rule cannot know other directories (``/opt/app``): a value is a file for
+# it unless listed here. Every directory of the rule catalogue is listed (a test holds them equal).
+KNOWN_DIRECTORIES = frozenset(
+    {
+        "/bin",
+        "/boot",
+        "/dev",
+        "/dev/shm",
+        "/etc",
+        "/etc/cron.d",
+        "/etc/cron.daily",
+        "/etc/cron.hourly",
+        "/etc/cron.monthly",
+        "/etc/cron.weekly",
+        "/etc/init.d",
+        "/etc/kubernetes",
+        "/etc/profile.d",
+        "/etc/ssh",
+        "/etc/sudoers.d",
+        "/etc/systemd",
+        "/etc/systemd/system",
+        "/home",
+        "/lib",
+        "/lib/systemd/system",
+        "/lib64",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/proc",
+        "/root",
+        "/root/.ssh",
+        "/run",
+        "/run/secrets",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/usr/bin",
+        "/usr/lib",
+        "/usr/lib/systemd/system",
+        "/usr/local",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+        "/usr/sbin",
+        "/var",
+        "/var/lib",
+        "/var/lib/kubelet",
+        "/var/log",
+        "/var/run",
+        "/var/run/secrets",
+        "/var/spool",
+        "/var/spool/cron",
+        "/var/tmp",
+        "/var/www",
+    }
+)
 
 
 def check_tracing_policy(obj: dict[str, Any], guard: BlockGuard | None) -> list[Problem]:
@@ -381,6 +440,15 @@ def _check_strings(match: dict[str, Any], at: str, *, absolute: bool = False) ->
             problems.append(error("tetragon.prefix-length", at, f"prefix longer than {MAX_PREFIX_CHARS} characters"))
         if operator in ("Postfix", "NotPostfix") and len(value) > MAX_POSTFIX_CHARS:
             problems.append(error("tetragon.postfix-length", at, f"postfix longer than {MAX_POSTFIX_CHARS} characters"))
+        if operator in ("Prefix", "NotPrefix") and value.rstrip("/") in KNOWN_DIRECTORIES and not value.endswith("/"):
+            problems.append(
+                error(
+                    "tetragon.directory-prefix",
+                    at,
+                    f"{value!r} is a directory: end it with '/' ({value}/), or it also matches "
+                    f"{value}foo; match the directory itself with Equal",
+                )
+            )
         if absolute and operator in ("Equal", "NotEqual", "Prefix", "NotPrefix") and not value.startswith("/"):
             problems.append(error("tetragon.relative-path", at, f"{value!r}: binary paths must be absolute"))
         if absolute and operator in ("Postfix", "NotPostfix") and not value.startswith("/"):
