@@ -164,6 +164,13 @@ def test_log_tampering_covers_renames(event, covered):
     assert (_acting(obj, "security_path_link", _link("/tmp/fake", "/var/log/fake.log")) == ["Sigkill"]) is True
 
 
+def test_defense_evasion_covers_a_preload_list_moved_or_linked_into_place():
+    obj = _policy("defense_evasion")
+    assert _acting(obj, "security_path_rename", _rename("/tmp/p", "/etc/ld.so.preload")) == ["Sigkill"]
+    assert _acting(obj, "security_path_link", _link("/tmp/p", "/etc/ld.so.preload")) == ["Sigkill"]
+    assert _acting(obj, "security_path_rename", _rename("/tmp/p", "/etc/ld.so.conf")) is None
+
+
 @pytest.mark.parametrize("rule", ["persistence_cron", "log_tampering"])
 def test_rename_hooks_share_the_rules_scope_and_audit_first_mode(schemas, rule):
     for action, mode in (("Post", "monitor"), ("Sigkill", "enforce"), ("Override", "enforce")):

@@ -285,14 +285,16 @@ def _file_access(
     return lsm_function(ctx, "security_file_permission", [(0, "file"), (1, "int")], *selectors)
 
 
-def _in_directories(ctx: Context, index: int, directories: Sequence[str], *also: dict) -> list[dict]:
+def _in_directories(ctx: Context, index: int, directories: Sequence[str]) -> list[dict]:
     """Selectors for a parent-directory ``path`` argument at ``index`` that is one of
-    ``directories`` (each ending with ``/``) or below one; ``also`` are ANDed into each."""
+    ``directories`` (each ending with ``/``) or below one (none without directories)."""
     if not all(d.endswith("/") for d in directories):
         raise ValueError(f"directories must end with '/': {sorted(directories)}")
+    if not directories:
+        return []
     return [
-        selector(ctx.actions(SECURITY), [match(index, "Equal", sorted(d.rstrip("/") for d in directories)), *also]),
-        selector(ctx.actions(SECURITY), [match(index, "Prefix", sorted(directories)), *also]),
+        selector(ctx.actions(SECURITY), [match(index, "Equal", sorted(d.rstrip("/") for d in directories))]),
+        selector(ctx.actions(SECURITY), [match(index, "Prefix", sorted(directories))]),
     ]
 
 
@@ -590,8 +592,10 @@ def _webshell(ctx: Context) -> list[dict]:
 
 def _defense_evasion(ctx: Context) -> list[dict]:
     tools = ("aa-complain", "aa-disable", "aa-teardown", "auditctl", "chattr", "setenforce")
-    preload = _file_access(ctx, MAY_WRITE, prefixes=("/etc/ld.so.preload",))
-    return [exec_block(ctx, _targets(ctx, tools)), preload]
+    preload = "/etc/ld.so.preload"
+    writes = _file_access(ctx, MAY_WRITE, prefixes=(preload,))
+    # a preload list prepared elsewhere and moved or linked into place is not a write to it
+    return [exec_block(ctx, _targets(ctx, tools)), writes, *_arrivals(ctx, (), (preload,), symlinks=False)]
 
 
 def _fileless_execution(ctx: Context) -> list[dict]:
