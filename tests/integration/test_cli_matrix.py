@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from demo.feed_server import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from tests.integration.test_cli import env, gateway, objects, run  # noqa: F401 (shared fixtures)
 
 ACTIONS = ("Post", "Sigkill", "Override")

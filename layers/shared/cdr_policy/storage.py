@@ -42,6 +42,14 @@ class Store(Protocol):
     def describe(self) -> str: ...
 
 
+def exists(store: Store, key: str) -> bool:
+    try:
+        store.get(key)
+    except NotFound:
+        return False
+    return True
+
+
 def _check_key(key: str) -> str:
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
         raise StorageError(f"invalid storage key {key!r}")

@@ -11,17 +11,17 @@ from datetime import timedelta
 import pytest
 import yaml
 
+from cdr_policy import layout
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.preflight import run_preflight
 from cdr_policy.agent.reconcile import reconcile
 from cdr_policy.agent.status import read_status
 from cdr_policy.agent.sync import Agent
-from cdr_policy.bundle import keys
-from cdr_policy.bundle.publish import publish_bundle
 from cdr_policy.errors import ConfigError
 from cdr_policy.policy.channel import ChannelSettings
-from demo.fake_kube import FakeKubeAPI
+from cdr_policy.stages.publish import publish_bundle
+from tests.fakes.kube import FakeKubeAPI
 from tests.unit.bundle.factory import T0, RecordingStore
 from tests.unit.bundle.factory import render as stage_bundle
 from tests.unit.policy.factories import behaviour, cdr_set, indicator, render
@@ -118,7 +118,7 @@ def test_non_default_deny_off_applies_tetragon_refuses_cilium_and_reports(crds_d
     assert preflight["cluster"]["cilium_versions"] == "1.17"
     held = [e for e in status["apply_errors"] if e["action"] == "preflight"]
     assert {e["kind"] for e in held} == CILIUM_KINDS and len(held) == len(status["apply_errors"])
-    assert read_status(bucket.inner.get(keys.status_key("eks-prod-1")).data) == status  # schema-valid
+    assert read_status(bucket.inner.get(layout.status_key("eks-prod-1")).data) == status  # schema-valid
     assert any("pre-flight" in r.getMessage() for r in caplog.records)
 
 

@@ -9,12 +9,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from cdr_policy import jsonio
-from cdr_policy.bundle import keys
-from cdr_policy.bundle.publish import publish_bundle, rollback
+from cdr_policy import jsonio, layout
 from cdr_policy.bundle.signing import verify_manifest
 from cdr_policy.errors import BundleError
 from cdr_policy.observability import metrics
+from cdr_policy.stages.publish import publish_bundle, rollback
 from cdr_policy.storage import NotFound, S3Store
 from cdr_policy.timeutil import iso
 
@@ -35,7 +34,7 @@ def publish(state, dist, signer, digest, *, now=T0, budget=50, **kwargs):
 
 
 def current(dist) -> dict:
-    return jsonio.loads(dist.get(keys.channel_manifest_key("prod")).data)
+    return jsonio.loads(dist.get(layout.channel_manifest_key("prod")).data)
 
 
 @pytest.fixture
@@ -51,16 +50,16 @@ def test_first_publish_copies_files_then_history_then_manifest(state, recorder, 
 
     assert result.status == "published" and result.shipped
     assert result.previous_digest is None
-    file_keys = sorted(keys.bundle_file_key(digest, p) for p in files)
-    history = keys.history_key("prod", iso(T0), digest)
+    file_keys = sorted(layout.bundle_file_key(digest, p) for p in files)
+    history = layout.history_key("prod", iso(T0), digest)
     assert sorted(recorder.puts[:-2]) == file_keys
-    assert recorder.puts[-2:] == [history, keys.channel_manifest_key("prod")]
-    assert (result.manifest_key, result.history_key) == (keys.channel_manifest_key("prod"), history)
+    assert recorder.puts[-2:] == [history, layout.channel_manifest_key("prod")]
+    assert (result.manifest_key, result.history_key) == (layout.channel_manifest_key("prod"), history)
     signed = current(recorder)
     verify_manifest(signed, verifier, now=T0)
     assert signed["digest"] == digest
     assert jsonio.loads(recorder.get(history).data) == signed
-    assert {p: recorder.get(keys.bundle_file_key(digest, p)).data for p in files} == files
+    assert {p: recorder.get(layout.bundle_file_key(digest, p)).data for p in files} == files
     assert "BundlesPublished" in metrics.metric_set
 
 
@@ -85,7 +84,7 @@ def test_current_bundle_is_refreshed_after_half_its_lifetime(state, recorder, si
     result = publish(state, recorder, signer, digest, now=later)
 
     assert result.status == "refreshed"
-    assert recorder.puts == [keys.history_key("prod", iso(later), digest), keys.channel_manifest_key("prod")]
+    assert recorder.puts == [layout.history_key("prod", iso(later), digest), layout.channel_manifest_key("prod")]
     signed = current(recorder)
     assert (signed["created_at"], signed["expires_at"]) == (iso(later), iso(later + TTL))
     verify_manifest(signed, verifier, now=T0 + TTL + timedelta(hours=1))
@@ -123,7 +122,7 @@ def test_a_bundle_failing_the_policy_check_is_not_shipped(state, recorder, signe
 
 def test_a_tampered_rendered_file_is_an_error(state, dist, signer):
     digest = render(state, network_bundle(ips(0, 10)))
-    state.put(keys.bundle_file_key(digest, "cilium-cdr-blocklist.yaml"), b"kind: Evil\n")
+    state.put(layout.bundle_file_key(digest, "cilium-cdr-blocklist.yaml"), b"kind: Evil\n")
     with pytest.raises(BundleError, match="cilium-cdr-blocklist.yaml"):
         publish(state, dist, signer, digest)
     assert dist.list("") == []
@@ -164,7 +163,8 @@ def test_an_approved_change_is_published_despite_the_budget(state, dist, signer)
     publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
     digest = render(state, network_bundle(ips(1000, 100), tag="b"))
 
-    result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1), approved=True)
+    state.put(layout.approval_key("prod", digest), b"approved by the on-call engineer")
+    result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
 
     assert result.status == "published" and current(dist)["digest"] == digest
 
@@ -185,19 +185,20 @@ def test_first_publish_is_exempt_from_the_budget(state, dist, signer):
 
 
 def test_unreadable_current_manifest_holds_unless_approved(state, dist, signer):
-    dist.put(keys.channel_manifest_key("prod"), b"{ not json")
+    dist.put(layout.channel_manifest_key("prod"), b"{ not json")
     digest = render(state, network_bundle(ips(0, 10)))
 
     held = publish(state, dist, signer, digest)
     assert held.status == "held" and "unusable" in held.reason
 
-    assert publish(state, dist, signer, digest, approved=True).status == "published"
+    state.put(layout.approval_key("prod", digest), b"")
+    assert publish(state, dist, signer, digest).status == "published"
 
 
 def test_current_bundle_files_gone_holds_unless_approved(state, dist, signer):
     first = render(state, network_bundle(ips(0, 10), tag="a"))
     publish(state, dist, signer, first)
-    dist.delete(keys.bundle_file_key(first, "cilium-cdr-blocklist.yaml"))
+    dist.delete(layout.bundle_file_key(first, "cilium-cdr-blocklist.yaml"))
     digest = render(state, network_bundle(ips(0, 11), tag="b"))
 
     held = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
@@ -227,7 +228,7 @@ def test_rollback_re_signs_an_earlier_bundle(state, recorder, signer, verifier):
     result = rollback(recorder, channel="prod", to_digest=a, signer=signer, now=when)
 
     assert result.status == "rolled_back" and result.previous_digest == b
-    assert recorder.puts == [keys.history_key("prod", iso(when), a), keys.channel_manifest_key("prod")]
+    assert recorder.puts == [layout.history_key("prod", iso(when), a), layout.channel_manifest_key("prod")]
     signed = current(recorder)
     verify_manifest(signed, verifier, now=when)
     assert (signed["digest"], signed["created_at"], signed["expires_at"]) == (
@@ -235,7 +236,7 @@ def test_rollback_re_signs_an_earlier_bundle(state, recorder, signer, verifier):
         iso(when),
         iso(when + timedelta(hours=24)),
     )
-    assert len(recorder.list(keys.history_prefix("prod"))) == 3
+    assert len(recorder.list(layout.history_prefix("prod"))) == 3
     assert "ChannelRollbacks" in metrics.metric_set
 
 
@@ -253,7 +254,7 @@ def test_rollback_needs_history_and_files(state, dist, signer):
     publish(state, dist, signer, render(state, network_bundle(ips(0, 11), tag="b")), now=T0 + timedelta(hours=1))
     with pytest.raises(BundleError, match="never published"):
         rollback(dist, channel="prod", to_digest="d" * 64, signer=signer, now=T0)
-    dist.delete(keys.bundle_file_key(a, "cdr-dynamic-blocklist.yaml"))
+    dist.delete(layout.bundle_file_key(a, "cdr-dynamic-blocklist.yaml"))
     with pytest.raises(BundleError, match="files are not all in"):
         rollback(dist, channel="prod", to_digest=a, signer=signer, now=T0)
 
@@ -270,5 +271,5 @@ def test_publish_through_s3(signer, verifier):
         assert publish(state, dist, signer, digest).status == "unchanged"
 
         verify_manifest(current(dist), verifier, now=T0)
-        head = s3.head_object(Bucket="dist-bucket", Key=keys.bundle_file_key(digest, "cilium-cdr-blocklist.yaml"))
+        head = s3.head_object(Bucket="dist-bucket", Key=layout.bundle_file_key(digest, "cilium-cdr-blocklist.yaml"))
         assert head["ContentType"] == "application/yaml"

@@ -13,12 +13,12 @@ from pathlib import Path
 from cdr_policy.agent.applier import Applier
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
-from cdr_policy.agent.sync import Agent, Check
+from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.signing import Verifier
 from cdr_policy.errors import CdrPolicyError
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker import SchemaSet
-from cdr_policy.policy.checker.bundle import bundle_checker
+from cdr_policy.policy.checker.files import BundleCheck, bundle_checker
 from cdr_policy.storage import open_store
 from cdr_policy.timeutil import parse_duration
 
@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def policy_check(applier: Applier, crds: Path | None) -> Check:
+def policy_check(applier: Applier, crds: Path | None) -> BundleCheck:
     """The policy checker the agent runs on every bundle before applying it: against the CRDs
     installed in the cluster it applies to (so it checks the versions it will really meet), or in
     directory mode against ``--crds DIR`` when given; the safety checklist always."""

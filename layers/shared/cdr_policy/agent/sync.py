@@ -27,29 +27,26 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cdr_policy import __version__, jsonio
+from cdr_policy import __version__, jsonio, layout
 from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.kinds import kind_of, ownership_labels
 from cdr_policy.agent.preflight import Preflight, run_preflight
 from cdr_policy.agent.reconcile import delete_objects, owned_objects, reconcile
 from cdr_policy.agent.state import Applied, StateDir
 from cdr_policy.agent.status import SCHEMA_VERSION
-from cdr_policy.bundle import keys
 from cdr_policy.bundle.manifest import VerificationError, verify_files
 from cdr_policy.bundle.objects import ObjectRef, parse_objects
 from cdr_policy.bundle.signing import Verifier, verify_manifest
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.observability import logger
+from cdr_policy.policy.checker.files import BundleCheck
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import iso, parse_iso, utcnow
-
-Check = Callable[[dict[str, bytes]], list[str]]
 
 _CHANNEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -86,7 +83,7 @@ class Agent:
         verifier: Verifier,
         applier: Applier,
         state_dir: str | os.PathLike[str],
-        check: Check | None = None,
+        check: BundleCheck | None = None,
     ) -> None:
         if not _CHANNEL.match(channel):
             raise ConfigError(f"channel {channel!r}: use 1-32 lower-case letters, digits or '-'")
@@ -99,7 +96,7 @@ class Agent:
         self.applier = applier
         self.check = check
         self.labels = ownership_labels(channel)
-        self.manifest_key = keys.channel_manifest_key(channel)
+        self.manifest_key = layout.channel_manifest_key(channel)
         self._state = StateDir(Path(state_dir))
         self._applied = self._state.load(verifier, channel)
         self._etag: str | None = None
@@ -227,7 +224,7 @@ class Agent:
                 "refusing to go back in time",
             )
         digest = manifest["digest"]
-        files = {e["path"]: self.dist.get(keys.bundle_file_key(digest, e["path"])).data for e in manifest["files"]}
+        files = {e["path"]: self.dist.get(layout.bundle_file_key(digest, e["path"])).data for e in manifest["files"]}
         verify_files(manifest, files)
         objects = parse_objects(files)
         for obj in objects:
@@ -293,6 +290,6 @@ class Agent:
     def _report(self, status: dict[str, Any]) -> None:
         self._state.save_status(status)
         try:
-            self.dist.put(keys.status_key(self.cluster_id), jsonio.dumps_pretty(status), "application/json")
+            self.dist.put(layout.status_key(self.cluster_id), jsonio.dumps_pretty(status), "application/json")
         except StorageError as exc:
             logger.warning("cannot write the agent status to the bucket", extra={"error": str(exc)})

@@ -9,7 +9,7 @@ policy files and report.
 3. Every prefix goes through the never-block list again: the caller's guard and the channel's
    ``protected_cidrs`` (its pod, service and node ranges). Refusals are reported, never silent.
 4. The remaining prefixes are ranked (``feeds.ranking.rank``) and cut to the channel's Tetragon and
-   Cilium budgets (``policy.budget``); what is left out is reported with its rank.
+   Cilium budgets (``policy.capacity``); what is left out is reported with its rank.
 5. Objects: behaviour policies per CDR rule (``policy.behaviours``), Tetragon blocklists
    (``cdr`` and ``threat-intel``), Cilium groups and policies (``policy.cilium``).
 6. The checker runs on every object (checklist always; CRD schemas when ``schemas`` is given) and
@@ -38,7 +38,7 @@ from cdr_policy.models import Behaviour, Indicator, IndicatorSet, Rejection
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy import cilium, naming, tetragon
 from cdr_policy.policy.behaviours import CATALOGUE, compile_behaviour
-from cdr_policy.policy.budget import Cut, cut, rank_entries
+from cdr_policy.policy.capacity import Cut, cut, rank_entries
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet, check_object
 from cdr_policy.policy.domains import Resolver, handle_domains

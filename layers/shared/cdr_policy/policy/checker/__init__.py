@@ -6,9 +6,10 @@ Channel settings that change what is valid travel on the objects, so that all fo
 ``TracingPolicy`` whose channel declares ``kernel.override_helper`` carries the annotation
 ``cdr-policy.io/kernel-override-helper: "true"``, without which Override on a syscall hook is an error."""
 
-from cdr_policy.policy.checker.bundle import bundle_checker
 from cdr_policy.policy.checker.check import check_object, errors_of
 from cdr_policy.policy.checker.files import (
+    BundleCheck,
+    bundle_checker,
     check_bundle,
     check_contents,
     check_files,
@@ -19,6 +20,7 @@ from cdr_policy.policy.checker.problem import Problem
 from cdr_policy.policy.checker.schema import SchemaSet
 
 __all__ = [
+    "BundleCheck",
     "Problem",
     "SchemaSet",
     "bundle_checker",

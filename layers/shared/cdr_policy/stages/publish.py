@@ -1,4 +1,9 @@
-"""Publish a rendered bundle to a channel, and roll a channel back to an earlier bundle.
+"""The Publish stage: check, sign and publish one rendered bundle to one channel; and roll a
+channel back to an earlier bundle.
+
+A request for a digest that is no longer the channel's latest render is skipped (SQS does not keep
+order: an old request must not roll a channel back). An operator approves a bundle held by the
+change budget by creating ``approvals/<channel>/<digest>`` in the state store.
 
 The signed manifest is stamped when it is published: ``created_at`` is the publish time and
 ``expires_at`` keeps the lifetime the bundle was rendered with. Agents refuse a manifest older than
@@ -15,15 +20,14 @@ the change budget (unless an operator approved it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from cdr_policy import jsonio
-from cdr_policy.bundle import keys
+from cdr_policy import jsonio, layout
 from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, assess
 from cdr_policy.bundle.manifest import (
     SIGNATURE_FIELDS,
@@ -35,11 +39,11 @@ from cdr_policy.bundle.objects import parse_objects, prefixes
 from cdr_policy.bundle.signing import Signer, sign_manifest
 from cdr_policy.errors import BundleError, StorageError
 from cdr_policy.observability import logger, metrics
-from cdr_policy.storage import NotFound, Store
+from cdr_policy.policy.checker.files import BundleCheck
+from cdr_policy.storage import NotFound, Store, exists
 from cdr_policy.timeutil import iso, parse_iso
 
-Check = Callable[[dict[str, bytes]], list[str]]
-PublishStatus = Literal["published", "refreshed", "unchanged", "held", "refused", "rolled_back"]
+PublishStatus = Literal["published", "refreshed", "unchanged", "held", "refused", "rolled_back", "superseded"]
 # A current manifest is re-stamped when more than this share of its lifetime has passed.
 REFRESH_AFTER = 0.5
 
@@ -94,14 +98,14 @@ def _read_manifest(store: Store, key: str) -> dict[str, Any]:
 def _read_files(store: Store, manifest: Mapping[str, Any]) -> dict[str, bytes]:
     """The manifest's files from ``bundles/<digest>/`` in ``store``, checked against the manifest."""
     digest = manifest["digest"]
-    files = {e["path"]: store.get(keys.bundle_file_key(digest, e["path"])).data for e in manifest["files"]}
+    files = {e["path"]: store.get(layout.bundle_file_key(digest, e["path"])).data for e in manifest["files"]}
     verify_files(manifest, files)
     return files
 
 
 def _current(dist: Store, channel: str) -> tuple[dict[str, Any] | None, str | None]:
     """The channel's current manifest, or None; and why it could not be used, if it exists but is bad."""
-    key = keys.channel_manifest_key(channel)
+    key = layout.channel_manifest_key(channel)
     try:
         return _read_manifest(dist, key), None
     except NotFound:
@@ -114,11 +118,11 @@ def _write(dist: Store, channel: str, signed: dict[str, Any], files: Mapping[str
     """Files first (unless already there), history next, channel manifest last."""
     digest = signed["digest"]
     for path, data in sorted((files or {}).items()):
-        dist.put(keys.bundle_file_key(digest, path), data, _content_type(path))
+        dist.put(layout.bundle_file_key(digest, path), data, _content_type(path))
     body = jsonio.dumps_pretty(signed)
-    history = keys.history_key(channel, signed["created_at"], digest)
+    history = layout.history_key(channel, signed["created_at"], digest)
     dist.put(history, body, "application/json")
-    manifest_key = keys.channel_manifest_key(channel)
+    manifest_key = layout.channel_manifest_key(channel)
     dist.put(manifest_key, body, "application/json")
     return manifest_key, history
 
@@ -141,23 +145,28 @@ def publish_bundle(
     signer: Signer,
     now: datetime,
     change_budget_percent: int,
-    check: Check | None = None,
-    approved: bool = False,
+    check: BundleCheck | None = None,
     min_changes: int = DEFAULT_MIN_CHANGES,
 ) -> PublishResult:
     """Check, sign and publish rendered bundle ``digest`` (``bundles/<digest>/`` in ``state``) to ``channel``.
 
     - ``unchanged``: the bundle is already current and less than half through its lifetime; nothing written.
+    - ``superseded``: ``digest`` is no longer the channel's latest render; nothing written.
     - ``refreshed``: the bundle is already current and was re-stamped and re-signed (no files copied).
     - ``refused``: ``check`` reported errors; nothing written, an alarm metric is emitted.
     - ``held``: more than ``change_budget_percent`` of the entries would change (and at least
-      ``min_changes``); nothing written, an alarm metric is emitted. ``approved=True`` (an operator's
-      explicit approval of this digest) skips the budget; so does a channel's first publish.
+      ``min_changes``); nothing written, an alarm metric is emitted. An operator's approval of this
+      digest (``approvals/<channel>/<digest>`` in ``state``) skips the budget; so does a channel's first publish.
     - ``published``: files, history entry and channel manifest written, in that order.
 
     Raises BundleError when the rendered bundle is missing, malformed or does not match its digests.
     """
-    manifest = _read_manifest(state, keys.bundle_manifest_key(digest))
+    latest = _latest_render(state, channel)
+    if latest is not None and latest != digest:
+        logger.info("publish request superseded", extra={"channel": channel, "digest": digest, "latest": latest})
+        return PublishResult("superseded", channel, digest, reason=f"superseded by the later render {latest}")
+    approved = exists(state, layout.approval_key(channel, digest))
+    manifest = _read_manifest(state, layout.bundle_manifest_key(digest))
     if manifest["digest"] != digest:
         raise BundleError(f"bundles/{digest}/bundle.json describes bundle {manifest['digest']}")
     if manifest["channel"] != channel:
@@ -219,6 +228,16 @@ def publish_bundle(
     )
 
 
+def _latest_render(state: Store, channel: str) -> str | None:
+    try:
+        doc = jsonio.loads(state.get(layout.latest_render_key(channel)).data)
+    except NotFound:
+        return None
+    except ValueError as exc:
+        raise BundleError(f"{state.describe()}/{layout.latest_render_key(channel)} is not valid JSON: {exc}") from exc
+    return str(doc["digest"])
+
+
 def _stamp(manifest: dict[str, Any], now: datetime) -> dict[str, Any]:
     """``manifest`` as published at ``now``: same lifetime, counted from now."""
     lifetime = parse_iso(manifest["expires_at"]) - parse_iso(manifest["created_at"])
@@ -259,7 +278,7 @@ def rollback(dist: Store, *, channel: str, to_digest: str, signer: Signer, now: 
     (``created_at`` = now, same lifetime as before) and re-signed. Its files must still be in ``dist``
     and match. Raises BundleError when there is no such history entry or its files are gone."""
     suffix = f"-{to_digest}.json"
-    entries = [k for k in dist.list(keys.history_prefix(channel)) if k.endswith(suffix)]
+    entries = [k for k in dist.list(layout.history_prefix(channel)) if k.endswith(suffix)]
     if not entries:
         raise BundleError(f"channel {channel} has never published bundle {to_digest}")
     old = _read_manifest(dist, entries[-1])

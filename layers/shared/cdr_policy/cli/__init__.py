@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from cdr_policy.local import LocalRun
+    from cdr_policy.cli.run import LocalRun
 
     if args.hours < 1:
         raise ConfigError("--hours must be at least 1")
@@ -159,7 +159,3 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         while not stop and time.monotonic() < deadline:
             time.sleep(min(1.0, deadline - time.monotonic()))
     return worst
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
