@@ -24,7 +24,7 @@ from cdr_policy.stages.publish import publish_bundle
 from tests.fakes.kube import FakeKubeAPI
 from tests.unit.bundle.factory import T0, RecordingStore
 from tests.unit.bundle.factory import render as stage_bundle
-from tests.unit.policy.factories import behaviour, cdr_set, indicator, render
+from tests.unit.policy.factories import behaviour, cdr_set, file_bytes, indicator, render
 
 MINUTE = timedelta(minutes=1)
 CILIUM_KINDS = {"CiliumCIDRGroup", "CiliumClusterwideNetworkPolicy"}
@@ -60,7 +60,7 @@ def bundle_files(cilium_version: str = "1.17", *more: str) -> dict[str, bytes]:
     channel = ChannelSettings(name="prod", action="Sigkill", cilium_version=cilium_version)
     entries = [indicator(v) for v in ("45.33.32.0/24", "2a00:1450:4001::/48", *more)]
     sets = [cdr_set(entries, [behaviour("crypto_mining")])]
-    return render(sets, channel).file_bytes()
+    return file_bytes(render(sets, channel))
 
 
 def kinds(kube) -> set[str]:
@@ -155,9 +155,7 @@ def test_an_unverifiable_config_withholds_cilium_and_keeps_what_is_live(crds_dir
         else:
             kube.fail("configmap", 403, times=10)
         # a new bundle with other Cilium objects: they are not applied, the live ones not pruned
-        ship(
-            render([cdr_set([indicator("91.92.93.0/24")])], ChannelSettings(name="prod")).file_bytes(), T0 + 2 * MINUTE
-        )
+        ship(file_bytes(render([cdr_set([indicator("91.92.93.0/24")])], ChannelSettings(name="prod"))), T0 + 2 * MINUTE)
         status = agent.sync_once(T0 + 3 * MINUTE)
         assert status["last_poll"]["result"] == "partial"
         assert status["preflight"]["cilium"] == "withhold"

@@ -71,11 +71,6 @@ def entries_digest(entries: list[dict[str, Any]]) -> str:
     return hashlib.sha256(jsonio.dumps(rows)).hexdigest()
 
 
-def bundle_digest(files: Mapping[str, bytes]) -> str:
-    """The digest of a set of files: same files, same digest, whatever order they come in."""
-    return entries_digest(file_entries(files))
-
-
 def unsigned(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest without its signature fields (what the signature covers)."""
     return {k: v for k, v in manifest.items() if k not in SIGNATURE_FIELDS}

@@ -42,7 +42,7 @@ from cdr_policy.policy.capacity import Cut, cut, rank_entries
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet, check_object
 from cdr_policy.policy.domains import Resolver, handle_domains
-from cdr_policy.policy.output import PolicyFile
+from cdr_policy.policy.output import ObjectMeta, PolicyFile
 from cdr_policy.policy.ports import parse_port, port_refusal
 from cdr_policy.policy.prefixes import parse_explicit
 from cdr_policy.rules import RULES
@@ -64,9 +64,6 @@ _MESSAGE = {
 class RenderResult:
     files: list[PolicyFile]
     report: dict[str, Any]
-
-    def file_bytes(self) -> dict[str, bytes]:
-        return {f.filename: f.to_bytes() for f in self.files}
 
 
 class GuardChain:
@@ -280,7 +277,7 @@ def _behaviour_files(
     }
     if evidence.added:
         annotations[naming.EVIDENCE] = ",".join(evidence.added)
-    meta = tetragon.ObjectMeta(
+    meta = ObjectMeta(
         labels=naming.ownership_labels(channel.name, naming.COMPONENT_BEHAVIOUR, rule=rule),
         annotations=annotations,
     )
@@ -330,7 +327,7 @@ def _network_files(
                 naming.COMPONENT_TETRAGON_BLOCKLIST if engine == "tetragon" else naming.COMPONENT_CILIUM_BLOCKLIST
             )
             labels = naming.ownership_labels(channel.name, component, blocklist=group)
-            meta = tetragon.ObjectMeta(labels=labels, annotations=_provenance(indicators, len(prefixes), group))
+            meta = ObjectMeta(labels=labels, annotations=_provenance(indicators, len(prefixes), group))
             if engine == "tetragon":
                 files.extend(
                     tetragon.network_blocklist(
@@ -346,7 +343,7 @@ def _network_files(
                     )
                 )
             else:
-                group_meta = tetragon.ObjectMeta(
+                group_meta = ObjectMeta(
                     labels=naming.ownership_labels(channel.name, naming.COMPONENT_CIDR_GROUP, blocklist=group),
                     annotations=_provenance(indicators, len(prefixes), group),
                 )
