@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from cdr_policy import layout
+from cdr_policy.agent.cli import policy_check
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.preflight import run_preflight
@@ -86,14 +87,16 @@ def ship(state, bucket, signer):
 
 @pytest.fixture
 def agent_for(bucket, verifier, tmp_path):
-    def make(kube, **applier_kwargs):
+    def make(kube, *, checked=False, **applier_kwargs):
+        applier = KubeApplier(kube.url, kube.token, **applier_kwargs)
         return Agent(
             bucket,
             channel="prod",
             cluster_id="eks-prod-1",
             verifier=verifier,
-            applier=KubeApplier(kube.url, kube.token, **applier_kwargs),
+            applier=applier,
             state_dir=tmp_path / "agent-state",
+            check=policy_check(applier, None) if checked else None,  # as `cdr-policy agent --kubernetes`
         )
 
     return make
@@ -176,6 +179,35 @@ def test_the_cilium_namespace_is_configurable(crds_dir, ship, agent_for):
         assert [op.namespace for op in kube.operations if op.verb == "configmap"] == ["cilium"]
     with pytest.raises(ConfigError, match="not a DNS label"):
         KubeApplier("http://127.0.0.1:1", "t", cilium_namespace="Kube_System")
+
+
+def test_the_agent_reports_a_version_mismatch_instead_of_refusing_the_whole_bundle(crds_dir, ship, agent_for):
+    """The agent checks bundles against its cluster's CRDs: a CiliumCIDRGroup v2 on a 1.17 cluster
+    fails that check. The pre-flight runs first, so the mismatch is reported, the Cilium part held
+    back and the Tetragon part still checked and applied."""
+    ship(bundle_files("1.18"))
+    with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17")) as kube:
+        status = agent_for(kube, checked=True).sync_once(T0 + MINUTE)
+        assert kinds(kube) == {"TracingPolicy"}
+        first_apply = next(i for i, op in enumerate(kube.operations) if op.verb == "apply")
+        assert "configmap" in [op.verb for op in kube.operations[:first_apply]]
+    assert status["verification"]["ok"] is True
+    assert status["last_poll"]["result"] == "partial"
+    assert status["preflight"]["cilium"] == "withhold"
+    codes = {f["code"] for f in status["preflight"]["findings"]}
+    assert codes == {"version-mismatch", "not-served"}
+    assert "targets Cilium 1.18 but the cluster serves Cilium 1.17" in status["last_poll"]["detail"]
+
+
+def test_the_check_still_refuses_a_bad_tetragon_object(crds_dir, ship, agent_for):
+    files = bundle_files("1.18")
+    [name] = [n for n in files if n.startswith("cdr-block-")]
+    files[name] = files[name].replace(b"  podSelector: {}\n", b"  podSelector: {}\n  bogus: 1\n")  # unknown field
+    ship(files)
+    with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17")) as kube:
+        status = agent_for(kube, checked=True).sync_once(T0 + MINUTE)
+        assert kube.ops("apply") == []
+    assert status["last_poll"]["result"] == "refused" and "bogus" in status["verification"]["reason"]
 
 
 @pytest.mark.parametrize(

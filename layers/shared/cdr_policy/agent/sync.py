@@ -6,10 +6,11 @@ One ``sync_once``:
    applied), then every file's size and sha256, then the objects, then the injected policy check --
    all BEFORE touching the cluster; a refusal keeps the cluster as it is;
 3. run the cluster pre-flight (``agent.preflight``: Cilium's ``enable-non-default-deny-policies``,
-   the served Cilium CRD versions, the channel's declared Cilium version) before touching anything;
-   the Cilium objects it holds back are not applied, the Tetragon ones are (result ``partial``, the
-   reason in the status document's ``preflight`` and ``apply_errors``; retried on every poll, so a
-   fixed Cilium configuration is picked up without a new bundle);
+   the served Cilium CRD versions, the channel's declared Cilium version) before the policy check
+   and before touching anything; the Cilium objects it holds back are neither checked nor applied,
+   the Tetragon ones are (result ``partial``, the reason in the status document's ``preflight`` and
+   ``apply_errors``; retried on every poll, so a fixed Cilium configuration is picked up without a
+   new bundle);
 4. apply every object (CiliumCIDRGroups first), then, only if all applied, delete the objects this
    agent owns that the bundle no longer has (CIDR groups last). Tetragon policies are named by
    content, so a changed policy is a new object that is loaded before the old one goes: no gap;
@@ -35,7 +36,7 @@ from typing import Any
 from cdr_policy import __version__, jsonio, layout
 from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.kinds import kind_of, ownership_labels
-from cdr_policy.agent.preflight import Preflight, run_preflight
+from cdr_policy.agent.preflight import APPLY, Preflight, is_cilium, run_preflight
 from cdr_policy.agent.reconcile import delete_objects, owned_objects, reconcile
 from cdr_policy.agent.state import Applied, StateDir
 from cdr_policy.agent.status import SCHEMA_VERSION
@@ -206,6 +207,7 @@ class Agent:
     # -- verification ----------------------------------------------------------------------------
 
     def _verify(self, data: bytes, now: datetime) -> _Bundle:
+        self._preflight = None
         try:
             manifest = jsonio.loads(data)
         except ValueError as exc:
@@ -229,8 +231,18 @@ class Agent:
         objects = parse_objects(files)
         for obj in objects:
             kind_of(obj)
+        # The pre-flight runs before the check: objects it holds back are neither checked nor applied,
+        # so a Cilium part the cluster cannot take (a CRD version it does not serve) is reported as
+        # such instead of refusing the Tetragon part with it.
+        self._preflight = run_preflight(self.applier, objects)
         if self.check is not None:
-            problems = sorted(self.check(files))
+            held = self._preflight is not None and self._preflight.cilium != APPLY
+            checked = {
+                path: data
+                for path, data in files.items()
+                if not (held and any(is_cilium(o) for o in parse_objects({path: data})))
+            }
+            problems = sorted(self.check(checked))
             if problems:
                 shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
                 raise VerificationError("check_failed", f"policy check failed: {shown}")
@@ -242,7 +254,6 @@ class Agent:
         return owned_objects(self.applier, self.labels)
 
     def _apply(self, objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
-        self._preflight = run_preflight(self.applier, objects)
         return reconcile(self.applier, objects, channel=self.channel, preflight=self._preflight)
 
     def _delete(self, objects: list[dict[str, Any]], errors: list[dict[str, Any]]) -> int:
