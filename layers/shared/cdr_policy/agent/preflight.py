@@ -29,13 +29,13 @@ known good) or ``withdraw`` (not applied; this owner's live Cilium objects are d
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from cdr_policy.agent.applier import ApplyError
 from cdr_policy.agent.kinds import KINDS
+from cdr_policy.policy.channel import parse_version
 from cdr_policy.policy.naming import CILIUM_VERSION
 
 CILIUM_CONFIG = "cilium-config"
@@ -45,7 +45,6 @@ CILIUM_POLICY_KINDS = frozenset({"CiliumNetworkPolicy", "CiliumClusterwideNetwor
 _GROUP = "cilium.io"
 _CCNP_CRD = "ciliumclusterwidenetworkpolicies.cilium.io"
 _CCG_CRD = "ciliumcidrgroups.cilium.io"
-_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
 # strconv.ParseBool, which Cilium's configuration (viper/cast) uses for the ConfigMap's strings
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _FIX = (
@@ -70,7 +69,7 @@ class ClusterReader(Protocol):
 @dataclass(frozen=True)
 class Finding:
     code: str
-    # "error": holds the Cilium part back (``effect`` says how); "warning"/"info": reported only
+    # "error": holds the Cilium part back (``effect`` says how); "warning": reported only
     severity: str
     message: str
     effect: str = APPLY
@@ -209,10 +208,9 @@ def _text(low: Version, high: Version | None) -> str:
 def _declared(objects: Iterable[Mapping[str, Any]]) -> list[Version]:
     found = set()
     for obj in objects:
-        value = ((obj.get("metadata") or {}).get("annotations") or {}).get(CILIUM_VERSION)
-        m = _VERSION.match(value) if isinstance(value, str) else None
-        if m:
-            found.add((int(m.group(1)), int(m.group(2))))
+        version = parse_version(((obj.get("metadata") or {}).get("annotations") or {}).get(CILIUM_VERSION))
+        if version is not None:
+            found.add(version)
     return sorted(found)
 
 

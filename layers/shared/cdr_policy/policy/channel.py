@@ -22,6 +22,12 @@ NETWORK_HOOKS = ("tcp_connect", "security_socket_connect")
 DOMAIN_MODES = ("report", "resolve")
 
 
+def parse_version(text: object) -> tuple[int, int] | None:
+    """``"1.17"`` or ``"1.17.3"`` as ``(1, 17)``; None for anything else."""
+    m = _VERSION.match(text) if isinstance(text, str) else None
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 @dataclass(frozen=True)
 class KernelCapabilities:
     """What the kernels of a channel's nodes are declared to support (``kernel:`` in the channel
@@ -89,7 +95,7 @@ class ChannelSettings:
             raise ConfigError(f"channel name {self.name!r}: use 1-32 lower-case letters, digits or '-'")
         if self.action not in ACTIONS:
             raise ConfigError(f"channel {self.name}: action {self.action!r} is not one of {', '.join(ACTIONS)}")
-        if not _VERSION.match(self.cilium_version):
+        if parse_version(self.cilium_version) is None:
             raise ConfigError(f"channel {self.name}: cilium_version {self.cilium_version!r} is not like '1.17'")
         for attr in ("tetragon_max_prefixes", "cilium_max_prefixes", "bundle_ttl_hours"):
             value = getattr(self, attr)
@@ -126,9 +132,9 @@ class ChannelSettings:
 
     @property
     def cilium(self) -> tuple[int, int]:
-        m = _VERSION.match(self.cilium_version)
-        assert m  # validated in __post_init__
-        return int(m.group(1)), int(m.group(2))
+        version = parse_version(self.cilium_version)
+        assert version  # validated in __post_init__
+        return version
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
