@@ -35,6 +35,8 @@ infra: venv
 
 lint: venv
 	$(BIN)/ruff check layers functions tests demo benchmarks
+	$(BIN)/ruff format --check layers functions tests demo benchmarks
+	$(BIN)/mypy
 
 validate: venv
 	$(BIN)/sam validate --lint

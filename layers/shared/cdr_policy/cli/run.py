@@ -125,7 +125,7 @@ class LocalRun:
             labels = f.obj["metadata"].get("labels", {})
             if labels.get(naming.COMPONENT_KEY) == naming.COMPONENT_BEHAVIOUR:
                 return "behaviour"
-            return labels.get(naming.BLOCKLIST_KEY, "cdr")
+            return str(labels.get(naming.BLOCKLIST_KEY, "cdr"))
 
         groups: dict[str, list[PolicyFile]] = {"behaviour": [], "cdr": [], "threat-intel": []}
         for f in files:
