@@ -228,8 +228,7 @@ def _check_versions(
     cluster["cidr_group_versions"] = sorted(served_by_kind.get("CiliumCIDRGroup", set()))
     for api_version in sorted({f"{o.get('apiVersion')} {o.get('kind')}" for o in objects}):
         group_version, kind = api_version.split(" ", 1)
-        version = group_version.partition("/")[2]
-        if version not in served_by_kind.get(kind, set()):
+        if group_version.partition("/")[2] not in served_by_kind.get(kind, set()):
             findings.append(
                 Finding(
                     "not-served",

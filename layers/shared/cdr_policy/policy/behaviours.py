@@ -54,6 +54,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cdr_policy.models import Behaviour
 from cdr_policy.policy.channel import ChannelSettings
@@ -285,7 +286,7 @@ def _file_access(
     return lsm_function(ctx, "security_file_permission", [(0, "file"), (1, "int")], *selectors)
 
 
-def _in_directories(ctx: Context, index: int, directories: Sequence[str]) -> list[dict]:
+def _in_directories(ctx: Context, index: int, directories: Sequence[str]) -> list[dict[str, Any]]:
     """Selectors for a parent-directory ``path`` argument at ``index`` that is one of
     ``directories`` (each ending with ``/``) or below one (none without directories)."""
     if not all(d.endswith("/") for d in directories):
@@ -298,7 +299,7 @@ def _in_directories(ctx: Context, index: int, directories: Sequence[str]) -> lis
     ]
 
 
-def _entry_named(ctx: Context, dir_index: int, name_index: int, files: Sequence[str]) -> list[dict]:
+def _entry_named(ctx: Context, dir_index: int, name_index: int, files: Sequence[str]) -> list[dict[str, Any]]:
     """Selectors for watched ``files`` (absolute paths) arriving as a new entry: the parent
     directory (``path`` at ``dir_index``) is theirs and the entry (``dentry`` at ``name_index``)
     has their name. One selector per parent directory."""
@@ -314,7 +315,9 @@ def _entry_named(ctx: Context, dir_index: int, name_index: int, files: Sequence[
     ]
 
 
-def _arrivals(ctx: Context, directories: Sequence[str], files: Sequence[str] = (), *, symlinks: bool) -> list[dict]:
+def _arrivals(
+    ctx: Context, directories: Sequence[str], files: Sequence[str] = (), *, symlinks: bool
+) -> list[dict[str, Any]]:
     """Hooks for entries that appear in ``directories`` (or as ``files``) without a write there:
     renamed in (``security_path_rename``: ``new_dir`` is arg 2, ``new_dentry`` arg 3), hard-linked
     in (``security_path_link``: arg 1, arg 2) and, with ``symlinks``, symlinked in
@@ -471,7 +474,7 @@ LOG_DIRECTORIES = ("/var/log/",)
 HISTORIES = ("/.ash_history", "/.bash_history", "/.zsh_history")
 
 
-def _log_tampering(ctx: Context) -> list[dict]:
+def _log_tampering(ctx: Context) -> list[dict[str, Any]]:
     truncate = lsm_function(
         ctx,
         "security_path_truncate",
@@ -539,7 +542,7 @@ PERSISTENCE_DIRECTORIES = (
 PERSISTENCE_FILES = ("/etc/crontab", "/etc/rc.local")
 
 
-def _persistence_cron(ctx: Context) -> list[dict]:
+def _persistence_cron(ctx: Context) -> list[dict[str, Any]]:
     writes = _file_access(ctx, MAY_WRITE, prefixes=(*PERSISTENCE_DIRECTORIES, *PERSISTENCE_FILES))
     return [
         writes,
@@ -590,7 +593,7 @@ def _webshell(ctx: Context) -> list[dict]:
     return [exec_block(ctx, spawned, callers=WEB_SERVERS)]
 
 
-def _defense_evasion(ctx: Context) -> list[dict]:
+def _defense_evasion(ctx: Context) -> list[dict[str, Any]]:
     tools = ("aa-complain", "aa-disable", "aa-teardown", "auditctl", "chattr", "setenforce")
     preload = "/etc/ld.so.preload"
     writes = _file_access(ctx, MAY_WRITE, prefixes=(preload,))

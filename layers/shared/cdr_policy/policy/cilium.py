@@ -132,7 +132,7 @@ def blocklist(
     elif prefixes:
         items.append({"toCIDRSet": [{"cidr": p} for p in prefixes]})
     items.extend(_port_items(ports))
-    policy = {
+    policy: dict[str, Any] = {
         "apiVersion": POLICY_API_VERSION,
         "kind": "CiliumClusterwideNetworkPolicy",
         "metadata": {

@@ -240,8 +240,8 @@ def check_tracing_policy(obj: dict[str, Any], guard: BlockGuard | None) -> list[
 
 
 def _annotations(obj: dict[str, Any]) -> dict[str, Any]:
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    annotations = metadata.get("annotations")
+    metadata = obj.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
     return annotations if isinstance(annotations, dict) else {}
 
 
