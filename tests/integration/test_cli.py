@@ -171,6 +171,22 @@ def test_apply_really_applies_and_prunes_only_its_own_objects(env, tmp_path, cap
         assert any(o["metadata"]["name"] == "someone-elses" for o in api.objects())
 
 
+def test_apply_holds_cilium_back_when_non_default_deny_policies_are_off(env, tmp_path, capsys):
+    off = {("kube-system", "cilium-config"): {"enable-non-default-deny-policies": "false"}}
+    with FakeKubeAPI(config_maps=off) as api:
+        kube_env = {**env, "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", api))}
+        code, out, err = run(["--once", "--apply", f"--output={tmp_path / 'a'}"], kube_env, capsys)
+        assert code == 1, err
+        assert {o["kind"] for o in api.objects()} == {"TracingPolicy"}, "Tetragon applied, Cilium held back"
+        assert [op.verb for op in api.operations].index("configmap") < [op.verb for op in api.operations].index(
+            "apply"
+        ), "checked before anything is applied"
+    written = {obj["kind"] for obj in objects(tmp_path / "a").values()}
+    assert "CiliumClusterwideNetworkPolicy" in written, "the files are still written for review"
+    assert "Error: preflight CiliumClusterwideNetworkPolicy/" in out
+    assert "enable-non-default-deny-policies" in out and "Done, with 1 problem(s)" in out
+
+
 def test_validate_subcommand(env, tmp_path, capsys, crds_dir):
     out_dir = tmp_path / "v"
     assert run(["--once", f"--output={out_dir}"], env, capsys)[0] == 0
