@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cdr_policy.cli import main
 from cdr_policy.cli import output as output_module
@@ -21,6 +22,7 @@ from cdr_policy.feeds.config import load_feeds
 from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS
 from tests.fakes.feeds import FeedServer, demo_feeds_yaml
+from tests.fakes.kube import FakeKubeAPI
 from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway, load_findings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,3 +172,26 @@ def test_the_feed_servers_standard_output_is_a_feeds_file():
         proc.communicate(timeout=30)
     feeds = load_feeds(text, origin="captured standard output")
     assert len(feeds) == 5 and all(f.url.startswith("http://127.0.0.1:") for f in feeds)
+
+
+def test_validate_reads_the_crds_from_the_current_cluster(env, tmp_path, capsys, crds_dir):
+    out_dir = tmp_path / "policies"
+    assert run(["--once", "--action=Sigkill", f"--output={out_dir}"], env, capsys)[0] == 0
+    crds = [
+        doc
+        for p in sorted([*crds_dir.glob("*.yaml"), *(crds_dir / "cilium-main").glob("*.yaml")])
+        for doc in yaml.safe_load_all(p.read_text())
+        if doc and doc.get("kind") == "CustomResourceDefinition"
+    ]
+    with FakeKubeAPI(crds=crds) as api:
+        kube_env = {**env, "KUBECONFIG": str(api.write_kubeconfig(tmp_path / "kubeconfig"))}
+        code, out, err = run(["validate", "--kubernetes", str(out_dir)], kube_env, capsys)
+        assert api.ops("crds"), "the CRDs were read from the API server"
+    assert code == 0, out + err
+    assert f"checked against kubernetes {api.url}: 0 error(s)" in out
+
+    # No cluster to read: one line, exit 2.
+    code, out, err = run(
+        ["validate", "--kubernetes", str(out_dir)], {**env, "KUBECONFIG": str(tmp_path / "none")}, capsys
+    )
+    assert code == 2 and err.startswith("cdr-policy: error: validate: ") and len(err.splitlines()) == 1

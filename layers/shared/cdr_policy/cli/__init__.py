@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if argv and argv[0] == "validate":
             from cdr_policy.cli.validate import validate_main
 
-            return validate_main(argv[1:])
+            return validate_main(argv[1:], env)
         if argv and argv[0] == "agent":
             from cdr_policy.agent import cli as agent_cli
 
