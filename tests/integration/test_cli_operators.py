@@ -195,3 +195,34 @@ def test_validate_reads_the_crds_from_the_current_cluster(env, tmp_path, capsys,
         ["validate", "--kubernetes", str(out_dir)], {**env, "KUBECONFIG": str(tmp_path / "none")}, capsys
     )
     assert code == 2 and err.startswith("cdr-policy: error: validate: ") and len(err.splitlines()) == 1
+
+
+def test_progress_shows_on_a_terminal_and_not_elsewhere(env, tmp_path, capsys):
+    import os
+    import pty
+
+    code, out, err = run(["--once", f"--output={tmp_path / 'quiet'}"], env, capsys)
+    assert code == 0 and "... page" not in out + err
+
+    leader, follower = pty.openpty()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdr_policy.cli", "--once", f"--output={tmp_path / 'tty'}"],
+        env={**os.environ, **env, "PYTHONPATH": str(REPO / "layers/shared")},
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        timeout=120,
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert proc.returncode == 0
+    assert b"... page 1, " in shown and b"findings" in shown
+    assert b"... page" not in proc.stdout

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +51,22 @@ class LocalRun:
     def say(self, line: str = "") -> None:
         print(line, file=self.out or sys.stdout, flush=True)
 
+    def _progress(self) -> Callable[[str], None] | None:
+        """On a terminal: one line on standard error, rewritten in place; elsewhere nothing."""
+        if not sys.stderr.isatty():
+            return None
+
+        def show(text: str) -> None:
+            sys.stderr.write(f"\r\033[K  ... {text}")
+            sys.stderr.flush()
+
+        return show
+
+    def _progress_done(self) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
     def once(self) -> int:
         """One run. Returns the exit code: 0 ok, 1 finished with problems (a stale feed, an
         incomplete fetch, apply errors); raises CdrPolicyError when nothing could be written."""
@@ -85,7 +101,8 @@ class LocalRun:
 
     def _fetch(self, now: datetime) -> CdrRunSummary:
         self.say(f"Fetching CDR events (last {self.args.hours} hours)...")
-        cdr = local.cdr_fetch(self.ports, now=now, resume=self.runs > 0).summary()
+        cdr = local.cdr_fetch(self.ports, now=now, resume=self.runs > 0, progress=self._progress()).summary()
+        self._progress_done()
         self.say(f"Found {cdr.fetched} events")
         if cdr.duplicates or cdr.malformed_count:
             self.say(f"  ({cdr.unique} unique, {cdr.duplicates} duplicates, {cdr.malformed_count} malformed)")
@@ -104,7 +121,8 @@ class LocalRun:
     def _feeds(self, now: datetime) -> int:
         """Sync the feeds; returns how many are stale (kept their last good copy)."""
         self.say("Loading threat intelligence feeds...")
-        result = local.feed_sync(self.ports, now=now)
+        result = local.feed_sync(self.ports, now=now, progress=self._progress())
+        self._progress_done()
         stale = 0
         for name, feed in result.outcomes.items():
             if feed.status in ("ok", "empty"):

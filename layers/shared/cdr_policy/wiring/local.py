@@ -11,7 +11,7 @@ import argparse
 import hashlib
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -120,7 +120,9 @@ def _crds(path: str | None) -> SchemaSet | None:
         raise ConfigError(f"--crds: {exc}") from exc
 
 
-def cdr_fetch(ports: LocalPorts, *, now: datetime, resume: bool) -> CdrFetchResult:
+def cdr_fetch(
+    ports: LocalPorts, *, now: datetime, resume: bool, progress: Callable[[str], None] | None = None
+) -> CdrFetchResult:
     """CdrFetch over the look-back (``--hours``); ``resume`` continues from the checkpoint (controller mode)."""
     with QualysClient(ports.gateway_url, ports.credentials) as client:
         return run_cdr_fetch(
@@ -133,12 +135,15 @@ def cdr_fetch(ports: LocalPorts, *, now: datetime, resume: bool) -> CdrFetchResu
             guard=NeverBlock(),
             mapping=ports.mapping,
             resume=resume,
+            progress=progress,
         )
 
 
-def feed_sync(ports: LocalPorts, *, now: datetime) -> FeedSyncResult:
+def feed_sync(ports: LocalPorts, *, now: datetime, progress: Callable[[str], None] | None = None) -> FeedSyncResult:
     reputation = AbuseIPDB(ports.reputation_key, threshold=ports.reputation_threshold)
-    return run_feed_sync(ports.state, ports.feeds, now=now, guard=NeverBlock(), reputation=reputation)
+    return run_feed_sync(
+        ports.state, ports.feeds, now=now, guard=NeverBlock(), reputation=reputation, progress=progress
+    )
 
 
 def render(ports: LocalPorts, *, now: datetime) -> RenderedChannel:
