@@ -154,7 +154,7 @@ class S3Store:
             resp = self.client.put_object(Bucket=self.bucket, Key=_check_key(key), Body=data, ContentType=content_type)
         except ClientError as exc:
             raise self._error(exc, key) from exc
-        return resp["ETag"].strip('"')
+        return str(resp["ETag"]).strip('"')
 
     def list(self, prefix: str) -> list[str]:
         from botocore.exceptions import ClientError

@@ -49,9 +49,10 @@ def _get_json(store: Store, key: str) -> object | None:
     except NotFound:
         return None
     try:
-        return loads(data)
+        doc: object = loads(data)
     except ValueError as exc:
         raise StorageError(f"{store.describe()}/{key} is not valid JSON: {exc}") from exc
+    return doc
 
 
 def read_checkpoint(store: Store) -> datetime | None:
