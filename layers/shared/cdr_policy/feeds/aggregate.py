@@ -23,6 +23,7 @@ from datetime import datetime
 from itertools import chain, compress
 
 import numpy as np
+import numpy.typing as npt
 
 from cdr_policy.feeds.lanes import adjacency_flags, pack_ipv6
 from cdr_policy.feeds.parse import ParsedFeed
@@ -39,7 +40,7 @@ _INSIDE = "inside never-block range"
 MAX_REFS = 20
 
 # Sorted addresses of one family: a numpy ``uint32`` array for IPv4, a list of integers for IPv6.
-Sorted = np.ndarray | list
+Sorted = npt.NDArray[np.uint32] | list[int]
 
 
 @dataclass
@@ -251,7 +252,7 @@ def _merge_networks(version: int, nets: list[tuple[int, int]]) -> list[tuple[int
     return [(a, b) for a, b in merged]
 
 
-def _range_to_prefixes(first: int, last: int, bits: int, nets: Sorted, lengths: bytearray) -> None:
+def _range_to_prefixes(first: int, last: int, bits: int, nets: list[int], lengths: bytearray) -> None:
     """The minimal prefixes covering ``first..last``: at each step the largest aligned block that fits."""
     size = last - first + 1
     if size & (size - 1) == 0 and first & (size - 1) == 0:  # already one prefix (a CIDR entry)
@@ -332,7 +333,7 @@ def _pick_category(current: str, current_cdr: bool, other: str, other_cdr: bool)
     return min(current, other, key=lambda c: (-category_weight(c), c))
 
 
-def _value_order(ind: Indicator) -> tuple:
+def _value_order(ind: Indicator) -> tuple[str, tuple[int, int, int], str]:
     if ind.kind == "ip":
         try:
             return (ind.kind, sort_key(ind.value), ind.value)

@@ -22,7 +22,10 @@ import ipaddress
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 BITS = {4: 32, 6: 128}
 # IPv4-mapped IPv6 (::ffff:0:0/96): folded to IPv4 on input.
@@ -58,8 +61,8 @@ class Prefixes:
     (kept apart so that a million /32s cost two flat sequences, not a million tuples)."""
 
     version: int
-    networks: Sequence[int]
-    lengths: Sequence[int]
+    networks: Sequence[int] | npt.NDArray[Any]  # numpy arrays for IPv4 (``netprefix.vector``)
+    lengths: Sequence[int] | npt.NDArray[Any]
 
     def __len__(self) -> int:
         return len(self.networks)

@@ -149,7 +149,7 @@ def unpack(packed: Packed) -> tuple[V4, V6]:
 def _check_v4(v4: V4) -> None:
     if not len(v4):
         return
-    if int(v4.lengths.max()) > 32:
+    if int(np.max(v4.lengths)) > 32:
         raise PackError("an IPv4 prefix length is over 32")
     first, last = v4.intervals()
     host = last - first
@@ -195,7 +195,7 @@ def merge_intervals(first: I64, last: I64) -> tuple[I64, I64]:
 def _blocks(first: I64, last: I64) -> tuple[I64, I64, I64]:
     """One step of cutting intervals into the largest aligned blocks that fit: the block at each
     interval's start (``first``, ``size``) and the rest of the interval's new start."""
-    align = np.where(first == 0, np.int64(1) << 32, first & -first)
+    align = np.where(first == 0, np.int64(1 << 32), first & -first)
     room = last - first + 1
     fit = np.left_shift(np.int64(1), np.floor(np.log2(room.astype(np.float64))).astype(np.int64))
     fit = np.where(fit > room, fit >> 1, fit)  # guard against rounding in log2

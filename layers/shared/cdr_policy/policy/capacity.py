@@ -45,8 +45,7 @@ class Cut:
         return sum(len(p) for p in self.kept.values())
 
     def kept_rows(self, group: str) -> npt.NDArray[np.int64]:
-        rows = np.arange(self.keep)
-        return rows[self.table.cdr[: self.keep] == (group == CDR)]
+        return np.flatnonzero(self.table.cdr[: self.keep] == (group == CDR))
 
     def report(self) -> dict[str, Any]:
         return {

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,8 @@ from cdr_policy.netprefix import BITS, Prefix, parse_explicit, to_string
 from cdr_policy.timeutil import iso, parse_iso
 
 CDR, THREAT_INTEL = "cdr", "threat-intel"
+# A column of the tables below (its dtype is in ``_DTYPES``).
+Column = npt.NDArray[Any]
 _LOW64 = (1 << 64) - 1
 
 
@@ -64,28 +66,28 @@ _DTYPES: dict[str, type[np.generic]] = {
 class _Rows:
     """Columns of the long table: one row per (value, source)."""
 
-    version: list[npt.NDArray[np.uint8]]
-    hi: list[npt.NDArray[np.uint64]]
-    lo: list[npt.NDArray[np.uint64]]
-    length: list[npt.NDArray[np.uint8]]
-    source: list[npt.NDArray[np.int32]]
-    cdr: list[npt.NDArray[np.bool_]]
-    score: list[npt.NDArray[np.int16]]
-    weight: list[npt.NDArray[np.int16]]
-    last_seen: list[npt.NDArray[np.int64]]
-    expires: list[npt.NDArray[np.int64]]
-    obj: list[npt.NDArray[np.int32]]
+    version: list[Column]
+    hi: list[Column]
+    lo: list[Column]
+    length: list[Column]
+    source: list[Column]
+    cdr: list[Column]
+    score: list[Column]
+    weight: list[Column]
+    last_seen: list[Column]
+    expires: list[Column]
+    obj: list[Column]
 
     def add(self, n: int, **cols: object) -> None:
         for name, value in cols.items():
             array = np.asarray(value, dtype=_DTYPES[name])
             getattr(self, name).append(np.broadcast_to(array, (n,)) if array.ndim == 0 else array)
 
-    def concat(self, name: str) -> npt.NDArray[np.generic]:
+    def concat(self, name: str) -> Column:
         """The whole column (one feed's constant columns stay read-only broadcast views)."""
         parts = getattr(self, name)
         if len(parts) == 1:
-            return parts[0]  # type: ignore[no-any-return]
+            return np.asarray(parts[0])
         return np.concatenate(parts) if parts else np.empty(0, dtype=_DTYPES[name])
 
 
@@ -94,15 +96,15 @@ class RankedTable:
     """Unique IP values in rank order (row 0 is the strongest evidence). ``sources_of`` lists, for
     each (row, source) pair of the merged input, the row and the index into ``sources``."""
 
-    version: npt.NDArray[np.uint8]
-    hi: npt.NDArray[np.uint64]
-    lo: npt.NDArray[np.uint64]
-    length: npt.NDArray[np.uint8]
-    cdr: npt.NDArray[np.bool_]
-    expires: npt.NDArray[np.int64]
-    obj: npt.NDArray[np.int32]  # index into ``objects`` (a per-entry indicator) or -1
-    pair_row: npt.NDArray[np.int64]
-    pair_source: npt.NDArray[np.int32]
+    version: Column
+    hi: Column
+    lo: Column
+    length: Column
+    cdr: Column
+    expires: Column
+    obj: Column  # index into ``objects`` (a per-entry indicator) or -1
+    pair_row: Column
+    pair_source: Column
     sources: list[str]
     objects: list[Indicator]
 
@@ -117,13 +119,13 @@ class RankedTable:
         network = int(self.hi[row]) << 64 | int(self.lo[row]) if version == 6 else int(self.lo[row])
         return to_string(version, network, int(self.length[row]))
 
-    def intervals_v4(self, rows: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    def intervals_v4(self, rows: Column) -> tuple[Column, Column]:
         """``[first, last]`` of the IPv4 rows selected by the mask."""
         mask = rows & (self.version == 4)
         first = self.lo[mask].astype(np.int64)
         return first, first + (np.int64(1) << (32 - self.length[mask].astype(np.int64))) - 1
 
-    def prefixes_v6(self, rows: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+    def prefixes_v6(self, rows: Column) -> list[tuple[int, int]]:
         """``(network, length)`` of the IPv6 rows selected by the mask (Python integers)."""
         picked = np.flatnonzero(rows & (self.version == 6))
         return [(int(self.hi[i]) << 64 | int(self.lo[i]), int(self.length[i])) for i in picked]
@@ -186,7 +188,7 @@ def _add_indicators(rows: _Rows, indicators: Sequence[Indicator], sources: dict[
                 cols[column].append(value)
             cols["source"].append(sources.setdefault(name, len(sources)))
     if cols["source"]:
-        rows.add(len(cols["source"]), **cols)  # type: ignore[arg-type]
+        rows.add(len(cols["source"]), **cols)
 
 
 _PER_ROW = ("version", "hi", "lo", "length", "cdr", "score", "weight", "last_seen", "expires", "obj")
@@ -204,7 +206,7 @@ def _add_feed(rows: _Rows, fp: FeedPrefixes, source: int) -> None:
     }
     n4 = len(fp.ipv4)
     if n4:
-        rows.add(n4, version=4, hi=0, lo=fp.ipv4.networks, length=fp.ipv4.lengths, **common)  # type: ignore[arg-type]
+        rows.add(n4, version=4, hi=0, lo=fp.ipv4.networks, length=fp.ipv4.lengths, **common)
     n6 = len(fp.ipv6)
     if n6:
         rows.add(
@@ -213,7 +215,7 @@ def _add_feed(rows: _Rows, fp: FeedPrefixes, source: int) -> None:
             hi=[n >> 64 for n in fp.ipv6.networks],
             lo=[n & _LOW64 for n in fp.ipv6.networks],
             length=list(fp.ipv6.lengths),
-            **common,  # type: ignore[arg-type]
+            **common,
         )
 
 
@@ -221,33 +223,33 @@ def _add_feed(rows: _Rows, fp: FeedPrefixes, source: int) -> None:
 class _Merged:
     """One row per unique value (value order), with the aggregates the ranking needs."""
 
-    version: npt.NDArray[np.uint8]
-    hi: npt.NDArray[np.uint64]
-    lo: npt.NDArray[np.uint64]
-    length: npt.NDArray[np.uint8]
-    cdr: npt.NDArray[np.bool_]
-    n_sources: npt.NDArray[np.int64]
-    score: npt.NDArray[np.int16]
-    weight: npt.NDArray[np.int16]
-    last_seen: npt.NDArray[np.int64]
-    expires: npt.NDArray[np.int64]
-    obj: npt.NDArray[np.int32]
+    version: Column
+    hi: Column
+    lo: Column
+    length: Column
+    cdr: Column
+    n_sources: Column
+    score: Column
+    weight: Column
+    last_seen: Column
+    expires: Column
+    obj: Column
 
 
 @dataclass
 class _Pairs:
     """The distinct (value, source) pairs: the merged row of each and its source."""
 
-    row: npt.NDArray[np.int64]
-    source: npt.NDArray[np.int32]
+    row: Column
+    source: Column
 
 
 def _merge(rows: _Rows) -> tuple[_Merged, _Pairs]:
     cols = {name: rows.concat(name) for name in _DTYPES}
     if not len(cols["version"]):
         none = np.empty(0, dtype=np.int64)
-        merged = _Merged(**{n: c for n, c in cols.items() if n != "source"}, n_sources=none)  # type: ignore[arg-type]
-        return merged, _Pairs(none, cols["source"])  # type: ignore[arg-type]
+        merged = _Merged(**{n: c for n, c in cols.items() if n != "source"}, n_sources=none)
+        return merged, _Pairs(none, cols["source"])
     order = _lexsort([cols["source"], *_value_keys(cols["version"], cols["hi"], cols["lo"], cols["length"])])
     if order is not None:
         cols = {name: col[order] for name, col in cols.items()}
@@ -259,10 +261,10 @@ def _merge(rows: _Rows) -> tuple[_Merged, _Pairs]:
         new_value[1:] |= cols[name][1:] != cols[name][:-1]
     if new_value.all():  # no value listed twice: nothing to merge (one feed, or disjoint sources)
         merged = _Merged(
-            **{name: col for name, col in cols.items() if name != "source"},  # type: ignore[arg-type]
+            **{name: col for name, col in cols.items() if name != "source"},
             n_sources=np.ones(n, dtype=np.int64),
         )
-        return merged, _Pairs(np.arange(n), cols["source"])  # type: ignore[arg-type]
+        return merged, _Pairs(np.arange(n), cols["source"])
     distinct = new_value.copy()
     distinct[1:] |= cols["source"][1:] != cols["source"][:-1]
     cols = {name: col[distinct] for name, col in cols.items()}
@@ -290,11 +292,11 @@ def _merge(rows: _Rows) -> tuple[_Merged, _Pairs]:
 
 
 def _value_keys(
-    version: npt.NDArray[np.uint8],
-    hi: npt.NDArray[np.uint64],
-    lo: npt.NDArray[np.uint64],
-    length: npt.NDArray[np.uint8],
-) -> list[npt.NDArray[np.generic]]:
+    version: Column,
+    hi: Column,
+    lo: Column,
+    length: Column,
+) -> list[Column]:
     """Sort keys (``np.lexsort`` order: least significant first) for the numeric value order; when
     every value is IPv4, one key: the network and the length side by side in one integer."""
     if len(version) and not hi.any() and bool((version == 4).all()):
@@ -302,11 +304,11 @@ def _value_keys(
     return [length, lo, hi, version]
 
 
-def _lexsort(keys: list[npt.NDArray[np.generic]]) -> npt.NDArray[np.int64] | None:
+def _lexsort(keys: list[Column]) -> Column | None:
     """``np.lexsort(keys)``, without the keys that are the same on every row (they cannot change
     the order); None when the rows are in that order already."""
     n = len(keys[0])
-    varying = [k for k in keys if n and k.min() != k.max()]
+    varying = [k for k in keys if n and np.min(k) != np.max(k)]
     if not varying:
         return None
     if len(varying) == 1:
@@ -315,9 +317,7 @@ def _lexsort(keys: list[npt.NDArray[np.generic]]) -> npt.NDArray[np.int64] | Non
     return np.lexsort(varying)
 
 
-def _guard_mask(
-    merged: _Merged, guard: Guard, rejected: list[Rejection], pairs: _Pairs, sources: list[str]
-) -> npt.NDArray[np.bool_]:
+def _guard_mask(merged: _Merged, guard: Guard, rejected: list[Rejection], pairs: _Pairs, sources: list[str]) -> Column:
     """Rows the guard allows; each refused one is reported once, with all its sources."""
     keep = np.ones(len(merged.version), dtype=bool)
     suspects = np.zeros(len(merged.version), dtype=bool)
@@ -358,7 +358,7 @@ def _guard_mask(
     return keep
 
 
-def _bounds(merged: _Merged, picked: npt.NDArray[np.int64], version: int) -> tuple[np.ndarray, np.ndarray]:
+def _bounds(merged: _Merged, picked: Column, version: int) -> tuple[np.ndarray, np.ndarray]:
     """First and last addresses of the picked rows (object arrays of Python integers for IPv6)."""
     if version == 4:
         first = merged.lo[picked].astype(np.int64)
@@ -369,12 +369,10 @@ def _bounds(merged: _Merged, picked: npt.NDArray[np.int64], version: int) -> tup
     return np.array(firsts, dtype=object), np.array(lasts, dtype=object)
 
 
-def _ranked(
-    merged: _Merged, pairs: _Pairs, keep: npt.NDArray[np.bool_], sources: list[str], objects: list[Indicator]
-) -> RankedTable:
+def _ranked(merged: _Merged, pairs: _Pairs, keep: Column, sources: list[str], objects: list[Indicator]) -> RankedTable:
     everything = bool(keep.all())
     rows = np.flatnonzero(keep)
-    sel: slice | npt.NDArray[np.int64] = slice(None) if everything else rows
+    sel: slice | Column = slice(None) if everything else rows
     ranked = _lexsort(
         [
             *_value_keys(merged.version[sel], merged.hi[sel], merged.lo[sel], merged.length[sel]),
@@ -387,7 +385,7 @@ def _ranked(
     )
     order = rows if ranked is None else rows[ranked]
 
-    def take(column: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+    def take(column: Column) -> Column:
         return column if everything and ranked is None else column[order]
 
     rank_of_row = np.full(len(merged.version), -1, dtype=np.int64)
@@ -395,13 +393,13 @@ def _ranked(
     pair_rank = rank_of_row[pairs.row]
     live = pair_rank >= 0
     return RankedTable(
-        version=take(merged.version),  # type: ignore[arg-type]
-        hi=take(merged.hi),  # type: ignore[arg-type]
-        lo=take(merged.lo),  # type: ignore[arg-type]
-        length=take(merged.length),  # type: ignore[arg-type]
-        cdr=take(merged.cdr),  # type: ignore[arg-type]
-        expires=take(merged.expires),  # type: ignore[arg-type]
-        obj=take(merged.obj),  # type: ignore[arg-type]
+        version=take(merged.version),
+        hi=take(merged.hi),
+        lo=take(merged.lo),
+        length=take(merged.length),
+        cdr=take(merged.cdr),
+        expires=take(merged.expires),
+        obj=take(merged.obj),
         pair_row=pair_rank[live],
         pair_source=pairs.source[live],
         sources=sources,

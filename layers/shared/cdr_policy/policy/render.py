@@ -395,7 +395,7 @@ def _provenance(
     per_source = np.bincount(pair_sources, minlength=len(table.sources)).tolist()
     counts = Counter(dict(zip(table.sources, per_source, strict=True)))
     counts.update(source for i in extra for source in i.sources)
-    expiries = [iso(datetime.fromtimestamp(int(table.expires[rows].max()), UTC))] if len(rows) else []
+    expiries = [iso(datetime.fromtimestamp(int(np.max(table.expires[rows])), UTC))] if len(rows) else []
     annotations = {
         naming.EXPIRES_AT: max(expiries + [i.expires_at for i in extra], key=parse_iso),
         naming.SOURCES: ",".join(f"{s}={n}" for s, n in sorted(counts.items()) if n),

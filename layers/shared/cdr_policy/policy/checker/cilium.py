@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cdr_policy.policy.checker.common import BlockGuard, check_cidr, check_cidrs
@@ -120,7 +121,7 @@ def _cidrs(item: dict[str, Any], where: str, guard: BlockGuard | None, *, blocke
     problems = []
     for key in ("toCIDR", "fromCIDR"):
         values = item.get(key) or []
-        problems.extend(check_cidrs(values, lambda j, key=key: f"{where}.{key}[{j}]", guard, blocked=blocked)[0])
+        problems.extend(check_cidrs(values, _indexed(f"{where}.{key}"), guard, blocked=blocked)[0])
     for key in ("toCIDRSet", "fromCIDRSet"):
         for j, entry in enumerate(item.get(key) or []):
             if not isinstance(entry, dict):
@@ -167,6 +168,10 @@ def _empty_lists(value: Any, path: str) -> list[Problem]:
         for i, item in enumerate(value):
             problems.extend(_empty_lists(item, f"{path}[{i}]"))
     return problems
+
+
+def _indexed(path: str) -> Callable[[int], str]:
+    return lambda i: f"{path}[{i}]"
 
 
 def check_cidr_group(obj: dict[str, Any], guard: BlockGuard | None) -> list[Problem]:
