@@ -20,7 +20,7 @@ from cdr_policy.feeds.persist import parse_set
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import IndicatorSet
 from cdr_policy.observability import metrics
-from cdr_policy.stages.feed_sync import FeedSyncResult, run_feed_sync
+from cdr_policy.stages.feed_sync import MAX_LISTED_GUARD_REJECTIONS, FeedSyncResult, run_feed_sync
 from cdr_policy.storage import LocalStore, S3Store, Store
 from cdr_policy.summaries import FeedSummary
 from cdr_policy.timeutil import iso
@@ -353,3 +353,14 @@ def test_a_local_directory_store_is_what_the_cli_uses(tmp_path: Path, small, now
     store = LocalStore(tmp_path / "cli-state")
     sync(store, small, now, http)
     assert sorted(store.list("indicators/")) == sorted(layout.feed_set_key(n) for n in SAMPLES if n != "blocklist-de")
+
+
+def test_a_flood_of_refused_entries_is_counted_and_listed_only_in_part(store, now, http, server, www: Path) -> None:
+    private = [f"10.{i // 256}.{i % 256}.1" for i in range(1_500)]
+    (www / "l.txt").write_text("\n".join(["93.184.216.34", *private]) + "\n")
+    result = sync(store, [feed_for(server, "/l.txt", "list")], now, http)
+    stats = result.outcomes["list"].stats
+    assert (stats["rejected_guard"], stats["rejected_guard_not_listed"], stats["entries"]) == (1_500, 500, 1)
+    s = stored(store, "list")
+    assert len(s.rejected) == MAX_LISTED_GUARD_REJECTIONS
+    assert {r.reason for r in s.rejected} == {"inside never-block range: private range (RFC 1918)"}

@@ -63,6 +63,9 @@ if TYPE_CHECKING:
 
 # Parse rejections listed per feed; the total is always in ``stats.rejected_parse``.
 MAX_LISTED_PARSE_REJECTIONS = 1000
+# Never-block refusals listed per feed (a feed of a million private addresses must not become a
+# million rejection records); the total is always in ``stats.rejected_guard``.
+MAX_LISTED_GUARD_REJECTIONS = 1000
 
 
 @dataclass
@@ -231,7 +234,8 @@ class _FeedJob:
         ingested = ingest(parsed, self.guard, name)
         prefixes = self._prefixes(ingested)
         listed = parsed.rejected[:MAX_LISTED_PARSE_REJECTIONS]
-        rejected = [Rejection(value=v, source=name, reason=r) for v, r in listed] + ingested.rejected
+        refused = ingested.rejected[:MAX_LISTED_GUARD_REJECTIONS]
+        rejected = [Rejection(value=v, source=name, reason=r) for v, r in listed] + refused
         sha = hashlib.sha256(body).hexdigest()
         stats = {
             **parsed.stats(),
@@ -243,6 +247,8 @@ class _FeedJob:
         }
         if len(parsed.rejected) > len(listed):
             stats["rejected_parse_not_listed"] = len(parsed.rejected) - len(listed)
+        if len(ingested.rejected) > len(refused):
+            stats["rejected_guard_not_listed"] = len(ingested.rejected) - len(refused)
         new = IndicatorSet(
             source=f"feed:{name}",
             fetched_at=iso(self.now),
