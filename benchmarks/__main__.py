@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     }
     table = render_markdown(result)
     if args.addresses:
-        result["pipeline"] = pipeline.run(work / "pipeline", args.addresses, args.seed, iprange)
+        result["pipeline"] = pipeline.run(work / "pipeline", args.addresses, args.seed, iprange, args.repeat)
         table += "\n" + pipeline.render_markdown(result["pipeline"])
         table += (
             "\nOne run on a shared machine (2 cores, other work running): absolute times are noisy, the "

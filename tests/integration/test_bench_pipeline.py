@@ -1,0 +1,37 @@
+"""``make bench``'s whole-path parts (b)-(e) on a small feed: every contender runs, the handlers
+publish a bundle on moto, the agent's unchanged poll is one bodiless request, and the table
+carries the targets (the million-address run is ``make bench``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import benchmarks.__main__ as bench
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_the_whole_path_parts_run_and_report_their_targets(tmp_path: Path, capsys) -> None:
+    args = ["--lines", "500", "--repeat", "1", "--addresses", "2000"]
+    code = bench.main([*args, "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = json.loads((tmp_path / "r" / "latest.json").read_text())["pipeline"]
+    big = result["cli"]["big"]
+    assert big["feed_entries"] > 1_800 and big["within_budget"] and big["left_out"] == 0
+    for name in ("feed_sync", "render", "publish"):
+        assert result["handlers"][name]["maxrss_kib"] > 0
+    assert result["handlers"]["render"]["result"]["failed"] == 0
+    assert result["handlers"]["publish"]["result"]["messages"] >= 1
+    agent = result["agent"]
+    assert (agent["first"], agent["second"]) == ("applied", "unchanged")
+    assert (agent["poll_requests"], agent["poll_body_bytes"]) == (1, 0)
+    assert set(result["imports"]) == {"bare", "cdr_fetch", "feed_sync", "render", "publish"}
+    assert not result["imports"]["cdr_fetch"]["numpy"] and not result["imports"]["publish"]["numpy"]
+    table = (tmp_path / "r" / "latest.md").read_text()
+    for part in ("(b)", "(c)", "(d)", "(e)"):
+        assert f"| {part} |" in table
+    assert "<= 2x" in table and "< 512 MiB" in table and "<= 1.5x" in table and "1 / 0" in table
