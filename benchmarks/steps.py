@@ -4,9 +4,9 @@
 - ``handler NAME``: one function's real handler (``functions/<NAME>/app.py``) as Lambda runs it,
   with the environment the parent gives (the local stack's, as template.yaml would set it):
   FeedSync on its schedule event, Render and Publish on their queues' messages.
-- ``import NAME``: the cold import of a handler module and of its stage (which FeedSync and Render
-  import on their first invocation), or ``bare``: a handler with Powertools' Logger, Tracer and
-  Metrics and nothing else. The import is timed inside the process.
+- ``import NAME``: the cold import of a handler module and of what its wiring function imports
+  on the first invocation (its stage and adapters), or ``bare``: a handler with Powertools'
+  Logger, Tracer and Metrics and nothing else. The import is timed inside the process.
 - ``agent CHANNEL``: the sync agent polls once (and applies the bundle), then polls again with
   nothing changed; the second poll's HTTP requests and response body bytes are counted with
   botocore's event hooks on the agent's own S3 client.
@@ -14,10 +14,14 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import json
 import os
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -72,14 +76,22 @@ def run_import(name: str) -> dict[str, Any]:
             started = time.perf_counter()
             __import__("bare_handler")
             return {"import_s": time.perf_counter() - started, "numpy": "numpy" in sys.modules}
-    import importlib
-
     from tests.fakes.lambda_runtime import load_handler
 
     started = time.perf_counter()
     load_handler(name)
-    importlib.import_module(f"cdr_policy.stages.{name}")  # what the first invocation imports
+    for module in _first_call_imports(name):
+        importlib.import_module(module)
     return {"import_s": time.perf_counter() - started, "numpy": "numpy" in sys.modules}
+
+
+def _first_call_imports(name: str) -> list[str]:
+    """The modules ``cdr_policy.wiring.cloud.<name>`` imports when it runs (its stage and
+    adapters): part of the function's cold start, paid on its first invocation."""
+    from cdr_policy.wiring import cloud
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(getattr(cloud, name))))
+    return [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
 
 
 def run_agent(channel: str) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """The Lambda wiring: build each stage's ports from the validated ``Settings`` (S3 stores, the
 publish queue, the KMS signer, secrets from Secrets Manager) and call the stage once. The handlers
 call these; the CLI calls the same stages through :mod:`cdr_policy.wiring.local`.
+
+Each function imports its own stage and adapters when it runs, so that a handler's cold start
+loads only what its stage needs (numpy only in FeedSync and Render; ``make bench``, part d).
 """
 
 from __future__ import annotations
@@ -10,23 +13,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from aws_lambda_powertools.utilities import parameters
-
 from cdr_policy import aws
-from cdr_policy.bundle.signing import KmsSigner
 from cdr_policy.documents import channels_from_store, feeds_from_store, mapping_from_store
 from cdr_policy.errors import ConfigError
 from cdr_policy.guards import NeverBlock
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.observability import logger
-from cdr_policy.policy.checker import SchemaSet
-from cdr_policy.policy.checker.files import bundle_checker
-from cdr_policy.qualys.client import QualysClient
-from cdr_policy.qualys.credentials import load_credentials
-from cdr_policy.qualys.platforms import resolve_gateway
 from cdr_policy.settings import Settings
-from cdr_policy.stages.cdr_fetch import run_cdr_fetch
-from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import utcnow
 
@@ -41,6 +34,11 @@ def _dist(settings: Settings) -> S3Store:
 
 def cdr_fetch(settings: Settings, *, now: datetime | None = None, deadline_s: float | None = None) -> dict[str, Any]:
     """CdrFetch: the run's summary (also stored as ``state/cdr/last-run.json``)."""
+    from cdr_policy.qualys.client import QualysClient
+    from cdr_policy.qualys.credentials import load_credentials
+    from cdr_policy.qualys.platforms import resolve_gateway
+    from cdr_policy.stages.cdr_fetch import run_cdr_fetch
+
     store = _state(settings)
     credentials = load_credentials(settings.qualys_secret_name, {})
     base_url = resolve_gateway(settings.qualys_platform, settings.qualys_gateway_url)
@@ -61,8 +59,8 @@ def cdr_fetch(settings: Settings, *, now: datetime | None = None, deadline_s: fl
 
 def feed_sync(settings: Settings, *, now: datetime | None = None, deadline_s: float | None = None) -> dict[str, Any]:
     """FeedSync: per-feed status and entry count, the sets written, the number of refused entries."""
-    # FeedSync and Render import their stages (and numpy) here, so that CdrFetch's and Publish's
-    # cold starts do not pay for them (make bench, part d).
+    from aws_lambda_powertools.utilities import parameters
+
     from cdr_policy.feeds.abuseipdb import AbuseIPDB
     from cdr_policy.stages.feed_sync import run_feed_sync
 
@@ -87,7 +85,8 @@ def feed_sync(settings: Settings, *, now: datetime | None = None, deadline_s: fl
 def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | None = None) -> list[dict[str, Any]]:
     """Render (for the indicator sets that changed, ``trigger_keys``; a render always reads them all):
     ``[{"channel", "digest", "changed"}]``; each channel's bundle is sent to PublishQueue."""
-    from cdr_policy.stages.render import run_render  # see feed_sync
+    from cdr_policy.policy.checker import SchemaSet
+    from cdr_policy.stages.render import run_render
 
     store = _state(settings)
     logger.info("render triggered", extra={"trigger_keys": list(trigger_keys)})
@@ -108,6 +107,11 @@ def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | N
 
 def publish(settings: Settings, *, channel: str, digest: str, now: datetime | None = None) -> dict[str, Any]:
     """Publish: what publishing ``digest`` to ``channel`` did (``PublishResult``)."""
+    from cdr_policy.bundle.signing import KmsSigner
+    from cdr_policy.policy.checker import SchemaSet
+    from cdr_policy.policy.checker.files import bundle_checker
+    from cdr_policy.stages.publish import publish_bundle
+
     if not settings.signing_key_id:
         raise ConfigError("SIGNING_KEY_ID is required to publish")
     state = _state(settings)
