@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from cdr_policy.errors import CdrPolicyError
-from cdr_policy.feeds.persist import dump_set, parse_set, render_fingerprint
+from cdr_policy.feeds.download import MAX_BYTES
+from cdr_policy.feeds.persist import MAX_FEED_PREFIXES, dump_set, parse_set, render_fingerprint
 from cdr_policy.models import FeedPrefixes, IndicatorSet, Rejection
 from cdr_policy.netprefix.vector import V4, V6
 
@@ -144,3 +145,11 @@ def test_the_per_entry_form_is_kept_for_cdr_sets() -> None:
     assert "prefixes" not in json.loads(dump_set(s))
     with pytest.raises(ValueError, match="dump_set"):
         compact_set().to_dict()
+
+
+def test_a_count_beyond_any_feed_download_is_refused_before_inflating() -> None:
+    assert MAX_FEED_PREFIXES == MAX_BYTES // 8
+    doc = json.loads(dump_set(compact_set()))
+    doc["prefixes"]["ipv4"] = MAX_FEED_PREFIXES
+    with pytest.raises(CdrPolicyError, match="more than"):
+        parse_set(json.dumps(doc).encode(), "test")

@@ -33,6 +33,10 @@ from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import parse_iso
 
 PREFIXES_FORMAT = "planes-zlib-v1"
+# A feed download is at most 64 MiB (``feeds.download.MAX_BYTES``) and every entry takes at least
+# eight bytes (``a.b.c.d`` and a newline): a set claiming more prefixes is refused before its
+# payload is inflated.
+MAX_FEED_PREFIXES = 64 * 1024 * 1024 // 8
 
 STATE_SCHEMA_VERSION = 1
 # Informational stats that change without the entries changing (Feodo's banner time, sizes,
@@ -144,6 +148,8 @@ def parse_set(raw: bytes, where: str) -> IndicatorSet:
     s = IndicatorSet.from_dict(doc)
     compact = doc.get("prefixes")
     if compact is not None:
+        if compact["ipv4"] + compact["ipv6"] > MAX_FEED_PREFIXES:
+            raise CdrPolicyError(f"{where}: compact prefixes refused: more than {MAX_FEED_PREFIXES} prefixes")
         try:
             data = base64.b64decode(compact["data"], validate=True)
             v4, v6 = vector.unpack(vector.Packed(data, compact["ipv4"], compact["ipv6"], compact["sha256"]))
