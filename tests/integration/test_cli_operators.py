@@ -226,3 +226,40 @@ def test_progress_shows_on_a_terminal_and_not_elsewhere(env, tmp_path, capsys):
     assert proc.returncode == 0
     assert b"... page 1, " in shown and b"findings" in shown
     assert b"... page" not in proc.stdout
+
+
+def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(env, tmp_path, capsys):
+    keys, channel, applied = tmp_path / "keys", tmp_path / "channel", tmp_path / "applied"
+    code, out, _ = run(["keygen", f"--out={keys}"], env, capsys)
+    assert code == 0 and (keys / "bundle-signing.pem").stat().st_mode & 0o077 == 0
+    assert run(["--once", "--action=Sigkill", f"--output={tmp_path / 'policies'}"], env, capsys)[0] == 0
+
+    code, out, err = run(["publish", f"--to={channel}", f"--key={keys / 'bundle-signing.pem'}"], env, capsys)
+    assert code == 0 and out.startswith("published: channel local"), out + err
+    assert (channel / "channels" / "local" / "manifest.json").is_file()
+
+    agent = [
+        "agent",
+        f"--bucket={channel}",
+        "--channel=local",
+        "--cluster-id=laptop",
+        f"--public-key={keys / 'bundle-signing.pub'}",
+        f"--output-dir={applied}",
+        f"--state-dir={tmp_path / 'agent-state'}",
+        "--once",
+    ]
+    code, out, err = run(agent, env, capsys)
+    assert code == 0 and out.startswith("applied"), out + err
+    policies = sorted(p.name for p in (tmp_path / "policies").glob("*.yaml"))
+    assert sorted(p.name for p in applied.rglob("*.yaml")) and len(list(applied.rglob("*.yaml"))) == len(policies)
+
+    # A new bundle signed with a key the agent does not trust: refused, nothing changes.
+    other = tmp_path / "other"
+    run(["keygen", f"--out={other}"], env, capsys)
+    assert run(["--once", "--action=Post", f"--output={tmp_path / 'policies'}"], env, capsys)[0] == 0
+    code, out, err = run(["publish", f"--to={channel}", f"--key={other / 'bundle-signing.pem'}"], env, capsys)
+    assert code == 0 and out.startswith("published:"), out + err
+    before = {p: p.read_bytes() for p in applied.rglob("*.yaml")}
+    code, out, err = run(agent, env, capsys)
+    assert code == 1 and out.startswith("refused"), out + err
+    assert {p: p.read_bytes() for p in applied.rglob("*.yaml")} == before
