@@ -335,3 +335,55 @@ def test_fleet_commands_on_a_folder(env, tmp_path, capsys, feed_files_env):
     assert run(agent, env, capsys)[0] == 0
     (row,) = json.loads(run(["fleet", "status", f"--dist={channel}", "--json"], env, capsys)[1])
     assert row["applied_digest"] == first and not row["behind"]
+
+
+def test_the_running_agent_serves_metrics_and_probes(env, tmp_path, capsys):
+    import os
+    import signal
+
+    import httpx
+
+    keys, channel = tmp_path / "keys", tmp_path / "channel"
+    run(["keygen", f"--out={keys}"], env, capsys)
+    assert run(["--once", f"--output={tmp_path / 'policies'}"], env, capsys)[0] == 0
+    assert run(["publish", f"--to={channel}", f"--key={keys / 'bundle-signing.pem'}"], env, capsys)[0] == 0
+    port = _closed_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cdr_policy.cli",
+            "agent",
+            f"--bucket={channel}",
+            "--channel=local",
+            "--cluster-id=laptop",
+            f"--public-key={keys / 'bundle-signing.pub'}",
+            f"--output-dir={tmp_path / 'applied'}",
+            f"--state-dir={tmp_path / 'agent-state'}",
+            "--interval=1s",
+            f"--metrics-port={port}",
+            "--metrics-host=127.0.0.1",
+        ],
+        env={**os.environ, **env, "PYTHONPATH": str(REPO / "layers/shared")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base, deadline, ready = f"http://127.0.0.1:{port}", time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            try:
+                ready = httpx.get(f"{base}/readyz", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert ready is not None and ready.status_code == 200
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        text = httpx.get(f"{base}/metrics").text
+        assert 'cdr_policy_agent_polls_total{channel="local",result="applied"} 1' in text
+        assert 'cdr_policy_agent_bundle_applied_info{channel="local",digest="' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0

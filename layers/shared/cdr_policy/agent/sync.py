@@ -28,6 +28,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -136,12 +137,19 @@ class Agent:
         )
         return status
 
-    def run(self, interval: float, stop: threading.Event | None = None) -> None:
-        """``sync_once`` every ``interval`` seconds until ``stop`` is set."""
+    def run(
+        self,
+        interval: float,
+        stop: threading.Event | None = None,
+        observe: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """``sync_once`` every ``interval`` seconds until ``stop`` is set; ``observe`` gets each status."""
         stop = stop or threading.Event()
         while not stop.is_set():
             started = time.monotonic()
-            self.sync_once()
+            status = self.sync_once()
+            if observe is not None:
+                observe(status)
             stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
     def _poll(self, now: datetime) -> tuple[str, str]:
