@@ -16,35 +16,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdr_policy.cli import main
 from cdr_policy.cli import output as output_module
 from cdr_policy.feeds.config import load_feeds
 from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS
 from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from tests.fakes.kube import FakeKubeAPI
-from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway, load_findings
+from tests.fakes.qualys import FakeQualysGateway, load_findings
+from tests.integration.support import agent_args, run
 
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def gateway():
-    with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gw:
-        yield gw
-
-
-@pytest.fixture
-def env(gateway, tmp_path):
-    return {
-        "QUALYS_USERNAME": DEMO_USERNAME,
-        "QUALYS_PASSWORD": DEMO_PASSWORD,
-        "QUALYS_GATEWAY_URL": gateway.url,
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),
-        "HOME": str(tmp_path / "home"),
-    }
 
 
 @pytest.fixture
@@ -54,12 +37,6 @@ def feed_files_env(tmp_path):
         path = tmp_path / "feeds.yaml"
         path.write_text(demo_feeds_yaml(feeds.url("/")))
         yield path
-
-
-def run(argv, env, capsys):
-    code = main(argv, env)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _closed_port() -> int:
@@ -247,16 +224,7 @@ def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(env, t
     assert code == 0 and out.startswith("published: channel local"), out + err
     assert (channel / "channels" / "local" / "manifest.json").is_file()
 
-    agent = [
-        "agent",
-        f"--bucket={channel}",
-        "--channel=local",
-        "--cluster-id=laptop",
-        f"--public-key={keys / 'bundle-signing.pub'}",
-        f"--output-dir={applied}",
-        f"--state-dir={tmp_path / 'agent-state'}",
-        "--once",
-    ]
+    agent = agent_args(channel, keys, tmp_path, "--once")
     code, out, err = run(agent, env, capsys)
     assert code == 0 and out.startswith("applied"), out + err
     policies = sorted(p.name for p in (tmp_path / "policies").glob("*.yaml"))
@@ -275,23 +243,14 @@ def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(env, t
 
 
 def test_fleet_commands_on_a_folder(env, tmp_path, capsys, feed_files_env):
-    keys, channel, applied, state = tmp_path / "keys", tmp_path / "channel", tmp_path / "applied", tmp_path / "state"
+    keys, channel, state = tmp_path / "keys", tmp_path / "channel", tmp_path / "state"
     key = str(keys / "bundle-signing.pem")
     run(["keygen", f"--out={keys}"], env, capsys)
     once = ["--once", "--action=Sigkill", f"--state-dir={state}", f"--output={tmp_path / 'policies'}"]
     assert run(once, env, capsys)[0] == 0
     assert run(["publish", f"--to={channel}", f"--key={key}", f"--state-dir={state}"], env, capsys)[0] == 0
     first = json.loads((channel / "channels/local/manifest.json").read_text())["digest"]
-    agent = [
-        "agent",
-        f"--bucket={channel}",
-        "--channel=local",
-        "--cluster-id=laptop",
-        f"--public-key={keys / 'bundle-signing.pub'}",
-        f"--output-dir={applied}",
-        f"--state-dir={tmp_path / 'agent-state'}",
-        "--once",
-    ]
+    agent = agent_args(channel, keys, tmp_path, "--once")
     assert run(agent, env, capsys)[0] == 0
 
     # Threat intel multiplies the prefixes: the change budget holds the bundle.
@@ -353,13 +312,7 @@ def test_the_running_agent_serves_metrics_and_probes(env, tmp_path, capsys):
             sys.executable,
             "-m",
             "cdr_policy.cli",
-            "agent",
-            f"--bucket={channel}",
-            "--channel=local",
-            "--cluster-id=laptop",
-            f"--public-key={keys / 'bundle-signing.pub'}",
-            f"--output-dir={tmp_path / 'applied'}",
-            f"--state-dir={tmp_path / 'agent-state'}",
+            *agent_args(channel, keys, tmp_path),
             "--interval=1s",
             f"--metrics-port={port}",
             "--metrics-host=127.0.0.1",
