@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cdr_policy.cli import main
 
 
@@ -28,3 +30,8 @@ def agent_args(channel: Path, keys: Path, work: Path, *extra: str) -> list[str]:
         f"--state-dir={work / 'agent-state'}",
         *extra,
     ]
+
+
+def objects(folder: Path) -> dict[str, dict[str, Any]]:
+    """The objects of a policy folder, by file name."""
+    return {p.name: yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))}

@@ -19,14 +19,10 @@ from cdr_policy import schemas
 from tests.fakes.feeds import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from tests.fakes.kube import FakeKubeAPI
 from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-from tests.integration.support import run
+from tests.integration.support import objects, run
 
 REPO = Path(__file__).resolve().parents[2]
 ORIGINAL_FILES = {"cdr-dynamic-blocklist.yaml", "cilium-cdr-blocklist.yaml"}
-
-
-def objects(folder: Path) -> dict[str, dict]:
-    return {p.name: yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))}
 
 
 def test_original_once_invocation_prints_the_summary_and_writes_policies_and_report(env, tmp_path, capsys):
