@@ -26,7 +26,7 @@ Obj = dict[str, Any]
 def kustomize(path: Path) -> list[Obj]:
     """``kubectl kustomize PATH``: what ``kubectl apply -k PATH`` would send."""
     result = run(tool("kubectl"), "kustomize", str(path), timeout=60)
-    assert result.returncode == 0, f"kubectl kustomize {path.relative_to(REPO)}: {result.stderr}"
+    assert result.returncode == 0, f"kubectl kustomize {path}: {result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 

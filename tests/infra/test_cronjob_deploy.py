@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from typing import Any
 
@@ -165,13 +166,18 @@ def test_arguments_are_the_originals_and_the_cli_accepts_them(objects, threat_in
     assert strip == [o for o in objects if o["kind"] != "CronJob"]
 
 
-def readme_kubectl_creates() -> list[str]:
-    """The README migration section's ``kubectl create secret|configmap`` commands, one line each."""
+def readme_blocks() -> list[str]:
+    """The bash blocks of the README's migration section."""
     text = (REPO / "README.md").read_text()
     assert README_SECTION in text
     section = text.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", section, re.S)
+
+
+def readme_kubectl_creates() -> list[str]:
+    """The README migration section's ``kubectl create secret|configmap`` commands, one line each."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+    for block in readme_blocks():
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
             if line.startswith(("kubectl create secret", "kubectl create configmap")):
@@ -314,3 +320,24 @@ def test_the_cronjob_command_line_applies_within_its_grants(objects, tmp_path, c
             needed.add(("cilium.io", plural, verb))
     assert {v for _, _, v in needed} >= {"create", "patch", "list"}
     assert needed <= grants, needed - grants
+
+
+def test_the_readme_apply_commands_render_what_is_tested(objects, threat_intel, tmp_path):
+    """``kubectl apply -k`` of the README applies the folders tested here, and its registry overlay,
+    written by its own commands, renders the threat-intel CronJob with the pushed image."""
+    applied = {p for block in readme_blocks() for p in re.findall(r"^kubectl apply -k (\S+)", block, re.M)}
+    assert applied == {"deploy/cronjob", "deploy/cronjob/threat-intel", "overlays/qualys-system"}
+    assert kustomize(REPO / "deploy/cronjob") == objects
+    (block,) = [b for b in readme_blocks() if "cat > overlays/" in b]
+    script = block[block.index("mkdir -p overlays/") : block.index("\nEOF\n") + len("\nEOF\n")]
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    image = "registry.example.com:5000/team/cdr-policy-agent"
+    written = subprocess.run(
+        ["bash", "-euc", script], cwd=tmp_path, env={"IMAGE_REPO": image}, capture_output=True, text=True, check=False
+    )
+    assert written.returncode == 0, written.stderr
+    overlay = kustomize(tmp_path / "overlays" / "qualys-system")
+    _, _, container = generator(overlay)
+    assert container["image"] == f"{image}:0.1.0"
+    assert [o for o in overlay if o["kind"] != "CronJob"] == [o for o in threat_intel if o["kind"] != "CronJob"]
+    assert container["args"] == generator(threat_intel)[2]["args"]
