@@ -7,6 +7,7 @@ run against the fake gateway and the fake API server, within the ServiceAccount'
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import re
 import shlex
@@ -162,8 +163,8 @@ def test_arguments_are_the_originals_and_the_cli_accepts_them(objects, threat_in
     assert {**vars(ti_args), "threat_intel": False} == vars(args)
     _, _, ti_container = generator(threat_intel)
     assert ti_container["args"] == [*container["args"], "--threat-intel"]
-    strip = [o for o in threat_intel if o["kind"] != "CronJob"]
-    assert strip == [o for o in objects if o["kind"] != "CronJob"]
+    others = [o for o in threat_intel if o["kind"] != "CronJob"]
+    assert others == [o for o in objects if o["kind"] != "CronJob"]
 
 
 def readme_blocks() -> list[str]:
@@ -190,8 +191,6 @@ def readme_objects(env: dict[str, str]) -> list[Obj]:
     kubectl = tool("kubectl")
     created = []
     for command in readme_kubectl_creates():
-        argv = shlex.split(command)
-        assert argv[0] == "kubectl"
         result = subprocess.run(
             ["bash", "-c", f"{shlex.quote(kubectl)} {command[len('kubectl ') :]} --dry-run=client -o yaml"],
             env={"PATH": os.environ["PATH"], "HOME": "/nonexistent", "KUBECONFIG": "/nonexistent", **env},
@@ -208,7 +207,6 @@ def readme_objects(env: dict[str, str]) -> list[Obj]:
 def pod_environment(container: Obj, created: list[Obj]) -> dict[str, str]:
     """The container's environment as the kubelet builds it from Secrets and ConfigMaps (a missing
     optional key is left out; a missing required one fails, as the pod would not start)."""
-    import base64
 
     def find(kind: str, name: str) -> Obj | None:
         return next((o for o in created if o["kind"] == kind and o["metadata"]["name"] == name), None)
