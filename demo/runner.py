@@ -203,21 +203,27 @@ def _channel_manifests(stack: Stack) -> dict[str, dict[str, Any]]:
     return {c["name"]: json.loads(dist.get(layout.channel_manifest_key(c["name"])).data) for c in CHANNELS}
 
 
-def _run_agents(stack: Stack, output: Path, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    say("[5/5] Sync agents (one per channel: poll, verify signature and digests, apply, report status)")
+def demo_agents(stack: Stack, output: Path) -> dict[str, Agent]:
+    """One sync agent per channel, applying into ``output/<channel>``."""
     public_pem = KmsSigner(stack.client("kms"), stack.signing_key_id).public_key_pem()
     dist = S3Store(stack.client("s3"), stack.names.dist_bucket)
-    statuses = {}
-    for c in CHANNELS:
-        channel = c["name"]
-        agent = Agent(
+    return {
+        c["name"]: Agent(
             dist,
-            channel=channel,
-            cluster_id=f"demo-{channel}",
+            channel=c["name"],
+            cluster_id=f"demo-{c['name']}",
             verifier=Verifier.from_public_pem(public_pem),
-            applier=DirectoryApplier(output / channel),
-            state_dir=output / ".agent-state" / channel,
+            applier=DirectoryApplier(output / c["name"]),
+            state_dir=output / ".agent-state" / c["name"],
         )
+        for c in CHANNELS
+    }
+
+
+def _run_agents(stack: Stack, output: Path, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    say("[5/5] Sync agents (one per channel: poll, verify signature and digests, apply, report status)")
+    statuses = {}
+    for channel, agent in demo_agents(stack, output).items():
         status = agent.sync_once()
         statuses[channel] = status
         say(f"      {channel:<8} {status['last_poll']['result']}: {status['last_poll']['detail']}")

@@ -9,10 +9,14 @@ Real HTTP on 127.0.0.1 (an ephemeral port) in a thread:
   (``k=v``, ``k==v``, ``k!=v``), each served version returning the same stored object;
 - ``DELETE``;
 - ``GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions``;
+- ``GET /api/v1/namespaces/<ns>/configmaps/<name>`` of the ConfigMaps put in place with
+  ``set_config_map`` (Cilium's ``cilium-config``, read by the agent's pre-flight);
 - a bearer-token check on every request, and an ordered log of operations for tests.
 
 Resources are those of the given CRDs (their served versions), or a schema-less default set of the
-five kinds the product emits. Unknown resources get the API server's plain ``404 page not found``.
+five kinds the product emits. ConfigMaps: by default the ``kube-system/cilium-config`` of a Cilium
+with non-default-deny policies on (``DEFAULT_CONFIG_MAPS``). Unknown resources get the API server's
+plain ``404 page not found``.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import itertools
 import json
 import secrets
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -64,9 +69,14 @@ DEFAULT_CRDS: tuple[dict[str, Any], ...] = (
 )
 
 
+DEFAULT_CONFIG_MAPS: dict[tuple[str, str], dict[str, str]] = {
+    ("kube-system", "cilium-config"): {"enable-non-default-deny-policies": "true", "enable-policy": "default"},
+}
+
+
 @dataclass(frozen=True)
 class Operation:
-    """One request as the fake understood it. ``verb``: apply, get, list, delete or crds."""
+    """One request as the fake understood it. ``verb``: apply, get, list, delete, crds or configmap."""
 
     verb: str
     kind: str | None
@@ -125,7 +135,13 @@ def _matches(labels: dict[str, str], terms: list[tuple[str, str, str]]) -> bool:
 
 
 class FakeKubeAPI(LoopbackServer):
-    def __init__(self, crds: Iterable[dict[str, Any]] = (), validator: Validator | None = None) -> None:
+    def __init__(
+        self,
+        crds: Iterable[dict[str, Any]] = (),
+        validator: Validator | None = None,
+        config_maps: Mapping[tuple[str, str], dict[str, str]] | None = None,
+    ) -> None:
+        """``config_maps``: ``{(namespace, name): data}`` (default ``DEFAULT_CONFIG_MAPS``)."""
         self.crds = [copy.deepcopy(c) for c in crds] or [copy.deepcopy(c) for c in DEFAULT_CRDS]
         self.validator = validator
         self.token = secrets.token_urlsafe(24)
@@ -145,6 +161,9 @@ class FakeKubeAPI(LoopbackServer):
                     self._resources[(res.group, res.version, res.plural)] = res
         # (group, plural, namespace, name) -> object; (..., manager) -> label/annotation keys it set
         self._objects: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
+        self._config_maps = {
+            key: dict(data) for key, data in (DEFAULT_CONFIG_MAPS if config_maps is None else config_maps).items()
+        }
         self._owned_keys: dict[tuple[Any, ...], dict[str, set[str]]] = {}
         self._faults: list[list[Any]] = []
         self._versions = itertools.count(1)
@@ -155,6 +174,22 @@ class FakeKubeAPI(LoopbackServer):
             fake = api
 
         super().__init__(Handler)
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig whose current context is this fake (token authentication)."""
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "fake", "user": {"token": self.token}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                    "current-context": "fake",
+                }
+            )
+        )
+        return path
 
     @property
     def url(self) -> str:
@@ -178,6 +213,14 @@ class FakeKubeAPI(LoopbackServer):
             stored["metadata"].setdefault("uid", secrets.token_hex(8))
             stored["metadata"]["resourceVersion"] = str(next(self._versions))
             self._objects[(res.group, res.plural, meta.get("namespace"), meta["name"])] = stored
+
+    def set_config_map(self, namespace: str, name: str, data: dict[str, str] | None) -> None:
+        """Create or replace a ConfigMap (``data`` None removes it)."""
+        with self._lock:
+            if data is None:
+                self._config_maps.pop((namespace, name), None)
+            else:
+                self._config_maps[(namespace, name)] = dict(data)
 
     def objects(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Stored objects (optionally of one kind), sorted by kind, namespace and name."""
@@ -264,6 +307,8 @@ class FakeKubeAPI(LoopbackServer):
                     "metadata": {},
                     "items": copy.deepcopy(self.crds),
                 }
+            if split.path.startswith("/api/v1/"):
+                return self._core(method, split.path)
             res, namespace, name = self._route(split.path)
             verb = {"PATCH": "apply", "DELETE": "delete", "GET": "get" if name else "list"}.get(method)
             if verb is None or (verb in ("apply", "delete") and name is None):
@@ -282,6 +327,28 @@ class FakeKubeAPI(LoopbackServer):
             return self._apply(res, namespace, name, params, headers.get("Content-Type", ""), body)
         except _HttpError as exc:
             return exc.status, exc.body
+
+    def _core(self, method: str, path: str) -> tuple[int, dict[str, Any] | str]:
+        """The core API: ConfigMaps, read-only."""
+        parts = path.strip("/").split("/")
+        if method != "GET" or len(parts) != 6 or parts[2] != "namespaces" or parts[4] != "configmaps":
+            raise _HttpError(404, "404 page not found")
+        namespace, name = parts[3], parts[5]
+        self.operations.append(Operation("configmap", "ConfigMap", namespace, name))
+        status = self._fault("configmap", name)
+        if status is not None:
+            reason = "Forbidden" if status == 403 else "InternalError"
+            return status, _status(status, reason, f"injected failure for configmap {name}")
+        with self._lock:
+            data = self._config_maps.get((namespace, name))
+        if data is None:
+            return 404, _status(404, "NotFound", f'configmaps "{name}" not found', name=name, kind="configmaps")
+        return 200, {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace},
+            "data": dict(data),
+        }
 
     def _list(self, res: _Resource, namespace: str | None, params: dict[str, str]) -> dict[str, Any]:
         terms = _parse_selector(params.get("labelSelector", ""))

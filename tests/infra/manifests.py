@@ -59,14 +59,16 @@ def one(objects: list[Obj], kind: str, name: str | None = None) -> Obj:
     return found
 
 
-def granted(role: Obj) -> set[tuple[str, str, str]]:
-    """(apiGroup, resource, verb) for every grant of a (Cluster)Role."""
+def granted(rules: list[Obj]) -> set[tuple[str, str, str, str | None]]:
+    """(apiGroup, resource, verb, resourceName) for every grant of a (Cluster)Role's rules; the name is
+    None when the rule is not restricted to named objects."""
     return {
-        (group, resource, verb)
-        for rule in role["rules"]
+        (group, resource, verb, name)
+        for rule in rules
         for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
+        for name in rule.get("resourceNames") or [None]
     }
 
 

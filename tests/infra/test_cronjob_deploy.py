@@ -90,7 +90,7 @@ def test_everything_lives_in_the_originals_namespace(objects):
 def test_rbac_is_the_agents(objects, agent):
     role, binding, account = (one(objects, k) for k in ("ClusterRole", "ClusterRoleBinding", "ServiceAccount"))
     assert role["rules"] == one(agent, "ClusterRole")["rules"]
-    assert granted(role) == granted(one(agent, "ClusterRole"))
+    assert granted(role["rules"]) == granted(one(agent, "ClusterRole")["rules"])
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "ClusterRole",
@@ -306,18 +306,21 @@ def test_the_cronjob_command_line_applies_within_its_grants(objects, tmp_path, c
         applied = [o for o in api.objects() if o["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by")]
         assert len(applied) == len(list(output.glob("*.yaml")))
         operations = list(api.operations)
-    grants = granted(one(objects, "ClusterRole"))
+    grants = granted(one(objects, "ClusterRole")["rules"])
     needed = set()
     for op in operations:
         if op.verb == "crds":
-            needed.add(("apiextensions.k8s.io", "customresourcedefinitions", "list"))
-            continue
-        plural = KINDS[op.kind].plural
-        # Server-side apply creates a missing object and patches an existing one.
-        for verb in ("create", "patch") if op.verb == "apply" else (op.verb,):
-            needed.add(("cilium.io", plural, verb))
-    assert {v for _, _, v in needed} >= {"create", "patch", "list"}
-    assert needed <= grants, needed - grants
+            needed.add(("apiextensions.k8s.io", "customresourcedefinitions", "list", None))
+        elif op.verb == "configmap":
+            needed.add(("", "configmaps", "get", op.name))
+        else:
+            # Server-side apply creates a missing object and patches an existing one.
+            for verb in ("create", "patch") if op.verb == "apply" else (op.verb,):
+                needed.add(("cilium.io", KINDS[op.kind].plural, verb, op.name))
+    assert {g[2] for g in needed} >= {"create", "patch", "list"}
+    assert ("", "configmaps", "get", "cilium-config") in needed, "the pre-flight reads Cilium's configuration"
+    refused = {g for g in needed if g not in grants and (*g[:3], None) not in grants}
+    assert not refused
 
 
 def test_the_readme_apply_commands_render_what_is_tested(objects, threat_intel, tmp_path):

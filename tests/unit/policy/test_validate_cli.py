@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from cdr_policy.cli.validate import CRDS_ENV, default_crds_dir, validate_main
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.policy.channel import ChannelSettings
-from cdr_policy.policy.checker import SchemaSet, check_bundle, check_files, validate_main
-from cdr_policy.policy.checker.files import CRDS_ENV, default_crds_dir
+from cdr_policy.policy.checker import SchemaSet, check_bundle, check_files
 
 from .factories import behaviour, cdr_set, feed_set, file_bytes, indicator, render
 

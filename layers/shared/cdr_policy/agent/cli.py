@@ -15,7 +15,7 @@ from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.signing import Verifier
-from cdr_policy.errors import CdrPolicyError
+from cdr_policy.errors import CdrPolicyError, exit_code, print_error
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.policy.checker.files import BundleCheck, bundle_checker
@@ -111,9 +111,8 @@ def run(args: argparse.Namespace) -> int:
             check=policy_check(applier, args.crds),
         )
     except CdrPolicyError as exc:
-        logger.error("agent cannot start", extra={"error": str(exc)})
-        print(f"error: {exc}")
-        return 2
+        print_error(exc)
+        return exit_code(exc)
     try:
         if args.once:
             status = agent.sync_once()

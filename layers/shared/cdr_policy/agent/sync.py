@@ -5,12 +5,18 @@ One ``sync_once``:
 2. verify the new manifest (signature, schema, digest, expiry, channel, not older than what is
    applied), then every file's size and sha256, then the objects, then the injected policy check --
    all BEFORE touching the cluster; a refusal keeps the cluster as it is;
-3. apply every object (CiliumCIDRGroups first), then, only if all applied, delete the objects this
+3. run the cluster pre-flight (``agent.preflight``: Cilium's ``enable-non-default-deny-policies``,
+   the served Cilium CRD versions, the channel's declared Cilium version) before the policy check
+   and before touching anything; the Cilium objects it holds back are neither checked nor applied,
+   the Tetragon ones are (result ``partial``, the reason in the status document's ``preflight`` and
+   ``apply_errors``; retried on every poll, so a fixed Cilium configuration is picked up without a
+   new bundle);
+4. apply every object (CiliumCIDRGroups first), then, only if all applied, delete the objects this
    agent owns that the bundle no longer has (CIDR groups last). Tetragon policies are named by
    content, so a changed policy is a new object that is loaded before the old one goes: no gap;
-4. remove everything it owns once the applied bundle has expired (a cluster cut off from the bucket
+5. remove everything it owns once the applied bundle has expired (a cluster cut off from the bucket
    does not enforce stale blocks forever);
-5. write ``status/<cluster-id>.json`` to the distribution store (and ``status.json`` locally).
+6. write ``status/<cluster-id>.json`` to the distribution store (and ``status.json`` locally).
 
 Ownership is by label: ``app.kubernetes.io/managed-by=cdr-policy`` and ``cdr-policy.io/channel=<channel>``,
 set by the agent on every object it applies; nothing without both labels is ever changed or deleted.
@@ -30,6 +36,7 @@ from typing import Any
 from cdr_policy import __version__, jsonio, layout
 from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.kinds import kind_of, ownership_labels
+from cdr_policy.agent.preflight import APPLY, Preflight, is_cilium, run_preflight
 from cdr_policy.agent.reconcile import delete_objects, owned_objects, reconcile
 from cdr_policy.agent.state import Applied, StateDir
 from cdr_policy.agent.status import SCHEMA_VERSION
@@ -103,6 +110,7 @@ class Agent:
         }
         self._apply_errors: list[dict[str, Any]] = []
         self._counts = {"applied": 0, "deleted": 0}
+        self._preflight: Preflight | None = None
 
     # -- one round -------------------------------------------------------------------------------
 
@@ -116,7 +124,7 @@ class Agent:
         status = self._status(now, result, detail)
         self._report(status)
         log = logger.debug if result == "unchanged" else logger.info
-        if result in ("refused", "apply_failed", "expired", "unreachable"):
+        if result in ("refused", "apply_failed", "partial", "expired", "unreachable"):
             log = logger.error if result != "unreachable" else logger.warning
         log(
             "agent sync",
@@ -170,15 +178,23 @@ class Agent:
             self._apply_errors, self._counts = [], {"applied": 0, "deleted": 0}
             return "apply_failed", f"cannot read the objects this agent owns: {exc}; nothing changed"
         self._apply_errors, self._counts = errors, {"applied": applied, "deleted": deleted}
-        if errors:
+        failed = [e for e in errors if e["action"] != "preflight"]
+        if failed:
             return "apply_failed", (
-                f"{len(errors)} object operation(s) failed for bundle {digest[:12]}; retrying next poll "
+                f"{len(failed)} object operation(s) failed for bundle {digest[:12]}; retrying next poll "
                 "(objects are pruned only once every object applied)"
             )
         self._applied = Applied(bundle.manifest, iso(now))
         self._state.save(self._applied)
+        done = f"bundle {digest[:12]}: {applied} object(s) applied, {deleted} deleted"
+        if errors and self._preflight is not None:
+            # the manifest is verified again next poll, so the held-back part follows a fixed cluster
+            return "partial", (
+                f"{done}; {len(errors)} Cilium object(s) held back by the cluster pre-flight "
+                f"({self._preflight.cilium}): {self._preflight.reason()}"
+            )
         self._etag = obj.etag
-        return "applied", f"bundle {digest[:12]}: {applied} object(s) applied, {deleted} deleted"
+        return "applied", done
 
     @staticmethod
     def _claimed_digest(data: bytes) -> str | None:
@@ -191,6 +207,7 @@ class Agent:
     # -- verification ----------------------------------------------------------------------------
 
     def _verify(self, data: bytes, now: datetime) -> _Bundle:
+        self._preflight = None
         try:
             manifest = jsonio.loads(data)
         except ValueError as exc:
@@ -214,8 +231,18 @@ class Agent:
         objects = parse_objects(files)
         for obj in objects:
             kind_of(obj)
+        # The pre-flight runs before the check: objects it holds back are neither checked nor applied,
+        # so a Cilium part the cluster cannot take (a CRD version it does not serve) is reported as
+        # such instead of refusing the Tetragon part with it.
+        self._preflight = run_preflight(self.applier, objects)
         if self.check is not None:
-            problems = sorted(self.check(files))
+            held = self._preflight is not None and self._preflight.cilium != APPLY
+            checked = {
+                path: data
+                for path, data in files.items()
+                if not (held and any(is_cilium(o) for o in parse_objects({path: data})))
+            }
+            problems = sorted(self.check(checked))
             if problems:
                 shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
                 raise VerificationError("check_failed", f"policy check failed: {shown}")
@@ -227,7 +254,7 @@ class Agent:
         return owned_objects(self.applier, self.labels)
 
     def _apply(self, objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
-        return reconcile(self.applier, objects, channel=self.channel)
+        return reconcile(self.applier, objects, channel=self.channel, preflight=self._preflight)
 
     def _delete(self, objects: list[dict[str, Any]], errors: list[dict[str, Any]]) -> int:
         return delete_objects(self.applier, objects, errors)
@@ -268,6 +295,7 @@ class Agent:
             "verification": dict(self._verification),
             "objects": dict(self._counts),
             "apply_errors": list(self._apply_errors),
+            "preflight": self._preflight.to_dict() if self._preflight is not None else None,
         }
 
     def _report(self, status: dict[str, Any]) -> None:
