@@ -342,3 +342,20 @@ def test_the_readme_apply_commands_render_what_is_tested(objects, threat_intel, 
     assert container["image"] == f"{image}:0.1.0"
     assert [o for o in overlay if o["kind"] != "CronJob"] == [o for o in threat_intel if o["kind"] != "CronJob"]
     assert container["args"] == generator(threat_intel)[2]["args"]
+    # Its commented-out option: the state folder on a volume (deploy/cronjob/keep-state).
+    written = tmp_path / "overlays" / "qualys-system" / "kustomization.yaml"
+    text = written.read_text()
+    assert "# components:" in text
+    written.write_text(re.sub(r"^# (components:|  - \.\./\.\./deploy/cronjob/keep-state)$", r"\1", text, flags=re.M))
+    kept = kustomize(written.parent)
+    assert schema_errors(kept) == []
+    claim = one(kept, "PersistentVolumeClaim")
+    assert claim["metadata"]["namespace"] == NAMESPACE
+    cronjob, pod, container = generator(kept)
+    state = mounts(pod, container)[cli_arguments(kept, {}).state_dir]["volume"]
+    assert state == {"name": "state", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid", "ReadWriteOnce holds with one run at a time"
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"], "the volume is writable"
+    assert [o for o in kept if o["kind"] not in ("CronJob", "PersistentVolumeClaim")] == [
+        o for o in overlay if o["kind"] != "CronJob"
+    ]
