@@ -305,6 +305,8 @@ def test_the_cronjob_command_line_applies_within_its_grants(objects, tmp_path, c
         }
         applied = [o for o in api.objects() if o["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by")]
         assert len(applied) == len(list(output.glob("*.yaml")))
+        # What deploy/cronjob/README.md's clean-up selector matches.
+        assert {o["metadata"]["labels"]["cdr-policy.io/channel"] for o in applied} == {"local"}
         operations = list(api.operations)
     grants = granted(one(objects, "ClusterRole")["rules"])
     needed = set()
