@@ -5,12 +5,10 @@ liveness probe that works), the Dockerfile, and the package the image installs."
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from typing import Any
 
@@ -26,6 +24,7 @@ from tests.infra.manifests import (
     granted,
     kustomize,
     mounts,
+    one,
     pod_spec,
     schema_errors,
 )
@@ -63,6 +62,7 @@ def test_manifests_match_the_kubernetes_schemas(objects):
         "ClusterRoleBinding",
         "ConfigMap",
         "Deployment",
+        "Service",
     }
     assert schema_errors(objects) == []
 
@@ -172,25 +172,34 @@ def test_agent_arguments_are_accepted_by_the_cli(deployment, container, objects)
     assert writable == {str(args.state_dir), "/tmp"}
 
 
-def test_liveness_probe_reads_the_agent_status_file(deployment, container, objects, tmp_path):
-    from cdr_policy.agent.state import STATUS
-
+def test_probes_and_metrics_are_the_agents_endpoints(deployment, container, objects):
     args = agent_arguments(deployment, container, objects)
-    command = container["livenessProbe"]["exec"]["command"]
-    status = f"{args.state_dir}/{STATUS}"
-    assert command[:2] == ["python", "-c"] and status in command[2]
-    code = command[2].replace(status, str(tmp_path / STATUS))
+    (port,) = container["ports"]
+    assert port == {"name": "metrics", "containerPort": args.metrics_port, "protocol": "TCP"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # Liveness tolerates the three intervals /healthz allows before it calls the loop stalled.
+    live = container["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= args.interval
+    service = one(objects, "Service", "cdr-policy-agent-metrics")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
 
-    def probe() -> int:
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, check=False).returncode
 
-    assert probe() != 0, "no status file yet: not alive"
-    (tmp_path / STATUS).write_text("{}")
-    assert probe() == 0
-    stale = time.time() - 3600
-    os.utime(tmp_path / STATUS, (stale, stale))
-    assert probe() != 0, "a status file an hour old means the loop is stuck"
-    assert container["livenessProbe"]["initialDelaySeconds"] >= 60
+def test_the_monitoring_variant_adds_a_service_monitor_for_the_metrics_service():
+    objects = kustomize(DEPLOY / "monitoring")
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    service = one(objects, "Service", "cdr-policy-agent-metrics")
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    # Everything else is the agent, unchanged, and valid for Kubernetes (the ServiceMonitor is the
+    # Prometheus Operator's own kind).
+    agent = [o for o in objects if o["kind"] != "ServiceMonitor"]
+    assert agent == kustomize(AGENT) and schema_errors(agent) == []
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
