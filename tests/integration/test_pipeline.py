@@ -270,3 +270,9 @@ def test_fleet_commands_against_the_buckets(pipeline, lambda_env, capsys):
     assert main(["channel", "approve", "prod", diff["to"], f"--state={state}"], env) == 0
     approval = _store(result, result.stack.names.state_bucket).get(layout.approval_key("prod", diff["to"]))
     assert json.loads(approval.data)["digest"] == diff["to"]
+    capsys.readouterr()
+
+    # Rolling back to what the channel ships, signed by the stack's KMS key, changes nothing.
+    key = f"--kms-key-id={result.stack.signing_key_id}"
+    assert main(["channel", "rollback", "prod", f"--to={diff['to']}", f"--dist={dist}", key], env) == 0
+    assert capsys.readouterr().out.startswith("unchanged: channel prod")
