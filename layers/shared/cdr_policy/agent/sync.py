@@ -28,6 +28,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,7 +50,6 @@ from cdr_policy.policy.checker.files import BundleCheck
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import iso, parse_iso, utcnow
 
-_CHANNEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Refusals that the same manifest bytes will always get again: do not re-download until it changes.
 # The others (file digests, the policy check against the cluster's CRDs) are retried on the next poll.
@@ -86,7 +86,7 @@ class Agent:
         state_dir: str | os.PathLike[str],
         check: BundleCheck | None = None,
     ) -> None:
-        if not _CHANNEL.match(channel):
+        if not layout.is_channel_name(channel):
             raise ConfigError(f"channel {channel!r}: use 1-32 lower-case letters, digits or '-'")
         if not _CLUSTER_ID.match(cluster_id):
             raise ConfigError(f"cluster id {cluster_id!r}: use up to 128 letters, digits, '.', '_' or '-'")
@@ -137,12 +137,19 @@ class Agent:
         )
         return status
 
-    def run(self, interval: float, stop: threading.Event | None = None) -> None:
-        """``sync_once`` every ``interval`` seconds until ``stop`` is set."""
+    def run(
+        self,
+        interval: float,
+        stop: threading.Event | None = None,
+        observe: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """``sync_once`` every ``interval`` seconds until ``stop`` is set; ``observe`` gets each status."""
         stop = stop or threading.Event()
         while not stop.is_set():
             started = time.monotonic()
-            self.sync_once()
+            status = self.sync_once()
+            if observe is not None:
+                observe(status)
             stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
     def _poll(self, now: datetime) -> tuple[str, str]:
@@ -202,7 +209,7 @@ class Agent:
             digest = jsonio.loads(data).get("digest")
         except (ValueError, AttributeError):
             return None
-        return digest if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) else None
+        return digest if layout.is_digest(digest) else None
 
     # -- verification ----------------------------------------------------------------------------
 

@@ -24,8 +24,6 @@ from cdr_policy.errors import CdrPolicyError, ConfigError, exit_code, print_erro
 from cdr_policy.observability import log_to_stderr
 from cdr_policy.timeutil import parse_duration
 
-SUBCOMMANDS = ("validate", "agent")
-
 
 def _default_state_root(env: Mapping[str, str]) -> Path:
     base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -37,7 +35,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         prog="cdr-policy",
         description="Generate Tetragon TracingPolicies and Cilium network policies from Qualys CDR "
         "detections and threat-intel feeds.",
-        epilog="Sub-commands: 'cdr-policy validate PATH... [--crds DIR]' and 'cdr-policy agent --help'.",
+        epilog="Sub-commands: validate, keygen, publish, channel, fleet, agent ('cdr-policy <sub-command> --help').",
     )
     p.add_argument(
         "--platform",
@@ -120,6 +118,18 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             from cdr_policy.cli.validate import validate_main
 
             return validate_main(argv[1:], env)
+        if argv and argv[0] == "keygen":
+            from cdr_policy.cli.channels import keygen_main
+
+            return keygen_main(argv[1:])
+        if argv and argv[0] == "publish":
+            from cdr_policy.cli.channels import publish_main
+
+            return publish_main(argv[1:], env, _default_state_root(env))
+        if argv and argv[0] in ("channel", "fleet"):
+            from cdr_policy.cli import fleet
+
+            return fleet.channel_main(argv[1:]) if argv[0] == "channel" else fleet.fleet_main(argv[1:])
         if argv and argv[0] == "agent":
             from cdr_policy.agent import cli as agent_cli
 

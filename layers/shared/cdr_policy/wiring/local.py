@@ -60,12 +60,7 @@ class LocalPorts:
         """``args.state_dir`` None: one folder per tenant under ``state_root``."""
         gateway_url = resolve_gateway(args.platform, args.gateway)
         credentials = load_credentials(None, env)
-        if args.state_dir is not None:
-            state_dir = Path(args.state_dir)
-        elif state_root is not None:
-            state_dir = state_root / tenant_id(gateway_url, credentials.username)
-        else:
-            raise ConfigError("--state-dir is required")
+        state_dir = state_dir_for(args.state_dir, gateway_url, credentials, state_root)
         if args.channel:
             channels = parse_channels(read_text_file(args.channel, "channel settings"), args.channel)
             if len(channels) != 1:
@@ -96,6 +91,15 @@ def tenant_id(gateway_url: str, username: str) -> str:
     host = urlsplit(gateway_url).hostname or "gateway"
     digest = hashlib.sha256(f"{gateway_url}\n{username}".encode()).hexdigest()[:12]
     return f"{re.sub(r'[^A-Za-z0-9.-]', '_', host)}-{digest}"
+
+
+def state_dir_for(given: str | None, gateway_url: str, credentials: Credentials, root: Path | None) -> Path:
+    """``--state-dir`` when given, else the tenant's folder under ``root``."""
+    if given is not None:
+        return Path(given)
+    if root is None:
+        raise ConfigError("--state-dir is required")
+    return root / tenant_id(gateway_url, credentials.username)
 
 
 def writable_dir(path: Path, flag: str) -> Path:

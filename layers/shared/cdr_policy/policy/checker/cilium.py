@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cdr_policy.policy.checker.common import BlockGuard, check_cidr, check_cidrs
+from cdr_policy.policy.checker.common import BlockGuard, as_dict, check_cidr, check_cidrs
 from cdr_policy.policy.checker.problem import Problem, error, warning
 
 # EgressCommonRule / IngressCommonRule members that select an L3 peer: Cilium's sanitizer refuses
@@ -175,7 +175,7 @@ def _indexed(path: str) -> Callable[[int], str]:
 
 
 def check_cidr_group(obj: dict[str, Any], guard: BlockGuard | None) -> list[Problem]:
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    spec = as_dict(obj.get("spec"))
     problems: list[Problem] = []
     cidrs = spec.get("externalCIDRs")
     if isinstance(cidrs, list):
