@@ -10,6 +10,7 @@ import numpy as np
 from cdr_policy.guards import NeverBlock, parse_protected
 from cdr_policy.models import FeedPrefixes, IndicatorSet
 from cdr_policy.netprefix.vector import V4, V6
+from cdr_policy.policy.capacity import cut
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.ranked import rank_ips
 
@@ -91,3 +92,15 @@ def test_render_annotates_blocklists_with_the_compact_sources() -> None:
     assert cdr["cdr-policy.io/refs"] == "c2,finding-9"
     assert ti["cdr-policy.io/sources"] == "c2=1,tor=1"
     assert result.report["indicators"]["ips"] == 3 and result.report["left_out_total"] == 0
+
+
+def test_ipv6_addresses_aggregate_and_are_cut_by_rank() -> None:
+    addresses = [f"2a00:1450::{i:x}/128" for i in range(8)] + ["2a00:1451::1/128", "2a00:1452::/48"]
+    ranking = rank_ips(
+        [], [compact("v6", addresses, "tor"), compact("c2", ["2a00:1451::1/128"], "c2")], now=NOW, guard=NeverBlock()
+    )
+    result = cut(ranking.table, 2)
+    # Both feeds agree on 2a00:1451::1; then the addresses in order, while the aggregate fits.
+    assert result.kept == {"threat-intel": ["2a00:1450::/127", "2a00:1451::1/128"]}
+    left = [ranking.table.value(r) for r in np.flatnonzero(result.left_out)]
+    assert left == [f"2a00:1450::{i:x}/128" for i in range(2, 8)] + ["2a00:1452::/48"]

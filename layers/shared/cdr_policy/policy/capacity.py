@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cdr_policy.feeds.aggregate import collapse
-from cdr_policy.netprefix import last_address
+from cdr_policy.netprefix import BITS, Prefixes, last_address
 from cdr_policy.netprefix.vector import collapse_v4, collapsed_size_v4, covered_v4
 from cdr_policy.policy.ranked import CDR, THREAT_INTEL, RankedTable
 
@@ -67,10 +67,15 @@ def _size(table: RankedTable, upto: int) -> int:
     total = 0
     for mask in _group_masks(table, upto):
         total += collapsed_size_v4(*table.intervals_v4(mask))
-        v6 = table.prefixes_v6(mask)
-        if v6:
-            total += len(collapse(6, (), v6))
+        total += len(_collapse_v6(table.prefixes_v6(mask)))
     return total
+
+
+def _collapse_v6(prefixes: list[tuple[int, int]]) -> Prefixes:
+    """IPv6 prefixes collapsed, the /128s as addresses (the aggregation's fast path for them)."""
+    singles = [n for n, length in prefixes if length == BITS[6]]
+    networks = [(n, length) for n, length in prefixes if length != BITS[6]]
+    return collapse(6, singles, networks)
 
 
 def cut(table: RankedTable, limit: int) -> Cut:
@@ -98,7 +103,7 @@ def cut(table: RankedTable, limit: int) -> Cut:
     result = Cut(limit=limit, table=table, keep=keep)
     for group, mask in zip(GROUPS, _group_masks(table, keep), strict=True):
         v4 = collapse_v4(*table.intervals_v4(mask))
-        v6 = collapse(6, (), table.prefixes_v6(mask))
+        v6 = _collapse_v6(table.prefixes_v6(mask))
         if len(v4) or len(v6):
             result.kept[group] = v4.strings() + v6.strings()
     below = np.zeros(n, dtype=bool)
@@ -114,7 +119,7 @@ def _covered(table: RankedTable, keep: int, below: npt.NDArray[np.bool_]) -> npt
     covered = np.zeros(len(table), dtype=bool)
     below_v4 = below & (table.version == 4)
     covered[below_v4] = covered_v4(*table.intervals_v4(below), *table.intervals_v4(kept))
-    union = collapse(6, (), table.prefixes_v6(kept))
+    union = _collapse_v6(table.prefixes_v6(kept))
     starts = list(union.networks)
     ends = [last_address(6, n, length) for n, length in union]
     for row in np.flatnonzero(below & (table.version == 6)).tolist():

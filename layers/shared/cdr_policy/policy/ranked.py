@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
+from itertools import compress
 from typing import Any, Protocol
 
 import numpy as np
@@ -127,8 +129,18 @@ class RankedTable:
 
     def prefixes_v6(self, rows: Column) -> list[tuple[int, int]]:
         """``(network, length)`` of the IPv6 rows selected by the mask (Python integers)."""
-        picked = np.flatnonzero(rows & (self.version == 6))
-        return [(int(self.hi[i]) << 64 | int(self.lo[i]), int(self.length[i])) for i in picked]
+        picked = rows[self._v6_rows]
+        return list(compress(self._v6_prefixes, picked.tolist()))
+
+    @cached_property
+    def _v6_rows(self) -> Column:
+        return np.flatnonzero(self.version == 6)
+
+    @cached_property
+    def _v6_prefixes(self) -> list[tuple[int, int]]:
+        rows = self._v6_rows
+        his, los, lengths = self.hi[rows].tolist(), self.lo[rows].tolist(), self.length[rows].tolist()
+        return [(h << 64 | lo, n) for h, lo, n in zip(his, los, lengths, strict=True)]
 
 
 @dataclass
