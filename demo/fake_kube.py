@@ -9,6 +9,9 @@ Real HTTP on 127.0.0.1 (an ephemeral port) in a thread:
   (``k=v``, ``k==v``, ``k!=v``), each served version returning the same stored object;
 - ``DELETE``;
 - ``GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions``;
+- ConfigMaps in the core API (``/api/v1/namespaces/<ns>/configmaps[/<name>]``): ``GET``, ``POST``
+  (409 ``AlreadyExists``) and ``PUT`` with optimistic concurrency (409 ``Conflict`` unless
+  ``metadata.resourceVersion`` is the stored one), as the agent keeps its applied state in one;
 - a bearer-token check on every request, and an ordered log of operations for tests.
 
 Resources are those of the given CRDs (their served versions), or a schema-less default set of the
@@ -33,6 +36,7 @@ import yaml
 
 Validator = Callable[[dict[str, Any]], list[str]]
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+CONFIGMAPS = "/api/v1/namespaces/"
 APPLY_PATCH = "application/apply-patch+yaml"
 
 
@@ -143,6 +147,7 @@ class FakeKubeAPI:
                     self._resources[(res.group, res.version, res.plural)] = res
         # (group, plural, namespace, name) -> object; (..., manager) -> label/annotation keys it set
         self._objects: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
+        self._configmaps: dict[tuple[str, str], dict[str, Any]] = {}
         self._owned_keys: dict[tuple[Any, ...], dict[str, set[str]]] = {}
         self._faults: list[list[Any]] = []
         self._versions = itertools.count(1)
@@ -220,6 +225,22 @@ class FakeKubeAPI:
             None,
         )
 
+    def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return copy.deepcopy(self._configmaps.get((namespace, name)))
+
+    def delete_configmap(self, namespace: str, name: str) -> None:
+        """Remove a ConfigMap, as an operator (or a wiped namespace) would."""
+        with self._lock:
+            self._configmaps.pop((namespace, name), None)
+
+    def delete_object(self, kind: str, name: str, namespace: str | None = None) -> None:
+        """Remove an object out of band, as ``kubectl delete`` would."""
+        with self._lock:
+            for key, obj in list(self._objects.items()):
+                if obj["kind"] == kind and key[2] == namespace and key[3] == name:
+                    del self._objects[key]
+
     def fail(self, verb: str, status: int, *, name: str | None = None, times: int = 1) -> None:
         """Answer the next ``times`` requests of ``verb`` (for object ``name``, if given) with ``status``."""
         with self._lock:
@@ -289,6 +310,8 @@ class FakeKubeAPI:
                     "metadata": {},
                     "items": copy.deepcopy(self.crds),
                 }
+            if split.path.startswith(CONFIGMAPS) and "/configmaps" in split.path:
+                return self._configmap(method, split.path, body)
             res, namespace, name = self._route(split.path)
             verb = {"PATCH": "apply", "DELETE": "delete", "GET": "get" if name else "list"}.get(method)
             if verb is None or (verb in ("apply", "delete") and name is None):
@@ -307,6 +330,52 @@ class FakeKubeAPI:
             return self._apply(res, namespace, name, params, headers.get("Content-Type", ""), body)
         except _HttpError as exc:
             return exc.status, exc.body
+
+    def _configmap(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any] | str]:
+        parts = path.strip("/").split("/")  # api v1 namespaces <ns> configmaps [<name>]
+        if len(parts) not in (5, 6) or parts[4] != "configmaps":
+            raise _HttpError(404, "404 page not found")
+        namespace, name = parts[3], (parts[5] if len(parts) == 6 else None)
+        verb = {"GET": "get", "POST": "create", "PUT": "update"}.get(method)
+        if verb is None or (verb == "create") != (name is None):
+            return 405, _status(405, "MethodNotAllowed", f"{method} is not supported here")
+        self.operations.append(Operation(verb, "ConfigMap", namespace, name))
+        status = self._fault(verb, name)
+        if status is not None:
+            return status, _status(status, "InternalError", f"injected failure for {verb} {name}")
+        if verb == "get":
+            with self._lock:
+                found = copy.deepcopy(self._configmaps.get((namespace, str(name))))
+            if found is None:
+                return 404, _status(404, "NotFound", f'configmaps "{name}" not found', name=name, kind="configmaps")
+            return 200, found
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            return 400, _status(400, "BadRequest", "the body is not JSON")
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        if not isinstance(meta, dict) or not meta.get("name") or (name is not None and meta["name"] != name):
+            return 400, _status(400, "BadRequest", "metadata.name is missing or does not match the URL")
+        key = (namespace, meta["name"])
+        with self._lock:
+            live = self._configmaps.get(key)
+            if verb == "create" and live is not None:
+                return 409, _status(409, "AlreadyExists", f'configmaps "{meta["name"]}" already exists')
+            if verb == "update":
+                if live is None:
+                    return 404, _status(404, "NotFound", f'configmaps "{name}" not found', name=name)
+                if meta.get("resourceVersion") != live["metadata"]["resourceVersion"]:
+                    return 409, _status(
+                        409,
+                        "Conflict",
+                        f'Operation cannot be fulfilled on configmaps "{name}": the object has been modified; '
+                        "please apply your changes to the latest version and try again",
+                    )
+            stored = {"apiVersion": "v1", "kind": "ConfigMap", **copy.deepcopy(obj)}
+            stored["metadata"]["namespace"] = namespace
+            stored["metadata"]["resourceVersion"] = str(next(self._versions))
+            self._configmaps[key] = stored
+            return (201 if verb == "create" else 200), copy.deepcopy(stored)
 
     def _list(self, res: _Resource, namespace: str | None, params: dict[str, str]) -> dict[str, Any]:
         terms = _parse_selector(params.get("labelSelector", ""))

@@ -12,6 +12,10 @@ class ApplyError(CdrPolicyError):
     """Applying, reading or deleting one object (or listing objects) failed."""
 
 
+class Conflict(ApplyError):
+    """409: the object changed since it was read (or already exists): read it again."""
+
+
 class Applier(Protocol):
     def describe(self) -> str:
         """Where objects go (an API URL or a directory), for logs and the status document."""

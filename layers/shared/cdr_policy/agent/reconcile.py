@@ -43,12 +43,18 @@ def delete_objects(applier: Applier, objects: list[dict[str, Any]], errors: list
 
 
 def reconcile(
-    applier: Applier, objects: list[dict[str, Any]], *, channel: str
+    applier: Applier,
+    objects: list[dict[str, Any]],
+    *,
+    channel: str,
+    owned: dict[ObjectRef, dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Apply all, then prune (only when everything applied). Returns (errors, applied, deleted).
+    ``owned``: the owned live objects when the caller has just listed them.
     Raises ApplyError when the owned objects cannot even be listed (nothing changed then)."""
     labels = ownership_labels(channel)
-    owned = owned_objects(applier, labels)
+    if owned is None:
+        owned = owned_objects(applier, labels)
     desired: dict[ObjectRef, dict[str, Any]] = {}
     for obj in objects:
         meta = dict(obj["metadata"])
