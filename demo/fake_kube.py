@@ -12,7 +12,8 @@ Real HTTP on 127.0.0.1 (an ephemeral port) in a thread:
 - ConfigMaps in the core API (``/api/v1/namespaces/<ns>/configmaps[/<name>]``): ``GET``, ``POST``
   (409 ``AlreadyExists``) and ``PUT`` with optimistic concurrency (409 ``Conflict`` unless
   ``metadata.resourceVersion`` is the stored one), as the agent keeps its applied state in one;
-- a bearer-token check on every request, and an ordered log of operations for tests.
+- a bearer-token check on every request, and an ordered log of operations for tests;
+- ``delay_s``: an answer time for every request, to play a slow API server.
 
 Resources are those of the given CRDs (their served versions), or a schema-less default set of the
 five kinds the product emits. Unknown resources get the API server's plain ``404 page not found``.
@@ -25,6 +26,7 @@ import itertools
 import json
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -150,6 +152,7 @@ class FakeKubeAPI:
         self._configmaps: dict[tuple[str, str], dict[str, Any]] = {}
         self._owned_keys: dict[tuple[Any, ...], dict[str, set[str]]] = {}
         self._faults: list[list[Any]] = []
+        self.delay_s = 0.0
         self._versions = itertools.count(1)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -297,6 +300,8 @@ class FakeKubeAPI:
         )
 
     def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[int, dict[str, Any] | str]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
         split = urlsplit(raw_path)
         params = dict(parse_qsl(split.query))
         if headers.get("Authorization") != f"Bearer {self.token}":

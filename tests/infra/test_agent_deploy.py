@@ -71,7 +71,6 @@ def test_everything_lives_in_the_agent_namespace(objects):
 
 
 def test_rbac_is_least_privilege(objects):
-    assert not by_kind(objects, "Role") and not by_kind(objects, "RoleBinding")
     (role,) = by_kind(objects, "ClusterRole")
     for rule in role["rules"]:
         for field in ("apiGroups", "resources", "verbs"):
@@ -90,6 +89,30 @@ def test_rbac_is_least_privilege(objects):
     assert granted == expected
     assert not {r for _, r, _ in granted} & {"secrets", "configmaps", "pods", "serviceaccounts", "nodes"}
     assert not {v for _, _, v in granted} & {"escalate", "bind", "impersonate", "update", "deletecollection"}
+
+
+def test_the_only_namespaced_grant_is_the_agent_state_configmap(objects):
+    """Replay protection lives in one ConfigMap in the agent's namespace: get/update only that name;
+    create cannot be limited to a name by RBAC (and needs no more than the namespace)."""
+    (role,) = by_kind(objects, "Role")
+    (binding,) = by_kind(objects, "RoleBinding")
+    (account,) = by_kind(objects, "ServiceAccount")
+    granted = {
+        (group, resource, verb, tuple(rule.get("resourceNames") or ()))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == {
+        ("", "configmaps", "get", ("cdr-policy-agent-state",)),
+        ("", "configmaps", "update", ("cdr-policy-agent-state",)),
+        ("", "configmaps", "create", ()),
+    }
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
+    ]
 
 
 def test_binding_and_service_account(objects, deployment):

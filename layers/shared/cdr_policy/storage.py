@@ -97,7 +97,12 @@ class LocalStore:
         return StoredObject(data, etag)
 
     def get_if_changed(self, key: str, etag: str | None, *, max_bytes: int | None = None) -> StoredObject | None:
-        obj = self.get(key, max_bytes=max_bytes)
+        try:
+            obj = self.get(key, max_bytes=max_bytes)
+        except TooLarge as exc:
+            if etag is not None and exc.etag == etag:
+                return None  # the same refused bytes (an oversized object's ETag covers what was read)
+            raise
         return None if etag is not None and obj.etag == etag else obj
 
     def put_if(self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream") -> str:

@@ -8,12 +8,22 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
+from cdr_policy.agent import kubeconfig
 from cdr_policy.agent.applier import Applier
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
-from cdr_policy.agent.sync import Agent, Check
+from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
+from cdr_policy.agent.sync import (
+    DEFAULT_DRIFT_INTERVAL_S,
+    DEFAULT_MAX_CLOCK_SKEW_S,
+    DEFAULT_MAX_SHRINK_PERCENT,
+    DEFAULT_SYNC_DEADLINE_S,
+    Agent,
+    Check,
+)
 from cdr_policy.bundle.signing import Verifier
 from cdr_policy.errors import CdrPolicyError
 from cdr_policy.observability import logger
@@ -26,14 +36,34 @@ from cdr_policy.timeutil import parse_duration
 _OK_RESULTS = frozenset({"applied", "unchanged"})
 
 
-def _interval(text: str) -> float:
+def _duration(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+        if not low <= seconds <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be between {low:g}s and {high:g}s")
+        return seconds
+
+    return parse
+
+
+def _percent(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number from 1 to 100")
+    return int(text)
+
+
+def _default_namespace() -> str:
+    """The pod's namespace when in a cluster (the service account's), else cdr-policy-system."""
     try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    if seconds < 1:
-        raise argparse.ArgumentTypeError(f"interval {text!r} is shorter than one second")
-    return seconds
+        return (kubeconfig.SERVICE_ACCOUNT_DIR / "namespace").read_text(encoding="utf-8").strip()
+    except OSError:
+        return "cdr-policy-system"
+
+
+_interval = _duration(5, 86400)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +87,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_interval,
         default=_interval("60s"),
         metavar="DURATION",
-        help="time between polls, like 30s, 5m or 1h (default 60s)",
+        help="time between polls, like 30s, 5m or 1h (5s..24h, default 60s)",
+    )
+    parser.add_argument(
+        "--drift-interval",
+        type=_duration(5, 86400),
+        default=DEFAULT_DRIFT_INTERVAL_S,
+        metavar="DURATION",
+        help=f"how often an unchanged poll compares the owned objects with the applied bundle and repairs "
+        f"drift (5s..24h, default {DEFAULT_DRIFT_INTERVAL_S:g}s)",
+    )
+    parser.add_argument(
+        "--sync-deadline",
+        type=_duration(5, 3600),
+        default=DEFAULT_SYNC_DEADLINE_S,
+        metavar="DURATION",
+        help=f"overall time one sync may spend on the API server; the status is written either way "
+        f"(5s..1h, default {DEFAULT_SYNC_DEADLINE_S:g}s)",
+    )
+    parser.add_argument(
+        "--max-clock-skew",
+        type=_duration(0, 3600),
+        default=DEFAULT_MAX_CLOCK_SKEW_S,
+        metavar="DURATION",
+        help=f"refuse manifests created further ahead of this clock (0..1h, default {DEFAULT_MAX_CLOCK_SKEW_S:g}s)",
+    )
+    parser.add_argument(
+        "--max-shrink-percent",
+        type=_percent,
+        default=DEFAULT_MAX_SHRINK_PERCENT,
+        metavar="N",
+        help="refuse, without a signed approval, a bundle removing more than N%% of the enforced objects or "
+        f"prefixes (1..100, default {DEFAULT_MAX_SHRINK_PERCENT})",
+    )
+    parser.add_argument(
+        "--state-namespace",
+        metavar="NAMESPACE",
+        help=f"with --kubernetes: the namespace of the ConfigMap {RECORD_NAME} that records the applied "
+        "generation (default: the pod's namespace, else cdr-policy-system)",
     )
     parser.add_argument("--once", action="store_true", help="sync once and exit (non-zero unless applied or unchanged)")
     target = parser.add_mutually_exclusive_group(required=True)
@@ -109,6 +176,15 @@ def run(args: argparse.Namespace) -> int:
             applier=applier,
             state_dir=state_dir,
             check=policy_check(applier, args.crds),
+            record=(
+                ClusterRecord(applier, args.state_namespace or _default_namespace())
+                if isinstance(applier, KubeApplier)
+                else None
+            ),
+            max_clock_skew_s=args.max_clock_skew,
+            max_shrink_percent=args.max_shrink_percent,
+            drift_interval_s=args.drift_interval,
+            sync_deadline_s=args.sync_deadline,
         )
     except CdrPolicyError as exc:
         logger.error("agent cannot start", extra={"error": str(exc)})

@@ -336,9 +336,7 @@ class Agent:
         floor = self._floor()
         if floor is not None:
             generation, digest = manifest["generation"], manifest["digest"]
-            if generation < floor.generation or (
-                generation == floor.generation and floor.digest not in (None, digest)
-            ):
+            if generation < floor.generation or (generation == floor.generation and floor.digest not in (None, digest)):
                 raise VerificationError(
                     "replay",
                     f"bundle {digest[:12]} is generation {generation}; this cluster has applied generation "
