@@ -15,15 +15,61 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import yaml
+
 from cdr_policy import __version__
-from cdr_policy.errors import CdrPolicyError, ConfigError
+from cdr_policy.errors import CdrPolicyError
 from cdr_policy.observability import log_to_stderr
 from cdr_policy.timeutil import parse_duration
 
 SUBCOMMANDS = ("validate", "agent")
+# The CDR API is asked for at most this look-back (as LOOKBACK_HOURS in the cloud: 30 days).
+MAX_HOURS = 24 * 30
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text[:40]} is out of range: use {low}..{high}")
+        return value
+
+    return parse
+
+
+def _interval(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if not 5 <= seconds <= 7 * 86400:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is out of range: use 5s..7d (each run queries Qualys)")
+    return seconds
+
+
+def _config_file(text: str) -> str:
+    """A readable UTF-8 YAML (or JSON) file; the error names the file and the first problem, never its content."""
+    try:
+        data = Path(text).read_bytes()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror or exc}") from exc
+    try:
+        decoded = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text} is not UTF-8 text (invalid byte at offset {exc.start})") from None
+    try:
+        yaml.safe_load(decoded)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise argparse.ArgumentTypeError(f"{text} is not valid YAML{where}") from None
+    return text
 
 
 def _default_state_dir(env: Mapping[str, str]) -> Path:
@@ -48,7 +94,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env.get("QUALYS_GATEWAY_URL"),
         help="gateway host or URL (overrides --platform); env QUALYS_GATEWAY_URL",
     )
-    p.add_argument("--hours", type=int, default=24, help="look-back period for CDR events (default 24)")
+    p.add_argument(
+        "--hours",
+        type=_bounded_int(1, MAX_HOURS),
+        default=24,
+        help=f"look-back period for CDR events in hours (1..{MAX_HOURS}, default 24)",
+    )
     p.add_argument(
         "--action",
         choices=("Post", "Sigkill", "Override"),
@@ -64,27 +115,32 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="run once and exit (CronJob mode)")
     p.add_argument(
         "--interval",
-        type=parse_duration,
+        type=_interval,
         default=parse_duration("1h"),
-        help="update interval in controller mode, e.g. 30m, 1h (default 1h)",
+        help="update interval in controller mode, e.g. 30m, 1h (5s..7d, default 1h)",
     )
     p.add_argument("--threat-intel", action="store_true", help="add the threat-intel feeds")
     p.add_argument(
         "--reputation-threshold",
-        type=int,
+        type=_bounded_int(0, 100),
         default=50,
         help="block CDR IPs whose AbuseIPDB score is >= this (default 50); needs ABUSEIPDB_API_KEY",
     )
     p.add_argument(
-        "--feeds", metavar="FILE", help="YAML feed list (feeds: [{name, url, category}]) replacing the built-in one"
+        "--feeds",
+        type=_config_file,
+        metavar="FILE",
+        help="YAML feed list (feeds: [{name, url, category}]) replacing the built-in one",
     )
     p.add_argument(
         "--categories",
+        type=_config_file,
         metavar="FILE",
         help="YAML category mapping replacing the shipped one (see data/categories.yaml)",
     )
     p.add_argument(
         "--channel",
+        type=_config_file,
         metavar="FILE",
         help="YAML/JSON channel settings (scoping, budgets, Cilium version); defaults otherwise",
     )
@@ -137,10 +193,6 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from cdr_policy.local import LocalRun
 
-    if args.hours < 1:
-        raise ConfigError("--hours must be at least 1")
-    if not 0 <= args.reputation_threshold <= 100:
-        raise ConfigError("--reputation-threshold must be between 0 and 100")
     run = LocalRun.from_args(args, env)
     if args.once:
         return run.once()
