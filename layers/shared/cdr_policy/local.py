@@ -68,7 +68,7 @@ class LocalRun:
         resolve_gateway(args.platform, args.gateway)
         load_credentials(None, env)
         if args.feeds:
-            load_feeds(_read(args.feeds, "feed list"), origin=args.feeds)
+            load_feeds(_read(args.feeds, "feed list"), origin=args.feeds, allow_file=True)
         if args.categories:
             load_mapping(args.categories)
         return cls(args=args, env=env, channel=channel, out=out)
@@ -152,7 +152,11 @@ class LocalRun:
     def _feeds(self, store: LocalStore, guard: NeverBlock, now: datetime) -> tuple[dict, list, int]:
         args = self.args
         self.say("Loading threat intelligence feeds...")
-        feeds = load_feeds(_read(args.feeds, "feed list"), origin=args.feeds) if args.feeds else list(BUILTIN_FEEDS)
+        feeds = (
+            load_feeds(_read(args.feeds, "feed list"), origin=args.feeds, allow_file=True)
+            if args.feeds
+            else list(BUILTIN_FEEDS)
+        )
         key = self.env.get("ABUSEIPDB_API_KEY", "").strip()
         reputation = AbuseIPDB(key or None, threshold=args.reputation_threshold)
         result = run_feed_sync(store, feeds, now=now, guard=guard, reputation=reputation, cdr_ips=cdr_ips(store))
