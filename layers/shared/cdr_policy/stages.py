@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities import parameters
 from cdr_policy import aws, jsonio, schemas
 from cdr_policy.bundle import keys
 from cdr_policy.bundle.assemble import assemble
+from cdr_policy.bundle.channel_rules import protected_guard
 from cdr_policy.bundle.publish import publish_bundle
 from cdr_policy.bundle.signing import KmsSigner
 from cdr_policy.config import Settings
@@ -202,6 +203,8 @@ def publish(settings: Settings, *, channel: str, digest: str, now: datetime | No
     if not settings.signing_key_id:
         raise ConfigError("SIGNING_KEY_ID is required to publish")
     approved = _exists(state, f"approvals/{channel}/{digest}")
+    configured = next((c for c in channels_from_store(state) if c.name == channel), None)
+    guard = protected_guard(configured.protected_cidrs, f"channel {channel}") if configured else None
     result = publish_bundle(
         state,
         _dist(settings),
@@ -210,7 +213,7 @@ def publish(settings: Settings, *, channel: str, digest: str, now: datetime | No
         signer=KmsSigner(aws.client("kms"), settings.signing_key_id),
         now=now or utcnow(),
         change_budget_percent=settings.change_budget_percent,
-        check=bundle_checker(load_schemas(state)),
+        check=bundle_checker(load_schemas(state), guard=guard),
         approved=approved,
     )
     return result.to_dict()

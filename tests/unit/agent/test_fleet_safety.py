@@ -394,3 +394,39 @@ def test_a_huge_manifest_is_refused_after_one_mebibyte(kube, make_agent, bucket)
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "too_large")
     assert "larger than 1048576 bytes" in status["verification"]["reason"]
     assert agent.sync_once(T0 + MINUTE)["last_poll"]["result"] == "unchanged"
+
+
+# -- 8. the agent checks against the channel and the cluster, not only the object -------------------
+
+
+def test_a_signed_audit_manifest_whose_objects_kill_is_refused(kube, ship, make_agent, bucket, signer):
+    ship(A)
+    manifest = jsonio.loads(manifest_bytes(bucket))
+    killing = {**A, "cdr-dynamic-blocklist.yaml": A["cdr-dynamic-blocklist.yaml"].replace(b"Post", b"Sigkill")}
+    from cdr_policy.bundle.manifest import entries_digest, file_entries
+
+    entries = file_entries(killing)
+    digest = entries_digest(entries)
+    for path, data in killing.items():
+        bucket.inner.put(keys.bundle_file_key(digest, path), data)
+    sign_as_publish(bucket, signer, manifest | {"files": entries, "digest": digest}, generation=2)
+
+    status = make_agent().sync_once(T0 + MINUTE)
+
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "forbidden")
+    assert "uses Sigkill on a channel whose action is Post" in status["verification"]["reason"]
+    assert kube.objects() == []
+
+
+def test_the_clusters_own_ranges_are_refused_by_the_agent(kube, ship, make_agent):
+    from cdr_policy.agent.cli import policy_check
+
+    ship(A)  # 45.0.0.0-9: here, this cluster's pod range
+    agent = make_agent()
+    agent.check = policy_check(agent.applier, None, ("45.0.0.0/24",))
+
+    status = agent.sync_once(T0 + MINUTE)
+
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "check_failed")
+    assert "protected range of this cluster" in status["verification"]["reason"]
+    assert kube.objects() == []

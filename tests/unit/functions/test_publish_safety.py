@@ -191,3 +191,26 @@ def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
         change_budget_percent=100,
     )
     assert retried.generation == 3 and current(stack)["generation"] == 3
+
+
+def test_publish_refuses_what_the_channel_settings_forbid(stack):
+    """Someone who can write the state bucket plants a bundle for an audit channel whose objects kill,
+    and one blocking the channel's own pod range: Publish signs neither."""
+    state, _ = stores(stack)
+    state.put(
+        "config/channels.yaml",
+        b"channels:\n  - {name: prod, action: Post, protected_cidrs: ['45.0.0.0/16']}\n",
+    )
+    killing = network_bundle(ips(300_000, 10), tag="k")  # 45.4.x.x: outside the protected range
+    killing["cdr-dynamic-blocklist.yaml"] = killing["cdr-dynamic-blocklist.yaml"].replace(
+        b"action: Post", b"action: Sigkill"
+    )
+    summary = _publish_stage("prod", rendered(stack, killing))
+    assert summary["status"] == "refused"
+    assert "TracingPolicy/tp-blocklist-k uses Sigkill on a channel whose action is Post" in summary["errors"]
+
+    own_range = rendered(stack, network_bundle(ips(0, 10), tag="p"))  # 45.0.0.x: the channel's pods
+    summary = _publish_stage("prod", own_range)
+    assert summary["status"] == "refused"
+    assert any("protected range of channel prod" in e for e in summary["errors"])
+    assert stores(stack)[1].list(keys.channel_manifest_key("prod")) == []

@@ -24,6 +24,7 @@ from cdr_policy.agent.sync import (
     Agent,
     Check,
 )
+from cdr_policy.bundle.channel_rules import protected_guard
 from cdr_policy.bundle.signing import Verifier
 from cdr_policy.errors import CdrPolicyError
 from cdr_policy.observability import logger
@@ -53,6 +54,15 @@ def _percent(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 100:
         raise argparse.ArgumentTypeError(f"{text!r} must be a whole number from 1 to 100")
     return int(text)
+
+
+def _cidrs(text: str) -> tuple[str, ...]:
+    cidrs = tuple(c.strip() for c in text.split(",") if c.strip())
+    try:
+        protected_guard(cidrs, "this cluster")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return cidrs
 
 
 def _default_namespace() -> str:
@@ -121,6 +131,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"prefixes (1..100, default {DEFAULT_MAX_SHRINK_PERCENT})",
     )
     parser.add_argument(
+        "--protected-cidrs",
+        type=_cidrs,
+        default=(),
+        metavar="CIDR[,CIDR...]",
+        help="this cluster's own pod, service and node ranges: a bundle blocking any of them is refused",
+    )
+    parser.add_argument(
         "--state-namespace",
         metavar="NAMESPACE",
         help=f"with --kubernetes: the namespace of the ConfigMap {RECORD_NAME} that records the applied "
@@ -153,13 +170,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def policy_check(applier: Applier, crds: Path | None) -> Check:
+def policy_check(applier: Applier, crds: Path | None, protected: tuple[str, ...] = ()) -> Check:
     """The policy checker the agent runs on every bundle before applying it: against the CRDs
     installed in the cluster it applies to (so it checks the versions it will really meet), or in
-    directory mode against ``--crds DIR`` when given; the safety checklist always."""
+    directory mode against ``--crds DIR`` when given; the safety checklist always, with the
+    never-block list plus this cluster's ``protected`` ranges."""
+    guard = protected_guard(protected, "this cluster")
     if isinstance(applier, KubeApplier):
-        return bundle_checker(SchemaSet.from_crds(applier.crds(), source="cluster"))
-    return bundle_checker(SchemaSet.from_dir(crds) if crds else None)
+        return bundle_checker(SchemaSet.from_crds(applier.crds(), source="cluster"), guard=guard)
+    return bundle_checker(SchemaSet.from_dir(crds) if crds else None, guard=guard)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             verifier=verifier,
             applier=applier,
             state_dir=state_dir,
-            check=policy_check(applier, args.crds),
+            check=policy_check(applier, args.crds, args.protected_cidrs),
             record=(
                 ClusterRecord(applier, args.state_namespace or _default_namespace())
                 if isinstance(applier, KubeApplier)

@@ -6,7 +6,8 @@ One ``sync_once`` (bounded by one overall deadline; the status is written whatev
 2. verify the new manifest (signature, schema, digest, expiry, channel, not created in the future
    beyond the allowed clock skew, and a ``generation`` not below the highest this cluster applied:
    replay protection), then every file's size and sha256 (each read no further than its signed
-   size), then the objects, then the injected policy check -- all BEFORE touching the cluster;
+   size), then the objects, that they match the manifest's action/mode, then the injected policy
+   check (with this cluster's own protected ranges) -- all BEFORE touching the cluster;
    a refusal keeps the cluster as it is;
 3. refuse to shrink what is enforced (every object gone, a behaviour policy gone, more than
    ``max_shrink_percent`` of the objects or prefixes gone) unless the signed manifest carries an
@@ -51,6 +52,7 @@ from cdr_policy.agent.state import Applied, Record, RecordStore, StateDir
 from cdr_policy.agent.status import SCHEMA_VERSION
 from cdr_policy.bundle import keys
 from cdr_policy.bundle.change_budget import shrink_reasons
+from cdr_policy.bundle.channel_rules import settings_problems
 from cdr_policy.bundle.manifest import (
     MAX_MANIFEST_BYTES,
     VerificationError,
@@ -90,6 +92,7 @@ _FINAL_CODES = frozenset(
         "wrong_channel",
         "replay",
         "bad_object",
+        "forbidden",
         "shrink",
     }
 )
@@ -347,6 +350,9 @@ class Agent:
         objects = parse_objects(files)
         for obj in objects:
             kind_of(obj)
+        forbidden = settings_problems(manifest, objects)
+        if forbidden:
+            raise VerificationError("forbidden", f"the channel's settings forbid it: {'; '.join(forbidden[:5])}")
         if self.check is not None:
             problems = sorted(self.check(files))
             if problems:

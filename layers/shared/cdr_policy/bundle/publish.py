@@ -32,6 +32,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from cdr_policy import jsonio
 from cdr_policy.bundle import keys
 from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, assess, shrink_reasons
+from cdr_policy.bundle.channel_rules import settings_problems
 from cdr_policy.bundle.manifest import (
     MAX_MANIFEST_BYTES,
     SIGNATURE_FIELDS,
@@ -215,7 +216,9 @@ def publish_bundle(
 
     - ``unchanged``: the bundle is already current and less than half through its lifetime; nothing written.
     - ``refreshed``: the bundle is already current and was re-stamped and re-signed (no files copied).
-    - ``refused``: ``check`` reported errors; nothing written, an alarm metric is emitted.
+    - ``refused``: the objects do not match the manifest's action/mode (``channel_rules``) or ``check``
+      (the policy checker, with the channel's protected ranges) reported errors; nothing written, an
+      alarm metric is emitted.
     - ``held``: the change budget (churn over ``change_budget_percent`` with at least ``min_changes``
       changes, or any shrink: see ``change_budget``) or an unusable current manifest; nothing written,
       an alarm metric is emitted. ``approved=True`` (an operator's explicit approval of this digest)
@@ -250,7 +253,8 @@ def publish_bundle(
             previous_digest=previous,
             generation=current.manifest["generation"],
         )
-    errors = sorted(check(files)) if check is not None else []
+    errors = settings_problems(manifest, parse_objects(files))
+    errors += sorted(check(files)) if check is not None else []
     if errors:
         return _refuse(channel, digest, previous, f"policy check failed with {len(errors)} error(s)", errors)
 
