@@ -244,5 +244,6 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_applied(pipeline, tmp_path)
     finally:
         dist.put(key, original)
     assert status["last_poll"]["result"] == "refused"
-    assert status["verification"]["code"] == "file_mismatch"
+    # the planted file is longer than signed: refused after reading the signed size + 1 byte
+    assert status["verification"]["code"] == "too_large"
     assert not list((tmp_path / "applied").glob("*.yaml"))
