@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from demo.feed_server import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from demo.handlers import REPO, LambdaContext, drain_queue, load_handler
 
 EVENTS = REPO / "events"
+# The demo agents check for drift this often (a cluster's agent: --drift-interval, default 5 min).
+DEMO_DRIFT_INTERVAL_S = 1.0
 FINDINGS = EVENTS / "findings"
 CHANNELS = (
     {"name": "staging", "action": "Post", "cilium_version": "1.17"},
@@ -48,6 +51,7 @@ class PipelineResult:
     output: Path
     steps: dict[str, Any] = field(default_factory=dict)
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    drift: dict[str, Any] = field(default_factory=dict)  # the staging agent's status after a drift repair
 
     def channel_dir(self, channel: str) -> Path:
         return self.output / channel
@@ -141,7 +145,7 @@ def run_pipeline(
         say(f"Function logs and metrics (as CloudWatch would get them): {output / 'lambda.log'}")
         with _environment(env), _lambda_logs(output / "lambda.log"):
             result.steps = _run_functions(stack, say)
-            result.agents = _run_agents(stack, output, say)
+            result.agents, result.drift = _run_agents(stack, output, say)
     return result
 
 
@@ -204,20 +208,24 @@ def _channel_manifests(stack: Stack) -> dict[str, dict[str, Any]]:
     return {c["name"]: json.loads(dist.get(keys.channel_manifest_key(c["name"])).data) for c in CHANNELS}
 
 
-def _run_agents(stack: Stack, output: Path, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+def _run_agents(
+    stack: Stack, output: Path, say: Callable[[str], None]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     say("[5/5] Sync agents (one per channel: poll, verify signature and digests, apply, report status)")
     public_pem = KmsSigner(stack.client("kms"), stack.signing_key_id).public_key_pem()
     dist = S3Store(stack.client("s3"), stack.names.dist_bucket)
     statuses = {}
+    agents = {}
     for c in CHANNELS:
         channel = c["name"]
-        agent = Agent(
+        agent = agents[channel] = Agent(
             dist,
             channel=channel,
             cluster_id=f"demo-{channel}",
             verifier=Verifier.from_public_pem(public_pem),
             applier=DirectoryApplier(output / channel),
             state_dir=output / ".agent-state" / channel,
+            drift_interval_s=DEMO_DRIFT_INTERVAL_S,
         )
         status = agent.sync_once()
         statuses[channel] = status
@@ -225,4 +233,17 @@ def _run_agents(stack: Stack, output: Path, say: Callable[[str], None]) -> dict[
         say(
             f"               objects in {output / channel}; status at s3://{stack.names.dist_bucket}/status/demo-{channel}.json"
         )
-    return statuses
+    return statuses, _show_drift_repair(agents["staging"], output / "staging", say)
+
+
+def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """Delete one object the agent applied, as someone editing the cluster by hand would; one drift
+    interval later the agent's unchanged poll puts it back and reports the drift."""
+    victim = sorted(folder.glob("tracingpolicy-*.yaml"))[0]
+    victim.unlink()
+    say(f"      drift: deleted {victim.name} by hand; the agent compares every {DEMO_DRIFT_INTERVAL_S:g}s")
+    time.sleep(DEMO_DRIFT_INTERVAL_S)
+    status = agent.sync_once()
+    say(f"      staging  {status['last_poll']['result']}: {status['last_poll']['detail']}")
+    say(f"               {victim.name} is back: {victim.exists()}")
+    return status

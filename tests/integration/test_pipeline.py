@@ -123,6 +123,17 @@ def _objects(folder: Path) -> list[dict]:
     return [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))]
 
 
+def test_an_object_deleted_by_hand_comes_back_after_one_drift_interval(pipeline):
+    result, lines = pipeline
+    drift = result.drift
+    assert drift["last_poll"]["result"] == "repaired"
+    assert len(drift["drift"]["missing"]) == 1 and drift["drift"]["repaired"] is True
+    (missing,) = drift["drift"]["missing"]
+    name = missing.split("/")[-1]
+    assert (result.channel_dir("staging") / f"tracingpolicy-{name}.yaml").exists()
+    assert any("drift repaired (1 missing" in line for line in lines)
+
+
 def test_agents_applied_objects_that_pass_the_crds_and_the_checklist(pipeline, crds_dir):
     result, _ = pipeline
     folders = [result.channel_dir(c["name"]) for c in CHANNELS]
