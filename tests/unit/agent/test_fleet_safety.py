@@ -118,6 +118,7 @@ def test_restart_with_an_empty_state_dir_refuses_generation_1_and_applies_a_sign
     assert status["verification"]["code"] == "replay"
     assert "generation 1; this cluster has applied generation 2" in status["verification"]["reason"]
     assert f"ConfigMap {NS}/{RECORD_NAME}" in status["verification"]["reason"]
+    assert (status["applied_digest"], status["applied_generation"]) == (digest_b, 2)  # from the record
     assert names(kube) == B_NAMES
 
     # an operator rolls back to generation 1's bundle: a new, higher, signed generation
@@ -162,6 +163,30 @@ def test_a_lost_record_falls_back_to_the_generation_on_the_live_objects(kube, sh
     assert status["verification"]["code"] == "replay"
     assert "owned objects' generation annotations" in status["verification"]["reason"]
     assert names(kube) == B_NAMES
+
+
+def test_a_corrupt_record_stops_the_sync_instead_of_lowering_the_floor(kube, ship, make_agent):
+    ship(A)
+    make_agent().sync_once(T0 + MINUTE)
+    stored = kube.configmap(NS, RECORD_NAME)
+    stored["data"]["prod"] = '{"generation": 0}'
+    kube.delete_configmap(NS, RECORD_NAME)
+    applier = KubeApplier(kube.url, kube.token)
+    applier.write_configmap(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": RECORD_NAME, "namespace": NS},
+            "data": stored["data"],
+        }
+    )
+    ship(B, T0 + 10 * MINUTE)
+
+    status = make_agent(state_dir="fresh").sync_once(T0 + 11 * MINUTE)
+
+    assert status["last_poll"]["result"] == "unreachable"
+    assert "is corrupt (no positive integer 'generation'): fix or delete it" in status["last_poll"]["detail"]
+    assert names(kube) == A_NAMES
 
 
 def test_an_unreadable_record_stops_the_sync(kube, ship, make_agent):

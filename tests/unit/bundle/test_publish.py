@@ -175,6 +175,18 @@ def test_an_approved_change_is_published_despite_the_budget(state, dist, signer)
     assert current(dist)["approval"] == {"previous_digest": result.previous_digest, "approved_at": iso(T0 + HOUR)}
 
 
+def test_a_refresh_keeps_the_approval_for_agents_that_missed_it(state, dist, signer):
+    publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
+    digest = render(state, network_bundle(ips(1000, 100), tag="b"))
+    approval = publish(state, dist, signer, digest, now=T0 + HOUR, approved=True)
+    assert current(dist)["approval"]["previous_digest"] == approval.previous_digest
+
+    refreshed = publish(state, dist, signer, digest, now=T0 + HOUR + TTL)
+
+    assert refreshed.status == "refreshed" and current(dist)["generation"] == 3
+    assert current(dist)["approval"] == {"previous_digest": approval.previous_digest, "approved_at": iso(T0 + HOUR)}
+
+
 def test_an_approval_is_recorded_only_when_the_budget_needed_it(state, dist, signer):
     publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
     digest = render(state, network_bundle(ips(10, 100), tag="b"))

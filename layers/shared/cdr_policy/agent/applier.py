@@ -36,3 +36,7 @@ class Applier(Protocol):
     def delete(self, obj: dict[str, Any]) -> None:
         """Remove the live object (already gone is fine)."""
         ...
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """A ``time.monotonic()`` instant after which no operation starts (ApplyError); None: no limit."""
+        ...

@@ -69,7 +69,10 @@ class Record:
             raise ValueError("no positive integer 'generation'")
         if not re.fullmatch(r"[0-9a-f]{64}", str(doc.get("digest"))):
             raise ValueError("no sha256 'digest'")
-        return cls(doc["generation"], doc["digest"], str(doc.get("expires_at")), str(doc.get("applied_at")))
+        for key in ("expires_at", "applied_at"):
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", str(doc.get(key))):
+                raise ValueError(f"no timestamp '{key}'")
+        return cls(doc["generation"], doc["digest"], doc["expires_at"], doc["applied_at"])
 
 
 class RecordStore(Protocol):

@@ -204,15 +204,12 @@ class Agent:
         """Poll, verify, apply, prune, repair drift, expire, report -- within one deadline.
         Returns the status document it wrote."""
         now = now or utcnow()
-        set_deadline = getattr(self.applier, "set_deadline", None)
-        if set_deadline is not None:
-            set_deadline(time.monotonic() + self.sync_deadline_s)
+        self.applier.set_deadline(time.monotonic() + self.sync_deadline_s)
         try:
             result, detail = self._poll(now)
             expired = self._expire(now)
         finally:
-            if set_deadline is not None:
-                set_deadline(None)
+            self.applier.set_deadline(None)
         if expired:
             result, detail = "expired", f"{detail}; {expired}"
         status = self._status(now, result, detail)
@@ -484,7 +481,8 @@ class Agent:
     # -- reporting -------------------------------------------------------------------------------
 
     def _status(self, now: datetime, result: str, detail: str) -> dict[str, Any]:
-        applied = self._applied
+        # What is applied: the local state, else (after a restart with an empty state dir) the record.
+        applied = Record.of(self._applied) if self._applied else self._record
         return {
             "schema_version": SCHEMA_VERSION,
             "cluster_id": self.cluster_id,
@@ -494,7 +492,7 @@ class Agent:
             "applied_digest": applied.digest if applied else None,
             "applied_generation": applied.generation if applied else None,
             "applied_at": applied.applied_at if applied else None,
-            "applied_expires_at": applied.manifest["expires_at"] if applied else None,
+            "applied_expires_at": applied.expires_at if applied else None,
             "last_poll": {"at": iso(now), "result": result, "detail": detail},
             "verification": dict(self._verification),
             "objects": dict(self._counts),

@@ -52,6 +52,9 @@ Check = Callable[[dict[str, bytes]], list[str]]
 PublishStatus = Literal["published", "refreshed", "unchanged", "held", "refused", "rolled_back"]
 # A current manifest is re-stamped when more than this share of its lifetime has passed.
 REFRESH_AFTER = 0.5
+# How many of the newest history entries are tried for the generation when the channel manifest is
+# unusable (entries that do not verify were planted: they are skipped, but not without end).
+HISTORY_SCAN = 100
 
 _CONTENT_TYPES = {".yaml": "application/yaml", ".yml": "application/yaml", ".json": "application/json"}
 
@@ -148,8 +151,8 @@ def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
 
 
 def _history_generation(dist: Store, channel: str, verifier: Verifier) -> int:
-    """The generation of the newest verified history entry (0 when there is none)."""
-    for key in reversed(dist.list(keys.history_prefix(channel))):
+    """The generation of the newest verified history entry among the last ``HISTORY_SCAN`` (0: none)."""
+    for key in reversed(dist.list(keys.history_prefix(channel))[-HISTORY_SCAN:]):
         try:
             manifest, _ = _read_signed(dist, key, verifier)
         except (BundleError, StorageError) as exc:
@@ -278,6 +281,10 @@ def publish_bundle(
             return PublishResult("held", channel, digest, reason=held_reason, previous_digest=previous, budget=budget)
 
     extra: dict[str, Any] = {"generation": current.next_generation}
+    if refresh and current.manifest is not None:
+        # A refresh ships the same transition again: an agent that missed the original still finds
+        # the approval (and the rollback) it needs.
+        extra |= {k: current.manifest[k] for k in ("rollback_of", "approval") if k in current.manifest}
     if approval is not None:
         extra["approval"] = approval
     signed = sign_manifest(_stamp(manifest, now, extra), signer)
