@@ -10,6 +10,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cdr_policy.agent import kubeconfig
 from cdr_policy.agent.applier import Applier
@@ -63,6 +64,16 @@ def _cidrs(text: str) -> tuple[str, ...]:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     return cidrs
+
+
+def _s3_client() -> Any:
+    """An S3 client whose every call is bounded (a slow bucket must not hold a sync for minutes:
+    botocore's defaults allow 60 s per read and several retries)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "max_attempts": 3})
+    return boto3.client("s3", config=config)
 
 
 def _default_namespace() -> str:
@@ -188,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         applier: Applier = KubeApplier.from_environment() if args.kubernetes else DirectoryApplier(args.output_dir)
         state_dir = args.state_dir or Path.home() / ".cache" / "cdr-policy" / "agent" / args.channel
         agent = Agent(
-            open_store(args.bucket),
+            open_store(args.bucket, _s3_client() if args.bucket.startswith("s3://") else None),
             channel=args.channel,
             cluster_id=args.cluster_id,
             verifier=verifier,
