@@ -35,6 +35,8 @@ infra: venv
 
 lint: venv
 	$(BIN)/ruff check layers functions tests demo benchmarks
+	$(BIN)/ruff format --check layers functions tests demo benchmarks
+	$(BIN)/mypy
 
 validate: venv
 	$(BIN)/sam validate --lint
@@ -48,7 +50,7 @@ bench: venv
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 fake-gateway: venv
-	$(BIN)/python -m demo.fake_qualys --rebase-timestamps $(GATEWAY_ARGS)
+	$(BIN)/python -m tests.fakes.qualys --rebase-timestamps $(GATEWAY_ARGS)
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .hypothesis demo-output

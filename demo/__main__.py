@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from cdr_policy.policy.checker import SchemaSet, check_files
-from demo.aws import moto_endpoint
-from demo.handlers import REPO
 from demo.runner import CHANNELS, run_pipeline
+from tests.fakes.aws import moto_endpoint
+from tests.fakes.lambda_runtime import REPO
 
 
 def _default_crds() -> str | None:

@@ -21,19 +21,18 @@ from typing import Any
 
 import yaml
 
-from cdr_policy import aws
+from cdr_policy import aws, layout
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.sync import Agent
-from cdr_policy.bundle import keys
 from cdr_policy.bundle.signing import KmsSigner, Verifier
-from cdr_policy.config import get_settings
 from cdr_policy.observability import logger
+from cdr_policy.settings import get_settings
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import utcnow
-from demo.aws import Stack, create_stack
-from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-from demo.feed_server import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
-from demo.handlers import REPO, LambdaContext, drain_queue, load_handler
+from tests.fakes.aws import Stack, create_stack
+from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+from tests.fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_handler
+from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 EVENTS = REPO / "events"
 # The demo agents check for drift this often (a cluster's agent: --drift-interval, default 5 min).
@@ -200,12 +199,12 @@ def _deliver(stack: Stack, function: str, queue_url: str) -> dict[str, int]:
 
 def _latest_renders(stack: Stack) -> dict[str, dict[str, Any]]:
     state = S3Store(stack.client("s3"), stack.names.state_bucket)
-    return {c["name"]: json.loads(state.get(keys.latest_render_key(c["name"])).data) for c in CHANNELS}
+    return {c["name"]: json.loads(state.get(layout.latest_render_key(c["name"])).data) for c in CHANNELS}
 
 
 def _channel_manifests(stack: Stack) -> dict[str, dict[str, Any]]:
     dist = S3Store(stack.client("s3"), stack.names.dist_bucket)
-    return {c["name"]: json.loads(dist.get(keys.channel_manifest_key(c["name"])).data) for c in CHANNELS}
+    return {c["name"]: json.loads(dist.get(layout.channel_manifest_key(c["name"])).data) for c in CHANNELS}
 
 
 def _run_agents(

@@ -69,20 +69,9 @@ def shared_feeds_dir() -> Path:
 
 @pytest.fixture
 def lambda_context():
-    class Context:
-        function_name = "test-function"
-        function_version = "$LATEST"
-        memory_limit_in_mb = 512
-        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test-function"
-        aws_request_id = "00000000-0000-0000-0000-000000000000"
-        log_group_name = "/aws/lambda/test-function"
-        log_stream_name = "test"
+    from tests.fakes.lambda_runtime import LambdaContext
 
-        @staticmethod
-        def get_remaining_time_in_millis() -> int:
-            return 300_000
-
-    return Context()
+    return LambdaContext("test-function")
 
 
 @pytest.fixture(autouse=True)

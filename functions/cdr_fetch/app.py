@@ -1,6 +1,6 @@
 """CdrFetch (EventBridge schedule): pull new Qualys CDR findings into the state bucket.
 
-Thin handler: validate the event, call ``stages.cdr_fetch`` once with the invocation's time budget,
+Thin handler: validate the event, call ``wiring.cloud.cdr_fetch`` once with the invocation's time budget,
 return its summary. Errors propagate: the run fails visibly (Errors alarm) and the checkpoint stays
 where it was, so the next scheduled run picks up the same window.
 """
@@ -9,10 +9,10 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdr_policy import stages
-from cdr_policy.config import get_settings
 from cdr_policy.lambda_events import deadline_seconds, require_scheduled_event
 from cdr_policy.observability import logger, metrics, tracer
+from cdr_policy.settings import get_settings
+from cdr_policy.wiring import cloud
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -21,6 +21,6 @@ from cdr_policy.observability import logger, metrics, tracer
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     settings = get_settings()
     require_scheduled_event(event)
-    summary = stages.cdr_fetch(settings, deadline_s=deadline_seconds(context))
+    summary = cloud.cdr_fetch(settings, deadline_s=deadline_seconds(context))
     logger.info("cdr fetch finished", extra={"summary": summary})
     return summary

@@ -19,11 +19,11 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdr_policy import stages
-from cdr_policy.config import Settings, get_settings
 from cdr_policy.errors import ConfigError
 from cdr_policy.lambda_events import PublishRequest, sqs_records
 from cdr_policy.observability import logger, metrics, tracer
+from cdr_policy.settings import Settings, get_settings
+from cdr_policy.wiring import cloud
 
 # A completed (channel, digest) is remembered this long: long enough to absorb SQS duplicates and
 # redeliveries, shorter than the default CdrFetch schedule (15 min), so that a channel whose inputs go
@@ -58,7 +58,7 @@ def idempotent_publisher(table_name: str) -> Callable[..., dict[str, Any]]:
         persistence_store=DynamoDBPersistenceLayer(table_name=table_name),
     )
     def publish(request: dict[str, str]) -> dict[str, Any]:
-        return stages.publish(get_settings(), channel=request["channel"], digest=request["digest"])
+        return cloud.publish(get_settings(), channel=request["channel"], digest=request["digest"])
 
     return publish
 

@@ -2,7 +2,7 @@
 
 Each SQS record carries one S3 event notification. Records are parsed one by one: an ``s3:TestEvent``
 is skipped (and logged), a malformed record fails alone and is reported in ``batchItemFailures``.
-Then ``stages.render`` runs ONCE for the whole batch with every good key: a render always reads all
+Then ``wiring.cloud.render`` runs ONCE for the whole batch with every good key: a render always reads all
 current indicator sets, so the queue's batching window is the debounce. Rendering is deterministic
 and idempotent, so when it fails the invocation fails and SQS redelivers the whole batch.
 """
@@ -14,10 +14,10 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdr_policy import stages
-from cdr_policy.config import get_settings
 from cdr_policy.lambda_events import parse_s3_notification, sqs_records
 from cdr_policy.observability import logger, metrics, tracer
+from cdr_policy.settings import get_settings
+from cdr_policy.wiring import cloud
 
 # raise_on_entire_batch_failure=False, deliberately: a record fails here only when its body is not a
 # usable notification, and no retry fixes that. Each such record is reported in batchItemFailures,
@@ -48,7 +48,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if rejected:
         metrics.add_metric(name="RejectedNotifications", unit=MetricUnit.Count, value=rejected)
     if keys:
-        bundles = stages.render(settings, trigger_keys=keys)
+        bundles = cloud.render(settings, trigger_keys=keys)
         logger.info("rendered", extra={"trigger_keys": keys, "bundles": bundles, "rejected_records": rejected})
     else:
         logger.info("nothing to render", extra={"records": len(outcomes), "rejected_records": rejected})

@@ -111,7 +111,7 @@ def test_sam_build(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     layer = build / "SharedLayer" / "python"
-    assert (layer / "cdr_policy" / "stages.py").is_file()
+    assert (layer / "cdr_policy" / "stages" / "render.py").is_file()
     assert (layer / "aws_lambda_powertools").is_dir()
     assert not (layer / "cdr_policy" / "__pycache__").exists()
     for function in ("CdrFetchFunction", "FeedSyncFunction", "RenderFunction", "PublishFunction"):

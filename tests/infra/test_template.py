@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cdr_policy.config import Settings
+from cdr_policy.settings import Settings
 from tests.infra.support import REPO
 
 pytestmark = pytest.mark.infra

@@ -18,10 +18,10 @@ import yaml
 
 from cdr_policy import schemas
 from cdr_policy.cli import main
-from demo.fake_kube import FakeKubeAPI
-from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-from demo.feed_server import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from demo.runner import FINDINGS
+from tests.fakes.feeds import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+from tests.fakes.kube import FakeKubeAPI
+from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 REPO = Path(__file__).resolve().parents[2]
 ORIGINAL_FILES = {"cdr-dynamic-blocklist.yaml", "cilium-cdr-blocklist.yaml"}
@@ -241,7 +241,7 @@ def test_a_hostile_gateway_still_yields_every_finding_exactly_once(tmp_path, cap
     from datetime import timedelta
 
     from cdr_policy.timeutil import utcnow
-    from demo.fake_qualys import synthetic_findings
+    from tests.fakes.qualys import synthetic_findings
 
     now = utcnow()
     findings = synthetic_findings(

@@ -14,9 +14,9 @@ import yaml
 
 from cdr_policy.cli import main
 from cdr_policy.timeutil import utcnow
-from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-from demo.feed_server import FeedServer
 from demo.runner import FINDINGS
+from tests.fakes.feeds import FeedServer
+from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 pytestmark = pytest.mark.integration
 

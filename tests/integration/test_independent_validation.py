@@ -15,8 +15,8 @@ import jsonschema
 import pytest
 import yaml
 
-from demo.aws import moto_endpoint
 from demo.runner import CHANNELS, run_pipeline
+from tests.fakes.aws import moto_endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -164,9 +164,9 @@ def test_every_demo_object_passes_the_independent_validator(tmp_path, crds_dir, 
 def test_every_cli_object_passes_the_independent_validator(tmp_path, crd_schemas, capsys, action):
     from cdr_policy.cli import main
     from cdr_policy.timeutil import utcnow
-    from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-    from demo.feed_server import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
     from demo.runner import FINDINGS
+    from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+    from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
     with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gateway, FeedServer(root=DEMO_FEEDS_DIR) as feeds:
         feed_file = tmp_path / "feeds.yaml"

@@ -13,16 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdr_policy import aws, schemas
+from cdr_policy import aws, layout, schemas
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.sync import Agent
-from cdr_policy.bundle import keys
 from cdr_policy.bundle.signing import KmsSigner, Verifier, verify_manifest
-from cdr_policy.config import Settings, get_settings
 from cdr_policy.policy.checker import SchemaSet, check_files
+from cdr_policy.settings import Settings, get_settings
 from cdr_policy.storage import S3Store
-from demo.aws import moto_endpoint
 from demo.runner import CHANNELS, run_pipeline
+from tests.fakes.aws import moto_endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +85,7 @@ def test_state_bucket_holds_raw_findings_indicators_and_bundles(pipeline):
     for key in indicator_keys:
         schemas.validate(json.loads(state.get(key).data), "indicator-set.schema.json")
     for channel in CHANNELS:
-        latest = json.loads(state.get(keys.latest_render_key(channel["name"])).data)
+        latest = json.loads(state.get(layout.latest_render_key(channel["name"])).data)
         manifest = json.loads(state.get(f"bundles/{latest['digest']}/bundle.json").data)
         assert manifest["digest"] == latest["digest"] and manifest["channel"] == channel["name"]
         report = json.loads(state.get(f"bundles/{latest['digest']}/report.json").data)
@@ -195,37 +194,37 @@ def test_public_cdr_ips_are_in_both_blocklists_and_protected_ones_in_neither(pip
 
 
 def test_redelivered_notifications_change_nothing(pipeline, lambda_env):
-    from cdr_policy import stages
+    from cdr_policy.wiring import cloud
 
     result, _ = pipeline
     state = _store(result, result.stack.names.state_bucket)
-    before = {c["name"]: json.loads(state.get(keys.latest_render_key(c["name"])).data) for c in CHANNELS}
-    again = stages.render(lambda_env, trigger_keys=["indicators/cdr/current.json"])
+    before = {c["name"]: json.loads(state.get(layout.latest_render_key(c["name"])).data) for c in CHANNELS}
+    again = cloud.render(lambda_env, trigger_keys=["indicators/cdr/current.json"])
     assert {b["channel"]: b["digest"] for b in again} == {k: v["digest"] for k, v in before.items()}
     assert not any(b["changed"] for b in again)
     for channel in CHANNELS:
-        outcome = stages.publish(lambda_env, channel=channel["name"], digest=before[channel["name"]]["digest"])
+        outcome = cloud.publish(lambda_env, channel=channel["name"], digest=before[channel["name"]]["digest"])
         assert outcome["status"] == "unchanged"
 
 
 def test_a_stale_publish_request_cannot_roll_a_channel_back(pipeline, lambda_env):
-    from cdr_policy import stages
+    from cdr_policy.wiring import cloud
 
-    outcome = stages.publish(lambda_env, channel="prod", digest="0" * 64)
+    outcome = cloud.publish(lambda_env, channel="prod", digest="0" * 64)
     assert outcome["status"] == "superseded"
 
 
 def test_a_second_fetch_duplicates_nothing(pipeline, lambda_env):
-    from cdr_policy import stages
-    from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+    from cdr_policy.wiring import cloud
     from demo.runner import FINDINGS
+    from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
     result, _ = pipeline
     state = _store(result, result.stack.names.state_bucket)
     before = json.loads(state.get("indicators/cdr/current.json").data)
     with FakeQualysGateway(FINDINGS, username=DEMO_USERNAME, password=DEMO_PASSWORD) as gateway:
         settings = Settings.from_env({**result.stack.env, "QUALYS_GATEWAY_URL": gateway.url, "LOOKBACK_HOURS": "720"})
-        summary = stages.cdr_fetch(settings)
+        summary = cloud.cdr_fetch(settings)
     assert summary["new"] == 0
     after = json.loads(state.get("indicators/cdr/current.json").data)
     assert sorted(e["value"] for e in after["entries"]) == sorted(e["value"] for e in before["entries"])

@@ -15,7 +15,8 @@ _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeou
 @functools.cache
 def client(service: str) -> Any:
     """A cached client for ``service`` (``s3``, ``sqs``, ``kms``, ``secretsmanager``...)."""
-    return boto3.session.Session().client(service, config=_CONFIG)
+    session: Any = boto3.session.Session()  # typed per service name; callers hold the client as Any
+    return session.client(service, config=_CONFIG)
 
 
 def reset() -> None:

@@ -17,10 +17,6 @@ class QualysError(CdrPolicyError):
     """The Qualys gateway refused or failed a request."""
 
 
-class FeedError(CdrPolicyError):
-    """A feed could not be downloaded or failed its plausibility gate."""
-
-
 class PolicyCheckError(CdrPolicyError):
     """A generated or hand-written policy failed the CRD schema or the safety checklist."""
 

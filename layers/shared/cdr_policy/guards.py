@@ -1,4 +1,4 @@
-"""The never-block list (DESIGN §4), applied after every source and again before rendering.
+"""The never-block list (docs/ENFORCEMENT.md §4), applied after every source and again before rendering.
 
 A prefix is refused when it is inside a protected range, when it covers one (blocking
 8.0.0.0/8 would block 8.8.8.8), or when it is broader than the configured minimum prefix length.

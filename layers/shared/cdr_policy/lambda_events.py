@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
-from cdr_policy import jsonio
+from cdr_policy import jsonio, layout
 from cdr_policy.errors import CdrPolicyError
 from cdr_policy.policy.channel import is_channel_name
 
-INDICATORS_PREFIX = "indicators/"
 # The trigger key of the scheduled re-render (an EventBridge schedule sends its event to RenderQueue),
 # which keeps quiet channels' manifests re-signed before they expire under their agents.
 REFRESH_TRIGGER = "schedule:refresh"
@@ -91,7 +90,7 @@ class S3Notification:
     keys: tuple[str, ...] = ()
 
 
-def parse_s3_notification(body: str, *, bucket: str, prefix: str = INDICATORS_PREFIX) -> S3Notification:
+def parse_s3_notification(body: str, *, bucket: str, prefix: str = layout.INDICATORS) -> S3Notification:
     """Parse the body of an SQS message that carries an S3 event notification (or the scheduled
     re-render's EventBridge event, returned as the single key ``REFRESH_TRIGGER``).
 

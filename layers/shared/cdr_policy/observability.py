@@ -2,6 +2,7 @@
 template's ``POWERTOOLS_SERVICE_NAME``, ``POWERTOOLS_METRICS_NAMESPACE`` and ``POWERTOOLS_LOG_LEVEL``;
 elsewhere (CLI, agent, tests) the defaults below apply."""
 
+import logging
 import os
 import sys
 
@@ -29,4 +30,6 @@ def log_to_stderr(level: str) -> None:
     """For the command line: structured logs go to standard error at ``level``, so that standard
     output carries only the human-readable summary."""
     logger.setLevel(level)
-    logger.registered_handler.setStream(_Stderr())
+    handler = logger.registered_handler
+    if isinstance(handler, logging.StreamHandler):
+        handler.setStream(_Stderr())

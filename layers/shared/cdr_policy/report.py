@@ -12,23 +12,34 @@ from typing import Any
 
 from cdr_policy import schemas
 from cdr_policy.models import IndicatorSet
+from cdr_policy.summaries import CdrRunSummary
 from cdr_policy.timeutil import iso
 
 SCHEMA_VERSION = 1
 _RENDER_KEYS = ("behaviours", "budget", "left_out", "checks", "domains", "ports")
 
 
-def _events(cdr: dict[str, Any] | None) -> dict[str, Any]:
-    cdr = cdr or {}
+def _events(cdr: CdrRunSummary | None) -> dict[str, Any]:
+    if cdr is None:  # no fetch has run yet
+        return {
+            "fetched": 0,
+            "unique": 0,
+            "duplicates": 0,
+            "malformed": 0,
+            "by_category": {},
+            "unmapped_categories": {},
+            "complete": True,
+            "range": None,
+        }
     return {
-        "fetched": int(cdr.get("fetched", 0)),
-        "unique": int(cdr.get("unique", 0)),
-        "duplicates": int(cdr.get("duplicates", 0)),
-        "malformed": int(cdr.get("malformed_count", 0)),
-        "by_category": dict(cdr.get("by_category", {})),
-        "unmapped_categories": dict(cdr.get("unmapped_categories", {})),
-        "complete": bool(cdr.get("complete", True)),
-        "range": cdr.get("range"),
+        "fetched": cdr.fetched,
+        "unique": cdr.unique,
+        "duplicates": cdr.duplicates,
+        "malformed": cdr.malformed_count,
+        "by_category": dict(cdr.by_category),
+        "unmapped_categories": dict(cdr.unmapped_categories),
+        "complete": cdr.complete,
+        "range": cdr.range,
     }
 
 
@@ -38,7 +49,13 @@ def _feeds_from_sets(sets: Iterable[IndicatorSet]) -> dict[str, Any]:
         if s.source == "cdr":
             continue
         name = s.source.removeprefix("feed:")
-        feeds[name] = {"status": s.status, "entries": len(s.entries), "error": s.error, "fetched_at": s.fetched_at}
+        feeds[name] = {
+            "status": s.status,
+            "entries": len(s.entries),
+            "error": s.error,
+            "fetched_at": s.fetched_at,
+            "stats": dict(s.stats),
+        }
     return dict(sorted(feeds.items()))
 
 
@@ -51,21 +68,20 @@ def build_report(
     *,
     now: datetime,
     render: dict[str, Any],
-    cdr: dict[str, Any] | None,
+    cdr: CdrRunSummary | None,
     feeds: dict[str, Any],
     rejected: Iterable[dict[str, Any]],
 ) -> dict[str, Any]:
     """Assemble and validate a report. ``render`` is ``RenderResult.report``; ``cdr`` the CDR fetch's
-    ``report_section()`` (None when no fetch ran); ``feeds`` maps feed name to its status entry."""
-    indicators = (cdr or {}).get("indicators", {})
+    summary (None when no fetch ran); ``feeds`` maps feed name to its status entry."""
     report = {
         "schema_version": SCHEMA_VERSION,
         "generated_at": iso(now),
         "channel": render["channel"],
         "events": _events(cdr),
-        "indicators": {k: int(indicators.get(k, 0)) for k in ("ips", "domains", "ports")},
+        "indicators": dict(cdr.indicators) if cdr else {"ips": 0, "domains": 0, "ports": 0},
         "feeds": feeds,
-        "rejected": _rejected((cdr or {}).get("rejected", []), rejected, render.get("rejected", [])),
+        "rejected": _rejected(cdr.rejected if cdr else [], rejected, render.get("rejected", [])),
         "policies": render["policies"],
         **{k: render[k] for k in _RENDER_KEYS if k in render},
     }
@@ -74,7 +90,7 @@ def build_report(
 
 
 def bundle_report(
-    render: dict[str, Any], sets: list[IndicatorSet], last_cdr_run: dict[str, Any] | None, *, now: datetime
+    render: dict[str, Any], sets: list[IndicatorSet], last_cdr_run: CdrRunSummary | None, *, now: datetime
 ) -> dict[str, Any]:
     """The report stored beside a rendered bundle: the last CDR run and every set in force."""
     return build_report(

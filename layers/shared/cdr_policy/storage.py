@@ -63,6 +63,16 @@ class Store(Protocol):
     def describe(self) -> str: ...
 
 
+def exists(store: Store, key: str) -> bool:
+    try:
+        store.get(key, max_bytes=0)
+    except NotFound:
+        return False
+    except TooLarge:
+        return True
+    return True
+
+
 def _too_large(key: str, max_bytes: int, etag: str) -> TooLarge:
     return TooLarge(f"{key} is larger than {max_bytes} bytes: not read further", etag)
 
@@ -210,7 +220,7 @@ class S3Store:
             resp = self.client.put_object(Bucket=self.bucket, Key=_check_key(key), Body=data, ContentType=content_type)
         except ClientError as exc:
             raise self._error(exc, key) from exc
-        return resp["ETag"].strip('"')
+        return str(resp["ETag"]).strip('"')
 
     def put_if(self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream") -> str:
         """An S3 conditional write: ``If-Match: <etag>``, or ``If-None-Match: *`` when ``etag`` is None."""
@@ -226,7 +236,7 @@ class S3Store:
             if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
                 raise PreconditionFailed(f"s3://{self.bucket}/{key} changed since it was read ({code})") from exc
             raise self._error(exc, key) from exc
-        return resp["ETag"].strip('"')
+        return str(resp["ETag"]).strip('"')
 
     def list(self, prefix: str) -> list[str]:
         from botocore.exceptions import ClientError

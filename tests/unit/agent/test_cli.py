@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from cdr_policy.agent import cli
-from cdr_policy.bundle.publish import publish_bundle
+from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.timeutil import parse_duration, utcnow
 from tests.unit.bundle.factory import ips, network_bundle, render
 
@@ -167,7 +167,7 @@ def test_bundles_are_checked_against_the_crds_before_anything_is_applied(
 def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir):
     import yaml
 
-    from demo.fake_kube import FakeKubeAPI
+    from tests.fakes.kube import FakeKubeAPI
 
     crds = [yaml.safe_load(p.read_text()) for p in sorted((crds_dir / "cilium-main").glob("*.yaml"))]
     with FakeKubeAPI(crds=crds) as api:

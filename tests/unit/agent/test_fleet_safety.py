@@ -9,15 +9,14 @@ from datetime import timedelta
 
 import pytest
 
-from cdr_policy import jsonio
+from cdr_policy import jsonio, layout
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
 from cdr_policy.agent.sync import GENERATION_ANNOTATION, Agent
-from cdr_policy.bundle import keys
 from cdr_policy.bundle.manifest import unsigned
-from cdr_policy.bundle.publish import publish_bundle, rollback
 from cdr_policy.bundle.signing import sign_manifest
-from demo.fake_kube import FakeKubeAPI
+from cdr_policy.stages.publish import publish_bundle, rollback
+from tests.fakes.kube import FakeKubeAPI
 from tests.unit.bundle.factory import T0, RecordingStore, ips, network_bundle, render
 
 MINUTE = timedelta(minutes=1)
@@ -63,6 +62,7 @@ def ship(state, bucket, signer):
 
     def ship(files, when=T0, *, ttl=timedelta(hours=72)):
         digest = render(state, files, created=when, ttl=ttl)
+        state.put(layout.approval_key("prod", digest), b"")  # an operator approved every bundle here
         result = publish_bundle(
             state,
             bucket,
@@ -71,7 +71,6 @@ def ship(state, bucket, signer):
             signer=signer,
             now=when,
             change_budget_percent=100,
-            approved=True,
         )
         assert result.shipped
         return digest
@@ -84,11 +83,11 @@ def names(kube) -> list[str]:
 
 
 def manifest_bytes(bucket) -> bytes:
-    return bucket.inner.get(keys.channel_manifest_key("prod")).data
+    return bucket.inner.get(layout.channel_manifest_key("prod")).data
 
 
 def serve(bucket, data: bytes) -> None:
-    bucket.inner.put(keys.channel_manifest_key("prod"), data)
+    bucket.inner.put(layout.channel_manifest_key("prod"), data)
 
 
 def record(kube) -> dict:
@@ -271,7 +270,7 @@ def test_an_approved_empty_bundle_for_the_applied_digest_is_applied(kube, ship, 
     digest_a = ship(A)
     agent = make_agent()
     agent.sync_once(T0 + MINUTE)
-    ship({}, T0 + 10 * MINUTE)  # published with approved=True: approval.previous_digest == digest_a
+    ship({}, T0 + 10 * MINUTE)  # approved by the operator: approval.previous_digest == digest_a
     assert jsonio.loads(manifest_bytes(bucket))["approval"]["previous_digest"] == digest_a
 
     status = agent.sync_once(T0 + 11 * MINUTE)
@@ -358,7 +357,7 @@ def test_a_slow_api_server_cannot_hold_one_sync_past_its_deadline(kube, ship, ma
     assert took < 2.0, took
     assert status["last_poll"]["result"] in ("apply_failed", "unreachable")
     assert "deadline" in status["last_poll"]["detail"] or any("deadline" in e["error"] for e in status["apply_errors"])
-    assert bucket.puts[-1] == keys.status_key("eks-prod-1")  # the status still reached the bucket
+    assert bucket.puts[-1] == layout.status_key("eks-prod-1")  # the status still reached the bucket
     kube.delay_s = 0
     assert agent.sync_once(T0 + 2 * MINUTE)["last_poll"]["result"] == "applied"
 
@@ -387,7 +386,7 @@ def test_a_planted_large_file_is_read_no_further_than_its_signed_size_and_only_o
     bucket = CountingStore(dist)
     digest = render(state, A)
     publish_bundle(state, bucket, channel="prod", digest=digest, signer=signer, now=T0, change_budget_percent=100)
-    key = keys.bundle_file_key(digest, "cdr-dynamic-blocklist.yaml")
+    key = layout.bundle_file_key(digest, "cdr-dynamic-blocklist.yaml")
     dist.put(key, dist.get(key).data + b"#" * (8 << 20))  # 8 MiB more than signed
     applier = KubeApplier(kube.url, kube.token)
     agent = Agent(
@@ -433,7 +432,7 @@ def test_a_signed_audit_manifest_whose_objects_kill_is_refused(kube, ship, make_
     entries = file_entries(killing)
     digest = entries_digest(entries)
     for path, data in killing.items():
-        bucket.inner.put(keys.bundle_file_key(digest, path), data)
+        bucket.inner.put(layout.bundle_file_key(digest, path), data)
     sign_as_publish(bucket, signer, manifest | {"files": entries, "digest": digest}, generation=2)
 
     status = make_agent().sync_once(T0 + MINUTE)

@@ -8,18 +8,17 @@ from datetime import timedelta
 
 import pytest
 
-from cdr_policy import jsonio
+from cdr_policy import jsonio, layout
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.status import read_status
 from cdr_policy.agent.sync import Agent
-from cdr_policy.bundle import keys
 from cdr_policy.bundle.manifest import unsigned
-from cdr_policy.bundle.publish import publish_bundle
 from cdr_policy.bundle.signing import LocalSigner, generate_local_key, sign_manifest
 from cdr_policy.errors import ConfigError, StorageError
+from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.timeutil import utcnow
-from demo.fake_kube import FakeKubeAPI
+from tests.fakes.kube import FakeKubeAPI
 from tests.unit.bundle.factory import (
     T0,
     RecordingStore,
@@ -67,6 +66,7 @@ def ship(state, bucket, signer):
 
     def ship(files, when=T0, *, channel="prod", ttl=timedelta(hours=72)):
         digest = render(state, files, channel=channel, created=when, ttl=ttl)
+        state.put(layout.approval_key(channel, digest), b"")  # these tests are not about the change budget
         result = publish_bundle(
             state,
             bucket,
@@ -75,7 +75,6 @@ def ship(state, bucket, signer):
             signer=signer,
             now=when,
             change_budget_percent=100,
-            approved=True,
         )
         assert result.shipped
         return digest
@@ -88,7 +87,7 @@ def names(kube, kind=None) -> list[str]:
 
 
 def stored_status(bucket) -> dict:
-    return read_status(bucket.inner.get(keys.status_key("eks-prod-1")).data)
+    return read_status(bucket.inner.get(layout.status_key("eks-prod-1")).data)
 
 
 A = network_bundle(ips(0, 10), tag="a")
@@ -234,12 +233,12 @@ def test_one_rejected_object_does_not_stop_the_others_and_is_retried(ship, make_
 
 
 def tamper_file(bucket, digest):
-    key = keys.bundle_file_key(digest, "cilium-cdr-blocklist-cidrs-001.yaml")
+    key = layout.bundle_file_key(digest, "cilium-cdr-blocklist-cidrs-001.yaml")
     bucket.inner.put(key, bucket.inner.get(key).data.replace(b"45.0.0.5/32", b"99.0.0.5/32"))  # same size
 
 
 def tamper_manifest(bucket, digest):
-    key = keys.channel_manifest_key("prod")
+    key = layout.channel_manifest_key("prod")
     manifest = jsonio.loads(bucket.inner.get(key).data)
     manifest["settings"]["action"] = "Sigkill"
     bucket.inner.put(key, jsonio.dumps_pretty(manifest))
@@ -250,24 +249,24 @@ def resign_with(bucket, manifest, tmp_path):
     if not path.exists():
         generate_local_key(path)
     bucket.inner.put(
-        keys.channel_manifest_key("prod"),
+        layout.channel_manifest_key("prod"),
         jsonio.dumps_pretty(sign_manifest(manifest, LocalSigner.from_file(path))),
     )
 
 
 def other_key(bucket, digest, tmp_path):
-    resign_with(bucket, unsigned(jsonio.loads(bucket.inner.get(keys.channel_manifest_key("prod")).data)), tmp_path)
+    resign_with(bucket, unsigned(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data)), tmp_path)
 
 
 def wrong_digest(bucket, digest, signer):
-    manifest = unsigned(jsonio.loads(bucket.inner.get(keys.channel_manifest_key("prod")).data))
+    manifest = unsigned(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data))
     manifest["digest"] = "f" * 64
-    bucket.inner.put(keys.channel_manifest_key("prod"), jsonio.dumps_pretty(sign_manifest(manifest, signer)))
+    bucket.inner.put(layout.channel_manifest_key("prod"), jsonio.dumps_pretty(sign_manifest(manifest, signer)))
 
 
 def unsigned_manifest(bucket, digest):
-    manifest = unsigned(jsonio.loads(bucket.inner.get(keys.channel_manifest_key("prod")).data))
-    bucket.inner.put(keys.channel_manifest_key("prod"), jsonio.dumps_pretty(manifest))
+    manifest = unsigned(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data))
+    bucket.inner.put(layout.channel_manifest_key("prod"), jsonio.dumps_pretty(manifest))
 
 
 TAMPERING = {
@@ -349,7 +348,7 @@ def test_a_tampered_first_bundle_leaves_the_cluster_untouched(kube, ship, make_a
 
 def test_another_channels_manifest_is_refused(kube, ship, make_agent, bucket):
     ship(network_bundle(ips(0, 10), channel="staging"), channel="staging")
-    bucket.inner.put(keys.channel_manifest_key("prod"), bucket.inner.get(keys.channel_manifest_key("staging")).data)
+    bucket.inner.put(layout.channel_manifest_key("prod"), bucket.inner.get(layout.channel_manifest_key("staging")).data)
     agent = make_agent(KubeApplier(kube.url, kube.token))
 
     status = agent.sync_once(T0 + MINUTE)
@@ -359,12 +358,12 @@ def test_another_channels_manifest_is_refused(kube, ship, make_agent, bucket):
 
 def test_a_replayed_older_manifest_is_refused(kube, ship, make_agent, bucket):
     ship(A)
-    old_manifest = bucket.inner.get(keys.channel_manifest_key("prod")).data
+    old_manifest = bucket.inner.get(layout.channel_manifest_key("prod")).data
     agent = make_agent(KubeApplier(kube.url, kube.token))
     agent.sync_once(T0 + MINUTE)
     digest_b = ship(B, T0 + 10 * MINUTE)
     agent.sync_once(T0 + 11 * MINUTE)
-    bucket.inner.put(keys.channel_manifest_key("prod"), old_manifest)
+    bucket.inner.put(layout.channel_manifest_key("prod"), old_manifest)
 
     status = agent.sync_once(T0 + 12 * MINUTE)
 
@@ -539,7 +538,7 @@ def test_run_polls_until_stopped(ship, make_agent, tmp_path, bucket):
     thread.start()
     try:
         for _ in range(500):
-            if bucket.puts.count(keys.status_key("eks-prod-1")) >= 3:
+            if bucket.puts.count(layout.status_key("eks-prod-1")) >= 3:
                 break
             threading.Event().wait(0.01)
     finally:

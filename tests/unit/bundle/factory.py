@@ -7,8 +7,7 @@ import ipaddress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cdr_policy import jsonio
-from cdr_policy.bundle import keys
+from cdr_policy import jsonio, layout
 from cdr_policy.bundle.manifest import build_manifest
 from cdr_policy.policy.serialize import dump_yaml
 from cdr_policy.storage import Store
@@ -150,8 +149,8 @@ def render(
     )
     digest = manifest["digest"]
     for path, data in files.items():
-        state.put(keys.bundle_file_key(digest, path), data)
-    state.put(keys.bundle_manifest_key(digest), jsonio.dumps_pretty(manifest))
+        state.put(layout.bundle_file_key(digest, path), data)
+    state.put(layout.bundle_manifest_key(digest), jsonio.dumps_pretty(manifest))
     return digest
 
 

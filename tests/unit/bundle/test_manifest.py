@@ -11,7 +11,8 @@ from cdr_policy.bundle.manifest import (
     SCHEMA,
     VerificationError,
     build_manifest,
-    bundle_digest,
+    entries_digest,
+    file_entries,
     validate_manifest,
     validate_path,
     verify_files,
@@ -22,6 +23,10 @@ from cdr_policy.schemas import schema_errors
 from .factory import SETTINGS, SOURCE
 
 FILES = {"b.yaml": b"kind: B\n", "a.yaml": b"kind: A\n", "sub/c.json": b"{}"}
+
+
+def bundle_digest(files) -> str:
+    return entries_digest(file_entries(files))
 
 
 def manifest(files=FILES, **overrides):

@@ -9,12 +9,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from cdr_policy import jsonio
-from cdr_policy.bundle import keys
-from cdr_policy.bundle.publish import publish_bundle, rollback
+from cdr_policy import jsonio, layout
 from cdr_policy.bundle.signing import verify_manifest
 from cdr_policy.errors import BundleError, StorageError
 from cdr_policy.observability import metrics
+from cdr_policy.stages.publish import publish_bundle, rollback
 from cdr_policy.storage import NotFound, PreconditionFailed, S3Store
 from cdr_policy.timeutil import iso
 
@@ -23,7 +22,9 @@ from .factory import T0, TTL, RecordingStore, behaviour_policy, files_of, ips, n
 HOUR = timedelta(hours=1)
 
 
-def publish(state, dist, signer, digest, *, now=T0, budget=50, **kwargs):
+def publish(state, dist, signer, digest, *, now=T0, budget=50, approved=False, **kwargs):
+    if approved:
+        state.put(layout.approval_key("prod", digest), b"approved by the on-call engineer")
     return publish_bundle(
         state,
         dist,
@@ -37,7 +38,7 @@ def publish(state, dist, signer, digest, *, now=T0, budget=50, **kwargs):
 
 
 def current(dist) -> dict:
-    return jsonio.loads(dist.get(keys.channel_manifest_key("prod")).data)
+    return jsonio.loads(dist.get(layout.channel_manifest_key("prod")).data)
 
 
 @pytest.fixture
@@ -53,17 +54,17 @@ def test_first_publish_copies_files_then_history_then_manifest(state, recorder, 
 
     assert result.status == "published" and result.shipped
     assert result.previous_digest is None
-    file_keys = sorted(keys.bundle_file_key(digest, p) for p in files)
-    history = keys.history_key("prod", iso(T0), digest)
+    file_keys = sorted(layout.bundle_file_key(digest, p) for p in files)
+    history = layout.history_key("prod", iso(T0), digest)
     assert sorted(recorder.puts[:-2]) == file_keys
-    assert recorder.puts[-2:] == [keys.channel_manifest_key("prod"), history]  # history only once it is out
-    assert (result.manifest_key, result.history_key) == (keys.channel_manifest_key("prod"), history)
+    assert recorder.puts[-2:] == [layout.channel_manifest_key("prod"), history]  # history only once it is out
+    assert (result.manifest_key, result.history_key) == (layout.channel_manifest_key("prod"), history)
     signed = current(recorder)
     verify_manifest(signed, verifier, now=T0)
     assert (signed["digest"], signed["generation"], result.generation) == (digest, 1, 1)
     assert "approval" not in signed and "rollback_of" not in signed
     assert jsonio.loads(recorder.get(history).data) == signed
-    assert {p: recorder.get(keys.bundle_file_key(digest, p)).data for p in files} == files
+    assert {p: recorder.get(layout.bundle_file_key(digest, p)).data for p in files} == files
     assert "BundlesPublished" in metrics.metric_set
 
 
@@ -88,7 +89,7 @@ def test_current_bundle_is_refreshed_after_half_its_lifetime(state, recorder, si
     result = publish(state, recorder, signer, digest, now=later)
 
     assert result.status == "refreshed"
-    assert recorder.puts == [keys.channel_manifest_key("prod"), keys.history_key("prod", iso(later), digest)]
+    assert recorder.puts == [layout.channel_manifest_key("prod"), layout.history_key("prod", iso(later), digest)]
     signed = current(recorder)
     assert (signed["created_at"], signed["expires_at"]) == (iso(later), iso(later + TTL))
     assert signed["generation"] == 2
@@ -127,7 +128,7 @@ def test_a_bundle_failing_the_policy_check_is_not_shipped(state, recorder, signe
 
 def test_a_tampered_rendered_file_is_an_error(state, dist, signer):
     digest = render(state, network_bundle(ips(0, 10)))
-    state.put(keys.bundle_file_key(digest, "cilium-cdr-blocklist.yaml"), b"kind: Evil\n")
+    state.put(layout.bundle_file_key(digest, "cilium-cdr-blocklist.yaml"), b"kind: Evil\n")
     with pytest.raises(BundleError, match="cilium-cdr-blocklist.yaml"):
         publish(state, dist, signer, digest)
     assert dist.list("") == []
@@ -169,7 +170,8 @@ def test_an_approved_change_is_published_despite_the_budget(state, dist, signer)
     publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
     digest = render(state, network_bundle(ips(1000, 100), tag="b"))
 
-    result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1), approved=True)
+    state.put(layout.approval_key("prod", digest), b"approved by the on-call engineer")
+    result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
 
     assert result.status == "published" and current(dist)["digest"] == digest
     assert current(dist)["approval"] == {"previous_digest": result.previous_digest, "approved_at": iso(T0 + HOUR)}
@@ -210,19 +212,20 @@ def test_first_publish_is_exempt_from_the_budget(state, dist, signer):
 
 
 def test_unreadable_current_manifest_holds_unless_approved(state, dist, signer):
-    dist.put(keys.channel_manifest_key("prod"), b"{ not json")
+    dist.put(layout.channel_manifest_key("prod"), b"{ not json")
     digest = render(state, network_bundle(ips(0, 10)))
 
     held = publish(state, dist, signer, digest)
     assert held.status == "held" and "unusable" in held.reason
 
-    assert publish(state, dist, signer, digest, approved=True).status == "published"
+    state.put(layout.approval_key("prod", digest), b"")
+    assert publish(state, dist, signer, digest).status == "published"
 
 
 def test_current_bundle_files_gone_holds_unless_approved(state, dist, signer):
     first = render(state, network_bundle(ips(0, 10), tag="a"))
     publish(state, dist, signer, first)
-    dist.delete(keys.bundle_file_key(first, "cilium-cdr-blocklist.yaml"))
+    dist.delete(layout.bundle_file_key(first, "cilium-cdr-blocklist.yaml"))
     digest = render(state, network_bundle(ips(0, 11), tag="b"))
 
     held = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
@@ -253,7 +256,7 @@ def test_rollback_ships_an_earlier_generation_as_a_new_one(state, recorder, sign
 
     assert result.status == "rolled_back" and result.previous_digest == b
     assert (result.digest, result.generation) == (a, 3)
-    assert recorder.puts == [keys.channel_manifest_key("prod"), keys.history_key("prod", iso(when), a)]
+    assert recorder.puts == [layout.channel_manifest_key("prod"), layout.history_key("prod", iso(when), a)]
     signed = current(recorder)
     verify_manifest(signed, verifier, now=when)
     assert (signed["digest"], signed["created_at"], signed["expires_at"]) == (
@@ -263,7 +266,7 @@ def test_rollback_ships_an_earlier_generation_as_a_new_one(state, recorder, sign
     )
     assert (signed["generation"], signed["rollback_of"]) == (3, 1)
     assert signed["approval"] == {"previous_digest": b, "approved_at": iso(when)}
-    assert len(recorder.list(keys.history_prefix("prod"))) == 3
+    assert len(recorder.list(layout.history_prefix("prod"))) == 3
     assert "ChannelRollbacks" in metrics.metric_set
 
 
@@ -274,12 +277,12 @@ def test_rollback_needs_a_verified_history_entry_and_its_files(state, dist, sign
     with pytest.raises(BundleError, match="no verified history entry for generation 7"):
         rollback(dist, channel="prod", to_generation=7, signer=signer, now=T0)
     # a history entry planted by someone who cannot sign is not a rollback target
-    history = dist.list(keys.history_prefix("prod"))[0]
+    history = dist.list(layout.history_prefix("prod"))[0]
     forged = jsonio.loads(dist.get(history).data) | {"generation": 7}
     dist.put(history.replace(".json", "-x.json"), jsonio.dumps(forged))
     with pytest.raises(BundleError, match="no verified history entry for generation 7"):
         rollback(dist, channel="prod", to_generation=7, signer=signer, now=T0)
-    dist.delete(keys.bundle_file_key(a, "cdr-dynamic-blocklist.yaml"))
+    dist.delete(layout.bundle_file_key(a, "cdr-dynamic-blocklist.yaml"))
     with pytest.raises(BundleError, match="files are not all in"):
         rollback(dist, channel="prod", to_generation=1, signer=signer, now=T0)
 
@@ -303,7 +306,7 @@ def test_a_forged_manifest_cannot_push_or_reset_the_generation(state, dist, sign
     b = render(state, network_bundle(ips(0, 11), tag="b"))
     publish(state, dist, signer, a)
     forged = current(dist) | {"generation": 9_000_000_000_000_000}
-    dist.put(keys.channel_manifest_key("prod"), jsonio.dumps(forged))
+    dist.put(layout.channel_manifest_key("prod"), jsonio.dumps(forged))
 
     held = publish(state, dist, signer, b, now=T0 + HOUR)
     assert held.status == "held" and "unusable" in held.reason and "bad signature" in held.reason
@@ -311,13 +314,13 @@ def test_a_forged_manifest_cannot_push_or_reset_the_generation(state, dist, sign
     assert (approved.status, approved.generation) == ("published", 2)
     assert current(dist)["approval"]["previous_digest"] is None
 
-    dist.delete(keys.channel_manifest_key("prod"))
+    dist.delete(layout.channel_manifest_key("prod"))
     assert publish(state, dist, signer, a, now=T0 + 2 * HOUR).generation == 3
 
 
 def test_a_manifest_too_large_to_read_is_unusable_without_reading_it(state, recorder, signer):
     publish(state, recorder, signer, render(state, network_bundle(ips(0, 10), tag="a")))
-    recorder.inner.put(keys.channel_manifest_key("prod"), b" " * (2 << 20))
+    recorder.inner.put(layout.channel_manifest_key("prod"), b" " * (2 << 20))
     held = publish(state, recorder, signer, render(state, network_bundle(ips(0, 11), tag="b")), now=T0 + HOUR)
     assert held.status == "held" and "larger than 1048576 bytes" in held.reason
 
@@ -362,24 +365,24 @@ def test_a_failed_manifest_write_leaves_no_history_and_a_lost_history_entry_is_r
     recorder.put_if = failing_put_if
     with pytest.raises(StorageError):
         publish(state, recorder, signer, digest)
-    assert recorder.list(keys.history_prefix("prod")) == []
+    assert recorder.list(layout.history_prefix("prod")) == []
 
     recorder.put_if = real_put_if
     publish(state, recorder, signer, digest)
-    history = recorder.list(keys.history_prefix("prod"))
+    history = recorder.list(layout.history_prefix("prod"))
     recorder.delete(history[0])  # as if Publish had died between the two writes
     assert publish(state, recorder, signer, digest, now=T0 + HOUR).status == "unchanged"
-    assert recorder.list(keys.history_prefix("prod")) == history
+    assert recorder.list(layout.history_prefix("prod")) == history
 
 
 def test_a_publish_that_lost_the_race_overwrites_nothing(state, dist, signer):
     a = render(state, network_bundle(ips(0, 10), tag="a"))
     b = render(state, network_bundle(ips(0, 11), tag="b"))
     publish(state, dist, signer, a)
-    stale = dist.get(keys.channel_manifest_key("prod")).etag
+    stale = dist.get(layout.channel_manifest_key("prod")).etag
     publish(state, dist, signer, b, now=T0 + HOUR)
     with pytest.raises(PreconditionFailed):
-        dist.put_if(keys.channel_manifest_key("prod"), b"{}", stale)
+        dist.put_if(layout.channel_manifest_key("prod"), b"{}", stale)
     assert current(dist)["digest"] == b
 
 
@@ -395,5 +398,5 @@ def test_publish_through_s3(signer, verifier):
         assert publish(state, dist, signer, digest).status == "unchanged"
 
         verify_manifest(current(dist), verifier, now=T0)
-        head = s3.head_object(Bucket="dist-bucket", Key=keys.bundle_file_key(digest, "cilium-cdr-blocklist.yaml"))
+        head = s3.head_object(Bucket="dist-bucket", Key=layout.bundle_file_key(digest, "cilium-cdr-blocklist.yaml"))
         assert head["ContentType"] == "application/yaml"

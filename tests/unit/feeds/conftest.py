@@ -14,7 +14,7 @@ from cdr_policy.feeds.config import FeedConfig
 from cdr_policy.feeds.download import make_client
 from cdr_policy.guards import NeverBlock
 from cdr_policy.storage import LocalStore
-from demo.feed_server import FeedServer
+from tests.fakes.feeds import FeedServer
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from cdr_policy import jsonio, schemas
+from cdr_policy import jsonio, layout, schemas
 from cdr_policy.errors import ConfigError
-from cdr_policy.feeds.abuseipdb import CACHE_KEY, MISSING_KEY, AbuseIPDB
-from cdr_policy.feeds.persist import reputation_set_key
+from cdr_policy.feeds.abuseipdb import MISSING_KEY, AbuseIPDB
 from cdr_policy.models import IndicatorSet
 from cdr_policy.observability import metrics
 from cdr_policy.timeutil import iso
-from tests.unit.feeds.fake_abuseipdb import FakeAbuseIPDB
+from tests.fakes.abuseipdb import FakeAbuseIPDB
 
 BAD = "118.25.6.39"  # the docs' example address
 MILD = "93.184.216.34"
@@ -30,24 +29,27 @@ def api(shared_feeds_dir: Path) -> Iterator[FakeAbuseIPDB]:
 
 
 def client(api: FakeAbuseIPDB, key: str = "test-key", **kw) -> AbuseIPDB:
-    return AbuseIPDB(key, base_url=api.base_url, **kw)
+    return AbuseIPDB(key, base_url=api.api_url, **kw)
 
 
 def stored(store, name: str = "abuseipdb") -> IndicatorSet:
-    doc = jsonio.loads(store.get(reputation_set_key(name)).data)
+    doc = jsonio.loads(store.get(layout.reputation_set_key(name)).data)
     schemas.validate(doc, "indicator-set.schema.json")
     return IndicatorSet.from_dict(doc)
 
 
 def cache(store) -> dict:
-    return jsonio.loads(store.get(CACHE_KEY).data)
+    return jsonio.loads(store.get(layout.ABUSEIPDB_CACHE).data)
 
 
 def test_missing_key_disables_it_with_one_clear_line(store, guard, now, caplog) -> None:
     (outcome,) = AbuseIPDB(None).refresh(store, [BAD], now=now, guard=guard)
     assert (outcome.name, outcome.status, outcome.entries, outcome.error) == ("abuseipdb", "disabled", 0, MISSING_KEY)
     assert [r.getMessage() for r in caplog.records] == [MISSING_KEY]
-    assert not outcome.changed and store.list("") == []
+    # a disabled set is stored once, so that every report says the list is off; nothing else is written
+    assert outcome.changed and store.list("") == [layout.reputation_set_key("abuseipdb")]
+    again = AbuseIPDB(None).refresh(store, [BAD], now=now, guard=guard)
+    assert not again[0].changed
     both = AbuseIPDB("  ", blacklist=True).refresh(store, [BAD], now=now, guard=guard)
     assert [o.status for o in both] == ["disabled", "disabled"]
 
@@ -191,7 +193,7 @@ def test_blacklist_is_an_extra_feed_fetched_once_a_day(store, guard, now, api) -
 def test_the_key_never_reaches_the_logs(store, guard, now, api, caplog) -> None:
     api.rate_limited = True
     client(api, key="test-key").refresh(store, [BAD], now=now, guard=guard)
-    assert "test-key" not in caplog.text and "test-key" not in store.get(CACHE_KEY).data.decode()
+    assert "test-key" not in caplog.text and "test-key" not in store.get(layout.ABUSEIPDB_CACHE).data.decode()
 
 
 @pytest.mark.parametrize(

@@ -106,7 +106,7 @@ def test_file_urls_only_from_the_command_line() -> None:
 
 
 def test_the_bucket_configuration_refuses_file_urls(tmp_path) -> None:
-    from cdr_policy.operator_config import feeds_from_store
+    from cdr_policy.documents import feeds_from_store
     from cdr_policy.storage import LocalStore
 
     store = LocalStore(tmp_path)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from cdr_policy import jsonio
+from cdr_policy import jsonio, layout
 from cdr_policy.feeds.persist import (
     FeedState,
-    feed_set_key,
-    feed_state_key,
     load_set,
     load_state,
     needs_refresh,
@@ -46,15 +44,15 @@ def test_state_round_trip_and_damaged_state(store, caplog) -> None:
     save_state(store, "f", state)
     assert load_state(store, "f") == state
     assert load_state(store, "missing") == FeedState()
-    store.put(feed_state_key("f"), b"{not json")
+    store.put(layout.feed_state_key("f"), b"{not json")
     assert load_state(store, "f") == FeedState() and "starting afresh" in caplog.text
-    store.put(feed_state_key("f"), jsonio.dumps({"schema_version": 99}))
+    store.put(layout.feed_state_key("f"), jsonio.dumps({"schema_version": 99}))
     assert load_state(store, "f") == FeedState()
 
 
 def test_damaged_set_is_treated_as_absent(store, caplog) -> None:
-    store.put(feed_set_key("f"), b'{"schema_version": 1}')
-    assert load_set(store, feed_set_key("f")).indicator_set is None and "will be replaced" in caplog.text
+    store.put(layout.feed_set_key("f"), b'{"schema_version": 1}')
+    assert load_set(store, layout.feed_set_key("f")).indicator_set is None and "will be replaced" in caplog.text
 
 
 def test_fingerprint_ignores_what_moves_on_every_run(now) -> None:
@@ -71,7 +69,7 @@ def test_fingerprint_ignores_what_moves_on_every_run(now) -> None:
 
 
 def test_write_only_when_changed_or_expiry_due(store, now) -> None:
-    key = feed_set_key("f")
+    key = layout.feed_set_key("f")
     assert save_set_if_changed(store, load_set(store, key), _set(now), now=now, ttl=timedelta(hours=10))
     same = _set(now + timedelta(hours=2), expires_h=10)
     same.entries[0].first_seen = iso(now)

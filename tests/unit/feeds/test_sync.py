@@ -5,28 +5,26 @@ good copy stays in force, marked stale with the reason (set, report, state, metr
 
 from __future__ import annotations
 
-import json
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import boto3
-import jsonschema
 import pytest
 from moto import mock_aws
 
-from cdr_policy import jsonio, schemas
+from cdr_policy import jsonio, layout, schemas
 from cdr_policy.feeds.abuseipdb import AbuseIPDB
 from cdr_policy.feeds.config import FeedConfig
 from cdr_policy.feeds.parse import fingerprint
-from cdr_policy.feeds.persist import feed_set_key, feed_state_key, raw_key
-from cdr_policy.feeds.sync import FeedSyncResult, run_feed_sync
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import IndicatorSet
 from cdr_policy.observability import metrics
+from cdr_policy.stages.feed_sync import FeedSyncResult, run_feed_sync
 from cdr_policy.storage import LocalStore, S3Store, Store
+from cdr_policy.summaries import FeedSummary
 from cdr_policy.timeutil import iso
-from demo.feed_server import FeedServer
+from tests.fakes.feeds import FeedServer
 from tests.unit.feeds.conftest import feed_for
 
 SAMPLES = {
@@ -57,36 +55,29 @@ def sync(store: Store, feeds: list[FeedConfig], now: datetime, http, **kw) -> Fe
 
 
 def stored(store: Store, name: str, validate: bool = False) -> IndicatorSet:
-    doc = jsonio.loads(store.get(feed_set_key(name)).data)
+    doc = jsonio.loads(store.get(layout.feed_set_key(name)).data)
     if validate:
         schemas.validate(doc, "indicator-set.schema.json")
     return IndicatorSet.from_dict(doc)
 
 
 def state(store: Store, name: str) -> dict:
-    return jsonio.loads(store.get(feed_state_key(name)).data)
-
-
-def _report_schema() -> dict:
-    path = Path(schemas.__file__).parent / "report.schema.json"
-    return json.loads(path.read_text())
+    return jsonio.loads(store.get(layout.feed_state_key(name)).data)
 
 
 def test_first_sync_counts_match_the_files(store, feeds, now, http, www: Path) -> None:
     result = sync(store, feeds, now, http)
-    section = result.report_section()
-    full = _report_schema()
-    jsonschema.validate(section["feeds"], full["properties"]["feeds"])
-    jsonschema.validate(section["rejected"], full["properties"]["rejected"])
-    assert {n: f["status"] for n, f in section["feeds"].items()} == dict.fromkeys(SAMPLES, "ok")
-    bl = section["feeds"]["blocklist-de"]
-    assert (bl["stats"]["lines"], bl["stats"]["ipv4"], bl["stats"]["ipv6"]) == (25_961, 25_490, 471)
-    assert bl["entries"] == 15_763 + 471 and bl["error"] is None and bl["changed"]
-    assert section["feeds"]["tor-exit"]["stats"]["ipv4"] == 1_396
-    assert section["feeds"]["emerging-threats"]["stats"]["ipv4"] == 539
-    feodo = section["feeds"]["feodo-c2"]["stats"]
+    outcomes = result.outcomes
+    assert {n: o.status for n, o in outcomes.items()} == dict.fromkeys(SAMPLES, "ok")
+    bl = outcomes["blocklist-de"]
+    assert (bl.stats["lines"], bl.stats["ipv4"], bl.stats["ipv6"]) == (25_961, 25_490, 471)
+    assert bl.entries == 15_763 + 471 and bl.error is None and bl.changed
+    assert outcomes["tor-exit"].stats["ipv4"] == 1_396
+    assert outcomes["emerging-threats"].stats["ipv4"] == 539
+    assert result.summary().feeds["tor-exit"] == FeedSummary("ok", 951)
+    feodo = outcomes["feodo-c2"].stats
     assert (feodo["format"], feodo["ipv4"], feodo["trailer"]) == ("feodo-csv", 28, 28)
-    assert result.written == sorted(feed_set_key(n) for n in SAMPLES)
+    assert result.written == sorted(layout.feed_set_key(n) for n in SAMPLES)
 
     stored(store, "tor-exit", validate=True)
     s = stored(store, "blocklist-de")
@@ -100,7 +91,7 @@ def test_first_sync_counts_match_the_files(store, feeds, now, http, www: Path) -
     )
     assert (first.first_seen, first.last_seen, first.expires_at) == (iso(now), iso(now), iso(now + timedelta(hours=48)))
     assert ":" not in s.entries[15_762].value and ":" in s.entries[15_763].value  # IPv4 first, then IPv6
-    assert store.get(raw_key("blocklist-de")).data == (www / "blocklist_de_all.txt").read_bytes()
+    assert store.get(layout.feed_last_good_key("blocklist-de")).data == (www / "blocklist_de_all.txt").read_bytes()
     st = state(store, "blocklist-de")
     assert st["etag"] and st["last_modified"] and st["last_good_count"] == 25_961
     assert (st["last_status"], st["failures"], st["url"]) == ("ok", 0, feeds[0].url)
@@ -108,12 +99,12 @@ def test_first_sync_counts_match_the_files(store, feeds, now, http, www: Path) -
 
 def test_second_sync_uses_conditional_get_and_writes_nothing(store, feeds, now, http, server) -> None:
     sync(store, feeds, now, http)
-    before = {n: store.get(feed_set_key(n)).etag for n in SAMPLES}
+    before = {n: store.get(layout.feed_set_key(n)).etag for n in SAMPLES}
     result = sync(store, feeds, now + timedelta(hours=1), http)
     assert result.written == []
     for name, outcome in result.feeds.items():
         assert (outcome.status, outcome.changed, outcome.stats["not_modified"]) == ("ok", False, True)
-        assert store.get(feed_set_key(name)).etag == before[name]
+        assert store.get(layout.feed_set_key(name)).etag == before[name]
     last = server.requests_for("/blocklist_de_all.txt")[-1]
     assert last.headers["If-None-Match"] == state(store, "blocklist-de")["etag"]
     assert result.feeds["blocklist-de"].entries == 16_234
@@ -166,7 +157,7 @@ def test_a_broken_feed_keeps_its_last_good_copy_and_says_why(
     break_it, check, words = BROKEN[scenario]
     sync(store, small, now, http)
     good = stored(store, "emerging-threats")
-    raw = store.get(raw_key("emerging-threats")).data
+    raw = store.get(layout.feed_last_good_key("emerging-threats")).data
     caplog.clear()
     metrics.clear_metrics()
 
@@ -181,7 +172,7 @@ def test_a_broken_feed_keeps_its_last_good_copy_and_says_why(
     assert (kept.status, kept.stats["gate"], kept.fetched_at) == ("stale", check, good.fetched_at)
     assert [e.value for e in kept.entries] == [e.value for e in good.entries]
     assert words in kept.error
-    assert store.get(raw_key("emerging-threats")).data == raw
+    assert store.get(layout.feed_last_good_key("emerging-threats")).data == raw
     st = state(store, "emerging-threats")
     assert (st["failures"], st["stale_since"], st["last_status"]) == (1, iso(later), "stale")
     assert words in st["last_error"] and st["last_good_count"] == 539
@@ -192,8 +183,8 @@ def test_a_broken_feed_keeps_its_last_good_copy_and_says_why(
         "feodo-c2": "ok",
         "tor-exit": "ok",
     }
-    section = result.report_section()["feeds"]["emerging-threats"]
-    assert section["status"] == "stale" and section["entries"] == 538 and words in section["error"]
+    et = result.outcomes["emerging-threats"]
+    assert et.status == "stale" and et.entries == 538 and words in (et.error or "")
 
     # The same failure again changes nothing that rendering depends on: no rewrite.
     again = sync(store, small, later + timedelta(hours=1), http)
@@ -227,7 +218,7 @@ def test_a_slow_feed_is_cut_at_the_fetch_deadline_and_keeps_its_last_good_copy(s
     sync(store, small, now, http)
     server.route("/tor_torbulkexitlist.txt", delay=3.0)
     started = time.monotonic()
-    result = sync(store, small, now + timedelta(hours=1), http, fetch_deadline_s=1.0)
+    result = sync(store, small, now + timedelta(hours=1), http, deadline_s=2.0)
     assert time.monotonic() - started < 2.9, "the sync did not wait for the slow feed"
     outcome = result.feeds["tor-exit"]
     assert outcome.status == "stale" and outcome.entries > 0
@@ -260,9 +251,7 @@ def test_poisoned_entries_are_rejected_with_reasons(store, small, now, http, www
     path.write_bytes(path.read_bytes() + b"8.8.8.8\n10.0.0.0/8\n0.0.0.0/0\n192.168.1.1\n010.0.0.1\n")
     octal_line = len(path.read_bytes().splitlines())
     result = sync(store, small, now, http)
-    rejected = {
-        (r["value"], r["reason"]) for r in result.report_section()["rejected"] if r["source"] == "emerging-threats"
-    }
+    rejected = {(r.value, r.reason) for r in result.rejected if r.source == "emerging-threats"}
     assert rejected == {
         ("8.8.8.8/32", "inside never-block range: public DNS resolver (Google)"),
         ("10.0.0.0/8", "inside never-block range: private range (RFC 1918)"),
@@ -324,16 +313,16 @@ def test_disabled_and_removed_feeds_withdraw_their_entries(store, small, now, ht
     for name in ("tor-exit", "emerging-threats"):
         s = stored(store, name)
         assert (s.status, s.entries) == ("disabled", [])
-    assert feed_set_key("tor-exit") in result.written
+    assert layout.feed_set_key("tor-exit") in result.written
     assert not sync(store, remaining, now + timedelta(hours=2), http).feeds["tor-exit"].changed
 
 
 def test_304_without_a_stored_copy_downloads_again(store, small, now, http) -> None:
     sync(store, small, now, http)
-    store.delete(raw_key("tor-exit"))
+    store.delete(layout.feed_last_good_key("tor-exit"))
     result = sync(store, small, now + timedelta(hours=1), http)
     assert result.feeds["tor-exit"].status == "ok"
-    assert store.get(raw_key("tor-exit")).data
+    assert store.get(layout.feed_last_good_key("tor-exit")).data
 
 
 def test_file_url_feed(store, now, http, shared_feeds_dir: Path, tmp_path: Path) -> None:
@@ -355,8 +344,8 @@ def test_works_against_s3(feeds, now, http) -> None:
 
 
 def test_reputation_is_reported_and_names_must_be_unique(store, small, now, http) -> None:
-    result = sync(store, small[:1], now, http, reputation=AbuseIPDB(None), cdr_ips=["93.184.216.34"])
-    assert result.report_section()["feeds"]["abuseipdb"]["status"] == "disabled"
+    result = sync(store, small[:1], now, http, reputation=AbuseIPDB(None))
+    assert result.outcomes["abuseipdb"].status == "disabled"
     with pytest.raises(ValueError, match="unique"):
         sync(store, [small[0], small[0]], now, http)
 
@@ -364,4 +353,4 @@ def test_reputation_is_reported_and_names_must_be_unique(store, small, now, http
 def test_a_local_directory_store_is_what_the_cli_uses(tmp_path: Path, small, now, http) -> None:
     store = LocalStore(tmp_path / "cli-state")
     sync(store, small, now, http)
-    assert sorted(store.list("indicators/")) == sorted(feed_set_key(n) for n in SAMPLES if n != "blocklist-de")
+    assert sorted(store.list("indicators/")) == sorted(layout.feed_set_key(n) for n in SAMPLES if n != "blocklist-de")

@@ -5,12 +5,9 @@ runs the real ones)."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
-import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -18,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from cdr_policy import stages
-from cdr_policy.config import get_settings
+from cdr_policy.settings import get_settings
+from cdr_policy.wiring import cloud
+from tests.fakes import lambda_runtime
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -56,24 +54,9 @@ def handler_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-def load_handler() -> Iterator[Callable[[str], ModuleType]]:
-    """``load_handler("render")`` imports ``functions/render/app.py`` as a fresh, uniquely named module."""
-    names: list[str] = []
-
-    def load(function: str) -> ModuleType:
-        path = REPO / "functions" / function / "app.py"
-        name = f"handler_{function}_{uuid.uuid4().hex}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None, path
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        names.append(name)
-        spec.loader.exec_module(module)
-        return module
-
-    yield load
-    for name in names:
-        sys.modules.pop(name, None)
+def load_handler() -> Callable[[str], ModuleType]:
+    """``load_handler("render")`` imports ``functions/render/app.py`` afresh, as Lambda would."""
+    return lambda_runtime.load_handler
 
 
 @pytest.fixture
@@ -101,34 +84,29 @@ class StageRecorder:
 
 @pytest.fixture
 def fake_stage(monkeypatch: pytest.MonkeyPatch) -> Callable[..., StageRecorder]:
-    """``fake_stage("render", result=[...])`` replaces ``cdr_policy.stages.render`` for one test."""
+    """``fake_stage("render", result=[...])`` replaces ``cdr_policy.wiring.cloud.render`` for one test."""
 
     def install(name: str, *, result: Any = None, error: Exception | None = None) -> StageRecorder:
-        assert hasattr(stages, name), name
+        assert hasattr(cloud, name), name
         recorder = StageRecorder(result=result, error=error)
-        monkeypatch.setattr(stages, name, recorder)
+        monkeypatch.setattr(cloud, name, recorder)
         return recorder
 
     return install
 
 
 def _sqs_event(*bodies: str, queue: str = "cdr-policy-dev-render") -> dict[str, Any]:
-    return {
-        "Records": [
-            {
-                "messageId": f"m{i}",
-                "receiptHandle": f"rh{i}",
-                "body": body,
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}",
-                "awsRegion": "us-east-1",
-            }
-            for i, body in enumerate(bodies)
-        ]
-    }
+    messages = [
+        {
+            "MessageId": f"m{i}",
+            "ReceiptHandle": f"rh{i}",
+            "Body": body,
+            "Attributes": {"ApproximateReceiveCount": "1"},
+            "MD5OfBody": "",
+        }
+        for i, body in enumerate(bodies)
+    ]
+    return lambda_runtime.sqs_event(messages, f"arn:aws:sqs:us-east-1:123456789012:{queue}", "us-east-1")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from cdr_policy.config import Settings
 from cdr_policy.lambda_events import (
     DEADLINE_MARGIN_S,
     REFRESH_TRIGGER,
@@ -18,6 +17,7 @@ from cdr_policy.lambda_events import (
     sqs_records,
 )
 from cdr_policy.policy.channel import is_channel_name
+from cdr_policy.settings import Settings
 
 BUCKET = "cdr-policy-dev-state-123456789012-us-east-1"
 DIGEST = "a" * 64

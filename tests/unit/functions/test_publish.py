@@ -10,8 +10,8 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from moto import mock_aws
 
-from cdr_policy import stages
 from cdr_policy.errors import BundleError, ConfigError
+from cdr_policy.wiring import cloud
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
 
@@ -27,7 +27,7 @@ def failures(response: dict) -> list[str]:
 
 
 class FakePublish:
-    """Stands in for ``stages.publish``; fails for the channels in ``failing``."""
+    """Stands in for ``cloud.publish``; fails for the channels in ``failing``."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -61,7 +61,7 @@ def dynamodb(handler_env):
 @pytest.fixture
 def publish(monkeypatch) -> FakePublish:
     fake = FakePublish()
-    monkeypatch.setattr(stages, "publish", fake)
+    monkeypatch.setattr(cloud, "publish", fake)
     return fake
 
 

@@ -10,15 +10,14 @@ from datetime import timedelta
 
 import pytest
 
-from cdr_policy import aws, jsonio
-from cdr_policy.bundle import keys
-from cdr_policy.bundle.publish import ChannelMoved, publish_bundle
+from cdr_policy import aws, jsonio, layout
 from cdr_policy.bundle.signing import KmsSigner
-from cdr_policy.config import get_settings
+from cdr_policy.settings import get_settings
+from cdr_policy.stages.publish import ChannelMoved, publish_bundle
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import utcnow
-from demo.aws import create_stack, moto_endpoint
-from demo.handlers import LambdaContext, load_handler
+from tests.fakes.aws import create_stack, moto_endpoint
+from tests.fakes.lambda_runtime import LambdaContext, load_handler
 from tests.unit.bundle.factory import behaviour_policy, files_of, ips, network_bundle, render
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
@@ -55,7 +54,7 @@ def rendered(stack, files, channel="prod") -> str:
     state, _ = stores(stack)
     now = utcnow()
     digest = render(state, files, channel=channel, created=now)
-    state.put(keys.latest_render_key(channel), jsonio.dumps({"digest": digest, "rendered_at": now.isoformat()}))
+    state.put(layout.latest_render_key(channel), jsonio.dumps({"digest": digest, "rendered_at": now.isoformat()}))
     return digest
 
 
@@ -80,7 +79,7 @@ def invoke(channel: str, digest: str) -> dict:
 
 def current(stack, channel="prod") -> dict:
     _, dist = stores(stack)
-    return jsonio.loads(dist.get(keys.channel_manifest_key(channel)).data)
+    return jsonio.loads(dist.get(layout.channel_manifest_key(channel)).data)
 
 
 BEHAVIOURS = files_of({"b1.yaml": behaviour_policy("cloud-creds"), "b2.yaml": behaviour_policy("crypto-mining")})
@@ -109,9 +108,9 @@ def test_a_bundle_dropping_a_behaviour_policy_is_held_until_approved(stack):
 
 
 def _publish_stage(channel: str, digest: str) -> dict:
-    from cdr_policy import stages
+    from cdr_policy.wiring import cloud
 
-    return stages.publish(get_settings(), channel=channel, digest=digest)
+    return cloud.publish(get_settings(), channel=channel, digest=digest)
 
 
 def test_an_empty_bundle_over_a_small_channel_is_held(stack):
@@ -121,7 +120,7 @@ def test_an_empty_bundle_over_a_small_channel_is_held(stack):
 
     assert _publish_stage("prod", empty)["status"] == "held"
     assert current(stack)["digest"] == first
-    assert stores(stack)[1].list(keys.history_prefix("prod"))[-1].endswith(f"-{first}.json")
+    assert stores(stack)[1].list(layout.history_prefix("prod"))[-1].endswith(f"-{first}.json")
 
 
 def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
@@ -131,9 +130,7 @@ def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
     signer = KmsSigner(stack.client("kms"), stack.signing_key_id)
     now = utcnow()
     a = render(state, network_bundle(ips(0, 10), tag="a"), created=now)
-    publish_bundle(
-        state, dist, channel="prod", digest=a, signer=signer, now=now, change_budget_percent=100, approved=True
-    )
+    publish_bundle(state, dist, channel="prod", digest=a, signer=signer, now=now, change_budget_percent=100)
     b = render(state, network_bundle(ips(0, 11), tag="b"), created=now)
     c = render(state, network_bundle(ips(0, 12), tag="c"), created=now)
     both_read = threading.Barrier(2, timeout=30)
@@ -178,7 +175,7 @@ def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
     assert outcome["first"].generation == 2
     assert isinstance(outcome["second"], ChannelMoved)
     assert (current(stack)["digest"], current(stack)["generation"]) == (c, 2)
-    history = [jsonio.loads(dist.get(k).data) for k in dist.list(keys.history_prefix("prod"))]
+    history = [jsonio.loads(dist.get(k).data) for k in dist.list(layout.history_prefix("prod"))]
     assert sorted(h["generation"] for h in history) == [1, 2]  # the loser left no history entry
 
     retried = publish_bundle(
@@ -213,4 +210,4 @@ def test_publish_refuses_what_the_channel_settings_forbid(stack):
     summary = _publish_stage("prod", own_range)
     assert summary["status"] == "refused"
     assert any("protected range of channel prod" in e for e in summary["errors"])
-    assert stores(stack)[1].list(keys.channel_manifest_key("prod")) == []
+    assert stores(stack)[1].list(layout.channel_manifest_key("prod")) == []

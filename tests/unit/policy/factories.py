@@ -88,3 +88,8 @@ def render(
 
 def by_file(result: RenderResult) -> dict[str, dict]:
     return {f.filename: f.obj for f in result.files}
+
+
+def file_bytes(result) -> dict[str, bytes]:
+    """``{file name: bytes}`` of a ``RenderResult``: what the determinism tests compare."""
+    return {f.filename: f.to_bytes() for f in result.files}

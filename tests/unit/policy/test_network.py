@@ -11,6 +11,7 @@ from cdr_policy.policy import cilium, tetragon
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import check_object, errors_of
 from cdr_policy.policy.naming import COMPONENT_CIDR_GROUP
+from cdr_policy.policy.output import ObjectMeta
 
 from .factories import by_file, cdr_set, feed_set, indicator, render
 
@@ -116,7 +117,7 @@ def test_large_tetragon_lists_are_split_into_parts(schemas):
     files = tetragon.network_blocklist(
         channel,
         prefixes=prefixes,
-        meta=tetragon.ObjectMeta(labels={"app.kubernetes.io/managed-by": "cdr-policy"}),
+        meta=ObjectMeta(labels={"app.kubernetes.io/managed-by": "cdr-policy"}),
         purpose="threat-intel-blocklist",
         base="threat-intel-blocklist",
         message="m",
@@ -199,7 +200,7 @@ def test_cilium_scoping_by_namespace_and_labels(schemas):
 def test_groups_are_sharded(schemas):
     prefixes = [f"45.{i // 256}.{i % 256}.0/24" for i in range(0, 2 * cilium.PREFIXES_PER_GROUP + 2, 2)]
     channel = ChannelSettings(name="prod")
-    meta = tetragon.ObjectMeta(labels={"app.kubernetes.io/managed-by": "cdr-policy"})
+    meta = ObjectMeta(labels={"app.kubernetes.io/managed-by": "cdr-policy"})
     files = cilium.blocklist(
         channel, prefixes=prefixes, meta=meta, group_meta=meta, purpose="feed", base="b", description="d"
     )

@@ -14,7 +14,7 @@ from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import check_object, errors_of
 from cdr_policy.rules import RULES
 
-from .factories import EXPIRES, FIRST_SEEN, LAST_SEEN, render
+from .factories import EXPIRES, FIRST_SEEN, LAST_SEEN, file_bytes, render
 
 SOURCES = ["cdr", "feed:feodo-c2", "feed:tor-exit", "abuseipdb"]
 CATEGORIES = [
@@ -150,4 +150,4 @@ def test_every_emitted_object_passes_the_checker(schemas, cdr_entries, feed_entr
     budget = result.report["budget"]
     assert budget["tetragon"]["used"] <= channel.tetragon_max_prefixes
     assert budget["cilium"]["used"] <= budget["cilium"]["limit"]
-    assert render(sets, channel).file_bytes() == result.file_bytes()
+    assert file_bytes(render(sets, channel)) == file_bytes(result)

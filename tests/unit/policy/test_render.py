@@ -13,7 +13,7 @@ from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.policy.render import compile_policies
 
-from .factories import NOW, behaviour, by_file, cdr_set, feed_set, indicator, render
+from .factories import NOW, behaviour, by_file, cdr_set, feed_set, file_bytes, indicator, render
 
 
 def _inputs():
@@ -77,8 +77,8 @@ def test_render_end_to_end(schemas):
 
 
 def test_same_input_same_bytes_and_order_does_not_matter():
-    first = render(_inputs()).file_bytes()
-    assert render(_inputs()).file_bytes() == first
+    first = file_bytes(render(_inputs()))
+    assert file_bytes(render(_inputs())) == first
     for seed in range(3):
         shuffled = _inputs()
         rnd = random.Random(seed)
@@ -87,8 +87,8 @@ def test_same_input_same_bytes_and_order_does_not_matter():
             rnd.shuffle(s.entries)
             rnd.shuffle(s.behaviours)
         result = render(shuffled)
-        assert result.file_bytes() == first
-        assert list(result.file_bytes()) == list(first)
+        assert file_bytes(result) == first
+        assert list(file_bytes(result)) == list(first)
 
 
 def test_channel_protected_ranges_are_never_blocked():
@@ -191,7 +191,7 @@ def test_provenance_changes_update_in_place_enforcement_changes_rename():
             e.expires_at = "2026-01-20T00:00:00Z"
     second = render(later)
     assert [f.name for f in second.files] == [f.name for f in first.files]
-    assert second.file_bytes() != first.file_bytes()
+    assert file_bytes(second) != file_bytes(first)
     more = _inputs()
     more[1].entries.append(indicator("185.220.102.1/32", sources=("feed:tor-exit",), category="tor"))
     renamed = {f.filename for f in render(more).files} & {f.filename for f in first.files}

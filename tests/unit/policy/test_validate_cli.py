@@ -12,7 +12,7 @@ from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet, check_bundle, check_files, validate_main
 from cdr_policy.policy.checker.files import CRDS_ENV, default_crds_dir
 
-from .factories import behaviour, cdr_set, feed_set, indicator, render
+from .factories import behaviour, cdr_set, feed_set, file_bytes, indicator, render
 
 
 def _write_rendered(directory: Path) -> list[str]:
@@ -21,9 +21,9 @@ def _write_rendered(directory: Path) -> list[str]:
         feed_set("tor-exit", ["185.220.101.4/32"], "tor"),
     ]
     result = render(sets, ChannelSettings(name="prod", action="Sigkill", namespaces=("web",)))
-    for name, data in result.file_bytes().items():
+    for name, data in file_bytes(result).items():
         (directory / name).write_bytes(data)
-    return sorted(result.file_bytes())
+    return sorted(file_bytes(result))
 
 
 def test_rendered_output_validates_clean(tmp_path, crds_dir, capsys):
@@ -132,7 +132,7 @@ def test_check_bundle_is_the_publish_and_agent_check(crds_dir):
         [cdr_set([indicator("45.33.32.0/24")], [behaviour("crypto_mining")])],
         ChannelSettings(name="prod", action="Sigkill"),
     )
-    files = {**result.file_bytes(), "report.json": b'{"not": "an object"}'}
+    files = {**file_bytes(result), "report.json": b'{"not": "an object"}'}
     schemas = SchemaSet.from_dir(crds_dir)
     assert check_bundle(files, schemas) == []
     files["cdr-dynamic-blocklist.yaml"] = files["cdr-dynamic-blocklist.yaml"].replace(b"  podSelector: {}\n", b"")
@@ -144,7 +144,7 @@ def test_check_bundle_is_the_publish_and_agent_check(crds_dir):
 def test_bundle_checker_for_publish_and_the_agent(crds_dir):
     from cdr_policy.policy.checker import bundle_checker
 
-    files = render([cdr_set([indicator("45.33.32.0/24")])]).file_bytes()
+    files = file_bytes(render([cdr_set([indicator("45.33.32.0/24")])]))
     assert bundle_checker(SchemaSet.from_dir(crds_dir))(files) == []
     assert bundle_checker(None)(files) == []  # checklist only
     tampered = {k: v.replace(b"45.33.32.0/24", b"10.0.0.0/8") for k, v in files.items()}

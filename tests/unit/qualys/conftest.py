@@ -12,7 +12,7 @@ from cdr_policy.guards import NeverBlock
 from cdr_policy.qualys.categories import load_mapping
 from cdr_policy.qualys.client import QualysClient
 from cdr_policy.qualys.credentials import Credentials
-from demo.fake_qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "events" / "findings"

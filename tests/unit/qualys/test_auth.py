@@ -12,9 +12,9 @@ import pytest
 from cdr_policy.errors import QualysError
 from cdr_policy.qualys.auth import jwt_expiry
 from cdr_policy.qualys.credentials import Credentials
-from cdr_policy.qualys.fetch import run_cdr_fetch
+from cdr_policy.stages.cdr_fetch import run_cdr_fetch
 from cdr_policy.storage import LocalStore
-from demo.fake_qualys import DEMO_PASSWORD, FakeQualysGateway, Fault
+from tests.fakes.qualys import DEMO_PASSWORD, FakeQualysGateway, Fault
 
 from .conftest import SAMPLES, SAMPLES_NOW
 
@@ -169,7 +169,7 @@ def test_secrets_never_in_logs_errors_or_reprs(make_client, capfd, caplog, tmp_p
             mapping=mapping,
         )
         tokens.append(client._auth.token())
-        texts += [repr(client), json.dumps(result.report_section())]
+        texts += [repr(client), json.dumps(result.summary().to_dict())]
     out, errout = capfd.readouterr()
     texts += [out, errout, caplog.text]
     stored = "".join(p.read_text(errors="replace") for p in tmp_path.rglob("*.json"))

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from demo.fake_qualys import (
+from tests.fakes.qualys import (
     DEMO_PASSWORD,
     DEMO_USERNAME,
     FakeQualysGateway,
@@ -177,7 +177,7 @@ def test_standalone_server_prints_url_and_credentials():
         [
             sys.executable,
             "-m",
-            "demo.fake_qualys",
+            "tests.fakes.qualys",
             "--port",
             "0",
             "--findings",

@@ -14,13 +14,14 @@ import jsonschema
 import pytest
 from moto import mock_aws
 
+from cdr_policy import layout
 from cdr_policy.errors import QualysError, StorageError
 from cdr_policy.jsonio import loads
-from cdr_policy.qualys.fetch import load_cdr_set, run_cdr_fetch
 from cdr_policy.qualys.findings import Finding, parse_finding
-from cdr_policy.qualys.state import CHECKPOINT_KEY, CURRENT_KEY, SEEN_KEY, read_current, read_seen
+from cdr_policy.qualys.state import read_current, read_seen
+from cdr_policy.stages.cdr_fetch import load_cdr_set, run_cdr_fetch
 from cdr_policy.storage import LocalStore, S3Store
-from demo.fake_qualys import FakeQualysGateway, Fault, load_findings, synthetic_findings
+from tests.fakes.qualys import FakeQualysGateway, Fault, load_findings, synthetic_findings
 
 from .conftest import SAMPLES, SAMPLES_NOW
 
@@ -47,7 +48,7 @@ def state(store) -> dict:
         "behaviours": d["behaviours"],
         "rejected": d["rejected"],
         "seen": sorted(read_seen(store, current).uuids),
-        "checkpoint": loads(store.get(CHECKPOINT_KEY).data)["window_end"],
+        "checkpoint": loads(store.get(layout.CDR_CHECKPOINT).data)["window_end"],
     }
 
 
@@ -77,7 +78,7 @@ class CrashingStore:
 def test_samples_exact_report(samples_gateway, make_client, tmp_path, guard, mapping):
     store = LocalStore(tmp_path)
     result = fetch(store, make_client(samples_gateway), guard, mapping)
-    report = result.report_section()
+    report = result.summary().to_dict()
     assert report["complete"] is True
     counts = ("fetched", "unique", "new", "duplicates", "malformed_count")
     assert {k: report[k] for k in counts} == dict(zip(counts, (20, 18, 18, 1, 1), strict=True))
@@ -167,7 +168,7 @@ def test_raw_pages_are_kept_exactly_and_malformed_ones_can_be_found(
     ]
     served = [item for key in keys for item in json.loads(gzip.decompress(store.get(key).data))["content"]]
     assert served == samples_gateway.findings  # every finding, as sent, including the malformed and the duplicate
-    (bad,) = result.report_section()["malformed"]
+    (bad,) = result.summary().to_dict()["malformed"]
     assert "uuid" not in json.loads(gzip.decompress(store.get(bad["raw"]).data))["content"][bad["index"]]
 
 
@@ -219,7 +220,7 @@ def test_more_than_1000_findings_across_windows_and_pages(make_client, tmp_path,
         client = make_client(gw)
         result = fetch(store, client, guard, mapping)
 
-    report = result.report_section()
+    report = result.summary().to_dict()
     assert report["fetched"] == len(items) == 1500 + len(duplicates)
     assert report["unique"] == report["new"] == len(unique) > 1000
     assert report["duplicates"] == len(duplicates) > 0
@@ -280,7 +281,7 @@ def test_overlap_and_reruns_count_nothing_twice(samples_gateway, make_client, tm
     assert (again.fetched, again.unique, again.new, again.duplicates) == (19, 17, 0, 1)
     assert sum(again.by_category.values()) == 17
     # the report still describes the range (what its findings yield), though nothing was merged again
-    assert again.report_section()["indicators"] == {"ips": 5, "domains": 4, "ports": 4}
+    assert again.summary().to_dict()["indicators"] == {"ips": 5, "domains": 4, "ports": 4}
     assert len(again.rejected) == 11
     assert len(again.malformed) == 1
     after = state(store)
@@ -290,11 +291,12 @@ def test_overlap_and_reruns_count_nothing_twice(samples_gateway, make_client, tm
 def test_unchanged_run_does_not_rewrite_the_indicator_set(samples_gateway, make_client, tmp_path, guard, mapping):
     store = LocalStore(tmp_path)
     fetch(store, make_client(samples_gateway), guard, mapping)
-    before = store.get(CURRENT_KEY)
+    before = store.get(layout.CDR_SET)
     counting = CrashingStore(store)
     fetch(counting, make_client(samples_gateway), guard, mapping, now=NOW + timedelta(minutes=15))
-    assert store.get(CURRENT_KEY) == before  # no new S3 notification, no needless render
-    assert counting.puts == 1 and store.get(CHECKPOINT_KEY).data.count(b"00:15:00.000Z") == 1
+    assert store.get(layout.CDR_SET) == before  # no new S3 notification, no needless render
+    # two writes: the checkpoint and the run summary (state/cdr/, outside the notified prefix)
+    assert counting.puts == 2 and store.get(layout.CDR_CHECKPOINT).data.count(b"00:15:00.000Z") == 1
 
 
 def test_expired_indicators_are_dropped_and_the_ledger_pruned(samples_gateway, make_client, tmp_path, guard, mapping):
@@ -313,7 +315,7 @@ def test_future_checkpoint_fetches_nothing(samples_gateway, make_client, tmp_pat
     fetch(store, make_client(samples_gateway), guard, mapping, now=NOW + timedelta(hours=1))
     result = fetch(store, make_client(samples_gateway), guard, mapping)
     assert result.windows_planned == 0 and result.fetched == 0
-    assert loads(store.get(CHECKPOINT_KEY).data)["window_end"] == "2026-01-11T01:00:00.000Z"
+    assert loads(store.get(layout.CDR_CHECKPOINT).data)["window_end"] == "2026-01-11T01:00:00.000Z"
 
 
 # -- failures half-way ----------------------------------------------------------------------------
@@ -369,7 +371,7 @@ def test_time_budget_stops_cleanly_and_the_next_run_resumes(make_client, tmp_pat
         short = fetch(store, make_client(gw, deadline=clock() + 250), guard, mapping)
         assert short.complete is False and "time budget" in short.stopped_reason
         assert (short.windows_done, short.windows_planned) == (2, 4)
-        assert short.report_section()["range"]["checkpoint"] == "2026-01-10T12:00:00.000Z"
+        assert short.summary().to_dict()["range"]["checkpoint"] == "2026-01-10T12:00:00.000Z"
         assert short.unique == 500
         rest = fetch(store, make_client(gw), guard, mapping)
     assert rest.complete and rest.new == 500
@@ -389,7 +391,7 @@ def test_permission_error_propagates_and_stores_no_checkpoint(make_client, tmp_p
 def test_unreadable_checkpoint_falls_back_to_the_lookback(samples_gateway, make_client, tmp_path, guard, mapping):
     store = LocalStore(tmp_path)
     fetch(store, make_client(samples_gateway), guard, mapping)
-    store.put(CHECKPOINT_KEY, b"{not json")
+    store.put(layout.CDR_CHECKPOINT, b"{not json")
     result = fetch(store, make_client(samples_gateway), guard, mapping)
     assert result.range_start == NOW - timedelta(hours=24)
     assert (result.unique, result.new, result.duplicates) == (18, 0, 1)
@@ -398,11 +400,11 @@ def test_unreadable_checkpoint_falls_back_to_the_lookback(samples_gateway, make_
 @pytest.mark.parametrize(
     "key, data, message",
     [
-        (CURRENT_KEY, b"{not json", "is not valid JSON"),
-        (CURRENT_KEY, b'{"schema_version": 9}', "is not a valid indicator set"),
-        (CURRENT_KEY, b"[]", "is not a valid indicator set"),
-        (SEEN_KEY, b'{"schema_version": 1, "uuids": {"a": "yesterday"}}', "is not a valid uuid ledger"),
-        (SEEN_KEY, b'{"schema_version": 1}', "is not a valid uuid ledger"),
+        (layout.CDR_SET, b"{not json", "is not valid JSON"),
+        (layout.CDR_SET, b'{"schema_version": 9}', "is not a valid indicator set"),
+        (layout.CDR_SET, b"[]", "is not a valid indicator set"),
+        (layout.CDR_SEEN, b'{"schema_version": 1, "uuids": {"a": "yesterday"}}', "is not a valid uuid ledger"),
+        (layout.CDR_SEEN, b'{"schema_version": 1}', "is not a valid uuid ledger"),
     ],
 )
 def test_damaged_state_is_an_error_not_a_silent_reset(
@@ -417,8 +419,8 @@ def test_damaged_state_is_an_error_not_a_silent_reset(
 def test_indicator_set_of_another_source_is_refused(samples_gateway, make_client, tmp_path, guard, mapping):
     store = LocalStore(tmp_path)
     fetch(store, make_client(samples_gateway), guard, mapping)
-    doc = json.loads(store.get(CURRENT_KEY).data)
-    store.put(CURRENT_KEY, json.dumps({**doc, "source": "feed:tor-exit"}).encode())
+    doc = json.loads(store.get(layout.CDR_SET).data)
+    store.put(layout.CDR_SET, json.dumps({**doc, "source": "feed:tor-exit"}).encode())
     with pytest.raises(StorageError, match="expected 'cdr'"):
         fetch(store, make_client(samples_gateway), guard, mapping)
 
@@ -436,7 +438,7 @@ def test_s3_store(samples_gateway, make_client, guard, mapping):
         store = S3Store(s3, "state")
         result = fetch(store, make_client(samples_gateway), guard, mapping)
         keys = store.list("")
-        assert CURRENT_KEY in keys and CHECKPOINT_KEY in keys and SEEN_KEY in keys
+        assert layout.CDR_SET in keys and layout.CDR_CHECKPOINT in keys and layout.CDR_SEEN in keys
         assert len([k for k in keys if k.startswith("raw/cdr/2026/01/10/")]) == 4
         head = s3.head_object(
             Bucket="state",

@@ -23,14 +23,13 @@ from cdr_policy.agent.sync import (
     DEFAULT_MAX_SHRINK_PERCENT,
     DEFAULT_SYNC_DEADLINE_S,
     Agent,
-    Check,
 )
 from cdr_policy.bundle.channel_rules import protected_guard
 from cdr_policy.bundle.signing import Verifier
 from cdr_policy.errors import CdrPolicyError
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker import SchemaSet
-from cdr_policy.policy.checker.bundle import bundle_checker
+from cdr_policy.policy.checker.files import BundleCheck, bundle_checker
 from cdr_policy.storage import open_store
 from cdr_policy.timeutil import parse_duration
 
@@ -181,7 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def policy_check(applier: Applier, crds: Path | None, protected: tuple[str, ...] = ()) -> Check:
+def policy_check(applier: Applier, crds: Path | None, protected: tuple[str, ...] = ()) -> BundleCheck:
     """The policy checker the agent runs on every bundle before applying it: against the CRDs
     installed in the cluster it applies to (so it checks the versions it will really meet), or in
     directory mode against ``--crds DIR`` when given; the safety checklist always, with the

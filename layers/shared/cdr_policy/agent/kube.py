@@ -295,7 +295,10 @@ class KubeApplier:
             return None
         if resp.status_code != 200:
             raise self._fail(resp, f"get ConfigMap {namespace}/{name}")
-        return resp.json()
+        body = resp.json()
+        if not isinstance(body, dict):
+            raise ApplyError(f"get ConfigMap {namespace}/{name}: the answer is not an object")
+        return body
 
     def write_configmap(self, obj: dict[str, Any]) -> None:
         """Create ``obj`` (no ``metadata.resourceVersion``) or replace the version it names.

@@ -38,19 +38,17 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cdr_policy import __version__, jsonio
+from cdr_policy import __version__, jsonio, layout
 from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.kinds import kind_of, ownership_labels
 from cdr_policy.agent.reconcile import delete_objects, owned_objects, reconcile
 from cdr_policy.agent.state import Applied, Record, RecordStore, StateDir
 from cdr_policy.agent.status import SCHEMA_VERSION
-from cdr_policy.bundle import keys
 from cdr_policy.bundle.change_budget import shrink_reasons
 from cdr_policy.bundle.channel_rules import settings_problems
 from cdr_policy.bundle.manifest import (
@@ -63,10 +61,9 @@ from cdr_policy.bundle.objects import ObjectRef, parse_objects, ref_of
 from cdr_policy.bundle.signing import Verifier, verify_manifest
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.observability import logger
+from cdr_policy.policy.checker.files import BundleCheck
 from cdr_policy.storage import NotFound, Store, TooLarge
 from cdr_policy.timeutil import iso, parse_iso, utcnow
-
-Check = Callable[[dict[str, bytes]], list[str]]
 
 GENERATION_ANNOTATION = "cdr-policy.io/generation"
 CONTENT_HASH_ANNOTATION = "cdr-policy.io/content-hash"
@@ -151,7 +148,7 @@ class Agent:
         verifier: Verifier,
         applier: Applier,
         state_dir: str | os.PathLike[str],
-        check: Check | None = None,
+        check: BundleCheck | None = None,
         record: RecordStore | None = None,
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         max_shrink_percent: int = DEFAULT_MAX_SHRINK_PERCENT,
@@ -178,7 +175,7 @@ class Agent:
         self.drift_interval_s = drift_interval_s
         self.sync_deadline_s = sync_deadline_s
         self.labels = ownership_labels(channel)
-        self.manifest_key = keys.channel_manifest_key(channel)
+        self.manifest_key = layout.channel_manifest_key(channel)
         self._state = StateDir(Path(state_dir))
         self._applied = self._state.load(verifier, channel)
         self._desired: list[dict[str, Any]] | None = None  # the applied bundle's objects, as applied
@@ -475,7 +472,11 @@ class Agent:
         self._applied, self._record = None, None
         self._desired = None
         self._etag = None  # verify the channel's manifest again: the status then says why nothing is applied
-        kept = f"; kept {len(keep)} object(s) of the newer bundle {newest.manifest['digest'][:12]}" if keep else ""
+        kept = (
+            f"; kept {len(keep)} object(s) of the newer bundle {newest.manifest['digest'][:12]}"
+            if newest and keep
+            else ""
+        )
         return f"applied bundle {digest[:12]} expired at {expires}: removed {deleted} object(s){kept}"
 
     # -- reporting -------------------------------------------------------------------------------
@@ -503,6 +504,6 @@ class Agent:
     def _report(self, status: dict[str, Any]) -> None:
         self._state.save_status(status)
         try:
-            self.dist.put(keys.status_key(self.cluster_id), jsonio.dumps_pretty(status), "application/json")
+            self.dist.put(layout.status_key(self.cluster_id), jsonio.dumps_pretty(status), "application/json")
         except StorageError as exc:
             logger.warning("cannot write the agent status to the bucket", extra={"error": str(exc)})

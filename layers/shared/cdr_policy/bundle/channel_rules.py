@@ -23,7 +23,9 @@ _ENFORCING = frozenset({"Sigkill", "Override"})
 
 
 def _actions(obj: Mapping[str, Any]) -> set[str]:
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return set()
     found = set()
     for section in ("kprobes", "lsmhooks", "tracepoints", "uprobes", "usdts", "fentries"):
         for hook in spec.get(section) or []:

@@ -12,8 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from cdr_policy import jsonio
-from cdr_policy.bundle import keys
+from cdr_policy import jsonio, layout
 from cdr_policy.errors import BundleError
 from cdr_policy.schemas import schema_errors
 from cdr_policy.storage import Store, TooLarge
@@ -74,11 +73,6 @@ def entries_digest(entries: list[dict[str, Any]]) -> str:
     """sha256 hex over the canonical JSON of the sorted ``[path, sha256, size]`` list."""
     rows = sorted([e["path"], e["sha256"], e["size"]] for e in entries)
     return hashlib.sha256(jsonio.dumps(rows)).hexdigest()
-
-
-def bundle_digest(files: Mapping[str, bytes]) -> str:
-    """The digest of a set of files: same files, same digest, whatever order they come in."""
-    return entries_digest(file_entries(files))
 
 
 def unsigned(manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,7 +151,7 @@ def read_bundle_files(store: Store, manifest: Mapping[str, Any]) -> dict[str, by
     digest = manifest["digest"]
     files = {}
     for entry in manifest["files"]:
-        key = keys.bundle_file_key(digest, entry["path"])
+        key = layout.bundle_file_key(digest, entry["path"])
         try:
             files[entry["path"]] = store.get(key, max_bytes=entry["size"]).data
         except TooLarge as exc:

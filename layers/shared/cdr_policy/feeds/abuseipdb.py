@@ -29,11 +29,11 @@ from urllib.parse import urlsplit
 import httpx
 from aws_lambda_powertools.metrics import MetricUnit
 
-from cdr_policy import jsonio
+from cdr_policy import jsonio, layout
 from cdr_policy.errors import ConfigError
 from cdr_policy.feeds.download import make_client
 from cdr_policy.feeds.parse import parse_token
-from cdr_policy.feeds.persist import FeedOutcome, load_set, reputation_set_key, save_set_if_changed
+from cdr_policy.feeds.persist import FeedOutcome, load_set, save_set_if_changed
 from cdr_policy.feeds.prefix import BITS, last_address, sort_key, to_string
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import Indicator, IndicatorSet, Rejection
@@ -42,7 +42,6 @@ from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import iso, parse_iso
 
 DEFAULT_BASE_URL = "https://api.abuseipdb.com/api/v2"
-CACHE_KEY = "state/abuseipdb/cache.json"
 CACHE_SCHEMA_VERSION = 1
 SOURCE = "abuseipdb"
 BLACKLIST_SOURCE = "abuseipdb-blacklist"
@@ -84,7 +83,7 @@ class _Cache:
     @classmethod
     def load(cls, store: Store) -> _Cache:
         try:
-            d = jsonio.loads(store.get(CACHE_KEY).data)
+            d = jsonio.loads(store.get(layout.ABUSEIPDB_CACHE).data)
             if d.get("schema_version") != CACHE_SCHEMA_VERSION:
                 raise ValueError(f"unsupported schema_version {d.get('schema_version')!r}")
             return cls(
@@ -95,7 +94,9 @@ class _Cache:
         except NotFound:
             return cls(scores={}, paused_until={})
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            logger.warning("AbuseIPDB cache unreadable, starting afresh", extra={"key": CACHE_KEY, "error": str(exc)})
+            logger.warning(
+                "AbuseIPDB cache unreadable, starting afresh", extra={"key": layout.ABUSEIPDB_CACHE, "error": str(exc)}
+            )
             return cls(scores={}, paused_until={})
 
 
@@ -165,7 +166,7 @@ class AbuseIPDB:
             outcomes = [self._refresh_checks(store, cache, ips, now, guard, client)]
             if self.blacklist:
                 outcomes.append(self._refresh_blacklist(store, cache, now, guard, client))
-            store.put(CACHE_KEY, jsonio.dumps_pretty(cache.to_dict()), "application/json")
+            store.put(layout.ABUSEIPDB_CACHE, jsonio.dumps_pretty(cache.to_dict()), "application/json")
             return outcomes
         finally:
             if http is None:
@@ -272,7 +273,7 @@ class AbuseIPDB:
     def _refresh_blacklist(
         self, store: Store, cache: _Cache, now: datetime, guard: NeverBlock, client: httpx.Client
     ) -> FeedOutcome:
-        previous = load_set(store, reputation_set_key(BLACKLIST_SOURCE)).indicator_set
+        previous = load_set(store, layout.reputation_set_key(BLACKLIST_SOURCE)).indicator_set
         last = cache.blacklist_fetched_at
         if previous is not None and last is not None and parse_iso(last) + self.blacklist_interval > now:
             return FeedOutcome(
@@ -282,7 +283,7 @@ class AbuseIPDB:
                 error=previous.error,
                 stats={**previous.stats, "downloaded": False},
                 rejected=list(previous.rejected),
-                key=reputation_set_key(BLACKLIST_SOURCE),
+                key=layout.reputation_set_key(BLACKLIST_SOURCE),
             )
         problem = self._pause_reason(cache, "blacklist", now)
         data: dict[str, Any] = {}
@@ -408,17 +409,16 @@ class AbuseIPDB:
         return None
 
     def _disabled(self, store: Store, name: str, now: datetime) -> FeedOutcome:
-        previous = load_set(store, reputation_set_key(name))
-        changed = False
-        if previous.indicator_set is not None:
-            new = IndicatorSet(source=SET_SOURCES[name], fetched_at=iso(now), status="disabled", error=MISSING_KEY)
-            changed = save_set_if_changed(store, previous, new, now=now, ttl=None)
+        # Stored even on a first run, so that every report says the list is off (written once: unchanged later).
+        previous = load_set(store, layout.reputation_set_key(name))
+        new = IndicatorSet(source=SET_SOURCES[name], fetched_at=iso(now), status="disabled", error=MISSING_KEY)
+        changed = save_set_if_changed(store, previous, new, now=now, ttl=None)
         return FeedOutcome(
             name=name, status="disabled", entries=0, error=MISSING_KEY, changed=changed, key=previous.key
         )
 
     def _save(self, store: Store, name: str, new: IndicatorSet, now: datetime) -> FeedOutcome:
-        previous = load_set(store, reputation_set_key(name))
+        previous = load_set(store, layout.reputation_set_key(name))
         changed = save_set_if_changed(store, previous, new, now=now, ttl=self.keep)
         return FeedOutcome.of_set(name, new, changed=changed, key=previous.key)
 

@@ -30,8 +30,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
+from cdr_policy.config_text import load_yaml_mapping
 from cdr_policy.errors import ConfigError
 from cdr_policy.feeds.parse import FORMATS
 from cdr_policy.feeds.ranking import CATEGORY_WEIGHTS
@@ -172,12 +171,7 @@ BUILTIN_FEEDS: tuple[FeedConfig, ...] = (
 def load_feeds(text: str, *, origin: str = "feeds config", allow_file: bool = False) -> list[FeedConfig]:
     """Parse a ``feeds:`` YAML document (see the module docstring) into the effective feed list.
     ``allow_file``: accept ``file://`` URLs (the local CLI's own files only)."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{origin}: expected a mapping with a 'feeds:' list at the top level")
+    doc = load_yaml_mapping(text, origin, "a mapping with a 'feeds:' list at the top level")
     unknown = sorted(str(k) for k in set(doc) - {"feeds", "mode"})
     if unknown:
         raise ConfigError(f"{origin}: unknown top-level key(s) {', '.join(unknown)} (known: feeds, mode)")

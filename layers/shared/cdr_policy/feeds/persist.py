@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from cdr_policy import jsonio
+from cdr_policy import jsonio, layout
 from cdr_policy.models import IndicatorSet, Rejection
 from cdr_policy.observability import logger
 from cdr_policy.storage import NotFound, Store
@@ -36,22 +36,6 @@ _VOLATILE_STATS = (
     "not_checked",
     "downloaded",
 )
-
-
-def feed_set_key(name: str) -> str:
-    return f"indicators/feeds/{name}.json"
-
-
-def reputation_set_key(name: str) -> str:
-    return f"indicators/reputation/{name}.json"
-
-
-def feed_state_key(name: str) -> str:
-    return f"state/feeds/{name}.json"
-
-
-def raw_key(name: str) -> str:
-    return f"raw/feeds/{name}/last-good"
 
 
 @dataclass
@@ -79,7 +63,7 @@ class FeedState:
 
 
 def load_state(store: Store, name: str) -> FeedState:
-    key = feed_state_key(name)
+    key = layout.feed_state_key(name)
     try:
         return FeedState.from_dict(jsonio.loads(store.get(key).data))
     except NotFound:
@@ -90,7 +74,7 @@ def load_state(store: Store, name: str) -> FeedState:
 
 
 def save_state(store: Store, name: str, state: FeedState) -> None:
-    store.put(feed_state_key(name), jsonio.dumps_pretty(state.to_dict()), "application/json")
+    store.put(layout.feed_state_key(name), jsonio.dumps_pretty(state.to_dict()), "application/json")
 
 
 @dataclass

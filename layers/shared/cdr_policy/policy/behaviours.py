@@ -1,6 +1,6 @@
 """Behaviour policies: one TracingPolicy per CDR behaviour rule (``cdr_policy.rules.RULES``).
 
-Primitives, following enforcement.md:
+Primitives, following docs/ENFORCEMENT.md:
 
 - **Exec blocking** on the kernel function ``security_bprm_check`` (``syscall: false``) with its
   ``linux_binprm`` argument, which is the resolved path of the file being executed: tools are

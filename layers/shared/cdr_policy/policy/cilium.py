@@ -1,6 +1,6 @@
 """Cilium blocklists: a CiliumClusterwideNetworkPolicy with ``egressDeny`` to CiliumCIDRGroups.
 
-Following enforcement.md §2.7:
+Following docs/ENFORCEMENT.md §2.7:
 
 - Prefixes go into ``CiliumCIDRGroup``s of at most 5,000 entries (~235 KiB in the worst case of
   full-length IPv6 /128s, far under etcd's 1.5 MiB and our 512 KiB ceiling); on Cilium >= 1.17 a
@@ -35,8 +35,8 @@ from typing import Any
 from cdr_policy.errors import ConfigError
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.naming import COMPONENT_CIDR_GROUP, COMPONENT_KEY, SHARD, assign_name, group_filename
-from cdr_policy.policy.output import PolicyFile
-from cdr_policy.policy.tetragon import NAMESPACE_LABEL, ObjectMeta
+from cdr_policy.policy.output import ObjectMeta, PolicyFile
+from cdr_policy.policy.tetragon import NAMESPACE_LABEL
 
 POLICY_API_VERSION = "cilium.io/v2"
 PREFIXES_PER_GROUP = 5_000

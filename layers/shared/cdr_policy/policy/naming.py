@@ -6,7 +6,7 @@ Object names are ``<kind>-<purpose>-<hash8>``: ``tp-cloud-creds-1f0c9a2e``, ``cc
 annotations and the bundle label (which the bundle stage adds afterwards). The same content always
 gets the same name and any change to what is enforced gets a new one: the sync agent applies the
 new object before it deletes the old one, which avoids Tetragon's unload-then-load gap
-(enforcement.md §1.6). Provenance and expiry (annotations) change on every CDR fetch; they are
+(docs/ENFORCEMENT.md §1.6). Provenance and expiry (annotations) change on every CDR fetch; they are
 updated in place and do not rename, so unchanged policies are not reloaded on every node. Names
 stay within 63 characters so that they can be reused as label values.
 

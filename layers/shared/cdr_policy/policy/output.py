@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cdr_policy.policy.serialize import dump_yaml
+
+
+@dataclass
+class ObjectMeta:
+    """Labels and annotations shared by all objects compiled for one purpose (Tetragon or Cilium)."""
+
+    labels: dict[str, str]
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

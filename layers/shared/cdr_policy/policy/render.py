@@ -9,7 +9,7 @@ policy files and report.
 3. Every prefix goes through the never-block list again: the caller's guard and the channel's
    ``protected_cidrs`` (its pod, service and node ranges). Refusals are reported, never silent.
 4. The remaining prefixes are ranked (``feeds.ranking.rank``) and cut to the channel's Tetragon and
-   Cilium budgets (``policy.budget``); what is left out is reported with its rank.
+   Cilium budgets (``policy.capacity``); what is left out is reported with its rank.
 5. Objects: behaviour policies per CDR rule (``policy.behaviours``), Tetragon blocklists
    (``cdr`` and ``threat-intel``), Cilium groups and policies (``policy.cilium``).
 6. The checker runs on every object (checklist always; CRD schemas when ``schemas`` is given) and
@@ -38,11 +38,11 @@ from cdr_policy.models import Behaviour, Indicator, IndicatorSet, Rejection
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy import cilium, naming, tetragon
 from cdr_policy.policy.behaviours import CATALOGUE, compile_behaviour
-from cdr_policy.policy.budget import Cut, cut, rank_entries
+from cdr_policy.policy.capacity import Cut, cut, rank_entries
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet, check_object
 from cdr_policy.policy.domains import Resolver, handle_domains
-from cdr_policy.policy.output import PolicyFile
+from cdr_policy.policy.output import ObjectMeta, PolicyFile
 from cdr_policy.policy.ports import parse_port, port_refusal
 from cdr_policy.policy.prefixes import parse_explicit
 from cdr_policy.rules import RULES
@@ -64,9 +64,6 @@ _MESSAGE = {
 class RenderResult:
     files: list[PolicyFile]
     report: dict[str, Any]
-
-    def file_bytes(self) -> dict[str, bytes]:
-        return {f.filename: f.to_bytes() for f in self.files}
 
 
 class GuardChain:
@@ -274,7 +271,7 @@ def _behaviour_files(
     }
     if evidence.added:
         annotations[naming.EVIDENCE] = ",".join(evidence.added)
-    meta = tetragon.ObjectMeta(
+    meta = ObjectMeta(
         labels=naming.ownership_labels(channel.name, naming.COMPONENT_BEHAVIOUR, rule=rule),
         annotations=annotations,
     )
@@ -324,7 +321,7 @@ def _network_files(
                 naming.COMPONENT_TETRAGON_BLOCKLIST if engine == "tetragon" else naming.COMPONENT_CILIUM_BLOCKLIST
             )
             labels = naming.ownership_labels(channel.name, component, blocklist=group)
-            meta = tetragon.ObjectMeta(labels=labels, annotations=_provenance(indicators, len(prefixes), group))
+            meta = ObjectMeta(labels=labels, annotations=_provenance(indicators, len(prefixes), group))
             if engine == "tetragon":
                 files.extend(
                     tetragon.network_blocklist(
@@ -340,7 +337,7 @@ def _network_files(
                     )
                 )
             else:
-                group_meta = tetragon.ObjectMeta(
+                group_meta = ObjectMeta(
                     labels=naming.ownership_labels(channel.name, naming.COMPONENT_CIDR_GROUP, blocklist=group),
                     annotations=_provenance(indicators, len(prefixes), group),
                 )

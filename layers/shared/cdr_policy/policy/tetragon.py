@@ -1,6 +1,6 @@
 """Tetragon building blocks: actions per hook, connect hooks, scoping, and the network blocklists.
 
-Actions. A channel's action maps onto what each hook allows (enforcement.md §1.6):
+Actions. A channel's action maps onto what each hook allows (docs/ENFORCEMENT.md §1.6):
 
 | Channel | syscall kprobe | ``security_*`` kprobe | other kernel fn (``tcp_connect``) |
 |---|---|---|---|
@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.naming import SHARD, assign_name, part_filename
-from cdr_policy.policy.output import PolicyFile
+from cdr_policy.policy.output import ObjectMeta, PolicyFile
 from cdr_policy.policy.prefixes import tetragon_values
 
 API_VERSION = "cilium.io/v1alpha1"
@@ -185,14 +185,6 @@ def options(enforcement: Enforcement, kprobes: Sequence[dict[str, Any]]) -> list
         out.append({"name": "disable-kprobe-multi", "value": "1"})
     out.append({"name": "policy-mode", "value": "monitor" if enforcement.monitor else "enforce"})
     return out
-
-
-@dataclass
-class ObjectMeta:
-    """Labels and annotations shared by all objects compiled for one purpose."""
-
-    labels: dict[str, str]
-    annotations: dict[str, str] = field(default_factory=dict)
 
 
 def pod_selector(channel: ChannelSettings, *, spare_namespaces: Sequence[str] = ()) -> dict[str, Any]:

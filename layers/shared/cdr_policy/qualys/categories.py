@@ -13,11 +13,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from cdr_policy.config_text import load_yaml_mapping, read_text_file
 from cdr_policy.errors import ConfigError
 from cdr_policy.rules import RULES
 
@@ -127,12 +125,7 @@ def _entries(doc: dict[str, Any], section: str, where: str) -> list[tuple[str, _
 
 
 def parse_mapping(text: str, source: str) -> CategoryMapping:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{source}: expected a mapping with version, exact, substrings, techniques")
+    doc = load_yaml_mapping(text, source, "a mapping with version, exact, substrings, techniques")
     unknown = sorted(set(doc) - {"version", *_SECTIONS})
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}")
@@ -178,8 +171,4 @@ def load_mapping(path: str | None = None) -> CategoryMapping:
     """The shipped mapping, or the user's file at ``path`` (which replaces it entirely)."""
     if path is None:
         return _builtin()
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read category mapping {path}: {exc.strerror or exc}") from exc
-    return parse_mapping(text, path)
+    return parse_mapping(read_text_file(path, "category mapping"), path)

@@ -10,7 +10,7 @@ Where indicators come from (reference §11.4, what the original operator read):
 - Ports: ``destinationPort`` as ``tcp/<n>``, kept only when it is one of :data:`BLOCKABLE_PORTS`:
   the original's "suspicious" backdoor ports plus its mining-pool ports. Any other port is ordinary
   traffic (443, 53, ...) whose blocking would break workloads, so it is reported as rejected.
-Every address and domain then passes the never-block guard (DESIGN §4); what it refuses is
+Every address and domain then passes the never-block guard (docs/ENFORCEMENT.md §4); what it refuses is
 reported with the guard's reason. Nothing is dropped without a :class:`Rejection`.
 
 Provenance: each indicator keeps the category of the first finding that produced it, the finding

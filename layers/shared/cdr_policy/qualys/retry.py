@@ -109,7 +109,7 @@ class Retrier:
         return None if self.deadline is None else self.deadline - self.clock()
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.policy.max_delay_s, self.policy.base_delay_s * 2 ** (attempt - 1))
+        ceiling = min(self.policy.max_delay_s, self.policy.base_delay_s * 2.0 ** (attempt - 1))
         # "Equal jitter": at least half the exponential step, so retries never stampede at 0 s.
         return ceiling / 2 + self.rng() * ceiling / 2
 

@@ -17,10 +17,12 @@ a known uuid comes back later than recorded, so that it is remembered for as lon
 
 from __future__ import annotations
 
-import secrets
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
+from cdr_policy import layout
 from cdr_policy.errors import StorageError
 from cdr_policy.jsonio import dumps, loads
 from cdr_policy.models import IndicatorSet
@@ -29,20 +31,16 @@ from cdr_policy.qualys.client import format_instant
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import iso, parse_iso
 
-CHECKPOINT_KEY = "state/cdr/checkpoint.json"
-SEEN_KEY = "state/cdr/seen.json"
-CURRENT_KEY = "indicators/cdr/current.json"
 STATE_VERSION = 1
 
 
-def raw_page_key(window_start: datetime, page: int) -> str:
-    ws = window_start.astimezone(UTC)
-    stamp = format_instant(ws).replace("-", "").replace(":", "")
-    return f"raw/cdr/{ws:%Y/%m/%d}/{stamp}-{page:05d}.json.gz"
-
-
-def new_commit_id() -> str:
-    return secrets.token_hex(8)
+def commit_id(window_end: datetime, fresh: Mapping[str, str], content: bytes | None) -> str:
+    """The id of one commit, derived from what it commits (the window, its new uuids, the set's
+    content): a retried commit of the same data gets the same id, and runs are reproducible."""
+    digest = hashlib.sha256(iso(window_end).encode())
+    digest.update(dumps(sorted(fresh.items())))
+    digest.update(content or b"")
+    return digest.hexdigest()[:16]
 
 
 def _get_json(store: Store, key: str) -> object | None:
@@ -51,16 +49,17 @@ def _get_json(store: Store, key: str) -> object | None:
     except NotFound:
         return None
     try:
-        return loads(data)
+        doc: object = loads(data)
     except ValueError as exc:
         raise StorageError(f"{store.describe()}/{key} is not valid JSON: {exc}") from exc
+    return doc
 
 
 def read_checkpoint(store: Store) -> datetime | None:
     """The stored checkpoint; None when absent or unreadable (then the caller falls back to the
     look-back, which refetches more but, thanks to the uuid ledger, counts nothing twice)."""
     try:
-        data = store.get(CHECKPOINT_KEY).data
+        data = store.get(layout.CDR_CHECKPOINT).data
     except NotFound:
         return None
     try:
@@ -70,18 +69,18 @@ def read_checkpoint(store: Store) -> datetime | None:
         return parse_iso(doc["window_end"])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         logger.warning(
-            "cdr checkpoint unreadable; using the look-back", extra={"key": CHECKPOINT_KEY, "error": str(exc)}
+            "cdr checkpoint unreadable; using the look-back", extra={"key": layout.CDR_CHECKPOINT, "error": str(exc)}
         )
         return None
 
 
 def write_checkpoint(store: Store, window_end: datetime, now: datetime) -> None:
     doc = {"schema_version": STATE_VERSION, "window_end": format_instant(window_end), "updated_at": iso(now)}
-    store.put(CHECKPOINT_KEY, dumps(doc), "application/json")
+    store.put(layout.CDR_CHECKPOINT, dumps(doc), "application/json")
 
 
 def read_current(store: Store) -> IndicatorSet | None:
-    doc = _get_json(store, CURRENT_KEY)
+    doc = _get_json(store, layout.CDR_SET)
     if doc is None:
         return None
     try:
@@ -90,16 +89,16 @@ def read_current(store: Store) -> IndicatorSet | None:
         current = IndicatorSet.from_dict(doc)
     except (ValueError, KeyError, TypeError) as exc:
         raise StorageError(
-            f"{store.describe()}/{CURRENT_KEY} is not a valid indicator set ({exc}); "
+            f"{store.describe()}/{layout.CDR_SET} is not a valid indicator set ({exc}); "
             "fix or delete it (the next fetch rebuilds it from the look-back)"
         ) from exc
     if current.source != "cdr":
-        raise StorageError(f"{store.describe()}/{CURRENT_KEY} has source {current.source!r}, expected 'cdr'")
+        raise StorageError(f"{store.describe()}/{layout.CDR_SET} has source {current.source!r}, expected 'cdr'")
     return current
 
 
 def write_current(store: Store, indicator_set: IndicatorSet) -> None:
-    store.put(CURRENT_KEY, dumps(indicator_set.to_dict()), "application/json")
+    store.put(layout.CDR_SET, dumps(indicator_set.to_dict()), "application/json")
 
 
 @dataclass
@@ -114,7 +113,7 @@ class SeenLedger:
 
 
 def read_seen(store: Store, current: IndicatorSet | None) -> SeenLedger:
-    doc = _get_json(store, SEEN_KEY)
+    doc = _get_json(store, layout.CDR_SEEN)
     if doc is None:
         return SeenLedger()
     try:
@@ -127,7 +126,7 @@ def read_seen(store: Store, current: IndicatorSet | None) -> SeenLedger:
             parse_iso(stamp)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StorageError(
-            f"{store.describe()}/{SEEN_KEY} is not a valid uuid ledger ({exc}); fix or delete it "
+            f"{store.describe()}/{layout.CDR_SEEN} is not a valid uuid ledger ({exc}); fix or delete it "
             "(deleting it may count findings of the overlap twice once)"
         ) from exc
     commit = doc.get("pending_commit")
@@ -149,4 +148,4 @@ def write_seen(store: Store, ledger: SeenLedger, pending: dict[str, str], commit
         "pending": dict(sorted(pending.items())),
         "rejections": [[v, r, t] for (v, r), t in sorted(ledger.rejections.items())],
     }
-    store.put(SEEN_KEY, dumps(doc), "application/json")
+    store.put(layout.CDR_SEEN, dumps(doc), "application/json")

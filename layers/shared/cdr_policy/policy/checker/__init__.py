@@ -2,9 +2,10 @@
 hand-written objects alike. Render and Publish refuse to ship an object with an error; the agent
 runs it against the CRDs installed in its cluster; ``cdr-policy validate`` runs it on files."""
 
-from cdr_policy.policy.checker.bundle import bundle_checker
 from cdr_policy.policy.checker.check import check_object, errors_of
 from cdr_policy.policy.checker.files import (
+    BundleCheck,
+    bundle_checker,
     check_bundle,
     check_contents,
     check_files,
@@ -15,6 +16,7 @@ from cdr_policy.policy.checker.problem import Problem
 from cdr_policy.policy.checker.schema import SchemaSet
 
 __all__ = [
+    "BundleCheck",
     "Problem",
     "SchemaSet",
     "bundle_checker",

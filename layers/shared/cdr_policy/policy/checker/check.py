@@ -1,4 +1,4 @@
-"""``check_object``: the CRD schema plus the enforcement checklist (enforcement.md §5) for one object."""
+"""``check_object``: the CRD schema plus the enforcement checklist (docs/ENFORCEMENT.md §5) for one object."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checklist for Cilium objects (enforcement.md §2 and §5 "Cilium")."""
+"""Checklist for Cilium objects (docs/ENFORCEMENT.md §2 and §5 "Cilium")."""
 
 from __future__ import annotations
 

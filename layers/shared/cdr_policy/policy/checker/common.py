@@ -1,4 +1,4 @@
-"""Checklist items every kind shares (enforcement.md §5 "Common"): size, name length, labels,
+"""Checklist items every kind shares (docs/ENFORCEMENT.md §5 "Common"): size, name length, labels,
 CIDR form and the never-block list."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +94,28 @@ def check_files(paths: Iterable[str | Path], schemas: SchemaSet, *, guard: Block
     return check_contents(((str(p), p.read_bytes()) for p in _expand(paths)), schemas, guard=guard)
 
 
+# What Publish and the agent run on a bundle's files: ``check(files) -> [error lines]``.
+BundleCheck = Callable[[Mapping[str, bytes]], list[str]]
+
+
+def bundle_checker(schemas: SchemaSet | None, *, guard: BlockGuard | None = None) -> BundleCheck:
+    """A ``check`` for Publish and the agent: every error of the bundle's ``.yaml`` objects against
+    ``schemas`` (the target clusters' CRDs; None: the checklist alone) and the never-block list
+    (``guard``; by default the built-in one, as a last line of defence after render)."""
+    never_block = guard if guard is not None else NeverBlock()
+
+    def check(files: Mapping[str, bytes]) -> list[str]:
+        return check_bundle(files, schemas, guard=never_block)
+
+    return check
+
+
 def check_bundle(
     files: Mapping[str, bytes], schemas: SchemaSet | None, *, guard: BlockGuard | None = None
 ) -> list[str]:
     """Error lines for the objects of a bundle (``{path: bytes}``; ``.yaml``/``.yml`` files hold
     objects, other files such as ``report.json`` are not checked). ``schemas`` None checks the
-    checklist only. ``checker.bundle.bundle_checker`` wraps it for the publish stage and the agent."""
+    checklist only."""
     report = check_contents(
         ((path, data) for path, data in sorted(files.items()) if path.endswith((".yaml", ".yml"))),
         schemas,

@@ -32,11 +32,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cdr_policy import layout
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.policy.checker import cel
 from cdr_policy.policy.checker.problem import Problem, error, warning
 from cdr_policy.policy.naming import is_dns_label, is_dns_subdomain, is_label_key, is_label_value
 from cdr_policy.policy.serialize import load_yaml_documents
+from cdr_policy.storage import Store
 
 _OBJECT_META = frozenset(
     {
@@ -111,6 +113,20 @@ class SchemaSet:
                     schemas.add_crd(doc, str(file.relative_to(root)))
         if not schemas.versions:
             raise PolicyCheckError(f"no CustomResourceDefinition found under {root}")
+        return schemas
+
+    @classmethod
+    def from_store(cls, store: Store) -> SchemaSet | None:
+        """The CRDs the operator uploaded under ``crds/`` of the state store (the target clusters'
+        versions), or None when there are none."""
+        schemas = None
+        for key in store.list(layout.CRDS):
+            if not key.endswith((".yaml", ".yml")):
+                continue
+            for doc in load_yaml_documents(store.get(key).data):
+                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                    schemas = schemas or cls()
+                    schemas.add_crd(doc, f"{store.describe()}/{key}")
         return schemas
 
     def add_crd(self, crd: dict[str, Any], source: str) -> None:

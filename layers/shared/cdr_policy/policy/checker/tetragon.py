@@ -1,4 +1,4 @@
-"""Checklist for TracingPolicy / TracingPolicyNamespaced (enforcement.md §1 and §5 "Tetragon").
+"""Checklist for TracingPolicy / TracingPolicyNamespaced (docs/ENFORCEMENT.md §1 and §5 "Tetragon").
 
 The API server accepts policies that the Tetragon agent then refuses to load (BPF limits are not in
 the CRD) or that load and do the wrong thing (an Override on ``tcp_connect``, a ``DAddr`` on a

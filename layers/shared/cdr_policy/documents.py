@@ -9,28 +9,19 @@ Locally the CLI takes the same documents from files (``--channel``, ``--feeds``,
 
 from __future__ import annotations
 
-from typing import Any
-
-import yaml
-
+from cdr_policy import layout
+from cdr_policy.config_text import decode_text, load_yaml_mapping
 from cdr_policy.errors import ConfigError
 from cdr_policy.feeds.config import BUILTIN_FEEDS, FeedConfig, load_feeds
 from cdr_policy.policy.channel import ChannelSettings, default_channels
 from cdr_policy.qualys.categories import CategoryMapping, load_mapping, parse_mapping
 from cdr_policy.storage import NotFound, Store
 
-CHANNELS_KEY = "config/channels.yaml"
-FEEDS_KEY = "config/feeds.yaml"
-CATEGORIES_KEY = "config/categories.yaml"
-
 
 def parse_channels(text: str, origin: str) -> list[ChannelSettings]:
     """A ``channels:`` list (YAML or JSON). Names must be unique; at least one channel."""
-    try:
-        doc: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
-    if not isinstance(doc, dict) or set(doc) != {"channels"} or not isinstance(doc["channels"], list):
+    doc = load_yaml_mapping(text, origin, "exactly one top-level key 'channels' holding a list")
+    if set(doc) != {"channels"} or not isinstance(doc["channels"], list):
         raise ConfigError(f"{origin}: expected exactly one top-level key 'channels' holding a list")
     if not doc["channels"]:
         raise ConfigError(f"{origin}: 'channels' is empty")
@@ -49,23 +40,22 @@ def parse_channels(text: str, origin: str) -> list[ChannelSettings]:
 
 def _text(store: Store, key: str) -> str | None:
     try:
-        return store.get(key).data.decode("utf-8")
+        data = store.get(key).data
     except NotFound:
         return None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{store.describe()}/{key} is not UTF-8 text") from exc
+    return decode_text(data, f"{store.describe()}/{key}")
 
 
 def channels_from_store(store: Store) -> list[ChannelSettings]:
-    text = _text(store, CHANNELS_KEY)
-    return default_channels() if text is None else parse_channels(text, f"{store.describe()}/{CHANNELS_KEY}")
+    text = _text(store, layout.CHANNELS_CONFIG)
+    return default_channels() if text is None else parse_channels(text, f"{store.describe()}/{layout.CHANNELS_CONFIG}")
 
 
 def feeds_from_store(store: Store) -> list[FeedConfig]:
-    text = _text(store, FEEDS_KEY)
-    return list(BUILTIN_FEEDS) if text is None else load_feeds(text, origin=f"{store.describe()}/{FEEDS_KEY}")
+    text = _text(store, layout.FEEDS_CONFIG)
+    return list(BUILTIN_FEEDS) if text is None else load_feeds(text, origin=f"{store.describe()}/{layout.FEEDS_CONFIG}")
 
 
 def mapping_from_store(store: Store) -> CategoryMapping:
-    text = _text(store, CATEGORIES_KEY)
-    return load_mapping() if text is None else parse_mapping(text, f"{store.describe()}/{CATEGORIES_KEY}")
+    text = _text(store, layout.CATEGORIES_CONFIG)
+    return load_mapping() if text is None else parse_mapping(text, f"{store.describe()}/{layout.CATEGORIES_CONFIG}")

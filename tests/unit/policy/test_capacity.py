@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdr_policy.feeds.ranking import rank
-from cdr_policy.policy.budget import OVER_BUDGET, cut, rank_entries
+from cdr_policy.policy.capacity import OVER_BUDGET, cut, rank_entries
 from cdr_policy.policy.channel import ChannelSettings
 
 from .factories import cdr_set, feed_set, indicator, render

@@ -10,7 +10,7 @@ Every request is recorded (``requests``) so that tests can check what a client s
         srv.route("/blocklist_de_all.txt", html=True)
         url = srv.url("/blocklist_de_all.txt")
 
-``python -m demo.feed_server [--root DIR] [--port N]`` serves a directory until interrupted and
+``python -m tests.fakes.feeds [--root DIR] [--port N]`` serves a directory until interrupted and
 prints a ``--feeds`` YAML for the demo feed files.
 """
 
@@ -23,12 +23,14 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate, parsedate_to_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-DEMO_FEEDS_DIR = Path(__file__).resolve().parent / "feeds"
+from tests.fakes.loopback import LoopbackServer
+
+DEMO_FEEDS_DIR = Path(__file__).resolve().parents[2] / "demo" / "feeds"
 # The built-in feed names and the demo file standing in for each (formats as the real feeds).
 DEMO_FEED_FILES: dict[str, tuple[str, str, str]] = {
     "feodo-c2": ("feodo_ipblocklist.txt", "c2", "abusech"),
@@ -73,7 +75,7 @@ class Request:
     headers: dict[str, str]
 
 
-class FeedServer:
+class FeedServer(LoopbackServer):
     def __init__(
         self,
         root: str | Path | None = None,
@@ -85,37 +87,9 @@ class FeedServer:
         self._routes: dict[str, Route] = dict(routes or {})
         self._lock = threading.Lock()
         self.requests: list[Request] = []
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    def start(self) -> FeedServer:
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="feed-server", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FeedServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(self._handler_class(), host=host, port=port)
 
     # -- configuration -----------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
 
     def url(self, path: str) -> str:
         return self.base_url + (path if path.startswith("/") else "/" + path)
@@ -226,7 +200,7 @@ class FeedServer:
 
 def demo_feeds_yaml(base_url: str) -> str:
     """A ``--feeds`` YAML pointing the five built-in feed names at the demo files on ``base_url``."""
-    lines = ["# The built-in feeds, served from demo/feeds/ by demo.feed_server.", "feeds:"]
+    lines = ["# The built-in feeds, served from demo/feeds/ by tests.fakes.feeds.", "feeds:"]
     for name, (file, category, fmt) in DEMO_FEED_FILES.items():
         lines += [
             f"  - name: {name}",

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import gzip
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from cdr_policy import jsonio, layout
+from cdr_policy.errors import StorageError
 from cdr_policy.guards import NeverBlock
 from cdr_policy.jsonio import dumps
 from cdr_policy.models import IndicatorSet, Rejection
@@ -36,8 +38,7 @@ from cdr_policy.qualys.findings import Finding, Malformed, parse_finding
 from cdr_policy.qualys.retry import QualysDeadline
 from cdr_policy.qualys.state import (
     SeenLedger,
-    new_commit_id,
-    raw_page_key,
+    commit_id,
     read_checkpoint,
     read_current,
     read_seen,
@@ -45,7 +46,8 @@ from cdr_policy.qualys.state import (
     write_current,
     write_seen,
 )
-from cdr_policy.storage import Store
+from cdr_policy.storage import NotFound, Store
+from cdr_policy.summaries import CdrRunSummary
 from cdr_policy.timeutil import iso, parse_iso
 
 MALFORMED_REPORT_CAP = 1000
@@ -77,34 +79,34 @@ class CdrFetchResult:
     retries: int = 0
     indicator_set: IndicatorSet | None = None  # the stored CDR set after this run
 
-    def report_section(self) -> dict[str, Any]:
+    def summary(self) -> CdrRunSummary:
         totals = self.indicator_set.stats if self.indicator_set is not None else {}
-        return {
-            "complete": self.complete,
-            "stopped_reason": self.stopped_reason,
-            "range": {
+        return CdrRunSummary(
+            complete=self.complete,
+            stopped_reason=self.stopped_reason,
+            range={
                 "start": format_instant(self.range_start),
                 "end": format_instant(self.range_end),
                 "checkpoint": None if self.checkpoint is None else format_instant(self.checkpoint),
             },
-            "windows": {"planned": self.windows_planned, "done": self.windows_done},
-            "pages": self.pages,
-            "fetched": self.fetched,
-            "unique": self.unique,
-            "new": self.new,
-            "duplicates": self.duplicates,
-            "by_category": dict(sorted(self.by_category.items())),
-            "by_rule": dict(sorted(self.by_rule.items())),
-            "unmapped_categories": dict(sorted(self.unmapped.items())),
-            "malformed_count": len(self.malformed),
-            "malformed": self.malformed[:MALFORMED_REPORT_CAP],
-            "indicators": dict(self.indicators),
-            "indicators_total": {k: int(totals.get(k, 0)) for k in ("ips", "domains", "ports", "behaviours")},
-            "expired": self.expired,
-            "rejected": [r.to_dict() for r in sorted(self.rejected, key=lambda r: (r.value, r.reason))],
-            "authentications": self.authentications,
-            "retries": self.retries,
-        }
+            windows={"planned": self.windows_planned, "done": self.windows_done},
+            pages=self.pages,
+            fetched=self.fetched,
+            unique=self.unique,
+            new=self.new,
+            duplicates=self.duplicates,
+            by_category=dict(sorted(self.by_category.items())),
+            by_rule=dict(sorted(self.by_rule.items())),
+            unmapped_categories=dict(sorted(self.unmapped.items())),
+            malformed_count=len(self.malformed),
+            malformed=self.malformed[:MALFORMED_REPORT_CAP],
+            indicators=dict(self.indicators),
+            indicators_total={k: int(totals.get(k, 0)) for k in ("ips", "domains", "ports", "behaviours")},
+            expired=self.expired,
+            rejected=[r.to_dict() for r in sorted(self.rejected, key=lambda r: (r.value, r.reason))],
+            authentications=self.authentications,
+            retries=self.retries,
+        )
 
 
 def load_cdr_set(store: Store) -> IndicatorSet | None:
@@ -198,7 +200,7 @@ class _Run:
         snapshot = self.acc.indicator_set(self.acc.now, stats)
         content = _content(snapshot)
         if fresh or content != self.stored_content or not self.current_exists:
-            commit = new_commit_id()
+            commit = commit_id(window_end, fresh, content)
             snapshot.stats["commit"] = commit
             write_seen(self.store, self.ledger, fresh, commit)
             write_current(self.store, snapshot)
@@ -269,7 +271,7 @@ def run_cdr_fetch(
                 result.pages += 1
                 if not page.items:
                     continue  # an empty page holds nothing to audit
-                key = raw_page_key(window_start, page.number)
+                key = layout.raw_cdr_page_key(window_start, page.number)
                 store.put(key, gzip.compress(page.body, mtime=0), "application/gzip")
                 items.extend((key, i, item) for i, item in enumerate(page.items))
             fresh = run.process(items, window_end)
@@ -302,7 +304,7 @@ def run_cdr_fetch(
         "cdr fetch finished",
         extra={
             k: v
-            for k, v in result.report_section().items()
+            for k, v in asdict(result.summary()).items()
             if k
             in (
                 "complete",
@@ -317,7 +319,22 @@ def run_cdr_fetch(
             )
         },
     )
+    summary = result.summary()
+    store.put(layout.CDR_LAST_RUN, jsonio.dumps_pretty(summary.to_dict()), "application/json")
     return result
+
+
+def read_last_run(store: Store) -> CdrRunSummary | None:
+    """The last run's summary (``state/cdr/last-run.json``), checked against its schema; None before the first run."""
+    try:
+        data = store.get(layout.CDR_LAST_RUN).data
+    except NotFound:
+        return None
+    try:
+        doc = jsonio.loads(data)
+    except ValueError as exc:
+        raise StorageError(f"{store.describe()}/{layout.CDR_LAST_RUN} is not valid JSON: {exc}") from exc
+    return CdrRunSummary.from_dict(doc)
 
 
 def _emit_metrics(result: CdrFetchResult) -> None:

@@ -1,4 +1,9 @@
-"""Publish a rendered bundle to a channel, and roll a channel back to an earlier bundle.
+"""The Publish stage: check, sign and publish one rendered bundle to one channel; and roll a
+channel back to an earlier bundle.
+
+A request for a digest that is no longer the channel's latest render is skipped (SQS does not keep
+order: an old request must not roll a channel back). An operator approves a bundle held by the
+change budget by creating ``approvals/<channel>/<digest>`` in the state store.
 
 The signed manifest is stamped when it is published: ``created_at`` is the publish time,
 ``expires_at`` keeps the lifetime the bundle was rendered with, and ``generation`` is the current
@@ -22,15 +27,14 @@ A rollback is a new, higher generation that ships an earlier generation's bundle
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from cdr_policy import jsonio
-from cdr_policy.bundle import keys
+from cdr_policy import jsonio, layout
 from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, assess, shrink_reasons
 from cdr_policy.bundle.channel_rules import settings_problems
 from cdr_policy.bundle.manifest import (
@@ -45,11 +49,11 @@ from cdr_policy.bundle.objects import parse_objects, prefixes
 from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest, verify_signature
 from cdr_policy.errors import BundleError, StorageError
 from cdr_policy.observability import logger, metrics
-from cdr_policy.storage import NotFound, PreconditionFailed, Store, TooLarge
+from cdr_policy.policy.checker.files import BundleCheck
+from cdr_policy.storage import NotFound, PreconditionFailed, Store, TooLarge, exists
 from cdr_policy.timeutil import iso, parse_iso
 
-Check = Callable[[dict[str, bytes]], list[str]]
-PublishStatus = Literal["published", "refreshed", "unchanged", "held", "refused", "rolled_back"]
+PublishStatus = Literal["published", "refreshed", "unchanged", "held", "refused", "rolled_back", "superseded"]
 # A current manifest is re-stamped when more than this share of its lifetime has passed.
 REFRESH_AFTER = 0.5
 # How many of the newest history entries are tried for the generation when the channel manifest is
@@ -132,7 +136,7 @@ def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
     """The channel's current manifest and the generation the next one gets. A manifest that is not
     ours (unsigned, foreign key, malformed, oversized: someone else wrote the bucket) is unusable;
     the generation then continues from the newest verified history entry, so it never goes back."""
-    key = keys.channel_manifest_key(channel)
+    key = layout.channel_manifest_key(channel)
     history = _history_generation(dist, channel, verifier)
     try:
         obj = dist.get(key, max_bytes=MAX_MANIFEST_BYTES)
@@ -152,7 +156,7 @@ def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
 
 def _history_generation(dist: Store, channel: str, verifier: Verifier) -> int:
     """The generation of the newest verified history entry among the last ``HISTORY_SCAN`` (0: none)."""
-    for key in reversed(dist.list(keys.history_prefix(channel))[-HISTORY_SCAN:]):
+    for key in reversed(dist.list(layout.history_prefix(channel))[-HISTORY_SCAN:]):
         try:
             manifest, _ = _read_signed(dist, key, verifier)
         except (BundleError, StorageError) as exc:
@@ -167,9 +171,9 @@ def _write(dist: Store, signed: dict[str, Any], current: Current, files: Mapping
     """Files first (unless already there), the channel manifest (conditional on ``current``), history last."""
     digest, channel = signed["digest"], signed["channel"]
     for path, data in sorted((files or {}).items()):
-        dist.put(keys.bundle_file_key(digest, path), data, _content_type(path))
+        dist.put(layout.bundle_file_key(digest, path), data, _content_type(path))
     body = jsonio.dumps_pretty(signed)
-    manifest_key = keys.channel_manifest_key(channel)
+    manifest_key = layout.channel_manifest_key(channel)
     try:
         dist.put_if(manifest_key, body, current.etag, "application/json")
     except PreconditionFailed as exc:
@@ -178,14 +182,14 @@ def _write(dist: Store, signed: dict[str, Any], current: Current, files: Mapping
             f"channel {channel} changed while generation {signed['generation']} was being published "
             f"({exc}); nothing overwritten, the request is retried"
         ) from exc
-    history = keys.history_key(channel, signed["created_at"], digest)
+    history = layout.history_key(channel, signed["created_at"], digest)
     dist.put(history, body, "application/json")
     return manifest_key, history
 
 
 def _ensure_history(dist: Store, manifest: dict[str, Any]) -> None:
     """Write the history entry of the current manifest if a crash between the two writes lost it."""
-    key = keys.history_key(manifest["channel"], manifest["created_at"], manifest["digest"])
+    key = layout.history_key(manifest["channel"], manifest["created_at"], manifest["digest"])
     try:
         dist.get(key, max_bytes=MAX_MANIFEST_BYTES)
     except NotFound:
@@ -211,27 +215,32 @@ def publish_bundle(
     signer: Signer,
     now: datetime,
     change_budget_percent: int,
-    check: Check | None = None,
-    approved: bool = False,
+    check: BundleCheck | None = None,
     min_changes: int = DEFAULT_MIN_CHANGES,
 ) -> PublishResult:
     """Check, sign and publish rendered bundle ``digest`` (``bundles/<digest>/`` in ``state``) to ``channel``.
 
     - ``unchanged``: the bundle is already current and less than half through its lifetime; nothing written.
+    - ``superseded``: ``digest`` is no longer the channel's latest render; nothing written.
     - ``refreshed``: the bundle is already current and was re-stamped and re-signed (no files copied).
     - ``refused``: the objects do not match the manifest's action/mode (``channel_rules``) or ``check``
       (the policy checker, with the channel's protected ranges) reported errors; nothing written, an
       alarm metric is emitted.
     - ``held``: the change budget (churn over ``change_budget_percent`` with at least ``min_changes``
       changes, or any shrink: see ``change_budget``) or an unusable current manifest; nothing written,
-      an alarm metric is emitted. ``approved=True`` (an operator's explicit approval of this digest)
-      publishes it with a signed ``approval``; a channel's first publish is exempt.
+      an alarm metric is emitted. An operator's approval of this digest (``approvals/<channel>/<digest>``
+      in ``state``) publishes it with a signed ``approval``; a channel's first publish is exempt.
     - ``published``: files, channel manifest and history entry written, in that order.
 
     Raises BundleError when the rendered bundle is missing, malformed or does not match its digests,
     ChannelMoved when another publish wrote the channel in the meantime.
     """
-    manifest, _ = _read_manifest(state, keys.bundle_manifest_key(digest))
+    latest = _latest_render(state, channel)
+    if latest is not None and latest != digest:
+        logger.info("publish request superseded", extra={"channel": channel, "digest": digest, "latest": latest})
+        return PublishResult("superseded", channel, digest, reason=f"superseded by the later render {latest}")
+    approved = exists(state, layout.approval_key(channel, digest))
+    manifest, _ = _read_manifest(state, layout.bundle_manifest_key(digest))
     if manifest["digest"] != digest:
         raise BundleError(f"bundles/{digest}/bundle.json describes bundle {manifest['digest']}")
     if manifest["channel"] != channel:
@@ -313,6 +322,16 @@ def publish_bundle(
     )
 
 
+def _latest_render(state: Store, channel: str) -> str | None:
+    try:
+        doc = jsonio.loads(state.get(layout.latest_render_key(channel)).data)
+    except NotFound:
+        return None
+    except ValueError as exc:
+        raise BundleError(f"{state.describe()}/{layout.latest_render_key(channel)} is not valid JSON: {exc}") from exc
+    return str(doc["digest"])
+
+
 def _stamp(manifest: dict[str, Any], now: datetime, extra: dict[str, Any]) -> dict[str, Any]:
     """``manifest`` as published at ``now``: same lifetime, counted from now, with ``extra`` fields
     (generation, rollback_of, approval) in place of any it had."""
@@ -360,7 +379,7 @@ def rollback(dist: Store, *, channel: str, to_generation: int, signer: Signer, n
     Raises BundleError when no verified history entry has that generation or its files are gone."""
     verifier = Verifier.from_public_pem(signer.public_key_pem())
     old = None
-    for key in dist.list(keys.history_prefix(channel)):
+    for key in dist.list(layout.history_prefix(channel)):
         try:
             entry, _ = _read_signed(dist, key, verifier)
         except (BundleError, StorageError):

@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import yaml
-
 from cdr_policy import __version__
 from cdr_policy.errors import CdrPolicyError
 from cdr_policy.observability import log_to_stderr
@@ -51,25 +49,6 @@ def _interval(text: str) -> float:
     if not 5 <= seconds <= 7 * 86400:
         raise argparse.ArgumentTypeError(f"{text[:40]!r} is out of range: use 5s..7d (each run queries Qualys)")
     return seconds
-
-
-def _config_file(text: str) -> str:
-    """A readable UTF-8 YAML (or JSON) file; the error names the file and the first problem, never its content."""
-    try:
-        data = Path(text).read_bytes()
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror or exc}") from exc
-    try:
-        decoded = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"{text} is not UTF-8 text (invalid byte at offset {exc.start})") from None
-    try:
-        yaml.safe_load(decoded)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise argparse.ArgumentTypeError(f"{text} is not valid YAML{where}") from None
-    return text
 
 
 def _default_state_dir(env: Mapping[str, str]) -> Path:
@@ -128,19 +107,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--feeds",
-        type=_config_file,
         metavar="FILE",
         help="YAML feed list (feeds: [{name, url, category}]) replacing the built-in one",
     )
     p.add_argument(
         "--categories",
-        type=_config_file,
         metavar="FILE",
         help="YAML category mapping replacing the shipped one (see data/categories.yaml)",
     )
     p.add_argument(
         "--channel",
-        type=_config_file,
         metavar="FILE",
         help="YAML/JSON channel settings (scoping, budgets, Cilium version); defaults otherwise",
     )
@@ -191,7 +167,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from cdr_policy.local import LocalRun
+    from cdr_policy.cli.run import LocalRun
 
     run = LocalRun.from_args(args, env)
     if args.once:
@@ -211,7 +187,3 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         while not stop and time.monotonic() < deadline:
             time.sleep(min(1.0, deadline - time.monotonic()))
     return worst
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

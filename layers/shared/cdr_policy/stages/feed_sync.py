@@ -22,11 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 from aws_lambda_powertools.metrics import MetricUnit
 
+from cdr_policy import layout
 from cdr_policy.feeds import gate
 from cdr_policy.feeds.aggregate import Ingested, ingest
 from cdr_policy.feeds.config import FeedConfig
@@ -43,10 +44,8 @@ from cdr_policy.feeds.parse import ParsedFeed, parse_feed
 from cdr_policy.feeds.persist import (
     FeedOutcome,
     FeedState,
-    feed_set_key,
     load_set,
     load_state,
-    raw_key,
     save_set_if_changed,
     save_state,
 )
@@ -54,7 +53,9 @@ from cdr_policy.feeds.prefix import last_address, parse_canonical, to_string
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import Indicator, IndicatorSet, Rejection
 from cdr_policy.observability import logger, metrics
+from cdr_policy.qualys.state import read_current
 from cdr_policy.storage import NotFound, Store
+from cdr_policy.summaries import FeedSummary, FeedSyncSummary
 from cdr_policy.timeutil import iso
 
 if TYPE_CHECKING:
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
 
 # Parse rejections listed per feed; the total is always in ``stats.rejected_parse``.
 MAX_LISTED_PARSE_REJECTIONS = 1000
-FEED_PREFIX = "indicators/feeds/"
 
 
 @dataclass
@@ -76,13 +76,18 @@ class FeedSyncResult:
         out = [r for o in (*self.feeds.values(), *self.reputation) for r in o.rejected]
         return sorted(out, key=lambda r: (r.source, r.value, r.reason))
 
-    def report_section(self) -> dict[str, Any]:
-        """``{"feeds": {name: {status, entries, error, changed, stats}}, "rejected": [...]}``."""
+    @property
+    def outcomes(self) -> dict[str, FeedOutcome]:
+        """Every feed's and reputation list's outcome, by name."""
         outcomes = {o.name: o for o in (*self.feeds.values(), *self.reputation)}
-        return {
-            "feeds": {name: outcomes[name].to_report() for name in sorted(outcomes)},
-            "rejected": [r.to_dict() for r in self.rejected],
-        }
+        return dict(sorted(outcomes.items()))
+
+    def summary(self) -> FeedSyncSummary:
+        return FeedSyncSummary(
+            feeds={name: FeedSummary(o.status, o.entries) for name, o in self.outcomes.items()},
+            written=list(self.written),
+            rejected=len(self.rejected),
+        )
 
 
 def run_feed_sync(
@@ -93,14 +98,15 @@ def run_feed_sync(
     guard: NeverBlock,
     http: httpx.Client | None = None,
     reputation: AbuseIPDB | None = None,
-    cdr_ips: Sequence[str] = (),
     thresholds: gate.GateThresholds = gate.DEFAULT_THRESHOLDS,
     max_bytes: int = MAX_BYTES,
-    fetch_deadline_s: float = DEADLINE_S,
+    deadline_s: float | None = None,
 ) -> FeedSyncResult:
     """Sync every feed (see the module docstring) and, when ``reputation`` is given, AbuseIPDB
-    for ``cdr_ips``. ``http`` is closed only when this function created it. ``fetch_deadline_s``
-    bounds each download (they run concurrently), so that a Lambda invocation leaves time to store."""
+    for the addresses of the CDR set in force. ``http`` is closed only when this function created it.
+    ``deadline_s`` is the time the caller has left (a Lambda invocation's budget): the downloads,
+    which run concurrently, get at most half of it, the rest is for storing."""
+    fetch_deadline_s = DEADLINE_S if deadline_s is None else max(1.0, min(DEADLINE_S, deadline_s / 2))
     names = [f.name for f in feeds]
     if len(set(names)) != len(names):
         raise ValueError(f"feed names must be unique: {names}")
@@ -123,7 +129,7 @@ def run_feed_sync(
         for name, why in _retired(store, feeds):
             result.feeds[name] = _disable(store, name, why, now)
         if reputation is not None:
-            result.reputation = reputation.refresh(store, cdr_ips, now=now, guard=guard, http=client)
+            result.reputation = reputation.refresh(store, cdr_ips(store), now=now, guard=guard, http=client)
         result.written = sorted(o.key for o in (*result.feeds.values(), *result.reputation) if o.changed and o.key)
     finally:
         if http is None:
@@ -139,6 +145,12 @@ def run_feed_sync(
     return result
 
 
+def cdr_ips(store: Store) -> list[str]:
+    """The addresses of the CDR set in force (what AbuseIPDB is asked about)."""
+    cdr = read_current(store)
+    return sorted(e.value.split("/")[0] for e in (cdr.entries if cdr else []) if e.kind == "ip")
+
+
 def _validators(state: FeedState) -> Validators:
     # Conditional headers only while there is a last good copy to fall back on after a 304.
     if not state.last_good_sha256:
@@ -150,15 +162,15 @@ def _retired(store: Store, feeds: Sequence[FeedConfig]) -> list[tuple[str, str]]
     """Feeds with a stored set that are disabled or no longer configured."""
     configured = {f.name: f for f in feeds}
     out = [(f.name, "disabled in the feed configuration") for f in feeds if not f.enabled]
-    for key in store.list(FEED_PREFIX):
-        name = key[len(FEED_PREFIX) :].removesuffix(".json")
+    for key in store.list(layout.INDICATORS_FEEDS):
+        name = key[len(layout.INDICATORS_FEEDS) :].removesuffix(".json")
         if key.endswith(".json") and "/" not in name and name not in configured:
             out.append((name, "no longer in the feed configuration"))
     return sorted(out)
 
 
 def _disable(store: Store, name: str, why: str, now: datetime) -> FeedOutcome:
-    previous = load_set(store, feed_set_key(name))
+    previous = load_set(store, layout.feed_set_key(name))
     new = IndicatorSet(source=f"feed:{name}", fetched_at=iso(now), status="disabled", error=why)
     changed = previous.indicator_set is not None and save_set_if_changed(store, previous, new, now=now, ttl=None)
     return FeedOutcome(name=name, status="disabled", entries=0, error=why, changed=changed, key=previous.key)
@@ -181,14 +193,14 @@ class _FeedJob:
         self.guard = guard
         self.thresholds = thresholds
         self.ttl = timedelta(hours=feed.ttl_hours)
-        self.previous = load_set(store, feed_set_key(feed.name))
+        self.previous = load_set(store, layout.feed_set_key(feed.name))
         self.raw_missing = False
 
     def run(self, fetched: FetchResult, refetch: Callable[[], FetchResult]) -> FeedOutcome:
         body = fetched.body
         if fetched.outcome == "not_modified":
             try:
-                body = self.store.get(raw_key(self.feed.name)).data
+                body = self.store.get(layout.feed_last_good_key(self.feed.name)).data
             except NotFound:
                 logger.warning("304 without a stored last good copy, downloading again", extra={"feed": self.feed.name})
                 self.raw_missing = True
@@ -238,7 +250,7 @@ class _FeedJob:
         )
         changed = save_set_if_changed(self.store, self.previous, new, now=self.now, ttl=self.ttl)
         if fetched.outcome == "ok" and (sha != self.state.last_good_sha256 or self.raw_missing):
-            self.store.put(raw_key(name), body, "text/plain")
+            self.store.put(layout.feed_last_good_key(name), body, "text/plain")
         st = self.state
         if fetched.outcome == "ok":
             st.etag, st.last_modified = fetched.etag, fetched.last_modified

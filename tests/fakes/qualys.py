@@ -18,7 +18,7 @@ simply served as they are in the data. Every request is recorded in :attr:`reque
 
 Run it for a user trying the CLI::
 
-    python -m demo.fake_qualys --port 8443 --findings events/findings --rebase-timestamps
+    python -m tests.fakes.qualys --port 8443 --findings events/findings --rebase-timestamps
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.loopback import LoopbackServer
 
 DEMO_USERNAME = "demo_user"
 DEMO_PASSWORD = "d3mo p@ss&word=1"  # deliberately has a space, @, & and =
@@ -133,16 +135,7 @@ class RequestRecord:
     status: int | None = None  # None: the connection was dropped
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (timeout tests) leaves a broken pipe behind: not an error of the fake.
-        pass
-
-
-class FakeQualysGateway:
+class FakeQualysGateway(LoopbackServer):
     def __init__(
         self,
         findings: Iterable[Any] | str | Path = (),
@@ -198,8 +191,7 @@ class FakeQualysGateway:
             "findings": collections.deque(),
         }
         self._lock = threading.Lock()
-        self._server = _Server((host, port), self._handler_class())
-        self._thread: threading.Thread | None = None
+        super().__init__(self._handler_class(), host=host, port=port)
 
     # -- data ---------------------------------------------------------------------------------
     @staticmethod
@@ -221,27 +213,7 @@ class FakeQualysGateway:
     # -- lifecycle ----------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeQualysGateway:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-qualys", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeQualysGateway:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.base_url
 
     # -- controls -----------------------------------------------------------------------------
     def inject(self, fault: Fault, times: int = 1, path: str = "findings") -> None:
@@ -499,7 +471,7 @@ def synthetic_findings(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m demo.fake_qualys", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.qualys", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8443)
     parser.add_argument("--findings", default="events/findings", help="a findings page file or a directory of them")

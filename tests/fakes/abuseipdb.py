@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes.loopback import LoopbackServer
 
-class FakeAbuseIPDB:
+
+class FakeAbuseIPDB(LoopbackServer):
     def __init__(self, samples: Path, key: str = "test-key") -> None:
         self.samples = samples
         self.key = key
@@ -23,22 +24,11 @@ class FakeAbuseIPDB:
         self.rate_limited = False  # answer 429 to everything
         self.retry_after: str | None = "3600"
         self.requests: list[dict[str, Any]] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> FakeAbuseIPDB:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(self._handler())
 
     @property
-    def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/api/v2"
+    def api_url(self) -> str:
+        return f"{self.base_url}/api/v2"
 
     def checked(self) -> list[str]:
         return [r["query"]["ipAddress"][0] for r in self.requests if r["path"] == "/api/v2/check"]

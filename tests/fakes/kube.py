@@ -30,11 +30,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import yaml
+
+from tests.fakes.loopback import LoopbackServer
 
 Validator = Callable[[dict[str, Any]], list[str]]
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
@@ -128,7 +130,7 @@ def _matches(labels: dict[str, str], terms: list[tuple[str, str, str]]) -> bool:
     return all((labels.get(k) == v) == (op == "=") for k, op, v in terms)
 
 
-class FakeKubeAPI:
+class FakeKubeAPI(LoopbackServer):
     def __init__(self, crds: Iterable[dict[str, Any]] = (), validator: Validator | None = None) -> None:
         self.crds = [copy.deepcopy(c) for c in crds] or [copy.deepcopy(c) for c in DEFAULT_CRDS]
         self.validator = validator
@@ -155,43 +157,16 @@ class FakeKubeAPI:
         self.delay_s = 0.0
         self._versions = itertools.count(1)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def __enter__(self) -> FakeKubeAPI:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
         api = self
 
         class Handler(_Handler):
             fake = api
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-kube", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakeKubeAPI is not running: use it as a context manager")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.base_url
 
     # -- test helpers ----------------------------------------------------------------------------
 

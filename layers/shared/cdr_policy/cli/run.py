@@ -1,0 +1,174 @@
+"""One local run of ``cdr-policy`` (the original operator's ``--once`` loop body): the same stages
+as the Lambda functions (through :mod:`cdr_policy.wiring.local`), against a local state folder;
+then the rendered policies and ``report.json`` are copied into ``--output`` and the original's
+step-by-step summary is printed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from cdr_policy import jsonio
+from cdr_policy.agent.reconcile import reconcile
+from cdr_policy.errors import CdrPolicyError
+from cdr_policy.policy import naming
+from cdr_policy.policy.output import PolicyFile
+from cdr_policy.policy.serialize import load_yaml_documents
+from cdr_policy.stages.render import RenderedChannel
+from cdr_policy.summaries import CdrRunSummary
+from cdr_policy.timeutil import iso, utcnow
+from cdr_policy.wiring import local
+from cdr_policy.wiring.local import LocalPorts
+
+
+@dataclass
+class LocalRun:
+    args: argparse.Namespace
+    env: Mapping[str, str]
+    ports: LocalPorts
+    out: TextIO | None = None  # None: whatever sys.stdout is when a line is written
+    runs: int = 0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = None) -> LocalRun:
+        """Every check that needs no network runs here, before the first request."""
+        return cls(args=args, env=env, ports=LocalPorts.from_args(args, env), out=out)
+
+    def say(self, line: str = "") -> None:
+        print(line, file=self.out or sys.stdout, flush=True)
+
+    def once(self) -> int:
+        """One run. Returns the exit code: 0 ok, 1 finished with problems (a stale feed, an
+        incomplete fetch, apply errors); raises CdrPolicyError when nothing could be written."""
+        args, now = self.args, utcnow()
+        problems = 0
+        self.say(f"=== Policy Generation Run: {iso(now)} ===")
+        self.say()
+
+        cdr = self._fetch(now)
+        if not cdr.complete:
+            problems += 1
+        if args.threat_intel:
+            problems += self._feeds(now)
+
+        rendered = local.render(self.ports, now=now)
+        output = Path(args.output)
+        self._write(output, rendered.policies)
+        self._summarise(output, rendered.policies, cdr)
+        (output / "report.json").write_bytes(jsonio.dumps_pretty(rendered.report))
+        left_out = len(rendered.report.get("left_out", []))
+        if left_out:
+            self.say(f"Capacity budget: {left_out} prefix(es) left out (lowest evidence first, see report.json)")
+        if args.apply:
+            problems += self._apply(rendered)
+        self.say(f"  Report: {output / 'report.json'}")
+        self.say()
+        self.say("Done." if not problems else f"Done, with {problems} problem(s): see above and report.json.")
+        self.runs += 1
+        return 1 if problems else 0
+
+    # -- steps --------------------------------------------------------------------------------------
+
+    def _fetch(self, now: datetime) -> CdrRunSummary:
+        self.say(f"Fetching CDR events (last {self.args.hours} hours)...")
+        cdr = local.cdr_fetch(self.ports, now=now, resume=self.runs > 0).summary()
+        self.say(f"Found {cdr.fetched} events")
+        if cdr.duplicates or cdr.malformed_count:
+            self.say(f"  ({cdr.unique} unique, {cdr.duplicates} duplicates, {cdr.malformed_count} malformed)")
+        if not cdr.complete:
+            self.say(f"  Warning: fetch incomplete: {cdr.stopped_reason}")
+        if cdr.by_category:
+            self.say()
+            self.say("Event categories:")
+            for category, count in sorted(cdr.by_category.items(), key=lambda kv: (-kv[1], kv[0])):
+                self.say(f"  {category}: {count}")
+        for category, count in sorted(cdr.unmapped_categories.items()):
+            self.say(f"  (no policy for category {category}: {count} event(s); see report.json)")
+        self.say()
+        return cdr
+
+    def _feeds(self, now: datetime) -> int:
+        """Sync the feeds; returns how many are stale (kept their last good copy)."""
+        self.say("Loading threat intelligence feeds...")
+        result = local.feed_sync(self.ports, now=now)
+        stale = 0
+        for name, feed in result.outcomes.items():
+            if feed.status in ("ok", "empty"):
+                self.say(f"Loaded {feed.entries} IPs from {name}")
+            elif feed.status == "disabled":
+                self.say(f"Skipped {name}: {feed.error or 'disabled'}")
+            else:
+                stale += 1
+                self.say(f"Kept last good copy of {name} ({feed.entries} IPs): {feed.status}: {feed.error}")
+        if result.rejected:
+            self.say(f"Refused {len(result.rejected)} feed entries (never-block list, parse errors; see report.json)")
+        self.say()
+        return stale
+
+    def _write(self, output: Path, files: list[PolicyFile]) -> None:
+        """Write every file, then remove our own files from earlier runs that are no longer produced."""
+        output.mkdir(parents=True, exist_ok=True)
+        wanted = {f.filename for f in files}
+        for f in files:
+            (output / f.filename).write_bytes(f.to_bytes())
+        for path in sorted(output.glob("*.yaml")):
+            if path.name not in wanted and _ours(path):
+                path.unlink()
+
+    def _summarise(self, output: Path, files: list[PolicyFile], cdr: CdrRunSummary) -> None:
+        def group(f: PolicyFile) -> str:
+            labels = f.obj["metadata"].get("labels", {})
+            if labels.get(naming.COMPONENT_KEY) == naming.COMPONENT_BEHAVIOUR:
+                return "behaviour"
+            return str(labels.get(naming.BLOCKLIST_KEY, "cdr"))
+
+        groups: dict[str, list[PolicyFile]] = {"behaviour": [], "cdr": [], "threat-intel": []}
+        for f in files:
+            groups[group(f)].append(f)
+        self.say("Generating behavior-based policies...")
+        self.say(f"Generated {len(groups['behaviour'])} behavior policies")
+        for f in groups["behaviour"]:
+            self.say(f"  Created: {output / f.filename}")
+        self.say()
+        self.say("Extracting network indicators from events...")
+        ind = cdr.indicators_total
+        self.say(f"Extracted: {ind['ips']} IPs, {ind['domains']} domains, {ind['ports']} ports")
+        for f in groups["cdr"]:
+            self.say(f"  Created: {output / f.filename}")
+        if self.args.threat_intel:
+            self.say()
+            blocked = sum(f.entries for f in groups["threat-intel"] if f.kind == "CiliumCIDRGroup")
+            self.say(f"Known bad IPs: {blocked} prefixes after aggregation")
+            for f in groups["threat-intel"]:
+                self.say(f"  Created: {output / f.filename}")
+        self.say()
+
+    def _apply(self, rendered: RenderedChannel) -> int:
+        from cdr_policy.agent.kube import KubeApplier
+
+        applier = KubeApplier.from_environment(dict(self.env))
+        self.say(f"Applying to {applier.describe()}...")
+        objects = [f.obj for f in rendered.policies]
+        errors, applied, deleted = reconcile(applier, objects, channel=rendered.channel.name)
+        self.say(f"Applied {applied} object(s), removed {deleted} stale object(s)")
+        for e in errors:
+            self.say(f"  Error: {e['action']} {e['kind']}/{e['name']}: {e['error']}")
+        return 1 if errors else 0
+
+
+def _ours(path: Path) -> bool:
+    """A YAML file holding one object we generated (by its managed-by label)."""
+    try:
+        docs = load_yaml_documents(path.read_bytes())
+    except (OSError, CdrPolicyError, ValueError):
+        return False
+    return (
+        len(docs) == 1
+        and isinstance(docs[0], dict)
+        and (docs[0].get("metadata", {}).get("labels", {}).get(naming.MANAGED_BY_KEY) == naming.MANAGED_BY)
+    )

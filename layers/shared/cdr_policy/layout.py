@@ -1,0 +1,169 @@
+"""Every key and prefix of the two buckets (or of a local state folder), in one place.
+
+The state store (state bucket, or ``--state-dir`` locally) holds what the stages read and write
+between runs; the distribution store holds what the agents read. Nothing else in the library spells
+a key: it calls the functions below. :data:`STATE_KEYS` and :data:`DIST_KEYS` describe the layout for
+``docs/ARCHITECTURE.md`` (a test keeps the page in step) and :data:`WRITE_PREFIXES` names what each
+writer may write (a test checks the template's IAM resource prefixes against it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+# -- prefixes --------------------------------------------------------------------------------------
+CONFIG = "config/"
+CRDS = "crds/"
+APPROVALS = "approvals/"
+STATE_CDR = "state/cdr/"
+RAW_CDR = "raw/cdr/"
+INDICATORS = "indicators/"  # every write below raises an S3 notification to RenderQueue
+INDICATORS_CDR = "indicators/cdr/"
+INDICATORS_FEEDS = "indicators/feeds/"
+INDICATORS_REPUTATION = "indicators/reputation/"
+STATE_FEEDS = "state/feeds/"
+RAW_FEEDS = "raw/feeds/"
+STATE_ABUSEIPDB = "state/abuseipdb/"
+BUNDLES = "bundles/"
+RENDERED_CHANNELS = "bundles/channels/"
+CHANNELS = "channels/"
+STATUS = "status/"
+
+# -- state store: operator documents ---------------------------------------------------------------
+CHANNELS_CONFIG = f"{CONFIG}channels.yaml"
+FEEDS_CONFIG = f"{CONFIG}feeds.yaml"
+CATEGORIES_CONFIG = f"{CONFIG}categories.yaml"
+
+
+def approval_key(channel: str, digest: str) -> str:
+    """An operator's approval of a bundle held back by the change budget."""
+    return f"{APPROVALS}{channel}/{digest}"
+
+
+# -- state store: CdrFetch -------------------------------------------------------------------------
+CDR_CHECKPOINT = f"{STATE_CDR}checkpoint.json"
+CDR_SEEN = f"{STATE_CDR}seen.json"
+CDR_LAST_RUN = f"{STATE_CDR}last-run.json"
+CDR_SET = f"{INDICATORS_CDR}current.json"
+
+
+def raw_cdr_page_key(window_start: datetime, page: int) -> str:
+    """A raw findings page, gzipped, kept for audit: ``raw/cdr/2025/01/27/20250127T085441.396Z-00001.json.gz``."""
+    ws = window_start.astimezone(UTC) if window_start.tzinfo else window_start.replace(tzinfo=UTC)
+    stamp = ws.strftime("%Y%m%dT%H%M%S.") + f"{ws.microsecond // 1000:03d}Z"
+    return f"{RAW_CDR}{ws:%Y/%m/%d}/{stamp}-{page:05d}.json.gz"
+
+
+# -- state store: FeedSync -------------------------------------------------------------------------
+ABUSEIPDB_CACHE = f"{STATE_ABUSEIPDB}cache.json"
+
+
+def feed_set_key(name: str) -> str:
+    return f"{INDICATORS_FEEDS}{name}.json"
+
+
+def reputation_set_key(name: str) -> str:
+    return f"{INDICATORS_REPUTATION}{name}.json"
+
+
+def feed_state_key(name: str) -> str:
+    return f"{STATE_FEEDS}{name}.json"
+
+
+def feed_last_good_key(name: str) -> str:
+    return f"{RAW_FEEDS}{name}/last-good"
+
+
+# -- state store: Render ---------------------------------------------------------------------------
+def bundle_file_key(digest: str, path: str) -> str:
+    """A rendered file (state store) or a published one (distribution store)."""
+    return f"{BUNDLES}{digest}/{path}"
+
+
+def bundle_manifest_key(digest: str) -> str:
+    """The unsigned manifest Render writes beside a bundle's files, last."""
+    return bundle_file_key(digest, "bundle.json")
+
+
+def latest_render_key(channel: str) -> str:
+    """The channel's latest rendered digest: Publish skips requests for older ones."""
+    return f"{RENDERED_CHANNELS}{channel}.json"
+
+
+# -- distribution store ----------------------------------------------------------------------------
+def channel_manifest_key(channel: str) -> str:
+    """The signed manifest a channel's agents poll (written last)."""
+    return f"{CHANNELS}{channel}/manifest.json"
+
+
+def history_prefix(channel: str) -> str:
+    return f"{CHANNELS}{channel}/history/"
+
+
+def history_key(channel: str, created_at: str, digest: str) -> str:
+    return f"{history_prefix(channel)}{created_at}-{digest}.json"
+
+
+def status_key(cluster_id: str) -> str:
+    return f"{STATUS}{cluster_id}.json"
+
+
+# -- the layout as a table -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KeyFamily:
+    pattern: str
+    writer: str
+    content: str
+
+
+STATE_KEYS: tuple[KeyFamily, ...] = (
+    KeyFamily(CHANNELS_CONFIG, "operator", "`channels:` list of channel settings; defaults if absent"),
+    KeyFamily(FEEDS_CONFIG, "operator", "feed list (`feeds:`), replaces (or with `mode: extend` extends) the built-in"),
+    KeyFamily(CATEGORIES_CONFIG, "operator", "category mapping replacing the shipped one"),
+    KeyFamily(f"{CRDS}…", "operator", "CRD YAML files of the target clusters (schema checks in Render and Publish)"),
+    KeyFamily(approval_key("<channel>", "<digest>"), "operator", "approval of a bundle held by the change budget"),
+    KeyFamily(CDR_CHECKPOINT, "CdrFetch", "last fully stored window end"),
+    KeyFamily(CDR_SEEN, "CdrFetch", "uuids already merged (bounded by the look-back), commit marker"),
+    KeyFamily(CDR_LAST_RUN, "CdrFetch", "the last run's summary (`cdr-run.schema.json`)"),
+    KeyFamily(f"{RAW_CDR}<yyyy>/<mm>/<dd>/<window-start>-<page>.json.gz", "CdrFetch", "raw findings pages (audit)"),
+    KeyFamily(CDR_SET, "CdrFetch", "indicator set `source: cdr` (entries + behaviours), merged with TTL"),
+    KeyFamily(feed_state_key("<name>"), "FeedSync", "ETag / Last-Modified, last good count, last status"),
+    KeyFamily(feed_last_good_key("<name>"), "FeedSync", "last good body (kept when a download fails the gate)"),
+    KeyFamily(feed_set_key("<name>"), "FeedSync", "indicator set `source: feed:<name>`"),
+    KeyFamily(ABUSEIPDB_CACHE, "FeedSync", "per-IP reputation cache with TTL"),
+    KeyFamily(reputation_set_key("abuseipdb"), "FeedSync", "indicator set `source: abuseipdb`"),
+    KeyFamily(bundle_file_key("<digest>", "…"), "Render", "policy files, `report.json`, then `bundle.json` last"),
+    KeyFamily(latest_render_key("<channel>"), "Render", "the channel's latest rendered digest"),
+)
+
+DIST_KEYS: tuple[KeyFamily, ...] = (
+    KeyFamily(bundle_file_key("<digest>", "<file>"), "Publish", "policy files (copied first)"),
+    KeyFamily(
+        channel_manifest_key("<channel>"),
+        "Publish",
+        "signed manifest, after the files; conditional on the one it replaces (`If-Match` / `If-None-Match: *`)",
+    ),
+    KeyFamily(
+        history_key("<channel>", "<created_at>", "<digest>"),
+        "Publish",
+        "every manifest published, written after the channel manifest (rollback)",
+    ),
+    KeyFamily(status_key("<cluster-id>"), "agent", "agent status"),
+)
+
+# What each writer may write: (store, prefixes). The template's IAM statements grant exactly these.
+WRITE_PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "CdrFetch": ("state", (RAW_CDR, STATE_CDR, INDICATORS_CDR)),
+    "FeedSync": ("state", (RAW_FEEDS, STATE_FEEDS, INDICATORS_FEEDS, STATE_ABUSEIPDB, INDICATORS_REPUTATION)),
+    "Render": ("state", (BUNDLES,)),
+    "Publish": ("dist", (BUNDLES, CHANNELS)),
+    "agent": ("dist", (STATUS,)),
+}
+
+
+def markdown_table(families: tuple[KeyFamily, ...]) -> str:
+    """The layout as the Markdown table ``docs/ARCHITECTURE.md`` shows."""
+    rows = ["| Key | Written by | Content |", "|---|---|---|"]
+    rows += [f"| `{f.pattern}` | {f.writer} | {f.content} |" for f in families]
+    return "\n".join(rows)

@@ -1,0 +1,116 @@
+"""The Render stage: every current indicator set → one bundle per channel in the state store.
+
+Reads every set under ``indicators/`` (a broken one stops the render: the channels keep their last
+good bundle rather than silently shrinking their blocklists), compiles each channel's policies
+(``policy.render``), assembles the bundle (``bundle.assemble``) and, when its digest is new for the
+channel, writes its files, ``report.json`` and then ``bundle.json`` last, and moves the channel's
+latest-render pointer. Then it asks for a publish of every channel, changed or not: Publish does
+nothing for a current bundle until half its lifetime has passed and then re-signs it, so a quiet
+channel's manifest never expires under its agents.
+
+Output is deterministic: the same sets, channels and clock give byte-identical files and digests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cdr_policy import jsonio, layout, schemas
+from cdr_policy.bundle.assemble import Bundle, assemble
+from cdr_policy.errors import CdrPolicyError
+from cdr_policy.guards import NeverBlock
+from cdr_policy.lambda_events import PublishRequest
+from cdr_policy.models import IndicatorSet
+from cdr_policy.observability import logger
+from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.checker import SchemaSet
+from cdr_policy.policy.output import PolicyFile
+from cdr_policy.policy.render import compile_policies
+from cdr_policy.report import bundle_report
+from cdr_policy.stages.cdr_fetch import read_last_run
+from cdr_policy.storage import NotFound, Store
+from cdr_policy.summaries import RenderSummary
+
+PublishPort = Callable[[PublishRequest], None]
+
+
+@dataclass(frozen=True)
+class RenderedChannel:
+    """One channel's render: the policies, the bundle made of them and its report."""
+
+    channel: ChannelSettings
+    policies: list[PolicyFile]
+    bundle: Bundle
+    report: dict[str, Any]
+    changed: bool
+
+    def summary(self) -> RenderSummary:
+        return RenderSummary(channel=self.channel.name, digest=self.bundle.digest, changed=self.changed)
+
+
+def load_indicator_sets(store: Store) -> list[IndicatorSet]:
+    """Every current indicator set under ``indicators/``, in key order, each checked against its schema."""
+    sets = []
+    for key in store.list(layout.INDICATORS):
+        if key.endswith(".json"):
+            try:
+                doc = jsonio.loads(store.get(key).data)
+            except ValueError as exc:
+                raise CdrPolicyError(f"{store.describe()}/{key} is not JSON: {exc}") from exc
+            schemas.validate(doc, "indicator-set.schema.json")
+            sets.append(IndicatorSet.from_dict(doc))
+    return sets
+
+
+def run_render(
+    state: Store,
+    *,
+    channels: Sequence[ChannelSettings],
+    now: datetime,
+    guard: NeverBlock,
+    crds: SchemaSet | None,
+    publish: PublishPort | None,
+) -> list[RenderedChannel]:
+    """Render every channel from the sets in ``state``; ``publish`` (a queue, or None locally) is
+    asked to publish each channel's bundle."""
+    sets = load_indicator_sets(state)
+    if crds is None:
+        logger.warning("no CRDs to check against: checking against the safety checklist only")
+    last_run = read_last_run(state)
+    out = []
+    for channel in channels:
+        result = compile_policies(sets, channel, now=now, guard=guard, schemas=crds)
+        bundle = assemble(result.files, channel, now=now)
+        changed = _latest_digest(state, channel.name) != bundle.digest
+        report = bundle_report(result.report, sets, last_run, now=now)
+        if changed:
+            _write_bundle(state, channel.name, bundle, report)
+        if publish is not None:
+            publish(PublishRequest(channel.name, bundle.digest))
+        logger.info("channel rendered", extra={"channel": channel.name, "digest": bundle.digest, "changed": changed})
+        out.append(RenderedChannel(channel, result.files, bundle, report, changed))
+    return out
+
+
+def _latest_digest(state: Store, channel: str) -> str | None:
+    try:
+        return str(jsonio.loads(state.get(layout.latest_render_key(channel)).data)["digest"])
+    except NotFound:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("latest-render pointer unreadable; rewriting it", extra={"channel": channel, "error": str(exc)})
+        return None
+
+
+def _write_bundle(state: Store, channel: str, bundle: Bundle, report: dict[str, Any]) -> None:
+    """Files, then ``report.json``, then ``bundle.json``, then the channel's pointer: a reader that
+    finds the pointer finds a whole bundle."""
+    for path, data in sorted(bundle.files.items()):
+        state.put(layout.bundle_file_key(bundle.digest, path), data, "application/yaml")
+    state.put(layout.bundle_file_key(bundle.digest, "report.json"), jsonio.dumps_pretty(report), "application/json")
+    state.put(layout.bundle_manifest_key(bundle.digest), jsonio.dumps_pretty(bundle.manifest), "application/json")
+    pointer = {"digest": bundle.digest, "rendered_at": bundle.manifest["created_at"]}
+    state.put(layout.latest_render_key(channel), jsonio.dumps_pretty(pointer), "application/json")

@@ -1,0 +1,123 @@
+"""The Lambda wiring: build each stage's ports from the validated ``Settings`` (S3 stores, the
+publish queue, the KMS signer, secrets from Secrets Manager) and call the stage once. The handlers
+call these; the CLI calls the same stages through :mod:`cdr_policy.wiring.local`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from aws_lambda_powertools.utilities import parameters
+
+from cdr_policy import aws
+from cdr_policy.bundle.channel_rules import protected_guard
+from cdr_policy.bundle.signing import KmsSigner
+from cdr_policy.documents import channels_from_store, feeds_from_store, mapping_from_store
+from cdr_policy.errors import ConfigError
+from cdr_policy.feeds.abuseipdb import AbuseIPDB
+from cdr_policy.guards import NeverBlock
+from cdr_policy.lambda_events import PublishRequest
+from cdr_policy.observability import logger
+from cdr_policy.policy.checker import SchemaSet
+from cdr_policy.policy.checker.files import bundle_checker
+from cdr_policy.qualys.client import QualysClient
+from cdr_policy.qualys.credentials import load_credentials
+from cdr_policy.qualys.platforms import resolve_gateway
+from cdr_policy.settings import Settings
+from cdr_policy.stages.cdr_fetch import run_cdr_fetch
+from cdr_policy.stages.feed_sync import run_feed_sync
+from cdr_policy.stages.publish import publish_bundle
+from cdr_policy.stages.render import run_render
+from cdr_policy.storage import S3Store
+from cdr_policy.timeutil import utcnow
+
+
+def _state(settings: Settings) -> S3Store:
+    return S3Store(aws.client("s3"), settings.state_bucket)
+
+
+def _dist(settings: Settings) -> S3Store:
+    return S3Store(aws.client("s3"), settings.dist_bucket)
+
+
+def cdr_fetch(settings: Settings, *, now: datetime | None = None, deadline_s: float | None = None) -> dict[str, Any]:
+    """CdrFetch: the run's summary (also stored as ``state/cdr/last-run.json``)."""
+    store = _state(settings)
+    credentials = load_credentials(settings.qualys_secret_name, {})
+    base_url = resolve_gateway(settings.qualys_platform, settings.qualys_gateway_url)
+    deadline = None if deadline_s is None else time.monotonic() + deadline_s
+    with QualysClient(base_url, credentials, deadline=deadline) as client:
+        result = run_cdr_fetch(
+            store,
+            client,
+            now=now or utcnow(),
+            lookback_hours=settings.lookback_hours,
+            overlap_minutes=settings.overlap_minutes,
+            ttl_hours=settings.cdr_ttl_hours,
+            guard=NeverBlock(),
+            mapping=mapping_from_store(store),
+        )
+    return result.summary().to_dict()
+
+
+def feed_sync(settings: Settings, *, now: datetime | None = None, deadline_s: float | None = None) -> dict[str, Any]:
+    """FeedSync: per-feed status and entry count, the sets written, the number of refused entries."""
+    store = _state(settings)
+    reputation = None
+    if settings.abuseipdb_secret_name:
+        secret = parameters.get_secret(settings.abuseipdb_secret_name, transform="json", max_age=300)
+        if not isinstance(secret, dict) or not secret.get("api_key"):
+            raise ConfigError(f"secret {settings.abuseipdb_secret_name} must be JSON with an 'api_key'")
+        reputation = AbuseIPDB(secret["api_key"], threshold=settings.reputation_threshold)
+    result = run_feed_sync(
+        store,
+        feeds_from_store(store),
+        now=now or utcnow(),
+        guard=NeverBlock(),
+        reputation=reputation,
+        deadline_s=deadline_s,
+    )
+    return result.summary().to_dict()
+
+
+def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | None = None) -> list[dict[str, Any]]:
+    """Render (for the indicator sets that changed, ``trigger_keys``; a render always reads them all):
+    ``[{"channel", "digest", "changed"}]``; each channel's bundle is sent to PublishQueue."""
+    store = _state(settings)
+    logger.info("render triggered", extra={"trigger_keys": list(trigger_keys)})
+
+    def enqueue(request: PublishRequest) -> None:
+        aws.client("sqs").send_message(QueueUrl=settings.publish_queue_url, MessageBody=request.to_message())
+
+    rendered = run_render(
+        store,
+        channels=channels_from_store(store),
+        now=now or utcnow(),
+        guard=NeverBlock(),
+        crds=SchemaSet.from_store(store),
+        publish=enqueue if settings.publish_queue_url else None,
+    )
+    return [r.summary().to_dict() for r in rendered]
+
+
+def publish(settings: Settings, *, channel: str, digest: str, now: datetime | None = None) -> dict[str, Any]:
+    """Publish: what publishing ``digest`` to ``channel`` did (``PublishResult``)."""
+    if not settings.signing_key_id:
+        raise ConfigError("SIGNING_KEY_ID is required to publish")
+    state = _state(settings)
+    configured = next((c for c in channels_from_store(state) if c.name == channel), None)
+    guard = protected_guard(configured.protected_cidrs, f"channel {channel}") if configured else None
+    result = publish_bundle(
+        state,
+        _dist(settings),
+        channel=channel,
+        digest=digest,
+        signer=KmsSigner(aws.client("kms"), settings.signing_key_id),
+        now=now or utcnow(),
+        change_budget_percent=settings.change_budget_percent,
+        check=bundle_checker(SchemaSet.from_store(state), guard=guard),
+    )
+    return result.to_dict()

@@ -1,0 +1,80 @@
+"""The Lambda functions and the CLI run the same stage code: CdrFetch and then Render, once through
+the Lambda wiring (boto3 over HTTP to a moto server, credentials from Secrets Manager, channels from
+the state bucket) and once through the local wiring (a state folder, credentials from the
+environment, the channel from a file), against the same fake gateway and clock, leave the two
+stores byte for byte the same."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+
+import pytest
+
+from cdr_policy import aws
+from cdr_policy.settings import Settings, get_settings
+from cdr_policy.storage import S3Store, Store
+from cdr_policy.wiring import cloud, local
+from tests.fakes.aws import create_stack, moto_endpoint
+from tests.fakes.lambda_runtime import REPO
+from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+CHANNELS = b"channels:\n  - name: staging\n    action: Sigkill\n    cilium_version: '1.17'\n"
+
+
+def _contents(store: Store) -> dict[str, bytes]:
+    return {key: store.get(key).data for key in store.list("")}
+
+
+def test_cdr_fetch_and_render_leave_the_same_bytes_through_both_wirings(tmp_path, monkeypatch):
+    with (
+        FakeQualysGateway(REPO / "events" / "findings", rebase_to=NOW) as gateway,
+        moto_endpoint(None) as endpoint,
+    ):
+        stack = create_stack(endpoint, qualys={"username": DEMO_USERNAME, "password": DEMO_PASSWORD})
+        env = {**stack.env, "QUALYS_GATEWAY_URL": gateway.url, "PUBLISH_QUEUE_URL": ""}
+        env |= {"LOOKBACK_HOURS": "24", "OVERLAP_MINUTES": str(local.OVERLAP_MINUTES), "CDR_TTL_HOURS": "24"}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        aws.reset()
+        get_settings.cache_clear()
+        settings = Settings.from_env(env)
+        state_bucket = S3Store(stack.client("s3"), settings.state_bucket)
+        state_bucket.put("config/channels.yaml", CHANNELS)
+
+        cloud_fetch = cloud.cdr_fetch(settings, now=NOW)
+        cloud_render = cloud.render(settings, trigger_keys=["indicators/cdr/current.json"], now=NOW)
+
+        channel_file = tmp_path / "channels.yaml"
+        channel_file.write_bytes(CHANNELS)
+        args = argparse.Namespace(
+            channel=str(channel_file),
+            action="Sigkill",
+            threat_intel=False,
+            feeds=None,
+            state_dir=str(tmp_path / "state"),
+            platform=None,
+            gateway=gateway.url,
+            categories=None,
+            reputation_threshold=50,
+            crds=None,
+            hours=24,
+        )
+        ports = local.LocalPorts.from_args(args, {"QUALYS_USERNAME": DEMO_USERNAME, "QUALYS_PASSWORD": DEMO_PASSWORD})
+        ports.state.put("config/channels.yaml", CHANNELS)
+        local_fetch = local.cdr_fetch(ports, now=NOW, resume=True).summary().to_dict()
+        local_render = local.render(ports, now=NOW).summary().to_dict()
+
+        in_bucket, in_folder = _contents(state_bucket), _contents(ports.state)
+        aws.reset()
+        get_settings.cache_clear()
+
+    assert cloud_fetch == local_fetch and cloud_fetch["unique"] == 18
+    assert cloud_render == [local_render] and local_render["changed"]
+    assert sorted(in_bucket) == sorted(in_folder)
+    assert any(k.startswith("raw/cdr/") for k in in_folder) and any(k.startswith("bundles/") for k in in_folder)
+    different = [key for key in in_bucket if in_bucket[key] != in_folder[key]]
+    assert different == []

@@ -1,0 +1,76 @@
+"""The Render stage on a local state store: what it writes, in which order, what it asks Publish to
+do, and that a broken indicator set stops it before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdr_policy import jsonio, layout
+from cdr_policy.errors import CdrPolicyError
+from cdr_policy.guards import NeverBlock
+from cdr_policy.lambda_events import PublishRequest
+from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.stages.render import run_render
+from cdr_policy.storage import LocalStore
+from tests.unit.policy.factories import NOW, behaviour, cdr_set, indicator
+
+CHANNELS = [ChannelSettings(name="staging"), ChannelSettings(name="prod", action="Sigkill")]
+
+
+class RecordingStore(LocalStore):
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.puts: list[str] = []
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        self.puts.append(key)
+        return super().put(key, data, content_type)
+
+
+@pytest.fixture
+def state(tmp_path) -> RecordingStore:
+    store = RecordingStore(tmp_path)
+    cdr = cdr_set([indicator("45.33.32.0/24")], [behaviour("container_escape")])
+    store.put(layout.CDR_SET, jsonio.dumps_pretty(cdr.to_dict()))
+    store.puts.clear()
+    return store
+
+
+def render(state, publish=None):
+    return run_render(state, channels=CHANNELS, now=NOW, guard=NeverBlock(), crds=None, publish=publish)
+
+
+def test_each_channel_gets_a_whole_bundle_written_pointer_last(state):
+    requests: list[PublishRequest] = []
+    rendered = render(state, requests.append)
+
+    assert [r.channel.name for r in rendered] == ["staging", "prod"] and all(r.changed for r in rendered)
+    assert requests == [PublishRequest(r.channel.name, r.bundle.digest) for r in rendered]
+    for r in rendered:
+        keys = [k for k in state.puts if r.bundle.digest in k or k == layout.latest_render_key(r.channel.name)]
+        assert keys[-3:] == [
+            layout.bundle_file_key(r.bundle.digest, "report.json"),
+            layout.bundle_manifest_key(r.bundle.digest),
+            layout.latest_render_key(r.channel.name),
+        ]
+        assert set(keys[:-3]) == {layout.bundle_file_key(r.bundle.digest, p) for p in r.bundle.files}
+        pointer = jsonio.loads(state.get(layout.latest_render_key(r.channel.name)).data)
+        assert pointer["digest"] == r.bundle.digest
+        assert r.summary().to_dict() == {"channel": r.channel.name, "digest": r.bundle.digest, "changed": True}
+
+
+def test_the_same_inputs_write_nothing_again_but_still_ask_for_a_publish(state):
+    first = render(state)
+    state.puts.clear()
+    requests: list[PublishRequest] = []
+    again = render(state, requests.append)
+    assert state.puts == [] and not any(r.changed for r in again)
+    assert [r.bundle.digest for r in again] == [r.bundle.digest for r in first] and len(requests) == 2
+
+
+def test_a_broken_indicator_set_stops_the_render_before_any_write(state):
+    state.put(layout.feed_set_key("tor-exit"), b"{ not json")
+    state.puts.clear()
+    with pytest.raises(CdrPolicyError, match="indicators/feeds/tor-exit.json is not JSON"):
+        render(state)
+    assert state.puts == []
