@@ -311,6 +311,20 @@ def test_drift_a_deleted_or_edited_object_comes_back_after_one_drift_interval(ku
     assert clean["drift"]["missing"] == [] and clean["drift"]["repaired"] is False
 
 
+def test_an_object_served_under_a_newer_version_is_not_drift(kube, ship, make_agent):
+    from tests.unit.bundle.factory import ccg, files_of
+
+    ship(files_of({"g.yaml": ccg("ccg-old-api", ips(0, 3), api_version="cilium.io/v2alpha1")}))
+    agent = make_agent(drift_interval_s=0.05)
+    agent.sync_once(T0 + MINUTE)
+    time.sleep(0.1)
+
+    status = agent.sync_once(T0 + 2 * MINUTE)
+
+    assert status["last_poll"]["detail"] == "manifest unchanged (ETag); no drift"
+    assert kube.ops("apply")[-1:] == [("apply", "CiliumCIDRGroup", "ccg-old-api")]  # only the first apply
+
+
 # -- 5. expiry never wipes a newer valid bundle ----------------------------------------------------
 
 

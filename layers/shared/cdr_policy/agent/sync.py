@@ -126,7 +126,8 @@ def _drifted(live: dict[str, Any], want: dict[str, Any]) -> bool:
     stamp = ((live.get("metadata") or {}).get("annotations") or {}).get(CONTENT_HASH_ANNOTATION)
     if stamp != want["metadata"]["annotations"][CONTENT_HASH_ANNOTATION]:
         return True
-    return not _contains(live, {k: v for k, v in want.items() if k != "metadata"})
+    # apiVersion aside: a list returns the object under the newest version served, not the one applied.
+    return not _contains(live, {k: v for k, v in want.items() if k not in ("metadata", "apiVersion")})
 
 
 def _contains(live: Any, want: Any) -> bool:
