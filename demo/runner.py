@@ -207,25 +207,31 @@ def _channel_manifests(stack: Stack) -> dict[str, dict[str, Any]]:
     return {c["name"]: json.loads(dist.get(layout.channel_manifest_key(c["name"])).data) for c in CHANNELS}
 
 
+def demo_agents(stack: Stack, output: Path) -> dict[str, Agent]:
+    """One sync agent per channel, applying into ``output/<channel>``."""
+    public_pem = KmsSigner(stack.client("kms"), stack.signing_key_id).public_key_pem()
+    dist = S3Store(stack.client("s3"), stack.names.dist_bucket)
+    return {
+        c["name"]: Agent(
+            dist,
+            channel=c["name"],
+            cluster_id=f"demo-{c['name']}",
+            verifier=Verifier.from_public_pem(public_pem),
+            applier=DirectoryApplier(output / c["name"]),
+            state_dir=output / ".agent-state" / c["name"],
+            drift_interval_s=DEMO_DRIFT_INTERVAL_S,
+        )
+        for c in CHANNELS
+    }
+
+
 def _run_agents(
     stack: Stack, output: Path, say: Callable[[str], None]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     say("[5/5] Sync agents (one per channel: poll, verify signature and digests, apply, report status)")
-    public_pem = KmsSigner(stack.client("kms"), stack.signing_key_id).public_key_pem()
-    dist = S3Store(stack.client("s3"), stack.names.dist_bucket)
     statuses = {}
-    agents = {}
-    for c in CHANNELS:
-        channel = c["name"]
-        agent = agents[channel] = Agent(
-            dist,
-            channel=channel,
-            cluster_id=f"demo-{channel}",
-            verifier=Verifier.from_public_pem(public_pem),
-            applier=DirectoryApplier(output / channel),
-            state_dir=output / ".agent-state" / channel,
-            drift_interval_s=DEMO_DRIFT_INTERVAL_S,
-        )
+    agents = demo_agents(stack, output)
+    for channel, agent in agents.items():
         status = agent.sync_once()
         statuses[channel] = status
         say(f"      {channel:<8} {status['last_poll']['result']}: {status['last_poll']['detail']}")

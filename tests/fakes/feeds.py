@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from tests.fakes.loopback import LoopbackServer
+from tests.fakes.loopback import LoopbackServer, PortInUse
 
 DEMO_FEEDS_DIR = Path(__file__).resolve().parents[2] / "demo" / "feeds"
 # The built-in feed names and the demo file standing in for each (formats as the real feeds).
@@ -218,9 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default=str(DEMO_FEEDS_DIR), help="directory to serve (default: demo/feeds)")
     ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free port)")
     args = ap.parse_args(argv)
-    with FeedServer(root=args.root, port=args.port) as srv:
-        print(f"serving {srv.root} on {srv.base_url} (Ctrl-C to stop)")
-        print(demo_feeds_yaml(srv.base_url))
+    try:
+        server = FeedServer(root=args.root, port=args.port)
+    except PortInUse as exc:
+        print(f"feed server: error: {exc}", file=sys.stderr)
+        return 2
+    with server as srv:
+        # The banner goes to standard error: `python -m tests.fakes.feeds > feeds.yaml` captures a
+        # --feeds file that parses.
+        print(f"serving {srv.root} on {srv.base_url} (Ctrl-C to stop)", file=sys.stderr)
+        print(demo_feeds_yaml(srv.base_url), flush=True)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:

@@ -9,14 +9,18 @@ Real HTTP on 127.0.0.1 (an ephemeral port) in a thread:
   (``k=v``, ``k==v``, ``k!=v``), each served version returning the same stored object;
 - ``DELETE``;
 - ``GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions``;
-- ConfigMaps in the core API (``/api/v1/namespaces/<ns>/configmaps[/<name>]``): ``GET``, ``POST``
-  (409 ``AlreadyExists``) and ``PUT`` with optimistic concurrency (409 ``Conflict`` unless
-  ``metadata.resourceVersion`` is the stored one), as the agent keeps its applied state in one;
+- ConfigMaps in the core API (``/api/v1/namespaces/<ns>/configmaps[/<name>]``): ``GET`` (verb
+  ``configmap``: Cilium's ``cilium-config`` read by the agent's pre-flight, put in place with
+  ``set_config_map``), ``POST`` (``configmap-create``, 409 ``AlreadyExists``) and ``PUT``
+  (``configmap-update``, 409 ``Conflict`` unless ``metadata.resourceVersion`` is the stored one), as
+  the agent keeps its applied generation in one;
 - a bearer-token check on every request, and an ordered log of operations for tests;
 - ``delay_s``: an answer time for every request, to play a slow API server.
 
 Resources are those of the given CRDs (their served versions), or a schema-less default set of the
-five kinds the product emits. Unknown resources get the API server's plain ``404 page not found``.
+five kinds the product emits. ConfigMaps: by default the ``kube-system/cilium-config`` of a Cilium
+with non-default-deny policies on (``DEFAULT_CONFIG_MAPS``). Unknown resources get the API server's
+plain ``404 page not found``.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -40,7 +45,6 @@ from tests.fakes.loopback import LoopbackServer
 
 Validator = Callable[[dict[str, Any]], list[str]]
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-CONFIGMAPS = "/api/v1/namespaces/"
 APPLY_PATCH = "application/apply-patch+yaml"
 
 
@@ -70,9 +74,15 @@ DEFAULT_CRDS: tuple[dict[str, Any], ...] = (
 )
 
 
+DEFAULT_CONFIG_MAPS: dict[tuple[str, str], dict[str, str]] = {
+    ("kube-system", "cilium-config"): {"enable-non-default-deny-policies": "true", "enable-policy": "default"},
+}
+
+
 @dataclass(frozen=True)
 class Operation:
-    """One request as the fake understood it. ``verb``: apply, get, list, delete or crds."""
+    """One request as the fake understood it. ``verb``: apply, get, list, delete, crds, configmap,
+    configmap-create or configmap-update."""
 
     verb: str
     kind: str | None
@@ -131,7 +141,13 @@ def _matches(labels: dict[str, str], terms: list[tuple[str, str, str]]) -> bool:
 
 
 class FakeKubeAPI(LoopbackServer):
-    def __init__(self, crds: Iterable[dict[str, Any]] = (), validator: Validator | None = None) -> None:
+    def __init__(
+        self,
+        crds: Iterable[dict[str, Any]] = (),
+        validator: Validator | None = None,
+        config_maps: Mapping[tuple[str, str], dict[str, str]] | None = None,
+    ) -> None:
+        """``config_maps``: ``{(namespace, name): data}`` (default ``DEFAULT_CONFIG_MAPS``)."""
         self.crds = [copy.deepcopy(c) for c in crds] or [copy.deepcopy(c) for c in DEFAULT_CRDS]
         self.validator = validator
         self.token = secrets.token_urlsafe(24)
@@ -151,7 +167,10 @@ class FakeKubeAPI(LoopbackServer):
                     self._resources[(res.group, res.version, res.plural)] = res
         # (group, plural, namespace, name) -> object; (..., manager) -> label/annotation keys it set
         self._objects: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
-        self._configmaps: dict[tuple[str, str], dict[str, Any]] = {}
+        # (namespace, name) -> the stored ConfigMap object
+        self._config_maps: dict[tuple[str, str], dict[str, Any]] = {}
+        for (namespace, name), data in (DEFAULT_CONFIG_MAPS if config_maps is None else config_maps).items():
+            self._config_maps[(namespace, name)] = self._config_map_object(namespace, name, data, "0")
         self._owned_keys: dict[tuple[Any, ...], dict[str, set[str]]] = {}
         self._faults: list[list[Any]] = []
         self.delay_s = 0.0
@@ -163,6 +182,22 @@ class FakeKubeAPI(LoopbackServer):
             fake = api
 
         super().__init__(Handler)
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig whose current context is this fake (token authentication)."""
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "fake", "user": {"token": self.token}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                    "current-context": "fake",
+                }
+            )
+        )
+        return path
 
     @property
     def url(self) -> str:
@@ -187,6 +222,15 @@ class FakeKubeAPI(LoopbackServer):
             stored["metadata"]["resourceVersion"] = str(next(self._versions))
             self._objects[(res.group, res.plural, meta.get("namespace"), meta["name"])] = stored
 
+    def set_config_map(self, namespace: str, name: str, data: dict[str, str] | None) -> None:
+        """Create or replace a ConfigMap (``data`` None removes it), as an operator would."""
+        with self._lock:
+            if data is None:
+                self._config_maps.pop((namespace, name), None)
+            else:
+                version = str(next(self._versions))
+                self._config_maps[(namespace, name)] = self._config_map_object(namespace, name, data, version)
+
     def objects(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Stored objects (optionally of one kind), sorted by kind, namespace and name."""
         with self._lock:
@@ -205,12 +249,7 @@ class FakeKubeAPI(LoopbackServer):
 
     def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
-            return copy.deepcopy(self._configmaps.get((namespace, name)))
-
-    def delete_configmap(self, namespace: str, name: str) -> None:
-        """Remove a ConfigMap, as an operator (or a wiped namespace) would."""
-        with self._lock:
-            self._configmaps.pop((namespace, name), None)
+            return copy.deepcopy(self._config_maps.get((namespace, name)))
 
     def delete_object(self, kind: str, name: str, namespace: str | None = None) -> None:
         """Remove an object out of band, as ``kubectl delete`` would."""
@@ -290,8 +329,8 @@ class FakeKubeAPI(LoopbackServer):
                     "metadata": {},
                     "items": copy.deepcopy(self.crds),
                 }
-            if split.path.startswith(CONFIGMAPS) and "/configmaps" in split.path:
-                return self._configmap(method, split.path, body)
+            if split.path.startswith("/api/v1/"):
+                return self._core(method, split.path, body)
             res, namespace, name = self._route(split.path)
             verb = {"PATCH": "apply", "DELETE": "delete", "GET": "get" if name else "list"}.get(method)
             if verb is None or (verb in ("apply", "delete") and name is None):
@@ -311,21 +350,32 @@ class FakeKubeAPI(LoopbackServer):
         except _HttpError as exc:
             return exc.status, exc.body
 
-    def _configmap(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any] | str]:
+    @staticmethod
+    def _config_map_object(namespace: str, name: str, data: Mapping[str, str], version: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": version},
+            "data": dict(data),
+        }
+
+    def _core(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any] | str]:
+        """The core API: ConfigMaps (get, create, update with optimistic concurrency)."""
         parts = path.strip("/").split("/")  # api v1 namespaces <ns> configmaps [<name>]
-        if len(parts) not in (5, 6) or parts[4] != "configmaps":
+        if len(parts) not in (5, 6) or parts[2] != "namespaces" or parts[4] != "configmaps":
             raise _HttpError(404, "404 page not found")
         namespace, name = parts[3], (parts[5] if len(parts) == 6 else None)
-        verb = {"GET": "get", "POST": "create", "PUT": "update"}.get(method)
-        if verb is None or (verb == "create") != (name is None):
+        verb = {"GET": "configmap", "POST": "configmap-create", "PUT": "configmap-update"}.get(method)
+        if verb is None or (verb == "configmap-create") != (name is None):
             return 405, _status(405, "MethodNotAllowed", f"{method} is not supported here")
         self.operations.append(Operation(verb, "ConfigMap", namespace, name))
         status = self._fault(verb, name)
         if status is not None:
-            return status, _status(status, "InternalError", f"injected failure for {verb} {name}")
-        if verb == "get":
+            reason = "Forbidden" if status == 403 else "InternalError"
+            return status, _status(status, reason, f"injected failure for {verb} {name}")
+        if verb == "configmap":
             with self._lock:
-                found = copy.deepcopy(self._configmaps.get((namespace, str(name))))
+                found = copy.deepcopy(self._config_maps.get((namespace, str(name))))
             if found is None:
                 return 404, _status(404, "NotFound", f'configmaps "{name}" not found', name=name, kind="configmaps")
             return 200, found
@@ -338,10 +388,10 @@ class FakeKubeAPI(LoopbackServer):
             return 400, _status(400, "BadRequest", "metadata.name is missing or does not match the URL")
         key = (namespace, meta["name"])
         with self._lock:
-            live = self._configmaps.get(key)
-            if verb == "create" and live is not None:
+            live = self._config_maps.get(key)
+            if verb == "configmap-create" and live is not None:
                 return 409, _status(409, "AlreadyExists", f'configmaps "{meta["name"]}" already exists')
-            if verb == "update":
+            if verb == "configmap-update":
                 if live is None:
                     return 404, _status(404, "NotFound", f'configmaps "{name}" not found', name=name)
                 if meta.get("resourceVersion") != live["metadata"]["resourceVersion"]:
@@ -354,8 +404,8 @@ class FakeKubeAPI(LoopbackServer):
             stored = {"apiVersion": "v1", "kind": "ConfigMap", **copy.deepcopy(obj)}
             stored["metadata"]["namespace"] = namespace
             stored["metadata"]["resourceVersion"] = str(next(self._versions))
-            self._configmaps[key] = stored
-            return (201 if verb == "create" else 200), copy.deepcopy(stored)
+            self._config_maps[key] = stored
+            return (201 if verb == "configmap-create" else 200), copy.deepcopy(stored)
 
     def _list(self, res: _Resource, namespace: str | None, params: dict[str, str]) -> dict[str, Any]:
         terms = _parse_selector(params.get("labelSelector", ""))

@@ -33,6 +33,7 @@ import json
 import random
 import re
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.loopback import LoopbackServer
+from tests.fakes.loopback import LoopbackServer, PortInUse
 
 DEMO_USERNAME = "demo_user"
 DEMO_PASSWORD = "d3mo p@ss&word=1"  # deliberately has a space, @, & and =
@@ -487,7 +488,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = parser.parse_args(argv)
     rebase = datetime.now(UTC) - timedelta(minutes=5) if args.rebase_timestamps else None
-    gateway = FakeQualysGateway(
+    try:
+        gateway = _serve(args, rebase)
+    except PortInUse as exc:
+        print(f"fake gateway: error: {exc}", file=sys.stderr)
+        return 2
+    with gateway:
+        print(f"Fake Qualys gateway serving {len(gateway.findings)} findings at {gateway.url}")
+        print("Try the CLI (from the repository, after `make venv`) with:")
+        print(f"  export QUALYS_GATEWAY_URL={gateway.url}")
+        print(f"  export QUALYS_USERNAME='{args.username}'")
+        print(f"  export QUALYS_PASSWORD='{args.password}'")
+        print("  .venv/bin/cdr-policy --once --hours=24 --output=./policies")
+        print("Ctrl-C to stop.", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopped")
+    return 0
+
+
+def _serve(args: argparse.Namespace, rebase: datetime | None) -> FakeQualysGateway:
+    return FakeQualysGateway(
         args.findings,
         username=args.username,
         password=args.password,
@@ -498,20 +521,6 @@ def main(argv: list[str] | None = None) -> int:
         rebase_to=rebase,
         verbose=args.verbose,
     )
-    with gateway:
-        print(f"Fake Qualys gateway serving {len(gateway.findings)} findings at {gateway.url}")
-        print("Try the CLI with:")
-        print(f"  export QUALYS_GATEWAY_URL={gateway.url}")
-        print(f"  export QUALYS_USERNAME='{args.username}'")
-        print(f"  export QUALYS_PASSWORD='{args.password}'")
-        print("  cdr-policy --once --hours=24 --output=./policies")
-        print("Ctrl-C to stop.", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopped")
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 from typing import Any
 
 import pytest
 
-from tests.infra.support import REPO, Resolver
+from tests.infra.support import REGION, REPO, Resolver
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +34,22 @@ def functions(resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="session")
 def resolve(template: dict[str, Any]) -> Resolver:
     return Resolver(template)
+
+
+@pytest.fixture(scope="session")
+def translated(template: dict[str, Any]) -> dict[str, Any]:
+    """The template as CloudFormation receives it after ``sam package`` and the SAM transform."""
+    from samtranslator.translator.transform import transform
+
+    class ManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {}
+
+    packaged = copy.deepcopy(template)
+    for resource in packaged["Resources"].values():
+        props = resource.get("Properties", {})
+        for key in ("CodeUri", "ContentUri"):
+            if key in props:
+                props[key] = f"s3://artifacts/{props[key].strip('/')}.zip"
+    os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
+    return transform(packaged, {}, ManagedPolicies())

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,25 +25,6 @@ def test_sam_validate_lint():
 def test_cfn_lint_including_informational_checks():
     result = run(tool("cfn-lint"), "--include-checks", "I", "--", "template.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-@pytest.fixture(scope="module")
-def translated(template: dict[str, Any]) -> dict[str, Any]:
-    """The template as CloudFormation receives it after ``sam package`` and the SAM transform."""
-    from samtranslator.translator.transform import transform
-
-    class ManagedPolicies:
-        def load(self) -> dict[str, str]:
-            return {}
-
-    packaged = copy.deepcopy(template)
-    for resource in packaged["Resources"].values():
-        props = resource.get("Properties", {})
-        for key in ("CodeUri", "ContentUri"):
-            if key in props:
-                props[key] = f"s3://artifacts/{props[key].strip('/')}.zip"
-    os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
-    return transform(packaged, {}, ManagedPolicies())
 
 
 def test_translated_template_lints(translated, tmp_path):
@@ -72,6 +51,20 @@ def test_translated_roles_have_no_broad_managed_policies(translated):
     assert len(mappings) == 2
     for mapping in mappings:
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_translated_failure_destinations_can_be_written(translated):
+    """SAM turns each on-failure destination into an EventInvokeConfig and grants the function's role
+    sqs:SendMessage on exactly that queue (the role, not a queue policy, is what Lambda uses)."""
+    resources = translated["Resources"]
+    configs = {k: v["Properties"] for k, v in resources.items() if v["Type"] == "AWS::Lambda::EventInvokeConfig"}
+    assert {c["FunctionName"]["Ref"] for c in configs.values()} == {"CdrFetchFunction", "FeedSyncFunction"}
+    queue = {"Fn::GetAtt": ["ScheduledRunFailureQueue", "Arn"]}
+    for config in configs.values():
+        assert config["DestinationConfig"]["OnFailure"]["Destination"] == queue
+        role = resources[f"{config['FunctionName']['Ref']}Role"]["Properties"]
+        statements = [s for p in role["Policies"] if "PolicyDocument" in p for s in p["PolicyDocument"]["Statement"]]
+        assert {"Action": "sqs:SendMessage", "Effect": "Allow", "Resource": queue} in statements
 
 
 def _python312() -> str | None:

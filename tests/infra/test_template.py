@@ -22,6 +22,9 @@ FUNCTION_DIRS = {
     "PublishFunction": "publish",
 }
 SQS_CONSUMERS = {"RenderFunction": "RenderQueue", "PublishFunction": "PublishQueue"}
+# Event sources that invoke a function asynchronously (Lambda's own event queue, retries, destinations).
+ASYNC_EVENT_TYPES = {"Schedule", "ScheduleV2", "CloudWatchEvent", "EventBridgeRule", "S3", "SNS", "IoTRule"}
+FOURTEEN_DAYS = 14 * 24 * 3600
 POWERTOOLS_VARS = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"}
 
 
@@ -154,11 +157,77 @@ def test_every_queue_has_a_dlq_and_a_long_enough_visibility_timeout(template, re
         consumer = next(n for n, q in SQS_CONSUMERS.items() if q == queue_name)
         timeout = setting(template, functions[consumer], "Timeout")
         assert props["VisibilityTimeout"] >= 6 * timeout, queue_name
-    assert set(queues) == set(SQS_CONSUMERS.values()) | dlqs, "a queue that is neither consumed nor a DLQ"
+    destinations = {failure_destination(props) for props in functions.values() if "EventInvokeConfig" in props}
+    assert set(queues) == set(SQS_CONSUMERS.values()) | dlqs | destinations, (
+        "a queue that is neither consumed, nor a DLQ, nor an on-failure destination"
+    )
+    for dlq in dlqs | destinations:
+        assert queues[dlq]["Properties"]["MessageRetentionPeriod"] == FOURTEEN_DAYS
+
+
+def test_every_queue_is_encrypted(resources):
+    queues = of_type(resources, "AWS::SQS::Queue")
+    assert len(queues) == 5
     for name, queue in queues.items():
+        # SSE-SQS: S3 notifications and EventBridge can deliver into it without a key policy of ours.
         assert queue["Properties"]["SqsManagedSseEnabled"] is True, name
-    for dlq in dlqs:
-        assert queues[dlq]["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
+        assert "KmsMasterKeyId" not in queue["Properties"], name
+
+
+def failure_destination(props: dict[str, Any]) -> str:
+    on_failure = props["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]
+    assert on_failure["Type"] == "SQS"
+    (queue, attribute) = on_failure["Destination"]["Fn::GetAtt"]
+    assert attribute == "Arn"
+    return queue
+
+
+def queue_alarms(resources: dict[str, Any], queue: str) -> list[dict[str, Any]]:
+    return [
+        a["Properties"]
+        for a in of_type(resources, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"]["Namespace"] == "AWS/SQS"
+        and a["Properties"]["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}]
+    ]
+
+
+def test_asynchronously_invoked_functions_have_an_alarmed_failure_destination(resources, functions):
+    """A failed (or expired) scheduled run used to be dropped silently after Lambda's retries."""
+    invoked_async = {
+        name
+        for name, props in functions.items()
+        if any(e["Type"] in ASYNC_EVENT_TYPES for e in props.get("Events", {}).values())
+    }
+    assert invoked_async == {"CdrFetchFunction", "FeedSyncFunction"}
+    for name in invoked_async:
+        queue = failure_destination(functions[name])
+        assert resources[queue]["Type"] == "AWS::SQS::Queue"
+        (alarm,) = queue_alarms(resources, queue)
+        assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    # SQS-triggered functions are invoked synchronously: their failures land in the source queue's DLQ.
+    for name in set(functions) - invoked_async:
+        assert "EventInvokeConfig" not in functions[name], name
+        assert set(SQS_CONSUMERS) >= {name}
+
+
+def test_render_and_publish_run_one_at_a_time_without_losing_throttled_batches(template, resources, functions):
+    """One writer per channel: one Publish (and one Render) environment. SQS's lowest MaximumConcurrency is 2,
+    so the poller's second batch is throttled; Lambda retries it until the visibility timeout, which must
+    cover several runs of the first batch, and maxReceiveCount leaves room for repeated throttles."""
+    for name, queue_name in SQS_CONSUMERS.items():
+        props = functions[name]
+        assert props["ReservedConcurrentExecutions"] == 1, name
+        (event,) = props["Events"].values()
+        assert event["Properties"]["ScalingConfig"] == {"MaximumConcurrency": 2}, name
+        queue = resources[queue_name]["Properties"]
+        assert queue["VisibilityTimeout"] >= 6 * setting(template, props, "Timeout"), name
+        assert queue["RedrivePolicy"]["maxReceiveCount"] >= 5, name
+    publish = next(iter(functions["PublishFunction"]["Events"].values()))["Properties"]
+    # A render's requests (one per channel, sent within seconds) reach Publish as one batch.
+    assert 1 <= publish["MaximumBatchingWindowInSeconds"] <= 10
+    assert publish["BatchSize"] >= 10
 
 
 def test_schedules(functions, template):
@@ -183,7 +252,7 @@ def test_state_bucket_notifies_the_render_queue_for_indicators(resources, resolv
     assert config["Filter"] == {"S3Key": {"Rules": [{"Name": "prefix", "Value": "indicators/"}]}}
     # No circular dependency: the queue policy names the bucket by its constructed ARN, and the bucket
     # waits for the policy.
-    assert bucket["DependsOn"] == "RenderQueuePolicy"
+    assert "RenderQueuePolicy" in bucket["DependsOn"]
     statements = resources["RenderQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
     (statement,) = [s for s in statements if s["Sid"] == "StateBucketNotifications"]
     assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
@@ -206,7 +275,7 @@ def test_a_schedule_re_renders_every_channel_so_manifests_never_lapse(resources)
 
 def test_buckets_are_private_encrypted_versioned_and_tls_only(resources):
     buckets = of_type(resources, "AWS::S3::Bucket")
-    assert set(buckets) == {"StateBucket", "DistributionBucket"}
+    assert set(buckets) == {"StateBucket", "DistributionBucket", "AccessLogBucket"}
     policies = {
         p["Properties"]["Bucket"]["Ref"]: p["Properties"]["PolicyDocument"]
         for p in of_type(resources, "AWS::S3::BucketPolicy").values()
@@ -224,6 +293,41 @@ def test_buckets_are_private_encrypted_versioned_and_tls_only(resources):
         deny = [s for s in policies[name]["Statement"] if s["Effect"] == "Deny"]
         assert deny and deny[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
         assert deny[0]["Action"] == "s3:*" and deny[0]["Principal"] == "*"
+
+
+def test_both_buckets_log_access_to_the_access_log_bucket(resources, resolve):
+    log_bucket = resources["AccessLogBucket"]["Properties"]
+    # Server access logging delivers only into SSE-S3 buckets.
+    (rule,) = log_bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    (lifecycle,) = log_bucket["LifecycleConfiguration"]["Rules"]
+    assert lifecycle["Status"] == "Enabled"
+    assert lifecycle["ExpirationInDays"] == {"Ref": "LogRetentionDays"}
+    assert "LoggingConfiguration" not in log_bucket
+    (policy,) = [
+        p["Properties"]["PolicyDocument"]
+        for p in of_type(resources, "AWS::S3::BucketPolicy").values()
+        if p["Properties"]["Bucket"] == {"Ref": "AccessLogBucket"}
+    ]
+    (delivery,) = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
+    assert delivery["Principal"] == {"Service": "logging.s3.amazonaws.com"}
+    assert delivery["Action"] == "s3:PutObject"
+    allowed_sources = {resolve(arn) for arn in delivery["Condition"]["ArnLike"]["aws:SourceArn"]}
+    allowed_keys = {resolve(arn) for arn in delivery["Resource"]}
+    assert delivery["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    prefixes = set()
+    for name in ("StateBucket", "DistributionBucket"):
+        bucket = resources[name]
+        logging = bucket["Properties"]["LoggingConfiguration"]
+        assert logging["DestinationBucketName"] == {"Ref": "AccessLogBucket"}, name
+        prefixes.add(logging["LogFilePrefix"])
+        assert resolve({"Fn::GetAtt": [name, "Arn"]}) in allowed_sources, name
+        assert f"{resolve({'Fn::GetAtt': ['AccessLogBucket', 'Arn']})}/{logging['LogFilePrefix']}*" in allowed_keys
+        # Logging is turned on only once the log bucket accepts the deliveries.
+        depends = bucket["DependsOn"] if isinstance(bucket["DependsOn"], list) else [bucket["DependsOn"]]
+        assert "AccessLogBucketPolicy" in depends, name
+    assert len(prefixes) == 2 and all(p.endswith("/") for p in prefixes), "one prefix per bucket"
+    assert len(allowed_sources) == len(allowed_keys) == 2, "nothing else may write into the log bucket"
 
 
 def _policy_entries(props: dict[str, Any]) -> list[Any]:
@@ -282,6 +386,48 @@ def test_signing_key_and_idempotency_table(resources):
     assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
     assert table["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+
+
+DATA_KEY = {"Fn::If": ["HasDataKey", {"Fn::GetAtt": ["DataKey", "Arn"]}, {"Ref": "AWS::NoValue"}]}
+
+
+def test_customer_managed_key_for_logs_and_table_is_optional_and_usable(template, resources, functions, resolve):
+    """UseCustomerManagedKey=true puts the log groups and the table under the stack's own key, whose policy
+    lets CloudWatch Logs use it for exactly these log groups and DynamoDB for this account's callers."""
+    import fnmatch
+
+    parameter = template["Parameters"]["UseCustomerManagedKey"]
+    assert (parameter["Default"], parameter["AllowedValues"]) == ("false", ["false", "true"])
+    assert template["Conditions"]["HasDataKey"] == {"Fn::Equals": [{"Ref": "UseCustomerManagedKey"}, "true"]}
+    key = resources["DataKey"]
+    assert key["Condition"] == resources["DataKeyAlias"]["Condition"] == "HasDataKey"
+    assert key["Properties"]["EnableKeyRotation"] is True
+    assert key["UpdateReplacePolicy"] == "Retain", "a replaced key must stay to decrypt what it encrypted"
+    statements = {s["Sid"]: s for s in key["Properties"]["KeyPolicy"]["Statement"]}
+    logs = statements["CloudWatchLogsOfThisStack"]
+    assert resolve(logs["Principal"]["Service"]) == "logs.us-east-1.amazonaws.com"
+    pattern = resolve(logs["Condition"]["ArnLike"]["kms:EncryptionContext:aws:logs:arn"])
+    for name, props in functions.items():
+        group = resources[props["LoggingConfig"]["LogGroup"]["Ref"]]["Properties"]
+        assert group["KmsKeyId"] == DATA_KEY, name
+        arn = f"arn:aws:logs:us-east-1:123456789012:log-group:{resolve(group['LogGroupName'])}"
+        assert fnmatch.fnmatchcase(arn, pattern), (arn, pattern)
+    assert not fnmatch.fnmatchcase("arn:aws:logs:us-east-1:123456789012:log-group:/aws/lambda/other", pattern)
+    dynamodb = statements["DynamoDbForThisAccount"]["Condition"]["StringEquals"]
+    assert resolve(dynamodb["kms:ViaService"]) == "dynamodb.us-east-1.amazonaws.com"
+    assert dynamodb["kms:CallerAccount"] == {"Ref": "AWS::AccountId"}
+    sse = resources["IdempotencyTable"]["Properties"]["SSESpecification"]
+    assert sse == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": DATA_KEY}
+
+
+def test_no_function_environment_holds_a_secret(template, functions):
+    """The reason given for CKV_AWS_173: names, ARNs and numbers only, never a credential."""
+    secret_parameters = {n for n, p in template["Parameters"].items() if p.get("NoEcho")}
+    assert secret_parameters == set()
+    for name, props in functions.items():
+        for variable in environment(template, props):
+            assert not re.search(r"PASSWORD|TOKEN|API_KEY|CREDENTIAL|SECRET$", variable), (name, variable)
 
 
 def test_log_groups_have_retention(template, resources, functions, resolve):
@@ -290,6 +436,7 @@ def test_log_groups_have_retention(template, resources, functions, resolve):
         log_group = resources[group]
         assert log_group["Type"] == "AWS::Logs::LogGroup"
         assert log_group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        assert log_group["Properties"]["KmsKeyId"] == DATA_KEY
         assert resolve(log_group["Properties"]["LogGroupName"]) == f"/aws/lambda/{resolve(props['FunctionName'])}"
 
 
@@ -304,7 +451,7 @@ def test_alarms_cover_errors_and_dead_letters(resources, functions):
         for a in alarms
         if a["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
     }
-    assert watched_queues == {"RenderDeadLetterQueue", "PublishDeadLetterQueue"}
+    assert watched_queues == {"RenderDeadLetterQueue", "PublishDeadLetterQueue", "ScheduledRunFailureQueue"}
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
     # CloudWatch cannot use the AWS managed SNS key: the topic has its own, usable by CloudWatch.
@@ -319,7 +466,7 @@ def test_outputs(template):
         "PublishQueueUrl", "PublishDeadLetterQueueUrl", "SigningKeyId", "SigningKeyArn",
         "SigningKeyAliasName", "IdempotencyTableName", "SharedLayerArn", "CdrFetchFunctionName",
         "FeedSyncFunctionName", "RenderFunctionName", "PublishFunctionName", "AgentAccessPolicyArn",
-        "AlarmTopicArn",
+        "AlarmTopicArn", "ScheduledRunFailureQueueUrl", "AccessLogBucketName",
     }  # fmt: skip
     assert set(template["Outputs"]) == expected
     for output in template["Outputs"].values():
@@ -381,10 +528,10 @@ def test_derived_names_are_valid(template, environment_name):
     resolve = Resolver(template, {"Environment": environment_name})
     for region in ("us-east-1", "ap-southeast-2"):
         resolve.parameters["AWS::Region"] = region
-        for bucket in ("StateBucket", "DistributionBucket"):
+        for bucket in ("StateBucket", "DistributionBucket", "AccessLogBucket"):
             name = resolve({"Ref": bucket})
             assert re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", name), name
-        for queue in ("RenderDeadLetterQueue", "PublishDeadLetterQueue"):
+        for queue in ("RenderDeadLetterQueue", "PublishDeadLetterQueue", "ScheduledRunFailureQueue"):
             assert len(resolve({"Fn::GetAtt": [queue, "QueueName"]})) <= 80
 
 

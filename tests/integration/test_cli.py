@@ -154,22 +154,6 @@ def test_configuration_errors_are_clear_and_exit_2(env, tmp_path, capsys):
     assert code == 2 and "http" in err
 
 
-def _kubeconfig(path: Path, api: FakeKubeAPI) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
-                "users": [{"name": "fake", "user": {"token": api.token}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-                "current-context": "fake",
-            }
-        )
-    )
-    return path
-
-
 def test_apply_really_applies_and_prunes_only_its_own_objects(env, tmp_path, capsys):
     with FakeKubeAPI() as api:
         foreign = {
@@ -179,7 +163,7 @@ def test_apply_really_applies_and_prunes_only_its_own_objects(env, tmp_path, cap
             "spec": {"podSelector": {}},
         }
         api.add_object(foreign)
-        kube_env = {**env, "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", api))}
+        kube_env = {**env, "KUBECONFIG": str(api.write_kubeconfig(tmp_path / "kubeconfig"))}
         code, out, err = run(["--once", "--apply", f"--output={tmp_path / 'a'}"], kube_env, capsys)
         assert code == 0, err
         assert "Applying to kubernetes" in out
@@ -188,6 +172,22 @@ def test_apply_really_applies_and_prunes_only_its_own_objects(env, tmp_path, cap
         applies = [op for op in api.operations if op.verb == "apply"]
         assert applies and all(op.params.get("fieldValidation") == "Strict" for op in applies)
         assert any(o["metadata"]["name"] == "someone-elses" for o in api.objects())
+
+
+def test_apply_holds_cilium_back_when_non_default_deny_policies_are_off(env, tmp_path, capsys):
+    off = {("kube-system", "cilium-config"): {"enable-non-default-deny-policies": "false"}}
+    with FakeKubeAPI(config_maps=off) as api:
+        kube_env = {**env, "KUBECONFIG": str(api.write_kubeconfig(tmp_path / "kubeconfig"))}
+        code, out, err = run(["--once", "--apply", f"--output={tmp_path / 'a'}"], kube_env, capsys)
+        assert code == 1, err
+        assert {o["kind"] for o in api.objects()} == {"TracingPolicy"}, "Tetragon applied, Cilium held back"
+        assert [op.verb for op in api.operations].index("configmap") < [op.verb for op in api.operations].index(
+            "apply"
+        ), "checked before anything is applied"
+    written = {obj["kind"] for obj in objects(tmp_path / "a").values()}
+    assert "CiliumClusterwideNetworkPolicy" in written, "the files are still written for review"
+    assert "Error: preflight CiliumClusterwideNetworkPolicy/" in out
+    assert "enable-non-default-deny-policies" in out and "Done, with 1 problem(s)" in out
 
 
 def test_validate_subcommand(env, tmp_path, capsys, crds_dir):

@@ -198,4 +198,5 @@ def test_startup_problems_exit_2(problem, dist, public_key, tmp_path, monkeypatc
         "--once",
     )
     assert cli.run(args) == 2
-    assert capsys.readouterr().out.startswith("error: ")
+    err = capsys.readouterr().err
+    assert err.startswith("cdr-policy: error: ") and len(err.splitlines()) == 1

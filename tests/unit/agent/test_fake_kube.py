@@ -178,5 +178,5 @@ def test_configmaps_with_optimistic_concurrency(kube, client):
     stale = client.put(f"{path}/state", json=body)  # the same resourceVersion again
     assert (stale.status_code, stale.json()["reason"]) == (409, "Conflict")
     assert kube.configmap("ns1", "state")["data"] == {"a": "2"}
-    kube.delete_configmap("ns1", "state")
+    kube.set_config_map("ns1", "state", None)
     assert client.get(f"{path}/state").status_code == 404

@@ -154,7 +154,7 @@ def test_a_lost_record_falls_back_to_the_generation_on_the_live_objects(kube, sh
     ship(B, T0 + 10 * MINUTE)
     make_agent().sync_once(T0 + 11 * MINUTE)
     assert {o["metadata"]["annotations"][GENERATION_ANNOTATION] for o in kube.objects()} == {"2"}
-    kube.delete_configmap(NS, RECORD_NAME)
+    kube.set_config_map(NS, RECORD_NAME, None)
     serve(bucket, generation_1)
 
     status = make_agent(state_dir="fresh").sync_once(T0 + 12 * MINUTE)
@@ -169,7 +169,7 @@ def test_a_corrupt_record_stops_the_sync_instead_of_lowering_the_floor(kube, shi
     make_agent().sync_once(T0 + MINUTE)
     stored = kube.configmap(NS, RECORD_NAME)
     stored["data"]["prod"] = '{"generation": 0}'
-    kube.delete_configmap(NS, RECORD_NAME)
+    kube.set_config_map(NS, RECORD_NAME, None)
     applier = KubeApplier(kube.url, kube.token)
     applier.write_configmap(
         {
@@ -190,7 +190,7 @@ def test_a_corrupt_record_stops_the_sync_instead_of_lowering_the_floor(kube, shi
 
 def test_an_unreadable_record_stops_the_sync(kube, ship, make_agent):
     ship(A)
-    kube.fail("get", 403, name=RECORD_NAME)
+    kube.fail("configmap", 403, name=RECORD_NAME)
 
     status = make_agent().sync_once(T0 + MINUTE)
 

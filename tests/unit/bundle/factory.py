@@ -136,12 +136,14 @@ def render(
     created: datetime = T0,
     ttl: timedelta = TTL,
     counts: dict[str, int] | None = None,
+    settings: dict[str, Any] = SETTINGS,
 ) -> str:
-    """Write ``files`` and their unsigned manifest under ``bundles/<digest>/`` as Render does."""
+    """Write ``files`` and their unsigned manifest under ``bundles/<digest>/`` as Render does
+    (``settings``: the channel's, which Publish and the agent compare with the objects)."""
     manifest = build_manifest(
         files,
         channel=channel,
-        settings=SETTINGS,
+        settings=settings,
         counts=counts if counts is not None else {"files": len(files)},
         created_at=iso(created),
         expires_at=iso(created + ttl),

@@ -11,10 +11,9 @@ SECRET = "QUALYS_PASSWORD=hunter2-do-not-print"
 
 
 def run(argv, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(argv, {"XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path)})
+    code = main(argv, {"XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path)})
     _, err = capsys.readouterr()
-    return exit_.value.code, err
+    return code, err
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cdr_policy.errors import ConfigError
 from cdr_policy.policy.behaviours import CATALOGUE, MAX_EVIDENCE, sift_evidence
-from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.channel import ChannelSettings, KernelCapabilities
 from cdr_policy.policy.checker import check_object, errors_of
 from cdr_policy.rules import RULES
 
@@ -160,15 +161,52 @@ def test_webshell_restricts_the_caller_and_matches_the_target():
     assert "/sh" in sel["matchArgs"][0]["values"]
 
 
-def test_override_on_syscalls_and_sigkill_on_kernel_functions():
-    obj = _policy(
-        "container_escape",
-        ChannelSettings(name="prod", action="Override", promoted_rules=("container_escape",)),
+def _syscall_hooks(obj):
+    return [kp for kp in obj["spec"]["kprobes"] if kp["syscall"]]
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_override_channels_put_no_override_on_a_syscall_unless_the_kernel_helper_is_declared(schemas, rule):
+    channel = ChannelSettings(name="prod", action="Override", promoted_rules=("container_escape",))
+    assert channel.kernel.override_helper is False  # the default
+    obj = _policy(rule, channel)
+    for kp in _syscall_hooks(obj):
+        assert {a["action"] for s in kp["selectors"] for a in s["matchActions"]} <= {"Sigkill", "Post"}, kp["call"]
+    assert "cdr-policy.io/kernel-override-helper" not in obj["metadata"]["annotations"]
+    for kp in obj["spec"]["kprobes"]:  # Override stays where fmod_ret does it: security_* hooks
+        if kp["call"].startswith("security_") and not CATALOGUE[rule].audit_only:
+            assert kp["selectors"][0]["matchActions"] == [{"action": "Override", "argError": -1}]
+    assert errors_of(check_object(obj, schemas)) == []
+
+
+def test_override_on_syscalls_when_the_channel_declares_the_helper(schemas):
+    channel = ChannelSettings(
+        name="prod",
+        action="Override",
+        promoted_rules=("container_escape",),
+        kernel=KernelCapabilities(override_helper=True),
     )
+    obj = _policy("container_escape", channel)
     hooks = _hooks(obj)
     assert hooks["sys_setns"]["selectors"][0]["matchActions"] == [{"action": "Override", "argError": -1}]
     assert hooks["create_user_ns"]["selectors"][0]["matchActions"] == [{"action": "Sigkill"}]
     assert "disable-kprobe-multi" not in _options(obj)  # no security_* override in this policy
+    assert obj["metadata"]["annotations"]["cdr-policy.io/kernel-override-helper"] == "true"
+    assert errors_of(check_object(obj, schemas)) == []
+    # the checker refuses the same object without the declaration
+    del obj["metadata"]["annotations"]["cdr-policy.io/kernel-override-helper"]
+    codes = {p.code for p in errors_of(check_object(obj, schemas))}
+    assert codes == {"tetragon.override-helper"}
+
+
+def test_kernel_capabilities_are_validated_channel_settings():
+    channel = ChannelSettings.from_dict({"name": "prod", "kernel": {"override_helper": True}})
+    assert channel.kernel.override_helper is True
+    assert channel.to_dict()["kernel"] == {"override_helper": True}
+    assert ChannelSettings.from_dict(channel.to_dict()) == channel
+    for bad in ({"override_helper": "yes"}, {"lsm": True}, ["override_helper"]):
+        with pytest.raises(ConfigError):
+            ChannelSettings.from_dict({"name": "prod", "kernel": bad})
 
 
 def test_evidence_adds_safe_names_only():

@@ -83,7 +83,10 @@ spec:
 ---
 apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
-metadata: {name: ioc-block-ns-escape-ptrace-rawsock}
+metadata:
+  name: ioc-block-ns-escape-ptrace-rawsock
+  # Override on syscalls needs bpf_override_return: the template's nodes declare it (issue 11)
+  annotations: {cdr-policy.io/kernel-override-helper: "true"}
 spec:
   podSelector: {}
   options:
@@ -248,6 +251,20 @@ A5 = {
         {"tetragon.override-kprobe-multi"},
     ),
 }
+
+
+def test_override_on_a_syscall_needs_the_declared_kernel_helper(schemas):
+    [obj] = docs(A4.split("---")[1])
+    assert error_codes(obj, schemas) == set()
+    obj["metadata"]["annotations"]["cdr-policy.io/kernel-override-helper"] = "false"
+    problems = [p for p in errors_of(check_object(obj, schemas)) if p.code == "tetragon.override-helper"]
+    # sys_unshare and sys_ptrace carry Override; sys_setns (Sigkill) and security_socket_create do not count
+    assert [p.path for p in problems] == [
+        "spec.kprobes[1].selectors[0].matchActions[0]",
+        "spec.kprobes[2].selectors[0].matchActions[0]",
+    ]
+    del obj["metadata"]["annotations"]
+    assert "tetragon.override-helper" in error_codes(obj, schemas)
 
 
 @pytest.mark.parametrize("case", sorted(A5))

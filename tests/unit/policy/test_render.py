@@ -49,7 +49,12 @@ def test_render_end_to_end(schemas):
         "threat-intel-blocklist.yaml",
     ]
     report = result.report
-    assert report["channel"] == {"name": "prod", "action": "Sigkill", "cilium_version": "1.17"}
+    assert report["channel"] == {
+        "name": "prod",
+        "action": "Sigkill",
+        "cilium_version": "1.17",
+        "kernel": {"override_helper": False},
+    }
     assert report["sources"] == {"used": ["cdr", "feed:feodo-c2", "feed:tor-exit"], "excluded": []}
     assert report["indicators"] == {"ips": 21, "domains": 1, "ports": 1}
     assert {r["value"]: r["reason"] for r in report["rejected"]} == {

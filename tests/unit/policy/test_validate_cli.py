@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from cdr_policy.cli.validate import CRDS_ENV, default_crds_dir, validate_main
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.policy.channel import ChannelSettings
-from cdr_policy.policy.checker import SchemaSet, check_bundle, check_files, validate_main
-from cdr_policy.policy.checker.files import CRDS_ENV, default_crds_dir
+from cdr_policy.policy.checker import SchemaSet, check_bundle, check_files
 
 from .factories import behaviour, cdr_set, feed_set, file_bytes, indicator, render
 
@@ -150,3 +150,13 @@ def test_bundle_checker_for_publish_and_the_agent(crds_dir):
     tampered = {k: v.replace(b"45.33.32.0/24", b"10.0.0.0/8") for k, v in files.items()}
     errors = bundle_checker(None)(tampered)
     assert errors and all("cidr.never-block" in e or "ipv4-mapped" in e for e in errors)
+
+
+def test_crds_as_kubectl_writes_them_a_list(tmp_path, crds_dir):
+    import yaml
+
+    crds = [yaml.safe_load(p.read_text()) for p in sorted(crds_dir.glob("tetragon_*.yaml"))]
+    (tmp_path / "crds").mkdir()
+    (tmp_path / "crds" / "all.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": crds}))
+    schemas = SchemaSet.from_dir(tmp_path / "crds")
+    assert {key[2] for key in schemas.versions} >= {"TracingPolicy", "TracingPolicyNamespaced"}

@@ -26,7 +26,7 @@ from cdr_policy.agent.sync import (
 )
 from cdr_policy.bundle.channel_rules import protected_guard
 from cdr_policy.bundle.signing import Verifier
-from cdr_policy.errors import CdrPolicyError
+from cdr_policy.errors import CdrPolicyError, exit_code, print_error
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.policy.checker.files import BundleCheck, bundle_checker
@@ -216,9 +216,8 @@ def run(args: argparse.Namespace) -> int:
             sync_deadline_s=args.sync_deadline,
         )
     except CdrPolicyError as exc:
-        logger.error("agent cannot start", extra={"error": str(exc)})
-        print(f"error: {exc}")
-        return 2
+        print_error(exc)
+        return exit_code(exc)
     try:
         if args.once:
             status = agent.sync_once()

@@ -28,11 +28,15 @@ from cdr_policy.agent.kinds import KINDS, Kind
 from cdr_policy.bundle.objects import ref_of
 from cdr_policy.errors import ConfigError
 from cdr_policy.observability import logger
+from cdr_policy.policy.naming import is_dns_label
 
 FIELD_MANAGER = "cdr-policy"
 APPLY_PARAMS = {"fieldManager": FIELD_MANAGER, "force": "true", "fieldValidation": "Strict"}
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 CRD_GROUP = "cilium.io"
+# Where Cilium's agent configuration (the cilium-config ConfigMap) lives; the pre-flight reads it.
+CILIUM_NAMESPACE_ENV = "CDR_POLICY_CILIUM_NAMESPACE"
+DEFAULT_CILIUM_NAMESPACE = "kube-system"
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
@@ -91,12 +95,17 @@ class KubeApplier:
         token_plugin: kubeconfig.ExecPlugin | None = None,
         timeout: float = 30.0,
         attempts: int = 3,
+        cilium_namespace: str = DEFAULT_CILIUM_NAMESPACE,
     ) -> None:
         """``token``, ``token_file`` (re-read on every request) or ``token_plugin`` (a kubeconfig exec
         credential plugin) authenticate with a bearer token; a client certificate is configured on
         ``http``. ``ca_file`` verifies the server; it cannot be
-        combined with ``http``, which carries its own TLS settings."""
+        combined with ``http``, which carries its own TLS settings. ``cilium_namespace`` is where
+        the pre-flight looks for the ``cilium-config`` ConfigMap."""
         self.api_url = _check_url(api_url)
+        if not is_dns_label(cilium_namespace):
+            raise ConfigError(f"Cilium namespace {cilium_namespace!r} is not a DNS label")
+        self.cilium_namespace = cilium_namespace
         if http is not None and ca_file is not None:
             raise ConfigError("pass ca_file or an http client with its own TLS settings, not both")
         if http is None:
@@ -138,7 +147,8 @@ class KubeApplier:
     ) -> KubeApplier:
         """The pod's service account when in a cluster, else the current kubeconfig context.
         Raises ConfigError saying what is missing when neither is available."""
-        conn = kubeconfig.resolve(os.environ if env is None else env, sa_dir=sa_dir, home=home)
+        env = os.environ if env is None else env
+        conn = kubeconfig.resolve(env, sa_dir=sa_dir, home=home)
         if conn.insecure:
             logger.warning(
                 "TLS verification of the API server is off (insecure-skip-tls-verify)",
@@ -146,7 +156,14 @@ class KubeApplier:
             )
         http = httpx.Client(verify=kubeconfig.ssl_context(conn), timeout=timeout)
         logger.info("Kubernetes API", extra={"server": conn.server, "credentials": conn.source})
-        return cls(conn.server, conn.token, http=http, token_file=conn.token_file, token_plugin=conn.exec_plugin)
+        return cls(
+            conn.server,
+            conn.token,
+            http=http,
+            token_file=conn.token_file,
+            token_plugin=conn.exec_plugin,
+            cilium_namespace=env.get(CILIUM_NAMESPACE_ENV) or DEFAULT_CILIUM_NAMESPACE,
+        )
 
     def describe(self) -> str:
         return f"kubernetes {self.api_url}"
@@ -287,9 +304,17 @@ class KubeApplier:
             key=lambda crd: (crd.get("metadata") or {}).get("name", ""),
         )
 
-    # -- the agent's own state record (a ConfigMap in its namespace) -----------------------------
+    # -- ConfigMaps: Cilium's cilium-config (pre-flight) and the agent's own state record ------------
+
+    def config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The ``data`` of a ConfigMap, or None when there is no such ConfigMap."""
+        obj = self.get_configmap(namespace, name)
+        if obj is None:
+            return None
+        return {str(k): str(v) for k, v in (obj.get("data") or {}).items()}
 
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The whole ConfigMap (with ``metadata.resourceVersion``), or None."""
         resp = self._request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
         if resp.status_code == 404 and _object_missing(resp, name):
             return None

@@ -5,6 +5,11 @@ Ownership is by label (``app.kubernetes.io/managed-by=cdr-policy``, ``cdr-policy
 added to every applied object. Objects are applied CiliumCIDRGroups first; only when every apply
 succeeded are the owned objects that are no longer wanted deleted, policies before the groups they
 reference. An object of the same name that we do not own is left untouched and reported.
+
+Before anything is applied the cluster pre-flight runs (``agent.preflight``): the Cilium objects it
+holds back are reported as errors with ``action: "preflight"`` and not applied, the Tetragon objects
+still are; held back means the owned Cilium objects already live stay as they are (``withhold``) or
+are deleted because Cilium would turn them into an egress outage (``withdraw``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 
 from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.kinds import KINDS, ownership_labels
+from cdr_policy.agent.preflight import WITHDRAW, Preflight, is_cilium, run_preflight
 from cdr_policy.bundle.objects import ObjectRef, ref_of
 from cdr_policy.observability import logger
 
@@ -47,11 +53,15 @@ def reconcile(
     objects: list[dict[str, Any]],
     *,
     channel: str,
+    preflight: Preflight | None = None,
     owned: dict[ObjectRef, dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], int, int]:
-    """Apply all, then prune (only when everything applied). Returns (errors, applied, deleted).
-    ``owned``: the owned live objects when the caller has just listed them.
+    """Pre-flight, apply all it allows, then prune (only when every apply succeeded). Returns
+    (errors, applied, deleted). ``preflight`` is run here unless the caller already ran it (the agent
+    does, to report it); ``owned``: the owned live objects when the caller has just listed them.
     Raises ApplyError when the owned objects cannot even be listed (nothing changed then)."""
+    if preflight is None:
+        preflight = run_preflight(applier, objects)
     labels = ownership_labels(channel)
     if owned is None:
         owned = owned_objects(applier, labels)
@@ -61,9 +71,15 @@ def reconcile(
         meta["labels"] = {**(meta.get("labels") or {}), **labels}
         desired[ref_of(obj)] = {**obj, "metadata": meta}
     errors: list[dict[str, Any]] = []
+    held = {ref for ref, obj in desired.items() if preflight is not None and preflight.holds_back(obj)}
+    if preflight is not None:
+        _log_preflight(preflight, channel, len(held))
+        errors.extend(_error(desired[ref], "preflight", preflight.reason()) for ref in sorted(held))
     applied = 0
     for obj in sorted(desired.values(), key=_order):
         ref = ref_of(obj)
+        if ref in held:
+            continue
         try:
             if ref not in owned and applier.get(obj) is not None:
                 why = f"exists but is not managed by cdr-policy for channel {channel}: left untouched"
@@ -79,8 +95,20 @@ def reconcile(
             applied += 1
         except ApplyError as exc:
             errors.append(_error(obj, "apply", str(exc)))
-    if errors:
-        return errors, applied, 0
-    stale = [obj for ref, obj in owned.items() if ref not in desired]
-    deleted = delete_objects(applier, stale, errors)
+    deleted = 0
+    if held and preflight is not None and preflight.cilium == WITHDRAW:
+        deleted += delete_objects(applier, [obj for obj in owned.values() if is_cilium(obj)], errors)
+    if any(e["action"] != "preflight" for e in errors):
+        return errors, applied, deleted
+    # held-back Cilium objects keep their live predecessors (last known good) unless withdrawn above
+    stale = [obj for ref, obj in owned.items() if ref not in desired and not (held and is_cilium(obj))]
+    deleted += delete_objects(applier, stale, errors)
     return errors, applied, deleted
+
+
+def _log_preflight(preflight: Preflight, channel: str, held: int) -> None:
+    extra = {"channel": channel, **preflight.to_dict(), "held_back": held}
+    if held:
+        logger.error("cluster pre-flight: Cilium objects held back, Tetragon objects applied", extra=extra)
+    elif preflight.findings:
+        logger.warning("cluster pre-flight", extra=extra)

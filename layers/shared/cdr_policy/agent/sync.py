@@ -6,21 +6,28 @@ One ``sync_once`` (bounded by one overall deadline; the status is written whatev
 2. verify the new manifest (signature, schema, digest, expiry, channel, not created in the future
    beyond the allowed clock skew, and a ``generation`` not below the highest this cluster applied:
    replay protection), then every file's size and sha256 (each read no further than its signed
-   size), then the objects, that they match the manifest's action/mode, then the injected policy
-   check (with this cluster's own protected ranges) -- all BEFORE touching the cluster;
-   a refusal keeps the cluster as it is;
-3. refuse to shrink what is enforced (every object gone, a behaviour policy gone, more than
+   size), then the objects and that they match the manifest's action/mode -- all BEFORE touching
+   the cluster; a refusal keeps the cluster as it is;
+3. run the cluster pre-flight (``agent.preflight``: Cilium's ``enable-non-default-deny-policies``,
+   the served Cilium CRD versions, the channel's declared Cilium version) before the policy check
+   (with this cluster's own protected ranges) and before touching anything; the Cilium objects it
+   holds back are neither checked nor applied, the Tetragon ones are (result ``partial``, the reason
+   in the status document's ``preflight`` and ``apply_errors``; retried on every poll, so a fixed
+   Cilium configuration is picked up without a new bundle);
+4. refuse to shrink what is enforced (every object gone, a behaviour policy gone, more than
    ``max_shrink_percent`` of the objects or prefixes gone) unless the signed manifest carries an
    operator's approval of exactly the bundle applied here (or is a rollback carrying one);
-4. apply every object (CiliumCIDRGroups first; each stamped with the generation and a content
+5. apply every object (CiliumCIDRGroups first; each stamped with the generation and a content
    hash), then, only if all applied, delete the objects this agent owns that the bundle no longer
-   has (CIDR groups last); then record the generation in the cluster (``state.ClusterRecord``);
-5. on an unchanged poll, every ``drift_interval_s``: compare the owned live objects with the applied
+   has (CIDR groups last); then record the generation in the cluster (``state.ClusterRecord``).
+   Tetragon policies are named by content, so a changed policy is a new object that is loaded
+   before the old one goes: no gap;
+6. on an unchanged poll, every ``drift_interval_s``: compare the owned live objects with the applied
    bundle and re-apply what is missing or was changed (drift repair);
-6. once the applied bundle has expired, remove its objects, except those of the newest verified
+7. once the applied bundle has expired, remove its objects, except those of the newest verified
    bundle (a cluster cut off from the bucket does not enforce stale blocks forever, and a newer
    bundle that keeps failing one object keeps what it applied);
-7. write ``status/<cluster-id>.json`` to the distribution store (and ``status.json`` locally).
+8. write ``status/<cluster-id>.json`` to the distribution store (and ``status.json`` locally).
 
 Replay floor: the highest of the in-cluster record, the verified local ``applied.json`` and -- when
 the in-cluster record is missing -- the ``cdr-policy.io/generation`` annotation of the owned live
@@ -46,6 +53,7 @@ from typing import Any
 from cdr_policy import __version__, jsonio, layout
 from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.kinds import kind_of, ownership_labels
+from cdr_policy.agent.preflight import APPLY, Preflight, is_cilium, run_preflight
 from cdr_policy.agent.reconcile import delete_objects, owned_objects, reconcile
 from cdr_policy.agent.state import Applied, Record, RecordStore, StateDir
 from cdr_policy.agent.status import SCHEMA_VERSION
@@ -195,6 +203,7 @@ class Agent:
         self._drift_due = 0.0
         self._record: Record | None = None  # the in-cluster record, once read (for expiry after a restart)
         self._record_read = False
+        self._preflight: Preflight | None = None
 
     # -- one round -------------------------------------------------------------------------------
 
@@ -213,7 +222,7 @@ class Agent:
         status = self._status(now, result, detail)
         self._report(status)
         log = logger.debug if result == "unchanged" else logger.info
-        if result in ("refused", "apply_failed", "expired", "unreachable"):
+        if result in ("refused", "apply_failed", "partial", "expired", "unreachable"):
             log = logger.error if result != "unreachable" else logger.warning
         log(
             "agent sync",
@@ -269,11 +278,14 @@ class Agent:
         self._verification = {"ok": True, "code": None, "reason": None, "digest": digest, "at": iso(now)}
         self._newest = bundle
         desired = [self._stamp(o, generation) for o in bundle.objects]
-        errors, applied, deleted = reconcile(self.applier, desired, channel=self.channel, owned=owned)
+        errors, applied, deleted = reconcile(
+            self.applier, desired, channel=self.channel, preflight=self._preflight, owned=owned
+        )
         self._apply_errors, self._counts = errors, {"applied": applied, "deleted": deleted}
-        if errors:
+        failed = [e for e in errors if e["action"] != "preflight"]
+        if failed:
             return "apply_failed", (
-                f"{len(errors)} object operation(s) failed for bundle {digest[:12]} (generation {generation}); "
+                f"{len(failed)} object operation(s) failed for bundle {digest[:12]} (generation {generation}); "
                 "retrying next poll (objects are pruned only once every object applied)"
             )
         self._applied = Applied(bundle.manifest, iso(now))
@@ -289,10 +301,15 @@ class Agent:
                     f"bundle {digest[:12]} applied but generation {generation} could not be recorded in "
                     f"{self.record.describe()}: {exc}; retrying next poll"
                 )
+        done = f"bundle {digest[:12]} (generation {generation}): {applied} object(s) applied, {deleted} deleted"
+        if errors and self._preflight is not None:
+            # the manifest is verified again next poll, so the held-back part follows a fixed cluster
+            return "partial", (
+                f"{done}; {len(errors)} Cilium object(s) held back by the cluster pre-flight "
+                f"({self._preflight.cilium}): {self._preflight.reason()}"
+            )
         self._etag = obj.etag
-        return "applied", (
-            f"bundle {digest[:12]} (generation {generation}): {applied} object(s) applied, {deleted} deleted"
-        )
+        return "applied", done
 
     def _refused(self, exc: VerificationError, digest: str | None, now: datetime) -> None:
         self._verification = {"ok": False, "code": exc.code, "reason": str(exc), "digest": digest, "at": iso(now)}
@@ -318,6 +335,7 @@ class Agent:
     # -- verification ----------------------------------------------------------------------------
 
     def _verify(self, data: bytes, now: datetime) -> _Bundle:
+        self._preflight = None
         manifest = read_manifest_bytes(data, self.manifest_key)
         verify_manifest(manifest, self.verifier, now=now)
         if manifest["channel"] != self.channel:
@@ -348,8 +366,18 @@ class Agent:
         forbidden = settings_problems(manifest, objects)
         if forbidden:
             raise VerificationError("forbidden", f"the channel's settings forbid it: {'; '.join(forbidden[:5])}")
+        # The pre-flight runs before the check: objects it holds back are neither checked nor applied,
+        # so a Cilium part the cluster cannot take (a CRD version it does not serve) is reported as
+        # such instead of refusing the Tetragon part with it.
+        self._preflight = run_preflight(self.applier, objects)
         if self.check is not None:
-            problems = sorted(self.check(files))
+            held = self._preflight is not None and self._preflight.cilium != APPLY
+            checked = {
+                path: data
+                for path, data in files.items()
+                if not (held and any(is_cilium(o) for o in parse_objects({path: data})))
+            }
+            problems = sorted(self.check(checked))
             if problems:
                 shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
                 raise VerificationError("check_failed", f"policy check failed: {shown}")
@@ -428,6 +456,7 @@ class Agent:
             return "unchanged", "manifest unchanged (ETag); no drift"
         errors, applied, deleted = reconcile(self.applier, self._desired, channel=self.channel, owned=owned)
         self._apply_errors, self._counts = errors, {"applied": applied, "deleted": deleted}
+        errors = [e for e in errors if e["action"] != "preflight"]  # held back by the pre-flight: reported
         drift["repaired"] = not errors
         what = f"{len(missing)} missing, {len(changed)} changed, {len(extra)} not in the bundle"
         logger.warning("drift found", extra={"channel": self.channel, "drift": drift})
@@ -500,6 +529,7 @@ class Agent:
             "objects": dict(self._counts),
             "apply_errors": list(self._apply_errors),
             "drift": dict(self._drift) if self._drift else None,
+            "preflight": self._preflight.to_dict() if self._preflight is not None else None,
         }
 
     def _report(self, status: dict[str, Any]) -> None:

@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cdr_policy import __version__
-from cdr_policy.errors import CdrPolicyError
+from cdr_policy.cli.parser import Parser
+from cdr_policy.errors import CdrPolicyError, exit_code, print_error
 from cdr_policy.observability import log_to_stderr
 from cdr_policy.timeutil import parse_duration
 
@@ -51,17 +52,17 @@ def _interval(text: str) -> float:
     return seconds
 
 
-def _default_state_dir(env: Mapping[str, str]) -> Path:
+def _default_state_root(env: Mapping[str, str]) -> Path:
     base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "cdr-policy" / "state"
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="cdr-policy",
         description="Generate Tetragon TracingPolicies and Cilium network policies from Qualys CDR "
         "detections and threat-intel feeds.",
-        epilog="Sub-commands: 'cdr-policy validate PATH... [--crds DIR]' and 'cdr-policy agent --help'.",
+        epilog="Sub-commands: validate, keygen, publish, agent ('cdr-policy <sub-command> --help').",
     )
     p.add_argument(
         "--platform",
@@ -122,8 +123,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--state-dir",
-        default=str(_default_state_dir(env)),
-        help="where checkpoints, caches and last-good feed copies live (default ~/.cache/cdr-policy/state)",
+        default=None,
+        help="where checkpoints, caches and last-good feed copies live (default: one folder per gateway and "
+        "user under ~/.cache/cdr-policy/state, so tenants never share state)",
     )
     p.add_argument(
         "--crds",
@@ -147,29 +149,39 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     log_to_stderr(env.get("CDR_POLICY_LOG_LEVEL", "WARNING"))
     try:
         if argv and argv[0] == "validate":
-            from cdr_policy.policy.checker import validate_main
+            from cdr_policy.cli.validate import validate_main
 
-            return validate_main(argv[1:])
+            return validate_main(argv[1:], env)
+        if argv and argv[0] == "keygen":
+            from cdr_policy.cli.channels import keygen_main
+
+            return keygen_main(argv[1:])
+        if argv and argv[0] == "publish":
+            from cdr_policy.cli.channels import publish_main
+
+            return publish_main(argv[1:], env, _default_state_root(env))
         if argv and argv[0] == "agent":
             from cdr_policy.agent import cli as agent_cli
 
-            parser = argparse.ArgumentParser(prog="cdr-policy agent", description="Sync a channel into a cluster.")
+            parser = Parser(prog="cdr-policy agent", description="Sync a channel into a cluster.")
             agent_cli.add_arguments(parser)
             return agent_cli.run(parser.parse_args(argv[1:]))
         args = build_parser(env).parse_args(argv)
         log_to_stderr(args.log_level)
         return _run(args, env)
     except CdrPolicyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print_error(exc)
+        return exit_code(exc)
     except KeyboardInterrupt:
         return 130
+    except SystemExit as exc:  # argparse: --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else 2
 
 
 def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from cdr_policy.cli.run import LocalRun
 
-    run = LocalRun.from_args(args, env)
+    run = LocalRun.from_args(args, env, state_root=_default_state_root(env))
     if args.once:
         return run.once()
     stop = False

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 from cdr_policy import jsonio
+from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.reconcile import reconcile
-from cdr_policy.errors import CdrPolicyError
+from cdr_policy.cli.output import REPORT, check_output, replace_output
 from cdr_policy.policy import naming
 from cdr_policy.policy.output import PolicyFile
-from cdr_policy.policy.serialize import load_yaml_documents
 from cdr_policy.stages.render import RenderedChannel
 from cdr_policy.summaries import CdrRunSummary
 from cdr_policy.timeutil import iso, utcnow
@@ -31,16 +31,41 @@ class LocalRun:
     args: argparse.Namespace
     env: Mapping[str, str]
     ports: LocalPorts
+    output: Path
+    applier: KubeApplier | None
     out: TextIO | None = None  # None: whatever sys.stdout is when a line is written
     runs: int = 0
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = None) -> LocalRun:
-        """Every check that needs no network runs here, before the first request."""
-        return cls(args=args, env=env, ports=LocalPorts.from_args(args, env), out=out)
+    def from_args(
+        cls, args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = None, *, state_root: Path
+    ) -> LocalRun:
+        """Every check that needs no network runs here, before the first request: the output and
+        state folders, the configuration files, the CRDs, the gateway, the credentials, and the
+        cluster's credentials for ``--apply``."""
+        output = check_output(Path(args.output))
+        ports = LocalPorts.from_args(args, env, state_root=state_root)
+        applier = KubeApplier.from_environment(dict(env)) if args.apply else None
+        return cls(args=args, env=env, ports=ports, output=output, applier=applier, out=out)
 
     def say(self, line: str = "") -> None:
         print(line, file=self.out or sys.stdout, flush=True)
+
+    def _progress(self) -> Callable[[str], None] | None:
+        """On a terminal: one line on standard error, rewritten in place; elsewhere nothing."""
+        if not sys.stderr.isatty():
+            return None
+
+        def show(text: str) -> None:
+            sys.stderr.write(f"\r\033[K  ... {text}")
+            sys.stderr.flush()
+
+        return show
+
+    def _progress_done(self) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
 
     def once(self) -> int:
         """One run. Returns the exit code: 0 ok, 1 finished with problems (a stale feed, an
@@ -57,10 +82,10 @@ class LocalRun:
             problems += self._feeds(now)
 
         rendered = local.render(self.ports, now=now)
-        output = Path(args.output)
-        self._write(output, rendered.policies)
+        output = self.output
+        files = {f.filename: f.to_bytes() for f in rendered.policies}
+        replace_output(output, {**files, REPORT: jsonio.dumps_pretty(rendered.report)})
         self._summarise(output, rendered.policies, cdr)
-        (output / "report.json").write_bytes(jsonio.dumps_pretty(rendered.report))
         left_out = len(rendered.report.get("left_out", []))
         if left_out:
             self.say(f"Capacity budget: {left_out} prefix(es) left out (lowest evidence first, see report.json)")
@@ -76,7 +101,8 @@ class LocalRun:
 
     def _fetch(self, now: datetime) -> CdrRunSummary:
         self.say(f"Fetching CDR events (last {self.args.hours} hours)...")
-        cdr = local.cdr_fetch(self.ports, now=now, resume=self.runs > 0).summary()
+        cdr = local.cdr_fetch(self.ports, now=now, resume=self.runs > 0, progress=self._progress()).summary()
+        self._progress_done()
         self.say(f"Found {cdr.fetched} events")
         if cdr.duplicates or cdr.malformed_count:
             self.say(f"  ({cdr.unique} unique, {cdr.duplicates} duplicates, {cdr.malformed_count} malformed)")
@@ -95,7 +121,8 @@ class LocalRun:
     def _feeds(self, now: datetime) -> int:
         """Sync the feeds; returns how many are stale (kept their last good copy)."""
         self.say("Loading threat intelligence feeds...")
-        result = local.feed_sync(self.ports, now=now)
+        result = local.feed_sync(self.ports, now=now, progress=self._progress())
+        self._progress_done()
         stale = 0
         for name, feed in result.outcomes.items():
             if feed.status in ("ok", "empty"):
@@ -109,16 +136,6 @@ class LocalRun:
             self.say(f"Refused {len(result.rejected)} feed entries (never-block list, parse errors; see report.json)")
         self.say()
         return stale
-
-    def _write(self, output: Path, files: list[PolicyFile]) -> None:
-        """Write every file, then remove our own files from earlier runs that are no longer produced."""
-        output.mkdir(parents=True, exist_ok=True)
-        wanted = {f.filename for f in files}
-        for f in files:
-            (output / f.filename).write_bytes(f.to_bytes())
-        for path in sorted(output.glob("*.yaml")):
-            if path.name not in wanted and _ours(path):
-                path.unlink()
 
     def _summarise(self, output: Path, files: list[PolicyFile], cdr: CdrRunSummary) -> None:
         def group(f: PolicyFile) -> str:
@@ -149,9 +166,8 @@ class LocalRun:
         self.say()
 
     def _apply(self, rendered: RenderedChannel) -> int:
-        from cdr_policy.agent.kube import KubeApplier
-
-        applier = KubeApplier.from_environment(dict(self.env))
+        applier = self.applier
+        assert applier is not None, "--apply builds its applier up front"
         self.say(f"Applying to {applier.describe()}...")
         objects = [f.obj for f in rendered.policies]
         errors, applied, deleted = reconcile(applier, objects, channel=rendered.channel.name)
@@ -159,16 +175,3 @@ class LocalRun:
         for e in errors:
             self.say(f"  Error: {e['action']} {e['kind']}/{e['name']}: {e['error']}")
         return 1 if errors else 0
-
-
-def _ours(path: Path) -> bool:
-    """A YAML file holding one object we generated (by its managed-by label)."""
-    try:
-        docs = load_yaml_documents(path.read_bytes())
-    except (OSError, CdrPolicyError, ValueError):
-        return False
-    return (
-        len(docs) == 1
-        and isinstance(docs[0], dict)
-        and (docs[0].get("metadata", {}).get("labels", {}).get(naming.MANAGED_BY_KEY) == naming.MANAGED_BY)
-    )

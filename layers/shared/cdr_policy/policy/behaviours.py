@@ -18,8 +18,19 @@ Primitives, following docs/ENFORCEMENT.md:
 - **LSM functions**: ``security_socket_create`` (raw and packet sockets; the kernel has stripped
   ``SOCK_NONBLOCK``/``SOCK_CLOEXEC`` there, so ``Equal 3`` is exact), ``security_file_permission``
   (reads of credential files by shell tools, writes to cron/systemd units and ``/etc/ld.so.preload``),
-  ``security_path_truncate``/``security_path_unlink`` (log files; the unlink hook sees the parent
-  directory).
+  ``security_path_truncate``/``security_path_unlink`` (log files), and for files that arrive in a
+  watched directory without being written there, ``security_path_rename`` (``mv`` of a prepared
+  file into ``/etc/cron.d`` or over a log file), ``security_path_link`` (hard links) and, for
+  persistence, ``security_path_symlink`` (``systemctl enable``-style unit links). All the
+  ``security_path_*`` functions need ``CONFIG_SECURITY_PATH`` (on in the distribution kernels that
+  ship AppArmor or TOMOYO).
+- **Paths mean what they say.** A directory given to ``Prefix`` ends with ``/`` (``/var/log/``, not
+  ``/var/log``, which would also match ``/var/logfoo``). The ``security_path_*`` hooks see the
+  *parent directory* of the entry (``struct path``, no trailing ``/``), so a watched directory is
+  matched by two selectors: ``Equal /var/log`` (directly inside) and ``Prefix /var/log/`` (below
+  it). A watched *file* arriving by rename or link is matched on its parent (``Equal /etc``) and
+  the new entry's name (``dentry``, ``Postfix /crontab``); ``dentry`` paths are relative to their
+  mount, which the ``Postfix`` on the name does not depend on.
 
 Safety decisions:
 
@@ -43,6 +54,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cdr_policy.models import Behaviour
 from cdr_policy.policy.channel import ChannelSettings
@@ -274,6 +286,71 @@ def _file_access(
     return lsm_function(ctx, "security_file_permission", [(0, "file"), (1, "int")], *selectors)
 
 
+def _in_directories(ctx: Context, index: int, directories: Sequence[str]) -> list[dict[str, Any]]:
+    """Selectors for a parent-directory ``path`` argument at ``index`` that is one of
+    ``directories`` (each ending with ``/``) or below one (none without directories)."""
+    if not all(d.endswith("/") for d in directories):
+        raise ValueError(f"directories must end with '/': {sorted(directories)}")
+    if not directories:
+        return []
+    return [
+        selector(ctx.actions(SECURITY), [match(index, "Equal", sorted(d.rstrip("/") for d in directories))]),
+        selector(ctx.actions(SECURITY), [match(index, "Prefix", sorted(directories))]),
+    ]
+
+
+def _entry_named(ctx: Context, dir_index: int, name_index: int, files: Sequence[str]) -> list[dict[str, Any]]:
+    """Selectors for watched ``files`` (absolute paths) arriving as a new entry: the parent
+    directory (``path`` at ``dir_index``) is theirs and the entry (``dentry`` at ``name_index``)
+    has their name. One selector per parent directory."""
+    by_parent: dict[str, set[str]] = {}
+    for f in files:
+        parent, name = f.rsplit("/", 1)
+        by_parent.setdefault(parent or "/", set()).add(f"/{name}")
+    return [
+        selector(
+            ctx.actions(SECURITY), [match(dir_index, "Equal", [parent]), match(name_index, "Postfix", sorted(names))]
+        )
+        for parent, names in sorted(by_parent.items())
+    ]
+
+
+def _arrivals(
+    ctx: Context, directories: Sequence[str], files: Sequence[str] = (), *, symlinks: bool
+) -> list[dict[str, Any]]:
+    """Hooks for entries that appear in ``directories`` (or as ``files``) without a write there:
+    renamed in (``security_path_rename``: ``new_dir`` is arg 2, ``new_dentry`` arg 3), hard-linked
+    in (``security_path_link``: arg 1, arg 2) and, with ``symlinks``, symlinked in
+    (``security_path_symlink``: arg 0, arg 1)."""
+    hooks = [
+        lsm_function(
+            ctx,
+            "security_path_rename",
+            [(0, "path"), (1, "dentry"), (2, "path"), (3, "dentry")],
+            *_in_directories(ctx, 2, directories),
+            *_entry_named(ctx, 2, 3, files),
+        ),
+        lsm_function(
+            ctx,
+            "security_path_link",
+            [(0, "dentry"), (1, "path"), (2, "dentry")],
+            *_in_directories(ctx, 1, directories),
+            *_entry_named(ctx, 1, 2, files),
+        ),
+    ]
+    if symlinks:
+        hooks.append(
+            lsm_function(
+                ctx,
+                "security_path_symlink",
+                [(0, "path"), (1, "dentry")],
+                *_in_directories(ctx, 0, directories),
+                *_entry_named(ctx, 0, 1, files),
+            )
+        )
+    return hooks
+
+
 def _tools(*names: str) -> Callable[[Context], list[dict]]:
     def build(ctx: Context) -> list[dict]:
         return [exec_block(ctx, _targets(ctx, names))]
@@ -393,22 +470,44 @@ def _kernel_module(ctx: Context) -> list[dict]:
     ]
 
 
-def _log_tampering(ctx: Context) -> list[dict]:
-    histories = ("/.ash_history", "/.bash_history", "/.zsh_history")
+LOG_DIRECTORIES = ("/var/log/",)
+HISTORIES = ("/.ash_history", "/.bash_history", "/.zsh_history")
+
+
+def _log_tampering(ctx: Context) -> list[dict[str, Any]]:
     truncate = lsm_function(
         ctx,
         "security_path_truncate",
         [(0, "path")],
-        selector(ctx.actions(SECURITY), [match(0, "Prefix", ["/var/log"])]),
-        selector(ctx.actions(SECURITY), [match(0, "Postfix", histories)]),
+        selector(ctx.actions(SECURITY), [match(0, "Prefix", LOG_DIRECTORIES)]),
+        selector(ctx.actions(SECURITY), [match(0, "Postfix", HISTORIES)]),
     )
+    # security_path_unlink(dir, dentry): the parent directory and the removed entry
     unlink = lsm_function(
         ctx,
         "security_path_unlink",
-        [(0, "path")],
-        selector(ctx.actions(SECURITY), [match(0, "Prefix", ["/var/log"])]),
+        [(0, "path"), (1, "dentry")],
+        *_in_directories(ctx, 0, LOG_DIRECTORIES),
+        selector(ctx.actions(SECURITY), [match(1, "Postfix", HISTORIES)]),
     )
-    return [truncate, unlink]
+    # security_path_rename(old_dir, old_dentry, new_dir, new_dentry, flags): a log moved away
+    # (old_dir) or a prepared file moved over a log (new_dir) or over a shell history (new_dentry)
+    rename = lsm_function(
+        ctx,
+        "security_path_rename",
+        [(0, "path"), (1, "dentry"), (2, "path"), (3, "dentry")],
+        *_in_directories(ctx, 0, LOG_DIRECTORIES),
+        *_in_directories(ctx, 2, LOG_DIRECTORIES),
+        selector(ctx.actions(SECURITY), [match(3, "Postfix", HISTORIES)]),
+    )
+    # security_path_link(old_dentry, new_dir, new_dentry): a file hard-linked into the log directories
+    link = lsm_function(
+        ctx,
+        "security_path_link",
+        [(0, "dentry"), (1, "path"), (2, "dentry")],
+        *_in_directories(ctx, 1, LOG_DIRECTORIES),
+    )
+    return [truncate, unlink, rename, link]
 
 
 def _credential_access(ctx: Context) -> list[dict]:
@@ -428,22 +527,28 @@ def _credential_access(ctx: Context) -> list[dict]:
     return [_file_access(ctx, MAY_READ, prefixes=secrets, postfixes=keys, callers=SHELL_TOOLS)]
 
 
-def _persistence_cron(ctx: Context) -> list[dict]:
-    units = (
-        "/etc/cron.d/",
-        "/etc/cron.daily/",
-        "/etc/cron.hourly/",
-        "/etc/cron.monthly/",
-        "/etc/cron.weekly/",
-        "/etc/crontab",
-        "/etc/init.d/",
-        "/etc/rc.local",
-        "/etc/systemd/system/",
-        "/lib/systemd/system/",
-        "/usr/lib/systemd/system/",
-        "/var/spool/cron/",
-    )
-    return [_file_access(ctx, MAY_WRITE, prefixes=units), exec_block(ctx, _targets(ctx, ("crontab",)))]
+PERSISTENCE_DIRECTORIES = (
+    "/etc/cron.d/",
+    "/etc/cron.daily/",
+    "/etc/cron.hourly/",
+    "/etc/cron.monthly/",
+    "/etc/cron.weekly/",
+    "/etc/init.d/",
+    "/etc/systemd/system/",
+    "/lib/systemd/system/",
+    "/usr/lib/systemd/system/",
+    "/var/spool/cron/",
+)
+PERSISTENCE_FILES = ("/etc/crontab", "/etc/rc.local")
+
+
+def _persistence_cron(ctx: Context) -> list[dict[str, Any]]:
+    writes = _file_access(ctx, MAY_WRITE, prefixes=(*PERSISTENCE_DIRECTORIES, *PERSISTENCE_FILES))
+    return [
+        writes,
+        *_arrivals(ctx, PERSISTENCE_DIRECTORIES, PERSISTENCE_FILES, symlinks=True),
+        exec_block(ctx, _targets(ctx, ("crontab",))),
+    ]
 
 
 def _process_injection(ctx: Context) -> list[dict]:
@@ -488,10 +593,12 @@ def _webshell(ctx: Context) -> list[dict]:
     return [exec_block(ctx, spawned, callers=WEB_SERVERS)]
 
 
-def _defense_evasion(ctx: Context) -> list[dict]:
+def _defense_evasion(ctx: Context) -> list[dict[str, Any]]:
     tools = ("aa-complain", "aa-disable", "aa-teardown", "auditctl", "chattr", "setenforce")
-    preload = _file_access(ctx, MAY_WRITE, prefixes=("/etc/ld.so.preload",))
-    return [exec_block(ctx, _targets(ctx, tools)), preload]
+    preload = "/etc/ld.so.preload"
+    writes = _file_access(ctx, MAY_WRITE, prefixes=(preload,))
+    # a preload list prepared elsewhere and moved or linked into place is not a write to it
+    return [exec_block(ctx, _targets(ctx, tools)), writes, *_arrivals(ctx, (), (preload,), symlinks=False)]
 
 
 def _fileless_execution(ctx: Context) -> list[dict]:

@@ -22,6 +22,38 @@ NETWORK_HOOKS = ("tcp_connect", "security_socket_connect")
 DOMAIN_MODES = ("report", "resolve")
 
 
+def parse_version(text: object) -> tuple[int, int] | None:
+    """``"1.17"`` or ``"1.17.3"`` as ``(1, 17)``; None for anything else."""
+    m = _VERSION.match(text) if isinstance(text, str) else None
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+@dataclass(frozen=True)
+class KernelCapabilities:
+    """What the kernels of a channel's nodes are declared to support (``kernel:`` in the channel
+    settings). Safe by default: nothing beyond what Tetragon's enforcement needs everywhere."""
+
+    # The bpf_override_return helper (CONFIG_BPF_KPROBE_OVERRIDE, which needs
+    # CONFIG_FUNCTION_ERROR_INJECTION). Without it Tetragon refuses a whole policy that puts Override
+    # on a syscall hook ("bpf_override_return helper not available"); Debian's stock 6.1 and 6.12
+    # kernels lack it. False: syscall hooks get Sigkill, Override stays on security_* hooks (fmod_ret).
+    # Find out on a node: ``grep BPF_KPROBE_OVERRIDE /boot/config-$(uname -r)`` or ``tetra probe``
+    # (``override_return: true``).
+    override_helper: bool = False
+
+    @classmethod
+    def from_dict(cls, d: Any, channel: str) -> KernelCapabilities:
+        if not isinstance(d, dict):
+            raise ConfigError(f"channel {channel}: kernel must be a mapping like {{override_helper: false}}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"channel {channel}: unknown kernel setting(s) {', '.join(unknown)}")
+        for key, value in d.items():
+            if not isinstance(value, bool):
+                raise ConfigError(f"channel {channel}: kernel.{key} must be true or false")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
 class ChannelSettings:
     name: str
@@ -55,13 +87,15 @@ class ChannelSettings:
     # Rules that start in Tetragon monitor mode because container runtimes and CNI plugins trigger
     # the same hooks (container_escape). Listing a rule here promotes it to the channel's action.
     promoted_rules: tuple[str, ...] = ()
+    # Kernel capabilities the channel's nodes are declared to have (see KernelCapabilities).
+    kernel: KernelCapabilities = field(default_factory=KernelCapabilities)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ConfigError(f"channel name {self.name!r}: use 1-32 lower-case letters, digits or '-'")
         if self.action not in ACTIONS:
             raise ConfigError(f"channel {self.name}: action {self.action!r} is not one of {', '.join(ACTIONS)}")
-        if not _VERSION.match(self.cilium_version):
+        if parse_version(self.cilium_version) is None:
             raise ConfigError(f"channel {self.name}: cilium_version {self.cilium_version!r} is not like '1.17'")
         for attr in ("tetragon_max_prefixes", "cilium_max_prefixes", "bundle_ttl_hours"):
             value = getattr(self, attr)
@@ -86,6 +120,8 @@ class ChannelSettings:
         for attr in ("threat_intel", "deny_ports_to_world"):
             if not isinstance(getattr(self, attr), bool):
                 raise ConfigError(f"channel {self.name}: {attr} must be true or false")
+        if not isinstance(self.kernel, KernelCapabilities):
+            raise ConfigError(f"channel {self.name}: kernel must be a mapping like {{override_helper: false}}")
         unknown_rules = sorted(set(self.promoted_rules) - set(RULES))
         if unknown_rules:
             raise ConfigError(f"channel {self.name}: promoted_rules has unknown rule id(s) {', '.join(unknown_rules)}")
@@ -96,9 +132,9 @@ class ChannelSettings:
 
     @property
     def cilium(self) -> tuple[int, int]:
-        m = _VERSION.match(self.cilium_version)
-        assert m  # validated in __post_init__
-        return int(m.group(1)), int(m.group(2))
+        version = parse_version(self.cilium_version)
+        assert version  # validated in __post_init__
+        return version
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -125,6 +161,8 @@ class ChannelSettings:
                 kwargs[key] = tuple(kwargs[key])
         if "pod_labels" in kwargs and not isinstance(kwargs["pod_labels"], dict):
             raise ConfigError(f"channel {d['name']}: pod_labels must be a mapping")
+        if "kernel" in kwargs:
+            kwargs["kernel"] = KernelCapabilities.from_dict(kwargs["kernel"], d["name"])
         return cls(**kwargs)
 
 

@@ -23,6 +23,8 @@ Following docs/ENFORCEMENT.md §2.7:
 - Ports: port indicators become ``toEntities: [world]`` + ``toPorts`` items (at most 40 ports per
   entry) only when the channel sets ``deny_ports_to_world``: such a rule denies the port towards
   the whole internet. Otherwise they are left to the Tetragon audit selector and reported.
+- Every object carries the channel's declared version (annotation ``cdr-policy.io/cilium-version``):
+  the agent's pre-flight compares it with what the cluster serves before applying anything.
 - Never ``toFQDNs`` in ``egressDeny`` (the field does not exist there; the API server would drop it
   and leave an empty, default-deny rule). Domains are handled in ``cdr_policy.policy.domains``.
 """
@@ -34,7 +36,14 @@ from typing import Any
 
 from cdr_policy.errors import ConfigError
 from cdr_policy.policy.channel import ChannelSettings
-from cdr_policy.policy.naming import COMPONENT_CIDR_GROUP, COMPONENT_KEY, SHARD, assign_name, group_filename
+from cdr_policy.policy.naming import (
+    CILIUM_VERSION,
+    COMPONENT_CIDR_GROUP,
+    COMPONENT_KEY,
+    SHARD,
+    assign_name,
+    group_filename,
+)
 from cdr_policy.policy.output import ObjectMeta, PolicyFile
 from cdr_policy.policy.tetragon import NAMESPACE_LABEL
 
@@ -66,6 +75,10 @@ def prefix_limit(channel: ChannelSettings) -> int:
     if uses_groups(channel):
         return channel.cilium_max_prefixes
     return min(channel.cilium_max_prefixes, LEGACY_MAX_PREFIXES)
+
+
+def _annotations(channel: ChannelSettings, annotations: dict[str, str]) -> dict[str, str]:
+    return dict(sorted({**annotations, CILIUM_VERSION: channel.cilium_version}.items()))
 
 
 def endpoint_selector(channel: ChannelSettings) -> dict[str, Any]:
@@ -119,13 +132,13 @@ def blocklist(
     elif prefixes:
         items.append({"toCIDRSet": [{"cidr": p} for p in prefixes]})
     items.extend(_port_items(ports))
-    policy = {
+    policy: dict[str, Any] = {
         "apiVersion": POLICY_API_VERSION,
         "kind": "CiliumClusterwideNetworkPolicy",
         "metadata": {
             "name": "",
             "labels": dict(meta.labels),
-            "annotations": dict(sorted(meta.annotations.items())),
+            "annotations": _annotations(channel, meta.annotations),
         },
         "spec": {
             "description": description,
@@ -144,12 +157,11 @@ def _group(
 ) -> dict[str, Any]:
     labels = dict(meta.labels)
     labels[COMPONENT_KEY] = COMPONENT_CIDR_GROUP
-    annotations = dict(meta.annotations)
-    annotations[SHARD] = f"{index}/{total}"
+    annotations = {**meta.annotations, SHARD: f"{index}/{total}"}
     group = {
         "apiVersion": group_api_version(channel),
         "kind": "CiliumCIDRGroup",
-        "metadata": {"name": "", "labels": labels, "annotations": dict(sorted(annotations.items()))},
+        "metadata": {"name": "", "labels": labels, "annotations": _annotations(channel, annotations)},
         "spec": {"externalCIDRs": chunk},
     }
     assign_name(group, purpose)

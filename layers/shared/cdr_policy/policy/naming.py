@@ -24,7 +24,11 @@ Labels (ownership; the agent prunes by the first two):
 Annotations: ``cdr-policy.io/expires-at`` (the latest expiry of what the object carries, taken from
 the indicators, never from the clock), ``cdr-policy.io/sources``, ``cdr-policy.io/entries``,
 ``cdr-policy.io/categories``, ``cdr-policy.io/refs`` (first finding ids), ``cdr-policy.io/mitre``,
-``cdr-policy.io/evidence`` (observed process names added to a rule), ``cdr-policy.io/shard``.
+``cdr-policy.io/evidence`` (observed process names added to a rule), ``cdr-policy.io/shard``,
+``cdr-policy.io/kernel-override-helper`` (``"true"`` on a Tetragon policy with Override on a syscall
+hook: its channel declared ``kernel: {override_helper: true}``) and ``cdr-policy.io/cilium-version``
+(on Cilium objects: the channel's declared ``cilium_version``, which the agent's pre-flight compares
+with what the cluster serves).
 
 Output files (one object per file; the original operator's names are kept where it had them):
 
@@ -73,6 +77,10 @@ REFS = "cdr-policy.io/refs"
 MITRE = "cdr-policy.io/mitre"
 EVIDENCE = "cdr-policy.io/evidence"
 SHARD = "cdr-policy.io/shard"
+# Declarations the checker and the sync agent read from the objects themselves (they travel signed
+# in the bundle, so they hold wherever the objects go).
+KERNEL_OVERRIDE_HELPER = "cdr-policy.io/kernel-override-helper"
+CILIUM_VERSION = "cdr-policy.io/cilium-version"
 
 COMPONENT_BEHAVIOUR = "behaviour"
 COMPONENT_TETRAGON_BLOCKLIST = "tetragon-blocklist"

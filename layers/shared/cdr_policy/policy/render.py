@@ -134,7 +134,13 @@ def compile_policies(
     left_out = _left_out(tetragon_cut, cilium_cut)
     rejected = sorted({(r.value, r.source, r.reason) for r in inputs.rejected})
     report = {
-        "channel": {"name": channel.name, "action": channel.action, "cilium_version": channel.cilium_version},
+        "channel": {
+            "name": channel.name,
+            "action": channel.action,
+            "cilium_version": channel.cilium_version,
+            # Override channels without it put Sigkill on syscall hooks (policy.tetragon)
+            "kernel": {"override_helper": channel.kernel.override_helper},
+        },
         **inputs.report,
         "policies": [f.summary() for f in files],
         "behaviours": behaviour_report,

@@ -6,7 +6,13 @@ Actions. A channel's action maps onto what each hook allows (docs/ENFORCEMENT.md
 |---|---|---|---|
 | ``Post`` | ``Post`` + ``policy-mode: monitor`` | same | same |
 | ``Sigkill`` | ``Sigkill`` | ``Sigkill`` | ``Sigkill`` |
-| ``Override`` | ``Override argError -1`` | same + ``disable-kprobe-multi: "1"`` | ``Sigkill`` (refused) |
+| ``Override`` | ``Sigkill`` (1) | ``Override argError -1`` + ``disable-kprobe-multi: "1"`` | ``Sigkill`` (refused) |
+
+(1) ``Override argError -1`` only when the channel declares ``kernel: {override_helper: true}``:
+Override on a syscall needs the ``bpf_override_return`` helper, and Tetragon refuses the *whole*
+policy on a kernel without it (Debian's stock 6.1 and 6.12 kernels, for instance). Such a policy
+carries the annotation ``cdr-policy.io/kernel-override-helper: "true"``, the declaration the checker
+asks for wherever it runs (render, publish, the agent, ``cdr-policy validate``).
 
 Enforcing policies carry ``policy-mode: enforce`` unless a rule must start in monitor mode.
 
@@ -37,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdr_policy.policy.channel import ChannelSettings
-from cdr_policy.policy.naming import SHARD, assign_name, part_filename
+from cdr_policy.policy.naming import KERNEL_OVERRIDE_HELPER, SHARD, assign_name, part_filename
 from cdr_policy.policy.output import ObjectMeta, PolicyFile
 from cdr_policy.policy.prefixes import tetragon_values
 
@@ -57,20 +63,25 @@ class Enforcement:
 
     action: str  # the channel's: Post, Sigkill or Override
     monitor: bool  # policy-mode monitor (always for Post)
+    override_helper: bool = False  # the channel's kernel.override_helper: Override on syscalls too
 
     @classmethod
     def for_channel(
         cls, channel: ChannelSettings, *, start_in_monitor: bool = False, audit_only: bool = False
     ) -> Enforcement:
         action = "Post" if audit_only else channel.action
-        return cls(action=action, monitor=action == "Post" or start_in_monitor)
+        return cls(
+            action=action,
+            monitor=action == "Post" or start_in_monitor,
+            override_helper=channel.kernel.override_helper,
+        )
 
     def actions(self, hook_class: str, *, audit: bool = False) -> list[dict[str, Any]]:
         """The selector's actions on a hook of ``hook_class``; ``audit`` forces ``Post``. Events are
         rate-limited to one per minute per process and selector, so an audit never floods."""
         if audit or self.action == "Post":
             return [{"action": "Post", "rateLimit": POST_RATE_LIMIT}]
-        if self.action == "Override" and hook_class in (SYSCALL, SECURITY):
+        if self.action == "Override" and (hook_class == SECURITY or (hook_class == SYSCALL and self.override_helper)):
             return [{"action": "Override", "argError": EPERM}]
         return [{"action": "Sigkill"}]
 
@@ -173,15 +184,13 @@ def connect_kprobe(
     )
 
 
+def _overrides(kp: dict[str, Any]) -> bool:
+    return any(a.get("action") == "Override" for s in kp["selectors"] for a in s["matchActions"])
+
+
 def options(enforcement: Enforcement, kprobes: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
-    overrides_security = any(
-        kp["call"].startswith("security_")
-        and not kp["syscall"]
-        and any(a.get("action") == "Override" for s in kp["selectors"] for a in s["matchActions"])
-        for kp in kprobes
-    )
-    if overrides_security:
+    if any(kp["call"].startswith("security_") and not kp["syscall"] and _overrides(kp) for kp in kprobes):
         out.append({"name": "disable-kprobe-multi", "value": "1"})
     out.append({"name": "policy-mode", "value": "monitor" if enforcement.monitor else "enforce"})
     return out
@@ -220,6 +229,9 @@ def tracing_policies(
         "options": options(enforcement, kprobes),
         "kprobes": kprobes,
     }
+    annotations = dict(meta.annotations)
+    if any(kp["syscall"] and _overrides(kp) for kp in kprobes):
+        annotations[KERNEL_OVERRIDE_HELPER] = "true"  # declared by the channel (kernel.override_helper)
     targets: list[str | None] = list(channel.namespaces) or [None]
     files = []
     for namespace in targets:
@@ -227,7 +239,7 @@ def tracing_policies(
         if namespace:
             metadata["namespace"] = namespace
         metadata["labels"] = dict(meta.labels)
-        metadata["annotations"] = dict(sorted(meta.annotations.items()))
+        metadata["annotations"] = dict(sorted(annotations.items()))
         kind = "TracingPolicyNamespaced" if namespace else "TracingPolicy"
         obj = {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": copy.deepcopy(spec)}
         name = assign_name(obj, purpose)

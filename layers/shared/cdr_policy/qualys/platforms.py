@@ -75,14 +75,13 @@ def _normalise_gateway(gateway: str) -> str:
 
 
 def resolve_gateway(platform: str | None, gateway: str | None) -> str:
-    """The gateway base URL (no trailing slash). An explicit ``gateway`` wins over ``platform``."""
+    """The gateway base URL (no trailing slash). An explicit ``gateway`` wins over ``platform``; a
+    ``platform`` is checked even then, so that a typo never passes unnoticed."""
+    key = platform.strip().upper() if platform is not None and platform.strip() else None
+    if key is not None and key not in PLATFORMS:
+        raise ConfigError(f"unknown Qualys platform {platform!r}: valid platforms are {', '.join(PLATFORMS)}")
     if gateway is not None and gateway.strip():
         return _normalise_gateway(gateway)
-    if platform is not None and platform.strip():
-        key = platform.strip().upper()
-        if key not in PLATFORMS:
-            raise ConfigError(
-                f"unknown Qualys platform {platform.strip()!r}: valid platforms are {', '.join(PLATFORMS)}"
-            )
+    if key is not None:
         return f"https://{PLATFORMS[key]}"
     raise ConfigError("no Qualys gateway configured: set --platform/QUALYS_PLATFORM or --gateway/QUALYS_GATEWAY_URL")

@@ -36,13 +36,16 @@ class QualysDeadline(QualysError):
 class RetryPolicy:
     max_attempts: int = 6
     max_500_attempts: int = 3
+    # A gateway that cannot be connected to at all (unknown host, refused) is tried twice, not six
+    # times: that is a configuration problem more often than a blip, and the user should hear of it fast.
+    max_connect_attempts: int = 2
     base_delay_s: float = 1.0
     max_delay_s: float = 60.0
     # Longest server-requested wait we accept; a longer one is clamped (the deadline still applies).
     max_server_delay_s: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1 or self.max_500_attempts < 1:
+        if self.max_attempts < 1 or self.max_500_attempts < 1 or self.max_connect_attempts < 1:
             raise ValueError("retry attempts must be at least 1")
         if self.base_delay_s < 0 or self.max_delay_s < 0 or self.max_server_delay_s < 0:
             raise ValueError("retry delays must not be negative")
@@ -123,8 +126,16 @@ class Retrier:
             timeout = self.timeout_s if remaining is None else min(self.timeout_s, remaining)
             try:
                 response = send(timeout)
+            except httpx.ConnectTimeout as exc:
+                reason, limit, delay = (
+                    _cannot_connect(exc, "connection timed out"),
+                    self.policy.max_connect_attempts,
+                    None,
+                )
             except httpx.TimeoutException as exc:
                 reason, limit, delay = f"timeout ({type(exc).__name__})", self.policy.max_attempts, None
+            except httpx.ConnectError as exc:
+                reason, limit, delay = _cannot_connect(exc, _cause(exc)), self.policy.max_connect_attempts, None
             except httpx.TransportError as exc:
                 reason, limit, delay = (
                     f"transport error ({type(exc).__name__})",
@@ -161,3 +172,20 @@ class Retrier:
                 extra={"call": what, "reason": reason, "attempt": attempt, "wait_s": round(delay, 3)},
             )
             self.sleep(delay)
+
+
+def _cannot_connect(exc: httpx.TransportError, cause: str) -> str:
+    try:
+        url = exc.request.url
+        where = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+    except RuntimeError:  # no request attached
+        where = "the gateway"
+    return f"cannot connect to {where}: {cause}"
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost reason of a connection failure ("Name or service not known", "Connection refused")."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return str(text)

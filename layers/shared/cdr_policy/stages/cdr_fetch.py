@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -228,6 +229,7 @@ def run_cdr_fetch(
     resume: bool = True,
     window: timedelta = DEFAULT_WINDOW,
     page_limit: int = MAX_LIMIT,
+    progress: Callable[[str], None] | None = None,
 ) -> CdrFetchResult:
     """Fetch, store and merge everything since the checkpoint. Raises QualysError / StorageError
     on a failure other than the time budget; windows stored before it stay stored."""
@@ -269,6 +271,8 @@ def run_cdr_fetch(
             items: list[tuple[str, int, Any]] = []
             for page in client.findings_pages(window_start, window_end, limit=page_limit):
                 result.pages += 1
+                if progress is not None:
+                    progress(f"page {result.pages}, {result.fetched + len(items) + len(page.items)} findings")
                 if not page.items:
                     continue  # an empty page holds nothing to audit
                 key = layout.raw_cdr_page_key(window_start, page.number)

@@ -101,6 +101,7 @@ def run_feed_sync(
     thresholds: gate.GateThresholds = gate.DEFAULT_THRESHOLDS,
     max_bytes: int = MAX_BYTES,
     deadline_s: float | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> FeedSyncResult:
     """Sync every feed (see the module docstring) and, when ``reputation`` is given, AbuseIPDB
     for the addresses of the CDR set in force. ``http`` is closed only when this function created it.
@@ -126,6 +127,8 @@ def run_feed_sync(
             job = _FeedJob(store, feed, states[feed.name], now, guard, thresholds)
             unconditional = partial(fetch, client, feed, Validators(), max_bytes=max_bytes)
             result.feeds[feed.name] = job.run(fetched[feed.name], refetch=unconditional)
+            if progress is not None:
+                progress(f"{feed.name}: {result.feeds[feed.name].entries} entries")
         for name, why in _retired(store, feeds):
             result.feeds[name] = _disable(store, name, why, now)
         if reputation is not None:

@@ -8,16 +8,12 @@ they are our own blocklist groups: a group that only feeds allow rules may well 
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from cdr_policy.errors import PolicyCheckError
-from cdr_policy.guards import NeverBlock, parse_protected
+from cdr_policy.guards import NeverBlock
 from cdr_policy.policy.checker.check import CIDR_GROUP_KIND, CILIUM_POLICY_KINDS, check_object
 from cdr_policy.policy.checker.common import BlockGuard
 from cdr_policy.policy.checker.problem import Problem, error, warning
@@ -26,7 +22,6 @@ from cdr_policy.policy.naming import COMPONENT_CIDR_GROUP, COMPONENT_KEY, MANAGE
 from cdr_policy.policy.serialize import load_yaml_documents
 
 _SUFFIXES = (".yaml", ".yml", ".json")
-CRDS_ENV = "CDR_POLICY_CRDS"
 # The run report the CLI writes beside the policies: not a Kubernetes object.
 REPORT_FILE = "report.json"
 
@@ -128,10 +123,12 @@ def error_lines(report: dict[str, Any]) -> list[str]:
     """``path: Kind/name: code at where: message`` for every error of a report."""
     lines = []
     for file in report["files"]:
-        lines.extend(f"{file['path']}: {_line(p)}" for p in file["problems"] if p["severity"] == "error")
+        lines.extend(f"{file['path']}: {problem_line(p)}" for p in file["problems"] if p["severity"] == "error")
         for obj in file["objects"]:
             label = f"{obj['kind'] or '?'}/{obj['name'] or '?'}"
-            lines.extend(f"{file['path']}: {label}: {_line(p)}" for p in obj["problems"] if p["severity"] == "error")
+            lines.extend(
+                f"{file['path']}: {label}: {problem_line(p)}" for p in obj["problems"] if p["severity"] == "error"
+            )
     return lines
 
 
@@ -193,75 +190,7 @@ def _count(report: dict[str, Any], problems: list[Problem]) -> None:
     report["warnings"] += sum(p.severity == "warning" for p in problems)
 
 
-def default_crds_dir(env: dict[str, str] | None = None, cwd: Path | None = None) -> Path:
-    """``$CDR_POLICY_CRDS``, else ``../shared/crds`` from the working directory when it exists."""
-    env = dict(os.environ) if env is None else env
-    if env.get(CRDS_ENV):
-        return Path(env[CRDS_ENV])
-    candidate = (cwd or Path.cwd()) / ".." / "shared" / "crds"
-    if candidate.is_dir():
-        return candidate.resolve()
-    raise PolicyCheckError(
-        f"no CRD directory: pass --crds DIR or set {CRDS_ENV} "
-        "(a folder of CustomResourceDefinition YAML files, "
-        "e.g. the Tetragon and Cilium CRDs of your target versions)"
-    )
-
-
-def validate_main(argv: list[str]) -> int:
-    """``cdr-policy validate PATH... [--crds DIR] [--protected CIDR]... [--json]``.
-    Exit status: 0 clean (warnings allowed), 1 when any object has an error, 2 on usage errors."""
-    parser = argparse.ArgumentParser(
-        prog="cdr-policy validate",
-        description="Check Tetragon and Cilium policy files against the CRD schemas (strict) and the safety checklist.",
-    )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="YAML/JSON files or directories")
-    parser.add_argument("--crds", metavar="DIR", help=f"CRD directory (default: ${CRDS_ENV} or ../shared/crds)")
-    parser.add_argument(
-        "--protected",
-        metavar="CIDR",
-        action="append",
-        default=[],
-        help="also treat this range as never-block (your pod, service and node CIDRs); repeatable",
-    )
-    parser.add_argument("--no-never-block", action="store_true", help="skip the never-block overlap check")
-    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
-    args = parser.parse_args(argv)
-    try:
-        crds = Path(args.crds) if args.crds else default_crds_dir()
-        schemas = SchemaSet.from_dir(crds)
-        guard = (
-            None
-            if args.no_never_block
-            else NeverBlock(extra=parse_protected(args.protected, "protected (--protected)"))
-        )
-        report = check_files(args.paths, schemas, guard=guard)
-    except (PolicyCheckError, ValueError) as exc:
-        print(f"cdr-policy validate: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        _print_report(report, crds)
-    return 1 if report["errors"] else 0
-
-
-def _print_report(report: dict[str, Any], crds: Path) -> None:
-    for file in report["files"]:
-        for problem in file["problems"]:
-            print(f"{file['path']}: {_line(problem)}")
-        for obj in file["objects"]:
-            label = f"{obj['kind'] or '?'}/{obj['name'] or '?'}"
-            for problem in obj["problems"]:
-                print(f"{file['path']}: {label}: {_line(problem)}")
-    print(
-        f"{report['objects']} object(s) in {len(report['files'])} file(s) checked against {crds}: "
-        f"{report['errors']} error(s), {report['warnings']} warning(s)"
-    )
-    for rule in report["skipped_rules"]:
-        print(f"note: CEL rule not evaluated: {rule}")
-
-
-def _line(problem: dict[str, Any]) -> str:
+def problem_line(problem: dict[str, Any]) -> str:
+    """``error code at where: message`` for one problem of a report."""
     where = f" at {problem['path']}" if problem["path"] else ""
     return f"{problem['severity']} {problem['code']}{where}: {problem['message']}"

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +81,18 @@ class CrdVersion:
         return f"{self.group}/{self.version}"
 
 
+def _crds_in(documents: Iterable[Any]) -> Iterator[dict[str, Any]]:
+    """The CustomResourceDefinitions among ``documents``, also inside a ``kind: List`` (what
+    ``kubectl get crd ... -o yaml`` writes)."""
+    for doc in documents:
+        if not isinstance(doc, dict):
+            continue
+        if doc.get("kind") == "CustomResourceDefinition":
+            yield doc
+        elif doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            yield from _crds_in(doc["items"])
+
+
 @dataclass
 class SchemaSet:
     versions: dict[tuple[str, str, str], list[CrdVersion]] = field(default_factory=dict)
@@ -108,9 +120,8 @@ class SchemaSet:
                 documents = load_yaml_documents(file.read_bytes())
             except Exception as exc:  # a broken file must name itself, whatever the YAML error
                 raise PolicyCheckError(f"cannot read {file}: {exc}") from exc
-            for doc in documents:
-                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                    schemas.add_crd(doc, str(file.relative_to(root)))
+            for crd in _crds_in(documents):
+                schemas.add_crd(crd, str(file.relative_to(root)))
         if not schemas.versions:
             raise PolicyCheckError(f"no CustomResourceDefinition found under {root}")
         return schemas
@@ -123,10 +134,9 @@ class SchemaSet:
         for key in store.list(layout.CRDS):
             if not key.endswith((".yaml", ".yml")):
                 continue
-            for doc in load_yaml_documents(store.get(key).data):
-                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                    schemas = schemas or cls()
-                    schemas.add_crd(doc, f"{store.describe()}/{key}")
+            for crd in _crds_in(load_yaml_documents(store.get(key).data)):
+                schemas = schemas or cls()
+                schemas.add_crd(crd, f"{store.describe()}/{key}")
         return schemas
 
     def add_crd(self, crd: dict[str, Any], source: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from cdr_policy.policy.checker.common import BlockGuard, check_cidr
 from cdr_policy.policy.checker.problem import Problem, error, warning
+from cdr_policy.policy.naming import KERNEL_OVERRIDE_HELPER
 from cdr_policy.policy.prefixes import is_mapped, mapped_twin_text, parse_explicit, unmap
 
 MAX_SELECTORS = 5
@@ -89,6 +90,65 @@ _USER_MEMORY_TYPES = frozenset({"string", "char_buf", "char_iovec", "sockaddr", 
 # Hooks container runtimes and CNI plugins use: start them in monitor mode (§1.5).
 _RUNTIME_HOOKS = frozenset({"sys_setns", "sys_unshare", "create_user_ns", "sys_clone", "sys_clone3", "sys_mount"})
 _EXEC_SYSCALLS = frozenset({"sys_execve", "sys_execveat"})
+# Well-known directories (FHS, cron, systemd, credentials, Kubernetes): a ``Prefix`` value equal to
+# one of them, without the trailing ``/``, also matches its siblings (``/var/log`` matches
+# ``/var/logfoo``). The rule cannot know other directories (``/opt/app``): a value is a file for
+# it unless listed here. Every directory of the rule catalogue is listed (a test holds them equal).
+KNOWN_DIRECTORIES = frozenset(
+    {
+        "/bin",
+        "/boot",
+        "/dev",
+        "/dev/shm",
+        "/etc",
+        "/etc/cron.d",
+        "/etc/cron.daily",
+        "/etc/cron.hourly",
+        "/etc/cron.monthly",
+        "/etc/cron.weekly",
+        "/etc/init.d",
+        "/etc/kubernetes",
+        "/etc/profile.d",
+        "/etc/ssh",
+        "/etc/sudoers.d",
+        "/etc/systemd",
+        "/etc/systemd/system",
+        "/home",
+        "/lib",
+        "/lib/systemd/system",
+        "/lib64",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/proc",
+        "/root",
+        "/root/.ssh",
+        "/run",
+        "/run/secrets",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/usr/bin",
+        "/usr/lib",
+        "/usr/lib/systemd/system",
+        "/usr/local",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+        "/usr/sbin",
+        "/var",
+        "/var/lib",
+        "/var/lib/kubelet",
+        "/var/log",
+        "/var/run",
+        "/var/run/secrets",
+        "/var/spool",
+        "/var/spool/cron",
+        "/var/tmp",
+        "/var/www",
+    }
+)
 
 
 def check_tracing_policy(obj: dict[str, Any], guard: BlockGuard | None) -> list[Problem]:
@@ -97,6 +157,7 @@ def check_tracing_policy(obj: dict[str, Any], guard: BlockGuard | None) -> list[
         return []
     options = _options(spec)
     problems = _check_options(options)
+    override_helper = _annotations(obj).get(KERNEL_OVERRIDE_HELPER) == "true"
     address_filters = 0
     enforcing_anywhere = False
     seen_calls: dict[str, str] = {}
@@ -130,7 +191,7 @@ def check_tracing_policy(obj: dict[str, Any], guard: BlockGuard | None) -> list[
                 enforcing = bool(ENFORCING & set(actions))
                 enforcing_anywhere |= enforcing
                 problems.extend(_check_selector_limits(selector, where))
-                problems.extend(_check_actions(selector, where, hook, hook_class, options))
+                problems.extend(_check_actions(selector, where, hook, hook_class, options, override_helper))
                 match_args = [m for m in selector.get("matchArgs") or [] if isinstance(m, dict)]
                 blocklist = not selector.get("matchBinaries")
                 for k, match in enumerate(match_args):
@@ -224,6 +285,12 @@ def _check_every_exec(obj: dict[str, Any], spec: dict[str, Any]) -> list[Problem
     return problems
 
 
+def _annotations(obj: dict[str, Any]) -> dict[str, Any]:
+    metadata = obj.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    return annotations if isinstance(annotations, dict) else {}
+
+
 def _options(spec: dict[str, Any]) -> dict[str, str]:
     return {
         str(o.get("name")): str(o.get("value", ""))
@@ -310,7 +377,12 @@ def _check_selector_limits(selector: dict[str, Any], where: str) -> list[Problem
 
 
 def _check_actions(
-    selector: dict[str, Any], where: str, hook: dict[str, Any], hook_class: str, options: dict[str, str]
+    selector: dict[str, Any],
+    where: str,
+    hook: dict[str, Any],
+    hook_class: str,
+    options: dict[str, str],
+    override_helper: bool,
 ) -> list[Problem]:
     problems = []
     call = str(hook.get("call") or hook.get("hook") or "")
@@ -327,6 +399,17 @@ def _check_actions(
                     at,
                     f"Override is refused on {call or 'this hook'}: "
                     "only syscalls, security_* functions and LSM hooks; use Sigkill",
+                )
+            )
+        if hook_class == "syscall" and not override_helper:
+            problems.append(
+                error(
+                    "tetragon.override-helper",
+                    at,
+                    f"Override on the syscall {call} needs the bpf_override_return helper, which many kernels "
+                    "lack (Debian's 6.1 and 6.12): Tetragon then refuses the whole policy. Use Sigkill, Override "
+                    "a security_* hook, or declare the helper (channel kernel.override_helper: true, annotation "
+                    f'{KERNEL_OVERRIDE_HELPER}: "true")',
                 )
             )
         if hook_class == "security" and options.get("disable-kprobe-multi") not in ("1", "true", "enabled"):
@@ -403,6 +486,15 @@ def _check_strings(match: dict[str, Any], at: str, *, absolute: bool = False) ->
             problems.append(error("tetragon.prefix-length", at, f"prefix longer than {MAX_PREFIX_CHARS} characters"))
         if operator in ("Postfix", "NotPostfix") and len(value) > MAX_POSTFIX_CHARS:
             problems.append(error("tetragon.postfix-length", at, f"postfix longer than {MAX_POSTFIX_CHARS} characters"))
+        if operator in ("Prefix", "NotPrefix") and value.rstrip("/") in KNOWN_DIRECTORIES and not value.endswith("/"):
+            problems.append(
+                error(
+                    "tetragon.directory-prefix",
+                    at,
+                    f"{value!r} is a directory: end it with '/' ({value}/), or it also matches "
+                    f"{value}foo; match the directory itself with Equal",
+                )
+            )
         if absolute and operator in ("Equal", "NotEqual", "Prefix", "NotPrefix") and not value.startswith("/"):
             problems.append(error("tetragon.relative-path", at, f"{value!r}: binary paths must be absolute"))
         if absolute and operator in ("Postfix", "NotPostfix") and not value.startswith("/"):

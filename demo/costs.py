@@ -1,0 +1,147 @@
+"""``make costs``: the AWS requests one run of the pipeline makes, counted at the moto server.
+
+    python -m demo.costs [--output DIR]
+
+Runs the demo (``demo.runner.run_pipeline``) against an in-process moto server whose WSGI application is
+wrapped in a counter, then starts one agent per channel again (a restarted agent: nothing cached) and polls
+each twice more (the second poll is a fleet's steady state: nothing changed), and prints the requests by
+stage and API operation with each stage's wall time. The README's cost section is computed from this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from threading import Lock, Thread
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+
+from demo.runner import _lambda_logs, demo_agents, run_pipeline
+
+# The runner announces each stage as "[n/5] Name ..."; requests are booked to the stage last announced.
+_STAGE = re.compile(r"^\[\d/\d\] (\S+)")
+_SCOPE = re.compile(r"Credential=[^/]+/\d+/[^/]+/([^/]+)/aws4_request")
+_S3_OPERATIONS = {"GET": "GetObject", "PUT": "PutObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def operation(environ: dict[str, Any]) -> str:
+    """``service:Operation`` of one request as the AWS bill names it (S3 by method and path, the JSON
+    protocols by their X-Amz-Target)."""
+    scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    service = scope.group(1) if scope else "unsigned"
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return f"{service}:{target.rsplit('.', 1)[-1]}"
+    method = environ["REQUEST_METHOD"]
+    if service != "s3":
+        return f"{service}:{method}"
+    path = environ.get("PATH_INFO", "/").lstrip("/")
+    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    if "/" in path:  # bucket/key
+        return f"s3:{_S3_OPERATIONS.get(method, method)}"
+    if method == "GET" and ("list-type" in query or "prefix" in query or not query):
+        return "s3:ListObjects"
+    return f"s3:{method} bucket ?{','.join(sorted(query))}"
+
+
+class RequestCounter:
+    """WSGI middleware: counts each request under the current stage."""
+
+    def __init__(self, app: WsgiApp) -> None:
+        self.app = app
+        self.stage = "setup"
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.seconds: Counter[str] = Counter()
+        self._since = time.perf_counter()
+        self._lock = Lock()
+
+    def enter(self, stage: str) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            self.seconds[self.stage] += now - self._since
+            self.stage, self._since = stage, now
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with self._lock:
+            self.counts[(self.stage, operation(environ))] += 1
+        return self.app(environ, start_response)
+
+
+@contextmanager
+def counting_moto_server() -> Iterator[tuple[str, RequestCounter]]:
+    """A moto server on loopback (an ephemeral port) behind a ``RequestCounter``."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    counter = RequestCounter(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, counter, threaded=True, request_handler=MotoRequestHandler)
+    thread = Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        # moto's backends are global to the process: start from an empty account every time.
+        httpx.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+        counter.counts.clear()
+        yield url, counter
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def measure(output: Path, say: Callable[[str], None]) -> RequestCounter:
+    """One demo run, then a restarted agent per channel polling twice; requests and seconds by stage."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log lines on the console
+    with counting_moto_server() as (url, counter):
+
+        def step(line: str) -> None:
+            match = _STAGE.match(line)
+            if match:
+                counter.enter(match.group(1))
+            say(line)
+
+        result = run_pipeline(url, output, say=step)
+        with _lambda_logs(output / "lambda.log"):
+            counter.enter("restarted-poll")
+            agents = demo_agents(result.stack, output)
+            statuses = {channel: agent.sync_once() for channel, agent in agents.items()}
+            counter.enter("unchanged-poll")
+            statuses = {channel: agent.sync_once() for channel, agent in agents.items()}
+            counter.enter("done")
+        for channel, status in statuses.items():
+            say(f"{channel}: {status['last_poll']['result']} ({status['last_poll']['detail']})")
+    return counter
+
+
+def table(counter: RequestCounter) -> list[str]:
+    lines = [f"{'stage':<16} {'seconds':>7}  requests by operation"]
+    for stage in dict.fromkeys(s for s, _ in counter.counts):  # in the order they ran
+        ops = sorted((op, n) for (s, op), n in counter.counts.items() if s == stage)
+        total = sum(n for _, n in ops)
+        lines.append(f"{stage:<16} {counter.seconds[stage]:>7.2f}  {total:>4} total")
+        lines.extend(f"{'':<26}{n:>4}  {op}" for op, n in ops)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo.costs", description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="demo-output", help="where the agents write (default demo-output)")
+    args = parser.parse_args(argv)
+    counter = measure(Path(args.output).resolve(), lambda line: print(line, flush=True))
+    print("")
+    print("\n".join(table(counter)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The ``--output`` folder, replaced as a whole: a run builds its policies and ``report.json`` in a
+folder beside it and swaps it in at the end, so an interrupted run (Ctrl-C, a full disk, a crash)
+leaves the previous complete set, never half of a new one that ``kubectl apply -f`` would apply.
+
+Files in the folder that are not ours (not a policy we generated, not ``report.json``) are carried
+over into the new set. The swap is two renames; a run interrupted between them finds the previous
+set under ``.<name>.previous`` and puts it back before it starts.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from cdr_policy.errors import CdrPolicyError, ConfigError
+from cdr_policy.policy import naming
+from cdr_policy.policy.serialize import load_yaml_documents
+from cdr_policy.wiring.local import writable_dir
+
+REPORT = "report.json"
+
+
+def _sibling(output: Path, what: str) -> Path:
+    return output.parent / f".{output.name}.{what}"
+
+
+def check_output(output: Path) -> Path:
+    """Before any request: ``output`` can be replaced (it is a folder or absent, its parent writable)."""
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file, not a folder")
+    writable_dir(output.parent if output.parent != Path("") else Path("."), "--output's parent")
+    restore_interrupted(output)
+    return output
+
+
+def restore_interrupted(output: Path) -> None:
+    previous = _sibling(output, "previous")
+    if previous.is_dir():
+        if output.exists():
+            shutil.rmtree(previous)
+        else:
+            previous.rename(output)
+
+
+def replace_output(output: Path, files: Mapping[str, bytes]) -> None:
+    """Make ``files`` (name → bytes) the content of ``output``, all at once."""
+    new, previous = _sibling(output, "new"), _sibling(output, "previous")
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir()
+    if output.is_dir():
+        for entry in sorted(output.iterdir()):
+            if entry.name in files or entry.name == REPORT or _ours(entry):
+                continue
+            if entry.is_dir():
+                shutil.copytree(entry, new / entry.name, symlinks=True)
+            else:
+                shutil.copy2(entry, new / entry.name, follow_symlinks=False)
+    for name, data in sorted(files.items()):
+        (new / name).write_bytes(data)
+    if output.exists():
+        output.rename(previous)
+    new.rename(output)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _ours(path: Path) -> bool:
+    """A YAML file holding one object we generated (by its managed-by label)."""
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return False
+    try:
+        docs = load_yaml_documents(path.read_bytes())
+    except (OSError, CdrPolicyError, ValueError):
+        return False
+    return (
+        len(docs) == 1
+        and isinstance(docs[0], dict)
+        and (docs[0].get("metadata", {}).get("labels", {}).get(naming.MANAGED_BY_KEY) == naming.MANAGED_BY)
+    )

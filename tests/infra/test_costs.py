@@ -1,0 +1,54 @@
+"""``make costs``: the request counts the README's cost section is computed from, measured at a moto
+server during a real run of the demo pipeline."""
+
+from __future__ import annotations
+
+import pytest
+
+from demo.costs import measure, operation, table
+from demo.runner import CHANNELS
+
+pytestmark = [pytest.mark.infra, pytest.mark.integration]
+
+
+def environ(method: str, path: str, *, service: str = "s3", query: str = "", target: str = "") -> dict[str, str]:
+    auth = f"AWS4-HMAC-SHA256 Credential=testing/20261204/us-east-1/{service}/aws4_request, SignedHeaders=host"
+    env = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "HTTP_AUTHORIZATION": auth}
+    if target:
+        env["HTTP_X_AMZ_TARGET"] = target
+    return env
+
+
+def test_operations_are_named_as_the_bill_names_them():
+    assert operation(environ("GET", "/bucket/channels/prod/manifest.json")) == "s3:GetObject"
+    assert operation(environ("PUT", "/bucket/status/a.json")) == "s3:PutObject"
+    assert operation(environ("GET", "/bucket", query="list-type=2&prefix=x")) == "s3:ListObjects"
+    assert operation(environ("PUT", "/bucket", query="versioning")) == "s3:PUT bucket ?versioning"
+    assert operation(environ("POST", "/", service="kms", target="TrentService.Sign")) == "kms:Sign"
+    assert operation(environ("POST", "/", service="sqs", target="AmazonSQS.SendMessage")) == "sqs:SendMessage"
+    assert operation({"REQUEST_METHOD": "POST", "PATH_INFO": "/moto-api/reset"}) == "unsigned:POST"
+
+
+@pytest.mark.slow
+def test_request_counts_of_one_run_and_of_a_fleet_poll(tmp_path):
+    lines: list[str] = []
+    counter = measure(tmp_path / "out", lines.append)
+    by_stage: dict[str, dict[str, int]] = {}
+    for (stage, op), n in counter.counts.items():
+        by_stage.setdefault(stage, {})[op] = n
+    assert list(by_stage) == [
+        "setup", "CdrFetch", "FeedSync", "Render", "Publish", "Sync", "restarted-poll", "unchanged-poll",
+    ]  # fmt: skip
+    channels = len(CHANNELS)
+    # One signature per channel per publish; Render asks for one publish per channel.
+    assert by_stage["Publish"]["kms:Sign"] == channels
+    assert by_stage["Render"]["sqs:SendMessage"] == channels
+    assert not any(op.startswith("kms:") for op in by_stage["Render"])
+    # The steady state of a fleet (README): per agent and poll, one conditional GET of the manifest and one
+    # status PUT; no KMS (agents verify with the public key they fetched once at start).
+    assert by_stage["unchanged-poll"] == {"s3:GetObject": channels, "s3:PutObject": channels}
+    assert by_stage["restarted-poll"]["kms:GetPublicKey"] == 1
+    assert all(line.endswith("(manifest unchanged (ETag))") for line in lines[-channels:])
+    rendered = table(counter)
+    assert rendered[0].split()[:2] == ["stage", "seconds"]
+    assert all(counter.seconds[stage] > 0 for stage in by_stage)

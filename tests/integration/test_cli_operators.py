@@ -1,0 +1,265 @@
+"""What an operator running ``cdr-policy`` must never hit: a bad flag or path found only after the
+whole Qualys fetch, a traceback instead of one line, a long wait on an unreachable gateway, one
+tenant's state in another tenant's policies, a half-written output folder after an interruption,
+and a traceback when a fake's port is taken."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cdr_policy.cli import main
+from cdr_policy.cli import output as output_module
+from cdr_policy.feeds.config import load_feeds
+from cdr_policy.timeutil import utcnow
+from demo.runner import FINDINGS
+from tests.fakes.feeds import FeedServer, demo_feeds_yaml
+from tests.fakes.kube import FakeKubeAPI
+from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway, load_findings
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def gateway():
+    with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gw:
+        yield gw
+
+
+@pytest.fixture
+def env(gateway, tmp_path):
+    return {
+        "QUALYS_USERNAME": DEMO_USERNAME,
+        "QUALYS_PASSWORD": DEMO_PASSWORD,
+        "QUALYS_GATEWAY_URL": gateway.url,
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "HOME": str(tmp_path / "home"),
+    }
+
+
+def run(argv, env, capsys):
+    code = main(argv, env)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+BAD = {
+    "output is a file": (lambda t: ["--once", f"--output={t / 'afile'}"], "is a file, not a folder"),
+    "output under /proc": (lambda t: ["--once", "--output=/proc/cdr-policy-test/x"], "--output"),
+    "state dir is a file": (lambda t: ["--once", f"--state-dir={t / 'afile'}"], "--state-dir"),
+    "crds missing": (lambda t: ["--once", f"--crds={t / 'nowhere'}"], "--crds"),
+    "apply without a cluster": (lambda t: ["--once", "--apply"], "kube"),
+    "unknown platform with a gateway": (lambda t: ["--once", "--platform=FOO"], "unknown Qualys platform"),
+    "feeds not UTF-8": (lambda t: ["--once", "--threat-intel", f"--feeds={t / 'latin1.yaml'}"], "not UTF-8"),
+    "hours not a number": (lambda t: ["--once", "--hours=lots"], "--hours"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_flags_and_paths_get_one_line_and_exit_2_before_any_request(case, env, gateway, tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "latin1.yaml").write_bytes("feeds:\n  - name: caf\xe9\n".encode("latin-1"))
+    argv, words = BAD[case]
+    code, out, err = run(argv(tmp_path), env, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("cdr-policy: error: ") and words.lower() in lines[0].lower()
+    assert "Traceback" not in err and gateway.requests == []
+
+
+def test_an_unreachable_gateway_fails_fast_naming_the_host_and_the_cause(env, tmp_path, capsys):
+    port = _closed_port()
+    started = time.monotonic()
+    code, out, err = run(
+        ["--once", f"--output={tmp_path / 'p'}"], {**env, "QUALYS_GATEWAY_URL": f"http://127.0.0.1:{port}"}, capsys
+    )
+    elapsed = time.monotonic() - started
+    # Besides the structured log of the one retry, one line for the person at the terminal.
+    lines = [line for line in err.strip().splitlines() if not line.startswith("{")]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("cdr-policy: error: ")
+    assert f"127.0.0.1:{port}" in lines[0] and "refused" in lines[0].lower()
+    assert elapsed < 10
+
+
+def test_two_tenants_with_the_default_state_folder_never_mix(env, tmp_path, capsys):
+    items = load_findings(FINDINGS)
+    now = utcnow()
+    only_b = [f for f in items if isinstance(f, dict) and f.get("category") == items[0].get("category")][:1]
+    with (
+        FakeQualysGateway(items, rebase_to=now) as a,
+        FakeQualysGateway(only_b, rebase_to=now - timedelta(minutes=1)) as b,
+    ):
+        code_a, _, err_a = run(["--once", f"--output={tmp_path / 'a'}"], {**env, "QUALYS_GATEWAY_URL": a.url}, capsys)
+        code_b, _, err_b = run(["--once", f"--output={tmp_path / 'b'}"], {**env, "QUALYS_GATEWAY_URL": b.url}, capsys)
+    assert code_a == 0 and code_b == 0, err_a + err_b
+    report_a = json.loads((tmp_path / "a" / "report.json").read_text())
+    report_b = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report_a["events"]["unique"] > 1
+    assert report_b["events"]["unique"] == 1
+    assert len(report_b["behaviours"]) <= 1 < len(report_a["behaviours"])
+    tenants = sorted(p.name for p in (tmp_path / "cache" / "cdr-policy" / "state").iterdir())
+    assert len(tenants) == 2 and all(t.startswith("127.0.0.1-") for t in tenants)
+
+
+def test_an_interrupted_write_leaves_the_previous_complete_set(env, tmp_path, capsys, monkeypatch):
+    out_dir = tmp_path / "policies"
+    (tmp_path / "policies").mkdir()
+    (out_dir / "kustomization.yaml").write_text("resources: []\n")  # the user's own file survives
+    assert run(["--once", f"--output={out_dir}"], env, capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    assert "report.json" in before and "kustomization.yaml" in before and len(before) > 5
+
+    written = []
+    real_write = Path.write_bytes
+
+    def write_then_interrupt(self, data):
+        written.append(self.name)
+        if len(written) == 4:
+            raise KeyboardInterrupt
+        return real_write(self, data)
+
+    monkeypatch.setattr(output_module.Path, "write_bytes", write_then_interrupt)
+    code, _, _ = run(["--once", "--threat-intel", f"--output={out_dir}"], env, capsys)
+    monkeypatch.undo()
+    assert code == 130 and len(written) == 4
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
+
+    assert run(["--once", f"--output={out_dir}"], env, capsys)[0] == 0
+    assert (out_dir / "kustomization.yaml").read_text() == "resources: []\n"
+    assert not list(tmp_path.glob(".policies.*"))
+
+
+@pytest.mark.parametrize("module", ["tests.fakes.feeds", "tests.fakes.qualys"])
+def test_a_taken_port_is_one_line_not_a_traceback(module):
+    with FeedServer() as taken:
+        port = taken.base_url.rsplit(":", 1)[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", module, f"--port={port}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error: cannot listen on 127.0.0.1:" in lines[0], proc.stderr
+
+
+def test_the_feed_servers_standard_output_is_a_feeds_file():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.feeds"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        text = "".join(proc.stdout.readline() for _ in demo_feeds_yaml("http://x").splitlines())
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    feeds = load_feeds(text, origin="captured standard output")
+    assert len(feeds) == 5 and all(f.url.startswith("http://127.0.0.1:") for f in feeds)
+
+
+def test_validate_reads_the_crds_from_the_current_cluster(env, tmp_path, capsys, crds_dir):
+    out_dir = tmp_path / "policies"
+    assert run(["--once", "--action=Sigkill", f"--output={out_dir}"], env, capsys)[0] == 0
+    crds = [
+        doc
+        for p in sorted([*crds_dir.glob("*.yaml"), *(crds_dir / "cilium-main").glob("*.yaml")])
+        for doc in yaml.safe_load_all(p.read_text())
+        if doc and doc.get("kind") == "CustomResourceDefinition"
+    ]
+    with FakeKubeAPI(crds=crds) as api:
+        kube_env = {**env, "KUBECONFIG": str(api.write_kubeconfig(tmp_path / "kubeconfig"))}
+        code, out, err = run(["validate", "--kubernetes", str(out_dir)], kube_env, capsys)
+        assert api.ops("crds"), "the CRDs were read from the API server"
+    assert code == 0, out + err
+    assert f"checked against kubernetes {api.url}: 0 error(s)" in out
+
+    # No cluster to read: one line, exit 2.
+    code, out, err = run(
+        ["validate", "--kubernetes", str(out_dir)], {**env, "KUBECONFIG": str(tmp_path / "none")}, capsys
+    )
+    assert code == 2 and err.startswith("cdr-policy: error: validate: ") and len(err.splitlines()) == 1
+
+
+def test_progress_shows_on_a_terminal_and_not_elsewhere(env, tmp_path, capsys):
+    import os
+    import pty
+
+    code, out, err = run(["--once", f"--output={tmp_path / 'quiet'}"], env, capsys)
+    assert code == 0 and "... page" not in out + err
+
+    leader, follower = pty.openpty()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdr_policy.cli", "--once", f"--output={tmp_path / 'tty'}"],
+        env={**os.environ, **env, "PYTHONPATH": str(REPO / "layers/shared")},
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        timeout=120,
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert proc.returncode == 0
+    assert b"... page 1, " in shown and b"findings" in shown
+    assert b"... page" not in proc.stdout
+
+
+def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(env, tmp_path, capsys):
+    keys, channel, applied = tmp_path / "keys", tmp_path / "channel", tmp_path / "applied"
+    code, out, _ = run(["keygen", f"--out={keys}"], env, capsys)
+    assert code == 0 and (keys / "bundle-signing.pem").stat().st_mode & 0o077 == 0
+    assert run(["--once", "--action=Sigkill", f"--output={tmp_path / 'policies'}"], env, capsys)[0] == 0
+
+    code, out, err = run(["publish", f"--to={channel}", f"--key={keys / 'bundle-signing.pem'}"], env, capsys)
+    assert code == 0 and out.startswith("published: channel local"), out + err
+    assert (channel / "channels" / "local" / "manifest.json").is_file()
+
+    agent = [
+        "agent",
+        f"--bucket={channel}",
+        "--channel=local",
+        "--cluster-id=laptop",
+        f"--public-key={keys / 'bundle-signing.pub'}",
+        f"--output-dir={applied}",
+        f"--state-dir={tmp_path / 'agent-state'}",
+        "--once",
+    ]
+    code, out, err = run(agent, env, capsys)
+    assert code == 0 and out.startswith("applied"), out + err
+    policies = sorted(p.name for p in (tmp_path / "policies").glob("*.yaml"))
+    assert sorted(p.name for p in applied.rglob("*.yaml")) and len(list(applied.rglob("*.yaml"))) == len(policies)
+
+    # A new bundle signed with a key the agent does not trust: refused, nothing changes.
+    other = tmp_path / "other"
+    run(["keygen", f"--out={other}"], env, capsys)
+    assert run(["--once", "--action=Post", f"--output={tmp_path / 'policies'}"], env, capsys)[0] == 0
+    code, out, err = run(["publish", f"--to={channel}", f"--key={other / 'bundle-signing.pem'}"], env, capsys)
+    assert code == 0 and out.startswith("published:"), out + err
+    before = {p: p.read_bytes() for p in applied.rglob("*.yaml")}
+    code, out, err = run(agent, env, capsys)
+    assert code == 1 and out.startswith("refused"), out + err
+    assert {p: p.read_bytes() for p in applied.rglob("*.yaml")} == before
