@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         failed += report["errors"] > 0
     print("")
     print("Try: .venv/bin/cdr-policy validate demo-output/prod" + (f" --crds {crds}" if crds else " --crds DIR"))
+    print("     .venv/bin/cdr-policy fleet status --dist demo-output/dist")
+    print("     .venv/bin/cdr-policy channel list --dist demo-output/dist")
+    print("     .venv/bin/cdr-policy channel diff prod --dist demo-output/dist --state demo-output/state")
     return 1 if failed else 0
 
 

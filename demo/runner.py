@@ -27,7 +27,7 @@ from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.signing import KmsSigner, Verifier
 from cdr_policy.observability import logger
 from cdr_policy.settings import get_settings
-from cdr_policy.storage import S3Store
+from cdr_policy.storage import LocalStore, S3Store
 from cdr_policy.timeutil import utcnow
 from tests.fakes.aws import Stack, create_stack
 from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
@@ -145,7 +145,15 @@ def run_pipeline(
         with _environment(env), _lambda_logs(output / "lambda.log"):
             result.steps = _run_functions(stack, say)
             result.agents, result.drift = _run_agents(stack, output, say)
+        for bucket, folder in ((stack.names.state_bucket, "state"), (stack.names.dist_bucket, "dist")):
+            _mirror(S3Store(stack.client("s3"), bucket), LocalStore(output / folder))
+        say(f"Buckets copied to {output / 'state'} and {output / 'dist'} (for the fleet commands after the run)")
     return result
+
+
+def _mirror(bucket: S3Store, folder: LocalStore) -> None:
+    for key in bucket.list(""):
+        folder.put(key, bucket.get(key).data)
 
 
 def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:

@@ -1,26 +1,38 @@
-"""deploy/agent/: the Kubernetes manifests (least-privilege RBAC, hardened Deployment whose arguments the
-real agent CLI accepts, a liveness probe that works), the Dockerfile, and the package the image installs."""
+"""deploy/agent/: the Kubernetes manifests as kustomize renders them (valid against the Kubernetes
+schemas, least-privilege RBAC, hardened Deployment whose arguments the real agent CLI accepts, a
+liveness probe that works), the Dockerfile, and the package the image installs."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.infra.manifests import (
+    CLUSTER_SCOPED,
+    DEPLOY,
+    assert_hardened,
+    by_kind,
+    expand,
+    granted,
+    kustomize,
+    mounts,
+    one,
+    pod_spec,
+    schema_errors,
+)
 from tests.infra.support import REPO
 
 pytestmark = pytest.mark.infra
 
-DEPLOY = REPO / "deploy" / "agent"
+AGENT = DEPLOY / "agent"
 NAMESPACE = "cdr-policy-system"
 POLICY_RESOURCES = {
     "tracingpolicies",
@@ -34,19 +46,27 @@ POLICY_VERBS = {"get", "list", "watch", "create", "patch", "delete"}
 
 @pytest.fixture(scope="module")
 def objects() -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    kustomization = yaml.safe_load((AGENT / "kustomization.yaml").read_text())
     assert kustomization["namespace"] == NAMESPACE
-    files = kustomization["resources"]
-    on_disk = sorted(p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
-    assert sorted(files) == on_disk, "every manifest is listed in kustomization.yaml"
-    docs = []
-    for name in files:
-        docs.extend(d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d)
-    return docs
+    used = set(kustomization["resources"]) | {p["path"] for p in kustomization.get("patches", []) if "path" in p}
+    on_disk = {p.name for p in AGENT.glob("*.yaml") if p.name != "kustomization.yaml"}
+    assert on_disk <= used, "every manifest is used by kustomization.yaml"
+    return kustomize(AGENT)
 
 
-def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] == kind]
+def test_manifests_match_the_kubernetes_schemas(objects):
+    assert {o["kind"] for o in objects} == {
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+    }
+    assert schema_errors(objects) == []
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +86,7 @@ def test_everything_lives_in_the_agent_namespace(objects):
     assert namespace["metadata"]["name"] == NAMESPACE
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     for obj in objects:
-        if obj["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+        if obj["kind"] not in CLUSTER_SCOPED:
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]
 
 
@@ -85,19 +105,13 @@ def test_rbac_is_least_privilege(objects):
         for field in ("apiGroups", "resources", "verbs"):
             assert all("*" not in item for item in rule[field]), (field, rule)
         assert not rule.get("nonResourceURLs") and not rule.get("resourceNames")
-    granted = {
-        (group, resource, verb)
-        for rule in rules
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
+    grants = granted(rules)
+    expected = {("cilium.io", r, v, None) for r in POLICY_RESOURCES for v in POLICY_VERBS} | {
+        ("apiextensions.k8s.io", "customresourcedefinitions", v, None) for v in ("get", "list")
     }
-    expected = {("cilium.io", r, v) for r in POLICY_RESOURCES for v in POLICY_VERBS} | {
-        ("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list")
-    }
-    assert granted == expected
-    assert not {r for _, r, _ in granted} & {"secrets", "configmaps", "pods", "serviceaccounts", "nodes"}
-    assert not {v for _, _, v in granted} & {"escalate", "bind", "impersonate", "update", "deletecollection"}
+    assert grants == expected
+    assert not {g[1] for g in grants} & {"secrets", "configmaps", "pods", "serviceaccounts", "nodes"}
+    assert not {g[2] for g in grants} & {"escalate", "bind", "impersonate", "update", "deletecollection"}
 
 
 def test_the_only_namespaced_grant_is_the_agent_state_configmap(objects):
@@ -118,6 +132,7 @@ def test_the_only_namespaced_grant_is_the_agent_state_configmap(objects):
         ("", "configmaps", "update", ("cdr-policy-agent-state",)),
         ("", "configmaps", "create", ()),
     }
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
@@ -145,16 +160,7 @@ def test_deployment_is_hardened(deployment, container):
     spec = deployment["spec"]
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}, "two agents must never apply at once"
-    pod = spec["template"]["spec"]["securityContext"]
-    assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0
-    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
-    security = container["securityContext"]
-    assert security["readOnlyRootFilesystem"] is True
-    assert security["allowPrivilegeEscalation"] is False
-    assert security["capabilities"] == {"drop": ["ALL"]}
-    assert security.get("privileged", False) is False
-    for kind in ("requests", "limits"):
-        assert {"cpu", "memory"} <= set(container["resources"][kind])
+    assert_hardened(pod_spec(deployment), container)
 
 
 def agent_arguments(deployment, container, objects) -> argparse.Namespace:
@@ -166,22 +172,9 @@ def agent_arguments(deployment, container, objects) -> argparse.Namespace:
     (source,) = container["envFrom"]
     config = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == source["configMapRef"]["name"])
     env = {**config["data"], **{e["name"]: e["value"] for e in container.get("env", [])}}
-
-    def expand(arg: str) -> str:
-        def var(match: re.Match[str]) -> str:
-            assert match.group(1) in env, f"$({match.group(1)}) is not defined for the container"
-            return env[match.group(1)]
-
-        return re.sub(r"\$\(([A-Z_]+)\)", var, arg)
-
     parser = argparse.ArgumentParser(prog="cdr-policy agent", exit_on_error=False)
     add_arguments(parser)
-    return parser.parse_args([expand(a) for a in container["args"]])
-
-
-def mounts(deployment, container) -> dict[str, dict[str, Any]]:
-    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    return {m["mountPath"]: {**m, "volume": volumes[m["name"]]} for m in container["volumeMounts"]}
+    return parser.parse_args(expand(container["args"], env))
 
 
 def test_agent_arguments_are_accepted_by_the_cli(deployment, container, objects):
@@ -190,7 +183,7 @@ def test_agent_arguments_are_accepted_by_the_cli(deployment, container, objects)
     assert args.kubernetes is True and args.output_dir is None
     assert args.interval == 60
     assert args.once is False
-    mounted = mounts(deployment, container)
+    mounted = mounts(pod_spec(deployment), container)
     # The public key comes from a ConfigMap, mounted read-only.
     key_mount = mounted[str(args.public_key.parent)]
     assert key_mount["readOnly"] is True
@@ -205,29 +198,38 @@ def test_agent_arguments_are_accepted_by_the_cli(deployment, container, objects)
     assert writable == {str(args.state_dir), "/tmp"}
 
 
-def test_liveness_probe_reads_the_agent_status_file(deployment, container, objects, tmp_path):
-    from cdr_policy.agent.state import STATUS
-
+def test_probes_and_metrics_are_the_agents_endpoints(deployment, container, objects):
     args = agent_arguments(deployment, container, objects)
-    command = container["livenessProbe"]["exec"]["command"]
-    status = f"{args.state_dir}/{STATUS}"
-    assert command[:2] == ["python", "-c"] and status in command[2]
-    code = command[2].replace(status, str(tmp_path / STATUS))
+    (port,) = container["ports"]
+    assert port == {"name": "metrics", "containerPort": args.metrics_port, "protocol": "TCP"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # Liveness tolerates the three intervals /healthz allows before it calls the loop stalled.
+    live = container["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= args.interval
+    service = one(objects, "Service", "cdr-policy-agent-metrics")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
 
-    def probe() -> int:
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, check=False).returncode
 
-    assert probe() != 0, "no status file yet: not alive"
-    (tmp_path / STATUS).write_text("{}")
-    assert probe() == 0
-    stale = time.time() - 3600
-    os.utime(tmp_path / STATUS, (stale, stale))
-    assert probe() != 0, "a status file an hour old means the loop is stuck"
-    assert container["livenessProbe"]["initialDelaySeconds"] >= 60
+def test_the_monitoring_variant_adds_a_service_monitor_for_the_metrics_service():
+    objects = kustomize(DEPLOY / "monitoring")
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    service = one(objects, "Service", "cdr-policy-agent-metrics")
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    # Everything else is the agent, unchanged, and valid for Kubernetes (the ServiceMonitor is the
+    # Prometheus Operator's own kind).
+    agent = [o for o in objects if o["kind"] != "ServiceMonitor"]
+    assert agent == kustomize(AGENT) and schema_errors(agent) == []
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
-    lines = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    lines = (AGENT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
     return [
         (line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip())
         for line in lines

@@ -13,47 +13,16 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from cdr_policy import schemas
-from cdr_policy.cli import main
-from demo.runner import FINDINGS
 from tests.fakes.feeds import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from tests.fakes.kube import FakeKubeAPI
 from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from tests.integration.support import objects, run
 
 REPO = Path(__file__).resolve().parents[2]
 ORIGINAL_FILES = {"cdr-dynamic-blocklist.yaml", "cilium-cdr-blocklist.yaml"}
-
-
-@pytest.fixture(scope="module")
-def gateway():
-    from cdr_policy.timeutil import utcnow
-
-    with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gw:
-        yield gw
-
-
-@pytest.fixture
-def env(gateway, tmp_path):
-    return {
-        "QUALYS_USERNAME": DEMO_USERNAME,
-        "QUALYS_PASSWORD": DEMO_PASSWORD,
-        "QUALYS_GATEWAY_URL": gateway.url,
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),
-        "HOME": str(tmp_path),
-    }
-
-
-def run(argv, env, capsys):
-    code = main(argv, env)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def objects(folder: Path) -> dict[str, dict]:
-    return {p.name: yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))}
 
 
 def test_original_once_invocation_prints_the_summary_and_writes_policies_and_report(env, tmp_path, capsys):

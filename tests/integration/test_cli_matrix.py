@@ -1,7 +1,7 @@
 """Every object ``cdr-policy --once`` emits, for each action, with and without ``--threat-intel``,
 for channels targeting Cilium 1.16, 1.17 and 1.18, passes ``cdr-policy validate`` against
 ``../shared/crds`` (all of it, and the CRDs of the targeted Cilium version alone). The gateway and
-the feeds are the loopback fakes of ``test_cli``; without ``../shared`` the tests are skipped (the
+the feeds are the loopback fakes (``tests/integration/conftest.py``); without ``../shared`` the tests are skipped (the
 ``crds_dir`` fixture says where it looked)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
-from tests.integration.test_cli import env, gateway, objects, run  # noqa: F401 (shared fixtures)
+from tests.integration.support import objects, run
 
 ACTIONS = ("Post", "Sigkill", "Override")
 CILIUM = ("1.16", "1.17", "1.18")
@@ -36,7 +36,7 @@ def target_crds(crds_dir: Path, cilium: str, folder: Path) -> Path:
     return folder
 
 
-def render_once(env, tmp_path, capsys, feeds, *, action, threat_intel, cilium, kernel=None):  # noqa: F811
+def render_once(env, tmp_path, capsys, feeds, *, action, threat_intel, cilium, kernel=None):
     channel = {"name": "prod", "cilium_version": cilium}
     if kernel is not None:
         channel["kernel"] = kernel
@@ -53,7 +53,7 @@ def render_once(env, tmp_path, capsys, feeds, *, action, threat_intel, cilium, k
     return out_dir
 
 
-def validate(out_dir: Path, crds: Path, env, capsys) -> None:  # noqa: F811
+def validate(out_dir: Path, crds: Path, env, capsys) -> None:
     code, out, _ = run(["validate", str(out_dir), "--crds", str(crds), "--json"], env, capsys)
     report = json.loads(out)
     errors = [
@@ -70,7 +70,7 @@ def validate(out_dir: Path, crds: Path, env, capsys) -> None:  # noqa: F811
 @pytest.mark.parametrize("cilium", CILIUM)
 @pytest.mark.parametrize("threat_intel", [False, True], ids=["cdr-only", "threat-intel"])
 @pytest.mark.parametrize("action", ACTIONS)
-def test_every_emitted_object_validates(env, tmp_path, capsys, crds_dir, feeds, action, threat_intel, cilium):  # noqa: F811
+def test_every_emitted_object_validates(env, tmp_path, capsys, crds_dir, feeds, action, threat_intel, cilium):
     out_dir = render_once(env, tmp_path, capsys, feeds, action=action, threat_intel=threat_intel, cilium=cilium)
     validate(out_dir, crds_dir, env, capsys)
     validate(out_dir, target_crds(crds_dir, cilium, tmp_path / "crds"), env, capsys)
@@ -97,7 +97,7 @@ def test_every_emitted_object_validates(env, tmp_path, capsys, crds_dir, feeds, 
                 assert "Override" not in acts, "no kernel.override_helper declared"
 
 
-def test_an_override_channel_that_declares_the_helper_validates(env, tmp_path, capsys, crds_dir, feeds):  # noqa: F811
+def test_an_override_channel_that_declares_the_helper_validates(env, tmp_path, capsys, crds_dir, feeds):
     out_dir = render_once(
         env,
         tmp_path,

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdr_policy.cli import main
 from cdr_policy.cli import output as output_module
 from cdr_policy.feeds.config import load_feeds
 from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS
-from tests.fakes.feeds import FeedServer, demo_feeds_yaml
+from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from tests.fakes.kube import FakeKubeAPI
-from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway, load_findings
+from tests.fakes.qualys import FakeQualysGateway, load_findings
+from tests.integration.support import agent_args, run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,26 +31,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def gateway():
-    with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gw:
-        yield gw
-
-
-@pytest.fixture
-def env(gateway, tmp_path):
-    return {
-        "QUALYS_USERNAME": DEMO_USERNAME,
-        "QUALYS_PASSWORD": DEMO_PASSWORD,
-        "QUALYS_GATEWAY_URL": gateway.url,
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),
-        "HOME": str(tmp_path / "home"),
-    }
-
-
-def run(argv, env, capsys):
-    code = main(argv, env)
-    out, err = capsys.readouterr()
-    return code, out, err
+def feed_files_env(tmp_path):
+    """A --feeds file for the demo feeds, served over loopback for the test."""
+    with FeedServer(root=DEMO_FEEDS_DIR) as feeds:
+        path = tmp_path / "feeds.yaml"
+        path.write_text(demo_feeds_yaml(feeds.url("/")))
+        yield path
 
 
 def _closed_port() -> int:
@@ -238,16 +224,7 @@ def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(env, t
     assert code == 0 and out.startswith("published: channel local"), out + err
     assert (channel / "channels" / "local" / "manifest.json").is_file()
 
-    agent = [
-        "agent",
-        f"--bucket={channel}",
-        "--channel=local",
-        "--cluster-id=laptop",
-        f"--public-key={keys / 'bundle-signing.pub'}",
-        f"--output-dir={applied}",
-        f"--state-dir={tmp_path / 'agent-state'}",
-        "--once",
-    ]
+    agent = agent_args(channel, keys, tmp_path, "--once")
     code, out, err = run(agent, env, capsys)
     assert code == 0 and out.startswith("applied"), out + err
     policies = sorted(p.name for p in (tmp_path / "policies").glob("*.yaml"))
@@ -272,3 +249,103 @@ def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(env, t
     code, out, err = run(agent, env, capsys)
     assert code == 1 and out.startswith("refused"), out + err
     assert {p: p.read_bytes() for p in applied.rglob("*.yaml")} == before
+
+
+def test_fleet_commands_on_a_folder(env, tmp_path, capsys, feed_files_env):
+    keys, channel, state = tmp_path / "keys", tmp_path / "channel", tmp_path / "state"
+    key = str(keys / "bundle-signing.pem")
+    run(["keygen", f"--out={keys}"], env, capsys)
+    once = ["--once", "--action=Sigkill", f"--state-dir={state}", f"--output={tmp_path / 'policies'}"]
+    assert run(once, env, capsys)[0] == 0
+    assert run(["publish", f"--to={channel}", f"--key={key}", f"--state-dir={state}"], env, capsys)[0] == 0
+    first = json.loads((channel / "channels/local/manifest.json").read_text())["digest"]
+    agent = agent_args(channel, keys, tmp_path, "--once")
+    assert run(agent, env, capsys)[0] == 0
+
+    # Threat intel multiplies the prefixes: the change budget holds the bundle.
+    assert run([*once, "--threat-intel", f"--feeds={feed_files_env}"], env, capsys)[0] == 0
+    code, out, _ = run(["publish", f"--to={channel}", f"--key={key}", f"--state-dir={state}"], env, capsys)
+    assert code == 1 and out.startswith("held:")
+
+    code, out, _ = run(["channel", "diff", "local", f"--dist={channel}", f"--state={state}", "--json"], env, capsys)
+    diff = json.loads(out)
+    assert diff["from"] == first and len(diff["prefixes"]["added"]) > 100 and not diff["prefixes"]["removed"]
+    added = diff["prefixes"]["added"][0]
+    assert added["objects"] and "sources" in added["provenance"]
+    assert any(o["object"].startswith("CiliumCIDRGroup/") for o in diff["objects"]["added"])
+
+    code, out, _ = run(
+        ["channel", "approve", "local", diff["to"], f"--state={state}", "--reason=reviewed"], env, capsys
+    )
+    assert code == 0 and out.startswith("approved:")
+    code, out, _ = run(["publish", f"--to={channel}", f"--key={key}", f"--state-dir={state}"], env, capsys)
+    assert code == 0 and out.startswith("published:")
+
+    code, out, _ = run(["fleet", "status", f"--dist={channel}", "--json"], env, capsys)
+    (row,) = json.loads(out)
+    assert row["cluster_id"] == "laptop" and row["applied_digest"] == first and row["behind"]
+    assert run(agent, env, capsys)[0] == 0
+    (row,) = json.loads(run(["fleet", "status", f"--dist={channel}", "--json"], env, capsys)[1])
+    assert row["applied_digest"] == diff["to"] and not row["behind"]
+
+    # A status written under another cluster's name is not that cluster's word.
+    forged = {**json.loads((channel / "status/laptop.json").read_text()), "cluster_id": "laptop"}
+    (channel / "status/prod-eu.json").write_text(json.dumps(forged))
+    code, out, _ = run(["fleet", "status", f"--dist={channel}"], env, capsys)
+    assert "laptop" in out and "prod-eu" not in out
+
+    code, out, _ = run(
+        ["channel", "rollback", "local", f"--to={first}", f"--dist={channel}", f"--key={key}"], env, capsys
+    )
+    assert code == 0 and "now ships" in out
+    listed = json.loads(run(["channel", "list", f"--dist={channel}", "--json"], env, capsys)[1])
+    assert [(c["channel"], c["digest"]) for c in listed] == [("local", first)]
+    assert run(agent, env, capsys)[0] == 0
+    (row,) = json.loads(run(["fleet", "status", f"--dist={channel}", "--json"], env, capsys)[1])
+    assert row["applied_digest"] == first and not row["behind"]
+
+
+def test_the_running_agent_serves_metrics_and_probes(env, tmp_path, capsys):
+    import os
+    import signal
+
+    import httpx
+
+    keys, channel = tmp_path / "keys", tmp_path / "channel"
+    run(["keygen", f"--out={keys}"], env, capsys)
+    assert run(["--once", f"--output={tmp_path / 'policies'}"], env, capsys)[0] == 0
+    assert run(["publish", f"--to={channel}", f"--key={keys / 'bundle-signing.pem'}"], env, capsys)[0] == 0
+    port = _closed_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cdr_policy.cli",
+            *agent_args(channel, keys, tmp_path),
+            "--interval=1s",
+            f"--metrics-port={port}",
+            "--metrics-host=127.0.0.1",
+        ],
+        env={**os.environ, **env, "PYTHONPATH": str(REPO / "layers/shared")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base, deadline, ready = f"http://127.0.0.1:{port}", time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            try:
+                ready = httpx.get(f"{base}/readyz", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert ready is not None and ready.status_code == 200
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        text = httpx.get(f"{base}/metrics").text
+        assert 'cdr_policy_agent_polls_total{channel="local",result="applied"} 1' in text
+        assert 'cdr_policy_agent_bundle_applied_info{channel="local",digest="' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0

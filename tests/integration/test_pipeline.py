@@ -257,3 +257,34 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_applied(pipeline, tmp_path)
     # the planted file is longer than signed: refused after reading the signed size + 1 byte
     assert status["verification"]["code"] == "too_large"
     assert not list((tmp_path / "applied").glob("*.yaml"))
+
+
+def test_fleet_commands_against_the_buckets(pipeline, lambda_env, capsys):
+    from cdr_policy.cli import main
+
+    result, _ = pipeline
+    dist, state = f"s3://{result.stack.names.dist_bucket}", f"s3://{result.stack.names.state_bucket}"
+    env = dict(result.stack.env)
+
+    assert main(["channel", "list", f"--dist={dist}", "--json"], env) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(c["channel"] for c in listed) == sorted(c["name"] for c in CHANNELS)
+
+    assert main(["fleet", "status", f"--dist={dist}", "--json"], env) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if r["cluster_id"].startswith("demo-")]
+    assert sorted(r["channel"] for r in rows) == sorted(c["name"] for c in CHANNELS)
+    assert not any(r["behind"] for r in rows) and all(r["errors"] == 0 for r in rows)
+
+    assert main(["channel", "diff", "prod", f"--dist={dist}", f"--state={state}", "--json"], env) == 0
+    diff = json.loads(capsys.readouterr().out)
+    assert diff["from"] == diff["to"] and diff["prefixes"] == {"added": [], "removed": []}
+
+    assert main(["channel", "approve", "prod", diff["to"], f"--state={state}"], env) == 0
+    approval = _store(result, result.stack.names.state_bucket).get(layout.approval_key("prod", diff["to"]))
+    assert json.loads(approval.data)["digest"] == diff["to"]
+    capsys.readouterr()
+
+    # Rolling back to what the channel ships, signed by the stack's KMS key, changes nothing.
+    key = f"--kms-key-id={result.stack.signing_key_id}"
+    assert main(["channel", "rollback", "prod", f"--to={diff['to']}", f"--dist={dist}", key], env) == 0
+    assert capsys.readouterr().out.startswith("unchanged: channel prod")

@@ -6,14 +6,13 @@ S3 event notifications delivered through SQS, and Publish requests. The handlers
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
 from cdr_policy import jsonio, layout
 from cdr_policy.errors import CdrPolicyError
-from cdr_policy.policy.channel import is_channel_name
+from cdr_policy.layout import is_channel_name, is_digest
 
 # The trigger key of the scheduled re-render (an EventBridge schedule sends its event to RenderQueue),
 # which keeps quiet channels' manifests re-signed before they expire under their agents.
@@ -21,7 +20,6 @@ REFRESH_TRIGGER = "schedule:refresh"
 # Seconds kept back from an invocation's remaining time, so that a stage can store what it has and
 # report before Lambda stops it.
 DEADLINE_MARGIN_S = 20.0
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 _S3_EVENT_KINDS = ("ObjectCreated:", "ObjectRemoved:")
 
 
@@ -137,7 +135,7 @@ class PublishRequest:
     def __post_init__(self) -> None:
         if not is_channel_name(self.channel):
             raise EventError(f"publish request: {self.channel!r} is not a channel name (1-32 of a-z, 0-9, '-')")
-        if not isinstance(self.digest, str) or not _DIGEST.fullmatch(self.digest):
+        if not is_digest(self.digest):
             raise EventError(f"publish request: digest {self.digest!r} is not 64 lower-case hex characters")
 
     def to_dict(self) -> dict[str, str]:

@@ -9,8 +9,24 @@ writer may write (a test checks the template's IAM resource prefixes against it)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+# -- names that become parts of keys --------------------------------------------------------------
+_CHANNEL_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def is_channel_name(value: object) -> bool:
+    """A channel name: a DNS label of at most 32 characters (it is a key segment and a label value)."""
+    return isinstance(value, str) and _CHANNEL_NAME.fullmatch(value) is not None
+
+
+def is_digest(value: object) -> bool:
+    """A bundle digest: 64 lowercase hex digits (sha256)."""
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
+
 
 # -- prefixes --------------------------------------------------------------------------------------
 CONFIG = "config/"

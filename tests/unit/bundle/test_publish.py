@@ -270,6 +270,21 @@ def test_rollback_ships_an_earlier_generation_as_a_new_one(state, recorder, sign
     assert "ChannelRollbacks" in metrics.metric_set
 
 
+def test_rollback_by_digest_and_to_the_current_bundle(state, dist, signer):
+    a = render(state, network_bundle(ips(0, 10), tag="a"))
+    b = render(state, network_bundle(ips(0, 11), tag="b"))
+    publish(state, dist, signer, a)
+    publish(state, dist, signer, b, now=T0 + HOUR)
+
+    assert rollback(dist, channel="prod", to_digest=b, signer=signer, now=T0 + 2 * HOUR).status == "unchanged"
+    result = rollback(dist, channel="prod", to_digest=a, signer=signer, now=T0 + 2 * HOUR)
+
+    assert (result.status, result.generation) == ("rolled_back", 3)
+    assert (current(dist)["digest"], current(dist)["rollback_of"]) == (a, 1)
+    with pytest.raises(ValueError, match="exactly one"):
+        rollback(dist, channel="prod", signer=signer, now=T0)
+
+
 def test_rollback_needs_a_verified_history_entry_and_its_files(state, dist, signer, tmp_path):
     a = render(state, network_bundle(ips(0, 10), tag="a"))
     publish(state, dist, signer, a)
@@ -316,6 +331,22 @@ def test_a_forged_manifest_cannot_push_or_reset_the_generation(state, dist, sign
 
     dist.delete(layout.channel_manifest_key("prod"))
     assert publish(state, dist, signer, a, now=T0 + 2 * HOUR).generation == 3
+
+
+def test_a_replayed_older_manifest_is_replaced_by_the_next_publish(state, dist, signer):
+    """Someone puts generation 1's signed manifest back: Publish does not take it for the channel's
+    state ("unchanged"); it publishes the newest bundle again, as a new generation."""
+    a = render(state, network_bundle(ips(0, 10), tag="a"))
+    b = render(state, network_bundle(ips(0, 11), tag="b"))
+    publish(state, dist, signer, a)
+    generation_1 = dist.get(layout.channel_manifest_key("prod")).data
+    publish(state, dist, signer, b, now=T0 + HOUR)
+    dist.put(layout.channel_manifest_key("prod"), generation_1)
+
+    result = publish(state, dist, signer, b, now=T0 + 2 * HOUR)
+
+    assert (result.status, result.previous_digest, result.generation) == ("refreshed", b, 3)
+    assert (current(dist)["digest"], current(dist)["generation"]) == (b, 3)
 
 
 def test_a_manifest_too_large_to_read_is_unusable_without_reading_it(state, recorder, signer):

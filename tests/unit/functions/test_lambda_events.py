@@ -16,7 +16,7 @@ from cdr_policy.lambda_events import (
     require_scheduled_event,
     sqs_records,
 )
-from cdr_policy.policy.channel import is_channel_name
+from cdr_policy.layout import is_channel_name
 from cdr_policy.settings import Settings
 
 BUCKET = "cdr-policy-dev-state-123456789012-us-east-1"

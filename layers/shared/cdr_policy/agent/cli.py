@@ -16,6 +16,7 @@ from cdr_policy.agent import kubeconfig
 from cdr_policy.agent.applier import Applier
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
+from cdr_policy.agent.observe import AgentMetrics, ObservabilityServer
 from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
 from cdr_policy.agent.sync import (
     DEFAULT_DRIFT_INTERVAL_S,
@@ -178,6 +179,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where the last applied manifest is kept (default ~/.cache/cdr-policy/agent/<channel>)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9090,
+        metavar="PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz on this port (0: off; not with --once)",
+    )
+    parser.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS", help="address to serve them on")
 
 
 def policy_check(applier: Applier, crds: Path | None, protected: tuple[str, ...] = ()) -> BundleCheck:
@@ -231,7 +240,15 @@ def run(args: argparse.Namespace) -> int:
             "agent started",
             extra={"channel": args.channel, "interval_s": args.interval, "applier": applier.describe()},
         )
-        agent.run(args.interval, stop)
+        metrics = AgentMetrics(channel=args.channel, interval_s=args.interval)
+        server = None
+        if args.metrics_port:
+            server = ObservabilityServer(metrics, host=args.metrics_host, port=args.metrics_port).start()
+        try:
+            agent.run(args.interval, stop, observe=metrics.observe)
+        finally:
+            if server is not None:
+                server.stop()
         logger.info("agent stopped", extra={"channel": args.channel})
         return 0
     finally:

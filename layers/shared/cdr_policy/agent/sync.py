@@ -45,6 +45,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -80,7 +81,6 @@ DEFAULT_MAX_SHRINK_PERCENT = 50
 DEFAULT_DRIFT_INTERVAL_S = 300.0
 DEFAULT_SYNC_DEADLINE_S = 300.0
 
-_CHANNEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Refusals that the same manifest bytes will always get again: do not re-download until it changes.
 # The others (file digests, the policy check against the cluster's CRDs, a manifest from the future)
@@ -164,7 +164,7 @@ class Agent:
         drift_interval_s: float = DEFAULT_DRIFT_INTERVAL_S,
         sync_deadline_s: float = DEFAULT_SYNC_DEADLINE_S,
     ) -> None:
-        if not _CHANNEL.match(channel):
+        if not layout.is_channel_name(channel):
             raise ConfigError(f"channel {channel!r}: use 1-32 lower-case letters, digits or '-'")
         if not _CLUSTER_ID.match(cluster_id):
             raise ConfigError(f"cluster id {cluster_id!r}: use up to 128 letters, digits, '.', '_' or '-'")
@@ -237,12 +237,19 @@ class Agent:
         )
         return status
 
-    def run(self, interval: float, stop: threading.Event | None = None) -> None:
-        """``sync_once`` every ``interval`` seconds until ``stop`` is set."""
+    def run(
+        self,
+        interval: float,
+        stop: threading.Event | None = None,
+        observe: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """``sync_once`` every ``interval`` seconds until ``stop`` is set; ``observe`` gets each status."""
         stop = stop or threading.Event()
         while not stop.is_set():
             started = time.monotonic()
-            self.sync_once()
+            status = self.sync_once()
+            if observe is not None:
+                observe(status)
             stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
     def _poll(self, now: datetime) -> tuple[str, str]:
@@ -320,7 +327,7 @@ class Agent:
             digest = jsonio.loads(data).get("digest")
         except (ValueError, AttributeError):
             return None
-        return digest if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) else None
+        return digest if layout.is_digest(digest) else None
 
     @staticmethod
     def _stamp(obj: dict[str, Any], generation: int) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         prog="cdr-policy",
         description="Generate Tetragon TracingPolicies and Cilium network policies from Qualys CDR "
         "detections and threat-intel feeds.",
-        epilog="Sub-commands: validate, keygen, publish, agent ('cdr-policy <sub-command> --help').",
+        epilog="Sub-commands: validate, keygen, publish, channel, fleet, agent ('cdr-policy <sub-command> --help').",
     )
     p.add_argument(
         "--platform",
@@ -160,6 +160,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             from cdr_policy.cli.channels import publish_main
 
             return publish_main(argv[1:], env, _default_state_root(env))
+        if argv and argv[0] in ("channel", "fleet"):
+            from cdr_policy.cli import fleet
+
+            return fleet.channel_main(argv[1:]) if argv[0] == "channel" else fleet.fleet_main(argv[1:])
         if argv and argv[0] == "agent":
             from cdr_policy.agent import cli as agent_cli
 

@@ -227,7 +227,7 @@ class Context:
     def tags(self) -> list[str]:
         return ["cdr-policy", self.rule, RULES[self.rule][0]]
 
-    def actions(self, hook_class: str) -> list[dict]:
+    def actions(self, hook_class: str) -> list[dict[str, Any]]:
         return self.enforcement.actions(hook_class)
 
 
@@ -237,7 +237,7 @@ def exec_block(
     *,
     prefixes: Sequence[str] = (),
     callers: Sequence[str] = (),
-) -> dict:
+) -> dict[str, Any]:
     """``security_bprm_check``: running ``names`` (``Postfix /<name>``) or anything under
     ``prefixes`` is refused (for ``callers`` only, when given)."""
     selectors = []
@@ -253,15 +253,17 @@ def _targets(ctx: Context, names: Sequence[str]) -> list[str]:
     return sorted(set(names) | set(ctx.evidence))
 
 
-def connect(ctx: Context, *matches: ConnectMatch) -> dict:
+def connect(ctx: Context, *matches: ConnectMatch) -> dict[str, Any]:
     return connect_kprobe(ctx.channel, ctx.enforcement, matches, message=ctx.message, tags=ctx.tags)
 
 
-def syscall(ctx: Context, call: str, args: Sequence[tuple[int, str]], *selectors: dict) -> dict:
+def syscall(ctx: Context, call: str, args: Sequence[tuple[int, str]], *selectors: dict[str, Any]) -> dict[str, Any]:
     return kprobe(call, SYSCALL, args, list(selectors), message=ctx.message, tags=ctx.tags)
 
 
-def lsm_function(ctx: Context, call: str, args: Sequence[tuple[int, str]], *selectors: dict) -> dict:
+def lsm_function(
+    ctx: Context, call: str, args: Sequence[tuple[int, str]], *selectors: dict[str, Any]
+) -> dict[str, Any]:
     return kprobe(call, SECURITY, args, list(selectors), message=ctx.message, tags=ctx.tags)
 
 
@@ -272,7 +274,7 @@ def _file_access(
     prefixes: Sequence[str] = (),
     postfixes: Sequence[str] = (),
     callers: Sequence[str] = (),
-) -> dict:
+) -> dict[str, Any]:
     selectors = []
     for operator, values in (("Prefix", prefixes), ("Postfix", postfixes)):
         if values:
@@ -351,19 +353,19 @@ def _arrivals(
     return hooks
 
 
-def _tools(*names: str) -> Callable[[Context], list[dict]]:
-    def build(ctx: Context) -> list[dict]:
+def _tools(*names: str) -> Callable[[Context], list[dict[str, Any]]]:
+    def build(ctx: Context) -> list[dict[str, Any]]:
         return [exec_block(ctx, _targets(ctx, names))]
 
     return build
 
 
-def _cloud_credentials(ctx: Context) -> list[dict]:
+def _cloud_credentials(ctx: Context) -> list[dict[str, Any]]:
     callers = sorted(set(NETWORK_UTILITIES) | set(ctx.evidence))
     return [connect(ctx, ConnectMatch(prefixes=IMDS, callers=tuple(callers)))]
 
 
-def _network_scanning(ctx: Context) -> list[dict]:
+def _network_scanning(ctx: Context) -> list[dict[str, Any]]:
     scanners = (
         "arp-scan",
         "hping3",
@@ -381,7 +383,7 @@ def _network_scanning(ctx: Context) -> list[dict]:
     return [exec_block(ctx, _targets(ctx, scanners)), _raw_sockets(ctx, packet=False)]
 
 
-def _raw_sockets(ctx: Context, *, packet: bool) -> dict:
+def _raw_sockets(ctx: Context, *, packet: bool) -> dict[str, Any]:
     user = match(3, "Equal", [0])  # kern == 0: sockets the process asked for, not the kernel's own
     selectors = [selector(ctx.actions(SECURITY), [match(1, "Equal", [SOCK_RAW]), user])]
     if packet:
@@ -389,7 +391,7 @@ def _raw_sockets(ctx: Context, *, packet: bool) -> dict:
     return lsm_function(ctx, "security_socket_create", [(0, "int"), (1, "int"), (2, "int"), (3, "int")], *selectors)
 
 
-def _container_escape(ctx: Context) -> list[dict]:
+def _container_escape(ctx: Context) -> list[dict[str, Any]]:
     flags = [hex(CLONE_NEWUSER), hex(CLONE_NEWNET), hex(CLONE_NEWNS)]
     no_sys_admin = {
         "matchCapabilities": [
@@ -415,7 +417,7 @@ def _container_escape(ctx: Context) -> list[dict]:
     ]
 
 
-def _crypto_mining(ctx: Context) -> list[dict]:
+def _crypto_mining(ctx: Context) -> list[dict[str, Any]]:
     miners = (
         "bfgminer",
         "ccminer",
@@ -442,7 +444,7 @@ def _crypto_mining(ctx: Context) -> list[dict]:
     return [exec_block(ctx, _targets(ctx, miners)), connect(ctx, ConnectMatch(ports=pool_ports))]
 
 
-def _reverse_shell(ctx: Context) -> list[dict]:
+def _reverse_shell(ctx: Context) -> list[dict[str, Any]]:
     tools = ("nc", "nc.openbsd", "nc.traditional", "ncat", "netcat", "pwncat", "socat")
     return [
         exec_block(ctx, _targets(ctx, tools)),
@@ -450,8 +452,8 @@ def _reverse_shell(ctx: Context) -> list[dict]:
     ]
 
 
-def _privilege_escalation(ctx: Context) -> list[dict]:
-    def to_root(index: int) -> dict:
+def _privilege_escalation(ctx: Context) -> list[dict[str, Any]]:
+    def to_root(index: int) -> dict[str, Any]:
         return selector(ctx.actions(SYSCALL), [match(index, "Equal", [0])])
 
     return [
@@ -462,7 +464,7 @@ def _privilege_escalation(ctx: Context) -> list[dict]:
     ]
 
 
-def _kernel_module(ctx: Context) -> list[dict]:
+def _kernel_module(ctx: Context) -> list[dict[str, Any]]:
     return [
         syscall(ctx, "sys_init_module", [], selector(ctx.actions(SYSCALL))),
         syscall(ctx, "sys_finit_module", [(0, "int")], selector(ctx.actions(SYSCALL))),
@@ -510,7 +512,7 @@ def _log_tampering(ctx: Context) -> list[dict[str, Any]]:
     return [truncate, unlink, rename, link]
 
 
-def _credential_access(ctx: Context) -> list[dict]:
+def _credential_access(ctx: Context) -> list[dict[str, Any]]:
     secrets = ("/etc/gshadow", "/etc/shadow", "/etc/sudoers", "/root/.ssh/")
     keys = (
         "/.aws/credentials",
@@ -551,7 +553,7 @@ def _persistence_cron(ctx: Context) -> list[dict[str, Any]]:
     ]
 
 
-def _process_injection(ctx: Context) -> list[dict]:
+def _process_injection(ctx: Context) -> list[dict[str, Any]]:
     requests = [PTRACE_ATTACH, PTRACE_SEIZE, PTRACE_POKETEXT, PTRACE_POKEDATA]
     return [
         syscall(ctx, "sys_ptrace", [(0, "int")], selector(ctx.actions(SYSCALL), [match(0, "Equal", requests)])),
@@ -560,7 +562,7 @@ def _process_injection(ctx: Context) -> list[dict]:
     ]
 
 
-def _network_sniffing(ctx: Context) -> list[dict]:
+def _network_sniffing(ctx: Context) -> list[dict[str, Any]]:
     sniffers = (
         "arpspoof",
         "bettercap",
@@ -576,19 +578,19 @@ def _network_sniffing(ctx: Context) -> list[dict]:
     return [exec_block(ctx, _targets(ctx, sniffers)), _raw_sockets(ctx, packet=True)]
 
 
-def _exfiltration(ctx: Context) -> list[dict]:
+def _exfiltration(ctx: Context) -> list[dict[str, Any]]:
     tools = ("7z", "7za", "croc", "mega-cmd", "mega-put", "rar", "rclone")
     # FTP data/control, rsync daemon, FTPS. TFTP (UDP 69) is not visible to tcp_connect.
     return [exec_block(ctx, _targets(ctx, tools)), connect(ctx, ConnectMatch(ports=(20, 21, 873, 989, 990)))]
 
 
-def _ingress_tool_transfer(ctx: Context) -> list[dict]:
+def _ingress_tool_transfer(ctx: Context) -> list[dict[str, Any]]:
     tools = ("aria2c", "axel", "ftp", "lftp", "ncftpget", "tftp")
     downloads = ("/dev/shm/", "/tmp/", "/var/tmp/")
     return [exec_block(ctx, _targets(ctx, tools), prefixes=downloads)]
 
 
-def _webshell(ctx: Context) -> list[dict]:
+def _webshell(ctx: Context) -> list[dict[str, Any]]:
     spawned = (*SHELLS, "busybox", "perl", "python", "python3", "ruby")
     return [exec_block(ctx, spawned, callers=WEB_SERVERS)]
 
@@ -601,19 +603,19 @@ def _defense_evasion(ctx: Context) -> list[dict[str, Any]]:
     return [exec_block(ctx, _targets(ctx, tools)), writes, *_arrivals(ctx, (), (preload,), symlinks=False)]
 
 
-def _fileless_execution(ctx: Context) -> list[dict]:
+def _fileless_execution(ctx: Context) -> list[dict[str, Any]]:
     # memfd files resolve to "/memfd:<name> (deleted)"; /dev/shm is the usual staging tmpfs.
     return [exec_block(ctx, prefixes=("/dev/shm/", "/memfd:"))]
 
 
-def _suspicious_communication(ctx: Context) -> list[dict]:
+def _suspicious_communication(ctx: Context) -> list[dict[str, Any]]:
     # ingreslock, IRC C2, NetBus, SubSeven, Back Orifice
     return [connect(ctx, ConnectMatch(ports=(1524, 6667, 12345, 12346, 20034, 27374, 31337)))]
 
 
 @dataclass(frozen=True)
 class RuleSpec:
-    build: Callable[[Context], list[dict]]
+    build: Callable[[Context], list[dict[str, Any]]]
     # "targets": observed names join the blocked tools; "callers": they join the restricted callers.
     evidence: str | None = "targets"
     start_in_monitor: bool = False
@@ -721,7 +723,7 @@ def sift_evidence(processes: Sequence[str]) -> Evidence:
 
 def compile_behaviour(
     rule: str, behaviour: Behaviour, channel: ChannelSettings
-) -> tuple[list[dict], Enforcement, RuleSpec, Evidence]:
+) -> tuple[list[dict[str, Any]], Enforcement, RuleSpec, Evidence]:
     """The hooks of one rule, how they act, the rule's spec and the evidence used."""
     spec = CATALOGUE[rule]
     evidence = sift_evidence(behaviour.processes) if spec.evidence else Evidence((), ())

@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from cdr_policy.errors import ConfigError
+from cdr_policy.layout import is_channel_name
 from cdr_policy.policy.naming import is_label_key, is_label_value
 from cdr_policy.rules import RULES
 
 ACTIONS = ("Post", "Sigkill", "Override")
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
 NETWORK_HOOKS = ("tcp_connect", "security_socket_connect")
@@ -91,7 +91,7 @@ class ChannelSettings:
     kernel: KernelCapabilities = field(default_factory=KernelCapabilities)
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        if not is_channel_name(self.name):
             raise ConfigError(f"channel name {self.name!r}: use 1-32 lower-case letters, digits or '-'")
         if self.action not in ACTIONS:
             raise ConfigError(f"channel {self.name}: action {self.action!r} is not one of {', '.join(ACTIONS)}")
@@ -169,9 +169,3 @@ class ChannelSettings:
 def default_channels() -> list[ChannelSettings]:
     """The out-of-the-box pair. Both audit: enforcement is an explicit per-channel choice."""
     return [ChannelSettings(name="staging"), ChannelSettings(name="prod")]
-
-
-def is_channel_name(value: object) -> bool:
-    """True when ``value`` is a valid channel name (the rule ``ChannelSettings`` enforces), e.g. for
-    names that arrive in messages rather than in settings."""
-    return isinstance(value, str) and _NAME.fullmatch(value) is not None

@@ -104,12 +104,15 @@ class PublishResult:
 @dataclass(frozen=True)
 class Current:
     """The channel manifest as Publish found it: ``etag`` of whatever object is there (None: none),
-    ``manifest`` when it is a valid manifest signed by our key, else ``problem`` says why not."""
+    ``manifest`` when it is a valid manifest signed by our key, else ``problem`` says why not.
+    ``replayed``: the bucket holds an older signed manifest than the newest in the history (put back
+    by someone who can write the bucket); ``manifest`` is then that newest one."""
 
     etag: str | None
     manifest: dict[str, Any] | None
     problem: str | None
     next_generation: int
+    replayed: bool = False
 
     @property
     def digest(self) -> str | None:
@@ -137,7 +140,8 @@ def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
     ours (unsigned, foreign key, malformed, oversized: someone else wrote the bucket) is unusable;
     the generation then continues from the newest verified history entry, so it never goes back."""
     key = layout.channel_manifest_key(channel)
-    history = _history_generation(dist, channel, verifier)
+    newest = _newest_history(dist, channel, verifier)
+    history = newest["generation"] if newest else 0
     try:
         obj = dist.get(key, max_bytes=MAX_MANIFEST_BYTES)
     except NotFound:
@@ -151,11 +155,17 @@ def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
             raise BundleError(f"it is for channel {manifest['channel']}")
     except BundleError as exc:
         return Current(obj.etag, None, f"the current manifest of channel {channel} is unusable: {exc}", history + 1)
+    if newest is not None and newest["generation"] > manifest["generation"]:
+        logger.warning(
+            "the channel manifest is older than its history: replayed; publishing the newest again",
+            extra={"channel": channel, "generation": manifest["generation"], "newest": newest["generation"]},
+        )
+        return Current(obj.etag, newest, None, history + 1, replayed=True)
     return Current(obj.etag, manifest, None, max(manifest["generation"], history) + 1)
 
 
-def _history_generation(dist: Store, channel: str, verifier: Verifier) -> int:
-    """The generation of the newest verified history entry among the last ``HISTORY_SCAN`` (0: none)."""
+def _newest_history(dist: Store, channel: str, verifier: Verifier) -> dict[str, Any] | None:
+    """The newest verified history entry among the last ``HISTORY_SCAN`` (None: none)."""
     for key in reversed(dist.list(layout.history_prefix(channel))[-HISTORY_SCAN:]):
         try:
             manifest, _ = _read_signed(dist, key, verifier)
@@ -163,8 +173,8 @@ def _history_generation(dist: Store, channel: str, verifier: Verifier) -> int:
             logger.warning("ignoring a history entry", extra={"key": key, "error": str(exc)})
             continue
         if manifest["channel"] == channel:
-            return int(manifest["generation"])
-    return 0
+            return manifest
+    return None
 
 
 def _write(dist: Store, signed: dict[str, Any], current: Current, files: Mapping[str, bytes] | None) -> tuple[str, str]:
@@ -254,7 +264,12 @@ def publish_bundle(
     log = {"channel": channel, "digest": digest, "previous_digest": previous}
 
     refresh = current.manifest is not None and previous == digest
-    if refresh and current.manifest is not None and not _due_for_refresh(current.manifest, now):
+    if (
+        refresh
+        and current.manifest is not None
+        and not current.replayed
+        and not _due_for_refresh(current.manifest, now)
+    ):
         _ensure_history(dist, current.manifest)
         logger.info("bundle already current", extra=log)
         return PublishResult(
@@ -371,35 +386,58 @@ def _over_budget(
     return ("; ".join(reasons) or None), {**check.to_dict(), "shrink": shrink}
 
 
-def rollback(dist: Store, *, channel: str, to_generation: int, signer: Signer, now: datetime) -> PublishResult:
-    """Ship generation ``to_generation``'s bundle again as a new, higher generation with
+def rollback(
+    dist: Store,
+    *,
+    channel: str,
+    signer: Signer,
+    now: datetime,
+    to_digest: str | None = None,
+    to_generation: int | None = None,
+) -> PublishResult:
+    """Ship an earlier bundle of ``channel`` again -- the verified history entry of generation
+    ``to_generation``, or the newest one of bundle ``to_digest`` -- as a new, higher generation with
     ``rollback_of``, re-stamped (``created_at`` = now, the same lifetime as before) and re-signed. A
     rollback is an operator's decision: it carries an ``approval`` of the digest it replaces, so
     agents apply it even when it enforces less. Its files must still be in ``dist`` and match.
-    Raises BundleError when no verified history entry has that generation or its files are gone."""
+    ``unchanged`` when that bundle is already the channel's. Raises BundleError when no verified
+    history entry matches or its files are gone."""
+    if (to_digest is None) == (to_generation is None):
+        raise ValueError("give exactly one of to_digest and to_generation")
     verifier = Verifier.from_public_pem(signer.public_key_pem())
     old = None
-    for key in dist.list(layout.history_prefix(channel)):
+    suffix = f"-{to_digest}.json" if to_digest is not None else ".json"
+    for key in [k for k in dist.list(layout.history_prefix(channel)) if k.endswith(suffix)]:
         try:
             entry, _ = _read_signed(dist, key, verifier)
         except (BundleError, StorageError):
             continue
-        if entry["channel"] == channel and entry["generation"] == to_generation:
-            old = entry
-            break
+        if entry["channel"] == channel and (entry["generation"] == to_generation or entry["digest"] == to_digest):
+            if old is None or entry["generation"] > old["generation"]:
+                old = entry
     if old is None:
-        raise BundleError(f"channel {channel} has no verified history entry for generation {to_generation}")
+        target = f"generation {to_generation}" if to_digest is None else f"bundle {to_digest}"
+        raise BundleError(f"channel {channel} has no verified history entry for {target}")
     try:
         read_bundle_files(dist, old)
     except StorageError as exc:
         raise BundleError(
-            f"cannot roll back to generation {to_generation}: its files are not all in {dist.describe()}: {exc}"
+            f"cannot roll back to generation {old['generation']}: its files are not all in {dist.describe()}: {exc}"
         ) from exc
     current = _current(dist, channel, verifier)
     previous = current.digest
+    if previous == old["digest"] and not current.replayed:
+        return PublishResult(
+            "unchanged",
+            channel,
+            old["digest"],
+            reason="already the channel's current bundle",
+            previous_digest=previous,
+            generation=current.manifest["generation"] if current.manifest else None,
+        )
     extra = {
         "generation": current.next_generation,
-        "rollback_of": to_generation,
+        "rollback_of": old["generation"],
         "approval": {"previous_digest": previous, "approved_at": iso(now)},
     }
     signed = sign_manifest(_stamp(old, now, extra), signer)
@@ -411,7 +449,7 @@ def rollback(dist: Store, *, channel: str, to_generation: int, signer: Signer, n
             "digest": old["digest"],
             "previous_digest": previous,
             "generation": signed["generation"],
-            "rollback_of": to_generation,
+            "rollback_of": old["generation"],
         },
     )
     metrics.add_metric(name="ChannelRollbacks", unit=MetricUnit.Count, value=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdr_policy.policy.checker.common import BlockGuard, check_cidr
+from cdr_policy.policy.checker.common import BlockGuard, as_dict, check_cidr
 from cdr_policy.policy.checker.problem import Problem, error, warning
 
 # EgressCommonRule / IngressCommonRule members that select an L3 peer: Cilium's sanitizer refuses
@@ -183,7 +183,7 @@ def _empty_lists(value: Any, path: str) -> list[Problem]:
 
 
 def check_cidr_group(obj: dict[str, Any], guard: BlockGuard | None) -> list[Problem]:
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    spec = as_dict(obj.get("spec"))
     problems: list[Problem] = []
     cidrs = spec.get("externalCIDRs")
     if isinstance(cidrs, list):

@@ -23,6 +23,11 @@ class BlockGuard(Protocol):
     def check_interval(self, version: int, first: int, last: int, prefixlen: int) -> str | None: ...
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is a mapping, else an empty one (objects may be malformed)."""
+    return value if isinstance(value, dict) else {}
+
+
 def object_size(obj: dict[str, Any]) -> int:
     """Bytes of the object as the API server stores it (compact JSON)."""
     return len(jsonio.dumps(obj))
@@ -41,11 +46,11 @@ def check_common(obj: dict[str, Any]) -> list[Problem]:
         problems.append(
             warning("size.server-side-apply", "", f"{size} bytes: apply it server-side (client-side apply fails)")
         )
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    metadata = as_dict(obj.get("metadata"))
     name = metadata.get("name")
     if isinstance(name, str) and len(name) > 63:
         problems.append(warning("metadata.name-length", "metadata.name", f"{len(name)} characters: keep names <= 63"))
-    labels = metadata.get("labels") if isinstance(metadata.get("labels"), dict) else {}
+    labels = as_dict(metadata.get("labels"))
     for key, value in labels.items():
         if isinstance(value, str) and _is_address(value):
             problems.append(

@@ -15,7 +15,7 @@ from typing import Any
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.guards import NeverBlock
 from cdr_policy.policy.checker.check import CIDR_GROUP_KIND, CILIUM_POLICY_KINDS, check_object
-from cdr_policy.policy.checker.common import BlockGuard
+from cdr_policy.policy.checker.common import BlockGuard, as_dict
 from cdr_policy.policy.checker.problem import Problem, error, warning
 from cdr_policy.policy.checker.schema import SchemaSet
 from cdr_policy.policy.naming import COMPONENT_CIDR_GROUP, COMPONENT_KEY, MANAGED_BY, MANAGED_BY_KEY
@@ -76,8 +76,8 @@ def _deny_group_refs(objects: Iterable[Any]) -> set[str]:
 
 
 def _is_blocklist_group(obj: dict[str, Any], deny_refs: set[str]) -> bool:
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    labels = metadata.get("labels") if isinstance(metadata.get("labels"), dict) else {}
+    metadata = as_dict(obj.get("metadata"))
+    labels = as_dict(metadata.get("labels"))
     ours = labels.get(MANAGED_BY_KEY) == MANAGED_BY and labels.get(COMPONENT_KEY) == COMPONENT_CIDR_GROUP
     return ours or metadata.get("name") in deny_refs
 
@@ -121,7 +121,7 @@ def check_bundle(
 
 def error_lines(report: dict[str, Any]) -> list[str]:
     """``path: Kind/name: code at where: message`` for every error of a report."""
-    lines = []
+    lines: list[str] = []
     for file in report["files"]:
         lines.extend(f"{file['path']}: {problem_line(p)}" for p in file["problems"] if p["severity"] == "error")
         for obj in file["objects"]:
@@ -169,7 +169,7 @@ def check_contents(
                         )
                     )
             _count(report, problems)
-            metadata = obj.get("metadata") if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict) else {}
+            metadata = as_dict(obj.get("metadata")) if isinstance(obj, dict) else {}
             entry["objects"].append(
                 {
                     "index": index,

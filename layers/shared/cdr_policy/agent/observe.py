@@ -1,0 +1,200 @@
+"""The agent, observable the Kubernetes way: Prometheus metrics at ``/metrics`` and the probes'
+``/healthz`` (the sync loop is alive: it finished a poll recently) and ``/readyz`` (it has verified
+and applied, or confirmed, what its channel ships).
+
+Everything is derived from the status document each sync produces (``agent-status.schema.json``),
+so the metrics say exactly what the status in the bucket says. Counters count syncs since the
+process started, as Prometheus expects.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cdr_policy.timeutil import parse_iso
+
+PREFIX = "cdr_policy_agent"
+# Results after which the agent enforces what its channel ships.
+READY_RESULTS = frozenset({"applied", "unchanged", "repaired"})
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class AgentMetrics:
+    """What one agent has done, as Prometheus metrics; fed one status document per sync."""
+
+    def __init__(self, *, channel: str, interval_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.channel = channel
+        self.interval_s = interval_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._status: Mapping[str, Any] | None = None
+        self._observed_at: float | None = None
+        self._ready = False
+        self._polls: Counter[str] = Counter()
+        self._refusals: Counter[str] = Counter()
+        self._apply_errors = 0
+        self._drift_repairs = 0
+
+    def observe(self, status: Mapping[str, Any]) -> None:
+        poll = status.get("last_poll") or {}
+        result = str(poll.get("result"))
+        with self._lock:
+            self._status = status
+            self._observed_at = self.clock()
+            self._polls[result] += 1
+            verification = status.get("verification") or {}
+            if result == "refused" and verification.get("code"):
+                self._refusals[str(verification["code"])] += 1
+            self._apply_errors += len(status.get("apply_errors") or [])
+            drift = status.get("drift") or {}
+            if result == "repaired" or drift.get("repaired"):
+                self._drift_repairs += 1
+            # Ready once what the channel ships is in force; an outage of the bucket later keeps
+            # the last good state in force, so it does not make the pod unready.
+            self._ready = self._ready or result in READY_RESULTS
+
+    # -- probes ------------------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        """The loop finished a poll within three intervals (or has not had the time to yet)."""
+        with self._lock:
+            if self._observed_at is None:
+                return True
+            return self.clock() - self._observed_at <= 3 * self.interval_s + 30
+
+    def ready(self) -> bool:
+        with self._lock:
+            return self._ready
+
+    # -- exposition --------------------------------------------------------------------------------
+
+    def exposition(self) -> str:
+        """The metrics in Prometheus' text format (version 0.0.4)."""
+        with self._lock:
+            status = dict(self._status or {})
+            polls, refusals = dict(self._polls), dict(self._refusals)
+            apply_errors, repairs = self._apply_errors, self._drift_repairs
+        channel = f'channel="{_escape(self.channel)}"'
+        out: list[str] = []
+
+        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+            out.append(f"# HELP {PREFIX}_{name} {help_text}")
+            out.append(f"# TYPE {PREFIX}_{name} {kind}")
+            for labels, value in samples:
+                out.append(f"{PREFIX}_{name}{{{labels}}} {value:g}")
+
+        digest = status.get("applied_digest")
+        metric(
+            "bundle_applied_info",
+            "gauge",
+            "The bundle in force (1), by digest and signed generation.",
+            [(f'{channel},digest="{digest}",generation="{status.get("applied_generation") or ""}"', 1)]
+            if digest
+            else [],
+        )
+        applied_at = status.get("applied_at")
+        metric(
+            "bundle_age_seconds",
+            "gauge",
+            "Seconds since the bundle in force was applied.",
+            [(channel, max(0.0, self.clock() - parse_iso(applied_at).timestamp()))] if applied_at else [],
+        )
+        expires_at = status.get("applied_expires_at")
+        metric(
+            "bundle_expires_in_seconds",
+            "gauge",
+            "Seconds until the bundle in force expires (then the agent removes it).",
+            [(channel, parse_iso(expires_at).timestamp() - self.clock())] if expires_at else [],
+        )
+        poll = status.get("last_poll") or {}
+        metric(
+            "last_poll_timestamp_seconds",
+            "gauge",
+            "When the last poll finished.",
+            [(channel, parse_iso(poll["at"]).timestamp())] if poll.get("at") else [],
+        )
+        metric(
+            "last_poll_result",
+            "gauge",
+            "The last poll's result (1 for the result it had).",
+            [(f'{channel},result="{_escape(str(poll["result"]))}"', 1)] if poll.get("result") else [],
+        )
+        metric(
+            "polls_total",
+            "counter",
+            "Polls by result.",
+            [(f'{channel},result="{_escape(r)}"', n) for r, n in sorted(polls.items())],
+        )
+        metric(
+            "verification_refusals_total",
+            "counter",
+            "Bundles refused, by verification code.",
+            [(f'{channel},code="{_escape(c)}"', n) for c, n in sorted(refusals.items())],
+        )
+        metric("apply_errors_total", "counter", "Objects that failed to apply or delete.", [(channel, apply_errors)])
+        metric("drift_repairs_total", "counter", "Polls that repaired drift.", [(channel, repairs)])
+        objects = status.get("objects") or {}
+        metric(
+            "objects_applied",
+            "gauge",
+            "Objects the last apply wrote.",
+            [(channel, int(objects.get("applied", 0)))] if objects else [],
+        )
+        return "\n".join(out) + "\n"
+
+
+class ObservabilityServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP, in a daemon thread."""
+
+    def __init__(self, metrics: AgentMetrics, *, host: str = "0.0.0.0", port: int = 9090) -> None:
+        observed = metrics
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path == "/metrics":
+                    self._answer(200, observed.exposition(), "text/plain; version=0.0.4; charset=utf-8")
+                elif self.path == "/healthz":
+                    ok = observed.alive()
+                    self._answer(200 if ok else 503, "ok\n" if ok else "sync loop stalled\n", "text/plain")
+                elif self.path == "/readyz":
+                    ok = observed.ready()
+                    self._answer(
+                        200 if ok else 503, "ok\n" if ok else "nothing verified and applied yet\n", "text/plain"
+                    )
+                else:
+                    self._answer(404, "not found\n", "text/plain")
+
+            def _answer(self, status: int, body: str, content_type: str) -> None:
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: no access log
+                pass
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="agent-observability", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> ObservabilityServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

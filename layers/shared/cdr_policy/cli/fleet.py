@@ -1,0 +1,303 @@
+"""Day-2 commands for a fleet, against the distribution store (``s3://bucket`` or a folder) and,
+where needed, the state store:
+
+- ``cdr-policy channel list|show``: the channels and what each ships;
+- ``cdr-policy channel diff``: what a bundle (by default the channel's latest render, e.g. one the
+  change budget held) adds and removes against the one the channel ships, per object and per prefix,
+  with each prefix's provenance;
+- ``cdr-policy channel approve``: approve a held bundle (Publish ships it on its next request);
+- ``cdr-policy channel rollback``: publish an earlier signed bundle of the channel again;
+- ``cdr-policy fleet status``: per cluster, from its status document: channel, applied bundle and
+  its age, whether it is behind its channel, drift, errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cdr_policy import aws, jsonio, layout
+from cdr_policy.bundle.manifest import validate_manifest
+from cdr_policy.bundle.objects import ObjectRef, parse_objects, prefixes, ref_of
+from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer
+from cdr_policy.cli.parser import Parser
+from cdr_policy.errors import BundleError, ConfigError
+from cdr_policy.policy import naming
+from cdr_policy.stages.publish import rollback
+from cdr_policy.storage import NotFound, Store, exists, open_store
+from cdr_policy.timeutil import iso, parse_iso, utcnow
+
+PROVENANCE_KEYS = (naming.SOURCES, naming.CATEGORIES, naming.REFS, naming.EVIDENCE)
+
+
+def channel_main(argv: list[str]) -> int:
+    parser = Parser(prog="cdr-policy channel", description="Inspect, approve and roll back channels.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    listing = commands.add_parser("list", help="the channels and the bundle each ships")
+    _dist(listing)
+    show = commands.add_parser("show", help="one channel's signed manifest")
+    _dist(show)
+    show.add_argument("channel")
+    diff = commands.add_parser("diff", help="what a bundle changes against the one the channel ships")
+    _dist(diff)
+    _state(diff)
+    diff.add_argument("channel")
+    diff.add_argument("--digest", help="the bundle to compare (default: the channel's latest render)")
+    approve = commands.add_parser("approve", help="approve a bundle the change budget held")
+    _state(approve)
+    approve.add_argument("channel")
+    approve.add_argument("digest")
+    approve.add_argument("--reason", default="", help="why (kept in the approval)")
+    back = commands.add_parser("rollback", help="publish an earlier bundle of the channel again")
+    _dist(back)
+    back.add_argument("channel")
+    back.add_argument("--to", required=True, metavar="DIGEST", help="the earlier bundle (see channel show)")
+    signing = back.add_mutually_exclusive_group(required=True)
+    signing.add_argument("--key", metavar="PEM", help="local signing key (keygen)")
+    signing.add_argument("--kms-key-id", metavar="ARN", help="the stack's KMS signing key")
+    for sub in (listing, show, diff):
+        sub.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        return _print(_list(open_store(args.dist)), args.json, _list_lines)
+    if args.command == "show":
+        return _print(_current(open_store(args.dist), args.channel), args.json, _show_lines)
+    if args.command == "diff":
+        changes = diff_bundles(open_store(args.dist), open_store(args.state), args.channel, args.digest)
+        return _print(changes, args.json, _diff_lines)
+    if args.command == "approve":
+        return _approve(open_store(args.state), args.channel, args.digest, args.reason)
+    signer: Signer = LocalSigner.from_file(args.key) if args.key else KmsSigner(aws.client("kms"), args.kms_key_id)
+    result = rollback(open_store(args.dist), channel=args.channel, to_digest=args.to, signer=signer, now=utcnow())
+    was = (result.previous_digest or "-")[:12]
+    print(f"{result.status}: channel {args.channel} now ships {result.digest[:12]} (was {was})")
+    return 0
+
+
+def fleet_main(argv: list[str]) -> int:
+    parser = Parser(prog="cdr-policy fleet", description="What every cluster runs.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    status = commands.add_parser("status", help="per cluster: channel, applied bundle, age, behind, drift, errors")
+    _dist(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    return _print(fleet_status(open_store(args.dist), now=utcnow()), args.json, _fleet_lines)
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def _dist(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dist", required=True, metavar="URL", help="distribution store: s3://BUCKET or a folder")
+
+
+def _state(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state", required=True, metavar="URL", help="state store: s3://BUCKET or a folder")
+
+
+def _json(store: Store, key: str) -> Any:
+    try:
+        return jsonio.loads(store.get(key).data)
+    except ValueError as exc:
+        raise BundleError(f"{store.describe()}/{key} is not valid JSON: {exc}") from exc
+
+
+def _current(dist: Store, channel: str) -> dict[str, Any]:
+    try:
+        return validate_manifest(_json(dist, layout.channel_manifest_key(channel)))
+    except NotFound as exc:
+        raise ConfigError(f"channel {channel} has no manifest in {dist.describe()}") from exc
+
+
+def _list(dist: Store) -> list[dict[str, Any]]:
+    names = sorted({key.split("/")[1] for key in dist.list(layout.CHANNELS) if key.endswith("/manifest.json")})
+    out = []
+    for name in names:
+        manifest = _current(dist, name)
+        out.append(
+            {
+                "channel": name,
+                "digest": manifest["digest"],
+                "generation": manifest.get("generation"),
+                "created_at": manifest["created_at"],
+                "expires_at": manifest["expires_at"],
+                "action": manifest["settings"]["action"],
+                "mode": manifest["settings"]["mode"],
+                "objects": sum(v for k, v in manifest["counts"].items() if "." not in k),
+            }
+        )
+    return out
+
+
+def _files(store: Store, manifest: Mapping[str, Any]) -> dict[str, bytes]:
+    return {e["path"]: store.get(layout.bundle_file_key(manifest["digest"], e["path"])).data for e in manifest["files"]}
+
+
+@dataclass(frozen=True)
+class _Side:
+    objects: dict[ObjectRef, dict[str, Any]]
+    prefixes: dict[str, list[ObjectRef]]
+
+
+def _side(files: Mapping[str, bytes]) -> _Side:
+    objects = {ref_of(o): o for o in parse_objects(files)}
+    by_prefix: dict[str, list[ObjectRef]] = {}
+    for ref, obj in objects.items():
+        for prefix in prefixes([obj]):
+            by_prefix.setdefault(prefix, []).append(ref)
+    return _Side(objects, by_prefix)
+
+
+def _content(obj: Mapping[str, Any]) -> Any:
+    """What an object enforces (the bundle label and annotations aside)."""
+    return {k: v for k, v in obj.items() if k != "metadata"}
+
+
+def _provenance(obj: Mapping[str, Any]) -> dict[str, str]:
+    annotations = obj.get("metadata", {}).get("annotations") or {}
+    return {k.split("/", 1)[1]: str(v) for k, v in sorted(annotations.items()) if k in PROVENANCE_KEYS}
+
+
+def diff_bundles(dist: Store, state: Store, channel: str, digest: str | None) -> dict[str, Any]:
+    current = _current(dist, channel)
+    if digest is None:
+        try:
+            digest = str(_json(state, layout.latest_render_key(channel))["digest"])
+        except NotFound as exc:
+            raise ConfigError(f"channel {channel} has no render in {state.describe()}") from exc
+    try:
+        candidate = validate_manifest(_json(state, layout.bundle_manifest_key(digest)))
+    except NotFound as exc:
+        raise ConfigError(f"bundle {digest} is not in {state.describe()}") from exc
+    old, new = _side(_files(dist, current)), _side(_files(state, candidate))
+
+    def entry(side: _Side, ref: ObjectRef) -> dict[str, Any]:
+        return {"object": str(ref), "provenance": _provenance(side.objects[ref])}
+
+    def prefix_entry(side: _Side, prefix: str) -> dict[str, Any]:
+        refs = side.prefixes[prefix]
+        return {"prefix": prefix, "objects": [str(r) for r in refs], "provenance": _provenance(side.objects[refs[0]])}
+
+    return {
+        "channel": channel,
+        "from": current["digest"],
+        "to": digest,
+        "objects": {
+            "added": [entry(new, r) for r in sorted(new.objects.keys() - old.objects.keys())],
+            "removed": [entry(old, r) for r in sorted(old.objects.keys() - new.objects.keys())],
+            "changed": [
+                entry(new, r)
+                for r in sorted(new.objects.keys() & old.objects.keys())
+                if _content(new.objects[r]) != _content(old.objects[r])
+            ],
+        },
+        "prefixes": {
+            "added": [prefix_entry(new, p) for p in sorted(new.prefixes.keys() - old.prefixes.keys())],
+            "removed": [prefix_entry(old, p) for p in sorted(old.prefixes.keys() - new.prefixes.keys())],
+        },
+    }
+
+
+def _approve(state: Store, channel: str, digest: str, reason: str) -> int:
+    if not exists(state, layout.bundle_manifest_key(digest)):
+        raise ConfigError(f"bundle {digest} is not in {state.describe()}: nothing to approve")
+    body = {"channel": channel, "digest": digest, "approved_at": iso(utcnow()), "reason": reason}
+    state.put(layout.approval_key(channel, digest), jsonio.dumps_pretty(body), "application/json")
+    print(f"approved: bundle {digest[:12]} of channel {channel}; Publish ships it on its next request")
+    return 0
+
+
+def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
+    """One row per status document whose cluster id matches its key, newest channels read once."""
+    shipping: dict[str, str | None] = {}
+    rows = []
+    for key in dist.list(layout.STATUS):
+        cluster = key[len(layout.STATUS) :].removesuffix(".json")
+        try:
+            doc = _json(dist, key)
+        except (NotFound, BundleError):
+            continue
+        if not isinstance(doc, dict) or doc.get("cluster_id") != cluster:
+            continue  # a document under another cluster's key is not that cluster's word
+        channel = str(doc.get("channel"))
+        if channel not in shipping:
+            try:
+                shipping[channel] = _current(dist, channel)["digest"]
+            except (ConfigError, BundleError):
+                shipping[channel] = None
+        applied, applied_at = doc.get("applied_digest"), doc.get("applied_at")
+        poll = doc.get("last_poll") or {}
+        rows.append(
+            {
+                "cluster_id": cluster,
+                "channel": channel,
+                "applied_digest": applied,
+                "applied_age_s": int((now - parse_iso(applied_at)).total_seconds()) if applied_at else None,
+                "behind": applied != shipping[channel],
+                "last_poll": poll.get("result"),
+                "last_poll_at": poll.get("at"),
+                "drift": doc.get("drift"),
+                "errors": len(doc.get("apply_errors") or []),
+            }
+        )
+    return sorted(rows, key=lambda r: (r["channel"], r["cluster_id"]))
+
+
+# -- printing --------------------------------------------------------------------------------------
+
+
+def _print(value: Any, as_json: bool, lines: Any) -> int:
+    if as_json:
+        print(json.dumps(value, indent=2, sort_keys=True))
+    else:
+        for line in lines(value):
+            print(line)
+    return 0
+
+
+def _list_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    out = [f"{'CHANNEL':<20} {'GEN':>5} {'DIGEST':<12} {'ACTION':<8} {'MODE':<8} {'OBJECTS':>7} CREATED"]
+    for r in rows:
+        gen = "-" if r["generation"] is None else str(r["generation"])
+        out.append(
+            f"{r['channel']:<20} {gen:>5} {r['digest'][:12]:<12} {r['action']:<8} {r['mode']:<8} "
+            f"{r['objects']:>7} {r['created_at']}"
+        )
+    return out
+
+
+def _show_lines(manifest: Mapping[str, Any]) -> list[str]:
+    out = [f"{k}: {manifest.get(k)}" for k in ("channel", "digest", "generation", "created_at", "expires_at")]
+    out.append("settings: " + ", ".join(f"{k}={v}" for k, v in sorted(manifest["settings"].items())))
+    out += [f"  {kind}: {n}" for kind, n in sorted(manifest["counts"].items())]
+    return out
+
+
+def _diff_lines(diff: Mapping[str, Any]) -> list[str]:
+    out = [f"channel {diff['channel']}: {diff['from'][:12]} -> {diff['to'][:12]}"]
+    for what in ("added", "removed", "changed"):
+        for e in diff["objects"][what]:
+            out.append(f"  object {what}: {e['object']}")
+    for what, sign in (("added", "+"), ("removed", "-")):
+        for e in diff["prefixes"][what]:
+            source = ", ".join(f"{k}={v}" for k, v in e["provenance"].items())
+            out.append(f"  {sign} {e['prefix']}  ({', '.join(e['objects'])}{'; ' + source if source else ''})")
+    counts = {w: len(diff["prefixes"][w]) for w in ("added", "removed")}
+    out.append(f"{counts['added']} prefix(es) added, {counts['removed']} removed")
+    return out
+
+
+def _fleet_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    out = [f"{'CLUSTER':<24} {'CHANNEL':<16} {'APPLIED':<12} {'AGE':>8} {'BEHIND':<6} {'POLL':<12} ERRORS"]
+    for r in rows:
+        age = "-" if r["applied_age_s"] is None else f"{r['applied_age_s'] // 60}m"
+        applied = (r["applied_digest"] or "-")[:12]
+        out.append(
+            f"{r['cluster_id']:<24} {r['channel']:<16} {applied:<12} {age:>8} "
+            f"{'yes' if r['behind'] else 'no':<6} {str(r['last_poll']):<12} {r['errors']}"
+        )
+    return out
