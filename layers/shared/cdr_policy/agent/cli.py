@@ -84,7 +84,7 @@ def _default_namespace() -> str:
         return "cdr-policy-system"
 
 
-_interval = _duration(5, 86400)
+_interval = _duration(1, 86400)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_interval,
         default=_interval("60s"),
         metavar="DURATION",
-        help="time between polls, like 30s, 5m or 1h (5s..24h, default 60s)",
+        help="time between polls, like 30s, 5m or 1h (1s..24h, default 60s)",
     )
     parser.add_argument(
         "--drift-interval",
