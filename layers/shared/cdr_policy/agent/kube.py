@@ -269,7 +269,8 @@ class KubeApplier:
             return None
         if resp.status_code != 200:
             raise self._fail(resp, f"get {ref}")
-        return resp.json()
+        live: dict[str, Any] = resp.json()
+        return live
 
     def apply(self, obj: dict[str, Any]) -> None:
         ref = ref_of(obj)

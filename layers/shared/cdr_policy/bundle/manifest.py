@@ -104,7 +104,8 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
             "digest_mismatch",
             f"digest mismatch: manifest says {manifest['digest']}, its file list gives {computed}",
         )
-    return manifest
+    checked: dict[str, Any] = manifest
+    return checked
 
 
 def build_manifest(
