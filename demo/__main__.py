@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {name}")
         if result.agents[c["name"]]["last_poll"]["result"] != "applied":
             failed += 1
+    repaired = result.drift["drift"]
+    print(
+        f"  drift repair: {', '.join(repaired['missing'])} deleted by hand, put back "
+        f"({result.drift['last_poll']['result']})"
+    )
+    failed += result.drift["last_poll"]["result"] != "repaired"
     if crds is not None:
         report = check_files([result.channel_dir(c["name"]) for c in CHANNELS], SchemaSet.from_dir(crds))
         print(

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from tests.fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_ha
 from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 EVENTS = REPO / "events"
+# The demo agents check for drift this often (a cluster's agent: --drift-interval, default 5 min).
+DEMO_DRIFT_INTERVAL_S = 1.0
 FINDINGS = EVENTS / "findings"
 CHANNELS = (
     {"name": "staging", "action": "Post", "cilium_version": "1.17"},
@@ -47,6 +50,7 @@ class PipelineResult:
     output: Path
     steps: dict[str, Any] = field(default_factory=dict)
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    drift: dict[str, Any] = field(default_factory=dict)  # the staging agent's status after a drift repair
 
     def channel_dir(self, channel: str) -> Path:
         return self.output / channel
@@ -140,7 +144,7 @@ def run_pipeline(
         say(f"Function logs and metrics (as CloudWatch would get them): {output / 'lambda.log'}")
         with _environment(env), _lambda_logs(output / "lambda.log"):
             result.steps = _run_functions(stack, say)
-            result.agents = _run_agents(stack, output, say)
+            result.agents, result.drift = _run_agents(stack, output, say)
         for bucket, folder in ((stack.names.state_bucket, "state"), (stack.names.dist_bucket, "dist")):
             _mirror(S3Store(stack.client("s3"), bucket), LocalStore(output / folder))
         say(f"Buckets copied to {output / 'state'} and {output / 'dist'} (for the fleet commands after the run)")
@@ -223,19 +227,36 @@ def demo_agents(stack: Stack, output: Path) -> dict[str, Agent]:
             verifier=Verifier.from_public_pem(public_pem),
             applier=DirectoryApplier(output / c["name"]),
             state_dir=output / ".agent-state" / c["name"],
+            drift_interval_s=DEMO_DRIFT_INTERVAL_S,
         )
         for c in CHANNELS
     }
 
 
-def _run_agents(stack: Stack, output: Path, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+def _run_agents(
+    stack: Stack, output: Path, say: Callable[[str], None]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     say("[5/5] Sync agents (one per channel: poll, verify signature and digests, apply, report status)")
     statuses = {}
-    for channel, agent in demo_agents(stack, output).items():
+    agents = demo_agents(stack, output)
+    for channel, agent in agents.items():
         status = agent.sync_once()
         statuses[channel] = status
         say(f"      {channel:<8} {status['last_poll']['result']}: {status['last_poll']['detail']}")
         say(
             f"               objects in {output / channel}; status at s3://{stack.names.dist_bucket}/status/demo-{channel}.json"
         )
-    return statuses
+    return statuses, _show_drift_repair(agents["staging"], output / "staging", say)
+
+
+def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """Delete one object the agent applied, as someone editing the cluster by hand would; one drift
+    interval later the agent's unchanged poll puts it back and reports the drift."""
+    victim = sorted(folder.glob("tracingpolicy-*.yaml"))[0]
+    victim.unlink()
+    say(f"      drift: deleted {victim.name} by hand; the agent compares every {DEMO_DRIFT_INTERVAL_S:g}s")
+    time.sleep(DEMO_DRIFT_INTERVAL_S)
+    status = agent.sync_once()
+    say(f"      staging  {status['last_poll']['result']}: {status['last_poll']['detail']}")
+    say(f"               {victim.name} is back: {victim.exists()}")
+    return status

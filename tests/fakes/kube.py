@@ -9,9 +9,13 @@ Real HTTP on 127.0.0.1 (an ephemeral port) in a thread:
   (``k=v``, ``k==v``, ``k!=v``), each served version returning the same stored object;
 - ``DELETE``;
 - ``GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions``;
-- ``GET /api/v1/namespaces/<ns>/configmaps/<name>`` of the ConfigMaps put in place with
-  ``set_config_map`` (Cilium's ``cilium-config``, read by the agent's pre-flight);
-- a bearer-token check on every request, and an ordered log of operations for tests.
+- ConfigMaps in the core API (``/api/v1/namespaces/<ns>/configmaps[/<name>]``): ``GET`` (verb
+  ``configmap``: Cilium's ``cilium-config`` read by the agent's pre-flight, put in place with
+  ``set_config_map``), ``POST`` (``configmap-create``, 409 ``AlreadyExists``) and ``PUT``
+  (``configmap-update``, 409 ``Conflict`` unless ``metadata.resourceVersion`` is the stored one), as
+  the agent keeps its applied generation in one;
+- a bearer-token check on every request, and an ordered log of operations for tests;
+- ``delay_s``: an answer time for every request, to play a slow API server.
 
 Resources are those of the given CRDs (their served versions), or a schema-less default set of the
 five kinds the product emits. ConfigMaps: by default the ``kube-system/cilium-config`` of a Cilium
@@ -26,6 +30,7 @@ import itertools
 import json
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,7 +81,8 @@ DEFAULT_CONFIG_MAPS: dict[tuple[str, str], dict[str, str]] = {
 
 @dataclass(frozen=True)
 class Operation:
-    """One request as the fake understood it. ``verb``: apply, get, list, delete, crds or configmap."""
+    """One request as the fake understood it. ``verb``: apply, get, list, delete, crds, configmap,
+    configmap-create or configmap-update."""
 
     verb: str
     kind: str | None
@@ -161,11 +167,13 @@ class FakeKubeAPI(LoopbackServer):
                     self._resources[(res.group, res.version, res.plural)] = res
         # (group, plural, namespace, name) -> object; (..., manager) -> label/annotation keys it set
         self._objects: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
-        self._config_maps = {
-            key: dict(data) for key, data in (DEFAULT_CONFIG_MAPS if config_maps is None else config_maps).items()
-        }
+        # (namespace, name) -> the stored ConfigMap object
+        self._config_maps: dict[tuple[str, str], dict[str, Any]] = {}
+        for (namespace, name), data in (DEFAULT_CONFIG_MAPS if config_maps is None else config_maps).items():
+            self._config_maps[(namespace, name)] = self._config_map_object(namespace, name, data, "0")
         self._owned_keys: dict[tuple[Any, ...], dict[str, set[str]]] = {}
         self._faults: list[list[Any]] = []
+        self.delay_s = 0.0
         self._versions = itertools.count(1)
         self._lock = threading.Lock()
         api = self
@@ -215,12 +223,13 @@ class FakeKubeAPI(LoopbackServer):
             self._objects[(res.group, res.plural, meta.get("namespace"), meta["name"])] = stored
 
     def set_config_map(self, namespace: str, name: str, data: dict[str, str] | None) -> None:
-        """Create or replace a ConfigMap (``data`` None removes it)."""
+        """Create or replace a ConfigMap (``data`` None removes it), as an operator would."""
         with self._lock:
             if data is None:
                 self._config_maps.pop((namespace, name), None)
             else:
-                self._config_maps[(namespace, name)] = dict(data)
+                version = str(next(self._versions))
+                self._config_maps[(namespace, name)] = self._config_map_object(namespace, name, data, version)
 
     def objects(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Stored objects (optionally of one kind), sorted by kind, namespace and name."""
@@ -237,6 +246,17 @@ class FakeKubeAPI(LoopbackServer):
             ),
             None,
         )
+
+    def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return copy.deepcopy(self._config_maps.get((namespace, name)))
+
+    def delete_object(self, kind: str, name: str, namespace: str | None = None) -> None:
+        """Remove an object out of band, as ``kubectl delete`` would."""
+        with self._lock:
+            for key, obj in list(self._objects.items()):
+                if obj["kind"] == kind and key[2] == namespace and key[3] == name:
+                    del self._objects[key]
 
     def fail(self, verb: str, status: int, *, name: str | None = None, times: int = 1) -> None:
         """Answer the next ``times`` requests of ``verb`` (for object ``name``, if given) with ``status``."""
@@ -294,6 +314,8 @@ class FakeKubeAPI(LoopbackServer):
         )
 
     def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[int, dict[str, Any] | str]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
         split = urlsplit(raw_path)
         params = dict(parse_qsl(split.query))
         if headers.get("Authorization") != f"Bearer {self.token}":
@@ -308,7 +330,7 @@ class FakeKubeAPI(LoopbackServer):
                     "items": copy.deepcopy(self.crds),
                 }
             if split.path.startswith("/api/v1/"):
-                return self._core(method, split.path)
+                return self._core(method, split.path, body)
             res, namespace, name = self._route(split.path)
             verb = {"PATCH": "apply", "DELETE": "delete", "GET": "get" if name else "list"}.get(method)
             if verb is None or (verb in ("apply", "delete") and name is None):
@@ -328,27 +350,62 @@ class FakeKubeAPI(LoopbackServer):
         except _HttpError as exc:
             return exc.status, exc.body
 
-    def _core(self, method: str, path: str) -> tuple[int, dict[str, Any] | str]:
-        """The core API: ConfigMaps, read-only."""
-        parts = path.strip("/").split("/")
-        if method != "GET" or len(parts) != 6 or parts[2] != "namespaces" or parts[4] != "configmaps":
-            raise _HttpError(404, "404 page not found")
-        namespace, name = parts[3], parts[5]
-        self.operations.append(Operation("configmap", "ConfigMap", namespace, name))
-        status = self._fault("configmap", name)
-        if status is not None:
-            reason = "Forbidden" if status == 403 else "InternalError"
-            return status, _status(status, reason, f"injected failure for configmap {name}")
-        with self._lock:
-            data = self._config_maps.get((namespace, name))
-        if data is None:
-            return 404, _status(404, "NotFound", f'configmaps "{name}" not found', name=name, kind="configmaps")
-        return 200, {
+    @staticmethod
+    def _config_map_object(namespace: str, name: str, data: Mapping[str, str], version: str) -> dict[str, Any]:
+        return {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": version},
             "data": dict(data),
         }
+
+    def _core(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any] | str]:
+        """The core API: ConfigMaps (get, create, update with optimistic concurrency)."""
+        parts = path.strip("/").split("/")  # api v1 namespaces <ns> configmaps [<name>]
+        if len(parts) not in (5, 6) or parts[2] != "namespaces" or parts[4] != "configmaps":
+            raise _HttpError(404, "404 page not found")
+        namespace, name = parts[3], (parts[5] if len(parts) == 6 else None)
+        verb = {"GET": "configmap", "POST": "configmap-create", "PUT": "configmap-update"}.get(method)
+        if verb is None or (verb == "configmap-create") != (name is None):
+            return 405, _status(405, "MethodNotAllowed", f"{method} is not supported here")
+        self.operations.append(Operation(verb, "ConfigMap", namespace, name))
+        status = self._fault(verb, name)
+        if status is not None:
+            reason = "Forbidden" if status == 403 else "InternalError"
+            return status, _status(status, reason, f"injected failure for {verb} {name}")
+        if verb == "configmap":
+            with self._lock:
+                found = copy.deepcopy(self._config_maps.get((namespace, str(name))))
+            if found is None:
+                return 404, _status(404, "NotFound", f'configmaps "{name}" not found', name=name, kind="configmaps")
+            return 200, found
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            return 400, _status(400, "BadRequest", "the body is not JSON")
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        if not isinstance(meta, dict) or not meta.get("name") or (name is not None and meta["name"] != name):
+            return 400, _status(400, "BadRequest", "metadata.name is missing or does not match the URL")
+        key = (namespace, meta["name"])
+        with self._lock:
+            live = self._config_maps.get(key)
+            if verb == "configmap-create" and live is not None:
+                return 409, _status(409, "AlreadyExists", f'configmaps "{meta["name"]}" already exists')
+            if verb == "configmap-update":
+                if live is None:
+                    return 404, _status(404, "NotFound", f'configmaps "{name}" not found', name=name)
+                if meta.get("resourceVersion") != live["metadata"]["resourceVersion"]:
+                    return 409, _status(
+                        409,
+                        "Conflict",
+                        f'Operation cannot be fulfilled on configmaps "{name}": the object has been modified; '
+                        "please apply your changes to the latest version and try again",
+                    )
+            stored = {"apiVersion": "v1", "kind": "ConfigMap", **copy.deepcopy(obj)}
+            stored["metadata"]["namespace"] = namespace
+            stored["metadata"]["resourceVersion"] = str(next(self._versions))
+            self._config_maps[key] = stored
+            return (201 if verb == "configmap-create" else 200), copy.deepcopy(stored)
 
     def _list(self, res: _Resource, namespace: str | None, params: dict[str, str]) -> dict[str, Any]:
         terms = _parse_selector(params.get("labelSelector", ""))

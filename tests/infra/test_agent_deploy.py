@@ -60,6 +60,8 @@ def test_manifests_match_the_kubernetes_schemas(objects):
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "ConfigMap",
         "Deployment",
         "Service",
@@ -89,7 +91,6 @@ def test_everything_lives_in_the_agent_namespace(objects):
 
 
 def test_rbac_is_least_privilege(objects):
-    assert not by_kind(objects, "Role") and not by_kind(objects, "RoleBinding")
     (role,) = by_kind(objects, "ClusterRole")
     # the one core-API grant: get Cilium's cilium-config by name, for the pre-flight
     [cilium_config] = [rule for rule in role["rules"] if rule["apiGroups"] == [""]]
@@ -111,6 +112,31 @@ def test_rbac_is_least_privilege(objects):
     assert grants == expected
     assert not {g[1] for g in grants} & {"secrets", "configmaps", "pods", "serviceaccounts", "nodes"}
     assert not {g[2] for g in grants} & {"escalate", "bind", "impersonate", "update", "deletecollection"}
+
+
+def test_the_only_namespaced_grant_is_the_agent_state_configmap(objects):
+    """Replay protection lives in one ConfigMap in the agent's namespace: get/update only that name;
+    create cannot be limited to a name by RBAC (and needs no more than the namespace)."""
+    (role,) = by_kind(objects, "Role")
+    (binding,) = by_kind(objects, "RoleBinding")
+    (account,) = by_kind(objects, "ServiceAccount")
+    granted = {
+        (group, resource, verb, tuple(rule.get("resourceNames") or ()))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == {
+        ("", "configmaps", "get", ("cdr-policy-agent-state",)),
+        ("", "configmaps", "update", ("cdr-policy-agent-state",)),
+        ("", "configmaps", "create", ()),
+    }
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
+    ]
 
 
 def test_binding_and_service_account(objects, deployment):

@@ -234,7 +234,16 @@ def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(env, t
     other = tmp_path / "other"
     run(["keygen", f"--out={other}"], env, capsys)
     assert run(["--once", "--action=Post", f"--output={tmp_path / 'policies'}"], env, capsys)[0] == 0
-    code, out, err = run(["publish", f"--to={channel}", f"--key={other / 'bundle-signing.pem'}"], env, capsys)
+    publish_other = ["publish", f"--to={channel}", f"--key={other / 'bundle-signing.pem'}"]
+    code, out, err = run(publish_other, env, capsys)
+    # Publish builds only on a channel manifest it can verify: a new key is approved once.
+    assert code == 1 and out.startswith("held:") and "bad signature" in out, out + err
+    (pointer,) = Path(env["XDG_CACHE_HOME"]).rglob("bundles/channels/local.json")
+    state_dir = pointer.parent.parent.parent
+    digest = json.loads(pointer.read_text())["digest"]
+    (state_dir / "approvals" / "local").mkdir(parents=True, exist_ok=True)
+    (state_dir / "approvals" / "local" / digest).write_text("key change approved")
+    code, out, err = run(publish_other, env, capsys)
     assert code == 0 and out.startswith("published:"), out + err
     before = {p: p.read_bytes() for p in applied.rglob("*.yaml")}
     code, out, err = run(agent, env, capsys)

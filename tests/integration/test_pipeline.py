@@ -122,6 +122,17 @@ def _objects(folder: Path) -> list[dict]:
     return [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))]
 
 
+def test_an_object_deleted_by_hand_comes_back_after_one_drift_interval(pipeline):
+    result, lines = pipeline
+    drift = result.drift
+    assert drift["last_poll"]["result"] == "repaired"
+    assert len(drift["drift"]["missing"]) == 1 and drift["drift"]["repaired"] is True
+    (missing,) = drift["drift"]["missing"]
+    name = missing.split("/")[-1]
+    assert (result.channel_dir("staging") / f"tracingpolicy-{name}.yaml").exists()
+    assert any("drift repaired (1 missing" in line for line in lines)
+
+
 def test_agents_applied_objects_that_pass_the_crds_and_the_checklist(pipeline, crds_dir):
     result, _ = pipeline
     folders = [result.channel_dir(c["name"]) for c in CHANNELS]
@@ -243,7 +254,8 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_applied(pipeline, tmp_path)
     finally:
         dist.put(key, original)
     assert status["last_poll"]["result"] == "refused"
-    assert status["verification"]["code"] == "file_mismatch"
+    # the planted file is longer than signed: refused after reading the signed size + 1 byte
+    assert status["verification"]["code"] == "too_large"
     assert not list((tmp_path / "applied").glob("*.yaml"))
 
 

@@ -155,8 +155,16 @@ STATE_KEYS: tuple[KeyFamily, ...] = (
 
 DIST_KEYS: tuple[KeyFamily, ...] = (
     KeyFamily(bundle_file_key("<digest>", "<file>"), "Publish", "policy files (copied first)"),
-    KeyFamily(channel_manifest_key("<channel>"), "Publish", "signed manifest (written last)"),
-    KeyFamily(history_key("<channel>", "<created_at>", "<digest>"), "Publish", "every manifest published"),
+    KeyFamily(
+        channel_manifest_key("<channel>"),
+        "Publish",
+        "signed manifest, after the files; conditional on the one it replaces (`If-Match` / `If-None-Match: *`)",
+    ),
+    KeyFamily(
+        history_key("<channel>", "<created_at>", "<digest>"),
+        "Publish",
+        "every manifest published, written after the channel manifest (rollback)",
+    ),
     KeyFamily(status_key("<cluster-id>"), "agent", "agent status"),
 )
 

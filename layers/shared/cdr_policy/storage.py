@@ -6,6 +6,7 @@ implementations return an ETag so that readers can poll cheaply (``get_if_change
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -20,6 +21,19 @@ class NotFound(StorageError):
     """The key does not exist."""
 
 
+class PreconditionFailed(StorageError):
+    """A conditional write lost: the object is no longer the one the writer read (or now exists)."""
+
+
+class TooLarge(StorageError):
+    """The object is larger than the reader allows; only the allowed bytes (+1) were read.
+    ``etag`` identifies the refused bytes, so a reader can refuse them again without reading."""
+
+    def __init__(self, message: str, etag: str) -> None:
+        super().__init__(message)
+        self.etag = etag
+
+
 @dataclass(frozen=True)
 class StoredObject:
     data: bytes
@@ -27,13 +41,20 @@ class StoredObject:
 
 
 class Store(Protocol):
-    def get(self, key: str) -> StoredObject: ...
+    def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
+        """The object; TooLarge (having read at most ``max_bytes + 1`` bytes) when it is larger."""
+        ...
 
-    def get_if_changed(self, key: str, etag: str | None) -> StoredObject | None:
+    def get_if_changed(self, key: str, etag: str | None, *, max_bytes: int | None = None) -> StoredObject | None:
         """The object, or None when its ETag still equals ``etag``."""
         ...
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str: ...
+
+    def put_if(self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream") -> str:
+        """Write only if the object still has ``etag`` (``None``: only if it does not exist);
+        PreconditionFailed otherwise. Returns the new ETag."""
+        ...
 
     def list(self, prefix: str) -> list[str]: ...
 
@@ -44,10 +65,16 @@ class Store(Protocol):
 
 def exists(store: Store, key: str) -> bool:
     try:
-        store.get(key)
+        store.get(key, max_bytes=0)
     except NotFound:
         return False
+    except TooLarge:
+        return True
     return True
+
+
+def _too_large(key: str, max_bytes: int, etag: str) -> TooLarge:
+    return TooLarge(f"{key} is larger than {max_bytes} bytes: not read further", etag)
 
 
 def _check_key(key: str) -> str:
@@ -68,16 +95,38 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
-    def get(self, key: str) -> StoredObject:
+    def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
         try:
-            data = self._path(key).read_bytes()
+            with self._path(key).open("rb") as fh:
+                data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
         except FileNotFoundError as exc:
             raise NotFound(f"{key} not found in {self.root}") from exc
-        return StoredObject(data, hashlib.md5(data, usedforsecurity=False).hexdigest())
+        etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if max_bytes is not None and len(data) > max_bytes:
+            raise _too_large(key, max_bytes, etag)
+        return StoredObject(data, etag)
 
-    def get_if_changed(self, key: str, etag: str | None) -> StoredObject | None:
-        obj = self.get(key)
+    def get_if_changed(self, key: str, etag: str | None, *, max_bytes: int | None = None) -> StoredObject | None:
+        try:
+            obj = self.get(key, max_bytes=max_bytes)
+        except TooLarge as exc:
+            if etag is not None and exc.etag == etag:
+                return None  # the same refused bytes (an oversized object's ETag covers what was read)
+            raise
         return None if etag is not None and obj.etag == etag else obj
+
+    def put_if(self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream") -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with (path.parent / f".lock-{path.name}").open("wb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current: str | None = self.get(key).etag
+            except NotFound:
+                current = None
+            if current != etag:
+                raise PreconditionFailed(f"{key} in {self.root} changed since it was read")
+            return self.put(key, data, content_type)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         path = self._path(key)
@@ -97,7 +146,7 @@ class LocalStore:
             return []
         keys = []
         for path in self.root.rglob("*"):
-            if path.is_file() and not path.name.startswith(".tmp-"):
+            if path.is_file() and not path.name.startswith((".tmp-", ".lock-")):
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     keys.append(key)
@@ -123,29 +172,46 @@ class S3Store:
             return NotFound(f"s3://{self.bucket}/{key} not found")
         return StorageError(f"s3://{self.bucket}/{key}: {code or type(exc).__name__}: {exc}")
 
-    def get(self, key: str) -> StoredObject:
-        from botocore.exceptions import ClientError
-
+    def _read(self, key: str, resp: dict[str, Any], max_bytes: int | None) -> StoredObject:
+        """The body, stopping after ``max_bytes + 1`` bytes (the request asked for no more than that)."""
+        body = resp["Body"]
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=_check_key(key))
-        except ClientError as exc:
-            raise self._error(exc, key) from exc
-        return StoredObject(resp["Body"].read(), resp["ETag"].strip('"'))
+            data = body.read() if max_bytes is None else body.read(max_bytes + 1)
+        finally:
+            body.close()
+        if max_bytes is not None and len(data) > max_bytes:
+            raise _too_large(key, max_bytes, resp["ETag"].strip('"'))
+        return StoredObject(data, resp["ETag"].strip('"'))
 
-    def get_if_changed(self, key: str, etag: str | None) -> StoredObject | None:
+    def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
+        obj = self._get(key, None, max_bytes)
+        if obj is None:  # only a conditional read answers "not modified"
+            raise StorageError(f"s3://{self.bucket}/{key}: unexpected 304 to an unconditional read")
+        return obj
+
+    def get_if_changed(self, key: str, etag: str | None, *, max_bytes: int | None = None) -> StoredObject | None:
+        return self._get(key, etag, max_bytes)
+
+    def _get(self, key: str, etag: str | None, max_bytes: int | None) -> StoredObject | None:
         from botocore.exceptions import ClientError
 
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": _check_key(key)}
         if etag:
             kwargs["IfNoneMatch"] = f'"{etag}"'
+        if max_bytes is not None:
+            # A ranged read: S3 sends at most max_bytes + 1 bytes, however large the object is.
+            kwargs["Range"] = f"bytes=0-{max_bytes}"
         try:
             resp = self.client.get_object(**kwargs)
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status == 304 or exc.response.get("Error", {}).get("Code") == "304":
+            if etag and (status == 304 or exc.response.get("Error", {}).get("Code") == "304"):
                 return None
+            if max_bytes is not None and exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                # an empty object: no byte 0 to start the range at
+                return self._get(key, etag, None)
             raise self._error(exc, key) from exc
-        return StoredObject(resp["Body"].read(), resp["ETag"].strip('"'))
+        return self._read(key, resp, max_bytes)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         from botocore.exceptions import ClientError
@@ -153,6 +219,22 @@ class S3Store:
         try:
             resp = self.client.put_object(Bucket=self.bucket, Key=_check_key(key), Body=data, ContentType=content_type)
         except ClientError as exc:
+            raise self._error(exc, key) from exc
+        return str(resp["ETag"]).strip('"')
+
+    def put_if(self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream") -> str:
+        """An S3 conditional write: ``If-Match: <etag>``, or ``If-None-Match: *`` when ``etag`` is None."""
+        from botocore.exceptions import ClientError
+
+        condition = {"IfMatch": f'"{etag}"'} if etag is not None else {"IfNoneMatch": "*"}
+        try:
+            resp = self.client.put_object(
+                Bucket=self.bucket, Key=_check_key(key), Body=data, ContentType=content_type, **condition
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                raise PreconditionFailed(f"s3://{self.bucket}/{key} changed since it was read ({code})") from exc
             raise self._error(exc, key) from exc
         return str(resp["ETag"]).strip('"')
 

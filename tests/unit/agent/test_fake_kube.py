@@ -164,3 +164,19 @@ def test_crd_list(kube, client):
         "TracingPolicy",
         "TracingPolicyNamespaced",
     ]
+
+
+def test_configmaps_with_optimistic_concurrency(kube, client):
+    path = "/api/v1/namespaces/ns1/configmaps"
+    assert client.get(f"{path}/state").status_code == 404
+    created = client.post(path, json={"metadata": {"name": "state"}, "data": {"a": "1"}})
+    assert created.status_code == 201
+    assert client.post(path, json={"metadata": {"name": "state"}}).json()["reason"] == "AlreadyExists"
+    version = created.json()["metadata"]["resourceVersion"]
+    body = {"metadata": {"name": "state", "resourceVersion": version}, "data": {"a": "2"}}
+    assert client.put(f"{path}/state", json=body).status_code == 200
+    stale = client.put(f"{path}/state", json=body)  # the same resourceVersion again
+    assert (stale.status_code, stale.json()["reason"]) == (409, "Conflict")
+    assert kube.configmap("ns1", "state")["data"] == {"a": "2"}
+    kube.set_config_map("ns1", "state", None)
+    assert client.get(f"{path}/state").status_code == 404

@@ -64,6 +64,10 @@ def bundle_files(cilium_version: str = "1.17", *more: str) -> dict[str, bytes]:
     return file_bytes(render(sets, channel))
 
 
+# bundle_files renders for a Sigkill channel: the manifest says so (Publish compares the two)
+SIGKILL = {"action": "Sigkill", "mode": "enforce", "cilium_version": "1.17"}
+
+
 def kinds(kube) -> set[str]:
     return {o["kind"] for o in kube.objects()}
 
@@ -76,7 +80,8 @@ def bucket(dist) -> RecordingStore:
 @pytest.fixture
 def ship(state, bucket, signer):
     def ship(files, when=T0):
-        digest = stage_bundle(state, files, channel="prod", created=when)
+        digest = stage_bundle(state, files, channel="prod", created=when, settings=SIGKILL)
+        state.put(layout.approval_key("prod", digest), b"")  # these tests are not about the change budget
         assert publish_bundle(
             state, bucket, channel="prod", digest=digest, signer=signer, now=when, change_budget_percent=100
         ).shipped

@@ -17,6 +17,8 @@ GOOD = {
     "agent_version": "0.1.0",
     "applier": "kubernetes https://10.96.0.1:443",
     "applied_digest": "a" * 64,
+    "applied_generation": 4,
+    "drift": None,
     "applied_at": "2026-01-10T16:01:00Z",
     "applied_expires_at": "2026-01-13T16:00:00Z",
     "last_poll": {"at": "2026-01-10T16:02:00Z", "result": "unchanged", "detail": "manifest unchanged (ETag)"},

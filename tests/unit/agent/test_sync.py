@@ -401,10 +401,10 @@ def test_files_unreachable_after_the_manifest_is_retried(kube, ship, make_agent,
     agent = make_agent(KubeApplier(kube.url, kube.token))
     real_get = bucket.get
 
-    def flaky_get(key):
+    def flaky_get(key, **kwargs):
         if key.startswith("bundles/"):
             raise StorageError("s3://dist: SlowDown")
-        return real_get(key)
+        return real_get(key, **kwargs)
 
     bucket.get = flaky_get
     assert agent.sync_once(T0 + MINUTE)["last_poll"]["result"] == "unreachable"

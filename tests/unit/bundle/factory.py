@@ -79,6 +79,34 @@ def tracing_policy(name: str, addrs: list[str] = (), channel: str = "prod") -> d
     }
 
 
+def behaviour_policy(rule: str, channel: str = "prod") -> dict[str, Any]:
+    """A behaviour TracingPolicy as the renderer labels it (component ``behaviour``, its rule id)."""
+    return {
+        "apiVersion": "cilium.io/v1alpha1",
+        "kind": "TracingPolicy",
+        "metadata": {
+            "name": f"tp-{rule}",
+            "labels": labels(channel, **{"cdr-policy.io/component": "behaviour", "cdr-policy.io/rule": rule}),
+        },
+        "spec": {
+            "podSelector": {},
+            "kprobes": [
+                {
+                    "call": "security_bprm_check",
+                    "syscall": False,
+                    "args": [{"index": 0, "type": "linux_binprm"}],
+                    "selectors": [
+                        {
+                            "matchArgs": [{"index": 0, "operator": "Postfix", "values": [f"/{rule}"]}],
+                            "matchActions": [{"action": "Post"}],
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+
+
 def files_of(objects: dict[str, dict[str, Any]]) -> dict[str, bytes]:
     return {path: dump_yaml(obj) for path, obj in objects.items()}
 
@@ -108,12 +136,14 @@ def render(
     created: datetime = T0,
     ttl: timedelta = TTL,
     counts: dict[str, int] | None = None,
+    settings: dict[str, Any] = SETTINGS,
 ) -> str:
-    """Write ``files`` and their unsigned manifest under ``bundles/<digest>/`` as Render does."""
+    """Write ``files`` and their unsigned manifest under ``bundles/<digest>/`` as Render does
+    (``settings``: the channel's, which Publish and the agent compare with the objects)."""
     manifest = build_manifest(
         files,
         channel=channel,
-        settings=SETTINGS,
+        settings=settings,
         counts=counts if counts is not None else {"files": len(files)},
         created_at=iso(created),
         expires_at=iso(created + ttl),
@@ -141,13 +171,18 @@ class RecordingStore:
     def describe(self) -> str:
         return self.inner.describe()
 
-    def get(self, key: str):
+    def get(self, key: str, *, max_bytes: int | None = None):
         self._check()
-        return self.inner.get(key)
+        return self.inner.get(key, max_bytes=max_bytes)
 
-    def get_if_changed(self, key: str, etag: str | None):
+    def get_if_changed(self, key: str, etag: str | None, *, max_bytes: int | None = None):
         self._check()
-        return self.inner.get_if_changed(key, etag)
+        return self.inner.get_if_changed(key, etag, max_bytes=max_bytes)
+
+    def put_if(self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream") -> str:
+        self._check()
+        self.puts.append(key)
+        return self.inner.put_if(key, data, etag, content_type)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         self._check()

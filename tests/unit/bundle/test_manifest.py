@@ -151,7 +151,10 @@ def test_schema_requires_all_signature_fields_together():
     m = manifest()
     assert schema_errors({**m, "signature": "AAAA"}, SCHEMA)
     assert (
-        schema_errors({**m, "signature": "AAAA", "key_id": "k", "signature_algorithm": "ECDSA_SHA_256"}, SCHEMA) == []
+        schema_errors(
+            {**m, "signature": "AAAA", "key_id": "k", "signature_algorithm": "ECDSA_SHA_256", "generation": 1}, SCHEMA
+        )
+        == []
     )
 
 

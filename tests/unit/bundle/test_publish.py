@@ -11,16 +11,20 @@ from moto import mock_aws
 
 from cdr_policy import jsonio, layout
 from cdr_policy.bundle.signing import verify_manifest
-from cdr_policy.errors import BundleError
+from cdr_policy.errors import BundleError, StorageError
 from cdr_policy.observability import metrics
 from cdr_policy.stages.publish import publish_bundle, rollback
-from cdr_policy.storage import NotFound, S3Store
+from cdr_policy.storage import NotFound, PreconditionFailed, S3Store
 from cdr_policy.timeutil import iso
 
-from .factory import T0, TTL, RecordingStore, ips, network_bundle, render
+from .factory import T0, TTL, RecordingStore, behaviour_policy, files_of, ips, network_bundle, render
+
+HOUR = timedelta(hours=1)
 
 
-def publish(state, dist, signer, digest, *, now=T0, budget=50, **kwargs):
+def publish(state, dist, signer, digest, *, now=T0, budget=50, approved=False, **kwargs):
+    if approved:
+        state.put(layout.approval_key("prod", digest), b"approved by the on-call engineer")
     return publish_bundle(
         state,
         dist,
@@ -53,11 +57,12 @@ def test_first_publish_copies_files_then_history_then_manifest(state, recorder, 
     file_keys = sorted(layout.bundle_file_key(digest, p) for p in files)
     history = layout.history_key("prod", iso(T0), digest)
     assert sorted(recorder.puts[:-2]) == file_keys
-    assert recorder.puts[-2:] == [history, layout.channel_manifest_key("prod")]
+    assert recorder.puts[-2:] == [layout.channel_manifest_key("prod"), history]  # history only once it is out
     assert (result.manifest_key, result.history_key) == (layout.channel_manifest_key("prod"), history)
     signed = current(recorder)
     verify_manifest(signed, verifier, now=T0)
-    assert signed["digest"] == digest
+    assert (signed["digest"], signed["generation"], result.generation) == (digest, 1, 1)
+    assert "approval" not in signed and "rollback_of" not in signed
     assert jsonio.loads(recorder.get(history).data) == signed
     assert {p: recorder.get(layout.bundle_file_key(digest, p)).data for p in files} == files
     assert "BundlesPublished" in metrics.metric_set
@@ -84,9 +89,10 @@ def test_current_bundle_is_refreshed_after_half_its_lifetime(state, recorder, si
     result = publish(state, recorder, signer, digest, now=later)
 
     assert result.status == "refreshed"
-    assert recorder.puts == [layout.history_key("prod", iso(later), digest), layout.channel_manifest_key("prod")]
+    assert recorder.puts == [layout.channel_manifest_key("prod"), layout.history_key("prod", iso(later), digest)]
     signed = current(recorder)
     assert (signed["created_at"], signed["expires_at"]) == (iso(later), iso(later + TTL))
+    assert signed["generation"] == 2
     verify_manifest(signed, verifier, now=T0 + TTL + timedelta(hours=1))
 
 
@@ -153,6 +159,7 @@ def test_change_over_budget_is_held_and_alarmed(state, recorder, signer):
         "percent": 80.0,
         "budget_percent": 50,
         "min_changes": 20,
+        "shrink": [],
     }
     assert recorder.puts == []
     assert current(recorder)["digest"] != digest
@@ -167,6 +174,26 @@ def test_an_approved_change_is_published_despite_the_budget(state, dist, signer)
     result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
 
     assert result.status == "published" and current(dist)["digest"] == digest
+    assert current(dist)["approval"] == {"previous_digest": result.previous_digest, "approved_at": iso(T0 + HOUR)}
+
+
+def test_a_refresh_keeps_the_approval_for_agents_that_missed_it(state, dist, signer):
+    publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
+    digest = render(state, network_bundle(ips(1000, 100), tag="b"))
+    approval = publish(state, dist, signer, digest, now=T0 + HOUR, approved=True)
+    assert current(dist)["approval"]["previous_digest"] == approval.previous_digest
+
+    refreshed = publish(state, dist, signer, digest, now=T0 + HOUR + TTL)
+
+    assert refreshed.status == "refreshed" and current(dist)["generation"] == 3
+    assert current(dist)["approval"] == {"previous_digest": approval.previous_digest, "approved_at": iso(T0 + HOUR)}
+
+
+def test_an_approval_is_recorded_only_when_the_budget_needed_it(state, dist, signer):
+    publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
+    digest = render(state, network_bundle(ips(10, 100), tag="b"))
+    assert publish(state, dist, signer, digest, now=T0 + HOUR, approved=True).status == "published"
+    assert "approval" not in current(dist)
 
 
 def test_change_within_budget_is_published_with_its_measure(state, dist, signer):
@@ -217,7 +244,7 @@ def test_going_back_to_an_earlier_bundle_publishes_it_again(state, dist, signer,
     assert current(dist)["created_at"] == iso(T0 + timedelta(minutes=40))
 
 
-def test_rollback_re_signs_an_earlier_bundle(state, recorder, signer, verifier):
+def test_rollback_ships_an_earlier_generation_as_a_new_one(state, recorder, signer, verifier):
     a = render(state, network_bundle(ips(0, 10), tag="a"), ttl=timedelta(hours=24))
     b = render(state, network_bundle(ips(0, 11), tag="b"))
     publish(state, recorder, signer, a)
@@ -225,10 +252,11 @@ def test_rollback_re_signs_an_earlier_bundle(state, recorder, signer, verifier):
     recorder.puts.clear()
     when = T0 + timedelta(days=3)  # a's original manifest has expired by now
 
-    result = rollback(recorder, channel="prod", to_digest=a, signer=signer, now=when)
+    result = rollback(recorder, channel="prod", to_generation=1, signer=signer, now=when)
 
     assert result.status == "rolled_back" and result.previous_digest == b
-    assert recorder.puts == [layout.history_key("prod", iso(when), a), layout.channel_manifest_key("prod")]
+    assert (result.digest, result.generation) == (a, 3)
+    assert recorder.puts == [layout.channel_manifest_key("prod"), layout.history_key("prod", iso(when), a)]
     signed = current(recorder)
     verify_manifest(signed, verifier, now=when)
     assert (signed["digest"], signed["created_at"], signed["expires_at"]) == (
@@ -236,27 +264,157 @@ def test_rollback_re_signs_an_earlier_bundle(state, recorder, signer, verifier):
         iso(when),
         iso(when + timedelta(hours=24)),
     )
+    assert (signed["generation"], signed["rollback_of"]) == (3, 1)
+    assert signed["approval"] == {"previous_digest": b, "approved_at": iso(when)}
     assert len(recorder.list(layout.history_prefix("prod"))) == 3
     assert "ChannelRollbacks" in metrics.metric_set
 
 
-def test_rollback_to_the_current_bundle_changes_nothing(state, recorder, signer):
-    a = render(state, network_bundle(ips(0, 10)))
-    publish(state, recorder, signer, a)
-    recorder.puts.clear()
-    assert rollback(recorder, channel="prod", to_digest=a, signer=signer, now=T0).status == "unchanged"
-    assert recorder.puts == []
+def test_rollback_by_digest_and_to_the_current_bundle(state, dist, signer):
+    a = render(state, network_bundle(ips(0, 10), tag="a"))
+    b = render(state, network_bundle(ips(0, 11), tag="b"))
+    publish(state, dist, signer, a)
+    publish(state, dist, signer, b, now=T0 + HOUR)
+
+    assert rollback(dist, channel="prod", to_digest=b, signer=signer, now=T0 + 2 * HOUR).status == "unchanged"
+    result = rollback(dist, channel="prod", to_digest=a, signer=signer, now=T0 + 2 * HOUR)
+
+    assert (result.status, result.generation) == ("rolled_back", 3)
+    assert (current(dist)["digest"], current(dist)["rollback_of"]) == (a, 1)
+    with pytest.raises(ValueError, match="exactly one"):
+        rollback(dist, channel="prod", signer=signer, now=T0)
 
 
-def test_rollback_needs_history_and_files(state, dist, signer):
+def test_rollback_needs_a_verified_history_entry_and_its_files(state, dist, signer, tmp_path):
     a = render(state, network_bundle(ips(0, 10), tag="a"))
     publish(state, dist, signer, a)
     publish(state, dist, signer, render(state, network_bundle(ips(0, 11), tag="b")), now=T0 + timedelta(hours=1))
-    with pytest.raises(BundleError, match="never published"):
-        rollback(dist, channel="prod", to_digest="d" * 64, signer=signer, now=T0)
+    with pytest.raises(BundleError, match="no verified history entry for generation 7"):
+        rollback(dist, channel="prod", to_generation=7, signer=signer, now=T0)
+    # a history entry planted by someone who cannot sign is not a rollback target
+    history = dist.list(layout.history_prefix("prod"))[0]
+    forged = jsonio.loads(dist.get(history).data) | {"generation": 7}
+    dist.put(history.replace(".json", "-x.json"), jsonio.dumps(forged))
+    with pytest.raises(BundleError, match="no verified history entry for generation 7"):
+        rollback(dist, channel="prod", to_generation=7, signer=signer, now=T0)
     dist.delete(layout.bundle_file_key(a, "cdr-dynamic-blocklist.yaml"))
     with pytest.raises(BundleError, match="files are not all in"):
-        rollback(dist, channel="prod", to_digest=a, signer=signer, now=T0)
+        rollback(dist, channel="prod", to_generation=1, signer=signer, now=T0)
+
+
+def test_generations_increase_with_every_manifest(state, dist, signer):
+    a = render(state, network_bundle(ips(0, 10), tag="a"))
+    b = render(state, network_bundle(ips(0, 11), tag="b"))
+    gens = [
+        publish(state, dist, signer, a).generation,
+        publish(state, dist, signer, b, now=T0 + HOUR).generation,
+        publish(state, dist, signer, b, now=T0 + TTL).generation,  # refreshed
+        publish(state, dist, signer, a, now=T0 + TTL + HOUR).generation,
+    ]
+    assert gens == [1, 2, 3, 4] and current(dist)["generation"] == 4
+
+
+def test_a_forged_manifest_cannot_push_or_reset_the_generation(state, dist, signer, tmp_path):
+    """Someone who can write the bucket but not sign puts a manifest with a huge generation, or deletes
+    the manifest: the next publish continues from the newest verified history entry."""
+    a = render(state, network_bundle(ips(0, 10), tag="a"))
+    b = render(state, network_bundle(ips(0, 11), tag="b"))
+    publish(state, dist, signer, a)
+    forged = current(dist) | {"generation": 9_000_000_000_000_000}
+    dist.put(layout.channel_manifest_key("prod"), jsonio.dumps(forged))
+
+    held = publish(state, dist, signer, b, now=T0 + HOUR)
+    assert held.status == "held" and "unusable" in held.reason and "bad signature" in held.reason
+    approved = publish(state, dist, signer, b, now=T0 + HOUR, approved=True)
+    assert (approved.status, approved.generation) == ("published", 2)
+    assert current(dist)["approval"]["previous_digest"] is None
+
+    dist.delete(layout.channel_manifest_key("prod"))
+    assert publish(state, dist, signer, a, now=T0 + 2 * HOUR).generation == 3
+
+
+def test_a_replayed_older_manifest_is_replaced_by_the_next_publish(state, dist, signer):
+    """Someone puts generation 1's signed manifest back: Publish does not take it for the channel's
+    state ("unchanged"); it publishes the newest bundle again, as a new generation."""
+    a = render(state, network_bundle(ips(0, 10), tag="a"))
+    b = render(state, network_bundle(ips(0, 11), tag="b"))
+    publish(state, dist, signer, a)
+    generation_1 = dist.get(layout.channel_manifest_key("prod")).data
+    publish(state, dist, signer, b, now=T0 + HOUR)
+    dist.put(layout.channel_manifest_key("prod"), generation_1)
+
+    result = publish(state, dist, signer, b, now=T0 + 2 * HOUR)
+
+    assert (result.status, result.previous_digest, result.generation) == ("refreshed", b, 3)
+    assert (current(dist)["digest"], current(dist)["generation"]) == (b, 3)
+
+
+def test_a_manifest_too_large_to_read_is_unusable_without_reading_it(state, recorder, signer):
+    publish(state, recorder, signer, render(state, network_bundle(ips(0, 10), tag="a")))
+    recorder.inner.put(layout.channel_manifest_key("prod"), b" " * (2 << 20))
+    held = publish(state, recorder, signer, render(state, network_bundle(ips(0, 11), tag="b")), now=T0 + HOUR)
+    assert held.status == "held" and "larger than 1048576 bytes" in held.reason
+
+
+SHRINKS = {
+    "a behaviour policy dropped (2 of 180 prefixes changed)": (
+        {"b1.yaml": behaviour_policy("cloud-creds"), "b2.yaml": behaviour_policy("crypto-mining")},
+        {"b1.yaml": behaviour_policy("cloud-creds")},
+        "removes behaviour policy crypto-mining",
+    ),
+    "an empty bundle over a small channel": (
+        {},
+        None,
+        "removes every object (3 now enforced)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SHRINKS))
+def test_a_shrinking_bundle_is_held_whatever_the_channel_size(case, state, dist, signer):
+    extra_before, extra_after, reason = SHRINKS[case]
+    before = {**network_bundle(ips(0, 90), tag="a"), **files_of(extra_before)}
+    after = {**network_bundle(ips(1, 90), tag="b"), **files_of(extra_after)} if extra_after is not None else {}
+    publish(state, dist, signer, render(state, before))
+    digest = render(state, after)
+
+    held = publish(state, dist, signer, digest, now=T0 + HOUR)
+
+    assert held.status == "held" and reason in held.reason
+    assert reason in held.budget["shrink"][0]
+    approved = publish(state, dist, signer, digest, now=T0 + HOUR, approved=True)
+    assert approved.status == "published" and current(dist)["approval"]["previous_digest"] == held.previous_digest
+
+
+def test_a_failed_manifest_write_leaves_no_history_and_a_lost_history_entry_is_rewritten(state, recorder, signer):
+    digest = render(state, network_bundle(ips(0, 10)))
+    real_put_if = recorder.put_if
+
+    def failing_put_if(*args, **kwargs):
+        raise StorageError("s3://dist: SlowDown")
+
+    recorder.put_if = failing_put_if
+    with pytest.raises(StorageError):
+        publish(state, recorder, signer, digest)
+    assert recorder.list(layout.history_prefix("prod")) == []
+
+    recorder.put_if = real_put_if
+    publish(state, recorder, signer, digest)
+    history = recorder.list(layout.history_prefix("prod"))
+    recorder.delete(history[0])  # as if Publish had died between the two writes
+    assert publish(state, recorder, signer, digest, now=T0 + HOUR).status == "unchanged"
+    assert recorder.list(layout.history_prefix("prod")) == history
+
+
+def test_a_publish_that_lost_the_race_overwrites_nothing(state, dist, signer):
+    a = render(state, network_bundle(ips(0, 10), tag="a"))
+    b = render(state, network_bundle(ips(0, 11), tag="b"))
+    publish(state, dist, signer, a)
+    stale = dist.get(layout.channel_manifest_key("prod")).etag
+    publish(state, dist, signer, b, now=T0 + HOUR)
+    with pytest.raises(PreconditionFailed):
+        dist.put_if(layout.channel_manifest_key("prod"), b"{}", stale)
+    assert current(dist)["digest"] == b
 
 
 def test_publish_through_s3(signer, verifier):

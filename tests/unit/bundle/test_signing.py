@@ -35,8 +35,9 @@ from .factory import SETTINGS, SOURCE, T0, files_of, tracing_policy
 
 
 def unsigned_manifest(n_files: int = 2) -> dict:
+    """A manifest as Publish signs it (with its generation)."""
     files = files_of({f"tp-{i:04d}.yaml": tracing_policy(f"tp-{i:04d}") for i in range(n_files)})
-    return build_manifest(
+    return {"generation": 1} | build_manifest(
         files,
         channel="prod",
         settings=SETTINGS,

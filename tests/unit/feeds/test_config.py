@@ -36,7 +36,8 @@ feeds:
     ttl_hours: 6
     enabled: false
     can_be_empty: true
-"""
+""",
+        allow_file=True,
     )
     assert [f.name for f in feeds] == ["local-list", "mirror"]
     mirror = feeds[1]
@@ -81,6 +82,7 @@ feeds:
         ("feeds: [{name: a, url: 'ftp://e.org/a', category: c2}]\n", "must be https://"),
         ("feeds: [{name: a, url: 'https://', category: c2}]\n", "must be https://"),
         ("feeds: [{name: a, url: 'file://host/a', category: c2}]\n", "file:///absolute/path"),
+        ("feeds: [{name: a, url: 'file:///etc/passwd', category: c2}]\n", "only from the command line"),
         ("feeds: [{name: a, url: 'http://lists.example.org/a', category: c2}]\n", "allow_http"),
         (
             "feeds: [{name: a, url: 'https://e.org/a', category: c2},"
@@ -92,6 +94,25 @@ feeds:
 def test_bad_configuration_is_refused_with_a_clear_message(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         load_feeds(text, origin="feeds.yaml")
+
+
+def test_file_urls_only_from_the_command_line() -> None:
+    text = "feeds: [{name: env, url: 'file:///var/task/.env', category: c2}]\n"
+    with pytest.raises(
+        ConfigError, match=r"s3://state/config/feeds.yaml: feeds\[0\] \(env\): file:// URLs are accepted"
+    ):
+        load_feeds(text, origin="s3://state/config/feeds.yaml")
+    assert load_feeds(text, origin="--feeds", allow_file=True)[0].url == "file:///var/task/.env"
+
+
+def test_the_bucket_configuration_refuses_file_urls(tmp_path) -> None:
+    from cdr_policy.documents import feeds_from_store
+    from cdr_policy.storage import LocalStore
+
+    store = LocalStore(tmp_path)
+    store.put("config/feeds.yaml", b"feeds: [{name: env, url: 'file:///var/task/.env', category: c2}]\n")
+    with pytest.raises(ConfigError, match="never from a bucket's configuration"):
+        feeds_from_store(store)
 
 
 def test_the_origin_names_the_file() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from pathlib import Path
 
@@ -163,7 +164,8 @@ def test_semicolon_and_inline_comments_cidrs_and_blank_lines() -> None:
     ]
     assert parsed.networks[6] == [(int(ipaddress.IPv6Address("2001:db8:1200::")), 40)]
     assert list(parsed.singles[4]) == [int(ipaddress.IPv4Address("5.6.7.8"))]
-    assert parsed.rejected == [("9.9.9.0/24 junk", p.R_TRAILING)]
+    number = body.splitlines().index(b"9.9.9.0/24 junk") + 1
+    assert parsed.rejected == [(p.fingerprint(number, "9.9.9.0/24 junk"), p.R_TRAILING)]
     assert parsed.stats()["cidr"] == 3
 
 
@@ -276,7 +278,8 @@ def test_tor_exit_addresses_format() -> None:
     parsed = parse_feed(body)
     assert parsed.format == "tor-exit-addresses"
     assert parsed.count(4) == 1 and parsed.count(6) == 1 and parsed.comments == 4
-    assert parsed.rejected == [("garbage line", p.R_NOT_IP)]
+    number = body.splitlines().index(b"garbage line") + 1
+    assert parsed.rejected == [(p.fingerprint(number, "garbage line"), p.R_NOT_IP)]
 
 
 def test_unknown_format_is_a_programming_error() -> None:
@@ -287,3 +290,22 @@ def test_unknown_format_is_a_programming_error() -> None:
 def test_empty_body() -> None:
     parsed = parse_feed(b"")
     assert (parsed.lines, parsed.entries, parsed.data_lines) == (0, 0, 0)
+
+
+def test_a_rejected_line_is_named_by_number_and_fingerprint_never_by_its_text() -> None:
+    secret = "QUALYS_PASSWORD=hunter2-do-not-leak"
+    lines = ["# my .env", "1.2.3.4", secret, "5.6.7.8", "", "AWS_SECRET=abc def"]
+    parsed = parse_feed("\n".join(lines).encode())
+    assert parsed.count(4) == 2
+    assert parsed.rejected == [
+        (p.fingerprint(3, secret), p.R_NOT_IP),
+        (p.fingerprint(6, "AWS_SECRET=abc def"), p.R_TRAILING),
+    ]
+    assert re.fullmatch(r"line 3 sha256:[0-9a-f]{12}", parsed.rejected[0][0])
+    assert "hunter2" not in repr(parsed) and "abc" not in repr(parsed.rejected)
+
+
+def test_line_numbers_survive_the_batched_fast_path() -> None:
+    body = "\n".join([f"10.{i >> 8 & 255}.{i & 255}.1" for i in range(5000)] + ["2001:db8::1", "junk"] * 2)
+    parsed = parse_feed(body.encode())
+    assert [r for r, _ in parsed.rejected] == [p.fingerprint(5002, "junk"), p.fingerprint(5004, "junk")]

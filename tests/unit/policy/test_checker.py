@@ -548,3 +548,56 @@ def test_warnings_do_not_block(schemas):
 
 def test_not_an_object():
     assert [p.code for p in check_object(["a"], None)] == ["schema.not-an-object"]
+
+
+# --- issue 9: denies to whole entities, enforcement on every program start -------------------------
+
+EVERY_EXEC = {
+    "call": "security_bprm_check",
+    "syscall": False,
+    "args": [{"index": 0, "type": "linux_binprm"}],
+    "selectors": [{"matchActions": [{"action": "Sigkill"}]}],
+}
+
+
+@pytest.mark.parametrize(
+    ("obj", "code"),
+    [
+        (_deny_policy({"toEntities": ["all"]}), "cilium.deny-everything"),
+        (_deny_policy({"toEntities": ["world"]}), "cilium.deny-everything"),
+        (_tracing_policy(EVERY_EXEC), "tetragon.kill-every-exec"),
+        (
+            _tracing_policy(
+                _with(
+                    EVERY_EXEC,
+                    call="sys_execve",
+                    syscall=True,
+                    args=[{"index": 0, "type": "string"}],
+                    selectors=[{"matchActions": [{"action": "Override", "argError": -1}]}],
+                )
+            ),
+            "tetragon.kill-every-exec",
+        ),
+    ],
+    ids=["deny to all", "deny to world", "Sigkill on every exec", "Override on every execve"],
+)
+def test_denying_everything_is_an_error(schemas, obj, code):
+    assert code in error_codes(obj, schemas)
+
+
+def test_a_filtered_exec_block_and_a_ports_only_world_deny_pass(schemas):
+    filtered = _with(
+        EVERY_EXEC,
+        selectors=[
+            {
+                "matchArgs": [{"index": 0, "operator": "Postfix", "values": ["/xmrig"]}],
+                "matchActions": [{"action": "Sigkill"}],
+            }
+        ],
+    )
+    assert "tetragon.kill-every-exec" not in error_codes(_tracing_policy(filtered), schemas)
+    scoped = _tracing_policy(EVERY_EXEC)
+    scoped["spec"]["podSelector"] = {"matchLabels": {"app": "build-runner"}}
+    assert "tetragon.kill-every-exec" not in error_codes(scoped, schemas)
+    ports = _deny_policy({"toEntities": ["world"], "toPorts": [{"ports": [{"port": "23", "protocol": "TCP"}]}]})
+    assert "cilium.deny-everything" not in error_codes(ports, schemas)

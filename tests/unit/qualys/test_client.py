@@ -315,3 +315,16 @@ def test_unusable_total_is_ignored(make_client):
         gw.inject(Fault(status=200, body=b'{"content": [{"uuid": "a"}], "totalElements": "many"}'))
         pages = list(make_client(gw).findings_pages(START, END))
     assert [(len(p.items), p.total) for p in pages] == [(1, None)]
+
+
+def test_an_oversized_page_is_refused_without_holding_it(make_client, monkeypatch):
+    """A 300 MB page cost 2.6 GB in CdrFetch: the body is streamed and cut off past the cap."""
+    from cdr_policy.qualys import client as client_module
+
+    monkeypatch.setattr(client_module, "MAX_PAGE_BYTES", 64 * 1024)
+    huge = b'{"content": [' + b'{"uuid": "x"},' * 20_000 + b'{"uuid": "y"}]}'
+    with FakeQualysGateway(findings(5)) as gw:
+        gw.inject(Fault(status=200, body=huge))
+        with pytest.raises(QualysError, match="larger than 65536 bytes: refused"):
+            all_items(make_client(gw))
+        assert len([r for r in gw.requests if "findings" in r.path]) == 1  # final: not retried

@@ -12,6 +12,10 @@ class ApplyError(CdrPolicyError):
     """Applying, reading or deleting one object (or listing objects) failed."""
 
 
+class Conflict(ApplyError):
+    """409: the object changed since it was read (or already exists): read it again."""
+
+
 class Applier(Protocol):
     def describe(self) -> str:
         """Where objects go (an API URL or a directory), for logs and the status document."""
@@ -31,4 +35,8 @@ class Applier(Protocol):
 
     def delete(self, obj: dict[str, Any]) -> None:
         """Remove the live object (already gone is fine)."""
+        ...
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """A ``time.monotonic()`` instant after which no operation starts (ApplyError); None: no limit."""
         ...

@@ -8,13 +8,24 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from cdr_policy.agent import kubeconfig
 from cdr_policy.agent.applier import Applier
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.observe import AgentMetrics, ObservabilityServer
-from cdr_policy.agent.sync import Agent
+from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
+from cdr_policy.agent.sync import (
+    DEFAULT_DRIFT_INTERVAL_S,
+    DEFAULT_MAX_CLOCK_SKEW_S,
+    DEFAULT_MAX_SHRINK_PERCENT,
+    DEFAULT_SYNC_DEADLINE_S,
+    Agent,
+)
+from cdr_policy.bundle.channel_rules import protected_guard
 from cdr_policy.bundle.signing import Verifier
 from cdr_policy.errors import CdrPolicyError, exit_code, print_error
 from cdr_policy.observability import logger
@@ -27,14 +38,53 @@ from cdr_policy.timeutil import parse_duration
 _OK_RESULTS = frozenset({"applied", "unchanged"})
 
 
-def _interval(text: str) -> float:
+def _duration(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+        if not low <= seconds <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be between {low:g}s and {high:g}s")
+        return seconds
+
+    return parse
+
+
+def _percent(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number from 1 to 100")
+    return int(text)
+
+
+def _cidrs(text: str) -> tuple[str, ...]:
+    cidrs = tuple(c.strip() for c in text.split(",") if c.strip())
     try:
-        seconds = parse_duration(text)
+        protected_guard(cidrs, "this cluster")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
-    if seconds < 1:
-        raise argparse.ArgumentTypeError(f"interval {text!r} is shorter than one second")
-    return seconds
+    return cidrs
+
+
+def _s3_client() -> Any:
+    """An S3 client whose every call is bounded (a slow bucket must not hold a sync for minutes:
+    botocore's defaults allow 60 s per read and several retries)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "max_attempts": 3})
+    return boto3.client("s3", config=config)
+
+
+def _default_namespace() -> str:
+    """The pod's namespace when in a cluster (the service account's), else cdr-policy-system."""
+    try:
+        return (kubeconfig.SERVICE_ACCOUNT_DIR / "namespace").read_text(encoding="utf-8").strip()
+    except OSError:
+        return "cdr-policy-system"
+
+
+_interval = _duration(1, 86400)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +108,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_interval,
         default=_interval("60s"),
         metavar="DURATION",
-        help="time between polls, like 30s, 5m or 1h (default 60s)",
+        help="time between polls, like 30s, 5m or 1h (1s..24h, default 60s)",
+    )
+    parser.add_argument(
+        "--drift-interval",
+        type=_duration(5, 86400),
+        default=DEFAULT_DRIFT_INTERVAL_S,
+        metavar="DURATION",
+        help=f"how often an unchanged poll compares the owned objects with the applied bundle and repairs "
+        f"drift (5s..24h, default {DEFAULT_DRIFT_INTERVAL_S:g}s)",
+    )
+    parser.add_argument(
+        "--sync-deadline",
+        type=_duration(5, 3600),
+        default=DEFAULT_SYNC_DEADLINE_S,
+        metavar="DURATION",
+        help=f"overall time one sync may spend on the API server; the status is written either way "
+        f"(5s..1h, default {DEFAULT_SYNC_DEADLINE_S:g}s)",
+    )
+    parser.add_argument(
+        "--max-clock-skew",
+        type=_duration(0, 3600),
+        default=DEFAULT_MAX_CLOCK_SKEW_S,
+        metavar="DURATION",
+        help=f"refuse manifests created further ahead of this clock (0..1h, default {DEFAULT_MAX_CLOCK_SKEW_S:g}s)",
+    )
+    parser.add_argument(
+        "--max-shrink-percent",
+        type=_percent,
+        default=DEFAULT_MAX_SHRINK_PERCENT,
+        metavar="N",
+        help="refuse, without a signed approval, a bundle removing more than N%% of the enforced objects or "
+        f"prefixes (1..100, default {DEFAULT_MAX_SHRINK_PERCENT})",
+    )
+    parser.add_argument(
+        "--protected-cidrs",
+        type=_cidrs,
+        default=(),
+        metavar="CIDR[,CIDR...]",
+        help="this cluster's own pod, service and node ranges: a bundle blocking any of them is refused",
+    )
+    parser.add_argument(
+        "--state-namespace",
+        metavar="NAMESPACE",
+        help=f"with --kubernetes: the namespace of the ConfigMap {RECORD_NAME} that records the applied "
+        "generation (default: the pod's namespace, else cdr-policy-system)",
     )
     parser.add_argument("--once", action="store_true", help="sync once and exit (non-zero unless applied or unchanged)")
     target = parser.add_mutually_exclusive_group(required=True)
@@ -95,13 +189,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS", help="address to serve them on")
 
 
-def policy_check(applier: Applier, crds: Path | None) -> BundleCheck:
+def policy_check(applier: Applier, crds: Path | None, protected: tuple[str, ...] = ()) -> BundleCheck:
     """The policy checker the agent runs on every bundle before applying it: against the CRDs
     installed in the cluster it applies to (so it checks the versions it will really meet), or in
-    directory mode against ``--crds DIR`` when given; the safety checklist always."""
+    directory mode against ``--crds DIR`` when given; the safety checklist always, with the
+    never-block list plus this cluster's ``protected`` ranges."""
+    guard = protected_guard(protected, "this cluster")
     if isinstance(applier, KubeApplier):
-        return bundle_checker(SchemaSet.from_crds(applier.crds(), source="cluster"))
-    return bundle_checker(SchemaSet.from_dir(crds) if crds else None)
+        return bundle_checker(SchemaSet.from_crds(applier.crds(), source="cluster"), guard=guard)
+    return bundle_checker(SchemaSet.from_dir(crds) if crds else None, guard=guard)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,13 +207,22 @@ def run(args: argparse.Namespace) -> int:
         applier: Applier = KubeApplier.from_environment() if args.kubernetes else DirectoryApplier(args.output_dir)
         state_dir = args.state_dir or Path.home() / ".cache" / "cdr-policy" / "agent" / args.channel
         agent = Agent(
-            open_store(args.bucket),
+            open_store(args.bucket, _s3_client() if args.bucket.startswith("s3://") else None),
             channel=args.channel,
             cluster_id=args.cluster_id,
             verifier=verifier,
             applier=applier,
             state_dir=state_dir,
-            check=policy_check(applier, args.crds),
+            check=policy_check(applier, args.crds, args.protected_cidrs),
+            record=(
+                ClusterRecord(applier, args.state_namespace or _default_namespace())
+                if isinstance(applier, KubeApplier)
+                else None
+            ),
+            max_clock_skew_s=args.max_clock_skew,
+            max_shrink_percent=args.max_shrink_percent,
+            drift_interval_s=args.drift_interval,
+            sync_deadline_s=args.sync_deadline,
         )
     except CdrPolicyError as exc:
         print_error(exc)

@@ -27,6 +27,9 @@ class DirectoryApplier:
     def describe(self) -> str:
         return f"directory {self.path}"
 
+    def set_deadline(self, deadline: float | None) -> None:
+        """Local files need no deadline: each write is bounded by the object's size."""
+
     def _read(self, path: Path) -> dict[str, Any] | None:
         try:
             docs = load_yaml_documents(path.read_bytes())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import ssl
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import stamina
 
 from cdr_policy import jsonio
 from cdr_policy.agent import kubeconfig
-from cdr_policy.agent.applier import ApplyError
+from cdr_policy.agent.applier import ApplyError, Conflict
 from cdr_policy.agent.kinds import KINDS, Kind
 from cdr_policy.bundle.objects import ref_of
 from cdr_policy.errors import ConfigError
@@ -120,6 +121,20 @@ class KubeApplier:
         self._token_file = Path(token_file) if token_file is not None else None
         self._token_plugin = token_plugin
         self.attempts = attempts
+        self._deadline: float | None = None
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """A ``time.monotonic()`` instant after which no request starts or is retried, and no request
+        waits past (its timeout is cut to what is left): one sync's overall deadline."""
+        self._deadline = deadline
+
+    def _left(self, what: str) -> float | None:
+        if self._deadline is None:
+            return None
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise ApplyError(f"{what}: the sync's deadline has passed; not attempted")
+        return left
 
     @classmethod
     def from_environment(
@@ -184,12 +199,20 @@ class KubeApplier:
             headers["Authorization"] = f"Bearer {token}"
         if content_type:
             headers["Content-Type"] = content_type
+        left = self._left(f"{method} {path}")
         try:
-            for attempt in stamina.retry_context(on=_Transient, attempts=self.attempts, timeout=120):
+            for attempt in stamina.retry_context(on=_Transient, attempts=self.attempts, timeout=left or 120):
                 with attempt:
+                    left = self._left(f"{method} {path}")
+                    timeout = httpx.Timeout(left) if left is not None else httpx.USE_CLIENT_DEFAULT
                     try:
                         resp = self._http.request(
-                            method, self.api_url + path, params=params, content=content, headers=headers
+                            method,
+                            self.api_url + path,
+                            params=params,
+                            content=content,
+                            headers=headers,
+                            timeout=timeout,
                         )
                     except httpx.TransportError as exc:
                         raise _Transient(f"{type(exc).__name__}: {exc}") from exc
@@ -246,7 +269,8 @@ class KubeApplier:
             return None
         if resp.status_code != 200:
             raise self._fail(resp, f"get {ref}")
-        return resp.json()
+        live: dict[str, Any] = resp.json()
+        return live
 
     def apply(self, obj: dict[str, Any]) -> None:
         ref = ref_of(obj)
@@ -281,12 +305,40 @@ class KubeApplier:
             key=lambda crd: (crd.get("metadata") or {}).get("name", ""),
         )
 
+    # -- ConfigMaps: Cilium's cilium-config (pre-flight) and the agent's own state record ------------
+
     def config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         """The ``data`` of a ConfigMap, or None when there is no such ConfigMap."""
+        obj = self.get_configmap(namespace, name)
+        if obj is None:
+            return None
+        return {str(k): str(v) for k, v in (obj.get("data") or {}).items()}
+
+    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The whole ConfigMap (with ``metadata.resourceVersion``), or None."""
         resp = self._request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
         if resp.status_code == 404 and _object_missing(resp, name):
             return None
         if resp.status_code != 200:
             raise self._fail(resp, f"get ConfigMap {namespace}/{name}")
-        data = resp.json().get("data") or {}
-        return {str(k): str(v) for k, v in data.items()}
+        body = resp.json()
+        if not isinstance(body, dict):
+            raise ApplyError(f"get ConfigMap {namespace}/{name}: the answer is not an object")
+        return body
+
+    def write_configmap(self, obj: dict[str, Any]) -> None:
+        """Create ``obj`` (no ``metadata.resourceVersion``) or replace the version it names.
+        Conflict when someone else wrote it first."""
+        meta = obj["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/configmaps"
+        update = "resourceVersion" in meta
+        resp = self._request(
+            "PUT" if update else "POST",
+            f"{path}/{meta['name']}" if update else path,
+            content=jsonio.dumps(obj),
+            content_type="application/json",
+        )
+        if resp.status_code == 409:
+            raise Conflict(f"ConfigMap {meta['namespace']}/{meta['name']}: {_message(resp)}")
+        if resp.status_code not in (200, 201):
+            raise self._fail(resp, f"write ConfigMap {meta['namespace']}/{meta['name']}")

@@ -131,9 +131,9 @@ def _b64(value: str, what: str) -> bytes:
         raise ConfigError(f"kubeconfig: {what} is not valid base64") from exc
 
 
-def _named(docs: list[tuple[Path, dict[str, Any]]], section: str, entry: str) -> dict[str, tuple[Path, dict]]:
+def _named(docs: list[tuple[Path, dict[str, Any]]], section: str, entry: str) -> dict[str, tuple[Path, dict[str, Any]]]:
     """Merge the named entries of ``section`` over all files; the first file to define a name wins."""
-    merged: dict[str, tuple[Path, dict]] = {}
+    merged: dict[str, tuple[Path, dict[str, Any]]] = {}
     for path, doc in docs:
         for item in doc.get(section) or []:
             if isinstance(item, dict) and isinstance(item.get("name"), str):
@@ -167,7 +167,7 @@ def from_kubeconfig(paths: list[Path]) -> KubeConnection:
     if context.get("cluster") not in clusters:
         raise ConfigError(f"kubeconfig: context {context_name!r} names unknown cluster {context.get('cluster')!r}")
     cluster_path, cluster = clusters[context["cluster"]]
-    user_path, user = users.get(context.get("user"), (cluster_path, {}))
+    user_path, user = users.get(str(context.get("user")), (cluster_path, {}))
     server = cluster.get("server")
     if not isinstance(server, str) or not server:
         raise ConfigError(f"kubeconfig: cluster {context['cluster']!r} has no server")

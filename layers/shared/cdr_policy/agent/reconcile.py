@@ -49,16 +49,22 @@ def delete_objects(applier: Applier, objects: list[dict[str, Any]], errors: list
 
 
 def reconcile(
-    applier: Applier, objects: list[dict[str, Any]], *, channel: str, preflight: Preflight | None = None
+    applier: Applier,
+    objects: list[dict[str, Any]],
+    *,
+    channel: str,
+    preflight: Preflight | None = None,
+    owned: dict[ObjectRef, dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Pre-flight, apply all it allows, then prune (only when every apply succeeded). Returns
     (errors, applied, deleted). ``preflight`` is run here unless the caller already ran it (the agent
-    does, to report it). Raises ApplyError when the owned objects cannot even be listed (nothing
-    changed then)."""
+    does, to report it); ``owned``: the owned live objects when the caller has just listed them.
+    Raises ApplyError when the owned objects cannot even be listed (nothing changed then)."""
     if preflight is None:
         preflight = run_preflight(applier, objects)
     labels = ownership_labels(channel)
-    owned = owned_objects(applier, labels)
+    if owned is None:
+        owned = owned_objects(applier, labels)
     desired: dict[ObjectRef, dict[str, Any]] = {}
     for obj in objects:
         meta = dict(obj["metadata"])

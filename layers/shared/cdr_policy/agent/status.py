@@ -21,4 +21,5 @@ def read_status(data: bytes) -> dict[str, Any]:
     errors = schema_errors(doc, SCHEMA)
     if errors:
         raise BundleError("malformed agent status: " + "; ".join(errors[:10]))
-    return doc
+    status: dict[str, Any] = doc
+    return status

@@ -1,22 +1,38 @@
 """The sync agent: follow one channel and make the cluster carry what it ships.
 
-One ``sync_once``:
-1. poll ``channels/<channel>/manifest.json`` with the last ETag (a 304 costs one small request);
-2. verify the new manifest (signature, schema, digest, expiry, channel, not older than what is
-   applied), then every file's size and sha256, then the objects, then the injected policy check --
-   all BEFORE touching the cluster; a refusal keeps the cluster as it is;
+One ``sync_once`` (bounded by one overall deadline; the status is written whatever happens):
+1. poll ``channels/<channel>/manifest.json`` with the last ETag (a 304 costs one small request;
+   the manifest is read no further than ``MAX_MANIFEST_BYTES``);
+2. verify the new manifest (signature, schema, digest, expiry, channel, not created in the future
+   beyond the allowed clock skew, and a ``generation`` not below the highest this cluster applied:
+   replay protection), then every file's size and sha256 (each read no further than its signed
+   size), then the objects and that they match the manifest's action/mode -- all BEFORE touching
+   the cluster; a refusal keeps the cluster as it is;
 3. run the cluster pre-flight (``agent.preflight``: Cilium's ``enable-non-default-deny-policies``,
    the served Cilium CRD versions, the channel's declared Cilium version) before the policy check
-   and before touching anything; the Cilium objects it holds back are neither checked nor applied,
-   the Tetragon ones are (result ``partial``, the reason in the status document's ``preflight`` and
-   ``apply_errors``; retried on every poll, so a fixed Cilium configuration is picked up without a
-   new bundle);
-4. apply every object (CiliumCIDRGroups first), then, only if all applied, delete the objects this
-   agent owns that the bundle no longer has (CIDR groups last). Tetragon policies are named by
-   content, so a changed policy is a new object that is loaded before the old one goes: no gap;
-5. remove everything it owns once the applied bundle has expired (a cluster cut off from the bucket
-   does not enforce stale blocks forever);
-6. write ``status/<cluster-id>.json`` to the distribution store (and ``status.json`` locally).
+   (with this cluster's own protected ranges) and before touching anything; the Cilium objects it
+   holds back are neither checked nor applied, the Tetragon ones are (result ``partial``, the reason
+   in the status document's ``preflight`` and ``apply_errors``; retried on every poll, so a fixed
+   Cilium configuration is picked up without a new bundle);
+4. refuse to shrink what is enforced (every object gone, a behaviour policy gone, more than
+   ``max_shrink_percent`` of the objects or prefixes gone) unless the signed manifest carries an
+   operator's approval of exactly the bundle applied here (or is a rollback carrying one);
+5. apply every object (CiliumCIDRGroups first; each stamped with the generation and a content
+   hash), then, only if all applied, delete the objects this agent owns that the bundle no longer
+   has (CIDR groups last); then record the generation in the cluster (``state.ClusterRecord``).
+   Tetragon policies are named by content, so a changed policy is a new object that is loaded
+   before the old one goes: no gap;
+6. on an unchanged poll, every ``drift_interval_s``: compare the owned live objects with the applied
+   bundle and re-apply what is missing or was changed (drift repair);
+7. once the applied bundle has expired, remove its objects, except those of the newest verified
+   bundle (a cluster cut off from the bucket does not enforce stale blocks forever, and a newer
+   bundle that keeps failing one object keeps what it applied);
+8. write ``status/<cluster-id>.json`` to the distribution store (and ``status.json`` locally).
+
+Replay floor: the highest of the in-cluster record, the verified local ``applied.json`` and -- when
+the in-cluster record is missing -- the ``cdr-policy.io/generation`` annotation of the owned live
+objects. So neither a lost state directory (an ``emptyDir`` after a reschedule), a corrupt one, nor
+a deleted record lowers it. A record that cannot be read stops the sync (nothing applied).
 
 Ownership is by label: ``app.kubernetes.io/managed-by=cdr-policy`` and ``cdr-policy.io/channel=<channel>``,
 set by the agent on every object it applies; nothing without both labels is ever changed or deleted.
@@ -24,13 +40,14 @@ set by the agent on every object it applies; nothing without both labels is ever
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +56,35 @@ from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.kinds import kind_of, ownership_labels
 from cdr_policy.agent.preflight import APPLY, Preflight, is_cilium, run_preflight
 from cdr_policy.agent.reconcile import delete_objects, owned_objects, reconcile
-from cdr_policy.agent.state import Applied, StateDir
+from cdr_policy.agent.state import Applied, Record, RecordStore, StateDir
 from cdr_policy.agent.status import SCHEMA_VERSION
-from cdr_policy.bundle.manifest import VerificationError, verify_files
-from cdr_policy.bundle.objects import ObjectRef, parse_objects
+from cdr_policy.bundle.change_budget import shrink_reasons
+from cdr_policy.bundle.channel_rules import settings_problems
+from cdr_policy.bundle.manifest import (
+    MAX_MANIFEST_BYTES,
+    VerificationError,
+    read_bundle_files,
+    read_manifest_bytes,
+)
+from cdr_policy.bundle.objects import ObjectRef, parse_objects, ref_of
 from cdr_policy.bundle.signing import Verifier, verify_manifest
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker.files import BundleCheck
-from cdr_policy.storage import NotFound, Store
+from cdr_policy.storage import NotFound, Store, TooLarge
 from cdr_policy.timeutil import iso, parse_iso, utcnow
+
+GENERATION_ANNOTATION = "cdr-policy.io/generation"
+CONTENT_HASH_ANNOTATION = "cdr-policy.io/content-hash"
+DEFAULT_MAX_CLOCK_SKEW_S = 300.0
+DEFAULT_MAX_SHRINK_PERCENT = 50
+DEFAULT_DRIFT_INTERVAL_S = 300.0
+DEFAULT_SYNC_DEADLINE_S = 300.0
 
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Refusals that the same manifest bytes will always get again: do not re-download until it changes.
-# The others (file digests, the policy check against the cluster's CRDs) are retried on the next poll.
+# The others (file digests, the policy check against the cluster's CRDs, a manifest from the future)
+# are retried on the next poll.
 _FINAL_CODES = frozenset(
     {
         "malformed",
@@ -60,18 +92,59 @@ _FINAL_CODES = frozenset(
         "unknown_algorithm",
         "bad_signature",
         "digest_mismatch",
+        "too_large",
         "expired",
         "wrong_channel",
         "replay",
         "bad_object",
+        "forbidden",
+        "shrink",
     }
 )
+
+
+@dataclass(frozen=True)
+class _Floor:
+    """The lowest generation this cluster may go to (and the digest applied at it, when known)."""
+
+    generation: int
+    digest: str | None
+    source: str
 
 
 @dataclass(frozen=True)
 class _Bundle:
     manifest: dict[str, Any]
     objects: list[dict[str, Any]]
+    floor: _Floor | None
+
+
+class _NoFloor(Exception):
+    """The replay floor cannot be established (the in-cluster record is unreadable)."""
+
+
+def content_hash(obj: dict[str, Any]) -> str:
+    """sha256 of what an object enforces (everything but ``metadata`` and ``status``)."""
+    body = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+    return hashlib.sha256(jsonio.dumps(body)).hexdigest()
+
+
+def _drifted(live: dict[str, Any], want: dict[str, Any]) -> bool:
+    """The live object no longer is what was applied: another content hash, or content changed."""
+    stamp = ((live.get("metadata") or {}).get("annotations") or {}).get(CONTENT_HASH_ANNOTATION)
+    if stamp != want["metadata"]["annotations"][CONTENT_HASH_ANNOTATION]:
+        return True
+    # apiVersion aside: a list returns the object under the newest version served, not the one applied.
+    return not _contains(live, {k: v for k, v in want.items() if k not in ("metadata", "apiVersion")})
+
+
+def _contains(live: Any, want: Any) -> bool:
+    """``live`` carries everything ``want`` has (the API server may add defaults, never remove)."""
+    if isinstance(want, dict):
+        return isinstance(live, dict) and all(k in live and _contains(live[k], v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(live, list) and len(live) == len(want) and all(map(_contains, live, want))
+    return bool(live == want)
 
 
 class Agent:
@@ -85,21 +158,37 @@ class Agent:
         applier: Applier,
         state_dir: str | os.PathLike[str],
         check: BundleCheck | None = None,
+        record: RecordStore | None = None,
+        max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+        max_shrink_percent: int = DEFAULT_MAX_SHRINK_PERCENT,
+        drift_interval_s: float = DEFAULT_DRIFT_INTERVAL_S,
+        sync_deadline_s: float = DEFAULT_SYNC_DEADLINE_S,
     ) -> None:
         if not layout.is_channel_name(channel):
             raise ConfigError(f"channel {channel!r}: use 1-32 lower-case letters, digits or '-'")
         if not _CLUSTER_ID.match(cluster_id):
             raise ConfigError(f"cluster id {cluster_id!r}: use up to 128 letters, digits, '.', '_' or '-'")
+        if not 1 <= max_shrink_percent <= 100:
+            raise ConfigError(f"max shrink must be 1..100 percent, got {max_shrink_percent}")
+        if max_clock_skew_s < 0 or drift_interval_s <= 0 or sync_deadline_s <= 0:
+            raise ConfigError("clock skew must be >= 0, drift interval and sync deadline > 0 seconds")
         self.dist = dist
         self.channel = channel
         self.cluster_id = cluster_id
         self.verifier = verifier
         self.applier = applier
         self.check = check
+        self.record = record
+        self.max_clock_skew = timedelta(seconds=max_clock_skew_s)
+        self.max_shrink_percent = max_shrink_percent
+        self.drift_interval_s = drift_interval_s
+        self.sync_deadline_s = sync_deadline_s
         self.labels = ownership_labels(channel)
         self.manifest_key = layout.channel_manifest_key(channel)
         self._state = StateDir(Path(state_dir))
         self._applied = self._state.load(verifier, channel)
+        self._desired: list[dict[str, Any]] | None = None  # the applied bundle's objects, as applied
+        self._newest: _Bundle | None = None  # the newest bundle that passed verification
         self._etag: str | None = None
         self._verification: dict[str, Any] = {
             "ok": None,
@@ -110,15 +199,24 @@ class Agent:
         }
         self._apply_errors: list[dict[str, Any]] = []
         self._counts = {"applied": 0, "deleted": 0}
+        self._drift: dict[str, Any] | None = None
+        self._drift_due = 0.0
+        self._record: Record | None = None  # the in-cluster record, once read (for expiry after a restart)
+        self._record_read = False
         self._preflight: Preflight | None = None
 
     # -- one round -------------------------------------------------------------------------------
 
     def sync_once(self, now: datetime | None = None) -> dict[str, Any]:
-        """Poll, verify, apply, prune, expire, report. Returns the status document it wrote."""
+        """Poll, verify, apply, prune, repair drift, expire, report -- within one deadline.
+        Returns the status document it wrote."""
         now = now or utcnow()
-        result, detail = self._poll(now)
-        expired = self._expire(now)
+        self.applier.set_deadline(time.monotonic() + self.sync_deadline_s)
+        try:
+            result, detail = self._poll(now)
+            expired = self._expire(now)
+        finally:
+            self.applier.set_deadline(None)
         if expired:
             result, detail = "expired", f"{detail}; {expired}"
         status = self._status(now, result, detail)
@@ -133,6 +231,8 @@ class Agent:
                 "result": result,
                 "detail": detail,
                 "applied_digest": status["applied_digest"],
+                "applied_generation": status["applied_generation"],
+                "drift": self._drift,
             },
         )
         return status
@@ -154,46 +254,61 @@ class Agent:
 
     def _poll(self, now: datetime) -> tuple[str, str]:
         try:
-            obj = self.dist.get_if_changed(self.manifest_key, self._etag)
+            obj = self.dist.get_if_changed(self.manifest_key, self._etag, max_bytes=MAX_MANIFEST_BYTES)
         except NotFound:
             return "no_manifest", f"no manifest at {self.dist.describe()}/{self.manifest_key} yet"
+        except TooLarge as exc:
+            self._refused(VerificationError("too_large", f"manifest refused: {exc}"), None, now)
+            self._etag = exc.etag
+            return "refused", f"bundle refused, nothing applied: {exc}"
         except StorageError as exc:
             return "unreachable", f"cannot read the channel manifest: {exc}; keeping the last good state"
         if obj is None:
-            return "unchanged", "manifest unchanged (ETag)"
+            return self._unchanged(now)
         try:
             bundle = self._verify(obj.data, now)
+            owned = owned_objects(self.applier, self.labels)
+            self._check_shrink(bundle, owned)
         except VerificationError as exc:
-            digest = self._claimed_digest(obj.data)
-            self._verification = {
-                "ok": False,
-                "code": exc.code,
-                "reason": str(exc),
-                "digest": digest,
-                "at": iso(now),
-            }
+            self._refused(exc, self._claimed_digest(obj.data), now)
             if exc.code in _FINAL_CODES:
                 self._etag = obj.etag
             return "refused", f"bundle refused, nothing applied: {exc}"
+        except _NoFloor as exc:
+            return "unreachable", f"{exc}; nothing applied"
         except StorageError as exc:
             return "unreachable", f"cannot read the bundle's files: {exc}; keeping the last good state"
-        digest = bundle.manifest["digest"]
-        self._verification = {"ok": True, "code": None, "reason": None, "digest": digest, "at": iso(now)}
-        try:
-            errors, applied, deleted = self._apply(bundle.objects)
         except ApplyError as exc:
             self._apply_errors, self._counts = [], {"applied": 0, "deleted": 0}
             return "apply_failed", f"cannot read the objects this agent owns: {exc}; nothing changed"
+        digest, generation = bundle.manifest["digest"], bundle.manifest["generation"]
+        self._verification = {"ok": True, "code": None, "reason": None, "digest": digest, "at": iso(now)}
+        self._newest = bundle
+        desired = [self._stamp(o, generation) for o in bundle.objects]
+        errors, applied, deleted = reconcile(
+            self.applier, desired, channel=self.channel, preflight=self._preflight, owned=owned
+        )
         self._apply_errors, self._counts = errors, {"applied": applied, "deleted": deleted}
         failed = [e for e in errors if e["action"] != "preflight"]
         if failed:
             return "apply_failed", (
-                f"{len(failed)} object operation(s) failed for bundle {digest[:12]}; retrying next poll "
-                "(objects are pruned only once every object applied)"
+                f"{len(failed)} object operation(s) failed for bundle {digest[:12]} (generation {generation}); "
+                "retrying next poll (objects are pruned only once every object applied)"
             )
         self._applied = Applied(bundle.manifest, iso(now))
+        self._desired = desired
         self._state.save(self._applied)
-        done = f"bundle {digest[:12]}: {applied} object(s) applied, {deleted} deleted"
+        self._drift_due = time.monotonic() + self.drift_interval_s
+        if self.record is not None:
+            try:
+                self._record = Record.of(self._applied)
+                self.record.save(self.channel, self._record)
+            except ApplyError as exc:
+                return "apply_failed", (
+                    f"bundle {digest[:12]} applied but generation {generation} could not be recorded in "
+                    f"{self.record.describe()}: {exc}; retrying next poll"
+                )
+        done = f"bundle {digest[:12]} (generation {generation}): {applied} object(s) applied, {deleted} deleted"
         if errors and self._preflight is not None:
             # the manifest is verified again next poll, so the held-back part follows a fixed cluster
             return "partial", (
@@ -203,6 +318,9 @@ class Agent:
         self._etag = obj.etag
         return "applied", done
 
+    def _refused(self, exc: VerificationError, digest: str | None, now: datetime) -> None:
+        self._verification = {"ok": False, "code": exc.code, "reason": str(exc), "digest": digest, "at": iso(now)}
+
     @staticmethod
     def _claimed_digest(data: bytes) -> str | None:
         try:
@@ -211,33 +329,50 @@ class Agent:
             return None
         return digest if layout.is_digest(digest) else None
 
+    @staticmethod
+    def _stamp(obj: dict[str, Any], generation: int) -> dict[str, Any]:
+        meta = dict(obj["metadata"])
+        meta["annotations"] = {
+            **(meta.get("annotations") or {}),
+            GENERATION_ANNOTATION: str(generation),
+            CONTENT_HASH_ANNOTATION: content_hash(obj),
+        }
+        return {**obj, "metadata": meta}
+
     # -- verification ----------------------------------------------------------------------------
 
     def _verify(self, data: bytes, now: datetime) -> _Bundle:
         self._preflight = None
-        try:
-            manifest = jsonio.loads(data)
-        except ValueError as exc:
-            raise VerificationError("malformed", f"malformed manifest: not JSON: {exc}") from exc
+        manifest = read_manifest_bytes(data, self.manifest_key)
         verify_manifest(manifest, self.verifier, now=now)
         if manifest["channel"] != self.channel:
             raise VerificationError(
                 "wrong_channel",
                 f"the manifest is for channel {manifest['channel']}, this agent follows {self.channel}",
             )
-        if self._applied and parse_iso(manifest["created_at"]) < parse_iso(self._applied.manifest["created_at"]):
+        if parse_iso(manifest["created_at"]) > now + self.max_clock_skew:
             raise VerificationError(
-                "replay",
-                f"bundle {manifest['digest'][:12]} was created {manifest['created_at']}, before the applied "
-                f"bundle {self._applied.digest[:12]} ({self._applied.manifest['created_at']}): "
-                "refusing to go back in time",
+                "future",
+                f"bundle {manifest['digest'][:12]} claims to be created at {manifest['created_at']}, more than "
+                f"{self.max_clock_skew.total_seconds():g}s ahead of this cluster's clock ({iso(now)})",
             )
-        digest = manifest["digest"]
-        files = {e["path"]: self.dist.get(layout.bundle_file_key(digest, e["path"])).data for e in manifest["files"]}
-        verify_files(manifest, files)
+        floor = self._floor()
+        if floor is not None:
+            generation, digest = manifest["generation"], manifest["digest"]
+            if generation < floor.generation or (generation == floor.generation and floor.digest not in (None, digest)):
+                raise VerificationError(
+                    "replay",
+                    f"bundle {digest[:12]} is generation {generation}; this cluster has applied generation "
+                    f"{floor.generation} ({floor.source}): refusing to go back (a rollback is published as a "
+                    "new, higher generation)",
+                )
+        files = read_bundle_files(self.dist, manifest)
         objects = parse_objects(files)
         for obj in objects:
             kind_of(obj)
+        forbidden = settings_problems(manifest, objects)
+        if forbidden:
+            raise VerificationError("forbidden", f"the channel's settings forbid it: {'; '.join(forbidden[:5])}")
         # The pre-flight runs before the check: objects it holds back are neither checked nor applied,
         # so a Cilium part the cluster cannot take (a CRD version it does not serve) is reported as
         # such instead of refusing the Tetragon part with it.
@@ -253,42 +388,139 @@ class Agent:
             if problems:
                 shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
                 raise VerificationError("check_failed", f"policy check failed: {shown}")
-        return _Bundle(manifest, objects)
+        return _Bundle(manifest, objects, floor)
 
-    # -- apply and prune -------------------------------------------------------------------------
+    def _floor(self) -> _Floor | None:
+        """The replay floor (see the module docstring). Raises _NoFloor when the record is unreadable."""
+        floors = []
+        if self._applied is not None:
+            floors.append(_Floor(self._applied.generation, self._applied.digest, "the local state"))
+        if self.record is not None:
+            try:
+                record = self.record.load(self.channel)
+                self._record, self._record_read = record, True
+                if record is not None:
+                    floors.append(_Floor(record.generation, record.digest, self.record.describe()))
+                else:
+                    live = self._live_generation()
+                    if live:
+                        floors.append(_Floor(live, None, "the owned objects' generation annotations"))
+            except ApplyError as exc:
+                raise _NoFloor(f"cannot read the applied generation from {self.record.describe()}: {exc}") from exc
+        return max(floors, key=lambda f: (f.generation, f.digest is not None), default=None)
 
-    def _owned(self) -> dict[ObjectRef, dict[str, Any]]:
-        return owned_objects(self.applier, self.labels)
+    def _live_generation(self) -> int:
+        """The highest generation annotation on the owned live objects (0: none carries one)."""
+        best = 0
+        for obj in owned_objects(self.applier, self.labels).values():
+            value = ((obj.get("metadata") or {}).get("annotations") or {}).get(GENERATION_ANNOTATION, "")
+            if str(value).isdigit():
+                best = max(best, int(value))
+        return best
 
-    def _apply(self, objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
-        return reconcile(self.applier, objects, channel=self.channel, preflight=self._preflight)
+    def _check_shrink(self, bundle: _Bundle, owned: dict[ObjectRef, dict[str, Any]]) -> None:
+        """Refuse to take protection away without an operator's signed approval of exactly that."""
+        reasons = shrink_reasons(list(owned.values()), bundle.objects, max_percent=self.max_shrink_percent)
+        if not reasons:
+            return
+        manifest = bundle.manifest
+        approval = manifest.get("approval")
+        applied = bundle.floor.digest if bundle.floor else None
+        if approval is not None and ("rollback_of" in manifest or approval["previous_digest"] == applied):
+            logger.warning(
+                "applying a shrinking bundle: approved by an operator",
+                extra={"channel": self.channel, "digest": manifest["digest"], "reasons": reasons},
+            )
+            return
+        why = (
+            "it carries no approval"
+            if approval is None
+            else f"its approval replaces {str(approval['previous_digest'])[:12]}, not the applied {str(applied)[:12]}"
+        )
+        raise VerificationError(
+            "shrink",
+            f"bundle {manifest['digest'][:12]} would shrink what this cluster enforces ({'; '.join(reasons)}) "
+            f"and {why}",
+        )
 
-    def _delete(self, objects: list[dict[str, Any]], errors: list[dict[str, Any]]) -> int:
-        return delete_objects(self.applier, objects, errors)
+    # -- drift -----------------------------------------------------------------------------------
+
+    def _unchanged(self, now: datetime) -> tuple[str, str]:
+        if self._desired is None or self._applied is None or time.monotonic() < self._drift_due:
+            return "unchanged", "manifest unchanged (ETag)"
+        self._drift_due = time.monotonic() + self.drift_interval_s
+        try:
+            owned = owned_objects(self.applier, self.labels)
+        except ApplyError as exc:
+            return "unchanged", f"manifest unchanged (ETag); drift not checked: {exc}"
+        desired = {ref_of(o): o for o in self._desired}
+        missing = sorted(str(r) for r in desired if r not in owned)
+        changed = sorted(str(r) for r, want in desired.items() if r in owned and _drifted(owned[r], want))
+        extra = sorted(str(r) for r in owned if r not in desired)
+        drift = {"checked_at": iso(now), "missing": missing, "changed": changed, "extra": extra, "repaired": False}
+        self._drift = drift
+        if not (missing or changed or extra):
+            return "unchanged", "manifest unchanged (ETag); no drift"
+        errors, applied, deleted = reconcile(self.applier, self._desired, channel=self.channel, owned=owned)
+        self._apply_errors, self._counts = errors, {"applied": applied, "deleted": deleted}
+        errors = [e for e in errors if e["action"] != "preflight"]  # held back by the pre-flight: reported
+        drift["repaired"] = not errors
+        what = f"{len(missing)} missing, {len(changed)} changed, {len(extra)} not in the bundle"
+        logger.warning("drift found", extra={"channel": self.channel, "drift": drift})
+        if errors:
+            return "apply_failed", f"drift ({what}): {len(errors)} object operation(s) failed; retrying"
+        return "repaired", f"drift repaired ({what}): {applied} object(s) re-applied, {deleted} deleted"
+
+    # -- expiry ----------------------------------------------------------------------------------
+
+    def _expiry(self) -> tuple[str, str] | None:
+        """(digest, expires_at) of the applied bundle: from the local state, else the in-cluster record."""
+        if self._applied is not None:
+            return self._applied.digest, self._applied.manifest["expires_at"]
+        if self.record is not None and not self._record_read:
+            try:
+                self._record, self._record_read = self.record.load(self.channel), True
+            except ApplyError:
+                return None
+        return (self._record.digest, self._record.expires_at) if self._record else None
 
     def _expire(self, now: datetime) -> str | None:
-        """Remove everything this agent owns once the applied bundle has expired. Returns what happened."""
-        if self._applied is None or parse_iso(self._applied.manifest["expires_at"]) > now:
+        """Once the applied bundle has expired, remove the objects it put here, except those of the newest
+        verified bundle while that one is valid. Returns what happened."""
+        expiry = self._expiry()
+        if expiry is None or parse_iso(expiry[1]) > now:
             return None
-        digest, expires = self._applied.digest, self._applied.manifest["expires_at"]
+        digest, expires = expiry
+        newest = self._newest
+        keep: set[ObjectRef] = set()
+        if newest is not None and newest.manifest["digest"] != digest:
+            if parse_iso(newest.manifest["expires_at"]) > now:
+                keep = {ref_of(o) for o in newest.objects}
         try:
-            owned = list(self._owned().values())
+            owned = owned_objects(self.applier, self.labels)
         except ApplyError as exc:
             return f"applied bundle {digest[:12]} expired at {expires}; cannot list its objects: {exc}"
         errors: list[dict[str, Any]] = []
-        deleted = self._delete(owned, errors)
+        deleted = delete_objects(self.applier, [o for r, o in owned.items() if r not in keep], errors)
         self._apply_errors, self._counts = errors, {"applied": 0, "deleted": deleted}
         if errors:
             return f"applied bundle {digest[:12]} expired at {expires}: {len(errors)} object(s) not removed"
         self._state.clear()
-        self._applied = None
+        self._applied, self._record = None, None
+        self._desired = None
         self._etag = None  # verify the channel's manifest again: the status then says why nothing is applied
-        return f"applied bundle {digest[:12]} expired at {expires}: removed {deleted} object(s)"
+        kept = (
+            f"; kept {len(keep)} object(s) of the newer bundle {newest.manifest['digest'][:12]}"
+            if newest and keep
+            else ""
+        )
+        return f"applied bundle {digest[:12]} expired at {expires}: removed {deleted} object(s){kept}"
 
     # -- reporting -------------------------------------------------------------------------------
 
     def _status(self, now: datetime, result: str, detail: str) -> dict[str, Any]:
-        applied = self._applied
+        # What is applied: the local state, else (after a restart with an empty state dir) the record.
+        applied = Record.of(self._applied) if self._applied else self._record
         return {
             "schema_version": SCHEMA_VERSION,
             "cluster_id": self.cluster_id,
@@ -296,12 +528,14 @@ class Agent:
             "agent_version": __version__,
             "applier": self.applier.describe(),
             "applied_digest": applied.digest if applied else None,
+            "applied_generation": applied.generation if applied else None,
             "applied_at": applied.applied_at if applied else None,
-            "applied_expires_at": applied.manifest["expires_at"] if applied else None,
+            "applied_expires_at": applied.expires_at if applied else None,
             "last_poll": {"at": iso(now), "result": result, "detail": detail},
             "verification": dict(self._verification),
             "objects": dict(self._counts),
             "apply_errors": list(self._apply_errors),
+            "drift": dict(self._drift) if self._drift else None,
             "preflight": self._preflight.to_dict() if self._preflight is not None else None,
         }
 

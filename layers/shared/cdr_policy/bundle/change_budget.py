@@ -1,15 +1,25 @@
 """The change budget: a circuit breaker that holds back a bundle which would change too many of the
 enforced entries at once (a feed that suddenly doubles, or collapses to nothing, or a renderer bug).
 
-Entries are the canonical IP prefixes the bundle's objects name (``objects.prefixes``), compared as
-sets, so churn counts even when the totals stay the same: replacing every entry of a 1,000-entry list
-is 2,000 changes (1,000 added, 1,000 removed), 200% of the current bundle.
+Two measures:
+- churn (``assess``): entries are the canonical IP prefixes the bundle's objects name
+  (``objects.prefixes``), compared as sets, so churn counts even when the totals stay the same:
+  replacing every entry of a 1,000-entry list is 2,000 changes (1,000 added, 1,000 removed), 200% of
+  the current bundle. Below ``min_changes`` changes a bundle is never held for churn;
+- shrink (``shrink_reasons``): what protection a bundle takes away, whatever the channel's size: an
+  empty bundle over a non-empty one, any behaviour policy (``cdr-policy.io/rule``) gone, more than
+  N% fewer objects or N% of the prefixes removed. Publish holds such a bundle unless approved, and
+  the sync agent refuses it unless the signed manifest carries that approval.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from cdr_policy.bundle.objects import prefixes
+from cdr_policy.policy.naming import COMPONENT_BEHAVIOUR, COMPONENT_KEY, RULE_KEY
 
 # Below this many added + removed entries a bundle is never held, whatever the percentage: a
 # three-entry list gaining two entries is not a blast-radius event.
@@ -72,3 +82,37 @@ def assess(current: set[str], proposed: set[str], *, budget_percent: int, min_ch
         budget_percent=budget_percent,
         min_changes=min_changes,
     )
+
+
+def behaviour_rules(objects: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The behaviour rules an object set enforces (by rule id, which survives a content rename)."""
+    rules = set()
+    for obj in objects:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        if labels.get(COMPONENT_KEY) == COMPONENT_BEHAVIOUR:
+            rules.add(str(labels.get(RULE_KEY) or (obj.get("metadata") or {}).get("name")))
+    return rules
+
+
+def shrink_reasons(
+    current: Sequence[Mapping[str, Any]], proposed: Sequence[Mapping[str, Any]], *, max_percent: int
+) -> list[str]:
+    """Why going from ``current`` to ``proposed`` takes protection away (empty when it does not)."""
+    if not 1 <= max_percent <= 100:
+        raise ValueError(f"shrink limit must be 1..100 percent, got {max_percent}")
+    if not current:
+        return []
+    if not proposed:
+        return [f"removes every object ({len(current)} now enforced)"]
+    reasons = []
+    lost = sorted(behaviour_rules(current) - behaviour_rules(proposed))
+    if lost:
+        reasons.append(f"removes behaviour polic{'y' if len(lost) == 1 else 'ies'} {', '.join(lost[:10])}")
+    fewer = len(current) - len(proposed)
+    if fewer > 0 and 100.0 * fewer / len(current) > max_percent:
+        reasons.append(f"{len(proposed)} objects instead of {len(current)}: more than {max_percent}% fewer")
+    before = prefixes(current)
+    removed = len(before - prefixes(proposed))
+    if before and 100.0 * removed / len(before) > max_percent:
+        reasons.append(f"removes {removed} of {len(before)} prefixes: more than {max_percent}%")
+    return reasons

@@ -12,14 +12,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from cdr_policy import jsonio
+from cdr_policy import jsonio, layout
 from cdr_policy.errors import BundleError
 from cdr_policy.schemas import schema_errors
+from cdr_policy.storage import Store, TooLarge
 from cdr_policy.timeutil import parse_iso
 
 SCHEMA_VERSION = 1
 SCHEMA = "manifest.schema.json"
 SIGNATURE_FIELDS = ("signature", "key_id", "signature_algorithm")
+# No reader takes more than this of a manifest: ~5,000 file entries, far beyond any real bundle.
+MAX_MANIFEST_BYTES = 1 << 20
 # The unsigned manifest sits beside the files in the state bucket, so no file may take its name.
 RESERVED_PATHS = frozenset({"bundle.json"})
 
@@ -27,7 +30,8 @@ RESERVED_PATHS = frozenset({"bundle.json"})
 class VerificationError(BundleError):
     """A bundle that must not be used, with a stable ``code`` for status documents and metrics:
     ``malformed``, ``missing_signature``, ``unknown_algorithm``, ``bad_signature``, ``digest_mismatch``,
-    ``file_mismatch``, ``expired``, ``wrong_channel``, ``replay``, ``bad_object``, ``check_failed``."""
+    ``file_mismatch``, ``too_large``, ``expired``, ``future``, ``wrong_channel``, ``replay``, ``bad_object``,
+    ``shrink``, ``forbidden``, ``check_failed``."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -92,13 +96,16 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
             raise VerificationError("malformed", f"malformed manifest: {exc}") from exc
     if parse_iso(manifest["expires_at"]) <= parse_iso(manifest["created_at"]):
         raise VerificationError("malformed", "malformed manifest: expires_at is not after created_at")
+    if manifest.get("rollback_of", 0) >= manifest.get("generation", 1):
+        raise VerificationError("malformed", "malformed manifest: rollback_of is not an earlier generation")
     computed = entries_digest(manifest["files"])
     if computed != manifest["digest"]:
         raise VerificationError(
             "digest_mismatch",
             f"digest mismatch: manifest says {manifest['digest']}, its file list gives {computed}",
         )
-    return manifest
+    checked: dict[str, Any] = manifest
+    return checked
 
 
 def build_manifest(
@@ -125,6 +132,35 @@ def build_manifest(
         "settings": settings,
     }
     return validate_manifest(manifest)
+
+
+def read_manifest_bytes(data: bytes, where: str) -> dict[str, Any]:
+    """Parse (not verify) a manifest document."""
+    try:
+        doc = jsonio.loads(data)
+    except ValueError as exc:
+        raise VerificationError("malformed", f"malformed manifest: {where} is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise VerificationError("malformed", f"malformed manifest: {where} is not a JSON object")
+    return doc
+
+
+def read_bundle_files(store: Store, manifest: Mapping[str, Any]) -> dict[str, bytes]:
+    """The files a (validated) manifest lists, from ``bundles/<digest>/`` in ``store``, each read no
+    further than its listed size (+1 byte to notice a larger one), then checked with ``verify_files``.
+    The one reader of bundle files, for Publish and the agent. StorageError when one cannot be read."""
+    digest = manifest["digest"]
+    files = {}
+    for entry in manifest["files"]:
+        key = layout.bundle_file_key(digest, entry["path"])
+        try:
+            files[entry["path"]] = store.get(key, max_bytes=entry["size"]).data
+        except TooLarge as exc:
+            raise VerificationError(
+                "too_large", f"file mismatch: {entry['path']} is larger than the {entry['size']} bytes listed"
+            ) from exc
+    verify_files(manifest, files)
+    return files
 
 
 def verify_files(manifest: Mapping[str, Any], files: Mapping[str, bytes]) -> None:

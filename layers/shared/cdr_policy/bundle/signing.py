@@ -42,6 +42,10 @@ class Signer(Protocol):
         """``(DER ECDSA signature, key id)`` over ``message`` with ``ALGORITHM``."""
         ...
 
+    def public_key_pem(self) -> str:
+        """The public half (PEM): Publish verifies the channel's current manifest with it."""
+        ...
+
 
 def sign_manifest(manifest: Mapping[str, Any], signer: Signer) -> dict[str, Any]:
     """A copy of ``manifest`` with ``signature`` (base64), ``key_id`` and ``signature_algorithm``."""

@@ -15,14 +15,41 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cdr_policy import __version__
 from cdr_policy.cli.parser import Parser
-from cdr_policy.errors import CdrPolicyError, ConfigError, exit_code, print_error
+from cdr_policy.errors import CdrPolicyError, exit_code, print_error
 from cdr_policy.observability import log_to_stderr
 from cdr_policy.timeutil import parse_duration
+
+SUBCOMMANDS = ("validate", "agent")
+# The CDR API is asked for at most this look-back (as LOOKBACK_HOURS in the cloud: 30 days).
+MAX_HOURS = 24 * 30
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text[:40]} is out of range: use {low}..{high}")
+        return value
+
+    return parse
+
+
+def _interval(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if not 5 <= seconds <= 7 * 86400:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is out of range: use 5s..7d (each run queries Qualys)")
+    return seconds
 
 
 def _default_state_root(env: Mapping[str, str]) -> Path:
@@ -47,7 +74,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env.get("QUALYS_GATEWAY_URL"),
         help="gateway host or URL (overrides --platform); env QUALYS_GATEWAY_URL",
     )
-    p.add_argument("--hours", type=int, default=24, help="look-back period for CDR events (default 24)")
+    p.add_argument(
+        "--hours",
+        type=_bounded_int(1, MAX_HOURS),
+        default=24,
+        help=f"look-back period for CDR events in hours (1..{MAX_HOURS}, default 24)",
+    )
     p.add_argument(
         "--action",
         choices=("Post", "Sigkill", "Override"),
@@ -63,19 +95,21 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="run once and exit (CronJob mode)")
     p.add_argument(
         "--interval",
-        type=parse_duration,
+        type=_interval,
         default=parse_duration("1h"),
-        help="update interval in controller mode, e.g. 30m, 1h (default 1h)",
+        help="update interval in controller mode, e.g. 30m, 1h (5s..7d, default 1h)",
     )
     p.add_argument("--threat-intel", action="store_true", help="add the threat-intel feeds")
     p.add_argument(
         "--reputation-threshold",
-        type=int,
+        type=_bounded_int(0, 100),
         default=50,
         help="block CDR IPs whose AbuseIPDB score is >= this (default 50); needs ABUSEIPDB_API_KEY",
     )
     p.add_argument(
-        "--feeds", metavar="FILE", help="YAML feed list (feeds: [{name, url, category}]) replacing the built-in one"
+        "--feeds",
+        metavar="FILE",
+        help="YAML feed list (feeds: [{name, url, category}]) replacing the built-in one",
     )
     p.add_argument(
         "--categories",
@@ -151,10 +185,6 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from cdr_policy.cli.run import LocalRun
 
-    if args.hours < 1:
-        raise ConfigError("--hours must be at least 1")
-    if not 0 <= args.reputation_threshold <= 100:
-        raise ConfigError("--reputation-threshold must be between 0 and 100")
     run = LocalRun.from_args(args, env, state_root=_default_state_root(env))
     if args.once:
         return run.once()

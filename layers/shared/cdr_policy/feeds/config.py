@@ -17,6 +17,9 @@ YAML (``--feeds FILE`` or ``config/feeds.yaml`` in the state bucket)::
 with a built-in name overrides only the keys it gives (``{name: tor-exit, enabled: false}``
 switches that feed off), other entries are added after them. Unknown keys and bad values are
 refused with a ``ConfigError`` naming the feed and key.
+
+``file:///path`` feeds are accepted only from the command line (``allow_file=True``): in the state
+bucket's ``config/feeds.yaml`` such a URL could only ever read the function's own filesystem.
 """
 
 from __future__ import annotations
@@ -165,8 +168,9 @@ BUILTIN_FEEDS: tuple[FeedConfig, ...] = (
 )
 
 
-def load_feeds(text: str, *, origin: str = "feeds config") -> list[FeedConfig]:
-    """Parse a ``feeds:`` YAML document (see the module docstring) into the effective feed list."""
+def load_feeds(text: str, *, origin: str = "feeds config", allow_file: bool = False) -> list[FeedConfig]:
+    """Parse a ``feeds:`` YAML document (see the module docstring) into the effective feed list.
+    ``allow_file``: accept ``file://`` URLs (the local CLI's own files only)."""
     doc = load_yaml_mapping(text, origin, "a mapping with a 'feeds:' list at the top level")
     unknown = sorted(str(k) for k in set(doc) - {"feeds", "mode"})
     if unknown:
@@ -183,7 +187,13 @@ def load_feeds(text: str, *, origin: str = "feeds config") -> list[FeedConfig]:
         if mode == "extend" and isinstance(item, dict) and item.get("name") in builtin:
             # A built-in name in extend mode overrides only the keys it gives.
             item = {**builtin[item["name"]].to_dict(), **item}
-        listed.append(FeedConfig.from_dict(item, f"{origin}: feeds[{i}]"))
+        feed = FeedConfig.from_dict(item, f"{origin}: feeds[{i}]")
+        if not allow_file and urlsplit(feed.url).scheme == "file":
+            raise ConfigError(
+                f"{origin}: feeds[{i}] ({feed.name}): file:// URLs are accepted only from the command line "
+                "(--feeds), never from a bucket's configuration"
+            )
+        listed.append(feed)
     seen: set[str] = set()
     for feed in listed:
         if feed.name in seen:

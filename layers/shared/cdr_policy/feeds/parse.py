@@ -14,7 +14,9 @@ Formats:
 
 Nothing is guessed: an ambiguous token (``010.0.0.1`` could be octal, ``10.1`` is abbreviated,
 ``1.2.3.4-1.2.3.9`` is a range, ``1.2.3.4/24`` has host bits set, ``evil.example`` needs DNS)
-is rejected with its reason and counted. IPv4 addresses are validated with ``inet_pton``, which
+is rejected with its reason and counted, and referred to by its line number and a short fingerprint
+(``line 12 sha256:0f1e2d3c4b5a``), never by its text: a line that is not an address may be anything,
+a secret included (a ``file://`` feed pointed at a ``.env``). IPv4 addresses are validated with ``inet_pton``, which
 accepts exactly four decimal octets without leading zeros.
 
 Speed: the text is split a block of lines at a time, and each block's lines go through
@@ -26,6 +28,7 @@ objects, and a million-line body never holds a million line strings at once.
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 import socket
 import sys
@@ -53,7 +56,7 @@ R_NOT_IP = "not an IP address or CIDR"
 R_CSV_ROW = "malformed CSV row"
 R_NUL = "NUL byte in line"
 
-MAX_TOKEN_CHARS = 100  # rejected values are cut to this length in reports
+FINGERPRINT_CHARS = 12  # hex digits of a rejected line's sha256 in reports
 
 _BOM = b"\xef\xbb\xbf"
 _MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
@@ -81,7 +84,7 @@ class ParsedFeed:
     singles: dict[int, list[int] | array] = field(default_factory=lambda: {4: array("I"), 6: []})
     # CIDR entries shorter than a host prefix: (network, length) per family.
     networks: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: {4: [], 6: []})
-    # (token, reason) for every data line that is not a valid address or CIDR.
+    # (``line N sha256:…``, reason) for every data line that is not a valid address or CIDR.
     rejected: list[tuple[str, str]] = field(default_factory=list)
     # N of an ``# END N entries`` trailer, and whether that trailer is the last non-blank line.
     trailer: int | None = None
@@ -274,6 +277,16 @@ def _last_nonblank(text: str) -> str:
     return text[start:end].strip()
 
 
+def fingerprint(number: int, line: str) -> str:
+    """How a rejected line is named in reports and stored sets: its 1-based number and a short hash."""
+    digest = hashlib.sha256(line.encode("utf-8", "surrogatepass")).hexdigest()[:FINGERPRINT_CHARS]
+    return f"line {number} sha256:{digest}"
+
+
+def _reject(result: ParsedFeed, number: int, line: str, reason: str) -> None:
+    result.rejected.append((fingerprint(number, line), reason))
+
+
 def _note_comment(line: str, result: ParsedFeed) -> None:
     result.comments += 1
     m = _TRAILER.match(line)
@@ -286,10 +299,10 @@ def _note_comment(line: str, result: ParsedFeed) -> None:
             result.feed_updated = u.group(1)
 
 
-def _add_token(token: str, result: ParsedFeed) -> None:
+def _add_token(token: str, result: ParsedFeed, number: int, line: str) -> None:
     parsed = parse_token(token)
     if isinstance(parsed, str):
-        result.rejected.append((token[:MAX_TOKEN_CHARS], parsed))
+        _reject(result, number, line, parsed)
         return
     version, value, length = parsed
     if length == BITS[version]:
@@ -306,15 +319,18 @@ def _parse_lines(text: str, result: ParsedFeed) -> None:
     assert isinstance(v4, array)
     packed4: list[bytes] = []
     rest: list[str] = []
+    numbers: list[int] = []  # the 1-based line number of each line in ``rest``
     for lines in line_blocks(text):
-        result.lines += len(lines)
         packed, other = _pton_batch(socket.AF_INET, lines)
         packed4.append(packed)
-        rest.extend(other)
+        rest.extend(lines[i] for i in other)
+        numbers.extend(result.lines + i + 1 for i in other)
+        result.lines += len(lines)
     v4.frombytes(b"".join(packed4))
     if sys.byteorder == "little":
         v4.byteswap()
-    packed6, rest = _pton_batch(socket.AF_INET6, rest)
+    packed6, other = _pton_batch(socket.AF_INET6, rest)
+    rest, numbers = [rest[i] for i in other], [numbers[i] for i in other]
     size = len(packed6)
     records = map(packed6.__getitem__, map(slice, range(0, size, 16), range(16, size + 16, 16)))
     v6 = list(map(int.from_bytes, records, repeat("big")))
@@ -322,7 +338,7 @@ def _parse_lines(text: str, result: ParsedFeed) -> None:
         v4.extend(v & 0xFFFFFFFF for v in v6 if v >> 32 == MAPPED_V4_BASE >> 32)
         v6 = [v for v in v6 if v >> 32 != MAPPED_V4_BASE >> 32]
     result.singles[6].extend(v6)
-    for line in rest:
+    for number, line in zip(numbers, rest, strict=True):
         s = line.strip()
         if not s:
             result.blank += 1
@@ -331,34 +347,35 @@ def _parse_lines(text: str, result: ParsedFeed) -> None:
         else:
             token, *after = s.split(None, 1)
             if after and after[0][0] not in "#;":
-                result.rejected.append((s[:MAX_TOKEN_CHARS], R_TRAILING))
+                _reject(result, number, line, R_TRAILING)
             else:
-                _add_token(token, result)
+                _add_token(token, result, number, line)
 
 
-def _pton_batch(family: int, lines: list[str]) -> tuple[bytes, list[str]]:
-    """Packed addresses of the lines that are exactly one address of ``family``, and the other
-    lines (in order). Chunks go through ``map`` in C; a chunk with a failure is redone per line."""
+def _pton_batch(family: int, lines: list[str]) -> tuple[bytes, list[int]]:
+    """Packed addresses of the lines that are exactly one address of ``family``, and the indexes
+    of the other lines (in order). Chunks go through ``map`` in C; a chunk with a failure is redone
+    per line."""
     pton = socket.inet_pton
     packed: list[bytes] = []
-    rest: list[str] = []
+    rest: list[int] = []
     for start in range(0, len(lines), _CHUNK):
         chunk = lines[start : start + _CHUNK]
         try:
             packed.append(b"".join(map(pton, repeat(family), chunk)))
         except (OSError, ValueError):
-            for line in chunk:
+            for index, line in enumerate(chunk, start):
                 try:
                     packed.append(pton(family, line))
                 except (OSError, ValueError):
-                    rest.append(line)
+                    rest.append(index)
     return b"".join(packed), rest
 
 
 def _parse_feodo_csv(lines: list[str], result: ParsedFeed) -> None:
-    rows: list[str] = []
+    rows: list[tuple[int, str]] = []
     header: list[str] | None = None
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         s = line.strip()
         if not s:
             result.blank += 1
@@ -372,36 +389,40 @@ def _parse_feodo_csv(lines: list[str], result: ParsedFeed) -> None:
                 return
         elif header is None:
             if not s.startswith('"'):
-                result.format_error = f"Feodo CSV header missing: expected a quoted header, got {s[:60]!r}"
+                result.format_error = (
+                    f"Feodo CSV header missing: expected a quoted header, got {fingerprint(number, line)}"
+                )
                 return
             header = next(csv.reader([s]))
             if FEODO_CSV_COLUMN not in header:
-                result.format_error = f"Feodo CSV header has no {FEODO_CSV_COLUMN!r} column: {header}"
+                result.format_error = (
+                    f"Feodo CSV header ({fingerprint(number, line)}) has no {FEODO_CSV_COLUMN!r} column"
+                )
                 return
         else:
-            rows.append(s)
+            rows.append((number, s))
     if header is None:
         if result.trailer is None:
             result.format_error = "Feodo CSV header missing"
         return
     col = header.index(FEODO_CSV_COLUMN)
-    for raw, row in zip(rows, csv.reader(rows), strict=True):
+    for (number, raw), row in zip(rows, csv.reader(r for _, r in rows), strict=True):
         if len(row) != len(header):
-            result.rejected.append((raw[:MAX_TOKEN_CHARS], R_CSV_ROW))
+            _reject(result, number, raw, R_CSV_ROW)
         else:
-            _add_token(row[col].strip(), result)
+            _add_token(row[col].strip(), result, number, raw)
 
 
 def _parse_tor_exits(lines: list[str], result: ParsedFeed) -> None:
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         s = line.strip()
         if not s:
             result.blank += 1
             continue
         key, _, rest = s.partition(" ")
         if key == "ExitAddress":
-            _add_token(rest.split(" ", 1)[0], result)
+            _add_token(rest.split(" ", 1)[0], result, number, line)
         elif key in _TOR_META or s.startswith("#"):
             result.comments += 1
         else:
-            result.rejected.append((s[:MAX_TOKEN_CHARS], R_NOT_IP))
+            _reject(result, number, line, R_NOT_IP)

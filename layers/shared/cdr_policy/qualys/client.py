@@ -30,6 +30,9 @@ MAX_LIMIT = 100
 DEFAULT_WINDOW = timedelta(hours=6)
 # 1,000 pages of 100 = 100,000 findings in one window: far beyond any plausible tenant; shorten the window.
 MAX_PAGES_PER_WINDOW = 1000
+# A page of at most 100 findings is a few hundred KiB; a body past this is refused unread (streamed
+# and cut off), never held whole in a 512 MB function.
+MAX_PAGE_BYTES = 16 << 20
 USER_AGENT = f"cdr-policy/{__version__} (Qualys CDR policy operator) python-httpx/{httpx.__version__}"
 
 __all__ = ["FindingsPage", "QualysClient", "QualysDeadline", "format_instant", "split_windows"]
@@ -144,7 +147,7 @@ class QualysClient:
             headers = {**self._headers, "Accept": "application/json", "Authorization": f"Bearer {token}"}
 
             def send(timeout: float, headers: dict[str, str] = headers) -> httpx.Response:
-                return self._http.get(url, params=params, headers=headers, timeout=timeout)
+                return self._get_capped(url, params, headers, timeout)
 
             response = self._retrier.call(f"GET {path}", send)
             if response.status_code != 401:
@@ -168,6 +171,22 @@ class QualysClient:
         if status == 500:
             raise QualysError(f"gateway error HTTP 500 from {path}")
         raise QualysError(f"unexpected HTTP {status} from {path}: {_snippet(response)}")
+
+    def _get_capped(self, url: str, params: dict[str, str], headers: dict[str, str], timeout: float) -> httpx.Response:
+        """GET, streaming the body and stopping past ``MAX_PAGE_BYTES`` (QualysError: final, not retried)."""
+        request = self._http.build_request("GET", url, params=params, headers=headers, timeout=timeout)
+        streamed = self._http.send(request, stream=True)
+        try:
+            body = bytearray()
+            for chunk in streamed.iter_bytes():
+                body += chunk
+                if len(body) > MAX_PAGE_BYTES:
+                    raise QualysError(
+                        f"the answer to GET {request.url.path} is larger than {MAX_PAGE_BYTES} bytes: refused"
+                    )
+        finally:
+            streamed.close()
+        return httpx.Response(streamed.status_code, headers=streamed.headers, content=bytes(body), request=request)
 
     def _page(
         self, start_at: str, end_at: str, offset: int, number: int, limit: int, by_page_number: bool

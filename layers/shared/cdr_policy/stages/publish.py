@@ -5,17 +5,24 @@ A request for a digest that is no longer the channel's latest render is skipped 
 order: an old request must not roll a channel back). An operator approves a bundle held by the
 change budget by creating ``approvals/<channel>/<digest>`` in the state store.
 
-The signed manifest is stamped when it is published: ``created_at`` is the publish time and
-``expires_at`` keeps the lifetime the bundle was rendered with. Agents refuse a manifest older than
-the one they applied (a replayed old manifest), and a channel that goes A -> B -> A publishes A again
-with a fresh stamp. A manifest whose bundle is already current is re-stamped ("refreshed") once half
-of its lifetime has passed, so that agents of a channel whose content does not change do not see it
-expire; anything that triggers a publish (each render) keeps a healthy channel fresh.
+The signed manifest is stamped when it is published: ``created_at`` is the publish time,
+``expires_at`` keeps the lifetime the bundle was rendered with, and ``generation`` is the current
+manifest's + 1 (strictly increasing per channel; agents never go to a lower one). A manifest whose
+bundle is already current is re-stamped ("refreshed", a new generation) once half of its lifetime
+has passed, so that agents of a channel whose content does not change do not see it expire.
+
+One writer per channel, never backwards: the channel manifest is written with an S3 conditional
+write on the manifest it replaces (``If-Match`` its ETag, ``If-None-Match: *`` when there is none).
+When another publish landed in between, ``ChannelMoved`` is raised and nothing is overwritten: the
+request fails and is retried by the queue, which then re-checks whether it is still the latest.
 
 Order of writes in the distribution store: the bundle's files (``bundles/<digest>/<path>``) first,
-then the history entry, then the signed channel manifest last, so an agent that sees a new manifest
-always finds its files. Nothing is shipped that fails its own digests, the injected policy check or
-the change budget (unless an operator approved it).
+then the signed channel manifest, then its history entry (a failed publish leaves no history; a
+history entry missing after a crash is written by the next publish request for the channel).
+Nothing is shipped that fails its own digests, the injected policy check, the channel's settings or
+the change budget (unless an operator approved it: the manifest then carries a signed ``approval``
+naming the digest it replaces, which the agents require before they shrink what they enforce).
+A rollback is a new, higher generation that ships an earlier generation's bundle (``rollback_of``).
 """
 
 from __future__ import annotations
@@ -28,26 +35,36 @@ from typing import Any, Literal
 from aws_lambda_powertools.metrics import MetricUnit
 
 from cdr_policy import jsonio, layout
-from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, assess
+from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, assess, shrink_reasons
+from cdr_policy.bundle.channel_rules import settings_problems
 from cdr_policy.bundle.manifest import (
+    MAX_MANIFEST_BYTES,
     SIGNATURE_FIELDS,
+    read_bundle_files,
+    read_manifest_bytes,
     unsigned,
     validate_manifest,
-    verify_files,
 )
 from cdr_policy.bundle.objects import parse_objects, prefixes
-from cdr_policy.bundle.signing import Signer, sign_manifest
+from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest, verify_signature
 from cdr_policy.errors import BundleError, StorageError
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy.checker.files import BundleCheck
-from cdr_policy.storage import NotFound, Store, exists
+from cdr_policy.storage import NotFound, PreconditionFailed, Store, TooLarge, exists
 from cdr_policy.timeutil import iso, parse_iso
 
 PublishStatus = Literal["published", "refreshed", "unchanged", "held", "refused", "rolled_back", "superseded"]
 # A current manifest is re-stamped when more than this share of its lifetime has passed.
 REFRESH_AFTER = 0.5
+# How many of the newest history entries are tried for the generation when the channel manifest is
+# unusable (entries that do not verify were planted: they are skipped, but not without end).
+HISTORY_SCAN = 100
 
 _CONTENT_TYPES = {".yaml": "application/yaml", ".yml": "application/yaml", ".json": "application/json"}
+
+
+class ChannelMoved(BundleError):
+    """Another publish wrote the channel manifest after this one read it: nothing was overwritten."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,7 @@ class PublishResult:
     digest: str
     reason: str = ""
     previous_digest: str | None = None
+    generation: int | None = None
     manifest_key: str | None = None
     history_key: str | None = None
     budget: dict[str, Any] | None = None
@@ -75,6 +93,7 @@ class PublishResult:
             "digest": self.digest,
             "reason": self.reason,
             "previous_digest": self.previous_digest,
+            "generation": self.generation,
             "manifest_key": self.manifest_key,
             "history_key": self.history_key,
             "budget": self.budget,
@@ -82,49 +101,110 @@ class PublishResult:
         }
 
 
+@dataclass(frozen=True)
+class Current:
+    """The channel manifest as Publish found it: ``etag`` of whatever object is there (None: none),
+    ``manifest`` when it is a valid manifest signed by our key, else ``problem`` says why not.
+    ``replayed``: the bucket holds an older signed manifest than the newest in the history (put back
+    by someone who can write the bucket); ``manifest`` is then that newest one."""
+
+    etag: str | None
+    manifest: dict[str, Any] | None
+    problem: str | None
+    next_generation: int
+    replayed: bool = False
+
+    @property
+    def digest(self) -> str | None:
+        return self.manifest["digest"] if self.manifest else None
+
+
 def _content_type(path: str) -> str:
     suffix = path[path.rfind(".") :] if "." in path else ""
     return _CONTENT_TYPES.get(suffix, "application/octet-stream")
 
 
-def _read_manifest(store: Store, key: str) -> dict[str, Any]:
-    try:
-        doc = jsonio.loads(store.get(key).data)
-    except ValueError as exc:
-        raise BundleError(f"{store.describe()}/{key} is not valid JSON: {exc}") from exc
-    return validate_manifest(doc)
+def _read_manifest(store: Store, key: str) -> tuple[dict[str, Any], str]:
+    obj = store.get(key, max_bytes=MAX_MANIFEST_BYTES)
+    return validate_manifest(read_manifest_bytes(obj.data, f"{store.describe()}/{key}")), obj.etag
 
 
-def _read_files(store: Store, manifest: Mapping[str, Any]) -> dict[str, bytes]:
-    """The manifest's files from ``bundles/<digest>/`` in ``store``, checked against the manifest."""
-    digest = manifest["digest"]
-    files = {e["path"]: store.get(layout.bundle_file_key(digest, e["path"])).data for e in manifest["files"]}
-    verify_files(manifest, files)
-    return files
+def _read_signed(store: Store, key: str, verifier: Verifier) -> tuple[dict[str, Any], str]:
+    manifest, etag = _read_manifest(store, key)
+    verify_signature(manifest, verifier)
+    return manifest, etag
 
 
-def _current(dist: Store, channel: str) -> tuple[dict[str, Any] | None, str | None]:
-    """The channel's current manifest, or None; and why it could not be used, if it exists but is bad."""
+def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
+    """The channel's current manifest and the generation the next one gets. A manifest that is not
+    ours (unsigned, foreign key, malformed, oversized: someone else wrote the bucket) is unusable;
+    the generation then continues from the newest verified history entry, so it never goes back."""
     key = layout.channel_manifest_key(channel)
+    newest = _newest_history(dist, channel, verifier)
+    history = newest["generation"] if newest else 0
     try:
-        return _read_manifest(dist, key), None
+        obj = dist.get(key, max_bytes=MAX_MANIFEST_BYTES)
     except NotFound:
-        return None, None
+        return Current(None, None, None, history + 1)
+    except TooLarge as exc:
+        return Current(exc.etag, None, f"the current manifest of channel {channel} is unusable: {exc}", history + 1)
+    try:
+        manifest = validate_manifest(read_manifest_bytes(obj.data, f"{dist.describe()}/{key}"))
+        verify_signature(manifest, verifier)
+        if manifest["channel"] != channel:
+            raise BundleError(f"it is for channel {manifest['channel']}")
     except BundleError as exc:
-        return None, f"the current manifest of channel {channel} is unusable: {exc}"
+        return Current(obj.etag, None, f"the current manifest of channel {channel} is unusable: {exc}", history + 1)
+    if newest is not None and newest["generation"] > manifest["generation"]:
+        logger.warning(
+            "the channel manifest is older than its history: replayed; publishing the newest again",
+            extra={"channel": channel, "generation": manifest["generation"], "newest": newest["generation"]},
+        )
+        return Current(obj.etag, newest, None, history + 1, replayed=True)
+    return Current(obj.etag, manifest, None, max(manifest["generation"], history) + 1)
 
 
-def _write(dist: Store, channel: str, signed: dict[str, Any], files: Mapping[str, bytes] | None) -> tuple[str, str]:
-    """Files first (unless already there), history next, channel manifest last."""
-    digest = signed["digest"]
+def _newest_history(dist: Store, channel: str, verifier: Verifier) -> dict[str, Any] | None:
+    """The newest verified history entry among the last ``HISTORY_SCAN`` (None: none)."""
+    for key in reversed(dist.list(layout.history_prefix(channel))[-HISTORY_SCAN:]):
+        try:
+            manifest, _ = _read_signed(dist, key, verifier)
+        except (BundleError, StorageError) as exc:
+            logger.warning("ignoring a history entry", extra={"key": key, "error": str(exc)})
+            continue
+        if manifest["channel"] == channel:
+            return manifest
+    return None
+
+
+def _write(dist: Store, signed: dict[str, Any], current: Current, files: Mapping[str, bytes] | None) -> tuple[str, str]:
+    """Files first (unless already there), the channel manifest (conditional on ``current``), history last."""
+    digest, channel = signed["digest"], signed["channel"]
     for path, data in sorted((files or {}).items()):
         dist.put(layout.bundle_file_key(digest, path), data, _content_type(path))
     body = jsonio.dumps_pretty(signed)
+    manifest_key = layout.channel_manifest_key(channel)
+    try:
+        dist.put_if(manifest_key, body, current.etag, "application/json")
+    except PreconditionFailed as exc:
+        metrics.add_metric(name="PublishConflicts", unit=MetricUnit.Count, value=1)
+        raise ChannelMoved(
+            f"channel {channel} changed while generation {signed['generation']} was being published "
+            f"({exc}); nothing overwritten, the request is retried"
+        ) from exc
     history = layout.history_key(channel, signed["created_at"], digest)
     dist.put(history, body, "application/json")
-    manifest_key = layout.channel_manifest_key(channel)
-    dist.put(manifest_key, body, "application/json")
     return manifest_key, history
+
+
+def _ensure_history(dist: Store, manifest: dict[str, Any]) -> None:
+    """Write the history entry of the current manifest if a crash between the two writes lost it."""
+    key = layout.history_key(manifest["channel"], manifest["created_at"], manifest["digest"])
+    try:
+        dist.get(key, max_bytes=MAX_MANIFEST_BYTES)
+    except NotFound:
+        logger.warning("writing the missing history entry of the current manifest", extra={"key": key})
+        dist.put(key, jsonio.dumps_pretty(manifest), "application/json")
 
 
 def _refuse(channel: str, digest: str, previous: str | None, reason: str, errors: list[str]) -> PublishResult:
@@ -153,33 +233,44 @@ def publish_bundle(
     - ``unchanged``: the bundle is already current and less than half through its lifetime; nothing written.
     - ``superseded``: ``digest`` is no longer the channel's latest render; nothing written.
     - ``refreshed``: the bundle is already current and was re-stamped and re-signed (no files copied).
-    - ``refused``: ``check`` reported errors; nothing written, an alarm metric is emitted.
-    - ``held``: more than ``change_budget_percent`` of the entries would change (and at least
-      ``min_changes``); nothing written, an alarm metric is emitted. An operator's approval of this
-      digest (``approvals/<channel>/<digest>`` in ``state``) skips the budget; so does a channel's first publish.
-    - ``published``: files, history entry and channel manifest written, in that order.
+    - ``refused``: the objects do not match the manifest's action/mode (``channel_rules``) or ``check``
+      (the policy checker, with the channel's protected ranges) reported errors; nothing written, an
+      alarm metric is emitted.
+    - ``held``: the change budget (churn over ``change_budget_percent`` with at least ``min_changes``
+      changes, or any shrink: see ``change_budget``) or an unusable current manifest; nothing written,
+      an alarm metric is emitted. An operator's approval of this digest (``approvals/<channel>/<digest>``
+      in ``state``) publishes it with a signed ``approval``; a channel's first publish is exempt.
+    - ``published``: files, channel manifest and history entry written, in that order.
 
-    Raises BundleError when the rendered bundle is missing, malformed or does not match its digests.
+    Raises BundleError when the rendered bundle is missing, malformed or does not match its digests,
+    ChannelMoved when another publish wrote the channel in the meantime.
     """
     latest = _latest_render(state, channel)
     if latest is not None and latest != digest:
         logger.info("publish request superseded", extra={"channel": channel, "digest": digest, "latest": latest})
         return PublishResult("superseded", channel, digest, reason=f"superseded by the later render {latest}")
     approved = exists(state, layout.approval_key(channel, digest))
-    manifest = _read_manifest(state, layout.bundle_manifest_key(digest))
+    manifest, _ = _read_manifest(state, layout.bundle_manifest_key(digest))
     if manifest["digest"] != digest:
         raise BundleError(f"bundles/{digest}/bundle.json describes bundle {manifest['digest']}")
     if manifest["channel"] != channel:
         raise BundleError(f"bundle {digest[:12]} was rendered for channel {manifest['channel']}, not {channel}")
-    if any(f in manifest for f in SIGNATURE_FIELDS):
-        raise BundleError(f"bundles/{digest}/bundle.json already carries signature fields")
-    files = _read_files(state, manifest)
-    current, problem = _current(dist, channel)
-    previous = current["digest"] if current else None
+    if any(f in manifest for f in (*SIGNATURE_FIELDS, "generation", "rollback_of", "approval")):
+        raise BundleError(f"bundles/{digest}/bundle.json already carries publish fields")
+    files = read_bundle_files(state, manifest)
+    verifier = Verifier.from_public_pem(signer.public_key_pem())
+    current = _current(dist, channel, verifier)
+    previous = current.digest
     log = {"channel": channel, "digest": digest, "previous_digest": previous}
 
-    refresh = current is not None and current["digest"] == digest
-    if refresh and not _due_for_refresh(current, now):
+    refresh = current.manifest is not None and previous == digest
+    if (
+        refresh
+        and current.manifest is not None
+        and not current.replayed
+        and not _due_for_refresh(current.manifest, now)
+    ):
+        _ensure_history(dist, current.manifest)
         logger.info("bundle already current", extra=log)
         return PublishResult(
             "unchanged",
@@ -187,21 +278,25 @@ def publish_bundle(
             digest,
             reason="already the channel's current bundle",
             previous_digest=previous,
+            generation=current.manifest["generation"],
         )
-    errors = sorted(check(files)) if check is not None else []
+    errors = settings_problems(manifest, parse_objects(files))
+    errors += sorted(check(files)) if check is not None else []
     if errors:
         return _refuse(channel, digest, previous, f"policy check failed with {len(errors)} error(s)", errors)
 
     budget: dict[str, Any] | None = None
+    approval: dict[str, Any] | None = None
     if refresh:
         pass  # same files: nothing changes in the clusters
-    elif current is None and problem is None:
+    elif current.manifest is None and current.problem is None:
         logger.info("first publish to channel: change budget not applied", extra=log)
-    elif approved:
-        logger.warning("change budget skipped: publish approved by an operator", extra=log)
     else:
-        held_reason, budget = _over_budget(dist, current, problem, files, change_budget_percent, min_changes)
-        if held_reason:
+        held_reason, budget = _over_budget(dist, current, files, change_budget_percent, min_changes)
+        if held_reason and approved:
+            logger.warning("change budget passed by an operator's approval", extra={**log, "reason": held_reason})
+            approval = {"previous_digest": previous, "approved_at": iso(now)}
+        elif held_reason:
             logger.error(
                 "bundle held back by the change budget",
                 extra={**log, "reason": held_reason, "budget": budget},
@@ -209,12 +304,25 @@ def publish_bundle(
             metrics.add_metric(name="BundlesHeld", unit=MetricUnit.Count, value=1)
             return PublishResult("held", channel, digest, reason=held_reason, previous_digest=previous, budget=budget)
 
-    signed = sign_manifest(_stamp(manifest, now), signer)
-    manifest_key, history = _write(dist, channel, signed, None if refresh else files)
+    extra: dict[str, Any] = {"generation": current.next_generation}
+    if refresh and current.manifest is not None:
+        # A refresh ships the same transition again: an agent that missed the original still finds
+        # the approval (and the rollback) it needs.
+        extra |= {k: current.manifest[k] for k in ("rollback_of", "approval") if k in current.manifest}
+    if approval is not None:
+        extra["approval"] = approval
+    signed = sign_manifest(_stamp(manifest, now, extra), signer)
+    manifest_key, history = _write(dist, signed, current, None if refresh else files)
     status: PublishStatus = "refreshed" if refresh else "published"
     logger.info(
         "bundle published",
-        extra={**log, "status": status, "files": len(files), "expires_at": signed["expires_at"]},
+        extra={
+            **log,
+            "status": status,
+            "generation": signed["generation"],
+            "files": len(files),
+            "expires_at": signed["expires_at"],
+        },
     )
     metrics.add_metric(name="BundlesPublished", unit=MetricUnit.Count, value=1)
     return PublishResult(
@@ -222,6 +330,7 @@ def publish_bundle(
         channel,
         digest,
         previous_digest=previous,
+        generation=signed["generation"],
         manifest_key=manifest_key,
         history_key=history,
         budget=budget,
@@ -238,10 +347,12 @@ def _latest_render(state: Store, channel: str) -> str | None:
     return str(doc["digest"])
 
 
-def _stamp(manifest: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """``manifest`` as published at ``now``: same lifetime, counted from now."""
+def _stamp(manifest: dict[str, Any], now: datetime, extra: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` as published at ``now``: same lifetime, counted from now, with ``extra`` fields
+    (generation, rollback_of, approval) in place of any it had."""
     lifetime = parse_iso(manifest["expires_at"]) - parse_iso(manifest["created_at"])
-    return validate_manifest({**unsigned(manifest), "created_at": iso(now), "expires_at": iso(now + lifetime)})
+    body = {k: v for k, v in unsigned(manifest).items() if k not in ("generation", "rollback_of", "approval")}
+    return validate_manifest({**body, **extra, "created_at": iso(now), "expires_at": iso(now + lifetime)})
 
 
 def _due_for_refresh(current: dict[str, Any], now: datetime) -> bool:
@@ -251,72 +362,103 @@ def _due_for_refresh(current: dict[str, Any], now: datetime) -> bool:
 
 def _over_budget(
     dist: Store,
-    current: dict[str, Any] | None,
-    problem: str | None,
+    current: Current,
     files: Mapping[str, bytes],
     budget_percent: int,
     min_changes: int,
 ) -> tuple[str | None, dict[str, Any] | None]:
     """Why the bundle must be held (or None), and the measured change."""
-    if current is None:
-        return f"{problem}; approve this bundle to publish it", None
+    if current.manifest is None:
+        return f"{current.problem}; approve this bundle to publish it", None
     try:
-        current_files = _read_files(dist, current)
+        current_objects = parse_objects(read_bundle_files(dist, current.manifest))
     except (StorageError, BundleError) as exc:
-        return f"cannot compare with the current bundle {current['digest']}: {exc}; approve to publish", None
+        return f"cannot compare with the current bundle {current.digest}: {exc}; approve to publish", None
+    proposed = parse_objects(files)
     check = assess(
-        prefixes(parse_objects(current_files)),
-        prefixes(parse_objects(files)),
+        prefixes(current_objects),
+        prefixes(proposed),
         budget_percent=budget_percent,
         min_changes=min_changes,
     )
-    return (check.reason() if check.exceeded else None), check.to_dict()
+    shrink = shrink_reasons(current_objects, proposed, max_percent=budget_percent)
+    reasons = ([check.reason()] if check.exceeded else []) + shrink
+    return ("; ".join(reasons) or None), {**check.to_dict(), "shrink": shrink}
 
 
-def rollback(dist: Store, *, channel: str, to_digest: str, signer: Signer, now: datetime) -> PublishResult:
-    """Make an earlier bundle of ``channel`` current again: its latest history entry, re-stamped
-    (``created_at`` = now, same lifetime as before) and re-signed. Its files must still be in ``dist``
-    and match. Raises BundleError when there is no such history entry or its files are gone."""
-    suffix = f"-{to_digest}.json"
-    entries = [k for k in dist.list(layout.history_prefix(channel)) if k.endswith(suffix)]
-    if not entries:
-        raise BundleError(f"channel {channel} has never published bundle {to_digest}")
-    old = _read_manifest(dist, entries[-1])
-    if old["digest"] != to_digest or old["channel"] != channel:
-        raise BundleError(f"history entry {entries[-1]} does not describe bundle {to_digest} of channel {channel}")
+def rollback(
+    dist: Store,
+    *,
+    channel: str,
+    signer: Signer,
+    now: datetime,
+    to_digest: str | None = None,
+    to_generation: int | None = None,
+) -> PublishResult:
+    """Ship an earlier bundle of ``channel`` again -- the verified history entry of generation
+    ``to_generation``, or the newest one of bundle ``to_digest`` -- as a new, higher generation with
+    ``rollback_of``, re-stamped (``created_at`` = now, the same lifetime as before) and re-signed. A
+    rollback is an operator's decision: it carries an ``approval`` of the digest it replaces, so
+    agents apply it even when it enforces less. Its files must still be in ``dist`` and match.
+    ``unchanged`` when that bundle is already the channel's. Raises BundleError when no verified
+    history entry matches or its files are gone."""
+    if (to_digest is None) == (to_generation is None):
+        raise ValueError("give exactly one of to_digest and to_generation")
+    verifier = Verifier.from_public_pem(signer.public_key_pem())
+    old = None
+    suffix = f"-{to_digest}.json" if to_digest is not None else ".json"
+    for key in [k for k in dist.list(layout.history_prefix(channel)) if k.endswith(suffix)]:
+        try:
+            entry, _ = _read_signed(dist, key, verifier)
+        except (BundleError, StorageError):
+            continue
+        if entry["channel"] == channel and (entry["generation"] == to_generation or entry["digest"] == to_digest):
+            if old is None or entry["generation"] > old["generation"]:
+                old = entry
+    if old is None:
+        target = f"generation {to_generation}" if to_digest is None else f"bundle {to_digest}"
+        raise BundleError(f"channel {channel} has no verified history entry for {target}")
     try:
-        _read_files(dist, old)
+        read_bundle_files(dist, old)
     except StorageError as exc:
         raise BundleError(
-            f"cannot roll back to bundle {to_digest}: its files are not all in {dist.describe()}: {exc}"
+            f"cannot roll back to generation {old['generation']}: its files are not all in {dist.describe()}: {exc}"
         ) from exc
-    current, _ = _current(dist, channel)
-    previous = current["digest"] if current else None
-    if previous == to_digest:
+    current = _current(dist, channel, verifier)
+    previous = current.digest
+    if previous == old["digest"] and not current.replayed:
         return PublishResult(
             "unchanged",
             channel,
-            to_digest,
+            old["digest"],
             reason="already the channel's current bundle",
             previous_digest=previous,
+            generation=current.manifest["generation"] if current.manifest else None,
         )
-    signed = sign_manifest(_stamp(old, now), signer)
-    manifest_key, history = _write(dist, channel, signed, None)
+    extra = {
+        "generation": current.next_generation,
+        "rollback_of": old["generation"],
+        "approval": {"previous_digest": previous, "approved_at": iso(now)},
+    }
+    signed = sign_manifest(_stamp(old, now, extra), signer)
+    manifest_key, history = _write(dist, signed, current, None)
     logger.warning(
         "channel rolled back",
         extra={
             "channel": channel,
-            "digest": to_digest,
+            "digest": old["digest"],
             "previous_digest": previous,
-            "from_history": entries[-1],
+            "generation": signed["generation"],
+            "rollback_of": old["generation"],
         },
     )
     metrics.add_metric(name="ChannelRollbacks", unit=MetricUnit.Count, value=1)
     return PublishResult(
         "rolled_back",
         channel,
-        to_digest,
+        old["digest"],
         previous_digest=previous,
+        generation=signed["generation"],
         manifest_key=manifest_key,
         history_key=history,
     )

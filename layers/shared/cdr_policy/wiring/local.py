@@ -70,7 +70,7 @@ class LocalPorts:
             channel = ChannelSettings(name=LOCAL_CHANNEL, action=args.action, threat_intel=args.threat_intel)
         feeds = list(BUILTIN_FEEDS)
         if args.feeds:
-            feeds = load_feeds(read_text_file(args.feeds, "feed list"), origin=args.feeds)
+            feeds = load_feeds(read_text_file(args.feeds, "feed list"), origin=args.feeds, allow_file=True)
         return cls(
             state=LocalStore(writable_dir(state_dir, "--state-dir")),
             gateway_url=gateway_url,

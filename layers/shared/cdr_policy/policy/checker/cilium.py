@@ -92,9 +92,22 @@ def _deny_item(item: dict[str, Any], where: str) -> list[Problem]:
                 "deny rules do not support toFQDNs (the field is dropped: default-deny)",
             )
         )
-    entities = item.get("toEntities") or []
-    if "toPorts" in item and isinstance(entities, list) and {"world", "all"} & set(entities):
-        problems.append(warning("cilium.port-deny-world", where, "denies these ports towards the whole internet"))
+    for key in ("toEntities", "fromEntities"):
+        entities = item.get(key) or []
+        broad = sorted({"world", "all"} & set(entities)) if isinstance(entities, list) else []
+        if not broad:
+            continue
+        if "toPorts" in item:
+            problems.append(warning("cilium.port-deny-world", where, "denies these ports towards the whole internet"))
+        else:
+            problems.append(
+                error(
+                    "cilium.deny-everything",
+                    f"{where}.{key}",
+                    f"a deny to the {'/'.join(broad)} entit{'y' if len(broad) == 1 else 'ies'} cuts every selected "
+                    "endpoint off from all of it: block prefixes (toCIDRSet), never whole entities",
+                )
+            )
     return problems
 
 

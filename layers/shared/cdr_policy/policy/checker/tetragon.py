@@ -236,6 +236,52 @@ def check_tracing_policy(obj: dict[str, Any], guard: BlockGuard | None) -> list[
         )
     if enforcing_anywhere:
         problems.extend(_check_scope(obj, spec))
+        problems.extend(_check_every_exec(obj, spec))
+    return problems
+
+
+# Hooks every program start passes through.
+EXEC_HOOKS = frozenset(
+    {"security_bprm_check", "security_bprm_creds_for_exec", "bprm_check_security", "sys_execve", "sys_execveat"}
+)
+# Selector keys that narrow what a selector matches (matchActions does not).
+_FILTERS = (
+    "matchArgs",
+    "matchData",
+    "matchBinaries",
+    "matchPIDs",
+    "matchNamespaces",
+    "matchNamespaceChanges",
+    "matchCapabilities",
+    "matchCapabilityChanges",
+    "matchReturnArgs",
+)
+
+
+def _check_every_exec(obj: dict[str, Any], spec: dict[str, Any]) -> list[Problem]:
+    """An enforcing selector with no filter on an exec hook, in every pod, stops every program start."""
+    pod_selector = spec.get("podSelector")
+    every_pod = obj.get("kind") == "TracingPolicy" and not (pod_selector or spec.get("containerSelector"))
+    if not every_pod:
+        return []
+    problems = []
+    for section in ("kprobes", "lsmhooks"):
+        for i, hook in enumerate(spec.get(section) or []):
+            if not isinstance(hook, dict) or str(hook.get("call") or hook.get("hook") or "") not in EXEC_HOOKS:
+                continue
+            for j, selector in enumerate(hook.get("selectors") or []):
+                if not isinstance(selector, dict) or any(selector.get(k) for k in _FILTERS):
+                    continue
+                actions = {a.get("action") for a in selector.get("matchActions") or [] if isinstance(a, dict)}
+                if ENFORCING & actions:
+                    problems.append(
+                        error(
+                            "tetragon.kill-every-exec",
+                            f"spec.{section}[{i}].selectors[{j}]",
+                            f"{'/'.join(sorted(ENFORCING & actions))} on every program start in every pod: "
+                            "match the binaries to stop (matchArgs on the linux_binprm path)",
+                        )
+                    )
     return problems
 
 

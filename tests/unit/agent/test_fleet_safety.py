@@ -1,0 +1,470 @@
+"""The sync agent against an attacker who can write the distribution bucket but cannot sign, and an
+unlucky operator (restarts, a slow API server, edits out of band): every case runs the real agent
+against the loopback fake of the Kubernetes API server."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+
+from cdr_policy import jsonio, layout
+from cdr_policy.agent.kube import KubeApplier
+from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
+from cdr_policy.agent.sync import GENERATION_ANNOTATION, Agent
+from cdr_policy.bundle.manifest import unsigned
+from cdr_policy.bundle.signing import sign_manifest
+from cdr_policy.stages.publish import publish_bundle, rollback
+from tests.fakes.kube import FakeKubeAPI
+from tests.unit.bundle.factory import T0, RecordingStore, ips, network_bundle, render
+
+MINUTE = timedelta(minutes=1)
+NS = "cdr-policy-system"
+A = network_bundle(ips(0, 10), tag="a")
+B = network_bundle(ips(5, 10), tag="b")
+A_NAMES = ["ccg-blocklist-a", "ccnp-blocklist-a", "tp-blocklist-a"]
+B_NAMES = ["ccg-blocklist-b", "ccnp-blocklist-b", "tp-blocklist-b"]
+
+
+@pytest.fixture
+def bucket(dist) -> RecordingStore:
+    return RecordingStore(dist)
+
+
+@pytest.fixture
+def kube():
+    with FakeKubeAPI() as api:
+        yield api
+
+
+@pytest.fixture
+def make_agent(bucket, verifier, tmp_path, kube):
+    def make(state_dir="agent-state", **kwargs):
+        applier = KubeApplier(kube.url, kube.token)
+        return Agent(
+            bucket,
+            channel="prod",
+            cluster_id="eks-prod-1",
+            verifier=verifier,
+            applier=applier,
+            state_dir=tmp_path / state_dir,
+            record=ClusterRecord(applier, NS),
+            **kwargs,
+        )
+
+    return make
+
+
+@pytest.fixture
+def ship(state, bucket, signer):
+    """Render and publish ``files`` (operator-approved, so the budget never holds it); returns the digest."""
+
+    def ship(files, when=T0, *, ttl=timedelta(hours=72)):
+        digest = render(state, files, created=when, ttl=ttl)
+        state.put(layout.approval_key("prod", digest), b"")  # an operator approved every bundle here
+        result = publish_bundle(
+            state,
+            bucket,
+            channel="prod",
+            digest=digest,
+            signer=signer,
+            now=when,
+            change_budget_percent=100,
+        )
+        assert result.shipped
+        return digest
+
+    return ship
+
+
+def names(kube) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in kube.objects())
+
+
+def manifest_bytes(bucket) -> bytes:
+    return bucket.inner.get(layout.channel_manifest_key("prod")).data
+
+
+def serve(bucket, data: bytes) -> None:
+    bucket.inner.put(layout.channel_manifest_key("prod"), data)
+
+
+def record(kube) -> dict:
+    return jsonio.loads(kube.configmap(NS, RECORD_NAME)["data"]["prod"].encode())
+
+
+# -- 1. replay protection survives a restart ------------------------------------------------------
+
+
+def test_restart_with_an_empty_state_dir_refuses_generation_1_and_applies_a_signed_rollback(
+    kube, ship, make_agent, bucket, signer
+):
+    digest_a = ship(A)
+    generation_1 = manifest_bytes(bucket)
+    make_agent().sync_once(T0 + MINUTE)
+    digest_b = ship(B, T0 + 10 * MINUTE)
+    applied = make_agent().sync_once(T0 + 11 * MINUTE)
+    assert (applied["applied_generation"], applied["applied_digest"]) == (2, digest_b)
+    assert record(kube)["generation"] == 2 and record(kube)["digest"] == digest_b
+
+    # the pod is rescheduled: a new, empty state dir; someone who can write the bucket serves generation 1
+    serve(bucket, generation_1)
+    restarted = make_agent(state_dir="fresh-state")
+    status = restarted.sync_once(T0 + 12 * MINUTE)
+
+    assert status["last_poll"]["result"] == "refused"
+    assert status["verification"]["code"] == "replay"
+    assert "generation 1; this cluster has applied generation 2" in status["verification"]["reason"]
+    assert f"ConfigMap {NS}/{RECORD_NAME}" in status["verification"]["reason"]
+    assert (status["applied_digest"], status["applied_generation"]) == (digest_b, 2)  # from the record
+    assert names(kube) == B_NAMES
+
+    # an operator rolls back to generation 1's bundle: a new, higher, signed generation
+    rolled = rollback(bucket, channel="prod", to_generation=1, signer=signer, now=T0 + 13 * MINUTE)
+    assert rolled.generation == 3
+    status = restarted.sync_once(T0 + 14 * MINUTE)
+
+    assert status["last_poll"]["result"] == "applied"
+    assert (status["applied_digest"], status["applied_generation"]) == (digest_a, 3)
+    assert names(kube) == A_NAMES
+    assert record(kube)["generation"] == 3
+
+
+def test_a_corrupt_state_dir_does_not_lower_the_bar(kube, ship, make_agent, bucket, tmp_path):
+    ship(A)
+    generation_1 = manifest_bytes(bucket)
+    make_agent().sync_once(T0 + MINUTE)
+    ship(B, T0 + 10 * MINUTE)
+    make_agent().sync_once(T0 + 11 * MINUTE)
+    (tmp_path / "agent-state" / "applied.json").write_bytes(b"{ corrupt")
+    serve(bucket, generation_1)
+
+    status = make_agent().sync_once(T0 + 12 * MINUTE)
+
+    assert status["verification"]["code"] == "replay" and names(kube) == B_NAMES
+
+
+def test_a_lost_record_falls_back_to_the_generation_on_the_live_objects(kube, ship, make_agent, bucket):
+    """Rule: with no record in the cluster, the floor is the highest cdr-policy.io/generation annotation
+    on the owned live objects (the agent stamps each object it applies)."""
+    ship(A)
+    generation_1 = manifest_bytes(bucket)
+    make_agent().sync_once(T0 + MINUTE)
+    ship(B, T0 + 10 * MINUTE)
+    make_agent().sync_once(T0 + 11 * MINUTE)
+    assert {o["metadata"]["annotations"][GENERATION_ANNOTATION] for o in kube.objects()} == {"2"}
+    kube.set_config_map(NS, RECORD_NAME, None)
+    serve(bucket, generation_1)
+
+    status = make_agent(state_dir="fresh").sync_once(T0 + 12 * MINUTE)
+
+    assert status["verification"]["code"] == "replay"
+    assert "owned objects' generation annotations" in status["verification"]["reason"]
+    assert names(kube) == B_NAMES
+
+
+def test_a_corrupt_record_stops_the_sync_instead_of_lowering_the_floor(kube, ship, make_agent):
+    ship(A)
+    make_agent().sync_once(T0 + MINUTE)
+    stored = kube.configmap(NS, RECORD_NAME)
+    stored["data"]["prod"] = '{"generation": 0}'
+    kube.set_config_map(NS, RECORD_NAME, None)
+    applier = KubeApplier(kube.url, kube.token)
+    applier.write_configmap(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": RECORD_NAME, "namespace": NS},
+            "data": stored["data"],
+        }
+    )
+    ship(B, T0 + 10 * MINUTE)
+
+    status = make_agent(state_dir="fresh").sync_once(T0 + 11 * MINUTE)
+
+    assert status["last_poll"]["result"] == "unreachable"
+    assert "is corrupt (no positive integer 'generation'): fix or delete it" in status["last_poll"]["detail"]
+    assert names(kube) == A_NAMES
+
+
+def test_an_unreadable_record_stops_the_sync(kube, ship, make_agent):
+    ship(A)
+    kube.fail("configmap", 403, name=RECORD_NAME)
+
+    status = make_agent().sync_once(T0 + MINUTE)
+
+    assert status["last_poll"]["result"] == "unreachable"
+    assert "cannot read the applied generation" in status["last_poll"]["detail"]
+    assert kube.objects() == []
+
+
+def test_two_agents_never_lower_the_record(kube, ship, make_agent, bucket):
+    ship(A)
+    old = make_agent(state_dir="old")
+    old_manifest = manifest_bytes(bucket)
+    ship(B, T0 + 10 * MINUTE)
+    make_agent(state_dir="new").sync_once(T0 + 11 * MINUTE)
+    applier = KubeApplier(kube.url, kube.token)
+    # an agent that applied generation 1 late (a slow old replica) tries to record it
+    from cdr_policy.agent.state import Record
+
+    ClusterRecord(applier, NS).save("prod", Record(1, "a" * 64, "2026-01-13T16:00:00Z", "2026-01-10T16:01:00Z"))
+    assert record(kube)["generation"] == 2
+    serve(bucket, old_manifest)
+    assert old.sync_once(T0 + 12 * MINUTE)["verification"]["code"] == "replay"
+
+
+# -- 2. a future-dated manifest does not lock the agent ------------------------------------------
+
+
+def test_a_future_dated_manifest_is_refused_and_normal_ones_still_apply(kube, ship, make_agent):
+    agent = make_agent()
+    ship(A, T0 + timedelta(days=365))  # a signed manifest stamped a year ahead (a publisher's bad clock)
+
+    status = agent.sync_once(T0 + MINUTE)
+
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "future")
+    assert "more than 300s ahead" in status["verification"]["reason"] and kube.objects() == []
+    digest_b = ship(B, T0 + 2 * MINUTE)
+    assert agent.sync_once(T0 + 3 * MINUTE)["applied_digest"] == digest_b
+
+
+def test_a_small_clock_skew_is_tolerated(kube, ship, make_agent):
+    ship(A, T0 + 4 * MINUTE)
+    assert make_agent().sync_once(T0)["last_poll"]["result"] == "applied"
+
+
+# -- 3. the agent refuses to shrink enforcement without a matching approval ------------------------
+
+
+def sign_as_publish(bucket, signer, manifest: dict, **fields) -> None:
+    """A signed manifest as a publisher that skipped its change budget would write it."""
+    body = {k: v for k, v in unsigned(manifest).items() if k != "approval"} | fields
+    serve(bucket, jsonio.dumps(sign_manifest(body, signer)))
+
+
+@pytest.mark.parametrize(
+    "approval",
+    [None, {"previous_digest": "e" * 64, "approved_at": "2026-01-10T16:20:00Z"}],
+    ids=["no approval", "approval of another bundle"],
+)
+def test_an_empty_bundle_over_a_small_channel_is_refused_without_a_matching_approval(
+    approval, kube, ship, make_agent, bucket, signer, state
+):
+    ship(A)
+    agent = make_agent()
+    agent.sync_once(T0 + MINUTE)
+    ship({}, T0 + 10 * MINUTE)
+    fields = {"generation": 2} | ({"approval": approval} if approval else {})
+    sign_as_publish(bucket, signer, jsonio.loads(manifest_bytes(bucket)), **fields)
+
+    status = agent.sync_once(T0 + 11 * MINUTE)
+
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "shrink")
+    assert "removes every object (3 now enforced)" in status["verification"]["reason"]
+    assert names(kube) == A_NAMES
+
+
+def test_an_approved_empty_bundle_for_the_applied_digest_is_applied(kube, ship, make_agent, bucket):
+    digest_a = ship(A)
+    agent = make_agent()
+    agent.sync_once(T0 + MINUTE)
+    ship({}, T0 + 10 * MINUTE)  # approved by the operator: approval.previous_digest == digest_a
+    assert jsonio.loads(manifest_bytes(bucket))["approval"]["previous_digest"] == digest_a
+
+    status = agent.sync_once(T0 + 11 * MINUTE)
+
+    assert status["last_poll"]["result"] == "applied" and kube.objects() == []
+
+
+# -- 4. drift is repaired ------------------------------------------------------------------------
+
+
+def test_drift_a_deleted_or_edited_object_comes_back_after_one_drift_interval(kube, ship, make_agent):
+    ship(A)
+    agent = make_agent(drift_interval_s=0.2)
+    agent.sync_once(T0 + MINUTE)
+    kube.delete_object("TracingPolicy", "tp-blocklist-a")
+    edited = kube.get_object("CiliumCIDRGroup", "ccg-blocklist-a")
+    edited["spec"]["externalCIDRs"] = []
+    kube.add_object(edited)
+
+    assert agent.sync_once(T0 + 2 * MINUTE)["last_poll"]["result"] == "unchanged"  # interval not over yet
+    time.sleep(0.25)
+    status = agent.sync_once(T0 + 3 * MINUTE)
+
+    assert status["last_poll"]["result"] == "repaired"
+    assert status["drift"]["missing"] == ["TracingPolicy/tp-blocklist-a"]
+    assert status["drift"]["changed"] == ["CiliumCIDRGroup/ccg-blocklist-a"]
+    assert status["drift"]["repaired"] is True
+    assert names(kube) == A_NAMES
+    assert kube.get_object("CiliumCIDRGroup", "ccg-blocklist-a")["spec"]["externalCIDRs"] == ips(0, 10)
+
+    time.sleep(0.25)
+    clean = agent.sync_once(T0 + 4 * MINUTE)
+    assert clean["last_poll"] == {
+        "at": "2026-01-10T16:04:00Z",
+        "result": "unchanged",
+        "detail": "manifest unchanged (ETag); no drift",
+    }
+    assert clean["drift"]["missing"] == [] and clean["drift"]["repaired"] is False
+
+
+def test_an_object_served_under_a_newer_version_is_not_drift(kube, ship, make_agent):
+    from tests.unit.bundle.factory import ccg, files_of
+
+    ship(files_of({"g.yaml": ccg("ccg-old-api", ips(0, 3), api_version="cilium.io/v2alpha1")}))
+    agent = make_agent(drift_interval_s=0.05)
+    agent.sync_once(T0 + MINUTE)
+    time.sleep(0.1)
+
+    status = agent.sync_once(T0 + 2 * MINUTE)
+
+    assert status["last_poll"]["detail"] == "manifest unchanged (ETag); no drift"
+    assert kube.ops("apply")[-1:] == [("apply", "CiliumCIDRGroup", "ccg-old-api")]  # only the first apply
+
+
+# -- 5. expiry never wipes a newer valid bundle ----------------------------------------------------
+
+
+def test_expiry_keeps_what_the_newer_partially_applied_bundle_applied(ship, make_agent, bucket, verifier, tmp_path):
+    def reject_b_policy(obj):
+        return ["spec: invalid"] if obj["metadata"]["name"] == "ccnp-blocklist-b" else []
+
+    with FakeKubeAPI(validator=reject_b_policy) as kube:
+        applier = KubeApplier(kube.url, kube.token)
+        agent = Agent(
+            bucket,
+            channel="prod",
+            cluster_id="eks-prod-1",
+            verifier=verifier,
+            applier=applier,
+            state_dir=tmp_path / "s",
+            record=ClusterRecord(applier, NS),
+        )
+        digest_a = ship(A, ttl=timedelta(hours=1))
+        agent.sync_once(T0 + MINUTE)
+        ship(B, T0 + 10 * MINUTE)
+        assert agent.sync_once(T0 + 11 * MINUTE)["last_poll"]["result"] == "apply_failed"
+
+        status = agent.sync_once(T0 + timedelta(hours=2))
+
+        assert status["last_poll"]["result"] == "expired"
+        assert f"applied bundle {digest_a[:12]} expired" in status["last_poll"]["detail"]
+        assert "kept 3 object(s) of the newer bundle" in status["last_poll"]["detail"]
+        assert names(kube) == ["ccg-blocklist-b", "tp-blocklist-b"]
+
+
+# -- 6. one deadline per sync against a slow API server ---------------------------------------------
+
+
+def test_a_slow_api_server_cannot_hold_one_sync_past_its_deadline(kube, ship, make_agent, bucket):
+    ship(A)
+    kube.delay_s = 0.4
+    agent = make_agent(sync_deadline_s=1.0)
+
+    started = time.monotonic()
+    status = agent.sync_once(T0 + MINUTE)
+    took = time.monotonic() - started
+
+    assert took < 2.0, took
+    assert status["last_poll"]["result"] in ("apply_failed", "unreachable")
+    assert "deadline" in status["last_poll"]["detail"] or any("deadline" in e["error"] for e in status["apply_errors"])
+    assert bucket.puts[-1] == layout.status_key("eks-prod-1")  # the status still reached the bucket
+    kube.delay_s = 0
+    assert agent.sync_once(T0 + 2 * MINUTE)["last_poll"]["result"] == "applied"
+
+
+# -- 7. reads are bounded by the signed sizes ------------------------------------------------------
+
+
+class CountingStore(RecordingStore):
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.reads: list[tuple[str, int | None, int]] = []
+
+    def get(self, key, *, max_bytes=None):
+        try:
+            obj = super().get(key, max_bytes=max_bytes)
+        except Exception:
+            self.reads.append((key, max_bytes, -1))
+            raise
+        self.reads.append((key, max_bytes, len(obj.data)))
+        return obj
+
+
+def test_a_planted_large_file_is_read_no_further_than_its_signed_size_and_only_once(
+    kube, state, dist, signer, verifier, tmp_path
+):
+    bucket = CountingStore(dist)
+    digest = render(state, A)
+    publish_bundle(state, bucket, channel="prod", digest=digest, signer=signer, now=T0, change_budget_percent=100)
+    key = layout.bundle_file_key(digest, "cdr-dynamic-blocklist.yaml")
+    dist.put(key, dist.get(key).data + b"#" * (8 << 20))  # 8 MiB more than signed
+    applier = KubeApplier(kube.url, kube.token)
+    agent = Agent(
+        bucket,
+        channel="prod",
+        cluster_id="c1",
+        verifier=verifier,
+        applier=applier,
+        state_dir=tmp_path / "s",
+        record=ClusterRecord(applier, NS),
+    )
+
+    status = agent.sync_once(T0 + MINUTE)
+
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "too_large")
+    assert [r for r in bucket.reads if r[0] == key] == [(key, len(A["cdr-dynamic-blocklist.yaml"]), -1)]
+    bucket.reads.clear()
+    assert agent.sync_once(T0 + 2 * MINUTE)["verification"]["code"] == "too_large"
+    assert bucket.reads == []  # the same manifest is not fetched again: its files neither
+    assert kube.objects() == []
+
+
+def test_a_huge_manifest_is_refused_after_one_mebibyte(kube, make_agent, bucket):
+    serve(bucket, b"{" + b" " * (4 << 20) + b"}")  # a 4 MiB manifest (300 MB cost 1.3 GB before)
+    agent = make_agent()
+
+    status = agent.sync_once(T0)
+
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "too_large")
+    assert "larger than 1048576 bytes" in status["verification"]["reason"]
+    assert agent.sync_once(T0 + MINUTE)["last_poll"]["result"] == "unchanged"
+
+
+# -- 8. the agent checks against the channel and the cluster, not only the object -------------------
+
+
+def test_a_signed_audit_manifest_whose_objects_kill_is_refused(kube, ship, make_agent, bucket, signer):
+    ship(A)
+    manifest = jsonio.loads(manifest_bytes(bucket))
+    killing = {**A, "cdr-dynamic-blocklist.yaml": A["cdr-dynamic-blocklist.yaml"].replace(b"Post", b"Sigkill")}
+    from cdr_policy.bundle.manifest import entries_digest, file_entries
+
+    entries = file_entries(killing)
+    digest = entries_digest(entries)
+    for path, data in killing.items():
+        bucket.inner.put(layout.bundle_file_key(digest, path), data)
+    sign_as_publish(bucket, signer, manifest | {"files": entries, "digest": digest}, generation=2)
+
+    status = make_agent().sync_once(T0 + MINUTE)
+
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "forbidden")
+    assert "uses Sigkill on a channel whose action is Post" in status["verification"]["reason"]
+    assert kube.objects() == []
+
+
+def test_the_clusters_own_ranges_are_refused_by_the_agent(kube, ship, make_agent):
+    from cdr_policy.agent.cli import policy_check
+
+    ship(A)  # 45.0.0.0-9: here, this cluster's pod range
+    agent = make_agent()
+    agent.check = policy_check(agent.applier, None, ("45.0.0.0/24",))
+
+    status = agent.sync_once(T0 + MINUTE)
+
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "check_failed")
+    assert "protected range of this cluster" in status["verification"]["reason"]
+    assert kube.objects() == []

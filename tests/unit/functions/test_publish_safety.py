@@ -1,0 +1,213 @@
+"""Publish through the real handler (``functions/publish/app.py``) and boto3 over HTTP to a moto server:
+one writer per channel and never backwards, the change budget protecting enforcement, history only
+after the manifest."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+
+import pytest
+
+from cdr_policy import aws, jsonio, layout
+from cdr_policy.bundle.signing import KmsSigner
+from cdr_policy.settings import get_settings
+from cdr_policy.stages.publish import ChannelMoved, publish_bundle
+from cdr_policy.storage import S3Store
+from cdr_policy.timeutil import utcnow
+from tests.fakes.aws import create_stack, moto_endpoint
+from tests.fakes.lambda_runtime import LambdaContext, load_handler
+from tests.unit.bundle.factory import behaviour_policy, files_of, ips, network_bundle, render
+
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    with moto_endpoint(None) as url:
+        yield url
+
+
+@pytest.fixture
+def stack(endpoint, monkeypatch):
+    import httpx
+
+    httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
+    created = create_stack(endpoint, environment="safety")
+    for key, value in created.env.items():
+        monkeypatch.setenv(key, value)
+    aws.reset()
+    get_settings.cache_clear()
+    yield created
+    aws.reset()
+    get_settings.cache_clear()
+
+
+def stores(stack) -> tuple[S3Store, S3Store]:
+    s3 = stack.client("s3")
+    return S3Store(s3, stack.names.state_bucket), S3Store(s3, stack.names.dist_bucket)
+
+
+def rendered(stack, files, channel="prod") -> str:
+    """Put a bundle in the state bucket as Render does, as the channel's latest render."""
+    state, _ = stores(stack)
+    now = utcnow()
+    digest = render(state, files, channel=channel, created=now)
+    state.put(layout.latest_render_key(channel), jsonio.dumps({"digest": digest, "rendered_at": now.isoformat()}))
+    return digest
+
+
+def invoke(channel: str, digest: str) -> dict:
+    event = {
+        "Records": [
+            {
+                "messageId": f"m-{digest[:8]}",
+                "receiptHandle": "rh",
+                "body": json.dumps({"channel": channel, "digest": digest}),
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:cdr-policy-safety-publish",
+                "awsRegion": "us-east-1",
+            }
+        ]
+    }
+    return load_handler("publish").lambda_handler(event, LambdaContext("publish"))
+
+
+def current(stack, channel="prod") -> dict:
+    _, dist = stores(stack)
+    return jsonio.loads(dist.get(layout.channel_manifest_key(channel)).data)
+
+
+BEHAVIOURS = files_of({"b1.yaml": behaviour_policy("cloud-creds"), "b2.yaml": behaviour_policy("crypto-mining")})
+
+
+def test_a_bundle_dropping_a_behaviour_policy_is_held_until_approved(stack):
+    first = rendered(stack, {**network_bundle(ips(0, 90), tag="a"), **BEHAVIOURS})
+    assert invoke("prod", first) == {"batchItemFailures": []}
+    assert (current(stack)["digest"], current(stack)["generation"]) == (first, 1)
+    # 2 of 180 prefixes change, but the crypto-mining behaviour policy is gone
+    dropped = rendered(
+        stack, {**network_bundle(ips(1, 90), tag="b"), **files_of({"b1.yaml": behaviour_policy("cloud-creds")})}
+    )
+
+    assert invoke("prod", dropped) == {"batchItemFailures": []}
+    assert current(stack)["digest"] == first
+
+    state, _ = stores(stack)
+    state.put(f"approvals/prod/{dropped}", b"")
+    # (the handler remembers the held result for its idempotency window: call the stage it runs)
+    summary = _publish_stage("prod", dropped)
+    assert summary["status"] == "published"
+    manifest = current(stack)
+    assert (manifest["digest"], manifest["generation"]) == (dropped, 2)
+    assert manifest["approval"]["previous_digest"] == first
+
+
+def _publish_stage(channel: str, digest: str) -> dict:
+    from cdr_policy.wiring import cloud
+
+    return cloud.publish(get_settings(), channel=channel, digest=digest)
+
+
+def test_an_empty_bundle_over_a_small_channel_is_held(stack):
+    first = rendered(stack, network_bundle(ips(0, 3)))
+    invoke("prod", first)
+    empty = rendered(stack, {})
+
+    assert _publish_stage("prod", empty)["status"] == "held"
+    assert current(stack)["digest"] == first
+    assert stores(stack)[1].list(layout.history_prefix("prod"))[-1].endswith(f"-{first}.json")
+
+
+def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
+    """Both read generation 1; the first to write gets generation 2; the other's conditional write
+    (If-Match on the manifest it read) fails and overwrites nothing. Retried, it becomes generation 3."""
+    state, dist = stores(stack)
+    signer = KmsSigner(stack.client("kms"), stack.signing_key_id)
+    now = utcnow()
+    a = render(state, network_bundle(ips(0, 10), tag="a"), created=now)
+    publish_bundle(state, dist, channel="prod", digest=a, signer=signer, now=now, change_budget_percent=100)
+    b = render(state, network_bundle(ips(0, 11), tag="b"), created=now)
+    c = render(state, network_bundle(ips(0, 12), tag="c"), created=now)
+    both_read = threading.Barrier(2, timeout=30)
+    first_done = threading.Event()
+    outcome: dict[str, object] = {}
+
+    class Racing(S3Store):
+        def __init__(self, name: str) -> None:
+            super().__init__(stack.client("s3"), stack.names.dist_bucket)
+            self.name = name
+
+        def put_if(self, key, data, etag, content_type="application/octet-stream"):
+            both_read.wait()
+            if self.name == "second":
+                first_done.wait(30)
+            try:
+                return super().put_if(key, data, etag, content_type)
+            finally:
+                if self.name == "first":
+                    first_done.set()
+
+    def run(name: str, digest: str) -> None:
+        try:
+            outcome[name] = publish_bundle(
+                state,
+                Racing(name),
+                channel="prod",
+                digest=digest,
+                signer=signer,
+                now=now + timedelta(minutes=1),
+                change_budget_percent=100,
+            )
+        except ChannelMoved as exc:
+            outcome[name] = exc
+
+    threads = [threading.Thread(target=run, args=("first", c)), threading.Thread(target=run, args=("second", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    assert outcome["first"].generation == 2
+    assert isinstance(outcome["second"], ChannelMoved)
+    assert (current(stack)["digest"], current(stack)["generation"]) == (c, 2)
+    history = [jsonio.loads(dist.get(k).data) for k in dist.list(layout.history_prefix("prod"))]
+    assert sorted(h["generation"] for h in history) == [1, 2]  # the loser left no history entry
+
+    retried = publish_bundle(
+        state,
+        dist,
+        channel="prod",
+        digest=b,
+        signer=signer,
+        now=now + timedelta(minutes=2),
+        change_budget_percent=100,
+    )
+    assert retried.generation == 3 and current(stack)["generation"] == 3
+
+
+def test_publish_refuses_what_the_channel_settings_forbid(stack):
+    """Someone who can write the state bucket plants a bundle for an audit channel whose objects kill,
+    and one blocking the channel's own pod range: Publish signs neither."""
+    state, _ = stores(stack)
+    state.put(
+        "config/channels.yaml",
+        b"channels:\n  - {name: prod, action: Post, protected_cidrs: ['45.0.0.0/16']}\n",
+    )
+    killing = network_bundle(ips(300_000, 10), tag="k")  # 45.4.x.x: outside the protected range
+    killing["cdr-dynamic-blocklist.yaml"] = killing["cdr-dynamic-blocklist.yaml"].replace(
+        b"action: Post", b"action: Sigkill"
+    )
+    summary = _publish_stage("prod", rendered(stack, killing))
+    assert summary["status"] == "refused"
+    assert "TracingPolicy/tp-blocklist-k uses Sigkill on a channel whose action is Post" in summary["errors"]
+
+    own_range = rendered(stack, network_bundle(ips(0, 10), tag="p"))  # 45.0.0.x: the channel's pods
+    summary = _publish_stage("prod", own_range)
+    assert summary["status"] == "refused"
+    assert any("protected range of channel prod" in e for e in summary["errors"])
+    assert stores(stack)[1].list(layout.channel_manifest_key("prod")) == []
