@@ -28,6 +28,7 @@ objects, and a million-line body never holds a million line strings at once.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import re
 import socket
@@ -81,7 +82,7 @@ class ParsedFeed:
     comments: int = 0
     blank: int = 0
     # Single addresses per family (IPv4 in an ``array('I')``), unsorted, duplicates kept.
-    singles: dict[int, list[int] | array] = field(default_factory=lambda: {4: array("I"), 6: []})
+    singles: dict[int, list[int] | array[int]] = field(default_factory=lambda: {4: array("I"), 6: []})
     # CIDR entries shorter than a host prefix: (network, length) per family.
     networks: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: {4: [], 6: []})
     # (``line N sha256:…``, reason) for every data line that is not a valid address or CIDR.
@@ -333,7 +334,7 @@ def _parse_lines(text: str, result: ParsedFeed) -> None:
     rest, numbers = [rest[i] for i in other], [numbers[i] for i in other]
     size = len(packed6)
     records = map(packed6.__getitem__, map(slice, range(0, size, 16), range(16, size + 16, 16)))
-    v6 = list(map(int.from_bytes, records, repeat("big")))
+    v6 = list(map(_big_endian, records))
     if _MAPPED_PREFIX in packed6:  # IPv4-mapped addresses (rare) fold to IPv4
         v4.extend(v & 0xFFFFFFFF for v in v6 if v >> 32 == MAPPED_V4_BASE >> 32)
         v6 = [v for v in v6 if v >> 32 != MAPPED_V4_BASE >> 32]
@@ -350,6 +351,9 @@ def _parse_lines(text: str, result: ParsedFeed) -> None:
                 _reject(result, number, line, R_TRAILING)
             else:
                 _add_token(token, result, number, line)
+
+
+_big_endian = functools.partial(int.from_bytes, byteorder="big")
 
 
 def _pton_batch(family: int, lines: list[str]) -> tuple[bytes, list[int]]:
