@@ -35,7 +35,7 @@ from cdr_policy.feeds.download import make_client
 from cdr_policy.feeds.parse import parse_token
 from cdr_policy.feeds.persist import FeedOutcome, load_set, save_set_if_changed
 from cdr_policy.guards import NeverBlock
-from cdr_policy.models import Indicator, IndicatorSet, Rejection
+from cdr_policy.models import Indicator, IndicatorSet, Rejection, SetStatus
 from cdr_policy.netprefix import BITS, last_address, sort_key, to_string
 from cdr_policy.observability import logger, metrics
 from cdr_policy.storage import NotFound, Store
@@ -63,7 +63,8 @@ class CachedScore:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CachedScore:
-        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+        values: dict[str, Any] = {f.name: d.get(f.name) for f in fields(cls)}
+        return cls(**values)
 
 
 @dataclass
@@ -217,7 +218,7 @@ class AbuseIPDB:
             else:
                 stats["below_threshold"] += 1
         self._prune(cache, now)
-        status = "ok" if problem is None else "stale"
+        status: SetStatus = "ok" if problem is None else "stale"
         error = None
         if problem is not None:
             error = f"{problem}; {stats['not_checked']} IP(s) not checked, cached scores used"

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -45,7 +46,7 @@ def user_agent() -> str:
 
         meta = metadata("cdr-policy")
         urls = [u.split(",", 1)[-1].strip() for u in meta.get_all("Project-URL") or []]
-        home = meta.get("Home-page") or (urls[0] if urls else None)
+        home = meta["Home-page"] if "Home-page" in meta else (urls[0] if urls else None)
     except (ImportError, PackageNotFoundError):
         home = None
     suffix = f"+{home}" if home else "threat-intel feed sync"
@@ -131,7 +132,7 @@ def fetch(
 
 
 class _FetchFailed(Exception):
-    def __init__(self, message: str, **details: object) -> None:
+    def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.details = details
 
