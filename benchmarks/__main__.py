@@ -152,8 +152,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
 
 def _ours_unfiltered_ipv4(path: Path) -> set[tuple[int, int, int]]:
     """Our parse + collapse without the never-block filter, for the comparison with iprange."""
-    from cdr_policy.feeds.aggregate import collapse
     from cdr_policy.feeds.parse import parse_feed
+    from cdr_policy.netprefix.aggregate import collapse
 
     parsed = parse_feed(path.read_bytes(), "plain")
     return {(4, n, plen) for n, plen in collapse(4, parsed.singles[4], parsed.networks[4])}

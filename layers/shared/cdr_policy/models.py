@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from cdr_policy.netprefix.vector import V4, V6
 
 SCHEMA_VERSION = 1
+# Finding uuids or feed names kept per indicator: an indicator seen 10,000 times stays small.
+MAX_REFS = 20
 
 IndicatorKind = Literal["ip", "domain", "port"]
 SetStatus = Literal["ok", "stale", "empty", "error", "disabled"]

@@ -10,11 +10,13 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdr_policy.feeds.aggregate import collapse, ingest, merge_indicators, sort_addresses
+from cdr_policy.feeds.aggregate import ingest
 from cdr_policy.feeds.parse import ParsedFeed, parse_feed
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import Indicator, IndicatorSet
 from cdr_policy.netprefix import BITS, last_address, to_string
+from cdr_policy.netprefix.aggregate import collapse, sort_addresses
+from cdr_policy.policy.merge import merge_indicators
 from cdr_policy.timeutil import iso
 
 GUARD = NeverBlock()

@@ -32,8 +32,8 @@ from urllib.parse import urlsplit
 
 from cdr_policy.config_text import load_yaml_mapping
 from cdr_policy.errors import ConfigError
+from cdr_policy.evidence import CATEGORY_WEIGHTS
 from cdr_policy.feeds.parse import FORMATS
-from cdr_policy.feeds.ranking import CATEGORY_WEIGHTS
 
 CATEGORIES = tuple(CATEGORY_WEIGHTS)
 MODES = ("replace", "extend")

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cdr_policy.feeds.aggregate import collapse
 from cdr_policy.netprefix import BITS, Prefixes, last_address
+from cdr_policy.netprefix.aggregate import collapse
 from cdr_policy.netprefix.vector import collapse_v4, collapsed_size_v4, covered_v4
 from cdr_policy.policy.ranked import CDR, THREAT_INTEL, RankedTable
 

@@ -32,14 +32,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from cdr_policy.models import Indicator, Rejection
+from cdr_policy.models import MAX_REFS, Indicator, Rejection
 from cdr_policy.observability import logger
 from cdr_policy.timeutil import iso, parse_iso
 
 Resolver = Callable[[str], Sequence[str]]
 RESOLVED_TTL = timedelta(hours=6)
 MAX_ADDRESSES = 8
-MAX_REFS = 20
 
 
 def system_resolver(name: str) -> list[str]:

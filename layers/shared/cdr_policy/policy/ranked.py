@@ -2,7 +2,7 @@
 as numpy arrays: a million feed prefixes cost a few arrays, not a million Python objects.
 
 Inputs are the per-entry IP indicators (CDR, AbuseIPDB, resolved domains: already merged by value,
-provenance and refs kept; ``feeds.aggregate.merge_indicators``) and the compact feed sets
+provenance and refs kept; ``policy.merge.merge_indicators``) and the compact feed sets
 (``models.FeedPrefixes``: one provenance for all their prefixes). Per value, as
 ``merge_indicators`` does for per-entry sets: the union of the sources, the latest ``last_seen``
 and ``expires_at``, the highest score, the category of the CDR detection when there is one, else
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from cdr_policy.feeds.ranking import category_weight
+from cdr_policy.evidence import category_weight
 from cdr_policy.models import FeedPrefixes, Indicator, IndicatorSet, Rejection
 from cdr_policy.netprefix import BITS, Prefix, parse_explicit, to_string
 from cdr_policy.timeutil import iso, parse_iso

@@ -2,7 +2,7 @@
 policy files and report.
 
 1. Sets: ``disabled`` ones are ignored; on a channel without ``threat_intel`` only the CDR set feeds
-   the network blocklists. Entries are merged across sources (``feeds.aggregate.merge_indicators``:
+   the network blocklists. Entries are merged across sources (``policy.merge.merge_indicators``:
    provenance kept, expired entries dropped).
 2. Domains are reported or resolved (``policy.domains``), ports parsed and checked against the ports
    nobody may block (``policy.ports``).
@@ -34,9 +34,8 @@ import numpy.typing as npt
 from aws_lambda_powertools.metrics import MetricUnit
 
 from cdr_policy.errors import PolicyCheckError
-from cdr_policy.feeds.aggregate import MAX_REFS, merge_indicators
 from cdr_policy.guards import NeverBlock, parse_protected
-from cdr_policy.models import Behaviour, Indicator, IndicatorSet, Rejection
+from cdr_policy.models import MAX_REFS, Behaviour, Indicator, IndicatorSet, Rejection
 from cdr_policy.netprefix import parse_explicit
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy import cilium, naming, tetragon
@@ -45,6 +44,7 @@ from cdr_policy.policy.capacity import Cut, cut, listed_left_out
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet, check_object
 from cdr_policy.policy.domains import Resolver, handle_domains
+from cdr_policy.policy.merge import merge_indicators
 from cdr_policy.policy.output import ObjectMeta, PolicyFile
 from cdr_policy.policy.ports import parse_port, port_refusal
 from cdr_policy.policy.ranked import CDR, THREAT_INTEL, RankedTable, rank_ips

@@ -1,4 +1,5 @@
-"""Evidence ranking for the capacity budget.
+"""Evidence ranking for the capacity budget: the weight of each threat category (feeds declare one;
+CDR detections map onto them), shared by the feed configuration and the policy compiler.
 
 When a channel's blocklist holds more prefixes than its budget, the policy compiler keeps the
 strongest evidence and reports the rest as left out; it never cuts at random. It orders

@@ -1,4 +1,4 @@
-"""Evidence ranking for the capacity budget (order documented in ``cdr_policy.feeds.ranking``,
+"""Evidence ranking for the capacity budget (order documented in ``cdr_policy.evidence``,
 computed on arrays by ``cdr_policy.policy.ranked``)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
-from cdr_policy.feeds.ranking import CATEGORY_WEIGHTS, category_weight
+from cdr_policy.evidence import CATEGORY_WEIGHTS, category_weight
 from cdr_policy.models import Indicator
 from cdr_policy.policy.ranked import rank_ips
 

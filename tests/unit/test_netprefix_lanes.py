@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdr_policy.feeds import lanes
-from cdr_policy.feeds.lanes import adjacency_flags, pack_ipv6
+from cdr_policy.netprefix import lanes
+from cdr_policy.netprefix.lanes import adjacency_flags, pack_ipv6
 
 ipv4 = st.integers(0, 2**32 - 1)
 
