@@ -94,12 +94,15 @@ def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | N
     def enqueue(request: PublishRequest) -> None:
         aws.client("sqs").send_message(QueueUrl=settings.publish_queue_url, MessageBody=request.to_message())
 
+    crds = SchemaSet.from_store(store)
+    if crds is None:
+        logger.warning("no CRDs under crds/ in the state bucket: checking against the safety checklist only")
     rendered = run_render(
         store,
         channels=channels_from_store(store),
         now=now or utcnow(),
         guard=NeverBlock(),
-        crds=SchemaSet.from_store(store),
+        crds=crds,
         publish=enqueue if settings.publish_queue_url else None,
     )
     return [r.summary().to_dict() for r in rendered]
