@@ -280,7 +280,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
             "(e)",
             "agent poll, nothing changed: manifest requests / body bytes",
             f"{agent['poll_requests']} / {agent['poll_body_bytes']}",
-            f"all requests of the poll: {agent['requests']} (the status heartbeat is a PUT)",
+            f"all requests of the poll: {agent['requests']} (status rewritten only when new, or every 10 min)",
             "1 / 0",
             agent["poll_requests"] == TARGETS["poll_requests"] and agent["poll_body_bytes"] == 0,
         )

@@ -7,9 +7,10 @@
 - ``import NAME``: the cold import of a handler module and of what its wiring function imports
   on the first invocation (its stage and adapters), or ``bare``: a handler with Powertools'
   Logger, Tracer and Metrics and nothing else. The import is timed inside the process.
-- ``agent CHANNEL``: the sync agent polls once (and applies the bundle), then polls again with
-  nothing changed; the second poll's HTTP requests and response body bytes are counted with
-  botocore's event hooks on the agent's own S3 client.
+- ``agent CHANNEL``: the sync agent polls once (and applies the bundle), polls again (its first
+  unchanged poll, which still reports something new), then once more with nothing changed: that
+  steady-state poll's HTTP requests and response body bytes are counted with botocore's event hooks
+  on the agent's own S3 client.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def run_agent(channel: str) -> dict[str, Any]:
             state_dir=Path(folder) / "state",
         )
         first = agent.sync_once()
+        agent.sync_once()
         applied = sorted((Path(folder) / "objects").rglob("*.yaml"))
         calls: list[dict[str, Any]] = []
 

@@ -28,7 +28,7 @@ def test_the_whole_path_parts_run_and_report_their_targets(tmp_path: Path, capsy
     assert result["handlers"]["publish"]["result"]["messages"] >= 1
     agent = result["agent"]
     assert (agent["first"], agent["second"]) == ("applied", "unchanged")
-    assert (agent["poll_requests"], agent["poll_body_bytes"]) == (1, 0)
+    assert (agent["poll_requests"], agent["poll_body_bytes"], agent["requests"]) == (1, 0, 1)
     assert set(result["imports"]) == {"bare", "cdr_fetch", "feed_sync", "render", "publish"}
     assert not result["imports"]["cdr_fetch"]["numpy"] and not result["imports"]["publish"]["numpy"]
     table = (tmp_path / "r" / "latest.md").read_text()

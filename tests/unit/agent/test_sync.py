@@ -17,7 +17,7 @@ from cdr_policy.bundle.manifest import unsigned
 from cdr_policy.bundle.signing import LocalSigner, generate_local_key, sign_manifest
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.stages.publish import publish_bundle
-from cdr_policy.timeutil import utcnow
+from cdr_policy.timeutil import iso, utcnow
 from tests.fakes.kube import FakeKubeAPI
 from tests.unit.bundle.factory import (
     T0,
@@ -538,7 +538,7 @@ def test_run_polls_until_stopped(ship, make_agent, tmp_path, bucket):
     thread.start()
     try:
         for _ in range(500):
-            if bucket.puts.count(layout.status_key("eks-prod-1")) >= 3:
+            if bucket.polls >= 3:
                 break
             threading.Event().wait(0.01)
     finally:
@@ -579,3 +579,20 @@ def test_an_in_place_tetragon_update_is_applied_and_warned_about(kube, ship, mak
     assert status["last_poll"]["result"] == "applied"
     assert "45.0.9.1/32" in str(kube.get_object("TracingPolicy", "tp-blocklist-a")["spec"])
     assert any("tetragon#4322" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_the_bucket_status_is_written_when_it_says_something_new_or_the_heartbeat_is_due(
+    ship, make_agent, bucket, tmp_path
+):
+    ship(A)
+    agent = make_agent(DirectoryApplier(tmp_path / "out"))
+    status_key = layout.status_key("eks-prod-1")
+    agent.sync_once(T0)  # applied: written
+    agent.sync_once(T0 + timedelta(minutes=1))  # first unchanged: new result, written
+    agent.sync_once(T0 + timedelta(minutes=2))  # nothing new: only the local status
+    assert bucket.puts.count(status_key) == 2 and bucket.polls == 3
+    assert stored_status(bucket)["last_poll"]["at"] == iso(T0 + timedelta(minutes=1))
+    agent.status_heartbeat_s = 0  # the heartbeat is due
+    agent.sync_once(T0 + timedelta(minutes=3))
+    assert bucket.puts.count(status_key) == 3
+    assert stored_status(bucket)["last_poll"]["at"] == iso(T0 + timedelta(minutes=3))

@@ -162,6 +162,7 @@ class RecordingStore:
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.puts: list[str] = []
+        self.polls = 0  # conditional reads (get_if_changed)
         self.down: Exception | None = None
 
     def _check(self) -> None:
@@ -176,6 +177,7 @@ class RecordingStore:
         return self.inner.get(key, max_bytes=max_bytes)
 
     def get_if_changed(self, key: str, etag: str | None, *, max_bytes: int | None = None):
+        self.polls += 1
         self._check()
         return self.inner.get_if_changed(key, etag, max_bytes=max_bytes)
 
