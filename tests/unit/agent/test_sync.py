@@ -3,6 +3,7 @@ server over HTTP) or a directory."""
 
 from __future__ import annotations
 
+import random
 import threading
 from datetime import timedelta
 
@@ -547,6 +548,50 @@ def test_run_polls_until_stopped(ship, make_agent, tmp_path, bucket):
     assert not thread.is_alive()
     assert stored_status(bucket)["last_poll"]["result"] == "unchanged"
     assert len(list((tmp_path / "out").iterdir())) == 3
+
+
+class _Waits(threading.Event):
+    """A stop event that records each wait of the loop and stops it after ``polls`` polls."""
+
+    def __init__(self, polls: int) -> None:
+        super().__init__()
+        self.polls = polls
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.waits.append(timeout)
+        if len(self.waits) >= self.polls:
+            self.set()
+        return self.is_set()
+
+
+def test_run_jitters_each_wait_within_its_bound(ship, make_agent, tmp_path):
+    ship(A, utcnow())
+    agent = make_agent(DirectoryApplier(tmp_path / "out"))
+    waits = {}
+    for seed in (1, 2):
+        stop = _Waits(polls=40)
+        agent.run(10.0, stop, jitter=0.1, rng=random.Random(seed))
+        waits[seed] = stop.waits
+    for seed_waits in waits.values():
+        # each poll takes a few ms of the 9..11 s: the wait is what is left of the jittered interval
+        assert all(8.5 < w <= 11.0 for w in seed_waits)
+        assert max(seed_waits) - min(seed_waits) > 1.0  # spread over the band, not one fixed value
+    assert waits[1] != waits[2]  # two agents started together do not poll in step
+
+
+def test_run_without_jitter_keeps_the_interval(ship, make_agent, tmp_path):
+    ship(A, utcnow())
+    stop = _Waits(polls=5)
+    make_agent(DirectoryApplier(tmp_path / "out")).run(10.0, stop, jitter=0.0)
+    assert all(9.5 < w <= 10.0 for w in stop.waits)
+
+
+@pytest.mark.parametrize(("interval", "jitter"), [(0.0, 0.1), (10.0, 1.0), (10.0, -0.1)])
+def test_run_refuses_a_jitter_outside_its_bounds(interval, jitter, make_agent, tmp_path):
+    with pytest.raises(ConfigError):
+        make_agent(DirectoryApplier(tmp_path / "out")).run(interval, _Waits(polls=1), jitter=jitter)
 
 
 @pytest.mark.parametrize("kwargs", [{"channel": "Prod"}, {"channel": "prod", "cluster_id": "../x"}])

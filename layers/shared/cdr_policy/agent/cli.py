@@ -20,8 +20,10 @@ from cdr_policy.agent.observe import AgentMetrics, ObservabilityServer
 from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
 from cdr_policy.agent.sync import (
     DEFAULT_DRIFT_INTERVAL_S,
+    DEFAULT_INTERVAL_S,
     DEFAULT_MAX_CLOCK_SKEW_S,
     DEFAULT_MAX_SHRINK_PERCENT,
+    DEFAULT_POLL_JITTER,
     DEFAULT_SYNC_DEADLINE_S,
     Agent,
 )
@@ -106,9 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interval",
         type=_interval,
-        default=_interval("60s"),
+        default=DEFAULT_INTERVAL_S,
         metavar="DURATION",
-        help="time between polls, like 30s, 5m or 1h (1s..24h, default 60s)",
+        help=f"time between polls, like 30s, 5m or 1h (1s..24h, default {DEFAULT_INTERVAL_S:g}s; each wait "
+        f"varies by up to {DEFAULT_POLL_JITTER * 100:g}%% so that a fleet does not poll in step)",
     )
     parser.add_argument(
         "--drift-interval",

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 import threading
 import time
@@ -84,6 +85,11 @@ DEFAULT_SYNC_DEADLINE_S = 300.0
 # heartbeat for ``fleet status``): an unchanged poll is then one conditional GET, not also a PUT,
 # which was 93% of what a polling fleet costs.
 DEFAULT_STATUS_HEARTBEAT_S = 600.0
+DEFAULT_INTERVAL_S = 60.0
+# Each wait between two polls is the interval times a factor drawn uniformly from [1 - jitter, 1 + jitter]:
+# agents started together (one rollout across a fleet) drift apart instead of polling the bucket in
+# step, and no poll starts later than (1 + jitter) intervals after the previous one.
+DEFAULT_POLL_JITTER = 0.1
 
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Refusals that the same manifest bytes will always get again: do not re-download until it changes.
@@ -249,15 +255,23 @@ class Agent:
         interval: float,
         stop: threading.Event | None = None,
         observe: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        jitter: float = DEFAULT_POLL_JITTER,
+        rng: random.Random | None = None,
     ) -> None:
-        """``sync_once`` every ``interval`` seconds until ``stop`` is set; ``observe`` gets each status."""
+        """``sync_once`` about every ``interval`` seconds (each wait jittered, see ``DEFAULT_POLL_JITTER``)
+        until ``stop`` is set; ``observe`` gets each status. The first poll is at once."""
+        if interval <= 0 or not 0 <= jitter < 1:
+            raise ConfigError(f"poll interval must be > 0 and jitter in [0, 1), got {interval} and {jitter}")
         stop = stop or threading.Event()
+        rng = rng or random.Random()
         while not stop.is_set():
             started = time.monotonic()
             status = self.sync_once()
             if observe is not None:
                 observe(status)
-            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+            wait = interval * rng.uniform(1 - jitter, 1 + jitter)
+            stop.wait(max(0.0, wait - (time.monotonic() - started)))
 
     def _poll(self, now: datetime) -> tuple[str, str]:
         try:
