@@ -34,6 +34,24 @@ _S3_OPERATIONS = {"GET": "GetObject", "PUT": "PutObject", "HEAD": "HeadObject", 
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
+# S3 Standard list prices, us-east-1, USD per 1,000 requests: the README's "What it costs" table
+# (tests/unit/test_costs.py keeps the two in step). Other S3 operations (DELETE) are free.
+S3_PRICE_PER_1000 = {"PUT": 0.005, "GET": 0.0004}
+_PRICE_CLASS = {
+    "s3:PutObject": "PUT",
+    "s3:CopyObject": "PUT",
+    "s3:POST": "PUT",
+    "s3:ListObjects": "PUT",
+    "s3:GetObject": "GET",
+    "s3:HeadObject": "GET",
+}
+
+
+def s3_price_class(op: str) -> str | None:
+    """``PUT`` (PUT, COPY, POST, LIST) or ``GET`` (GET, HEAD): how S3 bills the operation ``operation()``
+    named; None for DELETE (free), bucket-level calls and other services."""
+    return _PRICE_CLASS.get(op)
+
 
 def operation(environ: dict[str, Any]) -> str:
     """``service:Operation`` of one request as the AWS bill names it (S3 by method and path, the JSON
@@ -56,12 +74,16 @@ def operation(environ: dict[str, Any]) -> str:
 
 
 class RequestCounter:
-    """WSGI middleware: counts each request under the current stage."""
+    """WSGI middleware: counts each request, its body bytes each way and its response status under the
+    stage current when it arrived."""
 
     def __init__(self, app: WsgiApp) -> None:
         self.app = app
         self.stage = "setup"
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.request_bytes: Counter[tuple[str, str]] = Counter()
+        self.response_bytes: Counter[tuple[str, str]] = Counter()
+        self.statuses: Counter[tuple[str, str, int]] = Counter()
         self.seconds: Counter[str] = Counter()
         self._since = time.perf_counter()
         self._lock = Lock()
@@ -74,8 +96,44 @@ class RequestCounter:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         with self._lock:
-            self.counts[(self.stage, operation(environ))] += 1
-        return self.app(environ, start_response)
+            key = (self.stage, operation(environ))
+            self.counts[key] += 1
+        status: list[int] = []
+
+        def recording_start_response(line: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            status.append(int(line.split(" ", 1)[0]))
+            return start_response(line, headers, *exc_info)
+
+        response = self.app(environ, recording_start_response)
+        try:
+            body = list(response)
+        finally:
+            close = getattr(response, "close", None)
+            if close is not None:
+                close()
+        with self._lock:
+            self.request_bytes[key] += int(environ.get("CONTENT_LENGTH") or 0)
+            self.response_bytes[key] += sum(map(len, body))
+            self.statuses[(*key, status[0] if status else 0)] += 1
+        return body
+
+    def snapshot(self, stage: str) -> dict[str, dict[str, int]]:
+        """One stage's requests, body bytes each way and statuses, by operation."""
+        with self._lock:
+            ops = sorted(op for s, op in self.counts if s == stage)
+            return {
+                op: {
+                    "requests": self.counts[(stage, op)],
+                    "request_bytes": self.request_bytes[(stage, op)],
+                    "response_bytes": self.response_bytes[(stage, op)],
+                    **{
+                        f"status_{code}": n
+                        for (s, o, code), n in sorted(self.statuses.items())
+                        if (s, o) == (stage, op)
+                    },
+                }
+                for op in ops
+            }
 
 
 @contextmanager

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from demo.costs import measure, operation, table
+from demo.costs import S3_PRICE_PER_1000, measure, operation, s3_price_class, table
 from demo.runner import CHANNELS
+from tests.fakes.lambda_runtime import REPO
 
 pytestmark = [pytest.mark.infra, pytest.mark.integration]
 
@@ -29,6 +30,17 @@ def test_operations_are_named_as_the_bill_names_them():
     assert operation({"REQUEST_METHOD": "POST", "PATH_INFO": "/moto-api/reset"}) == "unsigned:POST"
 
 
+def test_s3_prices_are_the_readme_ones_and_classed_as_billed():
+    readme = (REPO / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| S3 Standard |"))
+    assert f"PUT/COPY/POST/LIST {S3_PRICE_PER_1000['PUT']} USD per 1,000" in row
+    assert f"GET/HEAD {S3_PRICE_PER_1000['GET']} USD per 1,000" in row
+    assert [s3_price_class(op) for op in ("s3:GetObject", "s3:HeadObject", "s3:ListObjects", "s3:PutObject")] == [
+        "GET", "GET", "PUT", "PUT",
+    ]  # fmt: skip
+    assert s3_price_class("s3:DeleteObject") is None and s3_price_class("kms:Sign") is None
+
+
 @pytest.mark.slow
 def test_request_counts_of_one_run_and_of_a_fleet_poll(tmp_path):
     lines: list[str] = []
@@ -48,6 +60,10 @@ def test_request_counts_of_one_run_and_of_a_fleet_poll(tmp_path):
     # status is rewritten only when it says something new or its heartbeat is due; no KMS (agents verify
     # with the public key they fetched once at start).
     assert by_stage["unchanged-poll"] == {"s3:GetObject": channels}
+    assert counter.snapshot("unchanged-poll") == {
+        "s3:GetObject": {"requests": channels, "request_bytes": 0, "response_bytes": 0, "status_304": channels}
+    }
+    assert counter.snapshot("restarted-poll")["s3:PutObject"]["request_bytes"] > 0  # the status documents
     assert by_stage["restarted-poll"]["kms:GetPublicKey"] == 1
     assert all(line.endswith("(manifest unchanged (ETag))") for line in lines[-channels:])
     rendered = table(counter)
