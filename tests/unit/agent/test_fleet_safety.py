@@ -306,9 +306,10 @@ def test_drift_a_deleted_or_edited_object_comes_back_after_one_drift_interval(ku
     assert clean["last_poll"] == {
         "at": "2026-01-10T16:04:00Z",
         "result": "unchanged",
-        "detail": "manifest unchanged (ETag); no drift",
+        "detail": "manifest unchanged (ETag)",
     }
     assert clean["drift"]["missing"] == [] and clean["drift"]["repaired"] is False
+    assert clean["drift"]["checked_at"] == "2026-01-10T16:04:00Z"
 
 
 def test_an_object_served_under_a_newer_version_is_not_drift(kube, ship, make_agent):
@@ -321,7 +322,8 @@ def test_an_object_served_under_a_newer_version_is_not_drift(kube, ship, make_ag
 
     status = agent.sync_once(T0 + 2 * MINUTE)
 
-    assert status["last_poll"]["detail"] == "manifest unchanged (ETag); no drift"
+    assert status["last_poll"]["detail"] == "manifest unchanged (ETag)"
+    assert status["drift"]["checked_at"] == "2026-01-10T16:02:00Z" and status["drift"]["changed"] == []
     assert kube.ops("apply")[-1:] == [("apply", "CiliumCIDRGroup", "ccg-old-api")]  # only the first apply
 
 

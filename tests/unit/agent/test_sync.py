@@ -641,3 +641,20 @@ def test_the_bucket_status_is_written_when_it_says_something_new_or_the_heartbea
     agent.sync_once(T0 + timedelta(minutes=3))
     assert bucket.puts.count(status_key) == 3
     assert stored_status(bucket)["last_poll"]["at"] == iso(T0 + timedelta(minutes=3))
+
+
+def test_a_clean_drift_check_is_not_news_for_the_bucket(ship, make_agent, bucket, tmp_path):
+    ship(A)
+    agent = make_agent(DirectoryApplier(tmp_path / "out"))
+    agent.drift_interval_s = 0.0  # every unchanged poll compares the objects
+    status_key = layout.status_key("eks-prod-1")
+    agent.sync_once(T0)  # applied: written
+    agent.sync_once(T0 + timedelta(minutes=1))  # first unchanged, first drift check: written
+    for minute in range(2, 7):
+        status = agent.sync_once(T0 + timedelta(minutes=minute))
+        assert status["drift"]["checked_at"] == iso(T0 + timedelta(minutes=minute))
+    # one conditional GET per poll; the drift checks found nothing new to say: no status write
+    assert bucket.puts.count(status_key) == 2 and bucket.polls == 7
+    (tmp_path / "out" / "tracingpolicy-tp-blocklist-a.yaml").unlink()  # drift: news again
+    assert agent.sync_once(T0 + timedelta(minutes=7))["last_poll"]["result"] == "repaired"
+    assert bucket.puts.count(status_key) == 3

@@ -481,7 +481,7 @@ class Agent:
         drift = {"checked_at": iso(now), "missing": missing, "changed": changed, "extra": extra, "repaired": False}
         self._drift = drift
         if not (missing or changed or extra):
-            return "unchanged", "manifest unchanged (ETag); no drift"
+            return "unchanged", "manifest unchanged (ETag)"  # the check is in the status's ``drift``
         errors, applied, deleted = reconcile(self.applier, self._desired, channel=self.channel, owned=owned)
         self._apply_errors, self._counts = errors, {"applied": applied, "deleted": deleted}
         errors = [e for e in errors if e["action"] != "preflight"]  # held back by the pre-flight: reported
@@ -562,9 +562,10 @@ class Agent:
 
     def _report(self, status: dict[str, Any]) -> None:
         """The local status every poll; the bucket's when it says something new (anything but the
-        poll time) or the heartbeat is due."""
+        time of the poll and of the drift check) or the heartbeat is due."""
         self._state.save_status(status)
-        news = jsonio.dumps({**status, "last_poll": {**status["last_poll"], "at": None}})
+        drift = status["drift"] and {**status["drift"], "checked_at": None}
+        news = jsonio.dumps({**status, "last_poll": {**status["last_poll"], "at": None}, "drift": drift})
         now = time.monotonic()
         if (
             self._reported is not None
