@@ -14,6 +14,9 @@
    ``iprange``'s on the IPv4 input, prints a Markdown table and writes it to
    ``benchmarks/results/latest.md`` (and ``latest.json``; ``--results`` to change the folder).
 
+Then the whole path (b)-(e) (``benchmarks/pipeline.py``, ``--addresses``) and the fleet simulation
+(f) (``benchmarks/fleet.py``, ``--fleet``).
+
 The target is our wall time within 2x of iprange's. ``--strict`` makes a miss (or any mismatch)
 exit non-zero; a mismatch always does.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -31,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import pipeline
+from benchmarks import fleet, pipeline
 from benchmarks.generate import generate
 from benchmarks.measure import Run, measure, python_env
 from benchmarks.runners import read_iprange_output, read_prefixes
@@ -130,6 +134,17 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     if args.addresses:
         result["pipeline"] = pipeline.run(work / "pipeline", args.addresses, args.seed, iprange, args.repeat)
         table += "\n" + pipeline.render_markdown(result["pipeline"])
+    if args.fleet:
+        config = fleet.FleetConfig(
+            agents=args.fleet,
+            interval_s=args.fleet_interval,
+            update_interval_s=args.fleet_update_interval,
+            processes=min(4, max(2, math.ceil(args.fleet / 250))),
+            seed=args.seed,
+        )
+        result["fleet"] = fleet.run(work / "fleet", config)
+        table += "\n" + fleet.render_markdown(result["fleet"])
+    if args.addresses or args.fleet:
         table += (
             "\nOne run on a shared machine (2 cores, other work running): absolute times are noisy, the "
             "ratios compare contenders measured minutes apart in the same run.\n"
@@ -228,9 +243,32 @@ def main(argv: list[str] | None = None) -> int:
         default=1_000_000,
         help="feed size for the whole-path parts (b)-(e) (default 1,000,000; 0 skips them)",
     )
+    ap.add_argument(
+        "--fleet",
+        type=int,
+        default=1_000,
+        help="agents in the fleet simulation (f) (default 1,000; 0 skips it), in 2 to 4 worker processes",
+    )
+    ap.add_argument(
+        "--fleet-interval",
+        type=float,
+        default=fleet.FleetConfig.interval_s,
+        metavar="SECONDS",
+        help=f"(f)'s steady-state poll interval, compressed (default {fleet.FleetConfig.interval_s:g})",
+    )
+    ap.add_argument(
+        "--fleet-update-interval",
+        type=float,
+        default=fleet.FleetConfig.update_interval_s,
+        metavar="SECONDS",
+        help=f"(f)'s poll interval while a new bundle goes out (default {fleet.FleetConfig.update_interval_s:g}, "
+        "the real one)",
+    )
     args = ap.parse_args(argv)
     if args.lines < 100 or args.repeat < 1 or (args.addresses and args.addresses < 1000):
         ap.error("--lines must be at least 100, --repeat at least 1 and --addresses 0 or at least 1000")
+    if args.fleet < 0 or args.fleet_interval <= 0 or args.fleet_update_interval <= 0:
+        ap.error("--fleet must be 0 or more, the fleet intervals above 0")
     return run(args)
 
 

@@ -50,6 +50,8 @@ TARGETS = {
     "poll_requests": 1,
     "poll_body_bytes": 0,
 }
+# One line of the results table: (part, measure, ours, reference, target, met).
+Row = tuple[str, str, str, str, str, bool | None]
 
 
 def run(work: Path, addresses: int, seed: int, iprange: str | None, repeat: int) -> dict[str, Any]:
@@ -200,9 +202,9 @@ def _imports(work: Path) -> dict[str, Any]:
 # -- the table ---------------------------------------------------------------------------------
 
 
-def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]:
+def rows(r: dict[str, Any]) -> list[Row]:
     """``(part, measure, ours, reference, target, met)`` per line of the results table."""
-    out: list[tuple[str, str, str, str, str, bool | None]] = []
+    out: list[Row] = []
     cli = r["cli"]
     grown = cli["big"]["wall_s"] - cli["small"]["wall_s"]
     ipr = cli.get("iprange")
@@ -299,15 +301,14 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
     return out
 
 
-def render_markdown(r: dict[str, Any]) -> str:
-    lines = [
-        f"# The whole path at {r['addresses']:,} addresses",
-        "",
-        "| Part | Measure | Ours | Reference | Target | Met |",
-        "|---|---|---|---|---|---|",
-    ]
-    for part, what, ours, ref, target, met in rows(r):
+def table(rows: list[Row]) -> list[str]:
+    """The results table's Markdown lines (the fleet's part (f) has the same columns)."""
+    lines = ["| Part | Measure | Ours | Reference | Target | Met |", "|---|---|---|---|---|---|"]
+    for part, what, ours, ref, target, met in rows:
         mark = {True: "yes", False: "**no**", None: "-"}[met]
         lines.append(f"| {part} | {what} | {ours} | {ref} | {target} | {mark} |")
-    lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    return "\n".join([f"# The whole path at {r['addresses']:,} addresses", "", *table(rows(r)), ""])

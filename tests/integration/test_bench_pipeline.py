@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_the_whole_path_parts_run_and_report_their_targets(tmp_path: Path, capsys) -> None:
-    args = ["--lines", "500", "--repeat", "1", "--addresses", "2000"]
+    args = ["--lines", "500", "--repeat", "1", "--addresses", "2000", "--fleet", "0"]  # (f): test_fleet_simulation
     code = bench.main([*args, "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")])
     out = capsys.readouterr().out
     assert code == 0, out
