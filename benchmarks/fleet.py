@@ -81,11 +81,11 @@ FEED_ADDRESSES = 200  # the first bundle's feed; the update adds UPDATE_ADDRESSE
 UPDATE_ADDRESSES = 10
 CLUSTERS = (100, 1_000, 10_000)
 DAYS_PER_MONTH = 30  # as the README's cost section counts
-CHANGE_BUDGET_PERCENT = 50  # the stack's default (CHANGE_BUDGET_PERCENT in template.yaml)
+CHANGE_BUDGET_PERCENT = 50  # the stack's default (template.yaml: ChangeBudgetPercent)
 POOL = 16  # HTTP connections per worker process (its agents' polls are spread over the interval)
 TARGETS = {"per_poll": 1, "body_bytes": 0, "p99_intervals": 2.0, "fleet_status_s": DEFAULT_INTERVAL_S}
-# An event from a worker: (cluster id, applied digest, last poll's result, time.time()); "" and
-# "ready" when a worker has built its agents.
+# An event from a worker: (cluster id, applied digest, last poll's result, time.time()); a cluster id
+# "" marks a worker that has built its agents ("ready") or restarted their loops ("switched").
 AgentEvent = tuple[str, str | None, str, float]
 _READY, _SWITCHED = "ready", "switched"
 
