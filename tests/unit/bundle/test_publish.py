@@ -429,5 +429,6 @@ def test_publish_through_s3(signer, verifier):
         assert publish(state, dist, signer, digest).status == "unchanged"
 
         verify_manifest(current(dist), verifier, now=T0)
-        head = s3.head_object(Bucket="dist-bucket", Key=layout.published_file_key("prod", digest, "cilium-cdr-blocklist.yaml"))
+        key = layout.published_file_key("prod", digest, "cilium-cdr-blocklist.yaml")
+        head = s3.head_object(Bucket="dist-bucket", Key=key)
         assert head["ContentType"] == "application/yaml"
