@@ -181,7 +181,11 @@ DIST_KEYS: tuple[KeyFamily, ...] = (
         "Publish",
         "every manifest published, written after the channel manifest (rollback)",
     ),
-    KeyFamily(status_key("<cluster-id>"), "agent", "agent status, writable only by that cluster's role (`deploy/cluster-access`)"),
+    KeyFamily(
+        status_key("<cluster-id>"),
+        "agent",
+        "agent status, writable only by that cluster's role (`deploy/cluster-access`)",
+    ),
 )
 
 # What each writer may write: (store, prefixes). The template's IAM statements grant exactly these.
