@@ -38,7 +38,7 @@ def test_ours_equals_collapse_addresses_on_the_generated_input(tmp_path: Path) -
 def test_benchmark_run_writes_the_table(tmp_path: Path, capsys) -> None:
     code = bench.main(
         [
-            *("--lines", "2000", "--repeat", "1", "--addresses", "0"),
+            *("--lines", "2000", "--repeat", "1", "--addresses", "0", "--fleet", "0"),
             *("--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")),
         ]
     )
@@ -55,7 +55,7 @@ def test_missing_iprange_says_how_to_install_it(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(bench.shutil, "which", lambda name: None if name == "iprange" else real_which(name))
     code = bench.main(
         [
-            *("--lines", "500", "--repeat", "1", "--addresses", "0"),
+            *("--lines", "500", "--repeat", "1", "--addresses", "0", "--fleet", "0"),
             *("--workdir", str(tmp_path / "w"), "--results", str(tmp_path)),
         ]
     )
@@ -70,6 +70,7 @@ def test_missing_iprange_says_how_to_install_it(tmp_path: Path, monkeypatch: pyt
                 "--repeat",
                 "1",
                 "--strict",
+                *("--addresses", "0", "--fleet", "0"),  # part (a) alone: the target needs iprange
                 "--workdir",
                 str(tmp_path / "w2"),
                 "--results",
