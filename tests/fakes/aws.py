@@ -176,3 +176,52 @@ def create_stack(endpoint_url: str, *, environment: str = "demo", qualys: dict[s
         signing_key_id=key_id,
         env=env,
     )
+
+
+@contextmanager
+def iam_enforcing_moto() -> Iterator[tuple[str, dict[str, str]]]:
+    """A moto server in its own process that checks every request against IAM, as AWS does: signed with
+    known keys, allowed by the caller's identity policies (moto evaluates Action and Resource, not
+    Condition, and no bucket policies). Its own process, because that switch is global to a moto process.
+    Yields the URL and an administrator's keys (the only credentials that work until others are made)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/moto-api/data.json", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the moto server did not start") from None
+                time.sleep(0.1)
+        iam = boto3.client(
+            "iam", endpoint_url=url, region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x"
+        )
+        iam.create_user(UserName="admin")
+        everything = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="admin", PolicyName="everything", PolicyDocument=json.dumps(everything))
+        key = iam.create_access_key(UserName="admin")["AccessKey"]
+        enforce_iam(url, True)
+        yield url, {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def enforce_iam(url: str, on: bool) -> None:
+    """Switch a moto server's IAM checks on or off (off: to act as an AWS service would, e.g. Roles Anywhere)."""
+    httpx.post(f"{url}/moto-api/reset-auth", content=b"0" if on else b"inf", timeout=10).raise_for_status()

@@ -22,6 +22,14 @@ def template() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def cluster_access() -> dict[str, Any]:
+    """deploy/cluster-access/template.yaml, the stack each cluster gets, as plain data."""
+    from cfnlint.decode import cfn_yaml
+
+    return json.loads(json.dumps(cfn_yaml.load(str(REPO / "deploy" / "cluster-access" / "template.yaml"))))
+
+
+@pytest.fixture(scope="session")
 def resources(template: dict[str, Any]) -> dict[str, Any]:
     return template["Resources"]
 

@@ -3,6 +3,7 @@ resolver for the few intrinsic functions the template uses in names and environm
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -28,6 +29,22 @@ def run(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> 
     """Run a tool from the repository root, offline-friendly (no SAM telemetry), capturing output."""
     full_env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": REGION, **(env or {})}
     return subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+CHECKOV = Path(os.environ.get("CHECKOV", REPO / ".venv-tools" / "bin" / "checkov"))
+
+
+def checkov(path: Path) -> dict[str, Any]:
+    """checkov's JSON report on a CloudFormation template (from its own virtualenv, ``make tools``)."""
+    if not CHECKOV.exists():
+        pytest.fail(f"checkov is not installed at {CHECKOV}: run `make tools` (make test does)")
+    result = run(
+        str(CHECKOV), "-f", str(path), "--framework", "cloudformation", "--skip-download", "-o", "json", timeout=300
+    )
+    assert result.returncode in (0, 1), result.stderr  # 1: some check failed
+    report = json.loads(result.stdout)
+    assert report["summary"]["parsing_errors"] == 0, report["summary"]
+    return report
 
 
 class Resolver:

@@ -5,7 +5,10 @@ liveness probe that works), the Dockerfile, and the package the image installs."
 from __future__ import annotations
 
 import argparse
+import configparser
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -196,6 +199,47 @@ def test_agent_arguments_are_accepted_by_the_cli(deployment, container, objects)
     assert "emptyDir" in mounted["/tmp"]["volume"]
     writable = {path for path, m in mounted.items() if not m.get("readOnly")}
     assert writable == {str(args.state_dir), "/tmp"}
+
+
+def test_the_agent_assumes_its_clusters_role(deployment, container, objects):
+    args = agent_arguments(deployment, container, objects)
+    # the placeholder keeps the shape of the role deploy/cluster-access creates for a cluster
+    assert re.fullmatch(r"arn:aws:iam::\d{12}:role/cdr-policy-dev-cluster-\S+", args.assume_role)
+
+
+def test_the_outside_aws_component_gets_the_role_from_the_certificate(tmp_path):
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(AGENT, overlay)],  # kustomize takes relative paths only
+                "components": [os.path.relpath(AGENT / "outside-aws", overlay)],
+            }
+        )
+    )
+    objects = kustomize(overlay)
+    assert schema_errors(objects) == []
+    deployment = one(objects, "Deployment")
+    (container,) = pod_spec(deployment)["containers"]
+    args = agent_arguments(deployment, container, objects)
+    assert args.assume_role is None, "the certificate's session is the cluster's role already"
+    assert "eks.amazonaws.com/role-arn" not in (one(objects, "ServiceAccount")["metadata"].get("annotations") or {})
+    mounted = mounts(pod_spec(deployment), container)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    config_dir, config_name = env["AWS_CONFIG_FILE"].rsplit("/", 1)
+    config_map = one(objects, "ConfigMap", mounted[config_dir]["volume"]["configMap"]["name"])
+    process = configparser.ConfigParser()
+    process.read_string(config_map["data"][config_name])
+    helper = shlex.split(process["default"]["credential_process"])
+    flags = dict(zip(helper[2::2], helper[3::2], strict=True))
+    certificate = mounted[flags["--certificate"].rsplit("/", 1)[0]]
+    assert certificate["readOnly"] is True
+    assert certificate["volume"]["secret"]["secretName"] == "cdr-policy-agent-certificate"
+    assert flags["--private-key"].rsplit("/", 1)[0] == flags["--certificate"].rsplit("/", 1)[0]
+    assert helper[:2] == ["/usr/local/bin/aws_signing_helper", "credential-process"]
+    assert set(flags) == {"--certificate", "--private-key", "--trust-anchor-arn", "--profile-arn", "--role-arn"}
+    assert "ARG AWS_SIGNING_HELPER_SHA256" in [f"{op} {arg}".split("=")[0] for op, arg in dockerfile_instructions()]
 
 
 def test_probes_and_metrics_are_the_agents_endpoints(deployment, container, objects):

@@ -1,6 +1,7 @@
-"""The template grants each writer exactly the prefixes ``cdr_policy.layout`` says it writes, and the
-S3 notification filter is the layout's indicator prefix: one module owns the bucket layout, and the
-template cannot drift from it unnoticed."""
+"""The templates grant each writer exactly the prefixes ``cdr_policy.layout`` says it writes (the
+functions in ``template.yaml``, a cluster's agent in ``deploy/cluster-access/template.yaml``), and the S3
+notification filter is the layout's indicator prefix: one module owns the bucket layout, and the
+templates cannot drift from it unnoticed."""
 
 from __future__ import annotations
 
@@ -14,21 +15,18 @@ from cdr_policy import layout
 pytestmark = pytest.mark.infra
 
 WRITERS = {
-    "CdrFetch": ("CdrFetchFunction", "Policies"),
-    "FeedSync": ("FeedSyncFunction", "Policies"),
-    "Render": ("RenderFunction", "Policies"),
-    "Publish": ("PublishFunction", "Policies"),
-    "agent": ("AgentAccessPolicy", "PolicyDocument"),
+    "CdrFetch": "CdrFetchFunction",
+    "FeedSync": "FeedSyncFunction",
+    "Render": "RenderFunction",
+    "Publish": "PublishFunction",
 }
 BUCKETS = {"StateBucket": "state", "DistributionBucket": "dist"}
 _OBJECT_ARN = re.compile(r"^\$\{(\w+)\.Arn\}/(.*)\*$")
 
 
-def _statements(resource: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    props = resource["Properties"]
-    if where == "PolicyDocument":
-        return list(props["PolicyDocument"]["Statement"])
-    return [s for policy in props["Policies"] if isinstance(policy, dict) for s in policy.get("Statement", [])]
+def _statements(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    policies = resource["Properties"]["Policies"]
+    return [s for p in policies if isinstance(p, dict) for s in p.get("PolicyDocument", p).get("Statement", [])]
 
 
 def _put_grants(statements: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -48,13 +46,24 @@ def _put_grants(statements: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 @pytest.mark.parametrize("writer", sorted(WRITERS))
 def test_write_grants_are_the_layouts_prefixes(resources, writer):
-    name, where = WRITERS[writer]
     store, prefixes = layout.WRITE_PREFIXES[writer]
-    assert _put_grants(_statements(resources[name], where)) == {(store, p) for p in prefixes}
+    assert _put_grants(_statements(resources[WRITERS[writer]])) == {(store, p) for p in prefixes}
 
 
-def test_every_layout_writer_is_granted_in_the_template():
-    assert set(layout.WRITE_PREFIXES) == set(WRITERS)
+def test_a_cluster_reads_its_channel_prefix_and_writes_its_status_key(cluster_access):
+    statements = _statements(cluster_access["Resources"]["ClusterRole"])
+    granted = {s["Action"]: s["Resource"]["Fn::Sub"] for s in statements}
+    bucket = "arn:${AWS::Partition}:s3:::${DistributionBucket}/"
+    assert granted == {
+        "s3:GetObject": bucket + layout.channel_prefix("${Channel}") + "*",
+        "s3:PutObject": bucket + layout.status_key("${ClusterId}"),
+    }
+    assert layout.WRITE_PREFIXES["agent"] == ("dist", (layout.STATUS,))
+    assert layout.status_key("${ClusterId}").startswith(layout.STATUS)
+
+
+def test_every_layout_writer_is_granted_in_a_template():
+    assert set(layout.WRITE_PREFIXES) == {*WRITERS, "agent"}
 
 
 def test_render_queue_hears_the_indicator_prefix(resources):

@@ -4,17 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.infra.support import REPO, run
+from tests.infra.support import REPO, checkov
 
 pytestmark = pytest.mark.infra
-
-CHECKOV = Path(os.environ.get("CHECKOV", REPO / ".venv-tools" / "bin" / "checkov"))
 
 # The only exceptions reviewed so far, by resource type (and, for CKV_AWS_18, by resource): a new skip
 # must be argued in the template *and* added here.
@@ -26,18 +22,6 @@ REVIEWED_SKIPS = {
     "AWS::S3::Bucket": {"CKV_AWS_18"},
 }
 ONLY_ON = {"CKV_AWS_18": {"AccessLogBucket"}}
-
-
-def checkov(path: Path) -> dict[str, Any]:
-    if not CHECKOV.exists():
-        pytest.fail(f"checkov is not installed at {CHECKOV}: run `make tools` (make test does)")
-    result = run(
-        str(CHECKOV), "-f", str(path), "--framework", "cloudformation", "--skip-download", "-o", "json", timeout=300
-    )
-    assert result.returncode in (0, 1), result.stderr  # 1: some check failed
-    report = json.loads(result.stdout)
-    assert report["summary"]["parsing_errors"] == 0, report["summary"]
-    return report
 
 
 def skips_in(template: dict[str, Any]) -> dict[tuple[str, str], str]:

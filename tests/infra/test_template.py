@@ -371,12 +371,9 @@ def test_iam_is_least_privilege(template, resources, functions):
                 assert set(args) == {ALLOWED_POLICY_TEMPLATES[policy]}, (name, policy)
     signers = [n for n, p in functions.items() if "kms:Sign" in json.dumps(p.get("Policies", []))]
     assert signers == ["PublishFunction"]
-    agent = resources["AgentAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    assert {a for s in agent for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])} == {
-        "s3:ListBucket",
-        "s3:GetObject",
-        "s3:PutObject",
-    }
+    assert not [n for n, r in resources.items() if r["Type"] == "AWS::IAM::ManagedPolicy"], (
+        "clusters get their access from deploy/cluster-access, one role per cluster"
+    )
 
 
 def test_signing_key_and_idempotency_table(resources):
@@ -466,7 +463,7 @@ def test_outputs(template):
         "StateBucketName", "DistributionBucketName", "RenderQueueUrl", "RenderDeadLetterQueueUrl",
         "PublishQueueUrl", "PublishDeadLetterQueueUrl", "SigningKeyId", "SigningKeyArn",
         "SigningKeyAliasName", "IdempotencyTableName", "SharedLayerArn", "CdrFetchFunctionName",
-        "FeedSyncFunctionName", "RenderFunctionName", "PublishFunctionName", "AgentAccessPolicyArn",
+        "FeedSyncFunctionName", "RenderFunctionName", "PublishFunctionName",
         "AlarmTopicArn", "ScheduledRunFailureQueueUrl", "AccessLogBucketName",
     }  # fmt: skip
     assert set(template["Outputs"]) == expected

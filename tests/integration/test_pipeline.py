@@ -109,7 +109,7 @@ def test_distribution_bucket_holds_signed_manifests_files_history_and_status(pip
         verify_manifest(manifest, verifier)
         assert manifest["settings"]["action"] == channel["action"]
         for entry in manifest["files"]:
-            data = dist.get(f"bundles/{manifest['digest']}/{entry['path']}").data
+            data = dist.get(layout.published_file_key(name, manifest["digest"], entry["path"])).data
             assert hashlib.sha256(data).hexdigest() == entry["sha256"]
         assert any(k.endswith(f"-{manifest['digest']}.json") for k in dist.list(f"channels/{name}/history/"))
         status = json.loads(dist.get(f"status/demo-{name}.json").data)
@@ -235,7 +235,7 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_applied(pipeline, tmp_path)
     dist = _store(result, result.stack.names.dist_bucket)
     manifest = json.loads(dist.get("channels/staging/manifest.json").data)
     path = next(e["path"] for e in manifest["files"] if e["path"].startswith("ciliumcidrgroup-"))
-    key = f"bundles/{manifest['digest']}/{path}"
+    key = layout.published_file_key("staging", manifest["digest"], path)
     original = dist.get(key).data
     dist.put(key, original.replace(b"externalCIDRs:", b"externalCIDRs:\n  - 0.0.0.0/0"))
     try:

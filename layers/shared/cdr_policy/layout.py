@@ -108,13 +108,25 @@ def latest_render_key(channel: str) -> str:
 
 
 # -- distribution store ----------------------------------------------------------------------------
+def channel_prefix(channel: str) -> str:
+    """Everything a channel's clusters read: its manifest, history and bundle files. A cluster's
+    read grant is this prefix (``deploy/consumer/template.yaml``), so nothing of another channel is
+    readable with it."""
+    return f"{CHANNELS}{channel}/"
+
+
+def published_file_key(channel: str, digest: str, path: str) -> str:
+    """A published bundle file, under its channel's prefix."""
+    return f"{channel_prefix(channel)}bundles/{digest}/{path}"
+
+
 def channel_manifest_key(channel: str) -> str:
     """The signed manifest a channel's agents poll (written last)."""
-    return f"{CHANNELS}{channel}/manifest.json"
+    return f"{channel_prefix(channel)}manifest.json"
 
 
 def history_prefix(channel: str) -> str:
-    return f"{CHANNELS}{channel}/history/"
+    return f"{channel_prefix(channel)}history/"
 
 
 def history_key(channel: str, created_at: str, digest: str) -> str:
@@ -154,7 +166,11 @@ STATE_KEYS: tuple[KeyFamily, ...] = (
 )
 
 DIST_KEYS: tuple[KeyFamily, ...] = (
-    KeyFamily(bundle_file_key("<digest>", "<file>"), "Publish", "policy files (copied first)"),
+    KeyFamily(
+        published_file_key("<channel>", "<digest>", "<file>"),
+        "Publish",
+        "policy files (copied first), under the channel so that a cluster reads only its channel",
+    ),
     KeyFamily(
         channel_manifest_key("<channel>"),
         "Publish",
@@ -165,7 +181,7 @@ DIST_KEYS: tuple[KeyFamily, ...] = (
         "Publish",
         "every manifest published, written after the channel manifest (rollback)",
     ),
-    KeyFamily(status_key("<cluster-id>"), "agent", "agent status"),
+    KeyFamily(status_key("<cluster-id>"), "agent", "agent status, writable only by that cluster's role (`deploy/cluster-access`)"),
 )
 
 # What each writer may write: (store, prefixes). The template's IAM statements grant exactly these.
@@ -173,7 +189,7 @@ WRITE_PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
     "CdrFetch": ("state", (RAW_CDR, STATE_CDR, INDICATORS_CDR)),
     "FeedSync": ("state", (RAW_FEEDS, STATE_FEEDS, INDICATORS_FEEDS, STATE_ABUSEIPDB, INDICATORS_REPUTATION)),
     "Render": ("state", (BUNDLES,)),
-    "Publish": ("dist", (BUNDLES, CHANNELS)),
+    "Publish": ("dist", (CHANNELS,)),
     "agent": ("dist", (STATUS,)),
 }
 

@@ -400,7 +400,7 @@ def test_a_planted_large_file_is_read_no_further_than_its_signed_size_and_only_o
     bucket = CountingStore(dist)
     digest = render(state, A)
     publish_bundle(state, bucket, channel="prod", digest=digest, signer=signer, now=T0, change_budget_percent=100)
-    key = layout.bundle_file_key(digest, "cdr-dynamic-blocklist.yaml")
+    key = layout.published_file_key("prod", digest, "cdr-dynamic-blocklist.yaml")
     dist.put(key, dist.get(key).data + b"#" * (8 << 20))  # 8 MiB more than signed
     applier = KubeApplier(kube.url, kube.token)
     agent = Agent(
@@ -446,7 +446,7 @@ def test_a_signed_audit_manifest_whose_objects_kill_is_refused(kube, ship, make_
     entries = file_entries(killing)
     digest = entries_digest(entries)
     for path, data in killing.items():
-        bucket.inner.put(layout.bundle_file_key(digest, path), data)
+        bucket.inner.put(layout.published_file_key("prod", digest, path), data)
     sign_as_publish(bucket, signer, manifest | {"files": entries, "digest": digest}, generation=2)
 
     status = make_agent().sync_once(T0 + MINUTE)

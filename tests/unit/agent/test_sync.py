@@ -233,7 +233,7 @@ def test_one_rejected_object_does_not_stop_the_others_and_is_retried(ship, make_
 
 
 def tamper_file(bucket, digest):
-    key = layout.bundle_file_key(digest, "cilium-cdr-blocklist-cidrs-001.yaml")
+    key = layout.published_file_key("prod", digest, "cilium-cdr-blocklist-cidrs-001.yaml")
     bucket.inner.put(key, bucket.inner.get(key).data.replace(b"45.0.0.5/32", b"99.0.0.5/32"))  # same size
 
 
@@ -402,7 +402,7 @@ def test_files_unreachable_after_the_manifest_is_retried(kube, ship, make_agent,
     real_get = bucket.get
 
     def flaky_get(key, **kwargs):
-        if key.startswith("bundles/"):
+        if "/bundles/" in key:
             raise StorageError("s3://dist: SlowDown")
         return real_get(key, **kwargs)
 

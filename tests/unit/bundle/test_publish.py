@@ -54,7 +54,7 @@ def test_first_publish_copies_files_then_history_then_manifest(state, recorder, 
 
     assert result.status == "published" and result.shipped
     assert result.previous_digest is None
-    file_keys = sorted(layout.bundle_file_key(digest, p) for p in files)
+    file_keys = sorted(layout.published_file_key("prod", digest, p) for p in files)
     history = layout.history_key("prod", iso(T0), digest)
     assert sorted(recorder.puts[:-2]) == file_keys
     assert recorder.puts[-2:] == [layout.channel_manifest_key("prod"), history]  # history only once it is out
@@ -64,7 +64,7 @@ def test_first_publish_copies_files_then_history_then_manifest(state, recorder, 
     assert (signed["digest"], signed["generation"], result.generation) == (digest, 1, 1)
     assert "approval" not in signed and "rollback_of" not in signed
     assert jsonio.loads(recorder.get(history).data) == signed
-    assert {p: recorder.get(layout.bundle_file_key(digest, p)).data for p in files} == files
+    assert {p: recorder.get(layout.published_file_key("prod", digest, p)).data for p in files} == files
     assert "BundlesPublished" in metrics.metric_set
 
 
@@ -225,7 +225,7 @@ def test_unreadable_current_manifest_holds_unless_approved(state, dist, signer):
 def test_current_bundle_files_gone_holds_unless_approved(state, dist, signer):
     first = render(state, network_bundle(ips(0, 10), tag="a"))
     publish(state, dist, signer, first)
-    dist.delete(layout.bundle_file_key(first, "cilium-cdr-blocklist.yaml"))
+    dist.delete(layout.published_file_key("prod", first, "cilium-cdr-blocklist.yaml"))
     digest = render(state, network_bundle(ips(0, 11), tag="b"))
 
     held = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
@@ -297,7 +297,7 @@ def test_rollback_needs_a_verified_history_entry_and_its_files(state, dist, sign
     dist.put(history.replace(".json", "-x.json"), jsonio.dumps(forged))
     with pytest.raises(BundleError, match="no verified history entry for generation 7"):
         rollback(dist, channel="prod", to_generation=7, signer=signer, now=T0)
-    dist.delete(layout.bundle_file_key(a, "cdr-dynamic-blocklist.yaml"))
+    dist.delete(layout.published_file_key("prod", a, "cdr-dynamic-blocklist.yaml"))
     with pytest.raises(BundleError, match="files are not all in"):
         rollback(dist, channel="prod", to_generation=1, signer=signer, now=T0)
 
@@ -429,5 +429,6 @@ def test_publish_through_s3(signer, verifier):
         assert publish(state, dist, signer, digest).status == "unchanged"
 
         verify_manifest(current(dist), verifier, now=T0)
-        head = s3.head_object(Bucket="dist-bucket", Key=layout.bundle_file_key(digest, "cilium-cdr-blocklist.yaml"))
+        key = layout.published_file_key("prod", digest, "cilium-cdr-blocklist.yaml")
+        head = s3.head_object(Bucket="dist-bucket", Key=key)
         assert head["ContentType"] == "application/yaml"

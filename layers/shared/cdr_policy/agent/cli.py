@@ -6,6 +6,7 @@ Mounted by the main CLI with ``add_arguments(subparser)`` and ``run(args)``.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -66,14 +67,53 @@ def _cidrs(text: str) -> tuple[str, ...]:
     return cidrs
 
 
-def _s3_client() -> Any:
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+
+
+def _role_arn(text: str) -> str | None:
+    if not text:
+        return None  # the pod's credentials are the cluster's role already (Roles Anywhere)
+    if not _ROLE_ARN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not an IAM role ARN: {text[:80]!r} (stack output ClusterRoleArn)")
+    return text
+
+
+def _s3_client(assume_role: str | None, cluster_id: str) -> Any:
     """An S3 client whose every call is bounded (a slow bucket must not hold a sync for minutes:
-    botocore's defaults allow 60 s per read and several retries)."""
+    botocore's defaults allow 60 s per read and several retries). With ``assume_role``, the pod's own
+    credentials (IRSA, Pod Identity) are exchanged for the cluster's role of
+    ``deploy/cluster-access/template.yaml``, with the cluster id as session name (its trust policy
+    requires it), and renewed by botocore before they expire."""
     import boto3
+    import botocore.session
     from botocore.config import Config
+    from botocore.credentials import (
+        AssumeRoleCredentialFetcher,
+        CredentialProvider,
+        CredentialResolver,
+        Credentials,
+        DeferredRefreshableCredentials,
+    )
 
     config = Config(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "max_attempts": 3})
-    return boto3.client("s3", config=config)
+    session = botocore.session.get_session()
+    if assume_role:
+        fetcher = AssumeRoleCredentialFetcher(
+            client_creator=lambda service, **kwargs: session.create_client(service, config=config, **kwargs),
+            source_credentials=session.get_credentials(),
+            role_arn=assume_role,
+            extra_args={"RoleSessionName": cluster_id},
+        )
+
+        class ClusterRole(CredentialProvider):
+            METHOD = "assume-role"
+
+            def load(self) -> Credentials:
+                return DeferredRefreshableCredentials(fetcher.fetch_credentials, self.METHOD)
+
+        session = botocore.session.get_session()
+        session.register_component("credential_provider", CredentialResolver([ClusterRole()]))
+    return boto3.Session(botocore_session=session).client("s3", config=config)
 
 
 def _default_namespace() -> str:
@@ -96,6 +136,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--channel", required=True, help="the channel to follow (e.g. staging, prod)")
     parser.add_argument("--cluster-id", required=True, help="this cluster's name in status/<cluster-id>.json")
+    parser.add_argument(
+        "--assume-role",
+        type=_role_arn,
+        metavar="ARN",
+        help="read and write the bucket as this role (the cluster's ClusterRoleArn, deploy/cluster-access), "
+        "assumed with the pod's own credentials; empty or absent: use those credentials as they are",
+    )
     parser.add_argument(
         "--public-key",
         required=True,
@@ -207,7 +254,10 @@ def run(args: argparse.Namespace) -> int:
         applier: Applier = KubeApplier.from_environment() if args.kubernetes else DirectoryApplier(args.output_dir)
         state_dir = args.state_dir or Path.home() / ".cache" / "cdr-policy" / "agent" / args.channel
         agent = Agent(
-            open_store(args.bucket, _s3_client() if args.bucket.startswith("s3://") else None),
+            open_store(
+                args.bucket,
+                _s3_client(args.assume_role, args.cluster_id) if args.bucket.startswith("s3://") else None,
+            ),
             channel=args.channel,
             cluster_id=args.cluster_id,
             verifier=verifier,

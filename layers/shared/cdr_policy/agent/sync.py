@@ -373,7 +373,7 @@ class Agent:
                     f"{floor.generation} ({floor.source}): refusing to go back (a rollback is published as a "
                     "new, higher generation)",
                 )
-        files = read_bundle_files(self.dist, manifest)
+        files = read_bundle_files(self.dist, manifest, published=True)
         objects = parse_objects(files)
         for obj in objects:
             kind_of(obj)

@@ -145,19 +145,22 @@ def read_manifest_bytes(data: bytes, where: str) -> dict[str, Any]:
     return doc
 
 
-def read_bundle_files(store: Store, manifest: Mapping[str, Any]) -> dict[str, bytes]:
-    """The files a (validated) manifest lists, from ``bundles/<digest>/`` in ``store``, each read no
-    further than its listed size (+1 byte to notice a larger one), then checked with ``verify_files``.
-    The one reader of bundle files, for Publish and the agent. StorageError when one cannot be read."""
-    digest = manifest["digest"]
+def read_bundle_files(store: Store, manifest: Mapping[str, Any], *, published: bool) -> dict[str, bytes]:
+    """The files a (validated) manifest lists, each read no further than its listed size (+1 byte to
+    notice a larger one), then checked with ``verify_files``: as rendered, from the state store's
+    ``bundles/<digest>/``, or ``published``, from the distribution store's
+    ``channels/<channel>/bundles/<digest>/``. The one reader of bundle files, for Publish, the agent
+    and the CLI. StorageError when one cannot be read."""
+    digest, channel = manifest["digest"], manifest["channel"]
     files = {}
     for entry in manifest["files"]:
-        key = layout.bundle_file_key(digest, entry["path"])
+        path = entry["path"]
+        key = layout.published_file_key(channel, digest, path) if published else layout.bundle_file_key(digest, path)
         try:
-            files[entry["path"]] = store.get(key, max_bytes=entry["size"]).data
+            files[path] = store.get(key, max_bytes=entry["size"]).data
         except TooLarge as exc:
             raise VerificationError(
-                "too_large", f"file mismatch: {entry['path']} is larger than the {entry['size']} bytes listed"
+                "too_large", f"file mismatch: {path} is larger than the {entry['size']} bytes listed"
             ) from exc
     verify_files(manifest, files)
     return files

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from cdr_policy import aws, jsonio, layout
-from cdr_policy.bundle.manifest import validate_manifest
+from cdr_policy.bundle.manifest import read_bundle_files, validate_manifest
 from cdr_policy.bundle.objects import ObjectRef, parse_objects, prefixes, ref_of
 from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer
 from cdr_policy.cli.parser import Parser
@@ -114,7 +114,8 @@ def _current(dist: Store, channel: str) -> dict[str, Any]:
 
 
 def _list(dist: Store) -> list[dict[str, Any]]:
-    names = sorted({key.split("/")[1] for key in dist.list(layout.CHANNELS) if key.endswith("/manifest.json")})
+    keys = set(dist.list(layout.CHANNELS))
+    names = sorted(n for n in {k.split("/")[1] for k in keys} if layout.channel_manifest_key(n) in keys)
     out = []
     for name in names:
         manifest = _current(dist, name)
@@ -131,10 +132,6 @@ def _list(dist: Store) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _files(store: Store, manifest: Mapping[str, Any]) -> dict[str, bytes]:
-    return {e["path"]: store.get(layout.bundle_file_key(manifest["digest"], e["path"])).data for e in manifest["files"]}
 
 
 @dataclass(frozen=True)
@@ -173,7 +170,8 @@ def diff_bundles(dist: Store, state: Store, channel: str, digest: str | None) ->
         candidate = validate_manifest(_json(state, layout.bundle_manifest_key(digest)))
     except NotFound as exc:
         raise ConfigError(f"bundle {digest} is not in {state.describe()}") from exc
-    old, new = _side(_files(dist, current)), _side(_files(state, candidate))
+    old = _side(read_bundle_files(dist, current, published=True))
+    new = _side(read_bundle_files(state, candidate, published=False))
 
     def entry(side: _Side, ref: ObjectRef) -> dict[str, Any]:
         return {"object": str(ref), "provenance": _provenance(side.objects[ref])}

@@ -181,7 +181,7 @@ def _write(dist: Store, signed: dict[str, Any], current: Current, files: Mapping
     """Files first (unless already there), the channel manifest (conditional on ``current``), history last."""
     digest, channel = signed["digest"], signed["channel"]
     for path, data in sorted((files or {}).items()):
-        dist.put(layout.bundle_file_key(digest, path), data, _content_type(path))
+        dist.put(layout.published_file_key(channel, digest, path), data, _content_type(path))
     body = jsonio.dumps_pretty(signed)
     manifest_key = layout.channel_manifest_key(channel)
     try:
@@ -257,7 +257,7 @@ def publish_bundle(
         raise BundleError(f"bundle {digest[:12]} was rendered for channel {manifest['channel']}, not {channel}")
     if any(f in manifest for f in (*SIGNATURE_FIELDS, "generation", "rollback_of", "approval")):
         raise BundleError(f"bundles/{digest}/bundle.json already carries publish fields")
-    files = read_bundle_files(state, manifest)
+    files = read_bundle_files(state, manifest, published=False)
     verifier = Verifier.from_public_pem(signer.public_key_pem())
     current = _current(dist, channel, verifier)
     previous = current.digest
@@ -371,7 +371,7 @@ def _over_budget(
     if current.manifest is None:
         return f"{current.problem}; approve this bundle to publish it", None
     try:
-        current_objects = parse_objects(read_bundle_files(dist, current.manifest))
+        current_objects = parse_objects(read_bundle_files(dist, current.manifest, published=True))
     except (StorageError, BundleError) as exc:
         return f"cannot compare with the current bundle {current.digest}: {exc}; approve to publish", None
     proposed = parse_objects(files)
@@ -419,7 +419,7 @@ def rollback(
         target = f"generation {to_generation}" if to_digest is None else f"bundle {to_digest}"
         raise BundleError(f"channel {channel} has no verified history entry for {target}")
     try:
-        read_bundle_files(dist, old)
+        read_bundle_files(dist, old, published=True)
     except StorageError as exc:
         raise BundleError(
             f"cannot roll back to generation {old['generation']}: its files are not all in {dist.describe()}: {exc}"
