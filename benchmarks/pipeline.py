@@ -8,11 +8,13 @@ in its own process (``benchmarks.measure``), all in one run, so that ratios comp
     Both runs use a fresh state directory, the repository's fake Qualys gateway and a loopback
     feed server (``demo``); the million-address output is checked: policies written, the budget
     respected, the left-out entries reported.
-(c) The FeedSync, Render and Publish handlers on a moto server (``tests.fakes.aws``, as ``make demo``)
-    with the same feed and the upstream CRDs (when ``../shared/crds`` is there: the schema checks
-    run too): wall time and peak RSS of each, and the size of the stored feed set.
-(d) The cold import of each handler module (and of what its first call imports) against a bare
-    Powertools handler (Logger, Tracer, Metrics), median of ``IMPORT_RUNS`` interleaved processes.
+(c) The four handlers on a moto server (``tests.fakes.aws``, as ``make demo``; CdrFetch against the
+    fake Qualys gateway) with the same feed and the upstream CRDs (when ``../shared/crds`` is there:
+    the schema checks run too), each in a process that sees only the built layer (``build_layer``):
+    wall time and peak RSS of each, the size of the stored feed set, and the modules each imported.
+(d) The cold import of each handler module and of the modules its invocations in (c) imported,
+    against a bare Powertools handler (Logger, Tracer, Metrics), in the same layer: median of
+    ``IMPORT_RUNS`` interleaved processes; then the same without the layer's bytecode.
 (e) A sync agent's unchanged poll of the published channel: HTTP requests and response body bytes.
 """
 
