@@ -62,3 +62,17 @@ def python_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "layers" / "shared"), str(REPO), env.get("PYTHONPATH", "")])
     return env
+
+
+# A process as Lambda starts one: -S leaves out site-packages (the development virtualenv), so that
+# only the standard library and PYTHONPATH (``lambda_env``) are importable.
+LAMBDA_PYTHON = (sys.executable, "-S")
+
+
+def lambda_env(layer: Path) -> dict[str, str]:
+    """The environment for ``LAMBDA_PYTHON``: the layer's ``python/`` folder first (Lambda's
+    ``/opt/python``), then this repository for the benchmark's own harness (``benchmarks``,
+    ``tests.fakes.lambda_runtime``, standard library only; ``cdr_policy`` is not there)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(layer), str(REPO)])
+    return env

@@ -8,11 +8,13 @@ in its own process (``benchmarks.measure``), all in one run, so that ratios comp
     Both runs use a fresh state directory, the repository's fake Qualys gateway and a loopback
     feed server (``demo``); the million-address output is checked: policies written, the budget
     respected, the left-out entries reported.
-(c) The FeedSync, Render and Publish handlers on a moto server (``tests.fakes.aws``, as ``make demo``)
-    with the same feed and the upstream CRDs (when ``../shared/crds`` is there: the schema checks
-    run too): wall time and peak RSS of each, and the size of the stored feed set.
-(d) The cold import of each handler module (and of what its first call imports) against a bare
-    Powertools handler (Logger, Tracer, Metrics), median of ``IMPORT_RUNS`` interleaved processes.
+(c) The four handlers on a moto server (``tests.fakes.aws``, as ``make demo``; CdrFetch against the
+    fake Qualys gateway) with the same feed and the upstream CRDs (when ``../shared/crds`` is there:
+    the schema checks run too), each in a process that sees only the built layer (``build_layer``):
+    wall time and peak RSS of each, the size of the stored feed set, and the modules each imported.
+(d) The cold import of each handler module and of the modules its invocations in (c) imported,
+    against a bare Powertools handler (Logger, Tracer, Metrics), in the same layer: median of
+    ``IMPORT_RUNS`` interleaved processes; then the same without the layer's bytecode.
 (e) A sync agent's unchanged poll of the published channel: HTTP requests and response body bytes.
 """
 
@@ -22,18 +24,21 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from benchmarks.generate import generate_addresses
-from benchmarks.measure import REPO, Run, measure, python_env
+from benchmarks.measure import LAMBDA_PYTHON, REPO, Run, lambda_env, measure, python_env
 
 FEED = "big"
 IMPORT_RUNS = 5
-HANDLERS = ("feed_sync", "render", "publish")
+SOURCE_ONLY_RUNS = 3
+HANDLERS = ("cdr_fetch", "feed_sync", "render", "publish")
 CHANNEL = {"name": "prod", "action": "Sigkill", "cilium_version": "1.18"}
 CRDS = Path(os.environ.get("CDR_SHARED_DIR", REPO.parent / "shared")) / "crds"
 # template.yaml's MemorySize per function: the budget each meets with a one-million-address feed.
@@ -62,8 +67,9 @@ def run(work: Path, addresses: int, seed: int, iprange: str | None, repeat: int)
     result: dict[str, Any] = {"addresses": addresses}
     result["cli"] = _cli(work, big, small, iprange, repeat)
     result["repeat"] = repeat
-    result["handlers"], result["agent"] = _handlers(work, big)
-    result["imports"] = _imports(work)
+    layer = build_layer(work)
+    result["handlers"], result["agent"] = _handlers(work, big, layer)
+    result["imports"] = _imports(work, layer)
     return result
 
 
@@ -138,13 +144,22 @@ def _cli_output(folder: Path) -> dict[str, Any]:
 # -- (c) and (e) -------------------------------------------------------------------------------
 
 
-def _handlers(work: Path, big: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _handlers(work: Path, big: Path, layer: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from cdr_policy.timeutil import utcnow
+    from demo.runner import FINDINGS
     from tests.fakes.aws import create_stack, moto_endpoint
     from tests.fakes.feeds import FeedServer
+    from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
     results: dict[str, Any] = {}
-    with moto_endpoint(None) as endpoint, FeedServer(root=work) as server:
-        stack = create_stack(endpoint, environment="bench")
+    with (
+        moto_endpoint(None) as endpoint,
+        FeedServer(root=work) as server,
+        FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gateway,
+    ):
+        stack = create_stack(
+            endpoint, environment="bench", qualys={"username": DEMO_USERNAME, "password": DEMO_PASSWORD}
+        )
         s3 = stack.client("s3")
         bucket = stack.names.state_bucket
         s3.put_object(Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": [CHANNEL]}))
@@ -153,41 +168,87 @@ def _handlers(work: Path, big: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         crds = sorted(p for p in CRDS.rglob("*.yaml") if "examples" not in p.parts) if CRDS.is_dir() else []
         for path in crds:
             s3.put_object(Bucket=bucket, Key=f"crds/{path.relative_to(CRDS).as_posix()}", Body=path.read_bytes())
-        env = {**python_env(), **stack.env, "RENDER_QUEUE_URL": stack.render_queue_url}
+        # The handlers run with the layer as Lambda sees it (and template.yaml's environment).
+        env = {
+            **stack.env,
+            "RENDER_QUEUE_URL": stack.render_queue_url,
+            "QUALYS_GATEWAY_URL": gateway.url,
+        }
         for name in HANDLERS:
             print(f"(c) {name} handler on the moto server ...", flush=True)
-            results[name] = _step("handler", name, work, env)
+            results[name] = _step(["handler", name], work, {**lambda_env(layer), **env}, LAMBDA_PYTHON)
+            first_call = results[name].pop("first_call_modules")
+            (work / f"first-call-{name}.json").write_text(json.dumps(first_call))
+            results[name]["first_call_modules"] = len(first_call)
         results["stored_feed_set_bytes"] = s3.head_object(Bucket=bucket, Key=f"indicators/feeds/{FEED}.json")[
             "ContentLength"
         ]
         results["crds"] = len(crds)
         print("(e) sync agent: first poll, then an unchanged one ...", flush=True)
-        agent = _step("agent", CHANNEL["name"], work, env)
+        agent = _step(["agent", CHANNEL["name"]], work, {**python_env(), **env})
     return results, agent
 
 
-def _step(step: str, arg: str, work: Path, env: dict[str, str]) -> dict[str, Any]:
-    summary = work / f"{step}-{arg}.json"
-    run: Run = measure([sys.executable, "-m", "benchmarks.steps", step, str(summary), arg], work / "step.log", env)
+def _step(
+    args: list[str], work: Path, env: dict[str, str], python: Sequence[str] = (sys.executable,)
+) -> dict[str, Any]:
+    """``python -m benchmarks.steps STEP SUMMARY ARGS...``: its wall time, peak RSS and summary."""
+    summary = work / f"{args[0]}-{args[1]}.json"
+    cmd = [*python, "-m", "benchmarks.steps", args[0], str(summary), *args[1:]]
+    run: Run = measure(cmd, work / "step.log", env)
     return {"wall_s": run.wall_s, "maxrss_kib": run.maxrss_kib, **json.loads(summary.read_text())}
 
 
 # -- (d) ---------------------------------------------------------------------------------------
 
 
-def _imports(work: Path) -> dict[str, Any]:
+def build_layer(work: Path) -> Path:
+    """The SharedLayer as ``sam build`` makes it (``layers/shared/Makefile``), for this interpreter:
+    its ``python/`` folder, Lambda's ``/opt/python``."""
+    print("building the SharedLayer as sam build does (layers/shared/Makefile) ...", flush=True)
+    shutil.rmtree(work / "layer", ignore_errors=True)
+    subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-s",
+            "-C",
+            str(REPO / "layers" / "shared"),
+            "build-SharedLayer",
+            f"ARTIFACTS_DIR={work / 'layer'}",
+            f"PYTHON={sys.executable}",
+        ],
+        check=True,
+    )
+    return work / "layer" / "python"
+
+
+def _imports(work: Path, layer: Path) -> dict[str, Any]:
+    """Median cold imports with the layer's bytecode (``IMPORT_RUNS`` rounds), then without it
+    (``SOURCE_ONLY_RUNS`` rounds: the layer as sam's python3.12 builder makes it)."""
     env = {
-        **python_env(),
+        **lambda_env(layer),
         "AWS_DEFAULT_REGION": "us-east-1",
         "POWERTOOLS_SERVICE_NAME": "cdr-policy",
         "POWERTOOLS_METRICS_NAMESPACE": "CdrPolicy",
     }
-    names = ("bare", "cdr_fetch", "feed_sync", "render", "publish")
+    source_only = work / "layer-source-only" / "python"
+    shutil.rmtree(source_only.parent, ignore_errors=True)
+    shutil.copytree(layer, source_only, ignore=shutil.ignore_patterns("__pycache__"))
+    source_env = {**env, **lambda_env(source_only), "PYTHONDONTWRITEBYTECODE": "1"}
+    out = {"bytecode": _import_rounds(work, env, IMPORT_RUNS, "with the layer's bytecode")}
+    out["source_only"] = _import_rounds(work, source_env, SOURCE_ONLY_RUNS, "without bytecode")
+    return out
+
+
+def _import_rounds(work: Path, env: dict[str, str], rounds: int, label: str) -> dict[str, Any]:
+    names = ("bare", *HANDLERS)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for round_ in range(IMPORT_RUNS):  # interleaved, so that a busy minute weighs on all alike
-        print(f"(d) cold imports, round {round_ + 1}/{IMPORT_RUNS} ...", flush=True)
+    for round_ in range(rounds):  # interleaved, so that a busy minute weighs on all alike
+        print(f"(d) cold imports {label}, round {round_ + 1}/{rounds} ...", flush=True)
         for name in names:
-            runs[name].append(_step("import", name, work, env))
+            args = ["import", name] if name == "bare" else ["import", name, str(work / f"first-call-{name}.json")]
+            runs[name].append(_step(args, work, env, LAMBDA_PYTHON))
     out = {}
     for name in names:
         out[name] = {
@@ -195,6 +256,7 @@ def _imports(work: Path) -> dict[str, Any]:
             "process_s": statistics.median(r["wall_s"] for r in runs[name]),
             "maxrss_kib": max(r["maxrss_kib"] for r in runs[name]),
             "numpy": runs[name][0]["numpy"],
+            "not_in_layer": runs[name][0].get("not_in_layer", []),
         }
     return out
 
@@ -261,21 +323,33 @@ def rows(r: dict[str, Any]) -> list[Row]:
             stored < TARGETS["stored_mb"],
         )
     )
-    imports = r["imports"]
+    imports = r["imports"]["bytecode"]
     bare = imports["bare"]["import_s"]
-    for name in ("cdr_fetch", "feed_sync", "render", "publish"):
+    for name in HANDLERS:
         i = imports[name]
         ratio = i["import_s"] / bare
         out.append(
             (
                 "(d)",
-                f"cold import of {name}" + (" (imports numpy)" if i["numpy"] else ""),
+                f"cold import of {name} and of the {handlers[name]['first_call_modules']} modules its first call"
+                " imports" + (" (numpy among them)" if i["numpy"] else ""),
                 f"{i['import_s'] * 1000:.0f} ms",
                 f"bare Powertools handler {bare * 1000:.0f} ms (**{ratio:.2f}x**)",
                 f"<= {TARGETS['import_ratio']:g}x",
                 ratio <= TARGETS["import_ratio"],
             )
         )
+    source = r["imports"]["source_only"]
+    out.append(
+        (
+            "(d)",
+            "the same without the layer's bytecode (as sam's python3.12 builder made the layer)",
+            " / ".join(f"{source[name]['import_s'] * 1000:.0f}" for name in HANDLERS) + " ms",
+            f"bare Powertools handler {source['bare']['import_s'] * 1000:.0f} ms",
+            "-",
+            None,
+        )
+    )
     agent = r["agent"]
     out.append(
         (

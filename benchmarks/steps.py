@@ -1,11 +1,12 @@
 """The pipeline benchmark's contenders, one per process (``benchmarks/pipeline.py`` runs them):
-``python -m benchmarks.steps STEP OUT.json [ARG]``; each writes a JSON summary to ``OUT.json``.
+``python -m benchmarks.steps STEP OUT.json [ARG...]``; each writes a JSON summary to ``OUT.json``.
 
 - ``handler NAME``: one function's real handler (``functions/<NAME>/app.py``) as Lambda runs it,
   with the environment the parent gives (the local stack's, as template.yaml would set it):
-  FeedSync on its schedule event, Render and Publish on their queues' messages.
-- ``import NAME``: the cold import of a handler module and of what its wiring function imports
-  on the first invocation (its stage and adapters), or ``bare``: a handler with Powertools'
+  CdrFetch and FeedSync on their schedule events, Render and Publish on their queues' messages.
+  Its summary lists the modules the invocations imported (``first_call_modules``).
+- ``import NAME [MODULES.json]``: the cold import of a handler module and of the modules its
+  invocations imported (the ``handler`` step's list), or ``bare``: a handler with Powertools'
   Logger, Tracer and Metrics and nothing else. The import is timed inside the process.
 - ``agent CHANNEL``: the sync agent polls once (and applies the bundle), polls again (its first
   unchanged poll, which still reports something new), then once more with nothing changed: that
@@ -15,15 +16,13 @@
 
 from __future__ import annotations
 
-import ast
 import importlib
-import inspect
 import json
 import os
 import sys
 import tempfile
-import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +43,19 @@ def lambda_handler(event, context):
 """
 
 
+SCHEDULED = ("cdr_fetch", "feed_sync")
+
+
 def run_handler(name: str) -> dict[str, Any]:
     from tests.fakes.lambda_runtime import LambdaContext, drain_queue, load_handler
 
     started = time.perf_counter()
     handler = load_handler(name)
     imported = time.perf_counter() - started
+    loaded = set(sys.modules)
     context = LambdaContext(name)
-    if name == "feed_sync":
-        event = json.loads((REPO / "events" / "schedule_feed_sync.json").read_text())
+    if name in SCHEDULED:
+        event = json.loads((REPO / "events" / f"schedule_{name}.json").read_text())
         result: Any = handler.lambda_handler(event, context)
     else:
         import boto3
@@ -65,18 +68,21 @@ def run_handler(name: str) -> dict[str, Any]:
             lambda event: handler.lambda_handler(event, context),
             region=os.environ["AWS_DEFAULT_REGION"],
         )
-    return {"import_s": imported, "handler_s": time.perf_counter() - started - imported, "result": result}
+    return {
+        "import_s": imported,
+        "handler_s": time.perf_counter() - started - imported,
+        "result": result,
+        # in import order: what the invocations imported (part d imports them after the handler)
+        "first_call_modules": [m for m in sys.modules if m not in loaded],
+    }
 
 
-# In the development virtualenv (sam, cfn-lint ...) httpx finds click, rich and pygments and
-# imports its command-line tool with them; the Lambda layer (layers/shared/requirements.txt) has
-# none of them. They are hidden from the cold-import measurement, as they are in Lambda.
-NOT_IN_LAYER = ("click", "rich", "pygments")
-
-
-def run_import(name: str) -> dict[str, Any]:
-    for module in NOT_IN_LAYER:
-        sys.modules[module] = None  # type: ignore[assignment]  # import raises ImportError
+def run_import(name: str, first_call: str | None = None) -> dict[str, Any]:
+    """``bare``, or handler ``name`` plus the modules its first invocation imported (``first_call``:
+    a JSON list, from ``run_handler``) in that order. Run it with the layer as Lambda sees it (the
+    only path besides the standard library): a module recorded in the development virtualenv that
+    the layer does not hold (botocore's optional awscrt, httpx's CLI) fails to import there as it
+    would in Lambda, and is listed in ``not_in_layer``."""
     if name == "bare":
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "bare_handler.py"
@@ -87,20 +93,23 @@ def run_import(name: str) -> dict[str, Any]:
             return {"import_s": time.perf_counter() - started, "numpy": "numpy" in sys.modules}
     from tests.fakes.lambda_runtime import load_handler
 
+    modules = json.loads(Path(first_call).read_text()) if first_call else []
+    failed = []
     started = time.perf_counter()
     load_handler(name)
-    for module in _first_call_imports(name):
-        importlib.import_module(module)
-    return {"import_s": time.perf_counter() - started, "numpy": "numpy" in sys.modules}
-
-
-def _first_call_imports(name: str) -> list[str]:
-    """The modules ``cdr_policy.wiring.cloud.<name>`` imports when it runs (its stage and
-    adapters): part of the function's cold start, paid on its first invocation."""
-    from cdr_policy.wiring import cloud
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(getattr(cloud, name))))
-    return [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:
+            failed.append(module)
+    elapsed = time.perf_counter() - started
+    return {
+        "import_s": elapsed,
+        "numpy": "numpy" in sys.modules,
+        "first_call_modules": len(modules),
+        # an extension module's submodules are listed before it, and are there once it is imported
+        "not_in_layer": [m for m in failed if m not in sys.modules],
+    }
 
 
 def run_agent(channel: str) -> dict[str, Any]:
@@ -149,9 +158,13 @@ def run_agent(channel: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    step, out, arg = argv
-    runners = {"handler": run_handler, "import": run_import, "agent": run_agent}
-    summary = runners[step](arg)
+    step, out, *args = argv
+    runners: dict[str, Callable[..., dict[str, Any]]] = {
+        "handler": run_handler,
+        "import": run_import,
+        "agent": run_agent,
+    }
+    summary = runners[step](*args)
     Path(out).write_text(json.dumps(summary, default=str))
     return 0
 

@@ -106,7 +106,14 @@ def test_sam_build(tmp_path):
     layer = build / "SharedLayer" / "python"
     assert (layer / "cdr_policy" / "stages" / "render.py").is_file()
     assert (layer / "aws_lambda_powertools").is_dir()
-    assert not (layer / "cdr_policy" / "__pycache__").exists()
+    # layers/shared/Makefile: bytecode for every module (/opt is read-only: Lambda cannot write it),
+    # hash-based and unchecked (the zip keeps no exact source timestamps), none from the source tree.
+    for source in layer.rglob("*.py"):
+        pyc = source.parent / "__pycache__" / f"{source.stem}.cpython-312.pyc"
+        assert pyc.is_file(), f"no bytecode for {source.relative_to(layer)}"
+        assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b01, f"{pyc} is not unchecked-hash"
+    for pyc in (layer / "cdr_policy").rglob("*.pyc"):
+        assert (pyc.parent.parent / f"{pyc.name.split('.')[0]}.py").is_file(), f"{pyc}: no source"
     for function in ("CdrFetchFunction", "FeedSyncFunction", "RenderFunction", "PublishFunction"):
         assert sorted(p.name for p in (build / function).iterdir()) == ["app.py"]
         # Import each handler as Lambda would: its folder, then the layer, before site-packages.

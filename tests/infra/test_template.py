@@ -69,7 +69,8 @@ def test_the_four_functions_exist_with_their_code(template, functions):
 def test_every_function_uses_the_shared_layer(template, resources, functions):
     layer = resources["SharedLayer"]
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
-    assert layer["Metadata"] == {"BuildMethod": "python3.12"}
+    assert layer["Metadata"] == {"BuildMethod": "makefile"}
+    assert "\nbuild-SharedLayer:" in (REPO / "layers/shared/Makefile").read_text()
     assert layer["Properties"]["ContentUri"] == "layers/shared"
     assert "python3.12" in layer["Properties"]["CompatibleRuntimes"]
     assert layer["Properties"]["CompatibleArchitectures"] == globals_fn(template)["Architectures"]

@@ -22,15 +22,21 @@ def test_the_whole_path_parts_run_and_report_their_targets(tmp_path: Path, capsy
     result = json.loads((tmp_path / "r" / "latest.json").read_text())["pipeline"]
     big = result["cli"]["big"]
     assert big["feed_entries"] > 1_800 and big["within_budget"] and big["left_out"] == 0
-    for name in ("feed_sync", "render", "publish"):
+    for name in ("cdr_fetch", "feed_sync", "render", "publish"):
         assert result["handlers"][name]["maxrss_kib"] > 0
+        assert result["handlers"][name]["first_call_modules"] > 0
+    assert result["handlers"]["cdr_fetch"]["result"]["fetched"] > 0
     assert result["handlers"]["render"]["result"]["failed"] == 0
     assert result["handlers"]["publish"]["result"]["messages"] >= 1
     agent = result["agent"]
     assert (agent["first"], agent["second"]) == ("applied", "unchanged")
     assert (agent["poll_requests"], agent["poll_body_bytes"], agent["requests"]) == (1, 0, 1)
-    assert set(result["imports"]) == {"bare", "cdr_fetch", "feed_sync", "render", "publish"}
-    assert not result["imports"]["cdr_fetch"]["numpy"] and not result["imports"]["publish"]["numpy"]
+    # (d) ran in the built layer, with and without its bytecode, and replayed every module (c) recorded
+    assert set(result["imports"]) == {"bytecode", "source_only"}
+    for imports in result["imports"].values():
+        assert set(imports) == {"bare", "cdr_fetch", "feed_sync", "render", "publish"}
+        assert not imports["cdr_fetch"]["numpy"] and not imports["publish"]["numpy"] and imports["render"]["numpy"]
+        assert all(not i["not_in_layer"] for i in imports.values())
     table = (tmp_path / "r" / "latest.md").read_text()
     for part in ("(b)", "(c)", "(d)", "(e)"):
         assert f"| {part} |" in table

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,3 +50,12 @@ def test_covered_means_inside_the_union(seed: int) -> None:
     union = list(ipaddress.collapse_addresses(by))
     expected = [any(p.subnet_of(u) for u in union) for p in probes]
     assert covered_v4(*_intervals(probes), *_intervals(by)).tolist() == expected
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in /proc")
+def test_numpy_starts_no_blas_threads_under_the_package():
+    """``cdr_policy`` keeps OpenBLAS to the importing thread: its spinning threads slowed cold starts."""
+    code = "import os, cdr_policy.netprefix.vector; print(len(os.listdir('/proc/self/task')))"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "1"

@@ -9,17 +9,25 @@ Locally the CLI takes the same documents from files (``--channel``, ``--feeds``,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cdr_policy import layout
 from cdr_policy.config_text import decode_text, load_yaml_mapping
 from cdr_policy.errors import ConfigError
-from cdr_policy.feeds.config import BUILTIN_FEEDS, FeedConfig, load_feeds
-from cdr_policy.policy.channel import ChannelSettings, default_channels
-from cdr_policy.qualys.categories import CategoryMapping, load_mapping, parse_mapping
 from cdr_policy.storage import NotFound, Store
+
+# Each document's module is imported where it is read: a Lambda function reads one of them, and
+# its cold start should not load the other two (benchmarks/README.md, part d).
+if TYPE_CHECKING:
+    from cdr_policy.feeds.config import FeedConfig
+    from cdr_policy.policy.channel import ChannelSettings
+    from cdr_policy.qualys.categories import CategoryMapping
 
 
 def parse_channels(text: str, origin: str) -> list[ChannelSettings]:
     """A ``channels:`` list (YAML or JSON). Names must be unique; at least one channel."""
+    from cdr_policy.policy.channel import ChannelSettings
+
     doc = load_yaml_mapping(text, origin, "exactly one top-level key 'channels' holding a list")
     if set(doc) != {"channels"} or not isinstance(doc["channels"], list):
         raise ConfigError(f"{origin}: expected exactly one top-level key 'channels' holding a list")
@@ -47,15 +55,21 @@ def _text(store: Store, key: str) -> str | None:
 
 
 def channels_from_store(store: Store) -> list[ChannelSettings]:
+    from cdr_policy.policy.channel import default_channels
+
     text = _text(store, layout.CHANNELS_CONFIG)
     return default_channels() if text is None else parse_channels(text, f"{store.describe()}/{layout.CHANNELS_CONFIG}")
 
 
 def feeds_from_store(store: Store) -> list[FeedConfig]:
+    from cdr_policy.feeds.config import BUILTIN_FEEDS, load_feeds
+
     text = _text(store, layout.FEEDS_CONFIG)
     return list(BUILTIN_FEEDS) if text is None else load_feeds(text, origin=f"{store.describe()}/{layout.FEEDS_CONFIG}")
 
 
 def mapping_from_store(store: Store) -> CategoryMapping:
+    from cdr_policy.qualys.categories import load_mapping, parse_mapping
+
     text = _text(store, layout.CATEGORIES_CONFIG)
     return load_mapping() if text is None else parse_mapping(text, f"{store.describe()}/{layout.CATEGORIES_CONFIG}")

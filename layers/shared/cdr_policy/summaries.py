@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from cdr_policy import schemas
+from cdr_policy import jsonio, layout, schemas
+from cdr_policy.errors import StorageError
+from cdr_policy.storage import NotFound, Store
 
 CDR_RUN_SCHEMA = "cdr-run.schema.json"
 
@@ -48,6 +50,19 @@ class CdrRunSummary:
     def from_dict(cls, doc: Any) -> CdrRunSummary:
         schemas.validate(doc, CDR_RUN_SCHEMA)
         return cls(**{f.name: doc[f.name] for f in fields(cls)})
+
+
+def read_last_run(store: Store) -> CdrRunSummary | None:
+    """The last run's summary (``state/cdr/last-run.json``), checked against its schema; None before the first run."""
+    try:
+        data = store.get(layout.CDR_LAST_RUN).data
+    except NotFound:
+        return None
+    try:
+        doc = jsonio.loads(data)
+    except ValueError as exc:
+        raise StorageError(f"{store.describe()}/{layout.CDR_LAST_RUN} is not valid JSON: {exc}") from exc
+    return CdrRunSummary.from_dict(doc)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from cdr_policy import jsonio, layout
-from cdr_policy.errors import StorageError
 from cdr_policy.guards import NeverBlock
 from cdr_policy.jsonio import dumps
 from cdr_policy.models import IndicatorSet, Rejection
@@ -47,7 +46,7 @@ from cdr_policy.qualys.state import (
     write_current,
     write_seen,
 )
-from cdr_policy.storage import NotFound, Store
+from cdr_policy.storage import Store
 from cdr_policy.summaries import CdrRunSummary
 from cdr_policy.timeutil import iso, parse_iso
 
@@ -326,19 +325,6 @@ def run_cdr_fetch(
     summary = result.summary()
     store.put(layout.CDR_LAST_RUN, jsonio.dumps_pretty(summary.to_dict()), "application/json")
     return result
-
-
-def read_last_run(store: Store) -> CdrRunSummary | None:
-    """The last run's summary (``state/cdr/last-run.json``), checked against its schema; None before the first run."""
-    try:
-        data = store.get(layout.CDR_LAST_RUN).data
-    except NotFound:
-        return None
-    try:
-        doc = jsonio.loads(data)
-    except ValueError as exc:
-        raise StorageError(f"{store.describe()}/{layout.CDR_LAST_RUN} is not valid JSON: {exc}") from exc
-    return CdrRunSummary.from_dict(doc)
 
 
 def _emit_metrics(result: CdrFetchResult) -> None:

@@ -29,9 +29,8 @@ from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.policy.output import PolicyFile
 from cdr_policy.policy.render import compile_policies
 from cdr_policy.report import bundle_report
-from cdr_policy.stages.cdr_fetch import read_last_run
 from cdr_policy.storage import NotFound, Store
-from cdr_policy.summaries import RenderSummary
+from cdr_policy.summaries import RenderSummary, read_last_run
 
 PublishPort = Callable[[PublishRequest], None]
 
