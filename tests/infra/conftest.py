@@ -4,29 +4,23 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 from typing import Any
 
 import pytest
 
-from tests.infra.support import REGION, REPO, Resolver
+from tests.infra.support import REGION, REPO, Resolver, load_cfn
 
 
 @pytest.fixture(scope="session")
 def template() -> dict[str, Any]:
-    from cfnlint.decode import cfn_yaml
-
-    # Round-trip through JSON: plain dicts and lists instead of cfn-lint's node types.
-    return json.loads(json.dumps(cfn_yaml.load(str(REPO / "template.yaml"))))
+    return load_cfn(REPO / "template.yaml")
 
 
 @pytest.fixture(scope="session")
 def cluster_access() -> dict[str, Any]:
     """deploy/cluster-access/template.yaml, the stack each cluster gets, as plain data."""
-    from cfnlint.decode import cfn_yaml
-
-    return json.loads(json.dumps(cfn_yaml.load(str(REPO / "deploy" / "cluster-access" / "template.yaml"))))
+    return load_cfn(REPO / "deploy" / "cluster-access" / "template.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,14 @@ def run(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> 
     return subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def load_cfn(path: Path) -> dict[str, Any]:
+    """A CloudFormation template as plain data (intrinsic functions as ``{"Ref": ...}`` /
+    ``{"Fn::Sub": ...}``): cfn-lint's reader, round-tripped through JSON for plain dicts and lists."""
+    from cfnlint.decode import cfn_yaml
+
+    return dict(json.loads(json.dumps(cfn_yaml.load(str(path)))))
+
+
 CHECKOV = Path(os.environ.get("CHECKOV", REPO / ".venv-tools" / "bin" / "checkov"))
 
 

@@ -35,7 +35,7 @@ from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.storage import S3Store, open_store
 from cdr_policy.timeutil import utcnow
 from tests.fakes.aws import REGION, enforce_iam, iam_enforcing_moto
-from tests.infra.support import ACCOUNT, REPO, checkov, run, tool
+from tests.infra.support import ACCOUNT, REPO, checkov, load_cfn, run, tool
 from tests.unit.bundle.factory import ips, network_bundle, render
 
 pytestmark = pytest.mark.infra
@@ -136,7 +136,7 @@ class Fleet:
         return f"arn:aws:iam::{ACCOUNT}:user/{name}"
 
     def deploy(self, cluster: str, channel: str, **way_in: str) -> str:
-        body = _cfn_json(TEMPLATE)
+        body = load_cfn(TEMPLATE)
         if "TrustAnchorArn" in way_in:  # moto's CloudFormation has no Roles Anywhere: leave the profile out
             del body["Resources"]["CertificateProfile"], body["Outputs"]["CertificateProfileArn"]
         parameters = {"DistributionBucket": BUCKET, "ClusterId": cluster, "Channel": channel, **way_in}
@@ -195,12 +195,6 @@ class Fleet:
     def applied(self, folder: str) -> set[str]:
         objects = self.work / "clusters" / folder / "objects"
         return {p.name for p in objects.rglob("*.yaml")} if objects.exists() else set()
-
-
-def _cfn_json(path: Path) -> dict[str, Any]:
-    from cfnlint.decode import cfn_yaml
-
-    return json.loads(json.dumps(cfn_yaml.load(str(path))))
 
 
 class _environment:

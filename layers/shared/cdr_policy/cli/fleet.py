@@ -100,9 +100,9 @@ def _state(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state", required=True, metavar="URL", help="state store: s3://BUCKET or a folder")
 
 
-def _json(store: Store, key: str) -> Any:
+def _json(store: Store, key: str, max_bytes: int | None = None) -> Any:
     try:
-        return jsonio.loads(store.get(key).data)
+        return jsonio.loads(store.get(key, max_bytes=max_bytes).data)
     except ValueError as exc:
         raise BundleError(f"{store.describe()}/{key} is not valid JSON: {exc}") from exc
 
@@ -218,8 +218,8 @@ STATUS_READERS = 16
 
 def _status(dist: Store, key: str) -> Any:
     try:
-        return jsonio.loads(dist.get(key, max_bytes=MAX_STATUS_BYTES).data)
-    except (NotFound, TooLarge, ValueError):
+        return _json(dist, key, MAX_STATUS_BYTES)
+    except (NotFound, TooLarge, BundleError):
         return None  # gone since the listing, planted, or not JSON: not a cluster's word
 
 
