@@ -253,6 +253,17 @@ def test_without_its_cluster_role_an_agent_reads_nothing(fleet, capsys):
     assert "AccessDenied" in capsys.readouterr().out
 
 
+def test_assume_role_without_credentials_to_assume_it_with_is_one_clear_error(fleet, capsys):
+    nothing = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null"}
+    nothing["AWS_SHARED_CREDENTIALS_FILE"] = "/dev/null"
+
+    code = fleet.agent("cluster-a", "staging", assume_role=fleet.roles["cluster-a"], env=nothing, folder="no-creds")
+
+    assert code == 2
+    assert "this pod has no AWS credentials to assume it with" in capsys.readouterr().err
+    assert fleet.applied("no-creds") == set()
+
+
 def test_a_cluster_cannot_write_another_clusters_status_and_the_fleet_view_does_not_show_it(fleet):
     fleet.agent("cluster-a", "staging", assume_role=fleet.roles["cluster-a"], env=fleet.keys_env("cluster-a"))
     before = fleet.dist.get(layout.status_key("cluster-a")).data

@@ -30,7 +30,7 @@ from cdr_policy.agent.sync import (
 )
 from cdr_policy.bundle.channel_rules import protected_guard
 from cdr_policy.bundle.signing import Verifier
-from cdr_policy.errors import CdrPolicyError, exit_code, print_error
+from cdr_policy.errors import CdrPolicyError, ConfigError, exit_code, print_error
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.policy.checker.files import BundleCheck, bundle_checker
@@ -100,9 +100,15 @@ def _s3_client(assume_role: str | None, cluster_id: str) -> Any:
     config = Config(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "max_attempts": 3})
     session = botocore.session.get_session()
     if assume_role:
+        source = session.get_credentials()
+        if source is None:
+            raise ConfigError(
+                f"--assume-role {assume_role}: this pod has no AWS credentials to assume it with "
+                "(IRSA annotation, EKS Pod Identity association or AWS_* environment)"
+            )
         fetcher = AssumeRoleCredentialFetcher(
             client_creator=lambda service, **kwargs: session.create_client(service, config=config, **kwargs),
-            source_credentials=session.get_credentials(),
+            source_credentials=source,
             role_arn=assume_role,
             extra_args={"RoleSessionName": cluster_id},
         )
