@@ -253,7 +253,7 @@ def test_without_its_cluster_role_an_agent_reads_nothing(fleet, capsys):
     assert "AccessDenied" in capsys.readouterr().out
 
 
-def test_assume_role_without_credentials_to_assume_it_with_is_one_clear_error(fleet, capsys):
+def test_assume_role_that_cannot_work_is_one_clear_error_at_start(fleet, capsys):
     nothing = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null"}
     nothing["AWS_SHARED_CREDENTIALS_FILE"] = "/dev/null"
 
@@ -262,6 +262,8 @@ def test_assume_role_without_credentials_to_assume_it_with_is_one_clear_error(fl
     assert code == 2
     assert "this pod has no AWS credentials to assume it with" in capsys.readouterr().err
     assert fleet.applied("no-creds") == set()
+    one_letter = fleet.agent("a", "staging", assume_role=fleet.roles["cluster-a"], env=fleet.keys_env("cluster-a"))
+    assert one_letter == 2 and "which AWS wants 2 to 64 characters long" in capsys.readouterr().err
 
 
 def test_a_cluster_cannot_write_another_clusters_status_and_the_fleet_view_does_not_show_it(fleet):

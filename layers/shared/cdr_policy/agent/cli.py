@@ -100,6 +100,11 @@ def _s3_client(assume_role: str | None, cluster_id: str) -> Any:
     config = Config(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "max_attempts": 3})
     session = botocore.session.get_session()
     if assume_role:
+        if len(cluster_id) < 2:
+            raise ConfigError(
+                f"--assume-role: the cluster id {cluster_id!r} is the session name, which AWS wants 2 to 64 "
+                "characters long"
+            )
         source = session.get_credentials()
         if source is None:
             raise ConfigError(
