@@ -19,10 +19,10 @@ is rejected with its reason and counted, and referred to by its line number and 
 a secret included (a ``file://`` feed pointed at a ``.env``). IPv4 addresses are validated with ``inet_pton``, which
 accepts exactly four decimal octets without leading zeros.
 
-Speed: the text is split a block of lines at a time, and each block's lines go through
-``inet_pton`` in C via ``map`` over chunks; only the lines that fail (comments, IPv6, CIDRs, junk)
-take the per-line path. Single IPv4 addresses end up in an ``array('I')``, never as ``ipaddress``
-objects, and a million-line body never holds a million line strings at once.
+Speed: the lines that are one IPv4 address are found and converted as numpy array operations
+over the raw bytes (``scan.py``), a block at a time; bare IPv6 lines go through ``inet_pton`` in C
+via ``map`` over chunks; only the lines left (comments, CIDRs, junk) take the per-line path.
+Single IPv4 addresses end up in an ``array('I')``, never as ``ipaddress`` objects or strings.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 
+from cdr_policy.feeds.scan import scan_ipv4
 from cdr_policy.netprefix import BITS, MAPPED_V4_BASE
 
 FORMATS = ("auto", "plain", "abusech", "feodo-csv", "tor-exit-addresses")
@@ -63,6 +64,7 @@ _BOM = b"\xef\xbb\xbf"
 _MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 _CHUNK = 512  # lines per inet_pton batch
 _BLOCK_CHARS = 1 << 20  # characters per block of lines
+_TAIL = 4096  # bytes from the end in which to look for the last line
 _TRAILER = re.compile(r"^#\s*END\s+(\d+)\s+entries\s*$", re.IGNORECASE)
 _UPDATED = re.compile(r"^#\s*Last updated:\s*(.+?)\s*#?\s*$", re.IGNORECASE)
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
@@ -153,9 +155,9 @@ def line_blocks(text: str) -> Iterator[list[str]]:
         start = end
 
 
-def detect_format(text: str) -> str:
+def detect_format(data: bytes) -> str:
     """Pick a concrete format from the first meaningful lines (and the last one)."""
-    head = text[:16384].splitlines()[:64]
+    head = decode(data[:16384]).splitlines()[:64]
     for line in head:
         s = line.strip()
         if not s:
@@ -172,7 +174,7 @@ def detect_format(text: str) -> str:
         if s.split(" ", 1)[0] in _TOR_META or s.startswith("ExitAddress "):
             return "tor-exit-addresses"
         break
-    if _TRAILER.match(_last_nonblank(text)):
+    if _TRAILER.match(_last_nonblank(data)):
         return "abusech"
     return "plain"
 
@@ -183,18 +185,18 @@ def parse_feed(data: bytes, fmt: str = "auto") -> ParsedFeed:
         raise ValueError(f"unknown feed format {fmt!r} (one of {', '.join(FORMATS)})")
     if looks_like_html(data):
         return ParsedFeed(format=fmt, html=True)
-    text = decode(data)
+    data = data.removeprefix(_BOM)
     if fmt == "auto":
-        fmt = detect_format(text)
+        fmt = detect_format(data)
     result = ParsedFeed(format=fmt)
     if fmt in ("feodo-csv", "tor-exit-addresses"):  # small lists: all lines at once
-        lines = text.splitlines()
+        lines = decode(data).splitlines()
         result.lines = len(lines)
         (_parse_feodo_csv if fmt == "feodo-csv" else _parse_tor_exits)(lines, result)
     else:
-        _parse_lines(text, result)
+        _parse_lines(data, result)
     if result.trailer is not None:
-        result.trailer_is_last = bool(_TRAILER.match(_last_nonblank(text)))
+        result.trailer_is_last = bool(_TRAILER.match(_last_nonblank(data)))
     return result
 
 
@@ -269,13 +271,18 @@ def _is_range(token: str) -> bool:
     )
 
 
-def _last_nonblank(text: str) -> str:
-    """The last line of ``text`` that is not blank, stripped (without copying the whole text)."""
-    end = len(text)
-    while end and text[end - 1].isspace():
-        end -= 1
-    start = max(text.rfind("\n", 0, end), text.rfind("\r", 0, end)) + 1
-    return text[start:end].strip()
+def _last_nonblank(data: bytes) -> str:
+    """The last line of the body that is not blank, stripped (decoding only the end of the body,
+    unless that line is longer)."""
+    for size in (_TAIL, len(data)):
+        text = decode(data[-size:]) if size < len(data) else decode(data)
+        end = len(text)
+        while end and text[end - 1].isspace():
+            end -= 1
+        start = max(text.rfind("\n", 0, end), text.rfind("\r", 0, end)) + 1
+        if start or size >= len(data):
+            return text[start:end].strip()
+    return ""
 
 
 def fingerprint(number: int, line: str) -> str:
@@ -312,22 +319,26 @@ def _add_token(token: str, result: ParsedFeed, number: int, line: str) -> None:
         result.networks[version].append((value, length))
 
 
-def _parse_lines(text: str, result: ParsedFeed) -> None:
-    """``plain`` and ``abusech``: per block of lines, bare IPv4 lines and then bare IPv6 lines go
-    through ``inet_pton`` in C (``_pton_batch``); only what is left (comments, CIDRs, padded lines,
-    junk) is looked at line by line."""
+def _parse_lines(data: bytes, result: ParsedFeed) -> None:
+    """``plain`` and ``abusech``: the lines that are one IPv4 address are found and converted in
+    bulk (``scan.scan_ipv4``, or per block of text lines through ``inet_pton`` when the body has
+    line breaks other than LF and CRLF); of the rest, bare IPv6 lines go through ``inet_pton`` in
+    one batch, and only what is left (comments, CIDRs, padded lines, junk) is looked at line by
+    line."""
     v4 = result.singles[4]
     assert isinstance(v4, array)
-    packed4: list[bytes] = []
-    rest: list[str] = []
-    numbers: list[int] = []  # the 1-based line number of each line in ``rest``
-    for lines in line_blocks(text):
-        packed, other = _pton_batch(socket.AF_INET, lines)
-        packed4.append(packed)
-        rest.extend(lines[i] for i in other)
-        numbers.extend(result.lines + i + 1 for i in other)
-        result.lines += len(lines)
-    v4.frombytes(b"".join(packed4))
+    scanned = scan_ipv4(data)
+    if scanned is not None:
+        v4.frombytes(scanned.packed)
+        rest, numbers, result.lines = scanned.texts, scanned.numbers, scanned.lines
+    else:
+        rest, numbers = [], []  # the 1-based line number of each line in ``rest``
+        for lines in line_blocks(decode(data)):
+            packed, other = _pton_batch(socket.AF_INET, lines)
+            v4.frombytes(packed)
+            rest.extend(lines[i] for i in other)
+            numbers.extend(result.lines + i + 1 for i in other)
+            result.lines += len(lines)
     if sys.byteorder == "little":
         v4.byteswap()
     packed6, other = _pton_batch(socket.AF_INET6, rest)
