@@ -171,7 +171,7 @@ def _ours_unfiltered_ipv4(path: Path) -> set[tuple[int, int, int]]:
     from cdr_policy.netprefix.aggregate import collapse
 
     parsed = parse_feed(path.read_bytes(), "plain")
-    return {(4, n, plen) for n, plen in collapse(4, parsed.singles[4], parsed.networks[4])}
+    return {(4, n, plen) for n, plen in collapse(4, parsed.singles[4], parsed.networks[4].pairs())}
 
 
 def render_markdown(r: dict) -> str:

@@ -34,7 +34,9 @@ def write_prefixes(path: PathLike, rows: dict[int, tuple[Iterable[int], Iterable
             nets, lengths = rows[version]
             lens = bytes(lengths)
             fh.write(struct.pack(">BI", version, len(lens)))
-            if version == 4:
+            if version == 4 and hasattr(nets, "astype"):  # a numpy array (ours)
+                fh.write(nets.astype(">u4").tobytes())
+            elif version == 4:
                 arr = array("I", nets)
                 if sys.byteorder == "little":
                     arr.byteswap()

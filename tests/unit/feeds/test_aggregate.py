@@ -94,10 +94,17 @@ def near_protected(draw):
         low = int(net.network_address) - 512
         high = int(net.broadcast_address) + 512
         parsed.singles[4].append(min(max(draw(st.integers(low, high)), 0), 2**32 - 1))
-    for _ in range(draw(st.integers(0, 6))):
+    for _ in range(draw(st.integers(0, 30))):  # CIDRs anywhere, and in, around and over protected ranges
         length = draw(st.integers(0, 32))
-        value = draw(st.integers(0, 2**32 - 1)) & ~((1 << (32 - length)) - 1)
-        parsed.networks[4].append((value, length))
+        near = draw(st.sampled_from(_PROTECTED_NEAR))
+        anchor = draw(
+            st.one_of(
+                st.integers(0, 2**32 - 1),
+                st.integers(-(2**20), 2**20).map(lambda d, n=near: int(n.network_address) + d),
+            )
+        )
+        value = min(max(anchor, 0), 2**32 - 1) & ~((1 << (32 - length)) - 1)
+        parsed.networks[4].append(value, length)
     for _ in range(draw(st.integers(0, 10))):
         parsed.singles[6].append(draw(st.sampled_from([0, 1, 0xFE80 << 112, (0x2001 << 112) | 5, 2**128 - 1])))
     return parsed
@@ -125,7 +132,7 @@ def test_filter_equals_the_guard_entry_by_entry(parsed: ParsedFeed, guard_name: 
                 expected_refused[to_string(version, value, bits)] = reason
             else:
                 kept[version][0].append(value)
-        for net, length in parsed.networks[version]:
+        for net, length in parsed.networks[version].pairs():
             reason = guard.check_interval(version, net, last_address(version, net, length), length)
             if reason:
                 expected_refused[to_string(version, net, length)] = reason

@@ -158,11 +158,11 @@ def test_semicolon_and_inline_comments_cidrs_and_blank_lines() -> None:
     )
     parsed = parse_feed(body)
     assert (parsed.comments, parsed.blank) == (2, 2)
-    assert parsed.networks[4] == [
+    assert parsed.networks[4].pairs() == [
         (int(ipaddress.IPv4Address("1.10.16.0")), 20),
         (int(ipaddress.IPv4Address("2.56.192.0")), 22),
     ]
-    assert parsed.networks[6] == [(int(ipaddress.IPv6Address("2001:db8:1200::")), 40)]
+    assert parsed.networks[6].pairs() == [(int(ipaddress.IPv6Address("2001:db8:1200::")), 40)]
     assert list(parsed.singles[4]) == [int(ipaddress.IPv4Address("5.6.7.8"))]
     number = body.splitlines().index(b"9.9.9.0/24 junk") + 1
     assert parsed.rejected == [(p.fingerprint(number, "9.9.9.0/24 junk"), p.R_TRAILING)]

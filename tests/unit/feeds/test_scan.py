@@ -1,31 +1,40 @@
-"""The vectorised IPv4 fast path (``feeds/scan.py``) decides exactly what ``inet_pton`` and
-``str.splitlines`` decide: the same lines, the same numbers, the same addresses."""
+"""The vectorised IPv4 fast path (``feeds/scan.py``) decides exactly what ``parse_token`` and
+``str.splitlines`` decide: the same lines, the same numbers, the same addresses and CIDRs."""
 
 from __future__ import annotations
 
-import socket
+from array import array
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdr_policy.feeds import parse, scan
-from cdr_policy.feeds.parse import parse_feed
+from cdr_policy.feeds.parse import parse_feed, parse_token
 from cdr_policy.feeds.scan import scan_ipv4
 
 
-def _reference(data: bytes) -> tuple[bytes, list[int], list[str], int]:
-    """What the text path sees (after ``parse_feed`` has dropped a BOM): splitlines, then inet_pton
-    per line."""
+def _reference(data: bytes) -> tuple[list[int], list[tuple[int, int]], list[int], list[str], int]:
+    """What the text path sees (after ``parse_feed`` has dropped a BOM): splitlines, then per line
+    ``parse_token`` for the lines of digits, dots and slashes."""
     lines = data.decode("utf-8", errors="replace").splitlines()
-    packed, numbers, texts = [], [], []
+    addresses, networks, numbers, texts = [], [], [], []
     for number, line in enumerate(lines, 1):
-        try:
-            packed.append(socket.inet_pton(socket.AF_INET, line))
-        except (OSError, ValueError):
+        parsed = parse_token(line) if line and not set(line) - set("0123456789./") else "not taken"
+        if isinstance(parsed, str):
             numbers.append(number)
             texts.append(line)
-    return b"".join(packed), numbers, texts, len(lines)
+        elif parsed[2] == 32:
+            addresses.append(parsed[1])
+        else:
+            networks.append((parsed[1], parsed[2]))
+    return addresses, networks, numbers, texts, len(lines)
+
+
+def _uint32(data: bytes) -> list[int]:
+    values = array("I")
+    values.frombytes(data)
+    return list(values)
 
 
 def _check(data: bytes) -> None:
@@ -38,19 +47,30 @@ def _check(data: bytes) -> None:
             cut_at_lf.pop()
         assert data.decode("utf-8", errors="replace").splitlines() != cut_at_lf
         return
-    assert (scanned.packed, scanned.numbers, scanned.texts, scanned.lines) == expected
+    networks = list(zip(_uint32(scanned.networks), scanned.lengths, strict=True))
+    got = (_uint32(scanned.addresses), networks, scanned.numbers, scanned.texts, scanned.lines)
+    assert got == expected
 
 
 OCTETS = [str(n) for n in range(1000)] + [f"0{n}" for n in range(100)] + ["00", "000", "0000", "1000", ""]
 
 
-def test_every_octet_text_in_every_position_is_decided_as_inet_pton_does() -> None:
+def test_every_octet_text_in_every_position_is_decided_as_the_parser_does() -> None:
     lines = []
     for position in range(4):
         for octet in OCTETS:
             parts = ["10", "200", "3", "45"]
             parts[position] = octet
             lines.append(".".join(parts))
+            lines.append(".".join(parts) + "/32")
+    _check(("\n".join(lines) + "\n").encode())
+
+
+def test_every_prefix_length_text_is_decided_as_the_parser_does() -> None:
+    lengths = [str(n) for n in range(100)] + [f"0{n}" for n in range(10)] + ["", "000", "100", "/"]
+    lines = [
+        f"{address}/{length}" for address in ("0.0.0.0", "10.0.0.0", "255.255.255.255", "1.2.3.4") for length in lengths
+    ]
     _check(("\n".join(lines) + "\n").encode())
 
 
@@ -72,6 +92,20 @@ def test_every_octet_text_in_every_position_is_decided_as_inet_pton_does() -> No
         " 1.2.3.4",
         "1.2.3.4\t",
         "1.2.3.4/32",
+        "1.2.3.0/24",
+        "1.2.3.4/24",  # host bits set
+        "0.0.0.0/0",
+        "255.255.255.255/32",
+        "255.255.255.254/31",
+        "1.2.3.0/24/24",
+        "1.2.3.0//24",
+        "1.2.3.0/24 ; SBL1",
+        "1.2.3.0/024",
+        "1.2.3.0/33",
+        "1.2.3.0/",
+        "/24",
+        "1.2.3/24",
+        "10.0.0.0/8\t",
         "1.2.3.4#",
         "1.2.3.4\x00",
         "1.2.3:4",
@@ -91,6 +125,12 @@ def test_edge_lines_alone_and_among_others(line: str) -> None:
 
 TOKENS = st.one_of(
     st.tuples(*[st.integers(0, 300)] * 4).map(lambda o: ".".join(map(str, o))),
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 40)).map(
+        lambda a: f"{a[0] >> 24}.{a[0] >> 16 & 255}.{a[0] >> 8 & 255}.{a[0] & 255}/{a[1]}"
+    ),
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)).map(
+        lambda a: f"{a[0] >> 24}.{a[0] >> 16 & 255}.{a[0] >> 8 & 255}.0/{min(a[1], 24)}"
+    ),
     st.sampled_from(OCTETS).map(lambda o: f"1.{o}.2.3"),
     st.sampled_from(["2001:db8::1", "10.0.0.0/8", "# comment", "; c", "1.2.3.4 # x", "", "  ", "é", "\ufeff"]),
     st.binary(max_size=20).map(lambda b: b.decode("latin-1")),

@@ -2,7 +2,8 @@
 dropped entry reported with the guard's reason), then aggregate (``netprefix.aggregate``).
 
 The guard is asked about a few nodes of the address trie per protected range, never once per
-address, so a million addresses are filtered in a fraction of a second.
+address, and about IPv4 CIDRs only where an array screen finds them over-broad or touching a
+protected range, so a million entries are filtered in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from bisect import bisect_left
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from cdr_policy.feeds.parse import ParsedFeed
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import Rejection
 from cdr_policy.netprefix import BITS, Prefixes, last_address, to_string
-from cdr_policy.netprefix.aggregate import Sorted, collapse_sorted, sort_addresses
+from cdr_policy.netprefix.aggregate import Sorted, collapse_v4, collapse_v6, sort_addresses
+from cdr_policy.netprefix.vector import overlaps_v4
 
 # The guard's wording for a prefix that lies wholly inside one protected range: every address of
 # such a block is refused for the same reason, so the filter need not look at them one by one.
@@ -37,15 +40,21 @@ class Ingested:
 
 def ingest(parsed: ParsedFeed, guard: NeverBlock | None, source: str) -> Ingested:
     """Filter a parsed feed through the guard and aggregate it, per family."""
-    prefixes: dict[int, Prefixes] = {}
     refused: dict[tuple[int, int, int], str] = {}
-    for version in (4, 6):
-        srt = sort_addresses(version, parsed.singles[version])
-        nets = parsed.networks[version]
-        if guard is not None:
-            srt = _filter_singles(version, srt, guard, refused)
-            nets = _filter_networks(version, nets, guard, refused)
-        prefixes[version] = collapse_sorted(version, srt, nets)
+    srt4 = sort_addresses(4, parsed.singles[4])
+    networks4 = np.frombuffer(parsed.networks[4].networks, dtype=np.uint32)
+    lengths4 = np.frombuffer(parsed.networks[4].lengths, dtype=np.uint8)
+    srt6 = sort_addresses(6, parsed.singles[6])
+    nets6 = parsed.networks[6].pairs()
+    if guard is not None:
+        srt4 = _filter_singles(4, srt4, guard, refused)
+        networks4, lengths4 = _filter_networks_v4(networks4, lengths4, guard, refused)
+        srt6 = _filter_singles(6, srt6, guard, refused)
+        nets6 = _filter_networks(6, nets6, guard, refused)
+    prefixes = {
+        4: collapse_v4(srt4, networks4, lengths4),  # type: ignore[arg-type]
+        6: collapse_v6(srt6, nets6),  # type: ignore[arg-type]
+    }
     rejected = [
         Rejection(value=to_string(v, n, plen), source=source, reason=reason)
         for (v, n, plen), reason in sorted(refused.items())
@@ -112,4 +121,26 @@ def _filter_networks(
     return kept
 
 
-# --- aggregation --------------------------------------------------------------------------------
+def _filter_networks_v4(
+    networks: npt.NDArray[np.uint32],
+    lengths: npt.NDArray[np.uint8],
+    guard: NeverBlock,
+    refused: dict[tuple[int, int, int], str],
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint8]]:
+    """``_filter_networks`` for a million IPv4 CIDRs: the guard is asked only about the prefixes
+    that are over-broad or share an address with a protected range (all others it lets through)."""
+    if not len(networks):
+        return networks, lengths
+    first = networks.astype(np.int64)
+    last = first + (np.int64(1) << (32 - lengths.astype(np.int64))) - 1
+    protected = np.array(guard.protected_ranges(4), dtype=np.int64).reshape(-1, 2)
+    suspect = (lengths < guard.min_prefix_length(4)) | overlaps_v4(first, last, protected[:, 0], protected[:, 1])
+    keep = ~suspect
+    for i in np.flatnonzero(suspect).tolist():
+        net, length = int(networks[i]), int(lengths[i])
+        reason = guard.check_interval(4, net, int(last[i]), length)
+        if reason is None:
+            keep[i] = True
+        else:
+            refused[(4, net, length)] = reason
+    return networks[keep], lengths[keep]

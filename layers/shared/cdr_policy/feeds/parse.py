@@ -16,13 +16,15 @@ Nothing is guessed: an ambiguous token (``010.0.0.1`` could be octal, ``10.1`` i
 ``1.2.3.4-1.2.3.9`` is a range, ``1.2.3.4/24`` has host bits set, ``evil.example`` needs DNS)
 is rejected with its reason and counted, and referred to by its line number and a short fingerprint
 (``line 12 sha256:0f1e2d3c4b5a``), never by its text: a line that is not an address may be anything,
-a secret included (a ``file://`` feed pointed at a ``.env``). IPv4 addresses are validated with ``inet_pton``, which
-accepts exactly four decimal octets without leading zeros.
+a secret included (a ``file://`` feed pointed at a ``.env``). IPv4 addresses are read as ``inet_pton`` reads
+them (the bulk path in ``scan.py`` takes exactly the same texts): four decimal octets without
+leading zeros.
 
-Speed: the lines that are one IPv4 address are found and converted as numpy array operations
-over the raw bytes (``scan.py``), a block at a time; bare IPv6 lines go through ``inet_pton`` in C
-via ``map`` over chunks; only the lines left (comments, CIDRs, junk) take the per-line path.
-Single IPv4 addresses end up in an ``array('I')``, never as ``ipaddress`` objects or strings.
+Speed: the lines that are one IPv4 address or CIDR are found and converted as numpy array
+operations over the raw bytes (``scan.py``), a block at a time; bare IPv6 lines go through
+``inet_pton`` in C via ``map`` over chunks; only the lines left (comments, IPv6 CIDRs, junk) take
+the per-line path. IPv4 entries end up in ``array('I')`` buffers, never as ``ipaddress`` objects
+or strings.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 
-from cdr_policy.feeds.scan import scan_ipv4
+from cdr_policy.feeds.scan import Scanned, scan_ipv4
 from cdr_policy.netprefix import BITS, MAPPED_V4_BASE
 
 FORMATS = ("auto", "plain", "abusech", "feodo-csv", "tor-exit-addresses")
@@ -76,6 +78,26 @@ _TOR_META = ("ExitNode", "Published", "LastStatus")
 
 
 @dataclass
+class Cidrs:
+    """CIDR entries of one family as two parallel sequences: networks (IPv4 in an ``array('I')``,
+    so that a million of them are one flat buffer) and prefix lengths."""
+
+    networks: list[int] | array[int]
+    lengths: bytearray = field(default_factory=bytearray)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def append(self, network: int, length: int) -> None:
+        self.networks.append(network)
+        self.lengths.append(length)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """``(network, length)`` per entry."""
+        return list(zip(self.networks, self.lengths, strict=True))
+
+
+@dataclass
 class ParsedFeed:
     """What a body contained. Counts are of lines and entries as they appear (duplicates included)."""
 
@@ -85,8 +107,8 @@ class ParsedFeed:
     blank: int = 0
     # Single addresses per family (IPv4 in an ``array('I')``), unsorted, duplicates kept.
     singles: dict[int, list[int] | array[int]] = field(default_factory=lambda: {4: array("I"), 6: []})
-    # CIDR entries shorter than a host prefix: (network, length) per family.
-    networks: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: {4: [], 6: []})
+    # CIDR entries shorter than a host prefix, per family (not in line order).
+    networks: dict[int, Cidrs] = field(default_factory=lambda: {4: Cidrs(array("I")), 6: Cidrs([])})
     # (``line N sha256:…``, reason) for every data line that is not a valid address or CIDR.
     rejected: list[tuple[str, str]] = field(default_factory=list)
     # N of an ``# END N entries`` trailer, and whether that trailer is the last non-blank line.
@@ -316,31 +338,34 @@ def _add_token(token: str, result: ParsedFeed, number: int, line: str) -> None:
     if length == BITS[version]:
         result.singles[version].append(value)
     else:
-        result.networks[version].append((value, length))
+        result.networks[version].append(value, length)
 
 
 def _parse_lines(data: bytes, result: ParsedFeed) -> None:
-    """``plain`` and ``abusech``: the lines that are one IPv4 address are found and converted in
-    bulk (``scan.scan_ipv4``, or per block of text lines through ``inet_pton`` when the body has
-    line breaks other than LF and CRLF); of the rest, bare IPv6 lines go through ``inet_pton`` in
-    one batch, and only what is left (comments, CIDRs, padded lines, junk) is looked at line by
-    line."""
+    """``plain`` and ``abusech``: the lines that are one IPv4 address or CIDR are found and
+    converted in bulk (``scan.scan_ipv4``; when the body has line breaks other than LF and CRLF,
+    the bare IPv4 lines of each block of text lines go through ``inet_pton`` instead); of the
+    rest, bare IPv6 lines go through ``inet_pton`` in one batch; the lines left are looked at one
+    by one (comments, blank lines, a token with text after it), and their tokens go through the
+    bulk scan again before what is left of them (IPv6 CIDRs, junk) is parsed token by token."""
     v4 = result.singles[4]
     assert isinstance(v4, array)
     scanned = scan_ipv4(data)
     if scanned is not None:
-        v4.frombytes(scanned.packed)
+        _take(scanned, result)
         rest, numbers, result.lines = scanned.texts, scanned.numbers, scanned.lines
     else:
-        rest, numbers = [], []  # the 1-based line number of each line in ``rest``
+        packed4: list[bytes] = []
+        rest, numbers = [], []  # ``numbers``: the 1-based line number of each line in ``rest``
         for lines in line_blocks(decode(data)):
             packed, other = _pton_batch(socket.AF_INET, lines)
-            v4.frombytes(packed)
+            packed4.append(packed)
             rest.extend(lines[i] for i in other)
             numbers.extend(result.lines + i + 1 for i in other)
             result.lines += len(lines)
-    if sys.byteorder == "little":
-        v4.byteswap()
+        v4.frombytes(b"".join(packed4))
+        if sys.byteorder == "little":
+            v4.byteswap()
     packed6, other = _pton_batch(socket.AF_INET6, rest)
     rest, numbers = [rest[i] for i in other], [numbers[i] for i in other]
     size = len(packed6)
@@ -350,6 +375,7 @@ def _parse_lines(data: bytes, result: ParsedFeed) -> None:
         v4.extend(v & 0xFFFFFFFF for v in v6 if v >> 32 == MAPPED_V4_BASE >> 32)
         v6 = [v for v in v6 if v >> 32 != MAPPED_V4_BASE >> 32]
     result.singles[6].extend(v6)
+    pending: list[tuple[int, str, str | None]] = []  # (number, line, its token; None: text after it)
     for number, line in zip(numbers, rest, strict=True):
         s = line.strip()
         if not s:
@@ -357,11 +383,32 @@ def _parse_lines(data: bytes, result: ParsedFeed) -> None:
         elif s[0] in "#;":
             _note_comment(s, result)
         else:
-            token, *after = s.split(None, 1)
-            if after and after[0][0] not in "#;":
-                _reject(result, number, line, R_TRAILING)
-            else:
-                _add_token(token, result, number, line)
+            first, *after = s.split(None, 1)
+            pending.append((number, line, None if after and after[0][0] not in "#;" else first))
+    # Padded and commented lines (``1.2.3.0/24 ; SBL1``): their IPv4 tokens in bulk again (a token
+    # holds no whitespace, so no line break); the others one by one, rejections in line order.
+    tokens = [token for _, _, token in pending if token is not None]
+    found = scan_ipv4("\n".join(tokens).encode()) if tokens else None
+    if found is not None:
+        _take(found, result)
+    left = set(found.numbers) if found is not None else None  # 1-based places among ``tokens``
+    place = 0
+    for number, line, maybe_token in pending:
+        if maybe_token is None:
+            _reject(result, number, line, R_TRAILING)
+            continue
+        place += 1
+        if left is None or place in left:
+            _add_token(maybe_token, result, number, line)
+
+
+def _take(scanned: Scanned, result: ParsedFeed) -> None:
+    """Add what ``scan_ipv4`` found to the result."""
+    v4, cidrs = result.singles[4], result.networks[4]
+    assert isinstance(v4, array) and isinstance(cidrs.networks, array)
+    v4.frombytes(scanned.addresses)
+    cidrs.networks.frombytes(scanned.networks)
+    cidrs.lengths += scanned.lengths
 
 
 _big_endian = functools.partial(int.from_bytes, byteorder="big")

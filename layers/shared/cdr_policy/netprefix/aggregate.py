@@ -18,9 +18,8 @@ from itertools import chain, compress
 import numpy as np
 import numpy.typing as npt
 
-from cdr_policy.netprefix import BITS, Prefixes, last_address
+from cdr_policy.netprefix import BITS, Prefixes, last_address, vector
 from cdr_policy.netprefix.lanes import adjacency_flags, pack_ipv6
-from cdr_policy.netprefix.vector import collapse_v4
 
 # Sorted addresses of one family: a numpy ``uint32`` array for IPv4, a list of integers for IPv6.
 Sorted = npt.NDArray[np.uint32] | list[int]
@@ -37,11 +36,43 @@ def sort_addresses(version: int, addresses: Iterable[int]) -> Sorted:
 
 def collapse(version: int, addresses: Iterable[int] = (), networks: Iterable[tuple[int, int]] = ()) -> Prefixes:
     """Minimal sorted prefix list covering exactly the given addresses and ``(network, length)`` prefixes."""
-    return collapse_sorted(version, sort_addresses(version, addresses), list(networks))
+    pairs = list(networks)
+    if version == 4:
+        return collapse_v4(
+            sort_addresses(4, addresses),  # type: ignore[arg-type]
+            np.array([n for n, _ in pairs], dtype=np.uint32),
+            np.array([length for _, length in pairs], dtype=np.uint8),
+        )
+    return collapse_v6(sorted(addresses), pairs)
 
 
-def collapse_sorted(version: int, srt: Sorted, nets: list[tuple[int, int]]) -> Prefixes:
-    """Aggregate sorted addresses (duplicates allowed) and prefixes.
+def collapse_v4(
+    srt: npt.NDArray[np.uint32], networks: npt.NDArray[np.uint32], lengths: npt.NDArray[np.uint8]
+) -> Prefixes:
+    """Aggregate sorted IPv4 addresses (duplicates allowed) and prefixes (``networks`` and their
+    ``lengths``, in any order): intervals merged and cut into aligned blocks by
+    ``netprefix.vector.collapse_v4``."""
+    first = srt.astype(np.int64)
+    last = first
+    if len(networks):
+        # Sorted by network (one sort of a packed key), then merged into the sorted addresses, so
+        # that the intervals reach ``collapse_v4`` in order and are not sorted again there.
+        keys = np.sort(networks.astype(np.int64) << 6 | lengths)
+        net_first = keys >> 6
+        net_last = net_first + (np.int64(1) << (32 - (keys & 63))) - 1
+        at = np.searchsorted(first, net_first) + np.arange(len(keys))  # their places in the merged list
+        is_network = np.zeros(len(first) + len(keys), dtype=bool)
+        is_network[at] = True
+        merged_first, merged_last = np.empty((2, len(is_network)), dtype=np.int64)
+        merged_first[at], merged_last[at] = net_first, net_last
+        merged_first[~is_network] = merged_last[~is_network] = first
+        first, last = merged_first, merged_last
+    out = vector.collapse_v4(first, last)
+    return Prefixes(4, out.networks, out.lengths)
+
+
+def collapse_v6(srt: list[int], nets: list[tuple[int, int]]) -> Prefixes:
+    """Aggregate sorted IPv6 addresses (duplicates allowed) and prefixes.
 
     After de-duplication into ``u``, ``adj[i]`` is 1 where ``u[i + 1] == u[i] + 1`` (both from
     ``lanes.adjacency_flags``). The "special" stretches are the runs of adjacent addresses (blocks
@@ -49,9 +80,8 @@ def collapse_sorted(version: int, srt: Sorted, nets: list[tuple[int, int]]) -> P
     addresses inside or next to it, found by bisection). Walking the specials in address order
     merges those that overlap or touch and splits each into prefixes; the isolated addresses
     between them are copied as slices, each a host prefix."""
+    version = 6
     bits = BITS[version]
-    if version == 4:
-        return _collapse_v4(srt, nets)  # type: ignore[arg-type]
     u, adj = _unique_and_adjacent(version, srt)
     n = len(u)
     intervals = _merge_networks(version, nets) if nets else []
@@ -78,17 +108,6 @@ def collapse_sorted(version: int, srt: Sorted, nets: list[tuple[int, int]]) -> P
     out_nets.extend(u[done:])
     out_lens += host * (n - done)
     return Prefixes(version, out_nets, out_lens)
-
-
-def _collapse_v4(srt: np.ndarray, nets: list[tuple[int, int]]) -> Prefixes:
-    first = srt.astype(np.int64)
-    last = first
-    if nets:
-        net_first = np.array([n for n, _ in nets], dtype=np.int64)
-        net_last = net_first + (np.int64(1) << (32 - np.array([plen for _, plen in nets], dtype=np.int64))) - 1
-        first, last = np.concatenate((first, net_first)), np.concatenate((last, net_last))
-    out = collapse_v4(first, last)
-    return Prefixes(4, out.networks, out.lengths)
 
 
 def _unique_and_adjacent(version: int, srt: Sorted) -> tuple[Sorted, bytes]:

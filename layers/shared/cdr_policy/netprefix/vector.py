@@ -10,7 +10,7 @@ integers (``cdr_policy.feeds.aggregate.collapse``): feeds list few of them.
   ``unpack`` refuses anything but a sorted, non-overlapping list of canonical prefixes.
 - ``collapse_v4``: the minimal prefix list covering a union of intervals (``ipaddress.collapse_addresses``'
   result), and ``collapsed_size_v4`` its length without building it.
-- ``covered_v4``: which prefixes lie inside a union of intervals.
+- ``covered_v4``: which prefixes lie inside a union of intervals; ``overlaps_v4``: which touch it.
 """
 
 from __future__ import annotations
@@ -262,3 +262,13 @@ def covered_v4(first: I64, last: I64, by_first: I64, by_last: I64) -> npt.NDArra
     inside = i >= 0
     safe = np.where(inside, i, 0)
     return inside & (union_last[safe] >= last) if len(union_first) else np.zeros(len(first), dtype=bool)
+
+
+def overlaps_v4(first: I64, last: I64, by_first: I64, by_last: I64) -> npt.NDArray[np.bool_]:
+    """For each interval ``[first, last]``: does it share an address with the union of
+    ``[by_first, by_last]``?"""
+    union_first, union_last = merge_intervals(by_first, by_last)
+    if not len(union_first):
+        return np.zeros(len(first), dtype=bool)
+    i = np.searchsorted(union_first, last, side="right") - 1  # the last union interval starting at or before
+    return (i >= 0) & (union_last[np.maximum(i, 0)] >= first)
