@@ -84,13 +84,13 @@ def run_ours(src: PathLike, dst: PathLike) -> dict[str, object]:
 
     with open(src, "rb") as fh:
         parsed = parse_feed(fh.read(), "plain")
-    result = ingest(parsed, NeverBlock(), "benchmark")
+    result = ingest(parsed, NeverBlock(), "benchmark", listed=1000)
     write_prefixes(dst, {v: (p.networks, p.lengths) for v, p in result.prefixes.items()})
     return {
         "lines": parsed.lines,
         "entries": parsed.entries,
         "rejected_parse": len(parsed.rejected),
-        "rejected_guard": len(result.rejected),
+        "rejected_guard": result.refused,
         "prefixes": {str(v): len(p) for v, p in result.prefixes.items()},
     }
 

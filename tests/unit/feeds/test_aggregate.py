@@ -4,6 +4,7 @@ applied entry by entry; the merge across sources keeps provenance and drops what
 from __future__ import annotations
 
 import ipaddress
+import random
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from cdr_policy.feeds.aggregate import ingest
 from cdr_policy.feeds.parse import ParsedFeed, parse_feed
 from cdr_policy.guards import NeverBlock
 from cdr_policy.models import Indicator, IndicatorSet
-from cdr_policy.netprefix import BITS, last_address, to_string
+from cdr_policy.netprefix import BITS, last_address, sort_key, to_string
 from cdr_policy.netprefix.aggregate import collapse, sort_addresses
 from cdr_policy.policy.merge import merge_indicators
 from cdr_policy.timeutil import iso
@@ -95,7 +96,7 @@ def near_protected(draw):
         high = int(net.broadcast_address) + 512
         parsed.singles[4].append(min(max(draw(st.integers(low, high)), 0), 2**32 - 1))
     for _ in range(draw(st.integers(0, 30))):  # CIDRs anywhere, and in, around and over protected ranges
-        length = draw(st.integers(0, 32))
+        length = draw(st.integers(0, 31))  # a /32 is a single address (ParsedFeed.singles)
         near = draw(st.sampled_from(_PROTECTED_NEAR))
         anchor = draw(
             st.one_of(
@@ -139,9 +140,14 @@ def test_filter_equals_the_guard_entry_by_entry(parsed: ParsedFeed, guard_name: 
             else:
                 kept[version][1].append((net, length))
     assert {r.value: r.reason for r in result.rejected} == expected_refused
+    assert result.refused == len(result.rejected) == len(expected_refused)
     assert all(r.source == "test-feed" for r in result.rejected)
     for version in (4, 6):
         assert result.prefixes[version].strings() == _reference(version, *kept[version])
+    # Listing only the first few: the same records, in address order, and the same count.
+    few = ingest(parsed, guard, "test-feed", listed=3)
+    ordered = sorted(result.rejected, key=lambda r: (":" in r.value, sort_key(r.value)))
+    assert few.rejected == ordered[:3] and few.refused == result.refused
 
 
 def test_poisoned_entries_are_rejected_with_reasons() -> None:
@@ -157,6 +163,21 @@ def test_poisoned_entries_are_rejected_with_reasons() -> None:
         "::1/128": "inside never-block range: loopback",
     }
     assert result.prefixes[4].strings() == ["93.184.216.34/32"] and len(result.prefixes[6]) == 0
+
+
+def test_a_million_refused_entries_stay_a_count_and_a_short_list() -> None:
+    """A feed of a million private addresses and CIDRs: the refusals are counted, the first
+    thousand listed in address order, and no record is made for the others."""
+    rng = random.Random(7)
+    lines = [f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}" for _ in range(900_000)]
+    lines += [f"192.168.{rng.randrange(256)}.0/24" for _ in range(100_000)] + ["93.184.216.34", "93.184.216.34"]
+    parsed = parse_feed("\n".join(lines).encode())
+    result = ingest(parsed, GUARD, "huge", listed=1000)
+    distinct = len(set(lines)) - 1
+    assert result.refused == distinct and len(result.rejected) == 1000
+    assert [r.value for r in result.rejected] == sorted((r.value for r in result.rejected), key=sort_key)
+    assert result.rejected[0].value.startswith("10.") and result.prefixes[4].strings() == ["93.184.216.34/32"]
+    assert all(r.reason == "inside never-block range: private range (RFC 1918)" for r in result.rejected)
 
 
 def test_protected_ranges_of_the_channel_are_honoured() -> None:

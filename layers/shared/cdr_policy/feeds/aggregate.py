@@ -9,7 +9,7 @@ protected range, so a million entries are filtered in a fraction of a second.
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -31,16 +31,18 @@ class Ingested:
     """One feed after filtering and aggregation."""
 
     prefixes: dict[int, Prefixes]
-    rejected: list[Rejection]
+    rejected: list[Rejection]  # the first ``listed`` refused entries, in address order
+    refused: int  # how many distinct entries the guard refused
 
     @property
     def entries(self) -> int:
         return sum(len(p) for p in self.prefixes.values())
 
 
-def ingest(parsed: ParsedFeed, guard: NeverBlock | None, source: str) -> Ingested:
-    """Filter a parsed feed through the guard and aggregate it, per family."""
-    refused: dict[tuple[int, int, int], str] = {}
+def ingest(parsed: ParsedFeed, guard: NeverBlock | None, source: str, listed: int | None = None) -> Ingested:
+    """Filter a parsed feed through the guard and aggregate it, per family. Of the refused
+    entries, the first ``listed`` (all when None) become rejection records."""
+    refused = _Refused()
     srt4 = sort_addresses(4, parsed.singles[4])
     networks4 = np.frombuffer(parsed.networks[4].networks, dtype=np.uint32)
     lengths4 = np.frombuffer(parsed.networks[4].lengths, dtype=np.uint8)
@@ -57,15 +59,56 @@ def ingest(parsed: ParsedFeed, guard: NeverBlock | None, source: str) -> Ingeste
     }
     rejected = [
         Rejection(value=to_string(v, n, plen), source=source, reason=reason)
-        for (v, n, plen), reason in sorted(refused.items())
+        for v, n, plen, reason in refused.first(listed, guard)
     ]
-    return Ingested(prefixes=prefixes, rejected=rejected)
+    return Ingested(prefixes=prefixes, rejected=rejected, refused=refused.count())
+
+
+@dataclass
+class _Refused:
+    """What the guard refused, kept as compact as it was found (a feed of a million private
+    addresses must not become a million records): runs of sorted addresses that share a reason,
+    refused IPv4 CIDRs as arrays (the guard is asked for their reasons only when they are listed),
+    and single entries with their reasons."""
+
+    runs: list[tuple[int, Sorted, str]] = field(default_factory=list)  # distinct addresses, sorted
+    # Distinct and sorted, as keys ``network << 6 | length``.
+    cidrs: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    entries: dict[tuple[int, int, int], str] = field(default_factory=dict)
+
+    def add_run(self, version: int, srt: Sorted, reason: str) -> None:
+        distinct: Sorted
+        if isinstance(srt, np.ndarray):
+            distinct = srt[np.concatenate(([True], srt[1:] != srt[:-1]))] if len(srt) else srt
+        else:
+            distinct = list(dict.fromkeys(srt))
+        self.runs.append((version, distinct, reason))
+
+    def count(self) -> int:
+        return sum(len(run) for _, run, _ in self.runs) + len(self.cidrs) + len(self.entries)
+
+    def first(self, limit: int | None, guard: NeverBlock | None) -> list[tuple[int, int, int, str]]:
+        """The first ``limit`` refusals in address order, as ``(version, network, length, reason)``."""
+        found: list[tuple[int, int, int, str | None]] = [(*key, reason) for key, reason in self.entries.items()]
+        for version, run, reason in self.runs:
+            found += [(version, value, BITS[version], reason) for value in _ints(run[:limit])]
+        found += [(4, key >> 6, key & 63, None) for key in self.cidrs[:limit].tolist()]
+        found.sort(key=lambda f: f[:3])
+        out = []
+        for version, network, length, known in found[:limit]:
+            answer = known
+            if answer is None and guard is not None:  # an IPv4 CIDR the array screen refused: the guard's words
+                answer = guard.check_interval(version, network, last_address(version, network, length), length)
+            if answer is None:
+                raise RuntimeError("the CIDR screen refused a prefix the never-block guard lets through")
+            out.append((version, network, length, answer))
+        return out
 
 
 # --- never-block filter -------------------------------------------------------------------------
 
 
-def _filter_singles(version: int, srt: Sorted, guard: NeverBlock, refused: dict[tuple[int, int, int], str]) -> Sorted:
+def _filter_singles(version: int, srt: Sorted, guard: NeverBlock, refused: _Refused) -> Sorted:
     """Drop the sorted addresses the guard refuses, walking the binary trie of the address space
     from the root: a block with no protected range in it is kept whole, a block wholly inside one
     is dropped whole (the same reason for each address), and only mixed blocks are split in two.
@@ -81,8 +124,7 @@ def _filter_singles(version: int, srt: Sorted, guard: NeverBlock, refused: dict[
         if reason is None:
             keep.append((lo, hi))
         elif length == bits or reason.startswith(_INSIDE):
-            for value in dict.fromkeys(_ints(srt[lo:hi])):
-                refused[(version, value, bits)] = reason
+            refused.add_run(version, srt[lo:hi], reason)
         else:
             mid_value = first + (1 << (bits - length - 1))
             mid = bisect_left(srt, mid_value, lo, hi)
@@ -109,7 +151,7 @@ def _filter_networks(
     version: int,
     nets: list[tuple[int, int]],
     guard: NeverBlock,
-    refused: dict[tuple[int, int, int], str],
+    refused: _Refused,
 ) -> list[tuple[int, int]]:
     kept = []
     for net, length in nets:
@@ -117,7 +159,7 @@ def _filter_networks(
         if reason is None:
             kept.append((net, length))
         else:
-            refused[(version, net, length)] = reason
+            refused.entries[(version, net, length)] = reason
     return kept
 
 
@@ -125,22 +167,17 @@ def _filter_networks_v4(
     networks: npt.NDArray[np.uint32],
     lengths: npt.NDArray[np.uint8],
     guard: NeverBlock,
-    refused: dict[tuple[int, int, int], str],
+    refused: _Refused,
 ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint8]]:
-    """``_filter_networks`` for a million IPv4 CIDRs: the guard is asked only about the prefixes
-    that are over-broad or share an address with a protected range (all others it lets through)."""
+    """``_filter_networks`` for a million IPv4 CIDRs, as arrays: the guard refuses exactly the
+    prefixes that are over-broad or share an address with a protected range (its reason for each
+    is asked only when it is listed; a property test holds the screen to the guard)."""
     if not len(networks):
         return networks, lengths
     first = networks.astype(np.int64)
     last = first + (np.int64(1) << (32 - lengths.astype(np.int64))) - 1
     protected = np.array(guard.protected_ranges(4), dtype=np.int64).reshape(-1, 2)
     suspect = (lengths < guard.min_prefix_length(4)) | overlaps_v4(first, last, protected[:, 0], protected[:, 1])
-    keep = ~suspect
-    for i in np.flatnonzero(suspect).tolist():
-        net, length = int(networks[i]), int(lengths[i])
-        reason = guard.check_interval(4, net, int(last[i]), length)
-        if reason is None:
-            keep[i] = True
-        else:
-            refused[(4, net, length)] = reason
-    return networks[keep], lengths[keep]
+    if suspect.any():
+        refused.cidrs = np.unique(first[suspect] << 6 | lengths[suspect])
+    return networks[~suspect], lengths[~suspect]

@@ -231,15 +231,14 @@ class _FeedJob:
 
     def _accept(self, parsed: ParsedFeed, body: bytes, verdict: gate.Verdict, fetched: FetchResult) -> FeedOutcome:
         name = self.feed.name
-        ingested = ingest(parsed, self.guard, name)
+        ingested = ingest(parsed, self.guard, name, listed=MAX_LISTED_GUARD_REJECTIONS)
         prefixes = self._prefixes(ingested)
         listed = parsed.rejected[:MAX_LISTED_PARSE_REJECTIONS]
-        refused = ingested.rejected[:MAX_LISTED_GUARD_REJECTIONS]
-        rejected = [Rejection(value=v, source=name, reason=r) for v, r in listed] + refused
+        rejected = [Rejection(value=v, source=name, reason=r) for v, r in listed] + ingested.rejected
         sha = hashlib.sha256(body).hexdigest()
         stats = {
             **parsed.stats(),
-            "rejected_guard": len(ingested.rejected),
+            "rejected_guard": ingested.refused,
             "entries": len(prefixes),
             "bytes": len(body),
             "sha256": sha,
@@ -247,8 +246,8 @@ class _FeedJob:
         }
         if len(parsed.rejected) > len(listed):
             stats["rejected_parse_not_listed"] = len(parsed.rejected) - len(listed)
-        if len(ingested.rejected) > len(refused):
-            stats["rejected_guard_not_listed"] = len(ingested.rejected) - len(refused)
+        if ingested.refused > len(ingested.rejected):
+            stats["rejected_guard_not_listed"] = ingested.refused - len(ingested.rejected)
         new = IndicatorSet(
             source=f"feed:{name}",
             fetched_at=iso(self.now),
@@ -268,8 +267,8 @@ class _FeedJob:
         st.last_status, st.last_error, st.failures, st.stale_since = new.status, None, 0, None
         st.last_attempt_at = iso(self.now)
         save_state(self.store, name, st)
-        if ingested.rejected:
-            metrics.add_metric(name="FeedEntriesRefused", unit=MetricUnit.Count, value=len(ingested.rejected))
+        if ingested.refused:
+            metrics.add_metric(name="FeedEntriesRefused", unit=MetricUnit.Count, value=ingested.refused)
         logger.info(
             "feed accepted",
             extra={
@@ -278,7 +277,7 @@ class _FeedJob:
                 "entries": len(prefixes),
                 "lines": parsed.lines,
                 "rejected_parse": len(parsed.rejected),
-                "rejected_guard": len(ingested.rejected),
+                "rejected_guard": ingested.refused,
                 "not_modified": fetched.outcome == "not_modified",
                 "changed": changed,
             },
