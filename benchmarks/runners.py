@@ -89,7 +89,7 @@ def run_ours(src: PathLike, dst: PathLike) -> dict[str, object]:
     return {
         "lines": parsed.lines,
         "entries": parsed.entries,
-        "rejected_parse": len(parsed.rejected),
+        "rejected_parse": parsed.rejected_count,
         "rejected_guard": result.refused,
         "prefixes": {str(v): len(p) for v, p in result.prefixes.items()},
     }

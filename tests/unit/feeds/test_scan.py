@@ -11,15 +11,15 @@ from hypothesis import strategies as st
 
 from cdr_policy.feeds import parse, scan
 from cdr_policy.feeds.parse import parse_feed, parse_token
-from cdr_policy.feeds.scan import scan_ipv4
+from cdr_policy.feeds.scan import blocks, scan_block
 
 
-def _reference(data: bytes) -> tuple[list[int], list[tuple[int, int]], list[int], list[str], int]:
+def _reference(block: bytes, first_line: int) -> tuple[list[int], list[tuple[int, int]], list[int], list[str], int]:
     """What the text path sees (after ``parse_feed`` has dropped a BOM): splitlines, then per line
     ``parse_token`` for the lines of digits, dots and slashes."""
-    lines = data.decode("utf-8", errors="replace").splitlines()
+    lines = block.decode("utf-8", errors="replace").splitlines()
     addresses, networks, numbers, texts = [], [], [], []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(lines, first_line + 1):
         parsed = parse_token(line) if line and not set(line) - set("0123456789./") else "not taken"
         if isinstance(parsed, str):
             numbers.append(number)
@@ -38,18 +38,20 @@ def _uint32(data: bytes) -> list[int]:
 
 
 def _check(data: bytes) -> None:
-    scanned = scan_ipv4(data)
-    expected = _reference(data)
-    if scanned is None:  # refused: the text path must really cut the lines differently
-        cut_at_lf = data.decode("utf-8", errors="replace").split("\n")
-        cut_at_lf = [line.removesuffix("\r") for line in cut_at_lf[:-1]] + [cut_at_lf[-1]] if data else []
-        if cut_at_lf and cut_at_lf[-1] == "" and data.endswith(b"\n"):
-            cut_at_lf.pop()
-        assert data.decode("utf-8", errors="replace").splitlines() != cut_at_lf
-        return
-    networks = list(zip(_uint32(scanned.networks), scanned.lengths, strict=True))
-    got = (_uint32(scanned.addresses), networks, scanned.numbers, scanned.texts, scanned.lines)
-    assert got == expected
+    """Block by block: the scan's split is the text path's, or the block really has a line break
+    that LF does not make (and the scan refused it)."""
+    first_line = 0
+    for block in blocks(data):
+        scanned = scan_block(block, first_line)
+        expected = _reference(block, first_line)
+        first_line += expected[-1]
+        if scanned is None:
+            text = block.decode("utf-8", errors="replace")
+            assert text.splitlines() != [line.removesuffix("\r") for line in text.split("\n")[:-1]]
+            continue
+        networks = list(zip(_uint32(scanned.networks), scanned.lengths, strict=True))
+        got = (_uint32(scanned.addresses), networks, scanned.numbers, scanned.texts, scanned.lines)
+        assert got == expected
 
 
 OCTETS = [str(n) for n in range(1000)] + [f"0{n}" for n in range(100)] + ["00", "000", "0000", "1000", ""]
@@ -147,13 +149,18 @@ def test_random_bodies_match_the_text_path(lines: list[tuple[str, str]], termina
     _check(body.encode("utf-8", "surrogatepass"))
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(TOKENS, st.sampled_from(["\n", "\r\n"])), min_size=1, max_size=80))
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(TOKENS, BREAKS), min_size=1, max_size=80))
 def test_many_small_blocks_keep_numbers_and_order(lines: list[tuple[str, str]]) -> None:
+    """Blocks of a few lines, some of them with other line breaks (those take the text path):
+    the numbers run on from block to block, and the result is the text path's."""
     body = "".join(token + brk for token, brk in lines).encode("utf-8", "surrogatepass")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(scan, "_BLOCK", 16)
         _check(body)
+        fast = parse_feed(body, "plain")
+        mp.setattr(parse, "scan_block", lambda block, first_line=0: None)
+        assert fast == parse_feed(body, "plain")
 
 
 @settings(max_examples=100, deadline=None)
@@ -162,14 +169,14 @@ def test_parse_feed_is_the_same_through_the_fast_path_and_the_text_path(lines: l
     body = "".join(token + brk for token, brk in lines).encode("utf-8", "surrogatepass")
     fast = parse_feed(body, "plain")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(parse, "scan_ipv4", lambda data: None)
+        mp.setattr(parse, "scan_block", lambda block, first_line=0: None)
         text = parse_feed(body, "plain")
     assert fast == text
 
 
 def test_a_body_with_other_line_breaks_takes_the_text_path_with_its_line_numbers() -> None:
     body = b"1.2.3.4\nbad\x0bworse\n5.6.7.8\nnope\n"
-    assert scan_ipv4(body) is None
+    assert scan_block(body) is None
     parsed = parse_feed(body, "plain")
     assert list(parsed.singles[4]) == [0x01020304, 0x05060708]
     assert [name.split()[1] for name, _ in parsed.rejected] == ["2", "3", "5"]

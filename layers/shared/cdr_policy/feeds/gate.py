@@ -83,10 +83,10 @@ def check(
     truncated = _truncation(parsed)
     if truncated:
         return _stale("truncated", truncated)
-    if parsed.data_lines and len(parsed.rejected) / parsed.data_lines > thresholds.max_error_ratio:
+    if parsed.data_lines and parsed.rejected_count / parsed.data_lines > thresholds.max_error_ratio:
         return _stale(
             "error_ratio",
-            f"{len(parsed.rejected)} of {parsed.data_lines} data lines are not addresses "
+            f"{parsed.rejected_count} of {parsed.data_lines} data lines are not addresses "
             f"(over {thresholds.max_error_ratio:.0%})",
         )
     if parsed.entries == 0:

@@ -36,11 +36,10 @@ import re
 import socket
 import sys
 from array import array
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 
-from cdr_policy.feeds.scan import Scanned, scan_ipv4
+from cdr_policy.feeds.scan import Scanned, blocks, scan_block
 from cdr_policy.netprefix import BITS, MAPPED_V4_BASE
 
 FORMATS = ("auto", "plain", "abusech", "feodo-csv", "tor-exit-addresses")
@@ -61,11 +60,11 @@ R_CSV_ROW = "malformed CSV row"
 R_NUL = "NUL byte in line"
 
 FINGERPRINT_CHARS = 12  # hex digits of a rejected line's sha256 in reports
+LISTED_REJECTIONS = 1000  # rejected lines listed per body (all are counted)
 
 _BOM = b"\xef\xbb\xbf"
 _MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 _CHUNK = 512  # lines per inet_pton batch
-_BLOCK_CHARS = 1 << 20  # characters per block of lines
 _TAIL = 4096  # bytes from the end in which to look for the last line
 _TRAILER = re.compile(r"^#\s*END\s+(\d+)\s+entries\s*$", re.IGNORECASE)
 _UPDATED = re.compile(r"^#\s*Last updated:\s*(.+?)\s*#?\s*$", re.IGNORECASE)
@@ -109,8 +108,10 @@ class ParsedFeed:
     singles: dict[int, list[int] | array[int]] = field(default_factory=lambda: {4: array("I"), 6: []})
     # CIDR entries shorter than a host prefix, per family (not in line order).
     networks: dict[int, Cidrs] = field(default_factory=lambda: {4: Cidrs(array("I")), 6: Cidrs([])})
-    # (``line N sha256:…``, reason) for every data line that is not a valid address or CIDR.
+    # (``line N sha256:…``, reason) of the first ``LISTED_REJECTIONS`` data lines that are not a
+    # valid address or CIDR, and how many there are in all (a million junk lines stay a count).
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    rejected_count: int = 0
     # N of an ``# END N entries`` trailer, and whether that trailer is the last non-blank line.
     trailer: int | None = None
     trailer_is_last: bool = False
@@ -129,7 +130,7 @@ class ParsedFeed:
     @property
     def data_lines(self) -> int:
         """Lines that carried data, valid or not (what an ``# END N entries`` trailer counts)."""
-        return self.entries + len(self.rejected)
+        return self.entries + self.rejected_count
 
     def stats(self) -> dict[str, int | str]:
         out: dict[str, int | str] = {
@@ -140,7 +141,7 @@ class ParsedFeed:
             "ipv4": self.count(4),
             "ipv6": self.count(6),
             "cidr": len(self.networks[4]) + len(self.networks[6]),
-            "rejected_parse": len(self.rejected),
+            "rejected_parse": self.rejected_count,
         }
         if self.trailer is not None:
             out["trailer"] = self.trailer
@@ -162,19 +163,6 @@ def decode(data: bytes) -> str:
         return data.decode("ascii")
     except UnicodeDecodeError:
         return data.decode("utf-8", errors="replace")
-
-
-def line_blocks(text: str) -> Iterator[list[str]]:
-    """The lines of ``text`` in blocks of about ``_BLOCK_CHARS`` characters, cut after a newline.
-    CRLF, CR and LF (and the other Unicode line boundaries, which only junk contains) end a line;
-    a missing final newline loses nothing. Working block by block keeps a million-line body from
-    holding a million line strings at once."""
-    start, n = 0, len(text)
-    while start < n:
-        end = text.find("\n", start + _BLOCK_CHARS)
-        end = n if end == -1 else end + 1
-        yield text[start:end].splitlines()
-        start = end
 
 
 def detect_format(data: bytes) -> str:
@@ -314,7 +302,9 @@ def fingerprint(number: int, line: str) -> str:
 
 
 def _reject(result: ParsedFeed, number: int, line: str, reason: str) -> None:
-    result.rejected.append((fingerprint(number, line), reason))
+    result.rejected_count += 1
+    if len(result.rejected) < LISTED_REJECTIONS:
+        result.rejected.append((fingerprint(number, line), reason))
 
 
 def _note_comment(line: str, result: ParsedFeed) -> None:
@@ -342,30 +332,35 @@ def _add_token(token: str, result: ParsedFeed, number: int, line: str) -> None:
 
 
 def _parse_lines(data: bytes, result: ParsedFeed) -> None:
-    """``plain`` and ``abusech``: the lines that are one IPv4 address or CIDR are found and
-    converted in bulk (``scan.scan_ipv4``; when the body has line breaks other than LF and CRLF,
-    the bare IPv4 lines of each block of text lines go through ``inet_pton`` instead); of the
-    rest, bare IPv6 lines go through ``inet_pton`` in one batch; the lines left are looked at one
-    by one (comments, blank lines, a token with text after it), and their tokens go through the
-    bulk scan again before what is left of them (IPv6 CIDRs, junk) is parsed token by token."""
-    v4 = result.singles[4]
-    assert isinstance(v4, array)
-    scanned = scan_ipv4(data)
-    if scanned is not None:
-        _take(scanned, result)
-        rest, numbers, result.lines = scanned.texts, scanned.numbers, scanned.lines
-    else:
-        packed4: list[bytes] = []
-        rest, numbers = [], []  # ``numbers``: the 1-based line number of each line in ``rest``
-        for lines in line_blocks(decode(data)):
-            packed, other = _pton_batch(socket.AF_INET, lines)
-            packed4.append(packed)
-            rest.extend(lines[i] for i in other)
-            numbers.extend(result.lines + i + 1 for i in other)
-            result.lines += len(lines)
-        v4.frombytes(b"".join(packed4))
+    """``plain`` and ``abusech``, a block of lines at a time (``scan.blocks``): the lines that are
+    one IPv4 address or CIDR are found and converted in bulk (``scan.scan_block``; in a block with
+    line breaks other than LF and CRLF, its bare IPv4 lines go through ``inet_pton`` instead), then
+    the block's other lines (``_parse_rest``)."""
+    for block in blocks(data):
+        scanned = scan_block(block, result.lines)
+        if scanned is not None:
+            _take(scanned, result)
+            result.lines += scanned.lines
+            _parse_rest(scanned.texts, scanned.numbers, result)
+            continue
+        lines = block.decode("utf-8", errors="replace").splitlines()
+        packed, other = _pton_batch(socket.AF_INET, lines)
+        addresses = array("I", packed)
         if sys.byteorder == "little":
-            v4.byteswap()
+            addresses.byteswap()
+        result.singles[4].extend(addresses)
+        numbers = [result.lines + i + 1 for i in other]
+        result.lines += len(lines)
+        _parse_rest([lines[i] for i in other], numbers, result)
+
+
+def _parse_rest(rest: list[str], numbers: list[int], result: ParsedFeed) -> None:
+    """The lines of a block that are not one IPv4 address or CIDR (``numbers``: their 1-based
+    line numbers): bare IPv6 lines through ``inet_pton`` in one batch, then one by one (comments,
+    blank lines, a token with text after it); their tokens go through the bulk scan again (a
+    padded or commented line, ``1.2.3.0/24 ; SBL1``) before what is left of them (IPv6 CIDRs,
+    junk) is parsed token by token, rejections in line order."""
+    v4 = result.singles[4]
     packed6, other = _pton_batch(socket.AF_INET6, rest)
     rest, numbers = [rest[i] for i in other], [numbers[i] for i in other]
     size = len(packed6)
@@ -385,10 +380,8 @@ def _parse_lines(data: bytes, result: ParsedFeed) -> None:
         else:
             first, *after = s.split(None, 1)
             pending.append((number, line, None if after and after[0][0] not in "#;" else first))
-    # Padded and commented lines (``1.2.3.0/24 ; SBL1``): their IPv4 tokens in bulk again (a token
-    # holds no whitespace, so no line break); the others one by one, rejections in line order.
-    tokens = [token for _, _, token in pending if token is not None]
-    found = scan_ipv4("\n".join(tokens).encode()) if tokens else None
+    tokens = [token for _, _, token in pending if token is not None]  # no whitespace: no line break
+    found = scan_block("\n".join(tokens).encode() + b"\n") if tokens else None
     if found is not None:
         _take(found, result)
     left = set(found.numbers) if found is not None else None  # 1-based places among ``tokens``
@@ -400,15 +393,6 @@ def _parse_lines(data: bytes, result: ParsedFeed) -> None:
         place += 1
         if left is None or place in left:
             _add_token(maybe_token, result, number, line)
-
-
-def _take(scanned: Scanned, result: ParsedFeed) -> None:
-    """Add what ``scan_ipv4`` found to the result."""
-    v4, cidrs = result.singles[4], result.networks[4]
-    assert isinstance(v4, array) and isinstance(cidrs.networks, array)
-    v4.frombytes(scanned.addresses)
-    cidrs.networks.frombytes(scanned.networks)
-    cidrs.lengths += scanned.lengths
 
 
 _big_endian = functools.partial(int.from_bytes, byteorder="big")
@@ -432,6 +416,15 @@ def _pton_batch(family: int, lines: list[str]) -> tuple[bytes, list[int]]:
                 except (OSError, ValueError):
                     rest.append(index)
     return b"".join(packed), rest
+
+
+def _take(scanned: Scanned, result: ParsedFeed) -> None:
+    """Add what ``scan_ipv4`` found to the result."""
+    v4, cidrs = result.singles[4], result.networks[4]
+    assert isinstance(v4, array) and isinstance(cidrs.networks, array)
+    v4.frombytes(scanned.addresses)
+    cidrs.networks.frombytes(scanned.networks)
+    cidrs.lengths += scanned.lengths
 
 
 def _parse_feodo_csv(lines: list[str], result: ParsedFeed) -> None:

@@ -12,9 +12,10 @@ checks it against ``parse_token`` and ``str.splitlines`` on random and adversari
 
 Lines are cut at LF here; ``str.splitlines`` also cuts at a lone CR, VT, FF, FS, GS, RS, NEL, LS
 and PS. Those can only be in the lines handed back (the others are digits, dots and a slash), so a
-body whose handed-back lines hold one is refused as a whole (``None``) and takes the text path.
+block whose handed-back lines hold one is refused as a whole (``None``) and takes the text path.
 
-How, per block of half a megabyte cut after a LF (so that the temporaries stay in the cache):
+How, per block of half a megabyte cut after a LF (``blocks``: the temporaries stay in the cache,
+and a million junk lines are never held at once):
 
 1. the LFs give each line's start and length (a CR before the LF is not counted);
 2. the 3 bytes before each line's start and the 24 from it are copied into one 27-byte row per
@@ -33,6 +34,7 @@ How, per block of half a megabyte cut after a LF (so that the temporaries stay i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,34 +110,23 @@ _BIT_POSITION = np.full(1 << 16, 255, np.intp)  # the position of a mask's one b
 _BIT_POSITION[1 << np.arange(16)] = np.arange(16)
 
 
-def scan_ipv4(data: bytes) -> Scanned | None:
-    """Split ``data`` into the lines that are one IPv4 address or CIDR and the others; ``None`` when
-    the other lines hold a line break that ``str.splitlines`` honours and LF does not."""
-    blocks: list[Scanned] = []
-    lines = 0
+def blocks(data: bytes) -> Iterator[bytes]:
+    """``data`` in blocks of whole lines, each about ``_BLOCK`` bytes and ending with a LF (one is
+    added to an unterminated last line). A block ends after a LF, so a CRLF is never cut, and the
+    lines ``str.splitlines`` sees in ``data`` are those it sees in the blocks, one after another."""
     start, size = 0, len(data)
     while start < size:
         end = data.find(b"\n", start + _BLOCK)
         end = size if end == -1 else end + 1
         block = data[start:end]
-        found = _scan_block(block if block.endswith(b"\n") else block + b"\n", lines)
-        if found is None:
-            return None
-        blocks.append(found)
-        lines += found.lines
+        yield block if block.endswith(b"\n") else block + b"\n"
         start = end
-    return Scanned(
-        addresses=b"".join(b.addresses for b in blocks),
-        networks=b"".join(b.networks for b in blocks),
-        lengths=b"".join(b.lengths for b in blocks),
-        numbers=[n for b in blocks for n in b.numbers],
-        texts=[t for b in blocks for t in b.texts],
-        lines=lines,
-    )
 
 
-def _scan_block(block: bytes, first_line: int) -> Scanned | None:
-    """One block of whole lines, each ending with a LF."""
+def scan_block(block: bytes, first_line: int = 0) -> Scanned | None:
+    """Split a block of whole lines, each ending with a LF, into the lines that are one IPv4
+    address or CIDR and the others (numbered from ``first_line + 1``); ``None`` when the other
+    lines hold a line break that ``str.splitlines`` honours and LF does not."""
     buf = np.frombuffer(b"\n" * _BEFORE + block + b"\0" * _ROW, np.uint8)
     breaks = np.flatnonzero(buf == 0x0A)  # the padding's LFs first: the one before each line
     starts = breaks[_BEFORE - 1 : -1] + 1

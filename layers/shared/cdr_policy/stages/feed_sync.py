@@ -61,8 +61,6 @@ from cdr_policy.timeutil import iso
 if TYPE_CHECKING:
     from cdr_policy.feeds.abuseipdb import AbuseIPDB
 
-# Parse rejections listed per feed; the total is always in ``stats.rejected_parse``.
-MAX_LISTED_PARSE_REJECTIONS = 1000
 # Never-block refusals listed per feed (a feed of a million private addresses must not become a
 # million rejection records); the total is always in ``stats.rejected_guard``.
 MAX_LISTED_GUARD_REJECTIONS = 1000
@@ -233,7 +231,7 @@ class _FeedJob:
         name = self.feed.name
         ingested = ingest(parsed, self.guard, name, listed=MAX_LISTED_GUARD_REJECTIONS)
         prefixes = self._prefixes(ingested)
-        listed = parsed.rejected[:MAX_LISTED_PARSE_REJECTIONS]
+        listed = parsed.rejected  # the first LISTED_REJECTIONS; the total is in stats.rejected_parse
         rejected = [Rejection(value=v, source=name, reason=r) for v, r in listed] + ingested.rejected
         sha = hashlib.sha256(body).hexdigest()
         stats = {
@@ -244,8 +242,8 @@ class _FeedJob:
             "sha256": sha,
             "not_modified": fetched.outcome == "not_modified",
         }
-        if len(parsed.rejected) > len(listed):
-            stats["rejected_parse_not_listed"] = len(parsed.rejected) - len(listed)
+        if parsed.rejected_count > len(listed):
+            stats["rejected_parse_not_listed"] = parsed.rejected_count - len(listed)
         if ingested.refused > len(ingested.rejected):
             stats["rejected_guard_not_listed"] = ingested.refused - len(ingested.rejected)
         new = IndicatorSet(
@@ -276,7 +274,7 @@ class _FeedJob:
                 "status": new.status,
                 "entries": len(prefixes),
                 "lines": parsed.lines,
-                "rejected_parse": len(parsed.rejected),
+                "rejected_parse": parsed.rejected_count,
                 "rejected_guard": ingested.refused,
                 "not_modified": fetched.outcome == "not_modified",
                 "changed": changed,
