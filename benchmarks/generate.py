@@ -157,3 +157,25 @@ def generate_addresses(path: Path, count: int, seed: int) -> Path:
     r.shuffle(addresses)
     path.write_text("".join(f"{_ip4(a)}\n" for a in addresses))
     return path
+
+
+def generate_netset(path: Path, count: int, seed: int) -> Path:
+    """``count`` lines in the form of a FireHOL netset (``firehol_level*.netset``, country and
+    hosting-provider lists): a ``#`` header, then public CIDRs, mostly /24 and longer, some up to
+    /16, single addresses written bare, in random order and overlapping here and there. Nothing the
+    never-block list refuses, so that iprange (no filter) reads the same file."""
+    from cdr_policy.guards import NeverBlock
+
+    guard = NeverBlock()
+    r = random.Random(seed)
+    header = ["#", "# firehol-style netset (generated for cdr-policy benchmarks)", "#"]
+    lines = list(header)
+    while len(lines) < count:
+        length = r.choice((16, 18, 20, 22, 23, 24, 24, 24, 24, 25, 26, 27, 28, 29, 30, 32, 32, 32))
+        value = ((r.randrange(1, 224) << 24) | r.getrandbits(24)) & ~((1 << (32 - length)) - 1)
+        if guard.check_interval(4, value, value | ((1 << (32 - length)) - 1), length) is None:
+            lines.append(_ip4(value) if length == 32 else f"{_ip4(value)}/{length}")
+    body = lines[len(header) :]
+    r.shuffle(body)
+    path.write_text("\n".join(header + body) + "\n")
+    return path

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import benchmarks.__main__ as bench
-from benchmarks.generate import JUNK, POISON, generate
+from benchmarks.generate import JUNK, POISON, generate, generate_netset
 from benchmarks.runners import read_prefixes, run_collapse, run_ours
 
 
@@ -23,6 +23,17 @@ def test_generated_input_is_deterministic_and_in_the_real_formats(tmp_path: Path
     assert ":" not in ipv4_only and "010.0.0.1" not in ipv4_only.split()
     assert not set(POISON) & set(ipv4_only.split())
     assert generate(tmp_path / "c", 3_000, seed=4).full.read_bytes() != text
+
+
+def test_generated_netset_is_deterministic_public_and_mostly_cidrs(tmp_path: Path) -> None:
+    a = generate_netset(tmp_path / "a.netset", 2_000, seed=3).read_bytes()
+    assert a == generate_netset(tmp_path / "b.netset", 2_000, seed=3).read_bytes()
+    lines = a.decode().splitlines()
+    assert len(lines) == 2_000 and lines[0].startswith("#")
+    entries = [line for line in lines if not line.startswith("#")]
+    assert sum("/" in line for line in entries) > len(entries) // 2
+    ours = run_ours(tmp_path / "a.netset", tmp_path / "ours.bin")
+    assert ours["rejected_parse"] == 0 and ours["rejected_guard"] == 0 and ours["entries"] == len(entries)
 
 
 def test_ours_equals_collapse_addresses_on_the_generated_input(tmp_path: Path) -> None:
@@ -45,8 +56,10 @@ def test_benchmark_run_writes_the_table(tmp_path: Path, capsys) -> None:
     assert code == 0
     table = (tmp_path / "r" / "latest.md").read_text()
     assert "| ours (`cdr_policy.feeds`) |" in table and "ours == collapse_addresses: **yes**" in table
+    assert "| ours, netset |" in table
     if shutil.which("iprange"):
         assert "ours without the filter == iprange on the IPv4 input: **yes**" in table
+        assert "ours == iprange: **yes**" in table  # the netset
     assert (tmp_path / "r" / "latest.json").exists() and table in capsys.readouterr().out
 
 
