@@ -64,17 +64,17 @@ class Scanned:
     lines: int
 
 
-def _dot_layouts() -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
-    """Per 16-bit dot mask: the columns of its three dots (one table per dot), and whether they
-    are a valid layout."""
-    columns = np.zeros((3, 1 << _WIDTH), np.intp)
-    valid = np.zeros(1 << _WIDTH, np.bool_)
-    for a in (1, 2, 3):
-        for b in (a + 2, a + 3, a + 4):
-            for c in (b + 2, b + 3, b + 4):
-                mask = 1 << a | 1 << b | 1 << c
-                columns[:, mask] = (a, b, c)
-                valid[mask] = True
+def _dot_layouts() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
+    """Per mask of dots in the first 16 columns: the columns of its three dots (one table per dot),
+    and whether they are a valid layout."""
+    layouts = np.array(
+        [(a, b, c) for a in (1, 2, 3) for b in (a + 2, a + 3, a + 4) for c in (b + 2, b + 3, b + 4)], dtype=np.uint8
+    )
+    masks = (1 << layouts.astype(np.intp)).sum(axis=1)
+    columns = np.zeros((3, 1 << 16), np.uint8)  # the last dot is at most in column 11
+    columns[:, masks] = layouts.T
+    valid = np.zeros(1 << 16, np.bool_)
+    valid[masks] = True
     return columns, valid
 
 
@@ -82,23 +82,14 @@ def _octets() -> npt.NDArray[np.uint16]:
     """The value of the octet whose last three bytes have the low nibbles ``h``, ``t``, ``u``
     (index ``h | t << 4 | u << 8``), or ``_BAD``. A dot (0x2E) or a LF (0x0A) before the digits
     ends the octet; digits are 0x30 to 0x39."""
-    table = np.full(1 << 12, _BAD, np.uint16)
-    separators = (0x0E, 0x0A)
-    for h in range(16):
-        for t in range(16):
-            for u in range(10):
-                if t in separators:
-                    value = u
-                elif t > 9:
-                    continue
-                elif h in separators:
-                    value = 10 * t + u if t else _BAD
-                elif 0 < h <= 9:
-                    value = 100 * h + 10 * t + u
-                else:
-                    continue
-                table[h | t << 4 | u << 8] = min(value, _BAD)
-    return table
+    index = np.arange(1 << 12)
+    h, t, u = index & 0xF, index >> 4 & 0xF, index >> 8
+    t_ends, h_ends = (t == 0x0E) | (t == 0x0A), (h == 0x0E) | (h == 0x0A)
+    one = t_ends  # "u"
+    two = ~t_ends & (t <= 9) & h_ends & (t > 0)  # "tu", no leading zero
+    three = ~t_ends & (t <= 9) & ~h_ends & (h >= 1) & (h <= 9)  # "htu", no leading zero
+    value = np.select([one, two, three], [u, 10 * t + u, 100 * h + 10 * t + u], _BAD)
+    return np.where(u <= 9, np.minimum(value, _BAD), _BAD).astype(np.uint16)
 
 
 _DOT_LAYOUT, _DOT_VALID = _dot_layouts()
