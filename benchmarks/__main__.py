@@ -25,6 +25,7 @@ mismatch) exit non-zero; a mismatch always does.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import math
 import os
@@ -57,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, work: Path) -> int:
+    # Our processes import the library with its bytecode, as an installed package or the built
+    # layer has it (an environment with PYTHONDONTWRITEBYTECODE would compile it in every run).
+    compileall.compile_dir(REPO / "layers" / "shared" / "cdr_policy", quiet=1)
+    compileall.compile_dir(REPO / "benchmarks", quiet=1)
     print(f"generating {args.lines:,} lines (seed {args.seed}) in {work} ...", flush=True)
     gen = generate(work, args.lines, args.seed)
     env = python_env()
