@@ -361,8 +361,11 @@ def _parse_rest(rest: list[str], numbers: list[int], result: ParsedFeed) -> None
     padded or commented line, ``1.2.3.0/24 ; SBL1``) before what is left of them (IPv6 CIDRs,
     junk) is parsed token by token, rejections in line order."""
     v4 = result.singles[4]
-    packed6, other = _pton_batch(socket.AF_INET6, rest)
-    rest, numbers = [rest[i] for i in other], [numbers[i] for i in other]
+    colons = [i for i, line in enumerate(rest) if ":" in line]  # the only lines that can be IPv6
+    packed6, other = _pton_batch(socket.AF_INET6, [rest[i] for i in colons])
+    left6 = {colons[i] for i in other}
+    keep = [i for i, line in enumerate(rest) if ":" not in line or i in left6]
+    rest, numbers = [rest[i] for i in keep], [numbers[i] for i in keep]
     size = len(packed6)
     records = map(packed6.__getitem__, map(slice, range(0, size, 16), range(16, size + 16, 16)))
     v6 = list(map(_big_endian, records))
