@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import gzip
 import socket
+import ssl
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 import httpx
 import pytest
 import urllib3
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from cdr_policy import httpclient
 from tests.fakes.loopback import LoopbackServer
@@ -146,3 +153,47 @@ def test_read_timeout_is_a_read_timeout(server: str) -> None:
 def test_a_broken_response_is_a_remote_protocol_error(server: str, path: str) -> None:
     with httpclient.client() as client, pytest.raises(httpx.RemoteProtocolError):
         client.get(f"{server}{path}")
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An HTTPS loopback server with a self-signed certificate for ``localhost`` (only)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "cert.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem, tmp_path / "key.pem")
+    _Handler.seen, _Handler.connections = [], set()
+    with LoopbackServer(_Handler) as srv:
+        srv._httpd.socket = context.wrap_socket(srv._httpd.socket, server_side=True)
+        yield srv.base_url.replace("http://127.0.0.1", "https://localhost"), pem
+
+
+def test_tls_is_verified_against_httpx_s_trust_store(tls_server: tuple[str, Path], monkeypatch) -> None:
+    url, pem = tls_server
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(pem))  # httpx's trust store honours it, as before
+    with httpclient.client() as client:
+        assert client.get(f"{url}/list.txt").content == BODY
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|match"):
+            client.get(url.replace("localhost", "127.0.0.1") + "/list.txt")  # not the certificate's name
+    monkeypatch.delenv("SSL_CERT_FILE")  # certifi's roots: a self-signed certificate is refused
+    with httpclient.client() as client, pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        client.get(f"{url}/list.txt")
