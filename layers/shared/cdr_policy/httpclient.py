@@ -3,8 +3,8 @@
 httpx stays the client: it builds the requests, follows redirects, decodes ``Content-Encoding``,
 passes its timeouts down and raises its own exceptions. Only the transport under it changes: httpx's
 default one is httpcore, which brings h11 and anyio, while every Lambda function has urllib3 loaded
-already (botocore sends through it). Importing httpcore with its dependencies was about 0.05 s of a
-CdrFetch or FeedSync cold start (``make bench``, part d).
+already (botocore sends through it). Importing those three was a measurable share of a CdrFetch or
+FeedSync cold start (``benchmarks/README.md``, "Cold starts: only what the first call needs").
 
 The transport keeps httpx's behaviour where it shows: each urllib3 error becomes the httpx
 exception httpcore's would have become (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``,

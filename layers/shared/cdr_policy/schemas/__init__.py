@@ -4,7 +4,7 @@ both sides of each contract run against them.
 The schemas are JSON Schema 2020-12. They are checked by this module's validator of the keywords they
 use (``KEYWORDS``), not by the ``jsonschema`` package: every Lambda function checks a document on its
 first call, and importing jsonschema (with attrs, referencing, rpds and the metaschemas of every
-draft) cost each cold start more than the checks ever do (``make bench``, part d). A schema that uses
+draft) was a large share of each cold start (``benchmarks/README.md``). A schema that uses
 any other keyword is refused when it is loaded, so nothing is silently left unchecked, and the tests
 compare this validator with jsonschema on every schema and on thousands of valid and broken
 documents (``tests/unit/test_schemas.py``).
