@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -116,6 +117,74 @@ def test_distribution_bucket_holds_signed_manifests_files_history_and_status(pip
         schemas.validate(status, "agent-status.schema.json")
         assert status["applied_digest"] == manifest["digest"]
         assert status["verification"]["ok"] is True
+
+
+# What a document's value is replaced with, one place at a time (see the test below).
+EDGE_VALUES = (None, True, 0, -1, 1.5, "", "x", "0" * 64, "2026-01-10T16:45:00Z", [], {})
+
+
+def _replaced(doc, path, value):
+    if not path:
+        return value
+    copy = dict(doc) if isinstance(doc, dict) else list(doc)
+    copy[path[0]] = _replaced(doc[path[0]], path[1:], value)
+    return copy
+
+
+def _one_change_each(doc, items_per_list=1):
+    """``doc`` changed in one place, in every way: each value (in lists, of the first item)
+    replaced by each of EDGE_VALUES, each key removed, an unknown key added to each object."""
+
+    def walk(node, path):
+        yield path, node
+        children = (
+            node.items()
+            if isinstance(node, dict)
+            else enumerate(node[:items_per_list])
+            if isinstance(node, list)
+            else ()
+        )
+        for key, child in children:
+            yield from walk(child, (*path, key))
+
+    for path, node in walk(doc, ()):
+        if path:
+            for value in EDGE_VALUES:
+                yield _replaced(doc, path, value)
+        if isinstance(node, dict):
+            for key in node:
+                yield _replaced(doc, path, {k: v for k, v in node.items() if k != key})
+            yield _replaced(doc, path, {**node, "unexpected": 1})
+
+
+def test_every_stored_document_is_judged_as_jsonschema_judges_it(pipeline):
+    """The contracts' validator (``cdr_policy.schemas``) against jsonschema, the reference, on every
+    kind of document the flow stored, each also changed in one place in every way: the same
+    documents must fail, at the same places."""
+    result, _ = pipeline
+    state = _store(result, result.stack.names.state_bucket)
+    dist = _store(result, result.stack.names.dist_bucket)
+    kinds = {
+        "indicator-set.schema.json": [(state, k) for k in state.list("indicators/")],
+        "cdr-run.schema.json": [(state, layout.CDR_LAST_RUN)],
+        "manifest.schema.json": [(state, k) for k in state.list("bundles/") if k.endswith("/bundle.json")]
+        + [(dist, f"channels/{c['name']}/manifest.json") for c in CHANNELS],
+        "report.schema.json": [(state, k) for k in state.list("bundles/") if k.endswith("/report.json")],
+        "agent-status.schema.json": [(dist, k) for k in dist.list("status/")],
+    }
+    checked = failing = 0
+    for name, documents in kinds.items():
+        reference = jsonschema.Draft202012Validator(json.loads((Path(schemas.__file__).parent / name).read_text()))
+        ours_checker = schemas.Schema(reference.schema, name)
+        assert documents, name
+        for store, key in documents[:2]:
+            for doc in [json.loads(store.get(key).data), *_one_change_each(json.loads(store.get(key).data))]:
+                ours = {path for path, _ in ours_checker.errors(doc, reference.schema, ())}
+                theirs = {tuple(e.absolute_path) for e in reference.iter_errors(doc)}
+                assert ours == theirs, (name, key)
+                checked += 1
+                failing += bool(theirs)
+    assert checked > 2000 and failing > checked // 3
 
 
 def _objects(folder: Path) -> list[dict]:

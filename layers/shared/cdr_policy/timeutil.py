@@ -1,4 +1,5 @@
-"""UTC timestamps in one format everywhere: ``2026-01-10T16:45:00Z``."""
+"""UTC timestamps in one format everywhere: ``2026-01-10T16:45:00Z`` (and the Qualys CDR API's
+millisecond form, ``format_instant``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ def iso(dt: datetime) -> str:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_instant(dt: datetime) -> str:
+    """``2025-01-27T08:54:41.396Z``: UTC, millisecond precision, exactly one ``Z`` (the Qualys CDR
+    API's ``startAt``/``endAt`` format, also kept in the CdrFetch checkpoint)."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    dt = dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def parse_iso(value: str) -> datetime:

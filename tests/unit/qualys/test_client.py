@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from cdr_policy.errors import QualysError
-from cdr_policy.qualys.client import QualysDeadline, format_instant, split_windows
+from cdr_policy.qualys.client import QualysDeadline, split_windows
 from cdr_policy.qualys.retry import Retrier, RetryPolicy, server_delay
+from cdr_policy.timeutil import format_instant
 from tests.fakes.qualys import FakeQualysGateway, Fault, synthetic_findings
 
 START, END = datetime(2026, 1, 10, tzinfo=UTC), datetime(2026, 1, 11, tzinfo=UTC)

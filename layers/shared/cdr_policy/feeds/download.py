@@ -1,6 +1,7 @@
 """Feed downloads: bounded, conditional and concurrent.
 
-- httpx with separate connect/read timeouts and an overall deadline per download;
+- httpx (over urllib3: ``cdr_policy.httpclient``) with separate connect/read timeouts and an
+  overall deadline per download;
 - conditional GET (``If-None-Match`` / ``If-Modified-Since`` from the feed's stored state), sent
   only while a last good copy exists to fall back on; a ``304`` returns no body;
 - gzip: ``Content-Encoding: gzip`` is decoded by httpx, a gzip *body* (a ``.gz`` URL) here,
@@ -27,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from cdr_policy import __version__
+from cdr_policy import __version__, httpclient
 from cdr_policy.feeds.config import FeedConfig
 
 MAX_BYTES = 64 * 1024 * 1024
@@ -82,7 +83,7 @@ def make_client(
     read_timeout: float = READ_TIMEOUT_S,
     max_redirects: int = MAX_REDIRECTS,
 ) -> httpx.Client:
-    return httpx.Client(
+    return httpclient.client(
         timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
         follow_redirects=True,
         max_redirects=max_redirects,

@@ -12,18 +12,19 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
-from cdr_policy import __version__
+from cdr_policy import __version__, httpclient
 from cdr_policy.errors import QualysError
 from cdr_policy.jsonio import dumps, loads
 from cdr_policy.observability import logger
 from cdr_policy.qualys.auth import TokenManager
 from cdr_policy.qualys.credentials import Credentials
 from cdr_policy.qualys.retry import QualysDeadline, Retrier, RetryPolicy, RetryStats
+from cdr_policy.timeutil import format_instant
 
 FINDINGS_PATH = "/cdr-api/rest/v1/findings"
 MAX_LIMIT = 100
@@ -35,15 +36,7 @@ MAX_PAGES_PER_WINDOW = 1000
 MAX_PAGE_BYTES = 16 << 20
 USER_AGENT = f"cdr-policy/{__version__} (Qualys CDR policy operator) python-httpx/{httpx.__version__}"
 
-__all__ = ["FindingsPage", "QualysClient", "QualysDeadline", "format_instant", "split_windows"]
-
-
-def format_instant(dt: datetime) -> str:
-    """``2025-01-27T08:54:41.396Z``: UTC, millisecond precision, exactly one ``Z``."""
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    dt = dt.astimezone(UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+__all__ = ["FindingsPage", "QualysClient", "QualysDeadline", "split_windows"]
 
 
 def split_windows(start: datetime, end: datetime, size: timedelta = DEFAULT_WINDOW) -> list[tuple[datetime, datetime]]:
@@ -100,7 +93,7 @@ class QualysClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._owns_http = http is None
-        self._http = http or httpx.Client(follow_redirects=False)
+        self._http = http or httpclient.client(follow_redirects=False)
         self._headers = {"User-Agent": USER_AGENT, "X-Requested-With": "cdr-policy"}
         self._retrier = Retrier(
             retry_policy or RetryPolicy(max_attempts=max_attempts),

@@ -27,9 +27,8 @@ from cdr_policy.errors import StorageError
 from cdr_policy.jsonio import dumps, loads
 from cdr_policy.models import IndicatorSet
 from cdr_policy.observability import logger
-from cdr_policy.qualys.client import format_instant
 from cdr_policy.storage import NotFound, Store
-from cdr_policy.timeutil import iso, parse_iso
+from cdr_policy.timeutil import format_instant, iso, parse_iso
 
 STATE_VERSION = 1
 

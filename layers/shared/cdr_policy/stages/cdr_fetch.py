@@ -32,7 +32,7 @@ from cdr_policy.jsonio import dumps
 from cdr_policy.models import IndicatorSet, Rejection
 from cdr_policy.observability import logger, metrics
 from cdr_policy.qualys.categories import CategoryMapping
-from cdr_policy.qualys.client import DEFAULT_WINDOW, MAX_LIMIT, QualysClient, format_instant, split_windows
+from cdr_policy.qualys.client import DEFAULT_WINDOW, MAX_LIMIT, QualysClient, split_windows
 from cdr_policy.qualys.extract import CdrAccumulator
 from cdr_policy.qualys.findings import Finding, Malformed, parse_finding
 from cdr_policy.qualys.retry import QualysDeadline
@@ -48,7 +48,7 @@ from cdr_policy.qualys.state import (
 )
 from cdr_policy.storage import Store
 from cdr_policy.summaries import CdrRunSummary
-from cdr_policy.timeutil import iso, parse_iso
+from cdr_policy.timeutil import format_instant, iso, parse_iso
 
 MALFORMED_REPORT_CAP = 1000
 

@@ -59,14 +59,15 @@ def cdr_fetch(settings: Settings, *, now: datetime | None = None, deadline_s: fl
 
 def feed_sync(settings: Settings, *, now: datetime | None = None, deadline_s: float | None = None) -> dict[str, Any]:
     """FeedSync: per-feed status and entry count, the sets written, the number of refused entries."""
-    from aws_lambda_powertools.utilities import parameters
-
-    from cdr_policy.feeds.abuseipdb import AbuseIPDB
     from cdr_policy.stages.feed_sync import run_feed_sync
 
     store = _state(settings)
     reputation = None
-    if settings.abuseipdb_secret_name:
+    if settings.abuseipdb_secret_name:  # optional (template parameter AbuseIpdbSecretName)
+        from aws_lambda_powertools.utilities import parameters
+
+        from cdr_policy.feeds.abuseipdb import AbuseIPDB
+
         secret = parameters.get_secret(settings.abuseipdb_secret_name, transform="json", max_age=300)
         if not isinstance(secret, dict) or not secret.get("api_key"):
             raise ConfigError(f"secret {settings.abuseipdb_secret_name} must be JSON with an 'api_key'")
