@@ -8,7 +8,8 @@
    - **iprange**: FireHOL ``iprange`` (Debian package ``iprange``) on the IPv4 part of the same
      input (it reads IPv4 only and would resolve hostnames through DNS);
    - **collapse_addresses**: ``ipaddress.ip_network`` + the same guard + ``collapse_addresses``.
-   ``ours`` and ``iprange`` run ``--repeat`` times, interleaved (the median is reported);
+   ``ours`` and ``iprange`` run once untimed (a warm-up: files in the page cache), then
+   ``--repeat`` times, interleaved (the median is reported);
    ``collapse_addresses`` once (it takes tens of seconds at a million lines). Then ``ours`` and
    ``iprange`` again on a FireHOL-style netset of as many lines (CIDRs; ``generate_netset``).
 3. Checks that our prefixes equal ``collapse_addresses``' and that ours without the filter equal
@@ -76,13 +77,19 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     ours_runs: list[Run] = []
     ipr_runs: list[Run] = []
     count_runs: list[Run] = []
+    netset = generate_netset(work / f"netset-{args.lines}.txt", args.lines, args.seed)
+    print("warm-up (not timed): ours and iprange once on each input", flush=True)
+    for source in (gen.full, netset):
+        measure([*py, "ours", str(source), str(work / "warm-up.bin")], work / "warm-up.json", env)
+    if iprange:
+        for source in (gen.ipv4_only, netset):
+            measure([iprange, str(source)], work / "warm-up.txt")
     for i in range(args.repeat):
         print(f"round {i + 1}/{args.repeat}: ours" + (", iprange, iprange -C" if iprange else ""), flush=True)
         ours_runs.append(measure([*py, "ours", str(gen.full), str(work / "ours.bin")], work / "ours.json", env))
         if iprange:
             ipr_runs.append(measure([iprange, str(gen.ipv4_only)], work / "iprange.txt"))
             count_runs.append(measure([iprange, "-C", str(gen.ipv4_only)], work / "iprange-counts.txt"))
-    netset = generate_netset(work / f"netset-{args.lines}.txt", args.lines, args.seed)
     netset_runs: list[Run] = []
     netset_ipr_runs: list[Run] = []
     for i in range(args.repeat):
@@ -235,7 +242,8 @@ def render_markdown(r: dict) -> str:
         "",
         f"Input: generated, seed {r['seed']}, feeds' real formats ({r['ipv6_lines']:,} IPv6 lines, "
         f"{r['junk_lines']} junk lines). Machine: {r['machine']}.",
-        f"Wall time is the whole process (interpreter start-up included), median of {r['repeat']} interleaved "
+        "Wall time is the whole process (interpreter start-up included), after one untimed warm-up, "
+        f"median of {r['repeat']} interleaved "
         "runs for ours and iprange, one run for collapse_addresses. Peak memory is the process's max RSS"
         + (" (GNU time)." if r["rss_exact"] else " (os.wait4; approximate: includes the launcher's size)."),
         "",
