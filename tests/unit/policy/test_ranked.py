@@ -104,3 +104,24 @@ def test_ipv6_addresses_aggregate_and_are_cut_by_rank() -> None:
     assert result.kept == {"threat-intel": ["2a00:1450::/127", "2a00:1451::1/128"]}
     left = [ranking.table.value(r) for r in np.flatnonzero(result.left_out)]
     assert left == [f"2a00:1450::{i:x}/128" for i in range(2, 8)] + ["2a00:1452::/48"]
+
+
+def test_feed_prefixes_over_the_render_cap_are_left_out_strongest_sets_first(monkeypatch) -> None:
+    """With room for 5 feed prefixes: the c2 set (heaviest category) whole, then the first prefixes
+    of the scanner set in value order; the tor set not at all. Each is counted per feed, and the
+    channel's report adds them to what the budget left out."""
+    from cdr_policy.policy import ranked
+
+    monkeypatch.setattr(ranked, "MAX_RANKED_FEED_PREFIXES", 5)
+    sets = [
+        compact("tor", ["185.220.0.0/24", "185.220.1.0/24"], "tor"),
+        compact("scan", ["45.0.0.0/16", "46.0.0.0/16", "47.0.0.0/16", "2a0b:f4c0::/32"], "scanner"),
+        compact("c2", ["91.92.93.94/32", "91.92.93.96/32"], "c2"),
+    ]
+    ranking = rank_ips([], sets, now=NOW, guard=NeverBlock())
+    values = [ranking.table.value(row) for row in range(len(ranking.table))]
+    assert values == ["91.92.93.94/32", "91.92.93.96/32", "45.0.0.0/16", "46.0.0.0/16", "47.0.0.0/16"]
+    assert ranking.unranked == {"scan": 1, "tor": 2}
+    report = render(sets, ChannelSettings(name="staging")).report
+    assert report["left_out_unranked"] == {"scan": 1, "tor": 2}
+    assert report["left_out_total"] == 3 and report["indicators"]["ips"] == 8

@@ -34,6 +34,14 @@ from cdr_policy.netprefix import BITS, Prefix, parse_explicit, to_string
 from cdr_policy.timeutil import iso, parse_iso
 
 CDR, THREAT_INTEL = "cdr", "threat-intel"
+# How many prefixes of the compact feed sets one render ranks. A render's memory grows by about
+# 150 bytes per ranked prefix (Render on moto: 248 MiB in all at 1M, 686 MiB at 3.7M; the download
+# cap allows about 4.5M in one feed, and a channel may have several), so this keeps it inside the
+# template's 512 MB whatever the feeds hold. The sets are taken strongest evidence first (category
+# weight, then the latest), each whole while it fits; of the one that does not, its first prefixes
+# in value order (its own ranking order, agreement with other sources aside), and of the rest none.
+# What is left out is counted per feed (``Ranking.unranked``) and reported with the capacity budget.
+MAX_RANKED_FEED_PREFIXES = 2_000_000
 # A column of the tables below (its dtype is in ``_DTYPES``).
 Column = npt.NDArray[Any]
 _LOW64 = (1 << 64) - 1
@@ -147,6 +155,7 @@ class RankedTable:
 class Ranking:
     table: RankedTable
     rejected: list[Rejection]
+    unranked: dict[str, int]  # per feed: prefixes over ``MAX_RANKED_FEED_PREFIXES``, never ranked
 
 
 def rank_ips(
@@ -164,16 +173,33 @@ def rank_ips(
     _add_indicators(rows, indicators, sources)
     rejected: list[Rejection] = []
     now_s = iso(now)
-    for feed_set in sorted(feed_sets, key=lambda s: s.source):
-        fp = feed_set.prefixes
-        if fp is None or fp.expires_at <= now_s or not len(fp):
-            continue
-        name = feed_set.source.removeprefix("feed:")
-        source = sources.setdefault(name, len(sources))
-        _add_feed(rows, fp, source)
+    live = {
+        s.source.removeprefix("feed:"): s.prefixes
+        for s in feed_sets
+        if s.prefixes is not None and s.prefixes.expires_at > now_s and len(s.prefixes)
+    }
+    room = _room(live)
+    for name, fp in sorted(live.items()):
+        if room[name]:
+            _add_feed(rows, fp, sources.setdefault(name, len(sources)), room[name])
     table, pairs = _merge(rows)
     keep = _guard_mask(table, guard, rejected, pairs, list(sources))
-    return Ranking(_ranked(table, pairs, keep, list(sources), list(indicators)), rejected)
+    unranked = {name: len(fp) - room[name] for name, fp in sorted(live.items()) if room[name] < len(fp)}
+    return Ranking(_ranked(table, pairs, keep, list(sources), list(indicators)), rejected, unranked)
+
+
+def _room(live: dict[str, FeedPrefixes]) -> dict[str, int]:
+    """How many prefixes of each feed set to rank (``MAX_RANKED_FEED_PREFIXES``)."""
+    room, left = {}, MAX_RANKED_FEED_PREFIXES
+    strongest_first = sorted(live, key=lambda name: (-category_weight(live[name].category), _newest(live[name]), name))
+    for name in strongest_first:
+        room[name] = min(len(live[name]), left)
+        left -= room[name]
+    return room
+
+
+def _newest(fp: FeedPrefixes) -> float:
+    return -parse_iso(fp.last_seen).timestamp()
 
 
 def _add_indicators(rows: _Rows, indicators: Sequence[Indicator], sources: dict[str, int]) -> None:
@@ -206,7 +232,8 @@ def _add_indicators(rows: _Rows, indicators: Sequence[Indicator], sources: dict[
 _PER_ROW = ("version", "hi", "lo", "length", "cdr", "score", "weight", "last_seen", "expires", "obj")
 
 
-def _add_feed(rows: _Rows, fp: FeedPrefixes, source: int) -> None:
+def _add_feed(rows: _Rows, fp: FeedPrefixes, source: int, limit: int) -> None:
+    """The set's first ``limit`` prefixes (IPv4, then IPv6, each in value order)."""
     common = {
         "source": source,
         "cdr": False,
@@ -216,17 +243,18 @@ def _add_feed(rows: _Rows, fp: FeedPrefixes, source: int) -> None:
         "expires": int(parse_iso(fp.expires_at).timestamp()),
         "obj": -1,
     }
-    n4 = len(fp.ipv4)
+    n4 = min(len(fp.ipv4), limit)
     if n4:
-        rows.add(n4, version=4, hi=0, lo=fp.ipv4.networks, length=fp.ipv4.lengths, **common)
-    n6 = len(fp.ipv6)
+        rows.add(n4, version=4, hi=0, lo=fp.ipv4.networks[:n4], length=fp.ipv4.lengths[:n4], **common)
+    n6 = min(len(fp.ipv6), limit - n4)
     if n6:
+        networks = fp.ipv6.networks[:n6]
         rows.add(
             n6,
             version=6,
-            hi=[n >> 64 for n in fp.ipv6.networks],
-            lo=[n & _LOW64 for n in fp.ipv6.networks],
-            length=list(fp.ipv6.lengths),
+            hi=[n >> 64 for n in networks],
+            lo=[n & _LOW64 for n in networks],
+            length=list(fp.ipv6.lengths[:n6]),
             **common,
         )
 

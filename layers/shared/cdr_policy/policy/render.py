@@ -47,7 +47,7 @@ from cdr_policy.policy.domains import Resolver, handle_domains
 from cdr_policy.policy.merge import merge_indicators
 from cdr_policy.policy.output import ObjectMeta, PolicyFile
 from cdr_policy.policy.ports import parse_port, port_refusal
-from cdr_policy.policy.ranked import CDR, THREAT_INTEL, RankedTable, rank_ips
+from cdr_policy.policy.ranked import CDR, MAX_RANKED_FEED_PREFIXES, THREAT_INTEL, RankedTable, rank_ips
 from cdr_policy.rules import RULES
 from cdr_policy.timeutil import iso, parse_iso
 
@@ -128,7 +128,10 @@ def compile_policies(
     inputs = _collect(sets, channel, now=now, guards=guards, resolver=resolver)
     ranking = rank_ips(inputs.ips, inputs.feed_sets, now=now, guard=guards)
     inputs.rejected.extend(ranking.rejected)
-    inputs.report["indicators"]["ips"] = len(ranking.table) + len(ranking.rejected) + inputs.report["ips_refused"]
+    unranked = sum(ranking.unranked.values())
+    inputs.report["indicators"]["ips"] = (
+        len(ranking.table) + len(ranking.rejected) + inputs.report["ips_refused"] + unranked
+    )
     del inputs.report["ips_refused"]
     tetragon_cut = cut(ranking.table, channel.tetragon_max_prefixes)
     cilium_limit = cilium.prefix_limit(channel)
@@ -145,6 +148,12 @@ def compile_policies(
     checks = _check(files, schemas, guards)
 
     left_out, left_out_total = listed_left_out({"tetragon": tetragon_cut, "cilium": cilium_cut})
+    left_out_total += unranked  # never ranked, so never listed: counted per feed in left_out_unranked
+    if unranked:
+        logger.warning(
+            "feed prefixes over the render's cap left out before ranking",
+            extra={"cap": MAX_RANKED_FEED_PREFIXES, "left_out": ranking.unranked},
+        )
     rejected = sorted({(r.value, r.source, r.reason) for r in inputs.rejected})
     report = {
         "channel": {
@@ -160,6 +169,7 @@ def compile_policies(
         "budget": {"tetragon": tetragon_cut.report(), "cilium": cilium_cut.report()},
         "left_out": left_out,
         "left_out_total": left_out_total,
+        "left_out_unranked": ranking.unranked,
         "rejected": [{"value": v, "source": s, "reason": r} for v, s, r in rejected],
         "checks": checks,
     }
