@@ -363,6 +363,7 @@ def test_a_flood_of_refused_entries_is_counted_and_listed_only_in_part(store, no
     result = sync(store, [feed_for(server, "/l.txt", "list")], now, http)
     stats = result.outcomes["list"].stats
     assert (stats["rejected_guard"], stats["rejected_guard_not_listed"], stats["entries"]) == (1_500, 500, 1)
+    assert result.refused == result.summary().rejected == 1_500  # listed or only counted
     s = stored(store, "list")
     assert len(s.rejected) == MAX_LISTED_GUARD_REJECTIONS
     assert {r.reason for r in s.rejected} == {"inside never-block range: private range (RFC 1918)"}

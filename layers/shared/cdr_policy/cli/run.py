@@ -132,8 +132,8 @@ class LocalRun:
             else:
                 stale += 1
                 self.say(f"Kept last good copy of {name} ({feed.entries} IPs): {feed.status}: {feed.error}")
-        if result.rejected:
-            self.say(f"Refused {len(result.rejected)} feed entries (never-block list, parse errors; see report.json)")
+        if result.refused:
+            self.say(f"Refused {result.refused} feed entries (never-block list, parse errors; see report.json)")
         self.say()
         return stale
 

@@ -78,6 +78,15 @@ class FeedSyncResult:
         return sorted(out, key=lambda r: (r.source, r.value, r.reason))
 
     @property
+    def refused(self) -> int:
+        """Every entry the parsers or guards refused: those listed in ``rejected`` and those only
+        counted (``rejected_*_not_listed``)."""
+        return sum(
+            len(o.rejected) + o.stats.get("rejected_parse_not_listed", 0) + o.stats.get("rejected_guard_not_listed", 0)
+            for o in self.outcomes.values()
+        )
+
+    @property
     def outcomes(self) -> dict[str, FeedOutcome]:
         """Every feed's and reputation list's outcome, by name."""
         outcomes = {o.name: o for o in (*self.feeds.values(), *self.reputation)}
@@ -87,7 +96,7 @@ class FeedSyncResult:
         return FeedSyncSummary(
             feeds={name: FeedSummary(o.status, o.entries) for name, o in self.outcomes.items()},
             written=list(self.written),
-            rejected=len(self.rejected),
+            rejected=self.refused,
         )
 
 
