@@ -19,7 +19,7 @@ from cdr_policy.guards import NeverBlock
 from cdr_policy.models import Rejection
 from cdr_policy.netprefix import BITS, Prefixes, last_address, to_string
 from cdr_policy.netprefix.aggregate import Sorted, collapse_v4, collapse_v6, sort_addresses
-from cdr_policy.netprefix.vector import overlaps_v4
+from cdr_policy.netprefix.vector import intervals_v4, overlaps_v4
 
 # The guard's wording for a prefix that lies wholly inside one protected range: every address of
 # such a block is refused for the same reason, so the filter need not look at them one by one.
@@ -174,8 +174,7 @@ def _filter_networks_v4(
     is asked only when it is listed; a property test holds the screen to the guard)."""
     if not len(networks):
         return networks, lengths
-    first = networks.astype(np.int64)
-    last = first + (np.int64(1) << (32 - lengths.astype(np.int64))) - 1
+    first, last = intervals_v4(networks, lengths)
     protected = np.array(guard.protected_ranges(4), dtype=np.int64).reshape(-1, 2)
     suspect = (lengths < guard.min_prefix_length(4)) | overlaps_v4(first, last, protected[:, 0], protected[:, 1])
     if suspect.any():

@@ -58,8 +58,7 @@ def collapse_v4(
         # Sorted by network (one sort of a packed key), then merged into the sorted addresses, so
         # that the intervals reach ``collapse_v4`` in order and are not sorted again there.
         keys = np.sort(networks.astype(np.int64) << 6 | lengths)
-        net_first = keys >> 6
-        net_last = net_first + (np.int64(1) << (32 - (keys & 63))) - 1
+        net_first, net_last = vector.intervals_v4(keys >> 6, keys & 63)
         at = np.searchsorted(first, net_first) + np.arange(len(keys))  # their places in the merged list
         is_network = np.zeros(len(first) + len(keys), dtype=bool)
         is_network[at] = True

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -81,7 +82,8 @@ class Packed:
     sha256: str
 
 
-def intervals_v4(networks: U32, lengths: U8) -> tuple[I64, I64]:
+def intervals_v4(networks: npt.NDArray[np.integer[Any]], lengths: npt.NDArray[np.integer[Any]]) -> tuple[I64, I64]:
+    """``[first, last]`` of IPv4 prefixes (networks and lengths of any integer dtype)."""
     first = networks.astype(np.int64)
     return first, first + (np.int64(1) << (32 - lengths.astype(np.int64))) - 1
 

@@ -31,6 +31,7 @@ import numpy.typing as npt
 from cdr_policy.evidence import category_weight
 from cdr_policy.models import FeedPrefixes, Indicator, IndicatorSet, Rejection
 from cdr_policy.netprefix import BITS, Prefix, parse_explicit, to_string
+from cdr_policy.netprefix.vector import intervals_v4
 from cdr_policy.timeutil import iso, parse_iso
 
 CDR, THREAT_INTEL = "cdr", "threat-intel"
@@ -132,8 +133,7 @@ class RankedTable:
     def intervals_v4(self, rows: Column) -> tuple[Column, Column]:
         """``[first, last]`` of the IPv4 rows selected by the mask."""
         mask = rows & (self.version == 4)
-        first = self.lo[mask].astype(np.int64)
-        return first, first + (np.int64(1) << (32 - self.length[mask].astype(np.int64))) - 1
+        return intervals_v4(self.lo[mask], self.length[mask])
 
     def prefixes_v6(self, rows: Column) -> list[tuple[int, int]]:
         """``(network, length)`` of the IPv6 rows selected by the mask (Python integers)."""
@@ -401,8 +401,7 @@ def _guard_mask(merged: _Merged, guard: Guard, rejected: list[Rejection], pairs:
 def _bounds(merged: _Merged, picked: Column, version: int) -> tuple[np.ndarray, np.ndarray]:
     """First and last addresses of the picked rows (object arrays of Python integers for IPv6)."""
     if version == 4:
-        first = merged.lo[picked].astype(np.int64)
-        return first, first + (np.int64(1) << (32 - merged.length[picked].astype(np.int64))) - 1
+        return intervals_v4(merged.lo[picked], merged.length[picked])
     bits = BITS[6]
     firsts = [int(merged.hi[i]) << 64 | int(merged.lo[i]) for i in picked.tolist()]
     lasts = [f | ((1 << (bits - int(merged.length[i]))) - 1) for f, i in zip(firsts, picked.tolist(), strict=True)]
