@@ -19,7 +19,7 @@ from cdr_policy.guards import NeverBlock
 from cdr_policy.models import Rejection
 from cdr_policy.netprefix import BITS, Prefixes, last_address, to_string
 from cdr_policy.netprefix.aggregate import Sorted, collapse_v4, collapse_v6, sort_addresses
-from cdr_policy.netprefix.vector import intervals_v4, overlaps_v4
+from cdr_policy.netprefix.vector import intervals_v4, overlaps
 
 # The guard's wording for a prefix that lies wholly inside one protected range: every address of
 # such a block is refused for the same reason, so the filter need not look at them one by one.
@@ -175,8 +175,7 @@ def _filter_networks_v4(
     if not len(networks):
         return networks, lengths
     first, last = intervals_v4(networks, lengths)
-    protected = np.array(guard.protected_ranges(4), dtype=np.int64).reshape(-1, 2)
-    suspect = (lengths < guard.min_prefix_length(4)) | overlaps_v4(first, last, protected[:, 0], protected[:, 1])
+    suspect = (lengths < guard.min_prefix_length(4)) | overlaps(first, last, guard.protected_ranges(4))
     if suspect.any():
         refused.cidrs = np.unique(first[suspect] << 6 | lengths[suspect])
     return networks[~suspect], lengths[~suspect]

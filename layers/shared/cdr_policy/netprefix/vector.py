@@ -10,7 +10,8 @@ integers (``cdr_policy.feeds.aggregate.collapse``): feeds list few of them.
   ``unpack`` refuses anything but a sorted, non-overlapping list of canonical prefixes.
 - ``collapse_v4``: the minimal prefix list covering a union of intervals (``ipaddress.collapse_addresses``'
   result), and ``collapsed_size_v4`` its length without building it.
-- ``covered_v4``: which prefixes lie inside a union of intervals; ``overlaps_v4``: which touch it.
+- ``covered_v4``: which prefixes lie inside a union of intervals; ``overlaps``: which share an
+  address with one of a few ranges (the never-block screens).
 """
 
 from __future__ import annotations
@@ -266,11 +267,16 @@ def covered_v4(first: I64, last: I64, by_first: I64, by_last: I64) -> npt.NDArra
     return inside & (union_last[safe] >= last) if len(union_first) else np.zeros(len(first), dtype=bool)
 
 
-def overlaps_v4(first: I64, last: I64, by_first: I64, by_last: I64) -> npt.NDArray[np.bool_]:
-    """For each interval ``[first, last]``: does it share an address with the union of
-    ``[by_first, by_last]``?"""
-    union_first, union_last = merge_intervals(by_first, by_last)
-    if not len(union_first):
+def overlaps(first: npt.NDArray[Any], last: npt.NDArray[Any], ranges: list[tuple[int, int]]) -> npt.NDArray[np.bool_]:
+    """For each interval ``[first, last]`` (``int64`` arrays, or object arrays of Python integers
+    for IPv6): does it share an address with one of ``ranges``? The last range starting at or
+    before ``last`` decides, with the running maximum of the ends (so an earlier, wider range
+    counts)."""
+    if not ranges:
         return np.zeros(len(first), dtype=bool)
-    i = np.searchsorted(union_first, last, side="right") - 1  # the last union interval starting at or before
-    return (i >= 0) & (union_last[np.maximum(i, 0)] >= first)
+    ordered = sorted(ranges)
+    starts = np.array([a for a, _ in ordered], dtype=first.dtype)
+    reach = np.maximum.accumulate(np.array([b for _, b in ordered], dtype=first.dtype))
+    i = np.searchsorted(starts, last, side="right") - 1
+    hit: npt.NDArray[np.bool_] = ((i >= 0) & (reach[np.maximum(i, 0)] >= first)).astype(bool)
+    return hit

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from cdr_policy.evidence import category_weight
 from cdr_policy.models import FeedPrefixes, Indicator, IndicatorSet, Rejection
 from cdr_policy.netprefix import BITS, Prefix, parse_explicit, to_string
-from cdr_policy.netprefix.vector import intervals_v4
+from cdr_policy.netprefix.vector import intervals_v4, overlaps
 from cdr_policy.timeutil import iso, parse_iso
 
 CDR, THREAT_INTEL = "cdr", "threat-intel"
@@ -366,19 +366,8 @@ def _guard_mask(merged: _Merged, guard: Guard, rejected: list[Rejection], pairs:
         if not fam.any():
             continue
         suspects |= fam & (merged.length < guard.min_prefix_length(version))
-        ranges = sorted(guard.protected_ranges(version))
-        if not ranges:
-            continue
-        dtype = np.int64 if version == 4 else object  # IPv6 addresses do not fit 64 bits
-        starts = np.array([a for a, _ in ranges], dtype=dtype)
-        ends = np.maximum.accumulate(np.array([b for _, b in ranges], dtype=dtype))
         picked = np.flatnonzero(fam)
-        firsts, lasts = _bounds(merged, picked, version)
-        # Some range overlaps [first, last] when the last range starting at or before ``last``
-        # reaches ``first`` (``ends`` is the running maximum, so earlier wide ranges count).
-        i = np.searchsorted(starts, lasts, side="right") - 1
-        hit = (i >= 0) & (ends[np.maximum(i, 0)] >= firsts)
-        suspects[picked[hit.astype(bool)]] = True
+        suspects[picked[overlaps(*_bounds(merged, picked, version), guard.protected_ranges(version))]] = True
     if not suspects.any():
         return keep
     sources_by_row: dict[int, list[str]] = {}
