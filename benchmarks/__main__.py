@@ -320,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         "the real one)",
     )
     args = ap.parse_args(argv)
-    if args.lines < 100 or args.repeat < 1 or (args.addresses and args.addresses < 1000):
-        ap.error("--lines must be at least 100, --repeat at least 1 and --addresses 0 or at least 1000")
+    # Below 1,000 lines the generated junk (an HTML doctype among it) falls in the first 4 KiB, where
+    # a feed is sniffed for an HTML error page: the whole input would rightly be refused as one.
+    if args.lines < 1000 or args.repeat < 1 or (args.addresses and args.addresses < 1000):
+        ap.error("--lines must be at least 1000, --repeat at least 1 and --addresses 0 or at least 1000")
     if args.fleet < 0 or args.fleet_interval <= 0 or args.fleet_update_interval <= 0:
         ap.error("--fleet must be 0 or more, the fleet intervals above 0")
     return run(args)

@@ -7,7 +7,9 @@
   Its summary lists the modules the invocations imported (``first_call_modules``).
 - ``import NAME [MODULES.json]``: the cold import of a handler module and of the modules its
   invocations imported (the ``handler`` step's list), or ``bare``: a handler with Powertools'
-  Logger, Tracer and Metrics and nothing else. The import is timed inside the process.
+  Logger, Tracer and Metrics and nothing else, or ``floor MODULES.json``: the bare handler and then
+  the modules of the list (a handler's dependencies without the library's own code). The import is
+  timed inside the process.
 - ``agent CHANNEL``: the sync agent polls once (and applies the bundle), polls again (its first
   unchanged poll, which still reports something new), then once more with nothing changed: that
   steady-state poll's HTTP requests and response body bytes are counted with botocore's event hooks
@@ -49,6 +51,7 @@ SCHEDULED = ("cdr_fetch", "feed_sync")
 def run_handler(name: str) -> dict[str, Any]:
     from tests.fakes.lambda_runtime import LambdaContext, drain_queue, load_handler
 
+    before = set(sys.modules)
     started = time.perf_counter()
     handler = load_handler(name)
     imported = time.perf_counter() - started
@@ -72,37 +75,36 @@ def run_handler(name: str) -> dict[str, Any]:
         "import_s": imported,
         "handler_s": time.perf_counter() - started - imported,
         "result": result,
+        "handler_modules": [m for m in sys.modules if m not in before],
         # in import order: what the invocations imported (part d imports them after the handler)
         "first_call_modules": [m for m in sys.modules if m not in loaded],
     }
 
 
-def run_import(name: str, first_call: str | None = None) -> dict[str, Any]:
-    """``bare``, or handler ``name`` plus the modules its first invocation imported (``first_call``:
-    a JSON list, from ``run_handler``) in that order. Run it with the layer as Lambda sees it (the
-    only path besides the standard library): a module recorded in the development virtualenv that
-    the layer does not hold (botocore's optional awscrt, httpx's CLI) fails to import there as it
-    would in Lambda, and is listed in ``not_in_layer``."""
-    if name == "bare":
+def run_import(name: str, modules_file: str | None = None) -> dict[str, Any]:
+    """``bare``; ``floor``: the bare handler, then the modules of ``modules_file`` (a JSON list); or
+    handler ``name`` plus the modules its first invocation imported (``modules_file``, from
+    ``run_handler``) in that order. Run it with the layer as Lambda sees it (the only path besides
+    the standard library): a module recorded in the development virtualenv that the layer does not
+    hold (botocore's optional awscrt, httpx's CLI) fails to import there as it would in Lambda, and
+    is listed in ``not_in_layer``."""
+    modules = json.loads(Path(modules_file).read_text()) if modules_file else []
+    if name in ("bare", "floor"):
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "bare_handler.py"
             path.write_text(BARE_HANDLER)
             sys.path.insert(0, folder)
             started = time.perf_counter()
             __import__("bare_handler")
-            return {"import_s": time.perf_counter() - started, "numpy": "numpy" in sys.modules}
-    from tests.fakes.lambda_runtime import load_handler
+            failed = _import_all(modules)
+            elapsed = time.perf_counter() - started
+    else:
+        from tests.fakes.lambda_runtime import load_handler
 
-    modules = json.loads(Path(first_call).read_text()) if first_call else []
-    failed = []
-    started = time.perf_counter()
-    load_handler(name)
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError:
-            failed.append(module)
-    elapsed = time.perf_counter() - started
+        started = time.perf_counter()
+        load_handler(name)
+        failed = _import_all(modules)
+        elapsed = time.perf_counter() - started
     return {
         "import_s": elapsed,
         "numpy": "numpy" in sys.modules,
@@ -110,6 +112,17 @@ def run_import(name: str, first_call: str | None = None) -> dict[str, Any]:
         # an extension module's submodules are listed before it, and are there once it is imported
         "not_in_layer": [m for m in failed if m not in sys.modules],
     }
+
+
+def _import_all(modules: list[str]) -> list[str]:
+    """Import ``modules`` in order; the names that are not there."""
+    failed = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:
+            failed.append(module)
+    return failed
 
 
 def run_agent(channel: str) -> dict[str, Any]:

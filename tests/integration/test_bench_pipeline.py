@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_the_whole_path_parts_run_and_report_their_targets(tmp_path: Path, capsys) -> None:
-    args = ["--lines", "500", "--repeat", "1", "--addresses", "2000", "--fleet", "0"]  # (f): test_fleet_simulation
+    args = ["--lines", "1000", "--repeat", "1", "--addresses", "2000", "--fleet", "0"]  # (f): test_fleet_simulation
     code = bench.main([*args, "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -33,11 +33,19 @@ def test_the_whole_path_parts_run_and_report_their_targets(tmp_path: Path, capsy
     assert (agent["poll_requests"], agent["poll_body_bytes"], agent["requests"]) == (1, 0, 1)
     # (d) ran in the built layer, with and without its bytecode, and replayed every module (c) recorded
     assert set(result["imports"]) == {"bytecode", "source_only"}
+    handlers = ("cdr_fetch", "feed_sync", "render", "publish")
     for imports in result["imports"].values():
-        assert set(imports) == {"bare", "cdr_fetch", "feed_sync", "render", "publish"}
+        assert set(imports) == {"bare", *handlers, *(f"floor-{name}" for name in handlers)}
         assert not imports["cdr_fetch"]["numpy"] and not imports["publish"]["numpy"] and imports["render"]["numpy"]
+        assert imports["floor-render"]["numpy"] and not imports["floor-publish"]["numpy"]
         assert all(not i["not_in_layer"] for i in imports.values())
+    # each floor is the handler's dependencies: what it and its first call imported, less the library
+    for name in handlers:
+        floor = json.loads((tmp_path / "w" / "pipeline" / f"floor-{name}.json").read_text())
+        assert {"aws_lambda_powertools", "boto3", "yaml"} <= set(floor)
+        assert not any(m.startswith("cdr_policy") for m in floor)
     table = (tmp_path / "r" / "latest.md").read_text()
     for part in ("(b)", "(c)", "(d)", "(e)"):
         assert f"| {part} |" in table
+    assert table.count("its dependencies alone") == 4
     assert "<= 2x" in table and "< 512 MiB" in table and "<= 1.5x" in table and "1 / 0" in table
