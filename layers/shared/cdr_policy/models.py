@@ -123,15 +123,21 @@ class FeedPrefixes:
     feed (``source``, also the only ref), its ``category``, when they were last downloaded
     (``last_seen``, which is also every entry's ``first_seen``: a feed's own history is not ours
     to keep) and when they expire. Stored packed and checked as a whole
-    (``cdr_policy.feeds.persist``), never entry by entry."""
+    (``cdr_policy.feeds.persist``), never entry by entry.
+
+    ``held_back`` counts the prefixes a render let go of as it loaded the set, past what its
+    ranking can take (``policy.ranked.hold_to_room``): they are not in ``ipv4``/``ipv6`` (the
+    first prefixes are kept, in value order), and such a set is never stored again."""
 
     category: str
     last_seen: str
     expires_at: str
     ipv4: V4
     ipv6: V6
+    held_back: int = 0
 
     def __len__(self) -> int:
+        """The prefixes held (``held_back`` not among them)."""
         return len(self.ipv4) + len(self.ipv6)
 
 
@@ -153,8 +159,9 @@ class IndicatorSet:
 
     @property
     def size(self) -> int:
-        """Entries in force, in either form."""
-        return len(self.entries) + (len(self.prefixes) if self.prefixes is not None else 0)
+        """Entries in force, in either form (a compact set's held-back prefixes among them)."""
+        fp = self.prefixes
+        return len(self.entries) + (len(fp) + fp.held_back if fp is not None else 0)
 
     def to_dict(self) -> dict[str, Any]:
         """The per-entry JSON form (a set with ``prefixes`` is written by ``feeds.persist.dump_set``)."""

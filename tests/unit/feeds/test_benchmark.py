@@ -68,7 +68,7 @@ def test_missing_iprange_says_how_to_install_it(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(bench.shutil, "which", lambda name: None if name == "iprange" else real_which(name))
     code = bench.main(
         [
-            *("--lines", "500", "--repeat", "1", "--addresses", "0", "--fleet", "0"),
+            *("--lines", "1000", "--repeat", "1", "--addresses", "0", "--fleet", "0"),
             *("--workdir", str(tmp_path / "w"), "--results", str(tmp_path)),
         ]
     )
@@ -79,7 +79,7 @@ def test_missing_iprange_says_how_to_install_it(tmp_path: Path, monkeypatch: pyt
         bench.main(
             [
                 "--lines",
-                "500",
+                "1000",
                 "--repeat",
                 "1",
                 "--strict",

@@ -153,3 +153,10 @@ def test_a_count_beyond_any_feed_download_is_refused_before_inflating() -> None:
     doc["prefixes"]["ipv4"] = MAX_FEED_PREFIXES
     with pytest.raises(CdrPolicyError, match="more than"):
         parse_set(json.dumps(doc).encode(), "test")
+
+
+def test_a_set_a_render_held_back_prefixes_of_is_never_stored() -> None:
+    held = compact_set()
+    held.prefixes.held_back = 1
+    with pytest.raises(ValueError, match="held back"):
+        dump_set(held)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
+import numpy as np
+
 from cdr_policy.guards import NeverBlock
-from cdr_policy.models import Behaviour, Indicator, IndicatorSet
+from cdr_policy.models import Behaviour, FeedPrefixes, Indicator, IndicatorSet
+from cdr_policy.netprefix.vector import V4, V6
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.policy.render import RenderResult, compile_policies
@@ -93,3 +97,19 @@ def by_file(result: RenderResult) -> dict[str, dict]:
 def file_bytes(result) -> dict[str, bytes]:
     """``{file name: bytes}`` of a ``RenderResult``: what the determinism tests compare."""
     return {f.filename: f.to_bytes() for f in result.files}
+
+
+def compact(name: str, values: list[str], category: str = "attacker", expires_at: str = EXPIRES) -> IndicatorSet:
+    nets = [ipaddress.ip_network(v) for v in values]
+    v4 = sorted(n for n in nets if n.version == 4)
+    v6 = sorted(n for n in nets if n.version == 6)
+    prefixes = FeedPrefixes(
+        category=category,
+        last_seen=LAST_SEEN,
+        expires_at=expires_at,
+        ipv4=V4(
+            np.array([int(n.network_address) for n in v4], np.uint32), np.array([n.prefixlen for n in v4], np.uint8)
+        ),
+        ipv6=V6([int(n.network_address) for n in v6], bytes(n.prefixlen for n in v6)),
+    )
+    return IndicatorSet(source=f"feed:{name}", fetched_at=LAST_SEEN, status="ok", prefixes=prefixes)

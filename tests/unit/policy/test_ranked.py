@@ -3,34 +3,18 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cdr_policy.guards import NeverBlock, parse_protected
-from cdr_policy.models import FeedPrefixes, IndicatorSet
-from cdr_policy.netprefix.vector import V4, V6
+from cdr_policy.models import IndicatorSet
 from cdr_policy.policy.capacity import cut
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.ranked import rank_ips
 
-from .factories import EXPIRES, LAST_SEEN, NOW, by_file, cdr_set, indicator, render
-
-
-def compact(name: str, values: list[str], category: str = "attacker", expires_at: str = EXPIRES) -> IndicatorSet:
-    nets = [ipaddress.ip_network(v) for v in values]
-    v4 = sorted(n for n in nets if n.version == 4)
-    v6 = sorted(n for n in nets if n.version == 6)
-    prefixes = FeedPrefixes(
-        category=category,
-        last_seen=LAST_SEEN,
-        expires_at=expires_at,
-        ipv4=V4(
-            np.array([int(n.network_address) for n in v4], np.uint32), np.array([n.prefixlen for n in v4], np.uint8)
-        ),
-        ipv6=V6([int(n.network_address) for n in v6], bytes(n.prefixlen for n in v6)),
-    )
-    return IndicatorSet(source=f"feed:{name}", fetched_at=LAST_SEEN, status="ok", prefixes=prefixes)
+from .factories import EXPIRES, NOW, by_file, cdr_set, compact, indicator, render
 
 
 def ranked_values(sets: list[IndicatorSet], indicators=(), guard=None) -> list[str]:
@@ -125,3 +109,77 @@ def test_feed_prefixes_over_the_render_cap_are_left_out_strongest_sets_first(mon
     report = render(sets, ChannelSettings(name="staging")).report
     assert report["left_out_unranked"] == {"scan": 1, "tor": 2}
     assert report["left_out_total"] == 3 and report["indicators"]["ips"] == 8
+
+
+def test_a_set_past_the_cap_is_held_back_as_it_loads_and_counted_as_unranked(monkeypatch) -> None:
+    """hold_to_room after each load keeps the held feed prefixes at the cap: the weaker set keeps
+    its first prefixes in value order, a disabled or expired set none, and every set keeps its size."""
+    from cdr_policy.policy import ranked
+
+    monkeypatch.setattr(ranked, "MAX_RANKED_FEED_PREFIXES", 3)
+    tor = compact("tor", ["185.220.0.0/24", "185.220.1.0/24", "2a0b:f4c0::/32"], "tor")
+    c2 = compact("c2", ["91.92.93.94/32", "91.92.93.96/32"], "c2")
+    old = compact("old", ["45.0.0.0/16"], expires_at="2026-01-10T16:00:00Z")
+    off = compact("off", ["46.0.0.0/16"])
+    off.status = "disabled"
+    loaded: list[IndicatorSet] = []
+    for s in (tor, c2, old, off):
+        loaded.append(s)
+        ranked.hold_to_room(loaded, now=NOW)
+    held = [(len(s.prefixes), s.prefixes.held_back, s.size) for s in loaded]
+    assert held == [(1, 2, 3), (2, 0, 2), (0, 1, 1), (0, 1, 1)]
+    assert tor.prefixes.ipv4.strings() == ["185.220.0.0/24"] and not len(tor.prefixes.ipv6)
+    ranking = rank_ips([], [tor, c2, old], now=NOW, guard=NeverBlock())
+    assert [ranking.table.value(row) for row in range(len(ranking.table))] == [
+        "91.92.93.94/32",
+        "91.92.93.96/32",
+        "185.220.0.0/24",
+    ]
+    assert ranking.unranked == {"tor": 2}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["c2", "tor", "scanner", "attacker"]),
+            st.lists(st.integers(0, 40), max_size=12, unique=True),  # addresses, shared among the sets
+            st.sampled_from(["2026-01-10T12:00:00Z", "2026-01-10T13:00:00Z"]),
+            st.sampled_from([EXPIRES, "2026-01-10T16:00:00Z"]),  # in force, or expired at NOW
+            st.booleans(),  # disabled
+        ),
+        max_size=6,
+    ),
+    st.integers(0, 20),
+    st.randoms(use_true_random=False),
+)
+def test_holding_back_while_loading_ranks_what_the_whole_sets_rank(specs, cap, rnd) -> None:
+    """Whatever the order the sets load in, holding back after each load leaves at most ``cap``
+    feed prefixes held, and the ranking and its unranked counts are those of the whole sets."""
+    from cdr_policy.policy import ranked
+
+    def build() -> list[IndicatorSet]:
+        out = []
+        for i, (category, addresses, last_seen, expires_at, disabled) in enumerate(specs):
+            s = compact(f"f{i}", [f"203.0.{a}.1/32" if a % 3 else f"2a0b:f4c0:{a:x}::/48" for a in addresses])
+            s.prefixes.category, s.prefixes.last_seen, s.prefixes.expires_at = category, last_seen, expires_at
+            s.status = "disabled" if disabled else "ok"
+            out.append(s)
+        return out
+
+    def ranked_of(sets: list[IndicatorSet]) -> tuple[list[str], dict[str, int]]:
+        ranking = rank_ips([], [s for s in sets if s.status != "disabled"], now=NOW, guard=NeverBlock())
+        return [ranking.table.value(row) for row in range(len(ranking.table))], ranking.unranked
+
+    whole = build()
+    order = build()
+    rnd.shuffle(order)
+    loaded: list[IndicatorSet] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ranked, "MAX_RANKED_FEED_PREFIXES", cap)
+        for s in order:
+            loaded.append(s)
+            ranked.hold_to_room(loaded, now=NOW)
+            assert sum(len(x.prefixes) for x in loaded) <= cap
+        assert [s.size for s in sorted(loaded, key=lambda s: s.source)] == [s.size for s in whole]
+        assert ranked_of(loaded) == ranked_of(whole)

@@ -12,7 +12,7 @@ from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.stages.render import run_render
 from cdr_policy.storage import LocalStore
-from tests.unit.policy.factories import NOW, behaviour, cdr_set, indicator
+from tests.unit.policy.factories import NOW, behaviour, cdr_set, compact, indicator
 
 CHANNELS = [ChannelSettings(name="staging"), ChannelSettings(name="prod", action="Sigkill")]
 
@@ -74,3 +74,23 @@ def test_a_broken_indicator_set_stops_the_render_before_any_write(state):
     with pytest.raises(CdrPolicyError, match="indicators/feeds/tor-exit.json is not JSON"):
         render(state)
     assert state.puts == []
+
+
+def test_feed_sets_past_the_ranking_cap_are_held_back_as_they_load(state, monkeypatch) -> None:
+    """With room for 3 feed prefixes, the c2 set ranks whole and the tor set by its first prefix; the
+    report counts the rest per feed, with every set's full size, and the stored sets are untouched."""
+    from cdr_policy.feeds.persist import dump_set
+    from cdr_policy.policy import ranked
+
+    monkeypatch.setattr(ranked, "MAX_RANKED_FEED_PREFIXES", 3)
+    sets = [
+        compact("tor", ["185.220.0.0/24", "185.220.1.0/24", "2a0b:f4c0::/32"], "tor"),
+        compact("c2", ["91.92.93.94/32", "91.92.93.96/32"], "c2"),
+    ]
+    stored = {layout.feed_set_key(s.source.removeprefix("feed:")): dump_set(s) for s in sets}
+    for key, data in stored.items():
+        state.put(key, data)
+    report = render(state)[0].report
+    assert report["left_out_unranked"] == {"tor": 2}
+    assert {name: feed["entries"] for name, feed in report["feeds"].items()} == {"c2": 2, "tor": 3}
+    assert all(state.get(key).data == data for key, data in stored.items())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -119,6 +120,8 @@ def dump_set(s: IndicatorSet) -> bytes:
     if s.prefixes is None:
         return jsonio.dumps(s.to_dict())
     fp = s.prefixes
+    if fp.held_back:
+        raise ValueError(f"{s.source}: a set a render held back prefixes of is not stored")
     packed = vector.pack(fp.ipv4, fp.ipv6)
     doc = IndicatorSet(s.source, s.fetched_at, s.status, [], s.behaviours, s.rejected, s.stats, s.error).to_dict()
     doc["prefixes"] = {
@@ -159,15 +162,17 @@ def parse_set(raw: bytes, where: str) -> IndicatorSet:
     return s
 
 
-def load_indicator_sets(store: Store) -> list[IndicatorSet]:
+def load_indicator_sets(store: Store, after_each: Callable[[list[IndicatorSet]], None]) -> list[IndicatorSet]:
     """Every current indicator set under ``indicators/``, in key order, each checked (``parse_set``).
     A broken set stops the render (the channels keep their last good bundle) rather than silently
-    shrinking the blocklists."""
-    return [
-        parse_set(store.get(key).data, f"{store.describe()}/{key}")
-        for key in store.list(layout.INDICATORS)
-        if key.endswith(".json")
-    ]
+    shrinking the blocklists. ``after_each`` is called with the sets loaded so far after each one
+    (Render lets go there of what it cannot rank, so that a set is held whole only while it loads)."""
+    sets: list[IndicatorSet] = []
+    for key in store.list(layout.INDICATORS):
+        if key.endswith(".json"):
+            sets.append(parse_set(store.get(key).data, f"{store.describe()}/{key}"))
+            after_each(sets)
+    return sets
 
 
 def render_fingerprint(s: IndicatorSet) -> bytes:

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from cdr_policy.evidence import category_weight
 from cdr_policy.models import FeedPrefixes, Indicator, IndicatorSet, Rejection
 from cdr_policy.netprefix import BITS, Prefix, parse_explicit, to_string
-from cdr_policy.netprefix.vector import intervals_v4, overlaps
+from cdr_policy.netprefix.vector import V4, V6, intervals_v4, overlaps
 from cdr_policy.timeutil import iso, parse_iso
 
 CDR, THREAT_INTEL = "cdr", "threat-intel"
@@ -42,6 +42,7 @@ CDR, THREAT_INTEL = "cdr", "threat-intel"
 # weight, then the latest), each whole while it fits; of the one that does not, its first prefixes
 # in value order (its own ranking order, agreement with other sources aside), and of the rest none.
 # What is left out is counted per feed (``Ranking.unranked``) and reported with the capacity budget.
+# Render lets go of it as the sets load (``hold_to_room``), so it never holds many sets whole.
 MAX_RANKED_FEED_PREFIXES = 2_000_000
 # A column of the tables below (its dtype is in ``_DTYPES``).
 Column = npt.NDArray[Any]
@@ -172,20 +173,54 @@ def rank_ips(
     sources: dict[str, int] = {}
     _add_indicators(rows, indicators, sources)
     rejected: list[Rejection] = []
-    now_s = iso(now)
-    live = {
-        s.source.removeprefix("feed:"): s.prefixes
-        for s in feed_sets
-        if s.prefixes is not None and s.prefixes.expires_at > now_s and len(s.prefixes)
-    }
+    live = _live(feed_sets, now)
     room = _room(live)
     for name, fp in sorted(live.items()):
         if room[name]:
             _add_feed(rows, fp, sources.setdefault(name, len(sources)), room[name])
     table, pairs = _merge(rows)
     keep = _guard_mask(table, guard, rejected, pairs, list(sources))
-    unranked = {name: len(fp) - room[name] for name, fp in sorted(live.items()) if room[name] < len(fp)}
+    unranked = {name: n for name, fp in sorted(live.items()) if (n := fp.held_back + len(fp) - room[name])}
     return Ranking(_ranked(table, pairs, keep, list(sources), list(indicators)), rejected, unranked)
+
+
+def hold_to_room(sets: Sequence[IndicatorSet], *, now: datetime) -> None:
+    """Let go of the compact feed prefixes no render at ``now`` ranks, counting them in each set's
+    ``held_back``: past each live set's room (``_room``), and all of a disabled or expired set's.
+    Called after each set a render loads (``feeds.persist.load_indicator_sets``), it keeps the
+    feed prefixes held to ``MAX_RANKED_FEED_PREFIXES`` plus the one set being loaded, however many
+    sets there are. Every channel ranks the same live sets (or, without threat intel, none), and
+    a room only shrinks as sets are added, so ``rank_ips`` then ranks what it would have ranked
+    from the whole sets, and counts the held-back prefixes as unranked."""
+    live = _live([s for s in sets if s.status != "disabled"], now)
+    room = _room(live)
+    for s in sets:
+        fp = s.prefixes
+        if fp is not None:
+            name = s.source.removeprefix("feed:")
+            keep = room[name] if live.get(name) is fp else 0
+            if keep < len(fp):
+                _hold_back(fp, keep)
+
+
+def _hold_back(fp: FeedPrefixes, keep: int) -> None:
+    """Keep the first ``keep`` prefixes (IPv4, then IPv6, each in value order: what ``_add_feed``
+    takes), in arrays of their own so that the rest is freed."""
+    n4 = min(len(fp.ipv4), keep)
+    n6 = keep - n4
+    fp.held_back += len(fp) - keep
+    fp.ipv4 = V4(fp.ipv4.networks[:n4].copy(), fp.ipv4.lengths[:n4].copy())
+    fp.ipv6 = V6(fp.ipv6.networks[:n6], fp.ipv6.lengths[:n6])
+
+
+def _live(feed_sets: Sequence[IndicatorSet], now: datetime) -> dict[str, FeedPrefixes]:
+    """The compact sets in force at ``now`` that have prefixes (held back or not), by feed name."""
+    now_s = iso(now)
+    return {
+        s.source.removeprefix("feed:"): s.prefixes
+        for s in feed_sets
+        if s.prefixes is not None and s.prefixes.expires_at > now_s and len(s.prefixes) + s.prefixes.held_back
+    }
 
 
 def _room(live: dict[str, FeedPrefixes]) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """The Render stage: every current indicator set → one bundle per channel in the state store.
 
 Reads every set under ``indicators/`` (a broken one stops the render: the channels keep their last
-good bundle rather than silently shrinking their blocklists), compiles each channel's policies
+good bundle rather than silently shrinking their blocklists; of the compact feed sets it holds only
+what a ranking can take, ``policy.ranked.hold_to_room``), compiles each channel's policies
 (``policy.render``), assembles the bundle (``bundle.assemble``) and, when its digest is new for the
 channel, writes its files, ``report.json`` and then ``bundle.json`` last, and moves the channel's
 latest-render pointer. Then it asks for a publish of every channel, changed or not: Publish does
@@ -13,6 +14,7 @@ Output is deterministic: the same sets, channels and clock give byte-identical f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +29,7 @@ from cdr_policy.observability import logger
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.policy.output import PolicyFile
+from cdr_policy.policy.ranked import hold_to_room
 from cdr_policy.policy.render import compile_policies
 from cdr_policy.report import bundle_report
 from cdr_policy.storage import NotFound, Store
@@ -60,7 +63,7 @@ def run_render(
 ) -> list[RenderedChannel]:
     """Render every channel from the sets in ``state``; ``publish`` (a queue, or None locally) is
     asked to publish each channel's bundle."""
-    sets = load_indicator_sets(state)
+    sets = load_indicator_sets(state, after_each=functools.partial(hold_to_room, now=now))
     if crds is None:
         logger.info("no CRDs to check against: checking against the safety checklist only")
     last_run = read_last_run(state)
