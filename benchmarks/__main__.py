@@ -8,10 +8,10 @@
    - **iprange**: FireHOL ``iprange`` (Debian package ``iprange``) on the IPv4 part of the same
      input (it reads IPv4 only and would resolve hostnames through DNS);
    - **collapse_addresses**: ``ipaddress.ip_network`` + the same guard + ``collapse_addresses``.
-   ``ours`` and ``iprange`` run once untimed (a warm-up: files in the page cache), then
-   ``--repeat`` times, interleaved (the median is reported);
-   ``collapse_addresses`` once (it takes tens of seconds at a million lines). Then ``ours`` and
-   ``iprange`` again on a FireHOL-style netset of as many lines (CIDRs; ``generate_netset``).
+   ``ours`` and ``iprange`` also run on a FireHOL-style netset of as many lines (CIDRs;
+   ``generate_netset``). Each runs once untimed on each input (a warm-up: files in the page cache),
+   then ``--repeat`` rounds of all of them, interleaved (the median is reported);
+   ``collapse_addresses`` once (it takes tens of seconds at a million lines).
 3. Checks that our prefixes equal ``collapse_addresses``' and that ours without the filter equal
    ``iprange``'s on the IPv4 input, prints a Markdown table and writes it to
    ``benchmarks/results/latest.md`` (and ``latest.json``; ``--results`` to change the folder).
@@ -84,16 +84,19 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     if iprange:
         for source in (gen.ipv4_only, netset):
             measure([iprange, str(source)], work / "warm-up.txt")
-    for i in range(args.repeat):
-        print(f"round {i + 1}/{args.repeat}: ours" + (", iprange, iprange -C" if iprange else ""), flush=True)
+    netset_runs: list[Run] = []
+    netset_ipr_runs: list[Run] = []
+    for i in range(args.repeat):  # interleaved, so that a busy minute weighs on every contender alike
+        print(
+            f"round {i + 1}/{args.repeat}: ours"
+            + (", iprange, iprange -C" if iprange else "")
+            + "; the same on the netset",
+            flush=True,
+        )
         ours_runs.append(measure([*py, "ours", str(gen.full), str(work / "ours.bin")], work / "ours.json", env))
         if iprange:
             ipr_runs.append(measure([iprange, str(gen.ipv4_only)], work / "iprange.txt"))
             count_runs.append(measure([iprange, "-C", str(gen.ipv4_only)], work / "iprange-counts.txt"))
-    netset_runs: list[Run] = []
-    netset_ipr_runs: list[Run] = []
-    for i in range(args.repeat):
-        print(f"round {i + 1}/{args.repeat}, netset: ours" + (", iprange" if iprange else ""), flush=True)
         netset_runs.append(
             measure([*py, "ours", str(netset), str(work / "ours-netset.bin")], work / "ours-netset.json", env)
         )
