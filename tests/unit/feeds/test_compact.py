@@ -127,6 +127,29 @@ def test_a_set_out_of_order_or_not_canonical_is_refused_even_with_a_correct_dige
         parse_set(with_payload(doc, payload_of(payload)), "test")
 
 
+@pytest.mark.parametrize("step", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("at", "prefix", "why"),
+    [(i, V4_PREFIXES[i - 1], "not sorted and disjoint") for i in range(1, 4)]
+    + [(i, (V4_PREFIXES[i][0] | 1, 8), "host bits") for i in range(4)],
+)
+def test_the_ipv4_checks_run_in_steps_and_miss_nothing_at_a_seam(monkeypatch, step, at, prefix, why) -> None:
+    """The IPv4 checks go a step of prefixes at a time (their temporaries stay small): a fault at
+    any place, a seam between steps included, is refused; the good set loads in any step."""
+    from cdr_policy.netprefix import vector
+
+    monkeypatch.setattr(vector, "_CHECK_STEP", step)
+    assert (
+        parse_set(dump_set(compact_set(v6=[])), "test").prefixes.ipv4.strings() == compact_set().prefixes.ipv4.strings()
+    )
+    v4 = list(V4_PREFIXES)
+    v4[at] = prefix
+    doc = json.loads(dump_set(compact_set(v4=[], v6=[])))
+    doc["prefixes"]["ipv4"] = len(v4)
+    with pytest.raises(CdrPolicyError, match=why):
+        parse_set(with_payload(doc, payload_of(json.loads(dump_set(compact_set(v4=v4, v6=[]))))), "test")
+
+
 def test_reordered_ipv6_is_refused() -> None:
     doc = json.loads(dump_set(compact_set(v6=[V6_PREFIXES[1], V6_PREFIXES[0]])))
     with pytest.raises(CdrPolicyError, match="IPv6 prefixes are not sorted"):
