@@ -83,23 +83,23 @@ def cut(table: RankedTable, limit: int) -> Cut:
     if limit < 0:
         raise ValueError("limit must not be negative")
     n = len(table)
-    if _size(table, n) <= limit:
-        keep = n
-    else:
-        lo = min(limit, n)  # rows[:lo] fits
-        hi = lo
-        while hi < n:  # gallop: the cut is usually near the limit
-            hi = min(n, max(2 * hi, 1))
-            if _size(table, hi) > limit:
-                break
-            lo = hi
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if _size(table, mid) <= limit:
-                lo = mid
-            else:
-                hi = mid
-        keep = lo
+    lo = min(limit, n)  # rows[:lo] fit: a row adds at most one prefix to the aggregate
+    hi = lo
+    # Gallop from there (the cut is usually near the limit: two million rows and a limit of 50,000
+    # aggregate a few hundred thousand rows, not all of them), then bisect; all rows fit when the
+    # gallop reaches n.
+    while hi < n:
+        hi = min(n, max(2 * hi, 1))
+        if _size(table, hi) > limit:
+            break
+        lo = hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _size(table, mid) <= limit:
+            lo = mid
+        else:
+            hi = mid
+    keep = lo
     result = Cut(limit=limit, table=table, keep=keep)
     for group, mask in zip(GROUPS, _group_masks(table, keep), strict=True):
         v4 = collapse_v4(*table.intervals_v4(mask))
