@@ -27,10 +27,12 @@ def test_the_whole_path_parts_run_and_report_their_targets(tmp_path: Path, capsy
         assert result["handlers"][name]["first_call_modules"] > 0
     assert result["handlers"]["cdr_fetch"]["result"]["fetched"] > 0
     assert result["handlers"]["render"]["result"]["failed"] == 0
-    assert result["handlers"]["publish"]["result"]["messages"] >= 1
     agent = result["agent"]
     assert (agent["first"], agent["second"]) == ("applied", "unchanged")
     assert (agent["poll_requests"], agent["poll_body_bytes"], agent["requests"]) == (1, 0, 1)
+    # the channel of the largest budgets was rendered, published and applied too
+    assert agent["largest"]["first"] == "applied" and agent["largest"]["bundle_bytes"] > agent["bundle_bytes"]
+    assert result["handlers"]["publish"]["result"]["messages"] == 2
     # (d) ran in the built layer, with and without its bytecode, and replayed every module (c) recorded
     assert set(result["imports"]) == {"bytecode", "source_only"}
     handlers = ("cdr_fetch", "feed_sync", "render", "publish")

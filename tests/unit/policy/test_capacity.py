@@ -5,12 +5,14 @@ from __future__ import annotations
 import ipaddress
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cdr_policy.errors import ConfigError
 from cdr_policy.guards import NeverBlock
 from cdr_policy.policy.capacity import OVER_BUDGET, Cut, cut, listed_left_out
-from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.channel import MAX_BUDGET_PREFIXES, ChannelSettings
 from cdr_policy.policy.ranked import rank_ips
 
 from .factories import NOW, cdr_set, feed_set, indicator, render
@@ -133,3 +135,10 @@ def test_render_reports_the_budget_and_what_was_left_out():
     assert [e["rank"] for e in left] == sorted(e["rank"] for e in left)
     assert left[-1]["engines"] == ["tetragon", "cilium"] and left[0]["engines"] == ["tetragon"]
     assert all(e["group"] == "threat-intel" and e["reason"] == "over budget" for e in left)
+
+
+@pytest.mark.parametrize("engine", ["tetragon_max_prefixes", "cilium_max_prefixes"])
+def test_a_budget_is_at_most_the_largest_measured_and_under_ciliums_ip_cache(engine) -> None:
+    assert getattr(ChannelSettings.from_dict({"name": "prod", engine: MAX_BUDGET_PREFIXES}), engine) == 250_000
+    with pytest.raises(ConfigError, match=f"channel prod: {engine} is at most 250,000 .*IP cache"):
+        ChannelSettings.from_dict({"name": "prod", engine: MAX_BUDGET_PREFIXES + 1})

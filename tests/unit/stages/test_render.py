@@ -37,7 +37,12 @@ def state(tmp_path) -> RecordingStore:
 
 
 def render(state, publish=None):
-    return run_render(state, channels=CHANNELS, now=NOW, guard=NeverBlock(), crds=None, publish=publish)
+    rendered = []
+    summaries = run_render(
+        state, channels=CHANNELS, now=NOW, guard=NeverBlock(), crds=None, publish=publish, each=rendered.append
+    )
+    assert summaries == [r.summary() for r in rendered]
+    return rendered
 
 
 def test_each_channel_gets_a_whole_bundle_written_pointer_last(state):

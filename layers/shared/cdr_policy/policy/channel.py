@@ -20,6 +20,12 @@ _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
 NETWORK_HOOKS = ("tcp_connect", "security_socket_connect")
 DOMAIN_MODES = ("report", "resolve")
+# The largest capacity budget of either engine. Cilium puts every prefix of a CiliumCIDRGroup in
+# its IP cache, which holds 512,000 entries per node by default with the cluster's own endpoints;
+# and the largest bundle two such budgets make (500,000 prefixes, about 42 MB of YAML from a feed
+# of four million addresses) is measured to keep Render, Publish and the sync agent inside their
+# 512 MB (README, "Memory").
+MAX_BUDGET_PREFIXES = 250_000
 
 
 def parse_version(text: object) -> tuple[int, int] | None:
@@ -63,6 +69,7 @@ class ChannelSettings:
     # (v2alpha1 before 1.18, v2 from 1.18) and the pre-1.17 fallback.
     cilium_version: str = "1.17"
     # Capacity budgets, in prefixes, after aggregation. The ranked set is cut by rank to fit.
+    # At most MAX_BUDGET_PREFIXES each.
     tetragon_max_prefixes: int = 50_000
     cilium_max_prefixes: int = 50_000
     # Scoping. Empty namespaces: cluster-scoped TracingPolicy with ``podSelector`` (all pods, no host).
@@ -101,6 +108,13 @@ class ChannelSettings:
             value = getattr(self, attr)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"channel {self.name}: {attr} must be a positive integer, got {value!r}")
+        for attr in ("tetragon_max_prefixes", "cilium_max_prefixes"):
+            if getattr(self, attr) > MAX_BUDGET_PREFIXES:
+                raise ConfigError(
+                    f"channel {self.name}: {attr} is at most {MAX_BUDGET_PREFIXES:,} (Cilium's IP cache holds "
+                    "512,000 entries per node by default, the cluster's own among them, and a bundle that size "
+                    "is the largest Render, Publish and the sync agent are measured to handle in their memory)"
+                )
         for ns in self.namespaces:
             if not _LABEL.match(ns):
                 raise ConfigError(f"channel {self.name}: namespace {ns!r} is not a DNS-1123 label")

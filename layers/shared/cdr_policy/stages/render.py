@@ -25,6 +25,7 @@ from cdr_policy.bundle.assemble import Bundle, assemble
 from cdr_policy.feeds.persist import load_indicator_sets
 from cdr_policy.guards import NeverBlock
 from cdr_policy.lambda_events import PublishRequest
+from cdr_policy.models import IndicatorSet
 from cdr_policy.observability import logger
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet
@@ -33,7 +34,7 @@ from cdr_policy.policy.ranked import hold_to_room
 from cdr_policy.policy.render import compile_policies
 from cdr_policy.report import bundle_report
 from cdr_policy.storage import NotFound, Store
-from cdr_policy.summaries import RenderSummary, read_last_run
+from cdr_policy.summaries import CdrRunSummary, RenderSummary, read_last_run
 
 PublishPort = Callable[[PublishRequest], None]
 
@@ -60,26 +61,47 @@ def run_render(
     guard: NeverBlock,
     crds: SchemaSet | None,
     publish: PublishPort | None,
-) -> list[RenderedChannel]:
+    each: Callable[[RenderedChannel], None] | None = None,
+) -> list[RenderSummary]:
     """Render every channel from the sets in ``state``; ``publish`` (a queue, or None locally) is
-    asked to publish each channel's bundle."""
+    asked to publish each channel's bundle, and ``each`` is given each channel's render (policies,
+    bundle, report). One channel is held at a time, however many there are: only its summary is
+    kept once the next one starts."""
     sets = load_indicator_sets(state, after_each=functools.partial(hold_to_room, now=now))
     if crds is None:
         logger.info("no CRDs to check against: checking against the safety checklist only")
     last_run = read_last_run(state)
-    out = []
-    for channel in channels:
-        result = compile_policies(sets, channel, now=now, guard=guard, schemas=crds)
-        bundle = assemble(result.files, channel, now=now)
-        changed = _latest_digest(state, channel.name) != bundle.digest
-        report = bundle_report(result.report, sets, last_run, now=now)
-        if changed:
-            _write_bundle(state, channel.name, bundle, report)
-        if publish is not None:
-            publish(PublishRequest(channel.name, bundle.digest))
-        logger.info("channel rendered", extra={"channel": channel.name, "digest": bundle.digest, "changed": changed})
-        out.append(RenderedChannel(channel, result.files, bundle, report, changed))
-    return out
+    return [
+        _render_channel(state, channel, sets, last_run, now=now, guard=guard, crds=crds, publish=publish, each=each)
+        for channel in channels
+    ]
+
+
+def _render_channel(
+    state: Store,
+    channel: ChannelSettings,
+    sets: list[IndicatorSet],
+    last_run: CdrRunSummary | None,
+    *,
+    now: datetime,
+    guard: NeverBlock,
+    crds: SchemaSet | None,
+    publish: PublishPort | None,
+    each: Callable[[RenderedChannel], None] | None,
+) -> RenderSummary:
+    result = compile_policies(sets, channel, now=now, guard=guard, schemas=crds)
+    bundle = assemble(result.files, channel, now=now)
+    changed = _latest_digest(state, channel.name) != bundle.digest
+    report = bundle_report(result.report, sets, last_run, now=now)
+    if changed:
+        _write_bundle(state, channel.name, bundle, report)
+    if publish is not None:
+        publish(PublishRequest(channel.name, bundle.digest))
+    logger.info("channel rendered", extra={"channel": channel.name, "digest": bundle.digest, "changed": changed})
+    rendered = RenderedChannel(channel, result.files, bundle, report, changed)
+    if each is not None:
+        each(rendered)
+    return rendered.summary()
 
 
 def _latest_digest(state: Store, channel: str) -> str | None:

@@ -98,7 +98,7 @@ def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | N
     crds = SchemaSet.from_store(store)
     if crds is None:
         logger.warning("no CRDs under crds/ in the state bucket: checking against the safety checklist only")
-    rendered = run_render(
+    summaries = run_render(
         store,
         channels=channels_from_store(store),
         now=now or utcnow(),
@@ -106,7 +106,7 @@ def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | N
         crds=crds,
         publish=enqueue if settings.publish_queue_url else None,
     )
-    return [r.summary().to_dict() for r in rendered]
+    return [s.to_dict() for s in summaries]
 
 
 def publish(settings: Settings, *, channel: str, digest: str, now: datetime | None = None) -> dict[str, Any]:

@@ -152,7 +152,15 @@ def feed_sync(ports: LocalPorts, *, now: datetime, progress: Callable[[str], Non
 
 def render(ports: LocalPorts, *, now: datetime) -> RenderedChannel:
     """Render the one local channel into the state folder (``bundles/<digest>/``); nothing is published."""
-    (rendered,) = run_render(
-        ports.state, channels=[ports.channel], now=now, guard=NeverBlock(), crds=ports.crds, publish=None
+    rendered: list[RenderedChannel] = []
+    run_render(
+        ports.state,
+        channels=[ports.channel],
+        now=now,
+        guard=NeverBlock(),
+        crds=ports.crds,
+        publish=None,
+        each=rendered.append,
     )
-    return rendered
+    (channel,) = rendered
+    return channel
