@@ -268,21 +268,21 @@ def _ship(
         raise RuntimeError(f"feed sync: {synced.outcomes[FEED]}")
     channels = [ChannelSettings(**c) for c in CHANNELS]
     shipped = {}
-    for rendered in run_render(state, channels=channels, now=now, guard=NeverBlock(), crds=schemas, publish=None):
+    for summary in run_render(state, channels=channels, now=now, guard=NeverBlock(), crds=schemas, publish=None):
         started = time.time()
         result = publish_bundle(
             state,
             dist,
-            channel=rendered.channel.name,
-            digest=rendered.bundle.digest,
+            channel=summary.channel,
+            digest=summary.digest,
             signer=signer,
             now=now,
             change_budget_percent=CHANGE_BUDGET_PERCENT,
             check=bundle_checker(schemas),
         )
         if not result.shipped:
-            raise RuntimeError(f"publish {rendered.channel.name}: {result.status}: {result.reason}")
-        shipped[rendered.channel.name] = (rendered.bundle.digest, started)
+            raise RuntimeError(f"publish {summary.channel}: {result.status}: {result.reason}")
+        shipped[summary.channel] = (summary.digest, started)
     return shipped
 
 

@@ -22,9 +22,9 @@ NETWORK_HOOKS = ("tcp_connect", "security_socket_connect")
 DOMAIN_MODES = ("report", "resolve")
 # The largest capacity budget of either engine. Cilium puts every prefix of a CiliumCIDRGroup in
 # its IP cache, which holds 512,000 entries per node by default with the cluster's own endpoints;
-# and the largest bundle two such budgets make (500,000 prefixes, about 42 MB of YAML from a feed
-# of four million addresses) is measured to keep Render, Publish and the sync agent inside their
-# 512 MB (README, "Memory").
+# and the bundle two such budgets make (about 21 MB in 128 files, from a feed of four million
+# addresses) is measured to keep Render, Publish and the sync agent inside their 512 MB (README,
+# "Configuration (cloud)"; ``make bench`` (e)).
 MAX_BUDGET_PREFIXES = 250_000
 
 
