@@ -4,7 +4,8 @@
 - ``handler NAME``: one function's real handler (``functions/<NAME>/app.py``) as Lambda runs it,
   with the environment the parent gives (the local stack's, as template.yaml would set it):
   CdrFetch and FeedSync on their schedule events, Render and Publish on their queues' messages.
-  Its summary lists the modules the invocations imported (``first_call_modules``).
+  Its summary lists the modules the handler module imported (``handler_modules``) and those its
+  invocations imported (``first_call_modules``).
 - ``import NAME [MODULES.json]``: the cold import of a handler module and of the modules its
   invocations imported (the ``handler`` step's list), or ``bare``: a handler with Powertools'
   Logger, Tracer and Metrics and nothing else, or ``floor MODULES.json``: the bare handler and then

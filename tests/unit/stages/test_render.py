@@ -99,3 +99,20 @@ def test_feed_sets_past_the_ranking_cap_are_held_back_as_they_load(state, monkey
     assert report["left_out_unranked"] == {"tor": 2}
     assert {name: feed["entries"] for name, feed in report["feeds"].items()} == {"c2": 2, "tor": 3}
     assert all(state.get(key).data == data for key, data in stored.items())
+
+
+def test_a_render_holds_one_channel_at_a_time(state) -> None:
+    """When a channel's render is handed out, nothing of the previous channel's is held any more
+    (its policies and bundle are what grows with the budgets)."""
+    import gc
+    import weakref
+
+    earlier: list[weakref.ref] = []
+
+    def each(rendered) -> None:
+        gc.collect()
+        assert [ref() for ref in earlier] == [None] * len(earlier)
+        earlier.extend([weakref.ref(rendered), weakref.ref(rendered.bundle), weakref.ref(rendered.policies[0])])
+
+    summaries = run_render(state, channels=CHANNELS, now=NOW, guard=NeverBlock(), crds=None, publish=None, each=each)
+    assert [s.channel for s in summaries] == ["staging", "prod"] and len(earlier) == 6
