@@ -422,7 +422,7 @@ def _pton_batch(family: int, lines: list[str]) -> tuple[bytes, list[int]]:
 
 
 def _take(scanned: Scanned, result: ParsedFeed) -> None:
-    """Add what ``scan_ipv4`` found to the result."""
+    """Add the IPv4 addresses and CIDRs ``scan.scan_block`` found to the result."""
     v4, cidrs = result.singles[4], result.networks[4]
     assert isinstance(v4, array) and isinstance(cidrs.networks, array)
     v4.frombytes(scanned.addresses)
