@@ -13,11 +13,17 @@ from cdr_policy import jsonio, layout
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
 from cdr_policy.agent.sync import GENERATION_ANNOTATION, Agent
-from cdr_policy.bundle.manifest import unsigned
-from cdr_policy.bundle.signing import sign_manifest
 from cdr_policy.stages.publish import publish_bundle, rollback
 from tests.fakes.kube import FakeKubeAPI
-from tests.unit.bundle.factory import T0, RecordingStore, ips, network_bundle, render
+from tests.unit.bundle.factory import (
+    T0,
+    RecordingStore,
+    ips,
+    network_bundle,
+    render,
+    sign_document,
+    unsigned_document,
+)
 
 MINUTE = timedelta(minutes=1)
 NS = "cdr-policy-system"
@@ -240,8 +246,8 @@ def test_a_small_clock_skew_is_tolerated(kube, ship, make_agent):
 
 def sign_as_publish(bucket, signer, manifest: dict, **fields) -> None:
     """A signed manifest as a publisher that skipped its change budget would write it."""
-    body = {k: v for k, v in unsigned(manifest).items() if k != "approval"} | fields
-    serve(bucket, jsonio.dumps(sign_manifest(body, signer)))
+    body = {k: v for k, v in unsigned_document(manifest).items() if k != "approval"} | fields
+    serve(bucket, jsonio.dumps(sign_document(body, signer)))
 
 
 @pytest.mark.parametrize(
@@ -449,7 +455,8 @@ def test_a_signed_audit_manifest_whose_objects_kill_is_refused(kube, ship, make_
     digest = entries_digest(entries)
     for path, data in killing.items():
         bucket.inner.put(layout.published_file_key("prod", digest, path), data)
-    sign_as_publish(bucket, signer, manifest | {"files": entries, "digest": digest}, generation=2)
+    files = [e.to_json() for e in entries]
+    sign_as_publish(bucket, signer, manifest | {"files": files, "digest": digest}, generation=2)
 
     status = make_agent().sync_once(T0 + MINUTE)
 

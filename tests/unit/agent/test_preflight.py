@@ -19,6 +19,7 @@ from cdr_policy.agent.preflight import run_preflight
 from cdr_policy.agent.reconcile import reconcile
 from cdr_policy.agent.status import read_status
 from cdr_policy.agent.sync import Agent
+from cdr_policy.bundle.manifest import Settings
 from cdr_policy.errors import ConfigError
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.stages.publish import publish_bundle
@@ -65,7 +66,7 @@ def bundle_files(cilium_version: str = "1.17", *more: str) -> dict[str, bytes]:
 
 
 # bundle_files renders for a Sigkill channel: the manifest says so (Publish compares the two)
-SIGKILL = {"action": "Sigkill", "mode": "enforce", "cilium_version": "1.17"}
+SIGKILL = Settings(action="Sigkill", mode="enforce", cilium_version="1.17")
 
 
 def kinds(kube) -> set[str]:

@@ -14,8 +14,7 @@ from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.status import read_status
 from cdr_policy.agent.sync import Agent
-from cdr_policy.bundle.manifest import unsigned
-from cdr_policy.bundle.signing import LocalSigner, generate_local_key, sign_manifest
+from cdr_policy.bundle.signing import LocalSigner, generate_local_key
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.timeutil import iso, utcnow
@@ -28,7 +27,9 @@ from tests.unit.bundle.factory import (
     labels,
     network_bundle,
     render,
+    sign_document,
     tracing_policy,
+    unsigned_document,
 )
 
 MINUTE = timedelta(minutes=1)
@@ -251,22 +252,24 @@ def resign_with(bucket, manifest, tmp_path):
         generate_local_key(path)
     bucket.inner.put(
         layout.channel_manifest_key("prod"),
-        jsonio.dumps_pretty(sign_manifest(manifest, LocalSigner.from_file(path))),
+        jsonio.dumps_pretty(sign_document(manifest, LocalSigner.from_file(path))),
     )
 
 
 def other_key(bucket, digest, tmp_path):
-    resign_with(bucket, unsigned(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data)), tmp_path)
+    resign_with(
+        bucket, unsigned_document(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data)), tmp_path
+    )
 
 
 def wrong_digest(bucket, digest, signer):
-    manifest = unsigned(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data))
+    manifest = unsigned_document(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data))
     manifest["digest"] = "f" * 64
-    bucket.inner.put(layout.channel_manifest_key("prod"), jsonio.dumps_pretty(sign_manifest(manifest, signer)))
+    bucket.inner.put(layout.channel_manifest_key("prod"), jsonio.dumps_pretty(sign_document(manifest, signer)))
 
 
 def unsigned_manifest(bucket, digest):
-    manifest = unsigned(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data))
+    manifest = unsigned_document(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data))
     bucket.inner.put(layout.channel_manifest_key("prod"), jsonio.dumps_pretty(manifest))
 
 

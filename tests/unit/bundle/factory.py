@@ -7,8 +7,9 @@ import ipaddress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cdr_policy import jsonio, layout
-from cdr_policy.bundle.manifest import build_manifest
+from cdr_policy import layout
+from cdr_policy.bundle.manifest import Settings, build_manifest
+from cdr_policy.bundle.signing import Signer, statement
 from cdr_policy.policy.serialize import dump_yaml
 from cdr_policy.storage import Store
 from cdr_policy.timeutil import iso
@@ -16,7 +17,7 @@ from cdr_policy.timeutil import iso
 T0 = datetime(2026, 1, 10, 16, 0, tzinfo=UTC)
 TTL = timedelta(hours=72)
 SOURCE = "ab" * 32
-SETTINGS = {"action": "Post", "mode": "monitor", "cilium_version": "1.17"}
+SETTINGS = Settings(action="Post", mode="monitor", cilium_version="1.17")
 
 
 def labels(channel: str, **extra: str) -> dict[str, str]:
@@ -136,7 +137,7 @@ def render(
     created: datetime = T0,
     ttl: timedelta = TTL,
     counts: dict[str, int] | None = None,
-    settings: dict[str, Any] = SETTINGS,
+    settings: Settings = SETTINGS,
 ) -> str:
     """Write ``files`` and their unsigned manifest under ``bundles/<digest>/`` as Render does
     (``settings``: the channel's, which Publish and the agent compare with the objects)."""
@@ -149,11 +150,29 @@ def render(
         expires_at=iso(created + ttl),
         source_digest=SOURCE,
     )
-    digest = manifest["digest"]
     for path, data in files.items():
-        state.put(layout.bundle_file_key(digest, path), data)
-    state.put(layout.bundle_manifest_key(digest), jsonio.dumps_pretty(manifest))
-    return digest
+        state.put(layout.bundle_file_key(manifest.digest, path), data)
+    state.put(layout.bundle_manifest_key(manifest.digest), manifest.to_bytes())
+    return manifest.digest
+
+
+def sign_document(document: dict[str, Any], signer: Signer) -> dict[str, Any]:
+    """A manifest document signed as it is, valid or not (for tests of what verifies a signed but
+    tampered, malformed or hostile manifest)."""
+    import base64
+
+    body = {k: v for k, v in document.items() if k not in ("signature", "key_id", "signature_algorithm")}
+    signature, key_id = signer.sign(statement(body))
+    return {
+        **body,
+        "signature": base64.b64encode(signature).decode(),
+        "key_id": key_id,
+        "signature_algorithm": "ECDSA_SHA_256",
+    }
+
+
+def unsigned_document(document: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k not in ("signature", "key_id", "signature_algorithm")}
 
 
 class RecordingStore:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.guards import NeverBlock, parse_protected
 
 TETRAGON_KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
@@ -36,10 +37,9 @@ def _actions(obj: Mapping[str, Any]) -> set[str]:
     return found
 
 
-def settings_problems(manifest: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> list[str]:
+def settings_problems(manifest: Manifest, objects: Sequence[Mapping[str, Any]]) -> list[str]:
     """Why the objects do not match the channel settings the manifest carries (empty: they do)."""
-    settings = manifest["settings"]
-    action, mode = settings["action"], settings["mode"]
+    action, mode = manifest.settings.action, manifest.settings.mode
     if (action == "Post") != (mode == "monitor"):
         return [f"settings say action {action} with mode {mode}: Post is monitor, Sigkill/Override enforce"]
     problems = []

@@ -6,16 +6,19 @@ Settings are validated once when loaded; unknown keys and bad values are errors.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
+from cdr_policy import jsonio
 from cdr_policy.errors import ConfigError
 from cdr_policy.layout import is_channel_name
 from cdr_policy.policy.naming import is_label_key, is_label_value
 from cdr_policy.rules import RULES
 
-ACTIONS = ("Post", "Sigkill", "Override")
+Action = Literal["Post", "Sigkill", "Override"]
+ACTIONS: tuple[Action, ...] = ("Post", "Sigkill", "Override")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
 NETWORK_HOOKS = ("tcp_connect", "security_socket_connect")
@@ -64,7 +67,7 @@ class KernelCapabilities:
 class ChannelSettings:
     name: str
     # Post = audit (Tetragon policy-mode monitor); Sigkill/Override = enforce.
-    action: str = "Post"
+    action: Action = "Post"
     # Target Cilium version of the clusters on this channel: picks the CiliumCIDRGroup API version
     # (v2alpha1 before 1.18, v2 from 1.18) and the pre-1.17 fallback.
     cilium_version: str = "1.17"
@@ -149,6 +152,11 @@ class ChannelSettings:
         version = parse_version(self.cilium_version)
         assert version  # validated in __post_init__
         return version
+
+    def fingerprint(self) -> str:
+        """sha256 of every setting: a bundle rendered with other settings than the channel has now
+        carries another one (Publish refuses it)."""
+        return hashlib.sha256(jsonio.dumps(self.to_dict())).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
