@@ -26,24 +26,41 @@ if TYPE_CHECKING:
 
 def parse_channels(text: str, origin: str) -> list[ChannelSettings]:
     """A ``channels:`` list (YAML or JSON). Names must be unique; at least one channel."""
-    from cdr_policy.policy.channel import ChannelSettings
-
     doc = load_yaml_mapping(text, origin, "exactly one top-level key 'channels' holding a list")
     if set(doc) != {"channels"} or not isinstance(doc["channels"], list):
         raise ConfigError(f"{origin}: expected exactly one top-level key 'channels' holding a list")
     if not doc["channels"]:
         raise ConfigError(f"{origin}: 'channels' is empty")
-    channels = []
-    for i, item in enumerate(doc["channels"]):
-        try:
-            channels.append(ChannelSettings.from_dict(item))
-        except (ConfigError, TypeError) as exc:
-            raise ConfigError(f"{origin}: channels[{i}]: {exc}") from exc
+    channels = [_channel(item, f"{origin}: channels[{i}]") for i, item in enumerate(doc["channels"])]
     names = [c.name for c in channels]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{origin}: channel name(s) used twice: {', '.join(dupes)}")
     return channels
+
+
+def parse_one_channel(text: str, origin: str, default_name: str) -> tuple[ChannelSettings, frozenset[str]]:
+    """The settings of one channel, for the CLI's ``--channel FILE``: a mapping of its settings
+    (``name`` defaults to ``default_name``), or a ``channels:`` list holding exactly one. Returns the
+    settings and the keys the file set (so that a flag can tell a setting from a default)."""
+    doc = load_yaml_mapping(text, origin, "one channel's settings (a mapping), or 'channels:' with one channel")
+    if set(doc) == {"channels"} and isinstance(doc["channels"], list):
+        if len(doc["channels"]) != 1:
+            raise ConfigError(f"{origin}: the CLI renders one channel; found {len(doc['channels'])} under 'channels'")
+        item, where = doc["channels"][0], f"{origin}: channels[0]"
+    else:
+        item, where = {"name": default_name, **doc}, origin
+    channel = _channel(item, where)
+    return channel, frozenset(item) if isinstance(item, dict) else frozenset()
+
+
+def _channel(item: object, where: str) -> ChannelSettings:
+    from cdr_policy.policy.channel import ChannelSettings
+
+    try:
+        return ChannelSettings.from_dict(item)  # type: ignore[arg-type]  # from_dict checks it is a mapping
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _text(store: Store, key: str) -> str | None:

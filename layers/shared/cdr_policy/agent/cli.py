@@ -9,12 +9,12 @@ import argparse
 import re
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cdr_policy.agent import kubeconfig
-from cdr_policy.agent.applier import Applier
+from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.observe import AgentMetrics, ObservabilityServer
@@ -29,35 +29,18 @@ from cdr_policy.agent.sync import (
     Agent,
 )
 from cdr_policy.bundle.channel_rules import protected_guard
+from cdr_policy.bundle.manifest import VerificationError
 from cdr_policy.bundle.signing import Verifier
+from cdr_policy.cli.flags import bounded_int, dns_label, duration, port
 from cdr_policy.errors import CdrPolicyError, ConfigError, exit_code, print_error
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.policy.checker.files import BundleCheck, bundle_checker
-from cdr_policy.storage import open_store
-from cdr_policy.timeutil import parse_duration
+from cdr_policy.storage import open_store, writable_dir
+from cdr_policy.timeutil import iso, utcnow
 
 # Results after which a one-shot run exits 0: the cluster carries the channel's current bundle.
 _OK_RESULTS = frozenset({"applied", "unchanged"})
-
-
-def _duration(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            seconds = parse_duration(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from exc
-        if not low <= seconds <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be between {low:g}s and {high:g}s")
-        return seconds
-
-    return parse
-
-
-def _percent(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number from 1 to 100")
-    return int(text)
 
 
 def _cidrs(text: str) -> tuple[str, ...]:
@@ -137,7 +120,7 @@ def _default_namespace() -> str:
         return "cdr-policy-system"
 
 
-_interval = _duration(1, 86400)
+_interval = duration(1, 86400)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--drift-interval",
-        type=_duration(5, 86400),
+        type=duration(5, 86400),
         default=DEFAULT_DRIFT_INTERVAL_S,
         metavar="DURATION",
         help=f"how often an unchanged poll compares the owned objects with the applied bundle and repairs "
@@ -181,7 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sync-deadline",
-        type=_duration(5, 3600),
+        type=duration(5, 3600),
         default=DEFAULT_SYNC_DEADLINE_S,
         metavar="DURATION",
         help=f"overall time one sync may spend on the API server; the status is written either way "
@@ -189,14 +172,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-clock-skew",
-        type=_duration(0, 3600),
+        type=duration(0, 3600),
         default=DEFAULT_MAX_CLOCK_SKEW_S,
         metavar="DURATION",
         help=f"refuse manifests created further ahead of this clock (0..1h, default {DEFAULT_MAX_CLOCK_SKEW_S:g}s)",
     )
     parser.add_argument(
         "--max-shrink-percent",
-        type=_percent,
+        type=bounded_int(1, 100),
         default=DEFAULT_MAX_SHRINK_PERCENT,
         metavar="N",
         help="refuse, without a signed approval, a bundle removing more than N%% of the enforced objects or "
@@ -211,6 +194,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--state-namespace",
+        type=dns_label,
         metavar="NAMESPACE",
         help=f"with --kubernetes: the namespace of the ConfigMap {RECORD_NAME} that records the applied "
         "generation (default: the pod's namespace, else cdr-policy-system)",
@@ -238,11 +222,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         metavar="DIR",
-        help="where the last applied manifest is kept (default ~/.cache/cdr-policy/agent/<channel>)",
+        help="where the last applied manifest and status.json are kept (default ~/.cache/cdr-policy/agent/<channel>)",
     )
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=port,
         default=9090,
         metavar="PORT",
         help="serve /metrics (Prometheus), /healthz and /readyz on this port (0: off; not with --once)",
@@ -252,26 +236,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def policy_check(applier: Applier, crds: Path | None, protected: tuple[str, ...] = ()) -> BundleCheck:
     """The policy checker the agent runs on every bundle before applying it: against the CRDs
-    installed in the cluster it applies to (so it checks the versions it will really meet), or in
-    directory mode against ``--crds DIR`` when given; the safety checklist always, with the
+    installed in the cluster it applies to (so it checks the versions it will really meet; read
+    when the first bundle is checked, so that an API server away at start does not stop the agent),
+    or in directory mode against ``--crds DIR`` when given; the safety checklist always, with the
     never-block list plus this cluster's ``protected`` ranges."""
     guard = protected_guard(protected, "this cluster")
     if isinstance(applier, KubeApplier):
-        return bundle_checker(SchemaSet.from_crds(applier.crds(), source="cluster"), guard=guard)
+        return _ClusterCheck(applier, guard)
     return bundle_checker(SchemaSet.from_dir(crds) if crds else None, guard=guard)
+
+
+class _ClusterCheck:
+    """``bundle_checker`` against the cluster's CRDs, read once, when first needed. Until they can be
+    read, a bundle is refused with that reason (``check_failed``: tried again on the next poll)."""
+
+    def __init__(self, applier: KubeApplier, guard: Any) -> None:
+        self.applier = applier
+        self.guard = guard
+        self._check: BundleCheck | None = None
+
+    def __call__(self, files: Mapping[str, bytes]) -> list[str]:
+        if self._check is None:
+            try:
+                schemas = SchemaSet.from_crds(self.applier.crds(), source="cluster")
+            except ApplyError as exc:
+                raise VerificationError(
+                    "check_failed", f"cannot read the cluster's CRDs to check the bundle against ({exc})"
+                ) from exc
+            self._check = bundle_checker(schemas, guard=self.guard)
+        return self._check(files)
+
+
+def sync_line(status: Mapping[str, Any]) -> str:
+    """One sync as one line: its result and what changed (or ``unchanged``)."""
+    poll = status["last_poll"]
+    return f"{poll['result']}: {poll['detail']}"
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the agent. Returns the process exit code."""
     try:
         verifier = Verifier.from_file(args.public_key)
+        state_dir = writable_dir(
+            args.state_dir or Path.home() / ".cache" / "cdr-policy" / "agent" / args.channel, "--state-dir"
+        )
+        dist = open_store(
+            args.bucket,
+            _s3_client(args.assume_role, args.cluster_id) if args.bucket.startswith("s3://") else None,
+            flag="--bucket",
+        )
         applier: Applier = KubeApplier.from_environment() if args.kubernetes else DirectoryApplier(args.output_dir)
-        state_dir = args.state_dir or Path.home() / ".cache" / "cdr-policy" / "agent" / args.channel
         agent = Agent(
-            open_store(
-                args.bucket,
-                _s3_client(args.assume_role, args.cluster_id) if args.bucket.startswith("s3://") else None,
-            ),
+            dist,
             channel=args.channel,
             cluster_id=args.cluster_id,
             verifier=verifier,
@@ -294,7 +310,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.once:
             status = agent.sync_once()
-            print(f"{status['last_poll']['result']}: {status['last_poll']['detail']}")
+            print(sync_line(status), flush=True)
+            if agent.local_error:
+                print_error(agent.local_error)
+                return 1
             return 0 if status["last_poll"]["result"] in _OK_RESULTS else 1
         stop = threading.Event()
         if threading.current_thread() is threading.main_thread():
@@ -308,8 +327,21 @@ def run(args: argparse.Namespace) -> int:
         server = None
         if args.metrics_port:
             server = ObservabilityServer(metrics, host=args.metrics_host, port=args.metrics_port).start()
+
+        def observe(status: dict[str, Any]) -> None:
+            metrics.observe(status)
+            print(f"{iso(utcnow())} {sync_line(status)}", flush=True)
+            if agent.local_error:
+                print_error(agent.local_error)
+
+        print(
+            f"agent: following channel {args.channel} in {dist.describe()} every {args.interval:g}s, applying to "
+            f"{applier.describe()}; status in {state_dir}/status.json"
+            + (f", metrics on {args.metrics_host}:{server.port}" if server else ""),
+            flush=True,
+        )
         try:
-            agent.run(args.interval, stop, observe=metrics.observe)
+            agent.run(args.interval, stop, observe=observe)
         finally:
             if server is not None:
                 server.stop()

@@ -14,8 +14,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
+from cdr_policy.errors import ConfigError, os_cause
 from cdr_policy.timeutil import parse_iso
 
 PREFIX = "cdr_policy_agent"
@@ -25,6 +26,25 @@ READY_RESULTS = frozenset({"applied", "unchanged", "repaired"})
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus_metric(out: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+    """One metric in Prometheus' text format (version 0.0.4): its HELP and TYPE lines, then one line
+    per sample (``labels`` as ``a="x",b="y"``, or empty)."""
+    out.append(f"# HELP {name} {help_text}")
+    out.append(f"# TYPE {name} {kind}")
+    for labels, value in samples:
+        out.append(f"{name}{{{labels}}} {value:g}" if labels else f"{name} {value:g}")
+
+
+class Observed(Protocol):
+    """What ``ObservabilityServer`` serves: the agent's metrics, or the CLI controller's health."""
+
+    def alive(self) -> bool: ...
+
+    def ready(self) -> bool: ...
+
+    def exposition(self) -> str: ...
 
 
 class AgentMetrics:
@@ -86,10 +106,7 @@ class AgentMetrics:
         out: list[str] = []
 
         def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-            out.append(f"# HELP {PREFIX}_{name} {help_text}")
-            out.append(f"# TYPE {PREFIX}_{name} {kind}")
-            for labels, value in samples:
-                out.append(f"{PREFIX}_{name}{{{labels}}} {value:g}")
+            prometheus_metric(out, f"{PREFIX}_{name}", kind, help_text, samples)
 
         digest = status.get("applied_digest")
         metric(
@@ -154,7 +171,7 @@ class AgentMetrics:
 class ObservabilityServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP, in a daemon thread."""
 
-    def __init__(self, metrics: AgentMetrics, *, host: str = "0.0.0.0", port: int = 9090) -> None:
+    def __init__(self, metrics: Observed, *, host: str = "0.0.0.0", port: int = 9090) -> None:
         observed = metrics
 
         class Handler(BaseHTTPRequestHandler):
@@ -183,7 +200,13 @@ class ObservabilityServer:
             def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: no access log
                 pass
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:  # the port is taken, the address is not this host's
+            raise ConfigError(
+                f"cannot serve /metrics on {host}:{port} ({os_cause(exc)}): choose another --metrics-port "
+                "or --metrics-host (0 turns it off)"
+            ) from exc
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="agent-observability", daemon=True)
 

@@ -222,6 +222,9 @@ class Agent:
         self._record: Record | None = None  # the in-cluster record, once read (for expiry after a restart)
         self._record_read = False
         self._preflight: Preflight | None = None
+        # Why the last sync could not write the state directory (a full disk), None when it could:
+        # the cluster and the bucket's status are kept up to date all the same.
+        self.local_error: str | None = None
 
     # -- one round -------------------------------------------------------------------------------
 
@@ -229,6 +232,7 @@ class Agent:
         """Poll, verify, apply, prune, repair drift, expire, report -- within one deadline.
         Returns the status document it wrote."""
         now = now or utcnow()
+        self.local_error = None
         self.applier.set_deadline(time.monotonic() + self.sync_deadline_s)
         try:
             result, detail = self._poll(now)
@@ -272,9 +276,14 @@ class Agent:
         rng = rng or random.Random()
         while not stop.is_set():
             started = time.monotonic()
-            status = self.sync_once()
-            if observe is not None:
-                observe(status)
+            try:
+                status = self.sync_once()
+            except Exception as exc:  # noqa: BLE001 -- one failed sync must not end the agent
+                logger.error("agent sync failed", extra={"channel": self.channel, "error": repr(exc)[:500]})
+                logger.debug("agent sync failed", exc_info=True)  # the traceback with --debug
+            else:
+                if observe is not None:
+                    observe(status)
             wait = interval * rng.uniform(1 - jitter, 1 + jitter)
             stop.wait(max(0.0, wait - (time.monotonic() - started)))
 
@@ -321,9 +330,9 @@ class Agent:
                 f"{len(failed)} object operation(s) failed for bundle {digest[:12]} (generation {generation}); "
                 "retrying next poll (objects are pruned only once every object applied)"
             )
-        self._applied = Applied(bundle.manifest, iso(now))
+        done_at = self._applied = Applied(bundle.manifest, iso(now))
         self._desired = desired
-        self._state.save(self._applied)
+        self._save_local(lambda: self._state.save(done_at))
         self._drift_due = time.monotonic() + self.drift_interval_s
         if self.record is not None:
             try:
@@ -530,7 +539,7 @@ class Agent:
         self._apply_errors, self._counts = errors, {"applied": 0, "deleted": deleted}
         if errors:
             return f"applied bundle {digest[:12]} expired at {expires}: {len(errors)} object(s) not removed"
-        self._state.clear()
+        self._save_local(self._state.clear)
         self._applied, self._record = None, None
         self._desired = None
         self._etag = None  # verify the channel's manifest again: the status then says why nothing is applied
@@ -540,6 +549,15 @@ class Agent:
         return f"applied bundle {digest[:12]} expired at {expires}: removed {deleted} object(s){kept}"
 
     # -- reporting -------------------------------------------------------------------------------
+
+    def _save_local(self, write: Callable[[], None]) -> None:
+        """A write to the state directory; when it fails (a full disk, a read-only volume) the sync
+        goes on and ``local_error`` says why (each write is atomic: nothing is left half-written)."""
+        try:
+            write()
+        except StorageError as exc:
+            self.local_error = str(exc)
+            logger.error("cannot write the agent state directory", extra={"error": str(exc)})
 
     def _status(self, now: datetime, result: str, detail: str) -> dict[str, Any]:
         # What is applied: the local state, else (after a restart with an empty state dir) the record.
@@ -565,7 +583,7 @@ class Agent:
     def _report(self, status: dict[str, Any]) -> None:
         """The local status every poll; the bucket's when it says something new (anything but the
         time of the poll and of the drift check) or the heartbeat is due."""
-        self._state.save_status(status)
+        self._save_local(lambda: self._state.save_status(status))
         drift = status["drift"] and {**status["drift"], "checked_at": None}
         news = jsonio.dumps({**status, "last_poll": {**status["last_poll"], "at": None}, "drift": drift})
         now = time.monotonic()

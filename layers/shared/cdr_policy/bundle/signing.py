@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cdr_policy import jsonio
 from cdr_policy.bundle.manifest import Manifest, Signature, VerificationError
-from cdr_policy.errors import BundleError, ConfigError
+from cdr_policy.errors import BundleError, ConfigError, StorageError
 from cdr_policy.timeutil import utcnow
 
 ALGORITHM = "ECDSA_SHA_256"
@@ -141,8 +141,12 @@ def generate_local_key(path: str | os.PathLike[str]) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
         raise ConfigError(f"signing key {path} already exists: refusing to overwrite it") from exc
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+    except OSError as exc:  # a full disk: no half-written key is left behind
+        path.unlink(missing_ok=True)
+        raise StorageError(f"cannot write signing key {path} ({exc.strerror or exc})") from exc
     return _public_pem(key.public_key())
 
 

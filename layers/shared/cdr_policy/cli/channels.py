@@ -1,41 +1,91 @@
 """Signed channels on a laptop: ``cdr-policy keygen`` makes a signing key pair, ``cdr-policy
 publish --to DIR`` signs the latest local render (``cdr-policy --once``) into a folder laid out
 like the distribution bucket, which the agent's directory mode (``cdr-policy agent --bucket DIR``)
-consumes. The same Publish stage as the Lambda function runs, with a key file instead of KMS."""
+consumes. The same Publish stage as the Lambda function runs, with a key file instead of KMS.
+``cdr-policy state path`` prints the local state folder those commands use.
+
+A held or refused publish prints the exact commands that come next (with the real state folder
+and the full digest), so that the README's walkthrough works by copying them."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from cdr_policy import jsonio, layout
+from cdr_policy import layout
+from cdr_policy.bundle.loader import latest_render
 from cdr_policy.bundle.signing import LocalSigner, generate_local_key
+from cdr_policy.cli.flags import bounded_int
 from cdr_policy.cli.parser import Parser
-from cdr_policy.errors import ConfigError
+from cdr_policy.errors import ConfigError, StorageError, os_cause
 from cdr_policy.policy.checker.files import bundle_checker
 from cdr_policy.qualys.credentials import load_credentials
 from cdr_policy.qualys.platforms import resolve_gateway
-from cdr_policy.stages.publish import publish_bundle
-from cdr_policy.storage import LocalStore, NotFound
+from cdr_policy.stages.publish import PublishResult, publish_bundle
+from cdr_policy.storage import LocalStore, writable_dir
 from cdr_policy.timeutil import utcnow
-from cdr_policy.wiring.local import LOCAL_CHANNEL, state_dir_for, writable_dir
+from cdr_policy.wiring.local import LOCAL_CHANNEL, state_dir_for
 
 PRIVATE_KEY = "bundle-signing.pem"
 PUBLIC_KEY = "bundle-signing.pub"
+DEFAULT_CHANGE_BUDGET = 50
+GITIGNORE = ".gitignore"
+
+
+def _channel_name(value: str) -> str:
+    if not layout.is_channel_name(value):
+        raise argparse.ArgumentTypeError(f"{value[:40]!r} is not a channel name (1-32 lower-case letters, digits, '-')")
+    return value
 
 
 def keygen_main(argv: list[str]) -> int:
     parser = Parser(prog="cdr-policy keygen", description="Make an ECDSA P-256 key pair for signing channels.")
-    parser.add_argument("--out", default=".", metavar="DIR", help=f"where {PRIVATE_KEY} and {PUBLIC_KEY} go")
+    parser.add_argument(
+        "--out",
+        default=".",
+        metavar="DIR",
+        help=f"where {PRIVATE_KEY} and {PUBLIC_KEY} go (a new folder gets a {GITIGNORE} that keeps the private "
+        "key out of commits)",
+    )
     args = parser.parse_args(argv)
     out = writable_dir(Path(args.out), "--out")
+    for name in (PRIVATE_KEY, PUBLIC_KEY):
+        if (out / name).exists():
+            raise ConfigError(f"{out / name} already exists: refusing to overwrite a key (choose another --out)")
     public = generate_local_key(out / PRIVATE_KEY)
-    (out / PUBLIC_KEY).write_text(public)
+    try:
+        (out / PUBLIC_KEY).write_text(public, encoding="utf-8")
+        if not (out / GITIGNORE).exists():
+            note = "# cdr-policy keygen: the private key never goes into a repository"
+            (out / GITIGNORE).write_text(f"{note}\n{PRIVATE_KEY}\n", encoding="utf-8")
+    except OSError as exc:  # a full disk: no private key without its public half, nothing half-written
+        for name in (PRIVATE_KEY, PUBLIC_KEY):
+            (out / name).unlink(missing_ok=True)
+        raise StorageError(f"cannot write {out / PUBLIC_KEY} ({os_cause(exc)})") from exc
     print(f"private key (mode 600, never share it): {out / PRIVATE_KEY}")
     print(f"public key (give it to the agents):      {out / PUBLIC_KEY}")
     print(f"key id: {LocalSigner.from_file(out / PRIVATE_KEY).key_id}")
+    if not _ignored(out) and _in_git_work_tree(out):
+        print(
+            f"warning: {out / PRIVATE_KEY} is inside a git work tree: add {PRIVATE_KEY} to {out / GITIGNORE} "
+            "so that it is never committed"
+        )
     return 0
+
+
+def _in_git_work_tree(folder: Path) -> bool:
+    return any((parent / ".git").exists() for parent in (folder.resolve(), *folder.resolve().parents))
+
+
+def _ignored(folder: Path) -> bool:
+    """The folder's own .gitignore names the private key."""
+    try:
+        lines = (folder / GITIGNORE).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return any(line.strip() in (PRIVATE_KEY, "*", "*.pem") for line in lines)
 
 
 def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> int:
@@ -45,25 +95,33 @@ def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> i
     )
     parser.add_argument("--to", required=True, metavar="DIR", help="the distribution folder (created if needed)")
     parser.add_argument("--key", required=True, metavar="PEM", help=f"the signing key ({PRIVATE_KEY} from keygen)")
-    parser.add_argument("--channel", default=LOCAL_CHANNEL, help=f"the channel (default {LOCAL_CHANNEL})")
-    parser.add_argument("--state-dir", default=None, help="the run's state folder (default: as cdr-policy uses)")
-    parser.add_argument("--platform", default=env.get("QUALYS_PLATFORM"))
-    parser.add_argument("--gateway", default=env.get("QUALYS_GATEWAY_URL"))
-    parser.add_argument("--change-budget", type=int, default=50, metavar="PERCENT", help="hold bigger changes")
+    parser.add_argument(
+        "--channel", type=_channel_name, default=LOCAL_CHANNEL, help=f"the channel (default {LOCAL_CHANNEL})"
+    )
+    _state_flags(parser, env)
+    parser.add_argument(
+        "--change-budget",
+        type=bounded_int(1, 100),
+        default=DEFAULT_CHANGE_BUDGET,
+        metavar="PERCENT",
+        help=f"hold a bundle that changes more than this share of the prefixes (1..100, default "
+        f"{DEFAULT_CHANGE_BUDGET})",
+    )
     args = parser.parse_args(argv)
-    state = LocalStore(_state_dir(args, env, state_root))
-    try:
-        pointer = jsonio.loads(state.get(layout.latest_render_key(args.channel)).data)
-    except NotFound as exc:
-        raise ConfigError(
-            f"no render of channel {args.channel} in {state.describe()}: run cdr-policy --once first"
-        ) from exc
+    state_dir = state_folder(args, env, state_root)
+    if not state_dir.is_dir():
+        raise ConfigError(f"no local state folder {state_dir}: run 'cdr-policy --once' first (or give --state-dir)")
+    state = LocalStore(state_dir)
+    digest = latest_render(state, args.channel)
+    if digest is None:
+        raise ConfigError(f"no render of channel {args.channel} in {state_dir}: run 'cdr-policy --once' first")
+    signer = LocalSigner.from_file(args.key)
     result = publish_bundle(
         state,
         LocalStore(writable_dir(Path(args.to), "--to")),
         channel=args.channel,
-        digest=str(pointer["digest"]),
-        signer=LocalSigner.from_file(args.key),
+        digest=digest,
+        signer=signer,
         now=utcnow(),
         change_budget_percent=args.change_budget,
         check=bundle_checker(None),
@@ -73,11 +131,59 @@ def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> i
         print(f"  {result.reason}")
     for error in result.errors:
         print(f"  {error}")
+    for line in next_steps(result, args, state_dir):
+        print(line)
     return 0 if result.shipped or result.status == "unchanged" else 1
 
 
-def _state_dir(args: argparse.Namespace, env: Mapping[str, str], root: Path) -> Path:
+def next_steps(result: PublishResult, args: argparse.Namespace, state_dir: Path) -> list[str]:
+    """The exact commands that come after a held or refused publish."""
+    q = shlex.quote
+    state, channel, digest = q(str(state_dir)), args.channel, result.digest
+    again = [f"--to {q(args.to)}", f"--key {q(args.key)}", f"--state-dir {state}"]
+    if channel != LOCAL_CHANNEL:
+        again.append(f"--channel {channel}")
+    if args.change_budget != DEFAULT_CHANGE_BUDGET:
+        again.append(f"--change-budget {args.change_budget}")
+    publish = f"  cdr-policy publish {' '.join(again)}"
+    if result.status == "held":
+        return [
+            "Next: review the change, approve it, publish again:",
+            f"  cdr-policy channel diff {channel} --dist {q(args.to)} --state {state} --digest {digest}",
+            f"  cdr-policy channel approve {channel} {digest} --state {state} --reason reviewed",
+            publish,
+        ]
+    if result.status == "refused":
+        return [
+            "Next: nothing was published; fix what the lines above name (feeds, --channel settings), render again "
+            "with 'cdr-policy --once', then:",
+            publish,
+        ]
+    return []
+
+
+def _state_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    parser.add_argument("--state-dir", default=None, help="the run's state folder (default: as cdr-policy uses)")
+    parser.add_argument("--platform", default=env.get("QUALYS_PLATFORM"), help="as cdr-policy's --platform")
+    parser.add_argument("--gateway", default=env.get("QUALYS_GATEWAY_URL"), help="as cdr-policy's --gateway")
+
+
+def state_folder(args: argparse.Namespace, env: Mapping[str, str], root: Path) -> Path:
+    """``--state-dir``, else the tenant's folder that ``cdr-policy`` uses for this gateway and user."""
     if args.state_dir is not None:
         return Path(args.state_dir)
     gateway = resolve_gateway(args.platform, args.gateway)
     return state_dir_for(None, gateway, load_credentials(None, env), root)
+
+
+def state_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> int:
+    parser = Parser(prog="cdr-policy state", description="The local state folder of cdr-policy.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    path = commands.add_parser(
+        "path",
+        help="print the state folder of this gateway and user (QUALYS_GATEWAY_URL or --gateway, QUALYS_USERNAME)",
+    )
+    _state_flags(path, env)
+    args = parser.parse_args(argv)
+    print(state_folder(args, env, state_root))
+    return 0

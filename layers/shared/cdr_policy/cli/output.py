@@ -13,10 +13,10 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from cdr_policy.errors import CdrPolicyError, ConfigError
+from cdr_policy.errors import CdrPolicyError, ConfigError, StorageError, os_cause
 from cdr_policy.policy import naming
 from cdr_policy.policy.serialize import load_yaml_documents
-from cdr_policy.wiring.local import writable_dir
+from cdr_policy.storage import writable_dir
 
 REPORT = "report.json"
 
@@ -44,20 +44,26 @@ def restore_interrupted(output: Path) -> None:
 
 
 def replace_output(output: Path, files: Mapping[str, bytes]) -> None:
-    """Make ``files`` (name → bytes) the content of ``output``, all at once."""
+    """Make ``files`` (name → bytes) the content of ``output``, all at once. StorageError when the
+    new set cannot be written (a full disk): what was built of it is removed, ``output`` is as it was."""
     new, previous = _sibling(output, "new"), _sibling(output, "previous")
-    shutil.rmtree(new, ignore_errors=True)
-    new.mkdir()
-    if output.is_dir():
-        for entry in sorted(output.iterdir()):
-            if entry.name in files or entry.name == REPORT or _ours(entry):
-                continue
-            if entry.is_dir():
-                shutil.copytree(entry, new / entry.name, symlinks=True)
-            else:
-                shutil.copy2(entry, new / entry.name, follow_symlinks=False)
-    for name, data in sorted(files.items()):
-        (new / name).write_bytes(data)
+    try:
+        shutil.rmtree(new, ignore_errors=True)
+        new.mkdir()
+        if output.is_dir():
+            for entry in sorted(output.iterdir()):
+                if entry.name in files or entry.name == REPORT or _ours(entry):
+                    continue
+                if entry.is_dir():
+                    shutil.copytree(entry, new / entry.name, symlinks=True)
+                else:
+                    shutil.copy2(entry, new / entry.name, follow_symlinks=False)
+        for name, data in sorted(files.items()):
+            (new / name).write_bytes(data)
+    except OSError as exc:  # shutil.Error (a copy failed) included
+        shutil.rmtree(new, ignore_errors=True)
+        cause = os_cause(exc) if exc.strerror else str(exc)
+        raise StorageError(f"cannot write the new policies beside {output} ({cause}); {output} is unchanged") from exc
     if output.exists():
         output.rename(previous)
     new.rename(output)

@@ -34,10 +34,10 @@ from typing import Any, Literal
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from cdr_policy import jsonio, layout
+from cdr_policy import layout
 from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, assess, shrink_reasons
 from cdr_policy.bundle.channel_rules import settings_problems
-from cdr_policy.bundle.loader import Bundle, load_bundle, read_manifest
+from cdr_policy.bundle.loader import Bundle, latest_render, load_bundle, read_manifest
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Approval, Manifest
 from cdr_policy.bundle.objects import prefixes
 from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest, verify_signature
@@ -241,7 +241,7 @@ def publish_bundle(
     Raises BundleError when the rendered bundle is missing, malformed or does not match its digests,
     ChannelMoved when another publish wrote the channel in the meantime.
     """
-    latest = _latest_render(state, channel)
+    latest = latest_render(state, channel)
     if latest is not None and latest != digest:
         logger.info("publish request superseded", extra={"channel": channel, "digest": digest, "latest": latest})
         return PublishResult("superseded", channel, digest, reason=f"superseded by the later render {latest}")
@@ -337,16 +337,6 @@ def _rendered(state: Store, channel: str, digest: str) -> Bundle:
     if manifest.published or manifest.signature is not None:
         raise BundleError(f"the rendered manifest of bundle {digest[:12]} already carries publish fields")
     return load_bundle(state, manifest, published=False)
-
-
-def _latest_render(state: Store, channel: str) -> str | None:
-    try:
-        doc = jsonio.loads(state.get(layout.latest_render_key(channel)).data)
-    except NotFound:
-        return None
-    except ValueError as exc:
-        raise BundleError(f"{state.describe()}/{layout.latest_render_key(channel)} is not valid JSON: {exc}") from exc
-    return str(doc["digest"])
 
 
 def _stamp(
