@@ -146,8 +146,10 @@ class FakeKubeAPI(LoopbackServer):
         crds: Iterable[dict[str, Any]] = (),
         validator: Validator | None = None,
         config_maps: Mapping[tuple[str, str], dict[str, str]] | None = None,
+        port: int = 0,
     ) -> None:
-        """``config_maps``: ``{(namespace, name): data}`` (default ``DEFAULT_CONFIG_MAPS``)."""
+        """``config_maps``: ``{(namespace, name): data}`` (default ``DEFAULT_CONFIG_MAPS``); ``port``: where to
+        listen (0: any free port; a given one, to come back where a client expects it after an outage)."""
         self.crds = [copy.deepcopy(c) for c in crds] or [copy.deepcopy(c) for c in DEFAULT_CRDS]
         self.validator = validator
         self.token = secrets.token_urlsafe(24)
@@ -181,7 +183,7 @@ class FakeKubeAPI(LoopbackServer):
         class Handler(_Handler):
             fake = api
 
-        super().__init__(Handler)
+        super().__init__(Handler, port=port)
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig whose current context is this fake (token authentication)."""

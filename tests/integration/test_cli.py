@@ -84,7 +84,10 @@ def test_threat_intel_with_a_feed_file_matches_the_files(env, tmp_path, capsys):
     report = json.loads((out_dir / "report.json").read_text())
     for name in DEMO_FEED_FILES:
         assert report["feeds"][name]["status"] == "ok"
-        assert f"Loaded {report['feeds'][name]['entries']} IPs from {name}" in out
+        stats = report["feeds"][name]["stats"]
+        listed = stats["ipv4"] + stats["ipv6"] + stats["cidr"]
+        merged = report["feeds"][name]["entries"]
+        assert f"Loaded {name}: {listed} entries in {merged} prefixes after merging" in out
     reasons = {(r["value"], r["reason"].split(":")[0]) for r in report["rejected"]}
     assert ("0.0.0.0/0", "over-broad prefix (shorter than /8)") in reasons
     assert any(v == "1.1.1.1/32" and r == "inside never-block range" for v, r in reasons)

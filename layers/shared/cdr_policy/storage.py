@@ -318,10 +318,14 @@ def open_store(url: str, s3_client: Any = None, *, flag: str | None = None) -> S
             raise ConfigError(f"{where}: expected s3://BUCKET (a bucket name, no key)")
         if s3_client is None:
             import boto3
+            from botocore.config import Config
             from botocore.exceptions import BotoCoreError
 
+            # A command waits seconds, not minutes, for an endpoint that does not answer.
+            # (standard retries: 3 attempts, or AWS_MAX_ATTEMPTS)
+            bounded = Config(connect_timeout=5, read_timeout=30, retries={"mode": "standard"})
             try:
-                s3_client = boto3.client("s3")
+                s3_client = boto3.client("s3", config=bounded)
             except (BotoCoreError, ValueError) as exc:  # a bad AWS_ENDPOINT_URL, profile or region
                 raise ConfigError(f"{where}: cannot make an S3 client ({aws_cause(exc)})") from exc
         return S3Store(s3_client, bucket)

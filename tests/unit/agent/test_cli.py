@@ -130,9 +130,18 @@ def test_once_into_a_directory(published, dist, public_key, tmp_path, capsys):
 
 
 def test_once_without_a_manifest_exits_non_zero(dist, public_key, tmp_path, capsys):
+    dist.root.mkdir()  # the folder publish --to writes, before the first publish
     args = once_into(tmp_path / "out", dist=dist, key=public_key, state_dir=tmp_path / "s")
     assert cli.run(args) == 1
     assert capsys.readouterr().out.startswith("no_manifest:")
+
+
+def test_a_bucket_folder_that_does_not_exist_is_a_configuration_error(dist, public_key, tmp_path, capsys):
+    """Issue 21 point 7: ``--bucket ./nodir`` used to create the folder and wait for ever."""
+    args = once_into(tmp_path / "out", dist=dist, key=public_key, state_dir=tmp_path / "s")
+    assert cli.run(args) == 2
+    assert f"error: --bucket {dist.root} does not exist" in capsys.readouterr().err
+    assert not dist.root.exists()
 
 
 def test_once_with_an_untrusted_bundle_exits_non_zero(published, dist, tmp_path, capsys):
@@ -173,9 +182,10 @@ def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir):
     with FakeKubeAPI(crds=crds) as api:
         applier = cli.KubeApplier(api.url, api.token)
         check = cli.policy_check(applier, None)
-        assert api.ops("crds"), "the CRDs were read from the API server"
+        assert not api.ops("crds"), "read when the first bundle is checked: an API server away at start is no error"
         bad = b"apiVersion: cilium.io/v2alpha1\nkind: CiliumCIDRGroup\nmetadata: {name: x}\nspec: {}\n"
         assert any("externalCIDRs" in line for line in check({"ciliumcidrgroup-x.yaml": bad}))
+        assert check({"ciliumcidrgroup-x.yaml": bad}) and len(api.ops("crds")) == 1, "read from the API server once"
         applier.close()
 
 
@@ -200,3 +210,97 @@ def test_startup_problems_exit_2(problem, dist, public_key, tmp_path, monkeypatc
     assert cli.run(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("cdr-policy: error: ") and len(err.splitlines()) == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(predicate, what: str, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _status(state_dir, result: str):  # type: ignore[no-untyped-def]
+    """The agent's local status once its last poll had ``result``, else None."""
+    import json
+
+    try:
+        status = json.loads((state_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return status if status["last_poll"]["result"] == result else None
+
+
+def test_an_api_server_away_at_start_is_reported_unreachable_until_it_comes_back(published, dist, public_key, tmp_path):
+    """Issue 20 point 11: with the API server away at start the agent used to exit 1 on the CRD read,
+    even in loop mode, and wrote no status. Now it starts, says ``unreachable`` (in its status and
+    in one line per sync), and applies the bundle once the API server answers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.fakes.kube import FakeKubeAPI
+
+    port, token = _free_port(), "agent-token"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
+        f"users: [{{name: u, user: {{token: {token}}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\n"
+    )
+    state_dir = tmp_path / "agent-state"
+    argv = [
+        sys.executable, "-m", "cdr_policy.cli", "agent", f"--bucket={dist.root}", "--channel=prod",
+        "--cluster-id=c1", f"--public-key={public_key}", "--kubernetes", f"--state-dir={state_dir}",
+        "--interval=1s", "--sync-deadline=5s", "--metrics-port=0",
+    ]  # fmt: skip
+    repo = Path(__file__).resolve().parents[3]
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(repo / "layers/shared"),
+    }
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    api = None
+    try:
+        away = _wait_for(
+            lambda: (s := _status(state_dir)) and s["last_poll"]["result"] == "unreachable" and s, "unreachable"
+        )
+        assert "Connect" in away["last_poll"]["detail"] and away["applied_digest"] is None
+        assert proc.poll() is None, "the agent keeps running"
+
+        api = FakeKubeAPI(port=port).start()
+        api.token = token
+        applied = _wait_for(
+            lambda: (s := _status(state_dir)) and s["last_poll"]["result"] == "applied" and s, "applied"
+        )
+        assert applied["applied_digest"] == published
+        assert any(op for op in api.ops("apply")), "the bundle reached the cluster"
+        _wait_for(lambda: _status(state_dir, "unchanged"), "unchanged")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        if api is not None:
+            api.stop()
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("agent: following channel prod in ")
+    results = [line.split(" ", 2)[1] for line in lines[1:]]
+    assert results[0] == "unreachable:" and "applied:" in results and results[-1] == "unchanged:", out
+    assert all(line.split(" ", 1)[0].endswith("Z") for line in lines[1:]), "one timestamped line per sync"
+    assert "Traceback" not in err

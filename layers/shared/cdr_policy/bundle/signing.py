@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cdr_policy import jsonio
 from cdr_policy.bundle.manifest import Manifest, Signature, VerificationError
-from cdr_policy.errors import BundleError, ConfigError, StorageError
+from cdr_policy.errors import BundleError, ConfigError, StorageError, aws_cause
 from cdr_policy.timeutil import utcnow
 
 ALGORITHM = "ECDSA_SHA_256"
@@ -83,8 +83,7 @@ class KmsSigner:
         try:
             resp = self.kms.sign(KeyId=self.key_id, Message=message, MessageType="RAW", SigningAlgorithm=ALGORITHM)
         except (ClientError, BotoCoreError) as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-            raise BundleError(f"KMS could not sign with key {self.key_id}: {code}: {exc}") from exc
+            raise BundleError(f"KMS could not sign with key {self.key_id} ({aws_cause(exc)})") from exc
         return resp["Signature"], resp["KeyId"]
 
     def public_key_pem(self) -> str:
@@ -94,7 +93,7 @@ class KmsSigner:
         try:
             der = self.kms.get_public_key(KeyId=self.key_id)["PublicKey"]
         except (ClientError, BotoCoreError) as exc:
-            raise BundleError(f"KMS could not return the public key of {self.key_id}: {exc}") from exc
+            raise BundleError(f"KMS could not return the public key of {self.key_id} ({aws_cause(exc)})") from exc
         return _public_pem(serialization.load_der_public_key(der))  # type: ignore[arg-type]
 
 

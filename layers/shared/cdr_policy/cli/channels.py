@@ -18,7 +18,7 @@ from cdr_policy import layout
 from cdr_policy.bundle.loader import latest_render
 from cdr_policy.bundle.signing import LocalSigner, generate_local_key
 from cdr_policy.cli.flags import bounded_int
-from cdr_policy.cli.parser import Parser
+from cdr_policy.cli.parser import Parser, invoked_as
 from cdr_policy.errors import ConfigError, StorageError, os_cause
 from cdr_policy.policy.checker.files import bundle_checker
 from cdr_policy.qualys.credentials import load_credentials
@@ -145,12 +145,13 @@ def next_steps(result: PublishResult, args: argparse.Namespace, state_dir: Path)
         again.append(f"--channel {channel}")
     if args.change_budget != DEFAULT_CHANGE_BUDGET:
         again.append(f"--change-budget {args.change_budget}")
-    publish = f"  cdr-policy publish {' '.join(again)}"
+    me = invoked_as()
+    publish = f"  {me} publish {' '.join(again)}"
     if result.status == "held":
         return [
             "Next: review the change, approve it, publish again:",
-            f"  cdr-policy channel diff {channel} --dist {q(args.to)} --state {state} --digest {digest}",
-            f"  cdr-policy channel approve {channel} {digest} --state {state} --reason reviewed",
+            f"  {me} channel diff {channel} --dist {q(args.to)} --state {state} --digest {digest}",
+            f"  {me} channel approve {channel} {digest} --state {state} --reason reviewed",
             publish,
         ]
     if result.status == "refused":

@@ -38,7 +38,7 @@ from cdr_policy.bundle.objects import ObjectRef, prefixes, ref_of
 from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer, Verifier, verify_signature
 from cdr_policy.cli import digests
 from cdr_policy.cli.flags import bounded_int, digest_prefix, text
-from cdr_policy.cli.parser import Parser
+from cdr_policy.cli.parser import Parser, invoked_as
 from cdr_policy.errors import BundleError, ConfigError
 from cdr_policy.policy import naming
 from cdr_policy.stages.publish import rollback
@@ -174,7 +174,7 @@ def _current(dist: Store, channel: str) -> Manifest:
     except NotFound as exc:
         raise ConfigError(
             f"channel {channel} has no manifest in {dist.describe()} "
-            f"(cdr-policy channel list --dist {shlex.quote(dist.describe())} lists the channels)"
+            f"({invoked_as()} channel list --dist {shlex.quote(dist.describe())} lists the channels)"
         ) from exc
     except VerificationError as exc:
         raise BundleError(
@@ -383,7 +383,7 @@ def _rollback(args: argparse.Namespace) -> int:
     if found is None:
         raise ConfigError(
             f"channel {args.channel} has no history entry for {args.to} in {dist.describe()} "
-            f"(see: cdr-policy channel history {args.channel} --dist {shlex.quote(dist.describe())} "
+            f"(see: {invoked_as()} channel history {args.channel} --dist {shlex.quote(dist.describe())} "
             "--public-key PEM)"
         )
     signer: Signer = LocalSigner.from_file(args.key) if args.key else KmsSigner(aws.client("kms"), args.kms_key_id)
