@@ -278,17 +278,13 @@ def test_an_api_server_away_at_start_is_reported_unreachable_until_it_comes_back
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     api = None
     try:
-        away = _wait_for(
-            lambda: (s := _status(state_dir)) and s["last_poll"]["result"] == "unreachable" and s, "unreachable"
-        )
+        away = _wait_for(lambda: _status(state_dir, "unreachable"), "unreachable")
         assert "Connect" in away["last_poll"]["detail"] and away["applied_digest"] is None
         assert proc.poll() is None, "the agent keeps running"
 
         api = FakeKubeAPI(port=port).start()
         api.token = token
-        applied = _wait_for(
-            lambda: (s := _status(state_dir)) and s["last_poll"]["result"] == "applied" and s, "applied"
-        )
+        applied = _wait_for(lambda: _status(state_dir, "applied"), "applied")
         assert applied["applied_digest"] == published
         assert any(op for op in api.ops("apply")), "the bundle reached the cluster"
         _wait_for(lambda: _status(state_dir, "unchanged"), "unchanged")
