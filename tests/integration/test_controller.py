@@ -111,6 +111,9 @@ def test_the_controller_outlives_a_gateway_outage_and_recovers(tmp_path):
         gateway = FakeQualysGateway(FINDINGS, port=port).start()  # back
         out.wait_for(lambda seen: any(line.startswith("Recovered after") for line in seen), timeout=60)
         assert (output / "report.json").stat().st_mtime_ns > report_at, "fresh output after recovery"
+        # issue 21 point 6: a resumed run asks only for what is new since the checkpoint, and says so
+        assert "Fetching new CDR events (since the last run's checkpoint)..." in out.seen
+        assert any(line.startswith("Found ") and " new events since 20" in line for line in out.seen), out.seen
         status = json.loads((state / "state/controller/status.json").read_text())
         assert status["consecutive_failures"] == 0 and status["runs"]["ok"] == 2
         assert status["last_good_run_at"] == status["last_run"]["at"]
