@@ -6,6 +6,7 @@ and a traceback when a fake's port is taken."""
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import subprocess
 import sys
@@ -248,6 +249,10 @@ def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(env, t
     before = {p: p.read_bytes() for p in applied.rglob("*.yaml")}
     code, out, err = run(agent, env, capsys)
     assert code == 1 and out.startswith("refused"), out + err
+    hint = out.splitlines()[1].strip()  # the next command, to copy
+    assert hint.startswith("next: the channel's generations signed by this key: cdr-policy channel history local")
+    code, history, _ = run(shlex.split(hint.split(": ")[-1])[1:], env, capsys)
+    assert code == 0 and "1 history entr(ies) skipped: not signed by this key" in history
     assert {p: p.read_bytes() for p in applied.rglob("*.yaml")} == before
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import signal
 import threading
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from cdr_policy.bundle.channel_rules import protected_guard
 from cdr_policy.bundle.manifest import VerificationError
 from cdr_policy.bundle.signing import Verifier
 from cdr_policy.cli.flags import bounded_int, dns_label, duration, port
+from cdr_policy.cli.parser import invoked_as
 from cdr_policy.errors import CdrPolicyError, ConfigError, exit_code, print_error
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker import SchemaSet
@@ -128,7 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bucket",
         required=True,
         metavar="s3://BUCKET | DIR",
-        help="the distribution store: an S3 bucket or a local directory",
+        help="the distribution store: an S3 bucket or a local directory (which must exist)",
     )
     parser.add_argument("--channel", required=True, help="the channel to follow (e.g. staging, prod)")
     parser.add_argument("--cluster-id", required=True, help="this cluster's name in status/<cluster-id>.json")
@@ -311,6 +313,12 @@ def run(args: argparse.Namespace) -> int:
         if args.once:
             status = agent.sync_once()
             print(sync_line(status), flush=True)
+            if status["last_poll"]["result"] == "refused":
+                q = shlex.quote
+                print(
+                    f"  next: the channel's generations signed by this key: {invoked_as()} channel history "
+                    f"{args.channel} --dist {q(args.bucket)} --public-key {q(str(args.public_key))}"
+                )
             if agent.local_error:
                 print_error(agent.local_error)
                 return 1
