@@ -228,9 +228,9 @@ def publish_bundle(
     - ``unchanged``: the bundle is already current and less than half through its lifetime; nothing written.
     - ``superseded``: ``digest`` is no longer the channel's latest render; nothing written.
     - ``refreshed``: the bundle is already current and was re-stamped and re-signed (no files copied).
-    - ``refused``: ``admission`` (default: ``Admission.baseline()``; the closed grammar, the objects' effect against the never-block
-      list and the channel's protected ranges and ports, the CRDs) refused the bundle; nothing
-      written, an alarm metric is emitted.
+    - ``refused``: ``admission`` (default: ``Admission.baseline()``) refused the bundle (the closed
+      grammar, the objects' effect against the never-block list and the channel's protected ranges
+      and ports, the CRDs); nothing written, an alarm metric is emitted.
     - ``held``: the change budget (churn over ``change_budget_percent`` with at least ``min_changes``
       changes, or any shrink: see ``change_budget``) or an unusable current manifest; nothing written,
       an alarm metric is emitted. An operator's approval of this digest (``approvals/<channel>/<digest>``
