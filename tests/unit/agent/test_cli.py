@@ -6,7 +6,10 @@ import argparse
 
 import pytest
 
+from cdr_policy import layout
+from cdr_policy.admission import protection
 from cdr_policy.agent import cli
+from cdr_policy.bundle.loader import load_bundle, read_manifest
 from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.timeutil import parse_duration, utcnow
 from tests.unit.bundle.factory import ips, network_bundle, render
@@ -173,7 +176,7 @@ def test_bundles_are_checked_against_the_crds_before_anything_is_applied(
     assert list((tmp_path / "out").glob("*.yaml"))
 
 
-def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir):
+def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir, state):
     import yaml
 
     from tests.fakes.kube import FakeKubeAPI
@@ -181,11 +184,14 @@ def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir):
     crds = [yaml.safe_load(p.read_text()) for p in sorted((crds_dir / "cilium-main").glob("*.yaml"))]
     with FakeKubeAPI(crds=crds) as api:
         applier = cli.KubeApplier(api.url, api.token)
-        check = cli.policy_check(applier, None)
+        admission = cli.admission_for(applier, None, protection(where="this cluster"))
         assert not api.ops("crds"), "read when the first bundle is checked: an API server away at start is no error"
-        bad = b"apiVersion: cilium.io/v2alpha1\nkind: CiliumCIDRGroup\nmetadata: {name: x}\nspec: {}\n"
-        assert any("externalCIDRs" in line for line in check({"ciliumcidrgroup-x.yaml": bad}))
-        assert check({"ciliumcidrgroup-x.yaml": bad}) and len(api.ops("crds")) == 1, "read from the API server once"
+        digest = render(state, network_bundle(ips(0, 3)))
+        bundle = load_bundle(state, read_manifest(state, layout.bundle_manifest_key(digest))[0], published=False)
+        first = admission.crd_problems(bundle).lines()
+        assert not [line for line in first if "CiliumCIDRGroup" in line], "the cluster's CRD for it was used"
+        assert admission.crd_problems(bundle).lines() == first
+        assert len(api.ops("crds")) == 1, "the CRDs were read from the API server, once"
         applier.close()
 
 

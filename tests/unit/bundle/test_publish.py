@@ -106,23 +106,17 @@ def test_manifest_is_stamped_at_publish_time_with_the_rendered_lifetime(state, d
     )
 
 
-def test_a_bundle_failing_the_policy_check_is_not_shipped(state, recorder, signer):
-    files = network_bundle(ips(0, 10))
+def test_a_bundle_admission_refuses_is_not_shipped(state, recorder, signer):
+    files = network_bundle([*ips(0, 10), "10.0.0.0/8"])
     digest = render(state, files)
-    seen = []
 
-    def check(got):
-        seen.append(got)
-        return ["cilium-cdr-blocklist.yaml: spec.egressDeny: toFQDNs is not allowed", "b: second"]
-
-    result = publish(state, recorder, signer, digest, check=check)
+    result = publish(state, recorder, signer, digest)
 
     assert result.status == "refused" and not result.shipped
-    assert result.errors == [
-        "b: second",
-        "cilium-cdr-blocklist.yaml: spec.egressDeny: toFQDNs is not allowed",
-    ]
-    assert seen == [files]
+    assert result.reason == "admission refused the bundle (3 problem(s))"  # the group, DAddr and its twin
+    assert all(
+        "blocks a protected range: inside never-block range: private range (RFC 1918)" in e for e in result.errors
+    )
     assert recorder.puts == []
     assert "BundlesRefused" in metrics.metric_set
 
@@ -359,9 +353,9 @@ def test_a_manifest_too_large_to_read_is_unusable_without_reading_it(state, reco
 
 SHRINKS = {
     "a behaviour policy dropped (2 of 180 prefixes changed)": (
-        {"b1.yaml": behaviour_policy("cloud-creds"), "b2.yaml": behaviour_policy("crypto-mining")},
-        {"b1.yaml": behaviour_policy("cloud-creds")},
-        "removes behaviour policy crypto-mining",
+        {"b1.yaml": behaviour_policy("cloud_credentials"), "b2.yaml": behaviour_policy("crypto_mining")},
+        {"b1.yaml": behaviour_policy("cloud_credentials")},
+        "removes behaviour policy crypto_mining",
     ),
     "an empty bundle over a small channel": (
         {},

@@ -10,10 +10,13 @@ import re
 import shlex
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdr_policy.admission import Admission, Protection
+from cdr_policy.admission.refusal import Refusals
 from cdr_policy.agent import kubeconfig
 from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.directory import DirectoryApplier
@@ -29,29 +32,19 @@ from cdr_policy.agent.sync import (
     DEFAULT_SYNC_DEADLINE_S,
     Agent,
 )
-from cdr_policy.bundle.channel_rules import protected_guard
+from cdr_policy.bundle.loader import Bundle
 from cdr_policy.bundle.manifest import VerificationError
 from cdr_policy.bundle.signing import Verifier
 from cdr_policy.cli.flags import bounded_int, dns_label, duration, port
-from cdr_policy.cli.parser import invoked_as
+from cdr_policy.cli.parser import add_protection_arguments, invoked_as, protection_of
 from cdr_policy.errors import CdrPolicyError, ConfigError, exit_code, print_error
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker import SchemaSet
-from cdr_policy.policy.checker.files import BundleCheck, bundle_checker
 from cdr_policy.storage import open_store, writable_dir
 from cdr_policy.timeutil import iso, utcnow
 
 # Results after which a one-shot run exits 0: the cluster carries the channel's current bundle.
 _OK_RESULTS = frozenset({"applied", "unchanged"})
-
-
-def _cidrs(text: str) -> tuple[str, ...]:
-    cidrs = tuple(c.strip() for c in text.split(",") if c.strip())
-    try:
-        protected_guard(cidrs, "this cluster")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return cidrs
 
 
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
@@ -187,13 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse, without a signed approval, a bundle removing more than N%% of the enforced objects or "
         f"prefixes (1..100, default {DEFAULT_MAX_SHRINK_PERCENT})",
     )
-    parser.add_argument(
-        "--protected-cidrs",
-        type=_cidrs,
-        default=(),
-        metavar="CIDR[,CIDR...]",
-        help="this cluster's own pod, service and node ranges: a bundle blocking any of them is refused",
-    )
+    add_protection_arguments(parser, "this cluster's")
     parser.add_argument(
         "--state-namespace",
         type=dns_label,
@@ -236,37 +223,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS", help="address to serve them on")
 
 
-def policy_check(applier: Applier, crds: Path | None, protected: tuple[str, ...] = ()) -> BundleCheck:
-    """The policy checker the agent runs on every bundle before applying it: against the CRDs
-    installed in the cluster it applies to (so it checks the versions it will really meet; read
-    when the first bundle is checked, so that an API server away at start does not stop the agent),
-    or in directory mode against ``--crds DIR`` when given; the safety checklist always, with the
-    never-block list plus this cluster's ``protected`` ranges."""
-    guard = protected_guard(protected, "this cluster")
+def admission_for(applier: Applier, crds: Path | None, protected: Protection) -> Admission:
+    """The admission the agent runs on every bundle before applying it: the closed grammar and the
+    objects' effect against the never-block list plus this cluster's ``protected`` ranges and
+    ports; then the CRDs installed in the cluster it applies to (so it checks the versions it will
+    really meet; read when the first bundle is checked, so that an API server away at start does
+    not stop the agent), or in directory mode ``--crds DIR`` when given."""
     if isinstance(applier, KubeApplier):
-        return _ClusterCheck(applier, guard)
-    return bundle_checker(SchemaSet.from_dir(crds) if crds else None, guard=guard)
+        return _ClusterAdmission(protected, applier=applier)
+    return Admission(protected, SchemaSet.from_dir(crds) if crds else None)
 
 
-class _ClusterCheck:
-    """``bundle_checker`` against the cluster's CRDs, read once, when first needed. Until they can be
-    read, a bundle is refused with that reason (``check_failed``: tried again on the next poll)."""
+@dataclass(frozen=True)
+class _ClusterAdmission(Admission):
+    """``Admission`` against the cluster's CRDs, read once, when the first bundle is checked. Until
+    they can be read, a bundle is refused with that reason (``check_failed``: tried again next poll)."""
 
-    def __init__(self, applier: KubeApplier, guard: Any) -> None:
-        self.applier = applier
-        self.guard = guard
-        self._check: BundleCheck | None = None
+    applier: KubeApplier | None = None
+    _read: dict[str, SchemaSet] = field(default_factory=dict, compare=False, repr=False)
 
-    def __call__(self, files: Mapping[str, bytes]) -> list[str]:
-        if self._check is None:
+    def crd_problems(self, bundle: Bundle, applied: Callable[[dict[str, Any]], bool] | None = None) -> Refusals:
+        if "crds" not in self._read:
+            assert self.applier is not None, "admission_for gives the applier"
             try:
-                schemas = SchemaSet.from_crds(self.applier.crds(), source="cluster")
+                self._read["crds"] = SchemaSet.from_crds(self.applier.crds(), source="cluster")
             except ApplyError as exc:
                 raise VerificationError(
                     "check_failed", f"cannot read the cluster's CRDs to check the bundle against ({exc})"
                 ) from exc
-            self._check = bundle_checker(schemas, guard=self.guard)
-        return self._check(files)
+        return Admission(self.protection, self._read["crds"]).crd_problems(bundle, applied)
 
 
 def sync_line(status: Mapping[str, Any]) -> str:
@@ -295,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
             verifier=verifier,
             applier=applier,
             state_dir=state_dir,
-            check=policy_check(applier, args.crds, args.protected_cidrs),
+            admission=admission_for(applier, args.crds, protection_of(args, "this cluster")),
             record=(
                 ClusterRecord(applier, args.state_namespace or _default_namespace())
                 if isinstance(applier, KubeApplier)

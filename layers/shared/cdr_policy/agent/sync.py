@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from cdr_policy import __version__, jsonio, layout
+from cdr_policy.admission import Admission
 from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.kinds import kind_of, ownership_labels
 from cdr_policy.agent.preflight import APPLY, Preflight, is_cilium, run_preflight
@@ -60,14 +61,12 @@ from cdr_policy.agent.reconcile import delete_objects, owned_objects, reconcile
 from cdr_policy.agent.state import Applied, Record, RecordStore, StateDir
 from cdr_policy.agent.status import SCHEMA_VERSION
 from cdr_policy.bundle.change_budget import shrink_reasons
-from cdr_policy.bundle.channel_rules import settings_problems
 from cdr_policy.bundle.loader import Bundle, load_bundle
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, VerificationError
-from cdr_policy.bundle.objects import ObjectRef, parse_objects, ref_of
+from cdr_policy.bundle.objects import ObjectRef, ref_of
 from cdr_policy.bundle.signing import Verifier, verify_manifest
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.observability import logger
-from cdr_policy.policy.checker.files import BundleCheck
 from cdr_policy.storage import NotFound, Store, TooLarge
 from cdr_policy.timeutil import iso, parse_iso, utcnow
 
@@ -103,7 +102,7 @@ _FINAL_CODES = frozenset(
         "wrong_channel",
         "replay",
         "bad_object",
-        "forbidden",
+        "inadmissible",
         "shrink",
     }
 )
@@ -172,7 +171,7 @@ class Agent:
         verifier: Verifier,
         applier: Applier,
         state_dir: str | os.PathLike[str],
-        check: BundleCheck | None = None,
+        admission: Admission | None = None,
         record: RecordStore | None = None,
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         max_shrink_percent: int = DEFAULT_MAX_SHRINK_PERCENT,
@@ -193,7 +192,7 @@ class Agent:
         self.cluster_id = cluster_id
         self.verifier = verifier
         self.applier = applier
-        self.check = check
+        self.admission = admission or Admission.baseline()
         self.record = record
         self.max_clock_skew = timedelta(seconds=max_clock_skew_s)
         self.max_shrink_percent = max_shrink_percent
@@ -402,27 +401,20 @@ class Agent:
                     "new, higher generation)",
                 )
         bundle = load_bundle(self.dist, manifest, published=True)
-        files, objects = bundle.files, bundle.objects
-        for obj in objects:
+        # The closed grammar and the effect first: nothing of a bundle they refuse is looked at further.
+        verdict = self.admission.judge_objects(bundle)
+        if not verdict.admitted:
+            raise VerificationError("inadmissible", f"admission refused it: {'; '.join(verdict.lines()[:5])}")
+        for obj in bundle.objects:
             kind_of(obj)
-        forbidden = settings_problems(manifest, objects)
-        if forbidden:
-            raise VerificationError("forbidden", f"the channel's settings forbid it: {'; '.join(forbidden[:5])}")
-        # The pre-flight runs before the check: objects it holds back are neither checked nor applied,
-        # so a Cilium part the cluster cannot take (a CRD version it does not serve) is reported as
-        # such instead of refusing the Tetragon part with it.
-        self._preflight = run_preflight(self.applier, objects)
-        if self.check is not None:
-            held = self._preflight is not None and self._preflight.cilium != APPLY
-            checked = {
-                path: data
-                for path, data in files.items()
-                if not (held and any(is_cilium(o) for o in parse_objects({path: data})))
-            }
-            problems = sorted(self.check(checked))
-            if problems:
-                shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-                raise VerificationError("check_failed", f"policy check failed: {shown}")
+        # The pre-flight runs before the CRD check: objects it holds back are neither checked nor
+        # applied, so a Cilium part the cluster cannot take (a CRD version it does not serve) is
+        # reported as such instead of refusing the Tetragon part with it.
+        self._preflight = run_preflight(self.applier, bundle.objects)
+        held = self._preflight is not None and self._preflight.cilium != APPLY
+        problems = self.admission.crd_problems(bundle, applied=lambda obj: not (held and is_cilium(obj)))
+        if problems:
+            raise VerificationError("check_failed", f"the cluster's CRDs refuse it: {'; '.join(problems.lines()[:5])}")
         return _Verified(bundle, floor)
 
     def _floor(self) -> _Floor | None:

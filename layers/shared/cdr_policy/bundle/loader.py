@@ -17,7 +17,7 @@ from typing import Any
 
 from cdr_policy import jsonio, layout
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, VerificationError, verify_files
-from cdr_policy.bundle.objects import parse_objects
+from cdr_policy.bundle.objects import placed_objects
 from cdr_policy.errors import BundleError
 from cdr_policy.storage import NotFound, Store, TooLarge
 
@@ -37,9 +37,14 @@ class Bundle:
         return self.manifest.digest
 
     @cached_property
+    def placed(self) -> list[tuple[str, dict[str, Any]]]:
+        """The Kubernetes objects of the bundle's YAML files with their places, in path order
+        (parsed on first use)."""
+        return placed_objects(self.files)
+
+    @property
     def objects(self) -> list[dict[str, Any]]:
-        """The Kubernetes objects of the bundle's YAML files, in path order (parsed on first use)."""
-        return parse_objects(self.files)
+        return [obj for _, obj in self.placed]
 
 
 def read_manifest(store: Store, key: str) -> tuple[Manifest, str]:

@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cdr_policy import layout
+from cdr_policy.admission import Admission
 from cdr_policy.bundle.loader import latest_render
 from cdr_policy.bundle.signing import LocalSigner, generate_local_key
 from cdr_policy.cli.flags import bounded_int
-from cdr_policy.cli.parser import Parser, invoked_as
-from cdr_policy.errors import ConfigError, StorageError, os_cause
-from cdr_policy.policy.checker.files import bundle_checker
+from cdr_policy.cli.parser import Parser, add_protection_arguments, invoked_as, protection_of
+from cdr_policy.errors import ConfigError, PolicyCheckError, StorageError, os_cause
+from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.qualys.credentials import load_credentials
 from cdr_policy.qualys.platforms import resolve_gateway
 from cdr_policy.stages.publish import PublishResult, publish_bundle
@@ -107,6 +108,10 @@ def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> i
         help=f"hold a bundle that changes more than this share of the prefixes (1..100, default "
         f"{DEFAULT_CHANGE_BUDGET})",
     )
+    add_protection_arguments(parser, "the channel's clusters")
+    parser.add_argument(
+        "--crds", metavar="PATH", help="CRD file or folder of the target clusters to check the objects against"
+    )
     args = parser.parse_args(argv)
     state_dir = state_folder(args, env, state_root)
     if not state_dir.is_dir():
@@ -124,7 +129,7 @@ def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> i
         signer=signer,
         now=utcnow(),
         change_budget_percent=args.change_budget,
-        check=bundle_checker(None),
+        admission=Admission(protection_of(args, f"channel {args.channel}"), _crds(args.crds)),
     )
     print(f"{result.status}: channel {args.channel}, bundle {result.digest[:12]} in {args.to}")
     if result.reason:
@@ -136,6 +141,13 @@ def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> i
     return 0 if result.shipped or result.status == "unchanged" else 1
 
 
+def _crds(path: str | None) -> SchemaSet | None:
+    try:
+        return SchemaSet.from_dir(path) if path else None
+    except PolicyCheckError as exc:
+        raise ConfigError(f"--crds: {exc}") from exc
+
+
 def next_steps(result: PublishResult, args: argparse.Namespace, state_dir: Path) -> list[str]:
     """The exact commands that come after a held or refused publish."""
     q = shlex.quote
@@ -145,6 +157,11 @@ def next_steps(result: PublishResult, args: argparse.Namespace, state_dir: Path)
         again.append(f"--channel {channel}")
     if args.change_budget != DEFAULT_CHANGE_BUDGET:
         again.append(f"--change-budget {args.change_budget}")
+    for flag, values in (("--protected-cidrs", args.protected_cidrs), ("--protected-ports", args.protected_ports)):
+        if values:
+            again.append(f"{flag} {q(','.join(values))}")
+    if args.crds:
+        again.append(f"--crds {q(args.crds)}")
     me = invoked_as()
     publish = f"  {me} publish {' '.join(again)}"
     if result.status == "held":

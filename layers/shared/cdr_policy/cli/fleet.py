@@ -225,7 +225,8 @@ def channel_history(dist: Store, channel: str, verifier: Verifier, limit: int) -
     entries: list[Manifest] = []
     skipped = 0
     for key in sorted((k for ks in digests.in_history(dist, channel).values() for k in ks), reverse=True):
-        if len(entries) >= limit:
+        # keys sort by publish time; entries published within the same second are all read, then ordered
+        if len(entries) >= limit and key.removesuffix(".json")[:-65] != _published_at(entries[-1]):
             break
         try:
             manifest = read_manifest(dist, key)[0]
@@ -237,7 +238,7 @@ def channel_history(dist: Store, channel: str, verifier: Verifier, limit: int) -
             continue
         entries.append(manifest)
     rows = []
-    for m in sorted(entries, key=lambda m: m.generation or 0, reverse=True):
+    for m in sorted(entries, key=lambda m: m.generation or 0, reverse=True)[:limit]:
         approval = None
         if m.rollback_of is not None:
             approval = f"rollback to generation {m.rollback_of}"
@@ -258,6 +259,11 @@ def channel_history(dist: Store, channel: str, verifier: Verifier, limit: int) -
         )
     shipping = current.digest if current is not None else None
     return {"channel": channel, "shipping": shipping, "generations": rows, "skipped": skipped}
+
+
+def _published_at(manifest: Manifest) -> str:
+    """The part of a history key before the digest (``channels/<channel>/history/<created_at>``)."""
+    return layout.history_key(manifest.channel, manifest.created_at, manifest.digest).removesuffix(".json")[:-65]
 
 
 @dataclass(frozen=True)

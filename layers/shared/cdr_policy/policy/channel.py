@@ -15,6 +15,7 @@ from cdr_policy import jsonio
 from cdr_policy.errors import ConfigError
 from cdr_policy.layout import is_channel_name
 from cdr_policy.policy.naming import is_label_key, is_label_value
+from cdr_policy.policy.ports import parse_port
 from cdr_policy.rules import RULES
 
 Action = Literal["Post", "Sigkill", "Override"]
@@ -80,6 +81,9 @@ class ChannelSettings:
     pod_labels: dict[str, str] = field(default_factory=dict)
     # The cluster's own pod, service and node CIDRs: never blocked (CIDR rules do not apply there).
     protected_cidrs: tuple[str, ...] = ()
+    # Ports (``tcp/8080``) no deny of this channel may name, beyond the never-block ports
+    # (``policy.ports``): a port block applies to every destination.
+    protected_ports: tuple[str, ...] = ()
     # Bundles expire so that a cluster cut off from the bucket stops enforcing stale blocks.
     bundle_ttl_hours: int = 72
     # Threat-intel feeds go into this channel's network blocklists (CDR indicators always do).
@@ -124,6 +128,11 @@ class ChannelSettings:
         for key, value in self.pod_labels.items():
             if not is_label_key(key) or not is_label_value(value):
                 raise ConfigError(f"channel {self.name}: pod label {key!r}={value!r} is not a valid Kubernetes label")
+        for port in self.protected_ports:
+            try:
+                parse_port(port)
+            except ValueError as exc:
+                raise ConfigError(f"channel {self.name}: protected_ports: {exc}") from None
         if self.tetragon_network_hook not in NETWORK_HOOKS:
             raise ConfigError(
                 f"channel {self.name}: tetragon_network_hook {self.tetragon_network_hook!r} is not one of "
@@ -162,6 +171,7 @@ class ChannelSettings:
         d = asdict(self)
         d["namespaces"] = list(self.namespaces)
         d["protected_cidrs"] = list(self.protected_cidrs)
+        d["protected_ports"] = list(self.protected_ports)
         d["promoted_rules"] = list(self.promoted_rules)
         return d
 
@@ -176,7 +186,7 @@ class ChannelSettings:
         if "name" not in d:
             raise ConfigError("channel settings need a 'name'")
         kwargs = dict(d)
-        for key in ("namespaces", "protected_cidrs", "promoted_rules"):
+        for key in ("namespaces", "protected_cidrs", "protected_ports", "promoted_rules"):
             if key in kwargs:
                 if not isinstance(kwargs[key], list | tuple):
                     raise ConfigError(f"channel {d['name']}: {key} must be a list")

@@ -35,15 +35,14 @@ from typing import Any, Literal
 from aws_lambda_powertools.metrics import MetricUnit
 
 from cdr_policy import layout
+from cdr_policy.admission import Admission
 from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, assess, shrink_reasons
-from cdr_policy.bundle.channel_rules import settings_problems
 from cdr_policy.bundle.loader import Bundle, latest_render, load_bundle, read_manifest
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Approval, Manifest
 from cdr_policy.bundle.objects import prefixes
 from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest, verify_signature
 from cdr_policy.errors import BundleError, StorageError
 from cdr_policy.observability import logger, metrics
-from cdr_policy.policy.checker.files import BundleCheck
 from cdr_policy.storage import NotFound, PreconditionFailed, Store, TooLarge, exists
 from cdr_policy.timeutil import iso
 
@@ -221,7 +220,7 @@ def publish_bundle(
     signer: Signer,
     now: datetime,
     change_budget_percent: int,
-    check: BundleCheck | None = None,
+    admission: Admission | None = None,
     min_changes: int = DEFAULT_MIN_CHANGES,
 ) -> PublishResult:
     """Check, sign and publish rendered bundle ``digest`` (``bundles/<digest>/`` in ``state``) to ``channel``.
@@ -229,9 +228,9 @@ def publish_bundle(
     - ``unchanged``: the bundle is already current and less than half through its lifetime; nothing written.
     - ``superseded``: ``digest`` is no longer the channel's latest render; nothing written.
     - ``refreshed``: the bundle is already current and was re-stamped and re-signed (no files copied).
-    - ``refused``: the objects do not match the manifest's action/mode (``channel_rules``) or ``check``
-      (the policy checker, with the channel's protected ranges) reported errors; nothing written, an
-      alarm metric is emitted.
+    - ``refused``: ``admission`` (default: ``Admission.baseline()``) refused the bundle (the closed
+      grammar, the objects' effect against the never-block list and the channel's protected ranges
+      and ports, the CRDs); nothing written, an alarm metric is emitted.
     - ``held``: the change budget (churn over ``change_budget_percent`` with at least ``min_changes``
       changes, or any shrink: see ``change_budget``) or an unusable current manifest; nothing written,
       an alarm metric is emitted. An operator's approval of this digest (``approvals/<channel>/<digest>``
@@ -269,10 +268,10 @@ def publish_bundle(
             previous_digest=previous,
             generation=current.manifest.generation,
         )
-    errors = settings_problems(rendered.manifest, rendered.objects)
-    errors += sorted(check(rendered.files)) if check is not None else []
-    if errors:
-        return _refuse(channel, digest, previous, f"policy check failed with {len(errors)} error(s)", errors)
+    verdict = (admission or Admission.baseline()).judge(rendered)
+    if not verdict.admitted:
+        reason = f"admission refused the bundle ({verdict.refusals.count} problem(s))"
+        return _refuse(channel, digest, previous, reason, verdict.lines())
 
     budget: dict[str, Any] | None = None
     approval: Approval | None = None
