@@ -187,19 +187,7 @@ class FakeKubeAPI(LoopbackServer):
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig whose current context is this fake (token authentication)."""
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-                    "users": [{"name": "fake", "user": {"token": self.token}}],
-                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-                    "current-context": "fake",
-                }
-            )
-        )
-        return path
+        return write_kubeconfig(path, self.url, self.token)
 
     @property
     def url(self) -> str:
@@ -571,3 +559,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base-class signature)
         return
+
+
+def write_kubeconfig(path: Path, server: str, token: str) -> Path:
+    """A kubeconfig whose current context is the API server at ``server`` (token authentication),
+    whether or not anything answers there."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": server}}],
+                "users": [{"name": "fake", "user": {"token": token}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    return path

@@ -3,6 +3,7 @@ usable as a context manager. A port that is taken is a one-line error, not a tra
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -53,3 +54,11 @@ class LoopbackServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def free_port() -> int:
+    """A loopback port where nothing listens now: connections to it are refused (until a fake is
+    started there, as a server that comes back after an outage)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -18,7 +18,8 @@ import yaml
 
 from cdr_policy import schemas
 from tests.fakes.feeds import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
-from tests.fakes.kube import FakeKubeAPI
+from tests.fakes.kube import FakeKubeAPI, write_kubeconfig
+from tests.fakes.loopback import free_port
 from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 from tests.integration.support import objects, run
 
@@ -345,17 +346,8 @@ def test_crds_given_as_one_file(env, tmp_path, capsys, crds_dir):
 
 def test_apply_against_an_unreachable_api_server_says_it_in_one_line(env, tmp_path, capsys):
     """Issue 21 point 7: bare ``stamina.retry_scheduled`` lines on standard error."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
-        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
-    )
+    port = free_port()
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}", "t")
     code, out, err = run(
         ["--once", "--apply", f"--output={tmp_path / 'p'}"], {**env, "KUBECONFIG": str(kubeconfig)}, capsys
     )

@@ -6,7 +6,6 @@ bucket that does not exist) or a cluster it cannot reach, says so in one line,
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import boto3
@@ -15,14 +14,10 @@ import pytest
 from cdr_policy import aws
 from cdr_policy.cli import main
 from tests.fakes.aws import moto_endpoint
+from tests.fakes.kube import write_kubeconfig
+from tests.fakes.loopback import free_port
 
 DIGEST = "ab" * 32
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -60,7 +55,7 @@ def assert_one_error_line(code: int, err: str, *words: str, exit_code: int = 1) 
 @pytest.fixture
 def unreachable(monkeypatch) -> str:
     """An AWS endpoint on a loopback port where nothing listens."""
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", url)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     aws.reset()
@@ -151,12 +146,7 @@ def test_debug_shows_the_traceback_as_well(unreachable, capsys):
 
 
 def test_validate_against_an_unreachable_api_server(tmp_path, capsys):
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{_closed_port()}'}}}}]\n"
-        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{free_port()}", "t")
     (tmp_path / "p.yaml").write_text("kind: TracingPolicy\n")
     code = main(["validate", str(tmp_path / "p.yaml"), "--kubernetes"], {"KUBECONFIG": str(kubeconfig)})
     err = capsys.readouterr().err

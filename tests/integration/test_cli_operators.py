@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS
 from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from tests.fakes.kube import FakeKubeAPI
+from tests.fakes.loopback import free_port
 from tests.fakes.qualys import FakeQualysGateway, load_findings
 from tests.integration.support import agent_args, run
 
@@ -38,12 +38,6 @@ def feed_files_env(tmp_path):
         path = tmp_path / "feeds.yaml"
         path.write_text(demo_feeds_yaml(feeds.url("/")))
         yield path
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 BAD = {
@@ -71,7 +65,7 @@ def test_bad_flags_and_paths_get_one_line_and_exit_2_before_any_request(case, en
 
 
 def test_an_unreachable_gateway_fails_fast_naming_the_host_and_the_cause(env, tmp_path, capsys):
-    port = _closed_port()
+    port = free_port()
     started = time.monotonic()
     code, out, err = run(
         ["--once", f"--output={tmp_path / 'p'}"], {**env, "QUALYS_GATEWAY_URL": f"http://127.0.0.1:{port}"}, capsys
@@ -320,7 +314,7 @@ def test_the_running_agent_serves_metrics_and_probes(env, tmp_path, capsys):
     run(["keygen", f"--out={keys}"], env, capsys)
     assert run(["--once", f"--output={tmp_path / 'policies'}"], env, capsys)[0] == 0
     assert run(["publish", f"--to={channel}", f"--key={keys / 'bundle-signing.pem'}"], env, capsys)[0] == 0
-    port = _closed_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,

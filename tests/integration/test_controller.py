@@ -10,7 +10,6 @@ import os
 import queue
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,15 +22,10 @@ import httpx
 from cdr_policy import schemas
 from cdr_policy.cli.controller import MAX_BACKOFF_S, RETRIES_AT_INTERVAL, SCHEMA, next_wait
 from demo.runner import FINDINGS
+from tests.fakes.loopback import free_port
 from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Lines:
@@ -63,7 +57,7 @@ def failures(lines: list[str]) -> list[str]:
 
 
 def test_the_controller_outlives_a_gateway_outage_and_recovers(tmp_path):
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     output, state = tmp_path / "policies", tmp_path / "state"
     env = {
         **os.environ,

@@ -218,14 +218,6 @@ def test_startup_problems_exit_2(problem, dist, public_key, tmp_path, monkeypatc
     assert err.startswith("cdr-policy: error: ") and len(err.splitlines()) == 1
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_for(predicate, what: str, timeout: float = 60.0):  # type: ignore[no-untyped-def]
     import time
 
@@ -259,15 +251,11 @@ def test_an_api_server_away_at_start_is_reported_unreachable_until_it_comes_back
     import sys
     from pathlib import Path
 
-    from tests.fakes.kube import FakeKubeAPI
+    from tests.fakes.kube import FakeKubeAPI, write_kubeconfig
+    from tests.fakes.loopback import free_port
 
-    port, token = _free_port(), "agent-token"
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
-        f"users: [{{name: u, user: {{token: {token}}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\n"
-    )
+    port, token = free_port(), "agent-token"
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}", token)
     state_dir = tmp_path / "agent-state"
     argv = [
         sys.executable, "-m", "cdr_policy.cli", "agent", f"--bucket={dist.root}", "--channel=prod",

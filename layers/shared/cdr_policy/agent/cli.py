@@ -35,7 +35,7 @@ from cdr_policy.agent.sync import (
 from cdr_policy.bundle.loader import Bundle
 from cdr_policy.bundle.manifest import VerificationError
 from cdr_policy.bundle.signing import Verifier
-from cdr_policy.cli.flags import bounded_int, dns_label, duration, port
+from cdr_policy.cli.flags import add_metrics_arguments, bounded_int, dns_label, duration
 from cdr_policy.cli.parser import add_protection_arguments, invoked_as, protection_of
 from cdr_policy.errors import CdrPolicyError, ConfigError, exit_code, print_error
 from cdr_policy.observability import logger
@@ -213,14 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where the last applied manifest and status.json are kept (default ~/.cache/cdr-policy/agent/<channel>)",
     )
-    parser.add_argument(
-        "--metrics-port",
-        type=port,
-        default=9090,
-        metavar="PORT",
-        help="serve /metrics (Prometheus), /healthz and /readyz on this port (0: off; not with --once)",
-    )
-    parser.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS", help="address to serve them on")
+    add_metrics_arguments(parser, port_default=9090, host_default="0.0.0.0", when="in loop mode (not with --once)")
 
 
 def admission_for(applier: Applier, crds: Path | None, protected: Protection) -> Admission:

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cdr_policy import __version__, layout
-from cdr_policy.cli.flags import bounded_int, duration, port
+from cdr_policy.cli.flags import add_metrics_arguments, bounded_int, duration
 from cdr_policy.cli.parser import Parser
 from cdr_policy.errors import CdrPolicyError, aws_cause, exit_code, is_aws_error, os_cause, print_error
 from cdr_policy.observability import log_to_stderr
@@ -87,14 +87,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="update interval in controller mode, e.g. 30m, 1h (5s..7d, default 1h); after three failed runs in "
         "a row the wait doubles, up to 5m or the interval",
     )
-    p.add_argument(
-        "--metrics-port",
-        type=port,
-        default=0,
-        metavar="PORT",
-        help="controller mode: serve /metrics (Prometheus), /healthz and /readyz on this port (default 0: off)",
-    )
-    p.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDRESS", help="address to serve them on")
+    add_metrics_arguments(p, port_default=0, host_default="127.0.0.1", when="controller mode")
     p.add_argument(
         "--threat-intel",
         action="store_true",

@@ -14,11 +14,10 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from cdr_policy import layout
 from cdr_policy.admission import Admission
 from cdr_policy.bundle.loader import latest_render
 from cdr_policy.bundle.signing import LocalSigner, generate_local_key
-from cdr_policy.cli.flags import bounded_int
+from cdr_policy.cli.flags import bounded_int, channel_name
 from cdr_policy.cli.parser import Parser, add_protection_arguments, invoked_as, protection_of
 from cdr_policy.errors import ConfigError, PolicyCheckError, StorageError, os_cause
 from cdr_policy.policy.checker import SchemaSet
@@ -33,12 +32,6 @@ PRIVATE_KEY = "bundle-signing.pem"
 PUBLIC_KEY = "bundle-signing.pub"
 DEFAULT_CHANGE_BUDGET = 50
 GITIGNORE = ".gitignore"
-
-
-def _channel_name(value: str) -> str:
-    if not layout.is_channel_name(value):
-        raise argparse.ArgumentTypeError(f"{value[:40]!r} is not a channel name (1-32 lower-case letters, digits, '-')")
-    return value
 
 
 def keygen_main(argv: list[str]) -> int:
@@ -97,7 +90,7 @@ def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> i
     parser.add_argument("--to", required=True, metavar="DIR", help="the distribution folder (created if needed)")
     parser.add_argument("--key", required=True, metavar="PEM", help=f"the signing key ({PRIVATE_KEY} from keygen)")
     parser.add_argument(
-        "--channel", type=_channel_name, default=LOCAL_CHANNEL, help=f"the channel (default {LOCAL_CHANNEL})"
+        "--channel", type=channel_name, default=LOCAL_CHANNEL, help=f"the channel (default {LOCAL_CHANNEL})"
     )
     _state_flags(parser, env)
     parser.add_argument(

@@ -7,6 +7,7 @@ import argparse
 import re
 from collections.abc import Callable
 
+from cdr_policy import layout
 from cdr_policy.timeutil import parse_duration
 
 # A digest may be given by any unique prefix this long or longer (48 bits: a collision among a
@@ -76,6 +77,13 @@ def digest_prefix(text: str) -> str:
     return value
 
 
+def channel_name(text: str) -> str:
+    """A channel's name (a DNS label of at most 32 characters: a key segment and a label value)."""
+    if not layout.is_channel_name(text):
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a channel name (1-32 lower-case letters, digits, '-')")
+    return text
+
+
 def dns_label(text: str) -> str:
     """A Kubernetes namespace name (an RFC 1123 label)."""
     if not _DNS_LABEL.fullmatch(text):
@@ -94,3 +102,17 @@ def text(max_chars: int) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def add_metrics_arguments(parser: argparse.ArgumentParser, *, port_default: int, host_default: str, when: str) -> None:
+    """``--metrics-port`` and ``--metrics-host``: where a long-running mode serves ``/metrics``
+    (Prometheus), ``/healthz`` and ``/readyz``; ``when`` says in which mode."""
+    parser.add_argument(
+        "--metrics-port",
+        type=port,
+        default=port_default,
+        metavar="PORT",
+        help=f"{when}: serve /metrics (Prometheus), /healthz and /readyz on this port (0: off; default "
+        f"{port_default or 'off'})",
+    )
+    parser.add_argument("--metrics-host", default=host_default, metavar="ADDRESS", help="address to serve them on")

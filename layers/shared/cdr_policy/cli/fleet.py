@@ -37,7 +37,7 @@ from cdr_policy.bundle.manifest import Manifest, VerificationError
 from cdr_policy.bundle.objects import ObjectRef, prefixes, ref_of
 from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer, Verifier, verify_signature
 from cdr_policy.cli import digests
-from cdr_policy.cli.flags import bounded_int, digest_prefix, text
+from cdr_policy.cli.flags import bounded_int, channel_name, digest_prefix, text
 from cdr_policy.cli.parser import Parser, invoked_as
 from cdr_policy.errors import BundleError, ConfigError
 from cdr_policy.policy import naming
@@ -51,12 +51,6 @@ SUMMARY_OBJECTS = 20
 DEFAULT_HISTORY = 20
 
 
-def _channel_name(value: str) -> str:
-    if not layout.is_channel_name(value):
-        raise argparse.ArgumentTypeError(f"{value[:40]!r} is not a channel name (1-32 lower-case letters, digits, '-')")
-    return value
-
-
 def channel_main(argv: list[str]) -> int:
     parser = Parser(prog="cdr-policy channel", description="Inspect, approve and roll back channels.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -64,10 +58,10 @@ def channel_main(argv: list[str]) -> int:
     _dist(listing)
     show = commands.add_parser("show", help="one channel's signed manifest")
     _dist(show)
-    show.add_argument("channel", type=_channel_name)
+    show.add_argument("channel", type=channel_name)
     history = commands.add_parser("history", help="a channel's generations: digest, time, approval, size")
     _dist(history)
-    history.add_argument("channel", type=_channel_name)
+    history.add_argument("channel", type=channel_name)
     history.add_argument(
         "--limit",
         type=bounded_int(1, 100_000),
@@ -78,7 +72,7 @@ def channel_main(argv: list[str]) -> int:
     diff = commands.add_parser("diff", help="what a bundle changes against the one the channel ships")
     _dist(diff)
     _state(diff)
-    diff.add_argument("channel", type=_channel_name)
+    diff.add_argument("channel", type=channel_name)
     diff.add_argument(
         "--digest",
         type=digest_prefix,
@@ -87,12 +81,12 @@ def channel_main(argv: list[str]) -> int:
     diff.add_argument("--full", action="store_true", help="list every prefix and object, not a summary")
     approve = commands.add_parser("approve", help="approve a bundle the change budget held")
     _state(approve)
-    approve.add_argument("channel", type=_channel_name)
+    approve.add_argument("channel", type=channel_name)
     approve.add_argument("digest", type=digest_prefix, help="the held bundle: its digest or a unique prefix (12+)")
     approve.add_argument("--reason", type=text(1000), default="", help="why (kept in the approval)")
     back = commands.add_parser("rollback", help="publish an earlier bundle of the channel again")
     _dist(back)
-    back.add_argument("channel", type=_channel_name)
+    back.add_argument("channel", type=channel_name)
     back.add_argument(
         "--to",
         required=True,
