@@ -342,6 +342,11 @@ def test_crds_given_as_one_file(env, tmp_path, capsys, crds_dir):
     assert code == 0, err
     code, out, _ = run(["validate", str(out_dir), "--crds", str(all_crds)], env, capsys)
     assert code == 0 and f"checked against {all_crds}" in out
+    # One file without the Cilium CRDs: the checker's list of errors is one line
+    tetragon_only = crds_dir / "tetragon_cilium.io_tracingpolicies.yaml"
+    code, _, err = run(["--once", f"--crds={tetragon_only}", f"--output={out_dir}"], env, capsys)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "refusing to ship 2 checker error(s): cilium-cdr-blocklist-cidrs-001.yaml (CiliumCIDRGroup/" in err
 
 
 def test_apply_against_an_unreachable_api_server_says_it_in_one_line(env, tmp_path, capsys):

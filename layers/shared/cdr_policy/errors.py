@@ -33,7 +33,10 @@ def one_line(error: BaseException | str) -> str:
     """An error's message on one line (a multi-line message, such as a list of checker errors,
     is joined with ``; ``)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return "; ".join(lines) or type(error).__name__
+    out = ""
+    for line in lines:
+        out += line if not out else (" " if out.endswith(":") else "; ") + line
+    return out or type(error).__name__
 
 
 def print_error(error: BaseException | str, prog: str = "cdr-policy") -> None:
@@ -79,12 +82,20 @@ def aws_cause(exc: Exception) -> str:
     if isinstance(exc, ProfileNotFound):
         return f"{exc}: check AWS_PROFILE"
     if isinstance(exc, EndpointConnectionError):
-        return f"cannot connect to {exc.kwargs.get('endpoint_url')}"
+        return f"cannot connect to {_endpoint(exc.kwargs.get('endpoint_url'))}"
     if isinstance(exc, ReadTimeoutError):
-        return f"no answer in time from {exc.kwargs.get('endpoint_url')}"
+        return f"no answer in time from {_endpoint(exc.kwargs.get('endpoint_url'))}"
     if isinstance(exc, ConnectionError):
         return f"connection to AWS failed: {exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _endpoint(url: object) -> str:
+    """``https://host:port`` of a request URL (its path and query name the object, not the endpoint)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(str(url))
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else str(url)
 
 
 def is_aws_error(exc: BaseException) -> bool:
