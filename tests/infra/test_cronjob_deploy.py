@@ -151,7 +151,7 @@ def cli_arguments(objects: list[Obj], env: dict[str, str]) -> argparse.Namespace
 def test_arguments_are_the_originals_and_the_cli_accepts_them(objects, threat_intel):
     args = cli_arguments(objects, {})
     assert (args.once, args.apply, args.hours, args.action) == (True, True, 24, "Post")
-    assert args.threat_intel is False
+    assert not args.threat_intel  # None: not given (a --channel file's threat_intel would apply)
     _, pod, container = generator(objects)
     mounted = mounts(pod, container)
     # Output, state and /tmp are the only writable places, each an emptyDir under a read-only root.
@@ -160,7 +160,7 @@ def test_arguments_are_the_originals_and_the_cli_accepts_them(objects, threat_in
     # The threat-intel variant is the same CronJob with one more flag.
     ti_args = cli_arguments(threat_intel, {})
     assert ti_args.threat_intel is True
-    assert {**vars(ti_args), "threat_intel": False} == vars(args)
+    assert {**vars(ti_args), "threat_intel": None} == vars(args)
     _, _, ti_container = generator(threat_intel)
     assert ti_container["args"] == [*container["args"], "--threat-intel"]
     others = [o for o in threat_intel if o["kind"] != "CronJob"]

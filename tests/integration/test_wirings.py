@@ -59,7 +59,7 @@ def test_cdr_fetch_and_render_leave_the_same_bytes_through_both_wirings(tmp_path
             platform=None,
             gateway=gateway.url,
             categories=None,
-            reputation_threshold=50,
+            reputation_threshold=None,  # as the parser gives it without the flag (only with threat intel)
             crds=None,
             hours=24,
         )
