@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cdr_policy.settings import Settings
-from tests.infra.support import REPO
+from tests.infra.support import NO_VALUE, REPO
 
 pytestmark = pytest.mark.infra
 
@@ -97,13 +97,14 @@ def test_function_environment_matches_the_settings(template, functions, resolve)
     Settings.from_env(Recording({"STATE_BUCKET": "s", "DIST_BUCKET": "d"}))
     used: set[str] = set()
     for name, props in functions.items():
-        env = {k: resolve(v) for k, v in environment(template, props).items()}
+        env = {k: v for k, v in ((k, resolve(v)) for k, v in environment(template, props).items()) if v != NO_VALUE}
         assert set(env) - known - POWERTOOLS_VARS == set(), name
         used |= set(env)
         settings = Settings.from_env(env)
         assert settings.state_bucket == "cdr-policy-dev-state-123456789012-us-east-1"
         assert settings.dist_bucket == "cdr-policy-dev-dist-123456789012-us-east-1"
-    assert known - used == set(), "settings that no function receives"
+    # APPROVER_KEY_ID is set when the stack has an approver (ApproverPrincipalArn), which the defaults do not
+    assert known - used == {"APPROVER_KEY_ID"}, "settings that no function receives"
     assert POWERTOOLS_VARS <= set(globals_fn(template)["Environment"]["Variables"])
 
     def own(name: str) -> set[str]:
@@ -112,7 +113,7 @@ def test_function_environment_matches_the_settings(template, functions, resolve)
     assert own("CdrFetchFunction") == {"QUALYS_SECRET_NAME", "QUALYS_PLATFORM", "QUALYS_GATEWAY_URL"}
     assert own("FeedSyncFunction") == {"ABUSEIPDB_SECRET_NAME"}
     assert own("RenderFunction") == {"PUBLISH_QUEUE_URL"}
-    assert own("PublishFunction") == {"SIGNING_KEY_ID", "IDEMPOTENCY_TABLE"}
+    assert own("PublishFunction") == {"SIGNING_KEY_ID", "IDEMPOTENCY_TABLE", "APPROVER_KEY_ID"}
     publish = Settings.from_env({k: resolve(v) for k, v in environment(template, functions["PublishFunction"]).items()})
     assert publish.idempotency_table == "cdr-policy-dev-idempotency"
     assert publish.signing_key_id == "<SigningKey.Arn>"
@@ -464,7 +465,7 @@ def test_outputs(template):
         "PublishQueueUrl", "PublishDeadLetterQueueUrl", "SigningKeyId", "SigningKeyArn",
         "SigningKeyAliasName", "IdempotencyTableName", "SharedLayerArn", "CdrFetchFunctionName",
         "FeedSyncFunctionName", "RenderFunctionName", "PublishFunctionName",
-        "AlarmTopicArn", "ScheduledRunFailureQueueUrl", "AccessLogBucketName",
+        "AlarmTopicArn", "ScheduledRunFailureQueueUrl", "AccessLogBucketName", "ApproverRoleArn", "ApproverKeyArn",
     }  # fmt: skip
     assert set(template["Outputs"]) == expected
     for output in template["Outputs"].values():

@@ -37,7 +37,7 @@ def commands(keys: Path, tmp_path: Path) -> dict[str, list[str]]:
         "channel show": ["channel", "show", "prod", dist],
         "channel history": ["channel", "history", "prod", dist, public],
         "channel diff": ["channel", "diff", "prod", dist, state],
-        "channel approve": ["channel", "approve", "prod", DIGEST, state],
+        "channel approve": ["channel", "approve", "prod", DIGEST, state, dist, private],
         "channel rollback": ["channel", "rollback", "prod", f"--to={DIGEST}", dist, private],
         "channel history (KMS)": ["channel", "history", "prod", dist, "--kms-key-id=alias/cdr-policy-signing"],
     }

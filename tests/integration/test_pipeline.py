@@ -19,6 +19,7 @@ from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.signing import KmsSigner, Verifier, verify_manifest
+from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.policy.checker import SchemaSet, check_files
 from cdr_policy.settings import Settings, get_settings
 from cdr_policy.storage import S3Store
@@ -273,14 +274,14 @@ def test_redelivered_notifications_change_nothing(pipeline, lambda_env):
     assert {b["channel"]: b["digest"] for b in again} == {k: v["digest"] for k, v in before.items()}
     assert not any(b["changed"] for b in again)
     for channel in CHANNELS:
-        outcome = cloud.publish(lambda_env, channel=channel["name"], digest=before[channel["name"]]["digest"])
+        outcome = cloud.publish(lambda_env, PublishRequest(channel["name"], before[channel["name"]]["digest"]))
         assert outcome["status"] == "unchanged"
 
 
 def test_a_stale_publish_request_cannot_roll_a_channel_back(pipeline, lambda_env):
     from cdr_policy.wiring import cloud
 
-    outcome = cloud.publish(lambda_env, channel="prod", digest="0" * 64)
+    outcome = cloud.publish(lambda_env, PublishRequest("prod", "0" * 64))
     assert outcome["status"] == "superseded"
 
 
@@ -349,9 +350,13 @@ def test_fleet_commands_against_the_buckets(pipeline, lambda_env, capsys):
     diff = json.loads(capsys.readouterr().out)
     assert diff["from"] == diff["to"] and diff["prefixes"] == {"added": [], "removed": []}
 
-    assert main(["channel", "approve", "prod", diff["to"], f"--state={state}"], env) == 0
-    approval = _store(result, result.stack.names.state_bucket).get(layout.approval_key("prod", diff["to"]))
-    assert json.loads(approval.data)["digest"] == diff["to"]
+    # An approver grants it with the approvers' KMS key (a key of its own, never the channel's).
+    approver_key = result.stack.client("kms").create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")
+    approver = f"--kms-key-id={approver_key['KeyMetadata']['Arn']}"
+    assert main(["channel", "approve", "prod", diff["to"], f"--state={state}", f"--dist={dist}", approver], env) == 0
+    key = layout.approval_key("prod", diff["to"], diff["from"])
+    grant = json.loads(_store(result, result.stack.names.state_bucket).get(key).data)
+    assert (grant["digest"], grant["previous_digest"]) == (diff["to"], diff["from"])
     capsys.readouterr()
 
     # Rolling back to what the channel ships, signed by the stack's KMS key, changes nothing.

@@ -26,7 +26,7 @@ def test_every_key_function_lands_in_a_documented_family():
         layout.feed_state_key("tor-exit"),
         layout.feed_last_good_key("tor-exit"),
         layout.reputation_set_key("abuseipdb"),
-        layout.approval_key("prod", "ab" * 32),
+        layout.approval_key("prod", "ab" * 32, "cd" * 32),
         layout.bundle_manifest_key("ab" * 32),
         layout.latest_render_key("prod"),
     ]

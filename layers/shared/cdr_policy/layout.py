@@ -52,9 +52,10 @@ FEEDS_CONFIG = f"{CONFIG}feeds.yaml"
 CATEGORIES_CONFIG = f"{CONFIG}categories.yaml"
 
 
-def approval_key(channel: str, digest: str) -> str:
-    """An operator's approval of a bundle held back by the change budget."""
-    return f"{APPROVALS}{channel}/{digest}"
+def approval_key(channel: str, digest: str, previous: str | None) -> str:
+    """An approver's signed grant of bundle ``digest`` as the replacement of ``previous`` (None: the
+    channel has no usable bundle), for a bundle held back by the change budget."""
+    return f"{APPROVALS}{channel}/{digest}/{previous or 'none'}.json"
 
 
 # -- state store: CdrFetch -------------------------------------------------------------------------
@@ -153,7 +154,12 @@ STATE_KEYS: tuple[KeyFamily, ...] = (
     KeyFamily(FEEDS_CONFIG, "operator", "feed list (`feeds:`), replaces (or with `mode: extend` extends) the built-in"),
     KeyFamily(CATEGORIES_CONFIG, "operator", "category mapping replacing the shipped one"),
     KeyFamily(f"{CRDS}…", "operator", "CRD YAML files of the target clusters (schema checks in Render and Publish)"),
-    KeyFamily(approval_key("<channel>", "<digest>"), "operator", "approval of a bundle held by the change budget"),
+    KeyFamily(
+        approval_key("<channel>", "<digest>", "<previous-digest>"),
+        "approver",
+        "signed grant of a held bundle as the replacement of the one the channel ships; used once "
+        "(Publish deletes it when it ships); writable only by the approver role",
+    ),
     KeyFamily(CDR_CHECKPOINT, "CdrFetch", "last fully stored window end"),
     KeyFamily(CDR_SEEN, "CdrFetch", "uuids already merged (bounded by the look-back), commit marker"),
     KeyFamily(CDR_LAST_RUN, "CdrFetch", "the last run's summary (`cdr-run.schema.json`)"),
@@ -203,6 +209,7 @@ WRITE_PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
     "Render": ("state", (BUNDLES,)),
     "Publish": ("dist", (CHANNELS,)),
     "agent": ("dist", (STATUS,)),
+    "approver": ("state", (APPROVALS,)),
 }
 
 

@@ -32,6 +32,9 @@ class Settings:
     change_budget_percent: int
     # DynamoDB table of the Publish function's idempotency records (Powertools idempotency).
     idempotency_table: str | None = None
+    # The approvers' KMS key (only the Approver role signs with it): Publish verifies grants with
+    # its public key. None: nothing past the change budget can be approved.
+    approver_key_id: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -72,6 +75,7 @@ class Settings:
             reputation_threshold=integer("REPUTATION_THRESHOLD", 50, 0, 100),
             change_budget_percent=integer("CHANGE_BUDGET_PERCENT", 50, 1, 100),
             idempotency_table=optional("IDEMPOTENCY_TABLE"),
+            approver_key_id=optional("APPROVER_KEY_ID"),
         )
 
 

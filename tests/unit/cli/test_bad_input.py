@@ -85,8 +85,8 @@ AGENT = ["agent", "--bucket=.", "--channel=prod", "--cluster-id=c", "--public-ke
         (["channel", "history", "prod", "--dist=.", "--public-key=k", "--limit=0"], "argument --limit: 0 is out of"),
         (["channel", "show", "PROD", "--dist=."], "argument channel: 'PROD' is not a channel name"),
         (["channel", "diff", "prod", "--dist=.", "--state=.", "--digest=xyz"], "argument --digest: 'xyz' is not a"),
-        (["channel", "approve", "prod", DIGEST, "--state=.", "--reason=a\nb"], "argument --reason: control characters"),
-        (["channel", "approve", "prod", DIGEST, "--state=.", "--reason=" + "x" * 1001], "1001 characters: at most"),
+        (["channel", "approve", "prod", "4d3b", "--state=.", "--dist=.", PEM], "argument digest: '4d3b' is not a"),
+        (["channel", "approve", "prod", DIGEST, "--state=.", "--dist=.", PEM, "--valid-for=31d"], "at most 30 days"),
         (["channel", "rollback", "prod", "--to=ab", "--dist=.", PEM], "argument --to: 'ab' is not a bundle digest"),
     ],
 )

@@ -5,6 +5,7 @@ everything, messages that name the next command, ``cdr-policy state path``."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from tests.unit.bundle.factory import files_of, ips, network_bundle, render, tra
 
 @pytest.fixture
 def keys(tmp_path, capsys) -> Path:
+    """The channel's signing key pair in ``keys/``, an approver's own in ``approver/``."""
     assert main(["keygen", f"--out={tmp_path / 'keys'}"], {}) == 0
+    assert main(["keygen", f"--out={tmp_path / 'approver'}"], {}) == 0
     capsys.readouterr()
     return tmp_path / "keys"
 
@@ -40,7 +43,13 @@ class Channel:
 
     def publish(self) -> int:
         argv = ["publish", f"--to={self.dist}", f"--key={self.keys / 'bundle-signing.pem'}", "--channel=prod"]
+        argv.append(f"--approver-key={self.keys.parent / 'approver/bundle-signing.pub'}")
         return main([*argv, f"--state-dir={self.state.root}"], {})
+
+    def approve(self, given: str, *extra: str) -> list[str]:
+        """``channel approve prod GIVEN`` as the approver."""
+        approver = f"--key={self.keys.parent / 'approver/bundle-signing.pem'}"
+        return ["channel", "approve", "prod", given, f"--dist={self.dist}", approver, *extra]
 
     def cli(self, *argv: str, capsys) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
         code = main(list(argv), {})
@@ -64,17 +73,16 @@ def test_approve_takes_a_unique_prefix_and_refuses_short_or_unknown_ones(channel
     capsys.readouterr()
     state = f"--state={channel.state.root}"
 
-    code, out, _ = channel.cli("channel", "approve", "prod", digest[:12], state, capsys=capsys)
-    assert code == 0 and out.startswith(f"approved: bundle {digest[:12]} of channel prod")
-    assert json.loads(channel.state.get(layout.approval_key("prod", digest)).data)["digest"] == digest
-    assert channel.publish() == 0
+    code, out, _ = channel.cli(*channel.approve(digest[:12], state), capsys=capsys)
+    assert code == 0 and out.startswith(f"approved: bundle {digest[:12]} of channel prod over ")
+    assert channel.publish() == 0, "the grant of the full digest the prefix named lets it through"
 
-    code, _, err = channel.cli("channel", "approve", "prod", digest[:11], state, capsys=capsys)
+    code, _, err = channel.cli(*channel.approve(digest[:11], state), capsys=capsys)
     assert code == 2 and "is not a bundle digest: give the 64 hex digits or a unique prefix of at least 12" in err
-    code, _, err = channel.cli("channel", "approve", "prod", "0" * 12, state, capsys=capsys)
+    code, _, err = channel.cli(*channel.approve("0" * 12, state), capsys=capsys)
     assert code == 2 and f"no rendered bundle in {channel.state.root} starts with 000000000000" in err
     assert "cdr-policy state path" in err
-    code, _, err = channel.cli("channel", "approve", "prod", digest[:12], "--state=./no-such-state", capsys=capsys)
+    code, _, err = channel.cli(*channel.approve(digest[:12], "--state=./no-such-state"), capsys=capsys)
     assert code == 2 and "--state ./no-such-state does not exist" in err
 
 
@@ -84,17 +92,11 @@ def test_an_ambiguous_prefix_lists_the_candidates(channel, capsys):
     root = channel.state.root
     shutil.copytree(root / layout.BUNDLES / digest, root / layout.BUNDLES / twin)
 
-    code, _, err = channel.cli("channel", "approve", "prod", digest[:12], f"--state={root}", capsys=capsys)
+    code, _, err = channel.cli(*channel.approve(digest[:12], f"--state={root}"), capsys=capsys)
 
     assert code == 2 and len(err.splitlines()) == 1
     assert f"{digest[:12]} is ambiguous: 2 rendered bundles start with it (" in err
     assert sorted([digest[:14], twin[:14]]) == sorted(err.split("(")[1].split(")")[0].split(", "))
-
-
-def test_approving_another_channels_bundle_is_refused(channel, capsys):
-    digest = render(channel.state, network_bundle(ips(0, 20), channel="staging"), channel="staging", created=utcnow())
-    code, _, err = channel.cli("channel", "approve", "prod", digest, f"--state={channel.state.root}", capsys=capsys)
-    assert code == 2 and "was rendered for channel staging, not prod" in err
 
 
 def test_history_lists_the_generations_and_counts_what_does_not_verify(channel, tmp_path, capsys):
@@ -191,3 +193,22 @@ def test_state_path_prints_the_folder_the_run_uses(tmp_path, capsys):
 def test_rollback_help_points_to_channel_history(capsys):
     assert main(["channel", "rollback", "--help"], {}) == 0
     assert "(see channel history)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_held_publish_without_an_approver_key_says_how_to_make_one(channel, tmp_path, monkeypatch, capsys):
+    """The printed commands, run in order as printed, ship the held bundle: the approver's key pair
+    is made first, then the grant, then the publish that checks it."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # where no approver key is yet
+    digest = channel.render(network_bundle(ips(0, 200)))
+    argv = ["publish", f"--to={channel.dist}", f"--key={channel.keys / 'bundle-signing.pem'}", "--channel=prod"]
+    code, out, _ = channel.cli(*argv, f"--state-dir={channel.state.root}", capsys=capsys)
+    assert code == 1 and out.startswith("held: ")
+    printed = [line.split("#")[0].strip() for line in out.splitlines() if line.startswith("  cdr-policy ")]
+    assert [c.split()[1:3] for c in printed] == [
+        ["keygen", "--out"], ["channel", "diff"], ["channel", "approve"], ["publish", "--to"],
+    ]  # fmt: skip
+    for command in printed:
+        code, out, _ = channel.cli(*shlex.split(command)[1:], capsys=capsys)
+        assert code == 0, command
+    assert out.startswith(f"published: channel prod, bundle {digest[:12]}")

@@ -9,9 +9,13 @@ import threading
 from datetime import timedelta
 
 import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from cdr_policy import aws, jsonio, layout
+from cdr_policy.bundle.approvals import grant
+from cdr_policy.bundle.manifest import Settings
 from cdr_policy.bundle.signing import KmsSigner
+from cdr_policy.documents import channels_from_store
 from cdr_policy.settings import get_settings
 from cdr_policy.stages.publish import ChannelMoved, publish_bundle
 from cdr_policy.storage import S3Store
@@ -35,7 +39,8 @@ def stack(endpoint, monkeypatch):
 
     httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
     created = create_stack(endpoint, environment="safety")
-    for key, value in created.env.items():
+    approver_key = created.client("kms").create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")
+    for key, value in {**created.env, "APPROVER_KEY_ID": approver_key["KeyMetadata"]["Arn"]}.items():
         monkeypatch.setenv(key, value)
     aws.reset()
     get_settings.cache_clear()
@@ -50,21 +55,25 @@ def stores(stack) -> tuple[S3Store, S3Store]:
 
 
 def rendered(stack, files, channel="prod") -> str:
-    """Put a bundle in the state bucket as Render does, as the channel's latest render."""
+    """Put a bundle in the state bucket as Render does, as the channel's latest render, rendered with
+    the channel's settings as the bucket configures them now."""
     state, _ = stores(stack)
     now = utcnow()
-    digest = render(state, files, channel=channel, created=now)
+    configured = next(c for c in channels_from_store(state) if c.name == channel)
+    settings = Settings(action=configured.action, mode="monitor", channel_digest=configured.fingerprint())
+    digest = render(state, files, channel=channel, created=now, settings=settings)
     state.put(layout.latest_render_key(channel), jsonio.dumps({"digest": digest, "rendered_at": now.isoformat()}))
     return digest
 
 
-def invoke(channel: str, digest: str) -> dict:
+def invoke(channel: str, digest: str, approval: str | None = None) -> dict:
+    body = {"channel": channel, "digest": digest} | ({"approval": approval} if approval else {})
     event = {
         "Records": [
             {
                 "messageId": f"m-{digest[:8]}",
                 "receiptHandle": "rh",
-                "body": json.dumps({"channel": channel, "digest": digest}),
+                "body": json.dumps(body),
                 "attributes": {"ApproximateReceiveCount": "1"},
                 "messageAttributes": {},
                 "md5OfBody": "",
@@ -97,20 +106,32 @@ def test_a_bundle_dropping_a_behaviour_policy_is_held_until_approved(stack):
     assert invoke("prod", dropped) == {"batchItemFailures": []}
     assert current(stack)["digest"] == first
 
+    # The approver grants it with the approvers' KMS key and asks Publish again (channel approve
+    # --publish-queue): a new request for the idempotency store, never answered with the held one.
     state, _ = stores(stack)
-    state.put(f"approvals/prod/{dropped}", b"")
-    # (the handler remembers the held result for its idempotency window: call the stage it runs)
-    summary = _publish_stage("prod", dropped)
-    assert summary["status"] == "published"
+    grant_key, fingerprint = approve_as(stack, state, dropped, previous=first)
+    assert invoke("prod", dropped) == {"batchItemFailures": []}
+    assert current(stack)["digest"] == first  # Render's request again: still the held answer
+    assert invoke("prod", dropped, approval=fingerprint) == {"batchItemFailures": []}
     manifest = current(stack)
     assert (manifest["digest"], manifest["generation"]) == (dropped, 2)
-    assert manifest["approval"]["previous_digest"] == first
+    assert manifest["approval"]["previous_digest"] == first and manifest["approval"]["grant"] == fingerprint
+    assert state.list(grant_key) == []  # used once
+
+
+def approve_as(stack, state, digest: str, *, previous: str | None, key_id: str | None = None) -> tuple[str, str]:
+    """Sign a grant with the approvers' KMS key (or ``key_id``) and put it where Publish looks."""
+    signer = KmsSigner(stack.client("kms"), key_id or get_settings().approver_key_id)
+    signed = grant("prod", digest, previous, signer=signer, now=utcnow(), reason="reviewed by the on-call")
+    state.put(signed.key, jsonio.dumps_pretty(signed.to_json()))
+    return signed.key, signed.fingerprint()
 
 
 def _publish_stage(channel: str, digest: str) -> dict:
+    from cdr_policy.lambda_events import PublishRequest
     from cdr_policy.wiring import cloud
 
-    return cloud.publish(get_settings(), channel=channel, digest=digest)
+    return cloud.publish(get_settings(), PublishRequest(channel, digest))
 
 
 def test_an_empty_bundle_over_a_small_channel_is_held(stack):
@@ -214,3 +235,63 @@ def test_publish_refuses_what_the_channel_settings_forbid(stack):
     assert summary["status"] == "refused"
     assert any("protected range of channel prod" in e for e in summary["errors"])
     assert stores(stack)[1].list(layout.channel_manifest_key("prod")) == []
+
+
+# -- issue 27: errors are retried, decisions are cached, Publish signs what the channel says now ------
+
+
+def test_a_store_failure_is_retried_never_remembered_as_held(stack, monkeypatch):
+    """Reading the current bundle fails once (a 503): the record fails and is not stored by the
+    idempotency layer, so the redelivery after recovery publishes instead of answering "held"."""
+    from cdr_policy.storage import StorageError
+
+    first = rendered(stack, network_bundle(ips(0, 90), tag="a"))
+    assert invoke("prod", first) == {"batchItemFailures": []}
+    second = rendered(stack, network_bundle(ips(1, 90), tag="b"))
+    real_get = S3Store.get
+    failures = {"left": 1}
+
+    def flaky(self, key, *, max_bytes=None):
+        if f"/bundles/{first}/" in key and failures["left"]:
+            failures["left"] -= 1
+            raise StorageError(f"s3://{self.bucket}/{key}: SlowDown: 503")
+        return real_get(self, key, max_bytes=max_bytes)
+
+    monkeypatch.setattr(S3Store, "get", flaky)
+    with pytest.raises(BatchProcessingError, match="All records failed"):  # the whole batch: Lambda backs off
+        invoke("prod", second)
+    assert current(stack)["digest"] == first
+
+    assert invoke("prod", second) == {"batchItemFailures": []}  # the redelivery
+    assert current(stack)["digest"] == second
+
+
+def test_a_bundle_rendered_with_settings_the_channel_no_longer_has_is_not_signed(stack):
+    """Staging rendered under Sigkill, then set back to Post: the retried request for the Sigkill render
+    is superseded, never signed with the action the channel no longer has."""
+    state, _ = stores(stack)
+    state.put("config/channels.yaml", b"channels:\n  - {name: staging, action: Sigkill}\n")
+    killing = rendered(stack, network_bundle(ips(0, 10), tag="k", channel="staging"), channel="staging")
+    state.put("config/channels.yaml", b"channels:\n  - {name: staging, action: Post}\n")
+
+    summary = _publish_stage("staging", killing)
+
+    assert summary["status"] == "superseded"
+    assert summary["reason"].startswith("rendered with settings the channel no longer has")
+    assert stores(stack)[1].list(layout.channel_manifest_key("staging")) == []
+
+
+def test_a_missing_history_entry_is_written_by_any_later_publish(stack):
+    """Publish died between the manifest and its history entry; the next request is for a newer bundle:
+    the entry of the manifest it replaces is written too, so every generation can be rolled back to."""
+    _, dist = stores(stack)
+    first = rendered(stack, network_bundle(ips(0, 90), tag="a"))
+    invoke("prod", first)
+    [entry] = dist.list(layout.history_prefix("prod"))
+    dist.delete(entry)
+    second = rendered(stack, network_bundle(ips(1, 90), tag="b"))
+
+    invoke("prod", second)
+
+    history = dist.list(layout.history_prefix("prod"))
+    assert len(history) == 2 and entry in history

@@ -22,7 +22,7 @@ from cdr_policy.errors import BundleError
 from cdr_policy.storage import NotFound, Store, TooLarge
 
 # Render's pointer is ``{"digest": ...}`` and a few fields: anything larger was not written by Render.
-MAX_POINTER_BYTES = 64 << 10
+MAX_POINTER_BYTES = 4096
 
 
 @dataclass(frozen=True)

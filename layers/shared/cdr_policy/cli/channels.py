@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cdr_policy.admission import Admission
 from cdr_policy.bundle.loader import latest_render
-from cdr_policy.bundle.signing import LocalSigner, generate_local_key
+from cdr_policy.bundle.signing import LocalSigner, Verifier, generate_local_key
 from cdr_policy.cli.flags import bounded_int, channel_name
 from cdr_policy.cli.parser import Parser, add_protection_arguments, invoked_as, protection_of
 from cdr_policy.errors import ConfigError, PolicyCheckError, StorageError, os_cause
@@ -101,6 +101,12 @@ def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> i
         help=f"hold a bundle that changes more than this share of the prefixes (1..100, default "
         f"{DEFAULT_CHANGE_BUDGET})",
     )
+    parser.add_argument(
+        "--approver-key",
+        metavar="PEM",
+        help="the approvers' public key(s): a bundle over the change budget ships only with a grant they signed "
+        "(cdr-policy channel approve); without it nothing past the budget ships",
+    )
     add_protection_arguments(parser, "the channel's clusters")
     parser.add_argument(
         "--crds", metavar="PATH", help="CRD file or folder of the target clusters to check the objects against"
@@ -123,6 +129,7 @@ def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> i
         now=utcnow(),
         change_budget_percent=args.change_budget,
         admission=Admission(protection_of(args, f"channel {args.channel}"), _crds(args.crds)),
+        approvers=Verifier.from_file(args.approver_key) if args.approver_key else None,
     )
     print(f"{result.status}: channel {args.channel}, bundle {result.digest[:12]} in {args.to}")
     if result.reason:
@@ -141,27 +148,44 @@ def _crds(path: str | None) -> SchemaSet | None:
         raise ConfigError(f"--crds: {exc}") from exc
 
 
+# Where the walkthrough keeps the approver's own key pair, when publish was given none.
+APPROVER_DIR = "approver"
+
+
 def next_steps(result: PublishResult, args: argparse.Namespace, state_dir: Path) -> list[str]:
-    """The exact commands that come after a held or refused publish."""
+    """The exact commands that come after a held or refused publish. A held bundle ships with an
+    approver's grant: signed with the approver's own key (never the channel's), checked by Publish
+    against ``--approver-key``; the approver's private key is taken to lie beside that public key,
+    as ``keygen`` leaves them (without ``--approver-key``, in a folder made for it first)."""
     q = shlex.quote
     state, channel, digest = q(str(state_dir)), args.channel, result.digest
+    lines: list[str] = []
+    me = invoked_as()
+    approver_pub = Path(args.approver_key) if args.approver_key else Path(APPROVER_DIR) / PUBLIC_KEY
+    if result.status == "held" and not args.approver_key:
+        lines.append(f"  {me} keygen --out {APPROVER_DIR}    # once: the approver's own key pair, not the channel's")
     again = [f"--to {q(args.to)}", f"--key {q(args.key)}", f"--state-dir {state}"]
     if channel != LOCAL_CHANNEL:
         again.append(f"--channel {channel}")
     if args.change_budget != DEFAULT_CHANGE_BUDGET:
         again.append(f"--change-budget {args.change_budget}")
+    if args.approver_key or result.status == "held":
+        again.append(f"--approver-key {q(str(approver_pub))}")
     for flag, values in (("--protected-cidrs", args.protected_cidrs), ("--protected-ports", args.protected_ports)):
         if values:
             again.append(f"{flag} {q(','.join(values))}")
     if args.crds:
         again.append(f"--crds {q(args.crds)}")
-    me = invoked_as()
     publish = f"  {me} publish {' '.join(again)}"
     if result.status == "held":
+        replacing = result.previous_digest or "none"
+        approver_key = approver_pub.with_name(PRIVATE_KEY) if approver_pub.name == PUBLIC_KEY else "APPROVER-KEY.pem"
         return [
-            "Next: review the change, approve it, publish again:",
+            "Next: review the change, have an approver grant it (their own key), publish again:",
+            *lines,
             f"  {me} channel diff {channel} --dist {q(args.to)} --state {state} --digest {digest}",
-            f"  {me} channel approve {channel} {digest} --state {state} --reason reviewed",
+            f"  {me} channel approve {channel} {digest} --replacing {replacing} --state {state} --dist {q(args.to)} "
+            f"--key {q(str(approver_key))} --reason reviewed",
             publish,
         ]
     if result.status == "refused":

@@ -27,23 +27,25 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cdr_policy import aws, jsonio, layout, schemas
 from cdr_policy.agent.status import SCHEMA as STATUS_SCHEMA
+from cdr_policy.bundle.approvals import DEFAULT_VALIDITY, MAX_VALIDITY, grant
 from cdr_policy.bundle.loader import Bundle, latest_render, load_bundle, read_manifest
 from cdr_policy.bundle.manifest import Manifest, VerificationError
 from cdr_policy.bundle.objects import ObjectRef, prefixes, ref_of
 from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer, Verifier, verify_signature
 from cdr_policy.cli import digests
-from cdr_policy.cli.flags import bounded_int, channel_name, digest_prefix, text
+from cdr_policy.cli.flags import bounded_int, channel_name, digest_prefix
 from cdr_policy.cli.parser import Parser, invoked_as
 from cdr_policy.errors import BundleError, ConfigError
+from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.policy import naming
 from cdr_policy.stages.publish import rollback
 from cdr_policy.storage import NotFound, Store, TooLarge, open_store
-from cdr_policy.timeutil import iso, parse_iso, utcnow
+from cdr_policy.timeutil import parse_duration, parse_iso, utcnow
 
 PROVENANCE_KEYS = (naming.SOURCES, naming.CATEGORIES, naming.REFS, naming.EVIDENCE)
 # Without --full, a diff lists this many objects of each kind of change.
@@ -79,11 +81,34 @@ def channel_main(argv: list[str]) -> int:
         help="the bundle to compare, by digest or a unique prefix of 12+ hex digits (default: the latest render)",
     )
     diff.add_argument("--full", action="store_true", help="list every prefix and object, not a summary")
-    approve = commands.add_parser("approve", help="approve a bundle the change budget held")
+    approve = commands.add_parser(
+        "approve", help="as an approver: grant a bundle the change budget held, as the replacement of the one shipped"
+    )
     _state(approve)
+    _dist(approve)
     approve.add_argument("channel", type=channel_name)
     approve.add_argument("digest", type=digest_prefix, help="the held bundle: its digest or a unique prefix (12+)")
-    approve.add_argument("--reason", type=text(1000), default="", help="why (kept in the approval)")
+    approve.add_argument(
+        "--replacing",
+        type=_replacing,
+        metavar="DIGEST|none",
+        help="the bundle it replaces, as the held message names it (default: the one the channel ships now; "
+        "none: the channel ships nothing Publish can use, as after a signing-key change)",
+    )
+    approving = approve.add_mutually_exclusive_group(required=True)
+    approving.add_argument("--key", metavar="PEM", help="the approver's own key file (never the channel's signing key)")
+    approving.add_argument("--kms-key-id", metavar="ARN", help="the approvers' KMS key (stack output ApproverKeyArn)")
+    approve.add_argument("--reason", default="", help="why (printable, at most 256 characters; kept in the grant)")
+    approve.add_argument(
+        "--valid-for",
+        type=_validity,
+        default=DEFAULT_VALIDITY,
+        metavar="DURATION",
+        help="how long it holds (default 7d)",
+    )
+    approve.add_argument(
+        "--publish-queue", metavar="URL", help="the stack's PublishQueue: ask Publish to ship it now (cloud)"
+    )
     back = commands.add_parser("rollback", help="publish an earlier bundle of the channel again")
     _dist(back)
     back.add_argument("channel", type=channel_name)
@@ -111,7 +136,10 @@ def channel_main(argv: list[str]) -> int:
         changes = diff_bundles(_open(args.dist, "--dist"), _open(args.state, "--state"), args.channel, args.digest)
         return _print(changes, args.json, lambda d: _diff_lines(d, full=args.full))
     if args.command == "approve":
-        return _approve(_open(args.state, "--state"), args.channel, args.digest, args.reason)
+        approver: Signer = (
+            LocalSigner.from_file(args.key) if args.key else KmsSigner(aws.client("kms"), args.kms_key_id)
+        )
+        return _approve(args, _open(args.state, "--state"), _open(args.dist, "--dist"), approver)
     return _rollback(args)
 
 
@@ -237,7 +265,8 @@ def channel_history(dist: Store, channel: str, verifier: Verifier, limit: int) -
         if m.rollback_of is not None:
             approval = f"rollback to generation {m.rollback_of}"
         elif m.approval is not None:
-            approval = f"approved over {(m.approval.previous_digest or '-')[:12]} at {m.approval.approved_at}"
+            by = f" by {m.approval.approver}" if m.approval.approver else ""
+            approval = f"approved{by} over {(m.approval.previous_digest or '-')[:12]} at {m.approval.approved_at}"
         rows.append(
             {
                 "generation": m.generation,
@@ -351,6 +380,25 @@ def diff_bundles(
     }
 
 
+def _replacing(text: str) -> str:
+    """A digest, or ``none`` (returned as ``""``)."""
+    if text == "none":
+        return ""
+    if not layout.is_digest(text):
+        raise argparse.ArgumentTypeError("a bundle digest (64 hex digits) or none")
+    return text
+
+
+def _validity(text: str) -> timedelta:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 < seconds <= MAX_VALIDITY.total_seconds():
+        raise argparse.ArgumentTypeError(f"an approval holds for at most {MAX_VALIDITY.days} days")
+    return timedelta(seconds=seconds)
+
+
 def _rendered_digest(state: Store, given: str) -> str:
     """The rendered bundle ``given`` (a digest or a unique prefix) names in the state store."""
     found = digests.resolve(given, digests.rendered(state, given), "rendered bundles")
@@ -362,18 +410,34 @@ def _rendered_digest(state: Store, given: str) -> str:
     return found
 
 
-def _approve(state: Store, channel: str, given: str, reason: str) -> int:
-    digest = _rendered_digest(state, given)
-    try:
-        manifest, _ = read_manifest(state, layout.bundle_manifest_key(digest))
-    except VerificationError as exc:
-        raise BundleError(f"bundle {digest[:12]} in {state.describe()} has no valid manifest ({exc.code})") from exc
-    if manifest.channel != channel:
-        raise ConfigError(f"bundle {digest[:12]} was rendered for channel {manifest.channel}, not {channel}")
-    body = {"channel": channel, "digest": digest, "approved_at": iso(utcnow()), "reason": reason}
-    state.put(layout.approval_key(channel, digest), jsonio.dumps_pretty(body), "application/json")
-    print(f"approved: bundle {digest[:12]} of channel {channel}; Publish ships it on its next request")
-    print("  next: run the same 'cdr-policy publish' again (in the cloud, the next render or re-render does)")
+def _approve(args: argparse.Namespace, state: Store, dist: Store, approver: Signer) -> int:
+    """Write the approver's signed grant of ``args.digest`` (a digest or unique prefix of a rendered
+    bundle) over the bundle the channel ships (or ``--replacing``); with ``--publish-queue``, ask
+    Publish to ship it now."""
+    args.digest = _rendered_digest(state, args.digest)
+    if len(args.reason) > 256 or not args.reason.isprintable():
+        raise ConfigError("--reason: printable text of at most 256 characters")
+    previous = args.replacing
+    if previous == "":
+        previous = None  # --replacing none
+    elif previous is None:
+        try:
+            previous = _current(dist, args.channel).digest
+        except (ConfigError, BundleError):
+            previous = None  # the channel ships nothing usable: the grant is for that
+    signed = grant(
+        args.channel, args.digest, previous, signer=approver, now=utcnow(), reason=args.reason, validity=args.valid_for
+    )
+    state.put(signed.key, jsonio.dumps_pretty(signed.to_json()), "application/json")
+    over = f"over {previous[:12]}" if previous else "for a channel that ships nothing usable"
+    print(f"approved: bundle {args.digest[:12]} of channel {args.channel} {over}, until {signed.expires_at}")
+    if args.publish_queue:
+        request = PublishRequest(args.channel, args.digest, approval=signed.fingerprint())
+        aws.client("sqs").send_message(QueueUrl=args.publish_queue, MessageBody=request.to_message())
+        print("  Publish was asked to ship it now")
+    else:
+        print("  Publish ships it on its next request for this bundle (locally: the publish command the held")
+        print("  message printed, with the approvers' public key as --approver-key)")
     return 0
 
 

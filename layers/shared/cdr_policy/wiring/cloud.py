@@ -109,30 +109,39 @@ def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | N
     return [s.to_dict() for s in summaries]
 
 
-def publish(settings: Settings, *, channel: str, digest: str, now: datetime | None = None) -> dict[str, Any]:
-    """Publish: what publishing ``digest`` to ``channel`` did (``PublishResult``)."""
+def publish(settings: Settings, request: PublishRequest, *, now: datetime | None = None) -> dict[str, Any]:
+    """Publish: what publishing ``request`` did (``PublishResult``)."""
     from cdr_policy.admission import Admission, protection
-    from cdr_policy.bundle.signing import KmsSigner
+    from cdr_policy.bundle.signing import KmsSigner, Verifier
     from cdr_policy.policy.checker import SchemaSet
     from cdr_policy.stages.publish import publish_bundle
 
     if not settings.signing_key_id:
         raise ConfigError("SIGNING_KEY_ID is required to publish")
+    channel = request.channel
     state = _state(settings)
-    configured = next((c for c in channels_from_store(state) if c.name == channel), None)
+    channels = channels_from_store(state)
+    configured = next((c for c in channels if c.name == channel), None)
     protected = (
         protection(configured.protected_cidrs, configured.protected_ports, where=f"channel {channel}")
         if configured
         else protection(where=f"channel {channel}")
     )
+    approvers = (
+        Verifier.from_public_pem(KmsSigner(aws.client("kms"), settings.approver_key_id).public_key_pem())
+        if settings.approver_key_id
+        else None
+    )
     result = publish_bundle(
         state,
         _dist(settings),
         channel=channel,
-        digest=digest,
+        digest=request.digest,
         signer=KmsSigner(aws.client("kms"), settings.signing_key_id),
         now=now or utcnow(),
         change_budget_percent=settings.change_budget_percent,
         admission=Admission(protected, SchemaSet.from_store(state)),
+        channels=channels,
+        approvers=approvers,
     )
     return result.to_dict()
