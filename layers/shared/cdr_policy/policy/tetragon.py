@@ -221,30 +221,64 @@ def tracing_policies(
 ) -> list[PolicyFile]:
     """The scoped policy objects for one set of hooks: one TracingPolicy, or one
     TracingPolicyNamespaced per channel namespace. Names come from the content."""
+    selects = pod_selector(channel, spare_namespaces=spare_namespaces)
+    targets: list[str | None] = list(channel.namespaces) or [None]
+    return [
+        _policy(namespace, selects, kprobes, enforcement, meta, purpose, part_filename(base, part, namespace), entries)
+        for namespace in targets
+    ]
+
+
+def workload_policy(
+    *,
+    namespace: str,
+    labels: dict[str, str],
+    kprobes: list[dict[str, Any]],
+    enforcement: Enforcement,
+    meta: ObjectMeta,
+    purpose: str,
+    filename: str,
+    entries: int = 0,
+) -> PolicyFile:
+    """One ``TracingPolicyNamespaced`` in ``namespace`` whose hooks act only in the pods with all
+    of ``labels`` (``podSelector.matchLabels``; never empty: that would be every pod there)."""
+    if not labels:
+        raise ValueError(f"{purpose}: a workload policy needs the workload's pod labels")
+    return _policy(
+        namespace, {"matchLabels": dict(sorted(labels.items()))}, kprobes, enforcement, meta, purpose, filename, entries
+    )
+
+
+def _policy(
+    namespace: str | None,
+    selects: dict[str, Any],
+    kprobes: list[dict[str, Any]],
+    enforcement: Enforcement,
+    meta: ObjectMeta,
+    purpose: str,
+    filename: str,
+    entries: int,
+) -> PolicyFile:
     calls = [kp["call"] for kp in kprobes]
     if len(set(calls)) != len(calls):
         raise ValueError(f"{purpose}: a symbol is hooked twice in one policy: {calls}")
-    spec: dict[str, Any] = {
-        "podSelector": pod_selector(channel, spare_namespaces=spare_namespaces),
-        "options": options(enforcement, kprobes),
-        "kprobes": kprobes,
-    }
     annotations = dict(meta.annotations)
     if any(kp["syscall"] and _overrides(kp) for kp in kprobes):
         annotations[KERNEL_OVERRIDE_HELPER] = "true"  # declared by the channel (kernel.override_helper)
-    targets: list[str | None] = list(channel.namespaces) or [None]
-    files = []
-    for namespace in targets:
-        metadata: dict[str, Any] = {"name": ""}
-        if namespace:
-            metadata["namespace"] = namespace
-        metadata["labels"] = dict(meta.labels)
-        metadata["annotations"] = dict(sorted(annotations.items()))
-        kind = "TracingPolicyNamespaced" if namespace else "TracingPolicy"
-        obj = {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": copy.deepcopy(spec)}
-        name = assign_name(obj, purpose)
-        files.append(PolicyFile(part_filename(base, part, namespace), kind, name, obj, entries))
-    return files
+    metadata: dict[str, Any] = {"name": ""}
+    if namespace:
+        metadata["namespace"] = namespace
+    metadata["labels"] = dict(meta.labels)
+    metadata["annotations"] = dict(sorted(annotations.items()))
+    kind = "TracingPolicyNamespaced" if namespace else "TracingPolicy"
+    spec = {
+        "podSelector": copy.deepcopy(selects),
+        "options": options(enforcement, kprobes),
+        "kprobes": copy.deepcopy(kprobes),
+    }
+    obj = {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec}
+    name = assign_name(obj, purpose)
+    return PolicyFile(filename, kind, name, obj, entries)
 
 
 def network_blocklist(
