@@ -143,6 +143,7 @@ COMMON_PROGRAMS = frozenset(
         "openresty",
         "nginx-ingress-controller",
         "httpd",
+        "httpd-foreground",
         "apache2",
         "lighttpd",
         "caddy",

