@@ -126,8 +126,9 @@ def create_stack(endpoint_url: str, *, environment: str = "demo", qualys: dict[s
                 {
                     "QueueArn": render_arn,
                     "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "indicators/"}]}},
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
                 }
+                for prefix in ("indicators/", "config/")
             ]
         },
     )

@@ -100,7 +100,7 @@ def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | N
         logger.warning("no CRDs under crds/ in the state bucket: checking against the safety checklist only")
     summaries = run_render(
         store,
-        channels=channels_from_store(store),
+        channels=channels_from_store(store, refresh_hours=settings.render_refresh_hours),
         now=now or utcnow(),
         guard=NeverBlock(),
         crds=crds,
@@ -120,7 +120,10 @@ def publish(settings: Settings, *, channel: str, digest: str, now: datetime | No
     if not settings.signing_key_id:
         raise ConfigError("SIGNING_KEY_ID is required to publish")
     state = _state(settings)
-    configured = next((c for c in channels_from_store(state) if c.name == channel), None)
+    configured = next(
+        (c for c in channels_from_store(state, refresh_hours=settings.render_refresh_hours) if c.name == channel),
+        None,
+    )
     guard = protected_guard(configured.protected_cidrs, f"channel {channel}") if configured else None
     result = publish_bundle(
         state,
