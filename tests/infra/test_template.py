@@ -546,7 +546,7 @@ def test_derived_names_are_valid(template, environment_name):
             assert len(resolve({"Fn::GetAtt": [queue, "QueueName"]})) <= 80
 
 
-@pytest.mark.parametrize("metric", ["BundlesHeld", "BundlesRefused", "FeedStale"])
+@pytest.mark.parametrize("metric", ["BundlesHeld", "BundlesRefused", "FeedStale", "IndicatorSetUnreadable"])
 def test_safety_signals_alarm(resources, metric):
     (alarm,) = [
         r["Properties"]
