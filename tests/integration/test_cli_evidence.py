@@ -15,6 +15,7 @@ from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS
 from tests.fakes.qualys import FakeQualysGateway, load_findings
 from tests.integration.support import objects, run
+from tests.unit.policy.factories import exec_targets
 
 MASQUERADES = ("nginx", "envoy", "postgres")
 
@@ -35,15 +36,7 @@ def _kills(obj):
     actions = {a["action"] for h in obj["spec"]["kprobes"] for s in h["selectors"] for a in s["matchActions"]}
     if not actions & {"Sigkill", "Override"}:
         return set()
-    return {
-        v.removeprefix("/")
-        for h in obj["spec"]["kprobes"]
-        if h["call"] == "security_bprm_check"
-        for s in h["selectors"]
-        for m in s.get("matchArgs", [])
-        if m["operator"] == "Postfix"
-        for v in m["values"]
-    }
+    return {v.removeprefix("/") for v in exec_targets(obj)}
 
 
 @pytest.fixture

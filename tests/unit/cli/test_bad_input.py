@@ -10,6 +10,17 @@ from cdr_policy.cli import main
 SECRET = "QUALYS_PASSWORD=hunter2-do-not-print"
 
 
+def user_env(tmp_path):
+    """What a user with a gateway and credentials set has (the runs here stop before any request)."""
+    return {
+        "XDG_CACHE_HOME": str(tmp_path / "c"),
+        "HOME": str(tmp_path),
+        "QUALYS_GATEWAY_URL": "https://gateway.invalid.example",
+        "QUALYS_USERNAME": "u",
+        "QUALYS_PASSWORD": "p",
+    }
+
+
 def run(argv, tmp_path, capsys):
     code = main(argv, {"XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path)})
     _, err = capsys.readouterr()
@@ -48,13 +59,7 @@ def test_a_bad_configuration_file_is_named_without_its_content(flag, content, me
     path = tmp_path / "config.yaml"
     path.write_bytes(content)
 
-    env = {
-        "XDG_CACHE_HOME": str(tmp_path / "c"),
-        "HOME": str(tmp_path),
-        "QUALYS_GATEWAY_URL": "https://gateway.invalid.example",
-        "QUALYS_USERNAME": "u",
-        "QUALYS_PASSWORD": "p",
-    }
+    env = user_env(tmp_path)
     code = main(["--once", flag, str(path)], env)
 
     err = capsys.readouterr().err
@@ -77,14 +82,7 @@ def test_a_bad_configuration_file_is_named_without_its_content(flag, content, me
 def test_a_bundle_lifetime_out_of_bounds_is_one_configuration_error(ttl, interval, message, tmp_path, capsys):
     channel = tmp_path / "channel.yaml"
     channel.write_text(f"channels:\n  - name: local\n    bundle_ttl_hours: {ttl!r}\n".replace("'", '"'))
-    env = {
-        "XDG_CACHE_HOME": str(tmp_path / "c"),
-        "HOME": str(tmp_path),
-        "QUALYS_GATEWAY_URL": "https://gateway.invalid.example",
-        "QUALYS_USERNAME": "u",
-        "QUALYS_PASSWORD": "p",
-    }
-    code = main(["--once", "--action=Sigkill", f"--interval={interval}", f"--channel={channel}"], env)
+    code = main(["--once", "--action=Sigkill", f"--interval={interval}", f"--channel={channel}"], user_env(tmp_path))
     err = capsys.readouterr().err
     assert code == 2, err
     [line] = err.strip().splitlines()
@@ -93,14 +91,7 @@ def test_a_bundle_lifetime_out_of_bounds_is_one_configuration_error(ttl, interva
 
 
 def test_the_default_channel_is_checked_against_the_interval_too(tmp_path, capsys):
-    env = {
-        "XDG_CACHE_HOME": str(tmp_path / "c"),
-        "HOME": str(tmp_path),
-        "QUALYS_GATEWAY_URL": "https://g.example",
-        "QUALYS_USERNAME": "u",
-        "QUALYS_PASSWORD": "p",
-    }
-    code = main(["--interval=3d"], env)
+    code = main(["--interval=3d"], user_env(tmp_path))
     [line] = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert line.startswith(

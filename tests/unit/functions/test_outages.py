@@ -14,14 +14,13 @@ from urllib.parse import unquote_plus
 import pytest
 import yaml
 
-from cdr_policy import aws, jsonio, layout
+from cdr_policy import jsonio, layout
 from cdr_policy.errors import ConfigError
 from cdr_policy.feeds.persist import dump_set
 from cdr_policy.settings import get_settings
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import iso, utcnow
 from cdr_policy.wiring import cloud
-from tests.fakes.aws import create_stack, moto_endpoint
 from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from tests.fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_handler
 from tests.unit.policy.factories import behaviour, cdr_set, compact, indicator
@@ -31,27 +30,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarni
 T0 = utcnow().replace(microsecond=0)
 ABUSE_SECRET = "cdr-policy/abuseipdb"
 ABUSE_KEY = "abuse-key-must-never-be-logged"
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    with moto_endpoint(None) as url:
-        yield url
-
-
-@pytest.fixture
-def stack(endpoint, monkeypatch):
-    import httpx
-
-    httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
-    created = create_stack(endpoint, environment="outage")
-    for key, value in created.env.items():
-        monkeypatch.setenv(key, value)
-    aws.reset()
-    get_settings.cache_clear()
-    yield created
-    aws.reset()
-    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -94,22 +72,13 @@ def put_sets(stack) -> None:
         store.put(layout.feed_set_key(name), dump_set(compact(name, values, expires_at=expires)))
 
 
-def render(stack) -> dict[str, int]:
-    handler = load_handler("render")
+def deliver(stack, function: str) -> dict[str, int]:
+    """Drain the function's queue into its handler, as its event source mapping would."""
+    handler = load_handler(function)
     return drain_queue(
         stack.client("sqs"),
-        stack.render_queue_url,
-        lambda event: handler.lambda_handler(event, LambdaContext("render")),
-        region=stack.names.region,
-    )
-
-
-def publish(stack) -> dict[str, int]:
-    handler = load_handler("publish")
-    return drain_queue(
-        stack.client("sqs"),
-        stack.publish_queue_url,
-        lambda event: handler.lambda_handler(event, LambdaContext("publish")),
+        stack.render_queue_url if function == "render" else stack.publish_queue_url,
+        lambda event: handler.lambda_handler(event, LambdaContext(function)),
         region=stack.names.region,
     )
 
@@ -132,7 +101,7 @@ def latest(stack, channel: str) -> str:
 def test_one_unreadable_set_neither_stops_the_renders_nor_lets_a_bundle_expire(stack, clock, capsys):
     put_channels(stack, {"name": "prod", "action": "Sigkill"})
     put_sets(stack)
-    assert render(stack)["failed"] == 0 and publish(stack)["failed"] == 0
+    assert deliver(stack, "render")["failed"] == 0 and deliver(stack, "publish")["failed"] == 0
     first = manifest(stack, "prod")
     assert first["expires_at"] == iso(T0 + timedelta(hours=72))
 
@@ -142,8 +111,8 @@ def test_one_unreadable_set_neither_stops_the_renders_nor_lets_a_bundle_expire(s
     clock.at(40)  # past half the bundle's lifetime: the next publish re-signs it
     forget_idempotency(stack)
     capsys.readouterr()
-    assert render(stack) == {"messages": 1, "batches": 1, "failed": 0}
-    assert publish(stack)["failed"] == 0
+    assert deliver(stack, "render") == {"messages": 1, "batches": 1, "failed": 0}
+    assert deliver(stack, "publish")["failed"] == 0
 
     again = manifest(stack, "prod")
     assert again["digest"] == first["digest"]  # rendered from the last good copy: the same policies
@@ -162,7 +131,7 @@ def test_one_unreadable_set_neither_stops_the_renders_nor_lets_a_bundle_expire(s
 def test_a_changed_channels_yaml_renders_at_once(stack, clock):
     put_sets(stack)
     put_channels(stack, {"name": "staging", "action": "Post"})
-    render(stack)
+    deliver(stack, "render")
     before = latest(stack, "staging")
     assert jsonio.loads(state(stack).get(layout.bundle_manifest_key(before)).data)["settings"]["action"] == "Post"
 
@@ -171,7 +140,7 @@ def test_a_changed_channels_yaml_renders_at_once(stack, clock):
     assert [unquote_plus(r["s3"]["object"]["key"]) for m in messages for r in json.loads(m["Body"])["Records"]] == [
         layout.CHANNELS_CONFIG
     ]
-    assert render(stack) == {"messages": 1, "batches": 1, "failed": 0}
+    assert deliver(stack, "render") == {"messages": 1, "batches": 1, "failed": 0}
     after = latest(stack, "staging")
     assert after != before
     assert jsonio.loads(state(stack).get(layout.bundle_manifest_key(after)).data)["settings"]["action"] == "Sigkill"
@@ -188,7 +157,7 @@ def test_a_bundle_lifetime_out_of_bounds_is_a_configuration_error_of_render(stac
     put_sets(stack)
     put_channels(stack, {"name": "prod", "bundle_ttl_hours": ttl})
     with pytest.raises(ConfigError, match=message):
-        render(stack)
+        deliver(stack, "render")
 
 
 def _dead_port() -> int:
@@ -266,8 +235,8 @@ def test_no_request_body_or_auth_header_reaches_the_logs_at_debug(
         state(stack).put(layout.FEEDS_CONFIG, demo_feeds_yaml(feeds.url("/")).encode())
         event = json.loads((REPO / "events" / "schedule_feed_sync.json").read_text())
         load_handler("feed_sync").lambda_handler(event, LambdaContext("feed-sync"))
-    render(stack)
-    publish(stack)
+    deliver(stack, "render")
+    deliver(stack, "publish")
     captured = capsys.readouterr()
     logged = lambda_runtime_logging.getvalue() + captured.out + captured.err
     assert "feed accepted" in lambda_runtime_logging.getvalue()  # the runtime's handler does take the records

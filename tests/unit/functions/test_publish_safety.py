@@ -10,38 +10,16 @@ from datetime import timedelta
 
 import pytest
 
-from cdr_policy import aws, jsonio, layout
+from cdr_policy import jsonio, layout
 from cdr_policy.bundle.signing import KmsSigner
 from cdr_policy.settings import get_settings
 from cdr_policy.stages.publish import ChannelMoved, publish_bundle
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import utcnow
-from tests.fakes.aws import create_stack, moto_endpoint
 from tests.fakes.lambda_runtime import LambdaContext, load_handler
 from tests.unit.bundle.factory import behaviour_policy, files_of, ips, network_bundle, render
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    with moto_endpoint(None) as url:
-        yield url
-
-
-@pytest.fixture
-def stack(endpoint, monkeypatch):
-    import httpx
-
-    httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
-    created = create_stack(endpoint, environment="safety")
-    for key, value in created.env.items():
-        monkeypatch.setenv(key, value)
-    aws.reset()
-    get_settings.cache_clear()
-    yield created
-    aws.reset()
-    get_settings.cache_clear()
 
 
 def stores(stack) -> tuple[S3Store, S3Store]:

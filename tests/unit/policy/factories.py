@@ -140,3 +140,16 @@ def compact(name: str, values: list[str], category: str = "attacker", expires_at
         ipv6=V6([int(n.network_address) for n in v6], bytes(n.prefixlen for n in v6)),
     )
     return IndicatorSet(source=f"feed:{name}", fetched_at=LAST_SEEN, status="ok", prefixes=prefixes)
+
+
+def exec_targets(obj: dict) -> set[str]:
+    """The ``Postfix`` values of a Tetragon policy's ``security_bprm_check`` selectors."""
+    return {
+        v
+        for hook in obj["spec"]["kprobes"]
+        if hook["call"] == "security_bprm_check"
+        for sel in hook["selectors"]
+        for m in sel.get("matchArgs", [])
+        if m["operator"] == "Postfix"
+        for v in m["values"]
+    }

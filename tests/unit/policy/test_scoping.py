@@ -12,7 +12,7 @@ from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import check_object, errors_of
 from cdr_policy.policy.scoping import MAX_WORKLOAD_SCOPES, is_system_namespace
 
-from .factories import behaviour, cdr_set, render, sighting
+from .factories import behaviour, cdr_set, exec_targets, render, sighting
 
 PROD = ChannelSettings(name="prod", action="Sigkill")
 MINERS = ("envoy", "nginx", "postgres")
@@ -20,18 +20,6 @@ MINERS = ("envoy", "nginx", "postgres")
 
 def _render(sightings, channel=PROD, rule="crypto_mining", processes=(), schemas=None):
     return render([cdr_set(behaviours=[behaviour(rule, processes, sightings=sightings)])], channel, schemas)
-
-
-def _postfixes(obj):
-    return {
-        v
-        for hook in obj["spec"]["kprobes"]
-        if hook["call"] == "security_bprm_check"
-        for sel in hook["selectors"]
-        for m in sel.get("matchArgs", [])
-        if m["operator"] == "Postfix"
-        for v in m["values"]
-    }
 
 
 def _actions(obj):
@@ -49,7 +37,7 @@ def _cluster_wide_kills(result):
         name
         for f in result.files
         if f.kind == "TracingPolicy" and _actions(f.obj) & {"Sigkill", "Override"}
-        for name in _postfixes(f.obj)
+        for name in exec_targets(f.obj)
     }
 
 
@@ -64,15 +52,15 @@ def test_masquerading_miners_are_killed_only_in_the_workload_where_they_ran(sche
     obj = scoped.obj
     assert obj["metadata"]["namespace"] == "shop"
     assert obj["spec"]["podSelector"] == {"matchLabels": {"app": "web", "tier": "front"}}
-    assert _postfixes(obj) == {"/envoy", "/nginx", "/postgres"}
+    assert exec_targets(obj) == {"/envoy", "/nginx", "/postgres"}
     assert obj["metadata"]["labels"]["cdr-policy.io/scope"] == "workload"
     assert obj["metadata"]["labels"]["cdr-policy.io/rule"] == "crypto_mining"
     assert obj["metadata"]["annotations"]["cdr-policy.io/evidence"] == "envoy,nginx,postgres"
     assert len(obj["metadata"]["annotations"]["cdr-policy.io/workload"]) == 16
     assert _actions(obj) == ({"Post"} if action == "Post" else {"Sigkill"} if action == "Sigkill" else {"Override"})
     [main] = [f.obj for f in result.files if f.kind == "TracingPolicy"]
-    assert not {"/envoy", "/nginx", "/postgres"} & _postfixes(main)
-    assert "/xmrig" in _postfixes(main)  # the rule's own names stay cluster-wide
+    assert not {"/envoy", "/nginx", "/postgres"} & exec_targets(main)
+    assert "/xmrig" in exec_targets(main)  # the rule's own names stay cluster-wide
     for f in result.files:
         assert errors_of(check_object(f.obj, schemas)) == [], f.filename
     rows = _rows(result)
@@ -89,7 +77,7 @@ def test_without_a_workload_the_names_stay_in_audit():
     audit = [f for f in result.files if f.filename.startswith("cdr-audit-crypto-mining-")]
     [obj] = [f.obj for f in audit]
     assert obj["kind"] == "TracingPolicy" and obj["spec"]["podSelector"] == {}
-    assert _postfixes(obj) == {"/envoy", "/nginx", "/postgres"}
+    assert exec_targets(obj) == {"/envoy", "/nginx", "/postgres"}
     assert _actions(obj) == {"Post"}
     assert {"name": "policy-mode", "value": "monitor"} in obj["spec"]["options"]
     assert obj["metadata"]["labels"]["cdr-policy.io/scope"] == "audit"
@@ -120,7 +108,7 @@ def test_a_corroborated_name_joins_the_rule_unless_it_is_a_common_program():
     spread = [sighting(name, f"team-{i}", {"app": f"a{i}"}) for i in range(3) for name in ("kxmr", "nginx")]
     result = _render(spread)
     [main] = [f.obj for f in result.files if f.kind == "TracingPolicy"]
-    assert "/kxmr" in _postfixes(main) and "/nginx" not in _postfixes(main)
+    assert "/kxmr" in exec_targets(main) and "/nginx" not in exec_targets(main)
     assert main["metadata"]["annotations"]["cdr-policy.io/evidence"] == "kxmr"
     assert len([f for f in result.files if f.kind == "TracingPolicyNamespaced"]) == 3  # nginx, per workload
     rows = _rows(result)
@@ -163,7 +151,7 @@ def test_channel_namespaces_and_pod_labels_bound_the_scopes():
     )
     [scoped] = [f.obj for f in result.files if f.obj["metadata"]["labels"].get("cdr-policy.io/scope") == "workload"]
     assert scoped["spec"]["podSelector"] == {"matchLabels": {"app": "web", "tier": "front"}}
-    assert _postfixes(scoped) == {"/nginx"}
+    assert exec_targets(scoped) == {"/nginx"}
     rows = _rows(result)
     assert rows["nginx"]["audited"] == "seen outside the channel's namespaces"
     assert rows["envoy"]["audited"] == "the workload's pod labels contradict the channel's pod_labels"

@@ -339,18 +339,20 @@ def _behaviour_files(
             ),
             annotations={**annotations, naming.EVIDENCE: ",".join(scope.names), naming.WORKLOAD: scope.workload},
         )
+        filename = naming.workload_filename(
+            naming.behaviour_base(rule, behaviour.first_seen), scope.namespace, scope.workload
+        )
+        selects = {"matchLabels": scope.labels}  # never empty: a workload has 1 to 16 labels of its own
         files.append(
-            tetragon.workload_policy(
-                namespace=scope.namespace,
-                labels=scope.labels,
-                kprobes=scoped,
-                enforcement=enforcement,
-                meta=scope_meta,
-                purpose=naming.rule_slug(rule),
-                filename=naming.workload_filename(
-                    naming.behaviour_base(rule, behaviour.first_seen), scope.namespace, scope.workload
-                ),
-                entries=_entries(scoped),
+            tetragon.tracing_policy(
+                scope.namespace,
+                selects,
+                scoped,
+                enforcement,
+                scope_meta,
+                naming.rule_slug(rule),
+                filename,
+                _entries(scoped),
             )
         )
     if placement.audited:

@@ -224,32 +224,14 @@ def tracing_policies(
     selects = pod_selector(channel, spare_namespaces=spare_namespaces)
     targets: list[str | None] = list(channel.namespaces) or [None]
     return [
-        _policy(namespace, selects, kprobes, enforcement, meta, purpose, part_filename(base, part, namespace), entries)
+        tracing_policy(
+            namespace, selects, kprobes, enforcement, meta, purpose, part_filename(base, part, namespace), entries
+        )
         for namespace in targets
     ]
 
 
-def workload_policy(
-    *,
-    namespace: str,
-    labels: dict[str, str],
-    kprobes: list[dict[str, Any]],
-    enforcement: Enforcement,
-    meta: ObjectMeta,
-    purpose: str,
-    filename: str,
-    entries: int = 0,
-) -> PolicyFile:
-    """One ``TracingPolicyNamespaced`` in ``namespace`` whose hooks act only in the pods with all
-    of ``labels`` (``podSelector.matchLabels``; never empty: that would be every pod there)."""
-    if not labels:
-        raise ValueError(f"{purpose}: a workload policy needs the workload's pod labels")
-    return _policy(
-        namespace, {"matchLabels": dict(sorted(labels.items()))}, kprobes, enforcement, meta, purpose, filename, entries
-    )
-
-
-def _policy(
+def tracing_policy(
     namespace: str | None,
     selects: dict[str, Any],
     kprobes: list[dict[str, Any]],
@@ -259,6 +241,8 @@ def _policy(
     filename: str,
     entries: int,
 ) -> PolicyFile:
+    """One policy object: a ``TracingPolicyNamespaced`` in ``namespace``, or a ``TracingPolicy``
+    without one, acting in the pods ``selects`` selects. Its name comes from its content."""
     calls = [kp["call"] for kp in kprobes]
     if len(set(calls)) != len(calls):
         raise ValueError(f"{purpose}: a symbol is hooked twice in one policy: {calls}")
