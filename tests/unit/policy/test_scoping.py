@@ -11,8 +11,9 @@ from cdr_policy.policy.binaries import COMMON_PROGRAM, refuse_cluster_wide
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import check_object, errors_of
 from cdr_policy.policy.scoping import MAX_WORKLOAD_SCOPES, is_system_namespace
+from cdr_policy.report import bundle_report
 
-from .factories import behaviour, cdr_set, exec_targets, render, sighting
+from .factories import NOW, behaviour, cdr_set, exec_targets, render, sighting
 
 PROD = ChannelSettings(name="prod", action="Sigkill")
 MINERS = ("envoy", "nginx", "postgres")
@@ -111,7 +112,11 @@ def test_a_corroborated_name_joins_the_rule_unless_it_is_a_common_program():
     assert "/kxmr" in exec_targets(main) and "/nginx" not in exec_targets(main)
     assert main["metadata"]["annotations"]["cdr-policy.io/evidence"] == "kxmr"
     assert len([f for f in result.files if f.kind == "TracingPolicyNamespaced"]) == 3  # nginx, per workload
+    bundle_report(result.report, [], None, now=NOW)  # checked against report.schema.json
     rows = _rows(result)
+    corroborating = rows["kxmr"].pop("corroborated_by")
+    assert sorted(c["namespace"] for c in corroborating) == ["team-0", "team-1", "team-2"]
+    assert all(len(c["workload"]) == 16 for c in corroborating)
     assert rows["kxmr"] | {"scopes": None} == {
         "process": "kxmr",
         "placement": "cluster-wide",

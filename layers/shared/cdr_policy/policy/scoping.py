@@ -147,7 +147,11 @@ def place_evidence(behaviour: Behaviour, channel: ChannelSettings, covered: Iter
             reason = f"over the {MAX_CLUSTER_WIDE} evidence names a rule adds cluster-wide"
         if reason is None:
             cluster_wide.append(name)
-            row.update(placement=CLUSTER_WIDE, reason=f"corroborated: seen in {workloads} workloads")
+            row.update(
+                placement=CLUSTER_WIDE,
+                reason=f"corroborated: seen in {workloads} workloads",
+                corroborated_by=_corroborating(seen),
+            )
         else:
             scoped_names.append(name)
             row["reason"] = reason
@@ -169,6 +173,14 @@ def place_evidence(behaviour: Behaviour, channel: ChannelSettings, covered: Iter
         audited=tuple(audited),
         rows=[rows[k] for k in sorted(rows)],
     )
+
+
+def _corroborating(seen: Sequence[Sighting]) -> list[dict[str, str | None]]:
+    """The workloads that corroborate a name (at most ``MAX_WORKLOAD_SCOPES``): each namespace
+    and the fingerprint of the workload's identity (Deployment name or pod labels)."""
+    workloads = {w for w in map(workload_of, seen) if w is not None}
+    shown = sorted(({"namespace": w[1], "workload": fingerprint(repr(w))} for w in workloads), key=repr)
+    return shown[:MAX_WORKLOAD_SCOPES]
 
 
 def _row(key: str, placement: str, reason: str, **counts: int) -> dict[str, Any]:
