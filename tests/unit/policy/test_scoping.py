@@ -10,7 +10,7 @@ import pytest
 from cdr_policy.policy.binaries import COMMON_PROGRAM, refuse_cluster_wide
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import check_object, errors_of
-from cdr_policy.policy.scoping import MAX_WORKLOAD_SCOPES, is_system_namespace
+from cdr_policy.policy.scoping import MAX_WORKLOAD_POLICIES, MAX_WORKLOAD_SCOPES, is_system_namespace
 from cdr_policy.report import bundle_report
 
 from .factories import NOW, behaviour, cdr_set, exec_targets, render, sighting
@@ -172,7 +172,17 @@ def test_scopes_are_bounded_and_what_is_over_is_audited():
     scoped = [f.obj for f in result.files if f.kind == "TracingPolicyNamespaced"]
     assert len(scoped) == MAX_WORKLOAD_SCOPES
     assert {o["metadata"]["namespace"] for o in scoped} == {f"team-{i:02d}" for i in range(MAX_WORKLOAD_SCOPES)}
-    assert "over the 16 workloads" in _rows(result)["nginx"]["audited"]
+    assert "over the workload policies a rule (16) or channel (32) may have" in _rows(result)["nginx"]["audited"]
+    # and a channel has room for 32 workload policies, whatever its rules
+    rules = ("crypto_mining", "network_scanning", "reverse_shell")
+    result = render([cdr_set(behaviours=[behaviour(rule, sightings=many) for rule in rules])], PROD)
+    scoped = [f for f in result.files if f.kind == "TracingPolicyNamespaced"]
+    assert len(scoped) == MAX_WORKLOAD_POLICIES
+    assert [len([f for f in scoped if f.obj["metadata"]["labels"]["cdr-policy.io/rule"] == r]) for r in rules] == [
+        16,
+        16,
+        0,
+    ]
 
 
 def test_refused_names_are_reported_by_fingerprint_never_copied():

@@ -48,7 +48,7 @@ from cdr_policy.policy.merge import merge_indicators
 from cdr_policy.policy.output import ObjectMeta, PolicyFile
 from cdr_policy.policy.ports import parse_port, port_refusal
 from cdr_policy.policy.ranked import CDR, MAX_RANKED_FEED_PREFIXES, THREAT_INTEL, RankedTable, rank_ips
-from cdr_policy.policy.scoping import Placement, place_evidence
+from cdr_policy.policy.scoping import MAX_WORKLOAD_POLICIES, Placement, place_evidence
 from cdr_policy.policy.tetragon import Enforcement
 from cdr_policy.rules import RULES
 from cdr_policy.timeutil import iso, parse_iso
@@ -141,10 +141,12 @@ def compile_policies(
 
     files: list[PolicyFile] = []
     behaviour_report = []
+    room = MAX_WORKLOAD_POLICIES
     for rule in sorted(inputs.behaviours):
-        rule_files, entry = _behaviour_files(rule, inputs.behaviours[rule], channel)
+        rule_files, entry, scoped = _behaviour_files(rule, inputs.behaviours[rule], channel, room)
         files.extend(rule_files)
         behaviour_report.append(entry)
+        room -= scoped
     files.extend(_network_files(channel, tetragon_cut, cilium_cut, inputs.ports))
     files.sort(key=lambda f: (f.kind != "CiliumCIDRGroup", f.filename))
     checks = _check(files, schemas, guards)
@@ -300,13 +302,13 @@ def _merge_behaviours(inputs: _Inputs, behaviours: Iterable[Behaviour], now: dat
 
 
 def _behaviour_files(
-    rule: str, behaviour: Behaviour, channel: ChannelSettings
-) -> tuple[list[PolicyFile], dict[str, Any]]:
+    rule: str, behaviour: Behaviour, channel: ChannelSettings, room: int
+) -> tuple[list[PolicyFile], dict[str, Any], int]:
     """The rule's own policy (with the evidence names placed cluster-wide), one policy per
-    workload its other evidence names were seen in, and the audit policy of the rest
-    (``policy.scoping``); and the rule's report entry."""
+    workload its other evidence names were seen in (at most ``room``), and the audit policy of
+    the rest (``policy.scoping``); the rule's report entry; how many workload policies it made."""
     spec = CATALOGUE[rule]
-    placement = place_evidence(behaviour, channel, covered_names(rule)) if spec.evidence else Placement()
+    placement = place_evidence(behaviour, channel, covered_names(rule), room=room) if spec.evidence else Placement()
     kprobes, enforcement, spec = compile_behaviour(rule, channel, placement.cluster_wide)
     annotations = {
         naming.EXPIRES_AT: iso(parse_iso(behaviour.expires_at)),
@@ -382,7 +384,7 @@ def _behaviour_files(
         "evidence_added": list(placement.cluster_wide),
         "evidence": placement.rows,
     }
-    return files, report
+    return files, report, len(placement.scopes)
 
 
 def _entries(kprobes: list[dict[str, Any]]) -> int:

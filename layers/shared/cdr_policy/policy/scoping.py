@@ -14,8 +14,9 @@ Each name of a behaviour's evidence (``Behaviour.processes``, with the workloads
 - ``workloads``: enforced only where it was seen: one ``TracingPolicyNamespaced`` per workload, in
   the finding's namespace, selecting the workload's pod labels (``Scope``). Never in a system
   namespace (:func:`is_system_namespace`), outside the channel's ``namespaces`` or against its
-  ``pod_labels``; at most ``MAX_WORKLOAD_SCOPES`` workloads per rule and ``MAX_CLUSTER_WIDE``
-  names per workload.
+  ``pod_labels``; at most ``MAX_WORKLOAD_SCOPES`` workloads per rule, ``MAX_WORKLOAD_POLICIES``
+  per channel (each is a Tetragon policy of its own on every node) and ``MAX_CLUSTER_WIDE`` names
+  per workload.
 - ``audit``: what is left, and every sighting no scope covers: a cluster-wide policy that only
   reports (``Post``, ``policy-mode: monitor``).
 
@@ -37,6 +38,7 @@ from cdr_policy.policy.channel import ChannelSettings
 
 MAX_CLUSTER_WIDE = 16
 MAX_WORKLOAD_SCOPES = 16
+MAX_WORKLOAD_POLICIES = 32
 # Namespaces of the cluster's own machinery (Kubernetes, the CNI, Tetragon, this operator, meshes
 # and their controllers): evidence is never enforced there, only audited.
 SYSTEM_NAMESPACES = frozenset(
@@ -110,9 +112,12 @@ class Placement:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def place_evidence(behaviour: Behaviour, channel: ChannelSettings, covered: Iterable[str]) -> Placement:
+def place_evidence(
+    behaviour: Behaviour, channel: ChannelSettings, covered: Iterable[str], *, room: int = MAX_WORKLOAD_SCOPES
+) -> Placement:
     """The placement of every name of ``behaviour``'s evidence on ``channel``; ``covered`` are
-    the names the rule blocks by itself (see the module docstring)."""
+    the names the rule blocks by itself, ``room`` how many workload policies the channel has left
+    for this rule (see the module docstring)."""
     rows: dict[str, dict[str, Any]] = {}
     candidates: list[str] = []
     covered_names = set(covered)
@@ -155,7 +160,7 @@ def place_evidence(behaviour: Behaviour, channel: ChannelSettings, covered: Iter
         else:
             scoped_names.append(name)
             row["reason"] = reason
-    scopes, unscoped = _scopes(scoped_names, sightings, channel)
+    scopes, unscoped = _scopes(scoped_names, sightings, channel, min(room, MAX_WORKLOAD_SCOPES))
     audited: list[str] = []
     for name in scoped_names:
         row = rows[name]
@@ -189,9 +194,10 @@ def _row(key: str, placement: str, reason: str, **counts: int) -> dict[str, Any]
 
 
 def _scopes(
-    names: Sequence[str], sightings: dict[str, list[Sighting]], channel: ChannelSettings
+    names: Sequence[str], sightings: dict[str, list[Sighting]], channel: ChannelSettings, limit: int
 ) -> tuple[list[Scope], dict[str, set[str]]]:
-    """The workload scopes of ``names`` (bounded) and, per name, why some sightings have none."""
+    """The workload scopes of ``names`` (at most ``limit``, the most findings first) and, per
+    name, why some sightings have none."""
     unscoped: dict[str, set[str]] = {}
     by_scope: dict[str, tuple[str, dict[str, str], dict[str, int]]] = {}
     for name in names:
@@ -209,10 +215,11 @@ def _scopes(
     ranked = sorted(by_scope.items(), key=lambda kv: (-sum(kv[1][2].values()), kv[0]))
     scopes = []
     for index, (_, (namespace, labels, counts)) in enumerate(ranked):
-        kept = sorted(counts)[:MAX_CLUSTER_WIDE] if index < MAX_WORKLOAD_SCOPES else []
+        kept = sorted(counts)[:MAX_CLUSTER_WIDE] if index < limit else []
         for name in sorted(set(counts) - set(kept)):
             unscoped.setdefault(name, set()).add(
-                f"over the {MAX_WORKLOAD_SCOPES} workloads or {MAX_CLUSTER_WIDE} names per workload a rule enforces"
+                f"over the workload policies a rule ({MAX_WORKLOAD_SCOPES}) or channel ({MAX_WORKLOAD_POLICIES}) "
+                f"may have, or the {MAX_CLUSTER_WIDE} names per workload"
             )
         if kept:
             scopes.append(Scope(namespace, labels, tuple(kept), sum(counts[n] for n in kept)))
