@@ -32,6 +32,11 @@ def _miners(pod_labels=None):
     return out
 
 
+def _scoped(obj):
+    """A policy for one workload (its selector names the workload's namespace and labels)."""
+    return obj["metadata"]["labels"].get("cdr-policy.io/scope") == "workload"
+
+
 def _kills(obj):
     actions = {a["action"] for h in obj["spec"]["kprobes"] for s in h["selectors"] for a in s["matchActions"]}
     if not actions & {"Sigkill", "Override"}:
@@ -63,7 +68,7 @@ def test_masquerading_miners_get_no_cluster_wide_kill_and_the_report_says_why(mi
         )
     assert code == 0, err
     files = objects(out_dir)
-    cluster_wide = {n: o for n, o in files.items() if o["kind"] == "TracingPolicy"}
+    cluster_wide = {n: o for n, o in files.items() if o["kind"] == "TracingPolicy" and not _scoped(o)}
     for name, obj in cluster_wide.items():
         assert not _kills(obj) & set(MASQUERADES), name
         assert {k for k in _kills(obj) if refuse_cluster_wide(k)} == set(), name
@@ -89,11 +94,14 @@ def test_with_pod_labels_the_masquerades_are_killed_in_their_workload_only(miner
         )
     assert code == 0, err
     files = objects(out_dir)
-    [scoped] = [o for o in files.values() if o["kind"] == "TracingPolicyNamespaced"]
-    assert scoped["metadata"]["namespace"] == "shop"
-    assert scoped["spec"]["podSelector"] == {"matchLabels": {"app": "web"}}
+    [scoped] = [o for o in files.values() if _scoped(o)]
+    assert scoped["spec"]["podSelector"] == {
+        "matchLabels": {"app": "web"},
+        "matchExpressions": [{"key": "k8s:io.kubernetes.pod.namespace", "operator": "In", "values": ["shop"]}],
+    }
     assert _kills(scoped) == set(MASQUERADES)
-    assert not any(_kills(o) & set(MASQUERADES) for o in files.values() if o["kind"] == "TracingPolicy")
+    tracing = [o for o in files.values() if o["kind"] == "TracingPolicy"]
+    assert not any(_kills(o) & set(MASQUERADES) for o in tracing if not _scoped(o))
     rows = _report_rows(out_dir)
     assert {rows[n]["placement"] for n in MASQUERADES} == {"workloads"}
     assert rows["nginx"]["scopes"] == [

@@ -32,12 +32,34 @@ def _rows(result):
     return {row["process"]: row for row in entry["evidence"]}
 
 
+def _scope(obj):
+    return obj["metadata"]["labels"].get("cdr-policy.io/scope")
+
+
+def _workloads(result):
+    """The objects that enforce evidence in one workload each."""
+    return [f.obj for f in result.files if _scope(f.obj) == "workload"]
+
+
+def _namespace(obj):
+    """The namespace a workload policy's selector names (``k8s:io.kubernetes.pod.namespace In``)."""
+    [expression] = obj["spec"]["podSelector"]["matchExpressions"]
+    assert (expression["key"], expression["operator"]) == ("k8s:io.kubernetes.pod.namespace", "In")
+    [namespace] = expression["values"]
+    return namespace
+
+
+def _main(result):
+    [obj] = [f.obj for f in result.files if _scope(f.obj) is None]
+    return obj
+
+
 def _cluster_wide_kills(result):
-    """Every name a cluster-wide object kills (``TracingPolicy``, an enforcing action)."""
+    """Every name an object that is not scoped to a workload kills (an enforcing action)."""
     return {
         name
         for f in result.files
-        if f.kind == "TracingPolicy" and _actions(f.obj) & {"Sigkill", "Override"}
+        if _scope(f.obj) != "workload" and _actions(f.obj) & {"Sigkill", "Override"}
         for name in exec_targets(f.obj)
     }
 
@@ -48,18 +70,21 @@ def test_masquerading_miners_are_killed_only_in_the_workload_where_they_ran(sche
     result = _render(
         [sighting(name, "shop", {"app": "web", "tier": "front"}) for name in MINERS], channel, schemas=schemas
     )
-    [scoped] = [f for f in result.files if f.kind == "TracingPolicyNamespaced"]
+    [scoped] = [f for f in result.files if _scope(f.obj) == "workload"]
     assert scoped.filename.startswith("cdr-block-crypto-mining-20260109-shop-")
     obj = scoped.obj
-    assert obj["metadata"]["namespace"] == "shop"
-    assert obj["spec"]["podSelector"] == {"matchLabels": {"app": "web", "tier": "front"}}
+    assert obj["kind"] == "TracingPolicy" and "namespace" not in obj["metadata"]
+    assert obj["spec"]["podSelector"] == {
+        "matchLabels": {"app": "web", "tier": "front"},
+        "matchExpressions": [{"key": "k8s:io.kubernetes.pod.namespace", "operator": "In", "values": ["shop"]}],
+    }
     assert exec_targets(obj) == {"/envoy", "/nginx", "/postgres"}
     assert obj["metadata"]["labels"]["cdr-policy.io/scope"] == "workload"
     assert obj["metadata"]["labels"]["cdr-policy.io/rule"] == "crypto_mining"
     assert obj["metadata"]["annotations"]["cdr-policy.io/evidence"] == "envoy,nginx,postgres"
     assert len(obj["metadata"]["annotations"]["cdr-policy.io/workload"]) == 16
     assert _actions(obj) == ({"Post"} if action == "Post" else {"Sigkill"} if action == "Sigkill" else {"Override"})
-    [main] = [f.obj for f in result.files if f.kind == "TracingPolicy"]
+    main = _main(result)
     assert not {"/envoy", "/nginx", "/postgres"} & exec_targets(main)
     assert "/xmrig" in exec_targets(main)  # the rule's own names stay cluster-wide
     for f in result.files:
@@ -99,7 +124,7 @@ def test_a_set_written_before_sightings_were_kept_audits_its_names():
 
 def test_system_namespaces_are_only_audited():
     result = _render([sighting("nginx", "kube-system", {"k8s-app": "x"}), sighting("nginx", "openshift-dns")])
-    assert [f.kind for f in result.files] == ["TracingPolicy", "TracingPolicy"]
+    assert [_scope(f.obj) for f in result.files] == ["audit", None]
     assert _rows(result)["nginx"]["audited"] == "seen in a system namespace, where evidence is only audited"
     assert is_system_namespace("kube-system") and is_system_namespace("cdr-policy-system")
     assert not is_system_namespace("shop") and not is_system_namespace("default")
@@ -108,10 +133,10 @@ def test_system_namespaces_are_only_audited():
 def test_a_corroborated_name_joins_the_rule_unless_it_is_a_common_program():
     spread = [sighting(name, f"team-{i}", {"app": f"a{i}"}) for i in range(3) for name in ("kxmr", "nginx")]
     result = _render(spread)
-    [main] = [f.obj for f in result.files if f.kind == "TracingPolicy"]
+    main = _main(result)
     assert "/kxmr" in exec_targets(main) and "/nginx" not in exec_targets(main)
     assert main["metadata"]["annotations"]["cdr-policy.io/evidence"] == "kxmr"
-    assert len([f for f in result.files if f.kind == "TracingPolicyNamespaced"]) == 3  # nginx, per workload
+    assert len(_workloads(result)) == 3  # nginx, per workload
     bundle_report(result.report, [], None, now=NOW)  # checked against report.schema.json
     rows = _rows(result)
     corroborating = rows["kxmr"].pop("corroborated_by")
@@ -154,8 +179,9 @@ def test_channel_namespaces_and_pod_labels_bound_the_scopes():
         ],
         channel,
     )
-    [scoped] = [f.obj for f in result.files if f.obj["metadata"]["labels"].get("cdr-policy.io/scope") == "workload"]
-    assert scoped["spec"]["podSelector"] == {"matchLabels": {"app": "web", "tier": "front"}}
+    [scoped] = _workloads(result)
+    assert scoped["spec"]["podSelector"]["matchLabels"] == {"app": "web", "tier": "front"}
+    assert _namespace(scoped) == "shop"
     assert exec_targets(scoped) == {"/nginx"}
     rows = _rows(result)
     assert rows["nginx"]["audited"] == "seen outside the channel's namespaces"
@@ -169,16 +195,16 @@ def test_scopes_are_bounded_and_what_is_over_is_audited():
         sighting("nginx", f"team-{i:02d}", {"app": "web"}, findings=100 - i) for i in range(MAX_WORKLOAD_SCOPES + 4)
     ]
     result = _render(many)
-    scoped = [f.obj for f in result.files if f.kind == "TracingPolicyNamespaced"]
+    scoped = _workloads(result)
     assert len(scoped) == MAX_WORKLOAD_SCOPES
-    assert {o["metadata"]["namespace"] for o in scoped} == {f"team-{i:02d}" for i in range(MAX_WORKLOAD_SCOPES)}
+    assert {_namespace(o) for o in scoped} == {f"team-{i:02d}" for i in range(MAX_WORKLOAD_SCOPES)}
     assert "over the workload policies a rule (16) or channel (32) may have" in _rows(result)["nginx"]["audited"]
     # and a channel has room for 32 workload policies, whatever its rules
     rules = ("crypto_mining", "network_scanning", "reverse_shell")
     result = render([cdr_set(behaviours=[behaviour(rule, sightings=many) for rule in rules])], PROD)
-    scoped = [f for f in result.files if f.kind == "TracingPolicyNamespaced"]
+    scoped = _workloads(result)
     assert len(scoped) == MAX_WORKLOAD_POLICIES
-    assert [len([f for f in scoped if f.obj["metadata"]["labels"]["cdr-policy.io/rule"] == r]) for r in rules] == [
+    assert [len([o for o in scoped if o["metadata"]["labels"]["cdr-policy.io/rule"] == r]) for r in rules] == [
         16,
         16,
         0,
@@ -209,11 +235,10 @@ def test_no_cluster_wide_object_ever_kills_a_refused_name():
 
 def test_metadata_service_callers_are_scoped_the_same_way(schemas):
     result = _render([sighting("envoy", "shop")], rule="cloud_credentials", schemas=schemas)
-    [scoped] = [f.obj for f in result.files if f.kind == "TracingPolicyNamespaced"]
+    [scoped] = _workloads(result)
     [hook] = scoped["spec"]["kprobes"]
     assert hook["call"] == "tcp_connect"
     [sel] = hook["selectors"]
     assert sel["matchBinaries"] == [{"operator": "Postfix", "values": ["/envoy"]}]
     assert sel["matchArgs"][0]["operator"] == "DAddr"
-    [main] = [f.obj for f in result.files if f.kind == "TracingPolicy"]
-    assert "/envoy" not in json.dumps(main)
+    assert "/envoy" not in json.dumps(_main(result))

@@ -46,8 +46,8 @@ Safety decisions:
   own policy only when the name is corroborated by several workloads and is none of the names a
   cluster runs (``policy.binaries``: shells, runtimes and utilities are never blocked on evidence;
   servers, proxies, databases, agents and kernel threads never cluster-wide); otherwise in one
-  ``TracingPolicyNamespaced`` per workload where it was seen (:func:`evidence_hooks`), or in an
-  audit-only policy. Evidence can never turn a rule into "kill every bash" or "kill every nginx".
+  policy per workload where it was seen (:func:`evidence_hooks`), or in an audit-only policy.
+  Evidence can never turn a rule into "kill every bash" or "kill every nginx".
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ Output files (one object per file; the original operator's names are kept where 
 | File | Kind (short) | Content | Original |
 |---|---|---|---|
 | ``cdr-block-<rule>-<yyyymmdd>.yaml`` | TracingPolicy | a behaviour (1) | ``cdr-block-cloud-creds-…`` |
-| ``cdr-block-<rule>-<yyyymmdd>-<namespace>-<workload>.yaml`` | TPN | evidence in one workload | new |
+| ``cdr-block-<rule>-<yyyymmdd>-<namespace>-<workload>.yaml`` | TracingPolicy | evidence in one workload | new |
 | ``cdr-audit-<rule>-<yyyymmdd>.yaml`` | TracingPolicy | evidence only audited (Post) | new |
 | ``cdr-dynamic-blocklist.yaml`` | TracingPolicy | CDR-extracted IPs (+ audited ports) | same name |
 | ``threat-intel-blocklist.yaml`` | TracingPolicy | threat-intel feed and reputation IPs | same name |
@@ -47,8 +47,8 @@ Output files (one object per file; the original operator's names are kept where 
 | ``cilium-threat-intel-blocklist-cidrs-<nnn>.yaml`` | CiliumCIDRGroup | feed prefixes | new |
 
 (1) ``<rule>`` is ``cloud-creds``, ``network-scan``, ``container-escape``, ``crypto-mining`` (the
-original's names) or the rule id with ``-`` for ``_``. CCNP = CiliumClusterwideNetworkPolicy,
-TPN = TracingPolicyNamespaced; ``<workload>`` is the first 8 hex digits of the workload's fingerprint.
+original's names) or the rule id with ``-`` for ``_``. CCNP = CiliumClusterwideNetworkPolicy;
+``<workload>`` is the first 8 hex digits of the workload's fingerprint.
 
 ``<yyyymmdd>`` is the day the behaviour was first seen, which stays the same from one render to
 the next (the original used the run date, which changed every file every day). A Tetragon blocklist

@@ -344,10 +344,10 @@ def _behaviour_files(
         filename = naming.workload_filename(
             naming.behaviour_base(rule, behaviour.first_seen), scope.namespace, scope.workload
         )
-        selects = {"matchLabels": scope.labels}  # never empty: a workload has 1 to 16 labels of its own
+        selects = tetragon.workload_selector(scope.namespace, scope.labels)
         files.append(
             tetragon.tracing_policy(
-                scope.namespace,
+                None,
                 selects,
                 scoped,
                 enforcement,

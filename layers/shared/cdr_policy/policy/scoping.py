@@ -11,8 +11,8 @@ Each name of a behaviour's evidence (``Behaviour.processes``, with the workloads
   ``evidence_min_workloads`` distinct workloads. A workload is a namespace and Deployment name,
   else a namespace and set of pod labels; findings that name neither count as none (CDR findings
   name no cluster, so clusters are not counted). At most ``MAX_CLUSTER_WIDE`` per rule.
-- ``workloads``: enforced only where it was seen: one ``TracingPolicyNamespaced`` per workload, in
-  the finding's namespace, selecting the workload's pod labels (``Scope``). Never in a system
+- ``workloads``: enforced only where it was seen: one policy per workload whose pod selector names
+  the finding's namespace and the workload's pod labels (``Scope``, ``tetragon.workload_selector``). Never in a system
   namespace (:func:`is_system_namespace`), outside the channel's ``namespaces`` or against its
   ``pod_labels``; at most ``MAX_WORKLOAD_SCOPES`` workloads per rule, ``MAX_WORKLOAD_POLICIES``
   per channel (each is a Tetragon policy of its own on every node) and ``MAX_CLUSTER_WIDE`` names

@@ -18,7 +18,9 @@ Enforcing policies carry ``policy-mode: enforce`` unless a rule must start in mo
 
 Scoping (§1.8). Never the null selectors that also select host processes: without namespaces a
 cluster-scoped ``TracingPolicy`` with ``podSelector: {}`` (all pods) or ``podSelector.matchLabels``
-(the channel's ``pod_labels``); with namespaces one ``TracingPolicyNamespaced`` per namespace.
+(the channel's ``pod_labels``); with namespaces one ``TracingPolicyNamespaced`` per namespace. The
+evidence of one workload (``policy.scoping``): a ``TracingPolicy`` whose ``podSelector`` names the
+workload's labels and, with ``k8s:io.kubernetes.pod.namespace In``, its namespace.
 
 Network blocklists (§1.2). One hook per policy with every prefix in a single address filter, each
 IPv4 prefix also in its IPv4-mapped form (#4618); never ``NotDAddr``. The channel picks the hook:
@@ -205,6 +207,18 @@ def pod_selector(channel: ChannelSettings, *, spare_namespaces: Sequence[str] = 
     if spare_namespaces and not channel.namespaces:
         out["matchExpressions"] = [{"key": NAMESPACE_LABEL, "operator": "NotIn", "values": sorted(spare_namespaces)}]
     return out
+
+
+def workload_selector(namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    """The pods of one workload: all of its ``labels`` and its namespace (``In``, the namespace key
+    Tetragon documents for ``podSelector``). A cluster-scoped policy with this selector acts only
+    there, and applies cleanly in every cluster of a channel, with or without that namespace."""
+    if not labels:
+        raise ValueError("a workload selector needs the workload's pod labels: without them it is every pod there")
+    return {
+        "matchLabels": dict(sorted(labels.items())),
+        "matchExpressions": [{"key": NAMESPACE_LABEL, "operator": "In", "values": [namespace]}],
+    }
 
 
 def tracing_policies(
