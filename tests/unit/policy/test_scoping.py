@@ -242,3 +242,28 @@ def test_metadata_service_callers_are_scoped_the_same_way(schemas):
     assert sel["matchBinaries"] == [{"operator": "Postfix", "values": ["/envoy"]}]
     assert sel["matchArgs"][0]["operator"] == "DAddr"
     assert "/envoy" not in json.dumps(_main(result))
+
+
+def test_every_placement_of_evidence_is_admitted_on_every_kind_of_channel():
+    """The workload and audit policies (and corroborated names in the rule's own) pass the
+    admission of what reaches a cluster, in Publish and the agent alike."""
+    from cdr_policy.admission import Admission, protection
+    from cdr_policy.bundle.assemble import assemble
+    from cdr_policy.policy.behaviours import CATALOGUE
+    from tests.unit.admission.test_shapes import variants
+
+    seen = [
+        *(sighting("kxmr", f"team-{i}", {"tier": f"t{i}"}) for i in range(3)),  # corroborated
+        sighting("nginx", "web", {"tier": "front"}),  # a workload of every variant's namespaces
+        sighting("envoy", None),  # no workload: audited
+        sighting("sshd", "kube-system", {"k8s-app": "x"}),  # a system namespace: audited
+    ]
+    sets = [cdr_set(behaviours=[behaviour(rule, sightings=seen) for rule in CATALOGUE])]
+    admission = Admission(protection(where="the test"))
+    scopes = set()
+    for channel in variants():
+        files = render(sets, channel).files
+        scopes |= {_scope(f.obj) for f in files}
+        verdict = admission.judge(assemble(files, channel, now=NOW))
+        assert verdict.admitted, (channel, verdict.lines())
+    assert scopes == {None, "workload", "audit"}

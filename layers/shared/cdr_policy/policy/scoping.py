@@ -39,6 +39,9 @@ from cdr_policy.policy.channel import ChannelSettings
 MAX_CLUSTER_WIDE = 16
 MAX_WORKLOAD_SCOPES = 16
 MAX_WORKLOAD_POLICIES = 32
+# Labels in a workload policy's selector, the workload's and the channel's together (what the
+# admission grammar admits in a pod selector).
+MAX_SELECTOR_LABELS = 16
 # Namespaces of the cluster's own machinery (Kubernetes, the CNI, Tetragon, this operator, meshes
 # and their controllers): evidence is never enforced there, only audited.
 SYSTEM_NAMESPACES = frozenset(
@@ -236,4 +239,7 @@ def _selector(s: Sighting, channel: ChannelSettings) -> tuple[dict[str, str] | N
         return None, "seen outside the channel's namespaces"
     if any(s.labels.get(k, v) != v for k, v in channel.pod_labels.items()):
         return None, "the workload's pod labels contradict the channel's pod_labels"
-    return dict(sorted({**s.labels, **channel.pod_labels}.items())), ""
+    labels = {**s.labels, **channel.pod_labels}
+    if len(labels) > MAX_SELECTOR_LABELS:
+        return None, f"the workload's and the channel's pod labels are more than {MAX_SELECTOR_LABELS} together"
+    return dict(sorted(labels.items())), ""

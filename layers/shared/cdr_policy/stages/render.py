@@ -24,7 +24,8 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from cdr_policy import jsonio, layout
-from cdr_policy.bundle.assemble import Bundle, assemble
+from cdr_policy.bundle.assemble import assemble
+from cdr_policy.bundle.loader import Bundle
 from cdr_policy.guards import NeverBlock
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.last_good import LoadedSets, load_indicator_sets
@@ -139,8 +140,8 @@ def _write_bundle(state: Store, channel: str, bundle: Bundle, report: dict[str, 
     for path, data in sorted(bundle.files.items()):
         state.put(layout.bundle_file_key(bundle.digest, path), data, "application/yaml")
     _write_report(state, bundle.digest, report)
-    state.put(layout.bundle_manifest_key(bundle.digest), jsonio.dumps_pretty(bundle.manifest), "application/json")
-    pointer = {"digest": bundle.digest, "rendered_at": bundle.manifest["created_at"]}
+    state.put(layout.bundle_manifest_key(bundle.digest), bundle.manifest.to_bytes(), "application/json")
+    pointer = {"digest": bundle.digest, "rendered_at": bundle.manifest.created_at}
     state.put(layout.latest_render_key(channel), jsonio.dumps_pretty(pointer), "application/json")
 
 
