@@ -112,6 +112,9 @@ class Shape:
         self.refusals = refusals
         self.where = where
         self.failed = False
+        # Per address list checked (by identity): each value's IPv4 interval as ``v4_interval`` read
+        # it (None for the others), so that the effect judge does not read a value twice.
+        self.intervals: dict[int, list[tuple[int, int, int] | None]] = {}
 
     def refuse(self, path: str, code: str, reason: str) -> None:
         self.failed = True
@@ -572,8 +575,11 @@ def _prefixes(values: list[str], path: str, shape: Shape, *, twins: bool) -> Non
     IPv4-mapped IPv6 twin and the other way round (cilium/tetragon#4618)."""
     plain: set[str] = set()
     mapped: set[str] = set()
+    intervals = shape.intervals[id(values)] = []
     for value in values:
-        if v4_interval(value) is not None:  # canonical IPv4 or IPv4-mapped text (the fast path)
+        interval = v4_interval(value)
+        intervals.append(interval)
+        if interval is not None:  # canonical IPv4 or IPv4-mapped text (the fast path)
             (mapped if value.startswith("::ffff:") else plain).add(value)
             continue
         prefix, reason = parse_explicit(value)
