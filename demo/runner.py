@@ -176,7 +176,7 @@ def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
     for name, feed in summary["feeds"].items():
         say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
 
-    say("[3/5] Render (RenderQueue <- S3 ObjectCreated notifications for indicators/)")
+    say("[3/5] Render (RenderQueue <- S3 ObjectCreated notifications for indicators/ and config/)")
     counts = steps["render"] = _deliver(stack, "render", stack.render_queue_url)
     say(f"      {counts['messages']} notification(s) in {counts['batches']} batch(es), {counts['failed']} failed")
     for channel, latest in _latest_renders(stack).items():

@@ -52,6 +52,10 @@ class Names:
     def signing_key_alias(self) -> str:
         return f"alias/cdr-policy-{self.environment}-signing"
 
+    @property
+    def approver_key_alias(self) -> str:
+        return f"alias/cdr-policy-{self.environment}-approver"
+
 
 @dataclass
 class Stack:
@@ -62,6 +66,7 @@ class Stack:
     render_queue_url: str
     publish_queue_url: str
     signing_key_id: str
+    approver_key_id: str
     env: dict[str, str]
 
     def client(self, service: str) -> Any:
@@ -126,20 +131,24 @@ def create_stack(endpoint_url: str, *, environment: str = "demo", qualys: dict[s
                 {
                     "QueueArn": render_arn,
                     "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "indicators/"}]}},
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
                 }
+                for prefix in ("indicators/", "config/")
             ]
         },
     )
     kms = client("kms")
     aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
-    key_id = aliases.get(names.signing_key_alias)
-    if not key_id:
-        created = kms.create_key(
-            KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY", Description="cdr-policy bundle signing"
-        )
-        key_id = created["KeyMetadata"]["KeyId"]
-        kms.create_alias(AliasName=names.signing_key_alias, TargetKeyId=key_id)
+    keys = {}
+    for alias, purpose in ((names.signing_key_alias, "bundle signing"), (names.approver_key_alias, "approvals")):
+        keys[alias] = aliases.get(alias)
+        if not keys[alias]:
+            created = kms.create_key(
+                KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY", Description=f"cdr-policy {purpose}"
+            )
+            keys[alias] = created["KeyMetadata"]["KeyId"]
+            kms.create_alias(AliasName=alias, TargetKeyId=keys[alias])
+    key_id, approver_key_id = keys[names.signing_key_alias], keys[names.approver_key_alias]
     ddb = client("dynamodb")
     if names.idempotency_table not in ddb.list_tables()["TableNames"]:
         ddb.create_table(
@@ -163,6 +172,7 @@ def create_stack(endpoint_url: str, *, environment: str = "demo", qualys: dict[s
         "PUBLISH_QUEUE_URL": queue_urls[names.publish_queue],
         "QUALYS_SECRET_NAME": names.qualys_secret,
         "SIGNING_KEY_ID": key_id,
+        "APPROVER_KEY_ID": approver_key_id,
         "IDEMPOTENCY_TABLE": names.idempotency_table,
         "POWERTOOLS_SERVICE_NAME": "cdr-policy",
         "POWERTOOLS_METRICS_NAMESPACE": "CdrPolicy",
@@ -174,6 +184,7 @@ def create_stack(endpoint_url: str, *, environment: str = "demo", qualys: dict[s
         render_queue_url=queue_urls[names.render_queue],
         publish_queue_url=queue_urls[names.publish_queue],
         signing_key_id=key_id,
+        approver_key_id=approver_key_id,
         env=env,
     )
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from cdr_policy.settings import Settings
+from cdr_policy.lambda_events import RENDER_TRIGGER_PREFIXES
+from cdr_policy.settings import MAX_RENDER_REFRESH_HOURS, Settings
 from tests.infra.support import NO_VALUE, REPO
 
 pytestmark = pytest.mark.infra
@@ -129,6 +130,11 @@ def test_parameter_defaults_match_the_settings_defaults(template):
     assert params["CdrTtlHours"]["Default"] == defaults.cdr_ttl_hours
     assert params["ReputationThreshold"]["Default"] == defaults.reputation_threshold
     assert params["ChangeBudgetPercent"]["Default"] == defaults.change_budget_percent
+    assert params["RenderRefreshHours"]["Default"] == defaults.render_refresh_hours
+    assert (params["RenderRefreshHours"]["MinValue"], params["RenderRefreshHours"]["MaxValue"]) == (
+        1,
+        MAX_RENDER_REFRESH_HOURS,
+    )
 
 
 def test_sqs_consumers_report_partial_failures(template, resources, functions):
@@ -246,12 +252,14 @@ def test_schedules(functions, template):
         assert functions[name]["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
 
 
-def test_state_bucket_notifies_the_render_queue_for_indicators(resources, resolve):
+def test_state_bucket_notifies_the_render_queue_for_indicators_and_config(resources, resolve):
     bucket = resources["StateBucket"]
-    (config,) = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
-    assert config["Event"] == "s3:ObjectCreated:*"
-    assert config["Queue"] == {"Fn::GetAtt": ["RenderQueue", "Arn"]}
-    assert config["Filter"] == {"S3Key": {"Rules": [{"Name": "prefix", "Value": "indicators/"}]}}
+    configs = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    for config in configs:
+        assert config["Event"] == "s3:ObjectCreated:*"
+        assert config["Queue"] == {"Fn::GetAtt": ["RenderQueue", "Arn"]}
+    prefixes = [rule["Value"] for c in configs for rule in c["Filter"]["S3Key"]["Rules"] if rule["Name"] == "prefix"]
+    assert tuple(prefixes) == RENDER_TRIGGER_PREFIXES  # what the Render handler accepts
     # No circular dependency: the queue policy names the bucket by its constructed ARN, and the bucket
     # waits for the policy.
     assert "RenderQueuePolicy" in bucket["DependsOn"]
@@ -264,9 +272,14 @@ def test_state_bucket_notifies_the_render_queue_for_indicators(resources, resolv
     assert resolve(source_arn) == resolve({"Fn::GetAtt": ["StateBucket", "Arn"]})
 
 
-def test_a_schedule_re_renders_every_channel_so_manifests_never_lapse(resources):
+def test_a_schedule_re_renders_every_channel_so_manifests_never_lapse(template, resources):
     rule = resources["RenderRefreshRule"]["Properties"]
-    assert rule["ScheduleExpression"] == {"Ref": "RenderRefreshSchedule"}
+    assert rule["ScheduleExpression"] == {
+        "Fn::If": ["RefreshEveryHour", "rate(1 hour)", {"Fn::Sub": "rate(${RenderRefreshHours} hours)"}]
+    }
+    assert template["Conditions"]["RefreshEveryHour"] == {"Fn::Equals": [{"Ref": "RenderRefreshHours"}, 1]}
+    # the period the channel check sees (RENDER_REFRESH_HOURS) is the schedule's
+    assert globals_fn(template)["Environment"]["Variables"]["RENDER_REFRESH_HOURS"] == {"Ref": "RenderRefreshHours"}
     (target,) = rule["Targets"]
     assert target["Arn"] == {"Fn::GetAtt": ["RenderQueue", "Arn"]}
     statements = resources["RenderQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
@@ -534,7 +547,7 @@ def test_derived_names_are_valid(template, environment_name):
             assert len(resolve({"Fn::GetAtt": [queue, "QueueName"]})) <= 80
 
 
-@pytest.mark.parametrize("metric", ["BundlesHeld", "BundlesRefused", "FeedStale"])
+@pytest.mark.parametrize("metric", ["BundlesHeld", "BundlesRefused", "FeedStale", "IndicatorSetUnreadable"])
 def test_safety_signals_alarm(resources, metric):
     (alarm,) = [
         r["Properties"]

@@ -69,7 +69,10 @@ def test_every_step_reports_counts(pipeline):
     assert result.steps["cdr_fetch"]["malformed_count"] == 1
     assert {f["status"] for f in result.steps["feed_sync"]["feeds"].values()} == {"ok"}
     assert result.steps["render"]["failed"] == 0 and result.steps["render"]["messages"] >= 6
-    assert result.steps["publish"] == {"messages": 2, "batches": 1, "failed": 0}
+    # each render (one per batch of notifications: the sets, and the configuration uploaded before
+    # them) asks for one publish per channel
+    renders = result.steps["render"]["batches"]
+    assert result.steps["publish"] == {"messages": 2 * renders, "batches": 1, "failed": 0}
 
 
 def test_state_bucket_holds_raw_findings_indicators_and_bundles(pipeline):

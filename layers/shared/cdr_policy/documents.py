@@ -24,14 +24,15 @@ if TYPE_CHECKING:
     from cdr_policy.qualys.categories import CategoryMapping
 
 
-def parse_channels(text: str, origin: str) -> list[ChannelSettings]:
-    """A ``channels:`` list (YAML or JSON). Names must be unique; at least one channel."""
+def parse_channels(text: str, origin: str, *, refresh_hours: float) -> list[ChannelSettings]:
+    """A ``channels:`` list (YAML or JSON). Names must be unique; at least one channel; every
+    bundle lifetime at least twice the re-render period ``refresh_hours`` (``check_lifetime``)."""
     doc = load_yaml_mapping(text, origin, "exactly one top-level key 'channels' holding a list")
     if set(doc) != {"channels"} or not isinstance(doc["channels"], list):
         raise ConfigError(f"{origin}: expected exactly one top-level key 'channels' holding a list")
     if not doc["channels"]:
         raise ConfigError(f"{origin}: 'channels' is empty")
-    channels = [_channel(item, f"{origin}: channels[{i}]") for i, item in enumerate(doc["channels"])]
+    channels = [_channel(item, f"{origin}: channels[{i}]", refresh_hours) for i, item in enumerate(doc["channels"])]
     names = [c.name for c in channels]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -39,10 +40,13 @@ def parse_channels(text: str, origin: str) -> list[ChannelSettings]:
     return channels
 
 
-def parse_one_channel(text: str, origin: str, default_name: str) -> tuple[ChannelSettings, frozenset[str]]:
+def parse_one_channel(
+    text: str, origin: str, default_name: str, *, refresh_hours: float
+) -> tuple[ChannelSettings, frozenset[str]]:
     """The settings of one channel, for the CLI's ``--channel FILE``: a mapping of its settings
     (``name`` defaults to ``default_name``), or a ``channels:`` list holding exactly one. Returns the
-    settings and the keys the file set (so that a flag can tell a setting from a default)."""
+    settings and the keys the file set (so that a flag can tell a setting from a default); its bundle
+    lifetime at least twice the re-render period ``refresh_hours``."""
     doc = load_yaml_mapping(text, origin, "one channel's settings (a mapping), or 'channels:' with one channel")
     if set(doc) == {"channels"} and isinstance(doc["channels"], list):
         if len(doc["channels"]) != 1:
@@ -50,17 +54,19 @@ def parse_one_channel(text: str, origin: str, default_name: str) -> tuple[Channe
         item, where = doc["channels"][0], f"{origin}: channels[0]"
     else:
         item, where = {"name": default_name, **doc}, origin
-    channel = _channel(item, where)
+    channel = _channel(item, where, refresh_hours)
     return channel, frozenset(item) if isinstance(item, dict) else frozenset()
 
 
-def _channel(item: object, where: str) -> ChannelSettings:
+def _channel(item: object, where: str, refresh_hours: float) -> ChannelSettings:
     from cdr_policy.policy.channel import ChannelSettings
 
     try:
-        return ChannelSettings.from_dict(item)  # type: ignore[arg-type]  # from_dict checks it is a mapping
+        channel = ChannelSettings.from_dict(item)  # type: ignore[arg-type]  # from_dict checks it is a mapping
+        channel.check_lifetime(refresh_hours)
     except (ConfigError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+    return channel
 
 
 def _text(store: Store, key: str) -> str | None:
@@ -71,11 +77,18 @@ def _text(store: Store, key: str) -> str | None:
     return decode_text(data, f"{store.describe()}/{key}")
 
 
-def channels_from_store(store: Store) -> list[ChannelSettings]:
+def channels_from_store(store: Store, *, refresh_hours: float) -> list[ChannelSettings]:
+    """The channels of ``config/channels.yaml`` (the defaults when absent), each checked against
+    the re-render period ``refresh_hours``."""
     from cdr_policy.policy.channel import default_channels
 
     text = _text(store, layout.CHANNELS_CONFIG)
-    return default_channels() if text is None else parse_channels(text, f"{store.describe()}/{layout.CHANNELS_CONFIG}")
+    if text is not None:
+        return parse_channels(text, f"{store.describe()}/{layout.CHANNELS_CONFIG}", refresh_hours=refresh_hours)
+    channels = default_channels()
+    for channel in channels:
+        channel.check_lifetime(refresh_hours)
+    return channels
 
 
 def feeds_from_store(store: Store) -> list[FeedConfig]:

@@ -88,13 +88,21 @@ class S3Notification:
     keys: tuple[str, ...] = ()
 
 
-def parse_s3_notification(body: str, *, bucket: str, prefix: str = layout.INDICATORS) -> S3Notification:
+# What Render is notified of: a changed indicator set, or a changed operator document under
+# ``config/`` (``channels.yaml`` above all: a channel's new action, scope or lifetime is rendered
+# without waiting for new indicators).
+RENDER_TRIGGER_PREFIXES = (layout.INDICATORS, layout.CONFIG)
+
+
+def parse_s3_notification(
+    body: str, *, bucket: str, prefixes: tuple[str, ...] = RENDER_TRIGGER_PREFIXES
+) -> S3Notification:
     """Parse the body of an SQS message that carries an S3 event notification (or the scheduled
     re-render's EventBridge event, returned as the single key ``REFRESH_TRIGGER``).
 
     Object keys arrive URL-encoded (a space as ``+``, ``!`` as ``%21``) and are returned decoded.
-    Every record must come from ``bucket`` and name a key under ``prefix``; anything else is an
-    ``EventError`` (the notification is misconfigured, and the message belongs in the DLQ).
+    Every record must come from ``bucket`` and name a key under one of ``prefixes``; anything else
+    is an ``EventError`` (the notification is misconfigured, and the message belongs in the DLQ).
     """
     doc = _json_object(body, "S3 notification")
     if doc.get("Event") == "s3:TestEvent":
@@ -119,8 +127,8 @@ def parse_s3_notification(body: str, *, bucket: str, prefix: str = layout.INDICA
         if not isinstance(raw_key, str) or not raw_key:
             raise EventError(f"{where} has no object key")
         key = unquote_plus(raw_key)
-        if not key.startswith(prefix):
-            raise EventError(f"{where}: key {key!r} is not under {prefix!r}")
+        if not key.startswith(prefixes):
+            raise EventError(f"{where}: key {key!r} is not under {' or '.join(map(repr, prefixes))}")
         keys.append(key)
     return S3Notification(test_event=False, keys=tuple(keys))
 

@@ -42,6 +42,7 @@ STATE_FEEDS = "state/feeds/"
 RAW_FEEDS = "raw/feeds/"
 STATE_ABUSEIPDB = "state/abuseipdb/"
 BUNDLES = "bundles/"
+LAST_GOOD = "last-good/"
 RENDERED_CHANNELS = "bundles/channels/"
 CHANNELS = "channels/"
 STATUS = "status/"
@@ -111,6 +112,15 @@ def latest_render_key(channel: str) -> str:
     return f"{RENDERED_CHANNELS}{channel}.json"
 
 
+LAST_GOOD_INDEX = f"{LAST_GOOD}index.json"
+
+
+def last_good_set_key(set_key: str) -> str:
+    """Render's last good copy of an indicator set (``last-good/indicators/…``), never under
+    ``indicators/``: it raises no notification and is not read as a set of its own."""
+    return f"{LAST_GOOD}{set_key}"
+
+
 # -- distribution store ----------------------------------------------------------------------------
 def channel_prefix(channel: str) -> str:
     """Everything a channel's clusters read: its manifest, history and bundle files. A cluster's
@@ -173,6 +183,14 @@ STATE_KEYS: tuple[KeyFamily, ...] = (
     KeyFamily(bundle_file_key("<digest>", "…"), "Render", "policy files, `report.json`, then `bundle.json` last"),
     KeyFamily(latest_render_key("<channel>"), "Render", "the channel's latest rendered digest"),
     KeyFamily(
+        last_good_set_key(f"{INDICATORS}…"),
+        "Render",
+        "last good copy of each indicator set (the bytes that last read back whole), used while the set is unreadable",
+    ),
+    KeyFamily(
+        LAST_GOOD_INDEX, "Render", "SHA-256 and copy time of each last good copy; since when a set is unreadable"
+    ),
+    KeyFamily(
         CONTROLLER_STATUS,
         "`cdr-policy` controller mode (local state folder only)",
         "health after every run: last run, last good run, failures in a row (`controller-status.schema.json`)",
@@ -206,7 +224,7 @@ DIST_KEYS: tuple[KeyFamily, ...] = (
 WRITE_PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
     "CdrFetch": ("state", (RAW_CDR, STATE_CDR, INDICATORS_CDR)),
     "FeedSync": ("state", (RAW_FEEDS, STATE_FEEDS, INDICATORS_FEEDS, STATE_ABUSEIPDB, INDICATORS_REPUTATION)),
-    "Render": ("state", (BUNDLES,)),
+    "Render": ("state", (BUNDLES, LAST_GOOD)),
     "Publish": ("dist", (CHANNELS,)),
     "agent": ("dist", (STATUS,)),
     "approver": ("state", (APPROVALS,)),

@@ -1,7 +1,8 @@
 """Fixtures for the handler tests: each ``functions/<name>/app.py`` loaded under a unique module name
 (several ``app.py`` would clash in ``sys.modules``), the sample events in ``events/``, the settings
-the template gives the functions, and a recorder standing in for the stages (the integration test
-runs the real ones)."""
+the template gives the functions, a recorder standing in for the stages (the integration test
+runs the real ones), and a moto server with the template's resources for the tests that run the
+real stages behind the handlers."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from cdr_policy import aws
 from cdr_policy.settings import get_settings
 from cdr_policy.wiring import cloud
 from tests.fakes import lambda_runtime
+from tests.fakes.aws import Stack, create_stack, moto_endpoint
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -126,3 +129,26 @@ def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     previous = handler.setStream(buffer)
     yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
     handler.setStream(previous)
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """One moto server per test module."""
+    with moto_endpoint(None) as url:
+        yield url
+
+
+@pytest.fixture
+def stack(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    """The template's resources on a reset moto server, and the functions' environment pointing at them."""
+    import httpx
+
+    httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
+    created = create_stack(endpoint, environment="safety")
+    for key, value in created.env.items():
+        monkeypatch.setenv(key, value)
+    aws.reset()
+    get_settings.cache_clear()
+    yield created
+    aws.reset()
+    get_settings.cache_clear()

@@ -95,6 +95,11 @@ def test_several_records_keep_their_order():
     assert parse_s3_notification(body, bucket=BUCKET).keys == ("indicators/b.json", "indicators/a.json")
 
 
+def test_a_changed_operator_document_is_a_render_trigger():
+    body = notification("config/channels.yaml")
+    assert parse_s3_notification(body, bucket=BUCKET).keys == ("config/channels.yaml",)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -109,8 +114,11 @@ def test_several_records_keep_their_order():
             "unexpected eventName 'ObjectRestore:Post'",
         ),
         (notification("indicators/x.json", bucket="someone-else"), "from bucket 'someone-else'"),
-        (notification("bundles/abc/bundle.json"), "key 'bundles/abc/bundle.json' is not under 'indicators/'"),
-        (notification("indicators%2Fx.json".replace("indicators", "state")), "is not under 'indicators/'"),
+        (
+            notification("bundles/abc/bundle.json"),
+            "key 'bundles/abc/bundle.json' is not under 'indicators/' or 'config/'",
+        ),
+        (notification("indicators%2Fx.json".replace("indicators", "state")), "is not under 'indicators/' or 'config/'"),
         (notification(""), "has no object key"),
         (
             json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": "x"}]}),

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-from cdr_policy import aws, jsonio, layout
+from cdr_policy import jsonio, layout
 from cdr_policy.bundle.approvals import grant
 from cdr_policy.bundle.manifest import Settings
 from cdr_policy.bundle.signing import KmsSigner
@@ -20,33 +20,10 @@ from cdr_policy.settings import get_settings
 from cdr_policy.stages.publish import ChannelMoved, publish_bundle
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import utcnow
-from tests.fakes.aws import create_stack, moto_endpoint
 from tests.fakes.lambda_runtime import LambdaContext, load_handler
 from tests.unit.bundle.factory import behaviour_policy, files_of, ips, network_bundle, render
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    with moto_endpoint(None) as url:
-        yield url
-
-
-@pytest.fixture
-def stack(endpoint, monkeypatch):
-    import httpx
-
-    httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
-    created = create_stack(endpoint, environment="safety")
-    approver_key = created.client("kms").create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")
-    for key, value in {**created.env, "APPROVER_KEY_ID": approver_key["KeyMetadata"]["Arn"]}.items():
-        monkeypatch.setenv(key, value)
-    aws.reset()
-    get_settings.cache_clear()
-    yield created
-    aws.reset()
-    get_settings.cache_clear()
 
 
 def stores(stack) -> tuple[S3Store, S3Store]:
@@ -59,7 +36,7 @@ def rendered(stack, files, channel="prod") -> str:
     the channel's settings as the bucket configures them now."""
     state, _ = stores(stack)
     now = utcnow()
-    configured = next(c for c in channels_from_store(state) if c.name == channel)
+    configured = next(c for c in channels_from_store(state, refresh_hours=6) if c.name == channel)
     settings = Settings(action=configured.action, mode="monitor", channel_digest=configured.fingerprint())
     digest = render(state, files, channel=channel, created=now, settings=settings)
     state.put(layout.latest_render_key(channel), jsonio.dumps({"digest": digest, "rendered_at": now.isoformat()}))
@@ -121,7 +98,7 @@ def test_a_bundle_dropping_a_behaviour_policy_is_held_until_approved(stack):
 
 def approve_as(stack, state, digest: str, *, previous: str | None, key_id: str | None = None) -> tuple[str, str]:
     """Sign a grant with the approvers' KMS key (or ``key_id``) and put it where Publish looks."""
-    signer = KmsSigner(stack.client("kms"), key_id or get_settings().approver_key_id)
+    signer = KmsSigner(stack.client("kms"), key_id or stack.approver_key_id)
     signed = grant("prod", digest, previous, signer=signer, now=utcnow(), reason="reviewed by the on-call")
     state.put(signed.key, jsonio.dumps_pretty(signed.to_json()))
     return signed.key, signed.fingerprint()

@@ -60,7 +60,10 @@ class LocalPorts:
         gateway_url = resolve_gateway(args.platform, args.gateway)
         credentials = load_credentials(None, env)
         state_dir = state_dir_for(args.state_dir, gateway_url, credentials, state_root)
-        channel = local_channel(args.channel, action=args.action, threat_intel=args.threat_intel)
+        # The CLI re-renders every --interval (controller mode; a CronJob's schedule with --once).
+        channel = local_channel(
+            args.channel, action=args.action, threat_intel=args.threat_intel, refresh_hours=args.interval / 3600
+        )
         if args.reputation_threshold is not None and not channel.threat_intel:
             raise ConfigError(
                 "--reputation-threshold applies only with threat intel (--threat-intel, or threat_intel: true in "
@@ -85,13 +88,19 @@ class LocalPorts:
         )
 
 
-def local_channel(path: str | None, *, action: Action | None, threat_intel: bool | None) -> ChannelSettings:
+def local_channel(
+    path: str | None, *, action: Action | None, threat_intel: bool | None, refresh_hours: float
+) -> ChannelSettings:
     """The channel the CLI renders: ``--channel FILE``'s settings, else the defaults (channel
     ``local``, audit, no threat intel). ``--action`` and ``--threat-intel`` (None: not given) fill in
-    what the file does not set; given both ways with different values, they are a ConfigError."""
+    what the file does not set; given both ways with different values, they are a ConfigError. The
+    bundle lifetime is at least twice the re-render period ``refresh_hours`` (``--interval``)."""
     if not path:
-        return ChannelSettings(name=LOCAL_CHANNEL, action=action or "Post", threat_intel=bool(threat_intel))
-    channel, given = parse_one_channel(read_text_file(path, "channel settings"), path, LOCAL_CHANNEL)
+        channel = ChannelSettings(name=LOCAL_CHANNEL, action=action or "Post", threat_intel=bool(threat_intel))
+        channel.check_lifetime(refresh_hours)
+        return channel
+    text = read_text_file(path, "channel settings")
+    channel, given = parse_one_channel(text, path, LOCAL_CHANNEL, refresh_hours=refresh_hours)
     for key, flag, value in (("action", "--action", action), ("threat_intel", "--threat-intel", threat_intel)):
         if key in given and value is not None and getattr(channel, key) != value:
             shown = flag if value is True else f"{flag} {value}"
