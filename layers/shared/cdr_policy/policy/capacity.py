@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from cdr_policy.netprefix import BITS, Prefixes, last_address
 from cdr_policy.netprefix.aggregate import collapse
-from cdr_policy.netprefix.vector import collapse_v4, collapsed_size_v4, covered_v4
+from cdr_policy.netprefix.vector import V4, V6, collapse_v4, collapsed_size_v4, covered_v4
 from cdr_policy.policy.ranked import CDR, THREAT_INTEL, RankedTable
 
 OVER_BUDGET = "over budget"
@@ -36,6 +36,7 @@ class Cut:
     table: RankedTable
     keep: int = 0  # rows [0, keep) of the table are kept
     kept: dict[str, list[str]] = field(default_factory=dict)  # group -> aggregated prefixes, sorted
+    kept_arrays: dict[str, tuple[V4, V6]] = field(default_factory=dict)  # the same, as arrays
     # Below the cut: inside a kept prefix (of either blocklist, blocked all the same) or left out.
     covered: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     left_out: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
@@ -106,6 +107,7 @@ def cut(table: RankedTable, limit: int) -> Cut:
         v6 = _collapse_v6(table.prefixes_v6(mask))
         if len(v4) or len(v6):
             result.kept[group] = v4.strings() + v6.strings()
+            result.kept_arrays[group] = (v4, V6(list(v6.networks), bytes(v6.lengths)))
     below = np.zeros(n, dtype=bool)
     below[keep:] = True
     result.covered = _covered(table, keep, below)

@@ -12,7 +12,9 @@ policy files and report.
    by value and ranked (``policy.ranked``) and cut to the channel's Tetragon and Cilium budgets
    (``policy.capacity``); what is left out is counted and the best-ranked of it listed with its rank.
 5. Objects: behaviour policies per CDR rule (``policy.behaviours``), Tetragon blocklists
-   (``cdr`` and ``threat-intel``), Cilium groups and policies (``policy.cilium``).
+   (``cdr`` and ``threat-intel``), Cilium groups and policies (``policy.cilium``), and their
+   provenance index (``policy.provenance``): which feed, finding and category each prefix, port
+   and rule comes from.
 6. The checker runs on every object (checklist always; CRD schemas when ``schemas`` is given) and
    an error stops the render with ``PolicyCheckError``: nothing that fails is ever shipped.
 
@@ -33,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from aws_lambda_powertools.metrics import MetricUnit
 
+from cdr_policy.bundle.provenance import ProvenanceIndex
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.guards import NeverBlock, parse_protected
 from cdr_policy.models import MAX_REFS, Behaviour, Indicator, IndicatorSet, Rejection
@@ -47,6 +50,7 @@ from cdr_policy.policy.domains import Resolver, handle_domains
 from cdr_policy.policy.merge import merge_indicators
 from cdr_policy.policy.output import ObjectMeta, PolicyFile
 from cdr_policy.policy.ports import parse_port, port_refusal
+from cdr_policy.policy.provenance import build_index
 from cdr_policy.policy.ranked import CDR, MAX_RANKED_FEED_PREFIXES, THREAT_INTEL, RankedTable, rank_ips
 from cdr_policy.rules import RULES
 from cdr_policy.timeutil import iso, parse_iso
@@ -66,6 +70,7 @@ _MESSAGE = {
 class RenderResult:
     files: list[PolicyFile]
     report: dict[str, Any]
+    provenance: ProvenanceIndex
 
 
 class GuardChain:
@@ -186,7 +191,18 @@ def compile_policies(
             "rejected": len(rejected),
         },
     )
-    return RenderResult(files=files, report=report)
+    index = build_index(
+        channel.name,
+        channel.hit_detail,
+        cuts={"tetragon": tetragon_cut, "cilium": cilium_cut},
+        files=files,
+        ports=inputs.ports,
+        behaviours=inputs.behaviours,
+        feed_categories={
+            s.source.removeprefix("feed:"): s.prefixes.category for s in inputs.feed_sets if s.prefixes is not None
+        },
+    )
+    return RenderResult(files=files, report=report, provenance=index)
 
 
 def _collect(

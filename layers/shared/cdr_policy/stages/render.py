@@ -90,7 +90,7 @@ def _render_channel(
     each: Callable[[RenderedChannel], None] | None,
 ) -> RenderSummary:
     result = compile_policies(sets, channel, now=now, guard=guard, schemas=crds)
-    bundle = assemble(result.files, channel, now=now)
+    bundle = assemble(result.files, channel, now=now, index=result.provenance)
     changed = _latest_digest(state, channel.name) != bundle.digest
     report = bundle_report(result.report, sets, last_run, now=now)
     if changed:
