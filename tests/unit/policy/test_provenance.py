@@ -40,7 +40,8 @@ def _sets() -> list[IndicatorSet]:
 
 
 def _lookup(index, engine: str, name: str, address: str):
-    _, (blocklist, holder) = next(h for h in index.holds(engine, name) if h[0] == "blocklist")
+    held = index.holds(engine, name)
+    blocklist, holder = held.blocklist, held.holder
     prefix = folded(address)
     found = blocklist.find(prefix.version, prefix.network)
     assert found is not None and holder.first <= found < holder.first + holder.count

@@ -178,6 +178,19 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Held:
+    """What one object of the bundle holds: a rule, or a range of a blocklist and ports."""
+
+    rule: Rule | None = None
+    blocklist: Blocklist | None = None
+    holder: Holder | None = None
+    ports: tuple[Port, ...] = ()
+
+
+_NOTHING = Held()
+
+
+@dataclass(frozen=True)
 class ProvenanceIndex:
     channel: str
     detail: str
@@ -185,28 +198,34 @@ class ProvenanceIndex:
     blocklists: tuple[Blocklist, ...] = ()
     ports: tuple[Port, ...] = ()
     rules: tuple[Rule, ...] = ()
-    _by_object: dict[tuple[str, str], list[tuple[str, Any]]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    _held: dict[tuple[str, str], Held] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _reused: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        held = self._held
         for b in self.blocklists:
             for h in b.holders:
-                self._by_object.setdefault((h.ref.engine, h.ref.name), []).append(("blocklist", (b, h)))
+                key = (h.ref.engine, h.ref.name)
+                if key in held:
+                    self._reused.append(f"{h.ref.engine} object {h.ref.name}")
+                held[key] = Held(blocklist=b, holder=h)
         for p in self.ports:
             for ref in p.objects:
-                self._by_object.setdefault((ref.engine, ref.name), []).append(("port", p))
+                now = held.get((ref.engine, ref.name), _NOTHING)
+                held[ref.engine, ref.name] = Held(now.rule, now.blocklist, now.holder, (*now.ports, p))
         for r in self.rules:
             for ref in r.objects:
-                self._by_object.setdefault((ref.engine, ref.name), []).append(("rule", r))
+                if (ref.engine, ref.name) in held:
+                    self._reused.append(f"{ref.engine} object {ref.name}")
+                held[ref.engine, ref.name] = Held(rule=r)
 
-    def holds(self, engine: str, name: str) -> list[tuple[str, Any]]:
-        """What the object ``name`` of ``engine`` holds: ``("blocklist", (Blocklist, Holder))``,
-        ``("port", Port)`` and ``("rule", Rule)`` entries (empty: not an object of this bundle)."""
-        return self._by_object.get((engine, name), [])
+    def holds(self, engine: str, name: str) -> Held:
+        """What the object ``name`` of ``engine`` holds (nothing: not an object of this bundle)."""
+        return self._held.get((engine, name), _NOTHING)
 
-    def object_names(self, engine: str) -> set[str]:
-        return {name for (e, name) in self._by_object if e == engine}
+    def objects(self) -> set[tuple[str, str]]:
+        """Every (engine, name) of the bundle's objects that an event can name."""
+        return set(self._held)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -258,7 +277,7 @@ def read_index(data: bytes, where: str = PATH) -> ProvenanceIndex:
             raise _refused(where, f"blocklists/{i}/prefixes: {exc}") from exc
         n = len(ipv4) + len(ipv6)
         klass = _unpack_u32(b["classes"], n, f"{where}: blocklists/{i}/classes")
-        if n and int(klass.max()) >= n_classes:
+        if n and int(np.max(klass)) >= n_classes:
             raise _refused(where, f"blocklists/{i}/classes names a class that does not exist")
         holders = tuple(Holder(_ref(o), o["first"], o["count"]) for o in b["objects"] if o["first"] + o["count"] <= n)
         if len(holders) != len(b["objects"]):
@@ -274,11 +293,9 @@ def read_index(data: bytes, where: str = PATH) -> ProvenanceIndex:
 
 
 def _check_names(index: ProvenanceIndex, where: str) -> None:
-    """An object holds prefixes of one blocklist range at most, and a rule object nothing else."""
-    for (engine, name), held in index._by_object.items():
-        kinds = [kind for kind, _ in held]
-        if kinds.count("blocklist") > 1 or ("rule" in kinds and len(kinds) > 1) or kinds.count("rule") > 1:
-            raise _refused(where, f"the {engine} object {name} is listed for more than one purpose")
+    """An object holds one range of one blocklist at most, and a rule object nothing else."""
+    if index._reused:
+        raise _refused(where, f"the {index._reused[0]} is listed for more than one purpose")
 
 
 def _ref(o: dict[str, Any]) -> ObjectRef:

@@ -1,0 +1,84 @@
+"""Counting export lines against a bundle: every line read is either one of ours (a ``Hit``),
+unattributed (another policy's event, a forwarded flow, another destination, another kind of
+event) or malformed. The command (``cdr-policy hits``) and the node reader (``hits.reader``) count
+the same way."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdr_policy.bundle.provenance import ProvenanceIndex
+from cdr_policy.hits.attribute import Hit, attribute
+from cdr_policy.hits.events import Malformed, parse_line
+from cdr_policy.hits.files import TOO_LONG
+
+TOTALS = ("read", "ours", "unattributed", "malformed")
+
+
+@dataclass
+class Totals:
+    read: int = 0
+    ours: int = 0
+    unattributed: int = 0
+    malformed: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in TOTALS}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Totals:
+        return cls(**{name: int(d[name]) for name in TOTALS})
+
+    def add(self, other: Totals) -> None:
+        for name in TOTALS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class Tally:
+    """Totals over lines, and the hits of each (engine, object, kind, indicator, address, action)."""
+
+    totals: Totals = field(default_factory=Totals)
+    hits: Counter[tuple[str, str, str, str, str | None, str, int]] = field(default_factory=Counter)
+
+    def line(self, engine: str, line: bytes, index: ProvenanceIndex) -> Hit | None:
+        """Count one line of ``engine``'s export; the hit it is, if any."""
+        self.totals.read += 1
+        try:
+            if line == TOO_LONG:
+                raise Malformed("line too long")
+            event = parse_line(engine, line)
+        except Malformed:
+            self.totals.malformed += 1
+            return None
+        hit = attribute(event, index) if event is not None else None
+        if hit is None:
+            self.totals.unattributed += 1
+            return None
+        self.totals.ours += 1
+        self.hits[hit.engine, hit.object, hit.kind, hit.indicator, hit.address, hit.action, hit.klass] += 1
+        return hit
+
+    def rows(self, index: ProvenanceIndex) -> list[dict[str, Any]]:
+        """The hits as the command prints them, most first, each with its indicator's provenance."""
+        out = []
+        for (engine, obj, kind, indicator, address, action, klass), count in self.hits.items():
+            p = index.classes[klass]
+            out.append(
+                {
+                    "engine": engine,
+                    "object": obj,
+                    "address": address,
+                    "prefix": indicator if kind == "prefix" else None,
+                    "port": indicator if kind == "port" else None,
+                    "rule": indicator if kind == "rule" else None,
+                    "action": action,
+                    "count": count,
+                    "feeds": list(p.feeds),
+                    "findings": list(p.findings),
+                    "categories": list(p.categories),
+                }
+            )
+        return sorted(out, key=lambda r: (-r["count"], r["engine"], r["object"], str(r["address"]), r["action"]))
