@@ -35,6 +35,7 @@ import binascii
 import bisect
 import hashlib
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -42,11 +43,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cdr_policy import jsonio
+from cdr_policy import jsonio, layout
 from cdr_policy.bundle.manifest import VerificationError
 from cdr_policy.netprefix import BITS, to_string
 from cdr_policy.netprefix.vector import V4, V6, PackError, from_fields, to_fields
 from cdr_policy.schemas import schema_errors
+from cdr_policy.storage import Store, TooLarge
 
 PATH = "provenance.json"
 SCHEMA = "provenance-index.schema.json"
@@ -290,6 +292,24 @@ def read_index(data: bytes, where: str = PATH) -> ProvenanceIndex:
     index = ProvenanceIndex(doc["channel"], doc["detail"], classes, tuple(blocklists), ports, rules)
     _check_names(index, where)
     return index
+
+
+def load_published(store: Store, manifest: Mapping[str, Any]) -> ProvenanceIndex | None:
+    """The index of a published bundle whose manifest is verified already (None: the bundle has
+    none, rendered before indexes existed): read no further than its listed size, then checked
+    against the listed size and SHA-256 and read (``read_index``). VerificationError or
+    StorageError when it cannot be used."""
+    entry = next((e for e in manifest["files"] if e["path"] == PATH), None)
+    if entry is None:
+        return None
+    key = layout.published_file_key(manifest["channel"], manifest["digest"], PATH)
+    try:
+        data = store.get(key, max_bytes=entry["size"]).data
+    except TooLarge as exc:
+        raise VerificationError("too_large", f"file mismatch: {PATH} is larger than listed") from exc
+    if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise VerificationError("file_mismatch", f"file mismatch: {PATH} is not the file the manifest lists")
+    return read_index(data, key)
 
 
 def _check_names(index: ProvenanceIndex, where: str) -> None:

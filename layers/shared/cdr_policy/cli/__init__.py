@@ -163,10 +163,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             from cdr_policy.cli.channels import publish_main
 
             return publish_main(argv[1:], env, _default_state_root(env))
-        if argv and argv[0] == "hits":
-            from cdr_policy.cli.hits import hits_main
+        if argv and argv[0] in ("hits", "hits-reader"):
+            from cdr_policy.cli import hits
 
-            return hits_main(argv[1:])
+            return hits.hits_main(argv[1:]) if argv[0] == "hits" else hits.reader_main(argv[1:], env)
         if argv and argv[0] in ("channel", "fleet"):
             from cdr_policy.cli import fleet
 

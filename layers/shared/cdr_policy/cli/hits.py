@@ -1,4 +1,6 @@
-"""``cdr-policy hits --policies DIR [--tetragon-export FILE]... [--hubble-export FILE]... [--json]``:
+"""The hits commands.
+
+``cdr-policy hits --policies DIR [--tetragon-export FILE]... [--hubble-export FILE]... [--json]``:
 what our objects blocked (or, on an audit channel, would have), per object and destination, with
 the feeds, CDR finding ids and categories of the indicator each event hit.
 
@@ -6,22 +8,43 @@ the feeds, CDR finding ids and categories of the indicator each event hit.
 (``channels/<channel>/bundles/<digest>/``): its ``provenance.json`` names the objects and where
 each of their prefixes, ports and rules came from. Export files are Tetragon's JSON export and
 Hubble's flow export, plain or gzip (rotated ones included), one event per line.
+
+``cdr-policy hits-reader``: the node reader (``hits.reader``), run by the DaemonSet of
+``deploy/hits``: it follows this node's exports and reports the node's hits to the agent.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cdr_policy.agent.cli import duration, role_arn, s3_client
+from cdr_policy.agent.kube import KubeApplier
+from cdr_policy.agent.observe import ObservabilityServer
 from cdr_policy.bundle import provenance
 from cdr_policy.bundle.manifest import VerificationError
 from cdr_policy.bundle.provenance import ProvenanceIndex, read_index
+from cdr_policy.bundle.signing import Verifier
 from cdr_policy.cli.parser import Parser
 from cdr_policy.errors import ConfigError
 from cdr_policy.hits.events import CILIUM, TETRAGON
 from cdr_policy.hits.files import lines
+from cdr_policy.hits.metrics import ReaderMetrics
+from cdr_policy.hits.reader import DEFAULT_INTERVAL_S, IndexFollower, Reader
+from cdr_policy.hits.reports import ConfigMapReports, DirectoryReports, ReportStore
 from cdr_policy.hits.tally import Tally
+from cdr_policy.policy.naming import is_dns_subdomain
+from cdr_policy.storage import LocalStore, open_store
+
+# Where the engines write their exports on a node (Tetragon's and Cilium's Helm charts' examples),
+# and where the reader keeps its positions and counts (a hostPath in deploy/hits).
+TETRAGON_EXPORT = Path("/var/run/cilium/tetragon/tetragon.log")
+HUBBLE_EXPORT = Path("/var/run/cilium/hubble/events.log")
+STATE_DIR = Path("/var/lib/cdr-policy/hits")
 
 
 def load_policies(folder: Path) -> ProvenanceIndex:
@@ -99,3 +122,79 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         f"events: {e['read']} read, {e['ours']} ours, {e['unattributed']} unattributed, {e['malformed']} malformed"
     )
     return out
+
+
+def reader_main(argv: list[str], env: Mapping[str, str]) -> int:
+    parser = Parser(
+        prog="cdr-policy hits-reader",
+        description="Follow this node's Tetragon and Hubble exports and report what our objects blocked.",
+    )
+    parser.add_argument("--bucket", required=True, metavar="s3://BUCKET | DIR", help="the distribution store")
+    parser.add_argument("--channel", required=True, help="the channel this cluster follows")
+    parser.add_argument("--cluster-id", required=True, help="this cluster's id (the session name of --assume-role)")
+    parser.add_argument(
+        "--assume-role",
+        type=role_arn,
+        metavar="ARN",
+        help="read the bucket as this role (the cluster's ReaderRoleArn, deploy/cluster-access: read only)",
+    )
+    parser.add_argument("--public-key", required=True, type=Path, metavar="PEM", help="the channel's signing key(s)")
+    parser.add_argument("--node-name", default=env.get("NODE_NAME"), help="this node (default: $NODE_NAME)")
+    parser.add_argument("--tetragon-export", type=Path, default=TETRAGON_EXPORT, metavar="FILE")
+    parser.add_argument("--hubble-export", type=Path, default=HUBBLE_EXPORT, metavar="FILE")
+    parser.add_argument("--state-dir", type=Path, default=STATE_DIR, metavar="DIR", help="positions and counts")
+    reports = parser.add_mutually_exclusive_group(required=True)
+    reports.add_argument("--reports-namespace", metavar="NAMESPACE", help="report in ConfigMaps of this namespace")
+    reports.add_argument("--reports-dir", type=Path, metavar="DIR", help="report as files in this folder")
+    parser.add_argument(
+        "--interval",
+        type=duration(1, 3600),
+        default=DEFAULT_INTERVAL_S,
+        metavar="DURATION",
+        help=f"how often to look for a new bundle and report (1s..1h, default {DEFAULT_INTERVAL_S:g}s)",
+    )
+    parser.add_argument("--once", action="store_true", help="count what the exports hold, report, and exit")
+    parser.add_argument("--metrics-port", type=int, default=9091, metavar="PORT", help="/metrics, /healthz, /readyz")
+    parser.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS")
+    args = parser.parse_args(argv)
+    if not args.node_name or not is_dns_subdomain(args.node_name):
+        parser.error("--node-name (or $NODE_NAME) must be the node's name")
+    reporter: ReportStore
+    if args.reports_dir is not None:
+        reporter = DirectoryReports(args.reports_dir)
+    else:
+        reporter = ConfigMapReports(KubeApplier.from_environment(env), args.reports_namespace)
+    client = s3_client(args.assume_role, args.cluster_id) if args.bucket.startswith("s3://") else None
+    state_dir = args.state_dir / args.channel
+    follower = IndexFollower(
+        open_store(args.bucket, client), args.channel, Verifier.from_file(args.public_key), LocalStore(state_dir)
+    )
+    exports = {TETRAGON: args.tetragon_export, CILIUM: args.hubble_export}
+    reader = Reader(follower, exports, state_dir=state_dir, reports=reporter, node=args.node_name)
+    if args.once:
+        reader.poll_bundle()
+        while reader.step():
+            pass
+        reader.report()
+        totals = reader.table.totals
+        print(
+            f"bundle {(reader.follower.digest or '-')[:12]}: {totals.read} lines read, {totals.ours} ours, "
+            f"{totals.unattributed} unattributed, {totals.malformed} malformed; report in {reporter.describe()}"
+        )
+        return 0 if reader.follower.digest else 1
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    metrics = ReaderMetrics(channel=args.channel, interval_s=args.interval)
+    server = (
+        ObservabilityServer(metrics, host=args.metrics_host, port=args.metrics_port).start()
+        if args.metrics_port
+        else None
+    )
+    try:
+        reader.run(args.interval, stop, observe=metrics.observe)
+    finally:
+        if server is not None:
+            server.stop()
+    return 0

@@ -142,6 +142,8 @@ class HitTable:
             moved[row._replace(bundle=digest) if (row.engine, row.object) in objects else row] += count
         self.rows = moved
         self._bundle(digest)
+        used = {r.bundle for r in moved} | {digest}
+        self.bundles = [b for b in self.bundles if b in used]
 
     def merge(self, other: HitTable) -> None:
         """Add ``other`` (another node's table): rows, counters, totals, gaps and drops."""

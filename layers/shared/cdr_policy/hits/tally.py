@@ -36,6 +36,24 @@ class Totals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+def count_line(totals: Totals, engine: str, line: bytes, index: ProvenanceIndex) -> Hit | None:
+    """Count one line of ``engine``'s export in ``totals``; the hit it is, if any."""
+    totals.read += 1
+    try:
+        if line == TOO_LONG:
+            raise Malformed("line too long")
+        event = parse_line(engine, line)
+    except Malformed:
+        totals.malformed += 1
+        return None
+    hit = attribute(event, index) if event is not None else None
+    if hit is None:
+        totals.unattributed += 1
+        return None
+    totals.ours += 1
+    return hit
+
+
 @dataclass
 class Tally:
     """Totals over lines, and the hits of each (engine, object, kind, indicator, address, action)."""
@@ -43,23 +61,10 @@ class Tally:
     totals: Totals = field(default_factory=Totals)
     hits: Counter[tuple[str, str, str, str, str | None, str, int]] = field(default_factory=Counter)
 
-    def line(self, engine: str, line: bytes, index: ProvenanceIndex) -> Hit | None:
-        """Count one line of ``engine``'s export; the hit it is, if any."""
-        self.totals.read += 1
-        try:
-            if line == TOO_LONG:
-                raise Malformed("line too long")
-            event = parse_line(engine, line)
-        except Malformed:
-            self.totals.malformed += 1
-            return None
-        hit = attribute(event, index) if event is not None else None
-        if hit is None:
-            self.totals.unattributed += 1
-            return None
-        self.totals.ours += 1
-        self.hits[hit.engine, hit.object, hit.kind, hit.indicator, hit.address, hit.action, hit.klass] += 1
-        return hit
+    def line(self, engine: str, line: bytes, index: ProvenanceIndex) -> None:
+        hit = count_line(self.totals, engine, line, index)
+        if hit is not None:
+            self.hits[hit.engine, hit.object, hit.kind, hit.indicator, hit.address, hit.action, hit.klass] += 1
 
     def rows(self, index: ProvenanceIndex) -> list[dict[str, Any]]:
         """The hits as the command prints them, most first, each with its indicator's provenance."""
