@@ -43,6 +43,7 @@ RAW_FEEDS = "raw/feeds/"
 STATE_ABUSEIPDB = "state/abuseipdb/"
 BUNDLES = "bundles/"
 RENDERED_CHANNELS = "bundles/channels/"
+HITS = "hits/"
 CHANNELS = "channels/"
 STATUS = "status/"
 
@@ -107,6 +108,10 @@ def latest_render_key(channel: str) -> str:
     return f"{RENDERED_CHANNELS}{channel}.json"
 
 
+# -- state store: HitsRollup -----------------------------------------------------------------------
+FLEET_HITS = f"{HITS}fleet.json"
+
+
 # -- distribution store ----------------------------------------------------------------------------
 def channel_prefix(channel: str) -> str:
     """Everything a channel's clusters read: its manifest, history and bundle files. A cluster's
@@ -163,6 +168,12 @@ STATE_KEYS: tuple[KeyFamily, ...] = (
     KeyFamily(reputation_set_key("abuseipdb"), "FeedSync", "indicator set `source: abuseipdb`"),
     KeyFamily(bundle_file_key("<digest>", "…"), "Render", "policy files, `report.json`, then `bundle.json` last"),
     KeyFamily(latest_render_key("<channel>"), "Render", "the channel's latest rendered digest"),
+    KeyFamily(
+        FLEET_HITS,
+        "HitsRollup",
+        "what fired in the fleet (addresses, rules, ports; `fleet-hits.schema.json`), from the clusters' "
+        "statuses checked against their channels' bundles; Render ranks with it",
+    ),
 )
 
 DIST_KEYS: tuple[KeyFamily, ...] = (
@@ -184,7 +195,7 @@ DIST_KEYS: tuple[KeyFamily, ...] = (
     KeyFamily(
         status_key("<cluster-id>"),
         "agent",
-        "agent status, writable only by that cluster's role (`deploy/cluster-access`)",
+        "agent status (with the node readers' hits), writable only by that cluster's role (`deploy/cluster-access`)",
     ),
 )
 
@@ -194,6 +205,7 @@ WRITE_PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
     "FeedSync": ("state", (RAW_FEEDS, STATE_FEEDS, INDICATORS_FEEDS, STATE_ABUSEIPDB, INDICATORS_REPUTATION)),
     "Render": ("state", (BUNDLES,)),
     "Publish": ("dist", (CHANNELS,)),
+    "HitsRollup": ("state", (HITS,)),
     "agent": ("dist", (STATUS,)),
 }
 

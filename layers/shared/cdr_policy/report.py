@@ -16,7 +16,17 @@ from cdr_policy.summaries import CdrRunSummary
 from cdr_policy.timeutil import iso
 
 SCHEMA_VERSION = 1
-_RENDER_KEYS = ("behaviours", "budget", "left_out", "left_out_total", "left_out_unranked", "checks", "domains", "ports")
+_RENDER_KEYS = (
+    "behaviours",
+    "budget",
+    "hits",
+    "left_out",
+    "left_out_total",
+    "left_out_unranked",
+    "checks",
+    "domains",
+    "ports",
+)
 
 
 def _events(cdr: CdrRunSummary | None) -> dict[str, Any]:

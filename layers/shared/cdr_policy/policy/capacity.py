@@ -54,7 +54,14 @@ class Cut:
             "used": self.used,
             "covered": int(self.covered.sum()),
             "left_out": int(self.left_out.sum()),
+            "kept_by_hits": self.kept_by_hits,
         }
+
+    @property
+    def kept_by_hits(self) -> int:
+        """Entries the cut keeps that it would have left out had nothing fired in the fleet."""
+        without = self.table.rank_without_hits
+        return 0 if without is None else int((without[: self.keep] >= self.keep).sum())
 
 
 def _group_masks(table: RankedTable, upto: int) -> list[npt.NDArray[np.bool_]]:

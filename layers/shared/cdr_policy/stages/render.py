@@ -2,12 +2,13 @@
 
 Reads every set under ``indicators/`` (a broken one stops the render: the channels keep their last
 good bundle rather than silently shrinking their blocklists; of the compact feed sets it holds only
-what a ranking can take, ``policy.ranked.hold_to_room``), compiles each channel's policies
-(``policy.render``), assembles the bundle (``bundle.assemble``) and, when its digest is new for the
-channel, writes its files, ``report.json`` and then ``bundle.json`` last, and moves the channel's
-latest-render pointer. Then it asks for a publish of every channel, changed or not: Publish does
-nothing for a current bundle until half its lifetime has passed and then re-signs it, so a quiet
-channel's manifest never expires under its agents.
+what a ranking can take, ``policy.ranked.hold_to_room``) and what fired in the fleet
+(``hits/fleet.json``, HitsRollup's; ranked without it when it is missing, broken or stale),
+compiles each channel's policies (``policy.render``), assembles the bundle (``bundle.assemble``)
+and, when its digest is new for the channel, writes its files, ``report.json`` and then
+``bundle.json`` last, and moves the channel's latest-render pointer. Then it asks for a publish of
+every channel, changed or not: Publish does nothing for a current bundle until half its lifetime
+has passed and then re-signs it, so a quiet channel's manifest never expires under its agents.
 
 Output is deterministic: the same sets, channels and clock give byte-identical files and digests.
 """
@@ -24,6 +25,7 @@ from cdr_policy import jsonio, layout
 from cdr_policy.bundle.assemble import Bundle, assemble
 from cdr_policy.feeds.persist import load_indicator_sets
 from cdr_policy.guards import NeverBlock
+from cdr_policy.hits.fleet import Fired, load_fired
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.models import IndicatorSet
 from cdr_policy.observability import logger
@@ -68,11 +70,14 @@ def run_render(
     bundle, report). One channel is held at a time, however many there are: only its summary is
     kept once the next one starts."""
     sets = load_indicator_sets(state, after_each=functools.partial(hold_to_room, now=now))
+    fired = load_fired(state, now=now)
     if crds is None:
         logger.info("no CRDs to check against: checking against the safety checklist only")
     last_run = read_last_run(state)
     return [
-        _render_channel(state, channel, sets, last_run, now=now, guard=guard, crds=crds, publish=publish, each=each)
+        _render_channel(
+            state, channel, sets, last_run, now=now, guard=guard, crds=crds, publish=publish, each=each, fired=fired
+        )
         for channel in channels
     ]
 
@@ -88,8 +93,9 @@ def _render_channel(
     crds: SchemaSet | None,
     publish: PublishPort | None,
     each: Callable[[RenderedChannel], None] | None,
+    fired: Fired | None,
 ) -> RenderSummary:
-    result = compile_policies(sets, channel, now=now, guard=guard, schemas=crds)
+    result = compile_policies(sets, channel, now=now, guard=guard, schemas=crds, fired=fired)
     bundle = assemble(result.files, channel, now=now, index=result.provenance)
     changed = _latest_digest(state, channel.name) != bundle.digest
     report = bundle_report(result.report, sets, last_run, now=now)

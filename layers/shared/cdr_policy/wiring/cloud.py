@@ -133,3 +133,10 @@ def publish(settings: Settings, *, channel: str, digest: str, now: datetime | No
         check=bundle_checker(SchemaSet.from_store(state), guard=guard),
     )
     return result.to_dict()
+
+
+def hits_rollup(settings: Settings, *, now: datetime | None = None) -> dict[str, Any]:
+    """HitsRollup: what fired in the fleet (``hits/fleet.json``), for Render."""
+    from cdr_policy.stages.hits_rollup import run_hits_rollup
+
+    return run_hits_rollup(_state(settings), _dist(settings), now=now or utcnow())
