@@ -19,6 +19,7 @@ WRITERS = {
     "FeedSync": "FeedSyncFunction",
     "Render": "RenderFunction",
     "Publish": "PublishFunction",
+    "HitsRollup": "HitsRollupFunction",
 }
 BUCKETS = {"StateBucket": "state", "DistributionBucket": "dist"}
 _OBJECT_ARN = re.compile(r"^\$\{(\w+)\.Arn\}/(.*)\*$")
