@@ -255,7 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hits-namespace",
         metavar="NAMESPACE",
         help="with --kubernetes: sum the node readers' hit reports (ConfigMaps of this namespace, deploy/hits) "
-        "into the status; absent: no hits reported",
+        "into the status; absent or empty: no hits reported",
     )
     hits.add_argument("--hits-dir", type=Path, metavar="DIR", help="sum the node readers' hit reports in this folder")
 
@@ -275,7 +275,7 @@ def _hits(args: argparse.Namespace, applier: Applier) -> HitsCollector | None:
     """The collector of the node readers' reports (``--hits-namespace`` or ``--hits-dir``), if any."""
     if args.hits_dir is not None:
         return HitsCollector(DirectoryReports(args.hits_dir), args.channel)
-    if args.hits_namespace is None:
+    if not args.hits_namespace:
         return None
     if not isinstance(applier, KubeApplier):
         raise ConfigError("--hits-namespace needs --kubernetes (in directory mode use --hits-dir)")

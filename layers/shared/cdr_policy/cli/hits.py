@@ -129,7 +129,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     return out
 
 
-def reader_main(argv: list[str], env: Mapping[str, str]) -> int:
+def reader_parser(env: Mapping[str, str]) -> Parser:
+    """The reader's command line (``deploy/hits/daemonset.yaml`` runs it)."""
     parser = Parser(
         prog="cdr-policy hits-reader",
         description="Follow this node's Tetragon and Hubble exports and report what our objects blocked.",
@@ -161,6 +162,11 @@ def reader_main(argv: list[str], env: Mapping[str, str]) -> int:
     parser.add_argument("--once", action="store_true", help="count what the exports hold, report, and exit")
     parser.add_argument("--metrics-port", type=int, default=9091, metavar="PORT", help="/metrics, /healthz, /readyz")
     parser.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS")
+    return parser
+
+
+def reader_main(argv: list[str], env: Mapping[str, str]) -> int:
+    parser = reader_parser(env)
     args = parser.parse_args(argv)
     if not args.node_name or not is_dns_subdomain(args.node_name):
         parser.error("--node-name (or $NODE_NAME) must be the node's name")
