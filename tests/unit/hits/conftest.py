@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cdr_policy import jsonio, layout
-from cdr_policy.bundle.manifest import build_manifest
 from cdr_policy.bundle.provenance import (
-    PATH,
     Blocklist,
     Holder,
     ObjectRef,
@@ -22,11 +19,11 @@ from cdr_policy.bundle.provenance import (
     ProvenanceIndex,
     Rule,
 )
-from cdr_policy.bundle.signing import LocalSigner, Verifier, generate_local_key, sign_manifest
+from cdr_policy.bundle.signing import LocalSigner, Verifier, generate_local_key
 from cdr_policy.netprefix import parse_canonical
 from cdr_policy.netprefix.vector import V4, V6
 from cdr_policy.storage import Store
-from cdr_policy.timeutil import iso
+from tests.fakes import published
 
 # Two hours after the last event of the fixtures.
 NOW = datetime(2026, 1, 10, 7, 0, tzinfo=UTC)
@@ -114,30 +111,6 @@ def key_pair(tmp_path_factory) -> tuple[LocalSigner, Verifier]:
     return LocalSigner.from_file(path), Verifier.from_public_pem(public)
 
 
-def publish_index(
-    dist: Store,
-    signer: LocalSigner,
-    index: ProvenanceIndex,
-    *,
-    now: datetime = NOW,
-    ttl_hours: int = 72,
-    generation: int = 1,
-) -> str:
-    """Publish a bundle holding ``index`` (and nothing else) into ``dist``, signed as Publish signs
-    it a minute before ``now``; returns its digest."""
-    created = now - timedelta(minutes=1)
-    files = {PATH: index.to_bytes()}
-    manifest = build_manifest(
-        files,
-        channel=index.channel,
-        settings={"action": "Sigkill", "mode": "enforce", "cilium_version": "1.17"},
-        counts={"files": 1},
-        created_at=iso(created),
-        expires_at=iso(created + timedelta(hours=ttl_hours)),
-        source_digest="ab" * 32,
-    )
-    signed = sign_manifest({**manifest, "generation": generation}, signer)
-    for path, data in files.items():
-        dist.put(layout.published_file_key(index.channel, manifest["digest"], path), data)
-    dist.put(layout.channel_manifest_key(index.channel), jsonio.dumps(signed))
-    return str(manifest["digest"])
+def publish_index(dist: Store, signer: LocalSigner, index: ProvenanceIndex, *, now: datetime = NOW, **kwargs) -> str:
+    """``tests.fakes.published.publish_index``, at the fixtures' time by default."""
+    return published.publish_index(dist, signer, index, now=now, **kwargs)
