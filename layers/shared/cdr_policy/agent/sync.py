@@ -566,10 +566,11 @@ class Agent:
 
     def _report(self, status: dict[str, Any]) -> None:
         """The local status every poll; the bucket's when it says something new (anything but the
-        time of the poll and of the drift check) or the heartbeat is due."""
+        time of the poll and of the drift check, and the hit counts: that hits appear or go is news,
+        new counts ride on the next write, at most a heartbeat later) or the heartbeat is due."""
         self._state.save_status(status)
         drift = status["drift"] and {**status["drift"], "checked_at": None}
-        hits = status["hits"] and {**status["hits"], "updated_at": None}
+        hits = status["hits"] is not None
         news = jsonio.dumps({**status, "last_poll": {**status["last_poll"], "at": None}, "drift": drift, "hits": hits})
         now = time.monotonic()
         if (
