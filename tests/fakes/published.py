@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from cdr_policy import jsonio, layout
-from cdr_policy.bundle.manifest import build_manifest
+from cdr_policy import layout
+from cdr_policy.bundle.manifest import Settings, build_manifest
 from cdr_policy.bundle.provenance import PATH, ProvenanceIndex
 from cdr_policy.bundle.signing import Signer, sign_manifest
 from cdr_policy.storage import Store
@@ -22,14 +22,14 @@ def publish_index(
     manifest = build_manifest(
         files,
         channel=index.channel,
-        settings={"action": "Sigkill", "mode": "enforce", "cilium_version": "1.17"},
+        settings=Settings(action="Sigkill", mode="enforce", cilium_version="1.17"),
         counts={"files": 1},
         created_at=iso(created),
         expires_at=iso(created + timedelta(hours=ttl_hours)),
         source_digest="ab" * 32,
     )
-    signed = sign_manifest({**manifest, "generation": generation}, signer)
+    signed = sign_manifest(manifest.replace(generation=generation), signer)
     for path, data in files.items():
-        dist.put(layout.published_file_key(index.channel, manifest["digest"], path), data)
-    dist.put(layout.channel_manifest_key(index.channel), jsonio.dumps(signed))
-    return str(manifest["digest"])
+        dist.put(layout.published_file_key(index.channel, manifest.digest, path), data)
+    dist.put(layout.channel_manifest_key(index.channel), signed.to_bytes())
+    return manifest.digest

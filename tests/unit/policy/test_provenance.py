@@ -184,4 +184,4 @@ def test_the_bundle_lists_and_signs_the_index():
     result = render(_sets())
     bundle = assemble(result.files, ChannelSettings(name="prod"), now=NOW, index=result.provenance)
     assert bundle.files[provenance.PATH] == result.provenance.to_bytes()
-    assert provenance.PATH in {e["path"] for e in bundle.manifest["files"]}
+    assert provenance.PATH in {e.path for e in bundle.manifest.files}

@@ -35,7 +35,6 @@ import binascii
 import bisect
 import hashlib
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -44,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cdr_policy import jsonio, layout
-from cdr_policy.bundle.manifest import VerificationError
+from cdr_policy.bundle.manifest import Manifest, VerificationError
 from cdr_policy.netprefix import BITS, to_string
 from cdr_policy.netprefix.vector import V4, V6, PackError, from_fields, to_fields
 from cdr_policy.schemas import schema_errors
@@ -294,22 +293,28 @@ def read_index(data: bytes, where: str = PATH) -> ProvenanceIndex:
     return index
 
 
-def load_published(store: Store, manifest: Mapping[str, Any]) -> ProvenanceIndex | None:
+def load_published(store: Store, manifest: Manifest) -> ProvenanceIndex | None:
     """The index of a published bundle whose manifest is verified already (None: the bundle has
     none, rendered before indexes existed): read no further than its listed size, then checked
     against the listed size and SHA-256 and read (``read_index``). VerificationError or
     StorageError when it cannot be used."""
-    entry = next((e for e in manifest["files"] if e["path"] == PATH), None)
+    entry = next((e for e in manifest.files if e.path == PATH), None)
     if entry is None:
         return None
-    key = layout.published_file_key(manifest["channel"], manifest["digest"], PATH)
+    key = layout.published_file_key(manifest.channel, manifest.digest, PATH)
     try:
-        data = store.get(key, max_bytes=entry["size"]).data
+        data = store.get(key, max_bytes=entry.size).data
     except TooLarge as exc:
         raise VerificationError("too_large", f"file mismatch: {PATH} is larger than listed") from exc
-    if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise VerificationError("file_mismatch", f"file mismatch: {PATH} is not the file the manifest lists")
+    check_listed(manifest, data)
     return read_index(data, key)
+
+
+def check_listed(manifest: Manifest, data: bytes) -> None:
+    """VerificationError unless ``data`` is the index ``manifest`` lists (its size and SHA-256)."""
+    entry = next((e for e in manifest.files if e.path == PATH), None)
+    if entry is None or len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise VerificationError("file_mismatch", f"file mismatch: {PATH} is not the file the manifest lists")
 
 
 def _check_names(index: ProvenanceIndex, where: str) -> None:

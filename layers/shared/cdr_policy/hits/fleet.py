@@ -26,8 +26,8 @@ import numpy as np
 
 from cdr_policy import jsonio, layout
 from cdr_policy.agent.status import read_status
-from cdr_policy.bundle.manifest import validate_manifest
-from cdr_policy.bundle.provenance import MAX_INDEX_BYTES, Provenance, ProvenanceIndex, read_index
+from cdr_policy.bundle.loader import read_manifest
+from cdr_policy.bundle.provenance import MAX_INDEX_BYTES, PATH, Provenance, ProvenanceIndex, read_index
 from cdr_policy.errors import BundleError, StorageError
 from cdr_policy.hits.aggregate import DETAIL_FIELDS, RETENTION_HOURS, check_section
 from cdr_policy.netprefix import BITS, folded
@@ -93,7 +93,7 @@ class _Indexes:
         if key in self._held:
             self._held.move_to_end(key)
             return self._held[key]
-        path = layout.published_file_key(channel, digest, "provenance.json")
+        path = layout.published_file_key(channel, digest, PATH)
         try:
             index: ProvenanceIndex | None = read_index(self.dist.get(path, max_bytes=MAX_INDEX_BYTES).data, path)
             if index is not None and index.channel != channel:
@@ -158,12 +158,12 @@ def _status(dist: Store, key: str) -> dict[str, Any] | None:
 def _current(dist: Store, channel: str, indexes: _Indexes) -> tuple[str, ProvenanceIndex] | None:
     """The channel's current bundle and its index (None: no manifest, or no index)."""
     try:
-        manifest = validate_manifest(jsonio.loads(dist.get(layout.channel_manifest_key(channel)).data))
-    except (StorageError, BundleError, ValueError) as exc:
+        manifest, _ = read_manifest(dist, layout.channel_manifest_key(channel))
+    except (StorageError, BundleError) as exc:
         logger.warning("no usable manifest for a channel", extra={"channel": channel, "error": str(exc)})
         return None
-    index = indexes.get(channel, manifest["digest"])
-    return (manifest["digest"], index) if index is not None else None
+    index = indexes.get(channel, manifest.digest)
+    return (manifest.digest, index) if index is not None else None
 
 
 def _check_row(row: dict[str, Any], index: ProvenanceIndex | None, now: datetime) -> tuple[str, Provenance | None]:

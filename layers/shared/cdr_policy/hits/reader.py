@@ -22,7 +22,6 @@ signal ends it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -30,12 +29,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from cdr_policy import jsonio, layout
 from cdr_policy.agent.applier import ApplyError
-from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, VerificationError, read_manifest_bytes
-from cdr_policy.bundle.provenance import PATH, ProvenanceIndex, load_published, read_index
+from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, VerificationError
+from cdr_policy.bundle.provenance import PATH, ProvenanceIndex, check_listed, load_published, read_index
 from cdr_policy.bundle.signing import Verifier, verify_manifest, verify_signature
 from cdr_policy.errors import BundleError, ConfigError, StorageError
 from cdr_policy.hits.aggregate import MAX_NODE_ROWS, HitTable
@@ -68,16 +66,16 @@ class IndexFollower:
     def load_saved(self) -> None:
         """The last verified index, from the state folder (ignored, and logged, when it does not verify)."""
         try:
-            manifest = read_manifest_bytes(self.saved.get(SAVED_MANIFEST).data, SAVED_MANIFEST)
+            manifest = Manifest.parse(self.saved.get(SAVED_MANIFEST).data, SAVED_MANIFEST)
             verify_signature(manifest, self.verifier)
             data = self.saved.get(PATH).data
-            entry = next(e for e in manifest["files"] if e["path"] == PATH)
-            if manifest["channel"] != self.channel or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                raise BundleError("it is not the saved bundle's index of this channel")
+            if manifest.channel != self.channel:
+                raise BundleError("it is the saved bundle of another channel")
+            check_listed(manifest, data)
             self._use(manifest, read_index(data, PATH))
         except NotFound:
             return
-        except (BundleError, StorageError, StopIteration, KeyError, TypeError) as exc:
+        except (BundleError, StorageError) as exc:
             logger.warning("ignoring the saved bundle index", extra={"reason": str(exc)})
 
     def poll(self, now: datetime) -> bool:
@@ -91,11 +89,11 @@ class IndexFollower:
         if obj is None:
             return False
         try:
-            manifest = read_manifest_bytes(obj.data, key)
+            manifest = Manifest.parse(obj.data, key)
             verify_manifest(manifest, self.verifier, now=now)
-            if manifest["channel"] != self.channel:
-                raise VerificationError("wrong_channel", f"the manifest is for channel {manifest['channel']}")
-            if manifest["digest"] == self.digest:
+            if manifest.channel != self.channel:
+                raise VerificationError("wrong_channel", f"the manifest is for channel {manifest.channel}")
+            if manifest.digest == self.digest:
                 self._etag = obj.etag
                 return False
             index = load_published(self.store, manifest)
@@ -111,15 +109,15 @@ class IndexFollower:
             logger.warning("the channel's bundle has no provenance index (rendered by an older Render)")
             return False
         if index.channel != self.channel:
-            logger.error("provenance index of another channel refused", extra={"digest": manifest["digest"]})
+            logger.error("provenance index of another channel refused", extra={"digest": manifest.digest})
             return False
-        self.saved.put(SAVED_MANIFEST, jsonio.dumps(manifest))
+        self.saved.put(SAVED_MANIFEST, manifest.to_bytes())
         self.saved.put(PATH, index.to_bytes())
         self._use(manifest, index)
         return True
 
-    def _use(self, manifest: Mapping[str, Any], index: ProvenanceIndex) -> None:
-        self.digest, self.index = str(manifest["digest"]), index
+    def _use(self, manifest: Manifest, index: ProvenanceIndex) -> None:
+        self.digest, self.index = manifest.digest, index
         logger.info("attributing with bundle", extra={"digest": self.digest, "detail": index.detail})
 
 
