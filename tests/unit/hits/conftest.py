@@ -55,7 +55,9 @@ def _blocklist(group: str, prefixes: list[str], classes: list[int], *objects: tu
     return Blocklist(group, v4, v6, np.array(classes, dtype=np.uint32), holders)
 
 
-def fixture_index(detail: str = "workload") -> ProvenanceIndex:
+def fixture_index(detail: str = "workload", tp_cdr: str = TP_CDR) -> ProvenanceIndex:
+    """The index the fixtures name (``tp_cdr``: the Tetragon CDR object's name, as a changed bundle
+    renames it)."""
     return ProvenanceIndex(
         channel="prod",
         detail=detail,
@@ -67,7 +69,7 @@ def fixture_index(detail: str = "workload") -> ProvenanceIndex:
             Provenance((), FINDINGS_MINING, ("CryptoMiner_Execution",), "CryptoMiner_Execution", "cdr"),
         ),
         blocklists=(
-            _blocklist("cdr", ["45.33.32.156/32"], [0], ("tetragon", TP_CDR), ("cilium", CCNP_CDR)),
+            _blocklist("cdr", ["45.33.32.156/32"], [0], ("tetragon", tp_cdr), ("cilium", CCNP_CDR)),
             _blocklist(
                 "threat-intel",
                 ["185.100.0.0/24", "185.220.101.0/24", "2a0b:f4c0::/32"],
@@ -76,7 +78,7 @@ def fixture_index(detail: str = "workload") -> ProvenanceIndex:
                 ("cilium", CCNP_TI),
             ),
         ),
-        ports=(Port("tcp/4444", 3, (ObjectRef("tetragon", TP_CDR),)),),
+        ports=(Port("tcp/4444", 3, (ObjectRef("tetragon", tp_cdr),)),),
         rules=(Rule("crypto_mining", 4, (ObjectRef("tetragon", TP_MINING),)),),
     )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,11 @@ from cdr_policy.errors import StorageError
 from cdr_policy.hits.reader import STATE, IndexFollower, Reader
 from cdr_policy.hits.reports import DirectoryReports, read_report
 from cdr_policy.storage import LocalStore
+from tests.fakes.exports import Workload, tetragon_connect
 from tests.unit.bundle.factory import RecordingStore
 from tests.unit.hits.conftest import EXPORTS, NOW, TP_CDR, fixture_index, publish_index
+
+WEB = Workload("shop", "web", "web-7c9d8f6b5-x2k4q")
 
 
 @pytest.fixture
@@ -157,6 +161,33 @@ def test_rows_move_to_a_new_bundle_that_still_has_their_object(tmp_path, dist, k
     assert second != first
     reader.poll_bundle()
     assert reader.table.bundles == [second] and {r.bundle for r in reader.table.rows} == {second}
+
+
+def test_a_changed_bundle_counts_from_its_first_event_and_the_one_before_until_it_is_replaced(tmp_path, dist, key_pair):
+    signer, verifier = key_pair
+    first = publish_index(dist, signer, fixture_index())
+    reader = _reader(tmp_path, dist, verifier)
+    reader.poll_bundle()
+    polls = dist.polls
+    renamed = "tp-cdr-blocklist-99999999"  # what the object became: a name is the object's content
+    second = publish_index(dist, signer, fixture_index(tp_cdr=renamed), generation=2)
+    at = NOW - timedelta(hours=1)
+    lines = [
+        tetragon_connect(policy=renamed, action="Sigkill", daddr="45.33.32.156", dport=443, w=WEB, node="w", at=at),
+        tetragon_connect(policy=TP_CDR, action="Sigkill", daddr="45.33.32.156", dport=443, w=WEB, node="w", at=at),
+        # not ours, whatever their names: a name we could have given looks once, the others never
+        tetragon_connect(policy="tp-other-0badc0de", action="Post", daddr="1.1.1.1", dport=53, w=WEB, node="w", at=at),
+        tetragon_connect(policy="tp-other-0badc0de", action="Post", daddr="1.1.1.1", dport=53, w=WEB, node="w", at=at),
+        tetragon_connect(policy="observe-egress", action="Post", daddr="1.1.1.1", dport=53, w=WEB, node="w", at=at),
+    ]
+    (tmp_path / "tetragon.log").write_bytes(b"".join(lines))
+    while reader.step():
+        pass
+    # the new object's first event found the new bundle (one poll); the old object's event, fired
+    # before the agent replaced it, counts with the bundle before; the other names cost no poll
+    assert dist.polls == polls + 1 and reader.follower.digest == second
+    assert {(r.object, r.bundle): c for r, c in reader.table.rows.items()} == {(renamed, second): 1, (TP_CDR, first): 1}
+    assert reader.table.totals.to_dict() == {"read": 5, "ours": 2, "unattributed": 3, "malformed": 0}
 
 
 def test_an_unreadable_state_starts_at_the_files_ends(tmp_path, dist, key_pair):

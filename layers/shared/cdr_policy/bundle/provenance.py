@@ -224,6 +224,10 @@ class ProvenanceIndex:
         """What the object ``name`` of ``engine`` holds (nothing: not an object of this bundle)."""
         return self._held.get((engine, name), _NOTHING)
 
+    def knows(self, engine: str, name: str) -> bool:
+        """Whether ``name`` is an object of ``engine`` in this bundle."""
+        return (engine, name) in self._held
+
     def objects(self) -> set[tuple[str, str]]:
         """Every (engine, name) of the bundle's objects that an event can name."""
         return set(self._held)

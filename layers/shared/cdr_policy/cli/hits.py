@@ -38,7 +38,7 @@ from cdr_policy.hits.events import CILIUM, TETRAGON
 from cdr_policy.hits.files import lines
 from cdr_policy.hits.fleet import fleet_report, read_fleet
 from cdr_policy.hits.metrics import ReaderMetrics
-from cdr_policy.hits.reader import DEFAULT_INTERVAL_S, IndexFollower, Reader
+from cdr_policy.hits.reader import DEFAULT_BUNDLE_INTERVAL_S, DEFAULT_INTERVAL_S, IndexFollower, Reader
 from cdr_policy.hits.reports import ConfigMapReports, DirectoryReports, ReportStore
 from cdr_policy.hits.tally import Tally
 from cdr_policy.policy.naming import is_dns_subdomain
@@ -157,7 +157,15 @@ def reader_parser(env: Mapping[str, str]) -> Parser:
         type=duration(1, 3600),
         default=DEFAULT_INTERVAL_S,
         metavar="DURATION",
-        help=f"how often to look for a new bundle and report (1s..1h, default {DEFAULT_INTERVAL_S:g}s)",
+        help=f"how often to report (1s..1h, default {DEFAULT_INTERVAL_S:g}s)",
+    )
+    parser.add_argument(
+        "--bundle-interval",
+        type=duration(1, 86400),
+        default=DEFAULT_BUNDLE_INTERVAL_S,
+        metavar="DURATION",
+        help="how often to look for a new bundle (1s..24h, default "
+        f"{DEFAULT_BUNDLE_INTERVAL_S:g}s; sooner when an event names an object the reader does not know)",
     )
     parser.add_argument("--once", action="store_true", help="count what the exports hold, report, and exit")
     parser.add_argument("--metrics-port", type=int, default=9091, metavar="PORT", help="/metrics, /healthz, /readyz")
@@ -204,7 +212,7 @@ def reader_main(argv: list[str], env: Mapping[str, str]) -> int:
         else None
     )
     try:
-        reader.run(args.interval, stop, observe=metrics.observe)
+        reader.run(args.interval, stop, observe=metrics.observe, bundle_interval_s=args.bundle_interval)
     finally:
         if server is not None:
             server.stop()

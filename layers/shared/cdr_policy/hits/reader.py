@@ -3,10 +3,14 @@ Hubble exports, attributes every event to the channel's current bundle and repor
 hits to the agent.
 
 - **The bundle** (``IndexFollower``): the channel's signed manifest, polled like the agent polls it
-  (ETag), verified (signature, expiry, channel), and of its files only ``provenance.json``, read
-  no further than its signed size and checked against its SHA-256. The last verified one is kept
-  in the state folder, so a restart while the bucket is out of reach still attributes. Rows of
-  objects the new bundle still has move to it (``HitTable.rebind``).
+  (ETag; every ``--bundle-interval``, and at once, at most every ``HINT_POLL_S``, when an event
+  names an object that looks like ours but that the reader does not know: an object's name is its
+  content, so a changed bundle shows itself by new names), verified (signature, expiry, channel),
+  and of its files only ``provenance.json``, read no further than its signed size and checked
+  against its SHA-256. The last verified one is kept in the state folder, so a restart while the
+  bucket is out of reach still attributes. Rows of objects the new bundle still has move to it
+  (``HitTable.rebind``); events are attributed with the current bundle, else the one before (its
+  objects fire until the agent has applied the new one).
 - **The exports** (``hits.tail``): each file followed across rotations from its saved position.
 - **The state** (``reader.json`` in ``--state-dir``, a hostPath): the positions and the node's hit
   table, written together after every batch, so that a restart neither loses nor counts again a
@@ -15,7 +19,7 @@ hits to the agent.
 - **The report** (``hits.reports``): the node report, every ``--interval``, to the agent.
 
 Memory stays bounded whatever the files hold: a batch of lines at a time, the table held to
-``MAX_NODE_ROWS`` rows, one index (and the one before, while its rows move). Long-running: an
+``MAX_NODE_ROWS`` rows, two indexes (the current bundle's and the one before). Long-running: an
 unreachable bucket, API server or file is logged and tried again; only a configuration error or a
 signal ends it.
 """
@@ -37,10 +41,13 @@ from cdr_policy.bundle.provenance import PATH, ProvenanceIndex, check_listed, lo
 from cdr_policy.bundle.signing import Verifier, verify_manifest, verify_signature
 from cdr_policy.errors import BundleError, ConfigError, StorageError
 from cdr_policy.hits.aggregate import MAX_NODE_ROWS, HitTable
+from cdr_policy.hits.attribute import attribute
+from cdr_policy.hits.events import Event
 from cdr_policy.hits.reports import ReportStore, read_report, report_document
 from cdr_policy.hits.tail import Position, Tail, fingerprint
-from cdr_policy.hits.tally import count_line
+from cdr_policy.hits.tally import count_hit, read_event
 from cdr_policy.observability import logger
+from cdr_policy.policy.naming import is_generated_name
 from cdr_policy.storage import LocalStore, NotFound, Store
 from cdr_policy.timeutil import iso, utcnow
 
@@ -49,6 +56,10 @@ SAVED_MANIFEST = "bundle.json"
 STATE_VERSION = 1
 BATCH_LINES = 10_000
 DEFAULT_INTERVAL_S = 60.0
+# A look for a new bundle every 15 minutes (a conditional GET), and sooner when an event names an
+# object the reader does not know: a bundle's objects are renamed whenever what they enforce changes.
+DEFAULT_BUNDLE_INTERVAL_S = 900.0
+HINT_POLL_S = 30.0
 
 
 @dataclass
@@ -61,6 +72,7 @@ class IndexFollower:
     saved: LocalStore
     digest: str | None = None
     index: ProvenanceIndex | None = None
+    previous: tuple[str, ProvenanceIndex] | None = None  # the bundle before, while its objects may still fire
     _etag: str | None = field(default=None, repr=False)
 
     def load_saved(self) -> None:
@@ -117,8 +129,23 @@ class IndexFollower:
         return True
 
     def _use(self, manifest: Manifest, index: ProvenanceIndex) -> None:
+        if self.digest is not None and self.index is not None:
+            self.previous = (self.digest, self.index)
         self.digest, self.index = manifest.digest, index
         logger.info("attributing with bundle", extra={"digest": self.digest, "detail": index.detail})
+
+    def bundles(self) -> list[tuple[str, ProvenanceIndex]]:
+        """The bundles to attribute with: the current one, then the one before."""
+        current = [(self.digest, self.index)] if self.digest is not None and self.index is not None else []
+        return current + ([self.previous] if self.previous is not None else [])
+
+    def newer_named(self, event: Event) -> bool:
+        """Whether ``event`` names an object that looks like ours (``<kind>-<purpose>-<hash8>``)
+        but is in neither bundle: a newer bundle may have it (an object's name is its content)."""
+        return any(
+            is_generated_name(name) and not any(index.knows(event.engine, name) for _, index in self.bundles())
+            for name in event.policies
+        )
 
 
 class Reader:
@@ -142,6 +169,8 @@ class Reader:
         self.table = HitTable()
         self.tails = {engine: Tail(path) for engine, path in exports.items()}
         self.last_report: datetime | None = None
+        self._polled = float("-inf")  # time.monotonic() of the last look for a new bundle
+        self._hinted = float("-inf")  # ... and of the last one an event asked for
         self._load()
         follower.load_saved()
 
@@ -179,31 +208,49 @@ class Reader:
 
     # -- work ----------------------------------------------------------------------------------
 
-    def poll_bundle(self) -> None:
-        if self.follower.poll(self.clock()) and self.follower.index is not None and self.follower.digest:
-            self.table.rebind(self.follower.index, self.follower.digest)
-            self._save()
+    def poll_bundle(self) -> bool:
+        """Follow the channel's bundle; True when a new one is in use."""
+        self._polled = time.monotonic()
+        if not self.follower.poll(self.clock()) or self.follower.index is None or self.follower.digest is None:
+            return False
+        self.table.rebind(self.follower.index, self.follower.digest)
+        self._save()
+        return True
 
     def step(self) -> int:
         """Count up to a batch of lines of each export; the number of lines counted. Nothing is
         read before a bundle is known (the lines wait in their files)."""
-        index, digest = self.follower.index, self.follower.digest
-        if index is None or digest is None:
+        if self.follower.index is None:
             return 0
         now = self.clock()
         counted = 0
         for engine, tail in self.tails.items():
             for line in tail.lines(self.batch_lines):
                 counted += 1
-                hit = count_line(self.table.totals, engine, line, index)
-                if hit is not None:
-                    self.table.add(hit, index, digest, now)
+                event = read_event(self.table.totals, engine, line)
+                if event is not None:
+                    self._count(event, now)
             self.table.gaps += tail.gaps
             tail.gaps = 0
         if counted:
             self.table.trim(MAX_NODE_ROWS, now)
             self._save()
         return counted
+
+    def _count(self, event: Event, now: datetime) -> None:
+        """Attribute ``event`` with the current bundle, else the one before; when it names an
+        object of neither that looks like ours, look for a newer bundle first (at most every
+        ``HINT_POLL_S``), so that the events of a bundle's new objects count from the first."""
+        if self.follower.newer_named(event) and time.monotonic() - self._hinted >= HINT_POLL_S:
+            self._hinted = time.monotonic()
+            self.poll_bundle()
+        for digest, index in self.follower.bundles():
+            hit = attribute(event, index)
+            if hit is not None:
+                count_hit(self.table.totals, hit)
+                self.table.add(hit, index, digest, now)
+                return
+        count_hit(self.table.totals, None)
 
     def report(self) -> None:
         try:
@@ -224,15 +271,23 @@ class Reader:
                 out[engine] = 0
         return out
 
-    def run(self, interval_s: float, stop: threading.Event, observe: Callable[[Reader], None] | None = None) -> None:
-        """Until ``stop``: count what the exports hold, and every ``interval_s`` follow the bundle
-        and report."""
-        if interval_s <= 0:
-            raise ConfigError(f"the report interval must be above 0 seconds, got {interval_s}")
+    def run(
+        self,
+        interval_s: float,
+        stop: threading.Event,
+        observe: Callable[[Reader], None] | None = None,
+        *,
+        bundle_interval_s: float = DEFAULT_BUNDLE_INTERVAL_S,
+    ) -> None:
+        """Until ``stop``: count what the exports hold, report every ``interval_s`` and look for a
+        new bundle every ``bundle_interval_s`` (and sooner when an event names one: ``_count``)."""
+        if interval_s <= 0 or bundle_interval_s <= 0:
+            raise ConfigError(f"intervals must be above 0 seconds, got {interval_s} and {bundle_interval_s}")
         due = 0.0
         while not stop.is_set():
-            if time.monotonic() >= due:
+            if time.monotonic() - self._polled >= bundle_interval_s:
                 self.poll_bundle()
+            if time.monotonic() >= due:
                 self.report()
                 due = time.monotonic() + interval_s
             counted = self.step()

@@ -11,7 +11,7 @@ from typing import Any
 
 from cdr_policy.bundle.provenance import ProvenanceIndex
 from cdr_policy.hits.attribute import Hit, attribute
-from cdr_policy.hits.events import Malformed, parse_line
+from cdr_policy.hits.events import Event, Malformed, parse_line
 from cdr_policy.hits.files import TOO_LONG
 
 TOTALS = ("read", "ours", "unattributed", "malformed")
@@ -38,6 +38,13 @@ class Totals:
 
 def count_line(totals: Totals, engine: str, line: bytes, index: ProvenanceIndex) -> Hit | None:
     """Count one line of ``engine``'s export in ``totals``; the hit it is, if any."""
+    event = read_event(totals, engine, line)
+    return count_hit(totals, attribute(event, index)) if event is not None else None
+
+
+def read_event(totals: Totals, engine: str, line: bytes) -> Event | None:
+    """The event on one line of ``engine``'s export, counted as read (and as malformed, or as
+    unattributed when it is an event of another kind); None when there is nothing to attribute."""
     totals.read += 1
     try:
         if line == TOO_LONG:
@@ -46,11 +53,17 @@ def count_line(totals: Totals, engine: str, line: bytes, index: ProvenanceIndex)
     except Malformed:
         totals.malformed += 1
         return None
-    hit = attribute(event, index) if event is not None else None
+    if event is None:
+        totals.unattributed += 1
+    return event
+
+
+def count_hit(totals: Totals, hit: Hit | None) -> Hit | None:
+    """Count what an event's attribution found (``hit``, or None: not ours); returns ``hit``."""
     if hit is None:
         totals.unattributed += 1
-        return None
-    totals.ours += 1
+    else:
+        totals.ours += 1
     return hit
 
 
