@@ -98,6 +98,10 @@ def bundle_file_key(digest: str, path: str) -> str:
     return f"{BUNDLES}{digest}/{path}"
 
 
+# The provenance index's path in every bundle (``bundle.provenance``), beside the policy files.
+PROVENANCE_FILE = "provenance.json"
+
+
 def bundle_manifest_key(digest: str) -> str:
     """The unsigned manifest Render writes beside a bundle's files, last."""
     return bundle_file_key(digest, "bundle.json")

@@ -49,7 +49,7 @@ from cdr_policy.netprefix.vector import V4, V6, PackError, from_fields, to_field
 from cdr_policy.schemas import schema_errors
 from cdr_policy.storage import Store, TooLarge
 
-PATH = "provenance.json"
+PATH = layout.PROVENANCE_FILE
 SCHEMA = "provenance-index.schema.json"
 SCHEMA_VERSION = 1
 CLASS_FORMAT = "u32-zlib-v1"

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cdr_policy.bundle import provenance
+from cdr_policy import layout
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.policy.checker.check import CIDR_GROUP_KIND, CILIUM_POLICY_KINDS, check_object
 from cdr_policy.policy.checker.common import BlockGuard, as_dict
@@ -23,7 +23,7 @@ from cdr_policy.policy.serialize import load_yaml_documents
 
 _SUFFIXES = (".yaml", ".yml", ".json")
 # The run report and the provenance index the CLI writes beside the policies: not Kubernetes objects.
-NOT_OBJECTS = frozenset({"report.json", provenance.PATH})
+NOT_OBJECTS = frozenset({"report.json", layout.PROVENANCE_FILE})
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
