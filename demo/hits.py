@@ -55,9 +55,7 @@ def run_hits(stack: Stack, output: Path, agents: dict[str, Any], say: Callable[[
             reader.poll_bundle()
             assert follower.index is not None, f"channel {channel} ships no provenance index"
             _write_exports(exports, follower.index, channel, node, now - timedelta(minutes=30 - i))
-            while reader.step():
-                pass
-            reader.report()
+            reader.drain()
             t = reader.table.totals
             say(
                 f"      {channel:<8} {node}: {t.read} lines read, {t.ours} ours, {t.unattributed} unattributed, "

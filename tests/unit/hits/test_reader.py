@@ -37,13 +37,6 @@ def _reader(tmp_path: Path, dist, verifier, node: str = "worker-1") -> Reader:
     return Reader(follower, exports, state_dir=state, reports=reports, node=node, clock=lambda: NOW)
 
 
-def _drain(reader: Reader) -> None:
-    reader.poll_bundle()
-    while reader.step():
-        pass
-    reader.report()
-
-
 def _report(tmp_path: Path, node: str = "worker-1"):
     return read_report((tmp_path / "reports" / f"{node}.json").read_bytes(), node)
 
@@ -58,7 +51,7 @@ def test_a_node_report_counts_each_event_once_with_its_workload(tmp_path, dist, 
     digest = publish_index(dist, signer, fixture_index())
     _copy(tmp_path)
     reader = _reader(tmp_path, dist, verifier)
-    _drain(reader)
+    reader.drain()
     report = _report(tmp_path)
     assert report.node == "worker-1" and report.channel == "prod"
     table = report.table
@@ -80,7 +73,7 @@ def test_a_node_report_counts_each_event_once_with_its_workload(tmp_path, dist, 
         "CryptoMiner_Execution",
     }
     # a second pass over the same files counts nothing more
-    _drain(reader)
+    reader.drain()
     assert _report(tmp_path).table.totals.read == 20
 
 
@@ -101,7 +94,7 @@ def test_no_counted_event_is_lost_or_counted_twice_across_a_restart_and_a_rotati
     active.unlink()
     active.write_bytes(b"".join(lines[8:]) + (EXPORTS / "tetragon-rotated.log").read_bytes())
     again = _reader(tmp_path, dist, verifier)
-    _drain(again)
+    again.drain()
     table = _report(tmp_path).table
     assert table.totals.read == len(lines) + 2 and table.gaps == 0
     assert table.totals.ours == 5 + 2 and table.totals.malformed == 3
@@ -114,14 +107,14 @@ def test_the_saved_bundle_is_used_when_the_bucket_is_unreachable(tmp_path, dist,
     _reader(tmp_path, dist, verifier).poll_bundle()
     dist.down = StorageError("the bucket is unreachable")
     reader = _reader(tmp_path, dist, verifier)
-    _drain(reader)
+    reader.drain()
     assert reader.follower.digest == digest and _report(tmp_path).table.totals.ours == 8
 
 
 def test_nothing_is_read_before_a_bundle_is_known(tmp_path, dist, key_pair):
     _copy(tmp_path)
     reader = _reader(tmp_path, dist, key_pair[1])
-    _drain(reader)
+    reader.drain()
     assert reader.step() == 0 and reader.tails["tetragon"].position.offset == 0
 
 
@@ -141,7 +134,7 @@ def test_the_channel_decides_what_is_reported_of_the_workloads(tmp_path, dist, k
     signer, verifier = key_pair
     publish_index(dist, signer, fixture_index(detail))
     _copy(tmp_path)
-    _drain(_reader(tmp_path, dist, verifier))
+    _reader(tmp_path, dist, verifier).drain()
     table = _report(tmp_path).table
     assert table.totals.ours == 8  # counted all the same
     if kept is None:
@@ -156,7 +149,7 @@ def test_rows_move_to_a_new_bundle_that_still_has_their_object(tmp_path, dist, k
     first = publish_index(dist, signer, fixture_index())
     _copy(tmp_path)
     reader = _reader(tmp_path, dist, verifier)
-    _drain(reader)
+    reader.drain()
     second = publish_index(dist, signer, fixture_index("pod"), generation=2)
     assert second != first
     reader.poll_bundle()
@@ -197,7 +190,7 @@ def test_an_unreadable_state_starts_at_the_files_ends(tmp_path, dist, key_pair):
     (tmp_path / "state" / "worker-1").mkdir(parents=True)
     (tmp_path / "state" / "worker-1" / STATE).write_text("{not json")
     reader = _reader(tmp_path, dist, verifier)
-    _drain(reader)
+    reader.drain()
     table = _report(tmp_path).table
     assert table.totals.read == 0 and table.gaps == 2  # nothing counted twice; the gap is reported
 

@@ -46,7 +46,7 @@ from cdr_policy import jsonio, layout
 from cdr_policy.bundle.manifest import Manifest, VerificationError
 from cdr_policy.netprefix import BITS, to_string
 from cdr_policy.netprefix.vector import V4, V6, PackError, from_fields, to_fields
-from cdr_policy.schemas import schema_errors
+from cdr_policy.schemas import load_checked
 from cdr_policy.storage import Store, TooLarge
 
 PATH = layout.PROVENANCE_FILE
@@ -266,12 +266,9 @@ def read_index(data: bytes, where: str = PATH) -> ProvenanceIndex:
     if len(data) > MAX_INDEX_BYTES:
         raise _refused(where, f"larger than {MAX_INDEX_BYTES} bytes")
     try:
-        doc = jsonio.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise _refused(where, "not JSON") from exc
-    errors = schema_errors(doc, SCHEMA)
-    if errors:
-        raise _refused(where, "; ".join(errors[:5]))
+        doc = load_checked(data, SCHEMA)
+    except ValueError as exc:
+        raise _refused(where, str(exc)) from exc
     classes = tuple(Provenance.from_dict(c) for c in doc["classes"])
     n_classes = len(classes)
     blocklists = []

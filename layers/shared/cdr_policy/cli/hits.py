@@ -191,10 +191,7 @@ def reader_main(argv: list[str], env: Mapping[str, str]) -> int:
     exports = {TETRAGON: args.tetragon_export, CILIUM: args.hubble_export}
     reader = Reader(follower, exports, state_dir=state_dir, reports=reporter, node=args.node_name)
     if args.once:
-        reader.poll_bundle()
-        while reader.step():
-            pass
-        reader.report()
+        reader.drain()
         totals = reader.table.totals
         print(
             f"bundle {(reader.follower.digest or '-')[:12]}: {totals.read} lines read, {totals.ours} ours, "

@@ -33,7 +33,7 @@ from cdr_policy.hits.aggregate import DETAIL_FIELDS, RETENTION_HOURS, check_sect
 from cdr_policy.netprefix import BITS, folded
 from cdr_policy.netprefix.vector import V4, V6, PackError, from_fields, to_fields
 from cdr_policy.observability import logger
-from cdr_policy.schemas import schema_errors
+from cdr_policy.schemas import load_checked
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import iso, parse_iso
 
@@ -394,12 +394,9 @@ def read_fired(data: bytes, where: str) -> Fired:
     """``hits/fleet.json`` after its checks (schema, payload, every prefix an address);
     BundleError says what is wrong."""
     try:
-        doc = jsonio.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise BundleError(f"{where}: not JSON") from exc
-    errors = schema_errors(doc, FIRED_SCHEMA)
-    if errors:
-        raise BundleError(f"{where}: " + "; ".join(errors[:5]))
+        doc = load_checked(data, FIRED_SCHEMA)
+    except ValueError as exc:
+        raise BundleError(f"{where}: {exc}") from exc
     try:
         v4, v6 = from_fields(doc["addresses"])
     except PackError as exc:

@@ -252,6 +252,13 @@ class Reader:
                 return
         count_hit(self.table.totals, None)
 
+    def drain(self) -> None:
+        """Look for the bundle, count all the exports hold, and report (``--once``)."""
+        self.poll_bundle()
+        while self.step():
+            pass
+        self.report()
+
     def report(self) -> None:
         try:
             section = self.table.to_section(self.clock())

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cdr_policy import jsonio
 from cdr_policy.agent.applier import ApplyError, Conflict
 from cdr_policy.errors import BundleError, StorageError
 from cdr_policy.hits.aggregate import HitTable, check_section
 from cdr_policy.policy.naming import is_dns_subdomain
-from cdr_policy.schemas import schema_errors
+from cdr_policy.schemas import load_checked
 from cdr_policy.storage import LocalStore, NotFound, TooLarge
 
 SCHEMA = "hit-report.schema.json"
@@ -54,12 +53,9 @@ def read_report(data: bytes | None, where: str) -> NodeReport:
     if data is None or len(data) > MAX_REPORT_BYTES:
         raise BundleError(f"{where}: larger than {MAX_REPORT_BYTES} bytes")
     try:
-        doc = jsonio.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise BundleError(f"{where}: not JSON") from exc
-    errors = schema_errors(doc, SCHEMA)
-    if errors:
-        raise BundleError(f"{where}: " + "; ".join(errors[:5]))
+        doc = load_checked(data, SCHEMA)
+    except ValueError as exc:
+        raise BundleError(f"{where}: {exc}") from exc
     check_section(doc["hits"], where)
     return NodeReport(doc["node"], doc["channel"], HitTable.from_section(doc["hits"]))
 
