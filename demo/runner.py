@@ -29,6 +29,7 @@ from cdr_policy.observability import logger
 from cdr_policy.settings import get_settings
 from cdr_policy.storage import LocalStore, S3Store
 from cdr_policy.timeutil import utcnow
+from demo.hits import run_hits
 from tests.fakes.aws import Stack, create_stack
 from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from tests.fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_handler
@@ -51,6 +52,7 @@ class PipelineResult:
     steps: dict[str, Any] = field(default_factory=dict)
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     drift: dict[str, Any] = field(default_factory=dict)  # the staging agent's status after a drift repair
+    hits: dict[str, Any] = field(default_factory=dict)  # what the export lines fed through the readers gave
 
     def channel_dir(self, channel: str) -> Path:
         return self.output / channel
@@ -145,6 +147,7 @@ def run_pipeline(
         with _environment(env), _lambda_logs(output / "lambda.log"):
             result.steps = _run_functions(stack, say)
             result.agents, result.drift = _run_agents(stack, output, say)
+            result.hits = run_hits(stack, output, demo_agents(stack, output), say)
         for bucket, folder in ((stack.names.state_bucket, "state"), (stack.names.dist_bucket, "dist")):
             _mirror(S3Store(stack.client("s3"), bucket), LocalStore(output / folder))
         say(f"Buckets copied to {output / 'state'} and {output / 'dist'} (for the fleet commands after the run)")
@@ -160,7 +163,7 @@ def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
     steps: dict[str, Any] = {}
 
     say("")
-    say("[1/5] CdrFetch (EventBridge schedule)")
+    say("[1/6] CdrFetch (EventBridge schedule)")
     summary = load_handler("cdr_fetch").lambda_handler(_event("schedule_cdr_fetch.json"), LambdaContext("cdr-fetch"))
     steps["cdr_fetch"] = summary
     ind = summary["indicators"]
@@ -170,19 +173,19 @@ def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
         f"{ind['domains']} domains, {ind['ports']} ports"
     )
 
-    say("[2/5] FeedSync (EventBridge schedule)")
+    say("[2/6] FeedSync (EventBridge schedule)")
     summary = load_handler("feed_sync").lambda_handler(_event("schedule_feed_sync.json"), LambdaContext("feed-sync"))
     steps["feed_sync"] = summary
     for name, feed in summary["feeds"].items():
         say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
 
-    say("[3/5] Render (RenderQueue <- S3 ObjectCreated notifications for indicators/ and config/)")
+    say("[3/6] Render (RenderQueue <- S3 ObjectCreated notifications for indicators/ and config/)")
     counts = steps["render"] = _deliver(stack, "render", stack.render_queue_url)
     say(f"      {counts['messages']} notification(s) in {counts['batches']} batch(es), {counts['failed']} failed")
     for channel, latest in _latest_renders(stack).items():
         say(f"      channel {channel:<8} bundle {latest['digest'][:16]}")
 
-    say("[4/5] Publish (PublishQueue)")
+    say("[4/6] Publish (PublishQueue)")
     counts = steps["publish"] = _deliver(stack, "publish", stack.publish_queue_url)
     say(f"      {counts['messages']} publish request(s), {counts['failed']} failed")
     for channel, manifest in _channel_manifests(stack).items():
@@ -236,7 +239,7 @@ def demo_agents(stack: Stack, output: Path) -> dict[str, Agent]:
 def _run_agents(
     stack: Stack, output: Path, say: Callable[[str], None]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    say("[5/5] Sync agents (one per channel: poll, verify signature and digests, apply, report status)")
+    say("[5/6] Sync agents (one per channel: poll, verify signature and digests, apply, report status)")
     statuses = {}
     agents = demo_agents(stack, output)
     for channel, agent in agents.items():

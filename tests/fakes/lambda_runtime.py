@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("cdr_fetch", "feed_sync", "render", "publish")
+FUNCTIONS = ("cdr_fetch", "feed_sync", "render", "publish", "hits_rollup")
 
 
 def load_handler(name: str) -> ModuleType:

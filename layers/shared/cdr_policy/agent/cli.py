@@ -38,6 +38,8 @@ from cdr_policy.bundle.signing import Verifier
 from cdr_policy.cli.flags import add_metrics_arguments, bounded_int, dns_label, duration
 from cdr_policy.cli.parser import add_protection_arguments, invoked_as, protection_of
 from cdr_policy.errors import CdrPolicyError, ConfigError, exit_code, print_error
+from cdr_policy.hits.collect import HitsCollector
+from cdr_policy.hits.reports import ConfigMapReports, DirectoryReports
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.storage import open_store, writable_dir
@@ -50,7 +52,7 @@ _OK_RESULTS = frozenset({"applied", "unchanged"})
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 
 
-def _role_arn(text: str) -> str | None:
+def role_arn(text: str) -> str | None:
     if not text:
         return None  # the pod's credentials are the cluster's role already (Roles Anywhere)
     if not _ROLE_ARN.fullmatch(text):
@@ -58,7 +60,7 @@ def _role_arn(text: str) -> str | None:
     return text
 
 
-def _s3_client(assume_role: str | None, cluster_id: str) -> Any:
+def s3_client(assume_role: str | None, cluster_id: str) -> Any:
     """An S3 client whose every call is bounded (a slow bucket must not hold a sync for minutes:
     botocore's defaults allow 60 s per read and several retries). With ``assume_role``, the pod's own
     credentials (IRSA, Pod Identity) are exchanged for the cluster's role of
@@ -129,7 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster-id", required=True, help="this cluster's name in status/<cluster-id>.json")
     parser.add_argument(
         "--assume-role",
-        type=_role_arn,
+        type=role_arn,
         metavar="ARN",
         help="read and write the bucket as this role (the cluster's ClusterRoleArn, deploy/cluster-access), "
         "assumed with the pod's own credentials; empty or absent: use those credentials as they are",
@@ -214,6 +216,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the last applied manifest and status.json are kept (default ~/.cache/cdr-policy/agent/<channel>)",
     )
     add_metrics_arguments(parser, port_default=9090, host_default="0.0.0.0", when="in loop mode (not with --once)")
+    hits = parser.add_mutually_exclusive_group()
+    hits.add_argument(
+        "--hits-namespace",
+        metavar="NAMESPACE",
+        help="with --kubernetes: sum the node readers' hit reports (ConfigMaps of this namespace, deploy/hits) "
+        "into the status; absent or empty: no hits reported",
+    )
+    hits.add_argument("--hits-dir", type=Path, metavar="DIR", help="sum the node readers' hit reports in this folder")
 
 
 def admission_for(applier: Applier, crds: Path | None, protected: Protection) -> Admission:
@@ -253,6 +263,17 @@ def sync_line(status: Mapping[str, Any]) -> str:
     return f"{poll['result']}: {poll['detail']}"
 
 
+def _hits(args: argparse.Namespace, applier: Applier) -> HitsCollector | None:
+    """The collector of the node readers' reports (``--hits-namespace`` or ``--hits-dir``), if any."""
+    if args.hits_dir is not None:
+        return HitsCollector(DirectoryReports(args.hits_dir), args.channel)
+    if not args.hits_namespace:
+        return None
+    if not isinstance(applier, KubeApplier):
+        raise ConfigError("--hits-namespace needs --kubernetes (in directory mode use --hits-dir)")
+    return HitsCollector(ConfigMapReports(applier, args.hits_namespace), args.channel)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the agent. Returns the process exit code."""
     try:
@@ -262,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         )
         dist = open_store(
             args.bucket,
-            _s3_client(args.assume_role, args.cluster_id) if args.bucket.startswith("s3://") else None,
+            s3_client(args.assume_role, args.cluster_id) if args.bucket.startswith("s3://") else None,
             flag="--bucket",
         )
         applier: Applier = KubeApplier.from_environment() if args.kubernetes else DirectoryApplier(args.output_dir)
@@ -283,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
             max_shrink_percent=args.max_shrink_percent,
             drift_interval_s=args.drift_interval,
             sync_deadline_s=args.sync_deadline,
+            hits=_hits(args, applier),
         )
     except CdrPolicyError as exc:
         print_error(exc)

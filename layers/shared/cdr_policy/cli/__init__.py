@@ -5,8 +5,10 @@ Without a sub-command it keeps the original operator's interface (``--once --hou
 the same library stages as the Lambda functions, against a local state directory instead of S3
 (``--once``: one run; otherwise controller mode, ``cli.controller``).
 
-Sub-commands: ``validate``, ``keygen``, ``publish``, ``channel``, ``fleet``, ``state`` and
-``agent`` (the in-cluster sync agent).
+Sub-commands: ``validate`` (check policy files against the CRDs and the safety checklist),
+``hits`` (attribute Tetragon and Hubble export events to our objects and their provenance),
+``hits-reader`` (the node reader) and ``agent`` (the in-cluster sync agent); ``keygen``,
+``publish``, ``channel``, ``fleet`` and ``state`` for channels and fleets.
 
 Every failure is one line, ``cdr-policy: error: <what> (<cause>)``, on standard error, with the
 exit code the README documents (1 a failed run, 2 usage or configuration, 130 Ctrl-C); the
@@ -47,8 +49,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         prog="cdr-policy",
         description="Generate Tetragon TracingPolicies and Cilium network policies from Qualys CDR "
         "detections and threat-intel feeds.",
-        epilog="Sub-commands: validate, keygen, publish, channel, fleet, state, agent ('cdr-policy <sub-command> "
-        "--help'). The local state folder of this gateway and user: 'cdr-policy state path'.",
+        epilog="Sub-commands: validate, keygen, publish, channel, fleet, state, hits, agent, hits-reader "
+        "('cdr-policy <sub-command> --help'). The local state folder of this gateway and user: "
+        "'cdr-policy state path'.",
     )
     p.add_argument(
         "--platform",
@@ -152,7 +155,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     debug = DEBUG_FLAG in argv[:end]
     argv = [a for i, a in enumerate(argv) if not (i < end and a == DEBUG_FLAG)]
     # The day-2 commands say everything in their own lines: structured logs only when asked for.
-    quiet = argv[:1] not in ([], ["agent"]) and not argv[0].startswith("-")
+    quiet = argv[:1] not in ([], ["agent"], ["hits-reader"]) and not argv[0].startswith("-")
     log_to_stderr("DEBUG" if debug else env.get("CDR_POLICY_LOG_LEVEL", "CRITICAL" if quiet else "WARNING"))
     try:
         return _dispatch(argv, env, debug)
@@ -201,6 +204,10 @@ def _dispatch(argv: list[str], env: dict[str, str], debug: bool) -> int:
         from cdr_policy.cli.channels import state_main
 
         return state_main(argv[1:], env, default_state_root(env))
+    if command in ("hits", "hits-reader"):
+        from cdr_policy.cli import hits
+
+        return hits.hits_main(argv[1:]) if command == "hits" else hits.reader_main(argv[1:], env)
     if command in ("channel", "fleet"):
         from cdr_policy.cli import fleet
 

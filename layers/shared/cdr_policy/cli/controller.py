@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from cdr_policy import __version__, jsonio, layout, schemas
-from cdr_policy.agent.observe import prometheus_metric
+from cdr_policy.agent.observe import metric_lines
 from cdr_policy.cli.run import LocalRun
 from cdr_policy.errors import CdrPolicyError, ConfigError, StorageError, one_line, print_error
 from cdr_policy.observability import logger
@@ -130,25 +130,24 @@ class ControllerHealth:
         with self._lock:
             runs, failures = dict(self._runs), self._failures
             good, last = self._last_good_ts, self._last_run_ts
-        out: list[str] = []
-        prometheus_metric(
-            out,
-            f"{PREFIX}_runs_total",
+        out = metric_lines(
+            PREFIX,
+            "runs_total",
             "counter",
             "Runs by result: ok, problems (output written, e.g. a stale feed), failed (nothing written).",
             [(f'result="{r}"', runs.get(r, 0)) for r in ("ok", "problems", "failed")],
         )
-        prometheus_metric(out, f"{PREFIX}_consecutive_failures", "gauge", "Failed runs in a row.", [("", failures)])
-        prometheus_metric(
-            out,
-            f"{PREFIX}_last_good_run_timestamp_seconds",
+        out += metric_lines(PREFIX, "consecutive_failures", "gauge", "Failed runs in a row.", [("", failures)])
+        out += metric_lines(
+            PREFIX,
+            "last_good_run_timestamp_seconds",
             "gauge",
             "When the last run that wrote output ended.",
             [("", good)] if good is not None else [],
         )
-        prometheus_metric(
-            out,
-            f"{PREFIX}_last_run_timestamp_seconds",
+        out += metric_lines(
+            PREFIX,
+            "last_run_timestamp_seconds",
             "gauge",
             "When the last run ended.",
             [("", last)] if last is not None else [],

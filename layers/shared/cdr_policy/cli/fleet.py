@@ -10,7 +10,9 @@ where needed, the state store:
 - ``cdr-policy channel approve``: approve a held bundle (Publish ships it on its next request);
 - ``cdr-policy channel rollback``: publish an earlier signed bundle of the channel again;
 - ``cdr-policy fleet status``: per cluster, from its status document: channel, applied bundle and
-  its age, whether it is behind its channel, drift, errors.
+  its age, whether it is behind its channel, drift, errors;
+- ``cdr-policy fleet hits``: what the clusters' node readers attributed, checked against each
+  cluster's own channel (``cli.hits``, ``hits.fleet``).
 
 A digest is taken whole or by any unique prefix of 12 or more hex digits (``cli.digests``). A
 document that is not what it should be (malformed, oversized, planted) is skipped and named by
@@ -20,6 +22,7 @@ its key on standard error, never by its content; the others are shown.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import shlex
 import sys
@@ -36,12 +39,16 @@ from cdr_policy.bundle.approvals import DEFAULT_VALIDITY, MAX_VALIDITY, grant
 from cdr_policy.bundle.loader import Bundle, latest_render, load_bundle, read_manifest
 from cdr_policy.bundle.manifest import Manifest, VerificationError
 from cdr_policy.bundle.objects import ObjectRef, prefixes, ref_of
+from cdr_policy.bundle.provenance import read_index
 from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer, Verifier, verify_signature
 from cdr_policy.cli import digests
 from cdr_policy.cli.flags import bounded_int, channel_name, digest_prefix
+from cdr_policy.cli.hits import add_since, fleet_hits, fleet_hits_lines
 from cdr_policy.cli.parser import Parser, invoked_as
 from cdr_policy.errors import BundleError, ConfigError
 from cdr_policy.lambda_events import PublishRequest
+from cdr_policy.layout import PROVENANCE_FILE
+from cdr_policy.observability import logger
 from cdr_policy.policy import naming
 from cdr_policy.stages.publish import rollback
 from cdr_policy.storage import NotFound, Store, TooLarge, open_store
@@ -149,7 +156,13 @@ def fleet_main(argv: list[str]) -> int:
     status = commands.add_parser("status", help="per cluster: channel, applied bundle, age, behind, drift, errors")
     _dist(status)
     status.add_argument("--json", action="store_true", help="print JSON")
+    hits = commands.add_parser("hits", help="what each indicator blocked, per feed, finding, category and cluster")
+    _dist(hits)
+    add_since(hits)
+    hits.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
+    if args.command == "hits":
+        return _print(fleet_hits(_open(args.dist, "--dist"), args.since), args.json, fleet_hits_lines)
     return _print(fleet_status(_open(args.dist, "--dist"), now=utcnow()), args.json, _fleet_lines)
 
 
@@ -324,13 +337,48 @@ def no_index(bundle: Bundle) -> PrefixProvenance:
     return lambda prefix: None
 
 
+def index_provenance(bundle: Bundle) -> PrefixProvenance:
+    """Each prefix's own provenance from the bundle's provenance index (``provenance.json``): its
+    feeds, CDR finding ids and categories, merged over the blocklists holding it. A bundle without
+    an index, or with one that does not read back, gives none (its objects' provenance is shown)."""
+    data = bundle.files.get(PROVENANCE_FILE)
+    if data is None:
+        return no_index(bundle)
+    try:
+        index = read_index(data, f"bundle {bundle.digest[:12]} {PROVENANCE_FILE}")
+    except VerificationError as exc:
+        logger.warning("provenance index not used", extra={"digest": bundle.digest, "error": str(exc)})
+        return no_index(bundle)
+
+    def lookup(prefix: str) -> Mapping[str, str] | None:
+        try:
+            net = ipaddress.ip_network(prefix)
+        except ValueError:
+            return None
+        found = []
+        for blocklist in index.blocklists:
+            i = blocklist.find(net.version, int(net.network_address))
+            if i is not None and blocklist.prefix(i) == prefix:
+                found.append(index.classes[int(blocklist.classes[i])])
+        if not found:
+            return None
+        merged = {
+            "feeds": sorted({f for p in found for f in p.feeds}),
+            "findings": sorted({f for p in found for f in p.findings}),
+            "categories": sorted({c for p in found for c in p.categories}),
+        }
+        return {key: ",".join(values) for key, values in merged.items() if values}
+
+    return lookup
+
+
 def diff_bundles(
     dist: Store,
     state: Store,
     channel: str,
     digest: str | None,
     *,
-    provenance: Callable[[Bundle], PrefixProvenance] = no_index,
+    provenance: Callable[[Bundle], PrefixProvenance] = index_provenance,
 ) -> dict[str, Any]:
     """What bundle ``digest`` (a digest or unique prefix; None: the latest render) changes against
     what ``channel`` ships. Each prefix carries its own provenance where ``provenance`` gives it
