@@ -273,7 +273,13 @@ def test_fleet_commands_on_a_folder(env, tmp_path, capsys, feed_files_env):
     diff = json.loads(out)
     assert diff["from"] == first and len(diff["prefixes"]["added"]) > 100 and not diff["prefixes"]["removed"]
     added = diff["prefixes"]["added"][0]
-    assert added["objects"] and "sources" in added["provenance"]
+    assert added["objects"] and added["scope"] == "prefix"
+    # issue 21 point 5: each prefix's own feeds (from the bundle's provenance index), not its object's
+    own = {e["provenance"].get("feeds") for e in diff["prefixes"]["added"]}
+    assert all(e["scope"] == "prefix" for e in diff["prefixes"]["added"]) and len(own) > 1
+    assert all(feeds and "=" not in feeds for feeds in own), own
+    code, summary, _ = run(["channel", "diff", "local", f"--dist={channel}", f"--state={state}"], env, capsys)
+    assert code == 0 and "prefix(es) added from feeds=" in summary and "objects' provenance" not in summary
     assert any(o["object"].startswith("CiliumCIDRGroup/") for o in diff["objects"]["added"])
 
     approver = tmp_path / "approver"
