@@ -33,6 +33,7 @@ def commands(keys: Path, tmp_path: Path) -> dict[str, list[str]]:
     public, private = f"--public-key={keys / 'bundle-signing.pub'}", f"--key={keys / 'bundle-signing.pem'}"
     return {
         "fleet status": ["fleet", "status", dist],
+        "fleet hits": ["fleet", "hits", dist],
         "channel list": ["channel", "list", dist],
         "channel show": ["channel", "show", "prod", dist],
         "channel history": ["channel", "history", "prod", dist, public],
@@ -80,6 +81,7 @@ def no_credentials(monkeypatch, tmp_path) -> None:
     "name",
     [
         "fleet status",
+        "fleet hits",
         "channel list",
         "channel show",
         "channel history",
@@ -95,7 +97,15 @@ def test_an_endpoint_that_refuses_connections_is_one_line(name, unreachable, key
 
 @pytest.mark.parametrize(
     "name",
-    ["fleet status", "channel list", "channel diff", "channel approve", "channel rollback", "channel history (KMS)"],
+    [
+        "fleet status",
+        "fleet hits",
+        "channel list",
+        "channel diff",
+        "channel approve",
+        "channel rollback",
+        "channel history (KMS)",
+    ],
 )
 def test_no_aws_credentials_is_one_line(name, no_credentials, keys, tmp_path, capsys):
     code = main(commands(keys, tmp_path)[name], {})
