@@ -144,7 +144,7 @@ def test_a_bucket_folder_that_does_not_exist_is_a_configuration_error(dist, publ
     args = once_into(tmp_path / "out", dist=dist, key=public_key, state_dir=tmp_path / "s")
     assert cli.run(args) == 2
     assert f"error: --bucket {dist.root} does not exist" in capsys.readouterr().err
-    assert not dist.root.exists()
+    assert not dist.root.exists() and not (tmp_path / "s").exists(), "nothing made for a mistyped bucket"
 
 
 def test_once_with_an_untrusted_bundle_exits_non_zero(published, dist, tmp_path, capsys):

@@ -278,13 +278,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the agent. Returns the process exit code."""
     try:
         verifier = Verifier.from_file(args.public_key)
-        state_dir = writable_dir(
-            args.state_dir or Path.home() / ".cache" / "cdr-policy" / "agent" / args.channel, "--state-dir"
-        )
         dist = open_store(
             args.bucket,
             s3_client(args.assume_role, args.cluster_id) if args.bucket.startswith("s3://") else None,
             flag="--bucket",
+        )
+        state_dir = writable_dir(
+            args.state_dir or Path.home() / ".cache" / "cdr-policy" / "agent" / args.channel, "--state-dir"
         )
         applier: Applier = KubeApplier.from_environment() if args.kubernetes else DirectoryApplier(args.output_dir)
         agent = Agent(
