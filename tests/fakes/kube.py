@@ -29,6 +29,7 @@ import copy
 import itertools
 import json
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -146,8 +147,10 @@ class FakeKubeAPI(LoopbackServer):
         crds: Iterable[dict[str, Any]] = (),
         validator: Validator | None = None,
         config_maps: Mapping[tuple[str, str], dict[str, str]] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """``config_maps``: ``{(namespace, name): data}`` (default ``DEFAULT_CONFIG_MAPS``)."""
+        """``config_maps``: ``{(namespace, name): data}`` (default ``DEFAULT_CONFIG_MAPS``); ``tls``: serve
+        HTTPS, as a real API server does (a pod's in-cluster configuration speaks only HTTPS)."""
         self.crds = [copy.deepcopy(c) for c in crds] or [copy.deepcopy(c) for c in DEFAULT_CRDS]
         self.validator = validator
         self.token = secrets.token_urlsafe(24)
@@ -181,7 +184,7 @@ class FakeKubeAPI(LoopbackServer):
         class Handler(_Handler):
             fake = api
 
-        super().__init__(Handler)
+        super().__init__(Handler, tls=tls)
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig whose current context is this fake (token authentication)."""

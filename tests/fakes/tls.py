@@ -1,8 +1,12 @@
-"""Self-signed certificates for the tests' TLS peers and kubeconfigs."""
+"""Self-signed certificates for the tests' TLS peers and kubeconfigs, and the server side of TLS."""
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
+import tempfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -10,9 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def self_signed(cn: str = "test-ca", dns_names: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
-    """A CA certificate for ``cn`` (valid from a day ago to a day ahead, with ``dns_names`` as its
-    subject alternative names) and its key, both PEM."""
+def self_signed(
+    cn: str = "test-ca", dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = ()
+) -> tuple[bytes, bytes]:
+    """A CA certificate for ``cn`` (valid from a day ago to a day ahead, with ``dns_names`` and
+    ``ip_addresses`` as its subject alternative names) and its key, both PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = datetime.now(UTC)
@@ -26,11 +32,22 @@ def self_signed(cn: str = "test-ca", dns_names: tuple[str, ...] = ()) -> tuple[b
         .not_valid_after(now + timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
     )
-    if dns_names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
-        )
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def server_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """A TLS server context presenting ``cert_pem`` (ssl loads a chain only from files)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        cert.write_bytes(cert_pem)
+        key.write_bytes(key_pem)
+        context.load_cert_chain(cert, key)
+    return context
