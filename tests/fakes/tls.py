@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,3 +52,34 @@ def server_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
         key.write_bytes(key_pem)
         context.load_cert_chain(cert, key)
     return context
+
+
+@dataclass(frozen=True)
+class LoopbackTls:
+    """One certificate for the HTTPS fakes of a run on 127.0.0.1 (the moto server, the Qualys gateway):
+    the clients trust it as their CA bundle (``AWS_CA_BUNDLE`` for botocore, ``SSL_CERT_FILE`` for httpx)."""
+
+    certificate: Path
+    key: Path
+
+    @classmethod
+    def create(cls, folder: Path) -> LoopbackTls:
+        cert, key = self_signed("cdr-policy loopback", dns_names=("localhost",), ip_addresses=("127.0.0.1",))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "loopback.pem").write_bytes(cert)
+        (folder / "loopback.key").write_bytes(key)
+        (folder / "loopback.key").chmod(0o600)
+        return cls(folder / "loopback.pem", folder / "loopback.key")
+
+    def server_context(self) -> ssl.SSLContext:
+        return server_context(self.certificate.read_bytes(), self.key.read_bytes())
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts these fakes (for httpx)."""
+        return ssl.create_default_context(cafile=str(self.certificate))
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What a process needs to trust these fakes."""
+        return {"AWS_CA_BUNDLE": str(self.certificate), "SSL_CERT_FILE": str(self.certificate)}
