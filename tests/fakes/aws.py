@@ -79,6 +79,15 @@ class MotoServer:
         """Where a process finds this server (the endpoint, the certificate, the region); no credentials."""
         return {"AWS_ENDPOINT_URL": self.url, "AWS_DEFAULT_REGION": REGION, **self.tls.client_env}
 
+    @property
+    def admin_env(self) -> dict[str, str]:
+        """``env`` with the administrator's keys: what an operator's shell has (the CLI reads it)."""
+        return {
+            **self.env,
+            "AWS_ACCESS_KEY_ID": self.admin["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": self.admin["aws_secret_access_key"],
+        }
+
     def enforce_iam(self, on: bool) -> None:
         """Switch the IAM checks on or off (off: to act as an AWS service would, e.g. Lambda assuming a
         function's role). Only a server that enforces IAM can switch."""

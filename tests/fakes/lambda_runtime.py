@@ -191,7 +191,19 @@ class LambdaService:
             logical: self._function(logical, physical, Path(folders[logical]).name)
             for logical, physical in stack.of_type("AWS::Lambda::Function").items()
         }
-        self._sessions: dict[str, dict[str, str]] = {}
+        # What Lambda and EventBridge know of the stack, read once (their own reads are not the
+        # functions' requests): event source mappings, asynchronous invocation settings, rules.
+        self.mappings = {
+            logical: self.lambda_api.list_event_source_mappings(FunctionName=f.name)["EventSourceMappings"]
+            for logical, f in self.functions.items()
+        }
+        self.invoke_configs = {logical: self._invoke_config(f.name) for logical, f in self.functions.items()}
+        events = stack.client("events")
+        self.rules = {
+            logical: (events.describe_rule(Name=name), events.list_targets_by_rule(Rule=name)["Targets"])
+            for logical, name in stack.of_type("AWS::Events::Rule").items()
+        }
+        self._sessions = {logical: self._assume(f) for logical, f in self.functions.items()}
 
     def _function(self, logical: str, name: str, code: str) -> Function:
         config = self.lambda_api.get_function_configuration(FunctionName=name)
@@ -207,25 +219,31 @@ class LambdaService:
             memory_mb=int(config["MemorySize"]),
         )
 
-    def credentials(self, logical: str) -> dict[str, str]:
-        """A session of the function's role, assumed as the Lambda service assumes it (the service's
-        own identity is not modelled: IAM checks are off for that one request)."""
-        if logical not in self._sessions:
-            function = self.functions[logical]
-            server = self.stack.server
+    def _invoke_config(self, name: str) -> dict[str, Any]:
+        try:
+            return dict(self.lambda_api.get_function_event_invoke_config(FunctionName=name))
+        except self.lambda_api.exceptions.ResourceNotFoundException:
+            return {}
+
+    def _assume(self, function: Function) -> dict[str, str]:
+        """A session of the function's role, assumed as the Lambda service assumes it (the service's own
+        identity is not modelled: IAM checks are off for that one request)."""
+        server = self.stack.server
+        if server.enforcing:
+            server.enforce_iam(False)
+        try:
+            session = server.client("sts").assume_role(RoleArn=function.role_arn, RoleSessionName=function.name)
+        finally:
             if server.enforcing:
-                server.enforce_iam(False)
-            try:
-                session = server.client("sts").assume_role(RoleArn=function.role_arn, RoleSessionName=function.name)
-            finally:
-                if server.enforcing:
-                    server.enforce_iam(True)
-            c = session["Credentials"]
-            self._sessions[logical] = {
-                "aws_access_key_id": c["AccessKeyId"],
-                "aws_secret_access_key": c["SecretAccessKey"],
-                "aws_session_token": c["SessionToken"],
-            }
+                server.enforce_iam(True)
+        c = session["Credentials"]
+        return {
+            "aws_access_key_id": c["AccessKeyId"],
+            "aws_secret_access_key": c["SecretAccessKey"],
+            "aws_session_token": c["SessionToken"],
+        }
+
+    def credentials(self, logical: str) -> dict[str, str]:
         return self._sessions[logical]
 
     def client(self, logical: str, service: str) -> Any:
@@ -311,10 +329,7 @@ class LambdaService:
         """An asynchronous invocation: the attempts the function's EventInvokeConfig allows, then the
         failure record to its on-failure destination (sent with the function's role, as Lambda does)."""
         function = self.functions[logical]
-        try:
-            config = self.lambda_api.get_function_event_invoke_config(FunctionName=function.name)
-        except self.lambda_api.exceptions.ResourceNotFoundException:
-            config = {}
+        config = self.invoke_configs[logical]
         attempts = 1 + int(config.get("MaximumRetryAttempts", DEFAULT_ASYNC_RETRIES))
         for _ in range(attempts):
             invocation = self.invoke(logical, event)
@@ -333,8 +348,7 @@ class LambdaService:
         """EventBridge at the time of schedule rule ``rule_logical`` of the stack: its scheduled event to
         every target (EventBridge's own identity, which the queue policy admits, is not modelled: a queue
         target gets the message from the administrator)."""
-        events = self.stack.client("events")
-        rule = events.describe_rule(Name=self.stack.physical(rule_logical))
+        rule, targets = self.rules[rule_logical]
         event = {
             "version": "0",
             "id": str(uuid.uuid4()),
@@ -348,7 +362,7 @@ class LambdaService:
         }
         by_arn = {f.arn: f.logical_id for f in self.functions.values()}
         invocations = []
-        for target in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]:
+        for target in targets:
             if target["Arn"] in by_arn:
                 invocations.append(self.invoke_async(by_arn[target["Arn"]], event))
             elif target["Arn"].split(":")[2] == "sqs":
@@ -359,20 +373,17 @@ class LambdaService:
 
     def schedule_of(self, logical: str) -> str:
         """The logical id of the stack's rule that targets function ``logical``."""
-        events = self.stack.client("events")
         arn = self.functions[logical].arn
-        for rule_logical, name in self.stack.of_type("AWS::Events::Rule").items():
-            if any(t["Arn"] == arn for t in events.list_targets_by_rule(Rule=name)["Targets"]):
+        for rule_logical, (_, targets) in self.rules.items():
+            if any(t["Arn"] == arn for t in targets):
                 return rule_logical
         raise LookupError(f"no rule of the stack targets {logical}")
 
     def poll(self, logical: str) -> Delivery:
         """Lambda's pollers for the function's SQS event source mappings: every queued message delivered
         (stops at a failed batch, whose messages stay in flight until their visibility timeout)."""
-        function = self.functions[logical]
         delivery = Delivery()
-        mappings = self.lambda_api.list_event_source_mappings(FunctionName=function.name)["EventSourceMappings"]
-        for mapping in mappings:
+        for mapping in self.mappings[logical]:
             if mapping["State"] != "Enabled":
                 continue
             sqs = self.client(logical, "sqs")

@@ -19,6 +19,7 @@ What moto lacks, filled here (``install()``), and only that:
   ``Condition`` of identity and bucket policies evaluated against the request (``aws:SecureTransport``,
   ``aws:PrincipalArn``, ``aws:PrincipalAccount``): moto evaluates no operator but ``StringEquals``, so a
   conditional ``Deny`` (the buckets' ``DenyInsecureTransport``) denied every request;
+- serving: werkzeug's 10 ms wait after each response for unread request bytes (there are none);
 - Lambda: the functions run in the harness (tests/fakes/lambda_runtime.py), which polls the queues as
   their event source mappings say; moto's own delivery from SQS to Lambda (in Docker) is off.
 
@@ -33,6 +34,7 @@ import functools
 import json
 import os
 import re
+import selectors
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -551,12 +553,29 @@ def _install_lambda() -> None:
     Queue.__init__ = init  # type: ignore[method-assign]
 
 
+class _NoLinger(selectors.DefaultSelector):
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        return super().select(0)
+
+
+def _install_serving() -> None:
+    """werkzeug's server (moto's) waits 10 ms after every response for request bytes the application left
+    unread, to discard them before it closes the connection; moto reads whole requests, so that wait
+    only added 10 ms to each of the hundreds of requests of a run."""
+    import types
+
+    from werkzeug import serving
+
+    serving.selectors = types.SimpleNamespace(DefaultSelector=_NoLinger, EVENT_READ=selectors.EVENT_READ)  # type: ignore[attr-defined]
+
+
 def install() -> None:
     """Fill moto's gaps (above) in this process; idempotent."""
     global _installed
     if _installed:
         return
     _installed = True
+    _install_serving()
     _install_iam()
     _MISSING.extend(_missing_models())
     _install_cloudformation()

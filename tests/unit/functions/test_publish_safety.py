@@ -1,52 +1,55 @@
-"""Publish through the real handler (``functions/publish/app.py``) and boto3 over HTTP to a moto server:
-one writer per channel and never backwards, the change budget protecting enforcement, history only
-after the manifest."""
+"""Publish through the real handler (``functions/publish/app.py``), deployed from template.yaml on a moto
+server that enforces IAM and run under its own role: one writer per channel and never backwards, the
+change budget protecting enforcement, history only after the manifest."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
+from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
 
-from cdr_policy import aws, jsonio, layout
+from cdr_policy import jsonio, layout
 from cdr_policy.bundle.signing import KmsSigner
-from cdr_policy.settings import get_settings
+from cdr_policy.settings import Settings
 from cdr_policy.stages.publish import ChannelMoved, publish_bundle
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import utcnow
-from tests.fakes.aws import create_stack, moto_endpoint
-from tests.fakes.lambda_runtime import LambdaContext, load_handler
+from tests.fakes.aws import moto_server
+from tests.fakes.lambda_runtime import LambdaService
+from tests.fakes.stack import Stack, deploy
 from tests.unit.bundle.factory import behaviour_policy, files_of, ips, network_bundle, render
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
+_stacks = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def endpoint():
-    with moto_endpoint(None) as url:
-        yield url
+def server():
+    with moto_server() as running:
+        yield running
+
+
+@dataclass
+class Deployed:
+    stack: Stack
+    lambdas: LambdaService
 
 
 @pytest.fixture
-def stack(endpoint, monkeypatch):
-    import httpx
-
-    httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
-    created = create_stack(endpoint, environment="safety")
-    for key, value in created.env.items():
-        monkeypatch.setenv(key, value)
-    aws.reset()
-    get_settings.cache_clear()
-    yield created
-    aws.reset()
-    get_settings.cache_clear()
+def stack(server, tmp_path) -> Deployed:
+    """A stack of its own for each test (its own buckets, table and key)."""
+    environment = f"safety{next(_stacks)}"
+    deployed = deploy(server, name=f"cdr-policy-{environment}", parameters={"Environment": environment})
+    return Deployed(deployed, LambdaService(deployed, tmp_path / "lambda.log"))
 
 
-def stores(stack) -> tuple[S3Store, S3Store]:
-    s3 = stack.client("s3")
-    return S3Store(s3, stack.names.state_bucket), S3Store(s3, stack.names.dist_bucket)
+def stores(stack: Deployed) -> tuple[S3Store, S3Store]:
+    s3 = stack.stack.client("s3")
+    return S3Store(s3, stack.stack.state_bucket), S3Store(s3, stack.stack.dist_bucket)
 
 
 def rendered(stack, files, channel="prod") -> str:
@@ -58,7 +61,9 @@ def rendered(stack, files, channel="prod") -> str:
     return digest
 
 
-def invoke(channel: str, digest: str) -> dict:
+def invoke(stack: Deployed, channel: str, digest: str) -> dict:
+    """Publish's handler, under its role, with the SQS event of one publish request."""
+    queue = stack.stack.outputs["PublishQueueUrl"].rsplit("/", 1)[1]
     event = {
         "Records": [
             {
@@ -69,12 +74,14 @@ def invoke(channel: str, digest: str) -> dict:
                 "messageAttributes": {},
                 "md5OfBody": "",
                 "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:cdr-policy-safety-publish",
+                "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}",
                 "awsRegion": "us-east-1",
             }
         ]
     }
-    return load_handler("publish").lambda_handler(event, LambdaContext("publish"))
+    invocation = stack.lambdas.invoke("PublishFunction", event)
+    assert invocation.error is None, invocation.error
+    return invocation.response
 
 
 def current(stack, channel="prod") -> dict:
@@ -87,38 +94,40 @@ BEHAVIOURS = files_of({"b1.yaml": behaviour_policy("cloud-creds"), "b2.yaml": be
 
 def test_a_bundle_dropping_a_behaviour_policy_is_held_until_approved(stack):
     first = rendered(stack, {**network_bundle(ips(0, 90), tag="a"), **BEHAVIOURS})
-    assert invoke("prod", first) == {"batchItemFailures": []}
+    assert invoke(stack, "prod", first) == {"batchItemFailures": []}
     assert (current(stack)["digest"], current(stack)["generation"]) == (first, 1)
     # 2 of 180 prefixes change, but the crypto-mining behaviour policy is gone
     dropped = rendered(
         stack, {**network_bundle(ips(1, 90), tag="b"), **files_of({"b1.yaml": behaviour_policy("cloud-creds")})}
     )
 
-    assert invoke("prod", dropped) == {"batchItemFailures": []}
+    assert invoke(stack, "prod", dropped) == {"batchItemFailures": []}
     assert current(stack)["digest"] == first
 
     state, _ = stores(stack)
     state.put(f"approvals/prod/{dropped}", b"")
     # (the handler remembers the held result for its idempotency window: call the stage it runs)
-    summary = _publish_stage("prod", dropped)
+    summary = _publish_stage(stack, "prod", dropped)
     assert summary["status"] == "published"
     manifest = current(stack)
     assert (manifest["digest"], manifest["generation"]) == (dropped, 2)
     assert manifest["approval"]["previous_digest"] == first
 
 
-def _publish_stage(channel: str, digest: str) -> dict:
+def _publish_stage(stack: Deployed, channel: str, digest: str) -> dict:
+    """Publish's stage with the function's settings and role (what the handler runs for one request)."""
     from cdr_policy.wiring import cloud
 
-    return cloud.publish(get_settings(), channel=channel, digest=digest)
+    with stack.lambdas.running_as("PublishFunction") as env:
+        return cloud.publish(Settings.from_env(env), channel=channel, digest=digest)
 
 
 def test_an_empty_bundle_over_a_small_channel_is_held(stack):
     first = rendered(stack, network_bundle(ips(0, 3)))
-    invoke("prod", first)
+    invoke(stack, "prod", first)
     empty = rendered(stack, {})
 
-    assert _publish_stage("prod", empty)["status"] == "held"
+    assert _publish_stage(stack, "prod", empty)["status"] == "held"
     assert current(stack)["digest"] == first
     assert stores(stack)[1].list(layout.history_prefix("prod"))[-1].endswith(f"-{first}.json")
 
@@ -127,7 +136,7 @@ def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
     """Both read generation 1; the first to write gets generation 2; the other's conditional write
     (If-Match on the manifest it read) fails and overwrites nothing. Retried, it becomes generation 3."""
     state, dist = stores(stack)
-    signer = KmsSigner(stack.client("kms"), stack.signing_key_id)
+    signer = KmsSigner(stack.stack.client("kms"), stack.stack.signing_key_arn)
     now = utcnow()
     a = render(state, network_bundle(ips(0, 10), tag="a"), created=now)
     publish_bundle(state, dist, channel="prod", digest=a, signer=signer, now=now, change_budget_percent=100)
@@ -139,7 +148,7 @@ def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
 
     class Racing(S3Store):
         def __init__(self, name: str) -> None:
-            super().__init__(stack.client("s3"), stack.names.dist_bucket)
+            super().__init__(stack.stack.client("s3"), stack.stack.dist_bucket)
             self.name = name
 
         def put_if(self, key, data, etag, content_type="application/octet-stream"):
@@ -202,12 +211,12 @@ def test_publish_refuses_what_the_channel_settings_forbid(stack):
     killing["cdr-dynamic-blocklist.yaml"] = killing["cdr-dynamic-blocklist.yaml"].replace(
         b"action: Post", b"action: Sigkill"
     )
-    summary = _publish_stage("prod", rendered(stack, killing))
+    summary = _publish_stage(stack, "prod", rendered(stack, killing))
     assert summary["status"] == "refused"
     assert "TracingPolicy/tp-blocklist-k uses Sigkill on a channel whose action is Post" in summary["errors"]
 
     own_range = rendered(stack, network_bundle(ips(0, 10), tag="p"))  # 45.0.0.x: the channel's pods
-    summary = _publish_stage("prod", own_range)
+    summary = _publish_stage(stack, "prod", own_range)
     assert summary["status"] == "refused"
     assert any("protected range of channel prod" in e for e in summary["errors"])
     assert stores(stack)[1].list(layout.channel_manifest_key("prod")) == []
