@@ -371,13 +371,22 @@ class LambdaService:
                 raise NotImplementedError(f"rule {rule_logical}: no delivery to {target['Arn']} here")
         return invocations
 
-    def schedule_of(self, logical: str) -> str:
-        """The logical id of the stack's rule that targets function ``logical``."""
+    def _rules_of(self, logical: str) -> list[str]:
         arn = self.functions[logical].arn
-        for rule_logical, (_, targets) in self.rules.items():
-            if any(t["Arn"] == arn for t in targets):
-                return rule_logical
-        raise LookupError(f"no rule of the stack targets {logical}")
+        return [r for r, (_, targets) in self.rules.items() if any(t["Arn"] == arn for t in targets)]
+
+    def schedule_of(self, logical: str) -> str:
+        """The logical id of the stack's one rule that targets function ``logical``."""
+        (rule,) = self._rules_of(logical)
+        return rule
+
+    def trigger(self, logical: str) -> list[Invocation]:
+        """The function's event sources in the stack, once: the schedule rules that target it, else the
+        queues of its event source mappings."""
+        rules = self._rules_of(logical)
+        if rules:
+            return [invocation for rule in rules for invocation in self.fire(rule)]
+        return self.poll(logical).invocations
 
     def poll(self, logical: str) -> Delivery:
         """Lambda's pollers for the function's SQS event source mappings: every queued message delivered
