@@ -214,7 +214,7 @@ class LambdaService:
             arn=config["FunctionArn"],
             role_arn=config["Role"],
             code=code,
-            environment={k: str(v) for k, v in variables.items()},
+            environment=dict(variables),
             timeout_s=int(config["Timeout"]),
             memory_mb=int(config["MemorySize"]),
         )

@@ -12,13 +12,16 @@ What moto lacks, filled here (``install()``), and only that:
   documents stored as JSON, an ``AWS::NoValue`` entry dropped), ``AWS::S3::Bucket``'s
   ``VersioningConfiguration`` and ``NotificationConfiguration``, ``AWS::KMS::Key``'s ``KeySpec`` and
   ``KeyUsage`` (moto made every key symmetric) and its policy as JSON; an ``AWS::Lambda::LayerVersion``'s
-  ``Ref`` (its ARN);
+  ``Ref`` (its ARN) and ``LayerName``; an ``AWS::Lambda::Function``'s ``Layers``, ``TracingConfig`` and
+  ``Architectures``, and its environment's values as strings;
 - IAM checks: S3 requests checked under their IAM action (``s3:ListBucket`` for ListObjectsV2, not
   ``s3:ListObjectsV2``), the resource of KMS, DynamoDB and Secrets Manager requests (moto checks those against
   ``*``, which no statement naming a key, table or secret matches), ``?`` in a pattern, and the
   ``Condition`` of identity and bucket policies evaluated against the request (``aws:SecureTransport``,
   ``aws:PrincipalArn``, ``aws:PrincipalAccount``): moto evaluates no operator but ``StringEquals``, so a
-  conditional ``Deny`` (the buckets' ``DenyInsecureTransport``) denied every request;
+  conditional ``Deny`` (the buckets' ``DenyInsecureTransport``) denied every request; a refusal worded
+  as AWS words it (S3's AccessDenied for a bucket policy's deny, where moto sent an empty 403; a JSON
+  ``AccessDeniedException`` from a JSON-protocol service, where moto sent XML);
 - serving: werkzeug's 10 ms wait after each response for unread request bytes (there are none);
 - Lambda: the functions run in the harness (tests/fakes/lambda_runtime.py), which polls the queues as
   their event source mappings say; moto's own delivery from SQS to Lambda (in Docker) is off.
@@ -154,6 +157,8 @@ def _install_iam() -> None:
         PermissionResult,
         S3IAMRequest,
     )
+    from moto.s3.exceptions import S3AccessDeniedError
+    from moto.s3.models import FakeBucket
 
     moto_is_action_permitted = IAMPolicyStatement.is_action_permitted
 
@@ -174,6 +179,17 @@ def _install_iam() -> None:
         return moto_is_action_permitted(unconditional, action, resource, None, None)
 
     IAMPolicyStatement.is_action_permitted = is_action_permitted  # type: ignore[method-assign]
+
+    # S3 answers a request its bucket policy denies with an AccessDenied error; moto with an empty 403.
+    moto_bucket_permission = FakeBucket.get_permission
+
+    def bucket_permission(self: FakeBucket, action: str, resource: str) -> Any:
+        result = moto_bucket_permission(self, action, resource)
+        if result == PermissionResult.DENIED:
+            raise S3AccessDeniedError()
+        return result
+
+    FakeBucket.get_permission = bucket_permission  # type: ignore[method-assign]
 
     # The refusal as AWS words it (naming the resource), and in the JSON shape of a JSON-protocol service
     # (KMS, SQS, DynamoDB, Secrets Manager, Lambda): moto's XML made botocore's message the raw document.
@@ -256,7 +272,7 @@ def _install_iam() -> None:
 
 
 def _install_cloudformation() -> None:
-    from moto.awslambda.models import LayerVersion
+    from moto.awslambda.models import LambdaFunction, LayerVersion
     from moto.cloudformation import parsing
     from moto.core.common_models import CloudFormationModel
     from moto.iam.models import Role, iam_backends
@@ -332,14 +348,41 @@ def _install_cloudformation() -> None:
 
     Key.create_from_cloudformation_json = classmethod(create_key)  # type: ignore[method-assign,assignment]
 
-    # A layer version's Ref is its ARN (moto gave its Python repr to the functions and the outputs).
+    moto_function = LambdaFunction.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def create_function(
+        cls: type[LambdaFunction],
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> LambdaFunction:
+        function = moto_function(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        p = cloudformation_json["Properties"]
+        function.layers = function._get_layers_data(p.get("Layers", []))
+        function.tracing_config = p.get("TracingConfig") or function.tracing_config
+        function.architectures = p.get("Architectures", function.architectures)
+        # Lambda takes strings only (CloudFormation passes a Number parameter as one; moto as an int)
+        function.environment_vars = {k: _text(v) for k, v in function.environment_vars.items()}
+        return function
+
+    LambdaFunction.create_from_cloudformation_json = classmethod(create_function)  # type: ignore[method-assign,assignment]
+
+    # A layer version's Ref is its ARN (moto gave its Python repr to the functions and the outputs), and
+    # its name the template's LayerName (moto looked for a property "LayerVersion" and made up a name).
     LayerVersion.physical_resource_id = property(lambda self: self.arn)  # type: ignore[attr-defined]
+    LayerVersion.cloudformation_name_type = staticmethod(lambda: "LayerName")  # type: ignore[method-assign]
 
     for model in _MISSING:
         assert issubclass(model, CloudFormationModel)
     parsing.get_model_list.cache_clear()
     parsing.get_model_map.cache_clear()
     parsing.get_name_type_map.cache_clear()
+
+
+def _text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _notifications(cfn: dict[str, Any]) -> dict[str, Any]:
@@ -443,7 +486,7 @@ def _missing_models() -> list[type]:
             properties = cloudformation_json["Properties"]
             for arn in properties["Topics"]:
                 sns_backends[account_id][region_name].set_topic_attribute(
-                    arn, "Policy", json.dumps(properties["PolicyDocument"])
+                    arn, "policy", json.dumps(properties["PolicyDocument"])
                 )
             return cls(resource_name)
 

@@ -40,10 +40,12 @@ def load_template(path: Path) -> dict[str, Any]:
     return dict(json.loads(json.dumps(cfn_yaml.load(str(path)))))
 
 
-def sam_transform(template: dict[str, Any], locations: dict[str, str]) -> dict[str, Any]:
-    """``template`` as CloudFormation receives it from ``sam deploy``: every code folder replaced by its
-    location (``locations``: folder -> s3://bucket/key, as ``sam package`` writes them), then the SAM
-    transform."""
+def sam_transform(
+    template: dict[str, Any], locations: dict[str, str], parameters: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``template`` as CloudFormation runs it: every code folder replaced by its location (``locations``:
+    folder -> s3://bucket/key, as ``sam package`` writes them), then the SAM transform with the stack's
+    ``parameters`` (CloudFormation transforms with them: SAM resolves some names, a layer's among them)."""
     from samtranslator.translator.transform import transform
 
     class NoManagedPolicyNames:
@@ -59,7 +61,7 @@ def sam_transform(template: dict[str, Any], locations: dict[str, str]) -> dict[s
             if key in properties:
                 properties[key] = locations[properties[key]]
     os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
-    return dict(transform(packaged, {}, NoManagedPolicyNames()))
+    return dict(transform(packaged, parameters or {}, NoManagedPolicyNames()))
 
 
 def code_folders(template: dict[str, Any]) -> dict[str, str]:
@@ -131,6 +133,7 @@ class Stack:
     server: MotoServer
     name: str
     template: dict[str, Any]  # as written (before the transform)
+    deployed: dict[str, Any]  # as CloudFormation received it (after the transform)
     parameters: dict[str, str]
     outputs: dict[str, str]
     resources: dict[str, tuple[str, str]]  # logical id -> (type, physical id)
@@ -168,7 +171,7 @@ def deploy(
     """Package and transform (a SAM template) and create stack ``name``."""
     body = load_template(template)
     resolved = check_parameters(body, parameters or {})
-    deployed = sam_transform(body, package(server, body)) if "Transform" in body else body
+    deployed = sam_transform(body, package(server, body), resolved) if "Transform" in body else body
     cloudformation = server.client("cloudformation")
     cloudformation.create_stack(
         StackName=name,
@@ -187,6 +190,7 @@ def deploy(
         server=server,
         name=name,
         template=body,
+        deployed=deployed,
         parameters=resolved,
         outputs={o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])},
         resources={r["LogicalResourceId"]: (r["ResourceType"], r.get("PhysicalResourceId", "")) for r in resources},
