@@ -35,7 +35,7 @@ from cdr_policy.storage import LocalStore, S3Store
 from cdr_policy.timeutil import utcnow
 from tests.fakes.aws import ACCOUNT, MotoServer
 from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
-from tests.fakes.lambda_runtime import REPO, Invocation, LambdaService
+from tests.fakes.lambda_runtime import REPO, Delivery, Invocation, LambdaService
 from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 from tests.fakes.stack import CLUSTER_ACCESS, TEMPLATE, Stack, deploy
 
@@ -250,17 +250,13 @@ def _run_functions(result: PipelineResult, say: Callable[[str], None]) -> dict[s
         say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
 
     say("[3/5] Render (RenderQueue <- the state bucket's S3 notifications for indicators/)")
-    delivery = lambdas.poll("RenderFunction")
-    steps["render"] = {"messages": delivery.messages, "batches": delivery.batches, "failed": delivery.failed}
-    _checked("[3/5] Render", delivery.invocations)
+    delivery = _polled(lambdas, "[3/5] Render", "RenderFunction", steps)
     say(f"      {delivery.messages} notification(s) in {delivery.batches} batch(es), {delivery.failed} failed")
     for channel, latest in _latest_renders(result.stack).items():
         say(f"      channel {channel:<8} bundle {latest['digest'][:16]}")
 
     say("[4/5] Publish (PublishQueue)")
-    delivery = lambdas.poll("PublishFunction")
-    steps["publish"] = {"messages": delivery.messages, "batches": delivery.batches, "failed": delivery.failed}
-    _checked("[4/5] Publish", delivery.invocations)
+    delivery = _polled(lambdas, "[4/5] Publish", "PublishFunction", steps)
     say(f"      {delivery.messages} publish request(s), {delivery.failed} failed")
     for channel, manifest in _channel_manifests(result.stack).items():
         say(
@@ -269,6 +265,15 @@ def _run_functions(result: PipelineResult, say: Callable[[str], None]) -> dict[s
             f"signed with {manifest['signature_algorithm']}, expires {manifest['expires_at']}"
         )
     return steps
+
+
+def _polled(lambdas: LambdaService, step: str, logical: str, steps: dict[str, Any]) -> Delivery:
+    """The function's event source mappings, polled once; its counts in ``steps`` under its step's name."""
+    delivery = lambdas.poll(logical)
+    name = step.split()[1].lower()
+    steps[name] = {"messages": delivery.messages, "batches": delivery.batches, "failed": delivery.failed}
+    _checked(step, delivery.invocations)
+    return delivery
 
 
 def _latest_renders(stack: Stack) -> dict[str, dict[str, Any]]:

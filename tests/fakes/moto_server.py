@@ -405,169 +405,95 @@ def _notifications(cfn: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _Filled:
-    """A resource moto's CloudFormation lacks, made through its service when the stack creates it."""
+Make = Callable[[dict[str, Any], str, str, str], str]
 
-    def __init__(self, physical_id: str) -> None:
-        self.physical_resource_id = physical_id
 
-    @staticmethod
-    def cloudformation_name_type() -> str:
-        return ""
+def _model(kind: str, make: Make, name_property: str = "") -> type:
+    """A CloudFormation type moto lacks: ``make(properties, account, region, name)`` creates the resource
+    through its service when the stack creates it and returns its physical id. ``name_property``: the
+    property holding the resource's name (CloudFormation generates one when it is absent)."""
+    from moto.core.common_models import CloudFormationModel
 
-    @classmethod
-    def has_cfn_attr(cls, attr: str) -> bool:
-        return False
+    def create(
+        cls: type,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> Any:
+        model = cls()
+        model.physical_resource_id = make(cloudformation_json["Properties"], account_id, region_name, resource_name)
+        return model
+
+    namespace = {
+        "__module__": __name__,
+        "cloudformation_type": staticmethod(lambda: kind),
+        "cloudformation_name_type": staticmethod(lambda: name_property),
+        "has_cfn_attr": classmethod(lambda cls, attr: False),
+        "create_from_cloudformation_json": classmethod(create),
+    }
+    return type(kind.replace("::", ""), (CloudFormationModel,), namespace)
 
 
 def _missing_models() -> list[type]:
     from moto.awslambda.models import lambda_backends
     from moto.cloudwatch.models import cloudwatch_backends
-    from moto.core.common_models import CloudFormationModel
     from moto.s3.models import s3_backends
     from moto.sns.models import sns_backends
     from moto.sqs.models import sqs_backends
 
-    class BucketPolicy(_Filled, CloudFormationModel):
-        @staticmethod
-        def cloudformation_type() -> str:
-            return "AWS::S3::BucketPolicy"
+    def bucket_policy(p: dict[str, Any], account: str, region: str, name: str) -> str:
+        s3_backends[account]["aws"].put_bucket_policy(p["Bucket"], json.dumps(p["PolicyDocument"]).encode())
+        return name
 
-        @classmethod
-        def create_from_cloudformation_json(
-            cls,
-            resource_name: str,
-            cloudformation_json: dict[str, Any],
-            account_id: str,
-            region_name: str,
-            **kwargs: Any,
-        ) -> BucketPolicy:  # type: ignore[override]
-            properties = cloudformation_json["Properties"]
-            s3_backends[account_id]["aws"].put_bucket_policy(
-                properties["Bucket"], json.dumps(properties["PolicyDocument"]).encode()
+    def queue_policy(p: dict[str, Any], account: str, region: str, name: str) -> str:
+        for url in p["Queues"]:
+            sqs_backends[account][region].set_queue_attributes(
+                url.rsplit("/", 1)[1], {"Policy": json.dumps(p["PolicyDocument"])}
             )
-            return cls(resource_name)
+        return name
 
-    class QueuePolicy(_Filled, CloudFormationModel):
-        @staticmethod
-        def cloudformation_type() -> str:
-            return "AWS::SQS::QueuePolicy"
+    def topic_policy(p: dict[str, Any], account: str, region: str, name: str) -> str:
+        for arn in p["Topics"]:
+            sns_backends[account][region].set_topic_attribute(arn, "policy", json.dumps(p["PolicyDocument"]))
+        return name
 
-        @classmethod
-        def create_from_cloudformation_json(
-            cls,
-            resource_name: str,
-            cloudformation_json: dict[str, Any],
-            account_id: str,
-            region_name: str,
-            **kwargs: Any,
-        ) -> QueuePolicy:  # type: ignore[override]
-            properties = cloudformation_json["Properties"]
-            for url in properties["Queues"]:
-                sqs_backends[account_id][region_name].set_queue_attributes(
-                    url.rsplit("/", 1)[1], {"Policy": json.dumps(properties["PolicyDocument"])}
-                )
-            return cls(resource_name)
+    def subscription(p: dict[str, Any], account: str, region: str, name: str) -> str:
+        return str(sns_backends[account][region].subscribe(p["TopicArn"], p["Endpoint"], p["Protocol"]).arn)
 
-    class TopicPolicy(_Filled, CloudFormationModel):
-        @staticmethod
-        def cloudformation_type() -> str:
-            return "AWS::SNS::TopicPolicy"
+    def event_invoke_config(p: dict[str, Any], account: str, region: str, name: str) -> str:
+        config = {k: v for k, v in p.items() if k not in ("FunctionName", "Qualifier")}
+        lambda_backends[account][region].put_function_event_invoke_config(p["FunctionName"], config)
+        return name
 
-        @classmethod
-        def create_from_cloudformation_json(
-            cls,
-            resource_name: str,
-            cloudformation_json: dict[str, Any],
-            account_id: str,
-            region_name: str,
-            **kwargs: Any,
-        ) -> TopicPolicy:  # type: ignore[override]
-            properties = cloudformation_json["Properties"]
-            for arn in properties["Topics"]:
-                sns_backends[account_id][region_name].set_topic_attribute(
-                    arn, "policy", json.dumps(properties["PolicyDocument"])
-                )
-            return cls(resource_name)
+    def alarm(p: dict[str, Any], account: str, region: str, name: str) -> str:
+        cloudwatch_backends[account][region].put_metric_alarm(
+            name=name,
+            namespace=p["Namespace"],
+            metric_name=p["MetricName"],
+            comparison_operator=p["ComparisonOperator"],
+            evaluation_periods=int(p["EvaluationPeriods"]),
+            datapoints_to_alarm=int(p["DatapointsToAlarm"]) if "DatapointsToAlarm" in p else None,
+            period=int(p["Period"]),
+            threshold=float(p["Threshold"]),
+            statistic=p["Statistic"],
+            description=p.get("AlarmDescription", ""),
+            dimensions=p.get("Dimensions", []),
+            alarm_actions=p.get("AlarmActions", []),
+            ok_actions=p.get("OKActions", []),
+            treat_missing_data=p.get("TreatMissingData"),
+        )
+        return name
 
-    class Subscription(_Filled, CloudFormationModel):
-        @staticmethod
-        def cloudformation_type() -> str:
-            return "AWS::SNS::Subscription"
-
-        @classmethod
-        def create_from_cloudformation_json(
-            cls,
-            resource_name: str,
-            cloudformation_json: dict[str, Any],
-            account_id: str,
-            region_name: str,
-            **kwargs: Any,
-        ) -> Subscription:  # type: ignore[override]
-            properties = cloudformation_json["Properties"]
-            subscription = sns_backends[account_id][region_name].subscribe(
-                properties["TopicArn"], properties["Endpoint"], properties["Protocol"]
-            )
-            return cls(subscription.arn)
-
-    class EventInvokeConfig(_Filled, CloudFormationModel):
-        @staticmethod
-        def cloudformation_type() -> str:
-            return "AWS::Lambda::EventInvokeConfig"
-
-        @classmethod
-        def create_from_cloudformation_json(
-            cls,
-            resource_name: str,
-            cloudformation_json: dict[str, Any],
-            account_id: str,
-            region_name: str,
-            **kwargs: Any,
-        ) -> EventInvokeConfig:  # type: ignore[override]
-            properties = dict(cloudformation_json["Properties"])
-            function = properties.pop("FunctionName")
-            properties.pop("Qualifier", None)
-            lambda_backends[account_id][region_name].put_function_event_invoke_config(function, properties)
-            return cls(resource_name)
-
-    class Alarm(_Filled, CloudFormationModel):
-        @staticmethod
-        def cloudformation_name_type() -> str:
-            return "AlarmName"
-
-        @staticmethod
-        def cloudformation_type() -> str:
-            return "AWS::CloudWatch::Alarm"
-
-        @classmethod
-        def create_from_cloudformation_json(
-            cls,
-            resource_name: str,
-            cloudformation_json: dict[str, Any],
-            account_id: str,
-            region_name: str,
-            **kwargs: Any,
-        ) -> Alarm:  # type: ignore[override]
-            p = cloudformation_json["Properties"]
-            cloudwatch_backends[account_id][region_name].put_metric_alarm(
-                name=resource_name,
-                namespace=p["Namespace"],
-                metric_name=p["MetricName"],
-                comparison_operator=p["ComparisonOperator"],
-                evaluation_periods=int(p["EvaluationPeriods"]),
-                datapoints_to_alarm=int(p["DatapointsToAlarm"]) if "DatapointsToAlarm" in p else None,
-                period=int(p["Period"]),
-                threshold=float(p["Threshold"]),
-                statistic=p["Statistic"],
-                description=p.get("AlarmDescription", ""),
-                dimensions=p.get("Dimensions", []),
-                alarm_actions=p.get("AlarmActions", []),
-                ok_actions=p.get("OKActions", []),
-                treat_missing_data=p.get("TreatMissingData"),
-            )
-            return cls(resource_name)
-
-    return [BucketPolicy, QueuePolicy, TopicPolicy, Subscription, EventInvokeConfig, Alarm]
+    return [
+        _model("AWS::S3::BucketPolicy", bucket_policy),
+        _model("AWS::SQS::QueuePolicy", queue_policy),
+        _model("AWS::SNS::TopicPolicy", topic_policy),
+        _model("AWS::SNS::Subscription", subscription),
+        _model("AWS::Lambda::EventInvokeConfig", event_invoke_config),
+        _model("AWS::CloudWatch::Alarm", alarm, name_property="AlarmName"),
+    ]
 
 
 _MISSING: list[type] = []
