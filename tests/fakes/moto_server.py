@@ -271,6 +271,32 @@ def _install_iam() -> None:
 # -- CloudFormation ----------------------------------------------------------------------------------
 
 
+Finish = Callable[[Any, dict[str, Any], str, str], None]
+
+
+def _completed(model: Any, finish: Finish, prepare: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """moto's own creation of ``model`` from a template, with ``prepare(properties)`` before it and
+    ``finish(resource, properties, account, region)`` after it, for what moto gets wrong or ignores."""
+    moto_create = model.create_from_cloudformation_json.__func__
+
+    def create(
+        cls: type,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> Any:
+        properties = cloudformation_json.setdefault("Properties", {})
+        if prepare is not None:
+            prepare(properties)
+        resource = moto_create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        finish(resource, properties, account_id, region_name)
+        return resource
+
+    model.create_from_cloudformation_json = classmethod(create)
+
+
 def _install_cloudformation() -> None:
     from moto.awslambda.models import LambdaFunction, LayerVersion
     from moto.cloudformation import parsing
@@ -279,62 +305,27 @@ def _install_cloudformation() -> None:
     from moto.kms.models import Key, kms_backends
     from moto.s3.models import FakeBucket, s3_backends
 
-    moto_role = Role.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
-
-    def create_role(
-        cls: type[Role],
-        resource_name: str,
-        cloudformation_json: dict[str, Any],
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> Role:
-        properties = cloudformation_json["Properties"]
-        properties["Policies"] = [
-            {**p, "PolicyDocument": json.dumps(p["PolicyDocument"])}
-            for p in properties.get("Policies", [])
-            if p is not None  # an !If that chose AWS::NoValue
+    def role_documents(p: dict[str, Any]) -> None:
+        p["Policies"] = [
+            {**policy, "PolicyDocument": json.dumps(policy["PolicyDocument"])}
+            for policy in p.get("Policies", [])
+            if policy is not None  # an !If that chose AWS::NoValue
         ]
-        role = moto_role(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
-        for arn in properties.get("ManagedPolicyArns", []):
-            iam_backends[account_id]["aws"].attach_role_policy(arn, role.name)
-        return role
 
-    Role.create_from_cloudformation_json = classmethod(create_role)  # type: ignore[method-assign,assignment]
+    def role(resource: Any, p: dict[str, Any], account: str, region: str) -> None:
+        for arn in p.get("ManagedPolicyArns", []):
+            iam_backends[account]["aws"].attach_role_policy(arn, resource.name)
 
-    moto_bucket = FakeBucket.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+    def bucket(resource: Any, p: dict[str, Any], account: str, region: str) -> None:
+        backend = s3_backends[account]["aws"]
+        if "VersioningConfiguration" in p:
+            backend.put_bucket_versioning(resource.name, p["VersioningConfiguration"]["Status"])
+        if "NotificationConfiguration" in p:
+            backend.put_bucket_notification_configuration(resource.name, _notifications(p["NotificationConfiguration"]))
 
-    def create_bucket(
-        cls: type[FakeBucket],
-        resource_name: str,
-        cloudformation_json: dict[str, Any],
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> FakeBucket:
-        bucket = moto_bucket(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
-        properties = cloudformation_json.get("Properties", {})
-        backend = s3_backends[account_id]["aws"]
-        if "VersioningConfiguration" in properties:
-            backend.put_bucket_versioning(bucket.name, properties["VersioningConfiguration"]["Status"])
-        if "NotificationConfiguration" in properties:
-            backend.put_bucket_notification_configuration(
-                bucket.name, _notifications(properties["NotificationConfiguration"])
-            )
-        return bucket
-
-    FakeBucket.create_from_cloudformation_json = classmethod(create_bucket)  # type: ignore[method-assign,assignment]
-
-    def create_key(
-        cls: type[Key],
-        resource_name: str,
-        cloudformation_json: dict[str, Any],
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> Key:
-        p = cloudformation_json["Properties"]
-        key = kms_backends[account_id][region_name].create_key(
+    def key(p: dict[str, Any], account: str, region: str) -> Key:
+        # moto made every key symmetric: the template's spec and usage, and its policy as JSON
+        made = kms_backends[account][region].create_key(
             policy=json.dumps(p["KeyPolicy"]),
             key_usage=p.get("KeyUsage", "ENCRYPT_DECRYPT"),
             key_spec=p.get("KeySpec", "SYMMETRIC_DEFAULT"),
@@ -342,32 +333,25 @@ def _install_cloudformation() -> None:
             tags=p.get("Tags", []),
             multi_region=bool(p.get("MultiRegion", False)),
         )
-        key.key_rotation_status = bool(p.get("EnableKeyRotation", False))
-        key.enabled = bool(p.get("Enabled", True))
-        return key
+        made.key_rotation_status = bool(p.get("EnableKeyRotation", False))
+        made.enabled = bool(p.get("Enabled", True))
+        return made
 
-    Key.create_from_cloudformation_json = classmethod(create_key)  # type: ignore[method-assign,assignment]
-
-    moto_function = LambdaFunction.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
-
-    def create_function(
-        cls: type[LambdaFunction],
-        resource_name: str,
-        cloudformation_json: dict[str, Any],
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> LambdaFunction:
-        function = moto_function(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
-        p = cloudformation_json["Properties"]
-        function.layers = function._get_layers_data(p.get("Layers", []))
-        function.tracing_config = p.get("TracingConfig") or function.tracing_config
-        function.architectures = p.get("Architectures", function.architectures)
+    def function(resource: Any, p: dict[str, Any], account: str, region: str) -> None:
+        resource.layers = resource._get_layers_data(p.get("Layers", []))
+        resource.tracing_config = p.get("TracingConfig") or resource.tracing_config
+        resource.architectures = p.get("Architectures", resource.architectures)
         # Lambda takes strings only (CloudFormation passes a Number parameter as one; moto as an int)
-        function.environment_vars = {k: _text(v) for k, v in function.environment_vars.items()}
-        return function
+        resource.environment_vars = {k: _text(v) for k, v in resource.environment_vars.items()}
 
-    LambdaFunction.create_from_cloudformation_json = classmethod(create_function)  # type: ignore[method-assign,assignment]
+    _completed(Role, role, prepare=role_documents)
+    _completed(FakeBucket, bucket)
+    Key.create_from_cloudformation_json = classmethod(  # type: ignore[method-assign,assignment]
+        lambda cls, name, cloudformation_json, account_id, region_name, **kwargs: key(
+            cloudformation_json["Properties"], account_id, region_name
+        )
+    )
+    _completed(LambdaFunction, function)
 
     # A layer version's Ref is its ARN (moto gave its Python repr to the functions and the outputs), and
     # its name the template's LayerName (moto looked for a property "LayerVersion" and made up a name).
