@@ -46,7 +46,8 @@ import yaml
 
 from benchmarks.generate import generate_addresses
 from benchmarks.pipeline import CRDS, Row, table
-from cdr_policy.agent.cli import policy_check
+from cdr_policy.admission import Admission, protection
+from cdr_policy.agent.cli import admission_for
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.sync import (
     DEFAULT_DRIFT_INTERVAL_S,
@@ -61,7 +62,6 @@ from cdr_policy.guards import NeverBlock
 from cdr_policy.observability import logger
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet
-from cdr_policy.policy.checker.files import bundle_checker
 from cdr_policy.stages.feed_sync import run_feed_sync
 from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.stages.render import run_render
@@ -151,7 +151,9 @@ def _worker(spec: _WorkerSpec, link: _Channels) -> None:
     dist = S3Store(boto3.client("s3", endpoint_url=spec.endpoint, region_name=spec.region, config=config), spec.bucket)
     verifier = Verifier.from_public_pem(spec.public_pem)
     root = Path(spec.root)
-    check = policy_check(DirectoryApplier(root), Path(spec.crds) if spec.crds else None)
+    admission = admission_for(
+        DirectoryApplier(root), Path(spec.crds) if spec.crds else None, protection(where="this cluster")
+    )
     agents = []
     for cluster_id, channel, delay in spec.agents:
         agent = Agent(
@@ -161,7 +163,7 @@ def _worker(spec: _WorkerSpec, link: _Channels) -> None:
             verifier=verifier,
             applier=DirectoryApplier(root / cluster_id / "objects"),
             state_dir=root / cluster_id / "state",
-            check=check,
+            admission=admission,
             drift_interval_s=DEFAULT_DRIFT_INTERVAL_S / spec.compression,
             status_heartbeat_s=DEFAULT_STATUS_HEARTBEAT_S / spec.compression,
         )
@@ -280,7 +282,7 @@ def _ship(
             signer=signer,
             now=now,
             change_budget_percent=CHANGE_BUDGET_PERCENT,
-            check=bundle_checker(schemas),
+            admission=Admission(protection(where=f"channel {summary.channel}"), schemas),
         )
         if not result.shipped:
             raise RuntimeError(f"publish {summary.channel}: {result.status}: {result.reason}")

@@ -18,6 +18,7 @@ import yaml
 from cdr_policy import layout, schemas
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.sync import Agent
+from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.signing import KmsSigner, Verifier, verify_manifest
 from cdr_policy.policy.checker import SchemaSet, check_files
 from cdr_policy.settings import Settings
@@ -84,16 +85,16 @@ def test_distribution_bucket_holds_signed_manifests_files_history_and_status(pip
     )
     for channel in CHANNELS:
         name = channel["name"]
-        manifest = json.loads(dist.get(f"channels/{name}/manifest.json").data)
+        manifest = Manifest.parse(dist.get(f"channels/{name}/manifest.json").data, name)
         verify_manifest(manifest, verifier)
-        assert manifest["settings"]["action"] == channel["action"]
-        for entry in manifest["files"]:
-            data = dist.get(layout.published_file_key(name, manifest["digest"], entry["path"])).data
-            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
-        assert any(k.endswith(f"-{manifest['digest']}.json") for k in dist.list(f"channels/{name}/history/"))
+        assert manifest.settings.action == channel["action"]
+        for entry in manifest.files:
+            data = dist.get(layout.published_file_key(name, manifest.digest, entry.path)).data
+            assert hashlib.sha256(data).hexdigest() == entry.sha256
+        assert any(k.endswith(f"-{manifest.digest}.json") for k in dist.list(f"channels/{name}/history/"))
         status = json.loads(dist.get(f"status/demo-{name}.json").data)
         schemas.validate(status, "agent-status.schema.json")
-        assert status["applied_digest"] == manifest["digest"]
+        assert status["applied_digest"] == manifest.digest
         assert status["verification"]["ok"] is True
 
 

@@ -23,7 +23,7 @@ from tests.fakes.stack import deploy
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-CHANNELS = b"channels:\n  - name: staging\n    action: Sigkill\n    cilium_version: '1.17'\n"
+CHANNELS = b"channels:\n  - name: staging\n    action: Sigkill\n    cilium_version: '1.17'\n    threat_intel: false\n"
 
 
 def _contents(store: Store) -> dict[str, bytes]:

@@ -4,6 +4,7 @@ against the loopback fake of the Kubernetes API server."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import timedelta
 
@@ -13,11 +14,18 @@ from cdr_policy import jsonio, layout
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
 from cdr_policy.agent.sync import GENERATION_ANNOTATION, Agent
-from cdr_policy.bundle.manifest import unsigned
-from cdr_policy.bundle.signing import sign_manifest
 from cdr_policy.stages.publish import publish_bundle, rollback
 from tests.fakes.kube import FakeKubeAPI
-from tests.unit.bundle.factory import T0, RecordingStore, ips, network_bundle, render
+from tests.unit.bundle.factory import (
+    SETTINGS,
+    T0,
+    RecordingStore,
+    ips,
+    network_bundle,
+    render,
+    sign_document,
+    unsigned_document,
+)
 
 MINUTE = timedelta(minutes=1)
 NS = "cdr-policy-system"
@@ -60,8 +68,8 @@ def make_agent(bucket, verifier, tmp_path, kube):
 def ship(state, bucket, signer):
     """Render and publish ``files`` (operator-approved, so the budget never holds it); returns the digest."""
 
-    def ship(files, when=T0, *, ttl=timedelta(hours=72)):
-        digest = render(state, files, created=when, ttl=ttl)
+    def ship(files, when=T0, *, ttl=timedelta(hours=72), settings=SETTINGS):
+        digest = render(state, files, created=when, ttl=ttl, settings=settings)
         state.put(layout.approval_key("prod", digest), b"")  # an operator approved every bundle here
         result = publish_bundle(
             state,
@@ -240,8 +248,8 @@ def test_a_small_clock_skew_is_tolerated(kube, ship, make_agent):
 
 def sign_as_publish(bucket, signer, manifest: dict, **fields) -> None:
     """A signed manifest as a publisher that skipped its change budget would write it."""
-    body = {k: v for k, v in unsigned(manifest).items() if k != "approval"} | fields
-    serve(bucket, jsonio.dumps(sign_manifest(body, signer)))
+    body = {k: v for k, v in unsigned_document(manifest).items() if k != "approval"} | fields
+    serve(bucket, jsonio.dumps(sign_document(body, signer)))
 
 
 @pytest.mark.parametrize(
@@ -313,9 +321,13 @@ def test_drift_a_deleted_or_edited_object_comes_back_after_one_drift_interval(ku
 
 
 def test_an_object_served_under_a_newer_version_is_not_drift(kube, ship, make_agent):
-    from tests.unit.bundle.factory import ccg, files_of
+    from tests.unit.bundle.factory import ccg, ccnp, files_of
 
-    ship(files_of({"g.yaml": ccg("ccg-old-api", ips(0, 3), api_version="cilium.io/v2alpha1")}))
+    old_api = {
+        "g.yaml": ccg("ccg-old-api", ips(0, 3), api_version="cilium.io/v2alpha1"),
+        "p.yaml": ccnp("ccnp-old-api", ["ccg-old-api"]),
+    }
+    ship(files_of(old_api), settings=dataclasses.replace(SETTINGS, cilium_version="1.17"))
     agent = make_agent(drift_interval_s=0.05)
     agent.sync_once(T0 + MINUTE)
     time.sleep(0.1)
@@ -324,7 +336,8 @@ def test_an_object_served_under_a_newer_version_is_not_drift(kube, ship, make_ag
 
     assert status["last_poll"]["detail"] == "manifest unchanged (ETag)"
     assert status["drift"]["checked_at"] == "2026-01-10T16:02:00Z" and status["drift"]["changed"] == []
-    assert kube.ops("apply")[-1:] == [("apply", "CiliumCIDRGroup", "ccg-old-api")]  # only the first apply
+    applied = [op for op in kube.ops("apply") if op[1] == "CiliumCIDRGroup"]
+    assert applied == [("apply", "CiliumCIDRGroup", "ccg-old-api")]  # only the first apply
 
 
 # -- 5. expiry never wipes a newer valid bundle ----------------------------------------------------
@@ -449,24 +462,26 @@ def test_a_signed_audit_manifest_whose_objects_kill_is_refused(kube, ship, make_
     digest = entries_digest(entries)
     for path, data in killing.items():
         bucket.inner.put(layout.published_file_key("prod", digest, path), data)
-    sign_as_publish(bucket, signer, manifest | {"files": entries, "digest": digest}, generation=2)
+    files = [e.to_json() for e in entries]
+    sign_as_publish(bucket, signer, manifest | {"files": files, "digest": digest}, generation=2)
 
     status = make_agent().sync_once(T0 + MINUTE)
 
-    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "forbidden")
-    assert "uses Sigkill on a channel whose action is Post" in status["verification"]["reason"]
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "inadmissible")
+    assert "an audit channel's policies never kill or override" in status["verification"]["reason"]
     assert kube.objects() == []
 
 
 def test_the_clusters_own_ranges_are_refused_by_the_agent(kube, ship, make_agent):
-    from cdr_policy.agent.cli import policy_check
+    from cdr_policy.admission import protection
+    from cdr_policy.agent.cli import admission_for
 
     ship(A)  # 45.0.0.0-9: here, this cluster's pod range
     agent = make_agent()
-    agent.check = policy_check(agent.applier, None, ("45.0.0.0/24",))
+    agent.admission = admission_for(agent.applier, None, protection(("45.0.0.0/24",), where="this cluster"))
 
     status = agent.sync_once(T0 + MINUTE)
 
-    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "check_failed")
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "inadmissible")
     assert "protected range of this cluster" in status["verification"]["reason"]
     assert kube.objects() == []

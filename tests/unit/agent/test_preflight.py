@@ -12,18 +12,20 @@ import pytest
 import yaml
 
 from cdr_policy import layout
-from cdr_policy.agent.cli import policy_check
+from cdr_policy.admission import protection
+from cdr_policy.agent.cli import admission_for
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.preflight import run_preflight
 from cdr_policy.agent.reconcile import reconcile
 from cdr_policy.agent.status import read_status
 from cdr_policy.agent.sync import Agent
+from cdr_policy.bundle.manifest import Settings
 from cdr_policy.errors import ConfigError
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.stages.publish import publish_bundle
 from tests.fakes.kube import FakeKubeAPI
-from tests.unit.bundle.factory import T0, RecordingStore
+from tests.unit.bundle.factory import T0, RecordingStore, plant_signed
 from tests.unit.bundle.factory import render as stage_bundle
 from tests.unit.policy.factories import behaviour, cdr_set, file_bytes, indicator, render
 
@@ -65,7 +67,7 @@ def bundle_files(cilium_version: str = "1.17", *more: str) -> dict[str, bytes]:
 
 
 # bundle_files renders for a Sigkill channel: the manifest says so (Publish compares the two)
-SIGKILL = {"action": "Sigkill", "mode": "enforce", "cilium_version": "1.17"}
+SIGKILL = Settings(action="Sigkill", mode="enforce")  # either CiliumCIDRGroup API version
 
 
 def kinds(kube) -> set[str]:
@@ -101,7 +103,8 @@ def agent_for(bucket, verifier, tmp_path):
             verifier=verifier,
             applier=applier,
             state_dir=tmp_path / "agent-state",
-            check=policy_check(applier, None) if checked else None,  # as `cdr-policy agent --kubernetes`
+            # as `cdr-policy agent --kubernetes`: the cluster's CRDs
+            admission=admission_for(applier, None, protection(where="this cluster")) if checked else None,
         )
 
     return make
@@ -204,15 +207,19 @@ def test_the_agent_reports_a_version_mismatch_instead_of_refusing_the_whole_bund
     assert "targets Cilium 1.18 but the cluster serves Cilium 1.17" in status["last_poll"]["detail"]
 
 
-def test_the_check_still_refuses_a_bad_tetragon_object(crds_dir, ship, agent_for):
+def test_admission_still_refuses_a_bad_tetragon_object(crds_dir, bucket, signer, agent_for):
+    """A field our compiler never writes, signed by the channel's key: refused before anything is
+    applied, and the refusal does not quote the field."""
     files = bundle_files("1.18")
     [name] = [n for n in files if n.startswith("cdr-block-")]
     files[name] = files[name].replace(b"  podSelector: {}\n", b"  podSelector: {}\n  bogus: 1\n")  # unknown field
-    ship(files)
+    plant_signed(bucket, files, signer, settings=SIGKILL)
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17")) as kube:
         status = agent_for(kube, checked=True).sync_once(T0 + MINUTE)
         assert kube.ops("apply") == []
-    assert status["last_poll"]["result"] == "refused" and "bogus" in status["verification"]["reason"]
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "inadmissible")
+    assert "1 field(s) our compiler never writes" in status["verification"]["reason"]
+    assert "bogus" not in status["verification"]["reason"]
 
 
 @pytest.mark.parametrize(

@@ -10,13 +10,14 @@ from datetime import timedelta
 import pytest
 
 from cdr_policy import jsonio, layout
+from cdr_policy.admission import Admission, protection
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.status import read_status
 from cdr_policy.agent.sync import Agent
-from cdr_policy.bundle.manifest import unsigned
-from cdr_policy.bundle.signing import LocalSigner, generate_local_key, sign_manifest
+from cdr_policy.bundle.signing import LocalSigner, generate_local_key
 from cdr_policy.errors import ConfigError, StorageError
+from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.timeutil import iso, utcnow
 from tests.fakes.kube import FakeKubeAPI
@@ -27,8 +28,11 @@ from tests.unit.bundle.factory import (
     ips,
     labels,
     network_bundle,
+    plant_signed,
     render,
+    sign_document,
     tracing_policy,
+    unsigned_document,
 )
 
 MINUTE = timedelta(minutes=1)
@@ -47,7 +51,7 @@ def kube():
 
 @pytest.fixture
 def make_agent(bucket, verifier, tmp_path):
-    def make(applier, *, check=None, channel="prod", state_dir=None):
+    def make(applier, *, admission=None, channel="prod", state_dir=None):
         return Agent(
             bucket,
             channel=channel,
@@ -55,7 +59,7 @@ def make_agent(bucket, verifier, tmp_path):
             verifier=verifier,
             applier=applier,
             state_dir=state_dir or tmp_path / "agent-state",
-            check=check,
+            admission=admission,
         )
 
     return make
@@ -251,22 +255,24 @@ def resign_with(bucket, manifest, tmp_path):
         generate_local_key(path)
     bucket.inner.put(
         layout.channel_manifest_key("prod"),
-        jsonio.dumps_pretty(sign_manifest(manifest, LocalSigner.from_file(path))),
+        jsonio.dumps_pretty(sign_document(manifest, LocalSigner.from_file(path))),
     )
 
 
 def other_key(bucket, digest, tmp_path):
-    resign_with(bucket, unsigned(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data)), tmp_path)
+    resign_with(
+        bucket, unsigned_document(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data)), tmp_path
+    )
 
 
 def wrong_digest(bucket, digest, signer):
-    manifest = unsigned(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data))
+    manifest = unsigned_document(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data))
     manifest["digest"] = "f" * 64
-    bucket.inner.put(layout.channel_manifest_key("prod"), jsonio.dumps_pretty(sign_manifest(manifest, signer)))
+    bucket.inner.put(layout.channel_manifest_key("prod"), jsonio.dumps_pretty(sign_document(manifest, signer)))
 
 
 def unsigned_manifest(bucket, digest):
-    manifest = unsigned(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data))
+    manifest = unsigned_document(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data))
     bucket.inner.put(layout.channel_manifest_key("prod"), jsonio.dumps_pretty(manifest))
 
 
@@ -372,12 +378,14 @@ def test_a_replayed_older_manifest_is_refused(kube, ship, make_agent, bucket):
     assert (status["applied_digest"], sorted(names(kube))) == (digest_b, B_NAMES)
 
 
-def test_unsupported_objects_refuse_the_bundle(kube, ship, make_agent):
+def test_unsupported_objects_refuse_the_bundle(kube, bucket, signer, make_agent):
     configmap = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: default\n"
-    ship({**A, "extra.yaml": configmap})
+    plant_signed(bucket.inner, {**A, "extra.yaml": configmap}, signer)
     status = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + MINUTE)
-    assert status["verification"]["code"] == "bad_object"
-    assert "ConfigMap/x: kind not supported" in status["verification"]["reason"]
+    assert status["verification"]["code"] == "inadmissible"
+    assert (
+        "extra.yaml, document 1 at kind: not one of the kinds our compiler writes" in status["verification"]["reason"]
+    )
     assert kube.objects() == []
 
 
@@ -458,24 +466,19 @@ def test_the_last_good_state_survives_a_restart_and_a_tampered_one_does_not(kube
     assert tampered["applied_digest"] is None
 
 
-def test_the_policy_check_runs_before_apply_and_is_retried(kube, ship, make_agent):
+def test_the_crd_check_runs_before_apply_and_is_retried(kube, ship, make_agent, crds_dir):
+    """Objects the cluster's CRDs do not serve are refused (nothing applied) and checked again on
+    the next poll, so a cluster whose CRDs are fixed takes the same bundle."""
     digest = ship(A)
-    verdict = {"errors": ["ccnp-blocklist-a: enableDefaultDeny is not served by this cluster's CRD"]}
-    seen = []
-
-    def check(files):
-        seen.append(sorted(files))
-        return verdict["errors"]
-
-    agent = make_agent(KubeApplier(kube.url, kube.token), check=check)
+    old = SchemaSet.from_dir(crds_dir / "cilium-v1.16.5")  # no cilium.io/v2 CiliumCIDRGroup
+    agent = make_agent(KubeApplier(kube.url, kube.token), admission=Admission(protection(where="x"), old))
 
     refused = agent.sync_once(T0 + MINUTE)
     assert (refused["last_poll"]["result"], refused["verification"]["code"]) == ("refused", "check_failed")
-    assert "enableDefaultDeny is not served" in refused["verification"]["reason"]
+    assert "the cluster's CRDs refuse it" in refused["verification"]["reason"]
     assert kube.objects() == []
-    assert seen == [sorted(A)]
 
-    verdict["errors"] = []
+    agent.admission = Admission(protection(where="x"), SchemaSet.from_dir(crds_dir))  # the CRDs upgraded
     applied = agent.sync_once(T0 + 2 * MINUTE)
     assert (applied["last_poll"]["result"], applied["applied_digest"]) == ("applied", digest)
 
@@ -503,12 +506,7 @@ def test_an_unreachable_cluster_changes_nothing_and_is_retried(kube, ship, make_
 
 def test_directory_mode_writes_labelled_objects_and_prunes(ship, make_agent, tmp_path):
     out = tmp_path / "out"
-    unlabelled = {
-        "cdr-dynamic-blocklist.yaml": A["cdr-dynamic-blocklist.yaml"].replace(
-            b"app.kubernetes.io/managed-by: cdr-policy", b"team: sec"
-        )
-    }
-    ship(unlabelled)
+    ship({"cdr-dynamic-blocklist.yaml": A["cdr-dynamic-blocklist.yaml"]})
     agent = make_agent(DirectoryApplier(out))
     (out / "hand-written.yaml").parent.mkdir(parents=True, exist_ok=True)
     (out / "hand-written.yaml").write_bytes(
@@ -519,7 +517,7 @@ def test_directory_mode_writes_labelled_objects_and_prunes(ship, make_agent, tmp
 
     agent.sync_once(T0 + MINUTE)
     written = (out / "tracingpolicy-tp-blocklist-a.yaml").read_text()
-    assert "app.kubernetes.io/managed-by: cdr-policy" in written and "team: sec" in written
+    assert "app.kubernetes.io/managed-by: cdr-policy" in written and "cdr-policy.io/generation" in written
 
     ship(B, T0 + 10 * MINUTE)
     agent.sync_once(T0 + 11 * MINUTE)
@@ -616,7 +614,7 @@ def test_an_in_place_tetragon_update_is_applied_and_warned_about(kube, ship, mak
     agent = make_agent(KubeApplier(kube.url, kube.token))
     agent.sync_once(T0 + MINUTE)
     # same name, new content
-    changed = A["cdr-dynamic-blocklist.yaml"].replace(b"45.0.0.1/32", b"45.0.9.1/32")
+    changed = A["cdr-dynamic-blocklist.yaml"].replace(b"45.0.0.1/", b"45.0.9.1/")  # and its IPv4-mapped twin
     ship({"t.yaml": changed}, T0 + 10 * MINUTE)
 
     status = agent.sync_once(T0 + 11 * MINUTE)

@@ -50,7 +50,7 @@ def test_malformed_objects_are_refused(content, message):
 
 def test_the_same_object_twice_is_refused():
     files = files_of({"a.yaml": ccg("g", []), "b.yaml": ccg("g", ["45.0.0.1/32"])})
-    with pytest.raises(VerificationError, match="CiliumCIDRGroup/g is defined twice"):
+    with pytest.raises(VerificationError, match="same kind, namespace and name"):
         parse_objects(files)
 
 

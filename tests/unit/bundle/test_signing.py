@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from moto import mock_aws
 
-from cdr_policy.bundle.manifest import SCHEMA, VerificationError, build_manifest
+from cdr_policy.bundle.manifest import SCHEMA, Manifest, VerificationError, build_manifest
 from cdr_policy.bundle.signing import (
     ALGORITHM,
     KmsSigner,
@@ -29,15 +29,14 @@ from cdr_policy.bundle.signing import (
 )
 from cdr_policy.errors import BundleError, ConfigError
 from cdr_policy.schemas import schema_errors
-from cdr_policy.timeutil import parse_iso
 
-from .factory import SETTINGS, SOURCE, T0, files_of, tracing_policy
+from .factory import SETTINGS, SOURCE, T0, files_of, sign_document, tracing_policy
 
 
-def unsigned_manifest(n_files: int = 2) -> dict:
+def unsigned_manifest(n_files: int = 2) -> Manifest:
     """A manifest as Publish signs it (with its generation)."""
     files = files_of({f"tp-{i:04d}.yaml": tracing_policy(f"tp-{i:04d}") for i in range(n_files)})
-    return {"generation": 1} | build_manifest(
+    return build_manifest(
         files,
         channel="prod",
         settings=SETTINGS,
@@ -45,12 +44,15 @@ def unsigned_manifest(n_files: int = 2) -> dict:
         created_at="2026-01-10T16:00:00Z",
         expires_at="2026-01-13T16:00:00Z",
         source_digest=SOURCE,
-    )
+    ).replace(generation=1)
 
 
 def code_of(manifest, verifier, **kwargs) -> str:
+    """How a reader refuses ``manifest`` (a document is parsed first, as every reader does)."""
     with pytest.raises(VerificationError) as exc:
-        verify_manifest(manifest, verifier, **kwargs)
+        verify_manifest(
+            manifest if isinstance(manifest, Manifest) else Manifest.from_json(manifest), verifier, **kwargs
+        )
     return exc.value.code
 
 
@@ -66,17 +68,17 @@ def test_generated_key_is_private_and_never_overwritten(tmp_path):
 
 
 def test_local_round_trip(signer, verifier):
-    signed = sign_manifest(unsigned_manifest(), signer)
+    signed = sign_manifest(unsigned_manifest(), signer).to_json()
     assert signed["signature_algorithm"] == ALGORITHM
     assert signed["key_id"] == signer.key_id and signed["key_id"].startswith("local:")
     assert schema_errors(signed, SCHEMA) == []
-    verify_manifest(signed, verifier, now=T0)
+    verify_manifest(Manifest.from_json(signed), verifier, now=T0)
 
 
 def test_signature_survives_reformatting_of_the_json(signer, verifier):
     signed = sign_manifest(unsigned_manifest(), signer)
-    reparsed = json.loads(json.dumps(signed, indent=4, sort_keys=False))
-    verify_manifest(reparsed, verifier, now=T0)
+    reparsed = json.loads(json.dumps(signed.to_json(), indent=4, sort_keys=False))
+    verify_manifest(Manifest.from_json(reparsed), verifier, now=T0)
 
 
 def test_group_readable_key_file_is_refused(tmp_path):
@@ -108,7 +110,7 @@ def test_missing_signature_is_refused(verifier):
 
 
 def test_unknown_algorithm_is_refused(signer, verifier):
-    signed = {**sign_manifest(unsigned_manifest(), signer), "signature_algorithm": "RSASSA_PSS_SHA_256"}
+    signed = {**sign_manifest(unsigned_manifest(), signer).to_json(), "signature_algorithm": "RSASSA_PSS_SHA_256"}
     assert code_of(signed, verifier, now=T0) == "unknown_algorithm"
 
 
@@ -127,27 +129,25 @@ def test_signature_from_another_key_is_refused(tmp_path, verifier):
         lambda m: m["settings"].update(action="Sigkill"),
         lambda m: m.update(expires_at="2027-01-13T16:00:00Z"),
         lambda m: m.update(channel="staging"),
-        lambda m: m["files"][0].update(sha256="0" * 64),
         lambda m: m["counts"].update(TracingPolicy=99),
         lambda m: m.update(signature="!!not base64!!"),
     ],
 )
 def test_any_change_to_a_signed_manifest_is_refused(signer, verifier, tamper):
-    signed = sign_manifest(unsigned_manifest(), signer)
-    tampered = copy.deepcopy(signed)
+    tampered = copy.deepcopy(sign_manifest(unsigned_manifest(), signer).to_json())
     tamper(tampered)
     assert code_of(tampered, verifier, now=T0) == "bad_signature"
 
 
 def test_signed_digest_that_does_not_match_the_file_list_is_refused(signer, verifier):
-    m = unsigned_manifest()
+    m = unsigned_manifest().to_json()
     m["digest"] = "f" * 64  # signed as it is: the signature is valid, the digest is not
-    assert code_of(sign_manifest(m, signer), verifier, now=T0) == "digest_mismatch"
+    assert code_of(sign_document(m, signer), verifier, now=T0) == "digest_mismatch"
 
 
 def test_expired_bundle_is_refused_but_its_signature_still_checks(signer, verifier):
     signed = sign_manifest(unsigned_manifest(), signer)
-    expiry = parse_iso(signed["expires_at"])
+    expiry = signed.expires
     verify_manifest(signed, verifier, now=expiry - timedelta(seconds=1))
     with pytest.raises(VerificationError, match="expired at 2026-01-13T16:00:00Z") as exc:
         verify_manifest(signed, verifier, now=expiry)
@@ -180,7 +180,8 @@ def test_kms_round_trip(kms):
     key_id = kms.create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")["KeyMetadata"]["KeyId"]
     kms_signer = KmsSigner(kms, key_id)
     signed = sign_manifest(unsigned_manifest(300), kms_signer)
-    assert signed["key_id"].startswith("arn:aws:kms:") and signed["key_id"].endswith(key_id)
+    assert signed.signature is not None
+    assert signed.signature.key_id.startswith("arn:aws:kms:") and signed.signature.key_id.endswith(key_id)
     verifier = Verifier.from_public_pem(kms_signer.public_key_pem())
     verify_manifest(signed, verifier, now=T0)
     # The signature is a plain DER ECDSA-SHA256 signature over the statement: KMS itself agrees.
@@ -188,7 +189,7 @@ def test_kms_round_trip(kms):
         KeyId=key_id,
         Message=signing_message(signed),
         MessageType="RAW",
-        Signature=base64.b64decode(signed["signature"]),
+        Signature=base64.b64decode(signed.signature.value),
         SigningAlgorithm=ALGORITHM,
     )["SignatureValid"]
 

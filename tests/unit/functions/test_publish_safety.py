@@ -89,7 +89,7 @@ def current(stack, channel="prod") -> dict:
     return jsonio.loads(dist.get(layout.channel_manifest_key(channel)).data)
 
 
-BEHAVIOURS = files_of({"b1.yaml": behaviour_policy("cloud-creds"), "b2.yaml": behaviour_policy("crypto-mining")})
+BEHAVIOURS = files_of({"b1.yaml": behaviour_policy("cloud_credentials"), "b2.yaml": behaviour_policy("crypto_mining")})
 
 
 def test_a_bundle_dropping_a_behaviour_policy_is_held_until_approved(stack):
@@ -98,7 +98,7 @@ def test_a_bundle_dropping_a_behaviour_policy_is_held_until_approved(stack):
     assert (current(stack)["digest"], current(stack)["generation"]) == (first, 1)
     # 2 of 180 prefixes change, but the crypto-mining behaviour policy is gone
     dropped = rendered(
-        stack, {**network_bundle(ips(1, 90), tag="b"), **files_of({"b1.yaml": behaviour_policy("cloud-creds")})}
+        stack, {**network_bundle(ips(1, 90), tag="b"), **files_of({"b1.yaml": behaviour_policy("cloud_credentials")})}
     )
 
     assert invoke(stack, "prod", dropped) == {"batchItemFailures": []}
@@ -209,11 +209,14 @@ def test_publish_refuses_what_the_channel_settings_forbid(stack):
     )
     killing = network_bundle(ips(300_000, 10), tag="k")  # 45.4.x.x: outside the protected range
     killing["cdr-dynamic-blocklist.yaml"] = killing["cdr-dynamic-blocklist.yaml"].replace(
-        b"action: Post", b"action: Sigkill"
+        b"- action: Post\n        rateLimit: 1m", b"- action: Sigkill"
     )
     summary = _publish_stage(stack, "prod", rendered(stack, killing))
     assert summary["status"] == "refused"
-    assert "TracingPolicy/tp-blocklist-k uses Sigkill on a channel whose action is Post" in summary["errors"]
+    assert summary["errors"] == [
+        "cdr-dynamic-blocklist.yaml, document 1 at spec.kprobes[0].selectors[0].matchActions[0]: "
+        "an audit channel's policies never kill or override [grammar.action]"
+    ]
 
     own_range = rendered(stack, network_bundle(ips(0, 10), tag="p"))  # 45.0.0.x: the channel's pods
     summary = _publish_stage(stack, "prod", own_range)

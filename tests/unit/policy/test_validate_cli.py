@@ -10,7 +10,7 @@ import pytest
 from cdr_policy.cli.validate import CRDS_ENV, default_crds_dir, validate_main
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.policy.channel import ChannelSettings
-from cdr_policy.policy.checker import SchemaSet, check_bundle, check_files
+from cdr_policy.policy.checker import SchemaSet, check_files
 
 from .factories import behaviour, cdr_set, feed_set, file_bytes, indicator, render
 
@@ -125,31 +125,6 @@ def test_env_variable_is_used(tmp_path, crds_dir, monkeypatch, capsys):
     _write_rendered(tmp_path)
     monkeypatch.setenv(CRDS_ENV, str(crds_dir))
     assert validate_main([str(tmp_path)]) == 0
-
-
-def test_check_bundle_is_the_publish_and_agent_check(crds_dir):
-    result = render(
-        [cdr_set([indicator("45.33.32.0/24")], [behaviour("crypto_mining")])],
-        ChannelSettings(name="prod", action="Sigkill"),
-    )
-    files = {**file_bytes(result), "report.json": b'{"not": "an object"}'}
-    schemas = SchemaSet.from_dir(crds_dir)
-    assert check_bundle(files, schemas) == []
-    files["cdr-dynamic-blocklist.yaml"] = files["cdr-dynamic-blocklist.yaml"].replace(b"  podSelector: {}\n", b"")
-    [line] = check_bundle(files, schemas)
-    assert line.startswith("cdr-dynamic-blocklist.yaml: TracingPolicy/tp-cdr-blocklist-")
-    assert "tetragon.unscoped-enforcement" in line
-
-
-def test_bundle_checker_for_publish_and_the_agent(crds_dir):
-    from cdr_policy.policy.checker import bundle_checker
-
-    files = file_bytes(render([cdr_set([indicator("45.33.32.0/24")])]))
-    assert bundle_checker(SchemaSet.from_dir(crds_dir))(files) == []
-    assert bundle_checker(None)(files) == []  # checklist only
-    tampered = {k: v.replace(b"45.33.32.0/24", b"10.0.0.0/8") for k, v in files.items()}
-    errors = bundle_checker(None)(tampered)
-    assert errors and all("cidr.never-block" in e or "ipv4-mapped" in e for e in errors)
 
 
 def test_crds_as_kubectl_writes_them_a_list(tmp_path, crds_dir):

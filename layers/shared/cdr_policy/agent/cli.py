@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cdr_policy.admission import Admission, Protection
 from cdr_policy.agent import kubeconfig
 from cdr_policy.agent.applier import Applier
 from cdr_policy.agent.directory import DirectoryApplier
@@ -28,12 +29,11 @@ from cdr_policy.agent.sync import (
     DEFAULT_SYNC_DEADLINE_S,
     Agent,
 )
-from cdr_policy.bundle.channel_rules import protected_guard
 from cdr_policy.bundle.signing import Verifier
+from cdr_policy.cli.parser import add_protection_arguments, protection_of
 from cdr_policy.errors import CdrPolicyError, ConfigError, exit_code, print_error
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker import SchemaSet
-from cdr_policy.policy.checker.files import BundleCheck, bundle_checker
 from cdr_policy.storage import open_store
 from cdr_policy.timeutil import parse_duration
 
@@ -58,15 +58,6 @@ def _percent(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 100:
         raise argparse.ArgumentTypeError(f"{text!r} must be a whole number from 1 to 100")
     return int(text)
-
-
-def _cidrs(text: str) -> tuple[str, ...]:
-    cidrs = tuple(c.strip() for c in text.split(",") if c.strip())
-    try:
-        protected_guard(cidrs, "this cluster")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return cidrs
 
 
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
@@ -202,13 +193,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse, without a signed approval, a bundle removing more than N%% of the enforced objects or "
         f"prefixes (1..100, default {DEFAULT_MAX_SHRINK_PERCENT})",
     )
-    parser.add_argument(
-        "--protected-cidrs",
-        type=_cidrs,
-        default=(),
-        metavar="CIDR[,CIDR...]",
-        help="this cluster's own pod, service and node ranges: a bundle blocking any of them is refused",
-    )
+    add_protection_arguments(parser, "this cluster's")
     parser.add_argument(
         "--state-namespace",
         metavar="NAMESPACE",
@@ -250,15 +235,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS", help="address to serve them on")
 
 
-def policy_check(applier: Applier, crds: Path | None, protected: tuple[str, ...] = ()) -> BundleCheck:
-    """The policy checker the agent runs on every bundle before applying it: against the CRDs
-    installed in the cluster it applies to (so it checks the versions it will really meet), or in
-    directory mode against ``--crds DIR`` when given; the safety checklist always, with the
-    never-block list plus this cluster's ``protected`` ranges."""
-    guard = protected_guard(protected, "this cluster")
+def admission_for(applier: Applier, crds: Path | None, protected: Protection) -> Admission:
+    """The admission the agent runs on every bundle before applying it: the closed grammar and the
+    objects' effect against the never-block list plus this cluster's ``protected`` ranges and
+    ports; then the CRDs installed in the cluster it applies to (so it checks the versions it will
+    really meet), or in directory mode ``--crds DIR`` when given."""
     if isinstance(applier, KubeApplier):
-        return bundle_checker(SchemaSet.from_crds(applier.crds(), source="cluster"), guard=guard)
-    return bundle_checker(SchemaSet.from_dir(crds) if crds else None, guard=guard)
+        return Admission(protected, SchemaSet.from_crds(applier.crds(), source="cluster"))
+    return Admission(protected, SchemaSet.from_dir(crds) if crds else None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -277,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
             verifier=verifier,
             applier=applier,
             state_dir=state_dir,
-            check=policy_check(applier, args.crds, args.protected_cidrs),
+            admission=admission_for(applier, args.crds, protection_of(args, "this cluster")),
             record=(
                 ClusterRecord(applier, args.state_namespace or _default_namespace())
                 if isinstance(applier, KubeApplier)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from cdr_policy import jsonio
 from cdr_policy.agent.applier import ApplyError, Conflict
+from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest
 from cdr_policy.bundle.signing import Verifier, verify_signature
 from cdr_policy.errors import BundleError, StorageError
 from cdr_policy.observability import logger
@@ -30,16 +31,18 @@ _ATTEMPTS = 5
 
 @dataclass(frozen=True)
 class Applied:
-    manifest: dict[str, Any]
+    """The last signed manifest this agent applied completely, and when."""
+
+    manifest: Manifest
     applied_at: str
 
     @property
     def digest(self) -> str:
-        return str(self.manifest["digest"])
+        return self.manifest.digest
 
     @property
     def generation(self) -> int:
-        return int(self.manifest["generation"])
+        return self.manifest.generation or 0
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class Record:
 
     @classmethod
     def of(cls, applied: Applied) -> Record:
-        return cls(applied.generation, applied.digest, applied.manifest["expires_at"], applied.applied_at)
+        return cls(applied.generation, applied.digest, applied.manifest.expires_at, applied.applied_at)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -149,11 +152,13 @@ class StateDir:
 
     def load(self, verifier: Verifier, channel: str) -> Applied | None:
         try:
-            doc = jsonio.loads(self._store.get(APPLIED).data)
-            manifest, applied_at = doc["manifest"], doc["applied_at"]
+            doc = jsonio.loads(self._store.get(APPLIED, max_bytes=MAX_MANIFEST_BYTES + 4096).data)
+            manifest, applied_at = Manifest.from_json(doc["manifest"]), doc["applied_at"]
             verify_signature(manifest, verifier)
-            if manifest["channel"] != channel:
-                raise BundleError(f"it belongs to channel {manifest['channel']}")
+            if manifest.channel != channel:
+                raise BundleError("it belongs to another channel")
+            if not isinstance(applied_at, str) or manifest.generation is None:
+                raise BundleError("no applied_at or generation")
         except NotFound:
             return None
         except (StorageError, BundleError, ValueError, KeyError, TypeError) as exc:
@@ -162,7 +167,8 @@ class StateDir:
         return Applied(manifest, applied_at)
 
     def save(self, applied: Applied) -> None:
-        self._store.put(APPLIED, jsonio.dumps_pretty({"manifest": applied.manifest, "applied_at": applied.applied_at}))
+        body = {"manifest": applied.manifest.to_json(), "applied_at": applied.applied_at}
+        self._store.put(APPLIED, jsonio.dumps_pretty(body))
 
     def clear(self) -> None:
         self._store.delete(APPLIED)

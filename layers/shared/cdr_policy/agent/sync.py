@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from cdr_policy import __version__, jsonio, layout
+from cdr_policy.admission import Admission
 from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.kinds import kind_of, ownership_labels
 from cdr_policy.agent.preflight import APPLY, Preflight, is_cilium, run_preflight
@@ -60,18 +61,12 @@ from cdr_policy.agent.reconcile import delete_objects, owned_objects, reconcile
 from cdr_policy.agent.state import Applied, Record, RecordStore, StateDir
 from cdr_policy.agent.status import SCHEMA_VERSION
 from cdr_policy.bundle.change_budget import shrink_reasons
-from cdr_policy.bundle.channel_rules import settings_problems
-from cdr_policy.bundle.manifest import (
-    MAX_MANIFEST_BYTES,
-    VerificationError,
-    read_bundle_files,
-    read_manifest_bytes,
-)
-from cdr_policy.bundle.objects import ObjectRef, parse_objects, ref_of
+from cdr_policy.bundle.loader import Bundle, load_bundle
+from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, VerificationError
+from cdr_policy.bundle.objects import ObjectRef, ref_of
 from cdr_policy.bundle.signing import Verifier, verify_manifest
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.observability import logger
-from cdr_policy.policy.checker.files import BundleCheck
 from cdr_policy.storage import NotFound, Store, TooLarge
 from cdr_policy.timeutil import iso, parse_iso, utcnow
 
@@ -107,7 +102,7 @@ _FINAL_CODES = frozenset(
         "wrong_channel",
         "replay",
         "bad_object",
-        "forbidden",
+        "inadmissible",
         "shrink",
     }
 )
@@ -123,10 +118,19 @@ class _Floor:
 
 
 @dataclass(frozen=True)
-class _Bundle:
-    manifest: dict[str, Any]
-    objects: list[dict[str, Any]]
+class _Verified:
+    """A bundle that passed verification, and the replay floor it was checked against."""
+
+    bundle: Bundle
     floor: _Floor | None
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation or 0
 
 
 class _NoFloor(Exception):
@@ -167,7 +171,7 @@ class Agent:
         verifier: Verifier,
         applier: Applier,
         state_dir: str | os.PathLike[str],
-        check: BundleCheck | None = None,
+        admission: Admission | None = None,
         record: RecordStore | None = None,
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         max_shrink_percent: int = DEFAULT_MAX_SHRINK_PERCENT,
@@ -188,7 +192,7 @@ class Agent:
         self.cluster_id = cluster_id
         self.verifier = verifier
         self.applier = applier
-        self.check = check
+        self.admission = admission or Admission.baseline()
         self.record = record
         self.max_clock_skew = timedelta(seconds=max_clock_skew_s)
         self.max_shrink_percent = max_shrink_percent
@@ -201,7 +205,7 @@ class Agent:
         self._state = StateDir(Path(state_dir))
         self._applied = self._state.load(verifier, channel)
         self._desired: list[dict[str, Any]] | None = None  # the applied bundle's objects, as applied
-        self._newest: _Bundle | None = None  # the newest bundle that passed verification
+        self._newest: _Verified | None = None  # the newest bundle that passed verification
         self._etag: str | None = None
         self._verification: dict[str, Any] = {
             "ok": None,
@@ -302,10 +306,10 @@ class Agent:
         except ApplyError as exc:
             self._apply_errors, self._counts = [], {"applied": 0, "deleted": 0}
             return "apply_failed", f"cannot read the objects this agent owns: {exc}; nothing changed"
-        digest, generation = bundle.manifest["digest"], bundle.manifest["generation"]
+        digest, generation = bundle.manifest.digest, bundle.generation
         self._verification = {"ok": True, "code": None, "reason": None, "digest": digest, "at": iso(now)}
         self._newest = bundle
-        desired = [self._stamp(o, generation) for o in bundle.objects]
+        desired = [self._stamp(o, generation) for o in bundle.bundle.objects]
         errors, applied, deleted = reconcile(
             self.applier, desired, channel=self.channel, preflight=self._preflight, owned=owned
         )
@@ -362,24 +366,24 @@ class Agent:
 
     # -- verification ----------------------------------------------------------------------------
 
-    def _verify(self, data: bytes, now: datetime) -> _Bundle:
+    def _verify(self, data: bytes, now: datetime) -> _Verified:
         self._preflight = None
-        manifest = read_manifest_bytes(data, self.manifest_key)
+        manifest = Manifest.parse(data, self.manifest_key)
         verify_manifest(manifest, self.verifier, now=now)
-        if manifest["channel"] != self.channel:
+        if manifest.channel != self.channel:
             raise VerificationError(
                 "wrong_channel",
-                f"the manifest is for channel {manifest['channel']}, this agent follows {self.channel}",
+                f"the manifest is for channel {manifest.channel}, this agent follows {self.channel}",
             )
-        if parse_iso(manifest["created_at"]) > now + self.max_clock_skew:
+        if manifest.created > now + self.max_clock_skew:
             raise VerificationError(
                 "future",
-                f"bundle {manifest['digest'][:12]} claims to be created at {manifest['created_at']}, more than "
+                f"bundle {manifest.digest[:12]} claims to be created at {manifest.created_at}, more than "
                 f"{self.max_clock_skew.total_seconds():g}s ahead of this cluster's clock ({iso(now)})",
             )
         floor = self._floor()
         if floor is not None:
-            generation, digest = manifest["generation"], manifest["digest"]
+            generation, digest = manifest.generation or 0, manifest.digest
             if generation < floor.generation or (generation == floor.generation and floor.digest not in (None, digest)):
                 raise VerificationError(
                     "replay",
@@ -387,29 +391,22 @@ class Agent:
                     f"{floor.generation} ({floor.source}): refusing to go back (a rollback is published as a "
                     "new, higher generation)",
                 )
-        files = read_bundle_files(self.dist, manifest, published=True)
-        objects = parse_objects(files)
-        for obj in objects:
+        bundle = load_bundle(self.dist, manifest, published=True)
+        # The closed grammar and the effect first: nothing of a bundle they refuse is looked at further.
+        verdict = self.admission.judge_objects(bundle)
+        if not verdict.admitted:
+            raise VerificationError("inadmissible", f"admission refused it: {'; '.join(verdict.lines()[:5])}")
+        for obj in bundle.objects:
             kind_of(obj)
-        forbidden = settings_problems(manifest, objects)
-        if forbidden:
-            raise VerificationError("forbidden", f"the channel's settings forbid it: {'; '.join(forbidden[:5])}")
-        # The pre-flight runs before the check: objects it holds back are neither checked nor applied,
-        # so a Cilium part the cluster cannot take (a CRD version it does not serve) is reported as
-        # such instead of refusing the Tetragon part with it.
-        self._preflight = run_preflight(self.applier, objects)
-        if self.check is not None:
-            held = self._preflight is not None and self._preflight.cilium != APPLY
-            checked = {
-                path: data
-                for path, data in files.items()
-                if not (held and any(is_cilium(o) for o in parse_objects({path: data})))
-            }
-            problems = sorted(self.check(checked))
-            if problems:
-                shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-                raise VerificationError("check_failed", f"policy check failed: {shown}")
-        return _Bundle(manifest, objects, floor)
+        # The pre-flight runs before the CRD check: objects it holds back are neither checked nor
+        # applied, so a Cilium part the cluster cannot take (a CRD version it does not serve) is
+        # reported as such instead of refusing the Tetragon part with it.
+        self._preflight = run_preflight(self.applier, bundle.objects)
+        held = self._preflight is not None and self._preflight.cilium != APPLY
+        problems = self.admission.crd_problems(bundle, applied=lambda obj: not (held and is_cilium(obj)))
+        if problems:
+            raise VerificationError("check_failed", f"the cluster's CRDs refuse it: {'; '.join(problems.lines()[:5])}")
+        return _Verified(bundle, floor)
 
     def _floor(self) -> _Floor | None:
         """The replay floor (see the module docstring). Raises _NoFloor when the record is unreadable."""
@@ -439,29 +436,28 @@ class Agent:
                 best = max(best, int(value))
         return best
 
-    def _check_shrink(self, bundle: _Bundle, owned: dict[ObjectRef, dict[str, Any]]) -> None:
+    def _check_shrink(self, bundle: _Verified, owned: dict[ObjectRef, dict[str, Any]]) -> None:
         """Refuse to take protection away without an operator's signed approval of exactly that."""
-        reasons = shrink_reasons(list(owned.values()), bundle.objects, max_percent=self.max_shrink_percent)
+        reasons = shrink_reasons(list(owned.values()), bundle.bundle.objects, max_percent=self.max_shrink_percent)
         if not reasons:
             return
         manifest = bundle.manifest
-        approval = manifest.get("approval")
+        approval = manifest.approval
         applied = bundle.floor.digest if bundle.floor else None
-        if approval is not None and ("rollback_of" in manifest or approval["previous_digest"] == applied):
+        if approval is not None and (manifest.rollback_of is not None or approval.previous_digest == applied):
             logger.warning(
                 "applying a shrinking bundle: approved by an operator",
-                extra={"channel": self.channel, "digest": manifest["digest"], "reasons": reasons},
+                extra={"channel": self.channel, "digest": manifest.digest, "reasons": reasons},
             )
             return
         why = (
             "it carries no approval"
             if approval is None
-            else f"its approval replaces {str(approval['previous_digest'])[:12]}, not the applied {str(applied)[:12]}"
+            else f"its approval replaces {str(approval.previous_digest)[:12]}, not the applied {str(applied)[:12]}"
         )
         raise VerificationError(
             "shrink",
-            f"bundle {manifest['digest'][:12]} would shrink what this cluster enforces ({'; '.join(reasons)}) "
-            f"and {why}",
+            f"bundle {manifest.digest[:12]} would shrink what this cluster enforces ({'; '.join(reasons)}) and {why}",
         )
 
     # -- drift -----------------------------------------------------------------------------------
@@ -497,7 +493,7 @@ class Agent:
     def _expiry(self) -> tuple[str, str] | None:
         """(digest, expires_at) of the applied bundle: from the local state, else the in-cluster record."""
         if self._applied is not None:
-            return self._applied.digest, self._applied.manifest["expires_at"]
+            return self._applied.digest, self._applied.manifest.expires_at
         if self.record is not None and not self._record_read:
             try:
                 self._record, self._record_read = self.record.load(self.channel), True
@@ -514,9 +510,9 @@ class Agent:
         digest, expires = expiry
         newest = self._newest
         keep: set[ObjectRef] = set()
-        if newest is not None and newest.manifest["digest"] != digest:
-            if parse_iso(newest.manifest["expires_at"]) > now:
-                keep = {ref_of(o) for o in newest.objects}
+        if newest is not None and newest.manifest.digest != digest:
+            if newest.manifest.expires > now:
+                keep = {ref_of(o) for o in newest.bundle.objects}
         try:
             owned = owned_objects(self.applier, self.labels)
         except ApplyError as exc:
@@ -531,9 +527,7 @@ class Agent:
         self._desired = None
         self._etag = None  # verify the channel's manifest again: the status then says why nothing is applied
         kept = (
-            f"; kept {len(keep)} object(s) of the newer bundle {newest.manifest['digest'][:12]}"
-            if newest and keep
-            else ""
+            f"; kept {len(keep)} object(s) of the newer bundle {newest.manifest.digest[:12]}" if newest and keep else ""
         )
         return f"applied bundle {digest[:12]} expired at {expires}: removed {deleted} object(s){kept}"
 

@@ -15,25 +15,17 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from cdr_policy import jsonio
-from cdr_policy.bundle.manifest import build_manifest
+from cdr_policy.bundle.loader import Bundle
+from cdr_policy.bundle.manifest import Settings, build_manifest
 from cdr_policy.bundle.objects import file_name
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.naming import BUNDLE_KEY
 from cdr_policy.policy.output import PolicyFile
 from cdr_policy.policy.serialize import dump_yaml
 from cdr_policy.timeutil import iso
-
-
-@dataclass(frozen=True)
-class Bundle:
-    digest: str
-    files: dict[str, bytes]
-    manifest: dict[str, Any]
 
 
 def assemble(policies: list[PolicyFile], channel: ChannelSettings, *, now: datetime) -> Bundle:
@@ -51,17 +43,18 @@ def assemble(policies: list[PolicyFile], channel: ChannelSettings, *, now: datet
     manifest = build_manifest(
         files,
         channel=channel.name,
-        settings={
-            "action": channel.action,
-            "mode": "enforce" if channel.enforce else "monitor",
-            "cilium_version": channel.cilium_version,
-            "tetragon_max_prefixes": channel.tetragon_max_prefixes,
-            "cilium_max_prefixes": channel.cilium_max_prefixes,
-            "namespaces": list(channel.namespaces),
-        },
+        settings=Settings(
+            action=channel.action,
+            mode="enforce" if channel.enforce else "monitor",
+            cilium_version=channel.cilium_version,
+            tetragon_max_prefixes=channel.tetragon_max_prefixes,
+            cilium_max_prefixes=channel.cilium_max_prefixes,
+            namespaces=channel.namespaces,
+            channel_digest=channel.fingerprint(),
+        ),
         counts=counts,
         created_at=iso(now),
         expires_at=iso(now + timedelta(hours=channel.bundle_ttl_hours)),
         source_digest=source_digest,
     )
-    return Bundle(digest=manifest["digest"], files=files, manifest=manifest)
+    return Bundle(manifest, files)

@@ -1,30 +1,45 @@
 """The bundle manifest: the list of files with their sha256 and size, the digest over that list,
 and what the bundle was rendered from and with. Schema: ``schemas/manifest.schema.json``.
 
+``Manifest`` is the one typed form of the contract between Render, Publish, the sync agent and the
+fleet commands: every reader parses a document with ``Manifest.parse`` / ``Manifest.from_json``
+(schema, consistency and bounds checked once) and reads typed fields; every writer writes
+``to_json()``, which gives back exactly the document it was parsed from, so a signature over it
+holds.
+
 The digest covers paths, hashes and sizes only, so the same files always give the same digest
 (timestamps and settings live beside it in the manifest and are covered by the signature).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
 
-from cdr_policy import jsonio, layout
+from cdr_policy import jsonio
 from cdr_policy.errors import BundleError
+from cdr_policy.policy.channel import Action
 from cdr_policy.schemas import schema_errors
-from cdr_policy.storage import Store, TooLarge
 from cdr_policy.timeutil import parse_iso
 
 SCHEMA_VERSION = 1
 SCHEMA = "manifest.schema.json"
-SIGNATURE_FIELDS = ("signature", "key_id", "signature_algorithm")
 # No reader takes more than this of a manifest: ~5,000 file entries, far beyond any real bundle.
 MAX_MANIFEST_BYTES = 1 << 20
+# Bounds on what a manifest may list, checked before any file is read: the largest real bundle
+# (budgets of 250,000 prefixes per engine) is about 21 MB in 128 files, every object under 512 KiB.
+MAX_FILES = 2_000
+MAX_FILE_BYTES = 16 << 20
+MAX_BUNDLE_BYTES = 96 << 20
 # The unsigned manifest sits beside the files in the state bucket, so no file may take its name.
 RESERVED_PATHS = frozenset({"bundle.json"})
+
+Mode = Literal["monitor", "enforce"]
 
 
 class VerificationError(BundleError):
@@ -45,15 +60,15 @@ _MAX_PATH = 255
 def validate_path(path: str) -> str:
     """A bundle file path: relative, ``/``-separated, no ``..``, no hidden or empty segments."""
     if not isinstance(path, str) or not path:
-        raise BundleError(f"invalid bundle path {path!r}: empty")
+        raise BundleError("invalid bundle path: empty")
     if len(path) > _MAX_PATH:
-        raise BundleError(f"invalid bundle path {path[:40]!r}...: longer than {_MAX_PATH} characters")
+        raise BundleError(f"invalid bundle path of {len(path)} characters: longer than {_MAX_PATH}")
     if path.startswith("/") or "\\" in path:
         raise BundleError(f"invalid bundle path {path!r}: must be relative and use '/'")
     for segment in path.split("/"):
         if segment in ("", ".", "..") or not _SEGMENT.match(segment):
             raise BundleError(
-                f"invalid bundle path {path!r}: segment {segment!r} must start with a letter or digit "
+                f"invalid bundle path {path!r}: every segment must start with a letter or digit "
                 "and contain only letters, digits, '.', '_' or '-'"
             )
     if path in RESERVED_PATHS:
@@ -61,130 +76,295 @@ def validate_path(path: str) -> str:
     return path
 
 
-def file_entries(files: Mapping[str, bytes]) -> list[dict[str, Any]]:
-    """``[{path, sha256, size}]`` sorted by path; every path validated."""
-    return [
-        {"path": validate_path(path), "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    sha256: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "size": self.size}
+
+
+def file_entries(files: Mapping[str, bytes]) -> tuple[FileEntry, ...]:
+    """One entry per file, sorted by path; every path validated."""
+    return tuple(
+        FileEntry(validate_path(path), hashlib.sha256(data).hexdigest(), len(data))
         for path, data in sorted(files.items())
-    ]
+    )
 
 
-def entries_digest(entries: list[dict[str, Any]]) -> str:
+def entries_digest(entries: tuple[FileEntry, ...] | list[FileEntry]) -> str:
     """sha256 hex over the canonical JSON of the sorted ``[path, sha256, size]`` list."""
-    rows = sorted([e["path"], e["sha256"], e["size"]] for e in entries)
+    rows = sorted([e.path, e.sha256, e.size] for e in entries)
     return hashlib.sha256(jsonio.dumps(rows)).hexdigest()
 
 
-def unsigned(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The manifest without its signature fields (what the signature covers)."""
-    return {k: v for k, v in manifest.items() if k not in SIGNATURE_FIELDS}
+@dataclass(frozen=True)
+class Settings:
+    """The channel settings a bundle was rendered with. ``channel_digest`` fingerprints all of them
+    (``ChannelSettings.fingerprint``): Publish refuses a bundle rendered with other settings than
+    the channel has now."""
 
+    action: Action
+    mode: Mode
+    cilium_version: str | None = None
+    tetragon_max_prefixes: int | None = None
+    cilium_max_prefixes: int | None = None
+    namespaces: tuple[str, ...] | None = None
+    channel_digest: str | None = None
 
-def validate_manifest(manifest: Any) -> dict[str, Any]:
-    """Check a manifest against its schema and its own consistency (digest, unique paths, expiry after
-    creation). Returns it; raises BundleError naming every problem."""
-    errors = schema_errors(manifest, SCHEMA)
-    if errors:
-        raise VerificationError("malformed", "malformed manifest: " + "; ".join(errors[:10]))
-    paths = [e["path"] for e in manifest["files"]]
-    if len(set(paths)) != len(paths):
-        raise VerificationError("malformed", "malformed manifest: duplicate file paths")
-    for path in paths:
-        try:
-            validate_path(path)
-        except BundleError as exc:
-            raise VerificationError("malformed", f"malformed manifest: {exc}") from exc
-    if parse_iso(manifest["expires_at"]) <= parse_iso(manifest["created_at"]):
-        raise VerificationError("malformed", "malformed manifest: expires_at is not after created_at")
-    if manifest.get("rollback_of", 0) >= manifest.get("generation", 1):
-        raise VerificationError("malformed", "malformed manifest: rollback_of is not an earlier generation")
-    computed = entries_digest(manifest["files"])
-    if computed != manifest["digest"]:
-        raise VerificationError(
-            "digest_mismatch",
-            f"digest mismatch: manifest says {manifest['digest']}, its file list gives {computed}",
+    @property
+    def enforcing(self) -> bool:
+        return self.mode == "enforce"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.action, "mode": self.mode}
+        for name in ("cilium_version", "tetragon_max_prefixes", "cilium_max_prefixes", "channel_digest"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.namespaces is not None:
+            out["namespaces"] = list(self.namespaces)
+        return out
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Settings:
+        namespaces = doc.get("namespaces")
+        return cls(
+            action=doc["action"],
+            mode=doc["mode"],
+            cilium_version=doc.get("cilium_version"),
+            tetragon_max_prefixes=doc.get("tetragon_max_prefixes"),
+            cilium_max_prefixes=doc.get("cilium_max_prefixes"),
+            namespaces=tuple(namespaces) if namespaces is not None else None,
+            channel_digest=doc.get("channel_digest"),
         )
-    checked: dict[str, Any] = manifest
-    return checked
+
+
+@dataclass(frozen=True)
+class Approval:
+    """An operator approved this bundle past the change budget, as a replacement for
+    ``previous_digest`` (None: the channel had no usable manifest)."""
+
+    previous_digest: str | None
+    approved_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"previous_digest": self.previous_digest, "approved_at": self.approved_at}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Approval:
+        return cls(previous_digest=doc["previous_digest"], approved_at=doc["approved_at"])
+
+
+@dataclass(frozen=True)
+class Signature:
+    value: str
+    key_id: str
+    algorithm: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One bundle manifest: unsigned as Render writes it (``bundles/<digest>/bundle.json``), or
+    stamped and signed as Publish ships it (``channels/<channel>/manifest.json``)."""
+
+    channel: str
+    digest: str
+    created_at: str
+    expires_at: str
+    source_digest: str
+    files: tuple[FileEntry, ...]
+    counts: Mapping[str, int]
+    settings: Settings
+    generation: int | None = None
+    rollback_of: int | None = None
+    approval: Approval | None = None
+    signature: Signature | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def parse(cls, data: bytes, where: str) -> Manifest:
+        """Parse and check (not verify: see ``signing.verify_signature``) a manifest document."""
+        try:
+            doc = jsonio.loads(data)
+        except ValueError as exc:
+            raise VerificationError("malformed", f"malformed manifest: {where} is not JSON: {exc}") from exc
+        return cls.from_json(doc)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Manifest:
+        """A manifest from its JSON document: the schema, then its own consistency (digest, unique
+        paths, expiry after creation, bounds on what it lists). VerificationError naming the problem."""
+        errors = schema_errors(doc, SCHEMA)
+        if errors:
+            raise VerificationError("malformed", "malformed manifest: " + "; ".join(errors[:10]))
+        signature = None
+        if "signature" in doc:
+            signature = Signature(doc["signature"], doc["key_id"], doc["signature_algorithm"])
+        manifest = cls(
+            channel=doc["channel"],
+            digest=doc["digest"],
+            created_at=doc["created_at"],
+            expires_at=doc["expires_at"],
+            source_digest=doc["source_digest"],
+            files=tuple(FileEntry(e["path"], e["sha256"], e["size"]) for e in doc["files"]),
+            counts=dict(doc["counts"]),
+            settings=Settings.from_json(doc["settings"]),
+            generation=doc.get("generation"),
+            rollback_of=doc.get("rollback_of"),
+            approval=Approval.from_json(doc["approval"]) if "approval" in doc else None,
+            signature=signature,
+            schema_version=doc["schema_version"],
+        )
+        manifest.check()
+        return manifest
+
+    def check(self) -> Manifest:
+        """Consistency beyond the schema; returns ``self``."""
+        paths = [e.path for e in self.files]
+        if len(set(paths)) != len(paths):
+            raise VerificationError("malformed", "malformed manifest: duplicate file paths")
+        for path in paths:
+            try:
+                validate_path(path)
+            except BundleError as exc:
+                raise VerificationError("malformed", f"malformed manifest: {exc}") from exc
+        if len(self.files) > MAX_FILES:
+            raise VerificationError("too_large", f"the manifest lists {len(self.files)} files (at most {MAX_FILES})")
+        for entry in self.files:
+            if entry.size > MAX_FILE_BYTES:
+                raise VerificationError(
+                    "too_large", f"{entry.path} is listed at {entry.size} bytes (at most {MAX_FILE_BYTES} per file)"
+                )
+        total = sum(e.size for e in self.files)
+        if total > MAX_BUNDLE_BYTES:
+            raise VerificationError("too_large", f"the files add up to {total} bytes (at most {MAX_BUNDLE_BYTES})")
+        try:
+            created, expires = self.created, self.expires
+        except ValueError as exc:
+            raise VerificationError("malformed", f"malformed manifest: {exc}") from exc
+        if expires <= created:
+            raise VerificationError("malformed", "malformed manifest: expires_at is not after created_at")
+        if self.rollback_of is not None and self.rollback_of >= (self.generation or 1):
+            raise VerificationError("malformed", "malformed manifest: rollback_of is not an earlier generation")
+        computed = entries_digest(self.files)
+        if computed != self.digest:
+            raise VerificationError(
+                "digest_mismatch",
+                f"digest mismatch: manifest says {self.digest}, its file list gives {computed}",
+            )
+        return self
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """The document (exactly the one ``from_json`` read: optional fields absent when unset)."""
+        out: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "channel": self.channel,
+            "digest": self.digest,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "source_digest": self.source_digest,
+            "files": [e.to_json() for e in self.files],
+            "counts": dict(sorted(self.counts.items())),
+            "settings": self.settings.to_json(),
+        }
+        if self.generation is not None:
+            out["generation"] = self.generation
+        if self.rollback_of is not None:
+            out["rollback_of"] = self.rollback_of
+        if self.approval is not None:
+            out["approval"] = self.approval.to_json()
+        if self.signature is not None:
+            out["signature"] = self.signature.value
+            out["key_id"] = self.signature.key_id
+            out["signature_algorithm"] = self.signature.algorithm
+        return out
+
+    def to_bytes(self) -> bytes:
+        return jsonio.dumps_pretty(self.to_json())
+
+    def unsigned(self) -> Manifest:
+        return dataclasses.replace(self, signature=None)
+
+    def replace(self, **changes: Any) -> Manifest:
+        """A copy with ``changes``, checked again."""
+        return dataclasses.replace(self, **changes).check()
+
+    # -- reading fields --------------------------------------------------------------------------
+
+    @property
+    def created(self) -> datetime:
+        return parse_iso(self.created_at)
+
+    @property
+    def expires(self) -> datetime:
+        return parse_iso(self.expires_at)
+
+    @property
+    def published(self) -> bool:
+        """Stamped by Publish (a generation) rather than as Render wrote it."""
+        return self.generation is not None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.files)
+
+    def objects_count(self) -> int:
+        """Objects per kind added up (the ``counts`` entries without a ``.``)."""
+        return sum(n for kind, n in self.counts.items() if "." not in kind)
 
 
 def build_manifest(
-    files: dict[str, bytes],
+    files: Mapping[str, bytes],
     *,
     channel: str,
-    settings: dict[str, Any],
-    counts: dict[str, int],
+    settings: Settings,
+    counts: Mapping[str, int],
     created_at: str,
     expires_at: str,
     source_digest: str,
-) -> dict[str, Any]:
-    """The unsigned manifest of ``files`` (validated against the schema before it is returned)."""
+) -> Manifest:
+    """The unsigned manifest of ``files`` (checked against the schema before it is returned)."""
     entries = file_entries(files)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "channel": channel,
-        "digest": entries_digest(entries),
-        "created_at": created_at,
-        "expires_at": expires_at,
-        "source_digest": source_digest,
-        "files": entries,
-        "counts": dict(sorted(counts.items())),
-        "settings": settings,
-    }
-    return validate_manifest(manifest)
+    manifest = Manifest(
+        channel=channel,
+        digest=entries_digest(entries),
+        created_at=created_at,
+        expires_at=expires_at,
+        source_digest=source_digest,
+        files=entries,
+        counts=dict(sorted(counts.items())),
+        settings=settings,
+    )
+    # Through the document: the schema is the contract, whoever builds the manifest.
+    return Manifest.from_json(manifest.to_json())
 
 
-def read_manifest_bytes(data: bytes, where: str) -> dict[str, Any]:
-    """Parse (not verify) a manifest document."""
-    try:
-        doc = jsonio.loads(data)
-    except ValueError as exc:
-        raise VerificationError("malformed", f"malformed manifest: {where} is not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise VerificationError("malformed", f"malformed manifest: {where} is not a JSON object")
-    return doc
-
-
-def read_bundle_files(store: Store, manifest: Mapping[str, Any], *, published: bool) -> dict[str, bytes]:
-    """The files a (validated) manifest lists, each read no further than its listed size (+1 byte to
-    notice a larger one), then checked with ``verify_files``: as rendered, from the state store's
-    ``bundles/<digest>/``, or ``published``, from the distribution store's
-    ``channels/<channel>/bundles/<digest>/``. The one reader of bundle files, for Publish, the agent
-    and the CLI. StorageError when one cannot be read."""
-    digest, channel = manifest["digest"], manifest["channel"]
-    files = {}
-    for entry in manifest["files"]:
-        path = entry["path"]
-        key = layout.published_file_key(channel, digest, path) if published else layout.bundle_file_key(digest, path)
-        try:
-            files[path] = store.get(key, max_bytes=entry["size"]).data
-        except TooLarge as exc:
-            raise VerificationError(
-                "too_large", f"file mismatch: {path} is larger than the {entry['size']} bytes listed"
-            ) from exc
-    verify_files(manifest, files)
-    return files
-
-
-def verify_files(manifest: Mapping[str, Any], files: Mapping[str, bytes]) -> None:
+def verify_files(manifest: Manifest, files: Mapping[str, bytes]) -> None:
     """Every file listed is present with the listed size and sha256, and nothing else is there."""
-    listed = {e["path"]: e for e in manifest["files"]}
+    listed = {e.path: e for e in manifest.files}
     missing = sorted(set(listed) - set(files))
     if missing:
         raise VerificationError("file_mismatch", f"file mismatch: missing {', '.join(missing[:5])}")
     extra = sorted(set(files) - set(listed))
     if extra:
-        raise VerificationError("file_mismatch", f"file mismatch: not in the manifest: {', '.join(extra[:5])}")
+        raise VerificationError("file_mismatch", f"file mismatch: {len(extra)} file(s) not in the manifest")
     for path, entry in sorted(listed.items()):
         data = files[path]
-        if len(data) != entry["size"]:
+        if len(data) != entry.size:
             raise VerificationError(
                 "file_mismatch",
-                f"file mismatch: {path} is {len(data)} bytes, the manifest says {entry['size']}",
+                f"file mismatch: {path} is {len(data)} bytes, the manifest says {entry.size}",
             )
         actual = hashlib.sha256(data).hexdigest()
-        if actual != entry["sha256"]:
+        if actual != entry.sha256:
             raise VerificationError(
                 "file_mismatch",
-                f"file mismatch: {path} has sha256 {actual}, the manifest says {entry['sha256']}",
+                f"file mismatch: {path} has sha256 {actual}, the manifest says {entry.sha256}",
             )

@@ -36,13 +36,52 @@ def ref_of(obj: Mapping[str, Any]) -> ObjectRef:
     return ObjectRef(kind=obj["kind"], namespace=meta.get("namespace") or None, name=meta["name"])
 
 
+# Bounds on one object as a tree: our objects nest about ten levels and hold at most a few
+# tens of thousands of nodes (a blocklist part's 8,000 addresses).
+MAX_DEPTH = 32
+MAX_NODES = 200_000
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_tree(doc: Any, where: str) -> None:
+    """Refuse a document that is not a plain JSON tree: a key that is not a string, a value that is
+    not a JSON scalar, nested deeper than ``MAX_DEPTH``, more than ``MAX_NODES`` nodes, or a
+    mapping or list reached twice (a YAML alias: our serializer writes
+    none, and a 660-byte alias bomb expands to billions of nodes for whoever walks it). Iterative,
+    and it stops at the first repeat, so the check itself stays cheap on hostile input."""
+    seen: set[int] = set()
+    stack = [(doc, 1)]
+    nodes = 0
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise VerificationError("bad_object", f"{where}: more than {MAX_NODES} values")
+        if not isinstance(node, dict | list):
+            if not isinstance(node, _SCALARS):  # YAML's timestamps, binary, sets: nothing of ours
+                raise VerificationError("bad_object", f"{where}: a value that is not a JSON scalar")
+            continue
+        if isinstance(node, dict) and not all(isinstance(key, str) for key in node):
+            raise VerificationError("bad_object", f"{where}: a mapping key that is not a string")
+        if id(node) in seen:
+            raise VerificationError("bad_object", f"{where}: YAML anchors and aliases are not accepted")
+        seen.add(id(node))
+        if depth > MAX_DEPTH:
+            raise VerificationError("bad_object", f"{where}: nested deeper than {MAX_DEPTH} levels")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children)
+
+
 def _documents(path: str, data: bytes) -> Iterator[dict[str, Any]]:
     try:
         docs = load_yaml_documents(data)
-    except yaml.YAMLError as exc:
-        raise VerificationError("bad_object", f"{path}: not valid YAML: {exc}") from exc
+    except (yaml.YAMLError, RecursionError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise VerificationError("bad_object", f"{path}: not valid YAML{at}") from None
     for index, doc in enumerate(docs):
         where = f"{path} (document {index + 1})"
+        check_tree(doc, where)
         if not isinstance(doc, dict):
             raise VerificationError("bad_object", f"{where}: expected a Kubernetes object, got {type(doc).__name__}")
         meta = doc.get("metadata")
@@ -55,21 +94,28 @@ def _documents(path: str, data: bytes) -> Iterator[dict[str, Any]]:
         yield doc
 
 
-def parse_objects(files: Mapping[str, bytes]) -> list[dict[str, Any]]:
-    """Every object in the bundle's YAML files, in path order. Refuses malformed documents and two
-    objects with the same kind, namespace and name."""
-    objects: list[dict[str, Any]] = []
+def placed_objects(files: Mapping[str, bytes]) -> list[tuple[str, dict[str, Any]]]:
+    """Every object in the bundle's YAML files with its place (``<path>, document <n>``), in path
+    order. Refuses malformed documents and two objects with the same kind, namespace and name."""
+    objects: list[tuple[str, dict[str, Any]]] = []
     seen: dict[ObjectRef, str] = {}
     for path in sorted(files):
         if not path.endswith(OBJECT_SUFFIXES):
             continue
-        for obj in _documents(path, files[path]):
+        for index, obj in enumerate(_documents(path, files[path]), start=1):
             ref = ref_of(obj)
             if ref in seen:
-                raise VerificationError("bad_object", f"{ref} is defined twice ({seen[ref]} and {path})")
+                raise VerificationError(
+                    "bad_object", f"two objects have the same kind, namespace and name ({seen[ref]} and {path})"
+                )
             seen[ref] = path
-            objects.append(obj)
+            objects.append((f"{path}, document {index}", obj))
     return objects
+
+
+def parse_objects(files: Mapping[str, bytes]) -> list[dict[str, Any]]:
+    """``placed_objects`` without the places."""
+    return [obj for _, obj in placed_objects(files)]
 
 
 def _strings(value: Any) -> Iterator[str]:

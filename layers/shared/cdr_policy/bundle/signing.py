@@ -23,18 +23,23 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cdr_policy import jsonio
-from cdr_policy.bundle.manifest import SIGNATURE_FIELDS, VerificationError, unsigned, validate_manifest
+from cdr_policy.bundle.manifest import Manifest, Signature, VerificationError
 from cdr_policy.errors import BundleError, ConfigError
-from cdr_policy.timeutil import parse_iso, utcnow
+from cdr_policy.timeutil import utcnow
 
 ALGORITHM = "ECDSA_SHA_256"
 _STATEMENT_PREFIX = b"cdr-policy-manifest-v1\n"
 _ECDSA = ec.ECDSA(hashes.SHA256())
 
 
-def signing_message(manifest: Mapping[str, Any]) -> bytes:
-    """The statement a signature covers (see the module docstring)."""
-    return _STATEMENT_PREFIX + hashlib.sha256(jsonio.dumps(unsigned(manifest))).hexdigest().encode()
+def statement(unsigned_document: Mapping[str, Any]) -> bytes:
+    """The statement a signature of a manifest document (without its signature fields) covers."""
+    return _STATEMENT_PREFIX + hashlib.sha256(jsonio.dumps(unsigned_document)).hexdigest().encode()
+
+
+def signing_message(manifest: Manifest) -> bytes:
+    """The statement a signature of ``manifest`` covers (see the module docstring)."""
+    return statement(manifest.unsigned().to_json())
 
 
 class Signer(Protocol):
@@ -47,16 +52,11 @@ class Signer(Protocol):
         ...
 
 
-def sign_manifest(manifest: Mapping[str, Any], signer: Signer) -> dict[str, Any]:
-    """A copy of ``manifest`` with ``signature`` (base64), ``key_id`` and ``signature_algorithm``."""
-    body = unsigned(manifest)
+def sign_manifest(manifest: Manifest, signer: Signer) -> Manifest:
+    """``manifest`` with its ``signature`` (base64 DER), ``key_id`` and ``signature_algorithm``."""
+    body = manifest.unsigned()
     signature, key_id = signer.sign(signing_message(body))
-    return {
-        **body,
-        "signature": base64.b64encode(signature).decode(),
-        "key_id": key_id,
-        "signature_algorithm": ALGORITHM,
-    }
+    return body.replace(signature=Signature(base64.b64encode(signature).decode(), key_id, ALGORITHM))
 
 
 def _fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
@@ -191,36 +191,28 @@ class Verifier:
         return False
 
 
-def verify_signature(manifest: dict[str, Any], verifier: Verifier) -> None:
+def verify_signature(manifest: Manifest, verifier: Verifier) -> None:
     """Refuse (VerificationError, a BundleError with a ``code``) a manifest that is unsigned, signed with an
-    unknown algorithm or by another key, malformed, or inconsistent with its digest. Expiry is not checked."""
-    if not isinstance(manifest, dict):
-        raise VerificationError("malformed", f"malformed manifest: expected an object, got {type(manifest).__name__}")
-    present = [f for f in SIGNATURE_FIELDS if manifest.get(f)]
-    if len(present) != len(SIGNATURE_FIELDS):
-        missing = ", ".join(f for f in SIGNATURE_FIELDS if f not in present)
-        raise VerificationError("missing_signature", f"missing signature: the manifest has no {missing}")
-    if manifest["signature_algorithm"] != ALGORITHM:
-        raise VerificationError(
-            "unknown_algorithm",
-            f"unknown signature algorithm {str(manifest['signature_algorithm'])[:40]!r} (expected {ALGORITHM})",
-        )
+    unknown algorithm or by another key. Expiry is not checked."""
+    signed = manifest.signature
+    if signed is None:
+        raise VerificationError("missing_signature", "missing signature: the manifest is not signed")
+    if signed.algorithm != ALGORITHM:
+        raise VerificationError("unknown_algorithm", f"unknown signature algorithm (expected {ALGORITHM})")
     try:
-        signature = base64.b64decode(str(manifest["signature"]), validate=True)
+        signature = base64.b64decode(signed.value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise VerificationError("bad_signature", "bad signature: not valid base64") from exc
     if not verifier.verify(signing_message(manifest), signature):
         raise VerificationError(
             "bad_signature",
-            f"bad signature: does not verify with the trusted key(s) {', '.join(verifier.key_ids)} "
-            f"(manifest signed by {str(manifest['key_id'])[:200]})",
+            f"bad signature: does not verify with the trusted key(s) {', '.join(verifier.key_ids)}",
         )
-    validate_manifest(manifest)
 
 
-def verify_manifest(manifest: dict[str, Any], verifier: Verifier, *, now: datetime | None = None) -> None:
+def verify_manifest(manifest: Manifest, verifier: Verifier, *, now: datetime | None = None) -> None:
     """``verify_signature``, and refuse a bundle that has expired at ``now`` (default: the current time)."""
     verify_signature(manifest, verifier)
     now = now or utcnow()
-    if parse_iso(manifest["expires_at"]) <= now:
-        raise VerificationError("expired", f"bundle {manifest['digest'][:12]} expired at {manifest['expires_at']}")
+    if manifest.expires <= now:
+        raise VerificationError("expired", f"bundle {manifest.digest[:12]} expired at {manifest.expires_at}")

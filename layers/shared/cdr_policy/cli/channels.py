@@ -10,10 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cdr_policy import jsonio, layout
+from cdr_policy.admission import Admission
 from cdr_policy.bundle.signing import LocalSigner, generate_local_key
-from cdr_policy.cli.parser import Parser
+from cdr_policy.cli.parser import Parser, add_protection_arguments, protection_of
 from cdr_policy.errors import ConfigError
-from cdr_policy.policy.checker.files import bundle_checker
+from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.qualys.credentials import load_credentials
 from cdr_policy.qualys.platforms import resolve_gateway
 from cdr_policy.stages.publish import publish_bundle
@@ -50,6 +51,8 @@ def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> i
     parser.add_argument("--platform", default=env.get("QUALYS_PLATFORM"))
     parser.add_argument("--gateway", default=env.get("QUALYS_GATEWAY_URL"))
     parser.add_argument("--change-budget", type=int, default=50, metavar="PERCENT", help="hold bigger changes")
+    add_protection_arguments(parser, "the channel's clusters")
+    parser.add_argument("--crds", metavar="DIR", help="CRD files of the target clusters to check the objects against")
     args = parser.parse_args(argv)
     state = LocalStore(_state_dir(args, env, state_root))
     try:
@@ -66,7 +69,9 @@ def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> i
         signer=LocalSigner.from_file(args.key),
         now=utcnow(),
         change_budget_percent=args.change_budget,
-        check=bundle_checker(None),
+        admission=Admission(
+            protection_of(args, f"channel {args.channel}"), SchemaSet.from_dir(args.crds) if args.crds else None
+        ),
     )
     print(f"{result.status}: channel {args.channel}, bundle {result.digest[:12]} in {args.to}")
     if result.reason:

@@ -22,8 +22,9 @@ from datetime import datetime
 from typing import Any
 
 from cdr_policy import aws, jsonio, layout
-from cdr_policy.bundle.manifest import read_bundle_files, validate_manifest
-from cdr_policy.bundle.objects import ObjectRef, parse_objects, prefixes, ref_of
+from cdr_policy.bundle.loader import Bundle, load_bundle, read_manifest
+from cdr_policy.bundle.manifest import Manifest
+from cdr_policy.bundle.objects import ObjectRef, prefixes, ref_of
 from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer
 from cdr_policy.cli.parser import Parser
 from cdr_policy.errors import BundleError, ConfigError
@@ -107,9 +108,9 @@ def _json(store: Store, key: str, max_bytes: int | None = None) -> Any:
         raise BundleError(f"{store.describe()}/{key} is not valid JSON: {exc}") from exc
 
 
-def _current(dist: Store, channel: str) -> dict[str, Any]:
+def _current(dist: Store, channel: str) -> Manifest:
     try:
-        return validate_manifest(_json(dist, layout.channel_manifest_key(channel)))
+        return read_manifest(dist, layout.channel_manifest_key(channel))[0]
     except NotFound as exc:
         raise ConfigError(f"channel {channel} has no manifest in {dist.describe()}") from exc
 
@@ -123,13 +124,13 @@ def _list(dist: Store) -> list[dict[str, Any]]:
         out.append(
             {
                 "channel": name,
-                "digest": manifest["digest"],
-                "generation": manifest.get("generation"),
-                "created_at": manifest["created_at"],
-                "expires_at": manifest["expires_at"],
-                "action": manifest["settings"]["action"],
-                "mode": manifest["settings"]["mode"],
-                "objects": sum(v for k, v in manifest["counts"].items() if "." not in k),
+                "digest": manifest.digest,
+                "generation": manifest.generation,
+                "created_at": manifest.created_at,
+                "expires_at": manifest.expires_at,
+                "action": manifest.settings.action,
+                "mode": manifest.settings.mode,
+                "objects": manifest.objects_count(),
             }
         )
     return out
@@ -141,8 +142,8 @@ class _Side:
     prefixes: dict[str, list[ObjectRef]]
 
 
-def _side(files: Mapping[str, bytes]) -> _Side:
-    objects = {ref_of(o): o for o in parse_objects(files)}
+def _side(bundle: Bundle) -> _Side:
+    objects = {ref_of(o): o for o in bundle.objects}
     by_prefix: dict[str, list[ObjectRef]] = {}
     for ref, obj in objects.items():
         for prefix in prefixes([obj]):
@@ -168,11 +169,11 @@ def diff_bundles(dist: Store, state: Store, channel: str, digest: str | None) ->
         except NotFound as exc:
             raise ConfigError(f"channel {channel} has no render in {state.describe()}") from exc
     try:
-        candidate = validate_manifest(_json(state, layout.bundle_manifest_key(digest)))
+        candidate, _ = read_manifest(state, layout.bundle_manifest_key(digest))
     except NotFound as exc:
         raise ConfigError(f"bundle {digest} is not in {state.describe()}") from exc
-    old = _side(read_bundle_files(dist, current, published=True))
-    new = _side(read_bundle_files(state, candidate, published=False))
+    old = _side(load_bundle(dist, current, published=True))
+    new = _side(load_bundle(state, candidate, published=False))
 
     def entry(side: _Side, ref: ObjectRef) -> dict[str, Any]:
         return {"object": str(ref), "provenance": _provenance(side.objects[ref])}
@@ -183,7 +184,7 @@ def diff_bundles(dist: Store, state: Store, channel: str, digest: str | None) ->
 
     return {
         "channel": channel,
-        "from": current["digest"],
+        "from": current.digest,
         "to": digest,
         "objects": {
             "added": [entry(new, r) for r in sorted(new.objects.keys() - old.objects.keys())],
@@ -237,7 +238,7 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
         channel = str(doc.get("channel"))
         if channel not in shipping:
             try:
-                shipping[channel] = _current(dist, channel)["digest"]
+                shipping[channel] = _current(dist, channel).digest
             except (ConfigError, BundleError):
                 shipping[channel] = None
         applied, applied_at = doc.get("applied_digest"), doc.get("applied_at")
@@ -263,7 +264,7 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
 
 def _print(value: Any, as_json: bool, lines: Any) -> int:
     if as_json:
-        print(json.dumps(value, indent=2, sort_keys=True))
+        print(json.dumps(value.to_json() if isinstance(value, Manifest) else value, indent=2, sort_keys=True))
     else:
         for line in lines(value):
             print(line)
@@ -281,10 +282,16 @@ def _list_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
-def _show_lines(manifest: Mapping[str, Any]) -> list[str]:
-    out = [f"{k}: {manifest.get(k)}" for k in ("channel", "digest", "generation", "created_at", "expires_at")]
-    out.append("settings: " + ", ".join(f"{k}={v}" for k, v in sorted(manifest["settings"].items())))
-    out += [f"  {kind}: {n}" for kind, n in sorted(manifest["counts"].items())]
+def _show_lines(manifest: Manifest) -> list[str]:
+    out = [
+        f"channel: {manifest.channel}",
+        f"digest: {manifest.digest}",
+        f"generation: {manifest.generation}",
+        f"created_at: {manifest.created_at}",
+        f"expires_at: {manifest.expires_at}",
+    ]
+    out.append("settings: " + ", ".join(f"{k}={v}" for k, v in sorted(manifest.settings.to_json().items())))
+    out += [f"  {kind}: {n}" for kind, n in sorted(manifest.counts.items())]
     return out
 
 

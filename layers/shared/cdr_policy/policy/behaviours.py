@@ -44,7 +44,7 @@ Safety decisions:
 - **Evidence.** For tool rules the process names CDR observed are added to the blocked list, and
   for ``cloud_credentials`` to the restricted callers, only when they are bare executable names
   (``[A-Za-z0-9._+-]``, at most 63 characters; an absolute path is reduced to its last component)
-  and not shells, interpreters, runtimes, init systems or everyday utilities (``SPARED``), so that
+  and not shells, interpreters, runtimes, init systems or everyday utilities (``policy.binaries``), so that
   evidence can never turn a rule into "kill every bash". At most 16 are added per rule; the rest,
   and every refusal, are reported.
 """
@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdr_policy.models import Behaviour
+from cdr_policy.policy.binaries import refuse_cluster_wide
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.tetragon import (
     KERNEL,
@@ -73,100 +74,6 @@ from cdr_policy.rules import RULES
 
 MAX_EVIDENCE = 16
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$")
-_INTERPRETER = re.compile(r"^(python|perl|ruby|php|node|nodejs|java|lua|luajit|pypy|deno|bun|dotnet)[\d.]*$")
-SPARED = frozenset(
-    {
-        # shells
-        "sh",
-        "bash",
-        "dash",
-        "zsh",
-        "ksh",
-        "mksh",
-        "ash",
-        "csh",
-        "tcsh",
-        "fish",
-        "busybox",
-        "toybox",
-        # init systems, supervisors, runtimes, node agents
-        "init",
-        "systemd",
-        "tini",
-        "dumb-init",
-        "catatonit",
-        "s6-svscan",
-        "s6-supervise",
-        "supervisord",
-        "runit",
-        "runc",
-        "crun",
-        "containerd",
-        "containerd-shim",
-        "containerd-shim-runc-v2",
-        "conmon",
-        "pause",
-        "kubelet",
-        "dockerd",
-        "docker-init",
-        "cilium-agent",
-        "tetragon",
-        "kube-proxy",
-        "coredns",
-        # everyday utilities
-        "env",
-        "cat",
-        "ls",
-        "cp",
-        "mv",
-        "rm",
-        "ln",
-        "mkdir",
-        "chmod",
-        "chown",
-        "tar",
-        "gzip",
-        "gunzip",
-        "ps",
-        "kill",
-        "sleep",
-        "timeout",
-        "sed",
-        "awk",
-        "gawk",
-        "grep",
-        "find",
-        "xargs",
-        "head",
-        "tail",
-        "tee",
-        "date",
-        "curl",
-        "wget",
-        "sudo",
-        "su",
-        "su-exec",
-        "gosu",
-        "setpriv",
-        "nice",
-        "ionice",
-        "true",
-        "false",
-        "test",
-        "echo",
-        "printf",
-        "sort",
-        "uniq",
-        "wc",
-        "cut",
-        "tr",
-        "stat",
-        "touch",
-        "basename",
-        "dirname",
-    }
-)
-
 SHELLS = ("ash", "bash", "csh", "dash", "fish", "ksh", "mksh", "sh", "tcsh", "zsh")
 IMDS = ("169.254.169.254/32", "fd00:ec2::254/128")
 NETWORK_UTILITIES = ("busybox", "curl", "nc", "ncat", "netcat", "socat", "telnet", "wget")
@@ -711,8 +618,8 @@ def sift_evidence(processes: Sequence[str]) -> Evidence:
         name = raw.rsplit("/", 1)[-1] if raw.startswith("/") else raw
         if not _SAFE_NAME.match(name):
             refused[raw] = "not a bare executable name"
-        elif name in SPARED or _INTERPRETER.match(name):
-            refused[raw] = "shell, interpreter, runtime or everyday utility: never blocked on evidence"
+        elif reason := refuse_cluster_wide(name):
+            refused[raw] = reason
         else:
             added.add(name)
     kept = sorted(added)[:MAX_EVIDENCE]

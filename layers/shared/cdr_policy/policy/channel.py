@@ -6,16 +6,20 @@ Settings are validated once when loaded; unknown keys and bad values are errors.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
+from cdr_policy import jsonio
 from cdr_policy.errors import ConfigError
 from cdr_policy.layout import is_channel_name
 from cdr_policy.policy.naming import is_label_key, is_label_value
+from cdr_policy.policy.ports import parse_port
 from cdr_policy.rules import RULES
 
-ACTIONS = ("Post", "Sigkill", "Override")
+Action = Literal["Post", "Sigkill", "Override"]
+ACTIONS: tuple[Action, ...] = ("Post", "Sigkill", "Override")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
 NETWORK_HOOKS = ("tcp_connect", "security_socket_connect")
@@ -64,7 +68,7 @@ class KernelCapabilities:
 class ChannelSettings:
     name: str
     # Post = audit (Tetragon policy-mode monitor); Sigkill/Override = enforce.
-    action: str = "Post"
+    action: Action = "Post"
     # Target Cilium version of the clusters on this channel: picks the CiliumCIDRGroup API version
     # (v2alpha1 before 1.18, v2 from 1.18) and the pre-1.17 fallback.
     cilium_version: str = "1.17"
@@ -77,6 +81,9 @@ class ChannelSettings:
     pod_labels: dict[str, str] = field(default_factory=dict)
     # The cluster's own pod, service and node CIDRs: never blocked (CIDR rules do not apply there).
     protected_cidrs: tuple[str, ...] = ()
+    # Ports (``tcp/8080``) no deny of this channel may name, beyond the never-block ports
+    # (``policy.ports``): a port block applies to every destination.
+    protected_ports: tuple[str, ...] = ()
     # Bundles expire so that a cluster cut off from the bucket stops enforcing stale blocks.
     bundle_ttl_hours: int = 72
     # Threat-intel feeds go into this channel's network blocklists (CDR indicators always do).
@@ -121,6 +128,11 @@ class ChannelSettings:
         for key, value in self.pod_labels.items():
             if not is_label_key(key) or not is_label_value(value):
                 raise ConfigError(f"channel {self.name}: pod label {key!r}={value!r} is not a valid Kubernetes label")
+        for port in self.protected_ports:
+            try:
+                parse_port(port)
+            except ValueError as exc:
+                raise ConfigError(f"channel {self.name}: protected_ports: {exc}") from None
         if self.tetragon_network_hook not in NETWORK_HOOKS:
             raise ConfigError(
                 f"channel {self.name}: tetragon_network_hook {self.tetragon_network_hook!r} is not one of "
@@ -150,10 +162,16 @@ class ChannelSettings:
         assert version  # validated in __post_init__
         return version
 
+    def fingerprint(self) -> str:
+        """sha256 of every setting: a bundle rendered with other settings than the channel has now
+        carries another one (Publish refuses it)."""
+        return hashlib.sha256(jsonio.dumps(self.to_dict())).hexdigest()
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["namespaces"] = list(self.namespaces)
         d["protected_cidrs"] = list(self.protected_cidrs)
+        d["protected_ports"] = list(self.protected_ports)
         d["promoted_rules"] = list(self.promoted_rules)
         return d
 
@@ -168,7 +186,7 @@ class ChannelSettings:
         if "name" not in d:
             raise ConfigError("channel settings need a 'name'")
         kwargs = dict(d)
-        for key in ("namespaces", "protected_cidrs", "promoted_rules"):
+        for key in ("namespaces", "protected_cidrs", "protected_ports", "promoted_rules"):
             if key in kwargs:
                 if not isinstance(kwargs[key], list | tuple):
                     raise ConfigError(f"channel {d['name']}: {key} must be a list")

@@ -6,6 +6,8 @@ channel sets ``deny_ports_to_world``: DNS, HTTP(S), NTP and the ports the cluste
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 NEVER_BLOCK_PORTS: dict[tuple[str, int], str] = {
     ("tcp", 53): "DNS",
     ("udp", 53): "DNS",
@@ -32,6 +34,10 @@ def parse_port(value: str) -> tuple[str, int]:
     return protocol, int(number)
 
 
-def port_refusal(port: tuple[str, int]) -> str | None:
+def port_refusal(port: tuple[str, int], protected: Collection[tuple[str, int]] = ()) -> str | None:
+    """Why ``port`` may never be denied: a never-block port, or one of the ``protected`` ports
+    (a channel's ``protected_ports``, a cluster's ``--protected-ports``). None: it may."""
     reason = NEVER_BLOCK_PORTS.get(port)
-    return f"never-block port: {reason}" if reason else None
+    if reason:
+        return f"never-block port: {reason}"
+    return "a port this channel or cluster protects" if port in protected else None

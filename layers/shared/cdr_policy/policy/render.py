@@ -238,7 +238,7 @@ def _collect(
         except ValueError as exc:
             inputs.rejected.append(Rejection(indicator.value, ",".join(indicator.sources), str(exc)))
             continue
-        reason = port_refusal(port)
+        reason = port_refusal(port, {parse_port(p) for p in channel.protected_ports})
         if reason:
             inputs.rejected.append(Rejection(indicator.value, ",".join(indicator.sources), reason))
         else:

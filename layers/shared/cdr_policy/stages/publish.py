@@ -35,23 +35,16 @@ from typing import Any, Literal
 from aws_lambda_powertools.metrics import MetricUnit
 
 from cdr_policy import jsonio, layout
+from cdr_policy.admission import Admission
 from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, assess, shrink_reasons
-from cdr_policy.bundle.channel_rules import settings_problems
-from cdr_policy.bundle.manifest import (
-    MAX_MANIFEST_BYTES,
-    SIGNATURE_FIELDS,
-    read_bundle_files,
-    read_manifest_bytes,
-    unsigned,
-    validate_manifest,
-)
-from cdr_policy.bundle.objects import parse_objects, prefixes
+from cdr_policy.bundle.loader import Bundle, load_bundle, read_manifest
+from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Approval, Manifest
+from cdr_policy.bundle.objects import prefixes
 from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest, verify_signature
 from cdr_policy.errors import BundleError, StorageError
 from cdr_policy.observability import logger, metrics
-from cdr_policy.policy.checker.files import BundleCheck
 from cdr_policy.storage import NotFound, PreconditionFailed, Store, TooLarge, exists
-from cdr_policy.timeutil import iso, parse_iso
+from cdr_policy.timeutil import iso
 
 PublishStatus = Literal["published", "refreshed", "unchanged", "held", "refused", "rolled_back", "superseded"]
 # A current manifest is re-stamped when more than this share of its lifetime has passed.
@@ -109,14 +102,14 @@ class Current:
     by someone who can write the bucket); ``manifest`` is then that newest one."""
 
     etag: str | None
-    manifest: dict[str, Any] | None
+    manifest: Manifest | None
     problem: str | None
     next_generation: int
     replayed: bool = False
 
     @property
     def digest(self) -> str | None:
-        return self.manifest["digest"] if self.manifest else None
+        return self.manifest.digest if self.manifest else None
 
 
 def _content_type(path: str) -> str:
@@ -124,15 +117,10 @@ def _content_type(path: str) -> str:
     return _CONTENT_TYPES.get(suffix, "application/octet-stream")
 
 
-def _read_manifest(store: Store, key: str) -> tuple[dict[str, Any], str]:
-    obj = store.get(key, max_bytes=MAX_MANIFEST_BYTES)
-    return validate_manifest(read_manifest_bytes(obj.data, f"{store.describe()}/{key}")), obj.etag
-
-
-def _read_signed(store: Store, key: str, verifier: Verifier) -> tuple[dict[str, Any], str]:
-    manifest, etag = _read_manifest(store, key)
+def _read_signed(store: Store, key: str, verifier: Verifier) -> Manifest:
+    manifest, _ = read_manifest(store, key)
     verify_signature(manifest, verifier)
-    return manifest, etag
+    return manifest
 
 
 def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
@@ -141,7 +129,7 @@ def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
     the generation then continues from the newest verified history entry, so it never goes back."""
     key = layout.channel_manifest_key(channel)
     newest = _newest_history(dist, channel, verifier)
-    history = newest["generation"] if newest else 0
+    history = _generation(newest) if newest else 0
     try:
         obj = dist.get(key, max_bytes=MAX_MANIFEST_BYTES)
     except NotFound:
@@ -149,62 +137,69 @@ def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
     except TooLarge as exc:
         return Current(exc.etag, None, f"the current manifest of channel {channel} is unusable: {exc}", history + 1)
     try:
-        manifest = validate_manifest(read_manifest_bytes(obj.data, f"{dist.describe()}/{key}"))
+        manifest = Manifest.parse(obj.data, key)
         verify_signature(manifest, verifier)
-        if manifest["channel"] != channel:
-            raise BundleError(f"it is for channel {manifest['channel']}")
+        if manifest.channel != channel:
+            raise BundleError("it is for another channel")
     except BundleError as exc:
         return Current(obj.etag, None, f"the current manifest of channel {channel} is unusable: {exc}", history + 1)
-    if newest is not None and newest["generation"] > manifest["generation"]:
+    if newest is not None and _generation(newest) > _generation(manifest):
         logger.warning(
             "the channel manifest is older than its history: replayed; publishing the newest again",
-            extra={"channel": channel, "generation": manifest["generation"], "newest": newest["generation"]},
+            extra={"channel": channel, "generation": manifest.generation, "newest": newest.generation},
         )
         return Current(obj.etag, newest, None, history + 1, replayed=True)
-    return Current(obj.etag, manifest, None, max(manifest["generation"], history) + 1)
+    return Current(obj.etag, manifest, None, max(_generation(manifest), history) + 1)
 
 
-def _newest_history(dist: Store, channel: str, verifier: Verifier) -> dict[str, Any] | None:
+def _generation(manifest: Manifest) -> int:
+    """A signed manifest's generation (the schema requires one with every signature)."""
+    if manifest.generation is None:
+        raise BundleError(f"bundle {manifest.digest[:12]}: a published manifest without a generation")
+    return manifest.generation
+
+
+def _newest_history(dist: Store, channel: str, verifier: Verifier) -> Manifest | None:
     """The newest verified history entry among the last ``HISTORY_SCAN`` (None: none)."""
     for key in reversed(dist.list(layout.history_prefix(channel))[-HISTORY_SCAN:]):
         try:
-            manifest, _ = _read_signed(dist, key, verifier)
+            manifest = _read_signed(dist, key, verifier)
         except (BundleError, StorageError) as exc:
             logger.warning("ignoring a history entry", extra={"key": key, "error": str(exc)})
             continue
-        if manifest["channel"] == channel:
+        if manifest.channel == channel:
             return manifest
     return None
 
 
-def _write(dist: Store, signed: dict[str, Any], current: Current, files: Mapping[str, bytes] | None) -> tuple[str, str]:
+def _write(dist: Store, signed: Manifest, current: Current, files: Mapping[str, bytes] | None) -> tuple[str, str]:
     """Files first (unless already there), the channel manifest (conditional on ``current``), history last."""
-    digest, channel = signed["digest"], signed["channel"]
+    digest, channel = signed.digest, signed.channel
     for path, data in sorted((files or {}).items()):
         dist.put(layout.published_file_key(channel, digest, path), data, _content_type(path))
-    body = jsonio.dumps_pretty(signed)
+    body = signed.to_bytes()
     manifest_key = layout.channel_manifest_key(channel)
     try:
         dist.put_if(manifest_key, body, current.etag, "application/json")
     except PreconditionFailed as exc:
         metrics.add_metric(name="PublishConflicts", unit=MetricUnit.Count, value=1)
         raise ChannelMoved(
-            f"channel {channel} changed while generation {signed['generation']} was being published "
+            f"channel {channel} changed while generation {signed.generation} was being published "
             f"({exc}); nothing overwritten, the request is retried"
         ) from exc
-    history = layout.history_key(channel, signed["created_at"], digest)
+    history = layout.history_key(channel, signed.created_at, digest)
     dist.put(history, body, "application/json")
     return manifest_key, history
 
 
-def _ensure_history(dist: Store, manifest: dict[str, Any]) -> None:
+def _ensure_history(dist: Store, manifest: Manifest) -> None:
     """Write the history entry of the current manifest if a crash between the two writes lost it."""
-    key = layout.history_key(manifest["channel"], manifest["created_at"], manifest["digest"])
+    key = layout.history_key(manifest.channel, manifest.created_at, manifest.digest)
     try:
         dist.get(key, max_bytes=MAX_MANIFEST_BYTES)
     except NotFound:
         logger.warning("writing the missing history entry of the current manifest", extra={"key": key})
-        dist.put(key, jsonio.dumps_pretty(manifest), "application/json")
+        dist.put(key, manifest.to_bytes(), "application/json")
 
 
 def _refuse(channel: str, digest: str, previous: str | None, reason: str, errors: list[str]) -> PublishResult:
@@ -225,7 +220,7 @@ def publish_bundle(
     signer: Signer,
     now: datetime,
     change_budget_percent: int,
-    check: BundleCheck | None = None,
+    admission: Admission | None = None,
     min_changes: int = DEFAULT_MIN_CHANGES,
 ) -> PublishResult:
     """Check, sign and publish rendered bundle ``digest`` (``bundles/<digest>/`` in ``state``) to ``channel``.
@@ -233,9 +228,9 @@ def publish_bundle(
     - ``unchanged``: the bundle is already current and less than half through its lifetime; nothing written.
     - ``superseded``: ``digest`` is no longer the channel's latest render; nothing written.
     - ``refreshed``: the bundle is already current and was re-stamped and re-signed (no files copied).
-    - ``refused``: the objects do not match the manifest's action/mode (``channel_rules``) or ``check``
-      (the policy checker, with the channel's protected ranges) reported errors; nothing written, an
-      alarm metric is emitted.
+    - ``refused``: ``admission`` (default: ``Admission.baseline()``) refused the bundle (the closed
+      grammar, the objects' effect against the never-block list and the channel's protected ranges
+      and ports, the CRDs); nothing written, an alarm metric is emitted.
     - ``held``: the change budget (churn over ``change_budget_percent`` with at least ``min_changes``
       changes, or any shrink: see ``change_budget``) or an unusable current manifest; nothing written,
       an alarm metric is emitted. An operator's approval of this digest (``approvals/<channel>/<digest>``
@@ -250,14 +245,7 @@ def publish_bundle(
         logger.info("publish request superseded", extra={"channel": channel, "digest": digest, "latest": latest})
         return PublishResult("superseded", channel, digest, reason=f"superseded by the later render {latest}")
     approved = exists(state, layout.approval_key(channel, digest))
-    manifest, _ = _read_manifest(state, layout.bundle_manifest_key(digest))
-    if manifest["digest"] != digest:
-        raise BundleError(f"bundles/{digest}/bundle.json describes bundle {manifest['digest']}")
-    if manifest["channel"] != channel:
-        raise BundleError(f"bundle {digest[:12]} was rendered for channel {manifest['channel']}, not {channel}")
-    if any(f in manifest for f in (*SIGNATURE_FIELDS, "generation", "rollback_of", "approval")):
-        raise BundleError(f"bundles/{digest}/bundle.json already carries publish fields")
-    files = read_bundle_files(state, manifest, published=False)
+    rendered = _rendered(state, channel, digest)
     verifier = Verifier.from_public_pem(signer.public_key_pem())
     current = _current(dist, channel, verifier)
     previous = current.digest
@@ -278,24 +266,24 @@ def publish_bundle(
             digest,
             reason="already the channel's current bundle",
             previous_digest=previous,
-            generation=current.manifest["generation"],
+            generation=current.manifest.generation,
         )
-    errors = settings_problems(manifest, parse_objects(files))
-    errors += sorted(check(files)) if check is not None else []
-    if errors:
-        return _refuse(channel, digest, previous, f"policy check failed with {len(errors)} error(s)", errors)
+    verdict = (admission or Admission.baseline()).judge(rendered)
+    if not verdict.admitted:
+        reason = f"admission refused the bundle ({verdict.refusals.count} problem(s))"
+        return _refuse(channel, digest, previous, reason, verdict.lines())
 
     budget: dict[str, Any] | None = None
-    approval: dict[str, Any] | None = None
+    approval: Approval | None = None
     if refresh:
         pass  # same files: nothing changes in the clusters
     elif current.manifest is None and current.problem is None:
         logger.info("first publish to channel: change budget not applied", extra=log)
     else:
-        held_reason, budget = _over_budget(dist, current, files, change_budget_percent, min_changes)
+        held_reason, budget = _over_budget(dist, current, rendered, change_budget_percent, min_changes)
         if held_reason and approved:
             logger.warning("change budget passed by an operator's approval", extra={**log, "reason": held_reason})
-            approval = {"previous_digest": previous, "approved_at": iso(now)}
+            approval = Approval(previous_digest=previous, approved_at=iso(now))
         elif held_reason:
             logger.error(
                 "bundle held back by the change budget",
@@ -304,24 +292,25 @@ def publish_bundle(
             metrics.add_metric(name="BundlesHeld", unit=MetricUnit.Count, value=1)
             return PublishResult("held", channel, digest, reason=held_reason, previous_digest=previous, budget=budget)
 
-    extra: dict[str, Any] = {"generation": current.next_generation}
+    rollback_of = None
     if refresh and current.manifest is not None:
         # A refresh ships the same transition again: an agent that missed the original still finds
         # the approval (and the rollback) it needs.
-        extra |= {k: current.manifest[k] for k in ("rollback_of", "approval") if k in current.manifest}
-    if approval is not None:
-        extra["approval"] = approval
-    signed = sign_manifest(_stamp(manifest, now, extra), signer)
-    manifest_key, history = _write(dist, signed, current, None if refresh else files)
+        rollback_of, approval = current.manifest.rollback_of, current.manifest.approval
+    stamped = _stamp(
+        rendered.manifest, now, generation=current.next_generation, rollback_of=rollback_of, approval=approval
+    )
+    signed = sign_manifest(stamped, signer)
+    manifest_key, history = _write(dist, signed, current, None if refresh else rendered.files)
     status: PublishStatus = "refreshed" if refresh else "published"
     logger.info(
         "bundle published",
         extra={
             **log,
             "status": status,
-            "generation": signed["generation"],
-            "files": len(files),
-            "expires_at": signed["expires_at"],
+            "generation": signed.generation,
+            "files": len(rendered.files),
+            "expires_at": signed.expires_at,
         },
     )
     metrics.add_metric(name="BundlesPublished", unit=MetricUnit.Count, value=1)
@@ -330,11 +319,23 @@ def publish_bundle(
         channel,
         digest,
         previous_digest=previous,
-        generation=signed["generation"],
+        generation=signed.generation,
         manifest_key=manifest_key,
         history_key=history,
         budget=budget,
     )
+
+
+def _rendered(state: Store, channel: str, digest: str) -> Bundle:
+    """Render's bundle ``digest`` from the state store, loaded and checked once."""
+    manifest, _ = read_manifest(state, layout.bundle_manifest_key(digest))
+    if manifest.digest != digest:
+        raise BundleError(f"the rendered manifest of bundle {digest[:12]} describes another bundle")
+    if manifest.channel != channel:
+        raise BundleError(f"bundle {digest[:12]} was rendered for channel {manifest.channel}, not {channel}")
+    if manifest.published or manifest.signature is not None:
+        raise BundleError(f"the rendered manifest of bundle {digest[:12]} already carries publish fields")
+    return load_bundle(state, manifest, published=False)
 
 
 def _latest_render(state: Store, channel: str) -> str | None:
@@ -347,23 +348,28 @@ def _latest_render(state: Store, channel: str) -> str | None:
     return str(doc["digest"])
 
 
-def _stamp(manifest: dict[str, Any], now: datetime, extra: dict[str, Any]) -> dict[str, Any]:
-    """``manifest`` as published at ``now``: same lifetime, counted from now, with ``extra`` fields
-    (generation, rollback_of, approval) in place of any it had."""
-    lifetime = parse_iso(manifest["expires_at"]) - parse_iso(manifest["created_at"])
-    body = {k: v for k, v in unsigned(manifest).items() if k not in ("generation", "rollback_of", "approval")}
-    return validate_manifest({**body, **extra, "created_at": iso(now), "expires_at": iso(now + lifetime)})
+def _stamp(
+    manifest: Manifest, now: datetime, *, generation: int, rollback_of: int | None, approval: Approval | None
+) -> Manifest:
+    """``manifest`` as published at ``now``: the same lifetime, counted from now, with the publish fields."""
+    lifetime = manifest.expires - manifest.created
+    return manifest.unsigned().replace(
+        created_at=iso(now),
+        expires_at=iso(now + lifetime),
+        generation=generation,
+        rollback_of=rollback_of,
+        approval=approval,
+    )
 
 
-def _due_for_refresh(current: dict[str, Any], now: datetime) -> bool:
-    created, expires = parse_iso(current["created_at"]), parse_iso(current["expires_at"])
-    return now >= created + (expires - created) * REFRESH_AFTER
+def _due_for_refresh(current: Manifest, now: datetime) -> bool:
+    return now >= current.created + (current.expires - current.created) * REFRESH_AFTER
 
 
 def _over_budget(
     dist: Store,
     current: Current,
-    files: Mapping[str, bytes],
+    proposed: Bundle,
     budget_percent: int,
     min_changes: int,
 ) -> tuple[str | None, dict[str, Any] | None]:
@@ -371,17 +377,16 @@ def _over_budget(
     if current.manifest is None:
         return f"{current.problem}; approve this bundle to publish it", None
     try:
-        current_objects = parse_objects(read_bundle_files(dist, current.manifest, published=True))
+        current_objects = load_bundle(dist, current.manifest, published=True).objects
     except (StorageError, BundleError) as exc:
         return f"cannot compare with the current bundle {current.digest}: {exc}; approve to publish", None
-    proposed = parse_objects(files)
     check = assess(
         prefixes(current_objects),
-        prefixes(proposed),
+        prefixes(proposed.objects),
         budget_percent=budget_percent,
         min_changes=min_changes,
     )
-    shrink = shrink_reasons(current_objects, proposed, max_percent=budget_percent)
+    shrink = shrink_reasons(current_objects, proposed.objects, max_percent=budget_percent)
     reasons = ([check.reason()] if check.exceeded else []) + shrink
     return ("; ".join(reasons) or None), {**check.to_dict(), "shrink": shrink}
 
@@ -405,60 +410,62 @@ def rollback(
     if (to_digest is None) == (to_generation is None):
         raise ValueError("give exactly one of to_digest and to_generation")
     verifier = Verifier.from_public_pem(signer.public_key_pem())
-    old = None
+    old: Manifest | None = None
     suffix = f"-{to_digest}.json" if to_digest is not None else ".json"
     for key in [k for k in dist.list(layout.history_prefix(channel)) if k.endswith(suffix)]:
         try:
-            entry, _ = _read_signed(dist, key, verifier)
+            entry = _read_signed(dist, key, verifier)
         except (BundleError, StorageError):
             continue
-        if entry["channel"] == channel and (entry["generation"] == to_generation or entry["digest"] == to_digest):
-            if old is None or entry["generation"] > old["generation"]:
+        if entry.channel == channel and (entry.generation == to_generation or entry.digest == to_digest):
+            if old is None or _generation(entry) > _generation(old):
                 old = entry
     if old is None:
         target = f"generation {to_generation}" if to_digest is None else f"bundle {to_digest}"
         raise BundleError(f"channel {channel} has no verified history entry for {target}")
     try:
-        read_bundle_files(dist, old, published=True)
+        load_bundle(dist, old, published=True)
     except StorageError as exc:
         raise BundleError(
-            f"cannot roll back to generation {old['generation']}: its files are not all in {dist.describe()}: {exc}"
+            f"cannot roll back to generation {old.generation}: its files are not all in {dist.describe()}: {exc}"
         ) from exc
     current = _current(dist, channel, verifier)
     previous = current.digest
-    if previous == old["digest"] and not current.replayed:
+    if previous == old.digest and not current.replayed:
         return PublishResult(
             "unchanged",
             channel,
-            old["digest"],
+            old.digest,
             reason="already the channel's current bundle",
             previous_digest=previous,
-            generation=current.manifest["generation"] if current.manifest else None,
+            generation=current.manifest.generation if current.manifest else None,
         )
-    extra = {
-        "generation": current.next_generation,
-        "rollback_of": old["generation"],
-        "approval": {"previous_digest": previous, "approved_at": iso(now)},
-    }
-    signed = sign_manifest(_stamp(old, now, extra), signer)
+    stamped = _stamp(
+        old,
+        now,
+        generation=current.next_generation,
+        rollback_of=old.generation,
+        approval=Approval(previous_digest=previous, approved_at=iso(now)),
+    )
+    signed = sign_manifest(stamped, signer)
     manifest_key, history = _write(dist, signed, current, None)
     logger.warning(
         "channel rolled back",
         extra={
             "channel": channel,
-            "digest": old["digest"],
+            "digest": old.digest,
             "previous_digest": previous,
-            "generation": signed["generation"],
-            "rollback_of": old["generation"],
+            "generation": signed.generation,
+            "rollback_of": old.generation,
         },
     )
     metrics.add_metric(name="ChannelRollbacks", unit=MetricUnit.Count, value=1)
     return PublishResult(
         "rolled_back",
         channel,
-        old["digest"],
+        old.digest,
         previous_digest=previous,
-        generation=signed["generation"],
+        generation=signed.generation,
         manifest_key=manifest_key,
         history_key=history,
     )

@@ -21,7 +21,8 @@ from datetime import datetime
 from typing import Any
 
 from cdr_policy import jsonio, layout
-from cdr_policy.bundle.assemble import Bundle, assemble
+from cdr_policy.bundle.assemble import assemble
+from cdr_policy.bundle.loader import Bundle
 from cdr_policy.feeds.persist import load_indicator_sets
 from cdr_policy.guards import NeverBlock
 from cdr_policy.lambda_events import PublishRequest
@@ -120,6 +121,6 @@ def _write_bundle(state: Store, channel: str, bundle: Bundle, report: dict[str, 
     for path, data in sorted(bundle.files.items()):
         state.put(layout.bundle_file_key(bundle.digest, path), data, "application/yaml")
     state.put(layout.bundle_file_key(bundle.digest, "report.json"), jsonio.dumps_pretty(report), "application/json")
-    state.put(layout.bundle_manifest_key(bundle.digest), jsonio.dumps_pretty(bundle.manifest), "application/json")
-    pointer = {"digest": bundle.digest, "rendered_at": bundle.manifest["created_at"]}
+    state.put(layout.bundle_manifest_key(bundle.digest), bundle.manifest.to_bytes(), "application/json")
+    pointer = {"digest": bundle.digest, "rendered_at": bundle.manifest.created_at}
     state.put(layout.latest_render_key(channel), jsonio.dumps_pretty(pointer), "application/json")

@@ -111,17 +111,20 @@ def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | N
 
 def publish(settings: Settings, *, channel: str, digest: str, now: datetime | None = None) -> dict[str, Any]:
     """Publish: what publishing ``digest`` to ``channel`` did (``PublishResult``)."""
-    from cdr_policy.bundle.channel_rules import protected_guard
+    from cdr_policy.admission import Admission, protection
     from cdr_policy.bundle.signing import KmsSigner
     from cdr_policy.policy.checker import SchemaSet
-    from cdr_policy.policy.checker.files import bundle_checker
     from cdr_policy.stages.publish import publish_bundle
 
     if not settings.signing_key_id:
         raise ConfigError("SIGNING_KEY_ID is required to publish")
     state = _state(settings)
     configured = next((c for c in channels_from_store(state) if c.name == channel), None)
-    guard = protected_guard(configured.protected_cidrs, f"channel {channel}") if configured else None
+    protected = (
+        protection(configured.protected_cidrs, configured.protected_ports, where=f"channel {channel}")
+        if configured
+        else protection(where=f"channel {channel}")
+    )
     result = publish_bundle(
         state,
         _dist(settings),
@@ -130,6 +133,6 @@ def publish(settings: Settings, *, channel: str, digest: str, now: datetime | No
         signer=KmsSigner(aws.client("kms"), settings.signing_key_id),
         now=now or utcnow(),
         change_budget_percent=settings.change_budget_percent,
-        check=bundle_checker(SchemaSet.from_store(state), guard=guard),
+        admission=Admission(protected, SchemaSet.from_store(state)),
     )
     return result.to_dict()

@@ -44,7 +44,7 @@ _LENGTHS = {str(n): n for n in range(33)}
 _MAPPED_LENGTHS = {str(96 + n): n for n in range(33)}
 
 
-def _v4_interval(value: str) -> tuple[int, int, int] | None:
+def v4_interval(value: str) -> tuple[int, int, int] | None:
     """``(first, last, length)`` of a prefix in canonical IPv4 text (host bits clear), or of the
     IPv4 prefix a canonical IPv4-mapped one (``::ffff:a.b.c.d/(96+n)``) stands for; else None.
     (``inet_pton`` accepts exactly four decimal octets without leading zeros.)"""
@@ -130,7 +130,7 @@ def check_cidrs(
 ) -> tuple[list[Problem], list[bool]]:
     """``check_cidr`` for every value (``path(i)`` names the i-th), with the fast path of the module
     docstring. Also says which values passed the fast path (canonical IPv4 or IPv4-mapped text)."""
-    screen = _Screen(guard if blocked else None)
+    screen = Screen(guard if blocked else None)
     passed = [screen.passes(value) for value in values]
     problems = [
         p for i, ok in enumerate(passed) if not ok for p in check_cidr(values[i], path(i), guard, blocked=blocked)
@@ -138,7 +138,7 @@ def check_cidrs(
     return problems, passed
 
 
-class _Screen:
+class Screen:
     """Is a value a canonical IPv4 prefix the guard cannot concern?"""
 
     def __init__(self, guard: BlockGuard | None) -> None:
@@ -150,7 +150,7 @@ class _Screen:
             self.reach.append(max(b, self.reach[-1]) if self.reach else b)
 
     def passes(self, value: Any) -> bool:
-        interval = _v4_interval(value) if isinstance(value, str) else None
+        interval = v4_interval(value) if isinstance(value, str) else None
         if interval is None:
             return False
         first, last, length = interval

@@ -8,12 +8,11 @@ they are our own blocklist groups: a group that only feeds allow rules may well 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from cdr_policy.errors import PolicyCheckError
-from cdr_policy.guards import NeverBlock
 from cdr_policy.policy.checker.check import CIDR_GROUP_KIND, CILIUM_POLICY_KINDS, check_object
 from cdr_policy.policy.checker.common import BlockGuard, as_dict
 from cdr_policy.policy.checker.problem import Problem, error, warning
@@ -87,49 +86,6 @@ def check_files(paths: Iterable[str | Path], schemas: SchemaSet, *, guard: Block
     "problems", "objects": [{"index", "kind", "name", "problems"}]}], "objects": n, "errors": n,
     "warnings": n, "skipped_rules": [...]}`` with problems as dicts (``Problem.to_dict``)."""
     return check_contents(((str(p), p.read_bytes()) for p in _expand(paths)), schemas, guard=guard)
-
-
-# What Publish and the agent run on a bundle's files: ``check(files) -> [error lines]``.
-BundleCheck = Callable[[Mapping[str, bytes]], list[str]]
-
-
-def bundle_checker(schemas: SchemaSet | None, *, guard: BlockGuard | None = None) -> BundleCheck:
-    """A ``check`` for Publish and the agent: every error of the bundle's ``.yaml`` objects against
-    ``schemas`` (the target clusters' CRDs; None: the checklist alone) and the never-block list
-    (``guard``; by default the built-in one, as a last line of defence after render)."""
-    never_block = guard if guard is not None else NeverBlock()
-
-    def check(files: Mapping[str, bytes]) -> list[str]:
-        return check_bundle(files, schemas, guard=never_block)
-
-    return check
-
-
-def check_bundle(
-    files: Mapping[str, bytes], schemas: SchemaSet | None, *, guard: BlockGuard | None = None
-) -> list[str]:
-    """Error lines for the objects of a bundle (``{path: bytes}``; ``.yaml``/``.yml`` files hold
-    objects, other files such as ``report.json`` are not checked). ``schemas`` None checks the
-    checklist only."""
-    report = check_contents(
-        ((path, data) for path, data in sorted(files.items()) if path.endswith((".yaml", ".yml"))),
-        schemas,
-        guard=guard,
-    )
-    return error_lines(report)
-
-
-def error_lines(report: dict[str, Any]) -> list[str]:
-    """``path: Kind/name: code at where: message`` for every error of a report."""
-    lines: list[str] = []
-    for file in report["files"]:
-        lines.extend(f"{file['path']}: {problem_line(p)}" for p in file["problems"] if p["severity"] == "error")
-        for obj in file["objects"]:
-            label = f"{obj['kind'] or '?'}/{obj['name'] or '?'}"
-            lines.extend(
-                f"{file['path']}: {label}: {problem_line(p)}" for p in obj["problems"] if p["severity"] == "error"
-            )
-    return lines
 
 
 def check_contents(

@@ -1,0 +1,73 @@
+"""The one bundle loader: a manifest and its files, read with bounds, verified, and parsed into
+objects once. Publish, the sync agent and the fleet commands read bundles only through it.
+
+- ``read_manifest``: one manifest document, no further than ``MAX_MANIFEST_BYTES``;
+- ``load_bundle``: the files a manifest lists, each read no further than its listed size (+1 byte
+  to notice a larger one) and checked against its size and sha256; ``Bundle.objects`` parses the
+  YAML files once (bounded: ``objects.check_tree``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from cdr_policy import layout
+from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, VerificationError, verify_files
+from cdr_policy.bundle.objects import placed_objects
+from cdr_policy.storage import Store, TooLarge
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A manifest and the files it lists (verified against it)."""
+
+    manifest: Manifest
+    files: Mapping[str, bytes]
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+    @cached_property
+    def placed(self) -> list[tuple[str, dict[str, Any]]]:
+        """The Kubernetes objects of the bundle's YAML files with their places, in path order
+        (parsed on first use)."""
+        return placed_objects(self.files)
+
+    @property
+    def objects(self) -> list[dict[str, Any]]:
+        return [obj for _, obj in self.placed]
+
+
+def read_manifest(store: Store, key: str) -> tuple[Manifest, str]:
+    """The manifest at ``key`` and its ETag. VerificationError (``too_large``, ``malformed``, ...)
+    when it is not a manifest; StorageError (NotFound, ...) when it cannot be read."""
+    try:
+        obj = store.get(key, max_bytes=MAX_MANIFEST_BYTES)
+    except TooLarge as exc:
+        raise VerificationError("too_large", f"{key} is larger than {MAX_MANIFEST_BYTES} bytes") from exc
+    return Manifest.parse(obj.data, key), obj.etag
+
+
+def load_bundle(store: Store, manifest: Manifest, *, published: bool) -> Bundle:
+    """The files ``manifest`` lists: as rendered, from the state store's ``bundles/<digest>/``, or
+    ``published``, from the distribution store's ``channels/<channel>/bundles/<digest>/``.
+    VerificationError when one does not match; StorageError when one cannot be read."""
+    files = {}
+    for entry in manifest.files:
+        key = (
+            layout.published_file_key(manifest.channel, manifest.digest, entry.path)
+            if published
+            else layout.bundle_file_key(manifest.digest, entry.path)
+        )
+        try:
+            files[entry.path] = store.get(key, max_bytes=entry.size).data
+        except TooLarge as exc:
+            raise VerificationError(
+                "too_large", f"file mismatch: {entry.path} is larger than the {entry.size} bytes listed"
+            ) from exc
+    verify_files(manifest, files)
+    return Bundle(manifest, files)

@@ -1,0 +1,90 @@
+"""The review's shapes through the public interfaces: ``cdr-policy publish --to`` refuses to sign
+each of them when someone who can write the state folder puts it there, and ``cdr-policy agent``
+(directory mode) refuses to apply each of them when it arrives signed with the channel's key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cdr_policy import jsonio, layout
+from cdr_policy.bundle.signing import LocalSigner, generate_local_key
+from cdr_policy.cli import main
+from cdr_policy.storage import LocalStore
+from cdr_policy.timeutil import utcnow
+from tests.unit.bundle.factory import T0, plant_signed, render
+
+from .hostile import CASES, files_of, rendered
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("keys")
+    public = generate_local_key(folder / "signing.pem")
+    (folder / "signing.pub").write_text(public)
+    return folder
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_publish_refuses_to_sign_it(case, keys, tmp_path, capsys):
+    objects, settings = rendered()
+    state = LocalStore(tmp_path / "state")
+    digest = render(state, files_of(CASES[case](objects)), settings=settings)
+    state.put(layout.latest_render_key("prod"), jsonio.dumps({"digest": digest, "rendered_at": "2026-01-10T16:00:00Z"}))
+
+    code = main(
+        ["publish", "--to", str(tmp_path / "dist"), "--key", str(keys / "signing.pem"), "--channel", "prod"]
+        + ["--state-dir", str(tmp_path / "state")]
+    )
+
+    out = capsys.readouterr().out
+    assert code == 1
+    assert out.startswith(f"refused: channel prod, bundle {digest[:12]}")
+    assert "admission refused the bundle" in out
+    assert not (tmp_path / "dist" / "channels" / "prod" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_agent_refuses_to_apply_it_signed(case, keys, tmp_path, capsys):
+    objects, settings = rendered()
+    dist = LocalStore(tmp_path / "dist")
+    signer = LocalSigner.from_file(keys / "signing.pem")
+    plant_signed(dist, files_of(CASES[case](objects)), signer, settings=settings, created=utcnow())
+    out = tmp_path / "out"
+
+    code = main(
+        ["agent", "--bucket", str(tmp_path / "dist"), "--channel", "prod", "--cluster-id", "c1", "--once"]
+        + ["--public-key", str(keys / "signing.pub"), "--output-dir", str(out), "--state-dir", str(tmp_path / "s")]
+    )
+
+    assert code == 1
+    assert capsys.readouterr().out.startswith("refused: bundle refused, nothing applied: admission refused it")
+    assert not out.exists() or not any(out.iterdir())
+    status = json.loads((tmp_path / "s" / "status.json").read_text())
+    assert (status["verification"]["code"], status["applied_digest"]) == ("inadmissible", None)
+
+
+def test_the_render_itself_goes_through_both(keys, tmp_path):
+    """The same path admits what our compiler emits: the tests above refuse for the change alone."""
+    objects, settings = rendered()
+    state = LocalStore(tmp_path / "state")
+    digest = render(state, files_of(objects), settings=settings, created=T0)
+    state.put(layout.latest_render_key("prod"), jsonio.dumps({"digest": digest, "rendered_at": "2026-01-10T16:00:00Z"}))
+    dist = tmp_path / "dist"
+    assert (
+        main(
+            ["publish", "--to", str(dist), "--key", str(keys / "signing.pem"), "--channel", "prod"]
+            + ["--state-dir", str(tmp_path / "state")]
+        )
+        == 0
+    )
+    assert (
+        main(
+            ["agent", "--bucket", str(dist), "--channel", "prod", "--cluster-id", "c1", "--once"]
+            + ["--public-key", str(keys / "signing.pub"), "--output-dir", str(tmp_path / "out")]
+            + ["--state-dir", str(tmp_path / "s")]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "out").iterdir())) == len(objects)
