@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cdr_policy.policy.checker import SchemaSet, check_files
 from demo.runner import CHANNELS, DemoFailure, run_pipeline
-from tests.fakes.aws import moto_server
+from tests.fakes.aws import MotoServerError, moto_server
 from tests.fakes.lambda_runtime import REPO
 from tests.fakes.stack import TEMPLATE, StackError
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with moto_server() as server:
             result = run_pipeline(server, output, crds_dir=crds, template=Path(args.template).resolve())
-    except (DemoFailure, StackError) as exc:
+    except (DemoFailure, StackError, MotoServerError) as exc:
         print(f"demo: error: {exc} (function logs: {output / 'lambda.log'})", file=sys.stderr)
         return 1
     print("")

@@ -55,6 +55,10 @@ def moto_endpoint(endpoint_url: str | None) -> Iterator[str]:
         server.stop()
 
 
+class MotoServerError(RuntimeError):
+    """The moto server did not start."""
+
+
 @dataclass(frozen=True)
 class MotoServer:
     """A running tests/fakes/moto_server.py: its URL, the certificate its clients trust, and the keys of
@@ -163,7 +167,7 @@ def _server_process(tls: LoopbackTls) -> Iterator[str]:
                     if time.monotonic() > deadline or server.poll() is not None:
                         log.seek(0)
                         tail = log.read().decode(errors="replace").strip().splitlines()[-1:]
-                        raise RuntimeError(f"the moto server did not start ({' '.join(tail)})") from None
+                        raise MotoServerError(f"the moto server did not start ({' '.join(tail)})") from None
                     time.sleep(0.1)
             yield url
         finally:

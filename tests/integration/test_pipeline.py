@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import boto3
 import jsonschema
 import pytest
 import yaml
@@ -327,6 +328,7 @@ def test_fleet_commands_against_the_buckets(pipeline, capsys, monkeypatch):
         monkeypatch.setenv(key, value)
     for key in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):  # conftest's, for keys that have none
         monkeypatch.delenv(key)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # as in a new process: the credentials of this env
 
     assert main(["channel", "list", f"--dist={dist}", "--json"], env) == 0
     listed = json.loads(capsys.readouterr().out)
