@@ -75,9 +75,15 @@ class PipelineResult:
     steps: dict[str, Any] = field(default_factory=dict)
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     drift: dict[str, Any] = field(default_factory=dict)  # the staging agent's status after a drift repair
+    approver: dict[str, str] = field(default_factory=dict)  # a session of the stack's ApproverRole
 
     def channel_dir(self, channel: str) -> Path:
         return self.output / channel
+
+    @property
+    def approver_env(self) -> dict[str, str]:
+        """The environment of an approver's shell (``cdr-policy channel approve``): the ApproverRole's session."""
+        return {**self.stack.server.env, **{k.upper(): v for k, v in self.approver.items()}}
 
 
 @contextmanager
@@ -118,42 +124,43 @@ def upload_config(stack: Stack, feeds: FeedServer, crds_dir: Path | None) -> int
     return uploaded
 
 
-def onboard_cluster(stack: Stack, cluster_id: str, channel: str) -> Cluster:
-    """README "Adding a cluster": the agent's own identity (an IAM user here, IRSA in a cluster) that may
-    only assume the cluster's role, the cluster's deploy/cluster-access stack, and the agent's session."""
-    server, environment = stack.server, stack.parameters["Environment"]
+def principal(server: MotoServer, name: str, role_arn: str) -> tuple[str, dict[str, str]]:
+    """An identity of its own (an IAM user here; IRSA, Pod Identity or a team's role elsewhere) that may
+    only assume ``role_arn``: its ARN and keys."""
     iam = server.client("iam")
-    role_arn = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-cluster-{cluster_id}"
-    user = iam.create_user(UserName=f"{cluster_id}-agent")["User"]
+    user = iam.create_user(UserName=name)["User"]
     may_assume = {
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role_arn}],
     }
-    iam.put_user_policy(
-        UserName=user["UserName"], PolicyName="assume-cluster-role", PolicyDocument=json.dumps(may_assume)
-    )
-    key = iam.create_access_key(UserName=user["UserName"])["AccessKey"]
-    access = deploy(
-        server,
-        name=f"cdr-policy-{environment}-cluster-{cluster_id}",
-        template=CLUSTER_ACCESS,
-        parameters={
-            "Environment": environment,
-            "DistributionBucket": stack.dist_bucket,
-            "ClusterId": cluster_id,
-            "Channel": channel,
-            "AgentRoleArn": user["Arn"],
-        },
-    )
-    assert access.outputs["ClusterRoleArn"] == role_arn
-    agent = server.client("sts", aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
-    c = agent.assume_role(RoleArn=role_arn, RoleSessionName=cluster_id)["Credentials"]
-    session = {
+    iam.put_user_policy(UserName=name, PolicyName="assume", PolicyDocument=json.dumps(may_assume))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return user["Arn"], {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+
+
+def assumed(server: MotoServer, keys: dict[str, str], role_arn: str, session_name: str) -> dict[str, str]:
+    """A session of ``role_arn`` assumed with ``keys``, as credentials for a client."""
+    c = server.client("sts", **keys).assume_role(RoleArn=role_arn, RoleSessionName=session_name)["Credentials"]
+    return {
         "aws_access_key_id": c["AccessKeyId"],
         "aws_secret_access_key": c["SecretAccessKey"],
         "aws_session_token": c["SessionToken"],
     }
-    return Cluster(cluster_id, channel, role_arn, session)
+
+
+def onboard_cluster(stack: Stack, cluster_id: str, channel: str) -> Cluster:
+    """README "Adding a cluster": the agent's own identity that may only assume the cluster's role, the
+    cluster's deploy/cluster-access stack, and the agent's session."""
+    server, environment = stack.server, stack.parameters["Environment"]
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-cluster-{cluster_id}"
+    agent_arn, keys = principal(server, f"{cluster_id}-agent", role_arn)
+    parameters = {"Environment": environment, "DistributionBucket": stack.dist_bucket, "ClusterId": cluster_id}
+    parameters |= {"Channel": channel, "AgentRoleArn": agent_arn}
+    access = deploy(
+        server, name=f"cdr-policy-{environment}-cluster-{cluster_id}", template=CLUSTER_ACCESS, parameters=parameters
+    )
+    assert access.outputs["ClusterRoleArn"] == role_arn
+    return Cluster(cluster_id, channel, role_arn, assumed(server, keys, role_arn, cluster_id))
 
 
 def run_pipeline(
@@ -184,12 +191,11 @@ def run_pipeline(
 
         secret = str(load_template(template)["Parameters"]["QualysSecretName"]["Default"])
         create_qualys_secret(server, secret)
-        stack = deploy(
-            server,
-            name=f"cdr-policy-{environment}",
-            template=template,
-            parameters={"Environment": environment, "QualysGatewayUrl": gateway.url},
-        )
+        # The security team's principal, which may approve a held bundle through the stack's ApproverRole.
+        approver_role = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-approver"
+        approver_arn, approver_keys = principal(server, f"{environment}-security-team", approver_role)
+        parameters = {"Environment": environment, "QualysGatewayUrl": gateway.url, "ApproverPrincipalArn": approver_arn}
+        stack = deploy(server, name=f"cdr-policy-{environment}", template=template, parameters=parameters)
         functions = sorted(stack.of_type("AWS::Lambda::Function").values())
         say(
             f"Secret {secret} made, then {template.name} deployed: stack {stack.name}, {len(stack.resources)} resources"
@@ -206,6 +212,7 @@ def run_pipeline(
         lambdas = LambdaService(stack, output / "lambda.log")
         say(f"Function logs and metrics (as CloudWatch would get them): {lambdas.log}")
         result = PipelineResult(stack=stack, lambdas=lambdas, output=output, clusters=clusters)
+        result.approver = assumed(server, approver_keys, approver_role, "security-team")
         result.steps = _run_functions(result, say)
         with quiet_logs(output / "agents.log"):
             result.agents, result.drift = _run_agents(result, say)
@@ -249,7 +256,7 @@ def _run_functions(result: PipelineResult, say: Callable[[str], None]) -> dict[s
     for name, feed in summary["feeds"].items():
         say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
 
-    say("[3/5] Render (RenderQueue <- the state bucket's S3 notifications for indicators/)")
+    say("[3/5] Render (RenderQueue <- the state bucket's S3 notifications for indicators/ and config/)")
     delivery = _polled(lambdas, "[3/5] Render", "RenderFunction", steps)
     say(f"      {delivery.messages} notification(s) in {delivery.batches} batch(es), {delivery.failed} failed")
     for channel, latest in _latest_renders(result.stack).items():

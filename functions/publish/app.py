@@ -3,7 +3,10 @@
 Each record's body is a ``PublishRequest`` (``{"channel": ..., "digest": ...}``). Every record is
 published on its own and idempotently: Powertools idempotency, keyed on channel + digest in the
 IDEMPOTENCY_TABLE, turns a duplicated or redelivered message into a no-op (no second signature),
-while a failing record is reported in ``batchItemFailures`` and retried alone.
+while a failing record is reported in ``batchItemFailures`` and retried alone. Only decisions are
+remembered: a failure of S3, KMS or the network raises, is not stored, and the record is retried;
+an approver's request (with its grant's fingerprint) is a new key, so it is never answered with an
+earlier "held".
 """
 
 import functools
@@ -30,7 +33,8 @@ from cdr_policy.wiring import cloud
 # back to an earlier bundle (A -> B -> A) publishes A again. (A failed publish leaves no record.)
 IDEMPOTENCY_WINDOW_S = 600
 idempotency_config = IdempotencyConfig(
-    event_key_jmespath="[channel, digest]",
+    # an approver's request carries its grant: a new request, not the held answer again
+    event_key_jmespath="[channel, digest, approval]",
     raise_on_no_idempotency_key=True,
     expires_after_seconds=IDEMPOTENCY_WINDOW_S,
 )
@@ -57,8 +61,8 @@ def idempotent_publisher(table_name: str) -> Callable[..., dict[str, Any]]:
         config=idempotency_config,
         persistence_store=DynamoDBPersistenceLayer(table_name=table_name),
     )
-    def publish(request: dict[str, str]) -> dict[str, Any]:
-        return cloud.publish(get_settings(), channel=request["channel"], digest=request["digest"])
+    def publish(request: dict[str, str | None]) -> dict[str, Any]:
+        return cloud.publish(get_settings(), PublishRequest.from_dict(request))
 
     return publish
 

@@ -1,4 +1,5 @@
-"""Render (RenderQueue: S3 notifications for ``indicators/``): render every channel's bundle.
+"""Render (RenderQueue: S3 notifications for ``indicators/`` and ``config/``, and the scheduled
+re-render): render every channel's bundle.
 
 Each SQS record carries one S3 event notification. Records are parsed one by one: an ``s3:TestEvent``
 is skipped (and logged), a malformed record fails alone and is reported in ``batchItemFailures``.

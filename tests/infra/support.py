@@ -48,6 +48,9 @@ def checkov(path: Path) -> dict[str, Any]:
     return report
 
 
+NO_VALUE = "<AWS::NoValue>"  # a property or variable left out
+
+
 class Resolver:
     """Resolves ``Ref`` / ``Fn::Sub`` / ``Fn::GetAtt`` as a deployment of Environment=dev in ``ACCOUNT`` and
     ``REGION`` would (parameters take their defaults, other resources a recognisable placeholder)."""
@@ -57,6 +60,7 @@ class Resolver:
         self.parameters.update(overrides or {})
         self.parameters.update({"AWS::AccountId": ACCOUNT, "AWS::Region": REGION, "AWS::Partition": "aws"})
         self.resources = template["Resources"]
+        self.conditions = template.get("Conditions", {})
 
     def _name(self, name: str) -> str:
         if name in self.parameters:
@@ -92,6 +96,8 @@ class Resolver:
             return str(value)
         if isinstance(value, dict) and len(value) == 1:
             ((fn, arg),) = value.items()
+            if fn == "Ref" and arg == "AWS::NoValue":
+                return NO_VALUE
             if fn == "Ref":
                 return self._name(arg)
             if fn == "Fn::GetAtt":
@@ -99,4 +105,21 @@ class Resolver:
                 return self.get_att(logical, attribute)
             if fn == "Fn::Sub" and isinstance(arg, str):
                 return re.sub(r"\$\{([^}]+)\}", lambda m: self._name(m.group(1)), arg)
+            if fn == "Fn::If":
+                condition, when_true, when_false = arg
+                return self(when_true if self.condition(condition) else when_false)
         raise AssertionError(f"cannot resolve {value!r}")
+
+    def condition(self, name: str) -> bool:
+        """A condition of the template (``Fn::Not``, ``Fn::Equals`` of references and strings)."""
+        return self._truth(self.conditions[name])
+
+    def _truth(self, value: Any) -> bool:
+        ((fn, arg),) = value.items()
+        if fn == "Fn::Not":
+            return not self._truth(arg[0])
+        if fn == "Fn::Equals":
+            return self(arg[0]) == self(arg[1])
+        if fn == "Condition":
+            return self.condition(arg)
+        raise AssertionError(f"cannot evaluate {value!r}")

@@ -3,6 +3,8 @@ server during a real run of the demo pipeline."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from demo.costs import S3_PRICE_PER_1000, measure, operation, s3_price_class, table
@@ -52,9 +54,11 @@ def test_request_counts_of_one_run_and_of_a_fleet_poll(tmp_path):
         "setup", "CdrFetch", "FeedSync", "Render", "Publish", "Sync", "restarted-poll", "unchanged-poll",
     ]  # fmt: skip
     channels = len(CHANNELS)
-    # One signature per channel per publish; Render asks for one publish per channel.
+    # One signature per channel per publish; each render (one per batch of notifications: the set
+    # uploads, and the configuration uploaded before them) asks for one publish per channel.
     assert by_stage["Publish"]["kms:Sign"] == channels
-    assert by_stage["Render"]["sqs:SendMessage"] == channels
+    [batches] = [int(m.group(1)) for line in lines if (m := re.search(r"notification\(s\) in (\d+) batch", line))]
+    assert by_stage["Render"]["sqs:SendMessage"] == channels * batches
     assert not any(op.startswith("kms:") for op in by_stage["Render"])
     # The steady state of a fleet (README): per agent and poll, one conditional GET of the manifest; the
     # status is rewritten only when it says something new or its heartbeat is due; no KMS (agents verify

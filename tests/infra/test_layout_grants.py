@@ -19,6 +19,7 @@ WRITERS = {
     "FeedSync": "FeedSyncFunction",
     "Render": "RenderFunction",
     "Publish": "PublishFunction",
+    "approver": "ApproverRole",
 }
 BUCKETS = {"StateBucket": "state", "DistributionBucket": "dist"}
 _OBJECT_ARN = re.compile(r"^\$\{(\w+)\.Arn\}/(.*)\*$")

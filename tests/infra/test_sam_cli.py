@@ -37,7 +37,8 @@ def test_translated_template_lints(translated, tmp_path):
 
 def test_translated_roles_have_no_broad_managed_policies(translated):
     roles = {k: v for k, v in translated["Resources"].items() if v["Type"] == "AWS::IAM::Role"}
-    assert set(roles) == {f"{n}FunctionRole" for n in ("CdrFetch", "FeedSync", "Render", "Publish")}
+    functions = {f"{n}FunctionRole" for n in ("CdrFetch", "FeedSync", "Render", "Publish")}
+    assert set(roles) == functions | {"ApproverRole"}
     for name, role in roles.items():
         managed = {arn.rsplit("/", 1)[-1] for arn in role["Properties"].get("ManagedPolicyArns", [])}
         # Added by SAM: logs, X-Ray (Tracing: Active) and, for SQS event sources, the poller policy.

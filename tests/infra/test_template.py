@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from cdr_policy.settings import Settings
-from tests.infra.support import REPO
+from cdr_policy.lambda_events import RENDER_TRIGGER_PREFIXES
+from cdr_policy.settings import MAX_RENDER_REFRESH_HOURS, Settings
+from tests.infra.support import NO_VALUE, REPO
 
 pytestmark = pytest.mark.infra
 
@@ -97,13 +98,14 @@ def test_function_environment_matches_the_settings(template, functions, resolve)
     Settings.from_env(Recording({"STATE_BUCKET": "s", "DIST_BUCKET": "d"}))
     used: set[str] = set()
     for name, props in functions.items():
-        env = {k: resolve(v) for k, v in environment(template, props).items()}
+        env = {k: v for k, v in ((k, resolve(v)) for k, v in environment(template, props).items()) if v != NO_VALUE}
         assert set(env) - known - POWERTOOLS_VARS == set(), name
         used |= set(env)
         settings = Settings.from_env(env)
         assert settings.state_bucket == "cdr-policy-dev-state-123456789012-us-east-1"
         assert settings.dist_bucket == "cdr-policy-dev-dist-123456789012-us-east-1"
-    assert known - used == set(), "settings that no function receives"
+    # APPROVER_KEY_ID is set when the stack has an approver (ApproverPrincipalArn), which the defaults do not
+    assert known - used == {"APPROVER_KEY_ID"}, "settings that no function receives"
     assert POWERTOOLS_VARS <= set(globals_fn(template)["Environment"]["Variables"])
 
     def own(name: str) -> set[str]:
@@ -112,7 +114,7 @@ def test_function_environment_matches_the_settings(template, functions, resolve)
     assert own("CdrFetchFunction") == {"QUALYS_SECRET_NAME", "QUALYS_PLATFORM", "QUALYS_GATEWAY_URL"}
     assert own("FeedSyncFunction") == {"ABUSEIPDB_SECRET_NAME"}
     assert own("RenderFunction") == {"PUBLISH_QUEUE_URL"}
-    assert own("PublishFunction") == {"SIGNING_KEY_ID", "IDEMPOTENCY_TABLE"}
+    assert own("PublishFunction") == {"SIGNING_KEY_ID", "IDEMPOTENCY_TABLE", "APPROVER_KEY_ID"}
     publish = Settings.from_env({k: resolve(v) for k, v in environment(template, functions["PublishFunction"]).items()})
     assert publish.idempotency_table == "cdr-policy-dev-idempotency"
     assert publish.signing_key_id == "<SigningKey.Arn>"
@@ -128,6 +130,11 @@ def test_parameter_defaults_match_the_settings_defaults(template):
     assert params["CdrTtlHours"]["Default"] == defaults.cdr_ttl_hours
     assert params["ReputationThreshold"]["Default"] == defaults.reputation_threshold
     assert params["ChangeBudgetPercent"]["Default"] == defaults.change_budget_percent
+    assert params["RenderRefreshHours"]["Default"] == defaults.render_refresh_hours
+    assert (params["RenderRefreshHours"]["MinValue"], params["RenderRefreshHours"]["MaxValue"]) == (
+        1,
+        MAX_RENDER_REFRESH_HOURS,
+    )
 
 
 def test_sqs_consumers_report_partial_failures(template, resources, functions):
@@ -245,12 +252,14 @@ def test_schedules(functions, template):
         assert functions[name]["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
 
 
-def test_state_bucket_notifies_the_render_queue_for_indicators(resources, resolve):
+def test_state_bucket_notifies_the_render_queue_for_indicators_and_config(resources, resolve):
     bucket = resources["StateBucket"]
-    (config,) = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
-    assert config["Event"] == "s3:ObjectCreated:*"
-    assert config["Queue"] == {"Fn::GetAtt": ["RenderQueue", "Arn"]}
-    assert config["Filter"] == {"S3Key": {"Rules": [{"Name": "prefix", "Value": "indicators/"}]}}
+    configs = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    for config in configs:
+        assert config["Event"] == "s3:ObjectCreated:*"
+        assert config["Queue"] == {"Fn::GetAtt": ["RenderQueue", "Arn"]}
+    prefixes = [rule["Value"] for c in configs for rule in c["Filter"]["S3Key"]["Rules"] if rule["Name"] == "prefix"]
+    assert tuple(prefixes) == RENDER_TRIGGER_PREFIXES  # what the Render handler accepts
     # No circular dependency: the queue policy names the bucket by its constructed ARN, and the bucket
     # waits for the policy.
     assert "RenderQueuePolicy" in bucket["DependsOn"]
@@ -263,9 +272,14 @@ def test_state_bucket_notifies_the_render_queue_for_indicators(resources, resolv
     assert resolve(source_arn) == resolve({"Fn::GetAtt": ["StateBucket", "Arn"]})
 
 
-def test_a_schedule_re_renders_every_channel_so_manifests_never_lapse(resources):
+def test_a_schedule_re_renders_every_channel_so_manifests_never_lapse(template, resources):
     rule = resources["RenderRefreshRule"]["Properties"]
-    assert rule["ScheduleExpression"] == {"Ref": "RenderRefreshSchedule"}
+    assert rule["ScheduleExpression"] == {
+        "Fn::If": ["RefreshEveryHour", "rate(1 hour)", {"Fn::Sub": "rate(${RenderRefreshHours} hours)"}]
+    }
+    assert template["Conditions"]["RefreshEveryHour"] == {"Fn::Equals": [{"Ref": "RenderRefreshHours"}, 1]}
+    # the period the channel check sees (RENDER_REFRESH_HOURS) is the schedule's
+    assert globals_fn(template)["Environment"]["Variables"]["RENDER_REFRESH_HOURS"] == {"Ref": "RenderRefreshHours"}
     (target,) = rule["Targets"]
     assert target["Arn"] == {"Fn::GetAtt": ["RenderQueue", "Arn"]}
     statements = resources["RenderQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
@@ -464,7 +478,7 @@ def test_outputs(template):
         "PublishQueueUrl", "PublishDeadLetterQueueUrl", "SigningKeyId", "SigningKeyArn",
         "SigningKeyAliasName", "IdempotencyTableName", "SharedLayerArn", "CdrFetchFunctionName",
         "FeedSyncFunctionName", "RenderFunctionName", "PublishFunctionName",
-        "AlarmTopicArn", "ScheduledRunFailureQueueUrl", "AccessLogBucketName",
+        "AlarmTopicArn", "ScheduledRunFailureQueueUrl", "AccessLogBucketName", "ApproverRoleArn", "ApproverKeyArn",
     }  # fmt: skip
     assert set(template["Outputs"]) == expected
     for output in template["Outputs"].values():
@@ -533,7 +547,7 @@ def test_derived_names_are_valid(template, environment_name):
             assert len(resolve({"Fn::GetAtt": [queue, "QueueName"]})) <= 80
 
 
-@pytest.mark.parametrize("metric", ["BundlesHeld", "BundlesRefused", "FeedStale"])
+@pytest.mark.parametrize("metric", ["BundlesHeld", "BundlesRefused", "FeedStale", "IndicatorSetUnreadable"])
 def test_safety_signals_alarm(resources, metric):
     (alarm,) = [
         r["Properties"]

@@ -265,14 +265,17 @@ def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(env, t
     assert run(["--once", "--action=Post", f"--output={tmp_path / 'policies'}"], env, capsys)[0] == 0
     publish_other = ["publish", f"--to={channel}", f"--key={other / 'bundle-signing.pem'}"]
     code, out, err = run(publish_other, env, capsys)
-    # Publish builds only on a channel manifest it can verify: a new key is approved once.
+    # Publish builds only on a channel manifest it can verify: an approver approves a new key's first
+    # bundle once, as the replacement of nothing usable.
     assert code == 1 and out.startswith("held:") and "bad signature" in out, out + err
     (pointer,) = Path(env["XDG_CACHE_HOME"]).rglob("bundles/channels/local.json")
     state_dir = pointer.parent.parent.parent
     digest = json.loads(pointer.read_text())["digest"]
-    (state_dir / "approvals" / "local").mkdir(parents=True, exist_ok=True)
-    (state_dir / "approvals" / "local" / digest).write_text("key change approved")
-    code, out, err = run(publish_other, env, capsys)
+    approver = tmp_path / "approver"
+    run(["keygen", f"--out={approver}"], env, capsys)
+    approve = ["channel", "approve", "local", digest, f"--state={state_dir}", f"--dist={channel}", "--replacing=none"]
+    assert run([*approve, f"--key={approver / 'bundle-signing.pem'}"], env, capsys)[0] == 0
+    code, out, err = run([*publish_other, f"--approver-key={approver / 'bundle-signing.pub'}"], env, capsys)
     assert code == 0 and out.startswith("published:"), out + err
     before = {p: p.read_bytes() for p in applied.rglob("*.yaml")}
     code, out, err = run(agent, env, capsys)
@@ -303,11 +306,13 @@ def test_fleet_commands_on_a_folder(env, tmp_path, capsys, feed_files_env):
     assert added["objects"] and "sources" in added["provenance"]
     assert any(o["object"].startswith("CiliumCIDRGroup/") for o in diff["objects"]["added"])
 
-    code, out, _ = run(
-        ["channel", "approve", "local", diff["to"], f"--state={state}", "--reason=reviewed"], env, capsys
-    )
+    approver = tmp_path / "approver"
+    run(["keygen", f"--out={approver}"], env, capsys)
+    approve = ["channel", "approve", "local", diff["to"], f"--state={state}", f"--dist={channel}", "--reason=reviewed"]
+    code, out, _ = run([*approve, f"--key={approver / 'bundle-signing.pem'}"], env, capsys)
     assert code == 0 and out.startswith("approved:")
-    code, out, _ = run(["publish", f"--to={channel}", f"--key={key}", f"--state-dir={state}"], env, capsys)
+    publish = ["publish", f"--to={channel}", f"--key={key}", f"--state-dir={state}"]
+    code, out, _ = run([*publish, f"--approver-key={approver / 'bundle-signing.pub'}"], env, capsys)
     assert code == 0 and out.startswith("published:")
 
     code, out, _ = run(["fleet", "status", f"--dist={channel}", "--json"], env, capsys)

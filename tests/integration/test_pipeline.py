@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import boto3
@@ -21,6 +22,7 @@ from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.signing import KmsSigner, Verifier, verify_manifest
+from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.policy.checker import SchemaSet, check_files
 from cdr_policy.settings import Settings
 from cdr_policy.storage import S3Store
@@ -47,7 +49,10 @@ def test_every_step_reports_counts(pipeline):
     assert result.steps["cdr_fetch"]["malformed_count"] == 1
     assert {f["status"] for f in result.steps["feed_sync"]["feeds"].values()} == {"ok"}
     assert result.steps["render"]["failed"] == 0 and result.steps["render"]["messages"] >= 6
-    assert result.steps["publish"] == {"messages": 2, "batches": 1, "failed": 0}
+    # each render (one per batch of notifications: the sets, and the configuration uploaded before
+    # them) asks for one publish per channel
+    renders = result.steps["render"]["batches"]
+    assert result.steps["publish"] == {"messages": 2 * renders, "batches": 1, "failed": 0}
 
 
 def test_state_bucket_holds_raw_findings_indicators_and_bundles(pipeline):
@@ -254,9 +259,8 @@ def test_redelivered_notifications_change_nothing(pipeline):
     assert not any(b["changed"] for b in again)
     with result.lambdas.running_as("PublishFunction") as env:
         for channel in CHANNELS:
-            outcome = cloud.publish(
-                Settings.from_env(env), channel=channel["name"], digest=before[channel["name"]]["digest"]
-            )
+            request = PublishRequest(channel["name"], before[channel["name"]]["digest"])
+            outcome = cloud.publish(Settings.from_env(env), request)
             assert outcome["status"] == "unchanged"
 
 
@@ -265,7 +269,7 @@ def test_a_stale_publish_request_cannot_roll_a_channel_back(pipeline):
 
     result, _ = pipeline
     with result.lambdas.running_as("PublishFunction") as env:
-        outcome = cloud.publish(Settings.from_env(env), channel="prod", digest="0" * 64)
+        outcome = cloud.publish(Settings.from_env(env), PublishRequest("prod", "0" * 64))
     assert outcome["status"] == "superseded"
 
 
@@ -317,6 +321,15 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_applied(pipeline, tmp_path)
     assert not list((tmp_path / "applied").glob("*.yaml"))
 
 
+def _shell(monkeypatch, env: dict[str, str]) -> None:
+    """This process's AWS settings as a new process started with ``env`` would have them."""
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+
+
 def test_fleet_commands_against_the_buckets(pipeline, capsys, monkeypatch):
     """The operator's commands, with the operator's (administrator's) credentials."""
     from cdr_policy.cli import main
@@ -324,11 +337,7 @@ def test_fleet_commands_against_the_buckets(pipeline, capsys, monkeypatch):
     result, _ = pipeline
     dist, state = f"s3://{result.stack.dist_bucket}", f"s3://{result.stack.state_bucket}"
     env = result.stack.server.admin_env
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    for key in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):  # conftest's, for keys that have none
-        monkeypatch.delenv(key)
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # as in a new process: the credentials of this env
+    _shell(monkeypatch, env)
 
     assert main(["channel", "list", f"--dist={dist}", "--json"], env) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -343,9 +352,15 @@ def test_fleet_commands_against_the_buckets(pipeline, capsys, monkeypatch):
     diff = json.loads(capsys.readouterr().out)
     assert diff["from"] == diff["to"] and diff["prefixes"] == {"added": [], "removed": []}
 
-    assert main(["channel", "approve", "prod", diff["to"], f"--state={state}"], env) == 0
-    approval = _store(result, result.stack.state_bucket).get(layout.approval_key("prod", diff["to"]))
-    assert json.loads(approval.data)["digest"] == diff["to"]
+    # An approver grants it: the stack's ApproverRole (assumed by ApproverPrincipalArn) and ApproverKey.
+    _shell(monkeypatch, result.approver_env)
+    key_id = f"--kms-key-id={result.stack.outputs['ApproverKeyArn']}"
+    approve = ["channel", "approve", "prod", diff["to"], f"--state={state}", f"--dist={dist}", key_id]
+    assert main(approve, result.approver_env) == 0
+    key = layout.approval_key("prod", diff["to"], diff["from"])
+    grant = json.loads(_store(result, result.stack.state_bucket).get(key).data)
+    assert (grant["digest"], grant["previous_digest"]) == (diff["to"], diff["from"])
+    _shell(monkeypatch, env)
     capsys.readouterr()
 
     # Rolling back to what the channel ships, signed by the stack's KMS key, changes nothing.

@@ -63,6 +63,7 @@ def test_cdr_fetch_and_render_leave_the_same_bytes_through_both_wirings(tmp_path
             reputation_threshold=50,
             crds=None,
             hours=24,
+            interval=3600.0,
         )
         ports = local.LocalPorts.from_args(args, {"QUALYS_USERNAME": DEMO_USERNAME, "QUALYS_PASSWORD": DEMO_PASSWORD})
         ports.state.put("config/channels.yaml", CHANNELS)

@@ -26,9 +26,11 @@ def test_every_key_function_lands_in_a_documented_family():
         layout.feed_state_key("tor-exit"),
         layout.feed_last_good_key("tor-exit"),
         layout.reputation_set_key("abuseipdb"),
-        layout.approval_key("prod", "ab" * 32),
+        layout.approval_key("prod", "ab" * 32, "cd" * 32),
         layout.bundle_manifest_key("ab" * 32),
         layout.latest_render_key("prod"),
+        layout.last_good_set_key(layout.feed_set_key("tor-exit")),
+        layout.LAST_GOOD_INDEX,
     ]
     prefixes = {p for _, ps in layout.WRITE_PREFIXES.values() for p in ps} | {layout.CONFIG, layout.APPROVALS}
     assert all(any(k.startswith(p) for p in prefixes) for k in keys)

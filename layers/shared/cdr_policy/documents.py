@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from cdr_policy.qualys.categories import CategoryMapping
 
 
-def parse_channels(text: str, origin: str) -> list[ChannelSettings]:
-    """A ``channels:`` list (YAML or JSON). Names must be unique; at least one channel."""
+def parse_channels(text: str, origin: str, *, refresh_hours: float) -> list[ChannelSettings]:
+    """A ``channels:`` list (YAML or JSON). Names must be unique; at least one channel; every
+    bundle lifetime at least twice the re-render period ``refresh_hours`` (``check_lifetime``)."""
     from cdr_policy.policy.channel import ChannelSettings
 
     doc = load_yaml_mapping(text, origin, "exactly one top-level key 'channels' holding a list")
@@ -36,7 +37,9 @@ def parse_channels(text: str, origin: str) -> list[ChannelSettings]:
     channels = []
     for i, item in enumerate(doc["channels"]):
         try:
-            channels.append(ChannelSettings.from_dict(item))
+            channel = ChannelSettings.from_dict(item)
+            channel.check_lifetime(refresh_hours)
+            channels.append(channel)
         except (ConfigError, TypeError) as exc:
             raise ConfigError(f"{origin}: channels[{i}]: {exc}") from exc
     names = [c.name for c in channels]
@@ -54,11 +57,18 @@ def _text(store: Store, key: str) -> str | None:
     return decode_text(data, f"{store.describe()}/{key}")
 
 
-def channels_from_store(store: Store) -> list[ChannelSettings]:
+def channels_from_store(store: Store, *, refresh_hours: float) -> list[ChannelSettings]:
+    """The channels of ``config/channels.yaml`` (the defaults when absent), each checked against
+    the re-render period ``refresh_hours``."""
     from cdr_policy.policy.channel import default_channels
 
     text = _text(store, layout.CHANNELS_CONFIG)
-    return default_channels() if text is None else parse_channels(text, f"{store.describe()}/{layout.CHANNELS_CONFIG}")
+    if text is not None:
+        return parse_channels(text, f"{store.describe()}/{layout.CHANNELS_CONFIG}", refresh_hours=refresh_hours)
+    channels = default_channels()
+    for channel in channels:
+        channel.check_lifetime(refresh_hours)
+    return channels
 
 
 def feeds_from_store(store: Store) -> list[FeedConfig]:

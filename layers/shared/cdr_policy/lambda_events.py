@@ -88,13 +88,21 @@ class S3Notification:
     keys: tuple[str, ...] = ()
 
 
-def parse_s3_notification(body: str, *, bucket: str, prefix: str = layout.INDICATORS) -> S3Notification:
+# What Render is notified of: a changed indicator set, or a changed operator document under
+# ``config/`` (``channels.yaml`` above all: a channel's new action, scope or lifetime is rendered
+# without waiting for new indicators).
+RENDER_TRIGGER_PREFIXES = (layout.INDICATORS, layout.CONFIG)
+
+
+def parse_s3_notification(
+    body: str, *, bucket: str, prefixes: tuple[str, ...] = RENDER_TRIGGER_PREFIXES
+) -> S3Notification:
     """Parse the body of an SQS message that carries an S3 event notification (or the scheduled
     re-render's EventBridge event, returned as the single key ``REFRESH_TRIGGER``).
 
     Object keys arrive URL-encoded (a space as ``+``, ``!`` as ``%21``) and are returned decoded.
-    Every record must come from ``bucket`` and name a key under ``prefix``; anything else is an
-    ``EventError`` (the notification is misconfigured, and the message belongs in the DLQ).
+    Every record must come from ``bucket`` and name a key under one of ``prefixes``; anything else
+    is an ``EventError`` (the notification is misconfigured, and the message belongs in the DLQ).
     """
     doc = _json_object(body, "S3 notification")
     if doc.get("Event") == "s3:TestEvent":
@@ -119,39 +127,49 @@ def parse_s3_notification(body: str, *, bucket: str, prefix: str = layout.INDICA
         if not isinstance(raw_key, str) or not raw_key:
             raise EventError(f"{where} has no object key")
         key = unquote_plus(raw_key)
-        if not key.startswith(prefix):
-            raise EventError(f"{where}: key {key!r} is not under {prefix!r}")
+        if not key.startswith(prefixes):
+            raise EventError(f"{where}: key {key!r} is not under {' or '.join(map(repr, prefixes))}")
         keys.append(key)
     return S3Notification(test_event=False, keys=tuple(keys))
 
 
 @dataclass(frozen=True)
 class PublishRequest:
-    """The PublishQueue message: publish the rendered bundle ``digest`` to ``channel``."""
+    """The PublishQueue message: publish the rendered bundle ``digest`` to ``channel``. Render sends
+    it without ``approval``; an approver's ``cdr-policy channel approve`` sends it again with the
+    fingerprint of the grant it wrote, so that the request is a new one for the handler's
+    idempotency (a held answer is not replayed to it)."""
 
     channel: str
     digest: str
+    approval: str | None = None
 
     def __post_init__(self) -> None:
         if not is_channel_name(self.channel):
-            raise EventError(f"publish request: {self.channel!r} is not a channel name (1-32 of a-z, 0-9, '-')")
+            raise EventError("publish request: the channel is not a channel name (1-32 of a-z, 0-9, '-')")
         if not is_digest(self.digest):
-            raise EventError(f"publish request: digest {self.digest!r} is not 64 lower-case hex characters")
+            raise EventError("publish request: the digest is not 64 lower-case hex characters")
+        if self.approval is not None and not is_digest(self.approval):
+            raise EventError("publish request: the approval is not 64 lower-case hex characters")
 
-    def to_dict(self) -> dict[str, str]:
-        return {"channel": self.channel, "digest": self.digest}
+    def to_dict(self) -> dict[str, str | None]:
+        return {"channel": self.channel, "digest": self.digest, "approval": self.approval}
 
     def to_message(self) -> str:
         """The message body (canonical JSON), as Render sends it."""
-        return jsonio.dumps(self.to_dict()).decode()
+        body = {k: v for k, v in self.to_dict().items() if v is not None}
+        return jsonio.dumps(body).decode()
 
     @classmethod
     def from_message(cls, body: str) -> PublishRequest:
-        doc = _json_object(body, "publish request")
-        unknown = sorted(set(doc) - {"channel", "digest"})
+        return cls.from_dict(_json_object(body, "publish request"))
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> PublishRequest:
+        unknown = sorted(set(doc) - {"channel", "digest", "approval"})
         if unknown:
-            raise EventError(f"publish request: unknown field(s) {', '.join(unknown)}")
+            raise EventError(f"publish request: {len(unknown)} unknown field(s)")
         missing = sorted({"channel", "digest"} - set(doc))
         if missing:
             raise EventError(f"publish request: missing field(s) {', '.join(missing)}")
-        return cls(channel=doc["channel"], digest=doc["digest"])
+        return cls(channel=doc["channel"], digest=doc["digest"], approval=doc.get("approval"))

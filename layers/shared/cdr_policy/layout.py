@@ -42,6 +42,7 @@ STATE_FEEDS = "state/feeds/"
 RAW_FEEDS = "raw/feeds/"
 STATE_ABUSEIPDB = "state/abuseipdb/"
 BUNDLES = "bundles/"
+LAST_GOOD = "last-good/"
 RENDERED_CHANNELS = "bundles/channels/"
 CHANNELS = "channels/"
 STATUS = "status/"
@@ -52,9 +53,10 @@ FEEDS_CONFIG = f"{CONFIG}feeds.yaml"
 CATEGORIES_CONFIG = f"{CONFIG}categories.yaml"
 
 
-def approval_key(channel: str, digest: str) -> str:
-    """An operator's approval of a bundle held back by the change budget."""
-    return f"{APPROVALS}{channel}/{digest}"
+def approval_key(channel: str, digest: str, previous: str | None) -> str:
+    """An approver's signed grant of bundle ``digest`` as the replacement of ``previous`` (None: the
+    channel has no usable bundle), for a bundle held back by the change budget."""
+    return f"{APPROVALS}{channel}/{digest}/{previous or 'none'}.json"
 
 
 # -- state store: CdrFetch -------------------------------------------------------------------------
@@ -107,6 +109,15 @@ def latest_render_key(channel: str) -> str:
     return f"{RENDERED_CHANNELS}{channel}.json"
 
 
+LAST_GOOD_INDEX = f"{LAST_GOOD}index.json"
+
+
+def last_good_set_key(set_key: str) -> str:
+    """Render's last good copy of an indicator set (``last-good/indicators/…``), never under
+    ``indicators/``: it raises no notification and is not read as a set of its own."""
+    return f"{LAST_GOOD}{set_key}"
+
+
 # -- distribution store ----------------------------------------------------------------------------
 def channel_prefix(channel: str) -> str:
     """Everything a channel's clusters read: its manifest, history and bundle files. A cluster's
@@ -150,7 +161,12 @@ STATE_KEYS: tuple[KeyFamily, ...] = (
     KeyFamily(FEEDS_CONFIG, "operator", "feed list (`feeds:`), replaces (or with `mode: extend` extends) the built-in"),
     KeyFamily(CATEGORIES_CONFIG, "operator", "category mapping replacing the shipped one"),
     KeyFamily(f"{CRDS}…", "operator", "CRD YAML files of the target clusters (schema checks in Render and Publish)"),
-    KeyFamily(approval_key("<channel>", "<digest>"), "operator", "approval of a bundle held by the change budget"),
+    KeyFamily(
+        approval_key("<channel>", "<digest>", "<previous-digest>"),
+        "approver",
+        "signed grant of a held bundle as the replacement of the one the channel ships; used once "
+        "(Publish deletes it when it ships); writable only by the approver role",
+    ),
     KeyFamily(CDR_CHECKPOINT, "CdrFetch", "last fully stored window end"),
     KeyFamily(CDR_SEEN, "CdrFetch", "uuids already merged (bounded by the look-back), commit marker"),
     KeyFamily(CDR_LAST_RUN, "CdrFetch", "the last run's summary (`cdr-run.schema.json`)"),
@@ -163,6 +179,14 @@ STATE_KEYS: tuple[KeyFamily, ...] = (
     KeyFamily(reputation_set_key("abuseipdb"), "FeedSync", "indicator set `source: abuseipdb`"),
     KeyFamily(bundle_file_key("<digest>", "…"), "Render", "policy files, `report.json`, then `bundle.json` last"),
     KeyFamily(latest_render_key("<channel>"), "Render", "the channel's latest rendered digest"),
+    KeyFamily(
+        last_good_set_key(f"{INDICATORS}…"),
+        "Render",
+        "last good copy of each indicator set (the bytes that last read back whole), used while the set is unreadable",
+    ),
+    KeyFamily(
+        LAST_GOOD_INDEX, "Render", "SHA-256 and copy time of each last good copy; since when a set is unreadable"
+    ),
 )
 
 DIST_KEYS: tuple[KeyFamily, ...] = (
@@ -192,9 +216,10 @@ DIST_KEYS: tuple[KeyFamily, ...] = (
 WRITE_PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
     "CdrFetch": ("state", (RAW_CDR, STATE_CDR, INDICATORS_CDR)),
     "FeedSync": ("state", (RAW_FEEDS, STATE_FEEDS, INDICATORS_FEEDS, STATE_ABUSEIPDB, INDICATORS_REPUTATION)),
-    "Render": ("state", (BUNDLES,)),
+    "Render": ("state", (BUNDLES, LAST_GOOD)),
     "Publish": ("dist", (CHANNELS,)),
     "agent": ("dist", (STATUS,)),
+    "approver": ("state", (APPROVALS,)),
 }
 
 

@@ -89,8 +89,48 @@ class Indicator:
 
 
 @dataclass
+class Sighting:
+    """Where a behaviour's process was seen: one bare executable name in one workload, from the
+    findings' ``podLabels`` (the namespace from ``io.kubernetes.pod.namespace``, the pod's own
+    labels) and ``deploymentName``, each validated as Kubernetes names and labels before it is
+    stored (``qualys.findings.parse_workload``). A finding without a usable workload still counts,
+    under an unknown one (all three None)."""
+
+    process: str
+    namespace: str | None
+    deployment: str | None
+    labels: dict[str, str] | None
+    findings: int
+    last_seen: str
+    expires_at: str
+
+    @property
+    def key(self) -> tuple[str, str | None, str | None, tuple[tuple[str, str], ...] | None]:
+        labels = None if self.labels is None else tuple(sorted(self.labels.items()))
+        return (self.process, self.namespace, self.deployment, labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Sighting:
+        labels = d.get("labels")
+        return cls(
+            process=d["process"],
+            namespace=d.get("namespace"),
+            deployment=d.get("deployment"),
+            labels=None if labels is None else dict(labels),
+            findings=d["findings"],
+            last_seen=d["last_seen"],
+            expires_at=d["expires_at"],
+        )
+
+
+@dataclass
 class Behaviour:
-    """A mapped CDR behaviour (rule id from the category mapping) and the evidence for it."""
+    """A mapped CDR behaviour (rule id from the category mapping) and the evidence for it:
+    the process names seen (``processes``) and, per name, the workloads they were seen in
+    (``sightings``; absent from sets written before they were kept)."""
 
     rule: str
     categories: dict[str, int]
@@ -99,6 +139,7 @@ class Behaviour:
     first_seen: str
     last_seen: str
     expires_at: str
+    sightings: list[Sighting] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,6 +154,7 @@ class Behaviour:
             first_seen=d["first_seen"],
             last_seen=d["last_seen"],
             expires_at=d["expires_at"],
+            sightings=[Sighting.from_dict(s) for s in d.get("sightings", [])],
         )
 
 

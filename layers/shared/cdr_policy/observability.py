@@ -15,6 +15,15 @@ logger = Logger(service=_SERVICE)
 tracer = Tracer(service=_SERVICE)
 metrics = Metrics(namespace=_NAMESPACE, service=_SERVICE)
 
+# The AWS SDK and the HTTP clients log every request and response at DEBUG: headers (the signed
+# Authorization among them), bodies (what is written to the buckets, a Secrets Manager answer with
+# its secret) and URLs. However the package's own logger is set (``--log-level DEBUG``,
+# ``POWERTOOLS_LOG_LEVEL``/``LOG_LEVEL=DEBUG``) and whatever level the Lambda runtime gives the
+# root logger (``AWS_LAMBDA_LOG_LEVEL``), they log warnings and errors only.
+WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore")
+for _name in WIRE_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
 
 class _Stderr:
     """Whatever ``sys.stderr`` is at the time of each write (it may be replaced after set-up)."""

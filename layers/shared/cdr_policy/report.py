@@ -6,14 +6,17 @@ Written beside the policies by the CLI and beside each rendered bundle in the st
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdr_policy import schemas
 from cdr_policy.models import IndicatorSet
 from cdr_policy.summaries import CdrRunSummary
 from cdr_policy.timeutil import iso
+
+if TYPE_CHECKING:
+    from cdr_policy.last_good import Unreadable
 
 SCHEMA_VERSION = 1
 _RENDER_KEYS = ("behaviours", "budget", "left_out", "left_out_total", "left_out_unranked", "checks", "domains", "ports")
@@ -90,13 +93,23 @@ def build_report(
 
 
 def bundle_report(
-    render: dict[str, Any], sets: list[IndicatorSet], last_cdr_run: CdrRunSummary | None, *, now: datetime
+    render: dict[str, Any],
+    sets: list[IndicatorSet],
+    last_cdr_run: CdrRunSummary | None,
+    *,
+    now: datetime,
+    unreadable: Sequence[Unreadable] = (),
 ) -> dict[str, Any]:
-    """The report stored beside a rendered bundle: the last CDR run and every set in force."""
-    return build_report(
+    """The report stored beside a rendered bundle: the last CDR run, every set in force and the
+    sets that could not be read (``unreadable_sets``: rendered from their last good copy, or left out)."""
+    report = build_report(
         now=now,
         render=render,
         cdr=last_cdr_run,
         feeds=_feeds_from_sets(sets),
         rejected=(r.to_dict() for s in sets for r in s.rejected),
     )
+    if unreadable:
+        report["unreadable_sets"] = [u.to_report() for u in unreadable]
+        schemas.validate(report, "report.schema.json")
+    return report

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from cdr_policy.errors import ConfigError
 
+# The scheduled re-render runs at least once a day: a bundle lives at least twice the period
+# (``policy.channel``), and the default channels' 72 hours must fit.
+MAX_RENDER_REFRESH_HOURS = 24
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -32,6 +36,12 @@ class Settings:
     change_budget_percent: int
     # DynamoDB table of the Publish function's idempotency records (Powertools idempotency).
     idempotency_table: str | None = None
+    # The approvers' KMS key (only the Approver role signs with it): Publish verifies grants with
+    # its public key. None: nothing past the change budget can be approved.
+    approver_key_id: str | None = None
+    # Hours between scheduled re-renders (template RenderRefreshHours): every channel's
+    # bundle_ttl_hours must be at least twice this.
+    render_refresh_hours: int = 6
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -72,6 +82,8 @@ class Settings:
             reputation_threshold=integer("REPUTATION_THRESHOLD", 50, 0, 100),
             change_budget_percent=integer("CHANGE_BUDGET_PERCENT", 50, 1, 100),
             idempotency_table=optional("IDEMPOTENCY_TABLE"),
+            approver_key_id=optional("APPROVER_KEY_ID"),
+            render_refresh_hours=integer("RENDER_REFRESH_HOURS", 6, 1, MAX_RENDER_REFRESH_HOURS),
         )
 
 

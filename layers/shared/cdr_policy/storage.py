@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,12 +97,27 @@ class LocalStore:
         return self.root / _check_key(key)
 
     def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
+        """The file (regular files only: a FIFO, a device or a directory planted at a key is refused
+        without blocking); its ETag is the MD5 of the whole file, also when only ``max_bytes`` + 1
+        bytes are kept, so that a conditional write can replace an oversized object."""
+        path = self._path(key)
         try:
-            with self._path(key).open("rb") as fh:
-                data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError as exc:
             raise NotFound(f"{key} not found in {self.root}") from exc
-        etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        except OSError as exc:
+            raise StorageError(f"{key} in {self.root}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StorageError(f"{key} in {self.root} is not a regular file")
+            try:
+                data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+                digest = hashlib.md5(data, usedforsecurity=False)
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            except OSError as exc:
+                raise StorageError(f"{key} in {self.root}: {exc.strerror}") from exc
+        etag = digest.hexdigest()
         if max_bytes is not None and len(data) > max_bytes:
             raise _too_large(key, max_bytes, etag)
         return StoredObject(data, etag)
@@ -111,7 +127,7 @@ class LocalStore:
             obj = self.get(key, max_bytes=max_bytes)
         except TooLarge as exc:
             if etag is not None and exc.etag == etag:
-                return None  # the same refused bytes (an oversized object's ETag covers what was read)
+                return None  # the same refused object
             raise
         return None if etag is not None and obj.etag == etag else obj
 
@@ -121,7 +137,9 @@ class LocalStore:
         with (path.parent / f".lock-{path.name}").open("wb") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                current: str | None = self.get(key).etag
+                current: str | None = self.get(key, max_bytes=0).etag
+            except TooLarge as exc:
+                current = exc.etag
             except NotFound:
                 current = None
             if current != etag:

@@ -3,7 +3,16 @@ from __future__ import annotations
 import pytest
 import stamina
 
-from tests.unit.bundle.conftest import dist, key_pair, signer, state, verifier  # noqa: F401 (shared fixtures)
+from tests.unit.bundle.conftest import (  # noqa: F401 (shared fixtures)
+    approver,
+    approver_pair,
+    approvers,
+    dist,
+    key_pair,
+    signer,
+    state,
+    verifier,
+)
 
 
 @pytest.fixture(autouse=True)

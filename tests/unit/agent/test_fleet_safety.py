@@ -11,15 +11,19 @@ from datetime import timedelta
 import pytest
 
 from cdr_policy import jsonio, layout
+from cdr_policy.agent.directory import DirectoryApplier
+from cdr_policy.agent.kinds import GENERATION_ANNOTATION
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
-from cdr_policy.agent.sync import GENERATION_ANNOTATION, Agent
+from cdr_policy.agent.sync import Agent
+from cdr_policy.errors import StorageError
 from cdr_policy.stages.publish import publish_bundle, rollback
 from tests.fakes.kube import FakeKubeAPI
 from tests.unit.bundle.factory import (
     SETTINGS,
     T0,
     RecordingStore,
+    approve,
     ips,
     network_bundle,
     render,
@@ -65,12 +69,12 @@ def make_agent(bucket, verifier, tmp_path, kube):
 
 
 @pytest.fixture
-def ship(state, bucket, signer):
+def ship(state, bucket, signer, approver, approvers):
     """Render and publish ``files`` (operator-approved, so the budget never holds it); returns the digest."""
 
     def ship(files, when=T0, *, ttl=timedelta(hours=72), settings=SETTINGS):
         digest = render(state, files, created=when, ttl=ttl, settings=settings)
-        state.put(layout.approval_key("prod", digest), b"")  # an operator approved every bundle here
+        approve(state, bucket, approver, digest, channel="prod", now=when)  # not about the change budget
         result = publish_bundle(
             state,
             bucket,
@@ -79,6 +83,7 @@ def ship(state, bucket, signer):
             signer=signer,
             now=when,
             change_budget_percent=100,
+            approvers=approvers,
         )
         assert result.shipped
         return digest
@@ -247,8 +252,9 @@ def test_a_small_clock_skew_is_tolerated(kube, ship, make_agent):
 
 
 def sign_as_publish(bucket, signer, manifest: dict, **fields) -> None:
-    """A signed manifest as a publisher that skipped its change budget would write it."""
-    body = {k: v for k, v in unsigned_document(manifest).items() if k != "approval"} | fields
+    """A signed manifest as a publisher that skipped its change budget would write it (no approval,
+    no steps: nothing says how the channel got there)."""
+    body = {k: v for k, v in unsigned_document(manifest).items() if k not in ("approval", "steps")} | fields
     serve(bucket, jsonio.dumps(sign_document(body, signer)))
 
 
@@ -367,7 +373,7 @@ def test_expiry_keeps_what_the_newer_partially_applied_bundle_applied(ship, make
 
         assert status["last_poll"]["result"] == "expired"
         assert f"applied bundle {digest_a[:12]} expired" in status["last_poll"]["detail"]
-        assert "kept 3 object(s) of the newer bundle" in status["last_poll"]["detail"]
+        assert "kept 2 object(s) of a newer verified bundle" in status["last_poll"]["detail"]
         assert names(kube) == ["ccg-blocklist-b", "tp-blocklist-b"]
 
 
@@ -485,3 +491,255 @@ def test_the_clusters_own_ranges_are_refused_by_the_agent(kube, ship, make_agent
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "inadmissible")
     assert "protected range of this cluster" in status["verification"]["reason"]
     assert kube.objects() == []
+
+
+# -- issue 20, points 7, 9, 10 and 15 ----------------------------------------------------------------
+
+
+def test_an_agent_that_missed_an_approved_step_follows_the_signed_path(kube, ship, make_agent, bucket):
+    """A applied here; B (empty) approved over A and C published over B while this agent was away: C
+    shrinks what A enforced, and its signed steps show the approved path from A."""
+    digest_a = ship(A)
+    agent = make_agent()
+    agent.sync_once(T0 + MINUTE)
+    ship({}, T0 + 10 * MINUTE)  # approved over A (the agent does not poll)
+    digest_c = ship(network_bundle(ips(100, 2), tag="c"), T0 + 20 * MINUTE)
+    steps = jsonio.loads(manifest_bytes(bucket))["steps"]
+    assert [(s["generation"], s["how"]) for s in steps] == [(1, "first"), (2, "approved"), (3, "published")]
+    assert steps[1]["previous_digest"] == digest_a
+
+    status = agent.sync_once(T0 + 21 * MINUTE)
+
+    assert (status["last_poll"]["result"], status["applied_digest"]) == ("applied", digest_c)
+    assert names(kube) == ["ccg-blocklist-c", "ccnp-blocklist-c", "tp-blocklist-c"]
+
+
+def test_expiry_applies_the_newer_bundle_held_back_as_a_shrink_instead_of_dropping_everything(
+    kube, ship, make_agent, bucket, signer
+):
+    ship(A, ttl=timedelta(hours=1))
+    agent = make_agent()
+    agent.sync_once(T0 + MINUTE)
+    smaller = network_bundle(ips(100, 2), tag="c")
+    ship(smaller, T0 + 10 * MINUTE)
+    sign_as_publish(bucket, signer, jsonio.loads(manifest_bytes(bucket)), generation=2)  # no approval, no steps
+    assert agent.sync_once(T0 + 11 * MINUTE)["verification"]["code"] == "shrink"
+
+    status = agent.sync_once(T0 + timedelta(hours=2))  # A has expired
+
+    assert status["last_poll"]["result"] == "expired"
+    assert "the newer verified bundle held back as a shrink stands in (applied:" in status["last_poll"]["detail"]
+    assert names(kube) == ["ccg-blocklist-c", "ccnp-blocklist-c", "tp-blocklist-c"]
+
+
+def test_a_lowered_record_and_a_lost_state_dir_do_not_reopen_replay(kube, ship, make_agent, bucket):
+    ship(A)
+    generation_1 = manifest_bytes(bucket)
+    make_agent().sync_once(T0 + MINUTE)
+    ship(B, T0 + 10 * MINUTE)
+    make_agent().sync_once(T0 + 11 * MINUTE)
+    lowered = dict(record(kube), generation=1)
+    kube.set_config_map(NS, RECORD_NAME, {"prod": jsonio.dumps(lowered).decode()})
+    serve(bucket, generation_1)
+
+    status = make_agent(state_dir="fresh").sync_once(T0 + 12 * MINUTE)
+
+    assert status["verification"]["code"] == "replay"
+    assert "applied generation 2 (the owned objects' generation annotations)" in status["verification"]["reason"]
+    assert names(kube) == B_NAMES
+
+
+def test_in_directory_mode_a_lost_state_dir_does_not_reopen_replay(ship, bucket, verifier, tmp_path):
+    def agent(state_dir):
+        return Agent(
+            bucket,
+            channel="prod",
+            cluster_id="gitops",
+            verifier=verifier,
+            applier=DirectoryApplier(tmp_path / "out"),
+            state_dir=tmp_path / state_dir,
+        )
+
+    ship(A)
+    generation_1 = manifest_bytes(bucket)
+    agent("s").sync_once(T0 + MINUTE)
+    ship(B, T0 + 10 * MINUTE)
+    agent("s").sync_once(T0 + 11 * MINUTE)
+    serve(bucket, generation_1)
+
+    status = agent("lost").sync_once(T0 + 12 * MINUTE)
+
+    assert status["verification"]["code"] == "replay"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "ciliumcidrgroup-ccg-blocklist-b.yaml",
+        "ciliumclusterwidenetworkpolicy-ccnp-blocklist-b.yaml",
+        "tracingpolicy-tp-blocklist-b.yaml",
+    ]
+
+
+def test_expiry_after_a_restart_with_the_bucket_away_keeps_the_newer_bundles_objects(ship, bucket, verifier, tmp_path):
+    def reject_b_policy(obj):
+        return ["spec: invalid"] if obj["metadata"]["name"] == "ccnp-blocklist-b" else []
+
+    with FakeKubeAPI(validator=reject_b_policy) as kube:
+
+        def agent():
+            applier = KubeApplier(kube.url, kube.token)
+            return Agent(
+                bucket,
+                channel="prod",
+                cluster_id="eks-prod-1",
+                verifier=verifier,
+                applier=applier,
+                state_dir=tmp_path / "s",
+                record=ClusterRecord(applier, NS),
+            )
+
+        ship(A, ttl=timedelta(hours=1))
+        agent().sync_once(T0 + MINUTE)
+        ship(B, T0 + 10 * MINUTE)
+        assert agent().sync_once(T0 + 11 * MINUTE)["last_poll"]["result"] == "apply_failed"
+        bucket.down = StorageError("s3://dist: EndpointConnectionError: could not connect")
+
+        status = agent().sync_once(T0 + timedelta(hours=2))  # a new process: nothing of B in memory
+
+        assert status["last_poll"]["result"] == "expired"
+        assert "kept 2 object(s) of a newer verified bundle" in status["last_poll"]["detail"]
+        assert names(kube) == ["ccg-blocklist-b", "tp-blocklist-b"]
+
+
+def test_an_object_with_its_labels_stripped_and_its_spec_downgraded_is_repaired(kube, ship, make_agent):
+    ship(A)
+    agent = make_agent(drift_interval_s=0.05)
+    agent.sync_once(T0 + MINUTE)
+    stripped = kube.get_object("TracingPolicy", "tp-blocklist-a")
+    stripped["metadata"]["labels"] = {"team": "someone-else"}
+    stripped["spec"]["kprobes"][0]["selectors"][0]["matchArgs"][0]["values"] = ["45.9.9.9/32", "::ffff:45.9.9.9/128"]
+    kube.add_object(stripped)
+    time.sleep(0.1)
+
+    status = agent.sync_once(T0 + 2 * MINUTE)
+
+    assert status["last_poll"]["result"] == "repaired" and status["drift"]["repaired"] is True
+    assert status["drift"]["missing"] == ["TracingPolicy/tp-blocklist-a"]
+    repaired = kube.get_object("TracingPolicy", "tp-blocklist-a")
+    assert repaired["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "cdr-policy"
+    assert repaired["spec"]["kprobes"][0]["selectors"][0]["matchArgs"][0]["values"][0] == "45.0.0.0/32"
+
+
+# -- issue 20, points 5 and 12: every read bounded in depth, size, time and file type ----------------
+
+BOMB = b"""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: bomb}
+spec:
+  a: &a ["x","x","x","x","x","x","x","x","x"]
+  b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+  c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+  d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+  e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+  f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+  g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+  h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+  i: [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+def _signed_with(bucket, signer, files: dict[str, bytes], *, sizes: dict[str, int] | None = None) -> None:
+    """A manifest listing ``files`` (with ``sizes`` claimed instead of the real ones), signed with the
+    channel's key: what a compromised signer ships."""
+    from cdr_policy.bundle.manifest import FileEntry, entries_digest, file_entries
+
+    entries = [e.to_json() for e in file_entries(files)]
+    for entry in entries:
+        entry["size"] = (sizes or {}).get(entry["path"], entry["size"])
+    digest = entries_digest([FileEntry(e["path"], e["sha256"], e["size"]) for e in entries])
+    for path, data in files.items():
+        bucket.inner.put(layout.published_file_key("prod", digest, path), data)
+    body = {
+        "schema_version": 1,
+        "channel": "prod",
+        "digest": digest,
+        "created_at": "2026-01-10T16:00:00Z",
+        "expires_at": "2026-01-13T16:00:00Z",
+        "source_digest": "ab" * 32,
+        "files": entries,
+        "counts": {},
+        "settings": {"action": "Post", "mode": "monitor"},
+        "generation": 1,
+    }
+    serve(bucket, jsonio.dumps(sign_document(body, signer)))
+
+
+def test_a_signed_yaml_alias_bomb_is_refused_at_once(kube, make_agent, bucket, signer):
+    _signed_with(bucket, signer, {"bomb.yaml": BOMB})
+    started = time.monotonic()
+
+    status = make_agent().sync_once(T0 + MINUTE)
+
+    assert time.monotonic() - started < 10
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "inadmissible")
+    assert "YAML anchors and aliases are not accepted" in status["verification"]["reason"]
+    assert kube.objects() == []
+
+
+def test_a_signed_manifest_listing_a_gibibyte_is_refused_before_any_file_is_read(kube, make_agent, bucket, signer):
+    _signed_with(bucket, signer, {"huge.yaml": b"x"}, sizes={"huge.yaml": 1 << 30})
+    bucket.puts.clear()
+
+    status = make_agent().sync_once(T0 + MINUTE)
+
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "malformed")
+    assert kube.objects() == []
+
+
+def test_deeply_nested_json_at_the_manifest_key_is_refused_and_the_agent_goes_on(kube, ship, make_agent, bucket):
+    serve(bucket, b"[" * 100_000 + b"]" * 100_000)
+    agent = make_agent()
+
+    status = agent.sync_once(T0 + MINUTE)
+
+    assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "malformed")
+    assert "nested deeper than 32 levels" in status["verification"]["reason"]
+    ship(A, T0 + 2 * MINUTE)
+    assert agent.sync_once(T0 + 3 * MINUTE)["last_poll"]["result"] == "applied"
+
+
+@pytest.mark.parametrize("where", ["manifest", "bundle file"])
+def test_a_fifo_planted_in_a_distribution_folder_never_blocks_the_agent(where, signer, verifier, tmp_path):
+    import os
+
+    from cdr_policy.storage import LocalStore
+
+    dist = LocalStore(tmp_path / "dist")
+    if where == "bundle file":
+        digest = ship_to(dist, tmp_path, signer)
+        path = tmp_path / "dist" / layout.published_file_key("prod", digest, "cdr-dynamic-blocklist.yaml")
+    else:
+        path = tmp_path / "dist" / layout.channel_manifest_key("prod")
+        path.parent.mkdir(parents=True)
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    agent = Agent(
+        dist,
+        channel="prod",
+        cluster_id="gitops",
+        verifier=verifier,
+        applier=DirectoryApplier(tmp_path / "out"),
+        state_dir=tmp_path / "s",
+    )
+
+    status = agent.sync_once(T0 + MINUTE)  # would block forever reading the FIFO
+
+    assert status["last_poll"]["result"] == "unreachable"
+    assert "is not a regular file" in status["last_poll"]["detail"]
+
+
+def ship_to(dist, tmp_path, signer) -> str:
+    """Render and publish A into a distribution folder (first publish: no budget)."""
+    from cdr_policy.storage import LocalStore
+
+    state = LocalStore(tmp_path / "state")
+    digest = render(state, A)
+    publish_bundle(state, dist, channel="prod", digest=digest, signer=signer, now=T0, change_budget_percent=50)
+    return digest

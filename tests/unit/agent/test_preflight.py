@@ -25,7 +25,7 @@ from cdr_policy.errors import ConfigError
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.stages.publish import publish_bundle
 from tests.fakes.kube import FakeKubeAPI
-from tests.unit.bundle.factory import T0, RecordingStore, plant_signed
+from tests.unit.bundle.factory import T0, RecordingStore, approve, plant_signed
 from tests.unit.bundle.factory import render as stage_bundle
 from tests.unit.policy.factories import behaviour, cdr_set, file_bytes, indicator, render
 
@@ -80,12 +80,19 @@ def bucket(dist) -> RecordingStore:
 
 
 @pytest.fixture
-def ship(state, bucket, signer):
+def ship(state, bucket, signer, approver, approvers):
     def ship(files, when=T0):
         digest = stage_bundle(state, files, channel="prod", created=when, settings=SIGKILL)
-        state.put(layout.approval_key("prod", digest), b"")  # these tests are not about the change budget
+        approve(state, bucket, approver, digest, channel="prod", now=when)  # not about the change budget
         assert publish_bundle(
-            state, bucket, channel="prod", digest=digest, signer=signer, now=when, change_budget_percent=100
+            state,
+            bucket,
+            channel="prod",
+            digest=digest,
+            signer=signer,
+            now=when,
+            change_budget_percent=100,
+            approvers=approvers,
         ).shipped
         return digest
 

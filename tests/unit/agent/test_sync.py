@@ -24,6 +24,7 @@ from tests.fakes.kube import FakeKubeAPI
 from tests.unit.bundle.factory import (
     T0,
     RecordingStore,
+    approve,
     ccg,
     ips,
     labels,
@@ -66,12 +67,12 @@ def make_agent(bucket, verifier, tmp_path):
 
 
 @pytest.fixture
-def ship(state, bucket, signer):
+def ship(state, bucket, signer, approver, approvers):
     """Render and publish ``files`` to a channel at ``when``; returns the digest."""
 
     def ship(files, when=T0, *, channel="prod", ttl=timedelta(hours=72)):
         digest = render(state, files, channel=channel, created=when, ttl=ttl)
-        state.put(layout.approval_key(channel, digest), b"")  # these tests are not about the change budget
+        approve(state, bucket, approver, digest, channel=channel, now=when)  # not about the change budget
         result = publish_bundle(
             state,
             bucket,
@@ -80,6 +81,7 @@ def ship(state, bucket, signer):
             signer=signer,
             now=when,
             change_budget_percent=100,
+            approvers=approvers,
         )
         assert result.shipped
         return digest
@@ -498,8 +500,8 @@ def test_an_unreachable_cluster_changes_nothing_and_is_retried(kube, ship, make_
 
     status = agent.sync_once(T0 + MINUTE)
 
-    assert status["last_poll"]["result"] == "apply_failed"
-    assert "cannot read the objects this agent owns" in status["last_poll"]["detail"]
+    assert status["last_poll"]["result"] == "unreachable"
+    assert "cannot read the generation of the objects applied here" in status["last_poll"]["detail"]
     assert kube.objects() == []
     assert agent.sync_once(T0 + 2 * MINUTE)["last_poll"]["result"] == "applied"
 

@@ -31,3 +31,21 @@ def state(tmp_path) -> LocalStore:
 @pytest.fixture
 def dist(tmp_path) -> LocalStore:
     return LocalStore(tmp_path / "dist")
+
+
+@pytest.fixture(scope="session")
+def approver_pair(tmp_path_factory) -> tuple[LocalSigner, Verifier]:
+    """The approver's key: a second principal, never the channel's signing key."""
+    path = tmp_path_factory.mktemp("approver") / "approver.pem"
+    public = generate_local_key(path)
+    return LocalSigner.from_file(path), Verifier.from_public_pem(public)
+
+
+@pytest.fixture
+def approver(approver_pair) -> LocalSigner:
+    return approver_pair[0]
+
+
+@pytest.fixture
+def approvers(approver_pair) -> Verifier:
+    return approver_pair[1]

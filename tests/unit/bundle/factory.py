@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cdr_policy import jsonio, layout
-from cdr_policy.bundle.manifest import Settings, build_manifest
+from cdr_policy.bundle.approvals import grant
+from cdr_policy.bundle.manifest import Manifest, Settings, VerificationError, build_manifest
 from cdr_policy.bundle.signing import Signer, statement
 from cdr_policy.policy.serialize import dump_yaml
-from cdr_policy.storage import Store
+from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import iso
 
 T0 = datetime(2026, 1, 10, 16, 0, tzinfo=UTC)
@@ -201,6 +202,20 @@ def plant_signed(
     signed = sign_document({**manifest.to_json(), "generation": generation}, signer)
     dist.put(layout.channel_manifest_key(channel), jsonio.dumps_pretty(signed))
     return manifest.digest
+
+
+def approve(
+    state: Store, dist: Store, approver: Signer, digest: str, *, channel: str = "prod", now: datetime = T0
+) -> str:
+    """As the approver: grant ``digest`` as the replacement of what ``dist`` ships for ``channel``
+    (as ``cdr-policy channel approve`` does). Returns the grant's key."""
+    try:
+        previous: str | None = Manifest.parse(dist.get(layout.channel_manifest_key(channel)).data, channel).digest
+    except (NotFound, VerificationError):
+        previous = None  # nothing usable shipped: the grant is for that
+    signed = grant(channel, digest, previous, signer=approver, now=now)
+    state.put(signed.key, jsonio.dumps_pretty(signed.to_json()))
+    return signed.key
 
 
 def sign_document(document: dict[str, Any], signer: Signer) -> dict[str, Any]:

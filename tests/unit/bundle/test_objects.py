@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cdr_policy.admission.effect import BundleEffect
 from cdr_policy.bundle.change_budget import assess
 from cdr_policy.bundle.manifest import VerificationError
 from cdr_policy.bundle.objects import ObjectRef, parse_objects, prefixes, ref_of
@@ -72,35 +73,77 @@ def test_prefixes_are_canonical_and_counted_once():
     assert prefixes(objects) == {"45.0.0.1/32", "45.0.1.0/24", "45.0.2.9/32", "2a00:1450::/32"}
 
 
+def effect(tetragon=(), cilium=(), programs=()) -> BundleEffect:
+    made = BundleEffect()
+    made.prefixes["tetragon"].update(tetragon)
+    made.prefixes["cilium"].update(cilium)
+    made.programs.update(programs)
+    return made
+
+
+def engine(budget, name):
+    return next(e for e in budget.engines if e.engine == name)
+
+
 def test_churn_counts_even_when_totals_stay_the_same():
-    check = assess(
-        {f"45.0.0.{i}/32" for i in range(100)},
-        {f"45.0.1.{i}/32" for i in range(100)},
+    budget = assess(
+        effect(tetragon={f"45.0.0.{i}/32" for i in range(100)}),
+        effect(tetragon={f"45.0.1.{i}/32" for i in range(100)}),
         budget_percent=50,
         min_changes=0,
     )
-    assert (check.added, check.removed, check.percent) == (100, 100, 200.0)
-    assert check.exceeded
-    assert "200.0%" in check.reason()
+    tetragon = engine(budget, "tetragon")
+    assert (tetragon.added, tetragon.removed, tetragon.percent) == (100, 100, 200.0)
+    assert budget.over() == [tetragon]
+    assert "tetragon: 200 changes (100 added, 100 removed) against 100 current entries is 200.0%" in budget.reasons()[0]
+
+
+def test_each_engine_is_measured_on_its_own():
+    """Replacing every Cilium prefix is over the budget, however many Tetragon prefixes stay."""
+    same = {f"45.0.{i // 256}.{i % 256}/32" for i in range(1000)}
+    budget = assess(
+        effect(tetragon=same, cilium={f"46.0.0.{i}/32" for i in range(50)}),
+        effect(tetragon=same, cilium={f"47.0.0.{i}/32" for i in range(50)}),
+        budget_percent=50,
+        min_changes=20,
+    )
+    assert [e.engine for e in budget.over()] == ["cilium"]
+
+
+def test_new_programs_in_kill_rules_count_like_prefixes():
+    budget = assess(
+        effect(programs={"/xmrig"}),
+        effect(programs={"/xmrig", *(f"/miner{i}" for i in range(30))}),
+        budget_percent=50,
+        min_changes=20,
+    )
+    assert [e.engine for e in budget.over()] == ["programs"]
 
 
 def test_small_changes_are_within_budget():
     current = {f"45.0.0.{i}/32" for i in range(100)}
-    check = assess(current, current - {"45.0.0.1/32"} | {"45.0.9.9/32"}, budget_percent=5, min_changes=0)
-    assert check.percent == 2.0 and not check.exceeded
+    budget = assess(
+        effect(cilium=current),
+        effect(cilium=current - {"45.0.0.1/32"} | {"45.0.9.9/32"}),
+        budget_percent=5,
+        min_changes=0,
+    )
+    assert engine(budget, "cilium").percent == 2.0 and not budget.reasons()
 
 
 def test_min_changes_keeps_small_lists_flowing():
-    assert not assess({"45.0.0.1/32"}, {"45.0.0.2/32", "45.0.0.3/32"}, budget_percent=50, min_changes=20).exceeded
-    assert assess({"45.0.0.1/32"}, {"45.0.0.2/32", "45.0.0.3/32"}, budget_percent=50, min_changes=0).exceeded
+    before, after = effect(tetragon={"45.0.0.1/32"}), effect(tetragon={"45.0.0.2/32", "45.0.0.3/32"})
+    assert not assess(before, after, budget_percent=50, min_changes=20).reasons()
+    assert assess(before, after, budget_percent=50, min_changes=0).reasons()
 
 
 def test_emptying_a_list_is_over_budget():
-    check = assess({f"45.0.0.{i}/32" for i in range(50)}, set(), budget_percent=50, min_changes=20)
-    assert check.removed == 50 and check.percent == 100.0 and check.exceeded
+    budget = assess(effect(tetragon={f"45.0.0.{i}/32" for i in range(50)}), effect(), budget_percent=50, min_changes=20)
+    tetragon = engine(budget, "tetragon")
+    assert tetragon.removed == 50 and tetragon.percent == 100.0 and budget.over() == [tetragon]
 
 
 @pytest.mark.parametrize("budget, minimum", [(0, 0), (101, 0), (50, -1)])
 def test_budget_arguments_are_checked(budget, minimum):
     with pytest.raises(ValueError):
-        assess(set(), set(), budget_percent=budget, min_changes=minimum)
+        assess(effect(), effect(), budget_percent=budget, min_changes=minimum)

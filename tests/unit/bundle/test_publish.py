@@ -18,14 +18,17 @@ from cdr_policy.stages.publish import publish_bundle, rollback
 from cdr_policy.storage import NotFound, PreconditionFailed, S3Store
 from cdr_policy.timeutil import iso
 
-from .factory import T0, TTL, RecordingStore, behaviour_policy, files_of, ips, network_bundle, render
+from .factory import T0, TTL, RecordingStore, approve, behaviour_policy, files_of, ips, network_bundle, render
 
 HOUR = timedelta(hours=1)
 
 
-def publish(state, dist, signer, digest, *, now=T0, budget=50, approved=False, **kwargs):
-    if approved:
-        state.put(layout.approval_key("prod", digest), b"approved by the on-call engineer")
+def publish(state, dist, signer, digest, *, now=T0, budget=50, approver=None, **kwargs):
+    """Publish as the stage does; with ``approver`` (the approver's key pair), the approver granted
+    this bundle over what the channel ships first."""
+    if approver is not None:
+        approve(state, dist, approver[0], digest, now=now)
+        kwargs["approvers"] = approver[1]
     return publish_bundle(
         state,
         dist,
@@ -146,14 +149,14 @@ def test_change_over_budget_is_held_and_alarmed(state, recorder, signer):
 
     assert result.status == "held" and not result.shipped
     assert "80.0%, over the change budget of 50%" in result.reason
-    assert result.budget == {
-        "current": 100,
-        "proposed": 100,
-        "added": 40,
-        "removed": 40,
-        "percent": 80.0,
+    assert result.budget.to_dict() == {
         "budget_percent": 50,
         "min_changes": 20,
+        "engines": {
+            "tetragon": {"current": 100, "proposed": 100, "added": 40, "removed": 40, "percent": 80.0},
+            "cilium": {"current": 100, "proposed": 100, "added": 40, "removed": 40, "percent": 80.0},
+            "programs": {"current": 0, "proposed": 0, "added": 0, "removed": 0, "percent": 0.0},
+        },
         "shrink": [],
     }
     assert recorder.puts == []
@@ -161,33 +164,34 @@ def test_change_over_budget_is_held_and_alarmed(state, recorder, signer):
     assert "BundlesHeld" in metrics.metric_set
 
 
-def test_an_approved_change_is_published_despite_the_budget(state, dist, signer):
+def test_an_approved_change_is_published_despite_the_budget(state, dist, signer, approver_pair):
     publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
     digest = render(state, network_bundle(ips(1000, 100), tag="b"))
 
-    state.put(layout.approval_key("prod", digest), b"approved by the on-call engineer")
-    result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
+    result = publish(state, dist, signer, digest, now=T0 + HOUR, approver=approver_pair)
 
     assert result.status == "published" and current(dist)["digest"] == digest
-    assert current(dist)["approval"] == {"previous_digest": result.previous_digest, "approved_at": iso(T0 + HOUR)}
+    approval = current(dist)["approval"]
+    assert (approval["previous_digest"], approval["approved_at"]) == (result.previous_digest, iso(T0 + HOUR))
+    assert approval["approver"] == approver_pair[0].key_id and len(approval["grant"]) == 64
 
 
-def test_a_refresh_keeps_the_approval_for_agents_that_missed_it(state, dist, signer):
+def test_a_refresh_keeps_the_approval_for_agents_that_missed_it(state, dist, signer, approver_pair):
     publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
     digest = render(state, network_bundle(ips(1000, 100), tag="b"))
-    approval = publish(state, dist, signer, digest, now=T0 + HOUR, approved=True)
-    assert current(dist)["approval"]["previous_digest"] == approval.previous_digest
+    publish(state, dist, signer, digest, now=T0 + HOUR, approver=approver_pair)
+    approval = current(dist)["approval"]
 
     refreshed = publish(state, dist, signer, digest, now=T0 + HOUR + TTL)
 
     assert refreshed.status == "refreshed" and current(dist)["generation"] == 3
-    assert current(dist)["approval"] == {"previous_digest": approval.previous_digest, "approved_at": iso(T0 + HOUR)}
+    assert current(dist)["approval"] == approval
 
 
-def test_an_approval_is_recorded_only_when_the_budget_needed_it(state, dist, signer):
+def test_an_approval_is_recorded_only_when_the_budget_needed_it(state, dist, signer, approver_pair):
     publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
     digest = render(state, network_bundle(ips(10, 100), tag="b"))
-    assert publish(state, dist, signer, digest, now=T0 + HOUR, approved=True).status == "published"
+    assert publish(state, dist, signer, digest, now=T0 + HOUR, approver=approver_pair).status == "published"
     assert "approval" not in current(dist)
 
 
@@ -198,7 +202,8 @@ def test_change_within_budget_is_published_with_its_measure(state, dist, signer)
     result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
 
     assert result.status == "published"
-    assert (result.budget["added"], result.budget["removed"], result.budget["percent"]) == (10, 10, 20.0)
+    tetragon = result.budget.to_dict()["engines"]["tetragon"]
+    assert (tetragon["added"], tetragon["removed"], tetragon["percent"]) == (10, 10, 20.0)
 
 
 def test_first_publish_is_exempt_from_the_budget(state, dist, signer):
@@ -206,15 +211,14 @@ def test_first_publish_is_exempt_from_the_budget(state, dist, signer):
     assert result.status == "published" and result.budget is None
 
 
-def test_unreadable_current_manifest_holds_unless_approved(state, dist, signer):
+def test_unreadable_current_manifest_holds_unless_approved(state, dist, signer, approver_pair):
     dist.put(layout.channel_manifest_key("prod"), b"{ not json")
     digest = render(state, network_bundle(ips(0, 10)))
 
     held = publish(state, dist, signer, digest)
     assert held.status == "held" and "unusable" in held.reason
 
-    state.put(layout.approval_key("prod", digest), b"")
-    assert publish(state, dist, signer, digest).status == "published"
+    assert publish(state, dist, signer, digest, approver=approver_pair).status == "published"
 
 
 def test_current_bundle_files_gone_holds_unless_approved(state, dist, signer):
@@ -311,21 +315,22 @@ def test_generations_increase_with_every_manifest(state, dist, signer):
 
 def test_a_forged_manifest_cannot_push_or_reset_the_generation(state, dist, signer, tmp_path):
     """Someone who can write the bucket but not sign puts a manifest with a huge generation, or deletes
-    the manifest: the next publish continues from the newest verified history entry."""
+    the manifest: the next publish continues from the newest verified history entry, and compares with
+    it (the change budget still applies: it is not a first publish)."""
     a = render(state, network_bundle(ips(0, 10), tag="a"))
     b = render(state, network_bundle(ips(0, 11), tag="b"))
     publish(state, dist, signer, a)
     forged = current(dist) | {"generation": 9_000_000_000_000_000}
     dist.put(layout.channel_manifest_key("prod"), jsonio.dumps(forged))
 
-    held = publish(state, dist, signer, b, now=T0 + HOUR)
-    assert held.status == "held" and "unusable" in held.reason and "bad signature" in held.reason
-    approved = publish(state, dist, signer, b, now=T0 + HOUR, approved=True)
-    assert (approved.status, approved.generation) == ("published", 2)
-    assert current(dist)["approval"]["previous_digest"] is None
+    replaced = publish(state, dist, signer, b, now=T0 + HOUR)
+    assert (replaced.status, replaced.generation, replaced.previous_digest) == ("published", 2, a)
+    assert current(dist)["generation"] == 2  # the forgery is gone
 
     dist.delete(layout.channel_manifest_key("prod"))
-    assert publish(state, dist, signer, a, now=T0 + 2 * HOUR).generation == 3
+    again = publish(state, dist, signer, a, now=T0 + 2 * HOUR)
+    assert (again.generation, again.previous_digest) == (3, b)
+    assert again.budget is not None  # compared with the history, not a first publish
 
 
 def test_a_replayed_older_manifest_is_replaced_by_the_next_publish(state, dist, signer):
@@ -344,10 +349,19 @@ def test_a_replayed_older_manifest_is_replaced_by_the_next_publish(state, dist, 
     assert (current(dist)["digest"], current(dist)["generation"]) == (b, 3)
 
 
-def test_a_manifest_too_large_to_read_is_unusable_without_reading_it(state, recorder, signer):
-    publish(state, recorder, signer, render(state, network_bundle(ips(0, 10), tag="a")))
+def test_a_manifest_too_large_to_read_is_replaced_from_the_history(state, recorder, signer):
+    a = render(state, network_bundle(ips(0, 10), tag="a"))
+    publish(state, recorder, signer, a)
     recorder.inner.put(layout.channel_manifest_key("prod"), b" " * (2 << 20))
-    held = publish(state, recorder, signer, render(state, network_bundle(ips(0, 11), tag="b")), now=T0 + HOUR)
+    b = render(state, network_bundle(ips(0, 11), tag="b"))
+    replaced = publish(state, recorder, signer, b, now=T0 + HOUR)
+    assert (replaced.status, replaced.previous_digest, replaced.generation) == ("published", a, 2)
+    assert current(recorder)["digest"] == b
+
+
+def test_a_manifest_too_large_to_read_without_history_holds(state, dist, signer):
+    dist.put(layout.channel_manifest_key("prod"), b" " * (2 << 20))
+    held = publish(state, dist, signer, render(state, network_bundle(ips(0, 11), tag="b")))
     assert held.status == "held" and "larger than 1048576 bytes" in held.reason
 
 
@@ -366,7 +380,7 @@ SHRINKS = {
 
 
 @pytest.mark.parametrize("case", sorted(SHRINKS))
-def test_a_shrinking_bundle_is_held_whatever_the_channel_size(case, state, dist, signer):
+def test_a_shrinking_bundle_is_held_whatever_the_channel_size(case, state, dist, signer, approver_pair):
     extra_before, extra_after, reason = SHRINKS[case]
     before = {**network_bundle(ips(0, 90), tag="a"), **files_of(extra_before)}
     after = {**network_bundle(ips(1, 90), tag="b"), **files_of(extra_after)} if extra_after is not None else {}
@@ -376,8 +390,8 @@ def test_a_shrinking_bundle_is_held_whatever_the_channel_size(case, state, dist,
     held = publish(state, dist, signer, digest, now=T0 + HOUR)
 
     assert held.status == "held" and reason in held.reason
-    assert reason in held.budget["shrink"][0]
-    approved = publish(state, dist, signer, digest, now=T0 + HOUR, approved=True)
+    assert reason in held.budget.shrink[0]
+    approved = publish(state, dist, signer, digest, now=T0 + HOUR, approver=approver_pair)
     assert approved.status == "published" and current(dist)["approval"]["previous_digest"] == held.previous_digest
 
 
@@ -427,3 +441,17 @@ def test_publish_through_s3(signer, verifier):
         key = layout.published_file_key("prod", digest, "cilium-cdr-blocklist.yaml")
         head = s3.head_object(Bucket="dist-bucket", Key=key)
         assert head["ContentType"] == "application/yaml"
+
+
+def test_a_changed_lifetime_is_signed_at_once_with_the_same_files(state, dist, signer):
+    """The channel's bundle_ttl_hours went from 72 to 24: the same objects, re-signed now with the new
+    lifetime (never kept at 72 hours until the next content change)."""
+    digest = render(state, network_bundle(ips(0, 10)), ttl=TTL)
+    publish(state, dist, signer, digest)
+    assert render(state, network_bundle(ips(0, 10)), ttl=timedelta(hours=24)) == digest
+
+    result = publish(state, dist, signer, digest, now=T0 + HOUR)
+
+    assert (result.status, result.generation) == ("refreshed", 2)
+    assert current(dist)["expires_at"] == iso(T0 + HOUR + timedelta(hours=24))
+    assert publish(state, dist, signer, digest, now=T0 + 2 * HOUR).status == "unchanged"

@@ -10,6 +10,17 @@ from cdr_policy.cli import main
 SECRET = "QUALYS_PASSWORD=hunter2-do-not-print"
 
 
+def user_env(tmp_path):
+    """What a user with a gateway and credentials set has (the runs here stop before any request)."""
+    return {
+        "XDG_CACHE_HOME": str(tmp_path / "c"),
+        "HOME": str(tmp_path),
+        "QUALYS_GATEWAY_URL": "https://gateway.invalid.example",
+        "QUALYS_USERNAME": "u",
+        "QUALYS_PASSWORD": "p",
+    }
+
+
 def run(argv, tmp_path, capsys):
     code = main(argv, {"XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path)})
     _, err = capsys.readouterr()
@@ -48,16 +59,41 @@ def test_a_bad_configuration_file_is_named_without_its_content(flag, content, me
     path = tmp_path / "config.yaml"
     path.write_bytes(content)
 
-    env = {
-        "XDG_CACHE_HOME": str(tmp_path / "c"),
-        "HOME": str(tmp_path),
-        "QUALYS_GATEWAY_URL": "https://gateway.invalid.example",
-        "QUALYS_USERNAME": "u",
-        "QUALYS_PASSWORD": "p",
-    }
+    env = user_env(tmp_path)
     code = main(["--once", flag, str(path)], env)
 
     err = capsys.readouterr().err
     assert code == 2 and f"error: {path}: {message}" in err
     assert len(err.strip().splitlines()) == 1
     assert "hunter2" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("ttl", "interval", "message"),
+    [
+        (1000000, "1h", "bundle_ttl_hours is at most 720 (30 days), got 1000000"),
+        (10**9, "1h", "bundle_ttl_hours is at most 720 (30 days), got 1000000000"),
+        (10**30, "1h", "bundle_ttl_hours is at most 720 (30 days), got a number out of range"),
+        (1, "1h", "bundle_ttl_hours 1 is less than twice the re-render period (1 h)"),
+        (72, "2d", "bundle_ttl_hours 72 is less than twice the re-render period (48 h)"),
+        ("72h", "1h", "bundle_ttl_hours must be a positive integer, got a str"),
+    ],
+)
+def test_a_bundle_lifetime_out_of_bounds_is_one_configuration_error(ttl, interval, message, tmp_path, capsys):
+    channel = tmp_path / "channel.yaml"
+    channel.write_text(f"channels:\n  - name: local\n    bundle_ttl_hours: {ttl!r}\n".replace("'", '"'))
+    code = main(["--once", "--action=Sigkill", f"--interval={interval}", f"--channel={channel}"], user_env(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"cdr-policy: error: {channel}: channels[0]: channel local: {message}")
+    assert "Traceback" not in err and "OverflowError" not in err
+
+
+def test_the_default_channel_is_checked_against_the_interval_too(tmp_path, capsys):
+    code = main(["--interval=3d"], user_env(tmp_path))
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert line.startswith(
+        "cdr-policy: error: channel local: bundle_ttl_hours 72 is less than twice the re-render period (72 h)"
+    )

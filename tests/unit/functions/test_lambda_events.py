@@ -95,6 +95,11 @@ def test_several_records_keep_their_order():
     assert parse_s3_notification(body, bucket=BUCKET).keys == ("indicators/b.json", "indicators/a.json")
 
 
+def test_a_changed_operator_document_is_a_render_trigger():
+    body = notification("config/channels.yaml")
+    assert parse_s3_notification(body, bucket=BUCKET).keys == ("config/channels.yaml",)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -109,8 +114,11 @@ def test_several_records_keep_their_order():
             "unexpected eventName 'ObjectRestore:Post'",
         ),
         (notification("indicators/x.json", bucket="someone-else"), "from bucket 'someone-else'"),
-        (notification("bundles/abc/bundle.json"), "key 'bundles/abc/bundle.json' is not under 'indicators/'"),
-        (notification("indicators%2Fx.json".replace("indicators", "state")), "is not under 'indicators/'"),
+        (
+            notification("bundles/abc/bundle.json"),
+            "key 'bundles/abc/bundle.json' is not under 'indicators/' or 'config/'",
+        ),
+        (notification("indicators%2Fx.json".replace("indicators", "state")), "is not under 'indicators/' or 'config/'"),
         (notification(""), "has no object key"),
         (
             json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": "x"}]}),
@@ -136,15 +144,16 @@ def test_publish_request_round_trip_is_canonical():
         ("{", "publish request is not valid JSON"),
         ('"prod"', "publish request must be a JSON object, got str"),
         (json.dumps({"channel": "prod"}), "missing field\\(s\\) digest"),
-        (json.dumps({"channel": "prod", "digest": DIGEST, "force": True}), "unknown field\\(s\\) force"),
-        (json.dumps({"channel": "Prod", "digest": DIGEST}), "'Prod' is not a channel name"),
+        (json.dumps({"channel": "prod", "digest": DIGEST, "force": True}), "1 unknown field\\(s\\)"),
+        (json.dumps({"channel": "prod", "digest": DIGEST, "approval": "x"}), "the approval is not 64 lower-case hex"),
+        (json.dumps({"channel": "Prod", "digest": DIGEST}), "the channel is not a channel name"),
         (json.dumps({"channel": "prod\n", "digest": DIGEST}), "is not a channel name"),
         (json.dumps({"channel": "a" * 33, "digest": DIGEST}), "is not a channel name"),
-        (json.dumps({"channel": 7, "digest": DIGEST}), "7 is not a channel name"),
+        (json.dumps({"channel": 7, "digest": DIGEST}), "the channel is not a channel name"),
         (json.dumps({"channel": "prod", "digest": DIGEST[:-1]}), "is not 64 lower-case hex"),
         (json.dumps({"channel": "prod", "digest": DIGEST.upper()}), "is not 64 lower-case hex"),
         (json.dumps({"channel": "prod", "digest": "g" * 64}), "is not 64 lower-case hex"),
-        (json.dumps({"channel": "prod", "digest": None}), "None is not 64 lower-case hex"),
+        (json.dumps({"channel": "prod", "digest": None}), "the digest is not 64 lower-case hex"),
     ],
 )
 def test_malformed_publish_requests_are_refused(body, message):

@@ -33,12 +33,12 @@ class FakePublish:
         self.calls: list[tuple[str, str]] = []
         self.failing: set[str] = set()
 
-    def __call__(self, settings, *, channel: str, digest: str, now=None) -> dict:
+    def __call__(self, settings, request, *, now=None) -> dict:
         assert settings.dist_bucket == "cdr-policy-dev-dist-123456789012-us-east-1"
-        self.calls.append((channel, digest))
-        if channel in self.failing:
-            raise BundleError(f"bundle {digest} for {channel}: KMS could not sign")
-        return {"channel": channel, "digest": digest, "published": True}
+        self.calls.append((request.channel, request.digest))
+        if request.channel in self.failing:
+            raise BundleError(f"bundle {request.digest} for {request.channel}: KMS could not sign")
+        return {"channel": request.channel, "digest": request.digest, "published": True}
 
 
 @pytest.fixture

@@ -1,87 +1,66 @@
-"""Publish through the real handler (``functions/publish/app.py``), deployed from template.yaml on a moto
-server that enforces IAM and run under its own role: one writer per channel and never backwards, the
-change budget protecting enforcement, history only after the manifest."""
+"""Publish through the real handler (``functions/publish/app.py``) and boto3 over HTTP to a moto server:
+one writer per channel and never backwards, the change budget protecting enforcement, history only
+after the manifest."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
-from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from cdr_policy import jsonio, layout
+from cdr_policy.bundle.approvals import grant
+from cdr_policy.bundle.manifest import Settings
 from cdr_policy.bundle.signing import KmsSigner
-from cdr_policy.settings import Settings
+from cdr_policy.documents import channels_from_store
+from cdr_policy.settings import get_settings
 from cdr_policy.stages.publish import ChannelMoved, publish_bundle
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import utcnow
-from tests.fakes.aws import moto_server
-from tests.fakes.lambda_runtime import LambdaService
-from tests.fakes.stack import Stack, deploy
+from tests.fakes.lambda_runtime import LambdaContext, load_handler
 from tests.unit.bundle.factory import behaviour_policy, files_of, ips, network_bundle, render
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
-_stacks = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def server():
-    with moto_server() as running:
-        yield running
-
-
-@dataclass
-class Deployed:
-    stack: Stack
-    lambdas: LambdaService
-
-
-@pytest.fixture
-def stack(server, tmp_path) -> Deployed:
-    """A stack of its own for each test (its own buckets, table and key)."""
-    environment = f"safety{next(_stacks)}"
-    deployed = deploy(server, name=f"cdr-policy-{environment}", parameters={"Environment": environment})
-    return Deployed(deployed, LambdaService(deployed, tmp_path / "lambda.log"))
-
-
-def stores(stack: Deployed) -> tuple[S3Store, S3Store]:
-    s3 = stack.stack.client("s3")
-    return S3Store(s3, stack.stack.state_bucket), S3Store(s3, stack.stack.dist_bucket)
+def stores(stack) -> tuple[S3Store, S3Store]:
+    s3 = stack.client("s3")
+    return S3Store(s3, stack.state_bucket), S3Store(s3, stack.dist_bucket)
 
 
 def rendered(stack, files, channel="prod") -> str:
-    """Put a bundle in the state bucket as Render does, as the channel's latest render."""
+    """Put a bundle in the state bucket as Render does, as the channel's latest render, rendered with
+    the channel's settings as the bucket configures them now."""
     state, _ = stores(stack)
     now = utcnow()
-    digest = render(state, files, channel=channel, created=now)
+    configured = next(c for c in channels_from_store(state, refresh_hours=6) if c.name == channel)
+    settings = Settings(action=configured.action, mode="monitor", channel_digest=configured.fingerprint())
+    digest = render(state, files, channel=channel, created=now, settings=settings)
     state.put(layout.latest_render_key(channel), jsonio.dumps({"digest": digest, "rendered_at": now.isoformat()}))
     return digest
 
 
-def invoke(stack: Deployed, channel: str, digest: str) -> dict:
-    """Publish's handler, under its role, with the SQS event of one publish request."""
-    queue = stack.stack.outputs["PublishQueueUrl"].rsplit("/", 1)[1]
+def invoke(channel: str, digest: str, approval: str | None = None) -> dict:
+    body = {"channel": channel, "digest": digest} | ({"approval": approval} if approval else {})
     event = {
         "Records": [
             {
                 "messageId": f"m-{digest[:8]}",
                 "receiptHandle": "rh",
-                "body": json.dumps({"channel": channel, "digest": digest}),
+                "body": json.dumps(body),
                 "attributes": {"ApproximateReceiveCount": "1"},
                 "messageAttributes": {},
                 "md5OfBody": "",
                 "eventSource": "aws:sqs",
-                "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:cdr-policy-safety-publish",
                 "awsRegion": "us-east-1",
             }
         ]
     }
-    invocation = stack.lambdas.invoke("PublishFunction", event)
-    assert invocation.error is None, invocation.error
-    return invocation.response
+    return load_handler("publish").lambda_handler(event, LambdaContext("publish"))
 
 
 def current(stack, channel="prod") -> dict:
@@ -94,40 +73,51 @@ BEHAVIOURS = files_of({"b1.yaml": behaviour_policy("cloud_credentials"), "b2.yam
 
 def test_a_bundle_dropping_a_behaviour_policy_is_held_until_approved(stack):
     first = rendered(stack, {**network_bundle(ips(0, 90), tag="a"), **BEHAVIOURS})
-    assert invoke(stack, "prod", first) == {"batchItemFailures": []}
+    assert invoke("prod", first) == {"batchItemFailures": []}
     assert (current(stack)["digest"], current(stack)["generation"]) == (first, 1)
     # 2 of 180 prefixes change, but the crypto-mining behaviour policy is gone
     dropped = rendered(
         stack, {**network_bundle(ips(1, 90), tag="b"), **files_of({"b1.yaml": behaviour_policy("cloud_credentials")})}
     )
 
-    assert invoke(stack, "prod", dropped) == {"batchItemFailures": []}
+    assert invoke("prod", dropped) == {"batchItemFailures": []}
     assert current(stack)["digest"] == first
 
+    # The approver grants it with the approvers' KMS key and asks Publish again (channel approve
+    # --publish-queue): a new request for the idempotency store, never answered with the held one.
     state, _ = stores(stack)
-    state.put(f"approvals/prod/{dropped}", b"")
-    # (the handler remembers the held result for its idempotency window: call the stage it runs)
-    summary = _publish_stage(stack, "prod", dropped)
-    assert summary["status"] == "published"
+    grant_key, fingerprint = approve_as(stack, state, dropped, previous=first)
+    assert invoke("prod", dropped) == {"batchItemFailures": []}
+    assert current(stack)["digest"] == first  # Render's request again: still the held answer
+    assert invoke("prod", dropped, approval=fingerprint) == {"batchItemFailures": []}
     manifest = current(stack)
     assert (manifest["digest"], manifest["generation"]) == (dropped, 2)
-    assert manifest["approval"]["previous_digest"] == first
+    assert manifest["approval"]["previous_digest"] == first and manifest["approval"]["grant"] == fingerprint
+    assert state.list(grant_key) == []  # used once
 
 
-def _publish_stage(stack: Deployed, channel: str, digest: str) -> dict:
-    """Publish's stage with the function's settings and role (what the handler runs for one request)."""
+def approve_as(stack, state, digest: str, *, previous: str | None, key_id: str | None = None) -> tuple[str, str]:
+    """Sign a grant with the approvers' KMS key (or ``key_id``) and put it where Publish looks."""
+    signer = KmsSigner(stack.approver_client("kms"), key_id or stack.approver_key_id)
+    signed = grant("prod", digest, previous, signer=signer, now=utcnow(), reason="reviewed by the on-call")
+    # only the ApproverRole may write under approvals/ (the state bucket's policy)
+    S3Store(stack.approver_client("s3"), stack.state_bucket).put(signed.key, jsonio.dumps_pretty(signed.to_json()))
+    return signed.key, signed.fingerprint()
+
+
+def _publish_stage(channel: str, digest: str) -> dict:
+    from cdr_policy.lambda_events import PublishRequest
     from cdr_policy.wiring import cloud
 
-    with stack.lambdas.running_as("PublishFunction") as env:
-        return cloud.publish(Settings.from_env(env), channel=channel, digest=digest)
+    return cloud.publish(get_settings(), PublishRequest(channel, digest))
 
 
 def test_an_empty_bundle_over_a_small_channel_is_held(stack):
     first = rendered(stack, network_bundle(ips(0, 3)))
-    invoke(stack, "prod", first)
+    invoke("prod", first)
     empty = rendered(stack, {})
 
-    assert _publish_stage(stack, "prod", empty)["status"] == "held"
+    assert _publish_stage("prod", empty)["status"] == "held"
     assert current(stack)["digest"] == first
     assert stores(stack)[1].list(layout.history_prefix("prod"))[-1].endswith(f"-{first}.json")
 
@@ -136,7 +126,7 @@ def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
     """Both read generation 1; the first to write gets generation 2; the other's conditional write
     (If-Match on the manifest it read) fails and overwrites nothing. Retried, it becomes generation 3."""
     state, dist = stores(stack)
-    signer = KmsSigner(stack.stack.client("kms"), stack.stack.signing_key_arn)
+    signer = KmsSigner(stack.client("kms"), stack.stack.signing_key_arn)
     now = utcnow()
     a = render(state, network_bundle(ips(0, 10), tag="a"), created=now)
     publish_bundle(state, dist, channel="prod", digest=a, signer=signer, now=now, change_budget_percent=100)
@@ -148,7 +138,7 @@ def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
 
     class Racing(S3Store):
         def __init__(self, name: str) -> None:
-            super().__init__(stack.stack.client("s3"), stack.stack.dist_bucket)
+            super().__init__(stack.client("s3"), stack.dist_bucket)
             self.name = name
 
         def put_if(self, key, data, etag, content_type="application/octet-stream"):
@@ -211,7 +201,7 @@ def test_publish_refuses_what_the_channel_settings_forbid(stack):
     killing["cdr-dynamic-blocklist.yaml"] = killing["cdr-dynamic-blocklist.yaml"].replace(
         b"- action: Post\n        rateLimit: 1m", b"- action: Sigkill"
     )
-    summary = _publish_stage(stack, "prod", rendered(stack, killing))
+    summary = _publish_stage("prod", rendered(stack, killing))
     assert summary["status"] == "refused"
     assert summary["errors"] == [
         "cdr-dynamic-blocklist.yaml, document 1 at spec.kprobes[0].selectors[0].matchActions[0]: "
@@ -219,7 +209,67 @@ def test_publish_refuses_what_the_channel_settings_forbid(stack):
     ]
 
     own_range = rendered(stack, network_bundle(ips(0, 10), tag="p"))  # 45.0.0.x: the channel's pods
-    summary = _publish_stage(stack, "prod", own_range)
+    summary = _publish_stage("prod", own_range)
     assert summary["status"] == "refused"
     assert any("protected range of channel prod" in e for e in summary["errors"])
     assert stores(stack)[1].list(layout.channel_manifest_key("prod")) == []
+
+
+# -- issue 27: errors are retried, decisions are cached, Publish signs what the channel says now ------
+
+
+def test_a_store_failure_is_retried_never_remembered_as_held(stack, monkeypatch):
+    """Reading the current bundle fails once (a 503): the record fails and is not stored by the
+    idempotency layer, so the redelivery after recovery publishes instead of answering "held"."""
+    from cdr_policy.storage import StorageError
+
+    first = rendered(stack, network_bundle(ips(0, 90), tag="a"))
+    assert invoke("prod", first) == {"batchItemFailures": []}
+    second = rendered(stack, network_bundle(ips(1, 90), tag="b"))
+    real_get = S3Store.get
+    failures = {"left": 1}
+
+    def flaky(self, key, *, max_bytes=None):
+        if f"/bundles/{first}/" in key and failures["left"]:
+            failures["left"] -= 1
+            raise StorageError(f"s3://{self.bucket}/{key}: SlowDown: 503")
+        return real_get(self, key, max_bytes=max_bytes)
+
+    monkeypatch.setattr(S3Store, "get", flaky)
+    with pytest.raises(BatchProcessingError, match="All records failed"):  # the whole batch: Lambda backs off
+        invoke("prod", second)
+    assert current(stack)["digest"] == first
+
+    assert invoke("prod", second) == {"batchItemFailures": []}  # the redelivery
+    assert current(stack)["digest"] == second
+
+
+def test_a_bundle_rendered_with_settings_the_channel_no_longer_has_is_not_signed(stack):
+    """Staging rendered under Sigkill, then set back to Post: the retried request for the Sigkill render
+    is superseded, never signed with the action the channel no longer has."""
+    state, _ = stores(stack)
+    state.put("config/channels.yaml", b"channels:\n  - {name: staging, action: Sigkill}\n")
+    killing = rendered(stack, network_bundle(ips(0, 10), tag="k", channel="staging"), channel="staging")
+    state.put("config/channels.yaml", b"channels:\n  - {name: staging, action: Post}\n")
+
+    summary = _publish_stage("staging", killing)
+
+    assert summary["status"] == "superseded"
+    assert summary["reason"].startswith("rendered with settings the channel no longer has")
+    assert stores(stack)[1].list(layout.channel_manifest_key("staging")) == []
+
+
+def test_a_missing_history_entry_is_written_by_any_later_publish(stack):
+    """Publish died between the manifest and its history entry; the next request is for a newer bundle:
+    the entry of the manifest it replaces is written too, so every generation can be rolled back to."""
+    _, dist = stores(stack)
+    first = rendered(stack, network_bundle(ips(0, 90), tag="a"))
+    invoke("prod", first)
+    [entry] = dist.list(layout.history_prefix("prod"))
+    dist.delete(entry)
+    second = rendered(stack, network_bundle(ips(1, 90), tag="b"))
+
+    invoke("prod", second)
+
+    history = dist.list(layout.history_prefix("prod"))
+    assert len(history) == 2 and entry in history

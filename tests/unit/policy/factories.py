@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from cdr_policy.guards import NeverBlock
-from cdr_policy.models import Behaviour, FeedPrefixes, Indicator, IndicatorSet
+from cdr_policy.models import Behaviour, FeedPrefixes, Indicator, IndicatorSet, Sighting
 from cdr_policy.netprefix.vector import V4, V6
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet
@@ -46,14 +46,41 @@ def indicator(
 
 
 def behaviour(
-    rule: str, processes: Sequence[str] = (), *, first_seen: str = FIRST_SEEN, expires_at: str = EXPIRES
+    rule: str,
+    processes: Sequence[str] = (),
+    *,
+    first_seen: str = FIRST_SEEN,
+    expires_at: str = EXPIRES,
+    sightings: Sequence[Sighting] = (),
 ) -> Behaviour:
     return Behaviour(
         rule=rule,
         categories={f"Category_For_{rule}": 3},
-        processes=list(processes),
+        processes=sorted({*processes, *(s.process for s in sightings)}),
         refs=[f"uuid-{rule}-1", f"uuid-{rule}-2"],
         first_seen=first_seen,
+        last_seen=LAST_SEEN,
+        expires_at=expires_at,
+        sightings=list(sightings),
+    )
+
+
+def sighting(
+    process: str,
+    namespace: str | None = "shop",
+    labels: dict[str, str] | None = None,
+    *,
+    deployment: str | None = None,
+    findings: int = 1,
+    expires_at: str = EXPIRES,
+) -> Sighting:
+    """``process`` seen in a workload (default: namespace ``shop``, pod labels ``app: web``)."""
+    return Sighting(
+        process=process,
+        namespace=namespace,
+        deployment=deployment,
+        labels={"app": "web"} if labels is None and namespace is not None else labels,
+        findings=findings,
         last_seen=LAST_SEEN,
         expires_at=expires_at,
     )
@@ -113,3 +140,16 @@ def compact(name: str, values: list[str], category: str = "attacker", expires_at
         ipv6=V6([int(n.network_address) for n in v6], bytes(n.prefixlen for n in v6)),
     )
     return IndicatorSet(source=f"feed:{name}", fetched_at=LAST_SEEN, status="ok", prefixes=prefixes)
+
+
+def exec_targets(obj: dict) -> set[str]:
+    """The ``Postfix`` values of a Tetragon policy's ``security_bprm_check`` selectors."""
+    return {
+        v
+        for hook in obj["spec"]["kprobes"]
+        if hook["call"] == "security_bprm_check"
+        for sel in hook["selectors"]
+        for m in sel.get("matchArgs", [])
+        if m["operator"] == "Postfix"
+        for v in m["values"]
+    }

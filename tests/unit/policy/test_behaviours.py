@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from cdr_policy.errors import ConfigError
-from cdr_policy.policy.behaviours import CATALOGUE, MAX_EVIDENCE, sift_evidence
+from cdr_policy.policy.behaviours import CATALOGUE
 from cdr_policy.policy.channel import ChannelSettings, KernelCapabilities
 from cdr_policy.policy.checker import check_object, errors_of
 from cdr_policy.rules import RULES
 
-from .factories import behaviour, by_file, cdr_set, render
+from .factories import behaviour, by_file, cdr_set, render, sighting
 
 ACTIONS = ("Post", "Sigkill", "Override")
 HOOKS = ("tcp_connect", "security_socket_connect")
@@ -132,9 +132,11 @@ def test_container_escape_starts_in_monitor_and_spares_kube_system():
     assert _options(promoted)["policy-mode"] == "enforce"
     namespaced = render(
         [cdr_set(behaviours=[behaviour("container_escape")])],
-        ChannelSettings(name="prod", namespaces=("kube-system",)),
+        ChannelSettings(name="prod", namespaces=("payments",)),
     )
     assert all("matchExpressions" not in f.obj["spec"]["podSelector"] for f in namespaced.files)
+    with pytest.raises(ConfigError, match="namespace kube-system is one of the cluster's own"):
+        ChannelSettings(name="prod", namespaces=("kube-system",))
 
 
 def test_discovery_is_audit_only_on_enforcing_channels():
@@ -209,31 +211,47 @@ def test_kernel_capabilities_are_validated_channel_settings():
             ChannelSettings.from_dict({"name": "prod", "kernel": bad})
 
 
-def test_evidence_adds_safe_names_only():
-    obj = _policy("network_scanning", processes=["/usr/bin/naabu", "fscan", "bash", "python3.11", "nmap -sS x", "../x"])
+def _corroborated(name, workloads=3):
+    return [sighting(name, f"team-{i}", {"app": f"a{i}"}) for i in range(workloads)]
+
+
+def test_evidence_joins_the_rule_only_when_corroborated_and_never_for_spared_names():
+    seen = [*_corroborated("fscan"), *_corroborated("naabu"), sighting("bash"), sighting("python3.11")]
+    obj = by_file(
+        render(
+            [
+                cdr_set(
+                    behaviours=[behaviour("network_scanning", ["/usr/bin/fscan", "nmap -sS x", "../x"], sightings=seen)]
+                )
+            ]
+        )
+    )["cdr-block-network-scan-20260109.yaml"]
     values = _hooks(obj)["security_bprm_check"]["selectors"][0]["matchArgs"][0]["values"]
     assert "/fscan" in values and "/naabu" in values
     assert not {"/bash", "/python3.11"} & set(values)
-    assert obj["metadata"]["annotations"]["cdr-policy.io/evidence"] == "fscan,naabu"
-    result = render([cdr_set(behaviours=[behaviour("network_scanning", ["bash", "fscan"])])])
+    assert obj["metadata"]["annotations"]["cdr-policy.io/evidence"] == "fscan"
+    result = render([cdr_set(behaviours=[behaviour("network_scanning", ["bash"], sightings=_corroborated("fscan"))])])
     [entry] = result.report["behaviours"]
     assert entry["evidence_added"] == ["fscan"]
-    assert entry["evidence_refused"][0]["process"] == "bash"
+    rows = {r["process"]: r for r in entry["evidence"]}
+    assert rows["bash"]["placement"] == "refused" and rows["fscan"]["placement"] == "cluster-wide"
+    assert rows["fscan"]["reason"] == "corroborated: seen in 3 workloads"
 
 
 def test_evidence_for_callers_and_rules_without_evidence():
-    obj = _policy("cloud_credentials", processes=["aws-probe", "python3"])
+    obj = _policy_named(
+        "cloud_credentials",
+        "cdr-block-cloud-creds-20260109.yaml",
+        sightings=[*_corroborated("aws-probe"), sighting("python3")],
+    )
     callers = _hooks(obj)["tcp_connect"]["selectors"][0]["matchBinaries"][0]["values"]
     assert "/aws-probe" in callers and "/python3" not in callers  # AWS SDK apps keep their credentials
     obj = _policy("credential_access", processes=["weird-tool"])
     assert "weird-tool" not in str(obj["spec"])
 
 
-def test_evidence_is_capped():
-    evidence = sift_evidence([f"tool{i:02d}" for i in range(MAX_EVIDENCE + 4)])
-    assert len(evidence.added) == MAX_EVIDENCE
-    assert [name for name, _ in evidence.refused] == [f"tool{i:02d}" for i in range(MAX_EVIDENCE, MAX_EVIDENCE + 4)]
-    assert sift_evidence(["curl", "wget", "sh"]).added == ()
+def _policy_named(rule, filename, **kwargs):
+    return by_file(render([cdr_set(behaviours=[behaviour(rule, **kwargs)])]))[filename]
 
 
 def test_behaviour_file_names_and_annotations():

@@ -104,7 +104,7 @@ def channels(draw):
         cilium_version=draw(st.sampled_from(["1.16", "1.17.2", "1.18", "1.20"])),
         tetragon_max_prefixes=draw(st.integers(min_value=1, max_value=15)),
         cilium_max_prefixes=draw(st.integers(min_value=1, max_value=15)),
-        namespaces=tuple(draw(st.lists(st.sampled_from(["payments", "web", "kube-system"]), max_size=2, unique=True))),
+        namespaces=tuple(draw(st.lists(st.sampled_from(["payments", "web", "batch"]), max_size=2, unique=True))),
         pod_labels=draw(st.sampled_from([{}, {"app": "api"}, {"tier": "front", "app.kubernetes.io/name": "x"}])),
         protected_cidrs=tuple(draw(st.lists(ipv4, max_size=2))),
         threat_intel=draw(st.booleans()),

@@ -149,7 +149,12 @@ def test_behaviours_of_the_same_rule_are_merged():
     assert f.obj["metadata"]["annotations"]["cdr-policy.io/categories"] == (
         "Category_For_network_scanning=3,Network_Scanning_Utility=2"
     )
-    assert result.report["behaviours"][0]["evidence_added"] == ["masscan", "nmap", "zmap"]
+    evidence = result.report["behaviours"][0]["evidence"]
+    assert [(r["process"], r["placement"]) for r in evidence] == [
+        ("masscan", "rule"),
+        ("nmap", "rule"),
+        ("zmap", "rule"),
+    ]
 
 
 def test_an_object_the_target_cluster_cannot_serve_is_refused(crds_dir):

@@ -379,3 +379,80 @@ def test_report_only_findings_change_nothing(acc):
     assert acc.rejections == ledger
     assert acc.touched == {("ip", "45.61.136.7/32"), ("domain", "new.example")}
     assert [r.value for r in acc.rejected_now.values()] == ["tcp/443"]
+
+
+POD = {
+    "io.kubernetes.pod.namespace": "shop",
+    "io.kubernetes.pod.name": "web-7c9d8f6b5-x2k4q",
+    "io.kubernetes.pod.uid": "0c8f2e0a-1111-2222-3333-444455556666",
+    "app": "web",
+    "app.kubernetes.io/part-of": "shop",
+    "pod-template-hash": "7c9d8f6b5",
+}
+
+
+def test_sightings_record_the_workload_of_each_process_name(acc):
+    acc.add(finding(uuid="u-1", processName="/tmp/.x/nginx", podLabels=POD, deploymentName="web"), "crypto_mining")
+    acc.add(finding(uuid="u-2", processName="nginx", podLabels=POD, deploymentName="web"), "crypto_mining")
+    acc.add(finding(uuid="u-3", processName="nginx"), "crypto_mining")  # no workload named
+    acc.add(finding(uuid="u-4", processName="nginx -c /tmp/x"), "crypto_mining")  # not a bare name
+    b = acc.behaviours["crypto_mining"]
+    assert [s.to_dict() for s in b.sightings] == [
+        {
+            "process": "nginx",
+            "namespace": "shop",
+            "deployment": "web",
+            "labels": {"app": "web", "app.kubernetes.io/part-of": "shop"},  # runtime and per-pod labels left out
+            "findings": 2,
+            "last_seen": "2026-01-10T12:00:00Z",
+            "expires_at": "2026-01-11T12:00:00Z",
+        },
+        {
+            "process": "nginx",
+            "namespace": None,
+            "deployment": None,
+            "labels": None,
+            "findings": 1,
+            "last_seen": "2026-01-10T12:00:00Z",
+            "expires_at": "2026-01-11T12:00:00Z",
+        },
+    ]
+    stored = acc.indicator_set(NOW, {}).to_dict()
+    jsonschema.validate(stored, json.loads(SCHEMA.read_text()))
+    assert IndicatorSet.from_dict(stored).to_dict() == stored
+
+
+@pytest.mark.parametrize(
+    "pod_labels",
+    [
+        {**POD, "app": "web; rm -rf /"},  # a value Kubernetes would refuse
+        {**POD, "bad key!": "x"},
+        {**POD, **{f"team.example/l{i}": "x" for i in range(16)}},  # more than 16 own labels
+        {"io.kubernetes.pod.namespace": "shop", "pod-template-hash": "abc"},  # no label of its own
+        ["app=web"],
+        "app=web",
+    ],
+)
+def test_labels_that_would_widen_or_break_a_selector_are_not_stored(acc, pod_labels):
+    acc.add(finding(processName="nginx", podLabels=pod_labels), "crypto_mining")
+    [s] = acc.behaviours["crypto_mining"].sightings
+    assert s.labels is None
+    assert s.namespace == ("shop" if isinstance(pod_labels, dict) else None)
+
+
+def test_a_namespace_that_is_not_a_kubernetes_name_is_not_stored(acc):
+    acc.add(
+        finding(processName="nginx", podLabels={**POD, "io.kubernetes.pod.namespace": "Shop/../x"}), "crypto_mining"
+    )
+    [s] = acc.behaviours["crypto_mining"].sightings
+    assert s.namespace is None and s.labels == {"app": "web", "app.kubernetes.io/part-of": "shop"}
+
+
+def test_sightings_expire_with_their_findings(guard):
+    old = CdrAccumulator(guard=guard, ttl=TTL, now=NOW)
+    old.add(finding(uuid="u-1", ts="2026-01-10T01:00:00Z", processName="kxmr", podLabels=POD), "crypto_mining")
+    old.add(finding(uuid="u-2", ts="2026-01-10T20:00:00Z", processName="kxmr2", podLabels=POD), "crypto_mining")
+    stored = old.indicator_set(NOW, {})
+    later = CdrAccumulator(guard=guard, ttl=TTL, now=NOW + timedelta(hours=2))
+    later.seed(IndicatorSet.from_dict(stored.to_dict()), {})
+    assert [s.process for s in later.behaviours["crypto_mining"].sightings] == ["kxmr2"]

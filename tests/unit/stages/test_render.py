@@ -1,17 +1,21 @@
 """The Render stage on a local state store: what it writes, in which order, what it asks Publish to
-do, and that a broken indicator set stops it before anything is written."""
+do, and how it renders on through an unreadable indicator set (its last good copy)."""
 
 from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
 
 import pytest
 
 from cdr_policy import jsonio, layout
-from cdr_policy.errors import CdrPolicyError
 from cdr_policy.guards import NeverBlock
 from cdr_policy.lambda_events import PublishRequest
+from cdr_policy.last_good import MAX_UNREADABLE_DAYS
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.stages.render import run_render
 from cdr_policy.storage import LocalStore
+from cdr_policy.timeutil import iso
 from tests.unit.policy.factories import NOW, behaviour, cdr_set, compact, indicator
 
 CHANNELS = [ChannelSettings(name="staging"), ChannelSettings(name="prod", action="Sigkill")]
@@ -36,10 +40,10 @@ def state(tmp_path) -> RecordingStore:
     return store
 
 
-def render(state, publish=None):
+def render(state, publish=None, at=NOW):
     rendered = []
     summaries = run_render(
-        state, channels=CHANNELS, now=NOW, guard=NeverBlock(), crds=None, publish=publish, each=rendered.append
+        state, channels=CHANNELS, now=at, guard=NeverBlock(), crds=None, publish=publish, each=rendered.append
     )
     assert summaries == [r.summary() for r in rendered]
     return rendered
@@ -73,12 +77,79 @@ def test_the_same_inputs_write_nothing_again_but_still_ask_for_a_publish(state):
     assert [r.bundle.digest for r in again] == [r.bundle.digest for r in first] and len(requests) == 2
 
 
-def test_a_broken_indicator_set_stops_the_render_before_any_write(state):
-    state.put(layout.feed_set_key("tor-exit"), b"{ not json")
+def _feeds(state, *names):
+    from cdr_policy.feeds.persist import dump_set
+
+    for name in names:
+        state.put(layout.feed_set_key(name), dump_set(compact(name, ["185.220.0.0/24", "2a0b:f4c0::/32"], name)))
+
+
+def test_an_unreadable_set_is_rendered_from_its_last_good_copy(state):
+    _feeds(state, "tor-exit", "feodo")
+    good = render(state)
+    key = layout.feed_set_key("tor-exit")
+    copy = state.get(layout.last_good_set_key(key)).data
+    assert copy == state.get(key).data  # the bytes that read back whole
+    state.put(key, state.get(key).data[:-40])  # truncated by 40 bytes
     state.puts.clear()
-    with pytest.raises(CdrPolicyError, match="indicators/feeds/tor-exit.json is not JSON"):
-        render(state)
-    assert state.puts == []
+    later = NOW + timedelta(hours=40)
+    again = render(state, at=later)
+    assert [r.bundle.digest for r in again] != []
+    for before, after in zip(good, again, strict=True):  # the same policies, from the copy
+        assert after.bundle.files == before.bundle.files and not after.changed
+        [bad] = after.report["unreadable_sets"]
+        assert bad["key"] == key and "is not JSON" in bad["error"]
+        assert bad["kept"] == {"copied_at": iso(NOW), "sha256": hashlib.sha256(copy).hexdigest()}
+        assert after.report["feeds"]["tor-exit"]["entries"] == 2
+    # the report beside the (unchanged) bundle says so; nothing else but the index was written
+    assert sorted(state.puts) == sorted(
+        [layout.LAST_GOOD_INDEX] + [layout.bundle_file_key(r.bundle.digest, "report.json") for r in again]
+    )
+    index = jsonio.loads(state.get(layout.LAST_GOOD_INDEX).data)["sets"]
+    assert index[key]["unreadable_since"] == iso(later)
+
+
+def test_a_set_unreadable_for_too_long_or_without_a_good_copy_is_left_out_and_named(state):
+    _feeds(state, "tor-exit")
+    render(state)
+    key = layout.feed_set_key("tor-exit")
+    state.put(key, b"{ not json")
+    render(state)  # the first render that finds it unreadable starts the clock
+    after = NOW + timedelta(days=MAX_UNREADABLE_DAYS, minutes=1)
+    [staging, _] = render(state, at=after)
+    assert staging.report["unreadable_sets"] == [
+        {"key": key, "error": staging.report["unreadable_sets"][0]["error"], "kept": None}
+    ]
+    assert "tor-exit" not in staging.report["feeds"]
+    never_good = layout.feed_set_key("new-feed")
+    state.put(never_good, b"\x00" * 10)
+    [staging, _] = render(state)
+    assert {u["key"]: u["kept"] for u in staging.report["unreadable_sets"]}[never_good] is None
+
+
+def test_a_tampered_copy_is_never_used(state):
+    _feeds(state, "tor-exit")
+    render(state)
+    key = layout.feed_set_key("tor-exit")
+    state.put(layout.last_good_set_key(key), state.get(key).data.replace(b'"feed:tor-exit"', b'"feed:tor-exit" '))
+    state.put(key, b"{}")
+    [staging, _] = render(state)
+    assert staging.report["unreadable_sets"][0]["kept"] is None
+
+
+def test_a_set_that_recovers_clears_the_report(state):
+    _feeds(state, "tor-exit")
+    render(state)
+    key = layout.feed_set_key("tor-exit")
+    good = state.get(key).data
+    state.put(key, good[:-40])
+    render(state)
+    state.put(key, good)
+    state.puts.clear()
+    recovered = render(state)
+    assert all("unreadable_sets" not in r.report for r in recovered)
+    assert layout.LAST_GOOD_INDEX in state.puts  # recovery is recorded, and the reports rewritten
+    assert "unreadable_since" not in jsonio.loads(state.get(layout.LAST_GOOD_INDEX).data)["sets"][key]
 
 
 def test_feed_sets_past_the_ranking_cap_are_held_back_as_they_load(state, monkeypatch) -> None:
@@ -99,6 +170,8 @@ def test_feed_sets_past_the_ranking_cap_are_held_back_as_they_load(state, monkey
     assert report["left_out_unranked"] == {"tor": 2}
     assert {name: feed["entries"] for name, feed in report["feeds"].items()} == {"c2": 2, "tor": 3}
     assert all(state.get(key).data == data for key, data in stored.items())
+    # the last good copies are the sets as stored, never what the render held of them
+    assert all(state.get(layout.last_good_set_key(key)).data == data for key, data in stored.items())
 
 
 def test_a_render_holds_one_channel_at_a_time(state) -> None:

@@ -98,7 +98,7 @@ class Admission:
             shape = Shape(refusals, where)
             check_object(obj, shape, context)
             if not shape.failed:
-                judge.judge(obj, f"{where} ({obj['kind']}/{obj['metadata']['name']})")
+                judge.judge(obj, f"{where} ({obj['kind']}/{obj['metadata']['name']})", shape.intervals)
         effect = judge.finish()
         return Verdict(refusals, effect)
 

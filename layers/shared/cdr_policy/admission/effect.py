@@ -33,6 +33,7 @@ programs its enforcing exec rules kill: what the change budget compares, per eng
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,7 @@ PATH_HOOKS = frozenset(
     }
 )
 TETRAGON, CILIUM = "tetragon", "cilium"
+Interval = tuple[int, int, int] | None
 
 
 @dataclass(frozen=True)
@@ -111,27 +113,31 @@ class Judge:
         self.refusals = refusals
         self.screen = Screen(protection.guard)
         self.effect = BundleEffect()
-        self._groups: dict[str, tuple[str, list[str]]] = {}  # name -> (where, prefixes)
+        self._groups: dict[str, str] = {}  # name -> where
         self._referenced: set[str] = set()
+        self.intervals: Mapping[int, Sequence[Interval]] = {}
 
     def refuse(self, where: str, path: str, code: str, reason: str) -> None:
         self.refusals.add(where, path, code, reason)
 
-    def judge(self, obj: dict[str, Any], where: str) -> None:
+    def judge(self, obj: dict[str, Any], where: str, intervals: Mapping[int, Sequence[Interval]]) -> None:
+        """Judge one admitted object; ``intervals``: what the grammar read of its address lists."""
+        self.intervals = intervals
         kind = obj["kind"]
         if kind == CIDR_GROUP:
-            self._groups[obj["metadata"]["name"]] = (where, obj["spec"]["externalCIDRs"])
+            cidrs = obj["spec"]["externalCIDRs"]
+            self._groups[obj["metadata"]["name"]] = where
+            self._addresses(cidrs, where, "spec.externalCIDRs", CILIUM, None)
         elif kind == CCNP:
             self._ccnp(obj, where)
         else:
             self._tracing_policy(obj, where)
 
     def finish(self) -> BundleEffect:
-        """The CIDR groups, judged as the addresses the policies referencing them deny."""
-        for name, (where, cidrs) in sorted(self._groups.items()):
+        """The CIDR groups no policy of the bundle references."""
+        for name, where in sorted(self._groups.items()):
             if name not in self._referenced:
                 self.refuse(where, "", "effect.unreferenced-group", "a CIDR group no policy of the bundle denies")
-            self._addresses(cidrs, where, "spec.externalCIDRs", CILIUM, None)
         return self.effect
 
     # -- addresses and ports ---------------------------------------------------------------------------
@@ -140,8 +146,9 @@ class Judge:
         """Every value outside the protected ranges (``scope``: the Tetragon selector's, for the
         metadata-service exception), and into the bundle's prefixes."""
         found = self.effect.prefixes[engine]
-        for value in values:
-            if self.screen.passes(value):
+        read = self.intervals.get(id(values)) or [None] * len(values)
+        for value, interval in zip(values, read, strict=True):
+            if interval is not None and self.screen.passes_interval(*interval):
                 if not value.startswith("::ffff:"):
                     found.add(value)
                 continue
@@ -190,7 +197,7 @@ class Judge:
                 callers = frozenset(v[1:] for v in binaries[0]["values"]) if binaries else None
                 scope = _Scope(pods, callers)
                 kills = selector["matchActions"][0]["action"] in KILLING
-                self._selector(call, selector, scope, kills, obj, where, path)
+                self._selector(call, selector, scope, kills, where, path)
 
     def _selector(
         self,
@@ -198,20 +205,19 @@ class Judge:
         selector: dict[str, Any],
         scope: _Scope,
         kills: bool,
-        obj: dict[str, Any],
         where: str,
         path: str,
     ) -> None:
         matches = selector.get("matchArgs", [])
-        addresses = [v for m in matches if (call, m["index"], m["operator"]) in ADDRESS_POSITIONS for v in m["values"]]
+        addressed = [m for m in matches if (call, m["index"], m["operator"]) in ADDRESS_POSITIONS]
         ports = [int(v) for m in matches if (call, m["index"], m["operator"]) in PORT_POSITIONS for v in m["values"]]
-        if addresses:
-            self._addresses(addresses, where, f"{path}.matchArgs", TETRAGON, scope)
+        for match in addressed:
+            self._addresses(match["values"], where, f"{path}.matchArgs", TETRAGON, scope)
         if call in ("tcp_connect", "security_socket_connect"):
-            if kills and not addresses and ports:
+            if kills and not addressed and ports:
                 protocols = _protocols(call, matches)
                 self._ports([(p, n) for p in protocols for n in ports], where, f"{path}.matchArgs")
-            if kills and not addresses and not ports:
+            if kills and not addressed and not ports:
                 self._connect_callers(scope, where, path)
         elif call == "security_bprm_check":
             self._exec(selector, scope, kills, where, path)

@@ -8,8 +8,8 @@ refused with a named reason (docs/ENFORCEMENT.md §6 lists the grammar in words)
   one never in a system namespace), ``CiliumClusterwideNetworkPolicy`` (``cilium.io/v2``) and
   ``CiliumCIDRGroup`` (``cilium.io/v2`` or ``v2alpha1``).
 - **Metadata**: a DNS-1123 name of at most 63 characters; our labels only (ownership, channel,
-  component, blocklist, rule, bundle) with the values we write; our annotations only, bounded and
-  printable.
+  component, blocklist, rule, evidence scope, bundle) with the values we write; our annotations
+  only, bounded and printable.
 - **Tetragon**: ``podSelector`` (``{}``, our labels, a namespace ``In``/``NotIn``), the
   ``policy-mode`` option (and ``disable-kprobe-multi: "1"``), and ``kprobes`` on the hooks of
   ``HOOKS`` only, each with exactly its argument list; selectors with ``matchArgs`` on the argument
@@ -53,8 +53,6 @@ TRACING_POLICY, TRACING_POLICY_NAMESPACED = "TracingPolicy", "TracingPolicyNames
 CCNP, CIDR_GROUP = "CiliumClusterwideNetworkPolicy", "CiliumCIDRGroup"
 KINDS = (TRACING_POLICY, TRACING_POLICY_NAMESPACED, CCNP, CIDR_GROUP)
 NAMESPACE_KEY = "k8s:io.kubernetes.pod.namespace"
-# Namespaces a namespaced policy of ours never goes into (the cluster's own, and ours).
-SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "cdr-policy-system"})
 
 MAX_HOOKS = 16
 MAX_SELECTORS = 5
@@ -82,6 +80,8 @@ _TIMESTAMP = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}
 _SHARD = re.compile(r"^[1-9][0-9]{0,4}/[1-9][0-9]{0,4}$")
 _VERSION = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}(\.[0-9]{1,4})?$")
 _BUNDLE_LABEL = re.compile(r"^[0-9a-f]{40}$")
+_WORKLOAD = re.compile(r"^[0-9a-f]{16}$")
+_SCOPES = (naming.SCOPE_WORKLOAD, naming.SCOPE_AUDIT)
 
 COMPONENT_KINDS = {
     naming.COMPONENT_BEHAVIOUR: (TRACING_POLICY, TRACING_POLICY_NAMESPACED),
@@ -98,6 +98,7 @@ _ANNOTATIONS: dict[str, Callable[[str], bool]] = {
     naming.REFS: lambda v: True,
     naming.MITRE: lambda v: True,
     naming.EVIDENCE: lambda v: True,
+    naming.WORKLOAD: lambda v: bool(_WORKLOAD.match(v)),
     naming.SHARD: lambda v: bool(_SHARD.match(v)),
     naming.KERNEL_OVERRIDE_HELPER: lambda v: v == "true",
     naming.CILIUM_VERSION: lambda v: bool(_VERSION.match(v)),
@@ -111,6 +112,9 @@ class Shape:
         self.refusals = refusals
         self.where = where
         self.failed = False
+        # Per address list checked (by identity): each value's IPv4 interval as ``v4_interval`` read
+        # it (None for the others), so that the effect judge does not read a value twice.
+        self.intervals: dict[int, list[tuple[int, int, int] | None]] = {}
 
     def refuse(self, path: str, code: str, reason: str) -> None:
         self.failed = True
@@ -251,7 +255,6 @@ def catalogue_values() -> dict[tuple[str, int, str], frozenset[str]]:
     """Every value the behaviour catalogue writes at each ``(hook, argument, operator)`` position,
     read from the compiler (every rule, both connect hooks), so that the grammar admits exactly
     the constants the catalogue can emit."""
-    from cdr_policy.models import Behaviour
     from cdr_policy.policy.behaviours import CATALOGUE, compile_behaviour
     from cdr_policy.policy.channel import NETWORK_HOOKS, ChannelSettings
 
@@ -259,16 +262,7 @@ def catalogue_values() -> dict[tuple[str, int, str], frozenset[str]]:
     for hook in NETWORK_HOOKS:
         channel = ChannelSettings(name="census", action="Override", tetragon_network_hook=hook)
         for rule in CATALOGUE:
-            behaviour = Behaviour(
-                rule=rule,
-                categories={},
-                processes=[],
-                refs=[],
-                first_seen="2026-01-01T00:00:00Z",
-                last_seen="2026-01-01T00:00:00Z",
-                expires_at="2026-01-02T00:00:00Z",
-            )
-            kprobes, _, _, _ = compile_behaviour(rule, behaviour, channel)
+            kprobes, _, _ = compile_behaviour(rule, channel, ())
             for kprobe in kprobes:
                 for selector in kprobe["selectors"]:
                     for match in selector.get("matchArgs", []):
@@ -346,7 +340,7 @@ def _metadata(meta: Any, shape: Shape, context: Context, kind: str) -> None:
         return
     shape.text(meta["name"], "metadata.name", _NAME, "a DNS-1123 name of at most 63 characters")
     if namespaced and shape.text(meta["namespace"], "metadata.namespace", _NAME, "a namespace name"):
-        if meta["namespace"] in SYSTEM_NAMESPACES or meta["namespace"].startswith("kube-"):
+        if naming.is_system_namespace(meta["namespace"]):
             shape.refuse("metadata.namespace", "grammar.namespace", "never a system namespace")
     _labels(meta["labels"], shape, context, kind)
     annotations = meta.get("annotations", {})
@@ -366,7 +360,7 @@ def _metadata(meta: Any, shape: Shape, context: Context, kind: str) -> None:
 def _labels(labels: Any, shape: Shape, context: Context, kind: str) -> None:
     path = "metadata.labels"
     required = (naming.MANAGED_BY_KEY, naming.CHANNEL_KEY, naming.COMPONENT_KEY)
-    optional = (naming.BLOCKLIST_KEY, naming.RULE_KEY, naming.BUNDLE_KEY)
+    optional = (naming.BLOCKLIST_KEY, naming.RULE_KEY, naming.SCOPE_KEY, naming.BUNDLE_KEY)
     if not shape.mapping(labels, path, required, optional):
         return
     shape.equal(labels[naming.MANAGED_BY_KEY], f"{path}[{naming.MANAGED_BY_KEY}]", naming.MANAGED_BY)
@@ -380,6 +374,10 @@ def _labels(labels: Any, shape: Shape, context: Context, kind: str) -> None:
         shape.refuse(path, "grammar.key", "a behaviour policy, and only one, carries its rule id")
     if naming.RULE_KEY in labels:
         shape.among(labels[naming.RULE_KEY], f"{path}[{naming.RULE_KEY}]", tuple(RULES), "rule ids")
+    if naming.SCOPE_KEY in labels:  # a rule's evidence in one workload, or only audited (policy.scoping)
+        if not behaviour:
+            shape.refuse(path, "grammar.key", "only a behaviour policy has an evidence scope")
+        shape.among(labels[naming.SCOPE_KEY], f"{path}[{naming.SCOPE_KEY}]", _SCOPES, "evidence scopes")
     if not behaviour and naming.BLOCKLIST_KEY not in labels:
         shape.refuse(path, "grammar.key", "a blocklist object names its blocklist")
     if naming.BLOCKLIST_KEY in labels:
@@ -415,6 +413,9 @@ def _namespace_expression(value: Any, path: str, shape: Shape, operator: str) ->
         for name in names:
             if not _NAME.match(name):
                 shape.refuse(f"{where}.values", "grammar.value", "must be namespace names")
+                break
+            if operator == "In" and naming.is_system_namespace(name):
+                shape.refuse(f"{where}.values", "grammar.namespace", "never selects a system namespace")
                 break
 
 
@@ -574,8 +575,11 @@ def _prefixes(values: list[str], path: str, shape: Shape, *, twins: bool) -> Non
     IPv4-mapped IPv6 twin and the other way round (cilium/tetragon#4618)."""
     plain: set[str] = set()
     mapped: set[str] = set()
+    intervals = shape.intervals[id(values)] = []
     for value in values:
-        if v4_interval(value) is not None:  # canonical IPv4 or IPv4-mapped text (the fast path)
+        interval = v4_interval(value)
+        intervals.append(interval)
+        if interval is not None:  # canonical IPv4 or IPv4-mapped text (the fast path)
             (mapped if value.startswith("::ffff:") else plain).add(value)
             continue
         prefix, reason = parse_explicit(value)

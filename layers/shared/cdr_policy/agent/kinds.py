@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cdr_policy.bundle.manifest import VerificationError
-from cdr_policy.policy.naming import CHANNEL_KEY, MANAGED_BY, MANAGED_BY_KEY, is_dns_label, is_dns_subdomain
+from cdr_policy.policy.naming import CHANNEL_KEY, MANAGED_BY, MANAGED_BY_KEY
 
 
 @dataclass(frozen=True)
@@ -47,34 +46,23 @@ KINDS: dict[str, Kind] = {
 }
 
 
+# What the agent stamps on every object it applies (from a verified bundle): its generation and
+# expiry, and a hash of its content.
+GENERATION_ANNOTATION = "cdr-policy.io/generation"
+BUNDLE_EXPIRES_ANNOTATION = "cdr-policy.io/bundle-expires-at"
+CONTENT_HASH_ANNOTATION = "cdr-policy.io/content-hash"
+
+
 def ownership_labels(channel: str) -> dict[str, str]:
     """The labels that mark an object as ours; the agent prunes only objects carrying all of them."""
     return {MANAGED_BY_KEY: MANAGED_BY, CHANNEL_KEY: channel}
 
 
-def kind_of(obj: Mapping[str, Any]) -> Kind:
-    """The supported kind of ``obj``; VerificationError (``bad_object``) for anything else."""
-    kind = KINDS.get(obj.get("kind", ""))
-    name = (obj.get("metadata") or {}).get("name")
-    if kind is None:
-        raise VerificationError(
-            "bad_object",
-            f"{obj.get('kind')}/{name}: kind not supported (supported: {', '.join(sorted(KINDS))})",
-        )
-    if obj.get("apiVersion") not in kind.api_versions:
-        raise VerificationError(
-            "bad_object",
-            f"{kind.name}/{name}: apiVersion {obj.get('apiVersion')!r} is not one of {', '.join(kind.api_versions)}",
-        )
-    if not is_dns_subdomain(name):
-        raise VerificationError("bad_object", f"{kind.name}/{name!r}: metadata.name is not a DNS-1123 subdomain")
-    namespace = (obj.get("metadata") or {}).get("namespace")
-    if namespace is not None and not is_dns_label(namespace):
-        raise VerificationError(
-            "bad_object", f"{kind.name}/{name}: metadata.namespace {namespace!r} is not a DNS label"
-        )
-    has_namespace = bool(namespace)
-    if kind.namespaced != has_namespace:
-        need = "needs" if kind.namespaced else "must not have"
-        raise VerificationError("bad_object", f"{kind.name}/{name}: {need} metadata.namespace")
-    return kind
+def stamped_by_agent(obj: Mapping[str, Any], channel: str) -> bool:
+    """An object this channel's agent applied (its stamps are there), whatever its labels say now: one
+    whose ownership labels were stripped is still ours to repair, never another owner's to leave."""
+    metadata = obj.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    labels = metadata.get("labels") or {}
+    other_channel = labels.get(CHANNEL_KEY) not in (None, channel)
+    return GENERATION_ANNOTATION in annotations and CONTENT_HASH_ANNOTATION in annotations and not other_channel

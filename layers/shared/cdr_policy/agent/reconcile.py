@@ -10,6 +10,10 @@ Before anything is applied the cluster pre-flight runs (``agent.preflight``): th
 holds back are reported as errors with ``action: "preflight"`` and not applied, the Tetragon objects
 still are; held back means the owned Cilium objects already live stay as they are (``withhold``) or
 are deleted because Cilium would turn them into an egress outage (``withdraw``).
+
+An object of a wanted name that is not owned by label is left alone, unless it carries the agent's
+own stamps (``agent.kinds.stamped_by_agent``): then someone stripped its labels (and perhaps changed
+it), and it is restored like any drift.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from cdr_policy.agent.applier import Applier, ApplyError
-from cdr_policy.agent.kinds import KINDS, ownership_labels
+from cdr_policy.agent.kinds import KINDS, ownership_labels, stamped_by_agent
 from cdr_policy.agent.preflight import WITHDRAW, Preflight, is_cilium, run_preflight
 from cdr_policy.bundle.objects import ObjectRef, ref_of
 from cdr_policy.observability import logger
@@ -81,10 +85,15 @@ def reconcile(
         if ref in held:
             continue
         try:
-            if ref not in owned and applier.get(obj) is not None:
+            live = applier.get(obj) if ref not in owned else None
+            if live is not None and not stamped_by_agent(live, channel):
                 why = f"exists but is not managed by cdr-policy for channel {channel}: left untouched"
                 errors.append(_error(obj, "apply", why))
                 continue
+            if live is not None:
+                logger.warning(
+                    "restoring an object of ours whose ownership labels were removed", extra={"object": str(ref)}
+                )
             if ref in owned and KINDS[ref.kind].tetragon and owned[ref].get("spec") != obj.get("spec"):
                 logger.warning(
                     "updating a Tetragon policy in place: Tetragon unloads it before loading the new "

@@ -15,8 +15,9 @@ One ``sync_once`` (bounded by one overall deadline; the status is written whatev
    in the status document's ``preflight`` and ``apply_errors``; retried on every poll, so a fixed
    Cilium configuration is picked up without a new bundle);
 4. refuse to shrink what is enforced (every object gone, a behaviour policy gone, more than
-   ``max_shrink_percent`` of the objects or prefixes gone) unless the signed manifest carries an
-   operator's approval of exactly the bundle applied here (or is a rollback carrying one);
+   ``max_shrink_percent`` of the objects or of one engine's prefixes gone) unless the signed
+   manifest carries an approval of exactly the bundle applied here, is a rollback, or its signed
+   ``steps`` lead to it from the bundle applied here (an approved step this cluster missed);
 5. apply every object (CiliumCIDRGroups first; each stamped with the generation and a content
    hash), then, only if all applied, delete the objects this agent owns that the bundle no longer
    has (CIDR groups last); then record the generation in the cluster (``state.ClusterRecord``).
@@ -24,15 +25,18 @@ One ``sync_once`` (bounded by one overall deadline; the status is written whatev
    before the old one goes: no gap;
 6. on an unchanged poll, every ``drift_interval_s``: compare the owned live objects with the applied
    bundle and re-apply what is missing or was changed (drift repair);
-7. once the applied bundle has expired, remove its objects, except those of the newest verified
-   bundle (a cluster cut off from the bucket does not enforce stale blocks forever, and a newer
-   bundle that keeps failing one object keeps what it applied);
+7. once the applied bundle has expired, apply the newer verified bundle held back as a shrink when
+   there is one; otherwise remove the expired bundle's objects, except those a newer verified,
+   unexpired bundle applied (each object is stamped with its bundle's generation and expiry, so this
+   holds after a restart too): a cluster cut off from the bucket does not enforce stale blocks
+   forever, and a newer bundle that keeps failing one object keeps what it applied;
 8. write ``status/<cluster-id>.json`` to the distribution store (and ``status.json`` locally).
 
-Replay floor: the highest of the in-cluster record, the verified local ``applied.json`` and -- when
-the in-cluster record is missing -- the ``cdr-policy.io/generation`` annotation of the owned live
-objects. So neither a lost state directory (an ``emptyDir`` after a reschedule), a corrupt one, nor
-a deleted record lowers it. A record that cannot be read stops the sync (nothing applied).
+Replay floor: the highest of the in-cluster record, the verified local ``applied.json`` and the
+``cdr-policy.io/generation`` annotation of the owned live objects (in the cluster, or the files of
+``--output-dir``). So neither a lost state directory (an ``emptyDir`` after a reschedule), a corrupt
+one, nor a deleted or lowered record lowers it. A record or objects that cannot be read stop the
+sync (nothing applied).
 
 Ownership is by label: ``app.kubernetes.io/managed-by=cdr-policy`` and ``cdr-policy.io/channel=<channel>``,
 set by the agent on every object it applies; nothing without both labels is ever changed or deleted.
@@ -55,7 +59,12 @@ from typing import Any
 from cdr_policy import __version__, jsonio, layout
 from cdr_policy.admission import Admission
 from cdr_policy.agent.applier import Applier, ApplyError
-from cdr_policy.agent.kinds import kind_of, ownership_labels
+from cdr_policy.agent.kinds import (
+    BUNDLE_EXPIRES_ANNOTATION,
+    CONTENT_HASH_ANNOTATION,
+    GENERATION_ANNOTATION,
+    ownership_labels,
+)
 from cdr_policy.agent.preflight import APPLY, Preflight, is_cilium, run_preflight
 from cdr_policy.agent.reconcile import delete_objects, owned_objects, reconcile
 from cdr_policy.agent.state import Applied, Record, RecordStore, StateDir
@@ -70,8 +79,6 @@ from cdr_policy.observability import logger
 from cdr_policy.storage import NotFound, Store, TooLarge
 from cdr_policy.timeutil import iso, parse_iso, utcnow
 
-GENERATION_ANNOTATION = "cdr-policy.io/generation"
-CONTENT_HASH_ANNOTATION = "cdr-policy.io/content-hash"
 DEFAULT_MAX_CLOCK_SKEW_S = 300.0
 DEFAULT_MAX_SHRINK_PERCENT = 50
 DEFAULT_DRIFT_INTERVAL_S = 300.0
@@ -135,6 +142,26 @@ class _Verified:
 
 class _NoFloor(Exception):
     """The replay floor cannot be established (the in-cluster record is unreadable)."""
+
+
+class _Shrink(Exception):
+    """A verified bundle refused because it would shrink what is enforced without a signed decision."""
+
+    def __init__(self, bundle: _Verified, error: VerificationError) -> None:
+        super().__init__(str(error))
+        self.bundle = bundle
+        self.error = error
+
+
+def _newer_and_valid(obj: dict[str, Any], generation: int, now: datetime) -> bool:
+    """A live object this agent applied from a verified bundle newer than ``generation`` that has
+    not expired (the stamps ``_stamp`` writes)."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    stamped, expires = str(annotations.get(GENERATION_ANNOTATION, "")), annotations.get(BUNDLE_EXPIRES_ANNOTATION)
+    try:
+        return stamped.isdigit() and int(stamped) > generation and parse_iso(str(expires)) > now
+    except ValueError:
+        return False
 
 
 def content_hash(obj: dict[str, Any]) -> str:
@@ -205,7 +232,7 @@ class Agent:
         self._state = StateDir(Path(state_dir))
         self._applied = self._state.load(verifier, channel)
         self._desired: list[dict[str, Any]] | None = None  # the applied bundle's objects, as applied
-        self._newest: _Verified | None = None  # the newest bundle that passed verification
+        self._pending: _Verified | None = None  # a newer verified bundle held back as a shrink
         self._etag: str | None = None
         self._verification: dict[str, Any] = {
             "ok": None,
@@ -294,6 +321,11 @@ class Agent:
             bundle = self._verify(obj.data, now)
             owned = owned_objects(self.applier, self.labels)
             self._check_shrink(bundle, owned)
+        except _Shrink as exc:
+            self._pending = exc.bundle  # verified, held back: it stands in when the applied bundle expires
+            self._refused(exc.error, exc.bundle.manifest.digest, now)
+            self._etag = obj.etag
+            return "refused", f"bundle refused, nothing applied: {exc.error}"
         except VerificationError as exc:
             self._refused(exc, self._claimed_digest(obj.data), now)
             if exc.code in _FINAL_CODES:
@@ -306,10 +338,17 @@ class Agent:
         except ApplyError as exc:
             self._apply_errors, self._counts = [], {"applied": 0, "deleted": 0}
             return "apply_failed", f"cannot read the objects this agent owns: {exc}; nothing changed"
+        result, detail = self._apply(bundle, owned, now)
+        if result == "applied":
+            self._etag = obj.etag
+        return result, detail
+
+    def _apply(self, bundle: _Verified, owned: dict[ObjectRef, dict[str, Any]], now: datetime) -> tuple[str, str]:
+        """Apply a verified bundle, prune what it no longer has, record the generation."""
         digest, generation = bundle.manifest.digest, bundle.generation
         self._verification = {"ok": True, "code": None, "reason": None, "digest": digest, "at": iso(now)}
-        self._newest = bundle
-        desired = [self._stamp(o, generation) for o in bundle.bundle.objects]
+        self._pending = None
+        desired = [self._stamp(o, bundle.manifest) for o in bundle.bundle.objects]
         errors, applied, deleted = reconcile(
             self.applier, desired, channel=self.channel, preflight=self._preflight, owned=owned
         )
@@ -340,7 +379,6 @@ class Agent:
                 f"{done}; {len(errors)} Cilium object(s) held back by the cluster pre-flight "
                 f"({self._preflight.cilium}): {self._preflight.reason()}"
             )
-        self._etag = obj.etag
         return "applied", done
 
     def _refused(self, exc: VerificationError, digest: str | None, now: datetime) -> None:
@@ -355,11 +393,14 @@ class Agent:
         return digest if layout.is_digest(digest) else None
 
     @staticmethod
-    def _stamp(obj: dict[str, Any], generation: int) -> dict[str, Any]:
+    def _stamp(obj: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
+        """The object as applied: stamped with the generation and expiry of its verified bundle (so
+        that a restarted agent knows which live objects a newer bundle put there) and a content hash."""
         meta = dict(obj["metadata"])
         meta["annotations"] = {
             **(meta.get("annotations") or {}),
-            GENERATION_ANNOTATION: str(generation),
+            GENERATION_ANNOTATION: str(manifest.generation),
+            BUNDLE_EXPIRES_ANNOTATION: manifest.expires_at,
             CONTENT_HASH_ANNOTATION: content_hash(obj),
         }
         return {**obj, "metadata": meta}
@@ -396,8 +437,6 @@ class Agent:
         verdict = self.admission.judge_objects(bundle)
         if not verdict.admitted:
             raise VerificationError("inadmissible", f"admission refused it: {'; '.join(verdict.lines()[:5])}")
-        for obj in bundle.objects:
-            kind_of(obj)
         # The pre-flight runs before the CRD check: objects it holds back are neither checked nor
         # applied, so a Cilium part the cluster cannot take (a CRD version it does not serve) is
         # reported as such instead of refusing the Tetragon part with it.
@@ -409,22 +448,29 @@ class Agent:
         return _Verified(bundle, floor)
 
     def _floor(self) -> _Floor | None:
-        """The replay floor (see the module docstring). Raises _NoFloor when the record is unreadable."""
+        """The replay floor (see the module docstring): the highest of the local state, the in-cluster
+        record and the generation stamped on the owned live objects (in every mode: a lowered record
+        or a lost state folder never lowers it). Raises _NoFloor when the record or the live objects
+        cannot be read."""
         floors = []
         if self._applied is not None:
             floors.append(_Floor(self._applied.generation, self._applied.digest, "the local state"))
         if self.record is not None:
             try:
                 record = self.record.load(self.channel)
-                self._record, self._record_read = record, True
-                if record is not None:
-                    floors.append(_Floor(record.generation, record.digest, self.record.describe()))
-                else:
-                    live = self._live_generation()
-                    if live:
-                        floors.append(_Floor(live, None, "the owned objects' generation annotations"))
             except ApplyError as exc:
                 raise _NoFloor(f"cannot read the applied generation from {self.record.describe()}: {exc}") from exc
+            self._record, self._record_read = record, True
+            if record is not None:
+                floors.append(_Floor(record.generation, record.digest, self.record.describe()))
+        try:
+            live = self._live_generation()
+        except ApplyError as exc:
+            raise _NoFloor(f"cannot read the generation of the objects applied here: {exc}") from exc
+        if live:
+            floors.append(_Floor(live, None, "the owned objects' generation annotations"))
+        # at the same generation, a floor that knows its digest wins (the same generation with another
+        # digest is a replay)
         return max(floors, key=lambda f: (f.generation, f.digest is not None), default=None)
 
     def _live_generation(self) -> int:
@@ -437,28 +483,32 @@ class Agent:
         return best
 
     def _check_shrink(self, bundle: _Verified, owned: dict[ObjectRef, dict[str, Any]]) -> None:
-        """Refuse to take protection away without an operator's signed approval of exactly that."""
+        """Refuse to take protection away without a signed decision that covers exactly this step:
+        the manifest's approval of the bundle applied here, a rollback, or the manifest's signed
+        steps leading here from the bundle applied here (a step this cluster missed)."""
         reasons = shrink_reasons(list(owned.values()), bundle.bundle.objects, max_percent=self.max_shrink_percent)
         if not reasons:
             return
         manifest = bundle.manifest
         approval = manifest.approval
         applied = bundle.floor.digest if bundle.floor else None
-        if approval is not None and (manifest.rollback_of is not None or approval.previous_digest == applied):
+        approved = approval is not None and (manifest.rollback_of is not None or approval.previous_digest == applied)
+        if approved or (applied is not None and manifest.reached_from(applied)):
             logger.warning(
-                "applying a shrinking bundle: approved by an operator",
+                "applying a shrinking bundle: a signed decision covers it",
                 extra={"channel": self.channel, "digest": manifest.digest, "reasons": reasons},
             )
             return
         why = (
-            "it carries no approval"
+            "neither an approval nor its signed steps start from the bundle applied here"
             if approval is None
             else f"its approval replaces {str(approval.previous_digest)[:12]}, not the applied {str(applied)[:12]}"
         )
-        raise VerificationError(
+        error = VerificationError(
             "shrink",
             f"bundle {manifest.digest[:12]} would shrink what this cluster enforces ({'; '.join(reasons)}) and {why}",
         )
+        raise _Shrink(bundle, error)
 
     # -- drift -----------------------------------------------------------------------------------
 
@@ -490,46 +540,46 @@ class Agent:
 
     # -- expiry ----------------------------------------------------------------------------------
 
-    def _expiry(self) -> tuple[str, str] | None:
-        """(digest, expires_at) of the applied bundle: from the local state, else the in-cluster record."""
+    def _expiry(self) -> Record | None:
+        """The applied bundle (digest, generation, expiry): from the local state, else the in-cluster record."""
         if self._applied is not None:
-            return self._applied.digest, self._applied.manifest.expires_at
+            return Record.of(self._applied)
         if self.record is not None and not self._record_read:
             try:
                 self._record, self._record_read = self.record.load(self.channel), True
             except ApplyError:
                 return None
-        return (self._record.digest, self._record.expires_at) if self._record else None
+        return self._record
 
     def _expire(self, now: datetime) -> str | None:
-        """Once the applied bundle has expired, remove the objects it put here, except those of the newest
-        verified bundle while that one is valid. Returns what happened."""
-        expiry = self._expiry()
-        if expiry is None or parse_iso(expiry[1]) > now:
+        """Once the applied bundle has expired: apply the newer verified bundle this agent held back
+        as a shrink, when there is one (it is what the channel ships now, and more than nothing);
+        otherwise remove the objects the expired bundle put here, but never those a newer verified,
+        unexpired bundle applied (their stamps say so, across restarts). Returns what happened."""
+        applied = self._expiry()
+        if applied is None or parse_iso(applied.expires_at) > now:
             return None
-        digest, expires = expiry
-        newest = self._newest
-        keep: set[ObjectRef] = set()
-        if newest is not None and newest.manifest.digest != digest:
-            if newest.manifest.expires > now:
-                keep = {ref_of(o) for o in newest.bundle.objects}
+        expired = f"applied bundle {applied.digest[:12]} expired at {applied.expires_at}"
         try:
             owned = owned_objects(self.applier, self.labels)
         except ApplyError as exc:
-            return f"applied bundle {digest[:12]} expired at {expires}; cannot list its objects: {exc}"
+            return f"{expired}; cannot list its objects: {exc}"
+        pending = self._pending
+        if pending is not None and pending.manifest.expires > now:
+            result, detail = self._apply(pending, owned, now)
+            return f"{expired}; the newer verified bundle held back as a shrink stands in ({result}: {detail})"
+        keep = {ref for ref, obj in owned.items() if _newer_and_valid(obj, applied.generation, now)}
         errors: list[dict[str, Any]] = []
         deleted = delete_objects(self.applier, [o for r, o in owned.items() if r not in keep], errors)
         self._apply_errors, self._counts = errors, {"applied": 0, "deleted": deleted}
         if errors:
-            return f"applied bundle {digest[:12]} expired at {expires}: {len(errors)} object(s) not removed"
+            return f"{expired}: {len(errors)} object(s) not removed"
         self._state.clear()
         self._applied, self._record = None, None
         self._desired = None
         self._etag = None  # verify the channel's manifest again: the status then says why nothing is applied
-        kept = (
-            f"; kept {len(keep)} object(s) of the newer bundle {newest.manifest.digest[:12]}" if newest and keep else ""
-        )
-        return f"applied bundle {digest[:12]} expired at {expires}: removed {deleted} object(s){kept}"
+        kept = f"; kept {len(keep)} object(s) of a newer verified bundle" if keep else ""
+        return f"{expired}: removed {deleted} object(s){kept}"
 
     # -- reporting -------------------------------------------------------------------------------
 

@@ -1,15 +1,22 @@
-"""The change budget: a circuit breaker that holds back a bundle which would change too many of the
-enforced entries at once (a feed that suddenly doubles, or collapses to nothing, or a renderer bug).
+"""The change budget: a circuit breaker that holds back a bundle which would change too much of what
+is enforced at once (a feed that suddenly doubles or collapses, a renderer bug, a flood of detections).
 
-Two measures:
-- churn (``assess``): entries are the canonical IP prefixes the bundle's objects name
-  (``objects.prefixes``), compared as sets, so churn counts even when the totals stay the same:
-  replacing every entry of a 1,000-entry list is 2,000 changes (1,000 added, 1,000 removed), 200% of
-  the current bundle. Below ``min_changes`` changes a bundle is never held for churn;
+It measures each engine on its own (``ENGINES``), so that replacing every Cilium prefix cannot hide
+behind an unchanged Tetragon list:
+
+- ``tetragon`` and ``cilium``: the canonical prefixes each engine's objects block (admission's
+  ``BundleEffect``: IPv4-mapped twins folded, CIDR groups included);
+- ``programs``: the programs the enforcing exec rules kill (``/xmrig``): a new binary in a kill
+  rule counts like a new prefix.
+
+- churn (``assess``): per engine, added + removed against the current count, so churn counts even
+  when the totals stay the same (replacing every entry of a 1,000-entry list is 200%). Below
+  ``min_changes`` changes an engine is never held for churn;
 - shrink (``shrink_reasons``): what protection a bundle takes away, whatever the channel's size: an
-  empty bundle over a non-empty one, any behaviour policy (``cdr-policy.io/rule``) gone, more than
-  N% fewer objects or N% of the prefixes removed. Publish holds such a bundle unless approved, and
-  the sync agent refuses it unless the signed manifest carries that approval.
+  empty bundle over a non-empty one, any behaviour policy (``cdr-policy.io/rule``) gone, more than N%
+  fewer objects or N% of an engine's prefixes removed. Publish holds such a bundle unless approved;
+  the sync agent refuses it unless the signed manifest carries that approval (or the signed chain of
+  steps that leads to it from what the cluster applied).
 """
 
 from __future__ import annotations
@@ -18,38 +25,33 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cdr_policy.admission.effect import BundleEffect
 from cdr_policy.bundle.objects import prefixes
 from cdr_policy.policy.naming import COMPONENT_BEHAVIOUR, COMPONENT_KEY, RULE_KEY
 
-# Below this many added + removed entries a bundle is never held, whatever the percentage: a
+# Below this many added + removed entries an engine is never held, whatever the percentage: a
 # three-entry list gaining two entries is not a blast-radius event.
 DEFAULT_MIN_CHANGES = 20
+ENGINES = ("tetragon", "cilium", "programs")
+_TETRAGON_KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
 
 
 @dataclass(frozen=True)
-class BudgetCheck:
+class EngineChange:
+    engine: str
     current: int
     proposed: int
     added: int
     removed: int
-    percent: float
-    budget_percent: int
-    min_changes: int
 
     @property
     def changes(self) -> int:
         return self.added + self.removed
 
     @property
-    def exceeded(self) -> bool:
-        return self.changes >= max(self.min_changes, 1) and self.percent > self.budget_percent
-
-    def reason(self) -> str:
-        return (
-            f"{self.changes} entry changes ({self.added} added, {self.removed} removed) against "
-            f"{self.current} current entries is {self.percent:.1f}%, over the change budget of "
-            f"{self.budget_percent}%"
-        )
+    def percent(self) -> float:
+        """Changes as a share of the current entries (100% per entry when there were none)."""
+        return 100.0 * self.changes / max(self.current, 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,30 +60,72 @@ class BudgetCheck:
             "added": self.added,
             "removed": self.removed,
             "percent": round(self.percent, 2),
-            "budget_percent": self.budget_percent,
-            "min_changes": self.min_changes,
         }
 
 
-def assess(current: set[str], proposed: set[str], *, budget_percent: int, min_changes: int) -> BudgetCheck:
-    """How much ``proposed`` changes ``current``, as a share of ``current`` (100% per entry when
-    ``current`` is empty and anything is added)."""
-    if not 1 <= budget_percent <= 100:
-        raise ValueError(f"change budget must be 1..100 percent, got {budget_percent}")
+@dataclass(frozen=True)
+class Budget:
+    """What a bundle changes, per engine, against the budget."""
+
+    engines: tuple[EngineChange, ...]
+    budget_percent: int
+    min_changes: int
+    shrink: tuple[str, ...] = ()
+
+    def over(self) -> list[EngineChange]:
+        return [e for e in self.engines if e.changes >= max(self.min_changes, 1) and e.percent > self.budget_percent]
+
+    def reasons(self) -> list[str]:
+        """Why the bundle must be held (empty: it need not)."""
+        churn = [
+            f"{e.engine}: {e.changes} changes ({e.added} added, {e.removed} removed) against {e.current} "
+            f"current entries is {e.percent:.1f}%, over the change budget of {self.budget_percent}%"
+            for e in self.over()
+        ]
+        return churn + list(self.shrink)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "budget_percent": self.budget_percent,
+            "min_changes": self.min_changes,
+            "engines": {e.engine: e.to_dict() for e in self.engines},
+            "shrink": list(self.shrink),
+        }
+
+
+def _check_limits(percent: int, min_changes: int) -> None:
+    if not 1 <= percent <= 100:
+        raise ValueError(f"change budget must be 1..100 percent, got {percent}")
     if min_changes < 0:
         raise ValueError(f"min_changes must be >= 0, got {min_changes}")
-    added = len(proposed - current)
-    removed = len(current - proposed)
-    percent = 100.0 * (added + removed) / max(len(current), 1)
-    return BudgetCheck(
-        current=len(current),
-        proposed=len(proposed),
-        added=added,
-        removed=removed,
-        percent=percent,
-        budget_percent=budget_percent,
-        min_changes=min_changes,
+
+
+def assess(
+    current: BundleEffect,
+    proposed: BundleEffect,
+    *,
+    budget_percent: int,
+    min_changes: int,
+    shrink: Sequence[str] = (),
+) -> Budget:
+    """How much ``proposed`` changes ``current``, per engine."""
+    _check_limits(budget_percent, min_changes)
+    before, after = _entries(current), _entries(proposed)
+    engines = tuple(
+        EngineChange(
+            engine,
+            current=len(before[engine]),
+            proposed=len(after[engine]),
+            added=len(after[engine] - before[engine]),
+            removed=len(before[engine] - after[engine]),
+        )
+        for engine in ENGINES
     )
+    return Budget(engines, budget_percent, min_changes, tuple(shrink))
+
+
+def _entries(effect: BundleEffect) -> dict[str, set[str]]:
+    return {"tetragon": effect.prefixes["tetragon"], "cilium": effect.prefixes["cilium"], "programs": effect.programs}
 
 
 def behaviour_rules(objects: Iterable[Mapping[str, Any]]) -> set[str]:
@@ -94,12 +138,20 @@ def behaviour_rules(objects: Iterable[Mapping[str, Any]]) -> set[str]:
     return rules
 
 
+def engine_prefixes(objects: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]:
+    """The prefixes each engine's objects name (live objects too, which admission does not read)."""
+    objects = list(objects)
+    return {
+        "tetragon": prefixes(o for o in objects if o.get("kind") in _TETRAGON_KINDS),
+        "cilium": prefixes(o for o in objects if o.get("kind") not in _TETRAGON_KINDS),
+    }
+
+
 def shrink_reasons(
     current: Sequence[Mapping[str, Any]], proposed: Sequence[Mapping[str, Any]], *, max_percent: int
 ) -> list[str]:
     """Why going from ``current`` to ``proposed`` takes protection away (empty when it does not)."""
-    if not 1 <= max_percent <= 100:
-        raise ValueError(f"shrink limit must be 1..100 percent, got {max_percent}")
+    _check_limits(max_percent, 0)
     if not current:
         return []
     if not proposed:
@@ -111,8 +163,9 @@ def shrink_reasons(
     fewer = len(current) - len(proposed)
     if fewer > 0 and 100.0 * fewer / len(current) > max_percent:
         reasons.append(f"{len(proposed)} objects instead of {len(current)}: more than {max_percent}% fewer")
-    before = prefixes(current)
-    removed = len(before - prefixes(proposed))
-    if before and 100.0 * removed / len(before) > max_percent:
-        reasons.append(f"removes {removed} of {len(before)} prefixes: more than {max_percent}%")
+    before, after = engine_prefixes(current), engine_prefixes(proposed)
+    for engine in ("tetragon", "cilium"):
+        removed = len(before[engine] - after[engine])
+        if before[engine] and 100.0 * removed / len(before[engine]) > max_percent:
+            reasons.append(f"removes {removed} of {len(before[engine])} {engine} prefixes: more than {max_percent}%")
     return reasons

@@ -144,18 +144,53 @@ class Settings:
 
 @dataclass(frozen=True)
 class Approval:
-    """An operator approved this bundle past the change budget, as a replacement for
-    ``previous_digest`` (None: the channel had no usable manifest)."""
+    """This bundle was shipped past the change budget as a replacement for ``previous_digest``
+    (None: the channel had no usable manifest): by an approver's ``grant`` (its fingerprint, and
+    the ``approver`` key that signed it), or by an operator's rollback (no grant)."""
 
     previous_digest: str | None
     approved_at: str
+    grant: str | None = None
+    approver: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"previous_digest": self.previous_digest, "approved_at": self.approved_at}
+        out: dict[str, Any] = {"previous_digest": self.previous_digest, "approved_at": self.approved_at}
+        if self.grant is not None:
+            out["grant"] = self.grant
+        if self.approver is not None:
+            out["approver"] = self.approver
+        return out
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Approval:
-        return cls(previous_digest=doc["previous_digest"], approved_at=doc["approved_at"])
+        return cls(
+            previous_digest=doc["previous_digest"],
+            approved_at=doc["approved_at"],
+            grant=doc.get("grant"),
+            approver=doc.get("approver"),
+        )
+
+
+StepKind = Literal["first", "published", "approved", "refreshed", "rolled_back"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transition of a channel: generation ``generation`` shipped ``digest`` over
+    ``previous_digest``, ``how``."""
+
+    generation: int
+    digest: str
+    previous_digest: str | None
+    how: StepKind
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "digest": self.digest,
+            "previous_digest": self.previous_digest,
+            "how": self.how,
+        }
 
 
 @dataclass(frozen=True)
@@ -181,6 +216,7 @@ class Manifest:
     generation: int | None = None
     rollback_of: int | None = None
     approval: Approval | None = None
+    steps: tuple[Step, ...] = ()
     signature: Signature | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -217,6 +253,9 @@ class Manifest:
             generation=doc.get("generation"),
             rollback_of=doc.get("rollback_of"),
             approval=Approval.from_json(doc["approval"]) if "approval" in doc else None,
+            steps=tuple(
+                Step(s["generation"], s["digest"], s["previous_digest"], s["how"]) for s in doc.get("steps", [])
+            ),
             signature=signature,
             schema_version=doc["schema_version"],
         )
@@ -233,6 +272,12 @@ class Manifest:
                 validate_path(path)
             except BundleError as exc:
                 raise VerificationError("malformed", f"malformed manifest: {exc}") from exc
+        computed = entries_digest(self.files)
+        if computed != self.digest:
+            raise VerificationError(
+                "digest_mismatch",
+                f"digest mismatch: manifest says {self.digest}, its file list gives {computed}",
+            )
         if len(self.files) > MAX_FILES:
             raise VerificationError("too_large", f"the manifest lists {len(self.files)} files (at most {MAX_FILES})")
         for entry in self.files:
@@ -251,12 +296,8 @@ class Manifest:
             raise VerificationError("malformed", "malformed manifest: expires_at is not after created_at")
         if self.rollback_of is not None and self.rollback_of >= (self.generation or 1):
             raise VerificationError("malformed", "malformed manifest: rollback_of is not an earlier generation")
-        computed = entries_digest(self.files)
-        if computed != self.digest:
-            raise VerificationError(
-                "digest_mismatch",
-                f"digest mismatch: manifest says {self.digest}, its file list gives {computed}",
-            )
+        if self.steps and not self.path_is_whole():
+            raise VerificationError("malformed", "malformed manifest: its steps are not one path ending at itself")
         return self
 
     # -- writing ---------------------------------------------------------------------------------
@@ -280,6 +321,8 @@ class Manifest:
             out["rollback_of"] = self.rollback_of
         if self.approval is not None:
             out["approval"] = self.approval.to_json()
+        if self.steps:
+            out["steps"] = [step.to_json() for step in self.steps]
         if self.signature is not None:
             out["signature"] = self.signature.value
             out["key_id"] = self.signature.key_id
@@ -314,6 +357,20 @@ class Manifest:
     @property
     def total_bytes(self) -> int:
         return sum(e.size for e in self.files)
+
+    def path_is_whole(self) -> bool:
+        """The steps follow each other (each one's ``previous_digest`` the digest before it, the
+        generations increasing) and the last is this manifest."""
+        for before, after in zip(self.steps, self.steps[1:], strict=False):
+            if after.previous_digest != before.digest or after.generation <= before.generation:
+                return False
+        last = self.steps[-1]
+        return (last.generation, last.digest) == (self.generation, self.digest)
+
+    def reached_from(self, digest: str) -> bool:
+        """This manifest's signed steps lead here from bundle ``digest``: every step after it was a
+        decision of Publish (within the budget, approved, or a rollback)."""
+        return any(step.previous_digest == digest for step in self.steps)
 
     def objects_count(self) -> int:
         """Objects per kind added up (the ``counts`` entries without a ``.``)."""

@@ -32,9 +32,11 @@ _STATEMENT_PREFIX = b"cdr-policy-manifest-v1\n"
 _ECDSA = ec.ECDSA(hashes.SHA256())
 
 
-def statement(unsigned_document: Mapping[str, Any]) -> bytes:
-    """The statement a signature of a manifest document (without its signature fields) covers."""
-    return _STATEMENT_PREFIX + hashlib.sha256(jsonio.dumps(unsigned_document)).hexdigest().encode()
+def statement(unsigned_document: Mapping[str, Any], domain: bytes = _STATEMENT_PREFIX) -> bytes:
+    """The statement a signature of a document (without its signature fields) covers: ``domain``
+    (which kind of document: a signature is never valid for another kind) and the sha256 of its
+    canonical JSON."""
+    return domain + hashlib.sha256(jsonio.dumps(unsigned_document)).hexdigest().encode()
 
 
 def signing_message(manifest: Manifest) -> bytes:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cdr_policy import jsonio, layout
 from cdr_policy.admission import Admission
-from cdr_policy.bundle.signing import LocalSigner, generate_local_key
+from cdr_policy.bundle.signing import LocalSigner, Verifier, generate_local_key
 from cdr_policy.cli.parser import Parser, add_protection_arguments, protection_of
 from cdr_policy.errors import ConfigError
 from cdr_policy.policy.checker import SchemaSet
@@ -51,6 +51,12 @@ def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> i
     parser.add_argument("--platform", default=env.get("QUALYS_PLATFORM"))
     parser.add_argument("--gateway", default=env.get("QUALYS_GATEWAY_URL"))
     parser.add_argument("--change-budget", type=int, default=50, metavar="PERCENT", help="hold bigger changes")
+    parser.add_argument(
+        "--approver-key",
+        metavar="PEM",
+        help="the approvers' public key(s): a bundle over the change budget ships only with a grant they signed "
+        "(cdr-policy channel approve); without it nothing past the budget ships",
+    )
     add_protection_arguments(parser, "the channel's clusters")
     parser.add_argument("--crds", metavar="DIR", help="CRD files of the target clusters to check the objects against")
     args = parser.parse_args(argv)
@@ -72,6 +78,7 @@ def publish_main(argv: list[str], env: Mapping[str, str], state_root: Path) -> i
         admission=Admission(
             protection_of(args, f"channel {args.channel}"), SchemaSet.from_dir(args.crds) if args.crds else None
         ),
+        approvers=Verifier.from_file(args.approver_key) if args.approver_key else None,
     )
     print(f"{result.status}: channel {args.channel}, bundle {result.digest[:12]} in {args.to}")
     if result.reason:

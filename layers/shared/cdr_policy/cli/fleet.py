@@ -18,20 +18,22 @@ import json
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cdr_policy import aws, jsonio, layout
+from cdr_policy.bundle.approvals import DEFAULT_VALIDITY, MAX_VALIDITY, grant
 from cdr_policy.bundle.loader import Bundle, load_bundle, read_manifest
 from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.objects import ObjectRef, prefixes, ref_of
 from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer
 from cdr_policy.cli.parser import Parser
 from cdr_policy.errors import BundleError, ConfigError
+from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.policy import naming
 from cdr_policy.stages.publish import rollback
 from cdr_policy.storage import NotFound, Store, TooLarge, exists, open_store
-from cdr_policy.timeutil import iso, parse_iso, utcnow
+from cdr_policy.timeutil import parse_duration, parse_iso, utcnow
 
 PROVENANCE_KEYS = (naming.SOURCES, naming.CATEGORIES, naming.REFS, naming.EVIDENCE)
 
@@ -49,11 +51,34 @@ def channel_main(argv: list[str]) -> int:
     _state(diff)
     diff.add_argument("channel")
     diff.add_argument("--digest", help="the bundle to compare (default: the channel's latest render)")
-    approve = commands.add_parser("approve", help="approve a bundle the change budget held")
+    approve = commands.add_parser(
+        "approve", help="as an approver: grant a bundle the change budget held, as the replacement of the one shipped"
+    )
     _state(approve)
+    _dist(approve)
     approve.add_argument("channel")
     approve.add_argument("digest")
-    approve.add_argument("--reason", default="", help="why (kept in the approval)")
+    approve.add_argument(
+        "--replacing",
+        type=_replacing,
+        metavar="DIGEST|none",
+        help="the bundle it replaces, as the held message names it (default: the one the channel ships now; "
+        "none: the channel ships nothing Publish can use, as after a signing-key change)",
+    )
+    approving = approve.add_mutually_exclusive_group(required=True)
+    approving.add_argument("--key", metavar="PEM", help="the approver's own key file (never the channel's signing key)")
+    approving.add_argument("--kms-key-id", metavar="ARN", help="the approvers' KMS key (stack output ApproverKeyArn)")
+    approve.add_argument("--reason", default="", help="why (printable, at most 256 characters; kept in the grant)")
+    approve.add_argument(
+        "--valid-for",
+        type=_validity,
+        default=DEFAULT_VALIDITY,
+        metavar="DURATION",
+        help="how long it holds (default 7d)",
+    )
+    approve.add_argument(
+        "--publish-queue", metavar="URL", help="the stack's PublishQueue: ask Publish to ship it now (cloud)"
+    )
     back = commands.add_parser("rollback", help="publish an earlier bundle of the channel again")
     _dist(back)
     back.add_argument("channel")
@@ -72,7 +97,10 @@ def channel_main(argv: list[str]) -> int:
         changes = diff_bundles(open_store(args.dist), open_store(args.state), args.channel, args.digest)
         return _print(changes, args.json, _diff_lines)
     if args.command == "approve":
-        return _approve(open_store(args.state), args.channel, args.digest, args.reason)
+        approver: Signer = (
+            LocalSigner.from_file(args.key) if args.key else KmsSigner(aws.client("kms"), args.kms_key_id)
+        )
+        return _approve(args, open_store(args.state), open_store(args.dist), approver)
     signer: Signer = LocalSigner.from_file(args.key) if args.key else KmsSigner(aws.client("kms"), args.kms_key_id)
     result = rollback(open_store(args.dist), channel=args.channel, to_digest=args.to, signer=signer, now=utcnow())
     was = (result.previous_digest or "-")[:12]
@@ -202,12 +230,52 @@ def diff_bundles(dist: Store, state: Store, channel: str, digest: str | None) ->
     }
 
 
-def _approve(state: Store, channel: str, digest: str, reason: str) -> int:
-    if not exists(state, layout.bundle_manifest_key(digest)):
-        raise ConfigError(f"bundle {digest} is not in {state.describe()}: nothing to approve")
-    body = {"channel": channel, "digest": digest, "approved_at": iso(utcnow()), "reason": reason}
-    state.put(layout.approval_key(channel, digest), jsonio.dumps_pretty(body), "application/json")
-    print(f"approved: bundle {digest[:12]} of channel {channel}; Publish ships it on its next request")
+def _replacing(text: str) -> str:
+    """A digest, or ``none`` (returned as ``""``)."""
+    if text == "none":
+        return ""
+    if not layout.is_digest(text):
+        raise argparse.ArgumentTypeError("a bundle digest (64 hex digits) or none")
+    return text
+
+
+def _validity(text: str) -> timedelta:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 < seconds <= MAX_VALIDITY.total_seconds():
+        raise argparse.ArgumentTypeError(f"an approval holds for at most {MAX_VALIDITY.days} days")
+    return timedelta(seconds=seconds)
+
+
+def _approve(args: argparse.Namespace, state: Store, dist: Store, approver: Signer) -> int:
+    """Write the approver's signed grant of ``args.digest`` over the bundle the channel ships (or
+    ``--replacing``); with ``--publish-queue``, ask Publish to ship it now."""
+    if not exists(state, layout.bundle_manifest_key(args.digest)):
+        raise ConfigError(f"bundle {args.digest} is not in {state.describe()}: nothing to approve")
+    if len(args.reason) > 256 or not args.reason.isprintable():
+        raise ConfigError("--reason: printable text of at most 256 characters")
+    previous = args.replacing
+    if previous == "":
+        previous = None  # --replacing none
+    elif previous is None:
+        try:
+            previous = _current(dist, args.channel).digest
+        except (ConfigError, BundleError):
+            previous = None  # the channel ships nothing usable: the grant is for that
+    signed = grant(
+        args.channel, args.digest, previous, signer=approver, now=utcnow(), reason=args.reason, validity=args.valid_for
+    )
+    state.put(signed.key, jsonio.dumps_pretty(signed.to_json()), "application/json")
+    over = f"over {previous[:12]}" if previous else "for a channel that ships nothing usable"
+    print(f"approved: bundle {args.digest[:12]} of channel {args.channel} {over}, until {signed.expires_at}")
+    if args.publish_queue:
+        request = PublishRequest(args.channel, args.digest, approval=signed.fingerprint())
+        aws.client("sqs").send_message(QueueUrl=args.publish_queue, MessageBody=request.to_message())
+        print("  Publish was asked to ship it now")
+    else:
+        print("  Publish ships it on its next request for this bundle")
     return 0
 
 

@@ -14,7 +14,10 @@
 - optional ``/blacklist`` (``blacklist=True``): downloaded at most once per
   ``blacklist_interval_hours`` (free plans get five a day; the server caches it a day anyway)
   into ``indicators/reputation/abuseipdb-blacklist.json``;
-- no API key: one log line and a ``disabled`` report line, nothing else.
+- no API key: one log line and a ``disabled`` report line, nothing else;
+- a key that is configured but cannot be read now (``AbuseIPDB.unavailable``: Secrets Manager is
+  down): nothing is asked, the cached scores keep serving and the sets are marked ``stale`` with
+  the reason, as when the quota is used up.
 """
 
 from __future__ import annotations
@@ -134,6 +137,7 @@ class AbuseIPDB:
         if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
             raise ConfigError(f"AbuseIPDB base URL {base_url!r} must be https:// (plain http only on loopback)")
         self.api_key = (api_key or "").strip() or None
+        self.key_problem: str | None = None  # set by ``unavailable``
         self.threshold = threshold
         self.max_age_days = max_age_days
         self.cache_ttl = timedelta(hours=cache_ttl_hours)
@@ -144,6 +148,14 @@ class AbuseIPDB:
         self.blacklist_confidence = blacklist_confidence
         self.blacklist_limit = blacklist_limit
         self.blacklist_interval = timedelta(hours=blacklist_interval_hours)
+
+    @classmethod
+    def unavailable(cls, reason: str, *, threshold: int = 50) -> AbuseIPDB:
+        """A check whose key is configured but cannot be read now: it asks nothing and keeps the
+        cached scores, its sets marked stale with ``reason``."""
+        check = cls(None, threshold=threshold)
+        check.key_problem = reason
+        return check
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -157,7 +169,7 @@ class AbuseIPDB:
         http: httpx.Client | None = None,
     ) -> list[FeedOutcome]:
         """Score the given IPs (cache first), store the reputation set(s); one outcome per set."""
-        if self.api_key is None:
+        if self.api_key is None and self.key_problem is None:
             logger.info(MISSING_KEY)
             names = [SOURCE] + ([BLACKLIST_SOURCE] if self.blacklist else [])
             return [self._disabled(store, name, now) for name in names]
@@ -181,7 +193,7 @@ class AbuseIPDB:
         rejected: dict[str, Rejection] = {}
         candidates = self._candidates(ips, guard, rejected)
         stats = {"asked": len(candidates), "checked": 0, "cached": 0, "not_checked": 0, "below_threshold": 0}
-        problem = self._pause_reason(cache, "check", now)
+        problem = self.key_problem or self._pause_reason(cache, "check", now)
         for ip in candidates:
             cached = cache.scores.get(ip)
             if cached is not None and parse_iso(cached.checked_at) + self.cache_ttl > now:
@@ -286,7 +298,7 @@ class AbuseIPDB:
                 rejected=list(previous.rejected),
                 key=layout.reputation_set_key(BLACKLIST_SOURCE),
             )
-        problem = self._pause_reason(cache, "blacklist", now)
+        problem = self.key_problem or self._pause_reason(cache, "blacklist", now)
         data: dict[str, Any] = {}
         if problem is None:
             params = {"confidenceMinimum": str(self.blacklist_confidence), "limit": str(self.blacklist_limit)}

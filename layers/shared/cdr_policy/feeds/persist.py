@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -160,19 +159,6 @@ def parse_set(raw: bytes, where: str) -> IndicatorSet:
             raise CdrPolicyError(f"{where}: compact prefixes refused: {exc}") from exc
         s.prefixes = FeedPrefixes(compact["category"], compact["last_seen"], compact["expires_at"], v4, v6)
     return s
-
-
-def load_indicator_sets(store: Store, after_each: Callable[[list[IndicatorSet]], None]) -> list[IndicatorSet]:
-    """Every current indicator set under ``indicators/``, in key order, each checked (``parse_set``).
-    A broken set stops the render (the channels keep their last good bundle) rather than silently
-    shrinking the blocklists. ``after_each`` is called with the sets loaded so far after each one
-    (Render lets go there of what it cannot rank, so that a set is held whole only while it loads)."""
-    sets: list[IndicatorSet] = []
-    for key in store.list(layout.INDICATORS):
-        if key.endswith(".json"):
-            sets.append(parse_set(store.get(key).data, f"{store.describe()}/{key}"))
-            after_each(sets)
-    return sets
 
 
 def render_fingerprint(s: IndicatorSet) -> bytes:

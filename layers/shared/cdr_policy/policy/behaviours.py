@@ -41,23 +41,22 @@ Safety decisions:
 - ``curl`` and ``wget`` are not in any exec block (liveness probes and entrypoints use them); their
   abuse against the metadata service is what ``cloud_credentials`` blocks, and ``ingress_tool_transfer``
   blocks running what they downloaded (``/tmp``, ``/var/tmp``, ``/dev/shm``).
-- **Evidence.** For tool rules the process names CDR observed are added to the blocked list, and
-  for ``cloud_credentials`` to the restricted callers, only when they are bare executable names
-  (``[A-Za-z0-9._+-]``, at most 63 characters; an absolute path is reduced to its last component)
-  and not shells, interpreters, runtimes, init systems or everyday utilities (``policy.binaries``), so that
-  evidence can never turn a rule into "kill every bash". At most 16 are added per rule; the rest,
-  and every refusal, are reported.
+- **Evidence.** For tool rules the process names CDR observed join the blocked names, and for
+  ``cloud_credentials`` the restricted callers, where ``policy.scoping`` places them: in the rule's
+  own policy only when the name is corroborated by several workloads and is none of the names a
+  cluster runs (``policy.binaries``: shells, runtimes and utilities are never blocked on evidence;
+  servers, proxies, databases, agents and kernel threads never cluster-wide); otherwise in one
+  policy per workload where it was seen (:func:`evidence_hooks`), or in an audit-only policy.
+  Evidence can never turn a rule into "kill every bash" or "kill every nginx".
 """
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cdr_policy.models import Behaviour
-from cdr_policy.policy.binaries import refuse_cluster_wide
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.tetragon import (
     KERNEL,
@@ -72,8 +71,6 @@ from cdr_policy.policy.tetragon import (
 )
 from cdr_policy.rules import RULES
 
-MAX_EVIDENCE = 16
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$")
 SHELLS = ("ash", "bash", "csh", "dash", "fish", "ksh", "mksh", "sh", "tcsh", "zsh")
 IMDS = ("169.254.169.254/32", "fd00:ec2::254/128")
 NETWORK_UTILITIES = ("busybox", "curl", "nc", "ncat", "netcat", "socat", "telnet", "wget")
@@ -267,9 +264,12 @@ def _tools(*names: str) -> Callable[[Context], list[dict[str, Any]]]:
     return build
 
 
+def _metadata_service(ctx: Context, callers: Sequence[str]) -> dict[str, Any]:
+    return connect(ctx, ConnectMatch(prefixes=IMDS, callers=tuple(sorted(set(callers)))))
+
+
 def _cloud_credentials(ctx: Context) -> list[dict[str, Any]]:
-    callers = sorted(set(NETWORK_UTILITIES) | set(ctx.evidence))
-    return [connect(ctx, ConnectMatch(prefixes=IMDS, callers=tuple(callers)))]
+    return [_metadata_service(ctx, (*NETWORK_UTILITIES, *ctx.evidence))]
 
 
 def _network_scanning(ctx: Context) -> list[dict[str, Any]]:
@@ -604,40 +604,49 @@ CATALOGUE: dict[str, RuleSpec] = {
 }
 
 
-@dataclass(frozen=True)
-class Evidence:
-    added: tuple[str, ...]
-    refused: tuple[tuple[str, str], ...]  # (process, reason)
-
-
-def sift_evidence(processes: Sequence[str]) -> Evidence:
-    """Which observed process names may join a rule's list (see the module docstring)."""
-    added: set[str] = set()
-    refused: dict[str, str] = {}
-    for raw in sorted(set(processes)):
-        name = raw.rsplit("/", 1)[-1] if raw.startswith("/") else raw
-        if not _SAFE_NAME.match(name):
-            refused[raw] = "not a bare executable name"
-        elif reason := refuse_cluster_wide(name):
-            refused[raw] = reason
-        else:
-            added.add(name)
-    kept = sorted(added)[:MAX_EVIDENCE]
-    for name in sorted(added)[MAX_EVIDENCE:]:
-        refused[name] = f"over the {MAX_EVIDENCE} evidence names per rule"
-    return Evidence(tuple(kept), tuple(sorted(refused.items())))
-
-
 def compile_behaviour(
-    rule: str, behaviour: Behaviour, channel: ChannelSettings
-) -> tuple[list[dict[str, Any]], Enforcement, RuleSpec, Evidence]:
-    """The hooks of one rule, how they act, the rule's spec and the evidence used."""
+    rule: str, channel: ChannelSettings, cluster_wide: Sequence[str]
+) -> tuple[list[dict[str, Any]], Enforcement, RuleSpec]:
+    """The hooks of one rule with the evidence names placed in its own policy (``cluster_wide``,
+    see ``policy.scoping``), how they act and the rule's spec."""
     spec = CATALOGUE[rule]
-    evidence = sift_evidence(behaviour.processes) if spec.evidence else Evidence((), ())
-    enforcement = Enforcement.for_channel(
+    enforcement = rule_enforcement(rule, channel)
+    ctx = Context(rule=rule, channel=channel, enforcement=enforcement, evidence=tuple(cluster_wide))
+    return spec.build(ctx), enforcement, spec
+
+
+def rule_enforcement(rule: str, channel: ChannelSettings) -> Enforcement:
+    """How a rule's selectors act on ``channel``."""
+    spec = CATALOGUE[rule]
+    return Enforcement.for_channel(
         channel,
         start_in_monitor=spec.start_in_monitor and rule not in channel.promoted_rules,
         audit_only=spec.audit_only,
     )
-    ctx = Context(rule=rule, channel=channel, enforcement=enforcement, evidence=evidence.added)
-    return spec.build(ctx), enforcement, spec, evidence
+
+
+def evidence_hooks(
+    rule: str, channel: ChannelSettings, enforcement: Enforcement, names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The hooks that enforce only evidence ``names`` for ``rule`` (a workload's policy, or the
+    audit policy): running them, or, for ``cloud_credentials``, reaching the metadata service."""
+    ctx = Context(rule=rule, channel=channel, enforcement=enforcement, evidence=())
+    if CATALOGUE[rule].evidence == "callers":
+        return [_metadata_service(ctx, names)]
+    return [exec_block(ctx, sorted(set(names)))]
+
+
+@functools.cache
+def covered_names(rule: str) -> frozenset[str]:
+    """The names ``rule`` blocks by itself (no evidence): its exec targets, or for
+    ``cloud_credentials`` its restricted callers."""
+    channel = ChannelSettings(name="covered")
+    hooks, _, spec = compile_behaviour(rule, channel, ())
+    values: set[str] = set()
+    for hook in hooks:
+        for sel in hook["selectors"]:
+            if spec.evidence == "callers":
+                values.update(v for m in sel.get("matchBinaries", []) for v in m["values"])
+            elif hook["call"] == "security_bprm_check":
+                values.update(v for m in sel.get("matchArgs", []) if m["operator"] == "Postfix" for v in m["values"])
+    return frozenset(v.removeprefix("/") for v in values)

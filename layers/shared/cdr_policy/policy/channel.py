@@ -14,7 +14,7 @@ from typing import Any, Literal
 from cdr_policy import jsonio
 from cdr_policy.errors import ConfigError
 from cdr_policy.layout import is_channel_name
-from cdr_policy.policy.naming import is_label_key, is_label_value
+from cdr_policy.policy.naming import is_label_key, is_label_value, is_system_namespace
 from cdr_policy.policy.ports import parse_port
 from cdr_policy.rules import RULES
 
@@ -30,6 +30,13 @@ DOMAIN_MODES = ("report", "resolve")
 # addresses) is measured to keep Render, Publish and the sync agent inside their 512 MB (README,
 # "Configuration (cloud)"; ``make bench`` (e)).
 MAX_BUDGET_PREFIXES = 250_000
+# A bundle lives at most 30 days: longer voids the expiry that makes a cut-off cluster stop
+# enforcing stale blocks. At least twice the re-render period (``check_lifetime``): Publish re-signs
+# a bundle past half its lifetime, at the first render after that.
+MAX_BUNDLE_TTL_HOURS = 30 * 24
+# How many distinct workloads must have run a name before evidence kills it cluster-wide
+# (``policy.scoping``): at least two, or one finding would be enough.
+EVIDENCE_MIN_WORKLOADS = (2, 1000)
 
 
 def parse_version(text: object) -> tuple[int, int] | None:
@@ -85,7 +92,12 @@ class ChannelSettings:
     # (``policy.ports``): a port block applies to every destination.
     protected_ports: tuple[str, ...] = ()
     # Bundles expire so that a cluster cut off from the bucket stops enforcing stale blocks.
+    # Between twice the re-render period and MAX_BUNDLE_TTL_HOURS.
     bundle_ttl_hours: int = 72
+    # A process name CDR saw is killed cluster-wide only when it was seen in this many distinct
+    # workloads (and is not a common server, agent or kernel-thread name); otherwise only in the
+    # workloads where it was seen, or audited (policy.scoping).
+    evidence_min_workloads: int = 3
     # Threat-intel feeds go into this channel's network blocklists (CDR indicators always do).
     threat_intel: bool = True
     # Tetragon hook of the network blocklists: "tcp_connect" (kernel function, sock argument, DAddr;
@@ -111,10 +123,22 @@ class ChannelSettings:
             raise ConfigError(f"channel {self.name}: action {self.action!r} is not one of {', '.join(ACTIONS)}")
         if parse_version(self.cilium_version) is None:
             raise ConfigError(f"channel {self.name}: cilium_version {self.cilium_version!r} is not like '1.17'")
-        for attr in ("tetragon_max_prefixes", "cilium_max_prefixes", "bundle_ttl_hours"):
+        for attr in ("tetragon_max_prefixes", "cilium_max_prefixes", "bundle_ttl_hours", "evidence_min_workloads"):
             value = getattr(self, attr)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"channel {self.name}: {attr} must be a positive integer, got {value!r}")
+                raise ConfigError(f"channel {self.name}: {attr} must be a positive integer, got {_shown(value)}")
+        if self.bundle_ttl_hours > MAX_BUNDLE_TTL_HOURS:
+            raise ConfigError(
+                f"channel {self.name}: bundle_ttl_hours is at most {MAX_BUNDLE_TTL_HOURS} (30 days), got "
+                f"{_shown(self.bundle_ttl_hours)} (a longer lifetime voids the expiry that stops a cut-off cluster "
+                "enforcing stale blocks)"
+            )
+        low, high = EVIDENCE_MIN_WORKLOADS
+        if not low <= self.evidence_min_workloads <= high:
+            raise ConfigError(
+                f"channel {self.name}: evidence_min_workloads must be {low}..{high}, "
+                f"got {_shown(self.evidence_min_workloads)}"
+            )
         for attr in ("tetragon_max_prefixes", "cilium_max_prefixes"):
             if getattr(self, attr) > MAX_BUDGET_PREFIXES:
                 raise ConfigError(
@@ -125,6 +149,11 @@ class ChannelSettings:
         for ns in self.namespaces:
             if not _LABEL.match(ns):
                 raise ConfigError(f"channel {self.name}: namespace {ns!r} is not a DNS-1123 label")
+            if is_system_namespace(ns):
+                raise ConfigError(
+                    f"channel {self.name}: namespace {ns} is one of the cluster's own (kube-*, the CNI, Tetragon, "
+                    "this operator): its policies never go there"
+                )
         for key, value in self.pod_labels.items():
             if not is_label_key(key) or not is_label_value(value):
                 raise ConfigError(f"channel {self.name}: pod label {key!r}={value!r} is not a valid Kubernetes label")
@@ -151,6 +180,15 @@ class ChannelSettings:
         unknown_rules = sorted(set(self.promoted_rules) - set(RULES))
         if unknown_rules:
             raise ConfigError(f"channel {self.name}: promoted_rules has unknown rule id(s) {', '.join(unknown_rules)}")
+
+    def check_lifetime(self, refresh_hours: float) -> None:
+        """``bundle_ttl_hours`` against the re-render period (hours): at least twice as long, so
+        that a render comes after half the lifetime and before the end (Publish re-signs then)."""
+        if self.bundle_ttl_hours < 2 * refresh_hours:
+            raise ConfigError(
+                f"channel {self.name}: bundle_ttl_hours {self.bundle_ttl_hours} is less than twice the re-render "
+                f"period ({refresh_hours:g} h): agents would drop every policy before the next render re-signs it"
+            )
 
     @property
     def enforce(self) -> bool:
@@ -196,6 +234,13 @@ class ChannelSettings:
         if "kernel" in kwargs:
             kwargs["kernel"] = KernelCapabilities.from_dict(kwargs["kernel"], d["name"])
         return cls(**kwargs)
+
+
+def _shown(value: object) -> str:
+    """A bad setting's value in a message: numbers as they are (bounded), anything else by type."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 10**12:
+        return repr(value)
+    return f"a {type(value).__name__}" if not isinstance(value, int | float) else "a number out of range"
 
 
 def default_channels() -> list[ChannelSettings]:

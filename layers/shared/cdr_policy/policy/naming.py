@@ -19,12 +19,14 @@ Labels (ownership; the agent prunes by the first two):
 | ``cdr-policy.io/component`` | ``behaviour``, ``tetragon-blocklist``, ``cilium-blocklist``, ``cidr-group`` |
 | ``cdr-policy.io/blocklist`` | ``cdr`` or ``threat-intel`` (network objects) |
 | ``cdr-policy.io/rule`` | the behaviour rule id (behaviour policies) |
+| ``cdr-policy.io/scope`` | ``workload`` (a rule's evidence in one workload) or ``audit`` (its audited evidence) |
 | ``cdr-policy.io/bundle`` | left free: the bundle stage sets the bundle digest |
 
 Annotations: ``cdr-policy.io/expires-at`` (the latest expiry of what the object carries, taken from
 the indicators, never from the clock), ``cdr-policy.io/sources``, ``cdr-policy.io/entries``,
 ``cdr-policy.io/categories``, ``cdr-policy.io/refs`` (first finding ids), ``cdr-policy.io/mitre``,
-``cdr-policy.io/evidence`` (observed process names added to a rule), ``cdr-policy.io/shard``,
+``cdr-policy.io/evidence`` (observed process names added to a rule), ``cdr-policy.io/workload``
+(the fingerprint of the workload a policy is scoped to), ``cdr-policy.io/shard``,
 ``cdr-policy.io/kernel-override-helper`` (``"true"`` on a Tetragon policy with Override on a syscall
 hook: its channel declared ``kernel: {override_helper: true}``) and ``cdr-policy.io/cilium-version``
 (on Cilium objects: the channel's declared ``cilium_version``, which the agent's pre-flight compares
@@ -35,6 +37,8 @@ Output files (one object per file; the original operator's names are kept where 
 | File | Kind (short) | Content | Original |
 |---|---|---|---|
 | ``cdr-block-<rule>-<yyyymmdd>.yaml`` | TracingPolicy | a behaviour (1) | ``cdr-block-cloud-creds-…`` |
+| ``cdr-block-<rule>-<yyyymmdd>-<namespace>-<workload>.yaml`` | TracingPolicy | evidence in one workload | new |
+| ``cdr-audit-<rule>-<yyyymmdd>.yaml`` | TracingPolicy | evidence only audited (Post) | new |
 | ``cdr-dynamic-blocklist.yaml`` | TracingPolicy | CDR-extracted IPs (+ audited ports) | same name |
 | ``threat-intel-blocklist.yaml`` | TracingPolicy | threat-intel feed and reputation IPs | same name |
 | ``cilium-cdr-blocklist.yaml`` | CCNP | egress deny to the CDR groups | same name |
@@ -43,7 +47,8 @@ Output files (one object per file; the original operator's names are kept where 
 | ``cilium-threat-intel-blocklist-cidrs-<nnn>.yaml`` | CiliumCIDRGroup | feed prefixes | new |
 
 (1) ``<rule>`` is ``cloud-creds``, ``network-scan``, ``container-escape``, ``crypto-mining`` (the
-original's names) or the rule id with ``-`` for ``_``. CCNP = CiliumClusterwideNetworkPolicy.
+original's names) or the rule id with ``-`` for ``_``. CCNP = CiliumClusterwideNetworkPolicy;
+``<workload>`` is the first 8 hex digits of the workload's fingerprint.
 
 ``<yyyymmdd>`` is the day the behaviour was first seen, which stays the same from one render to
 the next (the original used the run date, which changed every file every day). A Tetragon blocklist
@@ -66,6 +71,9 @@ CHANNEL_KEY = "cdr-policy.io/channel"
 COMPONENT_KEY = "cdr-policy.io/component"
 BLOCKLIST_KEY = "cdr-policy.io/blocklist"
 RULE_KEY = "cdr-policy.io/rule"
+SCOPE_KEY = "cdr-policy.io/scope"
+SCOPE_WORKLOAD = "workload"
+SCOPE_AUDIT = "audit"
 BUNDLE_KEY = "cdr-policy.io/bundle"
 
 EXPIRES_AT = "cdr-policy.io/expires-at"
@@ -75,6 +83,7 @@ CATEGORIES = "cdr-policy.io/categories"
 REFS = "cdr-policy.io/refs"
 MITRE = "cdr-policy.io/mitre"
 EVIDENCE = "cdr-policy.io/evidence"
+WORKLOAD = "cdr-policy.io/workload"
 SHARD = "cdr-policy.io/shard"
 # Declarations the checker and the sync agent read from the objects themselves (they travel signed
 # in the bundle, so they hold wherever the objects go).
@@ -117,6 +126,33 @@ def is_dns_subdomain(value: object) -> bool:
 def is_dns_label(value: object) -> bool:
     """DNS-1123 label (namespace names)."""
     return isinstance(value, str) and len(value) <= 63 and bool(_DNS_LABEL.match(value))
+
+
+# Namespaces of the cluster's own machinery (Kubernetes, the CNI, Tetragon, this operator, meshes
+# and their controllers): evidence is never enforced there, only audited.
+SYSTEM_NAMESPACES = frozenset(
+    {
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "cdr-policy-system",
+        "qualys-system",
+        "cilium",
+        "cilium-system",
+        "tetragon",
+        "calico-system",
+        "tigera-operator",
+        "istio-system",
+        "linkerd",
+        "cert-manager",
+    }
+)
+SYSTEM_NAMESPACE_PREFIXES = ("kube-", "openshift", "gke-", "gmp-", "eks-", "aws-", "amazon-", "azure-")
+
+
+def is_system_namespace(namespace: str) -> bool:
+    """A namespace of the cluster's own machinery, where evidence is never enforced."""
+    return namespace in SYSTEM_NAMESPACES or namespace.startswith(SYSTEM_NAMESPACE_PREFIXES)
 
 
 def is_label_key(key: object) -> bool:
@@ -186,6 +222,16 @@ def behaviour_base(rule: str, first_seen: str) -> str:
     if not re.fullmatch(r"\d{8}", day):
         raise ValueError(f"first_seen {first_seen!r} is not an ISO timestamp")
     return f"cdr-block-{rule_slug(rule)}-{day}"
+
+
+def audit_base(rule: str, first_seen: str) -> str:
+    """``cdr-audit-<rule>-<yyyymmdd>``: the audit-only policy of a rule's evidence names."""
+    return behaviour_base(rule, first_seen).replace("cdr-block-", "cdr-audit-", 1)
+
+
+def workload_filename(base: str, namespace: str, workload: str) -> str:
+    """``<base>-<namespace>-<workload[:8]>.yaml``: a rule's policy for one workload."""
+    return f"{base}-{namespace}-{workload[:8]}.yaml"
 
 
 def group_filename(base: str, index: int) -> str:

@@ -187,7 +187,7 @@ def rank_ips(
 def hold_to_room(sets: Sequence[IndicatorSet], *, now: datetime) -> None:
     """Let go of the compact feed prefixes no render at ``now`` ranks, counting them in each set's
     ``held_back``: past each live set's room (``_room``), and all of a disabled or expired set's.
-    Called after each set a render loads (``feeds.persist.load_indicator_sets``), it keeps the
+    Called after each set a render loads (``last_good.load_indicator_sets``), it keeps the
     feed prefixes held to ``MAX_RANKED_FEED_PREFIXES`` plus the one set being loaded, however many
     sets there are. Every channel ranks the same live sets (or, without threat intel, none), and
     a room only shrinks as sets are added, so ``rank_ips`` then ranks what it would have ranked

@@ -39,7 +39,7 @@ from cdr_policy.models import MAX_REFS, Behaviour, Indicator, IndicatorSet, Reje
 from cdr_policy.netprefix import parse_explicit
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy import cilium, naming, tetragon
-from cdr_policy.policy.behaviours import CATALOGUE, compile_behaviour
+from cdr_policy.policy.behaviours import CATALOGUE, compile_behaviour, covered_names, evidence_hooks
 from cdr_policy.policy.capacity import Cut, cut, listed_left_out
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet, check_object
@@ -48,6 +48,8 @@ from cdr_policy.policy.merge import merge_indicators
 from cdr_policy.policy.output import ObjectMeta, PolicyFile
 from cdr_policy.policy.ports import parse_port, port_refusal
 from cdr_policy.policy.ranked import CDR, MAX_RANKED_FEED_PREFIXES, THREAT_INTEL, RankedTable, rank_ips
+from cdr_policy.policy.scoping import MAX_WORKLOAD_POLICIES, Placement, place_evidence
+from cdr_policy.policy.tetragon import Enforcement
 from cdr_policy.rules import RULES
 from cdr_policy.timeutil import iso, parse_iso
 
@@ -139,10 +141,12 @@ def compile_policies(
 
     files: list[PolicyFile] = []
     behaviour_report = []
+    room = MAX_WORKLOAD_POLICIES
     for rule in sorted(inputs.behaviours):
-        rule_files, entry = _behaviour_files(rule, inputs.behaviours[rule], channel)
+        rule_files, entry, scoped = _behaviour_files(rule, inputs.behaviours[rule], channel, room)
         files.extend(rule_files)
         behaviour_report.append(entry)
+        room -= scoped
     files.extend(_network_files(channel, tetragon_cut, cilium_cut, inputs.ports))
     files.sort(key=lambda f: (f.kind != "CiliumCIDRGroup", f.filename))
     checks = _check(files, schemas, guards)
@@ -274,6 +278,7 @@ def _merge_behaviours(inputs: _Inputs, behaviours: Iterable[Behaviour], now: dat
             continue
         if parse_iso(b.expires_at) <= now:
             continue
+        alive = [s for s in b.sightings if parse_iso(s.expires_at) > now]
         current = inputs.behaviours.get(b.rule)
         if current is None:
             inputs.behaviours[b.rule] = Behaviour(
@@ -284,20 +289,27 @@ def _merge_behaviours(inputs: _Inputs, behaviours: Iterable[Behaviour], now: dat
                 first_seen=b.first_seen,
                 last_seen=b.last_seen,
                 expires_at=b.expires_at,
+                sightings=alive,
             )
             continue
         current.categories = dict(Counter(current.categories) + Counter(b.categories))
         current.processes = sorted(set(current.processes) | set(b.processes))
         current.refs = sorted(set(current.refs) | set(b.refs))
+        current.sightings = [*current.sightings, *alive]
         current.first_seen = min(current.first_seen, b.first_seen, key=parse_iso)
         current.last_seen = max(current.last_seen, b.last_seen, key=parse_iso)
         current.expires_at = max(current.expires_at, b.expires_at, key=parse_iso)
 
 
 def _behaviour_files(
-    rule: str, behaviour: Behaviour, channel: ChannelSettings
-) -> tuple[list[PolicyFile], dict[str, Any]]:
-    kprobes, enforcement, spec, evidence = compile_behaviour(rule, behaviour, channel)
+    rule: str, behaviour: Behaviour, channel: ChannelSettings, room: int
+) -> tuple[list[PolicyFile], dict[str, Any], int]:
+    """The rule's own policy (with the evidence names placed cluster-wide), one policy per
+    workload its other evidence names were seen in (at most ``room``), and the audit policy of
+    the rest (``policy.scoping``); the rule's report entry; how many workload policies it made."""
+    spec = CATALOGUE[rule]
+    placement = place_evidence(behaviour, channel, covered_names(rule), room=room) if spec.evidence else Placement()
+    kprobes, enforcement, spec = compile_behaviour(rule, channel, placement.cluster_wide)
     annotations = {
         naming.EXPIRES_AT: iso(parse_iso(behaviour.expires_at)),
         naming.MITRE: RULES[rule][0],
@@ -305,13 +317,12 @@ def _behaviour_files(
         naming.REFS: _refs(behaviour.refs),
         naming.SOURCES: "cdr",
     }
-    if evidence.added:
-        annotations[naming.EVIDENCE] = ",".join(evidence.added)
+    if placement.cluster_wide:
+        annotations[naming.EVIDENCE] = ",".join(placement.cluster_wide)
     meta = ObjectMeta(
         labels=naming.ownership_labels(channel.name, naming.COMPONENT_BEHAVIOUR, rule=rule),
         annotations=annotations,
     )
-    entries = sum(len(m.get("values", [])) for kp in kprobes for s in kp["selectors"] for m in s.get("matchArgs", []))
     files = tetragon.tracing_policies(
         channel,
         kprobes=kprobes,
@@ -319,18 +330,65 @@ def _behaviour_files(
         meta=meta,
         purpose=naming.rule_slug(rule),
         base=naming.behaviour_base(rule, behaviour.first_seen),
-        entries=entries,
+        entries=_entries(kprobes),
         spare_namespaces=spec.spare_namespaces,
     )
+    for scope in placement.scopes:
+        scoped = evidence_hooks(rule, channel, enforcement, scope.names)
+        scope_meta = ObjectMeta(
+            labels=naming.ownership_labels(
+                channel.name, naming.COMPONENT_BEHAVIOUR, rule=rule, scope=naming.SCOPE_WORKLOAD
+            ),
+            annotations={**annotations, naming.EVIDENCE: ",".join(scope.names), naming.WORKLOAD: scope.workload},
+        )
+        filename = naming.workload_filename(
+            naming.behaviour_base(rule, behaviour.first_seen), scope.namespace, scope.workload
+        )
+        selects = tetragon.workload_selector(scope.namespace, scope.labels)
+        files.append(
+            tetragon.tracing_policy(
+                None,
+                selects,
+                scoped,
+                enforcement,
+                scope_meta,
+                naming.rule_slug(rule),
+                filename,
+                _entries(scoped),
+            )
+        )
+    if placement.audited:
+        audit = Enforcement.for_channel(channel, audit_only=True)
+        audited = evidence_hooks(rule, channel, audit, placement.audited)
+        files.extend(
+            tetragon.tracing_policies(
+                channel,
+                kprobes=audited,
+                enforcement=audit,
+                meta=ObjectMeta(
+                    labels=naming.ownership_labels(
+                        channel.name, naming.COMPONENT_BEHAVIOUR, rule=rule, scope=naming.SCOPE_AUDIT
+                    ),
+                    annotations={**annotations, naming.EVIDENCE: ",".join(placement.audited)},
+                ),
+                purpose=f"{naming.rule_slug(rule)}-audit",
+                base=naming.audit_base(rule, behaviour.first_seen),
+                entries=_entries(audited),
+            )
+        )
     report = {
         "rule": rule,
         "files": [f.filename for f in files],
         "mode": "monitor" if enforcement.monitor else "enforce",
         "action": enforcement.action,
-        "evidence_added": list(evidence.added),
-        "evidence_refused": [{"process": p, "reason": r} for p, r in evidence.refused],
+        "evidence_added": list(placement.cluster_wide),
+        "evidence": placement.rows,
     }
-    return files, report
+    return files, report, len(placement.scopes)
+
+
+def _entries(kprobes: list[dict[str, Any]]) -> int:
+    return sum(len(m.get("values", [])) for kp in kprobes for s in kp["selectors"] for m in s.get("matchArgs", []))
 
 
 def _network_files(

@@ -18,7 +18,9 @@ Enforcing policies carry ``policy-mode: enforce`` unless a rule must start in mo
 
 Scoping (§1.8). Never the null selectors that also select host processes: without namespaces a
 cluster-scoped ``TracingPolicy`` with ``podSelector: {}`` (all pods) or ``podSelector.matchLabels``
-(the channel's ``pod_labels``); with namespaces one ``TracingPolicyNamespaced`` per namespace.
+(the channel's ``pod_labels``); with namespaces one ``TracingPolicyNamespaced`` per namespace. The
+evidence of one workload (``policy.scoping``): a ``TracingPolicy`` whose ``podSelector`` names the
+workload's labels and, with ``k8s:io.kubernetes.pod.namespace In``, its namespace.
 
 Network blocklists (§1.2). One hook per policy with every prefix in a single address filter, each
 IPv4 prefix also in its IPv4-mapped form (#4618); never ``NotDAddr``. The channel picks the hook:
@@ -207,6 +209,18 @@ def pod_selector(channel: ChannelSettings, *, spare_namespaces: Sequence[str] = 
     return out
 
 
+def workload_selector(namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    """The pods of one workload: all of its ``labels`` and its namespace (``In``, the namespace key
+    Tetragon documents for ``podSelector``). A cluster-scoped policy with this selector acts only
+    there, and applies cleanly in every cluster of a channel, with or without that namespace."""
+    if not labels:
+        raise ValueError("a workload selector needs the workload's pod labels: without them it is every pod there")
+    return {
+        "matchLabels": dict(sorted(labels.items())),
+        "matchExpressions": [{"key": NAMESPACE_LABEL, "operator": "In", "values": [namespace]}],
+    }
+
+
 def tracing_policies(
     channel: ChannelSettings,
     *,
@@ -221,30 +235,48 @@ def tracing_policies(
 ) -> list[PolicyFile]:
     """The scoped policy objects for one set of hooks: one TracingPolicy, or one
     TracingPolicyNamespaced per channel namespace. Names come from the content."""
+    selects = pod_selector(channel, spare_namespaces=spare_namespaces)
+    targets: list[str | None] = list(channel.namespaces) or [None]
+    return [
+        tracing_policy(
+            namespace, selects, kprobes, enforcement, meta, purpose, part_filename(base, part, namespace), entries
+        )
+        for namespace in targets
+    ]
+
+
+def tracing_policy(
+    namespace: str | None,
+    selects: dict[str, Any],
+    kprobes: list[dict[str, Any]],
+    enforcement: Enforcement,
+    meta: ObjectMeta,
+    purpose: str,
+    filename: str,
+    entries: int,
+) -> PolicyFile:
+    """One policy object: a ``TracingPolicyNamespaced`` in ``namespace``, or a ``TracingPolicy``
+    without one, acting in the pods ``selects`` selects. Its name comes from its content."""
     calls = [kp["call"] for kp in kprobes]
     if len(set(calls)) != len(calls):
         raise ValueError(f"{purpose}: a symbol is hooked twice in one policy: {calls}")
-    spec: dict[str, Any] = {
-        "podSelector": pod_selector(channel, spare_namespaces=spare_namespaces),
-        "options": options(enforcement, kprobes),
-        "kprobes": kprobes,
-    }
     annotations = dict(meta.annotations)
     if any(kp["syscall"] and _overrides(kp) for kp in kprobes):
         annotations[KERNEL_OVERRIDE_HELPER] = "true"  # declared by the channel (kernel.override_helper)
-    targets: list[str | None] = list(channel.namespaces) or [None]
-    files = []
-    for namespace in targets:
-        metadata: dict[str, Any] = {"name": ""}
-        if namespace:
-            metadata["namespace"] = namespace
-        metadata["labels"] = dict(meta.labels)
-        metadata["annotations"] = dict(sorted(annotations.items()))
-        kind = "TracingPolicyNamespaced" if namespace else "TracingPolicy"
-        obj = {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": copy.deepcopy(spec)}
-        name = assign_name(obj, purpose)
-        files.append(PolicyFile(part_filename(base, part, namespace), kind, name, obj, entries))
-    return files
+    metadata: dict[str, Any] = {"name": ""}
+    if namespace:
+        metadata["namespace"] = namespace
+    metadata["labels"] = dict(meta.labels)
+    metadata["annotations"] = dict(sorted(annotations.items()))
+    kind = "TracingPolicyNamespaced" if namespace else "TracingPolicy"
+    spec = {
+        "podSelector": copy.deepcopy(selects),
+        "options": options(enforcement, kprobes),
+        "kprobes": copy.deepcopy(kprobes),
+    }
+    obj = {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec}
+    name = assign_name(obj, purpose)
+    return PolicyFile(filename, kind, name, obj, entries)
 
 
 def network_blocklist(

@@ -28,13 +28,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cdr_policy.guards import NeverBlock
-from cdr_policy.models import Behaviour, Indicator, IndicatorSet, Rejection
+from cdr_policy.models import Behaviour, Indicator, IndicatorSet, Rejection, Sighting
+from cdr_policy.policy.binaries import bare_name, is_executable_name
 from cdr_policy.qualys.findings import Finding, clean_text
 from cdr_policy.timeutil import iso, parse_iso
 
 SOURCE = "cdr"
 REF_CAP = 50
 PROCESS_CAP = 50
+# Workload sightings kept per behaviour (the most recent; indicator-set.schema.json says the same).
+SIGHTING_CAP = 256
 PORT_PROTOCOL = "tcp"  # destinationPort carries no protocol; the CDR network detections seen are TCP
 
 # port -> why blocking it is useful. The original's suspicious set (blocker.go) and the mining-pool
@@ -217,6 +220,26 @@ def extract_iocs(finding: Finding, guard: NeverBlock) -> Extracted:
     return Extracted(indicators, rejections)
 
 
+def _sighted(sightings: list[Sighting], finding: Finding, seen: str, expires: str) -> list[Sighting]:
+    """``sightings`` with the finding's process in its workload counted (a process name that is not
+    a bare executable name is never stored here); the ``SIGHTING_CAP`` most recent are kept."""
+    name = bare_name(finding.process_name) if finding.process_name else None
+    if name is None or not is_executable_name(name):
+        return sightings
+    workload = finding.workload
+    new = Sighting(name, workload.namespace, workload.deployment, workload.labels, 1, seen, expires)
+    by_key = {s.key: s for s in sightings}
+    existing = by_key.get(new.key)
+    if existing is None:
+        by_key[new.key] = new
+    else:
+        existing.findings += 1
+        existing.last_seen = _later(existing.last_seen, seen)
+        existing.expires_at = _later(existing.expires_at, expires)
+    kept = sorted(by_key.values(), key=lambda s: (parse_iso(s.last_seen), repr(s.key)), reverse=True)[:SIGHTING_CAP]
+    return sorted(kept, key=lambda s: repr(s.key))
+
+
 @dataclass
 class CdrAccumulator:
     """The CDR indicator set being built: seeded with what is stored, fed one finding at a time.
@@ -249,6 +272,7 @@ class CdrAccumulator:
                 if parse_iso(behaviour.expires_at) <= self.now:
                     self.expired += 1
                 else:
+                    behaviour.sightings = [s for s in behaviour.sightings if parse_iso(s.expires_at) > self.now]
                     self.behaviours[behaviour.rule] = behaviour
         horizon = self.now - self.ttl
         self.rejections = {key: seen for key, seen in rejections.items() if parse_iso(seen) > horizon}
@@ -307,8 +331,10 @@ class CdrAccumulator:
                 first_seen=seen,
                 last_seen=seen,
                 expires_at=expires,
+                sightings=_sighted([], finding, seen, expires),
             )
             return
+        existing.sightings = _sighted(existing.sightings, finding, seen, expires)
         existing.categories[finding.category] = existing.categories.get(finding.category, 0) + 1
         existing.categories = dict(sorted(existing.categories.items()))
         existing.processes = sorted({*existing.processes, *processes})[:PROCESS_CAP]

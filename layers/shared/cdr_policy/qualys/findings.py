@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cdr_policy.policy.naming import is_dns_label, is_dns_subdomain, is_label_key, is_label_value
 from cdr_policy.timeutil import parse_iso
 
 TEXT_LIMIT = 256
@@ -25,6 +26,28 @@ _TECHNIQUE = re.compile(r"^T(\d{4})(?:[._](\d{3}))?$", re.IGNORECASE)
 _TECHNIQUE_KEYS = ("technique", "techniqueId", "technique_id", "id", "mitreId")
 # Epoch numbers above this are milliseconds (2001-09-09 in seconds); Qualys-wide APIs use both.
 _EPOCH_MS_THRESHOLD = 1e12
+# ``podLabels`` (reference §4.2, read defensively): the pod sandbox's labels as the container runtime
+# holds them, the pod's own labels plus the kubelet's ``io.kubernetes.*`` ones, of which
+# ``io.kubernetes.pod.namespace`` is the only place a finding names its namespace.
+NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+_RUNTIME_LABEL_PREFIXES = ("io.kubernetes.", "io.cri-containerd.", "annotation.")
+# Labels a controller sets per pod or per run: a selector on them matches one pod, or none after the
+# next rollout, so they are not part of a workload's labels.
+_PER_POD_LABELS = frozenset(
+    {
+        "pod-template-hash",
+        "controller-revision-hash",
+        "pod-template-generation",
+        "statefulset.kubernetes.io/pod-name",
+        "apps.kubernetes.io/pod-index",
+        "controller-uid",
+        "job-name",
+        "batch.kubernetes.io/controller-uid",
+        "batch.kubernetes.io/job-name",
+        "batch.kubernetes.io/job-completion-index",
+    }
+)
+MAX_WORKLOAD_LABELS = 16
 
 
 def clean_text(value: Any, limit: int = TEXT_LIMIT) -> str | None:
@@ -101,6 +124,38 @@ def parse_techniques(value: Any) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Workload:
+    """Where a finding happened, as far as it says and only what passes Kubernetes' own rules:
+    the namespace, the Deployment name and the workload's pod labels (at most
+    ``MAX_WORKLOAD_LABELS``; None when any label is invalid or there are more, because a selector
+    on fewer labels would select more pods)."""
+
+    namespace: str | None = None
+    deployment: str | None = None
+    labels: dict[str, str] | None = None
+
+
+def parse_workload(pod_labels: Any, deployment_name: Any) -> Workload:
+    """The workload of a finding from its ``podLabels`` and ``deploymentName``. Never raises;
+    anything that is not a valid Kubernetes name or label is left out, never repaired."""
+    deployment = deployment_name if is_dns_subdomain(deployment_name) else None
+    if not isinstance(pod_labels, Mapping):
+        return Workload(deployment=deployment)
+    namespace = pod_labels.get(NAMESPACE_LABEL)
+    own = {
+        k: v
+        for k, v in pod_labels.items()
+        if not (isinstance(k, str) and (k.startswith(_RUNTIME_LABEL_PREFIXES) or k in _PER_POD_LABELS))
+    }
+    valid = 0 < len(own) <= MAX_WORKLOAD_LABELS and all(is_label_key(k) and is_label_value(v) for k, v in own.items())
+    return Workload(
+        namespace=namespace if is_dns_label(namespace) else None,
+        deployment=deployment,
+        labels=dict(sorted(own.items())) if valid else None,
+    )
+
+
+@dataclass(frozen=True)
 class Malformed:
     """A finding we cannot use, and why. ``uuid`` when it had a usable one."""
 
@@ -130,6 +185,7 @@ class Finding:
     resource_id: str | None
     message: str | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    workload: Workload = field(default_factory=Workload)
 
     @property
     def severity_name(self) -> str | None:
@@ -172,4 +228,5 @@ def parse_finding(obj: Any) -> Finding | Malformed:
         resource_id=clean_text(obj.get("resourceId")),
         message=clean_text(obj.get("eventMessage"), 512),
         raw=obj,
+        workload=parse_workload(obj.get("podLabels"), obj.get("deploymentName")),
     )

@@ -1,34 +1,42 @@
 """The Publish stage: check, sign and publish one rendered bundle to one channel; and roll a
 channel back to an earlier bundle.
 
-A request for a digest that is no longer the channel's latest render is skipped (SQS does not keep
-order: an old request must not roll a channel back). An operator approves a bundle held by the
-change budget by creating ``approvals/<channel>/<digest>`` in the state store.
+One path, each step once (``publish_bundle``):
+
+1. **Which bundle**: a request for a digest that is no longer the channel's latest render is
+   ``superseded`` (SQS does not keep order: an old request must not roll a channel back), and so is
+   one rendered with other settings than the channel has now (``ChannelSettings.fingerprint``): a
+   render of the current settings follows. The rendered bundle is loaded and parsed once.
+2. **What the channel ships** (``_current``): its signed manifest, verified with our key; the newest
+   verified history entry when the manifest is missing, planted, or older than the history (deleting
+   ``manifest.json`` never turns a publish into a first publish while history exists). A missing
+   history entry of the current manifest is written again.
+3. **The same bundle**: ``unchanged``, or ``refreshed`` (re-stamped, re-signed, no files copied) once
+   half its lifetime has passed or when the channel's lifetime or settings changed.
+4. **Admission** (``cdr_policy.admission``): the closed grammar, the objects' effect, the CRDs;
+   ``refused`` otherwise.
+5. **The change budget** (``bundle.change_budget``), per engine, against the bundle the channel
+   ships — unless the channel has never shipped one. Over it, the bundle ships only with an
+   approver's signed grant of exactly this change (``bundle.approvals``), which is then deleted: used
+   once. Otherwise ``held``.
+6. **Sign and write**: the files, then the channel manifest (an S3 conditional write on the object it
+   replaces: ``If-Match`` its ETag, ``If-None-Match: *`` when there is none; when another publish
+   landed in between, ``ChannelMoved`` is raised and nothing is overwritten), then its history entry.
 
 The signed manifest is stamped when it is published: ``created_at`` is the publish time,
-``expires_at`` keeps the lifetime the bundle was rendered with, and ``generation`` is the current
-manifest's + 1 (strictly increasing per channel; agents never go to a lower one). A manifest whose
-bundle is already current is re-stamped ("refreshed", a new generation) once half of its lifetime
-has passed, so that agents of a channel whose content does not change do not see it expire.
+``expires_at`` keeps the lifetime the bundle was rendered with, ``generation`` is the current one's
++ 1 (strictly increasing per channel; agents never go to a lower one), and ``steps`` the channel's
+last transitions (an agent that missed an approved step follows the signed path from what it
+applied). Errors of the stores or of KMS are raised, never turned into a decision, so that the
+queue retries them; only decisions are returned (and remembered by the handler's idempotency).
 
-One writer per channel, never backwards: the channel manifest is written with an S3 conditional
-write on the manifest it replaces (``If-Match`` its ETag, ``If-None-Match: *`` when there is none).
-When another publish landed in between, ``ChannelMoved`` is raised and nothing is overwritten: the
-request fails and is retried by the queue, which then re-checks whether it is still the latest.
-
-Order of writes in the distribution store: the bundle's files (``bundles/<digest>/<path>``) first,
-then the signed channel manifest, then its history entry (a failed publish leaves no history; a
-history entry missing after a crash is written by the next publish request for the channel).
-Nothing is shipped that fails its own digests, the injected policy check, the channel's settings or
-the change budget (unless an operator approved it: the manifest then carries a signed ``approval``
-naming the digest it replaces, which the agents require before they shrink what they enforce).
 A rollback is a new, higher generation that ships an earlier generation's bundle (``rollback_of``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -36,14 +44,16 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from cdr_policy import jsonio, layout
 from cdr_policy.admission import Admission
-from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, assess, shrink_reasons
+from cdr_policy.admission.effect import BundleEffect
+from cdr_policy.bundle.approvals import GrantError, find_grant
+from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, Budget, assess, shrink_reasons
 from cdr_policy.bundle.loader import Bundle, load_bundle, read_manifest
-from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Approval, Manifest
-from cdr_policy.bundle.objects import prefixes
+from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Approval, Manifest, Step, StepKind, VerificationError
 from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest, verify_signature
-from cdr_policy.errors import BundleError, StorageError
+from cdr_policy.errors import BundleError
 from cdr_policy.observability import logger, metrics
-from cdr_policy.storage import NotFound, PreconditionFailed, Store, TooLarge, exists
+from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.storage import NotFound, PreconditionFailed, Store, TooLarge
 from cdr_policy.timeutil import iso
 
 PublishStatus = Literal["published", "refreshed", "unchanged", "held", "refused", "rolled_back", "superseded"]
@@ -52,8 +62,13 @@ REFRESH_AFTER = 0.5
 # How many of the newest history entries are tried for the generation when the channel manifest is
 # unusable (entries that do not verify were planted: they are skipped, but not without end).
 HISTORY_SCAN = 100
+# How many transitions a manifest carries (``steps``): an agent further behind compares with what it
+# applied, as it would without them.
+STEPS_KEPT = 16
 
 _CONTENT_TYPES = {".yaml": "application/yaml", ".yml": "application/yaml", ".json": "application/json"}
+# What a store says about a bundle that makes it unusable for good (not a passing failure).
+_UNUSABLE = (NotFound, TooLarge, VerificationError)
 
 
 class ChannelMoved(BundleError):
@@ -62,7 +77,7 @@ class ChannelMoved(BundleError):
 
 @dataclass(frozen=True)
 class PublishResult:
-    """What publishing did. ``held`` and ``refused`` shipped nothing; ``reason`` says why."""
+    """What publishing did. ``held``, ``refused`` and ``superseded`` shipped nothing; ``reason`` says why."""
 
     status: PublishStatus
     channel: str
@@ -72,8 +87,8 @@ class PublishResult:
     generation: int | None = None
     manifest_key: str | None = None
     history_key: str | None = None
-    budget: dict[str, Any] | None = None
-    errors: list[str] = field(default_factory=list)
+    budget: Budget | None = None
+    errors: tuple[str, ...] = ()
 
     @property
     def shipped(self) -> bool:
@@ -89,27 +104,36 @@ class PublishResult:
             "generation": self.generation,
             "manifest_key": self.manifest_key,
             "history_key": self.history_key,
-            "budget": self.budget,
+            "budget": self.budget.to_dict() if self.budget is not None else None,
             "errors": list(self.errors),
         }
 
 
 @dataclass(frozen=True)
 class Current:
-    """The channel manifest as Publish found it: ``etag`` of whatever object is there (None: none),
-    ``manifest`` when it is a valid manifest signed by our key, else ``problem`` says why not.
-    ``replayed``: the bucket holds an older signed manifest than the newest in the history (put back
-    by someone who can write the bucket); ``manifest`` is then that newest one."""
+    """What the channel ships, as Publish found it.
+
+    ``etag``: of whatever object is at the channel manifest key (None: none). ``manifest``: the
+    verified manifest the channel ships — the one at the key, or the newest verified history entry
+    when the key is empty or holds an older one (``replayed``: the manifest must be written again).
+    ``problem``: why the object at the key is unusable (planted, unsigned, oversized) when no
+    verified history stands in. ``history``: the channel has verified history."""
 
     etag: str | None
     manifest: Manifest | None
     problem: str | None
     next_generation: int
     replayed: bool = False
+    history: bool = False
 
     @property
     def digest(self) -> str | None:
         return self.manifest.digest if self.manifest else None
+
+    @property
+    def first(self) -> bool:
+        """The channel has never shipped anything: no change budget applies."""
+        return self.manifest is None and self.problem is None and not self.history
 
 
 def _content_type(path: str) -> str:
@@ -123,35 +147,6 @@ def _read_signed(store: Store, key: str, verifier: Verifier) -> Manifest:
     return manifest
 
 
-def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
-    """The channel's current manifest and the generation the next one gets. A manifest that is not
-    ours (unsigned, foreign key, malformed, oversized: someone else wrote the bucket) is unusable;
-    the generation then continues from the newest verified history entry, so it never goes back."""
-    key = layout.channel_manifest_key(channel)
-    newest = _newest_history(dist, channel, verifier)
-    history = _generation(newest) if newest else 0
-    try:
-        obj = dist.get(key, max_bytes=MAX_MANIFEST_BYTES)
-    except NotFound:
-        return Current(None, None, None, history + 1)
-    except TooLarge as exc:
-        return Current(exc.etag, None, f"the current manifest of channel {channel} is unusable: {exc}", history + 1)
-    try:
-        manifest = Manifest.parse(obj.data, key)
-        verify_signature(manifest, verifier)
-        if manifest.channel != channel:
-            raise BundleError("it is for another channel")
-    except BundleError as exc:
-        return Current(obj.etag, None, f"the current manifest of channel {channel} is unusable: {exc}", history + 1)
-    if newest is not None and _generation(newest) > _generation(manifest):
-        logger.warning(
-            "the channel manifest is older than its history: replayed; publishing the newest again",
-            extra={"channel": channel, "generation": manifest.generation, "newest": newest.generation},
-        )
-        return Current(obj.etag, newest, None, history + 1, replayed=True)
-    return Current(obj.etag, manifest, None, max(_generation(manifest), history) + 1)
-
-
 def _generation(manifest: Manifest) -> int:
     """A signed manifest's generation (the schema requires one with every signature)."""
     if manifest.generation is None:
@@ -159,12 +154,48 @@ def _generation(manifest: Manifest) -> int:
     return manifest.generation
 
 
+def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
+    """The channel's current manifest and the generation the next one gets (see ``Current``)."""
+    key = layout.channel_manifest_key(channel)
+    newest = _newest_history(dist, channel, verifier)
+    history = _generation(newest) if newest else 0
+
+    def standing_in(etag: str | None, problem: str | None) -> Current:
+        """Nothing usable at the key: the newest history entry stands in, when there is one."""
+        if newest is not None:
+            logger.warning("the channel manifest is unusable: the newest history entry stands in", extra={"key": key})
+            return Current(etag, newest, None, history + 1, replayed=True, history=True)
+        return Current(etag, None, problem, history + 1)
+
+    try:
+        obj = dist.get(key, max_bytes=MAX_MANIFEST_BYTES)
+    except NotFound:
+        return standing_in(None, None)
+    except TooLarge as exc:
+        return standing_in(exc.etag, f"the current manifest of channel {channel} is unusable: {exc}")
+    try:
+        manifest = Manifest.parse(obj.data, key)
+        verify_signature(manifest, verifier)
+        if manifest.channel != channel:
+            raise BundleError("it is for another channel")
+    except BundleError as exc:
+        return standing_in(obj.etag, f"the current manifest of channel {channel} is unusable: {exc}")
+    if newest is not None and _generation(newest) > _generation(manifest):
+        logger.warning(
+            "the channel manifest is older than its history: replayed; publishing the newest again",
+            extra={"channel": channel, "generation": manifest.generation, "newest": newest.generation},
+        )
+        return Current(obj.etag, newest, None, history + 1, replayed=True, history=True)
+    return Current(obj.etag, manifest, None, max(_generation(manifest), history) + 1, history=newest is not None)
+
+
 def _newest_history(dist: Store, channel: str, verifier: Verifier) -> Manifest | None:
-    """The newest verified history entry among the last ``HISTORY_SCAN`` (None: none)."""
+    """The newest verified history entry among the last ``HISTORY_SCAN`` (None: none). Entries that do
+    not verify are skipped; a store that fails is an error (retried), not an empty history."""
     for key in reversed(dist.list(layout.history_prefix(channel))[-HISTORY_SCAN:]):
         try:
             manifest = _read_signed(dist, key, verifier)
-        except (BundleError, StorageError) as exc:
+        except (BundleError, NotFound, TooLarge) as exc:
             logger.warning("ignoring a history entry", extra={"key": key, "error": str(exc)})
             continue
         if manifest.channel == channel:
@@ -200,15 +231,12 @@ def _ensure_history(dist: Store, manifest: Manifest) -> None:
     except NotFound:
         logger.warning("writing the missing history entry of the current manifest", extra={"key": key})
         dist.put(key, manifest.to_bytes(), "application/json")
+    except TooLarge:
+        logger.warning("a planted history entry stands where the current one belongs", extra={"key": key})
 
 
-def _refuse(channel: str, digest: str, previous: str | None, reason: str, errors: list[str]) -> PublishResult:
-    logger.error(
-        "bundle refused",
-        extra={"channel": channel, "digest": digest, "reason": reason, "errors": errors[:20]},
-    )
-    metrics.add_metric(name="BundlesRefused", unit=MetricUnit.Count, value=1)
-    return PublishResult("refused", channel, digest, reason=reason, previous_digest=previous, errors=errors)
+def _result(status: PublishStatus, channel: str, digest: str, **fields: Any) -> PublishResult:
+    return PublishResult(status, channel, digest, **fields)
 
 
 def publish_bundle(
@@ -221,100 +249,116 @@ def publish_bundle(
     now: datetime,
     change_budget_percent: int,
     admission: Admission | None = None,
+    channels: Sequence[ChannelSettings] | None = None,
+    approvers: Verifier | None = None,
     min_changes: int = DEFAULT_MIN_CHANGES,
 ) -> PublishResult:
-    """Check, sign and publish rendered bundle ``digest`` (``bundles/<digest>/`` in ``state``) to ``channel``.
+    """Check, sign and publish rendered bundle ``digest`` (``bundles/<digest>/`` in ``state``) to
+    ``channel`` (the steps of the module docstring).
 
-    - ``unchanged``: the bundle is already current and less than half through its lifetime; nothing written.
-    - ``superseded``: ``digest`` is no longer the channel's latest render; nothing written.
-    - ``refreshed``: the bundle is already current and was re-stamped and re-signed (no files copied).
-    - ``refused``: ``admission`` (default: ``Admission.baseline()``) refused the bundle (the closed
-      grammar, the objects' effect against the never-block list and the channel's protected ranges
-      and ports, the CRDs); nothing written, an alarm metric is emitted.
-    - ``held``: the change budget (churn over ``change_budget_percent`` with at least ``min_changes``
-      changes, or any shrink: see ``change_budget``) or an unusable current manifest; nothing written,
-      an alarm metric is emitted. An operator's approval of this digest (``approvals/<channel>/<digest>``
-      in ``state``) publishes it with a signed ``approval``; a channel's first publish is exempt.
+    ``admission``: default ``Admission.baseline()``. ``channels``: the configured channels now (None:
+    not known here, as in the CLI). ``approvers``: the approvers' public key(s) (None: nothing can be
+    approved past the budget).
+
+    - ``superseded``: not the channel's latest render, rendered with other settings than the channel
+      has now, or the channel is no longer configured; nothing written.
+    - ``unchanged``: already current and less than half through its lifetime; nothing written.
+    - ``refreshed``: already current, re-stamped and re-signed (no files copied).
+    - ``refused``: admission refused it; nothing written, an alarm metric is emitted.
+    - ``held``: over the change budget (any engine's churn, or a shrink) without a usable grant, or
+      the channel's manifest is unusable and no history stands in; nothing written, an alarm metric.
     - ``published``: files, channel manifest and history entry written, in that order.
 
     Raises BundleError when the rendered bundle is missing, malformed or does not match its digests,
-    ChannelMoved when another publish wrote the channel in the meantime.
+    ChannelMoved when another publish wrote the channel in the meantime, StorageError (and KMS's
+    BundleError) when a store or the signer fails: the request is retried.
     """
     latest = _latest_render(state, channel)
     if latest is not None and latest != digest:
         logger.info("publish request superseded", extra={"channel": channel, "digest": digest, "latest": latest})
-        return PublishResult("superseded", channel, digest, reason=f"superseded by the later render {latest}")
-    approved = exists(state, layout.approval_key(channel, digest))
+        return _result("superseded", channel, digest, reason=f"superseded by the later render {latest}")
     rendered = _rendered(state, channel, digest)
-    verifier = Verifier.from_public_pem(signer.public_key_pem())
-    current = _current(dist, channel, verifier)
+    stale = _stale(rendered.manifest, channels)
+    if stale:
+        logger.info("publish request for stale settings", extra={"channel": channel, "digest": digest})
+        return _result("superseded", channel, digest, reason=stale)
+    pipeline = Verifier.from_public_pem(signer.public_key_pem())
+    current = _current(dist, channel, pipeline)
     previous = current.digest
     log = {"channel": channel, "digest": digest, "previous_digest": previous}
-
-    refresh = current.manifest is not None and previous == digest
-    if (
-        refresh
-        and current.manifest is not None
-        and not current.replayed
-        and not _due_for_refresh(current.manifest, now)
-    ):
+    if current.manifest is not None and not current.replayed:
         _ensure_history(dist, current.manifest)
-        logger.info("bundle already current", extra=log)
-        return PublishResult(
-            "unchanged",
-            channel,
-            digest,
-            reason="already the channel's current bundle",
-            previous_digest=previous,
-            generation=current.manifest.generation,
-        )
-    verdict = (admission or Admission.baseline()).judge(rendered)
-    if not verdict.admitted:
-        reason = f"admission refused the bundle ({verdict.refusals.count} problem(s))"
-        return _refuse(channel, digest, previous, reason, verdict.lines())
 
-    budget: dict[str, Any] | None = None
+    how: StepKind
     approval: Approval | None = None
-    if refresh:
-        pass  # same files: nothing changes in the clusters
-    elif current.manifest is None and current.problem is None:
-        logger.info("first publish to channel: change budget not applied", extra=log)
-    else:
-        held_reason, budget = _over_budget(dist, current, rendered, change_budget_percent, min_changes)
-        if held_reason and approved:
-            logger.warning("change budget passed by an operator's approval", extra={**log, "reason": held_reason})
-            approval = Approval(previous_digest=previous, approved_at=iso(now))
-        elif held_reason:
-            logger.error(
-                "bundle held back by the change budget",
-                extra={**log, "reason": held_reason, "budget": budget},
+    budget: Budget | None = None
+    grant_key: str | None = None
+    if current.manifest is not None and previous == digest:
+        if not current.replayed and not _needs_refresh(current.manifest, rendered.manifest, now):
+            logger.info("bundle already current", extra=log)
+            return _result(
+                "unchanged",
+                channel,
+                digest,
+                reason="already the channel's current bundle",
+                previous_digest=previous,
+                generation=current.manifest.generation,
             )
-            metrics.add_metric(name="BundlesHeld", unit=MetricUnit.Count, value=1)
-            return PublishResult("held", channel, digest, reason=held_reason, previous_digest=previous, budget=budget)
+        # The same files: nothing changes in the clusters. The transition is shipped again, so an
+        # agent that missed it still finds the approval (and the rollback) it needs.
+        how, approval = "refreshed", current.manifest.approval
+        rollback_of = current.manifest.rollback_of
+    else:
+        verdict = (admission or Admission.baseline()).judge(rendered)
+        if not verdict.admitted:
+            reason = f"admission refused the bundle ({verdict.refusals.count} problem(s))"
+            logger.error("bundle refused", extra={**log, "reason": reason, "errors": verdict.lines()})
+            metrics.add_metric(name="BundlesRefused", unit=MetricUnit.Count, value=1)
+            return _result(
+                "refused", channel, digest, reason=reason, previous_digest=previous, errors=tuple(verdict.lines())
+            )
+        rollback_of = None
+        if current.first:
+            logger.info("first publish to channel: change budget not applied", extra=log)
+            how = "first"
+        else:
+            held, budget = _over_budget(dist, current, rendered, verdict.effect, change_budget_percent, min_changes)
+            how = "published"
+            if held:
+                try:
+                    found = find_grant(
+                        state, channel, digest, previous, approvers=approvers, pipeline=pipeline, now=now
+                    )
+                except GrantError as exc:
+                    found, held = None, f"{held}; {exc}"
+                if found is None:
+                    logger.error("bundle held back by the change budget", extra={**log, "reason": held})
+                    metrics.add_metric(name="BundlesHeld", unit=MetricUnit.Count, value=1)
+                    return _result("held", channel, digest, reason=held, previous_digest=previous, budget=budget)
+                logger.warning("change budget passed by an approver's grant", extra={**log, "reason": held})
+                how, grant_key = "approved", found.key
+                approval = Approval(previous, iso(now), grant=found.fingerprint(), approver=found.key_id)
 
-    rollback_of = None
-    if refresh and current.manifest is not None:
-        # A refresh ships the same transition again: an agent that missed the original still finds
-        # the approval (and the rollback) it needs.
-        rollback_of, approval = current.manifest.rollback_of, current.manifest.approval
+    step = Step(current.next_generation, digest, previous, how)
     stamped = _stamp(
-        rendered.manifest, now, generation=current.next_generation, rollback_of=rollback_of, approval=approval
+        rendered.manifest,
+        now,
+        generation=current.next_generation,
+        rollback_of=rollback_of,
+        approval=approval,
+        steps=_steps(current.manifest, step),
     )
     signed = sign_manifest(stamped, signer)
-    manifest_key, history = _write(dist, signed, current, None if refresh else rendered.files)
-    status: PublishStatus = "refreshed" if refresh else "published"
+    manifest_key, history = _write(dist, signed, current, None if how == "refreshed" else rendered.files)
+    if grant_key is not None:
+        state.delete(grant_key)  # used once
+    status: PublishStatus = "refreshed" if how == "refreshed" else "published"
     logger.info(
         "bundle published",
-        extra={
-            **log,
-            "status": status,
-            "generation": signed.generation,
-            "files": len(rendered.files),
-            "expires_at": signed.expires_at,
-        },
+        extra={**log, "status": status, "generation": signed.generation, "expires_at": signed.expires_at},
     )
     metrics.add_metric(name="BundlesPublished", unit=MetricUnit.Count, value=1)
-    return PublishResult(
+    return _result(
         status,
         channel,
         digest,
@@ -324,6 +368,19 @@ def publish_bundle(
         history_key=history,
         budget=budget,
     )
+
+
+def _stale(manifest: Manifest, channels: Sequence[ChannelSettings] | None) -> str | None:
+    """Why a rendered bundle no longer says what its channel is configured to do (None: it does, or the
+    configuration is not known here)."""
+    if channels is None:
+        return None
+    configured = next((c for c in channels if c.name == manifest.channel), None)
+    if configured is None:
+        return f"channel {manifest.channel} is no longer configured"
+    if manifest.settings.channel_digest != configured.fingerprint():
+        return "rendered with settings the channel no longer has; the render of its current settings ships"
+    return None
 
 
 def _rendered(state: Store, channel: str, digest: str) -> Bundle:
@@ -339,17 +396,27 @@ def _rendered(state: Store, channel: str, digest: str) -> Bundle:
 
 
 def _latest_render(state: Store, channel: str) -> str | None:
+    key = layout.latest_render_key(channel)
     try:
-        doc = jsonio.loads(state.get(layout.latest_render_key(channel)).data)
+        doc = jsonio.loads(state.get(key, max_bytes=4096).data)
     except NotFound:
         return None
-    except ValueError as exc:
-        raise BundleError(f"{state.describe()}/{layout.latest_render_key(channel)} is not valid JSON: {exc}") from exc
-    return str(doc["digest"])
+    except (ValueError, TooLarge) as exc:
+        raise BundleError(f"{state.describe()}/{key} is not a render pointer") from exc
+    digest = doc.get("digest") if isinstance(doc, dict) else None
+    if not layout.is_digest(digest):
+        raise BundleError(f"{state.describe()}/{key} names no bundle digest")
+    return str(digest)
 
 
 def _stamp(
-    manifest: Manifest, now: datetime, *, generation: int, rollback_of: int | None, approval: Approval | None
+    manifest: Manifest,
+    now: datetime,
+    *,
+    generation: int,
+    rollback_of: int | None,
+    approval: Approval | None,
+    steps: tuple[Step, ...],
 ) -> Manifest:
     """``manifest`` as published at ``now``: the same lifetime, counted from now, with the publish fields."""
     lifetime = manifest.expires - manifest.created
@@ -359,36 +426,51 @@ def _stamp(
         generation=generation,
         rollback_of=rollback_of,
         approval=approval,
+        steps=steps,
     )
 
 
-def _due_for_refresh(current: Manifest, now: datetime) -> bool:
-    return now >= current.created + (current.expires - current.created) * REFRESH_AFTER
+def _steps(current: Manifest | None, step: Step) -> tuple[Step, ...]:
+    """The transitions the new manifest carries: the current one's (when they lead to it), then ``step``."""
+    before = current.steps if current is not None and current.steps and step.previous_digest == current.digest else ()
+    return (*before, step)[-STEPS_KEPT:]
+
+
+def _needs_refresh(current: Manifest, rendered: Manifest, now: datetime) -> bool:
+    """Re-sign a current bundle once half its lifetime has passed, or when the channel's lifetime or
+    settings changed (the same files, rendered again with them)."""
+    lifetime = current.expires - current.created
+    if lifetime != rendered.expires - rendered.created or current.settings != rendered.settings:
+        return True
+    return now >= current.created + lifetime * REFRESH_AFTER
 
 
 def _over_budget(
     dist: Store,
     current: Current,
     proposed: Bundle,
+    effect: BundleEffect,
     budget_percent: int,
     min_changes: int,
-) -> tuple[str | None, dict[str, Any] | None]:
-    """Why the bundle must be held (or None), and the measured change."""
+) -> tuple[str | None, Budget | None]:
+    """Why the bundle must be held (None: it need not), and the measured change. The bundle the
+    channel ships is read from the distribution store: a store that fails raises (retried); a bundle
+    that is gone or does not verify is a reason to hold."""
     if current.manifest is None:
         return f"{current.problem}; approve this bundle to publish it", None
     try:
-        current_objects = load_bundle(dist, current.manifest, published=True).objects
-    except (StorageError, BundleError) as exc:
+        shipping = load_bundle(dist, current.manifest, published=True)
+        shipping_effect = Admission.baseline().judge_objects(shipping).effect
+    except _UNUSABLE as exc:
         return f"cannot compare with the current bundle {current.digest}: {exc}; approve to publish", None
-    check = assess(
-        prefixes(current_objects),
-        prefixes(proposed.objects),
+    budget = assess(
+        shipping_effect,
+        effect,
         budget_percent=budget_percent,
         min_changes=min_changes,
+        shrink=shrink_reasons(shipping.objects, proposed.objects, max_percent=budget_percent),
     )
-    shrink = shrink_reasons(current_objects, proposed.objects, max_percent=budget_percent)
-    reasons = ([check.reason()] if check.exceeded else []) + shrink
-    return ("; ".join(reasons) or None), {**check.to_dict(), "shrink": shrink}
+    return ("; ".join(budget.reasons()) or None), budget
 
 
 def rollback(
@@ -415,7 +497,7 @@ def rollback(
     for key in [k for k in dist.list(layout.history_prefix(channel)) if k.endswith(suffix)]:
         try:
             entry = _read_signed(dist, key, verifier)
-        except (BundleError, StorageError):
+        except (BundleError, NotFound, TooLarge):
             continue
         if entry.channel == channel and (entry.generation == to_generation or entry.digest == to_digest):
             if old is None or _generation(entry) > _generation(old):
@@ -425,14 +507,14 @@ def rollback(
         raise BundleError(f"channel {channel} has no verified history entry for {target}")
     try:
         load_bundle(dist, old, published=True)
-    except StorageError as exc:
+    except _UNUSABLE as exc:
         raise BundleError(
             f"cannot roll back to generation {old.generation}: its files are not all in {dist.describe()}: {exc}"
         ) from exc
     current = _current(dist, channel, verifier)
     previous = current.digest
     if previous == old.digest and not current.replayed:
-        return PublishResult(
+        return _result(
             "unchanged",
             channel,
             old.digest,
@@ -440,12 +522,14 @@ def rollback(
             previous_digest=previous,
             generation=current.manifest.generation if current.manifest else None,
         )
+    step = Step(current.next_generation, old.digest, previous, "rolled_back")
     stamped = _stamp(
         old,
         now,
         generation=current.next_generation,
         rollback_of=old.generation,
         approval=Approval(previous_digest=previous, approved_at=iso(now)),
+        steps=_steps(current.manifest, step),
     )
     signed = sign_manifest(stamped, signer)
     manifest_key, history = _write(dist, signed, current, None)
@@ -460,7 +544,7 @@ def rollback(
         },
     )
     metrics.add_metric(name="ChannelRollbacks", unit=MetricUnit.Count, value=1)
-    return PublishResult(
+    return _result(
         "rolled_back",
         channel,
         old.digest,

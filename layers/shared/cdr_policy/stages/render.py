@@ -1,13 +1,14 @@
 """The Render stage: every current indicator set → one bundle per channel in the state store.
 
-Reads every set under ``indicators/`` (a broken one stops the render: the channels keep their last
-good bundle rather than silently shrinking their blocklists; of the compact feed sets it holds only
-what a ranking can take, ``policy.ranked.hold_to_room``), compiles each channel's policies
-(``policy.render``), assembles the bundle (``bundle.assemble``) and, when its digest is new for the
-channel, writes its files, ``report.json`` and then ``bundle.json`` last, and moves the channel's
-latest-render pointer. Then it asks for a publish of every channel, changed or not: Publish does
-nothing for a current bundle until half its lifetime has passed and then re-signs it, so a quiet
-channel's manifest never expires under its agents.
+Reads every set under ``indicators/`` (``last_good``: a set that cannot be read is replaced by its
+last good copy, named in each channel's report and counted in the ``IndicatorSetUnreadable``
+metric, so that one bad input never stops the re-renders that keep the channels signed; of the
+compact feed sets it holds only what a ranking can take, ``policy.ranked.hold_to_room``), compiles
+each channel's policies (``policy.render``), assembles the bundle (``bundle.assemble``) and, when
+its digest is new for the channel, writes its files, ``report.json`` and then ``bundle.json``
+last, and moves the channel's latest-render pointer. Then it asks for a publish of every channel,
+changed or not: Publish does nothing for a current bundle until half its lifetime has passed and
+then re-signs it, so a quiet channel's manifest never expires under its agents.
 
 Output is deterministic: the same sets, channels and clock give byte-identical files and digests.
 """
@@ -20,14 +21,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
 from cdr_policy import jsonio, layout
 from cdr_policy.bundle.assemble import assemble
 from cdr_policy.bundle.loader import Bundle
-from cdr_policy.feeds.persist import load_indicator_sets
 from cdr_policy.guards import NeverBlock
 from cdr_policy.lambda_events import PublishRequest
-from cdr_policy.models import IndicatorSet
-from cdr_policy.observability import logger
+from cdr_policy.last_good import LoadedSets, load_indicator_sets
+from cdr_policy.observability import logger, metrics
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.policy.output import PolicyFile
@@ -68,20 +70,34 @@ def run_render(
     asked to publish each channel's bundle, and ``each`` is given each channel's render (policies,
     bundle, report). One channel is held at a time, however many there are: only its summary is
     kept once the next one starts."""
-    sets = load_indicator_sets(state, after_each=functools.partial(hold_to_room, now=now))
+    loaded = load_indicator_sets(state, after_each=functools.partial(hold_to_room, now=now), now=now)
+    _alarm(loaded)
     if crds is None:
         logger.info("no CRDs to check against: checking against the safety checklist only")
     last_run = read_last_run(state)
     return [
-        _render_channel(state, channel, sets, last_run, now=now, guard=guard, crds=crds, publish=publish, each=each)
+        _render_channel(state, channel, loaded, last_run, now=now, guard=guard, crds=crds, publish=publish, each=each)
         for channel in channels
     ]
+
+
+def _alarm(loaded: LoadedSets) -> None:
+    """``IndicatorSetUnreadable``: once per unreadable set for the alarm, and once more with the
+    set's key as a dimension, which names it."""
+    if not loaded.unreadable:
+        return
+    metrics.add_metric(name="IndicatorSetUnreadable", unit=MetricUnit.Count, value=len(loaded.unreadable))
+    for bad in loaded.unreadable:
+        with single_metric(
+            name="IndicatorSetUnreadable", unit=MetricUnit.Count, value=1, namespace=metrics.namespace
+        ) as metric:
+            metric.add_dimension(name="set", value=bad.key)
 
 
 def _render_channel(
     state: Store,
     channel: ChannelSettings,
-    sets: list[IndicatorSet],
+    loaded: LoadedSets,
     last_run: CdrRunSummary | None,
     *,
     now: datetime,
@@ -90,12 +106,15 @@ def _render_channel(
     publish: PublishPort | None,
     each: Callable[[RenderedChannel], None] | None,
 ) -> RenderSummary:
-    result = compile_policies(sets, channel, now=now, guard=guard, schemas=crds)
+    result = compile_policies(loaded.sets, channel, now=now, guard=guard, schemas=crds)
     bundle = assemble(result.files, channel, now=now)
     changed = _latest_digest(state, channel.name) != bundle.digest
-    report = bundle_report(result.report, sets, last_run, now=now)
+    report = bundle_report(result.report, loaded.sets, last_run, now=now, unreadable=loaded.unreadable)
     if changed:
         _write_bundle(state, channel.name, bundle, report)
+    elif loaded.unreadable or loaded.index_changed:
+        # the same policies, but what the report says about the sets changed (a set failed or recovered)
+        _write_report(state, bundle.digest, report)
     if publish is not None:
         publish(PublishRequest(channel.name, bundle.digest))
     logger.info("channel rendered", extra={"channel": channel.name, "digest": bundle.digest, "changed": changed})
@@ -120,7 +139,11 @@ def _write_bundle(state: Store, channel: str, bundle: Bundle, report: dict[str, 
     finds the pointer finds a whole bundle."""
     for path, data in sorted(bundle.files.items()):
         state.put(layout.bundle_file_key(bundle.digest, path), data, "application/yaml")
-    state.put(layout.bundle_file_key(bundle.digest, "report.json"), jsonio.dumps_pretty(report), "application/json")
+    _write_report(state, bundle.digest, report)
     state.put(layout.bundle_manifest_key(bundle.digest), bundle.manifest.to_bytes(), "application/json")
     pointer = {"digest": bundle.digest, "rendered_at": bundle.manifest.created_at}
     state.put(layout.latest_render_key(channel), jsonio.dumps_pretty(pointer), "application/json")
+
+
+def _write_report(state: Store, digest: str, report: dict[str, Any]) -> None:
+    state.put(layout.bundle_file_key(digest, "report.json"), jsonio.dumps_pretty(report), "application/json")

@@ -11,17 +11,22 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.metrics import MetricUnit
 
 from cdr_policy import aws
 from cdr_policy.documents import channels_from_store, feeds_from_store, mapping_from_store
 from cdr_policy.errors import ConfigError
 from cdr_policy.guards import NeverBlock
 from cdr_policy.lambda_events import PublishRequest
-from cdr_policy.observability import logger
+from cdr_policy.observability import logger, metrics
 from cdr_policy.settings import Settings
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from cdr_policy.feeds.abuseipdb import AbuseIPDB
 
 
 def _state(settings: Settings) -> S3Store:
@@ -62,16 +67,7 @@ def feed_sync(settings: Settings, *, now: datetime | None = None, deadline_s: fl
     from cdr_policy.stages.feed_sync import run_feed_sync
 
     store = _state(settings)
-    reputation = None
-    if settings.abuseipdb_secret_name:  # optional (template parameter AbuseIpdbSecretName)
-        from aws_lambda_powertools.utilities import parameters
-
-        from cdr_policy.feeds.abuseipdb import AbuseIPDB
-
-        secret = parameters.get_secret(settings.abuseipdb_secret_name, transform="json", max_age=300)
-        if not isinstance(secret, dict) or not secret.get("api_key"):
-            raise ConfigError(f"secret {settings.abuseipdb_secret_name} must be JSON with an 'api_key'")
-        reputation = AbuseIPDB(secret["api_key"], threshold=settings.reputation_threshold)
+    reputation = _abuseipdb(settings.abuseipdb_secret_name, settings) if settings.abuseipdb_secret_name else None
     result = run_feed_sync(
         store,
         feeds_from_store(store),
@@ -81,6 +77,40 @@ def feed_sync(settings: Settings, *, now: datetime | None = None, deadline_s: fl
         deadline_s=deadline_s,
     )
     return result.summary().to_dict()
+
+
+# Secrets Manager answers that are the configuration's fault: no such secret, or no grant to read it.
+_SECRET_CONFIG_ERRORS = ("ResourceNotFoundException", "AccessDeniedException", "DecryptionFailure")
+
+
+def _abuseipdb(name: str, settings: Settings) -> AbuseIPDB:
+    """AbuseIPDB with its key from Secrets Manager (template parameter AbuseIpdbSecretName). The
+    reputation check is optional: when Secrets Manager cannot be reached, FeedSync refreshes the
+    feeds anyway and the reputation set keeps its cached scores, marked not checked (metric
+    ``ReputationKeyUnavailable``). A secret that is missing, unreadable to this function or
+    malformed is a configuration error."""
+    from aws_lambda_powertools.utilities import parameters
+    from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError, TransformParameterError
+    from botocore.exceptions import ClientError
+
+    from cdr_policy.feeds.abuseipdb import AbuseIPDB
+
+    try:
+        secret = parameters.get_secret(name, transform="json", max_age=300)
+    except TransformParameterError as exc:
+        raise ConfigError(f"secret {name} must be JSON with an 'api_key'") from exc
+    except GetParameterError as exc:
+        cause = exc.__cause__ or exc.__context__
+        code = cause.response.get("Error", {}).get("Code", "") if isinstance(cause, ClientError) else ""
+        if code in _SECRET_CONFIG_ERRORS:
+            raise ConfigError(f"secret {name} cannot be read ({code})") from exc
+        why = f"its API key could not be read from Secrets Manager ({code or type(cause).__name__})"
+        logger.warning("AbuseIPDB reputation not checked this run", extra={"secret": name, "reason": why})
+        metrics.add_metric(name="ReputationKeyUnavailable", unit=MetricUnit.Count, value=1)
+        return AbuseIPDB.unavailable(why, threshold=settings.reputation_threshold)
+    if not isinstance(secret, dict) or not secret.get("api_key"):
+        raise ConfigError(f"secret {name} must be JSON with an 'api_key'")
+    return AbuseIPDB(secret["api_key"], threshold=settings.reputation_threshold)
 
 
 def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | None = None) -> list[dict[str, Any]]:
@@ -100,7 +130,7 @@ def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | N
         logger.warning("no CRDs under crds/ in the state bucket: checking against the safety checklist only")
     summaries = run_render(
         store,
-        channels=channels_from_store(store),
+        channels=channels_from_store(store, refresh_hours=settings.render_refresh_hours),
         now=now or utcnow(),
         guard=NeverBlock(),
         crds=crds,
@@ -109,30 +139,39 @@ def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | N
     return [s.to_dict() for s in summaries]
 
 
-def publish(settings: Settings, *, channel: str, digest: str, now: datetime | None = None) -> dict[str, Any]:
-    """Publish: what publishing ``digest`` to ``channel`` did (``PublishResult``)."""
+def publish(settings: Settings, request: PublishRequest, *, now: datetime | None = None) -> dict[str, Any]:
+    """Publish: what publishing ``request`` did (``PublishResult``)."""
     from cdr_policy.admission import Admission, protection
-    from cdr_policy.bundle.signing import KmsSigner
+    from cdr_policy.bundle.signing import KmsSigner, Verifier
     from cdr_policy.policy.checker import SchemaSet
     from cdr_policy.stages.publish import publish_bundle
 
     if not settings.signing_key_id:
         raise ConfigError("SIGNING_KEY_ID is required to publish")
+    channel = request.channel
     state = _state(settings)
-    configured = next((c for c in channels_from_store(state) if c.name == channel), None)
+    channels = channels_from_store(state, refresh_hours=settings.render_refresh_hours)
+    configured = next((c for c in channels if c.name == channel), None)
     protected = (
         protection(configured.protected_cidrs, configured.protected_ports, where=f"channel {channel}")
         if configured
         else protection(where=f"channel {channel}")
     )
+    approvers = (
+        Verifier.from_public_pem(KmsSigner(aws.client("kms"), settings.approver_key_id).public_key_pem())
+        if settings.approver_key_id
+        else None
+    )
     result = publish_bundle(
         state,
         _dist(settings),
         channel=channel,
-        digest=digest,
+        digest=request.digest,
         signer=KmsSigner(aws.client("kms"), settings.signing_key_id),
         now=now or utcnow(),
         change_budget_percent=settings.change_budget_percent,
         admission=Admission(protected, SchemaSet.from_store(state)),
+        channels=channels,
+        approvers=approvers,
     )
     return result.to_dict()

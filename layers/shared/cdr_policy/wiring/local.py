@@ -61,13 +61,18 @@ class LocalPorts:
         gateway_url = resolve_gateway(args.platform, args.gateway)
         credentials = load_credentials(None, env)
         state_dir = state_dir_for(args.state_dir, gateway_url, credentials, state_root)
+        # The CLI re-renders every --interval (controller mode; a CronJob's schedule with --once).
+        refresh_hours = args.interval / 3600
         if args.channel:
-            channels = parse_channels(read_text_file(args.channel, "channel settings"), args.channel)
+            channels = parse_channels(
+                read_text_file(args.channel, "channel settings"), args.channel, refresh_hours=refresh_hours
+            )
             if len(channels) != 1:
                 raise ConfigError(f"{args.channel}: the CLI renders one channel; found {len(channels)}")
             channel = replace(channels[0], action=args.action, threat_intel=args.threat_intel)
         else:
             channel = ChannelSettings(name=LOCAL_CHANNEL, action=args.action, threat_intel=args.threat_intel)
+            channel.check_lifetime(refresh_hours)
         feeds = list(BUILTIN_FEEDS)
         if args.feeds:
             feeds = load_feeds(read_text_file(args.feeds, "feed list"), origin=args.feeds, allow_file=True)

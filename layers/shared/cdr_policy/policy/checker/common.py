@@ -151,9 +151,10 @@ class Screen:
 
     def passes(self, value: Any) -> bool:
         interval = v4_interval(value) if isinstance(value, str) else None
-        if interval is None:
-            return False
-        first, last, length = interval
+        return interval is not None and self.passes_interval(*interval)
+
+    def passes_interval(self, first: int, last: int, length: int) -> bool:
+        """The same for an IPv4 prefix already read (``v4_interval``)."""
         if length < self.min_length:
             return False
         i = bisect_right(self.starts, last) - 1
