@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from cdr_policy import layout, schemas
+from cdr_policy import aws, layout, schemas
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.manifest import Manifest
@@ -328,6 +328,7 @@ def _shell(monkeypatch, env: dict[str, str]) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    aws.reset()  # the library's cached clients
 
 
 def test_fleet_commands_against_the_buckets(pipeline, capsys, monkeypatch):
