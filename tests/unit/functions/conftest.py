@@ -190,6 +190,7 @@ def stack(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     """A stack of its own per test (the administrator as its approver principal), and this process's
     environment the functions' deployed environments, merged (a test calls several handlers), with the
     administrator's keys."""
+    from demo.runner import assumed
     from tests.fakes.lambda_runtime import LambdaService
 
     environment = f"handlers{next(_stacks)}"
@@ -197,13 +198,7 @@ def stack(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     deployed = deploy(
         moto, name=f"cdr-policy-{environment}", parameters={"Environment": environment, "ApproverPrincipalArn": admin}
     )
-    role = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-approver"
-    c = moto.client("sts").assume_role(RoleArn=role, RoleSessionName="approver")["Credentials"]
-    approver = {
-        "aws_access_key_id": c["AccessKeyId"],
-        "aws_secret_access_key": c["SecretAccessKey"],
-        "aws_session_token": c["SessionToken"],
-    }
+    approver = assumed(moto, moto.admin, f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-approver", "approver")
     lambdas = LambdaService(deployed, tmp_path / "lambda.log")
     for function in lambdas.functions.values():
         for key, value in function.environment.items():
