@@ -16,8 +16,10 @@
    ``iprange``'s on the IPv4 input, prints a Markdown table and writes it to
    ``benchmarks/results/latest.md`` (and ``latest.json``; ``--results`` to change the folder).
 
-Then the whole path (b)-(e) (``benchmarks/pipeline.py``, ``--addresses``) and the fleet simulation
-(f) (``benchmarks/fleet.py``, ``--fleet``).
+Then the whole path (b)-(e) (``benchmarks/pipeline.py``, ``--addresses``), the fleet simulation
+(f) (``benchmarks/fleet.py``, ``--fleet``) and the hits reader on a gigabyte of exports (h)
+(``benchmarks/hits.py``, ``--hits-bytes``). ``--only`` runs some of them (``--only h``; with
+``make bench``: ``BENCH_ARGS="--only h"``).
 
 The target is our wall time at most iprange's, on both inputs. ``--strict`` makes a miss (or any
 mismatch) exit non-zero; a mismatch always does.
@@ -37,8 +39,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from benchmarks import fleet, pipeline
+from benchmarks import fleet, hits, pipeline
 from benchmarks.generate import generate, generate_netset
 from benchmarks.measure import Run, measure, python_env
 from benchmarks.runners import read_iprange_output, read_prefixes
@@ -63,11 +66,61 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     # layer has it (an environment with PYTHONDONTWRITEBYTECODE would compile it in every run).
     compileall.compile_dir(REPO / "layers" / "shared" / "cdr_policy", quiet=1)
     compileall.compile_dir(REPO / "benchmarks", quiet=1)
+    iprange = shutil.which("iprange")
+    result: dict[str, Any] = {}
+    tables: list[str] = []
+    mismatch = False
+    if "a" in args.only:
+        result, mismatch = _feed_ingest(args, work, iprange)
+        tables.append(render_markdown(result))
+    if args.only & set("bcde") and args.addresses:
+        result["pipeline"] = pipeline.run(work / "pipeline", args.addresses, args.seed, iprange, args.repeat)
+        tables.append(pipeline.render_markdown(result["pipeline"]))
+    if "f" in args.only and args.fleet:
+        config = fleet.FleetConfig(
+            agents=args.fleet,
+            interval_s=args.fleet_interval,
+            update_interval_s=args.fleet_update_interval,
+            processes=min(4, max(2, math.ceil(args.fleet / 250))),
+            seed=args.seed,
+        )
+        result["fleet"] = fleet.run(work / "fleet", config)
+        tables.append(fleet.render_markdown(result["fleet"]))
+    if "h" in args.only and args.hits_bytes:
+        result["hits"] = hits.run(work / "hits", args.hits_bytes, args.seed)
+        tables.append(hits.render_markdown(result["hits"]))
+        mismatch |= not result["hits"]["counts_match"]
+    table = "\n".join(tables)
+    if len(tables) > 1 or not args.only <= {"a"}:
+        table += (
+            "\nOne run on a shared machine (2 cores, other work running): absolute times are noisy, the "
+            "ratios compare contenders measured minutes apart in the same run.\n"
+        )
+    print()
+    print(table)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "latest.md").write_text(table)
+    (results / "latest.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(f"written to {results / 'latest.md'}")
+    if mismatch:
+        print("MISMATCH: the results differ from what they are checked against (see above)", file=sys.stderr)
+        return 1
+    if args.strict and "a" in args.only:
+        ratio, netset_ratio = result["ratio_to_iprange"], result["netset"]["ratio_to_iprange"]
+        if ratio is None or ratio > TARGET_RATIO or netset_ratio is None or netset_ratio > TARGET_RATIO:
+            print(f"target missed: ours/iprange = {ratio} (target <= {TARGET_RATIO})", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _feed_ingest(args: argparse.Namespace, work: Path, iprange: str | None) -> tuple[dict[str, Any], bool]:
+    """Part (a): ours, iprange and collapse_addresses on the generated feed and netset; the result
+    and whether an aggregate differed."""
     print(f"generating {args.lines:,} lines (seed {args.seed}) in {work} ...", flush=True)
     gen = generate(work, args.lines, args.seed)
     env = python_env()
     py = [sys.executable, "-m", "benchmarks.runners"]
-    iprange = shutil.which("iprange")
     iprange_version = "-"
     if iprange is None:
         print(IPRANGE_HELP, flush=True)
@@ -179,40 +232,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         "iprange_version": iprange_version,
         "rss_exact": all(r.rss_exact for r in (*ours_runs, *ipr_runs, *count_runs, col)),
     }
-    table = render_markdown(result)
-    if args.addresses:
-        result["pipeline"] = pipeline.run(work / "pipeline", args.addresses, args.seed, iprange, args.repeat)
-        table += "\n" + pipeline.render_markdown(result["pipeline"])
-    if args.fleet:
-        config = fleet.FleetConfig(
-            agents=args.fleet,
-            interval_s=args.fleet_interval,
-            update_interval_s=args.fleet_update_interval,
-            processes=min(4, max(2, math.ceil(args.fleet / 250))),
-            seed=args.seed,
-        )
-        result["fleet"] = fleet.run(work / "fleet", config)
-        table += "\n" + fleet.render_markdown(result["fleet"])
-    if args.addresses or args.fleet:
-        table += (
-            "\nOne run on a shared machine (2 cores, other work running): absolute times are noisy, the "
-            "ratios compare contenders measured minutes apart in the same run.\n"
-        )
-    print()
-    print(table)
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "latest.md").write_text(table)
-    (results / "latest.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    print(f"written to {results / 'latest.md'}")
-    if not same_as_collapse or same_as_iprange is False or netset_same is False:
-        print("MISMATCH: the aggregated results differ (see above)", file=sys.stderr)
-        return 1
-    netset_ratio = result["netset"]["ratio_to_iprange"]
-    if args.strict and (ratio is None or ratio > TARGET_RATIO or netset_ratio is None or netset_ratio > TARGET_RATIO):
-        print(f"target missed: ours/iprange = {ratio} (target <= {TARGET_RATIO})", file=sys.stderr)
-        return 1
-    return 0
+    mismatch = not same_as_collapse or same_as_iprange is False or netset_same is False
+    return result, mismatch
 
 
 def _ours_unfiltered_ipv4(path: Path) -> set[tuple[int, int, int]]:
@@ -284,6 +305,16 @@ def render_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+PARTS = "abcdefh"
+
+
+def _parts(text: str) -> set[str]:
+    chosen = {p for p in text.replace(",", "").strip().lower()}
+    if not chosen or not chosen <= set(PARTS):
+        raise argparse.ArgumentTypeError(f"{text!r}: give letters among {', '.join(PARTS)}")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--lines", type=int, default=1_000_000, help="input size (default 1,000,000)")
@@ -306,6 +337,20 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1_000,
         help="agents in the fleet simulation (f) (default 1,000; 0 skips it), in 2 to 4 worker processes",
+    )
+    ap.add_argument(
+        "--hits-bytes",
+        type=int,
+        default=hits.DEFAULT_BYTES,
+        help=f"size of the export the node reader follows in part (h) (default {hits.DEFAULT_BYTES:,}; 0 skips it)",
+    )
+    ap.add_argument(
+        "--only",
+        type=_parts,
+        default=set(PARTS),
+        metavar="PARTS",
+        help="run only these parts, e.g. h or a,f (a: feed ingest, b-e: the whole path, f: the fleet, h: the hits "
+        "reader; default all)",
     )
     ap.add_argument(
         "--fleet-interval",

@@ -68,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         f"({result.drift['last_poll']['result']})"
     )
     failed += result.drift["last_poll"]["result"] != "repaired"
+    report = result.hits["report"]
+    print(
+        f"  hits: {report['hits']} in {len(report['clusters'])} cluster(s) "
+        f"({', '.join(f['feed'] + ' ' + str(f['hits']) for f in report['feeds'] if f['hits'])}); "
+        f"fleet total {'agrees' if result.hits['agree'] else 'DOES NOT AGREE'} with the per-cluster counts"
+    )
+    failed += not result.hits["agree"] or not report["hits"]
     if crds is not None:
         report = check_files([result.channel_dir(c["name"]) for c in CHANNELS], SchemaSet.from_dir(crds))
         print(
@@ -78,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     print("")
     print("Try: .venv/bin/cdr-policy validate demo-output/prod" + (f" --crds {crds}" if crds else " --crds DIR"))
     print("     .venv/bin/cdr-policy fleet status --dist demo-output/dist")
+    print("     .venv/bin/cdr-policy fleet hits --dist demo-output/dist")
+    prod = result.agents["prod"]["applied_digest"]
+    node = "demo-output/nodes/demo-node-1"
+    print(
+        f"     .venv/bin/cdr-policy hits --policies demo-output/dist/channels/prod/bundles/{prod} "
+        f"--tetragon-export {node}/tetragon.log --hubble-export {node}/hubble.log"
+    )
     print("     .venv/bin/cdr-policy channel list --dist demo-output/dist")
     print("     .venv/bin/cdr-policy channel diff prod --dist demo-output/dist --state demo-output/state")
     return 1 if failed else 0

@@ -33,6 +33,7 @@ from cdr_policy.bundle.signing import KmsSigner, Verifier
 from cdr_policy.observability import logger
 from cdr_policy.storage import LocalStore, S3Store
 from cdr_policy.timeutil import utcnow
+from demo.hits import run_hits
 from tests.fakes.aws import ACCOUNT, MotoServer
 from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from tests.fakes.lambda_runtime import REPO, Delivery, Invocation, LambdaService
@@ -58,12 +59,14 @@ class DemoFailure(RuntimeError):
 
 @dataclass
 class Cluster:
-    """A cluster onboarded with deploy/cluster-access: its id, channel, role and the agent's session."""
+    """A cluster onboarded with deploy/cluster-access: its id, channel, role, and the sessions of its agent
+    and of its node readers."""
 
     cluster_id: str
     channel: str
     role_arn: str
-    session: dict[str, str]
+    session: dict[str, str]  # the agent's
+    reader_session: dict[str, str]  # the node readers' (deploy/hits), of the cluster's read-only ReaderRole
 
 
 @dataclass
@@ -76,6 +79,7 @@ class PipelineResult:
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     drift: dict[str, Any] = field(default_factory=dict)  # the staging agent's status after a drift repair
     approver: dict[str, str] = field(default_factory=dict)  # a session of the stack's ApproverRole
+    hits: dict[str, Any] = field(default_factory=dict)  # what the export lines fed through the readers gave
 
     def channel_dir(self, channel: str) -> Path:
         return self.output / channel
@@ -149,18 +153,26 @@ def assumed(server: MotoServer, keys: dict[str, str], role_arn: str, session_nam
 
 
 def onboard_cluster(stack: Stack, cluster_id: str, channel: str) -> Cluster:
-    """README "Adding a cluster": the agent's own identity that may only assume the cluster's role, the
-    cluster's deploy/cluster-access stack, and the agent's session."""
+    """README "Adding a cluster": the identities of the cluster's agent and node readers (each may only
+    assume its role), the cluster's deploy/cluster-access stack, and their sessions."""
     server, environment = stack.server, stack.parameters["Environment"]
     role_arn = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-cluster-{cluster_id}"
-    agent_arn, keys = principal(server, f"{cluster_id}-agent", role_arn)
+    reader_role = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-reader-{cluster_id}"
+    agent_arn, agent_keys = principal(server, f"{cluster_id}-agent", role_arn)
+    reader_arn, reader_keys = principal(server, f"{cluster_id}-reader", reader_role)
     parameters = {"Environment": environment, "DistributionBucket": stack.dist_bucket, "ClusterId": cluster_id}
-    parameters |= {"Channel": channel, "AgentRoleArn": agent_arn}
+    parameters |= {"Channel": channel, "AgentRoleArn": agent_arn, "ReaderPrincipalArn": reader_arn}
     access = deploy(
         server, name=f"cdr-policy-{environment}-cluster-{cluster_id}", template=CLUSTER_ACCESS, parameters=parameters
     )
-    assert access.outputs["ClusterRoleArn"] == role_arn
-    return Cluster(cluster_id, channel, role_arn, assumed(server, keys, role_arn, cluster_id))
+    assert (access.outputs["ClusterRoleArn"], access.outputs["ReaderRoleArn"]) == (role_arn, reader_role)
+    return Cluster(
+        cluster_id,
+        channel,
+        role_arn,
+        assumed(server, agent_keys, role_arn, cluster_id),
+        assumed(server, reader_keys, reader_role, cluster_id),
+    )
 
 
 def run_pipeline(
@@ -216,6 +228,7 @@ def run_pipeline(
         result.steps = _run_functions(result, say)
         with quiet_logs(output / "agents.log"):
             result.agents, result.drift = _run_agents(result, say)
+            result.hits = run_hits(result, demo_agents(result), say)
         for bucket, folder in ((stack.state_bucket, "state"), (stack.dist_bucket, "dist")):
             _mirror(S3Store(stack.client("s3"), bucket), LocalStore(output / folder))
         say(f"Buckets copied to {output / 'state'} and {output / 'dist'} (for the fleet commands after the run)")
@@ -241,8 +254,8 @@ def _run_functions(result: PipelineResult, say: Callable[[str], None]) -> dict[s
 
     say("")
     rule = lambdas.schedule_of("CdrFetchFunction")
-    say(f"[1/5] CdrFetch (EventBridge rule {rule})")
-    summary = steps["cdr_fetch"] = _checked("[1/5] CdrFetch", lambdas.fire(rule))
+    say(f"[1/6] CdrFetch (EventBridge rule {rule})")
+    summary = steps["cdr_fetch"] = _checked("[1/6] CdrFetch", lambdas.fire(rule))
     ind = summary["indicators"]
     say(
         f"      findings fetched {summary['fetched']}, unique {summary['unique']}, duplicates "
@@ -251,19 +264,19 @@ def _run_functions(result: PipelineResult, say: Callable[[str], None]) -> dict[s
     )
 
     rule = lambdas.schedule_of("FeedSyncFunction")
-    say(f"[2/5] FeedSync (EventBridge rule {rule})")
-    summary = steps["feed_sync"] = _checked("[2/5] FeedSync", lambdas.fire(rule))
+    say(f"[2/6] FeedSync (EventBridge rule {rule})")
+    summary = steps["feed_sync"] = _checked("[2/6] FeedSync", lambdas.fire(rule))
     for name, feed in summary["feeds"].items():
         say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
 
-    say("[3/5] Render (RenderQueue <- the state bucket's S3 notifications for indicators/ and config/)")
-    delivery = _polled(lambdas, "[3/5] Render", "RenderFunction", steps)
+    say("[3/6] Render (RenderQueue <- the state bucket's S3 notifications for indicators/ and config/)")
+    delivery = _polled(lambdas, "[3/6] Render", "RenderFunction", steps)
     say(f"      {delivery.messages} notification(s) in {delivery.batches} batch(es), {delivery.failed} failed")
     for channel, latest in _latest_renders(result.stack).items():
         say(f"      channel {channel:<8} bundle {latest['digest'][:16]}")
 
-    say("[4/5] Publish (PublishQueue)")
-    delivery = _polled(lambdas, "[4/5] Publish", "PublishFunction", steps)
+    say("[4/6] Publish (PublishQueue)")
+    delivery = _polled(lambdas, "[4/6] Publish", "PublishFunction", steps)
     say(f"      {delivery.messages} publish request(s), {delivery.failed} failed")
     for channel, manifest in _channel_manifests(result.stack).items():
         say(
@@ -313,7 +326,7 @@ def demo_agents(result: PipelineResult) -> dict[str, Agent]:
 
 
 def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    say("[5/5] Sync agents (one per cluster, with its cluster's role: poll, verify, apply, report status)")
+    say("[5/6] Sync agents (one per cluster, with its cluster's role: poll, verify, apply, report status)")
     statuses = {}
     agents = demo_agents(result)
     for channel, agent in agents.items():

@@ -11,7 +11,8 @@ Real HTTP on 127.0.0.1 (an ephemeral port) in a thread:
 - ``GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions``;
 - ConfigMaps in the core API (``/api/v1/namespaces/<ns>/configmaps[/<name>]``): ``GET`` (verb
   ``configmap``: Cilium's ``cilium-config`` read by the agent's pre-flight, put in place with
-  ``set_config_map``), ``POST`` (``configmap-create``, 409 ``AlreadyExists``) and ``PUT``
+  ``set_config_map``), a ``GET`` of the list with a ``labelSelector`` (``configmap-list``: the
+  node readers' hit reports), ``POST`` (``configmap-create``, 409 ``AlreadyExists``) and ``PUT``
   (``configmap-update``, 409 ``Conflict`` unless ``metadata.resourceVersion`` is the stored one), as
   the agent keeps its applied generation in one;
 - a bearer-token check on every request, and an ordered log of operations for tests;
@@ -333,7 +334,7 @@ class FakeKubeAPI(LoopbackServer):
                     "items": copy.deepcopy(self.crds),
                 }
             if split.path.startswith("/api/v1/"):
-                return self._core(method, split.path, body)
+                return self._core(method, split.path, body, params)
             res, namespace, name = self._route(split.path)
             verb = {"PATCH": "apply", "DELETE": "delete", "GET": "get" if name else "list"}.get(method)
             if verb is None or (verb in ("apply", "delete") and name is None):
@@ -362,20 +363,31 @@ class FakeKubeAPI(LoopbackServer):
             "data": dict(data),
         }
 
-    def _core(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any] | str]:
-        """The core API: ConfigMaps (get, create, update with optimistic concurrency)."""
+    def _core(self, method: str, path: str, body: bytes, params: dict[str, str]) -> tuple[int, dict[str, Any] | str]:
+        """The core API: ConfigMaps (get, list by label, create, update with optimistic concurrency)."""
         parts = path.strip("/").split("/")  # api v1 namespaces <ns> configmaps [<name>]
         if len(parts) not in (5, 6) or parts[2] != "namespaces" or parts[4] != "configmaps":
             raise _HttpError(404, "404 page not found")
         namespace, name = parts[3], (parts[5] if len(parts) == 6 else None)
         verb = {"GET": "configmap", "POST": "configmap-create", "PUT": "configmap-update"}.get(method)
-        if verb is None or (verb == "configmap-create") != (name is None):
+        if verb == "configmap" and name is None:
+            verb = "configmap-list"
+        if verb is None or (verb in ("configmap-create", "configmap-list")) != (name is None):
             return 405, _status(405, "MethodNotAllowed", f"{method} is not supported here")
         self.operations.append(Operation(verb, "ConfigMap", namespace, name))
         status = self._fault(verb, name)
         if status is not None:
             reason = "Forbidden" if status == 403 else "InternalError"
             return status, _status(status, reason, f"injected failure for {verb} {name}")
+        if verb == "configmap-list":
+            terms = _parse_selector(params.get("labelSelector", ""))
+            with self._lock:
+                items = [
+                    copy.deepcopy(cm)
+                    for (ns, _), cm in sorted(self._config_maps.items())
+                    if ns == namespace and _matches(cm["metadata"].get("labels") or {}, terms)
+                ]
+            return 200, {"apiVersion": "v1", "kind": "ConfigMapList", "items": items}
         if verb == "configmap":
             with self._lock:
                 found = copy.deepcopy(self._config_maps.get((namespace, str(name))))

@@ -35,7 +35,7 @@ from types import ModuleType
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("cdr_fetch", "feed_sync", "render", "publish")
+FUNCTIONS = ("cdr_fetch", "feed_sync", "render", "publish", "hits_rollup")
 DEFAULT_ASYNC_RETRIES = 2  # Lambda's, for an asynchronous invocation without an EventInvokeConfig
 
 

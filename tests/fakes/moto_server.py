@@ -7,7 +7,8 @@ What moto lacks, filled here (``install()``), and only that:
 
 - CloudFormation resource types moto does not implement, created through their own service when the
   stack creates them: ``AWS::S3::BucketPolicy``, ``AWS::SQS::QueuePolicy``, ``AWS::SNS::TopicPolicy``,
-  ``AWS::SNS::Subscription``, ``AWS::Lambda::EventInvokeConfig`` and ``AWS::CloudWatch::Alarm``;
+  ``AWS::SNS::Subscription``, ``AWS::Lambda::EventInvokeConfig`` and ``AWS::CloudWatch::Alarm`` (with
+  its ``Arn``, which the stack's dashboard names);
 - properties moto's own types ignore: ``AWS::IAM::Role``'s ``ManagedPolicyArns`` (and its inline
   documents stored as JSON, an ``AWS::NoValue`` entry dropped), ``AWS::S3::Bucket``'s
   ``VersioningConfiguration`` and ``NotificationConfiguration``, ``AWS::KMS::Key``'s ``KeySpec`` and
@@ -18,8 +19,9 @@ What moto lacks, filled here (``install()``), and only that:
   ``s3:ListObjectsV2``), the resource of KMS, DynamoDB and Secrets Manager requests (moto checks those against
   ``*``, which no statement naming a key, table or secret matches), ``?`` in a pattern, and the
   ``Condition`` of identity and bucket policies evaluated against the request (``aws:SecureTransport``,
-  ``aws:PrincipalArn``, ``aws:PrincipalAccount``): moto evaluates no operator but ``StringEquals``, so a
-  conditional ``Deny`` (the buckets' ``DenyInsecureTransport``) denied every request; a refusal worded
+  ``aws:PrincipalArn``, ``aws:PrincipalAccount``, a listing's ``s3:prefix``): moto evaluates no
+  operator but ``StringEquals``, so a conditional ``Deny`` (the buckets' ``DenyInsecureTransport``)
+  denied every request; a refusal worded
   as AWS words it (S3's AccessDenied for a bucket policy's deny, where moto sent an empty 403; a JSON
   ``AccessDeniedException`` from a JSON-protocol service, where moto sent XML);
 - serving: werkzeug's 10 ms wait after each response for unread request bytes (there are none);
@@ -43,6 +45,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
 # AWS managed policies (AWSLambdaBasicExecutionRole, ...) exist only when moto loads them at start.
 os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
@@ -82,6 +85,9 @@ def _principal() -> str | None:
 
 def _context() -> dict[str, str]:
     context = {"aws:SecureTransport": "true" if getattr(_request, "scheme", "") == "https" else "false"}
+    prefix = parse_qs(getattr(_request, "query", "")).get("prefix")
+    if prefix:
+        context["s3:prefix"] = prefix[0]  # a listing's prefix (a bucket listing of S3 is the only query here)
     principal = _principal()
     if principal is not None:
         context["aws:PrincipalArn"] = principal
@@ -392,11 +398,17 @@ def _notifications(cfn: dict[str, Any]) -> dict[str, Any]:
 Make = Callable[[dict[str, Any], str, str, str], str]
 
 
-def _model(kind: str, make: Make, name_property: str = "") -> type:
+Attribute = Callable[[str, str, str], str]
+
+
+def _model(kind: str, make: Make, name_property: str = "", attributes: dict[str, Attribute] | None = None) -> type:
     """A CloudFormation type moto lacks: ``make(properties, account, region, name)`` creates the resource
     through its service when the stack creates it and returns its physical id. ``name_property``: the
-    property holding the resource's name (CloudFormation generates one when it is absent)."""
+    property holding the resource's name (CloudFormation generates one when it is absent);
+    ``attributes``: what ``Fn::GetAtt`` returns, from (physical id, account, region)."""
     from moto.core.common_models import CloudFormationModel
+
+    known = attributes or {}
 
     def create(
         cls: type,
@@ -408,13 +420,18 @@ def _model(kind: str, make: Make, name_property: str = "") -> type:
     ) -> Any:
         model = cls()
         model.physical_resource_id = make(cloudformation_json["Properties"], account_id, region_name, resource_name)
+        model.account_id, model.region_name = account_id, region_name
         return model
+
+    def attribute(self: Any, name: str) -> str:
+        return known[name](self.physical_resource_id, self.account_id, self.region_name)
 
     namespace = {
         "__module__": __name__,
         "cloudformation_type": staticmethod(lambda: kind),
         "cloudformation_name_type": staticmethod(lambda: name_property),
-        "has_cfn_attr": classmethod(lambda cls, attr: False),
+        "has_cfn_attr": classmethod(lambda cls, attr: attr in known),
+        "get_cfn_attribute": attribute,
         "create_from_cloudformation_json": classmethod(create),
     }
     return type(kind.replace("::", ""), (CloudFormationModel,), namespace)
@@ -470,13 +487,16 @@ def _missing_models() -> list[type]:
         )
         return name
 
+    def alarm_arn(name: str, account: str, region: str) -> str:
+        return f"arn:aws:cloudwatch:{region}:{account}:alarm:{name}"
+
     return [
         _model("AWS::S3::BucketPolicy", bucket_policy),
         _model("AWS::SQS::QueuePolicy", queue_policy),
         _model("AWS::SNS::TopicPolicy", topic_policy),
         _model("AWS::SNS::Subscription", subscription),
         _model("AWS::Lambda::EventInvokeConfig", event_invoke_config),
-        _model("AWS::CloudWatch::Alarm", alarm, name_property="AlarmName"),
+        _model("AWS::CloudWatch::Alarm", alarm, name_property="AlarmName", attributes={"Arn": alarm_arn}),
     ]
 
 
@@ -542,6 +562,7 @@ def _remember_request(app: WsgiApp) -> WsgiApp:
     def remembering(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         _request.scheme = environ.get("wsgi.url_scheme", "http")
         _request.authorization = environ.get("HTTP_AUTHORIZATION", "")
+        _request.query = environ.get("QUERY_STRING", "")
         return app(environ, start_response)
 
     return remembering

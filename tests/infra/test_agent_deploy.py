@@ -265,9 +265,15 @@ def test_the_monitoring_variant_adds_a_service_monitor_for_the_metrics_service()
     assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
-    # Everything else is the agent, unchanged, and valid for Kubernetes (the ServiceMonitor is the
-    # Prometheus Operator's own kind).
-    agent = [o for o in objects if o["kind"] != "ServiceMonitor"]
+    readers = one(objects, "PodMonitor")
+    assert readers["metadata"]["namespace"] == "cdr-policy-hits"
+    assert readers["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "cdr-policy-hits-reader"}
+    dashboard = one(objects, "ConfigMap", "cdr-policy-grafana-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert set(dashboard["data"]) == {"grafana-dashboard.json"}
+    # Everything else is the agent, unchanged, and valid for Kubernetes (the monitors are the
+    # Prometheus Operator's own kinds).
+    agent = [o for o in objects if o["kind"] not in ("ServiceMonitor", "PodMonitor") and o is not dashboard]
     assert agent == kustomize(AGENT) and schema_errors(agent) == []
 
 

@@ -14,6 +14,7 @@ CN, trust anchor) and the bucket policy's guard on ``status/``.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import stat
@@ -85,6 +86,30 @@ def test_the_cluster_role_may_read_one_prefix_and_write_one_key(cluster_access):
     # the resources themselves are compared with cdr_policy.layout in test_layout_grants.py
 
 
+def test_the_hits_readers_role_reads_the_channel_and_writes_nothing(resources, cluster_access):
+    role = cluster_access["Resources"]["ReaderRole"]
+    assert role["Condition"] == "HasReaders"
+    (policy,) = role["Properties"]["Policies"]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    bucket = "arn:${AWS::Partition}:s3:::${DistributionBucket}/"
+    assert (statement["Effect"], statement["Action"]) == ("Allow", "s3:GetObject")
+    assert statement["Resource"] == {"Fn::Sub": bucket + layout.channel_prefix("${Channel}") + "*"}
+    name = role["Properties"]["RoleName"]["Fn::Sub"]
+    assert name == "cdr-policy-${Environment}-reader-${ClusterId}"
+    (guard,) = [
+        s
+        for s in resources["DistributionBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        if s["Sid"] == "StatusOnlyFromClusterRoles"
+    ]
+    allowed = guard["Condition"]["ArnNotLike"]["aws:PrincipalArn"]["Fn::Sub"].rsplit("/", 1)[1]
+    assert not fnmatch.fnmatch(name.replace("${ClusterId}", "c1"), allowed.replace("${Environment}", "${Environment}"))
+    trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]["Fn::If"]
+    assert trust[1][0]["Condition"] == {"StringEquals": {"sts:RoleSessionName": {"Ref": "ClusterId"}}}
+    assert trust[2][0]["Condition"]["StringEquals"] == {
+        "aws:PrincipalTag/x509Subject/CN": {"Fn::Sub": "${ClusterId}-reader"}
+    }
+
+
 def test_the_bucket_policy_keeps_status_writes_to_cluster_roles(resources, cluster_access):
     statements = resources["DistributionBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert not [s for s in statements if s["Effect"] == "Allow"], "the bucket policy grants nothing"
@@ -101,7 +126,7 @@ def test_the_security_tools_pass_the_cluster_template():
     assert lint.returncode == 0, lint.stdout + lint.stderr
     report = checkov(TEMPLATE)
     assert report["summary"]["failed"] == 0 and report["results"]["failed_checks"] == []
-    assert report["summary"]["resource_count"] == 2 and report["summary"]["passed"] >= 5
+    assert report["summary"]["resource_count"] == 4 and report["summary"]["passed"] >= 10
 
 
 # -- the same on a moto server that enforces IAM --------------------------------------------------------

@@ -51,7 +51,7 @@ def test_request_counts_of_one_run_and_of_a_fleet_poll(tmp_path):
     for (stage, op), n in counter.counts.items():
         by_stage.setdefault(stage, {})[op] = n
     assert list(by_stage) == [
-        "setup", "CdrFetch", "FeedSync", "Render", "Publish", "Sync", "restarted-poll", "unchanged-poll",
+        "setup", "CdrFetch", "FeedSync", "Render", "Publish", "Sync", "Hits", "restarted-poll", "unchanged-poll",
     ]  # fmt: skip
     channels = len(CHANNELS)
     # One signature per channel per publish; each render (one per batch of notifications: the set
@@ -69,6 +69,10 @@ def test_request_counts_of_one_run_and_of_a_fleet_poll(tmp_path):
     }
     assert counter.snapshot("restarted-poll")["s3:PutObject"]["request_bytes"] > 0  # the status documents
     assert by_stage["restarted-poll"]["kms:GetPublicKey"] == 1
+    # Hits: the readers and the fleet only read; the writers are the agents (their statuses) and
+    # HitsRollup (hits/fleet.json).
+    assert by_stage["Hits"]["s3:PutObject"] == channels + 1
+    assert not any(op.startswith("kms:") for op in by_stage["Hits"])
     assert all(line.endswith("(manifest unchanged (ETag))") for line in lines[-channels:])
     rendered = table(counter)
     assert rendered[0].split()[:2] == ["stage", "seconds"]

@@ -20,6 +20,7 @@ WRITERS = {
     "Render": "RenderFunction",
     "Publish": "PublishFunction",
     "approver": "ApproverRole",
+    "HitsRollup": "HitsRollupFunction",
 }
 BUCKETS = {"StateBucket": "state", "DistributionBucket": "dist"}
 _OBJECT_ARN = re.compile(r"^\$\{(\w+)\.Arn\}/(.*)\*$")

@@ -37,7 +37,7 @@ def test_translated_template_lints(translated, tmp_path):
 
 def test_translated_roles_have_no_broad_managed_policies(translated):
     roles = {k: v for k, v in translated["Resources"].items() if v["Type"] == "AWS::IAM::Role"}
-    functions = {f"{n}FunctionRole" for n in ("CdrFetch", "FeedSync", "Render", "Publish")}
+    functions = {f"{n}FunctionRole" for n in ("CdrFetch", "FeedSync", "Render", "Publish", "HitsRollup")}
     assert set(roles) == functions | {"ApproverRole"}
     for name, role in roles.items():
         managed = {arn.rsplit("/", 1)[-1] for arn in role["Properties"].get("ManagedPolicyArns", [])}
@@ -59,7 +59,8 @@ def test_translated_failure_destinations_can_be_written(translated):
     sqs:SendMessage on exactly that queue (the role, not a queue policy, is what Lambda uses)."""
     resources = translated["Resources"]
     configs = {k: v["Properties"] for k, v in resources.items() if v["Type"] == "AWS::Lambda::EventInvokeConfig"}
-    assert {c["FunctionName"]["Ref"] for c in configs.values()} == {"CdrFetchFunction", "FeedSyncFunction"}
+    scheduled = {"CdrFetchFunction", "FeedSyncFunction", "HitsRollupFunction"}
+    assert {c["FunctionName"]["Ref"] for c in configs.values()} == scheduled
     queue = {"Fn::GetAtt": ["ScheduledRunFailureQueue", "Arn"]}
     for config in configs.values():
         assert config["DestinationConfig"]["OnFailure"]["Destination"] == queue
@@ -115,7 +116,7 @@ def test_sam_build(tmp_path):
         assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b01, f"{pyc} is not unchecked-hash"
     for pyc in (layer / "cdr_policy").rglob("*.pyc"):
         assert (pyc.parent.parent / f"{pyc.name.split('.')[0]}.py").is_file(), f"{pyc}: no source"
-    for function in ("CdrFetchFunction", "FeedSyncFunction", "RenderFunction", "PublishFunction"):
+    for function in ("CdrFetchFunction", "FeedSyncFunction", "RenderFunction", "PublishFunction", "HitsRollupFunction"):
         assert sorted(p.name for p in (build / function).iterdir()) == ["app.py"]
         # Import each handler as Lambda would: its folder, then the layer, before site-packages.
         probe = subprocess.run(

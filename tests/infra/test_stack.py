@@ -63,6 +63,7 @@ class Resolved:
             "AWS::KMS::Key": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{physical}",
             "AWS::Events::Rule": f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{physical}",
             "AWS::IAM::Role": f"arn:aws:iam::{ACCOUNT}:role/{physical}",
+            "AWS::CloudWatch::Alarm": f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{physical}",
             "AWS::Lambda::Function": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{physical}",
         }
         if attribute == "QueueName":
@@ -201,6 +202,9 @@ def test_buckets_keys_and_alarms_are_the_templates(stack, resolved):
             float(props["Threshold"]),
         )
         assert alarm["Dimensions"] == props["Dimensions"] and alarm["OKActions"] == props["OKActions"]
+    for props in resolved.resources("AWS::CloudWatch::Dashboard").values():
+        body = cloudwatch.get_dashboard(DashboardName=props["DashboardName"])["DashboardBody"]
+        assert json.loads(body) == json.loads(props["DashboardBody"])  # the alarms' ARNs resolved as AWS does
 
 
 def test_functions_their_roles_and_asynchronous_settings_are_the_translated_templates(stack, server):
@@ -212,7 +216,7 @@ def test_functions_their_roles_and_asynchronous_settings_are_the_translated_temp
     layer = stack.outputs["SharedLayerArn"]
     assert re.fullmatch(rf"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:cdr-policy-stacktest-shared:\d+", layer)
     roles = resolve.resources("AWS::IAM::Role")
-    assert len(roles) == 4
+    assert len(roles) == len(resolve.resources("AWS::Lambda::Function")) >= 5
     for logical, props in roles.items():
         name = stack.physical(logical)
         attached = {p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]}

@@ -21,6 +21,7 @@ FUNCTION_DIRS = {
     "FeedSyncFunction": "feed_sync",
     "RenderFunction": "render",
     "PublishFunction": "publish",
+    "HitsRollupFunction": "hits_rollup",
 }
 SQS_CONSUMERS = {"RenderFunction": "RenderQueue", "PublishFunction": "PublishQueue"}
 # Event sources that invoke a function asynchronously (Lambda's own event queue, retries, destinations).
@@ -47,7 +48,7 @@ def environment(template: dict[str, Any], props: dict[str, Any]) -> dict[str, An
     return merged
 
 
-def test_the_four_functions_exist_with_their_code(template, functions):
+def test_the_five_functions_exist_with_their_code(template, functions):
     assert set(functions) == set(FUNCTION_DIRS)
     assert globals_fn(template)["Runtime"] == "python3.12"
     assert globals_fn(template)["Tracing"] == "Active"
@@ -115,6 +116,7 @@ def test_function_environment_matches_the_settings(template, functions, resolve)
     assert own("FeedSyncFunction") == {"ABUSEIPDB_SECRET_NAME"}
     assert own("RenderFunction") == {"PUBLISH_QUEUE_URL"}
     assert own("PublishFunction") == {"SIGNING_KEY_ID", "IDEMPOTENCY_TABLE", "APPROVER_KEY_ID"}
+    assert own("HitsRollupFunction") == set()
     publish = Settings.from_env({k: resolve(v) for k, v in environment(template, functions["PublishFunction"]).items()})
     assert publish.idempotency_table == "cdr-policy-dev-idempotency"
     assert publish.signing_key_id == "<SigningKey.Arn>"
@@ -206,7 +208,7 @@ def test_asynchronously_invoked_functions_have_an_alarmed_failure_destination(re
         for name, props in functions.items()
         if any(e["Type"] in ASYNC_EVENT_TYPES for e in props.get("Events", {}).values())
     }
-    assert invoked_async == {"CdrFetchFunction", "FeedSyncFunction"}
+    assert invoked_async == {"CdrFetchFunction", "FeedSyncFunction", "HitsRollupFunction"}
     for name in invoked_async:
         queue = failure_destination(functions[name])
         assert resources[queue]["Type"] == "AWS::SQS::Queue"
@@ -242,6 +244,7 @@ def test_schedules(functions, template):
     expected = {
         "CdrFetchFunction": ("CdrFetchSchedule", "rate(15 minutes)"),
         "FeedSyncFunction": ("FeedSyncSchedule", "rate(1 hour)"),
+        "HitsRollupFunction": ("HitsRollupSchedule", "rate(1 hour)"),
     }
     for name, (parameter, default) in expected.items():
         (event,) = functions[name]["Events"].values()
@@ -477,12 +480,28 @@ def test_outputs(template):
         "StateBucketName", "DistributionBucketName", "RenderQueueUrl", "RenderDeadLetterQueueUrl",
         "PublishQueueUrl", "PublishDeadLetterQueueUrl", "SigningKeyId", "SigningKeyArn",
         "SigningKeyAliasName", "IdempotencyTableName", "SharedLayerArn", "CdrFetchFunctionName",
-        "FeedSyncFunctionName", "RenderFunctionName", "PublishFunctionName",
-        "AlarmTopicArn", "ScheduledRunFailureQueueUrl", "AccessLogBucketName", "ApproverRoleArn", "ApproverKeyArn",
+        "FeedSyncFunctionName", "RenderFunctionName", "PublishFunctionName", "HitsRollupFunctionName",
+        "AlarmTopicArn", "ScheduledRunFailureQueueUrl", "AccessLogBucketName", "DashboardName",
+        "ApproverRoleArn", "ApproverKeyArn",
     }  # fmt: skip
     assert set(template["Outputs"]) == expected
     for output in template["Outputs"].values():
         assert output["Description"]
+
+
+def test_the_dashboard_shows_the_pipeline_metrics_and_every_function(resources, functions):
+    body = resources["PipelineDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    referenced = set(re.findall(r"\$\{([A-Za-z]+)(?:\.[A-Za-z]+)?\}", body))
+    assert set(functions) <= referenced
+    assert referenced - {"AWS"} <= set(resources), "the dashboard names only resources of this stack"
+    dashboard = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))
+    metrics = {m[1] for w in dashboard["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]}
+    documented = (REPO / "docs" / "ARCHITECTURE.md").read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    pipeline = {m for m in metrics if m not in (".", "...") and m[0].isupper() and m in documented}
+    assert {"BundlesPublished", "BundlesHeld", "FleetHits", "PrefixesLeftOut", "FeedStale"} <= pipeline
+    (alarms,) = [w["properties"]["alarms"] for w in dashboard["widgets"] if w["type"] == "alarm"]
+    shown = set(re.findall(r"\$\{(\w+Alarm)\.Arn\}", body))
+    assert len(alarms) == len(shown) and shown == set(of_type(resources, "AWS::CloudWatch::Alarm"))
 
 
 def load_json(name: str) -> Any:

@@ -15,7 +15,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_the_whole_path_parts_run_and_report_their_targets(tmp_path: Path, capsys) -> None:
-    args = ["--lines", "1000", "--repeat", "1", "--addresses", "2000", "--fleet", "0"]  # (f): test_fleet_simulation
+    args = [
+        "--only",
+        "bcde",
+        "--repeat",
+        "1",
+        "--addresses",
+        "2000",
+    ]  # (f): test_fleet_simulation; (h): test_bench_hits
     code = bench.main([*args, "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")])
     out = capsys.readouterr().out
     assert code == 0, out

@@ -19,7 +19,7 @@ AGENTS = 24
 
 
 def test_a_small_fleet_polls_once_per_agent_converges_and_is_listed(tmp_path: Path, capsys) -> None:
-    args = ["--lines", "1000", "--repeat", "1", "--addresses", "0"]  # (a) at its smallest useful size
+    args = ["--only", "f"]
     fleet = ["--fleet", str(AGENTS), "--fleet-interval", "0.5", "--fleet-update-interval", "1"]
     code = bench.main([*args, *fleet, "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")])
     out = capsys.readouterr().out

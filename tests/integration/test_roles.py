@@ -24,7 +24,16 @@ from typing import Any
 import pytest
 
 from cdr_policy.timeutil import utcnow
-from demo.runner import FINDINGS, create_qualys_secret, upload_config
+from demo.runner import (
+    CHANNELS,
+    FINDINGS,
+    PipelineResult,
+    create_qualys_secret,
+    demo_agents,
+    onboard_cluster,
+    quiet_logs,
+    upload_config,
+)
 from tests.fakes.aws import MotoServer, moto_server
 from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer
 from tests.fakes.lambda_runtime import LambdaService
@@ -37,8 +46,10 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:No application metrics:UserWarning"),
 ]
 
-# The demo's flow: each function's event sources in this order (the ones before a function feed it).
-FLOW = ("CdrFetchFunction", "FeedSyncFunction", "RenderFunction", "PublishFunction")
+# The demo's flow: each function's event sources in this order (the ones before a function feed it), and
+# between Publish and HitsRollup the clusters' agents, whose statuses HitsRollup sums.
+AGENTS = "the clusters' agents"
+FLOW = ("CdrFetchFunction", "FeedSyncFunction", "RenderFunction", "PublishFunction", AGENTS, "HitsRollupFunction")
 
 
 @dataclass(frozen=True)
@@ -152,8 +163,8 @@ def world() -> Iterator[World]:
 
 
 def test_every_function_holds_grants_and_the_flow_covers_every_function():
-    assert {g.function for g in GRANTS} == set(FLOW)
-    assert len(GRANTS) >= 14
+    assert {g.function for g in GRANTS} == set(FLOW) - {AGENTS}
+    assert len(GRANTS) >= 17
     left_out = [g for g in ALL_GRANTS if not in_the_demo_flow(g)]
     for grant in left_out:  # the path that does use it, named after the marker
         comment = COMMENTS[(grant.function, grant.index, grant.sid)]
@@ -170,13 +181,24 @@ def test_without_one_grant_its_function_fails_with_access_denied(grant, world, t
     stack = deploy(world.server, name=f"cdr-policy-{environment}", template=template, parameters=parameters)
     upload_config(stack, world.feeds, None)
     lambdas = LambdaService(stack, tmp_path / "lambda.log")
-    for logical in FLOW[: FLOW.index(grant.function)]:
-        before = lambdas.trigger(logical)
-        assert before and all(i.ok for i in before), (logical, [i.error for i in before])
+    for step in FLOW[: FLOW.index(grant.function)]:
+        if step == AGENTS:
+            result = PipelineResult(stack, lambdas, tmp_path, clusters=_clusters(stack))
+            with quiet_logs(tmp_path / "agents.log"):
+                polls = [agent.sync_once()["last_poll"]["result"] for agent in demo_agents(result).values()]
+            assert polls == ["applied"] * len(CHANNELS), polls
+            continue
+        before = lambdas.trigger(step)
+        assert before and all(i.ok for i in before), (step, [i.error for i in before])
     invocations = lambdas.trigger(grant.function)
     failures = [i for i in invocations if not i.ok]
     assert failures, f"{grant.function} succeeded without {grant.name}: the grant is not needed"
     assert re.search(r"AccessDenied", failures[0].error or ""), failures[0].error
+
+
+def _clusters(stack: Any) -> dict[str, Any]:
+    environment = stack.parameters["Environment"]
+    return {c["name"]: onboard_cluster(stack, f"{environment}-{c['name']}", c["name"]) for c in CHANNELS}
 
 
 def statement_starts(text: str) -> dict[int, str]:

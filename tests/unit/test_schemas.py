@@ -131,13 +131,19 @@ def test_what_it_would_not_check_is_refused(schema: dict[str, Any], why: str) ->
 def test_messages_name_the_place_and_the_rule_never_the_value() -> None:
     secret = "203.0.113.9-from-a-feed"
     errors = schemas.schema_errors(
-        {"schema_version": 1, "channel": secret, "files": [{"path": "a", "sha256": secret, "size": -1}]},
+        {"schema_version": 1, "channel": secret, "files": [{"path": "a", "sha256": secret, "size": -1}], secret: 1},
         "manifest.schema.json",
     )
     assert "channel: does not match ^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$" in errors
+    assert "<root>: has 1 property the schema does not allow" in errors  # the key is input too
     assert "files/0/size: is less than the minimum of 0" in errors
     assert not [e for e in errors if secret in e]
     with pytest.raises(
         CdrPolicyError, match=r"manifest.schema.json: 9 violation\(s\): <root>: 'channel' is a required property; "
     ):
         schemas.validate({}, "manifest.schema.json")
+    with pytest.raises(ValueError, match="^not JSON$"):
+        schemas.load_checked(secret.encode(), "manifest.schema.json")
+    with pytest.raises(ValueError) as refused:
+        schemas.load_checked(json.dumps({secret: secret}).encode(), "manifest.schema.json")
+    assert secret not in str(refused.value)

@@ -44,6 +44,7 @@ STATE_ABUSEIPDB = "state/abuseipdb/"
 BUNDLES = "bundles/"
 LAST_GOOD = "last-good/"
 RENDERED_CHANNELS = "bundles/channels/"
+HITS = "hits/"
 CHANNELS = "channels/"
 STATUS = "status/"
 
@@ -99,6 +100,10 @@ def bundle_file_key(digest: str, path: str) -> str:
     return f"{BUNDLES}{digest}/{path}"
 
 
+# The provenance index's path in every bundle (``bundle.provenance``), beside the policy files.
+PROVENANCE_FILE = "provenance.json"
+
+
 def bundle_manifest_key(digest: str) -> str:
     """The unsigned manifest Render writes beside a bundle's files, last."""
     return bundle_file_key(digest, "bundle.json")
@@ -116,6 +121,10 @@ def last_good_set_key(set_key: str) -> str:
     """Render's last good copy of an indicator set (``last-good/indicators/…``), never under
     ``indicators/``: it raises no notification and is not read as a set of its own."""
     return f"{LAST_GOOD}{set_key}"
+
+
+# -- state store: HitsRollup -----------------------------------------------------------------------
+FLEET_HITS = f"{HITS}fleet.json"
 
 
 # -- distribution store ----------------------------------------------------------------------------
@@ -187,6 +196,12 @@ STATE_KEYS: tuple[KeyFamily, ...] = (
     KeyFamily(
         LAST_GOOD_INDEX, "Render", "SHA-256 and copy time of each last good copy; since when a set is unreadable"
     ),
+    KeyFamily(
+        FLEET_HITS,
+        "HitsRollup",
+        "what fired in the fleet (addresses, rules, ports; `fleet-hits.schema.json`), from the clusters' "
+        "statuses checked against their channels' bundles; Render ranks with it",
+    ),
 )
 
 DIST_KEYS: tuple[KeyFamily, ...] = (
@@ -208,7 +223,7 @@ DIST_KEYS: tuple[KeyFamily, ...] = (
     KeyFamily(
         status_key("<cluster-id>"),
         "agent",
-        "agent status, writable only by that cluster's role (`deploy/cluster-access`)",
+        "agent status (with the node readers' hits), writable only by that cluster's role (`deploy/cluster-access`)",
     ),
 )
 
@@ -218,6 +233,7 @@ WRITE_PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
     "FeedSync": ("state", (RAW_FEEDS, STATE_FEEDS, INDICATORS_FEEDS, STATE_ABUSEIPDB, INDICATORS_REPUTATION)),
     "Render": ("state", (BUNDLES, LAST_GOOD)),
     "Publish": ("dist", (CHANNELS,)),
+    "HitsRollup": ("state", (HITS,)),
     "agent": ("dist", (STATUS,)),
     "approver": ("state", (APPROVALS,)),
 }

@@ -19,7 +19,17 @@ if TYPE_CHECKING:
     from cdr_policy.last_good import Unreadable
 
 SCHEMA_VERSION = 1
-_RENDER_KEYS = ("behaviours", "budget", "left_out", "left_out_total", "left_out_unranked", "checks", "domains", "ports")
+_RENDER_KEYS = (
+    "behaviours",
+    "budget",
+    "hits",
+    "left_out",
+    "left_out_total",
+    "left_out_unranked",
+    "checks",
+    "domains",
+    "ports",
+)
 
 
 def _events(cdr: CdrRunSummary | None) -> dict[str, Any]:

@@ -32,7 +32,8 @@ def _rendered() -> tuple[Objects, Any]:
             [behaviour(rule, ["xmrig-proxy"]) for rule in RULES],
         )
     ]
-    bundle = assemble(render(sets, CHANNEL).files, CHANNEL, now=NOW)
+    rendered = render(sets, CHANNEL)
+    bundle = assemble(rendered.files, CHANNEL, now=NOW, index=rendered.provenance)
     return parse_objects(bundle.files), bundle.manifest.settings
 
 

@@ -88,3 +88,34 @@ def test_the_render_itself_goes_through_both(keys, tmp_path):
         == 0
     )
     assert len(list((tmp_path / "out").iterdir())) == len(objects)
+
+
+@pytest.mark.parametrize(
+    "case", ["group selected by labels", "daddr private for named callers", "exec prefix slash", "deny world dns"]
+)
+def test_the_agent_refuses_it_from_an_s3_bucket(case, keys, tmp_path, capsys, monkeypatch):
+    """The same in S3 mode: the bundle planted in the distribution bucket (moto), signed."""
+    import boto3
+    from moto import mock_aws
+
+    from cdr_policy.storage import S3Store
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="dist")
+        objects, settings = rendered()
+        signer = LocalSigner.from_file(keys / "signing.pem")
+        plant_signed(S3Store(s3, "dist"), files_of(CASES[case](objects)), signer, settings=settings, created=utcnow())
+        out = tmp_path / "out"
+
+        code = main(
+            ["agent", "--bucket", "s3://dist", "--channel", "prod", "--cluster-id", "c1", "--once"]
+            + ["--public-key", str(keys / "signing.pub"), "--output-dir", str(out), "--state-dir", str(tmp_path / "s")]
+        )
+
+        assert code == 1
+        assert capsys.readouterr().out.startswith("refused: bundle refused, nothing applied: admission refused it")
+        assert not out.exists() or not any(out.iterdir())
+        status = json.loads(s3.get_object(Bucket="dist", Key="status/c1.json")["Body"].read())
+        assert status["verification"]["code"] == "inadmissible"

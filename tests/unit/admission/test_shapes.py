@@ -76,7 +76,8 @@ def test_everything_the_compilers_emit_is_admitted():
     ]
     checked = 0
     for channel in variants():
-        bundle = assemble(render(sets, channel).files, channel, now=NOW)
+        rendered = render(sets, channel)
+        bundle = assemble(rendered.files, channel, now=NOW, index=rendered.provenance)
         verdict = ADMISSION.judge(bundle)
         assert verdict.admitted, (channel, verdict.lines())
         checked += len(bundle.objects)

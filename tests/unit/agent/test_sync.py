@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,8 @@ from cdr_policy.agent.status import read_status
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.signing import LocalSigner, generate_local_key
 from cdr_policy.errors import ConfigError, StorageError
+from cdr_policy.hits.aggregate import HitTable
+from cdr_policy.hits.tally import Totals
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.timeutil import iso, utcnow
@@ -641,6 +644,27 @@ def test_the_bucket_status_is_written_when_it_says_something_new_or_the_heartbea
     agent.sync_once(T0 + timedelta(minutes=3))
     assert bucket.puts.count(status_key) == 3
     assert stored_status(bucket)["last_poll"]["at"] == iso(T0 + timedelta(minutes=3))
+
+
+def test_new_hit_counts_ride_on_the_next_write_but_hits_appearing_are_news(ship, make_agent, bucket, tmp_path):
+    ship(A)
+    agent = make_agent(DirectoryApplier(tmp_path / "out"))
+    status_key = layout.status_key("eks-prod-1")
+    agent.sync_once(T0)  # applied: written
+    agent.sync_once(T0 + timedelta(minutes=1))  # first unchanged: written
+    read = iter(range(1, 10))
+
+    def hits(now: datetime) -> dict[str, Any]:
+        return HitTable(totals=Totals(read=next(read))).to_section(now)
+
+    agent.hits = hits
+    agent.sync_once(T0 + timedelta(minutes=2))  # hits appear: written
+    assert bucket.puts.count(status_key) == 3 and stored_status(bucket)["hits"]["totals"]["read"] == 1
+    agent.sync_once(T0 + timedelta(minutes=3))  # new counts alone: not news
+    assert bucket.puts.count(status_key) == 3
+    agent.status_heartbeat_s = 0  # the heartbeat carries them
+    agent.sync_once(T0 + timedelta(minutes=4))
+    assert bucket.puts.count(status_key) == 4 and stored_status(bucket)["hits"]["totals"]["read"] == 3
 
 
 def test_a_clean_drift_check_is_not_news_for_the_bucket(ship, make_agent, bucket, tmp_path):

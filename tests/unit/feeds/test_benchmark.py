@@ -49,7 +49,7 @@ def test_ours_equals_collapse_addresses_on_the_generated_input(tmp_path: Path) -
 def test_benchmark_run_writes_the_table(tmp_path: Path, capsys) -> None:
     code = bench.main(
         [
-            *("--lines", "2000", "--repeat", "1", "--addresses", "0", "--fleet", "0"),
+            *("--only", "a", "--lines", "2000", "--repeat", "1"),
             *("--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")),
         ]
     )
@@ -68,7 +68,7 @@ def test_missing_iprange_says_how_to_install_it(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(bench.shutil, "which", lambda name: None if name == "iprange" else real_which(name))
     code = bench.main(
         [
-            *("--lines", "1000", "--repeat", "1", "--addresses", "0", "--fleet", "0"),
+            *("--only", "a", "--lines", "1000", "--repeat", "1"),
             *("--workdir", str(tmp_path / "w"), "--results", str(tmp_path)),
         ]
     )
@@ -83,7 +83,7 @@ def test_missing_iprange_says_how_to_install_it(tmp_path: Path, monkeypatch: pyt
                 "--repeat",
                 "1",
                 "--strict",
-                *("--addresses", "0", "--fleet", "0"),  # part (a) alone: the target needs iprange
+                *("--only", "a"),  # part (a) alone: the target needs iprange
                 "--workdir",
                 str(tmp_path / "w2"),
                 "--results",

@@ -39,7 +39,7 @@ def test_everything_fits_under_the_limit():
     result = cut(entries, 100)
     assert result.kept == {"cdr": ["45.33.32.0/29", "45.33.32.8/31"]}
     assert result.used == 2 and left_out(result) == []
-    assert result.report() == {"limit": 100, "used": 2, "covered": 0, "left_out": 0}
+    assert result.report() == {"limit": 100, "used": 2, "covered": 0, "left_out": 0, "kept_by_hits": 0}
 
 
 def test_the_weakest_evidence_is_left_out_with_its_rank():
@@ -128,8 +128,8 @@ def test_render_reports_the_budget_and_what_was_left_out():
     channel = ChannelSettings(name="prod", tetragon_max_prefixes=8, cilium_max_prefixes=12)
     result = render(sets, channel)
     assert result.report["budget"] == {
-        "tetragon": {"limit": 8, "used": 8, "covered": 0, "left_out": 7},
-        "cilium": {"limit": 12, "used": 12, "covered": 0, "left_out": 3},
+        "tetragon": {"limit": 8, "used": 8, "covered": 0, "left_out": 7, "kept_by_hits": 0},
+        "cilium": {"limit": 12, "used": 12, "covered": 0, "left_out": 3, "kept_by_hits": 0},
     }
     left = result.report["left_out"]
     assert [e["rank"] for e in left] == sorted(e["rank"] for e in left)

@@ -263,8 +263,8 @@ def test_every_placement_of_evidence_is_admitted_on_every_kind_of_channel():
     admission = Admission(protection(where="the test"))
     scopes = set()
     for channel in variants():
-        files = render(sets, channel).files
-        scopes |= {_scope(f.obj) for f in files}
-        verdict = admission.judge(assemble(files, channel, now=NOW))
+        result = render(sets, channel)
+        scopes |= {_scope(f.obj) for f in result.files}
+        verdict = admission.judge(assemble(result.files, channel, now=NOW, index=result.provenance))
         assert verdict.admitted, (channel, verdict.lines())
     assert scopes == {None, "workload", "audit"}

@@ -32,6 +32,8 @@ from cdr_policy.agent.sync import (
 from cdr_policy.bundle.signing import Verifier
 from cdr_policy.cli.parser import add_protection_arguments, protection_of
 from cdr_policy.errors import CdrPolicyError, ConfigError, exit_code, print_error
+from cdr_policy.hits.collect import HitsCollector
+from cdr_policy.hits.reports import ConfigMapReports, DirectoryReports
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.storage import open_store
@@ -41,7 +43,7 @@ from cdr_policy.timeutil import parse_duration
 _OK_RESULTS = frozenset({"applied", "unchanged"})
 
 
-def _duration(low: float, high: float) -> Callable[[str], float]:
+def duration(low: float, high: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             seconds = parse_duration(text)
@@ -63,7 +65,7 @@ def _percent(text: str) -> int:
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 
 
-def _role_arn(text: str) -> str | None:
+def role_arn(text: str) -> str | None:
     if not text:
         return None  # the pod's credentials are the cluster's role already (Roles Anywhere)
     if not _ROLE_ARN.fullmatch(text):
@@ -71,7 +73,7 @@ def _role_arn(text: str) -> str | None:
     return text
 
 
-def _s3_client(assume_role: str | None, cluster_id: str) -> Any:
+def s3_client(assume_role: str | None, cluster_id: str) -> Any:
     """An S3 client whose every call is bounded (a slow bucket must not hold a sync for minutes:
     botocore's defaults allow 60 s per read and several retries). With ``assume_role``, the pod's own
     credentials (IRSA, Pod Identity) are exchanged for the cluster's role of
@@ -128,7 +130,7 @@ def _default_namespace() -> str:
         return "cdr-policy-system"
 
 
-_interval = _duration(1, 86400)
+_interval = duration(1, 86400)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster-id", required=True, help="this cluster's name in status/<cluster-id>.json")
     parser.add_argument(
         "--assume-role",
-        type=_role_arn,
+        type=role_arn,
         metavar="ARN",
         help="read and write the bucket as this role (the cluster's ClusterRoleArn, deploy/cluster-access), "
         "assumed with the pod's own credentials; empty or absent: use those credentials as they are",
@@ -164,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--drift-interval",
-        type=_duration(5, 86400),
+        type=duration(5, 86400),
         default=DEFAULT_DRIFT_INTERVAL_S,
         metavar="DURATION",
         help=f"how often an unchanged poll compares the owned objects with the applied bundle and repairs "
@@ -172,7 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sync-deadline",
-        type=_duration(5, 3600),
+        type=duration(5, 3600),
         default=DEFAULT_SYNC_DEADLINE_S,
         metavar="DURATION",
         help=f"overall time one sync may spend on the API server; the status is written either way "
@@ -180,7 +182,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-clock-skew",
-        type=_duration(0, 3600),
+        type=duration(0, 3600),
         default=DEFAULT_MAX_CLOCK_SKEW_S,
         metavar="DURATION",
         help=f"refuse manifests created further ahead of this clock (0..1h, default {DEFAULT_MAX_CLOCK_SKEW_S:g}s)",
@@ -233,6 +235,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve /metrics (Prometheus), /healthz and /readyz on this port (0: off; not with --once)",
     )
     parser.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS", help="address to serve them on")
+    hits = parser.add_mutually_exclusive_group()
+    hits.add_argument(
+        "--hits-namespace",
+        metavar="NAMESPACE",
+        help="with --kubernetes: sum the node readers' hit reports (ConfigMaps of this namespace, deploy/hits) "
+        "into the status; absent or empty: no hits reported",
+    )
+    hits.add_argument("--hits-dir", type=Path, metavar="DIR", help="sum the node readers' hit reports in this folder")
 
 
 def admission_for(applier: Applier, crds: Path | None, protected: Protection) -> Admission:
@@ -245,6 +255,17 @@ def admission_for(applier: Applier, crds: Path | None, protected: Protection) ->
     return Admission(protected, SchemaSet.from_dir(crds) if crds else None)
 
 
+def _hits(args: argparse.Namespace, applier: Applier) -> HitsCollector | None:
+    """The collector of the node readers' reports (``--hits-namespace`` or ``--hits-dir``), if any."""
+    if args.hits_dir is not None:
+        return HitsCollector(DirectoryReports(args.hits_dir), args.channel)
+    if not args.hits_namespace:
+        return None
+    if not isinstance(applier, KubeApplier):
+        raise ConfigError("--hits-namespace needs --kubernetes (in directory mode use --hits-dir)")
+    return HitsCollector(ConfigMapReports(applier, args.hits_namespace), args.channel)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the agent. Returns the process exit code."""
     try:
@@ -254,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
         agent = Agent(
             open_store(
                 args.bucket,
-                _s3_client(args.assume_role, args.cluster_id) if args.bucket.startswith("s3://") else None,
+                s3_client(args.assume_role, args.cluster_id) if args.bucket.startswith("s3://") else None,
             ),
             channel=args.channel,
             cluster_id=args.cluster_id,
@@ -271,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
             max_shrink_percent=args.max_shrink_percent,
             drift_interval_s=args.drift_interval,
             sync_deadline_s=args.sync_deadline,
+            hits=_hits(args, applier),
         )
     except CdrPolicyError as exc:
         print_error(exc)

@@ -305,7 +305,7 @@ class KubeApplier:
             key=lambda crd: (crd.get("metadata") or {}).get("name", ""),
         )
 
-    # -- ConfigMaps: Cilium's cilium-config (pre-flight) and the agent's own state record ------------
+    # -- ConfigMaps: Cilium's cilium-config (pre-flight), the agent's own state record, hit reports --
 
     def config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         """The ``data`` of a ConfigMap, or None when there is no such ConfigMap."""
@@ -325,6 +325,16 @@ class KubeApplier:
         if not isinstance(body, dict):
             raise ApplyError(f"get ConfigMap {namespace}/{name}: the answer is not an object")
         return body
+
+    def list_configmaps(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """The ConfigMaps of ``namespace`` carrying every label of ``labels`` (the node readers' hit
+        reports, ``hits.reports``)."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        resp = self._request("GET", f"/api/v1/namespaces/{namespace}/configmaps", params={"labelSelector": selector})
+        if resp.status_code != 200:
+            raise self._fail(resp, f"list ConfigMaps in {namespace}")
+        items = resp.json().get("items") if isinstance(resp.json(), dict) else None
+        return [item for item in items or [] if isinstance(item, dict)]
 
     def write_configmap(self, obj: dict[str, Any]) -> None:
         """Create ``obj`` (no ``metadata.resourceVersion``) or replace the version it names.

@@ -4,7 +4,9 @@ and applied, or confirmed, what its channel ships).
 
 Everything is derived from the status document each sync produces (``agent-status.schema.json``),
 so the metrics say exactly what the status in the bucket says. Counters count syncs since the
-process started, as Prometheus expects.
+process started, as Prometheus expects; the hit counters (``hits_total`` and friends) are the node
+readers' own cumulative counts, summed (a reader whose state is lost starts again from zero, which
+Prometheus reads as a counter reset).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from cdr_policy.timeutil import parse_iso
 
@@ -23,8 +25,27 @@ PREFIX = "cdr_policy_agent"
 READY_RESULTS = frozenset({"applied", "unchanged", "repaired"})
 
 
-def _escape(value: str) -> str:
+def escape(value: str) -> str:
+    """A label value as Prometheus' text format writes it."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metric_lines(prefix: str, name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> list[str]:
+    """One metric in Prometheus' text format (version 0.0.4): HELP, TYPE and its samples
+    (``labels`` already written, ``k="v",...``)."""
+    out = [f"# HELP {prefix}_{name} {help_text}", f"# TYPE {prefix}_{name} {kind}"]
+    out += [f"{prefix}_{name}{{{labels}}} {value:g}" for labels, value in samples]
+    return out
+
+
+class Observed(Protocol):
+    """What the server below serves: the agent's metrics, or a node reader's (``hits.metrics``)."""
+
+    def alive(self) -> bool: ...
+
+    def ready(self) -> bool: ...
+
+    def exposition(self) -> str: ...
 
 
 class AgentMetrics:
@@ -82,14 +103,11 @@ class AgentMetrics:
             status = dict(self._status or {})
             polls, refusals = dict(self._polls), dict(self._refusals)
             apply_errors, repairs = self._apply_errors, self._drift_repairs
-        channel = f'channel="{_escape(self.channel)}"'
+        channel = f'channel="{escape(self.channel)}"'
         out: list[str] = []
 
         def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-            out.append(f"# HELP {PREFIX}_{name} {help_text}")
-            out.append(f"# TYPE {PREFIX}_{name} {kind}")
-            for labels, value in samples:
-                out.append(f"{PREFIX}_{name}{{{labels}}} {value:g}")
+            out.extend(metric_lines(PREFIX, name, kind, help_text, samples))
 
         digest = status.get("applied_digest")
         metric(
@@ -125,19 +143,19 @@ class AgentMetrics:
             "last_poll_result",
             "gauge",
             "The last poll's result (1 for the result it had).",
-            [(f'{channel},result="{_escape(str(poll["result"]))}"', 1)] if poll.get("result") else [],
+            [(f'{channel},result="{escape(str(poll["result"]))}"', 1)] if poll.get("result") else [],
         )
         metric(
             "polls_total",
             "counter",
             "Polls by result.",
-            [(f'{channel},result="{_escape(r)}"', n) for r, n in sorted(polls.items())],
+            [(f'{channel},result="{escape(r)}"', n) for r, n in sorted(polls.items())],
         )
         metric(
             "verification_refusals_total",
             "counter",
             "Bundles refused, by verification code.",
-            [(f'{channel},code="{_escape(c)}"', n) for c, n in sorted(refusals.items())],
+            [(f'{channel},code="{escape(c)}"', n) for c, n in sorted(refusals.items())],
         )
         metric("apply_errors_total", "counter", "Objects that failed to apply or delete.", [(channel, apply_errors)])
         metric("drift_repairs_total", "counter", "Polls that repaired drift.", [(channel, repairs)])
@@ -148,13 +166,49 @@ class AgentMetrics:
             "Objects the last apply wrote.",
             [(channel, int(objects.get("applied", 0)))] if objects else [],
         )
+        hits = status.get("hits") or {}
+        metric(
+            "hits_total",
+            "counter",
+            "Events our objects caused (blocked, or would have on an audit channel), summed over the node "
+            "readers, by engine, action, and the primary category and source kind of the indicator hit.",
+            [
+                (
+                    f'{channel},engine="{escape(c["engine"])}",action="{escape(c["action"])}",'
+                    f'category="{escape(c["category"])}",source="{escape(c["source"])}"',
+                    c["count"],
+                )
+                for c in hits.get("counters", [])
+            ],
+        )
+        metric(
+            "hit_events_total",
+            "counter",
+            "Export lines the node readers read, by result: ours, unattributed (other policies, forwarded "
+            "flows, other destinations) or malformed.",
+            [(f'{channel},result="{r}"', hits["totals"][r]) for r in ("ours", "unattributed", "malformed")]
+            if hits
+            else [],
+        )
+        metric(
+            "hit_reporting_nodes",
+            "gauge",
+            "Node readers whose reports the last status summed.",
+            [(channel, hits["nodes"])] if hits else [],
+        )
+        metric(
+            "hit_gaps_total",
+            "counter",
+            "Rotated export files gone before a restarted node reader had finished them.",
+            [(channel, hits["gaps"])] if hits else [],
+        )
         return "\n".join(out) + "\n"
 
 
 class ObservabilityServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP, in a daemon thread."""
 
-    def __init__(self, metrics: AgentMetrics, *, host: str = "0.0.0.0", port: int = 9090) -> None:
+    def __init__(self, metrics: Observed, *, host: str = "0.0.0.0", port: int = 9090) -> None:
         observed = metrics
 
         class Handler(BaseHTTPRequestHandler):
@@ -163,12 +217,10 @@ class ObservabilityServer:
                     self._answer(200, observed.exposition(), "text/plain; version=0.0.4; charset=utf-8")
                 elif self.path == "/healthz":
                     ok = observed.alive()
-                    self._answer(200 if ok else 503, "ok\n" if ok else "sync loop stalled\n", "text/plain")
+                    self._answer(200 if ok else 503, "ok\n" if ok else "loop stalled\n", "text/plain")
                 elif self.path == "/readyz":
                     ok = observed.ready()
-                    self._answer(
-                        200 if ok else 503, "ok\n" if ok else "nothing verified and applied yet\n", "text/plain"
-                    )
+                    self._answer(200 if ok else 503, "ok\n" if ok else "nothing verified yet\n", "text/plain")
                 else:
                     self._answer(404, "not found\n", "text/plain")
 

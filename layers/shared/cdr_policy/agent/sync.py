@@ -30,7 +30,8 @@ One ``sync_once`` (bounded by one overall deadline; the status is written whatev
    unexpired bundle applied (each object is stamped with its bundle's generation and expiry, so this
    holds after a restart too): a cluster cut off from the bucket does not enforce stale blocks
    forever, and a newer bundle that keeps failing one object keeps what it applied;
-8. write ``status/<cluster-id>.json`` to the distribution store (and ``status.json`` locally).
+8. write ``status/<cluster-id>.json`` to the distribution store (and ``status.json`` locally), with
+   the node readers' hits summed in (``hits``, given by ``hits.collect.HitsCollector``).
 
 Replay floor: the highest of the in-cluster record, the verified local ``applied.json`` and the
 ``cdr-policy.io/generation`` annotation of the owned live objects (in the cluster, or the files of
@@ -205,6 +206,7 @@ class Agent:
         drift_interval_s: float = DEFAULT_DRIFT_INTERVAL_S,
         sync_deadline_s: float = DEFAULT_SYNC_DEADLINE_S,
         status_heartbeat_s: float = DEFAULT_STATUS_HEARTBEAT_S,
+        hits: Callable[[datetime], dict[str, Any] | None] | None = None,
     ) -> None:
         if not layout.is_channel_name(channel):
             raise ConfigError(f"channel {channel!r}: use 1-32 lower-case letters, digits or '-'")
@@ -225,6 +227,7 @@ class Agent:
         self.max_shrink_percent = max_shrink_percent
         self.drift_interval_s = drift_interval_s
         self.status_heartbeat_s = status_heartbeat_s
+        self.hits = hits  # the node readers' hits, summed (``hits.collect``), for the status
         self._reported: tuple[bytes, float] | None = None  # (what the bucket's status says, when written)
         self.sync_deadline_s = sync_deadline_s
         self.labels = ownership_labels(channel)
@@ -602,14 +605,17 @@ class Agent:
             "apply_errors": list(self._apply_errors),
             "drift": dict(self._drift) if self._drift else None,
             "preflight": self._preflight.to_dict() if self._preflight is not None else None,
+            "hits": self.hits(now) if self.hits is not None else None,
         }
 
     def _report(self, status: dict[str, Any]) -> None:
         """The local status every poll; the bucket's when it says something new (anything but the
-        time of the poll and of the drift check) or the heartbeat is due."""
+        time of the poll and of the drift check, and the hit counts: that hits appear or go is news,
+        new counts ride on the next write, at most a heartbeat later) or the heartbeat is due."""
         self._state.save_status(status)
         drift = status["drift"] and {**status["drift"], "checked_at": None}
-        news = jsonio.dumps({**status, "last_poll": {**status["last_poll"], "at": None}, "drift": drift})
+        hits = status["hits"] is not None
+        news = jsonio.dumps({**status, "last_poll": {**status["last_poll"], "at": None}, "drift": drift, "hits": hits})
         now = time.monotonic()
         if (
             self._reported is not None

@@ -4,8 +4,10 @@ Without a sub-command it keeps the original operator's interface (``--once --hou
 --output --apply --interval --threat-intel --reputation-threshold --platform --gateway``) and runs
 the same library stages as the Lambda functions, against a local state directory instead of S3.
 
-Sub-commands: ``validate`` (check policy files against the CRDs and the safety checklist) and
-``agent`` (the in-cluster sync agent).
+Sub-commands: ``validate`` (check policy files against the CRDs and the safety checklist),
+``hits`` (attribute Tetragon and Hubble export events to our objects and their provenance) and
+``agent`` (the in-cluster sync agent); ``keygen``, ``publish``, ``channel`` and ``fleet`` for
+channels and fleets.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         prog="cdr-policy",
         description="Generate Tetragon TracingPolicies and Cilium network policies from Qualys CDR "
         "detections and threat-intel feeds.",
-        epilog="Sub-commands: validate, keygen, publish, channel, fleet, agent ('cdr-policy <sub-command> --help').",
+        epilog="Sub-commands: validate, keygen, publish, channel, fleet, hits, agent, hits-reader "
+        "('cdr-policy <sub-command> --help').",
     )
     p.add_argument(
         "--platform",
@@ -160,6 +163,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             from cdr_policy.cli.channels import publish_main
 
             return publish_main(argv[1:], env, _default_state_root(env))
+        if argv and argv[0] in ("hits", "hits-reader"):
+            from cdr_policy.cli import hits
+
+            return hits.hits_main(argv[1:]) if argv[0] == "hits" else hits.reader_main(argv[1:], env)
         if argv and argv[0] in ("channel", "fleet"):
             from cdr_policy.cli import fleet
 

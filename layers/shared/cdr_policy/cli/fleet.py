@@ -8,7 +8,9 @@ where needed, the state store:
 - ``cdr-policy channel approve``: approve a held bundle (Publish ships it on its next request);
 - ``cdr-policy channel rollback``: publish an earlier signed bundle of the channel again;
 - ``cdr-policy fleet status``: per cluster, from its status document: channel, applied bundle and
-  its age, whether it is behind its channel, drift, errors.
+  its age, whether it is behind its channel, drift, errors;
+- ``cdr-policy fleet hits``: what the clusters' node readers attributed, checked against each
+  cluster's own channel (``cli.hits``, ``hits.fleet``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cdr_policy.bundle.loader import Bundle, load_bundle, read_manifest
 from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.objects import ObjectRef, prefixes, ref_of
 from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer
+from cdr_policy.cli.hits import add_since, fleet_hits, fleet_hits_lines
 from cdr_policy.cli.parser import Parser
 from cdr_policy.errors import BundleError, ConfigError
 from cdr_policy.lambda_events import PublishRequest
@@ -114,7 +117,13 @@ def fleet_main(argv: list[str]) -> int:
     status = commands.add_parser("status", help="per cluster: channel, applied bundle, age, behind, drift, errors")
     _dist(status)
     status.add_argument("--json", action="store_true", help="print JSON")
+    hits = commands.add_parser("hits", help="what each indicator blocked, per feed, finding, category and cluster")
+    _dist(hits)
+    add_since(hits)
+    hits.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
+    if args.command == "hits":
+        return _print(fleet_hits(open_store(args.dist), args.since), args.json, fleet_hits_lines)
     return _print(fleet_status(open_store(args.dist), now=utcnow()), args.json, _fleet_lines)
 
 

@@ -1,6 +1,7 @@
 """One local run of ``cdr-policy`` (the original operator's ``--once`` loop body): the same stages
 as the Lambda functions (through :mod:`cdr_policy.wiring.local`), against a local state folder;
-then the rendered policies and ``report.json`` are copied into ``--output`` and the original's
+then the rendered policies, their provenance index (``provenance.json``, what ``cdr-policy hits``
+attributes events with) and ``report.json`` are copied into ``--output`` and the original's
 step-by-step summary is printed."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TextIO
 from cdr_policy import jsonio
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.reconcile import reconcile
+from cdr_policy.bundle import provenance
 from cdr_policy.cli.output import REPORT, check_output, replace_output
 from cdr_policy.policy import naming
 from cdr_policy.policy.output import PolicyFile
@@ -84,6 +86,7 @@ class LocalRun:
         rendered = local.render(self.ports, now=now)
         output = self.output
         files = {f.filename: f.to_bytes() for f in rendered.policies}
+        files[provenance.PATH] = rendered.bundle.files[provenance.PATH]
         replace_output(output, {**files, REPORT: jsonio.dumps_pretty(rendered.report)})
         self._summarise(output, rendered.policies, cdr)
         left_out = rendered.report["left_out_total"]

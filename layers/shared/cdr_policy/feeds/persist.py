@@ -17,8 +17,6 @@ one bad byte refuses the set. A million prefixes take about 3 MB and a fraction 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
@@ -32,7 +30,6 @@ from cdr_policy.observability import logger
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import parse_iso
 
-PREFIXES_FORMAT = "planes-zlib-v1"
 # A feed download is at most 64 MiB (``feeds.download.MAX_BYTES``) and every entry takes at least
 # eight bytes (``a.b.c.d`` and a newline): a set claiming more prefixes is refused before its
 # payload is inflated.
@@ -121,17 +118,12 @@ def dump_set(s: IndicatorSet) -> bytes:
     fp = s.prefixes
     if fp.held_back:
         raise ValueError(f"{s.source}: a set a render held back prefixes of is not stored")
-    packed = vector.pack(fp.ipv4, fp.ipv6)
     doc = IndicatorSet(s.source, s.fetched_at, s.status, [], s.behaviours, s.rejected, s.stats, s.error).to_dict()
     doc["prefixes"] = {
-        "format": PREFIXES_FORMAT,
         "category": fp.category,
         "last_seen": fp.last_seen,
         "expires_at": fp.expires_at,
-        "ipv4": packed.ipv4,
-        "ipv6": packed.ipv6,
-        "sha256": packed.sha256,
-        "data": base64.b64encode(packed.data).decode("ascii"),
+        **vector.to_fields(fp.ipv4, fp.ipv6),
     }
     return jsonio.dumps(doc)
 
@@ -153,9 +145,8 @@ def parse_set(raw: bytes, where: str) -> IndicatorSet:
         if compact["ipv4"] + compact["ipv6"] > MAX_FEED_PREFIXES:
             raise CdrPolicyError(f"{where}: compact prefixes refused: more than {MAX_FEED_PREFIXES} prefixes")
         try:
-            data = base64.b64decode(compact["data"], validate=True)
-            v4, v6 = vector.unpack(vector.Packed(data, compact["ipv4"], compact["ipv6"], compact["sha256"]))
-        except (binascii.Error, vector.PackError) as exc:
+            v4, v6 = vector.from_fields(compact)
+        except vector.PackError as exc:
             raise CdrPolicyError(f"{where}: compact prefixes refused: {exc}") from exc
         s.prefixes = FeedPrefixes(compact["category"], compact["last_seen"], compact["expires_at"], v4, v6)
     return s

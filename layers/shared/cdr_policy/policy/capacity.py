@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from cdr_policy.netprefix import BITS, Prefixes, last_address
 from cdr_policy.netprefix.aggregate import collapse
-from cdr_policy.netprefix.vector import collapse_v4, collapsed_size_v4, covered_v4
+from cdr_policy.netprefix.vector import V4, V6, collapse_v4, collapsed_size_v4, covered_v4
 from cdr_policy.policy.ranked import CDR, THREAT_INTEL, RankedTable
 
 OVER_BUDGET = "over budget"
@@ -36,6 +36,7 @@ class Cut:
     table: RankedTable
     keep: int = 0  # rows [0, keep) of the table are kept
     kept: dict[str, list[str]] = field(default_factory=dict)  # group -> aggregated prefixes, sorted
+    kept_arrays: dict[str, tuple[V4, V6]] = field(default_factory=dict)  # the same, as arrays
     # Below the cut: inside a kept prefix (of either blocklist, blocked all the same) or left out.
     covered: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     left_out: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
@@ -53,7 +54,14 @@ class Cut:
             "used": self.used,
             "covered": int(self.covered.sum()),
             "left_out": int(self.left_out.sum()),
+            "kept_by_hits": self.kept_by_hits,
         }
+
+    @property
+    def kept_by_hits(self) -> int:
+        """Entries the cut keeps that it would have left out had nothing fired in the fleet."""
+        without = self.table.rank_without_hits
+        return 0 if without is None else int((without[: self.keep] >= self.keep).sum())
 
 
 def _group_masks(table: RankedTable, upto: int) -> list[npt.NDArray[np.bool_]]:
@@ -106,6 +114,7 @@ def cut(table: RankedTable, limit: int) -> Cut:
         v6 = _collapse_v6(table.prefixes_v6(mask))
         if len(v4) or len(v6):
             result.kept[group] = v4.strings() + v6.strings()
+            result.kept_arrays[group] = (v4, V6(list(v6.networks), bytes(v6.lengths)))
     below = np.zeros(n, dtype=bool)
     below[keep:] = True
     result.covered = _covered(table, keep, below)

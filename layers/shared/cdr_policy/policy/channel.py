@@ -24,6 +24,9 @@ _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
 NETWORK_HOOKS = ("tcp_connect", "security_socket_connect")
 DOMAIN_MODES = ("report", "resolve")
+# What the clusters of a channel may report of the workloads behind their hits (``cdr_policy.hits``):
+# nothing at all, namespaces, namespaces and workloads (Deployment, DaemonSet ... names), or also pods.
+HIT_DETAILS = ("off", "namespace", "workload", "pod")
 # The largest capacity budget of either engine. Cilium puts every prefix of a CiliumCIDRGroup in
 # its IP cache, which holds 512,000 entries per node by default with the cluster's own endpoints;
 # and the bundle two such budgets make (about 21 MB in 128 files, from a feed of four million
@@ -115,6 +118,9 @@ class ChannelSettings:
     promoted_rules: tuple[str, ...] = ()
     # Kernel capabilities the channel's nodes are declared to have (see KernelCapabilities).
     kernel: KernelCapabilities = field(default_factory=KernelCapabilities)
+    # What the channel's clusters report of their hits (HIT_DETAILS): carried signed in the bundle's
+    # provenance index, so a cluster's readers and the fleet commands hold to it.
+    hit_detail: str = "workload"
 
     def __post_init__(self) -> None:
         if not is_channel_name(self.name):
@@ -171,6 +177,10 @@ class ChannelSettings:
             raise ConfigError(
                 f"channel {self.name}: domain_enforcement {self.domain_enforcement!r} is not one of "
                 f"{', '.join(DOMAIN_MODES)}"
+            )
+        if self.hit_detail not in HIT_DETAILS:
+            raise ConfigError(
+                f"channel {self.name}: hit_detail {self.hit_detail!r} is not one of {', '.join(HIT_DETAILS)}"
             )
         for attr in ("threat_intel", "deny_ports_to_world"):
             if not isinstance(getattr(self, attr), bool):

@@ -198,6 +198,14 @@ def assign_name(obj: dict[str, Any], purpose: str) -> str:
     return name
 
 
+_GENERATED = re.compile(r"^(" + "|".join(KIND_ABBREVIATION.values()) + r")-([a-z0-9-]+-)?[0-9a-f]{8}$")
+
+
+def is_generated_name(name: str) -> bool:
+    """A name ``assign_name`` could have given (``<kind>-<purpose>-<hash8>``)."""
+    return len(name) <= MAX_NAME and bool(_GENERATED.match(name))
+
+
 def ownership_labels(channel: str, component: str, **extra: str) -> dict[str, str]:
     labels = {MANAGED_BY_KEY: MANAGED_BY, CHANNEL_KEY: channel, COMPONENT_KEY: component}
     for key, value in extra.items():

@@ -10,6 +10,12 @@ the heaviest. Expired sets and entries never get here.
 
 The ranking is ``feeds.ranking``'s order (CDR detection, agreement between sources, reputation
 score, category weight, recency, then the value in numeric order, IPv4 first), one ``lexsort``.
+With the fleet's hits (``hits.fleet.Fired``: the addresses that fired anywhere), a feed entry
+holding an address that fired ranks above those that never fired *within its evidence class*
+(the same CDR flag, agreement, score and category weight), ahead of recency; CDR detections are
+never reordered by hits (they rank first whatever fired). The rank each row would have had
+without the hits is kept (``RankedTable.rank_without_hits``), so the report can say what the
+hits changed.
 
 The never-block guards are asked only about the prefixes that could concern them: those broader
 than the guard's minimum length and those that overlap a protected range (found with a binary
@@ -18,6 +24,7 @@ search over the protected ranges, all at once); everything else is outside every
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -119,6 +126,8 @@ class RankedTable:
     pair_source: Column
     sources: list[str]
     objects: list[Indicator]
+    fired: Column | None = None  # per row: a feed entry holding an address that fired
+    rank_without_hits: Column | None = None  # per row: its rank had nothing fired
 
     def __len__(self) -> int:
         return len(self.version)
@@ -165,10 +174,12 @@ def rank_ips(
     *,
     now: datetime,
     guard: Guard,
+    fired: tuple[V4, V6] | None = None,
 ) -> Ranking:
     """Merge, filter through ``guard`` and rank (see the module docstring). ``indicators`` are
     per-entry IP indicators merged by value and already checked by the guard; ``feed_sets`` are the
-    compact sets in force (their prefixes are checked here)."""
+    compact sets in force (their prefixes are checked here); ``fired``: the addresses that fired in
+    the fleet (full-length prefixes, sorted)."""
     rows = _Rows([], [], [], [], [], [], [], [], [], [], [])
     sources: dict[str, int] = {}
     _add_indicators(rows, indicators, sources)
@@ -181,7 +192,28 @@ def rank_ips(
     table, pairs = _merge(rows)
     keep = _guard_mask(table, guard, rejected, pairs, list(sources))
     unranked = {name: n for name, fp in sorted(live.items()) if (n := fp.held_back + len(fp) - room[name])}
-    return Ranking(_ranked(table, pairs, keep, list(sources), list(indicators)), rejected, unranked)
+    hit = _fired_rows(table, fired) if fired is not None else None
+    return Ranking(_ranked(table, pairs, keep, list(sources), list(indicators), hit), rejected, unranked)
+
+
+def _fired_rows(merged: _Merged, fired: tuple[V4, V6]) -> Column:
+    """Per merged row: a feed entry (no CDR detection) whose prefix holds an address that fired."""
+    v4, v6 = fired
+    out = np.zeros(len(merged.version), dtype=bool)
+    rows = np.flatnonzero((merged.version == 4) & ~merged.cdr)
+    if len(rows) and len(v4):
+        addresses = v4.networks.astype(np.int64)
+        first, last = intervals_v4(merged.lo[rows], merged.length[rows])
+        at = np.searchsorted(addresses, first, side="left")
+        inside = at < len(addresses)
+        out[rows[inside]] = addresses[at[inside]] <= last[inside]
+    if len(v6):
+        for row in np.flatnonzero((merged.version == 6) & ~merged.cdr).tolist():
+            network = int(merged.hi[row]) << 64 | int(merged.lo[row])
+            i = bisect.bisect_left(v6.networks, network)
+            end = network | ((1 << (BITS[6] - int(merged.length[row]))) - 1)
+            out[row] = i < len(v6) and v6.networks[i] <= end
+    return out
 
 
 def hold_to_room(sets: Sequence[IndicatorSet], *, now: datetime) -> None:
@@ -432,21 +464,32 @@ def _bounds(merged: _Merged, picked: Column, version: int) -> tuple[np.ndarray, 
     return np.array(firsts, dtype=object), np.array(lasts, dtype=object)
 
 
-def _ranked(merged: _Merged, pairs: _Pairs, keep: Column, sources: list[str], objects: list[Indicator]) -> RankedTable:
+def _ranked(
+    merged: _Merged,
+    pairs: _Pairs,
+    keep: Column,
+    sources: list[str],
+    objects: list[Indicator],
+    fired: Column | None = None,
+) -> RankedTable:
     everything = bool(keep.all())
     rows = np.flatnonzero(keep)
     sel: slice | Column = slice(None) if everything else rows
-    ranked = _lexsort(
-        [
-            *_value_keys(merged.version[sel], merged.hi[sel], merged.lo[sel], merged.length[sel]),
-            -merged.last_seen[sel],
-            -merged.weight[sel].astype(np.int32),
-            -merged.score[sel].astype(np.int32),
-            -merged.n_sources[sel],
-            ~merged.cdr[sel],
-        ]
-    )
+
+    def keys(hits: Column | None) -> list[Column]:
+        evidence = [-merged.weight[sel].astype(np.int32), -merged.score[sel].astype(np.int32)]
+        evidence += [-merged.n_sources[sel], ~merged.cdr[sel]]
+        value = _value_keys(merged.version[sel], merged.hi[sel], merged.lo[sel], merged.length[sel])
+        return [*value, -merged.last_seen[sel], *([] if hits is None else [~hits[sel]]), *evidence]
+
+    ranked = _lexsort(keys(fired))
     order = rows if ranked is None else rows[ranked]
+    without: Column | None = None
+    if fired is not None and bool(fired[rows].any()):
+        plain = _lexsort(keys(None))
+        rank_plain = np.empty(len(merged.version), dtype=np.int64)
+        rank_plain[rows if plain is None else rows[plain]] = np.arange(len(rows))
+        without = rank_plain[order]
 
     def take(column: Column) -> Column:
         return column if everything and ranked is None else column[order]
@@ -467,4 +510,6 @@ def _ranked(merged: _Merged, pairs: _Pairs, keep: Column, sources: list[str], ob
         pair_source=pairs.source[live],
         sources=sources,
         objects=objects,
+        fired=None if fired is None else fired[order],
+        rank_without_hits=without,
     )

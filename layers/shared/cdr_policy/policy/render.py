@@ -9,10 +9,14 @@ policy files and report.
 3. Every prefix goes through the never-block list again: the caller's guard and the channel's
    ``protected_cidrs`` (its pod, service and node ranges). Refusals are reported, never silent.
 4. The remaining prefixes, with the compact feed sets' (a million prefixes as arrays), are merged
-   by value and ranked (``policy.ranked``) and cut to the channel's Tetragon and Cilium budgets
-   (``policy.capacity``); what is left out is counted and the best-ranked of it listed with its rank.
+   by value and ranked (``policy.ranked``; with the fleet's hits, a feed entry that fired ranks
+   first in its evidence class) and cut to the channel's Tetragon and Cilium budgets
+   (``policy.capacity``); what is left out is counted and the best-ranked of it listed with its
+   rank; ``hits`` and each budget's ``kept_by_hits`` say what the hits changed.
 5. Objects: behaviour policies per CDR rule (``policy.behaviours``), Tetragon blocklists
-   (``cdr`` and ``threat-intel``), Cilium groups and policies (``policy.cilium``).
+   (``cdr`` and ``threat-intel``), Cilium groups and policies (``policy.cilium``), and their
+   provenance index (``policy.provenance``): which feed, finding and category each prefix, port
+   and rule comes from.
 6. The checker runs on every object (checklist always; CRD schemas when ``schemas`` is given) and
    an error stops the render with ``PolicyCheckError``: nothing that fails is ever shipped.
 
@@ -33,8 +37,10 @@ import numpy as np
 import numpy.typing as npt
 from aws_lambda_powertools.metrics import MetricUnit
 
+from cdr_policy.bundle.provenance import ProvenanceIndex
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.guards import NeverBlock, parse_protected
+from cdr_policy.hits.fleet import Fired
 from cdr_policy.models import MAX_REFS, Behaviour, Indicator, IndicatorSet, Rejection
 from cdr_policy.netprefix import parse_explicit
 from cdr_policy.observability import logger, metrics
@@ -47,6 +53,7 @@ from cdr_policy.policy.domains import Resolver, handle_domains
 from cdr_policy.policy.merge import merge_indicators
 from cdr_policy.policy.output import ObjectMeta, PolicyFile
 from cdr_policy.policy.ports import parse_port, port_refusal
+from cdr_policy.policy.provenance import build_index
 from cdr_policy.policy.ranked import CDR, MAX_RANKED_FEED_PREFIXES, THREAT_INTEL, RankedTable, rank_ips
 from cdr_policy.policy.scoping import MAX_WORKLOAD_POLICIES, Placement, place_evidence
 from cdr_policy.policy.tetragon import Enforcement
@@ -68,6 +75,7 @@ _MESSAGE = {
 class RenderResult:
     files: list[PolicyFile]
     report: dict[str, Any]
+    provenance: ProvenanceIndex
 
 
 class GuardChain:
@@ -115,9 +123,12 @@ def compile_policies(
     guard: NeverBlock,
     schemas: SchemaSet | None = None,
     resolver: Resolver | None = None,
+    fired: Fired | None = None,
 ) -> RenderResult:
     """Render one channel (see the module docstring). Raises ``ConfigError`` for a channel that
-    cannot be served (Cilium < 1.16) and ``PolicyCheckError`` when an object fails the checker."""
+    cannot be served (Cilium < 1.16) and ``PolicyCheckError`` when an object fails the checker.
+    ``fired``: what fired in the fleet (``hits.fleet``), which reorders feed entries within their
+    evidence class when a budget cuts."""
     cilium.require_supported(channel)
     guards = GuardChain(
         [guard]
@@ -128,7 +139,9 @@ def compile_policies(
         )
     )
     inputs = _collect(sets, channel, now=now, guards=guards, resolver=resolver)
-    ranking = rank_ips(inputs.ips, inputs.feed_sets, now=now, guard=guards)
+    ranking = rank_ips(
+        inputs.ips, inputs.feed_sets, now=now, guard=guards, fired=(fired.v4, fired.v6) if fired else None
+    )
     inputs.rejected.extend(ranking.rejected)
     unranked = sum(ranking.unranked.values())
     inputs.report["indicators"]["ips"] = (
@@ -171,6 +184,7 @@ def compile_policies(
         "policies": [f.summary() for f in files],
         "behaviours": behaviour_report,
         "budget": {"tetragon": tetragon_cut.report(), "cilium": cilium_cut.report()},
+        "hits": _hits_report(ranking.table, fired),
         "left_out": left_out,
         "left_out_total": left_out_total,
         "left_out_unranked": ranking.unranked,
@@ -190,7 +204,18 @@ def compile_policies(
             "rejected": len(rejected),
         },
     )
-    return RenderResult(files=files, report=report)
+    index = build_index(
+        channel.name,
+        channel.hit_detail,
+        cuts={"tetragon": tetragon_cut, "cilium": cilium_cut},
+        files=files,
+        ports=inputs.ports,
+        behaviours=inputs.behaviours,
+        feed_categories={
+            s.source.removeprefix("feed:"): s.prefixes.category for s in inputs.feed_sets if s.prefixes is not None
+        },
+    )
+    return RenderResult(files=files, report=report, provenance=index)
 
 
 def _collect(
@@ -490,6 +515,20 @@ def _refs(refs: Iterable[str]) -> str:
     unique = sorted(set(refs))
     shown = ",".join(unique[:MAX_REFS_ANNOTATION])
     return f"{shown} (+{len(unique) - MAX_REFS_ANNOTATION} more)" if len(unique) > MAX_REFS_ANNOTATION else shown
+
+
+def _hits_report(table: RankedTable, fired: Fired | None) -> dict[str, Any] | None:
+    """What the fleet's hits changed in the ranking: the feed entries that fired, and how many
+    entries moved (what each budget kept only because of them is in ``budget``)."""
+    if fired is None:
+        return None
+    without = table.rank_without_hits
+    return {
+        "since": fired.since,
+        "until": fired.until,
+        "fired": int(table.fired.sum()) if table.fired is not None else 0,
+        "rank_changes": 0 if without is None else int((without != np.arange(len(without))).sum()),
+    }
 
 
 def _check(files: list[PolicyFile], schemas: SchemaSet | None, guards: GuardChain) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
+from cdr_policy import jsonio
 from cdr_policy.errors import CdrPolicyError
 
 # What a schema may say: the assertions and applicators implemented below, and annotations.
@@ -166,7 +167,7 @@ class Schema:
             extra = [key for key in value if key not in properties]
             if schema["additionalProperties"] is False:
                 if extra:
-                    yield path, f"has properties the schema does not allow ({', '.join(map(repr, sorted(extra)))})"
+                    yield path, f"has {len(extra)} propert{'y' if len(extra) == 1 else 'ies'} the schema does not allow"
             else:
                 for key in extra:
                     yield from self.errors(value[key], schema["additionalProperties"], (*path, key))
@@ -219,6 +220,19 @@ def schema_errors(document: Any, name: str) -> list[str]:
     schema = _schema(name)
     errors = sorted(schema.errors(document, schema.root, ()), key=lambda e: (list(map(str, e[0])), e[1]))
     return [f"{'/'.join(map(str, path)) or '<root>'}: {message}" for path, message in errors]
+
+
+def load_checked(data: bytes, name: str) -> Any:
+    """The JSON document in ``data`` when it matches schema ``name``; ValueError saying what is
+    wrong (not JSON, or the first schema errors), never quoting the document."""
+    try:
+        doc = jsonio.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError("not JSON") from exc
+    errors = schema_errors(doc, name)
+    if errors:
+        raise ValueError("; ".join(errors[:5]))
+    return doc
 
 
 def validate(document: Any, name: str) -> None:

@@ -3,12 +3,14 @@
 Reads every set under ``indicators/`` (``last_good``: a set that cannot be read is replaced by its
 last good copy, named in each channel's report and counted in the ``IndicatorSetUnreadable``
 metric, so that one bad input never stops the re-renders that keep the channels signed; of the
-compact feed sets it holds only what a ranking can take, ``policy.ranked.hold_to_room``), compiles
-each channel's policies (``policy.render``), assembles the bundle (``bundle.assemble``) and, when
-its digest is new for the channel, writes its files, ``report.json`` and then ``bundle.json``
-last, and moves the channel's latest-render pointer. Then it asks for a publish of every channel,
-changed or not: Publish does nothing for a current bundle until half its lifetime has passed and
-then re-signs it, so a quiet channel's manifest never expires under its agents.
+compact feed sets it holds only what a ranking can take, ``policy.ranked.hold_to_room``) and what
+fired in the fleet (``hits/fleet.json``, HitsRollup's; ranked without it when it is missing, broken
+or stale), compiles each channel's policies (``policy.render``), assembles the bundle
+(``bundle.assemble``) and, when its digest is new for the channel, writes its files,
+``report.json`` and then ``bundle.json`` last, and moves the channel's latest-render pointer. Then
+it asks for a publish of every channel, changed or not: Publish does nothing for a current bundle
+until half its lifetime has passed and then re-signs it, so a quiet channel's manifest never
+expires under its agents.
 
 Output is deterministic: the same sets, channels and clock give byte-identical files and digests.
 """
@@ -27,6 +29,7 @@ from cdr_policy import jsonio, layout
 from cdr_policy.bundle.assemble import assemble
 from cdr_policy.bundle.loader import Bundle
 from cdr_policy.guards import NeverBlock
+from cdr_policy.hits.fleet import Fired, load_fired
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.last_good import LoadedSets, load_indicator_sets
 from cdr_policy.observability import logger, metrics
@@ -72,11 +75,14 @@ def run_render(
     kept once the next one starts."""
     loaded = load_indicator_sets(state, after_each=functools.partial(hold_to_room, now=now), now=now)
     _alarm(loaded)
+    fired = load_fired(state, now=now)
     if crds is None:
         logger.info("no CRDs to check against: checking against the safety checklist only")
     last_run = read_last_run(state)
     return [
-        _render_channel(state, channel, loaded, last_run, now=now, guard=guard, crds=crds, publish=publish, each=each)
+        _render_channel(
+            state, channel, loaded, last_run, now=now, guard=guard, crds=crds, publish=publish, each=each, fired=fired
+        )
         for channel in channels
     ]
 
@@ -105,9 +111,10 @@ def _render_channel(
     crds: SchemaSet | None,
     publish: PublishPort | None,
     each: Callable[[RenderedChannel], None] | None,
+    fired: Fired | None,
 ) -> RenderSummary:
-    result = compile_policies(loaded.sets, channel, now=now, guard=guard, schemas=crds)
-    bundle = assemble(result.files, channel, now=now)
+    result = compile_policies(loaded.sets, channel, now=now, guard=guard, schemas=crds, fired=fired)
+    bundle = assemble(result.files, channel, now=now, index=result.provenance)
     changed = _latest_digest(state, channel.name) != bundle.digest
     report = bundle_report(result.report, loaded.sets, last_run, now=now, unreadable=loaded.unreadable)
     if changed:

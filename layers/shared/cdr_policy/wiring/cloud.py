@@ -175,3 +175,10 @@ def publish(settings: Settings, request: PublishRequest, *, now: datetime | None
         approvers=approvers,
     )
     return result.to_dict()
+
+
+def hits_rollup(settings: Settings, *, now: datetime | None = None) -> dict[str, Any]:
+    """HitsRollup: what fired in the fleet (``hits/fleet.json``), for Render."""
+    from cdr_policy.stages.hits_rollup import run_hits_rollup
+
+    return run_hits_rollup(_state(settings), _dist(settings), now=now or utcnow())

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cdr_policy import layout
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.policy.checker.check import CIDR_GROUP_KIND, CILIUM_POLICY_KINDS, check_object
 from cdr_policy.policy.checker.common import BlockGuard, as_dict
@@ -21,18 +22,20 @@ from cdr_policy.policy.naming import COMPONENT_CIDR_GROUP, COMPONENT_KEY, MANAGE
 from cdr_policy.policy.serialize import load_yaml_documents
 
 _SUFFIXES = (".yaml", ".yml", ".json")
-# The run report the CLI writes beside the policies: not a Kubernetes object.
-REPORT_FILE = "report.json"
+# The run report and the provenance index the CLI writes beside the policies: not Kubernetes objects.
+NOT_OBJECTS = frozenset({"report.json", layout.PROVENANCE_FILE})
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named on the command line, and the policy files in directories (``report.json`` aside)."""
+    """Files named on the command line, and the policy files in directories (``NOT_OBJECTS`` aside)."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             files.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES and p.name != REPORT_FILE)
+                sorted(
+                    p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES and p.name not in NOT_OBJECTS
+                )
             )
         elif path.is_file():
             files.append(path)
