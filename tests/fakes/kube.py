@@ -30,6 +30,7 @@ import copy
 import itertools
 import json
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -148,9 +149,11 @@ class FakeKubeAPI(LoopbackServer):
         validator: Validator | None = None,
         config_maps: Mapping[tuple[str, str], dict[str, str]] | None = None,
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``config_maps``: ``{(namespace, name): data}`` (default ``DEFAULT_CONFIG_MAPS``); ``port``: where to
-        listen (0: any free port; a given one, to come back where a client expects it after an outage)."""
+        listen (0: any free port; a given one, to come back where a client expects it after an outage);
+        ``tls``: serve HTTPS, as a real API server does (a pod's in-cluster configuration speaks only HTTPS)."""
         self.crds = [copy.deepcopy(c) for c in crds] or [copy.deepcopy(c) for c in DEFAULT_CRDS]
         self.validator = validator
         self.token = secrets.token_urlsafe(24)
@@ -184,7 +187,7 @@ class FakeKubeAPI(LoopbackServer):
         class Handler(_Handler):
             fake = api
 
-        super().__init__(Handler, port=port)
+        super().__init__(Handler, port=port, tls=tls)
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig whose current context is this fake (token authentication)."""

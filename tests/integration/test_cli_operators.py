@@ -5,8 +5,11 @@ and a traceback when a fake's port is taken."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shlex
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -124,6 +127,33 @@ def test_an_interrupted_write_leaves_the_previous_complete_set(env, tmp_path, ca
     assert run(["--once", f"--output={out_dir}"], env, capsys)[0] == 0
     assert (out_dir / "kustomization.yaml").read_text() == "resources: []\n"
     assert not list(tmp_path.glob(".policies.*"))
+
+
+def test_a_mount_point_is_filled_in_place(env, feed_files_env, tmp_path, capsys, monkeypatch):
+    """The CronJob's ``--output=/policies`` is an emptyDir under a read-only root: the folder cannot be
+    swapped (a mount point cannot be renamed, its parent is read-only), so its content is replaced.
+    (tests/infra/test_image.py runs that command line in the image, on a real mount.)"""
+    out_dir = tmp_path / "policies"
+    out_dir.mkdir()
+    (out_dir / "kustomization.yaml").write_text("resources: []\n")
+    real_ismount, real_rename = os.path.ismount, Path.rename
+
+    def rename(self, target):
+        if self == out_dir:
+            raise OSError(errno.EBUSY, "Device or resource busy")  # what renaming a mount point gets
+        return real_rename(self, target)
+
+    monkeypatch.setattr(output_module.os.path, "ismount", lambda p: Path(p) == out_dir or real_ismount(p))
+    monkeypatch.setattr(output_module.Path, "rename", rename)
+    assert run(["--once", "--threat-intel", f"--feeds={feed_files_env}", f"--output={out_dir}"], env, capsys)[0] == 0
+    with_feeds = {p.name for p in out_dir.iterdir()}
+    assert run(["--once", f"--output={out_dir}"], env, capsys)[0] == 0
+    without_feeds = {p.name for p in out_dir.iterdir()}
+
+    assert "kustomization.yaml" in without_feeds and "report.json" in without_feeds
+    assert without_feeds < with_feeds, "the feeds' policies of the first run are gone"
+    assert not [p for p in without_feeds if p.startswith(".")]
+    assert not list(tmp_path.glob(".policies.*")), "nothing is written beside the mount point"
 
 
 @pytest.mark.parametrize("module", ["tests.fakes.feeds", "tests.fakes.qualys"])
