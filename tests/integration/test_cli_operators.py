@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import errno
 import json
-import shlex
 import os
-import socket
+import shlex
 import subprocess
 import sys
 import time
