@@ -60,8 +60,8 @@ infra: venv tools
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest tests/infra $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check layers functions tests demo benchmarks
-	$(BIN)/ruff format --check layers functions tests demo benchmarks
+	$(BIN)/ruff check layers functions fakes tests demo benchmarks
+	$(BIN)/ruff format --check layers functions fakes tests demo benchmarks
 	$(BIN)/mypy
 	$(BIN)/hadolint deploy/agent/Dockerfile
 
@@ -91,7 +91,7 @@ costs: venv
 	$(BIN)/python -m demo.costs $(COSTS_ARGS)
 
 fake-gateway: venv
-	$(BIN)/python -m tests.fakes.qualys --rebase-timestamps $(GATEWAY_ARGS)
+	$(BIN)/python -m fakes.qualys --rebase-timestamps $(GATEWAY_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .aws-sam .pytest_cache .hypothesis demo-output

@@ -69,7 +69,7 @@ from cdr_policy.storage import LocalStore, S3Store, Store
 from cdr_policy.timeutil import utcnow
 from demo.costs import S3_PRICE_PER_1000, counting_moto_server, s3_price_class
 from demo.runner import CHANNELS
-from tests.fakes.aws import REGION
+from fakes.aws import REGION
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnProcess

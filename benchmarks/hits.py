@@ -2,8 +2,8 @@
 
 1. A bundle of the largest budgets a channel may have: 250,000 threat-intel prefixes held by both
    engines (63 Tetragon parts and one Cilium policy), their provenance index built from arrays,
-   signed with a local key and published into a folder (``tests.fakes.published``).
-2. Exports written as Tetragon and Hubble write them (``tests.fakes.exports``): ``size`` bytes in
+   signed with a local key and published into a folder (``fakes.published``).
+2. Exports written as Tetragon and Hubble write them (``fakes.exports``): ``size`` bytes in
    all (two thirds Tetragon), in which most lines are events of the bundle's objects to addresses
    across the prefixes, from a thousand workloads of fifty namespaces (so that the node's table
    fills, folds and drops), and the rest are other policies' events, forwarded flows and a
@@ -35,8 +35,8 @@ from cdr_policy.netprefix.vector import V4, V6
 from cdr_policy.policy.tetragon import PREFIXES_PER_POLICY
 from cdr_policy.storage import LocalStore
 from cdr_policy.timeutil import utcnow
-from tests.fakes.exports import Workload, hubble_flow, tetragon_connect
-from tests.fakes.published import publish_index
+from fakes.exports import Workload, hubble_flow, tetragon_connect
+from fakes.published import publish_index
 
 DEFAULT_BYTES = 1 << 30
 PREFIXES = 250_000

@@ -72,7 +72,7 @@ LAMBDA_PYTHON = (sys.executable, "-S")
 def lambda_env(layer: Path) -> dict[str, str]:
     """The environment for ``LAMBDA_PYTHON``: the layer's ``python/`` folder first (Lambda's
     ``/opt/python``), then this repository for the benchmark's own harness (``benchmarks``,
-    ``tests.fakes.lambda_runtime``, standard library only; ``cdr_policy`` is not there).
+    ``fakes.lambda_runtime``, standard library only; ``cdr_policy`` is not there).
 
     ``LAMBDA_TASK_ROOT`` (the function's code folder) is set as Lambda sets it: the X-Ray SDK and
     Powertools' Tracer decide at import whether they run in Lambda by it. Without it the SDK builds

@@ -8,7 +8,7 @@ in its own process (``benchmarks.measure``), all in one run, so that ratios comp
     Both runs use a fresh state directory, the repository's fake Qualys gateway and a loopback
     feed server (``demo``); the million-address output is checked: policies written, the budget
     respected, the left-out entries reported.
-(c) The four handlers of the stack deployed from template.yaml on a moto server (``tests.fakes.stack``,
+(c) The four handlers of the stack deployed from template.yaml on a moto server (``fakes.stack``,
     as ``make demo``, without IAM checks; each with its deployed environment and role; CdrFetch against
     the fake Qualys gateway) with the same feed and the upstream CRDs (when ``../shared/crds`` is there:
     the schema checks run too), each in a process that sees only the built layer (``build_layer``):
@@ -98,8 +98,8 @@ def _cli(work: Path, big: Path, small: Path, iprange: str | None, repeat: int) -
     """``repeat`` interleaved rounds of the small run, the big run and iprange; medians."""
     from cdr_policy.timeutil import utcnow
     from demo.runner import FINDINGS
-    from tests.fakes.feeds import FeedServer
-    from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+    from fakes.feeds import FeedServer
+    from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
     runs: dict[str, list[dict[str, Any]]] = {"small": [], "big": [], "iprange": []}
     with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gateway, FeedServer(root=work) as server:
@@ -169,11 +169,11 @@ LOGICAL["publish"] = "PublishFunction"
 def _handlers(work: Path, big: Path, layer: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from cdr_policy.timeutil import utcnow
     from demo.runner import FINDINGS, create_qualys_secret, onboard_cluster
-    from tests.fakes.aws import moto_server
-    from tests.fakes.feeds import FeedServer
-    from tests.fakes.lambda_runtime import LambdaService
-    from tests.fakes.qualys import FakeQualysGateway
-    from tests.fakes.stack import deploy
+    from fakes.aws import moto_server
+    from fakes.feeds import FeedServer
+    from fakes.lambda_runtime import LambdaService
+    from fakes.qualys import FakeQualysGateway
+    from fakes.stack import deploy
 
     results: dict[str, Any] = {}
     with (
@@ -181,7 +181,7 @@ def _handlers(work: Path, big: Path, layer: Path) -> tuple[dict[str, Any], dict[
         FeedServer(root=work) as feeds_server,
         FakeQualysGateway(FINDINGS, rebase_to=utcnow(), tls=server.tls.server_context()) as gateway,
     ):
-        # template.yaml deployed as make demo deploys it (tests.fakes.stack), without IAM checks
+        # template.yaml deployed as make demo deploys it (fakes.stack), without IAM checks
         create_qualys_secret(server, "cdr-policy/qualys")
         parameters = {"Environment": "bench", "QualysGatewayUrl": gateway.url}
         stack = deploy(server, name="cdr-policy-bench", parameters=parameters)

@@ -52,7 +52,7 @@ SCHEDULED = ("cdr_fetch", "feed_sync")
 
 
 def run_handler(name: str) -> dict[str, Any]:
-    from tests.fakes.lambda_runtime import LambdaContext, drain_queue, load_handler
+    from fakes.lambda_runtime import LambdaContext, drain_queue, load_handler
 
     before = set(sys.modules)
     started = time.perf_counter()
@@ -102,7 +102,7 @@ def run_import(name: str, modules_file: str | None = None) -> dict[str, Any]:
             failed = _import_all(modules)
             elapsed = time.perf_counter() - started
     else:
-        from tests.fakes.lambda_runtime import load_handler
+        from fakes.lambda_runtime import load_handler
 
         started = time.perf_counter()
         load_handler(name)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from cdr_policy.policy.checker import SchemaSet, check_files
 from demo.runner import CHANNELS, DemoFailure, run_pipeline
-from tests.fakes.aws import MotoServerError, moto_server
-from tests.fakes.lambda_runtime import REPO
-from tests.fakes.stack import TEMPLATE, StackError
+from fakes.aws import MotoServerError, moto_server
+from fakes.lambda_runtime import REPO
+from fakes.stack import TEMPLATE, StackError
 
 
 def _default_crds() -> str | None:

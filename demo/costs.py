@@ -3,7 +3,7 @@
     python -m demo.costs [--output DIR]
 
 Runs the demo (``demo.runner.run_pipeline``: template.yaml deployed, then the flow) against an in-process
-moto server (tests/fakes/moto_server.py, without IAM checks) whose WSGI application is wrapped in a
+moto server (fakes/moto_server.py, without IAM checks) whose WSGI application is wrapped in a
 counter, then starts one agent per channel again (a restarted agent: nothing cached) and polls each twice
 more (the second poll is a fleet's steady state: nothing changed), and prints the requests by stage and
 API operation with each stage's wall time. The deployment and what Lambda reads of the stack count as
@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 import httpx
 
 from demo.runner import demo_agents, quiet_logs, run_pipeline
-from tests.fakes.aws import moto_server
+from fakes.aws import moto_server
 
 # The runner announces each stage as "[n/6] Name ..."; requests are booked to the stage last announced.
 _STAGE = re.compile(r"^\[\d/\d\] (\S+)")

@@ -1,6 +1,6 @@
 """``make demo``, the last step: what the published indicators blocked, back from the clusters.
 
-Export lines in Tetragon's and Hubble's formats (``tests/fakes/exports.py``) are written on the demo
+Export lines in Tetragon's and Hubble's formats (``fakes/exports.py``) are written on the demo
 clusters' nodes for objects of the bundles their channels ship (kills, drops, an audit verdict,
 a behaviour rule, and lines that are not ours: another policy, a forwarded flow, a broken line);
 the node readers follow them and report to their agents, the agents put the sums in their status,
@@ -24,7 +24,7 @@ from cdr_policy.hits.reader import IndexFollower, Reader
 from cdr_policy.hits.reports import DirectoryReports
 from cdr_policy.storage import LocalStore, S3Store
 from cdr_policy.timeutil import utcnow
-from tests.fakes.exports import Workload, hubble_flow, tetragon_connect, tetragon_exec
+from fakes.exports import Workload, hubble_flow, tetragon_connect, tetragon_exec
 
 if TYPE_CHECKING:
     from demo.runner import PipelineResult

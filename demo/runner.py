@@ -34,11 +34,11 @@ from cdr_policy.observability import logger
 from cdr_policy.storage import LocalStore, S3Store
 from cdr_policy.timeutil import utcnow
 from demo.hits import run_hits
-from tests.fakes.aws import ACCOUNT, MotoServer
-from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
-from tests.fakes.lambda_runtime import REPO, Delivery, Invocation, LambdaService
-from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-from tests.fakes.stack import CLUSTER_ACCESS, TEMPLATE, Stack, deploy
+from fakes.aws import ACCOUNT, MotoServer
+from fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+from fakes.lambda_runtime import REPO, Delivery, Invocation, LambdaService
+from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from fakes.stack import CLUSTER_ACCESS, TEMPLATE, Stack, deploy
 
 FINDINGS = REPO / "events" / "findings"
 # The demo agents check for drift this often (a cluster's agent: --drift-interval, default 5 min).
@@ -199,7 +199,7 @@ def run_pipeline(
             else f"AWS: moto at {server.url}"
         )
         say(f"Qualys gateway (fake): {gateway.url}   feeds: {feeds.url('/')}")
-        from tests.fakes.stack import load_template
+        from fakes.stack import load_template
 
         secret = str(load_template(template)["Parameters"]["QualysSecretName"]["Default"])
         create_qualys_secret(server, secret)

@@ -69,7 +69,7 @@ def shared_feeds_dir() -> Path:
 
 @pytest.fixture
 def lambda_context():
-    from tests.fakes.lambda_runtime import LambdaContext
+    from fakes.lambda_runtime import LambdaContext
 
     return LambdaContext("test-function")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.stack import code_folders, load_template, sam_transform
+from fakes.stack import code_folders, load_template, sam_transform
 from tests.infra.support import REPO, Resolver
 
 

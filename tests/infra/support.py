@@ -1,6 +1,6 @@
 """Helpers of the infrastructure tests: the repository, the command-line tools of the virtualenv, and a
 resolver for the few intrinsic functions the template uses in names and environment variables.
-(Templates are read with tests/fakes/stack.py's ``load_template``.)"""
+(Templates are read with fakes/stack.py's ``load_template``.)"""
 
 from __future__ import annotations
 

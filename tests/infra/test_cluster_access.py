@@ -33,8 +33,8 @@ from cdr_policy.cli.fleet import fleet_status
 from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.storage import S3Store, open_store
 from cdr_policy.timeutil import utcnow
-from tests.fakes.aws import REGION, MotoServer, moto_server
-from tests.fakes.stack import load_template
+from fakes.aws import REGION, MotoServer, moto_server
+from fakes.stack import load_template
 from tests.infra.support import ACCOUNT, REPO, checkov, run, tool
 from tests.unit.bundle.factory import ips, network_bundle, render
 

@@ -9,7 +9,7 @@ import pytest
 
 from demo.costs import S3_PRICE_PER_1000, measure, operation, s3_price_class, table
 from demo.runner import CHANNELS
-from tests.fakes.lambda_runtime import REPO
+from fakes.lambda_runtime import REPO
 
 pytestmark = [pytest.mark.infra, pytest.mark.integration]
 

@@ -240,8 +240,8 @@ def test_the_cronjob_command_line_applies_within_its_grants(objects, tmp_path, c
     from cdr_policy.cli import main
     from cdr_policy.timeutil import utcnow
     from demo.runner import FINDINGS
-    from tests.fakes.kube import FakeKubeAPI
-    from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+    from fakes.kube import FakeKubeAPI
+    from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
     _, pod, container = generator(objects)
     folders = {path: tmp_path / m["name"] for path, m in mounts(pod, container).items()}

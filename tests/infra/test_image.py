@@ -29,9 +29,9 @@ from cdr_policy.bundle.signing import LocalSigner, generate_local_key
 from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.storage import LocalStore
 from cdr_policy.timeutil import utcnow
-from tests.fakes.kube import FakeKubeAPI
-from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-from tests.fakes.tls import self_signed, server_context
+from fakes.kube import FakeKubeAPI
+from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from fakes.tls import self_signed, server_context
 from tests.infra.manifests import DEPLOY, by_kind, expand, kustomize, mounts, one, pod_environment, pod_spec
 from tests.infra.support import REPO
 from tests.infra.test_cronjob_deploy import USER_ENV, readme_objects

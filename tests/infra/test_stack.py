@@ -1,7 +1,7 @@
-"""template.yaml deployed on moto (tests/fakes/stack.py) is template.yaml: what the stack holds, read back
+"""template.yaml deployed on moto (fakes/stack.py) is template.yaml: what the stack holds, read back
 through each service's own API, is what the template says, resolved here independently of moto (ARNs in
 AWS's documented formats). That covers the resource types moto's CloudFormation lacks and the properties
-it ignores, which tests/fakes/moto_server.py creates by hand; and the IAM checks that server adds to
+it ignores, which fakes/moto_server.py creates by hand; and the IAM checks that server adds to
 moto's (resources of KMS, DynamoDB and Secrets Manager requests, S3's IAM action names, conditions)
 are shown to refuse what AWS refuses and allow what it allows."""
 
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.fakes import moto_server as filled
-from tests.fakes.aws import ACCOUNT, REGION, MotoServer, moto_server
-from tests.fakes.stack import Stack, StackError, check_parameters, deploy, load_template
+from fakes import moto_server as filled
+from fakes.aws import ACCOUNT, REGION, MotoServer, moto_server
+from fakes.stack import Stack, StackError, check_parameters, deploy, load_template
 from tests.infra.support import REPO
 
 pytestmark = pytest.mark.infra
@@ -402,7 +402,7 @@ def test_an_operator_the_server_cannot_evaluate_is_an_error_not_a_guess():
 
 def test_moto_leaves_the_queues_of_event_source_mappings_to_the_harness(stack):
     """moto would invoke a function for each message sent to a mapped queue (in Docker); here the
-    message waits for the function's poller (tests/fakes/lambda_runtime.py), as in AWS."""
+    message waits for the function's poller (fakes/lambda_runtime.py), as in AWS."""
     sqs = stack.client("sqs")
     url = stack.outputs["PublishQueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="{}")

@@ -8,8 +8,8 @@ import pytest
 
 from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS, run_pipeline
-from tests.fakes.aws import moto_server
-from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from fakes.aws import moto_server
+from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,10 @@ from pathlib import Path
 import yaml
 
 from cdr_policy import schemas
-from tests.fakes.feeds import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
-from tests.fakes.kube import FakeKubeAPI, write_kubeconfig
-from tests.fakes.loopback import free_port
-from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from fakes.feeds import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+from fakes.kube import FakeKubeAPI, write_kubeconfig
+from fakes.loopback import free_port
+from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 from tests.integration.support import objects, run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -215,7 +215,7 @@ def test_a_hostile_gateway_still_yields_every_finding_exactly_once(tmp_path, cap
     from datetime import timedelta
 
     from cdr_policy.timeutil import utcnow
-    from tests.fakes.qualys import synthetic_findings
+    from fakes.qualys import synthetic_findings
 
     now = utcnow()
     findings = synthetic_findings(

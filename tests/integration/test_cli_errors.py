@@ -13,9 +13,9 @@ import pytest
 
 from cdr_policy import aws
 from cdr_policy.cli import main
-from tests.fakes.aws import moto_endpoint
-from tests.fakes.kube import write_kubeconfig
-from tests.fakes.loopback import free_port
+from fakes.aws import moto_endpoint
+from fakes.kube import write_kubeconfig
+from fakes.loopback import free_port
 
 DIGEST = "ab" * 32
 

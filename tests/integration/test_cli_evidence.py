@@ -13,7 +13,7 @@ from cdr_policy import schemas
 from cdr_policy.policy.binaries import COMMON_PROGRAM, refuse_cluster_wide
 from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS
-from tests.fakes.qualys import FakeQualysGateway, load_findings
+from fakes.qualys import FakeQualysGateway, load_findings
 from tests.integration.support import objects, run
 from tests.unit.policy.factories import exec_targets
 

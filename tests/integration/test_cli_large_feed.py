@@ -22,8 +22,8 @@ from cdr_policy.policy.checker import SchemaSet, check_files
 from cdr_policy.storage import LocalStore
 from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS
-from tests.fakes.feeds import FeedServer
-from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from fakes.feeds import FeedServer
+from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import sys
 
 import boto3
 
-from tests.fakes.aws import moto_endpoint
+from fakes.aws import moto_endpoint
 
 ACCESS_KEY, SECRET_KEY = "AKIAWIRELOGGINGTEST1", "wire-logging-secret-key-do-not-print"
 BODY = b'{"marker": "response-body-must-not-be-logged"}'

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+from fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from tests.integration.support import objects, run
 
 ACTIONS = ("Post", "Sigkill", "Override")

@@ -22,10 +22,10 @@ from cdr_policy.cli import output as output_module
 from cdr_policy.feeds.config import load_feeds
 from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS
-from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
-from tests.fakes.kube import FakeKubeAPI
-from tests.fakes.loopback import free_port
-from tests.fakes.qualys import FakeQualysGateway, load_findings
+from fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+from fakes.kube import FakeKubeAPI
+from fakes.loopback import free_port
+from fakes.qualys import FakeQualysGateway, load_findings
 from tests.integration.support import agent_args, run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,7 +155,7 @@ def test_a_mount_point_is_filled_in_place(env, feed_files_env, tmp_path, capsys,
     assert not list(tmp_path.glob(".policies.*")), "nothing is written beside the mount point"
 
 
-@pytest.mark.parametrize("module", ["tests.fakes.feeds", "tests.fakes.qualys"])
+@pytest.mark.parametrize("module", ["fakes.feeds", "fakes.qualys"])
 def test_a_taken_port_is_one_line_not_a_traceback(module):
     with FeedServer() as taken:
         port = taken.base_url.rsplit(":", 1)[1]
@@ -173,7 +173,7 @@ def test_a_taken_port_is_one_line_not_a_traceback(module):
 
 def test_the_feed_servers_standard_output_is_a_feeds_file():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.feeds"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "fakes.feeds"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         text = "".join(proc.stdout.readline() for _ in demo_feeds_yaml("http://x").splitlines())

@@ -15,8 +15,8 @@ import yaml
 from cdr_policy.cli import main
 from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS
-from tests.fakes.feeds import FeedServer
-from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from fakes.feeds import FeedServer
+from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ import httpx
 from cdr_policy import schemas
 from cdr_policy.cli.controller import MAX_BACKOFF_S, RETRIES_AT_INTERVAL, SCHEMA, next_wait
 from demo.runner import FINDINGS
-from tests.fakes.loopback import free_port
-from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from fakes.loopback import free_port
+from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 REPO = Path(__file__).resolve().parents[2]
 

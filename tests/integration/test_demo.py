@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from tests.fakes.lambda_runtime import REPO
-from tests.fakes.stack import TEMPLATE
+from fakes.lambda_runtime import REPO
+from fakes.stack import TEMPLATE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

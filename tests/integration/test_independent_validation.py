@@ -163,8 +163,8 @@ def test_every_cli_object_passes_the_independent_validator(tmp_path, crd_schemas
     from cdr_policy.cli import main
     from cdr_policy.timeutil import utcnow
     from demo.runner import FINDINGS
-    from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
-    from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+    from fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+    from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
     with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gateway, FeedServer(root=DEMO_FEEDS_DIR) as feeds:
         feed_file = tmp_path / "feeds.yaml"

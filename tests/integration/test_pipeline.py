@@ -285,7 +285,7 @@ def test_a_stale_publish_request_cannot_roll_a_channel_back(pipeline):
 def test_a_second_fetch_duplicates_nothing(pipeline):
     from cdr_policy.wiring import cloud
     from demo.runner import FINDINGS
-    from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+    from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
     result, _ = pipeline
     state = _store(result, result.stack.state_bucket)

@@ -34,11 +34,11 @@ from demo.runner import (
     quiet_logs,
     upload_config,
 )
-from tests.fakes.aws import MotoServer, moto_server
-from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer
-from tests.fakes.lambda_runtime import LambdaService
-from tests.fakes.qualys import FakeQualysGateway
-from tests.fakes.stack import TEMPLATE, deploy, load_template
+from fakes.aws import MotoServer, moto_server
+from fakes.feeds import DEMO_FEEDS_DIR, FeedServer
+from fakes.lambda_runtime import LambdaService
+from fakes.qualys import FakeQualysGateway
+from fakes.stack import TEMPLATE, deploy, load_template
 
 pytestmark = [
     pytest.mark.integration,

@@ -15,7 +15,7 @@ import pytest
 
 from cdr_policy import layout
 from cdr_policy.cli import main
-from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+from fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = ".venv/bin/cdr-policy"

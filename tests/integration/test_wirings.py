@@ -15,10 +15,10 @@ from cdr_policy.settings import Settings
 from cdr_policy.storage import S3Store, Store
 from cdr_policy.wiring import cloud, local
 from demo.runner import create_qualys_secret
-from tests.fakes.aws import moto_server
-from tests.fakes.lambda_runtime import REPO, LambdaService
-from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
-from tests.fakes.stack import deploy
+from fakes.aws import moto_server
+from fakes.lambda_runtime import REPO, LambdaService
+from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from fakes.stack import deploy
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import pytest
 import urllib3
 
 from cdr_policy import httpclient
-from tests.fakes.loopback import LoopbackServer
-from tests.fakes.tls import self_signed, server_context
+from fakes.loopback import LoopbackServer
+from fakes.tls import self_signed, server_context
 
 BODY = b"198.51.100.7\n" * 20_000  # several chunks
 

@@ -41,6 +41,6 @@ def test_the_demo_feeds_readme_names_files_that_exist():
     """Issue 21 point 11: demo/feeds/README.md named ``demo/feed_server.py``, which does not exist."""
     folder = REPO / "demo" / "feeds"
     named = re.findall(r"`([\w./-]+\.(?:py|txt))`", (folder / "README.md").read_text(encoding="utf-8"))
-    assert "tests/fakes/feeds.py" in named
+    assert "fakes/feeds.py" in named
     for name in named:
         assert (REPO / name).is_file() or (folder / name).is_file(), name

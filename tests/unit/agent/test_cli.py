@@ -179,7 +179,7 @@ def test_bundles_are_checked_against_the_crds_before_anything_is_applied(
 def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir, state):
     import yaml
 
-    from tests.fakes.kube import FakeKubeAPI
+    from fakes.kube import FakeKubeAPI
 
     crds = [yaml.safe_load(p.read_text()) for p in sorted((crds_dir / "cilium-main").glob("*.yaml"))]
     with FakeKubeAPI(crds=crds) as api:
@@ -251,8 +251,8 @@ def test_an_api_server_away_at_start_is_reported_unreachable_until_it_comes_back
     import sys
     from pathlib import Path
 
-    from tests.fakes.kube import FakeKubeAPI, write_kubeconfig
-    from tests.fakes.loopback import free_port
+    from fakes.kube import FakeKubeAPI, write_kubeconfig
+    from fakes.loopback import free_port
 
     port, token = free_port(), "agent-token"
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}", token)

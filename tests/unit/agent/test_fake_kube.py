@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.fakes.kube import FakeKubeAPI
+from fakes.kube import FakeKubeAPI
 
 GROUPS = "/apis/cilium.io/v2/ciliumcidrgroups"
 

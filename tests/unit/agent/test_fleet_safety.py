@@ -18,11 +18,11 @@ from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
 from cdr_policy.agent.sync import Agent
 from cdr_policy.errors import StorageError
 from cdr_policy.stages.publish import publish_bundle, rollback
-from tests.fakes.kube import FakeKubeAPI
+from fakes.kube import FakeKubeAPI
+from fakes.stores import RecordingStore
 from tests.unit.bundle.factory import (
     SETTINGS,
     T0,
-    RecordingStore,
     approve,
     ips,
     network_bundle,

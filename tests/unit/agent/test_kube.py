@@ -8,7 +8,7 @@ from cdr_policy.agent.applier import ApplyError
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.errors import ConfigError
 from cdr_policy.policy.serialize import load_yaml_documents
-from tests.fakes.kube import FakeKubeAPI
+from fakes.kube import FakeKubeAPI
 from tests.unit.bundle.factory import ccg, ccnp, labels, tracing_policy
 
 OURS = labels("prod")

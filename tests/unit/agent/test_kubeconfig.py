@@ -15,8 +15,8 @@ import yaml
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.kubeconfig import from_kubeconfig, resolve, ssl_context
 from cdr_policy.errors import ConfigError
-from tests.fakes.kube import FakeKubeAPI
-from tests.fakes.tls import self_signed
+from fakes.kube import FakeKubeAPI
+from fakes.tls import self_signed
 from tests.unit.bundle.factory import ccg
 
 
@@ -179,7 +179,7 @@ def test_legacy_auth_providers_are_refused_with_a_way_out(tmp_path):
 
 
 def test_the_applier_sends_the_plugins_token(tmp_path):
-    from tests.fakes.kube import FakeKubeAPI
+    from fakes.kube import FakeKubeAPI
 
     with FakeKubeAPI() as api:
         credential = {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",

@@ -24,8 +24,9 @@ from cdr_policy.bundle.manifest import Settings
 from cdr_policy.errors import ConfigError
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.stages.publish import publish_bundle
-from tests.fakes.kube import FakeKubeAPI
-from tests.unit.bundle.factory import T0, RecordingStore, approve, plant_signed
+from fakes.kube import FakeKubeAPI
+from fakes.stores import RecordingStore
+from tests.unit.bundle.factory import T0, approve, plant_signed
 from tests.unit.bundle.factory import render as stage_bundle
 from tests.unit.policy.factories import behaviour, cdr_set, file_bytes, indicator, render
 

@@ -23,10 +23,10 @@ from cdr_policy.hits.tally import Totals
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.timeutil import iso, utcnow
-from tests.fakes.kube import FakeKubeAPI
+from fakes.kube import FakeKubeAPI
+from fakes.stores import RecordingStore
 from tests.unit.bundle.factory import (
     T0,
-    RecordingStore,
     approve,
     ccg,
     ips,

@@ -12,9 +12,8 @@ import pytest
 
 from cdr_policy.feeds.config import FeedConfig
 from cdr_policy.feeds.download import make_client
-from cdr_policy.guards import NeverBlock
 from cdr_policy.storage import LocalStore
-from tests.fakes.feeds import FeedServer
+from fakes.feeds import FeedServer
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -27,11 +26,6 @@ def now() -> datetime:
 @pytest.fixture
 def store(tmp_path: Path) -> LocalStore:
     return LocalStore(tmp_path / "state")
-
-
-@pytest.fixture
-def guard() -> NeverBlock:
-    return NeverBlock()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from cdr_policy.feeds.abuseipdb import MISSING_KEY, AbuseIPDB
 from cdr_policy.models import IndicatorSet
 from cdr_policy.observability import metrics
 from cdr_policy.timeutil import iso
-from tests.fakes.abuseipdb import FakeAbuseIPDB
+from fakes.abuseipdb import FakeAbuseIPDB
 
 BAD = "118.25.6.39"  # the docs' example address
 MILD = "93.184.216.34"

@@ -1,4 +1,4 @@
-"""Downloads over real loopback HTTP (``tests.fakes.feeds``): conditional GET, gzip, redirects,
+"""Downloads over real loopback HTTP (``fakes.feeds``): conditional GET, gzip, redirects,
 caps, timeouts, file:// URLs and concurrency."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cdr_policy.feeds.download import (
     redact_url,
     user_agent,
 )
-from tests.fakes.feeds import FIXED_LAST_MODIFIED, FeedServer
+from fakes.feeds import FIXED_LAST_MODIFIED, FeedServer
 from tests.unit.feeds.conftest import feed_for
 
 BODY = b"198.51.100.1\n198.51.100.2\n2001:db8::7\n"

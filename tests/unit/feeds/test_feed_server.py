@@ -12,7 +12,7 @@ from cdr_policy.feeds.config import BUILTIN_FEEDS, load_feeds
 from cdr_policy.feeds.gate import check
 from cdr_policy.feeds.parse import parse_feed
 from cdr_policy.guards import NeverBlock
-from tests.fakes.feeds import DEMO_FEED_FILES, DEMO_FEEDS_DIR, HTML_PAGE, FeedServer, demo_feeds_yaml
+from fakes.feeds import DEMO_FEED_FILES, DEMO_FEEDS_DIR, HTML_PAGE, FeedServer, demo_feeds_yaml
 
 
 def test_serves_files_and_configured_behaviour(www: Path) -> None:
@@ -70,7 +70,7 @@ def test_demo_feeds_yaml_loads_into_the_builtin_names() -> None:
 
 @pytest.mark.parametrize("argv", [["--help"]])
 def test_command_line_help(argv: list[str], capsys) -> None:
-    from tests.fakes.feeds import main
+    from fakes.feeds import main
 
     with pytest.raises(SystemExit) as exc:
         main(argv)

@@ -21,9 +21,9 @@ import pytest
 from cdr_policy import aws
 from cdr_policy.settings import get_settings
 from cdr_policy.wiring import cloud
-from tests.fakes import lambda_runtime
-from tests.fakes.aws import ACCOUNT, REGION, MotoServer, moto_server
-from tests.fakes.stack import Stack, deploy
+from fakes import lambda_runtime
+from fakes.aws import ACCOUNT, REGION, MotoServer, moto_server
+from fakes.stack import Stack, deploy
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -191,7 +191,7 @@ def stack(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     environment the functions' deployed environments, merged (a test calls several handlers), with the
     administrator's keys."""
     from demo.runner import assumed
-    from tests.fakes.lambda_runtime import LambdaService
+    from fakes.lambda_runtime import LambdaService
 
     environment = f"handlers{next(_stacks)}"
     admin = f"arn:aws:iam::{ACCOUNT}:user/admin"

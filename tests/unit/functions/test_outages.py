@@ -21,8 +21,8 @@ from cdr_policy.settings import get_settings
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import iso, utcnow
 from cdr_policy.wiring import cloud
-from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
-from tests.fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_handler
+from fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+from fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_handler
 from tests.unit.policy.factories import behaviour, cdr_set, compact, indicator
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")

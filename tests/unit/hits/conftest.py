@@ -23,7 +23,7 @@ from cdr_policy.bundle.signing import LocalSigner, Verifier, generate_local_key
 from cdr_policy.netprefix import parse_canonical
 from cdr_policy.netprefix.vector import V4, V6
 from cdr_policy.storage import Store
-from tests.fakes import published
+from fakes import published
 
 # Two hours after the last event of the fixtures.
 NOW = datetime(2026, 1, 10, 7, 0, tzinfo=UTC)
@@ -114,5 +114,5 @@ def key_pair(tmp_path_factory) -> tuple[LocalSigner, Verifier]:
 
 
 def publish_index(dist: Store, signer: LocalSigner, index: ProvenanceIndex, *, now: datetime = NOW, **kwargs) -> str:
-    """``tests.fakes.published.publish_index``, at the fixtures' time by default."""
+    """``fakes.published.publish_index``, at the fixtures' time by default."""
     return published.publish_index(dist, signer, index, now=now, **kwargs)

@@ -18,7 +18,7 @@ from cdr_policy.hits.aggregate import MAX_CLUSTER_ROWS, MAX_NODE_ROWS, HitTable,
 from cdr_policy.hits.collect import HitsCollector
 from cdr_policy.hits.reports import ConfigMapReports, DirectoryReports, read_report, report_document
 from cdr_policy.timeutil import iso
-from tests.fakes.kube import FakeKubeAPI
+from fakes.kube import FakeKubeAPI
 from tests.unit.agent.test_status import GOOD
 from tests.unit.hits.conftest import NOW
 

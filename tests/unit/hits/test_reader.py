@@ -17,8 +17,8 @@ from cdr_policy.errors import StorageError
 from cdr_policy.hits.reader import STATE, IndexFollower, Reader
 from cdr_policy.hits.reports import DirectoryReports, read_report
 from cdr_policy.storage import LocalStore
-from tests.fakes.exports import Workload, tetragon_connect
-from tests.unit.bundle.factory import RecordingStore
+from fakes.exports import Workload, tetragon_connect
+from fakes.stores import RecordingStore
 from tests.unit.hits.conftest import EXPORTS, NOW, TP_CDR, fixture_index, publish_index
 
 WEB = Workload("shop", "web", "web-7c9d8f6b5-x2k4q")

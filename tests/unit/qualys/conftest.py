@@ -8,31 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from cdr_policy.guards import NeverBlock
 from cdr_policy.qualys.categories import load_mapping
 from cdr_policy.qualys.client import QualysClient
 from cdr_policy.qualys.credentials import Credentials
-from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from fakes.clock import FakeClock
+from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "events" / "findings"
 # The sample pages are dated 2026-01-10; "now" just after them puts them all in a 24 h look-back.
 SAMPLES_NOW = datetime(2026, 1, 11, 0, 0, tzinfo=UTC)
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to (or when a client "sleeps")."""
-
-    def __init__(self, start: float = 1_000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
@@ -43,11 +28,6 @@ def creds() -> Credentials:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-def guard() -> NeverBlock:
-    return NeverBlock()
 
 
 @pytest.fixture

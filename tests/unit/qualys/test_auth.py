@@ -14,7 +14,7 @@ from cdr_policy.qualys.auth import jwt_expiry
 from cdr_policy.qualys.credentials import Credentials
 from cdr_policy.stages.cdr_fetch import run_cdr_fetch
 from cdr_policy.storage import LocalStore
-from tests.fakes.qualys import DEMO_PASSWORD, FakeQualysGateway, Fault
+from fakes.qualys import DEMO_PASSWORD, FakeQualysGateway, Fault
 
 from .conftest import SAMPLES, SAMPLES_NOW
 

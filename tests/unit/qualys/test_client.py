@@ -12,7 +12,7 @@ from cdr_policy.errors import QualysError
 from cdr_policy.qualys.client import QualysDeadline, split_windows
 from cdr_policy.qualys.retry import Retrier, RetryPolicy, server_delay
 from cdr_policy.timeutil import format_instant
-from tests.fakes.qualys import FakeQualysGateway, Fault, synthetic_findings
+from fakes.qualys import FakeQualysGateway, Fault, synthetic_findings
 
 START, END = datetime(2026, 1, 10, tzinfo=UTC), datetime(2026, 1, 11, tzinfo=UTC)
 INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")

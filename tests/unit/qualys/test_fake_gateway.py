@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tests.fakes.qualys import (
+from fakes.qualys import (
     DEMO_PASSWORD,
     DEMO_USERNAME,
     FakeQualysGateway,
@@ -177,7 +177,7 @@ def test_standalone_server_prints_url_and_credentials():
         [
             sys.executable,
             "-m",
-            "tests.fakes.qualys",
+            "fakes.qualys",
             "--port",
             "0",
             "--findings",

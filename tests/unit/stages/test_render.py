@@ -16,24 +16,15 @@ from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.stages.render import run_render
 from cdr_policy.storage import LocalStore
 from cdr_policy.timeutil import iso
+from fakes.stores import RecordingStore
 from tests.unit.policy.factories import NOW, behaviour, cdr_set, compact, indicator
 
 CHANNELS = [ChannelSettings(name="staging"), ChannelSettings(name="prod", action="Sigkill")]
 
 
-class RecordingStore(LocalStore):
-    def __init__(self, root) -> None:
-        super().__init__(root)
-        self.puts: list[str] = []
-
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        self.puts.append(key)
-        return super().put(key, data, content_type)
-
-
 @pytest.fixture
 def state(tmp_path) -> RecordingStore:
-    store = RecordingStore(tmp_path)
+    store = RecordingStore(LocalStore(tmp_path))
     cdr = cdr_set([indicator("45.33.32.0/24")], [behaviour("container_escape")])
     store.put(layout.CDR_SET, jsonio.dumps_pretty(cdr.to_dict()))
     store.puts.clear()

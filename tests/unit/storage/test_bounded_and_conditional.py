@@ -7,7 +7,7 @@ import boto3
 import pytest
 
 from cdr_policy.storage import LocalStore, PreconditionFailed, S3Store, TooLarge
-from tests.fakes.aws import moto_endpoint
+from fakes.aws import moto_endpoint
 
 
 @pytest.fixture(scope="module")

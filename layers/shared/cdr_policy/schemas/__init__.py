@@ -7,7 +7,7 @@ first call, and importing jsonschema (with attrs, referencing, rpds and the meta
 draft) was a large share of each cold start (``benchmarks/README.md``). A schema that uses
 any other keyword is refused when it is loaded, so nothing is silently left unchecked, and the tests
 compare this validator with jsonschema on every schema and on thousands of valid and broken
-documents (``tests/unit/test_schemas.py``).
+documents (``tests/unit/schemas/test_schemas.py``).
 
 Messages name the place (``files/0/sha256``) and the rule, never the value: the documents carry
 feed and CDR content.

@@ -21,9 +21,8 @@ from cdr_policy.qualys.findings import Finding, parse_finding
 from cdr_policy.qualys.state import read_current, read_seen
 from cdr_policy.stages.cdr_fetch import load_cdr_set, run_cdr_fetch
 from cdr_policy.storage import LocalStore, S3Store
-from tests.fakes.qualys import FakeQualysGateway, Fault, load_findings, synthetic_findings
-
-from .conftest import SAMPLES, SAMPLES_NOW
+from fakes.qualys import FakeQualysGateway, Fault, load_findings, synthetic_findings
+from tests.unit.qualys.conftest import SAMPLES, SAMPLES_NOW
 
 NOW = SAMPLES_NOW
 SCHEMA = json.loads(

@@ -1,7 +1,7 @@
 """moto as this project runs it: a moto server over HTTPS whose CloudFormation deploys template.yaml
 the way AWS does, and whose IAM checks see what the stack's policies say.
 
-    python -m tests.fakes.moto_server --port PORT --certificate PEM --key PEM
+    python -m fakes.moto_server --port PORT --certificate PEM --key PEM
 
 What moto lacks, filled here (``install()``), and only that:
 
@@ -25,7 +25,7 @@ What moto lacks, filled here (``install()``), and only that:
   as AWS words it (S3's AccessDenied for a bucket policy's deny, where moto sent an empty 403; a JSON
   ``AccessDeniedException`` from a JSON-protocol service, where moto sent XML);
 - serving: werkzeug's 10 ms wait after each response for unread request bytes (there are none);
-- Lambda: the functions run in the harness (tests/fakes/lambda_runtime.py), which polls the queues as
+- Lambda: the functions run in the harness (fakes/lambda_runtime.py), which polls the queues as
   their event source mappings say; moto's own delivery from SQS to Lambda (in Docker) is off.
 
 Roles' trust policies keep moto's own evaluation. tests/infra/test_stack.py ties each filled resource to
@@ -113,7 +113,7 @@ def _holds(operator: str, actual: str | None, expected: list[str]) -> bool:
     elif base == "Bool":
         found = actual.lower() in {e.lower() for e in expected}
     else:
-        raise NotImplementedError(f"IAM condition operator {operator} is not evaluated by tests/fakes/moto_server.py")
+        raise NotImplementedError(f"IAM condition operator {operator} is not evaluated by fakes/moto_server.py")
     return not found if negated else found
 
 
@@ -508,7 +508,7 @@ _MISSING: list[type] = []
 
 class _PolledByTheHarness(dict[str, Any]):
     """A queue's event source mappings, kept for the Lambda API; moto's own delivery finds none to call
-    (tests/fakes/lambda_runtime.py polls the queue with the function's role, as Lambda does)."""
+    (fakes/lambda_runtime.py polls the queue with the function's role, as Lambda does)."""
 
     def items(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
         return iter(())
@@ -598,7 +598,7 @@ def running(server: Any) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.moto_server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fakes.moto_server", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--certificate", required=True, help="PEM certificate of the server (127.0.0.1)")
@@ -618,6 +618,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # As the module itself, not __main__: moto files each model class under its module's second part.
-    from tests.fakes.moto_server import main as module_main
+    from fakes.moto_server import main as module_main
 
     sys.exit(module_main())

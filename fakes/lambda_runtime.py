@@ -1,6 +1,6 @@
 """Lambda on this machine: the real handlers (``functions/<name>/app.py``) loaded the way Lambda loads
 them, each under its own module name (four files called ``app.py`` would clash in ``sys.modules``), and
-``LambdaService``, which runs the functions of a deployed stack (tests/fakes/stack.py) as Lambda does:
+``LambdaService``, which runs the functions of a deployed stack (fakes/stack.py) as Lambda does:
 
 - each function with the environment of its deployed configuration, under a session of its own
   deployed role (assumed as the Lambda service assumes it), and nothing else of this process's;
@@ -34,7 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 FUNCTIONS = ("cdr_fetch", "feed_sync", "render", "publish", "hits_rollup")
 DEFAULT_ASYNC_RETRIES = 2  # Lambda's, for an asynchronous invocation without an EventInvokeConfig
 
@@ -181,7 +181,7 @@ class LambdaService:
     goes to ``log``."""
 
     def __init__(self, stack: Any, log: Path) -> None:
-        from tests.fakes.stack import code_folders
+        from fakes.stack import code_folders
 
         self.stack = stack
         self.log = log

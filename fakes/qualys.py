@@ -18,7 +18,7 @@ simply served as they are in the data. Every request is recorded in :attr:`reque
 
 Run it for a user trying the CLI::
 
-    python -m tests.fakes.qualys --port 8443 --findings events/findings --rebase-timestamps
+    python -m fakes.qualys --port 8443 --findings events/findings --rebase-timestamps
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.loopback import LoopbackServer, PortInUse
+from fakes.loopback import LoopbackServer, PortInUse
 
 DEMO_USERNAME = "demo_user"
 DEMO_PASSWORD = "d3mo p@ss&word=1"  # deliberately has a space, @, & and =
@@ -475,7 +475,7 @@ def synthetic_findings(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.qualys", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fakes.qualys", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8443)
     parser.add_argument("--findings", default="events/findings", help="a findings page file or a directory of them")

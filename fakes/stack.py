@@ -1,10 +1,10 @@
-"""template.yaml deployed on a moto server (tests/fakes/moto_server.py) the way ``sam deploy`` deploys it.
+"""template.yaml deployed on a moto server (fakes/moto_server.py) the way ``sam deploy`` deploys it.
 
 ``sam package``'s part: each ``CodeUri``/``ContentUri`` folder zipped into an artifacts bucket and the
 template pointed at it; ``sam deploy``'s: the SAM transform (samtranslator, as SAM CLI runs it), the
 parameters checked against their constraints (CloudFormation refuses a value outside them; moto does
 not check), then CloudFormation's ``CreateStack``. Everything else is read back from the deployed
-stack: its outputs, its resources and the functions' configuration (tests/fakes/lambda_runtime.py).
+stack: its outputs, its resources and the functions' configuration (fakes/lambda_runtime.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.fakes.aws import ACCOUNT, REGION, REPO, MotoServer
+from fakes.aws import ACCOUNT, REGION, REPO, MotoServer
 
 TEMPLATE = REPO / "template.yaml"
 CLUSTER_ACCESS = REPO / "deploy" / "cluster-access" / "template.yaml"

@@ -17,8 +17,8 @@ from cdr_policy.observability import metrics
 from cdr_policy.stages.publish import publish_bundle, rollback
 from cdr_policy.storage import NotFound, PreconditionFailed, S3Store
 from cdr_policy.timeutil import iso
-
-from .factory import T0, TTL, RecordingStore, approve, behaviour_policy, files_of, ips, network_bundle, render
+from fakes.stores import RecordingStore
+from tests.unit.bundle.factory import T0, TTL, approve, behaviour_policy, files_of, ips, network_bundle, render
 
 HOUR = timedelta(hours=1)
 

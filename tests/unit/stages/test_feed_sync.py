@@ -25,7 +25,7 @@ from cdr_policy.stages.feed_sync import MAX_LISTED_GUARD_REJECTIONS, FeedSyncRes
 from cdr_policy.storage import LocalStore, S3Store, Store
 from cdr_policy.summaries import FeedSummary
 from cdr_policy.timeutil import iso
-from tests.fakes.feeds import FeedServer
+from fakes.feeds import FeedServer
 from tests.unit.feeds.conftest import feed_for
 
 SAMPLES = {

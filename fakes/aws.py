@@ -2,10 +2,10 @@
 
 - ``moto_endpoint()``: an in-process moto server (plain HTTP, no IAM checks) for tests of one component
   that make their own buckets or queues;
-- ``moto_server()``: tests/fakes/moto_server.py (moto with what it lacks filled in) over HTTPS, in a
+- ``moto_server()``: fakes/moto_server.py (moto with what it lacks filled in) over HTTPS, in a
   process of its own that checks every request against IAM (that switch is global to a moto process),
   or in this process without the checks (``make costs`` counts its requests). template.yaml is
-  deployed on it (tests/fakes/stack.py) and the functions run there under their own roles.
+  deployed on it (fakes/stack.py) and the functions run there under their own roles.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 import boto3
 import httpx
 
-from tests.fakes.tls import LoopbackTls
+from fakes.tls import LoopbackTls
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -61,7 +61,7 @@ class MotoServerError(RuntimeError):
 
 @dataclass(frozen=True)
 class MotoServer:
-    """A running tests/fakes/moto_server.py: its URL, the certificate its clients trust, and the keys of
+    """A running fakes/moto_server.py: its URL, the certificate its clients trust, and the keys of
     an administrator (the only credentials that work until others are made, while IAM is enforced)."""
 
     url: str
@@ -124,7 +124,7 @@ def _free_port() -> int:
 def moto_server(
     *, enforce_iam: bool = True, wrap: Callable[[Any], Any] | None = None, tls: LoopbackTls | None = None
 ) -> Iterator[MotoServer]:
-    """tests/fakes/moto_server.py on 127.0.0.1 over HTTPS (``tls``, or a certificate made for it), with an
+    """fakes/moto_server.py on 127.0.0.1 over HTTPS (``tls``, or a certificate made for it), with an
     administrator. ``enforce_iam``: in a process of its own, every request checked against IAM; else in
     this process without checks, its WSGI application wrapped in ``wrap`` (a request counter)."""
     with tempfile.TemporaryDirectory(prefix="cdr-policy-moto-") as tmp:
@@ -139,7 +139,7 @@ def moto_server(
         else:
             import logging
 
-            from tests.fakes import moto_server as filled
+            from fakes import moto_server as filled
 
             logging.getLogger("werkzeug").setLevel(logging.ERROR)
             httpd = filled.make_server("127.0.0.1", 0, certificate=str(tls.certificate), key=str(tls.key), wrap=wrap)
@@ -152,7 +152,7 @@ def moto_server(
 @contextmanager
 def _server_process(tls: LoopbackTls) -> Iterator[str]:
     port = _free_port()
-    command = [sys.executable, "-m", "tests.fakes.moto_server", "--port", str(port)]
+    command = [sys.executable, "-m", "fakes.moto_server", "--port", str(port)]
     command += ["--certificate", str(tls.certificate), "--key", str(tls.key)]
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log)

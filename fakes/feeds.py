@@ -10,7 +10,7 @@ Every request is recorded (``requests``) so that tests can check what a client s
         srv.route("/blocklist_de_all.txt", html=True)
         url = srv.url("/blocklist_de_all.txt")
 
-``python -m tests.fakes.feeds [--root DIR] [--port N]`` serves a directory until interrupted and
+``python -m fakes.feeds [--root DIR] [--port N]`` serves a directory until interrupted and
 prints a ``--feeds`` YAML for the demo feed files.
 """
 
@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from tests.fakes.loopback import LoopbackServer, PortInUse
+from fakes.loopback import LoopbackServer, PortInUse
 
-DEMO_FEEDS_DIR = Path(__file__).resolve().parents[2] / "demo" / "feeds"
+DEMO_FEEDS_DIR = Path(__file__).resolve().parents[1] / "demo" / "feeds"
 # The built-in feed names and the demo file standing in for each (formats as the real feeds).
 DEMO_FEED_FILES: dict[str, tuple[str, str, str]] = {
     "feodo-c2": ("feodo_ipblocklist.txt", "c2", "abusech"),
@@ -201,7 +201,7 @@ class FeedServer(LoopbackServer):
 
 def demo_feeds_yaml(base_url: str) -> str:
     """A ``--feeds`` YAML pointing the five built-in feed names at the demo files on ``base_url``."""
-    lines = ["# The built-in feeds, served from demo/feeds/ by tests.fakes.feeds.", "feeds:"]
+    lines = ["# The built-in feeds, served from demo/feeds/ by fakes.feeds.", "feeds:"]
     for name, (file, category, fmt) in DEMO_FEED_FILES.items():
         lines += [
             f"  - name: {name}",
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"feed server: error: {exc}", file=sys.stderr)
         return 2
     with server as srv:
-        # The banner goes to standard error: `python -m tests.fakes.feeds > feeds.yaml` captures a
+        # The banner goes to standard error: `python -m fakes.feeds > feeds.yaml` captures a
         # --feeds file that parses.
         print(f"serving {srv.root} on {srv.base_url} (Ctrl-C to stop)", file=sys.stderr)
         print(demo_feeds_yaml(srv.base_url), flush=True)

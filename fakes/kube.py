@@ -43,7 +43,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
-from tests.fakes.loopback import LoopbackServer
+from fakes.loopback import LoopbackServer
 
 Validator = Callable[[dict[str, Any]], list[str]]
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
