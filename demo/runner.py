@@ -1,5 +1,5 @@
-"""The whole serverless flow on one machine, deployed from template.yaml in the order the README's
-"Deploy" section gives: the Qualys secret, then the stack (``sam deploy``: the SAM transform and
+"""The whole serverless flow on one machine, deployed from template.yaml in the order docs/deploy.md
+gives: the Qualys secret, then the stack (``sam deploy``: the SAM transform and
 CloudFormation on a moto server that checks every request against IAM), the configuration, one
 cluster per channel (deploy/cluster-access). Then the stack's own event sources drive the real
 handlers, each function under its own deployed role: CdrFetch and FeedSync on their schedule rules,
@@ -106,14 +106,14 @@ def quiet_logs(path: Path) -> Iterator[None]:
 
 
 def create_qualys_secret(server: MotoServer, name: str) -> None:
-    """README "Deploy", step 2: the secret CdrFetch reads, made before the stack."""
+    """docs/deploy.md, step 2: the secret CdrFetch reads, made before the stack."""
     server.client("secretsmanager").create_secret(
         Name=name, SecretString=json.dumps({"username": DEMO_USERNAME, "password": DEMO_PASSWORD})
     )
 
 
 def upload_config(stack: Stack, feeds: FeedServer, crds_dir: Path | None) -> int:
-    """README "Deploy": the channels, the feeds and the clusters' CRDs in the state bucket."""
+    """docs/deploy.md: the channels, the feeds and the clusters' CRDs in the state bucket."""
     s3 = stack.client("s3")
     bucket = stack.state_bucket
     s3.put_object(Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": list(CHANNELS)}))
@@ -153,7 +153,7 @@ def assumed(server: MotoServer, keys: dict[str, str], role_arn: str, session_nam
 
 
 def onboard_cluster(stack: Stack, cluster_id: str, channel: str) -> Cluster:
-    """README "Adding a cluster": the identities of the cluster's agent and node readers (each may only
+    """docs/deploy.md, "Adding a cluster": the identities of the cluster's agent and node readers (each may only
     assume its role), the cluster's deploy/cluster-access stack, and their sessions."""
     server, environment = stack.server, stack.parameters["Environment"]
     role_arn = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-cluster-{cluster_id}"
@@ -308,7 +308,7 @@ def _channel_manifests(stack: Stack) -> dict[str, dict[str, Any]]:
 
 def demo_agents(result: PipelineResult) -> dict[str, Agent]:
     """One sync agent per channel, with its cluster's session, applying into ``output/<channel>``. The
-    public key is the signing key's, exported by the operator (README: aws kms get-public-key)."""
+    public key is the signing key's, exported by the operator (docs/deploy.md: aws kms get-public-key)."""
     stack = result.stack
     public_pem = KmsSigner(stack.client("kms"), stack.signing_key_arn).public_key_pem()
     return {

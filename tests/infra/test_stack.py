@@ -134,8 +134,8 @@ def test_moto_lacks_the_types_the_readme_names_and_nothing_else_is_made_by_hand(
     assert made_here == FILLED_TYPES
     assert deployed - native == FILLED_TYPES - {"AWS::SNS::Subscription"}  # AlarmEmail is empty here
     assert not made_here & native
-    readme = (REPO / "README.md").read_text()
-    assert all(f"`{kind}`" in readme for kind in FILLED_TYPES)
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    assert all(f"`{kind}`" in guide for kind in FILLED_TYPES)
 
 
 def test_every_resource_the_template_declares_is_in_the_stack(stack, resolved):

@@ -589,13 +589,13 @@ def test_no_default_qualys_platform_and_a_rule_that_one_is_chosen(template):
     assert sorted(chosen) == ["QualysGatewayUrl", "QualysPlatform"]
 
 
-def test_the_readmes_cost_table_uses_each_functions_memory(template, functions):
+def test_the_cost_guides_table_uses_each_functions_memory(template, functions):
     """Issue 21 point 11: the cost table put Render at 1 GB while the template gives it 512 MB."""
-    readme = (REPO / "README.md").read_text()
+    costs = (REPO / "docs" / "costs.md").read_text()
     stages = {"CdrFetchFunction": "CdrFetch", "FeedSyncFunction": "FeedSync", "RenderFunction": "Render"}
     stages["PublishFunction"] = "Publish"
     for name, stage in stages.items():
-        row = next(line for line in readme.splitlines() if line.startswith(f"| {stage} | "))
+        row = next(line for line in costs.splitlines() if line.startswith(f"| {stage} | "))
         memory_gb = setting(template, functions[name], "MemorySize") / 1024
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[5] == f"{memory_gb:g} GB", row
