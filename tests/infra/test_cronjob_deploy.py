@@ -295,7 +295,7 @@ def test_the_cronjob_command_line_applies_within_its_grants(objects, tmp_path, c
     assert not refused
 
 
-def test_the_readme_apply_commands_render_what_is_tested(objects, threat_intel, tmp_path):
+def test_the_migration_guides_apply_commands_render_what_is_tested(objects, threat_intel, tmp_path):
     """``kubectl apply -k`` of the migration guide applies the folders tested here, and its registry overlay,
     written by its own commands, renders the threat-intel CronJob with the pushed image."""
     applied = {p for block in migration_blocks() for p in re.findall(r"^kubectl apply -k (\S+)", block, re.M)}

@@ -122,7 +122,7 @@ def resolved(stack) -> Resolved:
     return Resolved(stack)
 
 
-def test_moto_lacks_the_types_the_readme_names_and_nothing_else_is_made_by_hand(stack):
+def test_moto_lacks_the_types_the_deploy_guide_names_and_nothing_else_is_made_by_hand(stack):
     from moto.cloudformation import parsing
     from moto.core.common_models import CloudFormationModel
 
