@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 def parse_channels(text: str, origin: str, *, refresh_hours: float) -> list[ChannelSettings]:
     """A ``channels:`` list (YAML or JSON). Names must be unique; at least one channel; every
-    bundle lifetime at least twice the re-render period ``refresh_hours`` (``check_lifetime``)."""
-    from cdr_policy.policy.channel import ChannelSettings
+    bundle lifetime at least twice the re-render period ``refresh_hours`` (``check_lifetime``);
+    every promotion from another configured audit channel (``check_promotions``)."""
+    from cdr_policy.policy.channel import ChannelSettings, check_promotions
 
     doc = load_yaml_mapping(text, origin, "exactly one top-level key 'channels' holding a list")
     if set(doc) != {"channels"} or not isinstance(doc["channels"], list):
@@ -46,6 +47,10 @@ def parse_channels(text: str, origin: str, *, refresh_hours: float) -> list[Chan
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{origin}: channel name(s) used twice: {', '.join(dupes)}")
+    try:
+        check_promotions(channels)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from exc
     return channels
 
 

@@ -47,9 +47,10 @@ from cdr_policy.admission import Admission
 from cdr_policy.admission.effect import BundleEffect
 from cdr_policy.bundle.approvals import GrantError, find_grant
 from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, Budget, assess, shrink_reasons
+from cdr_policy.bundle.history import Current, generation_of, read_current, read_signed
 from cdr_policy.bundle.loader import Bundle, load_bundle, read_manifest
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Approval, Manifest, Step, StepKind, VerificationError
-from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest, verify_signature
+from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest
 from cdr_policy.errors import BundleError
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy.channel import ChannelSettings
@@ -59,9 +60,6 @@ from cdr_policy.timeutil import iso
 PublishStatus = Literal["published", "refreshed", "unchanged", "held", "refused", "rolled_back", "superseded"]
 # A current manifest is re-stamped when more than this share of its lifetime has passed.
 REFRESH_AFTER = 0.5
-# How many of the newest history entries are tried for the generation when the channel manifest is
-# unusable (entries that do not verify were planted: they are skipped, but not without end).
-HISTORY_SCAN = 100
 # How many transitions a manifest carries (``steps``): an agent further behind compares with what it
 # applied, as it would without them.
 STEPS_KEPT = 16
@@ -109,98 +107,9 @@ class PublishResult:
         }
 
 
-@dataclass(frozen=True)
-class Current:
-    """What the channel ships, as Publish found it.
-
-    ``etag``: of whatever object is at the channel manifest key (None: none). ``manifest``: the
-    verified manifest the channel ships — the one at the key, or the newest verified history entry
-    when the key is empty or holds an older one (``replayed``: the manifest must be written again).
-    ``problem``: why the object at the key is unusable (planted, unsigned, oversized) when no
-    verified history stands in. ``history``: the channel has verified history."""
-
-    etag: str | None
-    manifest: Manifest | None
-    problem: str | None
-    next_generation: int
-    replayed: bool = False
-    history: bool = False
-
-    @property
-    def digest(self) -> str | None:
-        return self.manifest.digest if self.manifest else None
-
-    @property
-    def first(self) -> bool:
-        """The channel has never shipped anything: no change budget applies."""
-        return self.manifest is None and self.problem is None and not self.history
-
-
 def _content_type(path: str) -> str:
     suffix = path[path.rfind(".") :] if "." in path else ""
     return _CONTENT_TYPES.get(suffix, "application/octet-stream")
-
-
-def _read_signed(store: Store, key: str, verifier: Verifier) -> Manifest:
-    manifest, _ = read_manifest(store, key)
-    verify_signature(manifest, verifier)
-    return manifest
-
-
-def _generation(manifest: Manifest) -> int:
-    """A signed manifest's generation (the schema requires one with every signature)."""
-    if manifest.generation is None:
-        raise BundleError(f"bundle {manifest.digest[:12]}: a published manifest without a generation")
-    return manifest.generation
-
-
-def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
-    """The channel's current manifest and the generation the next one gets (see ``Current``)."""
-    key = layout.channel_manifest_key(channel)
-    newest = _newest_history(dist, channel, verifier)
-    history = _generation(newest) if newest else 0
-
-    def standing_in(etag: str | None, problem: str | None) -> Current:
-        """Nothing usable at the key: the newest history entry stands in, when there is one."""
-        if newest is not None:
-            logger.warning("the channel manifest is unusable: the newest history entry stands in", extra={"key": key})
-            return Current(etag, newest, None, history + 1, replayed=True, history=True)
-        return Current(etag, None, problem, history + 1)
-
-    try:
-        obj = dist.get(key, max_bytes=MAX_MANIFEST_BYTES)
-    except NotFound:
-        return standing_in(None, None)
-    except TooLarge as exc:
-        return standing_in(exc.etag, f"the current manifest of channel {channel} is unusable: {exc}")
-    try:
-        manifest = Manifest.parse(obj.data, key)
-        verify_signature(manifest, verifier)
-        if manifest.channel != channel:
-            raise BundleError("it is for another channel")
-    except BundleError as exc:
-        return standing_in(obj.etag, f"the current manifest of channel {channel} is unusable: {exc}")
-    if newest is not None and _generation(newest) > _generation(manifest):
-        logger.warning(
-            "the channel manifest is older than its history: replayed; publishing the newest again",
-            extra={"channel": channel, "generation": manifest.generation, "newest": newest.generation},
-        )
-        return Current(obj.etag, newest, None, history + 1, replayed=True, history=True)
-    return Current(obj.etag, manifest, None, max(_generation(manifest), history) + 1, history=newest is not None)
-
-
-def _newest_history(dist: Store, channel: str, verifier: Verifier) -> Manifest | None:
-    """The newest verified history entry among the last ``HISTORY_SCAN`` (None: none). Entries that do
-    not verify are skipped; a store that fails is an error (retried), not an empty history."""
-    for key in reversed(dist.list(layout.history_prefix(channel))[-HISTORY_SCAN:]):
-        try:
-            manifest = _read_signed(dist, key, verifier)
-        except (BundleError, NotFound, TooLarge) as exc:
-            logger.warning("ignoring a history entry", extra={"key": key, "error": str(exc)})
-            continue
-        if manifest.channel == channel:
-            return manifest
-    return None
 
 
 def _write(dist: Store, signed: Manifest, current: Current, files: Mapping[str, bytes] | None) -> tuple[str, str]:
@@ -283,7 +192,7 @@ def publish_bundle(
         logger.info("publish request for stale settings", extra={"channel": channel, "digest": digest})
         return _result("superseded", channel, digest, reason=stale)
     pipeline = Verifier.from_public_pem(signer.public_key_pem())
-    current = _current(dist, channel, pipeline)
+    current = read_current(dist, channel, pipeline)
     previous = current.digest
     log = {"channel": channel, "digest": digest, "previous_digest": previous}
     if current.manifest is not None and not current.replayed:
@@ -496,11 +405,11 @@ def rollback(
     suffix = f"-{to_digest}.json" if to_digest is not None else ".json"
     for key in [k for k in dist.list(layout.history_prefix(channel)) if k.endswith(suffix)]:
         try:
-            entry = _read_signed(dist, key, verifier)
+            entry = read_signed(dist, key, verifier)
         except (BundleError, NotFound, TooLarge):
             continue
         if entry.channel == channel and (entry.generation == to_generation or entry.digest == to_digest):
-            if old is None or _generation(entry) > _generation(old):
+            if old is None or generation_of(entry) > generation_of(old):
                 old = entry
     if old is None:
         target = f"generation {to_generation}" if to_digest is None else f"bundle {to_digest}"
@@ -511,7 +420,7 @@ def rollback(
         raise BundleError(
             f"cannot roll back to generation {old.generation}: its files are not all in {dist.describe()}: {exc}"
         ) from exc
-    current = _current(dist, channel, verifier)
+    current = read_current(dist, channel, verifier)
     previous = current.digest
     if previous == old.digest and not current.replayed:
         return _result(
