@@ -47,6 +47,7 @@ RENDERED_CHANNELS = "bundles/channels/"
 HITS = "hits/"
 CHANNELS = "channels/"
 STATUS = "status/"
+PROMOTION = "promotion/"
 
 # -- state store: operator documents ---------------------------------------------------------------
 CHANNELS_CONFIG = f"{CONFIG}channels.yaml"
@@ -157,6 +158,11 @@ def status_key(cluster_id: str) -> str:
     return f"{STATUS}{cluster_id}.json"
 
 
+def promotion_report_key(channel: str) -> str:
+    """What Publish found of a promoting channel's decisions, for ``cdr-policy channel evidence``."""
+    return f"{PROMOTION}{channel}.json"
+
+
 # -- the layout as a table -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class KeyFamily:
@@ -186,7 +192,11 @@ STATE_KEYS: tuple[KeyFamily, ...] = (
     KeyFamily(feed_set_key("<name>"), "FeedSync", "indicator set `source: feed:<name>`"),
     KeyFamily(ABUSEIPDB_CACHE, "FeedSync", "per-IP reputation cache with TTL"),
     KeyFamily(reputation_set_key("abuseipdb"), "FeedSync", "indicator set `source: abuseipdb`"),
-    KeyFamily(bundle_file_key("<digest>", "…"), "Render", "policy files, `report.json`, then `bundle.json` last"),
+    KeyFamily(
+        bundle_file_key("<digest>", "…"),
+        "Render",
+        "policy files, `report.json`, a promoting channel's `promotion.json` (its decisions), then `bundle.json` last",
+    ),
     KeyFamily(latest_render_key("<channel>"), "Render", "the channel's latest rendered digest"),
     KeyFamily(
         last_good_set_key(f"{INDICATORS}…"),
@@ -221,6 +231,13 @@ DIST_KEYS: tuple[KeyFamily, ...] = (
         "every manifest published, written after the channel manifest (rollback)",
     ),
     KeyFamily(
+        promotion_report_key("<channel>"),
+        "Publish",
+        "a promoting channel's pending changes, each with its decision (promote, wait, hold), reasons and "
+        "evidence, as Publish last verified them (`promotion.schema.json`; `cdr-policy channel evidence`); "
+        "no cluster reads it",
+    ),
+    KeyFamily(
         status_key("<cluster-id>"),
         "agent",
         "agent status (with the node readers' hits), writable only by that cluster's role (`deploy/cluster-access`)",
@@ -232,7 +249,7 @@ WRITE_PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
     "CdrFetch": ("state", (RAW_CDR, STATE_CDR, INDICATORS_CDR)),
     "FeedSync": ("state", (RAW_FEEDS, STATE_FEEDS, INDICATORS_FEEDS, STATE_ABUSEIPDB, INDICATORS_REPUTATION)),
     "Render": ("state", (BUNDLES, LAST_GOOD)),
-    "Publish": ("dist", (CHANNELS,)),
+    "Publish": ("dist", (CHANNELS, PROMOTION)),
     "HitsRollup": ("state", (HITS,)),
     "agent": ("dist", (STATUS,)),
     "approver": ("state", (APPROVALS,)),

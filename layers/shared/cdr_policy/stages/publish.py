@@ -15,10 +15,18 @@ One path, each step once (``publish_bundle``):
    half its lifetime has passed or when the channel's lifetime or settings changed.
 4. **Admission** (``cdr_policy.admission``): the closed grammar, the objects' effect, the CRDs;
    ``refused`` otherwise.
+4b. **Promotion**, on a channel that promotes from an audit channel (``cdr_policy.promotion.verify``):
+   the decisions Render wrote beside the bundle are verified (composed over the bundle the channel
+   ships; nothing added but what they promoted; every promoted change judged again on the evidence
+   as Publish reads it); ``held`` otherwise. The signed manifest records what was promoted on what
+   evidence (``promotion``), what a tripped watch took back and what stays held; what Publish found
+   is written to ``promotion/<channel>.json`` of the distribution store on every request, and a
+   watch that tripped raises the ``EnforcementHurting`` alarm metric, naming the generation.
 5. **The change budget** (``bundle.change_budget``), per engine, against the bundle the channel
    ships — unless the channel has never shipped one. Over it, the bundle ships only with an
    approver's signed grant of exactly this change (``bundle.approvals``), which is then deleted: used
-   once. Otherwise ``held``.
+   once. Otherwise ``held``. On a promoting channel what was promoted on evidence or by an approver
+   is not churn: the budget counts its removals (and shrinks).
 6. **Sign and write**: the files, then the channel manifest (an S3 conditional write on the object it
    replaces: ``If-Match`` its ETag, ``If-None-Match: *`` when there is none; when another publish
    landed in between, ``ChannelMoved`` is raised and nothing is overwritten), then its history entry.
@@ -40,7 +48,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from cdr_policy import jsonio, layout
 from cdr_policy.admission import Admission
@@ -50,6 +58,7 @@ from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, Budget, assess,
 from cdr_policy.bundle.history import Current, generation_of, read_current, read_signed
 from cdr_policy.bundle.loader import Bundle, load_bundle, read_manifest
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Approval, Manifest, Step, StepKind, VerificationError
+from cdr_policy.bundle.manifest import Promotion as ManifestPromotion
 from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest
 from cdr_policy.errors import BundleError
 from cdr_policy.observability import logger, metrics
@@ -197,21 +206,35 @@ def publish_bundle(
     log = {"channel": channel, "digest": digest, "previous_digest": previous}
     if current.manifest is not None and not current.replayed:
         _ensure_history(dist, current.manifest)
+    configured = next((c for c in channels or () if c.name == channel), None)
+    promoting = (
+        _Promoting(state, dist, configured, current, digest, pipeline=pipeline, approvers=approvers, now=now)
+        if configured is not None and configured.promote is not None
+        else None
+    )
+
+    def outcome(result: PublishResult) -> PublishResult:
+        if promoting is not None:
+            promoting.report(result)
+        return result
 
     how: StepKind
     approval: Approval | None = None
     budget: Budget | None = None
     grant_key: str | None = None
+    promotion = current.manifest.promotion if current.manifest is not None else None
     if current.manifest is not None and previous == digest:
         if not current.replayed and not _needs_refresh(current.manifest, rendered.manifest, now):
             logger.info("bundle already current", extra=log)
-            return _result(
-                "unchanged",
-                channel,
-                digest,
-                reason="already the channel's current bundle",
-                previous_digest=previous,
-                generation=current.manifest.generation,
+            return outcome(
+                _result(
+                    "unchanged",
+                    channel,
+                    digest,
+                    reason="already the channel's current bundle",
+                    previous_digest=previous,
+                    generation=current.manifest.generation,
+                )
             )
         # The same files: nothing changes in the clusters. The transition is shipped again, so an
         # agent that missed it still finds the approval (and the rollback) it needs.
@@ -223,15 +246,33 @@ def publish_bundle(
             reason = f"admission refused the bundle ({verdict.refusals.count} problem(s))"
             logger.error("bundle refused", extra={**log, "reason": reason, "errors": verdict.lines()})
             metrics.add_metric(name="BundlesRefused", unit=MetricUnit.Count, value=1)
-            return _result(
-                "refused", channel, digest, reason=reason, previous_digest=previous, errors=tuple(verdict.lines())
+            return outcome(
+                _result(
+                    "refused", channel, digest, reason=reason, previous_digest=previous, errors=tuple(verdict.lines())
+                )
             )
         rollback_of = None
+        if promoting is not None:
+            held_why = promoting.check(rendered)
+            if held_why is not None:
+                reason = f"promotion: {held_why}"
+                logger.error("bundle held back by promotion", extra={**log, "reason": reason})
+                metrics.add_metric(name="BundlesHeld", unit=MetricUnit.Count, value=1)
+                return outcome(_result("held", channel, digest, reason=reason, previous_digest=previous))
+            promotion = promoting.record
         if current.first:
             logger.info("first publish to channel: change budget not applied", extra=log)
             how = "first"
         else:
-            held, budget = _over_budget(dist, current, rendered, verdict.effect, change_budget_percent, min_changes)
+            held, budget = _over_budget(
+                dist,
+                current,
+                rendered,
+                verdict.effect,
+                change_budget_percent,
+                min_changes,
+                vetted=promoting is not None,
+            )
             how = "published"
             if held:
                 try:
@@ -243,7 +284,9 @@ def publish_bundle(
                 if found is None:
                     logger.error("bundle held back by the change budget", extra={**log, "reason": held})
                     metrics.add_metric(name="BundlesHeld", unit=MetricUnit.Count, value=1)
-                    return _result("held", channel, digest, reason=held, previous_digest=previous, budget=budget)
+                    return outcome(
+                        _result("held", channel, digest, reason=held, previous_digest=previous, budget=budget)
+                    )
                 logger.warning("change budget passed by an approver's grant", extra={**log, "reason": held})
                 how, grant_key = "approved", found.key
                 approval = Approval(previous, iso(now), grant=found.fingerprint(), approver=found.key_id)
@@ -256,27 +299,117 @@ def publish_bundle(
         rollback_of=rollback_of,
         approval=approval,
         steps=_steps(current.manifest, step),
+        promotion=promotion,
     )
     signed = sign_manifest(stamped, signer)
     manifest_key, history = _write(dist, signed, current, None if how == "refreshed" else rendered.files)
     if grant_key is not None:
         state.delete(grant_key)  # used once
+    if promoting is not None and how != "refreshed":
+        promoting.shipped()
     status: PublishStatus = "refreshed" if how == "refreshed" else "published"
     logger.info(
         "bundle published",
         extra={**log, "status": status, "generation": signed.generation, "expires_at": signed.expires_at},
     )
     metrics.add_metric(name="BundlesPublished", unit=MetricUnit.Count, value=1)
-    return _result(
-        status,
-        channel,
-        digest,
-        previous_digest=previous,
-        generation=signed.generation,
-        manifest_key=manifest_key,
-        history_key=history,
-        budget=budget,
+    return outcome(
+        _result(
+            status,
+            channel,
+            digest,
+            previous_digest=previous,
+            generation=signed.generation,
+            manifest_key=manifest_key,
+            history_key=history,
+            budget=budget,
+        )
     )
+
+
+class _Promoting:
+    """Step 4b for one request (``cdr_policy.promotion.verify``, imported only for a promoting
+    channel: it brings numpy): the world read once, Render's decisions, the check, then the grants
+    used deleted once shipped, the report written whatever the outcome, the metrics."""
+
+    def __init__(
+        self,
+        state: Store,
+        dist: Store,
+        channel: ChannelSettings,
+        current: Current,
+        digest: str,
+        *,
+        pipeline: Verifier,
+        approvers: Verifier | None,
+        now: datetime,
+    ) -> None:
+        from cdr_policy.promotion import record, verify, watch
+
+        self.verify, self.record_io, self.state, self.dist, self.channel, self.now = (
+            verify,
+            record,
+            state,
+            dist,
+            channel,
+            now,
+        )
+        self.world = verify.read_world(state, dist, channel, current, verifier=pipeline, approvers=approvers, now=now)
+        self.doc = verify.decisions_of(state, digest)
+        self.checked: verify.Checked | None = None
+        self.trips = watch.trips(self.world)
+        for trip in self.trips:
+            logger.error(
+                "enforcing promoted changes hurt: the channel is held",
+                extra={"channel": channel.name, "generation": trip.generation, "reasons": list(trip.reasons)},
+            )
+            _metric("EnforcementHurting", 1, channel=channel.name)
+            _metric("EnforcementHurting", 1, channel=channel.name, generation=str(trip.generation))
+
+    @property
+    def record(self) -> ManifestPromotion | None:
+        return self.checked.record if self.checked is not None else None
+
+    def check(self, rendered: Bundle) -> str | None:
+        """Why the bundle must be held (None: it may ship)."""
+        if isinstance(self.doc, str):
+            return self.doc
+        self.checked = self.verify.check(self.world, rendered, self.doc)
+        return self.checked.held
+
+    def shipped(self) -> None:
+        """The generation is written: its grants are used up, its changes counted."""
+        if self.checked is None or self.checked.record is None:
+            return
+        for grant in self.checked.grants:
+            self.state.delete(grant.key)  # used once
+        record = self.checked.record
+        if record.promoted.count:
+            _metric("ChangesPromoted", record.promoted.count, channel=self.channel.name)
+        if record.rolled_back is not None:
+            _metric("ChangesTakenBack", record.rolled_back.changes.count, channel=self.channel.name)
+
+    def report(self, result: PublishResult) -> None:
+        """Publish's copy of the decisions, with the outcome, for ``channel evidence``."""
+        if isinstance(self.doc, str):
+            logger.warning("no promotion report: no usable decisions", extra={"channel": result.channel})
+            return
+        held = self.doc["counts"].get("hold", 0)
+        if held:
+            _metric("ChangesHeld", held, channel=self.channel.name)
+        base = self.checked.report if self.checked is not None and self.checked.report is not None else self.doc
+        reason = result.reason or ("; ".join(result.errors))
+        doc = self.record_io.published(
+            base, at=self.now, status=result.status, generation=result.generation, reason=reason
+        )
+        self.record_io.write(self.dist, layout.promotion_report_key(self.channel.name), doc)
+
+
+def _metric(name: str, value: int, **dimensions: str) -> None:
+    """One metric with its own dimensions (the alarm reads the one with ``channel`` alone)."""
+    with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace=metrics.namespace) as metric:
+        for key, dimension in dimensions.items():
+            metric.add_dimension(name=key, value=dimension)
 
 
 def _stale(manifest: Manifest, channels: Sequence[ChannelSettings] | None) -> str | None:
@@ -326,6 +459,7 @@ def _stamp(
     rollback_of: int | None,
     approval: Approval | None,
     steps: tuple[Step, ...],
+    promotion: ManifestPromotion | None = None,
 ) -> Manifest:
     """``manifest`` as published at ``now``: the same lifetime, counted from now, with the publish fields."""
     lifetime = manifest.expires - manifest.created
@@ -336,6 +470,7 @@ def _stamp(
         rollback_of=rollback_of,
         approval=approval,
         steps=steps,
+        promotion=promotion,
     )
 
 
@@ -361,10 +496,13 @@ def _over_budget(
     effect: BundleEffect,
     budget_percent: int,
     min_changes: int,
+    *,
+    vetted: bool = False,
 ) -> tuple[str | None, Budget | None]:
     """Why the bundle must be held (None: it need not), and the measured change. The bundle the
     channel ships is read from the distribution store: a store that fails raises (retried); a bundle
-    that is gone or does not verify is a reason to hold."""
+    that is gone or does not verify is a reason to hold. ``vetted``: its additions were promoted
+    on evidence or by an approver (not churn)."""
     if current.manifest is None:
         return f"{current.problem}; approve this bundle to publish it", None
     try:
@@ -378,6 +516,7 @@ def _over_budget(
         budget_percent=budget_percent,
         min_changes=min_changes,
         shrink=shrink_reasons(shipping.objects, proposed.objects, max_percent=budget_percent),
+        vetted=vetted,
     )
     return ("; ".join(budget.reasons()) or None), budget
 
