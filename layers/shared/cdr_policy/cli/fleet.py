@@ -5,7 +5,9 @@ where needed, the state store:
 - ``cdr-policy channel diff``: what a bundle (by default the channel's latest render, e.g. one the
   change budget held) adds and removes against the one the channel ships, per object and per prefix,
   with each prefix's provenance;
-- ``cdr-policy channel approve``: approve a held bundle (Publish ships it on its next request);
+- ``cdr-policy channel approve``: approve a held bundle (Publish ships it on its next request), or
+  with ``--change`` the changes a promoting channel holds (``cli.promotion``);
+- ``cdr-policy channel evidence``: a promoting channel's pending changes, their evidence and decisions;
 - ``cdr-policy channel rollback``: publish an earlier signed bundle of the channel again;
 - ``cdr-policy fleet status``: per cluster, from its status document: channel, applied bundle and
   its age, whether it is behind its channel, drift, errors;
@@ -29,8 +31,10 @@ from cdr_policy.bundle.loader import Bundle, load_bundle, read_manifest
 from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.objects import ObjectRef, prefixes, ref_of
 from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer
+from cdr_policy.cli import promotion
 from cdr_policy.cli.hits import add_since, fleet_hits, fleet_hits_lines
 from cdr_policy.cli.parser import Parser
+from cdr_policy.cli.promotion import change_argument
 from cdr_policy.errors import BundleError, ConfigError
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.policy import naming
@@ -54,13 +58,29 @@ def channel_main(argv: list[str]) -> int:
     _state(diff)
     diff.add_argument("channel")
     diff.add_argument("--digest", help="the bundle to compare (default: the channel's latest render)")
+    evidence = commands.add_parser(
+        "evidence", help="a promoting channel's pending changes: the evidence so far and the decision, with its reasons"
+    )
+    _dist(evidence)
+    evidence.add_argument("channel")
     approve = commands.add_parser(
-        "approve", help="as an approver: grant a bundle the change budget held, as the replacement of the one shipped"
+        "approve",
+        help="as an approver: grant a bundle the change budget held, as the replacement of the one shipped, "
+        "or (--change) changes a promotion holds",
     )
     _state(approve)
     _dist(approve)
     approve.add_argument("channel")
-    approve.add_argument("digest")
+    approve.add_argument("digest", nargs="?", help="the held bundle (not with --change)")
+    approve.add_argument(
+        "--change",
+        action="append",
+        type=change_argument,
+        default=[],
+        metavar="CHANGE",
+        help="a pending change of a promoting channel as channel evidence names it (prefix:<cidr>, "
+        "port:<proto>/<n>, rule:<id>@<fingerprint>); repeat for more",
+    )
     approve.add_argument(
         "--replacing",
         type=_replacing,
@@ -89,9 +109,11 @@ def channel_main(argv: list[str]) -> int:
     signing = back.add_mutually_exclusive_group(required=True)
     signing.add_argument("--key", metavar="PEM", help="local signing key (keygen)")
     signing.add_argument("--kms-key-id", metavar="ARN", help="the stack's KMS signing key")
-    for sub in (listing, show, diff):
+    for sub in (listing, show, diff, evidence):
         sub.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
+    if args.command == "evidence":
+        return _print(promotion.evidence(open_store(args.dist), args.channel), args.json, promotion.evidence_lines)
     if args.command == "list":
         return _print(_list(open_store(args.dist)), args.json, _list_lines)
     if args.command == "show":
@@ -100,9 +122,24 @@ def channel_main(argv: list[str]) -> int:
         changes = diff_bundles(open_store(args.dist), open_store(args.state), args.channel, args.digest)
         return _print(changes, args.json, _diff_lines)
     if args.command == "approve":
+        if (args.digest is None) == (not args.change):
+            raise ConfigError("approve: give a held bundle's digest, or the changes to approve with --change")
         approver: Signer = (
             LocalSigner.from_file(args.key) if args.key else KmsSigner(aws.client("kms"), args.kms_key_id)
         )
+        if args.change:
+            _check_reason(args.reason)
+            lines = promotion.approve_changes(
+                open_store(args.state),
+                open_store(args.dist),
+                args.channel,
+                args.change,
+                approver=approver,
+                reason=args.reason,
+                valid_for=args.valid_for,
+            )
+            print("\n".join(lines))
+            return 0
         return _approve(args, open_store(args.state), open_store(args.dist), approver)
     signer: Signer = LocalSigner.from_file(args.key) if args.key else KmsSigner(aws.client("kms"), args.kms_key_id)
     result = rollback(open_store(args.dist), channel=args.channel, to_digest=args.to, signer=signer, now=utcnow())
@@ -261,10 +298,11 @@ def _validity(text: str) -> timedelta:
 def _approve(args: argparse.Namespace, state: Store, dist: Store, approver: Signer) -> int:
     """Write the approver's signed grant of ``args.digest`` over the bundle the channel ships (or
     ``--replacing``); with ``--publish-queue``, ask Publish to ship it now."""
+    if not layout.is_digest(args.digest):
+        raise ConfigError("approve: the held bundle's digest is 64 hex digits")
     if not exists(state, layout.bundle_manifest_key(args.digest)):
         raise ConfigError(f"bundle {args.digest} is not in {state.describe()}: nothing to approve")
-    if len(args.reason) > 256 or not args.reason.isprintable():
-        raise ConfigError("--reason: printable text of at most 256 characters")
+    _check_reason(args.reason)
     previous = args.replacing
     if previous == "":
         previous = None  # --replacing none
@@ -288,6 +326,11 @@ def _approve(args: argparse.Namespace, state: Store, dist: Store, approver: Sign
     return 0
 
 
+def _check_reason(reason: str) -> None:
+    if len(reason) > 256 or not reason.isprintable() or not reason.isascii():
+        raise ConfigError("--reason: printable text of at most 256 characters")
+
+
 # A status document is a few kB; anything far larger was not written by an agent.
 MAX_STATUS_BYTES = 1 << 20
 # Status objects are read this many at a time: one by one, a thousand clusters take 10-30 s from S3.
@@ -302,8 +345,9 @@ def _status(dist: Store, key: str) -> Any:
 
 
 def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
-    """One row per status document whose cluster id matches its key, newest channels read once."""
-    shipping: dict[str, str | None] = {}
+    """One row per status document whose cluster id matches its key, newest channels read once; a
+    promoting channel's rows carry what its current generation promoted (``promotion``)."""
+    shipping: dict[str, Manifest | None] = {}
     rows = []
     keys = dist.list(layout.STATUS)
     with ThreadPoolExecutor(max_workers=STATUS_READERS) as pool:
@@ -315,9 +359,10 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
         channel = str(doc.get("channel"))
         if channel not in shipping:
             try:
-                shipping[channel] = _current(dist, channel).digest
+                shipping[channel] = _current(dist, channel)
             except (ConfigError, BundleError):
                 shipping[channel] = None
+        manifest = shipping[channel]
         applied, applied_at = doc.get("applied_digest"), doc.get("applied_at")
         poll = doc.get("last_poll") or {}
         rows.append(
@@ -326,11 +371,12 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
                 "channel": channel,
                 "applied_digest": applied,
                 "applied_age_s": int((now - parse_iso(applied_at)).total_seconds()) if applied_at else None,
-                "behind": applied != shipping[channel],
+                "behind": applied != (manifest.digest if manifest else None),
                 "last_poll": poll.get("result"),
                 "last_poll_at": poll.get("at"),
                 "drift": doc.get("drift"),
                 "errors": len(doc.get("apply_errors") or []),
+                "promotion": promotion.summary(manifest),
             }
         )
     return sorted(rows, key=lambda r: (r["channel"], r["cluster_id"]))
@@ -369,7 +415,7 @@ def _show_lines(manifest: Manifest) -> list[str]:
     ]
     out.append("settings: " + ", ".join(f"{k}={v}" for k, v in sorted(manifest.settings.to_json().items())))
     out += [f"  {kind}: {n}" for kind, n in sorted(manifest.counts.items())]
-    return out
+    return out + promotion.manifest_lines(manifest)
 
 
 def _diff_lines(diff: Mapping[str, Any]) -> list[str]:
@@ -388,11 +434,21 @@ def _diff_lines(diff: Mapping[str, Any]) -> list[str]:
 
 def _fleet_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     out = [f"{'CLUSTER':<24} {'CHANNEL':<16} {'APPLIED':<12} {'AGE':>8} {'BEHIND':<6} {'POLL':<12} ERRORS"]
+    promoting = {}
     for r in rows:
         age = "-" if r["applied_age_s"] is None else f"{r['applied_age_s'] // 60}m"
         applied = (r["applied_digest"] or "-")[:12]
         out.append(
             f"{r['cluster_id']:<24} {r['channel']:<16} {applied:<12} {age:>8} "
             f"{'yes' if r['behind'] else 'no':<6} {str(r['last_poll']):<12} {r['errors']}"
+        )
+        if r["promotion"] is not None:
+            promoting[r["channel"]] = r["promotion"]
+    for channel, p in sorted(promoting.items()):
+        taken = f", took back generation {p['rolled_back']}'s changes" if p["rolled_back"] else ""
+        out.append(
+            f"channel {channel}, generation {p['generation']}: promoted {p['promoted']} change(s) from {p['from']} "
+            f"({p['approved']} approved), {p['waiting']} waiting, {p['held']} held, {p['held_back']} held back"
+            f"{taken} (cdr-policy channel evidence {channel})"
         )
     return out

@@ -182,8 +182,7 @@ def judge(world: World, pending: Pending, trips: Iterable[Trip]) -> Judgement:
     kinds += [(RULE, r, fp) for r, fp in sorted(pending.rules.items())]
     for i, ((kind, value, fingerprint), change) in enumerate(zip(kinds, prefix_ids + port_ids + rule_ids, strict=True)):
         ev = evidence[i]
-        holds = list(held.get(i, ()))
-        holds += [f"the channel is held: {t.why()}" for t in trips]
+        holds = list(held.get(i, ())) or [f"the channel is held: {t.why()}" for t in trips]
         holds += _evidence_holds(world, ev)
         grant = approvals.get(change)
         if grant is not None:
@@ -231,7 +230,8 @@ def _taken_back(world: World, trips: tuple[Trip, ...], pending: Pending) -> dict
         )
     if world.promote.watch is not None and world.promote.watch.rollback:
         for trip in trips:
-            mark(trip.addresses, trip.ports, trip.rules, f"being taken back: {trip.why()}")
+            if not trip.rolled_back:  # once taken back, the manifest holds them back
+                mark(trip.addresses, trip.ports, trip.rules, f"being taken back: {trip.why()}")
     return out
 
 

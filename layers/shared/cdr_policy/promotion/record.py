@@ -11,6 +11,7 @@ manifest's record (``bundle.manifest.Promotion``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -82,17 +83,21 @@ def replaced(doc: Mapping[str, Any], judgement: Judgement) -> dict[str, Any]:
     return {**doc, "changes": changes[:MAX_LISTED], "watch": [t.to_json() for t in judgement.trips]}
 
 
-def read_decisions(store: Store, key: str) -> dict[str, Any]:
-    """The document at ``key``, checked; BundleError when it is not one (StorageError: unreadable)."""
+def read_decisions(store: Store, key: str) -> tuple[dict[str, Any], str]:
+    """The document at ``key``, checked, and the SHA-256 of its bytes; BundleError when it is not
+    one (StorageError: unreadable)."""
     data = store.get(key, max_bytes=MAX_DOCUMENT_BYTES).data
     try:
-        return dict(load_checked(data, SCHEMA))
+        return dict(load_checked(data, SCHEMA)), hashlib.sha256(data).hexdigest()
     except ValueError as exc:
         raise BundleError(f"{store.describe()}/{key} is not a promotion decision: {exc}") from exc
 
 
-def write(store: Store, key: str, doc: Mapping[str, Any]) -> None:
-    store.put(key, jsonio.dumps_pretty(doc), "application/json")
+def write(store: Store, key: str, doc: Mapping[str, Any]) -> str:
+    """Write ``doc``; the SHA-256 of what was written (a publish request names it)."""
+    data = jsonio.dumps_pretty(doc)
+    store.put(key, data, "application/json")
+    return hashlib.sha256(data).hexdigest()
 
 
 def listed(doc: Mapping[str, Any], *, promoted_only: bool) -> Pending:

@@ -69,16 +69,18 @@ def read_world(
     )
 
 
-def decisions_of(state: Store, digest: str) -> dict[str, Any] | str:
-    """Render's decisions of bundle ``digest``, or why there are none usable."""
+def decisions_of(state: Store, digest: str) -> tuple[dict[str, Any], str] | str:
+    """Render's decisions of bundle ``digest`` and their SHA-256, or why there are none usable."""
     key = layout.bundle_file_key(digest, record.FILE)
     try:
-        doc = record.read_decisions(state, key)
+        doc, sha = record.read_decisions(state, key)
     except NotFound:
         return f"bundle {digest[:12]} has no promotion decisions beside it"
     except BundleError as exc:
         return str(exc)
-    return doc if doc["bundle"] == digest else f"the promotion decisions beside bundle {digest[:12]} are another's"
+    if doc["bundle"] != digest:
+        return f"the promotion decisions beside bundle {digest[:12]} are another's"
+    return doc, sha
 
 
 def check(world: World, rendered: Bundle, doc: dict[str, Any]) -> Checked:

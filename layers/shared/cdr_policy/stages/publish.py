@@ -170,16 +170,19 @@ def publish_bundle(
     channels: Sequence[ChannelSettings] | None = None,
     approvers: Verifier | None = None,
     min_changes: int = DEFAULT_MIN_CHANGES,
+    decisions: str | None = None,
 ) -> PublishResult:
     """Check, sign and publish rendered bundle ``digest`` (``bundles/<digest>/`` in ``state``) to
     ``channel`` (the steps of the module docstring).
 
     ``admission``: default ``Admission.baseline()``. ``channels``: the configured channels now (None:
     not known here, as in the CLI). ``approvers``: the approvers' public key(s) (None: nothing can be
-    approved past the budget).
+    approved past the budget). ``decisions``: the SHA-256 of the promotion decisions the request was
+    sent for (a promoting channel's render names them).
 
     - ``superseded``: not the channel's latest render, rendered with other settings than the channel
-      has now, or the channel is no longer configured; nothing written.
+      has now, the channel is no longer configured, or (a promoting channel) a later render decided
+      again; nothing written.
     - ``unchanged``: already current and less than half through its lifetime; nothing written.
     - ``refreshed``: already current, re-stamped and re-signed (no files copied).
     - ``refused``: admission refused it; nothing written, an alarm metric is emitted.
@@ -217,6 +220,10 @@ def publish_bundle(
         if promoting is not None:
             promoting.report(result)
         return result
+
+    if promoting is not None and decisions is not None and promoting.fingerprint != decisions:
+        logger.info("publish request for earlier promotion decisions", extra=log)
+        return _result("superseded", channel, digest, reason="a later render decided its promotion again")
 
     how: StepKind
     approval: Approval | None = None
@@ -355,16 +362,23 @@ class _Promoting:
             now,
         )
         self.world = verify.read_world(state, dist, channel, current, verifier=pipeline, approvers=approvers, now=now)
-        self.doc = verify.decisions_of(state, digest)
+        found = verify.decisions_of(state, digest)
+        self.doc: dict[str, Any] | str = found if isinstance(found, str) else found[0]
+        self.fingerprint: str | None = None if isinstance(found, str) else found[1]
         self.checked: verify.Checked | None = None
         self.trips = watch.trips(self.world)
+        if self.trips:
+            metrics.add_metric(name="EnforcementHurting", unit=MetricUnit.Count, value=len(self.trips))
         for trip in self.trips:
             logger.error(
                 "enforcing promoted changes hurt: the channel is held",
                 extra={"channel": channel.name, "generation": trip.generation, "reasons": list(trip.reasons)},
             )
-            _metric("EnforcementHurting", 1, channel=channel.name)
-            _metric("EnforcementHurting", 1, channel=channel.name, generation=str(trip.generation))
+            with single_metric(
+                name="EnforcementHurting", unit=MetricUnit.Count, value=1, namespace=metrics.namespace
+            ) as metric:
+                metric.add_dimension(name="channel", value=channel.name)
+                metric.add_dimension(name="generation", value=str(trip.generation))
 
     @property
     def record(self) -> ManifestPromotion | None:
@@ -385,9 +399,9 @@ class _Promoting:
             self.state.delete(grant.key)  # used once
         record = self.checked.record
         if record.promoted.count:
-            _metric("ChangesPromoted", record.promoted.count, channel=self.channel.name)
+            metrics.add_metric(name="ChangesPromoted", unit=MetricUnit.Count, value=record.promoted.count)
         if record.rolled_back is not None:
-            _metric("ChangesTakenBack", record.rolled_back.changes.count, channel=self.channel.name)
+            metrics.add_metric(name="ChangesTakenBack", unit=MetricUnit.Count, value=record.rolled_back.changes.count)
 
     def report(self, result: PublishResult) -> None:
         """Publish's copy of the decisions, with the outcome, for ``channel evidence``."""
@@ -396,20 +410,13 @@ class _Promoting:
             return
         held = self.doc["counts"].get("hold", 0)
         if held:
-            _metric("ChangesHeld", held, channel=self.channel.name)
+            metrics.add_metric(name="ChangesHeld", unit=MetricUnit.Count, value=held)
         base = self.checked.report if self.checked is not None and self.checked.report is not None else self.doc
         reason = result.reason or ("; ".join(result.errors))
         doc = self.record_io.published(
             base, at=self.now, status=result.status, generation=result.generation, reason=reason
         )
         self.record_io.write(self.dist, layout.promotion_report_key(self.channel.name), doc)
-
-
-def _metric(name: str, value: int, **dimensions: str) -> None:
-    """One metric with its own dimensions (the alarm reads the one with ``channel`` alone)."""
-    with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace=metrics.namespace) as metric:
-        for key, dimension in dimensions.items():
-            metric.add_dimension(name=key, value=dimension)
 
 
 def _stale(manifest: Manifest, channels: Sequence[ChannelSettings] | None) -> str | None:

@@ -185,16 +185,17 @@ def _render_channel(
     bundle = assemble(result.files, channel, now=now, index=result.provenance)
     changed = _latest_digest(state, channel.name) != bundle.digest
     report = bundle_report(result.report, loaded.sets, last_run, now=now, unreadable=loaded.unreadable)
+    decisions = None
     if gate is not None:
         # before the bundle's manifest and pointer: Publish finds the decisions of whatever it is asked for
-        write(state, layout.bundle_file_key(bundle.digest, FILE), gate.decisions(bundle.digest))
+        decisions = write(state, layout.bundle_file_key(bundle.digest, FILE), gate.decisions(bundle.digest))
     if changed:
         _write_bundle(state, channel.name, bundle, report)
     elif loaded.unreadable or loaded.index_changed:
         # the same policies, but what the report says about the sets changed (a set failed or recovered)
         _write_report(state, bundle.digest, report)
     if publish is not None:
-        publish(PublishRequest(channel.name, bundle.digest))
+        publish(PublishRequest(channel.name, bundle.digest, decisions=decisions))
     logger.info("channel rendered", extra={"channel": channel.name, "digest": bundle.digest, "changed": changed})
     rendered = RenderedChannel(channel, result.files, bundle, report, changed)
     if each is not None:
