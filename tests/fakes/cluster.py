@@ -101,6 +101,16 @@ class Cluster:
         assert lines, f"channel {self.channel} blocks no address of {prefix}"
         return lines
 
+    def holder(self, prefix: str) -> str:
+        """The name of the Tetragon object that blocks ``prefix`` in the bundle the cluster follows."""
+        p = parse_canonical(prefix)
+        for blocklist in self.index.blocklists:
+            found = blocklist.find(p.version, p.network)
+            for h in blocklist.holders:
+                if found is not None and h.first <= found < h.first + h.count and h.ref.engine == "tetragon":
+                    return h.ref.name
+        raise AssertionError(f"channel {self.channel} blocks no address of {prefix}")
+
     def execs(self, rule: str, path: str, w: Workload, *, action: str, at: datetime | None = None) -> list[bytes]:
         """A program start a behaviour rule's first object reports (``action`` as the channel's)."""
         found = next(r for r in self.index.rules if r.rule == rule)

@@ -1,7 +1,8 @@
-"""A pipeline on a moto server for the promotion tests: the operator's documents and indicator sets
-in the state bucket, Render and Publish through their real handlers (RenderQueue, PublishQueue),
-clusters (``tests.fakes.cluster``) whose node readers count export lines in the upstream formats
-and whose agents report them in their statuses, and the operator's commands (``cdr-policy``)."""
+"""A pipeline on a moto server for the promotion tests (``test_promotion.py``): the operator's
+documents and indicator sets in the state bucket, Render and Publish through their real handlers
+(RenderQueue, PublishQueue), clusters (``tests.fakes.cluster``) whose node readers count export
+lines in the upstream formats and whose agents report them in their statuses, and the operator's
+commands (``cdr-policy``)."""
 
 from __future__ import annotations
 
@@ -86,12 +87,15 @@ class Pipeline:
             layout.feed_set_key("c2-feed"), dump_set(IndicatorSet("feed:c2-feed", iso(now), "ok", prefixes=prefixes))
         )
 
-    def render(self) -> dict[str, dict[str, Any]]:
-        """Render (the refresh schedule's event, with every notification queued), then Publish;
-        what Publish answered, per channel."""
+    def render(self, *, publish: bool = True) -> dict[str, dict[str, Any]]:
+        """Render (the refresh schedule's event, with every notification queued), then Publish
+        (unless not ``publish``: its requests stay queued); what Publish answered, per promoting channel."""
         sqs = self.stack.client("sqs")
         sqs.send_message(QueueUrl=self.stack.render_queue_url, MessageBody=REFRESH)
         self._deliver("render", self.stack.render_queue_url)
+        if not publish:
+            sqs.purge_queue(QueueUrl=self.stack.publish_queue_url)
+            return {}
         self._deliver("publish", self.stack.publish_queue_url)
         return {c: self.report(c)["publish"] for c in self.promoting()}
 
