@@ -40,7 +40,7 @@ def run_hits(stack: Stack, output: Path, agents: dict[str, Any], say: Callable[[
     dist = S3Store(stack.client("s3"), stack.names.dist_bucket)
     verifier = Verifier.from_public_pem(KmsSigner(stack.client("kms"), stack.signing_key_id).public_key_pem())
     say("")
-    say("[6/6] Hits (Tetragon and Hubble export lines through the node readers; HitsRollup, EventBridge schedule)")
+    say("[7/7] Hits (Tetragon and Hubble export lines through the node readers; HitsRollup, EventBridge schedule)")
     statuses = {}
     for channel, nodes in NODES.items():
         reports = DirectoryReports(output / "hit-reports" / channel)

@@ -30,6 +30,7 @@ from cdr_policy.settings import get_settings
 from cdr_policy.storage import LocalStore, S3Store
 from cdr_policy.timeutil import utcnow
 from demo.hits import run_hits
+from demo.promotion import PROMOTE, run_promotion
 from tests.fakes.aws import Stack, create_stack
 from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from tests.fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_handler
@@ -41,7 +42,7 @@ DEMO_DRIFT_INTERVAL_S = 1.0
 FINDINGS = EVENTS / "findings"
 CHANNELS = (
     {"name": "staging", "action": "Post", "cilium_version": "1.17"},
-    {"name": "prod", "action": "Sigkill", "cilium_version": "1.18"},
+    {"name": "prod", "action": "Sigkill", "cilium_version": "1.18", "promote": PROMOTE},
 )
 
 
@@ -53,6 +54,7 @@ class PipelineResult:
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     drift: dict[str, Any] = field(default_factory=dict)  # the staging agent's status after a drift repair
     hits: dict[str, Any] = field(default_factory=dict)  # what the export lines fed through the readers gave
+    promotion: dict[str, Any] = field(default_factory=dict)  # prod's evidence after the soak and the approval
 
     def channel_dir(self, channel: str) -> Path:
         return self.output / channel
@@ -147,6 +149,7 @@ def run_pipeline(
         with _environment(env), _lambda_logs(output / "lambda.log"):
             result.steps = _run_functions(stack, say)
             result.agents, result.drift = _run_agents(stack, output, say)
+            result.promotion = run_promotion(stack, output, lambda: _render_and_publish(stack), say)
             result.hits = run_hits(stack, output, demo_agents(stack, output), say)
         for bucket, folder in ((stack.names.state_bucket, "state"), (stack.names.dist_bucket, "dist")):
             _mirror(S3Store(stack.client("s3"), bucket), LocalStore(output / folder))
@@ -163,7 +166,7 @@ def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
     steps: dict[str, Any] = {}
 
     say("")
-    say("[1/6] CdrFetch (EventBridge schedule)")
+    say("[1/7] CdrFetch (EventBridge schedule)")
     summary = load_handler("cdr_fetch").lambda_handler(_event("schedule_cdr_fetch.json"), LambdaContext("cdr-fetch"))
     steps["cdr_fetch"] = summary
     ind = summary["indicators"]
@@ -173,19 +176,19 @@ def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
         f"{ind['domains']} domains, {ind['ports']} ports"
     )
 
-    say("[2/6] FeedSync (EventBridge schedule)")
+    say("[2/7] FeedSync (EventBridge schedule)")
     summary = load_handler("feed_sync").lambda_handler(_event("schedule_feed_sync.json"), LambdaContext("feed-sync"))
     steps["feed_sync"] = summary
     for name, feed in summary["feeds"].items():
         say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
 
-    say("[3/6] Render (RenderQueue <- S3 ObjectCreated notifications for indicators/ and config/)")
+    say("[3/7] Render (RenderQueue <- S3 ObjectCreated notifications for indicators/ and config/)")
     counts = steps["render"] = _deliver(stack, "render", stack.render_queue_url)
     say(f"      {counts['messages']} notification(s) in {counts['batches']} batch(es), {counts['failed']} failed")
     for channel, latest in _latest_renders(stack).items():
         say(f"      channel {channel:<8} bundle {latest['digest'][:16]}")
 
-    say("[4/6] Publish (PublishQueue)")
+    say("[4/7] Publish (PublishQueue)")
     counts = steps["publish"] = _deliver(stack, "publish", stack.publish_queue_url)
     say(f"      {counts['messages']} publish request(s), {counts['failed']} failed")
     for channel, manifest in _channel_manifests(stack).items():
@@ -195,6 +198,14 @@ def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
             f"signed with {manifest['signature_algorithm']}, expires {manifest['expires_at']}"
         )
     return steps
+
+
+def _render_and_publish(stack: Stack) -> None:
+    """The scheduled re-render (its EventBridge event on RenderQueue), then its publish requests."""
+    refresh = json.loads((EVENTS / "sqs_render_refresh.json").read_text())["Records"][0]["body"]
+    stack.client("sqs").send_message(QueueUrl=stack.render_queue_url, MessageBody=refresh)
+    _deliver(stack, "render", stack.render_queue_url)
+    _deliver(stack, "publish", stack.publish_queue_url)
 
 
 def _deliver(stack: Stack, function: str, queue_url: str) -> dict[str, int]:
@@ -239,7 +250,7 @@ def demo_agents(stack: Stack, output: Path) -> dict[str, Agent]:
 def _run_agents(
     stack: Stack, output: Path, say: Callable[[str], None]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    say("[5/6] Sync agents (one per channel: poll, verify signature and digests, apply, report status)")
+    say("[5/7] Sync agents (one per channel: poll, verify signature and digests, apply, report status)")
     statuses = {}
     agents = demo_agents(stack, output)
     for channel, agent in agents.items():
