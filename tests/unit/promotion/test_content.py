@@ -45,18 +45,12 @@ def test_a_name_a_rule_newly_matches_is_a_new_version_and_a_workload_scope_count
     after = fingerprints(AUDIT, {"crypto_mining": ["xmrig", "cpuminer-opt"]})
     assert {r for r in RULES if before[r] != after[r]} == {"crypto_mining"}
 
-    seen = [sighting("cpuminer-opt", "shop", deployment="web"), sighting("cpuminer-opt", "batch", deployment="job")]
-    scoped = compile_policies(
-        [IndicatorSet("cdr", "2026-01-10T16:00:00Z", "ok", behaviours=[behaviour("crypto_mining", sightings=seen)])],
-        AUDIT,
-        now=NOW,
-        guard=NeverBlock(),
-    )
-    other = [sighting("cpuminer-opt", "shop", deployment="web"), sighting("cpuminer-opt", "ops", deployment="job")]
-    moved = compile_policies(
-        [IndicatorSet("cdr", "2026-01-10T16:00:00Z", "ok", behaviours=[behaviour("crypto_mining", sightings=other)])],
-        AUDIT,
-        now=NOW,
-        guard=NeverBlock(),
-    )
-    assert rule_fingerprints(f.obj for f in scoped.files) != rule_fingerprints(f.obj for f in moved.files)
+    def placed(namespaces: tuple[str, str]) -> dict[str, str]:
+        seen = [
+            sighting("cpuminer-opt", ns, deployment=name) for ns, name in zip(namespaces, ("web", "job"), strict=True)
+        ]
+        cdr = IndicatorSet("cdr", "2026-01-10T16:00:00Z", "ok", behaviours=[behaviour("crypto_mining", sightings=seen)])
+        return rule_fingerprints(f.obj for f in compile_policies([cdr], AUDIT, now=NOW, guard=NeverBlock()).files)
+
+    # the name seen in two workloads is enforced in each of them: where they run is what it matches
+    assert placed(("shop", "batch")) != placed(("shop", "ops"))

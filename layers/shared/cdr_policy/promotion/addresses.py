@@ -170,19 +170,21 @@ class AddressSet:
         return (at >= 0) & (self.last4[np.maximum(at, 0)] >= first)
 
     def covers6(self, firsts: Sequence[int], lasts: Sequence[int]) -> list[bool]:
-        starts, ends = self._v6_intervals()
-        out = []
-        for f, la in zip(firsts, lasts, strict=True):
-            j = bisect.bisect_right(starts, f) - 1
-            out.append(j >= 0 and ends[j] >= la)
-        return out
+        """Per IPv6 interval: inside the set?"""
+        return self._v6(firsts, lasts, whole=True)
 
     def touches6(self, firsts: Sequence[int], lasts: Sequence[int]) -> list[bool]:
+        """Per IPv6 interval: sharing an address with the set?"""
+        return self._v6(firsts, lasts, whole=False)
+
+    def _v6(self, firsts: Sequence[int], lasts: Sequence[int], *, whole: bool) -> list[bool]:
+        """Per IPv6 interval: does the set's interval holding its first address (``whole``) or last
+        address reach its other end?"""
         starts, ends = self._v6_intervals()
         out = []
         for f, la in zip(firsts, lasts, strict=True):
-            j = bisect.bisect_right(starts, la) - 1
-            out.append(j >= 0 and ends[j] >= f)
+            j = bisect.bisect_right(starts, f if whole else la) - 1
+            out.append(j >= 0 and ends[j] >= (la if whole else f))
         return out
 
     def holds(self, version: int, address: int) -> bool:
