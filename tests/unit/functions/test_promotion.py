@@ -433,3 +433,22 @@ def test_the_same_inputs_compose_the_same_bundle(p):
     p.render()
     p.render()
     assert jsonio.loads(p.state.get(layout.latest_render_key("prod")).data)["digest"] == first
+
+
+def test_a_shipped_bundle_that_cannot_be_read_holds_the_channel_and_stops_no_render(p):
+    p.configure(STAGING, prod())
+    p.indicators([C2])
+    p.render()
+    staging = p.cluster("staging", "stg-1")
+    staging.sync()
+    staging.record([])
+    p.render()
+    shipped = p.shipped("prod")
+    p.dist.delete(layout.published_file_key("prod", shipped.digest, "provenance.json"))  # gone from the bucket
+    p.indicators([C2, NEW])
+
+    outcome = p.render()["prod"]
+
+    assert outcome["status"] == "held" and "cannot compare with the current bundle" in outcome["reason"]
+    assert p.shipped("prod").digest == shipped.digest
+    assert blocked(p, "staging") == {C2, NEW}  # every other channel rendered and published

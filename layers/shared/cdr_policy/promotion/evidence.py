@@ -28,7 +28,7 @@ from cdr_policy.hits.fleet import ClusterHits, Counted, Fleet, read_fleet
 from cdr_policy.observability import logger
 from cdr_policy.policy.channel import ChannelSettings, Promotion
 from cdr_policy.promotion.content import Content, published_content
-from cdr_policy.storage import Store
+from cdr_policy.storage import NotFound, Store, TooLarge
 from cdr_policy.timeutil import parse_iso
 
 SOAK_SAMPLES = 24
@@ -87,7 +87,15 @@ class World:
         current = current if current is not None else read_current(dist, channel.name, verifier)
         content, index = Content.empty(), None
         if current.manifest is not None:
-            content, index = published_content(dist, current.manifest)
+            try:
+                content, index = published_content(dist, current.manifest)
+            except (BundleError, NotFound, TooLarge) as exc:
+                # what it ships cannot be read: nothing counts as shipped, every change is judged, and
+                # Publish holds the bundle this composes (it cannot compare it with the current one)
+                logger.error(
+                    "the channel's current bundle is unusable: promotion composes as if it shipped nothing",
+                    extra={"channel": channel.name, "digest": current.digest, "error": str(exc)},
+                )
         window = timedelta(seconds=promote.watch.window_s) if promote.watch else timedelta(0)
         history = list(recent(dist, channel.name, verifier, since=now - window)) if promote.watch else []
         return cls(
