@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: venv tools scan costs demo test unit integration infra lint validate build bench fake-gateway clean
+.PHONY: venv tools scan costs demo test unit integration infra lint validate build image bench fake-gateway clean
 
 venv: $(STAMP)
 
@@ -51,6 +51,7 @@ lint: venv
 	$(BIN)/ruff check layers functions tests demo benchmarks
 	$(BIN)/ruff format --check layers functions tests demo benchmarks
 	$(BIN)/mypy
+	$(BIN)/hadolint deploy/agent/Dockerfile
 
 validate: venv scan
 	$(BIN)/sam validate --lint
@@ -62,6 +63,12 @@ scan: tools
 
 build: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sam build
+
+# The agent/CLI image (deploy/agent/Dockerfile), its size printed. As root it installs and starts Docker
+# Engine and, where no registry answers, makes the Debian base (deploy/agent/build-image.sh says how).
+# IMAGE_ARGS: e.g. --tag <registry>/cdr-policy-agent:0.1.0, --refresh-base, -- --build-arg ...
+image: venv
+	deploy/agent/build-image.sh --python $(BIN)/python $(IMAGE_ARGS)
 
 bench: venv
 	command -v iprange >/dev/null || { apt-get install -y iprange || (apt-get update && apt-get install -y iprange); } || echo "iprange not installed: the comparison column will be missing"

@@ -1,10 +1,10 @@
 """(f) A fleet of sync agents polling one distribution bucket: what it costs and how fast it converges.
 
-1. A moto server on loopback behind ``make costs``' request counter (``demo.costs``), with the
-   template's resources (``tests.fakes.aws``). Two channels (``demo.runner.CHANNELS``) rendered by
+1. A moto server on loopback behind ``make costs``' request counter (``demo.costs``), with a bucket
+   and a KMS signing key like the stack's. Two channels (``demo.runner.CHANNELS``) rendered by
    the Render stage from a threat-intel feed (a file of public addresses synced by the FeedSync
    stage into a local state folder) and published to the bucket by the Publish stage, signed with
-   the stack's KMS key, checked against the upstream CRDs when ``../shared/crds`` is there.
+   that key, checked against the upstream CRDs when ``../shared/crds`` is there.
 2. ``agents`` sync agents (``cdr_policy.agent.sync.Agent``, each applying into its own folder, with
    the checks of the agent's directory mode), alternating between the channels, each in its own
    thread running ``Agent.run`` (its own loop with the agent's own jitter), spread over ``processes``
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import boto3
 import yaml
 
 from benchmarks.generate import generate_addresses
@@ -68,7 +69,7 @@ from cdr_policy.storage import LocalStore, S3Store, Store
 from cdr_policy.timeutil import utcnow
 from demo.costs import S3_PRICE_PER_1000, counting_moto_server, s3_price_class
 from demo.runner import CHANNELS
-from tests.fakes.aws import create_stack
+from tests.fakes.aws import REGION
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnProcess
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
 
 FEED = "fleet"
+FLEET_BUCKET = "cdr-policy-fleet-dist"
 FEED_ADDRESSES = 200  # the first bundle's feed; the update adds UPDATE_ADDRESSES more
 UPDATE_ADDRESSES = 10
 CLUSTERS = (100, 1_000, 10_000)
@@ -321,10 +323,16 @@ def run(work: Path, config: FleetConfig, say: Callable[[str], None] = print) -> 
         "crds": crds is not None,
     }
     with _quiet(), counting_moto_server() as (url, counter):
-        stack = create_stack(url, environment="fleet")
-        dist = S3Store(stack.client("s3"), stack.names.dist_bucket)
+        # Only the agents are measured: a bucket and a signing key of the stack's kinds (template.yaml's
+        # DistributionBucket and SigningKey), not the stack, whose bucket policy lets only cluster roles
+        # write status/ (every simulated agent here writes as the one identity of this process).
+        s3 = boto3.client("s3", endpoint_url=url, region_name=REGION)
+        s3.create_bucket(Bucket=FLEET_BUCKET)
+        kms = boto3.client("kms", endpoint_url=url, region_name=REGION)
+        key = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+        dist = S3Store(s3, FLEET_BUCKET)
         state = LocalStore(work / "state")
-        signer = KmsSigner(stack.client("kms"), stack.signing_key_id)
+        signer = KmsSigner(kms, key)
         feed = generate_addresses(work / "feed.txt", FEED_ADDRESSES, config.seed)
         first = {channel: digest for channel, (digest, _) in _ship(state, dist, signer, feed, schemas).items()}
 
@@ -337,8 +345,8 @@ def run(work: Path, config: FleetConfig, say: Callable[[str], None] = print) -> 
         specs = [
             _WorkerSpec(
                 endpoint=url,
-                region=stack.names.region,
-                bucket=stack.names.dist_bucket,
+                region=REGION,
+                bucket=FLEET_BUCKET,
                 public_pem=signer.public_key_pem(),
                 crds=str(crds) if crds else None,
                 agents=tuple(assigned[n :: config.processes]),

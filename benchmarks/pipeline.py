@@ -8,8 +8,9 @@ in its own process (``benchmarks.measure``), all in one run, so that ratios comp
     Both runs use a fresh state directory, the repository's fake Qualys gateway and a loopback
     feed server (``demo``); the million-address output is checked: policies written, the budget
     respected, the left-out entries reported.
-(c) The four handlers on a moto server (``tests.fakes.aws``, as ``make demo``; CdrFetch against the
-    fake Qualys gateway) with the same feed and the upstream CRDs (when ``../shared/crds`` is there:
+(c) The four handlers of the stack deployed from template.yaml on a moto server (``tests.fakes.stack``,
+    as ``make demo``, without IAM checks; each with its deployed environment and role; CdrFetch against
+    the fake Qualys gateway) with the same feed and the upstream CRDs (when ``../shared/crds`` is there:
     the schema checks run too), each in a process that sees only the built layer (``build_layer``):
     wall time and peak RSS of each, the size of the stored feed set, and the modules each imported.
 (d) The cold import of each handler module and of the modules its invocations in (c) imported,
@@ -39,6 +40,7 @@ import yaml
 
 from benchmarks.generate import generate_addresses
 from benchmarks.measure import LAMBDA_PYTHON, REPO, Run, lambda_env, measure, python_env
+from cdr_policy.bundle.signing import KmsSigner
 from cdr_policy.policy.channel import MAX_BUDGET_PREFIXES
 
 FEED = "big"
@@ -160,39 +162,44 @@ def _cli_output(folder: Path) -> dict[str, Any]:
 # -- (c) and (e) -------------------------------------------------------------------------------
 
 
+LOGICAL = {"cdr_fetch": "CdrFetchFunction", "feed_sync": "FeedSyncFunction", "render": "RenderFunction"}
+LOGICAL["publish"] = "PublishFunction"
+
+
 def _handlers(work: Path, big: Path, layer: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from cdr_policy.timeutil import utcnow
-    from demo.runner import FINDINGS
-    from tests.fakes.aws import create_stack, moto_endpoint
+    from demo.runner import FINDINGS, create_qualys_secret, onboard_cluster
+    from tests.fakes.aws import moto_server
     from tests.fakes.feeds import FeedServer
-    from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+    from tests.fakes.lambda_runtime import LambdaService
+    from tests.fakes.qualys import FakeQualysGateway
+    from tests.fakes.stack import deploy
 
     results: dict[str, Any] = {}
     with (
-        moto_endpoint(None) as endpoint,
-        FeedServer(root=work) as server,
-        FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gateway,
+        moto_server(enforce_iam=False) as server,
+        FeedServer(root=work) as feeds_server,
+        FakeQualysGateway(FINDINGS, rebase_to=utcnow(), tls=server.tls.server_context()) as gateway,
     ):
-        stack = create_stack(
-            endpoint, environment="bench", qualys={"username": DEMO_USERNAME, "password": DEMO_PASSWORD}
-        )
+        # template.yaml deployed as make demo deploys it (tests.fakes.stack), without IAM checks
+        create_qualys_secret(server, "cdr-policy/qualys")
+        parameters = {"Environment": "bench", "QualysGatewayUrl": gateway.url}
+        stack = deploy(server, name="cdr-policy-bench", parameters=parameters)
+        lambdas = LambdaService(stack, work / "lambda.log")
         s3 = stack.client("s3")
-        bucket = stack.names.state_bucket
+        bucket = stack.state_bucket
         s3.put_object(Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": [CHANNEL, LARGEST]}))
-        feeds = {"feeds": [{"name": FEED, "url": server.url(f"/{big.name}"), "category": "attacker"}]}
+        feeds = {"feeds": [{"name": FEED, "url": feeds_server.url(f"/{big.name}"), "category": "attacker"}]}
         s3.put_object(Bucket=bucket, Key="config/feeds.yaml", Body=yaml.safe_dump(feeds))
         crds = sorted(p for p in CRDS.rglob("*.yaml") if "examples" not in p.parts) if CRDS.is_dir() else []
         for path in crds:
             s3.put_object(Bucket=bucket, Key=f"crds/{path.relative_to(CRDS).as_posix()}", Body=path.read_bytes())
-        # The handlers run with the layer as Lambda sees it (and template.yaml's environment).
-        env = {
-            **stack.env,
-            "RENDER_QUEUE_URL": stack.render_queue_url,
-            "QUALYS_GATEWAY_URL": gateway.url,
-        }
         for name in HANDLERS:
             print(f"(c) {name} handler on the moto server ...", flush=True)
-            results[name] = _step(["handler", name], work, {**lambda_env(layer), **env}, LAMBDA_PYTHON)
+            # The handlers run with the layer as Lambda sees it, the function's deployed environment and role.
+            env = {**lambda_env(layer), **lambdas.environment(LOGICAL[name])}
+            env["EVENT_SOURCE_QUEUE_URL"] = stack.outputs.get(f"{LOGICAL[name].removesuffix('Function')}QueueUrl", "")
+            results[name] = _step(["handler", name], work, env, LAMBDA_PYTHON)
             first_call = results[name].pop("first_call_modules")
             (work / f"first-call-{name}.json").write_text(json.dumps(first_call))
             results[name]["first_call_modules"] = len(first_call)
@@ -203,11 +210,19 @@ def _handlers(work: Path, big: Path, layer: Path) -> tuple[dict[str, Any], dict[
             "ContentLength"
         ]
         results["crds"] = len(crds)
-        print("(e) sync agent: first poll, then an unchanged one ...", flush=True)
-        agent = _step(["agent", CHANNEL["name"]], work, {**python_env(), **env})
-        print("(e) sync agent: the largest bundle the budgets allow ...", flush=True)
-        agent["largest"] = _step(["agent", LARGEST["name"]], work, {**python_env(), **env})
-    return results, agent
+        # The agents of two clusters (deploy/cluster-access), with the public key their operator exported.
+        public_key = work / "signing-public.pem"
+        public_key.write_text(KmsSigner(stack.client("kms"), stack.signing_key_arn).public_key_pem())
+        agent: dict[str, Any] = {}
+        for channel, key in ((CHANNEL["name"], "unchanged"), (LARGEST["name"], "largest")):
+            cluster = onboard_cluster(stack, f"bench-{channel}", channel)
+            credentials = {k.upper(): v for k, v in cluster.session.items()}
+            env = {**python_env(), **server.env, **credentials, "DIST_BUCKET": stack.dist_bucket}
+            env["SIGNING_PUBLIC_KEY"] = str(public_key)
+            print(f"(e) sync agent of channel {channel} ...", flush=True)
+            agent[key] = _step(["agent", channel], work, env)
+    largest = agent.pop("largest")
+    return results, {**agent.pop("unchanged"), "largest": largest}
 
 
 def _step(

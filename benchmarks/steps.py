@@ -2,8 +2,9 @@
 ``python -m benchmarks.steps STEP OUT.json [ARG...]``; each writes a JSON summary to ``OUT.json``.
 
 - ``handler NAME``: one function's real handler (``functions/<NAME>/app.py``) as Lambda runs it,
-  with the environment the parent gives (the local stack's, as template.yaml would set it):
-  CdrFetch and FeedSync on their schedule events, Render and Publish on their queues' messages.
+  with the environment the parent gives (the deployed function's configuration and role session):
+  CdrFetch and FeedSync on their schedule events, Render and Publish on the messages of their event
+  source's queue (``EVENT_SOURCE_QUEUE_URL``).
   Its summary lists the modules the handler module imported (``handler_modules``) and those its
   invocations imported (``first_call_modules``).
 - ``import NAME [MODULES.json]``: the cold import of a handler module and of the modules its
@@ -11,7 +12,8 @@
   Logger, Tracer and Metrics and nothing else, or ``floor MODULES.json``: the bare handler and then
   the modules of the list (a handler's dependencies without the library's own code). The import is
   timed inside the process.
-- ``agent CHANNEL``: the sync agent polls once (and applies the bundle), polls again (its first
+- ``agent CHANNEL``: the sync agent (its cluster's session in the environment, the public key in the
+  file ``SIGNING_PUBLIC_KEY``) polls once (and applies the bundle), polls again (its first
   unchanged poll, which still reports something new), then once more with nothing changed: that
   steady-state poll's HTTP requests and response body bytes are counted with botocore's event hooks
   on the agent's own S3 client.
@@ -65,7 +67,7 @@ def run_handler(name: str) -> dict[str, Any]:
         import boto3
 
         sqs = boto3.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-        queue = os.environ["RENDER_QUEUE_URL" if name == "render" else "PUBLISH_QUEUE_URL"]
+        queue = os.environ["EVENT_SOURCE_QUEUE_URL"]  # the queue of the function's event source mapping
         result = drain_queue(
             sqs,
             queue,
@@ -131,12 +133,11 @@ def run_agent(channel: str) -> dict[str, Any]:
 
     from cdr_policy.agent.directory import DirectoryApplier
     from cdr_policy.agent.sync import Agent
-    from cdr_policy.bundle.signing import KmsSigner, Verifier
+    from cdr_policy.bundle.signing import Verifier
     from cdr_policy.storage import S3Store
 
-    endpoint = os.environ["AWS_ENDPOINT_URL"]
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    pem = KmsSigner(boto3.client("kms", endpoint_url=endpoint), os.environ["SIGNING_KEY_ID"]).public_key_pem()
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    pem = Path(os.environ["SIGNING_PUBLIC_KEY"]).read_text()
     with tempfile.TemporaryDirectory() as folder:
         agent = Agent(
             S3Store(s3, os.environ["DIST_BUCKET"]),

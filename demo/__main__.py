@@ -1,11 +1,14 @@
-"""``make demo``: run the whole serverless pipeline locally and say what it did.
+"""``make demo``: deploy template.yaml on a local moto server, run the whole serverless pipeline through
+the stack's own event sources and roles, and say what it did.
 
-    python -m demo [--endpoint-url URL] [--output DIR] [--crds DIR]
+    python -m demo [--output DIR] [--crds DIR] [--template FILE]
 
-Without ``--endpoint-url`` an in-process moto server is started on loopback. ``--crds`` (default:
-``$CDR_POLICY_CRDS`` or ``../shared/crds`` when present) is uploaded to the state bucket so Render
-and Publish check every object against the CRD schemas too, and the agents' output is validated
-against them at the end.
+The moto server runs in a process of its own and checks every request against IAM: each function
+works with its deployed role's permissions only. ``--crds`` (default: ``$CDR_POLICY_CRDS`` or
+``../shared/crds`` when present) is uploaded to the state bucket so Render and Publish check every
+object against the CRD schemas too, and the agents' output is validated against them at the end.
+``--template``: deploy another template (a changed copy of template.yaml, e.g. without a permission).
+A function that fails ends the run with one error line and exit status 1.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from pathlib import Path
 
 from cdr_policy.policy.checker import SchemaSet, check_files
 from demo.promotion import SOAK
-from demo.runner import CHANNELS, run_pipeline
-from tests.fakes.aws import moto_endpoint
+from demo.runner import CHANNELS, DemoFailure, run_pipeline
+from tests.fakes.aws import MotoServerError, moto_server
 from tests.fakes.lambda_runtime import REPO
+from tests.fakes.stack import TEMPLATE, StackError
 
 
 def _default_crds() -> str | None:
@@ -32,18 +36,22 @@ def _default_crds() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--endpoint-url", help="an S3/SQS/KMS endpoint to use instead of an in-process moto server")
     parser.add_argument(
         "--output", default="demo-output", help="where the agents write each channel (default demo-output)"
     )
     parser.add_argument("--crds", default=_default_crds(), help="CRD directory for schema checks")
+    parser.add_argument("--template", default=str(TEMPLATE), help="the stack's template (default template.yaml)")
     args = parser.parse_args(argv)
     output = Path(args.output).resolve()
     shutil.rmtree(output, ignore_errors=True)
     crds = Path(args.crds) if args.crds else None
     print("=== CDR Policy Operator: local run of the serverless pipeline ===")
-    with moto_endpoint(args.endpoint_url) as endpoint:
-        result = run_pipeline(endpoint, output, crds_dir=crds)
+    try:
+        with moto_server() as server:
+            result = run_pipeline(server, output, crds_dir=crds, template=Path(args.template).resolve())
+    except (DemoFailure, StackError, MotoServerError) as exc:
+        print(f"demo: error: {exc} (function logs: {output / 'lambda.log'})", file=sys.stderr)
+        return 1
     print("")
     print("Result:")
     failed = 0

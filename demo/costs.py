@@ -2,10 +2,12 @@
 
     python -m demo.costs [--output DIR]
 
-Runs the demo (``demo.runner.run_pipeline``) against an in-process moto server whose WSGI application is
-wrapped in a counter, then starts one agent per channel again (a restarted agent: nothing cached) and polls
-each twice more (the second poll is a fleet's steady state: nothing changed), and prints the requests by
-stage and API operation with each stage's wall time. The README's cost section is computed from this table.
+Runs the demo (``demo.runner.run_pipeline``: template.yaml deployed, then the flow) against an in-process
+moto server (tests/fakes/moto_server.py, without IAM checks) whose WSGI application is wrapped in a
+counter, then starts one agent per channel again (a restarted agent: nothing cached) and polls each twice
+more (the second poll is a fleet's steady state: nothing changed), and prints the requests by stage and
+API operation with each stage's wall time. The deployment and what Lambda reads of the stack count as
+``setup``. The README's cost section is computed from this table.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from urllib.parse import parse_qs
 
 import httpx
 
-from demo.runner import _lambda_logs, demo_agents, run_pipeline
+from demo.runner import demo_agents, quiet_logs, run_pipeline
+from tests.fakes.aws import moto_server
 
 # The runner announces each stage as "[n/7] Name ..."; requests are booked to the stage last announced.
 _STAGE = re.compile(r"^\[\d/\d\] (\S+)")
@@ -112,7 +115,10 @@ class RequestCounter:
             if close is not None:
                 close()
         with self._lock:
-            self.request_bytes[key] += int(environ.get("CONTENT_LENGTH") or 0)
+            # over HTTPS botocore streams an S3 upload (aws-chunked, with a trailing checksum): its length
+            # is the decoded one it declares
+            length = environ.get("HTTP_X_AMZ_DECODED_CONTENT_LENGTH") or environ.get("CONTENT_LENGTH") or 0
+            self.request_bytes[key] += int(length)
             self.response_bytes[key] += sum(map(len, body))
             self.statuses[(*key, status[0] if status else 0)] += 1
         return body
@@ -138,7 +144,8 @@ class RequestCounter:
 
 @contextmanager
 def counting_moto_server() -> Iterator[tuple[str, RequestCounter]]:
-    """A moto server on loopback (an ephemeral port) behind a ``RequestCounter``."""
+    """A plain moto server on loopback (an ephemeral port, HTTP) behind a ``RequestCounter``: the fleet
+    benchmark's bucket (benchmarks/fleet.py)."""
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
@@ -160,7 +167,15 @@ def counting_moto_server() -> Iterator[tuple[str, RequestCounter]]:
 def measure(output: Path, say: Callable[[str], None]) -> RequestCounter:
     """One demo run, then a restarted agent per channel polling twice; requests and seconds by stage."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log lines on the console
-    with counting_moto_server() as (url, counter):
+    counters: list[RequestCounter] = []
+
+    def counting(app: WsgiApp) -> WsgiApp:
+        counters.append(RequestCounter(app))
+        return counters[0]
+
+    with moto_server(enforce_iam=False, wrap=counting) as server:
+        (counter,) = counters
+        counter.counts.clear()  # the reset before the run
 
         def step(line: str) -> None:
             match = _STAGE.match(line)
@@ -168,10 +183,10 @@ def measure(output: Path, say: Callable[[str], None]) -> RequestCounter:
                 counter.enter(match.group(1))
             say(line)
 
-        result = run_pipeline(url, output, say=step)
-        with _lambda_logs(output / "lambda.log"):
+        result = run_pipeline(server, output, say=step)
+        with quiet_logs(output / "agents.log"):
             counter.enter("restarted-poll")
-            agents = demo_agents(result.stack, output)
+            agents = demo_agents(result)
             # A restarted agent's first polls report something new (it applied, then confirmed by ETag).
             for _ in range(2):
                 statuses = {channel: agent.sync_once() for channel, agent in agents.items()}

@@ -11,11 +11,10 @@ the per-feed and per-finding hits, which agree with the per-cluster counts.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdr_policy.bundle.provenance import ProvenanceIndex
 from cdr_policy.bundle.signing import KmsSigner, Verifier
@@ -25,24 +24,32 @@ from cdr_policy.hits.reader import IndexFollower, Reader
 from cdr_policy.hits.reports import DirectoryReports
 from cdr_policy.storage import LocalStore, S3Store
 from cdr_policy.timeutil import utcnow
-from tests.fakes.aws import Stack
 from tests.fakes.exports import Workload, hubble_flow, tetragon_connect, tetragon_exec
-from tests.fakes.lambda_runtime import REPO, LambdaContext, load_handler
+
+if TYPE_CHECKING:
+    from demo.runner import PipelineResult
 
 NODES = {"prod": ("demo-node-1", "demo-node-2"), "staging": ("demo-node-3",)}
 SHOP = Workload("shop", "web", "web-7c9d8f6b5-x2k4q")
 BATCH = Workload("batch", "nightly", "nightly-28441720-5mq2t", binary="/opt/job/run", kind="CronJob")
 
 
-def run_hits(stack: Stack, output: Path, agents: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
-    """Every step above; returns the fleet report, HitsRollup's summary and the agents' hits."""
+def run_hits(result: PipelineResult, agents: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """Every step above; returns the fleet report, HitsRollup's summary and the agents' hits. The readers
+    read with their cluster's ReaderRole, the agents write with their cluster's role, HitsRollup runs on
+    its schedule rule under its own role."""
+    from demo.runner import DemoFailure
+
     now = utcnow()
-    dist = S3Store(stack.client("s3"), stack.names.dist_bucket)
-    verifier = Verifier.from_public_pem(KmsSigner(stack.client("kms"), stack.signing_key_id).public_key_pem())
+    stack, output = result.stack, result.output
+    verifier = Verifier.from_public_pem(KmsSigner(stack.client("kms"), stack.signing_key_arn).public_key_pem())
+    rule = result.lambdas.schedule_of("HitsRollupFunction")
     say("")
-    say("[7/7] Hits (Tetragon and Hubble export lines through the node readers; HitsRollup, EventBridge schedule)")
+    say(f"[7/7] Hits (Tetragon and Hubble export lines through the node readers; HitsRollup, EventBridge rule {rule})")
     statuses = {}
     for channel, nodes in NODES.items():
+        cluster = result.clusters[channel]
+        dist = S3Store(stack.server.client("s3", **cluster.reader_session), stack.dist_bucket)
         reports = DirectoryReports(output / "hit-reports" / channel)
         for i, node in enumerate(nodes):
             state = output / ".reader-state" / node
@@ -66,18 +73,23 @@ def run_hits(stack: Stack, output: Path, agents: dict[str, Any], say: Callable[[
         status = statuses[channel] = agent.sync_once()
         hits = status["hits"] or {}
         say(
-            f"      agent demo-{channel}: status/demo-{channel}.json carries the hits of "
+            f"      agent {cluster.cluster_id}: status/{cluster.cluster_id}.json carries the hits of "
             f"{hits.get('nodes', 0)} node(s): {hits.get('totals', {}).get('ours', 0)} ours, "
             f"{len(hits.get('rows', []))} row(s)"
         )
-    event = json.loads((REPO / "events" / "schedule_hits_rollup.json").read_text())
-    rollup = load_handler("hits_rollup").lambda_handler(event, LambdaContext("hits-rollup"))
+    (invocation,) = result.lambdas.fire(rule)
+    if not invocation.ok:
+        raise DemoFailure("[7/7] Hits", f"{invocation.function}: {invocation.error}")
+    rollup = invocation.response
     say(
         f"      HitsRollup: {rollup['hits']} hit(s) from {rollup['clusters']} cluster(s), {rollup['refused']} row(s) "
         f"refused, {rollup['addresses']} address(es) and {rollup['rules']} rule(s) fired -> hits/fleet.json "
         "(Render ranks with it)"
     )
-    report = fleet_report(read_fleet(dist, now=utcnow(), window=timedelta(days=7)))
+    # the operator's view (cdr-policy fleet hits)
+    report = fleet_report(
+        read_fleet(S3Store(stack.client("s3"), stack.dist_bucket), now=utcnow(), window=timedelta(days=7))
+    )
     say("      fleet hits, per feed (hits per thousand prefixes held):")
     for f in report["feeds"]:
         rate = "-" if f["hits_per_thousand_prefixes"] is None else f"{f['hits_per_thousand_prefixes']:g}"

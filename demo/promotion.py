@@ -17,8 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdr_policy import layout
 from cdr_policy.bundle.manifest import Manifest
@@ -26,9 +25,11 @@ from cdr_policy.bundle.signing import KmsSigner, Verifier
 from cdr_policy.cli.promotion import approve_changes, evidence, evidence_lines
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import parse_iso, utcnow
-from tests.fakes.aws import Stack
 from tests.fakes.cluster import Cluster
 from tests.fakes.exports import Workload
+
+if TYPE_CHECKING:
+    from demo.runner import PipelineResult
 
 SOAK = "20s"
 SOAK_SECONDS = 20
@@ -41,23 +42,33 @@ PROMOTE = {
 }
 CHECKOUT = Workload("payments", "checkout", "checkout-5d8f7c6b4-p9q2r")
 WEB = Workload("shop", "web", "web-7c9d8f6b5-x2k4q")
+STEP = "[6/7] Promotion"
 
 
-def run_promotion(
-    stack: Stack, output: Path, render_and_publish: Callable[[], None], say: Callable[[str], None]
-) -> dict[str, Any]:
-    """The step above; returns prod's evidence after the soak and after the approval."""
-    s3 = stack.client("s3")
-    state, dist = S3Store(s3, stack.names.state_bucket), S3Store(s3, stack.names.dist_bucket)
-    verifier = Verifier.from_public_pem(KmsSigner(stack.client("kms"), stack.signing_key_id).public_key_pem())
+def run_promotion(result: PipelineResult, say: Callable[[str], None]) -> dict[str, Any]:
+    """The step above; returns prod's evidence after the soak and after the approval. The staging
+    cluster reads and reports with its cluster role, Render and Publish run on the stack's re-render
+    schedule under their roles, the approver signs with the ApproverRole's session."""
+    from demo.runner import onboard_cluster, render_again
+
+    stack, server = result.stack, result.stack.server
+    dist = S3Store(stack.client("s3"), stack.dist_bucket)  # the operator's view
+    verifier = Verifier.from_public_pem(KmsSigner(stack.client("kms"), stack.signing_key_arn).public_key_pem())
     say("")
-    say(f"[6/7] Promotion (prod takes a change after staging watched it for {SOAK}; 24h by default, shortened here)")
+    say(f"{STEP} (prod takes a change after staging watched it for {SOAK}; 24h by default, shortened here)")
     first = evidence(dist, "prod")
     say(
         f"      prod's first bundle took none of its {first['counts']['wait']} changes: {_reasons(first)} "
         "(both channels were rendered before either was published)"
     )
-    cluster = Cluster(dist, verifier, channel="staging", cluster_id="demo-staging-2", root=output / "clusters")
+    onboarded = onboard_cluster(stack, f"{stack.parameters['Environment']}-staging-2", "staging")
+    cluster = Cluster(
+        S3Store(server.client("s3", **onboarded.session), stack.dist_bucket),
+        verifier,
+        channel="staging",
+        cluster_id=onboarded.cluster_id,
+        root=result.output / "clusters",
+    )
     cluster.sync()
     blocklists = {b.group: b for b in cluster.index.blocklists}
     protected = blocklists["cdr"].prefix(0)
@@ -66,14 +77,15 @@ def run_promotion(
         cluster.connect(protected, CHECKOUT, action="Post") + cluster.connect(feed, WEB, action="Post")
     )
     say(
-        f"      staging cluster demo-staging-2: would-block events (Tetragon POST, Hubble AUDIT) to {protected} "
-        f"from payments/checkout and to {feed} from shop/web; {len(status['hits']['rows'])} hit row(s) in its status"
+        f"      staging cluster {onboarded.cluster_id}: would-block events (Tetragon POST, Hubble AUDIT) to "
+        f"{protected} from payments/checkout and to {feed} from shop/web; {len(status['hits']['rows'])} hit "
+        "row(s) in its status"
     )
     shipped = Manifest.parse(dist.get(layout.channel_manifest_key("staging")).data, "staging")
     wait = parse_iso(shipped.created_at) + timedelta(seconds=SOAK_SECONDS + 1) - utcnow()
     say(f"      waiting {max(wait.total_seconds(), 0):.0f}s for the soak ({SOAK}: the demo's, 24h by default)")
     time.sleep(max(wait.total_seconds(), 0))
-    render_and_publish()
+    render_again(result, STEP)
     soaked = evidence(dist, "prod")
     counts, publish = soaked["counts"], soaked["publish"]
     say(
@@ -85,18 +97,18 @@ def run_promotion(
         say(f"        {line}")
     held = [c["change"] for c in soaked["changes"] if c["decision"] == "hold"]
     say(f"      $ cdr-policy channel approve prod --change {' --change '.join(held)} --kms-key-id <ApproverKeyArn>")
-    approver = KmsSigner(stack.client("kms"), stack.approver_key_id)
+    s3, kms = server.client("s3", **result.approver), server.client("kms", **result.approver)
     for line in approve_changes(
-        state,
-        dist,
+        S3Store(s3, stack.state_bucket),
+        S3Store(s3, stack.dist_bucket),
         "prod",
         held,
-        approver=approver,
+        approver=KmsSigner(kms, stack.outputs["ApproverKeyArn"]),
         reason="the payments team reviewed the hit",
         valid_for=timedelta(days=1),
     ):
         say(f"        {line}")
-    render_and_publish()
+    render_again(result, STEP)
     approved = evidence(dist, "prod")
     for change in approved["changes"]:
         say(f"      {change['change']}: {change['decision']} ({change['how']}): {change['reasons'][0]}")

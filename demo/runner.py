@@ -1,16 +1,21 @@
-"""The whole serverless flow on one machine: CdrFetch and FeedSync on their schedule events, the S3
-notifications they cause delivered from RenderQueue to Render, PublishQueue to Publish, then the sync
-agent of each channel pulling its signed bundle into a folder. Every AWS call goes over HTTP to a
-moto server (or the endpoint given); Qualys and the feeds are loopback fakes serving our samples.
+"""The whole serverless flow on one machine, deployed from template.yaml in the order the README's
+"Deploy" section gives: the Qualys secret, then the stack (``sam deploy``: the SAM transform and
+CloudFormation on a moto server that checks every request against IAM), the configuration, one
+cluster per channel (deploy/cluster-access). Then the stack's own event sources drive the real
+handlers, each function under its own deployed role: CdrFetch and FeedSync on their schedule rules,
+the S3 notifications they cause delivered from RenderQueue to Render, PublishQueue to Publish; and
+each cluster's sync agent, with its cluster role's session, pulls its signed bundle into a folder.
+Qualys and the feeds are loopback fakes serving our samples (the gateway over HTTPS, as the template
+requires).
 
-``make demo`` prints each step; the integration test runs the same function and checks the result.
+``make demo`` prints each step; the integration tests run the same function and check the result.
+A function that fails stops the run with ``DemoFailure`` (the step, the function, the cause).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,49 +26,75 @@ from typing import Any
 
 import yaml
 
-from cdr_policy import aws, layout
+from cdr_policy import layout
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.signing import KmsSigner, Verifier
 from cdr_policy.observability import logger
-from cdr_policy.settings import get_settings
 from cdr_policy.storage import LocalStore, S3Store
 from cdr_policy.timeutil import utcnow
 from demo.hits import run_hits
 from demo.promotion import PROMOTE, run_promotion
-from tests.fakes.aws import Stack, create_stack
+from tests.fakes.aws import ACCOUNT, MotoServer
 from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
-from tests.fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_handler
+from tests.fakes.lambda_runtime import REPO, Delivery, Invocation, LambdaService
 from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from tests.fakes.stack import CLUSTER_ACCESS, TEMPLATE, Stack, deploy
 
-EVENTS = REPO / "events"
+FINDINGS = REPO / "events" / "findings"
 # The demo agents check for drift this often (a cluster's agent: --drift-interval, default 5 min).
 DEMO_DRIFT_INTERVAL_S = 1.0
-FINDINGS = EVENTS / "findings"
 CHANNELS = (
     {"name": "staging", "action": "Post", "cilium_version": "1.17"},
     {"name": "prod", "action": "Sigkill", "cilium_version": "1.18", "promote": PROMOTE},
 )
 
 
+class DemoFailure(RuntimeError):
+    """A step of the flow failed: ``step`` (as printed), the function, and the cause."""
+
+    def __init__(self, step: str, cause: str) -> None:
+        super().__init__(f"{step} failed: {cause}")
+        self.step, self.cause = step, cause
+
+
+@dataclass
+class Cluster:
+    """A cluster onboarded with deploy/cluster-access: its id, channel, role, and the sessions of its agent
+    and of its node readers."""
+
+    cluster_id: str
+    channel: str
+    role_arn: str
+    session: dict[str, str]  # the agent's
+    reader_session: dict[str, str]  # the node readers' (deploy/hits), of the cluster's read-only ReaderRole
+
+
 @dataclass
 class PipelineResult:
     stack: Stack
+    lambdas: LambdaService
     output: Path
+    clusters: dict[str, Cluster] = field(default_factory=dict)  # by channel
     steps: dict[str, Any] = field(default_factory=dict)
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     drift: dict[str, Any] = field(default_factory=dict)  # the staging agent's status after a drift repair
+    approver: dict[str, str] = field(default_factory=dict)  # a session of the stack's ApproverRole
     hits: dict[str, Any] = field(default_factory=dict)  # what the export lines fed through the readers gave
     promotion: dict[str, Any] = field(default_factory=dict)  # prod's evidence after the soak and the approval
 
     def channel_dir(self, channel: str) -> Path:
         return self.output / channel
 
+    @property
+    def approver_env(self) -> dict[str, str]:
+        """The environment of an approver's shell (``cdr-policy channel approve``): the ApproverRole's session."""
+        return {**self.stack.server.env, **{k.upper(): v for k, v in self.approver.items()}}
+
 
 @contextmanager
-def _lambda_logs(path: Path) -> Iterator[None]:
-    """Send what the functions print (Powertools' JSON logs and EMF metrics) to ``path``, as
-    CloudWatch Logs would take it, so the console shows only the steps."""
+def quiet_logs(path: Path) -> Iterator[None]:
+    """Send what the library logs and prints (the agents') to ``path``, so the console shows only the steps."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handlers = [h for h in logging.getLogger(logger.name).handlers if isinstance(h, logging.StreamHandler)]
     with path.open("a", encoding="utf-8") as log:
@@ -76,32 +107,17 @@ def _lambda_logs(path: Path) -> Iterator[None]:
                 h.setStream(stream)
 
 
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set what template.yaml would give the functions, and restore the process environment after."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    aws.reset()
-    get_settings.cache_clear()
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        aws.reset()
-        get_settings.cache_clear()
+def create_qualys_secret(server: MotoServer, name: str) -> None:
+    """README "Deploy", step 2: the secret CdrFetch reads, made before the stack."""
+    server.client("secretsmanager").create_secret(
+        Name=name, SecretString=json.dumps({"username": DEMO_USERNAME, "password": DEMO_PASSWORD})
+    )
 
 
-def _event(name: str) -> dict[str, Any]:
-    return json.loads((EVENTS / name).read_text())
-
-
-def _upload_config(stack: Stack, feeds: FeedServer, crds_dir: Path | None) -> int:
+def upload_config(stack: Stack, feeds: FeedServer, crds_dir: Path | None) -> int:
+    """README "Deploy": the channels, the feeds and the clusters' CRDs in the state bucket."""
     s3 = stack.client("s3")
-    bucket = stack.names.state_bucket
+    bucket = stack.state_bucket
     s3.put_object(Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": list(CHANNELS)}))
     s3.put_object(Bucket=bucket, Key="config/feeds.yaml", Body=demo_feeds_yaml(feeds.url("/")))
     uploaded = 0
@@ -114,44 +130,110 @@ def _upload_config(stack: Stack, feeds: FeedServer, crds_dir: Path | None) -> in
     return uploaded
 
 
+def principal(server: MotoServer, name: str, role_arn: str) -> tuple[str, dict[str, str]]:
+    """An identity of its own (an IAM user here; IRSA, Pod Identity or a team's role elsewhere) that may
+    only assume ``role_arn``: its ARN and keys."""
+    iam = server.client("iam")
+    user = iam.create_user(UserName=name)["User"]
+    may_assume = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role_arn}],
+    }
+    iam.put_user_policy(UserName=name, PolicyName="assume", PolicyDocument=json.dumps(may_assume))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return user["Arn"], {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+
+
+def assumed(server: MotoServer, keys: dict[str, str], role_arn: str, session_name: str) -> dict[str, str]:
+    """A session of ``role_arn`` assumed with ``keys``, as credentials for a client."""
+    c = server.client("sts", **keys).assume_role(RoleArn=role_arn, RoleSessionName=session_name)["Credentials"]
+    return {
+        "aws_access_key_id": c["AccessKeyId"],
+        "aws_secret_access_key": c["SecretAccessKey"],
+        "aws_session_token": c["SessionToken"],
+    }
+
+
+def onboard_cluster(stack: Stack, cluster_id: str, channel: str) -> Cluster:
+    """README "Adding a cluster": the identities of the cluster's agent and node readers (each may only
+    assume its role), the cluster's deploy/cluster-access stack, and their sessions."""
+    server, environment = stack.server, stack.parameters["Environment"]
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-cluster-{cluster_id}"
+    reader_role = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-reader-{cluster_id}"
+    # IAM users are the account's, not the stack's: named by the environment as the roles are
+    agent_arn, agent_keys = principal(server, f"{environment}-{cluster_id}-agent", role_arn)
+    reader_arn, reader_keys = principal(server, f"{environment}-{cluster_id}-reader", reader_role)
+    parameters = {"Environment": environment, "DistributionBucket": stack.dist_bucket, "ClusterId": cluster_id}
+    parameters |= {"Channel": channel, "AgentRoleArn": agent_arn, "ReaderPrincipalArn": reader_arn}
+    access = deploy(
+        server, name=f"cdr-policy-{environment}-cluster-{cluster_id}", template=CLUSTER_ACCESS, parameters=parameters
+    )
+    assert (access.outputs["ClusterRoleArn"], access.outputs["ReaderRoleArn"]) == (role_arn, reader_role)
+    return Cluster(
+        cluster_id,
+        channel,
+        role_arn,
+        assumed(server, agent_keys, role_arn, cluster_id),
+        assumed(server, reader_keys, reader_role, cluster_id),
+    )
+
+
 def run_pipeline(
-    endpoint_url: str,
+    server: MotoServer,
     output: Path,
     *,
     say: Callable[[str], None] | None = None,
     crds_dir: Path | None = None,
     environment: str = "demo",
+    template: Path = TEMPLATE,
 ) -> PipelineResult:
-    """Run every stage once through the real handlers; the agents write into ``output/<channel>``.
-    ``say`` gets one line per step (default: this process's standard output)."""
+    """Deploy and run everything once; the agents write into ``output/<channel>``. ``say`` gets one line
+    per step (default: this process's standard output). ``template``: the stack's template (a changed
+    copy shows what a changed role does). Raises DemoFailure when a function fails."""
     console = sys.stdout
     say = say or (lambda line: print(line, file=console, flush=True))
-    now = utcnow()
     with (
-        FakeQualysGateway(FINDINGS, rebase_to=now) as gateway,
+        FakeQualysGateway(FINDINGS, rebase_to=utcnow(), tls=server.tls.server_context()) as gateway,
         FeedServer(root=DEMO_FEEDS_DIR) as feeds,
     ):
-        stack = create_stack(
-            endpoint_url, environment=environment, qualys={"username": DEMO_USERNAME, "password": DEMO_PASSWORD}
-        )
-        result = PipelineResult(stack=stack, output=output)
         say(
-            f"AWS endpoint: {endpoint_url} (state s3://{stack.names.state_bucket}, dist s3://{stack.names.dist_bucket})"
+            f"AWS: moto at {server.url}, every request checked against IAM"
+            if server.enforcing
+            else f"AWS: moto at {server.url}"
         )
         say(f"Qualys gateway (fake): {gateway.url}   feeds: {feeds.url('/')}")
-        crds = _upload_config(stack, feeds, crds_dir)
+        from tests.fakes.stack import load_template
+
+        secret = str(load_template(template)["Parameters"]["QualysSecretName"]["Default"])
+        create_qualys_secret(server, secret)
+        # The security team's principal, which may approve a held bundle through the stack's ApproverRole.
+        approver_role = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-approver"
+        approver_arn, approver_keys = principal(server, f"{environment}-security-team", approver_role)
+        parameters = {"Environment": environment, "QualysGatewayUrl": gateway.url, "ApproverPrincipalArn": approver_arn}
+        stack = deploy(server, name=f"cdr-policy-{environment}", template=template, parameters=parameters)
+        functions = sorted(stack.of_type("AWS::Lambda::Function").values())
+        say(
+            f"Secret {secret} made, then {template.name} deployed: stack {stack.name}, {len(stack.resources)} resources"
+        )
+        say(f"      functions {', '.join(functions)}")
+        say(f"      state s3://{stack.state_bucket}, dist s3://{stack.dist_bucket}")
+        crds = upload_config(stack, feeds, crds_dir)
         say(
             f"Configured channels {', '.join(c['name'] + ' (' + c['action'] + ')' for c in CHANNELS)}; "
             + (f"{crds} CRD files uploaded for schema checks" if crds else "no CRDs given: checklist only")
         )
-        env = {**stack.env, "QUALYS_GATEWAY_URL": gateway.url}
-        say(f"Function logs and metrics (as CloudWatch would get them): {output / 'lambda.log'}")
-        with _environment(env), _lambda_logs(output / "lambda.log"):
-            result.steps = _run_functions(stack, say)
-            result.agents, result.drift = _run_agents(stack, output, say)
-            result.promotion = run_promotion(stack, output, lambda: _render_and_publish(stack), say)
-            result.hits = run_hits(stack, output, demo_agents(stack, output), say)
-        for bucket, folder in ((stack.names.state_bucket, "state"), (stack.names.dist_bucket, "dist")):
+        clusters = {c["name"]: onboard_cluster(stack, f"{environment}-{c['name']}", c["name"]) for c in CHANNELS}
+        say(f"Onboarded clusters {', '.join(c.cluster_id for c in clusters.values())} (deploy/cluster-access)")
+        lambdas = LambdaService(stack, output / "lambda.log")
+        say(f"Function logs and metrics (as CloudWatch would get them): {lambdas.log}")
+        result = PipelineResult(stack=stack, lambdas=lambdas, output=output, clusters=clusters)
+        result.approver = assumed(server, approver_keys, approver_role, "security-team")
+        result.steps = _run_functions(result, say)
+        with quiet_logs(output / "agents.log"):
+            result.agents, result.drift = _run_agents(result, say)
+            result.promotion = run_promotion(result, say)
+            result.hits = run_hits(result, demo_agents(result), say)
+        for bucket, folder in ((stack.state_bucket, "state"), (stack.dist_bucket, "dist")):
             _mirror(S3Store(stack.client("s3"), bucket), LocalStore(output / folder))
         say(f"Buckets copied to {output / 'state'} and {output / 'dist'} (for the fleet commands after the run)")
     return result
@@ -162,13 +244,22 @@ def _mirror(bucket: S3Store, folder: LocalStore) -> None:
         folder.put(key, bucket.get(key).data)
 
 
-def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
+def _checked(step: str, invocations: list[Invocation]) -> Any:
+    """The one invocation's response, or DemoFailure with its cause."""
+    for invocation in invocations:
+        if not invocation.ok:
+            raise DemoFailure(step, f"{invocation.function}: {invocation.error}")
+    return invocations[-1].response if invocations else None
+
+
+def _run_functions(result: PipelineResult, say: Callable[[str], None]) -> dict[str, Any]:
+    lambdas = result.lambdas
     steps: dict[str, Any] = {}
 
     say("")
-    say("[1/7] CdrFetch (EventBridge schedule)")
-    summary = load_handler("cdr_fetch").lambda_handler(_event("schedule_cdr_fetch.json"), LambdaContext("cdr-fetch"))
-    steps["cdr_fetch"] = summary
+    rule = lambdas.schedule_of("CdrFetchFunction")
+    say(f"[1/7] CdrFetch (EventBridge rule {rule})")
+    summary = steps["cdr_fetch"] = _checked("[1/7] CdrFetch", lambdas.fire(rule))
     ind = summary["indicators"]
     say(
         f"      findings fetched {summary['fetched']}, unique {summary['unique']}, duplicates "
@@ -176,22 +267,22 @@ def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
         f"{ind['domains']} domains, {ind['ports']} ports"
     )
 
-    say("[2/7] FeedSync (EventBridge schedule)")
-    summary = load_handler("feed_sync").lambda_handler(_event("schedule_feed_sync.json"), LambdaContext("feed-sync"))
-    steps["feed_sync"] = summary
+    rule = lambdas.schedule_of("FeedSyncFunction")
+    say(f"[2/7] FeedSync (EventBridge rule {rule})")
+    summary = steps["feed_sync"] = _checked("[2/7] FeedSync", lambdas.fire(rule))
     for name, feed in summary["feeds"].items():
         say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
 
-    say("[3/7] Render (RenderQueue <- S3 ObjectCreated notifications for indicators/ and config/)")
-    counts = steps["render"] = _deliver(stack, "render", stack.render_queue_url)
-    say(f"      {counts['messages']} notification(s) in {counts['batches']} batch(es), {counts['failed']} failed")
-    for channel, latest in _latest_renders(stack).items():
+    say("[3/7] Render (RenderQueue <- the state bucket's S3 notifications for indicators/ and config/)")
+    delivery = _polled(lambdas, "[3/7] Render", "RenderFunction", steps)
+    say(f"      {delivery.messages} notification(s) in {delivery.batches} batch(es), {delivery.failed} failed")
+    for channel, latest in _latest_renders(result.stack).items():
         say(f"      channel {channel:<8} bundle {latest['digest'][:16]}")
 
     say("[4/7] Publish (PublishQueue)")
-    counts = steps["publish"] = _deliver(stack, "publish", stack.publish_queue_url)
-    say(f"      {counts['messages']} publish request(s), {counts['failed']} failed")
-    for channel, manifest in _channel_manifests(stack).items():
+    delivery = _polled(lambdas, "[4/7] Publish", "PublishFunction", steps)
+    say(f"      {delivery.messages} publish request(s), {delivery.failed} failed")
+    for channel, manifest in _channel_manifests(result.stack).items():
         say(
             f"      channels/{channel}/manifest.json: bundle {manifest['digest'][:16]}, "
             f"{len(manifest['files'])} files, "
@@ -200,67 +291,69 @@ def _run_functions(stack: Stack, say: Callable[[str], None]) -> dict[str, Any]:
     return steps
 
 
-def _render_and_publish(stack: Stack) -> None:
-    """The scheduled re-render (its EventBridge event on RenderQueue), then its publish requests."""
-    refresh = json.loads((EVENTS / "sqs_render_refresh.json").read_text())["Records"][0]["body"]
-    stack.client("sqs").send_message(QueueUrl=stack.render_queue_url, MessageBody=refresh)
-    _deliver(stack, "render", stack.render_queue_url)
-    _deliver(stack, "publish", stack.publish_queue_url)
+def render_again(result: PipelineResult, step: str) -> None:
+    """The stack's scheduled re-render (RenderRefreshRule's event on RenderQueue), then Render and
+    Publish through their event source mappings; DemoFailure when either fails."""
+    lambdas = result.lambdas
+    lambdas.fire("RenderRefreshRule")
+    for logical in ("RenderFunction", "PublishFunction"):
+        delivery = lambdas.poll(logical)
+        _checked(step, delivery.invocations)
+        if delivery.failed:
+            raise DemoFailure(step, f"{logical}: {delivery.error}")
 
 
-def _deliver(stack: Stack, function: str, queue_url: str) -> dict[str, int]:
-    """Feed a queue's messages to a function's handler, as its SQS event source mapping would."""
-    handler = load_handler(function)
-    return drain_queue(
-        stack.client("sqs"),
-        queue_url,
-        lambda event: handler.lambda_handler(event, LambdaContext(function)),
-        region=stack.names.region,
-    )
+def _polled(lambdas: LambdaService, step: str, logical: str, steps: dict[str, Any]) -> Delivery:
+    """The function's event source mappings, polled once; its counts in ``steps`` under its step's name."""
+    delivery = lambdas.poll(logical)
+    name = step.split()[1].lower()
+    steps[name] = {"messages": delivery.messages, "batches": delivery.batches, "failed": delivery.failed}
+    _checked(step, delivery.invocations)
+    return delivery
 
 
 def _latest_renders(stack: Stack) -> dict[str, dict[str, Any]]:
-    state = S3Store(stack.client("s3"), stack.names.state_bucket)
+    state = S3Store(stack.client("s3"), stack.state_bucket)
     return {c["name"]: json.loads(state.get(layout.latest_render_key(c["name"])).data) for c in CHANNELS}
 
 
 def _channel_manifests(stack: Stack) -> dict[str, dict[str, Any]]:
-    dist = S3Store(stack.client("s3"), stack.names.dist_bucket)
+    dist = S3Store(stack.client("s3"), stack.dist_bucket)
     return {c["name"]: json.loads(dist.get(layout.channel_manifest_key(c["name"])).data) for c in CHANNELS}
 
 
-def demo_agents(stack: Stack, output: Path) -> dict[str, Agent]:
-    """One sync agent per channel, applying into ``output/<channel>``."""
-    public_pem = KmsSigner(stack.client("kms"), stack.signing_key_id).public_key_pem()
-    dist = S3Store(stack.client("s3"), stack.names.dist_bucket)
+def demo_agents(result: PipelineResult) -> dict[str, Agent]:
+    """One sync agent per channel, with its cluster's session, applying into ``output/<channel>``. The
+    public key is the signing key's, exported by the operator (README: aws kms get-public-key)."""
+    stack = result.stack
+    public_pem = KmsSigner(stack.client("kms"), stack.signing_key_arn).public_key_pem()
     return {
-        c["name"]: Agent(
-            dist,
-            channel=c["name"],
-            cluster_id=f"demo-{c['name']}",
+        channel: Agent(
+            S3Store(stack.server.client("s3", **cluster.session), stack.dist_bucket),
+            channel=channel,
+            cluster_id=cluster.cluster_id,
             verifier=Verifier.from_public_pem(public_pem),
-            applier=DirectoryApplier(output / c["name"]),
-            state_dir=output / ".agent-state" / c["name"],
+            applier=DirectoryApplier(result.output / channel),
+            state_dir=result.output / ".agent-state" / channel,
             drift_interval_s=DEMO_DRIFT_INTERVAL_S,
         )
-        for c in CHANNELS
+        for channel, cluster in result.clusters.items()
     }
 
 
-def _run_agents(
-    stack: Stack, output: Path, say: Callable[[str], None]
-) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    say("[5/7] Sync agents (one per channel: poll, verify signature and digests, apply, report status)")
+def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    say("[5/7] Sync agents (one per cluster, with its cluster's role: poll, verify, apply, report status)")
     statuses = {}
-    agents = demo_agents(stack, output)
+    agents = demo_agents(result)
     for channel, agent in agents.items():
         status = agent.sync_once()
         statuses[channel] = status
+        cluster = result.clusters[channel].cluster_id
         say(f"      {channel:<8} {status['last_poll']['result']}: {status['last_poll']['detail']}")
         say(
-            f"               objects in {output / channel}; status at s3://{stack.names.dist_bucket}/status/demo-{channel}.json"
+            f"               objects in {result.channel_dir(channel)}; status at s3://{result.stack.dist_bucket}/status/{cluster}.json"
         )
-    return statuses, _show_drift_repair(agents["staging"], output / "staging", say)
+    return statuses, _show_drift_repair(agents["staging"], result.channel_dir("staging"), say)
 
 
 def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -> dict[str, Any]:

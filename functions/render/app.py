@@ -45,6 +45,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         outcomes = processor.process()
     logger.remove_keys(["sqs_message_id"])
     keys = sorted({key for status, result, _ in outcomes if status == "success" for key in result})
+    # Every invocation reports one metric at least: a batch that renders nothing new would otherwise
+    # flush none, and Powertools warns about it (a second `make demo` against the same endpoint).
+    metrics.add_metric(name="RenderNotifications", unit=MetricUnit.Count, value=len(outcomes))
     rejected = len(processor.fail_messages)
     if rejected:
         metrics.add_metric(name="RejectedNotifications", unit=MetricUnit.Count, value=rejected)

@@ -1,76 +1,35 @@
-"""The AWS side of a local run: a moto server over HTTP (or any S3/SQS endpoint given with
-``--endpoint-url``) holding the buckets, queues, KMS key, secrets and idempotency table that
-``template.yaml`` declares, under the same names."""
+"""The AWS side of a local run: moto servers on loopback.
+
+- ``moto_endpoint()``: an in-process moto server (plain HTTP, no IAM checks) for tests of one component
+  that make their own buckets or queues;
+- ``moto_server()``: tests/fakes/moto_server.py (moto with what it lacks filled in) over HTTPS, in a
+  process of its own that checks every request against IAM (that switch is global to a moto process),
+  or in this process without the checks (``make costs`` counts its requests). template.yaml is
+  deployed on it (tests/fakes/stack.py) and the functions run there under their own roles.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
 import httpx
 
+from tests.fakes.tls import LoopbackTls
+
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-
-
-@dataclass(frozen=True)
-class Names:
-    """Resource names as template.yaml builds them from the Environment parameter."""
-
-    environment: str
-    account: str = ACCOUNT
-    region: str = REGION
-
-    @property
-    def state_bucket(self) -> str:
-        return f"cdr-policy-{self.environment}-state-{self.account}-{self.region}"
-
-    @property
-    def dist_bucket(self) -> str:
-        return f"cdr-policy-{self.environment}-dist-{self.account}-{self.region}"
-
-    @property
-    def render_queue(self) -> str:
-        return f"cdr-policy-{self.environment}-render"
-
-    @property
-    def publish_queue(self) -> str:
-        return f"cdr-policy-{self.environment}-publish"
-
-    @property
-    def idempotency_table(self) -> str:
-        return f"cdr-policy-{self.environment}-idempotency"
-
-    qualys_secret = "cdr-policy/qualys"
-
-    @property
-    def signing_key_alias(self) -> str:
-        return f"alias/cdr-policy-{self.environment}-signing"
-
-    @property
-    def approver_key_alias(self) -> str:
-        return f"alias/cdr-policy-{self.environment}-approver"
-
-
-@dataclass
-class Stack:
-    """What the local stack holds; ``env`` is what template.yaml would give the functions."""
-
-    endpoint_url: str
-    names: Names
-    render_queue_url: str
-    publish_queue_url: str
-    signing_key_id: str
-    approver_key_id: str
-    env: dict[str, str]
-
-    def client(self, service: str) -> Any:
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.names.region)
+REPO = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
@@ -96,143 +55,121 @@ def moto_endpoint(endpoint_url: str | None) -> Iterator[str]:
         server.stop()
 
 
-def create_stack(endpoint_url: str, *, environment: str = "demo", qualys: dict[str, str] | None = None) -> Stack:
-    """Create the template's stateful resources (idempotent) and return their coordinates."""
-    for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
-        os.environ.setdefault(var, value)
-    names = Names(environment)
-    session = boto3.session.Session(region_name=names.region)
+class MotoServerError(RuntimeError):
+    """The moto server did not start."""
 
-    def client(service: str) -> Any:
-        return session.client(service, endpoint_url=endpoint_url)
 
-    s3, sqs = client("s3"), client("sqs")
-    for bucket in (names.state_bucket, names.dist_bucket):
-        s3.create_bucket(Bucket=bucket)
-        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    queue_urls = {}
-    for name in (names.render_queue, names.publish_queue):
-        dlq = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        queue_urls[name] = sqs.create_queue(
-            QueueName=name,
-            Attributes={
-                "VisibilityTimeout": "1800",
-                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}),
-            },
-        )["QueueUrl"]
-    render_arn = sqs.get_queue_attributes(QueueUrl=queue_urls[names.render_queue], AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    s3.put_bucket_notification_configuration(
-        Bucket=names.state_bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {
-                    "QueueArn": render_arn,
-                    "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
-                }
-                for prefix in ("indicators/", "config/")
-            ]
-        },
-    )
-    kms = client("kms")
-    aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
-    keys = {}
-    for alias, purpose in ((names.signing_key_alias, "bundle signing"), (names.approver_key_alias, "approvals")):
-        keys[alias] = aliases.get(alias)
-        if not keys[alias]:
-            created = kms.create_key(
-                KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY", Description=f"cdr-policy {purpose}"
-            )
-            keys[alias] = created["KeyMetadata"]["KeyId"]
-            kms.create_alias(AliasName=alias, TargetKeyId=keys[alias])
-    key_id, approver_key_id = keys[names.signing_key_alias], keys[names.approver_key_alias]
-    ddb = client("dynamodb")
-    if names.idempotency_table not in ddb.list_tables()["TableNames"]:
-        ddb.create_table(
-            TableName=names.idempotency_table,
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
+@dataclass(frozen=True)
+class MotoServer:
+    """A running tests/fakes/moto_server.py: its URL, the certificate its clients trust, and the keys of
+    an administrator (the only credentials that work until others are made, while IAM is enforced)."""
+
+    url: str
+    tls: LoopbackTls
+    admin: dict[str, str]
+    enforcing: bool
+
+    def client(self, service: str, **credentials: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=REGION,
+            verify=str(self.tls.certificate),
+            **(credentials or self.admin),
         )
-    secrets = client("secretsmanager")
-    if qualys is not None:
-        body = json.dumps(qualys)
-        try:
-            secrets.create_secret(Name=names.qualys_secret, SecretString=body)
-        except secrets.exceptions.ResourceExistsException:
-            secrets.put_secret_value(SecretId=names.qualys_secret, SecretString=body)
-    env = {
-        "AWS_ENDPOINT_URL": endpoint_url,
-        "AWS_DEFAULT_REGION": names.region,
-        "STATE_BUCKET": names.state_bucket,
-        "DIST_BUCKET": names.dist_bucket,
-        "PUBLISH_QUEUE_URL": queue_urls[names.publish_queue],
-        "QUALYS_SECRET_NAME": names.qualys_secret,
-        "SIGNING_KEY_ID": key_id,
-        "APPROVER_KEY_ID": approver_key_id,
-        "IDEMPOTENCY_TABLE": names.idempotency_table,
-        "POWERTOOLS_SERVICE_NAME": "cdr-policy",
-        "POWERTOOLS_METRICS_NAMESPACE": "CdrPolicy",
-        "POWERTOOLS_TRACE_DISABLED": "1",
-    }
-    return Stack(
-        endpoint_url=endpoint_url,
-        names=names,
-        render_queue_url=queue_urls[names.render_queue],
-        publish_queue_url=queue_urls[names.publish_queue],
-        signing_key_id=key_id,
-        approver_key_id=approver_key_id,
-        env=env,
-    )
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Where a process finds this server (the endpoint, the certificate, the region); no credentials."""
+        return {"AWS_ENDPOINT_URL": self.url, "AWS_DEFAULT_REGION": REGION, **self.tls.client_env}
+
+    @property
+    def admin_env(self) -> dict[str, str]:
+        """``env`` with the administrator's keys: what an operator's shell has (the CLI reads it)."""
+        return {
+            **self.env,
+            "AWS_ACCESS_KEY_ID": self.admin["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": self.admin["aws_secret_access_key"],
+        }
+
+    def enforce_iam(self, on: bool) -> None:
+        """Switch the IAM checks on or off (off: to act as an AWS service would, e.g. Lambda assuming a
+        function's role). Only a server that enforces IAM can switch."""
+        assert self.enforcing, "this moto server runs in-process without IAM checks"
+        response = httpx.post(
+            f"{self.url}/moto-api/reset-auth", content=b"0" if on else b"inf", timeout=10, verify=self.tls.ssl_context
+        )
+        response.raise_for_status()
+
+
+def _administrator(url: str, tls: LoopbackTls) -> dict[str, str]:
+    iam = boto3.client(
+        "iam", endpoint_url=url, region_name=REGION, verify=str(tls.certificate), aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )  # fmt: skip
+    iam.create_user(UserName="admin")
+    everything = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="admin", PolicyName="everything", PolicyDocument=json.dumps(everything))
+    key = iam.create_access_key(UserName="admin")["AccessKey"]
+    return {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @contextmanager
-def iam_enforcing_moto() -> Iterator[tuple[str, dict[str, str]]]:
-    """A moto server in its own process that checks every request against IAM, as AWS does: signed with
-    known keys, allowed by the caller's identity policies (moto evaluates Action and Resource, not
-    Condition, and no bucket policies). Its own process, because that switch is global to a moto process.
-    Yields the URL and an administrator's keys (the only credentials that work until others are made)."""
-    import socket
-    import subprocess
-    import sys
-    import time
+def moto_server(
+    *, enforce_iam: bool = True, wrap: Callable[[Any], Any] | None = None, tls: LoopbackTls | None = None
+) -> Iterator[MotoServer]:
+    """tests/fakes/moto_server.py on 127.0.0.1 over HTTPS (``tls``, or a certificate made for it), with an
+    administrator. ``enforce_iam``: in a process of its own, every request checked against IAM; else in
+    this process without checks, its WSGI application wrapped in ``wrap`` (a request counter)."""
+    with tempfile.TemporaryDirectory(prefix="cdr-policy-moto-") as tmp:
+        tls = tls or LoopbackTls.create(Path(tmp))
+        if enforce_iam:
+            assert wrap is None, "a middleware runs only in this process"
+            with _server_process(tls) as url:
+                admin = _administrator(url, tls)
+                server = MotoServer(url, tls, admin, enforcing=True)
+                server.enforce_iam(True)
+                yield server
+        else:
+            import logging
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/moto-api/data.json", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the moto server did not start") from None
-                time.sleep(0.1)
-        iam = boto3.client(
-            "iam", endpoint_url=url, region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x"
-        )
-        iam.create_user(UserName="admin")
-        everything = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-        iam.put_user_policy(UserName="admin", PolicyName="everything", PolicyDocument=json.dumps(everything))
-        key = iam.create_access_key(UserName="admin")["AccessKey"]
-        enforce_iam(url, True)
-        yield url, {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+            from tests.fakes import moto_server as filled
+
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)
+            httpd = filled.make_server("127.0.0.1", 0, certificate=str(tls.certificate), key=str(tls.key), wrap=wrap)
+            with filled.running(httpd) as url:
+                # moto's backends are global to this process: start from an empty account.
+                httpx.post(f"{url}/moto-api/reset", timeout=10, verify=tls.ssl_context).raise_for_status()
+                yield MotoServer(url, tls, _administrator(url, tls), enforcing=False)
 
 
-def enforce_iam(url: str, on: bool) -> None:
-    """Switch a moto server's IAM checks on or off (off: to act as an AWS service would, e.g. Roles Anywhere)."""
-    httpx.post(f"{url}/moto-api/reset-auth", content=b"0" if on else b"inf", timeout=10).raise_for_status()
+@contextmanager
+def _server_process(tls: LoopbackTls) -> Iterator[str]:
+    port = _free_port()
+    command = [sys.executable, "-m", "tests.fakes.moto_server", "--port", str(port)]
+    command += ["--certificate", str(tls.certificate), "--key", str(tls.key)]
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log)
+        url = f"https://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    httpx.get(f"{url}/moto-api/data.json", timeout=2, verify=tls.ssl_context)
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        log.seek(0)
+                        tail = log.read().decode(errors="replace").strip().splitlines()[-1:]
+                        raise MotoServerError(f"the moto server did not start ({' '.join(tail)})") from None
+                    time.sleep(0.1)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(timeout=10)

@@ -30,6 +30,7 @@ import copy
 import itertools
 import json
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -147,8 +148,12 @@ class FakeKubeAPI(LoopbackServer):
         crds: Iterable[dict[str, Any]] = (),
         validator: Validator | None = None,
         config_maps: Mapping[tuple[str, str], dict[str, str]] | None = None,
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """``config_maps``: ``{(namespace, name): data}`` (default ``DEFAULT_CONFIG_MAPS``)."""
+        """``config_maps``: ``{(namespace, name): data}`` (default ``DEFAULT_CONFIG_MAPS``); ``port``: where to
+        listen (0: any free port; a given one, to come back where a client expects it after an outage);
+        ``tls``: serve HTTPS, as a real API server does (a pod's in-cluster configuration speaks only HTTPS)."""
         self.crds = [copy.deepcopy(c) for c in crds] or [copy.deepcopy(c) for c in DEFAULT_CRDS]
         self.validator = validator
         self.token = secrets.token_urlsafe(24)
@@ -182,23 +187,11 @@ class FakeKubeAPI(LoopbackServer):
         class Handler(_Handler):
             fake = api
 
-        super().__init__(Handler)
+        super().__init__(Handler, port=port, tls=tls)
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig whose current context is this fake (token authentication)."""
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-                    "users": [{"name": "fake", "user": {"token": self.token}}],
-                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-                    "current-context": "fake",
-                }
-            )
-        )
-        return path
+        return write_kubeconfig(path, self.url, self.token)
 
     @property
     def url(self) -> str:
@@ -581,3 +574,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base-class signature)
         return
+
+
+def write_kubeconfig(path: Path, server: str, token: str) -> Path:
+    """A kubeconfig whose current context is the API server at ``server`` (token authentication),
+    whether or not anything answers there."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": server}}],
+                "users": [{"name": "fake", "user": {"token": token}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    return path

@@ -33,6 +33,7 @@ import json
 import random
 import re
 import secrets
+import ssl
 import sys
 import threading
 import time
@@ -159,7 +160,9 @@ class FakeQualysGateway(LoopbackServer):
         rebase_to: datetime | None = None,
         clock: Callable[[], float] = time.time,
         verbose: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: serve HTTPS (as a real gateway does; the template takes only an https:// URL)."""
         if rate_limit_headers not in ("both", "retry-after", "towait", "none"):
             raise ValueError("rate_limit_headers must be both, retry-after, towait or none")
         items = load_findings(findings) if isinstance(findings, str | Path) else list(findings)
@@ -192,7 +195,7 @@ class FakeQualysGateway(LoopbackServer):
             "findings": collections.deque(),
         }
         self._lock = threading.Lock()
-        super().__init__(self._handler_class(), host=host, port=port)
+        super().__init__(self._handler_class(), host=host, port=port, tls=tls)
 
     # -- data ---------------------------------------------------------------------------------
     @staticmethod

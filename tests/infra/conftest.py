@@ -3,24 +3,23 @@
 
 from __future__ import annotations
 
-import copy
-import os
 from typing import Any
 
 import pytest
 
-from tests.infra.support import REGION, REPO, Resolver, load_cfn
+from tests.fakes.stack import code_folders, load_template, sam_transform
+from tests.infra.support import REPO, Resolver
 
 
 @pytest.fixture(scope="session")
 def template() -> dict[str, Any]:
-    return load_cfn(REPO / "template.yaml")
+    return load_template(REPO / "template.yaml")
 
 
 @pytest.fixture(scope="session")
 def cluster_access() -> dict[str, Any]:
     """deploy/cluster-access/template.yaml, the stack each cluster gets, as plain data."""
-    return load_cfn(REPO / "deploy" / "cluster-access" / "template.yaml")
+    return load_template(REPO / "deploy" / "cluster-access" / "template.yaml")
 
 
 @pytest.fixture(scope="session")
@@ -41,17 +40,5 @@ def resolve(template: dict[str, Any]) -> Resolver:
 @pytest.fixture(scope="session")
 def translated(template: dict[str, Any]) -> dict[str, Any]:
     """The template as CloudFormation receives it after ``sam package`` and the SAM transform."""
-    from samtranslator.translator.transform import transform
-
-    class ManagedPolicies:
-        def load(self) -> dict[str, str]:
-            return {}
-
-    packaged = copy.deepcopy(template)
-    for resource in packaged["Resources"].values():
-        props = resource.get("Properties", {})
-        for key in ("CodeUri", "ContentUri"):
-            if key in props:
-                props[key] = f"s3://artifacts/{props[key].strip('/')}.zip"
-    os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
-    return transform(packaged, {}, ManagedPolicies())
+    folders = set(code_folders(template).values())
+    return sam_transform(template, {f: f"s3://artifacts/{f.strip('/')}.zip" for f in folders})

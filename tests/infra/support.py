@@ -1,5 +1,6 @@
 """Helpers of the infrastructure tests: the repository, the command-line tools of the virtualenv, and a
-resolver for the few intrinsic functions the template uses in names and environment variables."""
+resolver for the few intrinsic functions the template uses in names and environment variables.
+(Templates are read with tests/fakes/stack.py's ``load_template``.)"""
 
 from __future__ import annotations
 
@@ -29,14 +30,6 @@ def run(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> 
     """Run a tool from the repository root, offline-friendly (no SAM telemetry), capturing output."""
     full_env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": REGION, **(env or {})}
     return subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def load_cfn(path: Path) -> dict[str, Any]:
-    """A CloudFormation template as plain data (intrinsic functions as ``{"Ref": ...}`` /
-    ``{"Fn::Sub": ...}``): cfn-lint's reader, round-tripped through JSON for plain dicts and lists."""
-    from cfnlint.decode import cfn_yaml
-
-    return dict(json.loads(json.dumps(cfn_yaml.load(str(path)))))
 
 
 CHECKOV = Path(os.environ.get("CHECKOV", REPO / ".venv-tools" / "bin" / "checkov"))

@@ -14,7 +14,6 @@ CN, trust anchor) and the bucket policy's guard on ``status/``.
 
 from __future__ import annotations
 
-import ast
 import fnmatch
 import json
 import os
@@ -24,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -35,8 +33,9 @@ from cdr_policy.cli.fleet import fleet_status
 from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.storage import S3Store, open_store
 from cdr_policy.timeutil import utcnow
-from tests.fakes.aws import REGION, enforce_iam, iam_enforcing_moto
-from tests.infra.support import ACCOUNT, REPO, checkov, load_cfn, run, tool
+from tests.fakes.aws import REGION, MotoServer, moto_server
+from tests.fakes.stack import load_template
+from tests.infra.support import ACCOUNT, REPO, checkov, run, tool
 from tests.unit.bundle.factory import ips, network_bundle, render
 
 pytestmark = pytest.mark.infra
@@ -134,8 +133,8 @@ def test_the_security_tools_pass_the_cluster_template():
 
 
 class Fleet:
-    def __init__(self, url: str, admin: dict[str, str], work: Path) -> None:
-        self.url, self.admin, self.work = url, admin, work
+    def __init__(self, server: MotoServer, work: Path) -> None:
+        self.server, self.work = server, work
         self.cfn, self.iam = self.client("cloudformation"), self.client("iam")
         self.dist = S3Store(self.client("s3"), BUCKET)
         self.keys: dict[str, dict[str, str]] = {}
@@ -145,7 +144,7 @@ class Fleet:
         self.public_key.write_text(generate_local_key(work / "signing.pem"))
 
     def client(self, service: str, **credentials: str) -> Any:
-        return boto3.client(service, endpoint_url=self.url, region_name=REGION, **(credentials or self.admin))
+        return self.server.client(service, **credentials)
 
     def agent_user(self, cluster: str) -> str:
         """The cluster's own identity (an IAM user here; a role with IRSA in a cluster): it may only assume."""
@@ -161,7 +160,7 @@ class Fleet:
         return f"arn:aws:iam::{ACCOUNT}:user/{name}"
 
     def deploy(self, cluster: str, channel: str, **way_in: str) -> str:
-        body = load_cfn(TEMPLATE)
+        body = load_template(TEMPLATE)
         if "TrustAnchorArn" in way_in:  # moto's CloudFormation has no Roles Anywhere: leave the profile out
             del body["Resources"]["CertificateProfile"], body["Outputs"]["CertificateProfileArn"]
         parameters = {"DistributionBucket": BUCKET, "ClusterId": cluster, "Channel": channel, **way_in}
@@ -174,14 +173,6 @@ class Fleet:
         (stack,) = self.cfn.describe_stacks(StackName=f"cdr-policy-dev-cluster-{cluster}")["Stacks"]
         assert stack["StackStatus"] == "CREATE_COMPLETE"
         role = next(o["OutputValue"] for o in stack["Outputs"] if o["OutputKey"] == "ClusterRoleArn")
-        # moto's CloudFormation stores inline policies as Python reprs its own IAM checks cannot read:
-        # put the same documents back through the IAM API.
-        name = role.rsplit("/", 1)[1]
-        for policy in self.iam.list_role_policies(RoleName=name)["PolicyNames"]:
-            document = self.iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
-            if isinstance(document, str):
-                document = ast.literal_eval(document)
-            self.iam.put_role_policy(RoleName=name, PolicyName=policy, PolicyDocument=json.dumps(document))
         self.roles[cluster] = role
         return role
 
@@ -211,7 +202,7 @@ class Fleet:
         argv += ["--state-dir", str(out / "state"), "--once", "--metrics-port", "0"]
         if assume_role is not None:
             argv += ["--assume-role", assume_role]
-        with _environment({"AWS_ENDPOINT_URL": self.url, "AWS_DEFAULT_REGION": REGION, **env}):
+        with _environment({**self.server.env, **env}):
             return cdr_policy(argv)
 
     def keys_env(self, cluster: str) -> dict[str, str]:
@@ -241,8 +232,8 @@ class _environment:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> Iterator[Fleet]:
-    with iam_enforcing_moto() as (url, admin):
-        f = Fleet(url, admin, tmp_path_factory.mktemp("cluster-access"))
+    with moto_server() as server:
+        f = Fleet(server, tmp_path_factory.mktemp("cluster-access"))
         f.client("s3").create_bucket(Bucket=BUCKET)
         f.deploy("cluster-a", "staging", AgentRoleArn=f.agent_user("cluster-a"))
         f.deploy("cluster-b", "prod", AgentRoleArn=f.agent_user("cluster-b"))
@@ -322,11 +313,11 @@ def test_a_cluster_outside_aws_converges_through_credential_process(fleet):
     # What Roles Anywhere does for a certificate with CN=cluster-d: a session of cluster-d's role. moto has no
     # Roles Anywhere, so the test issues that session with IAM checks off (the trust conditions are read
     # from the template above), and the fake aws_signing_helper hands it to botocore.
-    enforce_iam(fleet.url, False)
+    fleet.server.enforce_iam(False)
     try:
         creds = fleet.client("sts").assume_role(RoleArn=fleet.roles["cluster-d"], RoleSessionName="cluster-d")
     finally:
-        enforce_iam(fleet.url, True)
+        fleet.server.enforce_iam(True)
     session = fleet.work / "session.json"
     session.write_text(json.dumps({"Version": 1, **{k: str(v) for k, v in creds["Credentials"].items()}}))
     helper = fleet.work / "aws_signing_helper"

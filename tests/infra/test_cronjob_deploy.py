@@ -7,7 +7,6 @@ run against the fake gateway and the fake API server, within the ServiceAccount'
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import re
 import shlex
@@ -26,6 +25,7 @@ from tests.infra.manifests import (
     kustomize,
     mounts,
     one,
+    pod_environment,
     pod_spec,
     schema_errors,
 )
@@ -113,12 +113,8 @@ def test_same_image_and_hardening_as_the_agent(objects, agent):
     agent_pod = pod_spec(one(agent, "Deployment"))
     (agent_container,) = agent_pod["containers"]
     assert container["image"] == agent_container["image"]
-    entrypoint = next(
-        line.split(None, 1)[1]
-        for line in (DEPLOY / "agent" / "Dockerfile").read_text().splitlines()
-        if line.startswith("ENTRYPOINT")
-    )
-    assert container["command"] == yaml.safe_load(entrypoint)[:1] == ["cdr-policy"]
+    # The image has no entrypoint (tests/infra/test_agent_deploy.py): the command is the CLI itself.
+    assert container["command"] == ["cdr-policy"]
     assert_hardened(pod, container)
     assert pod["securityContext"] == agent_pod["securityContext"]
     assert container["securityContext"] == agent_container["securityContext"]
@@ -151,7 +147,7 @@ def cli_arguments(objects: list[Obj], env: dict[str, str]) -> argparse.Namespace
 def test_arguments_are_the_originals_and_the_cli_accepts_them(objects, threat_intel):
     args = cli_arguments(objects, {})
     assert (args.once, args.apply, args.hours, args.action) == (True, True, 24, "Post")
-    assert args.threat_intel is False
+    assert not args.threat_intel  # None: not given (a --channel file's threat_intel would apply)
     _, pod, container = generator(objects)
     mounted = mounts(pod, container)
     # Output, state and /tmp are the only writable places, each an emptyDir under a read-only root.
@@ -160,7 +156,7 @@ def test_arguments_are_the_originals_and_the_cli_accepts_them(objects, threat_in
     # The threat-intel variant is the same CronJob with one more flag.
     ti_args = cli_arguments(threat_intel, {})
     assert ti_args.threat_intel is True
-    assert {**vars(ti_args), "threat_intel": False} == vars(args)
+    assert {**vars(ti_args), "threat_intel": None} == vars(args)
     _, _, ti_container = generator(threat_intel)
     assert ti_container["args"] == [*container["args"], "--threat-intel"]
     others = [o for o in threat_intel if o["kind"] != "CronJob"]
@@ -202,29 +198,6 @@ def readme_objects(env: dict[str, str]) -> list[Obj]:
         assert result.returncode == 0, f"{command}: {result.stderr}"
         created.append(yaml.safe_load(result.stdout))
     return created
-
-
-def pod_environment(container: Obj, created: list[Obj]) -> dict[str, str]:
-    """The container's environment as the kubelet builds it from Secrets and ConfigMaps (a missing
-    optional key is left out; a missing required one fails, as the pod would not start)."""
-
-    def find(kind: str, name: str) -> Obj | None:
-        return next((o for o in created if o["kind"] == kind and o["metadata"]["name"] == name), None)
-
-    env: dict[str, str] = {}
-    for source in container.get("envFrom", []):
-        ref = source["configMapRef"]
-        config = find("ConfigMap", ref["name"])
-        assert config is not None or ref.get("optional"), f"ConfigMap {ref['name']} is never created"
-        env.update((config or {}).get("data", {}))
-    for var in container.get("env", []):
-        ref = var["valueFrom"]["secretKeyRef"]
-        secret = find("Secret", ref["name"])
-        if secret is None or ref["key"] not in secret["data"]:
-            assert ref.get("optional"), f"{var['name']}: Secret {ref['name']} key {ref['key']} is never created"
-            continue
-        env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
-    return env
 
 
 def test_the_readme_secrets_map_onto_the_cli_variables(objects):

@@ -578,3 +578,26 @@ def test_safety_signals_alarm(resources, metric):
     assert alarm["Namespace"] == "CdrPolicy"
     assert alarm["Dimensions"] == [{"Name": "service", "Value": "cdr-policy"}]
     assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+
+
+def test_no_default_qualys_platform_and_a_rule_that_one_is_chosen(template):
+    """Issue 21 point 11: the template defaulted to US2 while the CLI refuses a default gateway."""
+    params = template["Parameters"]
+    assert params["QualysPlatform"]["Default"] == "" and params["QualysGatewayUrl"]["Default"] == ""
+    (assertion,) = template["Rules"]["QualysGatewayChosen"]["Assertions"]
+    chosen = [term["Fn::Not"][0]["Fn::Equals"][0]["Ref"] for term in assertion["Assert"]["Fn::Or"]]
+    assert sorted(chosen) == ["QualysGatewayUrl", "QualysPlatform"]
+
+
+def test_the_readmes_cost_table_uses_each_functions_memory(template, functions):
+    """Issue 21 point 11: the cost table put Render at 1 GB while the template gives it 512 MB."""
+    readme = (REPO / "README.md").read_text()
+    stages = {"CdrFetchFunction": "CdrFetch", "FeedSyncFunction": "FeedSync", "RenderFunction": "Render"}
+    stages["PublishFunction"] = "Publish"
+    for name, stage in stages.items():
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {stage} | "))
+        memory_gb = setting(template, functions[name], "MemorySize") / 1024
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[5] == f"{memory_gb:g} GB", row
+        seconds = float(cells[4].removesuffix(" s"))
+        assert float(cells[6]) == pytest.approx(seconds * memory_gb, abs=0.01), row

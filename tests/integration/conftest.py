@@ -1,4 +1,5 @@
-"""What the CLI tests share: a fake Qualys gateway serving the sample findings (one per test, so a
+"""What the integration tests share: the demo's run (``make demo``'s deployment and flow, once per
+session), and for the CLI tests a fake Qualys gateway serving the sample findings (one per test, so a
 test can tell that nothing reached it) and the environment a user would set for it."""
 
 from __future__ import annotations
@@ -6,8 +7,20 @@ from __future__ import annotations
 import pytest
 
 from cdr_policy.timeutil import utcnow
-from demo.runner import FINDINGS
+from demo.runner import FINDINGS, run_pipeline
+from tests.fakes.aws import moto_server
 from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, crds_dir):
+    """``make demo``'s run (tests/integration/test_pipeline.py checks it); the moto server stays up for
+    the tests that look at the stack afterwards. Yields the result and the lines it printed."""
+    output = tmp_path_factory.mktemp("pipeline")
+    lines: list[str] = []
+    with moto_server() as server:
+        result = run_pipeline(server, output, say=lines.append, crds_dir=crds_dir)
+        yield result, lines
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import yaml
 
 from cdr_policy import schemas
 from tests.fakes.feeds import DEMO_FEED_FILES, DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
-from tests.fakes.kube import FakeKubeAPI
+from tests.fakes.kube import FakeKubeAPI, write_kubeconfig
+from tests.fakes.loopback import free_port
 from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 from tests.integration.support import objects, run
 
@@ -84,7 +86,10 @@ def test_threat_intel_with_a_feed_file_matches_the_files(env, tmp_path, capsys):
     report = json.loads((out_dir / "report.json").read_text())
     for name in DEMO_FEED_FILES:
         assert report["feeds"][name]["status"] == "ok"
-        assert f"Loaded {report['feeds'][name]['entries']} IPs from {name}" in out
+        stats = report["feeds"][name]["stats"]
+        listed = stats["ipv4"] + stats["ipv6"] + stats["cidr"]
+        merged = report["feeds"][name]["entries"]
+        assert f"Loaded {name}: {listed} entries in {merged} prefixes after merging" in out
     reasons = {(r["value"], r["reason"].split(":")[0]) for r in report["rejected"]}
     assert ("0.0.0.0/0", "over-broad prefix (shorter than /8)") in reasons
     assert any(v == "1.1.1.1/32" and r == "inside never-block range" for v, r in reasons)
@@ -272,3 +277,86 @@ def test_a_hostile_gateway_still_yields_every_finding_exactly_once(tmp_path, cap
 
     assert all(covered(ip, cilium) and covered(ip, tetragon) for ip in public)
     assert not any(covered(ip, cilium) or covered(ip, tetragon) for ip in private)
+
+
+def _channel_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "channel.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_channel_files_action_applies_unless_the_flag_contradicts_it(env, tmp_path, capsys):
+    """Issue 21 point 10 (and point 7: a file of one channel's settings, without ``channels:``)."""
+    one = _channel_file(tmp_path, "{name: prod, action: Sigkill, cilium_version: '1.18'}\n")
+    out_dir = tmp_path / "p"
+    code, _, err = run(["--once", f"--channel={one}", f"--output={out_dir}"], env, capsys)
+    assert code == 0, err
+    blocklist = objects(out_dir)["cdr-dynamic-blocklist.yaml"]
+    assert {"name": "policy-mode", "value": "monitor"} not in blocklist["spec"].get("options", [])
+    assert '"Sigkill"' in json.dumps(blocklist), "the file's action, although --action defaults to Post"
+
+    code, _, err = run(["--once", f"--channel={one}", "--action=Post", f"--output={out_dir}"], env, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"error: --action Post contradicts 'action: Sigkill' in the channel file {one}" in err
+    assert run(["--once", f"--channel={one}", "--action=Sigkill", f"--output={out_dir}"], env, capsys)[0] == 0
+
+    listed = _channel_file(tmp_path, "channels: [{name: prod, threat_intel: false}]\n")
+    code, _, err = run(["--once", f"--channel={listed}", "--threat-intel", f"--output={out_dir}"], env, capsys)
+    assert code == 2 and "--threat-intel contradicts 'threat_intel: false' in the channel file" in err
+
+
+def test_a_channel_files_threat_intel_loads_the_feeds_and_its_messages_say_what_happened(env, tmp_path, capsys):
+    """Issue 21 points 6 and 10: the file's ``threat_intel: true`` applies without the flag; a feed
+    that fails with no earlier copy says so (not "kept last good copy"), one that fails after a good
+    download keeps it; counts say entries and prefixes; "download failed" once."""
+    with FeedServer(root=DEMO_FEEDS_DIR) as feeds:
+        feed_file = tmp_path / "feeds.yaml"
+        feed_file.write_text(
+            "feeds:\n"
+            f"  - {{name: good, url: '{feeds.url('/blocklist_de_all.txt')}', category: attacker}}\n"
+            f"  - {{name: broken, url: '{feeds.url('/missing.txt')}', category: attacker}}\n"
+        )
+        channel = _channel_file(tmp_path, "{name: local, threat_intel: true}\n")
+        argv = ["--once", f"--channel={channel}", f"--feeds={feed_file}", f"--output={tmp_path / 'p'}"]
+        code, out, err = run(argv, env, capsys)
+        assert code == 1, err  # a feed failed: done with problems
+        assert "Loading threat intelligence feeds..." in out
+        assert re.search(r"Loaded good: \d+ entries in \d+ prefixes after merging", out), out
+        assert "Nothing from broken: HTTP 404 from " in out and "no earlier good copy to keep" in out
+        assert "Kept" not in out and "download failed: download failed" not in out
+
+        feeds.route("/blocklist_de_all.txt", status=503, body=b"down")
+        code, out, _ = run(argv, env, capsys)
+    assert code == 1
+    assert re.search(r"Kept the last good copy of good \(\d+ prefixes\): this download failed: HTTP 503 from ", out)
+
+
+def test_crds_given_as_one_file(env, tmp_path, capsys, crds_dir):
+    """Issue 21 point 7: ``--crds FILE`` said "does not exist" for an existing file."""
+    docs = [p.read_text() for p in sorted(crds_dir.glob("*.yaml"))]
+    docs += [p.read_text() for p in sorted((crds_dir / "cilium-main").glob("*.yaml"))]
+    all_crds = tmp_path / "all.yaml"
+    all_crds.write_text("\n---\n".join(docs))
+    out_dir = tmp_path / "p"
+    code, _, err = run(["--once", f"--crds={all_crds}", f"--output={out_dir}"], env, capsys)
+    assert code == 0, err
+    code, out, _ = run(["validate", str(out_dir), "--crds", str(all_crds)], env, capsys)
+    assert code == 0 and f"checked against {all_crds}" in out
+    # One file without the Cilium CRDs: the checker's list of errors is one line
+    tetragon_only = crds_dir / "tetragon_cilium.io_tracingpolicies.yaml"
+    code, _, err = run(["--once", f"--crds={tetragon_only}", f"--output={out_dir}"], env, capsys)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "refusing to ship 2 checker error(s): cilium-cdr-blocklist-cidrs-001.yaml (CiliumCIDRGroup/" in err
+
+
+def test_apply_against_an_unreachable_api_server_says_it_in_one_line(env, tmp_path, capsys):
+    """Issue 21 point 7: bare ``stamina.retry_scheduled`` lines on standard error."""
+    port = free_port()
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}", "t")
+    code, out, err = run(
+        ["--once", "--apply", f"--output={tmp_path / 'p'}"], {**env, "KUBECONFIG": str(kubeconfig)}, capsys
+    )
+    assert code == 1 and "stamina" not in err and "Traceback" not in err, err
+    assert "Applying to kubernetes http://127.0.0.1:" in out
+    assert err.startswith("cdr-policy: error: ") and len(err.splitlines()) == 1, err
+    assert f"no answer from http://127.0.0.1:{port}" in err

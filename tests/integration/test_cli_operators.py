@@ -5,8 +5,10 @@ and a traceback when a fake's port is taken."""
 
 from __future__ import annotations
 
+import errno
 import json
-import socket
+import os
+import shlex
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS
 from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from tests.fakes.kube import FakeKubeAPI
+from tests.fakes.loopback import free_port
 from tests.fakes.qualys import FakeQualysGateway, load_findings
 from tests.integration.support import agent_args, run
 
@@ -37,12 +40,6 @@ def feed_files_env(tmp_path):
         path = tmp_path / "feeds.yaml"
         path.write_text(demo_feeds_yaml(feeds.url("/")))
         yield path
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 BAD = {
@@ -70,7 +67,7 @@ def test_bad_flags_and_paths_get_one_line_and_exit_2_before_any_request(case, en
 
 
 def test_an_unreachable_gateway_fails_fast_naming_the_host_and_the_cause(env, tmp_path, capsys):
-    port = _closed_port()
+    port = free_port()
     started = time.monotonic()
     code, out, err = run(
         ["--once", f"--output={tmp_path / 'p'}"], {**env, "QUALYS_GATEWAY_URL": f"http://127.0.0.1:{port}"}, capsys
@@ -129,6 +126,33 @@ def test_an_interrupted_write_leaves_the_previous_complete_set(env, tmp_path, ca
     assert run(["--once", f"--output={out_dir}"], env, capsys)[0] == 0
     assert (out_dir / "kustomization.yaml").read_text() == "resources: []\n"
     assert not list(tmp_path.glob(".policies.*"))
+
+
+def test_a_mount_point_is_filled_in_place(env, feed_files_env, tmp_path, capsys, monkeypatch):
+    """The CronJob's ``--output=/policies`` is an emptyDir under a read-only root: the folder cannot be
+    swapped (a mount point cannot be renamed, its parent is read-only), so its content is replaced.
+    (tests/infra/test_image.py runs that command line in the image, on a real mount.)"""
+    out_dir = tmp_path / "policies"
+    out_dir.mkdir()
+    (out_dir / "kustomization.yaml").write_text("resources: []\n")
+    real_ismount, real_rename = os.path.ismount, Path.rename
+
+    def rename(self, target):
+        if self == out_dir:
+            raise OSError(errno.EBUSY, "Device or resource busy")  # what renaming a mount point gets
+        return real_rename(self, target)
+
+    monkeypatch.setattr(output_module.os.path, "ismount", lambda p: Path(p) == out_dir or real_ismount(p))
+    monkeypatch.setattr(output_module.Path, "rename", rename)
+    assert run(["--once", "--threat-intel", f"--feeds={feed_files_env}", f"--output={out_dir}"], env, capsys)[0] == 0
+    with_feeds = {p.name for p in out_dir.iterdir()}
+    assert run(["--once", f"--output={out_dir}"], env, capsys)[0] == 0
+    without_feeds = {p.name for p in out_dir.iterdir()}
+
+    assert "kustomization.yaml" in without_feeds and "report.json" in without_feeds
+    assert without_feeds < with_feeds, "the feeds' policies of the first run are gone"
+    assert not [p for p in without_feeds if p.startswith(".")]
+    assert not list(tmp_path.glob(".policies.*")), "nothing is written beside the mount point"
 
 
 @pytest.mark.parametrize("module", ["tests.fakes.feeds", "tests.fakes.qualys"])
@@ -251,6 +275,10 @@ def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(env, t
     before = {p: p.read_bytes() for p in applied.rglob("*.yaml")}
     code, out, err = run(agent, env, capsys)
     assert code == 1 and out.startswith("refused"), out + err
+    hint = out.splitlines()[1].strip()  # the next command, to copy
+    assert hint.startswith("next: the channel's generations signed by this key: cdr-policy channel history local")
+    code, history, _ = run(shlex.split(hint.split(": ")[-1])[1:], env, capsys)
+    assert code == 0 and "1 history entr(ies) skipped: not signed by this key" in history
     assert {p: p.read_bytes() for p in applied.rglob("*.yaml")} == before
 
 
@@ -274,7 +302,13 @@ def test_fleet_commands_on_a_folder(env, tmp_path, capsys, feed_files_env):
     diff = json.loads(out)
     assert diff["from"] == first and len(diff["prefixes"]["added"]) > 100 and not diff["prefixes"]["removed"]
     added = diff["prefixes"]["added"][0]
-    assert added["objects"] and "sources" in added["provenance"]
+    assert added["objects"] and added["scope"] == "prefix"
+    # issue 21 point 5: each prefix's own feeds (from the bundle's provenance index), not its object's
+    own = {e["provenance"].get("feeds") for e in diff["prefixes"]["added"]}
+    assert all(e["scope"] == "prefix" for e in diff["prefixes"]["added"]) and len(own) > 1
+    assert all(feeds and "=" not in feeds for feeds in own), own
+    code, summary, _ = run(["channel", "diff", "local", f"--dist={channel}", f"--state={state}"], env, capsys)
+    assert code == 0 and "prefix(es) added from feeds=" in summary and "objects' provenance" not in summary
     assert any(o["object"].startswith("CiliumCIDRGroup/") for o in diff["objects"]["added"])
 
     approver = tmp_path / "approver"
@@ -320,7 +354,7 @@ def test_the_running_agent_serves_metrics_and_probes(env, tmp_path, capsys):
     run(["keygen", f"--out={keys}"], env, capsys)
     assert run(["--once", f"--output={tmp_path / 'policies'}"], env, capsys)[0] == 0
     assert run(["publish", f"--to={channel}", f"--key={keys / 'bundle-signing.pem'}"], env, capsys)[0] == 0
-    port = _closed_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,

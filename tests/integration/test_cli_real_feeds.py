@@ -108,7 +108,7 @@ def test_real_feeds_counts_poison_and_an_html_page(feed_dir, shared_feeds_dir, t
         assert main(argv, env) == 1, "a stale feed makes the run finish with a problem"
         out = capsys.readouterr().out
         second = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert "Kept last good copy of blocklist-de" in out
+    assert "Kept the last good copy of blocklist-de (" in out and "this download failed: " in out
     stale = second["feeds"]["blocklist-de"]
     assert stale["status"] == "stale"
     assert "html" in stale["error"].lower()

@@ -15,8 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from demo.runner import CHANNELS, run_pipeline
-from tests.fakes.aws import moto_endpoint
+from demo.runner import CHANNELS
 
 pytestmark = pytest.mark.integration
 
@@ -151,9 +150,8 @@ def test_the_checker_flags_what_the_independent_validator_flags(crd_schemas):
     assert any("enableDefaultDeny" in p for p in problems)
 
 
-def test_every_demo_object_passes_the_independent_validator(tmp_path, crds_dir, crd_schemas):
-    with moto_endpoint(None) as endpoint:
-        result = run_pipeline(endpoint, tmp_path, say=lambda _: None, crds_dir=crds_dir)
+def test_every_demo_object_passes_the_independent_validator(pipeline, crd_schemas):
+    result, _ = pipeline
     objects = [o for c in CHANNELS for o in _objects(result.channel_dir(c["name"]))]
     assert len(objects) >= 20
     for obj in objects:

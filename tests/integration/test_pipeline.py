@@ -1,15 +1,18 @@
-"""The whole flow, as ``make demo`` runs it: boto3 over HTTP to a moto server, S3 -> SQS
-notifications, the real handlers, a loopback fake Qualys gateway and feed server, signed bundles,
-and one sync agent per channel. Then: what is in each bucket, what each agent applied, and what
-happens when the same notifications come again or a bundle is tampered with."""
+"""The whole flow, as ``make demo`` runs it: template.yaml deployed on a moto server that enforces IAM,
+the stack's schedules, S3 -> SQS notifications and event source mappings driving the real handlers,
+each under its own deployed role, a loopback fake Qualys gateway and feed server, signed bundles, and
+one sync agent per cluster with its cluster role. Then: what is in each bucket, what each agent
+applied, and what happens when the same notifications come again or a bundle is tampered with."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
+import os
 from pathlib import Path
 
+import boto3
 import jsonschema
 import pytest
 import yaml
@@ -24,37 +27,14 @@ from cdr_policy.hits.fleet import read_fired
 from cdr_policy.hits.reports import read_report
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.policy.checker import SchemaSet, check_files
-from cdr_policy.settings import Settings, get_settings
+from cdr_policy.settings import Settings
 from cdr_policy.storage import LocalStore, S3Store
-from demo.runner import CHANNELS, run_pipeline
-from tests.fakes.aws import moto_endpoint
+from demo.runner import CHANNELS
 
 pytestmark = pytest.mark.integration
 
 PUBLIC_CDR_IPS = {"45.61.136.7/32", "45.95.169.12/32", "45.9.20.100/32", "2a0b:f000::15/128", "45.153.160.2/32"}
 NEVER_BLOCKED = {"169.254.169.254", "10.20.3.4", "8.8.8.8", "192.0.2.10", "100.64.12.7", "172.16.5.9", "fd00:ec2::254"}
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, crds_dir):
-    output = tmp_path_factory.mktemp("pipeline")
-    lines: list[str] = []
-    with moto_endpoint(None) as endpoint:
-        result = run_pipeline(endpoint, output, say=lines.append, crds_dir=crds_dir)
-        yield result, lines
-
-
-@pytest.fixture
-def lambda_env(pipeline, monkeypatch):
-    """The functions' environment (as the template sets it) for calling stages directly."""
-    result, _ = pipeline
-    for key, value in result.stack.env.items():
-        monkeypatch.setenv(key, value)
-    aws.reset()
-    get_settings.cache_clear()
-    yield Settings.from_env(result.stack.env)
-    aws.reset()
-    get_settings.cache_clear()
 
 
 def _store(result, bucket: str) -> S3Store:
@@ -89,7 +69,7 @@ def test_every_step_reports_counts(pipeline):
 
 def test_state_bucket_holds_raw_findings_indicators_and_bundles(pipeline):
     result, _ = pipeline
-    state = _store(result, result.stack.names.state_bucket)
+    state = _store(result, result.stack.state_bucket)
     raw = state.list("raw/cdr/")
     assert raw, "raw findings pages must be kept for audit"
     uuids = set()
@@ -117,9 +97,9 @@ def test_state_bucket_holds_raw_findings_indicators_and_bundles(pipeline):
 
 def test_distribution_bucket_holds_signed_manifests_files_history_and_status(pipeline):
     result, _ = pipeline
-    dist = _store(result, result.stack.names.dist_bucket)
+    dist = _store(result, result.stack.dist_bucket)
     verifier = Verifier.from_public_pem(
-        KmsSigner(result.stack.client("kms"), result.stack.signing_key_id).public_key_pem()
+        KmsSigner(result.stack.client("kms"), result.stack.signing_key_arn).public_key_pem()
     )
     for channel in CHANNELS:
         name = channel["name"]
@@ -179,8 +159,8 @@ def test_every_stored_document_is_judged_as_jsonschema_judges_it(pipeline):
     kind of document the flow stored, each also changed in one place in every way: the same
     documents must fail, at the same places."""
     result, _ = pipeline
-    state = _store(result, result.stack.names.state_bucket)
-    dist = _store(result, result.stack.names.dist_bucket)
+    state = _store(result, result.stack.state_bucket)
+    dist = _store(result, result.stack.dist_bucket)
     kinds = {
         "indicator-set.schema.json": [(state, k) for k in state.list("indicators/")],
         "cdr-run.schema.json": [(state, layout.CDR_LAST_RUN)],
@@ -284,37 +264,45 @@ def test_public_cdr_ips_are_in_both_blocklists_and_protected_ones_in_neither(pip
         assert f'"{ip}/' not in blocklists
 
 
-def test_redelivered_notifications_change_nothing(pipeline, lambda_env):
+def test_redelivered_notifications_change_nothing(pipeline):
     from cdr_policy.wiring import cloud
 
     result, _ = pipeline
-    state = _store(result, result.stack.names.state_bucket)
+    state = _store(result, result.stack.state_bucket)
     before = {c["name"]: json.loads(state.get(layout.latest_render_key(c["name"])).data) for c in CHANNELS}
-    again = cloud.render(lambda_env, trigger_keys=["indicators/cdr/current.json"])
+    with result.lambdas.running_as("RenderFunction") as env:
+        again = cloud.render(Settings.from_env(env), trigger_keys=["indicators/cdr/current.json"])
     assert {b["channel"]: b["digest"] for b in again} == {k: v["digest"] for k, v in before.items()}
     assert not any(b["changed"] for b in again)
-    for channel in CHANNELS:
-        outcome = cloud.publish(lambda_env, PublishRequest(channel["name"], before[channel["name"]]["digest"]))
-        assert outcome["status"] == "unchanged"
+    with result.lambdas.running_as("PublishFunction") as env:
+        for channel in CHANNELS:
+            request = PublishRequest(channel["name"], before[channel["name"]]["digest"])
+            outcome = cloud.publish(Settings.from_env(env), request)
+            assert outcome["status"] == "unchanged"
 
 
-def test_a_stale_publish_request_cannot_roll_a_channel_back(pipeline, lambda_env):
+def test_a_stale_publish_request_cannot_roll_a_channel_back(pipeline):
     from cdr_policy.wiring import cloud
 
-    outcome = cloud.publish(lambda_env, PublishRequest("prod", "0" * 64))
+    result, _ = pipeline
+    with result.lambdas.running_as("PublishFunction") as env:
+        outcome = cloud.publish(Settings.from_env(env), PublishRequest("prod", "0" * 64))
     assert outcome["status"] == "superseded"
 
 
-def test_a_second_fetch_duplicates_nothing(pipeline, lambda_env):
+def test_a_second_fetch_duplicates_nothing(pipeline):
     from cdr_policy.wiring import cloud
     from demo.runner import FINDINGS
     from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
     result, _ = pipeline
-    state = _store(result, result.stack.names.state_bucket)
+    state = _store(result, result.stack.state_bucket)
     before = json.loads(state.get("indicators/cdr/current.json").data)
-    with FakeQualysGateway(FINDINGS, username=DEMO_USERNAME, password=DEMO_PASSWORD) as gateway:
-        settings = Settings.from_env({**result.stack.env, "QUALYS_GATEWAY_URL": gateway.url, "LOOKBACK_HOURS": "720"})
+    with (
+        FakeQualysGateway(FINDINGS, username=DEMO_USERNAME, password=DEMO_PASSWORD) as gateway,
+        result.lambdas.running_as("CdrFetchFunction") as env,
+    ):
+        settings = Settings.from_env({**env, "QUALYS_GATEWAY_URL": gateway.url, "LOOKBACK_HOURS": "720"})
         summary = cloud.cdr_fetch(settings)
     assert summary["new"] == 0
     after = json.loads(state.get("indicators/cdr/current.json").data)
@@ -323,7 +311,7 @@ def test_a_second_fetch_duplicates_nothing(pipeline, lambda_env):
 
 def test_a_tampered_bundle_is_refused_and_nothing_is_applied(pipeline, tmp_path):
     result, _ = pipeline
-    dist = _store(result, result.stack.names.dist_bucket)
+    dist = _store(result, result.stack.dist_bucket)
     manifest = json.loads(dist.get("channels/staging/manifest.json").data)
     path = next(e["path"] for e in manifest["files"] if e["path"].startswith("ciliumcidrgroup-"))
     key = layout.published_file_key("staging", manifest["digest"], path)
@@ -331,7 +319,7 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_applied(pipeline, tmp_path)
     dist.put(key, original.replace(b"externalCIDRs:", b"externalCIDRs:\n  - 0.0.0.0/0"))
     try:
         verifier = Verifier.from_public_pem(
-            KmsSigner(result.stack.client("kms"), result.stack.signing_key_id).public_key_pem()
+            KmsSigner(result.stack.client("kms"), result.stack.signing_key_arn).public_key_pem()
         )
         agent = Agent(
             dist,
@@ -350,12 +338,23 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_applied(pipeline, tmp_path)
     assert not list((tmp_path / "applied").glob("*.yaml"))
 
 
-def test_fleet_commands_against_the_buckets(pipeline, lambda_env, capsys):
-    from cdr_policy.cli import main
+def _shell(monkeypatch, env: dict[str, str]) -> None:
+    """This process's AWS settings as a new process started with ``env`` would have them."""
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    aws.reset()  # the library's cached clients
+
+
+def test_fleet_commands_against_the_buckets(pipeline, capsys, monkeypatch):
+    """The operator's commands, with the operator's (administrator's) credentials."""
 
     result, _ = pipeline
-    dist, state = f"s3://{result.stack.names.dist_bucket}", f"s3://{result.stack.names.state_bucket}"
-    env = dict(result.stack.env)
+    dist, state = f"s3://{result.stack.dist_bucket}", f"s3://{result.stack.state_bucket}"
+    env = result.stack.server.admin_env
+    _shell(monkeypatch, env)
 
     assert main(["channel", "list", f"--dist={dist}", "--json"], env) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -372,24 +371,24 @@ def test_fleet_commands_against_the_buckets(pipeline, lambda_env, capsys):
     diff = json.loads(capsys.readouterr().out)
     assert diff["from"] == diff["to"] and diff["prefixes"] == {"added": [], "removed": []}
 
-    # An approver grants it with the approvers' KMS key (a key of its own, never the channel's).
-    approver_key = result.stack.client("kms").create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")
-    approver = f"--kms-key-id={approver_key['KeyMetadata']['Arn']}"
-    assert main(["channel", "approve", "prod", diff["to"], f"--state={state}", f"--dist={dist}", approver], env) == 0
+    # An approver grants it: the stack's ApproverRole (assumed by ApproverPrincipalArn) and ApproverKey.
+    _shell(monkeypatch, result.approver_env)
+    key_id = f"--kms-key-id={result.stack.outputs['ApproverKeyArn']}"
+    approve = ["channel", "approve", "prod", diff["to"], f"--state={state}", f"--dist={dist}", key_id]
+    assert main(approve, result.approver_env) == 0
     key = layout.approval_key("prod", diff["to"], diff["from"])
-    grant = json.loads(_store(result, result.stack.names.state_bucket).get(key).data)
+    grant = json.loads(_store(result, result.stack.state_bucket).get(key).data)
     assert (grant["digest"], grant["previous_digest"]) == (diff["to"], diff["from"])
+    _shell(monkeypatch, env)
     capsys.readouterr()
 
     # Rolling back to what the channel ships, signed by the stack's KMS key, changes nothing.
-    key = f"--kms-key-id={result.stack.signing_key_id}"
+    key = f"--kms-key-id={result.stack.signing_key_arn}"
     assert main(["channel", "rollback", "prod", f"--to={diff['to']}", f"--dist={dist}", key], env) == 0
     assert capsys.readouterr().out.startswith("unchanged: channel prod")
 
 
-def test_prod_takes_what_staging_watched_and_the_change_it_holds_on_an_approval(pipeline, lambda_env, capsys):
-    from cdr_policy.cli import main
-
+def test_prod_takes_what_staging_watched_and_the_change_it_holds_on_an_approval(pipeline, capsys, monkeypatch):
     result, lines = pipeline
     soaked, approved, (held,) = (result.promotion[k] for k in ("soaked", "approved", "held"))
     assert soaked["counts"]["promote"] > 0 and soaked["counts"]["hold"] == 1
@@ -397,8 +396,9 @@ def test_prod_takes_what_staging_watched_and_the_change_it_holds_on_an_approval(
     assert reasons == ["would have blocked 2 event(s) in protected namespace(s) payments on staging"]
     assert [(c["change"], c["decision"], c["how"]) for c in approved["changes"]] == [(held, "promote", "approved")]
     assert any("soak shortened" in line or "the demo's, 24h by default" in line for line in lines)
-    dist = f"s3://{result.stack.names.dist_bucket}"
-    assert main(["channel", "show", "prod", f"--dist={dist}"], dict(result.stack.env)) == 0
+    env = result.stack.server.admin_env
+    _shell(monkeypatch, env)
+    assert main(["channel", "show", "prod", f"--dist=s3://{result.stack.dist_bucket}"], env) == 0
     assert "1 change(s) promoted (1 grant(s))" in capsys.readouterr().out
 
 
@@ -415,7 +415,7 @@ def test_the_hits_of_the_export_lines_come_back_to_the_fleet(pipeline, capsys):
     assert actions == {"prod": {"SIGKILL", "DROPPED"}, "staging": {"POST", "AUDIT"}}  # staging would have blocked
     assert hits["rollup"]["refused"] == 0 and hits["rollup"]["addresses"] > 0
     assert {f["feed"] for f in hits["report"]["feeds"] if f["hits"]} and hits["report"]["findings"]
-    state = _store(result, result.stack.names.state_bucket)
+    state = _store(result, result.stack.state_bucket)
     assert read_fired(state.get(layout.FLEET_HITS).data, "fleet.json").hits == hits["report"]["hits"]
     # the published bundle folder, as the demo copied the bucket
     folder = result.output / "dist" / layout.published_file_key("prod", statuses["prod"]["applied_digest"], "")

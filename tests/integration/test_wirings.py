@@ -1,8 +1,8 @@
 """The Lambda functions and the CLI run the same stage code: CdrFetch and then Render, once through
-the Lambda wiring (boto3 over HTTP to a moto server, credentials from Secrets Manager, channels from
-the state bucket) and once through the local wiring (a state folder, credentials from the
-environment, the channel from a file), against the same fake gateway and clock, leave the two
-stores byte for byte the same."""
+the Lambda wiring (the functions of the stack deployed from template.yaml, with their own roles, boto3
+over HTTPS to a moto server that enforces IAM, credentials from Secrets Manager, channels from the state
+bucket) and once through the local wiring (a state folder, credentials from the environment, the channel
+from a file), against the same fake gateway and clock, leave the two stores byte for byte the same."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cdr_policy import aws
-from cdr_policy.settings import Settings, get_settings
+from cdr_policy.settings import Settings
 from cdr_policy.storage import S3Store, Store
 from cdr_policy.wiring import cloud, local
-from tests.fakes.aws import create_stack, moto_endpoint
-from tests.fakes.lambda_runtime import REPO
+from demo.runner import create_qualys_secret
+from tests.fakes.aws import moto_server
+from tests.fakes.lambda_runtime import REPO, LambdaService
 from tests.fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from tests.fakes.stack import deploy
 
 pytestmark = pytest.mark.integration
 
@@ -29,24 +30,24 @@ def _contents(store: Store) -> dict[str, bytes]:
     return {key: store.get(key).data for key in store.list("")}
 
 
-def test_cdr_fetch_and_render_leave_the_same_bytes_through_both_wirings(tmp_path, monkeypatch):
+def test_cdr_fetch_and_render_leave_the_same_bytes_through_both_wirings(tmp_path):
     with (
         FakeQualysGateway(REPO / "events" / "findings", rebase_to=NOW) as gateway,
-        moto_endpoint(None) as endpoint,
+        moto_server() as server,
     ):
-        stack = create_stack(endpoint, qualys={"username": DEMO_USERNAME, "password": DEMO_PASSWORD})
-        env = {**stack.env, "QUALYS_GATEWAY_URL": gateway.url, "PUBLISH_QUEUE_URL": ""}
-        env |= {"LOOKBACK_HOURS": "24", "OVERLAP_MINUTES": str(local.OVERLAP_MINUTES), "CDR_TTL_HOURS": "24"}
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        aws.reset()
-        get_settings.cache_clear()
-        settings = Settings.from_env(env)
-        state_bucket = S3Store(stack.client("s3"), settings.state_bucket)
+        create_qualys_secret(server, "cdr-policy/qualys")
+        parameters = {"Environment": "wirings", "LookbackHours": "24", "CdrTtlHours": "24"}
+        parameters["OverlapMinutes"] = str(local.OVERLAP_MINUTES)  # the CLI's
+        stack = deploy(server, name="cdr-policy-wirings", parameters=parameters)
+        lambdas = LambdaService(stack, tmp_path / "lambda.log")
+        # the plain-HTTP loopback gateway (the CLI's) and no publish request: the two stores alone compare
+        with lambdas.running_as("CdrFetchFunction") as env:
+            cloud_fetch = cloud.cdr_fetch(Settings.from_env({**env, "QUALYS_GATEWAY_URL": gateway.url}), now=NOW)
+        state_bucket = S3Store(stack.client("s3"), stack.state_bucket)
         state_bucket.put("config/channels.yaml", CHANNELS)
-
-        cloud_fetch = cloud.cdr_fetch(settings, now=NOW)
-        cloud_render = cloud.render(settings, trigger_keys=["indicators/cdr/current.json"], now=NOW)
+        with lambdas.running_as("RenderFunction") as env:
+            settings = Settings.from_env({**env, "PUBLISH_QUEUE_URL": ""})
+            cloud_render = cloud.render(settings, trigger_keys=["indicators/cdr/current.json"], now=NOW)
 
         channel_file = tmp_path / "channels.yaml"
         channel_file.write_bytes(CHANNELS)
@@ -59,7 +60,7 @@ def test_cdr_fetch_and_render_leave_the_same_bytes_through_both_wirings(tmp_path
             platform=None,
             gateway=gateway.url,
             categories=None,
-            reputation_threshold=50,
+            reputation_threshold=None,  # as the parser gives it without the flag (only with threat intel)
             crds=None,
             hours=24,
             interval=3600.0,
@@ -70,8 +71,6 @@ def test_cdr_fetch_and_render_leave_the_same_bytes_through_both_wirings(tmp_path
         local_render = local.render(ports, now=NOW).summary().to_dict()
 
         in_bucket, in_folder = _contents(state_bucket), _contents(ports.state)
-        aws.reset()
-        get_settings.cache_clear()
 
     assert cloud_fetch == local_fetch and cloud_fetch["unique"] == 18
     assert cloud_render == [local_render] and local_render["changed"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import socket
-import ssl
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -17,7 +16,7 @@ import urllib3
 
 from cdr_policy import httpclient
 from tests.fakes.loopback import LoopbackServer
-from tests.fakes.tls import self_signed
+from tests.fakes.tls import self_signed, server_context
 
 BODY = b"198.51.100.7\n" * 20_000  # several chunks
 
@@ -157,13 +156,9 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     cert, key = self_signed("localhost", dns_names=("localhost",))
     pem = tmp_path / "cert.pem"
     pem.write_bytes(cert)
-    (tmp_path / "key.pem").write_bytes(key)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pem, tmp_path / "key.pem")
     _Handler.seen, _Handler.connections = [], set()
-    with LoopbackServer(_Handler) as srv:
-        srv._httpd.socket = context.wrap_socket(srv._httpd.socket, server_side=True)
-        yield srv.base_url.replace("http://127.0.0.1", "https://localhost"), pem
+    with LoopbackServer(_Handler, tls=server_context(cert, key)) as srv:
+        yield srv.base_url.replace("https://127.0.0.1", "https://localhost"), pem
 
 
 def test_tls_is_verified_against_httpx_s_trust_store(tls_server: tuple[str, Path], monkeypatch) -> None:

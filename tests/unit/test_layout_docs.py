@@ -35,3 +35,12 @@ def test_every_key_function_lands_in_a_documented_family():
     prefixes = {p for _, ps in layout.WRITE_PREFIXES.values() for p in ps} | {layout.CONFIG, layout.APPROVALS}
     assert all(any(k.startswith(p) for p in prefixes) for k in keys)
     assert keys[0] == "raw/cdr/2026/01/27/20260127T085441.396Z-00001.json.gz"
+
+
+def test_the_demo_feeds_readme_names_files_that_exist():
+    """Issue 21 point 11: demo/feeds/README.md named ``demo/feed_server.py``, which does not exist."""
+    folder = REPO / "demo" / "feeds"
+    named = re.findall(r"`([\w./-]+\.(?:py|txt))`", (folder / "README.md").read_text(encoding="utf-8"))
+    assert "tests/fakes/feeds.py" in named
+    for name in named:
+        assert (REPO / name).is_file() or (folder / name).is_file(), name

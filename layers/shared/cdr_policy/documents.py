@@ -28,21 +28,14 @@ def parse_channels(text: str, origin: str, *, refresh_hours: float) -> list[Chan
     """A ``channels:`` list (YAML or JSON). Names must be unique; at least one channel; every
     bundle lifetime at least twice the re-render period ``refresh_hours`` (``check_lifetime``);
     every promotion from another configured audit channel (``check_promotions``)."""
-    from cdr_policy.policy.channel import ChannelSettings, check_promotions
+    from cdr_policy.policy.channel import check_promotions
 
     doc = load_yaml_mapping(text, origin, "exactly one top-level key 'channels' holding a list")
     if set(doc) != {"channels"} or not isinstance(doc["channels"], list):
         raise ConfigError(f"{origin}: expected exactly one top-level key 'channels' holding a list")
     if not doc["channels"]:
         raise ConfigError(f"{origin}: 'channels' is empty")
-    channels = []
-    for i, item in enumerate(doc["channels"]):
-        try:
-            channel = ChannelSettings.from_dict(item)
-            channel.check_lifetime(refresh_hours)
-            channels.append(channel)
-        except (ConfigError, TypeError) as exc:
-            raise ConfigError(f"{origin}: channels[{i}]: {exc}") from exc
+    channels = [_channel(item, f"{origin}: channels[{i}]", refresh_hours) for i, item in enumerate(doc["channels"])]
     names = [c.name for c in channels]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -52,6 +45,40 @@ def parse_channels(text: str, origin: str, *, refresh_hours: float) -> list[Chan
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from exc
     return channels
+
+
+def parse_one_channel(
+    text: str, origin: str, default_name: str, *, refresh_hours: float
+) -> tuple[ChannelSettings, frozenset[str]]:
+    """The settings of one channel, for the CLI's ``--channel FILE``: a mapping of its settings
+    (``name`` defaults to ``default_name``), or a ``channels:`` list holding exactly one. Returns the
+    settings and the keys the file set (so that a flag can tell a setting from a default); its bundle
+    lifetime at least twice the re-render period ``refresh_hours``."""
+    doc = load_yaml_mapping(text, origin, "one channel's settings (a mapping), or 'channels:' with one channel")
+    if set(doc) == {"channels"} and isinstance(doc["channels"], list):
+        if len(doc["channels"]) != 1:
+            raise ConfigError(f"{origin}: the CLI renders one channel; found {len(doc['channels'])} under 'channels'")
+        item, where = doc["channels"][0], f"{origin}: channels[0]"
+    else:
+        item, where = {"name": default_name, **doc}, origin
+    channel = _channel(item, where, refresh_hours)
+    if channel.promote is not None:
+        raise ConfigError(
+            f"{where}: channel {channel.name}: promote follows another channel of the pipeline's channels.yaml; "
+            "the CLI renders one channel"
+        )
+    return channel, frozenset(item) if isinstance(item, dict) else frozenset()
+
+
+def _channel(item: object, where: str, refresh_hours: float) -> ChannelSettings:
+    from cdr_policy.policy.channel import ChannelSettings
+
+    try:
+        channel = ChannelSettings.from_dict(item)  # type: ignore[arg-type]  # from_dict checks it is a mapping
+        channel.check_lifetime(refresh_hours)
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    return channel
 
 
 def _text(store: Store, key: str) -> str | None:

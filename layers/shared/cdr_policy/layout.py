@@ -67,6 +67,9 @@ CDR_SEEN = f"{STATE_CDR}seen.json"
 CDR_LAST_RUN = f"{STATE_CDR}last-run.json"
 CDR_SET = f"{INDICATORS_CDR}current.json"
 
+# -- state folder: the CLI's controller mode (local only) ----------------------------------------
+CONTROLLER_STATUS = "state/controller/status.json"
+
 
 def raw_cdr_page_key(window_start: datetime, page: int) -> str:
     """A raw findings page, gzipped, kept for audit: ``raw/cdr/2025/01/27/20250127T085441.396Z-00001.json.gz``."""
@@ -211,6 +214,11 @@ STATE_KEYS: tuple[KeyFamily, ...] = (
         "HitsRollup",
         "what fired in the fleet (addresses, rules, ports; `fleet-hits.schema.json`), from the clusters' "
         "statuses checked against their channels' bundles; Render ranks with it",
+    ),
+    KeyFamily(
+        CONTROLLER_STATUS,
+        "`cdr-policy` controller mode (local state folder only)",
+        "health after every run: last run, last good run, failures in a row (`controller-status.schema.json`)",
     ),
 )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cdr_policy.errors import StorageError
+from cdr_policy.errors import ConfigError, StorageError, aws_cause, os_cause
 
 
 class NotFound(StorageError):
@@ -85,7 +85,9 @@ def _check_key(key: str) -> str:
 
 
 class LocalStore:
-    """A directory. Writes are atomic (temp file + rename), ETags are content hashes."""
+    """A directory. Writes are atomic (temp file + rename), ETags are content hashes. Every
+    operating-system error (a full disk, a folder that is not writable) is a StorageError naming
+    the file and the cause; a failed write leaves the previous file as it was."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -103,10 +105,10 @@ class LocalStore:
         path = self._path(key)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise NotFound(f"{key} not found in {self.root}") from exc
         except OSError as exc:
-            raise StorageError(f"{key} in {self.root}: {exc.strerror}") from exc
+            raise StorageError(f"cannot read {path} ({os_cause(exc)})") from exc
         with os.fdopen(fd, "rb") as fh:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise StorageError(f"{key} in {self.root} is not a regular file")
@@ -116,7 +118,7 @@ class LocalStore:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
             except OSError as exc:
-                raise StorageError(f"{key} in {self.root}: {exc.strerror}") from exc
+                raise StorageError(f"cannot read {path} ({os_cause(exc)})") from exc
         etag = digest.hexdigest()
         if max_bytes is not None and len(data) > max_bytes:
             raise _too_large(key, max_bytes, etag)
@@ -133,8 +135,12 @@ class LocalStore:
 
     def put_if(self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream") -> str:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with (path.parent / f".lock-{path.name}").open("wb") as lock:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = (path.parent / f".lock-{path.name}").open("wb")
+        except OSError as exc:
+            raise StorageError(f"cannot write {path} ({os_cause(exc)})") from exc
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 current: str | None = self.get(key, max_bytes=0).etag
@@ -148,30 +154,47 @@ class LocalStore:
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except OSError as exc:
+            raise StorageError(f"cannot write {path} ({os_cause(exc)})") from exc
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot write {path} ({os_cause(exc)})") from exc
             raise
         return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
     def list(self, prefix: str) -> list[str]:
-        if not self.root.exists():
-            return []
+        # Only the folder the prefix names is walked (``bundles/4d3b`` walks ``bundles/``).
+        folders = prefix.split("/")[:-1]
+        if any(part in ("", ".", "..") for part in folders):
+            return []  # no key has such a prefix (``_check_key``)
+        base = self.root.joinpath(*folders)
         keys = []
-        for path in self.root.rglob("*"):
-            if path.is_file() and not path.name.startswith((".tmp-", ".lock-")):
-                key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    keys.append(key)
+        try:
+            if not base.is_dir():
+                return []
+            for path in base.rglob("*"):
+                if path.is_file() and not path.name.startswith((".tmp-", ".lock-")):
+                    key = path.relative_to(self.root).as_posix()
+                    if key.startswith(prefix):
+                        keys.append(key)
+        except OSError as exc:
+            raise StorageError(f"cannot list {base} ({os_cause(exc)})") from exc
         return sorted(keys)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {path} ({os_cause(exc)})") from exc
 
 
 class S3Store:
@@ -184,17 +207,23 @@ class S3Store:
     def describe(self) -> str:
         return f"s3://{self.bucket}"
 
-    def _error(self, exc: Exception, key: str) -> StorageError:
+    def _error(self, exc: Exception, key: str, verb: str) -> StorageError:
+        """An SDK error (a service answer, no credentials, no connection) as a StorageError."""
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "NotFound"):
             return NotFound(f"s3://{self.bucket}/{key} not found")
-        return StorageError(f"s3://{self.bucket}/{key}: {code or type(exc).__name__}: {exc}")
+        return StorageError(f"cannot {verb} s3://{self.bucket}/{key} ({aws_cause(exc)})")
 
     def _read(self, key: str, resp: dict[str, Any], max_bytes: int | None) -> StoredObject:
         """The body, stopping after ``max_bytes + 1`` bytes (the request asked for no more than that)."""
+        from botocore.exceptions import BotoCoreError
+        from urllib3.exceptions import HTTPError
+
         body = resp["Body"]
         try:
             data = body.read() if max_bytes is None else body.read(max_bytes + 1)
+        except (BotoCoreError, HTTPError, OSError) as exc:
+            raise StorageError(f"cannot read s3://{self.bucket}/{key} (the download broke off: {exc})") from exc
         finally:
             body.close()
         if max_bytes is not None and len(data) > max_bytes:
@@ -211,7 +240,7 @@ class S3Store:
         return self._get(key, etag, max_bytes)
 
     def _get(self, key: str, etag: str | None, max_bytes: int | None) -> StoredObject | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": _check_key(key)}
         if etag:
@@ -228,21 +257,23 @@ class S3Store:
             if max_bytes is not None and exc.response.get("Error", {}).get("Code") == "InvalidRange":
                 # an empty object: no byte 0 to start the range at
                 return self._get(key, etag, None)
-            raise self._error(exc, key) from exc
+            raise self._error(exc, key, "read") from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, key, "read") from exc
         return self._read(key, resp, max_bytes)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             resp = self.client.put_object(Bucket=self.bucket, Key=_check_key(key), Body=data, ContentType=content_type)
-        except ClientError as exc:
-            raise self._error(exc, key) from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, key, "write") from exc
         return str(resp["ETag"]).strip('"')
 
     def put_if(self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream") -> str:
         """An S3 conditional write: ``If-Match: <etag>``, or ``If-None-Match: *`` when ``etag`` is None."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         condition = {"IfMatch": f'"{etag}"'} if etag is not None else {"IfNoneMatch": "*"}
         try:
@@ -253,40 +284,69 @@ class S3Store:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
                 raise PreconditionFailed(f"s3://{self.bucket}/{key} changed since it was read ({code})") from exc
-            raise self._error(exc, key) from exc
+            raise self._error(exc, key, "write") from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, key, "write") from exc
         return str(resp["ETag"]).strip('"')
 
     def list(self, prefix: str) -> list[str]:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         keys: list[str] = []
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        except ClientError as exc:
-            raise self._error(exc, prefix) from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, prefix, "list") from exc
         return sorted(keys)
 
     def delete(self, key: str) -> None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.delete_object(Bucket=self.bucket, Key=_check_key(key))
-        except ClientError as exc:
-            raise self._error(exc, key) from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, key, "delete") from exc
 
 
-def open_store(url: str, s3_client: Any = None) -> Store:
-    """``s3://bucket`` or a directory path / ``file://`` URL."""
+def writable_dir(path: Path, flag: str) -> Path:
+    """``path`` as a folder we can write to (created if needed), or a ConfigError naming ``flag``."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path} is not a folder we can write to ({os_cause(exc)})") from exc
+    return path
+
+
+def open_store(url: str, s3_client: Any = None, *, flag: str | None = None) -> Store:
+    """``s3://bucket`` or a directory path / ``file://`` URL. With ``flag`` (the option that named
+    it, for the message), a folder must exist already: a mistyped path is a ConfigError, not an
+    empty store."""
+    where = f"{flag} {url}" if flag else url
     if url.startswith("s3://"):
         bucket = url[len("s3://") :].strip("/")
         if not bucket or "/" in bucket:
-            raise StorageError(f"expected s3://<bucket>, got {url!r}")
+            raise ConfigError(f"{where}: expected s3://BUCKET (a bucket name, no key)")
         if s3_client is None:
             import boto3
+            from botocore.config import Config
+            from botocore.exceptions import BotoCoreError
 
-            s3_client = boto3.client("s3")
+            # A command waits seconds, not minutes, for an endpoint that does not answer.
+            # (standard retries: 3 attempts, or AWS_MAX_ATTEMPTS)
+            bounded = Config(connect_timeout=5, read_timeout=30, retries={"mode": "standard"})
+            try:
+                s3_client = boto3.client("s3", config=bounded)
+            except (BotoCoreError, ValueError) as exc:  # a bad AWS_ENDPOINT_URL, profile or region
+                raise ConfigError(f"{where}: cannot make an S3 client ({aws_cause(exc)})") from exc
         return S3Store(s3_client, bucket)
     if url.startswith("file://"):
         url = url[len("file://") :]
+    if flag and not Path(url).is_dir():
+        what = "is not a folder" if Path(url).exists() else "does not exist"
+        raise ConfigError(f"{where} {what} (a folder or s3://BUCKET)")
     return LocalStore(url)

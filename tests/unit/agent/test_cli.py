@@ -6,8 +6,10 @@ import argparse
 
 import pytest
 
+from cdr_policy import layout
 from cdr_policy.admission import protection
 from cdr_policy.agent import cli
+from cdr_policy.bundle.loader import load_bundle, read_manifest
 from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.timeutil import parse_duration, utcnow
 from tests.unit.bundle.factory import ips, network_bundle, render
@@ -131,9 +133,18 @@ def test_once_into_a_directory(published, dist, public_key, tmp_path, capsys):
 
 
 def test_once_without_a_manifest_exits_non_zero(dist, public_key, tmp_path, capsys):
+    dist.root.mkdir()  # the folder publish --to writes, before the first publish
     args = once_into(tmp_path / "out", dist=dist, key=public_key, state_dir=tmp_path / "s")
     assert cli.run(args) == 1
     assert capsys.readouterr().out.startswith("no_manifest:")
+
+
+def test_a_bucket_folder_that_does_not_exist_is_a_configuration_error(dist, public_key, tmp_path, capsys):
+    """Issue 21 point 7: ``--bucket ./nodir`` used to create the folder and wait for ever."""
+    args = once_into(tmp_path / "out", dist=dist, key=public_key, state_dir=tmp_path / "s")
+    assert cli.run(args) == 2
+    assert f"error: --bucket {dist.root} does not exist" in capsys.readouterr().err
+    assert not dist.root.exists() and not (tmp_path / "s").exists(), "nothing made for a mistyped bucket"
 
 
 def test_once_with_an_untrusted_bundle_exits_non_zero(published, dist, tmp_path, capsys):
@@ -165,7 +176,7 @@ def test_bundles_are_checked_against_the_crds_before_anything_is_applied(
     assert list((tmp_path / "out").glob("*.yaml"))
 
 
-def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir):
+def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir, state):
     import yaml
 
     from tests.fakes.kube import FakeKubeAPI
@@ -174,8 +185,13 @@ def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir):
     with FakeKubeAPI(crds=crds) as api:
         applier = cli.KubeApplier(api.url, api.token)
         admission = cli.admission_for(applier, None, protection(where="this cluster"))
-        assert api.ops("crds"), "the CRDs were read from the API server"
-        assert admission.schemas is not None and admission.schemas.lookup("cilium.io/v2", "CiliumCIDRGroup")
+        assert not api.ops("crds"), "read when the first bundle is checked: an API server away at start is no error"
+        digest = render(state, network_bundle(ips(0, 3)))
+        bundle = load_bundle(state, read_manifest(state, layout.bundle_manifest_key(digest))[0], published=False)
+        first = admission.crd_problems(bundle).lines()
+        assert not [line for line in first if "CiliumCIDRGroup" in line], "the cluster's CRD for it was used"
+        assert admission.crd_problems(bundle).lines() == first
+        assert len(api.ops("crds")) == 1, "the CRDs were read from the API server, once"
         applier.close()
 
 
@@ -200,3 +216,81 @@ def test_startup_problems_exit_2(problem, dist, public_key, tmp_path, monkeypatc
     assert cli.run(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("cdr-policy: error: ") and len(err.splitlines()) == 1
+
+
+def _wait_for(predicate, what: str, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _status(state_dir, result: str):  # type: ignore[no-untyped-def]
+    """The agent's local status once its last poll had ``result``, else None."""
+    import json
+
+    try:
+        status = json.loads((state_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return status if status["last_poll"]["result"] == result else None
+
+
+def test_an_api_server_away_at_start_is_reported_unreachable_until_it_comes_back(published, dist, public_key, tmp_path):
+    """Issue 20 point 11: with the API server away at start the agent used to exit 1 on the CRD read,
+    even in loop mode, and wrote no status. Now it starts, says ``unreachable`` (in its status and
+    in one line per sync), and applies the bundle once the API server answers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.fakes.kube import FakeKubeAPI, write_kubeconfig
+    from tests.fakes.loopback import free_port
+
+    port, token = free_port(), "agent-token"
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}", token)
+    state_dir = tmp_path / "agent-state"
+    argv = [
+        sys.executable, "-m", "cdr_policy.cli", "agent", f"--bucket={dist.root}", "--channel=prod",
+        "--cluster-id=c1", f"--public-key={public_key}", "--kubernetes", f"--state-dir={state_dir}",
+        "--interval=1s", "--sync-deadline=5s", "--metrics-port=0",
+    ]  # fmt: skip
+    repo = Path(__file__).resolve().parents[3]
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(repo / "layers/shared"),
+    }
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    api = None
+    try:
+        away = _wait_for(lambda: _status(state_dir, "unreachable"), "unreachable")
+        assert "Connect" in away["last_poll"]["detail"] and away["applied_digest"] is None
+        assert proc.poll() is None, "the agent keeps running"
+
+        api = FakeKubeAPI(port=port).start()
+        api.token = token
+        # (the status of the sync that applied may be overwritten by the next within the same second)
+        later = _wait_for(lambda: _status(state_dir, "unchanged"), "unchanged after applying")
+        assert later["applied_digest"] == published
+        assert any(op for op in api.ops("apply")), "the bundle reached the cluster"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        if api is not None:
+            api.stop()
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("agent: following channel prod in ")
+    results = [line.split(" ", 2)[1] for line in lines[1:]]
+    assert results[0] == "unreachable:" and "applied:" in results and results[-1] == "unchanged:", out
+    assert all(line.split(" ", 1)[0].endswith("Z") for line in lines[1:]), "one timestamped line per sync"
+    assert "Traceback" not in err

@@ -68,6 +68,74 @@ def test_a_bad_configuration_file_is_named_without_its_content(flag, content, me
     assert "hunter2" not in err and "Traceback" not in err
 
 
+PEM, DIGEST = "--key=k.pem", "ab" * 32
+AGENT = ["agent", "--bucket=.", "--channel=prod", "--cluster-id=c", "--public-key=k.pub", "--output-dir=o"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # issue 20 point 14: the change budget was a ValueError traceback
+        (["publish", "--to=d", PEM, "--change-budget", "0"], "argument --change-budget: 0 is out of range: use 1..100"),
+        (["publish", "--to=d", PEM, "--change-budget", "1000"], "argument --change-budget: 1000 is out of range"),
+        (["publish", "--to=d", PEM, "--change-budget=-5"], "argument --change-budget: -5 is out of range: use 1..100"),
+        (["publish", "--to=d", PEM, "--change-budget", "half"], "argument --change-budget: 'half' is not a whole"),
+        (["publish", "--to=d", PEM, "--channel", "Prod/../x"], "argument --channel: 'Prod/../x' is not a channel name"),
+        (["--metrics-port", "70000"], "argument --metrics-port: 70000 is out of range: use 0..65535"),
+        ([*AGENT, "--metrics-port=-1"], "argument --metrics-port: -1 is out of range: use 0..65535"),
+        ([*AGENT, "--state-namespace", "Kube_System"], "argument --state-namespace: 'Kube_System' is not a namespace"),
+        ([*AGENT, "--max-shrink-percent", "0"], "argument --max-shrink-percent: 0 is out of range: use 1..100"),
+        ([*AGENT, "--interval", "0s"], "argument --interval: '0s' is out of range: use 1s..1d"),
+        ([*AGENT, "--sync-deadline", "2h"], "argument --sync-deadline: '2h' is out of range: use 5s..1h"),
+        (["channel", "history", "prod", "--dist=.", "--public-key=k", "--limit=0"], "argument --limit: 0 is out of"),
+        (["channel", "show", "PROD", "--dist=."], "argument channel: 'PROD' is not a channel name"),
+        (["channel", "diff", "prod", "--dist=.", "--state=.", "--digest=xyz"], "argument --digest: 'xyz' is not a"),
+        (["channel", "approve", "prod", "4d3b", "--state=.", "--dist=.", PEM], "argument digest: '4d3b' is not a"),
+        (["channel", "approve", "prod", DIGEST, "--state=.", "--dist=.", PEM, "--valid-for=31d"], "at most 30 days"),
+        (["channel", "rollback", "prod", "--to=ab", "--dist=.", PEM], "argument --to: 'ab' is not a bundle digest"),
+    ],
+)
+def test_every_sub_commands_flags_are_bounded(argv, message, tmp_path, capsys):
+    code, err = run(argv, tmp_path, capsys)
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("cdr-policy: error: argument")
+
+
+def test_a_reputation_threshold_without_threat_intel_is_an_error(tmp_path, capsys):
+    env = {"XDG_CACHE_HOME": str(tmp_path), "QUALYS_USERNAME": "u", "QUALYS_PASSWORD": "p"}
+    code = main(["--once", "--gateway=https://gw.example.com", "--reputation-threshold=10"], env)
+    err = capsys.readouterr().err
+    assert code == 2 and "--reputation-threshold applies only with threat intel" in err
+
+
+@pytest.mark.parametrize("command", [["fleet", "status", "--dist"], ["channel", "list", "--dist"]])
+def test_a_distribution_folder_that_does_not_exist_is_an_error(command, tmp_path, capsys):
+    code, err = run([*command, str(tmp_path / "nonexistent")], tmp_path, capsys)
+    assert (
+        code == 2
+        and err == f"cdr-policy: error: --dist {tmp_path / 'nonexistent'} does not exist (a folder or s3://BUCKET)\n"
+    )
+
+
+def test_a_metrics_port_in_use_is_one_line(tmp_path, capsys):
+    import socket
+
+    from cdr_policy.bundle.signing import generate_local_key
+
+    (tmp_path / "k.pub").write_text(generate_local_key(tmp_path / "k.pem"))
+    (tmp_path / "dist").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [*AGENT, f"--public-key={tmp_path / 'k.pub'}", f"--bucket={tmp_path / 'dist'}"]
+        argv += [f"--state-dir={tmp_path / 's'}", f"--metrics-port={port}", "--metrics-host=127.0.0.1"]
+        code, err = run(argv, tmp_path, capsys)
+    assert code == 2 and err.startswith(f"cdr-policy: error: cannot serve /metrics on 127.0.0.1:{port} (")
+    assert len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("ttl", "interval", "message"),
     [

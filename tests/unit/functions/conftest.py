@@ -1,15 +1,17 @@
 """Fixtures for the handler tests: each ``functions/<name>/app.py`` loaded under a unique module name
 (several ``app.py`` would clash in ``sys.modules``), the sample events in ``events/``, the settings
 the template gives the functions, a recorder standing in for the stages (the integration test
-runs the real ones), and a moto server with the template's resources for the tests that run the
-real stages behind the handlers."""
+runs the real ones), and template.yaml deployed on a moto server for the tests that run the real
+stages behind the handlers."""
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,7 +22,8 @@ from cdr_policy import aws
 from cdr_policy.settings import get_settings
 from cdr_policy.wiring import cloud
 from tests.fakes import lambda_runtime
-from tests.fakes.aws import Stack, create_stack, moto_endpoint
+from tests.fakes.aws import ACCOUNT, REGION, MotoServer, moto_server
+from tests.fakes.stack import Stack, deploy
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -132,23 +135,84 @@ def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    """One moto server per test module."""
-    with moto_endpoint(None) as url:
-        yield url
+def moto() -> Iterator[MotoServer]:
+    """One moto server per test module, in this process and without IAM checks (the functions' roles are
+    tests/integration/test_roles.py's subject)."""
+    with moto_server(enforce_iam=False) as server:
+        yield server
+
+
+@dataclass
+class HandlerStack:
+    """template.yaml deployed for the handler tests: where its resources are, and an approver's clients."""
+
+    stack: Stack
+    approver: dict[str, str]  # a session of the stack's ApproverRole
+
+    region = REGION
+
+    def client(self, service: str) -> Any:
+        return self.stack.client(service)
+
+    def approver_client(self, service: str) -> Any:
+        return self.stack.server.client(service, **self.approver)
+
+    @property
+    def state_bucket(self) -> str:
+        return self.stack.state_bucket
+
+    @property
+    def dist_bucket(self) -> str:
+        return self.stack.dist_bucket
+
+    @property
+    def render_queue_url(self) -> str:
+        return self.stack.outputs["RenderQueueUrl"]
+
+    @property
+    def publish_queue_url(self) -> str:
+        return self.stack.outputs["PublishQueueUrl"]
+
+    @property
+    def idempotency_table(self) -> str:
+        return self.stack.outputs["IdempotencyTableName"]
+
+    @property
+    def approver_key_id(self) -> str:
+        return self.stack.outputs["ApproverKeyArn"]
+
+    @property
+    def signing_key_id(self) -> str:
+        return self.stack.signing_key_arn
+
+
+_stacks = itertools.count()
 
 
 @pytest.fixture
-def stack(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
-    """The template's resources on a reset moto server, and the functions' environment pointing at them."""
-    import httpx
+def stack(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HandlerStack]:
+    """A stack of its own per test (the administrator as its approver principal), and this process's
+    environment the functions' deployed environments, merged (a test calls several handlers), with the
+    administrator's keys."""
+    from demo.runner import assumed
+    from tests.fakes.lambda_runtime import LambdaService
 
-    httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
-    created = create_stack(endpoint, environment="safety")
-    for key, value in created.env.items():
+    environment = f"handlers{next(_stacks)}"
+    admin = f"arn:aws:iam::{ACCOUNT}:user/admin"
+    deployed = deploy(
+        moto, name=f"cdr-policy-{environment}", parameters={"Environment": environment, "ApproverPrincipalArn": admin}
+    )
+    approver = assumed(moto, moto.admin, f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-approver", "approver")
+    lambdas = LambdaService(deployed, tmp_path / "lambda.log")
+    for function in lambdas.functions.values():
+        for key, value in function.environment.items():
+            monkeypatch.setenv(key, value)
+    for key, value in moto.admin_env.items():
         monkeypatch.setenv(key, value)
+    for key in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
     aws.reset()
     get_settings.cache_clear()
-    yield created
+    yield HandlerStack(deployed, approver)
     aws.reset()
     get_settings.cache_clear()

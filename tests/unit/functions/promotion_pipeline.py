@@ -10,14 +10,18 @@ import contextlib
 import io
 import ipaddress
 import json
+import os
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
+import boto3
 import numpy as np
 import yaml
 
-from cdr_policy import jsonio, layout
+from cdr_policy import aws, jsonio, layout
 from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.signing import KmsSigner, Verifier
 from cdr_policy.cli import main
@@ -26,10 +30,10 @@ from cdr_policy.models import Behaviour, FeedPrefixes, Indicator, IndicatorSet
 from cdr_policy.netprefix.vector import V4, V6
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import iso, utcnow
-from tests.fakes.aws import Stack
 from tests.fakes.cluster import Cluster
 from tests.fakes.exports import Workload
 from tests.fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_handler
+from tests.unit.functions.conftest import HandlerStack
 
 REFRESH = json.loads((REPO / "events" / "sqs_render_refresh.json").read_text())["Records"][0]["body"]
 WEB = Workload("shop", "web", "web-7c9d8f6b5-x2k4q")
@@ -42,13 +46,12 @@ def workloads(n: int, namespace: str = "shop") -> list[Workload]:
 
 
 class Pipeline:
-    def __init__(self, stack: Stack, root: Path) -> None:
+    def __init__(self, stack: HandlerStack, root: Path) -> None:
         self.stack, self.root = stack, root
         s3 = stack.client("s3")
-        self.state = S3Store(s3, stack.names.state_bucket)
-        self.dist = S3Store(s3, stack.names.dist_bucket)
+        self.state = S3Store(s3, stack.state_bucket)
+        self.dist = S3Store(s3, stack.dist_bucket)
         self.verifier = Verifier.from_public_pem(KmsSigner(stack.client("kms"), stack.signing_key_id).public_key_pem())
-        self.approver = KmsSigner(stack.client("kms"), stack.approver_key_id)
 
     def configure(self, *channels: dict[str, Any]) -> None:
         self.state.put(layout.CHANNELS_CONFIG, yaml.safe_dump({"channels": list(channels)}).encode())
@@ -109,12 +112,24 @@ class Pipeline:
             self.stack.client("sqs"),
             queue_url,
             lambda event: handler.lambda_handler(event, LambdaContext(function)),
-            region=self.stack.names.region,
+            region=self.stack.region,
         )
         assert counts["failed"] == 0, counts
 
     def cluster(self, channel: str, cluster_id: str) -> Cluster:
-        return Cluster(self.dist, self.verifier, channel=channel, cluster_id=cluster_id, root=self.root)
+        """A cluster onboarded as the README says (deploy/cluster-access): its agent and reader read its
+        channel and write its status with its own role's session, nothing else."""
+        dist = S3Store(self.session_client(self.onboard(channel, cluster_id), "s3"), self.stack.dist_bucket)
+        return Cluster(dist, self.verifier, channel=channel, cluster_id=cluster_id, root=self.root)
+
+    def onboard(self, channel: str, cluster_id: str) -> dict[str, str]:
+        """The session of a new cluster's role (``demo.runner.onboard_cluster``)."""
+        from demo.runner import onboard_cluster
+
+        return onboard_cluster(self.stack.stack, cluster_id, channel).session
+
+    def session_client(self, session: dict[str, str], service: str) -> Any:
+        return self.stack.stack.server.client(service, **session)
 
     def shipped(self, channel: str) -> Manifest:
         return Manifest.parse(self.dist.get(layout.channel_manifest_key(channel)).data, channel)
@@ -125,10 +140,26 @@ class Pipeline:
     def decision(self, channel: str, change: str) -> dict[str, Any]:
         return next(c for c in self.report(channel)["changes"] if c["change"] == change)
 
-    def run(self, *argv: str) -> tuple[int, str]:
-        """``cdr-policy ARGV`` as an operator runs it against the buckets (``{dist}``, ``{state}``)."""
-        names = {"{dist}": f"s3://{self.stack.names.dist_bucket}", "{state}": f"s3://{self.stack.names.state_bucket}"}
+    def run(self, *argv: str, approver: bool = False) -> tuple[int, str]:
+        """``cdr-policy ARGV`` as an operator runs it against the buckets (``{dist}``, ``{state}``), with
+        the administrator's credentials or (``approver``) in a shell of the stack's ApproverRole."""
+        names = {"{dist}": f"s3://{self.stack.dist_bucket}", "{state}": f"s3://{self.stack.state_bucket}"}
+        shell = {k.upper(): v for k, v in self.stack.approver.items()} if approver else {}
         out = io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), _shell(shell):
             code = main([names.get(a, a) for a in argv])
         return code, out.getvalue()
+
+
+@contextlib.contextmanager
+def _shell(credentials: dict[str, str]) -> Iterator[None]:
+    """This process's AWS credentials as a new shell with ``credentials`` would have them (none: as they are)."""
+    if not credentials:
+        yield
+        return
+    with mock.patch.dict(os.environ, credentials), mock.patch.object(boto3, "DEFAULT_SESSION", None):
+        aws.reset()  # the library's cached clients
+        try:
+            yield
+        finally:
+            aws.reset()

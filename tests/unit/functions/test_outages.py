@@ -48,11 +48,11 @@ def clock(monkeypatch):
 
 
 def state(stack) -> S3Store:
-    return S3Store(stack.client("s3"), stack.names.state_bucket)
+    return S3Store(stack.client("s3"), stack.state_bucket)
 
 
 def dist(stack) -> S3Store:
-    return S3Store(stack.client("s3"), stack.names.dist_bucket)
+    return S3Store(stack.client("s3"), stack.dist_bucket)
 
 
 def put_channels(stack, *channels: dict) -> None:
@@ -79,15 +79,15 @@ def deliver(stack, function: str) -> dict[str, int]:
         stack.client("sqs"),
         stack.render_queue_url if function == "render" else stack.publish_queue_url,
         lambda event: handler.lambda_handler(event, LambdaContext(function)),
-        region=stack.names.region,
+        region=stack.region,
     )
 
 
 def forget_idempotency(stack) -> None:
     """What the idempotency records' 10 minutes do over hours of (monkeypatched) time."""
     ddb = stack.client("dynamodb")
-    for item in ddb.scan(TableName=stack.names.idempotency_table)["Items"]:
-        ddb.delete_item(TableName=stack.names.idempotency_table, Key={"id": item["id"]})
+    for item in ddb.scan(TableName=stack.idempotency_table)["Items"]:
+        ddb.delete_item(TableName=stack.idempotency_table, Key={"id": item["id"]})
 
 
 def manifest(stack, channel: str) -> dict:

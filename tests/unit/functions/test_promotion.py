@@ -13,9 +13,11 @@ import pytest
 
 from cdr_policy import jsonio, layout
 from cdr_policy.bundle.provenance import load_published
+from cdr_policy.bundle.signing import generate_local_key
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.promotion.record import read_decisions
 from cdr_policy.settings import get_settings
+from cdr_policy.storage import S3Store
 from cdr_policy.wiring import cloud
 from tests.fakes.exports import Workload
 from tests.unit.functions.promotion_pipeline import CHECKOUT, WEB, Pipeline, workloads
@@ -81,7 +83,9 @@ def test_a_change_reaches_the_enforcing_channel_only_after_its_soak_on_the_audit
     assert code == 0 and f"PROMOTE prefix:{C2} (soaked)" in out and "changes: 2 promote, 0 wait, 0 hold" in out
 
 
-def test_a_change_whose_audit_hits_touch_a_protected_namespace_is_held_until_an_approver_approves_it(p, stack):
+def test_a_change_whose_audit_hits_touch_a_protected_namespace_is_held_until_an_approver_approves_it(
+    p, stack, tmp_path
+):
     p.configure(STAGING, prod())
     p.indicators([C2, PAY], feed=[FEED])
     p.render()
@@ -104,16 +108,25 @@ def test_a_change_whose_audit_hits_touch_a_protected_namespace_is_held_until_an_
     assert f"HOLD    prefix:{PAY}" in out and "stg-1/payments/checkout: 2 hit(s)" in out
     assert f"approve: cdr-policy channel approve prod --change prefix:{PAY}" in out
 
-    # only a pending change can be approved, and only by an approver: the pipeline's own key approves nothing
+    # only a pending change can be approved, and only with the approvers' key: a grant the ApproverRole
+    # writes signed with another key approves nothing
     code, out = p.run("channel", "approve", "prod", "--change", "prefix:1.2.3.0/24", "--state", "{state}",
-                      "--dist", "{dist}", "--kms-key-id", stack.approver_key_id)  # fmt: skip
+                      "--dist", "{dist}", "--kms-key-id", stack.approver_key_id, approver=True)  # fmt: skip
     assert code != 0 and "is not a pending change of channel prod" in out
     approve = ("channel", "approve", "prod", "--change", f"prefix:{PAY}", "--state", "{state}", "--dist", "{dist}")
-    assert p.run(*approve, "--kms-key-id", stack.signing_key_id, "--reason", "signed by the pipeline")[0] == 0
+    other = tmp_path / "not-the-approvers.pem"
+    generate_local_key(other)
+    code, out = p.run(*approve, "--key", str(other), "--reason", "signed by another key", approver=True)
+    assert code == 0, out
     p.render()
     assert p.decision("prod", f"prefix:{PAY}")["decision"] == "hold"
+    # nor can the pipeline's administrator write a grant: only the ApproverRole may (the bucket policy)
+    code, out = p.run(*approve, "--kms-key-id", stack.approver_key_id, "--reason", "as the administrator")
+    assert code != 0 and "AccessDenied" in out
 
-    code, out = p.run(*approve, "--kms-key-id", stack.approver_key_id, "--reason", "the payments team accepts it")
+    code, out = p.run(
+        *approve, "--kms-key-id", stack.approver_key_id, "--reason", "the payments team accepts it", approver=True
+    )
     assert code == 0 and f"prefix:{PAY} (was hold: would have blocked 2 event(s)" in out
     assert p.render()["prod"]["status"] == "published"
 
@@ -261,7 +274,7 @@ def test_enforcing_changes_that_hurt_holds_the_channel_and_takes_them_back_until
     p.render()
     assert p.decision("prod", f"prefix:{NEW}")["reasons"][0].startswith("taken back after enforcing it hurt")
     assert p.run("channel", "approve", "prod", "--change", f"prefix:{NEW}", "--state", "{state}", "--dist", "{dist}",
-                 "--kms-key-id", stack.approver_key_id)[0] == 0  # fmt: skip
+                 "--kms-key-id", stack.approver_key_id, approver=True)[0] == 0  # fmt: skip
     p.render()
     assert NEW in blocked(p, "prod") and p.shipped("prod").promotion.held_back is None
 
@@ -287,7 +300,7 @@ def test_without_rollback_a_tripped_watch_holds_new_changes_and_keeps_what_it_sh
     assert reason.startswith("the channel is held: the changes generation ") and "events a minute" in reason
 
 
-def _forged_status(p: Pipeline, honest: dict, cluster_id: str, rows: list[dict], bundles: list[str]) -> dict:
+def _forged_status(honest: dict, cluster_id: str, rows: list[dict], bundles: list[str]) -> dict:
     """A status document a hostile cluster writes: an honest one's shape, its own rows."""
     status = jsonio.loads(jsonio.dumps(honest))
     status["cluster_id"] = cluster_id
@@ -310,24 +323,30 @@ def test_a_hostile_cluster_cannot_force_a_promotion_beyond_its_own_counts(p):
     honest = p.cluster("staging", "stg-1")
     honest.sync()
     status = honest.record([])
-    tetragon = honest.holder(C2)
     staging_digest = status["applied_digest"]
-    # its own status, fresh, claiming it reports too; and copies planted under other clusters' keys
-    evil = _forged_status(p, status, "evil", [], [staging_digest])
-    p.dist.put(layout.status_key("evil"), jsonio.dumps(evil))
+    # a hostile cluster of staging: its own status, fresh, claiming it reports too
+    evil = p.session_client(p.onboard("staging", "evil"), "s3")
+    own = S3Store(evil, p.stack.dist_bucket)
+    own.put(layout.status_key("evil"), jsonio.dumps(_forged_status(status, "evil", [], [staging_digest])))
+    # its role may write only its own key (tests/infra/test_cluster_access.py, where IAM is enforced); copies
+    # under other clusters' keys, as a role with a broader grant would plant them, are no cluster's word
     for key in ("stg-2", "stg-3", "stg-4"):
-        p.dist.put(layout.status_key(key), jsonio.dumps(evil))
+        own.put(layout.status_key(key), jsonio.dumps(_forged_status(status, "evil", [], [staging_digest])))
 
     p.render()
 
     waiting = p.decision("prod", f"prefix:{C2}")
     assert waiting["evidence"]["clusters"] == 2  # stg-1 and evil itself, nothing planted
     assert waiting["reasons"] == ["2 of the 3 staging cluster(s) needed report fresh hits with it applied"]
+    # what it writes under its own key naming another cluster is no cluster's word: not even its own
+    own.put(layout.status_key("evil"), jsonio.dumps(_forged_status(status, "stg-9", [], [staging_digest])))
+    p.render()
+    assert p.decision("prod", f"prefix:{C2}")["evidence"]["clusters"] == 1
     assert blocked(p, "prod") == set()
 
     # its hits count for what its channel ships, as its own: none for an address staging never sent
-    rows = [_row("1.1.1.0/24", "1.1.1.1", w, object=tetragon) for w in workloads(5, "payments")]
-    p.dist.put(layout.status_key("evil"), jsonio.dumps(_forged_status(p, status, "evil", rows, [staging_digest])))
+    rows = [_row("1.1.1.0/24", "1.1.1.1", w, object=honest.holder(C2)) for w in workloads(5, "payments")]
+    own.put(layout.status_key("evil"), jsonio.dumps(_forged_status(status, "evil", rows, [staging_digest])))
     code, out = p.run("fleet", "hits", "--dist", "{dist}", "--json")
     evil_row = next(c for c in jsonio.loads(out)["clusters"] if c["cluster_id"] == "evil")
     assert evil_row["hits"] == 0 and evil_row["refused"] == {"not an indicator of the bundle's object": 5}
@@ -363,14 +382,15 @@ def test_a_hostile_cluster_cannot_force_a_rollback_beyond_its_own_counts(p):
         + [_row(NEW, "193.42.33.1", w, hour="2099-01-01T00:00:00Z", **kill) for w in workloads(3, "web")]
     )
     bundles = [prod_digest, staging_status["applied_digest"]]
-    p.dist.put(layout.status_key("evil"), jsonio.dumps(_forged_status(p, status, "evil", rows, bundles)))
+    own = S3Store(p.session_client(p.onboard("prod", "evil"), "s3"), p.stack.dist_bucket)
+    own.put(layout.status_key("evil"), jsonio.dumps(_forged_status(status, "evil", rows, bundles)))
 
     p.render()
 
     assert blocked(p, "prod") == {C2, NEW} and p.report("prod")["watch"] == []
     # its own kills of the new entry, in three workloads: those count, as its own
-    own = [_row(NEW, "193.42.33.1", w, **kill) for w in workloads(3, "web")]
-    p.dist.put(layout.status_key("evil"), jsonio.dumps(_forged_status(p, status, "evil", own, [prod_digest])))
+    kills = [_row(NEW, "193.42.33.1", w, **kill) for w in workloads(3, "web")]
+    own.put(layout.status_key("evil"), jsonio.dumps(_forged_status(status, "evil", kills, [prod_digest])))
     p.render()
     (trip,) = p.report("prod")["watch"]
     assert {w["cluster"] for w in trip["workloads"]} == {"evil"} and trip["events"] == 3

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarni
 
 def stores(stack) -> tuple[S3Store, S3Store]:
     s3 = stack.client("s3")
-    return S3Store(s3, stack.names.state_bucket), S3Store(s3, stack.names.dist_bucket)
+    return S3Store(s3, stack.state_bucket), S3Store(s3, stack.dist_bucket)
 
 
 def rendered(stack, files, channel="prod") -> str:
@@ -98,9 +98,10 @@ def test_a_bundle_dropping_a_behaviour_policy_is_held_until_approved(stack):
 
 def approve_as(stack, state, digest: str, *, previous: str | None, key_id: str | None = None) -> tuple[str, str]:
     """Sign a grant with the approvers' KMS key (or ``key_id``) and put it where Publish looks."""
-    signer = KmsSigner(stack.client("kms"), key_id or stack.approver_key_id)
+    signer = KmsSigner(stack.approver_client("kms"), key_id or stack.approver_key_id)
     signed = grant("prod", digest, previous, signer=signer, now=utcnow(), reason="reviewed by the on-call")
-    state.put(signed.key, jsonio.dumps_pretty(signed.to_json()))
+    # only the ApproverRole may write under approvals/ (the state bucket's policy)
+    S3Store(stack.approver_client("s3"), stack.state_bucket).put(signed.key, jsonio.dumps_pretty(signed.to_json()))
     return signed.key, signed.fingerprint()
 
 
@@ -125,7 +126,7 @@ def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
     """Both read generation 1; the first to write gets generation 2; the other's conditional write
     (If-Match on the manifest it read) fails and overwrites nothing. Retried, it becomes generation 3."""
     state, dist = stores(stack)
-    signer = KmsSigner(stack.client("kms"), stack.signing_key_id)
+    signer = KmsSigner(stack.client("kms"), stack.stack.signing_key_arn)
     now = utcnow()
     a = render(state, network_bundle(ips(0, 10), tag="a"), created=now)
     publish_bundle(state, dist, channel="prod", digest=a, signer=signer, now=now, change_budget_percent=100)
@@ -137,7 +138,7 @@ def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
 
     class Racing(S3Store):
         def __init__(self, name: str) -> None:
-            super().__init__(stack.client("s3"), stack.names.dist_bucket)
+            super().__init__(stack.client("s3"), stack.dist_bucket)
             self.name = name
 
         def put_if(self, key, data, etag, content_type="application/octet-stream"):

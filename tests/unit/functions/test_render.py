@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -228,3 +229,18 @@ def test_real_s3_notifications_through_sqs(handler_env, load_handler, fake_stage
         "indicators/feeds/tor exit+nodes!.json",
         "indicators/feeds/tor-exit.json",
     ]
+
+
+def test_an_invocation_that_renders_nothing_still_reports_a_metric(
+    handler_env, load_handler, load_event, fake_stage, lambda_context
+):
+    """Issue 21 point 11: a second ``make demo`` against the same endpoint printed Powertools'
+    "No application metrics to publish" warning (a Render invocation with nothing to render)."""
+    fake_stage("render", result=RENDERED)
+    app = load_handler("render")
+    event = load_event("sqs_s3_test_event.json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # cold, then warm
+            assert app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+    assert not [w for w in caught if "No application metrics" in str(w.message)]

@@ -14,6 +14,7 @@ import pytest
 
 from cdr_policy import jsonio, layout
 from cdr_policy.cli import main
+from cdr_policy.errors import StorageError
 from cdr_policy.hits.aggregate import HitTable, Row, hour_of
 from cdr_policy.hits.fleet import fleet_report, read_fired, read_fleet
 from cdr_policy.stages.hits_rollup import run_hits_rollup
@@ -137,6 +138,27 @@ def test_hits_rollup_writes_only_what_fired_where_it_was_sent(fleet_dist, tmp_pa
     assert fired.rules == ("crypto_mining",) and fired.ports == ("tcp/4444",)
 
 
+@pytest.mark.parametrize("unreadable", ["status/", "provenance.json", "manifest.json"])
+def test_a_store_that_refuses_to_read_fails_the_rollup_rather_than_report_nothing_fired(
+    fleet_dist, tmp_path, monkeypatch, unreadable
+):
+    """Access denied on a status, an index or a manifest (a role without its grant, as
+    tests/integration/test_roles.py removes them) is an error of the run, never a quiet "nothing fired";
+    a status that is gone, too large or not one is still counted unreadable (above)."""
+    real_get = LocalStore.get
+
+    def denied(self, key, *, max_bytes=None):
+        if unreadable in key:
+            raise StorageError(f"{key}: AccessDenied: Access Denied")
+        return real_get(self, key, max_bytes=max_bytes)
+
+    monkeypatch.setattr(LocalStore, "get", denied)
+    state = LocalStore(tmp_path / "state")
+    with pytest.raises(StorageError, match="AccessDenied"):
+        run_hits_rollup(state, fleet_dist, now=NOW)
+    assert not state.list("hits/")
+
+
 def test_fleet_hits_command(capsys, tmp_path, key_pair):
     _fleet(LocalStore(tmp_path / "dist"), key_pair[0], utcnow())
     assert main(["fleet", "hits", "--dist", str(tmp_path / "dist"), "--json", "--since", "24h"]) == 0
@@ -147,4 +169,4 @@ def test_fleet_hits_command(capsys, tmp_path, key_pair):
     assert out.startswith("Hits from") and ": 0 in 4 cluster(s)" in out
     assert main(["fleet", "hits", "--dist", str(tmp_path / "dist"), "--since", "30d"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("cdr-policy: error: ") and "must be between" in err
+    assert err.startswith("cdr-policy: error: argument --since: ") and "is out of range: use 1h..7d" in err

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cdr_policy.admission import Admission, Protection
+from cdr_policy.admission.refusal import Refusals
 from cdr_policy.agent import kubeconfig
-from cdr_policy.agent.applier import Applier
+from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.observe import AgentMetrics, ObservabilityServer
@@ -29,37 +32,21 @@ from cdr_policy.agent.sync import (
     DEFAULT_SYNC_DEADLINE_S,
     Agent,
 )
+from cdr_policy.bundle.loader import Bundle
+from cdr_policy.bundle.manifest import VerificationError
 from cdr_policy.bundle.signing import Verifier
-from cdr_policy.cli.parser import add_protection_arguments, protection_of
+from cdr_policy.cli.flags import add_metrics_arguments, bounded_int, dns_label, duration
+from cdr_policy.cli.parser import add_protection_arguments, invoked_as, protection_of
 from cdr_policy.errors import CdrPolicyError, ConfigError, exit_code, print_error
 from cdr_policy.hits.collect import HitsCollector
 from cdr_policy.hits.reports import ConfigMapReports, DirectoryReports
 from cdr_policy.observability import logger
 from cdr_policy.policy.checker import SchemaSet
-from cdr_policy.storage import open_store
-from cdr_policy.timeutil import parse_duration
+from cdr_policy.storage import open_store, writable_dir
+from cdr_policy.timeutil import iso, utcnow
 
 # Results after which a one-shot run exits 0: the cluster carries the channel's current bundle.
 _OK_RESULTS = frozenset({"applied", "unchanged"})
-
-
-def duration(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            seconds = parse_duration(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from exc
-        if not low <= seconds <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be between {low:g}s and {high:g}s")
-        return seconds
-
-    return parse
-
-
-def _percent(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number from 1 to 100")
-    return int(text)
 
 
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
@@ -138,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bucket",
         required=True,
         metavar="s3://BUCKET | DIR",
-        help="the distribution store: an S3 bucket or a local directory",
+        help="the distribution store: an S3 bucket or a local directory (which must exist)",
     )
     parser.add_argument("--channel", required=True, help="the channel to follow (e.g. staging, prod)")
     parser.add_argument("--cluster-id", required=True, help="this cluster's name in status/<cluster-id>.json")
@@ -189,7 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-shrink-percent",
-        type=_percent,
+        type=bounded_int(1, 100),
         default=DEFAULT_MAX_SHRINK_PERCENT,
         metavar="N",
         help="refuse, without a signed approval, a bundle removing more than N%% of the enforced objects or "
@@ -198,6 +185,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_protection_arguments(parser, "this cluster's")
     parser.add_argument(
         "--state-namespace",
+        type=dns_label,
         metavar="NAMESPACE",
         help=f"with --kubernetes: the namespace of the ConfigMap {RECORD_NAME} that records the applied "
         "generation (default: the pod's namespace, else cdr-policy-system)",
@@ -225,16 +213,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         metavar="DIR",
-        help="where the last applied manifest is kept (default ~/.cache/cdr-policy/agent/<channel>)",
+        help="where the last applied manifest and status.json are kept (default ~/.cache/cdr-policy/agent/<channel>)",
     )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=9090,
-        metavar="PORT",
-        help="serve /metrics (Prometheus), /healthz and /readyz on this port (0: off; not with --once)",
-    )
-    parser.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDRESS", help="address to serve them on")
+    add_metrics_arguments(parser, port_default=9090, host_default="0.0.0.0", when="in loop mode (not with --once)")
     hits = parser.add_mutually_exclusive_group()
     hits.add_argument(
         "--hits-namespace",
@@ -249,10 +230,37 @@ def admission_for(applier: Applier, crds: Path | None, protected: Protection) ->
     """The admission the agent runs on every bundle before applying it: the closed grammar and the
     objects' effect against the never-block list plus this cluster's ``protected`` ranges and
     ports; then the CRDs installed in the cluster it applies to (so it checks the versions it will
-    really meet), or in directory mode ``--crds DIR`` when given."""
+    really meet; read when the first bundle is checked, so that an API server away at start does
+    not stop the agent), or in directory mode ``--crds DIR`` when given."""
     if isinstance(applier, KubeApplier):
-        return Admission(protected, SchemaSet.from_crds(applier.crds(), source="cluster"))
+        return _ClusterAdmission(protected, applier=applier)
     return Admission(protected, SchemaSet.from_dir(crds) if crds else None)
+
+
+@dataclass(frozen=True)
+class _ClusterAdmission(Admission):
+    """``Admission`` against the cluster's CRDs, read once, when the first bundle is checked. Until
+    they can be read, a bundle is refused with that reason (``check_failed``: tried again next poll)."""
+
+    applier: KubeApplier | None = None
+    _read: dict[str, SchemaSet] = field(default_factory=dict, compare=False, repr=False)
+
+    def crd_problems(self, bundle: Bundle, applied: Callable[[dict[str, Any]], bool] | None = None) -> Refusals:
+        if "crds" not in self._read:
+            assert self.applier is not None, "admission_for gives the applier"
+            try:
+                self._read["crds"] = SchemaSet.from_crds(self.applier.crds(), source="cluster")
+            except ApplyError as exc:
+                raise VerificationError(
+                    "check_failed", f"cannot read the cluster's CRDs to check the bundle against ({exc})"
+                ) from exc
+        return Admission(self.protection, self._read["crds"]).crd_problems(bundle, applied)
+
+
+def sync_line(status: Mapping[str, Any]) -> str:
+    """One sync as one line: its result and what changed (or ``unchanged``)."""
+    poll = status["last_poll"]
+    return f"{poll['result']}: {poll['detail']}"
 
 
 def _hits(args: argparse.Namespace, applier: Applier) -> HitsCollector | None:
@@ -270,13 +278,17 @@ def run(args: argparse.Namespace) -> int:
     """Run the agent. Returns the process exit code."""
     try:
         verifier = Verifier.from_file(args.public_key)
+        dist = open_store(
+            args.bucket,
+            s3_client(args.assume_role, args.cluster_id) if args.bucket.startswith("s3://") else None,
+            flag="--bucket",
+        )
+        state_dir = writable_dir(
+            args.state_dir or Path.home() / ".cache" / "cdr-policy" / "agent" / args.channel, "--state-dir"
+        )
         applier: Applier = KubeApplier.from_environment() if args.kubernetes else DirectoryApplier(args.output_dir)
-        state_dir = args.state_dir or Path.home() / ".cache" / "cdr-policy" / "agent" / args.channel
         agent = Agent(
-            open_store(
-                args.bucket,
-                s3_client(args.assume_role, args.cluster_id) if args.bucket.startswith("s3://") else None,
-            ),
+            dist,
             channel=args.channel,
             cluster_id=args.cluster_id,
             verifier=verifier,
@@ -300,7 +312,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.once:
             status = agent.sync_once()
-            print(f"{status['last_poll']['result']}: {status['last_poll']['detail']}")
+            print(sync_line(status), flush=True)
+            if status["last_poll"]["result"] == "refused":
+                q = shlex.quote
+                print(
+                    f"  next: the channel's generations signed by this key: {invoked_as()} channel history "
+                    f"{args.channel} --dist {q(args.bucket)} --public-key {q(str(args.public_key))}"
+                )
+            if agent.local_error:
+                print_error(agent.local_error)
+                return 1
             return 0 if status["last_poll"]["result"] in _OK_RESULTS else 1
         stop = threading.Event()
         if threading.current_thread() is threading.main_thread():
@@ -314,8 +335,21 @@ def run(args: argparse.Namespace) -> int:
         server = None
         if args.metrics_port:
             server = ObservabilityServer(metrics, host=args.metrics_host, port=args.metrics_port).start()
+
+        def observe(status: dict[str, Any]) -> None:
+            metrics.observe(status)
+            print(f"{iso(utcnow())} {sync_line(status)}", flush=True)
+            if agent.local_error:
+                print_error(agent.local_error)
+
+        print(
+            f"agent: following channel {args.channel} in {dist.describe()} every {args.interval:g}s, applying to "
+            f"{applier.describe()}; status in {state_dir}/status.json"
+            + (f", metrics on {args.metrics_host}:{server.port}" if server else ""),
+            flush=True,
+        )
         try:
-            agent.run(args.interval, stop, observe=metrics.observe)
+            agent.run(args.interval, stop, observe=observe)
         finally:
             if server is not None:
                 server.stop()

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import stamina
+import stamina.instrumentation
 
 from cdr_policy import jsonio
 from cdr_policy.agent import kubeconfig
@@ -38,6 +39,18 @@ CRD_GROUP = "cilium.io"
 CILIUM_NAMESPACE_ENV = "CDR_POLICY_CILIUM_NAMESPACE"
 DEFAULT_CILIUM_NAMESPACE = "kube-system"
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def _log_retry(details: stamina.instrumentation.RetryDetails) -> None:
+    """stamina's retries, in our structured log (its own hook writes bare ``stamina.retry_scheduled``
+    lines to standard error when nothing else configured logging)."""
+    logger.info(
+        "retrying a Kubernetes API request",
+        extra={"attempt": details.retry_num, "wait_s": round(details.wait_for, 2), "cause": str(details.caused_by)},
+    )
+
+
+stamina.instrumentation.set_on_retry_hooks([_log_retry])
 
 
 class _Transient(Exception):

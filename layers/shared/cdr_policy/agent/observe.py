@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
+from cdr_policy.errors import ConfigError, os_cause
 from cdr_policy.timeutil import parse_iso
 
 PREFIX = "cdr_policy_agent"
@@ -32,14 +33,18 @@ def escape(value: str) -> str:
 
 def metric_lines(prefix: str, name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> list[str]:
     """One metric in Prometheus' text format (version 0.0.4): HELP, TYPE and its samples
-    (``labels`` already written, ``k="v",...``)."""
+    (``labels`` already written, ``k="v",...``; empty for a metric without labels)."""
     out = [f"# HELP {prefix}_{name} {help_text}", f"# TYPE {prefix}_{name} {kind}"]
-    out += [f"{prefix}_{name}{{{labels}}} {value:g}" for labels, value in samples]
+    out += [
+        f"{prefix}_{name}{{{labels}}} {value:g}" if labels else f"{prefix}_{name} {value:g}"
+        for labels, value in samples
+    ]
     return out
 
 
 class Observed(Protocol):
-    """What the server below serves: the agent's metrics, or a node reader's (``hits.metrics``)."""
+    """What the server below serves: the agent's metrics, a node reader's (``hits.metrics``), or the
+    CLI controller's health (``cli.controller``)."""
 
     def alive(self) -> bool: ...
 
@@ -235,7 +240,13 @@ class ObservabilityServer:
             def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: no access log
                 pass
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:  # the port is taken, the address is not this host's
+            raise ConfigError(
+                f"cannot serve /metrics on {host}:{port} ({os_cause(exc)}): choose another --metrics-port "
+                "or --metrics-host (0 turns it off)"
+            ) from exc
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="agent-observability", daemon=True)
 

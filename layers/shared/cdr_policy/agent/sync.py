@@ -251,6 +251,9 @@ class Agent:
         self._record: Record | None = None  # the in-cluster record, once read (for expiry after a restart)
         self._record_read = False
         self._preflight: Preflight | None = None
+        # Why the last sync could not write the state directory (a full disk), None when it could:
+        # the cluster and the bucket's status are kept up to date all the same.
+        self.local_error: str | None = None
 
     # -- one round -------------------------------------------------------------------------------
 
@@ -258,6 +261,7 @@ class Agent:
         """Poll, verify, apply, prune, repair drift, expire, report -- within one deadline.
         Returns the status document it wrote."""
         now = now or utcnow()
+        self.local_error = None
         self.applier.set_deadline(time.monotonic() + self.sync_deadline_s)
         try:
             result, detail = self._poll(now)
@@ -301,9 +305,14 @@ class Agent:
         rng = rng or random.Random()
         while not stop.is_set():
             started = time.monotonic()
-            status = self.sync_once()
-            if observe is not None:
-                observe(status)
+            try:
+                status = self.sync_once()
+            except Exception as exc:  # noqa: BLE001 -- one failed sync must not end the agent
+                logger.error("agent sync failed", extra={"channel": self.channel, "error": repr(exc)[:500]})
+                logger.debug("agent sync failed", exc_info=True)  # the traceback with --debug
+            else:
+                if observe is not None:
+                    observe(status)
             wait = interval * rng.uniform(1 - jitter, 1 + jitter)
             stop.wait(max(0.0, wait - (time.monotonic() - started)))
 
@@ -362,9 +371,9 @@ class Agent:
                 f"{len(failed)} object operation(s) failed for bundle {digest[:12]} (generation {generation}); "
                 "retrying next poll (objects are pruned only once every object applied)"
             )
-        self._applied = Applied(bundle.manifest, iso(now))
+        done_at = self._applied = Applied(bundle.manifest, iso(now))
         self._desired = desired
-        self._state.save(self._applied)
+        self._save_local(lambda: self._state.save(done_at))
         self._drift_due = time.monotonic() + self.drift_interval_s
         if self.record is not None:
             try:
@@ -577,7 +586,7 @@ class Agent:
         self._apply_errors, self._counts = errors, {"applied": 0, "deleted": deleted}
         if errors:
             return f"{expired}: {len(errors)} object(s) not removed"
-        self._state.clear()
+        self._save_local(self._state.clear)
         self._applied, self._record = None, None
         self._desired = None
         self._etag = None  # verify the channel's manifest again: the status then says why nothing is applied
@@ -585,6 +594,15 @@ class Agent:
         return f"{expired}: removed {deleted} object(s){kept}"
 
     # -- reporting -------------------------------------------------------------------------------
+
+    def _save_local(self, write: Callable[[], None]) -> None:
+        """A write to the state directory; when it fails (a full disk, a read-only volume) the sync
+        goes on and ``local_error`` says why (each write is atomic: nothing is left half-written)."""
+        try:
+            write()
+        except StorageError as exc:
+            self.local_error = str(exc)
+            logger.error("cannot write the agent state directory", extra={"error": str(exc)})
 
     def _status(self, now: datetime, result: str, detail: str) -> dict[str, Any]:
         # What is applied: the local state, else (after a restart with an empty state dir) the record.
@@ -612,7 +630,7 @@ class Agent:
         """The local status every poll; the bucket's when it says something new (anything but the
         time of the poll and of the drift check, and the hit counts: that hits appear or go is news,
         new counts ride on the next write, at most a heartbeat later) or the heartbeat is due."""
-        self._state.save_status(status)
+        self._save_local(lambda: self._state.save_status(status))
         drift = status["drift"] and {**status["drift"], "checked_at": None}
         hits = status["hits"] is not None
         news = jsonio.dumps({**status, "last_poll": {**status["last_poll"], "at": None}, "drift": drift, "hits": hits})

@@ -4,7 +4,8 @@ objects once. Publish, the sync agent and the fleet commands read bundles only t
 - ``read_manifest``: one manifest document, no further than ``MAX_MANIFEST_BYTES``;
 - ``load_bundle``: the files a manifest lists, each read no further than its listed size (+1 byte
   to notice a larger one) and checked against its size and sha256; ``Bundle.objects`` parses the
-  YAML files once (bounded: ``objects.check_tree``).
+  YAML files once (bounded: ``objects.check_tree``);
+- ``latest_render``: the digest of a channel's latest render (Render's pointer in the state store).
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from cdr_policy import layout
+from cdr_policy import jsonio, layout
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, VerificationError, verify_file
 from cdr_policy.bundle.objects import placed_objects
-from cdr_policy.storage import Store, TooLarge
+from cdr_policy.errors import BundleError
+from cdr_policy.storage import NotFound, Store, TooLarge
+
+# Render's pointer is ``{"digest": ...}`` and a few fields: anything larger was not written by Render.
+MAX_POINTER_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -83,3 +88,19 @@ def load_files(store: Store, manifest: Manifest, paths: Iterable[str], *, publis
             ) from exc
         verify_file(entry, files[entry.path])
     return files
+
+
+def latest_render(state: Store, channel: str) -> str | None:
+    """The digest of ``channel``'s latest render (None: never rendered). BundleError when the
+    pointer is not Render's (not JSON, too large, no digest)."""
+    key = layout.latest_render_key(channel)
+    try:
+        doc = jsonio.loads(state.get(key, max_bytes=MAX_POINTER_BYTES).data)
+    except NotFound:
+        return None
+    except (TooLarge, ValueError) as exc:
+        raise BundleError(f"{state.describe()}/{key} is not a render pointer ({exc})") from exc
+    digest = doc.get("digest") if isinstance(doc, dict) else None
+    if not layout.is_digest(digest):
+        raise BundleError(f"{state.describe()}/{key} is not a render pointer (no sha256 'digest')")
+    return str(digest)

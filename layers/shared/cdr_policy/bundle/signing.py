@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cdr_policy import jsonio
 from cdr_policy.bundle.manifest import Manifest, Signature, VerificationError
-from cdr_policy.errors import BundleError, ConfigError
+from cdr_policy.errors import BundleError, ConfigError, StorageError, aws_cause
 from cdr_policy.timeutil import utcnow
 
 ALGORITHM = "ECDSA_SHA_256"
@@ -85,8 +85,7 @@ class KmsSigner:
         try:
             resp = self.kms.sign(KeyId=self.key_id, Message=message, MessageType="RAW", SigningAlgorithm=ALGORITHM)
         except (ClientError, BotoCoreError) as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-            raise BundleError(f"KMS could not sign with key {self.key_id}: {code}: {exc}") from exc
+            raise BundleError(f"KMS could not sign with key {self.key_id} ({aws_cause(exc)})") from exc
         return resp["Signature"], resp["KeyId"]
 
     def public_key_pem(self) -> str:
@@ -96,7 +95,7 @@ class KmsSigner:
         try:
             der = self.kms.get_public_key(KeyId=self.key_id)["PublicKey"]
         except (ClientError, BotoCoreError) as exc:
-            raise BundleError(f"KMS could not return the public key of {self.key_id}: {exc}") from exc
+            raise BundleError(f"KMS could not return the public key of {self.key_id} ({aws_cause(exc)})") from exc
         return _public_pem(serialization.load_der_public_key(der))  # type: ignore[arg-type]
 
 
@@ -143,8 +142,12 @@ def generate_local_key(path: str | os.PathLike[str]) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
         raise ConfigError(f"signing key {path} already exists: refusing to overwrite it") from exc
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+    except OSError as exc:  # a full disk: no half-written key is left behind
+        path.unlink(missing_ok=True)
+        raise StorageError(f"cannot write signing key {path} ({exc.strerror or exc})") from exc
     return _public_pem(key.public_key())
 
 

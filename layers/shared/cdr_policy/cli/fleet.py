@@ -2,9 +2,11 @@
 where needed, the state store:
 
 - ``cdr-policy channel list|show``: the channels and what each ships;
+- ``cdr-policy channel history``: a channel's generations (verified history entries): digest,
+  time, approval, size; which one it ships now;
 - ``cdr-policy channel diff``: what a bundle (by default the channel's latest render, e.g. one the
-  change budget held) adds and removes against the one the channel ships, per object and per prefix,
-  with each prefix's provenance;
+  change budget held) adds and removes against the one the channel ships, per object and per
+  prefix with each prefix's provenance: summarised, ``--full`` for every prefix;
 - ``cdr-policy channel approve``: approve a held bundle (Publish ships it on its next request), or
   with ``--change`` the changes a promoting channel holds (``cli.promotion``);
 - ``cdr-policy channel evidence``: a promoting channel's pending changes, their evidence and decisions;
@@ -13,36 +15,52 @@ where needed, the state store:
   its age, whether it is behind its channel, drift, errors;
 - ``cdr-policy fleet hits``: what the clusters' node readers attributed, checked against each
   cluster's own channel (``cli.hits``, ``hits.fleet``).
+
+A digest is taken whole or by any unique prefix of 12 or more hex digits (``cli.digests``). A
+document that is not what it should be (malformed, oversized, planted) is skipped and named by
+its key on standard error, never by its content; the others are shown.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+import shlex
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cdr_policy import aws, jsonio, layout
+from cdr_policy import aws, jsonio, layout, schemas
+from cdr_policy.agent.status import SCHEMA as STATUS_SCHEMA
 from cdr_policy.bundle.approvals import DEFAULT_VALIDITY, MAX_VALIDITY, grant
-from cdr_policy.bundle.loader import Bundle, load_bundle, read_manifest
-from cdr_policy.bundle.manifest import Manifest
+from cdr_policy.bundle.loader import Bundle, latest_render, load_bundle, read_manifest
+from cdr_policy.bundle.manifest import Manifest, VerificationError
 from cdr_policy.bundle.objects import ObjectRef, prefixes, ref_of
-from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer
-from cdr_policy.cli import promotion
+from cdr_policy.bundle.provenance import read_index
+from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer, Verifier, verify_signature
+from cdr_policy.cli import digests, promotion
+from cdr_policy.cli.flags import bounded_int, channel_name, digest_prefix
 from cdr_policy.cli.hits import add_since, fleet_hits, fleet_hits_lines
-from cdr_policy.cli.parser import Parser
+from cdr_policy.cli.parser import Parser, invoked_as
 from cdr_policy.cli.promotion import change_argument
 from cdr_policy.errors import BundleError, ConfigError
 from cdr_policy.lambda_events import PublishRequest
+from cdr_policy.layout import PROVENANCE_FILE
+from cdr_policy.observability import logger
 from cdr_policy.policy import naming
 from cdr_policy.stages.publish import rollback
-from cdr_policy.storage import NotFound, Store, TooLarge, exists, open_store
+from cdr_policy.storage import NotFound, Store, TooLarge, open_store
 from cdr_policy.timeutil import parse_duration, parse_iso, utcnow
 
 PROVENANCE_KEYS = (naming.SOURCES, naming.CATEGORIES, naming.REFS, naming.EVIDENCE)
+# Without --full, a diff lists this many objects of each kind of change.
+SUMMARY_OBJECTS = 20
+DEFAULT_HISTORY = 20
 
 
 def channel_main(argv: list[str]) -> int:
@@ -52,17 +70,32 @@ def channel_main(argv: list[str]) -> int:
     _dist(listing)
     show = commands.add_parser("show", help="one channel's signed manifest")
     _dist(show)
-    show.add_argument("channel")
+    show.add_argument("channel", type=channel_name)
+    history = commands.add_parser("history", help="a channel's generations: digest, time, approval, size")
+    _dist(history)
+    history.add_argument("channel", type=channel_name)
+    history.add_argument(
+        "--limit",
+        type=bounded_int(1, 100_000),
+        default=DEFAULT_HISTORY,
+        help=f"show the newest N generations (default {DEFAULT_HISTORY})",
+    )
+    _verifying(history)
     diff = commands.add_parser("diff", help="what a bundle changes against the one the channel ships")
     _dist(diff)
     _state(diff)
-    diff.add_argument("channel")
-    diff.add_argument("--digest", help="the bundle to compare (default: the channel's latest render)")
+    diff.add_argument("channel", type=channel_name)
+    diff.add_argument(
+        "--digest",
+        type=digest_prefix,
+        help="the bundle to compare, by digest or a unique prefix of 12+ hex digits (default: the latest render)",
+    )
+    diff.add_argument("--full", action="store_true", help="list every prefix and object, not a summary")
     evidence = commands.add_parser(
         "evidence", help="a promoting channel's pending changes: the evidence so far and the decision, with its reasons"
     )
     _dist(evidence)
-    evidence.add_argument("channel")
+    evidence.add_argument("channel", type=channel_name)
     approve = commands.add_parser(
         "approve",
         help="as an approver: grant a bundle the change budget held, as the replacement of the one shipped, "
@@ -70,16 +103,18 @@ def channel_main(argv: list[str]) -> int:
     )
     _state(approve)
     _dist(approve)
-    approve.add_argument("channel")
-    approve.add_argument("digest", nargs="?", help="the held bundle (not with --change)")
+    approve.add_argument("channel", type=channel_name)
+    approve.add_argument(
+        "digest", nargs="?", type=digest_prefix, help="the held bundle: its digest or a unique prefix (12+)"
+    )
     approve.add_argument(
         "--change",
         action="append",
         type=change_argument,
         default=[],
         metavar="CHANGE",
-        help="a pending change of a promoting channel as channel evidence names it (prefix:<cidr>, "
-        "port:<proto>/<n>, rule:<id>@<fingerprint>); repeat for more",
+        help="instead of a bundle, a pending change of a promoting channel as channel evidence names it "
+        "(prefix:<cidr>, port:<proto>/<n>, rule:<id>@<fingerprint>); repeat for more",
     )
     approve.add_argument(
         "--replacing",
@@ -104,23 +139,32 @@ def channel_main(argv: list[str]) -> int:
     )
     back = commands.add_parser("rollback", help="publish an earlier bundle of the channel again")
     _dist(back)
-    back.add_argument("channel")
-    back.add_argument("--to", required=True, metavar="DIGEST", help="the earlier bundle (see channel show)")
+    back.add_argument("channel", type=channel_name)
+    back.add_argument(
+        "--to",
+        required=True,
+        type=digest_prefix,
+        metavar="DIGEST",
+        help="the earlier bundle: digest or unique prefix (see channel history)",
+    )
     signing = back.add_mutually_exclusive_group(required=True)
     signing.add_argument("--key", metavar="PEM", help="local signing key (keygen)")
     signing.add_argument("--kms-key-id", metavar="ARN", help="the stack's KMS signing key")
-    for sub in (listing, show, diff, evidence):
+    for sub in (listing, show, history, diff, evidence):
         sub.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     if args.command == "evidence":
-        return _print(promotion.evidence(open_store(args.dist), args.channel), args.json, promotion.evidence_lines)
+        return _print(promotion.evidence(_open(args.dist, "--dist"), args.channel), args.json, promotion.evidence_lines)
     if args.command == "list":
-        return _print(_list(open_store(args.dist)), args.json, _list_lines)
+        return _print(_list(_open(args.dist, "--dist")), args.json, _list_lines)
     if args.command == "show":
-        return _print(_current(open_store(args.dist), args.channel), args.json, _show_lines)
+        return _print(_current(_open(args.dist, "--dist"), args.channel), args.json, _show_lines)
+    if args.command == "history":
+        generations = channel_history(_open(args.dist, "--dist"), args.channel, _verifier(args), args.limit)
+        return _print(generations, args.json, _history_lines)
     if args.command == "diff":
-        changes = diff_bundles(open_store(args.dist), open_store(args.state), args.channel, args.digest)
-        return _print(changes, args.json, _diff_lines)
+        changes = diff_bundles(_open(args.dist, "--dist"), _open(args.state, "--state"), args.channel, args.digest)
+        return _print(changes, args.json, lambda d: _diff_lines(d, full=args.full))
     if args.command == "approve":
         if (args.digest is None) == (not args.change):
             raise ConfigError("approve: give a held bundle's digest, or the changes to approve with --change")
@@ -130,8 +174,8 @@ def channel_main(argv: list[str]) -> int:
         if args.change:
             _check_reason(args.reason)
             lines = promotion.approve_changes(
-                open_store(args.state),
-                open_store(args.dist),
+                _open(args.state, "--state"),
+                _open(args.dist, "--dist"),
                 args.channel,
                 args.change,
                 approver=approver,
@@ -140,12 +184,8 @@ def channel_main(argv: list[str]) -> int:
             )
             print("\n".join(lines))
             return 0
-        return _approve(args, open_store(args.state), open_store(args.dist), approver)
-    signer: Signer = LocalSigner.from_file(args.key) if args.key else KmsSigner(aws.client("kms"), args.kms_key_id)
-    result = rollback(open_store(args.dist), channel=args.channel, to_digest=args.to, signer=signer, now=utcnow())
-    was = (result.previous_digest or "-")[:12]
-    print(f"{result.status}: channel {args.channel} now ships {result.digest[:12]} (was {was})")
-    return 0
+        return _approve(args, _open(args.state, "--state"), _open(args.dist, "--dist"), approver)
+    return _rollback(args)
 
 
 def fleet_main(argv: list[str]) -> int:
@@ -160,8 +200,8 @@ def fleet_main(argv: list[str]) -> int:
     hits.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     if args.command == "hits":
-        return _print(fleet_hits(open_store(args.dist), args.since), args.json, fleet_hits_lines)
-    return _print(fleet_status(open_store(args.dist), now=utcnow()), args.json, _fleet_lines)
+        return _print(fleet_hits(_open(args.dist, "--dist"), args.since), args.json, fleet_hits_lines)
+    return _print(fleet_status(_open(args.dist, "--dist"), now=utcnow()), args.json, _fleet_lines)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -172,29 +212,67 @@ def _dist(parser: argparse.ArgumentParser) -> None:
 
 
 def _state(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state", required=True, metavar="URL", help="state store: s3://BUCKET or a folder")
+    parser.add_argument(
+        "--state",
+        required=True,
+        metavar="URL",
+        help="state store: s3://BUCKET or a folder ('cdr-policy state path' prints the local one)",
+    )
 
 
-def _json(store: Store, key: str, max_bytes: int | None = None) -> Any:
-    try:
-        return jsonio.loads(store.get(key, max_bytes=max_bytes).data)
-    except ValueError as exc:
-        raise BundleError(f"{store.describe()}/{key} is not valid JSON: {exc}") from exc
+def _verifying(parser: argparse.ArgumentParser) -> None:
+    keys = parser.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--public-key", metavar="PEM", help="the channel's public key (the agents' bundle-signing.pub)")
+    keys.add_argument("--kms-key-id", metavar="ARN", help="the stack's KMS signing key")
+
+
+def _open(url: str, flag: str) -> Store:
+    return open_store(url, flag=flag)
+
+
+def _verifier(args: argparse.Namespace) -> Verifier:
+    if args.public_key:
+        return Verifier.from_file(args.public_key)
+    return Verifier.from_public_pem(KmsSigner(aws.client("kms"), args.kms_key_id).public_key_pem())
+
+
+def _skipped(key: str, why: str) -> None:
+    """A document that was not shown: named by its key, never by its content."""
+    print(f"cdr-policy: warning: skipped {key}: {why}", file=sys.stderr)
 
 
 def _current(dist: Store, channel: str) -> Manifest:
     try:
         return read_manifest(dist, layout.channel_manifest_key(channel))[0]
     except NotFound as exc:
-        raise ConfigError(f"channel {channel} has no manifest in {dist.describe()}") from exc
+        raise ConfigError(
+            f"channel {channel} has no manifest in {dist.describe()} "
+            f"({invoked_as()} channel list --dist {shlex.quote(dist.describe())} lists the channels)"
+        ) from exc
+    except VerificationError as exc:
+        raise BundleError(
+            f"{dist.describe()}/{layout.channel_manifest_key(channel)} is not a valid manifest ({exc.code})"
+        ) from exc
 
 
 def _list(dist: Store) -> list[dict[str, Any]]:
     keys = set(dist.list(layout.CHANNELS))
-    names = sorted(n for n in {k.split("/")[1] for k in keys} if layout.channel_manifest_key(n) in keys)
+    names = sorted({k.split("/")[1] for k in keys if k.count("/") >= 2})
     out = []
     for name in names:
-        manifest = _current(dist, name)
+        key = layout.channel_manifest_key(name)
+        if key not in keys:
+            continue
+        if not layout.is_channel_name(name):
+            _skipped(f"{layout.CHANNELS}<{len(name)} characters>/manifest.json", "not a channel name")
+            continue
+        try:
+            manifest = read_manifest(dist, key)[0]
+        except VerificationError as exc:
+            _skipped(key, f"not a valid manifest ({exc.code})")
+            continue
+        except NotFound:
+            continue  # deleted since the listing
         out.append(
             {
                 "channel": name,
@@ -208,6 +286,59 @@ def _list(dist: Store) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def channel_history(dist: Store, channel: str, verifier: Verifier, limit: int) -> dict[str, Any]:
+    """The channel's generations from its verified history entries, newest first (at most
+    ``limit``); entries that do not verify (planted, another key, malformed) are counted, not shown."""
+    try:
+        current: Manifest | None = _current(dist, channel)
+    except (ConfigError, BundleError):
+        current = None
+    entries: list[Manifest] = []
+    skipped = 0
+    for key in sorted((k for ks in digests.in_history(dist, channel).values() for k in ks), reverse=True):
+        # keys sort by publish time; entries published within the same second are all read, then ordered
+        if len(entries) >= limit and key.removesuffix(".json")[:-65] != _published_at(entries[-1]):
+            break
+        try:
+            manifest = read_manifest(dist, key)[0]
+            verify_signature(manifest, verifier)
+            if manifest.channel != channel or manifest.generation is None:
+                raise VerificationError("wrong_channel", "not this channel's")
+        except (VerificationError, NotFound):
+            skipped += 1
+            continue
+        entries.append(manifest)
+    rows = []
+    for m in sorted(entries, key=lambda m: m.generation or 0, reverse=True)[:limit]:
+        approval = None
+        if m.rollback_of is not None:
+            approval = f"rollback to generation {m.rollback_of}"
+        elif m.approval is not None:
+            by = f" by {m.approval.approver}" if m.approval.approver else ""
+            approval = f"approved{by} over {(m.approval.previous_digest or '-')[:12]} at {m.approval.approved_at}"
+        rows.append(
+            {
+                "generation": m.generation,
+                "digest": m.digest,
+                "created_at": m.created_at,
+                "expires_at": m.expires_at,
+                "approval": approval,
+                "bytes": m.total_bytes,
+                "objects": m.objects_count(),
+                "action": m.settings.action,
+                "shipping": current is not None and (m.generation, m.digest) == (current.generation, current.digest),
+                "promotion": promotion.summary(m),
+            }
+        )
+    shipping = current.digest if current is not None else None
+    return {"channel": channel, "shipping": shipping, "generations": rows, "skipped": skipped}
+
+
+def _published_at(manifest: Manifest) -> str:
+    """The part of a history key before the digest (``channels/<channel>/history/<created_at>``)."""
+    return layout.history_key(manifest.channel, manifest.created_at, manifest.digest).removesuffix(".json")[:-65]
 
 
 @dataclass(frozen=True)
@@ -235,26 +366,86 @@ def _provenance(obj: Mapping[str, Any]) -> dict[str, str]:
     return {k.split("/", 1)[1]: str(v) for k, v in sorted(annotations.items()) if k in PROVENANCE_KEYS}
 
 
-def diff_bundles(dist: Store, state: Store, channel: str, digest: str | None) -> dict[str, Any]:
+# A prefix's own provenance, when the bundle says it (a per-prefix provenance index): the prefix ->
+# {"sources": ..., "categories": ..., "refs": ...}, or None when the bundle does not say.
+PrefixProvenance = Callable[[str], Mapping[str, str] | None]
+
+
+def no_index(bundle: Bundle) -> PrefixProvenance:
+    """For bundles without a per-prefix provenance index: every prefix gets its objects' provenance."""
+    return lambda prefix: None
+
+
+def index_provenance(bundle: Bundle) -> PrefixProvenance:
+    """Each prefix's own provenance from the bundle's provenance index (``provenance.json``): its
+    feeds, CDR finding ids and categories, merged over the blocklists holding it. A bundle without
+    an index, or with one that does not read back, gives none (its objects' provenance is shown)."""
+    data = bundle.files.get(PROVENANCE_FILE)
+    if data is None:
+        return no_index(bundle)
+    try:
+        index = read_index(data, f"bundle {bundle.digest[:12]} {PROVENANCE_FILE}")
+    except VerificationError as exc:
+        logger.warning("provenance index not used", extra={"digest": bundle.digest, "error": str(exc)})
+        return no_index(bundle)
+
+    def lookup(prefix: str) -> Mapping[str, str] | None:
+        try:
+            net = ipaddress.ip_network(prefix)
+        except ValueError:
+            return None
+        found = []
+        for blocklist in index.blocklists:
+            i = blocklist.find(net.version, int(net.network_address))
+            if i is not None and blocklist.prefix(i) == prefix:
+                found.append(index.classes[int(blocklist.classes[i])])
+        if not found:
+            return None
+        merged = {
+            "feeds": sorted({f for p in found for f in p.feeds}),
+            "findings": sorted({f for p in found for f in p.findings}),
+            "categories": sorted({c for p in found for c in p.categories}),
+        }
+        return {key: ",".join(values) for key, values in merged.items() if values}
+
+    return lookup
+
+
+def diff_bundles(
+    dist: Store,
+    state: Store,
+    channel: str,
+    digest: str | None,
+    *,
+    provenance: Callable[[Bundle], PrefixProvenance] = index_provenance,
+) -> dict[str, Any]:
+    """What bundle ``digest`` (a digest or unique prefix; None: the latest render) changes against
+    what ``channel`` ships. Each prefix carries its own provenance where ``provenance`` gives it
+    (``"scope": "prefix"``), else that of the objects holding it (``"scope": "object"``)."""
     current = _current(dist, channel)
     if digest is None:
-        try:
-            digest = str(_json(state, layout.latest_render_key(channel))["digest"])
-        except NotFound as exc:
-            raise ConfigError(f"channel {channel} has no render in {state.describe()}") from exc
+        digest = latest_render(state, channel)
+        if digest is None:
+            raise ConfigError(f"channel {channel} has no render in {state.describe()}: give --digest")
+    else:
+        digest = _rendered_digest(state, digest)
     try:
         candidate, _ = read_manifest(state, layout.bundle_manifest_key(digest))
     except NotFound as exc:
         raise ConfigError(f"bundle {digest} is not in {state.describe()}") from exc
-    old = _side(load_bundle(dist, current, published=True))
-    new = _side(load_bundle(state, candidate, published=False))
+    old_bundle = load_bundle(dist, current, published=True)
+    new_bundle = load_bundle(state, candidate, published=False)
+    old, new = _side(old_bundle), _side(new_bundle)
+    own = {id(old): provenance(old_bundle), id(new): provenance(new_bundle)}
 
     def entry(side: _Side, ref: ObjectRef) -> dict[str, Any]:
         return {"object": str(ref), "provenance": _provenance(side.objects[ref])}
 
     def prefix_entry(side: _Side, prefix: str) -> dict[str, Any]:
         refs = side.prefixes[prefix]
-        return {"prefix": prefix, "objects": [str(r) for r in refs], "provenance": _provenance(side.objects[refs[0]])}
+        given = own[id(side)](prefix)
+        scope, found = ("prefix", dict(given)) if given is not None else ("object", _provenance(side.objects[refs[0]]))
+        return {"prefix": prefix, "objects": [str(r) for r in refs], "provenance": found, "scope": scope}
 
     return {
         "channel": channel,
@@ -295,13 +486,22 @@ def _validity(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def _rendered_digest(state: Store, given: str) -> str:
+    """The rendered bundle ``given`` (a digest or a unique prefix) names in the state store."""
+    found = digests.resolve(given, digests.rendered(state, given), "rendered bundles")
+    if found is None:
+        raise ConfigError(
+            f"no rendered bundle in {state.describe()} starts with {given} (the folder 'cdr-policy state path' "
+            f"prints, or the state bucket; 'cdr-policy publish' prints the exact command for a held bundle)"
+        )
+    return found
+
+
 def _approve(args: argparse.Namespace, state: Store, dist: Store, approver: Signer) -> int:
-    """Write the approver's signed grant of ``args.digest`` over the bundle the channel ships (or
-    ``--replacing``); with ``--publish-queue``, ask Publish to ship it now."""
-    if not layout.is_digest(args.digest):
-        raise ConfigError("approve: the held bundle's digest is 64 hex digits")
-    if not exists(state, layout.bundle_manifest_key(args.digest)):
-        raise ConfigError(f"bundle {args.digest} is not in {state.describe()}: nothing to approve")
+    """Write the approver's signed grant of ``args.digest`` (a digest or unique prefix of a rendered
+    bundle) over the bundle the channel ships (or ``--replacing``); with ``--publish-queue``, ask
+    Publish to ship it now."""
+    args.digest = _rendered_digest(state, args.digest)
     _check_reason(args.reason)
     previous = args.replacing
     if previous == "":
@@ -322,7 +522,24 @@ def _approve(args: argparse.Namespace, state: Store, dist: Store, approver: Sign
         aws.client("sqs").send_message(QueueUrl=args.publish_queue, MessageBody=request.to_message())
         print("  Publish was asked to ship it now")
     else:
-        print("  Publish ships it on its next request for this bundle")
+        print("  Publish ships it on its next request for this bundle (locally: the publish command the held")
+        print("  message printed, with the approvers' public key as --approver-key)")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    dist = _open(args.dist, "--dist")
+    found = digests.resolve(args.to, digests.in_history(dist, args.channel), "generations")
+    if found is None:
+        raise ConfigError(
+            f"channel {args.channel} has no history entry for {args.to} in {dist.describe()} "
+            f"(see: {invoked_as()} channel history {args.channel} --dist {shlex.quote(dist.describe())} "
+            "--public-key PEM)"
+        )
+    signer: Signer = LocalSigner.from_file(args.key) if args.key else KmsSigner(aws.client("kms"), args.kms_key_id)
+    result = rollback(dist, channel=args.channel, to_digest=found, signer=signer, now=utcnow())
+    was = (result.previous_digest or "-")[:12]
+    print(f"{result.status}: channel {args.channel} now ships {result.digest[:12]} (was {was})")
     return 0
 
 
@@ -337,45 +554,57 @@ MAX_STATUS_BYTES = 1 << 20
 STATUS_READERS = 16
 
 
-def _status(dist: Store, key: str) -> Any:
+def _status(dist: Store, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A cluster's status document, or why it is not one (without its content)."""
     try:
-        return _json(dist, key, MAX_STATUS_BYTES)
-    except (NotFound, TooLarge, BundleError):
-        return None  # gone since the listing, planted, or not JSON: not a cluster's word
+        doc = jsonio.loads(dist.get(key, max_bytes=MAX_STATUS_BYTES).data)
+    except NotFound:
+        return None, None  # gone since the listing
+    except TooLarge:
+        return None, f"larger than {MAX_STATUS_BYTES} bytes"
+    except ValueError:
+        return None, "not JSON (or nested too deep)"
+    if schemas.schema_errors(doc, STATUS_SCHEMA):
+        return None, f"not an agent status (does not match {STATUS_SCHEMA})"
+    cluster = key[len(layout.STATUS) :].removesuffix(".json")
+    if doc["cluster_id"] != cluster:
+        return None, "written under another cluster's key"
+    return doc, None
 
 
 def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
-    """One row per status document whose cluster id matches its key, newest channels read once; a
-    promoting channel's rows carry what its current generation promoted (``promotion``)."""
+    """One row per valid status document whose cluster id matches its key (the others are skipped
+    and named); each channel's manifest read once; a promoting channel's rows carry what its current
+    generation promoted (``promotion``)."""
     shipping: dict[str, Manifest | None] = {}
     rows = []
-    keys = dist.list(layout.STATUS)
+    keys = [k for k in dist.list(layout.STATUS) if k.endswith(".json")]
     with ThreadPoolExecutor(max_workers=STATUS_READERS) as pool:
         docs = list(pool.map(lambda key: _status(dist, key), keys))
-    for key, doc in zip(keys, docs, strict=True):
-        cluster = key[len(layout.STATUS) :].removesuffix(".json")
-        if not isinstance(doc, dict) or doc.get("cluster_id") != cluster:
-            continue  # a document under another cluster's key is not that cluster's word
-        channel = str(doc.get("channel"))
+    for key, (doc, why) in zip(keys, docs, strict=True):
+        if doc is None:
+            if why:
+                _skipped(key, why)
+            continue
+        channel = doc["channel"]
         if channel not in shipping:
             try:
                 shipping[channel] = _current(dist, channel)
             except (ConfigError, BundleError):
                 shipping[channel] = None
         manifest = shipping[channel]
-        applied, applied_at = doc.get("applied_digest"), doc.get("applied_at")
-        poll = doc.get("last_poll") or {}
+        applied, applied_at, poll = doc["applied_digest"], doc["applied_at"], doc["last_poll"]
         rows.append(
             {
-                "cluster_id": cluster,
+                "cluster_id": doc["cluster_id"],
                 "channel": channel,
                 "applied_digest": applied,
                 "applied_age_s": int((now - parse_iso(applied_at)).total_seconds()) if applied_at else None,
                 "behind": applied != (manifest.digest if manifest else None),
-                "last_poll": poll.get("result"),
-                "last_poll_at": poll.get("at"),
-                "drift": doc.get("drift"),
-                "errors": len(doc.get("apply_errors") or []),
+                "last_poll": poll["result"],
+                "last_poll_at": poll["at"],
+                "drift": doc["drift"],
+                "errors": len(doc["apply_errors"]),
                 "promotion": promotion.summary(manifest),
             }
         )
@@ -385,7 +614,7 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
 # -- printing --------------------------------------------------------------------------------------
 
 
-def _print(value: Any, as_json: bool, lines: Any) -> int:
+def _print(value: Any, as_json: bool, lines: Callable[[Any], list[str]]) -> int:
     if as_json:
         print(json.dumps(value.to_json() if isinstance(value, Manifest) else value, indent=2, sort_keys=True))
     else:
@@ -418,17 +647,68 @@ def _show_lines(manifest: Manifest) -> list[str]:
     return out + promotion.manifest_lines(manifest)
 
 
-def _diff_lines(diff: Mapping[str, Any]) -> list[str]:
-    out = [f"channel {diff['channel']}: {diff['from'][:12]} -> {diff['to'][:12]}"]
-    for what in ("added", "removed", "changed"):
-        for e in diff["objects"][what]:
-            out.append(f"  object {what}: {e['object']}")
+def _history_lines(history: Mapping[str, Any]) -> list[str]:
+    out = [f"{'':1} {'GEN':>5} {'DIGEST':<16} {'CREATED':<20} {'OBJECTS':>7} {'SIZE':>10}  APPROVAL"]
+    for r in history["generations"]:
+        mark = "*" if r["shipping"] else ""
+        out.append(
+            f"{mark:1} {r['generation']:>5} {r['digest'][:16]:<16} {r['created_at']:<20} {r['objects']:>7} "
+            f"{_size(r['bytes']):>10}  {r['approval'] or '-'}"
+        )
+        if r["promotion"] is not None:
+            out.append(f"{'':8}{promotion.note(r['promotion'])}")
+    if history["shipping"] is not None:
+        out.append(f"* the generation channel {history['channel']} ships now")
+    if history["skipped"]:
+        out.append(f"{history['skipped']} history entr(ies) skipped: not signed by this key, or malformed")
+    return out
+
+
+def _size(n: int) -> str:
+    for unit, size in (("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _provenance_text(entry: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in entry["provenance"].items()) or "no provenance recorded"
+
+
+def _group(entry: Mapping[str, Any]) -> str:
+    """What a summary line says of a group of prefixes: their own provenance, or (without a
+    per-prefix index) the objects holding them and those objects' provenance."""
+    if entry.get("scope") == "prefix":
+        return f"from {_provenance_text(entry)}"
+    return f"in {', '.join(entry['objects'])} (the objects' provenance: {_provenance_text(entry)})"
+
+
+def _diff_lines(diff: Mapping[str, Any], *, full: bool) -> list[str]:
+    out = [f"channel {diff['channel']}: ships {diff['from'][:12]}, compared with {diff['to'][:12]}"]
+    for what, sign in (("added", "+"), ("removed", "-"), ("changed", "~")):
+        objects = diff["objects"][what]
+        shown = objects if full else objects[:SUMMARY_OBJECTS]
+        out += [f"  {sign} object {e['object']}" for e in shown]
+        if len(objects) > len(shown):
+            out.append(f"  {sign} ... and {len(objects) - len(shown)} more object(s) {what} (--full lists them)")
     for what, sign in (("added", "+"), ("removed", "-")):
-        for e in diff["prefixes"][what]:
-            source = ", ".join(f"{k}={v}" for k, v in e["provenance"].items())
-            out.append(f"  {sign} {e['prefix']}  ({', '.join(e['objects'])}{'; ' + source if source else ''})")
+        entries = diff["prefixes"][what]
+        if full:
+            for e in entries:
+                scope = "" if e.get("scope") == "prefix" else "objects' "
+                out.append(f"  {sign} {e['prefix']}  ({', '.join(e['objects'])}; {scope}{_provenance_text(e)})")
+            continue
+        groups: dict[str, list[str]] = defaultdict(list)
+        for e in entries:
+            groups[_group(e)].append(e["prefix"])
+        for label, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+            example = ", ".join(members[:3]) + (", ..." if len(members) > 3 else "")
+            out.append(f"  {sign} {len(members)} prefix(es) {what} {label}: {example}")
     counts = {w: len(diff["prefixes"][w]) for w in ("added", "removed")}
-    out.append(f"{counts['added']} prefix(es) added, {counts['removed']} removed")
+    out.append(
+        f"{counts['added']} prefix(es) added, {counts['removed']} removed"
+        + ("" if full or not (counts["added"] or counts["removed"]) else " (--full lists each with its provenance)")
+    )
     return out
 
 
@@ -445,10 +725,6 @@ def _fleet_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         if r["promotion"] is not None:
             promoting[r["channel"]] = r["promotion"]
     for channel, p in sorted(promoting.items()):
-        taken = f", took back generation {p['rolled_back']}'s changes" if p["rolled_back"] else ""
-        out.append(
-            f"channel {channel}, generation {p['generation']}: promoted {p['promoted']} change(s) from {p['from']} "
-            f"({p['approved']} approved), {p['waiting']} waiting, {p['held']} held, {p['held_back']} held back"
-            f"{taken} (cdr-policy channel evidence {channel})"
-        )
+        evidence = f"cdr-policy channel evidence {channel}"
+        out.append(f"channel {channel}, generation {p['generation']}: {promotion.note(p)} ({evidence})")
     return out

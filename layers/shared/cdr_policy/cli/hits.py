@@ -24,13 +24,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from cdr_policy.agent.cli import duration, role_arn, s3_client
+from cdr_policy.agent.cli import role_arn, s3_client
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.observe import ObservabilityServer
 from cdr_policy.bundle import provenance
 from cdr_policy.bundle.manifest import VerificationError
 from cdr_policy.bundle.provenance import ProvenanceIndex, read_index
 from cdr_policy.bundle.signing import Verifier
+from cdr_policy.cli.flags import duration
 from cdr_policy.cli.parser import Parser
 from cdr_policy.errors import ConfigError
 from cdr_policy.hits.aggregate import RETENTION_HOURS

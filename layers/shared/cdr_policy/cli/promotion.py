@@ -6,8 +6,8 @@
 - ``cdr-policy channel approve <channel> --change prefix:<cidr> ...``: an approver's grant of
   held (or waiting) changes, the same signed, used-once grant as a held bundle's
   (``bundle.approvals``); the next render promotes them;
-- what the signed manifest records of a generation's promotion, for ``channel show`` and
-  ``fleet status``.
+- what the signed manifest records of a generation's promotion, for ``channel show``,
+  ``channel history`` and ``fleet status``.
 """
 
 from __future__ import annotations
@@ -183,6 +183,15 @@ def manifest_lines(manifest: Manifest) -> list[str]:
     if p.held_back is not None:
         out.append(f"  held until approved: {p.held_back.count} change(s) taken back")
     return out
+
+
+def note(summary: Mapping[str, Any]) -> str:
+    """One line of a generation's ``summary`` (``channel history``, ``fleet status``)."""
+    taken = f", took back generation {summary['rolled_back']}'s changes" if summary["rolled_back"] else ""
+    return (
+        f"promoted {summary['promoted']} change(s) from {summary['from']} ({summary['approved']} approved), "
+        f"{summary['waiting']} waiting, {summary['held']} held, {summary['held_back']} held back{taken}"
+    )
 
 
 def summary(manifest: Manifest | None) -> dict[str, Any] | None:

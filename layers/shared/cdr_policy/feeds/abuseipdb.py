@@ -108,12 +108,15 @@ class _Stop(Exception):
     """AbuseIPDB must not be asked again in this run (quota, auth, server trouble)."""
 
 
+DEFAULT_THRESHOLD = 50
+
+
 class AbuseIPDB:
     def __init__(
         self,
         api_key: str | None,
         *,
-        threshold: int = 50,
+        threshold: int = DEFAULT_THRESHOLD,
         max_age_days: int = 30,
         cache_ttl_hours: int = 24,
         keep_hours: int = 24 * 7,

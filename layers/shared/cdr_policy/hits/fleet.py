@@ -34,7 +34,7 @@ from cdr_policy.netprefix import BITS, folded
 from cdr_policy.netprefix.vector import V4, V6, PackError, from_fields, to_fields
 from cdr_policy.observability import logger
 from cdr_policy.schemas import load_checked
-from cdr_policy.storage import NotFound, Store
+from cdr_policy.storage import NotFound, Store, TooLarge
 from cdr_policy.timeutil import iso, parse_iso
 
 MAX_STATUS_BYTES = 1 << 20  # a status document is a few hundred kB at most (its hits included)
@@ -104,8 +104,10 @@ class _Indexes:
             index: ProvenanceIndex | None = read_index(self.dist.get(path, max_bytes=MAX_INDEX_BYTES).data, path)
             if index is not None and index.channel != channel:
                 index = None
-        except (StorageError, BundleError):
+        except (NotFound, TooLarge, BundleError):
             index = None  # not a bundle of this channel, or none Publish wrote
+        # any other StorageError (access denied, the bucket unreachable) raises: a run that cannot read
+        # must fail, not report that nothing fired
         self._held[key] = index
         if len(self._held) > MAX_INDEXES:
             self._held.popitem(last=False)
@@ -163,9 +165,11 @@ def read_fleet(dist: Store, *, now: datetime, window: timedelta) -> Fleet:
 
 
 def _status(dist: Store, key: str) -> dict[str, Any] | None:
+    """The status document, or None when it is gone since the listing, too large or not one (planted or
+    broken); an error reading it (access denied, the bucket unreachable) raises."""
     try:
         return read_status(dist.get(key, max_bytes=MAX_STATUS_BYTES).data)
-    except (StorageError, BundleError):
+    except (NotFound, TooLarge, BundleError):
         return None
 
 
@@ -173,7 +177,7 @@ def _current(dist: Store, channel: str, indexes: _Indexes) -> tuple[str, Provena
     """The channel's current bundle and its index (None: no manifest, or no index)."""
     try:
         manifest, _ = read_manifest(dist, layout.channel_manifest_key(channel))
-    except (StorageError, BundleError) as exc:
+    except (NotFound, BundleError) as exc:
         logger.warning("no usable manifest for a channel", extra={"channel": channel, "error": str(exc)})
         return None
     index = indexes.get(channel, manifest.digest)

@@ -167,7 +167,8 @@ class Retrier:
             self.stats.retries += 1
             self.stats.waited_s += delay
             self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + 1
-            logger.warning(
+            # counted in the run's summary (``retries``); the call's final failure is the error
+            logger.info(
                 "qualys call retried",
                 extra={"call": what, "reason": reason, "attempt": attempt, "wait_s": round(delay, 3)},
             )

@@ -220,7 +220,7 @@ class _FeedJob:
                 fetched = refetch()
                 body = fetched.body
         if fetched.outcome == "error" or body is None:
-            return self._keep_last_good("download", f"download failed: {fetched.error}", fetched)
+            return self._keep_last_good("download", fetched.error or "download failed", fetched)
         parsed = parse_feed(body, self.feed.format)
         verdict = gate.check(
             self.feed,

@@ -50,13 +50,13 @@ from typing import Any, Literal
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
-from cdr_policy import jsonio, layout
+from cdr_policy import layout
 from cdr_policy.admission import Admission
 from cdr_policy.admission.effect import BundleEffect
 from cdr_policy.bundle.approvals import GrantError, find_grant
 from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, Budget, assess, shrink_reasons
 from cdr_policy.bundle.history import Current, generation_of, read_current, read_signed
-from cdr_policy.bundle.loader import Bundle, load_bundle, read_manifest
+from cdr_policy.bundle.loader import Bundle, latest_render, load_bundle, read_manifest
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Approval, Manifest, Step, StepKind, VerificationError
 from cdr_policy.bundle.manifest import Promotion as ManifestPromotion
 from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest
@@ -194,7 +194,7 @@ def publish_bundle(
     ChannelMoved when another publish wrote the channel in the meantime, StorageError (and KMS's
     BundleError) when a store or the signer fails: the request is retried.
     """
-    latest = _latest_render(state, channel)
+    latest = latest_render(state, channel)
     if latest is not None and latest != digest:
         logger.info("publish request superseded", extra={"channel": channel, "digest": digest, "latest": latest})
         return _result("superseded", channel, digest, reason=f"superseded by the later render {latest}")
@@ -442,20 +442,6 @@ def _rendered(state: Store, channel: str, digest: str) -> Bundle:
     if manifest.published or manifest.signature is not None:
         raise BundleError(f"the rendered manifest of bundle {digest[:12]} already carries publish fields")
     return load_bundle(state, manifest, published=False)
-
-
-def _latest_render(state: Store, channel: str) -> str | None:
-    key = layout.latest_render_key(channel)
-    try:
-        doc = jsonio.loads(state.get(key, max_bytes=4096).data)
-    except NotFound:
-        return None
-    except (ValueError, TooLarge) as exc:
-        raise BundleError(f"{state.describe()}/{key} is not a render pointer") from exc
-    digest = doc.get("digest") if isinstance(doc, dict) else None
-    if not layout.is_digest(digest):
-        raise BundleError(f"{state.describe()}/{key} names no bundle digest")
-    return str(digest)
 
 
 def _stamp(

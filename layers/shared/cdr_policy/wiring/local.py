@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -18,12 +17,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cdr_policy.config_text import read_text_file
-from cdr_policy.documents import parse_channels
+from cdr_policy.documents import parse_one_channel
 from cdr_policy.errors import ConfigError, PolicyCheckError
-from cdr_policy.feeds.abuseipdb import AbuseIPDB
+from cdr_policy.feeds.abuseipdb import DEFAULT_THRESHOLD, AbuseIPDB
 from cdr_policy.feeds.config import BUILTIN_FEEDS, FeedConfig, load_feeds
 from cdr_policy.guards import NeverBlock
-from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.channel import Action, ChannelSettings
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.qualys.categories import CategoryMapping, load_mapping
 from cdr_policy.qualys.client import QualysClient
@@ -32,7 +31,7 @@ from cdr_policy.qualys.platforms import resolve_gateway
 from cdr_policy.stages.cdr_fetch import CdrFetchResult, run_cdr_fetch
 from cdr_policy.stages.feed_sync import FeedSyncResult, run_feed_sync
 from cdr_policy.stages.render import RenderedChannel, run_render
-from cdr_policy.storage import LocalStore
+from cdr_policy.storage import LocalStore, writable_dir
 
 LOCAL_CHANNEL = "local"
 OVERLAP_MINUTES = 10
@@ -62,17 +61,14 @@ class LocalPorts:
         credentials = load_credentials(None, env)
         state_dir = state_dir_for(args.state_dir, gateway_url, credentials, state_root)
         # The CLI re-renders every --interval (controller mode; a CronJob's schedule with --once).
-        refresh_hours = args.interval / 3600
-        if args.channel:
-            channels = parse_channels(
-                read_text_file(args.channel, "channel settings"), args.channel, refresh_hours=refresh_hours
+        channel = local_channel(
+            args.channel, action=args.action, threat_intel=args.threat_intel, refresh_hours=args.interval / 3600
+        )
+        if args.reputation_threshold is not None and not channel.threat_intel:
+            raise ConfigError(
+                "--reputation-threshold applies only with threat intel (--threat-intel, or threat_intel: true in "
+                "the --channel file): AbuseIPDB scores the CDR addresses as part of it"
             )
-            if len(channels) != 1:
-                raise ConfigError(f"{args.channel}: the CLI renders one channel; found {len(channels)}")
-            channel = replace(channels[0], action=args.action, threat_intel=args.threat_intel)
-        else:
-            channel = ChannelSettings(name=LOCAL_CHANNEL, action=args.action, threat_intel=args.threat_intel)
-            channel.check_lifetime(refresh_hours)
         feeds = list(BUILTIN_FEEDS)
         if args.feeds:
             feeds = load_feeds(read_text_file(args.feeds, "feed list"), origin=args.feeds, allow_file=True)
@@ -83,11 +79,40 @@ class LocalPorts:
             mapping=load_mapping(args.categories) if args.categories else load_mapping(),
             feeds=feeds,
             reputation_key=env.get("ABUSEIPDB_API_KEY", "").strip() or None,
-            reputation_threshold=args.reputation_threshold,
+            reputation_threshold=(
+                DEFAULT_THRESHOLD if args.reputation_threshold is None else args.reputation_threshold
+            ),
             channel=channel,
             crds=_crds(args.crds),
             lookback_hours=args.hours,
         )
+
+
+def local_channel(
+    path: str | None, *, action: Action | None, threat_intel: bool | None, refresh_hours: float
+) -> ChannelSettings:
+    """The channel the CLI renders: ``--channel FILE``'s settings, else the defaults (channel
+    ``local``, audit, no threat intel). ``--action`` and ``--threat-intel`` (None: not given) fill in
+    what the file does not set; given both ways with different values, they are a ConfigError. The
+    bundle lifetime is at least twice the re-render period ``refresh_hours`` (``--interval``)."""
+    if not path:
+        channel = ChannelSettings(name=LOCAL_CHANNEL, action=action or "Post", threat_intel=bool(threat_intel))
+        channel.check_lifetime(refresh_hours)
+        return channel
+    text = read_text_file(path, "channel settings")
+    channel, given = parse_one_channel(text, path, LOCAL_CHANNEL, refresh_hours=refresh_hours)
+    for key, flag, value in (("action", "--action", action), ("threat_intel", "--threat-intel", threat_intel)):
+        if key in given and value is not None and getattr(channel, key) != value:
+            shown = flag if value is True else f"{flag} {value}"
+            in_file = str(getattr(channel, key)).lower() if key == "threat_intel" else getattr(channel, key)
+            raise ConfigError(
+                f"{shown} contradicts '{key}: {in_file}' in the channel file {path} (drop the flag or change the file)"
+            )
+    return replace(
+        channel,
+        action=channel.action if "action" in given else (action or "Post"),
+        threat_intel=channel.threat_intel if "threat_intel" in given else bool(threat_intel),
+    )
 
 
 def tenant_id(gateway_url: str, username: str) -> str:
@@ -105,19 +130,6 @@ def state_dir_for(given: str | None, gateway_url: str, credentials: Credentials,
     if root is None:
         raise ConfigError("--state-dir is required")
     return root / tenant_id(gateway_url, credentials.username)
-
-
-def writable_dir(path: Path, flag: str) -> Path:
-    """``path`` as a folder we can write to (created if needed), or a ConfigError naming ``flag``."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {path} is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{flag} {path} is not a folder we can write to: {exc.strerror or exc}") from exc
-    return path
 
 
 def _crds(path: str | None) -> SchemaSet | None:

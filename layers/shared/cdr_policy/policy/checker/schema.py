@@ -108,20 +108,26 @@ class SchemaSet:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> SchemaSet:
-        """Every CustomResourceDefinition in the ``*.yaml``/``*.yml``/``*.json`` files under ``path``
-        (recursively). Other documents (example policies next to the CRDs) are ignored."""
+        """Every CustomResourceDefinition in ``path``: one file (such as ``kubectl get crd ... -o yaml``),
+        or the ``*.yaml``/``*.yml``/``*.json`` files under a folder (recursively). Other documents
+        (example policies next to the CRDs) are ignored."""
         root = Path(path)
-        if not root.is_dir():
-            raise PolicyCheckError(f"CRD directory {root} does not exist")
+        if root.is_file():
+            files, base = [root], root.parent
+        elif root.is_dir():
+            files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
+            base = root
+        else:
+            what = "is not a file or folder" if root.exists() else "does not exist"
+            raise PolicyCheckError(f"CRD path {root} {what}")
         schemas = cls()
-        files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
         for file in files:
             try:
                 documents = load_yaml_documents(file.read_bytes())
             except Exception as exc:  # a broken file must name itself, whatever the YAML error
                 raise PolicyCheckError(f"cannot read {file}: {exc}") from exc
             for crd in _crds_in(documents):
-                schemas.add_crd(crd, str(file.relative_to(root)))
+                schemas.add_crd(crd, str(file.relative_to(base)))
         if not schemas.versions:
             raise PolicyCheckError(f"no CustomResourceDefinition found under {root}")
         return schemas

@@ -1,0 +1,107 @@
+"""The README's walkthrough of a held bundle, run as a new user runs it: its commands as written in
+the README, then the commands the CLI prints when the change budget holds the bundle, copied as
+they are (issue 21: publish -> held -> approve -> publish by copying what the CLI prints). And
+nothing the walkthrough creates can be committed."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cdr_policy import layout
+from cdr_policy.cli import main
+from tests.fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PROGRAM = ".venv/bin/cdr-policy"
+
+
+def readme_commands() -> list[str]:
+    page = (REPO / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- walkthrough:held -->\n```bash\n(.*?)```\n<!-- /walkthrough:held -->", page, re.S)
+    assert match, "README.md has no walkthrough:held block"
+    return [line for line in match.group(1).replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def run(command: str, env: dict[str, str], capsys, program: str) -> tuple[int, str]:
+    words = shlex.split(command)
+    assert words[0] == program, command
+    code = main(words[1:], env)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out
+
+
+def test_the_held_bundle_walkthrough_works_by_copying_the_printed_commands(env, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", env["HOME"])  # the agent keeps its state under ~/.cache by default
+    commands = readme_commands()
+    assert [c.split()[1] for c in commands] == ["keygen", "keygen", "--once", "publish", "agent", "--once", "publish"]
+    with FeedServer(root=DEMO_FEEDS_DIR) as feeds:
+        Path("feeds.yaml").write_text(demo_feeds_yaml(feeds.url("/")))
+        outputs = []
+        for command in commands[:-1]:
+            code, out = run(command, env, capsys, PROGRAM)
+            assert code == 0, (command, out)
+            outputs.append(out)
+        assert outputs[4].startswith("applied: bundle ")
+
+        code, held = run(commands[-1], env, capsys, PROGRAM)
+    assert code == 1 and held.startswith("held: channel local, bundle "), held
+    printed = [line.strip() for line in held.splitlines() if line.startswith("  cdr-policy ")]
+    assert [c.split()[1:3] for c in printed] == [["channel", "diff"], ["channel", "approve"], ["publish", "--to"]]
+    digest = re.search(r"bundle ([0-9a-f]{12})", held).group(1)
+    approve = shlex.split(printed[1])
+    state = Path(approve[approve.index("--state") + 1])
+    assert state.is_dir() and state.is_absolute(), "the real state folder"
+    assert approve[approve.index("--key") + 1] == "approver/bundle-signing.pem", "the approver's own key"
+    assert layout.is_digest(approve[approve.index("--replacing") + 1]), "the exact bundle it replaces"
+
+    code, diff = run(printed[0], env, capsys, "cdr-policy")
+    assert code == 0 and "prefix(es) added" in diff and "--full lists each" in diff
+    code, approved = run(printed[1], env, capsys, "cdr-policy")
+    assert code == 0 and approved.startswith(f"approved: bundle {digest} of channel local over ")
+    code, published = run(printed[2], env, capsys, "cdr-policy")
+    assert code == 0 and published.startswith(f"published: channel local, bundle {digest}"), published
+
+    code, applied = run(commands[4], env, capsys, PROGRAM)
+    assert code == 0 and applied.startswith(f"applied: bundle {digest}"), applied
+    code, history = run(
+        f"{PROGRAM} channel history local --dist ./channel --public-key keys/bundle-signing.pub", env, capsys, PROGRAM
+    )
+    assert code == 0 and "approved by local:" in history and history.count("\n") >= 3
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_nothing_the_walkthrough_creates_can_be_committed(tmp_path, capsys):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")
+    assert main(["keygen", f"--out={tmp_path / 'keys'}"], {}) == 0
+    assert main(["keygen", f"--out={tmp_path / 'approver'}"], {}) == 0
+    for folder in ("channel", "applied", "policies"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.yaml").write_text("x: 1\n")
+    (tmp_path / "feeds.yaml").write_text("feeds: []\n")
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert status.stdout.splitlines() == ["?? .gitignore"], status.stdout
+
+    # Without the repository's .gitignore, keygen's own keeps the private key out; the public key may go in.
+    (tmp_path / ".gitignore").unlink()
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all", "keys"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert sorted(status.stdout.splitlines()) == ["?? keys/.gitignore", "?? keys/bundle-signing.pub"]
+    assert (
+        "bundle-signing.pem"
+        not in subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"], cwd=tmp_path, capture_output=True, text=True
+        ).stdout
+    )
+    capsys.readouterr()
