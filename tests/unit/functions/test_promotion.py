@@ -6,7 +6,7 @@ takes back what hurt; a hostile cluster's status counts for itself and nothing m
 
 from __future__ import annotations
 
-import re
+import json
 import time
 
 import pytest
@@ -227,7 +227,7 @@ def test_a_changed_behaviour_rule_waits_and_the_channel_keeps_the_version_it_shi
     assert rule_objects(p, "prod") != objects
 
 
-def test_enforcing_changes_that_hurt_holds_the_channel_and_takes_them_back_until_approved(p, stack, capsys):
+def test_enforcing_changes_that_hurt_holds_the_channel_and_takes_them_back_until_approved(p, stack, capsys, log_lines):
     p.configure(STAGING, prod(watch={"for": "1h", "max_workloads_hit": 2, "rollback": True}))
     p.indicators([C2], feed=[FEED])
     p.render()
@@ -261,14 +261,24 @@ def test_enforcing_changes_that_hurt_holds_the_channel_and_takes_them_back_until
     assert p.decision("prod", f"prefix:{LATER}")["reasons"][0].startswith("the channel is held: ")
     (trip,) = p.report("prod")["watch"]
     assert (trip["generation"], trip["workloads_total"]) == (promoted_at, 3)
-    emitted = capsys.readouterr().out
-    assert re.search(rf'"generation": ?"{promoted_at}"', emitted) and '"EnforcementHurting"' in emitted
+    assert trip["changes"] == [{"change": f"prefix:{NEW}", "events": 6}] and trip["changes_total"] == 1
+    # the alarm's metric names the channel and generation, its record and the log line the change
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    (alarm,) = [e for e in emitted if "EnforcementHurting" in e and "generation" in e]
+    assert (alarm["channel"], alarm["generation"], alarm["changes"]) == ("prod", str(promoted_at), [f"prefix:{NEW}"])
+    (logged,) = [e for e in log_lines() if e["message"].startswith("enforcing promoted changes hurt")]
+    assert logged["changes"] == trip["changes"]
     # the agent applies the signed take-back: it shrinks what is enforced, by Publish's decision
     assert enforcing.sync()["last_poll"]["result"] == "applied"
     code, out = p.run("channel", "evidence", "prod", "--dist", "{dist}")
     assert f"watch tripped: generation {promoted_at}" in out and "prod-1/shop/app0: 2 hit(s)" in out
+    assert f"caused by prefix:{NEW}: 6 event(s)" in out
     code, out = p.run("fleet", "status", "--dist", "{dist}")
     assert f"took back generation {promoted_at}'s changes" in out
+    # the signed history: the generation that promoted it, and the one that took it back
+    code, out = p.run("channel", "history", "prod", "--dist", "{dist}", "--kms-key-id", stack.signing_key_id)
+    assert code == 0 and f"took back generation {promoted_at}'s changes" in out
+    assert "promoted 1 change(s) from staging (0 approved)" in out
 
     # held until an approver approves it again
     p.render()

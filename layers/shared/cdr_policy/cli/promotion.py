@@ -73,6 +73,7 @@ def evidence_lines(doc: Mapping[str, Any]) -> list[str]:
         back = "; its changes were taken back" if trip["rolled_back"] else ""
         out.append(f"watch tripped: generation {trip['generation']} (published {trip['published_at']}){back}")
         out += [f"    {r}" for r in trip["reasons"]]
+        out += [f"    caused by {c['change']}: {c['events']} event(s)" for c in trip["changes"]]
         out += [f"    {_workload(w)}" for w in trip["workloads"]]
     return out
 

@@ -28,6 +28,7 @@ from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.objects import placed_objects
 from cdr_policy.bundle.provenance import load_published
 from cdr_policy.errors import BundleError, StorageError
+from cdr_policy.hits.attribute import PORT, PREFIX, RULE
 from cdr_policy.netprefix.vector import intervals_v4
 from cdr_policy.observability import logger
 from cdr_policy.policy.naming import BUNDLE_KEY
@@ -36,9 +37,9 @@ from cdr_policy.policy.ranked import RankedTable
 from cdr_policy.policy.render import Ports, policy_file
 from cdr_policy.promotion import record
 from cdr_policy.promotion.addresses import AddressSet, Spans
-from cdr_policy.promotion.content import rule_fingerprints, rule_paths
+from cdr_policy.promotion.content import change_id, rule_fingerprints, rule_paths
 from cdr_policy.promotion.evidence import World
-from cdr_policy.promotion.gate import PORT, PREFIX, RULE, WAIT, Judgement, Pending, change_id, judge
+from cdr_policy.promotion.gate import WAIT, Judgement, Pending, judge
 from cdr_policy.promotion.watch import Trip, trips
 
 MAX_JUDGED = 20_000

@@ -27,6 +27,7 @@ from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.objects import file_name, placed_objects
 from cdr_policy.bundle.provenance import PATH, ProvenanceIndex, load_published, read_index
 from cdr_policy.errors import BundleError
+from cdr_policy.hits.attribute import RULE
 from cdr_policy.netprefix.aggregate import collapse
 from cdr_policy.netprefix.vector import V6, merge_intervals
 from cdr_policy.policy import naming
@@ -34,6 +35,13 @@ from cdr_policy.promotion.addresses import AddressSet
 from cdr_policy.storage import Store
 
 FINGERPRINT_SHOWN = 16  # hex digits of a rule's fingerprint in a change id (rule:<id>@<16>)
+
+
+def change_id(kind: str, value: str, fingerprint: str | None = None) -> str:
+    """``prefix:203.0.113.0/24``, ``port:tcp/4444``, ``rule:crypto_mining@<16 hex digits>``."""
+    if kind == RULE:
+        return f"{RULE}:{value}@{(fingerprint or '')[:FINGERPRINT_SHOWN]}"
+    return f"{kind}:{value}"
 
 
 @dataclass(frozen=True)

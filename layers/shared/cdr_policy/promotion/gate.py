@@ -33,26 +33,19 @@ from typing import Any
 import numpy as np
 
 from cdr_policy.bundle.approvals import Grant
+from cdr_policy.hits.attribute import PORT, PREFIX, RULE
 from cdr_policy.netprefix import BITS, folded, parse_canonical
 from cdr_policy.promotion.addresses import AddressSet, Spans
-from cdr_policy.promotion.content import FINGERPRINT_SHOWN, Content
+from cdr_policy.promotion.content import Content, change_id
 from cdr_policy.promotion.evidence import MAX_APPLIED, World
 from cdr_policy.promotion.watch import Trip, Workload, workload_of, workload_rows
 from cdr_policy.timeutil import parse_iso
 
 PROMOTE, WAIT, HOLD = "promote", "wait", "hold"
 SOAKED, APPROVED = "soaked", "approved"
-PREFIX, PORT, RULE = "prefix", "port", "rule"
 # Prefixes one publish promotes at most (the best-ranked first); the rest wait for the next.
 MAX_PROMOTED = 10_000
 MAX_NAMESPACES_SHOWN = 20
-
-
-def change_id(kind: str, value: str, fingerprint: str | None = None) -> str:
-    """``prefix:203.0.113.0/24``, ``port:tcp/4444``, ``rule:crypto_mining@<16 hex digits>``."""
-    if kind == RULE:
-        return f"{RULE}:{value}@{(fingerprint or '')[:FINGERPRINT_SHOWN]}"
-    return f"{kind}:{value}"
 
 
 def parse_change(text: str) -> tuple[str, str]:

@@ -19,9 +19,10 @@ from typing import Any
 from cdr_policy import jsonio
 from cdr_policy.bundle.manifest import Changes, Promotion, RolledBack
 from cdr_policy.errors import BundleError
+from cdr_policy.hits.attribute import PORT, PREFIX, RULE
 from cdr_policy.promotion.addresses import AddressSet, Spans
 from cdr_policy.promotion.evidence import World
-from cdr_policy.promotion.gate import HOLD, PORT, PREFIX, PROMOTE, RULE, WAIT, Judgement, Pending, Verdict
+from cdr_policy.promotion.gate import HOLD, PROMOTE, WAIT, Judgement, Pending, Verdict
 from cdr_policy.promotion.watch import Trip
 from cdr_policy.schemas import load_checked
 from cdr_policy.storage import Store

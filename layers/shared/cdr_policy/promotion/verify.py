@@ -31,12 +31,13 @@ from cdr_policy.bundle.loader import Bundle
 from cdr_policy.bundle.manifest import Promotion
 from cdr_policy.bundle.signing import Verifier
 from cdr_policy.errors import BundleError
+from cdr_policy.hits.attribute import PORT, PREFIX, RULE
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.promotion import record
 from cdr_policy.promotion.addresses import AddressSet, Spans
 from cdr_policy.promotion.content import Content, rendered_content
 from cdr_policy.promotion.evidence import World
-from cdr_policy.promotion.gate import PORT, PREFIX, RULE, Judgement, judge
+from cdr_policy.promotion.gate import Judgement, judge
 from cdr_policy.promotion.watch import Trip, trips
 from cdr_policy.storage import NotFound, Store
 

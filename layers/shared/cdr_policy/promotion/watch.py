@@ -24,12 +24,15 @@ from typing import Any
 
 from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.hits.aggregate import hour_of
+from cdr_policy.hits.attribute import PORT, PREFIX, RULE
 from cdr_policy.netprefix import BITS, folded
 from cdr_policy.promotion.addresses import AddressSet, Spans
+from cdr_policy.promotion.content import change_id
 from cdr_policy.promotion.evidence import World
 from cdr_policy.timeutil import parse_iso
 
 Workload = tuple[str, str, str]  # cluster, namespace, workload ("?" where the cluster folded it away)
+CHANGES_SHOWN = 10  # the changes that stopped the most events, named in a trip
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,17 @@ class Trip:
     rules: Mapping[str, str]
     events: int
     workloads: Counter[Workload]
+    changes: Counter[str]  # change id (``prefix:...``, ``port:...``, ``rule:...@...``) -> events it stopped
     reasons: tuple[str, ...]
     rolled_back: bool  # a later generation took its changes out already
 
     def why(self) -> str:
         return f"the changes generation {self.generation} promoted {'; '.join(self.reasons)} after enforcing"
+
+    def named(self) -> list[dict[str, Any]]:
+        """The changes that stopped the most events, most first: what the alarm and the report name."""
+        top = sorted(self.changes.items(), key=lambda kv: (-kv[1], kv[0]))[:CHANGES_SHOWN]
+        return [{"change": change, "events": n} for change, n in top]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +68,8 @@ class Trip:
             "events": self.events,
             "workloads": workload_rows(self.workloads),
             "workloads_total": len(self.workloads),
+            "changes": self.named(),
+            "changes_total": len(self.changes),
             "rolled_back": self.rolled_back,
         }
 
@@ -107,11 +118,13 @@ def _judge(world: World, manifest: Manifest, own: list[Any], later: set[str], ro
     before = hour_of(published - timedelta(hours=hours))
     events, earlier = 0, 0
     workloads: Counter[Workload] = Counter()
+    changes: Counter[str] = Counter()
     for counted in own:
         row = counted.row
         if row["hour"] >= since and counted.digest in later and _caused(row, addresses, ports, rules):
             events += row["count"]
             workloads[workload_of(counted.cluster, row)] += row["count"]
+            changes[_change(row, rules)] += row["count"]
         elif before <= row["hour"] < since:
             earlier += row["count"]
     rate = events / max((world.now - published).total_seconds() / 60, 1.0)
@@ -138,9 +151,17 @@ def _judge(world: World, manifest: Manifest, own: list[Any], later: set[str], ro
         rules=rules,
         events=events,
         workloads=workloads,
+        changes=changes,
         reasons=tuple(reasons),
         rolled_back=manifest.generation in rolled,
     )
+
+
+def _change(row: Mapping[str, Any], rules: Mapping[str, str]) -> str:
+    """The change a row caused: its indicator (the entry, port or rule its cluster attributed it to)."""
+    if row["kind"] == RULE:
+        return change_id(RULE, str(row["indicator"]), rules.get(row["indicator"]))
+    return change_id(PORT if row["kind"] == PORT else PREFIX, str(row["indicator"]))
 
 
 def _caused(row: Mapping[str, Any], addresses: AddressSet, ports: frozenset[str], rules: Mapping[str, str]) -> bool:

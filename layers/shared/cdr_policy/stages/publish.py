@@ -370,15 +370,22 @@ class _Promoting:
         if self.trips:
             metrics.add_metric(name="EnforcementHurting", unit=MetricUnit.Count, value=len(self.trips))
         for trip in self.trips:
+            named = trip.named()
             logger.error(
                 "enforcing promoted changes hurt: the channel is held",
-                extra={"channel": channel.name, "generation": trip.generation, "reasons": list(trip.reasons)},
+                extra={
+                    "channel": channel.name,
+                    "generation": trip.generation,
+                    "reasons": list(trip.reasons),
+                    "changes": named,
+                },
             )
             with single_metric(
                 name="EnforcementHurting", unit=MetricUnit.Count, value=1, namespace=metrics.namespace
             ) as metric:
                 metric.add_dimension(name="channel", value=channel.name)
                 metric.add_dimension(name="generation", value=str(trip.generation))
+                metric.add_metadata(key="changes", value=[c["change"] for c in named])
 
     @property
     def record(self) -> ManifestPromotion | None:
