@@ -108,6 +108,11 @@ def bundle_file_key(digest: str, path: str) -> str:
 PROVENANCE_FILE = "provenance.json"
 
 
+def promotion_decisions_key(digest: str) -> str:
+    """A promoting channel's decisions, written by Render beside its bundle (not one of its files)."""
+    return bundle_file_key(digest, "promotion.json")
+
+
 def bundle_manifest_key(digest: str) -> str:
     """The unsigned manifest Render writes beside a bundle's files, last."""
     return bundle_file_key(digest, "bundle.json")

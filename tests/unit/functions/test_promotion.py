@@ -420,7 +420,7 @@ def test_publish_holds_a_bundle_its_decisions_do_not_account_for(p):
     staging.sync()
     p.render(publish=False)  # prod's render promotes NEW; Publish has not run yet
     pointer = jsonio.loads(p.state.get(layout.latest_render_key("prod")).data)
-    key = layout.bundle_file_key(pointer["digest"], "promotion.json")
+    key = layout.promotion_decisions_key(pointer["digest"])
     doc, _ = read_decisions(p.state, key)
     assert doc["promoted"]["prefixes"] == [NEW]
     generation = p.shipped("prod").generation

@@ -29,7 +29,6 @@ from cdr_policy.storage import Store
 from cdr_policy.timeutil import iso
 
 SCHEMA = "promotion.schema.json"
-FILE = "promotion.json"
 MAX_LISTED = 1000
 MAX_EVIDENCE = 32  # promoted changes the manifest names with their evidence
 MAX_DOCUMENT_BYTES = 8 << 20

@@ -72,7 +72,7 @@ def read_world(
 
 def decisions_of(state: Store, digest: str) -> tuple[dict[str, Any], str] | str:
     """Render's decisions of bundle ``digest`` and their SHA-256, or why there are none usable."""
-    key = layout.bundle_file_key(digest, record.FILE)
+    key = layout.promotion_decisions_key(digest)
     try:
         doc, sha = record.read_decisions(state, key)
     except NotFound:

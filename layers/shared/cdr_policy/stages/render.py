@@ -48,7 +48,7 @@ from cdr_policy.policy.ranked import hold_to_room
 from cdr_policy.policy.render import compile_policies
 from cdr_policy.promotion.compose import Composer
 from cdr_policy.promotion.evidence import World, fleet_window
-from cdr_policy.promotion.record import FILE, write
+from cdr_policy.promotion.record import write
 from cdr_policy.report import bundle_report
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.summaries import CdrRunSummary, RenderSummary, read_last_run
@@ -188,7 +188,7 @@ def _render_channel(
     decisions = None
     if gate is not None:
         # before the bundle's manifest and pointer: Publish finds the decisions of whatever it is asked for
-        decisions = write(state, layout.bundle_file_key(bundle.digest, FILE), gate.decisions(bundle.digest))
+        decisions = write(state, layout.promotion_decisions_key(bundle.digest), gate.decisions(bundle.digest))
     if changed:
         _write_bundle(state, channel.name, bundle, report)
     elif loaded.unreadable or loaded.index_changed:
