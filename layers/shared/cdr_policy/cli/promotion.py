@@ -22,7 +22,7 @@ from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.signing import Signer
 from cdr_policy.errors import BundleError, ConfigError
 from cdr_policy.storage import NotFound, Store
-from cdr_policy.timeutil import utcnow
+from cdr_policy.timeutil import format_duration, utcnow
 
 MAX_CHANGES = 256  # per grant (approval.schema.json)
 SHOWN = 50  # changes printed one by one (--json: all the report lists)
@@ -46,15 +46,15 @@ def evidence(dist: Store, channel: str) -> dict[str, Any]:
 def evidence_lines(doc: Mapping[str, Any]) -> list[str]:
     s = doc["settings"]
     out = [
-        f"channel {doc['channel']} promotes from {doc['from']}: soak {_span(s['soak'])}, at most "
+        f"channel {doc['channel']} promotes from {doc['from']}: soak {format_duration(s['soak'])}, at most "
         f"{s['max_workloads_hit']} workload(s) hit, {s['min_clusters_reporting']} reporting cluster(s) needed"
         + (f", protected namespaces {', '.join(s['protected_namespaces'])}" if s["protected_namespaces"] else ""),
     ]
     if "watch" in s:
         w = s["watch"]
         out.append(
-            f"  watch after enforcing: {_span(w['for'])}, at most {w['max_workloads_hit']} workload(s) stopped, "
-            f"{w['max_rate_increase']:g}x the events a minute before (from {w['min_events']} events)"
+            f"  watch after enforcing: {format_duration(w['for'])}, at most {w['max_workloads_hit']} workload(s) "
+            f"stopped, {w['max_rate_increase']:g}x the events a minute before (from {w['min_events']} events)"
             + (", takes the changes back" if w["rollback"] else "")
         )
     over = (doc["over"] or "none")[:12]
@@ -98,13 +98,6 @@ def _change_lines(doc: Mapping[str, Any], change: Mapping[str, Any]) -> list[str
 
 def _workload(w: Mapping[str, Any]) -> str:
     return f"{w['cluster']}/{w['namespace']}/{w['workload']}: {w['hits']} hit(s)"
-
-
-def _span(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def change_argument(text: str) -> str:

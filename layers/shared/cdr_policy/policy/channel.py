@@ -17,7 +17,7 @@ from cdr_policy.layout import is_channel_name
 from cdr_policy.policy.naming import is_label_key, is_label_value, is_system_namespace
 from cdr_policy.policy.ports import parse_port
 from cdr_policy.rules import RULES
-from cdr_policy.timeutil import parse_duration
+from cdr_policy.timeutil import format_duration, parse_duration
 
 Action = Literal["Post", "Sigkill", "Override"]
 ACTIONS: tuple[Action, ...] = ("Post", "Sigkill", "Override")
@@ -92,15 +92,9 @@ def _duration(value: object, where: str, *, low: float, high: float) -> int:
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if not low <= seconds <= high:
-        raise ConfigError(f"{where} must be {_span(low)}..{_span(high)}, got {_span(seconds)}")
+        span = f"{format_duration(low)}..{format_duration(high)}"
+        raise ConfigError(f"{where} must be {span}, got {format_duration(seconds)}")
     return int(seconds)
-
-
-def _span(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def _count(value: object, where: str, low: int, high: int) -> int:
