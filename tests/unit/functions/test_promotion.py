@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -18,7 +19,9 @@ from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.promotion.record import read_decisions
 from cdr_policy.settings import get_settings
 from cdr_policy.storage import S3Store
+from cdr_policy.timeutil import parse_iso, utcnow
 from cdr_policy.wiring import cloud
+from tests.fakes.cluster import Cluster
 from tests.fakes.exports import Workload
 from tests.unit.functions.promotion_pipeline import CHECKOUT, WEB, Pipeline, workloads
 
@@ -52,24 +55,38 @@ def p(stack, tmp_path) -> Pipeline:
     return Pipeline(stack, tmp_path)
 
 
+def watched_on_staging(p: Pipeline, cdr: list[str]) -> Cluster:
+    """prod promoting from staging: ``cdr`` rendered and published to both, staging's one cluster
+    (stg-1) reporting with it applied and no hits, rendered again; the cluster."""
+    p.configure(STAGING, prod())
+    p.indicators(cdr)
+    p.render()
+    staging = p.cluster("staging", "stg-1")
+    staging.sync()
+    staging.record([])
+    p.render()
+    return staging
+
+
 def test_a_change_reaches_the_enforcing_channel_only_after_its_soak_on_the_audit_channel(p):
-    p.configure(STAGING, prod(soak="4s"))
+    p.configure(STAGING, prod(soak="15s"))  # long enough for a loaded machine to render within it
     p.indicators([C2], feed=[FEED])
+    staging = p.cluster("staging", "stg-1")
 
     assert p.render()["prod"]["status"] == "published"
     # staging ships it; prod nothing yet: staging had not shipped it when prod was composed
     assert blocked(p, "staging") == {C2, FEED} and blocked(p, "prod") == set()
     assert p.decision("prod", f"prefix:{C2}")["reasons"] == ["not shipped on staging now"]
 
-    staging = p.cluster("staging", "stg-1")
     staging.sync()
     staging.record([])  # its node reader reports: no hit
     p.render()
     waiting = p.decision("prod", f"prefix:{C2}")
-    assert waiting["decision"] == "wait" and waiting["reasons"][0].endswith("of the 4s soak")
+    assert waiting["decision"] == "wait" and waiting["reasons"][0].endswith("of the 15s soak")
     assert waiting["evidence"]["clusters"] == 1
 
-    time.sleep(4)
+    shipped = parse_iso(p.shipped("staging").created_at)
+    time.sleep(max((shipped + timedelta(seconds=16) - utcnow()).total_seconds(), 0))
     assert p.render()["prod"]["status"] == "published"
     promoted = p.decision("prod", f"prefix:{C2}")
     assert (promoted["decision"], promoted["how"], promoted["reasons"]) == ("promote", "soaked", [])
@@ -165,13 +182,7 @@ def test_each_new_entry_is_promoted_on_its_own_soak_while_later_ones_wait(p):
 
 def test_removals_and_expiries_are_never_held(p):
     entries = ["45.33.32.156/32", "45.33.32.157/32", "45.33.32.200/31", "45.33.32.202/31", "45.33.32.204/30"]
-    p.configure(STAGING, prod())
-    p.indicators(entries)
-    p.render()
-    staging = p.cluster("staging", "stg-1")
-    staging.sync()
-    staging.record([])
-    p.render()
+    watched_on_staging(p, entries)
     assert blocked(p, "prod") == {"45.33.32.156/31", "45.33.32.200/29"}
     p.configure(STAGING, prod(soak="1h"))
 
@@ -408,13 +419,7 @@ def test_a_hostile_cluster_cannot_force_a_rollback_beyond_its_own_counts(p):
 
 
 def test_publish_holds_a_bundle_its_decisions_do_not_account_for(p):
-    p.configure(STAGING, prod())
-    p.indicators([C2])
-    p.render()
-    staging = p.cluster("staging", "stg-1")
-    staging.sync()
-    staging.record([])
-    p.render()
+    staging = watched_on_staging(p, [C2])
     p.indicators([C2, NEW])
     p.render()
     staging.sync()
@@ -466,13 +471,7 @@ def test_the_same_inputs_compose_the_same_bundle(p):
 
 
 def test_a_shipped_bundle_that_cannot_be_read_holds_the_channel_and_stops_no_render(p):
-    p.configure(STAGING, prod())
-    p.indicators([C2])
-    p.render()
-    staging = p.cluster("staging", "stg-1")
-    staging.sync()
-    staging.record([])
-    p.render()
+    watched_on_staging(p, [C2])
     shipped = p.shipped("prod")
     p.dist.delete(layout.published_file_key("prod", shipped.digest, "provenance.json"))  # gone from the bucket
     p.indicators([C2, NEW])
