@@ -148,9 +148,8 @@ class World:
     def audit_samples(self) -> list[Sample]:
         """The audit channel's bundle now and every ``soak / SOAK_SAMPLES`` back to the start of the
         soak, newest first, read from its signed history (entries that do not verify are none)."""
-        prefix = layout.history_prefix(self.source)
-        keys = sorted(self.dist.list(prefix))
-        stamps = [key[len(prefix) : len(prefix) + 20] for key in keys]
+        entries = self._history(self.source)
+        keys, stamps = [key for _, _, key in entries], [created_at for created_at, _, _ in entries]
         step = timedelta(seconds=self.promote.soak_s) / SOAK_SAMPLES
         samples, read = [], {}
         for k in range(SOAK_SAMPLES + 1):
@@ -168,9 +167,13 @@ class World:
     def entry(self, channel: str, digest: str) -> Manifest | None:
         """The newest signed history entry of bundle ``digest`` of ``channel`` (the audit channel's
         or this one's; None: not a bundle it shipped)."""
-        prefix = layout.history_prefix(channel)
-        matching = [k for k in self.dist.list(prefix) if k.endswith(f"-{digest}.json")]
+        matching = [key for _, named, key in self._history(channel) if named == digest]
         return self._signed(matching[-1], channel) if matching else None
+
+    def _history(self, channel: str) -> list[tuple[str, str, str]]:
+        """``(created_at, digest, key)`` of each of the channel's history entries, oldest first."""
+        keys = self.dist.list(layout.history_prefix(channel))
+        return sorted((*named, key) for key in keys if (named := layout.history_entry(channel, key)) is not None)
 
     def content_of(self, manifest: Manifest) -> Content | None:
         """What a bundle of the audit channel holds (None: its files are unusable), read once."""
