@@ -473,7 +473,7 @@ def test_the_same_inputs_compose_the_same_bundle(p):
 def test_a_shipped_bundle_that_cannot_be_read_holds_the_channel_and_stops_no_render(p):
     watched_on_staging(p, [C2])
     shipped = p.shipped("prod")
-    p.dist.delete(layout.published_file_key("prod", shipped.digest, "provenance.json"))  # gone from the bucket
+    p.dist.delete(layout.published_file_key("prod", shipped.digest, layout.PROVENANCE_FILE))  # gone from the bucket
     p.indicators([C2, NEW])
 
     outcome = p.render()["prod"]
