@@ -17,7 +17,7 @@
    ``benchmarks/results/latest.md`` (and ``latest.json``; ``--results`` to change the folder).
 
 Then the whole path (b)-(e) (``benchmarks/pipeline.py``, ``--addresses``), the fleet simulation
-(f) (``benchmarks/fleet.py``, ``--fleet``), promotion at scale (g) (``benchmarks/promotion.py``,
+(f) (``benchmarks/fleet.py``, ``--fleet``), promotion at scale (i) (``benchmarks/promotion.py``,
 ``--promotion-addresses``) and the hits reader on a gigabyte of exports (h)
 (``benchmarks/hits.py``, ``--hits-bytes``). ``--only`` runs some of them (``--only h``; with
 ``make bench``: ``BENCH_ARGS="--only h"``).
@@ -87,7 +87,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         )
         result["fleet"] = fleet.run(work / "fleet", config)
         tables.append(fleet.render_markdown(result["fleet"]))
-    if "g" in args.only and args.promotion_addresses:
+    if "i" in args.only and args.promotion_addresses:
         result["promotion"] = promotion.run(work / "promotion", args.promotion_addresses, args.seed)
         tables.append(promotion.render_markdown(result["promotion"]))
     if "h" in args.only and args.hits_bytes:
@@ -309,7 +309,7 @@ def render_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-PARTS = "abcdefgh"
+PARTS = "abcdefghi"
 
 
 def _parts(text: str) -> set[str]:
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "--promotion-addresses",
         type=int,
         default=promotion.DEFAULT_ADDRESSES,
-        help=f"feed size of the promotion part (g) (default {promotion.DEFAULT_ADDRESSES:,}; 0 skips it)",
+        help=f"feed size of the promotion part (i) (default {promotion.DEFAULT_ADDRESSES:,}; 0 skips it)",
     )
     ap.add_argument(
         "--hits-bytes",
@@ -359,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         type=_parts,
         default=set(PARTS),
         metavar="PARTS",
-        help="run only these parts, e.g. h or a,f (a: feed ingest, b-e: the whole path, f: the fleet, g: "
-        "promotion, h: the hits reader; default all)",
+        help="run only these parts, e.g. h or a,f (a: feed ingest, b-e: the whole path, f: the fleet, h: the hits reader, "
+        "i: promotion; default all)",
     )
     ap.add_argument(
         "--fleet-interval",

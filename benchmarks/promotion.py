@@ -1,4 +1,4 @@
-"""(g) Promotion at scale, part (g) of ``make bench``: an enforcing channel that promotes from an audit
+"""(i) Promotion at scale, part (i) of ``make bench``: an enforcing channel that promotes from an audit
 channel, with one feed of ``--promotion-addresses`` addresses (default 200,000) that the audit channel
 ships and its cluster watched, promoted in one render and one publish.
 
@@ -55,7 +55,7 @@ def run(work: Path, addresses: int, seed: int) -> dict[str, Any]:
     from tests.fakes.stack import TEMPLATE, deploy, load_template
 
     work.mkdir(parents=True, exist_ok=True)
-    print(f"(g) promotion: a feed of {addresses:,} addresses on an audit channel, promoted ...", flush=True)
+    print(f"(i) promotion: a feed of {addresses:,} addresses on an audit channel, promoted ...", flush=True)
     feed = generate_addresses(work / f"promotion-{addresses}.txt", addresses, seed)
     layer = build_layer(work)
     template = load_template(TEMPLATE)
@@ -131,14 +131,14 @@ def rows(r: dict[str, Any]) -> list[Row]:
         mib = step["maxrss_kib"] / 1024
         what = {"render": "Render, both channels, the enforcing one composed", "publish": "Publish, both channels"}
         out.append(
-            ("(g)", f"{what[name]}: wall, peak RSS", f"{step['wall_s']:.1f} s, {mib:.0f} MiB", "-",
+            ("(i)", f"{what[name]}: wall, peak RSS", f"{step['wall_s']:.1f} s, {mib:.0f} MiB", "-",
              f"< {limit['timeout_s']} s, < {limit['memory_mib']} MiB (template)",
              step["wall_s"] < limit["timeout_s"] and mib < limit["memory_mib"])
         )  # fmt: skip
     c = r["counts"]
     met = r["promoted_as_many_as_allowed"] and r["publish_status"] == "published"
     out.append(
-        ("(g)", f"changes decided ({r['addresses']:,} addresses on the audit channel)",
+        ("(i)", f"changes decided ({r['addresses']:,} addresses on the audit channel)",
          f"{c['promote']:,} promote ({r['promoted_prefixes']:,} prefixes), {c['wait']:,} wait, {c['hold']:,} hold; "
          f"{r['publish_status']}", "-", f"prefixes: min(pending, {r['max_promoted']:,}), none held", met)
     )  # fmt: skip
