@@ -359,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         type=_parts,
         default=set(PARTS),
         metavar="PARTS",
-        help="run only these parts, e.g. h or a,f (a: feed ingest, b-e: the whole path, f: the fleet, h: the hits reader, "
-        "i: promotion; default all)",
+        help="run only these parts, e.g. h or a,f (a: feed ingest, b-e: the whole path, f: the fleet, "
+        "h: the hits reader, i: promotion; default all)",
     )
     ap.add_argument(
         "--fleet-interval",
