@@ -71,11 +71,10 @@ def run_hits(result: PipelineResult, agents: dict[str, Any], say: Callable[[str]
         agent = agents[channel]
         agent.hits = HitsCollector(reports, channel, interval_s=0)
         status = statuses[channel] = agent.sync_once()
-        hits = status["hits"] or {}
+        hits = status.hits
         say(
             f"      agent {cluster.cluster_id}: status/{cluster.cluster_id}.json carries the hits of "
-            f"{hits.get('nodes', 0)} node(s): {hits.get('totals', {}).get('ours', 0)} ours, "
-            f"{len(hits.get('rows', []))} row(s)"
+            + (f"{hits.nodes} node(s): {hits.totals.ours} ours, {len(hits.rows)} row(s)" if hits else "no node")
         )
     (invocation,) = result.lambdas.fire(rule)
     if not invocation.ok:

@@ -333,7 +333,7 @@ def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dic
         status = agent.sync_once()
         statuses[channel] = status
         cluster = result.clusters[channel].cluster_id
-        say(f"      {channel:<8} {status['last_poll']['result']}: {status['last_poll']['detail']}")
+        say(f"      {channel:<8} {status.last_poll.result}: {status.last_poll.detail}")
         say(
             f"               objects in {result.channel_dir(channel)}; status at s3://{result.stack.dist_bucket}/status/{cluster}.json"
         )
@@ -348,6 +348,6 @@ def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -
     say(f"      drift: deleted {victim.name} by hand; the agent compares every {DEMO_DRIFT_INTERVAL_S:g}s")
     time.sleep(DEMO_DRIFT_INTERVAL_S)
     status = agent.sync_once()
-    say(f"      staging  {status['last_poll']['result']}: {status['last_poll']['detail']}")
+    say(f"      staging  {status.last_poll.result}: {status.last_poll.detail}")
     say(f"               {victim.name} is back: {victim.exists()}")
     return status

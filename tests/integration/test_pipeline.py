@@ -321,7 +321,7 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_applied(pipeline, tmp_path)
             applier=DirectoryApplier(tmp_path / "applied"),
             state_dir=tmp_path / "state",
         )
-        status = agent.sync_once()
+        status = agent.sync_once().to_json()
     finally:
         dist.put(key, original)
     assert status["last_poll"]["result"] == "refused"
@@ -386,7 +386,7 @@ def test_the_hits_of_the_export_lines_come_back_to_the_fleet(pipeline, capsys):
     hits = result.hits
     assert hits["agree"] and hits["report"]["hits"] > 0
     statuses = hits["statuses"]
-    assert statuses["prod"]["hits"]["nodes"] == 2 and statuses["staging"]["hits"]["nodes"] == 1
+    assert statuses["prod"].hits.nodes == 2 and statuses["staging"].hits.nodes == 1
     actions = {c["channel"]: set(c["actions"]) for c in hits["report"]["clusters"]}
     assert actions == {"prod": {"SIGKILL", "DROPPED"}, "staging": {"POST", "AUDIT"}}  # staging would have blocked
     assert hits["rollup"]["refused"] == 0 and hits["rollup"]["addresses"] > 0

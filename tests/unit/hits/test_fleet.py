@@ -48,7 +48,7 @@ def _status(dist, cluster, channel, digest, rows, *, now=NOW, key=None) -> None:
         **copy.deepcopy(GOOD),
         "cluster_id": cluster,
         "channel": channel,
-        "hits": {**table.to_section(now), "nodes": 2},
+        "hits": {**table.to_section(now).to_json(), "nodes": 2},
     }
     dist.put(layout.status_key(key or cluster), jsonio.dumps(doc))
 

@@ -189,7 +189,7 @@ class LocalRun:
         errors, applied, deleted = reconcile(applier, objects, channel=rendered.channel.name)
         self.say(f"Applied {applied} object(s), removed {deleted} stale object(s)")
         for e in errors:
-            self.say(f"  Error: {e['action']} {e['kind']}/{e['name']}: {e['error']}")
+            self.say(f"  Error: {e.action} {e.kind}/{e.name}: {e.error}")
         return 1 if errors else 0
 
 

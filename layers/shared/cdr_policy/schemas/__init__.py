@@ -23,7 +23,7 @@ from importlib import resources
 from typing import Any
 
 from cdr_policy import jsonio
-from cdr_policy.errors import CdrPolicyError
+from cdr_policy.errors import CdrPolicyError, ContractError
 
 # What a schema may say: the assertions and applicators implemented below, and annotations.
 KEYWORDS = frozenset(
@@ -233,6 +233,29 @@ def load_checked(data: bytes, name: str) -> Any:
     if errors:
         raise ValueError("; ".join(errors[:5]))
     return doc
+
+
+def check_contract(document: Any, name: str, what: str) -> None:
+    """The check every ``from_json`` of a contract runs first: ``document`` (however it was parsed)
+    nests at most ``jsonio.MAX_DEPTH`` deep and matches schema ``name``. ContractError naming ``what``
+    and the first places and rules it breaks (never a value)."""
+    try:
+        jsonio.check_depth(document, jsonio.MAX_DEPTH)
+    except ValueError as exc:
+        raise ContractError(f"malformed {what}: {exc}") from None
+    errors = schema_errors(document, name)
+    if errors:
+        raise ContractError(f"malformed {what}: " + "; ".join(errors[:5]))
+
+
+def parse_contract(data: bytes, name: str, what: str) -> Any:
+    """The JSON document in ``data``, checked as ``check_contract`` does; ContractError otherwise."""
+    try:
+        document = jsonio.loads(data)
+    except ValueError as exc:
+        raise ContractError(f"malformed {what}: not JSON ({exc})") from None
+    check_contract(document, name, what)
+    return document
 
 
 def validate(document: Any, name: str) -> None:
