@@ -23,6 +23,7 @@ from cdr_policy.hits.fleet import fleet_report, read_fleet
 from cdr_policy.hits.reader import IndexFollower, Reader
 from cdr_policy.hits.reports import DirectoryReports
 from cdr_policy.storage import LocalStore, S3Store
+from cdr_policy.summaries import HitsRollupSummary
 from cdr_policy.timeutil import utcnow
 from tests.fakes.exports import Workload, hubble_flow, tetragon_connect, tetragon_exec
 
@@ -79,10 +80,10 @@ def run_hits(result: PipelineResult, agents: dict[str, Any], say: Callable[[str]
     (invocation,) = result.lambdas.fire(rule)
     if not invocation.ok:
         raise DemoFailure("[6/6] Hits", f"{invocation.function}: {invocation.error}")
-    rollup = invocation.response
+    rollup = HitsRollupSummary.from_json(invocation.response)
     say(
-        f"      HitsRollup: {rollup['hits']} hit(s) from {rollup['clusters']} cluster(s), {rollup['refused']} row(s) "
-        f"refused, {rollup['addresses']} address(es) and {rollup['rules']} rule(s) fired -> hits/fleet.json "
+        f"      HitsRollup: {rollup.hits} hit(s) from {rollup.clusters} cluster(s), {rollup.refused} row(s) "
+        f"refused, {rollup.addresses} address(es) and {rollup.rules} rule(s) fired -> hits/fleet.json "
         "(Render ranks with it)"
     )
     # the operator's view (cdr-policy fleet hits)

@@ -29,9 +29,11 @@ import yaml
 from cdr_policy import layout
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.sync import Agent
+from cdr_policy.bundle.loader import latest_render, read_manifest
 from cdr_policy.bundle.signing import KmsSigner, Verifier
 from cdr_policy.observability import logger
 from cdr_policy.storage import LocalStore, S3Store
+from cdr_policy.summaries import CdrRunSummary, FeedSyncSummary
 from cdr_policy.timeutil import utcnow
 from demo.hits import run_hits
 from tests.fakes.aws import ACCOUNT, MotoServer
@@ -255,34 +257,38 @@ def _run_functions(result: PipelineResult, say: Callable[[str], None]) -> dict[s
     say("")
     rule = lambdas.schedule_of("CdrFetchFunction")
     say(f"[1/6] CdrFetch (EventBridge rule {rule})")
-    summary = steps["cdr_fetch"] = _checked("[1/6] CdrFetch", lambdas.fire(rule))
-    ind = summary["indicators"]
+    steps["cdr_fetch"] = _checked("[1/6] CdrFetch", lambdas.fire(rule))
+    fetched = CdrRunSummary.from_json(steps["cdr_fetch"])
+    ind = fetched.indicators
     say(
-        f"      findings fetched {summary['fetched']}, unique {summary['unique']}, duplicates "
-        f"{summary['duplicates']}, malformed {summary['malformed_count']}; indicators: {ind['ips']} IPs, "
+        f"      findings fetched {fetched.fetched}, unique {fetched.unique}, duplicates "
+        f"{fetched.duplicates}, malformed {fetched.malformed_count}; indicators: {ind['ips']} IPs, "
         f"{ind['domains']} domains, {ind['ports']} ports"
     )
 
     rule = lambdas.schedule_of("FeedSyncFunction")
     say(f"[2/6] FeedSync (EventBridge rule {rule})")
-    summary = steps["feed_sync"] = _checked("[2/6] FeedSync", lambdas.fire(rule))
-    for name, feed in summary["feeds"].items():
-        say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
+    steps["feed_sync"] = _checked("[2/6] FeedSync", lambdas.fire(rule))
+    for name, feed in FeedSyncSummary.from_json(steps["feed_sync"]).feeds.items():
+        say(f"      {name:<20} {feed.status:<8} {feed.entries:>6} entries")
 
     say("[3/6] Render (RenderQueue <- the state bucket's S3 notifications for indicators/ and config/)")
     delivery = _polled(lambdas, "[3/6] Render", "RenderFunction", steps)
     say(f"      {delivery.messages} notification(s) in {delivery.batches} batch(es), {delivery.failed} failed")
-    for channel, latest in _latest_renders(result.stack).items():
-        say(f"      channel {channel:<8} bundle {latest['digest'][:16]}")
+    state = S3Store(result.stack.client("s3"), result.stack.state_bucket)
+    for channel in CHANNELS:
+        say(f"      channel {channel['name']:<8} bundle {(latest_render(state, channel['name']) or '-')[:16]}")
 
     say("[4/6] Publish (PublishQueue)")
     delivery = _polled(lambdas, "[4/6] Publish", "PublishFunction", steps)
     say(f"      {delivery.messages} publish request(s), {delivery.failed} failed")
-    for channel, manifest in _channel_manifests(result.stack).items():
+    dist = S3Store(result.stack.client("s3"), result.stack.dist_bucket)
+    for channel in CHANNELS:
+        manifest, _ = read_manifest(dist, layout.channel_manifest_key(channel["name"]))
         say(
-            f"      channels/{channel}/manifest.json: bundle {manifest['digest'][:16]}, "
-            f"{len(manifest['files'])} files, "
-            f"signed with {manifest['signature_algorithm']}, expires {manifest['expires_at']}"
+            f"      channels/{manifest.channel}/manifest.json: bundle {manifest.digest[:16]}, "
+            f"{len(manifest.files)} files, "
+            f"signed with {manifest.signature.algorithm if manifest.signature else '-'}, expires {manifest.expires_at}"
         )
     return steps
 
@@ -294,16 +300,6 @@ def _polled(lambdas: LambdaService, step: str, logical: str, steps: dict[str, An
     steps[name] = {"messages": delivery.messages, "batches": delivery.batches, "failed": delivery.failed}
     _checked(step, delivery.invocations)
     return delivery
-
-
-def _latest_renders(stack: Stack) -> dict[str, dict[str, Any]]:
-    state = S3Store(stack.client("s3"), stack.state_bucket)
-    return {c["name"]: json.loads(state.get(layout.latest_render_key(c["name"])).data) for c in CHANNELS}
-
-
-def _channel_manifests(stack: Stack) -> dict[str, dict[str, Any]]:
-    dist = S3Store(stack.client("s3"), stack.dist_bucket)
-    return {c["name"]: json.loads(dist.get(layout.channel_manifest_key(c["name"])).data) for c in CHANNELS}
 
 
 def demo_agents(result: PipelineResult) -> dict[str, Agent]:

@@ -389,7 +389,7 @@ def test_the_hits_of_the_export_lines_come_back_to_the_fleet(pipeline, capsys):
     assert statuses["prod"].hits.nodes == 2 and statuses["staging"].hits.nodes == 1
     actions = {c["channel"]: set(c["actions"]) for c in hits["report"]["clusters"]}
     assert actions == {"prod": {"SIGKILL", "DROPPED"}, "staging": {"POST", "AUDIT"}}  # staging would have blocked
-    assert hits["rollup"]["refused"] == 0 and hits["rollup"]["addresses"] > 0
+    assert hits["rollup"].refused == 0 and hits["rollup"].addresses > 0
     assert {f["feed"] for f in hits["report"]["feeds"] if f["hits"]} and hits["report"]["findings"]
     state = _store(result, result.stack.state_bucket)
     assert read_fired(state.get(layout.FLEET_HITS).data, "fleet.json").hits == hits["report"]["hits"]

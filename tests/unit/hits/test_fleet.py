@@ -131,7 +131,7 @@ def test_hits_rollup_writes_only_what_fired_where_it_was_sent(fleet_dist, tmp_pa
     dist = fleet_dist
     state = LocalStore(tmp_path / "state")
     summary = run_hits_rollup(state, dist, now=NOW)
-    assert summary["hits"] == 8 and summary["refused"] == 6
+    assert summary.hits == 8 and summary.refused == 6
     fired = read_fired(state.get(layout.FLEET_HITS).data, "fleet.json")
     addresses = {str(a) for a in fired.v4.strings()}
     assert addresses == {"45.33.32.156/32", "185.220.101.33/32"}  # never 8.8.8.8

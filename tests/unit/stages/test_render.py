@@ -65,7 +65,7 @@ def test_each_channel_gets_a_whole_bundle_written_pointer_last(state):
         assert set(keys[:-3]) == {layout.bundle_file_key(r.bundle.digest, p) for p in r.bundle.files}
         pointer = jsonio.loads(state.get(layout.latest_render_key(r.channel.name)).data)
         assert pointer["digest"] == r.bundle.digest
-        assert r.summary().to_dict() == {"channel": r.channel.name, "digest": r.bundle.digest, "changed": True}
+        assert r.summary().to_json() == {"channel": r.channel.name, "digest": r.bundle.digest, "changed": True}
 
 
 def test_the_same_inputs_write_nothing_again_but_still_ask_for_a_publish(state):

@@ -15,10 +15,13 @@ feed and CDR content.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
-from collections.abc import Iterator
+import types
+import typing
+from collections.abc import Collection, Iterator
 from importlib import resources
 from typing import Any
 
@@ -263,3 +266,51 @@ def validate(document: Any, name: str) -> None:
     errors = schema_errors(document, name)
     if errors:
         raise CdrPolicyError(f"{name}: {len(errors)} violation(s): " + "; ".join(errors[:10]))
+
+
+def fields_from_json(
+    cls: type[Any],
+    document: Any,
+    what: str,
+    *,
+    nested: Collection[str] = (),
+    given: Collection[str] = (),
+    derived: Collection[str] = (),
+) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` from ``document``, checked against the dataclass itself (its
+    fields and their annotated types: ``str``, ``int``, ``float``, ``bool``, ``None``, literals and
+    their unions): the contract of a document without a schema file, so a new field is added in the
+    dataclass alone. ``nested``: fields the caller reads itself (returned unchecked, left out);
+    ``given``: fields the document does not carry; ``derived``: keys it carries beside the fields
+    (computed from them, not read). ContractError naming ``what`` and the field, never the value."""
+    if not isinstance(document, dict):
+        raise ContractError(f"malformed {what}: not an object")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in given]
+    missing = [name for name in [*names, *derived] if name not in document]
+    if missing:
+        raise ContractError(f"malformed {what}: {missing[0]} is required")
+    if len(document) != len(names) + len(derived):
+        raise ContractError(f"malformed {what}: has a property the contract does not allow")
+    out = {}
+    for name in names:
+        if name in nested:
+            continue
+        hint = hints[name]
+        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if not any(_is_a(document[name], t) for t in allowed):
+            raise ContractError(f"malformed {what}: {name} is not of type {hint}")
+        out[name] = document[name]
+    return out
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind in (int, float):
+        return isinstance(value, int | float if kind is float else int) and not isinstance(value, bool)
+    if typing.get_origin(kind) is typing.Literal:
+        return value in typing.get_args(kind)
+    return isinstance(kind, type) and isinstance(value, kind)
