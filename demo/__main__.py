@@ -60,14 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {c['name']} ({c['action']}): {len(files)} objects in {folder}")
         for name in files:
             print(f"    {name}")
-        if result.agents[c["name"]]["last_poll"]["result"] != "applied":
+        if result.agents[c["name"]].last_poll.result != "applied":
             failed += 1
-    repaired = result.drift["drift"]
+    repair = result.drift
+    assert repair is not None, "run_pipeline shows a drift repair"
     print(
-        f"  drift repair: {', '.join(repaired['missing'])} deleted by hand, put back "
-        f"({result.drift['last_poll']['result']})"
+        f"  drift repair: {', '.join(repair.drift.missing if repair.drift else ())} deleted by hand, put back "
+        f"({repair.last_poll.result})"
     )
-    failed += result.drift["last_poll"]["result"] != "repaired"
+    failed += repair.last_poll.result != "repaired"
     report = result.hits["report"]
     print(
         f"  hits: {report['hits']} in {len(report['clusters'])} cluster(s) "
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     print("Try: .venv/bin/cdr-policy validate demo-output/prod" + (f" --crds {crds}" if crds else " --crds DIR"))
     print("     .venv/bin/cdr-policy fleet status --dist demo-output/dist")
     print("     .venv/bin/cdr-policy fleet hits --dist demo-output/dist")
-    prod = result.agents["prod"]["applied_digest"]
+    prod = result.agents["prod"].applied_digest
     node = "demo-output/nodes/demo-node-1"
     print(
         f"     .venv/bin/cdr-policy hits --policies demo-output/dist/channels/prod/bundles/{prod} "

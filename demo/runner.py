@@ -28,6 +28,7 @@ import yaml
 
 from cdr_policy import layout
 from cdr_policy.agent.directory import DirectoryApplier
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.loader import latest_render, read_manifest
 from cdr_policy.bundle.signing import KmsSigner, Verifier
@@ -78,8 +79,8 @@ class PipelineResult:
     output: Path
     clusters: dict[str, Cluster] = field(default_factory=dict)  # by channel
     steps: dict[str, Any] = field(default_factory=dict)
-    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
-    drift: dict[str, Any] = field(default_factory=dict)  # the staging agent's status after a drift repair
+    agents: dict[str, AgentStatus] = field(default_factory=dict)
+    drift: AgentStatus | None = None  # the staging agent's status after a drift repair
     approver: dict[str, str] = field(default_factory=dict)  # a session of the stack's ApproverRole
     hits: dict[str, Any] = field(default_factory=dict)  # what the export lines fed through the readers gave
 
@@ -321,7 +322,7 @@ def demo_agents(result: PipelineResult) -> dict[str, Agent]:
     }
 
 
-def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dict[str, AgentStatus], AgentStatus]:
     say("[5/6] Sync agents (one per cluster, with its cluster's role: poll, verify, apply, report status)")
     statuses = {}
     agents = demo_agents(result)
@@ -336,7 +337,7 @@ def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dic
     return statuses, _show_drift_repair(agents["staging"], result.channel_dir("staging"), say)
 
 
-def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -> dict[str, Any]:
+def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -> AgentStatus:
     """Delete one object the agent applied, as someone editing the cluster by hand would; one drift
     interval later the agent's unchanged poll puts it back and reports the drift."""
     victim = sorted(folder.glob("tracingpolicy-*.yaml"))[0]

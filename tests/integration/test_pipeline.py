@@ -188,9 +188,9 @@ def _objects(folder: Path) -> list[dict]:
 def test_an_object_deleted_by_hand_comes_back_after_one_drift_interval(pipeline):
     result, lines = pipeline
     drift = result.drift
-    assert drift["last_poll"]["result"] == "repaired"
-    assert len(drift["drift"]["missing"]) == 1 and drift["drift"]["repaired"] is True
-    (missing,) = drift["drift"]["missing"]
+    assert drift.last_poll.result == "repaired" and drift.drift is not None
+    assert len(drift.drift.missing) == 1 and drift.drift.repaired is True
+    (missing,) = drift.drift.missing
     name = missing.split("/")[-1]
     assert (result.channel_dir("staging") / f"tracingpolicy-{name}.yaml").exists()
     assert any("drift repaired (1 missing" in line for line in lines)
@@ -394,7 +394,7 @@ def test_the_hits_of_the_export_lines_come_back_to_the_fleet(pipeline, capsys):
     state = _store(result, result.stack.state_bucket)
     assert read_fired(state.get(layout.FLEET_HITS).data, "fleet.json").hits == hits["report"]["hits"]
     # the published bundle folder, as the demo copied the bucket
-    folder = result.output / "dist" / layout.published_file_key("prod", statuses["prod"]["applied_digest"], "")
+    folder = result.output / "dist" / layout.published_file_key("prod", statuses["prod"].applied_digest, "")
     node = result.output / "nodes" / "demo-node-1"
     argv = ["hits", "--policies", str(folder), "--tetragon-export", str(node / "tetragon.log")]
     assert main([*argv, "--hubble-export", str(node / "hubble.log"), "--json"]) == 0

@@ -13,19 +13,21 @@ trusted to be one (a manifest that failed verification, for the digest it claims
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from cdr_policy.agent.status import AgentStatus
+from cdr_policy.agent.status import AgentStatus, Drift, LastPoll, Verification
 from cdr_policy.bundle.change_budget import Budget, EngineChange
+from cdr_policy.bundle.manifest import Manifest, Settings
 from cdr_policy.errors import ContractError
-from cdr_policy.hits.aggregate import HitTable
+from cdr_policy.hits.aggregate import HitsSection, HitTable
 from cdr_policy.hits.reports import NodeReport
 from cdr_policy.stages.publish import PublishResult
-from cdr_policy.summaries import FeedSummary, FeedSyncSummary, HitsRollupSummary, RenderSummary
+from cdr_policy.summaries import CdrRunSummary, FeedSummary, FeedSyncSummary, HitsRollupSummary, RenderSummary
 from tests.unit.agent.test_status import GOOD
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +37,25 @@ SCANNED = ("layers/shared/cdr_policy", "functions", "demo", "benchmarks")
 DOCUMENT = re.compile(
     r"(^|_)(status|statuses|summary|report|manifest|budget|result|section|rollup|poll|verification|drift|doc|document)$"
 )
+# The contracts; a key that is one of their multi-word field names (``applied_digest``,
+# ``last_poll``, ``malformed_count``, ...) is read by key from one of their documents, whatever the
+# variable is called.
+CONTRACTS_TYPED = (
+    AgentStatus,
+    LastPoll,
+    Drift,
+    Verification,
+    HitsSection,
+    CdrRunSummary,
+    FeedSyncSummary,
+    RenderSummary,
+    HitsRollupSummary,
+    PublishResult,
+    Budget,
+    Manifest,
+    Settings,
+)
+FIELD_KEYS = frozenset(f.name for cls in CONTRACTS_TYPED for f in dataclasses.fields(cls) if "_" in f.name)
 # Where a contract's document is read by key: its decoders.
 DECODERS = frozenset({"from_json", "from_dict", "_build", "parse"})
 # (file, function) -> why a string-keyed read of a document-named variable is right there.
@@ -62,10 +83,12 @@ ALLOWED = {
     (f"{L}last_good.py", "_read_index"): "the last-good index, each entry checked",
     (f"{L}qualys/state.py", "read_checkpoint"): "CdrFetch's checkpoint, version checked",
     (f"{L}qualys/state.py", "read_seen"): "CdrFetch's dedup state, version checked",
+    (f"{L}feeds/abuseipdb.py", "load"): "the AbuseIPDB cache, version checked",
     # benchmarks' own measurement records (printed and written as BENCHMARKS.json, read by nothing)
     ("benchmarks/__main__.py", "_run"): "the benchmark's own result record",
     ("benchmarks/__main__.py", "_feed_ingest"): "the benchmark's own result records",
     ("benchmarks/fleet.py", "run"): "the benchmark's own result record",
+    ("benchmarks/hits.py", "rows"): "the benchmark's own result records",
     # still dicts: the run report (report.json), the validate report and the fleet hits report
     # (hits.fleet.fleet_report) -- contracts of issue 26 not typed yet
     (f"{L}policy/render.py", "compile_policies"): "the run report (report.json): to type",
@@ -78,7 +101,11 @@ ALLOWED = {
     (f"{L}cli/hits.py", "fleet_hits_lines"): "the fleet hits report: to type",
     ("benchmarks/hits.py", "run"): "the hits command's report: to type",
     ("demo/hits.py", "run_hits"): "the fleet hits report: to type",
-    ("demo/__main__.py", "main"): "the demo's own result and the fleet hits report: to type",
+    ("demo/__main__.py", "main"): "the fleet hits and the validate reports: to type",
+    (f"{L}cli/fleet.py", "fleet_status"): "the fleet commands' output rows (--json): to type",
+    (f"{L}cli/fleet.py", "_list_lines"): "the fleet commands' output rows (--json): to type",
+    (f"{L}cli/fleet.py", "_history_lines"): "the fleet commands' output rows (--json): to type",
+    (f"{L}cli/fleet.py", "_fleet_lines"): "the fleet commands' output rows (--json): to type",
 }
 
 
@@ -102,14 +129,14 @@ def _keyed_reads(tree: ast.AST) -> list[tuple[int, str, str]]:
     def visit(node: ast.AST, function: str) -> None:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             function = node.name
-        receiver = None
+        receiver, key = None, None
         if (
             isinstance(node, ast.Subscript)
             and isinstance(node.ctx, ast.Load)
             and isinstance(node.slice, ast.Constant)
             and isinstance(node.slice.value, str)
         ):
-            receiver = _receiver(node.value)
+            receiver, key = _receiver(node.value), node.slice.value
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
@@ -118,8 +145,8 @@ def _keyed_reads(tree: ast.AST) -> list[tuple[int, str, str]]:
             and isinstance(node.args[0], ast.Constant)
             and isinstance(node.args[0].value, str)
         ):
-            receiver = _receiver(node.func.value)
-        if receiver is not None and DOCUMENT.search(receiver):
+            receiver, key = _receiver(node.func.value), node.args[0].value
+        if receiver is not None and (DOCUMENT.search(receiver) or key in FIELD_KEYS):
             found.append((getattr(node, "lineno", 0), function, receiver))
         for child in ast.iter_child_nodes(node):
             visit(child, function)
@@ -167,6 +194,7 @@ def test_every_allowance_is_still_needed():
         "def feeds(summary):\n    return summary.get('feeds')\n",
         "def show(self):\n    return self.ours_summary['prefixes']\n",
         'def digest(store):\n    return store.read_manifest()["digest"]\n',
+        'def shown(result):\n    return result.agents["prod"]["applied_digest"]\n',
     ],
 )
 def test_a_planted_read_by_key_is_found(planted):
