@@ -26,6 +26,7 @@ from cdr_policy.bundle.manifest import Manifest, Settings
 from cdr_policy.errors import ContractError
 from cdr_policy.hits.aggregate import HitsSection, HitTable
 from cdr_policy.hits.reports import NodeReport
+from cdr_policy.report import EngineBudget, FeedReport, RunReport
 from cdr_policy.stages.publish import PublishResult
 from cdr_policy.summaries import CdrRunSummary, FeedSummary, FeedSyncSummary, HitsRollupSummary, RenderSummary
 from tests.unit.agent.test_status import GOOD
@@ -54,6 +55,9 @@ CONTRACTS_TYPED = (
     Budget,
     Manifest,
     Settings,
+    RunReport,
+    FeedReport,
+    EngineBudget,
 )
 FIELD_KEYS = frozenset(f.name for cls in CONTRACTS_TYPED for f in dataclasses.fields(cls) if "_" in f.name)
 # Where a contract's document is read by key: its decoders.
@@ -89,11 +93,9 @@ ALLOWED = {
     ("benchmarks/__main__.py", "_feed_ingest"): "the benchmark's own result records",
     ("benchmarks/fleet.py", "run"): "the benchmark's own result record",
     ("benchmarks/hits.py", "rows"): "the benchmark's own result records",
+    ("benchmarks/pipeline.py", "rows"): "the benchmark's own result records",
     # still dicts: the run report (report.json), the validate report and the fleet hits report
     # (hits.fleet.fleet_report) -- contracts of issue 26 not typed yet
-    (f"{L}policy/render.py", "compile_policies"): "the run report (report.json): to type",
-    (f"{L}cli/run.py", "once"): "the run report (report.json): to type",
-    ("benchmarks/pipeline.py", "_cli_output"): "the run report (report.json): to type",
     (f"{L}policy/checker/files.py", "check_contents"): "the validate report: to type",
     (f"{L}cli/validate.py", "_print_report"): "the validate report: to type",
     (f"{L}cli/validate.py", "validate_main"): "the validate report: to type",
@@ -233,7 +235,28 @@ PUBLISHED = {
     "budget": BUDGET,
     "errors": [],
 }
+RUN_REPORT = {
+    "generated_at": "2026-01-10T00:00:00Z",
+    "schema_version": 1,
+    "channel": {"name": "prod", "action": "Sigkill"},
+    "events": {"fetched": 3, "unique": 2, "by_category": {"c2": 2}, "unmapped_categories": {}},
+    "indicators": {"ips": 4, "domains": 1, "ports": 0},
+    "feeds": {"tor": {"status": "ok", "entries": 2, "error": None, "fetched_at": "2026-01-10T00:00:00Z", "stats": {}}},
+    "rejected": [{"value": "10.0.0.1/32", "source": "cdr", "reason": "never-block range"}],
+    "policies": [{"file": "a.yaml", "kind": "TracingPolicy", "name": "a"}],
+    "behaviours": [],
+    "budget": {"tetragon": {"limit": 10, "used": 2, "covered": 0, "left_out": 1, "kept_by_hits": 0}},
+    "hits": None,
+    "left_out": [{"value": "192.0.2.0/24", "rank": 3}],
+    "left_out_total": 1,
+    "left_out_unranked": {},
+    "checks": {"schemas": True, "errors": 0, "warnings": []},
+    "domains": {},
+    "ports": {"values": []},
+}
 CONTRACTS = [
+    (RunReport, RUN_REPORT),
+    (RunReport, {**RUN_REPORT, "unreadable_sets": [{"key": "indicators/feeds/x.json", "error": "e", "kept": None}]}),
     (PublishResult, PUBLISHED),
     (Budget, BUDGET),
     (FeedSyncSummary, {"feeds": {"spamhaus": {"status": "ok", "entries": 3}}, "written": ["x"], "rejected": 0}),

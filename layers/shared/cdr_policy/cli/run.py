@@ -87,9 +87,9 @@ class LocalRun:
         output = self.output
         files = {f.filename: f.to_bytes() for f in rendered.policies}
         files[provenance.PATH] = rendered.bundle.files[provenance.PATH]
-        replace_output(output, {**files, layout.REPORT_FILE: jsonio.dumps_pretty(rendered.report)})
+        replace_output(output, {**files, layout.REPORT_FILE: jsonio.dumps_pretty(rendered.report.to_json())})
         self._summarise(output, rendered.policies, cdr)
-        left_out = rendered.report["left_out_total"]
+        left_out = rendered.report.left_out_total
         if left_out:
             self.say(
                 f"Capacity budget: {left_out} prefix(es) left out (lowest evidence first, see {layout.REPORT_FILE})"
