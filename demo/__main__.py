@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     failed += not result.hits["agree"] or not report["hits"]
     if crds is not None:
-        report = check_files([result.channel_dir(c["name"]) for c in CHANNELS], SchemaSet.from_dir(crds))
+        checked = check_files([result.channel_dir(c["name"]) for c in CHANNELS], SchemaSet.from_dir(crds))
         print(
-            f"  Validated {report['objects']} objects against the CRDs in {crds} and the safety checklist: "
-            f"{report['errors']} errors, {report['warnings']} warnings"
+            f"  Validated {checked.objects} objects against the CRDs in {crds} and the safety checklist: "
+            f"{checked.errors} errors, {checked.warnings} warnings"
         )
-        failed += report["errors"] > 0
+        failed += checked.errors > 0
     print("")
     print("Try: .venv/bin/cdr-policy validate demo-output/prod" + (f" --crds {crds}" if crds else " --crds DIR"))
     print("     .venv/bin/cdr-policy fleet status --dist demo-output/dist")

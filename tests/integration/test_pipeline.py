@@ -200,8 +200,8 @@ def test_agents_applied_objects_that_pass_the_crds_and_the_checklist(pipeline, c
     result, _ = pipeline
     folders = [result.channel_dir(c["name"]) for c in CHANNELS]
     report = check_files(folders, SchemaSet.from_dir(crds_dir))
-    assert report["objects"] >= 2 * 10
-    assert report["errors"] == 0, [p for f in report["files"] for o in f["objects"] for p in o["problems"]]
+    assert report.objects >= 2 * 10
+    assert report.errors == 0, [p for f in report.files for o in f.objects for p in o.problems]
     kinds = {o["kind"] for o in _objects(folders[0])}
     assert kinds == {"TracingPolicy", "CiliumClusterwideNetworkPolicy", "CiliumCIDRGroup"}
 

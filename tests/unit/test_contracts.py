@@ -26,6 +26,7 @@ from cdr_policy.bundle.manifest import Manifest, Settings
 from cdr_policy.errors import ContractError
 from cdr_policy.hits.aggregate import HitsSection, HitTable
 from cdr_policy.hits.reports import NodeReport
+from cdr_policy.policy.checker.files import CheckedFile, CheckedObject, ValidateReport
 from cdr_policy.report import EngineBudget, FeedReport, RunReport
 from cdr_policy.stages.publish import PublishResult
 from cdr_policy.summaries import CdrRunSummary, FeedSummary, FeedSyncSummary, HitsRollupSummary, RenderSummary
@@ -58,6 +59,9 @@ CONTRACTS_TYPED = (
     RunReport,
     FeedReport,
     EngineBudget,
+    ValidateReport,
+    CheckedFile,
+    CheckedObject,
 )
 FIELD_KEYS = frozenset(f.name for cls in CONTRACTS_TYPED for f in dataclasses.fields(cls) if "_" in f.name)
 # Where a contract's document is read by key: its decoders.
@@ -96,14 +100,11 @@ ALLOWED = {
     ("benchmarks/pipeline.py", "rows"): "the benchmark's own result records",
     # still dicts: the run report (report.json), the validate report and the fleet hits report
     # (hits.fleet.fleet_report) -- contracts of issue 26 not typed yet
-    (f"{L}policy/checker/files.py", "check_contents"): "the validate report: to type",
-    (f"{L}cli/validate.py", "_print_report"): "the validate report: to type",
-    (f"{L}cli/validate.py", "validate_main"): "the validate report: to type",
     (f"{L}cli/hits.py", "report_lines"): "the hits command's report: to type",
     (f"{L}cli/hits.py", "fleet_hits_lines"): "the fleet hits report: to type",
     ("benchmarks/hits.py", "run"): "the hits command's report: to type",
     ("demo/hits.py", "run_hits"): "the fleet hits report: to type",
-    ("demo/__main__.py", "main"): "the fleet hits and the validate reports: to type",
+    ("demo/__main__.py", "main"): "the fleet hits report: to type",
     (f"{L}cli/fleet.py", "fleet_status"): "the fleet commands' output rows (--json): to type",
     (f"{L}cli/fleet.py", "_list_lines"): "the fleet commands' output rows (--json): to type",
     (f"{L}cli/fleet.py", "_history_lines"): "the fleet commands' output rows (--json): to type",
@@ -254,7 +255,26 @@ RUN_REPORT = {
     "domains": {},
     "ports": {"values": []},
 }
+PROBLEM = {"severity": "error", "code": "schema.unknown-field", "path": "spec.x", "message": "unknown field x"}
+VALIDATED = {
+    "files": [
+        {"path": "broken.yml", "problems": [{**PROBLEM, "code": "file.yaml", "path": ""}], "objects": []},
+        {
+            "path": "a.yaml",
+            "problems": [],
+            "objects": [
+                {"index": 0, "kind": "TracingPolicy", "name": "a", "problems": [PROBLEM]},
+                {"index": 1, "kind": None, "name": None, "problems": [{**PROBLEM, "severity": "warning"}]},
+            ],
+        },
+    ],
+    "objects": 2,
+    "errors": 2,
+    "warnings": 1,
+    "skipped_rules": ["cilium: rule"],
+}
 CONTRACTS = [
+    (ValidateReport, VALIDATED),
     (RunReport, RUN_REPORT),
     (RunReport, {**RUN_REPORT, "unreadable_sets": [{"key": "indicators/feeds/x.json", "error": "e", "kept": None}]}),
     (PublishResult, PUBLISHED),
@@ -320,6 +340,30 @@ def test_a_feed_summary_names_the_feed_by_position():
     with pytest.raises(ContractError, match="feeds/0") as caught:
         FeedSyncSummary.from_json({"feeds": {"SECRET": {"status": 1, "entries": 3}}, "written": [], "rejected": 0})
     assert "SECRET" not in str(caught.value) and FeedSummary.from_json({"status": "ok", "entries": 1}, "f")
+
+
+@pytest.mark.parametrize("count", ["objects", "errors", "warnings"])
+def test_a_validate_report_whose_counts_disagree_with_its_problems_is_refused(count):
+    with pytest.raises(ContractError, match=f"validate report: {count} does not agree"):
+        ValidateReport.from_json({**VALIDATED, count: VALIDATED[count] + 1})
+
+
+def test_a_validate_report_names_a_broken_problem_by_position():
+    with pytest.raises(ContractError, match="files/1: objects/0: problems/0: severity") as caught:
+        bad = {**PROBLEM, "severity": "SECRET"}
+        ValidateReport.from_json(
+            {
+                **VALIDATED,
+                "files": [
+                    VALIDATED["files"][0],
+                    {
+                        **VALIDATED["files"][1],
+                        "objects": [{"index": 0, "kind": "TracingPolicy", "name": "a", "problems": [bad]}],
+                    },
+                ],
+            }
+        )
+    assert "SECRET" not in str(caught.value)
 
 
 def test_a_node_report_and_a_status_carry_the_same_hits_section():
