@@ -23,7 +23,7 @@ import types
 import typing
 from collections.abc import Collection, Iterator
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from cdr_policy import jsonio
 from cdr_policy.errors import CdrPolicyError, ContractError
@@ -57,6 +57,7 @@ KEYWORDS = frozenset(
 ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "title", "description", "contentEncoding"})
 
 Path = tuple[str | int, ...]
+T = TypeVar("T")
 _TYPES: dict[str, type] = {"string": str, "object": dict, "array": list, "boolean": bool, "null": type(None)}
 
 
@@ -278,11 +279,13 @@ def fields_from_json(
     derived: Collection[str] = (),
 ) -> dict[str, Any]:
     """The fields of dataclass ``cls`` from ``document``, checked against the dataclass itself (its
-    fields and their annotated types: ``str``, ``int``, ``float``, ``bool``, ``None``, literals and
-    their unions): the contract of a document without a schema file, so a new field is added in the
-    dataclass alone. ``nested``: fields the caller reads itself (returned unchecked, left out);
-    ``given``: fields the document does not carry; ``derived``: keys it carries beside the fields
-    (computed from them, not read). ContractError naming ``what`` and the field, never the value."""
+    fields and their annotated types: ``str``, ``int``, ``float``, ``bool``, ``None``, literals,
+    ``tuple[X, ...]``, ``dict[str, X]``, other such dataclasses, and their unions): the contract of
+    a document without a schema file, so a new field is added in the dataclass alone. ``nested``:
+    fields the caller reads itself (returned unchecked, left out); ``given``: fields the document
+    does not carry; ``derived``: keys it carries beside the fields (computed from them, not read).
+    ContractError naming ``what`` and the field (a list item or a map entry by position), never the
+    value."""
     if not isinstance(document, dict):
         raise ContractError(f"malformed {what}: not an object")
     hints = typing.get_type_hints(cls)
@@ -292,16 +295,47 @@ def fields_from_json(
         raise ContractError(f"malformed {what}: {missing[0]} is required")
     if len(document) != len(names) + len(derived):
         raise ContractError(f"malformed {what}: has a property the contract does not allow")
-    out = {}
-    for name in names:
-        if name in nested:
-            continue
-        hint = hints[name]
-        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-        if not any(_is_a(document[name], t) for t in allowed):
-            raise ContractError(f"malformed {what}: {name} is not of type {hint}")
-        out[name] = document[name]
-    return out
+    return {name: _field(document[name], hints[name], what, name) for name in names if name not in nested}
+
+
+def from_fields(cls: type[T], document: Any, what: str) -> T:
+    """``cls`` made of ``document`` as ``fields_from_json`` reads it."""
+    return cls(**fields_from_json(cls, document, what))
+
+
+def fields_to_json(value: Any) -> dict[str, Any]:
+    """A dataclass of such fields as its JSON document (what ``fields_from_json`` reads back)."""
+    return typing.cast(dict[str, Any], _plain(dataclasses.asdict(value)))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _field(value: Any, hint: Any, what: str, name: str) -> Any:
+    if hint is Any:
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _field(value, options[0], what, name)
+    elif origin is tuple and len(args) == 2 and args[1] is Ellipsis and isinstance(value, list):
+        return tuple(_field(item, args[0], what, f"{name}/{i}") for i, item in enumerate(value))
+    elif origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _field(v, args[1], what, f"{name}/{i}") for i, (k, v) in enumerate(value.items())}
+    elif dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return from_fields(hint, value, f"{what}: {name}")
+    allowed = args if origin in (typing.Union, types.UnionType) else (hint,)
+    if not any(_is_a(value, t) for t in allowed):
+        raise ContractError(f"malformed {what}: {name} is not of type {hint}")
+    return value
 
 
 def _is_a(value: Any, kind: Any) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdr_policy import jsonio, layout
+from cdr_policy import layout
 from cdr_policy.errors import ContractError, PolicyCheckError
 from cdr_policy.policy.checker.check import CIDR_GROUP_KIND, CILIUM_POLICY_KINDS, check_object
 from cdr_policy.policy.checker.common import BlockGuard, as_dict
@@ -21,11 +21,12 @@ from cdr_policy.policy.checker.problem import Problem, error, warning
 from cdr_policy.policy.checker.schema import SchemaSet
 from cdr_policy.policy.naming import COMPONENT_CIDR_GROUP, COMPONENT_KEY, MANAGED_BY, MANAGED_BY_KEY
 from cdr_policy.policy.serialize import load_yaml_documents
-from cdr_policy.schemas import fields_from_json
+from cdr_policy.schemas import fields_from_json, fields_to_json
 
 _SUFFIXES = (".yaml", ".yml", ".json")
 # The run report and the provenance index the CLI writes beside the policies: not Kubernetes objects.
 NOT_OBJECTS = frozenset({layout.REPORT_FILE, layout.PROVENANCE_FILE})
+COUNTS = ("objects", "errors", "warnings")  # a validate report's counts, derived from its problems
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
@@ -96,19 +97,6 @@ class CheckedObject:
     name: str | None
     problems: tuple[Problem, ...]
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "kind": self.kind,
-            "name": self.name,
-            "problems": [p.to_dict() for p in self.problems],
-        }
-
-    @classmethod
-    def from_json(cls, doc: Any, what: str) -> CheckedObject:
-        fields = fields_from_json(cls, doc, what, nested=("problems",))
-        return cls(**fields, problems=_problems(doc["problems"], what))
-
 
 @dataclass(frozen=True)
 class CheckedFile:
@@ -117,23 +105,6 @@ class CheckedFile:
     path: str
     problems: tuple[Problem, ...]
     objects: tuple[CheckedObject, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "problems": [p.to_dict() for p in self.problems],
-            "objects": [o.to_json() for o in self.objects],
-        }
-
-    @classmethod
-    def from_json(cls, doc: Any, what: str) -> CheckedFile:
-        fields = fields_from_json(cls, doc, what, nested=("problems", "objects"))
-        objects = _list(doc["objects"], f"{what}: objects")
-        return cls(
-            **fields,
-            problems=_problems(doc["problems"], what),
-            objects=tuple(CheckedObject.from_json(o, f"{what}: objects/{i}") for i, o in enumerate(objects)),
-        )
 
 
 @dataclass(frozen=True)
@@ -160,42 +131,17 @@ class ValidateReport:
         return sum(p.severity == "warning" for p in self._all_problems())
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "files": [f.to_json() for f in self.files],
-            "objects": self.objects,
-            "errors": self.errors,
-            "warnings": self.warnings,
-            "skipped_rules": list(self.skipped_rules),
-        }
+        return {**fields_to_json(self), "objects": self.objects, "errors": self.errors, "warnings": self.warnings}
 
     @classmethod
     def from_json(cls, doc: Any) -> ValidateReport:
         """A report ``--json`` printed; ContractError naming the field (the counts must agree with the problems)."""
         what = "validate report"
-        try:
-            jsonio.check_depth(doc, jsonio.MAX_DEPTH)
-        except ValueError as exc:
-            raise ContractError(f"malformed {what}: {exc}") from None
-        fields_from_json(cls, doc, what, nested=("files", "skipped_rules"), derived=("objects", "errors", "warnings"))
-        rules = _list(doc["skipped_rules"], f"{what}: skipped_rules")
-        if not all(isinstance(r, str) for r in rules):
-            raise ContractError(f"malformed {what}: skipped_rules is not a list of strings")
-        files = _list(doc["files"], f"{what}: files")
-        report = cls(tuple(CheckedFile.from_json(f, f"{what}: files/{i}") for i, f in enumerate(files)), tuple(rules))
-        for count in ("objects", "errors", "warnings"):
+        report = cls(**fields_from_json(cls, doc, what, derived=COUNTS))
+        for count in COUNTS:
             if doc[count] != getattr(report, count):
                 raise ContractError(f"malformed {what}: {count} does not agree with the files")
         return report
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ContractError(f"malformed {what}: not a list")
-    return value
-
-
-def _problems(value: Any, what: str) -> tuple[Problem, ...]:
-    return tuple(Problem.from_json(p, f"{what}: problems/{i}") for i, p in enumerate(_list(value, f"{what}: problems")))
 
 
 def check_files(paths: Iterable[str | Path], schemas: SchemaSet, *, guard: BlockGuard | None = None) -> ValidateReport:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cdr_policy.schemas import fields_from_json
-
 Severity = Literal["error", "warning"]
 
 
@@ -24,10 +22,6 @@ class Problem:
 
     def to_dict(self) -> dict[str, Any]:
         return {"severity": self.severity, "code": self.code, "path": self.path, "message": self.message}
-
-    @classmethod
-    def from_json(cls, doc: Any, what: str) -> Problem:
-        return cls(**fields_from_json(cls, doc, what))
 
     def line(self) -> str:
         """``error code at where: message``: one line of ``cdr-policy validate``."""
