@@ -26,6 +26,7 @@ from cdr_policy.bundle.manifest import Manifest, Settings
 from cdr_policy.errors import ContractError
 from cdr_policy.hits.aggregate import HitsSection, HitTable
 from cdr_policy.hits.reports import NodeReport
+from cdr_policy.hits.tally import HitRow, HitsReport
 from cdr_policy.policy.checker.files import CheckedFile, CheckedObject, ValidateReport
 from cdr_policy.report import EngineBudget, FeedReport, RunReport
 from cdr_policy.stages.publish import PublishResult
@@ -62,6 +63,8 @@ CONTRACTS_TYPED = (
     ValidateReport,
     CheckedFile,
     CheckedObject,
+    HitsReport,
+    HitRow,
 )
 FIELD_KEYS = frozenset(f.name for cls in CONTRACTS_TYPED for f in dataclasses.fields(cls) if "_" in f.name)
 # Where a contract's document is read by key: its decoders.
@@ -100,9 +103,7 @@ ALLOWED = {
     ("benchmarks/pipeline.py", "rows"): "the benchmark's own result records",
     # still dicts: the run report (report.json), the validate report and the fleet hits report
     # (hits.fleet.fleet_report) -- contracts of issue 26 not typed yet
-    (f"{L}cli/hits.py", "report_lines"): "the hits command's report: to type",
     (f"{L}cli/hits.py", "fleet_hits_lines"): "the fleet hits report: to type",
-    ("benchmarks/hits.py", "run"): "the hits command's report: to type",
     ("demo/hits.py", "run_hits"): "the fleet hits report: to type",
     ("demo/__main__.py", "main"): "the fleet hits report: to type",
     (f"{L}cli/fleet.py", "fleet_status"): "the fleet commands' output rows (--json): to type",
@@ -273,7 +274,22 @@ VALIDATED = {
     "warnings": 1,
     "skipped_rules": ["cilium: rule"],
 }
+HIT_ROW = {
+    "engine": "tetragon",
+    "object": "cdr-dynamic-blocklist-1",
+    "address": "45.33.32.7",
+    "prefix": "45.33.32.0/24",
+    "port": None,
+    "rule": None,
+    "action": "Sigkill",
+    "count": 3,
+    "feeds": ["tor"],
+    "findings": ["f-1", "f-2"],
+    "categories": [],
+}
+HITS = {"hits": [HIT_ROW], "events": {"read": 5, "ours": 3, "unattributed": 1, "malformed": 1}}
 CONTRACTS = [
+    (HitsReport, HITS),
     (ValidateReport, VALIDATED),
     (RunReport, RUN_REPORT),
     (RunReport, {**RUN_REPORT, "unreadable_sets": [{"key": "indicators/feeds/x.json", "error": "e", "kept": None}]}),

@@ -41,7 +41,7 @@ from cdr_policy.hits.fleet import fleet_report, read_fleet
 from cdr_policy.hits.metrics import ReaderMetrics
 from cdr_policy.hits.reader import DEFAULT_BUNDLE_INTERVAL_S, DEFAULT_INTERVAL_S, IndexFollower, Reader
 from cdr_policy.hits.reports import ConfigMapReports, DirectoryReports, ReportStore
-from cdr_policy.hits.tally import Tally
+from cdr_policy.hits.tally import HitsReport, Tally
 from cdr_policy.policy.naming import is_dns_subdomain
 from cdr_policy.storage import LocalStore, Store, open_store
 from cdr_policy.timeutil import utcnow
@@ -94,39 +94,31 @@ def hits_main(argv: list[str]) -> int:
         for path in paths:
             for line in lines(Path(path)):
                 tally.line(engine, line, index)
-    report = {"hits": tally.rows(index), "events": tally.totals.to_dict()}
+    report = tally.report(index)
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
         for text in report_lines(report):
             print(text)
     return 0
 
 
-def report_lines(report: dict[str, Any]) -> list[str]:
+def report_lines(report: HitsReport) -> list[str]:
     out = [f"{'ENGINE':<9} {'ACTION':<9} {'COUNT':>7}  {'OBJECT':<40} {'HIT':<34} PROVENANCE"]
-    for r in report["hits"]:
-        what = (
-            f"{r['address']} in {r['prefix']}"
-            if r["prefix"]
-            else f"port {r['port']}"
-            if r["port"]
-            else f"rule {r['rule']}"
-        )
+    for r in report.hits:
+        what = f"{r.address} in {r.prefix}" if r.prefix else f"port {r.port}" if r.port else f"rule {r.rule}"
         source = "; ".join(
             part
             for part in (
-                "feeds " + ",".join(r["feeds"]) if r["feeds"] else "",
-                "findings " + ",".join(r["findings"]) if r["findings"] else "",
-                "categories " + ",".join(r["categories"]) if r["categories"] else "",
+                "feeds " + ",".join(r.feeds) if r.feeds else "",
+                "findings " + ",".join(r.findings) if r.findings else "",
+                "categories " + ",".join(r.categories) if r.categories else "",
             )
             if part
         )
-        out.append(f"{r['engine']:<9} {r['action']:<9} {r['count']:>7}  {r['object']:<40} {what:<34} {source}")
-    e = report["events"]
-    out.append(
-        f"events: {e['read']} read, {e['ours']} ours, {e['unattributed']} unattributed, {e['malformed']} malformed"
-    )
+        out.append(f"{r.engine:<9} {r.action:<9} {r.count:>7}  {r.object:<40} {what:<34} {source}")
+    e = report.events
+    out.append(f"events: {e.read} read, {e.ours} ours, {e.unattributed} unattributed, {e.malformed} malformed")
     return out
 
 
