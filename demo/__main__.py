@@ -19,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from cdr_policy.hits.fleet import FleetHitsReport
 from cdr_policy.policy.checker import SchemaSet, check_files
 from demo.runner import CHANNELS, DemoFailure, run_pipeline
 from tests.fakes.aws import MotoServerError, moto_server
@@ -69,13 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         f"({repair.last_poll.result})"
     )
     failed += repair.last_poll.result != "repaired"
-    report = result.hits["report"]
+    fleet: FleetHitsReport = result.hits["report"]
     print(
-        f"  hits: {report['hits']} in {len(report['clusters'])} cluster(s) "
-        f"({', '.join(f['feed'] + ' ' + str(f['hits']) for f in report['feeds'] if f['hits'])}); "
+        f"  hits: {fleet.hits} in {len(fleet.clusters)} cluster(s) "
+        f"({', '.join(f'{f.feed} {f.hits}' for f in fleet.feeds if f.hits)}); "
         f"fleet total {'agrees' if result.hits['agree'] else 'DOES NOT AGREE'} with the per-cluster counts"
     )
-    failed += not result.hits["agree"] or not report["hits"]
+    failed += not result.hits["agree"] or not fleet.hits
     if crds is not None:
         checked = check_files([result.channel_dir(c["name"]) for c in CHANNELS], SchemaSet.from_dir(crds))
         print(

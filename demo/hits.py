@@ -91,18 +91,18 @@ def run_hits(result: PipelineResult, agents: dict[str, Any], say: Callable[[str]
         read_fleet(S3Store(stack.client("s3"), stack.dist_bucket), now=utcnow(), window=timedelta(days=7))
     )
     say("      fleet hits, per feed (hits per thousand prefixes held):")
-    for f in report["feeds"]:
-        rate = "-" if f["hits_per_thousand_prefixes"] is None else f"{f['hits_per_thousand_prefixes']:g}"
-        say(f"        {f['feed']:<28} {f['hits']:>4} hit(s), {f['prefixes_held']:>5} held, {rate:>8} per 1000")
+    for f in report.feeds:
+        rate = "-" if f.hits_per_thousand_prefixes is None else f"{f.hits_per_thousand_prefixes:g}"
+        say(f"        {f.feed:<28} {f.hits:>4} hit(s), {f.prefixes_held:>5} held, {rate:>8} per 1000")
     say("      fleet hits, per finding:")
-    for f in report["findings"]:
-        say(f"        {f['finding']:<40} {f['hits']:>4} hit(s)")
-    per_cluster = {c["cluster_id"]: c["hits"] for c in report["clusters"]}
-    agree = sum(per_cluster.values()) == report["hits"]
+    for f in report.findings:
+        say(f"        {f.finding:<40} {f.hits:>4} hit(s)")
+    per_cluster = {c.cluster_id: c.hits for c in report.clusters}
+    agree = sum(per_cluster.values()) == report.hits
     say(
         "      per cluster: "
         + ", ".join(f"{k} {v}" for k, v in per_cluster.items())
-        + f"; fleet total {report['hits']}: {'agrees' if agree else 'DOES NOT AGREE'} with the per-cluster counts"
+        + f"; fleet total {report.hits}: {'agrees' if agree else 'DOES NOT AGREE'} with the per-cluster counts"
     )
     return {"report": report, "rollup": rollup, "statuses": statuses, "agree": agree}
 

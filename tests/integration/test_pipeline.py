@@ -384,15 +384,15 @@ def test_the_hits_of_the_export_lines_come_back_to_the_fleet(pipeline, capsys):
     clusters; ``cdr-policy hits`` on the published bundle counts one node's files the same way."""
     result, _ = pipeline
     hits = result.hits
-    assert hits["agree"] and hits["report"]["hits"] > 0
+    assert hits["agree"] and hits["report"].hits > 0
     statuses = hits["statuses"]
     assert statuses["prod"].hits.nodes == 2 and statuses["staging"].hits.nodes == 1
-    actions = {c["channel"]: set(c["actions"]) for c in hits["report"]["clusters"]}
+    actions = {c.channel: set(c.actions) for c in hits["report"].clusters}
     assert actions == {"prod": {"SIGKILL", "DROPPED"}, "staging": {"POST", "AUDIT"}}  # staging would have blocked
     assert hits["rollup"].refused == 0 and hits["rollup"].addresses > 0
-    assert {f["feed"] for f in hits["report"]["feeds"] if f["hits"]} and hits["report"]["findings"]
+    assert {f.feed for f in hits["report"].feeds if f.hits} and hits["report"].findings
     state = _store(result, result.stack.state_bucket)
-    assert read_fired(state.get(layout.FLEET_HITS).data, "fleet.json").hits == hits["report"]["hits"]
+    assert read_fired(state.get(layout.FLEET_HITS).data, "fleet.json").hits == hits["report"].hits
     # the published bundle folder, as the demo copied the bucket
     folder = result.output / "dist" / layout.published_file_key("prod", statuses["prod"].applied_digest, "")
     node = result.output / "nodes" / "demo-node-1"

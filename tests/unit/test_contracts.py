@@ -25,6 +25,7 @@ from cdr_policy.bundle.change_budget import Budget, EngineChange
 from cdr_policy.bundle.manifest import Manifest, Settings
 from cdr_policy.errors import ContractError
 from cdr_policy.hits.aggregate import HitsSection, HitTable
+from cdr_policy.hits.fleet import FleetHitsReport
 from cdr_policy.hits.reports import NodeReport
 from cdr_policy.hits.tally import HitRow, HitsReport
 from cdr_policy.policy.checker.files import CheckedFile, CheckedObject, ValidateReport
@@ -65,6 +66,7 @@ CONTRACTS_TYPED = (
     CheckedObject,
     HitsReport,
     HitRow,
+    FleetHitsReport,
 )
 FIELD_KEYS = frozenset(f.name for cls in CONTRACTS_TYPED for f in dataclasses.fields(cls) if "_" in f.name)
 # Where a contract's document is read by key: its decoders.
@@ -101,11 +103,7 @@ ALLOWED = {
     ("benchmarks/fleet.py", "run"): "the benchmark's own result record",
     ("benchmarks/hits.py", "rows"): "the benchmark's own result records",
     ("benchmarks/pipeline.py", "rows"): "the benchmark's own result records",
-    # still dicts: the run report (report.json), the validate report and the fleet hits report
-    # (hits.fleet.fleet_report) -- contracts of issue 26 not typed yet
-    (f"{L}cli/hits.py", "fleet_hits_lines"): "the fleet hits report: to type",
-    ("demo/hits.py", "run_hits"): "the fleet hits report: to type",
-    ("demo/__main__.py", "main"): "the fleet hits report: to type",
+    # still dicts: the fleet commands' output rows -- contracts of issue 26 not typed yet
     (f"{L}cli/fleet.py", "fleet_status"): "the fleet commands' output rows (--json): to type",
     (f"{L}cli/fleet.py", "_list_lines"): "the fleet commands' output rows (--json): to type",
     (f"{L}cli/fleet.py", "_history_lines"): "the fleet commands' output rows (--json): to type",
@@ -288,7 +286,40 @@ HIT_ROW = {
     "categories": [],
 }
 HITS = {"hits": [HIT_ROW], "events": {"read": 5, "ours": 3, "unattributed": 1, "malformed": 1}}
+FLEET_HITS = {
+    "since": "2026-01-03T00:00:00Z",
+    "until": "2026-01-10T00:00:00Z",
+    "hits": 8,
+    "clusters": [
+        {
+            "cluster_id": "eks-prod-1",
+            "channel": "prod",
+            "nodes": 2,
+            "hits": 8,
+            "actions": {"SIGKILL": 6, "DROPPED": 2},
+            "refused": {},
+            "totals": {"read": 10, "ours": 8, "unattributed": 2, "malformed": 0},
+        }
+    ],
+    "feeds": [
+        {"feed": "tor", "hits": 2, "prefixes_held": 40, "hits_per_thousand_prefixes": 50.0},
+        {"feed": "c2", "hits": 0, "prefixes_held": 0, "hits_per_thousand_prefixes": None},
+    ],
+    "findings": [{"finding": "f-1", "hits": 6}],
+    "categories": [{"category": "c2", "hits": 6}],
+    "never_fired": {
+        "prefixes": 38,
+        "by_feed": {"tor": 38},
+        "rules": ["webshell"],
+        "findings": 1,
+        "findings_listed": ["f-2"],
+    },
+    "top_indicators": [{"channel": "prod", "kind": "prefix", "indicator": "45.33.32.0/24", "hits": 6}],
+    "top_workloads": [{"cluster_id": "eks-prod-1", "namespace": "shop", "workload": None, "hits": 6}],
+    "unreadable_statuses": 0,
+}
 CONTRACTS = [
+    (FleetHitsReport, FLEET_HITS),
     (HitsReport, HITS),
     (ValidateReport, VALIDATED),
     (RunReport, RUN_REPORT),

@@ -46,6 +46,7 @@ from cdr_policy.cli.flags import bounded_int, channel_name, digest_prefix
 from cdr_policy.cli.hits import add_since, fleet_hits, fleet_hits_lines
 from cdr_policy.cli.parser import Parser, invoked_as
 from cdr_policy.errors import BundleError, ConfigError, ContractError
+from cdr_policy.hits.fleet import FleetHitsReport
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.layout import PROVENANCE_FILE
 from cdr_policy.observability import logger
@@ -563,7 +564,8 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
 
 def _print(value: Any, as_json: bool, lines: Callable[[Any], list[str]]) -> int:
     if as_json:
-        print(json.dumps(value.to_json() if isinstance(value, Manifest) else value, indent=2, sort_keys=True))
+        document = value.to_json() if isinstance(value, Manifest | FleetHitsReport) else value
+        print(json.dumps(document, indent=2, sort_keys=True))
     else:
         for line in lines(value):
             print(line)

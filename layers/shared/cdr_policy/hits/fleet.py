@@ -16,6 +16,7 @@ Reading is bounded: status documents of at most ``MAX_STATUS_BYTES``, a few at a
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cdr_policy import jsonio, layout
+from cdr_policy import jsonio, layout, schemas
 from cdr_policy.agent.status import AgentStatus
 from cdr_policy.bundle.loader import read_manifest
 from cdr_policy.bundle.provenance import MAX_INDEX_BYTES, PATH, Provenance, ProvenanceIndex, read_index
@@ -204,9 +205,91 @@ def _check_row(row: SectionRow, index: ProvenanceIndex | None, now: datetime) ->
 # -- the report ------------------------------------------------------------------------------------
 
 
-def fleet_report(fleet: Fleet) -> dict[str, Any]:
-    """What ``cdr-policy fleet hits`` prints: per feed (hits per thousand prefixes held), per
-    finding, per category, per cluster; what never fired; the top indicators and workloads."""
+@dataclass(frozen=True)
+class ClusterRow:
+    cluster_id: str
+    channel: str
+    nodes: int
+    hits: int
+    actions: dict[str, int]
+    refused: dict[str, int]
+    totals: Totals
+
+
+@dataclass(frozen=True)
+class FeedRow:
+    feed: str
+    hits: int
+    prefixes_held: int
+    hits_per_thousand_prefixes: float | None  # None: the current bundles hold none of its prefixes
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    finding: str
+    hits: int
+
+
+@dataclass(frozen=True)
+class CategoryRow:
+    category: str
+    hits: int
+
+
+@dataclass(frozen=True)
+class NeverFired:
+    """What the channels' current bundles hold that no cluster reported a hit for."""
+
+    prefixes: int
+    by_feed: dict[str, int]
+    rules: tuple[str, ...]
+    findings: int
+    findings_listed: tuple[str, ...]  # the first MAX_LISTED
+
+
+@dataclass(frozen=True)
+class TopIndicator:
+    channel: str
+    kind: str
+    indicator: str
+    hits: int
+
+
+@dataclass(frozen=True)
+class TopWorkload:
+    cluster_id: str
+    namespace: str
+    workload: str | None
+    hits: int
+
+
+@dataclass(frozen=True)
+class FleetHitsReport:
+    """What ``cdr-policy fleet hits`` prints (``--json``: ``to_json``)."""
+
+    since: str
+    until: str
+    hits: int
+    clusters: tuple[ClusterRow, ...]
+    feeds: tuple[FeedRow, ...]
+    findings: tuple[FindingRow, ...]
+    categories: tuple[CategoryRow, ...]
+    never_fired: NeverFired
+    top_indicators: tuple[TopIndicator, ...]
+    top_workloads: tuple[TopWorkload, ...]
+    unreadable_statuses: int
+
+    def to_json(self) -> dict[str, Any]:
+        return schemas.fields_to_json(self)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> FleetHitsReport:
+        return schemas.from_fields(cls, doc, "fleet hits report")
+
+
+def fleet_report(fleet: Fleet) -> FleetHitsReport:
+    """Per feed (hits per thousand prefixes held), per finding, per category, per cluster; what
+    never fired; the top indicators and workloads."""
     feeds: Counter[str] = Counter()
     findings: Counter[str] = Counter()
     categories: Counter[str] = Counter()
@@ -223,45 +306,38 @@ def fleet_report(fleet: Fleet) -> dict[str, Any]:
             workloads[c.cluster, row.namespace, row.workload or ""] += n
         fired.setdefault(c.channel, set()).add((row.kind, row.indicator))
     held = _held_per_feed(fleet)
-    never = _never_fired(fleet, fired)
-    return {
-        "since": fleet.since,
-        "until": fleet.until,
-        "hits": sum(c.hits for c in fleet.clusters),
-        "clusters": [
-            {
-                "cluster_id": c.cluster,
-                "channel": c.channel,
-                "nodes": c.nodes,
-                "hits": c.hits,
-                "actions": dict(sorted(c.actions.items())),
-                "refused": dict(sorted(c.refused.items())),
-                "totals": c.totals.to_dict(),
-            }
+    return FleetHitsReport(
+        since=fleet.since,
+        until=fleet.until,
+        hits=sum(c.hits for c in fleet.clusters),
+        clusters=tuple(
+            ClusterRow(
+                cluster_id=c.cluster,
+                channel=c.channel,
+                nodes=c.nodes,
+                hits=c.hits,
+                actions=dict(sorted(c.actions.items())),
+                refused=dict(sorted(c.refused.items())),
+                totals=dataclasses.replace(c.totals),
+            )
             for c in fleet.clusters
-        ],
-        "feeds": [
-            {
-                "feed": f,
-                "hits": feeds[f],
-                "prefixes_held": held.get(f, 0),
-                "hits_per_thousand_prefixes": round(1000 * feeds[f] / held[f], 3) if held.get(f) else None,
-            }
+        ),
+        feeds=tuple(
+            FeedRow(
+                feed=f,
+                hits=feeds[f],
+                prefixes_held=held.get(f, 0),
+                hits_per_thousand_prefixes=round(1000 * feeds[f] / held[f], 3) if held.get(f) else None,
+            )
             for f in sorted(set(feeds) | set(held), key=lambda f: (-feeds[f], f))
-        ],
-        "findings": [{"finding": f, "hits": n} for f, n in _ranked(findings)],
-        "categories": [{"category": k, "hits": n} for k, n in _ranked(categories)],
-        "never_fired": never,
-        "top_indicators": [
-            {"channel": ch, "kind": kind, "indicator": ind, "hits": n}
-            for (ch, kind, ind), n in _ranked(indicators)[:TOP]
-        ],
-        "top_workloads": [
-            {"cluster_id": cl, "namespace": ns, "workload": wl or None, "hits": n}
-            for (cl, ns, wl), n in _ranked(workloads)[:TOP]
-        ],
-        "unreadable_statuses": fleet.unreadable,
-    }
+        ),
+        findings=tuple(FindingRow(f, n) for f, n in _ranked(findings)),
+        categories=tuple(CategoryRow(k, n) for k, n in _ranked(categories)),
+        never_fired=_never_fired(fleet, fired),
+        top_indicators=tuple(TopIndicator(ch, kind, ind, n) for (ch, kind, ind), n in _ranked(indicators)[:TOP]),
+        top_workloads=tuple(TopWorkload(cl, ns, wl or None, n) for (cl, ns, wl), n in _ranked(workloads)[:TOP]),
+        unreadable_statuses=fleet.unreadable,
+    )
 
 
 def _ranked(counter: Counter[Any]) -> list[tuple[Any, int]]:
@@ -291,8 +367,7 @@ def _held_per_feed(fleet: Fleet) -> dict[str, int]:
     return dict(held)
 
 
-def _never_fired(fleet: Fleet, fired: dict[str, set[tuple[str, str]]]) -> dict[str, Any]:
-    """What the channels' current bundles hold that no cluster reported a hit for."""
+def _never_fired(fleet: Fleet, fired: dict[str, set[tuple[str, str]]]) -> NeverFired:
     prefixes, by_feed, rules = 0, Counter[str](), set()
     findings_hit: set[str] = set()
     findings_all: set[str] = set()
@@ -322,13 +397,13 @@ def _never_fired(fleet: Fleet, fired: dict[str, set[tuple[str, str]]]) -> dict[s
         for port in index.ports:
             findings_all.update(index.classes[port.klass].findings)
     quiet = sorted(findings_all - findings_hit)
-    return {
-        "prefixes": prefixes,
-        "by_feed": dict(sorted(by_feed.items())),
-        "rules": sorted(rules),
-        "findings": len(quiet),
-        "findings_listed": quiet[:MAX_LISTED],
-    }
+    return NeverFired(
+        prefixes=prefixes,
+        by_feed=dict(sorted(by_feed.items())),
+        rules=tuple(sorted(rules)),
+        findings=len(quiet),
+        findings_listed=tuple(quiet[:MAX_LISTED]),
+    )
 
 
 # -- what fired, for Render ------------------------------------------------------------------------
