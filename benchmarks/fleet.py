@@ -49,6 +49,7 @@ from benchmarks.pipeline import CRDS, Row, table
 from cdr_policy.admission import Admission, protection
 from cdr_policy.agent.cli import admission_for
 from cdr_policy.agent.directory import DirectoryApplier
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.agent.sync import (
     DEFAULT_DRIFT_INTERVAL_S,
     DEFAULT_INTERVAL_S,
@@ -197,11 +198,11 @@ def _start(
             return
         last: tuple[str | None, str] | None = None
 
-        def observe(status: dict[str, Any]) -> None:
+        def observe(status: AgentStatus) -> None:
             nonlocal last
             with link.polls.get_lock():
                 link.polls.value += 1
-            seen = (status["applied_digest"], status["last_poll"]["result"])
+            seen = (status.applied_digest, status.last_poll.result)
             if seen != last:
                 last = seen
                 link.events.put((agent.cluster_id, *seen, time.time()))

@@ -2,10 +2,10 @@
 channel, with one feed of ``--promotion-addresses`` addresses (default 200,000) that the audit channel
 ships and its cluster watched, promoted in one render and one publish.
 
-template.yaml is deployed on a moto server (``tests.fakes.stack``, as ``make demo``, without IAM checks);
+template.yaml is deployed on a moto server (``fakes.stack``, as ``make demo``, without IAM checks);
 CdrFetch and FeedSync run on the stack's schedules, Render and Publish once through their queues (the
 enforcing channel takes nothing: the audit channel had shipped nothing); the audit channel's cluster
-(``deploy/cluster-access``, ``tests.fakes.cluster``: its agent and a node reader) applies the bundle and
+(``deploy/cluster-access``, ``fakes.cluster``: its agent and a node reader) applies the bundle and
 reports; after the soak (1 s here), the stack's re-render schedule puts its event on RenderQueue and
 **Render** (both channels; the enforcing one composed through the promotion gate: the audit channel's
 signed history, the fleet's statuses, every pending change judged) and then **Publish** (the decisions
@@ -47,12 +47,12 @@ def run(work: Path, addresses: int, seed: int) -> dict[str, Any]:
     from cdr_policy.storage import S3Store
     from cdr_policy.timeutil import utcnow
     from demo.runner import FINDINGS, create_qualys_secret, onboard_cluster, quiet_logs
-    from tests.fakes.aws import moto_server
-    from tests.fakes.cluster import Cluster
-    from tests.fakes.feeds import FeedServer
-    from tests.fakes.lambda_runtime import LambdaService
-    from tests.fakes.qualys import FakeQualysGateway
-    from tests.fakes.stack import TEMPLATE, deploy, load_template
+    from fakes.aws import moto_server
+    from fakes.cluster import Cluster
+    from fakes.feeds import FeedServer
+    from fakes.lambda_runtime import LambdaService
+    from fakes.qualys import FakeQualysGateway
+    from fakes.stack import TEMPLATE, deploy, load_template
 
     work.mkdir(parents=True, exist_ok=True)
     print(f"(i) promotion: a feed of {addresses:,} addresses on an audit channel, promoted ...", flush=True)

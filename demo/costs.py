@@ -194,7 +194,7 @@ def measure(output: Path, say: Callable[[str], None]) -> RequestCounter:
             statuses = {channel: agent.sync_once() for channel, agent in agents.items()}
             counter.enter("done")
         for channel, status in statuses.items():
-            say(f"{channel}: {status['last_poll']['result']} ({status['last_poll']['detail']})")
+            say(f"{channel}: {status.last_poll.result} ({status.last_poll.detail})")
     return counter
 
 

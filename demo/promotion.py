@@ -2,7 +2,7 @@
 (Post) has shipped it for the soak, with fresh hits from a staging cluster, and while what staging
 says it would have blocked stays inside ``prod``'s limits.
 
-A staging cluster's node (``tests.fakes.cluster``: the sync agent, the node reader, exports in the
+A staging cluster's node (``fakes.cluster``: the sync agent, the node reader, exports in the
 upstream formats) sees would-block events (Tetragon ``KPROBE_ACTION_POST``, Hubble ``AUDIT``): one
 to a CDR address from the ``payments`` namespace, which prod protects, others from ``shop``. Once
 the soak has passed (shortened to ``SOAK`` here; 24 h by default) Render composes prod from what it
@@ -25,8 +25,8 @@ from cdr_policy.bundle.signing import KmsSigner, Verifier
 from cdr_policy.cli.promotion import approve_changes, evidence, evidence_lines
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import parse_iso, utcnow
-from tests.fakes.cluster import Cluster
-from tests.fakes.exports import Workload
+from fakes.cluster import Cluster
+from fakes.exports import Workload
 
 if TYPE_CHECKING:
     from demo.runner import PipelineResult

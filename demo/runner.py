@@ -28,10 +28,13 @@ import yaml
 
 from cdr_policy import layout
 from cdr_policy.agent.directory import DirectoryApplier
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.agent.sync import Agent
+from cdr_policy.bundle.loader import latest_render, read_manifest
 from cdr_policy.bundle.signing import KmsSigner, Verifier
 from cdr_policy.observability import logger
 from cdr_policy.storage import LocalStore, S3Store
+from cdr_policy.summaries import CdrRunSummary, FeedSyncSummary
 from cdr_policy.timeutil import utcnow
 from demo.hits import run_hits
 from demo.promotion import PROMOTE, run_promotion
@@ -77,8 +80,8 @@ class PipelineResult:
     output: Path
     clusters: dict[str, Cluster] = field(default_factory=dict)  # by channel
     steps: dict[str, Any] = field(default_factory=dict)
-    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
-    drift: dict[str, Any] = field(default_factory=dict)  # the staging agent's status after a drift repair
+    agents: dict[str, AgentStatus] = field(default_factory=dict)
+    drift: AgentStatus | None = None  # the staging agent's status after a drift repair
     approver: dict[str, str] = field(default_factory=dict)  # a session of the stack's ApproverRole
     hits: dict[str, Any] = field(default_factory=dict)  # what the export lines fed through the readers gave
     promotion: dict[str, Any] = field(default_factory=dict)  # prod's evidence after the soak and the approval
@@ -259,34 +262,38 @@ def _run_functions(result: PipelineResult, say: Callable[[str], None]) -> dict[s
     say("")
     rule = lambdas.schedule_of("CdrFetchFunction")
     say(f"[1/7] CdrFetch (EventBridge rule {rule})")
-    summary = steps["cdr_fetch"] = _checked("[1/7] CdrFetch", lambdas.fire(rule))
-    ind = summary["indicators"]
+    steps["cdr_fetch"] = _checked("[1/7] CdrFetch", lambdas.fire(rule))
+    fetched = CdrRunSummary.from_json(steps["cdr_fetch"])
+    ind = fetched.indicators
     say(
-        f"      findings fetched {summary['fetched']}, unique {summary['unique']}, duplicates "
-        f"{summary['duplicates']}, malformed {summary['malformed_count']}; indicators: {ind['ips']} IPs, "
+        f"      findings fetched {fetched.fetched}, unique {fetched.unique}, duplicates "
+        f"{fetched.duplicates}, malformed {fetched.malformed_count}; indicators: {ind['ips']} IPs, "
         f"{ind['domains']} domains, {ind['ports']} ports"
     )
 
     rule = lambdas.schedule_of("FeedSyncFunction")
     say(f"[2/7] FeedSync (EventBridge rule {rule})")
-    summary = steps["feed_sync"] = _checked("[2/7] FeedSync", lambdas.fire(rule))
-    for name, feed in summary["feeds"].items():
-        say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
+    steps["feed_sync"] = _checked("[2/7] FeedSync", lambdas.fire(rule))
+    for name, feed in FeedSyncSummary.from_json(steps["feed_sync"]).feeds.items():
+        say(f"      {name:<20} {feed.status:<8} {feed.entries:>6} entries")
 
     say("[3/7] Render (RenderQueue <- the state bucket's S3 notifications for indicators/ and config/)")
     delivery = _polled(lambdas, "[3/7] Render", "RenderFunction", steps)
     say(f"      {delivery.messages} notification(s) in {delivery.batches} batch(es), {delivery.failed} failed")
-    for channel, latest in _latest_renders(result.stack).items():
-        say(f"      channel {channel:<8} bundle {latest['digest'][:16]}")
+    state = S3Store(result.stack.client("s3"), result.stack.state_bucket)
+    for channel in CHANNELS:
+        say(f"      channel {channel['name']:<8} bundle {(latest_render(state, channel['name']) or '-')[:16]}")
 
     say("[4/7] Publish (PublishQueue)")
     delivery = _polled(lambdas, "[4/7] Publish", "PublishFunction", steps)
     say(f"      {delivery.messages} publish request(s), {delivery.failed} failed")
-    for channel, manifest in _channel_manifests(result.stack).items():
+    dist = S3Store(result.stack.client("s3"), result.stack.dist_bucket)
+    for channel in CHANNELS:
+        manifest, _ = read_manifest(dist, layout.channel_manifest_key(channel["name"]))
         say(
-            f"      channels/{channel}/manifest.json: bundle {manifest['digest'][:16]}, "
-            f"{len(manifest['files'])} files, "
-            f"signed with {manifest['signature_algorithm']}, expires {manifest['expires_at']}"
+            f"      channels/{manifest.channel}/manifest.json: bundle {manifest.digest[:16]}, "
+            f"{len(manifest.files)} files, "
+            f"signed with {manifest.signature.algorithm if manifest.signature else '-'}, expires {manifest.expires_at}"
         )
     return steps
 
@@ -312,16 +319,6 @@ def _polled(lambdas: LambdaService, step: str, logical: str, steps: dict[str, An
     return delivery
 
 
-def _latest_renders(stack: Stack) -> dict[str, dict[str, Any]]:
-    state = S3Store(stack.client("s3"), stack.state_bucket)
-    return {c["name"]: json.loads(state.get(layout.latest_render_key(c["name"])).data) for c in CHANNELS}
-
-
-def _channel_manifests(stack: Stack) -> dict[str, dict[str, Any]]:
-    dist = S3Store(stack.client("s3"), stack.dist_bucket)
-    return {c["name"]: json.loads(dist.get(layout.channel_manifest_key(c["name"])).data) for c in CHANNELS}
-
-
 def demo_agents(result: PipelineResult) -> dict[str, Agent]:
     """One sync agent per channel, with its cluster's session, applying into ``output/<channel>``. The
     public key is the signing key's, exported by the operator (docs/deploy.md: aws kms get-public-key)."""
@@ -341,7 +338,7 @@ def demo_agents(result: PipelineResult) -> dict[str, Agent]:
     }
 
 
-def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dict[str, AgentStatus], AgentStatus]:
     say("[5/7] Sync agents (one per cluster, with its cluster's role: poll, verify, apply, report status)")
     statuses = {}
     agents = demo_agents(result)
@@ -349,14 +346,14 @@ def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dic
         status = agent.sync_once()
         statuses[channel] = status
         cluster = result.clusters[channel].cluster_id
-        say(f"      {channel:<8} {status['last_poll']['result']}: {status['last_poll']['detail']}")
+        say(f"      {channel:<8} {status.last_poll.result}: {status.last_poll.detail}")
         say(
             f"               objects in {result.channel_dir(channel)}; status at s3://{result.stack.dist_bucket}/status/{cluster}.json"
         )
     return statuses, _show_drift_repair(agents["staging"], result.channel_dir("staging"), say)
 
 
-def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -> dict[str, Any]:
+def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -> AgentStatus:
     """Delete one object the agent applied, as someone editing the cluster by hand would; one drift
     interval later the agent's unchanged poll puts it back and reports the drift."""
     victim = sorted(folder.glob("tracingpolicy-*.yaml"))[0]
@@ -364,6 +361,6 @@ def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -
     say(f"      drift: deleted {victim.name} by hand; the agent compares every {DEMO_DRIFT_INTERVAL_S:g}s")
     time.sleep(DEMO_DRIFT_INTERVAL_S)
     status = agent.sync_once()
-    say(f"      staging  {status['last_poll']['result']}: {status['last_poll']['detail']}")
+    say(f"      staging  {status.last_poll.result}: {status.last_poll.detail}")
     say(f"               {victim.name} is back: {victim.exists()}")
     return status

@@ -67,8 +67,8 @@ def test_cdr_fetch_and_render_leave_the_same_bytes_through_both_wirings(tmp_path
         )
         ports = local.LocalPorts.from_args(args, {"QUALYS_USERNAME": DEMO_USERNAME, "QUALYS_PASSWORD": DEMO_PASSWORD})
         ports.state.put("config/channels.yaml", CHANNELS)
-        local_fetch = local.cdr_fetch(ports, now=NOW, resume=True).summary().to_dict()
-        local_render = local.render(ports, now=NOW).summary().to_dict()
+        local_fetch = local.cdr_fetch(ports, now=NOW, resume=True).summary().to_json()
+        local_render = local.render(ports, now=NOW).summary().to_json()
 
         in_bucket, in_folder = _contents(state_bucket), _contents(ports.state)
 

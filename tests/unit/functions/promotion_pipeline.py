@@ -1,6 +1,6 @@
 """A pipeline on a moto server for the promotion tests (``test_promotion.py``): the operator's
 documents and indicator sets in the state bucket, Render and Publish through their real handlers
-(RenderQueue, PublishQueue), clusters (``tests.fakes.cluster``) whose node readers count export
+(RenderQueue, PublishQueue), clusters (``fakes.cluster``) whose node readers count export
 lines in the upstream formats and whose agents report them in their statuses, and the operator's
 commands (``cdr-policy``)."""
 
@@ -30,9 +30,9 @@ from cdr_policy.models import Behaviour, FeedPrefixes, Indicator, IndicatorSet
 from cdr_policy.netprefix.vector import V4, V6
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import iso, utcnow
-from tests.fakes.cluster import Cluster
-from tests.fakes.exports import Workload
-from tests.fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_handler
+from fakes.cluster import Cluster
+from fakes.exports import Workload
+from fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_handler
 from tests.unit.functions.conftest import HandlerStack
 
 REFRESH = json.loads((REPO / "events" / "sqs_render_refresh.json").read_text())["Records"][0]["body"]

@@ -21,8 +21,8 @@ from cdr_policy.settings import get_settings
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import parse_iso, utcnow
 from cdr_policy.wiring import cloud
-from tests.fakes.cluster import Cluster
-from tests.fakes.exports import Workload
+from fakes.cluster import Cluster
+from fakes.exports import Workload
 from tests.unit.functions.promotion_pipeline import CHECKOUT, WEB, Pipeline, workloads
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")

@@ -10,7 +10,7 @@ import re
 import shlex
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.observe import AgentMetrics, ObservabilityServer
 from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.agent.sync import (
     DEFAULT_DRIFT_INTERVAL_S,
     DEFAULT_INTERVAL_S,
@@ -257,12 +258,6 @@ class _ClusterAdmission(Admission):
         return Admission(self.protection, self._read["crds"]).crd_problems(bundle, applied)
 
 
-def sync_line(status: Mapping[str, Any]) -> str:
-    """One sync as one line: its result and what changed (or ``unchanged``)."""
-    poll = status["last_poll"]
-    return f"{poll['result']}: {poll['detail']}"
-
-
 def _hits(args: argparse.Namespace, applier: Applier) -> HitsCollector | None:
     """The collector of the node readers' reports (``--hits-namespace`` or ``--hits-dir``), if any."""
     if args.hits_dir is not None:
@@ -312,8 +307,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.once:
             status = agent.sync_once()
-            print(sync_line(status), flush=True)
-            if status["last_poll"]["result"] == "refused":
+            print(status.last_poll.line(), flush=True)
+            if status.last_poll.result == "refused":
                 q = shlex.quote
                 print(
                     f"  next: the channel's generations signed by this key: {invoked_as()} channel history "
@@ -322,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
             if agent.local_error:
                 print_error(agent.local_error)
                 return 1
-            return 0 if status["last_poll"]["result"] in _OK_RESULTS else 1
+            return 0 if status.last_poll.result in _OK_RESULTS else 1
         stop = threading.Event()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -336,9 +331,9 @@ def run(args: argparse.Namespace) -> int:
         if args.metrics_port:
             server = ObservabilityServer(metrics, host=args.metrics_host, port=args.metrics_port).start()
 
-        def observe(status: dict[str, Any]) -> None:
+        def observe(status: AgentStatus) -> None:
             metrics.observe(status)
-            print(f"{iso(utcnow())} {sync_line(status)}", flush=True)
+            print(f"{iso(utcnow())} {status.last_poll.line()}", flush=True)
             if agent.local_error:
                 print_error(agent.local_error)
 

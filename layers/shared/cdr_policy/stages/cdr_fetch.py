@@ -323,7 +323,7 @@ def run_cdr_fetch(
         },
     )
     summary = result.summary()
-    store.put(layout.CDR_LAST_RUN, jsonio.dumps_pretty(summary.to_dict()), "application/json")
+    store.put(layout.CDR_LAST_RUN, jsonio.dumps_pretty(summary.to_json()), "application/json")
     return result
 
 

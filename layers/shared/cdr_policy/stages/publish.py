@@ -60,9 +60,10 @@ from cdr_policy.bundle.loader import Bundle, latest_render, load_bundle, read_ma
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Approval, Manifest, Step, StepKind, VerificationError
 from cdr_policy.bundle.manifest import Promotion as ManifestPromotion
 from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest
-from cdr_policy.errors import BundleError
+from cdr_policy.errors import BundleError, ContractError
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.schemas import fields_from_json
 from cdr_policy.storage import NotFound, PreconditionFailed, Store, TooLarge
 from cdr_policy.timeutil import iso
 
@@ -101,7 +102,7 @@ class PublishResult:
     def shipped(self) -> bool:
         return self.status in ("published", "refreshed", "rolled_back")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "status": self.status,
             "channel": self.channel,
@@ -111,9 +112,24 @@ class PublishResult:
             "generation": self.generation,
             "manifest_key": self.manifest_key,
             "history_key": self.history_key,
-            "budget": self.budget.to_dict() if self.budget is not None else None,
+            "budget": self.budget.to_json() if self.budget is not None else None,
             "errors": list(self.errors),
         }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> PublishResult:
+        """What a Publish invocation returned (read back by the CLI, the demo, the idempotency
+        record); ContractError naming the field."""
+        what = "publish result"
+        fields = fields_from_json(cls, doc, what, nested=("budget", "errors"))
+        budget, errors = doc["budget"], doc["errors"]
+        if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
+            raise ContractError(f"malformed {what}: errors")
+        return cls(
+            **fields,
+            budget=None if budget is None else Budget.from_json(budget, f"{what}: budget"),
+            errors=tuple(errors),
+        )
 
 
 def _content_type(path: str) -> str:
