@@ -80,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     failed += not result.hits["agree"] or not fleet.hits
     soaked, approved, held = (result.promotion[k] for k in ("soaked", "approved", "held"))
     print(
-        f"  promotion: prod took {soaked['counts']['promote']} change(s) after their {SOAK} soak on staging "
+        f"  promotion: prod took {soaked.counts.promote} change(s) after their {SOAK} soak on staging "
         f"(the demo's; 24h by default), held {', '.join(held)} (staging's audit hits came from the protected "
         "namespace payments), then promoted it on an approver's grant"
     )
-    failed += not soaked["counts"]["promote"] or len(held) != 1
-    failed += [(c["decision"], c["how"]) for c in approved["changes"]] != [("promote", "approved")]
+    failed += not soaked.counts.promote or len(held) != 1
+    failed += [(c.decision, c.how) for c in approved.changes] != [("promote", "approved")]
     if crds is not None:
         checked = check_files([result.channel_dir(c["name"]) for c in CHANNELS], SchemaSet.from_dir(crds))
         print(

@@ -29,6 +29,7 @@ from cdr_policy.hits.fleet import FleetHitsReport
 from cdr_policy.hits.reports import NodeReport
 from cdr_policy.hits.tally import HitRow, HitsReport
 from cdr_policy.policy.checker.files import CheckedFile, CheckedObject, ValidateReport
+from cdr_policy.promotion.decisions import ChangeDecision, Decisions, WatchTrip
 from cdr_policy.report import EngineBudget, FeedReport, RunReport
 from cdr_policy.stages.publish import PublishResult
 from cdr_policy.summaries import CdrRunSummary, FeedSummary, FeedSyncSummary, HitsRollupSummary, RenderSummary
@@ -67,6 +68,9 @@ CONTRACTS_TYPED = (
     HitsReport,
     HitRow,
     FleetHitsReport,
+    Decisions,
+    ChangeDecision,
+    WatchTrip,
 )
 FIELD_KEYS = frozenset(f.name for cls in CONTRACTS_TYPED for f in dataclasses.fields(cls) if "_" in f.name)
 # Where a contract's document is read by key: its decoders.
@@ -222,6 +226,16 @@ BUDGET = {
         "cilium": {"current": 0, "proposed": 2, "added": 2, "removed": 0, "percent": 200.0},
     },
     "shrink": ["removes behaviour policy crypto_mining"],
+    "vetted": False,
+}
+# promoted on evidence: only the removals count
+VETTED = {
+    **BUDGET,
+    "engines": {
+        "tetragon": {**BUDGET["engines"]["tetragon"], "percent": 10.0},
+        "cilium": {**BUDGET["engines"]["cilium"], "percent": 0.0},
+    },
+    "vetted": True,
 }
 PUBLISHED = {
     "status": "held",
@@ -318,7 +332,79 @@ FLEET_HITS = {
     "top_workloads": [{"cluster_id": "eks-prod-1", "namespace": "shop", "workload": None, "hits": 6}],
     "unreadable_statuses": 0,
 }
+WORKLOAD = {"cluster": "stg-1", "namespace": "payments", "workload": "checkout", "hits": 2}
+DECIDED = {
+    "schema_version": 1,
+    "channel": "prod",
+    "from": "staging",
+    "bundle": "a" * 64,
+    "over": "b" * 64,
+    "decided_at": "2026-01-10T00:00:00Z",
+    "settings": {
+        "from": "staging",
+        "soak": 86400,
+        "max_workloads_hit": 3,
+        "protected_namespaces": ["payments"],
+        "min_clusters_reporting": 1,
+        "watch": {"for": 3600, "max_workloads_hit": 2, "max_rate_increase": 2.0, "min_events": 20, "rollback": True},
+    },
+    "counts": {"promote": 1, "wait": 0, "hold": 1},
+    "promoted": {"prefixes": ["45.33.32.0/24"], "ports": [], "rules": [{"rule": "webshell", "fingerprint": "c" * 64}]},
+    "changes": [
+        {
+            "change": "prefix:193.42.33.0/24",
+            "kind": "prefix",
+            "decision": "hold",
+            "how": None,
+            "reasons": ["would have blocked 2 event(s) in protected namespace(s) payments on staging"],
+            "sources": ["cdr"],
+            "evidence": {
+                "in_audit_since": "2026-01-09T00:00:00Z",
+                "clusters": 1,
+                "hits": 2,
+                "workloads": [WORKLOAD],
+                "workloads_total": 1,
+                "namespaces": {"payments": 2},
+            },
+        },
+        {
+            "change": f"rule:webshell@{'c' * 16}",
+            "kind": "rule",
+            "decision": "promote",
+            "how": "soaked",
+            "reasons": [],
+            "sources": [],
+            "fingerprint": "c" * 64,
+            "evidence": {
+                "in_audit_since": None,
+                "clusters": 1,
+                "hits": 0,
+                "workloads": [],
+                "workloads_total": 0,
+                "namespaces": {},
+            },
+        },
+    ],
+    "watch": [
+        {
+            "generation": 4,
+            "published_at": "2026-01-09T12:00:00Z",
+            "reasons": ["stopped 6 event(s) in 3 distinct workloads"],
+            "events": 6,
+            "workloads": [WORKLOAD],
+            "workloads_total": 3,
+            "changes": [{"change": "prefix:45.33.32.0/24", "events": 6}],
+            "changes_total": 1,
+            "rolled_back": False,
+        }
+    ],
+}
 CONTRACTS = [
+    (Decisions, DECIDED),
+    (
+        Decisions,
+        {**DECIDED, "publish": {"at": "2026-01-10T00:01:00Z", "status": "held", "generation": None, "reason": "x"}},
+    ),
     (FleetHitsReport, FLEET_HITS),
     (HitsReport, HITS),
     (ValidateReport, VALIDATED),
@@ -326,6 +412,7 @@ CONTRACTS = [
     (RunReport, {**RUN_REPORT, "unreadable_sets": [{"key": "indicators/feeds/x.json", "error": "e", "kept": None}]}),
     (PublishResult, PUBLISHED),
     (Budget, BUDGET),
+    (Budget, VETTED),
     (FeedSyncSummary, {"feeds": {"spamhaus": {"status": "ok", "entries": 3}}, "written": ["x"], "rejected": 0}),
     (RenderSummary, {"channel": "prod", "digest": "a" * 64, "changed": True}),
     (

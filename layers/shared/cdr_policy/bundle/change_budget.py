@@ -67,9 +67,11 @@ class EngineChange:
         }
 
     @classmethod
-    def from_json(cls, engine: str, doc: Any, what: str) -> EngineChange:
-        """``percent`` is derived: read back, it must be the one the counts give."""
-        change = cls(engine, **fields_from_json(cls, doc, what, given=("engine",), derived=("percent",)))
+    def from_json(cls, engine: str, doc: Any, what: str, *, vetted: bool = False) -> EngineChange:
+        """``percent`` is derived: read back, it must be the one the counts give (``vetted``: the
+        budget's, which says whether the additions count)."""
+        fields = fields_from_json(cls, doc, what, given=("engine", "vetted"), derived=("percent",))
+        change = cls(engine, vetted=vetted, **fields)
         if doc.get("percent") != round(change.percent, 2):
             raise ContractError(f"malformed {what}: percent is not what its counts give")
         return change
@@ -108,8 +110,8 @@ class Budget:
 
     @classmethod
     def from_json(cls, doc: Any, what: str = "change budget") -> Budget:
-        limits = fields_from_json(cls, doc, what, nested=("engines", "shrink"))
-        engines, shrink = doc["engines"], doc["shrink"]
+        limits = fields_from_json(cls, doc, what, nested=("engines", "shrink"), derived=("vetted",))
+        engines, shrink, vetted = doc["engines"], doc["shrink"], doc["vetted"]
         if (
             not isinstance(engines, dict)
             or not set(engines) <= set(ENGINES)
@@ -118,8 +120,14 @@ class Budget:
             raise ContractError(f"malformed {what}: engines")
         if not isinstance(shrink, list) or not all(isinstance(r, str) for r in shrink):
             raise ContractError(f"malformed {what}: shrink")
+        if not isinstance(vetted, bool):
+            raise ContractError(f"malformed {what}: vetted")
         return cls(
-            tuple(EngineChange.from_json(e, engines[e], f"{what}: engines/{e}") for e in ENGINES if e in engines),
+            tuple(
+                EngineChange.from_json(e, engines[e], f"{what}: engines/{e}", vetted=vetted)
+                for e in ENGINES
+                if e in engines
+            ),
             shrink=tuple(shrink),
             **limits,
         )

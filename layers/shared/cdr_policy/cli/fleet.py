@@ -47,13 +47,14 @@ from cdr_policy.cli import digests, promotion
 from cdr_policy.cli.flags import bounded_int, channel_name, digest_prefix
 from cdr_policy.cli.hits import add_since, fleet_hits, fleet_hits_lines
 from cdr_policy.cli.parser import Parser, invoked_as
-from cdr_policy.cli.promotion import change_argument
+from cdr_policy.cli.promotion import GenerationPromotion, change_argument
 from cdr_policy.errors import BundleError, ConfigError, ContractError
 from cdr_policy.hits.fleet import FleetHitsReport
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.layout import PROVENANCE_FILE
 from cdr_policy.observability import logger
 from cdr_policy.policy import naming
+from cdr_policy.promotion.decisions import Decisions
 from cdr_policy.stages.publish import rollback
 from cdr_policy.storage import NotFound, Store, TooLarge, open_store
 from cdr_policy.timeutil import parse_duration, parse_iso, utcnow
@@ -608,10 +609,16 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
 # -- printing --------------------------------------------------------------------------------------
 
 
+def _contract_json(value: Any) -> Any:
+    """A typed contract (a manifest, a report, a row's promotion) as its JSON document."""
+    if isinstance(value, Manifest | FleetHitsReport | Decisions | GenerationPromotion):
+        return value.to_json()
+    raise TypeError(f"{type(value).__name__} is not a contract")
+
+
 def _print(value: Any, as_json: bool, lines: Callable[[Any], list[str]]) -> int:
     if as_json:
-        document = value.to_json() if isinstance(value, Manifest | FleetHitsReport) else value
-        print(json.dumps(document, indent=2, sort_keys=True))
+        print(json.dumps(value, indent=2, sort_keys=True, default=_contract_json))
     else:
         for line in lines(value):
             print(line)
@@ -651,7 +658,7 @@ def _history_lines(history: Mapping[str, Any]) -> list[str]:
             f"{_size(r['bytes']):>10}  {r['approval'] or '-'}"
         )
         if r["promotion"] is not None:
-            out.append(f"{'':8}{promotion.note(r['promotion'])}")
+            out.append(f"{'':8}{r['promotion'].line()}")
     if history["shipping"] is not None:
         out.append(f"* the generation channel {history['channel']} ships now")
     if history["skipped"]:
@@ -709,7 +716,7 @@ def _diff_lines(diff: Mapping[str, Any], *, full: bool) -> list[str]:
 
 def _fleet_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     out = [f"{'CLUSTER':<24} {'CHANNEL':<16} {'APPLIED':<12} {'AGE':>8} {'BEHIND':<6} {'POLL':<12} ERRORS"]
-    promoting = {}
+    promoting: dict[str, GenerationPromotion] = {}
     for r in rows:
         age = "-" if r["applied_age_s"] is None else f"{r['applied_age_s'] // 60}m"
         applied = (r["applied_digest"] or "-")[:12]
@@ -721,5 +728,5 @@ def _fleet_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             promoting[r["channel"]] = r["promotion"]
     for channel, p in sorted(promoting.items()):
         evidence = f"cdr-policy channel evidence {channel}"
-        out.append(f"channel {channel}, generation {p['generation']}: {promotion.note(p)} ({evidence})")
+        out.append(f"channel {channel}, generation {p.generation}: {p.line()} ({evidence})")
     return out

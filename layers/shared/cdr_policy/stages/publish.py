@@ -63,6 +63,8 @@ from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest
 from cdr_policy.errors import BundleError, ContractError
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.promotion.decisions import Decisions
+from cdr_policy.promotion.decisions import write as write_decisions
 from cdr_policy.schemas import fields_from_json
 from cdr_policy.storage import NotFound, PreconditionFailed, Store, TooLarge
 from cdr_policy.timeutil import iso
@@ -379,7 +381,7 @@ class _Promoting:
         )
         self.world = verify.read_world(state, dist, channel, current, verifier=pipeline, approvers=approvers, now=now)
         found = verify.decisions_of(state, digest)
-        self.doc: dict[str, Any] | str = found if isinstance(found, str) else found[0]
+        self.decided: Decisions | str = found if isinstance(found, str) else found[0]
         self.fingerprint: str | None = None if isinstance(found, str) else found[1]
         self.checked: verify.Checked | None = None
         self.trips = watch.trips(self.world)
@@ -409,9 +411,9 @@ class _Promoting:
 
     def check(self, rendered: Bundle) -> str | None:
         """Why the bundle must be held (None: it may ship)."""
-        if isinstance(self.doc, str):
-            return self.doc
-        self.checked = self.verify.check(self.world, rendered, self.doc)
+        if isinstance(self.decided, str):
+            return self.decided
+        self.checked = self.verify.check(self.world, rendered, self.decided)
         return self.checked.held
 
     def shipped(self) -> None:
@@ -428,18 +430,18 @@ class _Promoting:
 
     def report(self, result: PublishResult) -> None:
         """Publish's copy of the decisions, with the outcome, for ``channel evidence``."""
-        if isinstance(self.doc, str):
+        if isinstance(self.decided, str):
             logger.warning("no promotion report: no usable decisions", extra={"channel": result.channel})
             return
-        held = self.doc["counts"].get("hold", 0)
+        held = self.decided.counts.hold
         if held:
             metrics.add_metric(name="ChangesHeld", unit=MetricUnit.Count, value=held)
-        base = self.checked.report if self.checked is not None and self.checked.report is not None else self.doc
+        checked = self.checked.report if self.checked is not None else None
         reason = result.reason or ("; ".join(result.errors))
-        doc = self.record_io.published(
-            base, at=self.now, status=result.status, generation=result.generation, reason=reason
+        report = self.record_io.published(
+            checked or self.decided, at=self.now, status=result.status, generation=result.generation, reason=reason
         )
-        self.record_io.write(self.dist, layout.promotion_report_key(self.channel.name), doc)
+        write_decisions(self.dist, layout.promotion_report_key(self.channel.name), report)
 
 
 def _stale(manifest: Manifest, channels: Sequence[ChannelSettings] | None) -> str | None:

@@ -46,8 +46,8 @@ from cdr_policy.policy.output import PolicyFile
 from cdr_policy.policy.ranked import hold_to_room
 from cdr_policy.policy.render import compile_policies
 from cdr_policy.promotion.compose import Composer
+from cdr_policy.promotion.decisions import write
 from cdr_policy.promotion.evidence import World, fleet_window
-from cdr_policy.promotion.record import write
 from cdr_policy.report import RunReport, bundle_report
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.summaries import CdrRunSummary, RenderSummary, read_last_run
