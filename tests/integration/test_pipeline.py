@@ -391,10 +391,11 @@ def test_fleet_commands_against_the_buckets(pipeline, capsys, monkeypatch):
 def test_prod_takes_what_staging_watched_and_the_change_it_holds_on_an_approval(pipeline, capsys, monkeypatch):
     result, lines = pipeline
     soaked, approved, (held,) = (result.promotion[k] for k in ("soaked", "approved", "held"))
-    assert soaked["counts"]["promote"] > 0 and soaked["counts"]["hold"] == 1
-    reasons = next(c["reasons"] for c in soaked["changes"] if c["change"] == held)
-    assert reasons == ["would have blocked 2 event(s) in protected namespace(s) payments on staging"]
-    assert [(c["change"], c["decision"], c["how"]) for c in approved["changes"]] == [(held, "promote", "approved")]
+    assert soaked.counts.promote > 0 and soaked.counts.hold == 1
+    assert soaked.change(held).reasons == (
+        "would have blocked 2 event(s) in protected namespace(s) payments on staging",
+    )
+    assert [(c.change, c.decision, c.how) for c in approved.changes] == [(held, "promote", "approved")]
     assert any("soak shortened" in line or "the demo's, 24h by default" in line for line in lines)
     env = result.stack.server.admin_env
     _shell(monkeypatch, env)

@@ -97,7 +97,7 @@ def test_a_change_reaches_the_enforcing_channel_only_after_its_soak_on_the_audit
     assert blocked(p, "prod") == {C2, FEED}
     record = p.shipped("prod").promotion
     assert record is not None and record.source == "staging" and record.promoted.count == 2
-    assert {e["change"]: e["clusters"] for e in record.evidence} == {f"prefix:{C2}": 1, f"prefix:{FEED}": 1}
+    assert {e.change: e.clusters for e in record.evidence} == {f"prefix:{C2}": 1, f"prefix:{FEED}": 1}
     # the prod cluster applies the signed manifest with its promotion record
     assert p.cluster("prod", "prod-1").sync().last_poll.result == "applied"
     code, out = p.run("channel", "evidence", "prod", "--dist", "{dist}")
@@ -155,7 +155,7 @@ def test_a_change_whose_audit_hits_touch_a_protected_namespace_is_held_until_an_
     assert blocked(p, "prod") == {C2, PAY, FEED}
     record = p.shipped("prod").promotion
     (used,) = record.approved
-    assert used["approver"].endswith(stack.approver_key_id) and used["changes"] == 1
+    assert used.approver.endswith(stack.approver_key_id) and used.changes == 1
     assert p.state.list("approvals/prod/") == []  # used once
 
 

@@ -158,13 +158,12 @@ def manifest_lines(manifest: Manifest) -> list[str]:
         f"promoted ({len(p.approved)} grant(s)), {p.pending['wait']} waiting, {p.pending['hold']} held"
     ]
     for e in p.evidence:
-        since = e["in_audit_since"] or "-"
         out.append(
-            f"  {e['change']} ({e['how']}): on {p.source} since {since}, {e['clusters']} cluster(s), "
-            f"{e['hits']} hit(s) in {e['workloads']} workload(s)"
+            f"  {e.change} ({e.how}): on {p.source} since {e.in_audit_since or '-'}, {e.clusters} cluster(s), "
+            f"{e.hits} hit(s) in {e.workloads} workload(s)"
         )
     for a in p.approved:
-        out.append(f"  grant {a['grant'][:12]} by {a['approver']}: {a['changes']} change(s)")
+        out.append(f"  grant {a.grant[:12]} by {a.approver}: {a.changes} change(s)")
     if p.rolled_back is not None:
         out.append(
             f"  took back the {p.rolled_back.changes.count} change(s) of generation {p.rolled_back.generation}: "
@@ -218,7 +217,7 @@ def summary(manifest: Manifest | None) -> GenerationPromotion | None:
         generation=manifest.generation,
         source=p.source,
         promoted=p.promoted.count,
-        approved=sum(a["changes"] for a in p.approved),
+        approved=sum(a.changes for a in p.approved),
         waiting=p.pending["wait"],
         held=p.pending["hold"],
         rolled_back=p.rolled_back.generation if p.rolled_back else None,

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 
-from cdr_policy.bundle.manifest import Changes, Promotion, RolledBack
+from cdr_policy.bundle.manifest import Changes, GrantUsed, PromotedEvidence, Promotion, RolledBack
 from cdr_policy.errors import BundleError, ContractError
 from cdr_policy.hits.attribute import PORT, PREFIX, RULE
 from cdr_policy.promotion.addresses import AddressSet, Spans
@@ -133,23 +133,16 @@ def manifest_record(world: World, judgement: Judgement, *, counts: Counts, taken
         decided_at=iso(world.now),
         promoted=changes_of(promoted),
         pending={"wait": counts.wait, "hold": counts.hold},
-        approved=tuple(
-            {
-                "grant": g.fingerprint(),
-                "approver": g.key_id,
-                "changes": len(g.changes),
-            }
-            for g in judgement.grants()
-        ),
+        approved=tuple(GrantUsed(g.fingerprint(), g.key_id, len(g.changes)) for g in judgement.grants()),
         evidence=tuple(
-            {
-                "change": v.change,
-                "how": v.how or "soaked",
-                "in_audit_since": v.evidence.in_audit_since,
-                "clusters": v.evidence.clusters,
-                "hits": v.evidence.hits,
-                "workloads": len(v.evidence.workloads),
-            }
+            PromotedEvidence(
+                change=v.change,
+                how=v.how or "soaked",
+                in_audit_since=v.evidence.in_audit_since,
+                clusters=v.evidence.clusters,
+                hits=v.evidence.hits,
+                workloads=len(v.evidence.workloads),
+            )
             for v in by_evidence[:MAX_EVIDENCE]
         ),
         rolled_back=rolled,
