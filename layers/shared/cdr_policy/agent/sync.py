@@ -88,7 +88,11 @@ DEFAULT_SYNC_DEADLINE_S = 300.0
 # heartbeat for ``fleet status``): an unchanged poll is then one conditional GET, not also a PUT,
 # which was 93% of what a polling fleet costs.
 DEFAULT_STATUS_HEARTBEAT_S = 600.0
-DEFAULT_INTERVAL_S = 60.0
+# The agent's part of the deployment profiles (template.yaml Profile, README "Time to protect"): how
+# often it polls its channel's manifest. An unchanged poll is one conditional GET answered 304 without
+# a body, so the manifest itself is the small object a fast profile polls.
+POLL_INTERVALS_S = {"default": 60.0, "fast": 10.0}
+DEFAULT_INTERVAL_S = POLL_INTERVALS_S["default"]
 # Each wait between two polls is the interval times a factor drawn uniformly from [1 - jitter, 1 + jitter]:
 # agents started together (one rollout across a fleet) drift apart instead of polling the bucket in
 # step, and no poll starts later than (1 + jitter) intervals after the previous one.
