@@ -57,12 +57,20 @@ def read_manifest(store: Store, key: str) -> tuple[Manifest, str]:
     return Manifest.parse(obj.data, key), obj.etag
 
 
-def load_bundle(store: Store, manifest: Manifest, *, published: bool) -> Bundle:
+def load_bundle(
+    store: Store, manifest: Manifest, *, published: bool, known: Mapping[str, bytes] | None = None
+) -> Bundle:
     """The files ``manifest`` lists: as rendered, from the state store's ``bundles/<digest>/``, or
-    ``published``, from the distribution store's ``channels/<channel>/bundles/<digest>/``.
+    ``published``, from the distribution store's ``channels/<channel>/bundles/<digest>/``. ``known``:
+    file contents by sha256 the caller already holds (the bundle it applied before); a listed file of
+    one of those sha256 is taken from there instead of being read again (most of a new bundle is its
+    predecessor's files). Every file is checked against the manifest whatever its source.
     VerificationError when one does not match; StorageError when one cannot be read."""
     files = {}
     for entry in manifest.files:
+        if known and entry.sha256 in known:
+            files[entry.path] = known[entry.sha256]
+            continue
         key = (
             layout.published_file_key(manifest.channel, manifest.digest, entry.path)
             if published
