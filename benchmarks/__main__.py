@@ -17,7 +17,8 @@
    ``benchmarks/results/latest.md`` (and ``latest.json``; ``--results`` to change the folder).
 
 Then the whole path (b)-(e) (``benchmarks/pipeline.py``, ``--addresses``), the fleet simulation
-(f) (``benchmarks/fleet.py``, ``--fleet``) and the hits reader on a gigabyte of exports (h)
+(f) (``benchmarks/fleet.py``, ``--fleet``), the time to protect of both deployment profiles (g)
+(``benchmarks/protect.py``, ``--protect-agents``) and the hits reader on a gigabyte of exports (h)
 (``benchmarks/hits.py``, ``--hits-bytes``). ``--only`` runs some of them (``--only h``; with
 ``make bench``: ``BENCH_ARGS="--only h"``).
 
@@ -41,7 +42,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fleet, hits, pipeline
+from benchmarks import fleet, hits, pipeline, protect
 from benchmarks.generate import generate, generate_netset
 from benchmarks.measure import Run, measure, python_env
 from benchmarks.runners import read_iprange_output, read_prefixes
@@ -86,6 +87,16 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         )
         result["fleet"] = fleet.run(work / "fleet", config)
         tables.append(fleet.render_markdown(result["fleet"]))
+    if "g" in args.only and args.protect_agents:
+        config = protect.ProtectConfig(
+            agents=args.protect_agents,
+            trials=args.protect_trials,
+            processes=min(4, max(2, math.ceil(args.protect_agents / 250))),
+            seed=args.seed,
+            profiles=args.protect_profiles,
+        )
+        result["protect"] = protect.run(work / "protect", config)
+        tables.append(protect.render_markdown(result["protect"]))
     if "h" in args.only and args.hits_bytes:
         result["hits"] = hits.run(work / "hits", args.hits_bytes, args.seed)
         tables.append(hits.render_markdown(result["hits"]))
@@ -305,13 +316,20 @@ def render_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-PARTS = "abcdefh"
+PARTS = "abcdefgh"
 
 
 def _parts(text: str) -> set[str]:
     chosen = {p for p in text.replace(",", "").strip().lower()}
     if not chosen or not chosen <= set(PARTS):
         raise argparse.ArgumentTypeError(f"{text!r}: give letters among {', '.join(PARTS)}")
+    return chosen
+
+
+def _profiles(text: str) -> tuple[str, ...]:
+    chosen = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not chosen or not set(chosen) <= set(protect.PROFILES):
+        raise argparse.ArgumentTypeError(f"{text!r}: give profiles among {', '.join(protect.PROFILES)}")
     return chosen
 
 
@@ -339,6 +357,25 @@ def main(argv: list[str] | None = None) -> int:
         help="agents in the fleet simulation (f) (default 1,000; 0 skips it), in 2 to 4 worker processes",
     )
     ap.add_argument(
+        "--protect-agents",
+        type=int,
+        default=protect.ProtectConfig.agents,
+        help=f"agents in the time-to-protect part (g) (default {protect.ProtectConfig.agents:,}; 0 skips it)",
+    )
+    ap.add_argument(
+        "--protect-trials",
+        type=int,
+        default=protect.ProtectConfig.trials,
+        help=f"detections per profile in part (g) (default {protect.ProtectConfig.trials})",
+    )
+    ap.add_argument(
+        "--protect-profiles",
+        type=_profiles,
+        default=protect.PROFILES,
+        metavar="NAMES",
+        help=f"the profiles part (g) deploys, in order (default {','.join(protect.PROFILES)})",
+    )
+    ap.add_argument(
         "--hits-bytes",
         type=int,
         default=hits.DEFAULT_BYTES,
@@ -349,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         type=_parts,
         default=set(PARTS),
         metavar="PARTS",
-        help="run only these parts, e.g. h or a,f (a: feed ingest, b-e: the whole path, f: the fleet, h: the hits "
-        "reader; default all)",
+        help="run only these parts, e.g. h or a,f (a: feed ingest, b-e: the whole path, f: the fleet, g: time to "
+        "protect, h: the hits reader; default all)",
     )
     ap.add_argument(
         "--fleet-interval",
@@ -374,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--lines must be at least 1000, --repeat at least 1 and --addresses 0 or at least 1000")
     if args.fleet < 0 or args.fleet_interval <= 0 or args.fleet_update_interval <= 0:
         ap.error("--fleet must be 0 or more, the fleet intervals above 0")
+    if args.protect_agents < 0 or args.protect_trials < 1:
+        ap.error("--protect-agents must be 0 or more, --protect-trials at least 1")
     return run(args)
 
 

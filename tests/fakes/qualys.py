@@ -430,6 +430,26 @@ SYNTHETIC_CATEGORIES: tuple[tuple[str, str, int | None], ...] = (
 )
 
 
+def reverse_shell_finding(address: str, at: datetime) -> dict[str, Any]:
+    """A new network finding detected at ``at``: a reverse shell to ``address`` (category reverse_shell,
+    whose destination the policies block), in the shape of events/findings."""
+    return {
+        "uuid": f"new-{hashlib.sha256(f'{address}/{at.isoformat()}'.encode()).hexdigest()[:32]}",
+        "threatCategory": "Netcat_Reverse_Shell_Execution",
+        "severity": 5,
+        "timestamp": _instant(at),
+        "resourceType": "container",
+        "containerName": "api",
+        "pod": "api-5d8c7b9f4-q7x2n",
+        "processName": "nc",
+        "imageName": "registry.example/shop/api:1.0.0",
+        "eventMessage": f"nc connected to {address}:4444 and spawned /bin/sh",
+        "destinationIp": address,
+        "destinationPort": 4444,
+        "mitreRulesInfo": {"T1059.004": "Unix Shell"},
+    }
+
+
 def synthetic_findings(
     count: int,
     *,
