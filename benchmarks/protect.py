@@ -69,8 +69,9 @@ STAGES = ("wait", "fetch", "render", "publish", "distribution")
 STARTUP_S = 60.0
 STEP_S = 0.2  # how often the clock looks at the schedule and the queues
 # The new finding of each trial: a reverse shell (category reverse_shell blocks its destination), to an
-# address of a public range outside every never-block list (events/findings/README.md: 45.0.0.0/8).
-NEW_ADDRESS = "45.153.161.{}"
+# address of a public range outside every never-block list (events/findings/README.md: 45.0.0.0/8), each
+# trial's in a /24 of its own: adjacent addresses would be aggregated into one prefix (a /31).
+NEW_ADDRESS = "45.153.{}.77"
 
 
 @dataclass(frozen=True)
@@ -227,8 +228,8 @@ def _manifests(stack: Stack) -> dict[str, dict[str, Any]]:
 
 
 def _blocks(work: Path, cluster: str, address: str) -> bool:
-    """Whether what the agent of ``cluster`` applied names ``address``."""
-    return any(address in p.read_text() for p in (work / "agents" / cluster / "objects").glob("*.yaml"))
+    """Whether what the agent of ``cluster`` applied names ``address`` (as its own /32)."""
+    return any(f"{address}/32" in p.read_text() for p in (work / "agents" / cluster / "objects").glob("*.yaml"))
 
 
 def _wait(clock: StackClock, watch: Watch, done: Callable[[], Any], seconds: float, what: str) -> Any:
@@ -282,7 +283,7 @@ def run_profile(
             started = time.time()
             trials = []
             for n in range(config.trials):
-                trials.append(_trial(clock, watch, gateway, stack, work, clusters, NEW_ADDRESS.format(n + 1), rng))
+                trials.append(_trial(clock, watch, gateway, stack, work, clusters, NEW_ADDRESS.format(170 + n), rng))
                 t = trials[-1]
                 say(
                     f"(g) {profile} trial {n + 1}/{config.trials}: 99% of the agents protected after "
@@ -322,6 +323,7 @@ def _trial(
     rng: random.Random,
 ) -> dict[str, Any]:
     """One detection, from the gateway to every agent (see the module's docstring, step 3)."""
+    before = {ch: m["digest"] for ch, m in _manifests(stack).items()}
     appear = time.time() + rng.uniform(0, clock.tick_s)  # a random point of the schedule
     _wait(clock, watch, lambda: time.time() >= appear, clock.tick_s + 5, "the detection's moment")
     t0 = gateway.publish([reverse_shell_finding(address, datetime.now(UTC))])
@@ -331,14 +333,17 @@ def _trial(
         raise RuntimeError(f"the CdrFetch run after t0 did not see the new finding: {fetch.invocations[-1].response}")
     window = clock.window_s("RenderFunction") + 180
     render = _wait(clock, watch, lambda: clock.first_run("RenderFunction", fetch.ended), window, "Render")
-    publish = _wait(
-        clock,
-        watch,
-        lambda: clock.first_run("PublishFunction", render.ended),
-        clock.window_s("PublishFunction") + 180,
-        "Publish",
-    )
-    new = {ch: m["digest"] for ch, m in _manifests(stack).items()}
+
+    def published() -> tuple[Run, dict[str, str]] | None:
+        """The Publish run after which every channel names a new bundle (a channel's request may come
+        in a later batch than the other's), and those bundles."""
+        runs = [r for r in clock.runs if r.function == "PublishFunction" and r.started >= render.ended]
+        if not runs:
+            return None
+        now = {ch: m["digest"] for ch, m in _manifests(stack).items()}
+        return (runs[-1], now) if all(now[ch] != before[ch] for ch in now) else None
+
+    publish, new = _wait(clock, watch, published, clock.window_s("PublishFunction") + 180, "Publish")
     _wait(
         clock,
         watch,

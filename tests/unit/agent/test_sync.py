@@ -182,7 +182,8 @@ def test_a_new_bundle_reads_only_the_files_that_changed_and_a_restart_reads_all(
         )
 
     def bundle_reads(digest):
-        return sorted(k.rsplit("/", 1)[1] for k in bucket.reads if f"/bundles/{digest}/" in k)
+        folder = layout.published_file_key("prod", digest, "")
+        return sorted(k.removeprefix(folder) for k in bucket.reads if k.startswith(folder))
 
     ship(a, T0)
     first = agent()
