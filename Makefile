@@ -1,35 +1,47 @@
 # Everything a developer or CI needs. `make demo` and `make test` create .venv themselves.
 SHELL := /bin/bash
-# The Lambda runtime is python3.12: use that interpreter when it runs here (sam build needs it),
-# else any Python 3.11+ (everything but sam build works there).
+# The lock files (requirements-dev.txt, requirements-tools.txt, layers/shared/requirements.txt) are
+# resolved for the Lambda runtime's Python, 3.12: use python3.12 where it runs, else any Python 3.12+.
 PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python3.12) python3; do \
-	if $$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; then echo $$p; break; fi; done)
+	if $$p -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1; then echo $$p; break; fi; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# checkov's pins clash with the project's (requirements-tools.txt): it gets its own virtualenv.
+# checkov's pins clash with the project's (requirements-tools.in): it gets its own virtualenv.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: venv tools scan costs demo test unit integration infra lint validate build image bench fake-gateway clean
+.PHONY: venv lock tools scan costs demo test unit integration infra lint validate build image bench fake-gateway clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml layers/shared/requirements.txt
-	@echo "==> Installing cdr-policy and its development tools into $(VENV) with $(PYTHON) (a few minutes the first time)"
+# Exactly the locked versions, each checked against its hash; then cdr-policy itself (editable, its
+# dependencies already there, the locked setuptools as its build backend).
+$(STAMP): requirements-dev.txt pyproject.toml
+	@test -n "$(PYTHON)" || { echo "make: Python 3.12 (the Lambda runtime's) is needed; the lock files are resolved for it" >&2; exit 1; }
+	@echo "==> Installing cdr-policy and its locked development tools into $(VENV) with $(PYTHON) (a few minutes the first time)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@echo "==> $(VENV) is ready"
 	touch $(STAMP)
+
+# A change of dependency is a change of these files, reviewed like code: edit pyproject.toml,
+# layers/shared/requirements.in or requirements-tools.in, then `make lock`. The layer's lock is for
+# Lambda (python3.12, manylinux x86_64); the development locks hold for Python 3.12+ on any platform,
+# the layer's versions included (tests/unit/test_locks.py checks that they agree).
+UV_COMPILE := $(abspath $(BIN))/uv pip compile --quiet --generate-hashes --annotation-style line --python-version 3.12
+lock: venv
+	cd layers/shared && $(UV_COMPILE) --python-platform x86_64-manylinux_2_34 -o requirements.txt requirements.in
+	$(UV_COMPILE) --universal -c layers/shared/requirements.txt --extra dev -o requirements-dev.txt pyproject.toml
+	$(UV_COMPILE) --universal -o requirements-tools.txt requirements-tools.in
 
 tools: $(TOOLS_STAMP)
 
 $(TOOLS_STAMP): requirements-tools.txt
 	@echo "==> Installing checkov into $(TOOLS) (its own virtualenv: its pins clash with the project's)"
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/pip install --quiet --upgrade pip
-	$(TOOLS)/bin/pip install --quiet -r requirements-tools.txt
+	$(TOOLS)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-tools.txt
 	touch $(TOOLS_STAMP)
 
 demo: venv

@@ -13,9 +13,9 @@
 #    builds (--refresh-base makes it again, for Debian's security updates). Trixie, not bookworm: the
 #    image installs the versions the layer pins, and numpy 2.5 needs Python 3.12+ (bookworm has 3.11;
 #    trixie 3.13).
-# 3. Wheels: cdr-policy and its dependencies, pinned to layers/shared/requirements.txt (what the Lambda
-#    layer ships), built and downloaded on this machine for the base's Python and C library. A build
-#    container cannot be relied on to reach a package index (on these machines it reaches PyPI, but
+# 3. Wheels: cdr-policy and its dependencies, pinned and hashed in layers/shared/requirements.txt
+#    (the lock: what the Lambda layer ships), built and downloaded on this machine for the base's
+#    Python and C library. A build container cannot be relied on to reach a package index (on these machines it reaches PyPI, but
 #    through a TLS proxy whose CA only the host trusts), so the image installs them with --no-index.
 # 4. docker build with build/image/ (--context) as the context, then the size.
 set -euo pipefail

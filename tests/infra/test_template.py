@@ -76,11 +76,13 @@ def test_every_function_uses_the_shared_layer(template, resources, functions):
     assert layer["Properties"]["ContentUri"] == "layers/shared"
     assert "python3.12" in layer["Properties"]["CompatibleRuntimes"]
     assert layer["Properties"]["CompatibleArchitectures"] == globals_fn(template)["Architectures"]
-    requirements = (REPO / "layers/shared/requirements.txt").read_text().splitlines()
+    chosen = (REPO / "layers/shared/requirements.in").read_text()
+    locked = (REPO / "layers/shared/requirements.txt").read_text()
     # aws-xray-sdk (Powertools Tracer) pulls botocore into the layer, shadowing the runtime's: boto3 must
     # then come from the layer too, pinned, so that the functions import a matching pair.
-    assert "aws-lambda-powertools[tracer]" in "\n".join(requirements)
-    assert [line for line in requirements if re.match(r"boto3==\d", line)], "boto3 pinned beside botocore"
+    assert "aws-lambda-powertools[tracer]" in chosen and re.search(r"^aws-xray-sdk==\d", locked, re.M)
+    assert re.search(r"^boto3==\d", chosen, re.M), "boto3 pinned beside botocore"
+    assert re.search(r"^botocore==\d", locked, re.M)
     for props in functions.values():
         assert {"Ref": "SharedLayer"} in setting(template, props, "Layers")
 

@@ -82,6 +82,12 @@ def raw_cdr_page_key(window_start: datetime, page: int) -> str:
 ABUSEIPDB_CACHE = f"{STATE_ABUSEIPDB}cache.json"
 
 
+def feed_set_name(key: str) -> str | None:
+    """The feed whose set ``key`` is (``indicators/feeds/<name>.json``); None for any other key."""
+    name = key[len(INDICATORS_FEEDS) :].removesuffix(".json")
+    return name if key.startswith(INDICATORS_FEEDS) and key == feed_set_key(name) and "/" not in name else None
+
+
 def feed_set_key(name: str) -> str:
     return f"{INDICATORS_FEEDS}{name}.json"
 
@@ -108,9 +114,22 @@ def bundle_file_key(digest: str, path: str) -> str:
 PROVENANCE_FILE = "provenance.json"
 
 
+# Render's report of a bundle (what was kept, dropped and why), beside its files: not a policy object.
+REPORT_FILE = "report.json"
+# The unsigned manifest's path in a rendered bundle: no bundle file may take it.
+BUNDLE_MANIFEST_FILE = "bundle.json"
+
+
 def bundle_manifest_key(digest: str) -> str:
     """The unsigned manifest Render writes beside a bundle's files, last."""
-    return bundle_file_key(digest, "bundle.json")
+    return bundle_file_key(digest, BUNDLE_MANIFEST_FILE)
+
+
+def rendered_digest(key: str) -> str | None:
+    """The digest whose unsigned manifest ``key`` is (``bundles/<digest>/bundle.json``); None for any
+    other key."""
+    digest = key[len(BUNDLES) :].partition("/")[0]
+    return digest if is_digest(digest) and key == bundle_manifest_key(digest) else None
 
 
 def latest_render_key(channel: str) -> str:
@@ -157,8 +176,23 @@ def history_key(channel: str, created_at: str, digest: str) -> str:
     return f"{history_prefix(channel)}{created_at}-{digest}.json"
 
 
+def history_entry(channel: str, key: str) -> tuple[str, str] | None:
+    """``(created_at, digest)`` of the channel's history entry ``key``; None for any other key. Keys of
+    one channel sort by ``created_at``, then digest."""
+    created_at, _, digest = key[len(history_prefix(channel)) :].removesuffix(".json").rpartition("-")
+    if created_at and is_digest(digest) and key == history_key(channel, created_at, digest):
+        return created_at, digest
+    return None
+
+
 def status_key(cluster_id: str) -> str:
     return f"{STATUS}{cluster_id}.json"
+
+
+def status_cluster(key: str) -> str | None:
+    """The cluster whose status ``key`` is (``status/<cluster_id>.json``); None for any other key."""
+    cluster = key[len(STATUS) :].removesuffix(".json")
+    return cluster if cluster and "/" not in cluster and key == status_key(cluster) else None
 
 
 # -- the layout as a table -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from cdr_policy import jsonio
+from cdr_policy import jsonio, layout
 from cdr_policy.errors import BundleError
 from cdr_policy.policy.channel import Action
 from cdr_policy.schemas import schema_errors
@@ -37,7 +37,7 @@ MAX_FILES = 2_000
 MAX_FILE_BYTES = 16 << 20
 MAX_BUNDLE_BYTES = 96 << 20
 # The unsigned manifest sits beside the files in the state bucket, so no file may take its name.
-RESERVED_PATHS = frozenset({"bundle.json"})
+RESERVED_PATHS = frozenset({layout.BUNDLE_MANIFEST_FILE})
 
 Mode = Literal["monitor", "enforce"]
 

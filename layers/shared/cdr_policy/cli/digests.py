@@ -29,19 +29,13 @@ def resolve(prefix: str, candidates: Iterable[str], what: str) -> str | None:
 
 def rendered(state: Store, prefix: str) -> list[str]:
     """Digests of the rendered bundles in the state store that start with ``prefix`` (each with its manifest)."""
-    out = []
-    for key in state.list(f"{layout.BUNDLES}{prefix}"):
-        digest, _, rest = key[len(layout.BUNDLES) :].partition("/")
-        if layout.is_digest(digest) and key == layout.bundle_manifest_key(digest):
-            out.append(digest)
-    return out
+    return [d for d in map(layout.rendered_digest, state.list(f"{layout.BUNDLES}{prefix}")) if d is not None]
 
 
 def in_history(dist: Store, channel: str) -> dict[str, list[str]]:
     """The channel's history entries by the digest their key names (``<created_at>-<digest>.json``)."""
     out: dict[str, list[str]] = {}
     for key in dist.list(layout.history_prefix(channel)):
-        digest = key.removesuffix(".json")[-64:]
-        if key.endswith(".json") and layout.is_digest(digest):
-            out.setdefault(digest, []).append(key)
+        if (entry := layout.history_entry(channel, key)) is not None:
+            out.setdefault(entry[1], []).append(key)
     return out

@@ -226,7 +226,7 @@ def _list(dist: Store) -> list[dict[str, Any]]:
         if key not in keys:
             continue
         if not layout.is_channel_name(name):
-            _skipped(f"{layout.CHANNELS}<{len(name)} characters>/manifest.json", "not a channel name")
+            _skipped(layout.channel_manifest_key(f"<{len(name)} characters>"), "not a channel name")
             continue
         try:
             manifest = read_manifest(dist, key)[0]
@@ -261,7 +261,8 @@ def channel_history(dist: Store, channel: str, verifier: Verifier, limit: int) -
     skipped = 0
     for key in sorted((k for ks in digests.in_history(dist, channel).values() for k in ks), reverse=True):
         # keys sort by publish time; entries published within the same second are all read, then ordered
-        if len(entries) >= limit and key.removesuffix(".json")[:-65] != _published_at(entries[-1]):
+        published_at = (layout.history_entry(channel, key) or ("", ""))[0]
+        if len(entries) >= limit and published_at != entries[-1].created_at:
             break
         try:
             manifest = read_manifest(dist, key)[0]
@@ -295,11 +296,6 @@ def channel_history(dist: Store, channel: str, verifier: Verifier, limit: int) -
         )
     shipping = current.digest if current is not None else None
     return {"channel": channel, "shipping": shipping, "generations": rows, "skipped": skipped}
-
-
-def _published_at(manifest: Manifest) -> str:
-    """The part of a history key before the digest (``channels/<channel>/history/<created_at>``)."""
-    return layout.history_key(manifest.channel, manifest.created_at, manifest.digest).removesuffix(".json")[:-65]
 
 
 @dataclass(frozen=True)
@@ -523,8 +519,7 @@ def _status(dist: Store, key: str) -> tuple[dict[str, Any] | None, str | None]:
         return None, "not JSON (or nested too deep)"
     if schemas.schema_errors(doc, STATUS_SCHEMA):
         return None, f"not an agent status (does not match {STATUS_SCHEMA})"
-    cluster = key[len(layout.STATUS) :].removesuffix(".json")
-    if doc["cluster_id"] != cluster:
+    if doc["cluster_id"] != layout.status_cluster(key):
         return None, "written under another cluster's key"
     return doc, None
 
@@ -534,7 +529,7 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
     and named); each channel's manifest read once."""
     shipping: dict[str, str | None] = {}
     rows = []
-    keys = [k for k in dist.list(layout.STATUS) if k.endswith(".json")]
+    keys = [k for k in dist.list(layout.STATUS) if layout.status_cluster(k) is not None]
     with ThreadPoolExecutor(max_workers=STATUS_READERS) as pool:
         docs = list(pool.map(lambda key: _status(dist, key), keys))
     for key, (doc, why) in zip(keys, docs, strict=True):

@@ -20,12 +20,11 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from cdr_policy import layout
 from cdr_policy.errors import CdrPolicyError, ConfigError, StorageError, os_cause
 from cdr_policy.policy import naming
 from cdr_policy.policy.serialize import load_yaml_documents
 from cdr_policy.storage import writable_dir
-
-REPORT = "report.json"
 
 
 def _sibling(output: Path, what: str) -> Path:
@@ -71,7 +70,7 @@ def replace_output(output: Path, files: Mapping[str, bytes]) -> None:
         new.mkdir()
         if output.is_dir():
             for entry in sorted(output.iterdir()):
-                if entry.name in files or entry.name == REPORT or _ours(entry):
+                if entry.name in files or entry.name == layout.REPORT_FILE or _ours(entry):
                     continue
                 if entry.is_dir():
                     shutil.copytree(entry, new / entry.name, symlinks=True)
@@ -101,7 +100,7 @@ def _fill_in_place(output: Path, files: Mapping[str, bytes]) -> None:
             raise StorageError(f"cannot write {name} in {output} ({os_cause(exc)})") from exc
         staged.rename(output / name)
     for entry in sorted(output.iterdir()):
-        if entry.name not in files and (entry.name == REPORT or _ours(entry)):
+        if entry.name not in files and (entry.name == layout.REPORT_FILE or _ours(entry)):
             entry.unlink()
 
 

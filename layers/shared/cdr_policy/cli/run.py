@@ -14,11 +14,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from cdr_policy import jsonio
+from cdr_policy import jsonio, layout
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.reconcile import reconcile
 from cdr_policy.bundle import provenance
-from cdr_policy.cli.output import REPORT, check_output, replace_output
+from cdr_policy.cli.output import check_output, replace_output
 from cdr_policy.policy import naming
 from cdr_policy.policy.output import PolicyFile
 from cdr_policy.stages.render import RenderedChannel
@@ -87,16 +87,18 @@ class LocalRun:
         output = self.output
         files = {f.filename: f.to_bytes() for f in rendered.policies}
         files[provenance.PATH] = rendered.bundle.files[provenance.PATH]
-        replace_output(output, {**files, REPORT: jsonio.dumps_pretty(rendered.report)})
+        replace_output(output, {**files, layout.REPORT_FILE: jsonio.dumps_pretty(rendered.report)})
         self._summarise(output, rendered.policies, cdr)
         left_out = rendered.report["left_out_total"]
         if left_out:
-            self.say(f"Capacity budget: {left_out} prefix(es) left out (lowest evidence first, see report.json)")
+            self.say(
+                f"Capacity budget: {left_out} prefix(es) left out (lowest evidence first, see {layout.REPORT_FILE})"
+            )
         if args.apply:
             problems += self._apply(rendered)
-        self.say(f"  Report: {output / 'report.json'}")
+        self.say(f"  Report: {output / layout.REPORT_FILE}")
         self.say()
-        self.say("Done." if not problems else f"Done, with {problems} problem(s): see above and report.json.")
+        self.say("Done." if not problems else f"Done, with {problems} problem(s): see above and {layout.REPORT_FILE}.")
         self.runs += 1
         return 1 if problems else 0
 
@@ -122,7 +124,7 @@ class LocalRun:
             for category, count in sorted(cdr.by_category.items(), key=lambda kv: (-kv[1], kv[0])):
                 self.say(f"  {category}: {count}")
         for category, count in sorted(cdr.unmapped_categories.items()):
-            self.say(f"  (no policy for category {category}: {count} event(s); see report.json)")
+            self.say(f"  (no policy for category {category}: {count} event(s); see {layout.REPORT_FILE})")
         self.say()
         return cdr
 
@@ -145,7 +147,9 @@ class LocalRun:
                 stale += 1
                 self.say(f"Nothing from {name}: {feed.error}")
         if result.refused:
-            self.say(f"Refused {result.refused} feed entries (never-block list, parse errors; see report.json)")
+            self.say(
+                f"Refused {result.refused} feed entries (never-block list, parse errors; see {layout.REPORT_FILE})"
+            )
         self.say()
         return stale
 

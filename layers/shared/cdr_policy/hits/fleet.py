@@ -118,8 +118,8 @@ def read_fleet(dist: Store, *, now: datetime, window: timedelta) -> Fleet:
     with ThreadPoolExecutor(max_workers=STATUS_READERS) as pool:
         docs = list(pool.map(lambda key: _status(dist, key), keys))
     for key, doc in zip(keys, docs, strict=True):
-        cluster = key[len(layout.STATUS) :].removesuffix(".json")
-        if doc is None or doc["cluster_id"] != cluster:
+        cluster = layout.status_cluster(key)
+        if doc is None or cluster is None or doc["cluster_id"] != cluster:
             fleet.unreadable += 1  # planted, broken, or under another cluster's key
             continue
         channel, section = doc["channel"], doc.get("hits")

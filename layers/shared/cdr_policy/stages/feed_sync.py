@@ -175,9 +175,8 @@ def _retired(store: Store, feeds: Sequence[FeedConfig]) -> list[tuple[str, str]]
     """Feeds with a stored set that are disabled or no longer configured."""
     configured = {f.name: f for f in feeds}
     out = [(f.name, "disabled in the feed configuration") for f in feeds if not f.enabled]
-    for key in store.list(layout.INDICATORS_FEEDS):
-        name = key[len(layout.INDICATORS_FEEDS) :].removesuffix(".json")
-        if key.endswith(".json") and "/" not in name and name not in configured:
+    for name in map(layout.feed_set_name, store.list(layout.INDICATORS_FEEDS)):
+        if name is not None and name not in configured:
             out.append((name, "no longer in the feed configuration"))
     return sorted(out)
 

@@ -479,8 +479,9 @@ def rollback(
         raise ValueError("give exactly one of to_digest and to_generation")
     verifier = Verifier.from_public_pem(signer.public_key_pem())
     old: Manifest | None = None
-    suffix = f"-{to_digest}.json" if to_digest is not None else ".json"
-    for key in [k for k in dist.list(layout.history_prefix(channel)) if k.endswith(suffix)]:
+    for key in dist.list(layout.history_prefix(channel)):
+        if (named := layout.history_entry(channel, key)) is None or to_digest not in (None, named[1]):
+            continue
         try:
             entry = _read_signed(dist, key, verifier)
         except (BundleError, NotFound, TooLarge):

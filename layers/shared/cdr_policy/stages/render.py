@@ -153,4 +153,4 @@ def _write_bundle(state: Store, channel: str, bundle: Bundle, report: dict[str, 
 
 
 def _write_report(state: Store, digest: str, report: dict[str, Any]) -> None:
-    state.put(layout.bundle_file_key(digest, "report.json"), jsonio.dumps_pretty(report), "application/json")
+    state.put(layout.bundle_file_key(digest, layout.REPORT_FILE), jsonio.dumps_pretty(report), "application/json")

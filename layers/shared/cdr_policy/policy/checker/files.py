@@ -23,7 +23,7 @@ from cdr_policy.policy.serialize import load_yaml_documents
 
 _SUFFIXES = (".yaml", ".yml", ".json")
 # The run report and the provenance index the CLI writes beside the policies: not Kubernetes objects.
-NOT_OBJECTS = frozenset({"report.json", layout.PROVENANCE_FILE})
+NOT_OBJECTS = frozenset({layout.REPORT_FILE, layout.PROVENANCE_FILE})
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
