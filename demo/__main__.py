@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     print("=== CDR Policy Operator: local run of the serverless pipeline ===")
     try:
         with moto_server() as server:
-            result = run_pipeline(server, output, crds_dir=crds, template=Path(args.template).resolve())
+            result = run_pipeline(
+                server, output, crds_dir=crds, template=Path(args.template).resolve(), time_to_protect=True
+            )
     except (DemoFailure, StackError, MotoServerError) as exc:
         print(f"demo: error: {exc} (function logs: {output / 'lambda.log'})", file=sys.stderr)
         return 1

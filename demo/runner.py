@@ -184,6 +184,7 @@ def run_pipeline(
     crds_dir: Path | None = None,
     environment: str = "demo",
     template: Path = TEMPLATE,
+    time_to_protect: bool = False,
 ) -> PipelineResult:
     """Deploy and run everything once; the agents write into ``output/<channel>``. ``say`` gets one line
     per step (default: this process's standard output). ``template``: the stack's template (a changed
@@ -230,7 +231,8 @@ def run_pipeline(
         with quiet_logs(output / "agents.log"):
             result.agents, result.drift = _run_agents(result, say)
             result.hits = run_hits(result, demo_agents(result), say)
-            result.protect = _time_to_protect(result, gateway, say)
+            if time_to_protect:  # last: it publishes a new generation to both channels
+                result.protect = _time_to_protect(result, gateway, say)
         for bucket, folder in ((stack.state_bucket, "state"), (stack.dist_bucket, "dist")):
             _mirror(S3Store(stack.client("s3"), bucket), LocalStore(output / folder))
         say(f"Buckets copied to {output / 'state'} and {output / 'dist'} (for the fleet commands after the run)")
