@@ -393,7 +393,7 @@ def _time_to_protect(result: PipelineResult, gateway: FakeQualysGateway, say: Ca
     )
     say(
         "      the demo runs each trigger at once; a deployment adds the wait for CdrFetch's schedule, "
-        'the batching windows and the agents\' poll (README "Time to protect": make bench (g))'
+        'the batching windows and the agents\' poll (docs/time-to-protect.md: make bench (g))'
     )
     return seconds
 

@@ -254,7 +254,7 @@ def _timings(stack: Stack) -> tuple[str, int, int]:
 
 
 def test_the_profile_parameter_sets_the_schedule_and_the_batching_windows(server, stack):
-    """One parameter switches a deployment to the fast profile (README "Time to protect"); the two timing
+    """One parameter switches a deployment to the fast profile (docs/time-to-protect.md); the two timing
     parameters still win when given."""
     assert stack.parameters["Profile"] == "default"
     assert _timings(stack) == ("rate(15 minutes)", 60, 5)

@@ -88,7 +88,7 @@ DEFAULT_SYNC_DEADLINE_S = 300.0
 # heartbeat for ``fleet status``): an unchanged poll is then one conditional GET, not also a PUT,
 # which was 93% of what a polling fleet costs.
 DEFAULT_STATUS_HEARTBEAT_S = 600.0
-# The agent's part of the deployment profiles (template.yaml Profile, README "Time to protect"): how
+# The agent's part of the deployment profiles (template.yaml Profile, docs/time-to-protect.md): how
 # often it polls its channel's manifest. An unchanged poll is one conditional GET answered 304 without
 # a body, so the manifest itself is the small object a fast profile polls.
 POLL_INTERVALS_S = {"default": 60.0, "fast": 10.0}
