@@ -263,7 +263,10 @@ def run_profile(
         create_qualys_secret(server, template_secret)
         parameters = {"Environment": f"ttp-{profile}", "QualysGatewayUrl": gateway.url, "Profile": profile}
         stack = deploy(server, name=f"cdr-policy-ttp-{profile}", parameters=parameters)
-        upload_config(stack, feeds, CRDS if CRDS.is_dir() else None)
+        # without prod's promotion: a promoting channel takes a change only after its audit channel's
+        # soak (24 h by default) by design; what is measured is the way of a change that ships at once
+        unpromoted = [{k: v for k, v in c.items() if k != "promote"} for c in CHANNELS]
+        upload_config(stack, feeds, CRDS if CRDS.is_dir() else None, unpromoted)
         lambdas = LambdaService(stack, work / "lambda.log")
         # the first bundles: the stack's first CdrFetch and FeedSync runs, then Render and Publish
         for logical in ("CdrFetchFunction", "FeedSyncFunction", "RenderFunction", "PublishFunction"):

@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,11 +115,16 @@ def create_qualys_secret(server: MotoServer, name: str) -> None:
     )
 
 
-def upload_config(stack: Stack, feeds: FeedServer, crds_dir: Path | None) -> int:
-    """README "Deploy": the channels, the feeds and the clusters' CRDs in the state bucket."""
+def upload_config(
+    stack: Stack, feeds: FeedServer, crds_dir: Path | None, channels: Sequence[Mapping[str, Any]] = CHANNELS
+) -> int:
+    """README "Deploy": the channels (the demo's unless given), the feeds and the clusters' CRDs in the
+    state bucket."""
     s3 = stack.client("s3")
     bucket = stack.state_bucket
-    s3.put_object(Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": list(CHANNELS)}))
+    s3.put_object(
+        Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": [dict(c) for c in channels]})
+    )
     s3.put_object(Bucket=bucket, Key="config/feeds.yaml", Body=demo_feeds_yaml(feeds.url("/")))
     uploaded = 0
     if crds_dir is not None:
@@ -393,7 +398,7 @@ def _time_to_protect(result: PipelineResult, gateway: FakeQualysGateway, say: Ca
     )
     say(
         "      the demo runs each trigger at once; a deployment adds the wait for CdrFetch's schedule, "
-        'the batching windows and the agents\' poll (docs/time-to-protect.md: make bench (g))'
+        "the batching windows and the agents' poll (docs/time-to-protect.md: make bench (g))"
     )
     return seconds
 
