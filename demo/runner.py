@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +41,7 @@ from demo.promotion import PROMOTE, run_promotion
 from fakes.aws import ACCOUNT, MotoServer
 from fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from fakes.lambda_runtime import REPO, Delivery, Invocation, LambdaService
-from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway, reverse_shell_finding
 from fakes.stack import CLUSTER_ACCESS, TEMPLATE, Stack, deploy
 
 FINDINGS = REPO / "events" / "findings"
@@ -85,6 +85,7 @@ class PipelineResult:
     approver: dict[str, str] = field(default_factory=dict)  # a session of the stack's ApproverRole
     hits: dict[str, Any] = field(default_factory=dict)  # what the export lines fed through the readers gave
     promotion: dict[str, Any] = field(default_factory=dict)  # prod's evidence after the soak and the approval
+    protect: dict[str, Any] = field(default_factory=dict)  # a new detection's way to both clusters, in seconds
 
     def channel_dir(self, channel: str) -> Path:
         return self.output / channel
@@ -117,11 +118,16 @@ def create_qualys_secret(server: MotoServer, name: str) -> None:
     )
 
 
-def upload_config(stack: Stack, feeds: FeedServer, crds_dir: Path | None) -> int:
-    """docs/deploy.md: the channels, the feeds and the clusters' CRDs in the state bucket."""
+def upload_config(
+    stack: Stack, feeds: FeedServer, crds_dir: Path | None, channels: Sequence[Mapping[str, Any]] = CHANNELS
+) -> int:
+    """docs/deploy.md: the channels (the demo's unless given), the feeds and the clusters' CRDs in the
+    state bucket."""
     s3 = stack.client("s3")
     bucket = stack.state_bucket
-    s3.put_object(Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": list(CHANNELS)}))
+    s3.put_object(
+        Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": [dict(c) for c in channels]})
+    )
     s3.put_object(Bucket=bucket, Key="config/feeds.yaml", Body=demo_feeds_yaml(feeds.url("/")))
     uploaded = 0
     if crds_dir is not None:
@@ -189,6 +195,7 @@ def run_pipeline(
     crds_dir: Path | None = None,
     environment: str = "demo",
     template: Path = TEMPLATE,
+    time_to_protect: bool = False,
 ) -> PipelineResult:
     """Deploy and run everything once; the agents write into ``output/<channel>``. ``say`` gets one line
     per step (default: this process's standard output). ``template``: the stack's template (a changed
@@ -236,6 +243,8 @@ def run_pipeline(
             result.agents, result.drift = _run_agents(result, say)
             result.promotion = run_promotion(result, say)
             result.hits = run_hits(result, demo_agents(result), say)
+            if time_to_protect:  # last: it publishes a new generation to both channels
+                result.protect = _time_to_protect(result, gateway, say)
         for bucket, folder in ((stack.state_bucket, "state"), (stack.dist_bucket, "dist")):
             _mirror(S3Store(stack.client("s3"), bucket), LocalStore(output / folder))
         say(f"Buckets copied to {output / 'state'} and {output / 'dist'} (for the fleet commands after the run)")
@@ -351,6 +360,44 @@ def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dic
             f"               objects in {result.channel_dir(channel)}; status at s3://{result.stack.dist_bucket}/status/{cluster}.json"
         )
     return statuses, _show_drift_repair(agents["staging"], result.channel_dir("staging"), say)
+
+
+PROTECT_ADDRESS = "45.153.161.1"  # a reverse shell's destination no sample finding names
+
+
+def _time_to_protect(result: PipelineResult, gateway: FakeQualysGateway, say: Callable[[str], None]) -> dict[str, Any]:
+    """A new detection appears at the gateway; the stack's triggers at once (CdrFetch's rule, then each
+    queue), then every cluster's agent polls: seconds from the detection to both agents enforcing it."""
+    lambdas, agents = result.lambdas, demo_agents(result)
+    t0 = gateway.publish([reverse_shell_finding(PROTECT_ADDRESS, utcnow())])
+    marks = {}
+    for stage, run in (
+        ("fetch", lambda: lambdas.fire(lambdas.schedule_of("CdrFetchFunction"))),
+        ("render", lambda: lambdas.poll("RenderFunction").invocations),
+        ("publish", lambda: lambdas.poll("PublishFunction").invocations),
+    ):
+        _checked(f"time to protect: {stage}", run())
+        marks[stage] = time.time()
+    for channel, agent in agents.items():
+        status = agent.sync_once()
+        blocked = any(PROTECT_ADDRESS in p.read_text() for p in result.channel_dir(channel).glob("*.yaml"))
+        if status.last_poll.result != "applied" or not blocked:
+            raise DemoFailure("time to protect", f"the {channel} agent does not enforce {PROTECT_ADDRESS}")
+    marks["agents"] = time.time()
+    seconds = {"total": marks["agents"] - t0}
+    previous = t0
+    for stage, at in marks.items():
+        seconds[stage], previous = at - previous, at
+    say(
+        f"Time to protect: a reverse shell to {PROTECT_ADDRESS} appears at the gateway; both agents "
+        f"enforce it {seconds['total']:.1f} s later (fetch {seconds['fetch']:.1f}, render {seconds['render']:.1f}, "
+        f"publish {seconds['publish']:.1f}, agents {seconds['agents']:.1f} s)"
+    )
+    say(
+        "      the demo runs each trigger at once; a deployment adds the wait for CdrFetch's schedule, "
+        "the batching windows and the agents' poll (docs/time-to-protect.md: make bench (g))"
+    )
+    return seconds
 
 
 def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -> AgentStatus:

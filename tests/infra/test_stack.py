@@ -239,6 +239,34 @@ def test_functions_their_roles_and_asynchronous_settings_are_the_translated_temp
         assert config["DestinationConfig"] == props["DestinationConfig"]
 
 
+def _timings(stack: Stack) -> tuple[str, int, int]:
+    """What the deployed stack's event sources say: CdrFetch's schedule, Render's and Publish's batching windows."""
+    events, lambda_api = stack.client("events"), stack.client("lambda")
+    rules = stack.of_type("AWS::Events::Rule")
+    (schedule,) = [events.describe_rule(Name=rules[r])["ScheduleExpression"] for r in rules if r.startswith("CdrFetch")]
+
+    def window(logical: str) -> int:
+        name = stack.physical(logical)
+        (mapping,) = lambda_api.list_event_source_mappings(FunctionName=name)["EventSourceMappings"]
+        return int(mapping["MaximumBatchingWindowInSeconds"])
+
+    return schedule, window("RenderFunction"), window("PublishFunction")
+
+
+def test_the_profile_parameter_sets_the_schedule_and_the_batching_windows(server, stack):
+    """One parameter switches a deployment to the fast profile (docs/time-to-protect.md); the two timing
+    parameters still win when given."""
+    assert stack.parameters["Profile"] == "default"
+    assert _timings(stack) == ("rate(15 minutes)", 60, 5)
+    fast = deploy(server, name="cdr-policy-fasttest", parameters={"Environment": "fasttest", "Profile": "fast"})
+    assert _timings(fast) == ("rate(1 minute)", 1, 1)
+    given = {"Environment": "giventest", "Profile": "fast", "CdrFetchSchedule": "rate(5 minutes)"}
+    given["RenderBatchingWindowSeconds"] = "30"
+    assert _timings(deploy(server, name="cdr-policy-giventest", parameters=given)) == ("rate(5 minutes)", 30, 1)
+    with pytest.raises(StackError, match="Profile"):
+        check_parameters(load_template(REPO / "template.yaml"), {"Profile": "fastest"})
+
+
 def test_parameters_cloudformation_would_refuse_are_refused(stack):
     template = load_template(REPO / "template.yaml")
     assert check_parameters(template, {})["Environment"] == "dev"
@@ -246,6 +274,8 @@ def test_parameters_cloudformation_would_refuse_are_refused(stack):
         {"Environment": "Demo"},
         {"QualysGatewayUrl": "http://127.0.0.1:8443"},
         {"LookbackHours": "0"},
+        {"RenderBatchingWindowSeconds": "0"},
+        {"QualysRequestsPerHour": "0"},
         {"QualysPlatform": "US9"},
         {"Nope": "x"},
     ):

@@ -145,6 +145,78 @@ def test_an_unchanged_manifest_costs_one_conditional_read(kube, ship, make_agent
     assert status["objects"] == {"applied": 3, "deleted": 0}
 
 
+class ReadCounting(RecordingStore):
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.reads: list[str] = []
+
+    def get(self, key, *, max_bytes=None):
+        self.reads.append(key)
+        return super().get(key, max_bytes=max_bytes)
+
+
+def test_a_new_bundle_reads_only_the_files_that_changed_and_a_restart_reads_all(
+    kube, state, signer, verifier, dist, tmp_path
+):
+    bucket = ReadCounting(dist)
+    a = network_bundle(ips(0, 10), tag="a")
+    grown = "cilium-cdr-blocklist-cidrs-001.yaml"
+    b = {**a, grown: network_bundle(ips(0, 11), tag="a")[grown]}  # one more address: one file changes
+
+    def ship(files, when):
+        digest = render(state, files, channel="prod", created=when)
+        assert publish_bundle(
+            state, bucket, channel="prod", digest=digest, signer=signer, now=when, change_budget_percent=100
+        ).shipped
+        return digest
+
+    def agent():
+        return Agent(
+            bucket,
+            channel="prod",
+            cluster_id="eks-prod-1",
+            verifier=verifier,
+            applier=KubeApplier(kube.url, kube.token),
+            state_dir=tmp_path / "agent-state",
+        )
+
+    def bundle_reads(digest):
+        folder = layout.published_file_key("prod", digest, "")
+        return sorted(k.removeprefix(folder) for k in bucket.reads if k.startswith(folder))
+
+    ship(a, T0)
+    first = agent()
+    first.sync_once(T0 + MINUTE)
+    second_digest = ship(b, T0 + 2 * MINUTE)
+
+    status = first.sync_once(T0 + 3 * MINUTE)
+
+    assert status["last_poll"]["result"] == "applied" and status["applied_digest"] == second_digest
+    assert bundle_reads(second_digest) == [grown]
+    group = next(o for o in kube.objects("CiliumCIDRGroup"))
+    assert len(group["spec"]["externalCIDRs"]) == 11
+    # a restarted agent holds no files: a new bundle is read whole (and checked whole)
+    bucket.reads.clear()
+    third_digest = ship(a, T0 + 4 * MINUTE)
+    assert agent().sync_once(T0 + 5 * MINUTE)["applied_digest"] == third_digest
+    assert bundle_reads(third_digest) == sorted(a)
+
+
+def test_a_file_held_from_the_last_bundle_is_checked_like_a_read_one(state, signer, dist):
+    from cdr_policy.bundle.loader import load_bundle
+    from cdr_policy.bundle.manifest import Manifest, VerificationError
+
+    digest = render(state, A, channel="prod", created=T0)
+    publish_bundle(state, dist, channel="prod", digest=digest, signer=signer, now=T0, change_budget_percent=100)
+    manifest = Manifest.parse(dist.get(layout.channel_manifest_key("prod")).data, "manifest")
+    entry = manifest.files[0]
+
+    with pytest.raises(VerificationError, match="file mismatch"):
+        load_bundle(dist, manifest, published=True, known={entry.sha256: b"not what was signed"})
+    held = load_bundle(dist, manifest, published=True, known={entry.sha256: A[entry.path]})
+    assert dict(held.files) == A
+
+
 def test_apply_order_groups_first_new_before_old_policies_before_groups(kube, ship, make_agent):
     ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))

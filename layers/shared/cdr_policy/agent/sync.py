@@ -98,7 +98,11 @@ DEFAULT_SYNC_DEADLINE_S = 300.0
 # heartbeat for ``fleet status``): an unchanged poll is then one conditional GET, not also a PUT,
 # which was 93% of what a polling fleet costs.
 DEFAULT_STATUS_HEARTBEAT_S = 600.0
-DEFAULT_INTERVAL_S = 60.0
+# The agent's part of the deployment profiles (template.yaml Profile, docs/time-to-protect.md): how
+# often it polls its channel's manifest. An unchanged poll is one conditional GET answered 304 without
+# a body, so the manifest itself is the small object a fast profile polls.
+POLL_INTERVALS_S = {"default": 60.0, "fast": 10.0}
+DEFAULT_INTERVAL_S = POLL_INTERVALS_S["default"]
 # Each wait between two polls is the interval times a factor drawn uniformly from [1 - jitter, 1 + jitter]:
 # agents started together (one rollout across a fleet) drift apart instead of polling the bucket in
 # step, and no poll starts later than (1 + jitter) intervals after the previous one.
@@ -247,6 +251,8 @@ class Agent:
         self._state = StateDir(Path(state_dir))
         self._applied = self._state.load(verifier, channel)
         self._desired: list[dict[str, Any]] | None = None  # the applied bundle's objects, as applied
+        # The applied bundle's files by sha256: a new bundle reads only the files that changed.
+        self._files: dict[str, bytes] = {}
         self._pending: _Verified | None = None  # a newer verified bundle held back as a shrink
         self._etag: str | None = None
         self._verification = Verification()
@@ -381,6 +387,7 @@ class Agent:
             )
         done_at = self._applied = Applied(bundle.manifest, iso(now))
         self._desired = desired
+        self._files = {e.sha256: bundle.bundle.files[e.path] for e in bundle.manifest.files}
         self._save_local(lambda: self._state.save(done_at))
         self._drift_due = time.monotonic() + self.drift_interval_s
         if self.record is not None:
@@ -452,7 +459,7 @@ class Agent:
                     f"{floor.generation} ({floor.source}): refusing to go back (a rollback is published as a "
                     "new, higher generation)",
                 )
-        bundle = load_bundle(self.dist, manifest, published=True)
+        bundle = load_bundle(self.dist, manifest, published=True, known=self._files)
         # The closed grammar and the effect first: nothing of a bundle they refuse is looked at further.
         verdict = self.admission.judge_objects(bundle)
         if not verdict.admitted:
@@ -597,7 +604,7 @@ class Agent:
             return f"{expired}: {len(errors)} object(s) not removed"
         self._save_local(self._state.clear)
         self._applied, self._record = None, None
-        self._desired = None
+        self._desired, self._files = None, {}
         self._etag = None  # verify the channel's manifest again: the status then says why nothing is applied
         kept = f"; kept {len(keep)} object(s) of a newer verified bundle" if keep else ""
         return f"{expired}: removed {deleted} object(s){kept}"

@@ -43,13 +43,15 @@ def cdr_fetch(settings: Settings, *, now: datetime | None = None, deadline_s: fl
     from cdr_policy.qualys.client import QualysClient
     from cdr_policy.qualys.credentials import load_credentials
     from cdr_policy.qualys.platforms import resolve_gateway
+    from cdr_policy.qualys.state import read_request_budget
     from cdr_policy.stages.cdr_fetch import run_cdr_fetch
 
     store = _state(settings)
     credentials = load_credentials(settings.qualys_secret_name, {})
     base_url = resolve_gateway(settings.qualys_platform, settings.qualys_gateway_url)
     deadline = None if deadline_s is None else time.monotonic() + deadline_s
-    with QualysClient(base_url, credentials, deadline=deadline) as client:
+    budget = read_request_budget(store, settings.qualys_requests_per_hour)
+    with QualysClient(base_url, credentials, deadline=deadline, budget=budget) as client:
         result = run_cdr_fetch(
             store,
             client,
