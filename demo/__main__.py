@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     failed += repair.last_poll.result != "repaired"
     print(
-        f"  time to protect: {result.protect['total']:.1f} s from a new detection at the gateway to both clusters "
-        "enforcing it (triggers run at once; make bench (g) measures a deployment's schedules)"
+        f"  time to protect: {result.protect['total']:.1f} s from a new detection at the gateway to staging's "
+        "cluster enforcing it (triggers run at once; make bench (g) measures a deployment's schedules)"
     )
     fleet: FleetHitsReport = result.hits["report"]
     print(
