@@ -191,14 +191,14 @@ def test_a_new_bundle_reads_only_the_files_that_changed_and_a_restart_reads_all(
 
     status = first.sync_once(T0 + 3 * MINUTE)
 
-    assert status["last_poll"]["result"] == "applied" and status["applied_digest"] == second_digest
+    assert status.last_poll.result == "applied" and status.applied_digest == second_digest
     assert bundle_reads(second_digest) == [grown]
     group = next(o for o in kube.objects("CiliumCIDRGroup"))
     assert len(group["spec"]["externalCIDRs"]) == 11
     # a restarted agent holds no files: a new bundle is read whole (and checked whole)
     bucket.reads.clear()
     third_digest = ship(a, T0 + 4 * MINUTE)
-    assert agent().sync_once(T0 + 5 * MINUTE)["applied_digest"] == third_digest
+    assert agent().sync_once(T0 + 5 * MINUTE).applied_digest == third_digest
     assert bundle_reads(third_digest) == sorted(a)
 
 
