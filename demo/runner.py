@@ -351,10 +351,7 @@ def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dic
     say("[5/7] Sync agents (one per cluster, with its cluster's role: poll, verify, apply, report status)")
     statuses = {}
     agents = demo_agents(result)
-    immediate = {str(c["name"]) for c in CHANNELS if "promote" not in c}
     for channel, agent in agents.items():
-        if channel not in immediate:
-            continue
         status = agent.sync_once()
         statuses[channel] = status
         cluster = result.clusters[channel].cluster_id
