@@ -1,7 +1,7 @@
 """The documents that cross a process or a bucket are read through their typed contracts only.
 
 Every such document (the manifest, the agent status, the hits sections and reports, the stage
-summaries, Publish's result and its change budget) is defined once, as a frozen dataclass with
+summaries, Publish's result and its change budget, the fleet commands' rows) is defined once, as a frozen dataclass with
 ``from_json``/``to_json``; everyone else reads typed fields. This test scans the library, the
 handlers, the demo and the benchmarks for a string-keyed read (``doc["key"]`` or ``doc.get("key")``)
 of a variable named like one of those documents outside a contract's decoder, and fails naming the
