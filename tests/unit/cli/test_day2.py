@@ -13,7 +13,7 @@ import pytest
 
 from cdr_policy import jsonio, layout
 from cdr_policy.cli import main
-from cdr_policy.cli.fleet import diff_bundles
+from cdr_policy.cli.fleet import ChannelHistory, diff_bundles
 from cdr_policy.storage import LocalStore
 from cdr_policy.timeutil import utcnow
 from tests.unit.bundle.factory import files_of, ips, network_bundle, render, tracing_policy
@@ -119,9 +119,9 @@ def test_history_lists_the_generations_and_counts_what_does_not_verify(channel, 
     code, out, _ = channel.cli(
         "channel", "history", "prod", f"--dist={channel.dist}", public, "--json", "--limit=1", capsys=capsys
     )
-    doc = json.loads(out)
-    assert [g["digest"] for g in doc["generations"]] == [second] and doc["generations"][0]["shipping"]
-    assert doc["generations"][0]["bytes"] > 0 and doc["generations"][0]["objects"] >= 0
+    history = ChannelHistory.from_json(json.loads(out))
+    assert [g.digest for g in history.generations] == [second] and history.generations[0].shipping
+    assert history.generations[0].bytes > 0 and history.generations[0].objects >= 0
 
 
 def test_rollback_takes_a_prefix_and_points_to_history_when_it_finds_none(channel, capsys):
