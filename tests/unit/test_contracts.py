@@ -537,7 +537,7 @@ def test_a_budget_whose_percent_does_not_follow_from_its_counts_is_refused():
 
 @pytest.mark.parametrize(
     ("promotion", "named"),
-    [({**PROMOTED, "from": ["SECRET"]}, "from is not a string"), ({**PROMOTED, "held": "SECRET"}, "held")],
+    [({**PROMOTED, "from": ["SECRET"]}, "from is not of type"), ({**PROMOTED, "held": "SECRET"}, "held")],
 )
 def test_a_history_names_a_broken_promotion_by_the_generations_position(promotion, named):
     generations = [GENERATION, {**GENERATION, "promotion": promotion}]

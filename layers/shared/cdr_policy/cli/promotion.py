@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cdr_policy import jsonio, layout
 from cdr_policy.bundle.approvals import MAX_GRANT_BYTES, changes_digest, grant
 from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.signing import Signer
-from cdr_policy.errors import BundleError, ConfigError, ContractError
+from cdr_policy.errors import BundleError, ConfigError
 from cdr_policy.promotion.decisions import ChangeDecision, Decisions, read_decisions
-from cdr_policy.schemas import fields_from_json
+from cdr_policy.schemas import fields_to_json, from_fields, written_as
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import format_duration, utcnow
 
@@ -181,7 +181,7 @@ class GenerationPromotion:
     ``to_json``, read back by ``from_json``)."""
 
     generation: int | None
-    source: str
+    source: str = field(metadata=written_as("from"))
     promoted: int
     approved: int
     waiting: int
@@ -190,24 +190,12 @@ class GenerationPromotion:
     held_back: int
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "generation": self.generation,
-            "from": self.source,
-            "promoted": self.promoted,
-            "approved": self.approved,
-            "waiting": self.waiting,
-            "held": self.held,
-            "rolled_back": self.rolled_back,
-            "held_back": self.held_back,
-        }
+        return fields_to_json(self)
 
     @classmethod
     def from_json(cls, doc: Any, what: str = "generation promotion") -> GenerationPromotion:
-        """What ``to_json`` wrote (``source`` as ``from``); ContractError naming the field."""
-        fields = fields_from_json(cls, doc, what, given=("source",), derived=("from",))
-        if not isinstance(doc["from"], str):
-            raise ContractError(f"malformed {what}: from is not a string")
-        return cls(source=doc["from"], **fields)
+        """What ``to_json`` wrote; ContractError naming the field."""
+        return from_fields(cls, doc, what)
 
     def line(self) -> str:
         taken = f", took back generation {self.rolled_back}'s changes" if self.rolled_back else ""

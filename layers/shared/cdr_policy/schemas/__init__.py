@@ -281,21 +281,21 @@ def fields_from_json(
     """The fields of dataclass ``cls`` from ``document``, checked against the dataclass itself (its
     fields and their annotated types: ``str``, ``int``, ``float``, ``bool``, ``None``, literals,
     ``tuple[X, ...]``, ``dict[str, X]``, other such dataclasses, and their unions): the contract of
-    a document without a schema file, so a new field is added in the dataclass alone. ``nested``:
-    fields the caller reads itself (returned unchecked, left out); ``given``: fields the document
-    does not carry; ``derived``: keys it carries beside the fields (computed from them, not read).
-    ContractError naming ``what`` and the field (a list item or a map entry by position), never the
-    value."""
+    a document without a schema file, so a new field is added in the dataclass alone. Each field is
+    read from its key (``written_as``). ``nested``: fields the caller reads itself (returned
+    unchecked, left out); ``given``: fields the document does not carry; ``derived``: keys it
+    carries beside the fields (computed from them, not read). ContractError naming ``what`` and the
+    key (a list item or a map entry by position), never the value."""
     if not isinstance(document, dict):
         raise ContractError(f"malformed {what}: not an object")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in given]
-    missing = [name for name in [*names, *derived] if name not in document]
+    keys = {f.name: _key(f) for f in dataclasses.fields(cls) if f.name not in given}
+    missing = [key for key in [*keys.values(), *derived] if key not in document]
     if missing:
         raise ContractError(f"malformed {what}: {missing[0]} is required")
-    if len(document) != len(names) + len(derived):
+    if len(document) != len(keys) + len(derived):
         raise ContractError(f"malformed {what}: has a property the contract does not allow")
-    return {name: _field(document[name], hints[name], what, name) for name in names if name not in nested}
+    return {name: _field(document[key], hints[name], what, key) for name, key in keys.items() if name not in nested}
 
 
 def from_fields(cls: type[T], document: Any, what: str) -> T:
@@ -304,11 +304,29 @@ def from_fields(cls: type[T], document: Any, what: str) -> T:
 
 
 def fields_to_json(value: Any) -> dict[str, Any]:
-    """A dataclass of such fields as its JSON document (what ``fields_from_json`` reads back)."""
-    return typing.cast(dict[str, Any], _plain(dataclasses.asdict(value)))
+    """A dataclass of such fields as its JSON document (what ``fields_from_json`` reads back): each
+    field under its key (``written_as``), the dataclasses it holds alike."""
+    return typing.cast(dict[str, Any], _plain(value))
+
+
+# Where a field's metadata names the key it is written under (``written_as``).
+_KEY = "cdr_policy.json_key"
+
+
+def written_as(key: str) -> dict[str, str]:
+    """The metadata of a dataclass field that its document writes under ``key``, a Python keyword
+    (``source: str = field(metadata=written_as("from"))``); the other fields are written under
+    their names."""
+    return {_KEY: key}
+
+
+def _key(field: dataclasses.Field[Any]) -> str:
+    return str(field.metadata.get(_KEY, field.name))
 
 
 def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {_key(f): _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
