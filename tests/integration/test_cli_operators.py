@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from cdr_policy.cli import output as output_module
-from cdr_policy.cli.fleet import ChannelRow, FleetStatusRow
+from cdr_policy.cli.fleet import BundleDiff, ChannelRow, FleetStatusRow
 from cdr_policy.feeds.config import load_feeds
 from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS
@@ -300,22 +300,22 @@ def test_fleet_commands_on_a_folder(env, tmp_path, capsys, feed_files_env):
     assert code == 1 and out.startswith("held:")
 
     code, out, _ = run(["channel", "diff", "local", f"--dist={channel}", f"--state={state}", "--json"], env, capsys)
-    diff = json.loads(out)
-    assert diff["from"] == first and len(diff["prefixes"]["added"]) > 100 and not diff["prefixes"]["removed"]
-    added = diff["prefixes"]["added"][0]
-    assert added["objects"] and added["scope"] == "prefix"
+    diff = BundleDiff.from_json(json.loads(out))
+    assert diff.shipping == first and len(diff.prefixes.added) > 100 and not diff.prefixes.removed
+    added = diff.prefixes.added[0]
+    assert added.objects and added.scope == "prefix"
     # issue 21 point 5: each prefix's own feeds (from the bundle's provenance index), not its object's
-    own = {e["provenance"].get("feeds") for e in diff["prefixes"]["added"]}
-    assert all(e["scope"] == "prefix" for e in diff["prefixes"]["added"]) and len(own) > 1
+    own = {e.provenance.get("feeds") for e in diff.prefixes.added}
+    assert all(e.scope == "prefix" for e in diff.prefixes.added) and len(own) > 1
     assert all(feeds and "=" not in feeds for feeds in own), own
     code, summary, _ = run(["channel", "diff", "local", f"--dist={channel}", f"--state={state}"], env, capsys)
     assert code == 0 and "prefix(es) added from feeds=" in summary and "objects' provenance" not in summary
-    assert any(o["object"].startswith("CiliumCIDRGroup/") for o in diff["objects"]["added"])
+    assert any(o.object.startswith("CiliumCIDRGroup/") for o in diff.objects.added)
 
     approver = tmp_path / "approver"
     run(["keygen", f"--out={approver}"], env, capsys)
-    approve = ["channel", "approve", "local", diff["to"], f"--state={state}", f"--dist={channel}", "--reason=reviewed"]
-    code, out, _ = run([*approve, f"--key={approver / 'bundle-signing.pem'}"], env, capsys)
+    approve = ["channel", "approve", "local", diff.candidate, f"--state={state}", f"--dist={channel}"]
+    code, out, _ = run([*approve, "--reason=reviewed", f"--key={approver / 'bundle-signing.pem'}"], env, capsys)
     assert code == 0 and out.startswith("approved:")
     publish = ["publish", f"--to={channel}", f"--key={key}", f"--state-dir={state}"]
     code, out, _ = run([*publish, f"--approver-key={approver / 'bundle-signing.pub'}"], env, capsys)
@@ -328,7 +328,7 @@ def test_fleet_commands_on_a_folder(env, tmp_path, capsys, feed_files_env):
     (row,) = map(
         FleetStatusRow.from_json, json.loads(run(["fleet", "status", f"--dist={channel}", "--json"], env, capsys)[1])
     )
-    assert row.applied_digest == diff["to"] and not row.behind
+    assert row.applied_digest == diff.candidate and not row.behind
 
     # A status written under another cluster's name is not that cluster's word.
     forged = {**json.loads((channel / "status/laptop.json").read_text()), "cluster_id": "laptop"}

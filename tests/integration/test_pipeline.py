@@ -23,7 +23,7 @@ from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.signing import KmsSigner, Verifier, verify_manifest
 from cdr_policy.cli import main
-from cdr_policy.cli.fleet import ChannelRow, FleetStatusRow
+from cdr_policy.cli.fleet import BundleDiff, ChannelRow, FleetStatusRow, PrefixChanges
 from cdr_policy.hits.fleet import read_fired
 from cdr_policy.hits.reports import read_report
 from cdr_policy.lambda_events import PublishRequest
@@ -371,23 +371,23 @@ def test_fleet_commands_against_the_buckets(pipeline, capsys, monkeypatch):
     assert promoted["staging"] is None and prod is not None and (prod.source, prod.approved) == ("staging", 1)
 
     assert main(["channel", "diff", "prod", f"--dist={dist}", f"--state={state}", "--json"], env) == 0
-    diff = json.loads(capsys.readouterr().out)
-    assert diff["from"] == diff["to"] and diff["prefixes"] == {"added": [], "removed": []}
+    diff = BundleDiff.from_json(json.loads(capsys.readouterr().out))
+    assert diff.shipping == diff.candidate and diff.prefixes == PrefixChanges(added=(), removed=())
 
     # An approver grants it: the stack's ApproverRole (assumed by ApproverPrincipalArn) and ApproverKey.
     _shell(monkeypatch, result.approver_env)
     key_id = f"--kms-key-id={result.stack.outputs['ApproverKeyArn']}"
-    approve = ["channel", "approve", "prod", diff["to"], f"--state={state}", f"--dist={dist}", key_id]
+    approve = ["channel", "approve", "prod", diff.candidate, f"--state={state}", f"--dist={dist}", key_id]
     assert main(approve, result.approver_env) == 0
-    key = layout.approval_key("prod", diff["to"], diff["from"])
+    key = layout.approval_key("prod", diff.candidate, diff.shipping)
     grant = json.loads(_store(result, result.stack.state_bucket).get(key).data)
-    assert (grant["digest"], grant["previous_digest"]) == (diff["to"], diff["from"])
+    assert (grant["digest"], grant["previous_digest"]) == (diff.candidate, diff.shipping)
     _shell(monkeypatch, env)
     capsys.readouterr()
 
     # Rolling back to what the channel ships, signed by the stack's KMS key, changes nothing.
     key = f"--kms-key-id={result.stack.signing_key_arn}"
-    assert main(["channel", "rollback", "prod", f"--to={diff['to']}", f"--dist={dist}", key], env) == 0
+    assert main(["channel", "rollback", "prod", f"--to={diff.candidate}", f"--dist={dist}", key], env) == 0
     assert capsys.readouterr().out.startswith("unchanged: channel prod")
 
 

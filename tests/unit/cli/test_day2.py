@@ -162,16 +162,16 @@ def test_diff_shows_each_prefixs_own_provenance_when_the_bundle_gives_it(channel
     channel.render(network_bundle(ips(0, 12)))
     dist = LocalStore(channel.dist)
     plain = diff_bundles(dist, channel.state, "prod", None)
-    assert {e["scope"] for e in plain["prefixes"]["added"]} == {"object"}
+    assert {e.scope for e in plain.prefixes.added} == {"object"}
 
     def index(bundle):  # type: ignore[no-untyped-def]
         return lambda prefix: {"sources": "blocklist-de"} if prefix.endswith(".10/32") else {"sources": "cdr"}
 
     own = diff_bundles(dist, channel.state, "prod", None, provenance=index)
-    by_prefix = {e["prefix"]: e for e in own["prefixes"]["added"]}
-    assert by_prefix["45.0.0.10/32"]["provenance"] == {"sources": "blocklist-de"}
-    assert by_prefix["45.0.0.11/32"]["provenance"] == {"sources": "cdr"}
-    assert {e["scope"] for e in own["prefixes"]["added"]} == {"prefix"}
+    by_prefix = {e.prefix: e for e in own.prefixes.added}
+    assert by_prefix["45.0.0.10/32"].provenance == {"sources": "blocklist-de"}
+    assert by_prefix["45.0.0.11/32"].provenance == {"sources": "cdr"}
+    assert {e.scope for e in own.prefixes.added} == {"prefix"}
 
 
 def test_state_path_prints_the_folder_the_run_uses(tmp_path, capsys):

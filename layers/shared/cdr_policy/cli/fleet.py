@@ -31,9 +31,9 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from cdr_policy import aws, jsonio, layout, schemas
 from cdr_policy.agent.status import AgentStatus, Drift, PollResult
@@ -311,6 +311,66 @@ class FleetStatusRow(_Promoting):
     errors: int
 
 
+@dataclass(frozen=True)
+class ObjectChange:
+    """An object ``channel diff`` shows added, removed or changed, with its provenance annotations
+    (``sources``, ``categories``, ...)."""
+
+    object: str
+    provenance: dict[str, str]
+
+
+@dataclass(frozen=True)
+class PrefixChange:
+    """A prefix ``channel diff`` shows added or removed: the objects holding it and its provenance,
+    its own from the bundle's provenance index (``scope`` prefix) or, without one, its objects'
+    (``scope`` object)."""
+
+    prefix: str
+    objects: tuple[str, ...]
+    provenance: dict[str, str]
+    scope: Literal["prefix", "object"]
+
+    def group(self) -> str:
+        """What a summary line says of a group of prefixes: their own provenance, or the objects
+        holding them and those objects' provenance."""
+        if self.scope == "prefix":
+            return f"from {_provenance_text(self.provenance)}"
+        return f"in {', '.join(self.objects)} (the objects' provenance: {_provenance_text(self.provenance)})"
+
+
+@dataclass(frozen=True)
+class ObjectChanges:
+    added: tuple[ObjectChange, ...]
+    removed: tuple[ObjectChange, ...]
+    changed: tuple[ObjectChange, ...]
+
+
+@dataclass(frozen=True)
+class PrefixChanges:
+    added: tuple[PrefixChange, ...]
+    removed: tuple[PrefixChange, ...]
+
+
+@dataclass(frozen=True)
+class BundleDiff:
+    """What ``channel diff`` shows: what bundle ``candidate`` changes against ``shipping``, the one
+    ``channel`` ships, per object and per prefix (written ``from`` and ``to``)."""
+
+    channel: str
+    shipping: str = field(metadata=schemas.written_as("from"))
+    candidate: str = field(metadata=schemas.written_as("to"))
+    objects: ObjectChanges
+    prefixes: PrefixChanges
+
+    def to_json(self) -> dict[str, Any]:
+        return schemas.fields_to_json(self)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> BundleDiff:
+        return schemas.from_fields(cls, doc, "channel diff")
+
+
 # -- reading ---------------------------------------------------------------------------------------
 
 
@@ -521,10 +581,10 @@ def diff_bundles(
     digest: str | None,
     *,
     provenance: Callable[[Bundle], PrefixProvenance] = index_provenance,
-) -> dict[str, Any]:
+) -> BundleDiff:
     """What bundle ``digest`` (a digest or unique prefix; None: the latest render) changes against
     what ``channel`` ships. Each prefix carries its own provenance where ``provenance`` gives it
-    (``"scope": "prefix"``), else that of the objects holding it (``"scope": "object"``)."""
+    (scope ``prefix``), else that of the objects holding it (scope ``object``)."""
     current = _current(dist, channel)
     if digest is None:
         digest = latest_render(state, channel)
@@ -541,33 +601,37 @@ def diff_bundles(
     old, new = _side(old_bundle), _side(new_bundle)
     own = {id(old): provenance(old_bundle), id(new): provenance(new_bundle)}
 
-    def entry(side: _Side, ref: ObjectRef) -> dict[str, Any]:
-        return {"object": str(ref), "provenance": _provenance(side.objects[ref])}
+    def entry(side: _Side, ref: ObjectRef) -> ObjectChange:
+        return ObjectChange(object=str(ref), provenance=_provenance(side.objects[ref]))
 
-    def prefix_entry(side: _Side, prefix: str) -> dict[str, Any]:
+    def prefix_entry(side: _Side, prefix: str) -> PrefixChange:
         refs = side.prefixes[prefix]
         given = own[id(side)](prefix)
-        scope, found = ("prefix", dict(given)) if given is not None else ("object", _provenance(side.objects[refs[0]]))
-        return {"prefix": prefix, "objects": [str(r) for r in refs], "provenance": found, "scope": scope}
+        objects = tuple(str(r) for r in refs)
+        if given is not None:
+            return PrefixChange(prefix=prefix, objects=objects, provenance=dict(given), scope="prefix")
+        return PrefixChange(
+            prefix=prefix, objects=objects, provenance=_provenance(side.objects[refs[0]]), scope="object"
+        )
 
-    return {
-        "channel": channel,
-        "from": current.digest,
-        "to": digest,
-        "objects": {
-            "added": [entry(new, r) for r in sorted(new.objects.keys() - old.objects.keys())],
-            "removed": [entry(old, r) for r in sorted(old.objects.keys() - new.objects.keys())],
-            "changed": [
+    return BundleDiff(
+        channel=channel,
+        shipping=current.digest,
+        candidate=digest,
+        objects=ObjectChanges(
+            added=tuple(entry(new, r) for r in sorted(new.objects.keys() - old.objects.keys())),
+            removed=tuple(entry(old, r) for r in sorted(old.objects.keys() - new.objects.keys())),
+            changed=tuple(
                 entry(new, r)
                 for r in sorted(new.objects.keys() & old.objects.keys())
                 if _content(new.objects[r]) != _content(old.objects[r])
-            ],
-        },
-        "prefixes": {
-            "added": [prefix_entry(new, p) for p in sorted(new.prefixes.keys() - old.prefixes.keys())],
-            "removed": [prefix_entry(old, p) for p in sorted(old.prefixes.keys() - new.prefixes.keys())],
-        },
-    }
+            ),
+        ),
+        prefixes=PrefixChanges(
+            added=tuple(prefix_entry(new, p) for p in sorted(new.prefixes.keys() - old.prefixes.keys())),
+            removed=tuple(prefix_entry(old, p) for p in sorted(old.prefixes.keys() - new.prefixes.keys())),
+        ),
+    )
 
 
 def _replacing(text: str) -> str:
@@ -716,7 +780,9 @@ def fleet_status(dist: Store, *, now: datetime) -> list[FleetStatusRow]:
 
 def _contract_json(value: Any) -> Any:
     """A typed contract (a manifest, a report, a row) as its JSON document."""
-    if isinstance(value, Manifest | FleetHitsReport | Decisions | ChannelRow | ChannelHistory | _Promoting):
+    if isinstance(
+        value, Manifest | FleetHitsReport | Decisions | ChannelRow | ChannelHistory | _Promoting | BundleDiff
+    ):
         return value.to_json()
     raise TypeError(f"{type(value).__name__} is not a contract")
 
@@ -777,43 +843,38 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _provenance_text(entry: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in entry["provenance"].items()) or "no provenance recorded"
+def _provenance_text(provenance: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in provenance.items()) or "no provenance recorded"
 
 
-def _group(entry: Mapping[str, Any]) -> str:
-    """What a summary line says of a group of prefixes: their own provenance, or (without a
-    per-prefix index) the objects holding them and those objects' provenance."""
-    if entry.get("scope") == "prefix":
-        return f"from {_provenance_text(entry)}"
-    return f"in {', '.join(entry['objects'])} (the objects' provenance: {_provenance_text(entry)})"
-
-
-def _diff_lines(diff: Mapping[str, Any], *, full: bool) -> list[str]:
-    out = [f"channel {diff['channel']}: ships {diff['from'][:12]}, compared with {diff['to'][:12]}"]
-    for what, sign in (("added", "+"), ("removed", "-"), ("changed", "~")):
-        objects = diff["objects"][what]
+def _diff_lines(diff: BundleDiff, *, full: bool) -> list[str]:
+    out = [f"channel {diff.channel}: ships {diff.shipping[:12]}, compared with {diff.candidate[:12]}"]
+    changes = diff.objects
+    for what, sign, objects in (
+        ("added", "+", changes.added),
+        ("removed", "-", changes.removed),
+        ("changed", "~", changes.changed),
+    ):
         shown = objects if full else objects[:SUMMARY_OBJECTS]
-        out += [f"  {sign} object {e['object']}" for e in shown]
+        out += [f"  {sign} object {e.object}" for e in shown]
         if len(objects) > len(shown):
             out.append(f"  {sign} ... and {len(objects) - len(shown)} more object(s) {what} (--full lists them)")
-    for what, sign in (("added", "+"), ("removed", "-")):
-        entries = diff["prefixes"][what]
+    added, removed = diff.prefixes.added, diff.prefixes.removed
+    for what, sign, entries in (("added", "+", added), ("removed", "-", removed)):
         if full:
             for e in entries:
-                scope = "" if e.get("scope") == "prefix" else "objects' "
-                out.append(f"  {sign} {e['prefix']}  ({', '.join(e['objects'])}; {scope}{_provenance_text(e)})")
+                scope = "" if e.scope == "prefix" else "objects' "
+                out.append(f"  {sign} {e.prefix}  ({', '.join(e.objects)}; {scope}{_provenance_text(e.provenance)})")
             continue
         groups: dict[str, list[str]] = defaultdict(list)
         for e in entries:
-            groups[_group(e)].append(e["prefix"])
+            groups[e.group()].append(e.prefix)
         for label, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
             example = ", ".join(members[:3]) + (", ..." if len(members) > 3 else "")
             out.append(f"  {sign} {len(members)} prefix(es) {what} {label}: {example}")
-    counts = {w: len(diff["prefixes"][w]) for w in ("added", "removed")}
     out.append(
-        f"{counts['added']} prefix(es) added, {counts['removed']} removed"
-        + ("" if full or not (counts["added"] or counts["removed"]) else " (--full lists each with its provenance)")
+        f"{len(added)} prefix(es) added, {len(removed)} removed"
+        + ("" if full or not (added or removed) else " (--full lists each with its provenance)")
     )
     return out
 
