@@ -1,13 +1,15 @@
 """The documents that cross a process or a bucket are read through their typed contracts only.
 
 Every such document (the manifest, the agent status, the hits sections and reports, the stage
-summaries, Publish's result and its change budget, the fleet commands' rows) is defined once, as a frozen dataclass with
-``from_json``/``to_json``; everyone else reads typed fields. This test scans the library, the
-handlers, the demo and the benchmarks for a string-keyed read (``doc["key"]`` or ``doc.get("key")``)
-of a variable named like one of those documents outside a contract's decoder, and fails naming the
-place. What is read by key on purpose is listed in ``ALLOWED`` with its reason: documents that are
-not ours (Kubernetes objects, AWS responses, upstream events), or a document read before it can be
-trusted to be one (a manifest that failed verification, for the digest it claims).
+summaries, Publish's result and its change budget, the fleet commands' rows and ``channel diff``'s
+report) is defined once, as a frozen dataclass with ``from_json``/``to_json``; everyone else reads
+typed fields. This test scans the library, the handlers, the demo and the benchmarks for a
+string-keyed read (``doc["key"]`` or ``doc.get("key")``) of a variable named like one of those
+documents outside a contract's decoder, and fails naming the place; in the CLI, whose commands'
+reports are read under any name (``diff["added"]``, ``entry["prefix"]``), every string-keyed read
+counts. What is read by key on purpose is listed in ``ALLOWED`` with its reason: documents that are
+not ours (Kubernetes objects, AWS responses, upstream events, the environment), or a document read
+before it can be trusted to be one (a manifest that failed verification, for the digest it claims).
 """
 
 from __future__ import annotations
@@ -23,7 +25,17 @@ import pytest
 from cdr_policy.agent.status import AgentStatus, Drift, LastPoll, Verification
 from cdr_policy.bundle.change_budget import Budget, EngineChange
 from cdr_policy.bundle.manifest import Manifest, Settings
-from cdr_policy.cli.fleet import ChannelHistory, ChannelRow, FleetStatusRow, GenerationRow
+from cdr_policy.cli.fleet import (
+    BundleDiff,
+    ChannelHistory,
+    ChannelRow,
+    FleetStatusRow,
+    GenerationRow,
+    ObjectChange,
+    ObjectChanges,
+    PrefixChange,
+    PrefixChanges,
+)
 from cdr_policy.cli.promotion import GenerationPromotion
 from cdr_policy.errors import ContractError
 from cdr_policy.hits.aggregate import HitsSection, HitTable
@@ -78,10 +90,20 @@ CONTRACTS_TYPED = (
     ChannelHistory,
     FleetStatusRow,
     GenerationPromotion,
+    BundleDiff,
+    ObjectChanges,
+    ObjectChange,
+    PrefixChanges,
+    PrefixChange,
 )
 FIELD_KEYS = frozenset(f.name for cls in CONTRACTS_TYPED for f in dataclasses.fields(cls) if "_" in f.name)
 # Where a contract's document is read by key: its decoders.
 DECODERS = frozenset({"from_json", "from_dict", "_build", "parse"})
+# Where every string-keyed read counts, whatever the variable is called: the commands' reports are
+# read there under any name (``diff["added"]``, ``entry["prefix"]``, ``e.get("scope")``).
+EVERY_READ = (f"{L}cli/",)
+# What is read by key there under a name of its own, and is no document.
+NOT_DOCUMENTS = {"env": "the process environment (os.environ, or the mapping a test passes main)"}
 # (file, function) -> why a string-keyed read of a document-named variable is right there.
 ALLOWED = {
     # not ours: Kubernetes objects, CRDs, upstream events and AWS notifications, the operator's files
@@ -97,6 +119,14 @@ ALLOWED = {
     (f"{L}documents.py", "parse_channels"): "the operator's channels.yaml",
     (f"{L}feeds/config.py", "load_feeds"): "the operator's feeds.yaml",
     (f"{L}qualys/categories.py", "parse_mapping"): "the operator's category mapping",
+    (f"{L}cli/fleet.py", "_provenance"): "a bundle's Kubernetes object's annotations",
+    (f"{L}cli/output.py", "_ours"): "a Kubernetes object in the output folder",
+    (f"{L}cli/run.py", "group"): "a rendered Kubernetes object's labels",
+    # maps inside typed contracts, their keys required by the contract's schema
+    (f"{L}cli/run.py", "_fetch"): "CdrRunSummary.range (start, end, checkpoint: cdr-run.schema.json)",
+    (f"{L}cli/run.py", "_summarise"): "CdrRunSummary.indicators_total (cdr-run.schema.json); its own groups",
+    (f"{L}cli/promotion.py", "manifest_lines"): "a manifest promotion's pending counts (wait, hold: manifest schema)",
+    (f"{L}cli/promotion.py", "summary"): "a manifest promotion's pending counts (wait, hold: manifest schema)",
     # decoders of our own documents that are not named from_json (each checks what it reads)
     (f"{L}bundle/loader.py", "latest_render"): "Render's pointer, its digest checked right there",
     (f"{L}bundle/provenance.py", "read_index"): "the provenance index, after its schema",
@@ -130,21 +160,21 @@ def _receiver(node: ast.expr) -> str:
     return ""
 
 
-def _keyed_reads(tree: ast.AST) -> list[tuple[int, str, str]]:
-    """(line, function, receiver) of every ``x["key"]`` / ``x.get("key")`` read of a document name."""
-    found: list[tuple[int, str, str]] = []
+def _keyed_reads(tree: ast.AST) -> list[tuple[int, str, str, str]]:
+    """(line, function, receiver, key) of every ``x["key"]`` / ``x.get("key")`` read."""
+    found: list[tuple[int, str, str, str]] = []
 
     def visit(node: ast.AST, function: str) -> None:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             function = node.name
-        receiver, key = None, None
+        line = getattr(node, "lineno", 0)
         if (
             isinstance(node, ast.Subscript)
             and isinstance(node.ctx, ast.Load)
             and isinstance(node.slice, ast.Constant)
             and isinstance(node.slice.value, str)
         ):
-            receiver, key = _receiver(node.value), node.slice.value
+            found.append((line, function, _receiver(node.value), node.slice.value))
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
@@ -153,9 +183,7 @@ def _keyed_reads(tree: ast.AST) -> list[tuple[int, str, str]]:
             and isinstance(node.args[0], ast.Constant)
             and isinstance(node.args[0].value, str)
         ):
-            receiver, key = _receiver(node.func.value), node.args[0].value
-        if receiver is not None and (DOCUMENT.search(receiver) or key in FIELD_KEYS):
-            found.append((getattr(node, "lineno", 0), function, receiver))
+            found.append((line, function, _receiver(node.func.value), node.args[0].value))
         for child in ast.iter_child_nodes(node):
             visit(child, function)
 
@@ -163,10 +191,21 @@ def _keyed_reads(tree: ast.AST) -> list[tuple[int, str, str]]:
     return found
 
 
+def _document_reads(path: str, text: str) -> list[tuple[int, str, str]]:
+    """(line, function, receiver) of the keyed reads of a document: of a document's name or one of
+    the contracts' field keys; in ``EVERY_READ``, of any name but ``NOT_DOCUMENTS``."""
+    every = path.startswith(EVERY_READ)
+    return [
+        (line, function, receiver)
+        for line, function, receiver, key in _keyed_reads(ast.parse(text))
+        if DOCUMENT.search(receiver) or key in FIELD_KEYS or (every and receiver not in NOT_DOCUMENTS)
+    ]
+
+
 def violations(files: dict[str, str]) -> list[str]:
     out = []
     for path, text in sorted(files.items()):
-        for line, function, receiver in _keyed_reads(ast.parse(text)):
+        for line, function, receiver in _document_reads(path, text):
             if function in DECODERS or (path, function) in ALLOWED:
                 continue
             out.append(f"{path}:{line} in {function}(): {receiver}[...] read by key")
@@ -189,10 +228,17 @@ def test_every_allowance_is_still_needed():
     used = {
         (path, function)
         for path, text in sources.items()
-        for _, function, _ in _keyed_reads(ast.parse(text))
+        for _, function, _ in _document_reads(path, text)
         if (path, function) in ALLOWED
     }
     assert set(ALLOWED) - used == set(), "allowances that no longer read by key: remove them"
+    named = {
+        receiver
+        for path, text in sources.items()
+        if path.startswith(EVERY_READ)
+        for _, _, receiver, _ in _keyed_reads(ast.parse(text))
+    }
+    assert set(NOT_DOCUMENTS) - named == set(), "names no longer read by key where every read counts: remove them"
 
 
 @pytest.mark.parametrize(
@@ -210,12 +256,30 @@ def test_a_planted_read_by_key_is_found(planted):
     assert [v for v in violations(sources) if v.startswith("demo/planted.py")]
 
 
+@pytest.mark.parametrize(
+    "planted",
+    [
+        'def _lines(diff):\n    return diff["added"]\n',
+        'def _group(entry):\n    return entry.get("scope")\n',
+        "def _counts(e):\n    return len(e['objects']['removed'])\n",
+    ],
+)
+def test_in_the_cli_a_read_by_key_under_any_name_is_found(planted: str) -> None:
+    sources = _sources()
+    fleet = f"{L}cli/fleet.py"
+    found = violations({**sources, fleet: sources[fleet] + "\n\n" + planted})
+    assert [v for v in found if v.startswith(fleet)]
+    assert violations({**sources, "demo/planted.py": planted}) == []  # elsewhere only documents' names count
+
+
 def test_a_decoder_may_read_by_key_and_an_object_by_attribute_is_fine():
     text = (
         "class S:\n    @classmethod\n    def from_json(cls, doc):\n        return cls(doc['a'])\n"
         "def f(status):\n    return status.last_poll.result\n"
     )
     assert violations({"demo/fine.py": text}) == []
+    environment = "def home(env):\n    return env.get('HOME')\n"
+    assert violations({f"{L}cli/fine.py": text + environment}) == []
 
 
 # -- round trips and hostile documents of each contract -------------------------------------------
@@ -457,7 +521,29 @@ FLEET_ROW = {
     "errors": 0,
     "promotion": PROMOTED,
 }
+OBJECT_CHANGE = {"object": "TracingPolicy/tp-threat-intel-blocklist", "provenance": {"sources": "tor-exit=38"}}
+PREFIX_CHANGE = {
+    "prefix": "45.33.32.0/24",
+    "objects": ["CiliumCIDRGroup/ccg-threat-intel-001", "TracingPolicy/tp-threat-intel-blocklist"],
+    "provenance": {"categories": "tor", "feeds": "tor-exit"},
+    "scope": "prefix",
+}
+DIFF = {
+    "channel": "prod",
+    "from": "a" * 64,
+    "to": "b" * 64,
+    "objects": {"added": [OBJECT_CHANGE], "removed": [], "changed": [{**OBJECT_CHANGE, "provenance": {}}]},
+    "prefixes": {
+        "added": [PREFIX_CHANGE],
+        "removed": [{**PREFIX_CHANGE, "prefix": "10.9.0.0/16", "objects": ["TracingPolicy/x"], "scope": "object"}],
+    },
+}
 CONTRACTS = [
+    (BundleDiff, DIFF),
+    (
+        BundleDiff,
+        {**DIFF, "objects": {"added": [], "removed": [], "changed": []}, "prefixes": {"added": [], "removed": []}},
+    ),
     (ChannelRow, CHANNEL_ROW),
     (GenerationRow, GENERATION),
     (ChannelHistory, HISTORY),
@@ -544,6 +630,33 @@ def test_a_history_names_a_broken_promotion_by_the_generations_position(promotio
     with pytest.raises(ContractError, match=f"channel history: generations/1: promotion: {named}") as caught:
         ChannelHistory.from_json({**HISTORY, "generations": generations})
     assert "SECRET" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "named"),
+    [
+        ({"added": [PREFIX_CHANGE, {**PREFIX_CHANGE, "scope": "SECRET"}], "removed": []}, "prefixes: added/1: scope"),
+        (
+            {"added": [], "removed": [{**PREFIX_CHANGE, "provenance": {"feeds": "x", "SECRET": ["SECRET"]}}]},
+            "prefixes: removed/0: provenance/1",
+        ),
+        ({"added": [{**PREFIX_CHANGE, "objects": ["x", 7]}], "removed": []}, "prefixes: added/0: objects/1"),
+        ({"added": [], "removed": ["SECRET"]}, "prefixes: removed/0: not an object"),
+    ],
+)
+def test_a_diff_names_a_broken_prefix_by_its_position(prefixes: dict[str, object], named: str) -> None:
+    with pytest.raises(ContractError, match=f"^malformed channel diff: {named}") as caught:
+        BundleDiff.from_json({**DIFF, "prefixes": prefixes})
+    assert "SECRET" not in str(caught.value)
+
+
+def test_a_diff_writes_its_digests_as_from_and_to() -> None:
+    diff = BundleDiff.from_json(DIFF)
+    assert (diff.shipping, diff.candidate) == ("a" * 64, "b" * 64)
+    with pytest.raises(ContractError, match="^malformed channel diff: to is required"):
+        BundleDiff.from_json({k: v for k, v in DIFF.items() if k != "to"})
+    with pytest.raises(ContractError, match="^malformed channel diff: from is not of type"):
+        BundleDiff.from_json({**DIFF, "from": None})
 
 
 def test_a_feed_summary_names_the_feed_by_position():
