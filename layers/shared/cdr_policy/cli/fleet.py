@@ -240,17 +240,11 @@ class _Promoting:
     promotion: GenerationPromotion | None
 
     def to_json(self) -> dict[str, Any]:
-        promotion = None if self.promotion is None else self.promotion.to_json()
-        return {**schemas.fields_to_json(self), "promotion": promotion}
+        return schemas.fields_to_json(self)
 
     @classmethod
-    def from_json(cls, doc: Any, what: str = "") -> Self:
-        what = what or cls.WHAT
-        fields = schemas.fields_from_json(cls, doc, what, nested=("promotion",))
-        promotion = doc["promotion"]
-        if promotion is not None:
-            promotion = GenerationPromotion.from_json(promotion, f"{what}: promotion")
-        return cls(promotion=promotion, **fields)
+    def from_json(cls, doc: Any) -> Self:
+        return schemas.from_fields(cls, doc, cls.WHAT)
 
 
 @dataclass(frozen=True)
@@ -281,17 +275,11 @@ class ChannelHistory:
     skipped: int
 
     def to_json(self) -> dict[str, Any]:
-        return {**schemas.fields_to_json(self), "generations": [g.to_json() for g in self.generations]}
+        return schemas.fields_to_json(self)
 
     @classmethod
     def from_json(cls, doc: Any) -> ChannelHistory:
-        what = "channel history"
-        fields = schemas.fields_from_json(cls, doc, what, nested=("generations",))
-        generations = doc["generations"]
-        if not isinstance(generations, list):
-            raise ContractError(f"malformed {what}: generations is not a list")
-        rows = tuple(GenerationRow.from_json(g, f"{what}: generations/{i}") for i, g in enumerate(generations))
-        return cls(generations=rows, **fields)
+        return schemas.from_fields(cls, doc, "channel history")
 
 
 @dataclass(frozen=True)
