@@ -329,6 +329,9 @@ class PrefixChange:
 
 @dataclass(frozen=True)
 class ObjectChanges:
+    """The objects a bundle adds, removes and changes (``changed``: what the object enforces differs,
+    its metadata aside), each sorted by object."""
+
     added: tuple[ObjectChange, ...]
     removed: tuple[ObjectChange, ...]
     changed: tuple[ObjectChange, ...]
@@ -336,6 +339,8 @@ class ObjectChanges:
 
 @dataclass(frozen=True)
 class PrefixChanges:
+    """The prefixes a bundle adds and removes, each sorted as text."""
+
     added: tuple[PrefixChange, ...]
     removed: tuple[PrefixChange, ...]
 
