@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cdr_policy.agent.directory import DirectoryApplier, file_name
-from cdr_policy.policy.serialize import load_yaml_documents
+from cdr_policy.policy.serialize import dump_yaml, load_yaml_documents
 from tests.unit.bundle.factory import ccg, labels, tracing_policy
 
 from .test_kube import cnp
@@ -55,3 +55,18 @@ def test_delete_removes_the_file_and_tolerates_absence(tmp_path):
 
 def test_missing_directory_owns_nothing(tmp_path):
     assert DirectoryApplier(tmp_path / "absent").owned(OURS) == []
+
+
+def test_a_file_edited_on_disk_is_read_again_and_a_caller_cannot_change_what_the_next_read_gets(tmp_path):
+    out = DirectoryApplier(tmp_path)
+    obj = ccg("g1", ["45.0.0.1/32"])
+    out.apply(obj)
+    first = out.get(obj)
+    assert first == obj
+    first["spec"]["externalCIDRs"].append("45.0.0.2/32")  # a caller changing its copy
+    assert out.get(obj) == obj
+
+    edited = ccg("g1", ["45.0.0.9/32"])
+    (tmp_path / file_name(obj)).write_bytes(dump_yaml(edited))  # same name, new content, same size
+    assert out.get(obj) == edited
+    assert [o["spec"] for o in out.owned(OURS)] == [edited["spec"]]
