@@ -270,7 +270,7 @@ def _ship(
     synced = run_feed_sync(state, feeds, now=now, guard=NeverBlock())
     if synced.outcomes[FEED].status != "ok":
         raise RuntimeError(f"feed sync: {synced.outcomes[FEED]}")
-    channels = [ChannelSettings(**c) for c in CHANNELS]
+    channels = [ChannelSettings.from_dict(c) for c in CHANNELS]
     shipped = {}
     for summary in run_render(state, channels=channels, now=now, guard=NeverBlock(), crds=schemas, publish=None):
         started = time.time()

@@ -179,7 +179,8 @@ def _write_exports(exports: dict[str, Path], index: ProvenanceIndex, channel: st
 
 def _picks(index: ProvenanceIndex, blocklist: Any) -> list[int]:
     """Prefixes to hit: the first with finding ids (a CDR detection), and the first of each feed."""
-    picked, feeds = [], set()
+    picked: list[int] = []
+    feeds: set[str] = set()
     for i in range(len(blocklist)):
         p = index.classes[int(blocklist.classes[i])]
         if (p.findings and not any(index.classes[int(blocklist.classes[j])].findings for j in picked)) or (

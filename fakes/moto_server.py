@@ -66,7 +66,7 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 def _principal() -> str | None:
     """The ARN of the caller (a role for an assumed-role session), from the request's access key."""
-    from moto.core import DEFAULT_ACCOUNT_ID as account_id
+    from moto.core.models import DEFAULT_ACCOUNT_ID as account_id
     from moto.iam.models import iam_backends
     from moto.sts.models import sts_backends
 
@@ -202,12 +202,13 @@ def _install_iam() -> None:
     moto_check = IAMRequestBase.check_action_permitted
 
     def check_action_permitted(self: IAMRequestBase, resource: str) -> None:
-        self._resource = resource
+        setattr(self, "_resource", resource)  # noqa: B010 (an attribute of ours on moto's request)
         moto_check(self, resource)
 
     def access_denied(self: IAMRequest) -> None:
         message = f"User: {self._access_key.arn} is not authorized to perform: {self._action}"
-        message += f" on resource: {self._resource}" if getattr(self, "_resource", "*") != "*" else ""
+        resource = getattr(self, "_resource", "*")
+        message += f" on resource: {resource}" if resource != "*" else ""
         if _json_protocol(self._service):
             raise JsonRESTError("AccessDeniedException", message)
         raise AccessDeniedError(user_arn=self._access_key.arn, action=message.split("perform: ", 1)[1])
@@ -223,7 +224,7 @@ def _install_iam() -> None:
         operation = self._action.split(":", 1)[1]
         self._action = f"s3:{S3_IAM_ACTIONS.get(operation, operation)}"
 
-    S3IAMRequest.__init__ = s3_request  # type: ignore[method-assign]
+    S3IAMRequest.__init__ = s3_request  # type: ignore[method-assign, assignment]  # patching moto's class
     IAMPolicyStatement._match = staticmethod(lambda pattern, string: _glob(pattern).match(string))  # type: ignore[method-assign]
 
     from moto.dynamodb.responses import DynamoHandler
@@ -286,7 +287,8 @@ def _completed(model: Any, finish: Finish, prepare: Callable[[dict[str, Any]], N
     moto_create = model.create_from_cloudformation_json.__func__
 
     def create(
-        cls: type,
+        cls: type[Any],
+        /,
         resource_name: str,
         cloudformation_json: dict[str, Any],
         account_id: str,
@@ -411,7 +413,8 @@ def _model(kind: str, make: Make, name_property: str = "", attributes: dict[str,
     known = attributes or {}
 
     def create(
-        cls: type,
+        cls: type[Any],
+        /,
         resource_name: str,
         cloudformation_json: dict[str, Any],
         account_id: str,
@@ -539,7 +542,8 @@ def _install_serving() -> None:
 
     from werkzeug import serving
 
-    serving.selectors = types.SimpleNamespace(DefaultSelector=_NoLinger, EVENT_READ=selectors.EVENT_READ)  # type: ignore[attr-defined]
+    # a stand-in for the module werkzeug imported
+    serving.selectors = types.SimpleNamespace(DefaultSelector=_NoLinger, EVENT_READ=selectors.EVENT_READ)  # type: ignore[attr-defined, assignment]
 
 
 def install() -> None:
