@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -110,18 +111,18 @@ def render(
     sets: list[IndicatorSet],
     channel: ChannelSettings | None = None,
     schemas: SchemaSet | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> RenderResult:
     return compile_policies(
         sets, channel or ChannelSettings(name="prod"), now=NOW, guard=NeverBlock(), schemas=schemas, **kwargs
     )
 
 
-def by_file(result: RenderResult) -> dict[str, dict]:
+def by_file(result: RenderResult) -> dict[str, dict[str, Any]]:
     return {f.filename: f.obj for f in result.files}
 
 
-def file_bytes(result) -> dict[str, bytes]:
+def file_bytes(result: RenderResult) -> dict[str, bytes]:
     """``{file name: bytes}`` of a ``RenderResult``: what the determinism tests compare."""
     return {f.filename: f.to_bytes() for f in result.files}
 
@@ -142,7 +143,7 @@ def compact(name: str, values: list[str], category: str = "attacker", expires_at
     return IndicatorSet(source=f"feed:{name}", fetched_at=LAST_SEEN, status="ok", prefixes=prefixes)
 
 
-def exec_targets(obj: dict) -> set[str]:
+def exec_targets(obj: dict[str, Any]) -> set[str]:
     """The ``Postfix`` values of a Tetragon policy's ``security_bprm_check`` selectors."""
     return {
         v
