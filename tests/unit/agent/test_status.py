@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -34,7 +36,7 @@ GOOD = {
 }
 
 
-def test_a_valid_status_reads_back():
+def test_a_valid_status_reads_back() -> None:
     assert read_status(jsonio.dumps(GOOD)) == GOOD
 
 
@@ -50,13 +52,13 @@ def test_a_valid_status_reads_back():
         lambda d: d["last_poll"].update(at="yesterday"),
     ],
 )
-def test_malformed_status_is_refused(mutate):
+def test_malformed_status_is_refused(mutate: Callable[[dict[str, Any]], object]) -> None:
     doc = copy.deepcopy(GOOD)
     mutate(doc)
     with pytest.raises(BundleError, match="malformed agent status"):
         read_status(jsonio.dumps(doc))
 
 
-def test_non_json_status_is_refused():
+def test_non_json_status_is_refused() -> None:
     with pytest.raises(BundleError, match="not valid JSON"):
         read_status(b"{")
