@@ -44,8 +44,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
+
+if TYPE_CHECKING:  # moto is imported when the server starts
+    from moto.core.common_models import CloudFormationModel
 
 # AWS managed policies (AWSLambdaBasicExecutionRole, ...) exist only when moto loads them at start.
 os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
@@ -403,7 +406,9 @@ Make = Callable[[dict[str, Any], str, str, str], str]
 Attribute = Callable[[str, str, str], str]
 
 
-def _model(kind: str, make: Make, name_property: str = "", attributes: dict[str, Attribute] | None = None) -> type:
+def _model(
+    kind: str, make: Make, name_property: str = "", attributes: dict[str, Attribute] | None = None
+) -> type[CloudFormationModel]:
     """A CloudFormation type moto lacks: ``make(properties, account, region, name)`` creates the resource
     through its service when the stack creates it and returns its physical id. ``name_property``: the
     property holding the resource's name (CloudFormation generates one when it is absent);
@@ -437,10 +442,12 @@ def _model(kind: str, make: Make, name_property: str = "", attributes: dict[str,
         "get_cfn_attribute": attribute,
         "create_from_cloudformation_json": classmethod(create),
     }
-    return type(kind.replace("::", ""), (CloudFormationModel,), namespace)
+    model = type(kind.replace("::", ""), (CloudFormationModel,), namespace)
+    assert issubclass(model, CloudFormationModel)
+    return model
 
 
-def _missing_models() -> list[type]:
+def _missing_models() -> list[type[CloudFormationModel]]:
     from moto.awslambda.models import lambda_backends
     from moto.cloudwatch.models import cloudwatch_backends
     from moto.s3.models import s3_backends
@@ -503,7 +510,7 @@ def _missing_models() -> list[type]:
     ]
 
 
-_MISSING: list[type] = []
+_MISSING: list[type[CloudFormationModel]] = []
 
 
 # -- Lambda ------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def _exposed() -> set[str]:
     return set(re.findall(r"^# TYPE (\w+) ", text, re.M))
 
 
-def test_every_query_names_metrics_that_exist_and_filters_on_the_channel():
+def test_every_query_names_metrics_that_exist_and_filters_on_the_channel() -> None:
     exposed = _exposed()
     queries = [t["expr"] for p in DASHBOARD["panels"] for t in p.get("targets", [])]
     assert queries
@@ -56,8 +56,8 @@ def test_every_query_names_metrics_that_exist_and_filters_on_the_channel():
     }
 
 
-def test_panels_do_not_overlap():
-    cells = set()
+def test_panels_do_not_overlap() -> None:
+    cells: set[tuple[int, int]] = set()
     for panel in DASHBOARD["panels"]:
         g = panel["gridPos"]
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}

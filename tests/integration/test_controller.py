@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cdr_policy import schemas
 from cdr_policy.cli.controller import MAX_BACKOFF_S, RETRIES_AT_INTERVAL, SCHEMA, next_wait
@@ -56,7 +57,7 @@ def failures(lines: list[str]) -> list[str]:
     return [line for line in lines if " failed (" in line]
 
 
-def test_the_controller_outlives_a_gateway_outage_and_recovers(tmp_path):
+def test_the_controller_outlives_a_gateway_outage_and_recovers(tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     output, state = tmp_path / "policies", tmp_path / "state"
     env = {
@@ -118,7 +119,7 @@ def test_the_controller_outlives_a_gateway_outage_and_recovers(tmp_path):
     assert code == 0, "a signal ends it cleanly"
 
 
-def test_the_wait_after_failures_backs_off_with_jitter():
+def test_the_wait_after_failures_backs_off_with_jitter() -> None:
     rng = random.Random(7)
     waits = [next_wait(5, failures, rng, jitter=0) for failures in range(8)]
     assert waits[: RETRIES_AT_INTERVAL + 1] == [5] * (RETRIES_AT_INTERVAL + 1)
@@ -129,7 +130,7 @@ def test_the_wait_after_failures_backs_off_with_jitter():
     assert len(jittered) > 40 and all(54 <= w <= 66 for w in jittered)
 
 
-def test_a_configuration_error_ends_the_controller(tmp_path, capsys):
+def test_a_configuration_error_ends_the_controller(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Only a configuration error or a signal ends it: here the --output parent is a file."""
     from cdr_policy.cli import main
 

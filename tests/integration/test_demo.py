@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ SIGN = """            - Sid: SignManifests
 """
 
 
-def test_without_kms_sign_the_demo_fails_at_publish_with_access_denied(tmp_path):
+def test_without_kms_sign_the_demo_fails_at_publish_with_access_denied(tmp_path: Path) -> None:
     text = TEMPLATE.read_text()
     assert text.count(SIGN) == 1, "Publish's SignManifests statement as this test removes it"
     template = tmp_path / "template.yaml"

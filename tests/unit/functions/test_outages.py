@@ -173,8 +173,8 @@ def test_a_bundle_lifetime_out_of_bounds_is_a_configuration_error_of_render(
 def _dead_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        value: int = s.getsockname()[1]
-        return value
+        port: int = s.getsockname()[1]
+        return port
 
 
 def test_secrets_manager_down_leaves_the_reputation_check_out_and_refreshes_the_feeds(
