@@ -38,7 +38,7 @@ def _exposed() -> set[str]:
     agent = AgentMetrics(channel="prod", interval_s=60)
     agent.observe({**GOOD, "hits": {**_table(1, 3).to_section(NOW), "nodes": 1}})
     reader = ReaderMetrics(channel="prod", interval_s=60)
-    reader.observe(_reader())  # type: ignore[arg-type]
+    reader.observe(_reader())  # type: ignore[arg-type]  # a stand-in with what observe() reads of a Reader
     text = agent.exposition() + reader.exposition()
     return set(re.findall(r"^# TYPE (\w+) ", text, re.M))
 

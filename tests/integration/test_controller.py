@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
@@ -32,12 +32,12 @@ REPO = Path(__file__).resolve().parents[2]
 class Lines:
     """A stream of a process, line by line, as it comes."""
 
-    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, stream: Iterable[str]) -> None:
         self.seen: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, args=(stream,), daemon=True).start()
 
-    def _read(self, stream) -> None:  # type: ignore[no-untyped-def]
+    def _read(self, stream: Iterable[str]) -> None:
         for line in stream:
             self._queue.put(line.rstrip("\n"))
 
@@ -78,6 +78,7 @@ def test_the_controller_outlives_a_gateway_outage_and_recovers(tmp_path: Path) -
     ]
     gateway = FakeQualysGateway(FINDINGS, port=port).start()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None  # both piped
     out, err = Lines(proc.stdout), Lines(proc.stderr)
     try:
         out.wait_for(lambda seen: "Done." in seen, timeout=60)

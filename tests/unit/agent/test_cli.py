@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -240,7 +241,10 @@ def test_startup_problems_exit_2(
     assert err.startswith("cdr-policy: error: ") and len(err.splitlines()) == 1
 
 
-def _wait_for(predicate, what: str, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def _wait_for(predicate: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
     import time
 
     deadline = time.monotonic() + timeout
@@ -252,12 +256,12 @@ def _wait_for(predicate, what: str, timeout: float = 60.0):  # type: ignore[no-u
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _status(state_dir, result: str):  # type: ignore[no-untyped-def]
+def _status(state_dir: Path, result: str) -> dict[str, Any] | None:
     """The agent's local status once its last poll had ``result``, else None."""
     import json
 
     try:
-        status = json.loads((state_dir / "status.json").read_text())
+        status: dict[str, Any] = json.loads((state_dir / "status.json").read_text())
     except (OSError, ValueError):
         return None
     return status if status["last_poll"]["result"] == result else None

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from cdr_policy import jsonio, layout
+from cdr_policy.bundle.loader import Bundle
 from cdr_policy.cli import main
-from cdr_policy.cli.fleet import diff_bundles
+from cdr_policy.cli.fleet import PrefixProvenance, diff_bundles
 from cdr_policy.storage import LocalStore
 from cdr_policy.timeutil import utcnow
 from tests.unit.bundle.factory import files_of, ips, network_bundle, render, tracing_policy
@@ -51,7 +52,7 @@ class Channel:
         approver = f"--key={self.keys.parent / 'approver/bundle-signing.pem'}"
         return ["channel", "approve", "prod", given, f"--dist={self.dist}", approver, *extra]
 
-    def cli(self, *argv: str, capsys) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    def cli(self, *argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
         code = main(list(argv), {})
         out, err = capsys.readouterr()
         assert "Traceback" not in err
@@ -172,7 +173,7 @@ def test_diff_shows_each_prefixs_own_provenance_when_the_bundle_gives_it(channel
     plain = diff_bundles(dist, channel.state, "prod", None)
     assert {e["scope"] for e in plain["prefixes"]["added"]} == {"object"}
 
-    def index(bundle):  # type: ignore[no-untyped-def]
+    def index(bundle: Bundle) -> PrefixProvenance:
         return lambda prefix: {"sources": "blocklist-de"} if prefix.endswith(".10/32") else {"sources": "cdr"}
 
     own = diff_bundles(dist, channel.state, "prod", None, provenance=index)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from cdr_policy.guards import NeverBlock
-from cdr_policy.models import Behaviour, FeedPrefixes, Indicator, IndicatorSet, Sighting
+from cdr_policy.models import Behaviour, FeedPrefixes, Indicator, IndicatorKind, IndicatorSet, SetStatus, Sighting
 from cdr_policy.netprefix.vector import V4, V6
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet
@@ -24,7 +24,7 @@ EXPIRES = "2026-01-17T12:00:00Z"
 
 def indicator(
     value: str,
-    kind: str = "ip",
+    kind: IndicatorKind = "ip",
     *,
     sources: Sequence[str] = ("cdr",),
     category: str = "c2",
@@ -35,7 +35,7 @@ def indicator(
 ) -> Indicator:
     return Indicator(
         value=value,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         category=category,
         sources=list(sources),
         first_seen=FIRST_SEEN,
@@ -97,12 +97,12 @@ def cdr_set(entries: Iterable[Indicator] = (), behaviours: Iterable[Behaviour] =
     )
 
 
-def feed_set(name: str, values: Iterable[str], category: str = "c2", status: str = "ok") -> IndicatorSet:
+def feed_set(name: str, values: Iterable[str], category: str = "c2", status: SetStatus = "ok") -> IndicatorSet:
     source = f"feed:{name}"
     return IndicatorSet(
         source=source,
         fetched_at="2026-01-10T16:00:00Z",
-        status=status,  # type: ignore[arg-type]
+        status=status,
         entries=[indicator(v, sources=(source,), category=category, refs=(name,)) for v in values],
     )
 
