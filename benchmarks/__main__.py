@@ -17,7 +17,8 @@
    ``benchmarks/results/latest.md`` (and ``latest.json``; ``--results`` to change the folder).
 
 Then the whole path (b)-(e) (``benchmarks/pipeline.py``, ``--addresses``), the fleet simulation
-(f) (``benchmarks/fleet.py``, ``--fleet``) and the hits reader on a gigabyte of exports (h)
+(f) (``benchmarks/fleet.py``, ``--fleet``), promotion at scale (i) (``benchmarks/promotion.py``,
+``--promotion-addresses``) and the hits reader on a gigabyte of exports (h)
 (``benchmarks/hits.py``, ``--hits-bytes``). ``--only`` runs some of them (``--only h``; with
 ``make bench``: ``BENCH_ARGS="--only h"``).
 
@@ -41,7 +42,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fleet, hits, pipeline
+from benchmarks import fleet, hits, pipeline, promotion
 from benchmarks.generate import generate, generate_netset
 from benchmarks.measure import Run, measure, python_env
 from benchmarks.runners import read_iprange_output, read_prefixes
@@ -86,6 +87,9 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         )
         result["fleet"] = fleet.run(work / "fleet", config)
         tables.append(fleet.render_markdown(result["fleet"]))
+    if "i" in args.only and args.promotion_addresses:
+        result["promotion"] = promotion.run(work / "promotion", args.promotion_addresses, args.seed)
+        tables.append(promotion.render_markdown(result["promotion"]))
     if "h" in args.only and args.hits_bytes:
         result["hits"] = hits.run(work / "hits", args.hits_bytes, args.seed)
         tables.append(hits.render_markdown(result["hits"]))
@@ -307,7 +311,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-PARTS = "abcdefh"
+PARTS = "abcdefghi"
 
 
 def _parts(text: str) -> set[str]:
@@ -341,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         help="agents in the fleet simulation (f) (default 1,000; 0 skips it), in 2 to 4 worker processes",
     )
     ap.add_argument(
+        "--promotion-addresses",
+        type=int,
+        default=promotion.DEFAULT_ADDRESSES,
+        help=f"feed size of the promotion part (i) (default {promotion.DEFAULT_ADDRESSES:,}; 0 skips it)",
+    )
+    ap.add_argument(
         "--hits-bytes",
         type=int,
         default=hits.DEFAULT_BYTES,
@@ -351,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         type=_parts,
         default=set(PARTS),
         metavar="PARTS",
-        help="run only these parts, e.g. h or a,f (a: feed ingest, b-e: the whole path, f: the fleet, h: the hits "
-        "reader; default all)",
+        help="run only these parts, e.g. h or a,f (a: feed ingest, b-e: the whole path, f: the fleet, "
+        "h: the hits reader, i: promotion; default all)",
     )
     ap.add_argument(
         "--fleet-interval",
@@ -372,8 +382,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     # Below 1,000 lines the generated junk (an HTML doctype among it) falls in the first 4 KiB, where
     # a feed is sniffed for an HTML error page: the whole input would rightly be refused as one.
-    if args.lines < 1000 or args.repeat < 1 or (args.addresses and args.addresses < 1000):
-        ap.error("--lines must be at least 1000, --repeat at least 1 and --addresses 0 or at least 1000")
+    small = [
+        flag
+        for flag, n in (("--addresses", args.addresses), ("--promotion-addresses", args.promotion_addresses))
+        if 0 < n < 1000 or n < 0
+    ]
+    if args.lines < 1000 or args.repeat < 1 or small:
+        ap.error(
+            "--lines must be at least 1000, --repeat at least 1, --addresses and --promotion-addresses 0 or at "
+            "least 1000"
+        )
     if args.fleet < 0 or args.fleet_interval <= 0 or args.fleet_update_interval <= 0:
         ap.error("--fleet must be 0 or more, the fleet intervals above 0")
     return run(args)

@@ -270,7 +270,9 @@ def _ship(
     synced = run_feed_sync(state, feeds, now=now, guard=NeverBlock())
     if synced.outcomes[FEED].status != "ok":
         raise RuntimeError(f"feed sync: {synced.outcomes[FEED]}")
-    channels = [ChannelSettings.from_dict(c) for c in CHANNELS]
+    # the demo's channels, each shipping what it renders: how the fleet polls does not depend on how
+    # prod's changes were promoted (its promotion needs the demo's staging clusters and soak)
+    channels = [ChannelSettings.from_dict({k: v for k, v in c.items() if k != "promote"}) for c in CHANNELS]
     shipped = {}
     for summary in run_render(state, channels=channels, now=now, guard=NeverBlock(), crds=schemas, publish=None):
         started = time.time()

@@ -196,10 +196,7 @@ def _handlers(work: Path, big: Path, layer: Path) -> tuple[dict[str, Any], dict[
             s3.put_object(Bucket=bucket, Key=f"crds/{path.relative_to(CRDS).as_posix()}", Body=path.read_bytes())
         for name in HANDLERS:
             print(f"(c) {name} handler on the moto server ...", flush=True)
-            # The handlers run with the layer as Lambda sees it, the function's deployed environment and role.
-            env = {**lambda_env(layer), **lambdas.environment(LOGICAL[name])}
-            env["EVENT_SOURCE_QUEUE_URL"] = stack.outputs.get(f"{LOGICAL[name].removesuffix('Function')}QueueUrl", "")
-            results[name] = _step(["handler", name], work, env, LAMBDA_PYTHON)
+            results[name] = handler_step(work, layer, lambdas, name)
             first_call = results[name].pop("first_call_modules")
             (work / f"first-call-{name}.json").write_text(json.dumps(first_call))
             results[name]["first_call_modules"] = len(first_call)
@@ -223,6 +220,15 @@ def _handlers(work: Path, big: Path, layer: Path) -> tuple[dict[str, Any], dict[
             agent[key] = _step(["agent", channel], work, env)
     largest = agent.pop("largest")
     return results, {**agent.pop("unchanged"), "largest": largest}
+
+
+def handler_step(work: Path, layer: Path, lambdas: Any, name: str) -> dict[str, Any]:
+    """Handler ``name`` in a process of its own, with the layer as Lambda sees it and the function's
+    deployed environment (``lambdas``: the stack's ``LambdaService``), draining its event source's queue."""
+    logical = LOGICAL[name]
+    env = {**lambda_env(layer), **lambdas.environment(logical)}
+    env["EVENT_SOURCE_QUEUE_URL"] = lambdas.stack.outputs.get(f"{logical.removesuffix('Function')}QueueUrl", "")
+    return _step(["handler", name], work, env, LAMBDA_PYTHON)
 
 
 def _step(

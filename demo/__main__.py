@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from cdr_policy.policy.checker import SchemaSet, check_files
+from demo.promotion import SOAK
 from demo.runner import CHANNELS, DemoFailure, run_pipeline
 from fakes.aws import MotoServerError, moto_server
 from fakes.lambda_runtime import REPO
@@ -75,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         f"fleet total {'agrees' if result.hits['agree'] else 'DOES NOT AGREE'} with the per-cluster counts"
     )
     failed += not result.hits["agree"] or not report["hits"]
+    soaked, approved, held = (result.promotion[k] for k in ("soaked", "approved", "held"))
+    print(
+        f"  promotion: prod took {soaked['counts']['promote']} change(s) after their {SOAK} soak on staging "
+        f"(the demo's; 24h by default), held {', '.join(held)} (staging's audit hits came from the protected "
+        "namespace payments), then promoted it on an approver's grant"
+    )
+    failed += not soaked["counts"]["promote"] or len(held) != 1
+    failed += [(c["decision"], c["how"]) for c in approved["changes"]] != [("promote", "approved")]
     if crds is not None:
         report = check_files([result.channel_dir(c["name"]) for c in CHANNELS], SchemaSet.from_dir(crds))
         print(
@@ -86,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     print("Try: .venv/bin/cdr-policy validate demo-output/prod" + (f" --crds {crds}" if crds else " --crds DIR"))
     print("     .venv/bin/cdr-policy fleet status --dist demo-output/dist")
     print("     .venv/bin/cdr-policy fleet hits --dist demo-output/dist")
-    prod = result.agents["prod"]["applied_digest"]
+    print("     .venv/bin/cdr-policy channel evidence prod --dist demo-output/dist")
+    prod = result.hits["statuses"]["prod"]["applied_digest"]
     node = "demo-output/nodes/demo-node-1"
     print(
         f"     .venv/bin/cdr-policy hits --policies demo-output/dist/channels/prod/bundles/{prod} "

@@ -30,7 +30,7 @@ import httpx
 from demo.runner import demo_agents, quiet_logs, run_pipeline
 from fakes.aws import moto_server
 
-# The runner announces each stage as "[n/6] Name ..."; requests are booked to the stage last announced.
+# The runner announces each stage as "[n/7] Name ..."; requests are booked to the stage last announced.
 _STAGE = re.compile(r"^\[\d/\d\] (\S+)")
 _SCOPE = re.compile(r"Credential=[^/]+/\d+/[^/]+/([^/]+)/aws4_request")
 _S3_OPERATIONS = {"GET": "GetObject", "PUT": "PutObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}

@@ -45,7 +45,7 @@ def run_hits(result: PipelineResult, agents: dict[str, Any], say: Callable[[str]
     verifier = Verifier.from_public_pem(KmsSigner(stack.client("kms"), stack.signing_key_arn).public_key_pem())
     rule = result.lambdas.schedule_of("HitsRollupFunction")
     say("")
-    say(f"[6/6] Hits (Tetragon and Hubble export lines through the node readers; HitsRollup, EventBridge rule {rule})")
+    say(f"[7/7] Hits (Tetragon and Hubble export lines through the node readers; HitsRollup, EventBridge rule {rule})")
     statuses = {}
     for channel, nodes in NODES.items():
         cluster = result.clusters[channel]
@@ -79,7 +79,7 @@ def run_hits(result: PipelineResult, agents: dict[str, Any], say: Callable[[str]
         )
     (invocation,) = result.lambdas.fire(rule)
     if not invocation.ok:
-        raise DemoFailure("[6/6] Hits", f"{invocation.function}: {invocation.error}")
+        raise DemoFailure("[7/7] Hits", f"{invocation.function}: {invocation.error}")
     rollup = invocation.response
     say(
         f"      HitsRollup: {rollup['hits']} hit(s) from {rollup['clusters']} cluster(s), {rollup['refused']} row(s) "

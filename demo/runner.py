@@ -34,6 +34,7 @@ from cdr_policy.observability import logger
 from cdr_policy.storage import LocalStore, S3Store
 from cdr_policy.timeutil import utcnow
 from demo.hits import run_hits
+from demo.promotion import PROMOTE, run_promotion
 from fakes.aws import ACCOUNT, MotoServer
 from fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from fakes.lambda_runtime import REPO, Delivery, Invocation, LambdaService
@@ -43,9 +44,10 @@ from fakes.stack import CLUSTER_ACCESS, TEMPLATE, Stack, deploy
 FINDINGS = REPO / "events" / "findings"
 # The demo agents check for drift this often (a cluster's agent: --drift-interval, default 5 min).
 DEMO_DRIFT_INTERVAL_S = 1.0
-CHANNELS = (
+# the demo's config/channels.yaml entries
+CHANNELS: tuple[dict[str, Any], ...] = (
     {"name": "staging", "action": "Post", "cilium_version": "1.17"},
-    {"name": "prod", "action": "Sigkill", "cilium_version": "1.18"},
+    {"name": "prod", "action": "Sigkill", "cilium_version": "1.18", "promote": PROMOTE},
 )
 
 
@@ -80,6 +82,7 @@ class PipelineResult:
     drift: dict[str, Any] = field(default_factory=dict)  # the staging agent's status after a drift repair
     approver: dict[str, str] = field(default_factory=dict)  # a session of the stack's ApproverRole
     hits: dict[str, Any] = field(default_factory=dict)  # what the export lines fed through the readers gave
+    promotion: dict[str, Any] = field(default_factory=dict)  # prod's evidence after the soak and the approval
 
     def channel_dir(self, channel: str) -> Path:
         return self.output / channel
@@ -158,8 +161,9 @@ def onboard_cluster(stack: Stack, cluster_id: str, channel: str) -> Cluster:
     server, environment = stack.server, stack.parameters["Environment"]
     role_arn = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-cluster-{cluster_id}"
     reader_role = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-reader-{cluster_id}"
-    agent_arn, agent_keys = principal(server, f"{cluster_id}-agent", role_arn)
-    reader_arn, reader_keys = principal(server, f"{cluster_id}-reader", reader_role)
+    # IAM users are the account's, not the stack's: named by the environment as the roles are
+    agent_arn, agent_keys = principal(server, f"{environment}-{cluster_id}-agent", role_arn)
+    reader_arn, reader_keys = principal(server, f"{environment}-{cluster_id}-reader", reader_role)
     parameters = {"Environment": environment, "DistributionBucket": stack.dist_bucket, "ClusterId": cluster_id}
     parameters |= {"Channel": channel, "AgentRoleArn": agent_arn, "ReaderPrincipalArn": reader_arn}
     access = deploy(
@@ -228,6 +232,7 @@ def run_pipeline(
         result.steps = _run_functions(result, say)
         with quiet_logs(output / "agents.log"):
             result.agents, result.drift = _run_agents(result, say)
+            result.promotion = run_promotion(result, say)
             result.hits = run_hits(result, demo_agents(result), say)
         for bucket, folder in ((stack.state_bucket, "state"), (stack.dist_bucket, "dist")):
             _mirror(S3Store(stack.client("s3"), bucket), LocalStore(output / folder))
@@ -254,8 +259,8 @@ def _run_functions(result: PipelineResult, say: Callable[[str], None]) -> dict[s
 
     say("")
     rule = lambdas.schedule_of("CdrFetchFunction")
-    say(f"[1/6] CdrFetch (EventBridge rule {rule})")
-    summary = steps["cdr_fetch"] = _checked("[1/6] CdrFetch", lambdas.fire(rule))
+    say(f"[1/7] CdrFetch (EventBridge rule {rule})")
+    summary = steps["cdr_fetch"] = _checked("[1/7] CdrFetch", lambdas.fire(rule))
     ind = summary["indicators"]
     say(
         f"      findings fetched {summary['fetched']}, unique {summary['unique']}, duplicates "
@@ -264,19 +269,19 @@ def _run_functions(result: PipelineResult, say: Callable[[str], None]) -> dict[s
     )
 
     rule = lambdas.schedule_of("FeedSyncFunction")
-    say(f"[2/6] FeedSync (EventBridge rule {rule})")
-    summary = steps["feed_sync"] = _checked("[2/6] FeedSync", lambdas.fire(rule))
+    say(f"[2/7] FeedSync (EventBridge rule {rule})")
+    summary = steps["feed_sync"] = _checked("[2/7] FeedSync", lambdas.fire(rule))
     for name, feed in summary["feeds"].items():
         say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
 
-    say("[3/6] Render (RenderQueue <- the state bucket's S3 notifications for indicators/ and config/)")
-    delivery = _polled(lambdas, "[3/6] Render", "RenderFunction", steps)
+    say("[3/7] Render (RenderQueue <- the state bucket's S3 notifications for indicators/ and config/)")
+    delivery = _polled(lambdas, "[3/7] Render", "RenderFunction", steps)
     say(f"      {delivery.messages} notification(s) in {delivery.batches} batch(es), {delivery.failed} failed")
     for channel, latest in _latest_renders(result.stack).items():
         say(f"      channel {channel:<8} bundle {latest['digest'][:16]}")
 
-    say("[4/6] Publish (PublishQueue)")
-    delivery = _polled(lambdas, "[4/6] Publish", "PublishFunction", steps)
+    say("[4/7] Publish (PublishQueue)")
+    delivery = _polled(lambdas, "[4/7] Publish", "PublishFunction", steps)
     say(f"      {delivery.messages} publish request(s), {delivery.failed} failed")
     for channel, manifest in _channel_manifests(result.stack).items():
         say(
@@ -285,6 +290,18 @@ def _run_functions(result: PipelineResult, say: Callable[[str], None]) -> dict[s
             f"signed with {manifest['signature_algorithm']}, expires {manifest['expires_at']}"
         )
     return steps
+
+
+def render_again(result: PipelineResult, step: str) -> None:
+    """The stack's scheduled re-render (RenderRefreshRule's event on RenderQueue), then Render and
+    Publish through their event source mappings; DemoFailure when either fails."""
+    lambdas = result.lambdas
+    lambdas.fire("RenderRefreshRule")
+    for logical in ("RenderFunction", "PublishFunction"):
+        delivery = lambdas.poll(logical)
+        _checked(step, delivery.invocations)
+        if delivery.failed:
+            raise DemoFailure(step, f"{logical}: {delivery.error}")
 
 
 def _polled(lambdas: LambdaService, step: str, logical: str, steps: dict[str, Any]) -> Delivery:
@@ -326,7 +343,7 @@ def demo_agents(result: PipelineResult) -> dict[str, Agent]:
 
 
 def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    say("[5/6] Sync agents (one per cluster, with its cluster's role: poll, verify, apply, report status)")
+    say("[5/7] Sync agents (one per cluster, with its cluster's role: poll, verify, apply, report status)")
     statuses = {}
     agents = demo_agents(result)
     for channel, agent in agents.items():

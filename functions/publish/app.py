@@ -1,7 +1,8 @@
 """Publish (PublishQueue): check, sign and publish one rendered bundle to one channel per message.
 
 Each record's body is a ``PublishRequest`` (``{"channel": ..., "digest": ...}``). Every record is
-published on its own and idempotently: Powertools idempotency, keyed on channel + digest in the
+published on its own and idempotently: Powertools idempotency, keyed on channel + digest (+ the
+approval of an approver's request, + the decisions of a promoting channel's render) in the
 IDEMPOTENCY_TABLE, turns a duplicated or redelivered message into a no-op (no second signature),
 while a failing record is reported in ``batchItemFailures`` and retried alone. Only decisions are
 remembered: a failure of S3, KMS or the network raises, is not stored, and the record is retried;
@@ -34,8 +35,9 @@ from cdr_policy.wiring import cloud
 # back to an earlier bundle (A -> B -> A) publishes A again. (A failed publish leaves no record.)
 IDEMPOTENCY_WINDOW_S = 600
 idempotency_config = IdempotencyConfig(
-    # an approver's request carries its grant: a new request, not the held answer again
-    event_key_jmespath="[channel, digest, approval]",
+    # an approver's request carries its grant: a new request, not the held answer again; a promoting
+    # channel's render carries its decisions: each render's are judged again
+    event_key_jmespath="[channel, digest, approval, decisions]",
     raise_on_no_idempotency_key=True,
     expires_after_seconds=IDEMPOTENCY_WINDOW_S,
 )

@@ -52,7 +52,8 @@ def test_request_counts_of_one_run_and_of_a_fleet_poll(tmp_path: Path) -> None:
     for (stage, op), n in counter.counts.items():
         by_stage.setdefault(stage, {})[op] = n
     assert list(by_stage) == [
-        "setup", "CdrFetch", "FeedSync", "Render", "Publish", "Sync", "Hits", "restarted-poll", "unchanged-poll",
+        "setup", "CdrFetch", "FeedSync", "Render", "Publish", "Sync", "Promotion", "Hits", "restarted-poll",
+        "unchanged-poll",
     ]  # fmt: skip
     channels = len(CHANNELS)
     # One signature per channel per publish; each render (one per batch of notifications: the set
@@ -60,7 +61,8 @@ def test_request_counts_of_one_run_and_of_a_fleet_poll(tmp_path: Path) -> None:
     assert by_stage["Publish"]["kms:Sign"] == channels
     [batches] = [int(m.group(1)) for line in lines if (m := re.search(r"notification\(s\) in (\d+) batch", line))]
     assert by_stage["Render"]["sqs:SendMessage"] == channels * batches
-    assert not any(op.startswith("kms:") for op in by_stage["Render"])
+    # Render signs nothing; for the promoting channel it reads the signing and approver keys' public halves
+    assert {op for op in by_stage["Render"] if op.startswith("kms:")} == {"kms:GetPublicKey"}
     # The steady state of a fleet (README): per agent and poll, one conditional GET of the manifest; the
     # status is rewritten only when it says something new or its heartbeat is due; no KMS (agents verify
     # with the public key they fetched once at start).

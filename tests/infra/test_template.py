@@ -123,7 +123,8 @@ def test_function_environment_matches_the_settings(
 
     assert own("CdrFetchFunction") == {"QUALYS_SECRET_NAME", "QUALYS_PLATFORM", "QUALYS_GATEWAY_URL"}
     assert own("FeedSyncFunction") == {"ABUSEIPDB_SECRET_NAME"}
-    assert own("RenderFunction") == {"PUBLISH_QUEUE_URL"}
+    # a promoting channel's render verifies what the channels shipped and the approvers' grants of changes
+    assert own("RenderFunction") == {"PUBLISH_QUEUE_URL", "SIGNING_KEY_ID", "APPROVER_KEY_ID"}
     assert own("PublishFunction") == {"SIGNING_KEY_ID", "IDEMPOTENCY_TABLE", "APPROVER_KEY_ID"}
     assert own("HitsRollupFunction") == set()
     publish = Settings.from_env({k: resolve(v) for k, v in environment(template, functions["PublishFunction"]).items()})
@@ -131,6 +132,7 @@ def test_function_environment_matches_the_settings(
     assert publish.signing_key_id == "<SigningKey.Arn>"
     render = Settings.from_env({k: resolve(v) for k, v in environment(template, functions["RenderFunction"]).items()})
     assert render.publish_queue_url == "https://sqs.us-east-1.amazonaws.com/123456789012/cdr-policy-dev-publish"
+    assert render.signing_key_id == "<SigningKey.Arn>"
 
 
 def test_parameter_defaults_match_the_settings_defaults(template: dict[str, Any]) -> None:

@@ -39,8 +39,8 @@ def test_without_kms_sign_the_demo_fails_at_publish_with_access_denied(tmp_path:
     )
 
     assert demo.returncode == 1, demo.stdout + demo.stderr
-    assert "[3/6] Render" in demo.stdout and "[4/6] Publish" in demo.stdout and "[5/6]" not in demo.stdout
+    assert "[3/7] Render" in demo.stdout and "[4/7] Publish" in demo.stdout and "[5/7]" not in demo.stdout
     (line,) = demo.stderr.strip().splitlines()
-    assert line.startswith("demo: error: [4/6] Publish failed: PublishFunction: ")
+    assert line.startswith("demo: error: [4/7] Publish failed: PublishFunction: ")
     assert "AccessDeniedException" in line and "is not authorized to perform: kms:Sign" in line
     assert "Traceback" not in demo.stderr

@@ -46,7 +46,15 @@ def _store(result: PipelineResult, bucket: str) -> S3Store:
 def test_every_step_reports_counts(pipeline: tuple[PipelineResult, list[str]]) -> None:
     result, lines = pipeline
     text = "\n".join(lines)
-    steps = ("[1/6] CdrFetch", "[2/6] FeedSync", "[3/6] Render", "[4/6] Publish", "[5/6] Sync agents", "[6/6] Hits")
+    steps = (
+        "[1/7] CdrFetch",
+        "[2/7] FeedSync",
+        "[3/7] Render",
+        "[4/7] Publish",
+        "[5/7] Sync agents",
+        "[6/7] Promotion",
+        "[7/7] Hits",
+    )
     for step in steps:
         assert step in text
     assert result.steps["cdr_fetch"]["fetched"] == 20
@@ -368,8 +376,10 @@ def test_fleet_commands_against_the_buckets(
 
     assert main(["fleet", "status", f"--dist={dist}", "--json"], env) == 0
     rows = [r for r in json.loads(capsys.readouterr().out) if r["cluster_id"].startswith("demo-")]
-    assert sorted(r["channel"] for r in rows) == sorted(c["name"] for c in CHANNELS)
+    assert sorted({r["channel"] for r in rows}) == sorted(c["name"] for c in CHANNELS)
     assert not any(r["behind"] for r in rows) and all(r["errors"] == 0 for r in rows)
+    promoted = {r["channel"]: r["promotion"] for r in rows}
+    assert promoted["staging"] is None and (promoted["prod"]["from"], promoted["prod"]["approved"]) == ("staging", 1)
 
     assert main(["channel", "diff", "prod", f"--dist={dist}", f"--state={state}", "--json"], env) == 0
     diff = json.loads(capsys.readouterr().out)
@@ -390,6 +400,22 @@ def test_fleet_commands_against_the_buckets(
     key = f"--kms-key-id={result.stack.signing_key_arn}"
     assert main(["channel", "rollback", "prod", f"--to={diff['to']}", f"--dist={dist}", key], env) == 0
     assert capsys.readouterr().out.startswith("unchanged: channel prod")
+
+
+def test_prod_takes_what_staging_watched_and_the_change_it_holds_on_an_approval(
+    pipeline: tuple[PipelineResult, list[str]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, lines = pipeline
+    soaked, approved, (held,) = (result.promotion[k] for k in ("soaked", "approved", "held"))
+    assert soaked["counts"]["promote"] > 0 and soaked["counts"]["hold"] == 1
+    reasons = next(c["reasons"] for c in soaked["changes"] if c["change"] == held)
+    assert reasons == ["would have blocked 2 event(s) in protected namespace(s) payments on staging"]
+    assert [(c["change"], c["decision"], c["how"]) for c in approved["changes"]] == [(held, "promote", "approved")]
+    assert any("soak shortened" in line or "the demo's, 24h by default" in line for line in lines)
+    env = result.stack.server.admin_env
+    _shell(monkeypatch, env)
+    assert main(["channel", "show", "prod", f"--dist=s3://{result.stack.dist_bucket}"], env) == 0
+    assert "1 change(s) promoted (1 grant(s))" in capsys.readouterr().out
 
 
 def test_the_hits_of_the_export_lines_come_back_to_the_fleet(

@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 
 def parse_channels(text: str, origin: str, *, refresh_hours: float) -> list[ChannelSettings]:
     """A ``channels:`` list (YAML or JSON). Names must be unique; at least one channel; every
-    bundle lifetime at least twice the re-render period ``refresh_hours`` (``check_lifetime``)."""
+    bundle lifetime at least twice the re-render period ``refresh_hours`` (``check_lifetime``);
+    every promotion from another configured audit channel (``check_promotions``)."""
+    from cdr_policy.policy.channel import check_promotions
+
     doc = load_yaml_mapping(text, origin, "exactly one top-level key 'channels' holding a list")
     if set(doc) != {"channels"} or not isinstance(doc["channels"], list):
         raise ConfigError(f"{origin}: expected exactly one top-level key 'channels' holding a list")
@@ -37,6 +40,10 @@ def parse_channels(text: str, origin: str, *, refresh_hours: float) -> list[Chan
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{origin}: channel name(s) used twice: {', '.join(dupes)}")
+    try:
+        check_promotions(channels)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from exc
     return channels
 
 
@@ -55,6 +62,11 @@ def parse_one_channel(
     else:
         item, where = {"name": default_name, **doc}, origin
     channel = _channel(item, where, refresh_hours)
+    if channel.promote is not None:
+        raise ConfigError(
+            f"{where}: channel {channel.name}: promote follows another channel of the pipeline's channels.yaml; "
+            "the CLI renders one channel"
+        )
     return channel, frozenset(item) if isinstance(item, dict) else frozenset()
 
 

@@ -138,11 +138,15 @@ class PublishRequest:
     """The PublishQueue message: publish the rendered bundle ``digest`` to ``channel``. Render sends
     it without ``approval``; an approver's ``cdr-policy channel approve`` sends it again with the
     fingerprint of the grant it wrote, so that the request is a new one for the handler's
-    idempotency (a held answer is not replayed to it)."""
+    idempotency (a held answer is not replayed to it). A promoting channel's render adds
+    ``decisions``, the SHA-256 of the decisions it wrote beside the bundle (``cdr_policy.promotion``):
+    each render's decisions (new evidence, a watch that tripped) are a new request, and Publish
+    treats the request as superseded when a later render decided again."""
 
     channel: str
     digest: str
     approval: str | None = None
+    decisions: str | None = None
 
     def __post_init__(self) -> None:
         if not is_channel_name(self.channel):
@@ -151,9 +155,11 @@ class PublishRequest:
             raise EventError("publish request: the digest is not 64 lower-case hex characters")
         if self.approval is not None and not is_digest(self.approval):
             raise EventError("publish request: the approval is not 64 lower-case hex characters")
+        if self.decisions is not None and not is_digest(self.decisions):
+            raise EventError("publish request: the decisions are not 64 lower-case hex characters")
 
     def to_dict(self) -> dict[str, str | None]:
-        return {"channel": self.channel, "digest": self.digest, "approval": self.approval}
+        return {"channel": self.channel, "digest": self.digest, "approval": self.approval, "decisions": self.decisions}
 
     def to_message(self) -> str:
         """The message body (canonical JSON), as Render sends it."""
@@ -166,10 +172,15 @@ class PublishRequest:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> PublishRequest:
-        unknown = sorted(set(doc) - {"channel", "digest", "approval"})
+        unknown = sorted(set(doc) - {"channel", "digest", "approval", "decisions"})
         if unknown:
             raise EventError(f"publish request: {len(unknown)} unknown field(s)")
         missing = sorted({"channel", "digest"} - set(doc))
         if missing:
             raise EventError(f"publish request: missing field(s) {', '.join(missing)}")
-        return cls(channel=doc["channel"], digest=doc["digest"], approval=doc.get("approval"))
+        return cls(
+            channel=doc["channel"],
+            digest=doc["digest"],
+            approval=doc.get("approval"),
+            decisions=doc.get("decisions"),
+        )

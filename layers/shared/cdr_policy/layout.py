@@ -47,6 +47,7 @@ RENDERED_CHANNELS = "bundles/channels/"
 HITS = "hits/"
 CHANNELS = "channels/"
 STATUS = "status/"
+PROMOTION = "promotion/"
 
 # -- state store: operator documents ---------------------------------------------------------------
 CHANNELS_CONFIG = f"{CONFIG}channels.yaml"
@@ -117,6 +118,13 @@ PROVENANCE_FILE = "provenance.json"
 REPORT_FILE = "report.json"
 # The unsigned manifest's path in a rendered bundle: no bundle file may take it.
 BUNDLE_MANIFEST_FILE = "bundle.json"
+# A promoting channel's decisions (Render's), beside its bundle's files: not one of them.
+PROMOTION_DECISIONS_FILE = "promotion.json"
+
+
+def promotion_decisions_key(digest: str) -> str:
+    """A promoting channel's decisions, written by Render beside its bundle."""
+    return bundle_file_key(digest, PROMOTION_DECISIONS_FILE)
 
 
 def bundle_manifest_key(digest: str) -> str:
@@ -194,6 +202,11 @@ def status_cluster(key: str) -> str | None:
     return cluster if cluster and "/" not in cluster and key == status_key(cluster) else None
 
 
+def promotion_report_key(channel: str) -> str:
+    """What Publish found of a promoting channel's decisions, for ``cdr-policy channel evidence``."""
+    return f"{PROMOTION}{channel}.json"
+
+
 # -- the layout as a table -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class KeyFamily:
@@ -223,7 +236,11 @@ STATE_KEYS: tuple[KeyFamily, ...] = (
     KeyFamily(feed_set_key("<name>"), "FeedSync", "indicator set `source: feed:<name>`"),
     KeyFamily(ABUSEIPDB_CACHE, "FeedSync", "per-IP reputation cache with TTL"),
     KeyFamily(reputation_set_key("abuseipdb"), "FeedSync", "indicator set `source: abuseipdb`"),
-    KeyFamily(bundle_file_key("<digest>", "…"), "Render", "policy files, `report.json`, then `bundle.json` last"),
+    KeyFamily(
+        bundle_file_key("<digest>", "…"),
+        "Render",
+        "policy files, `report.json`, a promoting channel's `promotion.json` (its decisions), then `bundle.json` last",
+    ),
     KeyFamily(latest_render_key("<channel>"), "Render", "the channel's latest rendered digest"),
     KeyFamily(
         last_good_set_key(f"{INDICATORS}…"),
@@ -263,6 +280,13 @@ DIST_KEYS: tuple[KeyFamily, ...] = (
         "every manifest published, written after the channel manifest (rollback)",
     ),
     KeyFamily(
+        promotion_report_key("<channel>"),
+        "Publish",
+        "a promoting channel's pending changes, each with its decision (promote, wait, hold), reasons and "
+        "evidence, as Publish last verified them (`promotion.schema.json`; `cdr-policy channel evidence`); "
+        "no cluster reads it",
+    ),
+    KeyFamily(
         status_key("<cluster-id>"),
         "agent",
         "agent status (with the node readers' hits), writable only by that cluster's role (`deploy/cluster-access`)",
@@ -274,7 +298,7 @@ WRITE_PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
     "CdrFetch": ("state", (RAW_CDR, STATE_CDR, INDICATORS_CDR)),
     "FeedSync": ("state", (RAW_FEEDS, STATE_FEEDS, INDICATORS_FEEDS, STATE_ABUSEIPDB, INDICATORS_REPUTATION)),
     "Render": ("state", (BUNDLES, LAST_GOOD)),
-    "Publish": ("dist", (CHANNELS,)),
+    "Publish": ("dist", (CHANNELS, PROMOTION)),
     "HitsRollup": ("state", (HITS,)),
     "agent": ("dist", (STATUS,)),
     "approver": ("state", (APPROVALS,)),

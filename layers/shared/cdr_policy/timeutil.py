@@ -56,3 +56,12 @@ def parse_duration(text: str) -> float:
     if not raw or pos != len(raw):
         raise ValueError(f"invalid duration {text!r}: use forms like 30s, 5m, 1h, 1h30m, 2d")
     return total
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as ``parse_duration`` reads it: in the largest whole unit (``7d``, ``24h``, ``5m``),
+    else in seconds (``90s``)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

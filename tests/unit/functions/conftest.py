@@ -182,6 +182,10 @@ class HandlerStack:
     def approver_key_id(self) -> str:
         return self.stack.outputs["ApproverKeyArn"]
 
+    @property
+    def signing_key_id(self) -> str:
+        return self.stack.signing_key_arn
+
 
 _stacks = itertools.count()
 

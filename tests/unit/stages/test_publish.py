@@ -185,6 +185,7 @@ def test_change_over_budget_is_held_and_alarmed(
             "programs": {"current": 0, "proposed": 0, "added": 0, "removed": 0, "percent": 0.0},
         },
         "shrink": [],
+        "vetted": False,
     }
     assert recorder.puts == []
     assert current(recorder)["digest"] != digest

@@ -8,6 +8,12 @@ key. Publish reads it from ``approvals/<channel>/<digest>/<previous>.json``, ver
 the approver's public key(s), refuses one signed by the channel key, ships the bundle with the grant's
 fingerprint in the signed manifest, and deletes the grant: it is used once. A grant naming another
 replaced bundle (the channel moved on since) does not apply.
+
+The same grant approves changes a promotion holds (``cdr_policy.promotion``): it then names the
+changes (``prefix:203.0.113.0/24``, ``port:tcp/4444``, ``rule:crypto_mining@<fingerprint16>``)
+instead of a bundle, over the bundle the channel ships (``digest`` is the digest of the change
+list, so it has a key of its own). Render composes the channel's next bundle with them, Publish
+verifies the grant again, records it in the signed manifest and deletes it (``change_grants``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +29,7 @@ from typing import Any
 from cdr_policy import jsonio, layout
 from cdr_policy.bundle.signing import ALGORITHM, Signer, Verifier, statement
 from cdr_policy.errors import BundleError
+from cdr_policy.observability import logger
 from cdr_policy.schemas import schema_errors
 from cdr_policy.storage import NotFound, Store, TooLarge
 from cdr_policy.timeutil import iso, parse_iso
@@ -49,6 +57,7 @@ class Grant:
     reason: str
     signature: str = ""
     key_id: str = ""
+    changes: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -56,7 +65,7 @@ class Grant:
 
     def body(self) -> dict[str, Any]:
         """The document without its signature fields (what the signature covers)."""
-        return {
+        body: dict[str, Any] = {
             "schema_version": 1,
             "channel": self.channel,
             "digest": self.digest,
@@ -65,6 +74,9 @@ class Grant:
             "expires_at": self.expires_at,
             "reason": self.reason,
         }
+        if self.changes:
+            body["changes"] = list(self.changes)
+        return body
 
     def to_json(self) -> dict[str, Any]:
         return {**self.body(), "signature": self.signature, "key_id": self.key_id, "signature_algorithm": ALGORITHM}
@@ -78,6 +90,9 @@ class Grant:
         errors = schema_errors(doc, SCHEMA)
         if errors:
             raise GrantError("malformed approval: " + "; ".join(errors[:5]))
+        changes = tuple(doc.get("changes", ()))
+        if changes and (list(changes) != sorted(set(changes)) or doc["digest"] != changes_digest(changes)):
+            raise GrantError("malformed approval: its changes are not the sorted list its digest names")
         return cls(
             channel=doc["channel"],
             digest=doc["digest"],
@@ -87,7 +102,13 @@ class Grant:
             reason=doc["reason"],
             signature=doc["signature"],
             key_id=doc["key_id"],
+            changes=changes,
         )
+
+
+def changes_digest(changes: Sequence[str]) -> str:
+    """The digest a grant of ``changes`` names: sha256 of their sorted list."""
+    return hashlib.sha256(jsonio.dumps(sorted(set(changes)))).hexdigest()
 
 
 def grant(
@@ -99,11 +120,16 @@ def grant(
     now: datetime,
     reason: str = "",
     validity: timedelta = DEFAULT_VALIDITY,
+    changes: Sequence[str] = (),
 ) -> Grant:
-    """A grant of ``digest`` over ``previous``, signed with the approver's ``signer``."""
+    """A grant of ``digest`` over ``previous`` (or, with ``changes``, of those changes over
+    ``previous``; ``digest`` is then ``changes_digest(changes)``), signed with the approver's ``signer``."""
     if not timedelta(0) < validity <= MAX_VALIDITY:
         raise ValueError(f"an approval holds for at most {MAX_VALIDITY.days} days")
-    unsigned = Grant(channel, digest, previous, iso(now), iso(now + validity), reason)
+    listed = tuple(sorted(set(changes)))
+    if listed and digest != changes_digest(listed):
+        raise ValueError("a grant of changes names the digest of their list")
+    unsigned = Grant(channel, digest, previous, iso(now), iso(now + validity), reason, changes=listed)
     signature, key_id = signer.sign(statement(unsigned.body(), _DOMAIN))
     signed = replace(unsigned, signature=base64.b64encode(signature).decode(), key_id=key_id)
     return Grant.from_json(signed.to_json())
@@ -125,17 +151,53 @@ def find_grant(
     pipeline's own key, expired, or not yet valid."""
     key = layout.approval_key(channel, digest, previous)
     try:
-        data = state.get(key, max_bytes=MAX_GRANT_BYTES).data
+        found = _read(state, key)
     except NotFound:
         return None
+    if (found.channel, found.digest, found.previous_digest) != (channel, digest, previous) or found.changes:
+        raise GrantError(f"the approval at {key} grants another change")
+    return _checked(found, key, approvers=approvers, pipeline=pipeline, now=now)
+
+
+def change_grants(
+    state: Store,
+    channel: str,
+    previous: str | None,
+    *,
+    approvers: Verifier | None,
+    pipeline: Verifier,
+    now: datetime,
+) -> list[Grant]:
+    """The usable grants of changes of ``channel`` over ``previous`` (the bundle it ships), oldest
+    key first. One that cannot be used (malformed, unsigned by an approver, for another bundle,
+    expired) is skipped and logged: it approves nothing, and it stops nothing either."""
+    found = []
+    for key in state.list(f"{layout.APPROVALS}{channel}/"):
+        if not key.endswith(f"/{previous or 'none'}.json"):
+            continue
+        try:
+            grant = _read(state, key)
+            if grant.changes and (grant.channel, grant.previous_digest) == (channel, previous) and grant.key == key:
+                found.append(_checked(grant, key, approvers=approvers, pipeline=pipeline, now=now))
+        except (GrantError, NotFound) as exc:
+            logger.warning("an approval of changes cannot be used", extra={"key": key, "error": str(exc)})
+    return found
+
+
+def _read(state: Store, key: str) -> Grant:
+    """The grant at ``key`` (NotFound when there is none), GrantError when it is not one."""
+    try:
+        data = state.get(key, max_bytes=MAX_GRANT_BYTES).data
     except TooLarge as exc:
         raise GrantError(f"the approval at {key} is larger than {MAX_GRANT_BYTES} bytes") from exc
     try:
-        found = Grant.from_json(jsonio.loads(data))
+        return Grant.from_json(jsonio.loads(data))
     except ValueError as exc:
         raise GrantError(f"the approval at {key} is not JSON") from exc
-    if (found.channel, found.digest, found.previous_digest) != (channel, digest, previous):
-        raise GrantError(f"the approval at {key} grants another change")
+
+
+def _checked(found: Grant, key: str, *, approvers: Verifier | None, pipeline: Verifier, now: datetime) -> Grant:
+    """``found`` when an approver signed it and it holds now; GrantError otherwise."""
     try:
         signature = base64.b64decode(found.signature, validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -43,10 +43,12 @@ class EngineChange:
     proposed: int
     added: int
     removed: int
+    vetted: bool = False  # its additions were promoted on evidence (``cdr_policy.promotion``)
 
     @property
     def changes(self) -> int:
-        return self.added + self.removed
+        """What counts against the budget: what is added and removed; only removed when vetted."""
+        return self.removed + (0 if self.vetted else self.added)
 
     @property
     def percent(self) -> float:
@@ -78,8 +80,9 @@ class Budget:
     def reasons(self) -> list[str]:
         """Why the bundle must be held (empty: it need not)."""
         churn = [
-            f"{e.engine}: {e.changes} changes ({e.added} added, {e.removed} removed) against {e.current} "
-            f"current entries is {e.percent:.1f}%, over the change budget of {self.budget_percent}%"
+            f"{e.engine}: {e.changes} changes ({e.added} added{' on evidence, not counted' if e.vetted else ''}, "
+            f"{e.removed} removed) against {e.current} current entries is {e.percent:.1f}%, over the change "
+            f"budget of {self.budget_percent}%"
             for e in self.over()
         ]
         return churn + list(self.shrink)
@@ -90,6 +93,7 @@ class Budget:
             "min_changes": self.min_changes,
             "engines": {e.engine: e.to_dict() for e in self.engines},
             "shrink": list(self.shrink),
+            "vetted": any(e.vetted for e in self.engines),
         }
 
 
@@ -107,8 +111,10 @@ def assess(
     budget_percent: int,
     min_changes: int,
     shrink: Sequence[str] = (),
+    vetted: bool = False,
 ) -> Budget:
-    """How much ``proposed`` changes ``current``, per engine."""
+    """How much ``proposed`` changes ``current``, per engine (``vetted``: its additions were
+    promoted on evidence, and only its removals count)."""
     _check_limits(budget_percent, min_changes)
     before, after = _entries(current), _entries(proposed)
     engines = tuple(
@@ -118,6 +124,7 @@ def assess(
             proposed=len(after[engine]),
             added=len(after[engine] - before[engine]),
             removed=len(before[engine] - after[engine]),
+            vetted=vetted,
         )
         for engine in ENGINES
     )

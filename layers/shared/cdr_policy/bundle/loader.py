@@ -10,13 +10,13 @@ objects once. Publish, the sync agent and the fleet commands read bundles only t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 from cdr_policy import jsonio, layout
-from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, VerificationError, verify_files
+from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, VerificationError, verify_file
 from cdr_policy.bundle.objects import placed_objects
 from cdr_policy.errors import BundleError
 from cdr_policy.storage import NotFound, Store, TooLarge
@@ -61,8 +61,20 @@ def load_bundle(store: Store, manifest: Manifest, *, published: bool) -> Bundle:
     """The files ``manifest`` lists: as rendered, from the state store's ``bundles/<digest>/``, or
     ``published``, from the distribution store's ``channels/<channel>/bundles/<digest>/``.
     VerificationError when one does not match; StorageError when one cannot be read."""
+    return Bundle(manifest, load_files(store, manifest, [e.path for e in manifest.files], published=published))
+
+
+def load_files(store: Store, manifest: Manifest, paths: Iterable[str], *, published: bool) -> dict[str, bytes]:
+    """Some of the files ``manifest`` lists (``paths``), each read no further than its listed size
+    and checked against its size and sha256 (``load_bundle``'s reads, for a reader that needs only
+    a few files of a large bundle). VerificationError for a path it does not list or a file that
+    does not match."""
+    listed = {e.path: e for e in manifest.files}
     files = {}
-    for entry in manifest.files:
+    for path in paths:
+        entry = listed.get(path)
+        if entry is None:
+            raise VerificationError("file_mismatch", f"file mismatch: {path} is not in the manifest")
         key = (
             layout.published_file_key(manifest.channel, manifest.digest, entry.path)
             if published
@@ -74,8 +86,8 @@ def load_bundle(store: Store, manifest: Manifest, *, published: bool) -> Bundle:
             raise VerificationError(
                 "too_large", f"file mismatch: {entry.path} is larger than the {entry.size} bytes listed"
             ) from exc
-    verify_files(manifest, files)
-    return Bundle(manifest, files)
+        verify_file(entry, files[entry.path])
+    return files
 
 
 def latest_render(state: Store, channel: str) -> str | None:

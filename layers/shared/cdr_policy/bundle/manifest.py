@@ -194,6 +194,96 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Changes:
+    """Changes of a promoting channel as a signed manifest records them (``cdr_policy.promotion``):
+    ``prefixes`` the addresses as ``planes-zlib-v1`` fields of their collapsed prefix list (read
+    with ``promotion.addresses.AddressSet.from_fields``), ``ports``, ``rules`` as (rule id,
+    fingerprint of what it matches), and ``count`` the changes they were."""
+
+    prefixes: Mapping[str, Any]
+    ports: tuple[str, ...] = ()
+    rules: tuple[tuple[str, str], ...] = ()
+    count: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "prefixes": dict(self.prefixes),
+            "ports": list(self.ports),
+            "rules": [{"rule": rule, "fingerprint": fp} for rule, fp in self.rules],
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Changes:
+        return cls(
+            prefixes=dict(doc["prefixes"]),
+            ports=tuple(doc["ports"]),
+            rules=tuple((r["rule"], r["fingerprint"]) for r in doc["rules"]),
+            count=doc["count"],
+        )
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    """The changes generation ``generation`` promoted, taken out again because enforcing them hurt."""
+
+    generation: int
+    reason: str
+    changes: Changes
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What a generation of a promoting channel took from its audit channel ``source`` over bundle
+    ``over``, on what evidence (``evidence``: the promoted changes with the most of it), with which
+    approvers' grants (``approved``: grant fingerprint, approver key, how many changes); how many
+    changes still wait or are held (``pending``); what it took back (``rolled_back``) and what
+    stays held until approved (``held_back``)."""
+
+    source: str
+    over: str | None
+    decided_at: str
+    promoted: Changes
+    pending: Mapping[str, int]
+    approved: tuple[Mapping[str, Any], ...] = ()
+    evidence: tuple[Mapping[str, Any], ...] = ()
+    rolled_back: RolledBack | None = None
+    held_back: Changes | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "from": self.source,
+            "over": self.over,
+            "decided_at": self.decided_at,
+            "promoted": self.promoted.to_json(),
+            "approved": [dict(a) for a in self.approved],
+            "evidence": [dict(e) for e in self.evidence],
+            "pending": dict(self.pending),
+        }
+        if self.rolled_back is not None:
+            rb = self.rolled_back
+            out["rolled_back"] = {"generation": rb.generation, "reason": rb.reason, "changes": rb.changes.to_json()}
+        if self.held_back is not None:
+            out["held_back"] = self.held_back.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Promotion:
+        rb = doc.get("rolled_back")
+        return cls(
+            source=doc["from"],
+            over=doc["over"],
+            decided_at=doc["decided_at"],
+            promoted=Changes.from_json(doc["promoted"]),
+            pending=dict(doc["pending"]),
+            approved=tuple(dict(a) for a in doc["approved"]),
+            evidence=tuple(dict(e) for e in doc["evidence"]),
+            rolled_back=RolledBack(rb["generation"], rb["reason"], Changes.from_json(rb["changes"])) if rb else None,
+            held_back=Changes.from_json(doc["held_back"]) if "held_back" in doc else None,
+        )
+
+
+@dataclass(frozen=True)
 class Signature:
     value: str
     key_id: str
@@ -217,6 +307,7 @@ class Manifest:
     rollback_of: int | None = None
     approval: Approval | None = None
     steps: tuple[Step, ...] = ()
+    promotion: Promotion | None = None
     signature: Signature | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -256,6 +347,7 @@ class Manifest:
             steps=tuple(
                 Step(s["generation"], s["digest"], s["previous_digest"], s["how"]) for s in doc.get("steps", [])
             ),
+            promotion=Promotion.from_json(doc["promotion"]) if "promotion" in doc else None,
             signature=signature,
             schema_version=doc["schema_version"],
         )
@@ -323,6 +415,8 @@ class Manifest:
             out["approval"] = self.approval.to_json()
         if self.steps:
             out["steps"] = [step.to_json() for step in self.steps]
+        if self.promotion is not None:
+            out["promotion"] = self.promotion.to_json()
         if self.signature is not None:
             out["signature"] = self.signature.value
             out["key_id"] = self.signature.key_id
@@ -413,15 +507,19 @@ def verify_files(manifest: Manifest, files: Mapping[str, bytes]) -> None:
     if extra:
         raise VerificationError("file_mismatch", f"file mismatch: {len(extra)} file(s) not in the manifest")
     for path, entry in sorted(listed.items()):
-        data = files[path]
-        if len(data) != entry.size:
-            raise VerificationError(
-                "file_mismatch",
-                f"file mismatch: {path} is {len(data)} bytes, the manifest says {entry.size}",
-            )
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != entry.sha256:
-            raise VerificationError(
-                "file_mismatch",
-                f"file mismatch: {path} has sha256 {actual}, the manifest says {entry.sha256}",
-            )
+        verify_file(entry, files[path])
+
+
+def verify_file(entry: FileEntry, data: bytes) -> None:
+    """``data`` has the size and sha256 ``entry`` lists."""
+    if len(data) != entry.size:
+        raise VerificationError(
+            "file_mismatch",
+            f"file mismatch: {entry.path} is {len(data)} bytes, the manifest says {entry.size}",
+        )
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != entry.sha256:
+        raise VerificationError(
+            "file_mismatch",
+            f"file mismatch: {entry.path} has sha256 {actual}, the manifest says {entry.sha256}",
+        )

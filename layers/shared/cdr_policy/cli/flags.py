@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 
 from cdr_policy import layout
-from cdr_policy.timeutil import parse_duration
+from cdr_policy.timeutil import format_duration, parse_duration
 
 # A digest may be given by any unique prefix this long or longer (48 bits: a collision among a
 # channel's bundles is not a practical concern, and an ambiguous one is reported).
@@ -45,19 +45,11 @@ def duration(low: float, high: float, why: str = "") -> Callable[[str], float]:
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from exc
         if not low <= seconds <= high:
-            raise argparse.ArgumentTypeError(
-                f"{_shown(text)} is out of range: use {_seconds(low)}..{_seconds(high)}{f' ({why})' if why else ''}"
-            )
+            span = f"{format_duration(low)}..{format_duration(high)}"
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is out of range: use {span}{f' ({why})' if why else ''}")
         return seconds
 
     return parse
-
-
-def _seconds(value: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if value >= size and value % size == 0:
-            return f"{value / size:g}{unit}"
-    return f"{value:g}s"
 
 
 def port(text: str) -> int:

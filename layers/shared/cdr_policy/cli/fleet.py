@@ -7,7 +7,9 @@ where needed, the state store:
 - ``cdr-policy channel diff``: what a bundle (by default the channel's latest render, e.g. one the
   change budget held) adds and removes against the one the channel ships, per object and per
   prefix with each prefix's provenance: summarised, ``--full`` for every prefix;
-- ``cdr-policy channel approve``: approve a held bundle (Publish ships it on its next request);
+- ``cdr-policy channel approve``: approve a held bundle (Publish ships it on its next request), or
+  with ``--change`` the changes a promoting channel holds (``cli.promotion``);
+- ``cdr-policy channel evidence``: a promoting channel's pending changes, their evidence and decisions;
 - ``cdr-policy channel rollback``: publish an earlier signed bundle of the channel again;
 - ``cdr-policy fleet status``: per cluster, from its status document: channel, applied bundle and
   its age, whether it is behind its channel, drift, errors;
@@ -41,10 +43,11 @@ from cdr_policy.bundle.manifest import Manifest, VerificationError
 from cdr_policy.bundle.objects import ObjectRef, prefixes, ref_of
 from cdr_policy.bundle.provenance import read_index
 from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer, Verifier, verify_signature
-from cdr_policy.cli import digests
+from cdr_policy.cli import digests, promotion
 from cdr_policy.cli.flags import bounded_int, channel_name, digest_prefix
 from cdr_policy.cli.hits import add_since, fleet_hits, fleet_hits_lines
 from cdr_policy.cli.parser import Parser, invoked_as
+from cdr_policy.cli.promotion import change_argument
 from cdr_policy.errors import BundleError, ConfigError
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.layout import PROVENANCE_FILE
@@ -88,13 +91,31 @@ def channel_main(argv: list[str]) -> int:
         help="the bundle to compare, by digest or a unique prefix of 12+ hex digits (default: the latest render)",
     )
     diff.add_argument("--full", action="store_true", help="list every prefix and object, not a summary")
+    evidence = commands.add_parser(
+        "evidence", help="a promoting channel's pending changes: the evidence so far and the decision, with its reasons"
+    )
+    _dist(evidence)
+    evidence.add_argument("channel", type=channel_name)
     approve = commands.add_parser(
-        "approve", help="as an approver: grant a bundle the change budget held, as the replacement of the one shipped"
+        "approve",
+        help="as an approver: grant a bundle the change budget held, as the replacement of the one shipped, "
+        "or (--change) changes a promotion holds",
     )
     _state(approve)
     _dist(approve)
     approve.add_argument("channel", type=channel_name)
-    approve.add_argument("digest", type=digest_prefix, help="the held bundle: its digest or a unique prefix (12+)")
+    approve.add_argument(
+        "digest", nargs="?", type=digest_prefix, help="the held bundle: its digest or a unique prefix (12+)"
+    )
+    approve.add_argument(
+        "--change",
+        action="append",
+        type=change_argument,
+        default=[],
+        metavar="CHANGE",
+        help="instead of a bundle, a pending change of a promoting channel as channel evidence names it "
+        "(prefix:<cidr>, port:<proto>/<n>, rule:<id>@<fingerprint>); repeat for more",
+    )
     approve.add_argument(
         "--replacing",
         type=_replacing,
@@ -129,9 +150,11 @@ def channel_main(argv: list[str]) -> int:
     signing = back.add_mutually_exclusive_group(required=True)
     signing.add_argument("--key", metavar="PEM", help="local signing key (keygen)")
     signing.add_argument("--kms-key-id", metavar="ARN", help="the stack's KMS signing key")
-    for sub in (listing, show, history, diff):
+    for sub in (listing, show, history, diff, evidence):
         sub.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
+    if args.command == "evidence":
+        return _print(promotion.evidence(_open(args.dist, "--dist"), args.channel), args.json, promotion.evidence_lines)
     if args.command == "list":
         return _print(_list(_open(args.dist, "--dist")), args.json, _list_lines)
     if args.command == "show":
@@ -143,9 +166,24 @@ def channel_main(argv: list[str]) -> int:
         changes = diff_bundles(_open(args.dist, "--dist"), _open(args.state, "--state"), args.channel, args.digest)
         return _print(changes, args.json, lambda d: _diff_lines(d, full=args.full))
     if args.command == "approve":
+        if (args.digest is None) == (not args.change):
+            raise ConfigError("approve: give a held bundle's digest, or the changes to approve with --change")
         approver: Signer = (
             LocalSigner.from_file(args.key) if args.key else KmsSigner(aws.client("kms"), args.kms_key_id)
         )
+        if args.change:
+            _check_reason(args.reason)
+            lines = promotion.approve_changes(
+                _open(args.state, "--state"),
+                _open(args.dist, "--dist"),
+                args.channel,
+                args.change,
+                approver=approver,
+                reason=args.reason,
+                valid_for=args.valid_for,
+            )
+            print("\n".join(lines))
+            return 0
         return _approve(args, _open(args.state, "--state"), _open(args.dist, "--dist"), approver)
     return _rollback(args)
 
@@ -292,6 +330,7 @@ def channel_history(dist: Store, channel: str, verifier: Verifier, limit: int) -
                 "objects": m.objects_count(),
                 "action": m.settings.action,
                 "shipping": current is not None and (m.generation, m.digest) == (current.generation, current.digest),
+                "promotion": promotion.summary(m),
             }
         )
     shipping = current.digest if current is not None else None
@@ -459,8 +498,7 @@ def _approve(args: argparse.Namespace, state: Store, dist: Store, approver: Sign
     bundle) over the bundle the channel ships (or ``--replacing``); with ``--publish-queue``, ask
     Publish to ship it now."""
     args.digest = _rendered_digest(state, args.digest)
-    if len(args.reason) > 256 or not args.reason.isprintable():
-        raise ConfigError("--reason: printable text of at most 256 characters")
+    _check_reason(args.reason)
     previous = args.replacing
     if previous == "":
         previous = None  # --replacing none
@@ -501,6 +539,11 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_reason(reason: str) -> None:
+    if len(reason) > 256 or not reason.isprintable() or not reason.isascii():
+        raise ConfigError("--reason: printable text of at most 256 characters")
+
+
 # A status document is a few kB; anything far larger was not written by an agent.
 MAX_STATUS_BYTES = 1 << 20
 # Status objects are read this many at a time: one by one, a thousand clusters take 10-30 s from S3.
@@ -526,8 +569,9 @@ def _status(dist: Store, key: str) -> tuple[dict[str, Any] | None, str | None]:
 
 def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
     """One row per valid status document whose cluster id matches its key (the others are skipped
-    and named); each channel's manifest read once."""
-    shipping: dict[str, str | None] = {}
+    and named); each channel's manifest read once; a promoting channel's rows carry what its current
+    generation promoted (``promotion``)."""
+    shipping: dict[str, Manifest | None] = {}
     rows = []
     keys = [k for k in dist.list(layout.STATUS) if layout.status_cluster(k) is not None]
     with ThreadPoolExecutor(max_workers=STATUS_READERS) as pool:
@@ -540,9 +584,10 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
         channel = doc["channel"]
         if channel not in shipping:
             try:
-                shipping[channel] = _current(dist, channel).digest
+                shipping[channel] = _current(dist, channel)
             except (ConfigError, BundleError):
                 shipping[channel] = None
+        manifest = shipping[channel]
         applied, applied_at, poll = doc["applied_digest"], doc["applied_at"], doc["last_poll"]
         rows.append(
             {
@@ -550,11 +595,12 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
                 "channel": channel,
                 "applied_digest": applied,
                 "applied_age_s": int((now - parse_iso(applied_at)).total_seconds()) if applied_at else None,
-                "behind": applied != shipping[channel],
+                "behind": applied != (manifest.digest if manifest else None),
                 "last_poll": poll["result"],
                 "last_poll_at": poll["at"],
                 "drift": doc["drift"],
                 "errors": len(doc["apply_errors"]),
+                "promotion": promotion.summary(manifest),
             }
         )
     return sorted(rows, key=lambda r: (r["channel"], r["cluster_id"]))
@@ -593,7 +639,7 @@ def _show_lines(manifest: Manifest) -> list[str]:
     ]
     out.append("settings: " + ", ".join(f"{k}={v}" for k, v in sorted(manifest.settings.to_json().items())))
     out += [f"  {kind}: {n}" for kind, n in sorted(manifest.counts.items())]
-    return out
+    return out + promotion.manifest_lines(manifest)
 
 
 def _history_lines(history: Mapping[str, Any]) -> list[str]:
@@ -604,6 +650,8 @@ def _history_lines(history: Mapping[str, Any]) -> list[str]:
             f"{mark:1} {r['generation']:>5} {r['digest'][:16]:<16} {r['created_at']:<20} {r['objects']:>7} "
             f"{_size(r['bytes']):>10}  {r['approval'] or '-'}"
         )
+        if r["promotion"] is not None:
+            out.append(f"{'':8}{promotion.note(r['promotion'])}")
     if history["shipping"] is not None:
         out.append(f"* the generation channel {history['channel']} ships now")
     if history["skipped"]:
@@ -661,6 +709,7 @@ def _diff_lines(diff: Mapping[str, Any], *, full: bool) -> list[str]:
 
 def _fleet_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     out = [f"{'CLUSTER':<24} {'CHANNEL':<16} {'APPLIED':<12} {'AGE':>8} {'BEHIND':<6} {'POLL':<12} ERRORS"]
+    promoting = {}
     for r in rows:
         age = "-" if r["applied_age_s"] is None else f"{r['applied_age_s'] // 60}m"
         applied = (r["applied_digest"] or "-")[:12]
@@ -668,4 +717,9 @@ def _fleet_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             f"{r['cluster_id']:<24} {r['channel']:<16} {applied:<12} {age:>8} "
             f"{'yes' if r['behind'] else 'no':<6} {str(r['last_poll']):<12} {r['errors']}"
         )
+        if r["promotion"] is not None:
+            promoting[r["channel"]] = r["promotion"]
+    for channel, p in sorted(promoting.items()):
+        evidence = f"cdr-policy channel evidence {channel}"
+        out.append(f"channel {channel}, generation {p['generation']}: {promotion.note(p)} ({evidence})")
     return out

@@ -62,8 +62,14 @@ class Counted:
 
 @dataclass
 class ClusterHits:
+    """One cluster's counted hits, with what promotion asks of it (``cdr_policy.promotion``): the
+    bundle it applied, when its agent last polled and when its hits were last summed."""
+
     cluster: str
     channel: str
+    applied: str | None = None
+    polled_at: str | None = None
+    summed_at: str | None = None
     nodes: int = 0
     hits: int = 0
     actions: Counter[str] = field(default_factory=Counter)
@@ -127,7 +133,15 @@ def read_fleet(dist: Store, *, now: datetime, window: timedelta) -> Fleet:
             fleet.current[channel] = _current(dist, channel, indexes)
         if section is None:
             continue
-        hits = ClusterHits(cluster, channel, nodes=section.get("nodes", 0), totals=dict(section["totals"]))
+        hits = ClusterHits(
+            cluster,
+            channel,
+            applied=doc["applied_digest"],
+            polled_at=(doc["last_poll"] or {}).get("at"),
+            summed_at=section["updated_at"],
+            nodes=section.get("nodes", 0),
+            totals=dict(section["totals"]),
+        )
         fleet.clusters.append(hits)
         try:
             check_section(section, key)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from cdr_policy import jsonio
@@ -17,6 +17,7 @@ from cdr_policy.layout import is_channel_name
 from cdr_policy.policy.naming import is_label_key, is_label_value, is_system_namespace
 from cdr_policy.policy.ports import parse_port
 from cdr_policy.rules import RULES
+from cdr_policy.timeutil import format_duration, parse_duration
 
 Action = Literal["Post", "Sigkill", "Override"]
 ACTIONS: tuple[Action, ...] = ("Post", "Sigkill", "Override")
@@ -40,6 +41,12 @@ MAX_BUNDLE_TTL_HOURS = 30 * 24
 # How many distinct workloads must have run a name before evidence kills it cluster-wide
 # (``policy.scoping``): at least two, or one finding would be enough.
 EVIDENCE_MIN_WORKLOADS = (2, 1000)
+# The longest soak and watch: the clusters keep their hit rows for 7 days (``hits.aggregate``), so
+# no evidence is older than that.
+MAX_EVIDENCE_SECONDS = 7 * 86400
+# The hit details a promotion needs of its audit channel's clusters: the workloads it counts and
+# the namespaces it protects.
+PROMOTION_DETAILS = ("workload", "pod")
 
 
 def parse_version(text: object) -> tuple[int, int] | None:
@@ -72,6 +79,144 @@ class KernelCapabilities:
             if not isinstance(value, bool):
                 raise ConfigError(f"channel {channel}: kernel.{key} must be true or false")
         return cls(**d)
+
+
+def _duration(value: object, where: str, *, low: float, high: float) -> int:
+    """Whole seconds of a duration setting (``24h``, ``90m``, ``2d``, or a number of seconds)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ConfigError(
+            f"{where} must be a duration like 24h, got {'a boolean' if isinstance(value, bool) else _shown(value)}"
+        )
+    try:
+        seconds = parse_duration(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if not low <= seconds <= high:
+        span = f"{format_duration(low)}..{format_duration(high)}"
+        raise ConfigError(f"{where} must be {span}, got {format_duration(seconds)}")
+    return int(seconds)
+
+
+def _count(value: object, where: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{where} must be a whole number {low}..{high}, got {_shown(value)}")
+    return value
+
+
+def _settings(d: object, known: tuple[str, ...], where: str, example: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping like {example}")
+    unknown = sorted(str(k) for k in set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)[:200]}")
+    return d
+
+
+@dataclass(frozen=True)
+class Watch:
+    """After an enforcing channel took promoted changes (``promote.watch``): for ``window_s`` after
+    each publish, the denied or killed events those changes caused across the fleet. More than
+    ``max_workloads_hit`` distinct workloads, or (from ``min_events`` events on) more events per
+    minute than ``max_rate_increase`` times the channel's own rate before the publish, trips it:
+    the channel promotes nothing more while it lasts and, with ``rollback``, the changes of that
+    publish are taken out again (``cdr_policy.promotion.watch``)."""
+
+    window_s: int = 86400
+    max_workloads_hit: int = 3
+    max_rate_increase: float = 2.0
+    min_events: int = 20
+    rollback: bool = False
+
+    KEYS = ("for", "max_workloads_hit", "max_rate_increase", "min_events", "rollback")
+
+    @classmethod
+    def from_dict(cls, d: object, channel: str) -> Watch:
+        where = f"channel {channel}: promote.watch"
+        doc = _settings(d, cls.KEYS, where, "{for: 24h, max_workloads_hit: 3, rollback: true}")
+        out = cls()
+        if "for" in doc:
+            out = replace(out, window_s=_duration(doc["for"], f"{where}.for", low=60, high=MAX_EVIDENCE_SECONDS))
+        if "max_workloads_hit" in doc:
+            out = replace(
+                out, max_workloads_hit=_count(doc["max_workloads_hit"], f"{where}.max_workloads_hit", 0, 1000)
+            )
+        if "max_rate_increase" in doc:
+            rate = doc["max_rate_increase"]
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 1 <= rate <= 1000:
+                raise ConfigError(f"{where}.max_rate_increase must be a number 1..1000, got {_shown(rate)}")
+            out = replace(out, max_rate_increase=float(rate))
+        if "min_events" in doc:
+            out = replace(out, min_events=_count(doc["min_events"], f"{where}.min_events", 1, 1_000_000))
+        if "rollback" in doc:
+            if not isinstance(doc["rollback"], bool):
+                raise ConfigError(f"{where}.rollback must be true or false")
+            out = replace(out, rollback=doc["rollback"])
+        return out
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """An enforcing channel takes a change (new prefixes, ports, or new or changed behaviour rules)
+    only after its audit channel ``source`` shipped it for ``soak_s``, with at least
+    ``min_clusters_reporting`` of that channel's clusters reporting fresh hits, and while what it
+    would have blocked there stays within the limits: at most ``max_workloads_hit`` distinct
+    workloads, none in ``protected_namespaces`` (``cdr_policy.promotion``). Removals and expiries
+    are never held."""
+
+    source: str
+    soak_s: int = 86400
+    max_workloads_hit: int = 3
+    protected_namespaces: tuple[str, ...] = ()
+    min_clusters_reporting: int = 1
+    watch: Watch | None = None
+
+    KEYS = ("from", "soak", "max_workloads_hit", "protected_namespaces", "min_clusters_reporting", "watch")
+
+    @classmethod
+    def from_dict(cls, d: object, channel: str) -> Promotion:
+        where = f"channel {channel}: promote"
+        example = "{from: staging, soak: 24h, max_workloads_hit: 3}"
+        doc = _settings(d, cls.KEYS, where, example)
+        source = doc.get("from")
+        if not is_channel_name(source):
+            raise ConfigError(f"{where}.from must name the audit channel it follows, like {example}")
+        namespaces = doc.get("protected_namespaces", [])
+        if not isinstance(namespaces, list) or len(namespaces) > 64:
+            raise ConfigError(f"{where}.protected_namespaces must be a list of at most 64 namespaces")
+        for ns in namespaces:
+            if not isinstance(ns, str) or not _LABEL.match(ns):
+                shown = repr(ns[:64]) if isinstance(ns, str) else _shown(ns)
+                raise ConfigError(f"{where}.protected_namespaces: {shown} is not a namespace name")
+        return cls(
+            source=str(source),
+            soak_s=_duration(doc.get("soak", "24h"), f"{where}.soak", low=0, high=MAX_EVIDENCE_SECONDS),
+            max_workloads_hit=_count(doc.get("max_workloads_hit", 3), f"{where}.max_workloads_hit", 0, 1000),
+            protected_namespaces=tuple(sorted(set(namespaces))),
+            min_clusters_reporting=_count(
+                doc.get("min_clusters_reporting", 1), f"{where}.min_clusters_reporting", 1, 1000
+            ),
+            watch=Watch.from_dict(doc["watch"], channel) if "watch" in doc else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as ``channels.yaml`` says them (durations in seconds)."""
+        out: dict[str, Any] = {
+            "from": self.source,
+            "soak": self.soak_s,
+            "max_workloads_hit": self.max_workloads_hit,
+            "protected_namespaces": list(self.protected_namespaces),
+            "min_clusters_reporting": self.min_clusters_reporting,
+        }
+        if self.watch is not None:
+            w = self.watch
+            out["watch"] = {
+                "for": w.window_s,
+                "max_workloads_hit": w.max_workloads_hit,
+                "max_rate_increase": w.max_rate_increase,
+                "min_events": w.min_events,
+                "rollback": w.rollback,
+            }
+        return out
 
 
 @dataclass(frozen=True)
@@ -121,6 +266,9 @@ class ChannelSettings:
     # What the channel's clusters report of their hits (HIT_DETAILS): carried signed in the bundle's
     # provenance index, so a cluster's readers and the fleet commands hold to it.
     hit_detail: str = "workload"
+    # An enforcing channel that takes changes only once its audit channel has watched them (see
+    # Promotion); None: it takes whatever its render holds.
+    promote: Promotion | None = None
 
     def __post_init__(self) -> None:
         if not is_channel_name(self.name):
@@ -187,6 +335,13 @@ class ChannelSettings:
                 raise ConfigError(f"channel {self.name}: {attr} must be true or false")
         if not isinstance(self.kernel, KernelCapabilities):
             raise ConfigError(f"channel {self.name}: kernel must be a mapping like {{override_helper: false}}")
+        if self.promote is not None and not isinstance(self.promote, Promotion):
+            raise ConfigError(f"channel {self.name}: promote must be a mapping like {{from: staging, soak: 24h}}")
+        if self.promote is not None and not self.enforce:
+            raise ConfigError(
+                f"channel {self.name}: promote is for an enforcing channel (action Sigkill or Override), "
+                "and this one audits (Post)"
+            )
         unknown_rules = sorted(set(self.promoted_rules) - set(RULES))
         if unknown_rules:
             raise ConfigError(f"channel {self.name}: promoted_rules has unknown rule id(s) {', '.join(unknown_rules)}")
@@ -217,6 +372,10 @@ class ChannelSettings:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        # absent rather than null: channels without promotion keep the fingerprints they had
+        del d["promote"]
+        if self.promote is not None:
+            d["promote"] = self.promote.to_dict()
         d["namespaces"] = list(self.namespaces)
         d["protected_cidrs"] = list(self.protected_cidrs)
         d["protected_ports"] = list(self.protected_ports)
@@ -243,6 +402,8 @@ class ChannelSettings:
             raise ConfigError(f"channel {d['name']}: pod_labels must be a mapping")
         if "kernel" in kwargs:
             kwargs["kernel"] = KernelCapabilities.from_dict(kwargs["kernel"], d["name"])
+        if "promote" in kwargs:
+            kwargs["promote"] = Promotion.from_dict(kwargs["promote"], d["name"])
         return cls(**kwargs)
 
 
@@ -251,6 +412,34 @@ def _shown(value: object) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 10**12:
         return repr(value)
     return f"a {type(value).__name__}" if not isinstance(value, int | float) else "a number out of range"
+
+
+def check_promotions(channels: list[ChannelSettings]) -> None:
+    """Each ``promote.from`` names another configured channel that audits (``Post``) and lets its
+    clusters report the workloads behind their hits; ConfigError otherwise."""
+    by_name = {c.name: c for c in channels}
+    for channel in channels:
+        if channel.promote is None:
+            continue
+        where = f"channel {channel.name}: promote.from"
+        source = by_name.get(channel.promote.source)
+        if source is None or source is channel:
+            raise ConfigError(f"{where} must name another configured channel, not {channel.promote.source}")
+        if source.enforce:
+            raise ConfigError(
+                f"{where}: {source.name} enforces ({source.action}); a change is promoted from an audit channel "
+                "(action Post), whose hits say what it would have blocked"
+            )
+        if source.hit_detail not in PROMOTION_DETAILS:
+            raise ConfigError(
+                f"{where}: {source.name} reports its hits with hit_detail {source.hit_detail}; promotion counts "
+                f"the workloads hit, so it needs {' or '.join(PROMOTION_DETAILS)}"
+            )
+        if channel.promote.watch is not None and channel.hit_detail not in PROMOTION_DETAILS:
+            raise ConfigError(
+                f"channel {channel.name}: promote.watch counts the workloads the channel's changes hit, so its own "
+                f"hit_detail must be {' or '.join(PROMOTION_DETAILS)}, not {channel.hit_detail}"
+            )
 
 
 def default_channels() -> list[ChannelSettings]:

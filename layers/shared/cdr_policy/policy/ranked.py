@@ -140,6 +140,44 @@ class RankedTable:
         network = int(self.hi[row]) << 64 | int(self.lo[row]) if version == 6 else int(self.lo[row])
         return to_string(version, network, int(self.length[row]))
 
+    def take(self, keep: Column) -> RankedTable:
+        """The rows where the mask ``keep`` is true, in the same (rank) order: what a promoting
+        channel ships of its ranking (``cdr_policy.promotion``). Each row's rank without the hits
+        is renumbered among the rows kept."""
+        rows = np.flatnonzero(keep)
+        new_row = np.full(len(self), -1, dtype=np.int64)
+        new_row[rows] = np.arange(len(rows))
+        live = keep[self.pair_row]
+        without = None
+        if self.rank_without_hits is not None:
+            without = np.empty(len(rows), dtype=np.int64)
+            without[np.argsort(self.rank_without_hits[rows], kind="stable")] = np.arange(len(rows))
+        return RankedTable(
+            version=self.version[rows],
+            hi=self.hi[rows],
+            lo=self.lo[rows],
+            length=self.length[rows],
+            cdr=self.cdr[rows],
+            expires=self.expires[rows],
+            obj=self.obj[rows],
+            pair_row=new_row[self.pair_row[live]],
+            pair_source=self.pair_source[live],
+            sources=self.sources,
+            objects=self.objects,
+            fired=None if self.fired is None else self.fired[rows],
+            rank_without_hits=without,
+        )
+
+    def sources_of(self, rows: Column) -> dict[int, list[str]]:
+        """The source names of each of ``rows``."""
+        wanted = np.zeros(len(self), dtype=bool)
+        wanted[rows] = True
+        picked = wanted[self.pair_row]
+        out: dict[int, list[str]] = {}
+        for row, source in zip(self.pair_row[picked].tolist(), self.pair_source[picked].tolist(), strict=True):
+            out.setdefault(row, []).append(self.sources[source])
+        return out
+
     def intervals_v4(self, rows: Column) -> tuple[Column, Column]:
         """``[first, last]`` of the IPv4 rows selected by the mask."""
         mask = rows & (self.version == 4)

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -69,6 +69,21 @@ _MESSAGE = {
     CDR: "cdr-policy: connection to an address seen in Qualys CDR detections",
     THREAT_INTEL: "cdr-policy: connection to an address on a threat-intel blocklist",
 }
+
+
+# What a promoting channel's gate is given and gives back: its ranking, its port indicators and
+# its behaviour rules' files.
+Ports = list[tuple[Indicator, tuple[str, int]]]
+
+
+class Gate(Protocol):
+    """Composes a promoting channel's render from what it ships now and the changes that qualify
+    (``cdr_policy.promotion.compose.Composer``): the ranking's rows, the ports and each rule's
+    files it may ship."""
+
+    def compose(
+        self, table: RankedTable, ports: Ports, rules: dict[str, list[PolicyFile]]
+    ) -> tuple[RankedTable, Ports, dict[str, list[PolicyFile]]]: ...
 
 
 @dataclass
@@ -124,11 +139,13 @@ def compile_policies(
     schemas: SchemaSet | None = None,
     resolver: Resolver | None = None,
     fired: Fired | None = None,
+    gate: Gate | None = None,
 ) -> RenderResult:
     """Render one channel (see the module docstring). Raises ``ConfigError`` for a channel that
     cannot be served (Cilium < 1.16) and ``PolicyCheckError`` when an object fails the checker.
     ``fired``: what fired in the fleet (``hits.fleet``), which reorders feed entries within their
-    evidence class when a budget cuts."""
+    evidence class when a budget cuts. ``gate``: a promoting channel's (step 4 and 5 take only
+    what it lets through)."""
     cilium.require_supported(channel)
     guards = GuardChain(
         [guard]
@@ -148,19 +165,22 @@ def compile_policies(
         len(ranking.table) + len(ranking.rejected) + inputs.report["ips_refused"] + unranked
     )
     del inputs.report["ips_refused"]
-    tetragon_cut = cut(ranking.table, channel.tetragon_max_prefixes)
-    cilium_limit = cilium.prefix_limit(channel)
-    cilium_cut = tetragon_cut if cilium_limit == tetragon_cut.limit else cut(ranking.table, cilium_limit)
-
-    files: list[PolicyFile] = []
+    rules: dict[str, list[PolicyFile]] = {}
     behaviour_report = []
     room = MAX_WORKLOAD_POLICIES
     for rule in sorted(inputs.behaviours):
-        rule_files, entry, scoped = _behaviour_files(rule, inputs.behaviours[rule], channel, room)
-        files.extend(rule_files)
+        rules[rule], entry, scoped = _behaviour_files(rule, inputs.behaviours[rule], channel, room)
         behaviour_report.append(entry)
         room -= scoped
-    files.extend(_network_files(channel, tetragon_cut, cilium_cut, inputs.ports))
+    table, ports = ranking.table, inputs.ports
+    if gate is not None:
+        table, ports, rules = gate.compose(table, ports, rules)
+    tetragon_cut = cut(table, channel.tetragon_max_prefixes)
+    cilium_limit = cilium.prefix_limit(channel)
+    cilium_cut = tetragon_cut if cilium_limit == tetragon_cut.limit else cut(table, cilium_limit)
+
+    files = [f for rule in sorted(rules) for f in rules[rule]]
+    files.extend(_network_files(channel, tetragon_cut, cilium_cut, ports))
     files.sort(key=lambda f: (f.kind != "CiliumCIDRGroup", f.filename))
     checks = _check(files, schemas, guards)
 
@@ -209,7 +229,7 @@ def compile_policies(
         channel.hit_detail,
         cuts={"tetragon": tetragon_cut, "cilium": cilium_cut},
         files=files,
-        ports=inputs.ports,
+        ports=ports,
         behaviours=inputs.behaviours,
         feed_categories={
             s.source.removeprefix("feed:"): s.prefixes.category for s in inputs.feed_sets if s.prefixes is not None
@@ -410,6 +430,11 @@ def _behaviour_files(
         "evidence": placement.rows,
     }
     return files, report, len(placement.scopes)
+
+
+def policy_file(obj: dict[str, Any], filename: str) -> PolicyFile:
+    """A behaviour object a promoting channel ships again as it was (``cdr_policy.promotion``)."""
+    return PolicyFile(filename, obj["kind"], obj["metadata"]["name"], obj, _entries(obj["spec"].get("kprobes", [])))
 
 
 def _entries(kprobes: list[dict[str, Any]]) -> int:

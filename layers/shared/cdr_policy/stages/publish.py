@@ -15,10 +15,18 @@ One path, each step once (``publish_bundle``):
    half its lifetime has passed or when the channel's lifetime or settings changed.
 4. **Admission** (``cdr_policy.admission``): the closed grammar, the objects' effect, the CRDs;
    ``refused`` otherwise.
+4b. **Promotion**, on a channel that promotes from an audit channel (``cdr_policy.promotion.verify``):
+   the decisions Render wrote beside the bundle are verified (composed over the bundle the channel
+   ships; nothing added but what they promoted; every promoted change judged again on the evidence
+   as Publish reads it); ``held`` otherwise. The signed manifest records what was promoted on what
+   evidence (``promotion``), what a tripped watch took back and what stays held; what Publish found
+   is written to ``promotion/<channel>.json`` of the distribution store on every request, and a
+   watch that tripped raises the ``EnforcementHurting`` alarm metric, naming the generation.
 5. **The change budget** (``bundle.change_budget``), per engine, against the bundle the channel
    ships — unless the channel has never shipped one. Over it, the bundle ships only with an
    approver's signed grant of exactly this change (``bundle.approvals``), which is then deleted: used
-   once. Otherwise ``held``.
+   once. Otherwise ``held``. On a promoting channel what was promoted on evidence or by an approver
+   is not churn: the budget counts its removals (and shrinks).
 6. **Sign and write**: the files, then the channel manifest (an S3 conditional write on the object it
    replaces: ``If-Match`` its ETag, ``If-None-Match: *`` when there is none; when another publish
    landed in between, ``ChannelMoved`` is raised and nothing is overwritten), then its history entry.
@@ -40,16 +48,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from cdr_policy import layout
 from cdr_policy.admission import Admission
 from cdr_policy.admission.effect import BundleEffect
 from cdr_policy.bundle.approvals import GrantError, find_grant
 from cdr_policy.bundle.change_budget import DEFAULT_MIN_CHANGES, Budget, assess, shrink_reasons
+from cdr_policy.bundle.history import Current, generation_of, read_current, read_signed
 from cdr_policy.bundle.loader import Bundle, latest_render, load_bundle, read_manifest
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Approval, Manifest, Step, StepKind, VerificationError
-from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest, verify_signature
+from cdr_policy.bundle.manifest import Promotion as ManifestPromotion
+from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest
 from cdr_policy.errors import BundleError
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy.channel import ChannelSettings
@@ -59,9 +69,6 @@ from cdr_policy.timeutil import iso
 PublishStatus = Literal["published", "refreshed", "unchanged", "held", "refused", "rolled_back", "superseded"]
 # A current manifest is re-stamped when more than this share of its lifetime has passed.
 REFRESH_AFTER = 0.5
-# How many of the newest history entries are tried for the generation when the channel manifest is
-# unusable (entries that do not verify were planted: they are skipped, but not without end).
-HISTORY_SCAN = 100
 # How many transitions a manifest carries (``steps``): an agent further behind compares with what it
 # applied, as it would without them.
 STEPS_KEPT = 16
@@ -109,98 +116,9 @@ class PublishResult:
         }
 
 
-@dataclass(frozen=True)
-class Current:
-    """What the channel ships, as Publish found it.
-
-    ``etag``: of whatever object is at the channel manifest key (None: none). ``manifest``: the
-    verified manifest the channel ships — the one at the key, or the newest verified history entry
-    when the key is empty or holds an older one (``replayed``: the manifest must be written again).
-    ``problem``: why the object at the key is unusable (planted, unsigned, oversized) when no
-    verified history stands in. ``history``: the channel has verified history."""
-
-    etag: str | None
-    manifest: Manifest | None
-    problem: str | None
-    next_generation: int
-    replayed: bool = False
-    history: bool = False
-
-    @property
-    def digest(self) -> str | None:
-        return self.manifest.digest if self.manifest else None
-
-    @property
-    def first(self) -> bool:
-        """The channel has never shipped anything: no change budget applies."""
-        return self.manifest is None and self.problem is None and not self.history
-
-
 def _content_type(path: str) -> str:
     suffix = path[path.rfind(".") :] if "." in path else ""
     return _CONTENT_TYPES.get(suffix, "application/octet-stream")
-
-
-def _read_signed(store: Store, key: str, verifier: Verifier) -> Manifest:
-    manifest, _ = read_manifest(store, key)
-    verify_signature(manifest, verifier)
-    return manifest
-
-
-def _generation(manifest: Manifest) -> int:
-    """A signed manifest's generation (the schema requires one with every signature)."""
-    if manifest.generation is None:
-        raise BundleError(f"bundle {manifest.digest[:12]}: a published manifest without a generation")
-    return manifest.generation
-
-
-def _current(dist: Store, channel: str, verifier: Verifier) -> Current:
-    """The channel's current manifest and the generation the next one gets (see ``Current``)."""
-    key = layout.channel_manifest_key(channel)
-    newest = _newest_history(dist, channel, verifier)
-    history = _generation(newest) if newest else 0
-
-    def standing_in(etag: str | None, problem: str | None) -> Current:
-        """Nothing usable at the key: the newest history entry stands in, when there is one."""
-        if newest is not None:
-            logger.warning("the channel manifest is unusable: the newest history entry stands in", extra={"key": key})
-            return Current(etag, newest, None, history + 1, replayed=True, history=True)
-        return Current(etag, None, problem, history + 1)
-
-    try:
-        obj = dist.get(key, max_bytes=MAX_MANIFEST_BYTES)
-    except NotFound:
-        return standing_in(None, None)
-    except TooLarge as exc:
-        return standing_in(exc.etag, f"the current manifest of channel {channel} is unusable: {exc}")
-    try:
-        manifest = Manifest.parse(obj.data, key)
-        verify_signature(manifest, verifier)
-        if manifest.channel != channel:
-            raise BundleError("it is for another channel")
-    except BundleError as exc:
-        return standing_in(obj.etag, f"the current manifest of channel {channel} is unusable: {exc}")
-    if newest is not None and _generation(newest) > _generation(manifest):
-        logger.warning(
-            "the channel manifest is older than its history: replayed; publishing the newest again",
-            extra={"channel": channel, "generation": manifest.generation, "newest": newest.generation},
-        )
-        return Current(obj.etag, newest, None, history + 1, replayed=True, history=True)
-    return Current(obj.etag, manifest, None, max(_generation(manifest), history) + 1, history=newest is not None)
-
-
-def _newest_history(dist: Store, channel: str, verifier: Verifier) -> Manifest | None:
-    """The newest verified history entry among the last ``HISTORY_SCAN`` (None: none). Entries that do
-    not verify are skipped; a store that fails is an error (retried), not an empty history."""
-    for key in reversed(dist.list(layout.history_prefix(channel))[-HISTORY_SCAN:]):
-        try:
-            manifest = _read_signed(dist, key, verifier)
-        except (BundleError, NotFound, TooLarge) as exc:
-            logger.warning("ignoring a history entry", extra={"key": key, "error": str(exc)})
-            continue
-        if manifest.channel == channel:
-            return manifest
-    return None
 
 
 def _write(dist: Store, signed: Manifest, current: Current, files: Mapping[str, bytes] | None) -> tuple[str, str]:
@@ -252,16 +170,19 @@ def publish_bundle(
     channels: Sequence[ChannelSettings] | None = None,
     approvers: Verifier | None = None,
     min_changes: int = DEFAULT_MIN_CHANGES,
+    decisions: str | None = None,
 ) -> PublishResult:
     """Check, sign and publish rendered bundle ``digest`` (``bundles/<digest>/`` in ``state``) to
     ``channel`` (the steps of the module docstring).
 
     ``admission``: default ``Admission.baseline()``. ``channels``: the configured channels now (None:
     not known here, as in the CLI). ``approvers``: the approvers' public key(s) (None: nothing can be
-    approved past the budget).
+    approved past the budget). ``decisions``: the SHA-256 of the promotion decisions the request was
+    sent for (a promoting channel's render names them).
 
     - ``superseded``: not the channel's latest render, rendered with other settings than the channel
-      has now, or the channel is no longer configured; nothing written.
+      has now, the channel is no longer configured, or (a promoting channel) a later render decided
+      again; nothing written.
     - ``unchanged``: already current and less than half through its lifetime; nothing written.
     - ``refreshed``: already current, re-stamped and re-signed (no files copied).
     - ``refused``: admission refused it; nothing written, an alarm metric is emitted.
@@ -283,26 +204,44 @@ def publish_bundle(
         logger.info("publish request for stale settings", extra={"channel": channel, "digest": digest})
         return _result("superseded", channel, digest, reason=stale)
     pipeline = Verifier.from_public_pem(signer.public_key_pem())
-    current = _current(dist, channel, pipeline)
+    current = read_current(dist, channel, pipeline)
     previous = current.digest
     log = {"channel": channel, "digest": digest, "previous_digest": previous}
     if current.manifest is not None and not current.replayed:
         _ensure_history(dist, current.manifest)
+    configured = next((c for c in channels or () if c.name == channel), None)
+    promoting = (
+        _Promoting(state, dist, configured, current, digest, pipeline=pipeline, approvers=approvers, now=now)
+        if configured is not None and configured.promote is not None
+        else None
+    )
+
+    def outcome(result: PublishResult) -> PublishResult:
+        if promoting is not None:
+            promoting.report(result)
+        return result
+
+    if promoting is not None and decisions is not None and promoting.fingerprint != decisions:
+        logger.info("publish request for earlier promotion decisions", extra=log)
+        return _result("superseded", channel, digest, reason="a later render decided its promotion again")
 
     how: StepKind
     approval: Approval | None = None
     budget: Budget | None = None
     grant_key: str | None = None
+    promotion = current.manifest.promotion if current.manifest is not None else None
     if current.manifest is not None and previous == digest:
         if not current.replayed and not _needs_refresh(current.manifest, rendered.manifest, now):
             logger.info("bundle already current", extra=log)
-            return _result(
-                "unchanged",
-                channel,
-                digest,
-                reason="already the channel's current bundle",
-                previous_digest=previous,
-                generation=current.manifest.generation,
+            return outcome(
+                _result(
+                    "unchanged",
+                    channel,
+                    digest,
+                    reason="already the channel's current bundle",
+                    previous_digest=previous,
+                    generation=current.manifest.generation,
+                )
             )
         # The same files: nothing changes in the clusters. The transition is shipped again, so an
         # agent that missed it still finds the approval (and the rollback) it needs.
@@ -314,15 +253,33 @@ def publish_bundle(
             reason = f"admission refused the bundle ({verdict.refusals.count} problem(s))"
             logger.error("bundle refused", extra={**log, "reason": reason, "errors": verdict.lines()})
             metrics.add_metric(name="BundlesRefused", unit=MetricUnit.Count, value=1)
-            return _result(
-                "refused", channel, digest, reason=reason, previous_digest=previous, errors=tuple(verdict.lines())
+            return outcome(
+                _result(
+                    "refused", channel, digest, reason=reason, previous_digest=previous, errors=tuple(verdict.lines())
+                )
             )
         rollback_of = None
+        if promoting is not None:
+            held_why = promoting.check(rendered)
+            if held_why is not None:
+                reason = f"promotion: {held_why}"
+                logger.error("bundle held back by promotion", extra={**log, "reason": reason})
+                metrics.add_metric(name="BundlesHeld", unit=MetricUnit.Count, value=1)
+                return outcome(_result("held", channel, digest, reason=reason, previous_digest=previous))
+            promotion = promoting.record
         if current.first:
             logger.info("first publish to channel: change budget not applied", extra=log)
             how = "first"
         else:
-            held, budget = _over_budget(dist, current, rendered, verdict.effect, change_budget_percent, min_changes)
+            held, budget = _over_budget(
+                dist,
+                current,
+                rendered,
+                verdict.effect,
+                change_budget_percent,
+                min_changes,
+                vetted=promoting is not None,
+            )
             how = "published"
             if held:
                 try:
@@ -334,7 +291,9 @@ def publish_bundle(
                 if found is None:
                     logger.error("bundle held back by the change budget", extra={**log, "reason": held})
                     metrics.add_metric(name="BundlesHeld", unit=MetricUnit.Count, value=1)
-                    return _result("held", channel, digest, reason=held, previous_digest=previous, budget=budget)
+                    return outcome(
+                        _result("held", channel, digest, reason=held, previous_digest=previous, budget=budget)
+                    )
                 logger.warning("change budget passed by an approver's grant", extra={**log, "reason": held})
                 how, grant_key = "approved", found.key
                 approval = Approval(previous, iso(now), grant=found.fingerprint(), approver=found.key_id)
@@ -347,27 +306,124 @@ def publish_bundle(
         rollback_of=rollback_of,
         approval=approval,
         steps=_steps(current.manifest, step),
+        promotion=promotion,
     )
     signed = sign_manifest(stamped, signer)
     manifest_key, history = _write(dist, signed, current, None if how == "refreshed" else rendered.files)
     if grant_key is not None:
         state.delete(grant_key)  # used once
+    if promoting is not None and how != "refreshed":
+        promoting.shipped()
     status: PublishStatus = "refreshed" if how == "refreshed" else "published"
     logger.info(
         "bundle published",
         extra={**log, "status": status, "generation": signed.generation, "expires_at": signed.expires_at},
     )
     metrics.add_metric(name="BundlesPublished", unit=MetricUnit.Count, value=1)
-    return _result(
-        status,
-        channel,
-        digest,
-        previous_digest=previous,
-        generation=signed.generation,
-        manifest_key=manifest_key,
-        history_key=history,
-        budget=budget,
+    return outcome(
+        _result(
+            status,
+            channel,
+            digest,
+            previous_digest=previous,
+            generation=signed.generation,
+            manifest_key=manifest_key,
+            history_key=history,
+            budget=budget,
+        )
     )
+
+
+class _Promoting:
+    """Step 4b for one request (``cdr_policy.promotion.verify``, imported only for a promoting
+    channel: it brings numpy): the world read once, Render's decisions, the check, then the grants
+    used deleted once shipped, the report written whatever the outcome, the metrics."""
+
+    def __init__(
+        self,
+        state: Store,
+        dist: Store,
+        channel: ChannelSettings,
+        current: Current,
+        digest: str,
+        *,
+        pipeline: Verifier,
+        approvers: Verifier | None,
+        now: datetime,
+    ) -> None:
+        from cdr_policy.promotion import record, verify, watch
+
+        self.verify, self.record_io, self.state, self.dist, self.channel, self.now = (
+            verify,
+            record,
+            state,
+            dist,
+            channel,
+            now,
+        )
+        self.world = verify.read_world(state, dist, channel, current, verifier=pipeline, approvers=approvers, now=now)
+        found = verify.decisions_of(state, digest)
+        self.doc: dict[str, Any] | str = found if isinstance(found, str) else found[0]
+        self.fingerprint: str | None = None if isinstance(found, str) else found[1]
+        self.checked: verify.Checked | None = None
+        self.trips = watch.trips(self.world)
+        if self.trips:
+            metrics.add_metric(name="EnforcementHurting", unit=MetricUnit.Count, value=len(self.trips))
+        for trip in self.trips:
+            named = trip.named()
+            logger.error(
+                "enforcing promoted changes hurt: the channel is held",
+                extra={
+                    "channel": channel.name,
+                    "generation": trip.generation,
+                    "reasons": list(trip.reasons),
+                    "changes": named,
+                },
+            )
+            with single_metric(
+                name="EnforcementHurting", unit=MetricUnit.Count, value=1, namespace=metrics.namespace
+            ) as metric:
+                metric.add_dimension(name="channel", value=channel.name)
+                metric.add_dimension(name="generation", value=str(trip.generation))
+                metric.add_metadata(key="changes", value=[c["change"] for c in named])
+
+    @property
+    def record(self) -> ManifestPromotion | None:
+        return self.checked.record if self.checked is not None else None
+
+    def check(self, rendered: Bundle) -> str | None:
+        """Why the bundle must be held (None: it may ship)."""
+        if isinstance(self.doc, str):
+            return self.doc
+        self.checked = self.verify.check(self.world, rendered, self.doc)
+        return self.checked.held
+
+    def shipped(self) -> None:
+        """The generation is written: its grants are used up, its changes counted."""
+        if self.checked is None or self.checked.record is None:
+            return
+        for grant in self.checked.grants:
+            self.state.delete(grant.key)  # used once
+        record = self.checked.record
+        if record.promoted.count:
+            metrics.add_metric(name="ChangesPromoted", unit=MetricUnit.Count, value=record.promoted.count)
+        if record.rolled_back is not None:
+            metrics.add_metric(name="ChangesTakenBack", unit=MetricUnit.Count, value=record.rolled_back.changes.count)
+
+    def report(self, result: PublishResult) -> None:
+        """Publish's copy of the decisions, with the outcome, for ``channel evidence``."""
+        if isinstance(self.doc, str):
+            logger.warning("no promotion report: no usable decisions", extra={"channel": result.channel})
+            return
+        held = self.doc["counts"].get("hold", 0)
+        if held:
+            metrics.add_metric(name="ChangesHeld", unit=MetricUnit.Count, value=held)
+        base = self.checked.report if self.checked is not None and self.checked.report is not None else self.doc
+        reason = result.reason or ("; ".join(result.errors))
+        doc = self.record_io.published(
+            base, at=self.now, status=result.status, generation=result.generation, reason=reason
+        )
+        self.record_io.write(self.dist, layout.promotion_report_key(self.channel.name), doc)
 
 
 def _stale(manifest: Manifest, channels: Sequence[ChannelSettings] | None) -> str | None:
@@ -403,6 +459,7 @@ def _stamp(
     rollback_of: int | None,
     approval: Approval | None,
     steps: tuple[Step, ...],
+    promotion: ManifestPromotion | None = None,
 ) -> Manifest:
     """``manifest`` as published at ``now``: the same lifetime, counted from now, with the publish fields."""
     lifetime = manifest.expires - manifest.created
@@ -413,6 +470,7 @@ def _stamp(
         rollback_of=rollback_of,
         approval=approval,
         steps=steps,
+        promotion=promotion,
     )
 
 
@@ -438,10 +496,13 @@ def _over_budget(
     effect: BundleEffect,
     budget_percent: int,
     min_changes: int,
+    *,
+    vetted: bool = False,
 ) -> tuple[str | None, Budget | None]:
     """Why the bundle must be held (None: it need not), and the measured change. The bundle the
     channel ships is read from the distribution store: a store that fails raises (retried); a bundle
-    that is gone or does not verify is a reason to hold."""
+    that is gone or does not verify is a reason to hold. ``vetted``: its additions were promoted
+    on evidence or by an approver (not churn)."""
     if current.manifest is None:
         return f"{current.problem}; approve this bundle to publish it", None
     try:
@@ -455,6 +516,7 @@ def _over_budget(
         budget_percent=budget_percent,
         min_changes=min_changes,
         shrink=shrink_reasons(shipping.objects, proposed.objects, max_percent=budget_percent),
+        vetted=vetted,
     )
     return ("; ".join(budget.reasons()) or None), budget
 
@@ -483,11 +545,11 @@ def rollback(
         if (named := layout.history_entry(channel, key)) is None or to_digest not in (None, named[1]):
             continue
         try:
-            entry = _read_signed(dist, key, verifier)
+            entry = read_signed(dist, key, verifier)
         except (BundleError, NotFound, TooLarge):
             continue
         if entry.channel == channel and (entry.generation == to_generation or entry.digest == to_digest):
-            if old is None or _generation(entry) > _generation(old):
+            if old is None or generation_of(entry) > generation_of(old):
                 old = entry
     if old is None:
         target = f"generation {to_generation}" if to_digest is None else f"bundle {to_digest}"
@@ -498,7 +560,7 @@ def rollback(
         raise BundleError(
             f"cannot roll back to generation {old.generation}: its files are not all in {dist.describe()}: {exc}"
         ) from exc
-    current = _current(dist, channel, verifier)
+    current = read_current(dist, channel, verifier)
     previous = current.digest
     if previous == old.digest and not current.replayed:
         return _result(

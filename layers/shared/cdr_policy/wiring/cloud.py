@@ -26,6 +26,7 @@ from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import utcnow
 
 if TYPE_CHECKING:
+    from cdr_policy.bundle.signing import Verifier
     from cdr_policy.feeds.abuseipdb import AbuseIPDB
 
 
@@ -115,9 +116,10 @@ def _abuseipdb(name: str, settings: Settings) -> AbuseIPDB:
 
 def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | None = None) -> list[dict[str, Any]]:
     """Render (for the indicator sets that changed, ``trigger_keys``; a render always reads them all):
-    ``[{"channel", "digest", "changed"}]``; each channel's bundle is sent to PublishQueue."""
+    ``[{"channel", "digest", "changed"}]``; each channel's bundle is sent to PublishQueue. A channel
+    that promotes reads the distribution bucket and the signing and approver keys' public halves."""
     from cdr_policy.policy.checker import SchemaSet
-    from cdr_policy.stages.render import run_render
+    from cdr_policy.stages.render import PromotionPorts, run_render
 
     store = _state(settings)
     logger.info("render triggered", extra={"trigger_keys": list(trigger_keys)})
@@ -128,21 +130,40 @@ def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | N
     crds = SchemaSet.from_store(store)
     if crds is None:
         logger.warning("no CRDs under crds/ in the state bucket: checking against the safety checklist only")
+    channels = channels_from_store(store, refresh_hours=settings.render_refresh_hours)
+    promotion = None
+    if any(c.promote is not None for c in channels):
+        if not settings.signing_key_id:
+            raise ConfigError("SIGNING_KEY_ID is required to render a channel that promotes")
+        promotion = PromotionPorts(_dist(settings), _public(settings.signing_key_id), _approvers(settings))
     summaries = run_render(
         store,
-        channels=channels_from_store(store, refresh_hours=settings.render_refresh_hours),
+        channels=channels,
         now=now or utcnow(),
         guard=NeverBlock(),
         crds=crds,
         publish=enqueue if settings.publish_queue_url else None,
+        promotion=promotion,
     )
     return [s.to_dict() for s in summaries]
+
+
+def _public(key_id: str) -> Verifier:
+    """The public half of a KMS signing key."""
+    from cdr_policy.bundle.signing import KmsSigner, Verifier
+
+    return Verifier.from_public_pem(KmsSigner(aws.client("kms"), key_id).public_key_pem())
+
+
+def _approvers(settings: Settings) -> Verifier | None:
+    """The approvers' public key (None: no approver is configured, nothing can be approved)."""
+    return _public(settings.approver_key_id) if settings.approver_key_id else None
 
 
 def publish(settings: Settings, request: PublishRequest, *, now: datetime | None = None) -> dict[str, Any]:
     """Publish: what publishing ``request`` did (``PublishResult``)."""
     from cdr_policy.admission import Admission, protection
-    from cdr_policy.bundle.signing import KmsSigner, Verifier
+    from cdr_policy.bundle.signing import KmsSigner
     from cdr_policy.policy.checker import SchemaSet
     from cdr_policy.stages.publish import publish_bundle
 
@@ -157,11 +178,6 @@ def publish(settings: Settings, request: PublishRequest, *, now: datetime | None
         if configured
         else protection(where=f"channel {channel}")
     )
-    approvers = (
-        Verifier.from_public_pem(KmsSigner(aws.client("kms"), settings.approver_key_id).public_key_pem())
-        if settings.approver_key_id
-        else None
-    )
     result = publish_bundle(
         state,
         _dist(settings),
@@ -172,7 +188,8 @@ def publish(settings: Settings, request: PublishRequest, *, now: datetime | None
         change_budget_percent=settings.change_budget_percent,
         admission=Admission(protected, SchemaSet.from_store(state)),
         channels=channels,
-        approvers=approvers,
+        approvers=_approvers(settings),
+        decisions=request.decisions,
     )
     return result.to_dict()
 
