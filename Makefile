@@ -86,7 +86,7 @@ bench: venv
 	command -v iprange >/dev/null || { apt-get install -y iprange || (apt-get update && apt-get install -y iprange); } || echo "iprange not installed: the comparison column will be missing"
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
-# Requests per pipeline stage and per agent poll, counted at a moto server (README "What it costs").
+# Requests per pipeline stage and per agent poll, counted at a moto server (docs/costs.md).
 costs: venv
 	$(BIN)/python -m demo.costs $(COSTS_ARGS)
 

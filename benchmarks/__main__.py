@@ -17,9 +17,10 @@
    ``benchmarks/results/latest.md`` (and ``latest.json``; ``--results`` to change the folder).
 
 Then the whole path (b)-(e) (``benchmarks/pipeline.py``, ``--addresses``), the fleet simulation
-(f) (``benchmarks/fleet.py``, ``--fleet``), promotion at scale (i) (``benchmarks/promotion.py``,
-``--promotion-addresses``) and the hits reader on a gigabyte of exports (h)
-(``benchmarks/hits.py``, ``--hits-bytes``). ``--only`` runs some of them (``--only h``; with
+(f) (``benchmarks/fleet.py``, ``--fleet``), the time to protect of both deployment profiles (g)
+(``benchmarks/protect.py``, ``--protect-agents``), the hits reader on a gigabyte of exports (h)
+(``benchmarks/hits.py``, ``--hits-bytes``) and promotion at scale (i) (``benchmarks/promotion.py``,
+``--promotion-addresses``). ``--only`` runs some of them (``--only h``; with
 ``make bench``: ``BENCH_ARGS="--only h"``).
 
 The target is our wall time at most iprange's, on both inputs. ``--strict`` makes a miss (or any
@@ -42,7 +43,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fleet, hits, pipeline, promotion
+from benchmarks import fleet, hits, pipeline, promotion, protect
 from benchmarks.generate import generate, generate_netset
 from benchmarks.measure import Run, measure, python_env
 from benchmarks.runners import read_iprange_output, read_prefixes
@@ -87,13 +88,23 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         )
         result["fleet"] = fleet.run(work / "fleet", config)
         tables.append(fleet.render_markdown(result["fleet"]))
-    if "i" in args.only and args.promotion_addresses:
-        result["promotion"] = promotion.run(work / "promotion", args.promotion_addresses, args.seed)
-        tables.append(promotion.render_markdown(result["promotion"]))
+    if "g" in args.only and args.protect_agents:
+        config = protect.ProtectConfig(
+            agents=args.protect_agents,
+            trials=args.protect_trials,
+            processes=min(4, max(2, math.ceil(args.protect_agents / 250))),
+            seed=args.seed,
+            profiles=args.protect_profiles,
+        )
+        result["protect"] = protect.run(work / "protect", config)
+        tables.append(protect.render_markdown(result["protect"]))
     if "h" in args.only and args.hits_bytes:
         result["hits"] = hits.run(work / "hits", args.hits_bytes, args.seed)
         tables.append(hits.render_markdown(result["hits"]))
         mismatch |= not result["hits"]["counts_match"]
+    if "i" in args.only and args.promotion_addresses:
+        result["promotion"] = promotion.run(work / "promotion", args.promotion_addresses, args.seed)
+        tables.append(promotion.render_markdown(result["promotion"]))
     table = "\n".join(tables)
     if len(tables) > 1 or not args.only <= {"a"}:
         table += (
@@ -321,6 +332,13 @@ def _parts(text: str) -> set[str]:
     return chosen
 
 
+def _profiles(text: str) -> tuple[str, ...]:
+    chosen = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not chosen or not set(chosen) <= set(protect.PROFILES):
+        raise argparse.ArgumentTypeError(f"{text!r}: give profiles among {', '.join(protect.PROFILES)}")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--lines", type=int, default=1_000_000, help="input size (default 1,000,000)")
@@ -351,6 +369,25 @@ def main(argv: list[str] | None = None) -> int:
         help=f"feed size of the promotion part (i) (default {promotion.DEFAULT_ADDRESSES:,}; 0 skips it)",
     )
     ap.add_argument(
+        "--protect-agents",
+        type=int,
+        default=protect.ProtectConfig.agents,
+        help=f"agents in the time-to-protect part (g) (default {protect.ProtectConfig.agents:,}; 0 skips it)",
+    )
+    ap.add_argument(
+        "--protect-trials",
+        type=int,
+        default=protect.ProtectConfig.trials,
+        help=f"detections per profile in part (g) (default {protect.ProtectConfig.trials})",
+    )
+    ap.add_argument(
+        "--protect-profiles",
+        type=_profiles,
+        default=protect.PROFILES,
+        metavar="NAMES",
+        help=f"the profiles part (g) deploys, in order (default {','.join(protect.PROFILES)})",
+    )
+    ap.add_argument(
         "--hits-bytes",
         type=int,
         default=hits.DEFAULT_BYTES,
@@ -362,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         default=set(PARTS),
         metavar="PARTS",
         help="run only these parts, e.g. h or a,f (a: feed ingest, b-e: the whole path, f: the fleet, "
-        "h: the hits reader, i: promotion; default all)",
+        "g: time to protect, h: the hits reader, i: promotion; default all)",
     )
     ap.add_argument(
         "--fleet-interval",
@@ -394,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.fleet < 0 or args.fleet_interval <= 0 or args.fleet_update_interval <= 0:
         ap.error("--fleet must be 0 or more, the fleet intervals above 0")
+    if args.protect_agents < 0 or args.protect_trials < 1:
+        ap.error("--protect-agents must be 0 or more, --protect-trials at least 1")
     return run(args)
 
 

@@ -49,6 +49,7 @@ from benchmarks.pipeline import CRDS, Row, table
 from cdr_policy.admission import Admission, protection
 from cdr_policy.agent.cli import admission_for
 from cdr_policy.agent.directory import DirectoryApplier
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.agent.sync import (
     DEFAULT_DRIFT_INTERVAL_S,
     DEFAULT_INTERVAL_S,
@@ -82,7 +83,7 @@ FLEET_BUCKET = "cdr-policy-fleet-dist"
 FEED_ADDRESSES = 200  # the first bundle's feed; the update adds UPDATE_ADDRESSES more
 UPDATE_ADDRESSES = 10
 CLUSTERS = (100, 1_000, 10_000)
-DAYS_PER_MONTH = 30  # as the README's cost section counts
+DAYS_PER_MONTH = 30  # as the cost guide (docs/costs.md) counts
 CHANGE_BUDGET_PERCENT = 50  # the stack's default (template.yaml: ChangeBudgetPercent)
 POOL = 16  # HTTP connections per worker process (its agents' polls are spread over the interval)
 TARGETS = {"per_poll": 1, "body_bytes": 0, "p99_intervals": 2.0, "fleet_status_s": DEFAULT_INTERVAL_S}
@@ -108,7 +109,7 @@ class FleetConfig:
 
 
 @dataclass(frozen=True)
-class _WorkerSpec:
+class WorkerSpec:
     endpoint: str
     region: str
     bucket: str
@@ -123,7 +124,7 @@ class _WorkerSpec:
 
 
 @dataclass(frozen=True)
-class _Channels:
+class WorkerLink:
     """What connects a worker to the benchmark."""
 
     switch: Event  # restart the loops at the update interval
@@ -135,7 +136,7 @@ class _Channels:
 # -- the agents' side: one worker process, one thread per agent -------------------------------------
 
 
-def _worker(spec: _WorkerSpec, link: _Channels) -> None:
+def worker(spec: WorkerSpec, link: WorkerLink) -> None:
     """Run ``spec.agents`` at the steady interval until ``switch``, then at the update interval until
     ``stop``; report what each applies to ``events``."""
     import boto3
@@ -146,7 +147,10 @@ def _worker(spec: _WorkerSpec, link: _Channels) -> None:
     threading.stack_size(512 * 1024)
     # The agent's own client settings (cdr_policy.agent.cli), with a pool for the agents sharing it.
     config = Config(
-        connect_timeout=5, read_timeout=20, retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=POOL
+        connect_timeout=5,
+        read_timeout=20,
+        retries={"mode": "standard", "max_attempts": 3},
+        max_pool_connections=POOL,
     )
     dist = S3Store(boto3.client("s3", endpoint_url=spec.endpoint, region_name=spec.region, config=config), spec.bucket)
     verifier = Verifier.from_public_pem(spec.public_pem)
@@ -188,7 +192,7 @@ def _worker(spec: _WorkerSpec, link: _Channels) -> None:
 
 
 def _start(
-    agent: Agent, interval_s: float, delay: float, rng: random.Random, halt: threading.Event, link: _Channels
+    agent: Agent, interval_s: float, delay: float, rng: random.Random, halt: threading.Event, link: WorkerLink
 ) -> threading.Thread:
     """One agent's loop in its own thread: its first poll after ``delay``, then ``Agent.run``."""
 
@@ -197,11 +201,11 @@ def _start(
             return
         last: tuple[str | None, str] | None = None
 
-        def observe(status: dict[str, Any]) -> None:
+        def observe(status: AgentStatus) -> None:
             nonlocal last
             with link.polls.get_lock():
                 link.polls.value += 1
-            seen = (status["applied_digest"], status["last_poll"]["result"])
+            seen = (status.applied_digest, status.last_poll.result)
             if seen != last:
                 last = seen
                 link.events.put((agent.cluster_id, *seen, time.time()))
@@ -219,7 +223,7 @@ def _start(
 # -- the operator's side: publish, watch, measure ---------------------------------------------------
 
 
-class _Watch:
+class Watch:
     """What the agents reported (from the workers' events)."""
 
     def __init__(self, events: Queue[AgentEvent], processes: list[SpawnProcess], clusters: dict[str, str]) -> None:
@@ -293,7 +297,7 @@ def _ship(
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """The stages' INFO lines (one per publish) and the moto server's access log are not the
     benchmark's output."""
     access = logging.getLogger("werkzeug")
@@ -322,7 +326,7 @@ def run(work: Path, config: FleetConfig, say: Callable[[str], None] = print) -> 
         "compression": config.compression,
         "crds": crds is not None,
     }
-    with _quiet(), counting_moto_server() as (url, counter):
+    with quiet(), counting_moto_server() as (url, counter):
         # Only the agents are measured: a bucket and a signing key of the stack's kinds (template.yaml's
         # DistributionBucket and SigningKey), not the stack, whose bucket policy lets only cluster roles
         # write status/ (every simulated agent here writes as the one identity of this process).
@@ -341,9 +345,9 @@ def run(work: Path, config: FleetConfig, say: Callable[[str], None] = print) -> 
         clusters = {f"fleet-{i:05d}": names[i % len(names)] for i in range(config.agents)}
         assigned = [(c, channel, rng.uniform(0, config.interval_s)) for c, channel in clusters.items()]
         ctx = multiprocessing.get_context("spawn")
-        link = _Channels(switch=ctx.Event(), stop=ctx.Event(), events=ctx.Queue(), polls=ctx.Value("q", 0))
+        link = WorkerLink(switch=ctx.Event(), stop=ctx.Event(), events=ctx.Queue(), polls=ctx.Value("q", 0))
         specs = [
-            _WorkerSpec(
+            WorkerSpec(
                 endpoint=url,
                 region=REGION,
                 bucket=FLEET_BUCKET,
@@ -358,7 +362,7 @@ def run(work: Path, config: FleetConfig, say: Callable[[str], None] = print) -> 
             )
             for n in range(config.processes)
         ]
-        processes = [ctx.Process(target=_worker, args=(spec, link), daemon=True) for spec in specs]
+        processes = [ctx.Process(target=worker, args=(spec, link), daemon=True) for spec in specs]
         say(
             f"(f) fleet: {config.agents:,} agents on {len(names)} channels in {config.processes} processes, "
             f"polling every {config.interval_s:g} s ({config.compression:g}x the real {DEFAULT_INTERVAL_S:g} s) ..."
@@ -366,7 +370,7 @@ def run(work: Path, config: FleetConfig, say: Callable[[str], None] = print) -> 
         for process in processes:
             process.start()
         try:
-            watch = _Watch(link.events, processes, clusters)
+            watch = Watch(link.events, processes, clusters)
             if not watch.until(lambda: watch.markers[_READY] == len(processes), 300):
                 raise RuntimeError("the fleet's worker processes did not start within 5 minutes")
 

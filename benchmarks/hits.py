@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from benchmarks.measure import Run, measure, python_env
 from benchmarks.pipeline import Row, table
 from cdr_policy.bundle.provenance import Blocklist, Holder, ObjectRef, Provenance, ProvenanceIndex
 from cdr_policy.bundle.signing import LocalSigner, generate_local_key
+from cdr_policy.hits.aggregate import HitsSection
+from cdr_policy.hits.reports import read_report
 from cdr_policy.hits.tally import Totals
 from cdr_policy.netprefix.vector import V4, V6
 from cdr_policy.policy.tetragon import PREFIXES_PER_POLICY
@@ -122,7 +123,7 @@ def _exports(folder: Path, index: ProvenanceIndex, size: int, seed: int) -> Writ
     return written
 
 
-def _read(work: Path, dist: Path, key: Path, exports: Path, state: Path) -> tuple[Run, dict[str, Any]]:
+def _read(work: Path, dist: Path, key: Path, exports: Path, state: Path) -> tuple[Run, HitsSection]:
     work.mkdir(parents=True, exist_ok=True)
     reports = work / "reports"
     cmd = [
@@ -132,8 +133,7 @@ def _read(work: Path, dist: Path, key: Path, exports: Path, state: Path) -> tupl
         "--reports-dir", str(reports),
     ]  # fmt: skip
     run = measure(cmd, work / "reader.txt", python_env())
-    report = json.loads((reports / "bench.json").read_text())["hits"]
-    return run, report
+    return run, read_report((reports / "bench.json").read_bytes(), "bench").hits
 
 
 def run(work: Path, size: int, seed: int) -> dict[str, Any]:
@@ -153,20 +153,19 @@ def run(work: Path, size: int, seed: int) -> dict[str, Any]:
         ("restart", big, "state-big"),
     ):
         print(f"    reading the {name} ({written.size:,} bytes) ...", flush=True)
-        reader, report = _read(
+        reader, section = _read(
             work / name, work / "dist", public, work / ("small" if name == "tenth" else "big"), work / state
         )
-        totals = report["totals"]
-        results["counts_match"] &= totals == written.totals.to_dict()
+        results["counts_match"] &= section.totals == written.totals
         results[name] = {
             "bytes": written.size,
             "lines": written.totals.read,
             "wall_s": reader.wall_s,
             "maxrss_kib": reader.maxrss_kib,
             "rss_exact": reader.rss_exact,
-            "totals": totals,
-            "rows": len(report["rows"]),
-            "dropped_events": report["dropped"]["events"],
+            "totals": section.totals.to_dict(),
+            "rows": len(section.rows),
+            "dropped_events": section.dropped_events,
         }
     return results
 

@@ -40,8 +40,10 @@ import yaml
 
 from benchmarks.generate import generate_addresses
 from benchmarks.measure import LAMBDA_PYTHON, REPO, Run, lambda_env, measure, python_env
+from cdr_policy import layout
 from cdr_policy.bundle.signing import KmsSigner
 from cdr_policy.policy.channel import MAX_BUDGET_PREFIXES
+from cdr_policy.report import RunReport
 
 FEED = "big"
 IMPORT_RUNS = 5
@@ -148,14 +150,13 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _cli_output(folder: Path) -> dict[str, Any]:
     """What the run wrote: policies, the budget report and the left-out count."""
-    report = json.loads((folder / "report.json").read_text())
-    budget = report["budget"]
+    report = RunReport.from_json(json.loads((folder / layout.REPORT_FILE).read_text()))
     return {
         "policies": len(list(folder.glob("*.yaml"))),
-        "within_budget": all(b["used"] <= b["limit"] for b in budget.values()),
-        "used": {engine: b["used"] for engine, b in budget.items()},
-        "left_out": report["left_out_total"],
-        "feed_entries": report["feeds"][FEED]["entries"],
+        "within_budget": all(b.used <= b.limit for b in report.budget.values()),
+        "used": {engine: b.used for engine, b in report.budget.items()},
+        "left_out": report.left_out_total,
+        "feed_entries": report.feeds[FEED].entries,
     }
 
 

@@ -18,6 +18,7 @@ pending, holding none.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,8 @@ def run(work: Path, addresses: int, seed: int) -> dict[str, Any]:
     from cdr_policy import layout
     from cdr_policy.bundle.manifest import Manifest
     from cdr_policy.bundle.signing import KmsSigner, Verifier
+    from cdr_policy.promotion.decisions import read_decisions
     from cdr_policy.promotion.gate import MAX_PROMOTED
-    from cdr_policy.promotion.record import read_decisions
     from cdr_policy.storage import S3Store
     from cdr_policy.timeutil import utcnow
     from demo.runner import FINDINGS, create_qualys_secret, onboard_cluster, quiet_logs
@@ -106,14 +107,14 @@ def run(work: Path, addresses: int, seed: int) -> dict[str, Any]:
         report, _ = read_decisions(dist, layout.promotion_report_key("enforcing"))
         shipped = Manifest.parse(dist.get(layout.channel_manifest_key("enforcing")).data, "enforcing")
         audit = Manifest.parse(dist.get(layout.channel_manifest_key("audit")).data, "audit")
-    results["publish_status"] = report["publish"]["status"]
-    results["counts"] = report["counts"]
+    results["publish_status"] = report.publish.status if report.publish else None
+    results["counts"] = dataclasses.asdict(report.counts)
     promoted = shipped.promotion.promoted if shipped.promotion else None
     prefixes = promoted.count - len(promoted.ports) - len(promoted.rules) if promoted else 0
     results["promoted_prefixes"] = prefixes
     results["audit_objects"] = audit.objects_count()
     # every change soaked and without hits: the prefixes wait only past the cap of one publish
-    waiting, held = report["counts"]["wait"], report["counts"]["hold"]
+    waiting, held = report.counts.wait, report.counts.hold
     results["promoted_as_many_as_allowed"] = prefixes == min(prefixes + waiting, MAX_PROMOTED) > 0 and not held
     return results
 

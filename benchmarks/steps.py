@@ -161,8 +161,8 @@ def run_agent(channel: str) -> dict[str, Any]:
         files, size = len(applied), sum(p.stat().st_size for p in applied)
     polls = [c for c in calls if c["operation"] == "GetObject"]
     return {
-        "first": first["last_poll"]["result"],
-        "second": second["last_poll"]["result"],
+        "first": first.last_poll.result,
+        "second": second.last_poll.result,
         "files": files,
         "bundle_bytes": size,
         "requests": len(calls),

@@ -19,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from cdr_policy.hits.fleet import FleetHitsReport
 from cdr_policy.policy.checker import SchemaSet, check_files
 from demo.promotion import SOAK
 from demo.runner import CHANNELS, DemoFailure, run_pipeline
@@ -48,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     print("=== CDR Policy Operator: local run of the serverless pipeline ===")
     try:
         with moto_server() as server:
-            result = run_pipeline(server, output, crds_dir=crds, template=Path(args.template).resolve())
+            result = run_pipeline(
+                server, output, crds_dir=crds, template=Path(args.template).resolve(), time_to_protect=True
+            )
     except (DemoFailure, StackError, MotoServerError) as exc:
         print(f"demo: error: {exc} (function logs: {output / 'lambda.log'})", file=sys.stderr)
         return 1
@@ -61,42 +64,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {c['name']} ({c['action']}): {len(files)} objects in {folder}")
         for name in files:
             print(f"    {name}")
-        if result.agents[c["name"]]["last_poll"]["result"] != "applied":
+        if result.agents[c["name"]].last_poll.result != "applied":
             failed += 1
-    repaired = result.drift["drift"]
+    repair = result.drift
+    assert repair is not None, "run_pipeline shows a drift repair"
     print(
-        f"  drift repair: {', '.join(repaired['missing'])} deleted by hand, put back "
-        f"({result.drift['last_poll']['result']})"
+        f"  drift repair: {', '.join(repair.drift.missing if repair.drift else ())} deleted by hand, put back "
+        f"({repair.last_poll.result})"
     )
-    failed += result.drift["last_poll"]["result"] != "repaired"
-    report = result.hits["report"]
+    failed += repair.last_poll.result != "repaired"
     print(
-        f"  hits: {report['hits']} in {len(report['clusters'])} cluster(s) "
-        f"({', '.join(f['feed'] + ' ' + str(f['hits']) for f in report['feeds'] if f['hits'])}); "
+        f"  time to protect: {result.protect['total']:.1f} s from a new detection at the gateway to staging's "
+        "cluster enforcing it (triggers run at once; make bench (g) measures a deployment's schedules)"
+    )
+    fleet: FleetHitsReport = result.hits["report"]
+    print(
+        f"  hits: {fleet.hits} in {len(fleet.clusters)} cluster(s) "
+        f"({', '.join(f'{f.feed} {f.hits}' for f in fleet.feeds if f.hits)}); "
         f"fleet total {'agrees' if result.hits['agree'] else 'DOES NOT AGREE'} with the per-cluster counts"
     )
-    failed += not result.hits["agree"] or not report["hits"]
+    failed += not result.hits["agree"] or not fleet.hits
     soaked, approved, held = (result.promotion[k] for k in ("soaked", "approved", "held"))
     print(
-        f"  promotion: prod took {soaked['counts']['promote']} change(s) after their {SOAK} soak on staging "
+        f"  promotion: prod took {soaked.counts.promote} change(s) after their {SOAK} soak on staging "
         f"(the demo's; 24h by default), held {', '.join(held)} (staging's audit hits came from the protected "
         "namespace payments), then promoted it on an approver's grant"
     )
-    failed += not soaked["counts"]["promote"] or len(held) != 1
-    failed += [(c["decision"], c["how"]) for c in approved["changes"]] != [("promote", "approved")]
+    failed += not soaked.counts.promote or len(held) != 1
+    failed += [(c.decision, c.how) for c in approved.changes] != [("promote", "approved")]
     if crds is not None:
-        report = check_files([result.channel_dir(c["name"]) for c in CHANNELS], SchemaSet.from_dir(crds))
+        checked = check_files([result.channel_dir(c["name"]) for c in CHANNELS], SchemaSet.from_dir(crds))
         print(
-            f"  Validated {report['objects']} objects against the CRDs in {crds} and the safety checklist: "
-            f"{report['errors']} errors, {report['warnings']} warnings"
+            f"  Validated {checked.objects} objects against the CRDs in {crds} and the safety checklist: "
+            f"{checked.errors} errors, {checked.warnings} warnings"
         )
-        failed += report["errors"] > 0
+        failed += checked.errors > 0
     print("")
     print("Try: .venv/bin/cdr-policy validate demo-output/prod" + (f" --crds {crds}" if crds else " --crds DIR"))
     print("     .venv/bin/cdr-policy fleet status --dist demo-output/dist")
     print("     .venv/bin/cdr-policy fleet hits --dist demo-output/dist")
     print("     .venv/bin/cdr-policy channel evidence prod --dist demo-output/dist")
-    prod = result.hits["statuses"]["prod"]["applied_digest"]
+    prod = result.hits["statuses"]["prod"].applied_digest
     node = "demo-output/nodes/demo-node-1"
     print(
         f"     .venv/bin/cdr-policy hits --policies demo-output/dist/channels/prod/bundles/{prod} "

@@ -7,7 +7,7 @@ moto server (fakes/moto_server.py, without IAM checks) whose WSGI application is
 counter, then starts one agent per channel again (a restarted agent: nothing cached) and polls each twice
 more (the second poll is a fleet's steady state: nothing changed), and prints the requests by stage and
 API operation with each stage's wall time. The deployment and what Lambda reads of the stack count as
-``setup``. The README's cost section is computed from this table.
+``setup``. The cost guide (docs/costs.md) is computed from this table.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ _S3_OPERATIONS = {"GET": "GetObject", "PUT": "PutObject", "HEAD": "HeadObject", 
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-# S3 Standard list prices, us-east-1, USD per 1,000 requests: the README's "What it costs" table
+# S3 Standard list prices, us-east-1, USD per 1,000 requests: the cost guide's table (docs/costs.md)
 # (tests/unit/test_costs.py keeps the two in step). Other S3 operations (DELETE) are free.
 S3_PRICE_PER_1000 = {"PUT": 0.005, "GET": 0.0004}
 _PRICE_CLASS = {
@@ -194,7 +194,7 @@ def measure(output: Path, say: Callable[[str], None]) -> RequestCounter:
             statuses = {channel: agent.sync_once() for channel, agent in agents.items()}
             counter.enter("done")
         for channel, status in statuses.items():
-            say(f"{channel}: {status['last_poll']['result']} ({status['last_poll']['detail']})")
+            say(f"{channel}: {status.last_poll.result} ({status.last_poll.detail})")
     return counter
 
 

@@ -23,6 +23,7 @@ from cdr_policy.hits.fleet import fleet_report, read_fleet
 from cdr_policy.hits.reader import IndexFollower, Reader
 from cdr_policy.hits.reports import DirectoryReports
 from cdr_policy.storage import LocalStore, S3Store
+from cdr_policy.summaries import HitsRollupSummary
 from cdr_policy.timeutil import utcnow
 from fakes.exports import Workload, hubble_flow, tetragon_connect, tetragon_exec
 
@@ -71,19 +72,18 @@ def run_hits(result: PipelineResult, agents: dict[str, Any], say: Callable[[str]
         agent = agents[channel]
         agent.hits = HitsCollector(reports, channel, interval_s=0)
         status = statuses[channel] = agent.sync_once()
-        hits = status["hits"] or {}
+        hits = status.hits
         say(
             f"      agent {cluster.cluster_id}: status/{cluster.cluster_id}.json carries the hits of "
-            f"{hits.get('nodes', 0)} node(s): {hits.get('totals', {}).get('ours', 0)} ours, "
-            f"{len(hits.get('rows', []))} row(s)"
+            + (f"{hits.nodes} node(s): {hits.totals.ours} ours, {len(hits.rows)} row(s)" if hits else "no node")
         )
     (invocation,) = result.lambdas.fire(rule)
     if not invocation.ok:
         raise DemoFailure("[7/7] Hits", f"{invocation.function}: {invocation.error}")
-    rollup = invocation.response
+    rollup = HitsRollupSummary.from_json(invocation.response)
     say(
-        f"      HitsRollup: {rollup['hits']} hit(s) from {rollup['clusters']} cluster(s), {rollup['refused']} row(s) "
-        f"refused, {rollup['addresses']} address(es) and {rollup['rules']} rule(s) fired -> hits/fleet.json "
+        f"      HitsRollup: {rollup.hits} hit(s) from {rollup.clusters} cluster(s), {rollup.refused} row(s) "
+        f"refused, {rollup.addresses} address(es) and {rollup.rules} rule(s) fired -> hits/fleet.json "
         "(Render ranks with it)"
     )
     # the operator's view (cdr-policy fleet hits)
@@ -91,18 +91,18 @@ def run_hits(result: PipelineResult, agents: dict[str, Any], say: Callable[[str]
         read_fleet(S3Store(stack.client("s3"), stack.dist_bucket), now=utcnow(), window=timedelta(days=7))
     )
     say("      fleet hits, per feed (hits per thousand prefixes held):")
-    for f in report["feeds"]:
-        rate = "-" if f["hits_per_thousand_prefixes"] is None else f"{f['hits_per_thousand_prefixes']:g}"
-        say(f"        {f['feed']:<28} {f['hits']:>4} hit(s), {f['prefixes_held']:>5} held, {rate:>8} per 1000")
+    for f in report.feeds:
+        rate = "-" if f.hits_per_thousand_prefixes is None else f"{f.hits_per_thousand_prefixes:g}"
+        say(f"        {f.feed:<28} {f.hits:>4} hit(s), {f.prefixes_held:>5} held, {rate:>8} per 1000")
     say("      fleet hits, per finding:")
-    for f in report["findings"]:
-        say(f"        {f['finding']:<40} {f['hits']:>4} hit(s)")
-    per_cluster = {c["cluster_id"]: c["hits"] for c in report["clusters"]}
-    agree = sum(per_cluster.values()) == report["hits"]
+    for f in report.findings:
+        say(f"        {f.finding:<40} {f.hits:>4} hit(s)")
+    per_cluster = {c.cluster_id: c.hits for c in report.clusters}
+    agree = sum(per_cluster.values()) == report.hits
     say(
         "      per cluster: "
         + ", ".join(f"{k} {v}" for k, v in per_cluster.items())
-        + f"; fleet total {report['hits']}: {'agrees' if agree else 'DOES NOT AGREE'} with the per-cluster counts"
+        + f"; fleet total {report.hits}: {'agrees' if agree else 'DOES NOT AGREE'} with the per-cluster counts"
     )
     return {"report": report, "rollup": rollup, "statuses": statuses, "agree": agree}
 

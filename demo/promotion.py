@@ -23,6 +23,7 @@ from cdr_policy import layout
 from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.signing import KmsSigner, Verifier
 from cdr_policy.cli.promotion import approve_changes, evidence, evidence_lines
+from cdr_policy.promotion.decisions import Decisions
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import parse_iso, utcnow
 from fakes.cluster import Cluster
@@ -58,7 +59,7 @@ def run_promotion(result: PipelineResult, say: Callable[[str], None]) -> dict[st
     say(f"{STEP} (prod takes a change after staging watched it for {SOAK}; 24h by default, shortened here)")
     first = evidence(dist, "prod")
     say(
-        f"      prod's first bundle took none of its {first['counts']['wait']} changes: {_reasons(first)} "
+        f"      prod's first bundle took none of its {first.counts.wait} changes: {_reasons(first)} "
         "(both channels were rendered before either was published)"
     )
     onboarded = onboard_cluster(stack, f"{stack.parameters['Environment']}-staging-2", "staging")
@@ -76,10 +77,10 @@ def run_promotion(result: PipelineResult, say: Callable[[str], None]) -> dict[st
     status = cluster.record(
         cluster.connect(protected, CHECKOUT, action="Post") + cluster.connect(feed, WEB, action="Post")
     )
+    rows = len(status.hits.rows) if status.hits else 0
     say(
         f"      staging cluster {onboarded.cluster_id}: would-block events (Tetragon POST, Hubble AUDIT) to "
-        f"{protected} from payments/checkout and to {feed} from shop/web; {len(status['hits']['rows'])} hit "
-        "row(s) in its status"
+        f"{protected} from payments/checkout and to {feed} from shop/web; {rows} hit row(s) in its status"
     )
     shipped = Manifest.parse(dist.get(layout.channel_manifest_key("staging")).data, "staging")
     wait = parse_iso(shipped.created_at) + timedelta(seconds=SOAK_SECONDS + 1) - utcnow()
@@ -87,15 +88,16 @@ def run_promotion(result: PipelineResult, say: Callable[[str], None]) -> dict[st
     time.sleep(max(wait.total_seconds(), 0))
     render_again(result, STEP)
     soaked = evidence(dist, "prod")
-    counts, publish = soaked["counts"], soaked["publish"]
+    counts, publish = soaked.counts, soaked.publish
+    assert publish is not None, "Publish's copy of the decisions says what it did"
     say(
-        f"      Render composed prod, Publish verified it: {publish['status']} generation {publish['generation']}: "
-        f"{counts['promote']} promoted, {counts['wait']} waiting, {counts['hold']} held"
+        f"      Render composed prod, Publish verified it: {publish.status} generation {publish.generation}: "
+        f"{counts.promote} promoted, {counts.wait} waiting, {counts.hold} held"
     )
     say("      $ cdr-policy channel evidence prod --dist demo-output/dist")
     for line in evidence_lines(soaked)[:14]:
         say(f"        {line}")
-    held = [c["change"] for c in soaked["changes"] if c["decision"] == "hold"]
+    held = [c.change for c in soaked.changes if c.decision == "hold"]
     say(f"      $ cdr-policy channel approve prod --change {' --change '.join(held)} --kms-key-id <ApproverKeyArn>")
     s3, kms = server.client("s3", **result.approver), server.client("kms", **result.approver)
     for line in approve_changes(
@@ -110,17 +112,17 @@ def run_promotion(result: PipelineResult, say: Callable[[str], None]) -> dict[st
         say(f"        {line}")
     render_again(result, STEP)
     approved = evidence(dist, "prod")
-    for change in approved["changes"]:
-        say(f"      {change['change']}: {change['decision']} ({change['how']}): {change['reasons'][0]}")
+    for change in approved.changes:
+        say(f"      {change.change}: {change.decision} ({change.how}): {change.reasons[0]}")
     record = Manifest.parse(dist.get(layout.channel_manifest_key("prod")).data, "prod").promotion
-    assert record is not None
+    assert record is not None and approved.publish is not None
     say(
-        f"      prod's signed manifest (generation {approved['publish']['generation']}) records it: "
+        f"      prod's signed manifest (generation {approved.publish.generation}) records it: "
         f"{record.promoted.count} change(s) promoted by {len(record.approved)} approver grant(s)"
     )
     return {"soaked": soaked, "approved": approved, "held": held}
 
 
-def _reasons(doc: dict[str, Any]) -> str:
-    reasons = sorted({r for c in doc["changes"] for r in c["reasons"]})
+def _reasons(decided: Decisions) -> str:
+    reasons = sorted({r for c in decided.changes for r in c.reasons})
     return "; ".join(reasons) or "-"

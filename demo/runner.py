@@ -1,5 +1,5 @@
-"""The whole serverless flow on one machine, deployed from template.yaml in the order the README's
-"Deploy" section gives: the Qualys secret, then the stack (``sam deploy``: the SAM transform and
+"""The whole serverless flow on one machine, deployed from template.yaml in the order docs/deploy.md
+gives: the Qualys secret, then the stack (``sam deploy``: the SAM transform and
 CloudFormation on a moto server that checks every request against IAM), the configuration, one
 cluster per channel (deploy/cluster-access). Then the stack's own event sources drive the real
 handlers, each function under its own deployed role: CdrFetch and FeedSync on their schedule rules,
@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,17 +28,20 @@ import yaml
 
 from cdr_policy import layout
 from cdr_policy.agent.directory import DirectoryApplier
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.agent.sync import Agent
+from cdr_policy.bundle.loader import latest_render, read_manifest
 from cdr_policy.bundle.signing import KmsSigner, Verifier
 from cdr_policy.observability import logger
 from cdr_policy.storage import LocalStore, S3Store
+from cdr_policy.summaries import CdrRunSummary, FeedSyncSummary
 from cdr_policy.timeutil import utcnow
 from demo.hits import run_hits
 from demo.promotion import PROMOTE, run_promotion
 from fakes.aws import ACCOUNT, MotoServer
 from fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from fakes.lambda_runtime import REPO, Delivery, Invocation, LambdaService
-from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
+from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway, reverse_shell_finding
 from fakes.stack import CLUSTER_ACCESS, TEMPLATE, Stack, deploy
 
 FINDINGS = REPO / "events" / "findings"
@@ -78,11 +81,12 @@ class PipelineResult:
     output: Path
     clusters: dict[str, Cluster] = field(default_factory=dict)  # by channel
     steps: dict[str, Any] = field(default_factory=dict)
-    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
-    drift: dict[str, Any] = field(default_factory=dict)  # the staging agent's status after a drift repair
+    agents: dict[str, AgentStatus] = field(default_factory=dict)
+    drift: AgentStatus | None = None  # the staging agent's status after a drift repair
     approver: dict[str, str] = field(default_factory=dict)  # a session of the stack's ApproverRole
     hits: dict[str, Any] = field(default_factory=dict)  # what the export lines fed through the readers gave
     promotion: dict[str, Any] = field(default_factory=dict)  # prod's evidence after the soak and the approval
+    protect: dict[str, Any] = field(default_factory=dict)  # a new detection's way to both clusters, in seconds
 
     def channel_dir(self, channel: str) -> Path:
         return self.output / channel
@@ -109,17 +113,22 @@ def quiet_logs(path: Path) -> Iterator[None]:
 
 
 def create_qualys_secret(server: MotoServer, name: str) -> None:
-    """README "Deploy", step 2: the secret CdrFetch reads, made before the stack."""
+    """docs/deploy.md, step 2: the secret CdrFetch reads, made before the stack."""
     server.client("secretsmanager").create_secret(
         Name=name, SecretString=json.dumps({"username": DEMO_USERNAME, "password": DEMO_PASSWORD})
     )
 
 
-def upload_config(stack: Stack, feeds: FeedServer, crds_dir: Path | None) -> int:
-    """README "Deploy": the channels, the feeds and the clusters' CRDs in the state bucket."""
+def upload_config(
+    stack: Stack, feeds: FeedServer, crds_dir: Path | None, channels: Sequence[Mapping[str, Any]] = CHANNELS
+) -> int:
+    """docs/deploy.md: the channels (the demo's unless given), the feeds and the clusters' CRDs in the
+    state bucket."""
     s3 = stack.client("s3")
     bucket = stack.state_bucket
-    s3.put_object(Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": list(CHANNELS)}))
+    s3.put_object(
+        Bucket=bucket, Key="config/channels.yaml", Body=yaml.safe_dump({"channels": [dict(c) for c in channels]})
+    )
     s3.put_object(Bucket=bucket, Key="config/feeds.yaml", Body=demo_feeds_yaml(feeds.url("/")))
     uploaded = 0
     if crds_dir is not None:
@@ -156,7 +165,7 @@ def assumed(server: MotoServer, keys: dict[str, str], role_arn: str, session_nam
 
 
 def onboard_cluster(stack: Stack, cluster_id: str, channel: str) -> Cluster:
-    """README "Adding a cluster": the identities of the cluster's agent and node readers (each may only
+    """docs/deploy.md, "Adding a cluster": the identities of the cluster's agent and node readers (each may only
     assume its role), the cluster's deploy/cluster-access stack, and their sessions."""
     server, environment = stack.server, stack.parameters["Environment"]
     role_arn = f"arn:aws:iam::{ACCOUNT}:role/cdr-policy-{environment}-cluster-{cluster_id}"
@@ -187,6 +196,7 @@ def run_pipeline(
     crds_dir: Path | None = None,
     environment: str = "demo",
     template: Path = TEMPLATE,
+    time_to_protect: bool = False,
 ) -> PipelineResult:
     """Deploy and run everything once; the agents write into ``output/<channel>``. ``say`` gets one line
     per step (default: this process's standard output). ``template``: the stack's template (a changed
@@ -234,6 +244,8 @@ def run_pipeline(
             result.agents, result.drift = _run_agents(result, say)
             result.promotion = run_promotion(result, say)
             result.hits = run_hits(result, demo_agents(result), say)
+            if time_to_protect:  # last: it publishes a new generation to both channels
+                result.protect = _time_to_protect(result, gateway, say)
         for bucket, folder in ((stack.state_bucket, "state"), (stack.dist_bucket, "dist")):
             _mirror(S3Store(stack.client("s3"), bucket), LocalStore(output / folder))
         say(f"Buckets copied to {output / 'state'} and {output / 'dist'} (for the fleet commands after the run)")
@@ -260,34 +272,38 @@ def _run_functions(result: PipelineResult, say: Callable[[str], None]) -> dict[s
     say("")
     rule = lambdas.schedule_of("CdrFetchFunction")
     say(f"[1/7] CdrFetch (EventBridge rule {rule})")
-    summary = steps["cdr_fetch"] = _checked("[1/7] CdrFetch", lambdas.fire(rule))
-    ind = summary["indicators"]
+    steps["cdr_fetch"] = _checked("[1/7] CdrFetch", lambdas.fire(rule))
+    fetched = CdrRunSummary.from_json(steps["cdr_fetch"])
+    ind = fetched.indicators
     say(
-        f"      findings fetched {summary['fetched']}, unique {summary['unique']}, duplicates "
-        f"{summary['duplicates']}, malformed {summary['malformed_count']}; indicators: {ind['ips']} IPs, "
+        f"      findings fetched {fetched.fetched}, unique {fetched.unique}, duplicates "
+        f"{fetched.duplicates}, malformed {fetched.malformed_count}; indicators: {ind['ips']} IPs, "
         f"{ind['domains']} domains, {ind['ports']} ports"
     )
 
     rule = lambdas.schedule_of("FeedSyncFunction")
     say(f"[2/7] FeedSync (EventBridge rule {rule})")
-    summary = steps["feed_sync"] = _checked("[2/7] FeedSync", lambdas.fire(rule))
-    for name, feed in summary["feeds"].items():
-        say(f"      {name:<20} {feed['status']:<8} {feed['entries']:>6} entries")
+    steps["feed_sync"] = _checked("[2/7] FeedSync", lambdas.fire(rule))
+    for name, feed in FeedSyncSummary.from_json(steps["feed_sync"]).feeds.items():
+        say(f"      {name:<20} {feed.status:<8} {feed.entries:>6} entries")
 
     say("[3/7] Render (RenderQueue <- the state bucket's S3 notifications for indicators/ and config/)")
     delivery = _polled(lambdas, "[3/7] Render", "RenderFunction", steps)
     say(f"      {delivery.messages} notification(s) in {delivery.batches} batch(es), {delivery.failed} failed")
-    for channel, latest in _latest_renders(result.stack).items():
-        say(f"      channel {channel:<8} bundle {latest['digest'][:16]}")
+    state = S3Store(result.stack.client("s3"), result.stack.state_bucket)
+    for channel in CHANNELS:
+        say(f"      channel {channel['name']:<8} bundle {(latest_render(state, channel['name']) or '-')[:16]}")
 
     say("[4/7] Publish (PublishQueue)")
     delivery = _polled(lambdas, "[4/7] Publish", "PublishFunction", steps)
     say(f"      {delivery.messages} publish request(s), {delivery.failed} failed")
-    for channel, manifest in _channel_manifests(result.stack).items():
+    dist = S3Store(result.stack.client("s3"), result.stack.dist_bucket)
+    for channel in CHANNELS:
+        manifest, _ = read_manifest(dist, layout.channel_manifest_key(channel["name"]))
         say(
-            f"      channels/{channel}/manifest.json: bundle {manifest['digest'][:16]}, "
-            f"{len(manifest['files'])} files, "
-            f"signed with {manifest['signature_algorithm']}, expires {manifest['expires_at']}"
+            f"      channels/{manifest.channel}/manifest.json: bundle {manifest.digest[:16]}, "
+            f"{len(manifest.files)} files, "
+            f"signed with {manifest.signature.algorithm if manifest.signature else '-'}, expires {manifest.expires_at}"
         )
     return steps
 
@@ -313,19 +329,9 @@ def _polled(lambdas: LambdaService, step: str, logical: str, steps: dict[str, An
     return delivery
 
 
-def _latest_renders(stack: Stack) -> dict[str, dict[str, Any]]:
-    state = S3Store(stack.client("s3"), stack.state_bucket)
-    return {c["name"]: json.loads(state.get(layout.latest_render_key(c["name"])).data) for c in CHANNELS}
-
-
-def _channel_manifests(stack: Stack) -> dict[str, dict[str, Any]]:
-    dist = S3Store(stack.client("s3"), stack.dist_bucket)
-    return {c["name"]: json.loads(dist.get(layout.channel_manifest_key(c["name"])).data) for c in CHANNELS}
-
-
 def demo_agents(result: PipelineResult) -> dict[str, Agent]:
     """One sync agent per channel, with its cluster's session, applying into ``output/<channel>``. The
-    public key is the signing key's, exported by the operator (README: aws kms get-public-key)."""
+    public key is the signing key's, exported by the operator (docs/deploy.md: aws kms get-public-key)."""
     stack = result.stack
     public_pem = KmsSigner(stack.client("kms"), stack.signing_key_arn).public_key_pem()
     return {
@@ -342,7 +348,7 @@ def demo_agents(result: PipelineResult) -> dict[str, Agent]:
     }
 
 
-def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dict[str, AgentStatus], AgentStatus]:
     say("[5/7] Sync agents (one per cluster, with its cluster's role: poll, verify, apply, report status)")
     statuses = {}
     agents = demo_agents(result)
@@ -350,14 +356,58 @@ def _run_agents(result: PipelineResult, say: Callable[[str], None]) -> tuple[dic
         status = agent.sync_once()
         statuses[channel] = status
         cluster = result.clusters[channel].cluster_id
-        say(f"      {channel:<8} {status['last_poll']['result']}: {status['last_poll']['detail']}")
+        say(f"      {channel:<8} {status.last_poll.result}: {status.last_poll.detail}")
         say(
             f"               objects in {result.channel_dir(channel)}; status at s3://{result.stack.dist_bucket}/status/{cluster}.json"
         )
     return statuses, _show_drift_repair(agents["staging"], result.channel_dir("staging"), say)
 
 
-def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -> dict[str, Any]:
+PROTECT_ADDRESS = "45.153.161.1"  # a reverse shell's destination no sample finding names
+
+
+def _time_to_protect(result: PipelineResult, gateway: FakeQualysGateway, say: Callable[[str], None]) -> dict[str, Any]:
+    """A new detection appears at the gateway; the stack's triggers at once (CdrFetch's rule, then each
+    queue), then the agents of the channels that ship a change at once poll: seconds from the detection
+    to those agents enforcing it. prod promotes from staging: it takes the address after staging's soak."""
+    lambdas, agents = result.lambdas, demo_agents(result)
+    t0 = gateway.publish([reverse_shell_finding(PROTECT_ADDRESS, utcnow())])
+    marks = {}
+    for stage, run in (
+        ("fetch", lambda: lambdas.fire(lambdas.schedule_of("CdrFetchFunction"))),
+        ("render", lambda: lambdas.poll("RenderFunction").invocations),
+        ("publish", lambda: lambdas.poll("PublishFunction").invocations),
+    ):
+        _checked(f"time to protect: {stage}", run())
+        marks[stage] = time.time()
+    immediate = {str(c["name"]) for c in CHANNELS if "promote" not in c}
+    for channel, agent in agents.items():
+        if channel not in immediate:
+            continue
+        status = agent.sync_once()
+        blocked = any(PROTECT_ADDRESS in p.read_text() for p in result.channel_dir(channel).glob("*.yaml"))
+        if status.last_poll.result != "applied" or not blocked:
+            raise DemoFailure("time to protect", f"the {channel} agent does not enforce {PROTECT_ADDRESS}")
+    marks["agents"] = time.time()
+    seconds = {"total": marks["agents"] - t0}
+    previous = t0
+    for stage, at in marks.items():
+        seconds[stage], previous = at - previous, at
+    say(
+        f"Time to protect: a reverse shell to {PROTECT_ADDRESS} appears at the gateway; the "
+        f"{', '.join(sorted(immediate))} agent enforces it {seconds['total']:.1f} s later (fetch "
+        f"{seconds['fetch']:.1f}, render {seconds['render']:.1f}, publish {seconds['publish']:.1f}, "
+        f"agents {seconds['agents']:.1f} s)"
+    )
+    say(
+        "      prod takes it once staging has watched it for prod's soak (promotion); the demo runs each "
+        "trigger at once, a deployment adds the wait for CdrFetch's schedule, "
+        "the batching windows and the agents' poll (docs/time-to-protect.md: make bench (g))"
+    )
+    return seconds
+
+
+def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -> AgentStatus:
     """Delete one object the agent applied, as someone editing the cluster by hand would; one drift
     interval later the agent's unchanged poll puts it back and reports the drift."""
     victim = sorted(folder.glob("tracingpolicy-*.yaml"))[0]
@@ -365,6 +415,6 @@ def _show_drift_repair(agent: Agent, folder: Path, say: Callable[[str], None]) -
     say(f"      drift: deleted {victim.name} by hand; the agent compares every {DEMO_DRIFT_INTERVAL_S:g}s")
     time.sleep(DEMO_DRIFT_INTERVAL_S)
     status = agent.sync_once()
-    say(f"      staging  {status['last_poll']['result']}: {status['last_poll']['detail']}")
+    say(f"      staging  {status.last_poll.result}: {status.last_poll.detail}")
     say(f"               {victim.name} is back: {victim.exists()}")
     return status

@@ -124,16 +124,22 @@ def _free_port() -> int:
 
 @contextmanager
 def moto_server(
-    *, enforce_iam: bool = True, wrap: Callable[[Any], Any] | None = None, tls: LoopbackTls | None = None
+    *,
+    enforce_iam: bool = True,
+    wrap: Callable[[Any], Any] | None = None,
+    tls: LoopbackTls | None = None,
+    tls_terminated: bool = False,
 ) -> Iterator[MotoServer]:
     """fakes/moto_server.py on 127.0.0.1 over HTTPS (``tls``, or a certificate made for it), with an
     administrator. ``enforce_iam``: in a process of its own, every request checked against IAM; else in
-    this process without checks, its WSGI application wrapped in ``wrap`` (a request counter)."""
+    this process without checks, its WSGI application wrapped in ``wrap`` (a request counter).
+    ``tls_terminated``: the server process over HTTP, every request taken as having come over TLS (a
+    fleet of agents; ``fakes.moto_server.make_server``); ``tls`` is still made for the fakes beside it."""
     with tempfile.TemporaryDirectory(prefix="cdr-policy-moto-") as tmp:
         tls = tls or LoopbackTls.create(Path(tmp))
         if enforce_iam:
             assert wrap is None, "a middleware runs only in this process"
-            with _server_process(tls) as url:
+            with _server_process(tls, tls_terminated) as url:
                 admin = _administrator(url, tls)
                 server = MotoServer(url, tls, admin, enforcing=True)
                 server.enforce_iam(True)
@@ -152,13 +158,14 @@ def moto_server(
 
 
 @contextmanager
-def _server_process(tls: LoopbackTls) -> Iterator[str]:
+def _server_process(tls: LoopbackTls, tls_terminated: bool) -> Iterator[str]:
     port = _free_port()
     command = [sys.executable, "-m", "fakes.moto_server", "--port", str(port)]
-    command += ["--certificate", str(tls.certificate), "--key", str(tls.key)]
+    if not tls_terminated:
+        command += ["--certificate", str(tls.certificate), "--key", str(tls.key)]
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log)
-        url = f"https://127.0.0.1:{port}"
+        url = f"{'http' if tls_terminated else 'https'}://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
             while True:

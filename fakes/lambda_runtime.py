@@ -342,7 +342,7 @@ class LambdaService:
         return invocation
 
     def _send(self, logical: str, queue_arn: str, body: str) -> None:
-        self.client(logical, "sqs").send_message(QueueUrl=_queue_url(queue_arn), MessageBody=body)
+        self.client(logical, "sqs").send_message(QueueUrl=queue_url(queue_arn), MessageBody=body)
 
     def fire(self, rule_logical: str) -> list[Invocation]:
         """EventBridge at the time of schedule rule ``rule_logical`` of the stack: its scheduled event to
@@ -366,7 +366,7 @@ class LambdaService:
             if target["Arn"] in by_arn:
                 invocations.append(self.invoke_async(by_arn[target["Arn"]], event))
             elif target["Arn"].split(":")[2] == "sqs":
-                self.stack.client("sqs").send_message(QueueUrl=_queue_url(target["Arn"]), MessageBody=json.dumps(event))
+                self.stack.client("sqs").send_message(QueueUrl=queue_url(target["Arn"]), MessageBody=json.dumps(event))
             else:
                 raise NotImplementedError(f"rule {rule_logical}: no delivery to {target['Arn']} here")
         return invocations
@@ -397,7 +397,7 @@ class LambdaService:
                 continue
             sqs = self.client(logical, "sqs")
             region = mapping["EventSourceArn"].split(":")[3]
-            url = _queue_url(mapping["EventSourceArn"])
+            url = queue_url(mapping["EventSourceArn"])
 
             def invoke(event: dict[str, Any]) -> dict[str, Any] | None:
                 invocation = self.invoke(logical, event)
@@ -413,7 +413,7 @@ class LambdaService:
         return delivery
 
 
-def _queue_url(arn: str) -> str:
+def queue_url(arn: str) -> str:
     """A queue's URL from its ARN, as Lambda and EventBridge address it (no GetQueueUrl: their roles and
     the queue policies grant only what they send, receive and delete)."""
     _, _, _, region, account, name = arn.split(":")

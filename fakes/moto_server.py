@@ -580,10 +580,17 @@ def _remember_request(app: WsgiApp) -> WsgiApp:
 
 
 def make_server(
-    host: str, port: int, *, certificate: str, key: str, wrap: Callable[[WsgiApp], WsgiApp] | None = None
+    host: str,
+    port: int,
+    *,
+    certificate: str | None,
+    key: str | None,
+    wrap: Callable[[WsgiApp], WsgiApp] | None = None,
 ) -> Any:
     """moto's WSGI application with the fills, on ``host:port`` over HTTPS; ``wrap`` puts a middleware
-    of the caller's around it (make costs counts requests)."""
+    of the caller's around it (make costs counts requests). Without a ``certificate``: over HTTP, each
+    request taken as having come over TLS (as behind a proxy that terminates it), for a fleet of clients
+    whose handshakes (one a request: moto closes each connection) would be this machine's CPU."""
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server as werkzeug_server
 
@@ -591,9 +598,19 @@ def make_server(
     app: WsgiApp = _remember_request(DomainDispatcherApplication(create_backend_app))
     if wrap is not None:
         app = wrap(app)
+    if certificate is None or key is None:
+        return werkzeug_server(host, port, _tls_terminated(app), threaded=True, request_handler=MotoRequestHandler)
     return werkzeug_server(
         host, port, app, threaded=True, request_handler=MotoRequestHandler, ssl_context=(certificate, key)
     )
+
+
+def _tls_terminated(app: WsgiApp) -> WsgiApp:
+    def terminated(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        environ["wsgi.url_scheme"] = "https"
+        return app(environ, start_response)
+
+    return terminated
 
 
 @contextmanager
@@ -612,8 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fakes.moto_server", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--certificate", required=True, help="PEM certificate of the server (127.0.0.1)")
-    parser.add_argument("--key", required=True, help="PEM private key of the certificate")
+    parser.add_argument(
+        "--certificate", help="PEM certificate of the server (127.0.0.1); without: HTTP, taken as TLS-terminated"
+    )
+    parser.add_argument("--key", help="PEM private key of the certificate")
     args = parser.parse_args(argv)
     import logging
 

@@ -9,6 +9,7 @@
   oldest first, paged by ``offSet``/``limit`` (``limit`` ≤ 100); answer
   ``{"content": [...], "totalElements": N}`` with the gateway's ``X-RateLimit-*`` headers.
 
+New findings on demand: :meth:`publish` (a detection appearing at the API while it runs).
 Misbehaviour on demand: short token lifetime or :meth:`expire_tokens`; rate limiting every N
 calls (429 with ``Retry-After`` and/or ``X-RateLimit-ToWait-Sec``); scripted faults (:meth:`inject`:
 any status, slow answers for timeouts, dropped connections); ``crash_after_pages`` (every findings
@@ -135,6 +136,7 @@ class RequestRecord:
     headers: dict[str, str]
     form_fields: tuple[str, ...] = ()
     status: int | None = None  # None: the connection was dropped
+    at: float = field(default_factory=time.time)  # when the request arrived (wall clock)
 
 
 class FakeQualysGateway(LoopbackServer):
@@ -224,6 +226,13 @@ class FakeQualysGateway(LoopbackServer):
         """Queue ``fault`` for the next ``times`` requests to ``path`` ("findings" or "auth")."""
         with self._lock:
             self._faults[path].extend(copy.deepcopy(fault) for _ in range(times))
+
+    def publish(self, items: Iterable[Any]) -> float:
+        """``items`` appear at the API (a new detection): every request from now on can see them. Returns
+        that moment (``time.time()``), the start of a time to protect."""
+        with self._lock:
+            self._records = self._index([*self.findings, *items])
+            return time.time()
 
     def expire_tokens(self) -> None:
         """Every token issued so far expires now (as after 4 hours)."""
@@ -419,6 +428,26 @@ SYNTHETIC_CATEGORIES: tuple[tuple[str, str, int | None], ...] = (
     ("Clear_System_Logs", "truncate", None),
     ("Suspicious_Unlisted_Activity", "python3", None),
 )
+
+
+def reverse_shell_finding(address: str, at: datetime) -> dict[str, Any]:
+    """A new network finding detected at ``at``: a reverse shell to ``address`` (category reverse_shell,
+    whose destination the policies block), in the shape of events/findings."""
+    return {
+        "uuid": f"new-{hashlib.sha256(f'{address}/{at.isoformat()}'.encode()).hexdigest()[:32]}",
+        "threatCategory": "Netcat_Reverse_Shell_Execution",
+        "severity": 5,
+        "timestamp": _instant(at),
+        "resourceType": "container",
+        "containerName": "api",
+        "pod": "api-5d8c7b9f4-q7x2n",
+        "processName": "nc",
+        "imageName": "registry.example/shop/api:1.0.0",
+        "eventMessage": f"nc connected to {address}:4444 and spawned /bin/sh",
+        "destinationIp": address,
+        "destinationPort": 4444,
+        "mitreRulesInfo": {"T1059.004": "Unix Shell"},
+    }
 
 
 def synthetic_findings(

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cdr_policy.agent.cli import poll_interval
 from tests.infra.manifests import (
     CLUSTER_SCOPED,
     DEPLOY,
@@ -189,7 +190,7 @@ def test_agent_arguments_are_accepted_by_the_cli(
     args = agent_arguments(deployment, container, objects)
     assert args.bucket.startswith("s3://")
     assert args.kubernetes is True and args.output_dir is None
-    assert args.interval == 60
+    assert poll_interval(args) == 60 and args.profile == "default"  # PROFILE in the ConfigMap: default or fast
     assert args.once is False
     mounted = mounts(pod_spec(deployment), container)
     # The public key comes from a ConfigMap, mounted read-only.
@@ -259,7 +260,7 @@ def test_probes_and_metrics_are_the_agents_endpoints(
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     # Liveness tolerates the three intervals /healthz allows before it calls the loop stalled.
     live = container["livenessProbe"]
-    assert live["periodSeconds"] * live["failureThreshold"] >= args.interval
+    assert live["periodSeconds"] * live["failureThreshold"] >= poll_interval(args)
     service = one(objects, "Service", "cdr-policy-agent-metrics")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]

@@ -33,9 +33,9 @@ def test_operations_are_named_as_the_bill_names_them() -> None:
     assert operation({"REQUEST_METHOD": "POST", "PATH_INFO": "/moto-api/reset"}) == "unsigned:POST"
 
 
-def test_s3_prices_are_the_readme_ones_and_classed_as_billed() -> None:
-    readme = (REPO / "README.md").read_text()
-    row = next(line for line in readme.splitlines() if line.startswith("| S3 Standard |"))
+def test_s3_prices_are_the_cost_guides_and_classed_as_billed() -> None:
+    costs = (REPO / "docs" / "costs.md").read_text()
+    row = next(line for line in costs.splitlines() if line.startswith("| S3 Standard |"))
     assert f"PUT/COPY/POST/LIST {S3_PRICE_PER_1000['PUT']} USD per 1,000" in row
     assert f"GET/HEAD {S3_PRICE_PER_1000['GET']} USD per 1,000" in row
     assert [s3_price_class(op) for op in ("s3:GetObject", "s3:HeadObject", "s3:ListObjects", "s3:PutObject")] == [

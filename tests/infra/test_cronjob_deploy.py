@@ -1,7 +1,7 @@
 """deploy/cronjob/: the original Go operator's deployment (a CronJob in qualys-system reading the
 Secrets qualys-credentials and abuseipdb-credentials), as kustomize renders it: valid against the
 Kubernetes schemas, the agent's RBAC and image, a hardened pod, arguments the real CLI accepts,
-Secrets created by the README's own commands mapped onto the CLI's variables, and that command line
+Secrets created by the migration guide's own commands mapped onto the CLI's variables, and that command line
 run against the fake gateway and the fake API server, within the ServiceAccount's grants."""
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ pytestmark = pytest.mark.infra
 
 CRONJOB = DEPLOY / "cronjob"
 NAMESPACE = "qualys-system"
-README_SECTION = "## Coming from the Go operator"
-# What a user has exported before running the README's commands (the original's variables).
+MIGRATION_GUIDE = "docs/migration.md"
+# What a user has exported before running the migration guide's commands (the original's variables).
 USER_ENV = {
     "QUALYS_USERNAME": "demo_user",
     "QUALYS_PASSWORD": "d3mo p@ss&word=1",
@@ -164,18 +164,15 @@ def test_arguments_are_the_originals_and_the_cli_accepts_them(objects: list[Obj]
     assert others == [o for o in objects if o["kind"] != "CronJob"]
 
 
-def readme_blocks() -> list[str]:
-    """The bash blocks of the README's migration section."""
-    text = (REPO / "README.md").read_text()
-    assert README_SECTION in text
-    section = text.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```bash\n(.*?)```", section, re.S)
+def migration_blocks() -> list[str]:
+    """The bash blocks of the migration guide (docs/migration.md)."""
+    return re.findall(r"```bash\n(.*?)```", (REPO / MIGRATION_GUIDE).read_text(), re.S)
 
 
-def readme_kubectl_creates() -> list[str]:
-    """The README migration section's ``kubectl create secret|configmap`` commands, one line each."""
+def migration_kubectl_creates() -> list[str]:
+    """The migration guide's ``kubectl create secret|configmap`` commands, one line each."""
     commands = []
-    for block in readme_blocks():
+    for block in migration_blocks():
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
             if line.startswith(("kubectl create secret", "kubectl create configmap")):
@@ -183,11 +180,11 @@ def readme_kubectl_creates() -> list[str]:
     return commands
 
 
-def readme_objects(env: dict[str, str]) -> list[Obj]:
+def migration_objects(env: dict[str, str]) -> list[Obj]:
     """What those commands create, run as written (``--dry-run=client``: no cluster needed)."""
     kubectl = tool("kubectl")
     created = []
-    for command in readme_kubectl_creates():
+    for command in migration_kubectl_creates():
         result = subprocess.run(
             ["bash", "-c", f"{shlex.quote(kubectl)} {command[len('kubectl ') :]} --dry-run=client -o yaml"],
             env={"PATH": os.environ["PATH"], "HOME": "/nonexistent", "KUBECONFIG": "/nonexistent", **env},
@@ -201,11 +198,11 @@ def readme_objects(env: dict[str, str]) -> list[Obj]:
     return created
 
 
-def test_the_readme_secrets_map_onto_the_cli_variables(objects: list[Obj]) -> None:
+def test_the_guides_secrets_map_onto_the_cli_variables(objects: list[Obj]) -> None:
     from cdr_policy.qualys.credentials import load_credentials
     from cdr_policy.qualys.platforms import resolve_gateway
 
-    created = readme_objects(USER_ENV)
+    created = migration_objects(USER_ENV)
     secrets = {o["metadata"]["name"]: o for o in created if o["kind"] == "Secret"}
     # The original's Secret names and keys, in the original's namespace.
     assert {name: sorted(s["data"]) for name, s in secrets.items()} == {
@@ -259,7 +256,7 @@ def test_the_cronjob_command_line_applies_within_its_grants(
 
     with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gateway, FakeKubeAPI() as api:
         user_env = {**USER_ENV, "QUALYS_USERNAME": DEMO_USERNAME, "QUALYS_PASSWORD": DEMO_PASSWORD}
-        env = pod_environment(container, readme_objects({**user_env, "QUALYS_GATEWAY_URL": gateway.url}))
+        env = pod_environment(container, migration_objects({**user_env, "QUALYS_GATEWAY_URL": gateway.url}))
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(
             yaml.safe_dump(
@@ -302,15 +299,15 @@ def test_the_cronjob_command_line_applies_within_its_grants(
     assert not refused
 
 
-def test_the_readme_apply_commands_render_what_is_tested(
+def test_the_migration_guides_apply_commands_render_what_is_tested(
     objects: list[Obj], threat_intel: list[Obj], tmp_path: Path
 ) -> None:
-    """``kubectl apply -k`` of the README applies the folders tested here, and its registry overlay,
+    """``kubectl apply -k`` of the migration guide applies the folders tested here, and its registry overlay,
     written by its own commands, renders the threat-intel CronJob with the pushed image."""
-    applied = {p for block in readme_blocks() for p in re.findall(r"^kubectl apply -k (\S+)", block, re.M)}
+    applied = {p for block in migration_blocks() for p in re.findall(r"^kubectl apply -k (\S+)", block, re.M)}
     assert applied == {"deploy/cronjob", "deploy/cronjob/threat-intel", "overlays/qualys-system"}
     assert kustomize(REPO / "deploy/cronjob") == objects
-    (block,) = [b for b in readme_blocks() if "cat > overlays/" in b]
+    (block,) = [b for b in migration_blocks() if "cat > overlays/" in b]
     script = block[block.index("mkdir -p overlays/") : block.index("\nEOF\n") + len("\nEOF\n")]
     shutil.copytree(DEPLOY, tmp_path / "deploy")
     image = "registry.example.com:5000/team/cdr-policy-agent"

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from cdr_policy.agent.observe import AgentMetrics
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.hits.metrics import ReaderMetrics
 from tests.infra.manifests import DEPLOY
 from tests.unit.agent.test_status import GOOD
@@ -36,7 +37,7 @@ def _reader() -> SimpleNamespace:
 
 def _exposed() -> set[str]:
     agent = AgentMetrics(channel="prod", interval_s=60)
-    agent.observe({**GOOD, "hits": {**_table(1, 3).to_section(NOW), "nodes": 1}})
+    agent.observe(AgentStatus.from_json({**GOOD, "hits": {**_table(1, 3).to_section(NOW).to_json(), "nodes": 1}}))
     reader = ReaderMetrics(channel="prod", interval_s=60)
     reader.observe(_reader())  # type: ignore[arg-type]  # a stand-in with what observe() reads of a Reader
     text = agent.exposition() + reader.exposition()

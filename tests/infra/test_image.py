@@ -34,7 +34,7 @@ from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 from fakes.tls import self_signed, server_context
 from tests.infra.manifests import DEPLOY, by_kind, expand, kustomize, mounts, one, pod_environment, pod_spec
 from tests.infra.support import REPO
-from tests.infra.test_cronjob_deploy import USER_ENV, readme_objects
+from tests.infra.test_cronjob_deploy import USER_ENV, migration_objects
 from tests.unit.bundle.factory import ips, network_bundle, render
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
@@ -281,7 +281,7 @@ def test_the_cronjob_command_line_runs_in_its_pod(
     pod, container = workload(cronjob_objects, "CronJob")
     with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gateway:
         user_env = {**USER_ENV, "QUALYS_USERNAME": DEMO_USERNAME, "QUALYS_PASSWORD": DEMO_PASSWORD}
-        env = pod_environment(container, readme_objects({**user_env, "QUALYS_GATEWAY_URL": gateway.url}))
+        env = pod_environment(container, migration_objects({**user_env, "QUALYS_GATEWAY_URL": gateway.url}))
         run = Pod(pod, container, tmp_path, fake, ca, "qualys-system")
         result = docker(
             "run", "--rm", *run.run_args(image, env, {}), *container["command"], *container["args"], timeout=300

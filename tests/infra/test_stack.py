@@ -122,7 +122,7 @@ def resolved(stack: Stack) -> Resolved:
     return Resolved(stack)
 
 
-def test_moto_lacks_the_types_the_readme_names_and_nothing_else_is_made_by_hand(stack: Stack) -> None:
+def test_moto_lacks_the_types_the_deploy_guide_names_and_nothing_else_is_made_by_hand(stack: Stack) -> None:
     from moto.cloudformation import parsing
     from moto.core.common_models import CloudFormationModel
 
@@ -134,8 +134,8 @@ def test_moto_lacks_the_types_the_readme_names_and_nothing_else_is_made_by_hand(
     assert made_here == FILLED_TYPES
     assert deployed - native == FILLED_TYPES - {"AWS::SNS::Subscription"}  # AlarmEmail is empty here
     assert not made_here & native
-    readme = (REPO / "README.md").read_text()
-    assert all(f"`{kind}`" in readme for kind in FILLED_TYPES)
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    assert all(f"`{kind}`" in guide for kind in FILLED_TYPES)
 
 
 def test_every_resource_the_template_declares_is_in_the_stack(stack: Stack, resolved: Resolved) -> None:
@@ -241,6 +241,34 @@ def test_functions_their_roles_and_asynchronous_settings_are_the_translated_temp
         assert config["DestinationConfig"] == props["DestinationConfig"]
 
 
+def _timings(stack: Stack) -> tuple[str, int, int]:
+    """What the deployed stack's event sources say: CdrFetch's schedule, Render's and Publish's batching windows."""
+    events, lambda_api = stack.client("events"), stack.client("lambda")
+    rules = stack.of_type("AWS::Events::Rule")
+    (schedule,) = [events.describe_rule(Name=rules[r])["ScheduleExpression"] for r in rules if r.startswith("CdrFetch")]
+
+    def window(logical: str) -> int:
+        name = stack.physical(logical)
+        (mapping,) = lambda_api.list_event_source_mappings(FunctionName=name)["EventSourceMappings"]
+        return int(mapping["MaximumBatchingWindowInSeconds"])
+
+    return schedule, window("RenderFunction"), window("PublishFunction")
+
+
+def test_the_profile_parameter_sets_the_schedule_and_the_batching_windows(server: MotoServer, stack: Stack) -> None:
+    """One parameter switches a deployment to the fast profile (docs/time-to-protect.md); the two timing
+    parameters still win when given."""
+    assert stack.parameters["Profile"] == "default"
+    assert _timings(stack) == ("rate(15 minutes)", 60, 5)
+    fast = deploy(server, name="cdr-policy-fasttest", parameters={"Environment": "fasttest", "Profile": "fast"})
+    assert _timings(fast) == ("rate(1 minute)", 1, 1)
+    given = {"Environment": "giventest", "Profile": "fast", "CdrFetchSchedule": "rate(5 minutes)"}
+    given["RenderBatchingWindowSeconds"] = "30"
+    assert _timings(deploy(server, name="cdr-policy-giventest", parameters=given)) == ("rate(5 minutes)", 30, 1)
+    with pytest.raises(StackError, match="Profile"):
+        check_parameters(load_template(REPO / "template.yaml"), {"Profile": "fastest"})
+
+
 def test_parameters_cloudformation_would_refuse_are_refused(stack: Stack) -> None:
     template = load_template(REPO / "template.yaml")
     assert check_parameters(template, {})["Environment"] == "dev"
@@ -248,6 +276,8 @@ def test_parameters_cloudformation_would_refuse_are_refused(stack: Stack) -> Non
         {"Environment": "Demo"},
         {"QualysGatewayUrl": "http://127.0.0.1:8443"},
         {"LookbackHours": "0"},
+        {"RenderBatchingWindowSeconds": "0"},
+        {"QualysRequestsPerHour": "0"},
         {"QualysPlatform": "US9"},
         {"Nope": "x"},
     ):

@@ -121,7 +121,9 @@ def test_function_environment_matches_the_settings(
     def own(name: str) -> set[str]:
         return set(functions[name].get("Environment", {}).get("Variables", {}))
 
-    assert own("CdrFetchFunction") == {"QUALYS_SECRET_NAME", "QUALYS_PLATFORM", "QUALYS_GATEWAY_URL"}
+    assert own("CdrFetchFunction") == {
+        "QUALYS_SECRET_NAME", "QUALYS_PLATFORM", "QUALYS_GATEWAY_URL", "QUALYS_REQUESTS_PER_HOUR",
+    }  # fmt: skip
     assert own("FeedSyncFunction") == {"ABUSEIPDB_SECRET_NAME"}
     # a promoting channel's render verifies what the channels shipped and the approvers' grants of changes
     assert own("RenderFunction") == {"PUBLISH_QUEUE_URL", "SIGNING_KEY_ID", "APPROVER_KEY_ID"}
@@ -144,6 +146,7 @@ def test_parameter_defaults_match_the_settings_defaults(template: dict[str, Any]
     assert params["ReputationThreshold"]["Default"] == defaults.reputation_threshold
     assert params["ChangeBudgetPercent"]["Default"] == defaults.change_budget_percent
     assert params["RenderRefreshHours"]["Default"] == defaults.render_refresh_hours
+    assert params["QualysRequestsPerHour"]["Default"] == defaults.qualys_requests_per_hour
     assert (params["RenderRefreshHours"]["MinValue"], params["RenderRefreshHours"]["MaxValue"]) == (
         1,
         MAX_RENDER_REFRESH_HOURS,
@@ -161,10 +164,19 @@ def test_sqs_consumers_report_partial_failures(
         assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
         assert "MaximumBatchingWindowInSeconds" in props
     render = next(iter(functions["RenderFunction"]["Events"].values()))["Properties"]
-    assert render["MaximumBatchingWindowInSeconds"] == {"Ref": "RenderBatchingWindowSeconds"}
+    assert render["MaximumBatchingWindowInSeconds"] == {
+        "Fn::If": [
+            "RenderBatchingWindowGiven",
+            {"Ref": "RenderBatchingWindowSeconds"},
+            {"Fn::FindInMap": ["Profiles", {"Ref": "Profile"}, "RenderBatchingWindowSeconds"]},
+        ]
+    }
     assert render["BatchSize"] > 10, "the debounce needs a batch larger than one write burst"
-    # SQS allows a BatchSize above 10 only with a batching window of at least one second.
-    assert template["Parameters"]["RenderBatchingWindowSeconds"]["MinValue"] >= 1
+    # SQS allows a BatchSize above 10 only with a batching window of at least one second: neither the
+    # parameter nor a profile may give less.
+    pattern = template["Parameters"]["RenderBatchingWindowSeconds"]["AllowedPattern"]
+    assert [v for v in ("0", "1", "60", "300", "301", "") if re.fullmatch(pattern, v)] == ["1", "60", "300", ""]
+    assert all(1 <= p["RenderBatchingWindowSeconds"] <= 300 for p in template["Mappings"]["Profiles"].values())
 
 
 def test_every_queue_has_a_dlq_and_a_long_enough_visibility_timeout(
@@ -256,23 +268,41 @@ def test_render_and_publish_run_one_at_a_time_without_losing_throttled_batches(
         assert queue["RedrivePolicy"]["maxReceiveCount"] >= 5, name
     publish = next(iter(functions["PublishFunction"]["Events"].values()))["Properties"]
     # A render's requests (one per channel, sent within seconds) reach Publish as one batch.
-    assert 1 <= publish["MaximumBatchingWindowInSeconds"] <= 10
+    window = publish["MaximumBatchingWindowInSeconds"]
+    assert window == {"Fn::FindInMap": ["Profiles", {"Ref": "Profile"}, "PublishBatchingWindowSeconds"]}
+    assert all(1 <= p["PublishBatchingWindowSeconds"] <= 10 for p in template["Mappings"]["Profiles"].values())
     assert publish["BatchSize"] >= 10
 
 
 def test_schedules(functions: dict[str, dict[str, Any]], template: dict[str, Any]) -> None:
     expected = {
-        "CdrFetchFunction": ("CdrFetchSchedule", "rate(15 minutes)"),
         "FeedSyncFunction": ("FeedSyncSchedule", "rate(1 hour)"),
         "HitsRollupFunction": ("HitsRollupSchedule", "rate(1 hour)"),
     }
-    for name, (parameter, default) in expected.items():
+    for name in ("CdrFetchFunction", *expected):
         (event,) = functions[name]["Events"].values()
         assert event["Type"] == "Schedule"
-        assert event["Properties"]["Schedule"] == {"Ref": parameter}
-        assert template["Parameters"][parameter]["Default"] == default
+        if name in expected:
+            parameter, default = expected[name]
+            assert event["Properties"]["Schedule"] == {"Ref": parameter}
+            assert template["Parameters"][parameter]["Default"] == default
         assert functions[name]["ReservedConcurrentExecutions"] == 1
         assert functions[name]["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+    # CdrFetch's schedule is the profile's unless CdrFetchSchedule is given (tests/infra/test_stack.py deploys both)
+    (event,) = functions["CdrFetchFunction"]["Events"].values()
+    assert event["Properties"]["Schedule"] == {
+        "Fn::If": [
+            "CdrFetchScheduleGiven",
+            {"Ref": "CdrFetchSchedule"},
+            {"Fn::FindInMap": ["Profiles", {"Ref": "Profile"}, "CdrFetchSchedule"]},
+        ]
+    }
+    params = template["Parameters"]
+    assert params["CdrFetchSchedule"]["Default"] == "" and params["Profile"]["Default"] == "default"
+    profiles = template["Mappings"]["Profiles"]
+    assert set(params["Profile"]["AllowedValues"]) == set(profiles) == {"default", "fast"}
+    assert profiles["default"]["CdrFetchSchedule"] == "rate(15 minutes)"
+    assert profiles["fast"]["CdrFetchSchedule"] == "rate(1 minute)"  # EventBridge's shortest rate
 
 
 def test_state_bucket_notifies_the_render_queue_for_indicators_and_config(
@@ -619,15 +649,15 @@ def test_no_default_qualys_platform_and_a_rule_that_one_is_chosen(template: dict
     assert sorted(chosen) == ["QualysGatewayUrl", "QualysPlatform"]
 
 
-def test_the_readmes_cost_table_uses_each_functions_memory(
+def test_the_cost_guides_table_uses_each_functions_memory(
     template: dict[str, Any], functions: dict[str, dict[str, Any]]
 ) -> None:
     """Issue 21 point 11: the cost table put Render at 1 GB while the template gives it 512 MB."""
-    readme = (REPO / "README.md").read_text()
+    costs = (REPO / "docs" / "costs.md").read_text()
     stages = {"CdrFetchFunction": "CdrFetch", "FeedSyncFunction": "FeedSync", "RenderFunction": "Render"}
     stages["PublishFunction"] = "Publish"
     for name, stage in stages.items():
-        row = next(line for line in readme.splitlines() if line.startswith(f"| {stage} | "))
+        row = next(line for line in costs.splitlines() if line.startswith(f"| {stage} | "))
         memory_gb = setting(template, functions[name], "MemorySize") / 1024
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[5] == f"{memory_gb:g} GB", row

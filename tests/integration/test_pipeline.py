@@ -202,9 +202,9 @@ def test_an_object_deleted_by_hand_comes_back_after_one_drift_interval(
 ) -> None:
     result, lines = pipeline
     drift = result.drift
-    assert drift["last_poll"]["result"] == "repaired"
-    assert len(drift["drift"]["missing"]) == 1 and drift["drift"]["repaired"] is True
-    (missing,) = drift["drift"]["missing"]
+    assert drift.last_poll.result == "repaired" and drift.drift is not None
+    assert len(drift.drift.missing) == 1 and drift.drift.repaired is True
+    (missing,) = drift.drift.missing
     name = missing.split("/")[-1]
     assert (result.channel_dir("staging") / f"tracingpolicy-{name}.yaml").exists()
     assert any("drift repaired (1 missing" in line for line in lines)
@@ -216,8 +216,8 @@ def test_agents_applied_objects_that_pass_the_crds_and_the_checklist(
     result, _ = pipeline
     folders = [result.channel_dir(c["name"]) for c in CHANNELS]
     report = check_files(folders, SchemaSet.from_dir(crds_dir))
-    assert report["objects"] >= 2 * 10
-    assert report["errors"] == 0, [p for f in report["files"] for o in f["objects"] for p in o["problems"]]
+    assert report.objects >= 2 * 10
+    assert report.errors == 0, [p for f in report.files for o in f.objects for p in o.problems]
     kinds = {o["kind"] for o in _objects(folders[0])}
     assert kinds == {"TracingPolicy", "CiliumClusterwideNetworkPolicy", "CiliumCIDRGroup"}
 
@@ -341,7 +341,7 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_applied(
             applier=DirectoryApplier(tmp_path / "applied"),
             state_dir=tmp_path / "state",
         )
-        status = agent.sync_once()
+        status = agent.sync_once().to_json()
     finally:
         dist.put(key, original)
     assert status["last_poll"]["result"] == "refused"
@@ -407,10 +407,11 @@ def test_prod_takes_what_staging_watched_and_the_change_it_holds_on_an_approval(
 ) -> None:
     result, lines = pipeline
     soaked, approved, (held,) = (result.promotion[k] for k in ("soaked", "approved", "held"))
-    assert soaked["counts"]["promote"] > 0 and soaked["counts"]["hold"] == 1
-    reasons = next(c["reasons"] for c in soaked["changes"] if c["change"] == held)
-    assert reasons == ["would have blocked 2 event(s) in protected namespace(s) payments on staging"]
-    assert [(c["change"], c["decision"], c["how"]) for c in approved["changes"]] == [(held, "promote", "approved")]
+    assert soaked.counts.promote > 0 and soaked.counts.hold == 1
+    assert soaked.change(held).reasons == (
+        "would have blocked 2 event(s) in protected namespace(s) payments on staging",
+    )
+    assert [(c.change, c.decision, c.how) for c in approved.changes] == [(held, "promote", "approved")]
     assert any("soak shortened" in line or "the demo's, 24h by default" in line for line in lines)
     env = result.stack.server.admin_env
     _shell(monkeypatch, env)
@@ -426,17 +427,17 @@ def test_the_hits_of_the_export_lines_come_back_to_the_fleet(
     clusters; ``cdr-policy hits`` on the published bundle counts one node's files the same way."""
     result, _ = pipeline
     hits = result.hits
-    assert hits["agree"] and hits["report"]["hits"] > 0
+    assert hits["agree"] and hits["report"].hits > 0
     statuses = hits["statuses"]
-    assert statuses["prod"]["hits"]["nodes"] == 2 and statuses["staging"]["hits"]["nodes"] == 1
-    actions = {c["channel"]: set(c["actions"]) for c in hits["report"]["clusters"]}
+    assert statuses["prod"].hits.nodes == 2 and statuses["staging"].hits.nodes == 1
+    actions = {c.channel: set(c.actions) for c in hits["report"].clusters}
     assert actions == {"prod": {"SIGKILL", "DROPPED"}, "staging": {"POST", "AUDIT"}}  # staging would have blocked
-    assert hits["rollup"]["refused"] == 0 and hits["rollup"]["addresses"] > 0
-    assert {f["feed"] for f in hits["report"]["feeds"] if f["hits"]} and hits["report"]["findings"]
+    assert hits["rollup"].refused == 0 and hits["rollup"].addresses > 0
+    assert {f.feed for f in hits["report"].feeds if f.hits} and hits["report"].findings
     state = _store(result, result.stack.state_bucket)
-    assert read_fired(state.get(layout.FLEET_HITS).data, "fleet.json").hits == hits["report"]["hits"]
+    assert read_fired(state.get(layout.FLEET_HITS).data, "fleet.json").hits == hits["report"].hits
     # the published bundle folder, as the demo copied the bucket
-    folder = result.output / "dist" / layout.published_file_key("prod", statuses["prod"]["applied_digest"], "")
+    folder = result.output / "dist" / layout.published_file_key("prod", statuses["prod"].applied_digest, "")
     node = result.output / "nodes" / "demo-node-1"
     argv = ["hits", "--policies", str(folder), "--tetragon-export", str(node / "tetragon.log")]
     assert main([*argv, "--hubble-export", str(node / "hubble.log"), "--json"]) == 0

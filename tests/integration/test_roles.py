@@ -187,7 +187,7 @@ def test_without_one_grant_its_function_fails_with_access_denied(grant: Grant, w
         if step == AGENTS:
             result = PipelineResult(stack, lambdas, tmp_path, clusters=_clusters(stack))
             with quiet_logs(tmp_path / "agents.log"):
-                polls = [agent.sync_once()["last_poll"]["result"] for agent in demo_agents(result).values()]
+                polls = [agent.sync_once().to_json()["last_poll"]["result"] for agent in demo_agents(result).values()]
             assert polls == ["applied"] * len(CHANNELS), polls
             continue
         before = lambdas.trigger(step)

@@ -1,7 +1,9 @@
-"""The README's walkthrough of a held bundle, run as a new user runs it: its commands as written in
-the README, then the commands the CLI prints when the change budget holds the bundle, copied as
-they are (issue 21: publish -> held -> approve -> publish by copying what the CLI prints). And
-nothing the walkthrough creates can be committed."""
+"""The docs' walkthroughs, run as a new user runs them: every ``<!-- walkthrough:NAME -->`` block of
+the README and of docs/*.md has a test here that runs its commands as written (a block without one,
+or a test whose block is gone, fails). The held-bundle walkthrough then runs the commands the CLI
+prints when the change budget holds the bundle, copied as they are (issue 21: publish -> held ->
+approve -> publish by copying what the CLI prints). And nothing the walkthroughs create can be
+committed."""
 
 from __future__ import annotations
 
@@ -19,13 +21,23 @@ from fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = ".venv/bin/cdr-policy"
+BLOCK = re.compile(r"<!-- walkthrough:([\w-]+) -->\n```bash\n(.*?)```\n<!-- /walkthrough:\1 -->", re.S)
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+TESTED = {"first-run", "held"}  # the walkthroughs the tests below run
 
 
-def readme_commands() -> list[str]:
-    page = (REPO / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"<!-- walkthrough:held -->\n```bash\n(.*?)```\n<!-- /walkthrough:held -->", page, re.S)
-    assert match, "README.md has no walkthrough:held block"
-    return [line for line in match.group(1).replace("\\\n", " ").splitlines() if line.strip()]
+def walkthroughs() -> dict[str, list[str]]:
+    """Each walkthrough block of the docs by name: its command lines, continuations joined."""
+    found: dict[str, list[str]] = {}
+    for page in PAGES:
+        for name, block in BLOCK.findall(page.read_text(encoding="utf-8")):
+            assert name not in found, f"two walkthroughs named {name}"
+            found[name] = [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    return found
+
+
+def test_every_walkthrough_of_the_docs_is_run_here():
+    assert set(walkthroughs()) == TESTED
 
 
 def run(command: str, env: dict[str, str], capsys: pytest.CaptureFixture[str], program: str) -> tuple[int, str]:
@@ -42,7 +54,7 @@ def test_the_held_bundle_walkthrough_works_by_copying_the_printed_commands(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", env["HOME"])  # the agent keeps its state under ~/.cache by default
-    commands = readme_commands()
+    commands = walkthroughs()["held"]
     assert [c.split()[1] for c in commands] == ["keygen", "keygen", "--once", "publish", "agent", "--once", "publish"]
     with FeedServer(root=DEMO_FEEDS_DIR) as feeds:
         Path("feeds.yaml").write_text(demo_feeds_yaml(feeds.url("/")))
@@ -79,6 +91,26 @@ def test_the_held_bundle_walkthrough_works_by_copying_the_printed_commands(
         f"{PROGRAM} channel history local --dist ./channel --public-key keys/bundle-signing.pub", env, capsys, PROGRAM
     )
     assert code == 0 and "approved by local:" in history and history.count("\n") >= 3
+
+
+def test_the_readmes_first_run_works_as_written(env, tmp_path, monkeypatch, capsys):
+    """The README's first run against the fake gateway (``make fake-gateway``'s exports in ``env``):
+    audit-mode policies, checked; signed into a channel folder; the agent applies them."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", env["HOME"])
+    commands = walkthroughs()["first-run"]
+    assert [c.split()[1] for c in commands] == ["--once", "keygen", "publish", "agent"]
+    outputs = []
+    for command in commands:
+        code, out = run(command, env, capsys, PROGRAM)
+        assert code == 0, (command, out)
+        outputs.append(out)
+    policies = sorted(Path("policies").glob("*.yaml"))
+    assert policies and all("Sigkill" not in p.read_text() for p in policies), "audit first"
+    assert (Path("policies") / layout.REPORT_FILE).is_file()
+    assert outputs[2].startswith("published: channel local, bundle "), outputs[2]
+    assert outputs[3].startswith("applied: bundle "), outputs[3]
+    assert sorted(p.name for p in Path("applied").rglob("*.yaml")), "the agent wrote the objects"
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

@@ -29,6 +29,11 @@ class BundleError(CdrPolicyError):
     """A bundle is malformed, tampered with, or its signature does not verify."""
 
 
+class ContractError(BundleError):
+    """A document that crosses a process or a bucket (a status, a summary, a report) is not what its
+    contract says: the message names the document and the field, never the value."""
+
+
 def one_line(error: BaseException | str) -> str:
     """An error's message on one line (a multi-line message, such as a list of checker errors,
     is joined with ``; ``)."""

@@ -65,6 +65,7 @@ def approval_key(channel: str, digest: str, previous: str | None) -> str:
 CDR_CHECKPOINT = f"{STATE_CDR}checkpoint.json"
 CDR_SEEN = f"{STATE_CDR}seen.json"
 CDR_LAST_RUN = f"{STATE_CDR}last-run.json"
+CDR_RATE = f"{STATE_CDR}rate-limit.json"
 CDR_SET = f"{INDICATORS_CDR}current.json"
 
 # -- state folder: the CLI's controller mode (local only) ----------------------------------------
@@ -229,6 +230,11 @@ STATE_KEYS: tuple[KeyFamily, ...] = (
     KeyFamily(CDR_CHECKPOINT, "CdrFetch", "last fully stored window end"),
     KeyFamily(CDR_SEEN, "CdrFetch", "uuids already merged (bounded by the look-back), commit marker"),
     KeyFamily(CDR_LAST_RUN, "CdrFetch", "the last run's summary (`cdr-run.schema.json`)"),
+    KeyFamily(
+        CDR_RATE,
+        "CdrFetch",
+        "times of the Qualys requests of the last hour, and until when the gateway asked to wait (request budget)",
+    ),
     KeyFamily(f"{RAW_CDR}<yyyy>/<mm>/<dd>/<window-start>-<page>.json.gz", "CdrFetch", "raw findings pages (audit)"),
     KeyFamily(CDR_SET, "CdrFetch", "indicator set `source: cdr` (entries + behaviours), merged with TTL"),
     KeyFamily(feed_state_key("<name>"), "FeedSync", "ETag / Last-Modified, last good count, last status"),

@@ -7,6 +7,7 @@ Written beside the policies by the CLI and beside each rendered bundle in the st
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,9 @@ from cdr_policy.timeutil import iso
 if TYPE_CHECKING:
     from cdr_policy.last_good import Unreadable
 
+SCHEMA = "report.schema.json"
 SCHEMA_VERSION = 1
+WHAT = "run report"
 _RENDER_KEYS = (
     "behaviours",
     "budget",
@@ -30,6 +33,67 @@ _RENDER_KEYS = (
     "domains",
     "ports",
 )
+
+
+@dataclass(frozen=True)
+class FeedReport:
+    """One feed's set as the render found it: its status, entries, download error and statistics."""
+
+    status: str
+    entries: int
+    error: str | None
+    fetched_at: str
+    stats: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EngineBudget:
+    """One engine's capacity budget (``policy.capacity.Cut.report``)."""
+
+    limit: int
+    used: int
+    covered: int
+    left_out: int
+    kept_by_hits: int
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """``report.json``: the contract is ``schemas/report.schema.json``, checked on both sides. The
+    parts nobody reads field by field (the events, the policies, the checks ...) stay JSON values."""
+
+    generated_at: str
+    channel: dict[str, Any]
+    events: dict[str, Any]
+    indicators: dict[str, int]
+    feeds: dict[str, FeedReport]
+    rejected: list[dict[str, str]]
+    policies: list[dict[str, Any]]
+    behaviours: list[dict[str, Any]]
+    budget: dict[str, EngineBudget]
+    hits: dict[str, Any] | None
+    left_out: list[dict[str, Any]]
+    left_out_total: int
+    left_out_unranked: dict[str, int]
+    checks: dict[str, Any]
+    domains: dict[str, Any]
+    ports: dict[str, Any]
+    unreadable_sets: list[dict[str, Any]] = field(default_factory=list)  # absent from the document when empty
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {"schema_version": SCHEMA_VERSION, **asdict(self)}
+        if not self.unreadable_sets:
+            del doc["unreadable_sets"]
+        schemas.validate(doc, SCHEMA)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Any) -> RunReport:
+        schemas.check_contract(doc, SCHEMA, WHAT)
+        parts = {name: doc[name] for name in cls.__dataclass_fields__ if name in doc}
+        parts["feeds"] = {name: FeedReport(**feed) for name, feed in doc["feeds"].items()}
+        parts["budget"] = {engine: EngineBudget(**used) for engine, used in doc["budget"].items()}
+        return cls(**parts)
 
 
 def _events(cdr: CdrRunSummary | None) -> dict[str, Any]:
@@ -84,8 +148,9 @@ def build_report(
     cdr: CdrRunSummary | None,
     feeds: dict[str, Any],
     rejected: Iterable[dict[str, Any]],
-) -> dict[str, Any]:
-    """Assemble and validate a report. ``render`` is ``RenderResult.report``; ``cdr`` the CDR fetch's
+    unreadable: Sequence[Unreadable] = (),
+) -> RunReport:
+    """Assemble and check a report. ``render`` is ``RenderResult.report``; ``cdr`` the CDR fetch's
     summary (None when no fetch ran); ``feeds`` maps feed name to its status entry."""
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -98,8 +163,9 @@ def build_report(
         "policies": render["policies"],
         **{k: render[k] for k in _RENDER_KEYS if k in render},
     }
-    schemas.validate(report, "report.schema.json")
-    return report
+    if unreadable:
+        report["unreadable_sets"] = [u.to_report() for u in unreadable]
+    return RunReport.from_json(report)
 
 
 def bundle_report(
@@ -109,17 +175,14 @@ def bundle_report(
     *,
     now: datetime,
     unreadable: Sequence[Unreadable] = (),
-) -> dict[str, Any]:
+) -> RunReport:
     """The report stored beside a rendered bundle: the last CDR run, every set in force and the
     sets that could not be read (``unreadable_sets``: rendered from their last good copy, or left out)."""
-    report = build_report(
+    return build_report(
         now=now,
         render=render,
         cdr=last_cdr_run,
         feeds=_feeds_from_sets(sets),
         rejected=(r.to_dict() for s in sets for r in s.rejected),
+        unreadable=unreadable,
     )
-    if unreadable:
-        report["unreadable_sets"] = [u.to_report() for u in unreadable]
-        schemas.validate(report, "report.schema.json")
-    return report

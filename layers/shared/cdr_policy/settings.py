@@ -42,6 +42,9 @@ class Settings:
     # Hours between scheduled re-renders (template RenderRefreshHours): every channel's
     # bundle_ttl_hours must be at least twice this.
     render_refresh_hours: int = 6
+    # Most findings requests CdrFetch sends to the Qualys gateway in any hour (template
+    # QualysRequestsPerHour; the gateway's own limit is per subscription, shared with other tools).
+    qualys_requests_per_hour: int = 120
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -84,6 +87,7 @@ class Settings:
             idempotency_table=optional("IDEMPOTENCY_TABLE"),
             approver_key_id=optional("APPROVER_KEY_ID"),
             render_refresh_hours=integer("RENDER_REFRESH_HOURS", 6, 1, MAX_RENDER_REFRESH_HOURS),
+            qualys_requests_per_hour=integer("QUALYS_REQUESTS_PER_HOUR", 120, 1, 3600),
         )
 
 

@@ -209,7 +209,7 @@ class S3Store:
 
     def _error(self, exc: Exception, key: str, verb: str) -> StorageError:
         """An SDK error (a service answer, no credentials, no connection) as a StorageError."""
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", "")  # None on a timeout
         if code in ("NoSuchKey", "404", "NotFound"):
             return NotFound(f"s3://{self.bucket}/{key} not found")
         return StorageError(f"cannot {verb} s3://{self.bucket}/{key} ({aws_cause(exc)})")

@@ -15,7 +15,6 @@ from typing import Any
 
 from cdr_policy.bundle.assemble import assemble
 from cdr_policy.bundle.manifest import Settings
-from cdr_policy.bundle.objects import parse_objects
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.serialize import dump_yaml
 from tests.unit.policy.factories import NOW, behaviour, cdr_set, indicator, render
@@ -35,7 +34,7 @@ def _rendered() -> tuple[Objects, Settings]:
     ]
     rendered = render(sets, CHANNEL)
     bundle = assemble(rendered.files, CHANNEL, now=NOW, index=rendered.provenance)
-    return parse_objects(bundle.files), bundle.manifest.settings
+    return bundle.objects, bundle.manifest.settings
 
 
 def rendered() -> tuple[Objects, Settings]:

@@ -77,7 +77,7 @@ def test_parse_duration_refuses_anything_else(text: str) -> None:
 
 
 def test_arguments_and_defaults(tmp_path: Path) -> None:
-    args = parse(
+    base = (
         "--bucket",
         "s3://dist",
         "--channel",
@@ -88,13 +88,17 @@ def test_arguments_and_defaults(tmp_path: Path) -> None:
         "k.pem",
         "--kubernetes",
     )
-    assert (args.interval, args.once, args.kubernetes, args.output_dir, args.state_dir) == (
+    args = parse(*base)
+    assert (cli.poll_interval(args), args.once, args.kubernetes, args.output_dir, args.state_dir) == (
         60.0,
         False,
         True,
         None,
         None,
     )
+    # the fast profile (template.yaml Profile) polls every 10 s; --interval wins over either
+    assert cli.poll_interval(parse(*base, "--profile", "fast")) == 10.0
+    assert cli.poll_interval(parse(*base, "--profile", "fast", "--interval", "30s")) == 30.0
     args = parse(
         "--bucket",
         "d",
@@ -110,7 +114,7 @@ def test_arguments_and_defaults(tmp_path: Path) -> None:
         "5m",
         "--once",
     )
-    assert (args.interval, args.once, args.output_dir) == (300.0, True, tmp_path)
+    assert (cli.poll_interval(args), args.once, args.output_dir) == (300.0, True, tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -136,16 +136,16 @@ def test_restart_with_an_empty_state_dir_refuses_generation_1_and_applies_a_sign
 ) -> None:
     digest_a = ship(A)
     generation_1 = manifest_bytes(bucket)
-    make_agent().sync_once(T0 + MINUTE)
+    make_agent().sync_once(T0 + MINUTE).to_json()
     digest_b = ship(B, T0 + 10 * MINUTE)
-    applied = make_agent().sync_once(T0 + 11 * MINUTE)
+    applied = make_agent().sync_once(T0 + 11 * MINUTE).to_json()
     assert (applied["applied_generation"], applied["applied_digest"]) == (2, digest_b)
     assert record(kube)["generation"] == 2 and record(kube)["digest"] == digest_b
 
     # the pod is rescheduled: a new, empty state dir; someone who can write the bucket serves generation 1
     serve(bucket, generation_1)
     restarted = make_agent(state_dir="fresh-state")
-    status = restarted.sync_once(T0 + 12 * MINUTE)
+    status = restarted.sync_once(T0 + 12 * MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "refused"
     assert status["verification"]["code"] == "replay"
@@ -157,7 +157,7 @@ def test_restart_with_an_empty_state_dir_refuses_generation_1_and_applies_a_sign
     # an operator rolls back to generation 1's bundle: a new, higher, signed generation
     rolled = rollback(bucket, channel="prod", to_generation=1, signer=signer, now=T0 + 13 * MINUTE)
     assert rolled.generation == 3
-    status = restarted.sync_once(T0 + 14 * MINUTE)
+    status = restarted.sync_once(T0 + 14 * MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "applied"
     assert (status["applied_digest"], status["applied_generation"]) == (digest_a, 3)
@@ -174,13 +174,13 @@ def test_a_corrupt_state_dir_does_not_lower_the_bar(
 ) -> None:
     ship(A)
     generation_1 = manifest_bytes(bucket)
-    make_agent().sync_once(T0 + MINUTE)
+    make_agent().sync_once(T0 + MINUTE).to_json()
     ship(B, T0 + 10 * MINUTE)
-    make_agent().sync_once(T0 + 11 * MINUTE)
+    make_agent().sync_once(T0 + 11 * MINUTE).to_json()
     (tmp_path / "agent-state" / "applied.json").write_bytes(b"{ corrupt")
     serve(bucket, generation_1)
 
-    status = make_agent().sync_once(T0 + 12 * MINUTE)
+    status = make_agent().sync_once(T0 + 12 * MINUTE).to_json()
 
     assert status["verification"]["code"] == "replay" and names(kube) == B_NAMES
 
@@ -192,14 +192,14 @@ def test_a_lost_record_falls_back_to_the_generation_on_the_live_objects(
     on the owned live objects (the agent stamps each object it applies)."""
     ship(A)
     generation_1 = manifest_bytes(bucket)
-    make_agent().sync_once(T0 + MINUTE)
+    make_agent().sync_once(T0 + MINUTE).to_json()
     ship(B, T0 + 10 * MINUTE)
-    make_agent().sync_once(T0 + 11 * MINUTE)
+    make_agent().sync_once(T0 + 11 * MINUTE).to_json()
     assert {o["metadata"]["annotations"][GENERATION_ANNOTATION] for o in kube.objects()} == {"2"}
     kube.set_config_map(NS, RECORD_NAME, None)
     serve(bucket, generation_1)
 
-    status = make_agent(state_dir="fresh").sync_once(T0 + 12 * MINUTE)
+    status = make_agent(state_dir="fresh").sync_once(T0 + 12 * MINUTE).to_json()
 
     assert status["verification"]["code"] == "replay"
     assert "owned objects' generation annotations" in status["verification"]["reason"]
@@ -210,7 +210,7 @@ def test_a_corrupt_record_stops_the_sync_instead_of_lowering_the_floor(
     kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
 ) -> None:
     ship(A)
-    make_agent().sync_once(T0 + MINUTE)
+    make_agent().sync_once(T0 + MINUTE).to_json()
     stored = kube.configmap(NS, RECORD_NAME)
     assert stored is not None
     stored["data"]["prod"] = '{"generation": 0}'
@@ -226,7 +226,7 @@ def test_a_corrupt_record_stops_the_sync_instead_of_lowering_the_floor(
     )
     ship(B, T0 + 10 * MINUTE)
 
-    status = make_agent(state_dir="fresh").sync_once(T0 + 11 * MINUTE)
+    status = make_agent(state_dir="fresh").sync_once(T0 + 11 * MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "unreachable"
     assert "is corrupt (no positive integer 'generation'): fix or delete it" in status["last_poll"]["detail"]
@@ -239,7 +239,7 @@ def test_an_unreadable_record_stops_the_sync(
     ship(A)
     kube.fail("configmap", 403, name=RECORD_NAME)
 
-    status = make_agent().sync_once(T0 + MINUTE)
+    status = make_agent().sync_once(T0 + MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "unreachable"
     assert "cannot read the applied generation" in status["last_poll"]["detail"]
@@ -253,7 +253,7 @@ def test_two_agents_never_lower_the_record(
     old = make_agent(state_dir="old")
     old_manifest = manifest_bytes(bucket)
     ship(B, T0 + 10 * MINUTE)
-    make_agent(state_dir="new").sync_once(T0 + 11 * MINUTE)
+    make_agent(state_dir="new").sync_once(T0 + 11 * MINUTE).to_json()
     applier = KubeApplier(kube.url, kube.token)
     # an agent that applied generation 1 late (a slow old replica) tries to record it
     from cdr_policy.agent.state import Record
@@ -261,7 +261,7 @@ def test_two_agents_never_lower_the_record(
     ClusterRecord(applier, NS).save("prod", Record(1, "a" * 64, "2026-01-13T16:00:00Z", "2026-01-10T16:01:00Z"))
     assert record(kube)["generation"] == 2
     serve(bucket, old_manifest)
-    assert old.sync_once(T0 + 12 * MINUTE)["verification"]["code"] == "replay"
+    assert old.sync_once(T0 + 12 * MINUTE).to_json()["verification"]["code"] == "replay"
 
 
 # -- 2. a future-dated manifest does not lock the agent ------------------------------------------
@@ -273,19 +273,19 @@ def test_a_future_dated_manifest_is_refused_and_normal_ones_still_apply(
     agent = make_agent()
     ship(A, T0 + timedelta(days=365))  # a signed manifest stamped a year ahead (a publisher's bad clock)
 
-    status = agent.sync_once(T0 + MINUTE)
+    status = agent.sync_once(T0 + MINUTE).to_json()
 
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "future")
     assert "more than 300s ahead" in status["verification"]["reason"] and kube.objects() == []
     digest_b = ship(B, T0 + 2 * MINUTE)
-    assert agent.sync_once(T0 + 3 * MINUTE)["applied_digest"] == digest_b
+    assert agent.sync_once(T0 + 3 * MINUTE).to_json()["applied_digest"] == digest_b
 
 
 def test_a_small_clock_skew_is_tolerated(
     kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
 ) -> None:
     ship(A, T0 + 4 * MINUTE)
-    assert make_agent().sync_once(T0)["last_poll"]["result"] == "applied"
+    assert make_agent().sync_once(T0).to_json()["last_poll"]["result"] == "applied"
 
 
 # -- 3. the agent refuses to shrink enforcement without a matching approval ------------------------
@@ -314,12 +314,12 @@ def test_an_empty_bundle_over_a_small_channel_is_refused_without_a_matching_appr
 ) -> None:
     ship(A)
     agent = make_agent()
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     ship({}, T0 + 10 * MINUTE)
     fields = {"generation": 2} | ({"approval": approval} if approval else {})
     sign_as_publish(bucket, signer, jsonio.loads(manifest_bytes(bucket)), **fields)
 
-    status = agent.sync_once(T0 + 11 * MINUTE)
+    status = agent.sync_once(T0 + 11 * MINUTE).to_json()
 
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "shrink")
     assert "removes every object (3 now enforced)" in status["verification"]["reason"]
@@ -331,11 +331,11 @@ def test_an_approved_empty_bundle_for_the_applied_digest_is_applied(
 ) -> None:
     digest_a = ship(A)
     agent = make_agent()
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     ship({}, T0 + 10 * MINUTE)  # approved by the operator: approval.previous_digest == digest_a
     assert jsonio.loads(manifest_bytes(bucket))["approval"]["previous_digest"] == digest_a
 
-    status = agent.sync_once(T0 + 11 * MINUTE)
+    status = agent.sync_once(T0 + 11 * MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "applied" and kube.objects() == []
 
@@ -348,16 +348,16 @@ def test_drift_a_deleted_or_edited_object_comes_back_after_one_drift_interval(
 ) -> None:
     ship(A)
     agent = make_agent(drift_interval_s=0.2)
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     kube.delete_object("TracingPolicy", "tp-blocklist-a")
     edited = kube.get_object("CiliumCIDRGroup", "ccg-blocklist-a")
     assert edited is not None
     edited["spec"]["externalCIDRs"] = []
     kube.add_object(edited)
 
-    assert agent.sync_once(T0 + 2 * MINUTE)["last_poll"]["result"] == "unchanged"  # interval not over yet
+    assert agent.sync_once(T0 + 2 * MINUTE).to_json()["last_poll"]["result"] == "unchanged"  # interval not over yet
     time.sleep(0.25)
-    status = agent.sync_once(T0 + 3 * MINUTE)
+    status = agent.sync_once(T0 + 3 * MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "repaired"
     assert status["drift"]["missing"] == ["TracingPolicy/tp-blocklist-a"]
@@ -369,7 +369,7 @@ def test_drift_a_deleted_or_edited_object_comes_back_after_one_drift_interval(
     assert stored["spec"]["externalCIDRs"] == ips(0, 10)
 
     time.sleep(0.25)
-    clean = agent.sync_once(T0 + 4 * MINUTE)
+    clean = agent.sync_once(T0 + 4 * MINUTE).to_json()
     assert clean["last_poll"] == {
         "at": "2026-01-10T16:04:00Z",
         "result": "unchanged",
@@ -390,10 +390,10 @@ def test_an_object_served_under_a_newer_version_is_not_drift(
     }
     ship(files_of(old_api), settings=dataclasses.replace(SETTINGS, cilium_version="1.17"))
     agent = make_agent(drift_interval_s=0.05)
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     time.sleep(0.1)
 
-    status = agent.sync_once(T0 + 2 * MINUTE)
+    status = agent.sync_once(T0 + 2 * MINUTE).to_json()
 
     assert status["last_poll"]["detail"] == "manifest unchanged (ETag)"
     assert status["drift"]["checked_at"] == "2026-01-10T16:02:00Z" and status["drift"]["changed"] == []
@@ -426,11 +426,11 @@ def test_expiry_keeps_what_the_newer_partially_applied_bundle_applied(
             record=ClusterRecord(applier, NS),
         )
         digest_a = ship(A, ttl=timedelta(hours=1))
-        agent.sync_once(T0 + MINUTE)
+        agent.sync_once(T0 + MINUTE).to_json()
         ship(B, T0 + 10 * MINUTE)
-        assert agent.sync_once(T0 + 11 * MINUTE)["last_poll"]["result"] == "apply_failed"
+        assert agent.sync_once(T0 + 11 * MINUTE).to_json()["last_poll"]["result"] == "apply_failed"
 
-        status = agent.sync_once(T0 + timedelta(hours=2))
+        status = agent.sync_once(T0 + timedelta(hours=2)).to_json()
 
         assert status["last_poll"]["result"] == "expired"
         assert f"applied bundle {digest_a[:12]} expired" in status["last_poll"]["detail"]
@@ -449,7 +449,7 @@ def test_a_slow_api_server_cannot_hold_one_sync_past_its_deadline(
     agent = make_agent(sync_deadline_s=1.0)
 
     started = time.monotonic()
-    status = agent.sync_once(T0 + MINUTE)
+    status = agent.sync_once(T0 + MINUTE).to_json()
     took = time.monotonic() - started
 
     assert took < 2.0, took
@@ -457,7 +457,7 @@ def test_a_slow_api_server_cannot_hold_one_sync_past_its_deadline(
     assert "deadline" in status["last_poll"]["detail"] or any("deadline" in e["error"] for e in status["apply_errors"])
     assert bucket.puts[-1] == layout.status_key("eks-prod-1")  # the status still reached the bucket
     kube.delay_s = 0
-    assert agent.sync_once(T0 + 2 * MINUTE)["last_poll"]["result"] == "applied"
+    assert agent.sync_once(T0 + 2 * MINUTE).to_json()["last_poll"]["result"] == "applied"
 
 
 # -- 7. reads are bounded by the signed sizes ------------------------------------------------------
@@ -497,12 +497,12 @@ def test_a_planted_large_file_is_read_no_further_than_its_signed_size_and_only_o
         record=ClusterRecord(applier, NS),
     )
 
-    status = agent.sync_once(T0 + MINUTE)
+    status = agent.sync_once(T0 + MINUTE).to_json()
 
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "too_large")
     assert [r for r in bucket.reads if r[0] == key] == [(key, len(A["cdr-dynamic-blocklist.yaml"]), -1)]
     bucket.reads.clear()
-    assert agent.sync_once(T0 + 2 * MINUTE)["verification"]["code"] == "too_large"
+    assert agent.sync_once(T0 + 2 * MINUTE).to_json()["verification"]["code"] == "too_large"
     assert bucket.reads == []  # the same manifest is not fetched again: its files neither
     assert kube.objects() == []
 
@@ -513,11 +513,11 @@ def test_a_huge_manifest_is_refused_after_one_mebibyte(
     serve(bucket, b"{" + b" " * (4 << 20) + b"}")  # a 4 MiB manifest (300 MB cost 1.3 GB before)
     agent = make_agent()
 
-    status = agent.sync_once(T0)
+    status = agent.sync_once(T0).to_json()
 
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "too_large")
     assert "larger than 1048576 bytes" in status["verification"]["reason"]
-    assert agent.sync_once(T0 + MINUTE)["last_poll"]["result"] == "unchanged"
+    assert agent.sync_once(T0 + MINUTE).to_json()["last_poll"]["result"] == "unchanged"
 
 
 # -- 8. the agent checks against the channel and the cluster, not only the object -------------------
@@ -542,7 +542,7 @@ def test_a_signed_audit_manifest_whose_objects_kill_is_refused(
     files = [e.to_json() for e in entries]
     sign_as_publish(bucket, signer, manifest | {"files": files, "digest": digest}, generation=2)
 
-    status = make_agent().sync_once(T0 + MINUTE)
+    status = make_agent().sync_once(T0 + MINUTE).to_json()
 
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "inadmissible")
     assert "an audit channel's policies never kill or override" in status["verification"]["reason"]
@@ -559,7 +559,7 @@ def test_the_clusters_own_ranges_are_refused_by_the_agent(
     agent = make_agent()
     agent.admission = admission_for(agent.applier, None, protection(("45.0.0.0/24",), where="this cluster"))
 
-    status = agent.sync_once(T0 + MINUTE)
+    status = agent.sync_once(T0 + MINUTE).to_json()
 
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "inadmissible")
     assert "protected range of this cluster" in status["verification"]["reason"]
@@ -576,14 +576,14 @@ def test_an_agent_that_missed_an_approved_step_follows_the_signed_path(
     shrinks what A enforced, and its signed steps show the approved path from A."""
     digest_a = ship(A)
     agent = make_agent()
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     ship({}, T0 + 10 * MINUTE)  # approved over A (the agent does not poll)
     digest_c = ship(network_bundle(ips(100, 2), tag="c"), T0 + 20 * MINUTE)
     steps = jsonio.loads(manifest_bytes(bucket))["steps"]
     assert [(s["generation"], s["how"]) for s in steps] == [(1, "first"), (2, "approved"), (3, "published")]
     assert steps[1]["previous_digest"] == digest_a
 
-    status = agent.sync_once(T0 + 21 * MINUTE)
+    status = agent.sync_once(T0 + 21 * MINUTE).to_json()
 
     assert (status["last_poll"]["result"], status["applied_digest"]) == ("applied", digest_c)
     assert names(kube) == ["ccg-blocklist-c", "ccnp-blocklist-c", "tp-blocklist-c"]
@@ -598,13 +598,13 @@ def test_expiry_applies_the_newer_bundle_held_back_as_a_shrink_instead_of_droppi
 ) -> None:
     ship(A, ttl=timedelta(hours=1))
     agent = make_agent()
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     smaller = network_bundle(ips(100, 2), tag="c")
     ship(smaller, T0 + 10 * MINUTE)
     sign_as_publish(bucket, signer, jsonio.loads(manifest_bytes(bucket)), generation=2)  # no approval, no steps
-    assert agent.sync_once(T0 + 11 * MINUTE)["verification"]["code"] == "shrink"
+    assert agent.sync_once(T0 + 11 * MINUTE).to_json()["verification"]["code"] == "shrink"
 
-    status = agent.sync_once(T0 + timedelta(hours=2))  # A has expired
+    status = agent.sync_once(T0 + timedelta(hours=2)).to_json()  # A has expired
 
     assert status["last_poll"]["result"] == "expired"
     assert "the newer verified bundle held back as a shrink stands in (applied:" in status["last_poll"]["detail"]
@@ -616,14 +616,14 @@ def test_a_lowered_record_and_a_lost_state_dir_do_not_reopen_replay(
 ) -> None:
     ship(A)
     generation_1 = manifest_bytes(bucket)
-    make_agent().sync_once(T0 + MINUTE)
+    make_agent().sync_once(T0 + MINUTE).to_json()
     ship(B, T0 + 10 * MINUTE)
-    make_agent().sync_once(T0 + 11 * MINUTE)
+    make_agent().sync_once(T0 + 11 * MINUTE).to_json()
     lowered = dict(record(kube), generation=1)
     kube.set_config_map(NS, RECORD_NAME, {"prod": jsonio.dumps(lowered).decode()})
     serve(bucket, generation_1)
 
-    status = make_agent(state_dir="fresh").sync_once(T0 + 12 * MINUTE)
+    status = make_agent(state_dir="fresh").sync_once(T0 + 12 * MINUTE).to_json()
 
     assert status["verification"]["code"] == "replay"
     assert "applied generation 2 (the owned objects' generation annotations)" in status["verification"]["reason"]
@@ -645,12 +645,12 @@ def test_in_directory_mode_a_lost_state_dir_does_not_reopen_replay(
 
     ship(A)
     generation_1 = manifest_bytes(bucket)
-    agent("s").sync_once(T0 + MINUTE)
+    agent("s").sync_once(T0 + MINUTE).to_json()
     ship(B, T0 + 10 * MINUTE)
-    agent("s").sync_once(T0 + 11 * MINUTE)
+    agent("s").sync_once(T0 + 11 * MINUTE).to_json()
     serve(bucket, generation_1)
 
-    status = agent("lost").sync_once(T0 + 12 * MINUTE)
+    status = agent("lost").sync_once(T0 + 12 * MINUTE).to_json()
 
     assert status["verification"]["code"] == "replay"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
@@ -681,12 +681,12 @@ def test_expiry_after_a_restart_with_the_bucket_away_keeps_the_newer_bundles_obj
             )
 
         ship(A, ttl=timedelta(hours=1))
-        agent().sync_once(T0 + MINUTE)
+        agent().sync_once(T0 + MINUTE).to_json()
         ship(B, T0 + 10 * MINUTE)
-        assert agent().sync_once(T0 + 11 * MINUTE)["last_poll"]["result"] == "apply_failed"
+        assert agent().sync_once(T0 + 11 * MINUTE).to_json()["last_poll"]["result"] == "apply_failed"
         bucket.down = StorageError("s3://dist: EndpointConnectionError: could not connect")
 
-        status = agent().sync_once(T0 + timedelta(hours=2))  # a new process: nothing of B in memory
+        status = agent().sync_once(T0 + timedelta(hours=2)).to_json()  # a new process: nothing of B in memory
 
         assert status["last_poll"]["result"] == "expired"
         assert "kept 2 object(s) of a newer verified bundle" in status["last_poll"]["detail"]
@@ -698,7 +698,7 @@ def test_an_object_with_its_labels_stripped_and_its_spec_downgraded_is_repaired(
 ) -> None:
     ship(A)
     agent = make_agent(drift_interval_s=0.05)
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     stripped = kube.get_object("TracingPolicy", "tp-blocklist-a")
     assert stripped is not None
     stripped["metadata"]["labels"] = {"team": "someone-else"}
@@ -706,7 +706,7 @@ def test_an_object_with_its_labels_stripped_and_its_spec_downgraded_is_repaired(
     kube.add_object(stripped)
     time.sleep(0.1)
 
-    status = agent.sync_once(T0 + 2 * MINUTE)
+    status = agent.sync_once(T0 + 2 * MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "repaired" and status["drift"]["repaired"] is True
     assert status["drift"]["missing"] == ["TracingPolicy/tp-blocklist-a"]
@@ -768,7 +768,7 @@ def test_a_signed_yaml_alias_bomb_is_refused_at_once(
     _signed_with(bucket, signer, {"bomb.yaml": BOMB})
     started = time.monotonic()
 
-    status = make_agent().sync_once(T0 + MINUTE)
+    status = make_agent().sync_once(T0 + MINUTE).to_json()
 
     assert time.monotonic() - started < 10
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "inadmissible")
@@ -782,7 +782,7 @@ def test_a_signed_manifest_listing_a_gibibyte_is_refused_before_any_file_is_read
     _signed_with(bucket, signer, {"huge.yaml": b"x"}, sizes={"huge.yaml": 1 << 30})
     bucket.puts.clear()
 
-    status = make_agent().sync_once(T0 + MINUTE)
+    status = make_agent().sync_once(T0 + MINUTE).to_json()
 
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "malformed")
     assert kube.objects() == []
@@ -794,12 +794,12 @@ def test_deeply_nested_json_at_the_manifest_key_is_refused_and_the_agent_goes_on
     serve(bucket, b"[" * 100_000 + b"]" * 100_000)
     agent = make_agent()
 
-    status = agent.sync_once(T0 + MINUTE)
+    status = agent.sync_once(T0 + MINUTE).to_json()
 
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "malformed")
     assert "nested deeper than 32 levels" in status["verification"]["reason"]
     ship(A, T0 + 2 * MINUTE)
-    assert agent.sync_once(T0 + 3 * MINUTE)["last_poll"]["result"] == "applied"
+    assert agent.sync_once(T0 + 3 * MINUTE).to_json()["last_poll"]["result"] == "applied"
 
 
 @pytest.mark.parametrize("where", ["manifest", "bundle file"])
@@ -828,7 +828,7 @@ def test_a_fifo_planted_in_a_distribution_folder_never_blocks_the_agent(
         state_dir=tmp_path / "s",
     )
 
-    status = agent.sync_once(T0 + MINUTE)  # would block forever reading the FIFO
+    status = agent.sync_once(T0 + MINUTE).to_json()  # would block forever reading the FIFO
 
     assert status["last_poll"]["result"] == "unreachable"
     assert "is not a regular file" in status["last_poll"]["detail"]

@@ -9,26 +9,33 @@ import httpx
 import pytest
 
 from cdr_policy.agent.observe import AgentMetrics, ObservabilityServer
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.timeutil import parse_iso
+from tests.unit.agent.test_status import GOOD
 
 DIGEST = "ab" * 32
 NOW = parse_iso("2026-03-01T12:00:00Z").timestamp()
 
 
-def status(result: str, **extra: Any) -> dict[str, Any]:
+def status(result: str, **extra: Any) -> AgentStatus:
     doc: dict[str, Any] = {
+        **GOOD,
         "channel": "prod",
         "applied_digest": DIGEST if result in ("applied", "unchanged", "repaired") else None,
         "applied_generation": 7,
         "applied_at": "2026-03-01T11:00:00Z",
         "applied_expires_at": "2026-03-04T11:00:00Z",
         "last_poll": {"at": "2026-03-01T12:00:00Z", "result": result, "detail": "..."},
-        "verification": {"ok": result != "refused", "code": "bad_signature" if result == "refused" else None},
+        "verification": {
+            **GOOD["verification"],
+            "ok": result != "refused",
+            "code": "bad_signature" if result == "refused" else None,
+        },
         "objects": {"applied": 17, "deleted": 0},
         "apply_errors": [],
         "drift": None,
     }
-    return doc | extra
+    return AgentStatus.from_json(doc | extra)
 
 
 @pytest.fixture
@@ -45,8 +52,13 @@ def metrics(clock: list[float]) -> AgentMetrics:
 def test_metrics_follow_the_status_documents(metrics: AgentMetrics) -> None:
     metrics.observe(status("applied"))
     metrics.observe(status("refused"))
-    metrics.observe(status("unchanged", drift={"repaired": True, "missing": ["x"], "changed": [], "extra": []}))
-    metrics.observe(status("apply_failed", apply_errors=[{"kind": "TracingPolicy", "name": "a"}]))
+    metrics.observe(
+        status(
+            "unchanged",
+            drift={"checked_at": GOOD["applied_at"], "repaired": True, "missing": ["x"], "changed": [], "extra": []},
+        )
+    )
+    metrics.observe(status("apply_failed", apply_errors=GOOD["apply_errors"]))
     text = metrics.exposition()
     assert "# TYPE cdr_policy_agent_polls_total counter" in text
     for line in (

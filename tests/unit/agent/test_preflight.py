@@ -21,7 +21,7 @@ from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.preflight import run_preflight
 from cdr_policy.agent.reconcile import reconcile
-from cdr_policy.agent.status import read_status
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.manifest import Settings
 from cdr_policy.bundle.signing import LocalSigner, Verifier
@@ -136,7 +136,7 @@ def test_non_default_deny_off_applies_tetragon_refuses_cilium_and_reports(
     ship(bundle_files("1.17"))
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17"), config_maps=OFF) as kube:
         with caplog.at_level(logging.ERROR):
-            status = agent_for(kube).sync_once(T0 + MINUTE)
+            status = agent_for(kube).sync_once(T0 + MINUTE).to_json()
 
         assert kinds(kube) == {"TracingPolicy"}, "the Tetragon part applies, no Cilium object does"
         first_apply = next(i for i, op in enumerate(kube.operations) if op.verb == "apply")
@@ -151,7 +151,7 @@ def test_non_default_deny_off_applies_tetragon_refuses_cilium_and_reports(
     assert preflight["cluster"]["cilium_versions"] == "1.17"
     held = [e for e in status["apply_errors"] if e["action"] == "preflight"]
     assert {e["kind"] for e in held} == CILIUM_KINDS and len(held) == len(status["apply_errors"])
-    assert read_status(bucket.inner.get(layout.status_key("eks-prod-1")).data) == status  # schema-valid
+    assert AgentStatus.parse(bucket.inner.get(layout.status_key("eks-prod-1")).data).to_json() == status  # schema-valid
     assert any("pre-flight" in r.getMessage() for r in caplog.records)
 
 
@@ -161,19 +161,19 @@ def test_live_deny_policies_are_withdrawn_and_a_fixed_config_is_picked_up(
     ship(bundle_files("1.17"))
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17"), config_maps=ON) as kube:
         agent = agent_for(kube)
-        assert agent.sync_once(T0 + MINUTE)["last_poll"]["result"] == "applied"
+        assert agent.sync_once(T0 + MINUTE).to_json()["last_poll"]["result"] == "applied"
         assert kinds(kube) == {"TracingPolicy", *CILIUM_KINDS}
 
         kube.set_config_map("kube-system", "cilium-config", {"enable-non-default-deny-policies": "false"})
         ship(bundle_files("1.17", "91.92.93.0/24"), when=T0 + 2 * MINUTE)
-        status = agent.sync_once(T0 + 3 * MINUTE)
+        status = agent.sync_once(T0 + 3 * MINUTE).to_json()
         assert status["last_poll"]["result"] == "partial"
         assert kinds(kube) == {"TracingPolicy"}, "the live deny policy and its groups are withdrawn"
         # the withdrawn CCNP and CCG, and the Tetragon blocklist the new bundle replaced
         assert status["objects"]["deleted"] == 3
 
         kube.set_config_map("kube-system", "cilium-config", {})  # key absent: Cilium's default, on
-        status = agent.sync_once(T0 + 4 * MINUTE)  # same manifest: verified again, not skipped by ETag
+        status = agent.sync_once(T0 + 4 * MINUTE).to_json()  # same manifest: verified again, not skipped by ETag
         assert status["last_poll"]["result"] == "applied" and status["preflight"]["findings"] == []
         assert kinds(kube) == {"TracingPolicy", *CILIUM_KINDS}
 
@@ -185,7 +185,7 @@ def test_an_unverifiable_config_withholds_cilium_and_keeps_what_is_live(
     ship(bundle_files("1.17"))
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17"), config_maps=ON) as kube:
         agent = agent_for(kube)
-        agent.sync_once(T0 + MINUTE)
+        agent.sync_once(T0 + MINUTE).to_json()
         live = sorted(o["metadata"]["name"] for o in kube.objects() if o["kind"] in CILIUM_KINDS)
         if problem == "missing":
             kube.set_config_map("kube-system", "cilium-config", None)
@@ -193,7 +193,7 @@ def test_an_unverifiable_config_withholds_cilium_and_keeps_what_is_live(
             kube.fail("configmap", 403, times=10)
         # a new bundle with other Cilium objects: they are not applied, the live ones not pruned
         ship(file_bytes(render([cdr_set([indicator("91.92.93.0/24")])], ChannelSettings(name="prod"))), T0 + 2 * MINUTE)
-        status = agent.sync_once(T0 + 3 * MINUTE)
+        status = agent.sync_once(T0 + 3 * MINUTE).to_json()
         assert status["last_poll"]["result"] == "partial"
         assert status["preflight"]["cilium"] == "withhold"
         code = {"missing": "cilium-config-missing", "forbidden": "cilium-config-unreadable"}[problem]
@@ -208,7 +208,7 @@ def test_the_cilium_namespace_is_configurable(
     ship(bundle_files("1.17"))
     elsewhere = {("cilium", "cilium-config"): {"enable-non-default-deny-policies": "true"}}
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17"), config_maps=elsewhere) as kube:
-        status = agent_for(kube, cilium_namespace="cilium").sync_once(T0 + MINUTE)
+        status = agent_for(kube, cilium_namespace="cilium").sync_once(T0 + MINUTE).to_json()
         assert status["last_poll"]["result"] == "applied"
         assert status["preflight"]["cluster"]["cilium_namespace"] == "cilium"
         assert ("configmap", "ConfigMap", "cilium-config") in kube.ops("configmap")
@@ -225,7 +225,7 @@ def test_the_agent_reports_a_version_mismatch_instead_of_refusing_the_whole_bund
     back and the Tetragon part still checked and applied."""
     ship(bundle_files("1.18"))
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17")) as kube:
-        status = agent_for(kube, checked=True).sync_once(T0 + MINUTE)
+        status = agent_for(kube, checked=True).sync_once(T0 + MINUTE).to_json()
         assert kinds(kube) == {"TracingPolicy"}
         first_apply = next(i for i, op in enumerate(kube.operations) if op.verb == "apply")
         assert "configmap" in [op.verb for op in kube.operations[:first_apply]]
@@ -247,7 +247,7 @@ def test_admission_still_refuses_a_bad_tetragon_object(
     files[name] = files[name].replace(b"  podSelector: {}\n", b"  podSelector: {}\n  bogus: 1\n")  # unknown field
     plant_signed(bucket, files, signer, settings=SIGKILL)
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17")) as kube:
-        status = agent_for(kube, checked=True).sync_once(T0 + MINUTE)
+        status = agent_for(kube, checked=True).sync_once(T0 + MINUTE).to_json()
         assert kube.ops("apply") == []
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "inadmissible")
     assert "1 field(s) our compiler never writes" in status["verification"]["reason"]
@@ -289,7 +289,7 @@ def test_declared_cilium_version_is_compared_with_what_the_cluster_serves(
     if expected[0] == "apply":
         assert errors == [] and {o["kind"] for o in objects} == live  # 1.16: plain CIDRs, no groups
     else:
-        assert {e["action"] for e in errors} == {"preflight"} and not (CILIUM_KINDS & live)
+        assert {e.action for e in errors} == {"preflight"} and not (CILIUM_KINDS & live)
         assert "TracingPolicy" in live and applied >= 1
 
 
@@ -304,8 +304,8 @@ def test_the_clis_apply_path_runs_the_preflight_itself(crds_dir: Path) -> None:
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17"), config_maps=OFF) as kube:
         errors, applied, deleted = reconcile(KubeApplier(kube.url, kube.token), objects, channel="local")
         assert kinds(kube) == {"TracingPolicy"}
-    assert {(e["kind"], e["action"]) for e in errors} == {(k, "preflight") for k in CILIUM_KINDS}
-    assert all("enable-non-default-deny-policies" in e["error"] for e in errors)
+    assert {(e.kind, e.action) for e in errors} == {(k, "preflight") for k in CILIUM_KINDS}
+    assert all("enable-non-default-deny-policies" in e.error for e in errors)
     assert applied == sum(o["kind"] == "TracingPolicy" for o in objects) and deleted == 0
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from cdr_policy import jsonio
-from cdr_policy.agent.status import read_status
-from cdr_policy.errors import BundleError
+from cdr_policy.agent.status import AgentStatus
+from cdr_policy.errors import ContractError
 
 GOOD = {
     "schema_version": 1,
@@ -36,29 +36,54 @@ GOOD = {
 }
 
 
-def test_a_valid_status_reads_back() -> None:
-    assert read_status(jsonio.dumps(GOOD)) == GOOD
+def test_a_valid_status_reads_back_as_it_was_written() -> None:
+    status = AgentStatus.parse(jsonio.dumps(GOOD))
+    assert status.last_poll.result == "unchanged" and status.apply_errors[0].action == "apply"
+    assert status.to_json() == {**GOOD, "preflight": None, "hits": None}
+    assert AgentStatus.from_json(status.to_json()) == status
 
 
 @pytest.mark.parametrize(
-    "mutate",
+    ("mutate", "field"),
     [
-        lambda d: d.pop("verification"),
-        lambda d: d["last_poll"].update(result="fine"),
-        lambda d: d.update(applied_digest="abc"),
-        lambda d: d.update(cluster_id="../etc"),
-        lambda d: d["apply_errors"][0].update(action="patch"),
-        lambda d: d.update(extra=1),
-        lambda d: d["last_poll"].update(at="yesterday"),
+        (lambda d: d.pop("verification"), "<root>: 'verification' is a required property"),
+        (lambda d: d["last_poll"].update(result="fine"), "last_poll/result"),
+        (lambda d: d.update(applied_digest="abc"), "applied_digest"),
+        (lambda d: d.update(cluster_id="../etc"), "cluster_id"),
+        (lambda d: d["apply_errors"][0].update(action="patch"), "apply_errors/0/action"),
+        (lambda d: d.update(extra=1), "<root>: has 1 property the schema does not allow"),
+        (lambda d: d["last_poll"].update(at="yesterday"), "last_poll/at"),
+        (lambda d: d.update(applied_generation="4"), "applied_generation"),
+        (lambda d: d["objects"].update(applied=-1), "objects/applied"),
     ],
 )
-def test_malformed_status_is_refused(mutate: Callable[[dict[str, Any]], object]) -> None:
+def test_malformed_status_is_refused_naming_the_field_not_the_value(
+    mutate: Callable[[dict[str, Any]], object], field: str
+) -> None:
     doc = copy.deepcopy(GOOD)
     mutate(doc)
-    with pytest.raises(BundleError, match="malformed agent status"):
-        read_status(jsonio.dumps(doc))
+    with pytest.raises(ContractError, match="malformed agent status") as caught:
+        AgentStatus.parse(jsonio.dumps(doc))
+    assert field in str(caught.value) and "../etc" not in str(caught.value) and "yesterday" not in str(caught.value)
+    with pytest.raises(ContractError, match="malformed agent status"):
+        AgentStatus.from_json(doc)
 
 
-def test_non_json_status_is_refused() -> None:
-    with pytest.raises(BundleError, match="not valid JSON"):
-        read_status(b"{")
+@pytest.mark.parametrize(
+    "data",
+    [b"{", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000, b"null", b"[]", jsonio.dumps({"a" * 10_000: 1})],
+)
+def test_hostile_status_bytes_are_one_contract_error(data: bytes) -> None:
+    with pytest.raises(ContractError, match="^malformed agent status: ") as caught:
+        AgentStatus.parse(data)
+    assert "a" * 100 not in str(caught.value)
+
+
+def test_a_deeply_nested_document_handed_over_parsed_is_one_contract_error() -> None:
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(5_000):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(ContractError, match="nested deeper than"):
+        AgentStatus.from_json({**GOOD, "drift": deep})

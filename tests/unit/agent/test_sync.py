@@ -17,15 +17,15 @@ from cdr_policy.admission import Admission, protection
 from cdr_policy.agent.applier import Applier
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
-from cdr_policy.agent.status import read_status
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.signing import LocalSigner, Verifier, generate_local_key
 from cdr_policy.errors import ConfigError, StorageError
-from cdr_policy.hits.aggregate import HitTable
+from cdr_policy.hits.aggregate import HitsSection, HitTable
 from cdr_policy.hits.tally import Totals
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.stages.publish import publish_bundle
-from cdr_policy.storage import LocalStore, StoredObject
+from cdr_policy.storage import LocalStore, Store, StoredObject
 from cdr_policy.timeutil import iso, utcnow
 from fakes.kube import FakeKubeAPI
 from fakes.stores import RecordingStore
@@ -107,7 +107,7 @@ def names(kube: FakeKubeAPI, kind: str | None = None) -> list[str]:
 
 
 def stored_status(bucket: RecordingStore) -> dict[str, Any]:
-    return read_status(bucket.inner.get(layout.status_key("eks-prod-1")).data)
+    return AgentStatus.parse(bucket.inner.get(layout.status_key("eks-prod-1")).data).to_json()
 
 
 A = network_bundle(ips(0, 10), tag="a")
@@ -126,7 +126,7 @@ def test_applies_a_new_bundle_and_reports(
     digest = ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
 
-    status = agent.sync_once(T0 + MINUTE)
+    status = agent.sync_once(T0 + MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "applied"
     assert (status["applied_digest"], status["applied_at"]) == (digest, "2026-01-10T16:01:00Z")
@@ -144,7 +144,7 @@ def test_applies_a_new_bundle_and_reports(
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "cdr-policy"
         assert obj["metadata"]["labels"]["cdr-policy.io/channel"] == "prod"
     assert stored_status(bucket) == status
-    assert read_status((tmp_path / "agent-state" / "status.json").read_bytes()) == status
+    assert AgentStatus.parse((tmp_path / "agent-state" / "status.json").read_bytes()).to_json() == status
     saved = jsonio.loads((tmp_path / "agent-state" / "applied.json").read_bytes())
     assert saved["manifest"]["digest"] == digest
 
@@ -154,14 +154,88 @@ def test_an_unchanged_manifest_costs_one_conditional_read(
 ) -> None:
     ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     before = len(kube.operations)
 
-    status = agent.sync_once(T0 + 2 * MINUTE)
+    status = agent.sync_once(T0 + 2 * MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "unchanged"
     assert len(kube.operations) == before
     assert status["objects"] == {"applied": 3, "deleted": 0}
+
+
+class ReadCounting(RecordingStore):
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.reads: list[str] = []
+
+    def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
+        self.reads.append(key)
+        return super().get(key, max_bytes=max_bytes)
+
+
+def test_a_new_bundle_reads_only_the_files_that_changed_and_a_restart_reads_all(
+    kube: FakeKubeAPI, state: LocalStore, signer: LocalSigner, verifier: Verifier, dist: LocalStore, tmp_path: Path
+) -> None:
+    bucket = ReadCounting(dist)
+    a = network_bundle(ips(0, 10), tag="a")
+    grown = "cilium-cdr-blocklist-cidrs-001.yaml"
+    b = {**a, grown: network_bundle(ips(0, 11), tag="a")[grown]}  # one more address: one file changes
+
+    def ship(files: dict[str, bytes], when: datetime) -> str:
+        digest = render(state, files, channel="prod", created=when)
+        assert publish_bundle(
+            state, bucket, channel="prod", digest=digest, signer=signer, now=when, change_budget_percent=100
+        ).shipped
+        return digest
+
+    def agent() -> Agent:
+        return Agent(
+            bucket,
+            channel="prod",
+            cluster_id="eks-prod-1",
+            verifier=verifier,
+            applier=KubeApplier(kube.url, kube.token),
+            state_dir=tmp_path / "agent-state",
+        )
+
+    def bundle_reads(digest: str) -> list[str]:
+        folder = layout.published_file_key("prod", digest, "")
+        return sorted(k.removeprefix(folder) for k in bucket.reads if k.startswith(folder))
+
+    ship(a, T0)
+    first = agent()
+    first.sync_once(T0 + MINUTE)
+    second_digest = ship(b, T0 + 2 * MINUTE)
+
+    status = first.sync_once(T0 + 3 * MINUTE)
+
+    assert status.last_poll.result == "applied" and status.applied_digest == second_digest
+    assert bundle_reads(second_digest) == [grown]
+    group = next(o for o in kube.objects("CiliumCIDRGroup"))
+    assert len(group["spec"]["externalCIDRs"]) == 11
+    # a restarted agent holds no files: a new bundle is read whole (and checked whole)
+    bucket.reads.clear()
+    third_digest = ship(a, T0 + 4 * MINUTE)
+    assert agent().sync_once(T0 + 5 * MINUTE).applied_digest == third_digest
+    assert bundle_reads(third_digest) == sorted(a)
+
+
+def test_a_file_held_from_the_last_bundle_is_checked_like_a_read_one(
+    state: LocalStore, signer: LocalSigner, dist: LocalStore
+) -> None:
+    from cdr_policy.bundle.loader import load_bundle
+    from cdr_policy.bundle.manifest import Manifest, VerificationError
+
+    digest = render(state, A, channel="prod", created=T0)
+    publish_bundle(state, dist, channel="prod", digest=digest, signer=signer, now=T0, change_budget_percent=100)
+    manifest = Manifest.parse(dist.get(layout.channel_manifest_key("prod")).data, "manifest")
+    entry = manifest.files[0]
+
+    with pytest.raises(VerificationError, match="file mismatch"):
+        load_bundle(dist, manifest, published=True, known={entry.sha256: b"not what was signed"})
+    held = load_bundle(dist, manifest, published=True, known={entry.sha256: A[entry.path]})
+    assert dict(held.files) == A
 
 
 def test_apply_order_groups_first_new_before_old_policies_before_groups(
@@ -169,11 +243,11 @@ def test_apply_order_groups_first_new_before_old_policies_before_groups(
 ) -> None:
     ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     kube.operations.clear()
     ship(B, T0 + 10 * MINUTE)
 
-    status = agent.sync_once(T0 + 11 * MINUTE)
+    status = agent.sync_once(T0 + 11 * MINUTE).to_json()
 
     assert status["objects"] == {"applied": 3, "deleted": 3}
     changes = kube.ops("apply", "delete")
@@ -193,7 +267,7 @@ def test_prunes_only_what_it_owns(
 ) -> None:
     ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     kube.add_object(tracing_policy("hand-made") | {"metadata": {"name": "hand-made", "labels": {"team": "sec"}}})
     kube.add_object(
         tracing_policy("other-tool")
@@ -202,7 +276,7 @@ def test_prunes_only_what_it_owns(
     kube.add_object(ccg("staging-group", [], channel="staging"))
     ship(B, T0 + 10 * MINUTE)
 
-    agent.sync_once(T0 + 11 * MINUTE)
+    agent.sync_once(T0 + 11 * MINUTE).to_json()
 
     assert names(kube, "TracingPolicy") == ["hand-made", "other-tool", "tp-blocklist-b"]
     assert names(kube, "CiliumCIDRGroup") == ["ccg-blocklist-b", "staging-group"]
@@ -213,13 +287,13 @@ def test_a_foreign_object_with_the_same_name_is_left_alone(
 ) -> None:
     ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     foreign = tracing_policy("tp-blocklist-b") | {"metadata": {"name": "tp-blocklist-b", "labels": {"team": "sec"}}}
     kube.add_object(foreign)
-    digest_a = agent.sync_once(T0 + 2 * MINUTE)["applied_digest"]
+    digest_a = agent.sync_once(T0 + 2 * MINUTE).to_json()["applied_digest"]
     ship(B, T0 + 10 * MINUTE)
 
-    status = agent.sync_once(T0 + 11 * MINUTE)
+    status = agent.sync_once(T0 + 11 * MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "apply_failed"
     assert status["apply_errors"] == [
@@ -250,10 +324,10 @@ def test_one_rejected_object_does_not_stop_the_others_and_is_retried(
     with FakeKubeAPI(validator=validator) as kube:
         digest_a = ship(A)
         agent = make_agent(KubeApplier(kube.url, kube.token))
-        agent.sync_once(T0 + MINUTE)
+        agent.sync_once(T0 + MINUTE).to_json()
         digest_b = ship(B, T0 + 10 * MINUTE)
 
-        failed = agent.sync_once(T0 + 11 * MINUTE)
+        failed = agent.sync_once(T0 + 11 * MINUTE).to_json()
 
         assert failed["last_poll"]["result"] == "apply_failed"
         assert [(e["name"], e["action"]) for e in failed["apply_errors"]] == [("ccnp-blocklist-b", "apply")]
@@ -263,7 +337,7 @@ def test_one_rejected_object_does_not_stop_the_others_and_is_retried(
         assert sorted(names(kube)) == sorted(A_NAMES + ["ccg-blocklist-b", "tp-blocklist-b"])
 
         reject["on"] = False
-        retried = agent.sync_once(T0 + 12 * MINUTE)  # same manifest: fetched again, not skipped by ETag
+        retried = agent.sync_once(T0 + 12 * MINUTE).to_json()  # same manifest: fetched again, not skipped by ETag
 
         assert retried["last_poll"]["result"] == "applied"
         assert (retried["applied_digest"], retried["apply_errors"]) == (digest_b, [])
@@ -353,12 +427,12 @@ def test_a_tampered_bundle_is_refused_and_the_last_good_state_kept(
     tamper, code, message = TAMPERING[case]
     digest_a = ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     kube.operations.clear()
     digest_b = ship(B, T0 + 10 * MINUTE)
     tamper(bucket, digest_b, signer, tmp_path)
 
-    status = agent.sync_once(T0 + 11 * MINUTE)
+    status = agent.sync_once(T0 + 11 * MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "refused"
     assert status["verification"]["ok"] is False
@@ -376,10 +450,10 @@ def test_an_expired_bundle_is_refused(
 ) -> None:
     digest_a = ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     ship(B, T0 + 10 * MINUTE, ttl=timedelta(hours=1))
 
-    status = agent.sync_once(T0 + 2 * timedelta(hours=1))
+    status = agent.sync_once(T0 + 2 * timedelta(hours=1)).to_json()
 
     assert (status["last_poll"]["result"], status["verification"]["code"]) == ("refused", "expired")
     assert "expired at 2026-01-10T17:10:00Z" in status["verification"]["reason"]
@@ -392,7 +466,7 @@ def test_a_tampered_first_bundle_leaves_the_cluster_untouched(
     tamper_file(bucket, ship(A))
     agent = make_agent(KubeApplier(kube.url, kube.token))
 
-    status = agent.sync_once(T0 + MINUTE)
+    status = agent.sync_once(T0 + MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "refused" and status["applied_digest"] is None
     assert kube.objects() == [] and kube.ops("apply", "delete") == []
@@ -405,7 +479,7 @@ def test_another_channels_manifest_is_refused(
     bucket.inner.put(layout.channel_manifest_key("prod"), bucket.inner.get(layout.channel_manifest_key("staging")).data)
     agent = make_agent(KubeApplier(kube.url, kube.token))
 
-    status = agent.sync_once(T0 + MINUTE)
+    status = agent.sync_once(T0 + MINUTE).to_json()
 
     assert status["verification"]["code"] == "wrong_channel" and kube.objects() == []
 
@@ -416,12 +490,12 @@ def test_a_replayed_older_manifest_is_refused(
     ship(A)
     old_manifest = bucket.inner.get(layout.channel_manifest_key("prod")).data
     agent = make_agent(KubeApplier(kube.url, kube.token))
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     digest_b = ship(B, T0 + 10 * MINUTE)
-    agent.sync_once(T0 + 11 * MINUTE)
+    agent.sync_once(T0 + 11 * MINUTE).to_json()
     bucket.inner.put(layout.channel_manifest_key("prod"), old_manifest)
 
-    status = agent.sync_once(T0 + 12 * MINUTE)
+    status = agent.sync_once(T0 + 12 * MINUTE).to_json()
 
     assert status["verification"]["code"] == "replay"
     assert (status["applied_digest"], sorted(names(kube))) == (digest_b, B_NAMES)
@@ -432,7 +506,7 @@ def test_unsupported_objects_refuse_the_bundle(
 ) -> None:
     configmap = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: default\n"
     plant_signed(bucket.inner, {**A, "extra.yaml": configmap}, signer)
-    status = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + MINUTE)
+    status = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + MINUTE).to_json()
     assert status["verification"]["code"] == "inadmissible"
     assert (
         "extra.yaml, document 1 at kind: not one of the kinds our compiler writes" in status["verification"]["reason"]
@@ -449,17 +523,17 @@ def test_unreachable_bucket_keeps_the_last_good_state(
 ) -> None:
     digest_a = ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     kube.operations.clear()
     bucket.down = StorageError("s3://dist: EndpointConnectionError: could not connect")
 
-    status = agent.sync_once(T0 + 2 * MINUTE)
+    status = agent.sync_once(T0 + 2 * MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "unreachable"
     assert "could not connect" in status["last_poll"]["detail"]
     assert status["applied_digest"] == digest_a and status["verification"]["ok"] is True
     assert kube.operations == [] and sorted(names(kube)) == A_NAMES
-    assert read_status((tmp_path / "agent-state" / "status.json").read_bytes()) == status
+    assert AgentStatus.parse((tmp_path / "agent-state" / "status.json").read_bytes()).to_json() == status
 
 
 def test_files_unreachable_after_the_manifest_is_retried(
@@ -479,9 +553,9 @@ def test_files_unreachable_after_the_manifest_is_retried(
         return real_get(key, **kwargs)
 
     monkeypatch.setattr(bucket, "get", flaky_get)
-    assert agent.sync_once(T0 + MINUTE)["last_poll"]["result"] == "unreachable"
+    assert agent.sync_once(T0 + MINUTE).to_json()["last_poll"]["result"] == "unreachable"
     monkeypatch.setattr(bucket, "get", real_get)
-    assert agent.sync_once(T0 + 2 * MINUTE)["last_poll"]["result"] == "applied"
+    assert agent.sync_once(T0 + 2 * MINUTE).to_json()["last_poll"]["result"] == "applied"
 
 
 def test_an_expired_applied_bundle_is_removed_even_when_the_bucket_is_unreachable(
@@ -493,11 +567,11 @@ def test_an_expired_applied_bundle_is_removed_even_when_the_bucket_is_unreachabl
 ) -> None:
     digest = ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     kube.add_object(ccg("hand-made", []) | {"metadata": {"name": "hand-made"}})
     bucket.down = StorageError("s3://dist: unreachable")
 
-    status = agent.sync_once(T0 + timedelta(hours=73))
+    status = agent.sync_once(T0 + timedelta(hours=73)).to_json()
 
     assert status["last_poll"]["result"] == "expired"
     assert (
@@ -514,7 +588,7 @@ def test_an_expired_applied_bundle_is_removed_even_when_the_bucket_is_unreachabl
     ]
 
     bucket.down = None
-    again = agent.sync_once(T0 + timedelta(hours=74))
+    again = agent.sync_once(T0 + timedelta(hours=74)).to_json()
     assert (again["last_poll"]["result"], again["verification"]["code"]) == ("refused", "expired")
     assert names(kube) == ["hand-made"]
 
@@ -527,15 +601,15 @@ def test_the_last_good_state_survives_a_restart_and_a_tampered_one_does_not(
     tmp_path: Path,
 ) -> None:
     digest = ship(A)
-    make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + MINUTE)
+    make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + MINUTE).to_json()
     bucket.down = StorageError("down")
 
-    restarted = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + 2 * MINUTE)
+    restarted = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + 2 * MINUTE).to_json()
     assert (restarted["applied_digest"], restarted["applied_at"]) == (digest, "2026-01-10T16:01:00Z")
 
     path = tmp_path / "agent-state" / "applied.json"
     path.write_bytes(path.read_bytes().replace(b'"Post"', b'"Sigkill"'))
-    tampered = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + 3 * MINUTE)
+    tampered = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + 3 * MINUTE).to_json()
     assert tampered["applied_digest"] is None
 
 
@@ -548,18 +622,18 @@ def test_the_crd_check_runs_before_apply_and_is_retried(
     old = SchemaSet.from_dir(crds_dir / "cilium-v1.16.5")  # no cilium.io/v2 CiliumCIDRGroup
     agent = make_agent(KubeApplier(kube.url, kube.token), admission=Admission(protection(where="x"), old))
 
-    refused = agent.sync_once(T0 + MINUTE)
+    refused = agent.sync_once(T0 + MINUTE).to_json()
     assert (refused["last_poll"]["result"], refused["verification"]["code"]) == ("refused", "check_failed")
     assert "the cluster's CRDs refuse it" in refused["verification"]["reason"]
     assert kube.objects() == []
 
     agent.admission = Admission(protection(where="x"), SchemaSet.from_dir(crds_dir))  # the CRDs upgraded
-    applied = agent.sync_once(T0 + 2 * MINUTE)
+    applied = agent.sync_once(T0 + 2 * MINUTE).to_json()
     assert (applied["last_poll"]["result"], applied["applied_digest"]) == ("applied", digest)
 
 
 def test_no_manifest_yet(kube: FakeKubeAPI, make_agent: Callable[..., Agent], bucket: RecordingStore) -> None:
-    status = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0)
+    status = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0).to_json()
     assert status["last_poll"]["result"] == "no_manifest"
     assert status["verification"]["ok"] is None and status["applied_digest"] is None
     assert stored_status(bucket) == status
@@ -573,12 +647,12 @@ def test_an_unreachable_cluster_changes_nothing_and_is_retried(
     agent = make_agent(applier)
     kube.fail("list", 503, times=3)
 
-    status = agent.sync_once(T0 + MINUTE)
+    status = agent.sync_once(T0 + MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "unreachable"
     assert "cannot read the generation of the objects applied here" in status["last_poll"]["detail"]
     assert kube.objects() == []
-    assert agent.sync_once(T0 + 2 * MINUTE)["last_poll"]["result"] == "applied"
+    assert agent.sync_once(T0 + 2 * MINUTE).to_json()["last_poll"]["result"] == "applied"
 
 
 def test_directory_mode_writes_labelled_objects_and_prunes(
@@ -594,12 +668,12 @@ def test_directory_mode_writes_labelled_objects_and_prunes(
         .replace(b"app.kubernetes.io/managed-by: cdr-policy", b"team: sec")
     )
 
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     written = (out / "tracingpolicy-tp-blocklist-a.yaml").read_text()
     assert "app.kubernetes.io/managed-by: cdr-policy" in written and "cdr-policy.io/generation" in written
 
     ship(B, T0 + 10 * MINUTE)
-    agent.sync_once(T0 + 11 * MINUTE)
+    agent.sync_once(T0 + 11 * MINUTE).to_json()
     assert sorted(p.name for p in out.iterdir()) == [
         "ciliumcidrgroup-ccg-blocklist-b.yaml",
         "ciliumclusterwidenetworkpolicy-ccnp-blocklist-b.yaml",
@@ -703,12 +777,12 @@ def test_an_in_place_tetragon_update_is_applied_and_warned_about(
 ) -> None:
     ship({"t.yaml": A["cdr-dynamic-blocklist.yaml"]})
     agent = make_agent(KubeApplier(kube.url, kube.token))
-    agent.sync_once(T0 + MINUTE)
+    agent.sync_once(T0 + MINUTE).to_json()
     # same name, new content
     changed = A["cdr-dynamic-blocklist.yaml"].replace(b"45.0.0.1/", b"45.0.9.1/")  # and its IPv4-mapped twin
     ship({"t.yaml": changed}, T0 + 10 * MINUTE)
 
-    status = agent.sync_once(T0 + 11 * MINUTE)
+    status = agent.sync_once(T0 + 11 * MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "applied"
     stored = kube.get_object("TracingPolicy", "tp-blocklist-a")
@@ -723,13 +797,13 @@ def test_the_bucket_status_is_written_when_it_says_something_new_or_the_heartbea
     ship(A)
     agent = make_agent(DirectoryApplier(tmp_path / "out"))
     status_key = layout.status_key("eks-prod-1")
-    agent.sync_once(T0)  # applied: written
-    agent.sync_once(T0 + timedelta(minutes=1))  # first unchanged: new result, written
-    agent.sync_once(T0 + timedelta(minutes=2))  # nothing new: only the local status
+    agent.sync_once(T0).to_json()  # applied: written
+    agent.sync_once(T0 + timedelta(minutes=1)).to_json()  # first unchanged: new result, written
+    agent.sync_once(T0 + timedelta(minutes=2)).to_json()  # nothing new: only the local status
     assert bucket.puts.count(status_key) == 2 and bucket.polls == 3
     assert stored_status(bucket)["last_poll"]["at"] == iso(T0 + timedelta(minutes=1))
     agent.status_heartbeat_s = 0  # the heartbeat is due
-    agent.sync_once(T0 + timedelta(minutes=3))
+    agent.sync_once(T0 + timedelta(minutes=3)).to_json()
     assert bucket.puts.count(status_key) == 3
     assert stored_status(bucket)["last_poll"]["at"] == iso(T0 + timedelta(minutes=3))
 
@@ -740,20 +814,20 @@ def test_new_hit_counts_ride_on_the_next_write_but_hits_appearing_are_news(
     ship(A)
     agent = make_agent(DirectoryApplier(tmp_path / "out"))
     status_key = layout.status_key("eks-prod-1")
-    agent.sync_once(T0)  # applied: written
-    agent.sync_once(T0 + timedelta(minutes=1))  # first unchanged: written
+    agent.sync_once(T0).to_json()  # applied: written
+    agent.sync_once(T0 + timedelta(minutes=1)).to_json()  # first unchanged: written
     read = iter(range(1, 10))
 
-    def hits(now: datetime) -> dict[str, Any]:
+    def hits(now: datetime) -> HitsSection:
         return HitTable(totals=Totals(read=next(read))).to_section(now)
 
     agent.hits = hits
-    agent.sync_once(T0 + timedelta(minutes=2))  # hits appear: written
+    agent.sync_once(T0 + timedelta(minutes=2)).to_json()  # hits appear: written
     assert bucket.puts.count(status_key) == 3 and stored_status(bucket)["hits"]["totals"]["read"] == 1
-    agent.sync_once(T0 + timedelta(minutes=3))  # new counts alone: not news
+    agent.sync_once(T0 + timedelta(minutes=3)).to_json()  # new counts alone: not news
     assert bucket.puts.count(status_key) == 3
     agent.status_heartbeat_s = 0  # the heartbeat carries them
-    agent.sync_once(T0 + timedelta(minutes=4))
+    agent.sync_once(T0 + timedelta(minutes=4)).to_json()
     assert bucket.puts.count(status_key) == 4 and stored_status(bucket)["hits"]["totals"]["read"] == 3
 
 
@@ -764,13 +838,13 @@ def test_a_clean_drift_check_is_not_news_for_the_bucket(
     agent = make_agent(DirectoryApplier(tmp_path / "out"))
     agent.drift_interval_s = 0.0  # every unchanged poll compares the objects
     status_key = layout.status_key("eks-prod-1")
-    agent.sync_once(T0)  # applied: written
-    agent.sync_once(T0 + timedelta(minutes=1))  # first unchanged, first drift check: written
+    agent.sync_once(T0).to_json()  # applied: written
+    agent.sync_once(T0 + timedelta(minutes=1)).to_json()  # first unchanged, first drift check: written
     for minute in range(2, 7):
-        status = agent.sync_once(T0 + timedelta(minutes=minute))
+        status = agent.sync_once(T0 + timedelta(minutes=minute)).to_json()
         assert status["drift"]["checked_at"] == iso(T0 + timedelta(minutes=minute))
     # one conditional GET per poll; the drift checks found nothing new to say: no status write
     assert bucket.puts.count(status_key) == 2 and bucket.polls == 7
     (tmp_path / "out" / "tracingpolicy-tp-blocklist-a.yaml").unlink()  # drift: news again
-    assert agent.sync_once(T0 + timedelta(minutes=7))["last_poll"]["result"] == "repaired"
+    assert agent.sync_once(T0 + timedelta(minutes=7)).to_json()["last_poll"]["result"] == "repaired"
     assert bucket.puts.count(status_key) == 3

@@ -9,7 +9,7 @@ import pytest
 from cdr_policy.admission.effect import BundleEffect
 from cdr_policy.bundle.change_budget import Budget, EngineChange, assess
 from cdr_policy.bundle.manifest import VerificationError
-from cdr_policy.bundle.objects import ObjectRef, parse_objects, prefixes, ref_of
+from cdr_policy.bundle.objects import ObjectRef, placed_objects, prefixes, ref_of
 
 from .factory import ccg, files_of, network_bundle, tracing_policy
 
@@ -22,8 +22,9 @@ def test_yaml_files_hold_objects_other_files_are_carried() -> None:
         + files["cdr-dynamic-blocklist.yaml"].replace(b"tp-blocklist-a", b"tp-x")
         + (b"\n---\n" + files["cdr-dynamic-blocklist.yaml"].replace(b"tp-blocklist-a", b"tp-y") + b"\n---\n")
     )
-    objects = parse_objects(files)
-    assert sorted(ref_of(o).name for o in objects) == [
+    placed = placed_objects(files)
+    assert [p for p, _ in placed if p.startswith("multi")] == ["multi.yaml, document 1", "multi.yaml, document 2"]
+    assert sorted(ref_of(o).name for _, o in placed) == [
         "ccg-blocklist-a",
         "ccnp-blocklist-a",
         "tp-blocklist-a",
@@ -47,14 +48,14 @@ def test_yaml_files_hold_objects_other_files_are_carried() -> None:
 )
 def test_malformed_objects_are_refused(content: bytes, message: str) -> None:
     with pytest.raises(VerificationError, match=message) as exc:
-        parse_objects({"x.yaml": content})
+        placed_objects({"x.yaml": content})
     assert exc.value.code == "bad_object"
 
 
 def test_the_same_object_twice_is_refused() -> None:
     files = files_of({"a.yaml": ccg("g", []), "b.yaml": ccg("g", ["45.0.0.1/32"])})
     with pytest.raises(VerificationError, match="same kind, namespace and name"):
-        parse_objects(files)
+        placed_objects(files)
 
 
 def test_refs_identify_objects_across_api_versions() -> None:

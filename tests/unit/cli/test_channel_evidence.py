@@ -11,7 +11,7 @@ import pytest
 
 from cdr_policy import layout
 from cdr_policy.cli import main
-from cdr_policy.promotion.record import MAX_DOCUMENT_BYTES
+from cdr_policy.promotion.decisions import MAX_DOCUMENT_BYTES
 
 SECRET = "payments-db-password-do-not-print"
 

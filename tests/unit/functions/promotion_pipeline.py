@@ -21,13 +21,14 @@ import boto3
 import numpy as np
 import yaml
 
-from cdr_policy import aws, jsonio, layout
+from cdr_policy import aws, layout
 from cdr_policy.bundle.manifest import Manifest, Promotion
 from cdr_policy.bundle.signing import KmsSigner, Verifier
 from cdr_policy.cli import main
 from cdr_policy.feeds.persist import dump_set
 from cdr_policy.models import Behaviour, FeedPrefixes, Indicator, IndicatorSet
 from cdr_policy.netprefix.vector import V4, V6
+from cdr_policy.promotion.decisions import ChangeDecision, Decisions, PublishOutcome
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import iso, utcnow
 from fakes.cluster import Cluster
@@ -90,7 +91,7 @@ class Pipeline:
             layout.feed_set_key("c2-feed"), dump_set(IndicatorSet("feed:c2-feed", iso(now), "ok", prefixes=prefixes))
         )
 
-    def render(self, *, publish: bool = True) -> dict[str, dict[str, Any]]:
+    def render(self, *, publish: bool = True) -> dict[str, PublishOutcome]:
         """Render (the refresh schedule's event, with every notification queued), then Publish
         (unless not ``publish``: its requests stay queued); what Publish answered, per promoting channel."""
         sqs = self.stack.client("sqs")
@@ -100,7 +101,12 @@ class Pipeline:
             sqs.purge_queue(QueueUrl=self.stack.publish_queue_url)
             return {}
         self._deliver("publish", self.stack.publish_queue_url)
-        return {c: self.report(c)["publish"] for c in self.promoting()}
+        return {c: self._outcome(c) for c in self.promoting()}
+
+    def _outcome(self, channel: str) -> PublishOutcome:
+        outcome = self.report(channel).publish
+        assert outcome is not None, "Publish's copy says what it did"
+        return outcome
 
     def promoting(self) -> list[str]:
         doc = yaml.safe_load(self.state.get(layout.CHANNELS_CONFIG).data)
@@ -140,12 +146,13 @@ class Pipeline:
         assert record is not None, f"{channel} ships no promotion record"
         return record
 
-    def report(self, channel: str) -> dict[str, Any]:
-        report: dict[str, Any] = jsonio.loads(self.dist.get(layout.promotion_report_key(channel)).data)
-        return report
+    def report(self, channel: str) -> Decisions:
+        return Decisions.parse(self.dist.get(layout.promotion_report_key(channel)).data)
 
-    def decision(self, channel: str, change: str) -> dict[str, Any]:
-        return next(c for c in self.report(channel)["changes"] if c["change"] == change)
+    def decision(self, channel: str, change: str) -> ChangeDecision:
+        found = self.report(channel).change(change)
+        assert found is not None, f"{change} is not listed"
+        return found
 
     def run(self, *argv: str, approver: bool = False) -> tuple[int, str]:
         """``cdr-policy ARGV`` as an operator runs it against the buckets (``{dist}``, ``{state}``), with

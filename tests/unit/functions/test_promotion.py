@@ -6,6 +6,7 @@ takes back what hurt; a hostile cluster's status counts for itself and nothing m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -16,11 +17,14 @@ from typing import Any
 import pytest
 
 from cdr_policy import jsonio, layout
+from cdr_policy.agent.status import AgentStatus
+from cdr_policy.bundle.loader import latest_render
 from cdr_policy.bundle.provenance import load_published
 from cdr_policy.bundle.signing import generate_local_key
 from cdr_policy.lambda_events import PublishRequest
-from cdr_policy.promotion.record import read_decisions
+from cdr_policy.promotion.decisions import TripChange, WorkloadHits, read_decisions
 from cdr_policy.settings import get_settings
+from cdr_policy.stages.publish import PublishResult
 from cdr_policy.storage import S3Store
 from cdr_policy.timeutil import parse_iso, utcnow
 from cdr_policy.wiring import cloud
@@ -77,29 +81,29 @@ def test_a_change_reaches_the_enforcing_channel_only_after_its_soak_on_the_audit
     p.indicators([C2], feed=[FEED])
     staging = p.cluster("staging", "stg-1")
 
-    assert p.render()["prod"]["status"] == "published"
+    assert p.render()["prod"].status == "published"
     # staging ships it; prod nothing yet: staging had not shipped it when prod was composed
     assert blocked(p, "staging") == {C2, FEED} and blocked(p, "prod") == set()
-    assert p.decision("prod", f"prefix:{C2}")["reasons"] == ["not shipped on staging now"]
+    assert p.decision("prod", f"prefix:{C2}").reasons == ("not shipped on staging now",)
 
     staging.sync()
     staging.record([])  # its node reader reports: no hit
     p.render()
     waiting = p.decision("prod", f"prefix:{C2}")
-    assert waiting["decision"] == "wait" and waiting["reasons"][0].endswith("of the 15s soak")
-    assert waiting["evidence"]["clusters"] == 1
+    assert waiting.decision == "wait" and waiting.reasons[0].endswith("of the 15s soak")
+    assert waiting.evidence.clusters == 1
 
     shipped = parse_iso(p.shipped("staging").created_at)
     time.sleep(max((shipped + timedelta(seconds=16) - utcnow()).total_seconds(), 0))
-    assert p.render()["prod"]["status"] == "published"
+    assert p.render()["prod"].status == "published"
     promoted = p.decision("prod", f"prefix:{C2}")
-    assert (promoted["decision"], promoted["how"], promoted["reasons"]) == ("promote", "soaked", [])
+    assert (promoted.decision, promoted.how, promoted.reasons) == ("promote", "soaked", ())
     assert blocked(p, "prod") == {C2, FEED}
     record = p.promotion("prod")
     assert record.source == "staging" and record.promoted.count == 2
-    assert {e["change"]: e["clusters"] for e in record.evidence} == {f"prefix:{C2}": 1, f"prefix:{FEED}": 1}
+    assert {e.change: e.clusters for e in record.evidence} == {f"prefix:{C2}": 1, f"prefix:{FEED}": 1}
     # the prod cluster applies the signed manifest with its promotion record
-    assert p.cluster("prod", "prod-1").sync()["last_poll"]["result"] == "applied"
+    assert p.cluster("prod", "prod-1").sync().last_poll.result == "applied"
     code, out = p.run("channel", "evidence", "prod", "--dist", "{dist}")
     assert code == 0 and f"PROMOTE prefix:{C2} (soaked)" in out and "changes: 2 promote, 0 wait, 0 hold" in out
 
@@ -117,12 +121,10 @@ def test_a_change_whose_audit_hits_touch_a_protected_namespace_is_held_until_an_
     p.render()
 
     held = p.decision("prod", f"prefix:{PAY}")
-    assert held["decision"] == "hold"
-    assert held["reasons"] == ["would have blocked 2 event(s) in protected namespace(s) payments on staging"]
-    assert held["evidence"]["workloads"] == [
-        {"cluster": "stg-1", "namespace": "payments", "workload": "checkout", "hits": 2}
-    ]
-    assert p.decision("prod", f"prefix:{FEED}")["decision"] == "promote"  # one workload in shop: within limits
+    assert held.decision == "hold"
+    assert held.reasons == ("would have blocked 2 event(s) in protected namespace(s) payments on staging",)
+    assert held.evidence.workloads == (WorkloadHits("stg-1", "payments", "checkout", 2),)
+    assert p.decision("prod", f"prefix:{FEED}").decision == "promote"  # one workload in shop: within limits
     assert blocked(p, "prod") == {C2, FEED}
     assert p.promotion("prod").pending == {"wait": 0, "hold": 1}
     code, out = p.run("channel", "evidence", "prod", "--dist", "{dist}")
@@ -140,7 +142,7 @@ def test_a_change_whose_audit_hits_touch_a_protected_namespace_is_held_until_an_
     code, out = p.run(*approve, "--key", str(other), "--reason", "signed by another key", approver=True)
     assert code == 0, out
     p.render()
-    assert p.decision("prod", f"prefix:{PAY}")["decision"] == "hold"
+    assert p.decision("prod", f"prefix:{PAY}").decision == "hold"
     # nor can the pipeline's administrator write a grant: only the ApproverRole may (the bucket policy)
     code, out = p.run(*approve, "--kms-key-id", stack.approver_key_id, "--reason", "as the administrator")
     assert code != 0 and "AccessDenied" in out
@@ -149,15 +151,15 @@ def test_a_change_whose_audit_hits_touch_a_protected_namespace_is_held_until_an_
         *approve, "--kms-key-id", stack.approver_key_id, "--reason", "the payments team accepts it", approver=True
     )
     assert code == 0 and f"prefix:{PAY} (was hold: would have blocked 2 event(s)" in out
-    assert p.render()["prod"]["status"] == "published"
+    assert p.render()["prod"].status == "published"
 
     approved = p.decision("prod", f"prefix:{PAY}")
-    assert (approved["decision"], approved["how"]) == ("promote", "approved")
-    assert approved["reasons"][1] == f"approved over: {held['reasons'][0]}"
+    assert (approved.decision, approved.how) == ("promote", "approved")
+    assert approved.reasons[1] == f"approved over: {held.reasons[0]}"
     assert blocked(p, "prod") == {C2, PAY, FEED}
     record = p.promotion("prod")
     (used,) = record.approved
-    assert used["approver"].endswith(stack.approver_key_id) and used["changes"] == 1
+    assert used.approver.endswith(stack.approver_key_id) and used.changes == 1
     assert p.state.list("approvals/prod/") == []  # used once
 
 
@@ -174,13 +176,13 @@ def test_each_new_entry_is_promoted_on_its_own_soak_while_later_ones_wait(p: Pip
     staging.sync()
 
     assert blocked(p, "prod") == {C2}
-    assert p.decision("prod", f"prefix:{NEW}")["reasons"] == ["not shipped on staging now"]
+    assert p.decision("prod", f"prefix:{NEW}").reasons == ("not shipped on staging now",)
     time.sleep(3)
     p.indicators([C2, NEW, LATER])
     p.render()
 
     assert blocked(p, "prod") == {C2, NEW}
-    assert p.decision("prod", f"prefix:{LATER}")["decision"] == "wait"
+    assert p.decision("prod", f"prefix:{LATER}").decision == "wait"
     assert p.promotion("prod").pending == {"wait": 1, "hold": 0}
 
 
@@ -192,9 +194,9 @@ def test_removals_and_expiries_are_never_held(p: Pipeline) -> None:
 
     p.indicators(entries[1:] + [NEW])  # one entry gone from the feed, one new one soaking
 
-    assert p.render()["prod"]["status"] == "published"
+    assert p.render()["prod"].status == "published"
     assert blocked(p, "prod") == {"45.33.32.157/32", "45.33.32.200/29"}
-    assert p.decision("prod", f"prefix:{NEW}")["decision"] == "wait"
+    assert p.decision("prod", f"prefix:{NEW}").decision == "wait"
 
 
 def test_too_many_workloads_hit_on_the_audit_channel_hold_a_change(p: Pipeline) -> None:
@@ -207,9 +209,9 @@ def test_too_many_workloads_hit_on_the_audit_channel_hold_a_change(p: Pipeline) 
 
     p.render()
 
-    assert p.decision("prod", f"prefix:{FEED}")["reasons"] == [
-        "would have blocked 4 distinct workloads on staging (at most 3)"
-    ]
+    assert p.decision("prod", f"prefix:{FEED}").reasons == (
+        "would have blocked 4 distinct workloads on staging (at most 3)",
+    )
     assert blocked(p, "prod") == {C2}
 
 
@@ -230,14 +232,14 @@ def test_a_changed_behaviour_rule_waits_and_the_channel_keeps_the_version_it_shi
     p.indicators([C2], behaviours={"crypto_mining": ["xmrig", "cpuminer-opt"]})  # a new name seen
     p.render()
 
-    changed = next(c for c in p.report("prod")["changes"] if c["kind"] == "rule")
-    assert changed["decision"] == "wait" and changed["change"] != f"rule:crypto_mining@{rule[1][:16]}"
+    changed = next(c for c in p.report("prod").changes if c.kind == "rule")
+    assert changed.decision == "wait" and changed.change != f"rule:crypto_mining@{rule[1][:16]}"
     assert rule_objects(p, "prod") == objects  # the version it ships, object for object
     assert rule_objects(p, "staging") != objects
     staging.record([])  # its cluster applies the new version and reports
     time.sleep(3)
     p.render()
-    assert p.promotion("prod").promoted.rules[0][1] == changed["fingerprint"]
+    assert p.promotion("prod").promoted.rules[0][1] == changed.fingerprint
     assert rule_objects(p, "prod") != objects
 
 
@@ -271,21 +273,21 @@ def test_enforcing_changes_that_hurt_holds_the_channel_and_takes_them_back_until
     assert record.rolled_back is not None and record.rolled_back.generation == promoted_at
     assert record.held_back is not None and record.held_back.count == 1
     back = p.decision("prod", f"prefix:{NEW}")
-    assert back["decision"] == "hold" and back["reasons"][0].startswith(
+    assert back.decision == "hold" and back.reasons[0].startswith(
         f"being taken back: the changes generation {promoted_at} promoted stopped 6 event(s) in 3 distinct workloads"
     )
-    assert p.decision("prod", f"prefix:{LATER}")["reasons"][0].startswith("the channel is held: ")
-    (trip,) = p.report("prod")["watch"]
-    assert (trip["generation"], trip["workloads_total"]) == (promoted_at, 3)
-    assert trip["changes"] == [{"change": f"prefix:{NEW}", "events": 6}] and trip["changes_total"] == 1
+    assert p.decision("prod", f"prefix:{LATER}").reasons[0].startswith("the channel is held: ")
+    (trip,) = p.report("prod").watch
+    assert (trip.generation, trip.workloads_total) == (promoted_at, 3)
+    assert trip.changes == (TripChange(f"prefix:{NEW}", 6),) and trip.changes_total == 1
     # the alarm's metric names the channel and generation, its record and the log line the change
     emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     (alarm,) = [e for e in emitted if "EnforcementHurting" in e and "generation" in e]
     assert (alarm["channel"], alarm["generation"], alarm["changes"]) == ("prod", str(promoted_at), [f"prefix:{NEW}"])
     (logged,) = [e for e in log_lines() if e["message"].startswith("enforcing promoted changes hurt")]
-    assert logged["changes"] == trip["changes"]
+    assert logged["changes"] == [dataclasses.asdict(c) for c in trip.changes]
     # the agent applies the signed take-back: it shrinks what is enforced, by Publish's decision
-    assert enforcing.sync()["last_poll"]["result"] == "applied"
+    assert enforcing.sync().last_poll.result == "applied"
     code, out = p.run("channel", "evidence", "prod", "--dist", "{dist}")
     assert f"watch tripped: generation {promoted_at}" in out and "prod-1/shop/app0: 2 hit(s)" in out
     assert f"caused by prefix:{NEW}: 6 event(s)" in out
@@ -298,7 +300,7 @@ def test_enforcing_changes_that_hurt_holds_the_channel_and_takes_them_back_until
 
     # held until an approver approves it again
     p.render()
-    assert p.decision("prod", f"prefix:{NEW}")["reasons"][0].startswith("taken back after enforcing it hurt")
+    assert p.decision("prod", f"prefix:{NEW}").reasons[0].startswith("taken back after enforcing it hurt")
     assert p.run("channel", "approve", "prod", "--change", f"prefix:{NEW}", "--state", "{state}", "--dist", "{dist}",
                  "--kms-key-id", stack.approver_key_id, approver=True)[0] == 0  # fmt: skip
     p.render()
@@ -322,15 +324,15 @@ def test_without_rollback_a_tripped_watch_holds_new_changes_and_keeps_what_it_sh
     p.render()
 
     assert blocked(p, "prod") == {C2}
-    reason = p.decision("prod", f"prefix:{NEW}")["reasons"][0]
+    reason = p.decision("prod", f"prefix:{NEW}").reasons[0]
     assert reason.startswith("the channel is held: the changes generation ") and "events a minute" in reason
 
 
 def _forged_status(
-    honest: dict[str, Any], cluster_id: str, rows: list[dict[str, Any]], bundles: list[str]
+    honest: AgentStatus, cluster_id: str, rows: list[dict[str, Any]], bundles: list[str]
 ) -> dict[str, Any]:
     """A status document a hostile cluster writes: an honest one's shape, its own rows."""
-    status: dict[str, Any] = jsonio.loads(jsonio.dumps(honest))
+    status = honest.to_json()
     status["cluster_id"] = cluster_id
     status["hits"]["rows"], status["hits"]["bundles"] = rows, bundles
     return status
@@ -351,7 +353,7 @@ def test_a_hostile_cluster_cannot_force_a_promotion_beyond_its_own_counts(p: Pip
     honest = p.cluster("staging", "stg-1")
     honest.sync()
     status = honest.record([])
-    staging_digest = status["applied_digest"]
+    staging_digest = status.applied_digest
     # a hostile cluster of staging: its own status, fresh, claiming it reports too
     evil = p.session_client(p.onboard("staging", "evil"), "s3")
     own = S3Store(evil, p.stack.dist_bucket)
@@ -364,12 +366,12 @@ def test_a_hostile_cluster_cannot_force_a_promotion_beyond_its_own_counts(p: Pip
     p.render()
 
     waiting = p.decision("prod", f"prefix:{C2}")
-    assert waiting["evidence"]["clusters"] == 2  # stg-1 and evil itself, nothing planted
-    assert waiting["reasons"] == ["2 of the 3 staging cluster(s) needed report fresh hits with it applied"]
+    assert waiting.evidence.clusters == 2  # stg-1 and evil itself, nothing planted
+    assert waiting.reasons == ("2 of the 3 staging cluster(s) needed report fresh hits with it applied",)
     # what it writes under its own key naming another cluster is no cluster's word: not even its own
     own.put(layout.status_key("evil"), jsonio.dumps(_forged_status(status, "stg-9", [], [staging_digest])))
     p.render()
-    assert p.decision("prod", f"prefix:{C2}")["evidence"]["clusters"] == 1
+    assert p.decision("prod", f"prefix:{C2}").evidence.clusters == 1
     assert blocked(p, "prod") == set()
 
     # its hits count for what its channel ships, as its own: none for an address staging never sent
@@ -379,7 +381,7 @@ def test_a_hostile_cluster_cannot_force_a_promotion_beyond_its_own_counts(p: Pip
     evil_row = next(c for c in jsonio.loads(out)["clusters"] if c["cluster_id"] == "evil")
     assert evil_row["hits"] == 0 and evil_row["refused"] == {"not an indicator of the bundle's object": 5}
     p.render()
-    assert p.decision("prod", f"prefix:{C2}")["evidence"]["hits"] == 0
+    assert p.decision("prod", f"prefix:{C2}").evidence.hits == 0
 
 
 def test_a_hostile_cluster_cannot_force_a_rollback_beyond_its_own_counts(p: Pipeline) -> None:
@@ -397,7 +399,7 @@ def test_a_hostile_cluster_cannot_force_a_rollback_beyond_its_own_counts(p: Pipe
     p.render()
     assert blocked(p, "prod") == {C2, NEW}
     status = enforcing.record([])
-    prod_digest = status["applied_digest"]
+    prod_digest = status.applied_digest
     kill = {"action": "SIGKILL", "object": enforcing.holder(NEW)}
     rows = (
         # kills of the new entry, attributed with a bundle prod never shipped (staging's)
@@ -409,19 +411,19 @@ def test_a_hostile_cluster_cannot_force_a_rollback_beyond_its_own_counts(p: Pipe
         # in an hour to come
         + [_row(NEW, "193.42.33.1", w, hour="2099-01-01T00:00:00Z", **kill) for w in workloads(3, "web")]
     )
-    bundles = [prod_digest, staging_status["applied_digest"]]
+    bundles = [prod_digest, staging_status.applied_digest]
     own = S3Store(p.session_client(p.onboard("prod", "evil"), "s3"), p.stack.dist_bucket)
     own.put(layout.status_key("evil"), jsonio.dumps(_forged_status(status, "evil", rows, bundles)))
 
     p.render()
 
-    assert blocked(p, "prod") == {C2, NEW} and p.report("prod")["watch"] == []
+    assert blocked(p, "prod") == {C2, NEW} and p.report("prod").watch == ()
     # its own kills of the new entry, in three workloads: those count, as its own
     kills = [_row(NEW, "193.42.33.1", w, **kill) for w in workloads(3, "web")]
     own.put(layout.status_key("evil"), jsonio.dumps(_forged_status(status, "evil", kills, [prod_digest])))
     p.render()
-    (trip,) = p.report("prod")["watch"]
-    assert {w["cluster"] for w in trip["workloads"]} == {"evil"} and trip["events"] == 3
+    (trip,) = p.report("prod").watch
+    assert {w.cluster for w in trip.workloads} == {"evil"} and trip.events == 3
     assert blocked(p, "prod") == {C2}
 
 
@@ -431,37 +433,39 @@ def test_publish_holds_a_bundle_its_decisions_do_not_account_for(p: Pipeline) ->
     p.render()
     staging.sync()
     p.render(publish=False)  # prod's render promotes NEW; Publish has not run yet
-    pointer = jsonio.loads(p.state.get(layout.latest_render_key("prod")).data)
-    key = layout.promotion_decisions_key(pointer["digest"])
-    doc, _ = read_decisions(p.state, key)
-    assert doc["promoted"]["prefixes"] == [NEW]
+    digest = latest_render(p.state, "prod")
+    assert digest is not None
+    key = layout.promotion_decisions_key(digest)
+    decided, _ = read_decisions(p.state, key)
+    assert decided.promoted.prefixes == (NEW,)
+    doc = decided.to_json()  # what someone who can write the state bucket rewrites
     generation = p.shipped("prod").generation
 
-    def publish_with(forged: dict[str, Any] | None) -> dict[str, Any]:
+    def publish_with(forged: dict[str, Any] | None) -> PublishResult:
         """Publish's stage, as the handler calls it, after someone who can write the state bucket
         (but cannot sign) replaced the decisions beside the bundle."""
         if forged is None:
             p.state.delete(key)
         else:
             p.state.put(key, jsonio.dumps_pretty(forged))
-        return cloud.publish(get_settings(), PublishRequest("prod", pointer["digest"]))
+        return PublishResult.from_json(cloud.publish(get_settings(), PublishRequest("prod", digest)))
 
     # the bundle adds what the decisions do not promote
     result = publish_with({**doc, "promoted": {**doc["promoted"], "prefixes": []}})
-    assert result["status"] == "held" and f"it adds what was not promoted: prefix:{NEW}" in result["reason"]
+    assert result.status == "held" and f"it adds what was not promoted: prefix:{NEW}" in result.reason
     # an entry staging never shipped claimed promoted: judged again, it is not
     result = publish_with({**doc, "promoted": {**doc["promoted"], "prefixes": [NEW, LATER]}})
-    assert result["status"] == "held"
-    assert f"among them prefix:{LATER}: not shipped on staging now" in result["reason"]
+    assert result.status == "held"
+    assert f"among them prefix:{LATER}: not shipped on staging now" in result.reason
     # decisions made over another bundle than the channel ships
     result = publish_with({**doc, "over": "0" * 64})
-    assert result["status"] == "held" and "composed over bundle 000000000000" in result["reason"]
+    assert result.status == "held" and "composed over bundle 000000000000" in result.reason
     # none at all
     result = publish_with(None)
-    assert result["status"] == "held" and "has no promotion decisions beside it" in result["reason"]
+    assert result.status == "held" and "has no promotion decisions beside it" in result.reason
     assert blocked(p, "prod") == {C2} and p.shipped("prod").generation == generation
     # Render's own decisions ship
-    assert publish_with(doc)["status"] == "published" and blocked(p, "prod") == {C2, NEW}
+    assert publish_with(doc).status == "published" and blocked(p, "prod") == {C2, NEW}
 
 
 def test_the_same_inputs_compose_the_same_bundle(p: Pipeline) -> None:
@@ -471,10 +475,10 @@ def test_the_same_inputs_compose_the_same_bundle(p: Pipeline) -> None:
     staging = p.cluster("staging", "stg-1")
     staging.sync()
     staging.record([])
-    first = jsonio.loads(p.state.get(layout.latest_render_key("prod")).data)["digest"]
+    first = latest_render(p.state, "prod")
     p.render()
     p.render()
-    assert jsonio.loads(p.state.get(layout.latest_render_key("prod")).data)["digest"] == first
+    assert latest_render(p.state, "prod") == first
 
 
 def test_a_shipped_bundle_that_cannot_be_read_holds_the_channel_and_stops_no_render(p: Pipeline) -> None:
@@ -485,6 +489,6 @@ def test_a_shipped_bundle_that_cannot_be_read_holds_the_channel_and_stops_no_ren
 
     outcome = p.render()["prod"]
 
-    assert outcome["status"] == "held" and "cannot compare with the current bundle" in outcome["reason"]
+    assert outcome.status == "held" and "cannot compare with the current bundle" in outcome.reason
     assert p.shipped("prod").digest == shipped.digest
     assert blocked(p, "staging") == {C2, NEW}  # every other channel rendered and published

@@ -16,10 +16,10 @@ import pytest
 from cdr_policy import jsonio
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.observe import AgentMetrics
-from cdr_policy.agent.status import read_status
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.hits.aggregate import MAX_CLUSTER_ROWS, MAX_NODE_ROWS, HitTable, Row
 from cdr_policy.hits.collect import HitsCollector
-from cdr_policy.hits.reports import ConfigMapReports, DirectoryReports, ReportStore, read_report, report_document
+from cdr_policy.hits.reports import ConfigMapReports, DirectoryReports, NodeReport, ReportStore, read_report
 from cdr_policy.timeutil import iso
 from fakes.kube import FakeKubeAPI
 from tests.unit.agent.test_status import GOOD
@@ -52,7 +52,7 @@ def _table(node: int, rows: int, *, channel_rows: int = 0) -> HitTable:
 
 
 def _write(reports: ReportStore, node: str, table: HitTable, channel: str = "prod") -> None:
-    reports.write(node, jsonio.dumps(report_document(node, channel, table.to_section(NOW))))
+    reports.write(node, jsonio.dumps(NodeReport(node, channel, table.to_section(NOW)).to_json()))
 
 
 def test_node_reports_are_summed_into_a_bounded_valid_status(tmp_path: Path) -> None:
@@ -61,15 +61,16 @@ def test_node_reports_are_summed_into_a_bounded_valid_status(tmp_path: Path) -> 
         _write(reports, f"worker-{node}", _table(node, 3_000))
     _write(reports, "other-channel", _table(9, 10), channel="staging")
     (tmp_path / "forged.json").write_text('{"schema_version": 1, "node": "x", "channel": "prod", "hits": {}}')
-    section = HitsCollector(reports, "prod")(NOW)
-    assert section is not None
+    collected = HitsCollector(reports, "prod")(NOW)
+    assert collected is not None
+    section = collected.to_json()
     assert section["nodes"] == 3
     assert section["totals"]["ours"] == 3 * 3_000 * 2
     assert len(section["rows"]) <= MAX_CLUSTER_ROWS
     assert sum(r["count"] for r in section["rows"]) + section["dropped"]["events"] == 3 * 3_000 * 2
     status = {**copy.deepcopy(GOOD), "hits": section}
     data = jsonio.dumps_pretty(status)
-    assert read_status(data)["hits"] == section
+    assert AgentStatus.parse(data).to_json()["hits"] == section
     assert len(data) < 1 << 20  # the status document's bound (fleet commands read no more)
 
 
@@ -84,7 +85,7 @@ def test_reports_are_read_at_most_every_interval_and_kept_through_an_outage() ->
         assert collector(NOW) is None  # not looked at again before the interval
         ticks[0] = 301
         first = collector(NOW)
-        assert first is not None and first["nodes"] == 1
+        assert first is not None and first.nodes == 1
         kube.fail("configmap-list", 503, times=5)  # the API server is out: the last section stays
         ticks[0] = 700
         assert collector(NOW) == first
@@ -93,12 +94,12 @@ def test_reports_are_read_at_most_every_interval_and_kept_through_an_outage() ->
 
 def test_the_agent_metrics_show_hits_by_engine_action_category_and_source() -> None:
     section = {
-        **_table(1, 1).to_section(NOW),
+        **_table(1, 1).to_section(NOW).to_json(),
         "counters": [{"engine": "cilium", "action": "DROPPED", "category": "c2", "source": "feed", "count": 7}],
         "nodes": 2,
     }
     metrics = AgentMetrics(channel="prod", interval_s=60)
-    metrics.observe({**GOOD, "hits": section})
+    metrics.observe(AgentStatus.from_json({**GOOD, "hits": section}))
     text = metrics.exposition()
     assert (
         'cdr_policy_agent_hits_total{channel="prod",engine="cilium",action="DROPPED",category="c2",source="feed"} 7'
@@ -119,7 +120,7 @@ def test_the_agent_metrics_show_hits_by_engine_action_category_and_source() -> N
     ],
 )
 def test_a_report_that_lies_is_refused(tamper: Callable[[dict[str, Any]], object]) -> None:
-    doc = report_document("worker-1", "prod", _table(1, 3).to_section(NOW))
+    doc = NodeReport("worker-1", "prod", _table(1, 3).to_section(NOW)).to_json()
     tamper(doc)
     with pytest.raises(Exception, match="worker-1"):
         read_report(json.dumps(doc).encode(), "worker-1")
@@ -133,6 +134,6 @@ def test_reports_travel_as_configmaps_of_their_own_namespace() -> None:
         _write(reports, "worker-1", _table(1, 6))  # replaced, not added
         _write(reports, "worker-2", _table(2, 5))
         section = HitsCollector(reports, "prod")(NOW)
-        assert section is not None and section["nodes"] == 2 and section["totals"]["ours"] == (6 + 5) * 2
+        assert section is not None and section.nodes == 2 and section.totals.ours == (6 + 5) * 2
         assert {op.verb for op in kube.operations} >= {"configmap-create", "configmap-update", "configmap-list"}
         client.close()

@@ -19,7 +19,7 @@ from cdr_policy.bundle.signing import LocalSigner, Verifier
 from cdr_policy.cli import main
 from cdr_policy.errors import StorageError
 from cdr_policy.hits.aggregate import HitTable, Row, hour_of
-from cdr_policy.hits.fleet import fleet_report, read_fired, read_fleet
+from cdr_policy.hits.fleet import FleetHitsReport, fleet_report, read_fired, read_fleet
 from cdr_policy.stages.hits_rollup import run_hits_rollup
 from cdr_policy.storage import LocalStore, Store, StoredObject
 from cdr_policy.timeutil import iso, utcnow
@@ -71,7 +71,7 @@ def _status(
         **copy.deepcopy(GOOD),
         "cluster_id": cluster,
         "channel": channel,
-        "hits": {**table.to_section(now), "nodes": 2},
+        "hits": {**table.to_section(now).to_json(), "nodes": 2},
     }
     dist.put(layout.status_key(key or cluster), jsonio.dumps(doc))
 
@@ -116,7 +116,9 @@ def _staging_index() -> ProvenanceIndex:
 
 def test_the_fleet_report_sums_what_each_cluster_may_report(fleet_dist: LocalStore) -> None:
     dist = fleet_dist
-    report = fleet_report(read_fleet(dist, now=NOW, window=timedelta(days=7)))
+    typed = fleet_report(read_fleet(dist, now=NOW, window=timedelta(days=7)))
+    report = typed.to_json()
+    assert FleetHitsReport.from_json(report) == typed
     clusters = {c["cluster_id"]: c for c in report["clusters"]}
     assert clusters["eks-prod-1"]["hits"] == 6 and clusters["eks-prod-1"]["refused"] == {}
     assert clusters["eks-prod-2"]["hits"] == 2 and clusters["eks-prod-2"]["nodes"] == 2
@@ -147,14 +149,14 @@ def test_the_fleet_report_sums_what_each_cluster_may_report(fleet_dist: LocalSto
 def test_the_window_leaves_older_hours_out(fleet_dist: LocalStore) -> None:
     dist = fleet_dist
     report = fleet_report(read_fleet(dist, now=NOW + timedelta(hours=10), window=timedelta(hours=2)))
-    assert report["hits"] == 0
+    assert report.hits == 0
 
 
 def test_hits_rollup_writes_only_what_fired_where_it_was_sent(fleet_dist: LocalStore, tmp_path: Path) -> None:
     dist = fleet_dist
     state = LocalStore(tmp_path / "state")
     summary = run_hits_rollup(state, dist, now=NOW)
-    assert summary["hits"] == 8 and summary["refused"] == 6
+    assert summary.hits == 8 and summary.refused == 6
     fired = read_fired(state.get(layout.FLEET_HITS).data, "fleet.json")
     addresses = {str(a) for a in fired.v4.strings()}
     assert addresses == {"45.33.32.156/32", "185.220.101.33/32"}  # never 8.8.8.8
@@ -187,8 +189,8 @@ def test_fleet_hits_command(
 ) -> None:
     _fleet(LocalStore(tmp_path / "dist"), key_pair[0], utcnow())
     assert main(["fleet", "hits", "--dist", str(tmp_path / "dist"), "--json", "--since", "24h"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["hits"] == 8 and len(report["clusters"]) == 4
+    report = FleetHitsReport.from_json(json.loads(capsys.readouterr().out))
+    assert report.hits == 8 and len(report.clusters) == 4
     assert main(["fleet", "hits", "--dist", str(tmp_path / "dist"), "--since", "1h"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Hits from") and ": 0 in 4 cluster(s)" in out

@@ -11,6 +11,7 @@ from cdr_policy.cli.validate import CRDS_ENV, default_crds_dir, validate_main
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet, check_files
+from cdr_policy.policy.checker.files import ValidateReport
 
 from .factories import behaviour, cdr_set, feed_set, file_bytes, indicator, render
 
@@ -59,17 +60,17 @@ def test_multi_document_files_lists_and_bad_yaml(
     (tmp_path / "broken.yml").write_text("a: [1, 2\n")
     (tmp_path / "notes.txt").write_text("ignored")
     report = check_files([tmp_path], SchemaSet.from_dir(crds_dir))
-    assert [Path(f["path"]).name for f in report["files"]] == ["a.yaml", "broken.yml"]
-    a, broken = report["files"]
-    assert [o["kind"] for o in a["objects"]] == ["CiliumClusterwideNetworkPolicy", "CiliumCIDRGroup"]
-    codes = {p["code"] for p in a["objects"][0]["problems"]}
+    assert [Path(f.path).name for f in report.files] == ["a.yaml", "broken.yml"]
+    a, broken = report.files
+    assert [o.kind for o in a.objects] == ["CiliumClusterwideNetworkPolicy", "CiliumCIDRGroup"]
+    codes = {p.code for p in a.objects[0].problems}
     assert {"schema.unknown-field", "cilium.fqdn-deny", "cilium.default-deny"} <= codes
     # the group feeds no deny rule here and is not ours: private ranges are allowed in it
-    assert "cidr.never-block" not in {p["code"] for p in a["objects"][1]["problems"]}
-    assert broken["problems"][0]["code"] == "file.yaml"
+    assert "cidr.never-block" not in {p.code for p in a.objects[1].problems}
+    assert broken.problems[0].code == "file.yaml"
     assert validate_main([str(tmp_path), "--crds", str(crds_dir), "--json"]) == 1
     printed = json.loads(capsys.readouterr().out)
-    assert printed["errors"] == report["errors"] > 0
+    assert ValidateReport.from_json(printed) == report and report.errors > 0
 
 
 def test_groups_referenced_by_a_deny_rule_are_checked_against_the_never_block_list(
@@ -96,8 +97,8 @@ def test_groups_referenced_by_a_deny_rule_are_checked_against_the_never_block_li
     from cdr_policy.guards import NeverBlock
 
     report = check_files([tmp_path / "p.yaml"], SchemaSet.from_dir(crds_dir), guard=NeverBlock())
-    group_codes = {p["code"] for p in report["files"][0]["objects"][0]["problems"]}
-    policy_codes = {p["code"] for p in report["files"][0]["objects"][1]["problems"]}
+    group_codes = {p.code for p in report.files[0].objects[0].problems}
+    policy_codes = {p.code for p in report.files[0].objects[1].problems}
     assert "cidr.never-block" in group_codes
     assert "cilium.dangling-group" in policy_codes
     assert validate_main([str(tmp_path), "--crds", str(crds_dir), "--no-never-block"]) == 0
@@ -143,3 +144,11 @@ def test_crds_as_kubectl_writes_them_a_list(tmp_path: Path, crds_dir: Path) -> N
     (tmp_path / "crds" / "all.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": crds}))
     schemas = SchemaSet.from_dir(tmp_path / "crds")
     assert {key[2] for key in schemas.versions} >= {"TracingPolicy", "TracingPolicyNamespaced"}
+
+
+def test_an_object_whose_kind_or_name_is_not_a_string_is_reported_without_them(tmp_path, crds_dir, capsys):
+    (tmp_path / "odd.yaml").write_text("kind: 5\nmetadata: {name: [7]}\n")
+    assert validate_main([str(tmp_path), "--crds", str(crds_dir)]) == 1
+    assert "odd.yaml: ?/?: error schema.type-meta" in capsys.readouterr().out
+    [checked] = check_files([tmp_path], SchemaSet.from_dir(crds_dir)).files[0].objects
+    assert (checked.kind, checked.name) == (None, None)

@@ -185,7 +185,7 @@ def test_secrets_never_in_logs_errors_or_reprs(
             mapping=mapping,
         )
         tokens.append(client._auth.token())
-        texts += [repr(client), json.dumps(result.summary().to_dict())]
+        texts += [repr(client), json.dumps(result.summary().to_json())]
     out, errout = capfd.readouterr()
     texts += [out, errout, caplog.text]
     stored = "".join(p.read_text(errors="replace") for p in tmp_path.rglob("*.json"))

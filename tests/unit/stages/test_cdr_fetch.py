@@ -91,7 +91,7 @@ def test_samples_exact_report(
 ) -> None:
     store = LocalStore(tmp_path)
     result = fetch(store, make_client(samples_gateway), guard, mapping)
-    report = result.summary().to_dict()
+    report = result.summary().to_json()
     assert report["complete"] is True
     counts = ("fetched", "unique", "new", "duplicates", "malformed_count")
     assert {k: report[k] for k in counts} == dict(zip(counts, (20, 18, 18, 1, 1), strict=True))
@@ -185,7 +185,7 @@ def test_raw_pages_are_kept_exactly_and_malformed_ones_can_be_found(
     ]
     served = [item for key in keys for item in json.loads(gzip.decompress(store.get(key).data))["content"]]
     assert served == samples_gateway.findings  # every finding, as sent, including the malformed and the duplicate
-    (bad,) = result.summary().to_dict()["malformed"]
+    (bad,) = result.summary().to_json()["malformed"]
     assert "uuid" not in json.loads(gzip.decompress(store.get(bad["raw"]).data))["content"][bad["index"]]
 
 
@@ -243,7 +243,7 @@ def test_more_than_1000_findings_across_windows_and_pages(
         client = make_client(gw)
         result = fetch(store, client, guard, mapping)
 
-    report = result.summary().to_dict()
+    report = result.summary().to_json()
     assert report["fetched"] == len(items) == 1500 + len(duplicates)
     assert report["unique"] == report["new"] == len(unique) > 1000
     assert report["duplicates"] == len(duplicates) > 0
@@ -316,7 +316,7 @@ def test_overlap_and_reruns_count_nothing_twice(
     assert (again.fetched, again.unique, again.new, again.duplicates) == (19, 17, 0, 1)
     assert sum(again.by_category.values()) == 17
     # the report still describes the range (what its findings yield), though nothing was merged again
-    assert again.summary().to_dict()["indicators"] == {"ips": 5, "domains": 4, "ports": 4}
+    assert again.summary().to_json()["indicators"] == {"ips": 5, "domains": 4, "ports": 4}
     assert len(again.rejected) == 11
     assert len(again.malformed) == 1
     after = state(store)
@@ -436,7 +436,7 @@ def test_time_budget_stops_cleanly_and_the_next_run_resumes(
         short = fetch(store, make_client(gw, deadline=clock() + 250), guard, mapping)
         assert short.complete is False and "time budget" in (short.stopped_reason or "")
         assert (short.windows_done, short.windows_planned) == (2, 4)
-        assert short.summary().to_dict()["range"]["checkpoint"] == "2026-01-10T12:00:00.000Z"
+        assert short.summary().to_json()["range"]["checkpoint"] == "2026-01-10T12:00:00.000Z"
         assert short.unique == 500
         rest = fetch(store, make_client(gw), guard, mapping)
     assert rest.complete and rest.new == 500

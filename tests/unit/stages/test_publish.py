@@ -176,7 +176,7 @@ def test_change_over_budget_is_held_and_alarmed(
 
     assert result.status == "held" and not result.shipped
     assert "80.0%, over the change budget of 50%" in result.reason
-    assert result.budget is not None and result.budget.to_dict() == {
+    assert result.budget is not None and result.budget.to_json() == {
         "budget_percent": 50,
         "min_changes": 20,
         "engines": {
@@ -238,7 +238,7 @@ def test_change_within_budget_is_published_with_its_measure(
     result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
 
     assert result.status == "published" and result.budget is not None
-    tetragon = result.budget.to_dict()["engines"]["tetragon"]
+    tetragon = result.budget.to_json()["engines"]["tetragon"]
     assert (tetragon["added"], tetragon["removed"], tetragon["percent"]) == (10, 10, 20.0)
 
 

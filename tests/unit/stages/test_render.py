@@ -57,7 +57,7 @@ def test_each_channel_gets_a_whole_bundle_written_pointer_last(state: RecordingS
         assert set(keys[:-3]) == {layout.bundle_file_key(r.bundle.digest, p) for p in r.bundle.files}
         pointer = jsonio.loads(state.get(layout.latest_render_key(r.channel.name)).data)
         assert pointer["digest"] == r.bundle.digest
-        assert r.summary().to_dict() == {"channel": r.channel.name, "digest": r.bundle.digest, "changed": True}
+        assert r.summary().to_json() == {"channel": r.channel.name, "digest": r.bundle.digest, "changed": True}
 
 
 def test_the_same_inputs_write_nothing_again_but_still_ask_for_a_publish(state: RecordingStore) -> None:
@@ -89,10 +89,10 @@ def test_an_unreadable_set_is_rendered_from_its_last_good_copy(state: RecordingS
     assert [r.bundle.digest for r in again] != []
     for before, after in zip(good, again, strict=True):  # the same policies, from the copy
         assert after.bundle.files == before.bundle.files and not after.changed
-        [bad] = after.report["unreadable_sets"]
+        [bad] = after.report.unreadable_sets
         assert bad["key"] == key and "is not JSON" in bad["error"]
         assert bad["kept"] == {"copied_at": iso(NOW), "sha256": hashlib.sha256(copy).hexdigest()}
-        assert after.report["feeds"]["tor-exit"]["entries"] == 2
+        assert after.report.feeds["tor-exit"].entries == 2
     # the report beside the (unchanged) bundle says so; nothing else but the index was written
     assert sorted(state.puts) == sorted(
         [layout.LAST_GOOD_INDEX] + [layout.bundle_file_key(r.bundle.digest, "report.json") for r in again]
@@ -109,14 +109,14 @@ def test_a_set_unreadable_for_too_long_or_without_a_good_copy_is_left_out_and_na
     render(state)  # the first render that finds it unreadable starts the clock
     after = NOW + timedelta(days=MAX_UNREADABLE_DAYS, minutes=1)
     [staging, _] = render(state, at=after)
-    assert staging.report["unreadable_sets"] == [
-        {"key": key, "error": staging.report["unreadable_sets"][0]["error"], "kept": None}
+    assert staging.report.unreadable_sets == [
+        {"key": key, "error": staging.report.unreadable_sets[0]["error"], "kept": None}
     ]
-    assert "tor-exit" not in staging.report["feeds"]
+    assert "tor-exit" not in staging.report.feeds
     never_good = layout.feed_set_key("new-feed")
     state.put(never_good, b"\x00" * 10)
     [staging, _] = render(state)
-    assert {u["key"]: u["kept"] for u in staging.report["unreadable_sets"]}[never_good] is None
+    assert {u["key"]: u["kept"] for u in staging.report.unreadable_sets}[never_good] is None
 
 
 def test_a_tampered_copy_is_never_used(state: RecordingStore) -> None:
@@ -126,7 +126,7 @@ def test_a_tampered_copy_is_never_used(state: RecordingStore) -> None:
     state.put(layout.last_good_set_key(key), state.get(key).data.replace(b'"feed:tor-exit"', b'"feed:tor-exit" '))
     state.put(key, b"{}")
     [staging, _] = render(state)
-    assert staging.report["unreadable_sets"][0]["kept"] is None
+    assert staging.report.unreadable_sets[0]["kept"] is None
 
 
 def test_a_set_that_recovers_clears_the_report(state: RecordingStore) -> None:
@@ -139,7 +139,7 @@ def test_a_set_that_recovers_clears_the_report(state: RecordingStore) -> None:
     state.put(key, good)
     state.puts.clear()
     recovered = render(state)
-    assert all("unreadable_sets" not in r.report for r in recovered)
+    assert all(not r.report.unreadable_sets for r in recovered)
     assert layout.LAST_GOOD_INDEX in state.puts  # recovery is recorded, and the reports rewritten
     assert "unreadable_since" not in jsonio.loads(state.get(layout.LAST_GOOD_INDEX).data)["sets"][key]
 
@@ -161,8 +161,8 @@ def test_feed_sets_past_the_ranking_cap_are_held_back_as_they_load(
     for key, data in stored.items():
         state.put(key, data)
     report = render(state)[0].report
-    assert report["left_out_unranked"] == {"tor": 2}
-    assert {name: feed["entries"] for name, feed in report["feeds"].items()} == {"c2": 2, "tor": 3}
+    assert report.left_out_unranked == {"tor": 2}
+    assert {name: feed.entries for name, feed in report.feeds.items()} == {"c2": 2, "tor": 3}
     assert all(state.get(key).data == data for key, data in stored.items())
     # the last good copies are the sets as stored, never what the render held of them
     assert all(state.get(layout.last_good_set_key(key)).data == data for key, data in stored.items())

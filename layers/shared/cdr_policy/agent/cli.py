@@ -10,7 +10,7 @@ import re
 import shlex
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.observe import AgentMetrics, ObservabilityServer
 from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.agent.sync import (
     DEFAULT_DRIFT_INTERVAL_S,
     DEFAULT_INTERVAL_S,
@@ -30,6 +31,7 @@ from cdr_policy.agent.sync import (
     DEFAULT_MAX_SHRINK_PERCENT,
     DEFAULT_POLL_JITTER,
     DEFAULT_SYNC_DEADLINE_S,
+    POLL_INTERVALS_S,
     Agent,
 )
 from cdr_policy.bundle.loader import Bundle
@@ -144,12 +146,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="public key(s) that bundles must be signed with (PEM; several blocks for a rotation)",
     )
     parser.add_argument(
+        "--profile",
+        choices=sorted(POLL_INTERVALS_S),
+        default="default",
+        help="the stack's Profile (template.yaml): how often to poll, "
+        + ", ".join(f"{name} every {seconds:g}s" for name, seconds in sorted(POLL_INTERVALS_S.items()))
+        + " (default: default; --interval overrides it)",
+    )
+    parser.add_argument(
         "--interval",
         type=_interval,
-        default=DEFAULT_INTERVAL_S,
         metavar="DURATION",
-        help=f"time between polls, like 30s, 5m or 1h (1s..24h, default {DEFAULT_INTERVAL_S:g}s; each wait "
-        f"varies by up to {DEFAULT_POLL_JITTER * 100:g}%% so that a fleet does not poll in step)",
+        help=f"time between polls, like 30s, 5m or 1h (1s..24h, default the --profile's, {DEFAULT_INTERVAL_S:g}s "
+        f"for default; each wait varies by up to {DEFAULT_POLL_JITTER * 100:g}%% so that a fleet does not poll "
+        "in step)",
     )
     parser.add_argument(
         "--drift-interval",
@@ -257,12 +267,6 @@ class _ClusterAdmission(Admission):
         return Admission(self.protection, self._read["crds"]).crd_problems(bundle, applied)
 
 
-def sync_line(status: Mapping[str, Any]) -> str:
-    """One sync as one line: its result and what changed (or ``unchanged``)."""
-    poll = status["last_poll"]
-    return f"{poll['result']}: {poll['detail']}"
-
-
 def _hits(args: argparse.Namespace, applier: Applier) -> HitsCollector | None:
     """The collector of the node readers' reports (``--hits-namespace`` or ``--hits-dir``), if any."""
     if args.hits_dir is not None:
@@ -274,8 +278,14 @@ def _hits(args: argparse.Namespace, applier: Applier) -> HitsCollector | None:
     return HitsCollector(ConfigMapReports(applier, args.hits_namespace), args.channel)
 
 
+def poll_interval(args: argparse.Namespace) -> float:
+    """Seconds between two polls: ``--interval``, else the ``--profile``'s."""
+    return float(args.interval) if args.interval is not None else POLL_INTERVALS_S[args.profile]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the agent. Returns the process exit code."""
+    interval = poll_interval(args)
     try:
         verifier = Verifier.from_file(args.public_key)
         dist = open_store(
@@ -312,8 +322,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.once:
             status = agent.sync_once()
-            print(sync_line(status), flush=True)
-            if status["last_poll"]["result"] == "refused":
+            print(status.last_poll.line(), flush=True)
+            if status.last_poll.result == "refused":
                 q = shlex.quote
                 print(
                     f"  next: the channel's generations signed by this key: {invoked_as()} channel history "
@@ -322,34 +332,34 @@ def run(args: argparse.Namespace) -> int:
             if agent.local_error:
                 print_error(agent.local_error)
                 return 1
-            return 0 if status["last_poll"]["result"] in _OK_RESULTS else 1
+            return 0 if status.last_poll.result in _OK_RESULTS else 1
         stop = threading.Event()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())
         logger.info(
             "agent started",
-            extra={"channel": args.channel, "interval_s": args.interval, "applier": applier.describe()},
+            extra={"channel": args.channel, "interval_s": interval, "applier": applier.describe()},
         )
-        metrics = AgentMetrics(channel=args.channel, interval_s=args.interval)
+        metrics = AgentMetrics(channel=args.channel, interval_s=interval)
         server = None
         if args.metrics_port:
             server = ObservabilityServer(metrics, host=args.metrics_host, port=args.metrics_port).start()
 
-        def observe(status: dict[str, Any]) -> None:
+        def observe(status: AgentStatus) -> None:
             metrics.observe(status)
-            print(f"{iso(utcnow())} {sync_line(status)}", flush=True)
+            print(f"{iso(utcnow())} {status.last_poll.line()}", flush=True)
             if agent.local_error:
                 print_error(agent.local_error)
 
         print(
-            f"agent: following channel {args.channel} in {dist.describe()} every {args.interval:g}s, applying to "
+            f"agent: following channel {args.channel} in {dist.describe()} every {interval:g}s, applying to "
             f"{applier.describe()}; status in {state_dir}/status.json"
             + (f", metrics on {args.metrics_host}:{server.port}" if server else ""),
             flush=True,
         )
         try:
-            agent.run(args.interval, stop, observe=observe)
+            agent.run(interval, stop, observe=observe)
         finally:
             if server is not None:
                 server.stop()

@@ -14,10 +14,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.errors import ConfigError, os_cause
 from cdr_policy.timeutil import parse_iso
 
@@ -61,7 +62,7 @@ class AgentMetrics:
         self.interval_s = interval_s
         self.clock = clock
         self._lock = threading.Lock()
-        self._status: Mapping[str, Any] | None = None
+        self._status: AgentStatus | None = None
         self._observed_at: float | None = None
         self._ready = False
         self._polls: Counter[str] = Counter()
@@ -69,19 +70,17 @@ class AgentMetrics:
         self._apply_errors = 0
         self._drift_repairs = 0
 
-    def observe(self, status: Mapping[str, Any]) -> None:
-        poll = status.get("last_poll") or {}
-        result = str(poll.get("result"))
+    def observe(self, status: AgentStatus) -> None:
+        result = status.last_poll.result
         with self._lock:
             self._status = status
             self._observed_at = self.clock()
             self._polls[result] += 1
-            verification = status.get("verification") or {}
-            if result == "refused" and verification.get("code"):
-                self._refusals[str(verification["code"])] += 1
-            self._apply_errors += len(status.get("apply_errors") or [])
-            drift = status.get("drift") or {}
-            if result == "repaired" or drift.get("repaired"):
+            code = status.verification.code
+            if result == "refused" and code:
+                self._refusals[code] += 1
+            self._apply_errors += len(status.apply_errors)
+            if result == "repaired" or (status.drift is not None and status.drift.repaired):
                 self._drift_repairs += 1
             # Ready once what the channel ships is in force; an outage of the bucket later keeps
             # the last good state in force, so it does not make the pod unready.
@@ -105,7 +104,7 @@ class AgentMetrics:
     def exposition(self) -> str:
         """The metrics in Prometheus' text format (version 0.0.4)."""
         with self._lock:
-            status = dict(self._status or {})
+            status = self._status
             polls, refusals = dict(self._polls), dict(self._refusals)
             apply_errors, repairs = self._apply_errors, self._drift_repairs
         channel = f'channel="{escape(self.channel)}"'
@@ -114,41 +113,40 @@ class AgentMetrics:
         def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
             out.extend(metric_lines(PREFIX, name, kind, help_text, samples))
 
-        digest = status.get("applied_digest")
+        digest = status.applied_digest if status else None
+        generation = status.applied_generation if status else None
         metric(
             "bundle_applied_info",
             "gauge",
             "The bundle in force (1), by digest and signed generation.",
-            [(f'{channel},digest="{digest}",generation="{status.get("applied_generation") or ""}"', 1)]
-            if digest
-            else [],
+            [(f'{channel},digest="{digest}",generation="{generation or ""}"', 1)] if digest else [],
         )
-        applied_at = status.get("applied_at")
+        applied_at = status.applied_at if status else None
         metric(
             "bundle_age_seconds",
             "gauge",
             "Seconds since the bundle in force was applied.",
             [(channel, max(0.0, self.clock() - parse_iso(applied_at).timestamp()))] if applied_at else [],
         )
-        expires_at = status.get("applied_expires_at")
+        expires_at = status.applied_expires_at if status else None
         metric(
             "bundle_expires_in_seconds",
             "gauge",
             "Seconds until the bundle in force expires (then the agent removes it).",
             [(channel, parse_iso(expires_at).timestamp() - self.clock())] if expires_at else [],
         )
-        poll = status.get("last_poll") or {}
+        poll = status.last_poll if status else None
         metric(
             "last_poll_timestamp_seconds",
             "gauge",
             "When the last poll finished.",
-            [(channel, parse_iso(poll["at"]).timestamp())] if poll.get("at") else [],
+            [(channel, parse_iso(poll.at).timestamp())] if poll else [],
         )
         metric(
             "last_poll_result",
             "gauge",
             "The last poll's result (1 for the result it had).",
-            [(f'{channel},result="{escape(str(poll["result"]))}"', 1)] if poll.get("result") else [],
+            [(f'{channel},result="{escape(poll.result)}"', 1)] if poll else [],
         )
         metric(
             "polls_total",
@@ -164,14 +162,13 @@ class AgentMetrics:
         )
         metric("apply_errors_total", "counter", "Objects that failed to apply or delete.", [(channel, apply_errors)])
         metric("drift_repairs_total", "counter", "Polls that repaired drift.", [(channel, repairs)])
-        objects = status.get("objects") or {}
         metric(
             "objects_applied",
             "gauge",
             "Objects the last apply wrote.",
-            [(channel, int(objects.get("applied", 0)))] if objects else [],
+            [(channel, status.objects.applied)] if status else [],
         )
-        hits = status.get("hits") or {}
+        hits = status.hits if status else None
         metric(
             "hits_total",
             "counter",
@@ -179,11 +176,11 @@ class AgentMetrics:
             "readers, by engine, action, and the primary category and source kind of the indicator hit.",
             [
                 (
-                    f'{channel},engine="{escape(c["engine"])}",action="{escape(c["action"])}",'
-                    f'category="{escape(c["category"])}",source="{escape(c["source"])}"',
-                    c["count"],
+                    f'{channel},engine="{escape(c.engine)}",action="{escape(c.action)}",'
+                    f'category="{escape(c.category)}",source="{escape(c.source)}"',
+                    c.count,
                 )
-                for c in hits.get("counters", [])
+                for c in (hits.counters if hits else ())
             ],
         )
         metric(
@@ -191,7 +188,7 @@ class AgentMetrics:
             "counter",
             "Export lines the node readers read, by result: ours, unattributed (other policies, forwarded "
             "flows, other destinations) or malformed.",
-            [(f'{channel},result="{r}"', hits["totals"][r]) for r in ("ours", "unattributed", "malformed")]
+            [(f'{channel},result="{r}"', getattr(hits.totals, r)) for r in ("ours", "unattributed", "malformed")]
             if hits
             else [],
         )
@@ -199,13 +196,13 @@ class AgentMetrics:
             "hit_reporting_nodes",
             "gauge",
             "Node readers whose reports the last status summed.",
-            [(channel, hits["nodes"])] if hits else [],
+            [(channel, hits.nodes or 0)] if hits else [],
         )
         metric(
             "hit_gaps_total",
             "counter",
             "Rotated export files gone before a restarted node reader had finished them.",
-            [(channel, hits["gaps"])] if hits else [],
+            [(channel, hits.gaps)] if hits else [],
         )
         return "\n".join(out) + "\n"
 

@@ -29,18 +29,22 @@ known good) or ``withdraw`` (not applied; this owner's live Cilium objects are d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from cdr_policy.agent.applier import ApplyError
 from cdr_policy.agent.kinds import KINDS
+from cdr_policy.agent.status import CiliumEffect, PreflightFinding, PreflightReport, Severity
 from cdr_policy.policy.channel import parse_version
 from cdr_policy.policy.naming import CILIUM_VERSION
 
 CILIUM_CONFIG = "cilium-config"
 NON_DEFAULT_DENY_KEY = "enable-non-default-deny-policies"
-APPLY, WITHHOLD, WITHDRAW = "apply", "withhold", "withdraw"
+APPLY: CiliumEffect = "apply"
+WITHHOLD: CiliumEffect = "withhold"
+WITHDRAW: CiliumEffect = "withdraw"
 CILIUM_POLICY_KINDS = frozenset({"CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"})
 _GROUP = "cilium.io"
 _CCNP_CRD = "ciliumclusterwidenetworkpolicies.cilium.io"
@@ -70,12 +74,12 @@ class ClusterReader(Protocol):
 class Finding:
     code: str
     # "error": holds the Cilium part back (``effect`` says how); "warning": reported only
-    severity: str
+    severity: Severity
     message: str
-    effect: str = APPLY
+    effect: CiliumEffect = APPLY
 
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "severity": self.severity, "message": self.message}
+    def report(self) -> PreflightFinding:
+        return PreflightFinding(self.code, self.severity, self.message)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class Preflight:
     cluster: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def cilium(self) -> str:
+    def cilium(self) -> CiliumEffect:
         """``apply``, ``withhold`` or ``withdraw`` (see the module docstring)."""
         effects = {f.effect for f in self.findings}
         return WITHDRAW if WITHDRAW in effects else WITHHOLD if WITHHOLD in effects else APPLY
@@ -95,10 +99,14 @@ class Preflight:
     def reason(self) -> str:
         return "; ".join(f.message for f in self.findings if f.severity == "error")
 
-    def to_dict(self) -> dict[str, Any]:
+    def report(self) -> PreflightReport:
+        """As the agent status reports it."""
+        return PreflightReport(self.cilium, tuple(f.report() for f in self.findings), dict(self.cluster))
+
+    def to_log(self) -> dict[str, Any]:
         return {
             "cilium": self.cilium,
-            "findings": [f.to_dict() for f in self.findings],
+            "findings": [dataclasses.asdict(f.report()) for f in self.findings],
             "cluster": dict(self.cluster),
         }
 

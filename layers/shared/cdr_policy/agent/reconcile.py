@@ -23,6 +23,7 @@ from typing import Any
 from cdr_policy.agent.applier import Applier, ApplyError
 from cdr_policy.agent.kinds import KINDS, ownership_labels, stamped_by_agent
 from cdr_policy.agent.preflight import WITHDRAW, Preflight, is_cilium, run_preflight
+from cdr_policy.agent.status import ObjectAction, ObjectError
 from cdr_policy.bundle.objects import ObjectRef, ref_of
 from cdr_policy.observability import logger
 
@@ -31,16 +32,16 @@ def _order(obj: dict[str, Any]) -> tuple[int, ObjectRef]:
     return KINDS[obj["kind"]].rank, ref_of(obj)
 
 
-def _error(obj: dict[str, Any], action: str, error: str) -> dict[str, Any]:
+def _error(obj: dict[str, Any], action: ObjectAction, error: str) -> ObjectError:
     ref = ref_of(obj)
-    return {"kind": ref.kind, "name": ref.name, "namespace": ref.namespace, "action": action, "error": error}
+    return ObjectError(ref.kind, ref.name, ref.namespace, action, error)
 
 
 def owned_objects(applier: Applier, labels: dict[str, str]) -> dict[ObjectRef, dict[str, Any]]:
     return {ref_of(obj): obj for obj in applier.owned(labels)}
 
 
-def delete_objects(applier: Applier, objects: list[dict[str, Any]], errors: list[dict[str, Any]]) -> int:
+def delete_objects(applier: Applier, objects: list[dict[str, Any]], errors: list[ObjectError]) -> int:
     """Delete policies before the CIDR groups they reference. Appends failures to ``errors``."""
     deleted = 0
     for obj in sorted(objects, key=_order, reverse=True):
@@ -59,7 +60,7 @@ def reconcile(
     channel: str,
     preflight: Preflight | None = None,
     owned: dict[ObjectRef, dict[str, Any]] | None = None,
-) -> tuple[list[dict[str, Any]], int, int]:
+) -> tuple[list[ObjectError], int, int]:
     """Pre-flight, apply all it allows, then prune (only when every apply succeeded). Returns
     (errors, applied, deleted). ``preflight`` is run here unless the caller already ran it (the agent
     does, to report it); ``owned``: the owned live objects when the caller has just listed them.
@@ -74,7 +75,7 @@ def reconcile(
         meta = dict(obj["metadata"])
         meta["labels"] = {**(meta.get("labels") or {}), **labels}
         desired[ref_of(obj)] = {**obj, "metadata": meta}
-    errors: list[dict[str, Any]] = []
+    errors: list[ObjectError] = []
     held = {ref for ref, obj in desired.items() if preflight is not None and preflight.holds_back(obj)}
     if preflight is not None:
         _log_preflight(preflight, channel, len(held))
@@ -107,7 +108,7 @@ def reconcile(
     deleted = 0
     if held and preflight is not None and preflight.cilium == WITHDRAW:
         deleted += delete_objects(applier, [obj for obj in owned.values() if is_cilium(obj)], errors)
-    if any(e["action"] != "preflight" for e in errors):
+    if any(e.action != "preflight" for e in errors):
         return errors, applied, deleted
     # held-back Cilium objects keep their live predecessors (last known good) unless withdrawn above
     stale = [obj for ref, obj in owned.items() if ref not in desired and not (held and is_cilium(obj))]
@@ -116,7 +117,7 @@ def reconcile(
 
 
 def _log_preflight(preflight: Preflight, channel: str, held: int) -> None:
-    extra = {"channel": channel, **preflight.to_dict(), "held_back": held}
+    extra = {"channel": channel, **preflight.to_log(), "held_back": held}
     if held:
         logger.error("cluster pre-flight: Cilium objects held back, Tetragon objects applied", extra=extra)
     elif preflight.findings:

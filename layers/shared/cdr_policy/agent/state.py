@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from cdr_policy import jsonio
 from cdr_policy.agent.applier import ApplyError, Conflict
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest
 from cdr_policy.bundle.signing import Verifier, verify_signature
 from cdr_policy.errors import BundleError, StorageError
@@ -43,6 +44,19 @@ class Applied:
     @property
     def generation(self) -> int:
         return self.manifest.generation or 0
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Applied:
+        """BundleError when ``doc`` is not a state this agent saved (the manifest checked, not verified)."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("applied_at"), str):
+            raise BundleError("no applied_at")
+        manifest = Manifest.from_json(doc.get("manifest"))
+        if manifest.generation is None:
+            raise BundleError("no generation")
+        return cls(manifest, doc["applied_at"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"manifest": self.manifest.to_json(), "applied_at": self.applied_at}
 
 
 @dataclass(frozen=True)
@@ -152,26 +166,24 @@ class StateDir:
 
     def load(self, verifier: Verifier, channel: str) -> Applied | None:
         try:
-            doc = jsonio.loads(self._store.get(APPLIED, max_bytes=MAX_MANIFEST_BYTES + 4096).data)
-            manifest, applied_at = Manifest.from_json(doc["manifest"]), doc["applied_at"]
-            verify_signature(manifest, verifier)
-            if manifest.channel != channel:
+            applied = Applied.from_json(
+                jsonio.loads(self._store.get(APPLIED, max_bytes=MAX_MANIFEST_BYTES + 4096).data)
+            )
+            verify_signature(applied.manifest, verifier)
+            if applied.manifest.channel != channel:
                 raise BundleError("it belongs to another channel")
-            if not isinstance(applied_at, str) or manifest.generation is None:
-                raise BundleError("no applied_at or generation")
         except NotFound:
             return None
         except (StorageError, BundleError, ValueError, KeyError, TypeError) as exc:
             logger.warning("ignoring the saved agent state", extra={"path": self.describe(), "reason": str(exc)})
             return None
-        return Applied(manifest, applied_at)
+        return applied
 
     def save(self, applied: Applied) -> None:
-        body = {"manifest": applied.manifest.to_json(), "applied_at": applied.applied_at}
-        self._store.put(APPLIED, jsonio.dumps_pretty(body))
+        self._store.put(APPLIED, jsonio.dumps_pretty(applied.to_json()))
 
     def clear(self) -> None:
         self._store.delete(APPLIED)
 
-    def save_status(self, status: dict[str, Any]) -> None:
-        self._store.put(STATUS, jsonio.dumps_pretty(status))
+    def save_status(self, status: AgentStatus) -> None:
+        self._store.put(STATUS, jsonio.dumps_pretty(status.to_json()))

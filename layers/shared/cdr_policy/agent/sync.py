@@ -45,6 +45,7 @@ set by the agent on every object it applies; nothing without both labels is ever
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -69,13 +70,22 @@ from cdr_policy.agent.kinds import (
 from cdr_policy.agent.preflight import APPLY, Preflight, is_cilium, run_preflight
 from cdr_policy.agent.reconcile import delete_objects, owned_objects, reconcile
 from cdr_policy.agent.state import Applied, Record, RecordStore, StateDir
-from cdr_policy.agent.status import SCHEMA_VERSION
+from cdr_policy.agent.status import (
+    AgentStatus,
+    Drift,
+    LastPoll,
+    ObjectCounts,
+    ObjectError,
+    PollResult,
+    Verification,
+)
 from cdr_policy.bundle.change_budget import shrink_reasons
 from cdr_policy.bundle.loader import Bundle, load_bundle
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, VerificationError
 from cdr_policy.bundle.objects import ObjectRef, ref_of
 from cdr_policy.bundle.signing import Verifier, verify_manifest
 from cdr_policy.errors import ConfigError, StorageError
+from cdr_policy.hits.aggregate import HitsSection
 from cdr_policy.observability import logger
 from cdr_policy.storage import NotFound, Store, TooLarge
 from cdr_policy.timeutil import iso, parse_iso, utcnow
@@ -88,7 +98,11 @@ DEFAULT_SYNC_DEADLINE_S = 300.0
 # heartbeat for ``fleet status``): an unchanged poll is then one conditional GET, not also a PUT,
 # which was 93% of what a polling fleet costs.
 DEFAULT_STATUS_HEARTBEAT_S = 600.0
-DEFAULT_INTERVAL_S = 60.0
+# The agent's part of the deployment profiles (template.yaml Profile, docs/time-to-protect.md): how
+# often it polls its channel's manifest. An unchanged poll is one conditional GET answered 304 without
+# a body, so the manifest itself is the small object a fast profile polls.
+POLL_INTERVALS_S = {"default": 60.0, "fast": 10.0}
+DEFAULT_INTERVAL_S = POLL_INTERVALS_S["default"]
 # Each wait between two polls is the interval times a factor drawn uniformly from [1 - jitter, 1 + jitter]:
 # agents started together (one rollout across a fleet) drift apart instead of polling the bucket in
 # step, and no poll starts later than (1 + jitter) intervals after the previous one.
@@ -206,7 +220,7 @@ class Agent:
         drift_interval_s: float = DEFAULT_DRIFT_INTERVAL_S,
         sync_deadline_s: float = DEFAULT_SYNC_DEADLINE_S,
         status_heartbeat_s: float = DEFAULT_STATUS_HEARTBEAT_S,
-        hits: Callable[[datetime], dict[str, Any] | None] | None = None,
+        hits: Callable[[datetime], HitsSection | None] | None = None,
     ) -> None:
         if not layout.is_channel_name(channel):
             raise ConfigError(f"channel {channel!r}: use 1-32 lower-case letters, digits or '-'")
@@ -228,25 +242,23 @@ class Agent:
         self.drift_interval_s = drift_interval_s
         self.status_heartbeat_s = status_heartbeat_s
         self.hits = hits  # the node readers' hits, summed (``hits.collect``), for the status
-        self._reported: tuple[bytes, float] | None = None  # (what the bucket's status says, when written)
+        self._reported: tuple[tuple[AgentStatus, bool], float] | None = (
+            None  # (what the bucket's status says, when written)
+        )
         self.sync_deadline_s = sync_deadline_s
         self.labels = ownership_labels(channel)
         self.manifest_key = layout.channel_manifest_key(channel)
         self._state = StateDir(Path(state_dir))
         self._applied = self._state.load(verifier, channel)
         self._desired: list[dict[str, Any]] | None = None  # the applied bundle's objects, as applied
+        # The applied bundle's files by sha256: a new bundle reads only the files that changed.
+        self._files: dict[str, bytes] = {}
         self._pending: _Verified | None = None  # a newer verified bundle held back as a shrink
         self._etag: str | None = None
-        self._verification: dict[str, Any] = {
-            "ok": None,
-            "code": None,
-            "reason": None,
-            "digest": None,
-            "at": None,
-        }
-        self._apply_errors: list[dict[str, Any]] = []
-        self._counts = {"applied": 0, "deleted": 0}
-        self._drift: dict[str, Any] | None = None
+        self._verification = Verification()
+        self._apply_errors: list[ObjectError] = []
+        self._counts = ObjectCounts()
+        self._drift: Drift | None = None
         self._drift_due = 0.0
         self._record: Record | None = None  # the in-cluster record, once read (for expiry after a restart)
         self._record_read = False
@@ -257,7 +269,7 @@ class Agent:
 
     # -- one round -------------------------------------------------------------------------------
 
-    def sync_once(self, now: datetime | None = None) -> dict[str, Any]:
+    def sync_once(self, now: datetime | None = None) -> AgentStatus:
         """Poll, verify, apply, prune, repair drift, expire, report -- within one deadline.
         Returns the status document it wrote."""
         now = now or utcnow()
@@ -281,9 +293,9 @@ class Agent:
                 "channel": self.channel,
                 "result": result,
                 "detail": detail,
-                "applied_digest": status["applied_digest"],
-                "applied_generation": status["applied_generation"],
-                "drift": self._drift,
+                "applied_digest": status.applied_digest,
+                "applied_generation": status.applied_generation,
+                "drift": status.to_json()["drift"],
             },
         )
         return status
@@ -292,7 +304,7 @@ class Agent:
         self,
         interval: float,
         stop: threading.Event | None = None,
-        observe: Callable[[dict[str, Any]], None] | None = None,
+        observe: Callable[[AgentStatus], None] | None = None,
         *,
         jitter: float = DEFAULT_POLL_JITTER,
         rng: random.Random | None = None,
@@ -316,7 +328,7 @@ class Agent:
             wait = interval * rng.uniform(1 - jitter, 1 + jitter)
             stop.wait(max(0.0, wait - (time.monotonic() - started)))
 
-    def _poll(self, now: datetime) -> tuple[str, str]:
+    def _poll(self, now: datetime) -> tuple[PollResult, str]:
         try:
             obj = self.dist.get_if_changed(self.manifest_key, self._etag, max_bytes=MAX_MANIFEST_BYTES)
         except NotFound:
@@ -348,24 +360,26 @@ class Agent:
         except StorageError as exc:
             return "unreachable", f"cannot read the bundle's files: {exc}; keeping the last good state"
         except ApplyError as exc:
-            self._apply_errors, self._counts = [], {"applied": 0, "deleted": 0}
+            self._apply_errors, self._counts = [], ObjectCounts()
             return "apply_failed", f"cannot read the objects this agent owns: {exc}; nothing changed"
         result, detail = self._apply(bundle, owned, now)
         if result == "applied":
             self._etag = obj.etag
         return result, detail
 
-    def _apply(self, bundle: _Verified, owned: dict[ObjectRef, dict[str, Any]], now: datetime) -> tuple[str, str]:
+    def _apply(
+        self, bundle: _Verified, owned: dict[ObjectRef, dict[str, Any]], now: datetime
+    ) -> tuple[PollResult, str]:
         """Apply a verified bundle, prune what it no longer has, record the generation."""
         digest, generation = bundle.manifest.digest, bundle.generation
-        self._verification = {"ok": True, "code": None, "reason": None, "digest": digest, "at": iso(now)}
+        self._verification = Verification(ok=True, digest=digest, at=iso(now))
         self._pending = None
         desired = [self._stamp(o, bundle.manifest) for o in bundle.bundle.objects]
         errors, applied, deleted = reconcile(
             self.applier, desired, channel=self.channel, preflight=self._preflight, owned=owned
         )
-        self._apply_errors, self._counts = errors, {"applied": applied, "deleted": deleted}
-        failed = [e for e in errors if e["action"] != "preflight"]
+        self._apply_errors, self._counts = errors, ObjectCounts(applied, deleted)
+        failed = [e for e in errors if e.action != "preflight"]
         if failed:
             return "apply_failed", (
                 f"{len(failed)} object operation(s) failed for bundle {digest[:12]} (generation {generation}); "
@@ -373,6 +387,7 @@ class Agent:
             )
         done_at = self._applied = Applied(bundle.manifest, iso(now))
         self._desired = desired
+        self._files = {e.sha256: bundle.bundle.files[e.path] for e in bundle.manifest.files}
         self._save_local(lambda: self._state.save(done_at))
         self._drift_due = time.monotonic() + self.drift_interval_s
         if self.record is not None:
@@ -394,7 +409,7 @@ class Agent:
         return "applied", done
 
     def _refused(self, exc: VerificationError, digest: str | None, now: datetime) -> None:
-        self._verification = {"ok": False, "code": exc.code, "reason": str(exc), "digest": digest, "at": iso(now)}
+        self._verification = Verification(ok=False, code=exc.code, reason=str(exc), digest=digest, at=iso(now))
 
     @staticmethod
     def _claimed_digest(data: bytes) -> str | None:
@@ -444,7 +459,7 @@ class Agent:
                     f"{floor.generation} ({floor.source}): refusing to go back (a rollback is published as a "
                     "new, higher generation)",
                 )
-        bundle = load_bundle(self.dist, manifest, published=True)
+        bundle = load_bundle(self.dist, manifest, published=True, known=self._files)
         # The closed grammar and the effect first: nothing of a bundle they refuse is looked at further.
         verdict = self.admission.judge_objects(bundle)
         if not verdict.admitted:
@@ -524,7 +539,7 @@ class Agent:
 
     # -- drift -----------------------------------------------------------------------------------
 
-    def _unchanged(self, now: datetime) -> tuple[str, str]:
+    def _unchanged(self, now: datetime) -> tuple[PollResult, str]:
         if self._desired is None or self._applied is None or time.monotonic() < self._drift_due:
             return "unchanged", "manifest unchanged (ETag)"
         self._drift_due = time.monotonic() + self.drift_interval_s
@@ -536,16 +551,17 @@ class Agent:
         missing = sorted(str(r) for r in desired if r not in owned)
         changed = sorted(str(r) for r, want in desired.items() if r in owned and _drifted(owned[r], want))
         extra = sorted(str(r) for r in owned if r not in desired)
-        drift = {"checked_at": iso(now), "missing": missing, "changed": changed, "extra": extra, "repaired": False}
-        self._drift = drift
-        if not (missing or changed or extra):
+        drift = self._drift = Drift(iso(now), tuple(missing), tuple(changed), tuple(extra), repaired=False)
+        if not drift.found:
             return "unchanged", "manifest unchanged (ETag)"  # the check is in the status's ``drift``
         errors, applied, deleted = reconcile(self.applier, self._desired, channel=self.channel, owned=owned)
-        self._apply_errors, self._counts = errors, {"applied": applied, "deleted": deleted}
-        errors = [e for e in errors if e["action"] != "preflight"]  # held back by the pre-flight: reported
-        drift["repaired"] = not errors
+        self._apply_errors, self._counts = errors, ObjectCounts(applied, deleted)
+        errors = [e for e in errors if e.action != "preflight"]  # held back by the pre-flight: reported
+        self._drift = dataclasses.replace(drift, repaired=not errors)
         what = f"{len(missing)} missing, {len(changed)} changed, {len(extra)} not in the bundle"
-        logger.warning("drift found", extra={"channel": self.channel, "drift": drift})
+        logger.warning(
+            "drift found", extra={"channel": self.channel, "missing": missing, "changed": changed, "extra": extra}
+        )
         if errors:
             return "apply_failed", f"drift ({what}): {len(errors)} object operation(s) failed; retrying"
         return "repaired", f"drift repaired ({what}): {applied} object(s) re-applied, {deleted} deleted"
@@ -581,14 +597,14 @@ class Agent:
             result, detail = self._apply(pending, owned, now)
             return f"{expired}; the newer verified bundle held back as a shrink stands in ({result}: {detail})"
         keep = {ref for ref, obj in owned.items() if _newer_and_valid(obj, applied.generation, now)}
-        errors: list[dict[str, Any]] = []
+        errors: list[ObjectError] = []
         deleted = delete_objects(self.applier, [o for r, o in owned.items() if r not in keep], errors)
-        self._apply_errors, self._counts = errors, {"applied": 0, "deleted": deleted}
+        self._apply_errors, self._counts = errors, ObjectCounts(0, deleted)
         if errors:
             return f"{expired}: {len(errors)} object(s) not removed"
         self._save_local(self._state.clear)
         self._applied, self._record = None, None
-        self._desired = None
+        self._desired, self._files = None, {}
         self._etag = None  # verify the channel's manifest again: the status then says why nothing is applied
         kept = f"; kept {len(keep)} object(s) of a newer verified bundle" if keep else ""
         return f"{expired}: removed {deleted} object(s){kept}"
@@ -604,36 +620,32 @@ class Agent:
             self.local_error = str(exc)
             logger.error("cannot write the agent state directory", extra={"error": str(exc)})
 
-    def _status(self, now: datetime, result: str, detail: str) -> dict[str, Any]:
+    def _status(self, now: datetime, result: PollResult, detail: str) -> AgentStatus:
         # What is applied: the local state, else (after a restart with an empty state dir) the record.
         applied = Record.of(self._applied) if self._applied else self._record
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "cluster_id": self.cluster_id,
-            "channel": self.channel,
-            "agent_version": __version__,
-            "applier": self.applier.describe(),
-            "applied_digest": applied.digest if applied else None,
-            "applied_generation": applied.generation if applied else None,
-            "applied_at": applied.applied_at if applied else None,
-            "applied_expires_at": applied.expires_at if applied else None,
-            "last_poll": {"at": iso(now), "result": result, "detail": detail},
-            "verification": dict(self._verification),
-            "objects": dict(self._counts),
-            "apply_errors": list(self._apply_errors),
-            "drift": dict(self._drift) if self._drift else None,
-            "preflight": self._preflight.to_dict() if self._preflight is not None else None,
-            "hits": self.hits(now) if self.hits is not None else None,
-        }
+        return AgentStatus(
+            cluster_id=self.cluster_id,
+            channel=self.channel,
+            agent_version=__version__,
+            applier=self.applier.describe(),
+            applied_digest=applied.digest if applied else None,
+            applied_generation=applied.generation if applied else None,
+            applied_at=applied.applied_at if applied else None,
+            applied_expires_at=applied.expires_at if applied else None,
+            last_poll=LastPoll(iso(now), result, detail),
+            verification=self._verification,
+            objects=self._counts,
+            apply_errors=tuple(self._apply_errors),
+            drift=self._drift,
+            preflight=self._preflight.report() if self._preflight is not None else None,
+            hits=self.hits(now) if self.hits is not None else None,
+        )
 
-    def _report(self, status: dict[str, Any]) -> None:
-        """The local status every poll; the bucket's when it says something new (anything but the
-        time of the poll and of the drift check, and the hit counts: that hits appear or go is news,
-        new counts ride on the next write, at most a heartbeat later) or the heartbeat is due."""
+    def _report(self, status: AgentStatus) -> None:
+        """The local status every poll; the bucket's when it says something new (``AgentStatus.news``)
+        or the heartbeat is due."""
         self._save_local(lambda: self._state.save_status(status))
-        drift = status["drift"] and {**status["drift"], "checked_at": None}
-        hits = status["hits"] is not None
-        news = jsonio.dumps({**status, "last_poll": {**status["last_poll"], "at": None}, "drift": drift, "hits": hits})
+        news = status.news()
         now = time.monotonic()
         if (
             self._reported is not None
@@ -642,7 +654,7 @@ class Agent:
         ):
             return
         try:
-            self.dist.put(layout.status_key(self.cluster_id), jsonio.dumps_pretty(status), "application/json")
+            self.dist.put(layout.status_key(self.cluster_id), jsonio.dumps_pretty(status.to_json()), "application/json")
         except StorageError as exc:
             logger.warning("cannot write the agent status to the bucket", extra={"error": str(exc)})
             return

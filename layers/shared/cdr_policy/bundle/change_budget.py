@@ -27,7 +27,9 @@ from typing import Any
 
 from cdr_policy.admission.effect import BundleEffect
 from cdr_policy.bundle.objects import prefixes
+from cdr_policy.errors import ContractError
 from cdr_policy.policy.naming import COMPONENT_BEHAVIOUR, COMPONENT_KEY, RULE_KEY
+from cdr_policy.schemas import fields_from_json
 
 # Below this many added + removed entries an engine is never held, whatever the percentage: a
 # three-entry list gaining two entries is not a blast-radius event.
@@ -55,7 +57,7 @@ class EngineChange:
         """Changes as a share of the current entries (100% per entry when there were none)."""
         return 100.0 * self.changes / max(self.current, 1)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "current": self.current,
             "proposed": self.proposed,
@@ -63,6 +65,16 @@ class EngineChange:
             "removed": self.removed,
             "percent": round(self.percent, 2),
         }
+
+    @classmethod
+    def from_json(cls, engine: str, doc: Any, what: str, *, vetted: bool = False) -> EngineChange:
+        """``percent`` is derived: read back, it must be the one the counts give (``vetted``: the
+        budget's, which says whether the additions count)."""
+        fields = fields_from_json(cls, doc, what, given=("engine", "vetted"), derived=("percent",))
+        change = cls(engine, vetted=vetted, **fields)
+        if doc.get("percent") != round(change.percent, 2):
+            raise ContractError(f"malformed {what}: percent is not what its counts give")
+        return change
 
 
 @dataclass(frozen=True)
@@ -87,14 +99,38 @@ class Budget:
         ]
         return churn + list(self.shrink)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "budget_percent": self.budget_percent,
             "min_changes": self.min_changes,
-            "engines": {e.engine: e.to_dict() for e in self.engines},
+            "engines": {e.engine: e.to_json() for e in self.engines},
             "shrink": list(self.shrink),
             "vetted": any(e.vetted for e in self.engines),
         }
+
+    @classmethod
+    def from_json(cls, doc: Any, what: str = "change budget") -> Budget:
+        limits = fields_from_json(cls, doc, what, nested=("engines", "shrink"), derived=("vetted",))
+        engines, shrink, vetted = doc["engines"], doc["shrink"], doc["vetted"]
+        if (
+            not isinstance(engines, dict)
+            or not set(engines) <= set(ENGINES)
+            or not all(isinstance(e, dict) for e in engines.values())
+        ):
+            raise ContractError(f"malformed {what}: engines")
+        if not isinstance(shrink, list) or not all(isinstance(r, str) for r in shrink):
+            raise ContractError(f"malformed {what}: shrink")
+        if not isinstance(vetted, bool):
+            raise ContractError(f"malformed {what}: vetted")
+        return cls(
+            tuple(
+                EngineChange.from_json(e, engines[e], f"{what}: engines/{e}", vetted=vetted)
+                for e in ENGINES
+                if e in engines
+            ),
+            shrink=tuple(shrink),
+            **limits,
+        )
 
 
 def _check_limits(percent: int, min_changes: int) -> None:

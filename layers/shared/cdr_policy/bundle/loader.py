@@ -57,35 +57,51 @@ def read_manifest(store: Store, key: str) -> tuple[Manifest, str]:
     return Manifest.parse(obj.data, key), obj.etag
 
 
-def load_bundle(store: Store, manifest: Manifest, *, published: bool) -> Bundle:
+def load_bundle(
+    store: Store, manifest: Manifest, *, published: bool, known: Mapping[str, bytes] | None = None
+) -> Bundle:
     """The files ``manifest`` lists: as rendered, from the state store's ``bundles/<digest>/``, or
-    ``published``, from the distribution store's ``channels/<channel>/bundles/<digest>/``.
+    ``published``, from the distribution store's ``channels/<channel>/bundles/<digest>/``. ``known``:
+    file contents by sha256 the caller already holds (the bundle it applied before); a listed file of
+    one of those sha256 is taken from there instead of being read again (most of a new bundle is its
+    predecessor's files). Every file is checked against the manifest whatever its source.
     VerificationError when one does not match; StorageError when one cannot be read."""
-    return Bundle(manifest, load_files(store, manifest, [e.path for e in manifest.files], published=published))
+    paths = [e.path for e in manifest.files]
+    return Bundle(manifest, load_files(store, manifest, paths, published=published, known=known))
 
 
-def load_files(store: Store, manifest: Manifest, paths: Iterable[str], *, published: bool) -> dict[str, bytes]:
+def load_files(
+    store: Store,
+    manifest: Manifest,
+    paths: Iterable[str],
+    *,
+    published: bool,
+    known: Mapping[str, bytes] | None = None,
+) -> dict[str, bytes]:
     """Some of the files ``manifest`` lists (``paths``), each read no further than its listed size
-    and checked against its size and sha256 (``load_bundle``'s reads, for a reader that needs only
-    a few files of a large bundle). VerificationError for a path it does not list or a file that
-    does not match."""
+    (or taken from ``known``, as ``load_bundle`` says) and checked against its size and sha256
+    (``load_bundle``'s reads, for a reader that needs only a few files of a large bundle).
+    VerificationError for a path it does not list or a file that does not match."""
     listed = {e.path: e for e in manifest.files}
     files = {}
     for path in paths:
         entry = listed.get(path)
         if entry is None:
             raise VerificationError("file_mismatch", f"file mismatch: {path} is not in the manifest")
-        key = (
-            layout.published_file_key(manifest.channel, manifest.digest, entry.path)
-            if published
-            else layout.bundle_file_key(manifest.digest, entry.path)
-        )
-        try:
-            files[entry.path] = store.get(key, max_bytes=entry.size).data
-        except TooLarge as exc:
-            raise VerificationError(
-                "too_large", f"file mismatch: {entry.path} is larger than the {entry.size} bytes listed"
-            ) from exc
+        if known and entry.sha256 in known:
+            files[entry.path] = known[entry.sha256]
+        else:
+            key = (
+                layout.published_file_key(manifest.channel, manifest.digest, entry.path)
+                if published
+                else layout.bundle_file_key(manifest.digest, entry.path)
+            )
+            try:
+                files[entry.path] = store.get(key, max_bytes=entry.size).data
+            except TooLarge as exc:
+                raise VerificationError(
+                    "too_large", f"file mismatch: {entry.path} is larger than the {entry.size} bytes listed"
+                ) from exc
         verify_file(entry, files[entry.path])
     return files
 

@@ -233,6 +233,28 @@ class RolledBack:
 
 
 @dataclass(frozen=True)
+class GrantUsed:
+    """An approver's grant of changes a generation used: its fingerprint, the approver's key, how
+    many changes it granted."""
+
+    grant: str
+    approver: str
+    changes: int
+
+
+@dataclass(frozen=True)
+class PromotedEvidence:
+    """A promoted change, how (soaked, approved) and the evidence its audit channel gave."""
+
+    change: str
+    how: str
+    in_audit_since: str | None
+    clusters: int
+    hits: int
+    workloads: int
+
+
+@dataclass(frozen=True)
 class Promotion:
     """What a generation of a promoting channel took from its audit channel ``source`` over bundle
     ``over``, on what evidence (``evidence``: the promoted changes with the most of it), with which
@@ -245,8 +267,8 @@ class Promotion:
     decided_at: str
     promoted: Changes
     pending: Mapping[str, int]
-    approved: tuple[Mapping[str, Any], ...] = ()
-    evidence: tuple[Mapping[str, Any], ...] = ()
+    approved: tuple[GrantUsed, ...] = ()
+    evidence: tuple[PromotedEvidence, ...] = ()
     rolled_back: RolledBack | None = None
     held_back: Changes | None = None
 
@@ -256,8 +278,8 @@ class Promotion:
             "over": self.over,
             "decided_at": self.decided_at,
             "promoted": self.promoted.to_json(),
-            "approved": [dict(a) for a in self.approved],
-            "evidence": [dict(e) for e in self.evidence],
+            "approved": [dataclasses.asdict(a) for a in self.approved],
+            "evidence": [dataclasses.asdict(e) for e in self.evidence],
             "pending": dict(self.pending),
         }
         if self.rolled_back is not None:
@@ -276,8 +298,8 @@ class Promotion:
             decided_at=doc["decided_at"],
             promoted=Changes.from_json(doc["promoted"]),
             pending=dict(doc["pending"]),
-            approved=tuple(dict(a) for a in doc["approved"]),
-            evidence=tuple(dict(e) for e in doc["evidence"]),
+            approved=tuple(GrantUsed(**a) for a in doc["approved"]),
+            evidence=tuple(PromotedEvidence(**e) for e in doc["evidence"]),
             rolled_back=RolledBack(rb["generation"], rb["reason"], Changes.from_json(rb["changes"])) if rb else None,
             held_back=Changes.from_json(doc["held_back"]) if "held_back" in doc else None,
         )

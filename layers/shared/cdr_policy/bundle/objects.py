@@ -113,11 +113,6 @@ def placed_objects(files: Mapping[str, bytes]) -> list[tuple[str, dict[str, Any]
     return objects
 
 
-def parse_objects(files: Mapping[str, bytes]) -> list[dict[str, Any]]:
-    """``placed_objects`` without the places."""
-    return [obj for _, obj in placed_objects(files)]
-
-
 def _strings(value: Any) -> Iterator[str]:
     if isinstance(value, str):
         yield value

@@ -11,7 +11,7 @@ Sub-commands: ``validate`` (check policy files against the CRDs and the safety c
 ``publish``, ``channel``, ``fleet`` and ``state`` for channels and fleets.
 
 Every failure is one line, ``cdr-policy: error: <what> (<cause>)``, on standard error, with the
-exit code the README documents (1 a failed run, 2 usage or configuration, 130 Ctrl-C); the
+exit code docs/operations.md documents (1 a failed run, 2 usage or configuration, 130 Ctrl-C); the
 traceback only with ``--debug`` (accepted anywhere on the command line).
 """
 

@@ -5,7 +5,7 @@ consumes. The same Publish stage as the Lambda function runs, with a key file in
 ``cdr-policy state path`` prints the local state folder those commands use.
 
 A held or refused publish prints the exact commands that come next (with the real state folder
-and the full digest), so that the README's walkthrough works by copying them."""
+and the full digest), so that the walkthrough of docs/operations.md works by copying them."""
 
 from __future__ import annotations
 

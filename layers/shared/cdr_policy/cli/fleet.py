@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cdr_policy import aws, jsonio, layout, schemas
-from cdr_policy.agent.status import SCHEMA as STATUS_SCHEMA
+from cdr_policy import aws, jsonio, layout
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.bundle.approvals import DEFAULT_VALIDITY, MAX_VALIDITY, grant
 from cdr_policy.bundle.loader import Bundle, latest_render, load_bundle, read_manifest
 from cdr_policy.bundle.manifest import Manifest, VerificationError
@@ -47,12 +47,14 @@ from cdr_policy.cli import digests, promotion
 from cdr_policy.cli.flags import bounded_int, channel_name, digest_prefix
 from cdr_policy.cli.hits import add_since, fleet_hits, fleet_hits_lines
 from cdr_policy.cli.parser import Parser, invoked_as
-from cdr_policy.cli.promotion import change_argument
-from cdr_policy.errors import BundleError, ConfigError
+from cdr_policy.cli.promotion import GenerationPromotion, change_argument
+from cdr_policy.errors import BundleError, ConfigError, ContractError
+from cdr_policy.hits.fleet import FleetHitsReport
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.layout import PROVENANCE_FILE
 from cdr_policy.observability import logger
 from cdr_policy.policy import naming
+from cdr_policy.promotion.decisions import Decisions
 from cdr_policy.stages.publish import rollback
 from cdr_policy.storage import NotFound, Store, TooLarge, open_store
 from cdr_policy.timeutil import parse_duration, parse_iso, utcnow
@@ -550,21 +552,19 @@ MAX_STATUS_BYTES = 1 << 20
 STATUS_READERS = 16
 
 
-def _status(dist: Store, key: str) -> tuple[dict[str, Any] | None, str | None]:
+def _status(dist: Store, key: str) -> tuple[AgentStatus | None, str | None]:
     """A cluster's status document, or why it is not one (without its content)."""
     try:
-        doc = jsonio.loads(dist.get(key, max_bytes=MAX_STATUS_BYTES).data)
+        status = AgentStatus.parse(dist.get(key, max_bytes=MAX_STATUS_BYTES).data)
     except NotFound:
         return None, None  # gone since the listing
     except TooLarge:
         return None, f"larger than {MAX_STATUS_BYTES} bytes"
-    except ValueError:
-        return None, "not JSON (or nested too deep)"
-    if schemas.schema_errors(doc, STATUS_SCHEMA):
-        return None, f"not an agent status (does not match {STATUS_SCHEMA})"
-    if doc["cluster_id"] != layout.status_cluster(key):
+    except ContractError as exc:
+        return None, str(exc)
+    if status.cluster_id != layout.status_cluster(key):
         return None, "written under another cluster's key"
-    return doc, None
+    return status, None
 
 
 def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
@@ -575,31 +575,31 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
     rows = []
     keys = [k for k in dist.list(layout.STATUS) if layout.status_cluster(k) is not None]
     with ThreadPoolExecutor(max_workers=STATUS_READERS) as pool:
-        docs = list(pool.map(lambda key: _status(dist, key), keys))
-    for key, (doc, why) in zip(keys, docs, strict=True):
-        if doc is None:
+        statuses = list(pool.map(lambda key: _status(dist, key), keys))
+    for key, (status, why) in zip(keys, statuses, strict=True):
+        if status is None:
             if why:
                 _skipped(key, why)
             continue
-        channel = doc["channel"]
+        channel = status.channel
         if channel not in shipping:
             try:
                 shipping[channel] = _current(dist, channel)
             except (ConfigError, BundleError):
                 shipping[channel] = None
         manifest = shipping[channel]
-        applied, applied_at, poll = doc["applied_digest"], doc["applied_at"], doc["last_poll"]
+        applied, applied_at = status.applied_digest, status.applied_at
         rows.append(
             {
-                "cluster_id": doc["cluster_id"],
+                "cluster_id": status.cluster_id,
                 "channel": channel,
                 "applied_digest": applied,
                 "applied_age_s": int((now - parse_iso(applied_at)).total_seconds()) if applied_at else None,
                 "behind": applied != (manifest.digest if manifest else None),
-                "last_poll": poll["result"],
-                "last_poll_at": poll["at"],
-                "drift": doc["drift"],
-                "errors": len(doc["apply_errors"]),
+                "last_poll": status.last_poll.result,
+                "last_poll_at": status.last_poll.at,
+                "drift": status.to_json()["drift"],
+                "errors": len(status.apply_errors),
                 "promotion": promotion.summary(manifest),
             }
         )
@@ -609,9 +609,16 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
 # -- printing --------------------------------------------------------------------------------------
 
 
+def _contract_json(value: Any) -> Any:
+    """A typed contract (a manifest, a report, a row's promotion) as its JSON document."""
+    if isinstance(value, Manifest | FleetHitsReport | Decisions | GenerationPromotion):
+        return value.to_json()
+    raise TypeError(f"{type(value).__name__} is not a contract")
+
+
 def _print(value: Any, as_json: bool, lines: Callable[[Any], list[str]]) -> int:
     if as_json:
-        print(json.dumps(value.to_json() if isinstance(value, Manifest) else value, indent=2, sort_keys=True))
+        print(json.dumps(value, indent=2, sort_keys=True, default=_contract_json))
     else:
         for line in lines(value):
             print(line)
@@ -651,7 +658,7 @@ def _history_lines(history: Mapping[str, Any]) -> list[str]:
             f"{_size(r['bytes']):>10}  {r['approval'] or '-'}"
         )
         if r["promotion"] is not None:
-            out.append(f"{'':8}{promotion.note(r['promotion'])}")
+            out.append(f"{'':8}{r['promotion'].line()}")
     if history["shipping"] is not None:
         out.append(f"* the generation channel {history['channel']} ships now")
     if history["skipped"]:
@@ -709,7 +716,7 @@ def _diff_lines(diff: Mapping[str, Any], *, full: bool) -> list[str]:
 
 def _fleet_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     out = [f"{'CLUSTER':<24} {'CHANNEL':<16} {'APPLIED':<12} {'AGE':>8} {'BEHIND':<6} {'POLL':<12} ERRORS"]
-    promoting = {}
+    promoting: dict[str, GenerationPromotion] = {}
     for r in rows:
         age = "-" if r["applied_age_s"] is None else f"{r['applied_age_s'] // 60}m"
         applied = (r["applied_digest"] or "-")[:12]
@@ -721,5 +728,5 @@ def _fleet_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             promoting[r["channel"]] = r["promotion"]
     for channel, p in sorted(promoting.items()):
         evidence = f"cdr-policy channel evidence {channel}"
-        out.append(f"channel {channel}, generation {p['generation']}: {promotion.note(p)} ({evidence})")
+        out.append(f"channel {channel}, generation {p.generation}: {p.line()} ({evidence})")
     return out

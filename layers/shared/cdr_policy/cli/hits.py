@@ -22,7 +22,6 @@ import threading
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from cdr_policy.agent.cli import role_arn, s3_client
 from cdr_policy.agent.kube import KubeApplier
@@ -37,11 +36,11 @@ from cdr_policy.errors import ConfigError
 from cdr_policy.hits.aggregate import RETENTION_HOURS
 from cdr_policy.hits.events import CILIUM, TETRAGON
 from cdr_policy.hits.files import lines
-from cdr_policy.hits.fleet import fleet_report, read_fleet
+from cdr_policy.hits.fleet import FleetHitsReport, fleet_report, read_fleet
 from cdr_policy.hits.metrics import ReaderMetrics
 from cdr_policy.hits.reader import DEFAULT_BUNDLE_INTERVAL_S, DEFAULT_INTERVAL_S, IndexFollower, Reader
 from cdr_policy.hits.reports import ConfigMapReports, DirectoryReports, ReportStore
-from cdr_policy.hits.tally import Tally
+from cdr_policy.hits.tally import HitsReport, Tally
 from cdr_policy.policy.naming import is_dns_subdomain
 from cdr_policy.storage import LocalStore, Store, open_store
 from cdr_policy.timeutil import utcnow
@@ -94,39 +93,31 @@ def hits_main(argv: list[str]) -> int:
         for path in paths:
             for line in lines(Path(path)):
                 tally.line(engine, line, index)
-    report = {"hits": tally.rows(index), "events": tally.totals.to_dict()}
+    report = tally.report(index)
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
         for text in report_lines(report):
             print(text)
     return 0
 
 
-def report_lines(report: dict[str, Any]) -> list[str]:
+def report_lines(report: HitsReport) -> list[str]:
     out = [f"{'ENGINE':<9} {'ACTION':<9} {'COUNT':>7}  {'OBJECT':<40} {'HIT':<34} PROVENANCE"]
-    for r in report["hits"]:
-        what = (
-            f"{r['address']} in {r['prefix']}"
-            if r["prefix"]
-            else f"port {r['port']}"
-            if r["port"]
-            else f"rule {r['rule']}"
-        )
+    for r in report.hits:
+        what = f"{r.address} in {r.prefix}" if r.prefix else f"port {r.port}" if r.port else f"rule {r.rule}"
         source = "; ".join(
             part
             for part in (
-                "feeds " + ",".join(r["feeds"]) if r["feeds"] else "",
-                "findings " + ",".join(r["findings"]) if r["findings"] else "",
-                "categories " + ",".join(r["categories"]) if r["categories"] else "",
+                "feeds " + ",".join(r.feeds) if r.feeds else "",
+                "findings " + ",".join(r.findings) if r.findings else "",
+                "categories " + ",".join(r.categories) if r.categories else "",
             )
             if part
         )
-        out.append(f"{r['engine']:<9} {r['action']:<9} {r['count']:>7}  {r['object']:<40} {what:<34} {source}")
-    e = report["events"]
-    out.append(
-        f"events: {e['read']} read, {e['ours']} ours, {e['unattributed']} unattributed, {e['malformed']} malformed"
-    )
+        out.append(f"{r.engine:<9} {r.action:<9} {r.count:>7}  {r.object:<40} {what:<34} {source}")
+    e = report.events
+    out.append(f"events: {e.read} read, {e.ours} ours, {e.unattributed} unattributed, {e.malformed} malformed")
     return out
 
 
@@ -230,47 +221,44 @@ def add_since(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def fleet_hits(dist: Store, since_s: float) -> dict[str, Any]:
+def fleet_hits(dist: Store, since_s: float) -> FleetHitsReport:
     return fleet_report(read_fleet(dist, now=utcnow(), window=timedelta(seconds=since_s)))
 
 
-def fleet_hits_lines(report: dict[str, Any]) -> list[str]:
-    refused = sum(sum(c["refused"].values()) for c in report["clusters"])
+def fleet_hits_lines(report: FleetHitsReport) -> list[str]:
+    refused = sum(sum(c.refused.values()) for c in report.clusters)
     out = [
-        f"Hits from {report['since']} to {report['until']}: {report['hits']} in {len(report['clusters'])} cluster(s)"
+        f"Hits from {report.since} to {report.until}: {report.hits} in {len(report.clusters)} cluster(s)"
         + (f"; {refused} status row(s) refused" if refused else "")
-        + (f"; {report['unreadable_statuses']} unreadable status document(s)" if report["unreadable_statuses"] else "")
+        + (f"; {report.unreadable_statuses} unreadable status document(s)" if report.unreadable_statuses else "")
     ]
     out.append("")
     out.append(f"{'FEED':<28} {'HITS':>8} {'HELD':>8} {'PER 1000 HELD':>14}")
-    for f in report["feeds"]:
-        rate = "-" if f["hits_per_thousand_prefixes"] is None else f"{f['hits_per_thousand_prefixes']:g}"
-        out.append(f"{f['feed']:<28} {f['hits']:>8} {f['prefixes_held']:>8} {rate:>14}")
+    for f in report.feeds:
+        rate = "-" if f.hits_per_thousand_prefixes is None else f"{f.hits_per_thousand_prefixes:g}"
+        out.append(f"{f.feed:<28} {f.hits:>8} {f.prefixes_held:>8} {rate:>14}")
     out.append("")
     out.append(f"{'FINDING':<40} {'HITS':>8}")
-    out += [f"{f['finding']:<40} {f['hits']:>8}" for f in report["findings"]]
+    out += [f"{f.finding:<40} {f.hits:>8}" for f in report.findings]
     out.append("")
     out.append(f"{'CATEGORY':<40} {'HITS':>8}")
-    out += [f"{c['category']:<40} {c['hits']:>8}" for c in report["categories"]]
+    out += [f"{c.category:<40} {c.hits:>8}" for c in report.categories]
     out.append("")
     out.append(f"{'CLUSTER':<24} {'CHANNEL':<12} {'NODES':>5} {'HITS':>8}  ACTIONS / REFUSED")
-    for c in report["clusters"]:
-        actions = ", ".join(f"{a} {n}" for a, n in c["actions"].items())
-        refused_rows = "; refused: " + ", ".join(f"{r} {n}" for r, n in c["refused"].items()) if c["refused"] else ""
-        out.append(f"{c['cluster_id']:<24} {c['channel']:<12} {c['nodes']:>5} {c['hits']:>8}  {actions}{refused_rows}")
+    for c in report.clusters:
+        actions = ", ".join(f"{a} {n}" for a, n in c.actions.items())
+        refused_rows = "; refused: " + ", ".join(f"{r} {n}" for r, n in c.refused.items()) if c.refused else ""
+        out.append(f"{c.cluster_id:<24} {c.channel:<12} {c.nodes:>5} {c.hits:>8}  {actions}{refused_rows}")
     out.append("")
     out.append("Top indicators:")
-    out += [f"  {t['hits']:>8}  {t['channel']:<12} {t['kind']:<6} {t['indicator']}" for t in report["top_indicators"]]
+    out += [f"  {t.hits:>8}  {t.channel:<12} {t.kind:<6} {t.indicator}" for t in report.top_indicators]
     out.append("Top workloads:")
-    out += [
-        f"  {t['hits']:>8}  {t['cluster_id']:<24} {t['namespace']}/{t['workload'] or '*'}"
-        for t in report["top_workloads"]
-    ]
-    never = report["never_fired"]
-    by_feed = ", ".join(f"{k} {v}" for k, v in never["by_feed"].items())
+    out += [f"  {t.hits:>8}  {t.cluster_id:<24} {t.namespace}/{t.workload or '*'}" for t in report.top_workloads]
+    never = report.never_fired
+    by_feed = ", ".join(f"{k} {v}" for k, v in never.by_feed.items())
     out.append(
-        f"Never fired: {never['prefixes']} prefix(es)"
+        f"Never fired: {never.prefixes} prefix(es)"
         + (f" ({by_feed})" if by_feed else "")
-        + f"; rules: {', '.join(never['rules']) or 'none'}; {never['findings']} finding(s)"
+        + f"; rules: {', '.join(never.rules) or 'none'}; {never.findings} finding(s)"
     )
     return out

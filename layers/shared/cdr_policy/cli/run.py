@@ -87,9 +87,9 @@ class LocalRun:
         output = self.output
         files = {f.filename: f.to_bytes() for f in rendered.policies}
         files[provenance.PATH] = rendered.bundle.files[provenance.PATH]
-        replace_output(output, {**files, layout.REPORT_FILE: jsonio.dumps_pretty(rendered.report)})
+        replace_output(output, {**files, layout.REPORT_FILE: jsonio.dumps_pretty(rendered.report.to_json())})
         self._summarise(output, rendered.policies, cdr)
-        left_out = rendered.report["left_out_total"]
+        left_out = rendered.report.left_out_total
         if left_out:
             self.say(
                 f"Capacity budget: {left_out} prefix(es) left out (lowest evidence first, see {layout.REPORT_FILE})"
@@ -189,7 +189,7 @@ class LocalRun:
         errors, applied, deleted = reconcile(applier, objects, channel=rendered.channel.name)
         self.say(f"Applied {applied} object(s), removed {deleted} stale object(s)")
         for e in errors:
-            self.say(f"  Error: {e['action']} {e['kind']}/{e['name']}: {e['error']}")
+            self.say(f"  Error: {e.action} {e.kind}/{e.name}: {e.error}")
         return 1 if errors else 0
 
 

@@ -8,14 +8,13 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.cli.parser import Parser
 from cdr_policy.errors import CdrPolicyError, ConfigError, PolicyCheckError, print_error
 from cdr_policy.guards import NeverBlock, parse_protected
 from cdr_policy.policy.checker import SchemaSet, check_files
-from cdr_policy.policy.checker.files import problem_line
+from cdr_policy.policy.checker.files import ValidateReport
 
 CRDS_ENV = "CDR_POLICY_CRDS"
 
@@ -87,23 +86,23 @@ def validate_main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
         print_error(f"validate: {exc}")
         return 1
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
         _print_report(report, crds)
-    return 1 if report["errors"] else 0
+    return 1 if report.errors else 0
 
 
-def _print_report(report: dict[str, Any], crds: str) -> None:
-    for file in report["files"]:
-        for problem in file["problems"]:
-            print(f"{file['path']}: {problem_line(problem)}")
-        for obj in file["objects"]:
-            label = f"{obj['kind'] or '?'}/{obj['name'] or '?'}"
-            for problem in obj["problems"]:
-                print(f"{file['path']}: {label}: {problem_line(problem)}")
+def _print_report(report: ValidateReport, crds: str) -> None:
+    for file in report.files:
+        for problem in file.problems:
+            print(f"{file.path}: {problem.line()}")
+        for obj in file.objects:
+            label = f"{obj.kind or '?'}/{obj.name or '?'}"
+            for problem in obj.problems:
+                print(f"{file.path}: {label}: {problem.line()}")
     print(
-        f"{report['objects']} object(s) in {len(report['files'])} file(s) checked against {crds}: "
-        f"{report['errors']} error(s), {report['warnings']} warning(s)"
+        f"{report.objects} object(s) in {len(report.files)} file(s) checked against {crds}: "
+        f"{report.errors} error(s), {report.warnings} warning(s)"
     )
-    for rule in report["skipped_rules"]:
+    for rule in report.skipped_rules:
         print(f"note: CEL rule not evaluated: {rule}")

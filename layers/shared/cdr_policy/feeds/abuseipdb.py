@@ -89,7 +89,7 @@ class _Cache:
         try:
             d = jsonio.loads(store.get(layout.ABUSEIPDB_CACHE).data)
             if d.get("schema_version") != CACHE_SCHEMA_VERSION:
-                raise ValueError(f"unsupported schema_version {d.get('schema_version')!r}")
+                raise ValueError(f"not schema_version {CACHE_SCHEMA_VERSION}")
             return cls(
                 scores={ip: CachedScore.from_dict(c) for ip, c in d.get("scores", {}).items()},
                 paused_until=dict(d.get("paused_until", {})),

@@ -1,5 +1,5 @@
 """The hits of a node or a cluster as a bounded table (``HitTable``) and its JSON form, the
-*hits section* (``to_section`` / ``read_section``): what a node reader reports to its cluster's
+*hits section* (``HitTable.to_section``, ``HitsSection``): what a node reader reports to its cluster's
 agent and what the agent puts under ``hits`` in ``status/<cluster-id>.json``. The fleet commands,
 the HitsRollup stage and the promotion of enforcement (issue 24) read it.
 
@@ -26,6 +26,7 @@ export files that were gone before a restarted reader could finish them).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -188,55 +189,130 @@ class HitTable:
 
     # -- the hits section ------------------------------------------------------------------------
 
-    def to_section(self, now: datetime) -> dict[str, Any]:
+    def to_section(self, now: datetime) -> HitsSection:
         number = {digest: i for i, digest in enumerate(self.bundles)}
-        rows = [
-            {**row._asdict(), "bundle": number[row.bundle], "count": min(count, MAX_COUNT)}
-            for row, count in sorted(self.rows.items())
-        ]
-        return {
-            "since": self.since or iso(now),
-            "updated_at": iso(now),
-            "bundles": list(self.bundles),
-            "totals": {k: min(v, MAX_COUNT) for k, v in self.totals.to_dict().items()},
-            "counters": [
-                {**key._asdict(), "count": min(count, MAX_COUNT)} for key, count in sorted(self.counters.items())
-            ],
-            "rows": rows,
-            "gaps": self.gaps,
-            "dropped": {"rows": self.dropped_rows, "events": self.dropped_events},
-        }
-
-    @classmethod
-    def from_section(cls, section: dict[str, Any]) -> HitTable:
-        """A table back from a section already checked against its schema (``read_section``)."""
-        bundles = list(section["bundles"])
-        rows: Counter[Row] = Counter()
-        for r in section["rows"]:
-            rows[Row(**{**{k: r[k] for k in Row._fields}, "bundle": bundles[r["bundle"]]})] += r["count"]
-        counters: Counter[CounterKey] = Counter()
-        for c in section["counters"]:
-            counters[CounterKey(c["engine"], c["action"], c["category"], c["source"])] += c["count"]
-        return cls(
-            rows=rows,
-            counters=counters,
-            totals=Totals.from_dict(section["totals"]),
-            bundles=bundles,
-            since=section["since"],
-            gaps=section["gaps"],
-            dropped_rows=section["dropped"]["rows"],
-            dropped_events=section["dropped"]["events"],
+        return HitsSection(
+            since=self.since or iso(now),
+            updated_at=iso(now),
+            bundles=tuple(self.bundles),
+            totals=Totals(**{k: min(v, MAX_COUNT) for k, v in self.totals.to_dict().items()}),
+            counters=tuple(
+                SectionCounter(*key, count=min(count, MAX_COUNT)) for key, count in sorted(self.counters.items())
+            ),
+            rows=tuple(
+                SectionRow(**{**row._asdict(), "bundle": number[row.bundle]}, count=min(count, MAX_COUNT))
+                for row, count in sorted(self.rows.items())
+            ),
+            gaps=self.gaps,
+            dropped_rows=self.dropped_rows,
+            dropped_events=self.dropped_events,
         )
 
 
-def check_section(section: dict[str, Any], where: str) -> None:
-    """What the schema cannot say of a section: every row's bundle is one of its bundles, the
-    bundles are digests named once, and no time is in the future."""
-    bundles = section["bundles"]
-    if len(set(bundles)) != len(bundles) or not all(layout.is_digest(b) for b in bundles):
-        raise BundleError(f"{where}: hits: bundles are not distinct digests")
-    if any(r["bundle"] >= len(bundles) for r in section["rows"]):
-        raise BundleError(f"{where}: hits: a row names a bundle the section does not list")
-    updated = parse_iso(section["updated_at"])
-    if any(parse_iso(r["hour"]) > updated for r in section["rows"]):
-        raise BundleError(f"{where}: hits: a row's hour is after the section was written")
+@dataclass(frozen=True)
+class SectionRow:
+    """A row of a hits section: ``Row`` with its bundle numbered (``HitsSection.bundles``) and its count."""
+
+    hour: str
+    engine: str
+    object: str
+    kind: str
+    indicator: str
+    address: str | None
+    action: str
+    namespace: str | None
+    workload: str | None
+    pod: str | None
+    bundle: int
+    count: int
+
+
+@dataclass(frozen=True)
+class SectionCounter:
+    """A counter of a hits section: events by engine, action, category and source kind."""
+
+    engine: str
+    action: str
+    category: str
+    source: str
+    count: int
+
+
+@dataclass(frozen=True)
+class HitsSection:
+    """The hits section (``$defs/hits`` of ``hit-report.schema.json`` and ``agent-status.schema.json``):
+    a node report's, or the sum of a cluster's in its status (``nodes``: the readers summed)."""
+
+    since: str
+    updated_at: str
+    bundles: tuple[str, ...]
+    totals: Totals
+    counters: tuple[SectionCounter, ...]
+    rows: tuple[SectionRow, ...]
+    gaps: int
+    dropped_rows: int
+    dropped_events: int
+    nodes: int | None = None
+
+    @classmethod
+    def from_json(cls, doc: Any) -> HitsSection:
+        """A section of a document already checked against its schema (its ``from_json``)."""
+        return cls(
+            since=doc["since"],
+            updated_at=doc["updated_at"],
+            bundles=tuple(doc["bundles"]),
+            totals=Totals.from_dict(doc["totals"]),
+            counters=tuple(SectionCounter(**c) for c in doc["counters"]),
+            rows=tuple(SectionRow(**r) for r in doc["rows"]),
+            gaps=doc["gaps"],
+            dropped_rows=doc["dropped"]["rows"],
+            dropped_events=doc["dropped"]["events"],
+            nodes=doc.get("nodes"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "since": self.since,
+            "updated_at": self.updated_at,
+            "bundles": list(self.bundles),
+            "totals": self.totals.to_dict(),
+            "counters": [dataclasses.asdict(c) for c in self.counters],
+            "rows": [dataclasses.asdict(r) for r in self.rows],
+            "gaps": self.gaps,
+            "dropped": {"rows": self.dropped_rows, "events": self.dropped_events},
+        }
+        if self.nodes is not None:
+            out["nodes"] = self.nodes
+        return out
+
+    def check(self, where: str) -> HitsSection:
+        """What the schema cannot say of a section: every row's bundle is one of its bundles, the
+        bundles are digests named once, and no time is in the future. Returns ``self``."""
+        bundles = self.bundles
+        if len(set(bundles)) != len(bundles) or not all(layout.is_digest(b) for b in bundles):
+            raise BundleError(f"{where}: hits: bundles are not distinct digests")
+        if any(r.bundle >= len(bundles) for r in self.rows):
+            raise BundleError(f"{where}: hits: a row names a bundle the section does not list")
+        updated = parse_iso(self.updated_at)
+        if any(parse_iso(r.hour) > updated for r in self.rows):
+            raise BundleError(f"{where}: hits: a row's hour is after the section was written")
+        return self
+
+    def table(self) -> HitTable:
+        """The table back (of a ``check``-ed section)."""
+        rows: Counter[Row] = Counter()
+        for r in self.rows:
+            rows[Row(**{**{k: getattr(r, k) for k in Row._fields}, "bundle": self.bundles[r.bundle]})] += r.count
+        counters: Counter[CounterKey] = Counter()
+        for c in self.counters:
+            counters[CounterKey(c.engine, c.action, c.category, c.source)] += c.count
+        return HitTable(
+            rows=rows,
+            counters=counters,
+            totals=Totals(**self.totals.to_dict()),
+            bundles=list(self.bundles),
+            since=self.since,
+            gaps=self.gaps,
+            dropped_rows=self.dropped_rows,
+            dropped_events=self.dropped_events,
+        )

@@ -6,14 +6,14 @@ reports that cannot be listed keep the last section."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from cdr_policy.agent.applier import ApplyError
 from cdr_policy.errors import BundleError, StorageError
-from cdr_policy.hits.aggregate import MAX_CLUSTER_ROWS, HitTable
+from cdr_policy.hits.aggregate import MAX_CLUSTER_ROWS, HitsSection, HitTable
 from cdr_policy.hits.reports import ReportStore, read_report
 from cdr_policy.observability import logger
 
@@ -33,10 +33,10 @@ class HitsCollector:
         self.channel = channel
         self.interval_s = interval_s
         self.clock = clock
-        self._section: dict[str, Any] | None = None
+        self._section: HitsSection | None = None
         self._due = 0.0
 
-    def __call__(self, now: datetime) -> dict[str, Any] | None:
+    def __call__(self, now: datetime) -> HitsSection | None:
         """The status's hits section (None: no reader of this channel reports)."""
         if self.clock() < self._due:
             return self._section
@@ -61,7 +61,7 @@ class HitsCollector:
             self._section = None
             return None
         table.trim(MAX_CLUSTER_ROWS, now)
-        self._section = {**table.to_section(now), "nodes": nodes}
+        self._section = dataclasses.replace(table.to_section(now), nodes=nodes)
         logger.info(
             "hit reports read",
             extra={"nodes": nodes, "refused": refused, "rows": len(table.rows), "ours": table.totals.ours},

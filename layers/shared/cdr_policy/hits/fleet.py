@@ -16,6 +16,7 @@ Reading is bounded: status documents of at most ``MAX_STATUS_BYTES``, a few at a
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,12 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from cdr_policy import jsonio, layout
-from cdr_policy.agent.status import read_status
+from cdr_policy import jsonio, layout, schemas
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.bundle.loader import read_manifest
 from cdr_policy.bundle.provenance import MAX_INDEX_BYTES, PATH, Provenance, ProvenanceIndex, read_index
 from cdr_policy.errors import BundleError, StorageError
-from cdr_policy.hits.aggregate import DETAIL_FIELDS, RETENTION_HOURS, check_section
+from cdr_policy.hits.aggregate import DETAIL_FIELDS, RETENTION_HOURS, SectionRow
+from cdr_policy.hits.tally import Totals
 from cdr_policy.netprefix import BITS, folded
 from cdr_policy.netprefix.vector import V4, V6, PackError, from_fields, to_fields
 from cdr_policy.observability import logger
@@ -56,7 +58,7 @@ class Counted:
     cluster: str
     channel: str
     digest: str
-    row: dict[str, Any]
+    row: SectionRow
     provenance: Provenance
 
 
@@ -74,7 +76,7 @@ class ClusterHits:
     hits: int = 0
     actions: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
-    totals: dict[str, int] = field(default_factory=dict)
+    totals: Totals = field(default_factory=Totals)
 
 
 @dataclass
@@ -122,13 +124,13 @@ def read_fleet(dist: Store, *, now: datetime, window: timedelta) -> Fleet:
     indexes = _Indexes(dist)
     keys = dist.list(layout.STATUS)
     with ThreadPoolExecutor(max_workers=STATUS_READERS) as pool:
-        docs = list(pool.map(lambda key: _status(dist, key), keys))
-    for key, doc in zip(keys, docs, strict=True):
+        statuses = list(pool.map(lambda key: _status(dist, key), keys))
+    for key, status in zip(keys, statuses, strict=True):
         cluster = layout.status_cluster(key)
-        if doc is None or cluster is None or doc["cluster_id"] != cluster:
+        if status is None or cluster is None or status.cluster_id != cluster:
             fleet.unreadable += 1  # planted, broken, or under another cluster's key
             continue
-        channel, section = doc["channel"], doc.get("hits")
+        channel, section = status.channel, status.hits
         if channel not in fleet.current:
             fleet.current[channel] = _current(dist, channel, indexes)
         if section is None:
@@ -136,39 +138,39 @@ def read_fleet(dist: Store, *, now: datetime, window: timedelta) -> Fleet:
         hits = ClusterHits(
             cluster,
             channel,
-            applied=doc["applied_digest"],
-            polled_at=(doc["last_poll"] or {}).get("at"),
-            summed_at=section["updated_at"],
-            nodes=section.get("nodes", 0),
-            totals=dict(section["totals"]),
+            applied=status.applied_digest,
+            polled_at=status.last_poll.at,
+            summed_at=section.updated_at,
+            nodes=section.nodes or 0,
+            totals=section.totals,
         )
         fleet.clusters.append(hits)
         try:
-            check_section(section, key)
+            section.check(key)
         except BundleError:
-            hits.refused["malformed"] += len(section["rows"])
+            hits.refused["malformed"] += len(section.rows)
             continue
-        for row in section["rows"]:
-            if row["hour"] < since:
+        for row in section.rows:
+            if row.hour < since:
                 continue
-            digest = section["bundles"][row["bundle"]]
+            digest = section.bundles[row.bundle]
             index = indexes.get(channel, digest)
             reason, provenance = _check_row(row, index, now)
             if provenance is None:
                 hits.refused[reason] += 1
                 continue
             fleet.counted.append(Counted(cluster, channel, digest, row, provenance))
-            hits.hits += row["count"]
-            hits.actions[row["action"]] += row["count"]
+            hits.hits += row.count
+            hits.actions[row.action] += row.count
     fleet.clusters.sort(key=lambda c: (c.channel, c.cluster))
     return fleet
 
 
-def _status(dist: Store, key: str) -> dict[str, Any] | None:
+def _status(dist: Store, key: str) -> AgentStatus | None:
     """The status document, or None when it is gone since the listing, too large or not one (planted or
     broken); an error reading it (access denied, the bucket unreachable) raises."""
     try:
-        return read_status(dist.get(key, max_bytes=MAX_STATUS_BYTES).data)
+        return AgentStatus.parse(dist.get(key, max_bytes=MAX_STATUS_BYTES).data)
     except (NotFound, TooLarge, BundleError):
         return None
 
@@ -184,24 +186,26 @@ def _current(dist: Store, channel: str, indexes: _Indexes) -> tuple[str, Provena
     return (manifest.digest, index) if index is not None else None
 
 
-def _check_row(row: dict[str, Any], index: ProvenanceIndex | None, now: datetime) -> tuple[str, Provenance | None]:
+def _check_row(row: SectionRow, index: ProvenanceIndex | None, now: datetime) -> tuple[str, Provenance | None]:
     """(reason, None) when the row cannot be counted, else ("", its indicator's provenance)."""
     if index is None:
         return "bundle not published for the cluster's channel", None
-    if parse_iso(row["hour"]) > now:
+    if parse_iso(row.hour) > now:
         return "hour in the future", None
     keep = DETAIL_FIELDS[index.detail]
-    if index.detail == "off" or any(row[f] is not None and f not in keep for f in ("namespace", "workload", "pod")):
+    if index.detail == "off" or any(
+        getattr(row, f) is not None and f not in keep for f in ("namespace", "workload", "pod")
+    ):
         return "more detail than the channel allows", None
-    held = index.holds(row["engine"], row["object"])
-    kind, indicator = row["kind"], row["indicator"]
+    held = index.holds(row.engine, row.object)
+    kind, indicator = row.kind, row.indicator
     if kind == "rule" and held.rule is not None and held.rule.rule == indicator:
         return "", index.classes[held.rule.klass]
     for port in held.ports:
         if kind == "port" and port.port == indicator:
             return "", index.classes[port.klass]
     if kind == "prefix" and held.blocklist is not None and held.holder is not None:
-        address = folded(str(row["address"]))
+        address = folded(str(row.address))
         if address is None or address.length != BITS[address.version]:
             return "not an address", None
         found = held.blocklist.find(address.version, address.network)
@@ -215,9 +219,91 @@ def _check_row(row: dict[str, Any], index: ProvenanceIndex | None, now: datetime
 # -- the report ------------------------------------------------------------------------------------
 
 
-def fleet_report(fleet: Fleet) -> dict[str, Any]:
-    """What ``cdr-policy fleet hits`` prints: per feed (hits per thousand prefixes held), per
-    finding, per category, per cluster; what never fired; the top indicators and workloads."""
+@dataclass(frozen=True)
+class ClusterRow:
+    cluster_id: str
+    channel: str
+    nodes: int
+    hits: int
+    actions: dict[str, int]
+    refused: dict[str, int]
+    totals: Totals
+
+
+@dataclass(frozen=True)
+class FeedRow:
+    feed: str
+    hits: int
+    prefixes_held: int
+    hits_per_thousand_prefixes: float | None  # None: the current bundles hold none of its prefixes
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    finding: str
+    hits: int
+
+
+@dataclass(frozen=True)
+class CategoryRow:
+    category: str
+    hits: int
+
+
+@dataclass(frozen=True)
+class NeverFired:
+    """What the channels' current bundles hold that no cluster reported a hit for."""
+
+    prefixes: int
+    by_feed: dict[str, int]
+    rules: tuple[str, ...]
+    findings: int
+    findings_listed: tuple[str, ...]  # the first MAX_LISTED
+
+
+@dataclass(frozen=True)
+class TopIndicator:
+    channel: str
+    kind: str
+    indicator: str
+    hits: int
+
+
+@dataclass(frozen=True)
+class TopWorkload:
+    cluster_id: str
+    namespace: str
+    workload: str | None
+    hits: int
+
+
+@dataclass(frozen=True)
+class FleetHitsReport:
+    """What ``cdr-policy fleet hits`` prints (``--json``: ``to_json``)."""
+
+    since: str
+    until: str
+    hits: int
+    clusters: tuple[ClusterRow, ...]
+    feeds: tuple[FeedRow, ...]
+    findings: tuple[FindingRow, ...]
+    categories: tuple[CategoryRow, ...]
+    never_fired: NeverFired
+    top_indicators: tuple[TopIndicator, ...]
+    top_workloads: tuple[TopWorkload, ...]
+    unreadable_statuses: int
+
+    def to_json(self) -> dict[str, Any]:
+        return schemas.fields_to_json(self)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> FleetHitsReport:
+        return schemas.from_fields(cls, doc, "fleet hits report")
+
+
+def fleet_report(fleet: Fleet) -> FleetHitsReport:
+    """Per feed (hits per thousand prefixes held), per finding, per category, per cluster; what
+    never fired; the top indicators and workloads."""
     feeds: Counter[str] = Counter()
     findings: Counter[str] = Counter()
     categories: Counter[str] = Counter()
@@ -225,54 +311,47 @@ def fleet_report(fleet: Fleet) -> dict[str, Any]:
     workloads: Counter[tuple[str, str, str]] = Counter()
     fired: dict[str, set[tuple[str, str]]] = {}
     for c in fleet.counted:
-        n, row = c.row["count"], c.row
+        n, row = c.row.count, c.row
         feeds.update({f: n for f in c.provenance.feeds})
         findings.update({f: n for f in c.provenance.findings})
         categories.update({k: n for k in c.provenance.categories})
-        indicators[c.channel, row["kind"], row["indicator"]] += n
-        if row["namespace"]:
-            workloads[c.cluster, row["namespace"], row["workload"] or ""] += n
-        fired.setdefault(c.channel, set()).add((row["kind"], row["indicator"]))
+        indicators[c.channel, row.kind, row.indicator] += n
+        if row.namespace:
+            workloads[c.cluster, row.namespace, row.workload or ""] += n
+        fired.setdefault(c.channel, set()).add((row.kind, row.indicator))
     held = _held_per_feed(fleet)
-    never = _never_fired(fleet, fired)
-    return {
-        "since": fleet.since,
-        "until": fleet.until,
-        "hits": sum(c.hits for c in fleet.clusters),
-        "clusters": [
-            {
-                "cluster_id": c.cluster,
-                "channel": c.channel,
-                "nodes": c.nodes,
-                "hits": c.hits,
-                "actions": dict(sorted(c.actions.items())),
-                "refused": dict(sorted(c.refused.items())),
-                "totals": c.totals,
-            }
+    return FleetHitsReport(
+        since=fleet.since,
+        until=fleet.until,
+        hits=sum(c.hits for c in fleet.clusters),
+        clusters=tuple(
+            ClusterRow(
+                cluster_id=c.cluster,
+                channel=c.channel,
+                nodes=c.nodes,
+                hits=c.hits,
+                actions=dict(sorted(c.actions.items())),
+                refused=dict(sorted(c.refused.items())),
+                totals=dataclasses.replace(c.totals),
+            )
             for c in fleet.clusters
-        ],
-        "feeds": [
-            {
-                "feed": f,
-                "hits": feeds[f],
-                "prefixes_held": held.get(f, 0),
-                "hits_per_thousand_prefixes": round(1000 * feeds[f] / held[f], 3) if held.get(f) else None,
-            }
+        ),
+        feeds=tuple(
+            FeedRow(
+                feed=f,
+                hits=feeds[f],
+                prefixes_held=held.get(f, 0),
+                hits_per_thousand_prefixes=round(1000 * feeds[f] / held[f], 3) if held.get(f) else None,
+            )
             for f in sorted(set(feeds) | set(held), key=lambda f: (-feeds[f], f))
-        ],
-        "findings": [{"finding": f, "hits": n} for f, n in _ranked(findings)],
-        "categories": [{"category": k, "hits": n} for k, n in _ranked(categories)],
-        "never_fired": never,
-        "top_indicators": [
-            {"channel": ch, "kind": kind, "indicator": ind, "hits": n}
-            for (ch, kind, ind), n in _ranked(indicators)[:TOP]
-        ],
-        "top_workloads": [
-            {"cluster_id": cl, "namespace": ns, "workload": wl or None, "hits": n}
-            for (cl, ns, wl), n in _ranked(workloads)[:TOP]
-        ],
-        "unreadable_statuses": fleet.unreadable,
-    }
+        ),
+        findings=tuple(FindingRow(f, n) for f, n in _ranked(findings)),
+        categories=tuple(CategoryRow(k, n) for k, n in _ranked(categories)),
+        never_fired=_never_fired(fleet, fired),
+        top_indicators=tuple(TopIndicator(ch, kind, ind, n) for (ch, kind, ind), n in _ranked(indicators)[:TOP]),
+        top_workloads=tuple(TopWorkload(cl, ns, wl or None, n) for (cl, ns, wl), n in _ranked(workloads)[:TOP]),
+        unreadable_statuses=fleet.unreadable,
+    )
 
 
 def _ranked(counter: Counter[Any]) -> list[tuple[Any, int]]:
@@ -302,8 +381,7 @@ def _held_per_feed(fleet: Fleet) -> dict[str, int]:
     return dict(held)
 
 
-def _never_fired(fleet: Fleet, fired: dict[str, set[tuple[str, str]]]) -> dict[str, Any]:
-    """What the channels' current bundles hold that no cluster reported a hit for."""
+def _never_fired(fleet: Fleet, fired: dict[str, set[tuple[str, str]]]) -> NeverFired:
     prefixes, by_feed, rules = 0, Counter[str](), set()
     findings_hit: set[str] = set()
     findings_all: set[str] = set()
@@ -333,13 +411,13 @@ def _never_fired(fleet: Fleet, fired: dict[str, set[tuple[str, str]]]) -> dict[s
         for port in index.ports:
             findings_all.update(index.classes[port.klass].findings)
     quiet = sorted(findings_all - findings_hit)
-    return {
-        "prefixes": prefixes,
-        "by_feed": dict(sorted(by_feed.items())),
-        "rules": sorted(rules),
-        "findings": len(quiet),
-        "findings_listed": quiet[:MAX_LISTED],
-    }
+    return NeverFired(
+        prefixes=prefixes,
+        by_feed=dict(sorted(by_feed.items())),
+        rules=tuple(sorted(rules)),
+        findings=len(quiet),
+        findings_listed=tuple(quiet[:MAX_LISTED]),
+    )
 
 
 # -- what fired, for Render ------------------------------------------------------------------------
@@ -384,14 +462,14 @@ def fired(fleet: Fleet, limit: int = MAX_FIRED_ADDRESSES) -> Fired:
     rules, ports = set(), set()
     for c in fleet.counted:
         row = c.row
-        if row["kind"] == "prefix":
-            address = folded(str(row["address"]))
+        if row.kind == "prefix":
+            address = folded(str(row.address))
             if address is not None:
-                addresses[address.version, address.network] += row["count"]
-        elif row["kind"] == "rule":
-            rules.add(row["indicator"])
+                addresses[address.version, address.network] += row.count
+        elif row.kind == "rule":
+            rules.add(row.indicator)
         else:
-            ports.add(row["indicator"])
+            ports.add(row.indicator)
     kept = sorted(a for a, _ in _ranked(addresses)[:limit])
     v4 = [n for version, n in kept if version == 4]
     v6 = [n for version, n in kept if version == 6]

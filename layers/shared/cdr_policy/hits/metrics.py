@@ -6,13 +6,25 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from cdr_policy.agent.observe import escape, metric_lines
+from cdr_policy.hits.aggregate import HitsSection
 from cdr_policy.hits.reader import Reader
 
 PREFIX = "cdr_policy_hits_reader"
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What the last batch left: the reader's section and where its files stand."""
+
+    section: HitsSection
+    behind: Mapping[str, int]
+    rotations: Mapping[str, int]
+    digest: str | None
+    reported: float | None
 
 
 class ReaderMetrics:
@@ -21,22 +33,18 @@ class ReaderMetrics:
         self.interval_s = interval_s
         self.clock = clock
         self._lock = threading.Lock()
-        self._seen: dict[str, Any] = {}
+        self._seen: _Seen | None = None
         self._observed_at: float | None = None
 
     def observe(self, reader: Reader) -> None:
         """Take what the reader has counted (called by its loop after every batch)."""
-        section = reader.table.to_section(reader.clock())
-        seen = {
-            "totals": section["totals"],
-            "counters": section["counters"],
-            "gaps": section["gaps"],
-            "dropped": section["dropped"]["events"],
-            "behind": reader.behind(),
-            "rotations": {engine: tail.rotations for engine, tail in reader.tails.items()},
-            "digest": reader.follower.digest,
-            "reported": reader.last_report.timestamp() if reader.last_report else None,
-        }
+        seen = _Seen(
+            section=reader.table.to_section(reader.clock()),
+            behind=reader.behind(),
+            rotations={engine: tail.rotations for engine, tail in reader.tails.items()},
+            digest=reader.follower.digest,
+            reported=reader.last_report.timestamp() if reader.last_report else None,
+        )
         with self._lock:
             self._seen, self._observed_at = seen, self.clock()
 
@@ -46,20 +54,23 @@ class ReaderMetrics:
 
     def ready(self) -> bool:
         with self._lock:
-            return bool(self._seen.get("digest"))
+            return self._seen is not None and bool(self._seen.digest)
 
     def exposition(self) -> str:
         with self._lock:
-            seen = dict(self._seen)
+            seen = self._seen
         channel = f'channel="{escape(self.channel)}"'
         out: list[str] = []
-        totals = seen.get("totals", {})
+        section = seen.section if seen is not None else None
+        totals = section.totals if section is not None else None
         out += metric_lines(
             PREFIX,
             "lines_total",
             "counter",
             "Export lines read, by result: ours, unattributed or malformed.",
-            [(f'{channel},result="{r}"', totals[r]) for r in ("ours", "unattributed", "malformed") if r in totals],
+            [(f'{channel},result="{r}"', getattr(totals, r)) for r in ("ours", "unattributed", "malformed")]
+            if totals is not None
+            else [],
         )
         out += metric_lines(
             PREFIX,
@@ -68,11 +79,11 @@ class ReaderMetrics:
             "Events our objects caused, by engine, action, and the primary category and source kind of the indicator.",
             [
                 (
-                    f'{channel},engine="{escape(c["engine"])}",action="{escape(c["action"])}",'
-                    f'category="{escape(c["category"])}",source="{escape(c["source"])}"',
-                    c["count"],
+                    f'{channel},engine="{escape(c.engine)}",action="{escape(c.action)}",'
+                    f'category="{escape(c.category)}",source="{escape(c.source)}"',
+                    c.count,
                 )
-                for c in seen.get("counters", [])
+                for c in (section.counters if section is not None else ())
             ],
         )
         out += metric_lines(
@@ -80,30 +91,30 @@ class ReaderMetrics:
             "behind_bytes",
             "gauge",
             "Bytes of each export not read yet.",
-            [(f'{channel},engine="{e}"', n) for e, n in sorted(seen.get("behind", {}).items())],
+            [(f'{channel},engine="{e}"', n) for e, n in sorted(seen.behind.items())] if seen is not None else [],
         )
         out += metric_lines(
             PREFIX,
             "rotations_total",
             "counter",
             "Rotations of each export followed since the reader started.",
-            [(f'{channel},engine="{e}"', n) for e, n in sorted(seen.get("rotations", {}).items())],
+            [(f'{channel},engine="{e}"', n) for e, n in sorted(seen.rotations.items())] if seen is not None else [],
         )
         out += metric_lines(
             PREFIX,
             "gaps_total",
             "counter",
             "Rotated export files gone before the reader had finished them.",
-            [(channel, seen["gaps"])] if "gaps" in seen else [],
+            [(channel, section.gaps)] if section is not None else [],
         )
         out += metric_lines(
             PREFIX,
             "dropped_events_total",
             "counter",
             "Hits left out of the node's report past its bounds (after folding).",
-            [(channel, seen["dropped"])] if "dropped" in seen else [],
+            [(channel, section.dropped_events)] if section is not None else [],
         )
-        digest = seen.get("digest")
+        digest = seen.digest if seen is not None else None
         out += metric_lines(
             PREFIX,
             "bundle_info",
@@ -116,6 +127,6 @@ class ReaderMetrics:
             "last_report_timestamp_seconds",
             "gauge",
             "When the node's report last reached the agent's report store.",
-            [(channel, seen["reported"])] if seen.get("reported") else [],
+            [(channel, seen.reported)] if seen is not None and seen.reported else [],
         )
         return "\n".join(out) + "\n"

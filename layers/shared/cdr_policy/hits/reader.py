@@ -33,17 +33,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cdr_policy import jsonio, layout
 from cdr_policy.agent.applier import ApplyError
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, VerificationError
 from cdr_policy.bundle.provenance import PATH, ProvenanceIndex, check_listed, load_published, read_index
 from cdr_policy.bundle.signing import Verifier, verify_manifest, verify_signature
-from cdr_policy.errors import BundleError, ConfigError, StorageError
+from cdr_policy.errors import BundleError, ConfigError, ContractError, StorageError
 from cdr_policy.hits.aggregate import MAX_NODE_ROWS, HitTable
 from cdr_policy.hits.attribute import attribute
 from cdr_policy.hits.events import Event
-from cdr_policy.hits.reports import ReportStore, read_report, report_document
+from cdr_policy.hits.reports import NodeReport, ReportStore
 from cdr_policy.hits.tail import Position, Tail, fingerprint
 from cdr_policy.hits.tally import count_hit, read_event
 from cdr_policy.observability import logger
@@ -148,6 +149,42 @@ class IndexFollower:
         )
 
 
+@dataclass(frozen=True)
+class ReaderState:
+    """What a reader keeps across restarts (``reader.json`` in its state folder): where each export
+    file was read to, and its report so far."""
+
+    positions: Mapping[str, Position]
+    report: NodeReport
+
+    @classmethod
+    def from_json(cls, doc: Any) -> ReaderState:
+        """ContractError naming the field when ``doc`` is not a state this version wrote."""
+        if not isinstance(doc, dict) or doc.get("schema_version") != STATE_VERSION:
+            raise ContractError(f"malformed {STATE}: not schema_version {STATE_VERSION}")
+        positions, report = doc.get("positions"), doc.get("report")
+        if not isinstance(positions, dict) or not all(
+            isinstance(p, dict)
+            and isinstance(p.get("offset"), int)
+            and p["offset"] >= 0
+            and isinstance(p.get("fingerprint"), str | None)
+            for p in positions.values()
+        ):
+            raise ContractError(f"malformed {STATE}: positions")
+        return cls(
+            {str(e): Position(p["fingerprint"], p["offset"]) for e, p in positions.items()},
+            NodeReport.from_json(report, STATE),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": STATE_VERSION,
+            "channel": self.report.channel,
+            "positions": {engine: position.to_dict() for engine, position in self.positions.items()},
+            "report": self.report.to_json(),
+        }
+
+
 class Reader:
     def __init__(
         self,
@@ -178,11 +215,9 @@ class Reader:
 
     def _load(self) -> None:
         try:
-            doc = jsonio.loads(self.state.get(STATE).data)
-            if doc.get("schema_version") != STATE_VERSION or doc.get("channel") != self.follower.channel:
-                raise BundleError("another version or channel")
-            report = read_report(jsonio.dumps(doc["report"]), STATE)
-            positions = {e: Position(p["fingerprint"], int(p["offset"])) for e, p in doc["positions"].items()}
+            saved = ReaderState.from_json(jsonio.loads(self.state.get(STATE).data))
+            if saved.report.channel != self.follower.channel:
+                raise BundleError("another channel")
         except NotFound:
             self.table.since = iso(self.clock())
             return
@@ -192,19 +227,17 @@ class Reader:
             for tail in self.tails.values():
                 tail.position = _at_end(tail.path)
             return
-        self.table = report.table
+        self.table = saved.report.table
         for engine, tail in self.tails.items():
-            if engine in positions:
-                tail.position = positions[engine]
+            if engine in saved.positions:
+                tail.position = saved.positions[engine]
 
     def _save(self) -> None:
-        doc = {
-            "schema_version": STATE_VERSION,
-            "channel": self.follower.channel,
-            "positions": {engine: tail.position.to_dict() for engine, tail in self.tails.items()},
-            "report": report_document(self.node, self.follower.channel, self.table.to_section(self.clock())),
-        }
-        self.state.put(STATE, jsonio.dumps(doc))
+        saved = ReaderState({engine: tail.position for engine, tail in self.tails.items()}, self._report())
+        self.state.put(STATE, jsonio.dumps(saved.to_json()))
+
+    def _report(self) -> NodeReport:
+        return NodeReport(self.node, self.follower.channel, self.table.to_section(self.clock()))
 
     # -- work ----------------------------------------------------------------------------------
 
@@ -261,8 +294,7 @@ class Reader:
 
     def report(self) -> None:
         try:
-            section = self.table.to_section(self.clock())
-            self.reports.write(self.node, jsonio.dumps(report_document(self.node, self.follower.channel, section)))
+            self.reports.write(self.node, jsonio.dumps(self._report().to_json()))
         except (StorageError, ApplyError) as exc:
             logger.warning("cannot write the node's hit report; trying again later", extra={"error": str(exc)})
             return

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 from cdr_policy.agent.applier import ApplyError, Conflict
 from cdr_policy.errors import BundleError, StorageError
-from cdr_policy.hits.aggregate import HitTable, check_section
+from cdr_policy.hits.aggregate import HitsSection, HitTable
 from cdr_policy.policy.naming import is_dns_subdomain
-from cdr_policy.schemas import load_checked
+from cdr_policy.schemas import check_contract, parse_contract
 from cdr_policy.storage import LocalStore, NotFound, TooLarge
 
 SCHEMA = "hit-report.schema.json"
@@ -37,27 +37,37 @@ _ATTEMPTS = 5
 
 @dataclass(frozen=True)
 class NodeReport:
+    """One node reader's report (``hit-report.schema.json``)."""
+
     node: str
     channel: str
-    table: HitTable
+    hits: HitsSection
 
+    @classmethod
+    def from_json(cls, doc: Any, where: str) -> NodeReport:
+        """The report after its schema and the section's own checks; ContractError or BundleError
+        naming ``where`` and the field, never quoting it."""
+        check_contract(doc, SCHEMA, f"hit report {where}")
+        return cls(doc["node"], doc["channel"], HitsSection.from_json(doc["hits"]).check(where))
 
-def report_document(node: str, channel: str, section: dict[str, Any]) -> dict[str, Any]:
-    """A node report (``read_report`` reads it back)."""
-    return {"schema_version": SCHEMA_VERSION, "node": node, "channel": channel, "hits": section}
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "node": self.node,
+            "channel": self.channel,
+            "hits": self.hits.to_json(),
+        }
+
+    @property
+    def table(self) -> HitTable:
+        return self.hits.table()
 
 
 def read_report(data: bytes | None, where: str) -> NodeReport:
-    """A node report after its checks (None: one too large to read); BundleError says what is
-    wrong, never quoting it."""
+    """A node report read with its bound (None: one too large to read) and checked."""
     if data is None or len(data) > MAX_REPORT_BYTES:
         raise BundleError(f"{where}: larger than {MAX_REPORT_BYTES} bytes")
-    try:
-        doc = load_checked(data, SCHEMA)
-    except ValueError as exc:
-        raise BundleError(f"{where}: {exc}") from exc
-    check_section(doc["hits"], where)
-    return NodeReport(doc["node"], doc["channel"], HitTable.from_section(doc["hits"]))
+    return NodeReport.from_json(parse_contract(data, SCHEMA, f"hit report {where}"), where)
 
 
 class ReportStore(Protocol):

@@ -5,6 +5,7 @@ the same way."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from cdr_policy.bundle.provenance import ProvenanceIndex
 from cdr_policy.hits.attribute import Hit, attribute
 from cdr_policy.hits.events import Event, Malformed, parse_line
 from cdr_policy.hits.files import TOO_LONG
+from cdr_policy.schemas import fields_to_json, from_fields
 
 TOTALS = ("read", "ours", "unattributed", "malformed")
 
@@ -79,24 +81,58 @@ class Tally:
         if hit is not None:
             self.hits[hit.engine, hit.object, hit.kind, hit.indicator, hit.address, hit.action, hit.klass] += 1
 
-    def rows(self, index: ProvenanceIndex) -> list[dict[str, Any]]:
-        """The hits as the command prints them, most first, each with its indicator's provenance."""
-        out = []
+    def report(self, index: ProvenanceIndex) -> HitsReport:
+        """What ``cdr-policy hits`` prints: the hits, most first, each with its indicator's
+        provenance, and the totals."""
+        rows = []
         for (engine, obj, kind, indicator, address, action, klass), count in self.hits.items():
             p = index.classes[klass]
-            out.append(
-                {
-                    "engine": engine,
-                    "object": obj,
-                    "address": address,
-                    "prefix": indicator if kind == "prefix" else None,
-                    "port": indicator if kind == "port" else None,
-                    "rule": indicator if kind == "rule" else None,
-                    "action": action,
-                    "count": count,
-                    "feeds": list(p.feeds),
-                    "findings": list(p.findings),
-                    "categories": list(p.categories),
-                }
+            rows.append(
+                HitRow(
+                    engine=engine,
+                    object=obj,
+                    address=address,
+                    prefix=indicator if kind == "prefix" else None,
+                    port=indicator if kind == "port" else None,
+                    rule=indicator if kind == "rule" else None,
+                    action=action,
+                    count=count,
+                    feeds=tuple(p.feeds),
+                    findings=tuple(p.findings),
+                    categories=tuple(p.categories),
+                )
             )
-        return sorted(out, key=lambda r: (-r["count"], r["engine"], r["object"], str(r["address"]), r["action"]))
+        rows.sort(key=lambda r: (-r.count, r.engine, r.object, str(r.address), r.action))
+        return HitsReport(tuple(rows), dataclasses.replace(self.totals))
+
+
+@dataclass(frozen=True)
+class HitRow:
+    """Events of one engine, object, indicator (a prefix, a port or a rule), address and action."""
+
+    engine: str
+    object: str
+    address: str | None
+    prefix: str | None
+    port: str | None
+    rule: str | None
+    action: str
+    count: int
+    feeds: tuple[str, ...]
+    findings: tuple[str, ...]
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HitsReport:
+    """``cdr-policy hits``'s report (``--json`` prints ``to_json``)."""
+
+    hits: tuple[HitRow, ...]
+    events: Totals
+
+    def to_json(self) -> dict[str, Any]:
+        return fields_to_json(self)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> HitsReport:
+        return from_fields(cls, doc, "hits report")

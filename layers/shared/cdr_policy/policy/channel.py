@@ -31,8 +31,8 @@ HIT_DETAILS = ("off", "namespace", "workload", "pod")
 # The largest capacity budget of either engine. Cilium puts every prefix of a CiliumCIDRGroup in
 # its IP cache, which holds 512,000 entries per node by default with the cluster's own endpoints;
 # and the bundle two such budgets make (about 21 MB in 128 files, from a feed of four million
-# addresses) is measured to keep Render, Publish and the sync agent inside their 512 MB (README,
-# "Configuration (cloud)"; ``make bench`` (e)).
+# addresses) is measured to keep Render, Publish and the sync agent inside their 512 MB (docs/configuration.md;
+# ``make bench`` (e)).
 MAX_BUDGET_PREFIXES = 250_000
 # A bundle lives at most 30 days: longer voids the expiry that makes a cut-off cluster stop
 # enforcing stale blocks. At least twice the re-render period (``check_lifetime``): Publish re-signs

@@ -127,7 +127,9 @@ class _Inputs:
     ports: list[tuple[Indicator, tuple[str, int]]] = field(default_factory=list)
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
-    report: dict[str, Any] = field(default_factory=dict)
+    domains: int = 0  # domain indicators, resolved or not
+    ips_refused: int = 0  # IP indicators a guard refused before ranking
+    report: dict[str, Any] = field(default_factory=dict)  # the report's sources, domains and ports
 
 
 def compile_policies(
@@ -161,10 +163,6 @@ def compile_policies(
     )
     inputs.rejected.extend(ranking.rejected)
     unranked = sum(ranking.unranked.values())
-    inputs.report["indicators"]["ips"] = (
-        len(ranking.table) + len(ranking.rejected) + inputs.report["ips_refused"] + unranked
-    )
-    del inputs.report["ips_refused"]
     rules: dict[str, list[PolicyFile]] = {}
     behaviour_report = []
     room = MAX_WORKLOAD_POLICIES
@@ -201,6 +199,11 @@ def compile_policies(
             "kernel": {"override_helper": channel.kernel.override_helper},
         },
         **inputs.report,
+        "indicators": {
+            "ips": len(ranking.table) + len(ranking.rejected) + inputs.ips_refused + unranked,
+            "domains": inputs.domains,
+            "ports": len(inputs.ports),
+        },
         "policies": [f.summary() for f in files],
         "behaviours": behaviour_report,
         "budget": {"tetragon": tetragon_cut.report(), "cilium": cilium_cut.report()},
@@ -293,10 +296,9 @@ def _collect(
         else:
             inputs.ports.append((indicator, port))
             port_values.append(indicator.value)
+    inputs.domains, inputs.ips_refused = len(domains), refused
     inputs.report = {
         "sources": {"used": [s.source for s in used], "excluded": excluded},
-        "indicators": {"ips": 0, "domains": len(domains), "ports": len(port_values)},  # ips: after ranking
-        "ips_refused": refused,
         "domains": outcome.report,
         "ports": {
             "values": port_values,

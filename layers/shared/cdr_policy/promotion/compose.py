@@ -38,8 +38,9 @@ from cdr_policy.policy.render import Ports, policy_file
 from cdr_policy.promotion import record
 from cdr_policy.promotion.addresses import AddressSet, Spans
 from cdr_policy.promotion.content import change_id, rule_fingerprints, rule_paths
+from cdr_policy.promotion.decisions import Decisions
 from cdr_policy.promotion.evidence import World
-from cdr_policy.promotion.gate import WAIT, Judgement, Pending, judge
+from cdr_policy.promotion.gate import Judgement, Pending, judge
 from cdr_policy.promotion.watch import Trip, trips
 
 MAX_JUDGED = 20_000
@@ -100,13 +101,11 @@ class Composer:
         )
         return table.take(keep), kept_ports, composed
 
-    def decisions(self, bundle: str) -> dict[str, Any]:
+    def decisions(self, bundle: str) -> Decisions:
         """The decision document of the bundle composed (``record.decisions``)."""
         if self.judgement is None:
             raise ValueError("compose first")
-        doc = record.decisions(self.world, self.judgement, bundle=bundle)
-        doc["counts"][WAIT] += self.unjudged
-        return doc
+        return record.decisions(self.world, self.judgement, bundle=bundle, unjudged=self.unjudged)
 
     def _fallback(self, rule: str, back: _Back, tripped: list[Trip]) -> list[PolicyFile]:
         """The version of ``rule`` the channel keeps while its new version is not promoted: the one

@@ -125,11 +125,11 @@ class World:
     def audit_rows(self) -> Iterator[Counted]:
         """The audit channel's counted rows within the soak: what the changes would have blocked."""
         since = self.evidence_since
-        return (c for c in self.fleet.counted if c.channel == self.source and c.row["hour"] >= since)
+        return (c for c in self.fleet.counted if c.channel == self.source and c.row.hour >= since)
 
     def own_rows(self) -> Iterator[Counted]:
         """This channel's counted rows of what it stopped (the watch's evidence)."""
-        return (c for c in self.fleet.counted if c.channel == self.channel.name and c.row["action"] in STOPPED)
+        return (c for c in self.fleet.counted if c.channel == self.channel.name and c.row.action in STOPPED)
 
     def reporting(self) -> list[ClusterHits]:
         """The audit channel's clusters whose agent polled and whose hits were summed lately."""

@@ -28,15 +28,16 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import numpy as np
 
 from cdr_policy.bundle.approvals import Grant
+from cdr_policy.hits.aggregate import SectionRow
 from cdr_policy.hits.attribute import PORT, PREFIX, RULE
 from cdr_policy.netprefix import BITS, folded, parse_canonical
 from cdr_policy.promotion.addresses import AddressSet, Spans
 from cdr_policy.promotion.content import Content, change_id
+from cdr_policy.promotion.decisions import ChangeDecision, ChangeEvidence
 from cdr_policy.promotion.evidence import MAX_APPLIED, World
 from cdr_policy.promotion.watch import Trip, Workload, workload_of, workload_rows
 from cdr_policy.timeutil import parse_iso
@@ -87,20 +88,21 @@ class Evidence:
     workloads: Counter[Workload] = field(default_factory=Counter)
     namespaces: Counter[str] = field(default_factory=Counter)
 
-    def add(self, cluster: str, row: Mapping[str, Any]) -> None:
-        self.hits += row["count"]
-        self.workloads[workload_of(cluster, row)] += row["count"]
-        self.namespaces[row["namespace"] or "?"] += row["count"]
+    def add(self, cluster: str, row: SectionRow) -> None:
+        self.hits += row.count
+        self.workloads[workload_of(cluster, row)] += row.count
+        self.namespaces[row.namespace or "?"] += row.count
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "in_audit_since": self.in_audit_since,
-            "clusters": self.clusters,
-            "hits": self.hits,
-            "workloads": workload_rows(self.workloads),
-            "workloads_total": len(self.workloads),
-            "namespaces": dict(sorted(self.namespaces.items())[:MAX_NAMESPACES_SHOWN]),
-        }
+    def decided(self) -> ChangeEvidence:
+        """As the decisions document lists it."""
+        return ChangeEvidence(
+            in_audit_since=self.in_audit_since,
+            clusters=self.clusters,
+            hits=self.hits,
+            workloads=workload_rows(self.workloads),
+            workloads_total=len(self.workloads),
+            namespaces=dict(sorted(self.namespaces.items())[:MAX_NAMESPACES_SHOWN]),
+        )
 
 
 @dataclass(frozen=True)
@@ -120,19 +122,18 @@ class Verdict:
     def promoted(self) -> bool:
         return self.decision == PROMOTE
 
-    def to_json(self) -> dict[str, Any]:
-        out = {
-            "change": self.change,
-            "kind": self.kind,
-            "decision": self.decision,
-            "how": self.how,
-            "reasons": list(self.reasons),
-            "sources": list(self.sources),
-            "evidence": self.evidence.to_json(),
-        }
-        if self.fingerprint is not None:
-            out["fingerprint"] = self.fingerprint
-        return out
+    def decided(self) -> ChangeDecision:
+        """As the decisions document lists it."""
+        return ChangeDecision(
+            change=self.change,
+            kind=self.kind,
+            decision=self.decision,
+            how=self.how,
+            reasons=self.reasons,
+            sources=self.sources,
+            evidence=self.evidence.decided(),
+            fingerprint=self.fingerprint,
+        )
 
 
 @dataclass(frozen=True)
@@ -279,16 +280,16 @@ def _hits(world: World, pending: Pending, evidence: list[Evidence], offsets: dic
     rules = {rule: offsets[RULE] + j for j, rule in enumerate(sorted(pending.rules))}
     for counted in world.audit_rows():
         row = counted.row
-        if row["kind"] == PORT:
-            hit = [ports[row["indicator"]]] if row["indicator"] in ports else []
-        elif row["kind"] == RULE:
-            hit = [rules[row["indicator"]]] if row["indicator"] in rules else []
+        if row.kind == PORT:
+            hit = [ports[row.indicator]] if row.indicator in ports else []
+        elif row.kind == RULE:
+            hit = [rules[row.indicator]] if row.indicator in rules else []
         else:
-            address = folded(str(row["address"])) if row["address"] else None
+            address = folded(str(row.address)) if row.address else None
             if address is not None and address.length == BITS[address.version]:
                 hit = pending.prefixes.holding(address.version, address.network, address.network)
             else:
-                p = parse_canonical(row["indicator"])
+                p = parse_canonical(row.indicator)
                 hit = pending.prefixes.holding(p.version, p.network, p.last)
         for i in hit:
             evidence[i].add(counted.cluster, row)

@@ -1,37 +1,32 @@
 """The promotion decisions as documents (schema ``promotion.schema.json``) and as the signed
 manifest's record (``bundle.manifest.Promotion``).
 
-- ``decisions``: what Render decided for the bundle it composed; written beside it
-  (``bundles/<digest>/promotion.json``), read back by Publish (``read_decisions``,
-  ``listed``), which re-judges every promoted change, adds what it did (``published``) and writes
-  its copy to the distribution store (``promotion/<channel>.json``) for ``channel evidence``.
+- ``decisions``: what Render decided for the bundle it composed (``decisions.Decisions``); written
+  beside it (``bundles/<digest>/promotion.json``), read back by Publish (``listed``), which
+  re-judges every promoted change, adds what it did (``published``) and writes its copy to the
+  distribution store (``promotion/<channel>.json``) for ``channel evidence``.
 - ``manifest_record``: what the published generation promoted (its addresses collapsed and
   packed), on what evidence, with which grants; what it took back and what stays held.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
-from cdr_policy import jsonio
-from cdr_policy.bundle.manifest import Changes, Promotion, RolledBack
-from cdr_policy.errors import BundleError
+from cdr_policy.bundle.manifest import Changes, GrantUsed, PromotedEvidence, Promotion, RolledBack
+from cdr_policy.errors import BundleError, ContractError
 from cdr_policy.hits.attribute import PORT, PREFIX, RULE
 from cdr_policy.promotion.addresses import AddressSet, Spans
+from cdr_policy.promotion.decisions import SCHEMA, Counts, Decisions, Promoted
 from cdr_policy.promotion.evidence import World
 from cdr_policy.promotion.gate import HOLD, PROMOTE, WAIT, Judgement, Pending, Verdict
 from cdr_policy.promotion.watch import Trip
-from cdr_policy.schemas import load_checked
-from cdr_policy.storage import Store
 from cdr_policy.timeutil import iso
 
-SCHEMA = "promotion.schema.json"
 MAX_LISTED = 1000
 MAX_EVIDENCE = 32  # promoted changes the manifest names with their evidence
-MAX_DOCUMENT_BYTES = 8 << 20
 # Addresses the manifest keeps held back (collapsed prefixes): beyond, the oldest are forgotten
 # (they must soak and pass the audit evidence again).
 MAX_HELD_BACK = 50_000
@@ -44,81 +39,66 @@ def _order(v: Verdict) -> tuple[int, int, str]:
     return rank, -v.evidence.hits, v.change
 
 
-def decisions(world: World, judgement: Judgement, *, bundle: str) -> dict[str, Any]:
-    """Render's document for the bundle ``bundle`` it composed (checked against the schema)."""
+def decisions(world: World, judgement: Judgement, *, bundle: str, unjudged: int = 0) -> Decisions:
+    """Render's document for the bundle ``bundle`` it composed (checked against the schema);
+    ``unjudged``: the changes left waiting without a judgement (counted as waiting)."""
     promoted = judgement.promoted()
-    doc = {
-        "schema_version": 1,
-        "channel": world.channel.name,
-        "from": world.source,
-        "bundle": bundle,
-        "over": world.current.digest,
-        "decided_at": iso(world.now),
-        "settings": world.promote.to_dict(),
-        "counts": judgement.counts(),
-        "promoted": {
-            "prefixes": [v.value for v in promoted if v.kind == PREFIX],
-            "ports": [v.value for v in promoted if v.kind == PORT],
-            "rules": [{"rule": v.value, "fingerprint": v.fingerprint} for v in promoted if v.kind == RULE],
-        },
-        "changes": [v.to_json() for v in sorted(judgement.verdicts, key=_order)[:MAX_LISTED]],
-        "watch": [t.to_json() for t in judgement.trips],
-    }
-    return _checked(doc, f"the promotion decisions of channel {world.channel.name}")
+    counts = judgement.counts()
+    counts[WAIT] += unjudged
+    decided = Decisions(
+        channel=world.channel.name,
+        source=world.source,
+        bundle=bundle,
+        over=world.current.digest,
+        decided_at=iso(world.now),
+        settings=world.promote,
+        counts=Counts(**counts),
+        promoted=Promoted(
+            prefixes=tuple(v.value for v in promoted if v.kind == PREFIX),
+            ports=tuple(v.value for v in promoted if v.kind == PORT),
+            rules={v.value: v.fingerprint or "" for v in promoted if v.kind == RULE},
+        ),
+        changes=tuple(v.decided() for v in sorted(judgement.verdicts, key=_order)[:MAX_LISTED]),
+        watch=tuple(t.decided() for t in judgement.trips),
+    )
+    return _checked(decided.to_json(), f"the promotion decisions of channel {world.channel.name}")
 
 
-def published(
-    doc: Mapping[str, Any], *, at: datetime, status: str, generation: int | None, reason: str
-) -> dict[str, Any]:
-    """Publish's copy of ``doc``: with what it did."""
-    out = {**doc, "publish": {"at": iso(at), "status": status, "generation": generation, "reason": reason[:4096]}}
-    return _checked(out, f"the promotion report of channel {doc['channel']}")
+def published(decided: Decisions, *, at: datetime, status: str, generation: int | None, reason: str) -> Decisions:
+    """Publish's copy of ``decided``: with what it did."""
+    outcome = {"at": iso(at), "status": status, "generation": generation, "reason": reason[:4096]}
+    return _checked({**decided.to_json(), "publish": outcome}, f"the promotion report of channel {decided.channel}")
 
 
-def replaced(doc: Mapping[str, Any], judgement: Judgement) -> dict[str, Any]:
-    """``doc`` with the verdicts Publish reached for the changes it re-judged."""
-    found = {v.change: v.to_json() for v in judgement.verdicts}
-    changes = [found.pop(c["change"], c) for c in doc["changes"]]
-    changes += list(found.values())
-    return {**doc, "changes": changes[:MAX_LISTED], "watch": [t.to_json() for t in judgement.trips]}
+def replaced(decided: Decisions, judgement: Judgement) -> Decisions:
+    """``decided`` with the verdicts Publish reached for the changes it re-judged."""
+    found = {v.change: v for v in judgement.verdicts}
+    listed = [found.pop(c.change).decided() if c.change in found else c for c in decided.changes]
+    listed += [v.decided() for v in found.values()]
+    return replace(decided, changes=tuple(listed[:MAX_LISTED]), watch=tuple(t.decided() for t in judgement.trips))
 
 
-def read_decisions(store: Store, key: str) -> tuple[dict[str, Any], str]:
-    """The document at ``key``, checked, and the SHA-256 of its bytes; BundleError when it is not
-    one (StorageError: unreadable)."""
-    data = store.get(key, max_bytes=MAX_DOCUMENT_BYTES).data
-    try:
-        return dict(load_checked(data, SCHEMA)), hashlib.sha256(data).hexdigest()
-    except ValueError as exc:
-        raise BundleError(f"{store.describe()}/{key} is not a promotion decision: {exc}") from exc
-
-
-def write(store: Store, key: str, doc: Mapping[str, Any]) -> str:
-    """Write ``doc``; the SHA-256 of what was written (a publish request names it)."""
-    data = jsonio.dumps_pretty(doc)
-    store.put(key, data, "application/json")
-    return hashlib.sha256(data).hexdigest()
-
-
-def listed(doc: Mapping[str, Any], *, promoted_only: bool) -> Pending:
-    """The changes ``doc`` promoted (and, unless ``promoted_only``, those it lists), to judge again."""
-    prefixes = list(doc["promoted"]["prefixes"])
-    ports = list(doc["promoted"]["ports"])
-    rules = {r["rule"]: r["fingerprint"] for r in doc["promoted"]["rules"]}
+def listed(decided: Decisions, *, promoted_only: bool) -> Pending:
+    """The changes ``decided`` promoted (and, unless ``promoted_only``, those it lists), to judge again."""
+    prefixes = list(decided.promoted.prefixes)
+    ports = list(decided.promoted.ports)
+    rules = dict(decided.promoted.rules)
     if not promoted_only:
-        for change in doc["changes"]:
-            value = change["change"].partition(":")[2]
-            if change["kind"] == PREFIX and value not in prefixes:
+        for change in decided.changes:
+            value = change.value
+            if change.kind == PREFIX and value not in prefixes:
                 prefixes.append(value)
-            elif change["kind"] == PORT and value not in ports:
+            elif change.kind == PORT and value not in ports:
                 ports.append(value)
-            elif change["kind"] == RULE and "fingerprint" in change:
-                rules.setdefault(value.partition("@")[0], change["fingerprint"])
-    sources = {c["change"]: tuple(c["sources"]) for c in doc["changes"]}
+            elif change.kind == RULE and change.fingerprint is not None:
+                rules.setdefault(value.partition("@")[0], change.fingerprint)
+    sources = {c.change: c.sources for c in decided.changes}
     try:
         spans = Spans.of(prefixes)
     except ValueError as exc:
-        raise BundleError(f"the promotion decisions of channel {doc['channel']} name a prefix that is not one") from exc
+        raise BundleError(
+            f"the promotion decisions of channel {decided.channel} name a prefix that is not one"
+        ) from exc
     return Pending(spans, tuple(ports), rules, sources)
 
 
@@ -134,9 +114,7 @@ def changes_of(verdicts: Iterable[Verdict]) -> Changes:
     )
 
 
-def manifest_record(
-    world: World, judgement: Judgement, *, counts: Mapping[str, int], taken_back: Trip | None
-) -> Promotion:
+def manifest_record(world: World, judgement: Judgement, *, counts: Counts, taken_back: Trip | None) -> Promotion:
     """The signed manifest's record of a generation (see the module docstring). ``counts``: the
     decisions of every change Render judged; ``taken_back``: the tripped generation whose changes
     this one takes out."""
@@ -154,24 +132,17 @@ def manifest_record(
         over=world.current.digest,
         decided_at=iso(world.now),
         promoted=changes_of(promoted),
-        pending={"wait": counts.get(WAIT, 0), "hold": counts.get(HOLD, 0)},
-        approved=tuple(
-            {
-                "grant": g.fingerprint(),
-                "approver": g.key_id,
-                "changes": len(g.changes),
-            }
-            for g in judgement.grants()
-        ),
+        pending={"wait": counts.wait, "hold": counts.hold},
+        approved=tuple(GrantUsed(g.fingerprint(), g.key_id, len(g.changes)) for g in judgement.grants()),
         evidence=tuple(
-            {
-                "change": v.change,
-                "how": v.how or "soaked",
-                "in_audit_since": v.evidence.in_audit_since,
-                "clusters": v.evidence.clusters,
-                "hits": v.evidence.hits,
-                "workloads": len(v.evidence.workloads),
-            }
+            PromotedEvidence(
+                change=v.change,
+                how=v.how or "soaked",
+                in_audit_since=v.evidence.in_audit_since,
+                clusters=v.evidence.clusters,
+                hits=v.evidence.hits,
+                workloads=len(v.evidence.workloads),
+            )
             for v in by_evidence[:MAX_EVIDENCE]
         ),
         rolled_back=rolled,
@@ -218,8 +189,8 @@ def _changes(addresses: AddressSet, ports: Iterable[str], rules: Mapping[str, st
     )
 
 
-def _checked(doc: dict[str, Any], what: str) -> dict[str, Any]:
+def _checked(doc: Mapping[str, object], what: str) -> Decisions:
     try:
-        return dict(load_checked(jsonio.dumps(doc), SCHEMA))
-    except ValueError as exc:
+        return Decisions.from_json(doc)
+    except ContractError as exc:
         raise BundleError(f"{what} do not match {SCHEMA}: {exc}") from exc

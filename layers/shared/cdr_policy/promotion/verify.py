@@ -20,9 +20,8 @@ channel without a hit in a protected namespace, nor one no approver approved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from cdr_policy import layout
 from cdr_policy.bundle.approvals import Grant
@@ -36,6 +35,7 @@ from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.promotion import record
 from cdr_policy.promotion.addresses import AddressSet, Spans
 from cdr_policy.promotion.content import Content, rendered_content
+from cdr_policy.promotion.decisions import Decisions, read_decisions
 from cdr_policy.promotion.evidence import World
 from cdr_policy.promotion.gate import Judgement, judge
 from cdr_policy.promotion.watch import Trip, trips
@@ -50,9 +50,7 @@ class Checked:
     trips: tuple[Trip, ...] = ()
     record: Promotion | None = None
     grants: tuple[Grant, ...] = ()
-    report: dict[str, Any] | None = None
-    promoted: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
+    report: Decisions | None = None
 
 
 def read_world(
@@ -70,31 +68,31 @@ def read_world(
     )
 
 
-def decisions_of(state: Store, digest: str) -> tuple[dict[str, Any], str] | str:
+def decisions_of(state: Store, digest: str) -> tuple[Decisions, str] | str:
     """Render's decisions of bundle ``digest`` and their SHA-256, or why there are none usable."""
     key = layout.promotion_decisions_key(digest)
     try:
-        doc, sha = record.read_decisions(state, key)
+        decided, sha = read_decisions(state, key)
     except NotFound:
         return f"bundle {digest[:12]} has no promotion decisions beside it"
     except BundleError as exc:
         return str(exc)
-    if doc["bundle"] != digest:
+    if decided.bundle != digest:
         return f"the promotion decisions beside bundle {digest[:12]} are another's"
-    return doc, sha
+    return decided, sha
 
 
-def check(world: World, rendered: Bundle, doc: dict[str, Any]) -> Checked:
-    """Steps 1-3 of the module docstring, for the bundle ``rendered`` and Render's ``doc``."""
+def check(world: World, rendered: Bundle, decided: Decisions) -> Checked:
+    """Steps 1-3 of the module docstring, for the bundle ``rendered`` and Render's ``decided``."""
     tripped = tuple(trips(world))
-    if doc["over"] != world.current.digest:
-        over = (doc["over"] or "none")[:12]
+    if decided.over != world.current.digest:
+        over = (decided.over or "none")[:12]
         return Checked(
             f"it was composed over bundle {over}, and the channel ships {(world.current.digest or 'none')[:12]}: "
             "the next render composes it again",
             tripped,
         )
-    pending = record.listed(doc, promoted_only=True)
+    pending = record.listed(decided, promoted_only=True)
     judgement = judge(world, pending, tripped)
     failing = [v for v in judgement.verdicts if not v.promoted]
     if failing:
@@ -113,15 +111,13 @@ def check(world: World, rendered: Bundle, doc: dict[str, Any]) -> Checked:
         return Checked(f"it adds what was not promoted: {', '.join(extra)}", tripped)
     judgement = judgement.only(_shipped(judgement, content))
     taken = _taken_back(world, content, tripped)
-    report = record.replaced(doc, judgement)
+    report = record.replaced(decided, judgement)
     return Checked(
         None,
         tripped,
-        record.manifest_record(world, judgement, counts=doc["counts"], taken_back=taken),
+        record.manifest_record(world, judgement, counts=decided.counts, taken_back=taken),
         tuple(judgement.grants()),
         report,
-        len(judgement.verdicts),
-        dict(doc["counts"]),
     )
 
 

@@ -23,11 +23,13 @@ from datetime import timedelta
 from typing import Any
 
 from cdr_policy.bundle.manifest import Manifest
-from cdr_policy.hits.aggregate import hour_of
+from cdr_policy.hits.aggregate import SectionRow, hour_of
 from cdr_policy.hits.attribute import PORT, PREFIX, RULE
+from cdr_policy.hits.fleet import Counted
 from cdr_policy.netprefix import BITS, folded
 from cdr_policy.promotion.addresses import AddressSet, Spans
 from cdr_policy.promotion.content import change_id
+from cdr_policy.promotion.decisions import TripChange, WatchTrip, WorkloadHits
 from cdr_policy.promotion.evidence import World
 from cdr_policy.timeutil import parse_iso
 
@@ -60,28 +62,29 @@ class Trip:
         top = sorted(self.changes.items(), key=lambda kv: (-kv[1], kv[0]))[:CHANGES_SHOWN]
         return [{"change": change, "events": n} for change, n in top]
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "generation": self.generation,
-            "published_at": self.published_at,
-            "reasons": list(self.reasons),
-            "events": self.events,
-            "workloads": workload_rows(self.workloads),
-            "workloads_total": len(self.workloads),
-            "changes": self.named(),
-            "changes_total": len(self.changes),
-            "rolled_back": self.rolled_back,
-        }
+    def decided(self) -> WatchTrip:
+        """As the decisions document lists it."""
+        return WatchTrip(
+            generation=self.generation,
+            published_at=self.published_at,
+            reasons=self.reasons,
+            events=self.events,
+            workloads=workload_rows(self.workloads),
+            workloads_total=len(self.workloads),
+            changes=tuple(TripChange(c["change"], c["events"]) for c in self.named()),
+            changes_total=len(self.changes),
+            rolled_back=self.rolled_back,
+        )
 
 
-def workload_rows(workloads: Counter[Workload], limit: int = 10) -> list[dict[str, Any]]:
+def workload_rows(workloads: Counter[Workload], limit: int = 10) -> tuple[WorkloadHits, ...]:
     """The most hit workloads, as report rows."""
     top = sorted(workloads.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-    return [{"cluster": c, "namespace": ns, "workload": wl, "hits": n} for (c, ns, wl), n in top]
+    return tuple(WorkloadHits(c, ns, wl, n) for (c, ns, wl), n in top)
 
 
-def workload_of(cluster: str, row: Mapping[str, Any]) -> Workload:
-    return (cluster, row["namespace"] or "?", row["workload"] or "?")
+def workload_of(cluster: str, row: SectionRow) -> Workload:
+    return (cluster, row.namespace or "?", row.workload or "?")
 
 
 def trips(world: World) -> list[Trip]:
@@ -107,7 +110,7 @@ def trips(world: World) -> list[Trip]:
     return found
 
 
-def _judge(world: World, manifest: Manifest, own: list[Any], later: set[str], rolled: set[int]) -> Trip | None:
+def _judge(world: World, manifest: Manifest, own: list[Counted], later: set[str], rolled: set[int]) -> Trip | None:
     watch, promotion = world.promote.watch, manifest.promotion
     assert watch is not None and promotion is not None and manifest.generation is not None
     addresses = AddressSet.from_fields(dict(promotion.promoted.prefixes))
@@ -121,12 +124,12 @@ def _judge(world: World, manifest: Manifest, own: list[Any], later: set[str], ro
     changes: Counter[str] = Counter()
     for counted in own:
         row = counted.row
-        if row["hour"] >= since and counted.digest in later and _caused(row, addresses, ports, rules):
-            events += row["count"]
-            workloads[workload_of(counted.cluster, row)] += row["count"]
-            changes[_change(row, rules)] += row["count"]
-        elif before <= row["hour"] < since:
-            earlier += row["count"]
+        if row.hour >= since and counted.digest in later and _caused(row, addresses, ports, rules):
+            events += row.count
+            workloads[workload_of(counted.cluster, row)] += row.count
+            changes[_change(row, rules)] += row.count
+        elif before <= row.hour < since:
+            earlier += row.count
     rate = events / max((world.now - published).total_seconds() / 60, 1.0)
     rate_before = earlier / (hours * 60)
     reasons = []
@@ -157,20 +160,20 @@ def _judge(world: World, manifest: Manifest, own: list[Any], later: set[str], ro
     )
 
 
-def _change(row: Mapping[str, Any], rules: Mapping[str, str]) -> str:
+def _change(row: SectionRow, rules: Mapping[str, str]) -> str:
     """The change a row caused: its indicator (the entry, port or rule its cluster attributed it to)."""
-    if row["kind"] == RULE:
-        return change_id(RULE, str(row["indicator"]), rules.get(row["indicator"]))
-    return change_id(PORT if row["kind"] == PORT else PREFIX, str(row["indicator"]))
+    if row.kind == RULE:
+        return change_id(RULE, str(row.indicator), rules.get(row.indicator))
+    return change_id(PORT if row.kind == PORT else PREFIX, str(row.indicator))
 
 
-def _caused(row: Mapping[str, Any], addresses: AddressSet, ports: frozenset[str], rules: Mapping[str, str]) -> bool:
+def _caused(row: SectionRow, addresses: AddressSet, ports: frozenset[str], rules: Mapping[str, str]) -> bool:
     """Whether a row counts events of the changes (``addresses``, ``ports``, ``rules``)."""
-    if row["kind"] == "port":
-        return bool(row["indicator"] in ports)
-    if row["kind"] == "rule":
-        return bool(row["indicator"] in rules)
-    address = folded(str(row["address"])) if row["address"] else None
+    if row.kind == "port":
+        return bool(row.indicator in ports)
+    if row.kind == "rule":
+        return bool(row.indicator in rules)
+    address = folded(str(row.address)) if row.address else None
     if address is not None and address.length == BITS[address.version]:
         return addresses.holds(address.version, address.network)
-    return bool(addresses.touches(Spans.of([row["indicator"]])).any())
+    return bool(addresses.touches(Spans.of([row.indicator])).any())

@@ -92,7 +92,7 @@ class TokenManager:
         def send(timeout: float) -> httpx.Response:
             return self._http.post(self._url, data=form, headers=self._headers, timeout=timeout)
 
-        response = self._retrier.call("POST /auth", send)
+        response = self._retrier.call("POST /auth", send, counted=False)  # exempt from the limits
         status = response.status_code
         if status == 401:
             raise QualysError("authentication failed: check QUALYS_USERNAME/QUALYS_PASSWORD")

@@ -23,6 +23,7 @@ from cdr_policy.jsonio import dumps, loads
 from cdr_policy.observability import logger
 from cdr_policy.qualys.auth import TokenManager
 from cdr_policy.qualys.credentials import Credentials
+from cdr_policy.qualys.ratelimit import RequestBudget
 from cdr_policy.qualys.retry import QualysDeadline, Retrier, RetryPolicy, RetryStats
 from cdr_policy.timeutil import format_instant
 
@@ -74,7 +75,9 @@ class QualysClient:
     ``timeout`` bounds each HTTP attempt; ``max_attempts`` each call's retries (``retry_policy``, when
     given, replaces both the attempt counts and the backoff). ``deadline`` is a ``clock()`` value by
     which every call must be over: pass the Lambda's remaining time minus what storing needs.
-    ``sleep``, ``clock`` and ``wall_clock`` (token expiry) are injectable for tests.
+    ``budget`` (:class:`~cdr_policy.qualys.ratelimit.RequestBudget`) holds the findings requests
+    within the configured rate and the gateway's waits, across runs; None: no limit of ours.
+    ``sleep``, ``clock`` and ``wall_clock`` (token expiry, the budget) are injectable for tests.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class QualysClient:
         deadline: float | None = None,
         wall_clock: Callable[[], float] = time.time,
         retry_policy: RetryPolicy | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._owns_http = http is None
@@ -101,6 +105,8 @@ class QualysClient:
             sleep=sleep,
             clock=clock,
             deadline=deadline,
+            budget=budget,
+            wall_clock=wall_clock,
         )
         self._auth = TokenManager(
             self.base_url,
@@ -129,11 +135,22 @@ class QualysClient:
         return self._retrier.stats
 
     @property
+    def request_budget(self) -> RequestBudget | None:
+        return self._retrier.budget
+
+    @property
+    def requests(self) -> int:
+        """Findings requests sent (every attempt; the authentications are not counted)."""
+        return self._retrier.requests
+
+    @property
     def authentications(self) -> int:
         return self._auth.authentications
 
-    def _get(self, path: str, params: dict[str, str]) -> httpx.Response:
-        """GET with a bearer token; on a 401, one re-authentication and one more try."""
+    def _get(self, path: str, params: dict[str, str], *, opens: bool = True) -> httpx.Response:
+        """GET with a bearer token; on a 401, one re-authentication and one more try. ``opens``: the
+        request starts a window's paging, which waits for the request budget (a window begun is read to
+        its end: it cannot be stored half-read; its pages still count against the hour)."""
         url = self.base_url + path
         for attempt in (1, 2):
             token = self._auth.token()
@@ -142,7 +159,7 @@ class QualysClient:
             def send(timeout: float, headers: dict[str, str] = headers) -> httpx.Response:
                 return self._get_capped(url, params, headers, timeout)
 
-            response = self._retrier.call(f"GET {path}", send)
+            response = self._retrier.call(f"GET {path}", send, gated=opens)
             if response.status_code != 401:
                 break
             self._auth.invalidate(token)
@@ -187,7 +204,7 @@ class QualysClient:
         """One findings page: (items, totalElements or None, digest of the items, raw body)."""
         params = {"startAt": start_at, "endAt": end_at, "limit": str(limit)}
         params.update({"pageNumber": str(number)} if by_page_number else {"offSet": str(offset)})
-        body = self._get(FINDINGS_PATH, params).content
+        body = self._get(FINDINGS_PATH, params, opens=number == 1).content
         try:
             data = loads(body)
         except ValueError as exc:

@@ -5,6 +5,13 @@ Qualys gateway's ``X-RateLimit-ToWait-Sec``, then exponential backoff with jitte
 checked against the caller's deadline first: when the next attempt could not start in time the
 call stops with :class:`QualysDeadline`, which the fetch stage treats as "resume next run".
 
+With a :class:`~cdr_policy.qualys.ratelimit.RequestBudget`, every counted request (the findings
+calls; ``/auth`` is exempt at Qualys too) is booked in it, and a gated one (the first page of a
+window) first waits for it: the configured requests per hour, and a wait the gateway asked for in
+this run or an earlier one. A wait past the deadline stops the call with :class:`QualysRateBudget`
+(a ``QualysDeadline``). Every wait the gateway asks for is recorded in the budget, so that it
+outlives the run.
+
 The loop is written out rather than delegated to ``stamina``/``tenacity`` because it needs three
 things those do not offer together: waits chosen per response from headers, an injectable clock
 and sleep (tests run in milliseconds), and a deadline that refuses a wait instead of overrunning it.
@@ -22,6 +29,7 @@ import httpx
 
 from cdr_policy.errors import QualysError
 from cdr_policy.observability import logger
+from cdr_policy.qualys.ratelimit import RequestBudget
 
 # 429: rate limited (gateway); 409: rate or concurrency limited (legacy API convention);
 # 502/503/504: transient upstream trouble. 500 is retried too, but fewer times (``max_500_attempts``).
@@ -30,6 +38,11 @@ RETRY_STATUSES = frozenset({409, 429, 502, 503, 504})
 
 class QualysDeadline(QualysError):
     """The time budget ran out before the work was done. Nothing stored is lost: resume next run."""
+
+
+class QualysRateBudget(QualysDeadline):
+    """The next request would pass the configured request rate, or come before the wait the gateway
+    asked for is over, and waiting would pass the time budget: resume next run."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,8 @@ class Retrier:
         clock: Callable[[], float] = time.monotonic,
         deadline: float | None = None,
         rng: Callable[[], float] = random.random,
+        budget: RequestBudget | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
         self.timeout_s = timeout_s
@@ -106,7 +121,10 @@ class Retrier:
         self.clock = clock
         self.deadline = deadline
         self.rng = rng
+        self.budget = budget
+        self.wall_clock = wall_clock
         self.stats = RetryStats()
+        self.requests = 0  # counted requests sent (the findings calls)
 
     def _remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - self.clock()
@@ -116,13 +134,47 @@ class Retrier:
         # "Equal jitter": at least half the exponential step, so retries never stampede at 0 s.
         return ceiling / 2 + self.rng() * ceiling / 2
 
-    def call(self, what: str, send: Callable[[float], httpx.Response]) -> httpx.Response:
+    def _take_budget(self, what: str, gated: bool) -> None:
+        """Book one counted request in the budget; a ``gated`` one first waits until the budget lets it
+        go (QualysRateBudget when that would pass the deadline)."""
+        assert self.budget is not None
+        wait, why = self.budget.wait(self.wall_clock()) if gated else (0.0, None)
+        if wait > 0:
+            remaining = self._remaining()
+            if remaining is not None and wait >= remaining:
+                raise QualysRateBudget(
+                    f"{what}: {why}; waiting {wait:.1f}s would pass the time budget ({remaining:.1f}s left)"
+                )
+            logger.info("qualys call waits for the request budget", extra={"call": what, "reason": why, "wait_s": wait})
+            self.stats.waited_s += wait
+            self.sleep(wait)
+        self.budget.record(self.wall_clock())
+
+    def _defer(self, headers: httpx.Headers, status: int) -> float | None:
+        """The wait the server asked for (``server_delay``), recorded in the budget: on a retried
+        status, and on any answer saying no request is left (``X-RateLimit-Remaining: 0``)."""
+        delay = server_delay(headers, self.wall_clock)
+        exhausted = headers.get("x-ratelimit-remaining", "").strip() == "0"
+        if delay is not None and self.budget is not None and (status in RETRY_STATUSES or exhausted):
+            self.budget.defer(self.wall_clock() + min(delay, self.policy.max_server_delay_s))
+        return delay
+
+    def call(
+        self, what: str, send: Callable[[float], httpx.Response], *, counted: bool = True, gated: bool = True
+    ) -> httpx.Response:
+        """``send`` until an answer worth returning. ``counted``: a request the budget books (not /auth);
+        ``gated``: one that waits for the budget before its first attempt."""
         attempt = 0
         while True:
             attempt += 1
             remaining = self._remaining()
             if remaining is not None and remaining <= 0:
                 raise QualysDeadline(f"{what}: time budget exhausted before attempt {attempt}")
+            if counted:
+                if self.budget is not None:
+                    self._take_budget(what, gated and attempt == 1)  # a retry has waited already
+                    remaining = self._remaining()
+                self.requests += 1
             timeout = self.timeout_s if remaining is None else min(self.timeout_s, remaining)
             try:
                 response = send(timeout)
@@ -144,6 +196,7 @@ class Retrier:
                 )
             else:
                 status = response.status_code
+                delay = self._defer(response.headers, status) if counted else server_delay(response.headers)
                 if status in RETRY_STATUSES:
                     limit = self.policy.max_attempts
                 elif status == 500:
@@ -151,7 +204,6 @@ class Retrier:
                 else:
                     return response
                 reason = f"HTTP {status}"
-                delay = server_delay(response.headers)
                 if delay is not None:
                     delay = min(delay, self.policy.max_server_delay_s)
                 response.close()

@@ -4,6 +4,7 @@
 - ``state/cdr/seen.json``: the uuid ledger (uuid → end of the window it was fetched in), pruned
   past the refetch horizon, plus the rejection ledger (value, reason → last seen) kept for the TTL.
 - ``indicators/cdr/current.json``: the CDR IndicatorSet.
+- ``state/cdr/rate-limit.json``: the Qualys request budget (:mod:`cdr_policy.qualys.ratelimit`).
 - ``raw/cdr/<yyyy>/<mm>/<dd>/<window-start>-<page>.json.gz``: every page exactly as received.
 
 Commit protocol, per window, so that a crash anywhere loses nothing and counts nothing twice:
@@ -27,6 +28,7 @@ from cdr_policy.errors import StorageError
 from cdr_policy.jsonio import dumps, loads
 from cdr_policy.models import IndicatorSet
 from cdr_policy.observability import logger
+from cdr_policy.qualys.ratelimit import RequestBudget
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import format_instant, iso, parse_iso
 
@@ -148,3 +150,27 @@ def write_seen(store: Store, ledger: SeenLedger, pending: dict[str, str], commit
         "rejections": [[v, r, t] for (v, r), t in sorted(ledger.rejections.items())],
     }
     store.put(layout.CDR_SEEN, dumps(doc), "application/json")
+
+
+def read_request_budget(store: Store, per_hour: int) -> RequestBudget:
+    """The stored request budget under ``per_hour``; an empty one when absent. An unreadable one is
+    replaced by an empty one with a warning (the gateway's own limit still answers 429, which is
+    honoured): refusing every run until someone repairs it would stop the fetch for nothing."""
+    try:
+        data = store.get(layout.CDR_RATE).data
+    except NotFound:
+        return RequestBudget(per_hour)
+    try:
+        return RequestBudget.from_dict(loads(data), per_hour)
+    except ValueError as exc:
+        logger.warning(
+            "qualys request budget unreadable; starting a new one", extra={"key": layout.CDR_RATE, "error": str(exc)}
+        )
+        return RequestBudget(per_hour, changed=True)
+
+
+def write_request_budget(store: Store, budget: RequestBudget) -> None:
+    """The budget, when it changed since it was read."""
+    if budget.changed:
+        store.put(layout.CDR_RATE, dumps(budget.to_dict()), "application/json")
+        budget.changed = False

@@ -15,15 +15,18 @@ feed and CDR content.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
-from collections.abc import Iterator
+import types
+import typing
+from collections.abc import Collection, Iterator
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from cdr_policy import jsonio
-from cdr_policy.errors import CdrPolicyError
+from cdr_policy.errors import CdrPolicyError, ContractError
 
 # What a schema may say: the assertions and applicators implemented below, and annotations.
 KEYWORDS = frozenset(
@@ -54,6 +57,7 @@ KEYWORDS = frozenset(
 ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "title", "description", "contentEncoding"})
 
 Path = tuple[str | int, ...]
+T = TypeVar("T")
 _TYPES: dict[str, type] = {"string": str, "object": dict, "array": list, "boolean": bool, "null": type(None)}
 
 
@@ -235,8 +239,112 @@ def load_checked(data: bytes, name: str) -> Any:
     return doc
 
 
+def check_contract(document: Any, name: str, what: str) -> None:
+    """The check every ``from_json`` of a contract runs first: ``document`` (however it was parsed)
+    nests at most ``jsonio.MAX_DEPTH`` deep and matches schema ``name``. ContractError naming ``what``
+    and the first places and rules it breaks (never a value)."""
+    try:
+        jsonio.check_depth(document, jsonio.MAX_DEPTH)
+    except ValueError as exc:
+        raise ContractError(f"malformed {what}: {exc}") from None
+    errors = schema_errors(document, name)
+    if errors:
+        raise ContractError(f"malformed {what}: " + "; ".join(errors[:5]))
+
+
+def parse_contract(data: bytes, name: str, what: str) -> Any:
+    """The JSON document in ``data``, checked as ``check_contract`` does; ContractError otherwise."""
+    try:
+        document = jsonio.loads(data)
+    except ValueError as exc:
+        raise ContractError(f"malformed {what}: not JSON ({exc})") from None
+    check_contract(document, name, what)
+    return document
+
+
 def validate(document: Any, name: str) -> None:
     """Raise CdrPolicyError listing how ``document`` breaks schema ``name``."""
     errors = schema_errors(document, name)
     if errors:
         raise CdrPolicyError(f"{name}: {len(errors)} violation(s): " + "; ".join(errors[:10]))
+
+
+def fields_from_json(
+    cls: type[Any],
+    document: Any,
+    what: str,
+    *,
+    nested: Collection[str] = (),
+    given: Collection[str] = (),
+    derived: Collection[str] = (),
+) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` from ``document``, checked against the dataclass itself (its
+    fields and their annotated types: ``str``, ``int``, ``float``, ``bool``, ``None``, literals,
+    ``tuple[X, ...]``, ``dict[str, X]``, other such dataclasses, and their unions): the contract of
+    a document without a schema file, so a new field is added in the dataclass alone. ``nested``:
+    fields the caller reads itself (returned unchecked, left out); ``given``: fields the document
+    does not carry; ``derived``: keys it carries beside the fields (computed from them, not read).
+    ContractError naming ``what`` and the field (a list item or a map entry by position), never the
+    value."""
+    if not isinstance(document, dict):
+        raise ContractError(f"malformed {what}: not an object")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in given]
+    missing = [name for name in [*names, *derived] if name not in document]
+    if missing:
+        raise ContractError(f"malformed {what}: {missing[0]} is required")
+    if len(document) != len(names) + len(derived):
+        raise ContractError(f"malformed {what}: has a property the contract does not allow")
+    return {name: _field(document[name], hints[name], what, name) for name in names if name not in nested}
+
+
+def from_fields(cls: type[T], document: Any, what: str) -> T:
+    """``cls`` made of ``document`` as ``fields_from_json`` reads it."""
+    return cls(**fields_from_json(cls, document, what))
+
+
+def fields_to_json(value: Any) -> dict[str, Any]:
+    """A dataclass of such fields as its JSON document (what ``fields_from_json`` reads back)."""
+    return typing.cast(dict[str, Any], _plain(dataclasses.asdict(value)))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _field(value: Any, hint: Any, what: str, name: str) -> Any:
+    if hint is Any:
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _field(value, options[0], what, name)
+    elif origin is tuple and len(args) == 2 and args[1] is Ellipsis and isinstance(value, list):
+        return tuple(_field(item, args[0], what, f"{name}/{i}") for i, item in enumerate(value))
+    elif origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _field(v, args[1], what, f"{name}/{i}") for i, (k, v) in enumerate(value.items())}
+    elif dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return from_fields(hint, value, f"{what}: {name}")
+    allowed = args if origin in (typing.Union, types.UnionType) else (hint,)
+    if not any(_is_a(value, t) for t in allowed):
+        raise ContractError(f"malformed {what}: {name} is not of type {hint}")
+    return value
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind in (int, float):
+        return isinstance(value, int | float if kind is float else int) and not isinstance(value, bool)
+    if typing.get_origin(kind) is typing.Literal:
+        return value in typing.get_args(kind)
+    return isinstance(kind, type) and isinstance(value, kind)

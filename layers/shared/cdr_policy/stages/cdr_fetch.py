@@ -11,8 +11,11 @@ of every page, ``= unique + duplicates + malformed`` where ``duplicates`` repeat
 fetched in this run (the gateway sent it twice, or on both sides of a window boundary) and
 ``by_category``/``by_rule``/``unmapped`` count the ``unique`` findings. ``new`` is how many of them
 no earlier run had merged (the overlap refetches some): only those change the indicator set.
-When the time budget runs out (:class:`QualysDeadline`) the run stops after the last fully stored
-window and reports itself incomplete; the next run resumes from the checkpoint.
+When the time budget runs out (:class:`QualysDeadline`), or the Qualys request budget
+(:class:`~cdr_policy.qualys.retry.QualysRateBudget`: the configured requests per hour, or a wait the
+gateway asked for) would make the run wait past it, the run stops after the last fully stored window
+and reports itself incomplete; the next run resumes from the checkpoint. The client's request budget
+is stored whatever happens (``state/cdr/rate-limit.json``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from cdr_policy.qualys.state import (
     read_seen,
     write_checkpoint,
     write_current,
+    write_request_budget,
     write_seen,
 )
 from cdr_policy.storage import Store
@@ -77,6 +81,7 @@ class CdrFetchResult:
     expired: int = 0
     authentications: int = 0
     retries: int = 0
+    requests: int = 0  # findings requests sent (the authentications are exempt from the gateway's limits)
     indicator_set: IndicatorSet | None = None  # the stored CDR set after this run
 
     def summary(self) -> CdrRunSummary:
@@ -294,7 +299,7 @@ def run_cdr_fetch(
         result.complete = False
         result.stopped_reason = str(exc)
         logger.warning(
-            "cdr fetch stopped by its time budget; resuming next run",
+            "cdr fetch stopped by its time or request budget; resuming next run",
             extra={"windows_done": result.windows_done, "windows": len(windows), "reason": str(exc)},
         )
     finally:
@@ -302,6 +307,9 @@ def run_cdr_fetch(
         result.indicators = acc.touched_counts()
         result.authentications = client.authentications
         result.retries = client.retry_stats.retries
+        result.requests = client.requests
+        if client.request_budget is not None:
+            write_request_budget(store, client.request_budget)
         _emit_metrics(result)
     logger.info(
         "cdr fetch finished",
@@ -323,7 +331,7 @@ def run_cdr_fetch(
         },
     )
     summary = result.summary()
-    store.put(layout.CDR_LAST_RUN, jsonio.dumps_pretty(summary.to_dict()), "application/json")
+    store.put(layout.CDR_LAST_RUN, jsonio.dumps_pretty(summary.to_json()), "application/json")
     return result
 
 
@@ -337,6 +345,7 @@ def _emit_metrics(result: CdrFetchResult) -> None:
         ("CdrFindingsUnmapped", sum(result.unmapped.values())),
         ("CdrIndicatorsRejected", len(result.rejected)),
         ("QualysRetries", result.retries),
+        ("QualysRequests", result.requests),
         ("CdrFetchIncomplete", 0 if result.complete else 1),
     ):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)

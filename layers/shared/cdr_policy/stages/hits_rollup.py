@@ -11,7 +11,6 @@ stage that reads the statuses and the one writer of ``hits/``; Render only reads
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -20,27 +19,28 @@ from cdr_policy.hits.aggregate import RETENTION_HOURS
 from cdr_policy.hits.fleet import fired, read_fleet
 from cdr_policy.observability import logger, metrics
 from cdr_policy.storage import Store
+from cdr_policy.summaries import HitsRollupSummary
 
 WINDOW = timedelta(hours=RETENTION_HOURS)
 
 
-def run_hits_rollup(state: Store, dist: Store, *, now: datetime, window: timedelta = WINDOW) -> dict[str, Any]:
+def run_hits_rollup(state: Store, dist: Store, *, now: datetime, window: timedelta = WINDOW) -> HitsRollupSummary:
     """Write ``hits/fleet.json``; the run's summary."""
     fleet = read_fleet(dist, now=now, window=window)
     result = fired(fleet)
     state.put(layout.FLEET_HITS, result.to_bytes(), "application/json")
-    summary = {
-        "since": result.since,
-        "clusters": result.clusters,
-        "hits": result.hits,
-        "refused": result.refused,
-        "unreadable_statuses": fleet.unreadable,
-        "addresses": len(result.v4) + len(result.v6),
-        "rules": len(result.rules),
-        "ports": len(result.ports),
-    }
+    summary = HitsRollupSummary(
+        since=result.since,
+        clusters=result.clusters,
+        hits=result.hits,
+        refused=result.refused,
+        unreadable_statuses=fleet.unreadable,
+        addresses=len(result.v4) + len(result.v6),
+        rules=len(result.rules),
+        ports=len(result.ports),
+    )
     metrics.add_metric(name="FleetHits", unit=MetricUnit.Count, value=result.hits)
     metrics.add_metric(name="FleetHitRowsRefused", unit=MetricUnit.Count, value=result.refused)
     metrics.add_metric(name="FleetAddressesFired", unit=MetricUnit.Count, value=len(result.v4) + len(result.v6))
-    logger.info("fleet hits rolled up", extra=summary)
+    logger.info("fleet hits rolled up", extra=summary.to_json())
     return summary

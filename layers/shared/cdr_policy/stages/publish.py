@@ -60,9 +60,12 @@ from cdr_policy.bundle.loader import Bundle, latest_render, load_bundle, read_ma
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Approval, Manifest, Step, StepKind, VerificationError
 from cdr_policy.bundle.manifest import Promotion as ManifestPromotion
 from cdr_policy.bundle.signing import Signer, Verifier, sign_manifest
-from cdr_policy.errors import BundleError
+from cdr_policy.errors import BundleError, ContractError
 from cdr_policy.observability import logger, metrics
 from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.promotion.decisions import Decisions
+from cdr_policy.promotion.decisions import write as write_decisions
+from cdr_policy.schemas import fields_from_json
 from cdr_policy.storage import NotFound, PreconditionFailed, Store, TooLarge
 from cdr_policy.timeutil import iso
 
@@ -101,7 +104,7 @@ class PublishResult:
     def shipped(self) -> bool:
         return self.status in ("published", "refreshed", "rolled_back")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "status": self.status,
             "channel": self.channel,
@@ -111,9 +114,24 @@ class PublishResult:
             "generation": self.generation,
             "manifest_key": self.manifest_key,
             "history_key": self.history_key,
-            "budget": self.budget.to_dict() if self.budget is not None else None,
+            "budget": self.budget.to_json() if self.budget is not None else None,
             "errors": list(self.errors),
         }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> PublishResult:
+        """What a Publish invocation returned (read back by the CLI, the demo, the idempotency
+        record); ContractError naming the field."""
+        what = "publish result"
+        fields = fields_from_json(cls, doc, what, nested=("budget", "errors"))
+        budget, errors = doc["budget"], doc["errors"]
+        if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
+            raise ContractError(f"malformed {what}: errors")
+        return cls(
+            **fields,
+            budget=None if budget is None else Budget.from_json(budget, f"{what}: budget"),
+            errors=tuple(errors),
+        )
 
 
 def _content_type(path: str) -> str:
@@ -363,7 +381,7 @@ class _Promoting:
         )
         self.world = verify.read_world(state, dist, channel, current, verifier=pipeline, approvers=approvers, now=now)
         found = verify.decisions_of(state, digest)
-        self.doc: dict[str, Any] | str = found if isinstance(found, str) else found[0]
+        self.decided: Decisions | str = found if isinstance(found, str) else found[0]
         self.fingerprint: str | None = None if isinstance(found, str) else found[1]
         self.checked: verify.Checked | None = None
         self.trips = watch.trips(self.world)
@@ -393,9 +411,9 @@ class _Promoting:
 
     def check(self, rendered: Bundle) -> str | None:
         """Why the bundle must be held (None: it may ship)."""
-        if isinstance(self.doc, str):
-            return self.doc
-        self.checked = self.verify.check(self.world, rendered, self.doc)
+        if isinstance(self.decided, str):
+            return self.decided
+        self.checked = self.verify.check(self.world, rendered, self.decided)
         return self.checked.held
 
     def shipped(self) -> None:
@@ -412,18 +430,18 @@ class _Promoting:
 
     def report(self, result: PublishResult) -> None:
         """Publish's copy of the decisions, with the outcome, for ``channel evidence``."""
-        if isinstance(self.doc, str):
+        if isinstance(self.decided, str):
             logger.warning("no promotion report: no usable decisions", extra={"channel": result.channel})
             return
-        held = self.doc["counts"].get("hold", 0)
+        held = self.decided.counts.hold
         if held:
             metrics.add_metric(name="ChangesHeld", unit=MetricUnit.Count, value=held)
-        base = self.checked.report if self.checked is not None and self.checked.report is not None else self.doc
+        checked = self.checked.report if self.checked is not None else None
         reason = result.reason or ("; ".join(result.errors))
-        doc = self.record_io.published(
-            base, at=self.now, status=result.status, generation=result.generation, reason=reason
+        report = self.record_io.published(
+            checked or self.decided, at=self.now, status=result.status, generation=result.generation, reason=reason
         )
-        self.record_io.write(self.dist, layout.promotion_report_key(self.channel.name), doc)
+        write_decisions(self.dist, layout.promotion_report_key(self.channel.name), report)
 
 
 def _stale(manifest: Manifest, channels: Sequence[ChannelSettings] | None) -> str | None:

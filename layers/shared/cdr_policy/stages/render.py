@@ -27,7 +27,6 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
@@ -47,9 +46,9 @@ from cdr_policy.policy.output import PolicyFile
 from cdr_policy.policy.ranked import hold_to_room
 from cdr_policy.policy.render import compile_policies
 from cdr_policy.promotion.compose import Composer
+from cdr_policy.promotion.decisions import write
 from cdr_policy.promotion.evidence import World, fleet_window
-from cdr_policy.promotion.record import write
-from cdr_policy.report import bundle_report
+from cdr_policy.report import RunReport, bundle_report
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.summaries import CdrRunSummary, RenderSummary, read_last_run
 
@@ -74,7 +73,7 @@ class RenderedChannel:
     channel: ChannelSettings
     policies: list[PolicyFile]
     bundle: Bundle
-    report: dict[str, Any]
+    report: RunReport
     changed: bool
 
     def summary(self) -> RenderSummary:
@@ -213,7 +212,7 @@ def _latest_digest(state: Store, channel: str) -> str | None:
         return None
 
 
-def _write_bundle(state: Store, channel: str, bundle: Bundle, report: dict[str, Any]) -> None:
+def _write_bundle(state: Store, channel: str, bundle: Bundle, report: RunReport) -> None:
     """Files, then ``report.json``, then ``bundle.json``, then the channel's pointer: a reader that
     finds the pointer finds a whole bundle."""
     for path, data in sorted(bundle.files.items()):
@@ -224,5 +223,6 @@ def _write_bundle(state: Store, channel: str, bundle: Bundle, report: dict[str, 
     state.put(layout.latest_render_key(channel), jsonio.dumps_pretty(pointer), "application/json")
 
 
-def _write_report(state: Store, digest: str, report: dict[str, Any]) -> None:
-    state.put(layout.bundle_file_key(digest, layout.REPORT_FILE), jsonio.dumps_pretty(report), "application/json")
+def _write_report(state: Store, digest: str, report: RunReport) -> None:
+    data = jsonio.dumps_pretty(report.to_json())
+    state.put(layout.bundle_file_key(digest, layout.REPORT_FILE), data, "application/json")

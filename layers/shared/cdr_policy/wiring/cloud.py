@@ -43,13 +43,15 @@ def cdr_fetch(settings: Settings, *, now: datetime | None = None, deadline_s: fl
     from cdr_policy.qualys.client import QualysClient
     from cdr_policy.qualys.credentials import load_credentials
     from cdr_policy.qualys.platforms import resolve_gateway
+    from cdr_policy.qualys.state import read_request_budget
     from cdr_policy.stages.cdr_fetch import run_cdr_fetch
 
     store = _state(settings)
     credentials = load_credentials(settings.qualys_secret_name, {})
     base_url = resolve_gateway(settings.qualys_platform, settings.qualys_gateway_url)
     deadline = None if deadline_s is None else time.monotonic() + deadline_s
-    with QualysClient(base_url, credentials, deadline=deadline) as client:
+    budget = read_request_budget(store, settings.qualys_requests_per_hour)
+    with QualysClient(base_url, credentials, deadline=deadline, budget=budget) as client:
         result = run_cdr_fetch(
             store,
             client,
@@ -60,7 +62,7 @@ def cdr_fetch(settings: Settings, *, now: datetime | None = None, deadline_s: fl
             guard=NeverBlock(),
             mapping=mapping_from_store(store),
         )
-    return result.summary().to_dict()
+    return result.summary().to_json()
 
 
 def feed_sync(settings: Settings, *, now: datetime | None = None, deadline_s: float | None = None) -> dict[str, Any]:
@@ -77,7 +79,7 @@ def feed_sync(settings: Settings, *, now: datetime | None = None, deadline_s: fl
         reputation=reputation,
         deadline_s=deadline_s,
     )
-    return result.summary().to_dict()
+    return result.summary().to_json()
 
 
 # Secrets Manager answers that are the configuration's fault: no such secret, or no grant to read it.
@@ -145,7 +147,7 @@ def render(settings: Settings, *, trigger_keys: Sequence[str], now: datetime | N
         publish=enqueue if settings.publish_queue_url else None,
         promotion=promotion,
     )
-    return [s.to_dict() for s in summaries]
+    return [s.to_json() for s in summaries]
 
 
 def _public(key_id: str) -> Verifier:
@@ -191,11 +193,11 @@ def publish(settings: Settings, request: PublishRequest, *, now: datetime | None
         approvers=_approvers(settings),
         decisions=request.decisions,
     )
-    return result.to_dict()
+    return result.to_json()
 
 
 def hits_rollup(settings: Settings, *, now: datetime | None = None) -> dict[str, Any]:
     """HitsRollup: what fired in the fleet (``hits/fleet.json``), for Render."""
     from cdr_policy.stages.hits_rollup import run_hits_rollup
 
-    return run_hits_rollup(_state(settings), _dist(settings), now=now or utcnow())
+    return run_hits_rollup(_state(settings), _dist(settings), now=now or utcnow()).to_json()

@@ -9,21 +9,24 @@ they are our own blocklist groups: a group that only feeds allow rules may well 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cdr_policy import layout
-from cdr_policy.errors import PolicyCheckError
+from cdr_policy.errors import ContractError, PolicyCheckError
 from cdr_policy.policy.checker.check import CIDR_GROUP_KIND, CILIUM_POLICY_KINDS, check_object
 from cdr_policy.policy.checker.common import BlockGuard, as_dict
 from cdr_policy.policy.checker.problem import Problem, error, warning
 from cdr_policy.policy.checker.schema import SchemaSet
 from cdr_policy.policy.naming import COMPONENT_CIDR_GROUP, COMPONENT_KEY, MANAGED_BY, MANAGED_BY_KEY
 from cdr_policy.policy.serialize import load_yaml_documents
+from cdr_policy.schemas import fields_from_json, fields_to_json
 
 _SUFFIXES = (".yaml", ".yml", ".json")
 # The run report and the provenance index the CLI writes beside the policies: not Kubernetes objects.
 NOT_OBJECTS = frozenset({layout.REPORT_FILE, layout.PROVENANCE_FILE})
+COUNTS = ("objects", "errors", "warnings")  # a validate report's counts, derived from its problems
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
@@ -84,16 +87,71 @@ def _is_blocklist_group(obj: dict[str, Any], deny_refs: set[str]) -> bool:
     return ours or metadata.get("name") in deny_refs
 
 
-def check_files(paths: Iterable[str | Path], schemas: SchemaSet, *, guard: BlockGuard | None = None) -> dict[str, Any]:
-    """Check every object in ``paths`` (files or directories). Returns ``{"files": [{"path",
-    "problems", "objects": [{"index", "kind", "name", "problems"}]}], "objects": n, "errors": n,
-    "warnings": n, "skipped_rules": [...]}`` with problems as dicts (``Problem.to_dict``)."""
+@dataclass(frozen=True)
+class CheckedObject:
+    """One object of a checked file: its position, its kind and name (when they are strings) and
+    what is wrong with it."""
+
+    index: int
+    kind: str | None
+    name: str | None
+    problems: tuple[Problem, ...]
+
+
+@dataclass(frozen=True)
+class CheckedFile:
+    """One checked file: what is wrong with the file itself, and its objects."""
+
+    path: str
+    problems: tuple[Problem, ...]
+    objects: tuple[CheckedObject, ...]
+
+
+@dataclass(frozen=True)
+class ValidateReport:
+    """What ``cdr-policy validate`` found (``--json`` prints ``to_json``): every file and object
+    with its problems, their counts, and the CRDs' validation rules that could not be evaluated."""
+
+    files: tuple[CheckedFile, ...]
+    skipped_rules: tuple[str, ...]
+
+    def _all_problems(self) -> list[Problem]:
+        return [p for f in self.files for p in (*f.problems, *(p for o in f.objects for p in o.problems))]
+
+    @property
+    def objects(self) -> int:
+        return sum(len(f.objects) for f in self.files)
+
+    @property
+    def errors(self) -> int:
+        return sum(p.severity == "error" for p in self._all_problems())
+
+    @property
+    def warnings(self) -> int:
+        return sum(p.severity == "warning" for p in self._all_problems())
+
+    def to_json(self) -> dict[str, Any]:
+        return {**fields_to_json(self), "objects": self.objects, "errors": self.errors, "warnings": self.warnings}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> ValidateReport:
+        """A report ``--json`` printed; ContractError naming the field (the counts must agree with the problems)."""
+        what = "validate report"
+        report = cls(**fields_from_json(cls, doc, what, derived=COUNTS))
+        for count in COUNTS:
+            if doc[count] != getattr(report, count):
+                raise ContractError(f"malformed {what}: {count} does not agree with the files")
+        return report
+
+
+def check_files(paths: Iterable[str | Path], schemas: SchemaSet, *, guard: BlockGuard | None = None) -> ValidateReport:
+    """Check every object in ``paths`` (files or directories)."""
     return check_contents(((str(p), p.read_bytes()) for p in _expand(paths)), schemas, guard=guard)
 
 
 def check_contents(
     contents: Iterable[tuple[str, bytes]], schemas: SchemaSet | None, *, guard: BlockGuard | None = None
-) -> dict[str, Any]:
+) -> ValidateReport:
     """``check_files`` on in-memory files: ``(name, bytes)`` pairs (``schemas`` None: checklist only)."""
     loaded = [(name, *_objects(data)) for name, data in contents]
     everything = [obj for _, objects, _ in loaded for obj in objects]
@@ -106,14 +164,9 @@ def check_contents(
         and isinstance(o.get("metadata"), dict)
         and "name" in o["metadata"]
     }
-    report: dict[str, Any] = {"files": [], "objects": 0, "errors": 0, "warnings": 0}
+    files = []
     for name, objects, file_problems in loaded:
-        entry: dict[str, Any] = {
-            "path": name,
-            "problems": [p.to_dict() for p in file_problems],
-            "objects": [],
-        }
-        _count(report, file_problems)
+        checked = []
         for index, obj in enumerate(objects):
             is_group = isinstance(obj, dict) and obj.get("kind") == CIDR_GROUP_KIND
             object_guard = guard if not is_group or _is_blocklist_group(obj, deny_refs) else None
@@ -127,29 +180,17 @@ def check_contents(
                             f"cidrGroupRef {ref} is not among the checked objects",
                         )
                     )
-            _count(report, problems)
+            kind = obj.get("kind") if isinstance(obj, dict) else None
             metadata = as_dict(obj.get("metadata")) if isinstance(obj, dict) else {}
-            entry["objects"].append(
-                {
-                    "index": index,
-                    "kind": obj.get("kind") if isinstance(obj, dict) else None,
-                    "name": metadata.get("name"),
-                    "problems": [p.to_dict() for p in problems],
-                }
+            label = metadata.get("name")
+            checked.append(
+                CheckedObject(
+                    index,
+                    kind if isinstance(kind, str) else None,
+                    label if isinstance(label, str) else None,
+                    tuple(problems),
+                )
             )
-            report["objects"] += 1
-        report["files"].append(entry)
+        files.append(CheckedFile(name, tuple(file_problems), tuple(checked)))
     skipped = schemas.skipped_rules if schemas is not None else set()
-    report["skipped_rules"] = sorted(f"{source}: {rule}" for source, rule in skipped)
-    return report
-
-
-def _count(report: dict[str, Any], problems: list[Problem]) -> None:
-    report["errors"] += sum(p.severity == "error" for p in problems)
-    report["warnings"] += sum(p.severity == "warning" for p in problems)
-
-
-def problem_line(problem: dict[str, Any]) -> str:
-    """``error code at where: message`` for one problem of a report."""
-    where = f" at {problem['path']}" if problem["path"] else ""
-    return f"{problem['severity']} {problem['code']}{where}: {problem['message']}"
+    return ValidateReport(tuple(files), tuple(sorted(f"{source}: {rule}" for source, rule in skipped)))

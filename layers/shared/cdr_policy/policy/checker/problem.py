@@ -23,6 +23,11 @@ class Problem:
     def to_dict(self) -> dict[str, Any]:
         return {"severity": self.severity, "code": self.code, "path": self.path, "message": self.message}
 
+    def line(self) -> str:
+        """``error code at where: message``: one line of ``cdr-policy validate``."""
+        where = f" at {self.path}" if self.path else ""
+        return f"{self.severity} {self.code}{where}: {self.message}"
+
     def __str__(self) -> str:
         where = f" at {self.path}" if self.path else ""
         return f"{self.severity}: {self.code}{where}: {self.message}"
