@@ -36,7 +36,7 @@ def walkthroughs() -> dict[str, list[str]]:
     return found
 
 
-def test_every_walkthrough_of_the_docs_is_run_here():
+def test_every_walkthrough_of_the_docs_is_run_here() -> None:
     assert set(walkthroughs()) == TESTED
 
 
@@ -93,7 +93,9 @@ def test_the_held_bundle_walkthrough_works_by_copying_the_printed_commands(
     assert code == 0 and "approved by local:" in history and history.count("\n") >= 3
 
 
-def test_the_readmes_first_run_works_as_written(env, tmp_path, monkeypatch, capsys):
+def test_the_readmes_first_run_works_as_written(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The README's first run against the fake gateway (``make fake-gateway``'s exports in ``env``):
     audit-mode policies, checked; signed into a channel folder; the agent applies them."""
     monkeypatch.chdir(tmp_path)

@@ -177,12 +177,12 @@ def _sources() -> dict[str, str]:
     }
 
 
-def test_contract_documents_are_read_through_their_typed_definitions_only():
+def test_contract_documents_are_read_through_their_typed_definitions_only() -> None:
     found = violations(_sources())
     assert not found, "read these through the contract's typed fields:\n" + "\n".join(found)
 
 
-def test_every_allowance_is_still_needed():
+def test_every_allowance_is_still_needed() -> None:
     sources = _sources()
     used = {
         (path, function)
@@ -203,12 +203,12 @@ def test_every_allowance_is_still_needed():
         'def shown(result):\n    return result.agents["prod"]["applied_digest"]\n',
     ],
 )
-def test_a_planted_read_by_key_is_found(planted):
+def test_a_planted_read_by_key_is_found(planted: str) -> None:
     sources = {**_sources(), "demo/planted.py": planted}
     assert [v for v in violations(sources) if v.startswith("demo/planted.py")]
 
 
-def test_a_decoder_may_read_by_key_and_an_object_by_attribute_is_fine():
+def test_a_decoder_may_read_by_key_and_an_object_by_attribute_is_fine() -> None:
     text = (
         "class S:\n    @classmethod\n    def from_json(cls, doc):\n        return cls(doc['a'])\n"
         "def f(status):\n    return status.last_poll.result\n"
@@ -432,7 +432,7 @@ CONTRACTS = [
 
 
 @pytest.mark.parametrize(("contract", "doc"), CONTRACTS, ids=lambda c: getattr(c, "__name__", ""))
-def test_a_contract_reads_back_what_it_wrote(contract, doc):
+def test_a_contract_reads_back_what_it_wrote(contract, doc) -> None:
     value = contract.from_json(doc)
     assert value.to_json() == doc and contract.from_json(value.to_json()) == value
 
@@ -449,7 +449,7 @@ def _deep(levels: int) -> dict[str, object]:
 
 @pytest.mark.parametrize(("contract", "doc"), CONTRACTS, ids=lambda c: getattr(c, "__name__", ""))
 @pytest.mark.parametrize("break_it", ["missing", "wrong_type", "extra", "not_an_object", "deep"])
-def test_a_broken_document_is_one_contract_error_naming_it(contract, doc, break_it):
+def test_a_broken_document_is_one_contract_error_naming_it(contract, doc, break_it: str) -> None:
     first = next(iter(doc))
     broken: object = {
         "missing": {k: v for k, v in doc.items() if k != first},
@@ -463,26 +463,26 @@ def test_a_broken_document_is_one_contract_error_naming_it(contract, doc, break_
     assert "SECRET" not in str(caught.value)
 
 
-def test_a_budget_whose_percent_does_not_follow_from_its_counts_is_refused():
+def test_a_budget_whose_percent_does_not_follow_from_its_counts_is_refused() -> None:
     engines = {**BUDGET["engines"], "tetragon": {**BUDGET["engines"]["tetragon"], "percent": 1.0}}
     with pytest.raises(ContractError, match="engines/tetragon: percent"):
         Budget.from_json({**BUDGET, "engines": engines})
     assert EngineChange.from_json("cilium", BUDGET["engines"]["cilium"], "x").percent == 200.0
 
 
-def test_a_feed_summary_names_the_feed_by_position():
+def test_a_feed_summary_names_the_feed_by_position() -> None:
     with pytest.raises(ContractError, match="feeds/0") as caught:
         FeedSyncSummary.from_json({"feeds": {"SECRET": {"status": 1, "entries": 3}}, "written": [], "rejected": 0})
     assert "SECRET" not in str(caught.value) and FeedSummary.from_json({"status": "ok", "entries": 1}, "f")
 
 
 @pytest.mark.parametrize("count", ["objects", "errors", "warnings"])
-def test_a_validate_report_whose_counts_disagree_with_its_problems_is_refused(count):
+def test_a_validate_report_whose_counts_disagree_with_its_problems_is_refused(count: str) -> None:
     with pytest.raises(ContractError, match=f"validate report: {count} does not agree"):
         ValidateReport.from_json({**VALIDATED, count: VALIDATED[count] + 1})
 
 
-def test_a_validate_report_names_a_broken_problem_by_position():
+def test_a_validate_report_names_a_broken_problem_by_position() -> None:
     with pytest.raises(ContractError, match="files/1: objects/0: problems/0: severity") as caught:
         bad = {**PROBLEM, "severity": "SECRET"}
         ValidateReport.from_json(
@@ -500,7 +500,7 @@ def test_a_validate_report_names_a_broken_problem_by_position():
     assert "SECRET" not in str(caught.value)
 
 
-def test_a_node_report_and_a_status_carry_the_same_hits_section():
+def test_a_node_report_and_a_status_carry_the_same_hits_section() -> None:
     report = NodeReport("worker-1", "prod", HitTable().to_section(datetime(2026, 1, 10, tzinfo=UTC)))
     assert NodeReport.from_json(report.to_json(), "worker-1") == report
     status = AgentStatus.from_json({**GOOD, "hits": report.hits.to_json()})

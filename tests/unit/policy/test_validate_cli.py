@@ -146,7 +146,9 @@ def test_crds_as_kubectl_writes_them_a_list(tmp_path: Path, crds_dir: Path) -> N
     assert {key[2] for key in schemas.versions} >= {"TracingPolicy", "TracingPolicyNamespaced"}
 
 
-def test_an_object_whose_kind_or_name_is_not_a_string_is_reported_without_them(tmp_path, crds_dir, capsys):
+def test_an_object_whose_kind_or_name_is_not_a_string_is_reported_without_them(
+    tmp_path: Path, crds_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "odd.yaml").write_text("kind: 5\nmetadata: {name: [7]}\n")
     assert validate_main([str(tmp_path), "--crds", str(crds_dir)]) == 1
     assert "odd.yaml: ?/?: error schema.type-meta" in capsys.readouterr().out
