@@ -89,14 +89,14 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         result["fleet"] = fleet.run(work / "fleet", config)
         tables.append(fleet.render_markdown(result["fleet"]))
     if "g" in args.only and args.protect_agents:
-        config = protect.ProtectConfig(
+        protect_config = protect.ProtectConfig(
             agents=args.protect_agents,
             trials=args.protect_trials,
             processes=min(4, max(2, math.ceil(args.protect_agents / 250))),
             seed=args.seed,
             profiles=args.protect_profiles,
         )
-        result["protect"] = protect.run(work / "protect", config)
+        result["protect"] = protect.run(work / "protect", protect_config)
         tables.append(protect.render_markdown(result["protect"]))
     if "h" in args.only and args.hits_bytes:
         result["hits"] = hits.run(work / "hits", args.hits_bytes, args.seed)

@@ -95,8 +95,8 @@ def run_hits(result: PipelineResult, agents: dict[str, Any], say: Callable[[str]
         rate = "-" if f.hits_per_thousand_prefixes is None else f"{f.hits_per_thousand_prefixes:g}"
         say(f"        {f.feed:<28} {f.hits:>4} hit(s), {f.prefixes_held:>5} held, {rate:>8} per 1000")
     say("      fleet hits, per finding:")
-    for f in report.findings:
-        say(f"        {f.finding:<40} {f.hits:>4} hit(s)")
+    for finding in report.findings:
+        say(f"        {finding.finding:<40} {finding.hits:>4} hit(s)")
     per_cluster = {c.cluster_id: c.hits for c in report.clusters}
     agree = sum(per_cluster.values()) == report.hits
     say(

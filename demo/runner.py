@@ -372,12 +372,13 @@ def _time_to_protect(result: PipelineResult, gateway: FakeQualysGateway, say: Ca
     to those agents enforcing it. prod promotes from staging: it takes the address after staging's soak."""
     lambdas, agents = result.lambdas, demo_agents(result)
     t0 = gateway.publish([reverse_shell_finding(PROTECT_ADDRESS, utcnow())])
-    marks = {}
-    for stage, run in (
+    marks: dict[str, float] = {}
+    stages: tuple[tuple[str, Callable[[], list[Invocation]]], ...] = (
         ("fetch", lambda: lambdas.fire(lambdas.schedule_of("CdrFetchFunction"))),
         ("render", lambda: lambdas.poll("RenderFunction").invocations),
         ("publish", lambda: lambdas.poll("PublishFunction").invocations),
-    ):
+    )
+    for stage, run in stages:
         _checked(f"time to protect: {stage}", run())
         marks[stage] = time.time()
     immediate = {str(c["name"]) for c in CHANNELS if "promote" not in c}

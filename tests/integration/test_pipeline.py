@@ -202,7 +202,7 @@ def test_an_object_deleted_by_hand_comes_back_after_one_drift_interval(
 ) -> None:
     result, lines = pipeline
     drift = result.drift
-    assert drift.last_poll.result == "repaired" and drift.drift is not None
+    assert drift is not None and drift.last_poll.result == "repaired" and drift.drift is not None
     assert len(drift.drift.missing) == 1 and drift.drift.repaired is True
     (missing,) = drift.drift.missing
     name = missing.split("/")[-1]

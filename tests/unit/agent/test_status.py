@@ -12,7 +12,7 @@ from cdr_policy import jsonio
 from cdr_policy.agent.status import AgentStatus
 from cdr_policy.errors import ContractError
 
-GOOD = {
+GOOD: dict[str, Any] = {
     "schema_version": 1,
     "cluster_id": "eks-prod-1",
     "channel": "prod",

@@ -354,6 +354,7 @@ def test_a_hostile_cluster_cannot_force_a_promotion_beyond_its_own_counts(p: Pip
     honest.sync()
     status = honest.record([])
     staging_digest = status.applied_digest
+    assert staging_digest is not None
     # a hostile cluster of staging: its own status, fresh, claiming it reports too
     evil = p.session_client(p.onboard("staging", "evil"), "s3")
     own = S3Store(evil, p.stack.dist_bucket)
@@ -400,6 +401,7 @@ def test_a_hostile_cluster_cannot_force_a_rollback_beyond_its_own_counts(p: Pipe
     assert blocked(p, "prod") == {C2, NEW}
     status = enforcing.record([])
     prod_digest = status.applied_digest
+    assert prod_digest is not None and staging_status.applied_digest is not None
     kill = {"action": "SIGKILL", "object": enforcing.holder(NEW)}
     rows = (
         # kills of the new entry, attributed with a bundle prod never shipped (staging's)
