@@ -17,6 +17,7 @@ import dataclasses
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 
@@ -218,7 +219,7 @@ def test_a_decoder_may_read_by_key_and_an_object_by_attribute_is_fine() -> None:
 
 # -- round trips and hostile documents of each contract -------------------------------------------
 
-BUDGET = {
+BUDGET: dict[str, Any] = {
     "budget_percent": 20,
     "min_changes": 5,
     "engines": {
@@ -229,7 +230,7 @@ BUDGET = {
     "vetted": False,
 }
 # promoted on evidence: only the removals count
-VETTED = {
+VETTED: dict[str, Any] = {
     **BUDGET,
     "engines": {
         "tetragon": {**BUDGET["engines"]["tetragon"], "percent": 10.0},
@@ -237,7 +238,7 @@ VETTED = {
     },
     "vetted": True,
 }
-PUBLISHED = {
+PUBLISHED: dict[str, Any] = {
     "status": "held",
     "channel": "prod",
     "digest": "a" * 64,
@@ -249,7 +250,7 @@ PUBLISHED = {
     "budget": BUDGET,
     "errors": [],
 }
-RUN_REPORT = {
+RUN_REPORT: dict[str, Any] = {
     "generated_at": "2026-01-10T00:00:00Z",
     "schema_version": 1,
     "channel": {"name": "prod", "action": "Sigkill"},
@@ -268,8 +269,13 @@ RUN_REPORT = {
     "domains": {},
     "ports": {"values": []},
 }
-PROBLEM = {"severity": "error", "code": "schema.unknown-field", "path": "spec.x", "message": "unknown field x"}
-VALIDATED = {
+PROBLEM: dict[str, Any] = {
+    "severity": "error",
+    "code": "schema.unknown-field",
+    "path": "spec.x",
+    "message": "unknown field x",
+}
+VALIDATED: dict[str, Any] = {
     "files": [
         {"path": "broken.yml", "problems": [{**PROBLEM, "code": "file.yaml", "path": ""}], "objects": []},
         {
@@ -286,7 +292,7 @@ VALIDATED = {
     "warnings": 1,
     "skipped_rules": ["cilium: rule"],
 }
-HIT_ROW = {
+HIT_ROW: dict[str, Any] = {
     "engine": "tetragon",
     "object": "cdr-dynamic-blocklist-1",
     "address": "45.33.32.7",
@@ -299,8 +305,8 @@ HIT_ROW = {
     "findings": ["f-1", "f-2"],
     "categories": [],
 }
-HITS = {"hits": [HIT_ROW], "events": {"read": 5, "ours": 3, "unattributed": 1, "malformed": 1}}
-FLEET_HITS = {
+HITS: dict[str, Any] = {"hits": [HIT_ROW], "events": {"read": 5, "ours": 3, "unattributed": 1, "malformed": 1}}
+FLEET_HITS: dict[str, Any] = {
     "since": "2026-01-03T00:00:00Z",
     "until": "2026-01-10T00:00:00Z",
     "hits": 8,
@@ -332,8 +338,8 @@ FLEET_HITS = {
     "top_workloads": [{"cluster_id": "eks-prod-1", "namespace": "shop", "workload": None, "hits": 6}],
     "unreadable_statuses": 0,
 }
-WORKLOAD = {"cluster": "stg-1", "namespace": "payments", "workload": "checkout", "hits": 2}
-DECIDED = {
+WORKLOAD: dict[str, Any] = {"cluster": "stg-1", "namespace": "payments", "workload": "checkout", "hits": 2}
+DECIDED: dict[str, Any] = {
     "schema_version": 1,
     "channel": "prod",
     "from": "staging",
@@ -399,7 +405,21 @@ DECIDED = {
         }
     ],
 }
-CONTRACTS = [
+
+
+class Contract(Protocol):
+    """A contract's value: ``to_json`` writes the document it was read from."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class ContractClass(Protocol):
+    """A contract's class: ``from_json`` reads a document into one."""
+
+    def from_json(self, doc: Any, /) -> Contract: ...
+
+
+CONTRACTS: list[tuple[ContractClass, dict[str, Any]]] = [
     (Decisions, DECIDED),
     (
         Decisions,
@@ -432,7 +452,7 @@ CONTRACTS = [
 
 
 @pytest.mark.parametrize(("contract", "doc"), CONTRACTS, ids=lambda c: getattr(c, "__name__", ""))
-def test_a_contract_reads_back_what_it_wrote(contract, doc) -> None:
+def test_a_contract_reads_back_what_it_wrote(contract: ContractClass, doc: dict[str, Any]) -> None:
     value = contract.from_json(doc)
     assert value.to_json() == doc and contract.from_json(value.to_json()) == value
 
@@ -449,7 +469,9 @@ def _deep(levels: int) -> dict[str, object]:
 
 @pytest.mark.parametrize(("contract", "doc"), CONTRACTS, ids=lambda c: getattr(c, "__name__", ""))
 @pytest.mark.parametrize("break_it", ["missing", "wrong_type", "extra", "not_an_object", "deep"])
-def test_a_broken_document_is_one_contract_error_naming_it(contract, doc, break_it: str) -> None:
+def test_a_broken_document_is_one_contract_error_naming_it(
+    contract: ContractClass, doc: dict[str, Any], break_it: str
+) -> None:
     first = next(iter(doc))
     broken: object = {
         "missing": {k: v for k, v in doc.items() if k != first},

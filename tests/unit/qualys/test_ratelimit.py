@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,8 +18,8 @@ from cdr_policy.qualys.client import QualysClient
 from cdr_policy.qualys.ratelimit import WINDOW_S, RequestBudget
 from cdr_policy.qualys.retry import QualysRateBudget
 from cdr_policy.qualys.state import read_request_budget, write_request_budget
-from cdr_policy.stages.cdr_fetch import run_cdr_fetch
-from cdr_policy.storage import LocalStore
+from cdr_policy.stages.cdr_fetch import CdrFetchResult, run_cdr_fetch
+from cdr_policy.storage import LocalStore, Store
 from fakes.clock import FakeClock
 from fakes.qualys import FakeQualysGateway, Fault, synthetic_findings
 
@@ -28,26 +29,34 @@ NOW = SAMPLES_NOW
 ONE_MINUTE = 60.0  # the fast profile's schedule: each run's time budget here
 
 
-def findings(n: int) -> list:
+def findings(n: int) -> list[Any]:
     return synthetic_findings(n, start=NOW - timedelta(minutes=30), end=NOW - timedelta(minutes=1))
 
 
 def fetch(
-    store,
-    client,
+    store: Store,
+    client: QualysClient,
     guard: NeverBlock,
     mapping: CategoryMapping,
-    now=NOW,
+    now: datetime = NOW,
     lookback_hours: int = 1,
     overlap_minutes: int = 10,
-):
+) -> CdrFetchResult:
     return run_cdr_fetch(
         store, client, now=now, guard=guard, mapping=mapping, lookback_hours=lookback_hours,
         overlap_minutes=overlap_minutes, ttl_hours=24,
     )  # fmt: skip
 
 
-def budgeted(make_client: Callable[..., QualysClient], clock: FakeClock, gw, store, per_hour, *, budget_s=ONE_MINUTE):
+def budgeted(
+    make_client: Callable[..., QualysClient],
+    clock: FakeClock,
+    gw: FakeQualysGateway,
+    store: Store,
+    per_hour: int,
+    *,
+    budget_s: float = ONE_MINUTE,
+) -> QualysClient:
     """A client as CdrFetch's wiring builds it: the stored budget, a run's time budget, the (fake) clocks."""
     budget = read_request_budget(store, per_hour)
     return make_client(gw, budget=budget, wall_clock=clock, deadline=clock() + budget_s)
@@ -106,7 +115,11 @@ def test_the_configured_rate_holds_across_runs_and_the_run_resumes_later(
         first = fetch(
             store, budgeted(make_client, clock, gw, store, 2), guard, mapping, lookback_hours=12, overlap_minutes=0
         )
-        assert first.complete is False and "2 requests an hour (QualysRequestsPerHour) reached" in first.stopped_reason
+        assert (
+            first.complete is False
+            and first.stopped_reason is not None
+            and "2 requests an hour (QualysRequestsPerHour) reached" in first.stopped_reason
+        )
         assert (first.windows_done, first.windows_planned) == (1, 2)
         assert first.requests == len(gw.findings_requests()) == 2
         clock.now += ONE_MINUTE  # the next scheduled run
@@ -158,13 +171,21 @@ def test_a_429_with_retry_after_slows_the_fetch_and_never_fails_it(
         gw.inject(Fault(status=429, headers={"Retry-After": "300"}))
         clock.now += ONE_MINUTE
         stopped = fetch(store, budgeted(make_client, clock, gw, store, 120), guard, mapping)
-        assert stopped.complete is False and "would pass the time budget" in stopped.stopped_reason
+        assert (
+            stopped.complete is False
+            and stopped.stopped_reason is not None
+            and "would pass the time budget" in stopped.stopped_reason
+        )
         assert json.loads(store.get(layout.CDR_RATE).data)["not_before"] == pytest.approx(clock() + 300)
         asked = len(gw.findings_requests())
         for _ in range(4):  # the next four scheduled runs fall inside the wait: nothing is sent
             clock.now += ONE_MINUTE
             waiting = fetch(store, budgeted(make_client, clock, gw, store, 120), guard, mapping)
-            assert waiting.complete is False and "the gateway asked to wait" in waiting.stopped_reason
+            assert (
+                waiting.complete is False
+                and waiting.stopped_reason is not None
+                and "the gateway asked to wait" in waiting.stopped_reason
+            )
         assert len(gw.findings_requests()) == asked
         clock.now += ONE_MINUTE + 1
         resumed = fetch(store, budgeted(make_client, clock, gw, store, 120), guard, mapping)
