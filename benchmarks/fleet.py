@@ -437,8 +437,8 @@ def run(work: Path, config: FleetConfig, say: Callable[[str], None] = print) -> 
         result["fleet_status"] = {
             "seconds": seconds,
             "rows": len(rows),
-            "behind": sum(1 for r in rows if r["behind"]),
-            "reporting_new": sum(1 for r in rows if r["applied_digest"] == second.get(r["channel"])),
+            "behind": sum(1 for r in rows if r.behind),
+            "reporting_new": sum(1 for r in rows if r.applied_digest == second.get(r.channel)),
             "operations": counter.snapshot("fleet-status"),
         }
     result["cost"] = _cost(result["steady"], config)

@@ -146,11 +146,12 @@ class RequestCounter:
 def counting_moto_server() -> Iterator[tuple[str, RequestCounter]]:
     """A plain moto server on loopback (an ephemeral port, HTTP) behind a ``RequestCounter``: the fleet
     benchmark's bucket (benchmarks/fleet.py)."""
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    from fakes.moto_server import pooled_server
 
     counter = RequestCounter(DomainDispatcherApplication(create_backend_app))
-    server = make_server("127.0.0.1", 0, counter, threaded=True, request_handler=MotoRequestHandler)
+    server = pooled_server("127.0.0.1", 0, counter)
     thread = Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

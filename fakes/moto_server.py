@@ -591,18 +591,55 @@ def make_server(
     of the caller's around it (make costs counts requests). Without a ``certificate``: over HTTP, each
     request taken as having come over TLS (as behind a proxy that terminates it), for a fleet of clients
     whose handshakes (one a request: moto closes each connection) would be this machine's CPU."""
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server as werkzeug_server
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     install()
     app: WsgiApp = _remember_request(DomainDispatcherApplication(create_backend_app))
     if wrap is not None:
         app = wrap(app)
     if certificate is None or key is None:
-        return werkzeug_server(host, port, _tls_terminated(app), threaded=True, request_handler=MotoRequestHandler)
-    return werkzeug_server(
-        host, port, app, threaded=True, request_handler=MotoRequestHandler, ssl_context=(certificate, key)
-    )
+        return pooled_server(host, port, _tls_terminated(app))
+    return pooled_server(host, port, app, ssl_context=(certificate, key))
+
+
+WORKERS = 32  # requests served at once; more wait in the listen queue, as at a server under load
+LISTEN_QUEUE = 4096  # connections waiting for a worker (the kernel caps it at net.core.somaxconn)
+
+
+def pooled_server(host: str, port: int, app: WsgiApp, **options: Any) -> Any:
+    """werkzeug's server (moto's request handler) with a fixed pool of ``WORKERS`` threads instead of a
+    thread for every connection. moto serialises each request's dispatch on one lock: a fleet of clients
+    opening hundreds of connections at once left hundreds of threads queueing for it and for the
+    interpreter, and the server answering in seconds; with a pool the rest wait in the listen queue."""
+    import queue
+
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+    from werkzeug.serving import BaseWSGIServer
+
+    class Pooled(BaseWSGIServer):
+        multithread = True
+        request_queue_size = LISTEN_QUEUE
+
+        def __init__(self) -> None:
+            super().__init__(host, port, app, handler=MotoRequestHandler, **options)
+            self.accepted: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+            for n in range(WORKERS):
+                threading.Thread(target=self.serve_accepted, name=f"moto-{n}", daemon=True).start()
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            self.accepted.put((request, client_address))
+
+        def serve_accepted(self) -> None:
+            while True:
+                request, client_address = self.accepted.get()
+                try:
+                    self.finish_request(request, client_address)
+                except Exception:  # noqa: BLE001 -- socketserver's own handling: logged, the connection closed
+                    self.handle_error(request, client_address)
+                finally:
+                    self.shutdown_request(request)
+
+    return Pooled()
 
 
 def _tls_terminated(app: WsgiApp) -> WsgiApp:

@@ -254,10 +254,10 @@ def test_two_clusters_converge_each_on_its_own_channel(fleet: Fleet) -> None:
 
     assert (a, b) == (0, 0)
     assert fleet.applied("cluster-a-staging") and fleet.applied("cluster-b-prod")
-    rows = {r["cluster_id"]: r for r in fleet_status(fleet.dist, now=utcnow())}
-    assert (rows["cluster-a"]["channel"], rows["cluster-a"]["applied_digest"]) == ("staging", fleet.digests["staging"])
-    assert (rows["cluster-b"]["channel"], rows["cluster-b"]["applied_digest"]) == ("prod", fleet.digests["prod"])
-    assert not rows["cluster-a"]["behind"] and not rows["cluster-b"]["behind"]
+    rows = {r.cluster_id: r for r in fleet_status(fleet.dist, now=utcnow())}
+    assert (rows["cluster-a"].channel, rows["cluster-a"].applied_digest) == ("staging", fleet.digests["staging"])
+    assert (rows["cluster-b"].channel, rows["cluster-b"].applied_digest) == ("prod", fleet.digests["prod"])
+    assert not rows["cluster-a"].behind and not rows["cluster-b"].behind
 
 
 def test_a_cluster_cannot_read_a_channel_it_was_not_given(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
@@ -310,8 +310,8 @@ def test_a_cluster_cannot_write_another_clusters_status_and_the_fleet_view_does_
 
     assert lying == 0 and fleet.applied("c-lying")
     assert fleet.dist.get(layout.status_key("cluster-a")).data == before
-    rows = {r["cluster_id"]: r for r in fleet_status(fleet.dist, now=utcnow())}
-    assert (rows["cluster-a"]["channel"], rows["cluster-a"]["applied_digest"]) == ("staging", fleet.digests["staging"])
+    rows = {r.cluster_id: r for r in fleet_status(fleet.dist, now=utcnow())}
+    assert (rows["cluster-a"].channel, rows["cluster-a"].applied_digest) == ("staging", fleet.digests["staging"])
     as_c.put_object(Bucket=BUCKET, Key=layout.status_key("cluster-c"), Body=b"{}")  # its own key: allowed
 
 
@@ -342,8 +342,8 @@ def test_a_cluster_outside_aws_converges_through_credential_process(fleet: Fleet
 
     assert code == 0
     assert fleet.applied("cluster-d-staging")
-    rows = {r["cluster_id"]: r for r in fleet_status(fleet.dist, now=utcnow())}
-    assert rows["cluster-d"]["applied_digest"] == fleet.digests["staging"]
+    rows = {r.cluster_id: r for r in fleet_status(fleet.dist, now=utcnow())}
+    assert rows["cluster-d"].applied_digest == fleet.digests["staging"]
 
 
 # The command-line contract of aws_signing_helper's credential-process: the flags the README and

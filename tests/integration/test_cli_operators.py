@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cdr_policy.cli.fleet import ChannelRow, FleetStatusRow
 from cdr_policy.feeds.config import load_feeds
 from cdr_policy.timeutil import utcnow
 from demo.runner import FINDINGS
@@ -345,11 +346,13 @@ def test_fleet_commands_on_a_folder(
     assert code == 0 and out.startswith("published:")
 
     code, out, _ = run(["fleet", "status", f"--dist={channel}", "--json"], env, capsys)
-    (row,) = json.loads(out)
-    assert row["cluster_id"] == "laptop" and row["applied_digest"] == first and row["behind"]
+    (row,) = map(FleetStatusRow.from_json, json.loads(out))
+    assert row.cluster_id == "laptop" and row.applied_digest == first and row.behind
     assert run(agent, env, capsys)[0] == 0
-    (row,) = json.loads(run(["fleet", "status", f"--dist={channel}", "--json"], env, capsys)[1])
-    assert row["applied_digest"] == diff["to"] and not row["behind"]
+    (row,) = map(
+        FleetStatusRow.from_json, json.loads(run(["fleet", "status", f"--dist={channel}", "--json"], env, capsys)[1])
+    )
+    assert row.applied_digest == diff["to"] and not row.behind
 
     # A status written under another cluster's name is not that cluster's word.
     forged = {**json.loads((channel / "status/laptop.json").read_text()), "cluster_id": "laptop"}
@@ -361,11 +364,15 @@ def test_fleet_commands_on_a_folder(
         ["channel", "rollback", "local", f"--to={first}", f"--dist={channel}", f"--key={key}"], env, capsys
     )
     assert code == 0 and "now ships" in out
-    listed = json.loads(run(["channel", "list", f"--dist={channel}", "--json"], env, capsys)[1])
-    assert [(c["channel"], c["digest"]) for c in listed] == [("local", first)]
+    listed = map(
+        ChannelRow.from_json, json.loads(run(["channel", "list", f"--dist={channel}", "--json"], env, capsys)[1])
+    )
+    assert [(c.channel, c.digest) for c in listed] == [("local", first)]
     assert run(agent, env, capsys)[0] == 0
-    (row,) = json.loads(run(["fleet", "status", f"--dist={channel}", "--json"], env, capsys)[1])
-    assert row["applied_digest"] == first and not row["behind"]
+    (row,) = map(
+        FleetStatusRow.from_json, json.loads(run(["fleet", "status", f"--dist={channel}", "--json"], env, capsys)[1])
+    )
+    assert row.applied_digest == first and not row.behind
 
 
 def test_the_running_agent_serves_metrics_and_probes(

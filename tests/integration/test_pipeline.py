@@ -25,6 +25,7 @@ from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.signing import KmsSigner, Verifier, verify_manifest
 from cdr_policy.cli import main
+from cdr_policy.cli.fleet import ChannelRow, FleetStatusRow
 from cdr_policy.hits.fleet import read_fired
 from cdr_policy.hits.reports import read_report
 from cdr_policy.lambda_events import PublishRequest
@@ -371,15 +372,17 @@ def test_fleet_commands_against_the_buckets(
     _shell(monkeypatch, env)
 
     assert main(["channel", "list", f"--dist={dist}", "--json"], env) == 0
-    listed = json.loads(capsys.readouterr().out)
-    assert sorted(c["channel"] for c in listed) == sorted(c["name"] for c in CHANNELS)
+    listed = [ChannelRow.from_json(c) for c in json.loads(capsys.readouterr().out)]
+    assert sorted(c.channel for c in listed) == sorted(c["name"] for c in CHANNELS)
 
     assert main(["fleet", "status", f"--dist={dist}", "--json"], env) == 0
-    rows = [r for r in json.loads(capsys.readouterr().out) if r["cluster_id"].startswith("demo-")]
-    assert sorted({r["channel"] for r in rows}) == sorted(c["name"] for c in CHANNELS)
-    assert not any(r["behind"] for r in rows) and all(r["errors"] == 0 for r in rows)
-    promoted = {r["channel"]: r["promotion"] for r in rows}
-    assert promoted["staging"] is None and (promoted["prod"]["from"], promoted["prod"]["approved"]) == ("staging", 1)
+    fleet = map(FleetStatusRow.from_json, json.loads(capsys.readouterr().out))
+    rows = [r for r in fleet if r.cluster_id.startswith("demo-")]
+    assert sorted({r.channel for r in rows}) == sorted(c["name"] for c in CHANNELS)
+    assert not any(r.behind for r in rows) and all(r.errors == 0 for r in rows)
+    promoted = {r.channel: r.promotion for r in rows}
+    prod = promoted["prod"]
+    assert promoted["staging"] is None and prod is not None and (prod.source, prod.approved) == ("staging", 1)
 
     assert main(["channel", "diff", "prod", f"--dist={dist}", f"--state={state}", "--json"], env) == 0
     diff = json.loads(capsys.readouterr().out)

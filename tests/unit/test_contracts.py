@@ -1,7 +1,7 @@
 """The documents that cross a process or a bucket are read through their typed contracts only.
 
 Every such document (the manifest, the agent status, the hits sections and reports, the stage
-summaries, Publish's result and its change budget) is defined once, as a frozen dataclass with
+summaries, Publish's result and its change budget, the fleet commands' rows) is defined once, as a frozen dataclass with
 ``from_json``/``to_json``; everyone else reads typed fields. This test scans the library, the
 handlers, the demo and the benchmarks for a string-keyed read (``doc["key"]`` or ``doc.get("key")``)
 of a variable named like one of those documents outside a contract's decoder, and fails naming the
@@ -24,6 +24,8 @@ import pytest
 from cdr_policy.agent.status import AgentStatus, Drift, LastPoll, Verification
 from cdr_policy.bundle.change_budget import Budget, EngineChange
 from cdr_policy.bundle.manifest import Manifest, Settings
+from cdr_policy.cli.fleet import ChannelHistory, ChannelRow, FleetStatusRow, GenerationRow
+from cdr_policy.cli.promotion import GenerationPromotion
 from cdr_policy.errors import ContractError
 from cdr_policy.hits.aggregate import HitsSection, HitTable
 from cdr_policy.hits.fleet import FleetHitsReport
@@ -72,6 +74,11 @@ CONTRACTS_TYPED = (
     Decisions,
     ChangeDecision,
     WatchTrip,
+    ChannelRow,
+    GenerationRow,
+    ChannelHistory,
+    FleetStatusRow,
+    GenerationPromotion,
 )
 FIELD_KEYS = frozenset(f.name for cls in CONTRACTS_TYPED for f in dataclasses.fields(cls) if "_" in f.name)
 # Where a contract's document is read by key: its decoders.
@@ -108,11 +115,6 @@ ALLOWED = {
     ("benchmarks/fleet.py", "run"): "the benchmark's own result record",
     ("benchmarks/hits.py", "rows"): "the benchmark's own result records",
     ("benchmarks/pipeline.py", "rows"): "the benchmark's own result records",
-    # still dicts: the fleet commands' output rows -- contracts of issue 26 not typed yet
-    (f"{L}cli/fleet.py", "fleet_status"): "the fleet commands' output rows (--json): to type",
-    (f"{L}cli/fleet.py", "_list_lines"): "the fleet commands' output rows (--json): to type",
-    (f"{L}cli/fleet.py", "_history_lines"): "the fleet commands' output rows (--json): to type",
-    (f"{L}cli/fleet.py", "_fleet_lines"): "the fleet commands' output rows (--json): to type",
 }
 
 
@@ -405,6 +407,62 @@ DECIDED: dict[str, Any] = {
         }
     ],
 }
+PROMOTED: dict[str, Any] = {
+    "generation": 4,
+    "from": "staging",
+    "promoted": 3,
+    "approved": 1,
+    "waiting": 2,
+    "held": 0,
+    "rolled_back": None,
+    "held_back": 0,
+}
+CHANNEL_ROW: dict[str, Any] = {
+    "channel": "prod",
+    "digest": "a" * 64,
+    "generation": 4,
+    "created_at": "2026-01-10T00:00:00Z",
+    "expires_at": "2026-01-13T00:00:00Z",
+    "action": "Sigkill",
+    "mode": "enforce",
+    "objects": 3,
+}
+GENERATION: dict[str, Any] = {
+    "generation": 4,
+    "digest": "a" * 64,
+    "created_at": "2026-01-10T00:00:00Z",
+    "expires_at": "2026-01-13T00:00:00Z",
+    "approval": "approved by ops over bbbbbbbbbbbb at 2026-01-09T23:00:00Z",
+    "bytes": 2202,
+    "objects": 3,
+    "action": "Sigkill",
+    "shipping": True,
+    "promotion": PROMOTED,
+}
+HISTORY: dict[str, Any] = {
+    "channel": "prod",
+    "shipping": "a" * 64,
+    "generations": [GENERATION, {**GENERATION, "generation": 3, "shipping": False, "promotion": None}],
+    "skipped": 1,
+}
+FLEET_ROW: dict[str, Any] = {
+    "cluster_id": "eks-prod-1",
+    "channel": "prod",
+    "applied_digest": "a" * 64,
+    "applied_age_s": 3600,
+    "behind": False,
+    "last_poll": "unchanged",
+    "last_poll_at": "2026-01-10T00:59:00Z",
+    "drift": {
+        "checked_at": "2026-01-10T00:59:00Z",
+        "missing": ["TracingPolicy/x"],
+        "changed": [],
+        "extra": [],
+        "repaired": False,
+    },
+    "errors": 0,
+    "promotion": PROMOTED,
+}
 
 
 class Contract(Protocol):
@@ -420,6 +478,13 @@ class ContractClass(Protocol):
 
 
 CONTRACTS: list[tuple[ContractClass, dict[str, Any]]] = [
+    (ChannelRow, CHANNEL_ROW),
+    (GenerationRow, GENERATION),
+    (ChannelHistory, HISTORY),
+    (ChannelHistory, {**HISTORY, "shipping": None, "generations": []}),
+    (FleetStatusRow, FLEET_ROW),
+    (FleetStatusRow, {**FLEET_ROW, "applied_digest": None, "applied_age_s": None, "drift": None, "promotion": None}),
+    (GenerationPromotion, PROMOTED),
     (Decisions, DECIDED),
     (
         Decisions,
@@ -490,6 +555,17 @@ def test_a_budget_whose_percent_does_not_follow_from_its_counts_is_refused() -> 
     with pytest.raises(ContractError, match="engines/tetragon: percent"):
         Budget.from_json({**BUDGET, "engines": engines})
     assert EngineChange.from_json("cilium", BUDGET["engines"]["cilium"], "x").percent == 200.0
+
+
+@pytest.mark.parametrize(
+    ("promotion", "named"),
+    [({**PROMOTED, "from": ["SECRET"]}, "from is not a string"), ({**PROMOTED, "held": "SECRET"}, "held")],
+)
+def test_a_history_names_a_broken_promotion_by_the_generations_position(promotion: dict[str, Any], named: str) -> None:
+    generations = [GENERATION, {**GENERATION, "promotion": promotion}]
+    with pytest.raises(ContractError, match=f"channel history: generations/1: promotion: {named}") as caught:
+        ChannelHistory.from_json({**HISTORY, "generations": generations})
+    assert "SECRET" not in str(caught.value)
 
 
 def test_a_feed_summary_names_the_feed_by_position() -> None:

@@ -14,7 +14,7 @@ import pytest
 from cdr_policy import jsonio, layout
 from cdr_policy.bundle.loader import Bundle
 from cdr_policy.cli import main
-from cdr_policy.cli.fleet import PrefixProvenance, diff_bundles
+from cdr_policy.cli.fleet import ChannelHistory, PrefixProvenance, diff_bundles
 from cdr_policy.storage import LocalStore
 from cdr_policy.timeutil import utcnow
 from tests.unit.bundle.factory import files_of, ips, network_bundle, render, tracing_policy
@@ -108,10 +108,10 @@ def test_history_lists_the_generations_and_counts_what_does_not_verify(
     first = json.loads((channel.dist / layout.channel_manifest_key("prod")).read_text())
     second = channel.render(network_bundle(ips(0, 11)))
     assert channel.publish() == 0
-    history = channel.dist / layout.history_prefix("prod")
+    history_dir = channel.dist / layout.history_prefix("prod")
     planted = dict(first, generation=99, digest="ee" * 32)  # a copy with another generation: its signature fails
-    (history / f"9999-01-01T00:00:00Z-{'ee' * 32}.json").write_text(json.dumps(planted))
-    (history / f"9999-01-01T00:00:01Z-{'ff' * 32}.json").write_bytes(b"[" * 100_000)
+    (history_dir / f"9999-01-01T00:00:00Z-{'ee' * 32}.json").write_text(json.dumps(planted))
+    (history_dir / f"9999-01-01T00:00:01Z-{'ff' * 32}.json").write_bytes(b"[" * 100_000)
     capsys.readouterr()
     public = f"--public-key={channel.keys / 'bundle-signing.pub'}"
 
@@ -124,9 +124,9 @@ def test_history_lists_the_generations_and_counts_what_does_not_verify(
     code, out, _ = channel.cli(
         "channel", "history", "prod", f"--dist={channel.dist}", public, "--json", "--limit=1", capsys=capsys
     )
-    doc = json.loads(out)
-    assert [g["digest"] for g in doc["generations"]] == [second] and doc["generations"][0]["shipping"]
-    assert doc["generations"][0]["bytes"] > 0 and doc["generations"][0]["objects"] >= 0
+    history = ChannelHistory.from_json(json.loads(out))
+    assert [g.digest for g in history.generations] == [second] and history.generations[0].shipping
+    assert history.generations[0].bytes > 0 and history.generations[0].objects >= 0
 
 
 def test_rollback_takes_a_prefix_and_points_to_history_when_it_finds_none(

@@ -13,7 +13,7 @@ import pytest
 from cdr_policy import jsonio, layout
 from cdr_policy.bundle.signing import LocalSigner
 from cdr_policy.cli import main
-from cdr_policy.cli.fleet import MAX_STATUS_BYTES, fleet_status
+from cdr_policy.cli.fleet import MAX_STATUS_BYTES, FleetStatusRow, fleet_status
 from cdr_policy.stages.publish import publish_bundle
 from cdr_policy.storage import LocalStore, open_store
 from cdr_policy.timeutil import utcnow
@@ -70,8 +70,8 @@ def test_every_cluster_is_listed_and_every_planted_document_named(
 
     rows = fleet_status(dist, now=NOW)
 
-    assert [r["cluster_id"] for r in rows] == [f"c{i:02d}" for i in range(40)]
-    assert rows[0]["applied_age_s"] == 3600 and rows[0]["behind"] is True  # prod ships nothing here
+    assert [r.cluster_id for r in rows] == [f"c{i:02d}" for i in range(40)]
+    assert rows[0].applied_age_s == 3600 and rows[0].behind is True  # prod ships nothing here
     err = capsys.readouterr().err
     for key in PLANTED:
         assert f"cdr-policy: warning: skipped status/{key}.json: " in err
@@ -90,7 +90,8 @@ def test_fleet_status_through_the_cli_shows_the_others(tmp_path: Path, capsys: p
     assert len(err.splitlines()) == len(PLANTED) and "Traceback" not in err and SECRET not in out + err
 
     assert main(["fleet", "status", f"--dist={dist.root}", "--json"], {}) == 0
-    assert [r["cluster_id"] for r in json.loads(capsys.readouterr().out)] == ["good"]
+    rows = [FleetStatusRow.from_json(r) for r in json.loads(capsys.readouterr().out)]
+    assert [r.cluster_id for r in rows] == ["good"]
 
 
 @pytest.fixture

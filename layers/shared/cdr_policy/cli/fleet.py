@@ -33,13 +33,13 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar, Self
 
-from cdr_policy import aws, jsonio, layout
-from cdr_policy.agent.status import AgentStatus
+from cdr_policy import aws, jsonio, layout, schemas
+from cdr_policy.agent.status import AgentStatus, Drift, PollResult
 from cdr_policy.bundle.approvals import DEFAULT_VALIDITY, MAX_VALIDITY, grant
 from cdr_policy.bundle.loader import Bundle, latest_render, load_bundle, read_manifest
-from cdr_policy.bundle.manifest import Manifest, VerificationError
+from cdr_policy.bundle.manifest import Manifest, Mode, VerificationError
 from cdr_policy.bundle.objects import ObjectRef, prefixes, ref_of
 from cdr_policy.bundle.provenance import read_index
 from cdr_policy.bundle.signing import KmsSigner, LocalSigner, Signer, Verifier, verify_signature
@@ -54,6 +54,7 @@ from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.layout import PROVENANCE_FILE
 from cdr_policy.observability import logger
 from cdr_policy.policy import naming
+from cdr_policy.policy.channel import Action
 from cdr_policy.promotion.decisions import Decisions
 from cdr_policy.stages.publish import rollback
 from cdr_policy.storage import NotFound, Store, TooLarge, open_store
@@ -206,6 +207,110 @@ def fleet_main(argv: list[str]) -> int:
     return _print(fleet_status(_open(args.dist, "--dist"), now=utcnow()), args.json, _fleet_lines)
 
 
+# -- what the commands print (--json: each row's to_json) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelRow:
+    """One channel as ``channel list`` shows it: what its manifest ships."""
+
+    channel: str
+    digest: str
+    generation: int | None
+    created_at: str
+    expires_at: str
+    action: Action
+    mode: Mode
+    objects: int
+
+    def to_json(self) -> dict[str, Any]:
+        return schemas.fields_to_json(self)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> ChannelRow:
+        return schemas.from_fields(cls, doc, "channel list row")
+
+
+@dataclass(frozen=True)
+class _Promoting:
+    """A row that carries what its generation promoted (None: the channel does not promote),
+    written as ``GenerationPromotion.to_json`` writes it."""
+
+    WHAT: ClassVar[str]
+    promotion: GenerationPromotion | None
+
+    def to_json(self) -> dict[str, Any]:
+        promotion = None if self.promotion is None else self.promotion.to_json()
+        return {**schemas.fields_to_json(self), "promotion": promotion}
+
+    @classmethod
+    def from_json(cls, doc: Any, what: str = "") -> Self:
+        what = what or cls.WHAT
+        fields = schemas.fields_from_json(cls, doc, what, nested=("promotion",))
+        promotion = doc["promotion"]
+        if promotion is not None:
+            promotion = GenerationPromotion.from_json(promotion, f"{what}: promotion")
+        return cls(promotion=promotion, **fields)
+
+
+@dataclass(frozen=True)
+class GenerationRow(_Promoting):
+    """One generation as ``channel history`` shows it (``approval``: by whom over what, or the
+    rollback it was; ``shipping``: the one the channel ships now)."""
+
+    WHAT = "channel history generation"
+    generation: int
+    digest: str
+    created_at: str
+    expires_at: str
+    approval: str | None
+    bytes: int
+    objects: int
+    action: Action
+    shipping: bool
+
+
+@dataclass(frozen=True)
+class ChannelHistory:
+    """What ``channel history`` shows: the generations newest first, the digest the channel ships,
+    and how many history entries did not verify."""
+
+    channel: str
+    shipping: str | None
+    generations: tuple[GenerationRow, ...]
+    skipped: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {**schemas.fields_to_json(self), "generations": [g.to_json() for g in self.generations]}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> ChannelHistory:
+        what = "channel history"
+        fields = schemas.fields_from_json(cls, doc, what, nested=("generations",))
+        generations = doc["generations"]
+        if not isinstance(generations, list):
+            raise ContractError(f"malformed {what}: generations is not a list")
+        rows = tuple(GenerationRow.from_json(g, f"{what}: generations/{i}") for i, g in enumerate(generations))
+        return cls(generations=rows, **fields)
+
+
+@dataclass(frozen=True)
+class FleetStatusRow(_Promoting):
+    """One cluster as ``fleet status`` shows it, from its status document: ``behind`` when it has
+    not applied what its channel ships; ``errors``: its object operations that failed."""
+
+    WHAT = "fleet status row"
+    cluster_id: str
+    channel: str
+    applied_digest: str | None
+    applied_age_s: int | None
+    behind: bool
+    last_poll: PollResult
+    last_poll_at: str
+    drift: Drift | None
+    errors: int
+
+
 # -- reading ---------------------------------------------------------------------------------------
 
 
@@ -257,7 +362,7 @@ def _current(dist: Store, channel: str) -> Manifest:
         ) from exc
 
 
-def _list(dist: Store) -> list[dict[str, Any]]:
+def _list(dist: Store) -> list[ChannelRow]:
     keys = set(dist.list(layout.CHANNELS))
     names = sorted({k.split("/")[1] for k in keys if k.count("/") >= 2})
     out = []
@@ -276,33 +381,33 @@ def _list(dist: Store) -> list[dict[str, Any]]:
         except NotFound:
             continue  # deleted since the listing
         out.append(
-            {
-                "channel": name,
-                "digest": manifest.digest,
-                "generation": manifest.generation,
-                "created_at": manifest.created_at,
-                "expires_at": manifest.expires_at,
-                "action": manifest.settings.action,
-                "mode": manifest.settings.mode,
-                "objects": manifest.objects_count(),
-            }
+            ChannelRow(
+                channel=name,
+                digest=manifest.digest,
+                generation=manifest.generation,
+                created_at=manifest.created_at,
+                expires_at=manifest.expires_at,
+                action=manifest.settings.action,
+                mode=manifest.settings.mode,
+                objects=manifest.objects_count(),
+            )
         )
     return out
 
 
-def channel_history(dist: Store, channel: str, verifier: Verifier, limit: int) -> dict[str, Any]:
+def channel_history(dist: Store, channel: str, verifier: Verifier, limit: int) -> ChannelHistory:
     """The channel's generations from its verified history entries, newest first (at most
     ``limit``); entries that do not verify (planted, another key, malformed) are counted, not shown."""
     try:
         current: Manifest | None = _current(dist, channel)
     except (ConfigError, BundleError):
         current = None
-    entries: list[Manifest] = []
+    entries: list[tuple[Manifest, int]] = []
     skipped = 0
     for key in sorted((k for ks in digests.in_history(dist, channel).values() for k in ks), reverse=True):
         # keys sort by publish time; entries published within the same second are all read, then ordered
         published_at = (layout.history_entry(channel, key) or ("", ""))[0]
-        if len(entries) >= limit and published_at != entries[-1].created_at:
+        if len(entries) >= limit and published_at != entries[-1][0].created_at:
             break
         try:
             manifest = read_manifest(dist, key)[0]
@@ -312,9 +417,9 @@ def channel_history(dist: Store, channel: str, verifier: Verifier, limit: int) -
         except (VerificationError, NotFound):
             skipped += 1
             continue
-        entries.append(manifest)
+        entries.append((manifest, manifest.generation))
     rows = []
-    for m in sorted(entries, key=lambda m: m.generation or 0, reverse=True)[:limit]:
+    for m, generation in sorted(entries, key=lambda e: e[1], reverse=True)[:limit]:
         approval = None
         if m.rollback_of is not None:
             approval = f"rollback to generation {m.rollback_of}"
@@ -322,21 +427,21 @@ def channel_history(dist: Store, channel: str, verifier: Verifier, limit: int) -
             by = f" by {m.approval.approver}" if m.approval.approver else ""
             approval = f"approved{by} over {(m.approval.previous_digest or '-')[:12]} at {m.approval.approved_at}"
         rows.append(
-            {
-                "generation": m.generation,
-                "digest": m.digest,
-                "created_at": m.created_at,
-                "expires_at": m.expires_at,
-                "approval": approval,
-                "bytes": m.total_bytes,
-                "objects": m.objects_count(),
-                "action": m.settings.action,
-                "shipping": current is not None and (m.generation, m.digest) == (current.generation, current.digest),
-                "promotion": promotion.summary(m),
-            }
+            GenerationRow(
+                generation=generation,
+                digest=m.digest,
+                created_at=m.created_at,
+                expires_at=m.expires_at,
+                approval=approval,
+                bytes=m.total_bytes,
+                objects=m.objects_count(),
+                action=m.settings.action,
+                shipping=current is not None and (generation, m.digest) == (current.generation, current.digest),
+                promotion=promotion.summary(m),
+            )
         )
     shipping = current.digest if current is not None else None
-    return {"channel": channel, "shipping": shipping, "generations": rows, "skipped": skipped}
+    return ChannelHistory(channel=channel, shipping=shipping, generations=tuple(rows), skipped=skipped)
 
 
 @dataclass(frozen=True)
@@ -567,7 +672,7 @@ def _status(dist: Store, key: str) -> tuple[AgentStatus | None, str | None]:
     return status, None
 
 
-def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
+def fleet_status(dist: Store, *, now: datetime) -> list[FleetStatusRow]:
     """One row per valid status document whose cluster id matches its key (the others are skipped
     and named); each channel's manifest read once; a promoting channel's rows carry what its current
     generation promoted (``promotion``)."""
@@ -590,28 +695,28 @@ def fleet_status(dist: Store, *, now: datetime) -> list[dict[str, Any]]:
         manifest = shipping[channel]
         applied, applied_at = status.applied_digest, status.applied_at
         rows.append(
-            {
-                "cluster_id": status.cluster_id,
-                "channel": channel,
-                "applied_digest": applied,
-                "applied_age_s": int((now - parse_iso(applied_at)).total_seconds()) if applied_at else None,
-                "behind": applied != (manifest.digest if manifest else None),
-                "last_poll": status.last_poll.result,
-                "last_poll_at": status.last_poll.at,
-                "drift": status.to_json()["drift"],
-                "errors": len(status.apply_errors),
-                "promotion": promotion.summary(manifest),
-            }
+            FleetStatusRow(
+                cluster_id=status.cluster_id,
+                channel=channel,
+                applied_digest=applied,
+                applied_age_s=int((now - parse_iso(applied_at)).total_seconds()) if applied_at else None,
+                behind=applied != (manifest.digest if manifest else None),
+                last_poll=status.last_poll.result,
+                last_poll_at=status.last_poll.at,
+                drift=status.drift,
+                errors=len(status.apply_errors),
+                promotion=promotion.summary(manifest),
+            )
         )
-    return sorted(rows, key=lambda r: (r["channel"], r["cluster_id"]))
+    return sorted(rows, key=lambda r: (r.channel, r.cluster_id))
 
 
 # -- printing --------------------------------------------------------------------------------------
 
 
 def _contract_json(value: Any) -> Any:
-    """A typed contract (a manifest, a report, a row's promotion) as its JSON document."""
-    if isinstance(value, Manifest | FleetHitsReport | Decisions | GenerationPromotion):
+    """A typed contract (a manifest, a report, a row) as its JSON document."""
+    if isinstance(value, Manifest | FleetHitsReport | Decisions | ChannelRow | ChannelHistory | _Promoting):
         return value.to_json()
     raise TypeError(f"{type(value).__name__} is not a contract")
 
@@ -625,13 +730,12 @@ def _print(value: Any, as_json: bool, lines: Callable[[Any], list[str]]) -> int:
     return 0
 
 
-def _list_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def _list_lines(rows: Sequence[ChannelRow]) -> list[str]:
     out = [f"{'CHANNEL':<20} {'GEN':>5} {'DIGEST':<12} {'ACTION':<8} {'MODE':<8} {'OBJECTS':>7} CREATED"]
     for r in rows:
-        gen = "-" if r["generation"] is None else str(r["generation"])
+        gen = "-" if r.generation is None else str(r.generation)
         out.append(
-            f"{r['channel']:<20} {gen:>5} {r['digest'][:12]:<12} {r['action']:<8} {r['mode']:<8} "
-            f"{r['objects']:>7} {r['created_at']}"
+            f"{r.channel:<20} {gen:>5} {r.digest[:12]:<12} {r.action:<8} {r.mode:<8} {r.objects:>7} {r.created_at}"
         )
     return out
 
@@ -649,20 +753,20 @@ def _show_lines(manifest: Manifest) -> list[str]:
     return out + promotion.manifest_lines(manifest)
 
 
-def _history_lines(history: Mapping[str, Any]) -> list[str]:
+def _history_lines(history: ChannelHistory) -> list[str]:
     out = [f"{'':1} {'GEN':>5} {'DIGEST':<16} {'CREATED':<20} {'OBJECTS':>7} {'SIZE':>10}  APPROVAL"]
-    for r in history["generations"]:
-        mark = "*" if r["shipping"] else ""
+    for r in history.generations:
+        mark = "*" if r.shipping else ""
         out.append(
-            f"{mark:1} {r['generation']:>5} {r['digest'][:16]:<16} {r['created_at']:<20} {r['objects']:>7} "
-            f"{_size(r['bytes']):>10}  {r['approval'] or '-'}"
+            f"{mark:1} {r.generation:>5} {r.digest[:16]:<16} {r.created_at:<20} {r.objects:>7} "
+            f"{_size(r.bytes):>10}  {r.approval or '-'}"
         )
-        if r["promotion"] is not None:
-            out.append(f"{'':8}{r['promotion'].line()}")
-    if history["shipping"] is not None:
-        out.append(f"* the generation channel {history['channel']} ships now")
-    if history["skipped"]:
-        out.append(f"{history['skipped']} history entr(ies) skipped: not signed by this key, or malformed")
+        if r.promotion is not None:
+            out.append(f"{'':8}{r.promotion.line()}")
+    if history.shipping is not None:
+        out.append(f"* the generation channel {history.channel} ships now")
+    if history.skipped:
+        out.append(f"{history.skipped} history entr(ies) skipped: not signed by this key, or malformed")
     return out
 
 
@@ -714,18 +818,18 @@ def _diff_lines(diff: Mapping[str, Any], *, full: bool) -> list[str]:
     return out
 
 
-def _fleet_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def _fleet_lines(rows: Sequence[FleetStatusRow]) -> list[str]:
     out = [f"{'CLUSTER':<24} {'CHANNEL':<16} {'APPLIED':<12} {'AGE':>8} {'BEHIND':<6} {'POLL':<12} ERRORS"]
     promoting: dict[str, GenerationPromotion] = {}
     for r in rows:
-        age = "-" if r["applied_age_s"] is None else f"{r['applied_age_s'] // 60}m"
-        applied = (r["applied_digest"] or "-")[:12]
+        age = "-" if r.applied_age_s is None else f"{r.applied_age_s // 60}m"
+        applied = (r.applied_digest or "-")[:12]
         out.append(
-            f"{r['cluster_id']:<24} {r['channel']:<16} {applied:<12} {age:>8} "
-            f"{'yes' if r['behind'] else 'no':<6} {str(r['last_poll']):<12} {r['errors']}"
+            f"{r.cluster_id:<24} {r.channel:<16} {applied:<12} {age:>8} "
+            f"{'yes' if r.behind else 'no':<6} {r.last_poll:<12} {r.errors}"
         )
-        if r["promotion"] is not None:
-            promoting[r["channel"]] = r["promotion"]
+        if r.promotion is not None:
+            promoting[r.channel] = r.promotion
     for channel, p in sorted(promoting.items()):
         evidence = f"cdr-policy channel evidence {channel}"
         out.append(f"channel {channel}, generation {p.generation}: {p.line()} ({evidence})")

@@ -21,8 +21,9 @@ from cdr_policy import jsonio, layout
 from cdr_policy.bundle.approvals import MAX_GRANT_BYTES, changes_digest, grant
 from cdr_policy.bundle.manifest import Manifest
 from cdr_policy.bundle.signing import Signer
-from cdr_policy.errors import BundleError, ConfigError
+from cdr_policy.errors import BundleError, ConfigError, ContractError
 from cdr_policy.promotion.decisions import ChangeDecision, Decisions, read_decisions
+from cdr_policy.schemas import fields_from_json
 from cdr_policy.storage import NotFound, Store
 from cdr_policy.timeutil import format_duration, utcnow
 
@@ -177,7 +178,7 @@ def manifest_lines(manifest: Manifest) -> list[str]:
 @dataclass(frozen=True)
 class GenerationPromotion:
     """What a generation promoted, as ``channel history`` and ``fleet status`` show it (``--json``:
-    ``to_json``)."""
+    ``to_json``, read back by ``from_json``)."""
 
     generation: int | None
     source: str
@@ -199,6 +200,14 @@ class GenerationPromotion:
             "rolled_back": self.rolled_back,
             "held_back": self.held_back,
         }
+
+    @classmethod
+    def from_json(cls, doc: Any, what: str = "generation promotion") -> GenerationPromotion:
+        """What ``to_json`` wrote (``source`` as ``from``); ContractError naming the field."""
+        fields = fields_from_json(cls, doc, what, given=("source",), derived=("from",))
+        if not isinstance(doc["from"], str):
+            raise ContractError(f"malformed {what}: from is not a string")
+        return cls(source=doc["from"], **fields)
 
     def line(self) -> str:
         taken = f", took back generation {self.rolled_back}'s changes" if self.rolled_back else ""

@@ -29,6 +29,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -488,6 +489,9 @@ def parse_cidr_sloppy(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Netwo
         return None
 
 
+# A bundle names each address in its Tetragon policy, its Cilium policy and its CIDR group, and the
+# next bundle almost all of them again: each (value, format) is parsed once per process.
+@lru_cache(maxsize=1 << 15)
 def _format_problem(value: str, fmt: str | None) -> str | None:
     if fmt == "cidr" and parse_cidr_sloppy(value) is None:
         return f"{value!r} is not a CIDR with an explicit prefix length (e.g. 198.51.100.7/32)"
