@@ -151,7 +151,11 @@ class StackClock:
                     self.first_seen[logical] = time.time()
             elif time.time() >= seen + window:
                 self.first_seen[logical] = None
-                self._run(logical, lambda logical=logical: self.lambdas.poll(logical).invocations)
+
+                def deliver(logical: str = logical) -> list[Invocation]:
+                    return self.lambdas.poll(logical).invocations
+
+                self._run(logical, deliver)
 
     def _run(self, logical: str, call: Callable[[], list[Invocation]]) -> None:
         """One run; a failed one is kept in ``failed`` (as Lambda would retry it or the next schedule
