@@ -89,14 +89,14 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         result["fleet"] = fleet.run(work / "fleet", config)
         tables.append(fleet.render_markdown(result["fleet"]))
     if "g" in args.only and args.protect_agents:
-        config = protect.ProtectConfig(
+        protect_config = protect.ProtectConfig(
             agents=args.protect_agents,
             trials=args.protect_trials,
             processes=min(4, max(2, math.ceil(args.protect_agents / 250))),
             seed=args.seed,
             profiles=args.protect_profiles,
         )
-        result["protect"] = protect.run(work / "protect", config)
+        result["protect"] = protect.run(work / "protect", protect_config)
         tables.append(protect.render_markdown(result["protect"]))
     if "h" in args.only and args.hits_bytes:
         result["hits"] = hits.run(work / "hits", args.hits_bytes, args.seed)
@@ -260,15 +260,17 @@ def _ours_unfiltered_ipv4(path: Path) -> set[tuple[int, int, int]]:
     return {(4, n, plen) for n, plen in collapse(4, parsed.singles[4], parsed.networks[4].pairs())}
 
 
-def render_markdown(r: dict) -> str:
-    def prefixes(p: dict | int | None) -> str:
+def render_markdown(r: dict[str, Any]) -> str:
+    """``r``: the results document (JSON)."""
+
+    def prefixes(p: dict[str, int] | int | None) -> str:
         if p is None:
             return "-"
         if isinstance(p, int):
             return f"{p:,} (IPv4)"
         return f"{p['4'] + p['6']:,} ({p['4']:,} IPv4 + {p['6']:,} IPv6)"
 
-    def row(name: str, what: str, d: dict | None) -> str:
+    def row(name: str, what: str, d: dict[str, Any] | None) -> str:
         if d is None:
             return f"| {name} | {what} | not installed | - | - |"
         return f"| {name} | {what} | {d['wall_s']:.3f} | {d['maxrss_kib'] / 1024:.1f} | {prefixes(d['prefixes'])} |"

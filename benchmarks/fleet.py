@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import os
 import queue
 import random
 import threading
@@ -121,6 +122,7 @@ class WorkerSpec:
     update_interval_s: float
     compression: float
     seed: int
+    niceness: int = 0  # how much lower than the benchmark's the worker's CPU priority is
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,7 @@ def worker(spec: WorkerSpec, link: WorkerLink) -> None:
     logger.setLevel("WARNING")
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     threading.stack_size(512 * 1024)
+    os.nice(spec.niceness)
     # The agent's own client settings (cdr_policy.agent.cli), with a pool for the agents sharing it.
     config = Config(
         connect_timeout=5,

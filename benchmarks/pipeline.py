@@ -51,10 +51,10 @@ SOURCE_ONLY_RUNS = 3
 HANDLERS = ("cdr_fetch", "feed_sync", "render", "publish")
 # The library's modules and the handler modules (``cdr_policy_function_<name>``); (d)'s floor is the rest.
 OURS = "cdr_policy"
-CHANNEL = {"name": "prod", "action": "Sigkill", "cilium_version": "1.18"}
+CHANNEL: dict[str, Any] = {"name": "prod", "action": "Sigkill", "cilium_version": "1.18"}  # of channels.yaml
 # A second channel with the largest budgets a channel may have: its bundle is the largest the agent
 # can be sent (part (e)'s memory), and Render and Publish handle it beside the first.
-LARGEST = {
+LARGEST: dict[str, Any] = {
     **CHANNEL,
     "name": "largest",
     "tetragon_max_prefixes": MAX_BUDGET_PREFIXES,

@@ -22,7 +22,7 @@ from array import array
 from collections.abc import Iterable
 
 # Imports are kept to what each contender needs: the interpreter's start-up is part of its time.
-PathLike = str | os.PathLike
+PathLike = str | os.PathLike[str]
 _MAGIC = b"PFX1"
 
 
@@ -101,7 +101,8 @@ def run_collapse(src: PathLike, dst: PathLike) -> dict[str, object]:
     from cdr_policy.guards import NeverBlock
 
     guard = NeverBlock()
-    nets: dict[int, list] = {4: [], 6: []}
+    v4: list[ipaddress.IPv4Network] = []
+    v6: list[ipaddress.IPv6Network] = []
     refused = 0
     with open(src, encoding="utf-8", errors="replace") as fh:
         for line in fh:
@@ -115,8 +116,14 @@ def run_collapse(src: PathLike, dst: PathLike) -> dict[str, object]:
             if guard.check_network(net) is not None:
                 refused += 1
                 continue
-            nets[net.version].append(net)
-    collapsed = {v: list(ipaddress.collapse_addresses(n)) for v, n in nets.items()}
+            if isinstance(net, ipaddress.IPv4Network):
+                v4.append(net)
+            else:
+                v6.append(net)
+    collapsed: dict[int, list[ipaddress.IPv4Network] | list[ipaddress.IPv6Network]] = {
+        4: list(ipaddress.collapse_addresses(v4)),
+        6: list(ipaddress.collapse_addresses(v6)),
+    }
     write_prefixes(
         dst,
         {v: ([int(n.network_address) for n in c], [n.prefixlen for n in c]) for v, c in collapsed.items()},

@@ -17,7 +17,7 @@ import logging
 import re
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,7 +87,7 @@ class RequestCounter:
         self.request_bytes: Counter[tuple[str, str]] = Counter()
         self.response_bytes: Counter[tuple[str, str]] = Counter()
         self.statuses: Counter[tuple[str, str, int]] = Counter()
-        self.seconds: Counter[str] = Counter()
+        self.seconds: defaultdict[str, float] = defaultdict(float)
         self._since = time.perf_counter()
         self._lock = Lock()
 

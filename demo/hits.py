@@ -95,8 +95,8 @@ def run_hits(result: PipelineResult, agents: dict[str, Any], say: Callable[[str]
         rate = "-" if f.hits_per_thousand_prefixes is None else f"{f.hits_per_thousand_prefixes:g}"
         say(f"        {f.feed:<28} {f.hits:>4} hit(s), {f.prefixes_held:>5} held, {rate:>8} per 1000")
     say("      fleet hits, per finding:")
-    for f in report.findings:
-        say(f"        {f.finding:<40} {f.hits:>4} hit(s)")
+    for finding in report.findings:
+        say(f"        {finding.finding:<40} {finding.hits:>4} hit(s)")
     per_cluster = {c.cluster_id: c.hits for c in report.clusters}
     agree = sum(per_cluster.values()) == report.hits
     say(
@@ -179,7 +179,8 @@ def _write_exports(exports: dict[str, Path], index: ProvenanceIndex, channel: st
 
 def _picks(index: ProvenanceIndex, blocklist: Any) -> list[int]:
     """Prefixes to hit: the first with finding ids (a CDR detection), and the first of each feed."""
-    picked, feeds = [], set()
+    picked: list[int] = []
+    feeds: set[str] = set()
     for i in range(len(blocklist)):
         p = index.classes[int(blocklist.classes[i])]
         if (p.findings and not any(index.classes[int(blocklist.classes[j])].findings for j in picked)) or (

@@ -47,7 +47,8 @@ from fakes.stack import CLUSTER_ACCESS, TEMPLATE, Stack, deploy
 FINDINGS = REPO / "events" / "findings"
 # The demo agents check for drift this often (a cluster's agent: --drift-interval, default 5 min).
 DEMO_DRIFT_INTERVAL_S = 1.0
-CHANNELS = (
+# the demo's config/channels.yaml entries
+CHANNELS: tuple[dict[str, Any], ...] = (
     {"name": "staging", "action": "Post", "cilium_version": "1.17"},
     {"name": "prod", "action": "Sigkill", "cilium_version": "1.18", "promote": PROMOTE},
 )
@@ -371,12 +372,13 @@ def _time_to_protect(result: PipelineResult, gateway: FakeQualysGateway, say: Ca
     to those agents enforcing it. prod promotes from staging: it takes the address after staging's soak."""
     lambdas, agents = result.lambdas, demo_agents(result)
     t0 = gateway.publish([reverse_shell_finding(PROTECT_ADDRESS, utcnow())])
-    marks = {}
-    for stage, run in (
+    marks: dict[str, float] = {}
+    stages: tuple[tuple[str, Callable[[], list[Invocation]]], ...] = (
         ("fetch", lambda: lambdas.fire(lambdas.schedule_of("CdrFetchFunction"))),
         ("render", lambda: lambdas.poll("RenderFunction").invocations),
         ("publish", lambda: lambdas.poll("PublishFunction").invocations),
-    ):
+    )
+    for stage, run in stages:
         _checked(f"time to protect: {stage}", run())
         marks[stage] = time.time()
     immediate = {str(c["name"]) for c in CHANNELS if "promote" not in c}

@@ -34,9 +34,12 @@ class FakeAbuseIPDB(LoopbackServer):
         return [r["query"]["ipAddress"][0] for r in self.requests if r["path"] == "/api/v2/check"]
 
     def _sample(self, name: str) -> dict[str, Any]:
-        return json.loads((self.samples / name).read_text())
+        sample: dict[str, Any] = json.loads((self.samples / name).read_text())
+        return sample
 
-    def _answer(self, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> tuple[int, dict, dict]:
+    def _answer(
+        self, path: str, query: dict[str, list[str]], headers: dict[str, str]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
         if headers.get("Key") != self.key:
             return 401, self._sample("abuseipdb-401-auth.json"), {}
         limit = {"X-RateLimit-Limit": "1000", "X-RateLimit-Reset": str(self.reset_epoch)}

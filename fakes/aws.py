@@ -70,7 +70,9 @@ class MotoServer:
     enforcing: bool
 
     def client(self, service: str, **credentials: str) -> Any:
-        return boto3.client(
+        # any service by name: boto3's typed overloads each need a literal service name
+        make: Callable[..., Any] = boto3.client
+        return make(
             service,
             endpoint_url=self.url,
             region_name=REGION,

@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from cdr_policy.agent.directory import DirectoryApplier
+from cdr_policy.agent.status import AgentStatus
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.provenance import ProvenanceIndex
 from cdr_policy.bundle.signing import Verifier
@@ -45,7 +45,7 @@ class Cluster:
         )
         self.applied = folder / "applied"
 
-    def sync(self) -> dict[str, Any]:
+    def sync(self) -> AgentStatus:
         """One poll of the agent: apply what its channel ships, write its status (with its hits)."""
         return self.agent.sync_once()
 
@@ -55,7 +55,7 @@ class Cluster:
         assert self.follower.index is not None, f"channel {self.channel} ships no provenance index"
         return self.follower.index
 
-    def record(self, lines: list[bytes]) -> dict[str, Any]:
+    def record(self, lines: list[bytes]) -> AgentStatus:
         """The node's engines write ``lines``; its reader counts them, the agent reports them."""
         for engine in self.exports:
             self.exports[engine].parent.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,16 @@ class _Resource:
     namespaced: bool
 
 
+@dataclass
+class _Fault:
+    """The next ``times`` requests of ``verb`` (for object ``name``, or any) are answered ``status``."""
+
+    verb: str
+    name: str | None
+    status: int
+    times: int
+
+
 class _HttpError(Exception):
     def __init__(self, status: int, body: dict[str, Any] | str) -> None:
         super().__init__(status)
@@ -178,7 +188,7 @@ class FakeKubeAPI(LoopbackServer):
         for (namespace, name), data in (DEFAULT_CONFIG_MAPS if config_maps is None else config_maps).items():
             self._config_maps[(namespace, name)] = self._config_map_object(namespace, name, data, "0")
         self._owned_keys: dict[tuple[Any, ...], dict[str, set[str]]] = {}
-        self._faults: list[list[Any]] = []
+        self._faults: list[_Fault] = []
         self.delay_s = 0.0
         self._versions = itertools.count(1)
         self._lock = threading.Lock()
@@ -255,7 +265,7 @@ class FakeKubeAPI(LoopbackServer):
     def fail(self, verb: str, status: int, *, name: str | None = None, times: int = 1) -> None:
         """Answer the next ``times`` requests of ``verb`` (for object ``name``, if given) with ``status``."""
         with self._lock:
-            self._faults.append([verb, name, status, times])
+            self._faults.append(_Fault(verb, name, status, times))
 
     def ops(self, *verbs: str) -> list[tuple[str, str | None, str | None]]:
         """``(verb, kind, name)`` of the logged operations, optionally only the given verbs."""
@@ -266,9 +276,9 @@ class FakeKubeAPI(LoopbackServer):
     def _fault(self, verb: str, name: str | None) -> int | None:
         with self._lock:
             for fault in self._faults:
-                if fault[0] == verb and fault[1] in (None, name) and fault[3] > 0:
-                    fault[3] -= 1
-                    return fault[2]
+                if fault.verb == verb and fault.name in (None, name) and fault.times > 0:
+                    fault.times -= 1
+                    return fault.status
         return None
 
     def _route(self, path: str) -> tuple[_Resource, str | None, str | None]:

@@ -44,8 +44,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
+
+if TYPE_CHECKING:  # moto is imported when the server starts
+    from moto.core.common_models import CloudFormationModel
 
 # AWS managed policies (AWSLambdaBasicExecutionRole, ...) exist only when moto loads them at start.
 os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
@@ -66,7 +69,7 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 def _principal() -> str | None:
     """The ARN of the caller (a role for an assumed-role session), from the request's access key."""
-    from moto.core import DEFAULT_ACCOUNT_ID as account_id
+    from moto.core.models import DEFAULT_ACCOUNT_ID as account_id
     from moto.iam.models import iam_backends
     from moto.sts.models import sts_backends
 
@@ -202,12 +205,13 @@ def _install_iam() -> None:
     moto_check = IAMRequestBase.check_action_permitted
 
     def check_action_permitted(self: IAMRequestBase, resource: str) -> None:
-        self._resource = resource
+        setattr(self, "_resource", resource)  # noqa: B010 (an attribute of ours on moto's request)
         moto_check(self, resource)
 
     def access_denied(self: IAMRequest) -> None:
         message = f"User: {self._access_key.arn} is not authorized to perform: {self._action}"
-        message += f" on resource: {self._resource}" if getattr(self, "_resource", "*") != "*" else ""
+        resource = getattr(self, "_resource", "*")
+        message += f" on resource: {resource}" if resource != "*" else ""
         if _json_protocol(self._service):
             raise JsonRESTError("AccessDeniedException", message)
         raise AccessDeniedError(user_arn=self._access_key.arn, action=message.split("perform: ", 1)[1])
@@ -223,7 +227,7 @@ def _install_iam() -> None:
         operation = self._action.split(":", 1)[1]
         self._action = f"s3:{S3_IAM_ACTIONS.get(operation, operation)}"
 
-    S3IAMRequest.__init__ = s3_request  # type: ignore[method-assign]
+    S3IAMRequest.__init__ = s3_request  # type: ignore[method-assign, assignment]  # patching moto's class
     IAMPolicyStatement._match = staticmethod(lambda pattern, string: _glob(pattern).match(string))  # type: ignore[method-assign]
 
     from moto.dynamodb.responses import DynamoHandler
@@ -286,7 +290,8 @@ def _completed(model: Any, finish: Finish, prepare: Callable[[dict[str, Any]], N
     moto_create = model.create_from_cloudformation_json.__func__
 
     def create(
-        cls: type,
+        cls: type[Any],
+        /,
         resource_name: str,
         cloudformation_json: dict[str, Any],
         account_id: str,
@@ -401,7 +406,9 @@ Make = Callable[[dict[str, Any], str, str, str], str]
 Attribute = Callable[[str, str, str], str]
 
 
-def _model(kind: str, make: Make, name_property: str = "", attributes: dict[str, Attribute] | None = None) -> type:
+def _model(
+    kind: str, make: Make, name_property: str = "", attributes: dict[str, Attribute] | None = None
+) -> type[CloudFormationModel]:
     """A CloudFormation type moto lacks: ``make(properties, account, region, name)`` creates the resource
     through its service when the stack creates it and returns its physical id. ``name_property``: the
     property holding the resource's name (CloudFormation generates one when it is absent);
@@ -411,7 +418,8 @@ def _model(kind: str, make: Make, name_property: str = "", attributes: dict[str,
     known = attributes or {}
 
     def create(
-        cls: type,
+        cls: type[Any],
+        /,
         resource_name: str,
         cloudformation_json: dict[str, Any],
         account_id: str,
@@ -434,10 +442,12 @@ def _model(kind: str, make: Make, name_property: str = "", attributes: dict[str,
         "get_cfn_attribute": attribute,
         "create_from_cloudformation_json": classmethod(create),
     }
-    return type(kind.replace("::", ""), (CloudFormationModel,), namespace)
+    model = type(kind.replace("::", ""), (CloudFormationModel,), namespace)
+    assert issubclass(model, CloudFormationModel)
+    return model
 
 
-def _missing_models() -> list[type]:
+def _missing_models() -> list[type[CloudFormationModel]]:
     from moto.awslambda.models import lambda_backends
     from moto.cloudwatch.models import cloudwatch_backends
     from moto.s3.models import s3_backends
@@ -500,7 +510,7 @@ def _missing_models() -> list[type]:
     ]
 
 
-_MISSING: list[type] = []
+_MISSING: list[type[CloudFormationModel]] = []
 
 
 # -- Lambda ------------------------------------------------------------------------------------------
@@ -539,7 +549,8 @@ def _install_serving() -> None:
 
     from werkzeug import serving
 
-    serving.selectors = types.SimpleNamespace(DefaultSelector=_NoLinger, EVENT_READ=selectors.EVENT_READ)  # type: ignore[attr-defined]
+    # a stand-in for the module werkzeug imported
+    serving.selectors = types.SimpleNamespace(DefaultSelector=_NoLinger, EVENT_READ=selectors.EVENT_READ)  # type: ignore[attr-defined, assignment]
 
 
 def install() -> None:

@@ -5,11 +5,21 @@ network connection that is not to loopback."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from _socket import _Address  # typeshed's type of a socket address
+    from _socket import socket as _RawSocket  # the class that defines connect()
+
+    # imported inside the fixture at run time: the environment below is set first
+    from fakes.lambda_runtime import LambdaContext
+from collections.abc import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CDR_SHARED_DIR", REPO.parent / "shared")).resolve()
@@ -33,8 +43,9 @@ for var in ("QUALYS_USERNAME", "QUALYS_PASSWORD", "QUALYS_GATEWAY_URL", "QUALYS_
 _real_connect = socket.socket.connect
 
 
-def _loopback_only_connect(self, address):  # type: ignore[no-untyped-def]
+def _loopback_only_connect(self: _RawSocket, address: _Address) -> None:
     if self.family in (socket.AF_INET, socket.AF_INET6):
+        assert isinstance(address, tuple)  # (host, port[, flowinfo, scope_id])
         host = address[0]
         try:
             ok = ipaddress.ip_address(host).is_loopback
@@ -68,23 +79,25 @@ def shared_feeds_dir() -> Path:
 
 
 @pytest.fixture
-def lambda_context():
+def lambda_context() -> LambdaContext:
     from fakes.lambda_runtime import LambdaContext
 
     return LambdaContext("test-function")
 
 
 @pytest.fixture(autouse=True)
-def _reset_powertools():
+def _reset_powertools() -> Iterator[None]:
     from aws_lambda_powertools.metrics.provider import cold_start
     from aws_lambda_powertools.utilities import parameters
 
     from cdr_policy.observability import logger, metrics
 
-    level, stream = logger.log_level, logger.registered_handler.stream
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    level, stream = logger.log_level, handler.stream
     yield
     logger.setLevel(level)  # the CLI sends logs to stderr at WARNING: undo for the next test
-    logger.registered_handler.setStream(stream)
+    handler.setStream(stream)
     metrics.clear_metrics()
     cold_start.is_cold_start = True
-    parameters.clear_caches()
+    parameters.clear_caches()  # type: ignore[no-untyped-call]  # unannotated in Powertools

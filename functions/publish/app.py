@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
@@ -45,7 +46,8 @@ idempotency_config = IdempotencyConfig(
 # itself fails (KMS, S3, a bundle refused by the checks). When every record fails, the likely cause is
 # a dependency outage; failing the invocation makes Lambda back off the queue's pollers instead of
 # hammering KMS/S3, and the records are retried until they reach the DLQ (alarmed).
-processor = BatchProcessor(event_type=EventType.SQS, logger=logger)
+# (logger: Powertools' Logger, which BatchProcessor types as a logging.Logger.)
+processor = BatchProcessor(event_type=EventType.SQS, logger=logger)  # type: ignore[arg-type]
 
 
 def idempotency_table(settings: Settings) -> str:
@@ -58,15 +60,17 @@ def idempotency_table(settings: Settings) -> str:
 def idempotent_publisher(table_name: str) -> Callable[..., dict[str, Any]]:
     """``publish(request=...)`` guarded by the idempotency table (built once per execution environment)."""
 
-    @idempotent_function(
+    def publish(request: dict[str, str | None]) -> dict[str, Any]:
+        return cloud.publish(get_settings(), PublishRequest.from_dict(request))
+
+    # Powertools types its decorator's result as Any: the guarded function keeps publish's signature
+    guarded: Callable[..., dict[str, Any]] = idempotent_function(
+        publish,
         data_keyword_argument="request",
         config=idempotency_config,
         persistence_store=DynamoDBPersistenceLayer(table_name=table_name),
     )
-    def publish(request: dict[str, str | None]) -> dict[str, Any]:
-        return cloud.publish(get_settings(), PublishRequest.from_dict(request))
-
-    return publish
+    return guarded
 
 
 def record_handler(record: SQSRecord) -> dict[str, Any]:
@@ -82,7 +86,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     idempotency_table(get_settings())
     idempotency_config.register_lambda_context(context)
     with processor(sqs_records(event), record_handler, lambda_context=context):

@@ -12,6 +12,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -25,7 +26,8 @@ from cdr_policy.wiring import cloud
 # reaches the DLQ after maxReceiveCount (DLQ alarm) and is counted below; raising for an all-bad batch
 # would only add a function error, which makes Lambda scale down the queue's pollers and delays the
 # good notifications queued behind the bad ones. A failing render is raised instead (see above).
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False, logger=logger)
+# (logger: Powertools' Logger, which BatchProcessor types as a logging.Logger.)
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False, logger=logger)  # type: ignore[arg-type]
 
 
 def record_handler(record: SQSRecord) -> tuple[str, ...]:
@@ -39,7 +41,7 @@ def record_handler(record: SQSRecord) -> tuple[str, ...]:
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     settings = get_settings()
     with processor(sqs_records(event), record_handler, lambda_context=context):
         outcomes = processor.process()

@@ -24,7 +24,8 @@ def cluster_access() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def resources(template: dict[str, Any]) -> dict[str, Any]:
-    return template["Resources"]
+    value: dict[str, Any] = template["Resources"]
+    return value
 
 
 @pytest.fixture(scope="session")

@@ -78,7 +78,8 @@ def pod_spec(workload: Obj) -> Obj:
     spec = workload["spec"]
     if workload["kind"] == "CronJob":
         spec = spec["jobTemplate"]["spec"]
-    return spec["template"]["spec"]
+    value: dict[str, Any] = spec["template"]["spec"]
+    return value
 
 
 def mounts(pod: Obj, container: Obj) -> dict[str, Obj]:

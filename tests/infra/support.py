@@ -43,7 +43,7 @@ def checkov(path: Path) -> dict[str, Any]:
         str(CHECKOV), "-f", str(path), "--framework", "cloudformation", "--skip-download", "-o", "json", timeout=300
     )
     assert result.returncode in (0, 1), result.stderr  # 1: some check failed
-    report = json.loads(result.stdout)
+    report: dict[str, Any] = json.loads(result.stdout)
     assert report["summary"]["parsing_errors"] == 0, report["summary"]
     return report
 

@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,7 +58,7 @@ def objects() -> list[dict[str, Any]]:
     return kustomize(AGENT)
 
 
-def test_manifests_match_the_kubernetes_schemas(objects):
+def test_manifests_match_the_kubernetes_schemas(objects: list[dict[str, Any]]) -> None:
     assert {o["kind"] for o in objects} == {
         "Namespace",
         "ServiceAccount",
@@ -73,18 +74,19 @@ def test_manifests_match_the_kubernetes_schemas(objects):
 
 
 @pytest.fixture(scope="module")
-def deployment(objects) -> dict[str, Any]:
+def deployment(objects: list[dict[str, Any]]) -> dict[str, Any]:
     (deployment,) = by_kind(objects, "Deployment")
     return deployment
 
 
 @pytest.fixture(scope="module")
-def container(deployment) -> dict[str, Any]:
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    (container,) = containers
     return container
 
 
-def test_everything_lives_in_the_agent_namespace(objects):
+def test_everything_lives_in_the_agent_namespace(objects: list[dict[str, Any]]) -> None:
     (namespace,) = by_kind(objects, "Namespace")
     assert namespace["metadata"]["name"] == NAMESPACE
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -93,7 +95,7 @@ def test_everything_lives_in_the_agent_namespace(objects):
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]
 
 
-def test_rbac_is_least_privilege(objects):
+def test_rbac_is_least_privilege(objects: list[dict[str, Any]]) -> None:
     (role,) = by_kind(objects, "ClusterRole")
     # the one core-API grant: get Cilium's cilium-config by name, for the pre-flight
     [cilium_config] = [rule for rule in role["rules"] if rule["apiGroups"] == [""]]
@@ -117,7 +119,7 @@ def test_rbac_is_least_privilege(objects):
     assert not {g[2] for g in grants} & {"escalate", "bind", "impersonate", "update", "deletecollection"}
 
 
-def test_the_only_namespaced_grant_is_the_agent_state_configmap(objects):
+def test_the_only_namespaced_grant_is_the_agent_state_configmap(objects: list[dict[str, Any]]) -> None:
     """Replay protection lives in one ConfigMap in the agent's namespace: get/update only that name;
     create cannot be limited to a name by RBAC (and needs no more than the namespace)."""
     (role,) = by_kind(objects, "Role")
@@ -142,7 +144,7 @@ def test_the_only_namespaced_grant_is_the_agent_state_configmap(objects):
     ]
 
 
-def test_binding_and_service_account(objects, deployment):
+def test_binding_and_service_account(objects: list[dict[str, Any]], deployment: dict[str, Any]) -> None:
     (role,) = by_kind(objects, "ClusterRole")
     (binding,) = by_kind(objects, "ClusterRoleBinding")
     (account,) = by_kind(objects, "ServiceAccount")
@@ -159,14 +161,16 @@ def test_binding_and_service_account(objects, deployment):
     assert re.fullmatch(r"arn:aws:iam::\d{12}:role/\S+", role_arn), "IRSA placeholder keeps the ARN shape"
 
 
-def test_deployment_is_hardened(deployment, container):
+def test_deployment_is_hardened(deployment: dict[str, Any], container: dict[str, Any]) -> None:
     spec = deployment["spec"]
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}, "two agents must never apply at once"
     assert_hardened(pod_spec(deployment), container)
 
 
-def agent_arguments(deployment, container, objects) -> argparse.Namespace:
+def agent_arguments(
+    deployment: dict[str, Any], container: dict[str, Any], objects: list[dict[str, Any]]
+) -> argparse.Namespace:
     """The container's command line after Kubernetes expands $(VAR) from its ConfigMap, parsed by the
     real agent CLI."""
     from cdr_policy.agent.cli import add_arguments
@@ -180,7 +184,9 @@ def agent_arguments(deployment, container, objects) -> argparse.Namespace:
     return parser.parse_args(expand(container["args"], env))
 
 
-def test_agent_arguments_are_accepted_by_the_cli(deployment, container, objects):
+def test_agent_arguments_are_accepted_by_the_cli(
+    deployment: dict[str, Any], container: dict[str, Any], objects: list[dict[str, Any]]
+) -> None:
     args = agent_arguments(deployment, container, objects)
     assert args.bucket.startswith("s3://")
     assert args.kubernetes is True and args.output_dir is None
@@ -201,13 +207,15 @@ def test_agent_arguments_are_accepted_by_the_cli(deployment, container, objects)
     assert writable == {str(args.state_dir), "/tmp"}
 
 
-def test_the_agent_assumes_its_clusters_role(deployment, container, objects):
+def test_the_agent_assumes_its_clusters_role(
+    deployment: dict[str, Any], container: dict[str, Any], objects: list[dict[str, Any]]
+) -> None:
     args = agent_arguments(deployment, container, objects)
     # the placeholder keeps the shape of the role deploy/cluster-access creates for a cluster
     assert re.fullmatch(r"arn:aws:iam::\d{12}:role/cdr-policy-dev-cluster-\S+", args.assume_role)
 
 
-def test_the_outside_aws_component_gets_the_role_from_the_certificate(tmp_path):
+def test_the_outside_aws_component_gets_the_role_from_the_certificate(tmp_path: Path) -> None:
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     (overlay / "kustomization.yaml").write_text(
@@ -242,7 +250,9 @@ def test_the_outside_aws_component_gets_the_role_from_the_certificate(tmp_path):
     assert "ARG AWS_SIGNING_HELPER_SHA256" in [f"{op} {arg}".split("=")[0] for op, arg in dockerfile_instructions()]
 
 
-def test_probes_and_metrics_are_the_agents_endpoints(deployment, container, objects):
+def test_probes_and_metrics_are_the_agents_endpoints(
+    deployment: dict[str, Any], container: dict[str, Any], objects: list[dict[str, Any]]
+) -> None:
     args = agent_arguments(deployment, container, objects)
     (port,) = container["ports"]
     assert port == {"name": "metrics", "containerPort": args.metrics_port, "protocol": "TCP"}
@@ -258,7 +268,7 @@ def test_probes_and_metrics_are_the_agents_endpoints(deployment, container, obje
     assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
-def test_the_monitoring_variant_adds_a_service_monitor_for_the_metrics_service():
+def test_the_monitoring_variant_adds_a_service_monitor_for_the_metrics_service() -> None:
     objects = kustomize(DEPLOY / "monitoring")
     monitor = one(objects, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -287,7 +297,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     ]
 
 
-def test_dockerfile(deployment, container):
+def test_dockerfile(deployment: dict[str, Any], container: dict[str, Any]) -> None:
     instructions = dockerfile_instructions()
     assert instructions[0] == ("ARG", "BASE=python:3.12-slim"), "the public base unless build-image.sh gives another"
     froms = [arg for op, arg in instructions if op == "FROM"]
@@ -308,7 +318,7 @@ def test_dockerfile(deployment, container):
     assert "--no-index" in install
 
 
-def test_the_wheel_the_image_installs_holds_the_package_data(tmp_path):
+def test_the_wheel_the_image_installs_holds_the_package_data(tmp_path: Path) -> None:
     """build-image.sh builds cdr-policy's wheel from the repository (the image installs it with --no-index):
     it must carry the package data and the ``cdr-policy`` entry point. (tests/infra/test_image.py runs it.)"""
     result = subprocess.run(

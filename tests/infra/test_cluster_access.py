@@ -48,7 +48,7 @@ TRUST_ANCHOR = f"arn:aws:rolesanywhere:{REGION}:{ACCOUNT}:trust-anchor/0f0e0d0c-
 # -- what the templates say ---------------------------------------------------------------------------
 
 
-def test_a_cluster_in_aws_is_trusted_through_its_agent_role_and_its_id(cluster_access):
+def test_a_cluster_in_aws_is_trusted_through_its_agent_role_and_its_id(cluster_access: dict[str, Any]) -> None:
     trust = cluster_access["Resources"]["ClusterRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     condition, in_aws, outside_aws = trust["Fn::If"]
     assert condition == "FromAws"
@@ -76,7 +76,7 @@ def test_a_cluster_in_aws_is_trusted_through_its_agent_role_and_its_id(cluster_a
     assert set(cluster_access["Rules"]) == {"OneWayIn"}
 
 
-def test_the_cluster_role_may_read_one_prefix_and_write_one_key(cluster_access):
+def test_the_cluster_role_may_read_one_prefix_and_write_one_key(cluster_access: dict[str, Any]) -> None:
     role = cluster_access["Resources"]["ClusterRole"]["Properties"]
     assert set(role) == {"RoleName", "Description", "MaxSessionDuration", "AssumeRolePolicyDocument", "Policies"}
     (policy,) = role["Policies"]
@@ -86,7 +86,9 @@ def test_the_cluster_role_may_read_one_prefix_and_write_one_key(cluster_access):
     # the resources themselves are compared with cdr_policy.layout in test_layout_grants.py
 
 
-def test_the_hits_readers_role_reads_the_channel_and_writes_nothing(resources, cluster_access):
+def test_the_hits_readers_role_reads_the_channel_and_writes_nothing(
+    resources: dict[str, Any], cluster_access: dict[str, Any]
+) -> None:
     role = cluster_access["Resources"]["ReaderRole"]
     assert role["Condition"] == "HasReaders"
     (policy,) = role["Properties"]["Policies"]
@@ -110,7 +112,9 @@ def test_the_hits_readers_role_reads_the_channel_and_writes_nothing(resources, c
     }
 
 
-def test_the_bucket_policy_keeps_status_writes_to_cluster_roles(resources, cluster_access):
+def test_the_bucket_policy_keeps_status_writes_to_cluster_roles(
+    resources: dict[str, Any], cluster_access: dict[str, Any]
+) -> None:
     statements = resources["DistributionBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert not [s for s in statements if s["Effect"] == "Allow"], "the bucket policy grants nothing"
     (guard,) = [s for s in statements if s["Sid"] == "StatusOnlyFromClusterRoles"]
@@ -121,7 +125,7 @@ def test_the_bucket_policy_keeps_status_writes_to_cluster_roles(resources, clust
     assert allowed == "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/" + role_name.replace("${ClusterId}", "*")
 
 
-def test_the_security_tools_pass_the_cluster_template():
+def test_the_security_tools_pass_the_cluster_template() -> None:
     lint = run(tool("cfn-lint"), "--include-checks", "I", "--", str(TEMPLATE))
     assert lint.returncode == 0, lint.stdout + lint.stderr
     report = checkov(TEMPLATE)
@@ -172,7 +176,7 @@ class Fleet:
         )
         (stack,) = self.cfn.describe_stacks(StackName=f"cdr-policy-dev-cluster-{cluster}")["Stacks"]
         assert stack["StackStatus"] == "CREATE_COMPLETE"
-        role = next(o["OutputValue"] for o in stack["Outputs"] if o["OutputKey"] == "ClusterRoleArn")
+        role: str = next(o["OutputValue"] for o in stack["Outputs"] if o["OutputKey"] == "ClusterRoleArn")
         self.roles[cluster] = role
         return role
 
@@ -231,7 +235,7 @@ class _environment:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     with moto_server() as server:
         f = Fleet(server, tmp_path_factory.mktemp("cluster-access"))
         f.client("s3").create_bucket(Bucket=BUCKET)
@@ -244,7 +248,7 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
         yield f
 
 
-def test_two_clusters_converge_each_on_its_own_channel(fleet):
+def test_two_clusters_converge_each_on_its_own_channel(fleet: Fleet) -> None:
     a = fleet.agent("cluster-a", "staging", assume_role=fleet.roles["cluster-a"], env=fleet.keys_env("cluster-a"))
     b = fleet.agent("cluster-b", "prod", assume_role=fleet.roles["cluster-b"], env=fleet.keys_env("cluster-b"))
 
@@ -256,7 +260,7 @@ def test_two_clusters_converge_each_on_its_own_channel(fleet):
     assert not rows["cluster-a"].behind and not rows["cluster-b"].behind
 
 
-def test_a_cluster_cannot_read_a_channel_it_was_not_given(fleet, capsys):
+def test_a_cluster_cannot_read_a_channel_it_was_not_given(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
     code = fleet.agent("cluster-a", "prod", assume_role=fleet.roles["cluster-a"], env=fleet.keys_env("cluster-a"))
 
     assert code == 1
@@ -264,12 +268,14 @@ def test_a_cluster_cannot_read_a_channel_it_was_not_given(fleet, capsys):
     assert fleet.applied("cluster-a-prod") == set()
 
 
-def test_without_its_cluster_role_an_agent_reads_nothing(fleet, capsys):
+def test_without_its_cluster_role_an_agent_reads_nothing(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
     assert fleet.agent("cluster-b", "prod", assume_role=None, env=fleet.keys_env("cluster-b")) == 1
     assert "AccessDenied" in capsys.readouterr().out
 
 
-def test_assume_role_that_cannot_work_is_one_clear_error_at_start(fleet, capsys):
+def test_assume_role_that_cannot_work_is_one_clear_error_at_start(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
     nothing = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null"}
     nothing["AWS_SHARED_CREDENTIALS_FILE"] = "/dev/null"
 
@@ -282,7 +288,7 @@ def test_assume_role_that_cannot_work_is_one_clear_error_at_start(fleet, capsys)
     assert one_letter == 2 and "which AWS wants 2 to 64 characters long" in capsys.readouterr().err
 
 
-def test_a_cluster_cannot_write_another_clusters_status_and_the_fleet_view_does_not_show_it(fleet):
+def test_a_cluster_cannot_write_another_clusters_status_and_the_fleet_view_does_not_show_it(fleet: Fleet) -> None:
     fleet.agent("cluster-a", "staging", assume_role=fleet.roles["cluster-a"], env=fleet.keys_env("cluster-a"))
     before = fleet.dist.get(layout.status_key("cluster-a")).data
     sts = fleet.client("sts", **fleet.keys["cluster-c"])
@@ -309,7 +315,7 @@ def test_a_cluster_cannot_write_another_clusters_status_and_the_fleet_view_does_
     as_c.put_object(Bucket=BUCKET, Key=layout.status_key("cluster-c"), Body=b"{}")  # its own key: allowed
 
 
-def test_a_cluster_outside_aws_converges_through_credential_process(fleet):
+def test_a_cluster_outside_aws_converges_through_credential_process(fleet: Fleet) -> None:
     # What Roles Anywhere does for a certificate with CN=cluster-d: a session of cluster-d's role. moto has no
     # Roles Anywhere, so the test issues that session with IAM checks off (the trust conditions are read
     # from the template above), and the fake aws_signing_helper hands it to botocore.

@@ -4,6 +4,7 @@ server during a real run of the demo pipeline."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ def environ(method: str, path: str, *, service: str = "s3", query: str = "", tar
     return env
 
 
-def test_operations_are_named_as_the_bill_names_them():
+def test_operations_are_named_as_the_bill_names_them() -> None:
     assert operation(environ("GET", "/bucket/channels/prod/manifest.json")) == "s3:GetObject"
     assert operation(environ("PUT", "/bucket/status/a.json")) == "s3:PutObject"
     assert operation(environ("GET", "/bucket", query="list-type=2&prefix=x")) == "s3:ListObjects"
@@ -32,7 +33,7 @@ def test_operations_are_named_as_the_bill_names_them():
     assert operation({"REQUEST_METHOD": "POST", "PATH_INFO": "/moto-api/reset"}) == "unsigned:POST"
 
 
-def test_s3_prices_are_the_cost_guides_and_classed_as_billed():
+def test_s3_prices_are_the_cost_guides_and_classed_as_billed() -> None:
     costs = (REPO / "docs" / "costs.md").read_text()
     row = next(line for line in costs.splitlines() if line.startswith("| S3 Standard |"))
     assert f"PUT/COPY/POST/LIST {S3_PRICE_PER_1000['PUT']} USD per 1,000" in row
@@ -44,7 +45,7 @@ def test_s3_prices_are_the_cost_guides_and_classed_as_billed():
 
 
 @pytest.mark.slow
-def test_request_counts_of_one_run_and_of_a_fleet_poll(tmp_path):
+def test_request_counts_of_one_run_and_of_a_fleet_poll(tmp_path: Path) -> None:
     lines: list[str] = []
     counter = measure(tmp_path / "out", lines.append)
     by_stage: dict[str, dict[str, int]] = {}

@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,14 +71,14 @@ def generator(objects: list[Obj]) -> tuple[Obj, Obj, Obj]:
     return cronjob, pod, container
 
 
-def test_manifests_match_the_kubernetes_schemas(objects, threat_intel):
+def test_manifests_match_the_kubernetes_schemas(objects: list[Obj], threat_intel: list[Obj]) -> None:
     kinds = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "CronJob"}
     assert {o["kind"] for o in objects} == kinds
     assert schema_errors(objects) == []
     assert schema_errors(threat_intel) == []
 
 
-def test_everything_lives_in_the_originals_namespace(objects):
+def test_everything_lives_in_the_originals_namespace(objects: list[Obj]) -> None:
     namespace = one(objects, "Namespace")
     assert namespace["metadata"]["name"] == NAMESPACE
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -87,7 +88,7 @@ def test_everything_lives_in_the_originals_namespace(objects):
     assert one(objects, "CronJob")["metadata"]["name"] == "qualys-policy-generator", "the original's name"
 
 
-def test_rbac_is_the_agents(objects, agent):
+def test_rbac_is_the_agents(objects: list[Obj], agent: list[Obj]) -> None:
     role, binding, account = (one(objects, k) for k in ("ClusterRole", "ClusterRoleBinding", "ServiceAccount"))
     assert role["rules"] == one(agent, "ClusterRole")["rules"]
     assert granted(role["rules"]) == granted(one(agent, "ClusterRole")["rules"])
@@ -108,7 +109,7 @@ def test_rbac_is_the_agents(objects, agent):
         assert one(objects, kind)["metadata"]["name"] != one(agent, kind)["metadata"]["name"]
 
 
-def test_same_image_and_hardening_as_the_agent(objects, agent):
+def test_same_image_and_hardening_as_the_agent(objects: list[Obj], agent: list[Obj]) -> None:
     _, pod, container = generator(objects)
     agent_pod = pod_spec(one(agent, "Deployment"))
     (agent_container,) = agent_pod["containers"]
@@ -120,7 +121,7 @@ def test_same_image_and_hardening_as_the_agent(objects, agent):
     assert container["securityContext"] == agent_container["securityContext"]
 
 
-def test_schedule_and_job_limits(objects):
+def test_schedule_and_job_limits(objects: list[Obj]) -> None:
     cronjob, pod, container = generator(objects)
     spec = cronjob["spec"]
     assert spec["schedule"] == "0 * * * *", "the original's hourly schedule"
@@ -144,7 +145,7 @@ def cli_arguments(objects: list[Obj], env: dict[str, str]) -> argparse.Namespace
     return build_parser(env).parse_args(container["args"])
 
 
-def test_arguments_are_the_originals_and_the_cli_accepts_them(objects, threat_intel):
+def test_arguments_are_the_originals_and_the_cli_accepts_them(objects: list[Obj], threat_intel: list[Obj]) -> None:
     args = cli_arguments(objects, {})
     assert (args.once, args.apply, args.hours, args.action) == (True, True, 24, "Post")
     assert not args.threat_intel  # None: not given (a --channel file's threat_intel would apply)
@@ -197,7 +198,7 @@ def migration_objects(env: dict[str, str]) -> list[Obj]:
     return created
 
 
-def test_the_guides_secrets_map_onto_the_cli_variables(objects):
+def test_the_guides_secrets_map_onto_the_cli_variables(objects: list[Obj]) -> None:
     from cdr_policy.qualys.credentials import load_credentials
     from cdr_policy.qualys.platforms import resolve_gateway
 
@@ -227,7 +228,9 @@ def test_the_guides_secrets_map_onto_the_cli_variables(objects):
     assert "ABUSEIPDB_API_KEY" not in pod_environment(container, without)
 
 
-def test_the_cronjob_command_line_applies_within_its_grants(objects, tmp_path, capsys):
+def test_the_cronjob_command_line_applies_within_its_grants(
+    objects: list[Obj], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The container's exact arguments and environment (mount paths mapped to temporary folders), run
     by the real CLI against the fake Qualys gateway and the fake API server: it applies through the
     agent's path, writes the original's output files, and every request it makes is one its
@@ -279,7 +282,7 @@ def test_the_cronjob_command_line_applies_within_its_grants(objects, tmp_path, c
         assert {o["metadata"]["labels"]["cdr-policy.io/channel"] for o in applied} == {"local"}
         operations = list(api.operations)
     grants = granted(one(objects, "ClusterRole")["rules"])
-    needed = set()
+    needed: set[tuple[str, str, str, str | None]] = set()
     for op in operations:
         if op.verb == "crds":
             needed.add(("apiextensions.k8s.io", "customresourcedefinitions", "list", None))
@@ -287,6 +290,7 @@ def test_the_cronjob_command_line_applies_within_its_grants(objects, tmp_path, c
             needed.add(("", "configmaps", "get", op.name))
         else:
             # Server-side apply creates a missing object and patches an existing one.
+            assert op.kind is not None, op
             for verb in ("create", "patch") if op.verb == "apply" else (op.verb,):
                 needed.add(("cilium.io", KINDS[op.kind].plural, verb, op.name))
     assert {g[2] for g in needed} >= {"create", "patch", "list"}
@@ -295,7 +299,9 @@ def test_the_cronjob_command_line_applies_within_its_grants(objects, tmp_path, c
     assert not refused
 
 
-def test_the_migration_guides_apply_commands_render_what_is_tested(objects, threat_intel, tmp_path):
+def test_the_migration_guides_apply_commands_render_what_is_tested(
+    objects: list[Obj], threat_intel: list[Obj], tmp_path: Path
+) -> None:
     """``kubectl apply -k`` of the migration guide applies the folders tested here, and its registry overlay,
     written by its own commands, renders the threat-intel CronJob with the pushed image."""
     applied = {p for block in migration_blocks() for p in re.findall(r"^kubectl apply -k (\S+)", block, re.M)}
@@ -315,11 +321,13 @@ def test_the_migration_guides_apply_commands_render_what_is_tested(objects, thre
     assert [o for o in overlay if o["kind"] != "CronJob"] == [o for o in threat_intel if o["kind"] != "CronJob"]
     assert container["args"] == generator(threat_intel)[2]["args"]
     # Its commented-out option: the state folder on a volume (deploy/cronjob/keep-state).
-    written = tmp_path / "overlays" / "qualys-system" / "kustomization.yaml"
-    text = written.read_text()
+    kustomization = tmp_path / "overlays" / "qualys-system" / "kustomization.yaml"
+    text = kustomization.read_text()
     assert "# components:" in text
-    written.write_text(re.sub(r"^# (components:|  - \.\./\.\./deploy/cronjob/keep-state)$", r"\1", text, flags=re.M))
-    kept = kustomize(written.parent)
+    kustomization.write_text(
+        re.sub(r"^# (components:|  - \.\./\.\./deploy/cronjob/keep-state)$", r"\1", text, flags=re.M)
+    )
+    kept = kustomize(kustomization.parent)
     assert schema_errors(kept) == []
     claim = one(kept, "PersistentVolumeClaim")
     assert claim["metadata"]["namespace"] == NAMESPACE

@@ -39,12 +39,12 @@ def _exposed() -> set[str]:
     agent = AgentMetrics(channel="prod", interval_s=60)
     agent.observe(AgentStatus.from_json({**GOOD, "hits": {**_table(1, 3).to_section(NOW).to_json(), "nodes": 1}}))
     reader = ReaderMetrics(channel="prod", interval_s=60)
-    reader.observe(_reader())  # type: ignore[arg-type]
+    reader.observe(_reader())  # type: ignore[arg-type]  # a stand-in with what observe() reads of a Reader
     text = agent.exposition() + reader.exposition()
     return set(re.findall(r"^# TYPE (\w+) ", text, re.M))
 
 
-def test_every_query_names_metrics_that_exist_and_filters_on_the_channel():
+def test_every_query_names_metrics_that_exist_and_filters_on_the_channel() -> None:
     exposed = _exposed()
     queries = [t["expr"] for p in DASHBOARD["panels"] for t in p.get("targets", [])]
     assert queries
@@ -57,8 +57,8 @@ def test_every_query_names_metrics_that_exist_and_filters_on_the_channel():
     }
 
 
-def test_panels_do_not_overlap():
-    cells = set()
+def test_panels_do_not_overlap() -> None:
+    cells: set[tuple[int, int]] = set()
     for panel in DASHBOARD["panels"]:
         g = panel["gridPos"]
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}

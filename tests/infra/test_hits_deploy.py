@@ -25,17 +25,18 @@ def objects() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def daemonset(objects) -> dict[str, Any]:
+def daemonset(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return one(objects, "DaemonSet")
 
 
 @pytest.fixture(scope="module")
-def container(daemonset) -> dict[str, Any]:
-    (container,) = pod_spec(daemonset)["containers"]
+def container(daemonset: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = pod_spec(daemonset)["containers"]
+    (container,) = containers
     return container
 
 
-def _args(objects, container) -> argparse.Namespace:
+def _args(objects: list[dict[str, Any]], container: dict[str, Any]) -> argparse.Namespace:
     (source,) = container["envFrom"]
     config = one(objects, "ConfigMap", source["configMapRef"]["name"])
     env = {**config["data"], **{e["name"]: e.get("value", f"<{e['name']}>") for e in container["env"]}}
@@ -43,7 +44,7 @@ def _args(objects, container) -> argparse.Namespace:
     return reader_parser({}).parse_args(expand(container["args"], env))
 
 
-def test_manifests_match_the_kubernetes_schemas(objects):
+def test_manifests_match_the_kubernetes_schemas(objects: list[dict[str, Any]]) -> None:
     assert {o["kind"] for o in objects} == {
         "Namespace",
         "ServiceAccount",
@@ -58,13 +59,15 @@ def test_manifests_match_the_kubernetes_schemas(objects):
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]
 
 
-def test_one_reader_per_node_whatever_its_taints(daemonset):
+def test_one_reader_per_node_whatever_its_taints(daemonset: dict[str, Any]) -> None:
     spec = pod_spec(daemonset)
     assert spec["tolerations"] == [{"operator": "Exists"}]
     assert daemonset["spec"]["updateStrategy"]["type"] == "RollingUpdate"
 
 
-def test_the_reader_is_hardened_and_reads_the_exports_only(objects, daemonset, container):
+def test_the_reader_is_hardened_and_reads_the_exports_only(
+    objects: list[dict[str, Any]], daemonset: dict[str, Any], container: dict[str, Any]
+) -> None:
     pod = pod_spec(daemonset)
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     security = container["securityContext"]
@@ -84,7 +87,9 @@ def test_the_reader_is_hardened_and_reads_the_exports_only(objects, daemonset, c
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"  # hostPath
 
 
-def test_reader_arguments_are_accepted_by_the_cli(objects, daemonset, container):
+def test_reader_arguments_are_accepted_by_the_cli(
+    objects: list[dict[str, Any]], daemonset: dict[str, Any], container: dict[str, Any]
+) -> None:
     args = _args(objects, container)
     assert args.bucket.startswith("s3://") and args.reports_namespace == "<POD_NAMESPACE>"
     assert args.node_name == "<NODE_NAME>" and args.once is False and args.interval == 60
@@ -99,7 +104,7 @@ def test_reader_arguments_are_accepted_by_the_cli(objects, daemonset, container)
     assert key["readOnly"] is True and key["volume"]["configMap"]["name"] == "cdr-policy-signing-key"
 
 
-def test_readers_write_reports_in_their_namespace_and_the_agent_lists_them(objects):
+def test_readers_write_reports_in_their_namespace_and_the_agent_lists_them(objects: list[dict[str, Any]]) -> None:
     roles = {r["metadata"]["name"]: granted(r["rules"]) for r in by_kind(objects, "Role")}
     assert roles == {
         "cdr-policy-hits-reader": {("", "configmaps", v, None) for v in ("get", "create", "update")},
@@ -115,7 +120,7 @@ def test_readers_write_reports_in_their_namespace_and_the_agent_lists_them(objec
     assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
 
 
-def test_the_agent_sums_the_reports_only_when_told():
+def test_the_agent_sums_the_reports_only_when_told() -> None:
     agent = kustomize(DEPLOY / "agent")
     deployment = one(agent, "Deployment")
     (container,) = pod_spec(deployment)["containers"]

@@ -50,7 +50,7 @@ def docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Iterator[str]:
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``make image``'s script with a tag of this run (removed afterwards) and a context of its own."""
     engine = subprocess.run([str(BUILD), "--engine-only"], capture_output=True, text=True, timeout=600, check=False)
     if engine.returncode == NO_ENGINE:
@@ -87,9 +87,11 @@ def workload(objects: list[Obj], kind: str) -> tuple[Obj, Obj]:
 
 def quantity(value: str) -> int:
     """A Kubernetes memory quantity (``512Mi``, ``1Gi``, ``500M``) in bytes."""
-    number, unit = re.fullmatch(r"(\d+)([KMGT]i?|)", value).groups()  # type: ignore[union-attr]
+    match = re.fullmatch(r"(\d+)([KMGT]i?|)", value)
+    assert match is not None, value
+    number, unit = match.groups()
     power = "KMGT".index(unit[0]) + 1 if unit else 0
-    return int(number) * (1024 if unit.endswith("i") else 1000) ** power
+    return int(number) * int((1024 if unit.endswith("i") else 1000) ** power)
 
 
 def cpus(value: str) -> str:
@@ -124,7 +126,7 @@ class Pod:
 
     def config_map_volume(self, volume: Obj, data: dict[str, str]) -> Path:
         """A ConfigMap volume's folder: its items (or every key) as files."""
-        folder = self.work / "volumes" / volume["name"]
+        folder: Path = self.work / "volumes" / volume["name"]
         folder.mkdir(parents=True)
         items = volume["configMap"].get("items") or [{"key": k, "path": k} for k in data]
         for item in items:
@@ -168,7 +170,7 @@ class Pod:
 
 
 @pytest.fixture
-def api(tmp_path) -> Iterator[tuple[FakeKubeAPI, bytes]]:
+def api(tmp_path: Path) -> Iterator[tuple[FakeKubeAPI, bytes]]:
     """The fake API server over HTTPS, with a certificate for 127.0.0.1 (what the pod's CA file trusts)."""
     cert, key = self_signed("kubernetes", ip_addresses=("127.0.0.1",))
     with FakeKubeAPI(tls=server_context(cert, key)) as fake:
@@ -179,7 +181,7 @@ def managed(api: FakeKubeAPI) -> list[Obj]:
     return [o for o in api.objects() if o["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by")]
 
 
-def test_the_image_runs_cdr_policy_as_the_manifests_user(image, agent_objects):
+def test_the_image_runs_cdr_policy_as_the_manifests_user(image: str, agent_objects: list[Obj]) -> None:
     pod, container = workload(agent_objects, "Deployment")
     version = docker("run", "--rm", image, "cdr-policy", "--version")
     assert version.returncode == 0, version.stderr
@@ -192,7 +194,9 @@ def test_the_image_runs_cdr_policy_as_the_manifests_user(image, agent_objects):
     assert config["Entrypoint"] is None and config["Cmd"][0] == container["command"][0]
 
 
-def test_the_root_filesystem_is_read_only_and_the_mounts_are_writable(image, agent_objects, api, tmp_path):
+def test_the_root_filesystem_is_read_only_and_the_mounts_are_writable(
+    image: str, agent_objects: list[Obj], api: tuple[FakeKubeAPI, bytes], tmp_path: Path
+) -> None:
     """The pod's settings take effect: the same commands write where the manifests mount and fail elsewhere."""
     fake, ca = api
     pod_spec_, container = workload(agent_objects, "Deployment")
@@ -205,7 +209,9 @@ def test_the_root_filesystem_is_read_only_and_the_mounts_are_writable(image, age
     assert result.stderr.count("Read-only file system") == 2
 
 
-def test_the_agent_applies_a_signed_bundle_in_its_pod(image, agent_objects, api, tmp_path):
+def test_the_agent_applies_a_signed_bundle_in_its_pod(
+    image: str, agent_objects: list[Obj], api: tuple[FakeKubeAPI, bytes], tmp_path: Path
+) -> None:
     """The Deployment's command line with the distribution store a folder (directory mode, no AWS): it
     verifies and applies the channel's bundle through the in-cluster API, turns ready, reports its status,
     and stops on SIGTERM (PID 1) with exit status 0."""
@@ -260,10 +266,13 @@ def test_the_agent_applies_a_signed_bundle_in_its_pod(image, agent_objects, api,
     status = json.loads((dist_dir / layout.status_key("image-test")).read_text())
     assert (status["channel"], status["applied_digest"]) == (channel, digest)
     record = fake.configmap("cdr-policy-system", "cdr-policy-agent-state")
+    assert record is not None
     assert record is not None, "the applied generation is kept in the pod's namespace"
 
 
-def test_the_cronjob_command_line_runs_in_its_pod(image, cronjob_objects, api, tmp_path):
+def test_the_cronjob_command_line_runs_in_its_pod(
+    image: str, cronjob_objects: list[Obj], api: tuple[FakeKubeAPI, bytes], tmp_path: Path
+) -> None:
     """The CronJob's exact command, arguments and environment (its Secrets and ConfigMap as the README
     creates them) against the fake Qualys gateway: it fetches, renders and applies through the API."""
     from demo.runner import FINDINGS

@@ -47,12 +47,12 @@ def _put_grants(statements: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("writer", sorted(WRITERS))
-def test_write_grants_are_the_layouts_prefixes(resources, writer):
+def test_write_grants_are_the_layouts_prefixes(resources: dict[str, Any], writer: str) -> None:
     store, prefixes = layout.WRITE_PREFIXES[writer]
     assert _put_grants(_statements(resources[WRITERS[writer]])) == {(store, p) for p in prefixes}
 
 
-def test_a_cluster_reads_its_channel_prefix_and_writes_its_status_key(cluster_access):
+def test_a_cluster_reads_its_channel_prefix_and_writes_its_status_key(cluster_access: dict[str, Any]) -> None:
     statements = _statements(cluster_access["Resources"]["ClusterRole"])
     granted = {s["Action"]: s["Resource"]["Fn::Sub"] for s in statements}
     bucket = "arn:${AWS::Partition}:s3:::${DistributionBucket}/"
@@ -64,10 +64,10 @@ def test_a_cluster_reads_its_channel_prefix_and_writes_its_status_key(cluster_ac
     assert layout.status_key("${ClusterId}").startswith(layout.STATUS)
 
 
-def test_every_layout_writer_is_granted_in_a_template():
+def test_every_layout_writer_is_granted_in_a_template() -> None:
     assert set(layout.WRITE_PREFIXES) == {*WRITERS, "agent"}
 
 
-def test_render_queue_hears_the_indicator_prefix(resources):
+def test_render_queue_hears_the_indicator_prefix(resources: dict[str, Any]) -> None:
     config = resources["StateBucket"]["Properties"]["NotificationConfiguration"]["QueueConfigurations"][0]
     assert config["Filter"] == {"S3Key": {"Rules": [{"Name": "prefix", "Value": layout.INDICATORS}]}}

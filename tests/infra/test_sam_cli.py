@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,18 +17,18 @@ from tests.infra.support import BIN, REGION, run, tool
 pytestmark = pytest.mark.infra
 
 
-def test_sam_validate_lint():
+def test_sam_validate_lint() -> None:
     result = run(tool("sam"), "validate", "--lint", "--template-file", "template.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is a valid SAM Template" in result.stdout + result.stderr
 
 
-def test_cfn_lint_including_informational_checks():
+def test_cfn_lint_including_informational_checks() -> None:
     result = run(tool("cfn-lint"), "--include-checks", "I", "--", "template.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_translated_template_lints(translated, tmp_path):
+def test_translated_template_lints(translated: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "translated.json"
     path.write_text(json.dumps(translated))
     # W1020: the translator itself wraps the resolved LayerName in a Fn::Sub without variables.
@@ -35,7 +36,7 @@ def test_translated_template_lints(translated, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_translated_roles_have_no_broad_managed_policies(translated):
+def test_translated_roles_have_no_broad_managed_policies(translated: dict[str, Any]) -> None:
     roles = {k: v for k, v in translated["Resources"].items() if v["Type"] == "AWS::IAM::Role"}
     functions = {f"{n}FunctionRole" for n in ("CdrFetch", "FeedSync", "Render", "Publish", "HitsRollup")}
     assert set(roles) == functions | {"ApproverRole"}
@@ -54,7 +55,7 @@ def test_translated_roles_have_no_broad_managed_policies(translated):
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
-def test_translated_failure_destinations_can_be_written(translated):
+def test_translated_failure_destinations_can_be_written(translated: dict[str, Any]) -> None:
     """SAM turns each on-failure destination into an EventInvokeConfig and grants the function's role
     sqs:SendMessage on exactly that queue (the role, not a queue policy, is what Lambda uses)."""
     resources = translated["Resources"]
@@ -87,7 +88,7 @@ def _python312() -> str | None:
 
 
 @pytest.mark.slow
-def test_sam_build(tmp_path):
+def test_sam_build(tmp_path: Path) -> None:
     python_dir = _python312()
     if python_dir is None:
         pytest.skip("sam build needs python3.12 (with pip) on PATH: the Lambda runtime's interpreter")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,7 +40,7 @@ def report() -> dict[str, Any]:
     return checkov(REPO / "template.yaml")
 
 
-def test_checkov_finds_nothing_failed(report, template):
+def test_checkov_finds_nothing_failed(report: dict[str, Any], template: dict[str, Any]) -> None:
     summary = report["summary"]
     failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
     assert failed == [] and summary["failed"] == 0
@@ -48,7 +49,7 @@ def test_checkov_finds_nothing_failed(report, template):
     assert summary["passed"] >= 40
 
 
-def test_every_skip_is_argued_in_the_template_and_reviewed(report, template):
+def test_every_skip_is_argued_in_the_template_and_reviewed(report: dict[str, Any], template: dict[str, Any]) -> None:
     skips = skips_in(template)
     reported = {
         (c["resource"].split(".", 1)[1], c["check_id"]): c["check_result"]["suppress_comment"]
@@ -63,7 +64,7 @@ def test_every_skip_is_argued_in_the_template_and_reviewed(report, template):
         assert len(comment.split()) >= 12, (logical, check, comment)
 
 
-def test_the_queues_skip_encryption_only_because_they_use_sse_sqs(template):
+def test_the_queues_skip_encryption_only_because_they_use_sse_sqs(template: dict[str, Any]) -> None:
     for (logical, check), _comment in skips_in(template).items():
         props = template["Resources"][logical]["Properties"]
         if check == "CKV_AWS_27":
@@ -74,7 +75,9 @@ def test_the_queues_skip_encryption_only_because_they_use_sse_sqs(template):
             assert key == {"Fn::If": ["HasDataKey", {"Fn::GetAtt": ["DataKey", "Arn"]}, {"Ref": "AWS::NoValue"}]}
 
 
-def test_the_template_cloudformation_receives_passes_too(translated, template, tmp_path):
+def test_the_template_cloudformation_receives_passes_too(
+    translated: dict[str, Any], template: dict[str, Any], tmp_path: Path
+) -> None:
     """After the SAM transform (roles, event source mappings, invoke configs): still 0 failed, and the only
     skips are the ones argued in the template, carried over to the generated functions."""
     path = tmp_path / "translated.json"
@@ -88,7 +91,7 @@ def test_the_template_cloudformation_receives_passes_too(translated, template, t
     assert skipped == set(skips_in(template))
 
 
-def test_checkov_catches_a_regression(tmp_path):
+def test_checkov_catches_a_regression(tmp_path: Path) -> None:
     """The scan can fail: drop the state bucket's access logging and one argued skip from a copy."""
     text = (REPO / "template.yaml").read_text()
     logging = (

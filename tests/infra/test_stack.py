@@ -39,7 +39,7 @@ def server() -> Iterator[MotoServer]:
 
 
 @pytest.fixture(scope="module")
-def stack(server) -> Stack:
+def stack(server: MotoServer) -> Stack:
     return deploy(server, name="cdr-policy-stacktest", parameters={"Environment": "stacktest"})
 
 
@@ -118,11 +118,11 @@ class Resolved:
 
 
 @pytest.fixture(scope="module")
-def resolved(stack) -> Resolved:
+def resolved(stack: Stack) -> Resolved:
     return Resolved(stack)
 
 
-def test_moto_lacks_the_types_the_deploy_guide_names_and_nothing_else_is_made_by_hand(stack):
+def test_moto_lacks_the_types_the_deploy_guide_names_and_nothing_else_is_made_by_hand(stack: Stack) -> None:
     from moto.cloudformation import parsing
     from moto.core.common_models import CloudFormationModel
 
@@ -138,7 +138,7 @@ def test_moto_lacks_the_types_the_deploy_guide_names_and_nothing_else_is_made_by
     assert all(f"`{kind}`" in guide for kind in FILLED_TYPES)
 
 
-def test_every_resource_the_template_declares_is_in_the_stack(stack, resolved):
+def test_every_resource_the_template_declares_is_in_the_stack(stack: Stack, resolved: Resolved) -> None:
     translated_logicals = set(stack.resources)
     for logical, resource in stack.template["Resources"].items():
         if "Condition" in resource and not resolved.condition(resource["Condition"]):
@@ -147,7 +147,7 @@ def test_every_resource_the_template_declares_is_in_the_stack(stack, resolved):
             assert logical in translated_logicals, logical
 
 
-def test_bucket_queue_and_topic_policies_are_the_templates(stack, resolved):
+def test_bucket_queue_and_topic_policies_are_the_templates(stack: Stack, resolved: Resolved) -> None:
     s3, sqs, sns = stack.client("s3"), stack.client("sqs"), stack.client("sns")
     bucket_policies = resolved.resources("AWS::S3::BucketPolicy")
     assert len(bucket_policies) == 3
@@ -164,7 +164,7 @@ def test_bucket_queue_and_topic_policies_are_the_templates(stack, resolved):
         )
 
 
-def test_buckets_keys_and_alarms_are_the_templates(stack, resolved):
+def test_buckets_keys_and_alarms_are_the_templates(stack: Stack, resolved: Resolved) -> None:
     s3, kms, cloudwatch = stack.client("s3"), stack.client("kms"), stack.client("cloudwatch")
     for props in resolved.resources("AWS::S3::Bucket").values():
         bucket = props["BucketName"]
@@ -207,7 +207,9 @@ def test_buckets_keys_and_alarms_are_the_templates(stack, resolved):
         assert json.loads(body) == json.loads(props["DashboardBody"])  # the alarms' ARNs resolved as AWS does
 
 
-def test_functions_their_roles_and_asynchronous_settings_are_the_translated_templates(stack, server):
+def test_functions_their_roles_and_asynchronous_settings_are_the_translated_templates(
+    stack: Stack, server: MotoServer
+) -> None:
     """What the SAM transform made of the functions (roles with their inline and managed policies, the
     on-failure destinations of the scheduled ones, the layer) is what the stack's Lambda and IAM hold."""
     resolve = Resolved(stack)
@@ -253,7 +255,7 @@ def _timings(stack: Stack) -> tuple[str, int, int]:
     return schedule, window("RenderFunction"), window("PublishFunction")
 
 
-def test_the_profile_parameter_sets_the_schedule_and_the_batching_windows(server, stack):
+def test_the_profile_parameter_sets_the_schedule_and_the_batching_windows(server: MotoServer, stack: Stack) -> None:
     """One parameter switches a deployment to the fast profile (docs/time-to-protect.md); the two timing
     parameters still win when given."""
     assert stack.parameters["Profile"] == "default"
@@ -267,7 +269,7 @@ def test_the_profile_parameter_sets_the_schedule_and_the_batching_windows(server
         check_parameters(load_template(REPO / "template.yaml"), {"Profile": "fastest"})
 
 
-def test_parameters_cloudformation_would_refuse_are_refused(stack):
+def test_parameters_cloudformation_would_refuse_are_refused(stack: Stack) -> None:
     template = load_template(REPO / "template.yaml")
     assert check_parameters(template, {})["Environment"] == "dev"
     for bad in (
@@ -302,7 +304,7 @@ def _denied(call: Any, code: str = "AccessDenied") -> str:
     return str(raised.value)
 
 
-def test_kms_dynamodb_and_secrets_requests_are_checked_against_their_resource(server):
+def test_kms_dynamodb_and_secrets_requests_are_checked_against_their_resource(server: MotoServer) -> None:
     kms, dynamodb, secrets = (server.client(s) for s in ("kms", "dynamodb", "secretsmanager"))
     keys = [kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"] for _ in range(2)]
     for table in ("iam-test-ours", "iam-test-other"):
@@ -339,7 +341,7 @@ def test_kms_dynamodb_and_secrets_requests_are_checked_against_their_resource(se
     _denied(lambda: secrets_as.get_secret_value(SecretId="iam-test/other"), "AccessDeniedException")
 
 
-def test_s3_requests_are_checked_under_their_iam_action(server):
+def test_s3_requests_are_checked_under_their_iam_action(server: MotoServer) -> None:
     s3 = server.client("s3")
     s3.create_bucket(Bucket="iam-test-actions")
     s3.put_object(Bucket="iam-test-actions", Key="k", Body=b"x")
@@ -353,7 +355,7 @@ def test_s3_requests_are_checked_under_their_iam_action(server):
     _denied(lambda: lister.get_object(Bucket="iam-test-actions", Key="k"))
 
 
-def test_bucket_policy_conditions_are_evaluated_on_the_request(server):
+def test_bucket_policy_conditions_are_evaluated_on_the_request(server: MotoServer) -> None:
     """Deny statements apply only when their conditions hold for the request: its transport (this server
     speaks HTTPS, so a deny of secure transport bites and one of insecure transport does not) and the
     caller's ARN (a role session counts as its role)."""
@@ -421,16 +423,18 @@ def test_bucket_policy_conditions_are_evaluated_on_the_request(server):
         ("Null", "v", ["true"], False),
     ],
 )
-def test_condition_operators_hold_as_in_iam(operator, actual, expected, holds):
+def test_condition_operators_hold_as_in_iam(
+    operator: str, actual: str | None, expected: list[str], holds: bool
+) -> None:
     assert filled._holds(operator, actual, expected) is holds
 
 
-def test_an_operator_the_server_cannot_evaluate_is_an_error_not_a_guess():
+def test_an_operator_the_server_cannot_evaluate_is_an_error_not_a_guess() -> None:
     with pytest.raises(NotImplementedError, match="NumericLessThan"):
         filled._holds("NumericLessThan", "1", ["2"])
 
 
-def test_moto_leaves_the_queues_of_event_source_mappings_to_the_harness(stack):
+def test_moto_leaves_the_queues_of_event_source_mappings_to_the_harness(stack: Stack) -> None:
     """moto would invoke a function for each message sent to a mapped queue (in Docker); here the
     message waits for the function's poller (fakes/lambda_runtime.py), as in AWS."""
     sqs = stack.client("sqs")

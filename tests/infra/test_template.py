@@ -12,7 +12,7 @@ import pytest
 
 from cdr_policy.lambda_events import RENDER_TRIGGER_PREFIXES
 from cdr_policy.settings import MAX_RENDER_REFRESH_HOURS, Settings
-from tests.infra.support import NO_VALUE, REPO
+from tests.infra.support import NO_VALUE, REPO, Resolver
 
 pytestmark = pytest.mark.infra
 
@@ -35,7 +35,8 @@ def of_type(resources: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
 
 
 def globals_fn(template: dict[str, Any]) -> dict[str, Any]:
-    return template["Globals"]["Function"]
+    value: dict[str, Any] = template["Globals"]["Function"]
+    return value
 
 
 def setting(template: dict[str, Any], props: dict[str, Any], key: str) -> Any:
@@ -48,7 +49,9 @@ def environment(template: dict[str, Any], props: dict[str, Any]) -> dict[str, An
     return merged
 
 
-def test_the_five_functions_exist_with_their_code(template, functions):
+def test_the_five_functions_exist_with_their_code(
+    template: dict[str, Any], functions: dict[str, dict[str, Any]]
+) -> None:
     assert set(functions) == set(FUNCTION_DIRS)
     assert globals_fn(template)["Runtime"] == "python3.12"
     assert globals_fn(template)["Tracing"] == "Active"
@@ -68,7 +71,9 @@ def test_the_five_functions_exist_with_their_code(template, functions):
         }
 
 
-def test_every_function_uses_the_shared_layer(template, resources, functions):
+def test_every_function_uses_the_shared_layer(
+    template: dict[str, Any], resources: dict[str, Any], functions: dict[str, dict[str, Any]]
+) -> None:
     layer = resources["SharedLayer"]
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
     assert layer["Metadata"] == {"BuildMethod": "makefile"}
@@ -87,14 +92,16 @@ def test_every_function_uses_the_shared_layer(template, resources, functions):
         assert {"Ref": "SharedLayer"} in setting(template, props, "Layers")
 
 
-def test_function_environment_matches_the_settings(template, functions, resolve):
+def test_function_environment_matches_the_settings(
+    template: dict[str, Any], functions: dict[str, dict[str, Any]], resolve: Resolver
+) -> None:
     """Every variable the template sets is one ``Settings.from_env`` reads (or Powertools'), every setting
     can be set from the template, and each function's resolved environment passes validation."""
 
     known: set[str] = set()
 
-    class Recording(dict):
-        def get(self, key, default=None):
+    class Recording(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
             known.add(key)
             return super().get(key, default)
 
@@ -130,7 +137,7 @@ def test_function_environment_matches_the_settings(template, functions, resolve)
     assert render.signing_key_id == "<SigningKey.Arn>"
 
 
-def test_parameter_defaults_match_the_settings_defaults(template):
+def test_parameter_defaults_match_the_settings_defaults(template: dict[str, Any]) -> None:
     defaults = Settings.from_env({"STATE_BUCKET": "s", "DIST_BUCKET": "d"})
     params = template["Parameters"]
     assert params["LookbackHours"]["Default"] == defaults.lookback_hours
@@ -146,7 +153,9 @@ def test_parameter_defaults_match_the_settings_defaults(template):
     )
 
 
-def test_sqs_consumers_report_partial_failures(template, resources, functions):
+def test_sqs_consumers_report_partial_failures(
+    template: dict[str, Any], resources: dict[str, Any], functions: dict[str, dict[str, Any]]
+) -> None:
     for name, queue in SQS_CONSUMERS.items():
         events = [e for e in functions[name]["Events"].values() if e["Type"] == "SQS"]
         assert len(events) == 1, name
@@ -170,7 +179,9 @@ def test_sqs_consumers_report_partial_failures(template, resources, functions):
     assert all(1 <= p["RenderBatchingWindowSeconds"] <= 300 for p in template["Mappings"]["Profiles"].values())
 
 
-def test_every_queue_has_a_dlq_and_a_long_enough_visibility_timeout(template, resources, functions):
+def test_every_queue_has_a_dlq_and_a_long_enough_visibility_timeout(
+    template: dict[str, Any], resources: dict[str, Any], functions: dict[str, dict[str, Any]]
+) -> None:
     queues = of_type(resources, "AWS::SQS::Queue")
     dlqs = set()
     for queue_name in SQS_CONSUMERS.values():
@@ -191,7 +202,7 @@ def test_every_queue_has_a_dlq_and_a_long_enough_visibility_timeout(template, re
         assert queues[dlq]["Properties"]["MessageRetentionPeriod"] == FOURTEEN_DAYS
 
 
-def test_every_queue_is_encrypted(resources):
+def test_every_queue_is_encrypted(resources: dict[str, Any]) -> None:
     queues = of_type(resources, "AWS::SQS::Queue")
     assert len(queues) == 5
     for name, queue in queues.items():
@@ -203,7 +214,8 @@ def test_every_queue_is_encrypted(resources):
 def failure_destination(props: dict[str, Any]) -> str:
     on_failure = props["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]
     assert on_failure["Type"] == "SQS"
-    (queue, attribute) = on_failure["Destination"]["Fn::GetAtt"]
+    target: list[str] = on_failure["Destination"]["Fn::GetAtt"]
+    (queue, attribute) = target
     assert attribute == "Arn"
     return queue
 
@@ -217,7 +229,9 @@ def queue_alarms(resources: dict[str, Any], queue: str) -> list[dict[str, Any]]:
     ]
 
 
-def test_asynchronously_invoked_functions_have_an_alarmed_failure_destination(resources, functions):
+def test_asynchronously_invoked_functions_have_an_alarmed_failure_destination(
+    resources: dict[str, Any], functions: dict[str, dict[str, Any]]
+) -> None:
     """A failed (or expired) scheduled run used to be dropped silently after Lambda's retries."""
     invoked_async = {
         name
@@ -238,7 +252,9 @@ def test_asynchronously_invoked_functions_have_an_alarmed_failure_destination(re
         assert set(SQS_CONSUMERS) >= {name}
 
 
-def test_render_and_publish_run_one_at_a_time_without_losing_throttled_batches(template, resources, functions):
+def test_render_and_publish_run_one_at_a_time_without_losing_throttled_batches(
+    template: dict[str, Any], resources: dict[str, Any], functions: dict[str, dict[str, Any]]
+) -> None:
     """One writer per channel: one Publish (and one Render) environment. SQS's lowest MaximumConcurrency is 2,
     so the poller's second batch is throttled; Lambda retries it until the visibility timeout, which must
     cover several runs of the first batch, and maxReceiveCount leaves room for repeated throttles."""
@@ -258,7 +274,7 @@ def test_render_and_publish_run_one_at_a_time_without_losing_throttled_batches(t
     assert publish["BatchSize"] >= 10
 
 
-def test_schedules(functions, template):
+def test_schedules(functions: dict[str, dict[str, Any]], template: dict[str, Any]) -> None:
     expected = {
         "FeedSyncFunction": ("FeedSyncSchedule", "rate(1 hour)"),
         "HitsRollupFunction": ("HitsRollupSchedule", "rate(1 hour)"),
@@ -289,7 +305,9 @@ def test_schedules(functions, template):
     assert profiles["fast"]["CdrFetchSchedule"] == "rate(1 minute)"  # EventBridge's shortest rate
 
 
-def test_state_bucket_notifies_the_render_queue_for_indicators_and_config(resources, resolve):
+def test_state_bucket_notifies_the_render_queue_for_indicators_and_config(
+    resources: dict[str, Any], resolve: Resolver
+) -> None:
     bucket = resources["StateBucket"]
     configs = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
     for config in configs:
@@ -309,7 +327,9 @@ def test_state_bucket_notifies_the_render_queue_for_indicators_and_config(resour
     assert resolve(source_arn) == resolve({"Fn::GetAtt": ["StateBucket", "Arn"]})
 
 
-def test_a_schedule_re_renders_every_channel_so_manifests_never_lapse(template, resources):
+def test_a_schedule_re_renders_every_channel_so_manifests_never_lapse(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
     rule = resources["RenderRefreshRule"]["Properties"]
     assert rule["ScheduleExpression"] == {
         "Fn::If": ["RefreshEveryHour", "rate(1 hour)", {"Fn::Sub": "rate(${RenderRefreshHours} hours)"}]
@@ -325,7 +345,7 @@ def test_a_schedule_re_renders_every_channel_so_manifests_never_lapse(template, 
     assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::GetAtt": ["RenderRefreshRule", "Arn"]}
 
 
-def test_buckets_are_private_encrypted_versioned_and_tls_only(resources):
+def test_buckets_are_private_encrypted_versioned_and_tls_only(resources: dict[str, Any]) -> None:
     buckets = of_type(resources, "AWS::S3::Bucket")
     assert set(buckets) == {"StateBucket", "DistributionBucket", "AccessLogBucket"}
     policies = {
@@ -347,7 +367,7 @@ def test_buckets_are_private_encrypted_versioned_and_tls_only(resources):
         assert deny[0]["Action"] == "s3:*" and deny[0]["Principal"] == "*"
 
 
-def test_both_buckets_log_access_to_the_access_log_bucket(resources, resolve):
+def test_both_buckets_log_access_to_the_access_log_bucket(resources: dict[str, Any], resolve: Resolver) -> None:
     log_bucket = resources["AccessLogBucket"]["Properties"]
     # Server access logging delivers only into SSE-S3 buckets.
     (rule,) = log_bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
@@ -383,7 +403,7 @@ def test_both_buckets_log_access_to_the_access_log_bucket(resources, resolve):
 
 
 def _policy_entries(props: dict[str, Any]) -> list[Any]:
-    entries = []
+    entries: list[Any] = []
     for entry in props.get("Policies", []):
         if isinstance(entry, dict) and "Fn::If" in entry:
             entries.extend(e for e in entry["Fn::If"][1:] if e != {"Ref": "AWS::NoValue"})
@@ -400,7 +420,9 @@ ALLOWED_POLICY_TEMPLATES = {
 }
 
 
-def test_iam_is_least_privilege(template, resources, functions):
+def test_iam_is_least_privilege(
+    template: dict[str, Any], resources: dict[str, Any], functions: dict[str, dict[str, Any]]
+) -> None:
     assert "FullAccess" not in json.dumps(template)
     for name, props in functions.items():
         for entry in _policy_entries(props):
@@ -427,7 +449,7 @@ def test_iam_is_least_privilege(template, resources, functions):
     )
 
 
-def test_signing_key_and_idempotency_table(resources):
+def test_signing_key_and_idempotency_table(resources: dict[str, Any]) -> None:
     key = resources["SigningKey"]["Properties"]
     assert (key["KeySpec"], key["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
     assert "EnableKeyRotation" not in key, "asymmetric keys cannot rotate automatically"
@@ -441,7 +463,9 @@ def test_signing_key_and_idempotency_table(resources):
 DATA_KEY = {"Fn::If": ["HasDataKey", {"Fn::GetAtt": ["DataKey", "Arn"]}, {"Ref": "AWS::NoValue"}]}
 
 
-def test_customer_managed_key_for_logs_and_table_is_optional_and_usable(template, resources, functions, resolve):
+def test_customer_managed_key_for_logs_and_table_is_optional_and_usable(
+    template: dict[str, Any], resources: dict[str, Any], functions: dict[str, dict[str, Any]], resolve: Resolver
+) -> None:
     """UseCustomerManagedKey=true puts the log groups and the table under the stack's own key, whose policy
     lets CloudWatch Logs use it for exactly these log groups and DynamoDB for this account's callers."""
     import fnmatch
@@ -470,7 +494,7 @@ def test_customer_managed_key_for_logs_and_table_is_optional_and_usable(template
     assert sse == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": DATA_KEY}
 
 
-def test_no_function_environment_holds_a_secret(template, functions):
+def test_no_function_environment_holds_a_secret(template: dict[str, Any], functions: dict[str, dict[str, Any]]) -> None:
     """The reason given for CKV_AWS_173: names, ARNs and numbers only, never a credential."""
     secret_parameters = {n for n, p in template["Parameters"].items() if p.get("NoEcho")}
     assert secret_parameters == set()
@@ -479,7 +503,9 @@ def test_no_function_environment_holds_a_secret(template, functions):
             assert not re.search(r"PASSWORD|TOKEN|API_KEY|CREDENTIAL|SECRET$", variable), (name, variable)
 
 
-def test_log_groups_have_retention(template, resources, functions, resolve):
+def test_log_groups_have_retention(
+    template: dict[str, Any], resources: dict[str, Any], functions: dict[str, dict[str, Any]], resolve: Resolver
+) -> None:
     for _name, props in functions.items():
         group = props["LoggingConfig"]["LogGroup"]["Ref"]
         log_group = resources[group]
@@ -489,7 +515,7 @@ def test_log_groups_have_retention(template, resources, functions, resolve):
         assert resolve(log_group["Properties"]["LogGroupName"]) == f"/aws/lambda/{resolve(props['FunctionName'])}"
 
 
-def test_alarms_cover_errors_and_dead_letters(resources, functions):
+def test_alarms_cover_errors_and_dead_letters(resources: dict[str, Any], functions: dict[str, dict[str, Any]]) -> None:
     alarms = of_type(resources, "AWS::CloudWatch::Alarm").values()
     watched_functions = {
         a["Properties"]["Dimensions"][0]["Value"]["Ref"] for a in alarms if a["Properties"]["MetricName"] == "Errors"
@@ -509,7 +535,7 @@ def test_alarms_cover_errors_and_dead_letters(resources, functions):
     assert "cloudwatch.amazonaws.com" in key_policy
 
 
-def test_outputs(template):
+def test_outputs(template: dict[str, Any]) -> None:
     expected = {
         "StateBucketName", "DistributionBucketName", "RenderQueueUrl", "RenderDeadLetterQueueUrl",
         "PublishQueueUrl", "PublishDeadLetterQueueUrl", "SigningKeyId", "SigningKeyArn",
@@ -523,7 +549,9 @@ def test_outputs(template):
         assert output["Description"]
 
 
-def test_the_dashboard_shows_the_pipeline_metrics_and_every_function(resources, functions):
+def test_the_dashboard_shows_the_pipeline_metrics_and_every_function(
+    resources: dict[str, Any], functions: dict[str, dict[str, Any]]
+) -> None:
     body = resources["PipelineDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     referenced = set(re.findall(r"\$\{([A-Za-z]+)(?:\.[A-Za-z]+)?\}", body))
     assert set(functions) <= referenced
@@ -542,7 +570,7 @@ def load_json(name: str) -> Any:
     return json.loads((REPO / "events" / name).read_text())
 
 
-def test_sample_events_use_the_template_names(resolve):
+def test_sample_events_use_the_template_names(resolve: Resolver) -> None:
     """The sample events (and so the demo and handler tests) name the resources of Environment=dev."""
     state_bucket = resolve({"Ref": "StateBucket"})
     for name in (
@@ -557,7 +585,7 @@ def test_sample_events_use_the_template_names(resolve):
         assert record["eventSourceARN"] == resolve({"Fn::GetAtt": ["PublishQueue", "Arn"]})
 
 
-def test_samconfig(template):
+def test_samconfig(template: dict[str, Any]) -> None:
     import shlex
     import tomllib
 
@@ -586,7 +614,7 @@ def test_samconfig(template):
 
 
 @pytest.mark.parametrize("environment_name", ["dev", "staging", "prod", "a-twelve-chr"])
-def test_derived_names_are_valid(template, environment_name):
+def test_derived_names_are_valid(template: dict[str, Any], environment_name: str) -> None:
     from tests.infra.support import Resolver
 
     assert re.fullmatch(template["Parameters"]["Environment"]["AllowedPattern"], environment_name)
@@ -601,7 +629,7 @@ def test_derived_names_are_valid(template, environment_name):
 
 
 @pytest.mark.parametrize("metric", ["BundlesHeld", "BundlesRefused", "FeedStale", "IndicatorSetUnreadable"])
-def test_safety_signals_alarm(resources, metric):
+def test_safety_signals_alarm(resources: dict[str, Any], metric: str) -> None:
     (alarm,) = [
         r["Properties"]
         for r in resources.values()
@@ -612,7 +640,7 @@ def test_safety_signals_alarm(resources, metric):
     assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
 
 
-def test_no_default_qualys_platform_and_a_rule_that_one_is_chosen(template):
+def test_no_default_qualys_platform_and_a_rule_that_one_is_chosen(template: dict[str, Any]) -> None:
     """Issue 21 point 11: the template defaulted to US2 while the CLI refuses a default gateway."""
     params = template["Parameters"]
     assert params["QualysPlatform"]["Default"] == "" and params["QualysGatewayUrl"]["Default"] == ""
@@ -621,7 +649,9 @@ def test_no_default_qualys_platform_and_a_rule_that_one_is_chosen(template):
     assert sorted(chosen) == ["QualysGatewayUrl", "QualysPlatform"]
 
 
-def test_the_cost_guides_table_uses_each_functions_memory(template, functions):
+def test_the_cost_guides_table_uses_each_functions_memory(
+    template: dict[str, Any], functions: dict[str, dict[str, Any]]
+) -> None:
     """Issue 21 point 11: the cost table put Render at 1 GB while the template gives it 512 MB."""
     costs = (REPO / "docs" / "costs.md").read_text()
     stages = {"CdrFetchFunction": "CdrFetch", "FeedSyncFunction": "FeedSync", "RenderFunction": "Render"}

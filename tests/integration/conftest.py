@@ -4,16 +4,19 @@ test can tell that nothing reached it) and the environment a user would set for 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from cdr_policy.timeutil import utcnow
-from demo.runner import FINDINGS, run_pipeline
+from demo.runner import FINDINGS, PipelineResult, run_pipeline
 from fakes.aws import moto_server
 from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
 
 
 @pytest.fixture(scope="session")
-def pipeline(tmp_path_factory, crds_dir):
+def pipeline(tmp_path_factory: pytest.TempPathFactory, crds_dir: Path) -> Iterator[tuple[PipelineResult, list[str]]]:
     """``make demo``'s run (tests/integration/test_pipeline.py checks it); the moto server stays up for
     the tests that look at the stack afterwards. Yields the result and the lines it printed."""
     output = tmp_path_factory.mktemp("pipeline")
@@ -24,13 +27,13 @@ def pipeline(tmp_path_factory, crds_dir):
 
 
 @pytest.fixture
-def gateway():
+def gateway() -> Iterator[FakeQualysGateway]:
     with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gw:
         yield gw
 
 
 @pytest.fixture
-def env(gateway, tmp_path):
+def env(gateway: FakeQualysGateway, tmp_path: Path) -> dict[str, str]:
     return {
         "QUALYS_USERNAME": DEMO_USERNAME,
         "QUALYS_PASSWORD": DEMO_PASSWORD,

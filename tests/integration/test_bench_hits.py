@@ -14,7 +14,9 @@ import benchmarks.__main__ as bench
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_the_reader_part_counts_what_was_written_and_nothing_twice(tmp_path: Path, capsys) -> None:
+def test_the_reader_part_counts_what_was_written_and_nothing_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["--only", "h", "--hits-bytes", "3000000", "--workdir", str(tmp_path / "w"), "--results", str(tmp_path)]
     code = bench.main(args)
     out = capsys.readouterr().out

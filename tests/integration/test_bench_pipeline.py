@@ -14,7 +14,7 @@ import benchmarks.__main__ as bench
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_the_whole_path_parts_run_and_report_their_targets(tmp_path: Path, capsys) -> None:
+def test_the_whole_path_parts_run_and_report_their_targets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = [
         "--only",
         "bcde",

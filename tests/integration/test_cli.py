@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cdr_policy import schemas
@@ -27,7 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 ORIGINAL_FILES = {"cdr-dynamic-blocklist.yaml", "cilium-cdr-blocklist.yaml"}
 
 
-def test_original_once_invocation_prints_the_summary_and_writes_policies_and_report(env, tmp_path, capsys):
+def test_original_once_invocation_prints_the_summary_and_writes_policies_and_report(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out_dir = tmp_path / "policies"
     code, out, err = run(["--once", "--hours=24", f"--output={out_dir}"], env, capsys)
     assert code == 0, err
@@ -62,7 +65,9 @@ def test_original_once_invocation_prints_the_summary_and_writes_policies_and_rep
     assert '"Sigkill"' not in json.dumps(list(files.values()))
 
 
-def test_sigkill_enforces_and_gateway_flag_overrides_environment(env, gateway, tmp_path, capsys):
+def test_sigkill_enforces_and_gateway_flag_overrides_environment(
+    env: dict[str, str], gateway: FakeQualysGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out_dir = tmp_path / "p"
     env = {**env, "QUALYS_GATEWAY_URL": "https://gateway.invalid.example"}
     code, _, err = run(["--once", "--action=Sigkill", f"--gateway={gateway.url}", f"--output={out_dir}"], env, capsys)
@@ -70,7 +75,9 @@ def test_sigkill_enforces_and_gateway_flag_overrides_environment(env, gateway, t
     assert '"Sigkill"' in json.dumps(list(objects(out_dir).values()))
 
 
-def test_threat_intel_with_a_feed_file_matches_the_files(env, tmp_path, capsys):
+def test_threat_intel_with_a_feed_file_matches_the_files(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with FeedServer(root=DEMO_FEEDS_DIR) as feeds:
         feed_file = tmp_path / "feeds.yaml"
         feed_file.write_text(demo_feeds_yaml(feeds.url("/")))
@@ -96,7 +103,9 @@ def test_threat_intel_with_a_feed_file_matches_the_files(env, tmp_path, capsys):
     assert report["feeds"]["abuseipdb"]["status"] == "disabled"
 
 
-def test_a_file_feed_pointed_at_a_secrets_file_leaks_nothing(env, tmp_path, capsys):
+def test_a_file_feed_pointed_at_a_secrets_file_leaks_nothing(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A ``file://`` feed at a ``.env``: its lines are rejected and reported by line number and
     fingerprint only; the secret reaches neither report.json, the stored sets nor the output."""
     secret = "hunter2-do-not-leak"
@@ -115,7 +124,9 @@ def test_a_file_feed_pointed_at_a_secrets_file_leaks_nothing(env, tmp_path, caps
     assert "line 2 sha256:" in report
 
 
-def test_configuration_errors_are_clear_and_exit_2(env, tmp_path, capsys):
+def test_configuration_errors_are_clear_and_exit_2(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bare = {k: v for k, v in env.items() if k not in ("QUALYS_USERNAME", "QUALYS_PASSWORD")}
     code, _, err = run(["--once", f"--output={tmp_path}"], bare, capsys)
     assert code == 2 and "QUALYS_USERNAME" in err
@@ -128,7 +139,9 @@ def test_configuration_errors_are_clear_and_exit_2(env, tmp_path, capsys):
     assert code == 2 and "http" in err
 
 
-def test_apply_really_applies_and_prunes_only_its_own_objects(env, tmp_path, capsys):
+def test_apply_really_applies_and_prunes_only_its_own_objects(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with FakeKubeAPI() as api:
         foreign = {
             "apiVersion": "cilium.io/v1alpha1",
@@ -148,7 +161,9 @@ def test_apply_really_applies_and_prunes_only_its_own_objects(env, tmp_path, cap
         assert any(o["metadata"]["name"] == "someone-elses" for o in api.objects())
 
 
-def test_apply_holds_cilium_back_when_non_default_deny_policies_are_off(env, tmp_path, capsys):
+def test_apply_holds_cilium_back_when_non_default_deny_policies_are_off(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     off = {("kube-system", "cilium-config"): {"enable-non-default-deny-policies": "false"}}
     with FakeKubeAPI(config_maps=off) as api:
         kube_env = {**env, "KUBECONFIG": str(api.write_kubeconfig(tmp_path / "kubeconfig"))}
@@ -164,7 +179,9 @@ def test_apply_holds_cilium_back_when_non_default_deny_policies_are_off(env, tmp
     assert "enable-non-default-deny-policies" in out and "Done, with 1 problem(s)" in out
 
 
-def test_validate_subcommand(env, tmp_path, capsys, crds_dir):
+def test_validate_subcommand(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], crds_dir: Path
+) -> None:
     out_dir = tmp_path / "v"
     assert run(["--once", f"--output={out_dir}"], env, capsys)[0] == 0
     code, out, _ = run(["validate", str(out_dir), "--crds", str(crds_dir)], env, capsys)
@@ -185,7 +202,7 @@ def test_validate_subcommand(env, tmp_path, capsys, crds_dir):
     assert "toFQDNs" in out
 
 
-def test_controller_mode_runs_every_interval_until_stopped(env, tmp_path):
+def test_controller_mode_runs_every_interval_until_stopped(env: dict[str, str], tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "cdr_policy.cli", "--interval=5s", f"--output={tmp_path / 'c'}"],
         env={**os.environ, **env, "PYTHONPATH": str(REPO / "layers/shared")},
@@ -207,7 +224,9 @@ def test_controller_mode_runs_every_interval_until_stopped(env, tmp_path):
     assert "Found 20 events" in out
 
 
-def test_a_hostile_gateway_still_yields_every_finding_exactly_once(tmp_path, capsys):
+def test_a_hostile_gateway_still_yields_every_finding_exactly_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Issue 3 as a user sees it: >1,000 findings over several windows and pages, a token that
     expires mid-run, rate limiting with the gateway's headers, duplicates and malformed findings."""
     import ipaddress
@@ -285,7 +304,9 @@ def _channel_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_a_channel_files_action_applies_unless_the_flag_contradicts_it(env, tmp_path, capsys):
+def test_a_channel_files_action_applies_unless_the_flag_contradicts_it(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Issue 21 point 10 (and point 7: a file of one channel's settings, without ``channels:``)."""
     one = _channel_file(tmp_path, "{name: prod, action: Sigkill, cilium_version: '1.18'}\n")
     out_dir = tmp_path / "p"
@@ -305,7 +326,9 @@ def test_a_channel_files_action_applies_unless_the_flag_contradicts_it(env, tmp_
     assert code == 2 and "--threat-intel contradicts 'threat_intel: false' in the channel file" in err
 
 
-def test_a_channel_files_threat_intel_loads_the_feeds_and_its_messages_say_what_happened(env, tmp_path, capsys):
+def test_a_channel_files_threat_intel_loads_the_feeds_and_its_messages_say_what_happened(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Issue 21 points 6 and 10: the file's ``threat_intel: true`` applies without the flag; a feed
     that fails with no earlier copy says so (not "kept last good copy"), one that fails after a good
     download keeps it; counts say entries and prefixes; "download failed" once."""
@@ -331,7 +354,9 @@ def test_a_channel_files_threat_intel_loads_the_feeds_and_its_messages_say_what_
     assert re.search(r"Kept the last good copy of good \(\d+ prefixes\): this download failed: HTTP 503 from ", out)
 
 
-def test_crds_given_as_one_file(env, tmp_path, capsys, crds_dir):
+def test_crds_given_as_one_file(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], crds_dir: Path
+) -> None:
     """Issue 21 point 7: ``--crds FILE`` said "does not exist" for an existing file."""
     docs = [p.read_text() for p in sorted(crds_dir.glob("*.yaml"))]
     docs += [p.read_text() for p in sorted((crds_dir / "cilium-main").glob("*.yaml"))]
@@ -349,7 +374,9 @@ def test_crds_given_as_one_file(env, tmp_path, capsys, crds_dir):
     assert "refusing to ship 2 checker error(s): cilium-cdr-blocklist-cidrs-001.yaml (CiliumCIDRGroup/" in err
 
 
-def test_apply_against_an_unreachable_api_server_says_it_in_one_line(env, tmp_path, capsys):
+def test_apply_against_an_unreachable_api_server_says_it_in_one_line(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Issue 21 point 7: bare ``stamina.retry_scheduled`` lines on standard error."""
     port = free_port()
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}", "t")

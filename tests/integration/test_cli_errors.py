@@ -6,6 +6,7 @@ bucket that does not exist) or a cluster it cannot reach, says so in one line,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -21,7 +22,7 @@ DIGEST = "ab" * 32
 
 
 @pytest.fixture
-def keys(tmp_path, capsys) -> Path:
+def keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     assert main(["keygen", f"--out={tmp_path / 'keys'}"], {}) == 0
     capsys.readouterr()
     return tmp_path / "keys"
@@ -68,7 +69,7 @@ def assert_one_error_line(code: int, err: str, *words: str, exit_code: int = 1) 
 
 
 @pytest.fixture
-def unreachable(monkeypatch) -> str:
+def unreachable(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An AWS endpoint on a loopback port where nothing listens."""
     url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", url)
@@ -79,7 +80,7 @@ def unreachable(monkeypatch) -> str:
 
 
 @pytest.fixture
-def no_credentials(monkeypatch, tmp_path) -> None:
+def no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
@@ -92,18 +93,24 @@ def no_credentials(monkeypatch, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("name", S3_COMMANDS)
-def test_an_endpoint_that_refuses_connections_is_one_line(name, unreachable, keys, tmp_path, capsys):
+def test_an_endpoint_that_refuses_connections_is_one_line(
+    name: str, unreachable: str, keys: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(commands(keys, tmp_path)[name], {})
     assert_one_error_line(code, capsys.readouterr().err, f"cannot connect to {unreachable}")
 
 
 @pytest.mark.parametrize("name", [*S3_COMMANDS, "channel history (KMS)"])
-def test_no_aws_credentials_is_one_line(name, no_credentials, keys, tmp_path, capsys):
+def test_no_aws_credentials_is_one_line(
+    name: str, no_credentials: None, keys: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(commands(keys, tmp_path)[name], {})
     assert_one_error_line(code, capsys.readouterr().err, "no AWS credentials: set AWS_PROFILE")
 
 
-def test_the_agent_without_credentials_reports_the_bucket_unreachable(no_credentials, keys, tmp_path, capsys):
+def test_the_agent_without_credentials_reports_the_bucket_unreachable(
+    no_credentials: None, keys: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = [
         "agent",
         "--bucket=s3://dist-bucket",
@@ -121,7 +128,9 @@ def test_the_agent_without_credentials_reports_the_bucket_unreachable(no_credent
     assert (tmp_path / "agent-state" / "status.json").is_file(), "the status is written either way"
 
 
-def test_a_stopped_moto_server_and_a_missing_bucket(monkeypatch, keys, tmp_path, capsys):
+def test_a_stopped_moto_server_and_a_missing_bucket(
+    monkeypatch: pytest.MonkeyPatch, keys: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with moto_endpoint(None) as url:
         monkeypatch.setenv("AWS_ENDPOINT_URL", url)
         aws.reset()
@@ -135,18 +144,18 @@ def test_a_stopped_moto_server_and_a_missing_bucket(monkeypatch, keys, tmp_path,
         if "KMS" in name:
             continue  # the stack's KMS client tries five times (15 s): KMS is tested without credentials
         code = main(argv, {})
-        assert_one_error_line(code, capsys.readouterr().err, f"cannot connect to {url}"), name
+        assert_one_error_line(code, capsys.readouterr().err, f"cannot connect to {url}")
     aws.reset()
 
 
-def test_debug_shows_the_traceback_as_well(unreachable, capsys):
+def test_debug_shows_the_traceback_as_well(unreachable: str, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["fleet", "status", "--dist=s3://dist-bucket", "--debug"], {})
     err = capsys.readouterr().err
     assert code == 1 and "Traceback (most recent call last)" in err and "EndpointConnectionError" in err
     assert err.strip().splitlines()[-1].startswith("cdr-policy: error: cannot list s3://dist-bucket/status/")
 
 
-def test_validate_against_an_unreachable_api_server(tmp_path, capsys):
+def test_validate_against_an_unreachable_api_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{free_port()}", "t")
     (tmp_path / "p.yaml").write_text("kind: TracingPolicy\n")
     code = main(["validate", str(tmp_path / "p.yaml"), "--kubernetes"], {"KUBECONFIG": str(kubeconfig)})

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,9 +23,9 @@ from tests.unit.policy.factories import exec_targets
 MASQUERADES = ("nginx", "envoy", "postgres")
 
 
-def _miners(pod_labels=None):
+def _miners(pod_labels: dict[str, str] | None = None) -> list[Any]:
     [sample] = [f for f in load_findings(FINDINGS) if isinstance(f, dict) and f.get("processName") == "xmrig"][:1]
-    out = []
+    out: list[Any] = []
     for i, name in enumerate(MASQUERADES):
         finding = copy.deepcopy(sample)
         finding.update(uuid=f"masquerade-{i}", processName=name)
@@ -32,12 +35,12 @@ def _miners(pod_labels=None):
     return out
 
 
-def _scoped(obj):
+def _scoped(obj: dict[str, Any]) -> bool:
     """A policy for one workload (its selector names the workload's namespace and labels)."""
-    return obj["metadata"]["labels"].get("cdr-policy.io/scope") == "workload"
+    return bool(obj["metadata"]["labels"].get("cdr-policy.io/scope") == "workload")
 
 
-def _kills(obj):
+def _kills(obj: dict[str, Any]) -> set[str]:
     actions = {a["action"] for h in obj["spec"]["kprobes"] for s in h["selectors"] for a in s["matchActions"]}
     if not actions & {"Sigkill", "Override"}:
         return set()
@@ -45,21 +48,25 @@ def _kills(obj):
 
 
 @pytest.fixture
-def miner_env(env):
-    def serve(pod_labels=None):
+def miner_env(env: dict[str, str]) -> tuple[dict[str, str], Callable[..., FakeQualysGateway]]:
+    def serve(pod_labels: dict[str, str] | None = None) -> FakeQualysGateway:
         return FakeQualysGateway(_miners(pod_labels), rebase_to=utcnow())
 
     return env, serve
 
 
-def _report_rows(out_dir):
+def _report_rows(out_dir: Path) -> dict[str, dict[str, Any]]:
     report = json.loads((out_dir / "report.json").read_text())
     schemas.validate(report, "report.schema.json")
     [entry] = [b for b in report["behaviours"] if b["rule"] == "crypto_mining"]
     return {r["process"]: r for r in entry["evidence"]}
 
 
-def test_masquerading_miners_get_no_cluster_wide_kill_and_the_report_says_why(miner_env, tmp_path, capsys):
+def test_masquerading_miners_get_no_cluster_wide_kill_and_the_report_says_why(
+    miner_env: tuple[dict[str, str], Callable[..., FakeQualysGateway]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     env, serve = miner_env
     out_dir = tmp_path / "policies"
     with serve() as gateway:
@@ -84,7 +91,11 @@ def test_masquerading_miners_get_no_cluster_wide_kill_and_the_report_says_why(mi
         assert rows[name]["audited"] == "a finding names no namespace with valid pod labels (podLabels)"
 
 
-def test_with_pod_labels_the_masquerades_are_killed_in_their_workload_only(miner_env, tmp_path, capsys):
+def test_with_pod_labels_the_masquerades_are_killed_in_their_workload_only(
+    miner_env: tuple[dict[str, str], Callable[..., FakeQualysGateway]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     env, serve = miner_env
     out_dir = tmp_path / "policies"
     labels = {"io.kubernetes.pod.namespace": "shop", "app": "web", "pod-template-hash": "7c9d8f6b5"}

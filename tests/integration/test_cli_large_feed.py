@@ -31,7 +31,9 @@ ADDRESSES = 50_000
 BUDGET = {"tetragon_max_prefixes": 3_000, "cilium_max_prefixes": 4_000}
 
 
-def test_a_large_feed_renders_inside_the_budget_and_reports_the_rest(tmp_path: Path, crds_dir: Path, capsys) -> None:
+def test_a_large_feed_renders_inside_the_budget_and_reports_the_rest(
+    tmp_path: Path, crds_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     www = tmp_path / "www"
     www.mkdir()
     feed = generate_addresses(www / "big.txt", ADDRESSES, seed=5)
@@ -65,7 +67,7 @@ def test_a_large_feed_renders_inside_the_budget_and_reports_the_rest(tmp_path: P
     stored = LocalStore(state).get(layout.feed_set_key("big")).data
     feed_set = parse_set(stored, "big")
     assert feed_set.prefixes is not None and feed_set.entries == []
-    expected = list(ipaddress.collapse_addresses(ipaddress.ip_address(a) for a in feed.read_text().split()))
+    expected = list(ipaddress.collapse_addresses(ipaddress.IPv4Network(a) for a in feed.read_text().split()))
     assert feed_set.prefixes.ipv4.strings() == [str(n) for n in expected]
     assert len(stored) < 12 * len(expected)  # a few bytes per prefix, not a JSON object each
 

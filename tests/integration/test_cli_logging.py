@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import boto3
 
@@ -16,7 +17,7 @@ ACCESS_KEY, SECRET_KEY = "AKIAWIRELOGGINGTEST1", "wire-logging-secret-key-do-not
 BODY = b'{"marker": "response-body-must-not-be-logged"}'
 
 
-def test_debug_logs_carry_no_wire_traffic(tmp_path):
+def test_debug_logs_carry_no_wire_traffic(tmp_path: Path) -> None:
     with moto_endpoint(None) as url:
         s3 = boto3.client(
             "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"

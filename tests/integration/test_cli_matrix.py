@@ -7,7 +7,9 @@ the feeds are the loopback fakes (``tests/integration/conftest.py``); without ``
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,7 +23,7 @@ GROUP_API = {"1.17": "cilium.io/v2alpha1", "1.18": "cilium.io/v2"}
 
 
 @pytest.fixture(scope="module")
-def feeds():
+def feeds() -> Iterator[FeedServer]:
     with FeedServer(root=DEMO_FEEDS_DIR) as server:
         yield server
 
@@ -36,8 +38,18 @@ def target_crds(crds_dir: Path, cilium: str, folder: Path) -> Path:
     return folder
 
 
-def render_once(env, tmp_path, capsys, feeds, *, action, threat_intel, cilium, kernel=None):
-    channel = {"name": "prod", "cilium_version": cilium}
+def render_once(
+    env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    feeds: FeedServer,
+    *,
+    action: str,
+    threat_intel: bool,
+    cilium: str,
+    kernel: dict[str, bool] | None = None,
+) -> Path:
+    channel: dict[str, Any] = {"name": "prod", "cilium_version": cilium}
     if kernel is not None:
         channel["kernel"] = kernel
     channel_file = tmp_path / "channel.yaml"
@@ -53,7 +65,7 @@ def render_once(env, tmp_path, capsys, feeds, *, action, threat_intel, cilium, k
     return out_dir
 
 
-def validate(out_dir: Path, crds: Path, env, capsys) -> None:
+def validate(out_dir: Path, crds: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["validate", str(out_dir), "--crds", str(crds), "--json"], env, capsys)
     report = json.loads(out)
     errors = [
@@ -70,7 +82,16 @@ def validate(out_dir: Path, crds: Path, env, capsys) -> None:
 @pytest.mark.parametrize("cilium", CILIUM)
 @pytest.mark.parametrize("threat_intel", [False, True], ids=["cdr-only", "threat-intel"])
 @pytest.mark.parametrize("action", ACTIONS)
-def test_every_emitted_object_validates(env, tmp_path, capsys, crds_dir, feeds, action, threat_intel, cilium):
+def test_every_emitted_object_validates(
+    env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    crds_dir: Path,
+    feeds: FeedServer,
+    action: str,
+    threat_intel: bool,
+    cilium: str,
+) -> None:
     out_dir = render_once(env, tmp_path, capsys, feeds, action=action, threat_intel=threat_intel, cilium=cilium)
     validate(out_dir, crds_dir, env, capsys)
     validate(out_dir, target_crds(crds_dir, cilium, tmp_path / "crds"), env, capsys)
@@ -97,7 +118,9 @@ def test_every_emitted_object_validates(env, tmp_path, capsys, crds_dir, feeds, 
                 assert "Override" not in acts, "no kernel.override_helper declared"
 
 
-def test_an_override_channel_that_declares_the_helper_validates(env, tmp_path, capsys, crds_dir, feeds):
+def test_an_override_channel_that_declares_the_helper_validates(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], crds_dir: Path, feeds: FeedServer
+) -> None:
     out_dir = render_once(
         env,
         tmp_path,

@@ -12,13 +12,13 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cdr_policy.cli import output as output_module
 from cdr_policy.cli.fleet import BundleDiff, ChannelRow, FleetStatusRow
 from cdr_policy.feeds.config import load_feeds
 from cdr_policy.timeutil import utcnow
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def feed_files_env(tmp_path):
+def feed_files_env(tmp_path: Path) -> Iterator[Path]:
     """A --feeds file for the demo feeds, served over loopback for the test."""
     with FeedServer(root=DEMO_FEEDS_DIR) as feeds:
         path = tmp_path / "feeds.yaml"
@@ -43,7 +43,8 @@ def feed_files_env(tmp_path):
         yield path
 
 
-BAD = {
+# case -> (the arguments, given the test's folder; words of the one error line)
+BAD: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "output is a file": (lambda t: ["--once", f"--output={t / 'afile'}"], "is a file, not a folder"),
     "output under /proc": (lambda t: ["--once", "--output=/proc/cdr-policy-test/x"], "--output"),
     "state dir is a file": (lambda t: ["--once", f"--state-dir={t / 'afile'}"], "--state-dir"),
@@ -56,7 +57,9 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_flags_and_paths_get_one_line_and_exit_2_before_any_request(case, env, gateway, tmp_path, capsys):
+def test_bad_flags_and_paths_get_one_line_and_exit_2_before_any_request(
+    case: str, env: dict[str, str], gateway: FakeQualysGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "latin1.yaml").write_bytes("feeds:\n  - name: caf\xe9\n".encode("latin-1"))
     argv, words = BAD[case]
@@ -67,7 +70,9 @@ def test_bad_flags_and_paths_get_one_line_and_exit_2_before_any_request(case, en
     assert "Traceback" not in err and gateway.requests == []
 
 
-def test_an_unreachable_gateway_fails_fast_naming_the_host_and_the_cause(env, tmp_path, capsys):
+def test_an_unreachable_gateway_fails_fast_naming_the_host_and_the_cause(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     port = free_port()
     started = time.monotonic()
     code, out, err = run(
@@ -81,7 +86,9 @@ def test_an_unreachable_gateway_fails_fast_naming_the_host_and_the_cause(env, tm
     assert elapsed < 10
 
 
-def test_two_tenants_with_the_default_state_folder_never_mix(env, tmp_path, capsys):
+def test_two_tenants_with_the_default_state_folder_never_mix(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     items = load_findings(FINDINGS)
     now = utcnow()
     only_b = [f for f in items if isinstance(f, dict) and f.get("category") == items[0].get("category")][:1]
@@ -101,7 +108,9 @@ def test_two_tenants_with_the_default_state_folder_never_mix(env, tmp_path, caps
     assert len(tenants) == 2 and all(t.startswith("127.0.0.1-") for t in tenants)
 
 
-def test_an_interrupted_write_leaves_the_previous_complete_set(env, tmp_path, capsys, monkeypatch):
+def test_an_interrupted_write_leaves_the_previous_complete_set(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     out_dir = tmp_path / "policies"
     (tmp_path / "policies").mkdir()
     (out_dir / "kustomization.yaml").write_text("resources: []\n")  # the user's own file survives
@@ -109,16 +118,16 @@ def test_an_interrupted_write_leaves_the_previous_complete_set(env, tmp_path, ca
     before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
     assert "report.json" in before and "kustomization.yaml" in before and len(before) > 5
 
-    written = []
+    written: list[str] = []
     real_write = Path.write_bytes
 
-    def write_then_interrupt(self, data):
+    def write_then_interrupt(self: Path, data: bytes) -> int:
         written.append(self.name)
         if len(written) == 4:
             raise KeyboardInterrupt
         return real_write(self, data)
 
-    monkeypatch.setattr(output_module.Path, "write_bytes", write_then_interrupt)
+    monkeypatch.setattr(Path, "write_bytes", write_then_interrupt)  # the class cli.output writes with
     code, _, _ = run(["--once", "--threat-intel", f"--output={out_dir}"], env, capsys)
     monkeypatch.undo()
     assert code == 130 and len(written) == 4
@@ -129,7 +138,13 @@ def test_an_interrupted_write_leaves_the_previous_complete_set(env, tmp_path, ca
     assert not list(tmp_path.glob(".policies.*"))
 
 
-def test_a_mount_point_is_filled_in_place(env, feed_files_env, tmp_path, capsys, monkeypatch):
+def test_a_mount_point_is_filled_in_place(
+    env: dict[str, str],
+    feed_files_env: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The CronJob's ``--output=/policies`` is an emptyDir under a read-only root: the folder cannot be
     swapped (a mount point cannot be renamed, its parent is read-only), so its content is replaced.
     (tests/infra/test_image.py runs that command line in the image, on a real mount.)"""
@@ -138,13 +153,13 @@ def test_a_mount_point_is_filled_in_place(env, feed_files_env, tmp_path, capsys,
     (out_dir / "kustomization.yaml").write_text("resources: []\n")
     real_ismount, real_rename = os.path.ismount, Path.rename
 
-    def rename(self, target):
+    def rename(self: Path, target: Path) -> Path:
         if self == out_dir:
             raise OSError(errno.EBUSY, "Device or resource busy")  # what renaming a mount point gets
         return real_rename(self, target)
 
-    monkeypatch.setattr(output_module.os.path, "ismount", lambda p: Path(p) == out_dir or real_ismount(p))
-    monkeypatch.setattr(output_module.Path, "rename", rename)
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out_dir or real_ismount(p))
+    monkeypatch.setattr(Path, "rename", rename)
     assert run(["--once", "--threat-intel", f"--feeds={feed_files_env}", f"--output={out_dir}"], env, capsys)[0] == 0
     with_feeds = {p.name for p in out_dir.iterdir()}
     assert run(["--once", f"--output={out_dir}"], env, capsys)[0] == 0
@@ -157,7 +172,7 @@ def test_a_mount_point_is_filled_in_place(env, feed_files_env, tmp_path, capsys,
 
 
 @pytest.mark.parametrize("module", ["fakes.feeds", "fakes.qualys"])
-def test_a_taken_port_is_one_line_not_a_traceback(module):
+def test_a_taken_port_is_one_line_not_a_traceback(module: str) -> None:
     with FeedServer() as taken:
         port = taken.base_url.rsplit(":", 1)[1]
         proc = subprocess.run(
@@ -172,11 +187,12 @@ def test_a_taken_port_is_one_line_not_a_traceback(module):
     assert len(lines) == 1 and "error: cannot listen on 127.0.0.1:" in lines[0], proc.stderr
 
 
-def test_the_feed_servers_standard_output_is_a_feeds_file():
+def test_the_feed_servers_standard_output_is_a_feeds_file() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "fakes.feeds"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
+        assert proc.stdout is not None
         text = "".join(proc.stdout.readline() for _ in demo_feeds_yaml("http://x").splitlines())
     finally:
         proc.terminate()
@@ -185,7 +201,9 @@ def test_the_feed_servers_standard_output_is_a_feeds_file():
     assert len(feeds) == 5 and all(f.url.startswith("http://127.0.0.1:") for f in feeds)
 
 
-def test_validate_reads_the_crds_from_the_current_cluster(env, tmp_path, capsys, crds_dir):
+def test_validate_reads_the_crds_from_the_current_cluster(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], crds_dir: Path
+) -> None:
     out_dir = tmp_path / "policies"
     assert run(["--once", "--action=Sigkill", f"--output={out_dir}"], env, capsys)[0] == 0
     crds = [
@@ -208,7 +226,9 @@ def test_validate_reads_the_crds_from_the_current_cluster(env, tmp_path, capsys,
     assert code == 2 and err.startswith("cdr-policy: error: validate: ") and len(err.splitlines()) == 1
 
 
-def test_progress_shows_on_a_terminal_and_not_elsewhere(env, tmp_path, capsys):
+def test_progress_shows_on_a_terminal_and_not_elsewhere(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import os
     import pty
 
@@ -239,7 +259,9 @@ def test_progress_shows_on_a_terminal_and_not_elsewhere(env, tmp_path, capsys):
     assert b"... page" not in proc.stdout
 
 
-def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(env, tmp_path, capsys):
+def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys, channel, applied = tmp_path / "keys", tmp_path / "channel", tmp_path / "applied"
     code, out, _ = run(["keygen", f"--out={keys}"], env, capsys)
     assert code == 0 and (keys / "bundle-signing.pem").stat().st_mode & 0o077 == 0
@@ -283,7 +305,9 @@ def test_a_signed_channel_made_by_the_cli_feeds_the_agents_directory_mode(env, t
     assert {p: p.read_bytes() for p in applied.rglob("*.yaml")} == before
 
 
-def test_fleet_commands_on_a_folder(env, tmp_path, capsys, feed_files_env):
+def test_fleet_commands_on_a_folder(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], feed_files_env: Path
+) -> None:
     keys, channel, state = tmp_path / "keys", tmp_path / "channel", tmp_path / "state"
     key = str(keys / "bundle-signing.pem")
     run(["keygen", f"--out={keys}"], env, capsys)
@@ -351,7 +375,9 @@ def test_fleet_commands_on_a_folder(env, tmp_path, capsys, feed_files_env):
     assert row.applied_digest == first and not row.behind
 
 
-def test_the_running_agent_serves_metrics_and_probes(env, tmp_path, capsys):
+def test_the_running_agent_serves_metrics_and_probes(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import os
     import signal
 

@@ -35,7 +35,7 @@ def _expected(lines: list[str]) -> dict[str, int]:
 
 
 @pytest.fixture
-def feed_dir(shared_feeds_dir, tmp_path) -> Path:
+def feed_dir(shared_feeds_dir: Path, tmp_path: Path) -> Path:
     """The real samples, plus a copy of blocklist.de with poisoned entries appended (ours)."""
     root = tmp_path / "feeds"
     root.mkdir()
@@ -46,7 +46,9 @@ def feed_dir(shared_feeds_dir, tmp_path) -> Path:
     return root
 
 
-def test_real_feeds_counts_poison_and_an_html_page(feed_dir, shared_feeds_dir, tmp_path, capsys):
+def test_real_feeds_counts_poison_and_an_html_page(
+    feed_dir: Path, shared_feeds_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     feeds_yaml = tmp_path / "feeds.yaml"
     with FakeQualysGateway(FINDINGS, rebase_to=utcnow()) as gateway, FeedServer(root=feed_dir) as server:
         feeds_yaml.write_text(

@@ -14,10 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cdr_policy import schemas
 from cdr_policy.cli.controller import MAX_BACKOFF_S, RETRIES_AT_INTERVAL, SCHEMA, next_wait
@@ -31,12 +32,12 @@ REPO = Path(__file__).resolve().parents[2]
 class Lines:
     """A stream of a process, line by line, as it comes."""
 
-    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, stream: Iterable[str]) -> None:
         self.seen: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, args=(stream,), daemon=True).start()
 
-    def _read(self, stream) -> None:  # type: ignore[no-untyped-def]
+    def _read(self, stream: Iterable[str]) -> None:
         for line in stream:
             self._queue.put(line.rstrip("\n"))
 
@@ -56,7 +57,7 @@ def failures(lines: list[str]) -> list[str]:
     return [line for line in lines if " failed (" in line]
 
 
-def test_the_controller_outlives_a_gateway_outage_and_recovers(tmp_path):
+def test_the_controller_outlives_a_gateway_outage_and_recovers(tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     output, state = tmp_path / "policies", tmp_path / "state"
     env = {
@@ -77,6 +78,7 @@ def test_the_controller_outlives_a_gateway_outage_and_recovers(tmp_path):
     ]
     gateway = FakeQualysGateway(FINDINGS, port=port).start()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None  # both piped
     out, err = Lines(proc.stdout), Lines(proc.stderr)
     try:
         out.wait_for(lambda seen: "Done." in seen, timeout=60)
@@ -118,7 +120,7 @@ def test_the_controller_outlives_a_gateway_outage_and_recovers(tmp_path):
     assert code == 0, "a signal ends it cleanly"
 
 
-def test_the_wait_after_failures_backs_off_with_jitter():
+def test_the_wait_after_failures_backs_off_with_jitter() -> None:
     rng = random.Random(7)
     waits = [next_wait(5, failures, rng, jitter=0) for failures in range(8)]
     assert waits[: RETRIES_AT_INTERVAL + 1] == [5] * (RETRIES_AT_INTERVAL + 1)
@@ -129,7 +131,7 @@ def test_the_wait_after_failures_backs_off_with_jitter():
     assert len(jittered) > 40 and all(54 <= w <= 66 for w in jittered)
 
 
-def test_a_configuration_error_ends_the_controller(tmp_path, capsys):
+def test_a_configuration_error_ends_the_controller(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Only a configuration error or a signal ends it: here the --output parent is a file."""
     from cdr_policy.cli import main
 

@@ -43,7 +43,7 @@ def _demo(output: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_demo_runs_to_the_end_and_says_what_it_did(tmp_path):
+def test_the_demo_runs_to_the_end_and_says_what_it_did(tmp_path: Path) -> None:
     crds = SHARED / "crds"
     output = tmp_path / "out"
 
@@ -75,7 +75,7 @@ def test_the_demo_runs_to_the_end_and_says_what_it_did(tmp_path):
     assert "\nTry: .venv/bin/cdr-policy validate demo-output/prod" in out
 
 
-def test_without_kms_sign_the_demo_fails_at_publish_with_access_denied(tmp_path):
+def test_without_kms_sign_the_demo_fails_at_publish_with_access_denied(tmp_path: Path) -> None:
     text = TEMPLATE.read_text()
     assert text.count(SIGN) == 1, "Publish's SignManifests statement as this test removes it"
     template = tmp_path / "template.yaml"

@@ -18,7 +18,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 AGENTS = 24
 
 
-def test_a_small_fleet_polls_once_per_agent_converges_and_is_listed(tmp_path: Path, capsys) -> None:
+def test_a_small_fleet_polls_once_per_agent_converges_and_is_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["--only", "f"]
     fleet = ["--fleet", str(AGENTS), "--fleet-interval", "0.5", "--fleet-update-interval", "1"]
     code = bench.main([*args, *fleet, "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")])

@@ -47,7 +47,7 @@ def fill(mount: Path) -> None:
 
 
 @pytest.fixture
-def small_disk(tmp_path) -> Iterator[Path]:
+def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, to be filled by the test when it wants it full."""
     if os.geteuid() != 0:
         pytest.skip("a real full filesystem needs root to mount a tmpfs (run the suite as root to cover it)")
@@ -58,7 +58,7 @@ def small_disk(tmp_path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def read_only(tmp_path) -> Iterator[Path]:
+def read_only(tmp_path: Path) -> Iterator[Path]:
     """A folder nobody can write to: a read-only tmpfs as root, else one without write permission."""
     where = tmp_path / "read-only"
     if os.geteuid() == 0:
@@ -86,14 +86,18 @@ def one_error_line(err: str, *words: str) -> str:
     return lines[0]
 
 
-def test_an_unwritable_state_folder_stops_the_run_before_anything(env, read_only, tmp_path, capsys):
+def test_an_unwritable_state_folder_stops_the_run_before_anything(
+    env: dict[str, str], read_only: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run(["--once", f"--state-dir={read_only}", f"--output={tmp_path / 'p'}"], env, capsys)
     assert code == 2 and out == ""
     one_error_line(err, f"--state-dir {read_only} is not a folder we can write to (")
     assert not (tmp_path / "p").exists()
 
 
-def test_a_full_state_disk_fails_the_run_in_one_line_and_keeps_the_output(env, small_disk, tmp_path, capsys):
+def test_a_full_state_disk_fails_the_run_in_one_line_and_keeps_the_output(
+    env: dict[str, str], small_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = tmp_path / "policies"
     assert run(["--once", f"--output={output}", f"--state-dir={tmp_path / 'good-state'}"], env, capsys)[0] == 0
     before = {p.name: p.read_bytes() for p in output.iterdir()}
@@ -107,7 +111,9 @@ def test_a_full_state_disk_fails_the_run_in_one_line_and_keeps_the_output(env, s
     assert leftovers(small_disk) == [] and leftovers(tmp_path) == []
 
 
-def test_a_full_output_disk_leaves_the_previous_policies(env, small_disk, tmp_path, capsys):
+def test_a_full_output_disk_leaves_the_previous_policies(
+    env: dict[str, str], small_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = small_disk / "policies"
     assert run(["--once", f"--output={output}"], env, capsys)[0] == 0
     before = {p.name: p.read_bytes() for p in output.iterdir()}
@@ -121,7 +127,9 @@ def test_a_full_output_disk_leaves_the_previous_policies(env, small_disk, tmp_pa
     assert leftovers(small_disk) == []
 
 
-def test_publish_and_keygen_on_a_full_disk(env, small_disk, tmp_path, capsys):
+def test_publish_and_keygen_on_a_full_disk(
+    env: dict[str, str], small_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys, channel = tmp_path / "keys", small_disk / "channel"
     assert run(["keygen", f"--out={keys}"], env, capsys)[0] == 0
     assert run(["--once", f"--output={tmp_path / 'p'}"], env, capsys)[0] == 0
@@ -139,7 +147,9 @@ def test_publish_and_keygen_on_a_full_disk(env, small_disk, tmp_path, capsys):
     assert not list((small_disk / "keys").glob("bundle-signing.*")), "no key left half-written"
 
 
-def test_publish_to_and_keygen_out_a_read_only_folder(env, read_only, tmp_path, capsys):
+def test_publish_to_and_keygen_out_a_read_only_folder(
+    env: dict[str, str], read_only: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys = tmp_path / "keys"
     assert run(["keygen", f"--out={keys}"], env, capsys)[0] == 0
     assert run(["--once", f"--output={tmp_path / 'p'}"], env, capsys)[0] == 0
@@ -153,7 +163,9 @@ def test_publish_to_and_keygen_out_a_read_only_folder(env, read_only, tmp_path, 
     one_error_line(err, "--out ", "is not a folder we can write to")
 
 
-def test_the_agent_on_a_full_state_disk_applies_says_so_and_keeps_running(env, small_disk, tmp_path, capsys):
+def test_the_agent_on_a_full_state_disk_applies_says_so_and_keeps_running(
+    env: dict[str, str], small_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys, channel = tmp_path / "keys", tmp_path / "channel"
     assert run(["keygen", f"--out={keys}"], env, capsys)[0] == 0
     assert run(["--once", f"--output={tmp_path / 'p'}"], env, capsys)[0] == 0
@@ -194,7 +206,9 @@ def test_the_agent_on_a_full_state_disk_applies_says_so_and_keeps_running(env, s
     assert "No space left on device" in err and "Traceback" not in err
 
 
-def test_the_agent_refuses_an_unwritable_state_folder_at_start(env, read_only, tmp_path, capsys):
+def test_the_agent_refuses_an_unwritable_state_folder_at_start(
+    env: dict[str, str], read_only: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys, channel = tmp_path / "keys", tmp_path / "channel"
     assert run(["keygen", f"--out={keys}"], env, capsys)[0] == 0
     channel.mkdir()

@@ -10,12 +10,13 @@ import ipaddress
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 import yaml
 
-from demo.runner import CHANNELS
+from demo.runner import CHANNELS, PipelineResult
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +26,12 @@ L3_PEERS = {"toCIDR", "toCIDRSet", "toEntities", "toEndpoints", "toServices", "t
 DENY_PEERS = L3_PEERS | {"toPorts", "icmps"}
 
 
-def _strict(schema: dict) -> dict:
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
     """Unknown fields become errors wherever the API server would prune them (structural schemas:
     the branches of oneOf/anyOf/allOf/not only add value checks, so they are left as they are)."""
     schema = copy.deepcopy(schema)
 
-    def walk(node, branch: bool = False):
+    def walk(node: Any, branch: bool = False) -> None:
         if isinstance(node, dict):
             if (
                 not branch
@@ -50,7 +51,7 @@ def _strict(schema: dict) -> dict:
     return schema
 
 
-def _cidr(value) -> bool:
+def _cidr(value: object) -> bool:
     if not isinstance(value, str) or "/" not in value:
         return False
     try:
@@ -61,9 +62,9 @@ def _cidr(value) -> bool:
 
 
 @pytest.fixture(scope="module")
-def crd_schemas(crds_dir) -> dict[tuple[str, str], list[dict]]:
+def crd_schemas(crds_dir: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """(apiVersion, kind) -> every upstream schema for it (main and v1.16.5 for Cilium)."""
-    found: dict[tuple[str, str], list[dict]] = {}
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for path in sorted(crds_dir.rglob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
@@ -74,9 +75,9 @@ def crd_schemas(crds_dir) -> dict[tuple[str, str], list[dict]]:
     return found
 
 
-def independent_problems(obj: dict, crd_schemas) -> list[str]:
+def independent_problems(obj: dict[str, Any], crd_schemas: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
     problems = []
-    schemas = crd_schemas.get((obj.get("apiVersion"), obj.get("kind")))
+    schemas = crd_schemas.get((str(obj.get("apiVersion")), str(obj.get("kind"))))
     if not schemas:
         return [f"no CRD serves {obj.get('apiVersion')} {obj.get('kind')}"]
     checker = jsonschema.FormatChecker()
@@ -133,11 +134,13 @@ def independent_problems(obj: dict, crd_schemas) -> list[str]:
     return problems
 
 
-def _objects(folder: Path) -> list[dict]:
+def _objects(folder: Path) -> list[dict[str, Any]]:
     return [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))]
 
 
-def test_the_checker_flags_what_the_independent_validator_flags(crd_schemas):
+def test_the_checker_flags_what_the_independent_validator_flags(
+    crd_schemas: dict[tuple[str, str], list[dict[str, Any]]],
+) -> None:
     bad = {
         "apiVersion": "cilium.io/v2",
         "kind": "CiliumClusterwideNetworkPolicy",
@@ -150,7 +153,9 @@ def test_the_checker_flags_what_the_independent_validator_flags(crd_schemas):
     assert any("enableDefaultDeny" in p for p in problems)
 
 
-def test_every_demo_object_passes_the_independent_validator(pipeline, crd_schemas):
+def test_every_demo_object_passes_the_independent_validator(
+    pipeline: tuple[PipelineResult, list[str]], crd_schemas: dict[tuple[str, str], list[dict[str, Any]]]
+) -> None:
     result, _ = pipeline
     objects = [o for c in CHANNELS for o in _objects(result.channel_dir(c["name"]))]
     assert len(objects) >= 20
@@ -159,7 +164,12 @@ def test_every_demo_object_passes_the_independent_validator(pipeline, crd_schema
 
 
 @pytest.mark.parametrize("action", ["Post", "Sigkill"])
-def test_every_cli_object_passes_the_independent_validator(tmp_path, crd_schemas, capsys, action):
+def test_every_cli_object_passes_the_independent_validator(
+    tmp_path: Path,
+    crd_schemas: dict[tuple[str, str], list[dict[str, Any]]],
+    capsys: pytest.CaptureFixture[str],
+    action: str,
+) -> None:
     from cdr_policy.cli import main
     from cdr_policy.timeutil import utcnow
     from demo.runner import FINDINGS

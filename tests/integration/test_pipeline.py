@@ -10,7 +10,9 @@ import gzip
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import jsonschema
@@ -29,8 +31,8 @@ from cdr_policy.hits.reports import read_report
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.policy.checker import SchemaSet, check_files
 from cdr_policy.settings import Settings
-from cdr_policy.storage import LocalStore, S3Store
-from demo.runner import CHANNELS
+from cdr_policy.storage import LocalStore, S3Store, Store
+from demo.runner import CHANNELS, PipelineResult
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +40,11 @@ PUBLIC_CDR_IPS = {"45.61.136.7/32", "45.95.169.12/32", "45.9.20.100/32", "2a0b:f
 NEVER_BLOCKED = {"169.254.169.254", "10.20.3.4", "8.8.8.8", "192.0.2.10", "100.64.12.7", "172.16.5.9", "fd00:ec2::254"}
 
 
-def _store(result, bucket: str) -> S3Store:
+def _store(result: PipelineResult, bucket: str) -> S3Store:
     return S3Store(result.stack.client("s3"), bucket)
 
 
-def test_every_step_reports_counts(pipeline):
+def test_every_step_reports_counts(pipeline: tuple[PipelineResult, list[str]]) -> None:
     result, lines = pipeline
     text = "\n".join(lines)
     steps = (
@@ -68,7 +70,7 @@ def test_every_step_reports_counts(pipeline):
     assert result.steps["publish"] == {"messages": 2 * renders, "batches": 1, "failed": 0}
 
 
-def test_state_bucket_holds_raw_findings_indicators_and_bundles(pipeline):
+def test_state_bucket_holds_raw_findings_indicators_and_bundles(pipeline: tuple[PipelineResult, list[str]]) -> None:
     result, _ = pipeline
     state = _store(result, result.stack.state_bucket)
     raw = state.list("raw/cdr/")
@@ -96,7 +98,9 @@ def test_state_bucket_holds_raw_findings_indicators_and_bundles(pipeline):
         assert NEVER_BLOCKED <= rejected
 
 
-def test_distribution_bucket_holds_signed_manifests_files_history_and_status(pipeline):
+def test_distribution_bucket_holds_signed_manifests_files_history_and_status(
+    pipeline: tuple[PipelineResult, list[str]],
+) -> None:
     result, _ = pipeline
     dist = _store(result, result.stack.dist_bucket)
     verifier = Verifier.from_public_pem(
@@ -118,24 +122,24 @@ def test_distribution_bucket_holds_signed_manifests_files_history_and_status(pip
 
 
 # What a document's value is replaced with, one place at a time (see the test below).
-EDGE_VALUES = (None, True, 0, -1, 1.5, "", "x", "0" * 64, "2026-01-10T16:45:00Z", [], {})
+EDGE_VALUES: tuple[object, ...] = (None, True, 0, -1, 1.5, "", "x", "0" * 64, "2026-01-10T16:45:00Z", [], {})
 
 
-def _replaced(doc, path, value):
+def _replaced(doc: Any, path: tuple[str | int, ...], value: Any) -> Any:
     if not path:
         return value
-    copy = dict(doc) if isinstance(doc, dict) else list(doc)
+    copy: Any = dict(doc) if isinstance(doc, dict) else list(doc)
     copy[path[0]] = _replaced(doc[path[0]], path[1:], value)
     return copy
 
 
-def _one_change_each(doc, items_per_list=1):
+def _one_change_each(doc: dict[str, Any], items_per_list: int = 1) -> Iterator[Any]:
     """``doc`` changed in one place, in every way: each value (in lists, of the first item)
     replaced by each of EDGE_VALUES, each key removed, an unknown key added to each object."""
 
-    def walk(node, path):
+    def walk(node: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], Any]]:
         yield path, node
-        children = (
+        children: Iterable[tuple[str | int, Any]] = (
             node.items()
             if isinstance(node, dict)
             else enumerate(node[:items_per_list])
@@ -155,14 +159,14 @@ def _one_change_each(doc, items_per_list=1):
             yield _replaced(doc, path, {**node, "unexpected": 1})
 
 
-def test_every_stored_document_is_judged_as_jsonschema_judges_it(pipeline):
+def test_every_stored_document_is_judged_as_jsonschema_judges_it(pipeline: tuple[PipelineResult, list[str]]) -> None:
     """The contracts' validator (``cdr_policy.schemas``) against jsonschema, the reference, on every
     kind of document the flow stored, each also changed in one place in every way: the same
     documents must fail, at the same places."""
     result, _ = pipeline
-    state = _store(result, result.stack.state_bucket)
-    dist = _store(result, result.stack.dist_bucket)
-    kinds = {
+    state: Store = _store(result, result.stack.state_bucket)
+    dist: Store = _store(result, result.stack.dist_bucket)
+    kinds: dict[str, list[tuple[Store, str]]] = {
         "indicator-set.schema.json": [(state, k) for k in state.list("indicators/")],
         "cdr-run.schema.json": [(state, layout.CDR_LAST_RUN)],
         "manifest.schema.json": [(state, k) for k in state.list("bundles/") if k.endswith("/bundle.json")]
@@ -190,14 +194,16 @@ def test_every_stored_document_is_judged_as_jsonschema_judges_it(pipeline):
     assert checked > 2500 and failing > checked // 3
 
 
-def _objects(folder: Path) -> list[dict]:
+def _objects(folder: Path) -> list[dict[str, Any]]:
     return [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))]
 
 
-def test_an_object_deleted_by_hand_comes_back_after_one_drift_interval(pipeline):
+def test_an_object_deleted_by_hand_comes_back_after_one_drift_interval(
+    pipeline: tuple[PipelineResult, list[str]],
+) -> None:
     result, lines = pipeline
     drift = result.drift
-    assert drift.last_poll.result == "repaired" and drift.drift is not None
+    assert drift is not None and drift.last_poll.result == "repaired" and drift.drift is not None
     assert len(drift.drift.missing) == 1 and drift.drift.repaired is True
     (missing,) = drift.drift.missing
     name = missing.split("/")[-1]
@@ -205,7 +211,9 @@ def test_an_object_deleted_by_hand_comes_back_after_one_drift_interval(pipeline)
     assert any("drift repaired (1 missing" in line for line in lines)
 
 
-def test_agents_applied_objects_that_pass_the_crds_and_the_checklist(pipeline, crds_dir):
+def test_agents_applied_objects_that_pass_the_crds_and_the_checklist(
+    pipeline: tuple[PipelineResult, list[str]], crds_dir: Path
+) -> None:
     result, _ = pipeline
     folders = [result.channel_dir(c["name"]) for c in CHANNELS]
     report = check_files(folders, SchemaSet.from_dir(crds_dir))
@@ -215,7 +223,7 @@ def test_agents_applied_objects_that_pass_the_crds_and_the_checklist(pipeline, c
     assert kinds == {"TracingPolicy", "CiliumClusterwideNetworkPolicy", "CiliumCIDRGroup"}
 
 
-def test_staging_audits_and_prod_enforces(pipeline):
+def test_staging_audits_and_prod_enforces(pipeline: tuple[PipelineResult, list[str]]) -> None:
     result, _ = pipeline
     for channel in CHANNELS:
         for obj in _objects(result.channel_dir(channel["name"])):
@@ -241,7 +249,9 @@ def test_staging_audits_and_prod_enforces(pipeline):
     assert ccg_versions == {"staging": {"cilium.io/v2alpha1"}, "prod": {"cilium.io/v2"}}
 
 
-def test_public_cdr_ips_are_in_both_blocklists_and_protected_ones_in_neither(pipeline):
+def test_public_cdr_ips_are_in_both_blocklists_and_protected_ones_in_neither(
+    pipeline: tuple[PipelineResult, list[str]],
+) -> None:
     result, _ = pipeline
     objects = _objects(result.channel_dir("prod"))
     cdr_groups = [o for o in objects if o["kind"] == "CiliumCIDRGroup" and "cdr-" in o["metadata"]["name"]]
@@ -265,7 +275,7 @@ def test_public_cdr_ips_are_in_both_blocklists_and_protected_ones_in_neither(pip
         assert f'"{ip}/' not in blocklists
 
 
-def test_redelivered_notifications_change_nothing(pipeline):
+def test_redelivered_notifications_change_nothing(pipeline: tuple[PipelineResult, list[str]]) -> None:
     from cdr_policy.wiring import cloud
 
     result, _ = pipeline
@@ -282,7 +292,7 @@ def test_redelivered_notifications_change_nothing(pipeline):
             assert outcome["status"] == "unchanged"
 
 
-def test_a_stale_publish_request_cannot_roll_a_channel_back(pipeline):
+def test_a_stale_publish_request_cannot_roll_a_channel_back(pipeline: tuple[PipelineResult, list[str]]) -> None:
     from cdr_policy.wiring import cloud
 
     result, _ = pipeline
@@ -291,7 +301,7 @@ def test_a_stale_publish_request_cannot_roll_a_channel_back(pipeline):
     assert outcome["status"] == "superseded"
 
 
-def test_a_second_fetch_duplicates_nothing(pipeline):
+def test_a_second_fetch_duplicates_nothing(pipeline: tuple[PipelineResult, list[str]]) -> None:
     from cdr_policy.wiring import cloud
     from demo.runner import FINDINGS
     from fakes.qualys import DEMO_PASSWORD, DEMO_USERNAME, FakeQualysGateway
@@ -310,7 +320,9 @@ def test_a_second_fetch_duplicates_nothing(pipeline):
     assert sorted(e["value"] for e in after["entries"]) == sorted(e["value"] for e in before["entries"])
 
 
-def test_a_tampered_bundle_is_refused_and_nothing_is_applied(pipeline, tmp_path):
+def test_a_tampered_bundle_is_refused_and_nothing_is_applied(
+    pipeline: tuple[PipelineResult, list[str]], tmp_path: Path
+) -> None:
     result, _ = pipeline
     dist = _store(result, result.stack.dist_bucket)
     manifest = json.loads(dist.get("channels/staging/manifest.json").data)
@@ -339,7 +351,7 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_applied(pipeline, tmp_path)
     assert not list((tmp_path / "applied").glob("*.yaml"))
 
 
-def _shell(monkeypatch, env: dict[str, str]) -> None:
+def _shell(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
     """This process's AWS settings as a new process started with ``env`` would have them."""
     for key in [k for k in os.environ if k.startswith("AWS_")]:
         monkeypatch.delenv(key)
@@ -349,7 +361,9 @@ def _shell(monkeypatch, env: dict[str, str]) -> None:
     aws.reset()  # the library's cached clients
 
 
-def test_fleet_commands_against_the_buckets(pipeline, capsys, monkeypatch):
+def test_fleet_commands_against_the_buckets(
+    pipeline: tuple[PipelineResult, list[str]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The operator's commands, with the operator's (administrator's) credentials."""
 
     result, _ = pipeline
@@ -391,7 +405,9 @@ def test_fleet_commands_against_the_buckets(pipeline, capsys, monkeypatch):
     assert capsys.readouterr().out.startswith("unchanged: channel prod")
 
 
-def test_prod_takes_what_staging_watched_and_the_change_it_holds_on_an_approval(pipeline, capsys, monkeypatch):
+def test_prod_takes_what_staging_watched_and_the_change_it_holds_on_an_approval(
+    pipeline: tuple[PipelineResult, list[str]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     result, lines = pipeline
     soaked, approved, (held,) = (result.promotion[k] for k in ("soaked", "approved", "held"))
     assert soaked.counts.promote > 0 and soaked.counts.hold == 1
@@ -406,7 +422,9 @@ def test_prod_takes_what_staging_watched_and_the_change_it_holds_on_an_approval(
     assert "1 change(s) promoted (1 grant(s))" in capsys.readouterr().out
 
 
-def test_the_hits_of_the_export_lines_come_back_to_the_fleet(pipeline, capsys):
+def test_the_hits_of_the_export_lines_come_back_to_the_fleet(
+    pipeline: tuple[PipelineResult, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
     """Tetragon and Hubble lines written on the demo's nodes for the shipped objects: each agent's
     status carries its nodes' sums, HitsRollup wrote what fired, and fleet hits agrees with the
     clusters; ``cdr-policy hits`` on the published bundle counts one node's files the same way."""

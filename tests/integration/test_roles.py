@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -84,7 +85,8 @@ def _target(arguments: dict[str, Any]) -> str:
     """What a policy template is about: the resource or parameter its one argument names."""
     (value,) = arguments.values()
     names = re.findall(r'"Ref": "(\w+)"|"Fn::GetAtt": \["(\w+)"|\$\{(\w+)\}', json.dumps(value))
-    return next(n for match in names for n in match if n and not n.startswith("AWS"))
+    name: str = next(n for match in names for n in match if n and not n.startswith("AWS"))
+    return name
 
 
 def without(template: dict[str, Any], grant: Grant) -> dict[str, Any]:
@@ -102,7 +104,7 @@ def without(template: dict[str, Any], grant: Grant) -> dict[str, Any]:
 
 def used_by(lines: list[str], number: int) -> str:
     """The ``# Used by:`` comment in the block of comment lines right above line ``number``."""
-    block = []
+    block: list[str] = []
     while number > 0 and lines[number - 1].lstrip().startswith("#"):
         number -= 1
         block.insert(0, lines[number].strip().lstrip("# "))
@@ -162,7 +164,7 @@ def world() -> Iterator[World]:
             yield World(server, gateway, feeds)
 
 
-def test_every_function_holds_grants_and_the_flow_covers_every_function():
+def test_every_function_holds_grants_and_the_flow_covers_every_function() -> None:
     assert {g.function for g in GRANTS} == set(FLOW) - {AGENTS}
     assert len(GRANTS) >= 17
     left_out = [g for g in ALL_GRANTS if not in_the_demo_flow(g)]
@@ -173,7 +175,7 @@ def test_every_function_holds_grants_and_the_flow_covers_every_function():
 
 
 @pytest.mark.parametrize("grant", GRANTS, ids=str)
-def test_without_one_grant_its_function_fails_with_access_denied(grant, world, tmp_path):
+def test_without_one_grant_its_function_fails_with_access_denied(grant: Grant, world: World, tmp_path: Path) -> None:
     template = tmp_path / "template.json"
     template.write_text(json.dumps(without(TEMPLATE_DATA, grant)))
     environment = f"roles{next(_environments)}"
@@ -225,7 +227,7 @@ def statement_starts(text: str) -> dict[int, str]:
     return starts
 
 
-def test_every_statement_names_the_path_that_uses_it():
+def test_every_statement_names_the_path_that_uses_it() -> None:
     text = TEMPLATE.read_text()
     lines = text.splitlines()
     starts = statement_starts(text)
@@ -255,7 +257,7 @@ def test_every_statement_names_the_path_that_uses_it():
     assert missing == [], "statements without a '# Used by:' comment naming the path that uses them"
 
 
-def test_the_removal_is_what_the_check_sees():
+def test_the_removal_is_what_the_check_sees() -> None:
     """A grant removed is gone from the template CloudFormation receives, and nothing else is."""
     grant = next(g for g in GRANTS if g.sid == "SignManifests")
     changed = without(TEMPLATE_DATA, grant)

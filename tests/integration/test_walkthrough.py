@@ -36,11 +36,11 @@ def walkthroughs() -> dict[str, list[str]]:
     return found
 
 
-def test_every_walkthrough_of_the_docs_is_run_here():
+def test_every_walkthrough_of_the_docs_is_run_here() -> None:
     assert set(walkthroughs()) == TESTED
 
 
-def run(command: str, env: dict[str, str], capsys, program: str) -> tuple[int, str]:
+def run(command: str, env: dict[str, str], capsys: pytest.CaptureFixture[str], program: str) -> tuple[int, str]:
     words = shlex.split(command)
     assert words[0] == program, command
     code = main(words[1:], env)
@@ -49,7 +49,9 @@ def run(command: str, env: dict[str, str], capsys, program: str) -> tuple[int, s
     return code, out
 
 
-def test_the_held_bundle_walkthrough_works_by_copying_the_printed_commands(env, tmp_path, monkeypatch, capsys):
+def test_the_held_bundle_walkthrough_works_by_copying_the_printed_commands(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", env["HOME"])  # the agent keeps its state under ~/.cache by default
     commands = walkthroughs()["held"]
@@ -67,7 +69,9 @@ def test_the_held_bundle_walkthrough_works_by_copying_the_printed_commands(env, 
     assert code == 1 and held.startswith("held: channel local, bundle "), held
     printed = [line.strip() for line in held.splitlines() if line.startswith("  cdr-policy ")]
     assert [c.split()[1:3] for c in printed] == [["channel", "diff"], ["channel", "approve"], ["publish", "--to"]]
-    digest = re.search(r"bundle ([0-9a-f]{12})", held).group(1)
+    found = re.search(r"bundle ([0-9a-f]{12})", held)
+    assert found is not None, held
+    digest = found.group(1)
     approve = shlex.split(printed[1])
     state = Path(approve[approve.index("--state") + 1])
     assert state.is_dir() and state.is_absolute(), "the real state folder"
@@ -89,7 +93,9 @@ def test_the_held_bundle_walkthrough_works_by_copying_the_printed_commands(env, 
     assert code == 0 and "approved by local:" in history and history.count("\n") >= 3
 
 
-def test_the_readmes_first_run_works_as_written(env, tmp_path, monkeypatch, capsys):
+def test_the_readmes_first_run_works_as_written(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The README's first run against the fake gateway (``make fake-gateway``'s exports in ``env``):
     audit-mode policies, checked; signed into a channel folder; the agent applies them."""
     monkeypatch.chdir(tmp_path)
@@ -110,7 +116,7 @@ def test_the_readmes_first_run_works_as_written(env, tmp_path, monkeypatch, caps
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-def test_nothing_the_walkthrough_creates_can_be_committed(tmp_path, capsys):
+def test_nothing_the_walkthrough_creates_can_be_committed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")
     assert main(["keygen", f"--out={tmp_path / 'keys'}"], {}) == 0

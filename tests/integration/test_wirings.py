@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,7 @@ def _contents(store: Store) -> dict[str, bytes]:
     return {key: store.get(key).data for key in store.list("")}
 
 
-def test_cdr_fetch_and_render_leave_the_same_bytes_through_both_wirings(tmp_path):
+def test_cdr_fetch_and_render_leave_the_same_bytes_through_both_wirings(tmp_path: Path) -> None:
     with (
         FakeQualysGateway(REPO / "events" / "findings", rebase_to=NOW) as gateway,
         moto_server() as server,

@@ -19,6 +19,7 @@ import dataclasses
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 
@@ -218,12 +219,12 @@ def _sources() -> dict[str, str]:
     }
 
 
-def test_contract_documents_are_read_through_their_typed_definitions_only():
+def test_contract_documents_are_read_through_their_typed_definitions_only() -> None:
     found = violations(_sources())
     assert not found, "read these through the contract's typed fields:\n" + "\n".join(found)
 
 
-def test_every_allowance_is_still_needed():
+def test_every_allowance_is_still_needed() -> None:
     sources = _sources()
     used = {
         (path, function)
@@ -251,7 +252,7 @@ def test_every_allowance_is_still_needed():
         'def shown(result):\n    return result.agents["prod"]["applied_digest"]\n',
     ],
 )
-def test_a_planted_read_by_key_is_found(planted):
+def test_a_planted_read_by_key_is_found(planted: str) -> None:
     sources = {**_sources(), "demo/planted.py": planted}
     assert [v for v in violations(sources) if v.startswith("demo/planted.py")]
 
@@ -272,7 +273,7 @@ def test_in_the_cli_a_read_by_key_under_any_name_is_found(planted: str) -> None:
     assert violations({**sources, "demo/planted.py": planted}) == []  # elsewhere only documents' names count
 
 
-def test_a_decoder_may_read_by_key_and_an_object_by_attribute_is_fine():
+def test_a_decoder_may_read_by_key_and_an_object_by_attribute_is_fine() -> None:
     text = (
         "class S:\n    @classmethod\n    def from_json(cls, doc):\n        return cls(doc['a'])\n"
         "def f(status):\n    return status.last_poll.result\n"
@@ -284,7 +285,7 @@ def test_a_decoder_may_read_by_key_and_an_object_by_attribute_is_fine():
 
 # -- round trips and hostile documents of each contract -------------------------------------------
 
-BUDGET = {
+BUDGET: dict[str, Any] = {
     "budget_percent": 20,
     "min_changes": 5,
     "engines": {
@@ -295,7 +296,7 @@ BUDGET = {
     "vetted": False,
 }
 # promoted on evidence: only the removals count
-VETTED = {
+VETTED: dict[str, Any] = {
     **BUDGET,
     "engines": {
         "tetragon": {**BUDGET["engines"]["tetragon"], "percent": 10.0},
@@ -303,7 +304,7 @@ VETTED = {
     },
     "vetted": True,
 }
-PUBLISHED = {
+PUBLISHED: dict[str, Any] = {
     "status": "held",
     "channel": "prod",
     "digest": "a" * 64,
@@ -315,7 +316,7 @@ PUBLISHED = {
     "budget": BUDGET,
     "errors": [],
 }
-RUN_REPORT = {
+RUN_REPORT: dict[str, Any] = {
     "generated_at": "2026-01-10T00:00:00Z",
     "schema_version": 1,
     "channel": {"name": "prod", "action": "Sigkill"},
@@ -334,8 +335,13 @@ RUN_REPORT = {
     "domains": {},
     "ports": {"values": []},
 }
-PROBLEM = {"severity": "error", "code": "schema.unknown-field", "path": "spec.x", "message": "unknown field x"}
-VALIDATED = {
+PROBLEM: dict[str, Any] = {
+    "severity": "error",
+    "code": "schema.unknown-field",
+    "path": "spec.x",
+    "message": "unknown field x",
+}
+VALIDATED: dict[str, Any] = {
     "files": [
         {"path": "broken.yml", "problems": [{**PROBLEM, "code": "file.yaml", "path": ""}], "objects": []},
         {
@@ -352,7 +358,7 @@ VALIDATED = {
     "warnings": 1,
     "skipped_rules": ["cilium: rule"],
 }
-HIT_ROW = {
+HIT_ROW: dict[str, Any] = {
     "engine": "tetragon",
     "object": "cdr-dynamic-blocklist-1",
     "address": "45.33.32.7",
@@ -365,8 +371,8 @@ HIT_ROW = {
     "findings": ["f-1", "f-2"],
     "categories": [],
 }
-HITS = {"hits": [HIT_ROW], "events": {"read": 5, "ours": 3, "unattributed": 1, "malformed": 1}}
-FLEET_HITS = {
+HITS: dict[str, Any] = {"hits": [HIT_ROW], "events": {"read": 5, "ours": 3, "unattributed": 1, "malformed": 1}}
+FLEET_HITS: dict[str, Any] = {
     "since": "2026-01-03T00:00:00Z",
     "until": "2026-01-10T00:00:00Z",
     "hits": 8,
@@ -398,8 +404,8 @@ FLEET_HITS = {
     "top_workloads": [{"cluster_id": "eks-prod-1", "namespace": "shop", "workload": None, "hits": 6}],
     "unreadable_statuses": 0,
 }
-WORKLOAD = {"cluster": "stg-1", "namespace": "payments", "workload": "checkout", "hits": 2}
-DECIDED = {
+WORKLOAD: dict[str, Any] = {"cluster": "stg-1", "namespace": "payments", "workload": "checkout", "hits": 2}
+DECIDED: dict[str, Any] = {
     "schema_version": 1,
     "channel": "prod",
     "from": "staging",
@@ -465,7 +471,7 @@ DECIDED = {
         }
     ],
 }
-PROMOTED = {
+PROMOTED: dict[str, Any] = {
     "generation": 4,
     "from": "staging",
     "promoted": 3,
@@ -475,7 +481,7 @@ PROMOTED = {
     "rolled_back": None,
     "held_back": 0,
 }
-CHANNEL_ROW = {
+CHANNEL_ROW: dict[str, Any] = {
     "channel": "prod",
     "digest": "a" * 64,
     "generation": 4,
@@ -485,7 +491,7 @@ CHANNEL_ROW = {
     "mode": "enforce",
     "objects": 3,
 }
-GENERATION = {
+GENERATION: dict[str, Any] = {
     "generation": 4,
     "digest": "a" * 64,
     "created_at": "2026-01-10T00:00:00Z",
@@ -497,13 +503,13 @@ GENERATION = {
     "shipping": True,
     "promotion": PROMOTED,
 }
-HISTORY = {
+HISTORY: dict[str, Any] = {
     "channel": "prod",
     "shipping": "a" * 64,
     "generations": [GENERATION, {**GENERATION, "generation": 3, "shipping": False, "promotion": None}],
     "skipped": 1,
 }
-FLEET_ROW = {
+FLEET_ROW: dict[str, Any] = {
     "cluster_id": "eks-prod-1",
     "channel": "prod",
     "applied_digest": "a" * 64,
@@ -521,14 +527,17 @@ FLEET_ROW = {
     "errors": 0,
     "promotion": PROMOTED,
 }
-OBJECT_CHANGE = {"object": "TracingPolicy/tp-threat-intel-blocklist", "provenance": {"sources": "tor-exit=38"}}
-PREFIX_CHANGE = {
+OBJECT_CHANGE: dict[str, Any] = {
+    "object": "TracingPolicy/tp-threat-intel-blocklist",
+    "provenance": {"sources": "tor-exit=38"},
+}
+PREFIX_CHANGE: dict[str, Any] = {
     "prefix": "45.33.32.0/24",
     "objects": ["CiliumCIDRGroup/ccg-threat-intel-001", "TracingPolicy/tp-threat-intel-blocklist"],
     "provenance": {"categories": "tor", "feeds": "tor-exit"},
     "scope": "prefix",
 }
-DIFF = {
+DIFF: dict[str, Any] = {
     "channel": "prod",
     "from": "a" * 64,
     "to": "b" * 64,
@@ -538,7 +547,21 @@ DIFF = {
         "removed": [{**PREFIX_CHANGE, "prefix": "10.9.0.0/16", "objects": ["TracingPolicy/x"], "scope": "object"}],
     },
 }
-CONTRACTS = [
+
+
+class Contract(Protocol):
+    """A contract's value: ``to_json`` writes the document it was read from."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class ContractClass(Protocol):
+    """A contract's class: ``from_json`` reads a document into one."""
+
+    def from_json(self, doc: Any, /) -> Contract: ...
+
+
+CONTRACTS: list[tuple[ContractClass, dict[str, Any]]] = [
     (BundleDiff, DIFF),
     (
         BundleDiff,
@@ -583,7 +606,7 @@ CONTRACTS = [
 
 
 @pytest.mark.parametrize(("contract", "doc"), CONTRACTS, ids=lambda c: getattr(c, "__name__", ""))
-def test_a_contract_reads_back_what_it_wrote(contract, doc):
+def test_a_contract_reads_back_what_it_wrote(contract: ContractClass, doc: dict[str, Any]) -> None:
     value = contract.from_json(doc)
     assert value.to_json() == doc and contract.from_json(value.to_json()) == value
 
@@ -600,7 +623,9 @@ def _deep(levels: int) -> dict[str, object]:
 
 @pytest.mark.parametrize(("contract", "doc"), CONTRACTS, ids=lambda c: getattr(c, "__name__", ""))
 @pytest.mark.parametrize("break_it", ["missing", "wrong_type", "extra", "not_an_object", "deep"])
-def test_a_broken_document_is_one_contract_error_naming_it(contract, doc, break_it):
+def test_a_broken_document_is_one_contract_error_naming_it(
+    contract: ContractClass, doc: dict[str, Any], break_it: str
+) -> None:
     first = next(iter(doc))
     broken: object = {
         "missing": {k: v for k, v in doc.items() if k != first},
@@ -614,7 +639,7 @@ def test_a_broken_document_is_one_contract_error_naming_it(contract, doc, break_
     assert "SECRET" not in str(caught.value)
 
 
-def test_a_budget_whose_percent_does_not_follow_from_its_counts_is_refused():
+def test_a_budget_whose_percent_does_not_follow_from_its_counts_is_refused() -> None:
     engines = {**BUDGET["engines"], "tetragon": {**BUDGET["engines"]["tetragon"], "percent": 1.0}}
     with pytest.raises(ContractError, match="engines/tetragon: percent"):
         Budget.from_json({**BUDGET, "engines": engines})
@@ -625,7 +650,7 @@ def test_a_budget_whose_percent_does_not_follow_from_its_counts_is_refused():
     ("promotion", "named"),
     [({**PROMOTED, "from": ["SECRET"]}, "from is not of type"), ({**PROMOTED, "held": "SECRET"}, "held")],
 )
-def test_a_history_names_a_broken_promotion_by_the_generations_position(promotion, named):
+def test_a_history_names_a_broken_promotion_by_the_generations_position(promotion: dict[str, Any], named: str) -> None:
     generations = [GENERATION, {**GENERATION, "promotion": promotion}]
     with pytest.raises(ContractError, match=f"channel history: generations/1: promotion: {named}") as caught:
         ChannelHistory.from_json({**HISTORY, "generations": generations})
@@ -659,19 +684,19 @@ def test_a_diff_writes_its_digests_as_from_and_to() -> None:
         BundleDiff.from_json({**DIFF, "from": None})
 
 
-def test_a_feed_summary_names_the_feed_by_position():
+def test_a_feed_summary_names_the_feed_by_position() -> None:
     with pytest.raises(ContractError, match="feeds/0") as caught:
         FeedSyncSummary.from_json({"feeds": {"SECRET": {"status": 1, "entries": 3}}, "written": [], "rejected": 0})
     assert "SECRET" not in str(caught.value) and FeedSummary.from_json({"status": "ok", "entries": 1}, "f")
 
 
 @pytest.mark.parametrize("count", ["objects", "errors", "warnings"])
-def test_a_validate_report_whose_counts_disagree_with_its_problems_is_refused(count):
+def test_a_validate_report_whose_counts_disagree_with_its_problems_is_refused(count: str) -> None:
     with pytest.raises(ContractError, match=f"validate report: {count} does not agree"):
         ValidateReport.from_json({**VALIDATED, count: VALIDATED[count] + 1})
 
 
-def test_a_validate_report_names_a_broken_problem_by_position():
+def test_a_validate_report_names_a_broken_problem_by_position() -> None:
     with pytest.raises(ContractError, match="files/1: objects/0: problems/0: severity") as caught:
         bad = {**PROBLEM, "severity": "SECRET"}
         ValidateReport.from_json(
@@ -689,7 +714,7 @@ def test_a_validate_report_names_a_broken_problem_by_position():
     assert "SECRET" not in str(caught.value)
 
 
-def test_a_node_report_and_a_status_carry_the_same_hits_section():
+def test_a_node_report_and_a_status_carry_the_same_hits_section() -> None:
     report = NodeReport("worker-1", "prod", HitTable().to_section(datetime(2026, 1, 10, tzinfo=UTC)))
     assert NodeReport.from_json(report.to_json(), "worker-1") == report
     status = AgentStatus.from_json({**GOOD, "hits": report.hits.to_json()})

@@ -31,7 +31,13 @@ def rank(indicators: list[Indicator]) -> list[str]:
     return [table.value(row) for row in range(len(table))]
 
 
-def ind(value: str, sources: list[str], category: str = "attacker", last: str = "2026-03-01T10:00:00Z", score=None):
+def ind(
+    value: str,
+    sources: list[str],
+    category: str = "attacker",
+    last: str = "2026-03-01T10:00:00Z",
+    score: int | None = None,
+) -> Indicator:
     return Indicator(
         value=value,
         kind="ip",

@@ -6,13 +6,16 @@ from __future__ import annotations
 import gzip
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
 import pytest
 import urllib3
+from urllib3 import HTTPConnectionPool
+from urllib3.connection import HTTPConnection
 
 from cdr_policy import httpclient
 from fakes.loopback import LoopbackServer
@@ -21,9 +24,18 @@ from fakes.tls import self_signed, server_context
 BODY = b"198.51.100.7\n" * 20_000  # several chunks
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """A request as the server read it."""
+
+    line: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    seen: list[dict[str, object]] = []
+    seen: list[_Seen] = []
     connections: set[int] = set()
 
     def log_message(self, *args: object) -> None:
@@ -31,11 +43,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self) -> bytes:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        type(self).seen.append({"line": self.requestline, "headers": list(self.headers.items()), "body": body})
+        type(self).seen.append(_Seen(self.requestline, list(self.headers.items()), body))
         type(self).connections.add(self.client_address[1])
         return body
 
-    def _send(self, status: int, body: bytes, headers: list[tuple[str, str]] = (), length: int | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, headers: Sequence[tuple[str, str]] = (), length: int | None = None
+    ) -> None:
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
@@ -76,9 +90,9 @@ def test_request_and_response_cross_unchanged(server: str) -> None:
     with httpclient.client() as client:
         resp = client.post(f"{server}/api?q=a%20b", content=b"payload", headers={"X-Api-Key": "k"})
     (seen,) = _Handler.seen
-    assert seen["line"] == "POST /api?q=a%20b HTTP/1.1" and seen["body"] == b"payload"
-    assert ("X-Api-Key", "k") in seen["headers"]  # the name as given, as httpcore sends it
-    assert [name for name, _ in seen["headers"]].count("Host") == 1
+    assert seen.line == "POST /api?q=a%20b HTTP/1.1" and seen.body == b"payload"
+    assert ("X-Api-Key", "k") in seen.headers  # the name as given, as httpcore sends it
+    assert [name for name, _ in seen.headers].count("Host") == 1
     assert (resp.status_code, resp.reason_phrase, resp.http_version) == (201, "Created", "HTTP/1.1")
     assert resp.headers.get_list("x-seen") == ["one", "two"] and resp.content == b"got payload"
 
@@ -123,9 +137,17 @@ def test_connect_refused_is_a_connect_error() -> None:
 @pytest.mark.parametrize(
     ("error", "reading", "expected"),
     [
-        (urllib3.exceptions.NameResolutionError("h", None, socket.gaierror()), False, httpx.ConnectError),
+        (
+            urllib3.exceptions.NameResolutionError("h", HTTPConnection("h"), socket.gaierror()),
+            False,
+            httpx.ConnectError,
+        ),
         (urllib3.exceptions.ConnectTimeoutError(), False, httpx.ConnectTimeout),
-        (urllib3.exceptions.ReadTimeoutError(None, None, "Read timed out."), True, httpx.ReadTimeout),
+        (
+            urllib3.exceptions.ReadTimeoutError(HTTPConnectionPool("h"), None, "Read timed out."),
+            True,
+            httpx.ReadTimeout,
+        ),
         (urllib3.exceptions.SSLError("handshake"), False, httpx.ConnectError),
         (urllib3.exceptions.SSLError("bad record mac"), True, httpx.ReadError),
         (urllib3.exceptions.ProtocolError("Connection broken"), True, httpx.RemoteProtocolError),
@@ -161,7 +183,9 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         yield srv.base_url.replace("https://127.0.0.1", "https://localhost"), pem
 
 
-def test_tls_is_verified_against_httpx_s_trust_store(tls_server: tuple[str, Path], monkeypatch) -> None:
+def test_tls_is_verified_against_httpx_s_trust_store(
+    tls_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, pem = tls_server
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     monkeypatch.setenv("SSL_CERT_FILE", str(pem))  # httpx's trust store honours it, as before

@@ -12,14 +12,14 @@ from tests.conftest import REPO
 
 
 @pytest.mark.parametrize(("marker", "families"), [("state", layout.STATE_KEYS), ("dist", layout.DIST_KEYS)])
-def test_architecture_page_shows_the_layout(marker, families):
+def test_architecture_page_shows_the_layout(marker: str, families: tuple[layout.KeyFamily, ...]) -> None:
     page = (REPO / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
     match = re.search(rf"<!-- layout:{marker} -->\n(.*?)\n<!-- /layout:{marker} -->", page, re.S)
     assert match, f"docs/ARCHITECTURE.md has no layout:{marker} block"
     assert match.group(1) == layout.markdown_table(families), "regenerate the table from cdr_policy.layout"
 
 
-def test_every_key_function_lands_in_a_documented_family():
+def test_every_key_function_lands_in_a_documented_family() -> None:
     keys = [
         layout.raw_cdr_page_key(datetime(2026, 1, 27, 8, 54, 41, 396000), 1),
         layout.feed_set_key("tor-exit"),
@@ -37,7 +37,7 @@ def test_every_key_function_lands_in_a_documented_family():
     assert keys[0] == "raw/cdr/2026/01/27/20260127T085441.396Z-00001.json.gz"
 
 
-def test_the_demo_feeds_readme_names_files_that_exist():
+def test_the_demo_feeds_readme_names_files_that_exist() -> None:
     """Issue 21 point 11: demo/feeds/README.md named ``demo/feed_server.py``, which does not exist."""
     folder = REPO / "demo" / "feeds"
     named = re.findall(r"`([\w./-]+\.(?:py|txt))`", (folder / "README.md").read_text(encoding="utf-8"))

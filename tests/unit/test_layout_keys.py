@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def spellings(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def test_prefixes_are_found_in_the_layout():
+def test_prefixes_are_found_in_the_layout() -> None:
     assert {layout.BUNDLES, layout.CHANNELS, layout.STATUS, layout.APPROVALS, layout.INDICATORS} <= set(PREFIXES)
 
 
@@ -60,7 +61,7 @@ def test_prefixes_are_found_in_the_layout():
     sorted(p for p in LIBRARY.rglob("*.py") if p != LIBRARY / "layout.py"),
     ids=lambda p: p.relative_to(LIBRARY).as_posix(),
 )
-def test_no_module_but_layout_spells_a_key(path):
+def test_no_module_but_layout_spells_a_key(path: Path) -> None:
     relative = path.relative_to(LIBRARY).as_posix()
     found = [
         (line, text) for line, text in spellings(path) if not any(f in text for r, f in ELSEWHERE if r == relative)
@@ -68,13 +69,13 @@ def test_no_module_but_layout_spells_a_key(path):
     assert found == [], f"{relative}: spell these with cdr_policy.layout"
 
 
-def test_the_check_finds_a_spelled_key(tmp_path):
+def test_the_check_finds_a_spelled_key(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text('"""About bundles/<digest>/bundle.json."""\nKEY = f"bundles/{1}/report.json"\nX = "status/"\n')
     assert sorted(line for line, _ in spellings(module)) == [2, 2, 3]
 
 
-def test_each_key_parses_back_to_what_built_it():
+def test_each_key_parses_back_to_what_built_it() -> None:
     assert layout.rendered_digest(layout.bundle_manifest_key(DIGEST)) == DIGEST
     assert layout.feed_set_name(layout.feed_set_key("tor-exit")) == "tor-exit"
     assert layout.status_cluster(layout.status_key("prod-eu-1")) == "prod-eu-1"
@@ -99,5 +100,5 @@ def test_each_key_parses_back_to_what_built_it():
         (lambda k: layout.history_entry("prod", k), f"{layout.history_prefix('prod')}{DIGEST}.json"),
     ],
 )
-def test_other_keys_parse_to_none(parse, key):
+def test_other_keys_parse_to_none(parse: Callable[[str], object], key: str) -> None:
     assert parse(key) is None

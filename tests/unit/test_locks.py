@@ -70,14 +70,14 @@ def pyproject_requirements() -> list[Requirement]:
 
 
 @pytest.mark.parametrize("lock", LOCKS, ids=lambda p: p.relative_to(REPO).as_posix())
-def test_every_locked_package_is_pinned_with_its_hashes(lock):
+def test_every_locked_package_is_pinned_with_its_hashes(lock: Path) -> None:
     entries = read_lock(lock)
     assert entries
     assert [e.name for e in entries if e.hashes == 0] == []
 
 
 @pytest.mark.parametrize(("source", "lock"), [(LAYER_IN, LAYER_LOCK), (TOOLS_IN, TOOLS_LOCK)], ids=["layer", "tools"])
-def test_what_we_choose_is_what_is_locked(source, lock):
+def test_what_we_choose_is_what_is_locked(source: Path, lock: Path) -> None:
     locked = by_name(lock)
     for requirement in chosen(source):
         versions = {e.version for e in locked.get(canonicalize_name(requirement.name), [])}
@@ -85,13 +85,13 @@ def test_what_we_choose_is_what_is_locked(source, lock):
         assert all(requirement.specifier.contains(v, prereleases=True) for v in versions), requirement
 
 
-def test_the_development_lock_runs_the_layers_versions():
+def test_the_development_lock_runs_the_layers_versions() -> None:
     dev = by_name(DEV_LOCK)
     for name, entries in by_name(LAYER_LOCK).items():
         assert {e.version for e in dev.get(name, [])} == {e.version for e in entries}, name
 
 
-def test_every_dependency_pyproject_names_is_locked_at_a_version_it_accepts():
+def test_every_dependency_pyproject_names_is_locked_at_a_version_it_accepts() -> None:
     dev = by_name(DEV_LOCK)
     for requirement in pyproject_requirements():
         versions = {e.version for e in dev.get(canonicalize_name(requirement.name), []) if e.applies()}
@@ -99,7 +99,7 @@ def test_every_dependency_pyproject_names_is_locked_at_a_version_it_accepts():
         assert all(requirement.specifier.contains(v, prereleases=True) for v in versions), requirement
 
 
-def test_the_virtualenv_holds_exactly_the_locked_versions():
+def test_the_virtualenv_holds_exactly_the_locked_versions() -> None:
     stale = {}
     for name, entries in by_name(DEV_LOCK).items():
         wanted = {e.version for e in entries if e.applies()}

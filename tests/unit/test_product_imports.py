@@ -28,7 +28,7 @@ def imports_of_tests(source: str) -> list[int]:
 
 
 @pytest.mark.parametrize("folder", PRODUCT)
-def test_the_product_imports_nothing_from_the_tests(folder):
+def test_the_product_imports_nothing_from_the_tests(folder: str) -> None:
     found = {
         f"{path.relative_to(REPO)}:{line}"
         for path in sorted((REPO / folder).rglob("*.py"))
@@ -37,6 +37,6 @@ def test_the_product_imports_nothing_from_the_tests(folder):
     assert not found, f"imports from tests/ (move what they need to fakes/): {sorted(found)}"
 
 
-def test_the_scan_finds_an_import_of_the_tests():
+def test_the_scan_finds_an_import_of_the_tests() -> None:
     source = "import os\nfrom tests.unit.bundle.factory import T0\nimport tests.conftest as c\nfrom .tests import x\n"
     assert imports_of_tests(source) == [2, 3]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cdr_policy.bundle.assemble import assemble
+from cdr_policy.bundle.manifest import Settings
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.serialize import dump_yaml
 from tests.unit.policy.factories import NOW, behaviour, cdr_set, indicator, render
@@ -24,7 +25,7 @@ Objects = list[dict[str, Any]]
 
 
 @functools.cache
-def _rendered() -> tuple[Objects, Any]:
+def _rendered() -> tuple[Objects, Settings]:
     sets = [
         cdr_set(
             [indicator("45.33.32.0/24"), indicator("2a00:1450:4001::/48"), indicator("tcp/4444", kind="port")],
@@ -36,7 +37,7 @@ def _rendered() -> tuple[Objects, Any]:
     return bundle.objects, bundle.manifest.settings
 
 
-def rendered() -> tuple[Objects, Any]:
+def rendered() -> tuple[Objects, Settings]:
     """A fresh copy of the render's objects, and the manifest settings they were rendered with."""
     objects, settings = _rendered()
     return copy.deepcopy(objects), settings
@@ -74,11 +75,12 @@ def _behaviour(objects: Objects, rule: str) -> dict[str, Any]:
 def _exec_selector(objects: Objects, rule: str = "crypto_mining") -> dict[str, Any]:
     policy = _behaviour(objects, rule)
     [kprobe] = [k for k in policy["spec"]["kprobes"] if k["call"] == "security_bprm_check"]
-    return kprobe["selectors"][0]
+    selector: dict[str, Any] = kprobe["selectors"][0]
+    return selector
 
 
 def _daddr(objects: Objects) -> dict[str, Any]:
-    selector = _tetragon_blocklist(objects)["spec"]["kprobes"][0]["selectors"][0]
+    selector: dict[str, Any] = _tetragon_blocklist(objects)["spec"]["kprobes"][0]["selectors"][0]
     return selector
 
 

@@ -5,6 +5,7 @@ each of them when someone who can write the state folder puts it there, and ``cd
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ from .hostile import CASES, files_of, rendered
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory):
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("keys")
     public = generate_local_key(folder / "signing.pem")
     (folder / "signing.pub").write_text(public)
@@ -27,7 +28,7 @@ def keys(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_publish_refuses_to_sign_it(case, keys, tmp_path, capsys):
+def test_publish_refuses_to_sign_it(case: str, keys: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     objects, settings = rendered()
     state = LocalStore(tmp_path / "state")
     digest = render(state, files_of(CASES[case](objects)), settings=settings)
@@ -46,7 +47,9 @@ def test_publish_refuses_to_sign_it(case, keys, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_the_agent_refuses_to_apply_it_signed(case, keys, tmp_path, capsys):
+def test_the_agent_refuses_to_apply_it_signed(
+    case: str, keys: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     objects, settings = rendered()
     dist = LocalStore(tmp_path / "dist")
     signer = LocalSigner.from_file(keys / "signing.pem")
@@ -65,7 +68,7 @@ def test_the_agent_refuses_to_apply_it_signed(case, keys, tmp_path, capsys):
     assert (status["verification"]["code"], status["applied_digest"]) == ("inadmissible", None)
 
 
-def test_the_render_itself_goes_through_both(keys, tmp_path):
+def test_the_render_itself_goes_through_both(keys: Path, tmp_path: Path) -> None:
     """The same path admits what our compiler emits: the tests above refuse for the change alone."""
     objects, settings = rendered()
     state = LocalStore(tmp_path / "state")
@@ -93,7 +96,9 @@ def test_the_render_itself_goes_through_both(keys, tmp_path):
 @pytest.mark.parametrize(
     "case", ["group selected by labels", "daddr private for named callers", "exec prefix slash", "deny world dns"]
 )
-def test_the_agent_refuses_it_from_an_s3_bucket(case, keys, tmp_path, capsys, monkeypatch):
+def test_the_agent_refuses_it_from_an_s3_bucket(
+    case: str, keys: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same in S3 mode: the bundle planted in the distribution bucket (moto), signed."""
     import boto3
     from moto import mock_aws

@@ -7,15 +7,17 @@ from __future__ import annotations
 import copy
 import ipaddress
 import re
+from collections.abc import Iterator
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdr_policy.admission import Admission, protection
+from cdr_policy.admission import Admission, Verdict, protection
 from cdr_policy.guards import BUILTIN_PROTECTED
 from cdr_policy.policy.binaries import INTERPRETER, SPARED
 
-from .hostile import files_of, rendered
+from .hostile import Objects, files_of, rendered
 from .test_shapes import bundle_of
 
 ADMISSION = Admission(protection(where="the test"))
@@ -23,7 +25,11 @@ PROTECTED = [ipaddress.ip_network(cidr) for cidr, _ in BUILTIN_PROTECTED]
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _containers(value, path=()):
+# where a value sits in a document: its keys and list indexes
+Path = tuple[str | int, ...]
+
+
+def _containers(value: Any, path: Path = ()) -> Iterator[tuple[Path, Any]]:
     """Every mapping and list inside ``value``, with its path."""
     if isinstance(value, dict | list):
         yield path, value
@@ -32,7 +38,7 @@ def _containers(value, path=()):
             yield from _containers(item, (*path, key))
 
 
-def _leaves(value, path=()):
+def _leaves(value: Any, path: Path = ()) -> Iterator[tuple[Path, Any]]:
     if isinstance(value, dict):
         for key, item in value.items():
             yield from _leaves(item, (*path, key))
@@ -43,20 +49,20 @@ def _leaves(value, path=()):
         yield path, value
 
 
-def _at(value, path):
+def _at(value: Any, path: Path) -> Any:
     for key in path:
         value = value[key]
     return value
 
 
-def _verdict(objects):
+def _verdict(objects: Objects) -> Verdict:
     _, manifest_settings = rendered()
     return ADMISSION.judge(bundle_of(files_of(objects), manifest_settings))
 
 
 @FAST
 @given(data=st.data())
-def test_a_field_our_compiler_never_writes_is_refused_wherever_it_is(data):
+def test_a_field_our_compiler_never_writes_is_refused_wherever_it_is(data: st.DataObject) -> None:
     objects, _ = rendered()
     index = data.draw(st.integers(0, len(objects) - 1))
     mappings = [(p, v) for p, v in _containers(objects[index]) if isinstance(v, dict)]
@@ -70,11 +76,11 @@ def test_a_field_our_compiler_never_writes_is_refused_wherever_it_is(data):
 
 @FAST
 @given(data=st.data())
-def test_a_value_of_another_type_is_refused_wherever_it_is(data):
+def test_a_value_of_another_type_is_refused_wherever_it_is(data: st.DataObject) -> None:
     objects, _ = rendered()
     index = data.draw(st.integers(0, len(objects) - 1))
     path, value = data.draw(st.sampled_from(list(_leaves(objects[index]))))
-    others = {
+    others: st.SearchStrategy[object] = {
         str: st.one_of(st.integers(), st.booleans(), st.just(None), st.just({})),
         int: st.one_of(st.text(max_size=3), st.booleans(), st.just([1])),
         bool: st.one_of(st.integers(0, 1), st.just("false"), st.just(None)),
@@ -83,7 +89,7 @@ def test_a_value_of_another_type_is_refused_wherever_it_is(data):
     assert not _verdict(objects).admitted, (index, path)
 
 
-def _prefixes():
+def _prefixes() -> st.SearchStrategy[list[str]]:
     public_v4 = st.builds(
         lambda a, n: str(ipaddress.ip_network((a, n), strict=False)), st.integers(0, 2**32 - 1), st.integers(0, 32)
     )
@@ -101,7 +107,7 @@ def _blockable(prefix: str) -> bool:
     """The independent reading: a prefix may be blocked when it is at least /8 (IPv4) or /32 (IPv6)
     and shares no address with a protected network (IPv4-mapped IPv6 read as the IPv4 it holds)."""
     net = ipaddress.ip_network(prefix)
-    if net.version == 6 and net.subnet_of(ipaddress.ip_network("::ffff:0:0/96")):
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(ipaddress.IPv6Network("::ffff:0:0/96")):
         net = ipaddress.ip_network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
     if net.prefixlen < (8 if net.version == 4 else 32):
         return False
@@ -115,7 +121,7 @@ def _mapped(prefix: str) -> str:
 
 @FAST
 @given(prefixes=_prefixes())
-def test_a_cidr_group_is_admitted_exactly_when_every_prefix_is_blockable(prefixes):
+def test_a_cidr_group_is_admitted_exactly_when_every_prefix_is_blockable(prefixes: list[str]) -> None:
     objects, _ = rendered()
     group = next(o for o in objects if o["kind"] == "CiliumCIDRGroup")
     group["spec"]["externalCIDRs"] = prefixes
@@ -127,7 +133,9 @@ def test_a_cidr_group_is_admitted_exactly_when_every_prefix_is_blockable(prefixe
 
 @FAST
 @given(prefixes=_prefixes(), named_callers=st.booleans())
-def test_a_tetragon_address_filter_is_judged_with_its_twins_and_its_callers(prefixes, named_callers):
+def test_a_tetragon_address_filter_is_judged_with_its_twins_and_its_callers(
+    prefixes: list[str], named_callers: bool
+) -> None:
     objects, _ = rendered()
     blocklist = next(o for o in objects if o["metadata"]["labels"]["cdr-policy.io/component"] == "tetragon-blocklist")
     selector = blocklist["spec"]["kprobes"][0]["selectors"][0]
@@ -160,7 +168,9 @@ NAMES = st.lists(
 
 @FAST
 @given(names=NAMES, scope=st.sampled_from(["every pod", "labelled pods", "named callers", "namespaces"]))
-def test_an_exec_kill_is_refused_exactly_when_it_kills_an_everyday_program_everywhere(names, scope):
+def test_an_exec_kill_is_refused_exactly_when_it_kills_an_everyday_program_everywhere(
+    names: list[str], scope: str
+) -> None:
     objects, _ = rendered()
     policy = next(o for o in objects if o["metadata"]["labels"].get("cdr-policy.io/rule") == "crypto_mining")
     [kprobe] = [k for k in policy["spec"]["kprobes"] if k["call"] == "security_bprm_check"]
@@ -184,6 +194,6 @@ def test_an_exec_kill_is_refused_exactly_when_it_kills_an_everyday_program_every
         assert {f"/{n}" for n in names} <= verdict.effect.programs
 
 
-def test_the_originals_are_admitted():
+def test_the_originals_are_admitted() -> None:
     objects, _ = rendered()
     assert _verdict(copy.deepcopy(objects)).admitted

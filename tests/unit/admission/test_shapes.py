@@ -5,15 +5,16 @@ refusal quotes the object."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 
 from cdr_policy.admission import Admission, protection
 from cdr_policy.bundle.assemble import assemble
 from cdr_policy.bundle.loader import Bundle
-from cdr_policy.bundle.manifest import build_manifest
+from cdr_policy.bundle.manifest import Settings, build_manifest
 from cdr_policy.policy.behaviours import CATALOGUE
-from cdr_policy.policy.channel import ChannelSettings, KernelCapabilities
+from cdr_policy.policy.channel import Action, ChannelSettings, KernelCapabilities
 from tests.unit.policy.factories import NOW, behaviour, cdr_set, compact, indicator, render
 
 from .hostile import CASES, files_of, rendered
@@ -21,7 +22,7 @@ from .hostile import CASES, files_of, rendered
 ADMISSION = Admission(protection(where="the test"))
 
 
-def bundle_of(files, settings) -> Bundle:
+def bundle_of(files: dict[str, bytes], settings: Settings) -> Bundle:
     manifest = build_manifest(
         files,
         channel="prod",
@@ -34,11 +35,12 @@ def bundle_of(files, settings) -> Bundle:
     return Bundle(manifest, files)
 
 
-def variants():
+def variants() -> Iterator[ChannelSettings]:
     """Channels across every setting that changes what the compilers emit."""
+    actions: tuple[Action, ...] = ("Post", "Sigkill", "Override")
     for n, (action, hook, namespaces, labels, ports, helper) in enumerate(
         itertools.product(
-            ("Post", "Sigkill", "Override"),
+            actions,
             ("tcp_connect", "security_socket_connect"),
             ((), ("payments", "web")),
             ({}, {"app": "checkout"}),
@@ -59,7 +61,7 @@ def variants():
         )
 
 
-def test_everything_the_compilers_emit_is_admitted():
+def test_everything_the_compilers_emit_is_admitted() -> None:
     """Every rule of the catalogue (with evidence names), CDR and feed blocklists of both families,
     ports, on every kind of channel: the grammar is exactly as wide as the compilers."""
     sets = [
@@ -85,7 +87,7 @@ def test_everything_the_compilers_emit_is_admitted():
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_every_shape_of_the_review_is_refused(case):
+def test_every_shape_of_the_review_is_refused(case: str) -> None:
     objects, settings = rendered()
     hostile = CASES[case](objects)
     verdict = ADMISSION.judge(bundle_of(files_of(hostile), settings))
@@ -93,7 +95,7 @@ def test_every_shape_of_the_review_is_refused(case):
     assert verdict.lines()
 
 
-def test_the_review_render_itself_is_admitted():
+def test_the_review_render_itself_is_admitted() -> None:
     objects, settings = rendered()
     assert ADMISSION.judge(bundle_of(files_of(objects), settings)).admitted
 
@@ -115,7 +117,7 @@ def test_the_review_render_itself_is_admitted():
         ("allow only policy", "missing enableDefaultDeny, egressDeny"),
     ],
 )
-def test_each_refusal_names_its_reason(case, expected):
+def test_each_refusal_names_its_reason(case: str, expected: str) -> None:
     objects, settings = rendered()
     text = "\n".join(ADMISSION.judge(bundle_of(files_of(CASES[case](objects)), settings)).lines())
     if expected == "cidrGroupSelector":
@@ -127,14 +129,14 @@ def test_each_refusal_names_its_reason(case, expected):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_no_refusal_quotes_what_it_refuses(case):
+def test_no_refusal_quotes_what_it_refuses(case: str) -> None:
     objects, settings = rendered()
     lines = ADMISSION.judge(bundle_of(files_of(CASES[case](objects)), settings)).lines()
     for quoted in ("10.0.0.0/8", "8.8.8.8", "/nonexistent", "kube-dns-and-apiserver", "DoesNotExist", "anything"):
         assert not any(quoted in line for line in lines)
 
 
-def test_the_metadata_service_is_admitted_for_named_callers_only():
+def test_the_metadata_service_is_admitted_for_named_callers_only() -> None:
     objects, settings = rendered()
     [kprobe] = next(o for o in objects if o["metadata"]["labels"].get("cdr-policy.io/rule") == "cloud_credentials")[
         "spec"
@@ -146,7 +148,7 @@ def test_the_metadata_service_is_admitted_for_named_callers_only():
     assert any("blocks a protected range: inside never-block range: link-local" in line for line in lines)
 
 
-def test_protected_ranges_and_ports_of_the_channel_or_cluster_are_refused():
+def test_protected_ranges_and_ports_of_the_channel_or_cluster_are_refused() -> None:
     objects, settings = rendered()
     bundle = bundle_of(files_of(objects), settings)
     own = Admission(protection(["45.33.0.0/16"], ["tcp/4444"], where="this cluster"))

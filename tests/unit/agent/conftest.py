@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import stamina
 
@@ -16,7 +18,7 @@ from tests.unit.bundle.conftest import (  # noqa: F401 (shared fixtures)
 
 
 @pytest.fixture(autouse=True)
-def _no_retry_backoff():
+def _no_retry_backoff() -> Iterator[None]:
     """Retries happen without sleeping; three attempts, as in production."""
     with stamina.set_testing(True, attempts=3):
         yield

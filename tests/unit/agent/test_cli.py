@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from cdr_policy import layout
 from cdr_policy.admission import protection
 from cdr_policy.agent import cli
+from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.bundle.loader import load_bundle, read_manifest
+from cdr_policy.bundle.signing import LocalSigner
 from cdr_policy.stages.publish import publish_bundle
+from cdr_policy.storage import LocalStore
 from cdr_policy.timeutil import parse_duration, utcnow
 from tests.unit.bundle.factory import ips, network_bundle, render
 
@@ -21,7 +27,9 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def once_into(out, *, dist, key, state_dir, extra=()) -> argparse.Namespace:
+def once_into(
+    out: Path, *, dist: LocalStore, key: Path, state_dir: Path, extra: Sequence[str] = ()
+) -> argparse.Namespace:
     """A one-shot run of channel ``prod`` as cluster ``laptop``, written to the directory ``out``."""
     return parse(
         "--bucket", str(dist.root), "--channel", "prod", "--cluster-id", "laptop", "--public-key", str(key),
@@ -30,14 +38,14 @@ def once_into(out, *, dist, key, state_dir, extra=()) -> argparse.Namespace:
 
 
 @pytest.fixture
-def public_key(tmp_path, signer):
+def public_key(tmp_path: Path, signer: LocalSigner) -> Path:
     path = tmp_path / "bundle-signing.pub"
     path.write_text(signer.public_key_pem())
     return path
 
 
 @pytest.fixture
-def published(state, dist, signer):
+def published(state: LocalStore, dist: LocalStore, signer: LocalSigner) -> str:
     now = utcnow()
     digest = render(state, network_bundle(ips(0, 10)), created=now)
     publish_bundle(state, dist, channel="prod", digest=digest, signer=signer, now=now, change_budget_percent=50)
@@ -58,17 +66,17 @@ def published(state, dist, signer):
         (" 10S ", 10),
     ],
 )
-def test_parse_duration(text, seconds):
+def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "h", "1x", "1h 30m", "-1s", "s1", "1h-5m"])
-def test_parse_duration_refuses_anything_else(text):
+def test_parse_duration_refuses_anything_else(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
 
 
-def test_arguments_and_defaults(tmp_path):
+def test_arguments_and_defaults(tmp_path: Path) -> None:
     base = (
         "--bucket",
         "s3://dist",
@@ -118,13 +126,15 @@ def test_arguments_and_defaults(tmp_path):
         ["--kubernetes", "--output-dir", "x"],
     ],
 )
-def test_bad_arguments_are_refused(extra, capsys):
+def test_bad_arguments_are_refused(extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         parse("--bucket", "d", "--channel", "prod", "--cluster-id", "c", "--public-key", "k", *extra)
     assert exc.value.code == 2
 
 
-def test_once_into_a_directory(published, dist, public_key, tmp_path, capsys):
+def test_once_into_a_directory(
+    published: str, dist: LocalStore, public_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     args = once_into(out, dist=dist, key=public_key, state_dir=tmp_path / "state-dir")
 
@@ -136,14 +146,18 @@ def test_once_into_a_directory(published, dist, public_key, tmp_path, capsys):
     assert dist.get("status/laptop.json")
 
 
-def test_once_without_a_manifest_exits_non_zero(dist, public_key, tmp_path, capsys):
+def test_once_without_a_manifest_exits_non_zero(
+    dist: LocalStore, public_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dist.root.mkdir()  # the folder publish --to writes, before the first publish
     args = once_into(tmp_path / "out", dist=dist, key=public_key, state_dir=tmp_path / "s")
     assert cli.run(args) == 1
     assert capsys.readouterr().out.startswith("no_manifest:")
 
 
-def test_a_bucket_folder_that_does_not_exist_is_a_configuration_error(dist, public_key, tmp_path, capsys):
+def test_a_bucket_folder_that_does_not_exist_is_a_configuration_error(
+    dist: LocalStore, public_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Issue 21 point 7: ``--bucket ./nodir`` used to create the folder and wait for ever."""
     args = once_into(tmp_path / "out", dist=dist, key=public_key, state_dir=tmp_path / "s")
     assert cli.run(args) == 2
@@ -151,7 +165,9 @@ def test_a_bucket_folder_that_does_not_exist_is_a_configuration_error(dist, publ
     assert not dist.root.exists() and not (tmp_path / "s").exists(), "nothing made for a mistyped bucket"
 
 
-def test_once_with_an_untrusted_bundle_exits_non_zero(published, dist, tmp_path, capsys):
+def test_once_with_an_untrusted_bundle_exits_non_zero(
+    published: str, dist: LocalStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from cdr_policy.bundle.signing import generate_local_key
 
     other = tmp_path / "other.pub"
@@ -163,8 +179,8 @@ def test_once_with_an_untrusted_bundle_exits_non_zero(published, dist, tmp_path,
 
 
 def test_bundles_are_checked_against_the_crds_before_anything_is_applied(
-    published, dist, public_key, tmp_path, crds_dir
-):
+    published: str, dist: LocalStore, public_key: Path, tmp_path: Path, crds_dir: Path
+) -> None:
     # CRDs that serve none of the bundle's kinds: every object fails the schema part of the check.
     empty = tmp_path / "other-crds"
     empty.mkdir()
@@ -180,14 +196,14 @@ def test_bundles_are_checked_against_the_crds_before_anything_is_applied(
     assert list((tmp_path / "out").glob("*.yaml"))
 
 
-def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir, state):
+def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir: Path, state: LocalStore) -> None:
     import yaml
 
     from fakes.kube import FakeKubeAPI
 
     crds = [yaml.safe_load(p.read_text()) for p in sorted((crds_dir / "cilium-main").glob("*.yaml"))]
     with FakeKubeAPI(crds=crds) as api:
-        applier = cli.KubeApplier(api.url, api.token)
+        applier = KubeApplier(api.url, api.token)
         admission = cli.admission_for(applier, None, protection(where="this cluster"))
         assert not api.ops("crds"), "read when the first bundle is checked: an API server away at start is no error"
         digest = render(state, network_bundle(ips(0, 3)))
@@ -200,7 +216,14 @@ def test_with_kubernetes_the_check_uses_the_clusters_crds(crds_dir, state):
 
 
 @pytest.mark.parametrize("problem", ["missing key", "no cluster credentials"])
-def test_startup_problems_exit_2(problem, dist, public_key, tmp_path, monkeypatch, capsys):
+def test_startup_problems_exit_2(
+    problem: str,
+    dist: LocalStore,
+    public_key: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     for var in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -222,7 +245,10 @@ def test_startup_problems_exit_2(problem, dist, public_key, tmp_path, monkeypatc
     assert err.startswith("cdr-policy: error: ") and len(err.splitlines()) == 1
 
 
-def _wait_for(predicate, what: str, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def _wait_for(predicate: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
     import time
 
     deadline = time.monotonic() + timeout
@@ -234,18 +260,20 @@ def _wait_for(predicate, what: str, timeout: float = 60.0):  # type: ignore[no-u
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _status(state_dir, result: str):  # type: ignore[no-untyped-def]
+def _status(state_dir: Path, result: str) -> dict[str, Any] | None:
     """The agent's local status once its last poll had ``result``, else None."""
     import json
 
     try:
-        status = json.loads((state_dir / "status.json").read_text())
+        status: dict[str, Any] = json.loads((state_dir / "status.json").read_text())
     except (OSError, ValueError):
         return None
     return status if status["last_poll"]["result"] == result else None
 
 
-def test_an_api_server_away_at_start_is_reported_unreachable_until_it_comes_back(published, dist, public_key, tmp_path):
+def test_an_api_server_away_at_start_is_reported_unreachable_until_it_comes_back(
+    published: str, dist: LocalStore, public_key: Path, tmp_path: Path
+) -> None:
     """Issue 20 point 11: with the API server away at start the agent used to exit 1 on the CRD read,
     even in loop mode, and wrote no status. Now it starts, says ``unreachable`` (in its status and
     in one line per sync), and applies the bundle once the API server answers."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from cdr_policy.agent.directory import DirectoryApplier, file_name
-from cdr_policy.policy.serialize import load_yaml_documents
+from pathlib import Path
+
+from cdr_policy.agent.directory import DirectoryApplier
+from cdr_policy.bundle.objects import file_name
+from cdr_policy.policy.serialize import dump_yaml, load_yaml_documents
 from tests.unit.bundle.factory import ccg, labels, tracing_policy
 
 from .test_kube import cnp
@@ -11,7 +14,7 @@ from .test_kube import cnp
 OURS = labels("prod")
 
 
-def test_objects_become_one_yaml_file_each(tmp_path):
+def test_objects_become_one_yaml_file_each(tmp_path: Path) -> None:
     out = DirectoryApplier(tmp_path / "out")
     objects = [ccg("g1", ["45.0.0.1/32", "::ffff:45.0.0.1/128"]), tracing_policy("t1"), cnp("n1", "team-a")]
     for obj in objects:
@@ -27,7 +30,7 @@ def test_objects_become_one_yaml_file_each(tmp_path):
         assert out.get(obj) == obj
 
 
-def test_owned_ignores_foreign_and_unreadable_files(tmp_path):
+def test_owned_ignores_foreign_and_unreadable_files(tmp_path: Path) -> None:
     out = DirectoryApplier(tmp_path)
     out.apply(ccg("mine", []))
     out.apply(ccg("staging", [], channel="staging"))
@@ -44,7 +47,7 @@ def test_owned_ignores_foreign_and_unreadable_files(tmp_path):
     assert [o["metadata"]["name"] for o in out.owned(OURS)] == ["mine"]
 
 
-def test_delete_removes_the_file_and_tolerates_absence(tmp_path):
+def test_delete_removes_the_file_and_tolerates_absence(tmp_path: Path) -> None:
     out = DirectoryApplier(tmp_path)
     out.apply(ccg("g1", []))
     out.delete(ccg("g1", []))
@@ -53,5 +56,22 @@ def test_delete_removes_the_file_and_tolerates_absence(tmp_path):
     assert out.get(ccg("g1", [])) is None
 
 
-def test_missing_directory_owns_nothing(tmp_path):
+def test_missing_directory_owns_nothing(tmp_path: Path) -> None:
     assert DirectoryApplier(tmp_path / "absent").owned(OURS) == []
+
+
+def test_a_file_edited_on_disk_is_read_again_and_a_caller_cannot_change_what_the_next_read_gets(
+    tmp_path: Path,
+) -> None:
+    out = DirectoryApplier(tmp_path)
+    obj = ccg("g1", ["45.0.0.1/32"])
+    out.apply(obj)
+    first = out.get(obj)
+    assert first is not None and first == obj
+    first["spec"]["externalCIDRs"].append("45.0.0.2/32")  # a caller changing its copy
+    assert out.get(obj) == obj
+
+    edited = ccg("g1", ["45.0.0.9/32"])
+    (tmp_path / file_name(obj)).write_bytes(dump_yaml(edited))  # same name, new content, same size
+    assert out.get(obj) == edited
+    assert [o["spec"] for o in out.owned(OURS)] == [edited["spec"]]

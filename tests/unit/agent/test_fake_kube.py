@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import Any
+
 import httpx
 import pytest
 
@@ -11,18 +14,18 @@ GROUPS = "/apis/cilium.io/v2/ciliumcidrgroups"
 
 
 @pytest.fixture
-def kube():
+def kube() -> Iterator[FakeKubeAPI]:
     with FakeKubeAPI() as api:
         yield api
 
 
 @pytest.fixture
-def client(kube):
+def client(kube: FakeKubeAPI) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=kube.url, headers={"Authorization": f"Bearer {kube.token}"}) as c:
         yield c
 
 
-def apply(client, obj, **params):
+def apply(client: httpx.Client, obj: dict[str, Any], **params: str) -> httpx.Response:
     params = {"fieldManager": "test", **params}
     return client.patch(
         f"{GROUPS}/{obj['metadata']['name']}",
@@ -32,7 +35,7 @@ def apply(client, obj, **params):
     )
 
 
-def group(name, labels=None, cidrs=("45.0.0.1/32",)):
+def group(name: str, labels: dict[str, str] | None = None, cidrs: Sequence[str] = ("45.0.0.1/32",)) -> dict[str, Any]:
     return {
         "apiVersion": "cilium.io/v2",
         "kind": "CiliumCIDRGroup",
@@ -41,12 +44,12 @@ def group(name, labels=None, cidrs=("45.0.0.1/32",)):
     }
 
 
-def test_token_is_required(kube):
+def test_token_is_required(kube: FakeKubeAPI) -> None:
     assert httpx.get(kube.url + GROUPS).status_code == 401
     assert httpx.get(kube.url + GROUPS, headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
-def test_apply_creates_then_updates(kube, client):
+def test_apply_creates_then_updates(kube: FakeKubeAPI, client: httpx.Client) -> None:
     created = apply(client, group("g1"))
     assert created.status_code == 201
     assert created.json()["metadata"]["generation"] == 1
@@ -55,17 +58,19 @@ def test_apply_creates_then_updates(kube, client):
     changed = apply(client, group("g1", cidrs=("45.0.0.2/32",)))
     assert changed.json()["metadata"]["generation"] == 2
     assert changed.json()["metadata"]["uid"] == created.json()["metadata"]["uid"]
-    assert kube.get_object("CiliumCIDRGroup", "g1")["spec"] == {"externalCIDRs": ["45.0.0.2/32"]}
+    stored = kube.get_object("CiliumCIDRGroup", "g1")
+    assert stored is not None
+    assert stored["spec"] == {"externalCIDRs": ["45.0.0.2/32"]}
 
 
-def test_apply_keeps_labels_of_other_managers_and_drops_its_own_stale_ones(client):
+def test_apply_keeps_labels_of_other_managers_and_drops_its_own_stale_ones(client: httpx.Client) -> None:
     apply(client, group("g1", {"mine": "1", "old": "1"}), fieldManager="a")
     apply(client, group("g1", {"theirs": "1"}), fieldManager="b")
     result = apply(client, group("g1", {"mine": "2"}), fieldManager="a")
     assert result.json()["metadata"]["labels"] == {"mine": "2", "theirs": "1"}
 
 
-def test_apply_needs_the_apply_patch_content_type_and_a_field_manager(client):
+def test_apply_needs_the_apply_patch_content_type_and_a_field_manager(client: httpx.Client) -> None:
     body = httpx.Request("PATCH", "http://x", json=group("g1")).content
     assert (
         client.patch(
@@ -88,8 +93,8 @@ def test_apply_needs_the_apply_patch_content_type_and_a_field_manager(client):
     assert mismatch.status_code == 400
 
 
-def test_strict_validation_uses_the_injected_validator():
-    def validator(obj):
+def test_strict_validation_uses_the_injected_validator() -> None:
+    def validator(obj: dict[str, Any]) -> list[str]:
         return ["spec.externalCIDRs[0]: invalid CIDR"] if "bad" in obj["spec"]["externalCIDRs"] else []
 
     with (
@@ -104,12 +109,12 @@ def test_strict_validation_uses_the_injected_validator():
     assert 'CiliumCIDRGroup.cilium.io "g2" is invalid: spec.externalCIDRs[0]: invalid CIDR' == strict.json()["message"]
 
 
-def test_lists_filter_by_equality_selectors(kube, client):
+def test_lists_filter_by_equality_selectors(kube: FakeKubeAPI, client: httpx.Client) -> None:
     kube.add_object(group("a", {"app": "x", "tier": "1"}))
     kube.add_object(group("b", {"app": "x", "tier": "2"}))
     kube.add_object(group("c", {"app": "y"}))
 
-    def names(selector):
+    def names(selector: str) -> list[str]:
         body = client.get(GROUPS, params={"labelSelector": selector}).json()
         assert body["kind"] == "CiliumCIDRGroupList"
         return [i["metadata"]["name"] for i in body["items"]]
@@ -121,13 +126,13 @@ def test_lists_filter_by_equality_selectors(kube, client):
     assert client.get(GROUPS, params={"labelSelector": "app in (x)"}).status_code == 400
 
 
-def test_every_served_version_sees_the_same_object(kube, client):
+def test_every_served_version_sees_the_same_object(kube: FakeKubeAPI, client: httpx.Client) -> None:
     apply(client, group("g1"))
     old = client.get("/apis/cilium.io/v2alpha1/ciliumcidrgroups/g1")
     assert old.status_code == 200 and old.json()["apiVersion"] == "cilium.io/v2alpha1"
 
 
-def test_missing_objects_and_unknown_resources_are_different_404s(client):
+def test_missing_objects_and_unknown_resources_are_different_404s(client: httpx.Client) -> None:
     missing = client.get(f"{GROUPS}/nope")
     assert missing.status_code == 404 and missing.json()["reason"] == "NotFound"
     assert missing.json()["details"]["name"] == "nope"
@@ -136,7 +141,7 @@ def test_missing_objects_and_unknown_resources_are_different_404s(client):
     assert client.get("/apis/cilium.io/v2/namespaces/x/ciliumcidrgroups").status_code == 404  # cluster-scoped
 
 
-def test_delete_and_operation_log(kube, client):
+def test_delete_and_operation_log(kube: FakeKubeAPI, client: httpx.Client) -> None:
     apply(client, group("g1"))
     assert client.delete(f"{GROUPS}/g1").status_code == 200
     assert client.delete(f"{GROUPS}/g1").status_code == 404
@@ -148,14 +153,14 @@ def test_delete_and_operation_log(kube, client):
     assert kube.objects() == []
 
 
-def test_injected_faults_answer_the_next_requests(kube, client):
+def test_injected_faults_answer_the_next_requests(kube: FakeKubeAPI, client: httpx.Client) -> None:
     kube.fail("list", 503, times=2)
     assert client.get(GROUPS).status_code == 503
     assert client.get(GROUPS).status_code == 503
     assert client.get(GROUPS).status_code == 200
 
 
-def test_crd_list(kube, client):
+def test_crd_list(kube: FakeKubeAPI, client: httpx.Client) -> None:
     body = client.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions").json()
     assert sorted(c["spec"]["names"]["kind"] for c in body["items"]) == [
         "CiliumCIDRGroup",
@@ -166,7 +171,7 @@ def test_crd_list(kube, client):
     ]
 
 
-def test_configmaps_with_optimistic_concurrency(kube, client):
+def test_configmaps_with_optimistic_concurrency(kube: FakeKubeAPI, client: httpx.Client) -> None:
     path = "/api/v1/namespaces/ns1/configmaps"
     assert client.get(f"{path}/state").status_code == 404
     created = client.post(path, json={"metadata": {"name": "state"}, "data": {"a": "1"}})
@@ -177,6 +182,8 @@ def test_configmaps_with_optimistic_concurrency(kube, client):
     assert client.put(f"{path}/state", json=body).status_code == 200
     stale = client.put(f"{path}/state", json=body)  # the same resourceVersion again
     assert (stale.status_code, stale.json()["reason"]) == (409, "Conflict")
-    assert kube.configmap("ns1", "state")["data"] == {"a": "2"}
+    stored = kube.configmap("ns1", "state")
+    assert stored is not None
+    assert stored["data"] == {"a": "2"}
     kube.set_config_map("ns1", "state", None)
     assert client.get(f"{path}/state").status_code == 404

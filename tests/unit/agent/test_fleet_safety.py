@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,8 +19,11 @@ from cdr_policy.agent.kinds import GENERATION_ANNOTATION
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.state import RECORD_NAME, ClusterRecord
 from cdr_policy.agent.sync import Agent
+from cdr_policy.bundle.manifest import Settings as BundleSettings
+from cdr_policy.bundle.signing import LocalSigner, Verifier
 from cdr_policy.errors import StorageError
 from cdr_policy.stages.publish import publish_bundle, rollback
+from cdr_policy.storage import LocalStore, Store, StoredObject
 from fakes.kube import FakeKubeAPI
 from fakes.stores import RecordingStore
 from tests.unit.bundle.factory import (
@@ -40,19 +46,19 @@ B_NAMES = ["ccg-blocklist-b", "ccnp-blocklist-b", "tp-blocklist-b"]
 
 
 @pytest.fixture
-def bucket(dist) -> RecordingStore:
+def bucket(dist: LocalStore) -> RecordingStore:
     return RecordingStore(dist)
 
 
 @pytest.fixture
-def kube():
+def kube() -> Iterator[FakeKubeAPI]:
     with FakeKubeAPI() as api:
         yield api
 
 
 @pytest.fixture
-def make_agent(bucket, verifier, tmp_path, kube):
-    def make(state_dir="agent-state", **kwargs):
+def make_agent(bucket: RecordingStore, verifier: Verifier, tmp_path: Path, kube: FakeKubeAPI) -> Callable[..., Agent]:
+    def make(state_dir: str = "agent-state", **kwargs: Any) -> Agent:
         applier = KubeApplier(kube.url, kube.token)
         return Agent(
             bucket,
@@ -69,10 +75,18 @@ def make_agent(bucket, verifier, tmp_path, kube):
 
 
 @pytest.fixture
-def ship(state, bucket, signer, approver, approvers):
+def ship(
+    state: LocalStore, bucket: RecordingStore, signer: LocalSigner, approver: LocalSigner, approvers: Verifier
+) -> Callable[..., str]:
     """Render and publish ``files`` (operator-approved, so the budget never holds it); returns the digest."""
 
-    def ship(files, when=T0, *, ttl=timedelta(hours=72), settings=SETTINGS):
+    def ship(
+        files: dict[str, bytes],
+        when: datetime = T0,
+        *,
+        ttl: timedelta = timedelta(hours=72),
+        settings: BundleSettings = SETTINGS,
+    ) -> str:
         digest = render(state, files, created=when, ttl=ttl, settings=settings)
         approve(state, bucket, approver, digest, channel="prod", now=when)  # not about the change budget
         result = publish_bundle(
@@ -91,28 +105,35 @@ def ship(state, bucket, signer, approver, approvers):
     return ship
 
 
-def names(kube) -> list[str]:
+def names(kube: FakeKubeAPI) -> list[str]:
     return sorted(o["metadata"]["name"] for o in kube.objects())
 
 
-def manifest_bytes(bucket) -> bytes:
+def manifest_bytes(bucket: RecordingStore) -> bytes:
     return bucket.inner.get(layout.channel_manifest_key("prod")).data
 
 
-def serve(bucket, data: bytes) -> None:
+def serve(bucket: RecordingStore, data: bytes) -> None:
     bucket.inner.put(layout.channel_manifest_key("prod"), data)
 
 
-def record(kube) -> dict:
-    return jsonio.loads(kube.configmap(NS, RECORD_NAME)["data"]["prod"].encode())
+def record(kube: FakeKubeAPI) -> dict[str, Any]:
+    stored = kube.configmap(NS, RECORD_NAME)
+    assert stored is not None
+    doc: dict[str, Any] = jsonio.loads(stored["data"]["prod"].encode())
+    return doc
 
 
 # -- 1. replay protection survives a restart ------------------------------------------------------
 
 
 def test_restart_with_an_empty_state_dir_refuses_generation_1_and_applies_a_signed_rollback(
-    kube, ship, make_agent, bucket, signer
-):
+    kube: FakeKubeAPI,
+    ship: Callable[..., str],
+    make_agent: Callable[..., Agent],
+    bucket: RecordingStore,
+    signer: LocalSigner,
+) -> None:
     digest_a = ship(A)
     generation_1 = manifest_bytes(bucket)
     make_agent().sync_once(T0 + MINUTE).to_json()
@@ -144,7 +165,13 @@ def test_restart_with_an_empty_state_dir_refuses_generation_1_and_applies_a_sign
     assert record(kube)["generation"] == 3
 
 
-def test_a_corrupt_state_dir_does_not_lower_the_bar(kube, ship, make_agent, bucket, tmp_path):
+def test_a_corrupt_state_dir_does_not_lower_the_bar(
+    kube: FakeKubeAPI,
+    ship: Callable[..., str],
+    make_agent: Callable[..., Agent],
+    bucket: RecordingStore,
+    tmp_path: Path,
+) -> None:
     ship(A)
     generation_1 = manifest_bytes(bucket)
     make_agent().sync_once(T0 + MINUTE).to_json()
@@ -158,7 +185,9 @@ def test_a_corrupt_state_dir_does_not_lower_the_bar(kube, ship, make_agent, buck
     assert status["verification"]["code"] == "replay" and names(kube) == B_NAMES
 
 
-def test_a_lost_record_falls_back_to_the_generation_on_the_live_objects(kube, ship, make_agent, bucket):
+def test_a_lost_record_falls_back_to_the_generation_on_the_live_objects(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore
+) -> None:
     """Rule: with no record in the cluster, the floor is the highest cdr-policy.io/generation annotation
     on the owned live objects (the agent stamps each object it applies)."""
     ship(A)
@@ -177,10 +206,13 @@ def test_a_lost_record_falls_back_to_the_generation_on_the_live_objects(kube, sh
     assert names(kube) == B_NAMES
 
 
-def test_a_corrupt_record_stops_the_sync_instead_of_lowering_the_floor(kube, ship, make_agent):
+def test_a_corrupt_record_stops_the_sync_instead_of_lowering_the_floor(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     ship(A)
     make_agent().sync_once(T0 + MINUTE).to_json()
     stored = kube.configmap(NS, RECORD_NAME)
+    assert stored is not None
     stored["data"]["prod"] = '{"generation": 0}'
     kube.set_config_map(NS, RECORD_NAME, None)
     applier = KubeApplier(kube.url, kube.token)
@@ -201,7 +233,9 @@ def test_a_corrupt_record_stops_the_sync_instead_of_lowering_the_floor(kube, shi
     assert names(kube) == A_NAMES
 
 
-def test_an_unreadable_record_stops_the_sync(kube, ship, make_agent):
+def test_an_unreadable_record_stops_the_sync(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     ship(A)
     kube.fail("configmap", 403, name=RECORD_NAME)
 
@@ -212,7 +246,9 @@ def test_an_unreadable_record_stops_the_sync(kube, ship, make_agent):
     assert kube.objects() == []
 
 
-def test_two_agents_never_lower_the_record(kube, ship, make_agent, bucket):
+def test_two_agents_never_lower_the_record(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore
+) -> None:
     ship(A)
     old = make_agent(state_dir="old")
     old_manifest = manifest_bytes(bucket)
@@ -231,7 +267,9 @@ def test_two_agents_never_lower_the_record(kube, ship, make_agent, bucket):
 # -- 2. a future-dated manifest does not lock the agent ------------------------------------------
 
 
-def test_a_future_dated_manifest_is_refused_and_normal_ones_still_apply(kube, ship, make_agent):
+def test_a_future_dated_manifest_is_refused_and_normal_ones_still_apply(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     agent = make_agent()
     ship(A, T0 + timedelta(days=365))  # a signed manifest stamped a year ahead (a publisher's bad clock)
 
@@ -243,7 +281,9 @@ def test_a_future_dated_manifest_is_refused_and_normal_ones_still_apply(kube, sh
     assert agent.sync_once(T0 + 3 * MINUTE).to_json()["applied_digest"] == digest_b
 
 
-def test_a_small_clock_skew_is_tolerated(kube, ship, make_agent):
+def test_a_small_clock_skew_is_tolerated(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     ship(A, T0 + 4 * MINUTE)
     assert make_agent().sync_once(T0).to_json()["last_poll"]["result"] == "applied"
 
@@ -251,7 +291,7 @@ def test_a_small_clock_skew_is_tolerated(kube, ship, make_agent):
 # -- 3. the agent refuses to shrink enforcement without a matching approval ------------------------
 
 
-def sign_as_publish(bucket, signer, manifest: dict, **fields) -> None:
+def sign_as_publish(bucket: RecordingStore, signer: LocalSigner, manifest: dict[str, Any], **fields: Any) -> None:
     """A signed manifest as a publisher that skipped its change budget would write it (no approval,
     no steps: nothing says how the channel got there)."""
     body = {k: v for k, v in unsigned_document(manifest).items() if k not in ("approval", "steps")} | fields
@@ -264,8 +304,14 @@ def sign_as_publish(bucket, signer, manifest: dict, **fields) -> None:
     ids=["no approval", "approval of another bundle"],
 )
 def test_an_empty_bundle_over_a_small_channel_is_refused_without_a_matching_approval(
-    approval, kube, ship, make_agent, bucket, signer, state
-):
+    approval: dict[str, str] | None,
+    kube: FakeKubeAPI,
+    ship: Callable[..., str],
+    make_agent: Callable[..., Agent],
+    bucket: RecordingStore,
+    signer: LocalSigner,
+    state: LocalStore,
+) -> None:
     ship(A)
     agent = make_agent()
     agent.sync_once(T0 + MINUTE).to_json()
@@ -280,7 +326,9 @@ def test_an_empty_bundle_over_a_small_channel_is_refused_without_a_matching_appr
     assert names(kube) == A_NAMES
 
 
-def test_an_approved_empty_bundle_for_the_applied_digest_is_applied(kube, ship, make_agent, bucket):
+def test_an_approved_empty_bundle_for_the_applied_digest_is_applied(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore
+) -> None:
     digest_a = ship(A)
     agent = make_agent()
     agent.sync_once(T0 + MINUTE).to_json()
@@ -295,12 +343,15 @@ def test_an_approved_empty_bundle_for_the_applied_digest_is_applied(kube, ship, 
 # -- 4. drift is repaired ------------------------------------------------------------------------
 
 
-def test_drift_a_deleted_or_edited_object_comes_back_after_one_drift_interval(kube, ship, make_agent):
+def test_drift_a_deleted_or_edited_object_comes_back_after_one_drift_interval(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     ship(A)
     agent = make_agent(drift_interval_s=0.2)
     agent.sync_once(T0 + MINUTE).to_json()
     kube.delete_object("TracingPolicy", "tp-blocklist-a")
     edited = kube.get_object("CiliumCIDRGroup", "ccg-blocklist-a")
+    assert edited is not None
     edited["spec"]["externalCIDRs"] = []
     kube.add_object(edited)
 
@@ -313,7 +364,9 @@ def test_drift_a_deleted_or_edited_object_comes_back_after_one_drift_interval(ku
     assert status["drift"]["changed"] == ["CiliumCIDRGroup/ccg-blocklist-a"]
     assert status["drift"]["repaired"] is True
     assert names(kube) == A_NAMES
-    assert kube.get_object("CiliumCIDRGroup", "ccg-blocklist-a")["spec"]["externalCIDRs"] == ips(0, 10)
+    stored = kube.get_object("CiliumCIDRGroup", "ccg-blocklist-a")
+    assert stored is not None
+    assert stored["spec"]["externalCIDRs"] == ips(0, 10)
 
     time.sleep(0.25)
     clean = agent.sync_once(T0 + 4 * MINUTE).to_json()
@@ -326,7 +379,9 @@ def test_drift_a_deleted_or_edited_object_comes_back_after_one_drift_interval(ku
     assert clean["drift"]["checked_at"] == "2026-01-10T16:04:00Z"
 
 
-def test_an_object_served_under_a_newer_version_is_not_drift(kube, ship, make_agent):
+def test_an_object_served_under_a_newer_version_is_not_drift(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     from tests.unit.bundle.factory import ccg, ccnp, files_of
 
     old_api = {
@@ -349,8 +404,14 @@ def test_an_object_served_under_a_newer_version_is_not_drift(kube, ship, make_ag
 # -- 5. expiry never wipes a newer valid bundle ----------------------------------------------------
 
 
-def test_expiry_keeps_what_the_newer_partially_applied_bundle_applied(ship, make_agent, bucket, verifier, tmp_path):
-    def reject_b_policy(obj):
+def test_expiry_keeps_what_the_newer_partially_applied_bundle_applied(
+    ship: Callable[..., str],
+    make_agent: Callable[..., Agent],
+    bucket: RecordingStore,
+    verifier: Verifier,
+    tmp_path: Path,
+) -> None:
+    def reject_b_policy(obj: dict[str, Any]) -> list[str]:
         return ["spec: invalid"] if obj["metadata"]["name"] == "ccnp-blocklist-b" else []
 
     with FakeKubeAPI(validator=reject_b_policy) as kube:
@@ -380,7 +441,9 @@ def test_expiry_keeps_what_the_newer_partially_applied_bundle_applied(ship, make
 # -- 6. one deadline per sync against a slow API server ---------------------------------------------
 
 
-def test_a_slow_api_server_cannot_hold_one_sync_past_its_deadline(kube, ship, make_agent, bucket):
+def test_a_slow_api_server_cannot_hold_one_sync_past_its_deadline(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore
+) -> None:
     ship(A)
     kube.delay_s = 0.4
     agent = make_agent(sync_deadline_s=1.0)
@@ -401,11 +464,11 @@ def test_a_slow_api_server_cannot_hold_one_sync_past_its_deadline(kube, ship, ma
 
 
 class CountingStore(RecordingStore):
-    def __init__(self, inner):
+    def __init__(self, inner: Store) -> None:
         super().__init__(inner)
         self.reads: list[tuple[str, int | None, int]] = []
 
-    def get(self, key, *, max_bytes=None):
+    def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
         try:
             obj = super().get(key, max_bytes=max_bytes)
         except Exception:
@@ -416,8 +479,8 @@ class CountingStore(RecordingStore):
 
 
 def test_a_planted_large_file_is_read_no_further_than_its_signed_size_and_only_once(
-    kube, state, dist, signer, verifier, tmp_path
-):
+    kube: FakeKubeAPI, state: LocalStore, dist: LocalStore, signer: LocalSigner, verifier: Verifier, tmp_path: Path
+) -> None:
     bucket = CountingStore(dist)
     digest = render(state, A)
     publish_bundle(state, bucket, channel="prod", digest=digest, signer=signer, now=T0, change_budget_percent=100)
@@ -444,7 +507,9 @@ def test_a_planted_large_file_is_read_no_further_than_its_signed_size_and_only_o
     assert kube.objects() == []
 
 
-def test_a_huge_manifest_is_refused_after_one_mebibyte(kube, make_agent, bucket):
+def test_a_huge_manifest_is_refused_after_one_mebibyte(
+    kube: FakeKubeAPI, make_agent: Callable[..., Agent], bucket: RecordingStore
+) -> None:
     serve(bucket, b"{" + b" " * (4 << 20) + b"}")  # a 4 MiB manifest (300 MB cost 1.3 GB before)
     agent = make_agent()
 
@@ -458,7 +523,13 @@ def test_a_huge_manifest_is_refused_after_one_mebibyte(kube, make_agent, bucket)
 # -- 8. the agent checks against the channel and the cluster, not only the object -------------------
 
 
-def test_a_signed_audit_manifest_whose_objects_kill_is_refused(kube, ship, make_agent, bucket, signer):
+def test_a_signed_audit_manifest_whose_objects_kill_is_refused(
+    kube: FakeKubeAPI,
+    ship: Callable[..., str],
+    make_agent: Callable[..., Agent],
+    bucket: RecordingStore,
+    signer: LocalSigner,
+) -> None:
     ship(A)
     manifest = jsonio.loads(manifest_bytes(bucket))
     killing = {**A, "cdr-dynamic-blocklist.yaml": A["cdr-dynamic-blocklist.yaml"].replace(b"Post", b"Sigkill")}
@@ -478,7 +549,9 @@ def test_a_signed_audit_manifest_whose_objects_kill_is_refused(kube, ship, make_
     assert kube.objects() == []
 
 
-def test_the_clusters_own_ranges_are_refused_by_the_agent(kube, ship, make_agent):
+def test_the_clusters_own_ranges_are_refused_by_the_agent(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     from cdr_policy.admission import protection
     from cdr_policy.agent.cli import admission_for
 
@@ -496,7 +569,9 @@ def test_the_clusters_own_ranges_are_refused_by_the_agent(kube, ship, make_agent
 # -- issue 20, points 7, 9, 10 and 15 ----------------------------------------------------------------
 
 
-def test_an_agent_that_missed_an_approved_step_follows_the_signed_path(kube, ship, make_agent, bucket):
+def test_an_agent_that_missed_an_approved_step_follows_the_signed_path(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore
+) -> None:
     """A applied here; B (empty) approved over A and C published over B while this agent was away: C
     shrinks what A enforced, and its signed steps show the approved path from A."""
     digest_a = ship(A)
@@ -515,8 +590,12 @@ def test_an_agent_that_missed_an_approved_step_follows_the_signed_path(kube, shi
 
 
 def test_expiry_applies_the_newer_bundle_held_back_as_a_shrink_instead_of_dropping_everything(
-    kube, ship, make_agent, bucket, signer
-):
+    kube: FakeKubeAPI,
+    ship: Callable[..., str],
+    make_agent: Callable[..., Agent],
+    bucket: RecordingStore,
+    signer: LocalSigner,
+) -> None:
     ship(A, ttl=timedelta(hours=1))
     agent = make_agent()
     agent.sync_once(T0 + MINUTE).to_json()
@@ -532,7 +611,9 @@ def test_expiry_applies_the_newer_bundle_held_back_as_a_shrink_instead_of_droppi
     assert names(kube) == ["ccg-blocklist-c", "ccnp-blocklist-c", "tp-blocklist-c"]
 
 
-def test_a_lowered_record_and_a_lost_state_dir_do_not_reopen_replay(kube, ship, make_agent, bucket):
+def test_a_lowered_record_and_a_lost_state_dir_do_not_reopen_replay(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore
+) -> None:
     ship(A)
     generation_1 = manifest_bytes(bucket)
     make_agent().sync_once(T0 + MINUTE).to_json()
@@ -549,8 +630,10 @@ def test_a_lowered_record_and_a_lost_state_dir_do_not_reopen_replay(kube, ship, 
     assert names(kube) == B_NAMES
 
 
-def test_in_directory_mode_a_lost_state_dir_does_not_reopen_replay(ship, bucket, verifier, tmp_path):
-    def agent(state_dir):
+def test_in_directory_mode_a_lost_state_dir_does_not_reopen_replay(
+    ship: Callable[..., str], bucket: RecordingStore, verifier: Verifier, tmp_path: Path
+) -> None:
+    def agent(state_dir: str) -> Agent:
         return Agent(
             bucket,
             channel="prod",
@@ -577,13 +660,15 @@ def test_in_directory_mode_a_lost_state_dir_does_not_reopen_replay(ship, bucket,
     ]
 
 
-def test_expiry_after_a_restart_with_the_bucket_away_keeps_the_newer_bundles_objects(ship, bucket, verifier, tmp_path):
-    def reject_b_policy(obj):
+def test_expiry_after_a_restart_with_the_bucket_away_keeps_the_newer_bundles_objects(
+    ship: Callable[..., str], bucket: RecordingStore, verifier: Verifier, tmp_path: Path
+) -> None:
+    def reject_b_policy(obj: dict[str, Any]) -> list[str]:
         return ["spec: invalid"] if obj["metadata"]["name"] == "ccnp-blocklist-b" else []
 
     with FakeKubeAPI(validator=reject_b_policy) as kube:
 
-        def agent():
+        def agent() -> Agent:
             applier = KubeApplier(kube.url, kube.token)
             return Agent(
                 bucket,
@@ -608,11 +693,14 @@ def test_expiry_after_a_restart_with_the_bucket_away_keeps_the_newer_bundles_obj
         assert names(kube) == ["ccg-blocklist-b", "tp-blocklist-b"]
 
 
-def test_an_object_with_its_labels_stripped_and_its_spec_downgraded_is_repaired(kube, ship, make_agent):
+def test_an_object_with_its_labels_stripped_and_its_spec_downgraded_is_repaired(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     ship(A)
     agent = make_agent(drift_interval_s=0.05)
     agent.sync_once(T0 + MINUTE).to_json()
     stripped = kube.get_object("TracingPolicy", "tp-blocklist-a")
+    assert stripped is not None
     stripped["metadata"]["labels"] = {"team": "someone-else"}
     stripped["spec"]["kprobes"][0]["selectors"][0]["matchArgs"][0]["values"] = ["45.9.9.9/32", "::ffff:45.9.9.9/128"]
     kube.add_object(stripped)
@@ -623,6 +711,7 @@ def test_an_object_with_its_labels_stripped_and_its_spec_downgraded_is_repaired(
     assert status["last_poll"]["result"] == "repaired" and status["drift"]["repaired"] is True
     assert status["drift"]["missing"] == ["TracingPolicy/tp-blocklist-a"]
     repaired = kube.get_object("TracingPolicy", "tp-blocklist-a")
+    assert repaired is not None
     assert repaired["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "cdr-policy"
     assert repaired["spec"]["kprobes"][0]["selectors"][0]["matchArgs"][0]["values"][0] == "45.0.0.0/32"
 
@@ -645,7 +734,9 @@ spec:
 """
 
 
-def _signed_with(bucket, signer, files: dict[str, bytes], *, sizes: dict[str, int] | None = None) -> None:
+def _signed_with(
+    bucket: RecordingStore, signer: LocalSigner, files: dict[str, bytes], *, sizes: dict[str, int] | None = None
+) -> None:
     """A manifest listing ``files`` (with ``sizes`` claimed instead of the real ones), signed with the
     channel's key: what a compromised signer ships."""
     from cdr_policy.bundle.manifest import FileEntry, entries_digest, file_entries
@@ -671,7 +762,9 @@ def _signed_with(bucket, signer, files: dict[str, bytes], *, sizes: dict[str, in
     serve(bucket, jsonio.dumps(sign_document(body, signer)))
 
 
-def test_a_signed_yaml_alias_bomb_is_refused_at_once(kube, make_agent, bucket, signer):
+def test_a_signed_yaml_alias_bomb_is_refused_at_once(
+    kube: FakeKubeAPI, make_agent: Callable[..., Agent], bucket: RecordingStore, signer: LocalSigner
+) -> None:
     _signed_with(bucket, signer, {"bomb.yaml": BOMB})
     started = time.monotonic()
 
@@ -683,7 +776,9 @@ def test_a_signed_yaml_alias_bomb_is_refused_at_once(kube, make_agent, bucket, s
     assert kube.objects() == []
 
 
-def test_a_signed_manifest_listing_a_gibibyte_is_refused_before_any_file_is_read(kube, make_agent, bucket, signer):
+def test_a_signed_manifest_listing_a_gibibyte_is_refused_before_any_file_is_read(
+    kube: FakeKubeAPI, make_agent: Callable[..., Agent], bucket: RecordingStore, signer: LocalSigner
+) -> None:
     _signed_with(bucket, signer, {"huge.yaml": b"x"}, sizes={"huge.yaml": 1 << 30})
     bucket.puts.clear()
 
@@ -693,7 +788,9 @@ def test_a_signed_manifest_listing_a_gibibyte_is_refused_before_any_file_is_read
     assert kube.objects() == []
 
 
-def test_deeply_nested_json_at_the_manifest_key_is_refused_and_the_agent_goes_on(kube, ship, make_agent, bucket):
+def test_deeply_nested_json_at_the_manifest_key_is_refused_and_the_agent_goes_on(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore
+) -> None:
     serve(bucket, b"[" * 100_000 + b"]" * 100_000)
     agent = make_agent()
 
@@ -706,7 +803,9 @@ def test_deeply_nested_json_at_the_manifest_key_is_refused_and_the_agent_goes_on
 
 
 @pytest.mark.parametrize("where", ["manifest", "bundle file"])
-def test_a_fifo_planted_in_a_distribution_folder_never_blocks_the_agent(where, signer, verifier, tmp_path):
+def test_a_fifo_planted_in_a_distribution_folder_never_blocks_the_agent(
+    where: str, signer: LocalSigner, verifier: Verifier, tmp_path: Path
+) -> None:
     import os
 
     from cdr_policy.storage import LocalStore
@@ -735,7 +834,7 @@ def test_a_fifo_planted_in_a_distribution_folder_never_blocks_the_agent(where, s
     assert "is not a regular file" in status["last_poll"]["detail"]
 
 
-def ship_to(dist, tmp_path, signer) -> str:
+def ship_to(dist: LocalStore, tmp_path: Path, signer: LocalSigner) -> str:
     """Render and publish A into a distribution folder (first publish: no budget)."""
     from cdr_policy.storage import LocalStore
 

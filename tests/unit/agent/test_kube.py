@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from cdr_policy.agent.applier import ApplyError
@@ -14,7 +18,7 @@ from tests.unit.bundle.factory import ccg, ccnp, labels, tracing_policy
 OURS = labels("prod")
 
 
-def cnp(name: str, namespace: str, channel: str = "prod") -> dict:
+def cnp(name: str, namespace: str, channel: str = "prod") -> dict[str, Any]:
     return {
         "apiVersion": "cilium.io/v2",
         "kind": "CiliumNetworkPolicy",
@@ -24,28 +28,30 @@ def cnp(name: str, namespace: str, channel: str = "prod") -> dict:
 
 
 @pytest.fixture
-def kube():
+def kube() -> Iterator[FakeKubeAPI]:
     with FakeKubeAPI() as api:
         yield api
 
 
 @pytest.fixture
-def applier(kube):
+def applier(kube: FakeKubeAPI) -> Iterator[KubeApplier]:
     a = KubeApplier(kube.url, kube.token)
     yield a
     a.close()
 
 
-def test_apply_is_a_strict_forced_server_side_apply(kube, applier):
+def test_apply_is_a_strict_forced_server_side_apply(kube: FakeKubeAPI, applier: KubeApplier) -> None:
     applier.apply(ccg("g1", ["45.0.0.1/32"]))
 
-    assert kube.get_object("CiliumCIDRGroup", "g1")["spec"] == {"externalCIDRs": ["45.0.0.1/32"]}
+    stored = kube.get_object("CiliumCIDRGroup", "g1")
+    assert stored is not None
+    assert stored["spec"] == {"externalCIDRs": ["45.0.0.1/32"]}
     (op,) = kube.operations
     assert (op.verb, op.kind, op.name) == ("apply", "CiliumCIDRGroup", "g1")
     assert op.params == {"fieldManager": "cdr-policy", "force": "true", "fieldValidation": "Strict"}
 
 
-def test_owned_lists_every_kind_by_label_and_nothing_else(kube, applier):
+def test_owned_lists_every_kind_by_label_and_nothing_else(kube: FakeKubeAPI, applier: KubeApplier) -> None:
     for obj in (
         ccg("g1", []),
         ccnp("p1", ["g1"]),
@@ -72,16 +78,17 @@ def test_owned_lists_every_kind_by_label_and_nothing_else(kube, applier):
     }
 
 
-def test_get_and_delete(kube, applier):
+def test_get_and_delete(kube: FakeKubeAPI, applier: KubeApplier) -> None:
     assert applier.get(ccg("g1", [])) is None
     applier.apply(ccg("g1", []))
-    assert applier.get(ccg("g1", []))["metadata"]["name"] == "g1"
+    live = applier.get(ccg("g1", []))
+    assert live is not None and live["metadata"]["name"] == "g1"
     applier.delete(ccg("g1", []))
     applier.delete(ccg("g1", []))  # already gone is fine
     assert kube.objects() == []
 
 
-def test_a_rejected_object_raises_with_the_servers_message():
+def test_a_rejected_object_raises_with_the_servers_message() -> None:
     with FakeKubeAPI(validator=lambda obj: ["spec.bogus: field not declared in schema"]) as kube:
         applier = KubeApplier(kube.url, kube.token)
         with pytest.raises(ApplyError, match="rejected by the API server: .*spec.bogus: field not declared"):
@@ -89,32 +96,32 @@ def test_a_rejected_object_raises_with_the_servers_message():
         assert kube.objects() == []
 
 
-def test_wrong_token_is_reported(kube):
+def test_wrong_token_is_reported(kube: FakeKubeAPI) -> None:
     with pytest.raises(ApplyError, match="unauthorized"):
         KubeApplier(kube.url, "wrong").apply(ccg("g1", []))
 
 
-def test_transient_errors_are_retried(kube, applier):
+def test_transient_errors_are_retried(kube: FakeKubeAPI, applier: KubeApplier) -> None:
     kube.fail("apply", 503, times=2)
     applier.apply(ccg("g1", []))
     assert [op.verb for op in kube.operations] == ["apply"] * 3
     assert kube.get_object("CiliumCIDRGroup", "g1") is not None
 
 
-def test_persistent_errors_give_up_after_three_attempts(kube, applier):
+def test_persistent_errors_give_up_after_three_attempts(kube: FakeKubeAPI, applier: KubeApplier) -> None:
     kube.fail("apply", 500, times=5)
     with pytest.raises(ApplyError, match="after 3 attempts: HTTP 500"):
         applier.apply(ccg("g1", []))
 
 
-def test_unreachable_server(kube):
+def test_unreachable_server(kube: FakeKubeAPI) -> None:
     url = kube.url
     kube.stop()
     with pytest.raises(ApplyError, match="no answer from"):
         KubeApplier(url, "t", timeout=2).owned(OURS)
 
 
-def test_token_file_is_read_on_every_request(kube, tmp_path):
+def test_token_file_is_read_on_every_request(kube: FakeKubeAPI, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(kube.token + "\n")
     applier = KubeApplier(kube.url, None, token_file=token_file)
@@ -126,12 +133,12 @@ def test_token_file_is_read_on_every_request(kube, tmp_path):
 
 
 @pytest.mark.parametrize("url", ["http://10.0.0.1:6443", "ftp://127.0.0.1", "https://"])
-def test_unsafe_or_invalid_urls_are_refused(url):
+def test_unsafe_or_invalid_urls_are_refused(url: str) -> None:
     with pytest.raises(ConfigError):
         KubeApplier(url, "t")
 
 
-def test_crds_are_the_installed_cilium_ones(kube, applier):
+def test_crds_are_the_installed_cilium_ones(kube: FakeKubeAPI, applier: KubeApplier) -> None:
     kube.crds.append(
         {
             "apiVersion": "apiextensions.k8s.io/v1",
@@ -154,14 +161,14 @@ def test_crds_are_the_installed_cilium_ones(kube, applier):
     ]
 
 
-def load_crds(crds_dir, *paths):
-    docs = []
+def load_crds(crds_dir: Path, *paths: str) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
     for path in paths:
         docs.extend(load_yaml_documents((crds_dir / path).read_bytes()))
     return docs
 
 
-def test_against_a_cilium_1_16_cluster(crds_dir):
+def test_against_a_cilium_1_16_cluster(crds_dir: Path) -> None:
     # Cilium 1.16 serves CiliumCIDRGroup only as v2alpha1.
     crds = load_crds(
         crds_dir,

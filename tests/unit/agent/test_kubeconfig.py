@@ -8,12 +8,13 @@ import ssl
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from cdr_policy.agent.kube import KubeApplier
-from cdr_policy.agent.kubeconfig import from_kubeconfig, resolve, ssl_context
+from cdr_policy.agent.kubeconfig import ExecPlugin, KubeConnection, from_kubeconfig, resolve, ssl_context
 from cdr_policy.errors import ConfigError
 from fakes.kube import FakeKubeAPI
 from fakes.tls import self_signed
@@ -24,7 +25,9 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def kubeconfig(path: Path, *, user: dict, cluster: dict | None = None, current: str | None = "dev") -> Path:
+def kubeconfig(
+    path: Path, *, user: dict[str, Any], cluster: dict[str, Any] | None = None, current: str | None = "dev"
+) -> Path:
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -39,7 +42,7 @@ def kubeconfig(path: Path, *, user: dict, cluster: dict | None = None, current: 
 
 
 @pytest.fixture
-def sa_dir(tmp_path) -> Path:
+def sa_dir(tmp_path: Path) -> Path:
     d = tmp_path / "serviceaccount"
     d.mkdir()
     (d / "token").write_text("sa-token\n")
@@ -47,7 +50,7 @@ def sa_dir(tmp_path) -> Path:
     return d
 
 
-def test_in_cluster_service_account_comes_first(sa_dir, tmp_path):
+def test_in_cluster_service_account_comes_first(sa_dir: Path, tmp_path: Path) -> None:
     env = {
         "KUBERNETES_SERVICE_HOST": "10.96.0.1",
         "KUBERNETES_SERVICE_PORT": "443",
@@ -65,12 +68,12 @@ def test_in_cluster_service_account_comes_first(sa_dir, tmp_path):
     assert applier._bearer() == "sa-token"
 
 
-def test_ipv6_service_host_is_bracketed(sa_dir):
+def test_ipv6_service_host_is_bracketed(sa_dir: Path) -> None:
     conn = resolve({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"}, sa_dir=sa_dir)
     assert conn.server == "https://[fd00::1]:443"
 
 
-def test_kubeconfig_with_token_and_inline_ca(tmp_path):
+def test_kubeconfig_with_token_and_inline_ca(tmp_path: Path) -> None:
     ca, _ = self_signed()
     path = kubeconfig(
         tmp_path / "config",
@@ -88,7 +91,7 @@ def test_kubeconfig_with_token_and_inline_ca(tmp_path):
     assert ssl_context(conn).verify_mode == ssl.CERT_REQUIRED
 
 
-def test_default_kubeconfig_location_and_relative_paths(tmp_path):
+def test_default_kubeconfig_location_and_relative_paths(tmp_path: Path) -> None:
     home = tmp_path / "home"
     (home / ".kube").mkdir(parents=True)
     ca, _ = self_signed()
@@ -105,7 +108,7 @@ def test_default_kubeconfig_location_and_relative_paths(tmp_path):
     ssl_context(conn)
 
 
-def test_client_certificate_credentials(tmp_path):
+def test_client_certificate_credentials(tmp_path: Path) -> None:
     cert, key = self_signed("client")
     path = kubeconfig(
         tmp_path / "config",
@@ -118,7 +121,7 @@ def test_client_certificate_credentials(tmp_path):
     assert ctx.verify_mode == ssl.CERT_NONE
 
 
-def test_a_certificate_without_its_key_is_refused(tmp_path):
+def test_a_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
     cert, _ = self_signed("client")
     with pytest.raises(ConfigError, match="both a client certificate and a key"):
         from_kubeconfig([kubeconfig(tmp_path / "c", user={"client-certificate-data": b64(cert)})])
@@ -139,7 +142,7 @@ def _plugin(tmp_path: Path, body: str) -> Path:
     return script
 
 
-def test_exec_plugins_give_a_token_cached_until_it_expires(tmp_path):
+def test_exec_plugins_give_a_token_cached_until_it_expires(tmp_path: Path) -> None:
     expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     credential = {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
                   "status": {"token": "eks-token", "expirationTimestamp": expires}}  # fmt: skip
@@ -158,27 +161,32 @@ def test_exec_plugins_give_a_token_cached_until_it_expires(tmp_path):
     assert (tmp_path / "get-token.runs").read_text() == "1", "cached until shortly before it expires"
 
 
-def test_exec_plugin_failures_and_bad_answers_are_explained(tmp_path):
+def _plugin_of(conn: KubeConnection) -> ExecPlugin:
+    assert conn.exec_plugin is not None
+    return conn.exec_plugin
+
+
+def test_exec_plugin_failures_and_bad_answers_are_explained(tmp_path: Path) -> None:
     failing = _plugin(tmp_path, "print('token expired, run aws sso login', file=sys.stderr); sys.exit(3)\n")
     conn = from_kubeconfig([kubeconfig(tmp_path / "c", user={"exec": {"command": str(failing)}})])
     with pytest.raises(ConfigError, match="failed \\(3\\).*aws sso login"):
-        conn.exec_plugin.token()
+        _plugin_of(conn).token()
     (tmp_path / "x").mkdir()
     junk = _plugin(tmp_path / "x", "print('{}')\n")
     conn = from_kubeconfig([kubeconfig(tmp_path / "c2", user={"exec": {"command": str(junk)}})])
     with pytest.raises(ConfigError, match="no ExecCredential with status.token"):
-        conn.exec_plugin.token()
+        _plugin_of(conn).token()
     with pytest.raises(ConfigError, match="apiVersion"):
         from_kubeconfig([kubeconfig(tmp_path / "c3", user={"exec": {"command": "x", "apiVersion": "v0"}})])
 
 
-def test_legacy_auth_providers_are_refused_with_a_way_out(tmp_path):
+def test_legacy_auth_providers_are_refused_with_a_way_out(tmp_path: Path) -> None:
     path = kubeconfig(tmp_path / "c", user={"auth-provider": {"name": "gcp"}})
     with pytest.raises(ConfigError, match="legacy auth-provider.*exec credential plugin"):
         from_kubeconfig([path])
 
 
-def test_the_applier_sends_the_plugins_token(tmp_path):
+def test_the_applier_sends_the_plugins_token(tmp_path: Path) -> None:
     from fakes.kube import FakeKubeAPI
 
     with FakeKubeAPI() as api:
@@ -208,24 +216,24 @@ def test_the_applier_sends_the_plugins_token(tmp_path):
         ({"user": {"token": "t"}, "cluster": {"certificate-authority-data": "AAAA"}}, "has no server"),
     ],
 )
-def test_broken_kubeconfigs_are_explained(tmp_path, kwargs, message):
+def test_broken_kubeconfigs_are_explained(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         from_kubeconfig([kubeconfig(tmp_path / "c", **kwargs)])
 
 
-def test_no_credentials_at_all(tmp_path):
+def test_no_credentials_at_all(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no Kubernetes credentials: not running in a pod"):
         KubeApplier.from_environment({}, sa_dir=tmp_path / "none", home=tmp_path)
 
 
-def test_kubeconfig_files_merge_first_wins(tmp_path):
+def test_kubeconfig_files_merge_first_wins(tmp_path: Path) -> None:
     first = kubeconfig(tmp_path / "a", user={"token": "first"}, current=None)
     second = kubeconfig(tmp_path / "b", user={"token": "second"}, current="dev")
     conn = resolve({"KUBECONFIG": f"{first}:{tmp_path / 'missing'}:{second}"}, sa_dir=tmp_path / "none")
     assert conn.token == "first"
 
 
-def test_kubeconfig_reaches_the_api_server(tmp_path):
+def test_kubeconfig_reaches_the_api_server(tmp_path: Path) -> None:
     with FakeKubeAPI() as kube:
         path = kubeconfig(tmp_path / "c", user={"token": kube.token}, cluster={"server": kube.url})
         applier = KubeApplier.from_environment({"KUBECONFIG": str(path)}, sa_dir=tmp_path / "none")

@@ -3,6 +3,8 @@ served over loopback."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -15,8 +17,8 @@ DIGEST = "ab" * 32
 NOW = parse_iso("2026-03-01T12:00:00Z").timestamp()
 
 
-def status(result: str, **extra) -> AgentStatus:
-    doc = {
+def status(result: str, **extra: Any) -> AgentStatus:
+    doc: dict[str, Any] = {
         **GOOD,
         "channel": "prod",
         "applied_digest": DIGEST if result in ("applied", "unchanged", "repaired") else None,
@@ -37,17 +39,17 @@ def status(result: str, **extra) -> AgentStatus:
 
 
 @pytest.fixture
-def clock():
+def clock() -> list[float]:
     now = [NOW]
     return now
 
 
 @pytest.fixture
-def metrics(clock):
+def metrics(clock: list[float]) -> AgentMetrics:
     return AgentMetrics(channel="prod", interval_s=60, clock=lambda: clock[0])
 
 
-def test_metrics_follow_the_status_documents(metrics):
+def test_metrics_follow_the_status_documents(metrics: AgentMetrics) -> None:
     metrics.observe(status("applied"))
     metrics.observe(status("refused"))
     metrics.observe(
@@ -72,14 +74,14 @@ def test_metrics_follow_the_status_documents(metrics):
         assert line in text, line
 
 
-def test_the_bundle_in_force_is_labelled_with_its_digest_and_generation(metrics):
+def test_the_bundle_in_force_is_labelled_with_its_digest_and_generation(metrics: AgentMetrics) -> None:
     metrics.observe(status("applied"))
     assert f'cdr_policy_agent_bundle_applied_info{{channel="prod",digest="{DIGEST}",generation="7"}} 1' in (
         metrics.exposition()
     )
 
 
-def test_probes(metrics, clock):
+def test_probes(metrics: AgentMetrics, clock: list[float]) -> None:
     assert metrics.alive() and not metrics.ready()  # starting: alive, not ready
     metrics.observe(status("unreachable"))
     assert metrics.alive() and not metrics.ready()
@@ -91,7 +93,7 @@ def test_probes(metrics, clock):
     assert not metrics.alive()
 
 
-def test_served_over_http(metrics):
+def test_served_over_http(metrics: AgentMetrics) -> None:
     server = ObservabilityServer(metrics, host="127.0.0.1", port=0).start()
     try:
         base = f"http://127.0.0.1:{server.port}"

@@ -6,7 +6,10 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,9 +24,11 @@ from cdr_policy.agent.reconcile import reconcile
 from cdr_policy.agent.status import AgentStatus
 from cdr_policy.agent.sync import Agent
 from cdr_policy.bundle.manifest import Settings
+from cdr_policy.bundle.signing import LocalSigner, Verifier
 from cdr_policy.errors import ConfigError
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.stages.publish import publish_bundle
+from cdr_policy.storage import LocalStore
 from fakes.kube import FakeKubeAPI
 from fakes.stores import RecordingStore
 from tests.unit.bundle.factory import T0, approve, plant_signed
@@ -37,15 +42,16 @@ ON = {("kube-system", "cilium-config"): {"enable-non-default-deny-policies": "tr
 
 
 @functools.cache
-def _parsed(path) -> dict:
-    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+def _parsed(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return doc
 
 
-def _load(path) -> dict:
+def _load(path: Path) -> dict[str, Any]:
     return copy.deepcopy(_parsed(path))
 
 
-def cluster_crds(crds_dir, cilium: str) -> list[dict]:
+def cluster_crds(crds_dir: Path, cilium: str) -> list[dict[str, Any]]:
     """The CRDs a cluster running Cilium ``cilium`` serves (1.17 is main's schema with the
     CiliumCIDRGroup served as v2alpha1 only, as it was before the v2 promotion in 1.18)."""
     tetragon = [_load(p) for p in sorted(crds_dir.glob("tetragon_*.yaml"))]
@@ -71,18 +77,20 @@ def bundle_files(cilium_version: str = "1.17", *more: str) -> dict[str, bytes]:
 SIGKILL = Settings(action="Sigkill", mode="enforce")  # either CiliumCIDRGroup API version
 
 
-def kinds(kube) -> set[str]:
+def kinds(kube: FakeKubeAPI) -> set[str]:
     return {o["kind"] for o in kube.objects()}
 
 
 @pytest.fixture
-def bucket(dist) -> RecordingStore:
+def bucket(dist: LocalStore) -> RecordingStore:
     return RecordingStore(dist)
 
 
 @pytest.fixture
-def ship(state, bucket, signer, approver, approvers):
-    def ship(files, when=T0):
+def ship(
+    state: LocalStore, bucket: RecordingStore, signer: LocalSigner, approver: LocalSigner, approvers: Verifier
+) -> Callable[..., str]:
+    def ship(files: dict[str, bytes], when: datetime = T0) -> str:
         digest = stage_bundle(state, files, channel="prod", created=when, settings=SIGKILL)
         approve(state, bucket, approver, digest, channel="prod", now=when)  # not about the change budget
         assert publish_bundle(
@@ -101,8 +109,8 @@ def ship(state, bucket, signer, approver, approvers):
 
 
 @pytest.fixture
-def agent_for(bucket, verifier, tmp_path):
-    def make(kube, *, checked=False, **applier_kwargs):
+def agent_for(bucket: RecordingStore, verifier: Verifier, tmp_path: Path) -> Callable[..., Agent]:
+    def make(kube: FakeKubeAPI, *, checked: bool = False, **applier_kwargs: Any) -> Agent:
         applier = KubeApplier(kube.url, kube.token, **applier_kwargs)
         return Agent(
             bucket,
@@ -118,7 +126,13 @@ def agent_for(bucket, verifier, tmp_path):
     return make
 
 
-def test_non_default_deny_off_applies_tetragon_refuses_cilium_and_reports(crds_dir, ship, agent_for, bucket, caplog):
+def test_non_default_deny_off_applies_tetragon_refuses_cilium_and_reports(
+    crds_dir: Path,
+    ship: Callable[..., str],
+    agent_for: Callable[..., Agent],
+    bucket: RecordingStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     ship(bundle_files("1.17"))
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17"), config_maps=OFF) as kube:
         with caplog.at_level(logging.ERROR):
@@ -141,7 +155,9 @@ def test_non_default_deny_off_applies_tetragon_refuses_cilium_and_reports(crds_d
     assert any("pre-flight" in r.getMessage() for r in caplog.records)
 
 
-def test_live_deny_policies_are_withdrawn_and_a_fixed_config_is_picked_up(crds_dir, ship, agent_for):
+def test_live_deny_policies_are_withdrawn_and_a_fixed_config_is_picked_up(
+    crds_dir: Path, ship: Callable[..., str], agent_for: Callable[..., Agent]
+) -> None:
     ship(bundle_files("1.17"))
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17"), config_maps=ON) as kube:
         agent = agent_for(kube)
@@ -163,7 +179,9 @@ def test_live_deny_policies_are_withdrawn_and_a_fixed_config_is_picked_up(crds_d
 
 
 @pytest.mark.parametrize("problem", ["missing", "forbidden"])
-def test_an_unverifiable_config_withholds_cilium_and_keeps_what_is_live(crds_dir, ship, agent_for, problem):
+def test_an_unverifiable_config_withholds_cilium_and_keeps_what_is_live(
+    crds_dir: Path, ship: Callable[..., str], agent_for: Callable[..., Agent], problem: str
+) -> None:
     ship(bundle_files("1.17"))
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17"), config_maps=ON) as kube:
         agent = agent_for(kube)
@@ -184,7 +202,9 @@ def test_an_unverifiable_config_withholds_cilium_and_keeps_what_is_live(crds_dir
         assert still == live, "last known good Cilium objects stay"
 
 
-def test_the_cilium_namespace_is_configurable(crds_dir, ship, agent_for):
+def test_the_cilium_namespace_is_configurable(
+    crds_dir: Path, ship: Callable[..., str], agent_for: Callable[..., Agent]
+) -> None:
     ship(bundle_files("1.17"))
     elsewhere = {("cilium", "cilium-config"): {"enable-non-default-deny-policies": "true"}}
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17"), config_maps=elsewhere) as kube:
@@ -197,7 +217,9 @@ def test_the_cilium_namespace_is_configurable(crds_dir, ship, agent_for):
         KubeApplier("http://127.0.0.1:1", "t", cilium_namespace="Kube_System")
 
 
-def test_the_agent_reports_a_version_mismatch_instead_of_refusing_the_whole_bundle(crds_dir, ship, agent_for):
+def test_the_agent_reports_a_version_mismatch_instead_of_refusing_the_whole_bundle(
+    crds_dir: Path, ship: Callable[..., str], agent_for: Callable[..., Agent]
+) -> None:
     """The agent checks bundles against its cluster's CRDs: a CiliumCIDRGroup v2 on a 1.17 cluster
     fails that check. The pre-flight runs first, so the mismatch is reported, the Cilium part held
     back and the Tetragon part still checked and applied."""
@@ -215,7 +237,9 @@ def test_the_agent_reports_a_version_mismatch_instead_of_refusing_the_whole_bund
     assert "targets Cilium 1.18 but the cluster serves Cilium 1.17" in status["last_poll"]["detail"]
 
 
-def test_admission_still_refuses_a_bad_tetragon_object(crds_dir, bucket, signer, agent_for):
+def test_admission_still_refuses_a_bad_tetragon_object(
+    crds_dir: Path, bucket: RecordingStore, signer: LocalSigner, agent_for: Callable[..., Agent]
+) -> None:
     """A field our compiler never writes, signed by the channel's key: refused before anything is
     applied, and the refusal does not quote the field."""
     files = bundle_files("1.18")
@@ -243,7 +267,9 @@ def test_admission_still_refuses_a_bad_tetragon_object(crds_dir, bucket, signer,
         ("1.18", "1.16", ("withhold", [("not-served", "error"), ("version-mismatch", "error")])),
     ],
 )
-def test_declared_cilium_version_is_compared_with_what_the_cluster_serves(crds_dir, declared, cluster, expected):
+def test_declared_cilium_version_is_compared_with_what_the_cluster_serves(
+    crds_dir: Path, declared: str, cluster: str, expected: tuple[str, list[tuple[str, str]]]
+) -> None:
     objects = [
         f.obj
         for f in render(
@@ -267,7 +293,7 @@ def test_declared_cilium_version_is_compared_with_what_the_cluster_serves(crds_d
         assert "TracingPolicy" in live and applied >= 1
 
 
-def test_the_clis_apply_path_runs_the_preflight_itself(crds_dir):
+def test_the_clis_apply_path_runs_the_preflight_itself(crds_dir: Path) -> None:
     """``cdr-policy --apply`` calls ``reconcile`` without a pre-flight of its own."""
     objects = [
         f.obj
@@ -283,7 +309,7 @@ def test_the_clis_apply_path_runs_the_preflight_itself(crds_dir):
     assert applied == sum(o["kind"] == "TracingPolicy" for o in objects) and deleted == 0
 
 
-def test_no_preflight_without_a_cluster_or_without_cilium_objects(crds_dir, tmp_path):
+def test_no_preflight_without_a_cluster_or_without_cilium_objects(crds_dir: Path, tmp_path: Path) -> None:
     objects = [f.obj for f in render([cdr_set([indicator("45.33.32.0/24")])], ChannelSettings(name="prod")).files]
     assert run_preflight(DirectoryApplier(tmp_path), objects) is None
     tetragon_only = [o for o in objects if o["kind"] == "TracingPolicy"]
@@ -294,7 +320,7 @@ def test_no_preflight_without_a_cluster_or_without_cilium_objects(crds_dir, tmp_
 
 
 @pytest.mark.parametrize(("value", "held"), [("true", False), ("True", False), ("1", False), ("0", True), ("no", True)])
-def test_the_flag_is_read_as_cilium_reads_it(crds_dir, value, held):
+def test_the_flag_is_read_as_cilium_reads_it(crds_dir: Path, value: str, held: bool) -> None:
     objects = [f.obj for f in render([cdr_set([indicator("45.33.32.0/24")])], ChannelSettings(name="prod")).files]
     config = {("kube-system", "cilium-config"): {"enable-non-default-deny-policies": value}}
     with FakeKubeAPI(crds=cluster_crds(crds_dir, "1.17"), config_maps=config) as kube:

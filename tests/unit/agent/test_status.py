@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -10,7 +12,7 @@ from cdr_policy import jsonio
 from cdr_policy.agent.status import AgentStatus
 from cdr_policy.errors import ContractError
 
-GOOD = {
+GOOD: dict[str, Any] = {
     "schema_version": 1,
     "cluster_id": "eks-prod-1",
     "channel": "prod",
@@ -34,7 +36,7 @@ GOOD = {
 }
 
 
-def test_a_valid_status_reads_back_as_it_was_written():
+def test_a_valid_status_reads_back_as_it_was_written() -> None:
     status = AgentStatus.parse(jsonio.dumps(GOOD))
     assert status.last_poll.result == "unchanged" and status.apply_errors[0].action == "apply"
     assert status.to_json() == {**GOOD, "preflight": None, "hits": None}
@@ -55,7 +57,9 @@ def test_a_valid_status_reads_back_as_it_was_written():
         (lambda d: d["objects"].update(applied=-1), "objects/applied"),
     ],
 )
-def test_malformed_status_is_refused_naming_the_field_not_the_value(mutate, field):
+def test_malformed_status_is_refused_naming_the_field_not_the_value(
+    mutate: Callable[[dict[str, Any]], object], field: str
+) -> None:
     doc = copy.deepcopy(GOOD)
     mutate(doc)
     with pytest.raises(ContractError, match="malformed agent status") as caught:
@@ -69,17 +73,17 @@ def test_malformed_status_is_refused_naming_the_field_not_the_value(mutate, fiel
     "data",
     [b"{", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000, b"null", b"[]", jsonio.dumps({"a" * 10_000: 1})],
 )
-def test_hostile_status_bytes_are_one_contract_error(data):
+def test_hostile_status_bytes_are_one_contract_error(data: bytes) -> None:
     with pytest.raises(ContractError, match="^malformed agent status: ") as caught:
         AgentStatus.parse(data)
     assert "a" * 100 not in str(caught.value)
 
 
-def test_a_deeply_nested_document_handed_over_parsed_is_one_contract_error():
-    deep: dict[str, object] = {}
+def test_a_deeply_nested_document_handed_over_parsed_is_one_contract_error() -> None:
+    deep: dict[str, Any] = {}
     node = deep
     for _ in range(5_000):
         node["x"] = {}
-        node = node["x"]  # type: ignore[assignment]
+        node = node["x"]
     with pytest.raises(ContractError, match="nested deeper than"):
         AgentStatus.from_json({**GOOD, "drift": deep})

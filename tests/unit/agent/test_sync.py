@@ -5,22 +5,27 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cdr_policy import jsonio, layout
 from cdr_policy.admission import Admission, protection
+from cdr_policy.agent.applier import Applier
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.agent.kube import KubeApplier
 from cdr_policy.agent.status import AgentStatus
 from cdr_policy.agent.sync import Agent
-from cdr_policy.bundle.signing import LocalSigner, generate_local_key
+from cdr_policy.bundle.signing import LocalSigner, Verifier, generate_local_key
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.hits.aggregate import HitsSection, HitTable
 from cdr_policy.hits.tally import Totals
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.stages.publish import publish_bundle
+from cdr_policy.storage import LocalStore, Store, StoredObject
 from cdr_policy.timeutil import iso, utcnow
 from fakes.kube import FakeKubeAPI
 from fakes.stores import RecordingStore
@@ -42,19 +47,21 @@ MINUTE = timedelta(minutes=1)
 
 
 @pytest.fixture
-def bucket(dist) -> RecordingStore:
+def bucket(dist: LocalStore) -> RecordingStore:
     return RecordingStore(dist)
 
 
 @pytest.fixture
-def kube():
+def kube() -> Iterator[FakeKubeAPI]:
     with FakeKubeAPI() as api:
         yield api
 
 
 @pytest.fixture
-def make_agent(bucket, verifier, tmp_path):
-    def make(applier, *, admission=None, channel="prod", state_dir=None):
+def make_agent(bucket: RecordingStore, verifier: Verifier, tmp_path: Path) -> Callable[..., Agent]:
+    def make(
+        applier: Applier, *, admission: Admission | None = None, channel: str = "prod", state_dir: Path | None = None
+    ) -> Agent:
         return Agent(
             bucket,
             channel=channel,
@@ -69,10 +76,14 @@ def make_agent(bucket, verifier, tmp_path):
 
 
 @pytest.fixture
-def ship(state, bucket, signer, approver, approvers):
+def ship(
+    state: LocalStore, bucket: RecordingStore, signer: LocalSigner, approver: LocalSigner, approvers: Verifier
+) -> Callable[..., str]:
     """Render and publish ``files`` to a channel at ``when``; returns the digest."""
 
-    def ship(files, when=T0, *, channel="prod", ttl=timedelta(hours=72)):
+    def ship(
+        files: dict[str, bytes], when: datetime = T0, *, channel: str = "prod", ttl: timedelta = timedelta(hours=72)
+    ) -> str:
         digest = render(state, files, channel=channel, created=when, ttl=ttl)
         approve(state, bucket, approver, digest, channel=channel, now=when)  # not about the change budget
         result = publish_bundle(
@@ -91,11 +102,11 @@ def ship(state, bucket, signer, approver, approvers):
     return ship
 
 
-def names(kube, kind=None) -> list[str]:
+def names(kube: FakeKubeAPI, kind: str | None = None) -> list[str]:
     return [o["metadata"]["name"] for o in kube.objects(kind)]
 
 
-def stored_status(bucket) -> dict:
+def stored_status(bucket: RecordingStore) -> dict[str, Any]:
     return AgentStatus.parse(bucket.inner.get(layout.status_key("eks-prod-1")).data).to_json()
 
 
@@ -105,7 +116,13 @@ A_NAMES = ["ccg-blocklist-a", "ccnp-blocklist-a", "tp-blocklist-a"]
 B_NAMES = ["ccg-blocklist-b", "ccnp-blocklist-b", "tp-blocklist-b"]
 
 
-def test_applies_a_new_bundle_and_reports(kube, ship, make_agent, bucket, tmp_path):
+def test_applies_a_new_bundle_and_reports(
+    kube: FakeKubeAPI,
+    ship: Callable[..., str],
+    make_agent: Callable[..., Agent],
+    bucket: RecordingStore,
+    tmp_path: Path,
+) -> None:
     digest = ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
 
@@ -132,7 +149,9 @@ def test_applies_a_new_bundle_and_reports(kube, ship, make_agent, bucket, tmp_pa
     assert saved["manifest"]["digest"] == digest
 
 
-def test_an_unchanged_manifest_costs_one_conditional_read(kube, ship, make_agent):
+def test_an_unchanged_manifest_costs_one_conditional_read(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
     agent.sync_once(T0 + MINUTE).to_json()
@@ -146,31 +165,31 @@ def test_an_unchanged_manifest_costs_one_conditional_read(kube, ship, make_agent
 
 
 class ReadCounting(RecordingStore):
-    def __init__(self, inner):
+    def __init__(self, inner: Store) -> None:
         super().__init__(inner)
         self.reads: list[str] = []
 
-    def get(self, key, *, max_bytes=None):
+    def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
         self.reads.append(key)
         return super().get(key, max_bytes=max_bytes)
 
 
 def test_a_new_bundle_reads_only_the_files_that_changed_and_a_restart_reads_all(
-    kube, state, signer, verifier, dist, tmp_path
-):
+    kube: FakeKubeAPI, state: LocalStore, signer: LocalSigner, verifier: Verifier, dist: LocalStore, tmp_path: Path
+) -> None:
     bucket = ReadCounting(dist)
     a = network_bundle(ips(0, 10), tag="a")
     grown = "cilium-cdr-blocklist-cidrs-001.yaml"
     b = {**a, grown: network_bundle(ips(0, 11), tag="a")[grown]}  # one more address: one file changes
 
-    def ship(files, when):
+    def ship(files: dict[str, bytes], when: datetime) -> str:
         digest = render(state, files, channel="prod", created=when)
         assert publish_bundle(
             state, bucket, channel="prod", digest=digest, signer=signer, now=when, change_budget_percent=100
         ).shipped
         return digest
 
-    def agent():
+    def agent() -> Agent:
         return Agent(
             bucket,
             channel="prod",
@@ -180,7 +199,7 @@ def test_a_new_bundle_reads_only_the_files_that_changed_and_a_restart_reads_all(
             state_dir=tmp_path / "agent-state",
         )
 
-    def bundle_reads(digest):
+    def bundle_reads(digest: str) -> list[str]:
         folder = layout.published_file_key("prod", digest, "")
         return sorted(k.removeprefix(folder) for k in bucket.reads if k.startswith(folder))
 
@@ -202,7 +221,9 @@ def test_a_new_bundle_reads_only_the_files_that_changed_and_a_restart_reads_all(
     assert bundle_reads(third_digest) == sorted(a)
 
 
-def test_a_file_held_from_the_last_bundle_is_checked_like_a_read_one(state, signer, dist):
+def test_a_file_held_from_the_last_bundle_is_checked_like_a_read_one(
+    state: LocalStore, signer: LocalSigner, dist: LocalStore
+) -> None:
     from cdr_policy.bundle.loader import load_bundle
     from cdr_policy.bundle.manifest import Manifest, VerificationError
 
@@ -217,7 +238,9 @@ def test_a_file_held_from_the_last_bundle_is_checked_like_a_read_one(state, sign
     assert dict(held.files) == A
 
 
-def test_apply_order_groups_first_new_before_old_policies_before_groups(kube, ship, make_agent):
+def test_apply_order_groups_first_new_before_old_policies_before_groups(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
     agent.sync_once(T0 + MINUTE).to_json()
@@ -239,7 +262,9 @@ def test_apply_order_groups_first_new_before_old_policies_before_groups(kube, sh
     assert sorted(names(kube)) == B_NAMES
 
 
-def test_prunes_only_what_it_owns(kube, ship, make_agent):
+def test_prunes_only_what_it_owns(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
     agent.sync_once(T0 + MINUTE).to_json()
@@ -257,7 +282,9 @@ def test_prunes_only_what_it_owns(kube, ship, make_agent):
     assert names(kube, "CiliumCIDRGroup") == ["ccg-blocklist-b", "staging-group"]
 
 
-def test_a_foreign_object_with_the_same_name_is_left_alone(kube, ship, make_agent):
+def test_a_foreign_object_with_the_same_name_is_left_alone(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
     agent.sync_once(T0 + MINUTE).to_json()
@@ -278,15 +305,19 @@ def test_a_foreign_object_with_the_same_name_is_left_alone(kube, ship, make_agen
             "error": "exists but is not managed by cdr-policy for channel prod: left untouched",
         }
     ]
-    assert kube.get_object("TracingPolicy", "tp-blocklist-b")["metadata"]["labels"] == {"team": "sec"}
+    stored = kube.get_object("TracingPolicy", "tp-blocklist-b")
+    assert stored is not None
+    assert stored["metadata"]["labels"] == {"team": "sec"}
     assert set(A_NAMES) <= set(names(kube))  # nothing pruned while something failed
     assert status["applied_digest"] == digest_a
 
 
-def test_one_rejected_object_does_not_stop_the_others_and_is_retried(ship, make_agent):
+def test_one_rejected_object_does_not_stop_the_others_and_is_retried(
+    ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     reject = {"on": True}
 
-    def validator(obj):
+    def validator(obj: dict[str, Any]) -> list[str]:
         bad = reject["on"] and obj["metadata"]["name"] == "ccnp-blocklist-b"
         return ["spec.egressDeny[0].toCIDRSet[0]: invalid"] if bad else []
 
@@ -313,19 +344,19 @@ def test_one_rejected_object_does_not_stop_the_others_and_is_retried(ship, make_
         assert sorted(names(kube)) == B_NAMES
 
 
-def tamper_file(bucket, digest):
+def tamper_file(bucket: RecordingStore, digest: str) -> None:
     key = layout.published_file_key("prod", digest, "cilium-cdr-blocklist-cidrs-001.yaml")
     bucket.inner.put(key, bucket.inner.get(key).data.replace(b"45.0.0.5/32", b"99.0.0.5/32"))  # same size
 
 
-def tamper_manifest(bucket, digest):
+def tamper_manifest(bucket: RecordingStore, digest: str) -> None:
     key = layout.channel_manifest_key("prod")
     manifest = jsonio.loads(bucket.inner.get(key).data)
     manifest["settings"]["action"] = "Sigkill"
     bucket.inner.put(key, jsonio.dumps_pretty(manifest))
 
 
-def resign_with(bucket, manifest, tmp_path):
+def resign_with(bucket: RecordingStore, manifest: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "attacker.pem"
     if not path.exists():
         generate_local_key(path)
@@ -335,24 +366,26 @@ def resign_with(bucket, manifest, tmp_path):
     )
 
 
-def other_key(bucket, digest, tmp_path):
+def other_key(bucket: RecordingStore, digest: str, tmp_path: Path) -> None:
     resign_with(
         bucket, unsigned_document(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data)), tmp_path
     )
 
 
-def wrong_digest(bucket, digest, signer):
+def wrong_digest(bucket: RecordingStore, digest: str, signer: LocalSigner) -> None:
     manifest = unsigned_document(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data))
     manifest["digest"] = "f" * 64
     bucket.inner.put(layout.channel_manifest_key("prod"), jsonio.dumps_pretty(sign_document(manifest, signer)))
 
 
-def unsigned_manifest(bucket, digest):
+def unsigned_manifest(bucket: RecordingStore, digest: str) -> None:
     manifest = unsigned_document(jsonio.loads(bucket.inner.get(layout.channel_manifest_key("prod")).data))
     bucket.inner.put(layout.channel_manifest_key("prod"), jsonio.dumps_pretty(manifest))
 
 
-TAMPERING = {
+# case -> (tamper(bucket, digest, signer, tmp_path), the refusal's code, its message)
+Tamper = Callable[[RecordingStore, str, LocalSigner, Path], None]
+TAMPERING: dict[str, tuple[Tamper, str, str]] = {
     "file changed": (
         lambda bucket, digest, signer, tmp: tamper_file(bucket, digest),
         "file_mismatch",
@@ -383,8 +416,14 @@ TAMPERING = {
 
 @pytest.mark.parametrize("case", sorted(TAMPERING))
 def test_a_tampered_bundle_is_refused_and_the_last_good_state_kept(
-    case, kube, ship, make_agent, bucket, signer, tmp_path
-):
+    case: str,
+    kube: FakeKubeAPI,
+    ship: Callable[..., str],
+    make_agent: Callable[..., Agent],
+    bucket: RecordingStore,
+    signer: LocalSigner,
+    tmp_path: Path,
+) -> None:
     tamper, code, message = TAMPERING[case]
     digest_a = ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
@@ -406,7 +445,9 @@ def test_a_tampered_bundle_is_refused_and_the_last_good_state_kept(
     assert stored_status(bucket) == status
 
 
-def test_an_expired_bundle_is_refused(kube, ship, make_agent):
+def test_an_expired_bundle_is_refused(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     digest_a = ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
     agent.sync_once(T0 + MINUTE).to_json()
@@ -419,7 +460,9 @@ def test_an_expired_bundle_is_refused(kube, ship, make_agent):
     assert (status["applied_digest"], sorted(names(kube))) == (digest_a, A_NAMES)
 
 
-def test_a_tampered_first_bundle_leaves_the_cluster_untouched(kube, ship, make_agent, bucket):
+def test_a_tampered_first_bundle_leaves_the_cluster_untouched(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore
+) -> None:
     tamper_file(bucket, ship(A))
     agent = make_agent(KubeApplier(kube.url, kube.token))
 
@@ -429,7 +472,9 @@ def test_a_tampered_first_bundle_leaves_the_cluster_untouched(kube, ship, make_a
     assert kube.objects() == [] and kube.ops("apply", "delete") == []
 
 
-def test_another_channels_manifest_is_refused(kube, ship, make_agent, bucket):
+def test_another_channels_manifest_is_refused(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore
+) -> None:
     ship(network_bundle(ips(0, 10), channel="staging"), channel="staging")
     bucket.inner.put(layout.channel_manifest_key("prod"), bucket.inner.get(layout.channel_manifest_key("staging")).data)
     agent = make_agent(KubeApplier(kube.url, kube.token))
@@ -439,7 +484,9 @@ def test_another_channels_manifest_is_refused(kube, ship, make_agent, bucket):
     assert status["verification"]["code"] == "wrong_channel" and kube.objects() == []
 
 
-def test_a_replayed_older_manifest_is_refused(kube, ship, make_agent, bucket):
+def test_a_replayed_older_manifest_is_refused(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore
+) -> None:
     ship(A)
     old_manifest = bucket.inner.get(layout.channel_manifest_key("prod")).data
     agent = make_agent(KubeApplier(kube.url, kube.token))
@@ -454,7 +501,9 @@ def test_a_replayed_older_manifest_is_refused(kube, ship, make_agent, bucket):
     assert (status["applied_digest"], sorted(names(kube))) == (digest_b, B_NAMES)
 
 
-def test_unsupported_objects_refuse_the_bundle(kube, bucket, signer, make_agent):
+def test_unsupported_objects_refuse_the_bundle(
+    kube: FakeKubeAPI, bucket: RecordingStore, signer: LocalSigner, make_agent: Callable[..., Agent]
+) -> None:
     configmap = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: default\n"
     plant_signed(bucket.inner, {**A, "extra.yaml": configmap}, signer)
     status = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + MINUTE).to_json()
@@ -465,7 +514,13 @@ def test_unsupported_objects_refuse_the_bundle(kube, bucket, signer, make_agent)
     assert kube.objects() == []
 
 
-def test_unreachable_bucket_keeps_the_last_good_state(kube, ship, make_agent, bucket, tmp_path):
+def test_unreachable_bucket_keeps_the_last_good_state(
+    kube: FakeKubeAPI,
+    ship: Callable[..., str],
+    make_agent: Callable[..., Agent],
+    bucket: RecordingStore,
+    tmp_path: Path,
+) -> None:
     digest_a = ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
     agent.sync_once(T0 + MINUTE).to_json()
@@ -481,25 +536,35 @@ def test_unreachable_bucket_keeps_the_last_good_state(kube, ship, make_agent, bu
     assert AgentStatus.parse((tmp_path / "agent-state" / "status.json").read_bytes()).to_json() == status
 
 
-def test_files_unreachable_after_the_manifest_is_retried(kube, ship, make_agent, bucket):
+def test_files_unreachable_after_the_manifest_is_retried(
+    kube: FakeKubeAPI,
+    ship: Callable[..., str],
+    make_agent: Callable[..., Agent],
+    bucket: RecordingStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
     real_get = bucket.get
 
-    def flaky_get(key, **kwargs):
+    def flaky_get(key: str, **kwargs: Any) -> StoredObject:
         if "/bundles/" in key:
             raise StorageError("s3://dist: SlowDown")
         return real_get(key, **kwargs)
 
-    bucket.get = flaky_get
+    monkeypatch.setattr(bucket, "get", flaky_get)
     assert agent.sync_once(T0 + MINUTE).to_json()["last_poll"]["result"] == "unreachable"
-    bucket.get = real_get
+    monkeypatch.setattr(bucket, "get", real_get)
     assert agent.sync_once(T0 + 2 * MINUTE).to_json()["last_poll"]["result"] == "applied"
 
 
 def test_an_expired_applied_bundle_is_removed_even_when_the_bucket_is_unreachable(
-    kube, ship, make_agent, bucket, tmp_path
-):
+    kube: FakeKubeAPI,
+    ship: Callable[..., str],
+    make_agent: Callable[..., Agent],
+    bucket: RecordingStore,
+    tmp_path: Path,
+) -> None:
     digest = ship(A)
     agent = make_agent(KubeApplier(kube.url, kube.token))
     agent.sync_once(T0 + MINUTE).to_json()
@@ -528,7 +593,13 @@ def test_an_expired_applied_bundle_is_removed_even_when_the_bucket_is_unreachabl
     assert names(kube) == ["hand-made"]
 
 
-def test_the_last_good_state_survives_a_restart_and_a_tampered_one_does_not(kube, ship, make_agent, bucket, tmp_path):
+def test_the_last_good_state_survives_a_restart_and_a_tampered_one_does_not(
+    kube: FakeKubeAPI,
+    ship: Callable[..., str],
+    make_agent: Callable[..., Agent],
+    bucket: RecordingStore,
+    tmp_path: Path,
+) -> None:
     digest = ship(A)
     make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0 + MINUTE).to_json()
     bucket.down = StorageError("down")
@@ -542,7 +613,9 @@ def test_the_last_good_state_survives_a_restart_and_a_tampered_one_does_not(kube
     assert tampered["applied_digest"] is None
 
 
-def test_the_crd_check_runs_before_apply_and_is_retried(kube, ship, make_agent, crds_dir):
+def test_the_crd_check_runs_before_apply_and_is_retried(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent], crds_dir: Path
+) -> None:
     """Objects the cluster's CRDs do not serve are refused (nothing applied) and checked again on
     the next poll, so a cluster whose CRDs are fixed takes the same bundle."""
     digest = ship(A)
@@ -559,14 +632,16 @@ def test_the_crd_check_runs_before_apply_and_is_retried(kube, ship, make_agent, 
     assert (applied["last_poll"]["result"], applied["applied_digest"]) == ("applied", digest)
 
 
-def test_no_manifest_yet(kube, make_agent, bucket):
+def test_no_manifest_yet(kube: FakeKubeAPI, make_agent: Callable[..., Agent], bucket: RecordingStore) -> None:
     status = make_agent(KubeApplier(kube.url, kube.token)).sync_once(T0).to_json()
     assert status["last_poll"]["result"] == "no_manifest"
     assert status["verification"]["ok"] is None and status["applied_digest"] is None
     assert stored_status(bucket) == status
 
 
-def test_an_unreachable_cluster_changes_nothing_and_is_retried(kube, ship, make_agent):
+def test_an_unreachable_cluster_changes_nothing_and_is_retried(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent]
+) -> None:
     ship(A)
     applier = KubeApplier(kube.url, kube.token)
     agent = make_agent(applier)
@@ -580,7 +655,9 @@ def test_an_unreachable_cluster_changes_nothing_and_is_retried(kube, ship, make_
     assert agent.sync_once(T0 + 2 * MINUTE).to_json()["last_poll"]["result"] == "applied"
 
 
-def test_directory_mode_writes_labelled_objects_and_prunes(ship, make_agent, tmp_path):
+def test_directory_mode_writes_labelled_objects_and_prunes(
+    ship: Callable[..., str], make_agent: Callable[..., Agent], tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     ship({"cdr-dynamic-blocklist.yaml": A["cdr-dynamic-blocklist.yaml"]})
     agent = make_agent(DirectoryApplier(out))
@@ -605,7 +682,9 @@ def test_directory_mode_writes_labelled_objects_and_prunes(ship, make_agent, tmp
     ]
 
 
-def test_run_polls_until_stopped(ship, make_agent, tmp_path, bucket):
+def test_run_polls_until_stopped(
+    ship: Callable[..., str], make_agent: Callable[..., Agent], tmp_path: Path, bucket: RecordingStore
+) -> None:
     ship(A, utcnow())  # run() polls with the real clock
     agent = make_agent(DirectoryApplier(tmp_path / "out"))
     stop = threading.Event()
@@ -640,7 +719,9 @@ class _Waits(threading.Event):
         return self.is_set()
 
 
-def test_run_jitters_each_wait_within_its_bound(ship, make_agent, tmp_path):
+def test_run_jitters_each_wait_within_its_bound(
+    ship: Callable[..., str], make_agent: Callable[..., Agent], tmp_path: Path
+) -> None:
     ship(A, utcnow())
     agent = make_agent(DirectoryApplier(tmp_path / "out"))
     waits = {}
@@ -655,7 +736,9 @@ def test_run_jitters_each_wait_within_its_bound(ship, make_agent, tmp_path):
     assert waits[1] != waits[2]  # two agents started together do not poll in step
 
 
-def test_run_without_jitter_keeps_the_interval(ship, make_agent, tmp_path):
+def test_run_without_jitter_keeps_the_interval(
+    ship: Callable[..., str], make_agent: Callable[..., Agent], tmp_path: Path
+) -> None:
     ship(A, utcnow())
     stop = _Waits(polls=5)
     make_agent(DirectoryApplier(tmp_path / "out")).run(10.0, stop, jitter=0.0)
@@ -663,13 +746,17 @@ def test_run_without_jitter_keeps_the_interval(ship, make_agent, tmp_path):
 
 
 @pytest.mark.parametrize(("interval", "jitter"), [(0.0, 0.1), (10.0, 1.0), (10.0, -0.1)])
-def test_run_refuses_a_jitter_outside_its_bounds(interval, jitter, make_agent, tmp_path):
+def test_run_refuses_a_jitter_outside_its_bounds(
+    interval: float, jitter: float, make_agent: Callable[..., Agent], tmp_path: Path
+) -> None:
     with pytest.raises(ConfigError):
         make_agent(DirectoryApplier(tmp_path / "out")).run(interval, _Waits(polls=1), jitter=jitter)
 
 
 @pytest.mark.parametrize("kwargs", [{"channel": "Prod"}, {"channel": "prod", "cluster_id": "../x"}])
-def test_invalid_identity_is_refused(kwargs, bucket, verifier, tmp_path):
+def test_invalid_identity_is_refused(
+    kwargs: dict[str, str], bucket: RecordingStore, verifier: Verifier, tmp_path: Path
+) -> None:
     with pytest.raises(ConfigError):
         Agent(
             bucket,
@@ -681,11 +768,13 @@ def test_invalid_identity_is_refused(kwargs, bucket, verifier, tmp_path):
         )
 
 
-def test_labels_helper_matches_agent_ownership():
+def test_labels_helper_matches_agent_ownership() -> None:
     assert labels("prod") == {"app.kubernetes.io/managed-by": "cdr-policy", "cdr-policy.io/channel": "prod"}
 
 
-def test_an_in_place_tetragon_update_is_applied_and_warned_about(kube, ship, make_agent, caplog):
+def test_an_in_place_tetragon_update_is_applied_and_warned_about(
+    kube: FakeKubeAPI, ship: Callable[..., str], make_agent: Callable[..., Agent], caplog: pytest.LogCaptureFixture
+) -> None:
     ship({"t.yaml": A["cdr-dynamic-blocklist.yaml"]})
     agent = make_agent(KubeApplier(kube.url, kube.token))
     agent.sync_once(T0 + MINUTE).to_json()
@@ -696,13 +785,15 @@ def test_an_in_place_tetragon_update_is_applied_and_warned_about(kube, ship, mak
     status = agent.sync_once(T0 + 11 * MINUTE).to_json()
 
     assert status["last_poll"]["result"] == "applied"
-    assert "45.0.9.1/32" in str(kube.get_object("TracingPolicy", "tp-blocklist-a")["spec"])
+    stored = kube.get_object("TracingPolicy", "tp-blocklist-a")
+    assert stored is not None
+    assert "45.0.9.1/32" in str(stored["spec"])
     assert any("tetragon#4322" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
 
 def test_the_bucket_status_is_written_when_it_says_something_new_or_the_heartbeat_is_due(
-    ship, make_agent, bucket, tmp_path
-):
+    ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore, tmp_path: Path
+) -> None:
     ship(A)
     agent = make_agent(DirectoryApplier(tmp_path / "out"))
     status_key = layout.status_key("eks-prod-1")
@@ -717,7 +808,9 @@ def test_the_bucket_status_is_written_when_it_says_something_new_or_the_heartbea
     assert stored_status(bucket)["last_poll"]["at"] == iso(T0 + timedelta(minutes=3))
 
 
-def test_new_hit_counts_ride_on_the_next_write_but_hits_appearing_are_news(ship, make_agent, bucket, tmp_path):
+def test_new_hit_counts_ride_on_the_next_write_but_hits_appearing_are_news(
+    ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore, tmp_path: Path
+) -> None:
     ship(A)
     agent = make_agent(DirectoryApplier(tmp_path / "out"))
     status_key = layout.status_key("eks-prod-1")
@@ -738,7 +831,9 @@ def test_new_hit_counts_ride_on_the_next_write_but_hits_appearing_are_news(ship,
     assert bucket.puts.count(status_key) == 4 and stored_status(bucket)["hits"]["totals"]["read"] == 3
 
 
-def test_a_clean_drift_check_is_not_news_for_the_bucket(ship, make_agent, bucket, tmp_path):
+def test_a_clean_drift_check_is_not_news_for_the_bucket(
+    ship: Callable[..., str], make_agent: Callable[..., Agent], bucket: RecordingStore, tmp_path: Path
+) -> None:
     ship(A)
     agent = make_agent(DirectoryApplier(tmp_path / "out"))
     agent.drift_interval_s = 0.0  # every unchanged poll compares the objects

@@ -4,6 +4,7 @@ way Render does (files + ``bundle.json``), and published into a distribution sto
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -80,7 +81,7 @@ def _tracing(name: str, component: dict[str, str], channel: str, kprobe: dict[st
 
 
 def tracing_policy(
-    name: str, addrs: list[str] = (), channel: str = "prod", action: str = "Post", mode: str = "monitor"
+    name: str, addrs: Sequence[str] = (), channel: str = "prod", action: str = "Post", mode: str = "monitor"
 ) -> dict[str, Any]:
     """A Tetragon blocklist in the shape ``policy.tetragon`` emits (``tcp_connect``, one ``DAddr``)."""
     actions = [{"action": "Post", "rateLimit": "1m"}] if action == "Post" else [{"action": action}]

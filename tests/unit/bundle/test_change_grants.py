@@ -4,29 +4,37 @@ for exactly that list, once; anything else is skipped (and approves nothing)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from cdr_policy import jsonio
 from cdr_policy.bundle.approvals import Grant, GrantError, change_grants, changes_digest, find_grant, grant
+from cdr_policy.bundle.signing import LocalSigner, Verifier
+from cdr_policy.storage import LocalStore
 from tests.unit.bundle.factory import T0
 
 CURRENT = "c" * 64
 CHANGES = ["prefix:91.219.236.0/24", "rule:crypto_mining@0123456789abcdef"]
 
 
-def _put(state, signed: Grant) -> None:
+def _put(state: LocalStore, signed: Grant) -> None:
     state.put(signed.key, jsonio.dumps_pretty(signed.to_json()))
 
 
-def _grant(signer, *, previous: str | None = CURRENT, changes=CHANGES, now=T0) -> Grant:
+def _grant(
+    signer: LocalSigner, *, previous: str | None = CURRENT, changes: list[str] = CHANGES, now: datetime = T0
+) -> Grant:
     return grant("prod", changes_digest(changes), previous, signer=signer, now=now, changes=changes)
 
 
 def test_an_approvers_grant_of_changes_over_the_shipped_bundle_is_found(
-    state, signer, verifier, approver, approver_pair
-):
+    state: LocalStore,
+    signer: LocalSigner,
+    verifier: Verifier,
+    approver: LocalSigner,
+    approver_pair: tuple[LocalSigner, Verifier],
+) -> None:
     _put(state, _grant(approver))
     (found,) = change_grants(state, "prod", CURRENT, approvers=approver_pair[1], pipeline=verifier, now=T0)
     assert found.changes == tuple(sorted(CHANGES)) and found.digest == changes_digest(CHANGES)
@@ -35,7 +43,13 @@ def test_an_approvers_grant_of_changes_over_the_shipped_bundle_is_found(
         find_grant(state, "prod", found.digest, CURRENT, approvers=approver_pair[1], pipeline=verifier, now=T0)
 
 
-def test_grants_that_cannot_be_used_approve_nothing_and_stop_nothing(state, signer, verifier, approver, approver_pair):
+def test_grants_that_cannot_be_used_approve_nothing_and_stop_nothing(
+    state: LocalStore,
+    signer: LocalSigner,
+    verifier: Verifier,
+    approver: LocalSigner,
+    approver_pair: tuple[LocalSigner, Verifier],
+) -> None:
     _put(state, _grant(signer, changes=["prefix:45.33.32.156/32"]))  # the pipeline's own key
     _put(state, _grant(approver, previous="d" * 64, changes=["prefix:5.188.10.0/24"]))  # over another bundle
     _put(state, _grant(approver, changes=["port:tcp/4444"], now=T0 - timedelta(days=8)))  # expired
@@ -48,7 +62,7 @@ def test_grants_that_cannot_be_used_approve_nothing_and_stop_nothing(state, sign
     assert change_grants(state, "prod", CURRENT, approvers=None, pipeline=verifier, now=T0) == []
 
 
-def test_a_grant_names_the_sorted_list_its_digest_covers(approver):
+def test_a_grant_names_the_sorted_list_its_digest_covers(approver: LocalSigner) -> None:
     with pytest.raises(ValueError, match="names the digest of their list"):
         grant("prod", "f" * 64, CURRENT, signer=approver, now=T0, changes=CHANGES)
     doc = _grant(approver).to_json()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -30,12 +32,12 @@ from .factory import SETTINGS, SOURCE
 FILES = {"b.yaml": b"kind: B\n", "a.yaml": b"kind: A\n", "sub/c.json": b"{}"}
 
 
-def bundle_digest(files) -> str:
+def bundle_digest(files: dict[str, bytes]) -> str:
     return entries_digest(file_entries(files))
 
 
-def manifest(files=FILES, **overrides):
-    kwargs = dict(
+def manifest(files: dict[str, bytes] = FILES, **overrides: Any) -> Manifest:
+    kwargs: dict[str, Any] = dict(
         channel="prod",
         settings=SETTINGS,
         counts={"TracingPolicy": 2, "CiliumCIDRGroup": 1},
@@ -47,7 +49,7 @@ def manifest(files=FILES, **overrides):
     return build_manifest(dict(files), **kwargs)
 
 
-def test_same_files_give_the_same_digest_in_any_order():
+def test_same_files_give_the_same_digest_in_any_order() -> None:
     reordered = dict(reversed(list(FILES.items())))
     assert bundle_digest(FILES) == bundle_digest(reordered)
     assert len(bundle_digest(FILES)) == 64
@@ -62,11 +64,11 @@ def test_same_files_give_the_same_digest_in_any_order():
         lambda f: {**f, "d.yaml": b""},  # an empty extra file
     ],
 )
-def test_any_change_to_the_files_changes_the_digest(change):
+def test_any_change_to_the_files_changes_the_digest(change: Callable[[dict[str, bytes]], dict[str, bytes]]) -> None:
     assert bundle_digest(change(FILES)) != bundle_digest(FILES)
 
 
-def test_manifest_lists_files_sorted_with_hashes_and_sizes():
+def test_manifest_lists_files_sorted_with_hashes_and_sizes() -> None:
     m = manifest().to_json()
     assert [f["path"] for f in m["files"]] == ["a.yaml", "b.yaml", "sub/c.json"]
     assert m["files"][0] == {"path": "a.yaml", "sha256": hashlib.sha256(b"kind: A\n").hexdigest(), "size": 8}
@@ -93,7 +95,7 @@ def test_manifest_lists_files_sorted_with_hashes_and_sizes():
         "x" * 256,
     ],
 )
-def test_unsafe_paths_are_refused(path):
+def test_unsafe_paths_are_refused(path: str) -> None:
     with pytest.raises(BundleError, match="invalid bundle path"):
         validate_path(path)
     with pytest.raises(BundleError):
@@ -110,7 +112,7 @@ def test_unsafe_paths_are_refused(path):
         ({"counts": {"TracingPolicy": -1}}, "counts"),
     ],
 )
-def test_invalid_manifest_fields_are_refused(overrides, message):
+def test_invalid_manifest_fields_are_refused(overrides: dict[str, str] | dict[str, Any], message: str) -> None:
     with pytest.raises(VerificationError, match=message) as exc:
         manifest(**overrides)
     assert exc.value.code == "malformed"
@@ -125,12 +127,12 @@ def test_invalid_manifest_fields_are_refused(overrides, message):
         ({"action": "Post", "mode": "monitor", "tetragon_max_prefixes": 10**9}, "tetragon_max_prefixes"),
     ],
 )
-def test_invalid_settings_are_refused(settings, message):
+def test_invalid_settings_are_refused(settings: dict[str, str] | dict[str, Any], message: str) -> None:
     with pytest.raises(VerificationError, match=message):
         Manifest.from_json({**manifest().to_json(), "settings": settings})
 
 
-def test_a_file_list_that_does_not_match_the_digest_is_refused():
+def test_a_file_list_that_does_not_match_the_digest_is_refused() -> None:
     m = manifest().to_json()
     m["files"][0]["sha256"] = "0" * 64
     with pytest.raises(VerificationError, match="digest mismatch") as exc:
@@ -138,14 +140,14 @@ def test_a_file_list_that_does_not_match_the_digest_is_refused():
     assert exc.value.code == "digest_mismatch"
 
 
-def test_duplicate_paths_are_refused():
+def test_duplicate_paths_are_refused() -> None:
     m = manifest().to_json()
     m["files"].append(copy.deepcopy(m["files"][0]))
     with pytest.raises(VerificationError, match="duplicate"):
         Manifest.from_json(m)
 
 
-def test_a_manifest_listing_more_than_a_reader_may_hold_is_refused_before_any_file_is_read():
+def test_a_manifest_listing_more_than_a_reader_may_hold_is_refused_before_any_file_is_read() -> None:
     """A signed manifest listing a 1 GiB file (the agent's pod has 512 MiB) is refused as too large."""
     huge = manifest().to_json()
     huge["files"][0]["size"] = MAX_FILE_BYTES + 1
@@ -169,7 +171,9 @@ def test_a_manifest_listing_more_than_a_reader_may_hold_is_refused_before_any_fi
     namespaces=st.one_of(st.none(), st.lists(st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True), max_size=3)),
     budget=st.one_of(st.none(), st.integers(1, 250_000)),
 )
-def test_a_document_read_and_written_again_is_the_same_document(generation, approval, namespaces, budget):
+def test_a_document_read_and_written_again_is_the_same_document(
+    generation: int | None, approval: bool, namespaces: list[str] | None, budget: int | None
+) -> None:
     """The signature covers the document: ``to_json`` must give back exactly what ``from_json`` read."""
     doc = manifest(
         settings=Settings(
@@ -187,7 +191,7 @@ def test_a_document_read_and_written_again_is_the_same_document(generation, appr
     assert Manifest.parse(Manifest.from_json(doc).to_bytes(), "x").to_json() == doc
 
 
-def test_verify_files_accepts_the_listed_files():
+def test_verify_files_accepts_the_listed_files() -> None:
     verify_files(manifest(), FILES)
 
 
@@ -200,13 +204,13 @@ def test_verify_files_accepts_the_listed_files():
         ({**FILES, "a.yaml": b"kind: A\n\n"}, "a.yaml is 9 bytes"),
     ],
 )
-def test_verify_files_refuses_any_difference(files, message):
+def test_verify_files_refuses_any_difference(files: dict[str, bytes], message: str) -> None:
     with pytest.raises(VerificationError, match=message) as exc:
         verify_files(manifest(), files)
     assert exc.value.code == "file_mismatch"
 
 
-def test_schema_requires_all_signature_fields_together():
+def test_schema_requires_all_signature_fields_together() -> None:
     m = manifest().to_json()
     assert schema_errors({**m, "signature": "AAAA"}, SCHEMA)
     assert (
@@ -217,5 +221,5 @@ def test_schema_requires_all_signature_fields_together():
     )
 
 
-def test_schema_refuses_unknown_top_level_fields():
+def test_schema_refuses_unknown_top_level_fields() -> None:
     assert schema_errors({**manifest().to_json(), "surprise": 1}, SCHEMA)

@@ -6,6 +6,7 @@ the channel manifest never makes a publish a first publish."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from tests.unit.bundle.factory import ccg, ccnp, files_of, ips, network_bundle, 
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> Path:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("keys")
     for name in ("signing", "approver", "stranger"):
         (folder / f"{name}.pub").write_text(generate_local_key(folder / f"{name}.pem"))
@@ -28,11 +29,11 @@ def keys(tmp_path_factory) -> Path:
 class Channel:
     """One channel's state and distribution folders, and the commands a team runs on them."""
 
-    def __init__(self, root: Path, keys: Path, capsys) -> None:
+    def __init__(self, root: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
         self.state_dir, self.dist_dir, self.keys, self.capsys = root / "state", root / "dist", keys, capsys
         self.state, self.dist = LocalStore(self.state_dir), LocalStore(self.dist_dir)
 
-    def render(self, files) -> str:
+    def render(self, files: dict[str, bytes]) -> str:
         """A render as ``cdr-policy --once`` leaves it: the bundle and the channel's pointer."""
         digest = render(self.state, files, created=utcnow())
         pointer = {"digest": digest, "rendered_at": "2026-01-10T16:00:00Z"}
@@ -57,12 +58,13 @@ class Channel:
             "--key", str(self.keys / f"{key}.pem"), "--reason", "reviewed the feed change",
         )  # fmt: skip
 
-    def shipping(self) -> dict:
-        return jsonio.loads(self.dist.get(layout.channel_manifest_key("prod")).data)
+    def shipping(self) -> dict[str, Any]:
+        value: dict[str, Any] = jsonio.loads(self.dist.get(layout.channel_manifest_key("prod")).data)
+        return value
 
 
 @pytest.fixture
-def channel(tmp_path, keys, capsys) -> Channel:
+def channel(tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> Channel:
     return Channel(tmp_path, keys, capsys)
 
 
@@ -71,7 +73,7 @@ def far(tag: str, start: int) -> dict[str, bytes]:
     return network_bundle(ips(start, 100), tag=tag)
 
 
-def test_a_grant_ships_exactly_the_change_it_names_once(channel):
+def test_a_grant_ships_exactly_the_change_it_names_once(channel: Channel) -> None:
     a = channel.render(far("a", 0))
     assert channel.publish()[0] == 0
     b = channel.render(far("b", 1000))
@@ -105,7 +107,7 @@ def test_a_grant_ships_exactly_the_change_it_names_once(channel):
         ("no approver configured", "cannot be checked: no approver key is configured"),
     ],
 )
-def test_only_a_second_principal_can_approve(how, expected, channel):
+def test_only_a_second_principal_can_approve(how: str, expected: str, channel: Channel) -> None:
     a = channel.render(far("a", 0))
     channel.publish()
     b = channel.render(far("b", 1000))
@@ -124,7 +126,7 @@ def test_only_a_second_principal_can_approve(how, expected, channel):
     assert channel.shipping()["digest"] == a
 
 
-def test_each_engine_has_its_own_budget(channel):
+def test_each_engine_has_its_own_budget(channel: Channel) -> None:
     """Every Cilium prefix replaced while the Tetragon blocklist stays: held, naming the engine."""
     tetragon = tracing_policy("tp-blocklist", ips(0, 500))
 
@@ -147,7 +149,7 @@ def test_each_engine_has_its_own_budget(channel):
     assert "tetragon:" not in out
 
 
-def test_deleting_the_manifest_does_not_make_a_first_publish(channel):
+def test_deleting_the_manifest_does_not_make_a_first_publish(channel: Channel) -> None:
     channel.render(far("a", 0))
     channel.publish()
     channel.dist.delete(layout.channel_manifest_key("prod"))

@@ -3,6 +3,8 @@ clear error line (never a traceback, never the file's content), before anything 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cdr_policy.cli import main
@@ -10,7 +12,7 @@ from cdr_policy.cli import main
 SECRET = "QUALYS_PASSWORD=hunter2-do-not-print"
 
 
-def user_env(tmp_path):
+def user_env(tmp_path: Path) -> dict[str, str]:
     """What a user with a gateway and credentials set has (the runs here stop before any request)."""
     return {
         "XDG_CACHE_HOME": str(tmp_path / "c"),
@@ -21,7 +23,7 @@ def user_env(tmp_path):
     }
 
 
-def run(argv, tmp_path, capsys):
+def run(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = main(argv, {"XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path)})
     _, err = capsys.readouterr()
     return code, err
@@ -39,7 +41,9 @@ def run(argv, tmp_path, capsys):
         (["--reputation-threshold", "101"], "argument --reputation-threshold: 101 is out of range: use 0..100"),
     ],
 )
-def test_out_of_range_flags_get_one_clear_error_line(argv, message, tmp_path, capsys):
+def test_out_of_range_flags_get_one_clear_error_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, err = run(["--once", *argv], tmp_path, capsys)
     assert code == 2
     assert message in err and "Traceback" not in err
@@ -55,7 +59,9 @@ def test_out_of_range_flags_get_one_clear_error_line(argv, message, tmp_path, ca
     ],
     ids=["not UTF-8", "not YAML"],
 )
-def test_a_bad_configuration_file_is_named_without_its_content(flag, content, message, tmp_path, capsys):
+def test_a_bad_configuration_file_is_named_without_its_content(
+    flag: str, content: bytes, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "config.yaml"
     path.write_bytes(content)
 
@@ -95,14 +101,18 @@ AGENT = ["agent", "--bucket=.", "--channel=prod", "--cluster-id=c", "--public-ke
         (["channel", "rollback", "prod", "--to=ab", "--dist=.", PEM], "argument --to: 'ab' is not a bundle digest"),
     ],
 )
-def test_every_sub_commands_flags_are_bounded(argv, message, tmp_path, capsys):
+def test_every_sub_commands_flags_are_bounded(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, err = run(argv, tmp_path, capsys)
     assert code == 2, err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and err.startswith("cdr-policy: error: argument")
 
 
-def test_a_reputation_threshold_without_threat_intel_is_an_error(tmp_path, capsys):
+def test_a_reputation_threshold_without_threat_intel_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     env = {"XDG_CACHE_HOME": str(tmp_path), "QUALYS_USERNAME": "u", "QUALYS_PASSWORD": "p"}
     code = main(["--once", "--gateway=https://gw.example.com", "--reputation-threshold=10"], env)
     err = capsys.readouterr().err
@@ -110,7 +120,9 @@ def test_a_reputation_threshold_without_threat_intel_is_an_error(tmp_path, capsy
 
 
 @pytest.mark.parametrize("command", [["fleet", "status", "--dist"], ["channel", "list", "--dist"]])
-def test_a_distribution_folder_that_does_not_exist_is_an_error(command, tmp_path, capsys):
+def test_a_distribution_folder_that_does_not_exist_is_an_error(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, err = run([*command, str(tmp_path / "nonexistent")], tmp_path, capsys)
     assert (
         code == 2
@@ -118,7 +130,7 @@ def test_a_distribution_folder_that_does_not_exist_is_an_error(command, tmp_path
     )
 
 
-def test_a_metrics_port_in_use_is_one_line(tmp_path, capsys):
+def test_a_metrics_port_in_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import socket
 
     from cdr_policy.bundle.signing import generate_local_key
@@ -147,7 +159,9 @@ def test_a_metrics_port_in_use_is_one_line(tmp_path, capsys):
         ("72h", "1h", "bundle_ttl_hours must be a positive integer, got a str"),
     ],
 )
-def test_a_bundle_lifetime_out_of_bounds_is_one_configuration_error(ttl, interval, message, tmp_path, capsys):
+def test_a_bundle_lifetime_out_of_bounds_is_one_configuration_error(
+    ttl: int | str, interval: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     channel = tmp_path / "channel.yaml"
     channel.write_text(f"channels:\n  - name: local\n    bundle_ttl_hours: {ttl!r}\n".replace("'", '"'))
     code = main(["--once", "--action=Sigkill", f"--interval={interval}", f"--channel={channel}"], user_env(tmp_path))
@@ -158,7 +172,9 @@ def test_a_bundle_lifetime_out_of_bounds_is_one_configuration_error(ttl, interva
     assert "Traceback" not in err and "OverflowError" not in err
 
 
-def test_the_default_channel_is_checked_against_the_interval_too(tmp_path, capsys):
+def test_the_default_channel_is_checked_against_the_interval_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["--interval=3d"], user_env(tmp_path))
     [line] = capsys.readouterr().err.strip().splitlines()
     assert code == 2

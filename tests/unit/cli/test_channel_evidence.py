@@ -5,6 +5,8 @@ themselves are tests/unit/functions/test_promotion.py's subject."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cdr_policy import layout
@@ -14,13 +16,13 @@ from cdr_policy.promotion.decisions import MAX_DOCUMENT_BYTES
 SECRET = "payments-db-password-do-not-print"
 
 
-def evidence(dist, capsys, *extra: str) -> tuple[int, str, str]:
+def evidence(dist: str | Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str, str]:
     code = main(["channel", "evidence", "prod", f"--dist={dist}", *extra], {})
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def test_a_channel_without_a_report_is_named_with_why(tmp_path, capsys):
+def test_a_channel_without_a_report_is_named_with_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = evidence(tmp_path, capsys)
     assert code != 0 and out == ""
     assert err.strip() == (
@@ -40,7 +42,9 @@ def test_a_channel_without_a_report_is_named_with_why(tmp_path, capsys):
     ids=["not JSON", "not the schema", "deeply nested", "oversized"],
 )
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
-def test_a_report_that_is_not_one_is_one_error_line(content, message, as_json, tmp_path, capsys):
+def test_a_report_that_is_not_one_is_one_error_line(
+    content: bytes, message: str, as_json: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / layout.promotion_report_key("prod")
     path.parent.mkdir(parents=True)
     path.write_bytes(content)

@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 
 from cdr_policy import jsonio, layout
+from cdr_policy.bundle.loader import Bundle
 from cdr_policy.cli import main
-from cdr_policy.cli.fleet import ChannelHistory, diff_bundles
+from cdr_policy.cli.fleet import ChannelHistory, PrefixProvenance, diff_bundles
 from cdr_policy.storage import LocalStore
 from cdr_policy.timeutil import utcnow
 from tests.unit.bundle.factory import files_of, ips, network_bundle, render, tracing_policy
 
 
 @pytest.fixture
-def keys(tmp_path, capsys) -> Path:
+def keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     """The channel's signing key pair in ``keys/``, an approver's own in ``approver/``."""
     assert main(["keygen", f"--out={tmp_path / 'keys'}"], {}) == 0
     assert main(["keygen", f"--out={tmp_path / 'approver'}"], {}) == 0
@@ -51,7 +52,7 @@ class Channel:
         approver = f"--key={self.keys.parent / 'approver/bundle-signing.pem'}"
         return ["channel", "approve", "prod", given, f"--dist={self.dist}", approver, *extra]
 
-    def cli(self, *argv: str, capsys) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    def cli(self, *argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
         code = main(list(argv), {})
         out, err = capsys.readouterr()
         assert "Traceback" not in err
@@ -59,7 +60,7 @@ class Channel:
 
 
 @pytest.fixture
-def channel(tmp_path, keys, capsys) -> Channel:
+def channel(tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> Channel:
     ch = Channel(tmp_path, keys)
     ch.render(network_bundle(ips(0, 10)))
     assert ch.publish() == 0
@@ -67,7 +68,9 @@ def channel(tmp_path, keys, capsys) -> Channel:
     return ch
 
 
-def test_approve_takes_a_unique_prefix_and_refuses_short_or_unknown_ones(channel, capsys):
+def test_approve_takes_a_unique_prefix_and_refuses_short_or_unknown_ones(
+    channel: Channel, capsys: pytest.CaptureFixture[str]
+) -> None:
     digest = channel.render(network_bundle(ips(0, 200)))  # held: far over the change budget
     assert channel.publish() == 1
     capsys.readouterr()
@@ -86,7 +89,7 @@ def test_approve_takes_a_unique_prefix_and_refuses_short_or_unknown_ones(channel
     assert code == 2 and "--state ./no-such-state does not exist" in err
 
 
-def test_an_ambiguous_prefix_lists_the_candidates(channel, capsys):
+def test_an_ambiguous_prefix_lists_the_candidates(channel: Channel, capsys: pytest.CaptureFixture[str]) -> None:
     digest = channel.render(network_bundle(ips(0, 20)))
     twin = digest[:13] + ("0" if digest[13] != "0" else "1") + digest[14:]  # a copy under a near name
     root = channel.state.root
@@ -99,14 +102,16 @@ def test_an_ambiguous_prefix_lists_the_candidates(channel, capsys):
     assert sorted([digest[:14], twin[:14]]) == sorted(err.split("(")[1].split(")")[0].split(", "))
 
 
-def test_history_lists_the_generations_and_counts_what_does_not_verify(channel, tmp_path, capsys):
+def test_history_lists_the_generations_and_counts_what_does_not_verify(
+    channel: Channel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = json.loads((channel.dist / layout.channel_manifest_key("prod")).read_text())
     second = channel.render(network_bundle(ips(0, 11)))
     assert channel.publish() == 0
-    history = channel.dist / layout.history_prefix("prod")
+    history_dir = channel.dist / layout.history_prefix("prod")
     planted = dict(first, generation=99, digest="ee" * 32)  # a copy with another generation: its signature fails
-    (history / f"9999-01-01T00:00:00Z-{'ee' * 32}.json").write_text(json.dumps(planted))
-    (history / f"9999-01-01T00:00:01Z-{'ff' * 32}.json").write_bytes(b"[" * 100_000)
+    (history_dir / f"9999-01-01T00:00:00Z-{'ee' * 32}.json").write_text(json.dumps(planted))
+    (history_dir / f"9999-01-01T00:00:01Z-{'ff' * 32}.json").write_bytes(b"[" * 100_000)
     capsys.readouterr()
     public = f"--public-key={channel.keys / 'bundle-signing.pub'}"
 
@@ -124,7 +129,9 @@ def test_history_lists_the_generations_and_counts_what_does_not_verify(channel, 
     assert history.generations[0].bytes > 0 and history.generations[0].objects >= 0
 
 
-def test_rollback_takes_a_prefix_and_points_to_history_when_it_finds_none(channel, capsys):
+def test_rollback_takes_a_prefix_and_points_to_history_when_it_finds_none(
+    channel: Channel, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = json.loads((channel.dist / layout.channel_manifest_key("prod")).read_text())["digest"]
     channel.render(network_bundle(ips(0, 11)))
     assert channel.publish() == 0
@@ -140,7 +147,9 @@ def test_rollback_takes_a_prefix_and_points_to_history_when_it_finds_none(channe
     assert f"channel history prod --dist {channel.dist} --public-key PEM" in err
 
 
-def test_diff_is_summarised_by_default_and_complete_with_full(channel, capsys):
+def test_diff_is_summarised_by_default_and_complete_with_full(
+    channel: Channel, capsys: pytest.CaptureFixture[str]
+) -> None:
     parts = {f"tp-{i:03d}.yaml": tracing_policy(f"tp-part-{i:03d}", ips(100 + i * 10, 10)) for i in range(25)}
     channel.render({**network_bundle(ips(0, 10)), **files_of(parts)})
     args = ("channel", "diff", "prod", f"--dist={channel.dist}", f"--state={channel.state.root}")
@@ -156,7 +165,7 @@ def test_diff_is_summarised_by_default_and_complete_with_full(channel, capsys):
     assert sum(1 for line in full.splitlines() if line.startswith("  + 45.")) == 250
 
 
-def test_diff_shows_each_prefixs_own_provenance_when_the_bundle_gives_it(channel):
+def test_diff_shows_each_prefixs_own_provenance_when_the_bundle_gives_it(channel: Channel) -> None:
     """The seam for a per-prefix provenance index: what it says of a prefix is that prefix's
     provenance (``scope: prefix``); without one, the objects' (``scope: object``)."""
     channel.render(network_bundle(ips(0, 12)))
@@ -164,7 +173,7 @@ def test_diff_shows_each_prefixs_own_provenance_when_the_bundle_gives_it(channel
     plain = diff_bundles(dist, channel.state, "prod", None)
     assert {e.scope for e in plain.prefixes.added} == {"object"}
 
-    def index(bundle):  # type: ignore[no-untyped-def]
+    def index(bundle: Bundle) -> PrefixProvenance:
         return lambda prefix: {"sources": "blocklist-de"} if prefix.endswith(".10/32") else {"sources": "cdr"}
 
     own = diff_bundles(dist, channel.state, "prod", None, provenance=index)
@@ -174,7 +183,7 @@ def test_diff_shows_each_prefixs_own_provenance_when_the_bundle_gives_it(channel
     assert {e.scope for e in own.prefixes.added} == {"prefix"}
 
 
-def test_state_path_prints_the_folder_the_run_uses(tmp_path, capsys):
+def test_state_path_prints_the_folder_the_run_uses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     env = {
         "QUALYS_USERNAME": "ops",
         "QUALYS_PASSWORD": "x",
@@ -190,12 +199,14 @@ def test_state_path_prints_the_folder_the_run_uses(tmp_path, capsys):
     assert "'cdr-policy state path'" in capsys.readouterr().out
 
 
-def test_rollback_help_points_to_channel_history(capsys):
+def test_rollback_help_points_to_channel_history(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["channel", "rollback", "--help"], {}) == 0
     assert "(see channel history)" in " ".join(capsys.readouterr().out.split())
 
 
-def test_a_held_publish_without_an_approver_key_says_how_to_make_one(channel, tmp_path, monkeypatch, capsys):
+def test_a_held_publish_without_an_approver_key_says_how_to_make_one(
+    channel: Channel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The printed commands, run in order as printed, ship the held bundle: the approver's key pair
     is made first, then the grant, then the publish that checks it."""
     (tmp_path / "elsewhere").mkdir()

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from cdr_policy import jsonio, layout
+from cdr_policy.bundle.signing import LocalSigner
 from cdr_policy.cli import main
 from cdr_policy.cli.fleet import MAX_STATUS_BYTES, FleetStatusRow, fleet_status
 from cdr_policy.stages.publish import publish_bundle
@@ -57,7 +59,9 @@ PLANTED = {
 }
 
 
-def test_every_cluster_is_listed_and_every_planted_document_named(tmp_path, capsys):
+def test_every_cluster_is_listed_and_every_planted_document_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dist = open_store(str(tmp_path))
     for i in range(40):  # more than the readers working at once
         dist.put(layout.status_key(f"c{i:02d}"), jsonio.dumps(status(f"c{i:02d}")))
@@ -74,7 +78,7 @@ def test_every_cluster_is_listed_and_every_planted_document_named(tmp_path, caps
     assert SECRET not in err and "[[[" not in err
 
 
-def test_fleet_status_through_the_cli_shows_the_others(tmp_path, capsys):
+def test_fleet_status_through_the_cli_shows_the_others(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dist = LocalStore(tmp_path / "dist")
     dist.put(layout.status_key("good"), jsonio.dumps(status("good")))
     for key, data in PLANTED.items():
@@ -91,7 +95,7 @@ def test_fleet_status_through_the_cli_shows_the_others(tmp_path, capsys):
 
 
 @pytest.fixture
-def shipped(tmp_path, signer):  # noqa: F811
+def shipped(tmp_path: Path, signer: LocalSigner) -> tuple[LocalStore, LocalStore]:  # noqa: F811
     """A distribution folder where channel prod ships a signed bundle."""
     state, dist = LocalStore(tmp_path / "state"), LocalStore(tmp_path / "dist")
     digest = render(state, network_bundle(ips(0, 10)), created=utcnow())
@@ -109,7 +113,9 @@ def shipped(tmp_path, signer):  # noqa: F811
     ],
     ids=["nested", "mistyped", "not-utf8", "oversized"],
 )
-def test_channel_list_skips_a_malformed_manifest_and_shows_the_others(shipped, planted, capsys):
+def test_channel_list_skips_a_malformed_manifest_and_shows_the_others(
+    shipped: tuple[LocalStore, LocalStore], planted: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, dist = shipped
     dist.put(layout.channel_manifest_key("staging"), planted)
 
@@ -125,7 +131,9 @@ def test_channel_list_skips_a_malformed_manifest_and_shows_the_others(shipped, p
     assert SECRET not in err
 
 
-def test_publish_to_survives_planted_documents_in_the_distribution_folder(tmp_path, capsys):
+def test_publish_to_survives_planted_documents_in_the_distribution_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A nested, mistyped or oversized history entry, status or manifest beside the channel's:
     ``publish --to`` goes on (the planted entries are not ours: skipped)."""
     state, dist = LocalStore(tmp_path / "state"), tmp_path / "dist"

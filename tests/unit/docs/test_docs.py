@@ -48,11 +48,11 @@ def broken_links(page: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_every_relative_link_and_anchor_resolves(page):
+def test_every_relative_link_and_anchor_resolves(page: Path) -> None:
     assert broken_links(page) == []
 
 
-def test_a_broken_link_or_anchor_is_found(tmp_path):
+def test_a_broken_link_or_anchor_is_found(tmp_path: Path) -> None:
     (tmp_path / "other.md").write_text("# Other\n\n## A part\n")
     page = tmp_path / "page.md"
     page.write_text(
@@ -62,7 +62,7 @@ def test_a_broken_link_or_anchor_is_found(tmp_path):
     assert broken_links(page) == ["missing.md", "other.md#nope"]
 
 
-def test_the_readme_is_a_short_guide_with_contents():
+def test_the_readme_is_a_short_guide_with_contents() -> None:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 250
     contents = text.split("## Contents", 1)[1].split("\n## ", 1)[0]
@@ -71,12 +71,12 @@ def test_the_readme_is_a_short_guide_with_contents():
     assert listed == sections
 
 
-def test_every_docs_page_is_linked_from_the_readme():
+def test_every_docs_page_is_linked_from_the_readme() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert {f"docs/{p.name}" for p in PAGES[1:]} <= {target.partition("#")[0] for target in links(readme)}
 
 
-def test_the_readmes_benchmark_rows_are_those_of_the_benchmarks_page():
+def test_the_readmes_benchmark_rows_are_those_of_the_benchmarks_page() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     figures = readme.split("## Benchmarks at a glance", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in figures.splitlines() if line.startswith(("| (", "- ours"))]
@@ -115,12 +115,12 @@ def unknown_flags(command: str) -> list[str]:
     return sorted(flag for flag in flags if not re.search(rf"{re.escape(flag)}\b", text))
 
 
-def test_every_shown_command_uses_flags_its_sub_command_has():
+def test_every_shown_command_uses_flags_its_sub_command_has() -> None:
     commands = shown_commands()
     assert len(commands) > 20
     assert [(page, c) for page, c in commands if unknown_flags(c)] == []
 
 
-def test_a_flag_that_does_not_exist_is_found():
+def test_a_flag_that_does_not_exist_is_found() -> None:
     assert unknown_flags("cdr-policy --once --hours=24 --no-such-flag") == ["--no-such-flag"]
     assert unknown_flags(".venv/bin/cdr-policy channel history local --dist ./c --limit 3 --newest") == ["--newest"]

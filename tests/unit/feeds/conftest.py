@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -47,5 +48,6 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
-def feed_for(server: FeedServer, path: str, name: str, category: str = "attacker", **kw: object) -> FeedConfig:
-    return FeedConfig(name=name, url=server.url(path), category=category, **kw)  # type: ignore[arg-type]
+def feed_for(server: FeedServer, path: str, name: str, category: str = "attacker", **kw: Any) -> FeedConfig:
+    """A feed of ``server``'s ``path``; ``kw``: its other settings (format, ttl_hours, ...)."""
+    return FeedConfig(name=name, url=server.url(path), category=category, **kw)

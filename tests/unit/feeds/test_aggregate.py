@@ -3,9 +3,10 @@ applied entry by entry; the merge across sources keeps provenance and drops what
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -25,12 +26,15 @@ GUARD = NeverBlock()
 
 def _reference(version: int, singles: list[int], nets: list[tuple[int, int]]) -> list[str]:
     bits = BITS[version]
-    items = [ipaddress.ip_network((a, bits)) for a in singles] + [ipaddress.ip_network(n) for n in nets]
-    return [str(n) for n in ipaddress.collapse_addresses(items)]
+    if version == 4:
+        v4 = [ipaddress.IPv4Network((a, bits)) for a in singles] + [ipaddress.IPv4Network(n) for n in nets]
+        return [str(n) for n in ipaddress.collapse_addresses(v4)]
+    v6 = [ipaddress.IPv6Network((a, bits)) for a in singles] + [ipaddress.IPv6Network(n) for n in nets]
+    return [str(n) for n in ipaddress.collapse_addresses(v6)]
 
 
 @st.composite
-def clustered(draw, version: int):
+def clustered(draw: st.DrawFn, version: int) -> tuple[list[int], list[tuple[int, int]]]:
     """Addresses and prefixes packed into a small window, so that runs, duplicates, overlaps and
     adjacent prefixes are frequent."""
     bits = BITS[version]
@@ -38,7 +42,7 @@ def clustered(draw, version: int):
     base = draw(st.integers(0, (1 << (bits - span)) - 1)) << span
     offsets = st.integers(0, (1 << span) - 1)
     singles = [base + o for o in draw(st.lists(offsets, max_size=80))]
-    nets = []
+    nets: list[tuple[int, int]] = []
     for o, length in draw(st.lists(st.tuples(offsets, st.integers(bits - span, bits)), max_size=8)):
         nets.append(((base + o) & ~((1 << (bits - length)) - 1), length))
     return singles, nets
@@ -46,21 +50,21 @@ def clustered(draw, version: int):
 
 @settings(max_examples=300, deadline=None)
 @given(clustered(4))
-def test_collapse_equals_collapse_addresses_ipv4(data) -> None:
+def test_collapse_equals_collapse_addresses_ipv4(data: tuple[list[int], list[tuple[int, int]]]) -> None:
     singles, nets = data
     assert collapse(4, singles, nets).strings() == _reference(4, singles, nets)
 
 
 @settings(max_examples=300, deadline=None)
 @given(clustered(6))
-def test_collapse_equals_collapse_addresses_ipv6(data) -> None:
+def test_collapse_equals_collapse_addresses_ipv6(data: tuple[list[int], list[tuple[int, int]]]) -> None:
     singles, nets = data
     assert collapse(6, singles, nets).strings() == _reference(6, singles, nets)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(0, 2**32 - 1), max_size=300))
-def test_collapse_of_scattered_ipv4(singles) -> None:
+def test_collapse_of_scattered_ipv4(singles: list[int]) -> None:
     assert collapse(4, singles).strings() == _reference(4, singles, [])
 
 
@@ -86,8 +90,12 @@ _PROTECTED_NEAR = [
 ]
 
 
+def _shifted(net: ipaddress.IPv4Network | ipaddress.IPv6Network, by: int) -> int:
+    return int(net.network_address) + by
+
+
 @st.composite
-def near_protected(draw):
+def near_protected(draw: st.DrawFn) -> ParsedFeed:
     """Parsed feeds whose entries sit in and around protected ranges (and a few over-broad ones)."""
     parsed = ParsedFeed(format="plain")
     for _ in range(draw(st.integers(0, 60))):
@@ -101,7 +109,7 @@ def near_protected(draw):
         anchor = draw(
             st.one_of(
                 st.integers(0, 2**32 - 1),
-                st.integers(-(2**20), 2**20).map(lambda d, n=near: int(n.network_address) + d),
+                st.integers(-(2**20), 2**20).map(functools.partial(_shifted, near)),
             )
         )
         value = min(max(anchor, 0), 2**32 - 1) & ~((1 << (32 - length)) - 1)
@@ -199,7 +207,16 @@ def test_real_blocklist_aggregates_like_collapse_addresses(shared_feeds_dir: Pat
 # --- merge across sources -----------------------------------------------------------------------------
 
 
-def _ind(value, sources, category, first, last, expires, score=None, refs=None) -> Indicator:
+def _ind(
+    value: str,
+    sources: list[str],
+    category: str,
+    first: str,
+    last: str,
+    expires: str,
+    score: int | None = None,
+    refs: list[str] | None = None,
+) -> Indicator:
     return Indicator(
         value=value,
         kind="ip",
@@ -213,8 +230,10 @@ def _ind(value, sources, category, first, last, expires, score=None, refs=None) 
     )
 
 
-def test_merge_indicators_keeps_provenance_and_drops_expired(now) -> None:
-    t = lambda h: iso(now + timedelta(hours=h))  # noqa: E731
+def test_merge_indicators_keeps_provenance_and_drops_expired(now: datetime) -> None:
+    def t(hours: float) -> str:
+        return iso(now + timedelta(hours=hours))
+
     feeds = IndicatorSet(
         source="feed:tor-exit",
         fetched_at=t(0),
@@ -253,8 +272,10 @@ def test_merge_indicators_keeps_provenance_and_drops_expired(now) -> None:
     assert feeds.entries[0].sources == ["tor-exit"]  # inputs are not modified
 
 
-def test_merge_indicators_cdr_category_wins_and_refs_are_capped(now) -> None:
-    t = lambda h: iso(now + timedelta(hours=h))  # noqa: E731
+def test_merge_indicators_cdr_category_wins_and_refs_are_capped(now: datetime) -> None:
+    def t(hours: float) -> str:
+        return iso(now + timedelta(hours=hours))
+
     many = [f"uuid-{i:03d}" for i in range(50)]
     a = IndicatorSet("feed:x", t(0), "ok", entries=[_ind("192.0.2.1/32", ["x"], "c2", t(-1), t(-1), t(1))])
     b = IndicatorSet(

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ V4_PREFIXES = [(0x5DB8D822, 31), (0x5DB8D828, 32), (0xCB007209, 32), (0xD0000000
 V6_PREFIXES = [(0x2A00_1450 << 96, 32), ((0x2A00_1451 << 96) | 1, 128)]
 
 
-def compact_set(v4=V4_PREFIXES, v6=V6_PREFIXES) -> IndicatorSet:
+def compact_set(v4: list[tuple[int, int]] = V4_PREFIXES, v6: list[tuple[int, int]] = V6_PREFIXES) -> IndicatorSet:
     prefixes = FeedPrefixes(
         category="c2",
         last_seen="2026-01-02T03:04:05Z",
@@ -39,11 +40,16 @@ def compact_set(v4=V4_PREFIXES, v6=V6_PREFIXES) -> IndicatorSet:
     )
 
 
-def payload_of(doc: dict) -> bytes:
+def _prefixes(s: IndicatorSet) -> FeedPrefixes:
+    assert s.prefixes is not None
+    return s.prefixes
+
+
+def payload_of(doc: dict[str, Any]) -> bytes:
     return zlib.decompress(base64.b64decode(doc["prefixes"]["data"]))
 
 
-def with_payload(doc: dict, payload: bytes, *, digest: bool = True) -> bytes:
+def with_payload(doc: dict[str, Any], payload: bytes, *, digest: bool = True) -> bytes:
     doc = json.loads(json.dumps(doc))
     doc["prefixes"]["data"] = base64.b64encode(zlib.compress(payload)).decode()
     if digest:
@@ -118,7 +124,9 @@ def test_a_count_that_disagrees_with_the_payload_is_refused() -> None:
         ([(0xD0000000, 33)], "over 32"),
     ],
 )
-def test_a_set_out_of_order_or_not_canonical_is_refused_even_with_a_correct_digest(v4, why) -> None:
+def test_a_set_out_of_order_or_not_canonical_is_refused_even_with_a_correct_digest(
+    v4: list[tuple[int, int]], why: str
+) -> None:
     bad = compact_set(v4=v4, v6=[])
     doc = json.loads(dump_set(compact_set(v4=[], v6=[])))
     doc["prefixes"]["ipv4"] = len(v4)
@@ -133,14 +141,17 @@ def test_a_set_out_of_order_or_not_canonical_is_refused_even_with_a_correct_dige
     [(i, V4_PREFIXES[i - 1], "not sorted and disjoint") for i in range(1, 4)]
     + [(i, (V4_PREFIXES[i][0] | 1, 8), "host bits") for i in range(4)],
 )
-def test_the_ipv4_checks_run_in_steps_and_miss_nothing_at_a_seam(monkeypatch, step, at, prefix, why) -> None:
+def test_the_ipv4_checks_run_in_steps_and_miss_nothing_at_a_seam(
+    monkeypatch: pytest.MonkeyPatch, step: int, at: int, prefix: tuple[int, int], why: str
+) -> None:
     """The IPv4 checks go a step of prefixes at a time (their temporaries stay small): a fault at
     any place, a seam between steps included, is refused; the good set loads in any step."""
     from cdr_policy.netprefix import vector
 
     monkeypatch.setattr(vector, "_CHECK_STEP", step)
     assert (
-        parse_set(dump_set(compact_set(v6=[])), "test").prefixes.ipv4.strings() == compact_set().prefixes.ipv4.strings()
+        _prefixes(parse_set(dump_set(compact_set(v6=[])), "test")).ipv4.strings()
+        == _prefixes(compact_set()).ipv4.strings()
     )
     v4 = list(V4_PREFIXES)
     v4[at] = prefix
@@ -180,6 +191,6 @@ def test_a_count_beyond_any_feed_download_is_refused_before_inflating() -> None:
 
 def test_a_set_a_render_held_back_prefixes_of_is_never_stored() -> None:
     held = compact_set()
-    held.prefixes.held_back = 1
+    _prefixes(held).held_back = 1
     with pytest.raises(ValueError, match="held back"):
         dump_set(held)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cdr_policy.errors import ConfigError
@@ -105,7 +107,7 @@ def test_file_urls_only_from_the_command_line() -> None:
     assert load_feeds(text, origin="--feeds", allow_file=True)[0].url == "file:///var/task/.env"
 
 
-def test_the_bucket_configuration_refuses_file_urls(tmp_path) -> None:
+def test_the_bucket_configuration_refuses_file_urls(tmp_path: Path) -> None:
     from cdr_policy.documents import feeds_from_store
     from cdr_policy.storage import LocalStore
 

@@ -69,7 +69,7 @@ def test_demo_feeds_yaml_loads_into_the_builtin_names() -> None:
 
 
 @pytest.mark.parametrize("argv", [["--help"]])
-def test_command_line_help(argv: list[str], capsys) -> None:
+def test_command_line_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from fakes.feeds import main
 
     with pytest.raises(SystemExit) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,9 @@ def test_feodo_csv_quoted_header_trailer_and_banner(shared_feeds_dir: Path) -> N
         pytest.param(lambda d: d.replace(b"\n", b"\r"), id="old-mac-cr"),
     ],
 )
-def test_line_ending_and_whitespace_variants_give_the_same_entries(shared_feeds_dir: Path, variant) -> None:
+def test_line_ending_and_whitespace_variants_give_the_same_entries(
+    shared_feeds_dir: Path, variant: Callable[[bytes], bytes]
+) -> None:
     data = _read(shared_feeds_dir, "blocklist_de_all.txt")
     base = parse_feed(data, "plain")
     changed = parse_feed(variant(data), "plain")
@@ -220,7 +223,9 @@ def test_ambiguous_tokens_are_rejected_with_their_reason(token: str, reason: str
     ],
 )
 def test_valid_tokens_are_canonical_integers(token: str, expected: tuple[int, str, int]) -> None:
-    version, value, length = parse_token(token)  # type: ignore[misc]
+    parsed = parse_token(token)
+    assert not isinstance(parsed, str), parsed
+    version, value, length = parsed
     address = ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
     assert (version, str(address), length) == expected
 

@@ -68,7 +68,8 @@ def load_handler() -> Callable[[str], ModuleType]:
 @pytest.fixture
 def load_event() -> Callable[[str], dict[str, Any]]:
     def load(name: str) -> dict[str, Any]:
-        return json.loads((REPO / "events" / name).read_text())
+        value: dict[str, Any] = json.loads((REPO / "events" / name).read_text())
+        return value
 
     return load
 

@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from cdr_policy import aws, layout
-from cdr_policy.bundle.manifest import Manifest
+from cdr_policy.bundle.manifest import Manifest, Promotion
 from cdr_policy.bundle.signing import KmsSigner, Verifier
 from cdr_policy.cli import main
 from cdr_policy.feeds.persist import dump_set
@@ -139,6 +139,12 @@ class Pipeline:
 
     def shipped(self, channel: str) -> Manifest:
         return Manifest.parse(self.dist.get(layout.channel_manifest_key(channel)).data, channel)
+
+    def promotion(self, channel: str) -> Promotion:
+        """The promotion record of what ``channel`` ships (a promoting channel's manifest has one)."""
+        record = self.shipped(channel).promotion
+        assert record is not None, f"{channel} ships no promotion record"
+        return record
 
     def report(self, channel: str) -> Decisions:
         return Decisions.parse(self.dist.get(layout.promotion_report_key(channel)).data)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -46,7 +48,7 @@ class Remaining:
         return self.ms
 
 
-def test_sample_notifications_parse(load_event):
+def test_sample_notifications_parse(load_event: Callable[[str], dict[str, Any]]) -> None:
     bodies = [r["body"] for r in load_event("sqs_s3_notification.json")["Records"]]
     parsed = [parse_s3_notification(body, bucket=BUCKET) for body in bodies]
     assert [p.keys for p in parsed] == [("indicators/feeds/tor-exit.json",), ("indicators/cdr/current.json",)]
@@ -63,39 +65,39 @@ def test_sample_notifications_parse(load_event):
         ("indicators/feeds/plain-name_1.json", "indicators/feeds/plain-name_1.json"),
     ],
 )
-def test_keys_are_url_decoded(raw, decoded):
+def test_keys_are_url_decoded(raw: str, decoded: str) -> None:
     assert parse_s3_notification(notification(raw), bucket=BUCKET).keys == (decoded,)
 
 
-def test_test_event_has_no_keys(load_event):
+def test_test_event_has_no_keys(load_event: Callable[[str], dict[str, Any]]) -> None:
     body = load_event("sqs_s3_test_event.json")["Records"][0]["body"]
     result = parse_s3_notification(body, bucket=BUCKET)
     assert result.test_event and result.keys == ()
 
 
-def test_the_scheduled_rerender_is_a_refresh_trigger(load_event):
+def test_the_scheduled_rerender_is_a_refresh_trigger(load_event: Callable[[str], dict[str, Any]]) -> None:
     body = load_event("sqs_render_refresh.json")["Records"][0]["body"]
     result = parse_s3_notification(body, bucket=BUCKET)
     assert not result.test_event and result.keys == (REFRESH_TRIGGER,)
 
 
-def test_an_event_from_another_source_is_not_a_refresh():
+def test_an_event_from_another_source_is_not_a_refresh() -> None:
     body = json.dumps({"detail-type": "Scheduled Event", "source": "custom.app", "detail": {}})
     with pytest.raises(EventError, match="no 'Records'"):
         parse_s3_notification(body, bucket=BUCKET)
 
 
-def test_object_removed_is_a_trigger_too():
+def test_object_removed_is_a_trigger_too() -> None:
     body = notification("indicators/feeds/old.json", event_name="ObjectRemoved:Delete")
     assert parse_s3_notification(body, bucket=BUCKET).keys == ("indicators/feeds/old.json",)
 
 
-def test_several_records_keep_their_order():
+def test_several_records_keep_their_order() -> None:
     body = notification("indicators/b.json", "indicators/a.json")
     assert parse_s3_notification(body, bucket=BUCKET).keys == ("indicators/b.json", "indicators/a.json")
 
 
-def test_a_changed_operator_document_is_a_render_trigger():
+def test_a_changed_operator_document_is_a_render_trigger() -> None:
     body = notification("config/channels.yaml")
     assert parse_s3_notification(body, bucket=BUCKET).keys == ("config/channels.yaml",)
 
@@ -126,12 +128,12 @@ def test_a_changed_operator_document_is_a_render_trigger():
         ),
     ],
 )
-def test_malformed_notifications_are_refused(body, message):
+def test_malformed_notifications_are_refused(body: str, message: str) -> None:
     with pytest.raises(EventError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_s3_notification(body, bucket=BUCKET)
 
 
-def test_publish_request_round_trip_is_canonical():
+def test_publish_request_round_trip_is_canonical() -> None:
     request = PublishRequest(channel="prod", digest=DIGEST)
     assert request.to_message() == '{"channel":"prod","digest":"' + DIGEST + '"}'
     assert PublishRequest.from_message(request.to_message()) == request
@@ -156,7 +158,7 @@ def test_publish_request_round_trip_is_canonical():
         (json.dumps({"channel": "prod", "digest": None}), "the digest is not 64 lower-case hex"),
     ],
 )
-def test_malformed_publish_requests_are_refused(body, message):
+def test_malformed_publish_requests_are_refused(body: str, message: str) -> None:
     with pytest.raises(EventError, match=message):
         PublishRequest.from_message(body)
 
@@ -166,11 +168,11 @@ def test_malformed_publish_requests_are_refused(body, message):
     [("prod", True), ("staging-eu-1", True), ("a", True), ("a" * 32, True), ("a" * 33, False),
      ("-prod", False), ("prod-", False), ("Prod", False), ("prod\n", False), ("", False), (None, False)],
 )  # fmt: skip
-def test_channel_names(name, ok):
+def test_channel_names(name: str | None, ok: bool) -> None:
     assert is_channel_name(name) is ok
 
 
-def test_schedule_events(load_event):
+def test_schedule_events(load_event: Callable[[str], dict[str, Any]]) -> None:
     require_scheduled_event(load_event("schedule_cdr_fetch.json"))
     require_scheduled_event(load_event("schedule_feed_sync.json"))
     with pytest.raises(EventError, match="got detail-type='Object Created' source='aws.s3'"):
@@ -183,11 +185,11 @@ def test_schedule_events(load_event):
     ("remaining_ms", "expected"),
     [(300_000, 300 - DEADLINE_MARGIN_S), (900_000, 900 - DEADLINE_MARGIN_S), (30_000, 15.0), (0, 0.0)],
 )
-def test_deadline_keeps_a_margin(remaining_ms, expected):
+def test_deadline_keeps_a_margin(remaining_ms: int, expected: float) -> None:
     assert deadline_seconds(Remaining(remaining_ms)) == pytest.approx(expected)
 
 
-def test_sqs_records(load_event):
+def test_sqs_records(load_event: Callable[[str], dict[str, Any]]) -> None:
     event = load_event("sqs_publish.json")
     assert sqs_records(event) == event["Records"]
     assert sqs_records({"Records": []}) == []
@@ -196,7 +198,7 @@ def test_sqs_records(load_event):
             sqs_records(bad)
 
 
-def test_idempotency_table_setting():
+def test_idempotency_table_setting() -> None:
     env = {"STATE_BUCKET": "s", "DIST_BUCKET": "d"}
     assert Settings.from_env(env).idempotency_table is None
     assert Settings.from_env({**env, "IDEMPOTENCY_TABLE": " t "}).idempotency_table == "t"

@@ -8,7 +8,9 @@ import io
 import json
 import logging
 import socket
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 from urllib.parse import unquote_plus
 
 import pytest
@@ -23,6 +25,7 @@ from cdr_policy.timeutil import iso, utcnow
 from cdr_policy.wiring import cloud
 from fakes.feeds import DEMO_FEEDS_DIR, FeedServer, demo_feeds_yaml
 from fakes.lambda_runtime import REPO, LambdaContext, drain_queue, load_handler
+from tests.unit.functions.conftest import HandlerStack
 from tests.unit.policy.factories import behaviour, cdr_set, compact, indicator
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
@@ -32,34 +35,36 @@ ABUSE_SECRET = "cdr-policy/abuseipdb"
 ABUSE_KEY = "abuse-key-must-never-be-logged"
 
 
+class Clock:
+    """The time the stages see: T0 until ``at(hours)`` moves it."""
+
+    now = T0
+
+    def at(self, hours: float) -> None:
+        self.now = T0 + timedelta(hours=hours)
+
+
 @pytest.fixture
-def clock(monkeypatch):
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     """The time the stages see (``wiring.cloud.utcnow``); ``clock.at(hours)`` moves it."""
-
-    class Clock:
-        now = T0
-
-        def at(self, hours: float) -> None:
-            self.now = T0 + timedelta(hours=hours)
-
     c = Clock()
     monkeypatch.setattr(cloud, "utcnow", lambda: c.now)
     return c
 
 
-def state(stack) -> S3Store:
+def state(stack: HandlerStack) -> S3Store:
     return S3Store(stack.client("s3"), stack.state_bucket)
 
 
-def dist(stack) -> S3Store:
+def dist(stack: HandlerStack) -> S3Store:
     return S3Store(stack.client("s3"), stack.dist_bucket)
 
 
-def put_channels(stack, *channels: dict) -> None:
+def put_channels(stack: HandlerStack, *channels: dict[str, Any]) -> None:
     state(stack).put(layout.CHANNELS_CONFIG, yaml.safe_dump({"channels": list(channels)}).encode())
 
 
-def put_sets(stack) -> None:
+def put_sets(stack: HandlerStack) -> None:
     expires = iso(T0 + timedelta(days=7))
     seen = iso(T0 - timedelta(hours=1))
     store = state(stack)
@@ -72,7 +77,7 @@ def put_sets(stack) -> None:
         store.put(layout.feed_set_key(name), dump_set(compact(name, values, expires_at=expires)))
 
 
-def deliver(stack, function: str) -> dict[str, int]:
+def deliver(stack: HandlerStack, function: str) -> dict[str, int]:
     """Drain the function's queue into its handler, as its event source mapping would."""
     handler = load_handler(function)
     return drain_queue(
@@ -83,22 +88,25 @@ def deliver(stack, function: str) -> dict[str, int]:
     )
 
 
-def forget_idempotency(stack) -> None:
+def forget_idempotency(stack: HandlerStack) -> None:
     """What the idempotency records' 10 minutes do over hours of (monkeypatched) time."""
     ddb = stack.client("dynamodb")
     for item in ddb.scan(TableName=stack.idempotency_table)["Items"]:
         ddb.delete_item(TableName=stack.idempotency_table, Key={"id": item["id"]})
 
 
-def manifest(stack, channel: str) -> dict:
-    return jsonio.loads(dist(stack).get(layout.channel_manifest_key(channel)).data)
+def manifest(stack: HandlerStack, channel: str) -> dict[str, Any]:
+    value: dict[str, Any] = jsonio.loads(dist(stack).get(layout.channel_manifest_key(channel)).data)
+    return value
 
 
-def latest(stack, channel: str) -> str:
+def latest(stack: HandlerStack, channel: str) -> str:
     return str(jsonio.loads(state(stack).get(layout.latest_render_key(channel)).data)["digest"])
 
 
-def test_one_unreadable_set_neither_stops_the_renders_nor_lets_a_bundle_expire(stack, clock, capsys):
+def test_one_unreadable_set_neither_stops_the_renders_nor_lets_a_bundle_expire(
+    stack: HandlerStack, clock: Clock, capsys: pytest.CaptureFixture[str]
+) -> None:
     put_channels(stack, {"name": "prod", "action": "Sigkill"})
     put_sets(stack)
     assert deliver(stack, "render")["failed"] == 0 and deliver(stack, "publish")["failed"] == 0
@@ -128,7 +136,7 @@ def test_one_unreadable_set_neither_stops_the_renders_nor_lets_a_bundle_expire(s
     assert any(m.get("IndicatorSetUnreadable") in (1.0, [1.0]) and "set" not in m for m in emitted)  # the alarm's
 
 
-def test_a_changed_channels_yaml_renders_at_once(stack, clock):
+def test_a_changed_channels_yaml_renders_at_once(stack: HandlerStack, clock: Clock) -> None:
     put_sets(stack)
     put_channels(stack, {"name": "staging", "action": "Post"})
     deliver(stack, "render")
@@ -153,7 +161,9 @@ def test_a_changed_channels_yaml_renders_at_once(stack, clock):
         (6, r"bundle_ttl_hours 6 is less than twice the re-render period \(6 h\)"),
     ],
 )
-def test_a_bundle_lifetime_out_of_bounds_is_a_configuration_error_of_render(stack, clock, ttl, message):
+def test_a_bundle_lifetime_out_of_bounds_is_a_configuration_error_of_render(
+    stack: HandlerStack, clock: Clock, ttl: int, message: str
+) -> None:
     put_sets(stack)
     put_channels(stack, {"name": "prod", "bundle_ttl_hours": ttl})
     with pytest.raises(ConfigError, match=message):
@@ -163,12 +173,17 @@ def test_a_bundle_lifetime_out_of_bounds_is_a_configuration_error_of_render(stac
 def _dead_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def test_secrets_manager_down_leaves_the_reputation_check_out_and_refreshes_the_feeds(
-    stack, clock, monkeypatch, capsys, log_lines
-):
+    stack: HandlerStack,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    log_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
     monkeypatch.setenv("ABUSEIPDB_SECRET_NAME", ABUSE_SECRET)
     monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", f"http://127.0.0.1:{_dead_port()}")
     get_settings.cache_clear()
@@ -188,7 +203,9 @@ def test_secrets_manager_down_leaves_the_reputation_check_out_and_refreshes_the_
     assert any(json.loads(x).get("ReputationKeyUnavailable") in (1.0, [1.0]) for x in out.splitlines() if '"_aws"' in x)
 
 
-def test_a_secret_that_is_not_there_is_a_configuration_error(stack, clock, monkeypatch):
+def test_a_secret_that_is_not_there_is_a_configuration_error(
+    stack: HandlerStack, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ABUSEIPDB_SECRET_NAME", "cdr-policy/no-such-secret")
     get_settings.cache_clear()
     event = json.loads((REPO / "events" / "schedule_feed_sync.json").read_text())
@@ -199,14 +216,14 @@ def test_a_secret_that_is_not_there_is_a_configuration_error(stack, clock, monke
 
 
 @pytest.fixture
-def abuse_secret(stack, monkeypatch):
+def abuse_secret(stack: HandlerStack, monkeypatch: pytest.MonkeyPatch) -> None:
     stack.client("secretsmanager").create_secret(Name=ABUSE_SECRET, SecretString=json.dumps({"api_key": ABUSE_KEY}))
     monkeypatch.setenv("ABUSEIPDB_SECRET_NAME", ABUSE_SECRET)
     get_settings.cache_clear()
 
 
 @pytest.fixture
-def lambda_runtime_logging(monkeypatch):
+def lambda_runtime_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     """The Lambda runtime at log level DEBUG: the root logger takes every record (as the runtime's
     handler does with AWS_LAMBDA_LOG_LEVEL=DEBUG), and the functions log at DEBUG."""
     for name in ("AWS_LAMBDA_LOG_LEVEL", "POWERTOOLS_LOG_LEVEL", "LOG_LEVEL"):
@@ -227,8 +244,12 @@ def lambda_runtime_logging(monkeypatch):
 
 
 def test_no_request_body_or_auth_header_reaches_the_logs_at_debug(
-    stack, clock, abuse_secret, lambda_runtime_logging, capsys
-):
+    stack: HandlerStack,
+    clock: Clock,
+    abuse_secret: None,
+    lambda_runtime_logging: io.StringIO,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     put_sets(stack)
     marker = "45.33.32.0/24"  # in the bodies Render and Publish PUT to the buckets
     with FeedServer(root=DEMO_FEEDS_DIR) as feeds:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +30,7 @@ from cdr_policy.timeutil import parse_iso, utcnow
 from cdr_policy.wiring import cloud
 from fakes.cluster import Cluster
 from fakes.exports import Workload
+from tests.unit.functions.conftest import HandlerStack
 from tests.unit.functions.promotion_pipeline import CHECKOUT, WEB, Pipeline, workloads
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
@@ -55,7 +59,7 @@ def rule_objects(p: Pipeline, channel: str) -> dict[str, list[str]]:
 
 
 @pytest.fixture
-def p(stack, tmp_path) -> Pipeline:
+def p(stack: HandlerStack, tmp_path: Path) -> Pipeline:
     return Pipeline(stack, tmp_path)
 
 
@@ -72,7 +76,7 @@ def watched_on_staging(p: Pipeline, cdr: list[str]) -> Cluster:
     return staging
 
 
-def test_a_change_reaches_the_enforcing_channel_only_after_its_soak_on_the_audit_channel(p):
+def test_a_change_reaches_the_enforcing_channel_only_after_its_soak_on_the_audit_channel(p: Pipeline) -> None:
     p.configure(STAGING, prod(soak="15s"))  # long enough for a loaded machine to render within it
     p.indicators([C2], feed=[FEED])
     staging = p.cluster("staging", "stg-1")
@@ -95,8 +99,8 @@ def test_a_change_reaches_the_enforcing_channel_only_after_its_soak_on_the_audit
     promoted = p.decision("prod", f"prefix:{C2}")
     assert (promoted.decision, promoted.how, promoted.reasons) == ("promote", "soaked", ())
     assert blocked(p, "prod") == {C2, FEED}
-    record = p.shipped("prod").promotion
-    assert record is not None and record.source == "staging" and record.promoted.count == 2
+    record = p.promotion("prod")
+    assert record.source == "staging" and record.promoted.count == 2
     assert {e.change: e.clusters for e in record.evidence} == {f"prefix:{C2}": 1, f"prefix:{FEED}": 1}
     # the prod cluster applies the signed manifest with its promotion record
     assert p.cluster("prod", "prod-1").sync().last_poll.result == "applied"
@@ -105,8 +109,8 @@ def test_a_change_reaches_the_enforcing_channel_only_after_its_soak_on_the_audit
 
 
 def test_a_change_whose_audit_hits_touch_a_protected_namespace_is_held_until_an_approver_approves_it(
-    p, stack, tmp_path
-):
+    p: Pipeline, stack: HandlerStack, tmp_path: Path
+) -> None:
     p.configure(STAGING, prod())
     p.indicators([C2, PAY], feed=[FEED])
     p.render()
@@ -122,7 +126,7 @@ def test_a_change_whose_audit_hits_touch_a_protected_namespace_is_held_until_an_
     assert held.evidence.workloads == (WorkloadHits("stg-1", "payments", "checkout", 2),)
     assert p.decision("prod", f"prefix:{FEED}").decision == "promote"  # one workload in shop: within limits
     assert blocked(p, "prod") == {C2, FEED}
-    assert p.shipped("prod").promotion.pending == {"wait": 0, "hold": 1}
+    assert p.promotion("prod").pending == {"wait": 0, "hold": 1}
     code, out = p.run("channel", "evidence", "prod", "--dist", "{dist}")
     assert f"HOLD    prefix:{PAY}" in out and "stg-1/payments/checkout: 2 hit(s)" in out
     assert f"approve: cdr-policy channel approve prod --change prefix:{PAY}" in out
@@ -153,13 +157,13 @@ def test_a_change_whose_audit_hits_touch_a_protected_namespace_is_held_until_an_
     assert (approved.decision, approved.how) == ("promote", "approved")
     assert approved.reasons[1] == f"approved over: {held.reasons[0]}"
     assert blocked(p, "prod") == {C2, PAY, FEED}
-    record = p.shipped("prod").promotion
+    record = p.promotion("prod")
     (used,) = record.approved
     assert used.approver.endswith(stack.approver_key_id) and used.changes == 1
     assert p.state.list("approvals/prod/") == []  # used once
 
 
-def test_each_new_entry_is_promoted_on_its_own_soak_while_later_ones_wait(p):
+def test_each_new_entry_is_promoted_on_its_own_soak_while_later_ones_wait(p: Pipeline) -> None:
     p.configure(STAGING, prod(soak="3s"))
     p.indicators([C2])
     p.render()
@@ -179,10 +183,10 @@ def test_each_new_entry_is_promoted_on_its_own_soak_while_later_ones_wait(p):
 
     assert blocked(p, "prod") == {C2, NEW}
     assert p.decision("prod", f"prefix:{LATER}").decision == "wait"
-    assert p.shipped("prod").promotion.pending == {"wait": 1, "hold": 0}
+    assert p.promotion("prod").pending == {"wait": 1, "hold": 0}
 
 
-def test_removals_and_expiries_are_never_held(p):
+def test_removals_and_expiries_are_never_held(p: Pipeline) -> None:
     entries = ["45.33.32.156/32", "45.33.32.157/32", "45.33.32.200/31", "45.33.32.202/31", "45.33.32.204/30"]
     watched_on_staging(p, entries)
     assert blocked(p, "prod") == {"45.33.32.156/31", "45.33.32.200/29"}
@@ -195,7 +199,7 @@ def test_removals_and_expiries_are_never_held(p):
     assert p.decision("prod", f"prefix:{NEW}").decision == "wait"
 
 
-def test_too_many_workloads_hit_on_the_audit_channel_hold_a_change(p):
+def test_too_many_workloads_hit_on_the_audit_channel_hold_a_change(p: Pipeline) -> None:
     p.configure(STAGING, prod(max_workloads_hit=3))
     p.indicators([C2], feed=[FEED])
     p.render()
@@ -211,7 +215,7 @@ def test_too_many_workloads_hit_on_the_audit_channel_hold_a_change(p):
     assert blocked(p, "prod") == {C2}
 
 
-def test_a_changed_behaviour_rule_waits_and_the_channel_keeps_the_version_it_ships(p):
+def test_a_changed_behaviour_rule_waits_and_the_channel_keeps_the_version_it_ships(p: Pipeline) -> None:
     p.configure(STAGING, prod(soak="3s"))
     p.indicators([C2], behaviours={"crypto_mining": ["xmrig"]})
     p.render()
@@ -220,8 +224,7 @@ def test_a_changed_behaviour_rule_waits_and_the_channel_keeps_the_version_it_shi
     staging.record([])
     time.sleep(3)
     p.render()
-    shipped = p.shipped("prod")
-    (rule,) = shipped.promotion.promoted.rules
+    (rule,) = p.promotion("prod").promoted.rules
     assert rule[0] == "crypto_mining"
 
     objects = rule_objects(p, "prod")
@@ -236,11 +239,13 @@ def test_a_changed_behaviour_rule_waits_and_the_channel_keeps_the_version_it_shi
     staging.record([])  # its cluster applies the new version and reports
     time.sleep(3)
     p.render()
-    assert p.shipped("prod").promotion.promoted.rules[0][1] == changed.fingerprint
+    assert p.promotion("prod").promoted.rules[0][1] == changed.fingerprint
     assert rule_objects(p, "prod") != objects
 
 
-def test_enforcing_changes_that_hurt_holds_the_channel_and_takes_them_back_until_approved(p, stack, capsys, log_lines):
+def test_enforcing_changes_that_hurt_holds_the_channel_and_takes_them_back_until_approved(
+    p: Pipeline, stack: HandlerStack, capsys: pytest.CaptureFixture[str], log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     p.configure(STAGING, prod(watch={"for": "1h", "max_workloads_hit": 2, "rollback": True}))
     p.indicators([C2], feed=[FEED])
     p.render()
@@ -264,9 +269,9 @@ def test_enforcing_changes_that_hurt_holds_the_channel_and_takes_them_back_until
     p.render()
 
     assert blocked(p, "prod") == {C2, FEED}
-    manifest = p.shipped("prod")
-    assert manifest.promotion.rolled_back.generation == promoted_at
-    assert manifest.promotion.held_back.count == 1
+    record = p.promotion("prod")
+    assert record.rolled_back is not None and record.rolled_back.generation == promoted_at
+    assert record.held_back is not None and record.held_back.count == 1
     back = p.decision("prod", f"prefix:{NEW}")
     assert back.decision == "hold" and back.reasons[0].startswith(
         f"being taken back: the changes generation {promoted_at} promoted stopped 6 event(s) in 3 distinct workloads"
@@ -299,10 +304,10 @@ def test_enforcing_changes_that_hurt_holds_the_channel_and_takes_them_back_until
     assert p.run("channel", "approve", "prod", "--change", f"prefix:{NEW}", "--state", "{state}", "--dist", "{dist}",
                  "--kms-key-id", stack.approver_key_id, approver=True)[0] == 0  # fmt: skip
     p.render()
-    assert NEW in blocked(p, "prod") and p.shipped("prod").promotion.held_back is None
+    assert NEW in blocked(p, "prod") and p.promotion("prod").held_back is None
 
 
-def test_without_rollback_a_tripped_watch_holds_new_changes_and_keeps_what_it_ships(p):
+def test_without_rollback_a_tripped_watch_holds_new_changes_and_keeps_what_it_ships(p: Pipeline) -> None:
     watch = {"for": "1h", "max_workloads_hit": 10, "min_events": 5, "max_rate_increase": 2}
     p.configure(STAGING, prod(watch=watch))
     p.indicators([C2])
@@ -323,7 +328,9 @@ def test_without_rollback_a_tripped_watch_holds_new_changes_and_keeps_what_it_sh
     assert reason.startswith("the channel is held: the changes generation ") and "events a minute" in reason
 
 
-def _forged_status(honest: AgentStatus, cluster_id: str, rows: list[dict], bundles: list[str]) -> dict:
+def _forged_status(
+    honest: AgentStatus, cluster_id: str, rows: list[dict[str, Any]], bundles: list[str]
+) -> dict[str, Any]:
     """A status document a hostile cluster writes: an honest one's shape, its own rows."""
     status = honest.to_json()
     status["cluster_id"] = cluster_id
@@ -331,7 +338,7 @@ def _forged_status(honest: AgentStatus, cluster_id: str, rows: list[dict], bundl
     return status
 
 
-def _row(indicator: str, address: str, w: Workload, **extra: object) -> dict:
+def _row(indicator: str, address: str, w: Workload, **extra: object) -> dict[str, Any]:
     hour = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime())
     row = {"hour": hour, "engine": "tetragon", "object": "", "kind": "prefix", "indicator": indicator,
            "address": address, "action": "POST", "namespace": w.namespace, "workload": w.name, "pod": None,
@@ -339,7 +346,7 @@ def _row(indicator: str, address: str, w: Workload, **extra: object) -> dict:
     return {**row, **extra}
 
 
-def test_a_hostile_cluster_cannot_force_a_promotion_beyond_its_own_counts(p):
+def test_a_hostile_cluster_cannot_force_a_promotion_beyond_its_own_counts(p: Pipeline) -> None:
     p.configure(STAGING, prod(min_clusters_reporting=3))
     p.indicators([C2])
     p.render()
@@ -347,6 +354,7 @@ def test_a_hostile_cluster_cannot_force_a_promotion_beyond_its_own_counts(p):
     honest.sync()
     status = honest.record([])
     staging_digest = status.applied_digest
+    assert staging_digest is not None
     # a hostile cluster of staging: its own status, fresh, claiming it reports too
     evil = p.session_client(p.onboard("staging", "evil"), "s3")
     own = S3Store(evil, p.stack.dist_bucket)
@@ -377,7 +385,7 @@ def test_a_hostile_cluster_cannot_force_a_promotion_beyond_its_own_counts(p):
     assert p.decision("prod", f"prefix:{C2}").evidence.hits == 0
 
 
-def test_a_hostile_cluster_cannot_force_a_rollback_beyond_its_own_counts(p):
+def test_a_hostile_cluster_cannot_force_a_rollback_beyond_its_own_counts(p: Pipeline) -> None:
     p.configure(STAGING, prod(watch={"for": "1h", "max_workloads_hit": 2, "rollback": True}))
     p.indicators([C2])
     p.render()
@@ -393,6 +401,7 @@ def test_a_hostile_cluster_cannot_force_a_rollback_beyond_its_own_counts(p):
     assert blocked(p, "prod") == {C2, NEW}
     status = enforcing.record([])
     prod_digest = status.applied_digest
+    assert prod_digest is not None and staging_status.applied_digest is not None
     kill = {"action": "SIGKILL", "object": enforcing.holder(NEW)}
     rows = (
         # kills of the new entry, attributed with a bundle prod never shipped (staging's)
@@ -420,7 +429,7 @@ def test_a_hostile_cluster_cannot_force_a_rollback_beyond_its_own_counts(p):
     assert blocked(p, "prod") == {C2}
 
 
-def test_publish_holds_a_bundle_its_decisions_do_not_account_for(p):
+def test_publish_holds_a_bundle_its_decisions_do_not_account_for(p: Pipeline) -> None:
     staging = watched_on_staging(p, [C2])
     p.indicators([C2, NEW])
     p.render()
@@ -434,7 +443,7 @@ def test_publish_holds_a_bundle_its_decisions_do_not_account_for(p):
     doc = decided.to_json()  # what someone who can write the state bucket rewrites
     generation = p.shipped("prod").generation
 
-    def publish_with(forged: dict | None) -> PublishResult:
+    def publish_with(forged: dict[str, Any] | None) -> PublishResult:
         """Publish's stage, as the handler calls it, after someone who can write the state bucket
         (but cannot sign) replaced the decisions beside the bundle."""
         if forged is None:
@@ -461,7 +470,7 @@ def test_publish_holds_a_bundle_its_decisions_do_not_account_for(p):
     assert publish_with(doc).status == "published" and blocked(p, "prod") == {C2, NEW}
 
 
-def test_the_same_inputs_compose_the_same_bundle(p):
+def test_the_same_inputs_compose_the_same_bundle(p: Pipeline) -> None:
     p.configure(STAGING, prod(soak="1h"))
     p.indicators([C2], feed=[FEED])
     p.render()
@@ -474,7 +483,7 @@ def test_the_same_inputs_compose_the_same_bundle(p):
     assert latest_render(p.state, "prod") == first
 
 
-def test_a_shipped_bundle_that_cannot_be_read_holds_the_channel_and_stops_no_render(p):
+def test_a_shipped_bundle_that_cannot_be_read_holds_the_channel_and_stops_no_render(p: Pipeline) -> None:
     watched_on_staging(p, [C2])
     shipped = p.shipped("prod")
     p.dist.delete(layout.published_file_key("prod", shipped.digest, layout.PROVENANCE_FILE))  # gone from the bucket

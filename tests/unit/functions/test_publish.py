@@ -4,14 +4,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from types import ModuleType
+from typing import Any
 
 import boto3
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from moto import mock_aws
+from mypy_boto3_dynamodb import DynamoDBClient
 
 from cdr_policy.errors import BundleError, ConfigError
+from cdr_policy.lambda_events import PublishRequest
+from cdr_policy.settings import Settings
 from cdr_policy.wiring import cloud
+from fakes.lambda_runtime import LambdaContext
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
 
@@ -22,7 +30,7 @@ def request(channel: str, digest: str = SAMPLE_DIGEST) -> str:
     return json.dumps({"channel": channel, "digest": digest})
 
 
-def failures(response: dict) -> list[str]:
+def failures(response: Mapping[str, Any]) -> list[str]:
     return [item["itemIdentifier"] for item in response["batchItemFailures"]]
 
 
@@ -33,7 +41,7 @@ class FakePublish:
         self.calls: list[tuple[str, str]] = []
         self.failing: set[str] = set()
 
-    def __call__(self, settings, request, *, now=None) -> dict:
+    def __call__(self, settings: Settings, request: PublishRequest, *, now: datetime | None = None) -> dict[str, Any]:
         assert settings.dist_bucket == "cdr-policy-dev-dist-123456789012-us-east-1"
         self.calls.append((request.channel, request.digest))
         if request.channel in self.failing:
@@ -42,7 +50,7 @@ class FakePublish:
 
 
 @pytest.fixture
-def dynamodb(handler_env):
+def dynamodb(handler_env: dict[str, str]) -> Iterator[DynamoDBClient]:
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         client.create_table(
@@ -59,17 +67,24 @@ def dynamodb(handler_env):
 
 
 @pytest.fixture
-def publish(monkeypatch) -> FakePublish:
+def publish(monkeypatch: pytest.MonkeyPatch) -> FakePublish:
     fake = FakePublish()
     monkeypatch.setattr(cloud, "publish", fake)
     return fake
 
 
-def stored(dynamodb, table: str) -> list[dict]:
+def stored(dynamodb: DynamoDBClient, table: str) -> list[dict[str, Any]]:
     return dynamodb.scan(TableName=table)["Items"]
 
 
-def test_sample_batch_publishes_each_channel(dynamodb, publish, handler_env, load_handler, load_event, lambda_context):
+def test_sample_batch_publishes_each_channel(
+    dynamodb: DynamoDBClient,
+    publish: FakePublish,
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    lambda_context: LambdaContext,
+) -> None:
     app = load_handler("publish")
 
     response = app.lambda_handler(load_event("sqs_publish.json"), lambda_context)
@@ -82,8 +97,13 @@ def test_sample_batch_publishes_each_channel(dynamodb, publish, handler_env, loa
 
 
 def test_redelivered_batch_does_not_publish_again(
-    dynamodb, publish, handler_env, load_handler, load_event, lambda_context
-):
+    dynamodb: DynamoDBClient,
+    publish: FakePublish,
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    lambda_context: LambdaContext,
+) -> None:
     # Given a batch that was published once
     app = load_handler("publish")
     event = load_event("sqs_publish.json")
@@ -97,7 +117,13 @@ def test_redelivered_batch_does_not_publish_again(
     assert publish.calls == [("staging", SAMPLE_DIGEST), ("prod", SAMPLE_DIGEST)]
 
 
-def test_duplicate_messages_in_one_batch_publish_once(dynamodb, publish, load_handler, lambda_context, sqs_event):
+def test_duplicate_messages_in_one_batch_publish_once(
+    dynamodb: DynamoDBClient,
+    publish: FakePublish,
+    load_handler: Callable[[str], ModuleType],
+    lambda_context: LambdaContext,
+    sqs_event: Callable[..., dict[str, Any]],
+) -> None:
     app = load_handler("publish")
 
     response = app.lambda_handler(
@@ -108,7 +134,13 @@ def test_duplicate_messages_in_one_batch_publish_once(dynamodb, publish, load_ha
     assert publish.calls == [("prod", SAMPLE_DIGEST)]
 
 
-def test_key_is_channel_and_digest(dynamodb, publish, load_handler, lambda_context, sqs_event):
+def test_key_is_channel_and_digest(
+    dynamodb: DynamoDBClient,
+    publish: FakePublish,
+    load_handler: Callable[[str], ModuleType],
+    lambda_context: LambdaContext,
+    sqs_event: Callable[..., dict[str, Any]],
+) -> None:
     app = load_handler("publish")
     other = "c" * 64
 
@@ -118,7 +150,13 @@ def test_key_is_channel_and_digest(dynamodb, publish, load_handler, lambda_conte
     assert publish.calls == [("prod", SAMPLE_DIGEST), ("staging", SAMPLE_DIGEST), ("prod", other)]
 
 
-def test_a_failing_record_is_reported_alone_and_retried(dynamodb, publish, load_handler, lambda_context, sqs_event):
+def test_a_failing_record_is_reported_alone_and_retried(
+    dynamodb: DynamoDBClient,
+    publish: FakePublish,
+    load_handler: Callable[[str], ModuleType],
+    lambda_context: LambdaContext,
+    sqs_event: Callable[..., dict[str, Any]],
+) -> None:
     # Given publishing to prod fails, staging works
     app = load_handler("publish")
     publish.failing = {"prod"}
@@ -134,7 +172,13 @@ def test_a_failing_record_is_reported_alone_and_retried(dynamodb, publish, load_
     assert publish.calls == [("staging", SAMPLE_DIGEST), ("prod", SAMPLE_DIGEST), ("prod", SAMPLE_DIGEST)]
 
 
-def test_an_all_failed_batch_fails_the_invocation(dynamodb, publish, load_handler, lambda_context, sqs_event):
+def test_an_all_failed_batch_fails_the_invocation(
+    dynamodb: DynamoDBClient,
+    publish: FakePublish,
+    load_handler: Callable[[str], ModuleType],
+    lambda_context: LambdaContext,
+    sqs_event: Callable[..., dict[str, Any]],
+) -> None:
     app = load_handler("publish")
     publish.failing = {"prod", "staging"}
 
@@ -154,7 +198,15 @@ def test_an_all_failed_batch_fails_the_invocation(dynamodb, publish, load_handle
         json.dumps({"channel": "prod", "digest": SAMPLE_DIGEST, "extra": 1}),
     ],
 )
-def test_malformed_requests_fail_alone(body, dynamodb, publish, load_handler, lambda_context, sqs_event, log_lines):
+def test_malformed_requests_fail_alone(
+    body: str,
+    dynamodb: DynamoDBClient,
+    publish: FakePublish,
+    load_handler: Callable[[str], ModuleType],
+    lambda_context: LambdaContext,
+    sqs_event: Callable[..., dict[str, Any]],
+    log_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
     app = load_handler("publish")
 
     response = app.lambda_handler(sqs_event(body, request("staging")), lambda_context)
@@ -166,7 +218,14 @@ def test_malformed_requests_fail_alone(body, dynamodb, publish, load_handler, la
     assert "publish request" in warnings[0]["exception"]
 
 
-def test_missing_idempotency_table_setting(handler_env, publish, load_handler, load_event, lambda_context, monkeypatch):
+def test_missing_idempotency_table_setting(
+    handler_env: dict[str, str],
+    publish: FakePublish,
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    lambda_context: LambdaContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("IDEMPOTENCY_TABLE")
     app = load_handler("publish")
 

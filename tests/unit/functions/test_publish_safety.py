@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
@@ -17,21 +18,22 @@ from cdr_policy.bundle.manifest import Settings
 from cdr_policy.bundle.signing import KmsSigner
 from cdr_policy.documents import channels_from_store
 from cdr_policy.settings import get_settings
-from cdr_policy.stages.publish import ChannelMoved, publish_bundle
-from cdr_policy.storage import S3Store
+from cdr_policy.stages.publish import ChannelMoved, PublishResult, publish_bundle
+from cdr_policy.storage import S3Store, StoredObject
 from cdr_policy.timeutil import utcnow
 from fakes.lambda_runtime import LambdaContext, load_handler
 from tests.unit.bundle.factory import behaviour_policy, files_of, ips, network_bundle, render
+from tests.unit.functions.conftest import HandlerStack
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
 
 
-def stores(stack) -> tuple[S3Store, S3Store]:
+def stores(stack: HandlerStack) -> tuple[S3Store, S3Store]:
     s3 = stack.client("s3")
     return S3Store(s3, stack.state_bucket), S3Store(s3, stack.dist_bucket)
 
 
-def rendered(stack, files, channel="prod") -> str:
+def rendered(stack: HandlerStack, files: dict[str, bytes], channel: str = "prod") -> str:
     """Put a bundle in the state bucket as Render does, as the channel's latest render, rendered with
     the channel's settings as the bucket configures them now."""
     state, _ = stores(stack)
@@ -43,7 +45,7 @@ def rendered(stack, files, channel="prod") -> str:
     return digest
 
 
-def invoke(channel: str, digest: str, approval: str | None = None) -> dict:
+def invoke(channel: str, digest: str, approval: str | None = None) -> dict[str, Any]:
     body = {"channel": channel, "digest": digest} | ({"approval": approval} if approval else {})
     event = {
         "Records": [
@@ -60,18 +62,20 @@ def invoke(channel: str, digest: str, approval: str | None = None) -> dict:
             }
         ]
     }
-    return load_handler("publish").lambda_handler(event, LambdaContext("publish"))
+    value: dict[str, Any] = load_handler("publish").lambda_handler(event, LambdaContext("publish"))
+    return value
 
 
-def current(stack, channel="prod") -> dict:
+def current(stack: HandlerStack, channel: str = "prod") -> dict[str, Any]:
     _, dist = stores(stack)
-    return jsonio.loads(dist.get(layout.channel_manifest_key(channel)).data)
+    value: dict[str, Any] = jsonio.loads(dist.get(layout.channel_manifest_key(channel)).data)
+    return value
 
 
 BEHAVIOURS = files_of({"b1.yaml": behaviour_policy("cloud_credentials"), "b2.yaml": behaviour_policy("crypto_mining")})
 
 
-def test_a_bundle_dropping_a_behaviour_policy_is_held_until_approved(stack):
+def test_a_bundle_dropping_a_behaviour_policy_is_held_until_approved(stack: HandlerStack) -> None:
     first = rendered(stack, {**network_bundle(ips(0, 90), tag="a"), **BEHAVIOURS})
     assert invoke("prod", first) == {"batchItemFailures": []}
     assert (current(stack)["digest"], current(stack)["generation"]) == (first, 1)
@@ -96,7 +100,9 @@ def test_a_bundle_dropping_a_behaviour_policy_is_held_until_approved(stack):
     assert state.list(grant_key) == []  # used once
 
 
-def approve_as(stack, state, digest: str, *, previous: str | None, key_id: str | None = None) -> tuple[str, str]:
+def approve_as(
+    stack: HandlerStack, state: S3Store, digest: str, *, previous: str | None, key_id: str | None = None
+) -> tuple[str, str]:
     """Sign a grant with the approvers' KMS key (or ``key_id``) and put it where Publish looks."""
     signer = KmsSigner(stack.approver_client("kms"), key_id or stack.approver_key_id)
     signed = grant("prod", digest, previous, signer=signer, now=utcnow(), reason="reviewed by the on-call")
@@ -105,14 +111,14 @@ def approve_as(stack, state, digest: str, *, previous: str | None, key_id: str |
     return signed.key, signed.fingerprint()
 
 
-def _publish_stage(channel: str, digest: str) -> dict:
+def _publish_stage(channel: str, digest: str) -> dict[str, Any]:
     from cdr_policy.lambda_events import PublishRequest
     from cdr_policy.wiring import cloud
 
     return cloud.publish(get_settings(), PublishRequest(channel, digest))
 
 
-def test_an_empty_bundle_over_a_small_channel_is_held(stack):
+def test_an_empty_bundle_over_a_small_channel_is_held(stack: HandlerStack) -> None:
     first = rendered(stack, network_bundle(ips(0, 3)))
     invoke("prod", first)
     empty = rendered(stack, {})
@@ -122,7 +128,7 @@ def test_an_empty_bundle_over_a_small_channel_is_held(stack):
     assert stores(stack)[1].list(layout.history_prefix("prod"))[-1].endswith(f"-{first}.json")
 
 
-def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
+def test_two_concurrent_publishes_never_move_the_channel_backwards(stack: HandlerStack) -> None:
     """Both read generation 1; the first to write gets generation 2; the other's conditional write
     (If-Match on the manifest it read) fails and overwrites nothing. Retried, it becomes generation 3."""
     state, dist = stores(stack)
@@ -134,14 +140,16 @@ def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
     c = render(state, network_bundle(ips(0, 12), tag="c"), created=now)
     both_read = threading.Barrier(2, timeout=30)
     first_done = threading.Event()
-    outcome: dict[str, object] = {}
+    outcome: dict[str, PublishResult | ChannelMoved] = {}
 
     class Racing(S3Store):
         def __init__(self, name: str) -> None:
             super().__init__(stack.client("s3"), stack.dist_bucket)
             self.name = name
 
-        def put_if(self, key, data, etag, content_type="application/octet-stream"):
+        def put_if(
+            self, key: str, data: bytes, etag: str | None, content_type: str = "application/octet-stream"
+        ) -> str:
             both_read.wait()
             if self.name == "second":
                 first_done.wait(30)
@@ -171,7 +179,8 @@ def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
     for t in threads:
         t.join(60)
 
-    assert outcome["first"].generation == 2
+    first = outcome["first"]
+    assert isinstance(first, PublishResult) and first.generation == 2
     assert isinstance(outcome["second"], ChannelMoved)
     assert (current(stack)["digest"], current(stack)["generation"]) == (c, 2)
     history = [jsonio.loads(dist.get(k).data) for k in dist.list(layout.history_prefix("prod"))]
@@ -189,7 +198,7 @@ def test_two_concurrent_publishes_never_move_the_channel_backwards(stack):
     assert retried.generation == 3 and current(stack)["generation"] == 3
 
 
-def test_publish_refuses_what_the_channel_settings_forbid(stack):
+def test_publish_refuses_what_the_channel_settings_forbid(stack: HandlerStack) -> None:
     """Someone who can write the state bucket plants a bundle for an audit channel whose objects kill,
     and one blocking the channel's own pod range: Publish signs neither."""
     state, _ = stores(stack)
@@ -218,10 +227,12 @@ def test_publish_refuses_what_the_channel_settings_forbid(stack):
 # -- issue 27: errors are retried, decisions are cached, Publish signs what the channel says now ------
 
 
-def test_a_store_failure_is_retried_never_remembered_as_held(stack, monkeypatch):
+def test_a_store_failure_is_retried_never_remembered_as_held(
+    stack: HandlerStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Reading the current bundle fails once (a 503): the record fails and is not stored by the
     idempotency layer, so the redelivery after recovery publishes instead of answering "held"."""
-    from cdr_policy.storage import StorageError
+    from cdr_policy.errors import StorageError
 
     first = rendered(stack, network_bundle(ips(0, 90), tag="a"))
     assert invoke("prod", first) == {"batchItemFailures": []}
@@ -229,7 +240,7 @@ def test_a_store_failure_is_retried_never_remembered_as_held(stack, monkeypatch)
     real_get = S3Store.get
     failures = {"left": 1}
 
-    def flaky(self, key, *, max_bytes=None):
+    def flaky(self: S3Store, key: str, *, max_bytes: int | None = None) -> StoredObject:
         if f"/bundles/{first}/" in key and failures["left"]:
             failures["left"] -= 1
             raise StorageError(f"s3://{self.bucket}/{key}: SlowDown: 503")
@@ -244,7 +255,7 @@ def test_a_store_failure_is_retried_never_remembered_as_held(stack, monkeypatch)
     assert current(stack)["digest"] == second
 
 
-def test_a_bundle_rendered_with_settings_the_channel_no_longer_has_is_not_signed(stack):
+def test_a_bundle_rendered_with_settings_the_channel_no_longer_has_is_not_signed(stack: HandlerStack) -> None:
     """Staging rendered under Sigkill, then set back to Post: the retried request for the Sigkill render
     is superseded, never signed with the action the channel no longer has."""
     state, _ = stores(stack)
@@ -259,7 +270,7 @@ def test_a_bundle_rendered_with_settings_the_channel_no_longer_has_is_not_signed
     assert stores(stack)[1].list(layout.channel_manifest_key("staging")) == []
 
 
-def test_a_missing_history_entry_is_written_by_any_later_publish(stack):
+def test_a_missing_history_entry_is_written_by_any_later_publish(stack: HandlerStack) -> None:
     """Publish died between the manifest and its history entry; the next request is for a newer bundle:
     the entry of the manifest it replaces is written too, so every generation can be rolled back to."""
     _, dist = stores(stack)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 import pytest
 
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.lambda_events import EventError
+from fakes.lambda_runtime import LambdaContext
+from tests.unit.functions.conftest import StageRecorder
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
 
@@ -31,11 +36,17 @@ def notification(key: str, bucket: str = BUCKET) -> str:
     )
 
 
-def failures(response: dict) -> list[str]:
+def failures(response: dict[str, Any]) -> list[str]:
     return [item["itemIdentifier"] for item in response["batchItemFailures"]]
 
 
-def test_sample_batch_renders_once_with_every_key(handler_env, load_handler, load_event, fake_stage, lambda_context):
+def test_sample_batch_renders_once_with_every_key(
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+) -> None:
     # Given the sample event: two notifications (a feed and the CDR set)
     render = fake_stage("render", result=RENDERED)
     app = load_handler("render")
@@ -54,8 +65,13 @@ def test_sample_batch_renders_once_with_every_key(handler_env, load_handler, loa
 
 
 def test_test_event_is_skipped_without_rendering(
-    handler_env, load_handler, load_event, fake_stage, lambda_context, log_lines
-):
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+    log_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
     render = fake_stage("render", result=RENDERED)
     app = load_handler("render")
 
@@ -67,7 +83,13 @@ def test_test_event_is_skipped_without_rendering(
     assert [line["sqs_message_id"] for line in skipped] == ["6f1c9a52-2a4b-4d3e-9c1e-8f7a5b3d2c04"]
 
 
-def test_url_encoded_key_is_decoded(handler_env, load_handler, load_event, fake_stage, lambda_context):
+def test_url_encoded_key_is_decoded(
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+) -> None:
     render = fake_stage("render", result=RENDERED)
     app = load_handler("render")
 
@@ -78,8 +100,13 @@ def test_url_encoded_key_is_decoded(handler_env, load_handler, load_event, fake_
 
 
 def test_bad_records_fail_alone_and_the_rest_renders_once(
-    handler_env, load_handler, fake_stage, lambda_context, sqs_event, capsys
-):
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+    sqs_event: Callable[..., dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # Given a batch mixing good notifications, a test event, a duplicate and four bad records
     render = fake_stage("render", result=RENDERED)
     app = load_handler("render")
@@ -109,7 +136,13 @@ def test_bad_records_fail_alone_and_the_rest_renders_once(
     assert [doc["RejectedNotifications"] for doc in emf if "RejectedNotifications" in doc] == [[4.0]]
 
 
-def test_an_all_bad_batch_is_reported_not_raised(handler_env, load_handler, fake_stage, lambda_context, sqs_event):
+def test_an_all_bad_batch_is_reported_not_raised(
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+    sqs_event: Callable[..., dict[str, Any]],
+) -> None:
     render = fake_stage("render", result=RENDERED)
     app = load_handler("render")
 
@@ -119,7 +152,13 @@ def test_an_all_bad_batch_is_reported_not_raised(handler_env, load_handler, fake
     assert render.calls == []
 
 
-def test_a_failing_render_fails_the_whole_invocation(handler_env, load_handler, load_event, fake_stage, lambda_context):
+def test_a_failing_render_fails_the_whole_invocation(
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+) -> None:
     render = fake_stage("render", error=PolicyCheckError("TracingPolicy x: unknown field spec.foo"))
     app = load_handler("render")
 
@@ -129,8 +168,13 @@ def test_a_failing_render_fails_the_whole_invocation(handler_env, load_handler, 
 
 
 def test_the_processor_state_does_not_leak_between_invocations(
-    handler_env, load_handler, load_event, fake_stage, lambda_context, sqs_event
-):
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+    sqs_event: Callable[..., dict[str, Any]],
+) -> None:
     render = fake_stage("render", result=RENDERED)
     app = load_handler("render")
 
@@ -143,7 +187,13 @@ def test_the_processor_state_does_not_leak_between_invocations(
 
 
 @pytest.mark.parametrize("event", [{}, {"Records": None}, {"Records": [{"eventSource": "aws:kinesis"}]}])
-def test_not_an_sqs_event(event, handler_env, load_handler, fake_stage, lambda_context):
+def test_not_an_sqs_event(
+    event: dict[str, Any],
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+) -> None:
     render = fake_stage("render", result=RENDERED)
     app = load_handler("render")
 
@@ -153,8 +203,13 @@ def test_not_an_sqs_event(event, handler_env, load_handler, fake_stage, lambda_c
 
 
 def test_missing_state_bucket_fails_the_cold_start(
-    handler_env, load_handler, load_event, fake_stage, lambda_context, monkeypatch
-):
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from cdr_policy.errors import ConfigError
 
     monkeypatch.delenv("STATE_BUCKET")
@@ -166,7 +221,12 @@ def test_missing_state_bucket_fails_the_cold_start(
     assert render.calls == []
 
 
-def test_real_s3_notifications_through_sqs(handler_env, load_handler, fake_stage, lambda_context):
+def test_real_s3_notifications_through_sqs(
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+) -> None:
     """The glue as S3 (moto) produces it: the configuration's s3:TestEvent first, URL-encoded keys,
     the prefix filter; the received messages are fed to the handler as Lambda would."""
     import boto3
@@ -232,8 +292,12 @@ def test_real_s3_notifications_through_sqs(handler_env, load_handler, fake_stage
 
 
 def test_an_invocation_that_renders_nothing_still_reports_a_metric(
-    handler_env, load_handler, load_event, fake_stage, lambda_context
-):
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+) -> None:
     """Issue 21 point 11: a second ``make demo`` against the same endpoint printed Powertools'
     "No application metrics to publish" warning (a Render invocation with nothing to render)."""
     fake_stage("render", result=RENDERED)

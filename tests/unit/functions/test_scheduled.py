@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
 import pytest
 
 from cdr_policy.errors import ConfigError, QualysError
 from cdr_policy.lambda_events import DEADLINE_MARGIN_S, EventError
+from fakes.lambda_runtime import LambdaContext
+from tests.unit.functions.conftest import StageRecorder
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
 
@@ -17,8 +23,15 @@ SCHEDULED = [
 
 @pytest.mark.parametrize(("function", "stage", "event_file"), SCHEDULED)
 def test_schedule_calls_the_stage_once_and_returns_its_summary(
-    function, stage, event_file, handler_env, load_handler, load_event, fake_stage, lambda_context
-):
+    function: str,
+    stage: str,
+    event_file: str,
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+) -> None:
     # Given a scheduled event and a stage that reports a summary
     summary = {"status": "ok", "stored": 3}
     recorder = fake_stage(stage, result=summary)
@@ -48,8 +61,15 @@ def test_schedule_calls_the_stage_once_and_returns_its_summary(
     ],
 )
 def test_anything_but_a_schedule_event_is_refused(
-    function, stage, event_file, event, handler_env, load_handler, fake_stage, lambda_context
-):
+    function: str,
+    stage: str,
+    event_file: str,
+    event: dict[str, Any] | list[str],
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+) -> None:
     recorder = fake_stage(stage, result={})
     app = load_handler(function)
 
@@ -60,8 +80,15 @@ def test_anything_but_a_schedule_event_is_refused(
 
 @pytest.mark.parametrize(("function", "stage", "event_file"), SCHEDULED)
 def test_a_failing_stage_fails_the_invocation(
-    function, stage, event_file, handler_env, load_handler, load_event, fake_stage, lambda_context
-):
+    function: str,
+    stage: str,
+    event_file: str,
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+) -> None:
     fake_stage(stage, error=QualysError("gateway returned 503"))
     app = load_handler(function)
 
@@ -80,9 +107,19 @@ def test_a_failing_stage_fails_the_invocation(
     ],
 )
 def test_invalid_settings_fail_before_the_stage_runs(
-    function, stage, event_file, variable, value, message,
-    handler_env, load_handler, load_event, fake_stage, lambda_context, monkeypatch,
-):  # fmt: skip
+    function: str,
+    stage: str,
+    event_file: str,
+    variable: str,
+    value: str,
+    message: str,
+    handler_env: dict[str, str],
+    load_handler: Callable[[str], ModuleType],
+    load_event: Callable[[str], dict[str, Any]],
+    fake_stage: Callable[..., StageRecorder],
+    lambda_context: LambdaContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv(variable, value)
     recorder = fake_stage(stage, result={})
     app = load_handler(function)

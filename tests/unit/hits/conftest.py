@@ -84,7 +84,7 @@ def fixture_index(detail: str = "workload", tp_cdr: str = TP_CDR) -> ProvenanceI
 
 
 @pytest.fixture
-def policies(tmp_path) -> Path:
+def policies(tmp_path: Path) -> Path:
     """A folder of our policies: the fixture index as ``provenance.json``."""
     folder = tmp_path / "policies"
     folder.mkdir()
@@ -93,7 +93,7 @@ def policies(tmp_path) -> Path:
 
 
 @pytest.fixture
-def exports(tmp_path) -> dict[str, list[Path]]:
+def exports(tmp_path: Path) -> dict[str, list[Path]]:
     """The fixtures as a node holds them: the active file and the rotated one, gzipped."""
     out: dict[str, list[Path]] = {}
     for engine, name in (("tetragon", "tetragon"), ("cilium", "hubble")):
@@ -107,12 +107,14 @@ def exports(tmp_path) -> dict[str, list[Path]]:
 
 
 @pytest.fixture(scope="session")
-def key_pair(tmp_path_factory) -> tuple[LocalSigner, Verifier]:
+def key_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalSigner, Verifier]:
     path = tmp_path_factory.mktemp("keys") / "signing.pem"
     public = generate_local_key(path)
     return LocalSigner.from_file(path), Verifier.from_public_pem(public)
 
 
-def publish_index(dist: Store, signer: LocalSigner, index: ProvenanceIndex, *, now: datetime = NOW, **kwargs) -> str:
+def publish_index(
+    dist: Store, signer: LocalSigner, index: ProvenanceIndex, *, now: datetime = NOW, **kwargs: int
+) -> str:
     """``fakes.published.publish_index``, at the fixtures' time by default."""
     return published.publish_index(dist, signer, index, now=now, **kwargs)

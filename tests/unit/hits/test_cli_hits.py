@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypedDict
 
 import pytest
 
@@ -25,8 +28,19 @@ from tests.unit.hits.conftest import (
 
 
 def _hit(
-    engine, obj, action, count, *, address=None, prefix=None, port=None, rule=None, feeds=(), findings=(), cats=()
-):
+    engine: str,
+    obj: str,
+    action: str,
+    count: int,
+    *,
+    address: str | None = None,
+    prefix: str | None = None,
+    port: str | None = None,
+    rule: str | None = None,
+    feeds: Sequence[str] = (),
+    findings: Sequence[str] = (),
+    cats: Sequence[str] = (),
+) -> dict[str, Any]:
     return {
         "engine": engine,
         "object": obj,
@@ -42,7 +56,13 @@ def _hit(
     }
 
 
-C2 = {"feeds": ("feodo",), "findings": (FINDING_C2,), "cats": ("C2_Communication", "c2")}
+class _Provenance(TypedDict):
+    feeds: tuple[str, ...]
+    findings: tuple[str, ...]
+    cats: tuple[str, ...]
+
+
+C2: _Provenance = {"feeds": ("feodo",), "findings": (FINDING_C2,), "cats": ("C2_Communication", "c2")}
 EXPECTED = [
     _hit("tetragon", TP_CDR, "SIGKILL", 3, address="45.33.32.156", prefix="45.33.32.156/32", **C2),
     _hit("cilium", CCNP_CDR, "DROPPED", 2, address="45.33.32.156", prefix="45.33.32.156/32", **C2),
@@ -99,7 +119,7 @@ EXPECTED = [
 ]
 
 
-def _args(policies, exports) -> list[str]:
+def _args(policies: Path, exports: dict[str, list[Path]]) -> list[str]:
     args = ["hits", "--policies", str(policies)]
     for path in exports["tetragon"]:
         args += ["--tetragon-export", str(path)]
@@ -108,14 +128,18 @@ def _args(policies, exports) -> list[str]:
     return args
 
 
-def test_mixed_exports_are_attributed_exactly(policies, exports, capsys):
+def test_mixed_exports_are_attributed_exactly(
+    policies: Path, exports: dict[str, list[Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main([*_args(policies, exports), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["events"] == {"read": 23, "ours": 11, "unattributed": 7, "malformed": 5}
     assert report["hits"] == EXPECTED
 
 
-def test_the_table_names_each_hit_and_its_provenance(policies, exports, capsys):
+def test_the_table_names_each_hit_and_its_provenance(
+    policies: Path, exports: dict[str, list[Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(_args(policies, exports)) == 0
     out = capsys.readouterr().out
     assert "45.33.32.156 in 45.33.32.156/32" in out and f"findings {FINDING_C2}" in out
@@ -123,7 +147,9 @@ def test_the_table_names_each_hit_and_its_provenance(policies, exports, capsys):
     assert out.strip().endswith("events: 23 read, 11 ours, 7 unattributed, 5 malformed")
 
 
-def test_nothing_of_an_event_is_echoed_but_the_named_fields(policies, exports, capsys):
+def test_nothing_of_an_event_is_echoed_but_the_named_fields(
+    policies: Path, exports: dict[str, list[Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main([*_args(policies, exports), "--json"]) == 0
     out = capsys.readouterr().out
     for text in (
@@ -138,7 +164,9 @@ def test_nothing_of_an_event_is_echoed_but_the_named_fields(policies, exports, c
         assert text not in out
 
 
-def test_hostile_lines_are_bounded_and_counted_malformed(policies, tmp_path, capsys, monkeypatch):
+def test_hostile_lines_are_bounded_and_counted_malformed(
+    policies: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(events, "MAX_LINE_BYTES", 4096)
     monkeypatch.setattr("cdr_policy.hits.files.MAX_LINE_BYTES", 4096)
     hostile = tmp_path / "hostile.log"
@@ -166,7 +194,9 @@ def test_hostile_lines_are_bounded_and_counted_malformed(policies, tmp_path, cap
         (["hits", "--policies", "{bad}", "--hubble-export", "{tmp}/missing.log"], "provenance index refused"),
     ],
 )
-def test_user_errors_are_one_line(policies, tmp_path, capsys, args, expected):
+def test_user_errors_are_one_line(
+    policies: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
     (tmp_path / "broken.log.gz").write_bytes(gzip.compress(b'{"flow":{}}\n' * 100)[:40])
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +19,7 @@ from cdr_policy.agent.observe import AgentMetrics
 from cdr_policy.agent.status import AgentStatus
 from cdr_policy.hits.aggregate import MAX_CLUSTER_ROWS, MAX_NODE_ROWS, HitTable, Row
 from cdr_policy.hits.collect import HitsCollector
-from cdr_policy.hits.reports import ConfigMapReports, DirectoryReports, NodeReport, read_report
+from cdr_policy.hits.reports import ConfigMapReports, DirectoryReports, NodeReport, ReportStore, read_report
 from cdr_policy.timeutil import iso
 from fakes.kube import FakeKubeAPI
 from tests.unit.agent.test_status import GOOD
@@ -48,17 +51,19 @@ def _table(node: int, rows: int, *, channel_rows: int = 0) -> HitTable:
     return table
 
 
-def _write(reports, node: str, table: HitTable, channel: str = "prod") -> None:
+def _write(reports: ReportStore, node: str, table: HitTable, channel: str = "prod") -> None:
     reports.write(node, jsonio.dumps(NodeReport(node, channel, table.to_section(NOW)).to_json()))
 
 
-def test_node_reports_are_summed_into_a_bounded_valid_status(tmp_path):
+def test_node_reports_are_summed_into_a_bounded_valid_status(tmp_path: Path) -> None:
     reports = DirectoryReports(tmp_path)
     for node in range(3):
         _write(reports, f"worker-{node}", _table(node, 3_000))
     _write(reports, "other-channel", _table(9, 10), channel="staging")
     (tmp_path / "forged.json").write_text('{"schema_version": 1, "node": "x", "channel": "prod", "hits": {}}')
-    section = HitsCollector(reports, "prod")(NOW).to_json()
+    collected = HitsCollector(reports, "prod")(NOW)
+    assert collected is not None
+    section = collected.to_json()
     assert section["nodes"] == 3
     assert section["totals"]["ours"] == 3 * 3_000 * 2
     assert len(section["rows"]) <= MAX_CLUSTER_ROWS
@@ -69,7 +74,7 @@ def test_node_reports_are_summed_into_a_bounded_valid_status(tmp_path):
     assert len(data) < 1 << 20  # the status document's bound (fleet commands read no more)
 
 
-def test_reports_are_read_at_most_every_interval_and_kept_through_an_outage():
+def test_reports_are_read_at_most_every_interval_and_kept_through_an_outage() -> None:
     ticks = [0.0]
     with FakeKubeAPI() as kube:
         client = KubeApplier(kube.url, kube.token, attempts=1)
@@ -80,14 +85,14 @@ def test_reports_are_read_at_most_every_interval_and_kept_through_an_outage():
         assert collector(NOW) is None  # not looked at again before the interval
         ticks[0] = 301
         first = collector(NOW)
-        assert first.nodes == 1
+        assert first is not None and first.nodes == 1
         kube.fail("configmap-list", 503, times=5)  # the API server is out: the last section stays
         ticks[0] = 700
         assert collector(NOW) == first
         client.close()
 
 
-def test_the_agent_metrics_show_hits_by_engine_action_category_and_source():
+def test_the_agent_metrics_show_hits_by_engine_action_category_and_source() -> None:
     section = {
         **_table(1, 1).to_section(NOW).to_json(),
         "counters": [{"engine": "cilium", "action": "DROPPED", "category": "c2", "source": "feed", "count": 7}],
@@ -114,21 +119,21 @@ def test_the_agent_metrics_show_hits_by_engine_action_category_and_source():
         lambda d: d["hits"]["rows"][0].update(namespace="../x"),
     ],
 )
-def test_a_report_that_lies_is_refused(tamper):
+def test_a_report_that_lies_is_refused(tamper: Callable[[dict[str, Any]], object]) -> None:
     doc = NodeReport("worker-1", "prod", _table(1, 3).to_section(NOW)).to_json()
     tamper(doc)
     with pytest.raises(Exception, match="worker-1"):
         read_report(json.dumps(doc).encode(), "worker-1")
 
 
-def test_reports_travel_as_configmaps_of_their_own_namespace():
+def test_reports_travel_as_configmaps_of_their_own_namespace() -> None:
     with FakeKubeAPI() as kube:
         client = KubeApplier(kube.url, kube.token)
         reports = ConfigMapReports(client, "cdr-policy-hits")
         _write(reports, "worker-1", _table(1, 5))
         _write(reports, "worker-1", _table(1, 6))  # replaced, not added
         _write(reports, "worker-2", _table(2, 5))
-        section = HitsCollector(reports, "prod")(NOW).to_json()
-        assert section["nodes"] == 2 and section["totals"]["ours"] == (6 + 5) * 2
+        section = HitsCollector(reports, "prod")(NOW)
+        assert section is not None and section.nodes == 2 and section.totals.ours == (6 + 5) * 2
         assert {op.verb for op in kube.operations} >= {"configmap-create", "configmap-update", "configmap-list"}
         client.close()

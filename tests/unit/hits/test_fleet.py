@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from cdr_policy import jsonio, layout
+from cdr_policy.bundle.provenance import ProvenanceIndex
+from cdr_policy.bundle.signing import LocalSigner, Verifier
 from cdr_policy.cli import main
 from cdr_policy.errors import StorageError
 from cdr_policy.hits.aggregate import HitTable, Row, hour_of
 from cdr_policy.hits.fleet import FleetHitsReport, fleet_report, read_fired, read_fleet
 from cdr_policy.stages.hits_rollup import run_hits_rollup
-from cdr_policy.storage import LocalStore
+from cdr_policy.storage import LocalStore, Store, StoredObject
 from cdr_policy.timeutil import iso, utcnow
 from tests.unit.agent.test_status import GOOD
 from tests.unit.hits.conftest import (
@@ -33,11 +36,31 @@ from tests.unit.hits.conftest import (
 )
 
 
-def _row(obj, kind, indicator, address=None, *, engine="tetragon", action="SIGKILL", ns="shop", wl="web", pod=None):
+def _row(
+    obj: str,
+    kind: str,
+    indicator: str,
+    address: str | None = None,
+    *,
+    engine: str = "tetragon",
+    action: str = "SIGKILL",
+    ns: str = "shop",
+    wl: str = "web",
+    pod: str | None = None,
+) -> Row:
     return Row("", engine, obj, kind, indicator, address, action, ns, wl, pod, "")
 
 
-def _status(dist, cluster, channel, digest, rows, *, now=NOW, key=None) -> None:
+def _status(
+    dist: Store,
+    cluster: str,
+    channel: str,
+    digest: str,
+    rows: dict[Row, int],
+    *,
+    now: datetime = NOW,
+    key: str | None = None,
+) -> None:
     """A cluster's status whose hits are ``rows`` (counts), all in the hour four hours before ``now``."""
     table = HitTable(since=iso(now - timedelta(days=1)))
     for row, count in rows.items():
@@ -61,7 +84,7 @@ HONEST = {
 }
 
 
-def _fleet(dist, signer, now):
+def _fleet(dist: LocalStore, signer: LocalSigner, now: datetime) -> LocalStore:
     prod = publish_index(dist, signer, fixture_index(), now=now)
     staging = publish_index(dist, signer, _staging_index(), now=now)
     _status(dist, "eks-prod-1", "prod", prod, HONEST, now=now)
@@ -82,16 +105,16 @@ def _fleet(dist, signer, now):
 
 
 @pytest.fixture
-def fleet_dist(tmp_path, key_pair):
+def fleet_dist(tmp_path: Path, key_pair: tuple[LocalSigner, Verifier]) -> LocalStore:
     return _fleet(LocalStore(tmp_path / "dist"), key_pair[0], NOW)
 
 
-def _staging_index():
+def _staging_index() -> ProvenanceIndex:
     index = fixture_index()
     return type(index)("staging", index.detail, index.classes, index.blocklists, index.ports, index.rules)
 
 
-def test_the_fleet_report_sums_what_each_cluster_may_report(fleet_dist):
+def test_the_fleet_report_sums_what_each_cluster_may_report(fleet_dist: LocalStore) -> None:
     dist = fleet_dist
     typed = fleet_report(read_fleet(dist, now=NOW, window=timedelta(days=7)))
     report = typed.to_json()
@@ -123,13 +146,13 @@ def test_the_fleet_report_sums_what_each_cluster_may_report(fleet_dist):
     assert report["top_workloads"][0] == {"cluster_id": "eks-prod-1", "namespace": "shop", "workload": "web", "hits": 6}
 
 
-def test_the_window_leaves_older_hours_out(fleet_dist):
+def test_the_window_leaves_older_hours_out(fleet_dist: LocalStore) -> None:
     dist = fleet_dist
     report = fleet_report(read_fleet(dist, now=NOW + timedelta(hours=10), window=timedelta(hours=2)))
     assert report.hits == 0
 
 
-def test_hits_rollup_writes_only_what_fired_where_it_was_sent(fleet_dist, tmp_path):
+def test_hits_rollup_writes_only_what_fired_where_it_was_sent(fleet_dist: LocalStore, tmp_path: Path) -> None:
     dist = fleet_dist
     state = LocalStore(tmp_path / "state")
     summary = run_hits_rollup(state, dist, now=NOW)
@@ -142,14 +165,14 @@ def test_hits_rollup_writes_only_what_fired_where_it_was_sent(fleet_dist, tmp_pa
 
 @pytest.mark.parametrize("unreadable", ["status/", "provenance.json", "manifest.json"])
 def test_a_store_that_refuses_to_read_fails_the_rollup_rather_than_report_nothing_fired(
-    fleet_dist, tmp_path, monkeypatch, unreadable
-):
+    fleet_dist: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unreadable: str
+) -> None:
     """Access denied on a status, an index or a manifest (a role without its grant, as
     tests/integration/test_roles.py removes them) is an error of the run, never a quiet "nothing fired";
     a status that is gone, too large or not one is still counted unreadable (above)."""
     real_get = LocalStore.get
 
-    def denied(self, key, *, max_bytes=None):
+    def denied(self: LocalStore, key: str, *, max_bytes: int | None = None) -> StoredObject:
         if unreadable in key:
             raise StorageError(f"{key}: AccessDenied: Access Denied")
         return real_get(self, key, max_bytes=max_bytes)
@@ -161,7 +184,9 @@ def test_a_store_that_refuses_to_read_fails_the_rollup_rather_than_report_nothin
     assert not state.list("hits/")
 
 
-def test_fleet_hits_command(capsys, tmp_path, key_pair):
+def test_fleet_hits_command(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, key_pair: tuple[LocalSigner, Verifier]
+) -> None:
     _fleet(LocalStore(tmp_path / "dist"), key_pair[0], utcnow())
     assert main(["fleet", "hits", "--dist", str(tmp_path / "dist"), "--json", "--since", "24h"]) == 0
     report = FleetHitsReport.from_json(json.loads(capsys.readouterr().out))

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cdr_policy.bundle.signing import LocalSigner, generate_local_key
+from cdr_policy.bundle.signing import LocalSigner, Verifier, generate_local_key
 from cdr_policy.errors import StorageError
 from cdr_policy.hits.reader import STATE, IndexFollower, Reader
-from cdr_policy.hits.reports import DirectoryReports, read_report
+from cdr_policy.hits.reports import DirectoryReports, NodeReport, read_report
 from cdr_policy.storage import LocalStore
 from fakes.exports import Workload, tetragon_connect
 from fakes.stores import RecordingStore
@@ -25,11 +25,11 @@ WEB = Workload("shop", "web", "web-7c9d8f6b5-x2k4q")
 
 
 @pytest.fixture
-def dist(tmp_path) -> RecordingStore:
+def dist(tmp_path: Path) -> RecordingStore:
     return RecordingStore(LocalStore(tmp_path / "dist"))
 
 
-def _reader(tmp_path: Path, dist, verifier, node: str = "worker-1") -> Reader:
+def _reader(tmp_path: Path, dist: RecordingStore, verifier: Verifier, node: str = "worker-1") -> Reader:
     state = tmp_path / "state" / node
     follower = IndexFollower(dist, "prod", verifier, LocalStore(state))
     exports = {"tetragon": tmp_path / "tetragon.log", "cilium": tmp_path / "hubble.log"}
@@ -37,7 +37,7 @@ def _reader(tmp_path: Path, dist, verifier, node: str = "worker-1") -> Reader:
     return Reader(follower, exports, state_dir=state, reports=reports, node=node, clock=lambda: NOW)
 
 
-def _report(tmp_path: Path, node: str = "worker-1"):
+def _report(tmp_path: Path, node: str = "worker-1") -> NodeReport:
     return read_report((tmp_path / "reports" / f"{node}.json").read_bytes(), node)
 
 
@@ -46,7 +46,9 @@ def _copy(tmp_path: Path) -> None:
         shutil.copy(EXPORTS / name, tmp_path / name)
 
 
-def test_a_node_report_counts_each_event_once_with_its_workload(tmp_path, dist, key_pair):
+def test_a_node_report_counts_each_event_once_with_its_workload(
+    tmp_path: Path, dist: RecordingStore, key_pair: tuple[LocalSigner, Verifier]
+) -> None:
     signer, verifier = key_pair
     digest = publish_index(dist, signer, fixture_index())
     _copy(tmp_path)
@@ -77,7 +79,9 @@ def test_a_node_report_counts_each_event_once_with_its_workload(tmp_path, dist, 
     assert _report(tmp_path).table.totals.read == 20
 
 
-def test_no_counted_event_is_lost_or_counted_twice_across_a_restart_and_a_rotation(tmp_path, dist, key_pair):
+def test_no_counted_event_is_lost_or_counted_twice_across_a_restart_and_a_rotation(
+    tmp_path: Path, dist: RecordingStore, key_pair: tuple[LocalSigner, Verifier]
+) -> None:
     signer, verifier = key_pair
     publish_index(dist, signer, fixture_index())
     lines = (EXPORTS / "tetragon.log").read_bytes().splitlines(keepends=True)
@@ -100,7 +104,9 @@ def test_no_counted_event_is_lost_or_counted_twice_across_a_restart_and_a_rotati
     assert table.totals.ours == 5 + 2 and table.totals.malformed == 3
 
 
-def test_the_saved_bundle_is_used_when_the_bucket_is_unreachable(tmp_path, dist, key_pair):
+def test_the_saved_bundle_is_used_when_the_bucket_is_unreachable(
+    tmp_path: Path, dist: RecordingStore, key_pair: tuple[LocalSigner, Verifier]
+) -> None:
     signer, verifier = key_pair
     digest = publish_index(dist, signer, fixture_index())
     _copy(tmp_path)
@@ -111,14 +117,18 @@ def test_the_saved_bundle_is_used_when_the_bucket_is_unreachable(tmp_path, dist,
     assert reader.follower.digest == digest and _report(tmp_path).table.totals.ours == 8
 
 
-def test_nothing_is_read_before_a_bundle_is_known(tmp_path, dist, key_pair):
+def test_nothing_is_read_before_a_bundle_is_known(
+    tmp_path: Path, dist: RecordingStore, key_pair: tuple[LocalSigner, Verifier]
+) -> None:
     _copy(tmp_path)
     reader = _reader(tmp_path, dist, key_pair[1])
     reader.drain()
     assert reader.step() == 0 and reader.tails["tetragon"].position.offset == 0
 
 
-def test_a_forged_bundle_is_refused_and_the_last_one_kept(tmp_path, dist, key_pair):
+def test_a_forged_bundle_is_refused_and_the_last_one_kept(
+    tmp_path: Path, dist: RecordingStore, key_pair: tuple[LocalSigner, Verifier]
+) -> None:
     signer, verifier = key_pair
     digest = publish_index(dist, signer, fixture_index())
     reader = _reader(tmp_path, dist, verifier)
@@ -126,11 +136,18 @@ def test_a_forged_bundle_is_refused_and_the_last_one_kept(tmp_path, dist, key_pa
     generate_local_key(tmp_path / "other.pem")
     publish_index(dist, LocalSigner.from_file(tmp_path / "other.pem"), fixture_index("pod"), generation=2)
     reader.poll_bundle()
-    assert reader.follower.digest == digest and reader.follower.index.detail == "workload"
+    index = reader.follower.index
+    assert reader.follower.digest == digest and index is not None and index.detail == "workload"
 
 
 @pytest.mark.parametrize("detail, kept", [("namespace", ("shop", None)), ("off", None)])
-def test_the_channel_decides_what_is_reported_of_the_workloads(tmp_path, dist, key_pair, detail, kept):
+def test_the_channel_decides_what_is_reported_of_the_workloads(
+    tmp_path: Path,
+    dist: RecordingStore,
+    key_pair: tuple[LocalSigner, Verifier],
+    detail: str,
+    kept: tuple[str, None] | None,
+) -> None:
     signer, verifier = key_pair
     publish_index(dist, signer, fixture_index(detail))
     _copy(tmp_path)
@@ -144,7 +161,9 @@ def test_the_channel_decides_what_is_reported_of_the_workloads(tmp_path, dist, k
         assert all(r.pod is None for r in table.rows)
 
 
-def test_rows_move_to_a_new_bundle_that_still_has_their_object(tmp_path, dist, key_pair):
+def test_rows_move_to_a_new_bundle_that_still_has_their_object(
+    tmp_path: Path, dist: RecordingStore, key_pair: tuple[LocalSigner, Verifier]
+) -> None:
     signer, verifier = key_pair
     first = publish_index(dist, signer, fixture_index())
     _copy(tmp_path)
@@ -156,7 +175,9 @@ def test_rows_move_to_a_new_bundle_that_still_has_their_object(tmp_path, dist, k
     assert reader.table.bundles == [second] and {r.bundle for r in reader.table.rows} == {second}
 
 
-def test_a_changed_bundle_counts_from_its_first_event_and_the_one_before_until_it_is_replaced(tmp_path, dist, key_pair):
+def test_a_changed_bundle_counts_from_its_first_event_and_the_one_before_until_it_is_replaced(
+    tmp_path: Path, dist: RecordingStore, key_pair: tuple[LocalSigner, Verifier]
+) -> None:
     signer, verifier = key_pair
     first = publish_index(dist, signer, fixture_index())
     reader = _reader(tmp_path, dist, verifier)
@@ -183,7 +204,9 @@ def test_a_changed_bundle_counts_from_its_first_event_and_the_one_before_until_i
     assert reader.table.totals.to_dict() == {"read": 5, "ours": 2, "unattributed": 3, "malformed": 0}
 
 
-def test_an_unreadable_state_starts_at_the_files_ends(tmp_path, dist, key_pair):
+def test_an_unreadable_state_starts_at_the_files_ends(
+    tmp_path: Path, dist: RecordingStore, key_pair: tuple[LocalSigner, Verifier]
+) -> None:
     signer, verifier = key_pair
     publish_index(dist, signer, fixture_index())
     _copy(tmp_path)
@@ -195,7 +218,9 @@ def test_an_unreadable_state_starts_at_the_files_ends(tmp_path, dist, key_pair):
     assert table.totals.read == 0 and table.gaps == 2  # nothing counted twice; the gap is reported
 
 
-def test_the_loop_outlives_outages_and_stops_on_a_signal(tmp_path, dist, key_pair):
+def test_the_loop_outlives_outages_and_stops_on_a_signal(
+    tmp_path: Path, dist: RecordingStore, key_pair: tuple[LocalSigner, Verifier]
+) -> None:
     signer, verifier = key_pair
     publish_index(dist, signer, fixture_index())
     _copy(tmp_path)

@@ -4,19 +4,23 @@ from the position kept, with every complete line returned exactly once."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
+from pathlib import Path
+
+import pytest
 
 from cdr_policy.hits import tail as tail_module
 from cdr_policy.hits.files import TOO_LONG
-from cdr_policy.hits.tail import Position, Tail
+from cdr_policy.hits.tail import Tail
 
 
 def _line(i: int) -> bytes:
     return b'{"n":%d}\n' % i
 
 
-def _append(path, *lines: bytes) -> None:
+def _append(path: Path, *lines: bytes) -> None:
     with path.open("ab") as f:
         for line in lines:
             f.write(line)
@@ -26,7 +30,7 @@ def _read(t: Tail, limit: int = 10_000) -> list[bytes]:
     return list(t.lines(limit))
 
 
-def test_lines_are_returned_once_and_a_line_being_written_waits(tmp_path):
+def test_lines_are_returned_once_and_a_line_being_written_waits(tmp_path: Path) -> None:
     path = tmp_path / "tetragon.log"
     _append(path, _line(1), _line(2), b'{"n":3')
     t = Tail(path)
@@ -37,7 +41,7 @@ def test_lines_are_returned_once_and_a_line_being_written_waits(tmp_path):
     assert t.position.offset == path.stat().st_size
 
 
-def test_a_rotation_while_running_finishes_the_old_file_first(tmp_path):
+def test_a_rotation_while_running_finishes_the_old_file_first(tmp_path: Path) -> None:
     path = tmp_path / "tetragon.log"
     _append(path, _line(1))
     t = Tail(path)
@@ -49,12 +53,12 @@ def test_a_rotation_while_running_finishes_the_old_file_first(tmp_path):
     assert t.rotations == 1 and t.gaps == 0
 
 
-def test_a_restart_resumes_in_the_rotated_and_compressed_file_it_stopped_in(tmp_path):
+def test_a_restart_resumes_in_the_rotated_and_compressed_file_it_stopped_in(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
     _append(path, _line(1), _line(2), _line(3))
     t = Tail(path)
     assert _read(t, 2) == [_line(1), _line(2)]
-    saved = Position(**t.position.to_dict())
+    saved = dataclasses.replace(t.position)
     t.close()
     # down: the file fills, is renamed and compressed, a new one is started
     _append(path, _line(4))
@@ -68,7 +72,7 @@ def test_a_restart_resumes_in_the_rotated_and_compressed_file_it_stopped_in(tmp_
     assert again.gaps == 0
 
 
-def test_a_rotated_file_gone_before_the_restart_is_a_gap(tmp_path):
+def test_a_rotated_file_gone_before_the_restart_is_a_gap(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
     _append(path, _line(1), _line(2))
     t = Tail(path)
@@ -81,7 +85,7 @@ def test_a_rotated_file_gone_before_the_restart_is_a_gap(tmp_path):
     assert again.gaps == 1
 
 
-def test_a_file_truncated_in_place_is_read_again_from_the_start(tmp_path):
+def test_a_file_truncated_in_place_is_read_again_from_the_start(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
     _append(path, _line(1), _line(2))
     t = Tail(path)
@@ -91,7 +95,7 @@ def test_a_file_truncated_in_place_is_read_again_from_the_start(tmp_path):
     assert _read(t) == [_line(9)]
 
 
-def test_a_huge_line_is_skipped_in_pieces(tmp_path, monkeypatch):
+def test_a_huge_line_is_skipped_in_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tail_module, "MAX_LINE_BYTES", 64)
     monkeypatch.setattr("cdr_policy.hits.files.MAX_LINE_BYTES", 64)
     path = tmp_path / "events.log"
@@ -102,7 +106,7 @@ def test_a_huge_line_is_skipped_in_pieces(tmp_path, monkeypatch):
     assert _read(t) == [TOO_LONG, _line(1)]
 
 
-def test_a_missing_file_is_waited_for(tmp_path):
+def test_a_missing_file_is_waited_for(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
     t = Tail(path)
     assert _read(t) == []

@@ -53,7 +53,7 @@ def test_covered_means_inside_the_union(seed: int) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in /proc")
-def test_numpy_starts_no_blas_threads_under_the_package():
+def test_numpy_starts_no_blas_threads_under_the_package() -> None:
     """``cdr_policy`` keeps OpenBLAS to the importing thread: its spinning threads slowed cold starts."""
     code = "import os, cdr_policy.netprefix.vector; print(len(os.listdir('/proc/self/task')))"
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
 from cdr_policy.guards import NeverBlock
-from cdr_policy.models import Behaviour, FeedPrefixes, Indicator, IndicatorSet, Sighting
+from cdr_policy.models import Behaviour, FeedPrefixes, Indicator, IndicatorKind, IndicatorSet, SetStatus, Sighting
 from cdr_policy.netprefix.vector import V4, V6
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet
@@ -23,7 +24,7 @@ EXPIRES = "2026-01-17T12:00:00Z"
 
 def indicator(
     value: str,
-    kind: str = "ip",
+    kind: IndicatorKind = "ip",
     *,
     sources: Sequence[str] = ("cdr",),
     category: str = "c2",
@@ -34,7 +35,7 @@ def indicator(
 ) -> Indicator:
     return Indicator(
         value=value,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         category=category,
         sources=list(sources),
         first_seen=FIRST_SEEN,
@@ -96,12 +97,12 @@ def cdr_set(entries: Iterable[Indicator] = (), behaviours: Iterable[Behaviour] =
     )
 
 
-def feed_set(name: str, values: Iterable[str], category: str = "c2", status: str = "ok") -> IndicatorSet:
+def feed_set(name: str, values: Iterable[str], category: str = "c2", status: SetStatus = "ok") -> IndicatorSet:
     source = f"feed:{name}"
     return IndicatorSet(
         source=source,
         fetched_at="2026-01-10T16:00:00Z",
-        status=status,  # type: ignore[arg-type]
+        status=status,
         entries=[indicator(v, sources=(source,), category=category, refs=(name,)) for v in values],
     )
 
@@ -110,18 +111,18 @@ def render(
     sets: list[IndicatorSet],
     channel: ChannelSettings | None = None,
     schemas: SchemaSet | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> RenderResult:
     return compile_policies(
         sets, channel or ChannelSettings(name="prod"), now=NOW, guard=NeverBlock(), schemas=schemas, **kwargs
     )
 
 
-def by_file(result: RenderResult) -> dict[str, dict]:
+def by_file(result: RenderResult) -> dict[str, dict[str, Any]]:
     return {f.filename: f.obj for f in result.files}
 
 
-def file_bytes(result) -> dict[str, bytes]:
+def file_bytes(result: RenderResult) -> dict[str, bytes]:
     """``{file name: bytes}`` of a ``RenderResult``: what the determinism tests compare."""
     return {f.filename: f.to_bytes() for f in result.files}
 
@@ -142,7 +143,7 @@ def compact(name: str, values: list[str], category: str = "attacker", expires_at
     return IndicatorSet(source=f"feed:{name}", fetched_at=LAST_SEEN, status="ok", prefixes=prefixes)
 
 
-def exec_targets(obj: dict) -> set[str]:
+def exec_targets(obj: dict[str, Any]) -> set[str]:
     """The ``Postfix`` values of a Tetragon policy's ``security_bprm_check`` selectors."""
     return {
         v

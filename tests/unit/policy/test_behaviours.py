@@ -2,46 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
 from cdr_policy.errors import ConfigError
+from cdr_policy.models import Sighting
 from cdr_policy.policy.behaviours import CATALOGUE
-from cdr_policy.policy.channel import ChannelSettings, KernelCapabilities
-from cdr_policy.policy.checker import check_object, errors_of
+from cdr_policy.policy.channel import Action, ChannelSettings, KernelCapabilities
+from cdr_policy.policy.checker import SchemaSet, check_object, errors_of
 from cdr_policy.rules import RULES
 
 from .factories import behaviour, by_file, cdr_set, render, sighting
 
-ACTIONS = ("Post", "Sigkill", "Override")
+ACTIONS: tuple[Action, ...] = ("Post", "Sigkill", "Override")
 HOOKS = ("tcp_connect", "security_socket_connect")
 
 
-def _policy(rule, channel=None, processes=()):
+def _policy(rule: str, channel: ChannelSettings | None = None, processes: Sequence[str] = ()) -> dict[str, Any]:
     result = render([cdr_set(behaviours=[behaviour(rule, processes)])], channel)
     [obj] = [f.obj for f in result.files]
     return obj
 
 
-def _hooks(obj):
+def _hooks(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {kp["call"]: kp for kp in obj["spec"]["kprobes"]}
 
 
-def _actions(obj):
+def _actions(obj: dict[str, Any]) -> set[str]:
     return {a["action"] for kp in obj["spec"]["kprobes"] for s in kp["selectors"] for a in s["matchActions"]}
 
 
-def _options(obj):
+def _options(obj: dict[str, Any]) -> dict[str, str]:
     return {o["name"]: o["value"] for o in obj["spec"]["options"]}
 
 
-def test_every_rule_id_has_a_compiler():
+def test_every_rule_id_has_a_compiler() -> None:
     assert set(CATALOGUE) == set(RULES)
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
 @pytest.mark.parametrize("action", ACTIONS)
 @pytest.mark.parametrize("hook", HOOKS)
-def test_every_rule_compiles_to_a_valid_safe_policy(schemas, rule, action, hook):
+def test_every_rule_compiles_to_a_valid_safe_policy(schemas: SchemaSet, rule: str, action: Action, hook: str) -> None:
     channel = ChannelSettings(name="prod", action=action, tetragon_network_hook=hook)
     obj = _policy(rule, channel)
     assert errors_of(check_object(obj, schemas)) == []
@@ -57,7 +61,7 @@ def test_every_rule_compiles_to_a_valid_safe_policy(schemas, rule, action, hook)
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
-def test_audit_channels_only_post_and_monitor(rule):
+def test_audit_channels_only_post_and_monitor(rule: str) -> None:
     obj = _policy(rule, ChannelSettings(name="staging", action="Post"))
     assert _actions(obj) == {"Post"}
     assert _options(obj)["policy-mode"] == "monitor"
@@ -66,7 +70,7 @@ def test_audit_channels_only_post_and_monitor(rule):
     )
 
 
-def test_exec_blocking_uses_linux_binprm_on_security_bprm_check():
+def test_exec_blocking_uses_linux_binprm_on_security_bprm_check() -> None:
     obj = _policy("network_scanning", ChannelSettings(name="prod", action="Override"))
     exec_hook = _hooks(obj)["security_bprm_check"]
     assert exec_hook["syscall"] is False
@@ -83,13 +87,13 @@ def test_exec_blocking_uses_linux_binprm_on_security_bprm_check():
     ]
 
 
-def test_sigkill_channels_need_no_kprobe_multi_option():
+def test_sigkill_channels_need_no_kprobe_multi_option() -> None:
     obj = _policy("network_scanning", ChannelSettings(name="prod", action="Sigkill"))
     assert _actions(obj) == {"Sigkill"}
     assert _options(obj) == {"policy-mode": "enforce"}
 
 
-def test_cloud_credentials_restricts_network_utilities_from_the_metadata_service():
+def test_cloud_credentials_restricts_network_utilities_from_the_metadata_service() -> None:
     obj = _policy("cloud_credentials", ChannelSettings(name="prod", action="Override"))
     hook = _hooks(obj)["tcp_connect"]
     [sel] = hook["selectors"]
@@ -113,7 +117,7 @@ def test_cloud_credentials_restricts_network_utilities_from_the_metadata_service
     assert sel["matchActions"] == [{"action": "Override", "argError": -1}]
 
 
-def test_container_escape_starts_in_monitor_and_spares_kube_system():
+def test_container_escape_starts_in_monitor_and_spares_kube_system() -> None:
     channel = ChannelSettings(name="prod", action="Sigkill")
     obj = _policy("container_escape", channel)
     assert _options(obj)["policy-mode"] == "monitor"
@@ -139,12 +143,12 @@ def test_container_escape_starts_in_monitor_and_spares_kube_system():
         ChannelSettings(name="prod", namespaces=("kube-system",))
 
 
-def test_discovery_is_audit_only_on_enforcing_channels():
+def test_discovery_is_audit_only_on_enforcing_channels() -> None:
     obj = _policy("discovery", ChannelSettings(name="prod", action="Override"))
     assert _actions(obj) == {"Post"} and _options(obj) == {"policy-mode": "monitor"}
 
 
-def test_mining_and_reverse_shell_ports_use_dport():
+def test_mining_and_reverse_shell_ports_use_dport() -> None:
     mining = _hooks(_policy("crypto_mining", ChannelSettings(name="prod", action="Sigkill")))["tcp_connect"]
     assert mining["selectors"][0]["matchArgs"][0]["operator"] == "DPort"
     assert "3333" in mining["selectors"][0]["matchArgs"][0]["values"]
@@ -157,18 +161,20 @@ def test_mining_and_reverse_shell_ports_use_dport():
     assert "/bash" in shell["selectors"][1]["matchBinaries"][0]["values"]
 
 
-def test_webshell_restricts_the_caller_and_matches_the_target():
+def test_webshell_restricts_the_caller_and_matches_the_target() -> None:
     [sel] = _hooks(_policy("webshell"))["security_bprm_check"]["selectors"]
     assert "/nginx" in sel["matchBinaries"][0]["values"]
     assert "/sh" in sel["matchArgs"][0]["values"]
 
 
-def _syscall_hooks(obj):
+def _syscall_hooks(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return [kp for kp in obj["spec"]["kprobes"] if kp["syscall"]]
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
-def test_override_channels_put_no_override_on_a_syscall_unless_the_kernel_helper_is_declared(schemas, rule):
+def test_override_channels_put_no_override_on_a_syscall_unless_the_kernel_helper_is_declared(
+    schemas: SchemaSet, rule: str
+) -> None:
     channel = ChannelSettings(name="prod", action="Override", promoted_rules=("container_escape",))
     assert channel.kernel.override_helper is False  # the default
     obj = _policy(rule, channel)
@@ -181,7 +187,7 @@ def test_override_channels_put_no_override_on_a_syscall_unless_the_kernel_helper
     assert errors_of(check_object(obj, schemas)) == []
 
 
-def test_override_on_syscalls_when_the_channel_declares_the_helper(schemas):
+def test_override_on_syscalls_when_the_channel_declares_the_helper(schemas: SchemaSet) -> None:
     channel = ChannelSettings(
         name="prod",
         action="Override",
@@ -201,7 +207,7 @@ def test_override_on_syscalls_when_the_channel_declares_the_helper(schemas):
     assert codes == {"tetragon.override-helper"}
 
 
-def test_kernel_capabilities_are_validated_channel_settings():
+def test_kernel_capabilities_are_validated_channel_settings() -> None:
     channel = ChannelSettings.from_dict({"name": "prod", "kernel": {"override_helper": True}})
     assert channel.kernel.override_helper is True
     assert channel.to_dict()["kernel"] == {"override_helper": True}
@@ -211,11 +217,11 @@ def test_kernel_capabilities_are_validated_channel_settings():
             ChannelSettings.from_dict({"name": "prod", "kernel": bad})
 
 
-def _corroborated(name, workloads=3):
+def _corroborated(name: str, workloads: int = 3) -> list[Sighting]:
     return [sighting(name, f"team-{i}", {"app": f"a{i}"}) for i in range(workloads)]
 
 
-def test_evidence_joins_the_rule_only_when_corroborated_and_never_for_spared_names():
+def test_evidence_joins_the_rule_only_when_corroborated_and_never_for_spared_names() -> None:
     seen = [*_corroborated("fscan"), *_corroborated("naabu"), sighting("bash"), sighting("python3.11")]
     obj = by_file(
         render(
@@ -238,7 +244,7 @@ def test_evidence_joins_the_rule_only_when_corroborated_and_never_for_spared_nam
     assert rows["fscan"]["reason"] == "corroborated: seen in 3 workloads"
 
 
-def test_evidence_for_callers_and_rules_without_evidence():
+def test_evidence_for_callers_and_rules_without_evidence() -> None:
     obj = _policy_named(
         "cloud_credentials",
         "cdr-block-cloud-creds-20260109.yaml",
@@ -250,11 +256,11 @@ def test_evidence_for_callers_and_rules_without_evidence():
     assert "weird-tool" not in str(obj["spec"])
 
 
-def _policy_named(rule, filename, **kwargs):
+def _policy_named(rule: str, filename: str, **kwargs: Any) -> dict[str, Any]:
     return by_file(render([cdr_set(behaviours=[behaviour(rule, **kwargs)])]))[filename]
 
 
-def test_behaviour_file_names_and_annotations():
+def test_behaviour_file_names_and_annotations() -> None:
     result = render(
         [
             cdr_set(
@@ -276,7 +282,7 @@ def test_behaviour_file_names_and_annotations():
     assert meta["name"].startswith("tp-cloud-creds-") and len(meta["name"]) <= 63
 
 
-def test_namespaces_give_one_namespaced_policy_each(schemas):
+def test_namespaces_give_one_namespaced_policy_each(schemas: SchemaSet) -> None:
     channel = ChannelSettings(
         name="prod", action="Sigkill", namespaces=("payments", "web"), pod_labels={"tier": "front"}
     )

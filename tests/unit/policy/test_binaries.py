@@ -25,18 +25,18 @@ IMAGE_BINARIES = sorted({(image, name) for image, names in DATA["images"].items(
 
 
 @pytest.mark.parametrize(("image", "name"), IMAGE_BINARIES)
-def test_the_main_binaries_of_the_images_users_run_are_never_killed_cluster_wide(image, name):
+def test_the_main_binaries_of_the_images_users_run_are_never_killed_cluster_wide(image: str, name: str) -> None:
     assert refuse_cluster_wide(name) is not None, f"{image}: {name}"
     assert refuse_cluster_wide(f"/usr/local/bin/{name}") is not None  # a processPath
     assert refuse_cluster_wide(f"/{name}") is not None  # a Postfix value
 
 
 @pytest.mark.parametrize("name", DATA["kernel"])
-def test_kernel_thread_names_are_never_killed_cluster_wide(name):
+def test_kernel_thread_names_are_never_killed_cluster_wide(name: str) -> None:
     assert refuse_cluster_wide(name) == KERNEL_THREAD_NAME
 
 
-def test_the_reasons_say_which_list_refused():
+def test_the_reasons_say_which_list_refused() -> None:
     assert refuse_cluster_wide("nginx") == COMMON_PROGRAM
     assert refuse_cluster_wide("php-fpm8.2") == COMMON_PROGRAM  # versions are dropped
     assert refuse_cluster_wide("Redis-Server") == COMMON_PROGRAM  # so is case
@@ -49,14 +49,14 @@ def test_the_reasons_say_which_list_refused():
     assert refuse_on_evidence("nginx") is None and refuse_on_evidence("kworker") is None
 
 
-def test_miner_names_that_look_like_kernel_threads_are_still_killed():
+def test_miner_names_that_look_like_kernel_threads_are_still_killed() -> None:
     # kinsing drops its miner as "kdevtmpfsi": a near miss of the kernel thread "kdevtmpfs"
     for name in ("kdevtmpfsi", "kinsing", "xmrig", "t-rex", "zgrab2", "mkfs.ext4"):
         assert refuse_cluster_wide(name) is None, name
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
-def test_every_name_a_rule_kills_by_itself_passes_the_list(rule):
+def test_every_name_a_rule_kills_by_itself_passes_the_list(rule: str) -> None:
     """The list judges what a policy kills everywhere; the names our rules block by themselves are
     meant to be killed everywhere (program starts of a caller-restricted selector, the webshell's
     shells under a web server, are judged with their caller: not here)."""

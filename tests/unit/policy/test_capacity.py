@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,14 +12,15 @@ from hypothesis import strategies as st
 
 from cdr_policy.errors import ConfigError
 from cdr_policy.guards import NeverBlock
+from cdr_policy.models import Indicator
 from cdr_policy.policy.capacity import OVER_BUDGET, Cut, cut, listed_left_out
 from cdr_policy.policy.channel import MAX_BUDGET_PREFIXES, ChannelSettings
-from cdr_policy.policy.ranked import rank_ips
+from cdr_policy.policy.ranked import RankedTable, rank_ips
 
 from .factories import NOW, cdr_set, feed_set, indicator, render
 
 
-def _entries(indicators):
+def _entries(indicators: list[Indicator]) -> RankedTable:
     return rank_ips(indicators, [], now=NOW, guard=NeverBlock()).table
 
 
@@ -30,11 +32,11 @@ def covered_values(result: Cut) -> list[str]:
     return [result.table.value(r) for r in np.flatnonzero(result.covered).tolist()]
 
 
-def left_out(result: Cut) -> list[dict]:
+def left_out(result: Cut) -> list[dict[str, Any]]:
     return listed_left_out({"engine": result})[0]
 
 
-def test_everything_fits_under_the_limit():
+def test_everything_fits_under_the_limit() -> None:
     entries = _entries([indicator(f"45.33.32.{i}/32") for i in range(10)])
     result = cut(entries, 100)
     assert result.kept == {"cdr": ["45.33.32.0/29", "45.33.32.8/31"]}
@@ -42,7 +44,7 @@ def test_everything_fits_under_the_limit():
     assert result.report() == {"limit": 100, "used": 2, "covered": 0, "left_out": 0, "kept_by_hits": 0}
 
 
-def test_the_weakest_evidence_is_left_out_with_its_rank():
+def test_the_weakest_evidence_is_left_out_with_its_rank() -> None:
     strong = [indicator(f"45.33.{i}.1/32") for i in range(3)]  # CDR: ranked first
     weak = [indicator(f"185.220.{i}.1/32", sources=("feed:tor-exit",), category="tor") for i in range(5)]
     scored = indicator("91.92.93.94/32", sources=("feed:a", "feed:b"), category="c2", score=90)
@@ -62,7 +64,7 @@ def test_the_weakest_evidence_is_left_out_with_its_rank():
     ]
 
 
-def test_aggregation_lets_more_entries_in_than_the_limit():
+def test_aggregation_lets_more_entries_in_than_the_limit() -> None:
     # 8 adjacent /32s aggregate into one /29: all of them fit a budget of 2 prefixes.
     entries = _entries([indicator(f"45.33.32.{i}/32") for i in range(8)] + [indicator("46.0.0.1/32")])
     result = cut(entries, 2)
@@ -70,7 +72,7 @@ def test_aggregation_lets_more_entries_in_than_the_limit():
     assert left_out(result) == []
 
 
-def test_entries_covered_by_a_kept_prefix_are_not_reported_as_left_out():
+def test_entries_covered_by_a_kept_prefix_are_not_reported_as_left_out() -> None:
     covered = indicator("45.33.32.77/32", sources=("feed:x",), category="tor")
     entries = _entries([indicator("45.33.32.0/24"), indicator("46.1.1.0/24", sources=("feed:x",)), covered])
     result = cut(entries, 1)
@@ -79,7 +81,7 @@ def test_entries_covered_by_a_kept_prefix_are_not_reported_as_left_out():
     assert covered_values(result) == ["45.33.32.77/32"]  # blocked through the CDR /24
 
 
-def test_zero_budget_leaves_everything_out():
+def test_zero_budget_leaves_everything_out() -> None:
     result = cut(_entries([indicator("45.33.32.0/24")]), 0)
     assert result.kept == {} and len(left_out(result)) == 1
 
@@ -97,7 +99,7 @@ prefixes = st.builds(
     cdr_flags=st.lists(st.booleans(), min_size=60, max_size=60),
     limit=st.integers(min_value=0, max_value=40),
 )
-def test_cut_properties(values, cdr_flags, limit):
+def test_cut_properties(values: list[str], cdr_flags: list[bool], limit: int) -> None:
     indicators = [
         indicator(v, sources=("cdr",) if flag else ("feed:x",), category="tor")
         for v, flag in zip(values, cdr_flags, strict=False)
@@ -116,11 +118,11 @@ def test_cut_properties(values, cdr_flags, limit):
         assert max(ranks[v] for v in kept) < min(ranks[v] for v in left | covered)
     # What is kept aggregates to exactly the union of the kept entries
     for group, group_prefixes in result.kept.items():
-        mine = [ipaddress.ip_network(v) for v in kept_values(result, group)]
+        mine = [ipaddress.IPv4Network(v) for v in kept_values(result, group)]  # the values are IPv4
         assert group_prefixes == [str(n) for n in ipaddress.collapse_addresses(mine)]
 
 
-def test_render_reports_the_budget_and_what_was_left_out():
+def test_render_reports_the_budget_and_what_was_left_out() -> None:
     sets = [
         cdr_set([indicator(f"45.33.{i}.0/24") for i in range(0, 10, 2)]),
         feed_set("tor-exit", [f"185.220.{i}.0/24" for i in range(0, 20, 2)], "tor"),
@@ -138,7 +140,7 @@ def test_render_reports_the_budget_and_what_was_left_out():
 
 
 @pytest.mark.parametrize("engine", ["tetragon_max_prefixes", "cilium_max_prefixes"])
-def test_a_budget_is_at_most_the_largest_measured_and_under_ciliums_ip_cache(engine) -> None:
+def test_a_budget_is_at_most_the_largest_measured_and_under_ciliums_ip_cache(engine: str) -> None:
     assert getattr(ChannelSettings.from_dict({"name": "prod", engine: MAX_BUDGET_PREFIXES}), engine) == 250_000
     with pytest.raises(ConfigError, match=f"channel prod: {engine} is at most 250,000 .*IP cache"):
         ChannelSettings.from_dict({"name": "prod", engine: MAX_BUDGET_PREFIXES + 1})

@@ -8,7 +8,7 @@ from cdr_policy.errors import ConfigError
 from cdr_policy.policy.channel import MAX_BUNDLE_TTL_HOURS, ChannelSettings
 
 
-def test_bundle_lifetime_is_at_most_30_days_and_at_least_twice_the_re_render_period():
+def test_bundle_lifetime_is_at_most_30_days_and_at_least_twice_the_re_render_period() -> None:
     assert ChannelSettings.from_dict({"name": "prod", "bundle_ttl_hours": MAX_BUNDLE_TTL_HOURS}).bundle_ttl_hours == 720
     with pytest.raises(ConfigError, match="bundle_ttl_hours is at most 720"):
         ChannelSettings.from_dict({"name": "prod", "bundle_ttl_hours": MAX_BUNDLE_TTL_HOURS + 1})
@@ -19,7 +19,7 @@ def test_bundle_lifetime_is_at_most_30_days_and_at_least_twice_the_re_render_per
 
 
 @pytest.mark.parametrize("value", [1, 0, 1001, "3", 2.5, True])
-def test_evidence_needs_at_least_two_workloads(value):
+def test_evidence_needs_at_least_two_workloads(value: str | float | bool) -> None:
     with pytest.raises(ConfigError, match="evidence_min_workloads"):
         ChannelSettings.from_dict({"name": "prod", "evidence_min_workloads": value})
     assert ChannelSettings.from_dict({"name": "prod", "evidence_min_workloads": 2}).evidence_min_workloads == 2
@@ -31,13 +31,13 @@ CHANNELS = """channels:
 """
 
 
-def _parsed(promote: str):
+def _parsed(promote: str) -> list[ChannelSettings]:
     from cdr_policy.documents import parse_channels
 
     return parse_channels(CHANNELS % promote, "config/channels.yaml", refresh_hours=6)
 
 
-def test_promotion_settings_read_as_the_issue_writes_them():
+def test_promotion_settings_read_as_the_issue_writes_them() -> None:
     channels = _parsed(
         "{from: staging, soak: 24h, max_workloads_hit: 3, protected_namespaces: [kube-system, payments], "
         "min_clusters_reporting: 2, watch: {for: 12h, max_rate_increase: 3, rollback: true}}"
@@ -80,7 +80,7 @@ def test_promotion_settings_read_as_the_issue_writes_them():
         ("[staging]", "promote must be a mapping like {from: staging"),
     ],
 )
-def test_promotion_settings_are_refused_with_one_line_naming_the_setting(promote, message):
+def test_promotion_settings_are_refused_with_one_line_naming_the_setting(promote: str, message: str) -> None:
     with pytest.raises(ConfigError) as refused:
         _parsed(promote)
     text = str(refused.value)
@@ -88,7 +88,7 @@ def test_promotion_settings_are_refused_with_one_line_naming_the_setting(promote
     assert "\n" not in text
 
 
-def test_a_channel_is_promoted_from_an_audit_channel_that_reports_workloads():
+def test_a_channel_is_promoted_from_an_audit_channel_that_reports_workloads() -> None:
     from cdr_policy.documents import parse_channels
 
     def refused(text: str) -> str:

@@ -4,12 +4,13 @@ cases (Appendix A.5) and the other traps of §1–§2 are flagged."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import yaml
 
 from cdr_policy.guards import NeverBlock
-from cdr_policy.policy.checker import check_object, errors_of
+from cdr_policy.policy.checker import SchemaSet, check_object, errors_of
 
 # Appendix A templates (our construction in the reference), with the names made valid.
 A1 = """
@@ -116,22 +117,22 @@ spec:
 """
 
 
-def docs(text: str) -> list[dict]:
+def docs(text: str) -> list[dict[str, Any]]:
     return list(yaml.safe_load_all(text))
 
 
-def error_codes(obj, schemas, guard=None) -> set[str]:
+def error_codes(obj: dict[str, Any], schemas: SchemaSet | None, guard: NeverBlock | None = None) -> set[str]:
     return {p.code for p in errors_of(check_object(obj, schemas, guard=guard))}
 
 
 @pytest.mark.parametrize("text", [A1, A2, A3, A4])
-def test_reference_templates_pass(schemas, text):
+def test_reference_templates_pass(schemas: SchemaSet, text: str) -> None:
     # The templates use documentation ranges, which our never-block list refuses: no guard here.
     for obj in docs(text):
         assert errors_of(check_object(obj, schemas)) == [], obj["metadata"]["name"]
 
 
-def test_documentation_ranges_are_refused_by_the_never_block_check(schemas):
+def test_documentation_ranges_are_refused_by_the_never_block_check(schemas: SchemaSet) -> None:
     group = docs(A1)[0]
     assert error_codes(group, schemas, NeverBlock()) == {"cidr.never-block"}
 
@@ -139,8 +140,8 @@ def test_documentation_ranges_are_refused_by_the_never_block_check(schemas):
 # --- Appendix A.5: what a validator should flag -------------------------------------------------
 
 
-def _deny_policy(*items, default_deny=True, name="deny"):
-    spec = {"endpointSelector": {}, "egressDeny": list(items)}
+def _deny_policy(*items: dict[str, Any], default_deny: bool = True, name: str = "deny") -> dict[str, Any]:
+    spec: dict[str, Any] = {"endpointSelector": {}, "egressDeny": list(items)}
     if default_deny:
         spec["enableDefaultDeny"] = {"egress": False, "ingress": False}
     return {
@@ -151,8 +152,10 @@ def _deny_policy(*items, default_deny=True, name="deny"):
     }
 
 
-def _tracing_policy(kprobe, *, scoped=True, options=None):
-    spec = {"kprobes": [kprobe]}
+def _tracing_policy(
+    kprobe: dict[str, Any], *, scoped: bool = True, options: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"kprobes": [kprobe]}
     if scoped:
         spec["podSelector"] = {}
     if options:
@@ -165,7 +168,7 @@ def _tracing_policy(kprobe, *, scoped=True, options=None):
     }
 
 
-TCP_CONNECT = {
+TCP_CONNECT: dict[str, Any] = {
     "call": "tcp_connect",
     "syscall": False,
     "args": [{"index": 0, "type": "sock"}],
@@ -178,7 +181,7 @@ TCP_CONNECT = {
 }
 
 
-def _with(kprobe, **changes):
+def _with(kprobe: dict[str, Any], **changes: Any) -> dict[str, Any]:
     out = copy.deepcopy(kprobe)
     out.update(changes)
     return out
@@ -253,7 +256,7 @@ A5 = {
 }
 
 
-def test_override_on_a_syscall_needs_the_declared_kernel_helper(schemas):
+def test_override_on_a_syscall_needs_the_declared_kernel_helper(schemas: SchemaSet) -> None:
     [obj] = docs(A4.split("---")[1])
     assert error_codes(obj, schemas) == set()
     obj["metadata"]["annotations"]["cdr-policy.io/kernel-override-helper"] = "false"
@@ -268,7 +271,7 @@ def test_override_on_a_syscall_needs_the_declared_kernel_helper(schemas):
 
 
 @pytest.mark.parametrize("case", sorted(A5))
-def test_appendix_a5_negative_cases_are_flagged(schemas, case):
+def test_appendix_a5_negative_cases_are_flagged(schemas: SchemaSet, case: str) -> None:
     obj, expected = A5[case]
     found = error_codes(obj, schemas)
     assert expected <= found, f"{case}: {found}"
@@ -277,7 +280,7 @@ def test_appendix_a5_negative_cases_are_flagged(schemas, case):
 # --- more traps from §1, §2 and §5 ----------------------------------------------------------------
 
 
-def _selectors(n):
+def _selectors(n: int) -> list[dict[str, Any]]:
     return [copy.deepcopy(TCP_CONNECT["selectors"][0]) for _ in range(n)]
 
 
@@ -475,18 +478,18 @@ MORE = {
 
 
 @pytest.mark.parametrize("case", sorted(MORE))
-def test_other_traps_are_flagged(schemas, case):
+def test_other_traps_are_flagged(schemas: SchemaSet, case: str) -> None:
     obj, expected = MORE[case]
     assert expected in error_codes(obj, schemas), case
 
 
-def test_duplicate_symbol_in_one_policy(schemas):
+def test_duplicate_symbol_in_one_policy(schemas: SchemaSet) -> None:
     obj = _tracing_policy(TCP_CONNECT)
     obj["spec"]["kprobes"].append(copy.deepcopy(TCP_CONNECT))
     assert "tetragon.duplicate-symbol" in error_codes(obj, schemas)
 
 
-def test_more_than_eight_address_filters(schemas):
+def test_more_than_eight_address_filters(schemas: SchemaSet) -> None:
     obj = _tracing_policy(TCP_CONNECT)
     for call in ("tcp_sendmsg", "tcp_close", "ip_output", "udp_sendmsg"):
         kp = _with(TCP_CONNECT, call=call, selectors=_selectors(2))
@@ -494,7 +497,7 @@ def test_more_than_eight_address_filters(schemas):
     assert "tetragon.address-filters" in error_codes(obj, schemas)
 
 
-def test_never_block_overlap(schemas):
+def test_never_block_overlap(schemas: SchemaSet) -> None:
     guard = NeverBlock(extra=[("45.33.0.0/16", "pod range")])
     assert "cidr.never-block" in error_codes(_tracing_policy(TCP_CONNECT), schemas, guard)
     assert "cidr.never-block" in error_codes(_deny_policy({"toCIDR": ["45.33.32.7/32"]}), schemas, guard)
@@ -518,8 +521,8 @@ def test_never_block_overlap(schemas):
     assert error_codes(_tracing_policy(imds), schemas, NeverBlock()) == set()
 
 
-def test_size_limits(schemas):
-    group = {
+def test_size_limits(schemas: SchemaSet) -> None:
+    group: dict[str, Any] = {
         "apiVersion": "cilium.io/v2",
         "kind": "CiliumCIDRGroup",
         "metadata": {"name": "big"},
@@ -530,7 +533,7 @@ def test_size_limits(schemas):
     assert "size.etcd-limit" in error_codes(group, None)
 
 
-def test_warnings_do_not_block(schemas):
+def test_warnings_do_not_block(schemas: SchemaSet) -> None:
     obj = _tracing_policy(
         {
             "call": "sys_setns",
@@ -546,7 +549,7 @@ def test_warnings_do_not_block(schemas):
     assert check_object(obj, schemas) == []
 
 
-def test_not_an_object():
+def test_not_an_object() -> None:
     assert [p.code for p in check_object(["a"], None)] == ["schema.not-an-object"]
 
 
@@ -581,11 +584,11 @@ EVERY_EXEC = {
     ],
     ids=["deny to all", "deny to world", "Sigkill on every exec", "Override on every execve"],
 )
-def test_denying_everything_is_an_error(schemas, obj, code):
+def test_denying_everything_is_an_error(schemas: SchemaSet, obj: dict[str, Any], code: str) -> None:
     assert code in error_codes(obj, schemas)
 
 
-def test_a_filtered_exec_block_and_a_ports_only_world_deny_pass(schemas):
+def test_a_filtered_exec_block_and_a_ports_only_world_deny_pass(schemas: SchemaSet) -> None:
     filtered = _with(
         EVERY_EXEC,
         selectors=[

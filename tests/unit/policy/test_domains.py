@@ -6,8 +6,10 @@ import socket
 
 import pytest
 
+from cdr_policy.models import IndicatorSet
 from cdr_policy.policy import domains
 from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.checker import SchemaSet
 
 from .factories import NOW, by_file, cdr_set, indicator, render
 
@@ -15,11 +17,11 @@ RESOLVE = ChannelSettings(name="prod", domain_enforcement="resolve")
 
 
 class FakeResolver:
-    def __init__(self, answers):
+    def __init__(self, answers: dict[str, list[str] | Exception]) -> None:
         self.answers = answers
-        self.asked = []
+        self.asked: list[str] = []
 
-    def __call__(self, name):
+    def __call__(self, name: str) -> list[str]:
         self.asked.append(name)
         answer = self.answers[name]
         if isinstance(answer, Exception):
@@ -27,11 +29,11 @@ class FakeResolver:
         return answer
 
 
-def _sets(*names):
+def _sets(*names: str) -> list[IndicatorSet]:
     return [cdr_set([indicator(n, "domain") for n in names] + [indicator("45.33.32.0/24")])]
 
 
-def test_domains_are_reported_not_enforced_by_default():
+def test_domains_are_reported_not_enforced_by_default() -> None:
     result = render(_sets("evil.example", "c2.example"))
     assert result.report["domains"]["mode"] == "report"
     assert result.report["domains"]["enforced"] == 0
@@ -39,7 +41,7 @@ def test_domains_are_reported_not_enforced_by_default():
     assert "evil.example" not in str([f.obj for f in result.files])
 
 
-def test_resolve_mode_blocks_the_addresses_for_a_short_time(schemas):
+def test_resolve_mode_blocks_the_addresses_for_a_short_time(schemas: SchemaSet) -> None:
     resolver = FakeResolver({"evil.example": ["45.33.40.1", "2a00:1450:4001::5", "::ffff:45.33.40.2"]})
     result = render(_sets("evil.example"), RESOLVE, schemas, resolver=resolver)
     files = by_file(result)
@@ -51,7 +53,7 @@ def test_resolve_mode_blocks_the_addresses_for_a_short_time(schemas):
     assert "::ffff:45.33.40.1/128" in daddr
 
 
-def test_resolution_is_guarded():
+def test_resolution_is_guarded() -> None:
     resolver = FakeResolver(
         {
             "internal-looking.example": ["10.1.2.3"],  # private: refused like any other prefix
@@ -72,15 +74,15 @@ def test_resolution_is_guarded():
     assert result.report["domains"]["enforced"] == 1
 
 
-def test_handle_domains_without_domains():
+def test_handle_domains_without_domains() -> None:
     outcome = domains.handle_domains([], mode="resolve", now=NOW, refuse_domain=lambda d: None, resolver=lambda d: [])
     assert outcome.indicators == [] and outcome.report["count"] == 0
 
 
 @pytest.mark.parametrize("mode", ["report", "resolve"])
-def test_channel_accepts_only_known_modes(mode):
+def test_channel_accepts_only_known_modes(mode: str) -> None:
     assert ChannelSettings(name="x", domain_enforcement=mode).domain_enforcement == mode
 
 
-def test_system_resolver_reads_the_hosts_file():
+def test_system_resolver_reads_the_hosts_file() -> None:
     assert "127.0.0.1" in domains.system_resolver("localhost")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
 from cdr_policy.errors import ConfigError
+from cdr_policy.models import IndicatorSet
 from cdr_policy.policy import cilium, tetragon
 from cdr_policy.policy.channel import ChannelSettings
-from cdr_policy.policy.checker import check_object, errors_of
+from cdr_policy.policy.checker import SchemaSet, check_object, errors_of
 from cdr_policy.policy.naming import COMPONENT_CIDR_GROUP
 from cdr_policy.policy.output import ObjectMeta
 
@@ -19,12 +22,12 @@ CDR_IPS = ["45.33.32.0/24", "45.33.33.7/32", "2a00:1450:4001::/48"]
 FEED_IPS = [f"185.220.101.{i}/32" for i in range(0, 40, 2)]
 
 
-def _sets(ports=("tcp/4444", "udp/5353")):
+def _sets(ports: Sequence[str] = ("tcp/4444", "udp/5353")) -> list[IndicatorSet]:
     cdr = cdr_set([indicator(v) for v in CDR_IPS] + [indicator(p, "port") for p in ports])
     return [cdr, feed_set("tor-exit", FEED_IPS, "tor")]
 
 
-def _values(obj, operator):
+def _values(obj: dict[str, Any], operator: str) -> list[str]:
     return [
         v
         for kp in obj["spec"]["kprobes"]
@@ -35,7 +38,7 @@ def _values(obj, operator):
     ]
 
 
-def test_original_file_names_and_order():
+def test_original_file_names_and_order() -> None:
     result = render(_sets())
     assert [f.filename for f in result.files] == [
         "cilium-cdr-blocklist-cidrs-001.yaml",
@@ -47,7 +50,7 @@ def test_original_file_names_and_order():
     ]
 
 
-def test_tcp_connect_blocklist_has_one_daddr_filter_with_mapped_twins(schemas):
+def test_tcp_connect_blocklist_has_one_daddr_filter_with_mapped_twins(schemas: SchemaSet) -> None:
     files = by_file(render(_sets(), ChannelSettings(name="prod", action="Sigkill"), schemas))
     cdr = files["cdr-dynamic-blocklist.yaml"]
     [hook] = cdr["spec"]["kprobes"]
@@ -75,7 +78,7 @@ def test_tcp_connect_blocklist_has_one_daddr_filter_with_mapped_twins(schemas):
     [feed_hook] = feed["spec"]["kprobes"]
     [selector] = feed_hook["selectors"]  # no ports in the threat-intel list
     values = selector["matchArgs"][0]["values"]
-    collapsed = [str(n) for n in ipaddress.collapse_addresses(ipaddress.ip_network(v) for v in FEED_IPS)]
+    collapsed = [str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv4Network(v) for v in FEED_IPS)]
     v4 = [v for v in values if not v.startswith("::ffff:")]
     assert v4 == collapsed and len(values) == 2 * len(collapsed)
     assert [
@@ -83,7 +86,7 @@ def test_tcp_connect_blocklist_has_one_daddr_filter_with_mapped_twins(schemas):
     ] == [v for v in values if v.startswith("::ffff:")]
 
 
-def test_security_socket_connect_variant_refuses_the_connect(schemas):
+def test_security_socket_connect_variant_refuses_the_connect(schemas: SchemaSet) -> None:
     channel = ChannelSettings(
         name="prod",
         action="Override",
@@ -105,13 +108,13 @@ def test_security_socket_connect_variant_refuses_the_connect(schemas):
     assert {"name": "disable-kprobe-multi", "value": "1"} in obj["spec"]["options"]
 
 
-def test_override_channel_falls_back_to_sigkill_on_tcp_connect():
+def test_override_channel_falls_back_to_sigkill_on_tcp_connect() -> None:
     obj = by_file(render(_sets(), ChannelSettings(name="prod", action="Override")))["cdr-dynamic-blocklist.yaml"]
     assert obj["spec"]["kprobes"][0]["selectors"][0]["matchActions"] == [{"action": "Sigkill"}]
     assert {"name": "disable-kprobe-multi", "value": "1"} not in obj["spec"]["options"]
 
 
-def test_large_tetragon_lists_are_split_into_parts(schemas):
+def test_large_tetragon_lists_are_split_into_parts(schemas: SchemaSet) -> None:
     prefixes = [f"45.{i // 256}.{i % 256}.0/24" for i in range(0, 2 * tetragon.PREFIXES_PER_POLICY + 10, 2)]
     channel = ChannelSettings(name="prod", action="Sigkill")
     files = tetragon.network_blocklist(
@@ -131,7 +134,7 @@ def test_large_tetragon_lists_are_split_into_parts(schemas):
     assert sum(len(_values(f.obj, "DAddr")) for f in files) == 2 * len(prefixes)
 
 
-def test_cilium_policy_references_groups_and_never_default_denies(schemas):
+def test_cilium_policy_references_groups_and_never_default_denies(schemas: SchemaSet) -> None:
     files = by_file(render(_sets(), ChannelSettings(name="prod", cilium_version="1.17"), schemas))
     group = files["cilium-cdr-blocklist-cidrs-001.yaml"]
     assert group["apiVersion"] == "cilium.io/v2alpha1"
@@ -144,14 +147,14 @@ def test_cilium_policy_references_groups_and_never_default_denies(schemas):
     assert "toFQDNs" not in str(files)
 
 
-def test_ccg_api_version_follows_the_channel():
+def test_ccg_api_version_follows_the_channel() -> None:
     assert cilium.group_api_version(ChannelSettings(name="a", cilium_version="1.17.3")) == "cilium.io/v2alpha1"
     assert cilium.group_api_version(ChannelSettings(name="a", cilium_version="1.18")) == "cilium.io/v2"
     files = by_file(render(_sets(), ChannelSettings(name="prod", cilium_version="1.19")))
     assert files["cilium-cdr-blocklist-cidrs-001.yaml"]["apiVersion"] == "cilium.io/v2"
 
 
-def test_cilium_before_1_17_uses_plain_cidrs_within_a_small_budget(schemas):
+def test_cilium_before_1_17_uses_plain_cidrs_within_a_small_budget(schemas: SchemaSet) -> None:
     channel = ChannelSettings(name="old", cilium_version="1.16.5")
     result = render(_sets(), channel, schemas)
     files = by_file(result)
@@ -160,12 +163,12 @@ def test_cilium_before_1_17_uses_plain_cidrs_within_a_small_budget(schemas):
     assert result.report["budget"]["cilium"]["limit"] == cilium.LEGACY_MAX_PREFIXES
 
 
-def test_cilium_before_1_16_is_refused():
+def test_cilium_before_1_16_is_refused() -> None:
     with pytest.raises(ConfigError, match="enableDefaultDeny"):
         render(_sets(), ChannelSettings(name="old", cilium_version="1.15"))
 
 
-def test_ports_are_denied_to_the_world_only_when_configured(schemas):
+def test_ports_are_denied_to_the_world_only_when_configured(schemas: SchemaSet) -> None:
     files = by_file(render(_sets(), ChannelSettings(name="prod")))
     assert "toEntities" not in str(files["cilium-cdr-blocklist.yaml"])
     many = [f"tcp/{p}" for p in range(20000, 20045)]
@@ -178,7 +181,7 @@ def test_ports_are_denied_to_the_world_only_when_configured(schemas):
     assert result.report["ports"]["cilium"] == "deny towards the world"
 
 
-def test_never_block_ports_are_refused():
+def test_never_block_ports_are_refused() -> None:
     result = render(
         _sets(ports=("tcp/443", "udp/53", "tcp/4444")), ChannelSettings(name="prod", deny_ports_to_world=True)
     )
@@ -187,7 +190,7 @@ def test_never_block_ports_are_refused():
     assert result.report["ports"]["values"] == ["tcp/4444"]
 
 
-def test_cilium_scoping_by_namespace_and_labels(schemas):
+def test_cilium_scoping_by_namespace_and_labels(schemas: SchemaSet) -> None:
     channel = ChannelSettings(name="prod", namespaces=("web", "api"), pod_labels={"tier": "front"})
     files = by_file(render(_sets(), channel, schemas))
     assert files["cilium-cdr-blocklist.yaml"]["spec"]["endpointSelector"] == {
@@ -197,7 +200,7 @@ def test_cilium_scoping_by_namespace_and_labels(schemas):
     assert "cdr-dynamic-blocklist-api.yaml" in files and "cdr-dynamic-blocklist-web.yaml" in files
 
 
-def test_groups_are_sharded(schemas):
+def test_groups_are_sharded(schemas: SchemaSet) -> None:
     prefixes = [f"45.{i // 256}.{i % 256}.0/24" for i in range(0, 2 * cilium.PREFIXES_PER_GROUP + 2, 2)]
     channel = ChannelSettings(name="prod")
     meta = ObjectMeta(labels={"app.kubernetes.io/managed-by": "cdr-policy"})

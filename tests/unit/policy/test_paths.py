@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from cdr_policy.policy.behaviours import CATALOGUE
-from cdr_policy.policy.channel import ChannelSettings
-from cdr_policy.policy.checker import check_object, errors_of
+from cdr_policy.policy.channel import Action, ChannelSettings
+from cdr_policy.policy.checker import SchemaSet, check_object, errors_of
 from cdr_policy.policy.checker.tetragon import KNOWN_DIRECTORIES
 from cdr_policy.rules import RULES
 
@@ -28,7 +28,7 @@ _STRING_OPS = {
 }
 
 
-def _policy(rule: str, action: str = "Sigkill") -> dict[str, Any]:
+def _policy(rule: str, action: Action = "Sigkill") -> dict[str, Any]:
     [f] = render([cdr_set(behaviours=[behaviour(rule)])], ChannelSettings(name="prod", action=action)).files
     return f.obj
 
@@ -73,12 +73,12 @@ def _string_values(obj: dict[str, Any], operators: tuple[str, ...]) -> list[str]
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
-def test_every_directory_prefix_ends_with_a_slash(rule):
+def test_every_directory_prefix_ends_with_a_slash(rule: str) -> None:
     for value in _string_values(_policy(rule), ("Prefix", "NotPrefix")):
         assert value.rstrip("/") not in KNOWN_DIRECTORIES or value.endswith("/"), (rule, value)
 
 
-def test_every_catalogue_directory_is_known_to_the_checker():
+def test_every_catalogue_directory_is_known_to_the_checker() -> None:
     directories = {
         value.rstrip("/")
         for rule in RULES
@@ -88,7 +88,7 @@ def test_every_catalogue_directory_is_known_to_the_checker():
     assert directories and directories <= KNOWN_DIRECTORIES, directories - KNOWN_DIRECTORIES
 
 
-def test_the_checker_flags_a_directory_prefix_without_a_slash(schemas):
+def test_the_checker_flags_a_directory_prefix_without_a_slash(schemas: SchemaSet) -> None:
     obj = _policy("log_tampering")
     assert errors_of(check_object(obj, schemas)) == []
     obj["spec"]["kprobes"][0]["selectors"][0]["matchArgs"][0]["values"] = ["/var/log"]
@@ -104,7 +104,7 @@ def test_the_checker_flags_a_directory_prefix_without_a_slash(schemas):
     assert "tetragon.directory-prefix" in {p.code for p in errors_of(check_object(obj, schemas))}
 
 
-def test_log_prefix_no_longer_matches_a_sibling_directory():
+def test_log_prefix_no_longer_matches_a_sibling_directory() -> None:
     obj = _policy("log_tampering")
     assert _acting(obj, "security_path_truncate", {0: "/var/log/syslog"}) == ["Sigkill"]
     assert _acting(obj, "security_path_truncate", {0: "/var/logfoo/syslog"}) is None
@@ -132,12 +132,12 @@ def test_log_prefix_no_longer_matches_a_sibling_directory():
         (_rename("/tmp/a", "/tmp/b"), False),
     ],
 )
-def test_persistence_covers_renames_into_watched_directories(event, covered):
+def test_persistence_covers_renames_into_watched_directories(event: dict[int, str], covered: bool) -> None:
     obj = _policy("persistence_cron")
     assert (_acting(obj, "security_path_rename", event) == ["Sigkill"]) is covered
 
 
-def test_persistence_covers_links_and_symlinks_into_watched_directories():
+def test_persistence_covers_links_and_symlinks_into_watched_directories() -> None:
     obj = _policy("persistence_cron")
     assert _acting(obj, "security_path_link", _link("/tmp/job", "/etc/cron.d/job")) == ["Sigkill"]
     assert _acting(obj, "security_path_link", _link("/tmp/c", "/etc/crontab")) == ["Sigkill"]
@@ -158,13 +158,13 @@ def test_persistence_covers_links_and_symlinks_into_watched_directories():
         (_rename("/tmp/a", "/tmp/b"), False),
     ],
 )
-def test_log_tampering_covers_renames(event, covered):
+def test_log_tampering_covers_renames(event: dict[int, str], covered: bool) -> None:
     obj = _policy("log_tampering")
     assert (_acting(obj, "security_path_rename", event) == ["Sigkill"]) is covered
     assert (_acting(obj, "security_path_link", _link("/tmp/fake", "/var/log/fake.log")) == ["Sigkill"]) is True
 
 
-def test_defense_evasion_covers_a_preload_list_moved_or_linked_into_place():
+def test_defense_evasion_covers_a_preload_list_moved_or_linked_into_place() -> None:
     obj = _policy("defense_evasion")
     assert _acting(obj, "security_path_rename", _rename("/tmp/p", "/etc/ld.so.preload")) == ["Sigkill"]
     assert _acting(obj, "security_path_link", _link("/tmp/p", "/etc/ld.so.preload")) == ["Sigkill"]
@@ -172,8 +172,9 @@ def test_defense_evasion_covers_a_preload_list_moved_or_linked_into_place():
 
 
 @pytest.mark.parametrize("rule", ["persistence_cron", "log_tampering"])
-def test_rename_hooks_share_the_rules_scope_and_audit_first_mode(schemas, rule):
-    for action, mode in (("Post", "monitor"), ("Sigkill", "enforce"), ("Override", "enforce")):
+def test_rename_hooks_share_the_rules_scope_and_audit_first_mode(schemas: SchemaSet, rule: str) -> None:
+    modes: tuple[tuple[Action, str], ...] = (("Post", "monitor"), ("Sigkill", "enforce"), ("Override", "enforce"))
+    for action, mode in modes:
         obj = _policy(rule, action)
         assert errors_of(check_object(obj, schemas)) == []
         assert obj["spec"]["podSelector"] == {}  # the rule's one object: the same scope for every hook

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdr_policy.guards import NeverBlock
-from cdr_policy.models import Behaviour, Indicator, IndicatorSet
+from cdr_policy.models import Behaviour, Indicator, IndicatorKind, IndicatorSet
 from cdr_policy.policy.channel import ChannelSettings
-from cdr_policy.policy.checker import check_object, errors_of
+from cdr_policy.policy.checker import SchemaSet, check_object, errors_of
 from cdr_policy.rules import RULES
 
 from .factories import EXPIRES, FIRST_SEEN, LAST_SEEN, file_bytes, render
@@ -56,8 +56,9 @@ domains = st.builds(
 
 
 @st.composite
-def indicators(draw):
-    kind = draw(st.sampled_from(["ip", "ip", "ip", "domain", "port"]))
+def indicators(draw: st.DrawFn) -> Indicator:
+    kinds: list[IndicatorKind] = ["ip", "ip", "ip", "domain", "port"]
+    kind = draw(st.sampled_from(kinds))
     value = draw({"ip": st.one_of(ipv4, ipv6), "domain": domains, "port": ports}[kind])
     sources = sorted(set(draw(st.lists(st.sampled_from(SOURCES), min_size=1, max_size=3))))
     return Indicator(
@@ -80,7 +81,7 @@ process_names = st.one_of(
 
 
 @st.composite
-def behaviours(draw):
+def behaviours(draw: st.DrawFn) -> list[Behaviour]:
     rules = draw(st.lists(st.sampled_from(sorted(RULES)), max_size=6, unique=True))
     return [
         Behaviour(
@@ -97,7 +98,7 @@ def behaviours(draw):
 
 
 @st.composite
-def channels(draw):
+def channels(draw: st.DrawFn) -> ChannelSettings:
     return ChannelSettings(
         name=draw(st.sampled_from(["prod", "staging", "eu-1"])),
         action=draw(st.sampled_from(["Post", "Sigkill", "Override"])),
@@ -123,7 +124,13 @@ def channels(draw):
     cdr_behaviours=behaviours(),
     channel=channels(),
 )
-def test_every_emitted_object_passes_the_checker(schemas, cdr_entries, feed_entries, cdr_behaviours, channel):
+def test_every_emitted_object_passes_the_checker(
+    schemas: SchemaSet,
+    cdr_entries: list[Indicator],
+    feed_entries: list[Indicator],
+    cdr_behaviours: list[Behaviour],
+    channel: ChannelSettings,
+) -> None:
     sets = [
         IndicatorSet(source="cdr", fetched_at=LAST_SEEN, status="ok", entries=cdr_entries, behaviours=cdr_behaviours),
         IndicatorSet(source="feed:mixed", fetched_at=LAST_SEEN, status="ok", entries=feed_entries),

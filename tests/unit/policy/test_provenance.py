@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import json
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,12 +17,13 @@ import pytest
 from cdr_policy import jsonio
 from cdr_policy.bundle import provenance
 from cdr_policy.bundle.manifest import VerificationError
-from cdr_policy.bundle.provenance import read_index
+from cdr_policy.bundle.provenance import Provenance, ProvenanceIndex, read_index
 from cdr_policy.models import FeedPrefixes, IndicatorSet
 from cdr_policy.netprefix import folded
 from cdr_policy.netprefix.vector import V4, V6
 from cdr_policy.policy import provenance as builder
 from cdr_policy.policy.channel import ChannelSettings
+from cdr_policy.policy.render import RenderResult
 from tests.unit.policy.factories import NOW, behaviour, cdr_set, feed_set, indicator, render
 
 
@@ -39,16 +42,17 @@ def _sets() -> list[IndicatorSet]:
     ]
 
 
-def _lookup(index, engine: str, name: str, address: str):
+def _lookup(index: ProvenanceIndex, engine: str, name: str, address: str) -> tuple[str, Provenance]:
     held = index.holds(engine, name)
     blocklist, holder = held.blocklist, held.holder
     prefix = folded(address)
+    assert blocklist is not None and holder is not None and prefix is not None
     found = blocklist.find(prefix.version, prefix.network)
     assert found is not None and holder.first <= found < holder.first + holder.count
     return blocklist.prefix(found), index.classes[int(blocklist.classes[found])]
 
 
-def test_each_prefix_carries_its_feeds_findings_and_categories():
+def test_each_prefix_carries_its_feeds_findings_and_categories() -> None:
     result = render(_sets(), ChannelSettings(name="prod", action="Sigkill"))
     index = read_index(result.provenance.to_bytes())
     labels = {f.name: f.obj["metadata"]["labels"] for f in result.files}
@@ -87,7 +91,7 @@ def test_each_prefix_carries_its_feeds_findings_and_categories():
     assert index.detail == "workload" and index.channel == "prod"
 
 
-def test_both_engines_share_one_list_when_their_budgets_cut_alike():
+def test_both_engines_share_one_list_when_their_budgets_cut_alike() -> None:
     alike = read_index(render(_sets()).provenance.to_bytes())
     assert sorted(b.group for b in alike.blocklists) == ["cdr", "threat-intel"]
     assert all({h.ref.engine for h in b.holders} == {"tetragon", "cilium"} for b in alike.blocklists)
@@ -97,7 +101,7 @@ def test_both_engines_share_one_list_when_their_budgets_cut_alike():
     assert {h.ref.engine for h in ti[0].holders} == {"tetragon"}
 
 
-def test_tetragon_parts_hold_their_slices(monkeypatch):
+def test_tetragon_parts_hold_their_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(builder, "PREFIXES_PER_POLICY", 2)
     monkeypatch.setattr("cdr_policy.policy.tetragon.PREFIXES_PER_POLICY", 2)
     values = [f"185.{i}.0.1/32" for i in range(1, 6)]
@@ -107,7 +111,7 @@ def test_tetragon_parts_hold_their_slices(monkeypatch):
     assert parts == [(0, 2), (2, 2), (4, 1)]
 
 
-def test_feed_prefixes_of_a_compact_set_share_one_class_whatever_their_number():
+def test_feed_prefixes_of_a_compact_set_share_one_class_whatever_their_number() -> None:
     n = 100_000
     networks = (np.arange(n, dtype=np.uint32) * 4 + (185 << 24)).astype(np.uint32)
     compact = IndicatorSet(
@@ -130,11 +134,13 @@ def test_feed_prefixes_of_a_compact_set_share_one_class_whatever_their_number():
     assert len(data) < 6 * n  # a few bytes a prefix, never a JSON object each
 
 
-def test_the_index_is_deterministic():
+def test_the_index_is_deterministic() -> None:
     assert render(_sets()).provenance.to_bytes() == render(_sets()).provenance.to_bytes()
 
 
-def test_past_the_class_cap_prefixes_keep_feeds_and_categories_and_count_their_findings(monkeypatch):
+def test_past_the_class_cap_prefixes_keep_feeds_and_categories_and_count_their_findings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(builder, "MAX_CLASSES", 3)
     sets = [cdr_set([indicator(f"45.33.32.{i}/32", refs=(f"uuid-{i}",)) for i in (1, 3, 5, 7, 9)])]
     index = read_index(render(sets).provenance.to_bytes())
@@ -145,8 +151,9 @@ def test_past_the_class_cap_prefixes_keep_feeds_and_categories_and_count_their_f
     assert blocklist.classes.tolist() == [0, 1, 2, 2, 2]
 
 
-def _doc(result) -> dict:
-    return jsonio.loads(result.provenance.to_bytes())
+def _doc(result: RenderResult) -> dict[str, Any]:
+    doc: dict[str, Any] = jsonio.loads(result.provenance.to_bytes())
+    return doc
 
 
 @pytest.mark.parametrize(
@@ -164,7 +171,7 @@ def _doc(result) -> dict:
         (lambda d: d["classes"][0].update(findings=["x"] * 21), "findings"),
     ],
 )
-def test_a_tampered_index_is_refused_whole(tamper, why):
+def test_a_tampered_index_is_refused_whole(tamper: Callable[[dict[str, Any]], object], why: str) -> None:
     doc = _doc(render(_sets()))
     tamper(doc)
     with pytest.raises(VerificationError, match=why) as caught:
@@ -173,12 +180,12 @@ def test_a_tampered_index_is_refused_whole(tamper, why):
 
 
 @pytest.mark.parametrize("data", [b"", b"[]", b"{" * 100_000, b"\xff\xfe", b"1" * (provenance.MAX_INDEX_BYTES + 1)])
-def test_hostile_bytes_are_refused_with_one_message(data):
+def test_hostile_bytes_are_refused_with_one_message(data: bytes) -> None:
     with pytest.raises(VerificationError):
         read_index(data)
 
 
-def test_the_bundle_lists_and_signs_the_index():
+def test_the_bundle_lists_and_signs_the_index() -> None:
     from cdr_policy.bundle.assemble import assemble
 
     result = render(_sets())

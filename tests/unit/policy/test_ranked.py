@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdr_policy.guards import NeverBlock, parse_protected
-from cdr_policy.models import IndicatorSet
+from cdr_policy.models import FeedPrefixes, Indicator, IndicatorSet
 from cdr_policy.policy.capacity import cut
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.ranked import rank_ips
@@ -17,9 +20,17 @@ from cdr_policy.policy.ranked import rank_ips
 from .factories import EXPIRES, NOW, by_file, cdr_set, compact, indicator, render
 
 
-def ranked_values(sets: list[IndicatorSet], indicators=(), guard=None) -> list[str]:
+def ranked_values(
+    sets: list[IndicatorSet], indicators: Sequence[Indicator] = (), guard: NeverBlock | None = None
+) -> list[str]:
     ranking = rank_ips(list(indicators), sets, now=NOW, guard=guard or NeverBlock())
     return [ranking.table.value(row) for row in range(len(ranking.table))]
+
+
+def _prefixes(s: IndicatorSet) -> FeedPrefixes:
+    """The compact prefixes of a feed set (every set ``compact`` makes has them)."""
+    assert s.prefixes is not None
+    return s.prefixes
 
 
 def test_agreement_then_category_then_value_order() -> None:
@@ -86,11 +97,11 @@ def test_ipv6_addresses_aggregate_and_are_cut_by_rank() -> None:
     result = cut(ranking.table, 2)
     # Both feeds agree on 2a00:1451::1; then the addresses in order, while the aggregate fits.
     assert result.kept == {"threat-intel": ["2a00:1450::/127", "2a00:1451::1/128"]}
-    left = [ranking.table.value(r) for r in np.flatnonzero(result.left_out)]
+    left = [ranking.table.value(r) for r in np.flatnonzero(result.left_out).tolist()]
     assert left == [f"2a00:1450::{i:x}/128" for i in range(2, 8)] + ["2a00:1452::/48"]
 
 
-def test_feed_prefixes_over_the_render_cap_are_left_out_strongest_sets_first(monkeypatch) -> None:
+def test_feed_prefixes_over_the_render_cap_are_left_out_strongest_sets_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """With room for 5 feed prefixes: the c2 set (heaviest category) whole, then the first prefixes
     of the scanner set in value order; the tor set not at all. Each is counted per feed, and the
     channel's report adds them to what the budget left out."""
@@ -111,7 +122,7 @@ def test_feed_prefixes_over_the_render_cap_are_left_out_strongest_sets_first(mon
     assert report["left_out_total"] == 3 and report["indicators"]["ips"] == 8
 
 
-def test_a_set_past_the_cap_is_held_back_as_it_loads_and_counted_as_unranked(monkeypatch) -> None:
+def test_a_set_past_the_cap_is_held_back_as_it_loads_and_counted_as_unranked(monkeypatch: pytest.MonkeyPatch) -> None:
     """hold_to_room after each load keeps the held feed prefixes at the cap: the weaker set keeps
     its first prefixes in value order, a disabled or expired set none, and every set keeps its size."""
     from cdr_policy.policy import ranked
@@ -126,9 +137,9 @@ def test_a_set_past_the_cap_is_held_back_as_it_loads_and_counted_as_unranked(mon
     for s in (tor, c2, old, off):
         loaded.append(s)
         ranked.hold_to_room(loaded, now=NOW)
-    held = [(len(s.prefixes), s.prefixes.held_back, s.size) for s in loaded]
+    held = [(len(_prefixes(s)), _prefixes(s).held_back, s.size) for s in loaded]
     assert held == [(1, 2, 3), (2, 0, 2), (0, 1, 1), (0, 1, 1)]
-    assert tor.prefixes.ipv4.strings() == ["185.220.0.0/24"] and not len(tor.prefixes.ipv6)
+    assert _prefixes(tor).ipv4.strings() == ["185.220.0.0/24"] and not len(_prefixes(tor).ipv6)
     ranking = rank_ips([], [tor, c2, old], now=NOW, guard=NeverBlock())
     assert [ranking.table.value(row) for row in range(len(ranking.table))] == [
         "91.92.93.94/32",
@@ -153,7 +164,9 @@ def test_a_set_past_the_cap_is_held_back_as_it_loads_and_counted_as_unranked(mon
     st.integers(0, 20),
     st.randoms(use_true_random=False),
 )
-def test_holding_back_while_loading_ranks_what_the_whole_sets_rank(specs, cap, rnd) -> None:
+def test_holding_back_while_loading_ranks_what_the_whole_sets_rank(
+    specs: list[tuple[str, list[int], str, str, bool]], cap: int, rnd: random.Random
+) -> None:
     """Whatever the order the sets load in, holding back after each load leaves at most ``cap``
     feed prefixes held, and the ranking and its unranked counts are those of the whole sets."""
     from cdr_policy.policy import ranked
@@ -162,7 +175,8 @@ def test_holding_back_while_loading_ranks_what_the_whole_sets_rank(specs, cap, r
         out = []
         for i, (category, addresses, last_seen, expires_at, disabled) in enumerate(specs):
             s = compact(f"f{i}", [f"203.0.{a}.1/32" if a % 3 else f"2a0b:f4c0:{a:x}::/48" for a in addresses])
-            s.prefixes.category, s.prefixes.last_seen, s.prefixes.expires_at = category, last_seen, expires_at
+            held = _prefixes(s)
+            held.category, held.last_seen, held.expires_at = category, last_seen, expires_at
             s.status = "disabled" if disabled else "ok"
             out.append(s)
         return out
@@ -180,6 +194,6 @@ def test_holding_back_while_loading_ranks_what_the_whole_sets_rank(specs, cap, r
         for s in order:
             loaded.append(s)
             ranked.hold_to_room(loaded, now=NOW)
-            assert sum(len(x.prefixes) for x in loaded) <= cap
+            assert sum(len(_prefixes(x)) for x in loaded) <= cap
         assert [s.size for s in sorted(loaded, key=lambda s: s.source)] == [s.size for s in whole]
         assert ranked_of(loaded) == ranked_of(whole)

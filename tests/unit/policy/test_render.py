@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,11 +14,12 @@ from cdr_policy.models import IndicatorSet
 from cdr_policy.policy.channel import ChannelSettings
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.policy.render import compile_policies
+from cdr_policy.policy.tetragon import ConnectMatch
 
 from .factories import NOW, behaviour, by_file, cdr_set, feed_set, file_bytes, indicator, render
 
 
-def _inputs():
+def _inputs() -> list[IndicatorSet]:
     cdr = cdr_set(
         [
             indicator("45.33.32.0/24", refs=("f-2", "f-1")),
@@ -35,7 +38,7 @@ def _inputs():
     return [cdr, *feeds]
 
 
-def test_render_end_to_end(schemas):
+def test_render_end_to_end(schemas: SchemaSet) -> None:
     result = render(_inputs(), ChannelSettings(name="prod", action="Sigkill"), schemas)
     names = [f.filename for f in result.files]
     assert names == [
@@ -81,7 +84,7 @@ def test_render_end_to_end(schemas):
     assert files["threat-intel-blocklist.yaml"]["metadata"]["labels"]["cdr-policy.io/blocklist"] == "threat-intel"
 
 
-def test_same_input_same_bytes_and_order_does_not_matter():
+def test_same_input_same_bytes_and_order_does_not_matter() -> None:
     first = file_bytes(render(_inputs()))
     assert file_bytes(render(_inputs())) == first
     for seed in range(3):
@@ -96,7 +99,7 @@ def test_same_input_same_bytes_and_order_does_not_matter():
         assert list(file_bytes(result)) == list(first)
 
 
-def test_channel_protected_ranges_are_never_blocked():
+def test_channel_protected_ranges_are_never_blocked() -> None:
     channel = ChannelSettings(name="prod", protected_cidrs=("45.33.0.0/16",))
     result = render(_inputs(), channel)
     reasons = {r["value"]: r["reason"] for r in result.report["rejected"]}
@@ -104,13 +107,13 @@ def test_channel_protected_ranges_are_never_blocked():
     assert "45.33.32.0/24" not in str([f.obj for f in result.files])
 
 
-def test_threat_intel_off_keeps_only_cdr_indicators():
+def test_threat_intel_off_keeps_only_cdr_indicators() -> None:
     result = render(_inputs(), ChannelSettings(name="prod", threat_intel=False))
     assert result.report["sources"] == {"used": ["cdr"], "excluded": ["feed:feodo-c2", "feed:tor-exit"]}
     assert not [f for f in result.files if "threat-intel" in f.filename]
 
 
-def test_disabled_sets_are_ignored_and_stale_ones_still_count():
+def test_disabled_sets_are_ignored_and_stale_ones_still_count() -> None:
     sets = [
         feed_set("a", ["91.92.93.0/24"], status="disabled"),
         feed_set("b", ["91.92.94.0/24"], status="stale"),
@@ -120,7 +123,7 @@ def test_disabled_sets_are_ignored_and_stale_ones_still_count():
     assert by_file(result)["cilium-threat-intel-blocklist-cidrs-001.yaml"]["spec"]["externalCIDRs"] == ["91.92.94.0/24"]
 
 
-def test_expired_entries_and_behaviours_are_dropped_unknown_rules_reported():
+def test_expired_entries_and_behaviours_are_dropped_unknown_rules_reported() -> None:
     expired = "2026-01-10T00:00:00Z"
     sets = [
         cdr_set(
@@ -139,7 +142,7 @@ def test_expired_entries_and_behaviours_are_dropped_unknown_rules_reported():
     ]
 
 
-def test_behaviours_of_the_same_rule_are_merged():
+def test_behaviours_of_the_same_rule_are_merged() -> None:
     a = behaviour("network_scanning", ["masscan"], first_seen="2026-01-08T00:00:00Z")
     b = behaviour("network_scanning", ["zmap", "nmap"])
     b.categories = {"Network_Scanning_Utility": 2}
@@ -157,7 +160,7 @@ def test_behaviours_of_the_same_rule_are_merged():
     ]
 
 
-def test_an_object_the_target_cluster_cannot_serve_is_refused(crds_dir):
+def test_an_object_the_target_cluster_cannot_serve_is_refused(crds_dir: Path) -> None:
     # A 1.18 channel emits cilium.io/v2 CiliumCIDRGroups; Cilium 1.16.5's CRDs do not serve them.
     old = SchemaSet.from_dir(crds_dir / "cilium-v1.16.5")
     channel = ChannelSettings(name="prod", cilium_version="1.18")
@@ -165,11 +168,12 @@ def test_an_object_the_target_cluster_cannot_serve_is_refused(crds_dir):
         render(_inputs(), channel, old)
 
 
-def test_checklist_errors_stop_the_render_even_without_schemas(monkeypatch):
+def test_checklist_errors_stop_the_render_even_without_schemas(monkeypatch: pytest.MonkeyPatch) -> None:
     from cdr_policy.policy import behaviours
 
-    def broken(ctx):  # an Override on tcp_connect: the agent would refuse to load it
-        kp = behaviours.connect(ctx, behaviours.ConnectMatch(ports=(3333,)))
+    # an Override on tcp_connect: the agent would refuse to load it
+    def broken(ctx: behaviours.Context) -> list[dict[str, Any]]:
+        kp = behaviours.connect(ctx, ConnectMatch(ports=(3333,)))
         kp["selectors"][0]["matchActions"] = [{"action": "Override", "argError": -1}]
         return [kp]
 
@@ -178,7 +182,7 @@ def test_checklist_errors_stop_the_render_even_without_schemas(monkeypatch):
         render([cdr_set(behaviours=[behaviour("crypto_mining")])], ChannelSettings(name="prod", action="Sigkill"))
 
 
-def test_caller_guard_entries_apply():
+def test_caller_guard_entries_apply() -> None:
     guard = NeverBlock(extra=[("91.92.0.0/16", "own endpoint")])
     result = compile_policies(_inputs(), ChannelSettings(name="prod"), now=NOW, guard=guard)
     assert {
@@ -188,12 +192,12 @@ def test_caller_guard_entries_apply():
     } in (result.report["rejected"])
 
 
-def test_empty_input_renders_nothing():
+def test_empty_input_renders_nothing() -> None:
     result = render([IndicatorSet(source="cdr", fetched_at="2026-01-10T00:00:00Z", status="empty")])
     assert result.files == [] and result.report["budget"]["tetragon"]["used"] == 0
 
 
-def test_provenance_changes_update_in_place_enforcement_changes_rename():
+def test_provenance_changes_update_in_place_enforcement_changes_rename() -> None:
     first = render(_inputs())
     later = _inputs()
     for s in later:
@@ -214,7 +218,7 @@ def test_provenance_changes_update_in_place_enforcement_changes_rename():
     assert renamed == {f.filename for f in first.files}
 
 
-def test_policy_summaries_carry_entry_counts():
+def test_policy_summaries_carry_entry_counts() -> None:
     result = render(_inputs())
     entries = {p["file"]: p["entries"] for p in result.report["policies"]}
     assert entries["cilium-threat-intel-blocklist-cidrs-001.yaml"] == 2

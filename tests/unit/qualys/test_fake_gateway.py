@@ -6,7 +6,9 @@ import base64
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -31,19 +33,19 @@ def token(http: httpx.Client, gw: FakeQualysGateway) -> str:
     return r.text
 
 
-def get(http, gw, tok, **params):
+def get(http: httpx.Client, gw: FakeQualysGateway, tok: str | None, **params: str | int) -> httpx.Response:
     params = {"startAt": START, "endAt": END, **params}
     headers = {"Authorization": f"Bearer {tok}"} if tok else {}
     return http.get(gw.url + "/cdr-api/rest/v1/findings", params=params, headers=headers)
 
 
 @pytest.fixture
-def http():
+def http() -> Iterator[httpx.Client]:
     with httpx.Client() as client:
         yield client
 
 
-def test_auth(http, samples_gateway):
+def test_auth(http: httpx.Client, samples_gateway: FakeQualysGateway) -> None:
     gw = samples_gateway
     assert token(http, gw).count(".") == 2
     bad = http.post(gw.url + "/auth", data={"username": DEMO_USERNAME, "password": "nope", "token": "true"})
@@ -54,7 +56,7 @@ def test_auth(http, samples_gateway):
     assert as_json.status_code == 400
 
 
-def test_bearer_required_and_checked(http, samples_gateway):
+def test_bearer_required_and_checked(http: httpx.Client, samples_gateway: FakeQualysGateway) -> None:
     gw = samples_gateway
     assert get(http, gw, None).status_code == 401
     tok = token(http, gw)
@@ -65,7 +67,7 @@ def test_bearer_required_and_checked(http, samples_gateway):
     assert get(http, gw, token(http, gw)).status_code == 200
 
 
-def test_token_lifetime_uses_the_fakes_clock(http):
+def test_token_lifetime_uses_the_fakes_clock(http: httpx.Client) -> None:
     now = [1_000_000.0]
     with FakeQualysGateway(SAMPLES, token_lifetime_s=60, clock=lambda: now[0]) as gw:
         tok = token(http, gw)
@@ -86,12 +88,14 @@ def test_token_lifetime_uses_the_fakes_clock(http):
         ({"offSet": "ten"}, "invalid literal"),
     ],
 )
-def test_parameters_are_checked(http, samples_gateway, params, message):
+def test_parameters_are_checked(
+    http: httpx.Client, samples_gateway: FakeQualysGateway, params: dict[str, str], message: str
+) -> None:
     r = get(http, samples_gateway, token(http, samples_gateway), **params)
     assert r.status_code == 400 and message in r.json()["message"]
 
 
-def test_mandatory_parameters(http, samples_gateway):
+def test_mandatory_parameters(http: httpx.Client, samples_gateway: FakeQualysGateway) -> None:
     tok = token(http, samples_gateway)
     r = http.get(
         samples_gateway.url + "/cdr-api/rest/v1/findings/",
@@ -101,7 +105,7 @@ def test_mandatory_parameters(http, samples_gateway):
     assert r.status_code == 400 and r.json()["message"] == "missing mandatory parameter endAt"
 
 
-def test_time_filter_is_inclusive_and_paging_is_stable(http):
+def test_time_filter_is_inclusive_and_paging_is_stable(http: httpx.Client) -> None:
     items = [{"uuid": f"u{i}", "threatCategory": "X", "timestamp": f"2026-01-10T0{i}:00:00.000Z"} for i in range(5)]
     with FakeQualysGateway(items) as gw:
         tok = token(http, gw)
@@ -113,7 +117,7 @@ def test_time_filter_is_inclusive_and_paging_is_stable(http):
         assert {"x-ratelimit-limit", "x-ratelimit-window-sec", "x-ratelimit-remaining"} <= set(r.headers.keys())
 
 
-def test_malformed_items_are_served_once_in_place():
+def test_malformed_items_are_served_once_in_place() -> None:
     items = load_findings(SAMPLES)
     with FakeQualysGateway(items) as gw:
         assert len(gw.findings) == len(items)
@@ -130,7 +134,7 @@ def test_malformed_items_are_served_once_in_place():
     assert served == odd
 
 
-def test_rebase_keeps_spacing():
+def test_rebase_keeps_spacing() -> None:
     items = load_findings(SAMPLES)
     target = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
     shifted = rebase_findings(items, target)
@@ -143,7 +147,7 @@ def test_rebase_keeps_spacing():
     assert items[0]["timestamp"].startswith("2026-01-10")  # the input is not modified
 
 
-def test_rebased_samples_fall_in_the_last_day(http):
+def test_rebased_samples_fall_in_the_last_day(http: httpx.Client) -> None:
     now = datetime.now(UTC)
     with FakeQualysGateway(SAMPLES, rebase_to=now - timedelta(minutes=5)) as gw:
         fmt = "%Y-%m-%dT%H:%M:%S.000Z"
@@ -157,7 +161,7 @@ def test_rebased_samples_fall_in_the_last_day(http):
         assert r.json()["totalElements"] == len(load_findings(SAMPLES))
 
 
-def test_load_findings_errors(tmp_path):
+def test_load_findings_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_findings(tmp_path)
     (tmp_path / "bad.json").write_text('{"items": []}')
@@ -165,14 +169,14 @@ def test_load_findings_errors(tmp_path):
         load_findings(tmp_path)
 
 
-def test_synthetic_findings_are_deterministic():
+def test_synthetic_findings_are_deterministic() -> None:
     start, end = datetime(2026, 1, 10, tzinfo=UTC), datetime(2026, 1, 11, tzinfo=UTC)
     a = synthetic_findings(100, start=start, end=end, malformed_every=10)
     assert a == synthetic_findings(100, start=start, end=end, malformed_every=10)
     assert sum(1 for i in a if not isinstance(i, dict) or "uuid" not in i or "threatCategory" not in i) == 10
 
 
-def test_standalone_server_prints_url_and_credentials():
+def test_standalone_server_prints_url_and_credentials() -> None:
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -46,14 +47,15 @@ BASE = {"uuid": "f-1", "threatCategory": "Network_Scanning_Utility"}
         ([3], None),
     ],
 )
-def test_severity(value, expected):
+def test_severity(value: object, expected: int | None) -> None:
     assert parse_severity(value) == expected
 
 
-def test_severity_name():
+def test_severity_name() -> None:
     finding = parse_finding({**BASE, "severity": "5"})
     assert isinstance(finding, Finding) and finding.severity == 5 and finding.severity_name == "CRITICAL"
-    assert parse_finding(BASE).severity_name is None
+    unrated = parse_finding(BASE)
+    assert isinstance(unrated, Finding) and unrated.severity_name is None
 
 
 @pytest.mark.parametrize(
@@ -76,7 +78,7 @@ def test_severity_name():
         (1e30, None),
     ],
 )
-def test_timestamp(value, expected):
+def test_timestamp(value: object, expected: datetime | None) -> None:
     assert parse_timestamp(value) == expected
 
 
@@ -93,11 +95,11 @@ def test_timestamp(value, expected):
         (["not-a-technique", 7, None], ()),
     ],
 )
-def test_techniques(value, expected):
+def test_techniques(value: object, expected: tuple[str, ...]) -> None:
     assert parse_techniques(value) == expected
 
 
-def test_full_finding():
+def test_full_finding() -> None:
     raw = {
         **BASE,
         "severity": "HIGH",
@@ -126,13 +128,13 @@ def test_full_finding():
     assert f.raw is raw  # kept, untouched
 
 
-def test_missing_optional_fields():
+def test_missing_optional_fields() -> None:
     f = parse_finding(BASE)
     assert isinstance(f, Finding)
     assert f.timestamp is None and f.severity is None and f.techniques == () and f.process_name is None
 
 
-def test_integer_uuid_is_accepted_as_text():
+def test_integer_uuid_is_accepted_as_text() -> None:
     f = parse_finding({**BASE, "uuid": 1234})
     assert isinstance(f, Finding) and f.uuid == "1234"
 
@@ -154,13 +156,13 @@ def test_integer_uuid_is_accepted_as_text():
         ({"uuid": "u-1", "threatCategory": ["A"]}, "missing threatCategory", "u-1"),
     ],
 )
-def test_malformed(obj, reason, uuid):
+def test_malformed(obj: object, reason: str, uuid: str | None) -> None:
     result = parse_finding(obj)
     assert result == Malformed(reason, uuid)
     assert result.to_dict() == ({"reason": reason, "uuid": uuid} if uuid else {"reason": reason})
 
 
-def test_unicode_and_huge_strings():
+def test_unicode_and_huge_strings() -> None:
     huge = "ü" * 100_000 + "\x00\x1b[31m"
     raw = {**BASE, "threatCategory": "Réseau_Scan_扫描", "eventMessage": huge, "processName": "cu\trl\n"}
     f = parse_finding(raw)
@@ -171,7 +173,7 @@ def test_unicode_and_huge_strings():
     assert f.raw["eventMessage"] == huge  # the raw finding keeps everything
 
 
-def test_clean_text():
+def test_clean_text() -> None:
     assert clean_text("  a \n b\x00c ") == "a b c"
     assert clean_text("x" * 1000) == "x" * (TEXT_LIMIT - 1) + "…"
     assert clean_text(42) == "42"
@@ -201,7 +203,7 @@ FIELDS = st.sampled_from(
 
 @settings(max_examples=100, deadline=None)
 @given(st.one_of(JSON, st.dictionaries(FIELDS, JSON, max_size=10)))
-def test_never_raises_on_any_json(obj):
+def test_never_raises_on_any_json(obj: object) -> None:
     result = parse_finding(obj)
     assert isinstance(result, Finding | Malformed)
     if isinstance(result, Malformed):
@@ -217,7 +219,7 @@ PRINTABLE = st.characters(categories=["L", "M", "N", "P", "S", "Zs"])
     category=st.text(alphabet=PRINTABLE, min_size=1, max_size=300).filter(lambda s: s.strip()),
     extra=st.dictionaries(FIELDS, JSON, max_size=8),
 )
-def test_any_uuid_and_category_make_a_finding(uuid, category, extra):
+def test_any_uuid_and_category_make_a_finding(uuid: str, category: str, extra: dict[str, Any]) -> None:
     result = parse_finding({**extra, "uuid": uuid, "threatCategory": category})
     assert isinstance(result, Finding)
     assert result.uuid == uuid and 0 < len(result.category) <= TEXT_LIMIT

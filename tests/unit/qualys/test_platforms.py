@@ -26,12 +26,12 @@ OFFICIAL = {
 }
 
 
-def test_every_platform_of_the_reference_is_known():
+def test_every_platform_of_the_reference_is_known() -> None:
     assert set(PLATFORMS) == set(OFFICIAL)
 
 
 @pytest.mark.parametrize("platform, url", sorted(OFFICIAL.items()))
-def test_platform_gateway(platform, url):
+def test_platform_gateway(platform: str, url: str) -> None:
     assert resolve_gateway(platform, None) == url
     assert resolve_gateway(f" {platform.lower()} ", None) == url
 
@@ -50,11 +50,11 @@ def test_platform_gateway(platform, url):
         ("UK1", "qualys.com"),
     ],
 )
-def test_known_wrong_mappings_are_not_repeated(platform, wrong):
+def test_known_wrong_mappings_are_not_repeated(platform: str, wrong: str) -> None:
     assert not resolve_gateway(platform, None).endswith(wrong)
 
 
-def test_unknown_platform_lists_the_valid_ones():
+def test_unknown_platform_lists_the_valid_ones() -> None:
     with pytest.raises(ConfigError) as err:
         resolve_gateway("US9", None)
     message = str(err.value)
@@ -64,7 +64,7 @@ def test_unknown_platform_lists_the_valid_ones():
 
 
 @pytest.mark.parametrize("platform, gateway", [(None, None), ("", ""), ("  ", None)])
-def test_nothing_configured(platform, gateway):
+def test_nothing_configured(platform: str | None, gateway: str | None) -> None:
     with pytest.raises(ConfigError, match=r"set --platform/QUALYS_PLATFORM or --gateway/QUALYS_GATEWAY_URL"):
         resolve_gateway(platform, gateway)
 
@@ -88,11 +88,11 @@ def test_nothing_configured(platform, gateway):
         ("https://[2001:db8::5]", "https://[2001:db8::5]"),
     ],
 )
-def test_custom_gateway(gateway, url):
+def test_custom_gateway(gateway: str, url: str) -> None:
     assert resolve_gateway(None, gateway) == url
 
 
-def test_gateway_wins_over_platform():
+def test_gateway_wins_over_platform() -> None:
     assert resolve_gateway("US1", "gw.private.example") == "https://gw.private.example"
 
 
@@ -109,7 +109,7 @@ def test_gateway_wins_over_platform():
         ("https://", "has no host name"),
     ],
 )
-def test_bad_gateway(gateway, message):
+def test_bad_gateway(gateway: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as err:
         resolve_gateway("US1", gateway)
     assert "secret" not in str(err.value)

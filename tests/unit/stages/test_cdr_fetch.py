@@ -6,8 +6,10 @@ import gzip
 import ipaddress
 import json
 from collections import Counter
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import boto3
 import jsonschema
@@ -16,11 +18,15 @@ from moto import mock_aws
 
 from cdr_policy import layout
 from cdr_policy.errors import QualysError, StorageError
+from cdr_policy.guards import NeverBlock
 from cdr_policy.jsonio import loads
+from cdr_policy.qualys.categories import CategoryMapping
+from cdr_policy.qualys.client import QualysClient
 from cdr_policy.qualys.findings import Finding, parse_finding
 from cdr_policy.qualys.state import read_current, read_seen
-from cdr_policy.stages.cdr_fetch import load_cdr_set, run_cdr_fetch
-from cdr_policy.storage import LocalStore, S3Store
+from cdr_policy.stages.cdr_fetch import CdrFetchResult, load_cdr_set, run_cdr_fetch
+from cdr_policy.storage import LocalStore, S3Store, Store
+from fakes.clock import FakeClock
 from fakes.qualys import FakeQualysGateway, Fault, load_findings, synthetic_findings
 from tests.unit.qualys.conftest import SAMPLES, SAMPLES_NOW
 
@@ -30,14 +36,16 @@ SCHEMA = json.loads(
 )
 
 
-def fetch(store, client, guard, mapping, now=NOW, **kwargs):
+def fetch(
+    store: Store, client: QualysClient, guard: NeverBlock, mapping: CategoryMapping, now: datetime = NOW, **kwargs: Any
+) -> CdrFetchResult:
     kwargs.setdefault("lookback_hours", 24)
     kwargs.setdefault("overlap_minutes", 10)
     kwargs.setdefault("ttl_hours", 24 * 7)
     return run_cdr_fetch(store, client, now=now, guard=guard, mapping=mapping, **kwargs)
 
 
-def state(store) -> dict:
+def state(store: Store) -> dict[str, Any]:
     """What must be identical after an interrupted run and its rerun as after one clean run."""
     current = read_current(store)
     assert current is not None
@@ -54,13 +62,13 @@ def state(store) -> dict:
 class CrashingStore:
     """A store whose ``crash_at``-th write raises, as a Lambda killed between two writes would."""
 
-    def __init__(self, inner, crash_at: int | None = None, on_put=None) -> None:
+    def __init__(self, inner: Store, crash_at: int | None = None, on_put: Callable[[str], None] | None = None) -> None:
         self.inner = inner
         self.crash_at = crash_at
         self.on_put = on_put
         self.puts = 0
 
-    def put(self, key, data, content_type="application/octet-stream"):
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         self.puts += 1
         if self.crash_at is not None and self.puts == self.crash_at:
             raise RuntimeError(f"simulated crash at write {self.puts} ({key})")
@@ -69,12 +77,18 @@ class CrashingStore:
             self.on_put(key)
         return etag
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
 
 # -- the sample pages ---------------------------------------------------------------------------
-def test_samples_exact_report(samples_gateway, make_client, tmp_path, guard, mapping):
+def test_samples_exact_report(
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     store = LocalStore(tmp_path)
     result = fetch(store, make_client(samples_gateway), guard, mapping)
     report = result.summary().to_json()
@@ -154,8 +168,12 @@ def test_samples_exact_report(samples_gateway, make_client, tmp_path, guard, map
 
 
 def test_raw_pages_are_kept_exactly_and_malformed_ones_can_be_found(
-    samples_gateway, make_client, tmp_path, guard, mapping
-):
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     store = LocalStore(tmp_path)
     result = fetch(store, make_client(samples_gateway), guard, mapping)
     keys = store.list("raw/cdr/")
@@ -171,7 +189,7 @@ def test_raw_pages_are_kept_exactly_and_malformed_ones_can_be_found(
     assert "uuid" not in json.loads(gzip.decompress(store.get(bad["raw"]).data))["content"][bad["index"]]
 
 
-def test_sample_pages_are_in_the_documented_shape(guard):
+def test_sample_pages_are_in_the_documented_shape(guard: NeverBlock) -> None:
     for page in sorted(SAMPLES.glob("*.json")):
         doc = json.loads(page.read_text())
         assert set(doc) == {"content", "totalElements"} and doc["totalElements"] == len(doc["content"])
@@ -197,7 +215,13 @@ def test_sample_pages_are_in_the_documented_shape(guard):
 
 
 # -- scale, token expiry, rate limits ----------------------------------------------------------------
-def test_more_than_1000_findings_across_windows_and_pages(make_client, tmp_path, guard, mapping, clock):
+def test_more_than_1000_findings_across_windows_and_pages(
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+    clock: FakeClock,
+) -> None:
     start = NOW - timedelta(hours=24)
     items = synthetic_findings(1500, start=start, end=NOW, malformed_every=40)
     duplicates = [dict(item) for item in items[100:120] if isinstance(item, dict) and "uuid" in item]
@@ -207,9 +231,9 @@ def test_more_than_1000_findings_across_windows_and_pages(make_client, tmp_path,
     malformed = len(items) - len(valid)
 
     with FakeQualysGateway(items, rate_limit_every=5, rate_limit_wait_s=3) as gw:
-        pages_stored = []
+        pages_stored: list[str] = []
 
-        def expire_midway(key):  # the token runs out after the 5th page is stored
+        def expire_midway(key: str) -> None:  # the token runs out after the 5th page is stored
             if key.startswith("raw/"):
                 pages_stored.append(key)
                 if len(pages_stored) == 5:
@@ -256,7 +280,13 @@ def test_more_than_1000_findings_across_windows_and_pages(make_client, tmp_path,
 
 
 # -- runs that follow each other ---------------------------------------------------------------------
-def test_next_run_resumes_from_the_checkpoint_with_overlap(samples_gateway, make_client, tmp_path, guard, mapping):
+def test_next_run_resumes_from_the_checkpoint_with_overlap(
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     store = LocalStore(tmp_path)
     first_now = NOW - timedelta(hours=7, minutes=10)  # 16:50: finding 0016 (16:45) is in, 0017/0018 are not
     fetch(store, make_client(samples_gateway), guard, mapping, now=first_now)
@@ -270,7 +300,13 @@ def test_next_run_resumes_from_the_checkpoint_with_overlap(samples_gateway, make
     assert len(state(store)["seen"]) == len(first["seen"]) + 2
 
 
-def test_overlap_and_reruns_count_nothing_twice(samples_gateway, make_client, tmp_path, guard, mapping):
+def test_overlap_and_reruns_count_nothing_twice(
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     store = LocalStore(tmp_path)
     fetch(store, make_client(samples_gateway), guard, mapping)
     reference = state(store)
@@ -287,7 +323,13 @@ def test_overlap_and_reruns_count_nothing_twice(samples_gateway, make_client, tm
     assert after["behaviours"] == reference["behaviours"] and after["entries"] == reference["entries"]
 
 
-def test_unchanged_run_does_not_rewrite_the_indicator_set(samples_gateway, make_client, tmp_path, guard, mapping):
+def test_unchanged_run_does_not_rewrite_the_indicator_set(
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     store = LocalStore(tmp_path)
     fetch(store, make_client(samples_gateway), guard, mapping)
     before = store.get(layout.CDR_SET)
@@ -298,18 +340,32 @@ def test_unchanged_run_does_not_rewrite_the_indicator_set(samples_gateway, make_
     assert counting.puts == 2 and store.get(layout.CDR_CHECKPOINT).data.count(b"00:15:00.000Z") == 1
 
 
-def test_expired_indicators_are_dropped_and_the_ledger_pruned(samples_gateway, make_client, tmp_path, guard, mapping):
+def test_expired_indicators_are_dropped_and_the_ledger_pruned(
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     store = LocalStore(tmp_path)
     first = fetch(store, make_client(samples_gateway), guard, mapping, ttl_hours=24)
+    assert first.indicator_set is not None
     total = len(first.indicator_set.entries) + len(first.indicator_set.behaviours)
     later = fetch(store, make_client(samples_gateway), guard, mapping, ttl_hours=24, now=NOW + timedelta(days=2))
     assert later.expired == total
     current = load_cdr_set(store)
+    assert current is not None
     assert current.status == "empty" and current.entries == [] and current.behaviours == [] and current.rejected == []
     assert read_seen(store, current).uuids == {}
 
 
-def test_future_checkpoint_fetches_nothing(samples_gateway, make_client, tmp_path, guard, mapping):
+def test_future_checkpoint_fetches_nothing(
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     store = LocalStore(tmp_path)
     fetch(store, make_client(samples_gateway), guard, mapping, now=NOW + timedelta(hours=1))
     result = fetch(store, make_client(samples_gateway), guard, mapping)
@@ -318,7 +374,9 @@ def test_future_checkpoint_fetches_nothing(samples_gateway, make_client, tmp_pat
 
 
 # -- failures half-way ----------------------------------------------------------------------------
-def test_crash_at_any_write_then_rerun_loses_and_doubles_nothing(make_client, tmp_path, guard, mapping):
+def test_crash_at_any_write_then_rerun_loses_and_doubles_nothing(
+    make_client: Callable[..., QualysClient], tmp_path: Path, guard: NeverBlock, mapping: CategoryMapping
+) -> None:
     with FakeQualysGateway(SAMPLES, rate_limit_every=4) as gw:
         clean = CrashingStore(LocalStore(tmp_path / "clean"))
         fetch(clean, make_client(gw), guard, mapping)
@@ -334,7 +392,9 @@ def test_crash_at_any_write_then_rerun_loses_and_doubles_nothing(make_client, tm
             assert state(store.inner) == reference, f"state differs after a crash at write {crash_at}"
 
 
-def test_gateway_dying_between_two_pages_then_rerun(make_client, tmp_path, guard, mapping):
+def test_gateway_dying_between_two_pages_then_rerun(
+    make_client: Callable[..., QualysClient], tmp_path: Path, guard: NeverBlock, mapping: CategoryMapping
+) -> None:
     items = synthetic_findings(1200, start=NOW - timedelta(hours=24), end=NOW, malformed_every=50)
     with FakeQualysGateway(items) as gw:
         clean = LocalStore(tmp_path / "clean")
@@ -358,7 +418,13 @@ def test_gateway_dying_between_two_pages_then_rerun(make_client, tmp_path, guard
     assert rerun.unique - rerun.new == len(in_overlap) > 0  # only the overlap repeats; it is not merged twice
 
 
-def test_time_budget_stops_cleanly_and_the_next_run_resumes(make_client, tmp_path, guard, mapping, clock):
+def test_time_budget_stops_cleanly_and_the_next_run_resumes(
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+    clock: FakeClock,
+) -> None:
     items = synthetic_findings(1000, start=NOW - timedelta(hours=24), end=NOW)
     with FakeQualysGateway(items, rate_limit_every=3, rate_limit_wait_s=100) as gw:
         clean = LocalStore(tmp_path / "clean")
@@ -368,7 +434,7 @@ def test_time_budget_stops_cleanly_and_the_next_run_resumes(make_client, tmp_pat
         store = LocalStore(tmp_path / "run")
         gw.findings_calls = 0
         short = fetch(store, make_client(gw, deadline=clock() + 250), guard, mapping)
-        assert short.complete is False and "time budget" in short.stopped_reason
+        assert short.complete is False and "time budget" in (short.stopped_reason or "")
         assert (short.windows_done, short.windows_planned) == (2, 4)
         assert short.summary().to_json()["range"]["checkpoint"] == "2026-01-10T12:00:00.000Z"
         assert short.unique == 500
@@ -377,7 +443,9 @@ def test_time_budget_stops_cleanly_and_the_next_run_resumes(make_client, tmp_pat
     assert state(store) == reference
 
 
-def test_permission_error_propagates_and_stores_no_checkpoint(make_client, tmp_path, guard, mapping):
+def test_permission_error_propagates_and_stores_no_checkpoint(
+    make_client: Callable[..., QualysClient], tmp_path: Path, guard: NeverBlock, mapping: CategoryMapping
+) -> None:
     with FakeQualysGateway(SAMPLES) as gw:
         gw.inject(Fault(status=403))
         store = LocalStore(tmp_path)
@@ -387,7 +455,13 @@ def test_permission_error_propagates_and_stores_no_checkpoint(make_client, tmp_p
 
 
 # -- stored state that is damaged ------------------------------------------------------------------
-def test_unreadable_checkpoint_falls_back_to_the_lookback(samples_gateway, make_client, tmp_path, guard, mapping):
+def test_unreadable_checkpoint_falls_back_to_the_lookback(
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     store = LocalStore(tmp_path)
     fetch(store, make_client(samples_gateway), guard, mapping)
     store.put(layout.CDR_CHECKPOINT, b"{not json")
@@ -407,15 +481,28 @@ def test_unreadable_checkpoint_falls_back_to_the_lookback(samples_gateway, make_
     ],
 )
 def test_damaged_state_is_an_error_not_a_silent_reset(
-    samples_gateway, make_client, tmp_path, guard, mapping, key, data, message
-):
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+    key: str,
+    data: bytes,
+    message: str,
+) -> None:
     store = LocalStore(tmp_path)
     store.put(key, data)
     with pytest.raises(StorageError, match=message):
         fetch(store, make_client(samples_gateway), guard, mapping)
 
 
-def test_indicator_set_of_another_source_is_refused(samples_gateway, make_client, tmp_path, guard, mapping):
+def test_indicator_set_of_another_source_is_refused(
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     store = LocalStore(tmp_path)
     fetch(store, make_client(samples_gateway), guard, mapping)
     doc = json.loads(store.get(layout.CDR_SET).data)
@@ -424,13 +511,24 @@ def test_indicator_set_of_another_source_is_refused(samples_gateway, make_client
         fetch(store, make_client(samples_gateway), guard, mapping)
 
 
-def test_invalid_arguments(samples_gateway, make_client, tmp_path, guard, mapping):
+def test_invalid_arguments(
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     with pytest.raises(ValueError):
         fetch(LocalStore(tmp_path), make_client(samples_gateway), guard, mapping, lookback_hours=0)
 
 
 # -- S3 -----------------------------------------------------------------------------------------
-def test_s3_store(samples_gateway, make_client, guard, mapping):
+def test_s3_store(
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="state")
@@ -444,10 +542,14 @@ def test_s3_store(samples_gateway, make_client, guard, mapping):
             Key=keys[-1] if keys[-1].startswith("raw/") else next(k for k in keys if k.startswith("raw/")),
         )
         assert head["ContentType"] == "application/gzip"
-        assert load_cdr_set(store).to_dict()["entries"] == result.indicator_set.to_dict()["entries"]
+        stored = load_cdr_set(store)
+        assert stored is not None and result.indicator_set is not None
+        assert stored.to_dict()["entries"] == result.indicator_set.to_dict()["entries"]
 
 
-def test_a_finding_sent_again_later_is_remembered_longer(make_client, tmp_path, guard, mapping):
+def test_a_finding_sent_again_later_is_remembered_longer(
+    make_client: Callable[..., QualysClient], tmp_path: Path, guard: NeverBlock, mapping: CategoryMapping
+) -> None:
     items = load_findings(SAMPLES)
     resent = {**items[3], "timestamp": "2026-01-11T02:30:00.000Z"}  # 0004, updated and sent again
     with FakeQualysGateway([*items, resent]) as gw:
@@ -460,7 +562,13 @@ def test_a_finding_sent_again_later_is_remembered_longer(make_client, tmp_path, 
     assert read_seen(store, read_current(store)).uuids[uuid] == "2026-01-11T03:00:00Z"
 
 
-def test_one_metric_value_per_run(samples_gateway, make_client, tmp_path, guard, mapping):
+def test_one_metric_value_per_run(
+    samples_gateway: FakeQualysGateway,
+    make_client: Callable[..., QualysClient],
+    tmp_path: Path,
+    guard: NeverBlock,
+    mapping: CategoryMapping,
+) -> None:
     from cdr_policy.observability import metrics
 
     fetch(LocalStore(tmp_path), make_client(samples_gateway), guard, mapping)

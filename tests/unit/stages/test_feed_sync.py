@@ -6,10 +6,13 @@ good copy stays in force, marked stale with the reason (set, report, state, metr
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import boto3
+import httpx
 import pytest
 from moto import mock_aws
 
@@ -51,7 +54,7 @@ def small(feeds: list[FeedConfig]) -> list[FeedConfig]:
     return [f for f in feeds if f.name != "blocklist-de"]
 
 
-def sync(store: Store, feeds: list[FeedConfig], now: datetime, http, **kw) -> FeedSyncResult:
+def sync(store: Store, feeds: list[FeedConfig], now: datetime, http: httpx.Client, **kw: Any) -> FeedSyncResult:
     return run_feed_sync(store, feeds, now=now, guard=NeverBlock(), http=http, **kw)
 
 
@@ -66,11 +69,14 @@ def values(s: IndicatorSet) -> list[str]:
     return s.prefixes.ipv4.strings() + s.prefixes.ipv6.strings()
 
 
-def state(store: Store, name: str) -> dict:
-    return jsonio.loads(store.get(layout.feed_state_key(name)).data)
+def state(store: Store, name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = jsonio.loads(store.get(layout.feed_state_key(name)).data)
+    return doc
 
 
-def test_first_sync_counts_match_the_files(store, feeds, now, http, www: Path) -> None:
+def test_first_sync_counts_match_the_files(
+    store: LocalStore, feeds: list[FeedConfig], now: datetime, http: httpx.Client, www: Path
+) -> None:
     result = sync(store, feeds, now, http)
     outcomes = result.outcomes
     assert {n: o.status for n, o in outcomes.items()} == dict.fromkeys(SAMPLES, "ok")
@@ -99,7 +105,9 @@ def test_first_sync_counts_match_the_files(store, feeds, now, http, www: Path) -
     assert (st["last_status"], st["failures"], st["url"]) == ("ok", 0, feeds[0].url)
 
 
-def test_second_sync_uses_conditional_get_and_writes_nothing(store, feeds, now, http, server) -> None:
+def test_second_sync_uses_conditional_get_and_writes_nothing(
+    store: LocalStore, feeds: list[FeedConfig], now: datetime, http: httpx.Client, server: FeedServer
+) -> None:
     sync(store, feeds, now, http)
     before = {n: store.get(layout.feed_set_key(n)).etag for n in SAMPLES}
     result = sync(store, feeds, now + timedelta(hours=1), http)
@@ -119,12 +127,13 @@ def _rows(path: Path) -> list[bytes]:
 ET = "/et_compromised-ips.txt"
 
 
-def _write(www: Path, lines) -> None:
+def _write(www: Path, lines: Iterable[bytes]) -> None:
     (www / ET[1:]).write_bytes(b"\n".join(lines) + b"\n")
 
 
 # scenario -> (how to break the emerging-threats feed, gate check, words of the reason)
-BROKEN = {
+# scenario -> (break the served feed(server, www), the gate's check, words of its reason)
+BROKEN: dict[str, tuple[Callable[[FeedServer, Path], object], str, str]] = {
     "html": (lambda srv, www: srv.route(ET, html=True), "html", "HTML page"),
     "empty": (lambda srv, www: srv.route(ET, empty=True), "empty", "body is empty"),
     "json": (
@@ -154,7 +163,14 @@ BROKEN = {
 
 @pytest.mark.parametrize("scenario", sorted(BROKEN))
 def test_a_broken_feed_keeps_its_last_good_copy_and_says_why(
-    scenario: str, store, small, now, http, server, www: Path, caplog
+    scenario: str,
+    store: LocalStore,
+    small: list[FeedConfig],
+    now: datetime,
+    http: httpx.Client,
+    server: FeedServer,
+    www: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     break_it, check, words = BROKEN[scenario]
     sync(store, small, now, http)
@@ -168,19 +184,19 @@ def test_a_broken_feed_keeps_its_last_good_copy_and_says_why(
     result = sync(store, small, later, http)
 
     outcome = result.feeds["emerging-threats"]
-    assert outcome.status == "stale" and words in outcome.error and outcome.changed
+    assert outcome.status == "stale" and words in (outcome.error or "") and outcome.changed
     assert outcome.entries == good.size == 538
     kept = stored(store, "emerging-threats")
     assert (kept.status, kept.stats["gate"], kept.fetched_at) == ("stale", check, good.fetched_at)
     assert values(kept) == values(good)
-    assert words in kept.error
+    assert words in (kept.error or "")
     assert store.get(layout.feed_last_good_key("emerging-threats")).data == raw
     st = state(store, "emerging-threats")
     assert (st["failures"], st["stale_since"], st["last_status"]) == (1, iso(later), "stale")
     assert words in st["last_error"] and st["last_good_count"] == 539
     assert "FeedStale" in metrics.metric_set
     warning = [r for r in caplog.records if r.levelname == "WARNING" and getattr(r, "feed", None) == "emerging-threats"]
-    assert warning and words in warning[0].reason and warning[0].check == check
+    assert warning and words in getattr(warning[0], "reason") and getattr(warning[0], "check") == check  # noqa: B009 (extra fields)
     assert {n: o.status for n, o in result.feeds.items() if n != "emerging-threats"} == {
         "feodo-c2": "ok",
         "tor-exit": "ok",
@@ -193,17 +209,21 @@ def test_a_broken_feed_keeps_its_last_good_copy_and_says_why(
     assert not again.feeds["emerging-threats"].changed and state(store, "emerging-threats")["failures"] == 2
 
 
-def test_a_truncated_abusech_download_keeps_the_last_good_copy(store, small, now, http, server, www) -> None:
+def test_a_truncated_abusech_download_keeps_the_last_good_copy(
+    store: LocalStore, small: list[FeedConfig], now: datetime, http: httpx.Client, server: FeedServer, www: Path
+) -> None:
     sync(store, small, now, http)
     size = (www / "feodo_ipblocklist.csv").stat().st_size
     server.route("/feodo_ipblocklist.csv", truncate=size - 40)  # the "# END 28 entries" trailer is cut off
     result = sync(store, small, now + timedelta(hours=1), http)
     outcome = result.feeds["feodo-c2"]
-    assert outcome.status == "stale" and "trailer is missing" in outcome.error and outcome.entries == 27
+    assert outcome.status == "stale" and "trailer is missing" in (outcome.error or "") and outcome.entries == 27
     assert stored(store, "feodo-c2").stats["gate"] == "truncated"
 
 
-def test_recovery_after_a_failure(store, small, now, http, server) -> None:
+def test_recovery_after_a_failure(
+    store: LocalStore, small: list[FeedConfig], now: datetime, http: httpx.Client, server: FeedServer
+) -> None:
     sync(store, small, now, http)
     server.route("/tor_torbulkexitlist.txt", html=True)
     sync(store, small, now + timedelta(hours=1), http)
@@ -214,7 +234,9 @@ def test_recovery_after_a_failure(store, small, now, http, server) -> None:
     assert (st["failures"], st["stale_since"], st["last_error"]) == (0, None, None)
 
 
-def test_a_slow_feed_is_cut_at_the_fetch_deadline_and_keeps_its_last_good_copy(store, small, now, http, server) -> None:
+def test_a_slow_feed_is_cut_at_the_fetch_deadline_and_keeps_its_last_good_copy(
+    store: LocalStore, small: list[FeedConfig], now: datetime, http: httpx.Client, server: FeedServer
+) -> None:
     import time
 
     sync(store, small, now, http)
@@ -227,7 +249,9 @@ def test_a_slow_feed_is_cut_at_the_fetch_deadline_and_keeps_its_last_good_copy(s
     assert result.feeds["emerging-threats"].status == "ok"
 
 
-def test_feodo_can_legitimately_be_empty(store, small, now, http, www) -> None:
+def test_feodo_can_legitimately_be_empty(
+    store: LocalStore, small: list[FeedConfig], now: datetime, http: httpx.Client, www: Path
+) -> None:
     csv = (www / "feodo_ipblocklist.csv").read_text().splitlines()
     empty = [line for line in csv if not line.startswith('"20')]
     (www / "feodo_ipblocklist.csv").write_text("\n".join(empty[:-1] + ["# END 0 entries"]))
@@ -240,15 +264,19 @@ def test_feodo_can_legitimately_be_empty(store, small, now, http, www) -> None:
     assert stored(store, "feodo-c2").status == "empty"
 
 
-def test_a_failed_first_download_is_an_error_without_entries(store, small, now, http, server) -> None:
+def test_a_failed_first_download_is_an_error_without_entries(
+    store: LocalStore, small: list[FeedConfig], now: datetime, http: httpx.Client, server: FeedServer
+) -> None:
     server.route("/tor_torbulkexitlist.txt", html=True)
     result = sync(store, small, now, http)
     outcome = result.feeds["tor-exit"]
-    assert outcome.status == "error" and "no earlier good copy" in outcome.error and outcome.entries == 0
+    assert outcome.status == "error" and "no earlier good copy" in (outcome.error or "") and outcome.entries == 0
     assert stored(store, "tor-exit").status == "error"
 
 
-def test_poisoned_entries_are_rejected_with_reasons(store, small, now, http, www: Path) -> None:
+def test_poisoned_entries_are_rejected_with_reasons(
+    store: LocalStore, small: list[FeedConfig], now: datetime, http: httpx.Client, www: Path
+) -> None:
     path = www / "et_compromised-ips.txt"
     path.write_bytes(path.read_bytes() + b"8.8.8.8\n10.0.0.0/8\n0.0.0.0/0\n192.168.1.1\n010.0.0.1\n")
     octal_line = len(path.read_bytes().splitlines())
@@ -267,7 +295,9 @@ def test_poisoned_entries_are_rejected_with_reasons(store, small, now, http, www
     assert len(s.rejected) == 5
 
 
-def test_a_feed_set_is_one_provenance_for_its_aggregated_prefixes(store, now, http, server, www: Path) -> None:
+def test_a_feed_set_is_one_provenance_for_its_aggregated_prefixes(
+    store: LocalStore, now: datetime, http: httpx.Client, server: FeedServer, www: Path
+) -> None:
     (www / "l.txt").write_text("93.184.216.34\n93.184.216.40\n198.51.100.200\n")
     feed = [feed_for(server, "/l.txt", "list", ttl_hours=24)]
     sync(store, feed, now, http)
@@ -281,7 +311,9 @@ def test_a_feed_set_is_one_provenance_for_its_aggregated_prefixes(store, now, ht
     assert (s.prefixes.last_seen, s.prefixes.expires_at) == (iso(later), iso(later + timedelta(hours=24)))
 
 
-def test_stale_entries_age_out_after_their_ttl(store, now, http, server, www: Path) -> None:
+def test_stale_entries_age_out_after_their_ttl(
+    store: LocalStore, now: datetime, http: httpx.Client, server: FeedServer, www: Path
+) -> None:
     (www / "l.txt").write_text("93.184.216.34\n")
     feed = [feed_for(server, "/l.txt", "list", ttl_hours=2)]
     sync(store, feed, now, http)
@@ -292,7 +324,9 @@ def test_stale_entries_age_out_after_their_ttl(store, now, http, server, www: Pa
     assert stored(store, "list").size == 0
 
 
-def test_unchanged_feed_is_rewritten_only_when_its_expiry_needs_refreshing(store, now, http, server, www) -> None:
+def test_unchanged_feed_is_rewritten_only_when_its_expiry_needs_refreshing(
+    store: LocalStore, now: datetime, http: httpx.Client, server: FeedServer, www: Path
+) -> None:
     (www / "l.txt").write_text("93.184.216.34\n")
     feed = [feed_for(server, "/l.txt", "list", ttl_hours=10)]
     sync(store, feed, now, http)
@@ -304,7 +338,9 @@ def test_unchanged_feed_is_rewritten_only_when_its_expiry_needs_refreshing(store
     assert s.prefixes.expires_at == iso(now + timedelta(hours=16))
 
 
-def test_disabled_and_removed_feeds_withdraw_their_entries(store, small, now, http) -> None:
+def test_disabled_and_removed_feeds_withdraw_their_entries(
+    store: LocalStore, small: list[FeedConfig], now: datetime, http: httpx.Client
+) -> None:
     sync(store, small, now, http)
     remaining = [f if f.name != "tor-exit" else FeedConfig(**{**f.to_dict(), "enabled": False}) for f in small]
     remaining = [f for f in remaining if f.name != "emerging-threats"]
@@ -318,7 +354,9 @@ def test_disabled_and_removed_feeds_withdraw_their_entries(store, small, now, ht
     assert not sync(store, remaining, now + timedelta(hours=2), http).feeds["tor-exit"].changed
 
 
-def test_304_without_a_stored_copy_downloads_again(store, small, now, http) -> None:
+def test_304_without_a_stored_copy_downloads_again(
+    store: LocalStore, small: list[FeedConfig], now: datetime, http: httpx.Client
+) -> None:
     sync(store, small, now, http)
     store.delete(layout.feed_last_good_key("tor-exit"))
     result = sync(store, small, now + timedelta(hours=1), http)
@@ -326,14 +364,16 @@ def test_304_without_a_stored_copy_downloads_again(store, small, now, http) -> N
     assert store.get(layout.feed_last_good_key("tor-exit")).data
 
 
-def test_file_url_feed(store, now, http, shared_feeds_dir: Path, tmp_path: Path) -> None:
+def test_file_url_feed(
+    store: LocalStore, now: datetime, http: httpx.Client, shared_feeds_dir: Path, tmp_path: Path
+) -> None:
     copy = tmp_path / "et.txt"
     shutil.copyfile(shared_feeds_dir / "et_compromised-ips.txt", copy)
     feed = [FeedConfig(name="et", url=copy.as_uri(), category="compromised")]
     assert sync(store, feed, now, http).feeds["et"].stats["ipv4"] == 539
 
 
-def test_works_against_s3(feeds, now, http) -> None:
+def test_works_against_s3(feeds: list[FeedConfig], now: datetime, http: httpx.Client) -> None:
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket="state")
@@ -344,20 +384,26 @@ def test_works_against_s3(feeds, now, http) -> None:
         assert not sync(s3, feeds, now + timedelta(minutes=30), http).written
 
 
-def test_reputation_is_reported_and_names_must_be_unique(store, small, now, http) -> None:
+def test_reputation_is_reported_and_names_must_be_unique(
+    store: LocalStore, small: list[FeedConfig], now: datetime, http: httpx.Client
+) -> None:
     result = sync(store, small[:1], now, http, reputation=AbuseIPDB(None))
     assert result.outcomes["abuseipdb"].status == "disabled"
     with pytest.raises(ValueError, match="unique"):
         sync(store, [small[0], small[0]], now, http)
 
 
-def test_a_local_directory_store_is_what_the_cli_uses(tmp_path: Path, small, now, http) -> None:
+def test_a_local_directory_store_is_what_the_cli_uses(
+    tmp_path: Path, small: list[FeedConfig], now: datetime, http: httpx.Client
+) -> None:
     store = LocalStore(tmp_path / "cli-state")
     sync(store, small, now, http)
     assert sorted(store.list("indicators/")) == sorted(layout.feed_set_key(n) for n in SAMPLES if n != "blocklist-de")
 
 
-def test_a_flood_of_refused_entries_is_counted_and_listed_only_in_part(store, now, http, server, www: Path) -> None:
+def test_a_flood_of_refused_entries_is_counted_and_listed_only_in_part(
+    store: LocalStore, now: datetime, http: httpx.Client, server: FeedServer, www: Path
+) -> None:
     private = [f"10.{i // 256}.{i % 256}.1" for i in range(1_500)]
     (www / "l.txt").write_text("\n".join(["93.184.216.34", *private]) + "\n")
     result = sync(store, [feed_for(server, "/l.txt", "list")], now, http)

@@ -3,7 +3,9 @@ refresh and rollback."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -11,11 +13,11 @@ from moto import mock_aws
 
 from cdr_policy import jsonio, layout
 from cdr_policy.bundle.manifest import Manifest
-from cdr_policy.bundle.signing import verify_manifest
+from cdr_policy.bundle.signing import LocalSigner, Verifier, verify_manifest
 from cdr_policy.errors import BundleError, StorageError
 from cdr_policy.observability import metrics
-from cdr_policy.stages.publish import publish_bundle, rollback
-from cdr_policy.storage import NotFound, PreconditionFailed, S3Store
+from cdr_policy.stages.publish import PublishResult, publish_bundle, rollback
+from cdr_policy.storage import LocalStore, NotFound, PreconditionFailed, S3Store, Store
 from cdr_policy.timeutil import iso
 from fakes.stores import RecordingStore
 from tests.unit.bundle.factory import T0, TTL, approve, behaviour_policy, files_of, ips, network_bundle, render
@@ -23,7 +25,17 @@ from tests.unit.bundle.factory import T0, TTL, approve, behaviour_policy, files_
 HOUR = timedelta(hours=1)
 
 
-def publish(state, dist, signer, digest, *, now=T0, budget=50, approver=None, **kwargs):
+def publish(
+    state: Store,
+    dist: Store,
+    signer: LocalSigner,
+    digest: str,
+    *,
+    now: datetime = T0,
+    budget: int = 50,
+    approver: tuple[LocalSigner, Verifier] | None = None,
+    **kwargs: Any,
+) -> PublishResult:
     """Publish as the stage does; with ``approver`` (the approver's key pair), the approver granted
     this bundle over what the channel ships first."""
     if approver is not None:
@@ -41,16 +53,19 @@ def publish(state, dist, signer, digest, *, now=T0, budget=50, approver=None, **
     )
 
 
-def current(dist) -> dict:
-    return jsonio.loads(dist.get(layout.channel_manifest_key("prod")).data)
+def current(dist: Store) -> dict[str, Any]:
+    doc: dict[str, Any] = jsonio.loads(dist.get(layout.channel_manifest_key("prod")).data)
+    return doc
 
 
 @pytest.fixture
-def recorder(dist) -> RecordingStore:
+def recorder(dist: LocalStore) -> RecordingStore:
     return RecordingStore(dist)
 
 
-def test_first_publish_copies_files_then_history_then_manifest(state, recorder, signer, verifier):
+def test_first_publish_copies_files_then_history_then_manifest(
+    state: LocalStore, recorder: RecordingStore, signer: LocalSigner, verifier: Verifier
+) -> None:
     files = network_bundle(ips(0, 10))
     digest = render(state, files)
 
@@ -72,7 +87,9 @@ def test_first_publish_copies_files_then_history_then_manifest(state, recorder, 
     assert "BundlesPublished" in metrics.metric_set
 
 
-def test_publishing_the_current_bundle_again_writes_nothing(state, recorder, signer):
+def test_publishing_the_current_bundle_again_writes_nothing(
+    state: LocalStore, recorder: RecordingStore, signer: LocalSigner
+) -> None:
     digest = render(state, network_bundle(ips(0, 10)))
     publish(state, recorder, signer, digest)
     recorder.puts.clear()
@@ -83,7 +100,9 @@ def test_publishing_the_current_bundle_again_writes_nothing(state, recorder, sig
     assert recorder.puts == []
 
 
-def test_current_bundle_is_refreshed_after_half_its_lifetime(state, recorder, signer, verifier):
+def test_current_bundle_is_refreshed_after_half_its_lifetime(
+    state: LocalStore, recorder: RecordingStore, signer: LocalSigner, verifier: Verifier
+) -> None:
     files = network_bundle(ips(0, 10))
     digest = render(state, files)
     publish(state, recorder, signer, digest)
@@ -100,7 +119,9 @@ def test_current_bundle_is_refreshed_after_half_its_lifetime(state, recorder, si
     verify_manifest(Manifest.from_json(signed), verifier, now=T0 + TTL + timedelta(hours=1))
 
 
-def test_manifest_is_stamped_at_publish_time_with_the_rendered_lifetime(state, dist, signer):
+def test_manifest_is_stamped_at_publish_time_with_the_rendered_lifetime(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner
+) -> None:
     digest = render(state, network_bundle(ips(0, 10)), created=T0 - timedelta(days=5), ttl=timedelta(hours=24))
     publish(state, dist, signer, digest)
     assert (current(dist)["created_at"], current(dist)["expires_at"]) == (
@@ -109,7 +130,9 @@ def test_manifest_is_stamped_at_publish_time_with_the_rendered_lifetime(state, d
     )
 
 
-def test_a_bundle_admission_refuses_is_not_shipped(state, recorder, signer):
+def test_a_bundle_admission_refuses_is_not_shipped(
+    state: LocalStore, recorder: RecordingStore, signer: LocalSigner
+) -> None:
     files = network_bundle([*ips(0, 10), "10.0.0.0/8"])
     digest = render(state, files)
 
@@ -124,7 +147,7 @@ def test_a_bundle_admission_refuses_is_not_shipped(state, recorder, signer):
     assert "BundlesRefused" in metrics.metric_set
 
 
-def test_a_tampered_rendered_file_is_an_error(state, dist, signer):
+def test_a_tampered_rendered_file_is_an_error(state: LocalStore, dist: LocalStore, signer: LocalSigner) -> None:
     digest = render(state, network_bundle(ips(0, 10)))
     state.put(layout.bundle_file_key(digest, "cilium-cdr-blocklist.yaml"), b"kind: Evil\n")
     with pytest.raises(BundleError, match="cilium-cdr-blocklist.yaml"):
@@ -132,7 +155,9 @@ def test_a_tampered_rendered_file_is_an_error(state, dist, signer):
     assert dist.list("") == []
 
 
-def test_bundle_for_another_channel_or_unknown_digest_is_an_error(state, dist, signer):
+def test_bundle_for_another_channel_or_unknown_digest_is_an_error(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner
+) -> None:
     digest = render(state, network_bundle(ips(0, 10), channel="staging"), channel="staging")
     with pytest.raises(BundleError, match="rendered for channel staging"):
         publish(state, dist, signer, digest)
@@ -140,7 +165,9 @@ def test_bundle_for_another_channel_or_unknown_digest_is_an_error(state, dist, s
         publish(state, dist, signer, "e" * 64)
 
 
-def test_change_over_budget_is_held_and_alarmed(state, recorder, signer):
+def test_change_over_budget_is_held_and_alarmed(
+    state: LocalStore, recorder: RecordingStore, signer: LocalSigner
+) -> None:
     publish(state, recorder, signer, render(state, network_bundle(ips(0, 100), tag="a")))
     recorder.puts.clear()
     digest = render(state, network_bundle(ips(40, 100), tag="b"))  # 40 added, 40 removed: 80%
@@ -149,7 +176,7 @@ def test_change_over_budget_is_held_and_alarmed(state, recorder, signer):
 
     assert result.status == "held" and not result.shipped
     assert "80.0%, over the change budget of 50%" in result.reason
-    assert result.budget.to_json() == {
+    assert result.budget is not None and result.budget.to_json() == {
         "budget_percent": 50,
         "min_changes": 20,
         "engines": {
@@ -165,7 +192,9 @@ def test_change_over_budget_is_held_and_alarmed(state, recorder, signer):
     assert "BundlesHeld" in metrics.metric_set
 
 
-def test_an_approved_change_is_published_despite_the_budget(state, dist, signer, approver_pair):
+def test_an_approved_change_is_published_despite_the_budget(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner, approver_pair: tuple[LocalSigner, Verifier]
+) -> None:
     publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
     digest = render(state, network_bundle(ips(1000, 100), tag="b"))
 
@@ -177,7 +206,9 @@ def test_an_approved_change_is_published_despite_the_budget(state, dist, signer,
     assert approval["approver"] == approver_pair[0].key_id and len(approval["grant"]) == 64
 
 
-def test_a_refresh_keeps_the_approval_for_agents_that_missed_it(state, dist, signer, approver_pair):
+def test_a_refresh_keeps_the_approval_for_agents_that_missed_it(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner, approver_pair: tuple[LocalSigner, Verifier]
+) -> None:
     publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
     digest = render(state, network_bundle(ips(1000, 100), tag="b"))
     publish(state, dist, signer, digest, now=T0 + HOUR, approver=approver_pair)
@@ -189,30 +220,36 @@ def test_a_refresh_keeps_the_approval_for_agents_that_missed_it(state, dist, sig
     assert current(dist)["approval"] == approval
 
 
-def test_an_approval_is_recorded_only_when_the_budget_needed_it(state, dist, signer, approver_pair):
+def test_an_approval_is_recorded_only_when_the_budget_needed_it(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner, approver_pair: tuple[LocalSigner, Verifier]
+) -> None:
     publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
     digest = render(state, network_bundle(ips(10, 100), tag="b"))
     assert publish(state, dist, signer, digest, now=T0 + HOUR, approver=approver_pair).status == "published"
     assert "approval" not in current(dist)
 
 
-def test_change_within_budget_is_published_with_its_measure(state, dist, signer):
+def test_change_within_budget_is_published_with_its_measure(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner
+) -> None:
     publish(state, dist, signer, render(state, network_bundle(ips(0, 100), tag="a")))
     digest = render(state, network_bundle(ips(10, 100), tag="b"))  # 10 added, 10 removed: 20%
 
     result = publish(state, dist, signer, digest, now=T0 + timedelta(hours=1))
 
-    assert result.status == "published"
+    assert result.status == "published" and result.budget is not None
     tetragon = result.budget.to_json()["engines"]["tetragon"]
     assert (tetragon["added"], tetragon["removed"], tetragon["percent"]) == (10, 10, 20.0)
 
 
-def test_first_publish_is_exempt_from_the_budget(state, dist, signer):
+def test_first_publish_is_exempt_from_the_budget(state: LocalStore, dist: LocalStore, signer: LocalSigner) -> None:
     result = publish(state, dist, signer, render(state, network_bundle(ips(0, 5000))), budget=1)
     assert result.status == "published" and result.budget is None
 
 
-def test_unreadable_current_manifest_holds_unless_approved(state, dist, signer, approver_pair):
+def test_unreadable_current_manifest_holds_unless_approved(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner, approver_pair: tuple[LocalSigner, Verifier]
+) -> None:
     dist.put(layout.channel_manifest_key("prod"), b"{ not json")
     digest = render(state, network_bundle(ips(0, 10)))
 
@@ -222,7 +259,9 @@ def test_unreadable_current_manifest_holds_unless_approved(state, dist, signer, 
     assert publish(state, dist, signer, digest, approver=approver_pair).status == "published"
 
 
-def test_current_bundle_files_gone_holds_unless_approved(state, dist, signer):
+def test_current_bundle_files_gone_holds_unless_approved(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner
+) -> None:
     first = render(state, network_bundle(ips(0, 10), tag="a"))
     publish(state, dist, signer, first)
     dist.delete(layout.published_file_key("prod", first, "cilium-cdr-blocklist.yaml"))
@@ -232,7 +271,9 @@ def test_current_bundle_files_gone_holds_unless_approved(state, dist, signer):
     assert held.status == "held" and "cannot compare" in held.reason
 
 
-def test_going_back_to_an_earlier_bundle_publishes_it_again(state, dist, signer, verifier):
+def test_going_back_to_an_earlier_bundle_publishes_it_again(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner, verifier: Verifier
+) -> None:
     a = render(state, network_bundle(ips(0, 10), tag="a"))
     b = render(state, network_bundle(ips(0, 11), tag="b"), created=T0 + timedelta(minutes=15))
     publish(state, dist, signer, a)
@@ -244,7 +285,9 @@ def test_going_back_to_an_earlier_bundle_publishes_it_again(state, dist, signer,
     assert current(dist)["created_at"] == iso(T0 + timedelta(minutes=40))
 
 
-def test_rollback_ships_an_earlier_generation_as_a_new_one(state, recorder, signer, verifier):
+def test_rollback_ships_an_earlier_generation_as_a_new_one(
+    state: LocalStore, recorder: RecordingStore, signer: LocalSigner, verifier: Verifier
+) -> None:
     a = render(state, network_bundle(ips(0, 10), tag="a"), ttl=timedelta(hours=24))
     b = render(state, network_bundle(ips(0, 11), tag="b"))
     publish(state, recorder, signer, a)
@@ -270,7 +313,7 @@ def test_rollback_ships_an_earlier_generation_as_a_new_one(state, recorder, sign
     assert "ChannelRollbacks" in metrics.metric_set
 
 
-def test_rollback_by_digest_and_to_the_current_bundle(state, dist, signer):
+def test_rollback_by_digest_and_to_the_current_bundle(state: LocalStore, dist: LocalStore, signer: LocalSigner) -> None:
     a = render(state, network_bundle(ips(0, 10), tag="a"))
     b = render(state, network_bundle(ips(0, 11), tag="b"))
     publish(state, dist, signer, a)
@@ -285,7 +328,9 @@ def test_rollback_by_digest_and_to_the_current_bundle(state, dist, signer):
         rollback(dist, channel="prod", signer=signer, now=T0)
 
 
-def test_rollback_needs_a_verified_history_entry_and_its_files(state, dist, signer, tmp_path):
+def test_rollback_needs_a_verified_history_entry_and_its_files(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner, tmp_path: Path
+) -> None:
     a = render(state, network_bundle(ips(0, 10), tag="a"))
     publish(state, dist, signer, a)
     publish(state, dist, signer, render(state, network_bundle(ips(0, 11), tag="b")), now=T0 + timedelta(hours=1))
@@ -302,7 +347,7 @@ def test_rollback_needs_a_verified_history_entry_and_its_files(state, dist, sign
         rollback(dist, channel="prod", to_generation=1, signer=signer, now=T0)
 
 
-def test_generations_increase_with_every_manifest(state, dist, signer):
+def test_generations_increase_with_every_manifest(state: LocalStore, dist: LocalStore, signer: LocalSigner) -> None:
     a = render(state, network_bundle(ips(0, 10), tag="a"))
     b = render(state, network_bundle(ips(0, 11), tag="b"))
     gens = [
@@ -314,7 +359,9 @@ def test_generations_increase_with_every_manifest(state, dist, signer):
     assert gens == [1, 2, 3, 4] and current(dist)["generation"] == 4
 
 
-def test_a_forged_manifest_cannot_push_or_reset_the_generation(state, dist, signer, tmp_path):
+def test_a_forged_manifest_cannot_push_or_reset_the_generation(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner, tmp_path: Path
+) -> None:
     """Someone who can write the bucket but not sign puts a manifest with a huge generation, or deletes
     the manifest: the next publish continues from the newest verified history entry, and compares with
     it (the change budget still applies: it is not a first publish)."""
@@ -334,7 +381,9 @@ def test_a_forged_manifest_cannot_push_or_reset_the_generation(state, dist, sign
     assert again.budget is not None  # compared with the history, not a first publish
 
 
-def test_a_replayed_older_manifest_is_replaced_by_the_next_publish(state, dist, signer):
+def test_a_replayed_older_manifest_is_replaced_by_the_next_publish(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner
+) -> None:
     """Someone puts generation 1's signed manifest back: Publish does not take it for the channel's
     state ("unchanged"); it publishes the newest bundle again, as a new generation."""
     a = render(state, network_bundle(ips(0, 10), tag="a"))
@@ -350,7 +399,9 @@ def test_a_replayed_older_manifest_is_replaced_by_the_next_publish(state, dist, 
     assert (current(dist)["digest"], current(dist)["generation"]) == (b, 3)
 
 
-def test_a_manifest_too_large_to_read_is_replaced_from_the_history(state, recorder, signer):
+def test_a_manifest_too_large_to_read_is_replaced_from_the_history(
+    state: LocalStore, recorder: RecordingStore, signer: LocalSigner
+) -> None:
     a = render(state, network_bundle(ips(0, 10), tag="a"))
     publish(state, recorder, signer, a)
     recorder.inner.put(layout.channel_manifest_key("prod"), b" " * (2 << 20))
@@ -360,7 +411,9 @@ def test_a_manifest_too_large_to_read_is_replaced_from_the_history(state, record
     assert current(recorder)["digest"] == b
 
 
-def test_a_manifest_too_large_to_read_without_history_holds(state, dist, signer):
+def test_a_manifest_too_large_to_read_without_history_holds(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner
+) -> None:
     dist.put(layout.channel_manifest_key("prod"), b" " * (2 << 20))
     held = publish(state, dist, signer, render(state, network_bundle(ips(0, 11), tag="b")))
     assert held.status == "held" and "larger than 1048576 bytes" in held.reason
@@ -381,7 +434,9 @@ SHRINKS = {
 
 
 @pytest.mark.parametrize("case", sorted(SHRINKS))
-def test_a_shrinking_bundle_is_held_whatever_the_channel_size(case, state, dist, signer, approver_pair):
+def test_a_shrinking_bundle_is_held_whatever_the_channel_size(
+    case: str, state: LocalStore, dist: LocalStore, signer: LocalSigner, approver_pair: tuple[LocalSigner, Verifier]
+) -> None:
     extra_before, extra_after, reason = SHRINKS[case]
     before = {**network_bundle(ips(0, 90), tag="a"), **files_of(extra_before)}
     after = {**network_bundle(ips(1, 90), tag="b"), **files_of(extra_after)} if extra_after is not None else {}
@@ -391,24 +446,26 @@ def test_a_shrinking_bundle_is_held_whatever_the_channel_size(case, state, dist,
     held = publish(state, dist, signer, digest, now=T0 + HOUR)
 
     assert held.status == "held" and reason in held.reason
-    assert reason in held.budget.shrink[0]
+    assert held.budget is not None and reason in held.budget.shrink[0]
     approved = publish(state, dist, signer, digest, now=T0 + HOUR, approver=approver_pair)
     assert approved.status == "published" and current(dist)["approval"]["previous_digest"] == held.previous_digest
 
 
-def test_a_failed_manifest_write_leaves_no_history_and_a_lost_history_entry_is_rewritten(state, recorder, signer):
+def test_a_failed_manifest_write_leaves_no_history_and_a_lost_history_entry_is_rewritten(
+    state: LocalStore, recorder: RecordingStore, signer: LocalSigner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     digest = render(state, network_bundle(ips(0, 10)))
     real_put_if = recorder.put_if
 
-    def failing_put_if(*args, **kwargs):
+    def failing_put_if(*args: object, **kwargs: object) -> str:
         raise StorageError("s3://dist: SlowDown")
 
-    recorder.put_if = failing_put_if
+    monkeypatch.setattr(recorder, "put_if", failing_put_if)
     with pytest.raises(StorageError):
         publish(state, recorder, signer, digest)
     assert recorder.list(layout.history_prefix("prod")) == []
 
-    recorder.put_if = real_put_if
+    monkeypatch.setattr(recorder, "put_if", real_put_if)
     publish(state, recorder, signer, digest)
     history = recorder.list(layout.history_prefix("prod"))
     recorder.delete(history[0])  # as if Publish had died between the two writes
@@ -416,7 +473,9 @@ def test_a_failed_manifest_write_leaves_no_history_and_a_lost_history_entry_is_r
     assert recorder.list(layout.history_prefix("prod")) == history
 
 
-def test_a_publish_that_lost_the_race_overwrites_nothing(state, dist, signer):
+def test_a_publish_that_lost_the_race_overwrites_nothing(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner
+) -> None:
     a = render(state, network_bundle(ips(0, 10), tag="a"))
     b = render(state, network_bundle(ips(0, 11), tag="b"))
     publish(state, dist, signer, a)
@@ -427,7 +486,7 @@ def test_a_publish_that_lost_the_race_overwrites_nothing(state, dist, signer):
     assert current(dist)["digest"] == b
 
 
-def test_publish_through_s3(signer, verifier):
+def test_publish_through_s3(signer: LocalSigner, verifier: Verifier) -> None:
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         for bucket in ("state-bucket", "dist-bucket"):
@@ -444,7 +503,9 @@ def test_publish_through_s3(signer, verifier):
         assert head["ContentType"] == "application/yaml"
 
 
-def test_a_changed_lifetime_is_signed_at_once_with_the_same_files(state, dist, signer):
+def test_a_changed_lifetime_is_signed_at_once_with_the_same_files(
+    state: LocalStore, dist: LocalStore, signer: LocalSigner
+) -> None:
     """The channel's bundle_ttl_hours went from 72 to 24: the same objects, re-signed now with the new
     lifetime (never kept at 72 hours until the next content change)."""
     digest = render(state, network_bundle(ips(0, 10)), ttl=TTL)

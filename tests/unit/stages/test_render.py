@@ -4,7 +4,8 @@ do, and how it renders on through an unreadable indicator set (its last good cop
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from cdr_policy.guards import NeverBlock
 from cdr_policy.lambda_events import PublishRequest
 from cdr_policy.last_good import MAX_UNREADABLE_DAYS
 from cdr_policy.policy.channel import ChannelSettings
-from cdr_policy.stages.render import run_render
+from cdr_policy.stages.render import PublishPort, RenderedChannel, run_render
 from cdr_policy.storage import LocalStore
 from cdr_policy.timeutil import iso
 from fakes.stores import RecordingStore
@@ -23,7 +24,7 @@ CHANNELS = [ChannelSettings(name="staging"), ChannelSettings(name="prod", action
 
 
 @pytest.fixture
-def state(tmp_path) -> RecordingStore:
+def state(tmp_path: Path) -> RecordingStore:
     store = RecordingStore(LocalStore(tmp_path))
     cdr = cdr_set([indicator("45.33.32.0/24")], [behaviour("container_escape")])
     store.put(layout.CDR_SET, jsonio.dumps_pretty(cdr.to_dict()))
@@ -31,8 +32,8 @@ def state(tmp_path) -> RecordingStore:
     return store
 
 
-def render(state, publish=None, at=NOW):
-    rendered = []
+def render(state: RecordingStore, publish: PublishPort | None = None, at: datetime = NOW) -> list[RenderedChannel]:
+    rendered: list[RenderedChannel] = []
     summaries = run_render(
         state, channels=CHANNELS, now=at, guard=NeverBlock(), crds=None, publish=publish, each=rendered.append
     )
@@ -40,7 +41,7 @@ def render(state, publish=None, at=NOW):
     return rendered
 
 
-def test_each_channel_gets_a_whole_bundle_written_pointer_last(state):
+def test_each_channel_gets_a_whole_bundle_written_pointer_last(state: RecordingStore) -> None:
     requests: list[PublishRequest] = []
     rendered = render(state, requests.append)
 
@@ -59,7 +60,7 @@ def test_each_channel_gets_a_whole_bundle_written_pointer_last(state):
         assert r.summary().to_json() == {"channel": r.channel.name, "digest": r.bundle.digest, "changed": True}
 
 
-def test_the_same_inputs_write_nothing_again_but_still_ask_for_a_publish(state):
+def test_the_same_inputs_write_nothing_again_but_still_ask_for_a_publish(state: RecordingStore) -> None:
     first = render(state)
     state.puts.clear()
     requests: list[PublishRequest] = []
@@ -68,14 +69,14 @@ def test_the_same_inputs_write_nothing_again_but_still_ask_for_a_publish(state):
     assert [r.bundle.digest for r in again] == [r.bundle.digest for r in first] and len(requests) == 2
 
 
-def _feeds(state, *names):
+def _feeds(state: RecordingStore, *names: str) -> None:
     from cdr_policy.feeds.persist import dump_set
 
     for name in names:
         state.put(layout.feed_set_key(name), dump_set(compact(name, ["185.220.0.0/24", "2a0b:f4c0::/32"], name)))
 
 
-def test_an_unreadable_set_is_rendered_from_its_last_good_copy(state):
+def test_an_unreadable_set_is_rendered_from_its_last_good_copy(state: RecordingStore) -> None:
     _feeds(state, "tor-exit", "feodo")
     good = render(state)
     key = layout.feed_set_key("tor-exit")
@@ -100,7 +101,7 @@ def test_an_unreadable_set_is_rendered_from_its_last_good_copy(state):
     assert index[key]["unreadable_since"] == iso(later)
 
 
-def test_a_set_unreadable_for_too_long_or_without_a_good_copy_is_left_out_and_named(state):
+def test_a_set_unreadable_for_too_long_or_without_a_good_copy_is_left_out_and_named(state: RecordingStore) -> None:
     _feeds(state, "tor-exit")
     render(state)
     key = layout.feed_set_key("tor-exit")
@@ -118,7 +119,7 @@ def test_a_set_unreadable_for_too_long_or_without_a_good_copy_is_left_out_and_na
     assert {u["key"]: u["kept"] for u in staging.report.unreadable_sets}[never_good] is None
 
 
-def test_a_tampered_copy_is_never_used(state):
+def test_a_tampered_copy_is_never_used(state: RecordingStore) -> None:
     _feeds(state, "tor-exit")
     render(state)
     key = layout.feed_set_key("tor-exit")
@@ -128,7 +129,7 @@ def test_a_tampered_copy_is_never_used(state):
     assert staging.report.unreadable_sets[0]["kept"] is None
 
 
-def test_a_set_that_recovers_clears_the_report(state):
+def test_a_set_that_recovers_clears_the_report(state: RecordingStore) -> None:
     _feeds(state, "tor-exit")
     render(state)
     key = layout.feed_set_key("tor-exit")
@@ -143,7 +144,9 @@ def test_a_set_that_recovers_clears_the_report(state):
     assert "unreadable_since" not in jsonio.loads(state.get(layout.LAST_GOOD_INDEX).data)["sets"][key]
 
 
-def test_feed_sets_past_the_ranking_cap_are_held_back_as_they_load(state, monkeypatch) -> None:
+def test_feed_sets_past_the_ranking_cap_are_held_back_as_they_load(
+    state: RecordingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With room for 3 feed prefixes, the c2 set ranks whole and the tor set by its first prefix; the
     report counts the rest per feed, with every set's full size, and the stored sets are untouched."""
     from cdr_policy.feeds.persist import dump_set
@@ -165,15 +168,15 @@ def test_feed_sets_past_the_ranking_cap_are_held_back_as_they_load(state, monkey
     assert all(state.get(layout.last_good_set_key(key)).data == data for key, data in stored.items())
 
 
-def test_a_render_holds_one_channel_at_a_time(state) -> None:
+def test_a_render_holds_one_channel_at_a_time(state: RecordingStore) -> None:
     """When a channel's render is handed out, nothing of the previous channel's is held any more
     (its policies and bundle are what grows with the budgets)."""
     import gc
     import weakref
 
-    earlier: list[weakref.ref] = []
+    earlier: list[weakref.ref[object]] = []
 
-    def each(rendered) -> None:
+    def each(rendered: RenderedChannel) -> None:
         gc.collect()
         assert [ref() for ref in earlier] == [None] * len(earlier)
         earlier.extend([weakref.ref(rendered), weakref.ref(rendered.bundle), weakref.ref(rendered.policies[0])])

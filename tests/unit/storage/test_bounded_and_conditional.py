@@ -3,15 +3,18 @@ local directory: reads that stop at a size limit, and writes conditional on the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import boto3
 import pytest
 
-from cdr_policy.storage import LocalStore, PreconditionFailed, S3Store, TooLarge
+from cdr_policy.storage import LocalStore, PreconditionFailed, S3Store, Store, TooLarge
 from fakes.aws import moto_endpoint
 
 
 @pytest.fixture(scope="module")
-def s3_store():
+def s3_store() -> Iterator[S3Store]:
     with moto_endpoint(None) as url:
         client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
         client.create_bucket(Bucket="bounded-reads")
@@ -19,11 +22,11 @@ def s3_store():
 
 
 @pytest.fixture(params=["s3", "local"])
-def store(request, s3_store, tmp_path):
+def store(request: pytest.FixtureRequest, s3_store: S3Store, tmp_path: Path) -> Store:
     return s3_store if request.param == "s3" else LocalStore(tmp_path / "store")
 
 
-def test_a_bounded_read_stops_after_the_limit(store):
+def test_a_bounded_read_stops_after_the_limit(store: Store) -> None:
     store.put("big", b"x" * 100_000)
     store.put("small", b"0123456789")
     store.put("empty", b"")
@@ -37,7 +40,7 @@ def test_a_bounded_read_stops_after_the_limit(store):
     assert store.get_if_changed("big", refused.value.etag, max_bytes=1000) is None
 
 
-def test_conditional_writes(store):
+def test_conditional_writes(store: Store) -> None:
     store.delete("m")
     first = store.put_if("m", b"one", None)  # only if absent
     with pytest.raises(PreconditionFailed):

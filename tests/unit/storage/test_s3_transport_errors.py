@@ -31,7 +31,7 @@ class Failing:
     [ReadTimeoutError(endpoint_url="https://s3.example/b/k"), ConnectionClosedError(endpoint_url="https://s3.example")],
     ids=["read-timeout", "connection-closed"],
 )
-def test_a_transport_failure_is_a_storage_error(exc):
+def test_a_transport_failure_is_a_storage_error(exc: ReadTimeoutError | ConnectionClosedError) -> None:
     store = S3Store(Failing(exc), "dist")
 
     for call, verb in (

@@ -15,7 +15,7 @@ from cdr_policy.agent.kinds import KINDS
 from cdr_policy.bundle.objects import file_name
 from cdr_policy.errors import StorageError
 from cdr_policy.observability import logger
-from cdr_policy.policy.serialize import dump_yaml, load_yaml_documents
+from cdr_policy.policy.serialize import ParsedYaml, dump_yaml
 from cdr_policy.storage import LocalStore
 
 
@@ -23,6 +23,7 @@ class DirectoryApplier:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._store = LocalStore(self.path)
+        self._yaml = ParsedYaml()  # every apply lists the folder: its unchanged files are not parsed again
 
     def describe(self) -> str:
         return f"directory {self.path}"
@@ -32,7 +33,7 @@ class DirectoryApplier:
 
     def _read(self, path: Path) -> dict[str, Any] | None:
         try:
-            docs = load_yaml_documents(path.read_bytes())
+            docs = self._yaml.load(path.read_bytes())
         except FileNotFoundError:
             return None
         except (OSError, yaml.YAMLError) as exc:

@@ -87,6 +87,7 @@ from cdr_policy.bundle.signing import Verifier, verify_manifest
 from cdr_policy.errors import ConfigError, StorageError
 from cdr_policy.hits.aggregate import HitsSection
 from cdr_policy.observability import logger
+from cdr_policy.policy.serialize import ParsedYaml
 from cdr_policy.storage import NotFound, Store, TooLarge
 from cdr_policy.timeutil import iso, parse_iso, utcnow
 
@@ -253,6 +254,7 @@ class Agent:
         self._desired: list[dict[str, Any]] | None = None  # the applied bundle's objects, as applied
         # The applied bundle's files by sha256: a new bundle reads only the files that changed.
         self._files: dict[str, bytes] = {}
+        self._yaml = ParsedYaml()  # a new bundle's files that the last one had are not parsed again
         self._pending: _Verified | None = None  # a newer verified bundle held back as a shrink
         self._etag: str | None = None
         self._verification = Verification()
@@ -459,7 +461,7 @@ class Agent:
                     f"{floor.generation} ({floor.source}): refusing to go back (a rollback is published as a "
                     "new, higher generation)",
                 )
-        bundle = load_bundle(self.dist, manifest, published=True, known=self._files)
+        bundle = load_bundle(self.dist, manifest, published=True, known=self._files, load=self._yaml.load)
         # The closed grammar and the effect first: nothing of a bundle they refuse is looked at further.
         verdict = self.admission.judge_objects(bundle)
         if not verdict.admitted:

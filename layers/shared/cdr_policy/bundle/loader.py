@@ -10,8 +10,8 @@ objects once. Publish, the sync agent and the fleet commands read bundles only t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -19,6 +19,7 @@ from cdr_policy import jsonio, layout
 from cdr_policy.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, VerificationError, verify_file
 from cdr_policy.bundle.objects import placed_objects
 from cdr_policy.errors import BundleError
+from cdr_policy.policy.serialize import load_yaml_documents
 from cdr_policy.storage import NotFound, Store, TooLarge
 
 # Render's pointer is ``{"digest": ...}`` and a few fields: anything larger was not written by Render.
@@ -27,10 +28,11 @@ MAX_POINTER_BYTES = 4096
 
 @dataclass(frozen=True)
 class Bundle:
-    """A manifest and the files it lists (verified against it)."""
+    """A manifest and the files it lists (verified against it); ``load`` parses a YAML file."""
 
     manifest: Manifest
     files: Mapping[str, bytes]
+    load: Callable[[bytes], list[Any]] = field(default=load_yaml_documents, compare=False, repr=False)
 
     @property
     def digest(self) -> str:
@@ -40,7 +42,7 @@ class Bundle:
     def placed(self) -> list[tuple[str, dict[str, Any]]]:
         """The Kubernetes objects of the bundle's YAML files with their places, in path order
         (parsed on first use)."""
-        return placed_objects(self.files)
+        return placed_objects(self.files, self.load)
 
     @property
     def objects(self) -> list[dict[str, Any]]:
@@ -58,16 +60,22 @@ def read_manifest(store: Store, key: str) -> tuple[Manifest, str]:
 
 
 def load_bundle(
-    store: Store, manifest: Manifest, *, published: bool, known: Mapping[str, bytes] | None = None
+    store: Store,
+    manifest: Manifest,
+    *,
+    published: bool,
+    known: Mapping[str, bytes] | None = None,
+    load: Callable[[bytes], list[Any]] = load_yaml_documents,
 ) -> Bundle:
     """The files ``manifest`` lists: as rendered, from the state store's ``bundles/<digest>/``, or
     ``published``, from the distribution store's ``channels/<channel>/bundles/<digest>/``. ``known``:
     file contents by sha256 the caller already holds (the bundle it applied before); a listed file of
     one of those sha256 is taken from there instead of being read again (most of a new bundle is its
     predecessor's files). Every file is checked against the manifest whatever its source.
-    VerificationError when one does not match; StorageError when one cannot be read."""
+    VerificationError when one does not match; StorageError when one cannot be read. ``load``: how
+    the objects' files are parsed (the agent's ``ParsedYaml.load``: those of its last bundle once)."""
     paths = [e.path for e in manifest.files]
-    return Bundle(manifest, load_files(store, manifest, paths, published=published, known=known))
+    return Bundle(manifest, load_files(store, manifest, paths, published=published, known=known), load)
 
 
 def load_files(

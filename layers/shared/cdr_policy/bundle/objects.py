@@ -6,7 +6,7 @@ Files ending in ``.yaml`` or ``.yml`` hold objects (one or more YAML documents e
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,9 +72,9 @@ def check_tree(doc: Any, where: str) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-def _documents(path: str, data: bytes) -> Iterator[dict[str, Any]]:
+def _documents(path: str, data: bytes, load: Callable[[bytes], list[Any]]) -> Iterator[dict[str, Any]]:
     try:
-        docs = load_yaml_documents(data)
+        docs = load(data)
     except (yaml.YAMLError, RecursionError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -94,15 +94,18 @@ def _documents(path: str, data: bytes) -> Iterator[dict[str, Any]]:
         yield doc
 
 
-def placed_objects(files: Mapping[str, bytes]) -> list[tuple[str, dict[str, Any]]]:
+def placed_objects(
+    files: Mapping[str, bytes], load: Callable[[bytes], list[Any]] = load_yaml_documents
+) -> list[tuple[str, dict[str, Any]]]:
     """Every object in the bundle's YAML files with its place (``<path>, document <n>``), in path
-    order. Refuses malformed documents and two objects with the same kind, namespace and name."""
+    order, each file parsed by ``load`` (a reader's ``ParsedYaml.load``). Refuses malformed documents
+    and two objects with the same kind, namespace and name."""
     objects: list[tuple[str, dict[str, Any]]] = []
     seen: dict[ObjectRef, str] = {}
     for path in sorted(files):
         if not path.endswith(OBJECT_SUFFIXES):
             continue
-        for index, obj in enumerate(_documents(path, files[path]), start=1):
+        for index, obj in enumerate(_documents(path, files[path], load), start=1):
             ref = ref_of(obj)
             if ref in seen:
                 raise VerificationError(

@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,7 +27,7 @@ from cdr_policy.bundle.manifest import Manifest, Signature, VerificationError
 from cdr_policy.errors import BundleError, ConfigError, StorageError, aws_cause
 from cdr_policy.timeutil import utcnow
 
-ALGORITHM = "ECDSA_SHA_256"
+ALGORITHM: Final = "ECDSA_SHA_256"  # as KMS names it (Final: its literal type)
 _STATEMENT_PREFIX = b"cdr-policy-manifest-v1\n"
 _ECDSA = ec.ECDSA(hashes.SHA256())
 
