@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from cdr_policy.agent.directory import DirectoryApplier
 from cdr_policy.bundle.objects import file_name
+from cdr_policy.policy import serialize
 from cdr_policy.policy.serialize import dump_yaml, load_yaml_documents
 from tests.unit.bundle.factory import ccg, labels, tracing_policy
 
@@ -75,3 +79,25 @@ def test_a_file_edited_on_disk_is_read_again_and_a_caller_cannot_change_what_the
     (tmp_path / file_name(obj)).write_bytes(dump_yaml(edited))  # same name, new content, same size
     assert out.get(obj) == edited
     assert [o["spec"] for o in out.owned(OURS)] == [edited["spec"]]
+
+
+def test_listing_what_it_wrote_parses_nothing_and_an_edited_file_is_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = DirectoryApplier(tmp_path)
+    objects = [ccg("g1", ["45.0.0.1/32"]), tracing_policy("t1")]
+    for obj in objects:
+        out.apply(obj)
+    parsed: list[str | bytes] = []
+    real = serialize.load_yaml_documents
+
+    def load(data: str | bytes) -> list[Any]:
+        parsed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(serialize, "load_yaml_documents", load)
+
+    assert sorted(o["metadata"]["name"] for o in out.owned(OURS)) == ["g1", "t1"]
+    assert parsed == []
+    (tmp_path / file_name(objects[0])).write_bytes(dump_yaml(ccg("g1", ["45.0.0.2/32"])))
+    assert len(out.owned(OURS)) == 2 and len(parsed) == 1

@@ -62,3 +62,13 @@ def test_a_document_that_does_not_parse_raises_every_time() -> None:
     for _ in range(2):
         with pytest.raises(yaml.YAMLError):
             cache.load(b"kind: [")
+
+
+def test_what_a_writer_remembers_is_not_parsed_when_read_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed = _counting(monkeypatch)
+    cache = ParsedYaml()
+    doc = yaml.safe_load(_doc(1))
+    cache.remember(_doc(1), [doc])
+    doc["metadata"]["name"] = "changed after remembering"
+    assert cache.load(_doc(1)) == [yaml.safe_load(_doc(1))]
+    assert parsed == []

@@ -23,7 +23,7 @@ class DirectoryApplier:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._store = LocalStore(self.path)
-        self._yaml = ParsedYaml()  # every apply lists the folder: its unchanged files are not parsed again
+        self._yaml = ParsedYaml()  # every apply lists the folder: the files it wrote are not parsed again
 
     def describe(self) -> str:
         return f"directory {self.path}"
@@ -63,6 +63,7 @@ class DirectoryApplier:
             self._store.put(file_name(obj), data)
         except (OSError, StorageError) as exc:
             raise ApplyError(f"cannot write {self.path / file_name(obj)}: {exc}") from exc
+        self._yaml.remember(data, [obj])  # the next listing reads these bytes: no need to parse them
 
     def delete(self, obj: dict[str, Any]) -> None:
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import yaml
@@ -136,11 +137,19 @@ def prefixes(objects: Iterable[Mapping[str, Any]]) -> set[str]:
             if key == "metadata":
                 continue
             for text in _strings(value):
-                # Tetragon lists every IPv4 prefix twice (plain and IPv4-mapped): ``folded`` counts it once.
-                prefix = folded(text)
+                prefix = _counted(text)
                 if prefix is not None:
-                    found.add(canonical_text(prefix))
+                    found.add(prefix)
     return found
+
+
+@lru_cache(maxsize=1 << 15)
+def _counted(text: str) -> str | None:
+    """The canonical prefix ``text`` counts as (Tetragon lists every IPv4 prefix twice, plain and
+    IPv4-mapped: ``folded`` counts it once), or None. Memoised: the agent counts the same prefixes in
+    its live objects and in each new bundle."""
+    prefix = folded(text)
+    return None if prefix is None else canonical_text(prefix)
 
 
 def file_name(obj: dict[str, Any]) -> str:

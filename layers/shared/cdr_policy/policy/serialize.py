@@ -95,7 +95,18 @@ def _swap_lists(obj: Any, lists: list[list[str]]) -> Any:
     return obj
 
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_STR = "tag:yaml.org,2002:str"
+
+
+class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
+        # A plain scalar with a "/" (an address prefix, a path) is a string: no implicit type of YAML
+        # 1.1 (bool, int, float, null, timestamp, merge, value) has one. Skipping their regular
+        # expressions for the prefixes of a blocklist is a third of a bundle's parse.
+        if kind is yaml.ScalarNode and implicit[0] and "/" in value:
+            return _STR
+        return str(super().resolve(kind, value, implicit))
 
 
 def load_yaml_documents(text: str | bytes) -> list[Any]:
@@ -120,11 +131,19 @@ class ParsedYaml:
         if len(data) > self.max_file_bytes:
             return load_yaml_documents(data)
         key = hashlib.sha256(data).digest()
-        kept = self._kept.pop(key, None)
-        if kept is None:
-            kept = (len(data), load_yaml_documents(data))
-            self._size += kept[0]
-            while self._size > self.max_bytes and self._kept:
-                self._size -= self._kept.pop(next(iter(self._kept)))[0]
-        self._kept[key] = kept  # the most recently used last
-        return copy.deepcopy(kept[1])
+        kept = self._kept.get(key)
+        docs = load_yaml_documents(data) if kept is None else kept[1]
+        self._keep(key, len(data), docs)
+        return copy.deepcopy(docs)
+
+    def remember(self, data: bytes, docs: list[Any]) -> None:
+        """``data`` is ``dump_yaml`` of ``docs`` (a writer's own file): what its parse will give."""
+        if len(data) <= self.max_file_bytes:
+            self._keep(hashlib.sha256(data).digest(), len(data), copy.deepcopy(docs))
+
+    def _keep(self, key: bytes, size: int, docs: list[Any]) -> None:
+        old = self._kept.pop(key, None)
+        self._size += size - (old[0] if old else 0)
+        self._kept[key] = (size, docs)  # the most recently used last
+        while self._size > self.max_bytes and len(self._kept) > 1:
+            self._size -= self._kept.pop(next(iter(self._kept)))[0]
