@@ -255,7 +255,8 @@ def _wait(clock: StackClock, watch: Watch, done: Callable[[], Any], seconds: flo
         if got:
             return got
         if time.time() > deadline:
-            raise RuntimeError(f"{what}: not within {seconds:g} s")
+            failed = f"; failed runs meanwhile: {'; '.join(clock.failed[-3:])}" if clock.failed else ""
+            raise RuntimeError(f"{what}: not within {seconds:g} s{failed}")
         watch.until(lambda: False, STEP_S)
 
 
