@@ -622,16 +622,21 @@ def pooled_server(host: str, port: int, app: WsgiApp, **options: Any) -> Any:
 
         def __init__(self) -> None:
             super().__init__(host, port, app, handler=MotoRequestHandler, **options)
-            self.accepted: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+            self.accepted: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
             for n in range(WORKERS):
                 threading.Thread(target=self.serve_accepted, name=f"moto-{n}", daemon=True).start()
 
         def process_request(self, request: Any, client_address: Any) -> None:
             self.accepted.put((request, client_address))
 
+        def server_close(self) -> None:  # serve_forever's end: the workers end after what they have
+            super().server_close()
+            for _ in range(WORKERS):
+                self.accepted.put(None)
+
         def serve_accepted(self) -> None:
-            while True:
-                request, client_address = self.accepted.get()
+            while (accepted := self.accepted.get()) is not None:
+                request, client_address = accepted
                 try:
                     self.finish_request(request, client_address)
                 except Exception:  # noqa: BLE001 -- socketserver's own handling: logged, the connection closed

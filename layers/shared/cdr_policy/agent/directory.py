@@ -36,7 +36,7 @@ class DirectoryApplier:
             docs = self._yaml.load(path.read_bytes())
         except FileNotFoundError:
             return None
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, yaml.YAMLError, RecursionError) as exc:
             logger.warning("unreadable file in the output directory", extra={"path": str(path), "error": str(exc)})
             return None
         return docs[0] if len(docs) == 1 and isinstance(docs[0], dict) else None
