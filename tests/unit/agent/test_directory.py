@@ -101,3 +101,11 @@ def test_listing_what_it_wrote_parses_nothing_and_an_edited_file_is_parsed(
     assert parsed == []
     (tmp_path / file_name(objects[0])).write_bytes(dump_yaml(ccg("g1", ["45.0.0.2/32"])))
     assert len(out.owned(OURS)) == 2 and len(parsed) == 1
+
+
+def test_a_file_nested_deeper_than_python_can_copy_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    out = DirectoryApplier(tmp_path)
+    out.apply(ccg("mine", []))
+    (tmp_path / "deep.yaml").write_text("kind: CiliumCIDRGroup\nspec: " + "[" * 5000 + "]" * 5000 + "\n")
+
+    assert [o["metadata"]["name"] for o in out.owned(OURS)] == ["mine"]
